@@ -1,0 +1,1 @@
+"""edgefleet.agent: runs on each camera. Imports stay light: TVM runtime, numpy, pillow, paho-mqtt."""

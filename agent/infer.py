@@ -1,0 +1,68 @@
+"""Run a model package on one image: what `edgefleet run` does."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.agent.preprocess import decode_image, preprocess
+from edgefleet.agent.runtime import check_runnable, load_model
+from edgefleet.errors import BadInputError
+from edgefleet.package import open_package
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+@dataclass
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass
+class RunResult:
+    predictions: list[Prediction]
+    latency_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.latency_ms))
+
+
+def softmax_if_logits(scores: np.ndarray) -> np.ndarray:
+    """Scores that already form a distribution stay; logits go through a softmax."""
+    scores = scores.astype(np.float64)
+    if scores.min() >= 0 and abs(scores.sum() - 1.0) < 1e-3:
+        return scores
+    exp = np.exp(scores - scores.max())
+    return exp / exp.sum()
+
+
+def top_k(output: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
+    scores = softmax_if_logits(np.asarray(output).reshape(-1))
+    order = np.argsort(-scores)[:k]
+    return [Prediction(labels[i] if i < len(labels) else f"class {i}", int(i), float(scores[i])) for i in order]
+
+
+def run_package_on_image(package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5) -> RunResult:
+    """Verify `package`, run it `repeat` times on `image`, and return the top-k classes and latencies."""
+    try:
+        data = Path(image).read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"cannot read image {image}: {exc.strerror}", "check the path") from None
+    frame = decode_image(data)
+    with open_package(package, trusted) as opened:
+        manifest = opened.manifest
+        check_runnable(manifest)
+        model = load_model(opened)
+        batch = preprocess(frame, manifest.inputs[0], manifest.preprocessing)
+        latencies = []
+        outputs = None
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            outputs = model.run([batch])
+            latencies.append((time.perf_counter() - start) * 1000)
+    return RunResult(top_k(outputs[0], manifest.labels, k), latencies)

@@ -1,0 +1,67 @@
+"""Camera frame -> model input, exactly as the package's manifest says (see Preprocessing)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgefleet.errors import BadInputError
+from edgefleet.package import Preprocessing, TensorSpec
+
+# Refuse frames whose header claims more pixels than any camera sends (decompression bombs).
+MAX_PIXELS = 64_000_000
+MAX_FRAME_BYTES = 50 * 1024 * 1024
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode JPEG/PNG/... bytes fully, or raise BadInputError saying what is wrong."""
+    if not data:
+        raise BadInputError("empty frame (0 bytes)", "check the camera source")
+    if len(data) > MAX_FRAME_BYTES:
+        raise BadInputError(f"frame is {len(data)} bytes, over the {MAX_FRAME_BYTES}-byte cap", "lower the camera resolution")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise BadInputError(f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
+            image.load()
+    except BadInputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInputError(f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
+    return image
+
+
+def input_hw(spec: TensorSpec, pre: Preprocessing) -> tuple[int, int]:
+    if pre.resize:
+        return pre.resize
+    if len(spec.shape) != 4:
+        raise BadInputError(f"input {spec.name} has shape {spec.shape}, not an image batch", "set preprocessing.resize when compiling")
+    return (spec.shape[2], spec.shape[3]) if pre.layout == "NCHW" else (spec.shape[1], spec.shape[2])
+
+
+def preprocess(image: Image.Image, spec: TensorSpec, pre: Preprocessing) -> np.ndarray:
+    mode = "L" if pre.color_order == "GRAY" else "RGB"
+    image = image.convert(mode)
+    height, width = input_hw(spec, pre)
+    resample = Image.Resampling.BILINEAR if pre.interpolation == "bilinear" else Image.Resampling.NEAREST
+    if image.size != (width, height):
+        image = image.resize((width, height), resample)
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pre.color_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    if np.dtype(spec.dtype).kind == "f":
+        channels = pixels.shape[2]
+        mean = np.asarray(pre.mean[:channels], dtype=np.float32)
+        std = np.asarray(pre.std[:channels], dtype=np.float32)
+        pixels = (pixels * np.float32(pre.scale) - mean) / std
+    if pre.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels[None]).astype(spec.dtype)

@@ -1,0 +1,1 @@
+"""edgefleet.compiler: turn ONNX / TFLite / SageMaker outputs into signed model packages with TVM."""

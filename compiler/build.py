@@ -1,0 +1,73 @@
+"""Relax IRModule -> optimized -> built -> exported shared library, for one target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from edgefleet.compiler.targets import Target
+from edgefleet.errors import BuildError
+from edgefleet.progress import Stages
+from edgefleet.signing import edgefleet_home
+
+
+def tvm_target(target: Target):
+    import tvm
+
+    return tvm.target.Target(target.tvm_target)
+
+
+def tuning_dir(target: Target) -> Path:
+    """One MetaSchedule database per exact TVM target, reused by every model compiled for it.
+
+    MetaSchedule keys records by workload hash, so models sharing layers share tuning.
+    """
+    key = hashlib.sha256(json.dumps(target.tvm_target, sort_keys=True).encode()).hexdigest()[:16]
+    return edgefleet_home() / "tuning" / f"{target.name}-{key}"
+
+
+def _optimize_pipeline(target: Target, tune_trials: int):
+    from tvm import relax
+
+    tgt = tvm_target(target)
+    # The default pipeline is per target kind: for CUDA it applies dlight's default GPU
+    # schedules (threads bound, no tuning needed), for CPUs the generic lowering.
+    if tune_trials > 0 and target.device == "cpu":
+        work = tuning_dir(target)
+        work.mkdir(parents=True, exist_ok=True)
+        return relax.get_pipeline("static_shape_tuning", total_trials=tune_trials, target=tgt, work_dir=str(work))
+    return relax.get_default_pipeline(tgt)
+
+
+def optimize(mod, target: Target, tune_trials: int, stages: Stages):
+    import tvm
+
+    tgt = tvm_target(target)
+    detail = f"{tune_trials} tuning trials, database {tuning_dir(target)}" if tune_trials else ""
+    with stages.stage("optimize", detail):
+        try:
+            with tgt:
+                return _optimize_pipeline(target, tune_trials)(mod)
+        except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+            raise BuildError(f"TVM failed to optimize the model for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
+
+
+def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
+    import tvm
+
+    tgt = tvm_target(target)
+    with stages.stage("build"):
+        try:
+            executable = tvm.compile(mod, target=tgt, relax_pipeline=None)
+        except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+            raise BuildError(f"TVM failed to build for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
+    with stages.stage("export", target.cross_cc or "host cc"):
+        try:
+            if target.cross_cc:
+                executable.export_library(str(out), fcompile=tvm.support.cc.cross_compiler(target.cross_cc))
+            else:
+                executable.export_library(str(out))
+        except RuntimeError as exc:
+            raise BuildError(f"linking the library for {target.name} failed: {str(exc).strip().splitlines()[1 if len(str(exc).splitlines()) > 1 else 0][:300]}", f"check that {target.cross_cc or 'gcc'} works") from None
+    return out

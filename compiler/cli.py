@@ -1,0 +1,110 @@
+"""`edgefleet compile` and `edgefleet targets`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgefleet.cli import console, parse_shape_option, print_json, table
+from edgefleet.package import Preprocessing
+
+
+def _floats(value: str | None, option: str) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not comma-separated numbers", param_hint=option) from None
+
+
+def _resize(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--resize") from None
+    return (h, w)
+
+
+@click.command("compile")
+@click.argument("model")
+@click.option("--target", "-t", help="Target name (see `edgefleet targets`), Neo TargetPlatform (os=linux,arch=arm64) or a TVM target JSON dict.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Package path (default NAME-VERSION-TARGET.tar.gz here).")
+@click.option("--name", help="Model name (default: the model file's stem).")
+@click.option("--version", "model_version", default="1", show_default=True, help="Package version: dotted integers, e.g. 3 or 1.2.0.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...", help="Fix an input's shape (repeatable).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text file, one label per line.")
+@click.option("--task", type=click.Choice(["classification", "detection", "other"]), default="classification", show_default=True)
+@click.option("--resize", help="Resize frames to HxW before inference (default: the input's size).")
+@click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")
+@click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Multiply pixel values by this first.")
+@click.option("--color-order", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None, help="Input layout (default: NCHW for ONNX, NHWC for TFLite).")
+@click.option("--tune-trials", type=click.IntRange(min=0), default=0, show_default=True, help="MetaSchedule trials; the tuning database is kept and reused.")
+@click.option("--no-verify", is_flag=True, help="Skip the numeric check against the reference runtime.")
+@click.option("--atol", type=float, default=1e-3, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--key", type=click.Path(path_type=Path), help="Signing key (default ~/.edgefleet/keys/signing.key).")
+@click.option("--member", help="Which model inside a model.tar.gz, when it holds several.")
+@click.option("--check", is_flag=True, help="Only list the model's operators and whether each is supported.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compile_command(model, target, output, name, model_version, input_shapes, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, check, quiet, as_json) -> None:
+    """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
+
+    Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
+    """
+    from edgefleet.compiler.compile import check_operators, compile_model, unsupported_error
+    from edgefleet.errors import UsageError
+
+    if check:
+        report = check_operators(model, member=member)
+        if as_json:
+            print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported)})
+        else:
+            table(["operator", "count", "supported"], [[op, n, "no" if op in report.unsupported else "yes"] for op, n in sorted(report.counts.items())], title=f"{model} ({report.format})")
+        if not report.ok:
+            raise unsupported_error(report, model)
+        return
+    if not target:
+        raise UsageError("--target is required", "pick one from `edgefleet targets`, e.g. --target rasp4b")
+    is_tflite = model.lower().endswith(".tflite")
+    pre = Preprocessing(
+        resize=_resize(resize),
+        color_order=color_order,
+        layout=layout or ("NHWC" if is_tflite else "NCHW"),
+        scale=scale,
+        mean=_floats(mean, "--mean") or [0.0, 0.0, 0.0],
+        std=_floats(std, "--std") or [1.0, 1.0, 1.0],
+    )
+    result = compile_model(
+        model, target, output=output, name=name, version=model_version, input_shapes=parse_shape_option(input_shapes),
+        labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, verify=not no_verify, key=key,
+        member=member, atol=atol, rtol=rtol, quiet=quiet or as_json,
+    )
+    v = result.manifest.verification
+    if as_json:
+        print_json({"package": str(result.package), "timings": result.timings, "manifest": result.manifest.model_dump(mode="json")})
+        return
+    verdict = f"verified against {v.reference} (max abs diff {v.max_abs_diff:.3g})" if v.status == "passed" else f"not verified: {v.reason}"
+    console.print(f"[green]wrote[/green] {result.package} ({result.package.stat().st_size / 1e6:.1f} MB), {verdict}")
+
+
+@click.command("targets")
+@click.option("--json", "as_json", is_flag=True)
+def targets_command(as_json: bool) -> None:
+    """List the compile targets: what each compiles to and how it runs in tests."""
+    from edgefleet.compiler.targets import TARGETS
+
+    if as_json:
+        print_json({n: {"description": t.description, "arch": t.arch, "tvm_target": t.tvm_target, "cross_cc": t.cross_cc, "run_mode": t.run_mode, "neo_name": t.neo, "aliases": list(t.aliases)} for n, t in TARGETS.items()})
+        return
+    table(
+        ["target", "arch", "runs in tests", "cross compiler", "neo", "description"],
+        [[n, t.arch, t.run_mode, t.cross_cc or "-", "yes" if t.neo else "", t.description] for n, t in TARGETS.items()],
+    )
+    console.print('Also accepted: Neo TargetPlatform (--target os=linux,arch=arm64[,accelerator=nvidia,gpu-code=sm_72]) and a raw TVM target dict (--target \'{"kind": "llvm", ...}\').')

@@ -1,0 +1,127 @@
+"""ONNX models: parse, list operators, import into Relax, and run onnxruntime as the reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.errors import CorruptModelError, DynamicShapeError
+from edgefleet.package import TensorSpec
+
+FORMAT = "onnx"
+# Protobuf cannot hold more than 2 GiB in one message; bigger models need external data.
+MAX_MODEL_BYTES = 2 * 1024**3
+
+_ONNX_DTYPES = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+}
+
+
+def load(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    size = Path(path).stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise CorruptModelError(f"{path} is {size} bytes, over ONNX's 2 GiB single-file limit", "save it with external data (onnx.save(..., save_as_external_data=True))")
+    if size == 0:
+        raise CorruptModelError(f"{path} is empty", "re-export the model")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise CorruptModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})", "the file is truncated or not ONNX; re-export or re-download it") from None
+    if not model.graph.node:
+        raise CorruptModelError(f"{path} parses but holds no graph nodes (truncated or not ONNX)", "re-export or re-download the model")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises ValidationError and friends
+        raise CorruptModelError(f"{path} fails ONNX's model checker: {str(exc).splitlines()[0][:300]}", "re-export the model with a current exporter") from None
+    return model
+
+
+def _op_name(node) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def operators(model) -> Counter:
+    counts: Counter = Counter()
+
+    def walk(graph) -> None:
+        for node in graph.node:
+            counts[_op_name(node)] += 1
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(model.graph)
+    return counts
+
+
+def supported_operators() -> set[str]:
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    return set(_get_convert_map())
+
+
+def unsupported(model) -> Counter:
+    known = supported_operators()
+    return Counter({op: n for op, n in operators(model).items() if op not in known})
+
+
+def _real_inputs(model):
+    initializers = {init.name for init in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+    specs: list[TensorSpec] = []
+    dynamic: list[str] = []
+    inputs = _real_inputs(model)
+    unknown = set(overrides) - {i.name for i in inputs}
+    if unknown:
+        names = ", ".join(i.name for i in inputs)
+        raise DynamicShapeError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have", f"the model's inputs are: {names}")
+    for inp in inputs:
+        tensor = inp.type.tensor_type
+        dtype = _ONNX_DTYPES.get(tensor.elem_type, "float32")
+        if inp.name in overrides:
+            specs.append(TensorSpec(name=inp.name, shape=list(overrides[inp.name]), dtype=dtype))
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        if not tensor.HasField("shape") or any(d is None for d in dims):
+            shown = ",".join(str(d) if d else "?" for d in dims) or "?"
+            suggestion = ",".join(str(d) if d else "1" for d in dims) or "1,3,224,224"
+            dynamic.append(f"{inp.name} [{shown}] (e.g. --input-shape {inp.name}:{suggestion})")
+            continue
+        specs.append(TensorSpec(name=inp.name, shape=dims, dtype=dtype))
+    if dynamic:
+        raise DynamicShapeError(f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,...")
+    return specs
+
+
+def to_relax(model, inputs: list[TensorSpec]):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes = {s.name: s.shape for s in inputs}
+    dtypes = {s.name: s.dtype for s in inputs}
+    return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+
+
+def reference_name() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
+
+
+def reference_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in session.run(None, feeds)]

@@ -1,0 +1,136 @@
+"""TFLite models: parse with the `tflite` schema package, import into Relax, and run LiteRT as reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.errors import CorruptModelError, DynamicShapeError
+from edgefleet.package import TensorSpec
+
+FORMAT = "tflite"
+MAX_MODEL_BYTES = 2 * 1024**3
+_TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8", 10: "float64"}
+
+
+def load(path: Path):
+    import tflite
+
+    data = Path(path).read_bytes()
+    if len(data) > MAX_MODEL_BYTES:
+        raise CorruptModelError(f"{path} is {len(data)} bytes, over the 2 GiB flatbuffer limit", "shrink or quantize the model")
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise CorruptModelError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)", "the file is truncated or not TFLite; re-export it")
+    try:
+        model = tflite.Model.GetRootAsModel(data, 0)
+        if model.SubgraphsLength() < 1:
+            raise ValueError("no subgraphs")
+        _ = [model.Subgraphs(0).Tensors(i).ShapeAsNumpy() for i in range(model.Subgraphs(0).TensorsLength())]
+        _ = [model.Buffers(i).DataLength() for i in range(model.BuffersLength())]
+    except Exception as exc:  # flatbuffers raises struct/index errors on truncated data
+        raise CorruptModelError(f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})", "re-export or re-download the model") from None
+    return model
+
+
+def _builtin_names() -> dict[int, str]:
+    from tflite.BuiltinOperator import BuiltinOperator
+
+    return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
+
+
+def operators(model) -> Counter:
+    names = _builtin_names()
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = names.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            name = f"CUSTOM::{code.CustomCode().decode()}"
+        codes.append(name)
+    counts: Counter = Counter()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            counts[codes[graph.Operators(o).OpcodeIndex()]] += 1
+    return counts
+
+
+def supported_operators(model) -> set[str]:
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+    # The converter builds its operator table in __init__; no graph is converted here.
+    converter = OperatorConverter(model, model.Subgraphs(0), None, None)
+    return set(converter.convert_map)
+
+
+def unsupported(model) -> Counter:
+    known = supported_operators(model)
+    return Counter({op: n for op, n in operators(model).items() if op not in known})
+
+
+def _tensor(model, index: int):
+    return model.Subgraphs(0).Tensors(index)
+
+
+def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+    graph = model.Subgraphs(0)
+    specs, dynamic = [], []
+    names = [_tensor(model, graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
+    unknown = set(overrides) - set(names)
+    if unknown:
+        raise DynamicShapeError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have", f"the model's inputs are: {', '.join(names)}")
+    for i in range(graph.InputsLength()):
+        tensor = _tensor(model, graph.Inputs(i))
+        name = tensor.Name().decode()
+        dtype = _TFLITE_DTYPES.get(tensor.Type(), "float32")
+        if name in overrides:
+            specs.append(TensorSpec(name=name, shape=list(overrides[name]), dtype=dtype))
+            continue
+        signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
+        shape = [int(d) for d in tensor.ShapeAsNumpy()]
+        if any(int(d) < 0 for d in signature):
+            dynamic.append(f"{name} {list(map(int, signature))} (e.g. --input-shape {name}:{','.join(str(max(d, 1)) for d in shape)})")
+            continue
+        specs.append(TensorSpec(name=name, shape=shape, dtype=dtype))
+    if dynamic:
+        raise DynamicShapeError(f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,...")
+    return specs
+
+
+def to_relax(model, inputs: list[TensorSpec]):
+    from tvm.relax.frontend.tflite import from_tflite
+
+    return from_tflite(model, shape_dict={s.name: tuple(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs})
+
+
+def _interpreter(path: Path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # the older package name
+        from tflite_runtime.interpreter import Interpreter
+    return Interpreter(model_path=str(path))
+
+
+def reference_name() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"ai-edge-litert {version('ai-edge-litert')}"
+    except Exception:
+        return "tflite-runtime"
+
+
+def reference_run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    interpreter = _interpreter(path)
+    details = interpreter.get_input_details()
+    for d in details:
+        if list(d["shape"]) != list(feeds[d["name"]].shape):
+            interpreter.resize_tensor_input(d["index"], feeds[d["name"]].shape)
+    interpreter.allocate_tensors()
+    for d in interpreter.get_input_details():
+        interpreter.set_tensor(d["index"], feeds[d["name"]])
+    interpreter.invoke()
+    return [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]

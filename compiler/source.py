@@ -1,0 +1,96 @@
+"""Where a model comes from: a local .onnx/.tflite, or a SageMaker training output model.tar.gz
+(local or `s3://`) that holds one of those."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.archive import ArchiveLimits, safe_extract
+from edgefleet.errors import CorruptModelError, ModelSourceError
+from edgefleet.package import sha256_file
+
+MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# SageMaker writes s3://BUCKET/PREFIX/<training-job-name>/output/model.tar.gz
+_SAGEMAKER_OUTPUT = re.compile(r"/([A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))/output/model\.tar\.gz$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path            # the model file itself, ready to parse
+    format: str           # "onnx" or "tflite"
+    uri: str              # what the user passed
+    sha256: str           # of what the user passed (the archive, when it was one)
+    training_job: str | None
+
+
+def _download_s3(uri: str, dest_dir: Path, show_progress: bool) -> Path:
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        raise ModelSourceError("reading s3:// needs boto3", "pip install 'edgefleet[compiler]'") from None
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ModelSourceError(f"{uri} is not s3://BUCKET/KEY", "pass the S3 URI of the model.tar.gz")
+    dest = dest_dir / Path(key).name
+    s3 = boto3.client("s3")
+    try:
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if show_progress:
+            from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+            with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+                task = bar.add_task(f"download {Path(key).name}", total=size)
+                s3.download_file(bucket, key, str(dest), Callback=lambda n: bar.advance(task, n))
+        else:
+            s3.download_file(bucket, key, str(dest))
+    except (BotoCoreError, ClientError) as exc:
+        raise ModelSourceError(f"cannot download {uri}: {exc}", "check the URI and your AWS credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)") from None
+    return dest
+
+
+def _pick_member(files: list[str], root: Path, member: str | None, archive: str) -> Path:
+    candidates = sorted(f for f in files if Path(f).suffix in MODEL_SUFFIXES)
+    if member is not None:
+        if member not in files:
+            raise ModelSourceError(f"{archive} has no member {member!r}", f"its models are: {', '.join(candidates) or 'none'}")
+        return root / member
+    if not candidates:
+        listed = ", ".join(sorted(files)[:10]) or "nothing"
+        raise ModelSourceError(f"{archive} holds no .onnx or .tflite model (found: {listed})", "export the model to ONNX or TFLite inside the training script's SM_MODEL_DIR")
+    if len(candidates) > 1:
+        raise ModelSourceError(f"{archive} holds several models: {', '.join(candidates)}", "pick one with --member NAME")
+    return root / candidates[0]
+
+
+def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_progress: bool = False, limits: ArchiveLimits = ArchiveLimits()) -> ModelSource:
+    """Resolve `uri` into a local model file (downloading and extracting as needed)."""
+    workdir = Path(workdir)
+    training_job = None
+    if uri.startswith("s3://"):
+        match = _SAGEMAKER_OUTPUT.search(uri)
+        training_job = match.group(1) if match else None
+        local = _download_s3(uri, workdir, show_progress)
+    else:
+        local = Path(uri).expanduser()
+        if not local.exists():
+            raise ModelSourceError(f"no model at {uri}", "check the path")
+        if local.is_dir():
+            raise ModelSourceError(f"{uri} is a directory", "pass the .onnx, .tflite or model.tar.gz file itself")
+    digest = sha256_file(local)
+    name = local.name.lower()
+    if name.endswith(ARCHIVE_SUFFIXES):
+        extracted = workdir / "extracted"
+        if extracted.exists():
+            shutil.rmtree(extracted)
+        files = safe_extract(local, extracted, limits)
+        path = _pick_member(files, extracted, member, uri)
+    elif local.suffix.lower() in MODEL_SUFFIXES:
+        path = local
+    else:
+        raise CorruptModelError(f"{uri}: cannot tell the model format from the name", "pass a .onnx, .tflite or SageMaker model.tar.gz")
+    return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job)

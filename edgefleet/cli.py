@@ -1,0 +1,110 @@
+"""The `edgefleet` command: a thin layer over the typed library.
+
+Each subcommand maps its flags onto one documented function. Component groups are imported
+lazily so a camera with only the agent installed never imports the compiler or fleet code.
+Every EdgefleetError prints `error:` and `fix:` lines and exits with its code; no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet import __version__
+from edgefleet.errors import EdgefleetError, UsageError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are `module:attribute` strings, imported when used."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, _, attr = self.lazy[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+COMPONENT_GROUPS = {
+    "compile": "edgefleet.compiler.cli:compile_command",
+    "targets": "edgefleet.compiler.cli:targets_command",
+    "inspect": "edgefleet.cli_package:inspect_command",
+    "run": "edgefleet.cli_package:run_command",
+    "keys": "edgefleet.cli_package:keys",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMPONENT_GROUPS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgefleet")
+def cli() -> None:
+    """Compile models for edge cameras, deploy them to fleets, and watch them drift."""
+
+
+def print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def table(columns: list[str], rows: list[list[object]], title: str | None = None) -> None:
+    t = Table(*columns, title=title, show_lines=False)
+    for row in rows:
+        t.add_row(*[str(c) for c in row])
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="edgefleet", standalone_mode=False)
+    except EdgefleetError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc.cause}", soft_wrap=True)
+        if exc.fix:
+            err_console.print(f"[bold]fix:[/bold] {exc.fix}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(UsageError.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+def parse_shape_option(values: tuple[str, ...]) -> dict[str, list[int]]:
+    """`NAME:1,3,224,224` (repeatable) -> {NAME: [1, 3, 224, 224]}."""
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition(":")
+        try:
+            parsed = [int(d) for d in dims.split(",")]
+        except ValueError:
+            parsed = []
+        if not sep or not name or not parsed or any(d <= 0 for d in parsed):
+            raise UsageError(f"--input-shape {value!r} is not NAME:D1,D2,...", "for example --input-shape input:1,3,224,224")
+        shapes[name] = parsed
+    return shapes
+
+
+def trusted_keys_option(paths: tuple[Path, ...]):
+    from edgefleet.signing import default_trusted_keys, load_public_key
+
+    return [load_public_key(p) for p in paths] if paths else default_trusted_keys()
+
+
+if __name__ == "__main__":
+    main()

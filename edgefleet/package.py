@@ -1,0 +1,289 @@
+"""The model package: one signed, self-describing `.tar.gz` (format version 1).
+
+Layout (see docs/package-format.md):
+
+    manifest.json   the Manifest below, UTF-8 JSON
+    manifest.sig    raw 64-byte ed25519 signature over the exact bytes of manifest.json
+    model.so        the compiled TVM library (runtime.kind == "tvm"), or
+    model.tflite    a plain TFLite model (runtime.kind == "tflite")
+    baseline.json   optional drift baseline
+
+Every file other than the two manifest files is listed with its sha256 and size in
+`manifest.files`; a reader refuses a package with a missing, extra or altered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.archive import ArchiveLimits, safe_extract
+from edgefleet.errors import PackageIntegrityError
+from edgefleet.signing import SigningKey, verify_signature
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """Package versions are dotted non-negative integers ("3", "1.2", "2.0.11"), ordered as tuples."""
+    try:
+        parts = tuple(int(p) for p in version.split("."))
+    except ValueError:
+        parts = ()
+    if not parts or any(p < 0 for p in parts):
+        raise ValueError(f"version {version!r} is not dotted integers like 1, 1.2 or 1.2.3")
+    return parts
+
+
+class TensorSpec(Strict):
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class Preprocessing(Strict):
+    """How a camera frame becomes the model's input, exactly as training did it.
+
+    Applied in this order: decode -> convert to `color_order` -> resize to `resize` (H, W)
+    with `interpolation` -> cast to float32 -> multiply by `scale` -> subtract `mean` and
+    divide by `std` (per channel, in `color_order`) -> arrange as `layout` -> add the batch
+    axis -> cast to the input dtype.
+    """
+
+    resize: tuple[int, int] | None = None
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+class TargetInfo(Strict):
+    name: str
+    tvm_target: dict[str, Any] | None
+    arch: str
+    device: Literal["cpu", "cuda", "neuron"] = "cpu"
+
+
+class RuntimeInfo(Strict):
+    kind: Literal["tvm", "tflite"]
+    library: str
+    tvm_version: str | None = None
+    tvm_ffi_version: str | None = None
+
+
+class Provenance(Strict):
+    source_uri: str
+    source_sha256: str
+    source_format: Literal["onnx", "tflite"]
+    training_job: str | None = None
+    compiler: str
+    compiled_at: str
+
+
+class Verification(Strict):
+    status: Literal["passed", "failed", "skipped"]
+    reference: str | None = None
+    ran_on: str | None = None
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    reason: str | None = None
+
+
+class FileEntry(Strict):
+    sha256: str
+    size: int
+
+
+class SignatureInfo(Strict):
+    algorithm: Literal["ed25519"] = "ed25519"
+    key_id: str
+
+
+class Manifest(Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    version: str
+    target: TargetInfo
+    runtime: RuntimeInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: Preprocessing
+    task: Literal["classification", "detection", "other"] = "classification"
+    labels: list[str] = Field(default_factory=list)
+    provenance: Provenance
+    verification: Verification
+    baseline: str | None = None
+    tuning: dict[str, Any] | None = None
+    files: dict[str, FileEntry]
+    signature: SignatureInfo
+
+    @field_validator("version")
+    @classmethod
+    def _dotted(cls, v: str) -> str:
+        parse_version(v)
+        return v
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_package(out: Path, manifest_fields: dict[str, Any], files: dict[str, Path], key: SigningKey) -> Manifest:
+    """Hash `files`, complete and sign the manifest, and write the package to `out`.
+
+    `manifest_fields` is every Manifest field except `files` and `signature`.
+    """
+    for name in files:
+        if "/" in name or name in (MANIFEST, SIGNATURE):
+            raise ValueError(f"bad package file name {name!r}")
+    entries = {name: FileEntry(sha256=sha256_file(p), size=Path(p).stat().st_size) for name, p in files.items()}
+    manifest = Manifest(**manifest_fields, files=entries, signature=SignatureInfo(key_id=key.key_id))
+    data = manifest.to_bytes()
+    signature = key.sign(data)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+        for name, payload in ((MANIFEST, data), (SIGNATURE, signature)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(payload))
+        for name in sorted(files):
+            info = tar.gettarinfo(str(files[name]), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o644
+            info.mtime = 0
+            with open(files[name], "rb") as fh:
+                tar.addfile(info, fh)
+    tmp.replace(out)
+    return manifest
+
+
+class OpenedPackage:
+    """An extracted, checked package. Use as a context manager to delete the extraction."""
+
+    def __init__(self, manifest: Manifest, root: Path, signer: str | None, owns_root: bool) -> None:
+        self.manifest = manifest
+        self.root = root
+        self.signer = signer
+        self._owns_root = owns_root
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def library(self) -> Path:
+        return self.root / self.manifest.runtime.library
+
+    def close(self) -> None:
+        if self._owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> OpenedPackage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_manifest_unverified(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise PackageIntegrityError(f"the package has no {MANIFEST}", "this is not an edgefleet model package; build one with `edgefleet compile`")
+    try:
+        raw = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PackageIntegrityError(f"{MANIFEST} is not valid JSON ({exc})", "rebuild the package") from None
+    if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
+        raise PackageIntegrityError(
+            f"package format version {raw.get('format_version')} is not supported (this edgefleet reads {FORMAT_VERSION})",
+            "upgrade edgefleet on this machine",
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PackageIntegrityError(f"{MANIFEST} is malformed at {where}: {first['msg']}", "rebuild the package with `edgefleet compile`") from None
+
+
+def check_files(manifest: Manifest, root: Path) -> None:
+    """Every listed file present with its hash; nothing else present."""
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} - {MANIFEST, SIGNATURE}
+    missing = sorted(set(manifest.files) - present)
+    extra = sorted(present - set(manifest.files))
+    if missing:
+        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}", "the package is incomplete; download or rebuild it")
+    if extra:
+        raise PackageIntegrityError(f"package holds files the manifest does not list: {', '.join(extra)}", "the package was altered; rebuild it")
+    for name, entry in manifest.files.items():
+        path = root / name
+        if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            raise PackageIntegrityError(f"{name} does not match its sha256 in the manifest (tampered or corrupt)", "download or rebuild the package")
+
+
+def open_package(
+    path: Path,
+    trusted: list[Ed25519PublicKey] | None,
+    *,
+    dest: Path | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> OpenedPackage:
+    """Extract `path` safely, check the signature against `trusted` and every file hash.
+
+    `trusted=None` skips the signature check (for `inspect` of a package from elsewhere);
+    everything a device loads goes through a non-empty trusted list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackageIntegrityError(f"no package at {path}", "check the path")
+    owns = dest is None
+    root = Path(tempfile.mkdtemp(prefix="edgefleet-pkg-")) if dest is None else Path(dest)
+    try:
+        safe_extract(path, root, limits)
+        manifest = read_manifest_unverified(root)
+        signer = None
+        if trusted is not None:
+            sig = root / SIGNATURE
+            if not sig.exists():
+                raise PackageIntegrityError("the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key")
+            signer = verify_signature((root / MANIFEST).read_bytes(), sig.read_bytes(), trusted)
+        check_files(manifest, root)
+        return OpenedPackage(manifest, root, signer, owns)
+    except BaseException:
+        if owns:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
