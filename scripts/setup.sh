@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything edgefleet, its tests and its demo need on a fresh Debian 12 machine:
+# Debian packages (cross compilers, QEMU, mosquitto, PostgreSQL, docker, chromium) and a
+# virtualenv in .venv with the project and all its extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf
+  qemu-user-static debootstrap binfmt-support
+  mosquitto mosquitto-clients
+  postgresql
+  docker.io
+  chromium chromium-driver
+  file ffmpeg
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts services on install where it can; edgefleet starts its own brokers and
+# databases, so a system mosquitto holding port 1883 would only confuse the demo.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  systemctl stop mosquitto || true
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch comes from the CPU build (the `train` extra pins it); everything else from PyPI.
+.venv/bin/python -m pip install -q -e '.[dev,train]'
+echo "setup: done (.venv/bin/edgefleet)"
