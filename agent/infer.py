@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.agent.preprocess import decode_image, preprocess
-from edgefleet.agent.runtime import check_runnable, load_model
+from edgefleet.agent.runtime import load_model
 from edgefleet.errors import BadInputError
 from edgefleet.package import open_package
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 @dataclass
@@ -56,8 +56,7 @@ def run_package_on_image(package: Path, image: Path, trusted: list[Ed25519Public
     frame = decode_image(data)
     with open_package(package, trusted) as opened:
         manifest = opened.manifest
-        check_runnable(manifest)
-        model = load_model(opened)
+        model = load_model(opened)  # refuses a package for another architecture
         batch = preprocess(frame, manifest.inputs[0], manifest.preprocessing)
         latencies = []
         outputs = None

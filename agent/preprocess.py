@@ -16,24 +16,37 @@ MAX_PIXELS = 64_000_000
 MAX_FRAME_BYTES = 50 * 1024 * 1024
 
 
+class FrameRejected(BadInputError):
+    """A frame that cannot be used; `reason` is one of REASONS (what the agent counts)."""
+
+    def __init__(self, reason: str, cause: str, fix: str) -> None:
+        super().__init__(cause, fix)
+        self.reason = reason
+
+
+REASONS = ("empty", "oversize_bytes", "oversize_pixels", "undecodable")
+
+
 def decode_image(data: bytes) -> Image.Image:
-    """Decode JPEG/PNG/... bytes fully, or raise BadInputError saying what is wrong."""
+    """Decode JPEG/PNG/... bytes fully, or raise FrameRejected saying what is wrong."""
     if not data:
-        raise BadInputError("empty frame (0 bytes)", "check the camera source")
+        raise FrameRejected("empty", "empty frame (0 bytes)", "check the camera source")
     if len(data) > MAX_FRAME_BYTES:
-        raise BadInputError(f"frame is {len(data)} bytes, over the {MAX_FRAME_BYTES}-byte cap", "lower the camera resolution")
+        raise FrameRejected("oversize_bytes", f"frame is {len(data)} bytes, over the {MAX_FRAME_BYTES}-byte cap", "lower the camera resolution")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise BadInputError(f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
+                raise FrameRejected("oversize_pixels", f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
             image.load()
-    except BadInputError:
+    except FrameRejected:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadInputError(f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FrameRejected("oversize_pixels", f"frame header claims too many pixels ({str(exc)[:80]})", "lower the camera resolution") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FrameRejected("undecodable", f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
     return image
 
 

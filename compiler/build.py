@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from edgefleet.compiler import tuning
 from edgefleet.compiler.targets import Target
 from edgefleet.errors import BuildError
 from edgefleet.progress import Stages
@@ -27,17 +28,50 @@ def tuning_dir(target: Target) -> Path:
     return edgefleet_home() / "tuning" / f"{target.name}-{key}"
 
 
-def _optimize_pipeline(target: Target, tune_trials: int):
+def _cpu_pipeline(target: Target, tune_trials: int, report=print):
+    """CPU: clean graph, NCHWc layout with prepacked weights, fused kernels, schedules, lowering.
+
+    Kernels found in the tuning database (from this or any earlier compile for the same
+    target) use their tuned schedule; the rest get the default schedules of `schedules.py`.
+    """
+    import tvm
     from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from edgefleet.compiler import graph, schedules
 
     tgt = tvm_target(target)
-    # The default pipeline is per target kind: for CUDA it applies dlight's default GPU
-    # schedules (threads bound, no tuning needed), for CPUs the generic lowering.
-    if tune_trials > 0 and target.device == "cpu":
-        work = tuning_dir(target)
+    work = tuning_dir(target)
+    passes = [
+        graph.cleanup(),
+        graph.nchwc_layout(),
+        graph.legalize(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    if tune_trials > 0:
+        import psutil
+
         work.mkdir(parents=True, exist_ok=True)
-        return relax.get_pipeline("static_shape_tuning", total_trials=tune_trials, target=tgt, work_dir=str(work))
-    return relax.get_default_pipeline(tgt)
+        # MetaSchedule refuses a CPU target without num-cores; tuning measures on this machine.
+        tune_target = tvm.target.Target({**target.tvm_target, "num-cores": psutil.cpu_count(logical=False) or 1})
+        passes.append(tuning.tune_pass(tune_target, work, tune_trials, report))
+    if tuning.has_database(work):
+        passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
+    passes += [schedules.default_schedules(), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
+    return tvm.transform.Sequential(passes, name="EdgefleetCPU")
+
+
+def _optimize_pipeline(target: Target, tune_trials: int, report=print):
+    from tvm import relax
+
+    if target.device == "cpu":
+        return _cpu_pipeline(target, tune_trials, report)
+    # For CUDA the default pipeline applies dlight's default GPU schedules (threads bound).
+    return relax.get_default_pipeline(tvm_target(target))
 
 
 def optimize(mod, target: Target, tune_trials: int, stages: Stages):
@@ -48,7 +82,7 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages):
     with stages.stage("optimize", detail):
         try:
             with tgt:
-                return _optimize_pipeline(target, tune_trials)(mod)
+                return _optimize_pipeline(target, tune_trials, stages.note)(mod)
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
             raise BuildError(f"TVM failed to optimize the model for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
 

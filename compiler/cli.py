@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgefleet.cli import console, parse_shape_option, print_json, table
-from edgefleet.package import Preprocessing
+from edgefleet.errors import UsageError
 
 
 def _floats(value: str | None, option: str) -> list[float] | None:
@@ -16,7 +16,7 @@ def _floats(value: str | None, option: str) -> list[float] | None:
     try:
         return [float(v) for v in value.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not comma-separated numbers", param_hint=option) from None
+        raise UsageError(f"{option} {value!r} is not comma-separated numbers", f"for example {option} 0.485,0.456,0.406") from None
 
 
 def _resize(value: str | None) -> tuple[int, int] | None:
@@ -25,7 +25,9 @@ def _resize(value: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW, e.g. 224x224", param_hint="--resize") from None
+        h = w = 0
+    if h <= 0 or w <= 0:
+        raise UsageError(f"--resize {value!r} is not HxW with positive sizes", "for example --resize 224x224")
     return (h, w)
 
 
@@ -41,8 +43,8 @@ def _resize(value: str | None) -> tuple[int, int] | None:
 @click.option("--resize", help="Resize frames to HxW before inference (default: the input's size).")
 @click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
-@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Multiply pixel values by this first.")
-@click.option("--color-order", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
+@click.option("--scale", type=float, default=None, show_default="1/255", help="Multiply pixel values by this first.")
+@click.option("--color-order", type=click.Choice(["RGB", "BGR", "GRAY"]), default=None, show_default="RGB")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None, help="Input layout (default: NCHW for ONNX, NHWC for TFLite).")
 @click.option("--tune-trials", type=click.IntRange(min=0), default=0, show_default=True, help="MetaSchedule trials; the tuning database is kept and reused.")
 @click.option("--no-verify", is_flag=True, help="Skip the numeric check against the reference runtime.")
@@ -50,16 +52,16 @@ def _resize(value: str | None) -> tuple[int, int] | None:
 @click.option("--rtol", type=float, default=1e-3, show_default=True)
 @click.option("--key", type=click.Path(path_type=Path), help="Signing key (default ~/.edgefleet/keys/signing.key).")
 @click.option("--member", help="Which model inside a model.tar.gz, when it holds several.")
+@click.option("--baseline-images", metavar="DIR|s3://BUCKET/PREFIX", help="Images like the cameras' (e.g. the training channel): put a drift baseline and Model Monitor statistics/constraints in the package.")
 @click.option("--check", is_flag=True, help="Only list the model's operators and whether each is supported.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_command(model, target, output, name, model_version, input_shapes, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, check, quiet, as_json) -> None:
+def compile_command(model, target, output, name, model_version, input_shapes, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
     """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
 
     Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
     """
     from edgefleet.compiler.compile import check_operators, compile_model, unsupported_error
-    from edgefleet.errors import UsageError
 
     if check:
         report = check_operators(model, member=member)
@@ -72,26 +74,20 @@ def compile_command(model, target, output, name, model_version, input_shapes, la
         return
     if not target:
         raise UsageError("--target is required", "pick one from `edgefleet targets`, e.g. --target rasp4b")
-    is_tflite = model.lower().endswith(".tflite")
-    pre = Preprocessing(
-        resize=_resize(resize),
-        color_order=color_order,
-        layout=layout or ("NHWC" if is_tflite else "NCHW"),
-        scale=scale,
-        mean=_floats(mean, "--mean") or [0.0, 0.0, 0.0],
-        std=_floats(std, "--std") or [1.0, 1.0, 1.0],
-    )
+    # Only the options given; compile_model fills in the defaults, the layout per model format.
+    given = dict(resize=_resize(resize), color_order=color_order, layout=layout, scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    pre = {k: v for k, v in given.items() if v is not None}
     result = compile_model(
         model, target, output=output, name=name, version=model_version, input_shapes=parse_shape_option(input_shapes),
         labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, verify=not no_verify, key=key,
-        member=member, atol=atol, rtol=rtol, quiet=quiet or as_json,
+        member=member, atol=atol, rtol=rtol, quiet=quiet or as_json, baseline_images=baseline_images,
     )
     v = result.manifest.verification
     if as_json:
         print_json({"package": str(result.package), "timings": result.timings, "manifest": result.manifest.model_dump(mode="json")})
         return
     verdict = f"verified against {v.reference} (max abs diff {v.max_abs_diff:.3g})" if v.status == "passed" else f"not verified: {v.reason}"
-    console.print(f"[green]wrote[/green] {result.package} ({result.package.stat().st_size / 1e6:.1f} MB), {verdict}")
+    console.print(f"[green]wrote[/green] {result.package} ({result.package.stat().st_size / 1e6:.2f} MB), {verdict}")
 
 
 @click.command("targets")

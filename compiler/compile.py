@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from edgefleet import __version__
+from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler.build import build_and_export, optimize, tuning_dir
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
-from edgefleet.package import Manifest, Preprocessing, TensorSpec, Verification, now_utc, write_package
+from edgefleet.package import NAME_PATTERN, Manifest, Preprocessing, TensorSpec, Verification, now_utc, parse_version, write_package
 from edgefleet.progress import Stages
 from edgefleet.signing import load_signing_key
 
@@ -73,6 +78,71 @@ def _read_labels(path: Path | None) -> list[str]:
     return [line for line in lines if line]
 
 
+def _check_name_and_version(name: str | None, version: str) -> None:
+    """Refuse a bad --name or --version before minutes of compiling, not at the signing step."""
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        raise UsageError(f"--version {version!r}: {exc}", "pass dotted integers, e.g. --version 3 or --version 1.2.0") from None
+    if name is not None and not re.fullmatch(NAME_PATTERN, name):
+        raise UsageError(f"--name {name!r} is not a valid package name", "use letters, digits, '.', '_' and '-' (up to 128, starting with a letter or digit)")
+
+
+def default_layout(fmt: str) -> str:
+    """TFLite models take NHWC images, ONNX exporters (PyTorch) NCHW."""
+    return "NHWC" if fmt == "tflite" else "NCHW"
+
+
+def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str, inputs: list[TensorSpec], task: str) -> Preprocessing:
+    """Complete the preprocessing options (the layout defaults per model format) and check them against the input.
+
+    For image tasks the agent must be able to produce the first input from a frame: its channel
+    axis (per layout) must hold 3 values for RGB/BGR or 1 for GRAY, a --resize must equal the
+    input's height and width, and mean/std need one value per channel.
+    """
+    if isinstance(options, Preprocessing):
+        pre = options
+    else:
+        given = dict(options or {})
+        if given.get("layout") is None:
+            given["layout"] = default_layout(fmt)
+        try:
+            pre = Preprocessing(**given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"preprocessing option {'.'.join(map(str, first['loc']))}: {first['msg']}", "see `edgefleet compile --help` for the preprocessing options") from None
+    channels = 1 if pre.color_order == "GRAY" else 3
+    for option, values in (("mean", pre.mean), ("std", pre.std)):
+        if len(values) not in (channels, 3):
+            raise UsageError(f"--{option} has {len(values)} values; {pre.color_order} frames have {channels} channel(s)", f"pass {channels} comma-separated value(s) to --{option}")
+    if any(v == 0 for v in pre.std):
+        raise UsageError("--std has a zero, which would divide by zero", "pass the per-channel standard deviations the model was trained with")
+    if task == "other" or not inputs or len(inputs[0].shape) != 4:
+        return pre
+    spec = inputs[0]
+    axis = {"NCHW": 1, "NHWC": 3}
+    if spec.shape[axis[pre.layout]] != channels:
+        other = "NHWC" if pre.layout == "NCHW" else "NCHW"
+        hint = f"--layout {other}" if spec.shape[axis[other]] == channels else f"--color-order {'GRAY' if spec.shape[axis[pre.layout]] == 1 else 'RGB'} or the right --layout"
+        raise UsageError(
+            f"input {spec.name} has shape {spec.shape}: with layout {pre.layout} its channel axis holds {spec.shape[axis[pre.layout]]}, but {pre.color_order} frames have {channels} channel(s)",
+            f"pass {hint}",
+        )
+    hw = tuple(spec.shape[1:3] if pre.layout == "NHWC" else spec.shape[2:4])
+    if pre.resize is not None and tuple(pre.resize) != hw:
+        raise UsageError(f"--resize {pre.resize[0]}x{pre.resize[1]} does not match input {spec.name}'s {hw[0]}x{hw[1]}", f"drop --resize or fix the input with --input-shape {spec.name}:...")
+    return pre
+
+
+def _check_labels(labels: list[str], outputs: list[TensorSpec], task: str) -> None:
+    """A classifier's labels must name every class of its first output (batch axis excluded)."""
+    if not labels or task != "classification" or not outputs or len(outputs[0].shape) < 2:
+        return
+    classes = math.prod(outputs[0].shape[1:])
+    if classes != len(labels):
+        raise UsageError(f"the labels file has {len(labels)} labels but the model outputs {classes} classes (shape {outputs[0].shape})", "pass the labels file that belongs to this model, one label per line")
+
+
 def _output_specs(mod) -> list[TensorSpec]:
     from tvm import relax
 
@@ -105,7 +175,7 @@ def compile_model(
     version: str = "1",
     input_shapes: dict[str, list[int]] | None = None,
     labels: Path | None = None,
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
     task: str = "classification",
     tune_trials: int = 0,
     verify: bool = True,
@@ -114,14 +184,26 @@ def compile_model(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     quiet: bool = False,
+    baseline_images: str | None = None,
 ) -> CompileResult:
     """Compile `model` (.onnx, .tflite, or model.tar.gz, local or s3://) for `target` into a signed package.
 
     Stages: load, import, optimize, build, export, verify, sign; each prints its time. Raises
     an EdgefleetError subclass for every input a person can fix (see edgefleet.errors).
+    `preprocessing` is a complete Preprocessing, or a dict of the options given (the rest take
+    their defaults; the layout defaults to NHWC for TFLite and NCHW for ONNX).
     """
+    _check_name_and_version(name, version)
+    if baseline_images is not None:
+        check_baseline_source(baseline_images)
     resolved = resolve_target(target)
     resolved.check_toolchain()
+    if tune_trials and not resolved.runs_here():
+        # MetaSchedule measures candidates by running them: only on the target's own hardware.
+        raise UsageError(
+            f"--tune-trials needs to run candidates on {resolved.name} hardware, and this machine cannot run {resolved.name} code",
+            "tune on the device's architecture (e.g. an x86_64 target here) or drop --tune-trials",
+        )
     signing_key = load_signing_key(key)  # fail before the long work, not after
     if resolved.device == "neuron":
         raise BuildError(
@@ -143,13 +225,13 @@ def compile_model(
             inputs = frontend.input_specs(parsed, input_shapes or {})
             try:
                 mod = frontend.to_relax(parsed, inputs)
+            except UnsupportedOperatorsError:  # the frontend's own refusal already says what and why
+                raise
             except Exception as exc:  # the importers raise many types on models they cannot map
                 raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", "simplify the model (onnxsim) or export it with another opset") from None
             outputs = _output_specs(mod)
-        if label_list and task == "classification" and outputs and outputs[0].shape and outputs[0].shape[-1] not in (len(label_list),):
-            classes = outputs[0].shape[-1] if len(outputs[0].shape) == 2 else None
-            if classes is not None:
-                raise UsageError(f"the labels file has {len(label_list)} labels but the model outputs {classes} classes", "pass the labels file that belongs to this model")
+        _check_labels(label_list, outputs, task)
+        pre = build_preprocessing(preprocessing, source.format, inputs, task)
         mod = optimize(mod, resolved, tune_trials, stages)
         library = work / "model.so"
         build_and_export(mod, resolved, library, stages)
@@ -164,6 +246,9 @@ def compile_model(
             verification = skipped(resolved, "--no-verify")
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
+        baseline_files = {} if baseline_images is None else package_baseline(  # drift baseline (compiler/baseline.py)
+            baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=source.path,
+            inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name, version=version)
         fields = dict(
             name=pkg_name,
             version=version,
@@ -171,7 +256,7 @@ def compile_model(
             runtime=dict(kind="tvm", library="model.so", tvm_version=dist_version("apache-tvm"), tvm_ffi_version=dist_version("apache-tvm-ffi")),
             inputs=inputs,
             outputs=outputs,
-            preprocessing=preprocessing or Preprocessing(),
+            preprocessing=pre,
             task=task,
             labels=label_list,
             provenance=dict(
@@ -183,8 +268,9 @@ def compile_model(
                 compiled_at=now_utc(),
             ),
             verification=verification,
+            baseline="baseline.json" if baseline_files else None,
             tuning={"trials": tune_trials, "database": str(tuning_dir(resolved))} if tune_trials else None,
         )
         with stages.stage("sign", f"key {signing_key.key_id}"):
-            manifest = write_package(out, fields, {"model.so": library}, signing_key)
+            manifest = write_package(out, fields, {"model.so": library, **baseline_files}, signing_key)
     return CompileResult(out, manifest, stages.timings)

@@ -46,6 +46,9 @@ COMPONENT_GROUPS = {
     "inspect": "edgefleet.cli_package:inspect_command",
     "run": "edgefleet.cli_package:run_command",
     "keys": "edgefleet.cli_package:keys",
+    "models": "edgefleet.models.cli:models",
+    "fleet": "edgefleet.fleet.cli:fleet",
+    "agent": "edgefleet.agent.cli:agent",
 }
 
 

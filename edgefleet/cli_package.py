@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from edgefleet.cli import console, print_json, table, trusted_keys_option
-from edgefleet.errors import EdgefleetError
 
 
 @click.group()
@@ -31,24 +30,21 @@ def keys_create(out: Path | None, overwrite: bool) -> None:
 @click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable; default: ~/.edgefleet/trusted/*.pub and the local key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and checks as JSON.")
 def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> None:
-    """Print a package's manifest and check its file hashes and signature."""
-    from edgefleet.package import open_package
+    """Print a package's manifest and check its file hashes and signature. Maps to edgefleet.package.inspect_package.
 
-    with open_package(package, None) as unverified:
-        manifest = unverified.manifest
-    signature_error: EdgefleetError | None = None
-    signer = None
-    try:
-        with open_package(package, trusted_keys_option(trust)) as opened:
-            signer = opened.signer
-    except EdgefleetError as exc:
-        signature_error = exc
+    Exits non-zero (PackageIntegrityError) when the signature or a file hash does not check out,
+    after printing the manifest as the package states it.
+    """
+    from edgefleet.package import inspect_package
+
+    report = inspect_package(package, trusted_keys_option(trust))
+    m = report.manifest
     if as_json:
-        print_json({"manifest": manifest.model_dump(mode="json"), "signature": {"valid": signature_error is None, "signer": signer, "error": str(signature_error) if signature_error else None}})
+        error = None if report.error is None else {"cause": report.error.cause, "fix": report.error.fix}
+        print_json({"manifest": m.model_dump(mode="json"), "valid": report.valid, "signer": report.signer, "error": error})
     else:
-        m = manifest
         table(["field", "value"], [
-            ["name", m.name], ["version", m.version], ["target", f"{m.target.name} ({m.target.arch}, {m.target.device})"],
+            ["format", m.format_version], ["name", m.name], ["version", m.version], ["target", f"{m.target.name} ({m.target.arch}, {m.target.device})"],
             ["tvm target", m.target.tvm_target], ["runtime", f"{m.runtime.kind} {m.runtime.tvm_version or ''}"],
             ["inputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.inputs)],
             ["outputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.outputs)],
@@ -57,22 +53,23 @@ def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> No
             ["training job", m.provenance.training_job or "-"],
             ["verification", f"{m.verification.status} vs {m.verification.reference}: max abs {m.verification.max_abs_diff}, rel {m.verification.max_rel_diff}" if m.verification.status != "skipped" else f"skipped: {m.verification.reason}"],
             ["files", "; ".join(f"{n} {e.size} B" for n, e in m.files.items())],
+            ["signed by", m.signature.key_id],
         ], title=f"{package}")
-        if signature_error is None:
-            console.print(f"[green]signature valid[/green] (key {signer}); all file hashes match")
-    if signature_error is not None:
-        raise signature_error
+        if report.valid:
+            console.print(f"[green]signature valid[/green] (key {report.signer}); all file hashes match")
+    if report.error is not None:
+        raise report.error
 
 
 @click.command("run")
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file to classify.")
-@click.option("--top-k", "k", default=5, show_default=True, help="How many classes to print.")
-@click.option("--repeat", default=5, show_default=True, help="Runs to time; the median is printed.")
+@click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes to print.")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Runs to time; the median is printed.")
 @click.option("--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 def run_command(package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool) -> None:
-    """Run a package on one image here and print the top-k labels and latency."""
+    """Run a package on one image here and print the top-k labels and latency. Maps to edgefleet.agent.infer.run_package_on_image."""
     from edgefleet.agent.infer import run_package_on_image
 
     result = run_package_on_image(package, image, trusted_keys_option(trust), k=k, repeat=repeat)

@@ -90,3 +90,32 @@ class ServiceError(EdgefleetError):
     """A service edgefleet talks to (broker, fleet API, database) failed or refused."""
 
     exit_code = 23
+
+
+class TrainingJobError(EdgefleetError):
+    """A training job (models/, SageMaker script mode run locally) failed or was refused."""
+
+    exit_code = 50
+
+
+# Fleet service (40-43): the REST API maps these onto 404, 409, 403 and 409.
+class NotFoundError(EdgefleetError):
+    exit_code = 40
+
+
+class ConflictError(EdgefleetError):
+    """The request clashes with what exists (duplicate version, used token)."""
+
+    exit_code = 41
+
+
+class PermissionDeniedError(EdgefleetError):
+    """Missing, unknown or under-scoped API token."""
+
+    exit_code = 42
+
+
+class InvalidTransitionError(EdgefleetError):
+    """A state machine was asked for a transition its table does not have."""
+
+    exit_code = 43

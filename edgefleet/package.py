@@ -20,6 +20,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -28,12 +29,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefleet.archive import ArchiveLimits, safe_extract
-from edgefleet.errors import PackageIntegrityError
+from edgefleet.errors import EdgefleetError, PackageIntegrityError
 from edgefleet.signing import SigningKey, verify_signature
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class Strict(BaseModel):
@@ -121,7 +123,7 @@ class SignatureInfo(Strict):
 
 class Manifest(Strict):
     format_version: Literal[1] = FORMAT_VERSION
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    name: str = Field(pattern=NAME_PATTERN)
     version: str
     target: TargetInfo
     runtime: RuntimeInfo
@@ -253,6 +255,43 @@ def check_files(manifest: Manifest, root: Path) -> None:
         path = root / name
         if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
             raise PackageIntegrityError(f"{name} does not match its sha256 in the manifest (tampered or corrupt)", "download or rebuild the package")
+
+
+@dataclass
+class InspectReport:
+    """What `edgefleet inspect` shows: the manifest as written, and whether the package checks out."""
+
+    manifest: Manifest
+    signer: str | None
+    error: EdgefleetError | None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+def inspect_package(path: Path, trusted: list[Ed25519PublicKey], *, limits: ArchiveLimits = ArchiveLimits()) -> InspectReport:
+    """Read a package's manifest even when the package fails its checks, then run the checks.
+
+    Raises only when there is no manifest to show (not a package, unsafe archive, unreadable or
+    unsupported manifest); a bad signature or file hash comes back in `error`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackageIntegrityError(f"no package at {path}", "check the path")
+    with tempfile.TemporaryDirectory(prefix="edgefleet-inspect-") as tmp:
+        root = Path(tmp)
+        safe_extract(path, root, limits)
+        manifest = read_manifest_unverified(root)
+        try:
+            sig = root / SIGNATURE
+            if not sig.exists():
+                raise PackageIntegrityError("the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key")
+            signer = verify_signature((root / MANIFEST).read_bytes(), sig.read_bytes(), trusted)
+            check_files(manifest, root)
+        except EdgefleetError as exc:
+            return InspectReport(manifest, None, exc)
+    return InspectReport(manifest, signer, None)
 
 
 def open_package(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.errors import CorruptModelError, DynamicShapeError
+from edgefleet.errors import CorruptModelError, DynamicShapeError, UnsupportedOperatorsError
 from edgefleet.package import TensorSpec
 
 FORMAT = "onnx"
@@ -63,14 +63,28 @@ def operators(model) -> Counter:
 
 
 def supported_operators() -> set[str]:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    """Operators TVM's importer or edgefleet's converters (compiler/onnx_converters.py) convert."""
+    from edgefleet.compiler.onnx_converters import supported
 
-    return set(_get_convert_map())
+    return supported()
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def unsupported(model) -> Counter:
+    """Operators that cannot be compiled, and `Op (attribute)` entries for known-wrong conversions.
+
+    An operator TVM lacks still counts as supported when ONNX defines it as a function of
+    operators TVM has: `to_relax` expands it (compiler/onnx_rewrites.py).
+    """
+    from edgefleet.compiler.onnx_rewrites import expandable, rejections
+
     known = supported_operators()
-    return Counter({op: n for op, n in operators(model).items() if op not in known})
+    opset = _opset(model)
+    missing = Counter({op: n for op, n in operators(model).items() if op not in known and not expandable(op, opset)})
+    return missing + rejections(model)
 
 
 def _real_inputs(model):
@@ -104,12 +118,48 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
     return specs
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def plain_import(model, inputs: list[TensorSpec]):
+    """TVM's ONNX importer as it ships, without edgefleet's rewrites (the conformance baseline)."""
     from tvm.relax.frontend.onnx import from_onnx
 
     shapes = {s.name: s.shape for s in inputs}
     dtypes = {s.name: s.dtype for s in inputs}
     return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+
+
+def prepare(model, input_shapes: dict[str, list[int]]):
+    """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
+    import onnx
+
+    from edgefleet.compiler.onnx_rewrites import cast_shape_values, expand_functions, fold_constants, normalize_constants
+
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    normalize_constants(prepared)
+    for _ in range(4):  # a function body may use another function-defined operator
+        expanded = expand_functions(prepared, supported_operators())
+        if expanded is prepared:
+            break
+        prepared = expanded
+    normalize_constants(prepared)  # expanded function bodies use the value_* forms too
+    prepared = fold_constants(prepared, input_shapes)
+    cast_shape_values(prepared)
+    return prepared
+
+
+def to_relax(model, inputs: list[TensorSpec]):
+    """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/onnx_converters.py)."""
+    from edgefleet.compiler.onnx_converters import from_onnx
+    from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections
+
+    shapes = {s.name: s.shape for s in inputs}
+    dtypes = {s.name: s.dtype for s in inputs}
+    prepared = prepare(model, shapes)
+    refused = rejections(prepared, RUNTIME_RULES)
+    if refused:
+        listed = ", ".join(f"{op} x{n}" for op, n in sorted(refused.items()))
+        raise UnsupportedOperatorsError(f"TVM would compute these operators wrongly: {listed}", "make those inputs constants in the exported model (e.g. fixed shapes, export with constant folding)")
+    return from_onnx(prepared, shapes, dtypes)
 
 
 def reference_name() -> str:

@@ -1,0 +1,82 @@
+"""`edgefleet agent install | run | check-config`: thin wrappers over install_agent and run_agent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from edgefleet.cli import console, print_json
+
+DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
+
+
+@click.group()
+def agent() -> None:
+    """The camera agent: local inference, alerts over MQTT."""
+
+
+@agent.command("install")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True, help="Config file to write.")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edgefleet"), show_default=True)
+@click.option("--device-id", required=True, help="This camera's id (the CN of its certificate, its MQTT topics).")
+@click.option("--mqtt-host", required=True)
+@click.option("--mqtt-port", type=int, default=8883, show_default=True)
+@click.option("--transport", type=click.Choice(["paho", "awsiot"]), default="paho", show_default=True)
+@click.option("--ca", "ca_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA certificate of the broker.")
+@click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Device certificate issued by hand (else enroll the CSR).")
+@click.option("--package", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Initial model package.")
+@click.option("--label", "labels", multiple=True, required=True, help="Label to alert on (repeatable).")
+@click.option("--fleet-url", help="Fleet HTTP API, for package downloads.")
+@click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Package signing public key the device accepts (repeatable).")
+@click.option("--user", default="edgefleet", show_default=True, help="Unprivileged account the service runs as.")
+@click.option("--unit-path", type=click.Path(path_type=Path), default=Path("/etc/systemd/system/edgefleet-agent.service"), show_default=True)
+@click.option("--force", is_flag=True, help="Rewrite an existing config (the device key is kept).")
+@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
+def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, transport, ca_file, cert_file, package, labels, fleet_url, trust, user, unit_path, force, dry_run) -> None:
+    """Prepare this camera: config, device key and CSR, state folders, systemd unit. Maps to edgefleet.agent.install.install_agent."""
+    from edgefleet.agent.install import install_agent
+
+    plan = install_agent(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
+                         ca_file=ca_file, cert_file=cert_file, package=package, labels=list(labels), fleet_url=fleet_url, trust=list(trust), user=user, unit_path=unit_path,
+                         force=force, dry_run=dry_run)
+    verb = "would create" if dry_run else "created"
+    for directory in plan.directories:
+        console.print(f"{verb} directory {directory}")
+    for path, content in plan.files.items():
+        console.print(f"{verb} {path}")
+        if dry_run and not path.name.endswith((".key", ".pem", ".csr")):
+            click.echo(content)
+    for note in plan.notes:
+        console.print(f"note: {note}")
+
+
+@agent.command("run")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
+@click.option("--idle-exit", type=float, help="Stop when no frame arrived for this many seconds.")
+@click.option("--drain", type=float, default=5.0, show_default=True, help="On stop, seconds to wait for the broker to ack stored messages.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when stopped.")
+def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -> None:
+    """Run the agent until SIGTERM/SIGINT. Maps to edgefleet.agent.run.run_agent."""
+    from edgefleet.agent.config import load_config
+    from edgefleet.agent.run import RunOptions, run_agent
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run_agent(load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain))
+    if as_json:
+        print_json({"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox})
+    else:
+        console.print(f"stopped: frames {json.dumps(summary.frames)}, alerts {summary.alerts}, outbox {json.dumps(summary.outbox)}")
+
+
+@agent.command("check-config")
+@click.argument("config_path", type=click.Path(path_type=Path))
+def check_config_command(config_path) -> None:
+    """Validate a config file and print it with defaults filled in. Maps to edgefleet.agent.config.load_config."""
+    from edgefleet.agent.config import load_config
+
+    print_json(load_config(config_path).model_dump(mode="json"))

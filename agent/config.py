@@ -1,0 +1,196 @@
+"""The agent's config file (TOML, `version = 1`): strict, typed, no inline secrets.
+
+Unknown keys are refused at every level. Secrets (the TLS private key, an HTTP camera's
+password) are never values in this file: the file names a path (`*_file`) or an
+environment variable (`*_env`) that holds them. See docs/agent.md for the full format.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgefleet.errors import BadInputError, UsageError
+
+CONFIG_VERSION = 1
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret(Strict):
+    """Where a secret lives: exactly one of a file path or an environment variable name."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Secret:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of `file` or `env`")
+        return self
+
+    def read(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise UsageError(f"environment variable {self.env} (named in the agent config) is not set", f"export {self.env} before starting the agent")
+            return value
+        try:
+            return Path(self.file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read secret file {self.file}: {exc.strerror}", "check the path and its permissions") from None
+
+
+class TlsConfig(Strict):
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+class MqttConfig(Strict):
+    host: str
+    port: int = Field(8883, ge=1, le=65535)
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    transport: Literal["paho", "awsiot"] = "paho"
+    tls: TlsConfig
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    # How many outbox messages may wait for their PUBACK at once; order is kept regardless.
+    inflight: int = Field(20, ge=1, le=1000)
+
+
+class FleetConfig(Strict):
+    url: str | None = None
+
+
+class FolderSource(Strict):
+    """Images dropped into a folder, taken in name order; each is deleted once handled."""
+
+    type: Literal["folder"]
+    name: str = "folder"
+    path: Path
+    pattern: str = "*"
+    max_fps: float = Field(10.0, gt=0)
+    poll_s: float = Field(0.2, gt=0)
+    delete_after: bool = True
+
+
+class HttpSource(Strict):
+    """An HTTP(S) snapshot URL, fetched at up to `max_fps`."""
+
+    type: Literal["http"]
+    name: str = "http"
+    url: str = Field(pattern=r"^https?://")
+    max_fps: float = Field(1.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: Path | None = None
+
+
+class FfmpegSource(Strict):
+    """RTSP, V4L2 (/dev/video0) or anything else ffmpeg opens, sampled at `max_fps`."""
+
+    type: Literal["ffmpeg"]
+    name: str = "ffmpeg"
+    url: str
+    input_format: str | None = None  # ffmpeg -f, e.g. "v4l2" or "lavfi"
+    max_fps: float = Field(2.0, gt=0)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+
+
+Source = Annotated[FolderSource | HttpSource | FfmpegSource, Field(discriminator="type")]
+
+
+class ModelConfig(Strict):
+    """A signed package (the normal case), or a plain .tflite with its own preprocessing."""
+
+    package: Path | None = None
+    tflite: Path | None = None
+    labels_file: Path | None = None
+    task: Literal["classification", "detection"] = "classification"
+    resize: tuple[int, int] | None = None
+    color_order: Literal["RGB", "BGR", "GRAY"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NHWC"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    trusted_keys: list[Path] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_both(self) -> ModelConfig:
+        if self.package is not None and self.tflite is not None:
+            raise ValueError("give `package` or `tflite`, not both")
+        return self
+
+
+class RulesConfig(Strict):
+    labels: list[str] = Field(min_length=1)
+    min_score: float = Field(0.5, ge=0, le=1)
+    min_consecutive: int = Field(1, ge=1)
+    cooldown_s: float = Field(0.0, ge=0)
+    thumbnail: bool = False
+    thumbnail_max_side: int = Field(160, ge=16, le=1024)
+    thumbnail_max_bytes: int = Field(16_384, ge=1024, le=65_536)
+
+
+class OutboxConfig(Strict):
+    max_messages: int = Field(10_000, ge=10)
+    max_bytes: int = Field(50 * 1024 * 1024, ge=64 * 1024)
+
+
+class TelemetryConfig(Strict):
+    interval_s: float = Field(60.0, gt=0)
+
+
+class HealthConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class AgentConfig(Strict):
+    version: Literal[1]
+    state_dir: Path
+    mqtt: MqttConfig
+    fleet: FleetConfig = FleetConfig()
+    model: ModelConfig = ModelConfig()
+    sources: list[Source] = Field(min_length=1)
+    rules: RulesConfig
+    outbox: OutboxConfig = OutboxConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    health: HealthConfig = HealthConfig()
+
+    @property
+    def device_id(self) -> str:
+        return self.mqtt.device_id
+
+
+def parse_config(raw: dict, where: str = "agent config") -> AgentConfig:
+    if isinstance(raw, dict) and "version" in raw and raw["version"] != CONFIG_VERSION:
+        raise BadInputError(f"{where} has version {raw['version']!r}; this agent reads version {CONFIG_VERSION}", "upgrade the agent or rewrite the config")
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise BadInputError(f"{where}: {loc or 'top level'}: {first['msg']}{extra}", "fix that key; see docs/agent.md for the format") from None
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read agent config {path}: {exc.strerror}", "create it with `edgefleet agent install`") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInputError(f"{path} is not valid TOML: {exc}", "fix the syntax") from None
+    return parse_config(raw, str(path))

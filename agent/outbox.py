@@ -1,0 +1,136 @@
+"""The disk-backed outbox: every alert, telemetry and job update waits here until the broker acks it.
+
+SQLite in WAL mode at <state>/outbox.sqlite (schema version in `PRAGMA user_version`).
+Messages are delivered in `seq` order. A row is marked delivered only when its PUBACK
+arrives, so broker outages, network cuts and agent restarts lose nothing; after a crash the
+unacknowledged rows are sent again (QoS 1 at-least-once; each payload carries an `id`).
+Inserting a message whose id is already stored is a no-op, which makes re-handling the
+same frame after a crash idempotent.
+
+When the outbox is over its caps, telemetry goes first (oldest first), then the oldest
+other messages; what was dropped is counted per kind and reported in telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+# Delivered rows are kept (without payload) this long so duplicate ids are still caught.
+KEEP_DELIVERED = 5_000
+DROP_FIRST = ("telemetry",)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB,
+    size INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS pending ON messages (delivered, seq);
+CREATE TABLE IF NOT EXISTS dropped (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    id: str
+    kind: str
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    """Thread-safe: the inference loop puts, the sender thread takes and acks."""
+
+    def __init__(self, path: Path, *, max_messages: int = 10_000, max_bytes: int = 50 * 1024 * 1024) -> None:
+        self.path = Path(path)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._handed = 0  # rows up to this seq are with the transport; caps never drop them
+        self._has_pending = threading.Condition(self._lock)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a row the agent was told is stored survives power loss, not only a crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise RuntimeError(f"outbox schema {version} is newer than this agent ({SCHEMA_VERSION})")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def put(self, kind: str, topic: str, payload: dict) -> bool:
+        """Store one message (payload must carry a unique "id"). False if that id is already stored."""
+        data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO messages (id, kind, topic, payload, size) VALUES (?, ?, ?, ?, ?)",
+                (payload["id"], kind, topic, data, len(data)),
+            )
+            added = cur.rowcount == 1
+            if added:
+                self._enforce_caps()
+                self._has_pending.notify_all()
+            return added
+
+    def _enforce_caps(self) -> None:
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0").fetchone()
+        while count > self.max_messages or size > self.max_bytes:
+            row = None
+            for kind in DROP_FIRST:
+                row = self._db.execute("SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? AND kind = ? ORDER BY seq LIMIT 1", (self._handed, kind)).fetchone()
+                if row:
+                    break
+            if row is None:
+                row = self._db.execute("SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? ORDER BY seq LIMIT 1", (self._handed,)).fetchone()
+            if row is None:
+                return  # everything left is already with the transport
+            seq, kind, row_size = row
+            self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+            self._db.execute("INSERT INTO dropped (kind, count) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET count = count + 1", (kind,))
+            count -= 1
+            size -= row_size
+
+    def pending(self, after_seq: int = 0, limit: int = 100) -> list[Message]:
+        """Undelivered messages with seq > after_seq, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, id, kind, topic, payload FROM messages WHERE delivered = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [Message(*row) for row in rows]
+
+    def mark_handed(self, seq: int) -> None:
+        with self._lock:
+            self._handed = max(self._handed, seq)
+
+    def wait_for_pending(self, after_seq: int, timeout: float) -> None:
+        with self._lock:
+            exists = self._db.execute("SELECT 1 FROM messages WHERE delivered = 0 AND seq > ? LIMIT 1", (after_seq,)).fetchone()
+            if not exists:
+                self._has_pending.wait(timeout)
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE messages SET delivered = 1, payload = NULL WHERE seq = ?", (seq,))
+            # Forget delivered rows beyond the de-duplication window.
+            self._db.execute("DELETE FROM messages WHERE delivered = 1 AND seq <= (SELECT MAX(seq) FROM messages WHERE delivered = 1) - ?", (KEEP_DELIVERED,))
+
+    def stats(self) -> dict:
+        with self._lock:
+            pending, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0").fetchone()
+            dropped = dict(self._db.execute("SELECT kind, count FROM dropped").fetchall())
+        return {"pending": pending, "pending_bytes": size, "dropped": dropped}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,75 @@
+"""MQTT topics and payloads, v1 (see docs/agent.md). Every payload is JSON with "schema": 1 and a unique "id"."""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+from datetime import datetime, timezone
+
+from PIL import Image
+
+from edgefleet import __version__
+from edgefleet.agent.postprocess import FrameResult
+from edgefleet.agent.rules import Hit
+from edgefleet.package import Manifest
+
+SCHEMA = 1
+# Alert ids are derived from the frame, so handling the same frame twice gives the same id.
+ALERT_NAMESPACE = uuid.UUID("5b0c2f8e-4a0e-4f49-9d0f-0e5a3c1d7a10")
+
+
+def topic(device_id: str, suffix: str) -> str:
+    return f"edgefleet/v1/{device_id}/{suffix}"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def model_ref(manifest: Manifest | None) -> dict | None:
+    return None if manifest is None else {"name": manifest.name, "version": manifest.version}
+
+
+def thumbnail(image: Image.Image, max_side: int, max_bytes: int) -> dict | None:
+    """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
+    small = image.convert("RGB")
+    small.thumbnail((max_side, max_side))
+    for quality in (80, 60, 40, 25, 15):
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=quality, optimize=True)
+        if buf.tell() <= max_bytes:
+            return {"format": "jpeg", "width": small.width, "height": small.height, "data": base64.b64encode(buf.getvalue()).decode()}
+    return None
+
+
+def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, frame_key: str, source: str, latency_ms: float, thumb: dict | None) -> dict:
+    body = {
+        "schema": SCHEMA,
+        "id": str(uuid.uuid5(ALERT_NAMESPACE, f"{device_id}/{source}/{frame_key}/{hit.label}/{manifest.name}/{manifest.version}")),
+        "type": "alert",
+        "device": device_id,
+        "ts": now_iso(),
+        "label": hit.label,
+        "score": round(hit.score, 5),
+        "consecutive": hit.consecutive,
+        "source": source,
+        "frame": frame_key,
+        "model": model_ref(manifest),
+        "latency_ms": round(latency_ms, 3),
+    }
+    if result.detections:
+        body["detections"] = [{"label": d.label, "score": round(d.score, 5), "box": d.box} for d in result.detections if d.label == hit.label][:20]
+    if thumb is not None:
+        body["thumbnail"] = thumb
+    return body
+
+
+def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: dict) -> dict:
+    return {"schema": SCHEMA, "id": str(uuid.uuid4()), "type": "telemetry", "device": device_id, "ts": now_iso(),
+            "model": model_ref(manifest), "outbox": outbox, **window}
+
+
+def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict:
+    return {"schema": SCHEMA, "id": str(uuid.uuid4()), "type": "status", "device": device_id, "ts": now_iso(),
+            "state": state, "model": model_ref(manifest), "agent_version": __version__}

@@ -1,0 +1,326 @@
+"""`edgefleet agent run`: frames -> local inference -> rules -> outbox -> MQTT.
+
+Threads: one per frame source (bounded queue into the loop), the inference loop (the
+caller's thread), the outbox sender, telemetry, the jobs worker (OTA updates) and the
+health endpoint. A bad frame is counted and skipped; nothing a frame contains can stop the
+loop. SIGTERM/SIGINT stop it cleanly: sources stop, stored messages get a short chance to
+drain, a retained "offline" status is published, the outbox is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.agent import payloads
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.metrics import AgentMetrics, luma_stats
+from edgefleet.agent.model_slot import ActiveModel, ModelSlot
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.postprocess import interpret
+from edgefleet.agent.preprocess import FrameRejected, decode_image, preprocess
+from edgefleet.agent.rules import AlertRules
+from edgefleet.agent.sender import Sender
+from edgefleet.agent.sources import Frame, FrameSource, make_source
+from edgefleet.agent.transports import make_transport
+from edgefleet.errors import UsageError
+from edgefleet.signing import default_trusted_keys, load_public_key
+
+log = logging.getLogger("edgefleet.agent")
+
+try:
+    from edgefleet.agent.update import UpdateManager
+except ModuleNotFoundError as exc:  # agent/update.py (the OTA state machine) lands separately
+    if exc.name != "edgefleet.agent.update":
+        raise
+    UpdateManager = None
+
+
+@dataclass
+class RunOptions:
+    max_frames: int | None = None  # stop after this many frames (ok + bad + error)
+    idle_exit_s: float | None = None  # stop when no frame arrived for this long
+    drain_s: float = 5.0  # on stop, wait this long for the broker to ack stored messages
+
+
+@dataclass
+class RunSummary:
+    frames: dict = field(default_factory=dict)
+    alerts: int = 0
+    outbox: dict = field(default_factory=dict)
+
+
+def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
+    """A .tflite that is not a package: preprocessing and labels come from the config."""
+    from edgefleet.agent.runtime import TfliteModel, host_arch
+    from edgefleet.package import Manifest, now_utc, sha256_file
+
+    m = cfg.model
+    path = Path(m.tflite)
+    if not path.is_file():
+        raise UsageError(f"model.tflite {path} does not exist", "fix model.tflite in the agent config")
+    model = TfliteModel(path)
+    labels = [line.strip() for line in Path(m.labels_file).read_text().splitlines() if line.strip()] if m.labels_file else []
+
+    def spec(d: dict) -> dict:
+        return {"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__ if hasattr(d["dtype"], "__name__") else d["dtype"])}
+
+    manifest = Manifest(
+        name=path.stem.replace(" ", "_")[:100] or "model", version="0",
+        target={"name": "tflite", "tvm_target": None, "arch": host_arch()},
+        runtime={"kind": "tflite", "library": path.name},
+        inputs=[spec(d) for d in model.interpreter.get_input_details()],
+        outputs=[spec(d) for d in model.interpreter.get_output_details()],
+        preprocessing={"resize": m.resize, "color_order": m.color_order, "layout": m.layout, "scale": m.scale, "mean": m.mean, "std": m.std},
+        task=m.task, labels=labels,
+        provenance={"source_uri": str(path), "source_sha256": sha256_file(path), "source_format": "tflite", "compiler": "none (plain .tflite)", "compiled_at": now_utc()},
+        verification={"status": "skipped", "reason": "plain .tflite from the agent config, not a package"},
+        files={}, signature={"key_id": "unsigned"},
+    )
+    return ActiveModel(model, manifest, None)
+
+
+def trusted_keys(cfg: AgentConfig):
+    return [load_public_key(p) for p in cfg.model.trusted_keys] if cfg.model.trusted_keys else default_trusted_keys()
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, options: RunOptions | None = None) -> None:
+        self.cfg = cfg
+        self.options = options or RunOptions()
+        self.device = cfg.device_id
+        self.state = Path(cfg.state_dir)
+        for sub in ("packages", "journal"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        self.stop_event = threading.Event()
+        self.metrics = AgentMetrics()
+        self.rules = AlertRules(cfg.rules)
+        self.slot = ModelSlot(self.state, trusted_keys(cfg))
+        self.outbox = Outbox(self.state / "outbox.sqlite", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes)
+        will = json.dumps(payloads.status(self.device, "offline")).encode()
+        self.transport = make_transport(cfg.mqtt, payloads.topic(self.device, "status"), will)
+        self.transport.on_connect.append(self._publish_online)
+        self.sender = Sender(self.outbox, self.transport, cfg.mqtt.inflight)
+        self.sources: list[FrameSource] = [make_source(s) for s in cfg.sources]
+        self.frames: queue.Queue[Frame] = queue.Queue(maxsize=4)
+        self.jobs: queue.Queue[dict] = queue.Queue()
+        self.updates = None
+        self.health = None
+        self._threads: list[threading.Thread] = []
+        self.started_at = time.monotonic()
+
+    # -- model ------------------------------------------------------------------------
+    def _load_model(self) -> None:
+        if self.cfg.model.tflite is not None:
+            self.slot.load_plain(load_plain_tflite(self.cfg))
+            return
+        if self.slot.current_dir() is None:
+            if self.cfg.model.package is None:
+                raise UsageError("no model installed and none configured", "set model.package (or model.tflite) in the config, or deploy one from the fleet")
+            self.slot.install_initial(self.cfg.model.package)
+        else:
+            self.slot.reload()
+
+    # -- MQTT ---------------------------------------------------------------------------
+    def _publish_online(self) -> None:
+        manifest = self.slot._active.manifest if self.slot._active else None
+        self.transport.publish(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "online", manifest)).encode(), retain=True)
+
+    def publish(self, topic_suffix: str, payload: dict) -> None:
+        """QoS 1, ordered, through the outbox: what the update manager uses for job updates."""
+        payload = {"schema": payloads.SCHEMA, **payload}
+        payload.setdefault("id", str(uuid.uuid4()))
+        self.outbox.put("job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload)
+
+    def _on_notify(self, topic: str, data: bytes) -> None:
+        try:
+            payload = json.loads(data)
+            if not isinstance(payload, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            log.warning("ignoring malformed job notification on %s: %s", topic, exc)
+            return
+        self.jobs.put(payload)
+
+    def _jobs_worker(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                payload = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.updates.handle_notify(payload)
+            except Exception:  # an update failure must never take the camera down
+                log.exception("update job failed")
+
+    def _telemetry_loop(self) -> None:
+        while not self.stop_event.wait(self.cfg.telemetry.interval_s):
+            self.send_telemetry()
+
+    def send_telemetry(self) -> None:
+        manifest = self.slot._active.manifest if self.slot._active else None
+        body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats())
+        self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), body)
+
+    # -- health -------------------------------------------------------------------------
+    def health_status(self) -> dict:
+        stats = self.outbox.stats()
+        active = self.slot._active
+        ok = active is not None and not self.stop_event.is_set()
+        return {
+            "status": "ok" if ok else "degraded",
+            "device": self.device,
+            "mqtt_connected": self.transport.connected.is_set(),
+            "model": payloads.model_ref(active.manifest) if active else None,
+            "frames": dict(self.metrics.totals),
+            "outbox": stats,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+        }
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.refresh_gauges(self.outbox.stats(), self.transport.connected.is_set())
+
+    # -- sources ------------------------------------------------------------------------
+    def _pump(self, source: FrameSource) -> None:
+        try:
+            for frame in source.frames(self.stop_event):
+                while not self.stop_event.is_set():
+                    try:
+                        self.frames.put(frame, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except Exception:
+            log.exception("frame source %s failed", source.name)
+
+    def _start_thread(self, target, name: str, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- the loop -----------------------------------------------------------------------
+    def handle(self, frame: Frame) -> None:
+        """One frame: decode, preprocess, infer, rules, outbox. Never raises for bad data."""
+        start = time.perf_counter()
+        by_source = {s.name: s for s in self.sources}
+        try:
+            image = decode_image(frame.data)
+        except FrameRejected as exc:
+            self.metrics.frame_bad(exc.reason)
+            log.warning("skipped frame %s from %s: %s", frame.key, frame.source, exc.cause)
+            self._done(by_source, frame)
+            return
+        active = self.slot.active
+        try:
+            batch = preprocess(image, active.manifest.inputs[0], active.manifest.preprocessing)
+            model_start = time.perf_counter()
+            outputs = active.model.run([batch])
+            model_s = time.perf_counter() - model_start
+            result = interpret(outputs, active.manifest)
+        except Exception as exc:  # a frame that breaks preprocessing or the model is counted, not fatal
+            self.metrics.frame_error()
+            log.warning("inference failed on frame %s: %s", frame.key, str(exc)[:200])
+            self._done(by_source, frame)
+            return
+        brightness, contrast = luma_stats(image)
+        for hit in self.rules.observe(result.scores, time.monotonic()):
+            thumb = payloads.thumbnail(image, self.cfg.rules.thumbnail_max_side, self.cfg.rules.thumbnail_max_bytes) if self.cfg.rules.thumbnail else None
+            body = payloads.alert(self.device, hit, result, active.manifest, frame_key=frame.key, source=frame.source, latency_ms=model_s * 1000, thumb=thumb)
+            if self.outbox.put("alert", payloads.topic(self.device, "alerts"), body):
+                self.metrics.alert(hit.label)
+        self._done(by_source, frame)
+        total = time.perf_counter() - start
+        self.metrics.frame_ok(model_s, total - model_s, brightness, contrast, result.top_label, result.top_score)
+
+    @staticmethod
+    def _done(by_source: dict, frame: Frame) -> None:
+        source = by_source.get(frame.source)
+        if source is not None:
+            source.done(frame)
+
+    def run(self) -> RunSummary:
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            log.warning("running as root; the installed service runs as an unprivileged user")
+        if UpdateManager is not None and self.cfg.model.tflite is None:
+            # Before loading: an update interrupted mid-switch is rolled back first.
+            self.updates = UpdateManager(self.state, self.slot, self.publish, self.slot.trusted_keys, self.device)
+            self.updates.resume()
+        self._load_model()
+        if self.updates is None:
+            log.info("over-the-air updates are disabled (%s)", "plain .tflite model" if self.cfg.model.tflite else "agent/update.py is not installed")
+        if self.updates is not None:
+            self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
+            self._start_thread(self._jobs_worker, "jobs")
+        self.transport.start()
+        self.sender.start()
+        self._start_thread(self._telemetry_loop, "telemetry")
+        if self.cfg.health.enabled:
+            from edgefleet.agent.health import HealthServer
+
+            self.health = HealthServer(self.cfg.health.host, self.cfg.health.port, self.health_status, self.metrics.registry, self._refresh_gauges)
+            self.health.start()
+            (self.state / "health.port").write_text(f"{self.health.port}\n")
+        for source in self.sources:
+            self._start_thread(self._pump, f"source-{source.name}", source)
+        handled = 0
+        last_frame = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    frame = self.frames.get(timeout=0.1)
+                except queue.Empty:
+                    if self.options.idle_exit_s is not None and time.monotonic() - last_frame > self.options.idle_exit_s:
+                        break
+                    continue
+                last_frame = time.monotonic()
+                self.handle(frame)
+                handled += 1
+                if self.options.max_frames is not None and handled >= self.options.max_frames:
+                    break
+        finally:
+            final_outbox = self.shutdown()
+        return RunSummary(dict(self.metrics.totals), self.metrics.totals["alerts"], final_outbox)
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> dict:
+        """Stop everything; returns the outbox's final stats."""
+        self.stop_event.set()
+        for source in self.sources:
+            source.close()
+        for thread in self._threads:
+            if thread.name in ("telemetry", "jobs"):
+                thread.join(timeout=10)
+        self.send_telemetry()
+        if not self.sender.drain(self.options.drain_s):
+            log.warning("stopping with %d messages not yet acked; they are kept and sent on the next start", self.outbox.stats()["pending"])
+        self.sender.stop()
+        manifest = self.slot._active.manifest if self.slot._active else None
+        self.transport.stop(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "offline", manifest)).encode())
+        if self.health is not None:
+            self.health.stop()
+        stats = self.outbox.stats()
+        self.outbox.close()
+        return stats
+
+
+def run_agent(cfg: AgentConfig, options: RunOptions | None = None) -> RunSummary:
+    """Run until SIGTERM/SIGINT (or the limits in `options`); installs the signal handlers."""
+    import signal
+
+    agent = Agent(cfg, options)
+    previous = {sig: signal.signal(sig, agent.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return agent.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+

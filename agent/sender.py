@@ -1,0 +1,61 @@
+"""Moves outbox rows to the transport in seq order, at most `window` awaiting their PUBACK."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.transports.base import Transport
+
+
+class Sender(threading.Thread):
+    def __init__(self, outbox: Outbox, transport: Transport, window: int) -> None:
+        super().__init__(name="sender", daemon=True)
+        self.outbox = outbox
+        self.transport = transport
+        self.window = window
+        self.stop_event = threading.Event()
+        self._cond = threading.Condition()
+        self._inflight: set[int] = set()
+        self.acked = 0
+
+    def run(self) -> None:
+        last = 0
+        while not self.stop_event.is_set():
+            with self._cond:
+                if len(self._inflight) >= self.window:
+                    self._cond.wait(0.5)
+                    continue
+                room = self.window - len(self._inflight)
+            batch = self.outbox.pending(after_seq=last, limit=room)
+            if not batch:
+                self.outbox.wait_for_pending(last, 0.5)
+                continue
+            for msg in batch:
+                with self._cond:
+                    self._inflight.add(msg.seq)
+                self.outbox.mark_handed(msg.seq)
+                # The transport keeps the message while disconnected and sends it, in order, after reconnecting.
+                self.transport.publish(msg.topic, msg.payload, on_ack=lambda seq=msg.seq: self._acked(seq))
+                last = msg.seq
+
+    def _acked(self, seq: int) -> None:
+        self.outbox.ack(seq)
+        with self._cond:
+            self._inflight.discard(seq)
+            self.acked += 1
+            self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every stored message is acked (True) or timeout (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.outbox.stats()["pending"] == 0:
+                return True
+            time.sleep(0.05)
+        return self.outbox.stats()["pending"] == 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=5)

@@ -1,0 +1,350 @@
+"""ONNX's backend conformance suite run through edgefleet's compile path.
+
+`EdgefleetBackend` is an `onnx.backend.base.Backend`: `prepare` checks the model the way
+`edgefleet compile` does (operator check, import rewrites, input shapes), `run` builds it for the
+x86_64 target with the same `optimize` / `build_and_export` functions, loads the library with the
+agent's `TvmModel` and executes it. Dynamic inputs get the shapes of the data they are run on,
+as `--input-shape` would give them.
+
+`run_suite` classifies every test case that ships in the onnx wheel as
+  passed       outputs match ONNX's expected ones (the runner's own comparison and tolerances)
+  wrong        the compiled model ran and gave a different answer: the state to eliminate
+  unsupported  refused before building with an UnsupportedOperatorsError (a clear message)
+  error        TVM failed to build or run it (BuildError, a crash, a timeout)
+and writes them as JSON (format below), one record per case.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.errors import EdgefleetError, UnsupportedOperatorsError
+
+RESULTS_FORMAT = 1
+TARGET = "x86_64"
+# Kinds of test data in the onnx wheel that run offline; "light" and "real" are whole networks
+# (covered by the compiler's own model tests) and "real" needs downloads.
+KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator")
+OUTCOMES = ("passed", "wrong", "unsupported", "error")
+
+# Operator families vision models use (the issue's "vision subset").
+VISION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv": ("Conv", "ConvTranspose"),
+    "pooling": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "MaxUnpool"),
+    "normalization": ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LRN"),
+    "gemm/matmul": ("Gemm", "MatMul"),
+    "elementwise": ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Clip", "Where", "Equal", "Greater", "Less", "Not", "Cast"),
+    "shape": ("Concat", "Reshape", "Transpose", "Slice", "Gather", "Flatten", "Squeeze", "Unsqueeze", "Split", "Expand", "Shape", "Tile", "Identity", "DepthToSpace", "SpaceToDepth"),
+    "resize": ("Resize", "Upsample"),
+    "pad": ("Pad",),
+    "softmax": ("Softmax", "LogSoftmax"),
+    "activations": ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Gelu", "ThresholdedRelu"),
+    "topk/argmax": ("TopK", "ArgMax", "ArgMin"),
+    "nms": ("NonMaxSuppression", "RoiAlign"),
+}
+VISION_OPS = {op: family for family, ops in VISION_FAMILIES.items() for op in ops}
+
+
+@dataclass
+class CaseResult:
+    name: str
+    kind: str
+    operator: str
+    outcome: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class EdgefleetRep:
+    """A prepared model: compiled once per set of input shapes, run with the Relax VM."""
+
+    def __init__(self, model, plain: bool = False) -> None:
+        self.model = model
+        self.plain = plain
+        self._compiled: dict[tuple, object] = {}
+
+    def run(self, inputs, **kwargs) -> list[np.ndarray]:
+        import tvm
+
+        from edgefleet.agent.runtime import _flatten
+
+        arrays = [np.asarray(x) for x in (inputs.values() if isinstance(inputs, dict) else inputs)]
+        key = tuple((a.shape, str(a.dtype)) for a in arrays)
+        if key not in self._compiled:
+            self._compiled[key] = compile_for_inputs(self.model, arrays, plain=self.plain)
+        model = self._compiled[key]
+        # Not TvmModel.run: its np.ascontiguousarray turns 0-d inputs into 1-d ones.
+        tensors = [tvm.runtime.tensor(np.require(a, requirements="C"), model.device) for a in arrays]
+        return _flatten(model.vm["main"](*tensors))
+
+
+def _backend_class():
+    from onnx.backend.base import Backend
+
+    class EdgefleetBackend(Backend):
+        """onnx.backend entry point: `EdgefleetBackend.run_model(model, inputs)`."""
+
+        @classmethod
+        def supports_device(cls, device: str) -> bool:
+            return device == "CPU"
+
+        @classmethod
+        def prepare(cls, model, device: str = "CPU", plain: bool = False, **kwargs) -> EdgefleetRep:
+            """plain=True skips edgefleet's checks and rewrites: TVM's importer as it ships."""
+            if not plain:
+                check_model(model)
+            return EdgefleetRep(model, plain)
+
+        @classmethod
+        def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
+            raise NotImplementedError("edgefleet compiles whole models; use run_model")
+
+    return EdgefleetBackend
+
+
+def __getattr__(name: str):
+    # onnx is imported lazily so `import edgefleet.compiler.conformance` stays cheap.
+    if name == "EdgefleetBackend":
+        return _backend_class()
+    raise AttributeError(name)
+
+
+def check_model(model) -> None:
+    """What `edgefleet compile` checks before importing: operators and their attributes."""
+    from edgefleet.compiler.compile import OperatorReport, unsupported_error
+    from edgefleet.compiler.frontends import onnx as frontend
+
+    report = OperatorReport("onnx", frontend.operators(model), frontend.unsupported(model))
+    if not report.ok:
+        raise unsupported_error(report, model.graph.name or "model")
+
+
+def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False):
+    """Import, optimize, build and export `model` for x86_64 with inputs shaped like `arrays`."""
+    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.compiler.build import build_and_export, optimize
+    from edgefleet.compiler.frontends import onnx as frontend
+    from edgefleet.compiler.targets import resolve_target
+    from edgefleet.progress import Stages
+
+    target = resolve_target(TARGET)
+    names = [i.name for i in frontend._real_inputs(model)]
+    if len(names) != len(arrays):
+        raise UnsupportedOperatorsError(f"the model has {len(names)} inputs but {len(arrays)} were given (optional inputs)", "give every graph input")
+    inputs = frontend.input_specs(model, {n: list(a.shape) for n, a in zip(names, arrays)})
+    try:
+        mod = (frontend.plain_import if plain else frontend.to_relax)(model, inputs)
+    except EdgefleetError:
+        raise
+    except Exception as exc:  # the same wrapping as compile_model's import stage
+        raise UnsupportedOperatorsError(f"TVM's onnx importer failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}", "see docs/operators.md") from None
+    stages = Stages(quiet=True)
+    mod = optimize(mod, target, 0, stages)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
+        library = build_and_export(mod, target, Path(tmp) / "model.so", stages)
+        return TvmModel(library)
+
+
+# --- the suite -------------------------------------------------------------------------------
+
+_SCHEMA_NAMES: list[str] = []
+
+
+def case_operator(name: str, model) -> str:
+    """The operator a test case is about: the single node's type, else the name's operator."""
+    ops = {n.op_type for n in model.graph.node}
+    if len(model.graph.node) == 1:
+        return model.graph.node[0].op_type
+    if not _SCHEMA_NAMES:
+        import onnx.defs
+
+        _SCHEMA_NAMES.extend(sorted({s.name for s in onnx.defs.get_all_schemas_with_history()}, key=len, reverse=True))
+    stem = name.removeprefix("test_").replace("_", "").lower()
+    for op in _SCHEMA_NAMES:
+        if stem.startswith(op.lower()) and (op in ops or "expanded" in name or len(op) > 3):
+            return op
+    return "+".join(sorted(ops)) if len(ops) <= 2 else "model"
+
+
+def _load_dir_case(model_dir: str):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(os.path.join(model_dir, "model.onnx"))
+    data_sets = []
+    for ds in sorted(Path(model_dir).glob("test_data_set_*")):
+        ins = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
+        outs = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
+        data_sets.append((ins, outs))
+    return model, data_sets
+
+
+def list_cases(kinds: Iterable[str] = KINDS) -> dict:
+    """name -> onnx TestCase, for every offline test case of the given kinds."""
+    from onnx.backend.test.loader import load_model_tests
+
+    cases = {}
+    for kind in kinds:
+        for case in load_model_tests(kind=kind):
+            if case.model_dir is None and case.model is None:
+                continue  # needs a download
+            cases[case.name] = case
+    return cases
+
+
+def run_case(case, plain: bool = False) -> CaseResult:
+    """Run one onnx TestCase through EdgefleetBackend and classify the outcome."""
+    from onnx.backend.test.runner import Runner, _normalize_tensor
+
+    start = time.perf_counter()
+    if case.model is not None:
+        model, data_sets = case.model, case.data_sets
+    else:
+        model, data_sets = _load_dir_case(case.model_dir)
+    operator = case_operator(case.name, model)
+
+    def result(outcome: str, detail: str = "") -> CaseResult:
+        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3))
+
+    try:
+        rep = _backend_class().prepare(model, plain=plain)
+    except UnsupportedOperatorsError as exc:
+        return result("unsupported", exc.cause)
+    for inputs, expected in data_sets:
+        inputs = [_normalize_tensor(x) for x in inputs]
+        expected = [_normalize_tensor(x) if not isinstance(x, list) else x for x in expected]
+        try:
+            outputs = rep.run(inputs)
+        except UnsupportedOperatorsError as exc:
+            return result("unsupported", exc.cause)
+        except EdgefleetError as exc:
+            return result("error", f"{type(exc).__name__}: {exc.cause}")
+        except Exception as exc:  # TVM's runtime raises many types
+            text = str(exc).strip().splitlines()
+            return result("error", f"{type(exc).__name__}: {text[-1] if text else ''}")
+        try:
+            Runner.assert_similar_outputs(expected, outputs, rtol=case.rtol, atol=case.atol)
+        except (AssertionError, TypeError, ValueError) as exc:
+            return result("wrong", " ".join(str(exc).split())[:400])
+    return result("passed")
+
+
+def _worker(kinds: tuple[str, ...], plain: bool, todo, done) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    cases = list_cases(kinds)
+    while True:
+        name = todo.get()
+        if name is None:
+            return
+        done.put(asdict(run_case(cases[name], plain)))
+
+
+def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KINDS, plain: bool = False, timeout_s: float = 120.0, on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """Run the named cases in `workers` subprocesses; a crash or timeout fails only its case."""
+    ctx = multiprocessing.get_context("spawn")
+    pending: "queue.Queue[str]" = queue.Queue()
+    for n in names:
+        pending.put(n)
+    results: list[CaseResult] = []
+    lock = threading.Lock()
+
+    def drive() -> None:
+        proc = None
+        todo = done = None
+        while True:
+            try:
+                name = pending.get_nowait()
+            except queue.Empty:
+                break
+            if proc is None or not proc.is_alive():
+                todo, done = ctx.Queue(), ctx.Queue()
+                proc = ctx.Process(target=_worker, args=(kinds, plain, todo, done), daemon=True)
+                proc.start()
+            todo.put(name)
+            start = time.monotonic()
+            # The first case of a worker also pays for importing TVM and loading the cases.
+            while True:
+                try:
+                    res = CaseResult(**done.get(timeout=1.0))
+                    break
+                except queue.Empty:
+                    if not proc.is_alive():
+                        res = CaseResult(name, "?", "?", "error", f"the build or run crashed the process (exit code {proc.exitcode})")
+                        proc = None
+                        break
+                    if time.monotonic() - start > timeout_s + 30:
+                        proc.kill()
+                        proc.join()
+                        res = CaseResult(name, "?", "?", "error", f"timed out after {timeout_s:.0f} s")
+                        proc = None
+                        break
+            with lock:
+                results.append(res)
+                if on_result:
+                    on_result(res)
+        if proc is not None and proc.is_alive():
+            todo.put(None)
+            proc.join(timeout=10)
+
+    threads = [threading.Thread(target=drive) for _ in range(max(1, workers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results, key=lambda r: r.name)
+
+
+def family(operator: str) -> str:
+    return VISION_OPS.get(operator, "other")
+
+
+def summarize(results: list[CaseResult], key: Callable[[CaseResult], str] = lambda r: r.operator) -> dict[str, Counter]:
+    table: dict[str, Counter] = defaultdict(Counter)
+    for r in results:
+        table[key(r)][r.outcome] += 1
+    return dict(table)
+
+
+def format_table(table: dict[str, Counter]) -> str:
+    lines = [f"{'operator':32} {'cases':>5} " + " ".join(f"{o:>11}" for o in OUTCOMES)]
+    total: Counter = Counter()
+    for name in sorted(table):
+        row = table[name]
+        total.update(row)
+        lines.append(f"{name:32} {sum(row.values()):5} " + " ".join(f"{row[o]:11}" for o in OUTCOMES))
+    lines.append(f"{'TOTAL':32} {sum(total.values()):5} " + " ".join(f"{total[o]:11}" for o in OUTCOMES))
+    return "\n".join(lines)
+
+
+def save_results(path: Path, results: list[CaseResult], **meta) -> None:
+    """Results JSON: {"format": 1, "tvm": ..., "onnx": ..., "cases": [CaseResult...]}."""
+    from importlib.metadata import version
+
+    doc = {"format": RESULTS_FORMAT, "tvm": version("apache-tvm"), "onnx": version("onnx"), **meta, "cases": [asdict(r) for r in results]}
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def load_results(path: Path) -> list[CaseResult]:
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path}: results format {doc.get('format')}, expected {RESULTS_FORMAT}")
+    return [CaseResult(**c) for c in doc["cases"]]
+
+
+def vision_case(name: str, operator: str) -> bool:
+    return operator in VISION_OPS and not re.search(r"_expanded", name)

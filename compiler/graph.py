@@ -1,0 +1,154 @@
+"""Relax graph passes for CPU targets: clean the imported graph, then pack convolutions as NCHWc.
+
+TVM 0.27's default CPU pipeline keeps ONNX's NCHW layout and lowers every operator to an
+unscheduled loop nest. These passes prepare the graph for the default schedules in
+`schedules.py`:
+
+1. cleanup: fold batch norm into the convolution weights, drop inference no-ops (dropout),
+   turn ONNX `Sum` (imported as stack + sum) into adds, remove identity broadcasts. Besides
+   saving work, this lets ConvertLayout run: it fails on dropout's tuple and on 5-D stacks.
+2. layout: convolutions with channels divisible by the block go to NCHW{b}c data with
+   OIHW{b}i{b}o weights (the layout oneDNN and TVM's old x86 schedules use); ConvertLayout
+   carries the layout through element-wise ops, pooling and concat. FoldConstant then repacks
+   the constant weights once, at compile time (weight prepacking).
+3. legalize: TVM's own conv2d legalization refuses blocked layouts, so NCHWc convolutions
+   are lowered here with TOPI's `conv2d_NCHWc` / `depthwise_conv2d_NCHWc` computes.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import relax, topi
+from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
+
+# 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
+# block size keeps the prepacked weights and the tuning database the same across CPU targets.
+CHANNEL_BLOCK = 16
+
+
+def _rewrite_main(mod: tvm.IRModule, pattern, rewriter) -> tvm.IRModule:
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = rewrite_call(pattern, rewriter, func)
+    return mod
+
+
+def _drop_dropout(mod: tvm.IRModule) -> tvm.IRModule:
+    x = wildcard()
+    return _rewrite_main(mod, TupleGetItemPattern(is_op("relax.nn.dropout")(x), 0), lambda _e, m: m[x])
+
+
+def _identity_broadcast(mod: tvm.IRModule) -> tvm.IRModule:
+    x, shape = wildcard(), wildcard()
+    pat = is_op("relax.broadcast_to")(x, shape)
+
+    def rewrite(expr, m):
+        src, dst = m[x].ty, expr.ty
+        same = isinstance(src, relax.TensorType) and src.shape is not None and tvm_ffi.structural_equal(src.shape, dst.shape)
+        return m[x] if same else expr
+
+    return _rewrite_main(mod, pat, rewrite)
+
+
+def _sum_of_stack_to_adds(mod: tvm.IRModule) -> tvm.IRModule:
+    """ONNX `Sum` (residual connections) is imported as stack(..., axis=0) then sum(axis=0)."""
+    tup = wildcard()
+    stack = is_op("relax.stack")(tup)
+    pat = is_op("relax.sum")(stack)
+
+    def rewrite(expr, m):
+        stacked = m[stack]
+        fields = m[tup].fields if isinstance(m[tup], relax.Tuple) else None
+        axes = [int(a) for a in expr.attrs.axis] if expr.attrs.axis is not None else None
+        if fields is None or int(stacked.attrs.axis) != 0 or axes != [0] or expr.attrs.keepdims:
+            return expr
+        shapes = [f.ty.shape if isinstance(f.ty, relax.TensorType) else None for f in fields]
+        if any(s is None or not tvm_ffi.structural_equal(s, shapes[0]) for s in shapes):
+            return expr
+        out = fields[0]
+        for f in fields[1:]:
+            out = relax.op.add(out, f)
+        return out
+
+    return _rewrite_main(mod, pat, rewrite)
+
+
+def cleanup() -> tvm.transform.Pass:
+    """Graph simplifications that are valid for inference on any target."""
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetCleanup")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = tvm.transform.Sequential(
+            [
+                relax.transform.FoldBatchnormToConv2D(),
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.FoldConstant(),
+                relax.transform.CanonicalizeBindings(),
+            ]
+        )(mod)
+        mod = _drop_dropout(mod)
+        mod = _identity_broadcast(mod)
+        mod = _sum_of_stack_to_adds(mod)
+        return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination(), relax.transform.FoldConstant()])(mod)
+
+    return _pass
+
+
+def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+    """Blocked layout for convolutions, then fold the weight repacking into constants.
+
+    ConvertLayout leaves a convolution in NCHW when its channels do not divide by `block`
+    (e.g. a first layer with 3 input channels); `schedules.py` has a schedule for those too.
+    """
+    return tvm.transform.Sequential(
+        [
+            relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
+            relax.transform.Normalize(),
+            relax.transform.FoldConstant(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.DeadCodeElimination(),
+        ],
+        name="EdgefleetNCHWc",
+    )
+
+
+def _shape(expr: relax.Expr) -> list[int]:
+    return [int(d) for d in expr.ty.shape.values]
+
+
+def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    attrs = call.attrs
+    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+    if len(data_layout) == 4:
+        return _DEFAULT_CONV2D(bb, call)
+    if str(attrs.out_layout) != data_layout:
+        return call
+    out_dtype = str(call.ty.dtype)
+    groups = int(attrs.groups)
+    data_shape = _shape(call.args[0])
+    channels = data_shape[1] * data_shape[4]
+    kshape = _shape(call.args[1])
+    if groups == 1 or (groups == channels and kshape[1] * kshape[4] == 1):
+        # TOPI's conv2d_NCHWc handles groups through the kernel's input-channel extent.
+        return bb.call_te(
+            topi.nn.conv2d_NCHWc,
+            call.args[0],
+            call.args[1],
+            [int(s) for s in attrs.strides],
+            [int(p) for p in attrs.padding],
+            [int(d) for d in attrs.dilation],
+            data_layout,
+            data_layout,
+            out_dtype,
+            primfunc_name_hint="conv2d_NCHWc",
+        )
+    return call
+
+
+_DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
+
+
+def legalize() -> tvm.transform.Pass:
+    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered)."""
+    return relax.transform.LegalizeOps({"relax.nn.conv2d": _legalize_conv2d})

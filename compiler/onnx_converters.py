@@ -1,0 +1,86 @@
+"""edgefleet's additions to TVM's Relax ONNX importer, without patching TVM.
+
+`EdgefleetImporter` subclasses TVM's `ONNXGraphImporter`: operators listed in `CONVERTERS` are
+converted here (they replace TVM's converter where TVM's result differs from ONNX's), all others
+go to TVM's. Graph outputs that TVM represents as a shape value (e.g. a Shape node's output)
+are returned as int64 tensors, as ONNX specifies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvm import relax
+from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
+
+
+def _is_inf(bb, inputs, attr, opset):
+    # TVM's converter ignores detect_positive / detect_negative.
+    x = inputs[0]
+    result = relax.op.isinf(x)
+    zero = relax.const(0, str(x.ty.dtype))
+    if not attr.get("detect_positive", 1):
+        result = relax.op.logical_and(result, relax.op.less(x, zero))
+    if not attr.get("detect_negative", 1):
+        result = relax.op.logical_and(result, relax.op.greater(x, zero))
+    return result
+
+
+def _bit_shift(bb, inputs, attr, opset):
+    # ONNX defines shifts by >= the bit width (and negative ones) as 0; LLVM leaves them undefined.
+    x, y = inputs
+    dtype = str(x.ty.dtype)
+    bits = int("".join(ch for ch in dtype if ch.isdigit()))
+    op = relax.op.left_shift if attr.get("direction", b"LEFT") == b"LEFT" else relax.op.right_shift
+    in_range = relax.op.logical_and(relax.op.less(y, relax.const(bits, dtype)), relax.op.greater_equal(y, relax.const(0, dtype)))
+    safe_y = relax.op.where(in_range, y, relax.const(0, dtype))
+    return relax.op.where(in_range, op(x, safe_y), relax.op.zeros_like(x))
+
+
+def _mish(bb, inputs, attr, opset):
+    # x * tanh(softplus(x)); TVM's log(1 + exp(x)) loses the small values (rel. error 1e-3 near
+    # x = -8), so far left softplus uses its series e - e^2/2 (e = exp(x)).
+    x = inputs[0]
+    dtype = str(x.ty.dtype)
+    e = relax.op.exp(x)
+    series = relax.op.subtract(e, relax.op.multiply(relax.op.multiply(e, e), relax.const(0.5, dtype)))
+    softplus = relax.op.where(relax.op.less(x, relax.const(-4.0, dtype)), series, relax.op.log(relax.op.add(e, relax.const(1.0, dtype))))
+    softplus = relax.op.where(relax.op.greater(x, relax.const(20.0, dtype)), x, softplus)
+    return relax.op.multiply(x, relax.op.tanh(softplus))
+
+
+Converter = Callable[..., relax.Expr]
+CONVERTERS: dict[str, Converter] = {
+    "IsInf": _is_inf,
+    "BitShift": _bit_shift,
+    "Mish": _mish,
+}
+
+
+class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
+    def _convert_operator(self, op_name, inputs, attrs, opset):
+        converter = CONVERTERS.get(op_name)
+        if converter is None:
+            return super()._convert_operator(op_name, inputs, attrs, opset)
+        return self.bb.normalize(converter(self.bb, inputs, attrs, opset))
+
+    def _construct_nodes(self, graph) -> None:
+        super()._construct_nodes(graph)
+        for output in graph.output:
+            value = self._nodes.get(output.name)
+            if isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
+                self._nodes[output.name] = self.bb.normalize(relax.op.shape_to_tensor(value))
+
+
+def supported() -> set[str]:
+    # If and Constant are handled by the importer itself, not through its converter map.
+    return set(tvm_onnx._get_convert_map()) | set(CONVERTERS) | {"If", "Constant"}
+
+
+def from_onnx(model, shape_dict: dict, dtype_dict: dict):
+    """TVM's `from_onnx` with EdgefleetImporter (same checks and opset detection)."""
+    if model.ir_version < 3:
+        raise ValueError(f"Model IR version {model.ir_version} not supported. Must be at least after 1.1.0.")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    importer = EdgefleetImporter(shape_dict, dtype_dict, keep_params_in_input=False, sanitize=True)
+    return importer.from_onnx(model.graph, opset)

@@ -1,0 +1,329 @@
+"""ONNX graph rewrites applied before TVM's importer, and the attribute combinations it refuses.
+
+Rewrites (each keeps the model's meaning; see docs/operators.md):
+- `normalize_constants`: Constant nodes written with value_float/value_ints/... become the
+  tensor form (`value`), the only one TVM's importer reads.
+- `expand_functions`: an operator TVM cannot convert (or converts wrongly for the attributes
+  used) is replaced by its ONNX function body when the ONNX schema defines one, so it is
+  compiled from ops TVM does convert (e.g. NegativeLogLikelihoodLoss, Celu, Swish).
+
+`rejections` lists what TVM's importer is known to get wrong, found by the conformance suite:
+each rule names an operator and the attribute or input that makes TVM's result differ from
+ONNX's. Such a model is refused before building, with a message naming both, instead of
+compiling into a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import onnx
+import onnx.inliner
+from onnx import helper
+
+EXPAND_DOMAIN = "edgefleet.expand"
+
+
+def _attr(node, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _subgraphs(graph):
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _subgraphs(a.g)
+            for g in a.graphs:
+                yield from _subgraphs(g)
+
+
+def normalize_constants(model) -> None:
+    """Constant(value_float=..) and friends -> Constant(value=tensor), in place."""
+    for graph in _subgraphs(model.graph):
+        for node in graph.node:
+            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                continue
+            attrs = {a.name: a for a in node.attribute}
+            if "value" in attrs or "sparse_value" in attrs:
+                continue
+            tensor = None
+            if "value_float" in attrs:
+                tensor = helper.make_tensor("value", onnx.TensorProto.FLOAT, [], [attrs["value_float"].f])
+            elif "value_floats" in attrs:
+                vals = list(attrs["value_floats"].floats)
+                tensor = helper.make_tensor("value", onnx.TensorProto.FLOAT, [len(vals)], vals)
+            elif "value_int" in attrs:
+                tensor = helper.make_tensor("value", onnx.TensorProto.INT64, [], [attrs["value_int"].i])
+            elif "value_ints" in attrs:
+                vals = list(attrs["value_ints"].ints)
+                tensor = helper.make_tensor("value", onnx.TensorProto.INT64, [len(vals)], vals)
+            if tensor is not None:
+                del node.attribute[:]
+                node.attribute.append(helper.make_attribute("value", tensor))
+
+
+# The operators TVM's importer lets take a shape value (its _construct_nodes); any other
+# consumer of a Shape-derived value raises "cannot handle ShapeExpr inputs".
+_SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze"}
+# Of those, the ones whose output may again be a shape value.
+_SHAPE_PROPAGATING = {"Gather", "Slice", "Shape", "Concat", "Squeeze", "Cast", "CastLike", "Where", "Equal", "Expand"}
+
+
+def cast_shape_values(model) -> None:
+    """Put Cast(to=INT64) between a Shape-derived value and each consumer TVM does not let take
+    a shape value; TVM's Cast turns the shape into an int64 tensor (same values, same dtype)."""
+    graph = model.graph
+    shape_like: set[str] = set()
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and (node.op_type == "Shape" or (node.op_type in _SHAPE_PROPAGATING and any(i in shape_like for i in node.input))):
+            shape_like.update(node.output)
+    if not shape_like:
+        return
+    new_nodes = []
+    casts: dict[str, str] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _SHAPE_COMPATIBLE:
+            for k, name in enumerate(node.input):
+                if name in shape_like:
+                    if name not in casts:
+                        casts[name] = f"{name}__edgefleet_tensor"
+                        new_nodes.append(helper.make_node("Cast", [name], [casts[name]], to=onnx.TensorProto.INT64))
+                    node.input[k] = casts[name]
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
+def _opset(model, domain: str = "") -> int:
+    for o in model.opset_import:
+        if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return o.version
+    return 1
+
+
+def _is_constant(graph, name: str, produced: dict) -> bool:
+    if not name:
+        return True  # an omitted optional input
+    if any(i.name == name for i in graph.initializer):
+        return True
+    node = produced.get(name)
+    return node is not None and node.op_type == "Constant"
+
+
+# --- known-wrong conversions ----------------------------------------------------------------
+# Each rule: (operator, check(node, graph, produced, dtypes) -> reason or None).
+# Found with benchmarks/onnx_conformance.py against apache-tvm 0.27.0.post1.
+
+Rule = Callable[..., "str | None"]
+
+
+def _non_constant_inputs(*indices: int, what: str) -> Rule:
+    def check(node, graph, produced, dtypes):
+        for i in indices:
+            if i < len(node.input) and not _is_constant(graph, node.input[i], produced):
+                return f"{what} computed at run time (TVM needs a constant)"
+        return None
+
+    return check
+
+
+RULES: list[tuple[str, Rule]] = [
+    ("BatchNormalization", lambda n, *_: "training_mode=1" if _attr(n, "training_mode", 0) else None),
+    ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
+    ("Dropout", lambda n, *_: "mask output" if len(n.output) > 1 and n.output[1] else None),
+    ("LayerNormalization", lambda n, *_: "Mean/InvStdDev outputs" if len([o for o in n.output[1:] if o]) else None),
+    ("RoiAlign", lambda n, *_: "mode=max" if _attr(n, "mode", b"avg") == b"max" else None),
+    ("SpaceToDepth", lambda n, *_: "mode=CRD" if _attr(n, "mode", b"DCR") == b"CRD" else None),
+    ("SplitToSequence", lambda n, *_: "keepdims=0" if _attr(n, "keepdims", 1) == 0 else None),
+    ("Mod", lambda n, g, p, dtypes: "fmod=0 on floating-point inputs" if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0], "").startswith(("float", "bfloat")) else None),
+]
+# Checked after constant folding (to_relax), when it is known what stays computed at run time.
+RUNTIME_RULES: list[tuple[str, Rule]] = [
+    ("NonMaxSuppression", _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold")),
+    ("Expand", _non_constant_inputs(1, what="the shape input")),
+]
+
+
+def _dtypes(model) -> dict[str, str]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best effort here; rules that need a dtype then do not fire
+        inferred = model
+    out = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        elem = vi.type.tensor_type.elem_type
+        if elem:
+            out[vi.name] = helper.tensor_dtype_to_np_dtype(elem).name if elem not in (16,) else "bfloat16"
+    for init in model.graph.initializer:
+        out[init.name] = "bfloat16" if init.data_type == 16 else helper.tensor_dtype_to_np_dtype(init.data_type).name
+    return out
+
+
+def rejections(model, rules: list[tuple[str, Rule]] = RULES) -> Counter:
+    """`Op (reason)` -> count, for every node a rule refuses and that cannot be expanded."""
+    out: Counter = Counter()
+    dtypes: dict[str, str] | None = None
+    for graph in _subgraphs(model.graph):
+        produced = {o: n for n in graph.node for o in n.output}
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            for op, rule in rules:
+                if node.op_type != op:
+                    continue
+                if dtypes is None:
+                    dtypes = _dtypes(model)
+                reason = rule(node, graph, produced, dtypes)
+                if reason and not _has_function(node.op_type, _opset(model)):
+                    out[f"{op} ({reason})"] += 1
+    return out
+
+
+def _schema(op: str, opset: int):
+    try:
+        return onnx.defs.get_schema(op, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _has_function(op: str, opset: int) -> bool:
+    schema = _schema(op, opset)
+    return schema is not None and (schema.has_function or schema.has_context_dependent_function)
+
+
+def expandable(op: str, opset: int) -> bool:
+    """Whether `op` can be replaced by the function body its ONNX schema defines."""
+    return _has_function(op, opset)
+
+
+def _needs_expansion(node, graph, produced, dtypes, convertible: set[str], opset: int) -> bool:
+    if node.domain not in ("", "ai.onnx") or not _has_function(node.op_type, opset):
+        return False
+    if node.op_type not in convertible:
+        return True
+    return any(op == node.op_type and rule(node, graph, produced, dtypes) for op, rule in RULES)
+
+
+def expand_functions(model, convertible: set[str]):
+    """Inline the ONNX function body of each node TVM cannot convert correctly. Returns a new model."""
+    opset = _opset(model)
+    graph = model.graph
+    produced = {o: n for n in graph.node for o in n.output}
+    dtypes = _dtypes(model)
+    todo = [n for n in graph.node if _needs_expansion(n, graph, produced, dtypes, convertible, opset)]
+    if not todo:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for init in model.graph.initializer:
+        types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    index = {id(n): i for i, n in enumerate(graph.node)}
+    for k, node in enumerate(todo):
+        schema = _schema(node.op_type, opset)
+        if schema.has_function and schema.function_body.node:
+            body = onnx.FunctionProto()
+            body.CopyFrom(schema.function_body)
+        else:
+            input_types = [types[i].SerializeToString() if i in types else onnx.TypeProto().SerializeToString() for i in node.input]
+            body = onnx.FunctionProto.FromString(schema.get_context_dependent_function(node.SerializeToString(), input_types))
+        name = f"{node.op_type}_{k}"
+        body.name = name
+        body.domain = EXPAND_DOMAIN
+        if not any(o.domain in ("", "ai.onnx") for o in body.opset_import):
+            body.opset_import.append(helper.make_opsetid("", opset))
+        call = nodes[index[id(node)]]
+        call.domain = EXPAND_DOMAIN
+        call.op_type = name
+        out.functions.append(body)
+    out.opset_import.append(helper.make_opsetid(EXPAND_DOMAIN, 1))
+    inlined = onnx.inliner.inline_local_functions(out, convert_version=True)
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(o for o in out.opset_import if o.domain != EXPAND_DOMAIN)
+    return inlined
+
+
+# Folding stops at tensors this large: it exists to turn shape arithmetic into constants,
+# not to precompute weights.
+_FOLD_MAX_ELEMENTS = 1 << 16
+_NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
+
+
+def _static_shape(vi) -> list[int] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return None if any(d is None for d in dims) else dims
+
+
+def fold_constants(model, input_shapes: dict[str, list[int]]):
+    """With the input shapes fixed, replace Shape nodes and every node whose inputs are all
+    constants by initializers (evaluated with ONNX's reference implementation). Returns a new
+    model. Exported graphs compute reshape targets, pads and axes this way; TVM needs them constant."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for inp in graph.input:
+        if inp.name in input_shapes and inp.type.HasField("tensor_type"):
+            shape = inp.type.tensor_type.shape
+            del shape.dim[:]
+            for d in input_shapes[inp.name]:
+                shape.dim.add().dim_value = int(d)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
+    except Exception:  # shape inference is best effort: nothing is folded without it
+        return model
+    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info)}
+    graph_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    known = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name not in graph_inputs}
+    opset = [o for o in out.opset_import]
+    kept, folded = [], 0
+    for node in graph.node:
+        value = None
+        standard = node.domain in ("", "ai.onnx")
+        if standard and node.op_type == "Shape" and shapes.get(node.input[0]) is not None:
+            dims = shapes[node.input[0]]
+            start, end = _attr(node, "start", 0), _attr(node, "end", None)
+            value = [np.array(dims[start:end] if end is not None else dims[start:], dtype=np.int64)]
+        elif (
+            standard
+            and node.op_type not in _NEVER_FOLD
+            and all(i == "" or i in known for i in node.input)
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            and sum(known[i].size for i in node.input if i) <= _FOLD_MAX_ELEMENTS
+        ):
+            try:
+                sub = helper.make_model(
+                    helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(known[i].dtype), known[i].shape) for i in node.input if i], [helper.make_empty_tensor_value_info(o) for o in node.output if o]),
+                    opset_imports=opset,
+                    ir_version=out.ir_version,
+                )
+                value = ReferenceEvaluator(sub).run(None, {i: known[i] for i in node.input if i})
+            except Exception:  # anything the reference cannot evaluate stays in the graph
+                value = None
+            if value is not None and any(not isinstance(v, np.ndarray) or v.size > _FOLD_MAX_ELEMENTS for v in value):
+                value = None
+        if value is None:
+            kept.append(node)
+            continue
+        folded += 1
+        for name, array in zip([o for o in node.output if o], value):
+            known[name] = np.asarray(array)
+            graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+    if not folded:
+        return model
+    del graph.node[:]
+    graph.node.extend(kept)
+    return out

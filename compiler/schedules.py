@@ -1,0 +1,213 @@
+"""Default CPU schedules: fast code for convolutions, pooling and element-wise work without tuning.
+
+TVM 0.27's CPU pipeline leaves every loop nest as written (scalar, single-threaded); its
+dlight CPU rules cover only GEMV and row reductions. These rules, applied through dlight's
+`ApplyDefaultSchedule`, give every other kernel a schedule:
+
+- `Conv2dNCHWc`: the register-blocked direct convolution of TVM's former x86 TOPI schedule
+  (and of oneDNN's direct kernels). Per parallel task (n, oc_chunk, oh), a tile of `reg_n`
+  output pixels x 16 output channels stays in vector registers while the reduction runs over
+  input-channel chunks and the kernel window; the fused epilogue (bias, batch norm, residual
+  add, ReLU) runs on the tile before it is stored.
+- `Conv2dNCHW`: convolutions ConvertLayout left in NCHW (first layers with 3 channels,
+  channel counts not divisible by 16): a tile of output channels x vectorized output width.
+- `Generic`: pooling, layout transforms, concat, element-wise and reductions: the outer
+  spatial loops in parallel, the innermost spatial loop vectorized.
+
+A rule that cannot schedule a function returns None, so the function stays correct but slow;
+MetaSchedule (`--tune-trials`) can still replace any of them.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+# At most this many fp32 vector accumulators per tile: AVX-512 and AArch64 NEON have 32
+# vector registers, leaving room for the broadcast input and the weight vector.
+MAX_REG_TILE = 14
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _iter_kinds(sch: s_tir.Schedule, block) -> str:
+    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    return "".join(kinds.get(int(iv.iter_type), "O") for iv in sch.get(block).iter_vars)
+
+
+def _name(sch: s_tir.Schedule, block) -> str:
+    return sch.get(block).name_hint
+
+
+def _blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _schedule_pad(sch: s_tir.Schedule, block) -> None:
+    loops = sch.get_loops(block)
+    if len(loops) >= 3:
+        sch.parallel(sch.fuse(*loops[: len(loops) - 2]))
+    inner = _extent(sch, loops[-1])
+    if inner is not None and 1 < inner <= 64:
+        sch.vectorize(loops[-1])
+
+
+def _same(sch: s_tir.Schedule, a, b) -> bool:
+    return sch.get(a).same_as(sch.get(b))
+
+
+def _epilogue(sch: s_tir.Schedule, conv, others: list):
+    """Inline the injective blocks after `conv` into one output block; None if that is not possible.
+
+    When the convolution itself writes the function's output, a cache-write gives it a tile
+    to accumulate in and a copy block that plays the epilogue.
+    """
+    outputs = list(sch.get_output_blocks(sch.get_sblock("root")))
+    if len(outputs) != 1:
+        return None
+    out = outputs[0]
+    for block in others:
+        if not _same(sch, block, out):
+            sch.compute_inline(block)
+    if _same(sch, out, conv):
+        return sch.cache_write(conv, 0, "global")
+    return out
+
+
+class Conv2dNCHWc(CPUScheduleRule):
+    """Register-blocked direct convolution on NCHW{c} data with OIHW{i}{o} prepacked weights."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = _blocks(sch)
+        convs = [b for b in blocks if _name(sch, b).startswith("conv2d_NCHWc")]
+        if len(convs) != 1 or _iter_kinds(sch, convs[0]) != "SSSSSRRR":
+            return None
+        conv = convs[0]
+        pads = [b for b in blocks if _name(sch, b) == "data_pad"]
+        others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
+        if len(pads) + len(others) + 1 != len(blocks):
+            return None
+        try:
+            epi = _epilogue(sch, conv, others)
+        except tvm.error.TVMError:
+            return None
+        if epi is None:
+            return None
+        n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
+        ow_n, ic_n, ocb_n = _extent(sch, ow), _extent(sch, ic), _extent(sch, ocb)
+        ic_bn = int(sch.get(conv).reads[0].buffer.shape[-1])
+        if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
+            return None
+        reg_n = _largest_divisor(ow_n, MAX_REG_TILE)
+        ow_o, ow_i = sch.split(ow, [None, reg_n])
+        ic_o, ic_i = sch.split(ic, [None, ic_bn])
+        sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
+        sch.reverse_compute_at(epi, ow_o)
+        sch.parallel(sch.fuse(n, occ, oh))
+        init = sch.decompose_reduction(conv, ic_o)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(ow_i)
+        sch.vectorize(ocb)
+        sch.vectorize(sch.get_loops(epi)[-1])
+        for pad in pads:
+            _schedule_pad(sch, pad)
+        return sch
+
+
+class Conv2dNCHW(CPUScheduleRule):
+    """Plain NCHW convolution: output channels unrolled, output width vectorized."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = _blocks(sch)
+        convs = [b for b in blocks if _iter_kinds(sch, b) == "SSSSRRR" and _name(sch, b).startswith(("conv2d_nchw", "group_conv2d_nchw"))]
+        if len(convs) != 1:
+            return None
+        conv = convs[0]
+        pads = [b for b in blocks if _name(sch, b) in ("pad_temp", "data_pad")]
+        others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 4]
+        if len(pads) + len(others) + 1 != len(blocks):
+            return None
+        try:
+            epi = _epilogue(sch, conv, others)
+        except tvm.error.TVMError:
+            return None
+        if epi is None:
+            return None
+        n, oc, oh, ow, rc, rh, rw = sch.get_loops(conv)
+        oc_n, ow_n = _extent(sch, oc), _extent(sch, ow)
+        if None in (oc_n, ow_n):
+            return None
+        oc_t = _largest_divisor(oc_n, 8)
+        vec = _largest_divisor(ow_n, 16)
+        oc_o, oc_i = sch.split(oc, [None, oc_t])
+        ow_o, ow_i = sch.split(ow, [None, vec])
+        sch.reorder(n, oc_o, oh, ow_o, rc, rh, rw, oc_i, ow_i)
+        sch.reverse_compute_at(epi, ow_o)
+        sch.parallel(sch.fuse(n, oc_o, oh))
+        init = sch.decompose_reduction(conv, rc)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(oc_i)
+        sch.vectorize(ow_i)
+        sch.vectorize(sch.get_loops(epi)[-1])
+        for pad in pads:
+            _schedule_pad(sch, pad)
+        return sch
+
+
+class Generic(CPUScheduleRule):
+    """Any loop nest: outer spatial loops in parallel, the innermost spatial loop vectorized."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            for block in _blocks(sch):
+                _schedule_any(sch, block)
+        except tvm.error.TVMError:
+            return None
+        return sch
+
+
+def _schedule_any(sch: s_tir.Schedule, block) -> None:
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    if len(loops) != len(kinds) or "O" in kinds or kinds != "S" * kinds.count("S") + "R" * kinds.count("R"):
+        return  # loops not one-to-one with the block's iterators: leave it
+    spatial, reduce = loops[: kinds.count("S")], loops[kinds.count("S") :]
+    if not spatial:
+        return
+    inner = spatial[-1]
+    inner_n = _extent(sch, inner)
+    vectorize = inner_n is not None and 1 < inner_n <= 64 and len(spatial) > 1
+    outer = spatial[:-1] if vectorize else spatial
+    if reduce and vectorize:
+        # Move the vectorized spatial loop inside the reduction: one vector accumulator.
+        sch.reorder(*outer, *reduce, inner)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if vectorize:
+        if reduce:
+            init = sch.decompose_reduction(block, reduce[0])
+            sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(inner)
+
+
+def default_schedules() -> tvm.transform.Pass:
+    """The rules in priority order; dlight's GEMV/Reduction handle dense layers and row reductions."""
+    return dlight.ApplyDefaultSchedule(Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Generic())

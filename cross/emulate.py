@@ -1,0 +1,116 @@
+"""Run commands from an ARM sysroot on x86 with QEMU user mode: `qemu-aarch64-static -L ROOT ...`.
+
+No privilege and no binfmt_misc: QEMU is started explicitly and `-L ROOT` makes the guest's
+absolute paths (its dynamic loader, /usr/lib, /etc) resolve inside the sysroot first and fall
+back to the host's, so host paths such as a package in /tmp or this repository stay reachable.
+A guest program that starts other guest programs needs binfmt (see docs/cross.md); Python code
+that only imports and computes does not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgefleet.compiler.targets import Target, resolve_target
+from edgefleet.cross.sysroot import Sysroot, arch_info, build_command, find_sysroot, require_tool
+from edgefleet.errors import TargetNotRunnableError, UsageError
+
+# The subpackages a device needs; the compiler and fleet service never run on the camera.
+_DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
+_GUEST_BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin")
+
+
+def sysroot_arch_for(target: Target) -> str:
+    """The sysroot architecture a target's packages run in, or TargetNotRunnableError."""
+    if target.run_mode not in ("qemu-aarch64", "qemu-arm"):
+        raise TargetNotRunnableError(
+            f"target {target.name} runs {target.run_mode}, not under QEMU user mode",
+            "pick an ARM CPU target such as rasp4b, rasp5, aarch64 or rasp3b (`edgefleet targets`)",
+        )
+    return "arm64" if target.arch == "aarch64" else "armhf"
+
+
+def require_sysroot(arch: str) -> Sysroot:
+    sysroot = find_sysroot(arch)
+    if sysroot is None:
+        raise TargetNotRunnableError(f"no {arch_info(arch).debian} sysroot is built for the current inputs", f"build it once with `{build_command(arch)}`")
+    return sysroot
+
+
+def sysroot_for_target(target: str | Target) -> Sysroot:
+    resolved = resolve_target(target) if isinstance(target, str) else target
+    return require_sysroot(sysroot_arch_for(resolved))
+
+
+def _guest_program(sysroot: Sysroot, program: str) -> Path:
+    """A guest program name or absolute guest path -> its host path inside the sysroot."""
+    if program in ("python", "python3"):
+        return sysroot.python
+    if program.startswith("/"):
+        candidate = sysroot.root / program.lstrip("/")
+        if candidate.exists():
+            return candidate
+        raise UsageError(f"{program} does not exist in the {sysroot.info.spec.arch} sysroot", f"look in {sysroot.root}")
+    for sub in _GUEST_BIN_DIRS:
+        candidate = sysroot.root / sub / program
+        if candidate.exists():
+            return candidate
+    raise UsageError(f"`{program}` is not a program in the {sysroot.info.spec.arch} sysroot", "give a path inside the sysroot, or `python3 ...`")
+
+
+def _link_device_packages(into: Path) -> Path:
+    """A PYTHONPATH directory where `import edgefleet.agent` finds this checkout's code.
+
+    The repository maps its top-level folders onto `edgefleet.*` through setuptools
+    package-dir; the guest has no installed distribution, so the same layout is made of symlinks.
+    """
+    top = into / "edgefleet"
+    top.mkdir(parents=True)
+    core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
+    for entry in core.iterdir():
+        if entry.suffix == ".py":
+            (top / entry.name).symlink_to(entry)
+    for name in _DEVICE_PACKAGES[1:]:
+        spec = importlib.util.find_spec(name)
+        (top / name.rpartition(".")[2]).symlink_to(Path(spec.submodule_search_locations[0]))
+    return into
+
+
+def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    paths = [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
+    env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONNOUSERSITE="1")
+    env.update(extra or {})
+    return env
+
+
+def emulated_argv(sysroot: Sysroot, command: Sequence[str]) -> list[str]:
+    if not command:
+        raise UsageError("no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'")
+    qemu = require_tool(sysroot.arch.qemu)
+    return [qemu, "-L", str(sysroot.root), str(_guest_program(sysroot, command[0])), *command[1:]]
+
+
+def run_emulated(
+    sysroot: Sysroot,
+    command: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    capture: bool = False,
+) -> subprocess.CompletedProcess:
+    """Run `command` (a guest program and its arguments) from `sysroot` under QEMU user mode.
+
+    The guest sees the sysroot's wheels and this checkout's `edgefleet` (core and agent) on
+    PYTHONPATH. Returns the finished process; its exit status is the guest program's.
+    """
+    argv = emulated_argv(sysroot, command)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
+        code = _link_device_packages(Path(tmp)) if sysroot.info.spec.requirements else None
+        return subprocess.run(argv, env=guest_env(sysroot, code, env), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)

@@ -1,0 +1,314 @@
+"""Debian bookworm sysroots for ARM, built without privilege and cached by a hash of their inputs.
+
+A sysroot is `debootstrap --foreign --variant=minbase` (download + unpack only, nothing runs
+as the target) with every downloaded `.deb` unpacked by `dpkg -x`, plus the agent's wheels for
+that architecture fetched with `pip download --platform` and unzipped into `site/`. QEMU's
+user mode (`qemu-aarch64-static -L ROOT`) then runs its Python 3.11 directly: no chroot, no binfmt.
+
+On disk (format version 1, see docs/cross.md):
+
+    <cache>/<arch>-<key>/sysroot.json   SysrootInfo below; written last, so its presence means complete
+    <cache>/<arch>-<key>/root/          the Debian tree
+    <cache>/<arch>-<key>/site/          unzipped wheels, put on PYTHONPATH
+    <cache>/<arch>-<key>/logs/          one log per build step
+    <cache>/<arch>-<key>.failed/logs/   the logs of the last failed build, kept for reading
+
+`<cache>` is $EDGEFLEET_CROSS_CACHE, else $EDGEFLEET_HOME/cross (default ~/.edgefleet/cross).
+`<key>` is the first 16 hex digits of the sha256 of every input (SysrootSpec), so changing
+the suite, the mirror, a Debian package or a wheel pin builds a new sysroot beside the old one.
+"""
+
+from __future__ import annotations
+
+import compileall
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, requires, version
+from pathlib import Path
+from typing import Literal
+
+from packaging.requirements import Requirement
+from pydantic import BaseModel, ConfigDict
+
+from edgefleet.errors import BuildError, MissingToolError, UsageError
+from edgefleet.package import now_utc
+from edgefleet.progress import Stages
+from edgefleet.signing import edgefleet_home
+
+FORMAT_VERSION = 1
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+CACHE_ENV = "EDGEFLEET_CROSS_CACHE"
+MIRROR_ENV = "EDGEFLEET_DEBIAN_MIRROR"
+
+SysrootArch = Literal["arm64", "armhf"]
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What differs between the ARM flavours: Debian's name, QEMU's binary, pip's platform tags."""
+
+    debian: SysrootArch
+    target_arch: str  # the Target.arch of packages that run in it
+    qemu: str
+    pip_platforms: tuple[str, ...]
+    debs: tuple[str, ...]
+    # Whether the agent's wheels (TVM above all) exist for this architecture.
+    agent_wheels: bool
+    note: str = ""
+
+
+ARCHES: dict[str, ArchInfo] = {
+    "arm64": ArchInfo(
+        "arm64", "aarch64", "qemu-aarch64-static",
+        # Bookworm has glibc 2.36; wheels tagged for any older manylinux run on it.
+        ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"),
+        ("python3",), True,
+    ),
+    "armhf": ArchInfo(
+        "armhf", "armv7", "qemu-arm-static", (),
+        # No TVM (nor numpy/pillow/psutil) wheels exist for armv7l cp311; Debian's numpy is
+        # enough for what runs here: loading the compiled library with the armhf dynamic loader.
+        ("python3", "python3-numpy"), False,
+        note="apache-tvm publishes no armv7 wheel and no sdist; see docs/cross.md",
+    ),
+}
+_ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "armhf": "armhf", "armv7": "armhf", "armv7l": "armhf"}
+
+# Debian package that provides each host tool, for MissingToolError.
+TOOL_PACKAGES = {
+    "debootstrap": "debootstrap",
+    "dpkg-deb": "dpkg",
+    "qemu-aarch64-static": "qemu-user-static",
+    "qemu-arm-static": "qemu-user-static",
+}
+
+
+def arch_info(arch: str) -> ArchInfo:
+    key = _ARCH_ALIASES.get(arch.lower())
+    if key is None:
+        raise UsageError(f"unknown sysroot architecture {arch!r}", "use --arch arm64 (rasp4b, rasp5, aarch64) or --arch armhf (rasp3b, armv7)")
+    return ARCHES[key]
+
+
+def require_tool(name: str) -> str:
+    """The absolute path of host tool `name`, or a MissingToolError naming its Debian package."""
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if path is None:
+        raise MissingToolError(f"`{name}` is not installed on this machine", f"apt-get install {TOOL_PACKAGES.get(name, name)}")
+    return path
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SysrootSpec(Strict):
+    """Every input of a sysroot build; its hash is the cache key."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    arch: SysrootArch
+    suite: str = SUITE
+    variant: str = "minbase"
+    mirror: str = DEFAULT_MIRROR
+    debs: list[str]
+    pip_platforms: list[str]
+    python_version: str = "3.11"
+    requirements: list[str]
+
+    def key(self) -> str:
+        data = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+
+class SysrootInfo(Strict):
+    """sysroot.json: the spec, its key and how the build went."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    spec: SysrootSpec
+    key: str
+    built_at: str
+    step_seconds: dict[str, float]
+    wheels: list[str]
+
+
+@dataclass(frozen=True)
+class Sysroot:
+    path: Path
+    info: SysrootInfo
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root"
+
+    @property
+    def site(self) -> Path:
+        return self.path / "site"
+
+    @property
+    def arch(self) -> ArchInfo:
+        return ARCHES[self.info.spec.arch]
+
+    @property
+    def python(self) -> Path:
+        return self.root / "usr" / "bin" / f"python{self.info.spec.python_version}"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else edgefleet_home() / "cross"
+
+
+def agent_requirements() -> list[str]:
+    """The core and `agent` extra requirements of the installed edgefleet, pinned to the host's versions.
+
+    Pinning to what the host runs keeps the emulated agent on the same library versions as the
+    x86 reference it is compared with.
+    """
+    out = []
+    for line in requires("edgefleet") or []:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": "agent"}):
+            continue
+        try:
+            out.append(f"{req.name}=={version(req.name)}")
+        except PackageNotFoundError:
+            out.append(f"{req.name}{req.specifier}")
+    return sorted(set(out))
+
+
+def spec_for(arch: str, mirror: str | None = None) -> SysrootSpec:
+    info = arch_info(arch)
+    return SysrootSpec(
+        arch=info.debian,
+        mirror=mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
+        debs=list(info.debs),
+        pip_platforms=list(info.pip_platforms),
+        requirements=agent_requirements() if info.agent_wheels else [],
+    )
+
+
+def find_sysroot(arch: str, cache: Path | None = None, mirror: str | None = None) -> Sysroot | None:
+    """The complete cached sysroot for `arch` and the current inputs, or None."""
+    spec = spec_for(arch, mirror)
+    path = (cache or cache_dir()) / f"{spec.arch}-{spec.key()}"
+    marker = path / "sysroot.json"
+    if not marker.is_file():
+        return None
+    return Sysroot(path, SysrootInfo.model_validate_json(marker.read_text()))
+
+
+def build_command(arch: str) -> str:
+    return f"edgefleet cross sysroot --arch {arch_info(arch).debian}"
+
+
+class _Build:
+    """Runs the build steps in a scratch directory, each with its own log."""
+
+    def __init__(self, work: Path, stages: Stages, failed_dir: Path) -> None:
+        self.work = work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True)
+        self.stages = stages
+        self.failed_dir = failed_dir
+
+    def step(self, name: str, argv: list[str]) -> None:
+        log = self.logs / f"{name}.log"
+        with self.stages.stage(name, Path(argv[0]).name), open(log, "w") as fh:
+            fh.write("$ " + " ".join(argv) + "\n")
+            fh.flush()
+            proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            self.fail(name, f"exited with status {proc.returncode}")
+
+    def fail(self, name: str, why: str) -> None:
+        shutil.rmtree(self.failed_dir, ignore_errors=True)
+        self.failed_dir.mkdir(parents=True)
+        shutil.copytree(self.logs, self.failed_dir / "logs")
+        log = self.failed_dir / "logs" / f"{name}.log"
+        tail = ""
+        if log.is_file():
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            tail = f"; last line: {lines[-1][:200]}" if len(lines) > 1 else ""
+        raise BuildError(
+            f"sysroot build step `{name}` {why}{tail}",
+            f"read the log {log}; a network failure means {self.failed_dir.parent} could not reach the Debian mirror or PyPI, retry when it can",
+        )
+
+
+def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False, quiet: bool = False) -> Sysroot:
+    """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf").
+
+    Steps, each logged: debootstrap (download + unpack, --foreign), unpack (dpkg -x the rest),
+    wheels (pip download --platform), site (unzip wheels), bytecode (precompile .pyc so each
+    emulated start skips it). Raises MissingToolError naming the Debian package of a missing tool
+    and BuildError naming the failed step and its kept log.
+    """
+    info = arch_info(arch)
+    spec = spec_for(arch, mirror)
+    cache = cache or cache_dir()
+    final = cache / f"{spec.arch}-{spec.key()}"
+    if not force:
+        found = find_sysroot(arch, cache, mirror)
+        if found is not None:
+            return found
+    debootstrap = require_tool("debootstrap")
+    require_tool("dpkg-deb")
+    require_tool(info.qemu)
+    stages = Stages(quiet=quiet)
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        build = _Build(work, stages, cache / f"{final.name}.failed")
+        root = work / "root"
+        build.step("debootstrap", [
+            debootstrap, f"--arch={spec.arch}", "--foreign", f"--variant={spec.variant}",
+            f"--include={','.join(spec.debs)}", spec.suite, str(root), spec.mirror,
+        ])
+        debs = sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+        if not debs:
+            build.fail("debootstrap", "downloaded no .deb files")
+        build.step("unpack", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
+        for deb in debs:  # the archives are unpacked; keep the sysroot small
+            deb.unlink()
+        site = work / "site"
+        site.mkdir()
+        wheels: list[str] = []
+        if spec.requirements:
+            dest = work / "wheels"
+            argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:",
+                    "--implementation", "cp", "--python-version", spec.python_version, "--dest", str(dest)]
+            for platform in spec.pip_platforms:
+                argv += ["--platform", platform]
+            # --isolated: the host's pip.conf and constraints are about the host, not this sysroot.
+            build.step("wheels", argv + spec.requirements)
+            with stages.stage("site", "unzip wheels"):
+                for wheel in sorted(dest.glob("*.whl")):
+                    with zipfile.ZipFile(wheel) as zf:
+                        zf.extractall(site)
+                    wheels.append(wheel.name)
+            shutil.rmtree(dest)
+        with stages.stage("bytecode", "precompile .pyc"):
+            # CPython's .pyc format is the same on every 3.11 host; compiling here saves each
+            # emulated start from doing it under QEMU.
+            if sys.version_info[:2] == tuple(int(p) for p in spec.python_version.split(".")):
+                for tree in (root / "usr" / "lib" / f"python{spec.python_version}", site):
+                    compileall.compile_dir(str(tree), quiet=2, workers=1)
+        if not (work / "root" / "usr" / "bin" / f"python{spec.python_version}").exists():
+            build.fail("unpack", f"left no python{spec.python_version} in the sysroot")
+        sysinfo = SysrootInfo(spec=spec, key=spec.key(), built_at=now_utc(), step_seconds={k: round(v, 2) for k, v in stages.timings.items()}, wheels=wheels)
+        (work / "sysroot.json").write_text(sysinfo.model_dump_json(indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        shutil.rmtree(cache / f"{final.name}.failed", ignore_errors=True)
+        return Sysroot(final, sysinfo)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

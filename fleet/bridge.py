@@ -1,0 +1,92 @@
+"""The MQTT bridge: the fleet's one paho client (mutual TLS, persistent session, QoS 1).
+
+Incoming device messages are queued by paho's network thread and stored in batches by a
+worker thread (one transaction per batch), so a slow database never stalls the broker link.
+Outgoing jobs go to edgefleet/v1/<device>/jobs/notify with QoS 1; the persistent session
+keeps them for devices that are offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.errors import ServiceError
+from edgefleet.fleet.config import BrokerConfig
+from edgefleet.fleet.ingest import Ingest, Message
+
+log = logging.getLogger("edgefleet.fleet.bridge")
+SUBSCRIPTIONS = ["edgefleet/v1/+/status", "edgefleet/v1/+/telemetry", "edgefleet/v1/+/alerts", "edgefleet/v1/+/jobs/+/update"]
+BATCH = 500
+
+
+class Bridge:
+    def __init__(self, broker: BrokerConfig, ingest: Ingest, client_id: str = "edgefleet-fleet") -> None:
+        self.broker = broker
+        self.ingest = ingest
+        self.queue: queue.Queue[Message] = queue.Queue()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        if broker.ca_file:
+            self.client.tls_set(ca_certs=str(broker.ca_file), certfile=str(broker.cert_file) if broker.cert_file else None, keyfile=str(broker.key_file) if broker.key_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(1000)
+        self.client.reconnect_delay_set(0.5, 10)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_message = self._on_message
+        self._worker = threading.Thread(target=self._drain, name="fleet-ingest", daemon=True)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the fleet: %s", reason_code)
+            return
+        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        self.connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.queue.put(Message(msg.topic, msg.payload, time.time()))
+
+    def _drain(self) -> None:
+        while not self._stop.is_set() or not self.queue.empty():
+            try:
+                batch = [self.queue.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.ingest.handle_batch(batch)
+            except Exception:  # a database hiccup must not kill the bridge; the batch is logged and lost
+                log.exception("could not store %d MQTT messages", len(batch))
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._worker.start()
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServiceError(f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port}: {exc}", "start mosquitto, or fix [broker] in the fleet config") from None
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            self.stop()
+            raise ServiceError(f"the MQTT broker at {self.broker.host}:{self.broker.port} did not accept the fleet's connection", "check the fleet's client certificate and the broker's ACL")
+
+    def notify(self, device_id: str, payload: dict) -> None:
+        self.client.publish(f"edgefleet/v1/{device_id}/jobs/notify", json.dumps(payload), qos=1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.client.loop_stop()
+        self.client.disconnect()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10)

@@ -1,0 +1,94 @@
+"""The fleet's shared context: database sessions, package store, keys and the job notifier."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.fleet.config import FleetConfig
+from edgefleet.fleet.db import open_database
+from edgefleet.fleet.store import LocalStore, S3Store, open_store
+from edgefleet.signing import SigningKey, default_trusted_keys, load_signing_key, public_path
+
+# publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1).
+Notifier = Callable[[str, dict], None]
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Fleet:
+    config: FleetConfig
+    sessions: sessionmaker
+    store: LocalStore | S3Store
+    signing_key: SigningKey | None
+    trusted: list[Ed25519PublicKey]
+    download_secret: bytes
+    notify: Notifier = lambda device, payload: None
+    # One fleet process mutates rollouts from the API, the MQTT ingest and the ticker.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    clock: Callable[[], float] = time.time
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def download_signature(self, build_id: int, expires: int) -> str:
+        return hmac.new(self.download_secret, f"{build_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def download_url(self, build_id: int, store_key: str) -> str:
+        ttl = int(self.config.download_ttl_s)
+        presigned = self.store.presigned_url(store_key, ttl)
+        if presigned:
+            return presigned
+        expires = int(self.clock()) + ttl
+        base = self.config.public_url.rstrip("/")
+        return f"{base}/api/v1/builds/{build_id}/download?expires={expires}&sig={self.download_signature(build_id, expires)}"
+
+    def check_download(self, build_id: int, expires: int, sig: str) -> bool:
+        return expires >= self.clock() and hmac.compare_digest(self.download_signature(build_id, expires), sig)
+
+    def fleet_public_keys_pem(self) -> list[str]:
+        from edgefleet.signing import public_pem
+
+        return [public_pem(k).decode() for k in self.trusted]
+
+
+def _secret(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def open_fleet(config: FleetConfig, notify: Notifier | None = None) -> Fleet:
+    """Open (and migrate) the database and the store; load the fleet's signing key if present."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    sessions = open_database(config.resolved_database_url())
+    signing_key = load_signing_key(config.signing_key) if config.signing_key.exists() else None
+    trusted = default_trusted_keys()
+    if signing_key and public_path(signing_key.path).exists() and signing_key.key_id not in {_kid(k) for k in trusted}:
+        trusted.append(signing_key.public)
+    fleet = Fleet(config, sessions, open_store(config.resolved_store()), signing_key, trusted, _secret(config.data_dir / "download.secret"))
+    if notify:
+        fleet.notify = notify
+    return fleet
+
+
+def _kid(key: Ed25519PublicKey) -> str:
+    from edgefleet.signing import key_id
+
+    return key_id(key)

@@ -1,0 +1,235 @@
+// edgefleet dashboard: polls the fleet REST API (/api/v1) with the operator's token and
+// renders devices, rollouts, model versions, the alerts feed and two SVG plots.
+"use strict";
+
+const REFRESH_MS = 3000;
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
+let token = sessionStorage.getItem("edgefleet-token") || "";
+let timer = null;
+
+function $(sel) { return document.querySelector(sel); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
+  return node;
+}
+
+function when(ts) {
+  if (!ts) return "-";
+  return new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19);
+}
+
+function banner(id, text) {
+  const node = $(id);
+  node.textContent = text || "";
+  node.hidden = !text;
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: "Bearer " + token };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch("/api/v1" + path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) {
+    const err = new Error((data && data.error) || ("HTTP " + resp.status));
+    err.fix = data && data.fix;
+    err.status = resp.status;
+    throw err;
+  }
+  return data;
+}
+
+function fillTable(id, rows) {
+  const body = $(id + " tbody");
+  body.replaceChildren(...rows);
+}
+
+function renderDevices(devices, alarms) {
+  const drift = {};
+  for (const a of alarms) {
+    if (!drift[a.device] || a.updated_at > drift[a.device].updated_at) drift[a.device] = a;
+  }
+  fillTable("#devices", devices.map((d) => {
+    const a = drift[d.id];
+    return el("tr", { "data-device": d.id },
+      el("td", {}, d.id),
+      el("td", { class: "status " + d.status }, d.status),
+      el("td", { class: "version" }, d.model ? d.model.name + " " + d.model.version : "-"),
+      el("td", { class: "last-seen" }, when(d.last_seen)),
+      el("td", { class: "drift state-" + (a ? a.state : "none") }, a ? a.state + (a.score != null ? " (" + a.score.toFixed(3) + ")" : "") : "-"));
+  }));
+  $("#count-online").textContent = devices.filter((d) => d.status === "online").length;
+  $("#count-offline").textContent = devices.filter((d) => d.status === "offline").length;
+  $("#count-alarms").textContent = alarms.filter((a) => a.state === "alarm" || a.state === "recovering").length;
+}
+
+async function act(label, fn) {
+  banner("#error", "");
+  try {
+    await fn();
+    banner("#notice", label + ": done");
+  } catch (e) {
+    banner("#error", label + " failed: " + e.message + (e.fix ? " (" + e.fix + ")" : ""));
+  }
+  refresh();
+}
+
+function rolloutButtons(r) {
+  const actions = { created: ["pause", "abort"], deploying: ["pause", "abort"], baking: ["pause", "abort"], paused: ["resume", "abort"] }[r.state] || [];
+  return el("td", {}, ...actions.map((a) => el("button", {
+    "data-action": a,
+    onclick: () => act(a + " rollout " + r.id, () => api("/rollouts/" + r.id + "/" + a, { method: "POST", body: { reason: "from the dashboard" } })),
+  }, a)));
+}
+
+function renderRollouts(rollouts, lastEvents) {
+  const active = rollouts.filter((r) => ["created", "deploying", "baking", "paused", "aborting"].includes(r.state));
+  $("#count-rollouts").textContent = active.length;
+  fillTable("#rollouts", rollouts.slice().reverse().map((r) => {
+    const waves = r.waves || [];
+    const installs = Object.entries(r.installs || {}).map(([k, v]) => k + " " + v).join(", ") || "-";
+    const plan = r.plan || {};
+    const gates = "success ≥ " + (plan.success_threshold ?? "-") + ", failure ≤ " + (plan.failure_threshold ?? "-");
+    const detail = lastEvents[r.id] || r.reason || "";
+    return el("tr", { "data-rollout": r.id },
+      el("td", {}, r.id),
+      el("td", {}, r.model.group + " " + r.model.version),
+      el("td", { class: "state state-" + r.state }, r.state),
+      el("td", { class: "wave" }, (r.wave + 1) + " / " + waves.length + (waves.length ? " (" + (waves[Math.max(r.wave, 0)] || 0) + " of " + r.devices + " devices)" : "")),
+      el("td", { class: "installs" }, installs),
+      el("td", { class: "gates", title: detail }, gates + (detail ? " — " + detail : "")),
+      rolloutButtons(r));
+  }));
+}
+
+function renderModels(groups, versionsByGroup) {
+  const rows = [];
+  for (const g of groups) {
+    for (const v of versionsByGroup[g.name] || []) {
+      const buttons = v.approval !== "Approved" ? [el("button", {
+        "data-action": "approve",
+        onclick: () => act("approve " + g.name + " " + v.version, () => api("/models/" + encodeURIComponent(g.name) + "/versions/" + encodeURIComponent(v.version) + "/approval", { method: "POST", body: { state: "Approved", note: "approved from the dashboard" } })),
+      }, "approve")] : [];
+      rows.push(el("tr", { "data-model": g.name + "/" + v.version },
+        el("td", {}, g.name), el("td", {}, v.version),
+        el("td", { class: "approval" }, v.approval),
+        el("td", {}, (v.builds || []).map((b) => b.target).join(", ")),
+        el("td", {}, ...buttons)));
+    }
+  }
+  fillTable("#models", rows);
+}
+
+function renderAlerts(driftEvents, telemetry) {
+  const items = driftEvents.map((e) => ({ at: e.at, cls: e.event === "raised" ? "state-alarm" : "state-ok",
+    text: "drift alarm " + e.event + " on " + e.device + " (" + e.model.name + " " + e.model.version + ", " + (e.feature || "-") + " " + e.score.toFixed(3) + ")" }));
+  for (const t of telemetry) {
+    if (t.alerts > 0) items.push({ at: t.at, cls: "", text: t.alerts + " alert(s) from " + t.device });
+  }
+  items.sort((a, b) => b.at - a.at);
+  $("#alerts-feed").replaceChildren(...items.slice(0, 50).map((i) => el("li", { class: i.cls }, el("span", { class: "muted" }, when(i.at) + " "), i.text)));
+}
+
+// A small SVG line chart: one series per device, optional dashed threshold line.
+function plot(container, series, threshold) {
+  const W = 900, H = 200, L = 44, B = 20;
+  const points = Object.values(series).flat();
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 " + W + " " + (H + B));
+  svg.setAttribute("preserveAspectRatio", "none");
+  const node = (tag, attrs) => {
+    const n = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    svg.append(n);
+    return n;
+  };
+  if (!points.length) {
+    node("text", { x: L, y: H / 2, fill: "#8a93a6" }).textContent = "no data yet";
+    container.replaceChildren(svg);
+    return;
+  }
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) || x0 + 1;
+  const top = Math.max(...ys, threshold ? threshold * 1.5 : 0) * 1.1 || 1;
+  const X = (x) => L + (x1 === x0 ? (W - L) / 2 : (x - x0) / (x1 - x0) * (W - L - 8));
+  const Y = (y) => H - (y / top) * (H - 8);
+  node("line", { x1: L, y1: H, x2: W, y2: H, stroke: "#ccd" });
+  for (const f of [0, 0.5, 1]) {
+    node("text", { x: 2, y: Y(top * f) + 4, "font-size": 11, fill: "#8a93a6" }).textContent = (top * f).toPrecision(2);
+  }
+  node("text", { x: L, y: H + 16, "font-size": 11, fill: "#8a93a6" }).textContent = when(x0);
+  node("text", { x: W - 130, y: H + 16, "font-size": 11, fill: "#8a93a6" }).textContent = when(x1);
+  if (threshold) node("line", { x1: L, y1: Y(threshold), x2: W, y2: Y(threshold), stroke: "#dc2626", "stroke-dasharray": "6 4", class: "threshold" });
+  const legend = el("div", { class: "legend" });
+  Object.entries(series).forEach(([name, pts], i) => {
+    const color = COLORS[i % COLORS.length];
+    node("polyline", { fill: "none", stroke: color, "stroke-width": 2, "data-series": name, points: pts.map((p) => X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1)).join(" ") });
+    legend.append(el("span", { style: "color:" + color }, "■ " + name));
+  });
+  container.replaceChildren(svg, legend);
+}
+
+function byDevice(rows, value) {
+  const out = {};
+  for (const r of rows) {
+    const v = value(r);
+    if (v == null) continue;
+    (out[r.device] = out[r.device] || []).push([r.at, v]);
+  }
+  return out;
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  if (!token) {
+    banner("#error", "Enter an API token (edgefleet fleet tokens create) to load the fleet.");
+    return;
+  }
+  try {
+    const [devices, rollouts, groups, drift, windows, events, telemetry] = await Promise.all([
+      api("/devices"), api("/rollouts"), api("/models"), api("/drift"), api("/drift/windows?limit=2000"), api("/drift/events?limit=50"), api("/telemetry?limit=2000"),
+    ]);
+    const versions = {};
+    await Promise.all(groups.map(async (g) => { versions[g.name] = await api("/models/" + encodeURIComponent(g.name) + "/versions"); }));
+    const lastEvents = {};
+    await Promise.all(rollouts.filter((r) => r.state !== "succeeded").slice(-10).map(async (r) => {
+      const ev = await api("/rollouts/" + r.id + "/events");
+      const last = ev.filter((e) => e.detail).pop();
+      if (last) lastEvents[r.id] = last.detail;
+    }));
+    renderDevices(devices, drift.alarms);
+    renderRollouts(rollouts, lastEvents);
+    renderModels(groups, versions);
+    renderAlerts(events, telemetry);
+    plot($("#latency-plot"), byDevice(telemetry, (t) => t.latency_p95_ms), null);
+    $("#drift-metric").textContent = "(" + drift.config.metric + ", alarm over " + drift.config.threshold + " for " + drift.config.windows_to_alarm + " windows)";
+    plot($("#drift-plot"), byDevice(windows, (w) => w.score), drift.config.threshold);
+    $("#updated").textContent = "updated " + when(Date.now() / 1000);
+    if (!$("#error").textContent.includes("failed:")) banner("#error", "");
+    document.body.dataset.loaded = "true";
+  } catch (e) {
+    banner("#error", "Cannot load the fleet: " + e.message + (e.fix ? " (" + e.fix + ")" : ""));
+  }
+  timer = setTimeout(refresh, REFRESH_MS);
+}
+
+$("#token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  token = $("#token").value.trim();
+  sessionStorage.setItem("edgefleet-token", token);
+  banner("#notice", "");
+  refresh();
+});
+
+refresh();

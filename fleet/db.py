@@ -1,0 +1,226 @@
+"""The fleet database: SQLAlchemy 2 models, shared by SQLite (default) and PostgreSQL.
+
+Times are float seconds since the epoch (UTC) so both databases store them the same way.
+The schema is owned by the Alembic migrations in fleet/migrations; `open_database` upgrades
+the database to the newest revision before anything else touches it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from edgefleet.errors import ServiceError
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+def now() -> float:
+    return time.time()
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class ModelGroup(Base):
+    __tablename__ = "model_groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class ModelVersion(Base):
+    """One logical model version; its builds (one per target) hang off it."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("group_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("model_groups.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    approval: Mapped[str] = mapped_column(String(32), default="PendingManualApproval")
+    approval_note: Mapped[str] = mapped_column(Text, default="")
+    source_uri: Mapped[str] = mapped_column(Text, default="")
+    source_sha256: Mapped[str] = mapped_column(String(64), default="")
+    training_job: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Build(Base):
+    """A signed package of a model version for one target, held in the package store."""
+
+    __tablename__ = "builds"
+    __table_args__ = (UniqueConstraint("model_version_id", "target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    target: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    store_key: Mapped[str] = mapped_column(Text)
+    signer: Mapped[str] = mapped_column(String(32))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    group: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    target: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    target: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="unknown")
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cert_serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    enrolled_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Telemetry(Base):
+    """The health numbers the rollout gates need, one row per telemetry message."""
+
+    __tablename__ = "telemetry"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    received_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    alerts: Mapped[int] = mapped_column(Integer, default=0)
+    confidence_mean: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    selection: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="created", index=True)
+    wave: Mapped[int] = mapped_column(Integer, default=-1)
+    devices: Mapped[list[str]] = mapped_column(JSON, default=list)  # frozen order at creation
+    wave_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bake_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Deployment(Base):
+    """One job sent to one device by a rollout: an install, or the rollback of one."""
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), unique=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # install | rollback
+    wave: Mapped[int] = mapped_column(Integer)
+    build_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"), nullable=True)
+    previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="notified")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    switched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class RolloutEvent(Base):
+    """Every rollout transition and every device job update, in order: the audit trail."""
+
+    __tablename__ = "rollout_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    at: Mapped[float] = mapped_column(Float, default=now)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Counter(Base):
+    """Service counters that must survive restarts (e.g. MQTT messages dropped from unknown devices)."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # pysqlite's own BEGIN handling is switched off so every transaction is BEGIN IMMEDIATE
+    # (see _sqlite_begin): the API, the MQTT ingest and the rollout ticker write concurrently,
+    # and a deferred transaction that reads and then writes can fail with SQLITE_BUSY at once.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    try:
+        engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps)
+    except Exception as exc:  # bad URL forms raise ArgumentError/NoSuchModuleError
+        raise ServiceError(f"cannot use database URL {url!r}: {exc}", "use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Run the Alembic migrations up to head on `engine`."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+def open_database(url: str) -> sessionmaker:
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except Exception as exc:
+        if isinstance(exc, ServiceError):
+            raise
+        raise ServiceError(f"cannot open or migrate the fleet database {engine.url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}", "check the database URL, that the server runs, and its credentials") from None
+    return sessionmaker(engine, expire_on_commit=False)

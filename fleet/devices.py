@@ -1,0 +1,154 @@
+"""Devices: one-time enrollment, groups and tags, and the broker ACL the fleet generates.
+
+Enrollment: an admin creates a one-time token for a device id; the device sends the token
+and a CSR whose CN is its id; the fleet's CA signs it, the token is spent, and the broker ACL
+is rewritten so that the device may publish and subscribe only under edgefleet/v1/<id>/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from edgefleet.errors import BadInputError, ConflictError, NotFoundError, PermissionDeniedError
+from edgefleet.fleet.ca import CertificateAuthority
+from edgefleet.fleet.core import Fleet, sha256_text
+from edgefleet.fleet.db import Device, EnrollmentToken
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FLEET_MQTT_USER = "fleet"  # the CN of the fleet's own client certificate
+
+
+def check_device_id(device_id: str) -> str:
+    if not DEVICE_ID.match(device_id or ""):
+        raise BadInputError(f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'", "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)")
+    return device_id
+
+
+def device_dict(d: Device) -> dict:
+    return {
+        "id": d.id,
+        "group": d.group,
+        "tags": sorted(d.tags or []),
+        "target": d.target,
+        "status": d.status,
+        "last_seen": d.last_seen,
+        "model": {"name": d.model_name, "version": d.model_version} if d.model_name else None,
+        "enrolled_at": d.enrolled_at,
+    }
+
+
+def ca(fleet: Fleet) -> CertificateAuthority:
+    return CertificateAuthority.load_or_create(fleet.config.data_dir / "ca")
+
+
+def create_enrollment_token(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> str:
+    check_device_id(device_id)
+    token = "efe_" + secrets.token_urlsafe(24)
+    with fleet.session() as s, s.begin():
+        if s.get(Device, device_id) is not None:
+            raise ConflictError(f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id")
+        s.add(EnrollmentToken(token_sha256=sha256_text(token), device_id=device_id, group=group, tags=sorted(set(tags or [])), target=target, expires_at=fleet.clock() + fleet.config.enrollment_ttl_s))
+    return token
+
+
+def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
+    """Spend `token`, sign the CSR, register the device and return what the device needs."""
+    check_device_id(device_id)
+    authority = ca(fleet)
+    with fleet.lock, fleet.session() as s, s.begin():
+        row = s.scalar(select(EnrollmentToken).where(EnrollmentToken.token_sha256 == sha256_text(token or "")))
+        if row is None or row.device_id != device_id:
+            raise PermissionDeniedError("unknown enrollment token for this device", "ask the fleet admin for a token made for this device id")
+        if row.used_at is not None:
+            raise PermissionDeniedError("this enrollment token was already used", "enrollment tokens are one-time; ask for a new one")
+        if row.expires_at < fleet.clock():
+            raise PermissionDeniedError("this enrollment token has expired", "ask for a new one")
+        cert = authority.sign_csr(csr_pem, device_id)
+        row.used_at = fleet.clock()
+        s.add(Device(id=device_id, group=row.group, tags=row.tags, target=row.target, cert_serial=format(cert.serial_number, "x")))
+    write_acl(fleet)
+    broker = fleet.config.broker
+    return {
+        "schema": 1,
+        "device_id": device_id,
+        "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "ca_certificate": authority.cert_pem,
+        "broker": {"host": (broker.public_host or broker.host) if broker else None, "port": broker.port if broker else None},
+        "fleet_url": fleet.config.public_url,
+        "trusted_keys": fleet.fleet_public_keys_pem(),
+    }
+
+
+def acl_text(device_ids: list[str]) -> str:
+    """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
+    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#", ""]
+    for dev in sorted(device_ids):
+        base = f"edgefleet/v1/{dev}"
+        lines += [f"user {dev}", f"topic write {base}/status", f"topic write {base}/alerts", f"topic write {base}/telemetry", f"topic write {base}/jobs/+/update", f"topic read {base}/jobs/notify", ""]
+    return "\n".join(lines)
+
+
+def write_acl(fleet: Fleet) -> Path | None:
+    broker = fleet.config.broker
+    if broker is None or broker.acl_file is None:
+        return None
+    with fleet.session() as s:
+        ids = list(s.scalars(select(Device.id)))
+    tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
+    tmp.write_text(acl_text(ids))
+    os.replace(tmp, broker.acl_file)
+    if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
+        try:
+            os.kill(int(broker.mosquitto_pid_file.read_text().strip()), signal.SIGHUP)  # mosquitto re-reads its ACL
+        except (ValueError, ProcessLookupError):
+            pass
+    return broker.acl_file
+
+
+def list_devices(fleet: Fleet, group: str | None = None, tag: str | None = None, status: str | None = None) -> list[dict]:
+    with fleet.session() as s:
+        q = select(Device).order_by(Device.id)
+        if group:
+            q = q.where(Device.group == group)
+        if status:
+            q = q.where(Device.status == status)
+        rows = s.scalars(q).all()
+    return [device_dict(d) for d in rows if not tag or tag in (d.tags or [])]
+
+
+def get_device(fleet: Fleet, device_id: str) -> dict:
+    with fleet.session() as s:
+        d = s.get(Device, device_id)
+        if d is None:
+            raise NotFoundError(f"no device {device_id!r}", "list devices with `edgefleet fleet devices list`")
+        return device_dict(d)
+
+
+def update_device(fleet: Fleet, device_id: str, group: str | None = None, add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> dict:
+    with fleet.session() as s, s.begin():
+        d = s.get(Device, device_id)
+        if d is None:
+            raise NotFoundError(f"no device {device_id!r}", "list devices with `edgefleet fleet devices list`")
+        if group is not None:
+            d.group = group or None
+        d.tags = sorted((set(d.tags or []) | set(add_tags or [])) - set(remove_tags or []))
+        return device_dict(d)
+
+
+def register_device(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> dict:
+    """Register a device whose certificate was issued out of band (simulated fleets, benchmarks)."""
+    check_device_id(device_id)
+    with fleet.session() as s, s.begin():
+        if s.get(Device, device_id) is not None:
+            raise ConflictError(f"device {device_id!r} is already enrolled", "use another id")
+        d = Device(id=device_id, target=target, group=group, tags=sorted(set(tags or [])))
+        s.add(d)
+        s.flush()
+        return device_dict(d)

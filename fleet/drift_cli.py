@@ -1,0 +1,48 @@
+"""`edgefleet fleet drift`: each device's drift alarm and a sparkline of its recent windows.
+
+Maps onto GET /api/v1/drift and /api/v1/drift/windows (edgefleet.fleet.drift_service).
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgefleet.cli import print_json, table
+from edgefleet.fleet.drift import sparkline
+
+
+def drift_report(client, device: str | None, windows: int) -> dict:
+    """What the command shows: the API's overview plus each alarm's last `windows` scores."""
+    overview = client.get("/drift", device=device)
+    rows = client.get("/drift/windows", device=device, limit=5000)
+    for alarm in overview["alarms"]:
+        scores = [w["score"] for w in rows if w["device"] == alarm["device"] and w["model"] == alarm["model"]]
+        alarm["recent_scores"] = scores[-windows:]
+    return overview
+
+
+@click.command("drift")
+@click.option("--device", help="Only this device.")
+@click.option("--windows", type=click.IntRange(1, 200), default=30, show_default=True, help="Windows in each sparkline.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+@click.pass_context
+def drift_command(ctx: click.Context, device: str | None, windows: int, as_json: bool) -> None:
+    """Drift alarms per device and model version, with a sparkline of the drift score.
+
+    The sparkline spans 0 to twice the threshold, so the threshold sits at mid height.
+    """
+    from edgefleet.fleet.client import FleetClient
+
+    client = FleetClient(ctx.obj.get("url"), ctx.obj.get("token"))
+    report = drift_report(client, device, windows)
+    if as_json:
+        print_json(report)
+        return
+    cfg = report["config"]
+    top = 2 * cfg["threshold"]
+    table(
+        ["device", "model", "state", "score", "feature", f"last {windows} windows"],
+        [[a["device"], f"{a['model']['name']} {a['model']['version']}", a["state"], "-" if a["score"] is None else f"{a['score']:.3f}", a["feature"] or "-",
+          sparkline(a["recent_scores"], top)] for a in report["alarms"]],
+        title=f"drift ({cfg['metric']}, alarm over {cfg['threshold']} for {cfg['windows_to_alarm']} windows, clear after {cfg['windows_to_clear']})",
+    )

@@ -1,0 +1,141 @@
+"""The model registry: groups, versions with approval states and lineage, builds per target.
+
+A model version is `(group, version)`; uploading a signed package adds the build for the
+package's target to the version named by its manifest (name = group). Approval states and
+their allowed changes are SageMaker Model Registry's: PendingManualApproval -> Approved or
+Rejected, and an approved version can be rejected (and re-approved) later.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgefleet.errors import ConflictError, InvalidTransitionError, NotFoundError
+from edgefleet.fleet.core import Fleet
+from edgefleet.fleet.db import Build, ModelGroup, ModelVersion
+from edgefleet.package import open_package, parse_version, sha256_file
+
+PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"
+APPROVAL_TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({APPROVED, REJECTED}),
+    APPROVED: frozenset({REJECTED}),
+    REJECTED: frozenset({APPROVED}),
+}
+
+
+def build_dict(b: Build) -> dict:
+    return {"id": b.id, "target": b.target, "arch": b.arch, "sha256": b.sha256, "size": b.size, "signer": b.signer, "created_at": b.created_at}
+
+
+def version_dict(s: Session, v: ModelVersion) -> dict:
+    group = s.get(ModelGroup, v.group_id)
+    builds = s.scalars(select(Build).where(Build.model_version_id == v.id).order_by(Build.target)).all()
+    return {
+        "id": v.id,
+        "group": group.name,
+        "version": v.version,
+        "approval": v.approval,
+        "approval_note": v.approval_note,
+        "lineage": {"source_uri": v.source_uri, "source_sha256": v.source_sha256, "training_job": v.training_job},
+        "builds": [build_dict(b) for b in builds],
+        "created_at": v.created_at,
+    }
+
+
+def upload_package(fleet: Fleet, path: Path) -> dict:
+    """Verify `path` against the fleet's trusted keys, store it, and register its build."""
+    extract = Path(tempfile.mkdtemp(prefix="edgefleet-upload-"))
+    try:
+        with open_package(path, fleet.trusted, dest=extract / "pkg") as opened:
+            m = opened.manifest
+            signer = opened.signer or ""
+    finally:
+        shutil.rmtree(extract, ignore_errors=True)
+    sha = sha256_file(path)
+    key = f"{m.name}/{m.version}/{m.target.name}-{sha[:12]}.tar.gz"
+    with fleet.lock, fleet.session() as s, s.begin():
+        group = s.scalar(select(ModelGroup).where(ModelGroup.name == m.name))
+        if group is None:
+            group = ModelGroup(name=m.name)
+            s.add(group)
+            s.flush()
+        version = s.scalar(select(ModelVersion).where(ModelVersion.group_id == group.id, ModelVersion.version == m.version))
+        if version is None:
+            version = ModelVersion(
+                group_id=group.id,
+                version=m.version,
+                source_uri=m.provenance.source_uri,
+                source_sha256=m.provenance.source_sha256,
+                training_job=m.provenance.training_job,
+            )
+            s.add(version)
+            s.flush()
+        elif version.source_sha256 != m.provenance.source_sha256:
+            raise ConflictError(
+                f"{m.name} {m.version} is registered from another source model ({version.source_sha256[:12]}, this package {m.provenance.source_sha256[:12]})",
+                "give this model a new version; one version is one source model built for several targets",
+            )
+        if s.scalar(select(Build).where(Build.model_version_id == version.id, Build.target == m.target.name)):
+            raise ConflictError(f"{m.name} {m.version} already has a build for target {m.target.name}", "upload it as a new version")
+        fleet.store.put(key, path)
+        build = Build(
+            model_version_id=version.id,
+            target=m.target.name,
+            arch=m.target.arch,
+            sha256=sha,
+            size=Path(path).stat().st_size,
+            store_key=key,
+            signer=signer,
+            manifest=m.model_dump(mode="json"),
+        )
+        s.add(build)
+        s.flush()
+        return version_dict(s, version)
+
+
+def get_version_row(s: Session, group: str, version: str) -> ModelVersion:
+    row = s.scalar(select(ModelVersion).join(ModelGroup, ModelGroup.id == ModelVersion.group_id).where(ModelGroup.name == group, ModelVersion.version == version))
+    if row is None:
+        raise NotFoundError(f"no model version {group} {version}", "list them with `edgefleet fleet models list`")
+    return row
+
+
+def list_groups(fleet: Fleet) -> list[dict]:
+    with fleet.session() as s:
+        out = []
+        for g in s.scalars(select(ModelGroup).order_by(ModelGroup.name)):
+            versions = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
+            latest = max((v.version for v in versions), key=parse_version, default=None)
+            out.append({"name": g.name, "description": g.description, "versions": len(versions), "latest": latest})
+        return out
+
+
+def list_versions(fleet: Fleet, group: str) -> list[dict]:
+    with fleet.session() as s:
+        g = s.scalar(select(ModelGroup).where(ModelGroup.name == group))
+        if g is None:
+            raise NotFoundError(f"no model group {group!r}", "upload a package with `edgefleet fleet models upload`")
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
+        return [version_dict(s, v) for v in sorted(rows, key=lambda v: parse_version(v.version))]
+
+
+def get_version(fleet: Fleet, group: str, version: str) -> dict:
+    with fleet.session() as s:
+        return version_dict(s, get_version_row(s, group, version))
+
+
+def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: str = "") -> dict:
+    if approval not in APPROVAL_TRANSITIONS:
+        raise InvalidTransitionError(f"unknown approval state {approval!r}", f"use one of {', '.join(APPROVAL_TRANSITIONS)}")
+    with fleet.lock, fleet.session() as s, s.begin():
+        row = get_version_row(s, group, version)
+        if approval not in APPROVAL_TRANSITIONS[row.approval]:
+            raise InvalidTransitionError(f"{group} {version} is {row.approval}; it cannot become {approval}", "see the approval states in docs/fleet.md")
+        row.approval = approval
+        row.approval_note = note
+        return version_dict(s, row)

@@ -1,0 +1,476 @@
+"""Rollouts: one approved model version to a selection of devices, in waves, with gates.
+
+A rollout is a state machine written as a transition table (TRANSITIONS). `tick()` is the
+only place that moves rollouts forward; it runs every `tick_seconds` in the service and is
+called directly by tests with a controlled clock. Every transition and every device job
+update is stored as a RolloutEvent.
+
+Waves: a canary (N devices or P percent), then cumulative percents of the selection. A wave
+is done when `success_threshold` of all touched devices have committed; the rollout aborts
+when more than `failure_threshold` of them failed, when a wave takes longer than
+`wave_timeout_s`, or when the model-health gate fails after the bake time. Abort sends every
+touched device a rollback job (signed by the fleet, so the device accepts the older version).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from edgefleet.agent.update import AGENT_STATES, TERMINAL_STATES, authorization_bytes
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
+from edgefleet.fleet.core import Fleet
+from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
+from edgefleet.fleet.registry import APPROVED, get_version_row
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HealthGate(Strict):
+    """Bounds on the new model's health relative to the previous model on the same devices."""
+
+    enabled: bool = True
+    min_samples: int = Field(1, ge=1)  # telemetry messages from the new model before judging
+    alert_rate_max_ratio: float = Field(1.5, gt=0)
+    alert_rate_slack: float = Field(0.02, ge=0)  # absolute alerts per frame, so 0 -> 0.01 is fine
+    confidence_min_ratio: float = Field(0.9, ge=0, le=1)
+    latency_p95_max_ratio: float = Field(1.5, gt=0)
+    latency_p95_slack_ms: float = Field(5.0, ge=0)
+    require_baseline: bool = False  # without telemetry from the previous model: wait (True) or pass
+
+
+class Probation(Strict):
+    """Sent to the agent with each install job."""
+
+    smoke_runs: int = Field(3, ge=1, le=100)
+    latency_budget_ms: float = Field(5000, gt=0)
+
+
+class RolloutPlan(Strict):
+    canary: int | None = Field(1, ge=1)
+    canary_percent: float | None = Field(None, gt=0, le=100)
+    waves: list[float] = Field(default_factory=lambda: [100.0])
+    success_threshold: float = Field(1.0, gt=0, le=1)
+    failure_threshold: float = Field(0.0, ge=0, lt=1)
+    bake_time_s: float = Field(60.0, ge=0)
+    wave_timeout_s: float = Field(900.0, gt=0)
+    health: HealthGate = Field(default_factory=HealthGate)
+    probation: Probation = Field(default_factory=Probation)
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutPlan:
+        if self.canary_percent is not None:
+            self.canary = None
+        if not self.waves or any(not 0 < w <= 100 for w in self.waves) or self.waves != sorted(self.waves) or self.waves[-1] != 100:
+            raise ValueError("waves are increasing cumulative percents in (0, 100] ending at 100, e.g. [10, 50, 100]")
+        return self
+
+
+class Selection(Strict):
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)  # a device must carry all of them
+    devices: list[str] | None = None
+
+
+ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("created", "start"): "deploying",
+    ("deploying", "wave_committed"): "baking",
+    ("baking", "next_wave"): "deploying",
+    ("baking", "completed"): "succeeded",
+    ("deploying", "failure_threshold"): "aborting",
+    ("baking", "failure_threshold"): "aborting",
+    ("baking", "health_gate_failed"): "aborting",
+    ("deploying", "wave_timeout"): "aborting",
+    ("baking", "wave_timeout"): "aborting",
+    ("created", "pause"): "paused",
+    ("deploying", "pause"): "paused",
+    ("baking", "pause"): "paused",
+    ("paused", "resume"): "deploying",
+    ("created", "abort"): "aborting",
+    ("deploying", "abort"): "aborting",
+    ("baking", "abort"): "aborting",
+    ("paused", "abort"): "aborting",
+    ("aborting", "rolled_back"): "aborted",
+}
+FAILED = ("failed", "rolled_back")
+
+
+def wave_bounds(plan: RolloutPlan, n: int) -> list[int]:
+    """Cumulative device counts at the end of each wave, strictly increasing, ending at n."""
+    first = plan.canary if plan.canary is not None else math.ceil(plan.canary_percent / 100 * n)
+    bounds = [min(max(1, first), n)]
+    for pct in plan.waves:
+        count = min(n, math.ceil(pct / 100 * n - 1e-9))
+        if count > bounds[-1]:
+            bounds.append(count)
+    if bounds[-1] != n:
+        bounds.append(n)
+    return bounds
+
+
+def _transition(s: Session, r: Rollout, event: str, now: float, detail: str = "") -> None:
+    new = TRANSITIONS.get((r.state, event))
+    if new is None:
+        raise InvalidTransitionError(f"rollout {r.id} is {r.state}; '{event}' is not allowed there", "see the rollout states in docs/fleet.md")
+    s.add(RolloutEvent(rollout_id=r.id, at=now, event=event, from_state=r.state, to_state=new, detail=detail))
+    r.state = new
+    r.updated_at = now
+    if detail and new in ("aborting", "aborted", "succeeded", "paused"):
+        r.reason = detail
+
+
+def rollout_dict(s: Session, r: Rollout) -> dict:
+    v = s.get(ModelVersion, r.model_version_id)
+    g = s.get(ModelGroup, v.group_id)
+    counts = dict(s.execute(select(Deployment.state, func.count()).where(Deployment.rollout_id == r.id, Deployment.kind == "install").group_by(Deployment.state)).all())
+    plan = RolloutPlan.model_validate(r.plan)
+    return {
+        "id": r.id,
+        "model": {"group": g.name, "version": v.version},
+        "state": r.state,
+        "wave": r.wave,
+        "waves": wave_bounds(plan, len(r.devices)),
+        "devices": len(r.devices),
+        "installs": counts,
+        "reason": r.reason,
+        "selection": r.selection,
+        "plan": r.plan,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
+
+
+def _select_devices(s: Session, sel: Selection) -> list[Device]:
+    q = select(Device).order_by(Device.id)
+    if sel.group:
+        q = q.where(Device.group == sel.group)
+    if sel.devices is not None:
+        q = q.where(Device.id.in_(sel.devices))
+    rows = [d for d in s.scalars(q) if set(sel.tags) <= set(d.tags or [])]
+    if sel.devices is not None:
+        missing = sorted(set(sel.devices) - {d.id for d in rows})
+        if missing:
+            raise BadInputError(f"devices not found or outside the selection: {', '.join(missing[:10])}", "list devices with `edgefleet fleet devices list`")
+    return rows
+
+
+def create_rollout(fleet: Fleet, group: str, version: str, selection: dict[str, Any], plan: dict[str, Any]) -> dict:
+    """Validate and store a rollout (state `created`); the next tick starts its canary."""
+    try:
+        sel = Selection.model_validate(selection)
+        parsed = RolloutPlan.model_validate(plan)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadInputError(f"rollout {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", "see the rollout plan in docs/fleet.md") from None
+    with fleet.lock, fleet.session() as s, s.begin():
+        mv = get_version_row(s, group, version)
+        if mv.approval != APPROVED:
+            raise ConflictError(f"{group} {version} is {mv.approval}, not Approved", f"approve it first: `edgefleet fleet models approve {group} {version}`")
+        devices = _select_devices(s, sel)
+        if not devices:
+            raise BadInputError("the selection matches no devices", "check --group/--tag, or list devices with `edgefleet fleet devices list`")
+        targets = {b.target for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
+        missing = sorted({d.target for d in devices} - targets)
+        if missing:
+            raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", "compile and upload a package for each target in the selection")
+        ids = [d.id for d in devices]
+        busy = s.scalars(select(Deployment.device_id).join(Rollout, Rollout.id == Deployment.rollout_id).where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))).first()
+        busy = busy or next((d for r in s.scalars(select(Rollout).where(Rollout.state == "created")) for d in r.devices if d in set(ids)), None)
+        if busy:
+            raise ConflictError(f"device {busy} is already in an active rollout", "wait for it to finish, or abort it")
+        r = Rollout(model_version_id=mv.id, selection=sel.model_dump(), plan=parsed.model_dump(), devices=ids, created_at=fleet.clock(), updated_at=fleet.clock())
+        s.add(r)
+        s.flush()
+        s.add(RolloutEvent(rollout_id=r.id, at=fleet.clock(), event="create", from_state="", to_state="created", detail=f"{len(ids)} devices"))
+        return rollout_dict(s, r)
+
+
+def _load(s: Session, rollout_id: int) -> Rollout:
+    r = s.get(Rollout, rollout_id, with_for_update=True)
+    if r is None:
+        raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
+    return r
+
+
+def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> dict:
+    """pause | resume | abort, as an operator asks."""
+    if action not in ("pause", "resume", "abort"):
+        raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume or abort")
+    outbox: list[tuple[str, dict]] = []
+    with fleet.lock:
+        with fleet.session() as s, s.begin():
+            r = _load(s, rollout_id)
+            now = fleet.clock()
+            _transition(s, r, action, now, reason or f"operator {action}")
+            if action == "resume":
+                r.wave_started_at = now
+                r.bake_started_at = None
+            if action == "abort":
+                _abort_step(fleet, s, r, now, outbox)
+            out = rollout_dict(s, r)
+        _flush(fleet, outbox)
+    return out
+
+
+def list_rollouts(fleet: Fleet, state: str | None = None) -> list[dict]:
+    with fleet.session() as s:
+        q = select(Rollout).order_by(Rollout.id)
+        if state:
+            q = q.where(Rollout.state == state)
+        return [rollout_dict(s, r) for r in s.scalars(q)]
+
+
+def get_rollout(fleet: Fleet, rollout_id: int) -> dict:
+    with fleet.session() as s:
+        r = s.get(Rollout, rollout_id)
+        if r is None:
+            raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
+        out = rollout_dict(s, r)
+        out["deployments"] = [
+            {"job": d.job_id, "device": d.device_id, "kind": d.kind, "wave": d.wave, "state": d.state, "previous_version": d.previous_version, "detail": d.detail}
+            for d in s.scalars(select(Deployment).where(Deployment.rollout_id == r.id).order_by(Deployment.id))
+        ]
+        return out
+
+
+def rollout_events(fleet: Fleet, rollout_id: int) -> list[dict]:
+    with fleet.session() as s:
+        if s.get(Rollout, rollout_id) is None:
+            raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
+        rows = s.scalars(select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id))
+        return [{"at": e.at, "event": e.event, "from": e.from_state, "to": e.to_state, "device": e.device_id, "detail": e.detail} for e in rows]
+
+
+# ---- jobs ---------------------------------------------------------------------------------
+
+
+def _job_payload(fleet: Fleet, s: Session, dep: Deployment, name: str, version: str, build: Build | None, plan: RolloutPlan) -> dict:
+    package = {"name": name, "version": version}
+    if build is not None:
+        package |= {"target": build.target, "sha256": build.sha256, "size": build.size, "url": fleet.download_url(build.id, build.store_key)}
+    payload: dict[str, Any] = {"schema": 1, "id": uuid.uuid4().hex, "job": dep.job_id, "kind": dep.kind, "rollout": dep.rollout_id, "package": package, "probation": plan.probation.model_dump()}
+    if dep.kind == "rollback":
+        payload["rollback_authorization"] = sign_rollback(fleet, dep.device_id, dep.job_id, name, version)
+    return payload
+
+
+def sign_rollback(fleet: Fleet, device_id: str, job: str, name: str, version: str) -> dict:
+    """A fleet-signed permission for one device to install an older version, for one job."""
+    if fleet.signing_key is None:
+        raise ConflictError("the fleet has no signing key, so it cannot authorize a rollback", "create one with `edgefleet keys create` and restart the fleet")
+    doc = {"schema": 1, "kind": "rollback", "device": device_id, "job": job, "name": name, "version": version, "key_id": fleet.signing_key.key_id}
+    return doc | {"signature": base64.b64encode(fleet.signing_key.sign(authorization_bytes(doc))).decode()}
+
+
+def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outbox: list) -> None:
+    plan = RolloutPlan.model_validate(r.plan)
+    bounds = wave_bounds(plan, len(r.devices))
+    start = 0 if wave == 0 else bounds[wave - 1]
+    mv = s.get(ModelVersion, r.model_version_id)
+    name = s.get(ModelGroup, mv.group_id).name
+    builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
+    for device_id in r.devices[start : bounds[wave]]:
+        device = s.get(Device, device_id)
+        dep = Deployment(
+            job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=device_id, kind="install", wave=wave,
+            build_id=builds[device.target].id, previous_version=device.model_version if device.model_name == name else None, updated_at=now,
+        )
+        s.add(dep)
+        s.flush()
+        outbox.append((device_id, _job_payload(fleet, s, dep, name, mv.version, builds[device.target], plan)))
+    r.wave = wave
+    r.wave_started_at = now
+    r.bake_started_at = None
+    s.add(RolloutEvent(rollout_id=r.id, at=now, event="wave_sent", from_state=r.state, to_state=r.state, detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}"))
+
+
+def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
+    """Send rollback jobs to touched devices that need one; finish the abort once all answered."""
+    plan = RolloutPlan.model_validate(r.plan)
+    mv = s.get(ModelVersion, r.model_version_id)
+    name = s.get(ModelGroup, mv.group_id).name
+    deps = s.scalars(select(Deployment).where(Deployment.rollout_id == r.id)).all()
+    rollbacks = {d.device_id: d for d in deps if d.kind == "rollback"}
+    pending = []
+    for d in (d for d in deps if d.kind == "install"):
+        if d.state in FAILED:
+            continue  # the agent never switched, or already rolled itself back
+        rb = rollbacks.get(d.device_id)
+        if rb is None:
+            if d.previous_version is None:
+                d.detail = "no previous model to roll back to"
+                continue
+            prev = s.scalar(select(ModelVersion).where(ModelVersion.group_id == mv.group_id, ModelVersion.version == d.previous_version))
+            device = s.get(Device, d.device_id)
+            build = s.scalar(select(Build).where(Build.model_version_id == prev.id, Build.target == device.target)) if prev else None
+            rb = Deployment(job_id=f"r{r.id}-rb-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=d.device_id, kind="rollback", wave=d.wave, build_id=build.id if build else None, previous_version=mv.version, updated_at=now)
+            s.add(rb)
+            s.flush()
+            outbox.append((d.device_id, _job_payload(fleet, s, rb, name, d.previous_version, build, plan)))
+            pending.append(rb)
+        elif rb.state not in TERMINAL_STATES:
+            pending.append(rb)
+    if not pending:
+        failed = [d.device_id for d in rollbacks.values() if d.state != "committed"]
+        _transition(s, r, "rolled_back", now, f"rollback failed on {', '.join(failed)}" if failed else "")
+
+
+def _health_stats(s: Session, r: Rollout, name: str, new_version: str | None, since: float | None) -> tuple[int, dict[str, float | None]]:
+    """Telemetry of this rollout's committed devices on `new_version`, or (None) on their previous one."""
+    d, t = Deployment, Telemetry
+    version_match = t.model_version == new_version if new_version else t.model_version == d.previous_version
+    cond = [d.rollout_id == r.id, d.kind == "install", d.state == "committed", t.model_name == name, version_match]
+    if since is not None:
+        cond.append(t.received_at >= since)
+    row = s.execute(
+        select(
+            func.count(t.id),
+            func.sum(t.frames),
+            func.sum(t.alerts),
+            func.sum(t.confidence_mean * t.frames),
+            func.sum(case((t.confidence_mean.is_not(None), t.frames), else_=0)),
+            func.avg(t.latency_p95_ms),
+        )
+        .select_from(t)
+        .join(d, d.device_id == t.device_id)
+        .where(*cond)
+    ).one()
+    count, frames, alerts, conf_weighted, conf_frames, p95 = row
+    return count, {
+        "alert_rate": (alerts or 0) / frames if frames else None,
+        "confidence": conf_weighted / conf_frames if conf_frames else None,
+        "latency_p95_ms": float(p95) if p95 is not None else None,
+    }
+
+
+def health_gate(s: Session, r: Rollout, gate: HealthGate, name: str) -> tuple[bool | None, str]:
+    """(True, why) pass, (False, why) fail, (None, why) not enough telemetry yet."""
+    if not gate.enabled:
+        return True, "health gate disabled"
+    version = s.get(ModelVersion, r.model_version_id).version
+    n_new, new = _health_stats(s, r, name, version, r.bake_started_at)
+    if n_new < gate.min_samples:
+        return None, f"waiting for telemetry from the new model ({n_new}/{gate.min_samples})"
+    n_old, old = _health_stats(s, r, name, None, None)
+    if n_old == 0:
+        return (None, "no telemetry from the previous model to compare with") if gate.require_baseline else (True, "no telemetry from the previous model; bounds not checked")
+    problems = []
+    if new["alert_rate"] is not None and old["alert_rate"] is not None and new["alert_rate"] > old["alert_rate"] * gate.alert_rate_max_ratio + gate.alert_rate_slack:
+        problems.append(f"alert rate {new['alert_rate']:.3f} vs {old['alert_rate']:.3f} before")
+    if new["confidence"] is not None and old["confidence"] is not None and new["confidence"] < old["confidence"] * gate.confidence_min_ratio:
+        problems.append(f"mean confidence {new['confidence']:.3f} vs {old['confidence']:.3f} before")
+    if new["latency_p95_ms"] is not None and old["latency_p95_ms"] is not None and new["latency_p95_ms"] > old["latency_p95_ms"] * gate.latency_p95_max_ratio + gate.latency_p95_slack_ms:
+        problems.append(f"p95 latency {new['latency_p95_ms']:.1f} ms vs {old['latency_p95_ms']:.1f} ms before")
+    if problems:
+        return False, "model health: " + "; ".join(problems)
+    return True, f"model health within bounds ({n_new} samples)"
+
+
+def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
+    plan = RolloutPlan.model_validate(r.plan)
+    if r.state == "created":
+        _transition(s, r, "start", now)
+        _send_wave(fleet, s, r, 0, now, outbox)
+        return
+    if r.state == "aborting":
+        _abort_step(fleet, s, r, now, outbox)
+        return
+    if r.state not in ("deploying", "baking"):
+        return
+    if r.wave < 0:  # paused before the canary went out, then resumed
+        _send_wave(fleet, s, r, 0, now, outbox)
+        return
+    installs = s.scalars(select(Deployment).where(Deployment.rollout_id == r.id, Deployment.kind == "install")).all()
+    touched = len(installs)
+    failed = [d.device_id for d in installs if d.state in FAILED]
+    committed = sum(d.state == "committed" for d in installs)
+    if len(failed) > plan.failure_threshold * touched:
+        _transition(s, r, "failure_threshold", now, f"{len(failed)} of {touched} devices failed ({', '.join(failed[:5])})")
+        _abort_step(fleet, s, r, now, outbox)
+        return
+    if r.state == "deploying":
+        if committed >= math.ceil(plan.success_threshold * touched - 1e-9):
+            _transition(s, r, "wave_committed", now, f"wave {r.wave}: {committed}/{touched} committed")
+            r.bake_started_at = now
+        elif now - (r.wave_started_at or now) > plan.wave_timeout_s:
+            _transition(s, r, "wave_timeout", now, f"wave {r.wave}: only {committed}/{touched} committed after {plan.wave_timeout_s:.0f} s")
+            _abort_step(fleet, s, r, now, outbox)
+        return
+    if now - (r.bake_started_at or now) < plan.bake_time_s:
+        return
+    name = s.get(ModelGroup, s.get(ModelVersion, r.model_version_id).group_id).name
+    ok, why = health_gate(s, r, plan.health, name)
+    if ok is None:
+        if now - r.bake_started_at > plan.bake_time_s + plan.wave_timeout_s:
+            _transition(s, r, "wave_timeout", now, why)
+            _abort_step(fleet, s, r, now, outbox)
+        return
+    if not ok:
+        _transition(s, r, "health_gate_failed", now, why)
+        _abort_step(fleet, s, r, now, outbox)
+        return
+    if r.wave + 1 >= len(wave_bounds(plan, len(r.devices))):
+        _transition(s, r, "completed", now, why)
+    else:
+        _transition(s, r, "next_wave", now, why)
+        _send_wave(fleet, s, r, r.wave + 1, now, outbox)
+
+
+def _flush(fleet: Fleet, outbox: list[tuple[str, dict]]) -> None:
+    # Jobs go out only after their rows are committed, so every answer finds its deployment.
+    for device_id, payload in outbox:
+        fleet.notify(device_id, payload)
+
+
+def tick(fleet: Fleet) -> None:
+    """Move every active rollout one step forward."""
+    with fleet.lock:
+        with fleet.session() as s:
+            ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE))))
+        for rollout_id in ids:
+            outbox: list[tuple[str, dict]] = []
+            with fleet.session() as s, s.begin():
+                r = _load(s, rollout_id)
+                _step(fleet, s, r, fleet.clock(), outbox)
+            _flush(fleet, outbox)
+
+
+def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict) -> bool:
+    """Store an agent's job update; False when the job is unknown or not this device's."""
+    state = payload.get("state")
+    if state not in AGENT_STATES:
+        return False
+    with fleet.lock, fleet.session() as s, s.begin():
+        dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
+        if dep is None or dep.device_id != device_id:
+            return False
+        if dep.state in TERMINAL_STATES or dep.state == state:
+            return True  # QoS 1 redelivery or a late message after the end: nothing changes
+        now = fleet.clock()
+        s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=str(payload.get("detail", ""))[:500]))
+        dep.state = state
+        dep.detail = str(payload.get("detail", ""))[:500]
+        dep.updated_at = now
+        if state == "switching" and dep.switched_at is None:
+            dep.switched_at = now
+        if state == "committed":
+            device = s.get(Device, device_id)
+            mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
+            device.model_name = s.get(ModelGroup, mv.group_id).name
+            device.model_version = mv.version if dep.kind == "install" else dep_previous_target(s, dep)
+    return True
+
+
+def dep_previous_target(s: Session, rollback: Deployment) -> str | None:
+    """The version a rollback job installed: the previous version of the install it undoes."""
+    install = s.scalar(select(Deployment).where(Deployment.rollout_id == rollback.rollout_id, Deployment.device_id == rollback.device_id, Deployment.kind == "install"))
+    return install.previous_version if install else None

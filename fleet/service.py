@@ -1,0 +1,58 @@
+"""`edgefleet fleet serve`: the REST API, the MQTT bridge and the rollout ticker in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from edgefleet.fleet.config import FleetConfig
+from edgefleet.fleet.core import Fleet, open_fleet
+from edgefleet.fleet.ingest import Ingest
+from edgefleet.fleet.rollouts import tick
+
+log = logging.getLogger("edgefleet.fleet")
+
+
+class Ticker(threading.Thread):
+    """Moves rollouts forward every `interval` seconds until stopped."""
+
+    def __init__(self, fleet: Fleet, interval: float) -> None:
+        super().__init__(name="rollout-ticker", daemon=True)
+        self.fleet = fleet
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                tick(self.fleet)
+            except Exception:  # keep ticking; a failing rollout step is logged and retried
+                log.exception("rollout tick failed")
+
+
+def serve(config: FleetConfig) -> None:
+    """Run the fleet service until interrupted (uvicorn handles SIGINT/SIGTERM)."""
+    import uvicorn
+
+    from edgefleet.fleet.api import create_app
+    from edgefleet.fleet.bridge import Bridge
+    from edgefleet.fleet.devices import write_acl
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    fleet = open_fleet(config)
+    ingest = Ingest(fleet)
+    bridge = None
+    if config.broker is not None:
+        write_acl(fleet)
+        bridge = Bridge(config.broker, ingest)
+        bridge.start()
+        fleet.notify = bridge.notify
+        ingest.drift.publish = lambda topic, data: bridge.client.publish(topic, data, qos=1, retain=True)  # drift alarms
+    ticker = Ticker(fleet, config.tick_seconds)
+    ticker.start()
+    try:
+        uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
+    finally:
+        ticker.stopped.set()
+        if bridge:
+            bridge.stop()

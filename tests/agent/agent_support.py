@@ -1,0 +1,124 @@
+"""Helpers for the agent tests: frames, configs, running `edgefleet agent run` as a process."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from support.broker import Broker
+
+LABELS = ["dark", "bright"]
+
+
+def brightness_onnx(path: Path, size: int = 16) -> None:
+    """A real (tiny) classifier: 'bright' when the mean pixel is over 0.5, else 'dark'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
+    inits = [
+        numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array(20.0, dtype=np.float32), "gain"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),
+        helper.make_node("Sub", ["r", "half"], ["d"]),
+        helper.make_node("Mul", ["d", "gain"], ["pos"]),
+        helper.make_node("Neg", ["pos"], ["neg"]),
+        helper.make_node("Concat", ["neg", "pos"], ["logits"], axis=1),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "brightness", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def jpeg(value: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A solid grey JPEG: value > 128 is 'bright' for the test model."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (value, value, value)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def drop_frame(folder: Path, name: str, data: bytes) -> None:
+    """Write then rename, as the folder source expects."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(data)
+    tmp.rename(folder / name)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    """A tiny TOML writer for test configs: top-level scalars, [tables], [[sources]]."""
+    lines = []
+    for key, value in sections.items():
+        if not isinstance(value, (dict, list)) or (isinstance(value, list) and not (value and isinstance(value[0], dict))):
+            lines.append(f"{key} = {toml_value(value)}")
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            nested = {k: v for k, v in value.items() if isinstance(v, dict)}
+            lines += [f"{k} = {toml_value(v)}" for k, v in value.items() if not isinstance(v, dict)]
+            for sub, table in nested.items():
+                lines.append(f"\n[{key}.{sub}]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def agent_config(tmp_path: Path, broker: Broker, package: tuple[Path, Path], *, device: str = "cam-1", rules: dict | None = None,
+                 sources: list[dict] | None = None, host: str | None = None, transport: str = "paho", **extra) -> dict:
+    cert, key = broker.pki.issue(device)
+    pkg, trust = package
+    config = {
+        "version": 1,
+        "state_dir": str(tmp_path / f"state-{device}"),
+        "mqtt": {"host": host or broker.host, "port": broker.port, "device_id": device, "transport": transport, "reconnect_min_s": 0.5, "reconnect_max_s": 1.0,
+                 "tls": {"ca_file": str(broker.pki.ca_file), "cert_file": str(cert), "key_file": str(key)}},
+        "model": {"package": str(pkg), "trusted_keys": [str(trust)]},
+        "sources": sources or [{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": 200.0, "poll_s": 0.05}],
+        "rules": rules or {"labels": ["bright"], "min_score": 0.9},
+        "telemetry": {"interval_s": 3600.0},
+        "health": {"enabled": False},
+    }
+    config.update(extra)
+    return config
+
+
+def start_agent(config_path: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """`edgefleet agent run` as a real process (so it can be SIGKILLed)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -1,0 +1,76 @@
+"""Shared by tests/agent_update and tests/fleet: real tiny packages and a range-capable HTTP server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny_models import compile_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """{"key": signing key path, "v1"/"v2"/"v3": good packages, "v2-nan": fails probation, "v2-flat": low confidence}."""
+    from edgefleet.signing import create_signing_key
+
+    root = tmp_path_factory.mktemp("tiny-packages")
+    key = create_signing_key(root / "keys" / "fleet.key").path
+    out = {"key": key}
+    for version in ("1", "2", "3"):
+        out[f"v{version}"] = compile_tiny(root, "good", version, key)
+    out["v2-nan"] = compile_tiny(root / "nan", "nan", "2", key)
+    out["v2-flat"] = compile_tiny(root / "flat", "flat", "2", key)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StaticServer:
+    """Serves a folder over HTTP with range requests (Starlette's FileResponse under uvicorn)."""
+
+    def __init__(self, root: Path) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.staticfiles import StaticFiles
+
+        self.root = root
+        self.port = free_port()
+        self.requests: list[dict] = []
+        app = Starlette()
+        app.mount("/", StaticFiles(directory=root))
+
+        async def record(scope, receive, send):
+            if scope["type"] == "http":
+                self.requests.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            await app(scope, receive, send)
+
+        self.server = uvicorn.Server(uvicorn.Config(record, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 10
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def static_server(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = StaticServer(root)
+    yield server
+    server.stop()

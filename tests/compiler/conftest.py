@@ -1,0 +1,75 @@
+"""Compiler test fixtures: the in-process CLI, a session signing key, built models and a package cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgefleet.signing import SigningKey, create_signing_key, public_path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from compiler_testlib import CliResult, small_onnx_cnn, small_tflite_cnn  # noqa: E402
+
+LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `edgefleet ARGS...` through the real entry point (edgefleet.cli.main) in this process."""
+    from edgefleet.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def session_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    return create_signing_key(tmp_path_factory.mktemp("key") / "signing.key")
+
+
+@pytest.fixture(scope="session")
+def session_pub(session_key: SigningKey) -> Path:
+    return public_path(session_key.path)
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "small_cnn": small_onnx_cnn(root / "small_cnn.onnx"),
+        "small_tflite": small_tflite_cnn(root / "small_tflite.tflite"),
+        "squeezenet": LIGHT / "light_squeezenet.onnx",
+        "resnet50": LIGHT / "light_resnet50.onnx",
+    }
+
+
+@pytest.fixture(scope="session")
+def package_for(tmp_path_factory: pytest.TempPathFactory, built_models: dict[str, Path], session_key: SigningKey):
+    """Compile (once per session) model x target with the session key; returns the CompileResult."""
+    from edgefleet.compiler.compile import compile_model
+
+    cache: dict[tuple, object] = {}
+    out_dir = tmp_path_factory.mktemp("packages")
+
+    def get(model: str, target: str, *, verify: bool = True, labels: Path | None = None):
+        key = (model, target, verify, labels)
+        if key not in cache:
+            cache[key] = compile_model(
+                str(built_models[model]), target, output=out_dir / f"{model}-{target}-{len(cache)}.tar.gz",
+                key=session_key.path, verify=verify, labels=labels, quiet=True,
+            )
+        return cache[key]
+
+    return get

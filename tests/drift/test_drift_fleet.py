@@ -1,0 +1,159 @@
+"""Drift in the fleet: telemetry windows through the ingest -> alarms in the DB, API, MQTT publisher, webhook, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from drift_support import LiveServer, WebhookReceiver, blur, darken, jpeg, scene
+from edgefleet.fleet.drift import DriftConfig
+
+
+@pytest.fixture
+def drift_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package, monkeypatch: pytest.MonkeyPatch):
+    """A fleet on SQLite with the baseline package uploaded and approved, one device, and a webhook."""
+    from edgefleet.fleet import devices, registry
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+    from edgefleet.signing import load_public_key
+
+    package, pub, _ = baseline_package
+    with WebhookReceiver() as hook:
+        monkeypatch.setenv("EDGEFLEET_FLEET_DRIFT_WEBHOOK", hook.url)
+        config = FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", drift=DriftConfig(windows_to_alarm=3, windows_to_clear=2))
+        fleet = open_fleet(config)
+        fleet.trusted.append(load_public_key(pub))
+        registry.upload_package(fleet, package)
+        devices.register_device(fleet, "cam-1", "x86_64")
+        devices.register_device(fleet, "cam-2", "x86_64")
+        fleet.hook = hook
+        yield fleet
+
+
+def windows(baseline_package, kind: str, n: int, frames: int = 120, seed: int = 0) -> list[dict]:
+    """`n` telemetry bodies whose drift summaries come from the agent's own code on real frames."""
+    from edgefleet.agent.metrics import AgentMetrics, luma_stats
+    from edgefleet.agent.postprocess import interpret
+    from edgefleet.agent.preprocess import decode_image, preprocess
+    from edgefleet.agent.runtime import load_model
+    from edgefleet.package import open_package
+    from edgefleet.signing import load_public_key
+
+    package, pub, _ = baseline_package
+    rng = np.random.default_rng(seed)
+    change = {"normal": lambda im: im, "dark": darken, "blur": blur}[kind]
+    out = []
+    with open_package(package, [load_public_key(pub)]) as opened:
+        model, m = load_model(opened), opened.manifest
+        for _ in range(n):
+            metrics = AgentMetrics()
+            for _ in range(frames):
+                image = decode_image(jpeg(change(scene(rng))))
+                result = interpret(model.run([preprocess(image, m.inputs[0], m.preprocessing)]), m)
+                metrics.frame_ok(0.002, 0.001, *luma_stats(image), result.top_label, result.top_score)
+            out.append({"schema": 1, "model": {"name": m.name, "version": m.version}, **metrics.window()})
+    return out
+
+
+def feed(fleet, ingest, device: str, bodies: list[dict]) -> list[str]:
+    from edgefleet.fleet.drift_service import DriftAlarm
+    from edgefleet.fleet.ingest import Message
+    from sqlalchemy import select
+
+    states = []
+    for body in bodies:
+        ingest.handle_batch([Message(f"edgefleet/v1/{device}/telemetry", json.dumps(body).encode(), time.time())])
+        with fleet.session() as s:
+            states.append(s.scalar(select(DriftAlarm.state).where(DriftAlarm.device_id == device)))
+    return states
+
+
+def test_dark_frames_raise_an_alarm_after_k_windows_and_recovery_clears_it(drift_fleet, baseline_package) -> None:
+    from edgefleet.fleet.api import create_app
+    from edgefleet.fleet.auth import create_token
+    from edgefleet.fleet.ingest import Ingest
+
+    ingest = Ingest(drift_fleet)
+    published: list[tuple[str, dict]] = []
+    ingest.drift.publish = lambda topic, data: published.append((topic, json.loads(data)))
+    normal, dark = windows(baseline_package, "normal", 5, seed=1), windows(baseline_package, "dark", 4, seed=2)
+    assert feed(drift_fleet, ingest, "cam-1", normal[:3]) == ["ok", "ok", "ok"]
+    assert feed(drift_fleet, ingest, "cam-1", dark) == ["pending", "pending", "alarm", "alarm"]
+    assert feed(drift_fleet, ingest, "cam-1", normal[3:]) == ["recovering", "ok"]
+    assert [(t, p["event"], p["device"]) for t, p in published] == [("edgefleet/v1/cam-1/drift", "raised", "cam-1"), ("edgefleet/v1/cam-1/drift", "cleared", "cam-1")]
+    assert published[0][1]["feature"] in ("brightness", "contrast", "predictions")  # night darkens and flattens the frame
+    assert published[0][1]["score"] > 0.25 and published[0][1]["model"] == {"name": "brightness", "version": "1"}
+    deadline = time.monotonic() + 10
+    while len(drift_fleet.hook.bodies) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(b["event"] for b in drift_fleet.hook.bodies) == ["cleared", "raised"]
+
+    client = TestClient(create_app(drift_fleet, ingest))
+    client.headers["Authorization"] = "Bearer " + create_token(drift_fleet, "viewer", "read-only")
+    overview = client.get("/api/v1/drift").json()
+    assert overview["config"]["windows_to_alarm"] == 3
+    assert [(a["device"], a["state"]) for a in overview["alarms"]] == [("cam-1", "ok")]
+    assert overview["alarms"][0]["raised_at"] < overview["alarms"][0]["cleared_at"]
+    series = client.get("/api/v1/drift/windows", params={"device": "cam-1"}).json()
+    assert [w["over"] for w in series] == [False] * 3 + [True] * 4 + [False] * 2
+    assert all(w["distances"]["brightness"]["psi"] > 0.25 for w in series if w["over"])
+    assert [e["event"] for e in client.get("/api/v1/drift/events").json()] == ["cleared", "raised"]
+    assert len(client.get("/api/v1/telemetry", params={"device": "cam-1"}).json()) == 9
+    assert client.get("/api/v1/drift", headers={"Authorization": "Bearer nope"}).status_code == 403
+
+
+def test_blurred_frames_drift_on_contrast_and_devices_are_judged_apart(drift_fleet, baseline_package) -> None:
+    from edgefleet.fleet.ingest import Ingest
+
+    ingest = Ingest(drift_fleet)
+    blurred = windows(baseline_package, "blur", 3, seed=3)
+    normal = windows(baseline_package, "normal", 3, seed=4)
+    assert feed(drift_fleet, ingest, "cam-2", blurred) == ["pending", "pending", "alarm"]
+    assert feed(drift_fleet, ingest, "cam-1", normal) == ["ok", "ok", "ok"]
+    from edgefleet.fleet.drift_service import drift_overview
+
+    alarms = {a["device"]: a for a in drift_overview(drift_fleet)["alarms"]}
+    assert alarms["cam-2"]["state"] == "alarm" and alarms["cam-2"]["feature"] == "contrast" and alarms["cam-1"]["state"] == "ok"
+
+
+def test_bad_or_thin_summaries_are_counted_not_fatal(drift_fleet, baseline_package) -> None:
+    from edgefleet.fleet.ingest import Ingest
+
+    ingest = Ingest(drift_fleet)
+    good = windows(baseline_package, "normal", 1, seed=5)[0]
+    thin = windows(baseline_package, "normal", 1, frames=3, seed=6)[0]
+    broken = {**good, "drift": {**good["drift"], "brightness": {"edges": [0, 1], "counts": [1, 2]}}}
+    unknown_model = {**good, "model": {"name": "other", "version": "9"}}
+    assert feed(drift_fleet, ingest, "cam-1", [broken, thin, unknown_model]) == [None, None, None]
+    stats = ingest.stats()
+    assert stats["telemetry"] == 3  # the health numbers are still stored
+    assert (stats["drift_malformed"], stats["drift_too_few_frames"], stats["drift_no_baseline"]) == (1, 1, 1)
+
+
+def test_cli_shows_states_and_sparklines(drift_fleet, baseline_package) -> None:
+    from click.testing import CliRunner
+
+    from edgefleet.cli import cli
+    from edgefleet.fleet.api import create_app
+    from edgefleet.fleet.auth import create_token
+    from edgefleet.fleet.ingest import Ingest
+
+    ingest = Ingest(drift_fleet)
+    feed(drift_fleet, ingest, "cam-1", windows(baseline_package, "normal", 2, seed=7) + windows(baseline_package, "dark", 3, seed=8))
+    token = create_token(drift_fleet, "viewer", "read-only")
+    with LiveServer(create_app(drift_fleet, ingest)) as server:
+        result = CliRunner().invoke(cli, ["fleet", "--url", server.url, "--token", token, "drift"], env={"COLUMNS": "200"})
+        as_json = CliRunner().invoke(cli, ["fleet", "--url", server.url, "--token", token, "drift", "--json"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "cam-1" in line)
+    assert "alarm" in line and "brightness 1" in line.replace("│", " ").replace("  ", " ") or "brightness" in line
+    report = json.loads(as_json.output)
+    scores = report["alarms"][0]["recent_scores"]
+    assert len(scores) == 5 and scores[0] < 0.25 < scores[-1]
+    # Normal windows sit low, dark ones are full bars.
+    assert line.rstrip(" │").endswith("██") and ("▁" in line or "▂" in line)

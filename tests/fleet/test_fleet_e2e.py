@@ -1,0 +1,190 @@
+"""End to end with real processes: `edgefleet fleet serve`, mosquitto (mutual TLS) and three
+`edgefleet agent run` processes, each installed with `edgefleet agent install` and enrolled
+through the fleet API with its CSR. Images are fed into each agent's folder source."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from PIL import Image
+
+from support.broker import Broker, mqtt_broker  # noqa: F401
+from tests_fleet_util import free_port_for, wait_http
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
+CLI = [sys.executable, "-m", "edgefleet.cli"]
+DEVICES = ["cam-a", "cam-b", "cam-c"]
+
+
+class World:
+    def __init__(self, root: Path, broker: Broker, packages: dict, home: Path) -> None:
+        self.root, self.broker, self.packages = root, broker, packages
+        self.port = free_port_for()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, EDGEFLEET_HOME=str(home), COLUMNS="200")
+        self.env.pop("EDGEFLEET_UPDATE_FAULT", None)
+        data = root / "fleet"
+        (data / "ca").mkdir(parents=True)
+        # The fleet's CA is the broker's CA, so certificates from enrollment open the broker.
+        (data / "ca" / "ca.key").write_bytes(broker.pki.ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (data / "ca" / "ca.crt").write_bytes(broker.pki.ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.config = root / "fleet.toml"
+        self.config.write_text(
+            f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.port}\npublic_url = "{self.url}"\nsigning_key = "{packages["key"]}"\ntick_seconds = 0.3\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\ncert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
+        )
+        token = subprocess.run(CLI + ["fleet", "tokens", "create", "--config", str(self.config), "--name", "admin", "--scope", "admin"], env=self.env, capture_output=True, text=True, check=True).stdout.strip()
+        self.http = httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        self.fleet_log = open(root / "fleet.log", "wb")
+        self.fleet = subprocess.Popen(CLI + ["fleet", "serve", "--config", str(self.config)], env=self.env, stdout=self.fleet_log, stderr=subprocess.STDOUT)
+        wait_http(self.url + "/healthz")
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.stop_feeding = threading.Event()
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+
+    def install_agent(self, device: str) -> Path:
+        state = self.root / device
+        cfg = self.root / f"{device}.toml"
+        subprocess.run(CLI + ["agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port),
+                              "--ca", str(self.broker.pki.ca_file), "--package", str(self.packages["v1"]), "--label", "person", "--fleet-url", self.url,
+                              "--trust", str(self.packages["key"]) + ".pub", "--user", os.environ.get("USER", "root"), "--unit-path", str(self.root / f"{device}.service")],
+                       env=self.env, capture_output=True, text=True, check=True)
+        cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 1.0\n\n[health]\nenabled = false\n")
+        token = self.http.post("/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "lobby"}).json()["token"]
+        enrolled = httpx.post(self.url + "/api/v1/enroll", json={"token": token, "device_id": device, "csr": (state / "identity" / "device.csr").read_text()}, timeout=30)
+        assert enrolled.status_code == 200, enrolled.text
+        (state / "identity" / "device.pem").write_text(enrolled.json()["certificate"])
+        return cfg
+
+    def start_agent(self, device: str, fault: str | None = None) -> None:
+        env = dict(self.env, **({"EDGEFLEET_UPDATE_FAULT": fault} if fault else {}))
+        log = open(self.root / f"{device}.log", "ab")
+        self.agents[device] = subprocess.Popen(CLI + ["agent", "run", "--config", str(self.root / f"{device}.toml"), "--drain", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def _feed(self) -> None:
+        rng = np.random.default_rng(0)
+        n = 0
+        while not self.stop_feeding.wait(0.25):
+            for device in DEVICES:
+                incoming = self.root / device / "incoming"
+                if incoming.is_dir() and len(list(incoming.iterdir())) < 3:
+                    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(incoming / f".{n}.png")
+                    os.replace(incoming / f".{n}.png", incoming / f"{n:08d}.png")
+                    n += 1
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}; fleet log:\n{(self.root / 'fleet.log').read_text()[-3000:]}")
+
+    def rollout(self, version: str, plan: dict) -> int:
+        r = self.http.post("/rollouts", json={"group": "tiny", "version": version, "selection": {"group": "lobby"}, "plan": plan})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def state(self, rollout_id: int) -> dict:
+        return self.http.get(f"/rollouts/{rollout_id}").json()
+
+    def active(self, device: str) -> str:
+        return os.readlink(self.root / device / "packages" / "current")
+
+    def close(self) -> None:
+        self.stop_feeding.set()
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.agents.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.fleet.terminate()
+        try:
+            self.fleet.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.fleet.kill()
+        self.fleet_log.close()
+
+
+@pytest.fixture
+def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
+    w = World(tmp_path, mqtt_broker, tiny_packages, edgefleet_home)
+    for version in request.param:
+        up = w.http.post("/packages", content=tiny_packages[version].read_bytes())
+        assert up.status_code == 201, up.text
+        v = up.json()["version"]
+        w.http.post(f"/models/tiny/versions/{v}/approval", json={"state": "Approved"})
+    for device in DEVICES:
+        w.install_agent(device)
+        w.start_agent(device)
+    w.feeder.start()
+    w.wait(lambda: all(d["status"] == "online" and d["model"] and d["model"]["version"] == "1" for d in w.http.get("/devices").json()) and len(w.http.get("/devices").json()) == 3, 60, "three agents online on v1")
+    yield w
+    w.close()
+
+
+@pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)
+def test_rollout_succeeds_across_waves_with_real_agents(world):
+    rid = world.rollout("2", {"canary": 1, "waves": [67, 100], "bake_time_s": 2, "health": {"min_samples": 1}})
+    final = world.wait(lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish")
+    assert final["state"] == "succeeded", final
+    assert final["installs"] == {"committed": 3}
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-2")
+    world.wait(lambda: all(d["model"]["version"] == "2" for d in world.http.get("/devices").json()), 20, "devices to report v2")
+    sent = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["event"] == "wave_sent"]
+    assert sent == ["wave 0: devices 1-1 of 3", "wave 1: devices 2-2 of 3", "wave 2: devices 3-3 of 3"]
+
+
+@pytest.mark.parametrize("world", [["v1", "v2-nan"]], indirect=True)
+def test_failing_canary_aborts_and_no_device_is_left_on_it(world):
+    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort")
+    assert "1 of 1 devices failed" in final["reason"]
+    installs = [d for d in final["deployments"] if d["kind"] == "install"]
+    assert len(installs) == 1 and installs[0]["state"] == "rolled_back" and "back on tiny-1" in installs[0]["detail"]
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
+
+
+@pytest.mark.parametrize("world", [["v1", "v2-flat"]], indirect=True)
+def test_health_gate_rolls_back_a_model_that_installs_fine_but_behaves_badly(world):
+    world.wait(lambda: world.http.get("/metrics").json()["mqtt"].get("telemetry", 0) >= 6, 60, "telemetry from the old model")
+    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"min_samples": 2, "confidence_min_ratio": 0.8}})
+    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 150, "the health gate to abort")
+    assert "mean confidence" in final["reason"], final
+    kinds = {(d["kind"], d["state"]) for d in final["deployments"]}
+    assert kinds == {("install", "committed"), ("rollback", "committed")}  # installed fine, then rolled back by the fleet
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
+
+
+@pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)
+def test_agent_killed_in_probation_restarts_on_a_working_model(world):
+    world.agents["cam-a"].send_signal(signal.SIGTERM)
+    world.agents["cam-a"].wait(timeout=20)
+    world.start_agent("cam-a", fault="probation")
+    time.sleep(2)
+    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    world.wait(lambda: world.agents["cam-a"].poll() is not None, 60, "the agent to be killed in probation")
+    assert world.agents["cam-a"].returncode == -signal.SIGKILL
+    world.start_agent("cam-a")
+    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart")
+    installs = [d for d in final["deployments"] if d["kind"] == "install"]
+    assert installs[0]["state"] == "rolled_back"
+    details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["device"] == "cam-a"]
+    assert any("interrupted in probation" in d for d in details), details
+    assert world.active("cam-a") == "tiny-1"
+    world.wait(lambda: world.http.get("/devices/cam-a").json()["status"] == "online", 30, "cam-a back online")

@@ -1,0 +1,286 @@
+"""The fleet library on SQLite: registry, enrollment, ingest and the rollout engine.
+
+Devices here are simulated in-process (they answer jobs by calling the same function the
+MQTT ingest calls); tests/fleet/test_fleet_e2e.py runs the same flows with real agents.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, PackageIntegrityError, PermissionDeniedError
+from edgefleet.fleet import devices, registry, rollouts
+from edgefleet.fleet.db import Telemetry
+from edgefleet.fleet.ingest import Ingest, Message
+from edgefleet.fleet.rollouts import RolloutPlan, wave_bounds
+
+
+def register(fleet, n: int, group: str = "lobby", version: str = "1") -> list[str]:
+    ids = [f"cam-{i:02d}" for i in range(n)]
+    ingest = Ingest(fleet)
+    for dev in ids:
+        devices.register_device(fleet, dev, "x86_64", group=group, tags=["door"] if dev.endswith(("0", "2")) else [])
+        ingest.handle_batch([Message(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "state": "online", "model": {"name": "tiny", "version": version}}).encode(), fleet.clock())])
+    return ids
+
+
+def upload_approved(fleet, *packages) -> None:
+    for p in packages:
+        v = registry.upload_package(fleet, p)
+        if v["approval"] != "Approved":
+            registry.set_approval(fleet, v["group"], v["version"], "Approved")
+
+
+def answer(fleet, device: str, payload: dict, states: list[str]) -> None:
+    for state in states:
+        assert rollouts.record_job_update(fleet, device, payload["job"], {"schema": 1, "id": "x", "job": payload["job"], "state": state})
+
+
+def telemetry(fleet, device: str, version: str, *, frames=100, alerts=5, conf_bin=9, p95=10.0) -> None:
+    counts = [0] * 10
+    counts[conf_bin] = frames
+    body = {"schema": 1, "id": "t", "model": {"name": "tiny", "version": version}, "frames": {"ok": frames, "bad": 0, "error": 0}, "alerts": {"person": alerts}, "latency_ms": {"count": frames, "p50": p95 / 2, "p95": p95}, "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": counts}}}
+    Ingest(fleet).handle_batch([Message(f"edgefleet/v1/{device}/telemetry", json.dumps(body).encode(), fleet.clock())])
+
+
+def jobs_since(fleet, start: int) -> list[tuple[str, dict]]:
+    return fleet.sent[start:]
+
+
+@pytest.mark.parametrize(
+    "plan, n, expected",
+    [
+        ({"canary": 1, "waves": [100]}, 10, [1, 10]),
+        ({"canary": 2, "waves": [50, 100]}, 10, [2, 5, 10]),
+        ({"canary_percent": 10, "waves": [10, 60, 100]}, 20, [2, 12, 20]),
+        ({"canary": 5, "waves": [25, 100]}, 4, [4]),
+        ({"canary": 1, "waves": [1, 100]}, 10_000, [1, 100, 10_000]),
+    ],
+)
+def test_wave_bounds(plan, n, expected):
+    assert wave_bounds(RolloutPlan.model_validate(plan), n) == expected
+
+
+@pytest.mark.parametrize("plan", [{"waves": [50]}, {"waves": [60, 40, 100]}, {"waves": []}, {"canary": 0}, {"success_threshold": 0}, {"bogus": 1}])
+def test_bad_plans_are_refused_with_a_reason(fleet, tiny_packages, plan):
+    upload_approved(fleet, tiny_packages["v2"])
+    register(fleet, 2)
+    with pytest.raises(BadInputError, match="rollout"):
+        rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, plan)
+
+
+def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp_path):
+    v = registry.upload_package(fleet, tiny_packages["v1"])
+    assert (v["group"], v["version"], v["approval"]) == ("tiny", "1", "PendingManualApproval")
+    assert [b["target"] for b in v["builds"]] == ["x86_64"] and v["lineage"]["source_uri"].endswith("tiny-good.onnx")
+    with pytest.raises(ConflictError, match="already has a build"):
+        registry.upload_package(fleet, tiny_packages["v1"])
+    with pytest.raises(InvalidTransitionError):
+        registry.set_approval(fleet, "tiny", "1", "Pending")
+    assert registry.set_approval(fleet, "tiny", "1", "Rejected")["approval"] == "Rejected"
+    with pytest.raises(ConflictError, match="not Approved"):
+        register(fleet, 1)
+        rollouts.create_rollout(fleet, "tiny", "1", {"group": "lobby"}, {})
+    assert registry.set_approval(fleet, "tiny", "1", "Approved")["approval"] == "Approved"
+    # A package altered after signing is refused and nothing is registered.
+    work = tmp_path / "t"
+    with tarfile.open(tiny_packages["v3"]) as tar:
+        tar.extractall(work, filter="data")
+    manifest = json.loads((work / "manifest.json").read_text())
+    manifest["labels"] = ["evil", "x", "y"]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        for f in work.iterdir():
+            tar.add(f, arcname=f.name)
+    with pytest.raises(PackageIntegrityError, match="signature"):
+        registry.upload_package(fleet, bad)
+    assert [r["version"] for r in registry.list_versions(fleet, "tiny")] == ["1"]
+
+
+def test_rollout_succeeds_across_waves(fleet, tiny_packages):
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 5)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [60, 100], "bake_time_s": 30})
+    assert r["waves"] == [1, 3, 5]
+    for wave_devices in (ids[:1], ids[1:3], ids[3:]):
+        start = len(fleet.sent)
+        rollouts.tick(fleet)
+        sent = jobs_since(fleet, start)
+        assert [d for d, _ in sent] == wave_devices
+        for dev, job in sent:
+            assert job["kind"] == "install" and job["package"]["version"] == "2" and "rollback_authorization" not in job
+            answer(fleet, dev, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
+        rollouts.tick(fleet)
+        assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+        for dev in wave_devices:
+            telemetry(fleet, dev, "2")
+        fleet.clock.advance(10)
+        rollouts.tick(fleet)
+        assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"  # bake time not over
+        fleet.clock.advance(25)
+    rollouts.tick(fleet)
+    final = rollouts.get_rollout(fleet, r["id"])
+    assert final["state"] == "succeeded" and final["installs"] == {"committed": 5}
+    events = [(e["event"], e["to"]) for e in rollouts.rollout_events(fleet, r["id"]) if e["device"] is None]
+    assert events == [("create", "created"), ("start", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("next_wave", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("next_wave", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("completed", "succeeded")]
+    assert {d["model"]["version"] for d in devices.list_devices(fleet)} == {"2"}
+
+
+def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 6)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 2, "waves": [100], "failure_threshold": 0.0})
+    rollouts.tick(fleet)
+    (d0, j0), (d1, j1) = fleet.sent
+    answer(fleet, d0, j0, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
+    answer(fleet, d1, j1, ["downloading", "verifying", "staged", "switching", "probation", "rolling_back", "rolled_back"])
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborting" and "1 of 2 devices failed" in out["reason"]
+    rb = jobs_since(fleet, start)
+    # Only the device that is on the new model needs a rollback; the other undid it itself.
+    assert [d for d, _ in rb] == [d0]
+    job = rb[0][1]
+    assert job["kind"] == "rollback" and job["package"]["version"] == "1" and job["package"]["url"]
+    auth = job["rollback_authorization"]
+    assert (auth["device"], auth["job"], auth["version"]) == (d0, job["job"], "1")
+    answer(fleet, d0, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborted"
+    assert {d["job"]: d["state"] for d in out["deployments"]}[job["job"]] == "committed"
+    assert {d["id"]: d["model"]["version"] for d in devices.list_devices(fleet)} == dict.fromkeys(ids, "1")
+    assert len([d for d in out["deployments"] if d["kind"] == "install"]) == 2  # the rest were never touched
+
+
+def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, tiny_packages):
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 4)
+    for dev in ids:
+        telemetry(fleet, dev, "1", conf_bin=9, alerts=5)  # the old model: confident
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 60, "health": {"confidence_min_ratio": 0.8}})
+    rollouts.tick(fleet)
+    dev, job = fleet.sent[0]
+    answer(fleet, dev, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
+    rollouts.tick(fleet)
+    fleet.clock.advance(61)
+    rollouts.tick(fleet)
+    assert "waiting for telemetry" in rollouts.rollout_events(fleet, r["id"])[-1]["detail"] or rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    telemetry(fleet, dev, "2", conf_bin=3, alerts=5)  # installs fine, but unsure of everything
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborting" and "mean confidence 0.350 vs 0.950" in out["reason"]
+    assert fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out["deployments"] if d["kind"] == "install"]) == 1
+
+
+def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_packages):
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 2)
+    for dev in ids:
+        telemetry(fleet, dev, "1", p95=10.0)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 5})
+    rollouts.tick(fleet)
+    dev, job = fleet.sent[0]
+    answer(fleet, dev, job, ["committed"])
+    rollouts.tick(fleet)
+    telemetry(fleet, dev, "2", p95=14.0)  # 1.4x: inside the default 1.5x + 5 ms
+    fleet.clock.advance(6)
+    rollouts.tick(fleet)
+    assert rollouts.get_rollout(fleet, r["id"])["state"] == "deploying"
+    dev2, job2 = fleet.sent[1]
+    answer(fleet, dev2, job2, ["committed"])
+    rollouts.tick(fleet)
+    telemetry(fleet, dev2, "2", p95=60.0)  # now p95 averages 37 ms against 10 ms
+    fleet.clock.advance(6)
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborting" and "p95 latency" in out["reason"]
+
+
+def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    register(fleet, 3)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby", "tags": ["door"]}, {"canary": 1, "waves": [100], "wave_timeout_s": 100})
+    assert r["devices"] == 2  # cam-00 and cam-02 carry the tag
+    with pytest.raises(ConflictError, match="already in an active rollout"):
+        rollouts.create_rollout(fleet, "tiny", "2", {"devices": ["cam-00"]}, {})
+    assert rollouts.control(fleet, r["id"], "pause")["state"] == "paused"
+    rollouts.tick(fleet)
+    assert fleet.sent == []  # paused: nothing goes out
+    with pytest.raises(InvalidTransitionError):
+        rollouts.control(fleet, r["id"], "pause")
+    assert rollouts.control(fleet, r["id"], "resume")["state"] == "deploying"
+    rollouts.tick(fleet)
+    assert [d for d, _ in fleet.sent] == ["cam-00"]
+    fleet.clock.advance(101)  # the canary never answers
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborting" and "after 100 s" in out["reason"]
+    assert fleet.sent[-1][1]["kind"] == "rollback"
+    with pytest.raises(InvalidTransitionError):
+        rollouts.control(fleet, r["id"], "resume")
+    answer(fleet, "cam-00", fleet.sent[-1][1], ["committed"])
+    rollouts.tick(fleet)
+    assert rollouts.get_rollout(fleet, r["id"])["state"] == "aborted"
+    history = [(e["from"], e["event"], e["to"]) for e in rollouts.rollout_events(fleet, r["id"]) if e["device"] is None]
+    assert ("paused", "resume", "deploying") in history and history[-1] == ("aborting", "rolled_back", "aborted")
+
+
+def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
+    from edgefleet.fleet.config import BrokerConfig
+
+    fleet.config.broker = BrokerConfig(port=18883, acl_file=tmp_path / "acl")
+    token = devices.create_enrollment_token(fleet, "cam-7", "x86_64", group="dock", tags=["gate"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
+        devices.enroll(fleet, "efe_wrong", "cam-7", csr)
+    with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
+        devices.enroll(fleet, token, "cam-8", csr)
+    out = devices.enroll(fleet, token, "cam-7", csr)
+    cert = x509.load_pem_x509_certificate(out["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(out["ca_certificate"].encode())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "cam-7"
+    assert out["broker"]["port"] == 18883 and out["trusted_keys"]
+    with pytest.raises(PermissionDeniedError, match="already used"):
+        devices.enroll(fleet, token, "cam-7", csr)
+    acl = (tmp_path / "acl").read_text()
+    assert "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
+    assert devices.get_device(fleet, "cam-7") | {} and devices.list_devices(fleet, tag="gate")[0]["group"] == "dock"
+    other = devices.create_enrollment_token(fleet, "cam-9", "x86_64")
+    wrong_cn = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    with pytest.raises(BadInputError, match="not device 'cam-9'"):
+        devices.enroll(fleet, other, "cam-9", wrong_cn)
+    with pytest.raises(BadInputError):
+        devices.create_enrollment_token(fleet, "cam/+", "x86_64")
+
+
+def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
+    register(fleet, 1)
+    ingest = Ingest(fleet)
+    t = fleet.clock()
+    ingest.handle_batch([
+        Message("edgefleet/v1/intruder/telemetry", b'{"schema": 1}', t),
+        Message("edgefleet/v1/intruder/status", b'{"schema": 1, "state": "online"}', t),
+        Message("edgefleet/v1/cam-00/telemetry", b"not json", t),
+        Message("edgefleet/v1/cam-00/telemetry", b'{"schema": 7}', t),
+        Message("edgefleet/v1/cam-00/status", b'{"schema": 1, "state": "offline", "device": "cam-00"}', t + 1),
+        Message("edgefleet/v1/cam-00/jobs/nope/update", b'{"schema": 1, "job": "nope", "state": "committed"}', t),
+        Message("edgefleet/v1/cam-00/whatever", b'{"schema": 1}', t),
+    ])
+    assert ingest.stats() == {"received": 7, "dropped_unknown_device": 2, "dropped_malformed": 3, "status": 1, "jobs": 1, "dropped_unknown_job": 1}
+    d = devices.get_device(fleet, "cam-00")
+    assert d["status"] == "offline" and d["last_seen"] == t + 1
+    with fleet.session() as s:
+        assert s.query(Telemetry).count() == 0

@@ -1,0 +1,102 @@
+"""The same fleet flows on a real PostgreSQL (started here: initdb into a temp dir, free port).
+
+EDGEFLEET_TEST_POSTGRES_URL (postgresql://user@host:port) uses an existing server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+import test_fleet_library as flows
+from conftest import Clock
+from tests_fleet_util import free_port_for
+
+pytestmark = pytest.mark.postgres
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name) or (str(PG_BIN / name) if (PG_BIN / name).exists() else None)
+    if found is None:
+        pytest.fail(f"{name} is not installed (apt-get install postgresql)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    if os.environ.get("EDGEFLEET_TEST_POSTGRES_URL"):
+        yield os.environ["EDGEFLEET_TEST_POSTGRES_URL"].rstrip("/")
+        return
+    root = tmp_path_factory.mktemp("postgres")
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    port = free_port_for()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        for p in (root, sock):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        os.chmod(root.parent, 0o755)
+        os.chmod(root.parent.parent, 0o755)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_user + [_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+    subprocess.run(as_user + [_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_user + [_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+@pytest.fixture
+def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
+    from sqlalchemy import create_engine, text
+
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
+    name = f"fleet_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    sent: list = []
+    f = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", database_url=f"{postgres_server}/{name}", signing_key=tiny_packages["key"]), notify=lambda d, p: sent.append((d, p)))
+    f.clock = Clock()
+    f.sent = sent
+    yield f
+    f.sessions.kw["bind"].dispose()
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE {name}"))
+    admin.dispose()
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        flows.test_registry_versions_builds_approval_and_lineage,
+        flows.test_rollout_succeeds_across_waves,
+        flows.test_failing_canary_aborts_and_rolls_back_every_touched_device,
+        flows.test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly,
+        flows.test_pause_resume_abort_and_wave_timeout,
+        flows.test_ingest_drops_and_counts_unknown_devices_and_malformed_messages,
+    ],
+    ids=lambda f: f.__name__.removeprefix("test_"),
+)
+def test_flows_on_postgresql(flow, pg_fleet, tiny_packages, tmp_path):
+    args = {"fleet": pg_fleet, "tiny_packages": tiny_packages, "tmp_path": tmp_path}
+    flow(**{k: v for k, v in args.items() if k in flow.__code__.co_varnames[: flow.__code__.co_argcount]})
+
+
+def test_migrations_are_at_head_on_postgresql(pg_fleet):
+    from sqlalchemy import text
+
+    with pg_fleet.session() as s:
+        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert s.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rollout_events'")).scalar() == 1

@@ -1,0 +1,52 @@
+"""models/ fixtures: a generated scene dataset, one real local training job, the in-process CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Cli:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def models_cli(capsys: pytest.CaptureFixture[str]):
+    """Run `edgefleet ARGS...` through the real entry point (edgefleet.cli.main) in this process."""
+    from edgefleet.cli import main
+
+    def run(*args: object) -> Cli:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Cli(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def scene_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgefleet.models.scenes import write_dataset
+
+    out = tmp_path_factory.mktemp("scenes") / "data"
+    write_dataset(out, per_class=150, validation_per_class=40, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_job(tmp_path_factory: pytest.TempPathFactory, scene_dataset: Path):
+    """One real training job: models/train.py as a subprocess with SageMaker's environment."""
+    from edgefleet.models.job import TrainingJobConfig, run_training_job
+
+    config = TrainingJobConfig(data=scene_dataset, out=tmp_path_factory.mktemp("job") / "job", job_name="scenes-test-1",
+                               hyperparameters={"epochs": 10, "seed": 0})
+    return run_training_job(config, stream=None)
