@@ -33,8 +33,7 @@ def _hist(values: list[float], edges: np.ndarray) -> dict:
 
 def luma_stats(image: Image.Image) -> tuple[float, float]:
     """Mean and standard deviation of luma on a small copy (cheap on a camera CPU)."""
-    small = image.convert("L")
-    small.thumbnail((64, 64))
+    small = image.reduce(max(1, min(image.size) // 64)).convert("L")
     pixels = np.asarray(small, dtype=np.float32) / 255.0
     return float(pixels.mean()), float(pixels.std())
 

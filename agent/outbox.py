@@ -70,17 +70,27 @@ class Outbox:
 
     def put(self, kind: str, topic: str, payload: dict) -> bool:
         """Store one message (payload must carry a unique "id"). False if that id is already stored."""
-        data = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        return self.put_many([(kind, topic, payload)])[0]
+
+    def put_many(self, messages: list[tuple[str, str, dict]]) -> list[bool]:
+        """Store several messages in one transaction (one fsync), in order; True for each one added."""
+        rows = [(payload["id"], kind, topic, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()) for kind, topic, payload in messages]
+        added = []
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO messages (id, kind, topic, payload, size) VALUES (?, ?, ?, ?, ?)",
-                (payload["id"], kind, topic, data, len(data)),
-            )
-            added = cur.rowcount == 1
-            if added:
-                self._enforce_caps()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for id_, kind, topic, data in rows:
+                    cur = self._db.execute("INSERT OR IGNORE INTO messages (id, kind, topic, payload, size) VALUES (?, ?, ?, ?, ?)", (id_, kind, topic, data, len(data)))
+                    added.append(cur.rowcount == 1)
+                if any(added):
+                    self._enforce_caps()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            if any(added):
                 self._has_pending.notify_all()
-            return added
+        return added
 
     def _enforce_caps(self) -> None:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0").fetchone()

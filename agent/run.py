@@ -230,11 +230,15 @@ class Agent:
             self._done(by_source, frame)
             return
         brightness, contrast = luma_stats(image)
-        for hit in self.rules.observe(result.scores, time.monotonic()):
-            thumb = payloads.thumbnail(image, self.cfg.rules.thumbnail_max_side, self.cfg.rules.thumbnail_max_bytes) if self.cfg.rules.thumbnail else None
-            body = payloads.alert(self.device, hit, result, active.manifest, frame_key=frame.key, source=frame.source, latency_ms=model_s * 1000, thumb=thumb)
-            if self.outbox.put("alert", payloads.topic(self.device, "alerts"), body):
-                self.metrics.alert(hit.label)
+        hits = self.rules.observe(result.scores, time.monotonic())
+        if hits:
+            rules = self.cfg.rules
+            thumb = payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes) if rules.thumbnail else None
+            topic = payloads.topic(self.device, "alerts")
+            bodies = [payloads.alert(self.device, hit, result, active.manifest, frame_key=frame.key, source=frame.source, latency_ms=model_s * 1000, thumb=thumb) for hit in hits]
+            for hit, added in zip(hits, self.outbox.put_many([("alert", topic, body) for body in bodies])):
+                if added:
+                    self.metrics.alert(hit.label)
         self._done(by_source, frame)
         total = time.perf_counter() - start
         self.metrics.frame_ok(model_s, total - model_s, brightness, contrast, result.top_label, result.top_score)

@@ -261,6 +261,7 @@ def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KI
     for n in names:
         pending.put(n)
     results: list[CaseResult] = []
+    retried: set[str] = set()
     lock = threading.Lock()
 
     def drive() -> None:
@@ -286,6 +287,10 @@ def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KI
                     if not proc.is_alive():
                         res = CaseResult(name, "?", "?", "error", f"the build or run crashed the process (exit code {proc.exitcode})")
                         proc = None
+                        if name not in retried:  # once more in a fresh process: a crash must repeat to count
+                            retried.add(name)
+                            pending.put(name)
+                            res = None
                         break
                     if time.monotonic() - start > timeout_s + 30:
                         proc.kill()
@@ -293,6 +298,8 @@ def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KI
                         res = CaseResult(name, "?", "?", "error", f"timed out after {timeout_s:.0f} s")
                         proc = None
                         break
+            if res is None:
+                continue
             with lock:
                 results.append(res)
                 if on_result:
@@ -347,4 +354,26 @@ def load_results(path: Path) -> list[CaseResult]:
 
 
 def vision_case(name: str, operator: str) -> bool:
+    """A case about a vision operator (its _expanded variants test other operators)."""
     return operator in VISION_OPS and not re.search(r"_expanded", name)
+
+
+def vision_case_names(cases: dict | None = None) -> list[str]:
+    cases = cases if cases is not None else list_cases()
+    names = []
+    for name, case in cases.items():
+        model = case.model if case.model is not None else _load_dir_case(case.model_dir)[0]
+        if vision_case(name, case_operator(name, model)):
+            names.append(name)
+    return sorted(names)
+
+
+def read_pass_list(path: Path) -> list[str]:
+    """Pass list: one case name a line; `#` starts a comment."""
+    lines = (line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def write_pass_list(path: Path, results: list[CaseResult], header: str) -> None:
+    names = sorted(r.name for r in results if r.outcome == "passed")
+    Path(path).write_text("".join(f"# {line}\n" for line in header.splitlines()) + "".join(f"{n}\n" for n in names))

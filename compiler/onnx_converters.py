@@ -37,16 +37,22 @@ def _bit_shift(bb, inputs, attr, opset):
     return relax.op.where(in_range, op(x, safe_y), relax.op.zeros_like(x))
 
 
-def _mish(bb, inputs, attr, opset):
-    # x * tanh(softplus(x)); TVM's log(1 + exp(x)) loses the small values (rel. error 1e-3 near
-    # x = -8), so far left softplus uses its series e - e^2/2 (e = exp(x)).
-    x = inputs[0]
+def _softplus_expr(x):
+    # TVM's log(1 + exp(x)) loses small values (rel. error 1e-3 near x = -8): far left use the
+    # series e - e^2/2 (e = exp(x)), far right x itself.
     dtype = str(x.ty.dtype)
     e = relax.op.exp(x)
     series = relax.op.subtract(e, relax.op.multiply(relax.op.multiply(e, e), relax.const(0.5, dtype)))
-    softplus = relax.op.where(relax.op.less(x, relax.const(-4.0, dtype)), series, relax.op.log(relax.op.add(e, relax.const(1.0, dtype))))
-    softplus = relax.op.where(relax.op.greater(x, relax.const(20.0, dtype)), x, softplus)
-    return relax.op.multiply(x, relax.op.tanh(softplus))
+    value = relax.op.where(relax.op.less(x, relax.const(-4.0, dtype)), series, relax.op.log(relax.op.add(e, relax.const(1.0, dtype))))
+    return relax.op.where(relax.op.greater(x, relax.const(20.0, dtype)), x, value)
+
+
+def _softplus(bb, inputs, attr, opset):
+    return _softplus_expr(inputs[0])
+
+
+def _mish(bb, inputs, attr, opset):
+    return relax.op.multiply(inputs[0], relax.op.tanh(_softplus_expr(inputs[0])))
 
 
 Converter = Callable[..., relax.Expr]
@@ -54,6 +60,7 @@ CONVERTERS: dict[str, Converter] = {
     "IsInf": _is_inf,
     "BitShift": _bit_shift,
     "Mish": _mish,
+    "Softplus": _softplus,
 }
 
 

@@ -83,13 +83,22 @@ def _epilogue(sch: s_tir.Schedule, conv, others: list):
     return out
 
 
-class Conv2dNCHWc(CPUScheduleRule):
-    """Register-blocked direct convolution on NCHW{c} data with OIHW{i}{o} prepacked weights."""
+class _SafeRule(CPUScheduleRule):
+    """A schedule primitive that refuses a loop nest means the rule does not fit it: try the next rule."""
 
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        sch = s_tir.Schedule(func)
+        try:
+            return self.schedule(s_tir.Schedule(func))
+        except (s_tir.ScheduleError, tvm.error.TVMError):
+            return None
+
+
+class Conv2dNCHWc(_SafeRule):
+    """Register-blocked direct convolution on NCHW{c} data with OIHW{i}{o} prepacked weights."""
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
         convs = [b for b in blocks if _name(sch, b).startswith("conv2d_NCHWc")]
         if len(convs) != 1 or _iter_kinds(sch, convs[0]) != "SSSSSRRR":
@@ -99,15 +108,12 @@ class Conv2dNCHWc(CPUScheduleRule):
         others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
         if len(pads) + len(others) + 1 != len(blocks):
             return None
-        try:
-            epi = _epilogue(sch, conv, others)
-        except tvm.error.TVMError:
-            return None
+        epi = _epilogue(sch, conv, others)
         if epi is None:
             return None
         n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
         ow_n, ic_n, ocb_n = _extent(sch, ow), _extent(sch, ic), _extent(sch, ocb)
-        ic_bn = int(sch.get(conv).reads[0].buffer.shape[-1])
+        ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
         if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
             return None
         reg_n = _largest_divisor(ow_n, MAX_REG_TILE)
@@ -116,23 +122,20 @@ class Conv2dNCHWc(CPUScheduleRule):
         sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
         sch.reverse_compute_at(epi, ow_o)
         sch.parallel(sch.fuse(n, occ, oh))
-        init = sch.decompose_reduction(conv, ic_o)
-        sch.vectorize(sch.get_loops(init)[-1])
+        # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
         sch.unroll(ow_i)
         sch.vectorize(ocb)
+        sch.decompose_reduction(conv, ic_o)
         sch.vectorize(sch.get_loops(epi)[-1])
         for pad in pads:
             _schedule_pad(sch, pad)
         return sch
 
 
-class Conv2dNCHW(CPUScheduleRule):
+class Conv2dNCHW(_SafeRule):
     """Plain NCHW convolution: output channels unrolled, output width vectorized."""
 
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
         convs = [b for b in blocks if _iter_kinds(sch, b) == "SSSSRRR" and _name(sch, b).startswith(("conv2d_nchw", "group_conv2d_nchw"))]
         if len(convs) != 1:
@@ -142,10 +145,7 @@ class Conv2dNCHW(CPUScheduleRule):
         others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 4]
         if len(pads) + len(others) + 1 != len(blocks):
             return None
-        try:
-            epi = _epilogue(sch, conv, others)
-        except tvm.error.TVMError:
-            return None
+        epi = _epilogue(sch, conv, others)
         if epi is None:
             return None
         n, oc, oh, ow, rc, rh, rw = sch.get_loops(conv)
@@ -159,28 +159,21 @@ class Conv2dNCHW(CPUScheduleRule):
         sch.reorder(n, oc_o, oh, ow_o, rc, rh, rw, oc_i, ow_i)
         sch.reverse_compute_at(epi, ow_o)
         sch.parallel(sch.fuse(n, oc_o, oh))
-        init = sch.decompose_reduction(conv, rc)
-        sch.vectorize(sch.get_loops(init)[-1])
         sch.unroll(oc_i)
         sch.vectorize(ow_i)
+        sch.decompose_reduction(conv, rc)
         sch.vectorize(sch.get_loops(epi)[-1])
         for pad in pads:
             _schedule_pad(sch, pad)
         return sch
 
 
-class Generic(CPUScheduleRule):
+class Generic(_SafeRule):
     """Any loop nest: outer spatial loops in parallel, the innermost spatial loop vectorized."""
 
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            for block in _blocks(sch):
-                _schedule_any(sch, block)
-        except tvm.error.TVMError:
-            return None
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        for block in _blocks(sch):
+            _schedule_any(sch, block)
         return sch
 
 
@@ -202,10 +195,9 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
     if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
     if vectorize:
-        if reduce:
-            init = sch.decompose_reduction(block, reduce[0])
-            sch.vectorize(sch.get_loops(init)[-1])
         sch.vectorize(inner)
+        if reduce:
+            sch.decompose_reduction(block, reduce[0])
 
 
 def default_schedules() -> tvm.transform.Pass:

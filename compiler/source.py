@@ -27,7 +27,7 @@ class ModelSource:
     training_job: str | None
 
 
-def _download_s3(uri: str, dest_dir: Path, show_progress: bool) -> Path:
+def _download_s3(uri: str, dest_dir: Path, show_progress: bool, max_bytes: int) -> Path:
     try:
         import boto3
         from botocore.exceptions import BotoCoreError, ClientError
@@ -40,6 +40,8 @@ def _download_s3(uri: str, dest_dir: Path, show_progress: bool) -> Path:
     s3 = boto3.client("s3")
     try:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        if size > max_bytes:
+            raise ModelSourceError(f"{uri} is {size} bytes, over the {max_bytes}-byte cap", "check the URI; a model this large cannot be packaged")
         if show_progress:
             from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -74,7 +76,7 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
     if uri.startswith("s3://"):
         match = _SAGEMAKER_OUTPUT.search(uri)
         training_job = match.group(1) if match else None
-        local = _download_s3(uri, workdir, show_progress)
+        local = _download_s3(uri, workdir, show_progress, limits.max_total_bytes)
     else:
         local = Path(uri).expanduser()
         if not local.exists():

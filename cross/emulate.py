@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgefleet.compiler.targets import Target, resolve_target
-from edgefleet.cross.sysroot import Sysroot, arch_info, build_command, find_sysroot, require_tool
+from edgefleet.cross.sysroot import ARCHES, Sysroot, arch_info, build_command, find_sysroot, require_tool
 from edgefleet.errors import TargetNotRunnableError, UsageError
+from edgefleet.package import open_package
 
 # The subpackages a device needs; the compiler and fleet service never run on the camera.
 _DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
@@ -84,7 +85,9 @@ def _link_device_packages(into: Path) -> Path:
 def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
     paths = [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
-    env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONNOUSERSITE="1")
+    # PYTHONSAFEPATH: the working directory (often this repository, whose edgefleet/ folder
+    # lacks the agent) must not shadow the linked package.
+    env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1")
     env.update(extra or {})
     return env
 
@@ -114,3 +117,32 @@ def run_emulated(
     with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
         code = _link_device_packages(Path(tmp)) if sysroot.info.spec.requirements else None
         return subprocess.run(argv, env=guest_env(sysroot, code, env), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)
+
+
+def sysroot_for_package(package: Path) -> Sysroot:
+    """The sysroot that runs `package`; refuses, before anything starts, one it cannot run."""
+    with open_package(package, None) as opened:
+        manifest = opened.manifest
+    info = next((a for a in ARCHES.values() if a.target_arch == manifest.target.arch), None)
+    if info is None or manifest.runtime.kind != "tvm":
+        raise TargetNotRunnableError(
+            f"package {manifest.name} {manifest.version} is a {manifest.runtime.kind} package for {manifest.target.arch} ({manifest.target.name}); "
+            f"emulation runs TVM packages for {', '.join(a.target_arch for a in ARCHES.values())}",
+            "run it natively with `edgefleet run`, or compile it for an ARM target such as rasp4b",
+        )
+    if not info.agent_wheels:
+        raise TargetNotRunnableError(f"package {manifest.name} targets {manifest.target.name} ({info.debian}), which cannot execute here: {info.note}", "compile for rasp4b / aarch64 to run under emulation")
+    return require_sysroot(info.debian)
+
+
+def run_package_emulated(package: Path, image: Path, *, repeat: int = 1, trust: list[Path] | None = None, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+    """`edgefleet run PACKAGE --image IMAGE --json` inside the package's emulated sysroot.
+
+    The guest does what a camera does: checks the signature and hashes, preprocesses the
+    image as the manifest says, and runs the library with the agent's runtime.
+    """
+    sysroot = sysroot_for_package(package)
+    command = ["python3", "-m", "edgefleet.cli", "run", str(Path(package).resolve()), "--image", str(Path(image).resolve()), "--repeat", str(repeat), "--json"]
+    for key in trust or []:
+        command += ["--trust", str(Path(key).resolve())]
+    return run_emulated(sysroot, command, timeout=timeout, capture=capture)

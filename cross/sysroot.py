@@ -73,10 +73,14 @@ ARCHES: dict[str, ArchInfo] = {
     ),
     "armhf": ArchInfo(
         "armhf", "armv7", "qemu-arm-static", (),
-        # No TVM (nor numpy/pillow/psutil) wheels exist for armv7l cp311; Debian's numpy is
-        # enough for what runs here: loading the compiled library with the armhf dynamic loader.
-        ("python3", "python3-numpy"), False,
-        note="apache-tvm publishes no armv7 wheel and no sdist; see docs/cross.md",
+        # No TVM (nor numpy/pillow/psutil) wheels exist for armv7l cp311; what runs here is
+        # the armhf dynamic loader checking a compiled library, which needs Python alone.
+        ("python3",), False,
+        note=(
+            "no TVM runtime exists for armv7: apache-tvm publishes wheels for x86_64 and aarch64 only and no "
+            "source distribution, and the TVM source tree is not reachable from this project's machines, so the "
+            "Relax VM (libtvm_runtime) cannot be built for armhf (see docs/cross.md)"
+        ),
     ),
 }
 _ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "armhf": "armhf", "armv7": "armhf", "armv7l": "armhf"}
@@ -87,6 +91,7 @@ TOOL_PACKAGES = {
     "dpkg-deb": "dpkg",
     "qemu-aarch64-static": "qemu-user-static",
     "qemu-arm-static": "qemu-user-static",
+    "fakeroot": "fakeroot",
 }
 
 
@@ -99,9 +104,12 @@ def arch_info(arch: str) -> ArchInfo:
 
 def require_tool(name: str) -> str:
     """The absolute path of host tool `name`, or a MissingToolError naming its Debian package."""
-    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    path = shutil.which(name)
     if path is None:
-        raise MissingToolError(f"`{name}` is not installed on this machine", f"apt-get install {TOOL_PACKAGES.get(name, name)}")
+        raise MissingToolError(
+            f"`{name}` is not on PATH",
+            f"apt-get install {TOOL_PACKAGES.get(name, name)}" + (" (it installs to /usr/sbin: have that on PATH)" if name == "debootstrap" else ""),
+        )
     return path
 
 
@@ -218,9 +226,9 @@ class _Build:
         self.stages = stages
         self.failed_dir = failed_dir
 
-    def step(self, name: str, argv: list[str]) -> None:
+    def step(self, name: str, detail: str, argv: list[str]) -> None:
         log = self.logs / f"{name}.log"
-        with self.stages.stage(name, Path(argv[0]).name), open(log, "w") as fh:
+        with self.stages.stage(name, detail), open(log, "w") as fh:
             fh.write("$ " + " ".join(argv) + "\n")
             fh.flush()
             proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -258,7 +266,9 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
         found = find_sysroot(arch, cache, mirror)
         if found is not None:
             return found
-    debootstrap = require_tool("debootstrap")
+    debootstrap = [require_tool("debootstrap")]
+    if os.geteuid() != 0:  # debootstrap refuses to run as a user; --foreign needs no more than fakeroot
+        debootstrap.insert(0, require_tool("fakeroot"))
     require_tool("dpkg-deb")
     require_tool(info.qemu)
     stages = Stages(quiet=quiet)
@@ -268,14 +278,14 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
     try:
         build = _Build(work, stages, cache / f"{final.name}.failed")
         root = work / "root"
-        build.step("debootstrap", [
-            debootstrap, f"--arch={spec.arch}", "--foreign", f"--variant={spec.variant}",
+        build.step("debootstrap", f"{spec.suite} {spec.arch} {spec.variant} from {spec.mirror}", [
+            *debootstrap, f"--arch={spec.arch}", "--foreign", f"--variant={spec.variant}",
             f"--include={','.join(spec.debs)}", spec.suite, str(root), spec.mirror,
         ])
         debs = sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
         if not debs:
             build.fail("debootstrap", "downloaded no .deb files")
-        build.step("unpack", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
+        build.step("unpack", f"dpkg-deb -x {len(debs)} packages", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
         for deb in debs:  # the archives are unpacked; keep the sysroot small
             deb.unlink()
         site = work / "site"
@@ -288,7 +298,7 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
             for platform in spec.pip_platforms:
                 argv += ["--platform", platform]
             # --isolated: the host's pip.conf and constraints are about the host, not this sysroot.
-            build.step("wheels", argv + spec.requirements)
+            build.step("wheels", f"pip download {len(spec.requirements)} requirements for {spec.pip_platforms[0]}", argv + spec.requirements)
             with stages.stage("site", "unzip wheels"):
                 for wheel in sorted(dest.glob("*.whl")):
                     with zipfile.ZipFile(wheel) as zf:

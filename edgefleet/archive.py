@@ -82,7 +82,9 @@ def safe_extract(path: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(path, "r:*") as tar:
-            tar.extractall(dest, filter="data")
+            # Debian bookworm's Python 3.11.2 (Raspberry Pi OS cameras) has no extraction
+            # filters; there the member checks above are the only line (found under QEMU).
+            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UnsafeArchiveError(f"{path}: extraction refused or failed ({exc})", "rebuild the archive") from None
     return [m.name for m in members if m.isfile()]

@@ -49,6 +49,7 @@ COMPONENT_GROUPS = {
     "models": "edgefleet.models.cli:models",
     "fleet": "edgefleet.fleet.cli:fleet",
     "agent": "edgefleet.agent.cli:agent",
+    "cross": "edgefleet.cross.cli:cross",
 }
 
 

@@ -117,6 +117,10 @@ class DriftMonitor:
         self._baselines: dict[int, Baseline | None] = {}
         self._batch: list[dict] | None = None
 
+    def use_mqtt(self, client) -> None:
+        """Publish alarms through the fleet's paho client (QoS 1, retained: the last change per device)."""
+        self.publish = lambda topic, data: client.publish(topic, data, qos=1, retain=True)
+
     # -- baselines ------------------------------------------------------------------------
     def _read_baseline(self, build: Build) -> Baseline | None:
         from edgefleet.package import open_package

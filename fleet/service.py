@@ -47,7 +47,7 @@ def serve(config: FleetConfig) -> None:
         bridge = Bridge(config.broker, ingest)
         bridge.start()
         fleet.notify = bridge.notify
-        ingest.drift.publish = lambda topic, data: bridge.client.publish(topic, data, qos=1, retain=True)  # drift alarms
+        ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
     try:

@@ -10,6 +10,8 @@ import click
 
 from edgefleet.cli import console, print_json
 from edgefleet.errors import UsageError
+from edgefleet.models.reference import REFERENCES
+from edgefleet.models.scenes import CLASSES
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -58,7 +60,7 @@ def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: 
 
 
 @models.command("frames")
-@click.option("--label", "label", required=True, type=click.Choice(["person", "vehicle", "empty"]), help="Scene class.")
+@click.option("--label", "label", required=True, type=click.Choice(CLASSES), help="Scene class.")
 @click.option("--count", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the frames (created if missing).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -118,7 +120,7 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
 
 
 @models.command("reference")
-@click.argument("name", type=click.Choice(["mobilenetv2", "scenenet"]))
+@click.argument("name", type=click.Choice(sorted(REFERENCES)))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
 @click.option("--input-size", type=click.IntRange(16, 1024), help="Square input side (default: 224 for MobileNetV2, 64 for SceneNet).")
 @click.option("--classes", default=1000, show_default=True, type=click.IntRange(min=2))

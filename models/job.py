@@ -20,6 +20,7 @@ Job folder layout (job.json format version 1):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from edgefleet.errors import TrainingJobError, UsageError
+from edgefleet.errors import MissingToolError, TrainingJobError, UsageError
 from edgefleet.package import Preprocessing, TensorSpec, sha256_file
 
 JOB_FORMAT_VERSION = 1
@@ -169,6 +170,8 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
     """
     if not Path(config.entry_point).is_file():
         raise UsageError(f"no entry point at {config.entry_point}", "pass the training script's path")
+    if Path(config.entry_point).resolve() == ENTRY_POINT.resolve() and importlib.util.find_spec("torch") is None:
+        raise MissingToolError("training the scene model needs torch, which is not installed", "pip install 'edgefleet[train]' (the CPU build of torch 2.13.0)")
     channels = channels_for(config.data)
     out = Path(config.out).resolve()  # the script runs in its own folder, so every path is absolute
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

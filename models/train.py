@@ -183,7 +183,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     # One thread by default: this net's convolutions are too small to gain from more, and on a
-    # busy machine extra threads spin and made training 3-4x slower (measured).
+    # busy machine extra threads spin: 2 threads trained 8-15x slower (benchmarks/models_training.py).
     cpus = os.environ.get("SM_NUM_CPUS", "")
     torch.set_num_threads(int(cpus) if args.threads == 0 and cpus.isdigit() else max(1, args.threads))
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.errors import CorruptModelError, DynamicShapeError
+from edgefleet.errors import CorruptModelError, DynamicShapeError, UnsupportedOperatorsError
 from edgefleet.package import TensorSpec
 
 FORMAT = "tflite"
@@ -85,7 +85,9 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
     for i in range(graph.InputsLength()):
         tensor = _tensor(model, graph.Inputs(i))
         name = tensor.Name().decode()
-        dtype = _TFLITE_DTYPES.get(tensor.Type(), "float32")
+        dtype = _TFLITE_DTYPES.get(tensor.Type())
+        if dtype is None:
+            raise UnsupportedOperatorsError(f"input {name} has TFLite tensor type {tensor.Type()}, which edgefleet cannot feed", f"export the model with {', '.join(sorted(set(_TFLITE_DTYPES.values())))} inputs")
         if name in overrides:
             specs.append(TensorSpec(name=name, shape=list(overrides[name]), dtype=dtype))
             continue

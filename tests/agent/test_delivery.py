@@ -83,16 +83,20 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(tmp_path, mqtt_broker, ag
             first.kill()
     left = len(list((tmp_path / "incoming").glob("*.jpg")))
     assert 0 < left < 40, "killed mid-stream"
-    wait_until(lambda: status.messages and status.messages[-1].json()["state"] == "offline", timeout=60)  # the last will
-    second = start_agent(config_path, "--idle-exit", "1.5", log=log)
+    wait_until(lambda: status.messages and status.messages[-1].json()["state"] == "offline", timeout=60)
+    assert status.messages[-1].json()["model"] is None, "the broker sent the last will"
+    second = start_agent(config_path, log=log)
     try:
-        assert second.wait(90) == 0, log.read_text()[-3000:]
+        wait_until(lambda: len({m.json()["id"] for m in alerts.messages}) == 40, timeout=60)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, log.read_text()[-3000:]
     finally:
         if second.poll() is None:
             second.kill()
-    alerts.wait_for(40, timeout=10)
     assert_complete_in_order(alerts.messages, names)
     assert len(alerts.messages) - 40 <= 20, "redelivery is bounded by the in-flight window"
+    last = status.messages[-1].json()
+    assert last["state"] == "offline" and last["model"] == {"name": "brightness", "version": "1"}, "SIGTERM: a clean stop publishes offline itself"
 
 
 def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_package):
@@ -154,3 +158,28 @@ def test_a_device_cannot_use_another_devices_topics(tmp_path, mqtt_broker):
     assert [m.topic for m in own.messages] == ["edgefleet/v1/cam-2/jobs/notify"]
     assert [m.topic for m in fleet_view.messages] == ["edgefleet/v1/cam-2/jobs/notify"], "cam-1's forged alert never reached the broker's subscribers"
     assert snoop.messages == [], "... and cam-1 cannot read it"
+
+
+def test_a_full_outbox_drops_telemetry_before_alerts_and_reports_it(tmp_path, mqtt_broker, agent_package):
+    alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
+    telemetry = mqtt_broker.subscriber("edgefleet/v1/cam-1/telemetry")
+    mqtt_broker.stop()  # the device starts during an outage
+    config = agent_config(tmp_path, mqtt_broker, agent_package, outbox={"max_messages": 12}, telemetry={"interval_s": 0.1})
+    config["mqtt"]["inflight"] = 2
+    agent = Agent(parse_config(config), RunOptions(drain_s=5))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    names = [f"f{i:03d}.jpg" for i in range(8)]
+    try:
+        for name in names:
+            drop_frame(tmp_path / "incoming", name, jpeg(240))
+        wait_until(lambda: agent.metrics.totals["ok"] == 8)
+        wait_until(lambda: agent.outbox.stats()["dropped"].get("telemetry", 0) >= 5)
+        assert "alert" not in agent.outbox.stats()["dropped"]
+        mqtt_broker.start()
+        alerts.wait_for(8, timeout=30)
+        wait_until(lambda: any(m.json()["outbox"]["dropped"].get("telemetry") for m in telemetry.messages), timeout=30)
+    finally:
+        agent.request_stop()
+        thread.join(15)
+    assert_complete_in_order(alerts.messages, names)

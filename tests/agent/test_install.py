@@ -80,3 +80,11 @@ def test_install_enroll_by_hand_and_run(tmp_path, mqtt_broker, agent_package):
     finally:
         agent.request_stop()
         thread.join(15)
+
+
+def test_run_without_a_device_certificate_says_how_to_enroll(tmp_path, mqtt_broker):
+    result = CliRunner().invoke(agent_group, install_args(tmp_path, mqtt_broker))
+    assert result.exit_code == 0, result.output
+    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(tmp_path / "etc/agent.toml")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: device certificate" in proc.stderr and "device.csr" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,6 +1,6 @@
 """Tiny real ONNX classifiers compiled by the real compiler, for update and rollout tests.
 
-    good  a 1x1 conv whose logits favour class 0 strongly: high top-1 confidence
+    good  logits that favour class 0 strongly: high top-1 confidence
     flat  the same graph with zero weights: a uniform softmax (installs and runs fine, but
           its confidence is far lower: what the fleet's model-health gate must stop)
     nan   log(x - 1): NaN on the smoke test's zero input, so probation fails
@@ -21,29 +21,24 @@ LABELS = ["person", "vehicle", "empty"]
 def build_onnx(path: Path, kind: str) -> Path:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, SIZE, SIZE])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3])
+    # Per-channel means scaled and shifted into class logits: small, but a real graph that the
+    # compiler imports, optimizes, builds and verifies like any other.
+    scale = np.array([[1.0, 0.0, 0.0]] if kind == "good" else [[0.0, 0.0, 0.0]], np.float32)
+    shift = np.array([[8.0, 0.0, 0.0]] if kind == "good" else [[0.0, 0.0, 0.0]], np.float32)
+    nodes = []
+    first = "input"
+    inits = [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift")]
     if kind == "nan":
-        one = numpy_helper.from_array(np.ones((1,), np.float32), "one")
-        big = numpy_helper.from_array(np.full((3, 3 * SIZE * SIZE), 0.01, np.float32), "w")
-        nodes = [
-            helper.make_node("Sub", ["input", "one"], ["shifted"]),
-            helper.make_node("Log", ["shifted"], ["logged"]),
-            helper.make_node("Flatten", ["logged"], ["flat"]),
-            helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1),
-            helper.make_node("Softmax", ["logits"], ["output"], axis=1),
-        ]
-        inits = [one, big]
-    else:
-        weight = np.zeros((3, 3, 1, 1), np.float32)
-        bias = np.array([8.0, 0.0, 0.0] if kind == "good" else [0.0, 0.0, 0.0], np.float32)
-        if kind == "good":
-            weight[0, :, 0, 0] = 1.0
-        nodes = [
-            helper.make_node("Conv", ["input", "w", "b"], ["conv"]),
-            helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
-            helper.make_node("Flatten", ["pooled"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["output"], axis=1),
-        ]
-        inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+        inits.append(numpy_helper.from_array(np.ones((1,), np.float32), "one"))
+        nodes += [helper.make_node("Sub", ["input", "one"], ["shifted"]), helper.make_node("Log", ["shifted"], ["logged"])]
+        first = "logged"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [first], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Mul", ["flat", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["output"], axis=1),
+    ]
     graph = helper.make_graph(nodes, f"tiny_{kind}", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "drift"))
+from drift_support import compile_with_baseline  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -29,3 +33,8 @@ def browser():
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def baseline_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return compile_with_baseline(tmp_path_factory.mktemp("dashboard-package"), n_images=100)

@@ -6,16 +6,21 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` (the page re-renders every 3 s, so elements come and go) until it is truthy."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -25,8 +30,7 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 @pytest.fixture
 def live_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package):
     """A fleet with 3 devices (one drifting), the package uploaded (pending approval), served by uvicorn."""
-    from drift_support import LiveServer, darken, jpeg, scene
-    from edgefleet.agent.metrics import AgentMetrics, luma_stats
+    from drift_support import LiveServer, telemetry_windows
     from edgefleet.fleet import devices, registry
     from edgefleet.fleet.api import create_app
     from edgefleet.fleet.auth import create_token
@@ -46,17 +50,11 @@ def live_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package):
     now = time.time()
     msgs = [Message(f"edgefleet/v1/{d}/status", json.dumps({"schema": 1, "state": s, "model": {"name": "brightness", "version": "1"}}).encode(), now - 60)
             for d, s in (("cam-1", "online"), ("cam-2", "online"), ("cam-3", "offline"))]
-    rng = np.random.default_rng(0)
-    # Telemetry from the agent's own window code: cam-1 goes dark (drift alarm), cam-2 stays normal.
-    for i in range(4):
-        for dev, dark in (("cam-1", i >= 1), ("cam-2", False)):
-            m = AgentMetrics()
-            for _ in range(120):
-                image = scene(rng)
-                image = darken(image) if dark else image
-                lum, con = luma_stats(image)
-                m.frame_ok(0.004 + 0.001 * i, 0.001, lum, con, "bright" if lum > 0.5 else "dark", 0.9)
-            body = {"schema": 1, "model": {"name": "brightness", "version": "1"}, **m.window()}
+    # Telemetry from the agent's own window code and the real model: cam-1 goes dark (drift alarm), cam-2 stays normal.
+    normal, dark = telemetry_windows(package, pub, "normal", 4, seed=1), telemetry_windows(package, pub, "dark", 3, seed=2)
+    for i, (n_body, d_body) in enumerate(zip(normal, [normal[0]] + dark)):
+        for dev, body in (("cam-1", d_body), ("cam-2", n_body)):
+            body = {**body, "latency_ms": {**body["latency_ms"], "p95": 4.0 + i + (dev == "cam-2")}}
             msgs.append(Message(f"edgefleet/v1/{dev}/telemetry", json.dumps(body).encode(), now - 50 + 10 * i))
     ingest.handle_batch(msgs)
     app = create_app(fleet, ingest)
@@ -135,4 +133,6 @@ def test_actions_follow_the_token_scope_approve_and_pause_a_rollout(browser, liv
     wait_for(lambda: browser.find_element("css selector", row + " .state").text == "paused", what="page shows paused")
     events = rollouts.rollout_events(fleet, rollout["id"])
     assert events[-1]["event"] == "pause" and events[-1]["detail"] == "from the dashboard"
-    assert severe_console_entries(browser) == []
+    # The one console error is the network log of the operator's refused (403) approval.
+    errors = severe_console_entries(browser)
+    assert len(errors) == 1 and errors[0]["source"] == "network" and "/approval" in errors[0]["message"] and "403" in errors[0]["message"]

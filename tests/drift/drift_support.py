@@ -131,3 +131,45 @@ class WebhookReceiver:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def compile_with_baseline(root: Path, n_images: int = 300) -> tuple[Path, Path, Path]:
+    """(package, trusted public key, baseline image folder): the classifier compiled for this machine with --baseline-images."""
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.package import Preprocessing
+    from edgefleet.signing import create_signing_key, public_path
+
+    key = create_signing_key(root / "signing.key")
+    brightness_classifier(root / "brightness.onnx")
+    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    rng = np.random.default_rng(1)
+    images = write_images(root / "train", [scene(rng) for _ in range(n_images)])
+    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
+                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True,
+                           baseline_images=str(images))
+    return result.package, public_path(key.path), images
+
+
+def telemetry_windows(package: Path, pub: Path, kind: str, n: int, frames: int = 120, seed: int = 0) -> list[dict]:
+    """`n` agent telemetry bodies whose drift summaries come from the agent's own code on real
+    frames ("normal", "dark" or "blur") run through the package's model."""
+    from edgefleet.agent.metrics import AgentMetrics, luma_stats
+    from edgefleet.agent.postprocess import interpret
+    from edgefleet.agent.preprocess import decode_image, preprocess
+    from edgefleet.agent.runtime import load_model
+    from edgefleet.package import open_package
+    from edgefleet.signing import load_public_key
+
+    rng = np.random.default_rng(seed)
+    change = {"normal": lambda im: im, "dark": darken, "blur": blur}[kind]
+    out = []
+    with open_package(package, [load_public_key(pub)]) as opened:
+        model, m = load_model(opened), opened.manifest
+        for _ in range(n):
+            metrics = AgentMetrics()
+            for _ in range(frames):
+                image = decode_image(jpeg(change(scene(rng))))
+                result = interpret(model.run([preprocess(image, m.inputs[0], m.preprocessing)]), m)
+                metrics.frame_ok(0.002, 0.001, *luma_stats(image), result.top_label, result.top_score)
+            out.append({"schema": 1, "model": {"name": m.name, "version": m.version}, **metrics.window()})
+    return out

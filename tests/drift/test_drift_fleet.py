@@ -6,11 +6,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from drift_support import LiveServer, WebhookReceiver, blur, darken, jpeg, scene
+from drift_support import LiveServer, WebhookReceiver, telemetry_windows
 from edgefleet.fleet.drift import DriftConfig
 
 
@@ -36,28 +35,8 @@ def drift_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package, monkeypa
 
 
 def windows(baseline_package, kind: str, n: int, frames: int = 120, seed: int = 0) -> list[dict]:
-    """`n` telemetry bodies whose drift summaries come from the agent's own code on real frames."""
-    from edgefleet.agent.metrics import AgentMetrics, luma_stats
-    from edgefleet.agent.postprocess import interpret
-    from edgefleet.agent.preprocess import decode_image, preprocess
-    from edgefleet.agent.runtime import load_model
-    from edgefleet.package import open_package
-    from edgefleet.signing import load_public_key
-
     package, pub, _ = baseline_package
-    rng = np.random.default_rng(seed)
-    change = {"normal": lambda im: im, "dark": darken, "blur": blur}[kind]
-    out = []
-    with open_package(package, [load_public_key(pub)]) as opened:
-        model, m = load_model(opened), opened.manifest
-        for _ in range(n):
-            metrics = AgentMetrics()
-            for _ in range(frames):
-                image = decode_image(jpeg(change(scene(rng))))
-                result = interpret(model.run([preprocess(image, m.inputs[0], m.preprocessing)]), m)
-                metrics.frame_ok(0.002, 0.001, *luma_stats(image), result.top_label, result.top_score)
-            out.append({"schema": 1, "model": {"name": m.name, "version": m.version}, **metrics.window()})
-    return out
+    return telemetry_windows(package, pub, kind, n, frames, seed)
 
 
 def feed(fleet, ingest, device: str, bodies: list[dict]) -> list[str]:

@@ -58,7 +58,7 @@ class World:
         cfg = self.root / f"{device}.toml"
         subprocess.run(CLI + ["agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port),
                               "--ca", str(self.broker.pki.ca_file), "--package", str(self.packages["v1"]), "--label", "person", "--fleet-url", self.url,
-                              "--trust", str(self.packages["key"]) + ".pub", "--user", os.environ.get("USER", "root"), "--unit-path", str(self.root / f"{device}.service")],
+                              "--trust", str(self.packages["key"]) + ".pub", "--user", "nobody", "--unit-path", str(self.root / f"{device}.service")],
                        env=self.env, capture_output=True, text=True, check=True)
         cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 1.0\n\n[health]\nenabled = false\n")
         token = self.http.post("/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "lobby"}).json()["token"]
@@ -140,7 +140,7 @@ def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
 
 @pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)
 def test_rollout_succeeds_across_waves_with_real_agents(world):
-    rid = world.rollout("2", {"canary": 1, "waves": [67, 100], "bake_time_s": 2, "health": {"min_samples": 1}})
+    rid = world.rollout("2", {"canary": 1, "waves": [60, 100], "bake_time_s": 2, "health": {"min_samples": 1}})
     final = world.wait(lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish")
     assert final["state"] == "succeeded", final
     assert final["installs"] == {"committed": 3}

@@ -95,8 +95,14 @@ def test_flows_on_postgresql(flow, pg_fleet, tiny_packages, tmp_path):
 
 
 def test_migrations_are_at_head_on_postgresql(pg_fleet):
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
+    from edgefleet.fleet.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     with pg_fleet.session() as s:
-        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == ScriptDirectory.from_config(cfg).get_current_head()
         assert s.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rollout_events'")).scalar() == 1

@@ -142,6 +142,13 @@ def test_compile_from_moto_s3_recovers_the_training_job(tmp_path, onnx_bytes, si
     assert (prov["source_uri"], prov["source_sha256"], prov["training_job"]) == (uri, sha256_file(archive), "doorcam-2026-11-27-01-02-03-456")
 
 
+def test_moto_s3_object_over_the_cap_is_not_downloaded(tmp_path, moto_s3):
+    moto_s3.put_object(Bucket="training-out", Key="big/output/model.tar.gz", Body=b"x" * 5000)
+    with pytest.raises(ModelSourceError, match="is 5000 bytes, over the 4096-byte cap"):
+        fetch_model("s3://training-out/big/output/model.tar.gz", tmp_path, limits=ArchiveLimits(max_total_bytes=4096))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_moto_s3_errors_are_model_source_errors(tmp_path, signing_key, cli, moto_s3):
     missing = cli("compile", "s3://training-out/jobs/j1/output/model.tar.gz", "--target", "x86_64")
     assert_cli_error(missing, ModelSourceError, "cannot download s3://training-out/jobs/j1/output/model.tar.gz", "AWS credentials")

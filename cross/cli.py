@@ -1,0 +1,78 @@
+"""`edgefleet cross sysroot | run | infer | image`: thin wrappers over edgefleet.cross."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgefleet.cli import console, print_json
+
+ARCH_CHOICE = click.Choice(["arm64", "armhf"])
+
+
+@click.group()
+def cross() -> None:
+    """ARM sysroots, QEMU user-mode emulation and arm64 container images, for testing on x86."""
+
+
+@cross.command("sysroot")
+@click.option("--arch", required=True, type=ARCH_CHOICE, help="arm64 for rasp4b/rasp5/aarch64, armhf for rasp3b/armv7.")
+@click.option("--force", is_flag=True, help="Rebuild even when a sysroot for the same inputs is cached.")
+@click.option("--mirror", help="Debian mirror (default $EDGEFLEET_DEBIAN_MIRROR or http://deb.debian.org/debian).")
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print sysroot.json.")
+def sysroot_command(arch: str, force: bool, mirror: str | None, quiet: bool, as_json: bool) -> None:
+    """Build (or reuse) the Debian bookworm sysroot for ARCH. Maps to edgefleet.cross.sysroot.build_sysroot."""
+    from edgefleet.cross.sysroot import build_sysroot
+
+    sysroot = build_sysroot(arch, mirror=mirror, force=force, quiet=quiet or as_json)
+    if as_json:
+        print_json({"path": str(sysroot.path), **sysroot.info.model_dump(mode="json")})
+    else:
+        console.print(f"sysroot {sysroot.info.spec.arch} {sysroot.info.key} at {sysroot.path}")
+
+
+@cross.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--target", "-t", required=True, help="ARM target whose sysroot runs the command (rasp4b, rasp3b, aarch64, ...).")
+@click.option("--timeout", type=float, help="Kill the command after this many seconds.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(target: str, timeout: float | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND (after --) from TARGET's sysroot under QEMU user mode; exits with its status.
+
+    Maps to edgefleet.cross.emulate.run_emulated. Example:
+    edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
+    """
+    from edgefleet.cross.emulate import run_emulated, sysroot_for_target
+
+    proc = run_emulated(sysroot_for_target(target), list(command), timeout=timeout)
+    sys.exit(proc.returncode)
+
+
+@cross.command("infer")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Image file to classify.")
+@click.option("--repeat", default=1, show_default=True, help="Runs to time.")
+@click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Trusted public key (repeatable).")
+def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ...]) -> None:
+    """Run an ARM PACKAGE on one image with `edgefleet run` inside its emulated sysroot.
+
+    Maps to edgefleet.cross.emulate.run_package_emulated; a package for another architecture is
+    refused before anything starts.
+    """
+    from edgefleet.cross.emulate import run_package_emulated
+
+    proc = run_package_emulated(package, image, repeat=repeat, trust=list(trust))
+    sys.exit(proc.returncode)
+
+
+@cross.command("image")
+@click.option("--arch", default="arm64", show_default=True, type=click.Choice(["arm64"]), help="Only arm64: armhf has no TVM runtime.")
+@click.option("--tag", default="edgefleet-agent:arm64", show_default=True)
+def image_command(arch: str, tag: str) -> None:
+    """Build an arm64 container image of the agent from the sysroot (docker import). Maps to edgefleet.cross.image.build_image."""
+    from edgefleet.cross.image import build_image
+
+    result = build_image(arch, tag)
+    console.print(f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}")
