@@ -22,11 +22,14 @@ def agent() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True, help="Config file to write.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edgefleet"), show_default=True)
 @click.option("--device-id", required=True, help="This camera's id (the CN of its certificate, its MQTT topics).")
-@click.option("--mqtt-host", required=True)
-@click.option("--mqtt-port", type=int, default=8883, show_default=True)
+@click.option("--mqtt-host", help="Broker host (default: what enrollment says).")
+@click.option("--mqtt-port", type=int, help="Broker port (default: what enrollment says, else 8883).")
 @click.option("--transport", type=click.Choice(["paho", "awsiot"]), default="paho", show_default=True)
-@click.option("--ca", "ca_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA certificate of the broker.")
-@click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Device certificate issued by hand (else enroll the CSR).")
+@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA certificate of the broker (default: what enrollment says).")
+@click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Device certificate issued by hand.")
+@click.option("--enroll-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File holding a one-time enrollment token (or set EDGEFLEET_ENROLL_TOKEN): enroll at --fleet-url for the certificate.")
+@click.option("--fleet-ca", "fleet_ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the fleet's HTTPS certificate, if private.")
 @click.option("--package", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Initial model package.")
 @click.option("--label", "labels", multiple=True, required=True, help="Label to alert on (repeatable).")
 @click.option("--fleet-url", help="Fleet HTTP API, for package downloads.")
@@ -35,12 +38,19 @@ def agent() -> None:
 @click.option("--unit-path", type=click.Path(path_type=Path), default=Path("/etc/systemd/system/edgefleet-agent.service"), show_default=True)
 @click.option("--force", is_flag=True, help="Rewrite an existing config (the device key is kept).")
 @click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
-def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, transport, ca_file, cert_file, package, labels, fleet_url, trust, user, unit_path, force, dry_run) -> None:
-    """Prepare this camera: config, device key and CSR, state folders, systemd unit. Maps to edgefleet.agent.install.install_agent."""
+def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, transport, ca_file, cert_file, enroll_token_file, fleet_ca_file, package, labels, fleet_url, trust, user, unit_path, force, dry_run) -> None:
+    """Prepare this camera: config, device key and CSR (enrolled at the fleet with a token), state folders, systemd unit.
+
+    Maps to edgefleet.agent.install.install_agent.
+    """
+    import os
+
     from edgefleet.agent.install import install_agent
 
+    # The token is a secret: from a file or the environment, never a flag value.
+    token = enroll_token_file.read_text().strip() if enroll_token_file else os.environ.get("EDGEFLEET_ENROLL_TOKEN") or None
     plan = install_agent(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
-                         ca_file=ca_file, cert_file=cert_file, package=package, labels=list(labels), fleet_url=fleet_url, trust=list(trust), user=user, unit_path=unit_path,
+                         ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=list(labels), fleet_url=fleet_url, trust=list(trust), user=user, unit_path=unit_path,
                          force=force, dry_run=dry_run)
     verb = "would create" if dry_run else "created"
     for directory in plan.directories:

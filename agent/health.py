@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from edgefleet.errors import UsageError
+
 
 class HealthServer:
     """Serves on host:port (port 0 picks a free one; see `.port`) from a daemon thread."""
@@ -39,7 +41,10 @@ class HealthServer:
         self.status = status
         self.registry = registry
         self.before_metrics = before_metrics
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise UsageError(f"the health endpoint cannot listen on {host}:{port}: {exc.strerror}", "set health.port to a free port (0 picks one) or health.enabled = false") from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
@@ -48,5 +53,6 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():
+            self.server.shutdown()
         self.server.server_close()

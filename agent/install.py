@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
 from edgefleet.agent.config import DEVICE_ID_PATTERN, parse_config
@@ -91,7 +92,7 @@ ExecStart={sys.executable} -m edgefleet.cli agent run --config {config_path}
 Restart=always
 RestartSec=5
 KillSignal=SIGTERM
-TimeoutStopSec=20
+TimeoutStopSec=30
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
@@ -130,12 +131,14 @@ def install_agent(
     config_path: Path,
     state_dir: Path,
     device_id: str,
-    mqtt_host: str,
-    ca_file: Path,
     labels: list[str],
-    mqtt_port: int = 8883,
+    mqtt_host: str | None = None,
+    ca_file: Path | None = None,
+    mqtt_port: int | None = None,
     transport: str = "paho",
     cert_file: Path | None = None,
+    enroll_token: str | None = None,
+    fleet_ca_file: Path | None = None,
     package: Path | None = None,
     fleet_url: str | None = None,
     trust: list[Path] | None = None,
@@ -144,7 +147,13 @@ def install_agent(
     force: bool = False,
     dry_run: bool = False,
 ) -> InstallPlan:
-    """Prepare a camera; returns what was (or, with dry_run, would be) written."""
+    """Prepare a camera; returns what was (or, with dry_run, would be) written.
+
+    With `enroll_token` (a one-time token from the fleet admin) the CSR is sent to
+    `fleet_url`/api/v1/enroll and the answer supplies the certificate, and, unless given, the
+    broker CA, host and port and the trusted package keys. Otherwise `mqtt_host` and `ca_file`
+    are required and the certificate comes by hand (`cert_file`) or later.
+    """
     import re
 
     if not re.match(DEVICE_ID_PATTERN, device_id):
@@ -156,7 +165,14 @@ def install_agent(
     state_dir, config_path = Path(state_dir).absolute(), Path(config_path).absolute()
     if config_path.exists() and not force:
         raise UsageError(f"{config_path} already exists", "pass --force to rewrite it (the device key is kept)")
-    if not Path(ca_file).is_file():
+    if enroll_token is not None:
+        if not fleet_url:
+            raise UsageError("enrollment needs the fleet's URL", "pass --fleet-url")
+        if cert_file is not None:
+            raise UsageError("both a certificate and an enrollment token were given", "pass --cert or an enrollment token, not both")
+    elif mqtt_host is None or ca_file is None:
+        raise UsageError("without fleet enrollment the broker host and CA must be given", "pass --mqtt-host and --ca, or enroll with --fleet-url and --enroll-token-file")
+    if ca_file is not None and not Path(ca_file).is_file():
         raise UsageError(f"CA certificate {ca_file} does not exist", "pass the fleet broker's CA with --ca")
     plan = InstallPlan()
     plan.directories = [state_dir, *(state_dir / d for d in STATE_SUBDIRS)]
@@ -171,13 +187,32 @@ def install_agent(
         key_pem, csr_pem = make_identity(device_id)
         plan.files[key_path] = "<new EC P-256 private key, mode 0600>"
     plan.files[csr_path] = csr_pem.decode()
-    plan.files[identity / "ca.pem"] = Path(ca_file).read_text()
+    ca_text = Path(ca_file).read_text() if ca_file else None
+    fleet_keys: list[str] = []
+    if enroll_token is not None and dry_run:
+        plan.notes.append(f"would enroll at {fleet_url} for the certificate (and the broker CA, address and trusted keys)")
+        ca_text = ca_text or "<broker CA from enrollment>"
+        plan.files[cert_path] = "<certificate from enrollment>"
+    elif enroll_token is not None:
+        from edgefleet.agent.enroll import enroll
+
+        enrolled = enroll(fleet_url, enroll_token, device_id, csr_pem, ca_file=fleet_ca_file)
+        check_certificate(enrolled.certificate.encode(), key_pem, device_id)
+        plan.files[cert_path] = enrolled.certificate
+        ca_text = ca_text or enrolled.ca_certificate
+        mqtt_host = mqtt_host or enrolled.broker_host
+        mqtt_port = mqtt_port or enrolled.broker_port
+        fleet_keys = enrolled.trusted_keys
+        plan.notes.append(f"enrolled at {fleet_url}")
+        if not mqtt_host:
+            raise UsageError("the fleet did not say where its broker is", "pass --mqtt-host")
+    plan.files[identity / "ca.pem"] = ca_text
     if cert_file is not None:
         cert_pem = Path(cert_file).read_bytes()
         if not dry_run:
             check_certificate(cert_pem, key_pem, device_id)
         plan.files[cert_path] = cert_pem.decode()
-    else:
+    elif enroll_token is None:
         plan.notes.append(f"no certificate yet: have the fleet CA sign {csr_path} and save it as {cert_path}")
     trusted = []
     for key in trust or []:
@@ -186,7 +221,12 @@ def install_agent(
         load_public_key(key)  # refuse anything that is not an ed25519 public key
         trusted.append(state_dir / "trusted" / Path(key).name)
         plan.files[trusted[-1]] = Path(key).read_text()
-    text = config_text(state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport, labels=labels,
+    for i, pem in enumerate(fleet_keys):
+        if not isinstance(serialization.load_pem_public_key(pem.encode()), Ed25519PublicKey):
+            raise UsageError("the fleet sent a trusted key that is not ed25519", "check the fleet's signing keys")
+        trusted.append(state_dir / "trusted" / f"fleet-{i}.pub")
+        plan.files[trusted[-1]] = pem
+    text = config_text(state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host or "<from enrollment>", mqtt_port=mqtt_port or 8883, transport=transport, labels=labels,
                        package=Path(package).absolute() if package else None, fleet_url=fleet_url, trusted=trusted)
     import tomllib
 

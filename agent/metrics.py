@@ -33,7 +33,8 @@ def _hist(values: list[float], edges: np.ndarray) -> dict:
 
 def luma_stats(image: Image.Image) -> tuple[float, float]:
     """Mean and standard deviation of luma on a small copy (cheap on a camera CPU)."""
-    small = image.reduce(max(1, min(image.size) // 64)).convert("L")
+    gray = image.convert("L")  # first: reduce() does not take every mode (palette PNGs)
+    small = gray.reduce(max(1, min(gray.size) // 64))
     pixels = np.asarray(small, dtype=np.float32) / 255.0
     return float(pixels.mean()), float(pixels.std())
 

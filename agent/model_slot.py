@@ -70,6 +70,11 @@ class ModelSlot:
         return active
 
     @property
+    def loaded(self) -> ActiveModel | None:
+        """The active pair, or None before the first load."""
+        return self._active
+
+    @property
     def model(self) -> Any:
         return self.active.model
 

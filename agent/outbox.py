@@ -119,6 +119,11 @@ class Outbox:
             ).fetchall()
         return [Message(*row) for row in rows]
 
+    def wake(self) -> None:
+        """Wake a sender waiting in wait_for_pending (acks to write, or stopping)."""
+        with self._lock:
+            self._has_pending.notify_all()
+
     def mark_handed(self, seq: int) -> None:
         with self._lock:
             self._handed = max(self._handed, seq)
@@ -130,10 +135,16 @@ class Outbox:
                 self._has_pending.wait(timeout)
 
     def ack(self, seq: int) -> None:
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: list[int]) -> None:
+        """Mark messages delivered, in one transaction. Losing this on a crash only means a resend."""
         with self._lock:
-            self._db.execute("UPDATE messages SET delivered = 1, payload = NULL WHERE seq = ?", (seq,))
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE messages SET delivered = 1, payload = NULL WHERE seq = ?", [(s,) for s in seqs])
             # Forget delivered rows beyond the de-duplication window.
             self._db.execute("DELETE FROM messages WHERE delivered = 1 AND seq <= (SELECT MAX(seq) FROM messages WHERE delivered = 1) - ?", (KEEP_DELIVERED,))
+            self._db.execute("COMMIT")
 
     def stats(self) -> dict:
         with self._lock:

@@ -130,7 +130,7 @@ class Agent:
 
     # -- MQTT ---------------------------------------------------------------------------
     def _publish_online(self) -> None:
-        manifest = self.slot._active.manifest if self.slot._active else None
+        manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.publish(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "online", manifest)).encode(), retain=True)
 
     def publish(self, topic_suffix: str, payload: dict) -> None:
@@ -165,14 +165,14 @@ class Agent:
             self.send_telemetry()
 
     def send_telemetry(self) -> None:
-        manifest = self.slot._active.manifest if self.slot._active else None
+        manifest = self.slot.loaded.manifest if self.slot.loaded else None
         body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats())
         self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), body)
 
     # -- health -------------------------------------------------------------------------
     def health_status(self) -> dict:
         stats = self.outbox.stats()
-        active = self.slot._active
+        active = self.slot.loaded
         ok = active is not None and not self.stop_event.is_set()
         return {
             "status": "ok" if ok else "degraded",
@@ -224,16 +224,16 @@ class Agent:
             outputs = active.model.run([batch])
             model_s = time.perf_counter() - model_start
             result = interpret(outputs, active.manifest)
-        except Exception as exc:  # a frame that breaks preprocessing or the model is counted, not fatal
+            brightness, contrast = luma_stats(image)
+            hits = self.rules.observe(result.scores, time.monotonic())
+            rules = self.cfg.rules
+            thumb = payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes) if hits and rules.thumbnail else None
+        except Exception as exc:  # a frame that breaks preprocessing, the model or a thumbnail is counted, not fatal
             self.metrics.frame_error()
             log.warning("inference failed on frame %s: %s", frame.key, str(exc)[:200])
             self._done(by_source, frame)
             return
-        brightness, contrast = luma_stats(image)
-        hits = self.rules.observe(result.scores, time.monotonic())
         if hits:
-            rules = self.cfg.rules
-            thumb = payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes) if rules.thumbnail else None
             topic = payloads.topic(self.device, "alerts")
             bodies = [payloads.alert(self.device, hit, result, active.manifest, frame_key=frame.key, source=frame.source, latency_ms=model_s * 1000, thumb=thumb) for hit in hits]
             for hit, added in zip(hits, self.outbox.put_many([("alert", topic, body) for body in bodies])):
@@ -262,15 +262,16 @@ class Agent:
         if self.updates is not None:
             self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
             self._start_thread(self._jobs_worker, "jobs")
-        self.transport.start()
-        self.sender.start()
-        self._start_thread(self._telemetry_loop, "telemetry")
-        if self.cfg.health.enabled:
+        if self.cfg.health.enabled:  # bind first: a busy port fails before anything connects
             from edgefleet.agent.health import HealthServer
 
             self.health = HealthServer(self.cfg.health.host, self.cfg.health.port, self.health_status, self.metrics.registry, self._refresh_gauges)
-            self.health.start()
             (self.state / "health.port").write_text(f"{self.health.port}\n")
+        self.transport.start()
+        self.sender.start()
+        self._start_thread(self._telemetry_loop, "telemetry")
+        if self.health is not None:
+            self.health.start()
         for source in self.sources:
             self._start_thread(self._pump, f"source-{source.name}", source)
         handled = 0
@@ -284,7 +285,11 @@ class Agent:
                         break
                     continue
                 last_frame = time.monotonic()
-                self.handle(frame)
+                try:
+                    self.handle(frame)
+                except Exception:  # e.g. the disk is full: keep the camera running, say why
+                    self.metrics.frame_error()
+                    log.exception("could not store the result of frame %s", frame.key)
                 handled += 1
                 if self.options.max_frames is not None and handled >= self.options.max_frames:
                     break
@@ -307,7 +312,7 @@ class Agent:
         if not self.sender.drain(self.options.drain_s):
             log.warning("stopping with %d messages not yet acked; they are kept and sent on the next start", self.outbox.stats()["pending"])
         self.sender.stop()
-        manifest = self.slot._active.manifest if self.slot._active else None
+        manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.stop(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "offline", manifest)).encode())
         if self.health is not None:
             self.health.stop()

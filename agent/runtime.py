@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.errors import PackageIntegrityError, TargetNotRunnableError
+from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError
 from edgefleet.package import Manifest, OpenedPackage
 
 
@@ -45,9 +45,15 @@ class TfliteModel:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            from tflite_runtime.interpreter import Interpreter
-        self.interpreter = Interpreter(model_path=str(path))
-        self.interpreter.allocate_tensors()
+            try:
+                from tflite_runtime.interpreter import Interpreter
+            except ImportError:
+                raise MissingToolError("running a .tflite model needs ai-edge-litert (or tflite-runtime), which is not installed", "pip install 'edgefleet[litert]'") from None
+        try:
+            self.interpreter = Interpreter(model_path=str(path))
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise PackageIntegrityError(f"cannot load the TFLite model {Path(path).name}: {str(exc).splitlines()[0][:200]}", "check that the file is a complete .tflite model") from None
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for detail, x in zip(self.interpreter.get_input_details(), inputs):

@@ -18,14 +18,26 @@ class Sender(threading.Thread):
         self.stop_event = threading.Event()
         self._cond = threading.Condition()
         self._inflight: set[int] = set()
+        self._acked_seqs: list[int] = []
         self.acked = 0
+
+    def _flush_acks(self) -> None:
+        with self._cond:
+            acked, self._acked_seqs = self._acked_seqs, []
+        if acked:
+            self.outbox.ack_many(acked)
+            with self._cond:
+                self._inflight.difference_update(acked)
+                self.acked += len(acked)
 
     def run(self) -> None:
         last = 0
         while not self.stop_event.is_set():
+            self._flush_acks()
             with self._cond:
                 if len(self._inflight) >= self.window:
-                    self._cond.wait(0.5)
+                    if not self._acked_seqs:
+                        self._cond.wait(0.5)
                     continue
                 room = self.window - len(self._inflight)
             batch = self.outbox.pending(after_seq=last, limit=room)
@@ -41,11 +53,11 @@ class Sender(threading.Thread):
                 last = msg.seq
 
     def _acked(self, seq: int) -> None:
-        self.outbox.ack(seq)
+        # Runs on the network thread: only note it; the sender thread writes acks in batches.
         with self._cond:
-            self._inflight.discard(seq)
-            self.acked += 1
+            self._acked_seqs.append(seq)
             self._cond.notify_all()
+        self.outbox.wake()
 
     def drain(self, timeout: float) -> bool:
         """Wait until every stored message is acked (True) or timeout (False)."""
@@ -58,4 +70,6 @@ class Sender(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.outbox.wake()
         self.join(timeout=5)
+        self._flush_acks()

@@ -264,12 +264,15 @@ class UpdateManager:
             "target_existed": (self.slot.packages / f"{name}-{version}").is_dir(),
         }
         self._enter(job, "idle", "")
-        active = self._active_manifest()
-        if active is not None and (active.name, active.version) == (name, version):
-            self._event(job, "already_installed", f"{name} {version} is already active")
-        else:
-            self._event(job, "start", "")
+        self._event(job, *self._start(job))
         return job
+
+    def _start(self, job: dict) -> tuple[str, str]:
+        active = self._active_manifest()
+        name, version = job["package"]["name"], job["package"]["version"]
+        if active is not None and (active.name, active.version) == (name, version):
+            return "already_installed", f"{name} {version} is already active"
+        return "start", ""
 
     def _active_manifest(self):
         """The active model's manifest; read from `current` on disk if the slot is not loaded yet."""
@@ -290,7 +293,7 @@ class UpdateManager:
 
     def _run(self, job: dict) -> None:
         actions = {
-            "idle": lambda j: ("start", ""),
+            "idle": self._start,
             "downloading": self._download,
             "verifying": self._verify,
             "staged": lambda j: ("switch", ""),

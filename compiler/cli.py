@@ -31,6 +31,14 @@ def _resize(value: str | None) -> tuple[int, int] | None:
     return (h, w)
 
 
+def _supported_cell(op: str, unsupported) -> str:
+    # Rule entries read "Op (attribute)": the operator converts, but not with that attribute.
+    if op in unsupported:
+        return "no"
+    reasons = [key[len(op) + 2 : -1] for key in unsupported if key.startswith(op + " (")]
+    return f"no: {'; '.join(reasons)}" if reasons else "yes"
+
+
 @click.command("compile")
 @click.argument("model")
 @click.option("--target", "-t", help="Target name (see `edgefleet targets`), Neo TargetPlatform (os=linux,arch=arm64) or a TVM target JSON dict.")
@@ -68,7 +76,7 @@ def compile_command(model, target, output, name, model_version, input_shapes, la
         if as_json:
             print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported)})
         else:
-            table(["operator", "count", "supported"], [[op, n, "no" if op in report.unsupported else "yes"] for op, n in sorted(report.counts.items())], title=f"{model} ({report.format})")
+            table(["operator", "count", "supported"], [[op, n, _supported_cell(op, report.unsupported)] for op, n in sorted(report.counts.items())], title=f"{model} ({report.format})")
         if not report.ok:
             raise unsupported_error(report, model)
         return

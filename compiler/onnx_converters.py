@@ -34,7 +34,11 @@ def _bit_shift(bb, inputs, attr, opset):
     op = relax.op.left_shift if attr.get("direction", b"LEFT") == b"LEFT" else relax.op.right_shift
     in_range = relax.op.logical_and(relax.op.less(y, relax.const(bits, dtype)), relax.op.greater_equal(y, relax.const(0, dtype)))
     safe_y = relax.op.where(in_range, y, relax.const(0, dtype))
-    return relax.op.where(in_range, op(x, safe_y), relax.op.zeros_like(x))
+    overflow = relax.op.zeros_like(x)
+    if attr.get("direction", b"LEFT") != b"LEFT" and not dtype.startswith("u"):
+        # An arithmetic right shift past the width leaves only the sign: -1 for negative x.
+        overflow = relax.op.where(relax.op.less(x, relax.const(0, dtype)), relax.op.full_like(x, relax.const(-1, dtype)), overflow)
+    return relax.op.where(in_range, op(x, safe_y), overflow)
 
 
 def _softplus_expr(x):

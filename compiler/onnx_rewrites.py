@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import onnx
 import onnx.inliner
-from onnx import helper
+from onnx import helper, numpy_helper
 
 EXPAND_DOMAIN = "edgefleet.expand"
 
@@ -106,6 +106,11 @@ def _opset(model, domain: str = "") -> int:
     return 1
 
 
+def _used(graph, name: str) -> bool:
+    """Whether a node or the graph's outputs read `name` (exporters name outputs nobody reads, e.g. Dropout masks)."""
+    return any(name in n.input for n in graph.node) or any(o.name == name for o in graph.output)
+
+
 def _is_constant(graph, name: str, produced: dict) -> bool:
     if not name:
         return True  # an omitted optional input
@@ -113,6 +118,38 @@ def _is_constant(graph, name: str, produced: dict) -> bool:
         return True
     node = produced.get(name)
     return node is not None and node.op_type == "Constant"
+
+
+_FLOATS = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
+
+
+def _constant(graph, name: str, produced: dict) -> list | None:
+    """The values of a constant input (initializer or Constant node) as a flat list, else None."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init).ravel().tolist()
+    node = produced.get(name)
+    if node is not None and node.op_type == "Constant" and _attr(node, "value") is not None:
+        return numpy_helper.to_array(_attr(node, "value")).ravel().tolist()
+    return None
+
+
+def _position_rule(node, index: int, graph, produced) -> str | None:
+    # TVM's sequence converters index from the front only: negative positions land elsewhere.
+    if index >= len(node.input) or not node.input[index]:
+        return None
+    value = _constant(graph, node.input[index], produced)
+    return "a negative or run-time position" if value is None or any(v < 0 for v in value) else None
+
+
+def _dtype_rejections(node, dtypes: dict[str, str]) -> str | None:
+    names = {dtypes.get(v) for v in list(node.input) + list(node.output) if v}
+    for attr in ("to", "output_dtype"):
+        value = _attr(node, attr)
+        if isinstance(value, int) and value:
+            names.add(onnx.TensorProto.DataType.Name(value))
+    bad = sorted(names & UNSUPPORTED_DTYPES)
+    return f"{'/'.join(bad)} tensors" if bad else None
 
 
 # --- known-wrong conversions ----------------------------------------------------------------
@@ -135,13 +172,23 @@ def _non_constant_inputs(*indices: int, what: str) -> Rule:
 RULES: list[tuple[str, Rule]] = [
     ("BatchNormalization", lambda n, *_: "training_mode=1" if _attr(n, "training_mode", 0) else None),
     ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
-    ("Dropout", lambda n, *_: "mask output" if len(n.output) > 1 and n.output[1] else None),
+    ("Dropout", lambda n, g, *_: "mask output" if len(n.output) > 1 and n.output[1] and _used(g, n.output[1]) else None),
     ("LayerNormalization", lambda n, *_: "Mean/InvStdDev outputs" if len([o for o in n.output[1:] if o]) else None),
     ("RoiAlign", lambda n, *_: "mode=max" if _attr(n, "mode", b"avg") == b"max" else None),
     ("SpaceToDepth", lambda n, *_: "mode=CRD" if _attr(n, "mode", b"DCR") == b"CRD" else None),
     ("SplitToSequence", lambda n, *_: "keepdims=0" if _attr(n, "keepdims", 1) == 0 else None),
-    ("Mod", lambda n, g, p, dtypes: "fmod=0 on floating-point inputs" if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0], "").startswith(("float", "bfloat")) else None),
+    ("Mod", lambda n, g, p, dtypes: "fmod=0 on floating-point inputs" if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0]) in _FLOATS else None),
+    ("Dropout", lambda n, g, p, dtypes: "training_mode input" if len(n.input) > 2 and n.input[2] and _constant(g, n.input[2], p) != [False] else None),
+    ("SequenceErase", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
+    ("SequenceInsert", lambda n, g, p, dtypes: _position_rule(n, 2, g, p)),
+    ("SequenceAt", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
+    # float16 accumulation differs from ONNX's beyond its tolerance.
+    ("CausalConvWithState", lambda n, g, p, dtypes: "float16 inputs" if dtypes.get(n.input[0]) == "FLOAT16" else None),
 ]
+# Rules whose operator computes wrongly in its ONNX function body as well: never expanded.
+EXPANSION_WRONG_TOO = {"CausalConvWithState"}
+# Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex).
+UNSUPPORTED_DTYPES = {"STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
 # Checked after constant folding (to_relax), when it is known what stays computed at run time.
 RUNTIME_RULES: list[tuple[str, Rule]] = [
     ("NonMaxSuppression", _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold")),
@@ -150,6 +197,7 @@ RUNTIME_RULES: list[tuple[str, Rule]] = [
 
 
 def _dtypes(model) -> dict[str, str]:
+    """Value name -> ONNX element type name (FLOAT, FLOAT8E4M3FN, ...), from shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # inference is best effort here; rules that need a dtype then do not fire
@@ -158,9 +206,9 @@ def _dtypes(model) -> dict[str, str]:
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         elem = vi.type.tensor_type.elem_type
         if elem:
-            out[vi.name] = helper.tensor_dtype_to_np_dtype(elem).name if elem not in (16,) else "bfloat16"
+            out[vi.name] = onnx.TensorProto.DataType.Name(elem)
     for init in model.graph.initializer:
-        out[init.name] = "bfloat16" if init.data_type == 16 else helper.tensor_dtype_to_np_dtype(init.data_type).name
+        out[init.name] = onnx.TensorProto.DataType.Name(init.data_type)
     return out
 
 
@@ -173,13 +221,18 @@ def rejections(model, rules: list[tuple[str, Rule]] = RULES) -> Counter:
         for node in graph.node:
             if node.domain not in ("", "ai.onnx"):
                 continue
+            if dtypes is None:
+                dtypes = _dtypes(model)
+            if rules is RULES:
+                reason = _dtype_rejections(node, dtypes)
+                if reason:
+                    out[f"{node.op_type} ({reason})"] += 1
+                    continue
             for op, rule in rules:
                 if node.op_type != op:
                     continue
-                if dtypes is None:
-                    dtypes = _dtypes(model)
                 reason = rule(node, graph, produced, dtypes)
-                if reason and not _has_function(node.op_type, _opset(model)):
+                if reason and (op in EXPANSION_WRONG_TOO or not _has_function(node.op_type, _opset(model))):
                     out[f"{op} ({reason})"] += 1
     return out
 
@@ -206,7 +259,7 @@ def _needs_expansion(node, graph, produced, dtypes, convertible: set[str], opset
         return False
     if node.op_type not in convertible:
         return True
-    return any(op == node.op_type and rule(node, graph, produced, dtypes) for op, rule in RULES)
+    return node.op_type not in EXPANSION_WRONG_TOO and any(op == node.op_type and rule(node, graph, produced, dtypes) for op, rule in RULES)
 
 
 def expand_functions(model, convertible: set[str]):

@@ -185,21 +185,34 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
     spatial, reduce = loops[: kinds.count("S")], loops[kinds.count("S") :]
     if not spatial:
         return
-    inner = spatial[-1]
-    inner_n = _extent(sch, inner)
-    vectorize = inner_n is not None and 1 < inner_n <= 64 and len(spatial) > 1
-    outer = spatial[:-1] if vectorize else spatial
-    if reduce and vectorize:
-        # Move the vectorized spatial loop inside the reduction: one vector accumulator.
-        sch.reorder(*outer, *reduce, inner)
-    if outer:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    if vectorize:
-        sch.vectorize(inner)
-        if reduce:
-            sch.decompose_reduction(block, reduce[0])
+    if not reduce:
+        # Element-wise / layout transform / concat: one flat loop, in vectors of 16 when it divides.
+        flat = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        total = _extent(sch, flat)
+        if total is not None and total % 16 == 0 and total >= 32:
+            outer, inner = sch.split(flat, [None, 16])
+            sch.parallel(outer)
+            sch.vectorize(inner)
+        else:
+            sch.parallel(flat)
+        return
+    # Reductions (pooling, dense, mean, softmax): the innermost spatial loop, or a 16-wide
+    # piece of it, moves inside the reduction as one vector accumulator.
+    inner, inner_n = spatial[-1], _extent(sch, spatial[-1])
+    outer = spatial[:-1]
+    if inner_n is not None and inner_n > 64 and inner_n % 16 == 0:
+        inner_o, inner = sch.split(inner, [None, 16])
+        outer, inner_n = [*outer, inner_o], 16
+    if inner_n is None or inner_n == 1 or inner_n > 64 or not outer:
+        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+        return
+    sch.reorder(*outer, *reduce, inner)
+    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    sch.vectorize(inner)
+    sch.decompose_reduction(block, reduce[0])
 
 
 def default_schedules() -> tvm.transform.Pass:
-    """The rules in priority order; dlight's GEMV/Reduction handle dense layers and row reductions."""
-    return dlight.ApplyDefaultSchedule(Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Generic())
+    """The rules in priority order. dlight's CPU GEMV handles dense layers; its Reduction rule is left
+    out: it made a 1000-way softmax take 8 ms (vs 0.01 ms with `Generic`)."""
+    return dlight.ApplyDefaultSchedule(Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), Generic())

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -136,7 +137,7 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
                     fh.write(chunk)
             if size == 0:
                 raise BadInputError("the request body is empty", "send the package file as the body")
-            return registry.upload_package(fleet, Path(tmp))
+            return await run_in_threadpool(registry.upload_package, fleet, Path(tmp))
         finally:
             os.unlink(tmp)
 
@@ -214,6 +215,6 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
             raise NotFoundError(f"no active token named {name!r}", "")
         return {"revoked": n}
 
-    drift_service.add_routes(app, fleet)  # /api/v1/drift*, /api/v1/telemetry (docs/drift.md)
+    drift_service.add_routes(app, fleet, ingest.drift if ingest else None)  # /api/v1/drift*, /api/v1/telemetry (docs/drift.md)
     mount_dashboard(app)  # /dashboard (docs/dashboard.md)
     return app

@@ -23,13 +23,13 @@ def create_token(fleet: Fleet, name: str, scope: str) -> str:
     if scope not in RANK:
         raise UsageError(f"unknown scope {scope!r}", f"use one of {', '.join(SCOPES)}")
     token = "eft_" + secrets.token_urlsafe(32)
-    with fleet.session() as s, s.begin():
+    with fleet.writer() as s, s.begin():
         s.add(ApiToken(name=name, scope=scope, token_sha256=sha256_text(token)))
     return token
 
 
 def revoke_token(fleet: Fleet, name: str) -> int:
-    with fleet.session() as s, s.begin():
+    with fleet.writer() as s, s.begin():
         rows = s.scalars(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False))).all()
         for row in rows:
             row.revoked = True

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.db import open_database
 from edgefleet.fleet.store import LocalStore, S3Store, open_store
-from edgefleet.signing import SigningKey, default_trusted_keys, load_signing_key, public_path
+from edgefleet.signing import SigningKey, default_trusted_keys, key_id, load_signing_key
 
 # publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1).
 Notifier = Callable[[str, dict], None]
@@ -31,7 +31,8 @@ def sha256_text(text: str) -> str:
 @dataclass
 class Fleet:
     config: FleetConfig
-    sessions: sessionmaker
+    sessions: sessionmaker  # write transactions
+    readers: sessionmaker  # read-only work: listings, token checks
     store: LocalStore | S3Store
     signing_key: SigningKey | None
     trusted: list[Ed25519PublicKey]
@@ -42,6 +43,11 @@ class Fleet:
     clock: Callable[[], float] = time.time
 
     def session(self) -> Session:
+        """A session for reading (on SQLite it never blocks writers)."""
+        return self.readers()
+
+    def writer(self) -> Session:
+        """A session for a write transaction: `with fleet.writer() as s, s.begin(): ...`."""
         return self.sessions()
 
     def download_signature(self, build_id: int, expires: int) -> str:
@@ -77,18 +83,12 @@ def _secret(path: Path) -> bytes:
 def open_fleet(config: FleetConfig, notify: Notifier | None = None) -> Fleet:
     """Open (and migrate) the database and the store; load the fleet's signing key if present."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    sessions = open_database(config.resolved_database_url())
+    sessions, readers = open_database(config.resolved_database_url())
     signing_key = load_signing_key(config.signing_key) if config.signing_key.exists() else None
     trusted = default_trusted_keys()
-    if signing_key and public_path(signing_key.path).exists() and signing_key.key_id not in {_kid(k) for k in trusted}:
-        trusted.append(signing_key.public)
-    fleet = Fleet(config, sessions, open_store(config.resolved_store()), signing_key, trusted, _secret(config.data_dir / "download.secret"))
+    if signing_key and signing_key.key_id not in {key_id(k) for k in trusted}:
+        trusted.append(signing_key.public)  # packages the fleet's own key signed are trusted too
+    fleet = Fleet(config, sessions, readers, open_store(config.resolved_store()), signing_key, trusted, _secret(config.data_dir / "download.secret"))
     if notify:
         fleet.notify = notify
     return fleet
-
-
-def _kid(key: Ed25519PublicKey) -> str:
-    from edgefleet.signing import key_id
-
-    return key_id(key)

@@ -179,15 +179,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # pysqlite's own BEGIN handling is switched off so every transaction is BEGIN IMMEDIATE
+    # pysqlite's own BEGIN handling is switched off so write transactions are BEGIN IMMEDIATE
     # (see _sqlite_begin): the API, the MQTT ingest and the rollout ticker write concurrently,
     # and a deferred transaction that reads and then writes can fail with SQLITE_BUSY at once.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # Writers take the write lock up front (and wait for it); readers get a deferred snapshot.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("edgefleet_write") else "BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -199,7 +204,7 @@ def make_engine(url: str) -> Engine:
         raise ServiceError(f"cannot use database URL {url!r}: {exc}", "use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -215,7 +220,8 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_database(url: str) -> sessionmaker:
+def open_database(url: str) -> tuple[sessionmaker, sessionmaker]:
+    """(writer, reader) session factories; on SQLite only writers take the write lock."""
     engine = make_engine(url)
     try:
         upgrade(engine)
@@ -223,4 +229,5 @@ def open_database(url: str) -> sessionmaker:
         if isinstance(exc, ServiceError):
             raise
         raise ServiceError(f"cannot open or migrate the fleet database {engine.url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}", "check the database URL, that the server runs, and its credentials") from None
-    return sessionmaker(engine, expire_on_commit=False)
+    writer = engine.execution_options(edgefleet_write=True)
+    return sessionmaker(writer, expire_on_commit=False), sessionmaker(engine, expire_on_commit=False)

@@ -51,7 +51,7 @@ def ca(fleet: Fleet) -> CertificateAuthority:
 def create_enrollment_token(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> str:
     check_device_id(device_id)
     token = "efe_" + secrets.token_urlsafe(24)
-    with fleet.session() as s, s.begin():
+    with fleet.writer() as s, s.begin():
         if s.get(Device, device_id) is not None:
             raise ConflictError(f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id")
         s.add(EnrollmentToken(token_sha256=sha256_text(token), device_id=device_id, group=group, tags=sorted(set(tags or [])), target=target, expires_at=fleet.clock() + fleet.config.enrollment_ttl_s))
@@ -62,7 +62,7 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
     """Spend `token`, sign the CSR, register the device and return what the device needs."""
     check_device_id(device_id)
     authority = ca(fleet)
-    with fleet.lock, fleet.session() as s, s.begin():
+    with fleet.lock, fleet.writer() as s, s.begin():
         row = s.scalar(select(EnrollmentToken).where(EnrollmentToken.token_sha256 == sha256_text(token or "")))
         if row is None or row.device_id != device_id:
             raise PermissionDeniedError("unknown enrollment token for this device", "ask the fleet admin for a token made for this device id")
@@ -132,7 +132,7 @@ def get_device(fleet: Fleet, device_id: str) -> dict:
 
 
 def update_device(fleet: Fleet, device_id: str, group: str | None = None, add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> dict:
-    with fleet.session() as s, s.begin():
+    with fleet.writer() as s, s.begin():
         d = s.get(Device, device_id)
         if d is None:
             raise NotFoundError(f"no device {device_id!r}", "list devices with `edgefleet fleet devices list`")
@@ -145,7 +145,7 @@ def update_device(fleet: Fleet, device_id: str, group: str | None = None, add_ta
 def register_device(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> dict:
     """Register a device whose certificate was issued out of band (simulated fleets, benchmarks)."""
     check_device_id(device_id)
-    with fleet.session() as s, s.begin():
+    with fleet.writer() as s, s.begin():
         if s.get(Device, device_id) is not None:
             raise ConflictError(f"device {device_id!r} is already enrolled", "use another id")
         d = Device(id=device_id, target=target, group=group, tags=sorted(set(tags or [])))

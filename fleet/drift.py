@@ -84,6 +84,20 @@ def parse_summary(raw: object) -> DriftSummary:
         raise BadInputError(f"drift summary is malformed at {where or 'top level'}: {first['msg']}", "send the agent's telemetry `drift` object unchanged") from None
 
 
+def merge_summaries(summaries: list[DriftSummary]) -> DriftSummary:
+    """Several windows (of one model version, same fixed edges) as one: counts added bin by bin."""
+    first = summaries[0]
+
+    def add(feature: str) -> Histogram:
+        return Histogram(edges=getattr(first, feature).edges, counts=[sum(c) for c in zip(*(getattr(s, feature).counts for s in summaries))])
+
+    predictions: dict[str, int] = {}
+    for s in summaries:
+        for label, n in s.predictions.items():
+            predictions[label] = predictions.get(label, 0) + n
+    return DriftSummary(brightness=add("brightness"), contrast=add("contrast"), predictions=predictions, confidence=add("confidence"))
+
+
 def parse_baseline(raw: object) -> Baseline:
     if isinstance(raw, dict) and raw.get("format_version") not in (None, BASELINE_FORMAT_VERSION):
         raise BadInputError(f"baseline format version {raw.get('format_version')} is not supported (this edgefleet reads {BASELINE_FORMAT_VERSION})", "upgrade edgefleet on the fleet service")

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Base, Build, Device, ModelGroup, ModelVersion, Telemetry, now
-from edgefleet.fleet.drift import AlarmState, Baseline, DriftConfig, judge, parse_baseline, parse_summary, step
+from edgefleet.fleet.drift import AlarmState, Baseline, DriftConfig, judge, merge_summaries, parse_baseline, parse_summary, step
 
 log = logging.getLogger("edgefleet.fleet.drift")
 ALARM_SCHEMA = 1
@@ -62,6 +62,7 @@ class DriftWindow(Base):
     over: Mapped[bool] = mapped_column(Boolean)
     state: Mapped[str] = mapped_column(String(16))  # the alarm's state after this window
     distances: Mapped[dict[str, Any]] = mapped_column(JSON)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)  # the window itself, for the fleet-wide view
 
 
 class DriftAlarm(Base):
@@ -114,8 +115,9 @@ class DriftMonitor:
         self.publish = publish
         self.webhook = webhook_url(self.config)
         self.counters: Tally[str] = Tally()
-        self._baselines: dict[int, Baseline | None] = {}
+        self._baselines: dict[tuple[str, str], Baseline | None] = {}  # (model, version) once a build exists
         self._batch: list[dict] | None = None
+        self._alarms: dict[tuple[str, str, str], DriftAlarm] = {}  # this batch's alarm rows, flushed or not
 
     def use_mqtt(self, client) -> None:
         """Publish alarms through the fleet's paho client (QoS 1, retained: the last change per device)."""
@@ -141,31 +143,34 @@ class DriftMonitor:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def baseline_for(self, s: Session, model_name: str, version: str, target: str) -> Baseline | None:
-        builds = s.scalars(
-            select(Build).join(ModelVersion, ModelVersion.id == Build.model_version_id).join(ModelGroup, ModelGroup.id == ModelVersion.group_id)
-            .where(ModelGroup.name == model_name, ModelVersion.version == version)
-        ).all()
+        key = (model_name, version)
+        if key in self._baselines:
+            return self._baselines[key]
+        with s.no_autoflush:
+            builds = s.scalars(
+                select(Build).join(ModelVersion, ModelVersion.id == Build.model_version_id).join(ModelGroup, ModelGroup.id == ModelVersion.group_id)
+                .where(ModelGroup.name == model_name, ModelVersion.version == version)
+            ).all()
         if not builds:
-            return None
-        build = next((b for b in builds if b.target == target), builds[0])  # every build of a version shares its baseline
-        if build.id not in self._baselines:
-            try:
-                self._baselines[build.id] = self._read_baseline(build)
-            except (EdgefleetError, OSError, ValueError) as exc:
-                log.warning("no usable baseline in build %s of %s %s: %s", build.id, model_name, version, exc)
-                self._baselines[build.id] = None
-        return self._baselines[build.id]
+            return None  # not uploaded (yet): asked again next time
+        build = next((b for b in builds if b.target == target), builds[0])  # the builds of a version share one source model and baseline
+        try:
+            self._baselines[key] = self._read_baseline(build)
+        except (EdgefleetError, OSError, ValueError) as exc:
+            log.warning("no usable baseline in build %s of %s %s: %s", build.id, model_name, version, exc)
+            self._baselines[key] = None
+        return self._baselines[key]
 
     # -- ingest ---------------------------------------------------------------------------
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Wrap one ingest transaction: alarm changes are announced only if it commits."""
-        self._batch = []
+        self._batch, self._alarms = [], {}
         try:
             yield
             changes = self._batch
         finally:
-            self._batch = None
+            self._batch, self._alarms = None, {}
         self.announce(changes)
 
     def observe(self, s: Session, device_id: str, body: dict, at: float) -> None:
@@ -193,16 +198,22 @@ class DriftMonitor:
         except BadInputError:
             self.counters["drift_malformed"] += 1
             return
-        alarm = s.scalar(select(DriftAlarm).where(DriftAlarm.device_id == device_id, DriftAlarm.model_name == name, DriftAlarm.model_version == version))
+        key = (device_id, name, version)
+        alarm = self._alarms.get(key)
         if alarm is None:
-            alarm = DriftAlarm(device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0, under_streak=0)
-            s.add(alarm)
+            with s.no_autoflush:  # one flush per batch, not per message (10x the ingest rate)
+                alarm = s.scalar(select(DriftAlarm).where(DriftAlarm.device_id == device_id, DriftAlarm.model_name == name, DriftAlarm.model_version == version))
+            if alarm is None:
+                alarm = DriftAlarm(device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0, under_streak=0)
+                s.add(alarm)
+            self._alarms[key] = alarm
         new, change = step(AlarmState(alarm.state, alarm.over_streak, alarm.under_streak), verdict.over, self.config)
         alarm.state, alarm.over_streak, alarm.under_streak = new.state, new.over_streak, new.under_streak
         alarm.score, alarm.feature, alarm.updated_at = verdict.score, verdict.worst, at
         distances = {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}
         s.add(DriftWindow(device_id=device_id, model_name=name, model_version=version, received_at=at, frames=window.frames,
-                          score=verdict.score, feature=verdict.worst, over=verdict.over, state=new.state, distances=distances))
+                          score=verdict.score, feature=verdict.worst, over=verdict.over, state=new.state, distances=distances,
+                          summary=window.model_dump(mode="json")))
         self.counters["drift_windows"] += 1
         if change:
             if change == "raised":
@@ -245,7 +256,8 @@ def alarm_dict(a: DriftAlarm) -> dict:
             "feature": a.feature, "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
 
 
-def drift_overview(fleet: Fleet, device: str | None = None, state: str | None = None) -> dict:
+def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None) -> dict:
+    """The drift config, every alarm (optionally of one device / in one state), and the fleet-wide view."""
     cfg = fleet.config.drift
     with fleet.session() as s:
         q = select(DriftAlarm).order_by(DriftAlarm.device_id, DriftAlarm.model_name, DriftAlarm.model_version)
@@ -255,7 +267,31 @@ def drift_overview(fleet: Fleet, device: str | None = None, state: str | None = 
             q = q.where(DriftAlarm.state == state)
         rows = [alarm_dict(a) for a in s.scalars(q)]
     return {"config": {"metric": cfg.metric, "threshold": cfg.threshold, "windows_to_alarm": cfg.windows_to_alarm,
-                       "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features)}, "alarms": rows}
+                       "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features)}, "alarms": rows, "fleet": fleet_drift(fleet, monitor)}
+
+
+def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[dict]:
+    """The fleet as a whole: per model version, the newest judged window of every device seen in
+    the last `horizon_s` seconds, summed into one window and judged against the baseline."""
+    cfg = fleet.config.drift
+    since = fleet.clock() - horizon_s
+    with fleet.session() as s:
+        newest = select(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version, func.max(DriftWindow.id).label("id")) \
+            .where(DriftWindow.received_at >= since).group_by(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version).subquery()
+        rows = s.scalars(select(DriftWindow).join(newest, newest.c.id == DriftWindow.id)).all()
+        groups: dict[tuple[str, str], list[DriftWindow]] = {}
+        for w in rows:
+            groups.setdefault((w.model_name, w.model_version), []).append(w)
+        out = []
+        for (name, version), ws in sorted(groups.items()):
+            baseline = monitor.baseline_for(s, name, version, "")
+            if baseline is None:
+                continue
+            total = merge_summaries([parse_summary(w.summary) for w in ws])
+            verdict = judge(baseline.summary, total, cfg)
+            out.append({"model": {"name": name, "version": version}, "devices": len(ws), "frames": total.frames, "score": verdict.score,
+                        "feature": verdict.worst, "over": verdict.over, "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}})
+    return out
 
 
 def drift_windows(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:
@@ -292,8 +328,10 @@ def telemetry_series(fleet: Fleet, device: str | None = None, since: float | Non
                  "alerts": t.alerts, "confidence_mean": t.confidence_mean, "latency_p95_ms": t.latency_p95_ms} for t in rows]
 
 
-def add_routes(app, fleet: Fleet) -> None:
-    """The drift and telemetry endpoints (scope read-only), on the fleet's FastAPI app."""
+def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
+    """The drift and telemetry endpoints (scope read-only), on the fleet's FastAPI app; `monitor`
+    (the ingest's, whose baseline cache it shares) is made if not given."""
+    monitor = monitor or DriftMonitor(fleet)
     from fastapi import Depends, Header, Query
 
     from edgefleet.fleet import auth
@@ -306,7 +344,7 @@ def add_routes(app, fleet: Fleet) -> None:
 
     @app.get("/api/v1/drift", dependencies=read)
     def get_drift(device: str | None = None, state: str | None = None) -> dict:
-        return drift_overview(fleet, device, state)
+        return drift_overview(fleet, monitor, device, state)
 
     @app.get("/api/v1/drift/windows", dependencies=read)
     def get_windows(device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)) -> list[dict]:

@@ -17,8 +17,6 @@ import threading
 from collections import Counter as Tally
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
@@ -77,7 +75,7 @@ class Ingest:
     def handle_batch(self, messages: list[Message]) -> None:
         """Store a batch of messages in one transaction; job updates go through the rollout engine."""
         job_updates = []
-        with self._lock, self.drift.batch(), self.fleet.session() as s, s.begin():
+        with self._lock, self.drift.batch(), self.fleet.writer() as s, s.begin():
             for m in messages:
                 self.counters["received"] += 1
                 try:

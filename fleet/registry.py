@@ -58,7 +58,7 @@ def upload_package(fleet: Fleet, path: Path) -> dict:
         shutil.rmtree(extract, ignore_errors=True)
     sha = sha256_file(path)
     key = f"{m.name}/{m.version}/{m.target.name}-{sha[:12]}.tar.gz"
-    with fleet.lock, fleet.session() as s, s.begin():
+    with fleet.lock, fleet.writer() as s, s.begin():
         group = s.scalar(select(ModelGroup).where(ModelGroup.name == m.name))
         if group is None:
             group = ModelGroup(name=m.name)
@@ -132,7 +132,7 @@ def get_version(fleet: Fleet, group: str, version: str) -> dict:
 def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: str = "") -> dict:
     if approval not in APPROVAL_TRANSITIONS:
         raise InvalidTransitionError(f"unknown approval state {approval!r}", f"use one of {', '.join(APPROVAL_TRANSITIONS)}")
-    with fleet.lock, fleet.session() as s, s.begin():
+    with fleet.lock, fleet.writer() as s, s.begin():
         row = get_version_row(s, group, version)
         if approval not in APPROVAL_TRANSITIONS[row.approval]:
             raise InvalidTransitionError(f"{group} {version} is {row.approval}; it cannot become {approval}", "see the approval states in docs/fleet.md")

@@ -171,7 +171,7 @@ def create_rollout(fleet: Fleet, group: str, version: str, selection: dict[str, 
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadInputError(f"rollout {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", "see the rollout plan in docs/fleet.md") from None
-    with fleet.lock, fleet.session() as s, s.begin():
+    with fleet.lock, fleet.writer() as s, s.begin():
         mv = get_version_row(s, group, version)
         if mv.approval != APPROVED:
             raise ConflictError(f"{group} {version} is {mv.approval}, not Approved", f"approve it first: `edgefleet fleet models approve {group} {version}`")
@@ -207,7 +207,7 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> dic
         raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume or abort")
     outbox: list[tuple[str, dict]] = []
     with fleet.lock:
-        with fleet.session() as s, s.begin():
+        with fleet.writer() as s, s.begin():
             r = _load(s, rollout_id)
             now = fleet.clock()
             _transition(s, r, action, now, reason or f"operator {action}")
@@ -438,7 +438,7 @@ def tick(fleet: Fleet) -> None:
             ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE))))
         for rollout_id in ids:
             outbox: list[tuple[str, dict]] = []
-            with fleet.session() as s, s.begin():
+            with fleet.writer() as s, s.begin():
                 r = _load(s, rollout_id)
                 _step(fleet, s, r, fleet.clock(), outbox)
             _flush(fleet, outbox)
@@ -449,7 +449,7 @@ def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict) 
     state = payload.get("state")
     if state not in AGENT_STATES:
         return False
-    with fleet.lock, fleet.session() as s, s.begin():
+    with fleet.lock, fleet.writer() as s, s.begin():
         dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
         if dep is None or dep.device_id != device_id:
             return False
@@ -466,11 +466,11 @@ def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict) 
             device = s.get(Device, device_id)
             mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
             device.model_name = s.get(ModelGroup, mv.group_id).name
-            device.model_version = mv.version if dep.kind == "install" else dep_previous_target(s, dep)
+            device.model_version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
     return True
 
 
-def dep_previous_target(s: Session, rollback: Deployment) -> str | None:
+def _rolled_back_to(s: Session, rollback: Deployment) -> str | None:
     """The version a rollback job installed: the previous version of the install it undoes."""
     install = s.scalar(select(Deployment).where(Deployment.rollout_id == rollback.rollout_id, Deployment.device_id == rollback.device_id, Deployment.kind == "install"))
     return install.previous_version if install else None

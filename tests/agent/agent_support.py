@@ -42,6 +42,39 @@ def brightness_onnx(path: Path, size: int = 16) -> None:
     onnx.save(model, str(path))
 
 
+def detection_onnx(path: Path, size: int = 16) -> None:
+    """A real (tiny) detector in the SSD output layout: two fixed boxes, 'person' scored by brightness, 'car' by darkness."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])
+    outputs = [
+        helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [1, 2, 4]),
+        helper.make_tensor_value_info("detection_classes", TensorProto.FLOAT, [1, 2]),
+        helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [1, 2]),
+        helper.make_tensor_value_info("num_detections", TensorProto.FLOAT, [1]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array([[[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.9, 0.8]]], dtype=np.float32), "boxes"),
+        numpy_helper.from_array(np.array([[0.0, 1.0]], dtype=np.float32), "classes"),
+        numpy_helper.from_array(np.array([2.0], dtype=np.float32), "count"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),
+        helper.make_node("Sub", ["one", "r"], ["inv"]),
+        helper.make_node("Concat", ["r", "inv"], ["detection_scores"], axis=1),
+        helper.make_node("Identity", ["boxes"], ["detection_boxes"]),
+        helper.make_node("Identity", ["classes"], ["detection_classes"]),
+        helper.make_node("Identity", ["count"], ["num_detections"]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "detector", [x], outputs, inits), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def jpeg(value: int, size: tuple[int, int] = (64, 48)) -> bytes:
     """A solid grey JPEG: value > 128 is 'bright' for the test model."""
     buf = io.BytesIO()

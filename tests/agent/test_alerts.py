@@ -123,3 +123,22 @@ def test_job_notifications_reach_the_update_manager_and_its_updates_come_back(tm
         thread.join(15)
     assert [m.topic for m in got] == ["edgefleet/v1/cam-1/jobs/job-1/update"] * 2
     assert [m.json()["state"] for m in got] == ["idle", "committed"] and all(m.json()["schema"] == 1 for m in got)
+
+
+def test_a_compiled_detector_alerts_with_its_boxes(tmp_path, mqtt_broker, detection_package):
+    alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
+    agent, thread = start_in_thread(agent_config(tmp_path, mqtt_broker, detection_package, rules={"labels": ["person"], "min_score": 0.8}))
+    try:
+        for i, value in enumerate([20, 245]):  # dark: 'car' scores high but is not of interest; bright: 'person'
+            drop_frame(tmp_path / "incoming", f"f{i:03d}.jpg", jpeg(value))
+        got = alerts.wait_for(1)
+        wait_until(lambda: agent.metrics.totals["ok"] == 2)
+        time.sleep(0.3)
+    finally:
+        agent.request_stop()
+        thread.join(15)
+    assert len(alerts.messages) == 1
+    body = got[0].json()
+    assert body["label"] == "person" and body["frame"].startswith("f001.jpg") and body["model"] == {"name": "detector", "version": "1"}
+    assert len(body["detections"]) == 1 and body["detections"][0]["box"] == [0.1, 0.2, 0.5, 0.6]
+    assert body["detections"][0]["score"] == body["score"] > 0.9

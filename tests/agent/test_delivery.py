@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import threading
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from agent_support import agent_config, drop_frame, jpeg, start_agent, wait_until, write_config
 from edgefleet.agent.config import parse_config
@@ -115,16 +118,23 @@ def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_p
         drop_frame(incoming, "c-huge.jpg", bytes(huge))
         drop_frame(incoming, "d-wrong-format.jpg", b"%PDF-1.4\n" + b"x" * 500)
         drop_frame(incoming, "e-good.jpg", good)
-        alerts.wait_for(1)
-        wait_until(lambda: agent.metrics.totals["ok"] + agent.metrics.totals["bad"] == 5)
+        # Valid but unusual images: a palette PNG and a 16-bit greyscale PNG.
+        palette, deep = io.BytesIO(), io.BytesIO()
+        Image.new("RGB", (40, 30), (240, 240, 240)).convert("P", palette=Image.Palette.ADAPTIVE).save(palette, format="PNG")
+        Image.fromarray(np.full((30, 40), 1000, dtype=np.uint16)).save(deep, format="PNG")
+        drop_frame(incoming, "f-palette.png", palette.getvalue())
+        drop_frame(incoming, "g-16bit.png", deep.getvalue())
+        alerts.wait_for(2)
+        totals = agent.metrics.totals
+        wait_until(lambda: totals["ok"] + totals["bad"] + totals["error"] == 7)
         assert thread.is_alive()
-        assert agent.metrics.totals["bad"] == 4 and agent.metrics.totals["ok"] == 1
+        assert totals["bad"] == 4 and totals["ok"] + totals["error"] == 3 and totals["ok"] >= 2
         assert agent.metrics.w_bad_reasons == {"undecodable": 2, "empty": 1, "oversize_pixels": 1}
-        assert not list(incoming.glob("*.jpg")), "bad frames are not retried forever"
+        assert not list(incoming.iterdir()), "bad frames are not retried forever"
     finally:
         agent.request_stop()
         thread.join(15)
-    assert frames_of(alerts.messages) == ["e-good.jpg"]
+    assert frames_of(alerts.messages)[:2] == ["e-good.jpg", "f-palette.png"]
 
 
 def test_a_device_cannot_use_another_devices_topics(tmp_path, mqtt_broker):

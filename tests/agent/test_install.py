@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -88,3 +89,67 @@ def test_run_without_a_device_certificate_says_how_to_enroll(tmp_path, mqtt_brok
     proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(tmp_path / "etc/agent.toml")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "error: device certificate" in proc.stderr and "device.csr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.mqtt
+def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_broker, agent_package, edgefleet_home):
+    """`edgefleet fleet serve` (its CA is the broker's CA) signs the CSR; the agent then alerts through the broker."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    from cryptography.hazmat.primitives import serialization
+
+    package, trust = agent_package
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "fleet"
+    (data / "ca").mkdir(parents=True)
+    (data / "ca/ca.key").write_bytes(mqtt_broker.pki.ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (data / "ca/ca.crt").write_bytes(mqtt_broker.pki.ca_cert.public_bytes(serialization.Encoding.PEM))
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {port}\npublic_url = "{url}"\nsigning_key = "{str(trust)[:-4]}"\n'
+                      f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_broker.port}\nca_file = "{mqtt_broker.pki.ca_file}"\ncert_file = "{mqtt_broker.fleet_cert}"\nkey_file = "{mqtt_broker.fleet_key}"\n')
+    cli = [sys.executable, "-m", "edgefleet.cli"]
+    env = dict(os.environ)
+    admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    fleet = subprocess.Popen(cli + ["fleet", "serve", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and fleet.poll() is None, "the fleet did not start"
+                time.sleep(0.2)
+        request = urllib.request.Request(url + "/api/v1/enrollment-tokens", method="POST", headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+                                         data=json.dumps({"device_id": "cam-9", "target": "x86_64"}).encode())
+        token_file = tmp_path / "token"
+        token_file.write_text(json.loads(urllib.request.urlopen(request, timeout=10).read())["token"])
+        args = ["install", "--config", str(tmp_path / "agent.toml"), "--state-dir", str(tmp_path / "state"), "--device-id", "cam-9", "--label", "bright",
+                "--fleet-url", url, "--enroll-token-file", str(token_file), "--package", str(package), "--user", "nobody", "--unit-path", str(tmp_path / "unit")]
+        result = CliRunner().invoke(agent_group, args)
+        assert result.exit_code == 0, (result.output, result.exception)
+        again = CliRunner().invoke(agent_group, [*args, "--force"])
+        assert "already used" in str(again.exception), "the token is one-time"
+    finally:
+        fleet.terminate()
+        fleet.wait(20)
+    cfg = load_config(tmp_path / "agent.toml")
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("127.0.0.1", mqtt_broker.port) and len(cfg.model.trusted_keys) >= 1
+    raw = tomllib.loads((tmp_path / "agent.toml").read_text())
+    raw["health"] = {"enabled": False}
+    alerts = mqtt_broker.subscriber("edgefleet/v1/cam-9/alerts")
+    agent = Agent(parse_config(raw), RunOptions(drain_s=3))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        drop_frame(tmp_path / "state/incoming", "a.jpg", jpeg(250))
+        assert alerts.wait_for(1)[0].json()["device"] == "cam-9"
+    finally:
+        agent.request_stop()
+        thread.join(15)

@@ -220,3 +220,11 @@ def test_agent_process_sigkilled_mid_update_ends_committed_or_rolled_back(device
     assert out["active"] == active and out["output_ok"]
     # Only the active package (plus nothing half-done) is left on disk.
     assert device.dirs() == {"current", out["active"]}
+
+
+def test_rollback_to_the_version_already_active_commits_without_downloading(device):
+    device.server.requests.clear()
+    job = device.job("rb-noop", "v1", "1", kind="rollback", rollback_authorization=device.authorization("rb-noop", "1"))
+    assert device.manager.handle_notify(job) == "committed"
+    assert device.states("rb-noop") == ["idle", "committed"] and device.server.requests == []
+    assert device.slot.manifest.version == "1" and device.dirs() == {"current", "tiny-1"}

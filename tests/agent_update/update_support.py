@@ -14,7 +14,7 @@ from tiny_models import compile_tiny
 
 @pytest.fixture(scope="session")
 def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """{"key": signing key path, "v1"/"v2"/"v3": good packages, "v2-nan": fails probation, "v2-flat": low confidence}."""
+    """{"key": signing key path, "v1"/"v2"/"v3": good packages, "v2-nan"/"v3-nan": fail probation, "v2-flat": low confidence}."""
     from edgefleet.signing import create_signing_key
 
     root = tmp_path_factory.mktemp("tiny-packages")
@@ -24,6 +24,7 @@ def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
         out[f"v{version}"] = compile_tiny(root, "good", version, key)
     out["v2-nan"] = compile_tiny(root / "nan", "nan", "2", key)
     out["v2-flat"] = compile_tiny(root / "flat", "flat", "2", key)
+    out["v3-nan"] = compile_tiny(root / "nan3", "nan", "3", key)
     return out
 
 

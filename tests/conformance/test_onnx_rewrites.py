@@ -79,7 +79,7 @@ def test_operator_tvm_lacks_is_expanded_from_its_onnx_function():
     np.testing.assert_allclose(_backend().run_model(model, [x])[0], _ort(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
-def test_known_wrong_attribute_is_refused_before_building(tmp_path):
+def test_known_wrong_attribute_is_refused_before_building(tmp_path, capsys):
     c_ = 3
     inits = [numpy_helper.from_array(np.ones(c_, np.float32), n) for n in ("scale", "bias", "mean", "var")]
     model = _model(
@@ -95,6 +95,15 @@ def test_known_wrong_attribute_is_refused_before_building(tmp_path):
     assert report.unsupported == {"BatchNormalization (training_mode=1)": 1}
     with pytest.raises(UnsupportedOperatorsError, match=r"BatchNormalization \(training_mode=1\)"):
         _backend().prepare(model)
+    # `edgefleet compile --check` names the attribute in the operator's row and exits 10.
+    from edgefleet.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["compile", str(path), "--check"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == UnsupportedOperatorsError.exit_code
+    assert "no: training_mode=1" in out and "BatchNormalization (training_mode=1) x1" in err
 
 
 def test_nms_parameters_computed_at_run_time_are_refused_and_constants_pass():

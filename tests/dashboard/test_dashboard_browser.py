@@ -100,6 +100,8 @@ def test_pages_load_without_console_errors_and_numbers_match_the_api(browser, li
     assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#latency-plot polyline")} == {"cam-1", "cam-2"}
     assert browser.find_elements("css selector", "#drift-plot line.threshold")
     assert "drift alarm raised on cam-1" in browser.find_element("id", "alerts-feed").text
+    (whole,) = drift["fleet"]
+    assert browser.find_element("css selector", '#fleet-drift tr[data-model="brightness/1"] .score').text == f'{whole["score"]:.3f}'
     assert browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text == "PendingManualApproval"
     assert severe_console_entries(browser) == []
 

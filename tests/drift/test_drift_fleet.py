@@ -96,8 +96,13 @@ def test_blurred_frames_drift_on_contrast_and_devices_are_judged_apart(drift_fle
     assert feed(drift_fleet, ingest, "cam-1", normal) == ["ok", "ok", "ok"]
     from edgefleet.fleet.drift_service import drift_overview
 
-    alarms = {a["device"]: a for a in drift_overview(drift_fleet)["alarms"]}
+    overview = drift_overview(drift_fleet, ingest.drift)
+    alarms = {a["device"]: a for a in overview["alarms"]}
     assert alarms["cam-2"]["state"] == "alarm" and alarms["cam-2"]["feature"] == "contrast" and alarms["cam-1"]["state"] == "ok"
+    # The fleet as a whole: the newest window of each device, summed: half the frames are blurred.
+    (whole,) = overview["fleet"]
+    assert whole["model"] == {"name": "brightness", "version": "1"} and whole["devices"] == 2 and whole["frames"] == 240
+    assert whole["over"] and whole["feature"] == "contrast" and whole["score"] < alarms["cam-2"]["score"]
 
 
 def test_bad_or_thin_summaries_are_counted_not_fatal(drift_fleet, baseline_package) -> None:
@@ -130,9 +135,28 @@ def test_cli_shows_states_and_sparklines(drift_fleet, baseline_package) -> None:
         as_json = CliRunner().invoke(cli, ["fleet", "--url", server.url, "--token", token, "drift", "--json"])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if "cam-1" in line)
-    assert "alarm" in line and "brightness 1" in line.replace("│", " ").replace("  ", " ") or "brightness" in line
+    cells = [c.strip() for c in line.split("│") if c.strip()]
+    assert cells[:3] == ["cam-1", "brightness 1", "alarm"], cells
     report = json.loads(as_json.output)
     scores = report["alarms"][0]["recent_scores"]
     assert len(scores) == 5 and scores[0] < 0.25 < scores[-1]
-    # Normal windows sit low, dark ones are full bars.
-    assert line.rstrip(" │").endswith("██") and ("▁" in line or "▂" in line)
+    # Normal windows sit low, dark ones are full bars (the sparkline spans 0 .. 2 x threshold).
+    assert cells[-1][-3:] == "███" and set(cells[-1][:2]) <= set("▁▂▃")
+
+
+def test_drift_section_of_the_fleet_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefleet.errors import UsageError
+    from edgefleet.fleet.config import load_config
+    from edgefleet.fleet.drift_service import webhook_url
+
+    monkeypatch.delenv("EDGEFLEET_FLEET_DRIFT_WEBHOOK", raising=False)
+    (tmp_path / "hook").write_text("https://hooks.example/T000/secret\n")
+    good = tmp_path / "fleet.toml"
+    good.write_text(f'[drift]\nmetric = "js"\nthreshold = 0.2\nwindows_to_alarm = 4\nwebhook_url_file = "{tmp_path / "hook"}"\n')
+    cfg = load_config(good).drift
+    assert (cfg.metric, cfg.threshold, cfg.windows_to_alarm, cfg.windows_to_clear) == ("js", 0.2, 4, 3)
+    assert webhook_url(cfg) == "https://hooks.example/T000/secret"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[drift]\nwebhook_url = "https://hooks.example/T000/secret"\n')  # secrets never inline
+    with pytest.raises(UsageError, match="drift.webhook_url"):
+        load_config(bad)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "agent_update"))
-from update_support import free_port, static_server, tiny_packages  # noqa: E402,F401
+from update_support import tiny_packages  # noqa: E402,F401
 
 
 class Clock:

@@ -7,14 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.fleet import auth, devices
+from edgefleet.fleet import auth
 from edgefleet.fleet.api import create_app
 from edgefleet.fleet.ingest import Ingest
 

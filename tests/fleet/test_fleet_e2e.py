@@ -5,7 +5,6 @@ through the fleet API with its CSR. Images are fed into each agent's folder sour
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -139,7 +138,22 @@ def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
 
 
 @pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)
-def test_rollout_succeeds_across_waves_with_real_agents(world):
+def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_waves(world):
+    # 1. cam-a (the canary) is SIGKILLed by its own fault hook in probation and restarted.
+    world.agents["cam-a"].send_signal(signal.SIGTERM)
+    world.agents["cam-a"].wait(timeout=20)
+    world.start_agent("cam-a", fault="probation")
+    world.wait(lambda: world.http.get("/devices/cam-a").json()["status"] == "online", 30, "cam-a online with the fault hook")
+    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    world.wait(lambda: world.agents["cam-a"].poll() is not None, 60, "the agent to be killed in probation")
+    assert world.agents["cam-a"].returncode == -signal.SIGKILL
+    world.start_agent("cam-a")
+    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart")
+    assert [d["state"] for d in final["deployments"]] == ["rolled_back"]  # only the canary was touched
+    details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["device"] == "cam-a"]
+    assert any("interrupted in probation" in d for d in details), details
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
+    # 2. The same version again, in three waves, with the health gate on: everyone commits.
     rid = world.rollout("2", {"canary": 1, "waves": [60, 100], "bake_time_s": 2, "health": {"min_samples": 1}})
     final = world.wait(lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish")
     assert final["state"] == "succeeded", final
@@ -150,41 +164,19 @@ def test_rollout_succeeds_across_waves_with_real_agents(world):
     assert sent == ["wave 0: devices 1-1 of 3", "wave 1: devices 2-2 of 3", "wave 2: devices 3-3 of 3"]
 
 
-@pytest.mark.parametrize("world", [["v1", "v2-nan"]], indirect=True)
-def test_failing_canary_aborts_and_no_device_is_left_on_it(world):
-    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
-    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort")
-    assert "1 of 1 devices failed" in final["reason"]
-    installs = [d for d in final["deployments"] if d["kind"] == "install"]
-    assert len(installs) == 1 and installs[0]["state"] == "rolled_back" and "back on tiny-1" in installs[0]["detail"]
-    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
-
-
-@pytest.mark.parametrize("world", [["v1", "v2-flat"]], indirect=True)
-def test_health_gate_rolls_back_a_model_that_installs_fine_but_behaves_badly(world):
+@pytest.mark.parametrize("world", [["v1", "v2-flat", "v3-nan"]], indirect=True)
+def test_health_gate_and_failing_canary_abort_and_roll_back_with_real_agents(world):
+    # 1. v2 installs fine but is unsure of everything: the health gate stops it, the fleet rolls back.
     world.wait(lambda: world.http.get("/metrics").json()["mqtt"].get("telemetry", 0) >= 6, 60, "telemetry from the old model")
     rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"min_samples": 2, "confidence_min_ratio": 0.8}})
     final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 150, "the health gate to abort")
     assert "mean confidence" in final["reason"], final
-    kinds = {(d["kind"], d["state"]) for d in final["deployments"]}
-    assert kinds == {("install", "committed"), ("rollback", "committed")}  # installed fine, then rolled back by the fleet
+    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [("install", "committed"), ("rollback", "committed")]
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
-
-
-@pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)
-def test_agent_killed_in_probation_restarts_on_a_working_model(world):
-    world.agents["cam-a"].send_signal(signal.SIGTERM)
-    world.agents["cam-a"].wait(timeout=20)
-    world.start_agent("cam-a", fault="probation")
-    time.sleep(2)
-    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
-    world.wait(lambda: world.agents["cam-a"].poll() is not None, 60, "the agent to be killed in probation")
-    assert world.agents["cam-a"].returncode == -signal.SIGKILL
-    world.start_agent("cam-a")
-    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart")
-    installs = [d for d in final["deployments"] if d["kind"] == "install"]
-    assert installs[0]["state"] == "rolled_back"
-    details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["device"] == "cam-a"]
-    assert any("interrupted in probation" in d for d in details), details
-    assert world.active("cam-a") == "tiny-1"
-    world.wait(lambda: world.http.get("/devices/cam-a").json()["status"] == "online", 30, "cam-a back online")
+    # 2. v3 fails its smoke test on the canary: the canary rolls itself back, the rollout aborts.
+    rid = world.rollout("3", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort")
+    assert "1 of 1 devices failed" in final["reason"]
+    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [("install", "rolled_back")]
+    assert "back on tiny-1" in final["deployments"][0]["detail"]
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")

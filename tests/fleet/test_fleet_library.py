@@ -7,7 +7,6 @@ MQTT ingest calls); tests/fleet/test_fleet_e2e.py runs the same flows with real 
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 
 import pytest
@@ -257,7 +256,9 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
         devices.enroll(fleet, token, "cam-7", csr)
     acl = (tmp_path / "acl").read_text()
     assert "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
-    assert devices.get_device(fleet, "cam-7") | {} and devices.list_devices(fleet, tag="gate")[0]["group"] == "dock"
+    assert [d["id"] for d in devices.list_devices(fleet, tag="gate")] == ["cam-7"]
+    moved = devices.update_device(fleet, "cam-7", group="yard", add_tags=["night"], remove_tags=["gate"])
+    assert (moved["group"], moved["tags"]) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate") == []
     other = devices.create_enrollment_token(fleet, "cam-9", "x86_64")
     wrong_cn = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
     with pytest.raises(BadInputError, match="not device 'cam-9'"):

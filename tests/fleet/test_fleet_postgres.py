@@ -71,7 +71,7 @@ def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
     f.clock = Clock()
     f.sent = sent
     yield f
-    f.sessions.kw["bind"].dispose()
+    f.readers.kw["bind"].dispose()
     with admin.connect() as c:
         c.execute(text(f"DROP DATABASE {name}"))
     admin.dispose()

@@ -215,6 +215,9 @@ async function refresh() {
     plot($("#latency-plot"), byDevice(telemetry, (t) => t.latency_p95_ms), null);
     $("#drift-metric").textContent = "(" + drift.config.metric + ", alarm over " + drift.config.threshold + " for " + drift.config.windows_to_alarm + " windows)";
     plot($("#drift-plot"), byDevice(windows, (w) => w.score), drift.config.threshold);
+    fillTable("#fleet-drift", drift.fleet.map((f) => el("tr", { "data-model": f.model.name + "/" + f.model.version },
+      el("td", {}, f.model.name + " " + f.model.version), el("td", {}, f.devices), el("td", {}, f.frames),
+      el("td", { class: "score " + (f.over ? "state-alarm" : "state-ok") }, f.score.toFixed(3)), el("td", {}, f.feature || "-"))));
     $("#updated").textContent = "updated " + when(Date.now() / 1000);
     if (!$("#error").textContent.includes("failed:")) banner("#error", "");
     document.body.dataset.loaded = "true";

@@ -1,0 +1,204 @@
+"""Benchmark: roll a package out to 1,000 and then 10,000 simulated devices.
+
+Real parts: `edgefleet fleet serve` (SQLite), mosquitto on loopback (plain TCP here: the
+benchmark measures the fleet, not TLS handshakes), and N MQTT connections from this process
+(paho clients driven by one selector loop). The simulated agents are light: on a job they
+publish the update states straight to `committed` without downloading, then send telemetry
+every `--telemetry-s` seconds. Prints, per fleet size: time until every device committed,
+the fleet's CPU (share of one core) and peak RSS, and telemetry messages ingested per second.
+
+    python benchmarks/fleet_rollout.py --devices 1000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "agent_update"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SimulatedFleet:
+    """N paho clients on one selector loop; each answers jobs and sends telemetry."""
+
+    def __init__(self, port: int, ids: list[str], telemetry_s: float) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[str, mqtt.Client] = {}
+        self.telemetry_s = telemetry_s
+        self.version: dict[str, str] = {}
+        self.next_telemetry: dict[str, float] = {}
+        self.sent_telemetry = 0
+        for i, dev in enumerate(ids):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=dev, clean_session=True, userdata=dev)
+            c.max_inflight_messages_set(100)
+            c.on_connect = self._on_connect
+            c.on_message = self._on_message
+            c.will_set(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "state": "offline"}), qos=1, retain=True)
+            c.connect("127.0.0.1", port, keepalive=600)
+            self.sel.register(c.socket(), selectors.EVENT_READ, c)
+            self.clients[dev] = c
+            self.version[dev] = "1"
+            self.next_telemetry[dev] = time.time() + (i % 100) / 100 * telemetry_s
+            if i % 500 == 499:
+                self.pump(0)
+
+    def _on_connect(self, c, dev, flags, rc, props) -> None:
+        c.subscribe(f"edgefleet/v1/{dev}/jobs/notify", qos=1)
+        c.publish(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "id": uuid.uuid4().hex, "state": "online", "model": {"name": "tiny", "version": self.version[dev]}}), qos=1, retain=True)
+
+    def _on_message(self, c, dev, msg) -> None:
+        job = json.loads(msg.payload)
+        for state in ("idle", "downloading", "verifying", "staged", "switching", "probation", "committed"):
+            c.publish(f"edgefleet/v1/{dev}/jobs/{job['job']}/update", json.dumps({"schema": 1, "id": uuid.uuid4().hex, "job": job["job"], "state": state, "detail": ""}), qos=1)
+        self.version[dev] = job["package"]["version"]
+        self.next_telemetry[dev] = time.time() + 0.5
+
+    def _telemetry(self, dev: str) -> None:
+        body = {"schema": 1, "id": uuid.uuid4().hex, "model": {"name": "tiny", "version": self.version[dev]}, "frames": {"ok": 50, "bad": 0, "error": 0},
+                "alerts": {"person": 1}, "latency_ms": {"count": 50, "p50": 4.0, "p95": 6.0},
+                "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [50]}}}
+        self.clients[dev].publish(f"edgefleet/v1/{dev}/telemetry", json.dumps(body), qos=1)
+        self.sent_telemetry += 1
+
+    def pump(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while True:
+            for key, _ in self.sel.select(timeout=0.05):
+                key.data.loop_read()
+            now = time.time()
+            for dev, c in self.clients.items():
+                if self.telemetry_s and now >= self.next_telemetry[dev]:
+                    self.next_telemetry[dev] = now + self.telemetry_s
+                    self._telemetry(dev)
+                if c.want_write():
+                    c.loop_write()
+            if now >= end:
+                break
+        for c in self.clients.values():
+            c.loop_misc()
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.disconnect()
+            c.loop_write()
+
+
+def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telemetry_s: float) -> dict:
+    from edgefleet.fleet import auth, registry
+    from edgefleet.fleet.config import BrokerConfig, FleetConfig
+    from edgefleet.fleet.core import open_fleet
+    from edgefleet.fleet.db import Device
+
+    work.mkdir(parents=True)
+    mport, hport = free_port(), free_port()
+    (work / "mosquitto.conf").write_text(f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n")
+    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")])
+    config = FleetConfig(data_dir=work / "fleet", listen_port=hport, public_url=f"http://127.0.0.1:{hport}", signing_key=key, broker=BrokerConfig(port=mport), tick_seconds=0.5)
+    fleet = open_fleet(config)
+    for p in (package_v1, package_v2):
+        v = registry.upload_package(fleet, p)
+        registry.set_approval(fleet, "tiny", v["version"], "Approved")
+    token = auth.create_token(fleet, "bench", "admin")
+    ids = [f"sim-{i:05d}" for i in range(n)]
+    with fleet.writer() as s, s.begin():
+        s.add_all([Device(id=d, target="x86_64", group="bench", tags=[], model_name="tiny", model_version="1") for d in ids])
+    fleet.readers.kw["bind"].dispose()
+    (work / "fleet.toml").write_text(
+        f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {hport}\npublic_url = "http://127.0.0.1:{hport}"\nsigning_key = "{key}"\ntick_seconds = 0.5\n[broker]\nport = {mport}\n'
+    )
+    server = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(work / "fleet.toml")], stdout=open(work / "fleet.log", "wb"), stderr=subprocess.STDOUT)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{hport}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    for _ in range(300):
+        try:
+            http.get("/rollouts")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc = psutil.Process(server.pid)
+    result: dict = {"devices": n}
+    try:
+        t0 = time.time()
+        sim = SimulatedFleet(mport, ids, telemetry_s)
+        sim.pump(2)
+        online = lambda: sum(1 for d in http.get("/devices", params={"status": "online"}).json())  # noqa: E731
+        while online() < n and time.time() - t0 < 300:
+            sim.pump(1)
+        result["connect_s"] = round(time.time() - t0, 1)
+        cpu0, t_start = sum(proc.cpu_times()[:2]), time.time()
+        ingested0 = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
+        rid = http.post("/rollouts", json={"group": "tiny", "version": "2", "selection": {"group": "bench"},
+                                           "plan": {"canary_percent": 1, "waves": [10, 50, 100], "bake_time_s": 0, "wave_timeout_s": 600}}).json()["id"]
+        peak_rss, state = 0, "created"
+        while state not in ("succeeded", "aborted") and time.time() - t_start < 900:
+            sim.pump(1)
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+            state = http.get(f"/rollouts/{rid}").json()["state"]
+        elapsed = time.time() - t_start
+        ingested = http.get("/metrics").json()["mqtt"].get("telemetry", 0) - ingested0
+        result |= {
+            "state": state,
+            "all_committed_s": round(elapsed, 1),
+            "fleet_cpu_core_share": round((sum(proc.cpu_times()[:2]) - cpu0) / elapsed, 2),
+            "fleet_peak_rss_mb": round(peak_rss / 2**20, 1),
+            "telemetry_ingested_per_s": round(ingested / elapsed, 1),
+            "telemetry_sent": sim.sent_telemetry,
+        }
+        sim.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        broker.terminate()
+        broker.wait(timeout=10)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--telemetry-s", type=float, default=10.0, help="telemetry interval of each simulated device")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(args.devices) + 500 > hard:  # one socket per simulated device here, and as many in mosquitto
+        sys.exit(f"need {max(args.devices) + 500} file descriptors; the hard limit is {hard}")
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
+    os.environ["EDGEFLEET_HOME"] = str(work / "home")
+    from edgefleet.signing import create_signing_key
+    from tiny_models import compile_tiny
+
+    key = create_signing_key(work / "keys" / "fleet.key").path
+    v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)
+    results = [run(n, work / f"n{n}", v1, v2, key, args.telemetry_s) for n in args.devices]
+    for r in results:
+        print(json.dumps(r))
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        print(f"{b['devices'] / a['devices']:.0f}x devices: {b['all_committed_s'] / a['all_committed_s']:.2f}x time to all committed, "
+              f"{b['fleet_peak_rss_mb'] / a['fleet_peak_rss_mb']:.2f}x fleet RSS, {b['telemetry_ingested_per_s'] / max(a['telemetry_ingested_per_s'], 0.1):.2f}x telemetry ingested/s")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
