@@ -200,9 +200,10 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
     # piece of it, moves inside the reduction as one vector accumulator.
     inner, inner_n = spatial[-1], _extent(sch, spatial[-1])
     outer = spatial[:-1]
-    if inner_n is not None and inner_n > 64 and inner_n % 16 == 0:
-        inner_o, inner = sch.split(inner, [None, 16])
-        outer, inner_n = [*outer, inner_o], 16
+    width = next((w for w in (16, 8, 4) if inner_n and inner_n % w == 0), None)
+    if inner_n is not None and inner_n > 64 and width:
+        inner_o, inner = sch.split(inner, [None, width])
+        outer, inner_n = [*outer, inner_o], width
     if inner_n is None or inner_n == 1 or inner_n > 64 or not outer:
         sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
         return

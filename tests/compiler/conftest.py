@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from compiler_testlib import CliResult, small_onnx_cnn, small_tflite_cnn  # tests/compiler is on sys.path (pytest rootdir-less conftest)
 
 from edgefleet.signing import SigningKey, create_signing_key, public_path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from compiler_testlib import CliResult, small_onnx_cnn, small_tflite_cnn  # noqa: E402
 
 LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
 

@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -30,11 +31,13 @@ def _bin(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     if os.environ.get("EDGEFLEET_TEST_POSTGRES_URL"):
         yield os.environ["EDGEFLEET_TEST_POSTGRES_URL"].rstrip("/")
         return
-    root = tmp_path_factory.mktemp("postgres")
+    # Outside pytest's temp tree: pytest keeps that tree private to root (0700), which the
+    # `postgres` account could not enter.
+    root = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     port = free_port_for()
@@ -43,8 +46,6 @@ def postgres_server(tmp_path_factory):
         pw = pwd.getpwnam("postgres")
         for p in (root, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-        os.chmod(root.parent, 0o755)
-        os.chmod(root.parent.parent, 0o755)
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run(as_user + [_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
@@ -53,6 +54,7 @@ def postgres_server(tmp_path_factory):
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(as_user + [_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
