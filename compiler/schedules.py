@@ -186,15 +186,20 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
     if not spatial:
         return
     if not reduce:
-        # Element-wise / layout transform / concat: one flat loop, in vectors of 16 when it divides.
-        flat = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-        total = _extent(sch, flat)
-        if total is not None and total % 16 == 0 and total >= 32:
-            outer, inner = sch.split(flat, [None, 16])
-            sch.parallel(outer)
-            sch.vectorize(inner)
-        else:
-            sch.parallel(flat)
+        # Element-wise / layout transform / concat / padding: rows in parallel, the last axis in
+        # vectors (flattening everything costs a div/mod per element in the index math).
+        last, last_n = spatial[-1], _extent(sch, spatial[-1])
+        width = next((w for w in (16, 8, 4) if last_n and last_n % w == 0), None)
+        outer = spatial[:-1]
+        if last_n is not None and last_n > 64 and width:
+            last_o, last = sch.split(last, [None, width])
+            outer = [*outer, last_o]
+        elif last_n is None or last_n > 64 or last_n == 1:
+            outer, last = spatial, None
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        if last is not None:
+            sch.vectorize(last)
         return
     # Reductions (pooling, dense, mean, softmax): the innermost spatial loop, or a 16-wide
     # piece of it, moves inside the reduction as one vector accumulator.

@@ -116,7 +116,8 @@ def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_br
     cli = [sys.executable, "-m", "edgefleet.cli"]
     env = dict(os.environ)
     admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
-    fleet = subprocess.Popen(cli + ["fleet", "serve", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fleet_log = tmp_path / "fleet.log"
+    fleet = subprocess.Popen(cli + ["fleet", "serve", "--config", str(config)], env=env, stdout=open(fleet_log, "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -124,7 +125,7 @@ def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_br
                 urllib.request.urlopen(url + "/healthz", timeout=1)
                 break
             except OSError:
-                assert time.monotonic() < deadline and fleet.poll() is None, "the fleet did not start"
+                assert time.monotonic() < deadline and fleet.poll() is None, f"the fleet did not start: {fleet_log.read_text()[-2000:]}"
                 time.sleep(0.2)
         request = urllib.request.Request(url + "/api/v1/enrollment-tokens", method="POST", headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
                                          data=json.dumps({"device_id": "cam-9", "target": "x86_64"}).encode())
@@ -133,7 +134,7 @@ def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_br
         args = ["install", "--config", str(tmp_path / "agent.toml"), "--state-dir", str(tmp_path / "state"), "--device-id", "cam-9", "--label", "bright",
                 "--fleet-url", url, "--enroll-token-file", str(token_file), "--package", str(package), "--user", "nobody", "--unit-path", str(tmp_path / "unit")]
         result = CliRunner().invoke(agent_group, args)
-        assert result.exit_code == 0, (result.output, result.exception)
+        assert result.exit_code == 0, (result.output, result.exception, fleet_log.read_text()[-2000:])
         again = CliRunner().invoke(agent_group, [*args, "--force"])
         assert "already used" in str(again.exception), "the token is one-time"
     finally:
