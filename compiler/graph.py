@@ -145,9 +145,11 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d" or not isinstance(call.args[1], tvm.ir.expr.GenericConst):
                 return call
             attrs = call.attrs
-            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW" or int(attrs.groups) != 1:
+            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
                 return call
             weight = call.args[1].value.numpy()
+            if int(attrs.groups) != 1:
+                return self._depthwise(call, weight) if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1 and weight.shape[0] % block == 0 else call
             o, i = weight.shape[:2]
             ib = i if i < block else _block_for(i, block)
             # Output channels are padded with zero filters up to the block (1000 -> 1008
@@ -166,6 +168,19 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             if o_pad == o:
                 return out
             return relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[o])
+
+        def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
+            # ConvertLayout leaves depthwise convolutions in NCHW; pack them like the others.
+            attrs, c = call.attrs, weight.shape[0]
+            data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // block, h, w, ch % block)))
+            packed = np.ascontiguousarray(weight.reshape(c // block, block, 1, *weight.shape[2:]).transpose(0, 2, 3, 4, 1)[:, :, :, :, None, :])
+            conv = self.builder_.emit(
+                relax.op.nn.conv2d(
+                    data, relax.const(packed), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=c,
+                    data_layout=f"NCHW{block}c", kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c", out_dtype=str(call.ty.dtype),
+                )
+            )
+            return relax.op.layout_transform(conv, index_map=lambda n, ch, h, w, cb: (n, ch * block + cb, h, w))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetBlockRemainingConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -188,8 +203,12 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data_shape = _shape(call.args[0])
     channels = data_shape[1] * data_shape[4]
     kshape = _shape(call.args[1])
-    if groups == 1 or (groups == channels and kshape[1] * kshape[4] == 1):
-        # TOPI's conv2d_NCHWc handles groups through the kernel's input-channel extent.
+    if groups == channels and groups > 1 and kshape[1] * kshape[4] == 1:
+        return bb.call_te(
+            depthwise_conv2d_nchwc, call.args[0], call.args[1], [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+            [int(d) for d in attrs.dilation], out_dtype, primfunc_name_hint="depthwise_conv2d_NCHWc",
+        )
+    if groups == 1:
         return bb.call_te(
             topi.nn.conv2d_NCHWc,
             call.args[0],
@@ -203,6 +222,28 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             primfunc_name_hint="conv2d_NCHWc",
         )
     return call
+
+
+def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):
+    """Depthwise convolution on NCHW{b}c data with [C/b, 1, KH, KW, 1, b] weights.
+
+    TOPI 0.27 declares depthwise_conv2d_NCHWc but leaves it unimplemented (it raises).
+    """
+    from tvm import te
+
+    n, chunks, ih, iw, cb = (int(d) for d in data.shape)
+    _, _, kh, kw, _, _ = (int(d) for d in kernel.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    oh = (ih + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (iw + left + right - (kw - 1) * dw - 1) // sw + 1
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") if any(padding) else data
+    rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
+    return te.compute(
+        (n, chunks, oh, ow, cb),
+        lambda b, c, y, x, k: te.sum(padded[b, c, y * sh + rh * dh, x * sw + rw * dw, k].astype(out_dtype) * kernel[c, 0, rh, rw, 0, k].astype(out_dtype), axis=[rh, rw]),
+        name="depthwise_conv2d_NCHWc",
+    )
 
 
 _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")

@@ -100,10 +100,12 @@ class Conv2dNCHWc(_SafeRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
-        convs = [b for b in blocks if _name(sch, b).startswith("conv2d_NCHWc")]
-        if len(convs) != 1 or _iter_kinds(sch, convs[0]) != "SSSSSRRR":
+        convs = [b for b in blocks if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc"))]
+        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR"):
             return None
         conv = convs[0]
+        if _iter_kinds(sch, conv) == "SSSSSRR":
+            return _depthwise(sch, conv, blocks)
         pads = [b for b in blocks if _name(sch, b) == "data_pad"]
         others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
         if len(pads) + len(others) + 1 != len(blocks):
@@ -130,6 +132,32 @@ class Conv2dNCHWc(_SafeRule):
         for pad in pads:
             _schedule_pad(sch, pad)
         return sch
+
+
+def _depthwise(sch: s_tir.Schedule, conv, blocks: list):
+    """Depthwise NCHWc: per (chunk, row), reg_n pixels x 16 channels accumulate over the window."""
+    pads = [b for b in blocks if _name(sch, b) == "data_pad"]
+    others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
+    if len(pads) + len(others) + 1 != len(blocks):
+        return None
+    epi = _epilogue(sch, conv, others)
+    if epi is None:
+        return None
+    n, occ, oh, ow, ocb, kh, kw = sch.get_loops(conv)
+    ow_n = _extent(sch, ow)
+    if ow_n is None:
+        return None
+    ow_o, ow_i = sch.split(ow, [None, _largest_divisor(ow_n, MAX_REG_TILE)])
+    sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    sch.unroll(ow_i)
+    sch.vectorize(ocb)
+    sch.decompose_reduction(conv, kh)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    for pad in pads:
+        _schedule_pad(sch, pad)
+    return sch
 
 
 class Conv2dNCHW(_SafeRule):

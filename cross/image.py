@@ -1,8 +1,10 @@
 """An arm64 container image of the agent, made from the sysroot with the docker SDK (no registry needed).
 
-`FROM scratch` + `ADD rootfs.tar /`, built for platform linux/arm64: `docker import` would be the
-same layer, but Debian's dockerd 20.10 ignores the architecture on import and labels the image
-amd64. The image is one layer: the Debian tree, the agent's wheels in /opt/edgefleet/site and this
+The image is written in `docker save` format (manifest.json, an OCI image config with
+architecture arm64, one layer tar) and handed to `docker load`. That is `docker import` with the
+architecture right: Debian's dockerd 20.10 ignores the platform on import and labels the tree
+amd64, and a `FROM scratch` build copies the whole tree once per instruction on the vfs storage
+driver. No registry is involved. The single layer holds: the Debian tree, the agent's wheels in /opt/edgefleet/site and this
 checkout's `edgefleet` core and agent code in /opt/edgefleet/src. Its entrypoint is
 `python3 -m edgefleet.cli` and its default command `agent run --config /etc/edgefleet/agent.toml`,
 so `docker run -v CONF:/etc/edgefleet IMAGE` starts the agent. On an x86 host it runs where
@@ -11,8 +13,10 @@ binfmt_misc has qemu-aarch64 registered, or with QEMU as the entrypoint (see doc
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
+import json
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -21,16 +25,16 @@ from pathlib import Path
 from edgefleet.cross.emulate import require_sysroot
 from edgefleet.cross.sysroot import arch_info
 from edgefleet.errors import MissingToolError, ServiceError, TargetNotRunnableError
+from edgefleet.package import now_utc, sha256_file
 
 SITE = "/opt/edgefleet/site"
 SRC = "/opt/edgefleet/src"
-DOCKERFILE = f"""FROM scratch
-ADD rootfs.tar /
-ENV PYTHONPATH={SITE}:{SRC} PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1
-WORKDIR /
-ENTRYPOINT ["/usr/bin/python3", "-m", "edgefleet.cli"]
-CMD ["agent", "run", "--config", "/etc/edgefleet/agent.toml"]
-"""
+CONFIG = {
+    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={SITE}:{SRC}", "PYTHONNOUSERSITE=1", "PYTHONUNBUFFERED=1"],
+    "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
+    "Cmd": ["agent", "run", "--config", "/etc/edgefleet/agent.toml"],
+    "WorkingDir": "/",
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ def _no_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if "__pycache__" in info.name.split("/") else info
 
 
-def _write_rootfs(sysroot, out: Path) -> None:
+def _write_layer(sysroot, out: Path) -> str:
+    """Write the image's one layer to `out`; return its sha256 (the layer's diff id)."""
     with tarfile.open(out, "w") as tar:
         tar.add(sysroot.root, arcname=".")
         tar.add(sysroot.site, arcname=SITE.lstrip("/"))
@@ -54,6 +59,31 @@ def _write_rootfs(sysroot, out: Path) -> None:
         for entry in sorted(core.glob("*.py")):
             tar.add(entry, arcname=f"{SRC.lstrip('/')}/edgefleet/{entry.name}")
         tar.add(agent, arcname=f"{SRC.lstrip('/')}/edgefleet/agent", filter=_no_pycache)
+    return sha256_file(out)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    entry = tarfile.TarInfo(name)
+    entry.size = len(data)
+    tar.addfile(entry, io.BytesIO(data))
+
+
+def write_image_archive(sysroot, arch: str, tag: str, out: Path) -> None:
+    """A `docker save`-format archive of the agent image for linux/`arch`, loadable by `docker load`."""
+    layer = out.with_name("layer.tar")
+    diff_id = _write_layer(sysroot, layer)
+    config = json.dumps({
+        "architecture": arch, "os": "linux", "created": now_utc(), "config": CONFIG,
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+        "history": [{"created": now_utc(), "created_by": f"edgefleet cross image ({sysroot.info.spec.arch} sysroot {sysroot.info.key})"}],
+    }, sort_keys=True).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [f"{diff_id}/layer.tar"]}]).encode()
+    with tarfile.open(out, "w") as tar:
+        _add_bytes(tar, config_name, config)
+        _add_bytes(tar, "manifest.json", manifest)
+        tar.add(layer, arcname=f"{diff_id}/layer.tar")
+    layer.unlink()
 
 
 def _client():
@@ -70,25 +100,19 @@ def _client():
 
 
 def build_image(arch: str = "arm64", tag: str = "edgefleet-agent:arm64") -> ImageResult:
-    """Import the `arch` sysroot plus the agent as image `tag` for platform linux/`arch`."""
+    """Load the `arch` sysroot plus the agent into docker as image `tag` for platform linux/`arch`."""
     info = arch_info(arch)
     if not info.agent_wheels:
         raise TargetNotRunnableError(f"no agent image for {info.debian}: {info.note}", "build the arm64 image")
     sysroot = require_sysroot(info.debian)
     client = _client()
     with tempfile.TemporaryDirectory(prefix="edgefleet-image-") as tmp:
-        rootfs, context = Path(tmp) / "rootfs.tar", Path(tmp) / "context.tar"
-        _write_rootfs(sysroot, rootfs)
-        with tarfile.open(context, "w") as tar:
-            dockerfile = DOCKERFILE.encode()
-            entry = tarfile.TarInfo("Dockerfile")
-            entry.size = len(dockerfile)
-            tar.addfile(entry, io.BytesIO(dockerfile))
-            tar.add(rootfs, arcname="rootfs.tar")
-        rootfs.unlink()
+        archive = Path(tmp) / "image.tar"
+        write_image_archive(sysroot, info.debian, tag, archive)
         try:
-            with open(context, "rb") as fh:
-                image, _ = client.images.build(fileobj=fh, custom_context=True, tag=tag, platform=f"linux/{info.debian}", rm=True, forcerm=True)
-        except Exception as exc:  # docker.errors.BuildError / APIError
-            raise ServiceError(f"building image {tag} failed: {str(exc).splitlines()[0][:300]}", "check the docker daemon's log and its free disk space") from None
+            with open(archive, "rb") as fh:
+                client.images.load(fh)
+            image = client.images.get(tag)
+        except Exception as exc:  # docker.errors.APIError / ImageNotFound
+            raise ServiceError(f"loading image {tag} into docker failed: {str(exc).splitlines()[0][:300]}", "check the docker daemon's log and its free disk space") from None
     return ImageResult(tag, image.id, image.attrs.get("Architecture", ""), int(image.attrs.get("Size", 0)))

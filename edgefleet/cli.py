@@ -50,6 +50,7 @@ COMPONENT_GROUPS = {
     "fleet": "edgefleet.fleet.cli:fleet",
     "agent": "edgefleet.agent.cli:agent",
     "cross": "edgefleet.cross.cli:cross",
+    "bench": "edgefleet.compiler.bench:bench_command",
 }
 
 

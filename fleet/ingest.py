@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
-from edgefleet.fleet.rollouts import record_job_update
+from edgefleet.fleet.rollouts import apply_job_update
 
 log = logging.getLogger("edgefleet.fleet.ingest")
 PREFIX = "edgefleet/v1/"
@@ -74,12 +74,12 @@ class Ingest:
 
     def handle_batch(self, messages: list[Message]) -> None:
         """Store a batch of messages in one transaction; job updates go through the rollout engine."""
-        job_updates = []
-        with self._lock, self.drift.batch(), self.fleet.writer() as s, s.begin():
+        # One transaction per batch, job updates included (fleet.lock: the rollout ticker waits).
+        with self._lock, self.fleet.lock, self.drift.batch(), self.fleet.writer() as s, s.begin():
             for m in messages:
                 self.counters["received"] += 1
                 try:
-                    outcome = self._one(s, m, job_updates)
+                    outcome = self._one(s, m)
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     log.debug("dropping malformed message on %s: %s", m.topic, exc)
                     outcome = "dropped_malformed"
@@ -90,11 +90,8 @@ class Ingest:
                 s.add(Counter(name="dropped_unknown_device", value=dropped))
             elif dropped:
                 row.value = max(row.value, dropped)
-        for device_id, job_id, body in job_updates:
-            if not record_job_update(self.fleet, device_id, job_id, body):
-                self.counters["dropped_unknown_job"] += 1
 
-    def _one(self, s, m: Message, job_updates: list) -> str:
+    def _one(self, s, m: Message) -> str:
         if not m.topic.startswith(PREFIX):
             return "dropped_malformed"
         device_id, _, suffix = m.topic[len(PREFIX):].partition("/")
@@ -125,7 +122,8 @@ class Ingest:
         elif suffix == "alerts":
             device.status = "online"
         elif suffix.startswith("jobs/") and suffix.endswith("/update") and suffix.count("/") == 2:
-            job_updates.append((device_id, suffix.split("/")[1], body))
+            if not apply_job_update(self.fleet, s, device_id, suffix.split("/")[1], body):
+                return "dropped_unknown_job"
         else:
             return "dropped_malformed"
         device.last_seen = max(device.last_seen or 0.0, m.received_at)

@@ -389,12 +389,14 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     if r.wave < 0:  # paused before the canary went out, then resumed
         _send_wave(fleet, s, r, 0, now, outbox)
         return
-    installs = s.scalars(select(Deployment).where(Deployment.rollout_id == r.id, Deployment.kind == "install")).all()
-    touched = len(installs)
-    failed = [d.device_id for d in installs if d.state in FAILED]
-    committed = sum(d.state == "committed" for d in installs)
-    if len(failed) > plan.failure_threshold * touched:
-        _transition(s, r, "failure_threshold", now, f"{len(failed)} of {touched} devices failed ({', '.join(failed[:5])})")
+    mine = (Deployment.rollout_id == r.id, Deployment.kind == "install")
+    counts = dict(s.execute(select(Deployment.state, func.count()).where(*mine).group_by(Deployment.state)).all())
+    touched = sum(counts.values())
+    failed = sum(counts.get(state, 0) for state in FAILED)
+    committed = counts.get("committed", 0)
+    if failed > plan.failure_threshold * touched:
+        some = s.scalars(select(Deployment.device_id).where(*mine, Deployment.state.in_(FAILED)).order_by(Deployment.id).limit(5)).all()
+        _transition(s, r, "failure_threshold", now, f"{failed} of {touched} devices failed ({', '.join(some)})")
         _abort_step(fleet, s, r, now, outbox)
         return
     if r.state == "deploying":
@@ -446,27 +448,32 @@ def tick(fleet: Fleet) -> None:
 
 def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict) -> bool:
     """Store an agent's job update; False when the job is unknown or not this device's."""
+    with fleet.lock, fleet.writer() as s, s.begin():
+        return apply_job_update(fleet, s, device_id, job_id, payload)
+
+
+def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, payload: dict) -> bool:
+    """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock."""
     state = payload.get("state")
     if state not in AGENT_STATES:
         return False
-    with fleet.lock, fleet.writer() as s, s.begin():
-        dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
-        if dep is None or dep.device_id != device_id:
-            return False
-        if dep.state in TERMINAL_STATES or dep.state == state:
-            return True  # QoS 1 redelivery or a late message after the end: nothing changes
-        now = fleet.clock()
-        s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=str(payload.get("detail", ""))[:500]))
-        dep.state = state
-        dep.detail = str(payload.get("detail", ""))[:500]
-        dep.updated_at = now
-        if state == "switching" and dep.switched_at is None:
-            dep.switched_at = now
-        if state == "committed":
-            device = s.get(Device, device_id)
-            mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
-            device.model_name = s.get(ModelGroup, mv.group_id).name
-            device.model_version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
+    dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
+    if dep is None or dep.device_id != device_id:
+        return False
+    if dep.state in TERMINAL_STATES or dep.state == state:
+        return True  # QoS 1 redelivery or a late message after the end: nothing changes
+    now = fleet.clock()
+    s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=str(payload.get("detail", ""))[:500]))
+    dep.state = state
+    dep.detail = str(payload.get("detail", ""))[:500]
+    dep.updated_at = now
+    if state == "switching" and dep.switched_at is None:
+        dep.switched_at = now
+    if state == "committed":
+        device = s.get(Device, device_id)
+        mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
+        device.model_name = s.get(ModelGroup, mv.group_id).name
+        device.model_version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
     return True
 
 

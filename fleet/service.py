@@ -39,6 +39,7 @@ def serve(config: FleetConfig) -> None:
     from edgefleet.fleet.devices import write_acl
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     fleet = open_fleet(config)
     ingest = Ingest(fleet)
     bridge = None

@@ -93,6 +93,8 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
 
     Maps to edgefleet.models.job.run_training_job.
     """
+    from pydantic import ValidationError
+
     from edgefleet.models.job import TrainingJobConfig, compile_flags, run_training_job
 
     hps = _hp(extra)
@@ -106,8 +108,9 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
         fields["entry_point"] = entry_point
     try:
         config = TrainingJobConfig(**fields)
-    except ValueError as exc:
-        raise UsageError(f"bad training job settings: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", "job names are letters, digits and dashes, at most 63") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"bad training job settings: {first['loc'][0]}: {first['msg']}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
     result = run_training_job(config, stream=None if quiet or as_json else sys.stderr)
     flags = compile_flags(result.job_dir)
     if as_json:
