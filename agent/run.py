@@ -30,17 +30,12 @@ from edgefleet.agent.rules import AlertRules
 from edgefleet.agent.sender import Sender
 from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
+from edgefleet.agent.update import UpdateManager
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
 
 log = logging.getLogger("edgefleet.agent")
 
-try:
-    from edgefleet.agent.update import UpdateManager
-except ModuleNotFoundError as exc:  # agent/update.py (the OTA state machine) lands separately
-    if exc.name != "edgefleet.agent.update":
-        raise
-    UpdateManager = None
 
 
 @dataclass
@@ -252,13 +247,13 @@ class Agent:
     def run(self) -> RunSummary:
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             log.warning("running as root; the installed service runs as an unprivileged user")
-        if UpdateManager is not None and self.cfg.model.tflite is None:
+        if self.cfg.model.tflite is None:
             # Before loading: an update interrupted mid-switch is rolled back first.
             self.updates = UpdateManager(self.state, self.slot, self.publish, self.slot.trusted_keys, self.device)
             self.updates.resume()
         self._load_model()
         if self.updates is None:
-            log.info("over-the-air updates are disabled (%s)", "plain .tflite model" if self.cfg.model.tflite else "agent/update.py is not installed")
+            log.info("over-the-air updates are disabled: the model is a plain .tflite, not a signed package")
         if self.updates is not None:
             self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
             self._start_thread(self._jobs_worker, "jobs")

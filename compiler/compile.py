@@ -230,6 +230,10 @@ def compile_model(
             except Exception as exc:  # the importers raise many types on models they cannot map
                 raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", "simplify the model (onnxsim) or export it with another opset") from None
             outputs = _output_specs(mod)
+        if not label_list and source.labels:
+            label_list = source.labels
+        if source.preprocessing and not isinstance(preprocessing, Preprocessing):
+            preprocessing = {**source.preprocessing, **(preprocessing or {})}
         _check_labels(label_list, outputs, task)
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
         mod = optimize(mod, resolved, tune_trials, stages)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ class ModelSource:
     uri: str              # what the user passed
     sha256: str           # of what the user passed (the archive, when it was one)
     training_job: str | None
+    # From a training output's preprocessing.json / labels.txt beside the model (see
+    # docs/compiler.md); explicit compile options win over these.
+    preprocessing: dict | None = None
+    labels: list[str] | None = None
 
 
 def _download_s3(uri: str, dest_dir: Path, show_progress: bool, max_bytes: int) -> Path:
@@ -91,8 +96,30 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
             shutil.rmtree(extracted)
         files = safe_extract(local, extracted, limits)
         path = _pick_member(files, extracted, member, uri)
+        preprocessing, labels = _training_sidecar(path.parent, uri)
     elif local.suffix.lower() in MODEL_SUFFIXES:
         path = local
+        preprocessing, labels = None, None
     else:
         raise CorruptModelError(f"{uri}: cannot tell the model format from the name", "pass a .onnx, .tflite or SageMaker model.tar.gz")
-    return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job)
+    return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job, preprocessing=preprocessing, labels=labels)
+
+
+def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:
+    """Read preprocessing.json (format 1) and the labels file it names, written by the training script."""
+    spec = folder / "preprocessing.json"
+    if not spec.is_file():
+        return None, None
+    try:
+        data = json.loads(spec.read_text())
+        if data.get("format_version") != 1 or not isinstance(data.get("preprocessing"), dict):
+            raise ValueError("expected format_version 1 with a preprocessing object")
+        labels = None
+        if data.get("labels"):
+            labels_path = (folder / data["labels"]).resolve()
+            if folder.resolve() not in labels_path.parents:
+                raise ValueError("labels must name a file beside the model")
+            labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+    except (ValueError, OSError, AttributeError) as exc:
+        raise ModelSourceError(f"{uri}: preprocessing.json is unreadable ({exc})", "fix or remove preprocessing.json in the training output") from None
+    return data["preprocessing"], labels

@@ -44,9 +44,15 @@ def run_command(target: str, timeout: float | None, command: tuple[str, ...]) ->
     Maps to edgefleet.cross.emulate.run_emulated. Example:
     edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
     """
+    import subprocess
+
     from edgefleet.cross.emulate import run_emulated, sysroot_for_target
 
-    proc = run_emulated(sysroot_for_target(target), list(command), timeout=timeout)
+    try:
+        proc = run_emulated(sysroot_for_target(target), list(command), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        console.print(f"killed after {timeout} s")
+        sys.exit(124)  # as coreutils `timeout` does
     sys.exit(proc.returncode)
 
 

@@ -246,7 +246,7 @@ class _Build:
             tail = f"; last line: {lines[-1][:200]}" if len(lines) > 1 else ""
         raise BuildError(
             f"sysroot build step `{name}` {why}{tail}",
-            f"read the log {log}; a network failure means {self.failed_dir.parent} could not reach the Debian mirror or PyPI, retry when it can",
+            f"read the log {log}; a network error there means this machine could not reach the Debian mirror or PyPI: retry when it can",
         )
 
 
@@ -288,6 +288,8 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
         build.step("unpack", f"dpkg-deb -x {len(debs)} packages", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
         for deb in debs:  # the archives are unpacked; keep the sysroot small
             deb.unlink()
+        if not (root / "usr" / "bin" / f"python{spec.python_version}").exists():
+            build.fail("unpack", f"left no python{spec.python_version} in the sysroot")
         site = work / "site"
         site.mkdir()
         wheels: list[str] = []
@@ -311,12 +313,11 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
             if sys.version_info[:2] == tuple(int(p) for p in spec.python_version.split(".")):
                 for tree in (root / "usr" / "lib" / f"python{spec.python_version}", site):
                     compileall.compile_dir(str(tree), quiet=2, workers=1)
-        if not (work / "root" / "usr" / "bin" / f"python{spec.python_version}").exists():
-            build.fail("unpack", f"left no python{spec.python_version} in the sysroot")
         sysinfo = SysrootInfo(spec=spec, key=spec.key(), built_at=now_utc(), step_seconds={k: round(v, 2) for k, v in stages.timings.items()}, wheels=wheels)
         (work / "sysroot.json").write_text(sysinfo.model_dump_json(indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
+        if not force and (final / "sysroot.json").is_file():  # a concurrent build finished first: use it
+            return Sysroot(final, SysrootInfo.model_validate_json((final / "sysroot.json").read_text()))
+        shutil.rmtree(final, ignore_errors=True)  # the old tree (--force) or an incomplete leftover
         work.rename(final)
         shutil.rmtree(cache / f"{final.name}.failed", ignore_errors=True)
         return Sysroot(final, sysinfo)

@@ -46,6 +46,26 @@ def test_sagemaker_model_tar_compiles(tmp_path, onnx_bytes, signing_key, cli):
     assert m["provenance"] == {**m["provenance"], "source_uri": str(archive), "source_sha256": sha256_file(archive), "source_format": "onnx", "training_job": None}
 
 
+def test_training_output_preprocessing_and_labels_are_read_from_the_tar(tmp_path, onnx_bytes, signing_key, cli):
+    # models/train.py writes preprocessing.json and labels.txt beside model.onnx; a compile
+    # without flags takes them, and an explicit flag still wins.
+    sidecar = {"format_version": 1, "labels": "labels.txt", "preprocessing": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "color_order": "BGR"}}
+    archive = make_tar(tmp_path / "model.tar.gz", [
+        ("model.onnx", onnx_bytes, {}), ("labels.txt", b"a\nb\nc\nd\n", {}), ("preprocessing.json", json.dumps(sidecar).encode(), {}),
+    ])
+    result = cli("compile", archive, "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "--json", "--std", "0.5,0.5,0.5")
+    assert result.code == 0, result.text
+    m = json.loads(result.out)["manifest"]
+    assert m["labels"] == ["a", "b", "c", "d"]
+    assert (m["preprocessing"]["mean"], m["preprocessing"]["std"], m["preprocessing"]["color_order"]) == ([0.5] * 3, [0.5] * 3, "BGR")
+
+
+def test_unreadable_training_sidecar_is_a_clear_error(tmp_path, onnx_bytes, signing_key, cli):
+    archive = make_tar(tmp_path / "model.tar.gz", [("model.onnx", onnx_bytes, {}), ("preprocessing.json", b"{not json", {})])
+    result = cli("compile", archive, "--target", "x86_64", "-o", tmp_path / "p.tar.gz")
+    assert_cli_error(result, ModelSourceError, "preprocessing.json is unreadable")
+
+
 def test_tflite_inside_a_tar_defaults_to_nhwc(tmp_path, signing_key, cli):
     archive = make_tar(tmp_path / "model.tar.gz", [("export/classifier.tflite", small_tflite_cnn(tmp_path / "c.tflite").read_bytes(), {})])
     result = cli("compile", archive, "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "--json", "-q")
