@@ -29,7 +29,7 @@ def frame_accuracy(model_dir: Path, frames: int) -> dict[str, float]:
     from PIL import Image
 
     from edgefleet.agent.preprocess import preprocess
-    from edgefleet.models.job import read_serving_spec
+    from edgefleet.compiler.source import read_serving_spec
     from edgefleet.models.scenes import CLASSES, render_scene
 
     spec = read_serving_spec(model_dir)

@@ -42,6 +42,10 @@ def compare(before: list[c.CaseResult], after: list[c.CaseResult]) -> str:
     for fam in sorted(set(fam_b) | set(fam_a)):
         b, a = fam_b.get(fam, Counter()), fam_a.get(fam, Counter())
         lines.append(f"{fam:16} {sum(a.values()):5}  {b['passed']:13} {a['passed']:5}  {b['wrong']:12} {a['wrong']:5}")
+    was = {r.name: r for r in before}
+    lost = [r for r in after if r.name in was and was[r.name].outcome == "passed" and r.outcome != "passed"]
+    lines.append(f"passed before, not after: {len(lost)}")
+    lines += [f"  {r.name}: {r.outcome}: {r.detail[:150]}" for r in lost]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, topi
-from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
 
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
 # block size keeps the prepacked weights and the tuning database the same across CPU targets.
@@ -109,6 +109,8 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
+            sink_layout_transforms(block),
+            relax.transform.FoldConstant(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination(),
         ],
@@ -189,6 +191,102 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
         return rewriter.builder_.get()
+
+    return _pass
+
+
+_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu")
+_SINKABLE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+
+
+def _is_unblock(expr: relax.Expr) -> bool:
+    """A layout_transform from NCHW{b}c back to NCHW (what the blocked convolutions leave behind)."""
+    if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.layout_transform"):
+        return False
+    src, dst = expr.args[0].ty, expr.ty
+    return isinstance(src, relax.TensorType) and src.ndim == 5 and dst.ndim == 4 and expr.attrs.pad_value is None
+
+
+def _block_const(value: np.ndarray, block: int) -> np.ndarray | None:
+    """A per-channel (or scalar) NCHW constant in NCHW{b}c form; None for anything else."""
+    if value.ndim == 0 or value.size == 1:
+        return value.reshape(())
+    if value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1) and value.shape[1] % block == 0:
+        return np.ascontiguousarray(value.reshape(1, value.shape[1] // block, block, 1, 1).transpose(0, 1, 3, 4, 2))
+    return None
+
+
+def _is_identity(outer: relax.Call, inner: relax.Call) -> bool:
+    """Whether layout_transform `outer` undoes `inner` (so the pair can go)."""
+    shape_in = [int(d) for d in inner.args[0].ty.shape.values]
+    if shape_in != [int(d) for d in outer.ty.shape.values]:
+        return False
+    m1, m2 = inner.attrs.index_map, outer.attrs.index_map
+    analyzer = tvm.arith.Analyzer()
+    idx = [tvm.tirx.Var(f"i{k}", "int64") for k in range(len(shape_in))]
+    for var, extent in zip(idx, shape_in):
+        analyzer.bind(var, tvm.ir.Range(0, extent))
+    back = m2.map_indices([analyzer.simplify(e) for e in m1.map_indices(idx)])
+    return all(analyzer.can_prove_equal(a, b) for a, b in zip(back, idx))
+
+
+def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+    """Move NCHW{b}c -> NCHW transforms below element-wise ops, then drop transform pairs.
+
+    ConvertLayout leaves depthwise convolutions to `block_remaining_convs`, whose transforms
+    sit between blocked neighbours: conv -> to NCHW -> bias, ReLU6 -> to NCHW16c -> conv.
+    Rewriting op(unblock(x), c) as unblock(op(x, blocked c)) and then cancelling
+    unblock/block pairs keeps the whole chain blocked.
+    """
+    x, y, c = wildcard(), wildcard(), is_const()
+    unary = is_op("relax.nn.relu")(x) | is_op("relax.clip")(x) | is_op("relax.sigmoid")(x) | is_op("relax.nn.silu")(x)
+    binary_c = wildcard() | wildcard()
+    binary = None
+    for name in _SINKABLE_BINARY:
+        pat = is_op(name)(x, y)
+        binary = pat if binary is None else binary | pat
+    lt = is_op("relax.layout_transform")(x)
+    pair = is_op("relax.layout_transform")(lt)
+    del binary_c, c
+
+    def relayout(like: relax.Call, inner: relax.Expr) -> relax.Expr:
+        return relax.Call(like.op, [inner], like.attrs)
+
+    def sink_unary(expr, m):
+        arg = expr.args[0]
+        if not _is_unblock(arg):
+            return expr
+        return relayout(arg, relax.Call(expr.op, [arg.args[0], *expr.args[1:]], expr.attrs))
+
+    def sink_binary(expr, m):
+        a, b = expr.args
+        if _is_unblock(a) and _is_unblock(b) and tvm_ffi.structural_equal(a.attrs.index_map, b.attrs.index_map) and tvm_ffi.structural_equal(a.args[0].ty, b.args[0].ty):
+            return relayout(a, relax.Call(expr.op, [a.args[0], b.args[0]], expr.attrs))
+        for lt_side, other, first in ((a, b, True), (b, a, False)):
+            if _is_unblock(lt_side) and isinstance(other, tvm.ir.expr.GenericConst):
+                blocked = _block_const(other.value.numpy(), block)
+                if blocked is None:
+                    return expr
+                const = relax.const(blocked, str(other.ty.dtype))
+                args = [lt_side.args[0], const] if first else [const, lt_side.args[0]]
+                return relayout(lt_side, relax.Call(expr.op, args, expr.attrs))
+        return expr
+
+    def cancel(expr, m):
+        inner = expr.args[0]
+        return inner.args[0] if _is_identity(expr, inner) else expr
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetSinkLayoutTransforms")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for _ in range(16):
+            before = mod
+            mod = _rewrite_main(mod, unary, sink_unary)
+            mod = _rewrite_main(mod, binary, sink_binary)
+            mod = _rewrite_main(mod, pair, cancel)
+            mod = relax.transform.CanonicalizeBindings()(relax.transform.Normalize()(mod))
+            if tvm_ffi.structural_equal(before, mod):
+                break
+        return relax.transform.DeadCodeElimination()(mod)
 
     return _pass
 

@@ -15,15 +15,18 @@ from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
 
 def _is_inf(bb, inputs, attr, opset):
-    # TVM's converter ignores detect_positive / detect_negative.
+    # TVM's converter ignores detect_positive / detect_negative. One-sided checks compare with
+    # the infinity itself (no boolean `and`, which the CPU pipeline's vectorizer mistypes).
     x = inputs[0]
-    result = relax.op.isinf(x)
-    zero = relax.const(0, str(x.ty.dtype))
-    if not attr.get("detect_positive", 1):
-        result = relax.op.logical_and(result, relax.op.less(x, zero))
-    if not attr.get("detect_negative", 1):
-        result = relax.op.logical_and(result, relax.op.greater(x, zero))
-    return result
+    positive, negative = attr.get("detect_positive", 1), attr.get("detect_negative", 1)
+    if positive and negative:
+        return relax.op.isinf(x)
+    dtype = str(x.ty.dtype)
+    if positive:
+        return relax.op.equal(x, relax.const(float("inf"), dtype))
+    if negative:
+        return relax.op.equal(x, relax.const(float("-inf"), dtype))
+    return relax.op.zeros_like(x, "bool")
 
 
 def _bit_shift(bb, inputs, attr, opset):

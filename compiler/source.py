@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.archive import ArchiveLimits, safe_extract
 from edgefleet.errors import CorruptModelError, ModelSourceError
-from edgefleet.package import sha256_file
+from edgefleet.package import Preprocessing, TensorSpec, sha256_file
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -105,21 +107,40 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
     return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job, preprocessing=preprocessing, labels=labels)
 
 
-def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:
-    """Read preprocessing.json (format 1) and the labels file it names, written by the training script."""
-    spec = folder / "preprocessing.json"
-    if not spec.is_file():
-        return None, None
+class ServingSpec(BaseModel):
+    """preprocessing.json (format version 1), written by a training script beside its model:
+    how to serve the model exactly as it was trained (see docs/compiler.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: Literal[1]
+    input: TensorSpec | None = None
+    task: Literal["classification", "detection", "other"] = "classification"
+    labels: str | None = None  # a file beside the model, one label per line
+    preprocessing: Preprocessing
+
+
+def read_serving_spec(folder: Path) -> ServingSpec | None:
+    """The serving spec beside a model, or None when the training output has none."""
+    path = Path(folder) / "preprocessing.json"
+    if not path.is_file():
+        return None
     try:
-        data = json.loads(spec.read_text())
-        if data.get("format_version") != 1 or not isinstance(data.get("preprocessing"), dict):
-            raise ValueError("expected format_version 1 with a preprocessing object")
-        labels = None
-        if data.get("labels"):
-            labels_path = (folder / data["labels"]).resolve()
-            if folder.resolve() not in labels_path.parents:
-                raise ValueError("labels must name a file beside the model")
-            labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
-    except (ValueError, OSError, AttributeError) as exc:
-        raise ModelSourceError(f"{uri}: preprocessing.json is unreadable ({exc})", "fix or remove preprocessing.json in the training output") from None
-    return data["preprocessing"], labels
+        return ServingSpec.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {'.'.join(map(str, first['loc']))}: {first['msg']}", "fix or remove preprocessing.json in the training output") from None
+
+
+def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:
+    """Preprocessing options and labels from a training output's serving spec, if it has one."""
+    spec = read_serving_spec(folder)
+    if spec is None:
+        return None, None
+    labels = None
+    if spec.labels:
+        labels_path = (folder / spec.labels).resolve()
+        if folder.resolve() not in labels_path.parents or not labels_path.is_file():
+            raise ModelSourceError(f"{uri}: preprocessing.json names labels file {spec.labels!r}, which is not beside the model", "put the labels file next to the model in the archive")
+        labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
+    return spec.preprocessing.model_dump(exclude_unset=True), labels

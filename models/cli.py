@@ -95,7 +95,7 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
     """
     from pydantic import ValidationError
 
-    from edgefleet.models.job import TrainingJobConfig, compile_flags, run_training_job
+    from edgefleet.models.job import TrainingJobConfig, run_training_job
 
     hps = _hp(extra)
     for name, value in (("epochs", epochs), ("lr", lr), ("batch-size", batch_size), ("seed", seed)):
@@ -112,14 +112,14 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
         first = exc.errors()[0]
         raise UsageError(f"bad training job settings: {first['loc'][0]}: {first['msg']}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
     result = run_training_job(config, stream=None if quiet or as_json else sys.stderr)
-    flags = compile_flags(result.job_dir)
     if as_json:
         print_json({"job_dir": str(result.job_dir), "model_artifact": str(result.model_artifact), "output_artifact": str(result.output_artifact),
-                    "metrics": result.metrics, "seconds": result.seconds, "compile_flags": flags})
+                    "metrics": result.metrics, "seconds": result.seconds})
         return
     accuracy = result.metrics.get("validation_accuracy")
     console.print(f"[green]wrote[/green] {result.model_artifact} in {result.seconds:.1f} s" + (f", validation accuracy {accuracy:.3f}" if accuracy is not None else ""), soft_wrap=True)
-    console.print("compile it with: " + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET", *flags]), soft_wrap=True)
+    # The compiler reads preprocessing.json and labels.txt from the archive: no flags needed.
+    console.print("compile it with: " + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET"]), soft_wrap=True)
 
 
 @models.command("reference")

@@ -32,12 +32,12 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from edgefleet.errors import MissingToolError, TrainingJobError, UsageError
-from edgefleet.package import Preprocessing, TensorSpec, sha256_file
+from edgefleet.package import sha256_file
 
 JOB_FORMAT_VERSION = 1
 ENTRY_POINT = Path(__file__).with_name("train.py")
@@ -216,36 +216,3 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
     })
     (out / "job.json").write_text(json.dumps(record, indent=2) + "\n")
     return TrainingJobResult(out, model_artifact, output_artifact, metrics, seconds)
-
-
-class ServingSpec(BaseModel):
-    """preprocessing.json (format version 1), written by train.py beside model.onnx: how to serve it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format_version: Literal[1]
-    input: TensorSpec
-    task: Literal["classification", "detection", "other"]
-    labels: str
-    preprocessing: Preprocessing
-
-
-def read_serving_spec(model_dir: Path) -> ServingSpec:
-    path = Path(model_dir) / "preprocessing.json"
-    try:
-        return ServingSpec.model_validate_json(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}", "point at a model dir written by models/train.py") from None
-    except ValidationError as exc:
-        raise UsageError(f"{path} is not a version-1 preprocessing.json: {exc.errors()[0]['msg']}", "retrain with models/train.py from this edgefleet") from None
-
-
-def compile_flags(job_dir: Path) -> list[str]:
-    """The `edgefleet compile` flags that serve a finished job's model exactly as it was trained."""
-    model_dir = Path(job_dir) / "opt" / "ml" / "model"
-    spec = read_serving_spec(model_dir)
-    pre = spec.preprocessing
-    flags = ["--labels", str(model_dir / spec.labels), "--task", spec.task, "--color-order", pre.color_order, "--layout", pre.layout, "--scale", repr(pre.scale)]
-    if pre.resize:
-        flags += ["--resize", f"{pre.resize[0]}x{pre.resize[1]}"]
-    return flags + ["--mean", ",".join(map(repr, pre.mean)), "--std", ",".join(map(repr, pre.std))]

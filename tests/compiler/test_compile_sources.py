@@ -63,7 +63,7 @@ def test_training_output_preprocessing_and_labels_are_read_from_the_tar(tmp_path
 def test_unreadable_training_sidecar_is_a_clear_error(tmp_path, onnx_bytes, signing_key, cli):
     archive = make_tar(tmp_path / "model.tar.gz", [("model.onnx", onnx_bytes, {}), ("preprocessing.json", b"{not json", {})])
     result = cli("compile", archive, "--target", "x86_64", "-o", tmp_path / "p.tar.gz")
-    assert_cli_error(result, ModelSourceError, "preprocessing.json is unreadable")
+    assert_cli_error(result, ModelSourceError, "preprocessing.json is not a version-1 serving spec")
 
 
 def test_tflite_inside_a_tar_defaults_to_nhwc(tmp_path, signing_key, cli):

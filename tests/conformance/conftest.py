@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-SUMMARY: list[str] = []
+import pytest
+
+_SUMMARY: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def conformance_summary() -> list[str]:
+    """Tables appended here are printed in pytest's terminal summary."""
+    return _SUMMARY
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if SUMMARY:
+    if _SUMMARY:
         terminalreporter.section("ONNX conformance, vision subset (passed / wrong / unsupported / error per operator)")
-        for block in SUMMARY:
+        for block in _SUMMARY:
             terminalreporter.write_line(block)

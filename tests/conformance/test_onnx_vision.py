@@ -15,15 +15,13 @@ import pytest
 
 from edgefleet.compiler import conformance as c
 
-from .conftest import SUMMARY
-
 PASS_LIST = Path(__file__).parent / "vision_pass_list.txt"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def vision_results(tmp_path_factory) -> dict[str, c.CaseResult]:
+def vision_results(tmp_path_factory, conformance_summary) -> dict[str, c.CaseResult]:
     home = tmp_path_factory.mktemp("edgefleet-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEFLEET_HOME", str(home))  # inherited by the worker processes
@@ -32,7 +30,7 @@ def vision_results(tmp_path_factory) -> dict[str, c.CaseResult]:
         results = c.run_suite(names, workers=2)
     finally:
         mp.undo()
-    SUMMARY.append(c.format_table(c.summarize(results)))
+    conformance_summary.append(c.format_table(c.summarize(results)))
     return {r.name: r for r in results}
 
 

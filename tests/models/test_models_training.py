@@ -11,7 +11,7 @@ import tarfile
 
 import numpy as np
 
-from edgefleet.models.job import ENTRY_POINT, compile_flags
+from edgefleet.models.job import ENTRY_POINT
 from edgefleet.models.scenes import CLASSES, write_dataset, write_frames
 
 
@@ -37,14 +37,13 @@ def test_trained_model_is_clearly_better_than_chance(trained_job):
     assert min(metrics["per_class_accuracy"].values()) >= 0.6, metrics
 
 
-def test_edgefleet_compile_accepts_the_training_output_and_serves_it_as_trained(trained_job, signing_key, tmp_path):
+def test_edgefleet_compile_reads_the_training_output_and_serves_it_as_trained(trained_job, signing_key, tmp_path):
     from edgefleet.agent.infer import run_package_on_image
     from edgefleet.package import open_package
     from edgefleet.signing import load_public_key, public_path
 
     package = tmp_path / "scenes.tar.gz"
-    cmd = [sys.executable, "-m", "edgefleet.cli", "compile", str(trained_job.model_artifact), "--target", "x86_64", "-o", str(package), "-q",
-           *compile_flags(trained_job.job_dir)]
+    cmd = [sys.executable, "-m", "edgefleet.cli", "compile", str(trained_job.model_artifact), "--target", "x86_64", "-o", str(package), "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     trusted = [load_public_key(public_path(signing_key.path))]
