@@ -118,7 +118,10 @@ class Agent:
             return
         if self.slot.current_dir() is None:
             if self.cfg.model.package is None:
-                raise UsageError("no model installed and none configured", "set model.package (or model.tflite) in the config, or deploy one from the fleet")
+                # A newly enrolled camera: frames are dropped (counted as no_model) until the
+                # fleet deploys its first model over the jobs topic.
+                log.info("no model installed yet: waiting for the fleet to deploy one")
+                return
             self.slot.install_initial(self.cfg.model.package)
         else:
             self.slot.reload()
@@ -212,7 +215,11 @@ class Agent:
             log.warning("skipped frame %s from %s: %s", frame.key, frame.source, exc.cause)
             self._done(by_source, frame)
             return
-        active = self.slot.active
+        active = self.slot.loaded
+        if active is None:
+            self.metrics.frame_bad("no_model")
+            self._done(by_source, frame)
+            return
         try:
             batch = preprocess(image, active.manifest.inputs[0], active.manifest.preprocessing)
             model_start = time.perf_counter()

@@ -190,9 +190,10 @@ def main() -> None:
 
     key = create_signing_key(work / "keys" / "fleet.key").path
     v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)
-    results = [run(n, work / f"n{n}", v1, v2, key, args.telemetry_s) for n in args.devices]
-    for r in results:
-        print(json.dumps(r))
+    results = []
+    for n in args.devices:
+        results.append(run(n, work / f"n{n}", v1, v2, key, args.telemetry_s))
+        print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         a, b = results[0], results[-1]
         print(f"{b['devices'] / a['devices']:.0f}x devices: {b['all_committed_s'] / a['all_committed_s']:.2f}x time to all committed, "

@@ -17,11 +17,14 @@ unscheduled loop nest. These passes prepare the graph for the default schedules 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tvm
+import tvm.sym
 import tvm_ffi
 from tvm import relax, topi
-from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
 
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
 # block size keeps the prepacked weights and the tuning database the same across CPU targets.
@@ -222,12 +225,12 @@ def _is_identity(outer: relax.Call, inner: relax.Call) -> bool:
     if shape_in != [int(d) for d in outer.ty.shape.values]:
         return False
     m1, m2 = inner.attrs.index_map, outer.attrs.index_map
-    analyzer = tvm.arith.Analyzer()
+    analyzer = tvm.sym.Analyzer()
     idx = [tvm.tirx.Var(f"i{k}", "int64") for k in range(len(shape_in))]
     for var, extent in zip(idx, shape_in):
         analyzer.bind(var, tvm.ir.Range(0, extent))
     back = m2.map_indices([analyzer.simplify(e) for e in m1.map_indices(idx)])
-    return all(analyzer.can_prove_equal(a, b) for a, b in zip(back, idx))
+    return all(analyzer.can_prove(analyzer.simplify(a - b) == 0) for a, b in zip(back, idx))
 
 
 def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
@@ -238,55 +241,68 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     Rewriting op(unblock(x), c) as unblock(op(x, blocked c)) and then cancelling
     unblock/block pairs keeps the whole chain blocked.
     """
-    x, y, c = wildcard(), wildcard(), is_const()
-    unary = is_op("relax.nn.relu")(x) | is_op("relax.clip")(x) | is_op("relax.sigmoid")(x) | is_op("relax.nn.silu")(x)
-    binary_c = wildcard() | wildcard()
-    binary = None
-    for name in _SINKABLE_BINARY:
-        pat = is_op(name)(x, y)
-        binary = pat if binary is None else binary | pat
-    lt = is_op("relax.layout_transform")(x)
-    pair = is_op("relax.layout_transform")(lt)
-    del binary_c, c
+    @relax.expr_functor.mutator
+    class _Sinker(relax.PyExprMutator):
+        def _unblock_of(self, arg: relax.Expr) -> relax.Call | None:
+            bound = self.lookup_binding(arg) if isinstance(arg, relax.Var) else None
+            return bound if bound is not None and _is_unblock(bound) else None
 
-    def relayout(like: relax.Call, inner: relax.Expr) -> relax.Expr:
-        return relax.Call(like.op, [inner], like.attrs)
+        def _clip_as_op(self, call: relax.Call) -> relax.Call:
+            # ONNX Clip (ReLU6) arrives as call_tir to TE maximum/minimum PrimFuncs.
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+                return call
+            callee, args = call.args[0], call.args[1]
+            name = callee.name_hint if isinstance(callee, tvm.ir.GlobalVar) else ""
+            kind = re.match(r"(maximum|minimum)\d*$", name)
+            if not kind or not isinstance(args, relax.Tuple) or len(args.fields) != 2 or not isinstance(args.fields[1], tvm.ir.expr.GenericConst):
+                return call
+            x, const = args.fields
+            if const.value.numpy().size != 1 or not tvm_ffi.structural_equal(x.ty, call.ty):
+                return call
+            return getattr(relax.op, kind.group(1))(x, const)
 
-    def sink_unary(expr, m):
-        arg = expr.args[0]
-        if not _is_unblock(arg):
-            return expr
-        return relayout(arg, relax.Call(expr.op, [arg.args[0], *expr.args[1:]], expr.attrs))
-
-    def sink_binary(expr, m):
-        a, b = expr.args
-        if _is_unblock(a) and _is_unblock(b) and tvm_ffi.structural_equal(a.attrs.index_map, b.attrs.index_map) and tvm_ffi.structural_equal(a.args[0].ty, b.args[0].ty):
-            return relayout(a, relax.Call(expr.op, [a.args[0], b.args[0]], expr.attrs))
-        for lt_side, other, first in ((a, b, True), (b, a, False)):
-            if _is_unblock(lt_side) and isinstance(other, tvm.ir.expr.GenericConst):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self._clip_as_op(self.visit_expr_post_order(call))
+            if not isinstance(call.op, tvm.ir.Op):
+                return call
+            name = call.op.name
+            if name == "relax.layout_transform":
+                inner = self._unblock_of(call.args[0])
+                return inner.args[0] if inner is not None and _is_identity(call, inner) else call
+            if name in _SINKABLE_UNARY:
+                lt = self._unblock_of(call.args[0])
+                if lt is None:
+                    return call
+                return relax.Call(lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs)
+            if name not in _SINKABLE_BINARY:
+                return call
+            a, b = call.args
+            lt_a, lt_b = self._unblock_of(a), self._unblock_of(b)
+            if lt_a is not None and lt_b is not None:
+                if not (tvm_ffi.structural_equal(lt_a.attrs.index_map, lt_b.attrs.index_map) and tvm_ffi.structural_equal(lt_a.args[0].ty, lt_b.args[0].ty)):
+                    return call
+                new_args = [lt_a.args[0], lt_b.args[0]]
+            elif (lt_a is None) == (lt_b is None):
+                return call
+            else:
+                lt, other = (lt_a, b) if lt_a is not None else (lt_b, a)
+                if not isinstance(other, tvm.ir.expr.GenericConst):
+                    return call
                 blocked = _block_const(other.value.numpy(), block)
                 if blocked is None:
-                    return expr
+                    return call
                 const = relax.const(blocked, str(other.ty.dtype))
-                args = [lt_side.args[0], const] if first else [const, lt_side.args[0]]
-                return relayout(lt_side, relax.Call(expr.op, args, expr.attrs))
-        return expr
-
-    def cancel(expr, m):
-        inner = expr.args[0]
-        return inner.args[0] if _is_identity(expr, inner) else expr
+                new_args = [lt.args[0], const] if lt_a is not None else [const, lt.args[0]]
+            lt = lt_a if lt_a is not None else lt_b
+            return relax.Call(lt.op, [self.builder_.emit(relax.Call(call.op, new_args, call.attrs))], lt.attrs)
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSinkLayoutTransforms")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        for _ in range(16):
-            before = mod
-            mod = _rewrite_main(mod, unary, sink_unary)
-            mod = _rewrite_main(mod, binary, sink_binary)
-            mod = _rewrite_main(mod, pair, cancel)
-            mod = relax.transform.CanonicalizeBindings()(relax.transform.Normalize()(mod))
-            if tvm_ffi.structural_equal(before, mod):
-                break
-        return relax.transform.DeadCodeElimination()(mod)
+        sinker = _Sinker(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                sinker.builder_.update_func(gv, sinker.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(sinker.builder_.get())
 
     return _pass
 

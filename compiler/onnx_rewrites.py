@@ -171,7 +171,6 @@ def _non_constant_inputs(*indices: int, what: str) -> Rule:
 
 RULES: list[tuple[str, Rule]] = [
     ("BatchNormalization", lambda n, *_: "training_mode=1" if _attr(n, "training_mode", 0) else None),
-    ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
     ("Dropout", lambda n, g, *_: "mask output" if len(n.output) > 1 and n.output[1] and _used(g, n.output[1]) else None),
     ("LayerNormalization", lambda n, *_: "Mean/InvStdDev outputs" if len([o for o in n.output[1:] if o]) else None),
     ("RoiAlign", lambda n, *_: "mode=max" if _attr(n, "mode", b"avg") == b"max" else None),
@@ -191,6 +190,8 @@ EXPANSION_WRONG_TOO = {"CausalConvWithState"}
 UNSUPPORTED_DTYPES = {"STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
 # Checked after constant folding (to_relax), when it is known what stays computed at run time.
 RUNTIME_RULES: list[tuple[str, Rule]] = [
+    # conv_transpose_output_shape rewrites it into pads where the shapes allow.
+    ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
     ("NonMaxSuppression", _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold")),
     ("Expand", _non_constant_inputs(1, what="the shape input")),
 ]
@@ -317,6 +318,73 @@ def _static_shape(vi) -> list[int] | None:
     return None if any(d is None for d in dims) else dims
 
 
+def _with_input_shapes(model, input_shapes: dict[str, list[int]]):
+    """A copy of `model` with the input shapes fixed, and every value's static shape (or None)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for inp in out.graph.input:
+        if inp.name in input_shapes and inp.type.HasField("tensor_type"):
+            shape = inp.type.tensor_type.shape
+            del shape.dim[:]
+            for d in input_shapes[inp.name]:
+                shape.dim.add().dim_value = int(d)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
+    except Exception:  # shape inference is best effort: callers then leave the model as it is
+        return out, None
+    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info)}
+    shapes.update({i.name: list(i.dims) for i in out.graph.initializer})
+    return out, shapes
+
+
+def conv_transpose_output_shape(model, input_shapes: dict[str, list[int]]):
+    """ConvTranspose(output_shape=...) -> explicit pads and output_padding, by ONNX's formula
+    (TVM ignores output_shape). Left alone, and later refused, when a shape is not static."""
+    nodes = [n for n in model.graph.node if n.op_type == "ConvTranspose" and n.domain in ("", "ai.onnx") and _attr(n, "output_shape")]
+    if not nodes:
+        return model
+    out, shapes = _with_input_shapes(model, input_shapes)
+    if shapes is None:
+        return model
+    for node in out.graph.node:
+        if node.op_type != "ConvTranspose" or not _attr(node, "output_shape"):
+            continue
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if x is None or w is None:
+            continue
+        n = len(x) - 2
+        kernel = list(_attr(node, "kernel_shape", w[2:]))
+        strides = list(_attr(node, "strides", [1] * n))
+        dilations = list(_attr(node, "dilations", [1] * n))
+        out_pad = list(_attr(node, "output_padding", [0] * n))
+        target = list(_attr(node, "output_shape"))[-n:]
+        begins, ends = [], []
+        for i in range(n):
+            total = strides[i] * (x[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - target[i]
+            if total < 0:  # a larger output than the pads can give: grow output_padding instead
+                out_pad[i] -= total
+                total = 0
+            half = total // 2
+            if _attr(node, "auto_pad", b"NOTSET") == b"SAME_UPPER":
+                begins.append(half)
+                ends.append(total - half)
+            else:
+                begins.append(total - half)
+                ends.append(half)
+        if any(p >= max(s, d) for p, s, d in zip(out_pad, strides, dilations)):
+            continue  # not expressible; the runtime rule refuses it
+        kept = [a for a in node.attribute if a.name not in ("output_shape", "auto_pad", "pads", "output_padding")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.extend([helper.make_attribute("pads", begins + ends), helper.make_attribute("output_padding", out_pad)])
+    # Keep the caller's input shapes as they were: only the node changed.
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(out.graph.node)
+    return result
+
+
 def fold_constants(model, input_shapes: dict[str, list[int]]):
     """With the input shapes fixed, replace Shape nodes and every node whose inputs are all
     constants by initializers (evaluated with ONNX's reference implementation). Returns a new
@@ -325,20 +393,10 @@ def fold_constants(model, input_shapes: dict[str, list[int]]):
     from onnx import numpy_helper
     from onnx.reference import ReferenceEvaluator
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    for inp in graph.input:
-        if inp.name in input_shapes and inp.type.HasField("tensor_type"):
-            shape = inp.type.tensor_type.shape
-            del shape.dim[:]
-            for d in input_shapes[inp.name]:
-                shape.dim.add().dim_value = int(d)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
-    except Exception:  # shape inference is best effort: nothing is folded without it
+    out, shapes = _with_input_shapes(model, input_shapes)
+    if shapes is None:
         return model
-    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info)}
+    graph = out.graph
     graph_inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
     known = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.name not in graph_inputs}
     opset = [o for o in out.opset_import]

@@ -42,6 +42,7 @@ class LazyGroup(click.Group):
 
 COMPONENT_GROUPS = {
     "compile": "edgefleet.compiler.cli:compile_command",
+    "demo": "edgefleet.demo:demo_command",
     "targets": "edgefleet.compiler.cli:targets_command",
     "inspect": "edgefleet.cli_package:inspect_command",
     "run": "edgefleet.cli_package:run_command",

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
@@ -27,6 +27,8 @@ from edgefleet.fleet.db import Build, Counter
 from edgefleet.fleet.ingest import Ingest
 
 MAX_UPLOAD_BYTES = 2 * 1024**3
+# Ids are bounded so that an absurd number is a 422, not a database overflow.
+Id = Annotated[int, PathParam(ge=1, le=2**62)]
 STATUS = {NotFoundError: 404, ConflictError: 409, InvalidTransitionError: 409, PermissionDeniedError: 403, ServiceError: 503}
 
 
@@ -146,7 +148,7 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
         return registry.set_approval(fleet, group, version, body.state, body.note)
 
     @app.get("/api/v1/builds/{build_id}/download")
-    def download(build_id: int, expires: int = Query(...), sig: str = Query(...)):
+    def download(build_id: Id, expires: int = Query(..., le=2**62), sig: str = Query(..., max_length=128)):
         if not fleet.check_download(build_id, expires, sig):
             raise PermissionDeniedError("the download link is invalid or expired", "ask the fleet for a new job")
         with fleet.session() as s:
@@ -191,15 +193,15 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
         return rollouts.create_rollout(fleet, body.group, body.version, body.selection, body.plan)
 
     @app.get("/api/v1/rollouts/{rollout_id}", dependencies=[read])
-    def get_rollout(rollout_id: int) -> dict:
+    def get_rollout(rollout_id: Id) -> dict:
         return rollouts.get_rollout(fleet, rollout_id)
 
     @app.get("/api/v1/rollouts/{rollout_id}/events", dependencies=[read])
-    def get_events(rollout_id: int) -> list[dict]:
+    def get_events(rollout_id: Id) -> list[dict]:
         return rollouts.rollout_events(fleet, rollout_id)
 
     @app.post("/api/v1/rollouts/{rollout_id}/{action}", dependencies=[operator])
-    def control(rollout_id: int, action: str, body: ControlBody | None = None) -> dict:
+    def control(rollout_id: Id, action: str, body: ControlBody | None = None) -> dict:
         return rollouts.control(fleet, rollout_id, action, body.reason if body else "")
 
     # ---- tokens --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 Incoming device messages are queued by paho's network thread and stored in batches by a
 worker thread (one transaction per batch), so a slow database never stalls the broker link.
+Job updates and status go first: under a telemetry backlog, rollouts still move.
 Outgoing jobs go to edgefleet/v1/<device>/jobs/notify with QoS 1; the persistent session
 keeps them for devices that are offline.
 """
@@ -30,7 +31,9 @@ class Bridge:
     def __init__(self, broker: BrokerConfig, ingest: Ingest, client_id: str = "edgefleet-fleet") -> None:
         self.broker = broker
         self.ingest = ingest
-        self.queue: queue.Queue[Message] = queue.Queue()
+        self.queue: queue.Queue[Message] = queue.Queue()  # telemetry and alerts
+        self.urgent: queue.Queue[Message] = queue.Queue()  # job updates and status
+        self._wake = threading.Event()
         self.connected = threading.Event()
         self._stop = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
@@ -52,19 +55,27 @@ class Bridge:
         self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.queue.put(Message(msg.topic, msg.payload, time.time()))
+        bulk = msg.topic.endswith(("/telemetry", "/alerts"))
+        (self.queue if bulk else self.urgent).put(Message(msg.topic, msg.payload, time.time()))
+        self._wake.set()
 
-    def _drain(self) -> None:
-        while not self._stop.is_set() or not self.queue.empty():
-            try:
-                batch = [self.queue.get(timeout=0.2)]
-            except queue.Empty:
-                continue
+    def _next_batch(self) -> list[Message]:
+        batch: list[Message] = []
+        for q in (self.urgent, self.queue):
             while len(batch) < BATCH:
                 try:
-                    batch.append(self.queue.get_nowait())
+                    batch.append(q.get_nowait())
                 except queue.Empty:
                     break
+        return batch
+
+    def _drain(self) -> None:
+        while not self._stop.is_set() or not (self.queue.empty() and self.urgent.empty()):
+            batch = self._next_batch()
+            if not batch:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
             try:
                 self.ingest.handle_batch(batch)
             except Exception:  # a database hiccup must not kill the bridge; the batch is logged and lost

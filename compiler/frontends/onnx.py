@@ -131,7 +131,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
     import onnx
 
-    from edgefleet.compiler.onnx_rewrites import cast_shape_values, expand_functions, fold_constants, normalize_constants
+    from edgefleet.compiler.onnx_rewrites import cast_shape_values, conv_transpose_output_shape, expand_functions, fold_constants, normalize_constants
 
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
@@ -143,6 +143,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
         prepared = expanded
     normalize_constants(prepared)  # expanded function bodies use the value_* forms too
     prepared = fold_constants(prepared, input_shapes)
+    prepared = conv_transpose_output_shape(prepared, input_shapes)
     cast_shape_values(prepared)
     return prepared
 

@@ -1,0 +1,368 @@
+"""`edgefleet demo`: the whole system on one machine, from a training run to alerts on cameras.
+
+It trains the reference camera model twice in SageMaker script mode (v1: a short run, v2: a
+longer one), compiles both for x86_64 and rasp4b, starts a local mosquitto (mutual TLS from the
+fleet's CA) and the fleet service (SQLite, local package store), enrolls several cameras with
+one-time tokens, runs an `edgefleet agent` process per camera fed with generated scenes, rolls
+out v1, then v2 with a canary, and prints alerts as they arrive. Everything lives under the work
+folder and is stopped on Ctrl-C (or after the second rollout with --exit-after-rollouts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from edgefleet.errors import ServiceError, UsageError
+
+console = Console(highlight=False)
+LABELS = ("person", "vehicle", "empty")
+ALERT_LABELS = ("person", "vehicle")
+MODEL = "scenes"
+TARGETS = ("x86_64", "rasp4b")
+# v1 is trained briefly, v2 longer: the rollout of v2 is a real model improvement.
+TRAINING = {"1": {"epochs": 3, "seed": 1}, "2": {"epochs": 10, "seed": 2}}
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    devices: int = 3
+    http_port: int = 8080
+    mqtt_port: int = 8883
+    frames_per_second: float = 2.0
+    exit_after_rollouts: bool = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port(requested: int) -> int:
+    if requested == 0:
+        return free_port()
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", requested))
+        except OSError:
+            raise UsageError(f"port {requested} is in use", "stop what uses it, or pass another port (0 picks a free one)") from None
+    return requested
+
+
+def _step(text: str) -> None:
+    console.print(f"[bold cyan]==>[/bold cyan] {text}")
+
+
+class Demo:
+    def __init__(self, options: DemoOptions) -> None:
+        self.o = options
+        self.root = options.workdir.resolve()
+        self.home = self.root / "home"
+        self.processes: list[subprocess.Popen] = []
+        self.stop = threading.Event()
+        self.alerts: list[dict] = []
+        self.broker = None
+        self.mqtt = None
+        self.env = dict(os.environ, EDGEFLEET_HOME=str(self.home))
+        self.env.pop("EDGEFLEET_SIGNING_KEY", None)
+
+    # -- model: train and compile ----------------------------------------------------------
+    def train(self) -> dict[str, Path]:
+        from edgefleet.models.job import TrainingJobConfig, run_training_job
+        from edgefleet.models.scenes import write_dataset
+
+        data = self.root / "dataset"
+        if not (data / "dataset.json").exists():
+            _step("generating the synthetic camera dataset (person / vehicle / empty)")
+            write_dataset(data, per_class=150, validation_per_class=40)
+        artifacts = {}
+        for version, hps in TRAINING.items():
+            job = self.root / "training" / f"v{version}"
+            artifact = job / "output" / "model.tar.gz"
+            if artifact.exists():
+                _step(f"reusing training job v{version} ({artifact})")
+            else:
+                _step(f"training v{version} in SageMaker script mode ({hps['epochs']} epochs)")
+                result = run_training_job(TrainingJobConfig(data=data, out=job, hyperparameters=hps, job_name=f"edgefleet-demo-v{version}"), stream=None)
+                console.print(f"    validation accuracy {result.metrics.get('validation_accuracy', float('nan')):.3f} in {result.seconds:.0f} s")
+            artifacts[version] = artifact
+        return artifacts
+
+    def compile(self, artifacts: dict[str, Path]) -> dict[tuple[str, str], Path]:
+        from edgefleet.compiler.compile import compile_model
+        from edgefleet.signing import create_signing_key, default_signing_key_path
+
+        if not default_signing_key_path().exists():
+            create_signing_key()
+        packages = {}
+        for version, artifact in artifacts.items():
+            for target in TARGETS:
+                out = self.root / "packages" / f"{MODEL}-{version}-{target}.tar.gz"
+                if not out.exists():
+                    result = compile_model(str(artifact), target, output=out, name=MODEL, version=version, quiet=True)
+                    v = result.manifest.verification
+                    verdict = f"verified, max abs diff {v.max_abs_diff:.2g}" if v.status == "passed" else f"not verified: {v.reason}"
+                    _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s ({verdict})")
+                packages[(version, target)] = out
+        return packages
+
+    # -- services ------------------------------------------------------------------------
+    def start_fleet(self) -> None:
+        from edgefleet.fleet.auth import create_token
+        from edgefleet.fleet.ca import CertificateAuthority
+        from edgefleet.fleet.config import FleetConfig
+        from edgefleet.fleet.core import open_fleet
+        from edgefleet.fleet.local_broker import LocalBroker
+        from edgefleet.signing import default_signing_key_path
+
+        data = self.root / "fleet"
+        self.http_port, mqtt_port = _port(self.o.http_port), _port(self.o.mqtt_port)
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.broker = LocalBroker(self.root / "broker", CertificateAuthority.load_or_create(data / "ca"), port=mqtt_port)
+        self.broker.start()
+        _step(f"mosquitto listening on 127.0.0.1:{mqtt_port} (mutual TLS, per-device ACL)")
+        broker = self.broker.broker_config()
+        config = FleetConfig(data_dir=data, listen_port=self.http_port, public_url=self.url, signing_key=default_signing_key_path(), tick_seconds=0.5, broker=broker)
+        self.config_file = self.root / "fleet.toml"
+        self.config_file.write_text(
+            f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.http_port}\npublic_url = "{self.url}"\n'
+            f'signing_key = "{config.signing_key}"\ntick_seconds = {config.tick_seconds}\n\n[broker]\n'
+            + "".join(f'{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}\n' for key, value in broker.model_dump(exclude_none=True).items())
+        )
+        self.token = create_token(open_fleet(config), f"demo-admin-{int(time.time())}", "admin")
+        self._spawn("fleet", [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(self.config_file)])
+        self._wait_http(self.url + "/healthz", "the fleet service")
+        _step(f"fleet service on {self.url} (SQLite at {data / 'fleet.db'})")
+        import httpx
+
+        self.http = httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        logs = self.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{name}.log", "ab")
+        # Own process group: Ctrl-C reaches the demo, which then stops each child in order.
+        process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def _wait_http(self, url: str, what: str, timeout: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.processes):
+                raise ServiceError(f"{what} exited during start-up", f"see the logs in {self.root / 'logs'}")
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise ServiceError(f"{what} did not answer at {url} within {timeout:.0f} s", f"see the logs in {self.root / 'logs'}")
+
+    def _api(self, method: str, path: str, **kwargs) -> dict | list:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ServiceError(f"fleet API {method} {path} answered {response.status_code}: {response.text[:300]}", f"see {self.root / 'logs' / 'fleet.log'}")
+        return response.json()
+
+    def register_packages(self, packages: dict[tuple[str, str], Path]) -> None:
+        for (version, target), path in packages.items():
+            self._api("POST", "/packages", content=path.read_bytes())
+        for version in TRAINING:
+            self._api("POST", f"/models/{MODEL}/versions/{version}/approval", json={"state": "Approved"})
+        _step(f"uploaded {len(packages)} packages (signature checked by the fleet); versions {', '.join(TRAINING)} approved")
+
+    # -- cameras ---------------------------------------------------------------------------
+    def start_agents(self) -> None:
+        import getpass
+
+        from edgefleet.signing import default_signing_key_path, public_path
+
+        self.devices = [f"cam-{i + 1}" for i in range(self.o.devices)]
+        for device in self.devices:
+            state, cfg = self.root / "cameras" / device, self.root / "cameras" / f"{device}.toml"
+            if not cfg.exists():
+                token = self._api("POST", "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "demo"})["token"]
+                token_file = self.root / "cameras" / f"{device}.token"
+                token_file.parent.mkdir(parents=True, exist_ok=True)
+                token_file.write_text(token)
+                cmd = [sys.executable, "-m", "edgefleet.cli", "agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device,
+                       "--fleet-url", self.url, "--enroll-token-file", str(token_file), "--trust", str(public_path(default_signing_key_path())),
+                       # The unit file names the account a real camera runs as; the demo's own processes run as whoever started it.
+                       "--user", "nobody" if os.geteuid() == 0 else getpass.getuser(), "--unit-path", str(self.root / "cameras" / f"{device}.service")]
+                for label in ALERT_LABELS:
+                    cmd += ["--label", label]
+                done = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise ServiceError(f"installing camera {device} failed: {done.stderr.strip()[-400:]}", f"see {cfg}")
+                token_file.unlink()
+                cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 2.0\n\n[health]\nenabled = false\n")
+            self._spawn(device, [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--drain", "1"])
+        _step(f"{len(self.devices)} cameras enrolled (one-time tokens, CSRs signed by the fleet CA) and running, no model yet")
+        threading.Thread(target=self._feed, name="feeder", daemon=True).start()
+        self._wait(lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == len(self.devices), 90, "every camera online")
+
+    def _feed(self) -> None:
+        """Drop a generated scene into each camera's watched folder, a few per second."""
+        from edgefleet.models.scenes import write_frames
+
+        n = 0
+        while not self.stop.wait(1.0 / self.o.frames_per_second):
+            for i, device in enumerate(self.devices):
+                incoming = self.root / "cameras" / device / "incoming"
+                if incoming.is_dir() and sum(1 for _ in incoming.iterdir()) < 4:
+                    write_frames(incoming, LABELS[(n + i) % len(LABELS)], 1, seed=7, start=n * len(self.devices) + i)
+            n += 1
+
+    def watch_alerts(self) -> None:
+        import ssl
+
+        import paho.mqtt.client as mqtt
+
+        def on_message(client, userdata, message) -> None:
+            try:
+                alert = json.loads(message.payload)
+            except ValueError:
+                return
+            self.alerts.append(alert)
+            model = alert.get("model") or {}
+            console.print(f"    [yellow]alert[/yellow] {alert.get('device', message.topic.split('/')[2])}: {alert.get('label')} "
+                          f"{alert.get('score', 0):.2f} (model {model.get('name', '?')} v{model.get('version', '?')})")
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-alerts", protocol=mqtt.MQTTv311)
+        ctx = ssl.create_default_context(cafile=str(self.broker.ca_file))
+        ctx.load_cert_chain(str(self.broker.fleet_cert), str(self.broker.fleet_key))
+        client.tls_set_context(ctx)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe("edgefleet/v1/+/alerts", qos=1)
+        client.on_message = on_message
+        client.connect(self.broker.host, self.broker.port, keepalive=30)
+        client.loop_start()
+        self.mqtt = client
+
+    # -- rollouts --------------------------------------------------------------------------
+    def _wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.stop.wait(0.5):
+                raise KeyboardInterrupt
+        raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}", f"see the logs in {self.root / 'logs'}")
+
+    def rollout(self, version: str, plan: dict, title: str) -> dict:
+        rollout = self._api("POST", "/rollouts", json={"group": MODEL, "version": version, "selection": {"group": "demo"}, "plan": plan})
+        _step(f"rollout {rollout['id']}: {title}")
+        seen: set[tuple] = set()
+
+        def progress():
+            state = self._api("GET", f"/rollouts/{rollout['id']}")
+            for event in self._api("GET", f"/rollouts/{rollout['id']}/events"):
+                key = (event.get("at"), event.get("event"), event.get("device"))
+                if key not in seen and event.get("event") in ("wave_sent", "wave_passed", "gate", "committed", "aborted", "succeeded", "rolled_back", "paused"):
+                    seen.add(key)
+                    console.print(f"    [dim]{event.get('event')}[/dim] {event.get('device') or ''} {event.get('detail') or ''}".rstrip())
+            return state if state["state"] in ("succeeded", "aborted") else None
+
+        final = self._wait(progress, 600, f"rollout {rollout['id']} to finish")
+        colour = "green" if final["state"] == "succeeded" else "red"
+        _step(f"rollout {rollout['id']} [{colour}]{final['state']}[/{colour}]: installs {final.get('installs')}" + (f" ({final.get('reason')})" if final.get("reason") else ""))
+        return final
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self.mqtt is not None:
+            self.mqtt.loop_stop()
+            self.mqtt.disconnect()
+        for process in reversed(self.processes):  # cameras first, then the fleet
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+@dataclass
+class DemoResult:
+    rollouts: list[dict]
+    alerts: list[dict]
+    dashboard: str
+
+
+def run_demo(options: DemoOptions) -> DemoResult:
+    """Run the end-to-end demo; returns after the second rollout when `exit_after_rollouts`,
+    otherwise runs until Ctrl-C. Everything it starts is stopped before it returns."""
+    demo = Demo(options)
+    demo.root.mkdir(parents=True, exist_ok=True)
+    # Models and packages are reused between runs; the fleet, broker and cameras start afresh.
+    for stale in ("fleet", "broker", "cameras", "logs"):
+        shutil.rmtree(demo.root / stale, ignore_errors=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rollouts: list[dict] = []
+    try:
+        os.environ["EDGEFLEET_HOME"] = str(demo.home)  # the in-process compile signs with the demo's key
+        packages = demo.compile(demo.train())
+        demo.start_fleet()
+        demo.register_packages(packages)
+        demo.watch_alerts()
+        demo.start_agents()
+        dashboard = f"{demo.url}/dashboard/"
+        _step(f"dashboard: {dashboard}  (admin token: {demo.token})")
+        rollouts.append(demo.rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}}, "first model to every camera (canary 1, then all)"))
+        # v2 finds more of the people and vehicles v1 missed, so its alert rate may rise up to 2.5x;
+        # confidence must not fall and p95 latency must stay within 1.5x of v1's.
+        v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 2.5, "confidence_min_ratio": 1.0}
+        rollouts.append(demo.rollout("2", {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
+                                     "v2 with a canary, then 50% and 100%, gated on model health against v1"))
+        if not options.exit_after_rollouts:
+            _step("cameras keep running; alerts print as they arrive. Ctrl-C stops everything.")
+            while not demo.stop.wait(1):
+                pass
+    except KeyboardInterrupt:
+        console.print("\nstopping ...")
+    finally:
+        demo.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+        console.print(f"stopped; work folder kept at {demo.root}")
+    return DemoResult(rollouts, demo.alerts, f"{demo.url}/dashboard/" if hasattr(demo, "url") else "")
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".edgefleet-demo"), show_default=True, help="Where the demo keeps its models, fleet and cameras (reused on the next run).")
+@click.option("--devices", type=click.IntRange(1, 20), default=3, show_default=True, help="How many cameras to run.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Fleet API and dashboard port (0: any free port).")
+@click.option("--mqtt-port", type=click.IntRange(0, 65535), default=8883, show_default=True, help="Broker port (0: any free port).")
+@click.option("--fps", "frames_per_second", type=click.FloatRange(0.1, 20), default=2.0, show_default=True, help="Frames per second fed to each camera.")
+@click.option("--exit-after-rollouts", is_flag=True, help="Stop after the second rollout (for CI) instead of running until Ctrl-C.")
+def demo_command(workdir: Path, devices: int, http_port: int, mqtt_port: int, frames_per_second: float, exit_after_rollouts: bool) -> None:
+    """Train, compile, deploy and watch: the whole system on this machine. Maps to edgefleet.demo.run_demo."""
+    result = run_demo(DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts))
+    states = [r["state"] for r in result.rollouts]
+    by_label: dict[str, int] = {}
+    for alert in result.alerts:
+        by_label[alert.get("label", "?")] = by_label.get(alert.get("label", "?"), 0) + 1
+    console.print(f"rollouts: {', '.join(states) or 'none'}; alerts received: {len(result.alerts)} {by_label}")
+    if exit_after_rollouts and (len(states) < 2 or any(s != "succeeded" for s in states)):
+        raise ServiceError(f"the demo's rollouts ended {states}", f"see the logs in {workdir / 'logs'}")
