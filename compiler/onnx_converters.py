@@ -74,9 +74,24 @@ CONVERTERS: dict[str, Converter] = {
 class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
     def _convert_operator(self, op_name, inputs, attrs, opset):
         converter = CONVERTERS.get(op_name)
-        if converter is None:
-            return super()._convert_operator(op_name, inputs, attrs, opset)
-        return self.bb.normalize(converter(self.bb, inputs, attrs, opset))
+        if converter is not None:
+            return self.bb.normalize(converter(self.bb, inputs, attrs, opset))
+        if op_name in ("ReduceMax", "ReduceMin") and str(getattr(inputs[0].ty, "dtype", "")).startswith(("float", "bfloat")):
+            return self._reduce_extreme(op_name, inputs, attrs, opset)
+        return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    def _reduce_extreme(self, op_name, inputs, attrs, opset):
+        # TVM starts max (min) reductions at the lowest (highest) finite value, so a row of
+        # -inf (+inf), or an empty one, gives that value where ONNX gives the infinity.
+        # Where no element is finite-or-beyond, put the infinity back.
+        x = inputs[0]
+        dtype = str(x.ty.dtype)
+        result = self.bb.normalize(super()._convert_operator(op_name, inputs, attrs, opset))
+        inf = float("-inf") if op_name == "ReduceMax" else float("inf")
+        beyond = relax.op.greater if op_name == "ReduceMax" else relax.op.less
+        indicator = self.bb.normalize(relax.op.where(beyond(x, relax.const(inf, dtype)), relax.const(1.0, dtype), relax.const(0.0, dtype)))
+        found = self.bb.normalize(super()._convert_operator("ReduceMax", [indicator, *inputs[1:]], attrs, opset))
+        return self.bb.normalize(relax.op.where(relax.op.less(found, relax.const(0.5, dtype)), relax.const(inf, dtype), result))
 
     def _construct_nodes(self, graph) -> None:
         super()._construct_nodes(graph)

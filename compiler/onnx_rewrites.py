@@ -183,9 +183,12 @@ RULES: list[tuple[str, Rule]] = [
     ("SequenceAt", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
     # float16 accumulation differs from ONNX's beyond its tolerance.
     ("CausalConvWithState", lambda n, g, p, dtypes: "float16 inputs" if dtypes.get(n.input[0]) == "FLOAT16" else None),
+    ("Attention", lambda n, g, p, dtypes: "float16 inputs" if dtypes.get(n.input[0]) == "FLOAT16" else None),
+    # TVM's converter is com.microsoft's Attention (num_heads); ONNX's own (opset 23) is expanded.
+    ("Attention", lambda n, *_: "q_num_heads/kv_num_heads form" if _attr(n, "num_heads") is None else None),
 ]
-# Rules whose operator computes wrongly in its ONNX function body as well: never expanded.
-EXPANSION_WRONG_TOO = {"CausalConvWithState"}
+# Reasons that expanding into the ONNX function body does not cure (TVM's float16 arithmetic).
+EXPANSION_WRONG_TOO = {"float16 inputs"}
 # Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex).
 UNSUPPORTED_DTYPES = {"STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
 # Checked after constant folding (to_relax), when it is known what stays computed at run time.
@@ -233,7 +236,7 @@ def rejections(model, rules: list[tuple[str, Rule]] = RULES) -> Counter:
                 if node.op_type != op:
                     continue
                 reason = rule(node, graph, produced, dtypes)
-                if reason and (op in EXPANSION_WRONG_TOO or not _has_function(node.op_type, _opset(model))):
+                if reason and (reason in EXPANSION_WRONG_TOO or not _has_function(node.op_type, _opset(model))):
                     out[f"{op} ({reason})"] += 1
     return out
 
@@ -260,7 +263,8 @@ def _needs_expansion(node, graph, produced, dtypes, convertible: set[str], opset
         return False
     if node.op_type not in convertible:
         return True
-    return node.op_type not in EXPANSION_WRONG_TOO and any(op == node.op_type and rule(node, graph, produced, dtypes) for op, rule in RULES)
+    reasons = {rule(node, graph, produced, dtypes) for op, rule in RULES if op == node.op_type}
+    return bool(reasons - {None}) and not reasons & EXPANSION_WRONG_TOO
 
 
 def expand_functions(model, convertible: set[str]):

@@ -246,7 +246,23 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
     sch.decompose_reduction(block, reduce[0])
 
 
+def rules() -> list:
+    """The rules in priority order (see `default_schedules`)."""
+    return [Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), Generic()]
+
+
+def schedule_func(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """The default schedule of one kernel, with its trace (tuning stores it as a record)."""
+    for rule in rules():
+        sch = rule.apply(func, target, False)
+        if isinstance(sch, list):
+            sch = sch[0] if sch else None
+        if sch is not None:
+            return sch
+    return None
+
+
 def default_schedules() -> tvm.transform.Pass:
     """The rules in priority order. dlight's CPU GEMV handles dense layers; its Reduction rule is left
     out: it made a 1000-way softmax take 8 ms (vs 0.01 ms with `Generic`)."""
-    return dlight.ApplyDefaultSchedule(Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), Generic())
+    return dlight.ApplyDefaultSchedule(*rules())

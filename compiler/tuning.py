@@ -38,35 +38,25 @@ def _records(db, mod: tvm.IRModule) -> list:
 
 
 def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target) -> float | None:
-    """Schedule `task_mod` with the default rules, measure it, and store it as a tuning record."""
+    """Measure the default schedule of one task and store it as a tuning record (seconds, or None)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from edgefleet.compiler.schedules import default_schedules
+    from edgefleet.compiler.schedules import schedule_func
 
-    with target:
-        scheduled = default_schedules()(task_mod)
-    func = scheduled["main"]
-    if not func.attrs or not func.attrs.get("tirx.is_scheduled", False):
-        return None
-    sch = _DEFAULT_SCHEDULE_TRACES.get("last")
+    sch = schedule_func(task_mod["main"], target)
     if sch is None:
         return None
-    builder = ms.builder.LocalBuilder(max_workers=1)
-    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50))
-    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    built = ms.builder.LocalBuilder(max_workers=1).build([ms.builder.BuilderInput(sch.mod, target)])[0]
     if built.error_msg:
         return None
     args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
+    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
     result = runner.run([ms.runner.RunnerInput(built.artifact_path, "llvm", args)])[0].result()
     if result.error_msg or not result.run_secs:
         return None
     secs = [float(s) for s in result.run_secs]
-    workload = db.commit_workload(task_mod)
-    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args))
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task_mod), secs, target, args))
     return sum(secs) / len(secs)
-
-
-_DEFAULT_SCHEDULE_TRACES: dict = {}
 
 
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None]) -> None:
@@ -86,6 +76,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
         if done >= per_task:
             report(f"{label}: {done} records in the database, skipped")
             continue
+        if done == 0:
+            default = _measure_default(db, task_mod, target)
+            if default is not None:
+                report(f"{label}: default schedule {1e3 * default:.3f} ms")
+                done = 1
+            if done >= per_task:
+                continue
         ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(work))
         ms.tune.tune_tasks(
             tasks=ctxs,

@@ -77,7 +77,7 @@ def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ..
 @click.option("--arch", default="arm64", show_default=True, type=click.Choice(["arm64"]), help="Only arm64: armhf has no TVM runtime.")
 @click.option("--tag", default="edgefleet-agent:arm64", show_default=True)
 def image_command(arch: str, tag: str) -> None:
-    """Build an arm64 container image of the agent from the sysroot (docker import). Maps to edgefleet.cross.image.build_image."""
+    """Build an arm64 container image of the agent from the sysroot and load it into docker. Maps to edgefleet.cross.image.build_image."""
     from edgefleet.cross.image import build_image
 
     result = build_image(arch, tag)

@@ -102,18 +102,28 @@ class Demo:
             artifacts[version] = artifact
         return artifacts
 
+    @property
+    def signing_key(self) -> Path:
+        return self.home / "keys" / "signing.key"
+
     def compile(self, artifacts: dict[str, Path]) -> dict[tuple[str, str], Path]:
         from edgefleet.compiler.compile import compile_model
-        from edgefleet.signing import create_signing_key, default_signing_key_path
+        from edgefleet.models.scenes import write_frames
+        from edgefleet.signing import create_signing_key
 
-        if not default_signing_key_path().exists():
-            create_signing_key()
+        if not self.signing_key.exists():
+            create_signing_key(self.signing_key)
+        # Camera-like frames (another seed than the cameras get) for each package's drift baseline.
+        baseline = self.root / "baseline-frames"
+        if not baseline.is_dir():
+            for label in LABELS:
+                write_frames(baseline, label, 30, seed=99)
         packages = {}
         for version, artifact in artifacts.items():
             for target in TARGETS:
                 out = self.root / "packages" / f"{MODEL}-{version}-{target}.tar.gz"
                 if not out.exists():
-                    result = compile_model(str(artifact), target, output=out, name=MODEL, version=version, quiet=True)
+                    result = compile_model(str(artifact), target, output=out, name=MODEL, version=version, key=self.signing_key, baseline_images=str(baseline), quiet=True)
                     v = result.manifest.verification
                     verdict = f"verified, max abs diff {v.max_abs_diff:.2g}" if v.status == "passed" else f"not verified: {v.reason}"
                     _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s ({verdict})")
@@ -127,7 +137,6 @@ class Demo:
         from edgefleet.fleet.config import FleetConfig
         from edgefleet.fleet.core import open_fleet
         from edgefleet.fleet.local_broker import LocalBroker
-        from edgefleet.signing import default_signing_key_path
 
         data = self.root / "fleet"
         self.http_port, mqtt_port = _port(self.o.http_port), _port(self.o.mqtt_port)
@@ -136,7 +145,7 @@ class Demo:
         self.broker.start()
         _step(f"mosquitto listening on 127.0.0.1:{mqtt_port} (mutual TLS, per-device ACL)")
         broker = self.broker.broker_config()
-        config = FleetConfig(data_dir=data, listen_port=self.http_port, public_url=self.url, signing_key=default_signing_key_path(), tick_seconds=0.5, broker=broker)
+        config = FleetConfig(data_dir=data, listen_port=self.http_port, public_url=self.url, signing_key=self.signing_key, tick_seconds=0.5, broker=broker)
         self.config_file = self.root / "fleet.toml"
         self.config_file.write_text(
             f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.http_port}\npublic_url = "{self.url}"\n'
@@ -192,7 +201,7 @@ class Demo:
     def start_agents(self) -> None:
         import getpass
 
-        from edgefleet.signing import default_signing_key_path, public_path
+        from edgefleet.signing import public_path
 
         self.devices = [f"cam-{i + 1}" for i in range(self.o.devices)]
         for device in self.devices:
@@ -203,7 +212,7 @@ class Demo:
                 token_file.parent.mkdir(parents=True, exist_ok=True)
                 token_file.write_text(token)
                 cmd = [sys.executable, "-m", "edgefleet.cli", "agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device,
-                       "--fleet-url", self.url, "--enroll-token-file", str(token_file), "--trust", str(public_path(default_signing_key_path())),
+                       "--fleet-url", self.url, "--enroll-token-file", str(token_file), "--trust", str(public_path(self.signing_key)),
                        # The unit file names the account a real camera runs as; the demo's own processes run as whoever started it.
                        "--user", "nobody" if os.geteuid() == 0 else getpass.getuser(), "--unit-path", str(self.root / "cameras" / f"{device}.service")]
                 for label in ALERT_LABELS:
@@ -322,7 +331,6 @@ def run_demo(options: DemoOptions) -> DemoResult:
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rollouts: list[dict] = []
     try:
-        os.environ["EDGEFLEET_HOME"] = str(demo.home)  # the in-process compile signs with the demo's key
         packages = demo.compile(demo.train())
         demo.start_fleet()
         demo.register_packages(packages)

@@ -118,3 +118,33 @@ def test_nms_parameters_computed_at_run_time_are_refused_and_constants_pass():
         _backend().run_model(runtime, [boxes, scores, *params.values()])
     constant = _model([node], io, out, [numpy_helper.from_array(v, n) for n, v in params.items()])
     np.testing.assert_array_equal(_backend().run_model(constant, [boxes, scores])[0], _ort(constant, {"boxes": boxes, "scores": scores})[0])
+
+
+def test_conv_transpose_output_shape_becomes_pads():
+    # TVM ignores output_shape; edgefleet turns it into pads + output_padding by ONNX's formula.
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((1, 2, 3, 3)).astype(np.float32)
+    model = _model(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[3, 2], output_shape=[10, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 10, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    x = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
+    y = _backend().run_model(model, [x])[0]
+    assert y.shape == (1, 2, 10, 8)
+    np.testing.assert_allclose(y, _ort(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_reduce_max_of_a_row_of_minus_infinity_is_minus_infinity():
+    # TVM alone gives the lowest finite float (-3.4e38) here, which breaks masked-row checks.
+    model = _model(
+        [helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+        opset=18,
+    )
+    x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, 2.0, -np.inf]], np.float32)
+    assert _backend().prepare(model, plain=True).run([x])[0][0] == np.finfo(np.float32).min
+    np.testing.assert_array_equal(_backend().run_model(model, [x])[0], [-np.inf, 2.0])

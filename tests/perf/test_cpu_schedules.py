@@ -1,0 +1,113 @@
+"""The CPU graph passes and default schedules: numerics against ONNX Runtime on small models,
+and that the fast paths are really taken (blocked layout, scheduled kernels, few transforms)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefleet.compiler.targets import resolve_target
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, tirx  # noqa: E402
+from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+
+from edgefleet.compiler import graph  # noqa: E402
+from edgefleet.compiler.build import _optimize_pipeline, tvm_target  # noqa: E402
+from edgefleet.models.mobilenetv2 import build as mobilenetv2  # noqa: E402
+
+TARGET = resolve_target("x86_64")
+
+
+def _conv(rng, x, cin, cout, k, stride, groups=1, name="c"):
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), f"{name}_w")
+    b = numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}_b")
+    node = helper.make_node("Conv", [x, w.name, b.name], [name], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=groups)
+    return node, [w, b]
+
+
+def _odd_channels_model() -> onnx.ModelProto:
+    """First layer with 3 channels, a residual Sum, channels not divisible by 16, max pool, Gemm."""
+    rng = np.random.default_rng(1)
+    nodes, inits = [], []
+    for spec in [("data", 3, 32, 3, 2, "c1"), ("r1", 32, 32, 3, 1, "c2"), ("r1", 32, 32, 1, 1, "c3"), ("s", 32, 24, 3, 1, "c4")]:
+        n, i = _conv(rng, *spec[:5], name=spec[5])
+        nodes.append(n)
+        inits += i
+        if spec[-1] == "c1":
+            nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+        if spec[-1] == "c3":
+            nodes.append(helper.make_node("Sum", ["c2", "c3"], ["s"]))
+    nodes.append(helper.make_node("MaxPool", ["c4"], ["p"], kernel_shape=[2, 2], strides=[2, 2]))
+    nodes.append(helper.make_node("Flatten", ["p"], ["f"]))
+    inits.append(numpy_helper.from_array((rng.standard_normal((10, 24 * 4 * 4)) * 0.05).astype(np.float32), "fc_w"))
+    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
+    nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["out"], transB=1))
+    g = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _compile_and_compare(model: onnx.ModelProto):
+    mod = from_onnx(model, keep_params_in_input=False)
+    with tvm_target(TARGET):
+        lowered = _optimize_pipeline(TARGET, 0)(mod)
+    ex = tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    spec = model.graph.input[0]
+    shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {spec.name: x})[0]
+    out = vm["main"](tvm.runtime.tensor(x))
+    actual = (out if hasattr(out, "numpy") else out[0]).numpy()
+    return lowered, actual, expected
+
+
+def _kernels(mod) -> dict[str, bool]:
+    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_small_mobilenetv2_matches_onnxruntime_with_blocked_depthwise():
+    model = mobilenetv2(size=32, width=0.35, classes=10)
+    lowered, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    kernels = _kernels(lowered)
+    assert any(n.startswith("fused_depthwise_conv2d_NCHWc") for n in kernels), sorted(kernels)
+    assert all(kernels.values()), [n for n, s in kernels.items() if not s]
+
+
+def test_odd_channels_residual_sum_and_dense_match_onnxruntime():
+    lowered, actual, expected = _compile_and_compare(_odd_channels_model())
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    kernels = _kernels(lowered)
+    assert all(kernels.values()), [n for n, s in kernels.items() if not s]
+    # 3 input channels -> NCHW3c, 24 output channels -> padded to 32 and sliced: all convs blocked.
+    assert not [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
+
+
+def test_layout_transforms_cancel_around_depthwise_convolutions():
+    mod = from_onnx(mobilenetv2(size=32, width=1.0, classes=10), keep_params_in_input=False)
+    mod = graph.nchwc_layout()(graph.cleanup()(mod))
+    ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
+    # Only around the 3-channel first layer and the 24-channel (padded) layers: not 2 per block.
+    assert ops["layout_transform"] <= 6, ops
+    assert ops["nn.conv2d"] == 52, ops
+
+
+def test_onnx_sum_becomes_adds_and_dropout_disappears():
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "k")]
+    nodes = [helper.make_node("Sum", ["x", "k", "x"], ["s"]), helper.make_node("Dropout", ["s"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    mod = graph.cleanup()(from_onnx(model, keep_params_in_input=False))
+    ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
+    assert ops["add"] == 2 and ops["stack"] == 0 and ops["sum"] == 0 and ops["nn.dropout"] == 0, ops
