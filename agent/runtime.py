@@ -11,11 +11,16 @@ from edgefleet.package import Manifest, OpenedPackage
 
 
 class TvmModel:
-    """A compiled Relax library executed by the Relax virtual machine."""
+    """A compiled Relax library executed by the runtime's Relax virtual machine.
+
+    Only `tvm.runtime` is used, so a process that sets TVM_USE_RUNTIME_LIB=1 before importing
+    tvm (as `edgefleet agent run` does) never loads the compiler library: ~100 MB less resident
+    memory and a faster start, which matters most under emulation and on small boards.
+    """
 
     def __init__(self, library: Path, device: str = "cpu") -> None:
         import tvm
-        from tvm import relax
+        import tvm.runtime.vm
 
         self._tvm = tvm
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
@@ -23,7 +28,7 @@ class TvmModel:
             lib = tvm.runtime.load_module(str(library))
         except Exception as exc:  # TVM raises plain RuntimeError / TVMError for bad libraries
             raise PackageIntegrityError(f"cannot load the compiled library {library.name}: {str(exc).splitlines()[0][:200]}", "the package was built for another machine; check its target") from None
-        self.vm = relax.VirtualMachine(lib, self.device)
+        self.vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]

@@ -177,7 +177,7 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--telemetry-s", type=float, default=10.0, help="telemetry interval of each simulated device")
+    parser.add_argument("--telemetry-s", type=float, default=60.0, help="telemetry interval of each simulated device (the agent's default is 60 s)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

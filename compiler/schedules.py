@@ -25,9 +25,31 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-# At most this many fp32 vector accumulators per tile: AVX-512 and AArch64 NEON have 32
-# vector registers, leaving room for the broadcast input and the weight vector.
+# At most this many output pixels per register tile (more only lengthens the unrolled body).
 MAX_REG_TILE = 14
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5")
+
+
+def register_tile(target: tvm.target.Target, block: int = 16) -> int:
+    """Output pixels per tile so that tile x `block` fp32 accumulators, the weight vectors and
+    one broadcast fit the target's vector registers (no spills in the inner loop).
+
+    AVX-512: 32 x 16 lanes -> 14 (capped); AVX2: 16 x 8 -> 6; AArch64 NEON: 32 x 4 -> 6;
+    ARMv7 NEON: 16 x 4 -> 2.
+    """
+    attrs = target.attrs
+    mcpu, triple = str(attrs.get("mcpu", "")), str(attrs.get("mtriple", ""))
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    if triple.startswith("aarch64"):
+        regs, lanes = 32, 4
+    elif triple.startswith("arm"):
+        regs, lanes = 16, 4
+    elif mcpu.startswith(_AVX512_CPUS) or any("avx512f" in a for a in mattr):
+        regs, lanes = 32, 16
+    else:
+        regs, lanes = 16, 8
+    per_pixel = max(1, block // lanes)
+    return max(1, min(MAX_REG_TILE, (regs - per_pixel - 1) // per_pixel))
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -89,6 +111,7 @@ class _SafeRule(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
+        self.reg_tile = register_tile(target)
         try:
             return self.schedule(s_tir.Schedule(func))
         except (s_tir.ScheduleError, tvm.error.TVMError):
@@ -105,7 +128,7 @@ class Conv2dNCHWc(_SafeRule):
             return None
         conv = convs[0]
         if _iter_kinds(sch, conv) == "SSSSSRR":
-            return _depthwise(sch, conv, blocks)
+            return _depthwise(sch, conv, blocks, self.reg_tile)
         pads = [b for b in blocks if _name(sch, b) == "data_pad"]
         others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
         if len(pads) + len(others) + 1 != len(blocks):
@@ -118,7 +141,7 @@ class Conv2dNCHWc(_SafeRule):
         ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
         if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
             return None
-        reg_n = _largest_divisor(ow_n, MAX_REG_TILE)
+        reg_n = _largest_divisor(ow_n, self.reg_tile)
         ow_o, ow_i = sch.split(ow, [None, reg_n])
         ic_o, ic_i = sch.split(ic, [None, ic_bn])
         sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
@@ -134,7 +157,7 @@ class Conv2dNCHWc(_SafeRule):
         return sch
 
 
-def _depthwise(sch: s_tir.Schedule, conv, blocks: list):
+def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
     """Depthwise NCHWc: per (chunk, row), reg_n pixels x 16 channels accumulate over the window."""
     pads = [b for b in blocks if _name(sch, b) == "data_pad"]
     others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
@@ -147,7 +170,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list):
     ow_n = _extent(sch, ow)
     if ow_n is None:
         return None
-    ow_o, ow_i = sch.split(ow, [None, _largest_divisor(ow_n, MAX_REG_TILE)])
+    ow_o, ow_i = sch.split(ow, [None, _largest_divisor(ow_n, reg_tile)])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))

@@ -25,6 +25,7 @@ from edgefleet.fleet.ingest import Ingest, Message
 log = logging.getLogger("edgefleet.fleet.bridge")
 SUBSCRIPTIONS = ["edgefleet/v1/+/status", "edgefleet/v1/+/telemetry", "edgefleet/v1/+/alerts", "edgefleet/v1/+/jobs/+/update"]
 BATCH = 500
+MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
 
 
 class Bridge:
@@ -56,6 +57,9 @@ class Bridge:
 
     def _on_message(self, client, userdata, msg) -> None:
         bulk = msg.topic.endswith(("/telemetry", "/alerts"))
+        if bulk and self.queue.qsize() >= MAX_BACKLOG:
+            self.ingest.counters["dropped_backlog"] += 1
+            return
         (self.queue if bulk else self.urgent).put(Message(msg.topic, msg.payload, time.time()))
         self._wake.set()
 

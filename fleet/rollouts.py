@@ -324,13 +324,11 @@ def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) 
         _transition(s, r, "rolled_back", now, f"rollback failed on {', '.join(failed)}" if failed else "")
 
 
-def _health_stats(s: Session, r: Rollout, name: str, new_version: str | None, since: float | None) -> tuple[int, dict[str, float | None]]:
+def _health_stats(s: Session, r: Rollout, name: str, new_version: str | None) -> tuple[int, dict[str, float | None]]:
     """Telemetry of this rollout's committed devices on `new_version`, or (None) on their previous one."""
     d, t = Deployment, Telemetry
     version_match = t.model_version == new_version if new_version else t.model_version == d.previous_version
     cond = [d.rollout_id == r.id, d.kind == "install", d.state == "committed", t.model_name == name, version_match]
-    if since is not None:
-        cond.append(t.received_at >= since)
     row = s.execute(
         select(
             func.count(t.id),
@@ -357,10 +355,10 @@ def health_gate(s: Session, r: Rollout, gate: HealthGate, name: str) -> tuple[bo
     if not gate.enabled:
         return True, "health gate disabled"
     version = s.get(ModelVersion, r.model_version_id).version
-    n_new, new = _health_stats(s, r, name, version, r.bake_started_at)
+    n_new, new = _health_stats(s, r, name, version)
     if n_new < gate.min_samples:
         return None, f"waiting for telemetry from the new model ({n_new}/{gate.min_samples})"
-    n_old, old = _health_stats(s, r, name, None, None)
+    n_old, old = _health_stats(s, r, name, None)
     if n_old == 0:
         return (None, "no telemetry from the previous model to compare with") if gate.require_baseline else (True, "no telemetry from the previous model; bounds not checked")
     problems = []
