@@ -264,11 +264,15 @@ def bench_command(source, target, reference, runs, warmup, threads, tune_trials,
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
+    ran = [r for r in result.results if not r.skipped]
     table(
-        ["runtime", "median ms", "TVM / this", "GFLOP/s", "% of peak", "max abs diff", "note"],
-        [[r.runtime, fmt(r.median_ms, ".2f"), fmt(r.ratio_to_tvm, ".2f"), fmt(r.gflops, ".1f"), fmt(r.peak_fraction and 100 * r.peak_fraction, ".1f"), fmt(r.max_abs_diff, ".2e"), r.skipped or ""] for r in result.results],
+        ["runtime", "median ms", "TVM / this", "GFLOP/s", "% of peak", "max abs diff"],
+        [[r.runtime, fmt(r.median_ms, ".2f"), fmt(r.ratio_to_tvm, ".2f"), fmt(r.gflops, ".1f"), fmt(r.peak_fraction and 100 * r.peak_fraction, ".1f"), fmt(r.max_abs_diff, ".2e")] for r in ran],
         title=f"{Path(result.package).name} on {result.target}, {result.threads} thread(s), {result.runs} runs",
     )
+    for r in result.results:
+        if r.skipped:
+            console.print(f"{r.runtime}: skipped, {r.skipped}")
     work = f"{result.gflop:.2f} GFLOP per inference" if result.gflop else "GFLOP unknown"
     peak = f"estimated peak {result.peak_gflops:.0f} GFLOP/s" if result.peak_gflops else "peak unknown"
     console.print(f"{work}; {peak}. 'TVM / this' above 1 means TVM is slower.")

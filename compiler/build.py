@@ -75,8 +75,6 @@ def _optimize_pipeline(target: Target, tune_trials: int, report=print):
 
 
 def optimize(mod, target: Target, tune_trials: int, stages: Stages):
-    import tvm
-
     tgt = tvm_target(target)
     detail = f"{tune_trials} tuning trials, database {tuning_dir(target)}" if tune_trials else ""
     with stages.stage("optimize", detail):

@@ -309,7 +309,7 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
 
 def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     attrs = call.attrs
-    data_layout, kernel_layout = str(attrs.data_layout), str(attrs.kernel_layout)
+    data_layout = str(attrs.data_layout)
     if len(data_layout) == 4:
         return _DEFAULT_CONV2D(bb, call)
     out_dtype = str(call.ty.dtype)

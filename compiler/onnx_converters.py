@@ -62,12 +62,36 @@ def _mish(bb, inputs, attr, opset):
     return relax.op.multiply(inputs[0], relax.op.tanh(_softplus_expr(inputs[0])))
 
 
+def _pow(bb, inputs, attr, opset):
+    # ONNX allows an exponent of another type (the result has the base's type); TVM wants one
+    # type and floats only, so integer powers are computed in float64 and cast back.
+    x, y = inputs
+    dtype = str(x.ty.dtype)
+    if dtype.startswith(("float", "bfloat")):
+        return relax.op.power(x, relax.op.astype(y, dtype) if str(y.ty.dtype) != dtype else y)
+    wide = relax.op.power(relax.op.astype(x, "float64"), relax.op.astype(y, "float64"))
+    return relax.op.astype(relax.op.round(wide), dtype)
+
+
+def _prelu(bb, inputs, attr, opset):
+    # Slope broadcasts to x numpy-style (unidirectional); TVM's converter assumes a channel slope.
+    x, slope = inputs
+    x_shape = [int(d) for d in x.ty.shape.values] if x.ty.shape is not None else []
+    s_shape = [int(d) for d in slope.ty.shape.values] if slope.ty.shape is not None else []
+    if len(s_shape) == 1 and len(x_shape) > 2 and s_shape[0] != 1 and s_shape[0] == x_shape[1] and (opset < 7 or s_shape[0] != x_shape[-1]):
+        # Opset < 7 PRelu (old PyTorch exports) has one slope per channel (axis 1).
+        slope = relax.op.reshape(slope, [s_shape[0]] + [1] * (len(x_shape) - 2))
+    return relax.op.where(relax.op.less(x, relax.const(0, str(x.ty.dtype))), relax.op.multiply(x, slope), x)
+
+
 Converter = Callable[..., relax.Expr]
 CONVERTERS: dict[str, Converter] = {
     "IsInf": _is_inf,
     "BitShift": _bit_shift,
     "Mish": _mish,
     "Softplus": _softplus,
+    "Pow": _pow,
+    "PRelu": _prelu,
 }
 
 

@@ -8,9 +8,10 @@ dlight CPU rules cover only GEMV and row reductions. These rules, applied throug
   (and of oneDNN's direct kernels). Per parallel task (n, oc_chunk, oh), a tile of `reg_n`
   output pixels x 16 output channels stays in vector registers while the reduction runs over
   input-channel chunks and the kernel window; the fused epilogue (bias, batch norm, residual
-  add, ReLU) runs on the tile before it is stored.
-- `Conv2dNCHW`: convolutions ConvertLayout left in NCHW (first layers with 3 channels,
-  channel counts not divisible by 16): a tile of output channels x vectorized output width.
+  add, ReLU) runs on the tile before it is stored. `reg_n` is sized to the target's vector
+  registers (`register_tile`). Depthwise NCHWc convolutions get the same tiling.
+- `Conv2dNCHW`: fallback for convolutions left in NCHW (graph.py blocks nearly all of them):
+  a tile of output channels x vectorized output width.
 - `Generic`: pooling, layout transforms, concat, element-wise and reductions: the outer
   spatial loops in parallel, the innermost spatial loop vectorized.
 
@@ -59,6 +60,13 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
 
 def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _pixel_tile(width: int, limit: int) -> int:
+    """A divisor of the row width when one is close to `limit`, else `limit` with a ragged last
+    tile (a row of 13 or 55 pixels must not fall back to tiles of 1)."""
+    best = _largest_divisor(width, limit)
+    return best if 2 * best > min(width, limit) else min(width, limit)
 
 
 def _iter_kinds(sch: s_tir.Schedule, block) -> str:
@@ -141,7 +149,7 @@ class Conv2dNCHWc(_SafeRule):
         ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
         if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
             return None
-        reg_n = _largest_divisor(ow_n, self.reg_tile)
+        reg_n = _pixel_tile(ow_n, self.reg_tile)
         ow_o, ow_i = sch.split(ow, [None, reg_n])
         ic_o, ic_i = sch.split(ic, [None, ic_bn])
         sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
@@ -170,7 +178,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
     ow_n = _extent(sch, ow)
     if ow_n is None:
         return None
-    ow_o, ow_i = sch.split(ow, [None, _largest_divisor(ow_n, reg_tile)])
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, reg_tile)])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))

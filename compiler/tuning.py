@@ -20,6 +20,24 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
 
+# Worker processes import TVM before building: on a busy 2-core machine that alone can pass
+# MetaSchedule's 30 s default, failing every candidate.
+BUILD_TIMEOUT_S = 180
+RUN_TIMEOUT_S = 120
+
+
+def _builder():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
+
+
+def _runner():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
+
+
 def has_database(work: Path) -> bool:
     return (work / RECORD_FILE).is_file() and (work / RECORD_FILE).stat().st_size > 0
 
@@ -37,7 +55,7 @@ def _records(db, mod: tvm.IRModule) -> list:
     return list(db.get_top_k(db.commit_workload(mod), 1 << 20))
 
 
-def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target) -> float | None:
+def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target, builder, runner) -> float | None:
     """Measure the default schedule of one task and store it as a tuning record (seconds, or None)."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -46,11 +64,10 @@ def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target) -> f
     sch = schedule_func(task_mod["main"], target)
     if sch is None:
         return None
-    built = ms.builder.LocalBuilder(max_workers=1).build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
     if built.error_msg:
         return None
     args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
-    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
     result = runner.run([ms.runner.RunnerInput(built.artifact_path, "llvm", args)])[0].result()
     if result.error_msg or not result.run_secs:
         return None
@@ -69,6 +86,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
         return
     per_task = max(1, total_trials // len(tasks))
     db = open_database(work)
+    # One builder and runner (worker process pools) for the whole run: pools started per
+    # task were seen to hang MetaSchedule on this machine.
+    builder, runner = _builder(), _runner()
     for i, task in enumerate(tasks, 1):
         task_mod = task.dispatched[0]
         done = len([r for r in _records(db, task_mod) if r.run_secs])
@@ -77,7 +97,7 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
             report(f"{label}: {done} records in the database, skipped")
             continue
         if done == 0:
-            default = _measure_default(db, task_mod, target)
+            default = _measure_default(db, task_mod, target, builder, runner)
             if default is not None:
                 report(f"{label}: default schedule {1e3 * default:.3f} ms")
                 done = 1
@@ -91,6 +111,8 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
             max_trials_global=per_task - done,
             max_trials_per_task=per_task - done,
             num_trials_per_iter=min(64, per_task - done),
+            builder=builder,
+            runner=runner,
             database=db,
         )
         best = _records(db, task_mod)

@@ -10,16 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "agent_update"))
 from update_support import tiny_packages  # noqa: E402,F401
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+sys.path.insert(0, str(Path(__file__).parent))
+from tests_fleet_util import Clock  # noqa: E402
 
 
 @pytest.fixture

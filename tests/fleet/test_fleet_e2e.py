@@ -47,7 +47,11 @@ class World:
         self.http = httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         self.fleet_log = open(root / "fleet.log", "wb")
         self.fleet = subprocess.Popen(CLI + ["fleet", "serve", "--config", str(self.config)], env=self.env, stdout=self.fleet_log, stderr=subprocess.STDOUT)
-        wait_http(self.url + "/healthz")
+        try:
+            wait_http(self.url + "/healthz")
+        except BaseException:
+            self.fleet.kill()
+            raise
         self.agents: dict[str, subprocess.Popen] = {}
         self.stop_feeding = threading.Event()
         self.feeder = threading.Thread(target=self._feed, daemon=True)
@@ -123,18 +127,20 @@ class World:
 @pytest.fixture
 def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
     w = World(tmp_path, mqtt_broker, tiny_packages, edgefleet_home)
-    for version in request.param:
-        up = w.http.post("/packages", content=tiny_packages[version].read_bytes())
-        assert up.status_code == 201, up.text
-        v = up.json()["version"]
-        w.http.post(f"/models/tiny/versions/{v}/approval", json={"state": "Approved"})
-    for device in DEVICES:
-        w.install_agent(device)
-        w.start_agent(device)
-    w.feeder.start()
-    w.wait(lambda: all(d["status"] == "online" and d["model"] and d["model"]["version"] == "1" for d in w.http.get("/devices").json()) and len(w.http.get("/devices").json()) == 3, 60, "three agents online on v1")
-    yield w
-    w.close()
+    try:  # the processes are stopped even when the setup fails half-way
+        for version in request.param:
+            up = w.http.post("/packages", content=tiny_packages[version].read_bytes())
+            assert up.status_code == 201, up.text
+            v = up.json()["version"]
+            w.http.post(f"/models/tiny/versions/{v}/approval", json={"state": "Approved"})
+        for device in DEVICES:
+            w.install_agent(device)
+            w.start_agent(device)
+        w.feeder.start()
+        w.wait(lambda: all(d["status"] == "online" and d["model"] and d["model"]["version"] == "1" for d in w.http.get("/devices").json()) and len(w.http.get("/devices").json()) == 3, 60, "three agents online on v1")
+        yield w
+    finally:
+        w.close()
 
 
 @pytest.mark.parametrize("world", [["v1", "v2"]], indirect=True)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 import test_fleet_library as flows
-from conftest import Clock
-from tests_fleet_util import free_port_for
+from tests_fleet_util import Clock, free_port_for
 
 pytestmark = pytest.mark.postgres
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

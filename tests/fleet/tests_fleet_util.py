@@ -8,6 +8,19 @@ import time
 import httpx
 
 
+class Clock:
+    """A settable clock for the fleet (rollout timing without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port_for() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

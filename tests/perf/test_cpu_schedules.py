@@ -33,7 +33,8 @@ def _conv(rng, x, cin, cout, k, stride, groups=1, name="c"):
 
 
 def _odd_channels_model() -> onnx.ModelProto:
-    """First layer with 3 channels, a residual Sum, channels not divisible by 16, max pool, Gemm."""
+    """First layer with 3 channels, a residual Sum, channels not divisible by 16, max pool, Gemm;
+    13-pixel rows, which the 6-pixel AVX2 register tile covers with a ragged last tile."""
     rng = np.random.default_rng(1)
     nodes, inits = [], []
     for spec in [("data", 3, 32, 3, 2, "c1"), ("r1", 32, 32, 3, 1, "c2"), ("r1", 32, 32, 1, 1, "c3"), ("s", 32, 24, 3, 1, "c4")]:
@@ -46,10 +47,10 @@ def _odd_channels_model() -> onnx.ModelProto:
             nodes.append(helper.make_node("Sum", ["c2", "c3"], ["s"]))
     nodes.append(helper.make_node("MaxPool", ["c4"], ["p"], kernel_shape=[2, 2], strides=[2, 2]))
     nodes.append(helper.make_node("Flatten", ["p"], ["f"]))
-    inits.append(numpy_helper.from_array((rng.standard_normal((10, 24 * 4 * 4)) * 0.05).astype(np.float32), "fc_w"))
+    inits.append(numpy_helper.from_array((rng.standard_normal((10, 24 * 6 * 6)) * 0.05).astype(np.float32), "fc_w"))
     inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
     nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["out"], transB=1))
-    g = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])], inits)
+    g = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 26, 26])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
