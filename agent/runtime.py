@@ -31,7 +31,7 @@ class TvmModel:
         self.vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
+        tensors = [self._tvm.runtime.tensor(np.require(x, requirements="C"), self.device) for x in inputs]  # keeps 0-d inputs 0-d
         result = self.vm["main"](*tensors)
         return _flatten(result)
 

@@ -14,16 +14,31 @@ from edgefleet.compiler.bench import bench, cpu_peak_gflops, onnx_gflop
 from edgefleet.compiler.compile import compile_model
 from edgefleet.errors import UsageError
 from edgefleet.models.mobilenetv2 import save as save_mobilenetv2
+from edgefleet.signing import create_signing_key
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """One small package for the module (compiling takes most of these tests' time)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEFLEET_HOME", str(tmp / "home"))
+        mp.delenv("EDGEFLEET_SIGNING_KEY", raising=False)
+        create_signing_key()
+        model = save_mobilenetv2(tmp / "mnv2.onnx", size=32, width=0.35, classes=10)
+        package = compile_model(str(model), "x86_64", output=tmp / "mnv2.tar.gz", quiet=True).package
+        yield model, package
 
 
 @pytest.fixture
-def small_model(tmp_path: Path) -> Path:
-    return save_mobilenetv2(tmp_path / "mnv2.onnx", size=32, width=0.35, classes=10)
+def small_model(compiled) -> Path:
+    return compiled[0]
 
 
 @pytest.fixture
-def small_package(small_model: Path, tmp_path: Path, signing_key) -> Path:
-    return compile_model(str(small_model), "x86_64", output=tmp_path / "mnv2.tar.gz", quiet=True).package
+def small_package(compiled, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGEFLEET_HOME", str(compiled[1].parent / "home"))
+    return compiled[1]
 
 
 def test_gflop_count_of_a_known_model(tmp_path: Path):
@@ -52,10 +67,13 @@ def test_bench_cli_json_and_missing_source(small_package: Path, small_model: Pat
     # Source moved away: ONNX Runtime is skipped with the reason, unless --reference is given.
     moved = tmp_path / "elsewhere.onnx"
     shutil.move(small_model, moved)
-    result = bench(str(small_package), runs=1, warmup=1)
-    assert "not on this machine" in {r.runtime: r for r in result.results}["onnxruntime"].skipped
-    result = bench(str(small_package), runs=1, warmup=1, reference=moved)
-    assert {r.runtime: r for r in result.results}["onnxruntime"].median_ms > 0
+    try:
+        result = bench(str(small_package), runs=1, warmup=1)
+        assert "not on this machine" in {r.runtime: r for r in result.results}["onnxruntime"].skipped
+        result = bench(str(small_package), runs=1, warmup=1, reference=moved)
+        assert {r.runtime: r for r in result.results}["onnxruntime"].median_ms > 0
+    finally:
+        shutil.move(moved, small_model)
 
 
 def test_bench_usage_errors(small_model: Path, tmp_path: Path, edgefleet_home):
