@@ -36,6 +36,8 @@ class RuntimeResult:
 
 @dataclass
 class BenchResult:
+    """What `edgefleet bench --json` prints (format_version 1)."""
+
     package: str
     model: str | None
     target: str
@@ -44,6 +46,7 @@ class BenchResult:
     gflop: float | None
     peak_gflops: float | None
     results: list[RuntimeResult] = field(default_factory=list)
+    format_version: int = 1
 
 
 # ---- model work and CPU peak --------------------------------------------------------------

@@ -68,7 +68,7 @@ def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target, buil
     if built.error_msg:
         return None
     args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
-    result = runner.run([ms.runner.RunnerInput(built.artifact_path, "llvm", args)])[0].result()
+    result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
     if result.error_msg or not result.run_secs:
         return None
     secs = [float(s) for s in result.run_secs]

@@ -63,6 +63,7 @@ def test_bench_cli_json_and_missing_source(small_package: Path, small_model: Pat
     out = CliRunner().invoke(cli, ["bench", str(small_package), "--runs", "2", "--json"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
+    assert data["format_version"] == 1
     assert [r["runtime"] for r in data["results"]] == ["tvm", "onnxruntime", "tflite"]
     # Source moved away: ONNX Runtime is skipped with the reason, unless --reference is given.
     moved = tmp_path / "elsewhere.onnx"
