@@ -339,10 +339,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
         dashboard = f"{demo.url}/dashboard/"
         _step(f"dashboard: {dashboard}  (admin token: {demo.token})")
         rollouts.append(demo.rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}}, "first model to every camera (canary 1, then all)"))
-        # v2 finds far more of the people and vehicles v1 missed (v1's alert rate swings between
-        # 0.2 and 0.4 on a stream that is 2/3 people and vehicles), so its alert rate may rise up
-        # to 4x; its mean confidence must not fall and its p95 latency must stay within 1.5x of v1's.
-        v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 4.0, "confidence_min_ratio": 1.0}
+        # v2 finds far more of the people and vehicles v1 missed: on a stream that is 2/3 people
+        # and vehicles v1's alert rate swings between 0.14 and 0.4, v2's sits near 0.6, so a rising
+        # alert rate is expected here and allowed (10x). The gate holds v2 to a mean confidence
+        # at least v1's and a p95 latency within 1.5x of v1's.
+        v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 10.0, "confidence_min_ratio": 1.0}
         rollouts.append(demo.rollout("2", {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
                                      "v2 with a canary, then 50% and 100%, gated on model health against v1"))
         if not options.exit_after_rollouts:
