@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.cli import CliResult, run_cli
 
 from edgefleet.signing import SigningKey, create_signing_key
-
-LIGHT_MODELS = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
 
 
 @pytest.fixture
@@ -22,3 +21,13 @@ def edgefleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def signing_key(edgefleet_home: Path) -> SigningKey:
     return create_signing_key()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """`cli("compile", ...)` runs `edgefleet compile ...` in this process and returns a CliResult."""
+
+    def run(*args: object) -> CliResult:
+        return run_cli(capsys, *args)
+
+    return run

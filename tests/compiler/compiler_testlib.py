@@ -7,23 +7,12 @@ Weights are random (fixed seeds) so numeric verification compares non-trivial ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from support.cli import CliResult
 
 CLASSES = 4
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
 
 
 def assert_cli_error(result: CliResult, error_type: type, *fragments: str) -> None:

@@ -1,33 +1,15 @@
-"""Compiler test fixtures: the in-process CLI, a session signing key, built models and a package cache."""
+"""Compiler test fixtures: a session signing key, built models and a package cache."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from compiler_testlib import CliResult, small_onnx_cnn, small_tflite_cnn  # tests/compiler is on sys.path (pytest rootdir-less conftest)
+from compiler_testlib import small_onnx_cnn, small_tflite_cnn  # tests/compiler is on sys.path (pytest rootdir-less conftest)
 
 from edgefleet.signing import SigningKey, create_signing_key, public_path
 
 LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):
-    """Run `edgefleet ARGS...` through the real entry point (edgefleet.cli.main) in this process."""
-    from edgefleet.cli import main
-
-    def run(*args: object) -> CliResult:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="session")

@@ -2,35 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-
-@dataclass
-class Cli:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def models_cli(capsys: pytest.CaptureFixture[str]):
-    """Run `edgefleet ARGS...` through the real entry point (edgefleet.cli.main) in this process."""
-    from edgefleet.cli import main
-
-    def run(*args: object) -> Cli:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Cli(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="session")

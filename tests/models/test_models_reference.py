@@ -26,8 +26,8 @@ def _run(path, x):
     return ort.InferenceSession(str(path)).run(None, {"input": x})[0]
 
 
-def test_mobilenetv2_has_the_papers_structure(tmp_path, models_cli):
-    result = models_cli("models", "reference", "mobilenetv2", "--out", tmp_path / "mobilenetv2.onnx")
+def test_mobilenetv2_has_the_papers_structure(tmp_path, cli):
+    result = cli("models", "reference", "mobilenetv2", "--out", tmp_path / "mobilenetv2.onnx")
     assert result.code == 0, result.err
     model, convs, groups, params = _load(tmp_path / "mobilenetv2.onnx")
     # 1 stem conv + 17 inverted residual blocks (the first has no expansion) + the final 1x1 conv.

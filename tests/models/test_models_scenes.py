@@ -74,13 +74,13 @@ def test_frames_for_demo_agents_decode_in_the_agent(tmp_path):
     assert more[0].name == "vehicle-00002.png" and Image.open(more[0]).size == (160, 120)
 
 
-def test_cli_dataset_and_frames(tmp_path, models_cli):
-    result = models_cli("models", "dataset", "--out", tmp_path / "ds", "--per-class", 2, "--validation-per-class", 1, "--size", "64x48")
+def test_cli_dataset_and_frames(tmp_path, cli):
+    result = cli("models", "dataset", "--out", tmp_path / "ds", "--per-class", 2, "--validation-per-class", 1, "--size", "64x48")
     assert result.code == 0, result.err
     assert len(list((tmp_path / "ds" / "train").rglob("*.png"))) == 6 and len(list((tmp_path / "ds" / "validation").rglob("*.png"))) == 3
-    result = models_cli("models", "frames", "--label", "person", "--count", 3, "--out", tmp_path / "fr")
+    result = cli("models", "frames", "--label", "person", "--count", 3, "--out", tmp_path / "fr")
     assert result.code == 0 and sorted(p.name for p in (tmp_path / "fr").iterdir()) == [f"person-{i:05d}.jpg" for i in range(3)]
-    result = models_cli("models", "frames", "--label", "person", "--count", 1, "--out", tmp_path / "fr")
+    result = cli("models", "frames", "--label", "person", "--count", 1, "--out", tmp_path / "fr")
     assert result.code == 2 and "error:" in result.err and "--start" in result.err
-    result = models_cli("models", "dataset", "--out", tmp_path / "ds2", "--size", "big")
+    result = cli("models", "dataset", "--out", tmp_path / "ds2", "--size", "big")
     assert result.code == 2 and "WxH" in result.err

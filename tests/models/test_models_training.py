@@ -91,9 +91,9 @@ def test_entry_point_reads_sagemaker_env_and_hyperparameter_flags_override_sm_hp
     assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1.0) < 1e-5
 
 
-def test_bad_hyperparameter_fails_the_job_with_the_scripts_failure_reason(scene_dataset, tmp_path, models_cli):
+def test_bad_hyperparameter_fails_the_job_with_the_scripts_failure_reason(scene_dataset, tmp_path, cli):
     out = tmp_path / "job"
-    result = models_cli("models", "train", "--data", scene_dataset, "--out", out, "--hp", "epochs=0", "-q")
+    result = cli("models", "train", "--data", scene_dataset, "--out", out, "--hp", "epochs=0", "-q")
     assert result.code == 50
     assert "error: training job" in result.err and "epochs must be >= 1" in result.err and "fix:" in result.err
     assert "Traceback" not in result.err
@@ -103,30 +103,30 @@ def test_bad_hyperparameter_fails_the_job_with_the_scripts_failure_reason(scene_
     assert not (out / "output" / "model.tar.gz").exists()
 
 
-def test_unknown_hyperparameter_is_refused(scene_dataset, tmp_path, models_cli):
-    result = models_cli("models", "train", "--data", scene_dataset, "--out", tmp_path / "job", "--hp", "momentum=0.9", "-q")
+def test_unknown_hyperparameter_is_refused(scene_dataset, tmp_path, cli):
+    result = cli("models", "train", "--data", scene_dataset, "--out", tmp_path / "job", "--hp", "momentum=0.9", "-q")
     assert result.code == 50 and "unrecognized arguments: --momentum 0.9" in result.err
 
 
-def test_train_channel_with_a_single_class_is_refused(tmp_path, models_cli):
+def test_train_channel_with_a_single_class_is_refused(tmp_path, cli):
     from edgefleet.models.scenes import render_scene
 
     (tmp_path / "data" / "train" / "person").mkdir(parents=True)
     render_scene("person").save(tmp_path / "data" / "train" / "person" / "a.png")
-    result = models_cli("models", "train", "--data", tmp_path / "data", "--out", tmp_path / "job", "-q")
+    result = cli("models", "train", "--data", tmp_path / "data", "--out", tmp_path / "job", "-q")
     assert result.code == 50 and "1 class folder(s) (person); a classifier needs at least 2" in result.err
 
 
-def test_train_refuses_missing_data_and_a_used_output_folder_without_touching_it(scene_dataset, tmp_path, models_cli):
-    result = models_cli("models", "train", "--data", tmp_path / "nope", "--out", tmp_path / "job")
+def test_train_refuses_missing_data_and_a_used_output_folder_without_touching_it(scene_dataset, tmp_path, cli):
+    result = cli("models", "train", "--data", tmp_path / "nope", "--out", tmp_path / "job")
     assert result.code == 2 and "no data folder at" in result.err and "edgefleet models dataset" in result.err
     used = tmp_path / "used"
     used.mkdir()
     (used / "keep.txt").write_text("precious")
-    result = models_cli("models", "train", "--data", scene_dataset, "--out", used)
+    result = cli("models", "train", "--data", scene_dataset, "--out", used)
     assert result.code == 2 and "not an empty directory" in result.err
     assert [p.name for p in used.iterdir()] == ["keep.txt"] and (used / "keep.txt").read_text() == "precious"
-    result = models_cli("models", "train", "--data", scene_dataset, "--out", tmp_path / "j2", "--job-name", "bad_name!")
+    result = cli("models", "train", "--data", scene_dataset, "--out", tmp_path / "j2", "--job-name", "bad_name!")
     assert result.code == 2 and "job names" in result.err
 
 
