@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import sqlite3
 
@@ -149,7 +151,11 @@ class TestModelSlot:
             ModelSlot(tmp_path / "s1", [stranger.public]).install_initial(pkg)
         slot = ModelSlot(tmp_path / "s2", [load_public_key(trust)])
         before = slot.install_initial(pkg)
-        (slot.current_dir() / "model.so").write_bytes(b"tampered")
+        # Replace, not rewrite in place: the loaded library stays mapped, and truncating a mapped
+        # file makes the process die of SIGBUS when TVM unloads it at exit.
+        tampered = slot.current_dir() / "model.so.new"
+        tampered.write_bytes(b"tampered")
+        os.replace(tampered, slot.current_dir() / "model.so")
         with pytest.raises(PackageIntegrityError, match="sha256"):
             slot.reload()
         assert slot.active is before
