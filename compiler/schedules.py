@@ -113,6 +113,26 @@ def _epilogue(sch: s_tir.Schedule, conv, others: list):
     return out
 
 
+def _conv_with_epilogue(sch: s_tir.Schedule, conv, blocks: list, pad_names: tuple[str, ...], rank: int):
+    """(pad blocks, epilogue block) of a nest holding `conv`, its input pads and injective blocks
+    after it; None when the nest holds anything else."""
+    pads = [b for b in blocks if _name(sch, b) in pad_names]
+    others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * rank]
+    if len(pads) + len(others) + 1 != len(blocks):
+        return None
+    epi = _epilogue(sch, conv, others)
+    return None if epi is None else (pads, epi)
+
+
+def _finish_conv(sch: s_tir.Schedule, conv, epi, pads: list, reduction_loop) -> s_tir.Schedule:
+    """Split off the accumulator init, vectorize the epilogue's inner loop, schedule the pads."""
+    sch.decompose_reduction(conv, reduction_loop)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    for pad in pads:
+        _schedule_pad(sch, pad)
+    return sch
+
+
 class _SafeRule(CPUScheduleRule):
     """A schedule primitive that refuses a loop nest means the rule does not fit it: try the next rule."""
 
@@ -122,7 +142,7 @@ class _SafeRule(CPUScheduleRule):
         self.reg_tile = register_tile(target)
         try:
             return self.schedule(s_tir.Schedule(func))
-        except (s_tir.ScheduleError, tvm.error.TVMError):
+        except (s_tir.ScheduleError, RuntimeError):  # TVM 0.27 raises its errors as RuntimeError subclasses
             return None
 
 
@@ -137,13 +157,10 @@ class Conv2dNCHWc(_SafeRule):
         conv = convs[0]
         if _iter_kinds(sch, conv) == "SSSSSRR":
             return _depthwise(sch, conv, blocks, self.reg_tile)
-        pads = [b for b in blocks if _name(sch, b) == "data_pad"]
-        others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
-        if len(pads) + len(others) + 1 != len(blocks):
+        found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+        if found is None:
             return None
-        epi = _epilogue(sch, conv, others)
-        if epi is None:
-            return None
+        pads, epi = found
         n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
         ow_n, ic_n, ocb_n = _extent(sch, ow), _extent(sch, ic), _extent(sch, ocb)
         ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
@@ -158,22 +175,15 @@ class Conv2dNCHWc(_SafeRule):
         # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
         sch.unroll(ow_i)
         sch.vectorize(ocb)
-        sch.decompose_reduction(conv, ic_o)
-        sch.vectorize(sch.get_loops(epi)[-1])
-        for pad in pads:
-            _schedule_pad(sch, pad)
-        return sch
+        return _finish_conv(sch, conv, epi, pads, ic_o)
 
 
 def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
     """Depthwise NCHWc: per (chunk, row), reg_n pixels x 16 channels accumulate over the window."""
-    pads = [b for b in blocks if _name(sch, b) == "data_pad"]
-    others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 5]
-    if len(pads) + len(others) + 1 != len(blocks):
+    found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+    if found is None:
         return None
-    epi = _epilogue(sch, conv, others)
-    if epi is None:
-        return None
+    pads, epi = found
     n, occ, oh, ow, ocb, kh, kw = sch.get_loops(conv)
     ow_n = _extent(sch, ow)
     if ow_n is None:
@@ -184,11 +194,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
     sch.parallel(sch.fuse(n, occ, oh))
     sch.unroll(ow_i)
     sch.vectorize(ocb)
-    sch.decompose_reduction(conv, kh)
-    sch.vectorize(sch.get_loops(epi)[-1])
-    for pad in pads:
-        _schedule_pad(sch, pad)
-    return sch
+    return _finish_conv(sch, conv, epi, pads, kh)
 
 
 class Conv2dNCHW(_SafeRule):
@@ -200,13 +206,10 @@ class Conv2dNCHW(_SafeRule):
         if len(convs) != 1:
             return None
         conv = convs[0]
-        pads = [b for b in blocks if _name(sch, b) in ("pad_temp", "data_pad")]
-        others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * 4]
-        if len(pads) + len(others) + 1 != len(blocks):
+        found = _conv_with_epilogue(sch, conv, blocks, ("pad_temp", "data_pad"), 4)
+        if found is None:
             return None
-        epi = _epilogue(sch, conv, others)
-        if epi is None:
-            return None
+        pads, epi = found
         n, oc, oh, ow, rc, rh, rw = sch.get_loops(conv)
         oc_n, ow_n = _extent(sch, oc), _extent(sch, ow)
         if None in (oc_n, ow_n):
@@ -220,11 +223,7 @@ class Conv2dNCHW(_SafeRule):
         sch.parallel(sch.fuse(n, oc_o, oh))
         sch.unroll(oc_i)
         sch.vectorize(ow_i)
-        sch.decompose_reduction(conv, rc)
-        sch.vectorize(sch.get_loops(epi)[-1])
-        for pad in pads:
-            _schedule_pad(sch, pad)
-        return sch
+        return _finish_conv(sch, conv, epi, pads, rc)
 
 
 class Generic(_SafeRule):
