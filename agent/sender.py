@@ -32,9 +32,21 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         last = 0
+        was_down = True
         while not self.stop_event.is_set():
             self._flush_acks()
+            # Hand nothing over while disconnected, and after a (re)connect let the messages handed
+            # before it be acked first: paho runs on_connect before it resends its queue, so a new
+            # publish in between would overtake older alerts.
+            if not self.transport.connected.is_set():
+                was_down = True
+                self.transport.connected.wait(0.2)
+                continue
             with self._cond:
+                if was_down and self._inflight:
+                    self._cond.wait(0.2)
+                    continue
+                was_down = False
                 if len(self._inflight) >= self.window:
                     if not self._acked_seqs:
                         self._cond.wait(0.5)
