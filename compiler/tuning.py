@@ -3,27 +3,47 @@
 The database is MetaSchedule's JSON pair (database_workload.json, database_tuning_record.json)
 under EDGEFLEET_HOME/tuning/<target>-<hash>/, keyed by each fused kernel's structural hash, so
 a later compile of any model with the same layer shapes reuses it. Tuning is resumable: a
-task that already holds `per_task` measured records is skipped, so an interrupted
-`--tune-trials` run continues where it stopped. Before a task is tuned, its default schedule
-(`schedules.py`) is measured and stored as a record too: the evolutionary search starts from
-it, and MetaScheduleApplyDatabase only picks a tuned schedule when it measured faster.
+task that already holds its share of measured records is skipped, so an interrupted
+`--tune-trials` run continues where it stopped. The search's records are kept in `search/`;
+the folder itself, which MetaScheduleApplyDatabase reads, holds per kernel the default
+schedule (`schedules.py`) and the search's fastest candidate measured side by side, so the
+tuned schedule is used only where it ran faster next to the default.
+
+JSONDatabase files each record under the line number of its workload, and each open handle
+computes that number from its own in-memory table. Two writers on one folder (two compiles
+tuning the same target at once), or a workload line written twice, shift those numbers and
+records land on another kernel. So writers hold an exclusive lock on the folder, and
+`check_database` refuses a database whose records do not fit the kernel they are filed under.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import tvm
 
+from edgefleet.errors import BuildError
+
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+LOCK_FILE = "tuning.lock"
+SEARCH_DIR = "search"
+# Rounds of the side-by-side measurement that decides between default and tuned schedules.
+PAIRED_ROUNDS = 3
 
 
 # Worker processes import TVM before building: on a busy 2-core machine that alone can pass
 # MetaSchedule's 30 s default, failing every candidate.
 BUILD_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 120
+
+
+class DatabaseError(BuildError):
+    """A tuning database whose records do not fit its kernels: replaying it would be wrong."""
 
 
 def _builder():
@@ -42,17 +62,65 @@ def has_database(work: Path) -> bool:
     return (work / RECORD_FILE).is_file() and (work / RECORD_FILE).stat().st_size > 0
 
 
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _arg_json(mod: tvm.IRModule) -> list:
+    from tvm.s_tir import meta_schedule as ms
+
+    return [["TENSOR", str(a.dtype), [int(d) for d in a.shape]] for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+
+
+def check_database(work: Path) -> None:
+    """Raise DatabaseError if two workload lines hold the same kernel or a record's arguments
+    differ from those of the kernel it is filed under (records shifted onto another kernel)."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    mods = [ms.database.Workload.from_json(json.loads(line)).mod for line in _lines(work / WORKLOAD_FILE)]
+    by_hash: dict[int, list[int]] = {}
+    for i, mod in enumerate(mods):
+        same = by_hash.setdefault(tvm_ffi.structural_hash(mod), [])
+        if any(tvm_ffi.structural_equal(mods[j], mod) for j in same):
+            raise DatabaseError(f"tuning database {work}: workload line {i + 1} repeats an earlier kernel, so later record indices are shifted", f"delete {work} and tune again")
+        same.append(i)
+    args = [_arg_json(mod) for mod in mods]
+    for n, line in enumerate(_lines(work / RECORD_FILE), 1):
+        index, record = json.loads(line)
+        if not 0 <= index < len(mods) or record[3] != args[index]:
+            raise DatabaseError(f"tuning database {work}: record {n} does not fit the kernel it is filed under (written by two processes at once?)", f"delete {work} and tune again")
+
+
 def open_database(work: Path):
     from tvm.s_tir import meta_schedule as ms
 
     work.mkdir(parents=True, exist_ok=True)
+    check_database(work)
     return ms.database.JSONDatabase(path_workload=str(work / WORKLOAD_FILE), path_tuning_record=str(work / RECORD_FILE))
+
+
+@contextmanager
+def writing(work: Path, report: Callable[[str], None]) -> Iterator[None]:
+    """Hold the folder's lock: the only writer, so record indices stay right."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report(f"waiting for another tuning run on {work}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _records(db, mod: tvm.IRModule) -> list:
     if not db.has_workload(mod):
         return []
     return list(db.get_top_k(db.commit_workload(mod), 1 << 20))
+
+
+def _mean(record) -> float:
+    return sum(float(s) for s in record.run_secs) / len(record.run_secs)
 
 
 def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target, builder, runner) -> float | None:
@@ -76,48 +144,109 @@ def _measure_default(db, task_mod: tvm.IRModule, target: tvm.target.Target, buil
     return sum(secs) / len(secs)
 
 
+def trial_shares(tasks: list, total_trials: int) -> list[int]:
+    """Trials per task in proportion to its FLOPs x occurrences: the convolutions hold nearly all
+    the time, and a search round on a reshape or layout transform costs as much as on a conv.
+    A task whose share rounds to 0 keeps its default schedule. Deterministic, so a rerun with the
+    same budget finds the same shares (resume)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    work = [estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks]
+    total = sum(work)
+    return [int(total_trials * w / total) if total else 0 for w in work]
+
+
+def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, builder, runner) -> tuple[float, float] | None:
+    """Measure the default schedule and the search's fastest candidate side by side, alternating,
+    and file them in the database that compiles read (seconds: default, tuned; or None).
+
+    The search measured each candidate at a different moment of a shared machine's load: a
+    default measured under load lost to a candidate that is 3x slower when run next to it.
+    """
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    records = _records(search, task_mod)
+    default = schedule_func(task_mod["main"], target)
+    if not records or default is None:
+        return None
+    tuned = records[0].as_measure_candidate().sch
+    args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
+    if tvm_ffi.structural_equal(tuned.mod, default.mod):  # the search found nothing faster
+        decided.commit_tuning_record(ms.database.TuningRecord(default.trace, decided.commit_workload(task_mod), records[0].run_secs, target, args))
+        return _mean(records[0]), _mean(records[0])
+    built = builder.build([ms.builder.BuilderInput(m, target) for m in (default.mod, tuned.mod)])
+    if any(b.error_msg for b in built):
+        return None
+    secs: list[list[float]] = [[] for _ in built]
+    for _ in range(PAIRED_ROUNDS):
+        for k, future in enumerate(runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", args) for b in built])):
+            result = future.result()
+            if result.error_msg or not result.run_secs:
+                return None
+            secs[k] += [float(x) for x in result.run_secs]
+    # The workload is committed only with its records: a workload alone marks the task decided.
+    workload = decided.commit_workload(task_mod)
+    for trace, run_secs in zip((default.trace, records[0].trace), secs, strict=True):
+        decided.commit_tuning_record(ms.database.TuningRecord(trace, workload, run_secs, target, args))
+    return sum(secs[0]) / len(secs[0]), sum(secs[1]) / len(secs[1])
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None]) -> None:
-    """Tune every kernel of `mod` (fused, unscheduled Relax + TIR) with about total_trials trials."""
+    """Tune every kernel of `mod` (fused, unscheduled Relax + TIR) with about total_trials trials.
+
+    The search's records go to `work/search` (resume, warm start); `work` itself, which
+    MetaScheduleApplyDatabase reads, gets only the side-by-side measurements of `_decide`.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    tasks = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+    # `tirx.is_scheduled` is a PrimFunc attribute; the task's module never carries it.
+    tasks = [t for t in tasks if not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled", False)]
     if not tasks:
         return
-    per_task = max(1, total_trials // len(tasks))
-    db = open_database(work)
-    # One builder and runner (worker process pools) for the whole run: pools started per
-    # task were seen to hang MetaSchedule on this machine.
-    builder, runner = _builder(), _runner()
-    for i, task in enumerate(tasks, 1):
-        task_mod = task.dispatched[0]
-        done = len([r for r in _records(db, task_mod) if r.run_secs])
-        label = f"task {i}/{len(tasks)} {task.task_name}"
-        if done >= per_task:
-            report(f"{label}: {done} records in the database, skipped")
-            continue
-        if done == 0:
-            default = _measure_default(db, task_mod, target, builder, runner)
-            if default is not None:
-                report(f"{label}: default schedule {1e3 * default:.3f} ms")
-                done = 1
-            if done >= per_task:
+    with writing(work, report):
+        search, decided = open_database(work / SEARCH_DIR), open_database(work)
+        # One builder and runner (worker process pools) for the whole run: pools started per
+        # task were seen to hang MetaSchedule on this machine.
+        builder, runner = _builder(), _runner()
+        for i, (task, share) in enumerate(zip(tasks, trial_shares(tasks, total_trials), strict=True), 1):
+            task_mod = task.dispatched[0]
+            label = f"task {i}/{len(tasks)} {task.task_name}"
+            if share == 0:
+                report(f"{label}: no trials in its share of the budget, default schedule")
                 continue
-        ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(work))
-        ms.tune.tune_tasks(
-            tasks=ctxs,
-            task_weights=weights,
-            work_dir=str(work),
-            max_trials_global=per_task - done,
-            max_trials_per_task=per_task - done,
-            num_trials_per_iter=min(64, per_task - done),
-            builder=builder,
-            runner=runner,
-            database=db,
-        )
-        best = _records(db, task_mod)
-        best_ms = f", best {1e3 * sum(float(s) for s in best[0].run_secs) / len(best[0].run_secs):.3f} ms" if best and best[0].run_secs else ""
-        report(f"{label}: {per_task - done} trials{best_ms}")
+            done = len(_records(search, task_mod))
+            if done >= share and decided.has_workload(task_mod):
+                report(f"{label}: {done} records in the database, skipped")
+                continue
+            if done == 0:
+                default = _measure_default(search, task_mod, target, builder, runner)
+                if default is not None:
+                    report(f"{label}: default schedule {1e3 * default:.3f} ms")
+                    done = 1
+            if done < share:
+                ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(work / SEARCH_DIR))
+                ms.tune.tune_tasks(
+                    tasks=ctxs,
+                    task_weights=weights,
+                    work_dir=str(work / SEARCH_DIR),
+                    max_trials_global=share - done,
+                    max_trials_per_task=share - done,
+                    num_trials_per_iter=min(64, share - done),
+                    builder=builder,
+                    runner=runner,
+                    database=search,
+                )
+                best = _records(search, task_mod)
+                best_ms = f", best {1e3 * _mean(best[0]):.3f} ms" if best else ""
+                report(f"{label}: {share - done} trials{best_ms}")
+            pair = _decide(search, decided, task_mod, target, builder, runner)
+            if pair is not None:
+                kept = "tuned" if pair[1] < pair[0] else "default"
+                report(f"{label}: side by side default {1e3 * pair[0]:.3f} ms, tuned {1e3 * pair[1]:.3f} ms: {kept} schedule kept")
 
 
 def tune_pass(target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None]) -> tvm.transform.Pass:

@@ -1,7 +1,12 @@
-"""MetaSchedule tuning through edgefleet: progress per task, database kept, resumable, and the
-tuned build still matches ONNX Runtime. Real MetaSchedule builds and runs (slow on 2 cores)."""
+"""MetaSchedule tuning through edgefleet: kernels keep their own records, the database is reused
+and resumed, the faster schedule wins, and the tuned build still matches ONNX Runtime.
+The slow test makes real MetaSchedule builds and runs (minutes on 2 cores)."""
 
 from __future__ import annotations
+
+import fcntl
+import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -11,40 +16,154 @@ from onnx import TensorProto, helper, numpy_helper
 from edgefleet.compiler.targets import resolve_target
 
 tvm = pytest.importorskip("tvm")
+import tvm_ffi  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from edgefleet.compiler import tuning  # noqa: E402
+from edgefleet.compiler import graph, tuning  # noqa: E402
 from edgefleet.compiler.build import _cpu_pipeline, tuning_dir, tvm_target  # noqa: E402
+from edgefleet.compiler.schedules import schedule_func  # noqa: E402
 
 
 def _model():
+    """Two 3x3 convolutions of different shapes: same block names, so a record filed under the
+    wrong one would still replay there without error."""
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], [w])
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])], [w1, w2])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
 
 
+def _tasks(target, model):
+    """The tasks tuning sees: the fused module of `_cpu_pipeline` before tuning."""
+    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+    with tvm_target(target):
+        fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
+    return fused, ms.relax_integration.extract_tasks(fused, tvm.target.Target({**target.tvm_target, "num-cores": 1}))
+
+
+def _tuned(line: str) -> bool:
+    return re.search(r": \d+ trials", line) is not None
+
+
+def _decided(line: str) -> bool:
+    return line.endswith("schedule kept")
+
+
+def _measured(line: str) -> bool:
+    return _tuned(line) or _decided(line) or re.search(r"default schedule \d", line) is not None
+
+
+def _same_schedule(a, b) -> bool:
+    return tvm_ffi.structural_equal(a.mod["main"].body, b.mod["main"].body, map_free_vars=True)
+
+
+def _record_count(work) -> int:
+    return len((work / tuning.RECORD_FILE).read_text().splitlines())
+
+
+class _Interrupted(Exception):
+    pass
+
+
 @pytest.mark.slow
-def test_tuning_reports_progress_keeps_database_and_resumes(edgefleet_home):
+def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefleet_home):
     target = resolve_target("x86_64")
     model = _model()
+    fused, tasks = _tasks(target, model)
+    convs = [t for t in tasks if "conv2d" in t.task_name]
+    assert len(convs) == 2
+    budget = 6
+    shares = tuning.trial_shares(tasks, budget)
+    assert all(s > 1 for t, s in zip(tasks, shares, strict=True) if t in convs), shares
+
+    # Interrupted after the first task that finished (as Ctrl-C would be).
     first: list[str] = []
-    with tvm_target(target):
-        lowered = _cpu_pipeline(target, 6, first.append)(from_onnx(model, keep_params_in_input=False))
-    work = tuning_dir(target)
-    assert tuning.has_database(work) and (work / tuning.WORKLOAD_FILE).stat().st_size > 0
-    assert any("fused_conv2d_NCHWc" in line and "default schedule" in line for line in first), first
-    assert all(line.startswith("task ") for line in first)
-    # Same budget again: every task already has its records, nothing is re-tuned.
+
+    def stop_after_trials(line: str) -> None:
+        first.append(line)
+        if _decided(line):
+            raise _Interrupted("interrupted")
+
+    with tvm_target(target), pytest.raises(Exception, match="interrupted"):
+        _cpu_pipeline(target, budget, stop_after_trials)(from_onnx(model, keep_params_in_input=False))
+    interrupted_task = first[-1].split(":")[0].split()[-1]
+
+    # Rerun: the finished task is skipped, the other conv is tuned now.
     second: list[str] = []
     with tvm_target(target):
-        _cpu_pipeline(target, 6, second.append)(from_onnx(model, keep_params_in_input=False))
-    assert second and all(line.endswith("skipped") for line in second), second
+        lowered = _cpu_pipeline(target, budget, second.append)(from_onnx(model, keep_params_in_input=False))
+    assert any(line.endswith(f"{interrupted_task}: {shares[[t.task_name for t in tasks].index(interrupted_task)]} records in the database, skipped") for line in second), second
+    assert sum(map(_tuned, second)) == 1, second
+
+    # Every record belongs to exactly one kernel, filed under that kernel's own workload, in the
+    # search's database and in the one compiles read.
+    work = tuning_dir(target)
+    per_task = {}
+    for folder, fewest in ((work / tuning.SEARCH_DIR, 2), (work, 1)):
+        db = tuning.open_database(folder)
+        workloads = [json.loads(line)[0] for line in (folder / tuning.WORKLOAD_FILE).read_text().splitlines()]
+        assert len(workloads) == len(set(workloads)) == len(convs)
+        per_task = {t.task_name: tuning._records(db, t.dispatched[0]) for t in convs}
+        for t in convs:
+            assert fewest <= len(per_task[t.task_name]) <= shares[tasks.index(t)], (folder, t.task_name, len(per_task[t.task_name]))
+            assert all(tvm_ffi.structural_equal(r.workload.mod, t.dispatched[0]) for r in per_task[t.task_name])
+        assert sum(map(len, per_task.values())) == len(db.get_all_tuning_records())
+
+    # Same budget again: nothing is measured, every kernel comes from the database.
+    before = _record_count(work)
+    third: list[str] = []
+    with tvm_target(target):
+        _cpu_pipeline(target, budget, third.append)(from_onnx(model, keep_params_in_input=False))
+    assert not any(map(_measured, third)), third
+    assert _record_count(work) == before
+
+    # The default schedule competes side by side, and the applied schedule is the fastest.
+    with tvm_target(target):
+        applied = relax.transform.MetaScheduleApplyDatabase(str(work))(fused)
+    for t in convs:
+        records = per_task[t.task_name]
+        default = schedule_func(t.dispatched[0]["main"], tvm_target(target))
+        assert any(_same_schedule(r.as_measure_candidate().sch, default) for r in records), t.task_name
+        fastest = min(records, key=tuning._mean).as_measure_candidate().sch
+        got = applied[t.task_name]
+        assert got.attrs["tirx.is_scheduled"]
+        assert tvm_ffi.structural_equal(got.body, fastest.mod["main"].body, map_free_vars=True), t.task_name
+
     x = np.random.default_rng(1).random((1, 16, 8, 8), dtype=np.float32)
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_database_written_by_two_handles_is_refused(tmp_path):
+    """Two writers on one folder file the second kernel's record under the first kernel's line."""
+    target = resolve_target("x86_64")
+    _, tasks = _tasks(target, _model())
+    tgt = tvm.target.Target({**target.tvm_target, "num-cores": 1})
+    a, b = tuning.open_database(tmp_path), tuning.open_database(tmp_path)
+    for db, task in zip((a, b), [t for t in tasks if "conv2d" in t.task_name], strict=True):
+        mod = task.dispatched[0]
+        sch = schedule_func(mod["main"], tgt)
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-3], tgt, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    with pytest.raises(tuning.DatabaseError, match="record 2 does not fit"):
+        tuning.check_database(tmp_path)
+
+
+def test_one_writer_at_a_time(tmp_path):
+    waits: list[str] = []
+    with tuning.writing(tmp_path, waits.append), open(tmp_path / tuning.LOCK_FILE) as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with tuning.writing(tmp_path, waits.append):
+        pass
+    assert waits == []
+
