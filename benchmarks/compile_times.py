@@ -32,7 +32,7 @@ STAGES = ["load", "import", "optimize", "build", "export", "verify", "sign"]
 def model_path(name: str, work: Path) -> Path:
     if MODELS.get(name) is not None:
         return MODELS[name]
-    sys.path.insert(0, str(ROOT / "tests" / "compiler"))
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "compiler")]  # compiler_testlib imports support.cli
     from compiler_testlib import small_onnx_cnn, small_tflite_cnn
 
     return small_onnx_cnn(work / "small_cnn.onnx") if name == "small_cnn" else small_tflite_cnn(work / "small_tflite.tflite")

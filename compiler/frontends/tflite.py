@@ -40,7 +40,11 @@ def _builtin_names() -> dict[int, str]:
     return {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
 
 
-def operators(model) -> Counter:
+# Custom operators TVM's converter knows, under the name its operator table uses.
+_CUSTOM_OPS = {"TFLite_Detection_PostProcess": "DETECTION_POSTPROCESS"}
+
+
+def _code_names(model) -> list[str]:
     names = _builtin_names()
     codes = []
     for i in range(model.OperatorCodesLength()):
@@ -50,6 +54,11 @@ def operators(model) -> Counter:
         if name == "CUSTOM":
             name = f"CUSTOM::{code.CustomCode().decode()}"
         codes.append(name)
+    return codes
+
+
+def operators(model) -> Counter:
+    codes = _code_names(model)
     counts: Counter = Counter()
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
@@ -59,16 +68,22 @@ def operators(model) -> Counter:
 
 
 def supported_operators(model) -> set[str]:
-    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+    from edgefleet.compiler.tflite_quant import ExactQuantConverter
 
     # The converter builds its operator table in __init__; no graph is converted here.
-    converter = OperatorConverter(model, model.Subgraphs(0), None, None)
-    return set(converter.convert_map)
+    converter = ExactQuantConverter(model, model.Subgraphs(0), None, None)
+    known = set(converter.convert_map)
+    return known | {f"CUSTOM::{custom}" for custom, table_name in _CUSTOM_OPS.items() if table_name in known}
 
 
 def unsupported(model) -> Counter:
+    """Operators TVM has no converter for, and quantized ones edgefleet cannot compute exactly as TFLite does."""
+    from edgefleet.compiler.tflite_quant import unexact_quantized_ops
+
     known = supported_operators(model)
-    return Counter({op: n for op, n in operators(model).items() if op not in known})
+    missing = Counter({op: n for op, n in operators(model).items() if op not in known})
+    codes = _code_names(model)
+    return missing + unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
 
 
 def _tensor(model, index: int):
@@ -105,7 +120,11 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
 def to_relax(model, inputs: list[TensorSpec]):
     from tvm.relax.frontend.tflite import from_tflite
 
-    return from_tflite(model, shape_dict={s.name: tuple(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs})
+    from edgefleet.compiler.tflite_quant import ExactQuantConverter
+
+    return from_tflite(
+        model, shape_dict={s.name: tuple(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs}, op_converter=ExactQuantConverter,
+    )
 
 
 def _interpreter(path: Path):

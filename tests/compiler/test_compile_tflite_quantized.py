@@ -1,0 +1,107 @@
+"""Quantized TFLite and the detection post-process op, through `edgefleet compile`, against LiteRT.
+
+The models are flatbuffers the tests write (compiler_testlib: int8_tflite_cnn, detection_tflite).
+Int8 results are compared for equality: edgefleet computes TFLite's integer arithmetic, so there
+is nothing to round differently (docs/operators.md, "TFLite").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from compiler_testlib import assert_cli_error, detection_tflite, int8_tflite_cnn, write_tflite
+
+from edgefleet.errors import UnsupportedOperatorsError
+from edgefleet.package import open_package
+
+
+def _litert(model, feeds, resolver="AUTO"):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_path=str(model), experimental_op_resolver_type=OpResolverType[resolver])
+    interpreter.allocate_tensors()
+    for detail, x in zip(interpreter.get_input_details(), feeds):
+        interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
+def _compile(cli, model, tmp_path, signing_key, *options):
+    from edgefleet.agent.runtime import TvmModel
+
+    package = tmp_path / "pkg.tar.gz"
+    result = cli("compile", model, "--target", "x86_64", "-o", package, *options)
+    assert result.code == 0, result.text
+    opened = open_package(package, [signing_key.public]).__enter__()
+    return opened, TvmModel(opened.library)
+
+
+@pytest.mark.parametrize("float_io", [False, True], ids=["int8-io", "float-io-quantize-dequantize"])
+def test_int8_cnn_compiles_and_equals_litert(float_io, tmp_path, signing_key, cli):
+    model = int8_tflite_cnn(tmp_path / "int8.tflite", float_io=float_io)
+    opened, compiled = _compile(cli, model, tmp_path, signing_key)
+    m = opened.manifest
+    assert m.verification.status == "passed" and m.verification.max_abs_diff == 0.0
+    assert [(t.dtype, t.shape) for t in m.inputs] == [("float32" if float_io else "int8", [1, 16, 16, 3])]
+    outputs = []
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        x = rng.random((1, 16, 16, 3), dtype=np.float32) if float_io else rng.integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
+        actual = compiled.run([x])[0]
+        # LiteRT's default kernels and its reference kernels: both, bit for bit.
+        np.testing.assert_array_equal(actual, _litert(model, [x])[0])
+        np.testing.assert_array_equal(actual, _litert(model, [x], "BUILTIN_REF")[0])
+        outputs.append(actual)
+    # Unsaturated, input-dependent outputs: a wrong rounding or zero point would show.
+    stacked = np.stack(outputs).astype(np.float64)
+    assert len({a.tobytes() for a in outputs}) == 4 and stacked.std() > (0.05 if float_io else 10)
+
+
+def test_int8_intermediates_equal_litert_reference_kernels(tmp_path, signing_key, cli):
+    """Every activation of the int8 CNN as a graph output (about 6,000 int8 values per input), equal to
+    LiteRT's reference kernels. LiteRT's default kernels (XNNPACK) round some ties differently from
+    its reference kernels (up to 2 steps apart on these activations), hence --atol 1 for the
+    compile-time check, which runs the default ones."""
+    model = int8_tflite_cnn(tmp_path / "int8.tflite", intermediates=True)
+    _, compiled = _compile(cli, model, tmp_path, signing_key, "--atol", "1")
+    for seed in range(3):
+        x = np.random.default_rng(200 + seed).integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
+        actual = compiled.run([x])
+        for a, ref in zip(actual, _litert(model, [x], "BUILTIN_REF")):
+            np.testing.assert_array_equal(a, ref)
+
+
+def test_quantized_operator_without_exact_lowering_is_refused(tmp_path, signing_key, cli):
+    from tflite.BuiltinOperator import BuiltinOperator as Op
+    from tflite.TensorType import TensorType as T
+
+    q = {"scale": [0.05], "zero_point": [-3]}
+    model = write_tflite(
+        tmp_path / "logistic.tflite",
+        [("x", [1, 8], T.INT8, None, q), ("y", [1, 8], T.INT8, None, {"scale": [1 / 256], "zero_point": [-128]}), ("z", [1, 8], T.INT8, None, q)],
+        [(Op.LOGISTIC, ["x"], ["y"], None), (Op.TANH, ["y"], ["z"], None), (Op.LOGISTIC, ["z"], ["y"], None)],
+        ["x"], ["y"],
+    )
+    result = cli("compile", model, "--target", "x86_64")
+    assert_cli_error(result, UnsupportedOperatorsError, "LOGISTIC (int8 quantized) x2", "TANH (int8 quantized) x1")
+
+
+@pytest.mark.parametrize("regular_nms", [False, True], ids=["fast-nms", "regular-nms"])
+def test_detection_postprocess_compiles_and_matches_litert(regular_nms, tmp_path, signing_key, cli):
+    model = detection_tflite(tmp_path / "det.tflite", regular_nms=regular_nms)
+    opened, compiled = _compile(cli, model, tmp_path, signing_key)
+    assert opened.manifest.verification.status == "passed"
+    assert [t.shape for t in opened.manifest.outputs] == [[1, 10, 4], [1, 10], [1, 10], [1]]
+    counts = set()
+    for seed, power in ((0, 1.0), (1, 40.0), (2, 300.0)):  # higher powers leave fewer boxes above the 0.3 threshold
+        rng = np.random.default_rng(seed)
+        feeds = [rng.normal(0, 1, (1, 64, 4)).astype(np.float32), (rng.random((1, 64, 4)) ** power).astype(np.float32)]
+        actual, expected = compiled.run(feeds), _litert(model, feeds)
+        boxes, classes, scores, num = expected
+        n = int(num[0])
+        counts.add(n)
+        assert int(actual[3][0]) == n
+        np.testing.assert_array_equal(actual[1][0, :n], classes[0, :n])
+        np.testing.assert_array_equal(actual[2][0, :n], scores[0, :n])
+        np.testing.assert_allclose(actual[0][0, :n], boxes[0, :n], atol=1e-6)
+    assert len(counts) == 3 and min(counts) < 10  # full, partial and (near) empty results were all compared
