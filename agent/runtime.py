@@ -31,14 +31,48 @@ class TvmModel:
         self.vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        tensors = [self._tvm.runtime.tensor(np.require(x, requirements="C"), self.device) for x in inputs]  # keeps 0-d inputs 0-d
+        tensors = [self._tensor(np.require(x, requirements="C")) for x in inputs]  # keeps 0-d inputs 0-d
         result = self.vm["main"](*tensors)
         return _flatten(result)
+
+    def _tensor(self, x: np.ndarray):
+        bits = _SUBBYTE_BITS.get(x.dtype.name)
+        if bits is None:
+            return self._tvm.runtime.tensor(x, self.device)
+        packed = self._tvm.runtime.tensor(_pack(x, bits), self.device)
+        return packed._create_view(x.shape, x.dtype.name)
+
+
+# 4- and 2-bit element types (ml_dtypes names = TVM dtypes). TVM's runtime sizes their tensors
+# packed, the first element in the high bits of each byte; edgefleet's compiled models
+# (compiler/onnx_lowbit.py) read and write that layout. numpy (ml_dtypes) keeps one per byte.
+_SUBBYTE_BITS = {"float4_e2m1fn": 4, "int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
+
+
+def _pack(x: np.ndarray, bits: int) -> np.ndarray:
+    per = 8 // bits
+    codes = x.reshape(-1).view(np.uint8) & ((1 << bits) - 1)  # ml_dtypes keeps the value's low bits
+    codes = np.concatenate([codes, np.zeros(-codes.size % per, np.uint8)]).reshape(-1, per)
+    shifts = np.arange(per - 1, -1, -1, dtype=np.uint8) * bits
+    return np.bitwise_or.reduce(codes << shifts, axis=1).astype(np.uint8)
+
+
+def _unpack(tensor, bits: int) -> np.ndarray:
+    import ml_dtypes
+
+    dtype = np.dtype(getattr(ml_dtypes, str(tensor.dtype)))
+    shape = tuple(int(d) for d in tensor.shape)
+    count, per = int(np.prod(shape)), 8 // bits
+    packed = tensor._create_view((-(-count * bits // 8),), "uint8").numpy()
+    shifts = np.arange(per - 1, -1, -1, dtype=np.uint8) * bits
+    codes = ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
+    return codes.view(dtype).reshape(shape)  # ml_dtypes, too, keeps just the low bits
 
 
 def _flatten(value) -> list[np.ndarray]:
     if hasattr(value, "numpy"):
-        return [value.numpy()]
+        bits = _SUBBYTE_BITS.get(str(value.dtype))
+        return [value.numpy() if bits is None else _unpack(value, bits)]
     out: list[np.ndarray] = []
     for item in value:
         out.extend(_flatten(item))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.compiler import tuning
 from edgefleet.compiler.targets import Target
-from edgefleet.errors import BuildError
+from edgefleet.errors import BuildError, EdgefleetError
 from edgefleet.progress import Stages
 from edgefleet.signing import edgefleet_home
 
@@ -45,6 +46,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print):
     passes = [
         graph.cleanup(),
         graph.nchwc_layout(),
+        # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
+        *cpu.library_dispatch_passes(tgt),
         graph.legalize(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -74,15 +77,51 @@ def _optimize_pipeline(target: Target, tune_trials: int, report=print):
     return relax.get_default_pipeline(tvm_target(target))
 
 
-def optimize(mod, target: Target, tune_trials: int, stages: Stages):
+# Recorded as the manifest's runtime.pipeline.
+PIPELINE_CPU = "edgefleet-cpu"
+PIPELINE_TVM_DEFAULT = "tvm-default"
+
+
+@dataclass
+class Optimized:
+    mod: object  # tvm.IRModule, ready for build_and_export
+    pipeline: str  # PIPELINE_CPU or PIPELINE_TVM_DEFAULT
+    fallback_reason: str | None = None  # why edgefleet's CPU pipeline was not used
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+
+
+def optimize(mod, target: Target, tune_trials: int, stages: Stages) -> Optimized:
+    """Run the target's pipeline; a CPU graph that edgefleet's pipeline cannot handle falls back.
+
+    The fallback is TVM's default pipeline (correct, unscheduled kernels: tens of times slower),
+    announced on the progress output and recorded in the manifest, so a rare graph shape costs
+    speed instead of the whole compile.
+    """
     tgt = tvm_target(target)
     detail = f"{tune_trials} tuning trials, database {tuning_dir(target)}" if tune_trials else ""
     with stages.stage("optimize", detail):
         try:
             with tgt:
-                return _optimize_pipeline(target, tune_trials, stages.note)(mod)
+                pipeline = PIPELINE_CPU if target.device == "cpu" else PIPELINE_TVM_DEFAULT
+                return Optimized(_optimize_pipeline(target, tune_trials, stages.note)(mod), pipeline)
+        except EdgefleetError:  # edgefleet's own refusals (e.g. a damaged tuning database) say what to do
+            raise
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
-            raise BuildError(f"TVM failed to optimize the model for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
+            first = exc
+        if target.device == "cpu":
+            from tvm import relax
+
+            reason = _first_line(first)
+            stages.note(f"warning: edgefleet's CPU pipeline failed ({reason}); building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+            try:
+                with tgt:
+                    return Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
+            except Exception:  # report the first failure: it is the one to fix
+                pass
+        raise BuildError(f"TVM failed to optimize the model for {target.name}: {_first_line(first)}", "report the model and target; try another target meanwhile") from None
 
 
 def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:

@@ -46,6 +46,7 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--name", help="Model name (default: the model file's stem).")
 @click.option("--version", "model_version", default="1", show_default=True, help="Package version: dotted integers, e.g. 3 or 1.2.0.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...", help="Fix an input's shape (repeatable).")
+@click.option("--constant-input", "constant_inputs", multiple=True, metavar="NAME=V1,V2,...|NAME=@FILE.npy", help="Fix an ONNX input's value at compile time, for inputs that are really parameters (axes, scales, k, pads); repeatable.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text file, one label per line.")
 @click.option("--task", type=click.Choice(["classification", "detection", "other"]), default="classification", show_default=True)
 @click.option("--resize", help="Resize frames to HxW before inference (default: the input's size).")
@@ -64,19 +65,22 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--check", is_flag=True, help="Only list the model's operators and whether each is supported.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_command(model, target, output, name, model_version, input_shapes, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
+def compile_command(model, target, output, name, model_version, input_shapes, constant_inputs, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
     """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
 
     Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
     """
     from edgefleet.compiler.compile import check_operators, compile_model, unsupported_error
+    from edgefleet.compiler.onnx_params import parse_constant_input
 
     if check:
         report = check_operators(model, member=member)
         if as_json:
-            print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported)})
+            print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported), "constant_inputs_needed": report.constant_inputs_needed})
         else:
             table(["operator", "count", "supported"], [[op, n, _supported_cell(op, report.unsupported)] for op, n in sorted(report.counts.items())], title=f"{model} ({report.format})")
+            for input_name, uses in sorted(report.constant_inputs_needed.items()):
+                console.print(f"input [bold]{input_name}[/bold] sets {', '.join(sorted(set(uses)))}, which TVM needs at compile time: give it with --constant-input {input_name}=VALUES")
         if not report.ok:
             raise unsupported_error(report, model)
         return
@@ -87,6 +91,7 @@ def compile_command(model, target, output, name, model_version, input_shapes, la
     pre = {k: v for k, v in given.items() if v is not None}
     result = compile_model(
         model, target, output=output, name=name, version=model_version, input_shapes=parse_shape_option(input_shapes),
+        constant_inputs=dict(parse_constant_input(option) for option in constant_inputs) or None,
         labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, verify=not no_verify, key=key,
         member=member, atol=atol, rtol=rtol, quiet=quiet or as_json, baseline_images=baseline_images,
     )

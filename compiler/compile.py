@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import version as dist_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -25,6 +25,9 @@ from edgefleet.package import NAME_PATTERN, Manifest, Preprocessing, TensorSpec,
 from edgefleet.progress import Stages
 from edgefleet.signing import load_signing_key
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 @dataclass
 class OperatorReport:
@@ -33,6 +36,9 @@ class OperatorReport:
     format: str
     counts: Counter
     unsupported: Counter
+    # ONNX graph inputs whose values TVM needs at compile time -> where they are used
+    # (compile them with --constant-input NAME=VALUES; compiler/onnx_params.py).
+    constant_inputs_needed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -60,7 +66,12 @@ def check_operators(model: str, *, member: str | None = None, workdir: Path | No
         source = fetch_model(model, Path(tmp), member=member)
         frontend = frontend_for(source.format)
         parsed = frontend.load(source.path)
-        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed))
+        needed = {}
+        if source.format == "onnx":
+            from edgefleet.compiler.onnx_params import parameter_inputs
+
+            needed = parameter_inputs(parsed)
+        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed)
 
 
 def _default_name(path: Path) -> str:
@@ -155,7 +166,14 @@ def _output_specs(mod) -> list[TensorSpec]:
     return specs
 
 
-def _verify(target: Target, library: Path, frontend, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float, stages: Stages) -> Verification:
+# Element types the reference runtimes' Python APIs cannot take or give (onnx_lowbit.py's).
+_UNVERIFIABLE_DTYPES = ("float8", "float4", "int4", "uint4", "int2", "uint2")
+
+
+def _verify(target: Target, library: Path, frontend, model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], atol: float, rtol: float, stages: Stages) -> Verification:
+    odd = sorted({s.dtype for s in [*inputs, *outputs] if s.dtype.startswith(_UNVERIFIABLE_DTYPES)})
+    if odd:
+        return skipped(target, f"the reference runtime's Python API takes no {'/'.join(odd)} arrays, so the model's inputs or outputs cannot be compared")
     with stages.stage("verify", "reference: " + frontend.reference_name()):
         if target.runs_here():
             return verify_native(library, frontend, model_path, inputs, atol, rtol)
@@ -174,6 +192,7 @@ def compile_model(
     name: str | None = None,
     version: str = "1",
     input_shapes: dict[str, list[int]] | None = None,
+    constant_inputs: dict[str, np.ndarray] | None = None,
     labels: Path | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     task: str = "classification",
@@ -192,6 +211,8 @@ def compile_model(
     an EdgefleetError subclass for every input a person can fix (see edgefleet.errors).
     `preprocessing` is a complete Preprocessing, or a dict of the options given (the rest take
     their defaults; the layout defaults to NHWC for TFLite and NCHW for ONNX).
+    `constant_inputs` fixes ONNX graph inputs to values at compile time (they leave the
+    package's inputs): for inputs that are really parameters TVM must know (compiler/onnx_params.py).
     """
     _check_name_and_version(name, version)
     if baseline_images is not None:
@@ -218,6 +239,16 @@ def compile_model(
             source = fetch_model(model, work, member=member, show_progress=not quiet)
             frontend = frontend_for(source.format)
             parsed = frontend.load(source.path)
+            reference_path = source.path
+            if constant_inputs:
+                if source.format != "onnx":
+                    raise UsageError("--constant-input applies to ONNX models", "drop --constant-input for a TFLite model")
+                from edgefleet.compiler.onnx_params import bind_inputs
+
+                parsed = bind_inputs(parsed, constant_inputs)
+                # The reference runtime checks the model as compiled: with the same values bound.
+                reference_path = work / "bound-inputs.onnx"
+                reference_path.write_bytes(parsed.SerializeToString())
             report = OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed))
         if not report.ok:
             raise unsupported_error(report, model)
@@ -236,11 +267,11 @@ def compile_model(
             preprocessing = {**source.preprocessing, **(preprocessing or {})}
         _check_labels(label_list, outputs, task)
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
-        mod = optimize(mod, resolved, tune_trials, stages)
+        optimized = optimize(mod, resolved, tune_trials, stages)
         library = work / "model.so"
-        build_and_export(mod, resolved, library, stages)
+        build_and_export(optimized.mod, resolved, library, stages)
         if verify:
-            verification = _verify(resolved, library, frontend, source.path, inputs, atol, rtol, stages)
+            verification = _verify(resolved, library, frontend, reference_path, inputs, outputs, atol, rtol, stages)
             if verification.status == "failed":
                 raise NumericsMismatchError(
                     f"compiled model differs from {verification.reference}: max abs diff {verification.max_abs_diff:.3g}, max rel diff {verification.max_rel_diff:.3g} (atol {atol}, rtol {rtol})",
@@ -251,13 +282,13 @@ def compile_model(
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
         baseline_files = {} if baseline_images is None else package_baseline(  # drift baseline (compiler/baseline.py)
-            baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=source.path,
+            baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=reference_path,
             inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name, version=version)
         fields = dict(
             name=pkg_name,
             version=version,
             target=dict(name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device),
-            runtime=dict(kind="tvm", library="model.so", tvm_version=dist_version("apache-tvm"), tvm_ffi_version=dist_version("apache-tvm-ffi")),
+            runtime=dict(kind="tvm", library="model.so", tvm_version=dist_version("apache-tvm"), tvm_ffi_version=dist_version("apache-tvm-ffi"), pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason),
             inputs=inputs,
             outputs=outputs,
             preprocessing=pre,

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,22 +66,48 @@ class CaseResult:
     outcome: str
     detail: str = ""
     seconds: float = 0.0
+    bound_inputs: list[str] = field(default_factory=list)  # inputs compiled as constants (--constant-input)
+    pipeline: str = ""  # compiler/build.py's PIPELINE_*: tvm-default when edgefleet's CPU pipeline fell back
 
 
 class EdgefleetRep:
-    """A prepared model: compiled once per set of input shapes, run with the Relax VM."""
+    """A prepared model: compiled once per set of input shapes (and bound values), run with the Relax VM."""
 
     def __init__(self, model, plain: bool = False) -> None:
         self.model = model
         self.plain = plain
-        self._compiled: dict[tuple, object] = {}
+        self._compiled: dict[tuple, CompiledCase] = {}
+        self.last: CompiledCase | None = None
 
     def run(self, inputs, **kwargs) -> list[np.ndarray]:
         arrays = [np.asarray(x) for x in (inputs.values() if isinstance(inputs, dict) else inputs)]
-        key = tuple((a.shape, str(a.dtype)) for a in arrays)
+        bound = set() if self.plain else _parameter_input_indices(self.model)
+        key = tuple((a.shape, str(a.dtype), a.tobytes() if i in bound else None) for i, a in enumerate(arrays))
         if key not in self._compiled:
             self._compiled[key] = compile_for_inputs(self.model, arrays, plain=self.plain)
-        return self._compiled[key].run(arrays)
+        self.last = self._compiled[key]
+        return self.last.run(arrays)
+
+
+@dataclass
+class CompiledCase:
+    """A compiled test model: the graph inputs bound at compile time are left out when it runs."""
+
+    model: object  # agent.runtime.TvmModel
+    bound: list[str]  # graph inputs given as --constant-input would give them
+    pipeline: str  # compiler/build.py's PIPELINE_*
+    kept: list[bool]  # per graph input: still a run-time input
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.model.run([a for a, keep in zip(arrays, self.kept) if keep])
+
+
+def _parameter_input_indices(model) -> set[int]:
+    from edgefleet.compiler.frontends import onnx as frontend
+    from edgefleet.compiler.onnx_params import parameter_inputs
+
+    needed = parameter_inputs(model)
+    return {i for i, inp in enumerate(frontend._real_inputs(model)) if inp.name in needed}
 
 
 def _backend_class():
@@ -125,11 +151,17 @@ def check_model(model) -> None:
         raise unsupported_error(report, model.graph.name or "model")
 
 
-def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False):
-    """Import, optimize, build and export `model` for x86_64 with inputs shaped like `arrays`."""
+def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> CompiledCase:
+    """Import, optimize, build and export `model` for x86_64 with inputs shaped like `arrays`.
+
+    Inputs that set values TVM needs at compile time (compiler/onnx_params.py: axes, scales,
+    k, pads given as graph inputs) are bound to the case's values, as `--constant-input`
+    does; the rest stay run-time inputs with the shapes of the data, as `--input-shape` gives.
+    """
     from edgefleet.agent.runtime import TvmModel
     from edgefleet.compiler.build import build_and_export, optimize
     from edgefleet.compiler.frontends import onnx as frontend
+    from edgefleet.compiler.onnx_params import bind_inputs
     from edgefleet.compiler.targets import resolve_target
     from edgefleet.progress import Stages
 
@@ -137,7 +169,11 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False):
     names = [i.name for i in frontend._real_inputs(model)]
     if len(names) != len(arrays):
         raise UnsupportedOperatorsError(f"the model has {len(names)} inputs but {len(arrays)} were given (optional inputs)", "give every graph input")
-    inputs = frontend.input_specs(model, {n: list(a.shape) for n, a in zip(names, arrays)})
+    bound_at = set() if plain else _parameter_input_indices(model)
+    if bound_at:
+        model = bind_inputs(model, {names[i]: arrays[i] for i in sorted(bound_at)})
+    kept = [i not in bound_at for i in range(len(names))]
+    inputs = frontend.input_specs(model, {n: list(a.shape) for n, a, keep in zip(names, arrays, kept) if keep})
     try:
         mod = (frontend.plain_import if plain else frontend.to_relax)(model, inputs)
     except EdgefleetError:
@@ -145,10 +181,10 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False):
     except Exception as exc:  # the same wrapping as compile_model's import stage
         raise UnsupportedOperatorsError(f"TVM's onnx importer failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}", "see docs/operators.md") from None
     stages = Stages(quiet=True)
-    mod = optimize(mod, target, 0, stages)
+    optimized = optimize(mod, target, 0, stages)
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
-        library = build_and_export(mod, target, Path(tmp) / "model.so", stages)
-        return TvmModel(library)
+        library = build_and_export(optimized.mod, target, Path(tmp) / "model.so", stages)
+        return CompiledCase(TvmModel(library), [names[i] for i in sorted(bound_at)], optimized.pipeline, kept)
 
 
 # --- the suite -------------------------------------------------------------------------------
@@ -215,8 +251,11 @@ def run_case(case, plain: bool = False) -> CaseResult:
         model, data_sets = _load_dir_case(case.model_dir)
     operator = case_operator(case.name, model)
 
+    rep = None
+
     def result(outcome: str, detail: str = "") -> CaseResult:
-        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3))
+        compiled = rep.last if rep is not None else None
+        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "")
 
     try:
         rep = _backend_class().prepare(model, plain=plain)
@@ -236,8 +275,8 @@ def run_case(case, plain: bool = False) -> CaseResult:
             return result("error", f"{type(exc).__name__}: {text[-1] if text else ''}")
         try:
             Runner.assert_similar_outputs(expected, outputs, rtol=case.rtol, atol=case.atol)
-        except (AssertionError, TypeError, ValueError) as exc:
-            return result("wrong", " ".join(str(exc).split())[:400])
+        except Exception as exc:  # any mismatch, of values, shapes or kinds of output (e.g. a list for a sequence)
+            return result("wrong", " ".join(f"{type(exc).__name__}: {exc}".split())[:400])
     return result("passed")
 
 

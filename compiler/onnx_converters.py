@@ -13,6 +13,8 @@ from collections.abc import Callable
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
+from edgefleet.compiler import onnx_extra_converters, onnx_lowbit
+
 
 def _is_inf(bb, inputs, attr, opset):
     # TVM's converter ignores detect_positive / detect_negative. One-sided checks compare with
@@ -92,17 +94,35 @@ CONVERTERS: dict[str, Converter] = {
     "Softplus": _softplus,
     "Pow": _pow,
     "PRelu": _prelu,
+    **onnx_extra_converters.CONVERTERS,
 }
 
 
 class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lowbit = onnx_lowbit.LowbitImport(self.bb)
+
     def _convert_operator(self, op_name, inputs, attrs, opset):
+        # 8/4/2-bit types: edgefleet's own conversions (compiler/onnx_lowbit.py).
+        if op_name in onnx_lowbit.OPERATORS and self._lowbit.involved(op_name, inputs, attrs):
+            return self._lowbit.convert(op_name, inputs, attrs)
+        if op_name == "Constant" and "value" in attrs and onnx_lowbit.type_name(attrs["value"].data_type) in onnx_lowbit.TYPES:
+            return self._lowbit.constant(attrs["value"])
         converter = CONVERTERS.get(op_name)
         if converter is not None:
             return self.bb.normalize(converter(self.bb, inputs, attrs, opset))
         if op_name in ("ReduceMax", "ReduceMin") and str(getattr(inputs[0].ty, "dtype", "")).startswith(("float", "bfloat")):
             return self._reduce_extreme(op_name, inputs, attrs, opset)
         return super()._convert_operator(op_name, inputs, attrs, opset)
+
+    def _check_for_unsupported_ops(self, graph) -> None:
+        # TVM's check knows only its own converter map; edgefleet's converters add operators.
+        import onnx
+
+        theirs = onnx.GraphProto()
+        theirs.node.extend(n for n in graph.node if n.op_type not in CONVERTERS)
+        super()._check_for_unsupported_ops(theirs)
 
     def _reduce_extreme(self, op_name, inputs, attrs, opset):
         # TVM starts max (min) reductions at the lowest (highest) finite value, so a row of
@@ -117,11 +137,31 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
         found = self.bb.normalize(super()._convert_operator("ReduceMax", [indicator, *inputs[1:]], attrs, opset))
         return self.bb.normalize(relax.op.where(relax.op.less(found, relax.const(0.5, dtype)), relax.const(inf, dtype), result))
 
+    def _parse_array(self, tensor_proto):
+        # A low-bit initializer becomes a constant in its carried form (one element per byte).
+        if onnx_lowbit.type_name(tensor_proto.data_type) in onnx_lowbit.TYPES:
+            import tvm
+
+            return tvm.runtime.tensor(onnx_lowbit.carry(tensor_proto))
+        return super()._parse_array(tensor_proto)
+
+    def _parse_graph_initializers(self, graph) -> None:
+        super()._parse_graph_initializers(graph)
+        for init in graph.initializer:
+            onnx_type = onnx_lowbit.type_name(init.data_type)
+            if onnx_type in onnx_lowbit.TYPES:
+                self._lowbit.carried[self._nodes[init.name]] = onnx_type
+
     def _construct_nodes(self, graph) -> None:
+        # Low-bit values are carried one element per byte inside the model (onnx_lowbit.py).
+        for name, value in self._inputs.items():
+            self._nodes[name] = self._lowbit.carried_form(value)
         super()._construct_nodes(graph)
         for output in graph.output:
             value = self._nodes.get(output.name)
-            if isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
+            if value in self._lowbit.carried:
+                self._nodes[output.name] = self._lowbit.to_boundary(value)
+            elif isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
                 self._nodes[output.name] = self.bb.normalize(relax.op.shape_to_tensor(value))
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper
+
+from edgefleet.compiler import onnx_lowbit
 
 EXPAND_DOMAIN = "edgefleet.expand"
 
@@ -142,14 +145,20 @@ def _position_rule(node, index: int, graph, produced) -> str | None:
     return "a negative or run-time position" if value is None or any(v < 0 for v in value) else None
 
 
-def _dtype_rejections(node, dtypes: dict[str, str]) -> str | None:
+def _dtype_rejections(node, dtypes: dict[str, str], top_level: bool = True) -> str | None:
     names = {dtypes.get(v) for v in list(node.input) + list(node.output) if v}
     for attr in ("to", "output_dtype"):
         value = _attr(node, attr)
         if isinstance(value, int) and value:
             names.add(onnx.TensorProto.DataType.Name(value))
     bad = sorted(names & UNSUPPORTED_DTYPES)
-    return f"{'/'.join(bad)} tensors" if bad else None
+    if not bad:
+        return None
+    # compiler/onnx_lowbit.py converts these in the main graph (its 4/2-bit values would lose
+    # their type crossing a subgraph's boundary).
+    if top_level and node.op_type in onnx_lowbit.ACCEPTED and set(bad) <= onnx_lowbit.TYPES:
+        return onnx_lowbit.rejection(node, dtypes)
+    return f"{'/'.join(bad)} tensors"
 
 
 # --- known-wrong conversions ----------------------------------------------------------------
@@ -171,25 +180,28 @@ def _non_constant_inputs(*indices: int, what: str) -> Rule:
 
 RULES: list[tuple[str, Rule]] = [
     ("BatchNormalization", lambda n, *_: "training_mode=1" if _attr(n, "training_mode", 0) else None),
-    ("Dropout", lambda n, g, *_: "mask output" if len(n.output) > 1 and n.output[1] and _used(g, n.output[1]) else None),
     ("LayerNormalization", lambda n, *_: "Mean/InvStdDev outputs" if len([o for o in n.output[1:] if o]) else None),
     ("RoiAlign", lambda n, *_: "mode=max" if _attr(n, "mode", b"avg") == b"max" else None),
     ("SpaceToDepth", lambda n, *_: "mode=CRD" if _attr(n, "mode", b"DCR") == b"CRD" else None),
     ("SplitToSequence", lambda n, *_: "keepdims=0" if _attr(n, "keepdims", 1) == 0 else None),
     ("Mod", lambda n, g, p, dtypes: "fmod=0 on floating-point inputs" if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0]) in _FLOATS else None),
-    ("Dropout", lambda n, g, p, dtypes: "training_mode input" if len(n.input) > 2 and n.input[2] and _constant(g, n.input[2], p) != [False] else None),
+    # Training-mode dropout is random, unless its ratio is 0 (then it passes everything).
+    ("Dropout", lambda n, g, p, dtypes: "training_mode input" if len(n.input) > 2 and n.input[2] and _constant(g, n.input[2], p) != [False] and not (len(n.input) > 1 and n.input[1] and _constant(g, n.input[1], p) == [0.0]) else None),
     ("SequenceErase", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
     ("SequenceInsert", lambda n, g, p, dtypes: _position_rule(n, 2, g, p)),
     ("SequenceAt", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
-    # float16 accumulation differs from ONNX's beyond its tolerance.
-    ("CausalConvWithState", lambda n, g, p, dtypes: "float16 inputs" if dtypes.get(n.input[0]) == "FLOAT16" else None),
-    ("Attention", lambda n, g, p, dtypes: "float16 inputs" if dtypes.get(n.input[0]) == "FLOAT16" else None),
+    # float16 accumulations run in float32 (graph.py); the causal mask's float16 additions
+    # still round one ulp away from ONNX's reference, past its tolerance.
+    ("Attention", lambda n, g, p, dtypes: "float16 inputs with is_causal=1" if dtypes.get(n.input[0]) == "FLOAT16" and _attr(n, "is_causal", 0) else None),
     # TVM's converter is com.microsoft's Attention (num_heads); ONNX's own (opset 23) is expanded.
     ("Attention", lambda n, *_: "q_num_heads/kv_num_heads form" if _attr(n, "num_heads") is None else None),
+    # TVM's Celu converter mixes a float64 alpha into float32 arithmetic; ONNX's body (Elu) works.
+    ("Celu", lambda *_: "TVM's converter mixes float types"),
 ]
 # Reasons that expanding into the ONNX function body does not cure (TVM's float16 arithmetic).
-EXPANSION_WRONG_TOO = {"float16 inputs"}
-# Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex).
+EXPANSION_WRONG_TOO = {"float16 inputs with is_causal=1"}
+# Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex);
+# onnx_lowbit.TYPES are compiled by edgefleet in onnx_lowbit.OPERATORS.
 UNSUPPORTED_DTYPES = {"STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
 # Checked after constant folding (to_relax), when it is known what stays computed at run time.
 RUNTIME_RULES: list[tuple[str, Rule]] = [
@@ -197,7 +209,65 @@ RUNTIME_RULES: list[tuple[str, Rule]] = [
     ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
     ("NonMaxSuppression", _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold")),
     ("Expand", _non_constant_inputs(1, what="the shape input")),
+    # TVM's split needs strictly increasing indices; TopK's sort has no uint64 kernel.
+    ("Split", lambda n, g, p, dtypes: "a zero-size part" if len(n.input) > 1 and n.input[1] and 0 in (_constant(g, n.input[1], p) or []) else None),
+    ("TopK", lambda n, g, p, dtypes: "uint64 input" if dtypes.get(n.input[0]) == "UINT64" else None),
 ]
+
+
+def _resize_reason(node, graph, produced, in_shape: list[int] | None, out_shape: list[int] | None) -> str | None:
+    """Why TVM's Resize would differ from ONNX's for this node, or None.
+
+    TVM computes sampling positions from the output/input size ratio; ONNX uses the given
+    `scales` when they are given, so both agree only when in * scale is a whole size. Nearest
+    rounding of exact halves (round_prefer_*) at fractional ratios comes out differently in
+    TVM's float arithmetic, and TVM has no antialiasing or half_pixel_symmetric.
+    """
+    if _attr(node, "antialias", 0):
+        return "antialias=1"
+    if _attr(node, "coordinate_transformation_mode", b"half_pixel") == b"half_pixel_symmetric":
+        return "coordinate_transformation_mode=half_pixel_symmetric"
+    if in_shape is None or out_shape is None:
+        return None
+    scales = _constant(graph, node.input[2], produced) if len(node.input) > 2 and node.input[2] else None
+    axes = _attr(node, "axes") or list(range(len(in_shape)))
+    if scales:
+        for axis, scale in zip(axes, scales):
+            if abs(in_shape[axis] * scale - round(in_shape[axis] * scale)) > 1e-6:
+                return "scales that do not give a whole output size"
+    nearest_mode = _attr(node, "nearest_mode", b"round_prefer_floor")
+    if _attr(node, "mode", b"nearest") == b"nearest" and nearest_mode.startswith(b"round_prefer"):
+        for i, o in zip(in_shape, out_shape):
+            if i and o and o % i and i % o:
+                return f"nearest_mode={nearest_mode.decode()} at a fractional size ratio"
+    return None
+
+
+def shape_rejections(model, input_shapes: dict[str, list[int]]) -> Counter:
+    """`Op (reason)` -> count for conversions that are wrong only for some shapes."""
+    out: Counter = Counter()
+    if not any(n.op_type in ("Resize", "ReduceMax", "ReduceMin") for n in model.graph.node):
+        return out
+    _, shapes = _with_input_shapes(model, input_shapes)
+    shapes = shapes or {}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            reason = _resize_reason(node, model.graph, produced, shapes.get(node.input[0]), shapes.get(node.output[0]))
+            if reason:
+                out[f"Resize ({reason})"] += 1
+        elif node.op_type in ("ReduceMax", "ReduceMin") and 0 in (shapes.get(node.input[0]) or []):
+            # TVM's reductions start from the type's finite extreme; ONNX gives -inf / +inf.
+            out[f"{node.op_type} (an empty input)"] += 1
+    return out
+    _, shapes = _with_input_shapes(model, input_shapes)
+    produced = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Resize":
+            reason = _resize_reason(node, model.graph, produced, (shapes or {}).get(node.input[0]), (shapes or {}).get(node.output[0]))
+            if reason:
+                out[f"Resize ({reason})"] += 1
+    return out
 
 
 def _dtypes(model) -> dict[str, str]:
@@ -228,7 +298,7 @@ def rejections(model, rules: list[tuple[str, Rule]] = RULES) -> Counter:
             if dtypes is None:
                 dtypes = _dtypes(model)
             if rules is RULES:
-                reason = _dtype_rejections(node, dtypes)
+                reason = _dtype_rejections(node, dtypes, graph is model.graph)
                 if reason:
                     out[f"{node.op_type} ({reason})"] += 1
                     continue
@@ -336,7 +406,7 @@ def _with_input_shapes(model, input_shapes: dict[str, list[int]]):
         inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
     except Exception:  # shape inference is best effort: callers then leave the model as it is
         return out, None
-    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info)}
+    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
     shapes.update({i.name: list(i.dims) for i in out.graph.initializer})
     return out, shapes
 
@@ -442,3 +512,89 @@ def fold_constants(model, input_shapes: dict[str, list[int]]):
     del graph.node[:]
     graph.node.extend(kept)
     return out
+
+
+def nms_strict_iou(model) -> None:
+    """NonMaxSuppression: ONNX suppresses a box when IoU > threshold, TVM when IoU >= threshold.
+
+    Feeding TVM the next float32 above the threshold makes `>=` select exactly what `>` does.
+    Only a constant threshold (an initializer, after constant folding) can be adjusted; a
+    run-time one is refused by RUNTIME_RULES.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "NonMaxSuppression" or len(node.input) < 4 or node.input[3] not in initializers:
+            continue
+        threshold = numpy_helper.to_array(initializers[node.input[3]]).astype(np.float32)
+        name = f"{node.input[3]}__edgefleet_strict"
+        if name not in initializers:
+            strict = numpy_helper.from_array(np.nextafter(threshold, np.float32(np.inf)).astype(np.float32), name)
+            model.graph.initializer.append(strict)
+            initializers[name] = strict
+        node.input[3] = name
+
+
+
+def normalize_resize(model, input_shapes: dict[str, list[int]]):
+    """Resize with `axes` or a keep_aspect_ratio_policy (opset 18) -> the full-rank form TVM reads.
+
+    `axes` lists which dimensions roi / scales / sizes cover; the rewrite spells them out for
+    every dimension (scale 1, roi 0..1, the input's own size elsewhere). A not_larger /
+    not_smaller policy becomes the one `scales` value it implies (ONNX resizes with that
+    scale), so `shape_rejections` can check that it gives whole output sizes.
+    """
+    if not any(n.op_type == "Resize" and (_attr(n, "axes") or _attr(n, "keep_aspect_ratio_policy", b"stretch") != b"stretch") for n in model.graph.node):
+        return model
+    out, shapes = _with_input_shapes(model, input_shapes)
+    if shapes is None:
+        return model
+    graph = out.graph
+    produced = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
+        if node.op_type != "Resize" or not (_attr(node, "axes") or policy != b"stretch"):
+            continue
+        in_shape = shapes.get(node.input[0])
+        values = [_constant(graph, node.input[i], produced) if len(node.input) > i and node.input[i] else None for i in (1, 2, 3)]
+        if in_shape is None or any(len(node.input) > i and node.input[i] and v is None for i, v in zip((1, 2, 3), values)):
+            continue  # not constant: the importer refuses it with its own message
+        roi, scales, sizes = values
+        rank = len(in_shape)
+        axes = [a % rank for a in (_attr(node, "axes") or range(rank))]
+        if sizes and policy != b"stretch":
+            ratios = [s / in_shape[a] for s, a in zip(sizes, axes)]
+            scale = min(ratios) if policy == b"not_larger" else max(ratios)
+            scales, sizes = [scale] * len(axes), None
+        full_scales = [1.0] * rank
+        full_sizes = list(in_shape)
+        full_roi = [0.0] * rank + [1.0] * rank
+        for i, a in enumerate(axes):
+            if scales:
+                full_scales[a] = float(scales[i])
+            if sizes:
+                full_sizes[a] = int(sizes[i])
+            if roi:
+                full_roi[a], full_roi[rank + a] = float(roi[i]), float(roi[len(axes) + i])
+        inputs = [node.input[0], "", "", ""]
+        if roi:
+            inputs[1] = f"{node.output[0]}__roi"
+            graph.initializer.append(numpy_helper.from_array(np.array(full_roi, np.float32), inputs[1]))
+        if scales:
+            inputs[2] = f"{node.output[0]}__scales"
+            graph.initializer.append(numpy_helper.from_array(np.array(full_scales, np.float32), inputs[2]))
+        else:
+            inputs[3] = f"{node.output[0]}__sizes"
+            graph.initializer.append(numpy_helper.from_array(np.array(full_sizes, np.int64), inputs[3]))
+        del node.input[:]
+        node.input.extend(inputs if inputs[3] else inputs[:3])
+        kept = [a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(graph.node)
+    del result.graph.initializer[:]
+    result.graph.initializer.extend(graph.initializer)
+    return result
+

@@ -89,6 +89,8 @@ class RuntimeInfo(Strict):
     library: str
     tvm_version: str | None = None
     tvm_ffi_version: str | None = None
+    pipeline: str | None = None  # compiler/build.py: edgefleet-cpu, or tvm-default
+    pipeline_fallback_reason: str | None = None
 
 
 class Provenance(Strict):

@@ -17,6 +17,9 @@ MAX_MODEL_BYTES = 2 * 1024**3
 _ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
     9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+    # 8/4/2-bit types (compiled by compiler/onnx_lowbit.py)
+    17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz",
+    21: "uint4", 22: "int4", 23: "float4_e2m1fn", 24: "float8_e8m0fnu", 25: "uint2", 26: "int2",
 }
 
 
@@ -84,7 +87,18 @@ def unsupported(model) -> Counter:
     known = supported_operators()
     opset = _opset(model)
     missing = Counter({op: n for op, n in operators(model).items() if op not in known and not expandable(op, opset)})
-    return missing + rejections(model)
+    return missing + rejections(model) + _sequence_io(model)
+
+
+def _sequence_io(model) -> Counter:
+    """A package's inputs and outputs are tensors: sequences at the graph's edge cannot be carried."""
+
+    def holds_sequence(tp) -> bool:
+        kind = tp.WhichOneof("value")
+        return kind == "sequence_type" or (kind == "optional_type" and holds_sequence(tp.optional_type.elem_type))
+
+    edges = [vi for vi in list(model.graph.input) + list(model.graph.output) if holds_sequence(vi.type)]
+    return Counter({"(graph input or output of sequence type)": len(edges)}) if edges else Counter()
 
 
 def _real_inputs(model):
@@ -131,7 +145,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
     import onnx
 
-    from edgefleet.compiler.onnx_rewrites import cast_shape_values, conv_transpose_output_shape, expand_functions, fold_constants, normalize_constants
+    from edgefleet.compiler.onnx_rewrites import cast_shape_values, conv_transpose_output_shape, expand_functions, fold_constants, nms_strict_iou, normalize_constants, normalize_resize
 
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
@@ -144,19 +158,28 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     normalize_constants(prepared)  # expanded function bodies use the value_* forms too
     prepared = fold_constants(prepared, input_shapes)
     prepared = conv_transpose_output_shape(prepared, input_shapes)
+    prepared = normalize_resize(prepared, input_shapes)
     cast_shape_values(prepared)
+    nms_strict_iou(prepared)
     return prepared
 
 
 def to_relax(model, inputs: list[TensorSpec]):
     """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/onnx_converters.py)."""
     from edgefleet.compiler.onnx_converters import from_onnx
-    from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections
+    from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections, shape_rejections
 
+    from edgefleet.compiler.onnx_params import parameter_inputs
+
+    needed = parameter_inputs(model)
+    if needed:
+        listed = "; ".join(f"{name} ({', '.join(sorted(set(where)))})" for name, where in sorted(needed.items()))
+        flags = " ".join(f"--constant-input {name}=VALUES" for name in sorted(needed))
+        raise UnsupportedOperatorsError(f"these inputs set values TVM needs at compile time: {listed}", f"give their values: {flags} (comma-separated, or =@file.npy)")
     shapes = {s.name: s.shape for s in inputs}
     dtypes = {s.name: s.dtype for s in inputs}
     prepared = prepare(model, shapes)
-    refused = rejections(prepared, RUNTIME_RULES)
+    refused = rejections(prepared, RUNTIME_RULES) + shape_rejections(prepared, shapes)
     if refused:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(refused.items()))
         raise UnsupportedOperatorsError(f"TVM would compute these operators wrongly: {listed}", "make those inputs constants in the exported model (e.g. fixed shapes, export with constant folding)")

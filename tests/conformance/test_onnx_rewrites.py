@@ -108,18 +108,25 @@ def test_known_wrong_attribute_is_refused_before_building(tmp_path, capsys):
     assert "no: training_mode=1" in out and "BatchNormalization (training_mode=1) x1" in err
 
 
-def test_nms_parameters_computed_at_run_time_are_refused_and_constants_pass():
-    boxes = np.array([[[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, 10, 1, 11]]], np.float32)
+def test_nms_parameter_inputs_need_constant_values_and_iou_ties_are_kept():
+    # Box 1 overlaps box 0 with IoU exactly 0.5: ONNX keeps it (suppresses only IoU > threshold).
+    boxes = np.array([[[0, 0, 1, 1], [0, 0, 1, 0.5], [0, 10, 1, 11]]], np.float32)
     scores = np.array([[[0.9, 0.75, 0.6]]], np.float32)
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score"], ["sel"])
     io = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]), helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 3])]
     out = [helper.make_tensor_value_info("sel", TensorProto.INT64, ["K", 3])]
     params = {"max_out": np.array([3], np.int64), "iou": np.array([0.5], np.float32), "score": np.array([0.0], np.float32)}
     runtime = _model([node], io + [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), [1]) for n, v in params.items()], out)
-    with pytest.raises(UnsupportedOperatorsError, match="NonMaxSuppression"):
-        _backend().run_model(runtime, [boxes, scores, *params.values()])
+    specs = frontend.input_specs(runtime, {})
+    with pytest.raises(UnsupportedOperatorsError, match=r"iou \(NonMaxSuppression input #3\).*") as refused:
+        frontend.to_relax(runtime, specs)
+    assert "--constant-input iou=VALUES" in refused.value.fix
+    expected = _ort(runtime, {"boxes": boxes, "scores": scores, **params})[0]
+    assert len(expected) == 3
+    # The conformance adapter binds them as --constant-input does.
+    np.testing.assert_array_equal(_backend().run_model(runtime, [boxes, scores, *params.values()])[0], expected)
     constant = _model([node], io, out, [numpy_helper.from_array(v, n) for n, v in params.items()])
-    np.testing.assert_array_equal(_backend().run_model(constant, [boxes, scores])[0], _ort(constant, {"boxes": boxes, "scores": scores})[0])
+    np.testing.assert_array_equal(_backend().run_model(constant, [boxes, scores])[0], expected)
 
 
 def test_conv_transpose_output_shape_becomes_pads():

@@ -98,13 +98,44 @@ def test_odd_channels_residual_sum_and_dense_match_onnxruntime():
     assert not [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
 
 
-def test_onnx_sum_becomes_adds_and_dropout_disappears():
+@pytest.mark.parametrize(("op", "chain"), [("Sum", "add"), ("Max", "maximum"), ("Min", "minimum"), ("Mean", "add")])
+def test_variadic_onnx_ops_become_element_wise_chains_and_dropout_disappears(op, chain):
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "k")]
-    nodes = [helper.make_node("Sum", ["x", "k", "x"], ["s"]), helper.make_node("Dropout", ["s"], ["y"])]
+    nodes = [helper.make_node(op, ["x", "k", "x"], ["s"]), helper.make_node("Dropout", ["s"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     mod = graph.cleanup()(from_onnx(model, keep_params_in_input=False))
     ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
-    assert ops["add"] == 2 and ops["stack"] == 0 and ops["sum"] == 0 and ops["nn.dropout"] == 0, ops
+    assert ops[chain] == 2 and ops["stack"] == 0 and ops["nn.dropout"] == 0, ops
+    assert ops["divide"] == (1 if op == "Mean" else 0), ops
+    _, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_norm_folds_into_computed_conv_weights():
+    """ResNet-50 (onnx's light model) feeds its weights through broadcast_to: BN still folds."""
+    path = __import__("pathlib").Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    mod = graph.cleanup()(from_onnx(onnx.load(path), keep_params_in_input=False))
+    ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
+    assert ops["nn.conv2d"] == 53 and ops["nn.batch_norm"] == 0 and ops["divide"] == 0 and ops["multiply"] == 0, ops
+
+
+def test_pooling_after_a_first_layer_runs_blocked():
+    rng = np.random.default_rng(2)
+    nodes, inits = [], []
+    for spec in [("data", 3, 16, 3, 2, "c1"), ("p", 16, 16, 1, 1, "c2")]:
+        n, i = _conv(rng, *spec[:5], name=spec[5])
+        nodes.append(n)
+        inits += i
+        if spec[-1] == "c1":
+            nodes += [helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[2, 2])]
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])], [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 7, 7])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lowered, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    # Into NCHW3c and out to NCHW only; a pool left in NCHW would add a transform on each side.
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    assert any("max_pool2d" in c for c in calls) and sum("layout_transform" in c for c in calls) == 2, Counter(calls)
