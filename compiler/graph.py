@@ -39,6 +39,14 @@ def _rewrite_main(mod: tvm.IRModule, pattern, rewriter) -> tvm.IRModule:
     return mod
 
 
+def _mutate_functions(mod: tvm.IRModule, mutator: relax.PyExprMutator) -> tvm.IRModule:
+    """Run a PyExprMutator over every Relax function of `mod` (created with `mutator(mod)`)."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def _drop_dropout(mod: tvm.IRModule) -> tvm.IRModule:
     x = wildcard()
     return _rewrite_main(mod, TupleGetItemPattern(is_op("relax.nn.dropout")(x), 0), lambda _e, m: m[x])
@@ -112,11 +120,7 @@ def _float16_accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
                 wide = relax.Call(call.op, args, call.attrs)
             return relax.op.astype(self.builder_.emit(wide), "float16")
 
-    widen = _Widen(mod)
-    for gv, func in list(mod.functions.items()):
-        if isinstance(func, relax.Function):
-            widen.builder_.update_func(gv, widen.visit_expr(func))
-    return widen.builder_.get()
+    return _mutate_functions(mod, _Widen(mod))
 
 
 def cleanup() -> tvm.transform.Pass:
@@ -258,11 +262,7 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetBlockRemainingConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return _mutate_functions(mod, _Rewriter(mod))
 
     return _pass
 
@@ -385,11 +385,7 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSinkLayoutTransforms")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        sinker = _Sinker(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                sinker.builder_.update_func(gv, sinker.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(sinker.builder_.get())
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Sinker(mod)))
 
     return _pass
 

@@ -90,7 +90,7 @@ def test_package_download_supports_ranges(api, fleet, tiny_packages):
     data = tiny_packages["v1"].read_bytes()
     full = api.get(path)
     assert full.status_code == 200 and full.content == data and full.headers["accept-ranges"] == "bytes"
-    part = api.get(path, headers={"Range": f"bytes=100-"})
+    part = api.get(path, headers={"Range": "bytes=100-"})
     assert part.status_code == 206 and part.content == data[100:]
     fleet.clock.advance(fleet.config.download_ttl_s + 1)
     assert api.get(path).status_code == 403
