@@ -29,7 +29,7 @@ def tuning_dir(target: Target) -> Path:
     return edgefleet_home() / "tuning" / f"{target.name}-{key}"
 
 
-def _cpu_pipeline(target: Target, tune_trials: int, report=print):
+def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
     """CPU: clean graph, NCHWc layout with prepacked weights, fused kernels, schedules, lowering.
 
     Kernels found in the tuning database (from this or any earlier compile for the same
@@ -59,20 +59,22 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print):
         import psutil
 
         work.mkdir(parents=True, exist_ok=True)
-        # MetaSchedule refuses a CPU target without num-cores; tuning measures on this machine.
-        tune_target = tvm.target.Target({**target.tvm_target, "num-cores": psutil.cpu_count(logical=False) or 1})
-        passes.append(tuning.tune_pass(tune_target, work, tune_trials, report))
+        # MetaSchedule refuses a CPU target without num-cores: this machine's, or the device's
+        # when candidates run on it through RPC.
+        cores = rpc.cores if rpc is not None else psutil.cpu_count(logical=False) or 1
+        tune_target = tvm.target.Target({**target.tvm_target, "num-cores": cores})
+        passes.append(tuning.tune_pass(tune_target, work, tune_trials, report, rpc))
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
     passes += [schedules.default_schedules(), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
 
 
-def _optimize_pipeline(target: Target, tune_trials: int, report=print):
+def _optimize_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
     from tvm import relax
 
     if target.device == "cpu":
-        return _cpu_pipeline(target, tune_trials, report)
+        return _cpu_pipeline(target, tune_trials, report, rpc)
     # For CUDA the default pipeline applies dlight's default GPU schedules (threads bound).
     return relax.get_default_pipeline(tvm_target(target))
 
@@ -93,7 +95,7 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
 
 
-def optimize(mod, target: Target, tune_trials: int, stages: Stages) -> Optimized:
+def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.RpcTracker | None = None) -> Optimized:
     """Run the target's pipeline; a CPU graph that edgefleet's pipeline cannot handle falls back.
 
     The fallback is TVM's default pipeline (correct, unscheduled kernels: tens of times slower),
@@ -106,7 +108,7 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages) -> Optimized
         try:
             with tgt:
                 pipeline = PIPELINE_CPU if target.device == "cpu" else PIPELINE_TVM_DEFAULT
-                return Optimized(_optimize_pipeline(target, tune_trials, stages.note)(mod), pipeline)
+                return Optimized(_optimize_pipeline(target, tune_trials, stages.note, rpc)(mod), pipeline)
         except EdgefleetError:  # edgefleet's own refusals (e.g. a damaged tuning database) say what to do
             raise
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types

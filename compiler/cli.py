@@ -56,6 +56,7 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--color-order", type=click.Choice(["RGB", "BGR", "GRAY"]), default=None, show_default="RGB")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default=None, help="Input layout (default: NCHW for ONNX, NHWC for TFLite).")
 @click.option("--tune-trials", type=click.IntRange(min=0), default=0, show_default=True, help="MetaSchedule trials; the tuning database is kept and reused.")
+@click.option("--tune-rpc", metavar="HOST:PORT/KEY@CORES", help="Run tuning candidates on devices registered with a TVM RPC tracker under KEY (for targets this machine cannot run).")
 @click.option("--no-verify", is_flag=True, help="Skip the numeric check against the reference runtime.")
 @click.option("--atol", type=float, default=1e-3, show_default=True)
 @click.option("--rtol", type=float, default=1e-3, show_default=True)
@@ -65,7 +66,7 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--check", is_flag=True, help="Only list the model's operators and whether each is supported.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_command(model, target, output, name, model_version, input_shapes, constant_inputs, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
+def compile_command(model, target, output, name, model_version, input_shapes, constant_inputs, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, tune_rpc, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
     """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
 
     Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
@@ -92,7 +93,7 @@ def compile_command(model, target, output, name, model_version, input_shapes, co
     result = compile_model(
         model, target, output=output, name=name, version=model_version, input_shapes=parse_shape_option(input_shapes),
         constant_inputs=dict(parse_constant_input(option) for option in constant_inputs) or None,
-        labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, verify=not no_verify, key=key,
+        labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, tune_rpc=tune_rpc, verify=not no_verify, key=key,
         member=member, atol=atol, rtol=rtol, quiet=quiet or as_json, baseline_images=baseline_images,
     )
     v = result.manifest.verification

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from edgefleet import __version__
 from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
+from edgefleet.compiler import tuning
 from edgefleet.compiler.build import build_and_export, optimize, tuning_dir
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
@@ -197,6 +198,7 @@ def compile_model(
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     task: str = "classification",
     tune_trials: int = 0,
+    tune_rpc: str | None = None,
     verify: bool = True,
     key: Path | None = None,
     member: str | None = None,
@@ -219,11 +221,12 @@ def compile_model(
         check_baseline_source(baseline_images)
     resolved = resolve_target(target)
     resolved.check_toolchain()
-    if tune_trials and not resolved.runs_here():
+    rpc = tuning.RpcTracker.parse(tune_rpc) if tune_rpc else None
+    if tune_trials and rpc is None and not resolved.runs_here():
         # MetaSchedule measures candidates by running them: only on the target's own hardware.
         raise UsageError(
             f"--tune-trials needs to run candidates on {resolved.name} hardware, and this machine cannot run {resolved.name} code",
-            "tune on the device's architecture (e.g. an x86_64 target here) or drop --tune-trials",
+            "run TVM's rpc_server on a device and pass --tune-rpc HOST:PORT/KEY, tune on this machine's architecture, or drop --tune-trials",
         )
     signing_key = load_signing_key(key)  # fail before the long work, not after
     if resolved.device == "neuron":
@@ -267,7 +270,7 @@ def compile_model(
             preprocessing = {**source.preprocessing, **(preprocessing or {})}
         _check_labels(label_list, outputs, task)
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
-        optimized = optimize(mod, resolved, tune_trials, stages)
+        optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
         build_and_export(optimized.mod, resolved, library, stages)
         if verify:
@@ -304,7 +307,7 @@ def compile_model(
             ),
             verification=verification,
             baseline="baseline.json" if baseline_files else None,
-            tuning={"trials": tune_trials, "database": str(tuning_dir(resolved))} if tune_trials else None,
+            tuning={"trials": tune_trials, "database": str(tuning_dir(resolved)), "rpc": tune_rpc} if tune_trials else None,
         )
         with stages.stage("sign", f"key {signing_key.key_id}"):
             manifest = write_package(out, fields, {"model.so": library, **baseline_files}, signing_key)

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
 
-from edgefleet.errors import BuildError
+from edgefleet.errors import BuildError, UsageError
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -52,10 +54,38 @@ def _builder():
     return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
 
 
-def _runner():
+@dataclass(frozen=True)
+class RpcTracker:
+    """Where candidates run when tuning for a device: a TVM RPC tracker and the device's key.
+
+    The board runs `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` (the
+    apache-tvm wheel for its architecture); `cores` is its core count (MetaSchedule's
+    num-cores for the target).
+    """
+
+    host: str
+    port: int
+    key: str
+    cores: int
+
+    @classmethod
+    def parse(cls, text: str) -> "RpcTracker":
+        """HOST:PORT/KEY[@CORES], e.g. tracker.lan:9190/rasp4b@4 (CORES defaults to 4)."""
+        match = re.fullmatch(r"([^:/@\s]+):(\d+)/([^@\s]+)(?:@(\d+))?", text)
+        if not match:
+            raise UsageError(f"--tune-rpc {text!r} is not HOST:PORT/KEY or HOST:PORT/KEY@CORES", "for example --tune-rpc 192.168.1.20:9190/rasp4b@4")
+        host, port, key, cores = match.groups()
+        return cls(host, int(port), key, int(cores or 4))
+
+
+def _runner(rpc: RpcTracker | None = None):
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20))
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+    if rpc is not None:
+        config = ms.runner.RPCConfig(tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key, session_timeout_sec=RUN_TIMEOUT_S)
+        return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
 
 
 def has_database(work: Path) -> bool:
@@ -194,7 +224,7 @@ def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, 
     return sum(secs[0]) / len(secs[0]), sum(secs[1]) / len(secs[1])
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None]) -> None:
+def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> None:
     """Tune every kernel of `mod` (fused, unscheduled Relax + TIR) with about total_trials trials.
 
     The search's records go to `work/search` (resume, warm start); `work` itself, which
@@ -211,7 +241,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
         search, decided = open_database(work / SEARCH_DIR), open_database(work)
         # One builder and runner (worker process pools) for the whole run: pools started per
         # task were seen to hang MetaSchedule on this machine.
-        builder, runner = _builder(), _runner()
+        builder, runner = _builder(), _runner(rpc)
+        if rpc is not None:
+            report(f"candidates run on {rpc.key} devices through the RPC tracker at {rpc.host}:{rpc.port}")
         for i, (task, share) in enumerate(zip(tasks, trial_shares(tasks, total_trials), strict=True), 1):
             task_mod = task.dispatched[0]
             label = f"task {i}/{len(tasks)} {task.task_name}"
@@ -249,10 +281,10 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
                 report(f"{label}: side by side default {1e3 * pair[0]:.3f} ms, tuned {1e3 * pair[1]:.3f} ms: {kept} schedule kept")
 
 
-def tune_pass(target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None]) -> tvm.transform.Pass:
+def tune_pass(target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetTune")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        tune(mod, target, work, total_trials, report)
+        tune(mod, target, work, total_trials, report, rpc)
         return mod
 
     return _pass

@@ -10,18 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from support.cli import CliResult
+from support.cli import assert_cli_error  # noqa: F401  (the compiler tests import it from here)
 
 CLASSES = 4
-
-
-def assert_cli_error(result: CliResult, error_type: type, *fragments: str) -> None:
-    """The CLI contract for bad input: its distinct exit code, `error:` and `fix:` lines, no traceback."""
-    assert result.code == error_type.exit_code, result.text
-    assert "error: " in result.err and "fix: " in result.err, result.text
-    assert "Traceback" not in result.text
-    for fragment in fragments:
-        assert fragment in result.err, f"{fragment!r} not in:\n{result.err}"
 
 
 def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:

@@ -86,7 +86,7 @@ def test_cpu_pipeline_failure_falls_back_to_tvm_default_failure_injected(tmp_pat
 
     from edgefleet.compiler import build
 
-    def failing_pipeline(target, tune_trials, report=print):
+    def failing_pipeline(target, tune_trials, report=print, rpc=None):
         def run(mod):
             raise RuntimeError("injected: layout inference failed")
 

@@ -29,3 +29,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> CliResult:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return CliResult(code, captured.out, captured.err)
+
+
+def assert_cli_error(result: CliResult, error_type: type, *fragments: str) -> None:
+    """The CLI contract for bad input: its distinct exit code, `error:` and `fix:` lines, no traceback."""
+    assert result.code == error_type.exit_code, result.text
+    assert "error: " in result.err and "fix: " in result.err, result.text
+    assert "Traceback" not in result.text
+    for fragment in fragments:
+        assert fragment in result.err, f"{fragment!r} not in:\n{result.err}"
