@@ -72,10 +72,6 @@ def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, tra
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when stopped.")
 def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -> None:
     """Run the agent until SIGTERM/SIGINT. Maps to edgefleet.agent.run.run_agent."""
-    import os
-
-    # The camera needs TVM's runtime only; without this, `import tvm` maps the whole compiler.
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     from edgefleet.agent.config import load_config
     from edgefleet.agent.run import RunOptions, run_agent
 

@@ -54,7 +54,8 @@ class RunSummary:
 
 def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
     """A .tflite that is not a package: preprocessing and labels come from the config."""
-    from edgefleet.agent.runtime import TfliteModel, host_arch
+    from edgefleet.agent.runtime import TfliteModel
+    from edgefleet.runtime_bundle import host_arch
     from edgefleet.package import Manifest, now_utc, sha256_file
 
     m = cfg.model

@@ -2,45 +2,152 @@
 
 from __future__ import annotations
 
+import ctypes
+import importlib.abc
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError
+from edgefleet.errors import BadInputError, MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import Manifest, OpenedPackage
+from edgefleet.runtime_bundle import LIBRARIES, RUNTIME_ABI, Bundle, check_runs, find_bundle, host_arch
+
+
+class _Runtime:
+    """libedgefleet_runtime.so and the TVM libraries under it, loaded once per process through ctypes.
+
+    No TVM Python package is imported: the same bundle serves every Python version and
+    architectures without TVM wheels (armv7). The bundle comes from `find_bundle`.
+    """
+
+    _loaded: _Runtime | None = None
+
+    def __init__(self, bundle: Bundle) -> None:
+        if "tvm" in sys.modules:
+            # The compiler's TVM has its own libtvm_runtime/libtvm_ffi under the same names; the
+            # dynamic loader would hand those to the shim, and the package would not run on
+            # the camera's runtime. Compiler-side callers use runtime_worker instead.
+            raise UsageError("the camera runtime cannot load in a process that imported the TVM compiler", "run the model with edgefleet.agent.runtime_worker")
+        self.bundle = bundle
+        # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
+        self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in LIBRARIES]
+        self.api = _declare(self.libs[-1])
+        abi = self.api.ef_abi_version()
+        if abi != RUNTIME_ABI:
+            raise PackageIntegrityError(f"the runtime in {bundle.path} has C ABI {abi}; this agent speaks {RUNTIME_ABI}", f"rebuild it with `edgefleet runtime build --arch {bundle.info.arch} --force`")
+        sys.meta_path.insert(0, _RefuseCompiler())
+
+    @classmethod
+    def get(cls) -> _Runtime:
+        if cls._loaded is None:
+            cls._loaded = cls(find_bundle())
+        return cls._loaded
+
+    def error(self) -> str:
+        return self.api.ef_last_error().decode(errors="replace")
+
+
+class _RefuseCompiler(importlib.abc.MetaPathFinder):
+    """Once the camera runtime is loaded, importing TVM's Python packages would abort the process
+    (both register the same FFI types under the same library names): refuse it with a reason."""
+
+    def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001 - importlib's signature
+        if fullname.split(".")[0] in ("tvm", "tvm_ffi"):
+            raise ImportError(f"{fullname} cannot be imported: this process runs models on the camera runtime; import the TVM compiler before running any model, or use a separate process")
+        return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    i64p = ctypes.POINTER(ctypes.c_int64)
+    signatures = {
+        "ef_abi_version": (ctypes.c_int, []),
+        "ef_last_error": (ctypes.c_char_p, []),
+        "ef_model_load": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]),
+        "ef_model_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), i64p,
+                                        ctypes.POINTER(ctypes.c_int), ctypes.POINTER(i64p), ctypes.POINTER(ctypes.c_char_p)]),
+        "ef_model_output": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), i64p, ctypes.c_char_p, ctypes.c_int, i64p]),
+        "ef_model_output_copy": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]),
+        "ef_model_free": (None, [ctypes.c_void_p]),
+        "ef_set_threads": (ctypes.c_int, [ctypes.c_int]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+# DLPack device types.
+_DEVICES = {"cpu": 1, "cuda": 2}
 
 
 class TvmModel:
-    """A compiled Relax library executed by the runtime's Relax virtual machine.
-
-    Only `tvm.runtime` is used, so a process that sets TVM_USE_RUNTIME_LIB=1 before importing
-    tvm (as `edgefleet agent run` does) never loads the compiler library: ~100 MB less resident
-    memory and a faster start, which matters most under emulation and on small boards.
-    """
+    """A compiled Relax library executed by the camera runtime's virtual machine (no TVM Python package)."""
 
     def __init__(self, library: Path, device: str = "cpu") -> None:
-        import tvm
-        import tvm.runtime.vm
+        self._rt = _Runtime.get()
+        if device not in _DEVICES:
+            raise TargetNotRunnableError(f"the camera runtime cannot run {device} models", "compile for a CPU or CUDA target")
+        handle = self._rt.api.ef_model_load(str(library).encode(), _DEVICES[device], 0)
+        if not handle:
+            reason = self._rt.error().splitlines()[0][:300] if self._rt.error() else "unknown error"
+            raise PackageIntegrityError(f"cannot load the compiled library {Path(library).name}: {reason}", "the package was built for another machine or TVM version; check its target")
+        self._handle = ctypes.c_void_p(handle)
 
-        self._tvm = tvm
-        self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-        try:
-            lib = tvm.runtime.load_module(str(library))
-        except Exception as exc:  # TVM raises plain RuntimeError / TVMError for bad libraries
-            raise PackageIntegrityError(f"cannot load the compiled library {library.name}: {str(exc).splitlines()[0][:200]}", "the package was built for another machine; check its target") from None
-        self.vm = tvm.runtime.vm.VirtualMachine(lib, self.device)
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self._rt.api.ef_model_free(handle)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        tensors = [self._tensor(np.require(x, requirements="C")) for x in inputs]  # keeps 0-d inputs 0-d
-        result = self.vm["main"](*tensors)
-        return _flatten(result)
+        arrays = [np.require(x, requirements="C") for x in inputs]  # keeps 0-d inputs 0-d
+        raw = [_raw(x) for x in arrays]
+        n = len(arrays)
+        shapes = [(ctypes.c_int64 * max(1, x.ndim))(*x.shape) for x in arrays]
+        count = self._rt.api.ef_model_run(
+            self._handle, n,
+            (ctypes.c_void_p * n)(*[r.ctypes.data for r in raw]),
+            (ctypes.c_int64 * n)(*[r.nbytes for r in raw]),
+            (ctypes.c_int * n)(*[x.ndim for x in arrays]),
+            (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in shapes]),
+            (ctypes.c_char_p * n)(*[x.dtype.name.encode() for x in arrays]),
+        )
+        if count < 0:
+            raise BadInputError(f"the model failed to run: {self._rt.error()[:500]}", "check the inputs' shapes and dtypes against the manifest")
+        return [self._output(i) for i in range(count)]
 
-    def _tensor(self, x: np.ndarray):
-        bits = _SUBBYTE_BITS.get(x.dtype.name)
-        if bits is None:
-            return self._tvm.runtime.tensor(x, self.device)
-        packed = self._tvm.runtime.tensor(_pack(x, bits), self.device)
-        return packed._create_view(x.shape, x.dtype.name)
+    def _output(self, index: int) -> np.ndarray:
+        ndim, shape, dtype, nbytes = ctypes.c_int(), (ctypes.c_int64 * 8)(), ctypes.create_string_buffer(32), ctypes.c_int64()
+        if self._rt.api.ef_model_output(self._handle, index, ctypes.byref(ndim), shape, dtype, 32, ctypes.byref(nbytes)) != 0:
+            raise BadInputError(f"cannot read output {index}: {self._rt.error()}", "report the model")
+        dims, name = tuple(shape[: ndim.value]), dtype.value.decode()
+        buffer = np.empty(nbytes.value, np.uint8)
+        if self._rt.api.ef_model_output_copy(self._handle, index, buffer.ctypes.data, nbytes.value) != 0:
+            raise BadInputError(f"cannot copy output {index}: {self._rt.error()}", "report the model")
+        bits = _SUBBYTE_BITS.get(name)
+        return buffer.view(numpy_dtype(name)).reshape(dims) if bits is None else _unpack(buffer, dims, name, bits)
+
+
+def set_threads(count: int) -> None:
+    """Size the runtime's thread pool (TVM_NUM_THREADS sets the default before the first model)."""
+    rt = _Runtime.get()
+    if rt.api.ef_set_threads(count) != 0:
+        raise UsageError(f"cannot use {count} threads: {rt.error()}", "pass a positive thread count")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:  # bfloat16, float8_*, ...: ml_dtypes names them as TVM does
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+
+
+def _raw(x: np.ndarray) -> np.ndarray:
+    """The bytes TVM expects for `x`: sub-byte element types packed, everything else as is."""
+    bits = _SUBBYTE_BITS.get(x.dtype.name)
+    return x if bits is None else _pack(x, bits)
 
 
 # 4- and 2-bit element types (ml_dtypes names = TVM dtypes). TVM's runtime sizes their tensors
@@ -57,26 +164,11 @@ def _pack(x: np.ndarray, bits: int) -> np.ndarray:
     return np.bitwise_or.reduce(codes << shifts, axis=1).astype(np.uint8)
 
 
-def _unpack(tensor, bits: int) -> np.ndarray:
-    import ml_dtypes
-
-    dtype = np.dtype(getattr(ml_dtypes, str(tensor.dtype)))
-    shape = tuple(int(d) for d in tensor.shape)
+def _unpack(packed: np.ndarray, shape: tuple[int, ...], name: str, bits: int) -> np.ndarray:
     count, per = int(np.prod(shape)), 8 // bits
-    packed = tensor._create_view((-(-count * bits // 8),), "uint8").numpy()
     shifts = np.arange(per - 1, -1, -1, dtype=np.uint8) * bits
     codes = ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
-    return codes.view(dtype).reshape(shape)  # ml_dtypes, too, keeps just the low bits
-
-
-def _flatten(value) -> list[np.ndarray]:
-    if hasattr(value, "numpy"):
-        bits = _SUBBYTE_BITS.get(str(value.dtype))
-        return [value.numpy() if bits is None else _unpack(value, bits)]
-    out: list[np.ndarray] = []
-    for item in value:
-        out.extend(_flatten(item))
-    return out
+    return codes.view(numpy_dtype(name)).reshape(shape)  # ml_dtypes, too, keeps just the low bits
 
 
 class TfliteModel:
@@ -101,20 +193,18 @@ class TfliteModel:
         return [np.array(self.interpreter.get_tensor(d["index"])) for d in self.interpreter.get_output_details()]
 
 
-def host_arch() -> str:
-    import platform
-
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64", "armv7l": "armv7", "armv8l": "armv7"}.get(machine, machine)
-
-
 def check_runnable(manifest: Manifest) -> None:
-    """Refuse, before anything runs, a package built for another architecture."""
-    if manifest.runtime.kind == "tvm" and manifest.target.arch != host_arch():
+    """Refuse, before anything runs, a package this machine or its runtime cannot run, naming both sides."""
+    if manifest.runtime.kind != "tvm":
+        return
+    if manifest.target.arch != host_arch():
         raise TargetNotRunnableError(
             f"package {manifest.name} {manifest.version} is built for {manifest.target.arch} ({manifest.target.name}); this machine is {host_arch()}",
             "run it on its target, or under emulation with `edgefleet cross run`",
         )
+    need = manifest.runtime_requirement()
+    if need is not None:
+        check_runs(need, find_bundle(), f"package {manifest.name} {manifest.version} ({manifest.target.name})")
 
 
 def load_model(package: OpenedPackage):
@@ -122,4 +212,6 @@ def load_model(package: OpenedPackage):
     check_runnable(manifest)
     if manifest.runtime.kind == "tflite":
         return TfliteModel(package.library)
-    return TvmModel(package.library, manifest.target.device)
+    from edgefleet.agent.runtime_worker import open_tvm_model
+
+    return open_tvm_model(package.library, manifest.target.device)

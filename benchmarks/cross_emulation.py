@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="only time the warm lookup")
     args = parser.parse_args()
 
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import shared_worker
     from edgefleet.compiler.compile import compile_model
     from edgefleet.compiler.verify import sample_inputs
     from edgefleet.cross.sysroot import build_sysroot
@@ -53,13 +53,8 @@ def main() -> None:
         feeds = sample_inputs(arm.manifest.inputs)
         ordered = [feeds[s.name] for s in arm.manifest.inputs]
         with open_package(x86.package, None) as opened:
-            model = TvmModel(opened.library)
-            model.run(ordered)  # warm-up, as the emulated run's first call is dropped below
-            native = []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                model.run(ordered)
-                native.append((time.perf_counter() - t0) * 1000)
+            model = shared_worker().load(opened.library)  # the camera runtime, as the emulated run uses
+            native = model.timed_run(ordered, args.repeat + 1)[1][1:]  # the first call warms up, as below
         with open_package(arm.package, None) as opened:
             emulated = run_library_emulated(sysroot, opened.library, ordered, repeat=args.repeat + 1)
         native_ms = statistics.median(native)

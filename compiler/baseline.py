@@ -211,9 +211,9 @@ def build_baseline(source: str, workdir: Path, *, run: Callable[[np.ndarray], li
 def runner_for(library: Path | None, frontend, model_path: Path, inputs: list[TensorSpec], target_name: str) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str]:
     """Run the compiled library when it executes here, else the source model's reference runtime."""
     if library is not None:
-        from edgefleet.agent.runtime import TvmModel
+        from edgefleet.agent.runtime_worker import open_tvm_model
 
-        model = TvmModel(library)
+        model = open_tvm_model(library)
         return (lambda batch: model.run([batch])), f"compiled model ({target_name}, tvm)"
     name = inputs[0].name
     return (lambda batch: frontend.reference_run(model_path, {name: batch})), f"{frontend.reference_name()} on the source model ({target_name} does not run here)"

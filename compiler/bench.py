@@ -100,13 +100,32 @@ def cpu_peak_gflops(threads: int) -> float | None:
 # ---- runtimes -------------------------------------------------------------------------------
 
 
-def _tvm_runner(library: Path, threads: int) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
-    import tvm
+# A runner takes the inputs and returns the outputs and the seconds the inference took.
+Runner = Callable[[list[np.ndarray]], tuple[list[np.ndarray], float]]
 
-    from edgefleet.agent.runtime import TvmModel
 
-    tvm.get_global_func("runtime.config_threadpool")(1, threads)
-    return TvmModel(library).run
+def _tvm_runner(library: Path, threads: int) -> Runner:
+    """The package on the camera runtime (in the runtime worker); times are the worker's own, without the pipe."""
+    from edgefleet.agent.runtime_worker import shared_worker
+
+    worker = shared_worker()
+    worker.call({"op": "threads", "count": threads})
+    model = worker.load(library)
+
+    def run(xs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        outputs, ms = model.timed_run(xs, 1)
+        return outputs, ms[0] / 1e3
+
+    return run
+
+
+def _timed(run: Callable[[list[np.ndarray]], list[np.ndarray]]) -> Runner:
+    def timed(xs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        start = time.perf_counter()
+        outputs = run(xs)
+        return outputs, time.perf_counter() - start
+
+    return timed
 
 
 def _ort_runner(model: Path, threads: int):
@@ -118,7 +137,7 @@ def _ort_runner(model: Path, threads: int):
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    return lambda xs: sess.run(None, dict(zip(names, xs)))
+    return _timed(lambda xs: sess.run(None, dict(zip(names, xs))))
 
 
 def _tflite_runner(model: Path, threads: int):
@@ -134,7 +153,7 @@ def _tflite_runner(model: Path, threads: int):
         interp.invoke()
         return [np.array(interp.get_tensor(d["index"])) for d in outs]
 
-    return run
+    return _timed(run)
 
 
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float | None:
@@ -179,7 +198,7 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
         ref, why = _reference_model(manifest, reference)
         feeds = sample_inputs(manifest.inputs)
         inputs = [feeds[s.name] for s in manifest.inputs]
-        runners: dict[str, Callable] = {"tvm": _tvm_runner(pkg.library, threads)}
+        runners: dict[str, Runner] = {"tvm": _tvm_runner(pkg.library, threads)}
         skipped: dict[str, str] = {}
         fmt = ref.suffix.lower().lstrip(".") if ref else None
         if fmt == "onnx":
@@ -190,16 +209,14 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
             skipped["onnxruntime"] = "ONNX Runtime runs .onnx models; this package was compiled from TFLite"
         else:
             skipped["onnxruntime"] = skipped["tflite"] = why or f"no reference model ({ref})"
-        outputs = {name: run(inputs) for name, run in runners.items()}
+        outputs = {name: run(inputs)[0] for name, run in runners.items()}
         for _ in range(warmup - 1):
             for run in runners.values():
                 run(inputs)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(runs):
             for name, run in runners.items():
-                start = time.perf_counter()
-                run(inputs)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(run(inputs)[1])
     gflop = onnx_gflop(ref) if fmt == "onnx" else None
     peak = cpu_peak_gflops(threads)
     tvm_ms = statistics.median(times["tvm"]) * 1e3

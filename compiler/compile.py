@@ -22,7 +22,7 @@ from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
-from edgefleet.package import NAME_PATTERN, Manifest, Preprocessing, TensorSpec, Verification, now_utc, parse_version, write_package
+from edgefleet.package import NAME_PATTERN, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification, now_utc, parse_version, requirement_for, write_package
 from edgefleet.progress import Stages
 from edgefleet.signing import load_signing_key
 
@@ -287,11 +287,14 @@ def compile_model(
         baseline_files = {} if baseline_images is None else package_baseline(  # drift baseline (compiler/baseline.py)
             baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=reference_path,
             inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name, version=version)
+        target_info = TargetInfo(name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device)
+        tvm_version, ffi_version = dist_version("apache-tvm"), dist_version("apache-tvm-ffi")
         fields = dict(
             name=pkg_name,
             version=version,
-            target=dict(name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device),
-            runtime=dict(kind="tvm", library="model.so", tvm_version=dist_version("apache-tvm"), tvm_ffi_version=dist_version("apache-tvm-ffi"), pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason),
+            target=target_info,
+            runtime=dict(kind="tvm", library="model.so", tvm_version=tvm_version, tvm_ffi_version=ffi_version, requires=requirement_for(target_info, tvm_version, ffi_version),
+                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason),
             inputs=inputs,
             outputs=outputs,
             preprocessing=pre,

@@ -3,7 +3,7 @@
 `EdgefleetBackend` is an `onnx.backend.base.Backend`: `prepare` checks the model the way
 `edgefleet compile` does (operator check, import rewrites, input shapes), `run` builds it for the
 x86_64 target with the same `optimize` / `build_and_export` functions, loads the library with the
-agent's `TvmModel` and executes it. Dynamic inputs get the shapes of the data they are run on,
+agent's runtime (in the runtime worker) and executes it. Dynamic inputs get the shapes of the data they are run on,
 as `--input-shape` would give them.
 
 `run_suite` classifies every test case that ships in the onnx wheel as
@@ -93,7 +93,7 @@ class EdgefleetRep:
 class CompiledCase:
     """A compiled test model: the graph inputs bound at compile time are left out when it runs."""
 
-    model: object  # agent.runtime.TvmModel
+    model: object  # a model on the camera runtime (agent.runtime_worker)
     bound: list[str]  # graph inputs given as --constant-input would give them
     pipeline: str  # compiler/build.py's PIPELINE_*
     kept: list[bool]  # per graph input: still a run-time input
@@ -158,7 +158,7 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     k, pads given as graph inputs) are bound to the case's values, as `--constant-input`
     does; the rest stay run-time inputs with the shapes of the data, as `--input-shape` gives.
     """
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
     from edgefleet.compiler.build import build_and_export, optimize
     from edgefleet.compiler.frontends import onnx as frontend
     from edgefleet.compiler.onnx_params import bind_inputs
@@ -184,7 +184,7 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     optimized = optimize(mod, target, 0, stages)
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
         library = build_and_export(optimized.mod, target, Path(tmp) / "model.so", stages)
-        return CompiledCase(TvmModel(library), [names[i] for i in sorted(bound_at)], optimized.pipeline, kept)
+        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], optimized.pipeline, kept)
 
 
 # --- the suite -------------------------------------------------------------------------------

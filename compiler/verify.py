@@ -54,22 +54,30 @@ def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, r
     return max_abs, max_rel, ok
 
 
-def verify_native(library: Path, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
-    from edgefleet.agent.runtime import TvmModel
-
+def verify_on(model, ran_on: str, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
+    """Run `model` (anything with `.run(list)`: the camera runtime, natively or emulated) and the reference on the same inputs."""
     feeds = sample_inputs(inputs)
     expected = frontend.reference_run(model_path, feeds)
-    actual = TvmModel(library).run([feeds[s.name] for s in inputs])
+    actual = model.run([feeds[s.name] for s in inputs])
     max_abs, max_rel, ok = compare(actual, expected, atol, rtol)
     return Verification(
         status="passed" if ok else "failed",
         reference=frontend.reference_name(),
-        ran_on="native x86_64",
+        ran_on=ran_on,
         max_abs_diff=max_abs,
         max_rel_diff=max_rel,
         atol=atol,
         rtol=rtol,
     )
+
+
+def verify_native(library: Path, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
+    """Verify on this machine's camera runtime (the bundle cameras run), never on the compiler's TVM."""
+    from edgefleet.agent.runtime_worker import shared_worker
+
+    worker = shared_worker()
+    runtime = worker.describe()
+    return verify_on(worker.load(library), f"native x86_64, edgefleet runtime {runtime['runtime_key']}", frontend, model_path, inputs, atol, rtol)
 
 
 def skipped(target: Target, reason: str) -> Verification:

@@ -74,10 +74,13 @@ def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ..
 
 
 @cross.command("image")
-@click.option("--arch", default="arm64", show_default=True, type=click.Choice(["arm64"]), help="Only arm64: armhf has no TVM runtime.")
-@click.option("--tag", default="edgefleet-agent:arm64", show_default=True)
-def image_command(arch: str, tag: str) -> None:
-    """Build an arm64 container image of the agent from the sysroot and load it into docker. Maps to edgefleet.cross.image.build_image."""
+@click.option("--arch", default="arm64", show_default=True, type=ARCH_CHOICE, help="arm64 (rasp4b, rasp5) or armhf (rasp3b).")
+@click.option("--tag", help="Image tag (default edgefleet-agent:ARCH).")
+def image_command(arch: str, tag: str | None) -> None:
+    """Build a container image of the agent and its runtime from the ARCH sysroot and load it into docker.
+
+    Needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime (`edgefleet runtime build --arch ARCH`).
+    """
     from edgefleet.cross.image import build_image
 
     result = build_image(arch, tag)

@@ -13,13 +13,16 @@ import importlib.util
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from edgefleet.agent.runtime_worker import RuntimeWorker
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.cross.sysroot import ARCHES, Sysroot, arch_info, build_command, find_sysroot, require_tool
 from edgefleet.errors import TargetNotRunnableError, UsageError
 from edgefleet.package import open_package
+from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
 
 # The subpackages a device needs; the compiler and fleet service never run on the camera.
 _DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
@@ -88,6 +91,10 @@ def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | N
     # PYTHONSAFEPATH: the working directory (often this repository, whose edgefleet/ folder
     # lacks the agent) must not shadow the linked package.
     env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1")
+    # The guest runs packages on the runtime bundle of its architecture (a host path that
+    # QEMU's -L falls back to), as a camera runs its installed one.
+    if BUNDLE_ENV not in (extra or {}):
+        env[BUNDLE_ENV] = str(find_bundle(sysroot.arch.target_arch).path)
     env.update(extra or {})
     return env
 
@@ -115,8 +122,20 @@ def run_emulated(
     """
     argv = emulated_argv(sysroot, command)
     with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
-        code = _link_device_packages(Path(tmp)) if sysroot.info.spec.requirements else None
+        code = _link_device_packages(Path(tmp))
         return subprocess.run(argv, env=guest_env(sysroot, code, env), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def emulated_worker(sysroot: Sysroot) -> Iterator[RuntimeWorker]:
+    """A RuntimeWorker whose child is the sysroot's Python under QEMU, on the sysroot architecture's runtime."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
+        env = guest_env(sysroot, _link_device_packages(Path(tmp)))
+        worker = RuntimeWorker(emulated_argv(sysroot, ["python3"]), env, what=f"the {sysroot.info.spec.arch} runtime under {sysroot.arch.qemu}")
+        try:
+            yield worker
+        finally:
+            worker.close()
 
 
 def sysroot_for_package(package: Path) -> Sysroot:
@@ -130,8 +149,6 @@ def sysroot_for_package(package: Path) -> Sysroot:
             f"emulation runs TVM packages for {', '.join(a.target_arch for a in ARCHES.values())}",
             "run it natively with `edgefleet run`, or compile it for an ARM target such as rasp4b",
         )
-    if not info.agent_wheels:
-        raise TargetNotRunnableError(f"package {manifest.name} targets {manifest.target.name} ({info.debian}), which cannot execute here: {info.note}", "compile for rasp4b / aarch64 to run under emulation")
     return require_sysroot(info.debian)
 
 

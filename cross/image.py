@@ -1,11 +1,11 @@
-"""An arm64 container image of the agent, made from the sysroot with the docker SDK (no registry needed).
+"""An arm64 or armhf container image of the agent, made from the sysroot with the docker SDK (no registry needed).
 
 The image is written in `docker save` format (manifest.json, an OCI image config with
 architecture arm64, one layer tar) and handed to `docker load`. That is `docker import` with the
 architecture right: Debian's dockerd 20.10 ignores the platform on import and labels the tree
 amd64, and a `FROM scratch` build copies the whole tree once per instruction on the vfs storage
-driver. No registry is involved. The single layer holds: the Debian tree, the agent's wheels in /opt/edgefleet/site and this
-checkout's `edgefleet` core and agent code in /opt/edgefleet/src. Its entrypoint is
+driver. No registry is involved. The single layer holds: the Debian tree, the agent's wheels in /opt/edgefleet/site, the
+camera runtime bundle in /opt/edgefleet/runtime and this checkout's `edgefleet` core and agent code in /opt/edgefleet/src. Its entrypoint is
 `python3 -m edgefleet.cli` and its default command `agent run --config /etc/edgefleet/agent.toml`,
 so `docker run -v CONF:/etc/edgefleet IMAGE` starts the agent. On an x86 host it runs where
 binfmt_misc has qemu-aarch64 registered, or with QEMU as the entrypoint (see docs/cross.md).
@@ -24,17 +24,24 @@ from pathlib import Path
 
 from edgefleet.cross.emulate import require_sysroot
 from edgefleet.cross.sysroot import arch_info
-from edgefleet.errors import MissingToolError, ServiceError, TargetNotRunnableError
+from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.package import now_utc, sha256_file
+from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
 
 SITE = "/opt/edgefleet/site"
 SRC = "/opt/edgefleet/src"
+RUNTIME = "/opt/edgefleet/runtime"
 CONFIG = {
-    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={SITE}:{SRC}", "PYTHONNOUSERSITE=1", "PYTHONUNBUFFERED=1"],
+    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={SITE}:{SRC}", "PYTHONNOUSERSITE=1", "PYTHONUNBUFFERED=1",
+            f"{BUNDLE_ENV}={RUNTIME}"],
     "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
     "Cmd": ["agent", "run", "--config", "/etc/edgefleet/agent.toml"],
     "WorkingDir": "/",
 }
+
+
+# Debian architecture -> docker's (architecture, variant).
+DOCKER_PLATFORMS = {"arm64": ("arm64", None), "armhf": ("arm", "v7")}
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,17 @@ def _write_layer(sysroot, out: Path) -> str:
     with tarfile.open(out, "w") as tar:
         tar.add(sysroot.root, arcname=".")
         tar.add(sysroot.site, arcname=SITE.lstrip("/"))
+        tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
         core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
         agent = Path(importlib.util.find_spec("edgefleet.agent").submodule_search_locations[0])
         for entry in sorted(core.glob("*.py")):
             tar.add(entry, arcname=f"{SRC.lstrip('/')}/edgefleet/{entry.name}")
         tar.add(agent, arcname=f"{SRC.lstrip('/')}/edgefleet/agent", filter=_no_pycache)
     return sha256_file(out)
+
+
+def _no_logs(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if "/logs" in info.name else info
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -72,8 +84,9 @@ def write_image_archive(sysroot, arch: str, tag: str, out: Path) -> None:
     """A `docker save`-format archive of the agent image for linux/`arch`, loadable by `docker load`."""
     layer = out.with_name("layer.tar")
     diff_id = _write_layer(sysroot, layer)
+    architecture, variant = DOCKER_PLATFORMS[arch]
     config = json.dumps({
-        "architecture": arch, "os": "linux", "created": now_utc(), "config": CONFIG,
+        "architecture": architecture, **({"variant": variant} if variant else {}), "os": "linux", "created": now_utc(), "config": CONFIG,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
         "history": [{"created": now_utc(), "created_by": f"edgefleet cross image ({sysroot.info.spec.arch} sysroot {sysroot.info.key})"}],
     }, sort_keys=True).encode()
@@ -99,11 +112,10 @@ def _client():
     return client
 
 
-def build_image(arch: str = "arm64", tag: str = "edgefleet-agent:arm64") -> ImageResult:
-    """Load the `arch` sysroot plus the agent into docker as image `tag` for platform linux/`arch`."""
+def build_image(arch: str = "arm64", tag: str | None = None) -> ImageResult:
+    """Load the `arch` sysroot plus the agent and its runtime into docker as image `tag` (default edgefleet-agent:ARCH)."""
     info = arch_info(arch)
-    if not info.agent_wheels:
-        raise TargetNotRunnableError(f"no agent image for {info.debian}: {info.note}", "build the arm64 image")
+    tag = tag or f"edgefleet-agent:{info.debian}"
     sysroot = require_sysroot(info.debian)
     client = _client()
     with tempfile.TemporaryDirectory(prefix="edgefleet-image-") as tmp:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
@@ -59,9 +60,8 @@ class ArchInfo:
     qemu: str
     pip_platforms: tuple[str, ...]
     debs: tuple[str, ...]
-    # Whether the agent's wheels (TVM above all) exist for this architecture.
-    agent_wheels: bool
-    note: str = ""
+    # Python distributions that come from Debian's packages instead of PyPI wheels.
+    from_debian: tuple[str, ...] = ()
 
 
 ARCHES: dict[str, ArchInfo] = {
@@ -69,18 +69,15 @@ ARCHES: dict[str, ArchInfo] = {
         "arm64", "aarch64", "qemu-aarch64-static",
         # Bookworm has glibc 2.36; wheels tagged for any older manylinux run on it.
         ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"),
-        ("python3",), True,
+        ("python3",),
     ),
     "armhf": ArchInfo(
-        "armhf", "armv7", "qemu-arm-static", (),
-        # No TVM (nor numpy/pillow/psutil) wheels exist for armv7l cp311; what runs here is
-        # the armhf dynamic loader checking a compiled library, which needs Python alone.
-        ("python3",), False,
-        note=(
-            "no TVM runtime exists for armv7: apache-tvm publishes wheels for x86_64 and aarch64 only and no "
-            "source distribution, and the TVM source tree is not reachable from this project's machines, so the "
-            "Relax VM (libtvm_runtime) cannot be built for armhf (see docs/cross.md)"
-        ),
+        "armhf", "armv7", "qemu-arm-static",
+        ("manylinux_2_36_armv7l", "manylinux_2_31_armv7l", "manylinux_2_28_armv7l", "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l"),
+        # numpy, pillow, psutil and cffi publish no armv7l wheels for CPython 3.11: Debian's
+        # builds stand in for them, as they do on Raspberry Pi OS.
+        ("python3", "python3-numpy", "python3-pil", "python3-psutil", "python3-cffi-backend"),
+        from_debian=("numpy", "pillow", "psutil", "cffi", "pycparser"),
     ),
 }
 _ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "armhf": "armhf", "armv7": "armhf", "armv7l": "armhf"}
@@ -173,22 +170,29 @@ def cache_dir() -> Path:
     return Path(env) if env else edgefleet_home() / "cross"
 
 
-def agent_requirements() -> list[str]:
-    """The core and `agent` extra requirements of the installed edgefleet, pinned to the host's versions.
+def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every distribution the core and `agent` extra need, transitively, pinned to the host's versions.
 
     Pinning to what the host runs keeps the emulated agent on the same library versions as the
-    x86 reference it is compared with.
+    x86 reference it is compared with; the full closure is downloaded with --no-deps, so a
+    distribution taken from Debian (`exclude`) is not pulled back in by a dependent.
     """
-    out = []
-    for line in requires("edgefleet") or []:
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate({"extra": "agent"}):
-            continue
-        try:
-            out.append(f"{req.name}=={version(req.name)}")
-        except PackageNotFoundError:
-            out.append(f"{req.name}{req.specifier}")
-    return sorted(set(out))
+    pins: dict[str, str] = {}
+    pending = [("edgefleet", "agent")]
+    while pending:
+        dist, extra = pending.pop()
+        for line in requires(dist) or []:
+            req = Requirement(line)
+            name = canonicalize_name(req.name)
+            if (req.marker is not None and not req.marker.evaluate({"extra": extra})) or name in pins:
+                continue
+            try:
+                pins[name] = f"{name}=={version(req.name)}"
+            except PackageNotFoundError:
+                pins[name] = f"{name}{req.specifier}"
+                continue
+            pending.append((req.name, ""))
+    return sorted(pin for name, pin in pins.items() if name not in exclude)
 
 
 def spec_for(arch: str, mirror: str | None = None) -> SysrootSpec:
@@ -198,7 +202,7 @@ def spec_for(arch: str, mirror: str | None = None) -> SysrootSpec:
         mirror=mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
         debs=list(info.debs),
         pip_platforms=list(info.pip_platforms),
-        requirements=agent_requirements() if info.agent_wheels else [],
+        requirements=agent_requirements(info.from_debian),
     )
 
 
@@ -250,6 +254,19 @@ class _Build:
         )
 
 
+def _link_alternatives(root: Path) -> None:
+    """Make the links dpkg's maintainer scripts would make with update-alternatives.
+
+    `dpkg -x` runs no scripts, and Debian's numpy finds BLAS and LAPACK only through
+    /usr/lib/<triplet>/libblas.so.3 and liblapack.so.3, which alternatives provide.
+    """
+    for triplet_dir in (root / "usr" / "lib").glob("*-linux-gnu*"):
+        for sub, name in (("blas", "libblas.so.3"), ("lapack", "liblapack.so.3")):
+            link, target = triplet_dir / name, triplet_dir / sub / name
+            if target.exists() and not link.exists():
+                link.symlink_to(Path(sub) / name)
+
+
 def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False, quiet: bool = False) -> Sysroot:
     """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf").
 
@@ -288,6 +305,7 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
         build.step("unpack", f"dpkg-deb -x {len(debs)} packages", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
         for deb in debs:  # the archives are unpacked; keep the sysroot small
             deb.unlink()
+        _link_alternatives(root)
         if not (root / "usr" / "bin" / f"python{spec.python_version}").exists():
             build.fail("unpack", f"left no python{spec.python_version} in the sysroot")
         site = work / "site"
@@ -295,7 +313,7 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
         wheels: list[str] = []
         if spec.requirements:
             dest = work / "wheels"
-            argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:",
+            argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:", "--no-deps",
                     "--implementation", "cp", "--python-version", spec.python_version, "--dest", str(dest)]
             for platform in spec.pip_platforms:
                 argv += ["--platform", platform]

@@ -51,6 +51,7 @@ COMPONENT_GROUPS = {
     "fleet": "edgefleet.fleet.cli:fleet",
     "agent": "edgefleet.agent.cli:agent",
     "cross": "edgefleet.cross.cli:cross",
+    "runtime": "edgefleet.cross.runtime_cli:runtime",
     "bench": "edgefleet.compiler.bench:bench_command",
 }
 

@@ -1,4 +1,4 @@
-"""The model package: one signed, self-describing `.tar.gz` (format version 1).
+"""The model package: one signed, self-describing `.tar.gz` (format version 2; version 1 is still read).
 
 Layout (see docs/package-format.md):
 
@@ -32,7 +32,9 @@ from edgefleet.archive import ArchiveLimits, safe_extract
 from edgefleet.errors import EdgefleetError, PackageIntegrityError
 from edgefleet.signing import SigningKey, verify_signature
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 lacks `runtime.requires`; readers derive it from the target and TVM versions.
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -84,11 +86,46 @@ class TargetInfo(Strict):
     device: Literal["cpu", "cuda", "neuron"] = "cpu"
 
 
+class RuntimeRequirement(Strict):
+    """What a camera's runtime must offer to run a TVM package (format 2: `runtime.requires`).
+
+    TVM executables run on the runtime of the same TVM minor version (the VM bytecode and the
+    FFI calls change between minors), for the CPU architecture they were linked for, and
+    CUDA code needs a runtime built with CUDA for a GPU of that SM.
+    """
+
+    arch: str
+    tvm: str  # "0.27": major.minor of the TVM that compiled the package
+    tvm_ffi: str  # "0.1": major.minor of the FFI ABI the library calls
+    device: Literal["cpu", "cuda", "neuron"] = "cpu"
+    cuda_sm: str | None = None  # "sm_87"
+    cuda_version: str | None = None  # the CUDA toolkit that compiled the kernels, when known
+
+    def describe(self) -> str:
+        gpu = f", CUDA {self.cuda_version or 'any'} {self.cuda_sm or ''}".rstrip() if self.device == "cuda" else ""
+        return f"{self.arch}, TVM {self.tvm}, TVM FFI {self.tvm_ffi}{gpu}"
+
+
+def minor_version(version: str) -> str:
+    """"0.27.0.post1" -> "0.27"."""
+    return ".".join(version.split(".")[:2])
+
+
+def requirement_for(target: TargetInfo, tvm_version: str, tvm_ffi_version: str, cuda_version: str | None = None) -> RuntimeRequirement:
+    """The runtime a TVM package compiled for `target` with these TVM versions needs."""
+    sm = (target.tvm_target or {}).get("arch") if target.device == "cuda" else None
+    return RuntimeRequirement(
+        arch=target.arch, tvm=minor_version(tvm_version), tvm_ffi=minor_version(tvm_ffi_version),
+        device=target.device, cuda_sm=sm, cuda_version=cuda_version if target.device == "cuda" else None,
+    )
+
+
 class RuntimeInfo(Strict):
     kind: Literal["tvm", "tflite"]
     library: str
     tvm_version: str | None = None
     tvm_ffi_version: str | None = None
+    requires: RuntimeRequirement | None = None  # format 2; None for TFLite packages
     pipeline: str | None = None  # compiler/build.py: edgefleet-cpu, or tvm-default
     pipeline_fallback_reason: str | None = None
 
@@ -124,7 +161,7 @@ class SignatureInfo(Strict):
 
 
 class Manifest(Strict):
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     name: str = Field(pattern=NAME_PATTERN)
     version: str
     target: TargetInfo
@@ -146,6 +183,14 @@ class Manifest(Strict):
     def _dotted(cls, v: str) -> str:
         parse_version(v)
         return v
+
+    def runtime_requirement(self) -> RuntimeRequirement | None:
+        """What this TVM package needs of a runtime (derived for format-1 packages); None for TFLite."""
+        if self.runtime.kind != "tvm":
+            return None
+        if self.runtime.requires is not None:
+            return self.runtime.requires
+        return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
@@ -231,9 +276,9 @@ def read_manifest_unverified(root: Path) -> Manifest:
         raw = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise PackageIntegrityError(f"{MANIFEST} is not valid JSON ({exc})", "rebuild the package") from None
-    if isinstance(raw, dict) and raw.get("format_version") not in (None, FORMAT_VERSION):
+    if isinstance(raw, dict) and raw.get("format_version") not in (None, *READABLE_FORMAT_VERSIONS):
         raise PackageIntegrityError(
-            f"package format version {raw.get('format_version')} is not supported (this edgefleet reads {FORMAT_VERSION})",
+            f"package format version {raw.get('format_version')} is not supported (this edgefleet reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})",
             "upgrade edgefleet on this machine",
         )
     try:

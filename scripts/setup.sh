@@ -39,4 +39,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch comes from the CPU build (the `train` extra pins it); everything else from PyPI.
 .venv/bin/python -m pip install -q -e '.[dev,train]'
+# The camera runtime for this machine: agents and the compiler's verification run packages on
+# it. Built from TVM's sources once (~4 CPU-minutes) and cached by input hash in
+# ~/.cache/edgefleet/runtime, so later runs take seconds (docs/runtime.md).
+.venv/bin/edgefleet runtime build --arch "$(uname -m)"
 echo "setup: done (.venv/bin/edgefleet)"

@@ -9,6 +9,14 @@ from support.cli import CliResult, run_cli
 
 from edgefleet.signing import SigningKey, create_signing_key
 
+# The TVM compiler and the camera runtime cannot share a process (docs/runtime.md). Tests
+# compile in this process, so the compiler comes first and agent code called from a test runs
+# models in the runtime worker; agents started as processes load the runtime themselves.
+try:
+    import tvm  # noqa: F401
+except ImportError:  # an install without the compiler: agent code loads the runtime in-process
+    pass
+
 
 @pytest.fixture
 def edgefleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

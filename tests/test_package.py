@@ -59,7 +59,7 @@ def test_roundtrip(package, signing_key):
     files = members(package)
     assert list(files)[:2] == [MANIFEST, SIGNATURE] and len(files[SIGNATURE]) == 64
     raw = json.loads(files[MANIFEST])
-    assert raw["format_version"] == 1 and raw["signature"] == {"algorithm": "ed25519", "key_id": signing_key.key_id}
+    assert raw["format_version"] == 2 and raw["signature"] == {"algorithm": "ed25519", "key_id": signing_key.key_id}
     assert set(raw["files"]) == {"model.so", "baseline.json"} and raw["files"]["model.so"]["size"] == 4 + 256 * 40
     with open_package(package, [signing_key.public]) as opened:
         assert opened.signer == signing_key.key_id
@@ -115,7 +115,7 @@ def test_trust_none_skips_only_the_signature(package, tmp_path):
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        (lambda m: {**m, "format_version": 2}, "package format version 2 is not supported"),
+        (lambda m: {**m, "format_version": 3}, "package format version 3 is not supported"),
         (lambda m: {**m, "surprise": 1}, "malformed at surprise"),
         (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "malformed at inputs"),
         (lambda m: {**m, "version": "one"}, "malformed at version"),

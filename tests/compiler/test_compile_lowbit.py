@@ -21,9 +21,9 @@ def test_float8_input_model_compiles_unverified_with_the_reason(tmp_path, signin
     assert manifest["verification"]["status"] == "skipped"
     assert "float8_e4m3fn" in manifest["verification"]["reason"]
 
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
     from edgefleet.package import open_package
 
     opened = open_package(tmp_path / "p.tar.gz", None, dest=tmp_path / "open")
     x = np.array([[0.0, 1.0, -2.5, 448.0, 0.015625, -0.0, 3.25, 240.0]], ml_dtypes.float8_e4m3fn)
-    np.testing.assert_array_equal(TvmModel(opened.root / "model.so").run([x])[0], x.astype(np.float32))
+    np.testing.assert_array_equal(open_tvm_model(opened.root / "model.so").run([x])[0], x.astype(np.float32))

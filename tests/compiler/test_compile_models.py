@@ -48,7 +48,7 @@ def test_compile_for_target(model, target, package_for, built_models, session_ke
             assert b"__global__" in opened.library.read_bytes()
     if native:
         v = m.verification
-        assert v.status == "passed" and v.reference.startswith("onnxruntime") and v.ran_on == "native x86_64"
+        assert v.status == "passed" and v.reference.startswith("onnxruntime") and v.ran_on.startswith("native x86_64, edgefleet runtime ")
         assert v.max_abs_diff <= v.atol + v.rtol
     else:
         assert m.verification.status == "skipped"
@@ -57,13 +57,13 @@ def test_compile_for_target(model, target, package_for, built_models, session_ke
 def test_small_cnn_numerics_are_non_trivial_and_match_onnxruntime(package_for, built_models, session_key):
     import onnxruntime
 
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
 
     result = package_for("small_cnn", "x86_64")
     x = np.random.default_rng(42).random((1, 3, 32, 32), dtype=np.float32)
     expected = onnxruntime.InferenceSession(str(built_models["small_cnn"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with open_package(result.package, [session_key.public]) as opened:
-        actual = TvmModel(opened.library).run([x])[0]
+        actual = open_tvm_model(opened.library).run([x])[0]
     assert expected.std() > 0.01  # random weights: the classes really differ
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-4)
     assert result.manifest.verification.max_abs_diff < 1e-4
@@ -105,7 +105,8 @@ def test_compile_cli_writes_a_signed_package_with_every_option(built_models, sig
         "resize": [32, 32], "interpolation": "bilinear", "color_order": "BGR", "layout": "NCHW",
         "scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
     }
-    assert m["format_version"] == 1 and m["runtime"]["tvm_version"] == "0.27.0.post1"
+    assert m["format_version"] == 2 and m["runtime"]["tvm_version"] == "0.27.0.post1"
+    assert m["runtime"]["requires"] == {"arch": "x86_64", "tvm": "0.27", "tvm_ffi": "0.1", "device": "cpu", "cuda_sm": None, "cuda_version": None}
     assert list(m["files"]) == ["model.so"] and m["signature"]["key_id"] == signing_key.key_id
     assert set(payload["timings"]) == {"load", "import", "optimize", "build", "export", "verify", "sign"}
 

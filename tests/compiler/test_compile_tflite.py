@@ -15,7 +15,7 @@ from edgefleet.package import open_package
 def test_tflite_model_compiles_and_matches_litert(package_for, built_models, session_key):
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
 
     result = package_for("small_tflite", "x86_64")
     m = result.manifest
@@ -31,7 +31,7 @@ def test_tflite_model_compiles_and_matches_litert(package_for, built_models, ses
     interpreter.invoke()
     expected = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     with open_package(result.package, [session_key.public]) as opened:
-        actual = TvmModel(opened.library).run([x])[0]
+        actual = open_tvm_model(opened.library).run([x])[0]
     assert expected.std() > 0.01
     np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=1e-4)
 

@@ -27,13 +27,13 @@ def _litert(model, feeds, resolver="AUTO"):
 
 
 def _compile(cli, model, tmp_path, signing_key, *options):
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
 
     package = tmp_path / "pkg.tar.gz"
     result = cli("compile", model, "--target", "x86_64", "-o", package, *options)
     assert result.code == 0, result.text
     opened = open_package(package, [signing_key.public]).__enter__()
-    return opened, TvmModel(opened.library)
+    return opened, open_tvm_model(opened.library)
 
 
 @pytest.mark.parametrize("float_io", [False, True], ids=["int8-io", "float-io-quantize-dequantize"])

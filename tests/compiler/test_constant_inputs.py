@@ -63,12 +63,12 @@ def test_constant_inputs_are_compiled_in_and_verified(tmp_path, signing_key, cli
     assert manifest["runtime"]["pipeline"] == "edgefleet-cpu"
 
     # The package computes what ONNX Runtime computes with the same values fed at run time.
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
 
     image = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     expected = onnxruntime.InferenceSession(str(model)).run(None, {"image": image, "scales": np.array([1, 1, 2, 2], np.float32), "axes": np.array([2, 3])})[0]
     opened = open_package(out, None, dest=tmp_path / "open")
-    got = TvmModel(opened.root / "model.so").run([image])[0]
+    got = open_tvm_model(opened.root / "model.so").run([image])[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 

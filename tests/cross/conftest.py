@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.cross.runtime_build import build_runtime
 from edgefleet.cross.sysroot import Sysroot, build_sysroot
 from tinycnn import write_tiny_cnn
 
@@ -31,7 +32,10 @@ def _cross_cache_env(cross_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def _sysroot(arch: str, cache: Path) -> Sysroot:
     if os.environ.get("EDGEFLEET_SKIP_QEMU") == "1":
         pytest.skip("EDGEFLEET_SKIP_QEMU=1")
-    return build_sysroot(arch, cache=cache, quiet=True)
+    sysroot = build_sysroot(arch, cache=cache, quiet=True)
+    # Guests run packages on their architecture's runtime bundle (cached by input hash).
+    build_runtime(sysroot.arch.target_arch, quiet=True)
+    return sysroot
 
 
 @pytest.fixture(scope="session")

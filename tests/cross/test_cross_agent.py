@@ -1,4 +1,4 @@
-"""The camera agent itself, running on emulated aarch64, alerts through a real broker on the host."""
+"""The camera agent itself, running on emulated aarch64 and armv7, alerts through a real broker on the host."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from agent_support import LABELS, agent_config, brightness_onnx, drop_frame, jpe
 pytestmark = [pytest.mark.qemu, pytest.mark.mqtt]
 
 
-def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(arm64_sysroot, mqtt_broker, cross_key, tmp_path):
+@pytest.mark.parametrize(("target", "sysroot_fixture"), [("rasp4b", "arm64_sysroot"), ("rasp3b", "armhf_sysroot")])
+def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(target, sysroot_fixture, request, mqtt_broker, cross_key, tmp_path):
+    sysroot = request.getfixturevalue(sysroot_fixture)
     brightness_onnx(tmp_path / "brightness.onnx")
     (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    pkg = compile_model(str(tmp_path / "brightness.onnx"), "rasp4b", output=tmp_path / "brightness-rasp4b.tar.gz", name="brightness", version="1",
+    pkg = compile_model(str(tmp_path / "brightness.onnx"), target, output=tmp_path / f"brightness-{target}.tar.gz", name="brightness", version="1",
                         labels=tmp_path / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=cross_key.path, verify=False, quiet=True).package
     config = agent_config(tmp_path, mqtt_broker, (pkg, public_path(cross_key.path)))
     cfg = write_config(tmp_path / "agent.toml", config)
@@ -33,7 +35,7 @@ def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(arm64
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
     status = mqtt_broker.subscriber("edgefleet/v1/cam-1/status")
 
-    proc = run_emulated(arm64_sysroot, ["python3", "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--max-frames", "2", "--json", "--log-level", "warning"],
+    proc = run_emulated(sysroot, ["python3", "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--max-frames", "2", "--json", "--log-level", "warning"],
                         capture=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])

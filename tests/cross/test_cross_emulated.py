@@ -13,8 +13,8 @@ from PIL import Image
 
 from edgefleet.compiler.compile import compile_model
 from edgefleet.cross.emulate import run_package_emulated
-from edgefleet.cross.verify import load_library_emulated, run_library_emulated
-from edgefleet.errors import BuildError
+from edgefleet.cross.verify import run_library_emulated
+from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import open_package
 
 pytestmark = pytest.mark.qemu
@@ -24,32 +24,41 @@ def _compile(model: Path, target: str, out: Path, key, verify: bool = True):
     return compile_model(str(model), target, output=out, name="tiny", version="1", key=key.path, verify=verify, quiet=True)
 
 
-def test_rasp4b_package_matches_x86_under_qemu_aarch64(arm64_sysroot, tiny_cnn, cross_key, tmp_path):
-    arm = _compile(tiny_cnn, "rasp4b", tmp_path / "arm.tar.gz", cross_key)
+# (target, sysroot fixture, QEMU, the guest's platform.machine())
+BOARDS = [("rasp4b", "arm64_sysroot", "qemu-aarch64", "aarch64"), ("rasp3b", "armhf_sysroot", "qemu-arm", "armv7l")]
+
+
+@pytest.mark.parametrize(("target", "sysroot_fixture", "qemu", "machine"), BOARDS)
+def test_arm_package_is_verified_on_its_runtime_and_matches_x86(target, sysroot_fixture, qemu, machine, request, tiny_cnn, cross_key, tmp_path):
+    sysroot = request.getfixturevalue(sysroot_fixture)
+    arm = _compile(tiny_cnn, target, tmp_path / "arm.tar.gz", cross_key)
     v = arm.manifest.verification
-    # compile() itself ran the library under emulation against onnxruntime.
+    # compile() itself ran the library on the target's runtime under emulation against onnxruntime.
     assert v.status == "passed", v
-    assert "qemu-aarch64" in v.ran_on and arm64_sysroot.info.key in v.ran_on
+    assert qemu in v.ran_on and sysroot.info.key in v.ran_on and "edgefleet runtime" in v.ran_on
     assert v.max_abs_diff < 1e-4
+    assert arm.manifest.runtime.requires.arch == arm.manifest.target.arch
 
     x86 = _compile(tiny_cnn, "x86_64", tmp_path / "x86.tar.gz", cross_key, verify=False)
-    from edgefleet.agent.runtime import TvmModel
+    from edgefleet.agent.runtime_worker import open_tvm_model
 
     feeds = [np.random.default_rng(7).random((1, 3, 32, 32), dtype=np.float32)]
     with open_package(arm.package, None) as a, open_package(x86.package, None) as x:
-        emulated = run_library_emulated(arm64_sysroot, a.library, feeds, repeat=2)
-        native = TvmModel(x.library).run(feeds)
-    assert emulated.machine == "aarch64"
+        emulated = run_library_emulated(sysroot, a.library, feeds, repeat=2)
+        native = open_tvm_model(x.library).run(feeds)
+    assert emulated.machine == machine
     assert len(emulated.run_ms) == 2
     np.testing.assert_allclose(emulated.outputs[0], native[0], atol=1e-5, rtol=1e-4)
     assert abs(float(emulated.outputs[0].sum()) - 1.0) < 1e-4  # softmax output, not zeros
 
 
-def test_rasp4b_package_runs_through_edgefleet_run_inside_the_emulator(arm64_sysroot, tiny_cnn, cross_key, tmp_path):
+@pytest.mark.parametrize(("target", "sysroot_fixture"), [(b[0], b[1]) for b in BOARDS])
+def test_arm_package_runs_through_edgefleet_run_inside_the_emulator(target, sysroot_fixture, request, tiny_cnn, cross_key, tmp_path):
     from edgefleet.agent.infer import run_package_on_image
     from edgefleet.signing import public_path
 
-    arm = _compile(tiny_cnn, "rasp4b", tmp_path / "arm.tar.gz", cross_key, verify=False)
+    request.getfixturevalue(sysroot_fixture)
+    arm = _compile(tiny_cnn, target, tmp_path / "arm.tar.gz", cross_key, verify=False)
     x86 = _compile(tiny_cnn, "x86_64", tmp_path / "x86.tar.gz", cross_key, verify=False)
     image = tmp_path / "frame.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
@@ -73,22 +82,11 @@ def test_guest_refuses_a_package_signed_by_an_untrusted_key(arm64_sysroot, tiny_
     assert "error:" in proc.stderr
 
 
-def test_rasp3b_library_is_loaded_by_the_armhf_loader_and_the_reason_it_cannot_run_is_stated(armhf_sysroot, tiny_cnn, cross_key, tmp_path):
-    arm = _compile(tiny_cnn, "rasp3b", tmp_path / "arm.tar.gz", cross_key)
-    v = arm.manifest.verification
-    assert v.status == "skipped"
-    assert "qemu-arm" in v.ran_on
-    assert "loaded by the armv7l dynamic loader" in v.reason and "no TVM runtime exists for armv7" in v.reason
-    with open_package(arm.package, None) as opened:
-        report = load_library_emulated(armhf_sysroot, opened.library)
-    assert report["machine"] == "armv7l" and "__tvm_ffi__library_bin" in report["exported"]
-
-
-def test_armhf_loader_check_rejects_a_library_for_another_architecture(armhf_sysroot, tiny_cnn, cross_key, tmp_path):
+def test_armhf_runtime_refuses_a_library_for_another_architecture_by_name(armhf_sysroot, tiny_cnn, cross_key, tmp_path):
     x86 = _compile(tiny_cnn, "x86_64", tmp_path / "x86.tar.gz", cross_key, verify=False)
-    with open_package(x86.package, None) as opened, pytest.raises(BuildError) as err:
-        load_library_emulated(armhf_sysroot, opened.library)
-    assert "qemu-arm-static failed" in err.value.cause
+    with open_package(x86.package, None) as opened, pytest.raises(PackageIntegrityError) as err:
+        run_library_emulated(armhf_sysroot, opened.library, [np.zeros((1, 3, 32, 32), np.float32)])
+    assert "cannot load the compiled library model.so" in err.value.cause
 
 
 def test_cross_run_cli_runs_the_guest_and_returns_its_exit_status(arm64_sysroot):

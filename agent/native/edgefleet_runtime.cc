@@ -1,0 +1,176 @@
+// edgefleet's camera runtime: a plain C ABI over TVM's Relax virtual machine.
+//
+// The agent calls these functions through ctypes, so a camera needs libtvm_runtime,
+// libtvm_ffi and this file compiled, and no Python extension: the same three libraries serve
+// every Python version and architectures (armv7) that have no TVM wheel.
+//
+// Contract (EF_ABI_VERSION; bump it when a signature or meaning changes):
+//   ef_model_load(path, device_type, device_id)   -> handle, or NULL (ef_last_error says why)
+//   ef_model_run(handle, n, data, nbytes, ndim, shapes, dtypes) -> number of outputs, or -1
+//   ef_model_output(handle, i, &ndim, shape[8], dtype[32], &nbytes) -> 0, or -1
+//   ef_model_output_copy(handle, i, dst, nbytes)  -> 0, or -1
+//   ef_model_free(handle)
+//   ef_set_threads(n)                             -> 0, or -1
+// Errors never cross the ABI as C++ exceptions: every entry point catches and records them.
+
+#include <dlpack/dlpack.h>
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/dtype.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+#include <tvm/runtime/tensor.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#define EF_ABI_VERSION 1
+#define EF_MAX_NDIM 8
+#define EF_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+thread_local std::string last_error;
+
+// The VM's pooled allocator reuses buffers between calls, like TVM's Python VirtualMachine.
+constexpr int kPooledAllocator = 2;
+
+struct Model {
+  tvm::ffi::Module vm;
+  tvm::ffi::Function main;
+  DLDevice device;
+  std::vector<tvm::runtime::Tensor> outputs;
+};
+
+void Flatten(const tvm::ffi::Any& value, std::vector<tvm::runtime::Tensor>* out) {
+  if (auto tensor = value.try_cast<tvm::runtime::Tensor>()) {
+    out->push_back(*tensor);
+    return;
+  }
+  if (auto items = value.try_cast<tvm::ffi::Array<tvm::ffi::Any>>()) {
+    for (const tvm::ffi::Any& item : *items) Flatten(item, out);
+    return;
+  }
+  throw std::runtime_error("the model returned a value that is neither a tensor nor a tuple: " +
+                           value.GetTypeKey());
+}
+
+tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
+  tvm::ffi::Module library = tvm::ffi::Module::LoadFromFile(path);
+  auto load = library->GetFunction("vm_load_executable", true);
+  if (!load.has_value()) throw std::runtime_error("the library holds no Relax executable");
+  tvm::ffi::Module vm = (*load)().cast<tvm::ffi::Module>();
+  auto init = vm->GetFunction("vm_initialization", true);
+  if (!init.has_value()) throw std::runtime_error("the executable cannot be initialised");
+  // Shape functions always run on the CPU, so a GPU model also gets a CPU device.
+  if (device.device_type == kDLCPU) {
+    (*init)(static_cast<int>(device.device_type), device.device_id, kPooledAllocator);
+  } else {
+    (*init)(static_cast<int>(device.device_type), device.device_id, kPooledAllocator,
+            static_cast<int>(kDLCPU), 0, kPooledAllocator);
+  }
+  return vm;
+}
+
+template <typename F>
+int Guard(F body) {
+  try {
+    return body();
+  } catch (const tvm::ffi::Error& err) {
+    last_error = err.kind() + ": " + err.message();
+  } catch (const std::exception& err) {
+    last_error = err.what();
+  } catch (...) {
+    last_error = "unknown C++ exception";
+  }
+  return -1;
+}
+
+}  // namespace
+
+EF_API int ef_abi_version() { return EF_ABI_VERSION; }
+
+EF_API const char* ef_last_error() { return last_error.c_str(); }
+
+EF_API void* ef_model_load(const char* path, int device_type, int device_id) {
+  Model* model = nullptr;
+  int ok = Guard([&]() {
+    DLDevice device{static_cast<DLDeviceType>(device_type), device_id};
+    tvm::ffi::Module vm = LoadVm(path, device);
+    auto main = vm->GetFunction("main", true);
+    if (!main.has_value()) throw std::runtime_error("the executable has no `main` function");
+    model = new Model{vm, *main, device, {}};
+    return 0;
+  });
+  return ok == 0 ? model : nullptr;
+}
+
+EF_API int ef_model_run(void* handle, int count, const void* const* data, const int64_t* nbytes,
+                        const int* ndims, const int64_t* const* shapes,
+                        const char* const* dtypes) {
+  return Guard([&]() {
+    Model* model = static_cast<Model*>(handle);
+    std::vector<tvm::ffi::Any> args;
+    args.reserve(count);
+    for (int i = 0; i < count; ++i) {
+      tvm::ffi::Shape shape(shapes[i], shapes[i] + ndims[i]);
+      DLDataType dtype = tvm::ffi::StringToDLDataType(dtypes[i]);
+      auto tensor = tvm::runtime::Tensor::Empty(shape, dtype, model->device);
+      size_t expected = tvm::ffi::GetDataSize(*tensor.operator->());
+      if (static_cast<size_t>(nbytes[i]) != expected) {
+        throw std::runtime_error("input " + std::to_string(i) + " has " + std::to_string(nbytes[i]) +
+                                 " bytes; its shape and dtype need " + std::to_string(expected));
+      }
+      tensor.CopyFromBytes(data[i], expected);
+      args.emplace_back(tensor);
+    }
+    std::vector<tvm::ffi::AnyView> views(args.begin(), args.end());
+    tvm::ffi::Any result;
+    model->main.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+    model->outputs.clear();
+    Flatten(result, &model->outputs);
+    return static_cast<int>(model->outputs.size());
+  });
+}
+
+EF_API int ef_model_output(void* handle, int index, int* ndim, int64_t* shape, char* dtype,
+                           int dtype_size, int64_t* nbytes) {
+  return Guard([&]() {
+    Model* model = static_cast<Model*>(handle);
+    const tvm::runtime::Tensor& out = model->outputs.at(index);
+    const DLTensor* t = out.operator->();
+    if (t->ndim > EF_MAX_NDIM) throw std::runtime_error("an output has more than 8 dimensions");
+    *ndim = t->ndim;
+    std::memcpy(shape, t->shape, sizeof(int64_t) * t->ndim);
+    std::string name = tvm::ffi::DLDataTypeToString(t->dtype);
+    std::snprintf(dtype, dtype_size, "%s", name.c_str());
+    *nbytes = static_cast<int64_t>(tvm::ffi::GetDataSize(*t));
+    return 0;
+  });
+}
+
+EF_API int ef_model_output_copy(void* handle, int index, void* dst, int64_t nbytes) {
+  return Guard([&]() {
+    Model* model = static_cast<Model*>(handle);
+    model->outputs.at(index).CopyToBytes(dst, static_cast<size_t>(nbytes));
+    return 0;
+  });
+}
+
+EF_API void ef_model_free(void* handle) { delete static_cast<Model*>(handle); }
+
+EF_API int ef_set_threads(int count) {
+  return Guard([&]() {
+    auto configure = tvm::ffi::Function::GetGlobal("runtime.config_threadpool");
+    if (!configure.has_value()) throw std::runtime_error("the runtime has no thread pool");
+    // Affinity mode 1 (big cores first), as TVM's Python helpers use for benchmarks.
+    (*configure)(1, count);
+    return 0;
+  });
+}

@@ -1,0 +1,341 @@
+"""`edgefleet runtime build`: TVM's runtime alone, from TVM's own sources, for x86_64, aarch64 and armv7.
+
+Sources (each pinned; see docs/runtime.md):
+- the runtime's .cc files and headers as the installed apache-tvm wheel ships them
+  (`tvm/src/runtime`, `tvm/include`): exactly the runtime the compiler's TVM was released with;
+- the TVM source release for what the wheel lacks (CMake files and 12 support headers):
+  a path (`--tvm-source`, $EDGEFLEET_TVM_SOURCE, or the project's shared third_party folder);
+- apache-tvm-ffi's source distribution from PyPI (`pip download`);
+- edgefleet's C ABI over the VM, agent/native/edgefleet_runtime.cc.
+
+Steps, each logged: sources, unpack, configure (CMake, a toolchain file for cross builds),
+build (tvm_runtime, tvm_runtime_extra), shim, strip, check (ELF machine, glibc floor). The
+bundle (edgefleet/runtime_bundle.py) is cached under `<cache>/<arch>-<key>`, `<key>` a hash of
+every input, built in a scratch folder and renamed when complete: a failed or interrupted
+build leaves nothing half-built, and its logs are kept in `<arch>-<key>.failed/logs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from edgefleet.errors import BuildError, MissingToolError, UsageError
+from edgefleet.package import Strict, now_utc, sha256_file
+from edgefleet.progress import Stages
+from edgefleet.runtime_bundle import INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle
+
+TVM_WHEEL_VERSION = "0.27.0.post1"
+TVM_SOURCE_NAME = "tvm-v0.27.dev0-src.tar.gz"
+TVM_SOURCE_SHA256 = "221a31436b8f1cc2d6b76dcd70d0b775ada9f6957af7202b37d443fa9b009a4a"
+TVM_SOURCE_ENV = "EDGEFLEET_TVM_SOURCE"
+FFI_VERSION = "0.1.14.post0"
+FFI_SDIST = f"apache_tvm_ffi-{FFI_VERSION}.tar.gz"
+FFI_SDIST_SHA256 = "53cb68ac05ca84fd32042211c13fcee372729dcbff537f8689289b7f2f7d765d"
+SHIM_SOURCE = Path(__file__).resolve().parents[1] / "agent" / "native" / "edgefleet_runtime.cc"
+MIN_CMAKE = (3, 26)
+# Runtime only: no compiler (LLVM), no GPU, no RPC server, TVM's own thread pool (no OpenMP),
+# and no backtrace machinery or segfault handler inside the agent's process.
+CMAKE_OPTIONS = (
+    "-DCMAKE_BUILD_TYPE=Release", "-DUSE_LLVM=OFF", "-DUSE_CUDA=OFF", "-DUSE_Z3=OFF", "-DUSE_GTEST=OFF",
+    "-DUSE_OPENMP=OFF", "-DUSE_RPC=OFF", "-DUSE_LIBBACKTRACE=OFF", "-DUSE_CCACHE=OFF",
+    "-DTVM_FFI_USE_LIBBACKTRACE=OFF", "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=OFF",
+)
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    triple: str
+    cmake_processor: str
+    elf_machine: int  # e_machine in the ELF header
+    debian: str  # the Debian package of the cross compiler
+
+    def tool(self, name: str) -> str:
+        return name if self.triple == _HOST_TRIPLES.get(host_arch()) else f"{self.triple}-{name}"
+
+
+TOOLCHAINS = {
+    "x86_64": Toolchain("x86_64-linux-gnu", "x86_64", 0x3E, "g++-x86-64-linux-gnu"),
+    "aarch64": Toolchain("aarch64-linux-gnu", "aarch64", 0xB7, "g++-aarch64-linux-gnu"),
+    "armv7": Toolchain("arm-linux-gnueabihf", "arm", 0x28, "g++-arm-linux-gnueabihf"),
+}
+_HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "armv7": "arm-linux-gnueabihf"}
+
+
+class BuildSpec(Strict):
+    """Every input of a runtime build; its hash is the cache key."""
+
+    format: int = FORMAT
+    abi: int = RUNTIME_ABI
+    arch: str
+    tvm_wheel_version: str
+    tvm_wheel_sources_sha256: str
+    tvm_source_sha256: str
+    tvm_ffi_version: str
+    tvm_ffi_sdist_sha256: str
+    shim_sha256: str
+    cmake_options: list[str]
+    compiler: str  # `g++ --version`, first line
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Sources:
+    wheel_tvm: Path  # the installed `tvm` package folder
+    tvm_source: Path
+    ffi_sdist: Path
+
+
+# ---- inputs ------------------------------------------------------------------------------
+
+
+def _wheel_tvm_dir() -> Path:
+    try:
+        installed = version("apache-tvm")
+    except PackageNotFoundError:
+        raise MissingToolError("building the runtime needs the runtime sources inside the apache-tvm wheel, which is not installed", f"pip install 'edgefleet[compiler]' (apache-tvm=={TVM_WHEEL_VERSION})") from None
+    if installed != TVM_WHEEL_VERSION:
+        raise UsageError(f"apache-tvm {installed} is installed; the runtime is built from {TVM_WHEEL_VERSION}, the version the compiler pins", f"pip install apache-tvm=={TVM_WHEEL_VERSION}")
+    spec = importlib.util.find_spec("tvm")  # finds the folder without importing the compiler
+    assert spec is not None and spec.submodule_search_locations
+    return Path(spec.submodule_search_locations[0])
+
+
+def _tree_sha256(*roots: Path) -> str:
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def tvm_source_candidates() -> list[Path]:
+    """Where the TVM source release is looked for, in order."""
+    env = os.environ.get(TVM_SOURCE_ENV)
+    checkout = Path(__file__).resolve().parents[1]
+    return ([Path(env)] if env else []) + [cache_dir() / "sources" / TVM_SOURCE_NAME, checkout.parent / "shared" / "third_party" / TVM_SOURCE_NAME]
+
+
+def _tvm_source(explicit: Path | None) -> Path:
+    candidates = [explicit] if explicit else tvm_source_candidates()
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise MissingToolError(
+            f"the TVM source release {TVM_SOURCE_NAME} is not at {', '.join(map(str, candidates))}",
+            f"pass --tvm-source PATH (apache/tvm at tag v0.27.dev0 as a tar.gz with a tvm/ prefix; see docs/runtime.md) or set {TVM_SOURCE_ENV}",
+        )
+    digest = sha256_file(found)
+    if digest != TVM_SOURCE_SHA256:
+        raise UsageError(f"{found} has sha256 {digest}; the pinned TVM source release has {TVM_SOURCE_SHA256}", "use the archive named in docs/runtime.md")
+    return found
+
+
+def _ffi_sdist(stages: Stages, log: Path) -> Path:
+    """apache-tvm-ffi's sdist, downloaded once into the cache and checked against its pin."""
+    dest = cache_dir() / "sources"
+    path = dest / FFI_SDIST
+    if not path.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--no-deps", "--no-binary", ":all:",
+                "--dest", str(dest), f"apache-tvm-ffi=={FFI_VERSION}"]
+        _run(stages, "download", f"apache-tvm-ffi {FFI_VERSION} source from PyPI", argv, log)
+    if not path.is_file() or sha256_file(path) != FFI_SDIST_SHA256:
+        path.unlink(missing_ok=True)
+        raise BuildError(f"the downloaded {FFI_SDIST} is missing or does not match its pinned sha256", f"read {log}; retry when PyPI is reachable")
+    return path
+
+
+def _compiler_version(toolchain: Toolchain) -> str:
+    compiler = _require(toolchain.tool("g++"), toolchain)
+    out = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else compiler
+
+
+def _require(name: str, toolchain: Toolchain) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise MissingToolError(f"`{name}` is not on PATH: the {toolchain.triple} runtime cannot be built", f"apt-get install {toolchain.debian}")
+    return path
+
+
+def _cmake() -> str:
+    """A CMake >= 3.26: the one next to this Python (PyPI's `cmake`) first, then PATH."""
+    for candidate in (Path(sys.executable).parent / "cmake", shutil.which("cmake")):
+        if candidate and Path(candidate).is_file():
+            out = subprocess.run([str(candidate), "--version"], capture_output=True, text=True, check=False).stdout
+            found = re.search(r"(\d+)\.(\d+)", out)
+            if found and (int(found.group(1)), int(found.group(2))) >= MIN_CMAKE:
+                return str(candidate)
+    raise MissingToolError("building the runtime needs CMake >= 3.26 (tvm-ffi's requirement; Debian 12 has 3.25)", "pip install 'cmake>=3.26'")
+
+
+# ---- the build ---------------------------------------------------------------------------
+
+
+def _run(stages: Stages, name: str, detail: str, argv: list[str], log: Path, cwd: Path | None = None) -> None:
+    with stages.stage(name, detail), open(log, "a") as fh:
+        fh.write("$ " + " ".join(argv) + "\n")
+        fh.flush()
+        proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+    if proc.returncode != 0:
+        raise _StepFailed(name, f"exited with status {proc.returncode}")
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, why: str) -> None:
+        super().__init__(step)
+        self.step, self.why = step, why
+
+
+def _unpack(sources: Sources, src: Path) -> Path:
+    with tarfile.open(sources.tvm_source) as tar:
+        tar.extractall(src, filter="data")
+    tvm = src / "tvm"
+    for sub in ("src/runtime", "include"):  # the wheel's runtime is the released one; the archive is a dev tag
+        shutil.copytree(sources.wheel_tvm / sub, tvm / sub, dirs_exist_ok=True)
+    with tarfile.open(sources.ffi_sdist) as tar:
+        tar.extractall(src, filter="data")
+    ffi = tvm / "3rdparty" / "tvm-ffi"
+    shutil.rmtree(ffi, ignore_errors=True)
+    (src / FFI_SDIST.removesuffix(".tar.gz")).rename(ffi)
+    return tvm
+
+
+def _toolchain_file(toolchain: Toolchain, path: Path) -> Path:
+    path.write_text(
+        "set(CMAKE_SYSTEM_NAME Linux)\n"
+        f"set(CMAKE_SYSTEM_PROCESSOR {toolchain.cmake_processor})\n"
+        f"set(CMAKE_C_COMPILER {toolchain.tool('gcc')})\n"
+        f"set(CMAKE_CXX_COMPILER {toolchain.tool('g++')})\n"
+    )
+    return path
+
+
+def _shim_argv(toolchain: Toolchain, tvm: Path, lib: Path) -> list[str]:
+    ffi = tvm / "3rdparty" / "tvm-ffi"
+    return [
+        toolchain.tool("g++"), "-O2", "-fPIC", "-shared", "-std=c++17", "-fvisibility=hidden",
+        f"-I{tvm / 'include'}", f"-I{ffi / 'include'}", f"-I{ffi / '3rdparty' / 'dlpack' / 'include'}",
+        str(SHIM_SOURCE), f"-L{lib}", "-ltvm_runtime", "-ltvm_ffi",
+        # Linked although no symbol of it is used: loading it registers the sort/random kernels.
+        "-Wl,--no-as-needed", "-ltvm_runtime_extra", "-Wl,--as-needed",
+        "-Wl,-rpath,$ORIGIN", "-o", str(lib / SHIM),
+    ]
+
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    if head[:4] != b"\x7fELF":
+        return -1
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def _glibc_floor(libs: list[Path]) -> str:
+    """The newest GLIBC_x.y symbol version any library needs (readelf reads every architecture)."""
+    out = subprocess.run(["readelf", "-W", "--dyn-syms", *map(str, libs)], capture_output=True, text=True, check=False).stdout
+    versions = {tuple(int(x) for x in m.split(".")) for m in re.findall(r"GLIBC_(\d+\.\d+(?:\.\d+)?)", out)}
+    return ".".join(map(str, max(versions))) if versions else "unknown"
+
+
+def spec_for(arch: str, sources: Sources, toolchain: Toolchain) -> BuildSpec:
+    return BuildSpec(
+        arch=arch,
+        tvm_wheel_version=TVM_WHEEL_VERSION,
+        tvm_wheel_sources_sha256=_tree_sha256(sources.wheel_tvm / "src" / "runtime", sources.wheel_tvm / "include"),
+        tvm_source_sha256=TVM_SOURCE_SHA256,
+        tvm_ffi_version=FFI_VERSION,
+        tvm_ffi_sdist_sha256=FFI_SDIST_SHA256,
+        shim_sha256=sha256_file(SHIM_SOURCE),
+        cmake_options=list(CMAKE_OPTIONS),
+        compiler=_compiler_version(toolchain),
+    )
+
+
+def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False, jobs: int | None = None) -> Bundle:
+    """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
+
+    Raises MissingToolError naming the Debian or pip package of a missing tool or source, and
+    BuildError naming the failed step and its kept log.
+    """
+    arch = canonical_arch(arch)
+    toolchain = TOOLCHAINS[arch]
+    stages = Stages(quiet=quiet)
+    _require(toolchain.tool("gcc"), toolchain)
+    cmake = _cmake()
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / f".{arch}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+    try:
+        sources = Sources(_wheel_tvm_dir(), _tvm_source(tvm_source), _ffi_sdist(stages, logs / "download.log"))
+        spec = spec_for(arch, sources, toolchain)
+        final = cache / f"{arch}-{spec.key()}"
+        if not force and (final / INFO_FILE).is_file():
+            return read_bundle(final)
+        bundle = _build(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2)
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(work / "src", ignore_errors=True)
+        shutil.rmtree(work / "build", ignore_errors=True)
+        work.rename(final)
+        shutil.rmtree(cache / f"{final.name}.failed", ignore_errors=True)
+        return Bundle(final, bundle)
+    except _StepFailed as failed:
+        kept = cache / f"{arch}.failed"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(logs, kept / "logs")
+        log = kept / "logs" / f"{failed.step}.log"
+        raise BuildError(f"runtime build step `{failed.step}` for {arch} {failed.why}; last line: {_last_line(log)}", f"read the log {log}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    return lines[-1][:200] if lines else "(empty log)"
+
+
+def _build(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, work: Path, stages: Stages, jobs: int) -> RuntimeBundleInfo:
+    logs, build, lib = work / "logs", work / "build", work / "lib"
+    with stages.stage("unpack", f"TVM {spec.tvm_wheel_version} runtime sources, tvm-ffi {spec.tvm_ffi_version}"):
+        tvm = _unpack(sources, work / "src")
+    configure = [cmake, "-S", str(tvm), "-B", str(build), *spec.cmake_options]
+    if shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    if toolchain.tool("g++") != "g++":
+        configure.append(f"-DCMAKE_TOOLCHAIN_FILE={_toolchain_file(toolchain, work / 'toolchain.cmake')}")
+    _run(stages, "configure", f"CMake for {toolchain.triple}", configure, logs / "configure.log")
+    _run(stages, "build", f"tvm_runtime, tvm_runtime_extra with {jobs} jobs (~4 CPU-minutes)",
+         [cmake, "--build", str(build), "--target", "tvm_runtime", "tvm_runtime_extra", "--parallel", str(jobs)], logs / "build.log")
+    lib.mkdir()
+    for name in LIBRARIES[:-1]:
+        shutil.copy2(build / "lib" / name, lib / name)
+    _run(stages, "shim", "libedgefleet_runtime.so (the agent's C ABI)", _shim_argv(toolchain, tvm, lib), logs / "shim.log")
+    libs = [lib / name for name in LIBRARIES]
+    _run(stages, "strip", "debug symbols", [_require(toolchain.tool("strip"), toolchain), "--strip-unneeded", *map(str, libs)], logs / "strip.log")
+    with stages.stage("check", "ELF machine and glibc floor"):
+        wrong = [p.name for p in libs if _elf_machine(p) != toolchain.elf_machine]
+        if wrong:
+            raise _StepFailed("check", f"produced libraries for the wrong machine: {', '.join(wrong)}")
+        glibc = _glibc_floor(libs)
+    info = RuntimeBundleInfo(
+        abi=RUNTIME_ABI, arch=spec.arch, tvm_version=spec.tvm_wheel_version, tvm_ffi_version=spec.tvm_ffi_version,
+        glibc=glibc, libraries={p.name: sha256_file(p) for p in libs}, key=spec.key(), built_at=now_utc(), toolchain=spec.compiler,
+    )
+    (work / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    (work / INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n")
+    return info

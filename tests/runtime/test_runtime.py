@@ -1,0 +1,236 @@
+"""The camera runtime: TVM's runtime built from source, loaded through edgefleet's C ABI.
+
+The bundles themselves are built once per machine by `scripts/setup.sh` (x86_64) and the cross
+fixtures (aarch64, armv7), cached by input hash; these tests use them and build nothing but
+the failures they provoke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet.cross.runtime_build import TOOLCHAINS, build_runtime
+from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
+from edgefleet.package import RuntimeRequirement, TargetInfo, requirement_for
+from edgefleet.signing import public_path
+from edgefleet.runtime_bundle import BUNDLE_ENV, CACHE_ENV, CudaInfo, check_runs, find_bundle, read_bundle, requirement_problems
+from support.cli import assert_cli_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cross"))
+from tinycnn import write_tiny_cnn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def host_bundle():
+    return find_bundle()
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory):
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.signing import create_signing_key
+
+    tmp = tmp_path_factory.mktemp("runtime-pkg")
+    key = create_signing_key(tmp / "signing.key")
+    model = write_tiny_cnn(tmp / "tiny.onnx")
+    result = compile_model(str(model), "x86_64", output=tmp / "tiny.tar.gz", name="tiny", version="1", key=key.path, quiet=True)
+    return result, model, key
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_host_bundle_is_the_runtime_alone(host_bundle):
+    info = host_bundle.info
+    assert info.arch == "x86_64" and info.tvm_version == "0.27.0.post1" and info.tvm_ffi_version == "0.1.14.post0"
+    assert set(info.libraries) == {"libedgefleet_runtime.so", "libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_ffi.so"}
+    size = sum((host_bundle.lib / name).stat().st_size for name in info.libraries)
+    assert size < 10e6, size  # the compiler library alone is ~250 MB
+    assert not (host_bundle.lib / "libtvm_compiler.so").exists()
+
+
+def test_a_package_runs_in_a_process_that_never_imports_tvm(tiny_package):
+    """What a camera does: the agent's load_model, no TVM Python package, outputs equal to onnxruntime's."""
+    result, model, key = tiny_package
+    code = f"""
+import json, sys, numpy as np
+from edgefleet.agent.runtime import load_model
+from edgefleet.package import open_package
+from edgefleet.signing import load_public_key
+x = np.random.default_rng(5).random((1, 3, 32, 32), dtype=np.float32)
+with open_package({str(result.package)!r}, [load_public_key({str(public_path(key.path))!r})]) as opened:
+    model = load_model(opened)
+    out = model.run([x])[0]
+print(json.dumps({{"type": type(model).__name__, "out": out.tolist(), "tvm": "tvm" in sys.modules, "tvm_ffi": "tvm_ffi" in sys.modules}}))
+"""
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["type"] == "TvmModel" and not report["tvm"] and not report["tvm_ffi"]
+    import onnxruntime as ort
+
+    x = np.random.default_rng(5).random((1, 3, 32, 32), dtype=np.float32)
+    expected = ort.InferenceSession(str(model)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.array(report["out"], np.float32), expected, atol=1e-5)
+    assert float(np.ptp(expected)) > 0.01  # outputs that depend on the input, not a constant
+
+
+def test_importing_the_compiler_after_the_runtime_is_refused_with_a_reason(tiny_package):
+    result, _, _ = tiny_package
+    code = f"""
+from edgefleet.agent.runtime import TvmModel
+from edgefleet.package import open_package
+with open_package({str(result.package)!r}, None) as opened:
+    TvmModel(opened.library)
+try:
+    import tvm
+except ImportError as exc:
+    print("refused:", exc)
+"""
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: tvm cannot be imported: this process runs models on the camera runtime" in proc.stdout
+
+
+def test_verification_runs_on_the_camera_runtime(tiny_package, host_bundle):
+    v = tiny_package[0].manifest.verification
+    assert v.status == "passed" and v.ran_on == f"native x86_64, edgefleet runtime {host_bundle.info.key}"
+
+
+def test_a_corrupt_bundle_is_refused_naming_the_library(tiny_package, host_bundle, tmp_path, cli):
+    bad = tmp_path / "bundle"
+    shutil.copytree(host_bundle.path, bad, ignore=shutil.ignore_patterns("logs"))
+    lib = bad / "lib" / "libtvm_runtime.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    with pytest.raises(PackageIntegrityError) as err:
+        read_bundle(bad)
+    assert "lib/libtvm_runtime.so is altered" in err.value.cause and "--force" in err.value.fix
+    result, _, key = tiny_package
+    image = tmp_path / "frame.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
+    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "run", str(result.package), "--image", str(image), "--trust", str(public_path(key.path))],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, BUNDLE_ENV: str(bad)})
+    assert proc.returncode == PackageIntegrityError.exit_code, proc.stderr
+    assert "libtvm_runtime.so is altered" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_runtime_show_names_the_bundle(cli, host_bundle):
+    result = cli("runtime", "show", "--json")
+    assert result.code == 0, result.text
+    shown = json.loads(result.out)
+    assert shown["path"] == str(host_bundle.path) and shown["arch"] == "x86_64" and shown["glibc"] == host_bundle.info.glibc
+
+
+def _bundle_info(**changes):
+    base = {"abi": 1, "arch": "aarch64", "tvm_version": "0.27.0.post1", "tvm_ffi_version": "0.1.14.post0", "glibc": "2.34",
+            "libraries": {}, "key": "k", "built_at": "t", "toolchain": "g++"}
+    from edgefleet.runtime_bundle import RuntimeBundleInfo
+
+    return RuntimeBundleInfo(**{**base, **changes})
+
+
+NEED = RuntimeRequirement(arch="aarch64", tvm="0.27", tvm_ffi="0.1")
+CUDA_NEED = RuntimeRequirement(arch="aarch64", tvm="0.27", tvm_ffi="0.1", device="cuda", cuda_sm="sm_87", cuda_version="12.6")
+ORIN = CudaInfo(version="12.6", sms=["sm_87"])
+
+
+@pytest.mark.parametrize(("need", "have", "problem"), [
+    (NEED, _bundle_info(), None),
+    (NEED, _bundle_info(arch="armv7"), "architecture aarch64 vs armv7"),
+    (NEED, _bundle_info(tvm_version="0.28.0"), "TVM 0.27 vs 0.28"),
+    (NEED, _bundle_info(tvm_ffi_version="0.2.0"), "TVM FFI 0.1 vs 0.2"),
+    (CUDA_NEED, _bundle_info(), "CUDA needed, the runtime has none"),
+    (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="12.6", sms=["sm_72"])), "GPU sm_87 vs sm_72"),
+    (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="11.4", sms=["sm_87"])), "CUDA 12.6 vs 11.4"),
+    (CUDA_NEED, _bundle_info(cuda=ORIN), None),
+    (NEED.model_copy(update={"device": "neuron"}), _bundle_info(), "device neuron has no edgefleet runtime"),
+])
+def test_requirement_checks(need, have, problem):
+    problems = requirement_problems(need, have)
+    assert problems == ([] if problem is None else [problem])
+
+
+def test_a_refusal_names_both_sides(host_bundle):
+    need = RuntimeRequirement(arch="x86_64", tvm="0.26", tvm_ffi="0.1")
+    with pytest.raises(TargetNotRunnableError) as err:
+        check_runs(need, host_bundle, "package cam 3 (x86_64)")
+    assert "package cam 3 (x86_64) needs a runtime for x86_64, TVM 0.26, TVM FFI 0.1" in err.value.cause
+    assert "is x86_64, TVM 0.27, TVM FFI 0.1, no CUDA: TVM 0.26 vs 0.27" in err.value.cause
+
+
+def test_the_agent_refuses_a_package_for_another_tvm_before_loading_it(tiny_package, tmp_path):
+    """A package whose manifest needs another runtime is refused from the manifest, naming both sides."""
+    from edgefleet.agent.runtime import check_runnable
+    from edgefleet.package import open_package
+
+    with open_package(tiny_package[0].package, None) as opened:
+        manifest = opened.manifest
+    runtime = manifest.runtime.model_copy(update={"requires": manifest.runtime.requires.model_copy(update={"tvm": "0.30"})})
+    with pytest.raises(TargetNotRunnableError) as err:
+        check_runnable(manifest.model_copy(update={"runtime": runtime}))
+    assert "TVM 0.30 vs 0.27" in err.value.cause
+
+
+def test_format_1_packages_get_their_requirement_derived():
+    target = TargetInfo(name="jetson_orin", tvm_target={"kind": "cuda", "arch": "sm_87"}, arch="aarch64", device="cuda")
+    need = requirement_for(target, "0.27.0.post1", "0.1.14.post0")
+    assert need == RuntimeRequirement(arch="aarch64", tvm="0.27", tvm_ffi="0.1", device="cuda", cuda_sm="sm_87")
+
+
+def test_a_missing_cross_compiler_names_its_debian_package_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(MissingToolError) as err:
+        build_runtime("armhf", quiet=True)
+    assert "arm-linux-gnueabihf-gcc" in err.value.cause and err.value.fix == f"apt-get install {TOOLCHAINS['armv7'].debian}"
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_a_wrong_tvm_source_is_refused_with_both_hashes_and_nothing_is_left(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    fake = tmp_path / "tvm.tar.gz"
+    fake.write_bytes(b"not the release")
+    result = cli("runtime", "build", "--arch", "x86_64", "--tvm-source", fake, "-q")
+    assert_cli_error(result, UsageError, "the pinned TVM source release has 221a3143")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_a_failing_step_keeps_its_log_and_leaves_no_bundle(tmp_path, monkeypatch):
+    """A compiler that fails mid-build: the error names the step and its log; no half-built bundle remains."""
+    sources = find_bundle().path.parent / "sources"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    shutil.copytree(sources, tmp_path / "cache" / "sources")  # the pinned tvm-ffi sdist, downloaded once
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("gcc", "g++"):
+        script = bin_dir / f"arm-linux-gnueabihf-{tool}"
+        script.write_text("#!/bin/sh\necho 'cc1plus: fatal error: out of memory' >&2\nexit 1\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    from edgefleet.errors import BuildError
+
+    with pytest.raises(BuildError) as err:
+        build_runtime("armv7", quiet=True)
+    assert "runtime build step `configure` for armv7" in err.value.cause
+    assert (tmp_path / "cache" / "armv7.failed" / "logs" / "configure.log").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["armv7.failed", "sources"]
+
+
+def test_a_second_build_is_a_cache_hit(host_bundle):
+    again = build_runtime("x86_64", quiet=True)
+    assert again.path == host_bundle.path and again.info.built_at == host_bundle.info.built_at
