@@ -175,6 +175,14 @@ class DriftConfig(Strict):
     # Windows with fewer frames are skipped: PSI of a 10-bin histogram has a sampling bias of about
     # (bins - 1) * (1/frames + 1/baseline images), so small windows read as drift.
     min_frames: int = Field(100, ge=1)
+    # A device's telemetry windows are pooled until they hold min_frames (so a 1 fps camera is judged
+    # too); frames older than this are dropped rather than mixed with the present (night with day).
+    max_age_s: float = Field(1800.0, gt=0)
+    # The fleet-wide alarm of a model version: over when at least fleet_share of its devices seen in
+    # the last fleet_horizon_s have a newest window over the threshold; needs fleet_min_devices of them.
+    fleet_share: float = Field(0.5, gt=0, le=1)
+    fleet_min_devices: int = Field(2, ge=1)
+    fleet_horizon_s: float = Field(1800.0, gt=0)
     # Where alarms are POSTed as JSON; a URL often carries a secret, so it is read from a file
     # (or the env var EDGEFLEET_FLEET_DRIFT_WEBHOOK), never written in the config itself.
     webhook_url_file: Path | None = None

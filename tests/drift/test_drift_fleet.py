@@ -116,7 +116,8 @@ def test_bad_or_thin_summaries_are_counted_not_fatal(drift_fleet, baseline_packa
     assert feed(drift_fleet, ingest, "cam-1", [broken, thin, unknown_model]) == [None, None, None]
     stats = ingest.stats()
     assert stats["telemetry"] == 3  # the health numbers are still stored
-    assert (stats["drift_malformed"], stats["drift_too_few_frames"], stats["drift_no_baseline"]) == (1, 1, 1)
+    # A thin window is not judged alone: its frames wait in the device's pool.
+    assert (stats["drift_malformed"], stats["drift_collecting"], stats["drift_no_baseline"]) == (1, 1, 1)
 
 
 def test_cli_shows_states_and_sparklines(drift_fleet, baseline_package) -> None:
