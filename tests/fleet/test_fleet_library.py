@@ -331,3 +331,11 @@ def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(flee
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r["id"])
     assert out["state"] == "aborting" and out["reason"].startswith("not enough evidence: alert rate 20 of 100 frames")
+
+
+def test_the_fleets_own_identity_cannot_be_a_device(fleet):
+    # A device named "fleet" would get a certificate with the fleet's broker user as its CN.
+    for register_it in (lambda: devices.create_enrollment_token(fleet, "fleet", "x86_64"),
+                        lambda: devices.register_device(fleet, "fleet", "x86_64")):
+        with pytest.raises(BadInputError, match="reserved for the fleet"):
+            register_it()
