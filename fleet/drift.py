@@ -145,6 +145,14 @@ def _vectors(feature: str, baseline: DriftSummary, window: DriftSummary) -> tupl
     return np.array(b.counts, dtype=np.float64), np.array(w.counts, dtype=np.float64)
 
 
+def check_edges(baseline: DriftSummary, window: DriftSummary) -> None:
+    """BadInputError unless every histogram of `window` has the baseline's bin edges (checked
+    before windows are pooled: a sum over different edges would be meaningless)."""
+    for feature in FEATURES:
+        if feature != "predictions":
+            _vectors(feature, baseline, window)
+
+
 @dataclass(frozen=True)
 class FeatureDistance:
     psi: float

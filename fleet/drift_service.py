@@ -39,8 +39,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Base, Build, Device, ModelGroup, ModelVersion, Telemetry, now
-from edgefleet.fleet.drift import (AlarmState, Baseline, DriftConfig, DriftSummary, judge, merge_summaries,
-                                   parse_baseline, parse_summary, step)
+from edgefleet.fleet.drift import (AlarmState, Baseline, DriftConfig, DriftSummary, check_edges, judge,
+                                   merge_summaries, parse_baseline, parse_summary, step)
 
 log = logging.getLogger("edgefleet.fleet.drift")
 ALARM_SCHEMA = 1
@@ -259,14 +259,15 @@ class DriftMonitor:
         if baseline is None:
             self.counters["drift_no_baseline"] += 1
             return
-        window = self._collect(s, (device_id, name, version), part, window_span(body, at), at)
-        if window is None:
-            return
         try:
-            verdict = judge(baseline.summary, window, self.config)
+            check_edges(baseline.summary, part)
         except BadInputError:
             self.counters["drift_malformed"] += 1
             return
+        window = self._collect(s, (device_id, name, version), part, window_span(body, at), at)
+        if window is None:
+            return
+        verdict = judge(baseline.summary, window, self.config)
         self._record(s, (device_id, name, version), window, verdict, at)
         self._step_fleet(s, name, version, at)
 

@@ -125,3 +125,14 @@ def test_a_single_device_has_no_fleet_wide_alarm_of_its_own(drift_fleet, baselin
     ingest = Ingest(drift_fleet)
     assert feed(drift_fleet, ingest, "cam-1", windows(baseline_package, "dark", 3, seed=27))[-1] == "alarm"
     assert overview(drift_fleet, ingest)["fleet_alarms"] == []  # fleet_min_devices = 2
+
+
+def test_a_window_on_other_bin_edges_is_refused_before_it_is_pooled(drift_fleet, baseline_package) -> None:
+    from edgefleet.fleet.ingest import Ingest
+
+    ingest = Ingest(drift_fleet)
+    thin = windows(baseline_package, "normal", 1, frames=30, seed=28)[0]
+    hist = thin["drift"]["brightness"]
+    other = {**thin, "drift": {**thin["drift"], "brightness": {**hist, "edges": [e * 2 for e in hist["edges"]]}}}
+    assert feed(drift_fleet, ingest, "cam-1", [other]) == [None]
+    assert ingest.stats()["drift_malformed"] == 1 and overview(drift_fleet, ingest)["collecting"] == []
