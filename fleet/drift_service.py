@@ -192,6 +192,7 @@ class DriftMonitor:
         self._alarms: dict[tuple[str, str, str], DriftAlarm | None] = {}
         self._collecting: dict[tuple[str, str, str], DriftCollecting | None] = {}
         self._fleet_alarms: dict[tuple[str, str], DriftFleetAlarm | None] = {}
+        self._versions: dict[tuple[str, str], dict[str, DriftAlarm]] = {}
 
     def use_mqtt(self, client) -> None:
         """Publish alarms through the fleet's paho client (QoS 1, retained: the last change per device)."""
@@ -239,12 +240,12 @@ class DriftMonitor:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Wrap one ingest transaction: alarm changes are announced only if it commits."""
-        self._batch, self._alarms, self._collecting, self._fleet_alarms = [], {}, {}, {}
+        self._batch, self._alarms, self._collecting, self._fleet_alarms, self._versions = [], {}, {}, {}, {}
         try:
             yield
             changes = self._batch
         finally:
-            self._batch, self._alarms, self._collecting, self._fleet_alarms = None, {}, {}, {}
+            self._batch, self._alarms, self._collecting, self._fleet_alarms, self._versions = None, {}, {}, {}, {}
         self.announce(changes)
 
     def observe(self, s: Session, device_id: str, body: dict, at: float) -> None:
@@ -368,8 +369,8 @@ class DriftMonitor:
         """The device alarms of a model version updated since `since`, this batch's included."""
         q = select(DriftAlarm).where(DriftAlarm.model_name == name, DriftAlarm.model_version == version,
                                      DriftAlarm.updated_at >= since)
-        with s.no_autoflush:
-            rows = {a.device_id: a for a in s.scalars(q)}
+        with s.no_autoflush:  # once per batch: the rows it loads are the ones this batch updates
+            rows = dict(self._cached(self._versions, (name, version), lambda: {a.device_id: a for a in s.scalars(q)}))
         rows |= {key[0]: a for key, a in self._alarms.items() if a is not None and key[1:] == (name, version)}
         return [a for a in rows.values() if a.updated_at >= since and a.score is not None]
 
