@@ -3,8 +3,10 @@
 1. Noise: the highest PSI / JS score of normal-scene windows against a 300-image baseline, per
    window size (the agent's own summary code on synthetic textured scenes), next to the lowest
    score of darkened (night) and blurred (fog) windows: the margin the default threshold has.
-2. Cost: telemetry messages per second through `Ingest.handle_batch` (SQLite) for bodies whose
-   model has a baseline (judged) and for the same bodies of a model without one (stored only).
+2. Cost: telemetry messages per second through `Ingest.handle_batch` (SQLite), from 10 devices,
+   for bodies whose model has a baseline (judged: the device's alarm and the fleet-wide alarm),
+   30-frame bodies of that model (pooled: 4 messages per judged window) and the same bodies of a
+   model without one (stored only).
 
     /tmp/venv/bin/python benchmarks/drift_windows.py [--windows 40]
 """
@@ -68,20 +70,26 @@ def cost(messages: int) -> None:
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         fleet = open_fleet(FleetConfig(data_dir=Path(tmp) / "fleet", signing_key=Path(tmp) / "none.key"))
-        devices.register_device(fleet, "cam-1", "x86_64")
+        cams = [f"cam-{i}" for i in range(10)]
+        for cam in cams:
+            devices.register_device(fleet, cam, "x86_64")
         ingest = Ingest(fleet)
         baseline = Baseline(model="m", version="1", images=300, source="bench", computed_with="bench", created_at="now", summary=parse_summary(summary(rng, 300, "normal")))
         # Stand in for the store lookup: the baseline of (m, 1) is known, (other, 1) has none.
         ingest.drift.baseline_for = lambda s, name, version, target: baseline if name == "m" else None
         bodies = [{"schema": 1, "model": {"name": "m", "version": "1"}, "frames": {"ok": 120}, "drift": summary(rng, 120, "normal")} for _ in range(20)]
+        small = [{**b, "frames": {"ok": 30}, "drift": summary(rng, 30, "normal")} for b in bodies]
         rates = {}
-        for label, model in (("judged", "m"), ("stored only", "other")):
-            msgs = [Message("edgefleet/v1/cam-1/telemetry", json.dumps({**bodies[i % 20], "model": {"name": model, "version": "1"}}).encode(), time.time()) for i in range(messages)]
+        for label, model, sent in (("judged", "m", bodies), ("pooled", "m", small), ("stored only", "other", bodies)):
+            msgs = [Message(f"edgefleet/v1/{cams[i % 10]}/telemetry", json.dumps({**sent[i % 20], "model": {"name": model, "version": "1"}}).encode(), time.time())
+                    for i in range(messages)]
             start = time.perf_counter()
             for i in range(0, messages, 50):  # the bridge hands over batches
                 ingest.handle_batch(msgs[i:i + 50])
             rates[label] = messages / (time.perf_counter() - start)
-        print(f"ingest: {rates['judged']:.0f} telemetry msg/s judged, {rates['stored only']:.0f} msg/s stored only, ratio {rates['judged'] / rates['stored only']:.2f}")
+        print(f"ingest: {rates['judged']:.0f} telemetry msg/s judged, {rates['pooled']:.0f} msg/s pooled (30 frames each), "
+              f"{rates['stored only']:.0f} msg/s stored only; ratios {rates['judged'] / rates['stored only']:.2f}, "
+              f"{rates['pooled'] / rates['stored only']:.2f}")
 
 
 if __name__ == "__main__":

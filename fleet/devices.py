@@ -28,6 +28,8 @@ FLEET_MQTT_USER = "fleet"  # the CN of the fleet's own client certificate
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.match(device_id or ""):
         raise BadInputError(f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'", "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)")
+    if device_id == FLEET_MQTT_USER:  # its certificate would be the fleet's broker user, its topics the fleet's
+        raise BadInputError(f"device id {device_id!r} is reserved for the fleet service", "pick another device id")
     return device_id
 
 

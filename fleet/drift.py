@@ -145,6 +145,14 @@ def _vectors(feature: str, baseline: DriftSummary, window: DriftSummary) -> tupl
     return np.array(b.counts, dtype=np.float64), np.array(w.counts, dtype=np.float64)
 
 
+def check_edges(baseline: DriftSummary, window: DriftSummary) -> None:
+    """BadInputError unless every histogram of `window` has the baseline's bin edges (checked
+    before windows are pooled: a sum over different edges would be meaningless)."""
+    for feature in FEATURES:
+        if feature != "predictions":
+            _vectors(feature, baseline, window)
+
+
 @dataclass(frozen=True)
 class FeatureDistance:
     psi: float
@@ -175,6 +183,14 @@ class DriftConfig(Strict):
     # Windows with fewer frames are skipped: PSI of a 10-bin histogram has a sampling bias of about
     # (bins - 1) * (1/frames + 1/baseline images), so small windows read as drift.
     min_frames: int = Field(100, ge=1)
+    # A device's telemetry windows are pooled until they hold min_frames (so a 1 fps camera is judged
+    # too); frames older than this are dropped rather than mixed with the present (night with day).
+    max_age_s: float = Field(1800.0, gt=0)
+    # The fleet-wide alarm of a model version: over when at least fleet_share of its devices seen in
+    # the last fleet_horizon_s have a newest window over the threshold; needs fleet_min_devices of them.
+    fleet_share: float = Field(0.5, gt=0, le=1)
+    fleet_min_devices: int = Field(2, ge=1)
+    fleet_horizon_s: float = Field(1800.0, gt=0)
     # Where alarms are POSTed as JSON; a URL often carries a secret, so it is read from a file
     # (or the env var EDGEFLEET_FLEET_DRIFT_WEBHOOK), never written in the config itself.
     webhook_url_file: Path | None = None

@@ -46,7 +46,13 @@ def drift_command(ctx: click.Context, device: str | None, windows: int, as_json:
           sparkline(a["recent_scores"], top)] for a in report["alarms"]],
         title=f"drift ({cfg['metric']}, alarm over {cfg['threshold']} for {cfg['windows_to_alarm']} windows, clear after {cfg['windows_to_clear']})",
     )
+    if report.get("collecting"):
+        table(["device", "model", "collecting"],
+              [[c["device"], f"{c['model']['name']} {c['model']['version']}", f"{c['frames']} of {c['target']} frames"]
+               for c in report["collecting"]],
+              title="windows still collecting frames (judged once they hold min_frames)")
     if report["fleet"] and not device:
-        table(["model", "devices", "frames", "score", "feature", "over"],
-              [[f"{f['model']['name']} {f['model']['version']}", f["devices"], f["frames"], f"{f['score']:.3f}", f["feature"] or "-", "yes" if f["over"] else "no"] for f in report["fleet"]],
-              title="the fleet as a whole (newest window of each device)")
+        table(["model", "devices", "frames", "score", "feature", "over", "alarm"],
+              [[f"{f['model']['name']} {f['model']['version']}", f["devices"], f["frames"], f"{f['score']:.3f}", f["feature"] or "-",
+                "yes" if f["over"] else "no", f.get("state", "-")] for f in report["fleet"]],
+              title=f"the fleet as a whole (newest window of each device; alarm when {cfg.get('fleet_share', '-')} of them are over)")

@@ -33,17 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, UniqueConstraint, func, select
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Base, Build, Device, ModelGroup, ModelVersion, Telemetry, now
-from edgefleet.fleet.drift import AlarmState, Baseline, DriftConfig, judge, merge_summaries, parse_baseline, parse_summary, step
+from edgefleet.fleet.drift import (AlarmState, Baseline, DriftConfig, DriftSummary, check_edges, judge,
+                                   merge_summaries, parse_baseline, parse_summary, step)
 
 log = logging.getLogger("edgefleet.fleet.drift")
 ALARM_SCHEMA = 1
 WEBHOOK_ENV = "EDGEFLEET_FLEET_DRIFT_WEBHOOK"
+FLEET_TOPIC = "edgefleet/v1/fleet/drift"  # "fleet" is reserved: no device can take it (fleet/devices.py)
 Publisher = Callable[[str, bytes], None]  # (topic, payload): QoS 1, retained
 
 
@@ -69,7 +71,8 @@ class DriftAlarm(Base):
     """The alarm state machine of one (device, model, version)."""
 
     __tablename__ = "drift_alarms"
-    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),)
+    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),
+                      Index("ix_drift_alarms_version_updated", "model_name", "model_version", "updated_at"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
@@ -98,6 +101,74 @@ class DriftEvent(Base):
     feature: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
+class DriftCollecting(Base):
+    """Frames of (device, model, version) pooled towards its next judged window (frames 0: none)."""
+
+    __tablename__ = "drift_collecting"
+    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # the device's clock (telemetry ts)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)  # the fleet's clock
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class DriftFleetAlarm(Base):
+    """The fleet-wide alarm state machine of one (model, version): the same table as a device's."""
+
+    __tablename__ = "drift_fleet_alarms"
+    __table_args__ = (UniqueConstraint("model_name", "model_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+    over_streak: Mapped[int] = mapped_column(Integer, default=0)
+    under_streak: Mapped[int] = mapped_column(Integer, default=0)
+    devices: Mapped[int] = mapped_column(Integer, default=0)
+    drifting: Mapped[int] = mapped_column(Integer, default=0)
+    raised_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cleared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class DriftFleetEvent(Base):
+    """Every raised and cleared fleet-wide alarm, in order."""
+
+    __tablename__ = "drift_fleet_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(16))
+    devices: Mapped[int] = mapped_column(Integer)
+    drifting: Mapped[int] = mapped_column(Integer)
+
+
+def window_span(body: dict, received_at: float) -> tuple[float, float]:
+    """(start, end) of a telemetry window on the device's clock: its ts minus window_s. Only
+    differences between one device's windows are used, so a skewed device clock does no harm;
+    without a usable ts the fleet's receive time stands in."""
+    from datetime import datetime
+
+    try:
+        end = datetime.fromisoformat(str(body["ts"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        end = received_at
+    span = body.get("window_s")
+    return end - (float(span) if isinstance(span, (int, float)) and span >= 0 else 0.0), end
+
+
+def alarm_topic(payload: dict) -> str:
+    """A device's alarms on its own topic; fleet-wide ones under the fleet's reserved identity."""
+    if payload["type"] == "fleet_drift_alarm":
+        return FLEET_TOPIC
+    return f"edgefleet/v1/{payload['device']}/drift"
+
+
 def webhook_url(config: DriftConfig) -> str | None:
     url = os.environ.get(WEBHOOK_ENV)
     if url is None and config.webhook_url_file:
@@ -117,7 +188,11 @@ class DriftMonitor:
         self.counters: Tally[str] = Tally()
         self._baselines: dict[tuple[str, str], Baseline | None] = {}  # (model, version) once a build exists
         self._batch: list[dict] | None = None
-        self._alarms: dict[tuple[str, str, str], DriftAlarm] = {}  # this batch's alarm rows, flushed or not
+        # This batch's rows, flushed or not (see _cached).
+        self._alarms: dict[tuple[str, str, str], DriftAlarm | None] = {}
+        self._collecting: dict[tuple[str, str, str], DriftCollecting | None] = {}
+        self._fleet_alarms: dict[tuple[str, str], DriftFleetAlarm | None] = {}
+        self._versions: dict[tuple[str, str], dict[str, DriftAlarm]] = {}
 
     def use_mqtt(self, client) -> None:
         """Publish alarms through the fleet's paho client (QoS 1, retained: the last change per device)."""
@@ -165,48 +240,104 @@ class DriftMonitor:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Wrap one ingest transaction: alarm changes are announced only if it commits."""
-        self._batch, self._alarms = [], {}
+        self._batch, self._alarms, self._collecting, self._fleet_alarms, self._versions = [], {}, {}, {}, {}
         try:
             yield
             changes = self._batch
         finally:
-            self._batch, self._alarms = None, {}
+            self._batch, self._alarms, self._collecting, self._fleet_alarms, self._versions = None, {}, {}, {}, {}
         self.announce(changes)
 
     def observe(self, s: Session, device_id: str, body: dict, at: float) -> None:
-        """Judge the drift summary of one telemetry body (never raises for what a device sends)."""
-        model = body.get("model") if isinstance(body.get("model"), dict) else {}
-        if not isinstance(body.get("drift"), dict) or not model.get("name") or model.get("version") is None:
-            self.counters["drift_no_summary"] += 1
+        """Pool the drift summary of one telemetry body, and judge the pool once it holds enough
+        frames (never raises for what a device sends)."""
+        parsed = self._parse(body)
+        if parsed is None:
             return
-        name, version = str(model["name"]), str(model["version"])
-        try:
-            window = parse_summary(body["drift"])
-        except BadInputError:
-            self.counters["drift_malformed"] += 1
-            return
-        if window.frames < self.config.min_frames:
-            self.counters["drift_too_few_frames"] += 1
-            return
+        name, version, part = parsed
         device = s.get(Device, device_id)
         baseline = self.baseline_for(s, name, version, device.target if device else "")
         if baseline is None:
             self.counters["drift_no_baseline"] += 1
             return
         try:
-            verdict = judge(baseline.summary, window, self.config)
+            check_edges(baseline.summary, part)
         except BadInputError:
             self.counters["drift_malformed"] += 1
             return
-        key = (device_id, name, version)
-        alarm = self._alarms.get(key)
+        window = self._collect(s, (device_id, name, version), part, window_span(body, at), at)
+        if window is None:
+            return
+        verdict = judge(baseline.summary, window, self.config)
+        self._record(s, (device_id, name, version), window, verdict, at)
+        self._step_fleet(s, name, version, at)
+
+    def _parse(self, body: dict) -> tuple[str, str, DriftSummary] | None:
+        model = body.get("model") if isinstance(body.get("model"), dict) else {}
+        if not isinstance(body.get("drift"), dict) or not model.get("name") or model.get("version") is None:
+            self.counters["drift_no_summary"] += 1
+            return None
+        try:
+            return str(model["name"]), str(model["version"]), parse_summary(body["drift"])
+        except BadInputError:
+            self.counters["drift_malformed"] += 1
+            return None
+
+    def _cached(self, cache: dict, key: tuple, load: Callable[[], Any]) -> Any:
+        """This batch's row for `key`: rows added in the batch are not flushed yet, so a query
+        would miss them (one flush per batch, not per message: 10x the ingest rate)."""
+        if key not in cache:
+            cache[key] = load()
+        return cache[key]
+
+    def _collecting_row(self, s: Session, key: tuple[str, str, str]) -> DriftCollecting | None:
+        device_id, name, version = key
+        q = select(DriftCollecting).where(DriftCollecting.device_id == device_id, DriftCollecting.model_name == name,
+                                          DriftCollecting.model_version == version)
+        with s.no_autoflush:
+            return self._cached(self._collecting, key, lambda: s.scalar(q))
+
+    def _collect(self, s: Session, key: tuple[str, str, str], part: DriftSummary, span: tuple[float, float],
+                 at: float) -> DriftSummary | None:
+        """Add one telemetry window to the device's pool; the pooled window once it holds min_frames."""
+        row = self._collecting_row(s, key)
+        if (row is None or not row.frames) and part.frames >= self.config.min_frames:
+            return part  # large enough on its own: no pool row is written
+        if row is None:
+            row = DriftCollecting(device_id=key[0], model_name=key[1], model_version=key[2], messages=0, frames=0)
+            s.add(row)
+            self._collecting[key] = row
+        if row.frames and span[1] - row.started_at > self.config.max_age_s:
+            self.counters["drift_window_expired"] += 1  # too old to judge with the present: start afresh
+            row.frames = 0
+        pooled = merge_summaries([parse_summary(row.summary), part]) if row.frames else part
+        if not row.frames:
+            row.started_at, row.messages = span[0], 0
+        row.updated_at = at
+        if pooled.frames >= self.config.min_frames:
+            row.frames, row.messages, row.summary, row.started_at = 0, 0, None, None
+            return pooled
+        row.frames, row.messages, row.summary = pooled.frames, row.messages + 1, pooled.model_dump(mode="json")
+        self.counters["drift_collecting"] += 1
+        return None
+
+    def _alarm_row(self, s: Session, key: tuple[str, str, str]) -> DriftAlarm:
+        device_id, name, version = key
+        q = select(DriftAlarm).where(DriftAlarm.device_id == device_id, DriftAlarm.model_name == name,
+                                     DriftAlarm.model_version == version)
+        with s.no_autoflush:
+            alarm = self._cached(self._alarms, key, lambda: s.scalar(q))
         if alarm is None:
-            with s.no_autoflush:  # one flush per batch, not per message (10x the ingest rate)
-                alarm = s.scalar(select(DriftAlarm).where(DriftAlarm.device_id == device_id, DriftAlarm.model_name == name, DriftAlarm.model_version == version))
-            if alarm is None:
-                alarm = DriftAlarm(device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0, under_streak=0)
-                s.add(alarm)
+            alarm = DriftAlarm(device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0,
+                               under_streak=0)
+            s.add(alarm)
             self._alarms[key] = alarm
+        return alarm
+
+    def _record(self, s: Session, key: tuple[str, str, str], window: DriftSummary, verdict, at: float) -> None:
+        """Store a judged window and advance its device's alarm."""
+        device_id, name, version = key
+        alarm = self._alarm_row(s, key)
         new, change = step(AlarmState(alarm.state, alarm.over_streak, alarm.under_streak), verdict.over, self.config)
         alarm.state, alarm.over_streak, alarm.under_streak = new.state, new.over_streak, new.under_streak
         alarm.score, alarm.feature, alarm.updated_at = verdict.score, verdict.worst, at
@@ -215,17 +346,67 @@ class DriftMonitor:
                           score=verdict.score, feature=verdict.worst, over=verdict.over, state=new.state, distances=distances,
                           summary=window.model_dump(mode="json")))
         self.counters["drift_windows"] += 1
-        if change:
-            if change == "raised":
-                alarm.raised_at, alarm.cleared_at = at, None
-            else:
-                alarm.cleared_at = at
-            s.add(DriftEvent(at=at, device_id=device_id, model_name=name, model_version=version, event=change, score=verdict.score, feature=verdict.worst))
-            self.counters[f"drift_alarms_{change}"] += 1
-            payload = {"schema": ALARM_SCHEMA, "type": "drift_alarm", "event": change, "device": device_id, "model": {"name": name, "version": version},
-                       "state": new.state, "metric": self.config.metric, "threshold": self.config.threshold, "score": verdict.score, "feature": verdict.worst, "at": at}
-            if self._batch is not None:
-                self._batch.append(payload)
+        if not change:
+            return
+        if change == "raised":
+            alarm.raised_at, alarm.cleared_at = at, None
+        else:
+            alarm.cleared_at = at
+        s.add(DriftEvent(at=at, device_id=device_id, model_name=name, model_version=version, event=change,
+                         score=verdict.score, feature=verdict.worst))
+        self.counters[f"drift_alarms_{change}"] += 1
+        self._announce_later({"schema": ALARM_SCHEMA, "type": "drift_alarm", "event": change, "device": device_id,
+                              "model": {"name": name, "version": version}, "state": new.state,
+                              "metric": self.config.metric, "threshold": self.config.threshold, "score": verdict.score,
+                              "feature": verdict.worst, "at": at})
+
+    def _announce_later(self, payload: dict) -> None:
+        if self._batch is not None:
+            self._batch.append(payload)
+
+    # -- the fleet-wide alarm ---------------------------------------------------------------
+    def _version_alarms(self, s: Session, name: str, version: str, since: float) -> list[DriftAlarm]:
+        """The device alarms of a model version updated since `since`, this batch's included."""
+        q = select(DriftAlarm).where(DriftAlarm.model_name == name, DriftAlarm.model_version == version,
+                                     DriftAlarm.updated_at >= since)
+        with s.no_autoflush:  # once per batch: the rows it loads are the ones this batch updates
+            rows = dict(self._cached(self._versions, (name, version), lambda: {a.device_id: a for a in s.scalars(q)}))
+        rows |= {key[0]: a for key, a in self._alarms.items() if a is not None and key[1:] == (name, version)}
+        return [a for a in rows.values() if a.updated_at >= since and a.score is not None]
+
+    def _step_fleet(self, s: Session, name: str, version: str, at: float) -> None:
+        """Advance the fleet-wide alarm of a model version by one judged device window: over when
+        at least fleet_share of its recently seen devices have a newest window over the threshold."""
+        cfg = self.config
+        alarms = self._version_alarms(s, name, version, at - cfg.fleet_horizon_s)
+        if len(alarms) < cfg.fleet_min_devices:
+            return
+        drifting = sum(a.score > cfg.threshold for a in alarms)
+        q = select(DriftFleetAlarm).where(DriftFleetAlarm.model_name == name, DriftFleetAlarm.model_version == version)
+        with s.no_autoflush:
+            row = self._cached(self._fleet_alarms, (name, version), lambda: s.scalar(q))
+        if row is None:
+            row = DriftFleetAlarm(model_name=name, model_version=version, state="ok", over_streak=0, under_streak=0)
+            s.add(row)
+            self._fleet_alarms[(name, version)] = row
+        over = drifting >= cfg.fleet_share * len(alarms)
+        new, change = step(AlarmState(row.state, row.over_streak, row.under_streak), over, cfg)
+        row.state, row.over_streak, row.under_streak = new.state, new.over_streak, new.under_streak
+        row.devices, row.drifting, row.updated_at = len(alarms), drifting, at
+        if not change:
+            return
+        if change == "raised":
+            row.raised_at, row.cleared_at = at, None
+        else:
+            row.cleared_at = at
+        s.add(DriftFleetEvent(at=at, model_name=name, model_version=version, event=change, devices=len(alarms),
+                              drifting=drifting))
+        self.counters[f"drift_fleet_alarms_{change}"] += 1
+        self._announce_later({"schema": ALARM_SCHEMA, "type": "fleet_drift_alarm", "event": change,
+                              "model": {"name": name, "version": version}, "state": new.state, "devices": len(alarms),
+                              "drifting": drifting, "share": round(drifting / len(alarms), 4),
+                              "fleet_share": cfg.fleet_share, "metric": cfg.metric, "threshold": cfg.threshold,
+                              "at": at})
 
     # -- announcing -----------------------------------------------------------------------
     def announce(self, changes: list[dict]) -> None:
@@ -233,9 +414,9 @@ class DriftMonitor:
             data = json.dumps(payload).encode()
             if self.publish is not None:
                 try:
-                    self.publish(f"edgefleet/v1/{payload['device']}/drift", data)
+                    self.publish(alarm_topic(payload), data)
                 except Exception:  # the broker being away must not lose the stored alarm
-                    log.exception("could not publish a drift alarm for %s", payload["device"])
+                    log.exception("could not publish a drift alarm on %s", alarm_topic(payload))
             if self.webhook:
                 threading.Thread(target=self._post, args=(data,), name="drift-webhook", daemon=True).start()
 
@@ -256,18 +437,38 @@ def alarm_dict(a: DriftAlarm) -> dict:
             "feature": a.feature, "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
 
 
+def collecting_dict(c: DriftCollecting, target: int) -> dict:
+    return {"device": c.device_id, "model": {"name": c.model_name, "version": c.model_version}, "frames": c.frames,
+            "target": target, "messages": c.messages, "updated_at": c.updated_at}
+
+
+def fleet_alarm_dict(a: DriftFleetAlarm) -> dict:
+    return {"model": {"name": a.model_name, "version": a.model_version}, "state": a.state, "devices": a.devices,
+            "drifting": a.drifting, "share": round(a.drifting / a.devices, 4) if a.devices else None,
+            "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
+
+
 def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None) -> dict:
-    """The drift config, every alarm (optionally of one device / in one state), and the fleet-wide view."""
+    """The drift config, every alarm (optionally of one device / in one state), the windows still
+    collecting frames, the fleet-wide alarms and the fleet-wide view."""
     cfg = fleet.config.drift
     with fleet.session() as s:
         q = select(DriftAlarm).order_by(DriftAlarm.device_id, DriftAlarm.model_name, DriftAlarm.model_version)
+        c = select(DriftCollecting).where(DriftCollecting.frames > 0,
+                                          DriftCollecting.updated_at >= fleet.clock() - cfg.max_age_s)
         if device:
-            q = q.where(DriftAlarm.device_id == device)
+            q, c = q.where(DriftAlarm.device_id == device), c.where(DriftCollecting.device_id == device)
         if state:
             q = q.where(DriftAlarm.state == state)
         rows = [alarm_dict(a) for a in s.scalars(q)]
-    return {"config": {"metric": cfg.metric, "threshold": cfg.threshold, "windows_to_alarm": cfg.windows_to_alarm,
-                       "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features)}, "alarms": rows, "fleet": fleet_drift(fleet, monitor)}
+        collecting = [collecting_dict(r, cfg.min_frames) for r in s.scalars(c.order_by(DriftCollecting.device_id))]
+        f = select(DriftFleetAlarm).order_by(DriftFleetAlarm.model_name, DriftFleetAlarm.model_version)
+        fleet_alarms = [fleet_alarm_dict(a) for a in s.scalars(f)]
+    config = {"metric": cfg.metric, "threshold": cfg.threshold, "windows_to_alarm": cfg.windows_to_alarm,
+              "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features), "min_frames": cfg.min_frames,
+              "max_age_s": cfg.max_age_s, "fleet_share": cfg.fleet_share, "fleet_min_devices": cfg.fleet_min_devices}
+    return {"config": config, "alarms": rows, "collecting": collecting, "fleet_alarms": fleet_alarms,
+            "fleet": fleet_drift(fleet, monitor, cfg.fleet_horizon_s)}
 
 
 def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[dict]:
@@ -289,7 +490,10 @@ def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -
                 continue
             total = merge_summaries([parse_summary(w.summary) for w in ws])
             verdict = judge(baseline.summary, total, cfg)
-            out.append({"model": {"name": name, "version": version}, "devices": len(ws), "frames": total.frames, "score": verdict.score,
+            alarm = s.scalar(select(DriftFleetAlarm.state).where(DriftFleetAlarm.model_name == name,
+                                                                 DriftFleetAlarm.model_version == version))
+            out.append({"model": {"name": name, "version": version}, "state": alarm or "ok", "devices": len(ws),
+                        "frames": total.frames, "score": verdict.score,
                         "feature": verdict.worst, "over": verdict.over, "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}})
     return out
 
@@ -308,11 +512,18 @@ def drift_windows(fleet: Fleet, device: str | None = None, since: float | None =
 
 
 def drift_events(fleet: Fleet, limit: int = 100) -> list[dict]:
-    """The newest `limit` raised/cleared events (newest first)."""
+    """The newest `limit` raised/cleared events of devices (scope "device") and of the fleet-wide
+    alarms (scope "fleet", device null), newest first."""
     with fleet.session() as s:
         rows = s.scalars(select(DriftEvent).order_by(DriftEvent.id.desc()).limit(limit))
-        return [{"at": e.at, "device": e.device_id, "model": {"name": e.model_name, "version": e.model_version}, "event": e.event,
-                 "score": e.score, "feature": e.feature} for e in rows]
+        out = [{"at": e.at, "scope": "device", "device": e.device_id,
+                "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "score": e.score,
+                "feature": e.feature} for e in rows]
+        fleet_rows = s.scalars(select(DriftFleetEvent).order_by(DriftFleetEvent.id.desc()).limit(limit))
+        out += [{"at": e.at, "scope": "fleet", "device": None,
+                 "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "devices": e.devices,
+                 "drifting": e.drifting} for e in fleet_rows]
+    return sorted(out, key=lambda e: e["at"], reverse=True)[:limit]
 
 
 def telemetry_series(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:

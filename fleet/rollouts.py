@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from edgefleet.agent.update import AGENT_STATES, TERMINAL_STATES, authorization_bytes
@@ -45,6 +45,11 @@ class HealthGate(Strict):
     latency_p95_max_ratio: float = Field(1.5, gt=0)
     latency_p95_slack_ms: float = Field(5.0, ge=0)
     require_baseline: bool = False  # without telemetry from the previous model: wait (True) or pass
+    # Evidence each bound needs on both sides before it is judged: a rate over a few frames swings
+    # too much to pass or fail a model on (an alert rate read 0.14-0.4 on 20-frame windows).
+    alert_rate_min_frames: int = Field(100, ge=1)
+    confidence_min_frames: int = Field(100, ge=1)
+    latency_min_samples: int = Field(1, ge=1)  # telemetry messages with a p95
 
 
 class Probation(Strict):
@@ -324,11 +329,9 @@ def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) 
         _transition(s, r, "rolled_back", now, f"rollback failed on {', '.join(failed)}" if failed else "")
 
 
-def _health_stats(s: Session, r: Rollout, name: str, new_version: str | None) -> tuple[int, dict[str, float | None]]:
-    """Telemetry of this rollout's committed devices on `new_version`, or (None) on their previous one."""
-    d, t = Deployment, Telemetry
-    version_match = t.model_version == new_version if new_version else t.model_version == d.previous_version
-    cond = [d.rollout_id == r.id, d.kind == "install", d.state == "committed", t.model_name == name, version_match]
+def _stats(s: Session, cond: list) -> tuple[int, dict[str, float | None]]:
+    """Telemetry count, and per bound its value and the evidence behind it, over rows matching `cond`."""
+    t = Telemetry
     row = s.execute(
         select(
             func.count(t.id),
@@ -337,40 +340,103 @@ def _health_stats(s: Session, r: Rollout, name: str, new_version: str | None) ->
             func.sum(t.confidence_mean * t.frames),
             func.sum(case((t.confidence_mean.is_not(None), t.frames), else_=0)),
             func.avg(t.latency_p95_ms),
-        )
-        .select_from(t)
-        .join(d, d.device_id == t.device_id)
-        .where(*cond)
+            func.count(t.latency_p95_ms),
+        ).where(*cond)
     ).one()
-    count, frames, alerts, conf_weighted, conf_frames, p95 = row
+    count, frames, alerts, conf_weighted, conf_frames, p95, p95_samples = row
     return count, {
         "alert_rate": (alerts or 0) / frames if frames else None,
+        "alert_rate_evidence": frames or 0,
         "confidence": conf_weighted / conf_frames if conf_frames else None,
+        "confidence_evidence": conf_frames or 0,
         "latency_p95_ms": float(p95) if p95 is not None else None,
+        "latency_p95_ms_evidence": p95_samples or 0,
     }
 
 
+def _new_stats(s: Session, r: Rollout, name: str, version: str) -> tuple[int, dict[str, float | None]]:
+    """Telemetry of this rollout's committed devices on the new version."""
+    d, t = Deployment, Telemetry
+    committed = select(d.device_id).where(d.rollout_id == r.id, d.kind == "install", d.state == "committed")
+    return _stats(s, [t.device_id.in_(committed), t.model_name == name, t.model_version == version])
+
+
+def _old_stats(s: Session, r: Rollout, name: str, version: str) -> tuple[int, dict[str, float | None]]:
+    """Telemetry of this rollout's devices on the version each ran before it: for the devices not
+    switched yet that evidence keeps growing while the gate waits."""
+    previous = {d.device_id: d.previous_version for d in s.scalars(select(Deployment).where(
+        Deployment.rollout_id == r.id, Deployment.kind == "install"))}
+    rest = [dev for dev in r.devices if dev not in previous]
+    current = select(Device.id, Device.model_version).where(Device.id.in_(rest), Device.model_name == name)
+    previous |= dict(s.execute(current).all())
+    by_version: dict[str, list[str]] = {}
+    for dev, old in previous.items():
+        if old is not None and old != version:
+            by_version.setdefault(old, []).append(dev)
+    if not by_version:
+        return 0, {}
+    t = Telemetry
+    either = or_(*(and_(t.model_version == v, t.device_id.in_(devs)) for v, devs in by_version.items()))
+    return _stats(s, [t.model_name == name, either])
+
+
+# Each bound: (what, key, unit of its evidence, the gate's minimum, the limit from the old value, upper?, format).
+def _bounds(gate: HealthGate) -> list[tuple]:
+    return [
+        ("alert rate", "alert_rate", "frames", gate.alert_rate_min_frames,
+         lambda old: old * gate.alert_rate_max_ratio + gate.alert_rate_slack, True, "{:.3f}"),
+        ("mean confidence", "confidence", "frames", gate.confidence_min_frames,
+         lambda old: old * gate.confidence_min_ratio, False, "{:.3f}"),
+        ("p95 latency", "latency_p95_ms", "samples", gate.latency_min_samples,
+         lambda old: old * gate.latency_p95_max_ratio + gate.latency_p95_slack_ms, True, "{:.1f} ms"),
+    ]
+
+
+def _judge_bound(bound: tuple, new: dict, old: dict) -> tuple[str, str]:
+    """("fail" | "thin" | "pass", why) for one bound."""
+    what, key, unit, minimum, limit, upper, fmt = bound
+    thin = [f"{n} of {minimum} {unit} {side}" for side, n in (("on the new model", new[key + "_evidence"]),
+                                                               ("before", old[key + "_evidence"])) if n < minimum]
+    if thin:
+        return "thin", f"{what} " + ", ".join(thin)
+    worse = new[key] > limit(old[key]) if upper else new[key] < limit(old[key])
+    return ("fail" if worse else "pass"), f"{what} {fmt.format(new[key])} vs {fmt.format(old[key])} before"
+
+
 def health_gate(s: Session, r: Rollout, gate: HealthGate, name: str) -> tuple[bool | None, str]:
-    """(True, why) pass, (False, why) fail, (None, why) not enough telemetry yet."""
+    """(True, why) pass, (False, why) fail, (None, why) not enough evidence yet: wait."""
     if not gate.enabled:
         return True, "health gate disabled"
     version = s.get(ModelVersion, r.model_version_id).version
-    n_new, new = _health_stats(s, r, name, version)
+    n_new, new = _new_stats(s, r, name, version)
     if n_new < gate.min_samples:
         return None, f"waiting for telemetry from the new model ({n_new}/{gate.min_samples})"
-    n_old, old = _health_stats(s, r, name, None)
+    n_old, old = _old_stats(s, r, name, version)
     if n_old == 0:
-        return (None, "no telemetry from the previous model to compare with") if gate.require_baseline else (True, "no telemetry from the previous model; bounds not checked")
-    problems = []
-    if new["alert_rate"] is not None and old["alert_rate"] is not None and new["alert_rate"] > old["alert_rate"] * gate.alert_rate_max_ratio + gate.alert_rate_slack:
-        problems.append(f"alert rate {new['alert_rate']:.3f} vs {old['alert_rate']:.3f} before")
-    if new["confidence"] is not None and old["confidence"] is not None and new["confidence"] < old["confidence"] * gate.confidence_min_ratio:
-        problems.append(f"mean confidence {new['confidence']:.3f} vs {old['confidence']:.3f} before")
-    if new["latency_p95_ms"] is not None and old["latency_p95_ms"] is not None and new["latency_p95_ms"] > old["latency_p95_ms"] * gate.latency_p95_max_ratio + gate.latency_p95_slack_ms:
-        problems.append(f"p95 latency {new['latency_p95_ms']:.1f} ms vs {old['latency_p95_ms']:.1f} ms before")
-    if problems:
-        return False, "model health: " + "; ".join(problems)
+        if gate.require_baseline:
+            return None, "no telemetry from the previous model to compare with"
+        return True, "no telemetry from the previous model; bounds not checked"
+    verdicts = [_judge_bound(b, new, old) for b in _bounds(gate)]
+    failed = [why for v, why in verdicts if v == "fail"]
+    if failed:
+        return False, "model health: " + "; ".join(failed)
+    thin = [why for v, why in verdicts if v == "thin"]
+    if thin:
+        return None, "not enough evidence: " + "; ".join(thin)
     return True, f"model health within bounds ({n_new} samples)"
+
+
+WAITING_NOTE_EVERY_S = 10.0  # how often a waiting gate's progress is written to the audit trail
+
+
+def _note_waiting(s: Session, r: Rollout, now: float, why: str) -> None:
+    """Say why the gate waits (events, dashboard), at most every WAITING_NOTE_EVERY_S per rollout."""
+    last = s.scalar(select(func.max(RolloutEvent.at)).where(RolloutEvent.rollout_id == r.id,
+                                                            RolloutEvent.event == "health_gate_waiting",
+                                                            RolloutEvent.at >= r.bake_started_at))
+    if last is None or now - last >= WAITING_NOTE_EVERY_S:
+        s.add(RolloutEvent(rollout_id=r.id, at=now, event="health_gate_waiting", from_state=r.state, to_state=r.state,
+                           detail=why))
 
 
 def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
@@ -413,6 +479,8 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         if now - r.bake_started_at > plan.bake_time_s + plan.wave_timeout_s:
             _transition(s, r, "wave_timeout", now, why)
             _abort_step(fleet, s, r, now, outbox)
+        else:
+            _note_waiting(s, r, now, why)
         return
     if not ok:
         _transition(s, r, "health_gate_failed", now, why)

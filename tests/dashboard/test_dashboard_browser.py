@@ -56,6 +56,9 @@ def live_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package):
         for dev, body in (("cam-1", d_body), ("cam-2", n_body)):
             body = {**body, "latency_ms": {**body["latency_ms"], "p95": 4.0 + i + (dev == "cam-2")}}
             msgs.append(Message(f"edgefleet/v1/{dev}/telemetry", json.dumps(body).encode(), now - 50 + 10 * i))
+    # Then a window too small to judge alone: cam-2 collects frames towards its next one.
+    (thin,) = telemetry_windows(package, pub, "normal", 1, frames=30, seed=3)
+    msgs.append(Message("edgefleet/v1/cam-2/telemetry", json.dumps(thin).encode(), now - 5))
     ingest.handle_batch(msgs)
     app = create_app(fleet, ingest)
     tokens = {scope: create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
@@ -95,13 +98,21 @@ def test_pages_load_without_console_errors_and_numbers_match_the_api(browser, li
         assert row.find_element("css selector", ".version").text == f'{d["model"]["name"]} {d["model"]["version"]}'
     cam1 = browser.find_element("css selector", '#devices tr[data-device="cam-1"] .drift').text
     assert cam1.startswith("alarm (") and f'{alarms[0]["score"]:.3f}' in cam1
+    cam2 = browser.find_element("css selector", '#devices tr[data-device="cam-2"] .drift').text
+    assert cam2.startswith("ok (") and cam2.endswith(" · collecting: 30 of 100 frames")
+    assert browser.find_element("css selector", '#devices tr[data-device="cam-3"] .drift').text == "-"
     # Plots: one line per device, the drift plot with its threshold; the feed shows the raised alarm.
     assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#drift-plot polyline")} == {"cam-1", "cam-2"}
     assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#latency-plot polyline")} == {"cam-1", "cam-2"}
     assert browser.find_elements("css selector", "#drift-plot line.threshold")
-    assert "drift alarm raised on cam-1" in browser.find_element("id", "alerts-feed").text
+    feed = browser.find_element("id", "alerts-feed").text
+    assert "drift alarm raised on cam-1" in feed
+    # One of the two reporting devices drifts: the fleet-wide alarm (fleet_share 0.5) is up too.
+    assert "fleet-wide drift alarm raised on brightness 1 (1 of 2 devices drifting)" in feed
     (whole,) = drift["fleet"]
-    assert browser.find_element("css selector", '#fleet-drift tr[data-model="brightness/1"] .score').text == f'{whole["score"]:.3f}'
+    fleet_row = '#fleet-drift tr[data-model="brightness/1"]'
+    assert browser.find_element("css selector", fleet_row + " .score").text == f'{whole["score"]:.3f}'
+    assert browser.find_element("css selector", fleet_row + " .alarm").text == whole["state"] == "alarm"
     assert browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text == "PendingManualApproval"
     assert severe_console_entries(browser) == []
 

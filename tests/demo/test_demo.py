@@ -1,5 +1,6 @@
 """The README's main job, headless: `edgefleet demo --exit-after-rollouts` runs to completion
-with real training, compiles, mosquitto, the fleet service and three agent processes."""
+with real training, compiles, mosquitto, the fleet service and three agent processes. Five runs
+in a row (does v2 ever abort by chance?): benchmarks/demo_runs.py."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def test_demo_rolls_out_v1_then_v2_and_reports_real_alerts(tmp_path, edgefleet_h
     correct = sum(t == a["label"] for t, a in zip(truth, result.alerts))
     assert correct / len(result.alerts) >= 0.7, list(zip(truth, [a["label"] for a in result.alerts]))
     assert {a["model"]["version"] for a in result.alerts} == {"1", "2"}  # before and after the second rollout
+
+    # Night falls on one camera: its drift alarm is raised, and cleared when the light returns,
+    # each within two minutes; the cameras left alone never alarm.
+    drift = result.drift
+    assert drift["device"] == "cam-3" and drift["feature"] in ("brightness", "contrast", "confidence", "predictions")
+    assert drift["raised_after_s"] < 120 and drift["cleared_after_s"] < 120, drift
+    assert drift["false_alarms"] == 0
 
     # Nothing it started is left running.
     assert _children_named(str(workdir)) == []

@@ -285,3 +285,57 @@ def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
     assert d["status"] == "offline" and d["last_seen"] == t + 1
     with fleet.session() as s:
         assert s.query(Telemetry).count() == 0
+
+
+def _canary_committed(fleet, tiny_packages, plan: dict) -> tuple[dict, str]:
+    """Two devices on v1 with 20 frames of telemetry each, a v2 rollout whose canary has committed."""
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 2)
+    for dev in ids:
+        telemetry(fleet, dev, "1", frames=20, alerts=0)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, plan)
+    rollouts.tick(fleet)
+    dev, job = fleet.sent[0]
+    answer(fleet, dev, job, ["committed"])
+    rollouts.tick(fleet)
+    return r, dev
+
+
+def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frames(fleet, tiny_packages):
+    r, canary = _canary_committed(fleet, tiny_packages, {"canary": 1, "waves": [100], "bake_time_s": 5})
+    # 6 alerts in 20 frames against none in 40 before: a failure on the old gate, noise here.
+    telemetry(fleet, canary, "2", frames=20, alerts=6)
+    fleet.clock.advance(6)
+    rollouts.tick(fleet)
+    assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    last = rollouts.rollout_events(fleet, r["id"])[-1]
+    assert last["event"] == "health_gate_waiting"
+    assert "alert rate 20 of 100 frames on the new model, 40 of 100 frames before" in last["detail"]
+    # The device still on v1 adds evidence from the old model while the gate waits.
+    telemetry(fleet, "cam-01", "1", frames=80, alerts=24)  # old: 24 alerts in 120 frames = 0.2
+    telemetry(fleet, canary, "2", frames=80, alerts=18)  # new: 24 in 100 = 0.24 <= 0.2 * 1.5 + 0.02
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "deploying", rollouts.rollout_events(fleet, r["id"])[-1]
+    assert rollouts.rollout_events(fleet, r["id"])[-2]["detail"] == "model health within bounds (2 samples)"
+
+
+def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(fleet, tiny_packages):
+    plan = {"canary": 1, "waves": [100], "bake_time_s": 5, "wave_timeout_s": 100}
+    r, canary = _canary_committed(fleet, tiny_packages, plan)
+    telemetry(fleet, canary, "2", frames=20, alerts=6)
+    fleet.clock.advance(100)
+    rollouts.tick(fleet)
+    assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    fleet.clock.advance(6)
+    rollouts.tick(fleet)
+    out = rollouts.get_rollout(fleet, r["id"])
+    assert out["state"] == "aborting" and out["reason"].startswith("not enough evidence: alert rate 20 of 100 frames")
+
+
+def test_the_fleets_own_identity_cannot_be_a_device(fleet):
+    # A device named "fleet" would get a certificate with the fleet's broker user as its CN.
+    for register_it in (lambda: devices.create_enrollment_token(fleet, "fleet", "x86_64"),
+                        lambda: devices.register_device(fleet, "fleet", "x86_64")):
+        with pytest.raises(BadInputError, match="reserved for the fleet"):
+            register_it()

@@ -55,11 +55,26 @@ function fillTable(id, rows) {
   body.replaceChildren(...rows);
 }
 
-function renderDevices(devices, alarms) {
-  const drift = {};
-  for (const a of alarms) {
-    if (!drift[a.device] || a.updated_at > drift[a.device].updated_at) drift[a.device] = a;
+// The newest row per device (alarms, pools of frames collecting towards the next window).
+function newestByDevice(rows) {
+  const out = {};
+  for (const r of rows) {
+    if (!out[r.device] || r.updated_at > out[r.device].updated_at) out[r.device] = r;
   }
+  return out;
+}
+
+// "alarm (6.680)", "collecting: 40 of 100 frames", or both: a slow camera is judged once its
+// telemetry windows add up to a drift window, and says so until then instead of showing nothing.
+function driftText(a, c) {
+  const parts = [];
+  if (a) parts.push(a.state + (a.score != null ? " (" + a.score.toFixed(3) + ")" : ""));
+  if (c) parts.push("collecting: " + c.frames + " of " + c.target + " frames");
+  return parts.join(" · ") || "-";
+}
+
+function renderDevices(devices, alarms, collecting) {
+  const drift = newestByDevice(alarms), pools = newestByDevice(collecting);
   fillTable("#devices", devices.map((d) => {
     const a = drift[d.id];
     return el("tr", { "data-device": d.id },
@@ -67,7 +82,7 @@ function renderDevices(devices, alarms) {
       el("td", { class: "status " + d.status }, d.status),
       el("td", { class: "version" }, d.model ? d.model.name + " " + d.model.version : "-"),
       el("td", { class: "last-seen" }, when(d.last_seen)),
-      el("td", { class: "drift state-" + (a ? a.state : "none") }, a ? a.state + (a.score != null ? " (" + a.score.toFixed(3) + ")" : "") : "-"));
+      el("td", { class: "drift state-" + (a ? a.state : "none") }, driftText(a, pools[d.id])));
   }));
   $("#count-online").textContent = devices.filter((d) => d.status === "online").length;
   $("#count-offline").textContent = devices.filter((d) => d.status === "offline").length;
@@ -133,7 +148,9 @@ function renderModels(groups, versionsByGroup) {
 
 function renderAlerts(driftEvents, telemetry) {
   const items = driftEvents.map((e) => ({ at: e.at, cls: e.event === "raised" ? "state-alarm" : "state-ok",
-    text: "drift alarm " + e.event + " on " + e.device + " (" + e.model.name + " " + e.model.version + ", " + (e.feature || "-") + " " + e.score.toFixed(3) + ")" }));
+    text: e.scope === "fleet"
+      ? "fleet-wide drift alarm " + e.event + " on " + e.model.name + " " + e.model.version + " (" + e.drifting + " of " + e.devices + " devices drifting)"
+      : "drift alarm " + e.event + " on " + e.device + " (" + e.model.name + " " + e.model.version + ", " + (e.feature || "-") + " " + e.score.toFixed(3) + ")" }));
   for (const t of telemetry) {
     if (t.alerts > 0) items.push({ at: t.at, cls: "", text: t.alerts + " alert(s) from " + t.device });
   }
@@ -208,7 +225,7 @@ async function refresh() {
       const last = ev.filter((e) => e.detail).pop();
       if (last) lastEvents[r.id] = last.detail;
     }));
-    renderDevices(devices, drift.alarms);
+    renderDevices(devices, drift.alarms, drift.collecting || []);
     renderRollouts(rollouts, lastEvents);
     renderModels(groups, versions);
     renderAlerts(events, telemetry);
@@ -217,7 +234,8 @@ async function refresh() {
     plot($("#drift-plot"), byDevice(windows, (w) => w.score), drift.config.threshold);
     fillTable("#fleet-drift", drift.fleet.map((f) => el("tr", { "data-model": f.model.name + "/" + f.model.version },
       el("td", {}, f.model.name + " " + f.model.version), el("td", {}, f.devices), el("td", {}, f.frames),
-      el("td", { class: "score " + (f.over ? "state-alarm" : "state-ok") }, f.score.toFixed(3)), el("td", {}, f.feature || "-"))));
+      el("td", { class: "score " + (f.over ? "state-alarm" : "state-ok") }, f.score.toFixed(3)), el("td", {}, f.feature || "-"),
+      el("td", { class: "alarm state-" + (f.state || "ok") }, f.state || "ok"))));
     $("#updated").textContent = "updated " + when(Date.now() / 1000);
     if (!$("#error").textContent.includes("failed:")) banner("#error", "");
     document.body.dataset.loaded = "true";
