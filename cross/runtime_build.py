@@ -89,7 +89,15 @@ class BuildSpec(Strict):
     compiler: str  # `g++ --version`, first line
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(self.model_dump())
+
+    def tvm_key(self) -> str:
+        """The key of TVM's libraries alone: every input but edgefleet's C ABI."""
+        return _digest(self.model_dump(exclude={"shim_sha256"}))
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -224,11 +232,10 @@ def _toolchain_file(toolchain: Toolchain, path: Path) -> Path:
     return path
 
 
-def _shim_argv(toolchain: Toolchain, tvm: Path, lib: Path) -> list[str]:
-    ffi = tvm / "3rdparty" / "tvm-ffi"
+def _shim_argv(toolchain: Toolchain, tvm_libs: Path, lib: Path) -> list[str]:
     return [
         toolchain.tool("g++"), "-O2", "-fPIC", "-shared", "-std=c++17", "-fvisibility=hidden",
-        f"-I{tvm / 'include'}", f"-I{ffi / 'include'}", f"-I{ffi / '3rdparty' / 'dlpack' / 'include'}",
+        *(f"-I{tvm_libs / sub}" for sub in ("include", "ffi-include", "dlpack-include")),
         str(SHIM_SOURCE), f"-L{lib}", "-ltvm_runtime", "-ltvm_ffi",
         # Linked although no symbol of it is used: loading it registers the sort/random kernels.
         "-Wl,--no-as-needed", "-ltvm_runtime_extra", "-Wl,--as-needed",
@@ -267,8 +274,10 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain) -> BuildSpec:
 def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False, jobs: int | None = None) -> Bundle:
     """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
 
-    Raises MissingToolError naming the Debian or pip package of a missing tool or source, and
-    BuildError naming the failed step and its kept log.
+    TVM's libraries are cached on their own (`<cache>/tvm/<arch>-<key>`), so a change to
+    edgefleet's C ABI alone recompiles one file, not TVM. Raises MissingToolError naming the
+    Debian or pip package of a missing tool or source, and BuildError naming the failed step
+    and its kept log.
     """
     arch = canonical_arch(arch)
     toolchain = TOOLCHAINS[arch]
@@ -287,13 +296,13 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
         final = cache / f"{arch}-{spec.key()}"
         if not force and (final / INFO_FILE).is_file():
             return read_bundle(final)
-        bundle = _build(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2)
-        shutil.rmtree(final, ignore_errors=True)
-        shutil.rmtree(work / "src", ignore_errors=True)
-        shutil.rmtree(work / "build", ignore_errors=True)
-        work.rename(final)
-        shutil.rmtree(cache / f"{final.name}.failed", ignore_errors=True)
-        return Bundle(final, bundle)
+        tvm_libs = cache / "tvm" / f"{arch}-{spec.tvm_key()}"
+        if force or not (tvm_libs / "spec.json").is_file():
+            _publish(_build_tvm(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2), tvm_libs)
+        info = _assemble(spec, toolchain, tvm_libs, work, stages)
+        _publish(work, final, keep=("lib", "logs", INFO_FILE, "spec.json"))
+        shutil.rmtree(cache / f"{arch}.failed", ignore_errors=True)
+        return Bundle(final, info)
     except _StepFailed as failed:
         kept = cache / f"{arch}.failed"
         shutil.rmtree(kept, ignore_errors=True)
@@ -304,13 +313,29 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _publish(built: Path, final: Path, keep: tuple[str, ...] | None = None) -> None:
+    """Move a finished build into place (a rename: readers never see half a tree)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    if keep is None:
+        built.rename(staging)
+    else:
+        staging.mkdir(parents=True)
+        for name in keep:
+            (built / name).rename(staging / name)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
 def _last_line(log: Path) -> str:
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
     return lines[-1][:200] if lines else "(empty log)"
 
 
-def _build(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, work: Path, stages: Stages, jobs: int) -> RuntimeBundleInfo:
-    logs, build, lib = work / "logs", work / "build", work / "lib"
+def _build_tvm(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, work: Path, stages: Stages, jobs: int) -> Path:
+    """TVM's libraries and the headers the C ABI compiles against, in `work/tvm-libs`."""
+    logs, build, out = work / "logs", work / "build", work / "tvm-libs"
     with stages.stage("unpack", f"TVM {spec.tvm_wheel_version} runtime sources, tvm-ffi {spec.tvm_ffi_version}"):
         tvm = _unpack(sources, work / "src")
     configure = [cmake, "-S", str(tvm), "-B", str(build), *spec.cmake_options]
@@ -321,10 +346,23 @@ def _build(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, 
     _run(stages, "configure", f"CMake for {toolchain.triple}", configure, logs / "configure.log")
     _run(stages, "build", f"tvm_runtime, tvm_runtime_extra with {jobs} jobs (~4 CPU-minutes)",
          [cmake, "--build", str(build), "--target", "tvm_runtime", "tvm_runtime_extra", "--parallel", str(jobs)], logs / "build.log")
+    (out / "lib").mkdir(parents=True)
+    for name in LIBRARIES[:-1]:
+        shutil.copy2(build / "lib" / name, out / "lib" / name)
+    ffi = tvm / "3rdparty" / "tvm-ffi"
+    for source, dest in ((tvm / "include", "include"), (ffi / "include", "ffi-include"), (ffi / "3rdparty" / "dlpack" / "include", "dlpack-include")):
+        shutil.copytree(source, out / dest)
+    (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")  # written last: its presence means complete
+    return out
+
+
+def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path, stages: Stages) -> RuntimeBundleInfo:
+    """The bundle in `work`: TVM's libraries, edgefleet's C ABI compiled against them, stripped and checked."""
+    logs, lib = work / "logs", work / "lib"
     lib.mkdir()
     for name in LIBRARIES[:-1]:
-        shutil.copy2(build / "lib" / name, lib / name)
-    _run(stages, "shim", "libedgefleet_runtime.so (the agent's C ABI)", _shim_argv(toolchain, tvm, lib), logs / "shim.log")
+        shutil.copy2(tvm_libs / "lib" / name, lib / name)
+    _run(stages, "shim", "libedgefleet_runtime.so (the agent's C ABI)", _shim_argv(toolchain, tvm_libs, lib), logs / "shim.log")
     libs = [lib / name for name in LIBRARIES]
     _run(stages, "strip", "debug symbols", [_require(toolchain.tool("strip"), toolchain), "--strip-unneeded", *map(str, libs)], logs / "strip.log")
     with stages.stage("check", "ELF machine and glibc floor"):

@@ -12,6 +12,9 @@
 //   ef_model_free(handle)
 //   ef_set_threads(n)                             -> 0, or -1
 // Errors never cross the ABI as C++ exceptions: every entry point catches and records them.
+//
+// It also registers the VM helpers TVM implements in its Python package (relax.run.nonzero,
+// relax.run.shape_to_tensor): models call them by name, and a camera has no TVM Python.
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/any.h>
@@ -22,11 +25,14 @@
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
 #include <tvm/runtime/tensor.h>
 
 #include <cstdint>
 #include <cstring>
+#include <cstdio>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -76,6 +82,55 @@ tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
             static_cast<int>(kDLCPU), 0, kPooledAllocator);
   }
   return vm;
+}
+
+// numpy's truth of one element: floats ignore the sign bit (-0.0 is zero, NaN is not).
+bool NonZero(const uint8_t* element, DLDataType dtype) {
+  int bytes = (dtype.bits + 7) / 8;
+  uint8_t last_mask = (dtype.code == kDLFloat || dtype.code == kDLBfloat) ? 0x7F : 0xFF;
+  for (int i = 0; i < bytes; ++i) {  // little-endian: the sign bit is in the last byte
+    if (element[i] & (i == bytes - 1 ? last_mask : 0xFF)) return true;
+  }
+  return false;
+}
+
+// np.stack(np.atleast_1d(x).nonzero()): int64 [max(ndim, 1), count] of C-order indices.
+tvm::runtime::Tensor NonZeroIndices(tvm::runtime::Tensor x) {
+  const DLTensor* t = x.operator->();
+  if (t->device.device_type != kDLCPU) throw std::runtime_error("relax.run.nonzero needs a CPU tensor");
+  if (t->dtype.lanes != 1 || t->dtype.bits % 8 != 0) throw std::runtime_error("relax.run.nonzero needs whole-byte scalars");
+  int64_t count = 1;
+  for (int d = 0; d < t->ndim; ++d) count *= t->shape[d];
+  int ndim = t->ndim > 0 ? t->ndim : 1;
+  const uint8_t* data = static_cast<const uint8_t*>(t->data) + t->byte_offset;
+  size_t step = t->dtype.bits / 8;
+  std::vector<int64_t> hits;
+  for (int64_t flat = 0; flat < count; ++flat) {
+    if (NonZero(data + flat * step, t->dtype)) hits.push_back(flat);
+  }
+  auto out = tvm::runtime::Tensor::Empty({ndim, static_cast<int64_t>(hits.size())}, DLDataType{kDLInt, 64, 1}, DLDevice{kDLCPU, 0});
+  int64_t* index = static_cast<int64_t*>(out->data);
+  for (size_t h = 0; h < hits.size(); ++h) {
+    int64_t rest = hits[h];
+    for (int d = ndim - 1; d >= 0; --d) {
+      int64_t extent = t->ndim > 0 ? t->shape[d] : 1;
+      index[d * hits.size() + h] = rest % extent;
+      rest /= extent;
+    }
+  }
+  return out;
+}
+
+tvm::runtime::Tensor ShapeToTensor(tvm::ffi::Shape shape) {
+  auto out = tvm::runtime::Tensor::Empty({static_cast<int64_t>(shape.size())}, DLDataType{kDLInt, 64, 1}, DLDevice{kDLCPU, 0});
+  for (size_t i = 0; i < shape.size(); ++i) static_cast<int64_t*>(out->data)[i] = shape[i];
+  return out;
+}
+
+TVM_FFI_STATIC_INIT_BLOCK() {
+  tvm::ffi::reflection::GlobalDef()
+      .def("relax.run.nonzero", NonZeroIndices)
+      .def("relax.run.shape_to_tensor", ShapeToTensor);
 }
 
 template <typename F>

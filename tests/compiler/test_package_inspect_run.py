@@ -62,7 +62,7 @@ def test_inspect_valid_package(labelled, session_pub, session_key, cli):
     as_json = cli("inspect", labelled.package, "--trust", session_pub, "--json")
     report = json.loads(as_json.out)
     assert (report["valid"], report["signer"], report["error"]) == (True, session_key.key_id, None)
-    assert report["manifest"]["labels"] == LABELS and report["manifest"]["format_version"] == 1
+    assert report["manifest"]["labels"] == LABELS and report["manifest"]["format_version"] == 2
 
 
 def test_tampered_library_is_refused_by_inspect_and_run(labelled, session_pub, tmp_path, cli):
@@ -111,12 +111,12 @@ def test_trusted_directory_is_used(labelled, session_pub, edgefleet_home, cli):
     assert cli("inspect", labelled.package).code == 0
 
 
-def test_format_version_2_is_refused_clearly(labelled, session_pub, tmp_path, cli):
+def test_format_version_3_is_refused_clearly(labelled, session_pub, tmp_path, cli):
     manifest = json.loads(read_member(labelled.package, "manifest.json"))
-    manifest["format_version"] = 2
-    newer = repack(labelled.package, tmp_path / "v2.tar.gz", replace={"manifest.json": json.dumps(manifest).encode()})
-    assert_cli_error(cli("inspect", newer, "--trust", session_pub), PackageIntegrityError, "package format version 2 is not supported", "upgrade edgefleet")
-    assert_cli_error(cli("run", newer, "--image", png(tmp_path / "f.png"), "--trust", session_pub), PackageIntegrityError, "format version 2")
+    manifest["format_version"] = 3
+    newer = repack(labelled.package, tmp_path / "v3.tar.gz", replace={"manifest.json": json.dumps(manifest).encode()})
+    assert_cli_error(cli("inspect", newer, "--trust", session_pub), PackageIntegrityError, "package format version 3 is not supported", "upgrade edgefleet")
+    assert_cli_error(cli("run", newer, "--image", png(tmp_path / "f.png"), "--trust", session_pub), PackageIntegrityError, "format version 3")
 
 
 def test_not_a_package(tmp_path, session_pub, cli):

@@ -234,3 +234,31 @@ def test_a_failing_step_keeps_its_log_and_leaves_no_bundle(tmp_path, monkeypatch
 def test_a_second_build_is_a_cache_hit(host_bundle):
     again = build_runtime("x86_64", quiet=True)
     assert again.path == host_bundle.path and again.info.built_at == host_bundle.info.built_at
+
+
+def test_vm_helpers_that_tvm_implements_in_python_run_on_the_camera_runtime(tmp_path):
+    """relax.run.nonzero is a Python function in the TVM wheel; cameras get it from the C ABI library."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.signing import create_signing_key
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [2, "n"])
+    model = helper.make_model(helper.make_graph([helper.make_node("NonZero", ["x"], ["y"])], "nz", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "nz.onnx")
+    key = create_signing_key(tmp_path / "k.key")
+    pkg = compile_model(str(tmp_path / "nz.onnx"), "x86_64", output=tmp_path / "nz.tar.gz", key=key.path, verify=False, quiet=True).package
+    value = np.array([[0.0, -0.0, 2.5], [np.nan, 0.0, -1.0]], np.float32)  # -0.0 is zero, NaN is not (numpy's rules)
+    code = f"""
+import json, numpy as np
+from edgefleet.agent.runtime import load_model
+from edgefleet.package import open_package
+with open_package({str(pkg)!r}, None) as opened:
+    print(json.dumps(load_model(opened).run([np.array({value.tolist()!r}, np.float32)])[0].tolist()))
+"""
+    proc = _python(code.replace("nan", "float('nan')"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == np.stack(np.nonzero(value)).tolist() == [[0, 1, 1], [2, 0, 2]]
