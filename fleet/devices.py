@@ -21,13 +21,24 @@ from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.core import Fleet, sha256_text
 from edgefleet.fleet.db import Device, EnrollmentToken
 
+# A device id is its certificate CN, its MQTT username and client id, and its topic level, so
+# it can hold none of MQTT's wildcards or separators ('+', '#', '/'), no '$' (broker topics) and
+# no '%' (ACL pattern substitutions): the pattern only admits letters, digits, '.', '_', '-'.
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FLEET_MQTT_USER = "fleet"  # the CN of the fleet's own client certificate
+# Identities a camera must never hold: the fleet's own (it may read every device's topics),
+# fleet-side helpers (fleet-*), and the names the broker and older clients used. Compared
+# case-insensitively so that a look-alike cannot confuse an operator either.
+RESERVED_IDS = frozenset({FLEET_MQTT_USER, "edgefleet", "edgefleet-fleet", "localhost", "server", "broker", "mosquitto"})
+RESERVED_PREFIXES = (f"{FLEET_MQTT_USER}-", "edgefleet-", "$")
 
 
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.match(device_id or ""):
         raise BadInputError(f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'", "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)")
+    folded = device_id.lower()
+    if folded in RESERVED_IDS or folded.startswith(RESERVED_PREFIXES):
+        raise BadInputError(f"device id {device_id!r} is reserved for the fleet's own identities", "pick another id (not 'fleet', 'fleet-*' or 'edgefleet-*')")
     return device_id
 
 
@@ -70,6 +81,8 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
             raise PermissionDeniedError("this enrollment token was already used", "enrollment tokens are one-time; ask for a new one")
         if row.expires_at < fleet.clock():
             raise PermissionDeniedError("this enrollment token has expired", "ask for a new one")
+        if s.get(Device, device_id) is not None:  # another token for this id was spent first
+            raise ConflictError(f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id")
         cert = authority.sign_csr(csr_pem, device_id)
         row.used_at = fleet.clock()
         s.add(Device(id=device_id, group=row.group, tags=row.tags, target=row.target, cert_serial=format(cert.serial_number, "x")))
