@@ -9,22 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.fleet import auth
-from edgefleet.fleet.api import create_app
-from edgefleet.fleet.ingest import Ingest
-
-
-@pytest.fixture
-def api(fleet):
-    client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
-    client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
-    return client
-
-
-def h(api, scope: str) -> dict:
-    return {"Authorization": f"Bearer {api.tokens[scope]}"}
+from tests_fleet_util import h
 
 
 def test_scopes_are_enforced(api, tiny_packages):

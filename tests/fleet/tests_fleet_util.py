@@ -1,4 +1,4 @@
-"""Small helpers for the fleet tests."""
+"""Small helpers and fixtures for the fleet tests (also used by tests/security)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 
 class Clock:
@@ -37,3 +38,35 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, edgefleet_home: Path, tiny_packages: dict):
+    """A fleet on SQLite in tmp_path with a recording notifier (`fleet.sent`) and a settable clock."""
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
+    sent: list[tuple[str, dict]] = []
+    config = FleetConfig(data_dir=tmp_path / "fleet", signing_key=tiny_packages["key"])
+    f = open_fleet(config, notify=lambda device, payload: sent.append((device, payload)))
+    f.clock = Clock()
+    f.sent = sent
+    return f
+
+
+@pytest.fixture
+def api(fleet):
+    """FastAPI's TestClient on `fleet`, with one token per scope in `api.tokens`."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.fleet import auth
+    from edgefleet.fleet.api import create_app
+    from edgefleet.fleet.ingest import Ingest
+
+    client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
+    client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
+    return client
+
+
+def h(api, scope: str) -> dict:
+    return {"Authorization": f"Bearer {api.tokens[scope]}"}
