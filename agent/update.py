@@ -97,6 +97,9 @@ MAX_PACKAGE_BYTES = 2 * 1024**3  # as the fleet's upload cap (fleet/api.py)
 
 
 def _check_size(size) -> None:
+    """None is allowed in a job (nothing to download when the package is already active), checked again in _download."""
+    if size is None:
+        return
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_PACKAGE_BYTES:
         raise ValueError(f"package size {size!r} is not a byte count in 1..{MAX_PACKAGE_BYTES}")
 
@@ -343,6 +346,8 @@ class UpdateManager:
         url, size, sha = job["package"].get("url"), job["package"].get("size"), job["package"].get("sha256")
         if not url:
             raise UpdateRefused("the job has no download URL and the package is not on the device")
+        if size is None:
+            raise UpdateRefused("the job declares no package size, so the download could not be bounded")
         part = self._download_path(job).with_suffix(".part")
         for attempt in range(self.download_retries):
             have = part.stat().st_size if part.exists() else 0
