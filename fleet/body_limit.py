@@ -19,10 +19,6 @@ LIMITS: tuple[tuple[str, str, int], ...] = (
 )
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def limit_for(method: str, path: str) -> int:
     return next(n for m, prefix, n in LIMITS if m in ("*", method) and path.startswith(prefix))
 
@@ -40,26 +36,32 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _refuse(send, limit)
-        seen, started = 0, False
+        seen, started, refused = 0, False, False
 
         async def counted():
-            nonlocal seen
+            # Past the limit: answer 413 ourselves and tell the app the client left, so that it
+            # stops reading (FastAPI would turn an exception raised here into a 400).
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge
-            return message
+            if seen > limit and not refused:
+                refused = True
+                if not started:
+                    await _refuse(send, limit)
+            return {"type": "http.disconnect"} if refused else message
 
         async def tracked(message):
             nonlocal started
+            if refused:
+                return  # the 413 is the answer
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted, tracked)
-        except BodyTooLarge:
-            if not started:
-                await _refuse(send, limit)
+        except Exception:
+            if not refused:
+                raise  # the app's own error; with a refused body, whatever the app made of the disconnect
 
 
 async def _refuse(send, limit: int) -> None:
