@@ -260,6 +260,8 @@ class UpdateManager:
             name, version = str(package["name"]), str(package["version"])
             _parse_version(version)
             _check_size(package.get("size"))
+            if package.get("url") is not None and not str(package["url"]).startswith(("http://", "https://")):
+                raise ValueError("the package URL is not http(s)")  # no file://, ftp:// or data: from a job
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring malformed job notification: %s", exc)
             return None

@@ -282,12 +282,13 @@ class _Capped:
 
     def __init__(self, raw, cap: int, path: Path) -> None:
         self.raw, self.cap, self.count, self.path = raw, cap, 0, path
+        self.what = "before a signed manifest.json (write_package puts manifest.json and manifest.sig first)"
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n if n >= 0 else self.cap - self.count + 1)
         self.count += len(data)
         if self.count > self.cap:
-            raise UnsafeArchiveError(f"{self.path} unpacks to more than its manifest declares ({self.cap} bytes read)",
+            raise UnsafeArchiveError(f"{self.path} unpacks to more than {self.cap} bytes {self.what}",
                                      "the package is malformed or a decompression bomb; rebuild it with `edgefleet compile`")
         return data
 
@@ -358,6 +359,7 @@ def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped
     declared = sum(e.size for e in manifest.files.values()) + TAR_OVERHEAD_BYTES * (len(manifest.files) + 2) + TAR_END_BYTES
     slack = 0 if trusted is not None else PRE_MANIFEST_BYTES  # inspect reports extra members rather than stopping at them
     capped.cap = capped.count + declared + slack + 64  # + the signature, if it comes after the manifest
+    capped.what = "while its manifest declares less"
     return manifest
 
 
