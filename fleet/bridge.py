@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.errors import ServiceError
 from edgefleet.fleet.config import BrokerConfig
-from edgefleet.fleet.devices import FLEET_MQTT_USER
+from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER
 from edgefleet.fleet.ingest import Ingest, Message
 
 log = logging.getLogger("edgefleet.fleet.bridge")
@@ -58,10 +58,16 @@ class Bridge:
         if reason_code.is_failure:
             log.error("broker refused the fleet: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        client.subscribe([(t, 1) for t in SUBSCRIPTIONS] + [(t, 0) for t in BROKER_STATS])
         self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic in BROKER_STATS:  # the broker's own counters (queue overflow drops), reported as they are
+            try:
+                self.ingest.counters[BROKER_STATS[msg.topic]] = int(msg.payload)
+            except ValueError:
+                pass
+            return
         bulk = msg.topic.endswith(("/telemetry", "/alerts"))
         if bulk and self.queue.qsize() >= MAX_BACKLOG:
             self.ingest.counters["dropped_backlog"] += 1

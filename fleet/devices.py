@@ -26,6 +26,8 @@ from edgefleet.fleet.db import Device, EnrollmentToken
 # no '%' (ACL pattern substitutions): the pattern only admits letters, digits, '.', '_', '-'.
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FLEET_MQTT_USER = "fleet"  # the CN of the fleet's own client certificate
+# Broker counters the fleet reads ($SYS is outside every device's namespace) and reports.
+BROKER_STATS = {"$SYS/broker/publish/messages/dropped": "broker_messages_dropped", "$SYS/broker/store/messages/count": "broker_messages_stored"}
 # Identities a camera must never hold: the fleet's own (it may read every device's topics),
 # fleet-side helpers (fleet-*), and the names the broker and older clients used. Compared
 # case-insensitively so that a look-alike cannot confuse an operator either.
@@ -101,7 +103,7 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
 
 def acl_text(device_ids: list[str]) -> str:
     """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
-    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#", ""]
+    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#", *(f"topic read {t}" for t in BROKER_STATS), ""]
     for dev in sorted(device_ids):
         base = f"edgefleet/v1/{dev}"
         lines += [f"user {dev}", f"topic write {base}/status", f"topic write {base}/alerts", f"topic write {base}/telemetry", f"topic write {base}/jobs/+/update", f"topic read {base}/jobs/notify", ""]

@@ -58,6 +58,7 @@ def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, ke
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         f"max_packet_size {MAX_PACKET_BYTES}",
+        "sys_interval 5",  # $SYS counters (dropped messages, queued store) the fleet reports in /api/v1/metrics
         f"log_dest file {log_file}",
         "log_type error",
         "log_type warning",

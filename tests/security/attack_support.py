@@ -19,7 +19,7 @@ CAMERAS = ["cam-1", "cam-2", "cam-3"]
 def production_broker(root: Path) -> Broker:
     """A started Broker whose ACL is what the fleet writes for CAMERAS, plus read-all observers."""
     broker = Broker(root)
-    observers = "".join(f"user fleet-observer-{i}\ntopic read #\ntopic write edgefleet/v1/#\n\n" for i in range(OBSERVERS))
+    observers = "".join(f"user fleet-observer-{i}\ntopic read #\ntopic read $SYS/#\ntopic write edgefleet/v1/#\n\n" for i in range(OBSERVERS))
     broker.acl_file.write_text(acl_text(CAMERAS) + "\n\n" + observers)
     broker.start()
     return broker

@@ -170,3 +170,10 @@ def test_broker_config_bounds_queues_packets_and_saves_on_every_change(broker):
                  f"max_packet_size {MAX_PACKET_BYTES}", "use_identity_as_username true", "use_username_as_clientid true"):
         assert line in conf
     assert broker.process.poll() is None
+
+
+def test_the_fleet_reports_the_brokers_drop_and_queue_counters(broker, fleet_bridge):
+    """Hole 2: queue overflow is no longer silent: the broker's counters reach /api/v1/metrics."""
+    _, bridge = fleet_bridge
+    wait_until(lambda: "broker_messages_dropped" in bridge.ingest.stats() and "broker_messages_stored" in bridge.ingest.stats(), timeout=12)
+    assert bridge.ingest.stats()["broker_messages_dropped"] == 0

@@ -46,8 +46,11 @@ OBSERVERS = 64
 
 
 def acl_text() -> str:
+    from edgefleet.fleet.devices import BROKER_STATS
+
     fleet_side = [FLEET_USER] + [f"{FLEET_USER}-observer-{i}" for i in range(OBSERVERS)]
-    return "".join(f"user {u}\ntopic readwrite edgefleet/v1/#\n\n" for u in fleet_side) + "pattern readwrite edgefleet/v1/%u/#\n"
+    stats = "".join(f"topic read {t}\n" for t in BROKER_STATS)
+    return "".join(f"user {u}\ntopic readwrite edgefleet/v1/#\n{stats}\n" for u in fleet_side) + "pattern readwrite edgefleet/v1/%u/#\n"
 
 
 def _name(cn: str) -> x509.Name:
