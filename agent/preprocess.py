@@ -44,7 +44,8 @@ def decode_image(data: bytes) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             if image.mode not in MODES:
-                raise FrameRejected("unsupported_format", f"frame pixel mode {image.mode} is not one a camera produces", "send 8-bit JPEG or PNG")
+                raise FrameRejected("unsupported_format", f"frame pixel mode {image.mode} is not one a camera produces",
+                                    "send 8-bit JPEG or PNG")
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise FrameRejected("oversize_pixels", f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
@@ -56,16 +57,19 @@ def decode_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         other = _foreign_format(data)
         if other:
-            raise FrameRejected("unsupported_format", f"unsupported frame format {other}", f"cameras send {', '.join(FORMATS)}") from None
-        raise FrameRejected("undecodable", f"undecodable frame ({str(exc)[:120]})", "check the camera's image format") from None
+            raise FrameRejected("unsupported_format", f"unsupported frame format {other}",
+                                f"cameras send {', '.join(FORMATS)}") from None
+        raise FrameRejected("undecodable", f"undecodable frame ({str(exc)[:120]})",
+                            "check the camera's image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise FrameRejected("undecodable", f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
     return image
 
 
 # Magic bytes of image formats the agent refuses, so that they are counted as such, not as damage.
-FOREIGN = {b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"8BPS": "PSD", b"%PDF": "PDF", b"%!PS": "PostScript",
-           b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x00\x0c": "JPEG 2000", b"\xffO\xffQ": "JPEG 2000"}
+FOREIGN = {b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"8BPS": "PSD", b"%PDF": "PDF",
+           b"%!PS": "PostScript", b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x00\x0c": "JPEG 2000",
+           b"\xffO\xffQ": "JPEG 2000"}
 
 
 def _foreign_format(data: bytes) -> str | None:

@@ -267,7 +267,8 @@ class UpdateManager:
             return None
         from edgefleet.package import NAME_PATTERN  # job ids and names become file names under the state dir
 
-        if payload.get("schema") != 1 or kind not in ("install", "rollback") or not all(re.fullmatch(NAME_PATTERN, v) for v in (job_id, name)):
+        plain = all(re.fullmatch(NAME_PATTERN, v) for v in (job_id, name))
+        if payload.get("schema") != 1 or kind not in ("install", "rollback") or not plain:
             log.warning("ignoring job notification with unknown schema, kind or names")
             return None
         if job_id in self._done_jobs():

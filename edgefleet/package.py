@@ -289,7 +289,7 @@ class _Capped:
         self.count += len(data)
         if self.count > self.cap:
             raise UnsafeArchiveError(f"{self.path} unpacks to more than {self.cap} bytes {self.what}",
-                                     "the package is malformed or a decompression bomb; rebuild it with `edgefleet compile`")
+                                     "the package is malformed or a decompression bomb; rebuild it")
         return data
 
 
@@ -327,21 +327,26 @@ def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: 
                     _check_declared(manifest, member)
                 seen.add(member.name)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise UnsafeArchiveError(f"{path} is not a readable tar archive ({exc})", "check that the file is complete and is a .tar or .tar.gz") from None
+        raise UnsafeArchiveError(f"{path} is not a readable tar archive ({exc})",
+                                 "check that the file is complete and is a .tar or .tar.gz") from None
     if MANIFEST not in blobs:
-        raise PackageIntegrityError(f"the package has no {MANIFEST}", "this is not an edgefleet model package; build one with `edgefleet compile`")
+        raise PackageIntegrityError(f"the package has no {MANIFEST}",
+                                    "this is not an edgefleet model package; build one with `edgefleet compile`")
     if manifest is None:
-        raise PackageIntegrityError("the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key")
+        raise PackageIntegrityError("the package is unsigned (no manifest.sig)",
+                                    "sign it by compiling with a signing key")
     missing = sorted(set(manifest.files) - seen)
     if strict and missing:
-        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}", "the package is incomplete; download or rebuild it")
+        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}",
+                                    "the package is incomplete; download or rebuild it")
     return manifest
 
 
 def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     cap = MAX_MANIFEST_BYTES if member.name == MANIFEST else 64
     if not member.isfile() or member.size > cap:
-        raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap", "rebuild the package with `edgefleet compile`")
+        raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
+                                    "rebuild the package with `edgefleet compile`")
     return tar.extractfile(member).read()
 
 
@@ -356,8 +361,9 @@ def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped
             parse_manifest(blobs[MANIFEST])  # a newer format version is the clearer reason, if it is one
             raise
     manifest = parse_manifest(blobs[MANIFEST])
-    declared = sum(e.size for e in manifest.files.values()) + TAR_OVERHEAD_BYTES * (len(manifest.files) + 2) + TAR_END_BYTES
-    slack = 0 if trusted is not None else PRE_MANIFEST_BYTES  # inspect reports extra members rather than stopping at them
+    declared = sum(e.size for e in manifest.files.values())
+    declared += TAR_OVERHEAD_BYTES * (len(manifest.files) + 2) + TAR_END_BYTES
+    slack = 0 if trusted is not None else PRE_MANIFEST_BYTES  # inspect reports extra members, not stops at them
     capped.cap = capped.count + declared + slack + 64  # + the signature, if it comes after the manifest
     capped.what = "while its manifest declares less"
     return manifest
@@ -366,9 +372,12 @@ def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped
 def _check_declared(manifest: Manifest, member: tarfile.TarInfo) -> None:
     entry = manifest.files.get(member.name)
     if entry is None and member.name not in (MANIFEST, SIGNATURE):
-        raise PackageIntegrityError(f"package holds files the manifest does not list: {member.name}", "the package was altered; rebuild it")
+        raise PackageIntegrityError(f"package holds files the manifest does not list: {member.name}",
+                                    "the package was altered; rebuild it")
     if entry is not None and (not member.isfile() or member.size != entry.size):
-        raise PackageIntegrityError(f"{member.name} does not match its size in the manifest ({member.size} bytes, declared {entry.size}: tampered or corrupt)", "download or rebuild the package")
+        raise PackageIntegrityError(f"{member.name} does not match its size in the manifest "
+                                    f"({member.size} bytes, declared {entry.size}: tampered or corrupt)",
+                                    "download or rebuild the package")
 
 
 @dataclass

@@ -65,6 +65,14 @@ class BodyLimit:
 
 
 async def _refuse(send, limit: int) -> None:
-    body = json.dumps({"error": f"the request body is over this endpoint's {limit}-byte limit", "fix": "send a smaller body"}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error": f"the request body is over this endpoint's {limit}-byte limit", "fix": "send a smaller body"}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

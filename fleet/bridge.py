@@ -43,7 +43,8 @@ class Bridge:
         self.connected = threading.Event()
         self._stop = threading.Event()
         # The broker replaces client_id by the certificate CN (fleet/local_broker.py); it is sent anyway.
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                                  manual_ack=True)
         if broker.ca_file:
             self.client.tls_set(ca_certs=str(broker.ca_file), certfile=str(broker.cert_file) if broker.cert_file else None, keyfile=str(broker.key_file) if broker.key_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.max_queued_messages_set(0)
@@ -73,7 +74,8 @@ class Bridge:
             self.ingest.counters["dropped_backlog"] += 1
             self._ack(msg.mid)  # handled: dropped and counted
             return
-        (self.queue if bulk else self.urgent).put(Message(msg.topic, msg.payload, time.time(), msg.mid if msg.qos else 0))
+        message = Message(msg.topic, msg.payload, time.time(), msg.mid if msg.qos else 0)
+        (self.queue if bulk else self.urgent).put(message)
         self._wake.set()
 
     def _next_batch(self) -> list[Message]:

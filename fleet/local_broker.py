@@ -1,7 +1,8 @@
 """The embedded default broker: one local mosquitto process with mutual TLS from the fleet's CA.
 
 Layout under `directory`: server.crt/.key (signed by the fleet CA for `host`), fleet.crt/.key
-(the fleet's own MQTT identity, CN "fleet"), acl (written by the fleet from its device list
+(the fleet's own MQTT identity, CN "fleet"), viewer.crt/.key (CN "fleet-viewer": reads alerts),
+acl (written by the fleet from its device list
 and re-read by mosquitto on SIGHUP), mosquitto.conf, mosquitto.pid, data/ (persistence) and
 mosquitto.log. Clients authenticate with certificates only: the CN is the MQTT username.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.config import BrokerConfig
-from edgefleet.fleet.devices import FLEET_MQTT_USER, acl_text
+from edgefleet.fleet.devices import FLEET_MQTT_USER, FLEET_VIEWER_USER, acl_text
 
 
 # Broker limits, sized for a fleet of up to ~1,000 cameras (docs/security.md "Broker limits").
@@ -35,8 +36,8 @@ MAX_QUEUED_MESSAGES = 20_000
 MAX_INFLIGHT_MESSAGES = 1_000
 
 
-def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path, acl_file: Path, data_dir: Path, log_file: Path,
-                     pid_file: Path | None = None) -> str:
+def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path, acl_file: Path,
+                     data_dir: Path, log_file: Path, pid_file: Path | None = None) -> str:
     """mosquitto.conf: one mutual-TLS listener where certificate CN = username = client id.
 
     Identity: `use_identity_as_username` makes the CN the user the ACL checks, and
@@ -102,6 +103,7 @@ class LocalBroker:
         self.ca_file.write_text(authority.cert_pem)
         self.server_cert, self.server_key = self._identity(authority, "server", host, [host, "localhost"])
         self.fleet_cert, self.fleet_key = self._identity(authority, "fleet", FLEET_MQTT_USER, None)
+        self.viewer_cert, self.viewer_key = self._identity(authority, "viewer", FLEET_VIEWER_USER, None)  # alerts only
         self.acl_file = self.directory / "acl"
         if not self.acl_file.exists():
             self.acl_file.write_text(acl_text([]))

@@ -129,7 +129,8 @@ def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_p
         wait_until(lambda: totals["ok"] + totals["bad"] + totals["error"] == 7)
         assert thread.is_alive()
         assert totals["bad"] == 4 and totals["ok"] + totals["error"] == 3 and totals["ok"] >= 2
-        assert agent.metrics.w_bad_reasons == {"undecodable": 1, "unsupported_format": 1, "empty": 1, "oversize_pixels": 1}
+        assert agent.metrics.w_bad_reasons == {"undecodable": 1, "unsupported_format": 1, "empty": 1,
+                                               "oversize_pixels": 1}
         assert not list(incoming.iterdir()), "bad frames are not retried forever"
     finally:
         agent.request_stop()

@@ -19,7 +19,10 @@ CAMERAS = ["cam-1", "cam-2", "cam-3"]
 def production_broker(root: Path) -> Broker:
     """A started Broker whose ACL is what the fleet writes for CAMERAS, plus read-all observers."""
     broker = Broker(root)
-    observers = "".join(f"user fleet-observer-{i}\ntopic read #\ntopic read $SYS/#\ntopic write edgefleet/v1/#\n\n" for i in range(OBSERVERS))
+    observers = "".join(
+        f"user fleet-observer-{i}\ntopic read #\ntopic read $SYS/#\ntopic write edgefleet/v1/#\n\n"
+        for i in range(OBSERVERS)
+    )
     broker.acl_file.write_text(acl_text(CAMERAS) + "\n\n" + observers)
     broker.start()
     return broker
@@ -28,14 +31,26 @@ def production_broker(root: Path) -> Broker:
 class Client:
     """A paho client that records what it receives and how often the broker dropped it."""
 
-    def __init__(self, broker: Broker, identity: str, client_id: str = "", *, clean: bool = True, cert: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        identity: str,
+        client_id: str = "",
+        *,
+        clean: bool = True,
+        cert: tuple[Path, Path] | None = None,
+    ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.disconnects = 0
         self.connected = threading.Event()
         self._cond = threading.Condition()
         cert_file, key_file = cert or broker.pki.issue(identity)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"{identity}-{uuid.uuid4().hex[:6]}",
-                                  clean_session=clean, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"{identity}-{uuid.uuid4().hex[:6]}",
+            clean_session=clean,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.tls_set_context(broker.ssl_context(cert_file, key_file))
         self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if not rc.is_failure else None
         self.client.on_disconnect = self._on_disconnect

@@ -32,7 +32,13 @@ def fleet_bridge(tmp_path, edgefleet_home, broker):
     from edgefleet.fleet.core import open_fleet
     from edgefleet.fleet.ingest import Ingest
 
-    config = BrokerConfig(host=broker.host, port=broker.port, ca_file=broker.pki.ca_file, cert_file=broker.fleet_cert, key_file=broker.fleet_key)
+    config = BrokerConfig(
+        host=broker.host,
+        port=broker.port,
+        ca_file=broker.pki.ca_file,
+        cert_file=broker.fleet_cert,
+        key_file=broker.fleet_key,
+    )
     fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", broker=config))
     for cam in CAMERAS:
         devices.register_device(fleet, cam, "x86_64")
@@ -104,7 +110,13 @@ def test_camera_cannot_take_over_another_cameras_session(broker):
     thief = Client(broker, "cam-1", client_id="cam-2", clean=False).start(broker)
     time.sleep(0.5)
     thief.stop()
-    back = Client(broker, "cam-2", client_id="cam-2", clean=False, cert=(broker.pki.root / "cam-2.pem", broker.pki.root / "cam-2.key")).start(broker)
+    back = Client(
+        broker,
+        "cam-2",
+        client_id="cam-2",
+        clean=False,
+        cert=(broker.pki.root / "cam-2.pem", broker.pki.root / "cam-2.key"),
+    ).start(broker)
     try:
         wait_until(lambda: len(back.payloads()) == 3, timeout=10)
     finally:
@@ -166,8 +178,15 @@ def test_broker_config_bounds_queues_packets_and_saves_on_every_change(broker):
     from edgefleet.fleet.local_broker import MAX_PACKET_BYTES, MAX_QUEUED_MESSAGES
 
     conf = broker.config_file.read_text().splitlines()
-    for line in ("autosave_on_changes true", "autosave_interval 1", "persistence true", f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-                 f"max_packet_size {MAX_PACKET_BYTES}", "use_identity_as_username true", "use_username_as_clientid true"):
+    for line in (
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        "persistence true",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+    ):
         assert line in conf
     assert broker.process.poll() is None
 
@@ -175,5 +194,9 @@ def test_broker_config_bounds_queues_packets_and_saves_on_every_change(broker):
 def test_the_fleet_reports_the_brokers_drop_and_queue_counters(broker, fleet_bridge):
     """Hole 2: queue overflow is no longer silent: the broker's counters reach /api/v1/metrics."""
     _, bridge = fleet_bridge
-    wait_until(lambda: "broker_messages_dropped" in bridge.ingest.stats() and "broker_messages_stored" in bridge.ingest.stats(), timeout=12)
+    wait_until(
+        lambda: "broker_messages_dropped" in bridge.ingest.stats()
+        and "broker_messages_stored" in bridge.ingest.stats(),
+        timeout=12,
+    )
     assert bridge.ingest.stats()["broker_messages_dropped"] == 0

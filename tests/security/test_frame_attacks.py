@@ -23,17 +23,23 @@ def encoded(fmt: str, size=(32, 24), mode="RGB", **kw) -> bytes:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims width x height (zlib makes the pixel data tiny)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = zlib.compress(b"\x00" * (width + 1) * min(height, 8192), 9)  # complete up to 8192 rows: a real decode
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
     data = bytearray(encoded("JPEG", (8, 8)))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -85,7 +91,9 @@ print("grew_kib", hwm() - before)
 """
 
 
-@pytest.mark.parametrize("side, refused", [(8000, True), (4096, False)], ids=["204KB-png-claiming-64MP", "largest-allowed-frame"])
+@pytest.mark.parametrize(
+    "side, refused", [(8000, True), (4096, False)], ids=["204KB-png-claiming-64MP", "largest-allowed-frame"]
+)
 def test_decoding_memory_is_bounded(tmp_path, side, refused):
     """Hole 8: a ~200 KB PNG took the agent from 433 to 873 MiB. Measured in a fresh process."""
     frame = tmp_path / "frame.png"

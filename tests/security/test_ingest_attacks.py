@@ -20,22 +20,47 @@ DEEP = b'{"schema": 1, "frames": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 # (row id, topic suffix on cam-2, payload, counter that goes up)
 POISON = [
     ("infinity-count", "telemetry", b'{"schema": 1, "frames": {"ok": Infinity}}', "dropped_malformed"),
-    ("minus-infinity-latency", "telemetry", b'{"schema": 1, "frames": 1, "latency_ms": {"p95": -Infinity}}', "dropped_malformed"),
-    ("nan-histogram-edge", "telemetry", b'{"schema": 1, "drift": {"confidence": {"edges": [0, NaN], "counts": [1]}}}', "dropped_malformed"),
+    (
+        "minus-infinity-latency",
+        "telemetry",
+        b'{"schema": 1, "frames": 1, "latency_ms": {"p95": -Infinity}}',
+        "dropped_malformed",
+    ),
+    (
+        "nan-histogram-edge",
+        "telemetry",
+        b'{"schema": 1, "drift": {"confidence": {"edges": [0, NaN], "counts": [1]}}}',
+        "dropped_malformed",
+    ),
     ("1e30-count", "telemetry", b'{"schema": 1, "frames": {"ok": 1e30}}', "dropped_malformed"),
-    ("2-to-the-70-count", "telemetry", json.dumps({"schema": 1, "frames": {"ok": 2**70}}).encode(), "dropped_malformed"),
+    (
+        "2-to-the-70-count",
+        "telemetry",
+        json.dumps({"schema": 1, "frames": {"ok": 2**70}}).encode(),
+        "dropped_malformed",
+    ),
     ("negative-count", "telemetry", b'{"schema": 1, "frames": {"ok": -5}}', "dropped_malformed"),
     ("100k-deep-nesting", "telemetry", DEEP, "dropped_malformed"),
     ("count-as-string", "telemetry", b'{"schema": 1, "frames": {"ok": "many"}}', "dropped_malformed"),
     ("count-as-list", "telemetry", b'{"schema": 1, "frames": [1, 2]}', "dropped_malformed"),
     ("alert-counts-as-strings", "telemetry", b'{"schema": 1, "alerts": {"person": "9"}}', "dropped_malformed"),
-    ("model-name-as-object", "telemetry", b'{"schema": 1, "frames": 1, "model": {"name": {"x": 1}, "version": [1]}}', "dropped_malformed"),
+    (
+        "model-name-as-object",
+        "telemetry",
+        b'{"schema": 1, "frames": 1, "model": {"name": {"x": 1}, "version": [1]}}',
+        "dropped_malformed",
+    ),
     ("body-not-an-object", "telemetry", b"[1, 2, 3]", "dropped_malformed"),
     ("invalid-utf8", "telemetry", b'{"schema": 1, "frames": "\xff\xfe"}', "dropped_malformed"),
     ("schema-2", "telemetry", b'{"schema": 2, "frames": 1}', "dropped_malformed"),
     ("claims-another-device", "telemetry", b'{"schema": 1, "device": "cam-1", "frames": 1}', "dropped_malformed"),
     ("status-state-forged", "status", b'{"schema": 1, "state": "admin"}', "dropped_malformed"),
-    ("update-for-someone-elses-job", "jobs/job-of-cam-1/update", b'{"schema": 1, "state": "committed"}', "dropped_unknown_job"),
+    (
+        "update-for-someone-elses-job",
+        "jobs/job-of-cam-1/update",
+        b'{"schema": 1, "state": "committed"}',
+        "dropped_unknown_job",
+    ),
     ("unknown-topic", "exec", b'{"schema": 1}', "dropped_malformed"),
     ("oversize-payload", "telemetry", b'{"schema": 1, "pad": "' + b"x" * 300_000 + b'"}', "dropped_malformed"),
 ]
@@ -60,8 +85,12 @@ def ingest(fleet):
 @pytest.mark.parametrize("suffix, payload, counter", [r[1:] for r in POISON], ids=[r[0] for r in POISON])
 def test_a_poison_message_is_dropped_alone(fleet, ingest, suffix, payload, counter):
     """Hole 3: was a rollback of the whole batch (other cameras' messages and job updates)."""
-    batch = [Message("edgefleet/v1/cam-1/telemetry", GOOD, 1.0), Message(f"edgefleet/v1/cam-2/{suffix}", payload, 2.0),
-             Message("edgefleet/v1/cam-3/telemetry", GOOD, 3.0), Message("edgefleet/v1/cam-2/telemetry", GOOD, 4.0)]
+    batch = [
+        Message("edgefleet/v1/cam-1/telemetry", GOOD, 1.0),
+        Message(f"edgefleet/v1/cam-2/{suffix}", payload, 2.0),
+        Message("edgefleet/v1/cam-3/telemetry", GOOD, 3.0),
+        Message("edgefleet/v1/cam-2/telemetry", GOOD, 4.0),
+    ]
     ingest.handle_batch(batch)
     assert telemetry_rows(fleet) == {"cam-1": 1, "cam-2": 1, "cam-3": 1}
     assert ingest.counters[counter] == 1 and ingest.counters["telemetry"] == 3 and ingest.counters["received"] == 4
@@ -71,7 +100,13 @@ def bridge_for(broker, fleet, ingest):
     from edgefleet.fleet.bridge import Bridge
     from edgefleet.fleet.config import BrokerConfig
 
-    config = BrokerConfig(host=broker.host, port=broker.port, ca_file=broker.pki.ca_file, cert_file=broker.fleet_cert, key_file=broker.fleet_key)
+    config = BrokerConfig(
+        host=broker.host,
+        port=broker.port,
+        ca_file=broker.pki.ca_file,
+        cert_file=broker.fleet_cert,
+        key_file=broker.fleet_key,
+    )
     return Bridge(config, ingest)
 
 

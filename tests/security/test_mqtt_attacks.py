@@ -103,9 +103,16 @@ def _expired_cert(pki: TestPKI, cn: str):
     key = ec.generate_private_key(ec.SECP256R1())
     cert = pki._sign(cn, key.public_key(), server=False)
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
-    expired = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(past).not_valid_after(past + dt.timedelta(days=1))
-               .sign(pki.ca_key, hashes.SHA256()))
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(past)
+        .not_valid_after(past + dt.timedelta(days=1))
+        .sign(pki.ca_key, hashes.SHA256())
+    )
     return _write(pki.root, f"expired-{cn}", expired, key)
 
 
@@ -113,7 +120,9 @@ def _write(root, stem, cert, key):
     from cryptography.hazmat.primitives import serialization
 
     (root / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (root / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (root / f"{stem}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return root / f"{stem}.pem", root / f"{stem}.key"
 
 
@@ -169,7 +178,9 @@ def test_a_camera_claiming_the_fleets_username_keeps_its_own_identity(broker, wa
         liar.stop()
 
 
-@pytest.mark.parametrize("size, delivered", [(300 * 1024, False), (200 * 1024, True)], ids=["over-max-packet-size", "control-under-limit"])
+@pytest.mark.parametrize(
+    "size, delivered", [(300 * 1024, False), (200 * 1024, True)], ids=["over-max-packet-size", "control-under-limit"]
+)
 def test_broker_refuses_oversize_messages(broker, watcher, cam1, size, delivered):
     """max_packet_size (256 KiB): the broker drops the sender instead of storing the message."""
     sender = Client(broker, "cam-2").start(broker)

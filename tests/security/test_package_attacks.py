@@ -47,7 +47,9 @@ class _Zeros(io.RawIOBase):
         return bytes(n)
 
 
-def resigned(package: Path, out: Path, key_path: Path, change=None, extra: list | None = None, bomb: str | None = None) -> Path:
+def resigned(
+    package: Path, out: Path, key_path: Path, change=None, extra: list | None = None, bomb: str | None = None
+) -> Path:
     """The package with its manifest changed by `change(dict)` and signed again with `key_path`."""
     key = load_signing_key(key_path)
     entries = members(package)
@@ -81,6 +83,7 @@ def _set(path: str, value):
         for p in parents:
             node = node[p]
         node[leaf] = value
+
     return change
 
 
@@ -90,17 +93,51 @@ def _rename_file(manifest: dict) -> None:
 
 # (row id, how the upload is made from the good v1 package, words the refusal must contain)
 UPLOADS = [
-    ("signed-target-name-traversal", lambda p, k, t: resigned(p, t, k, _set("target.name", "../../../../tmp/escape")), "target.name"),
+    (
+        "signed-target-name-traversal",
+        lambda p, k, t: resigned(p, t, k, _set("target.name", "../../../../tmp/escape")),
+        "target.name",
+    ),
     ("signed-model-name-traversal", lambda p, k, t: resigned(p, t, k, _set("name", "../escape")), "name"),
     ("signed-version-traversal", lambda p, k, t: resigned(p, t, k, _set("version", "1/../../x")), "version"),
     ("signed-file-name-traversal", lambda p, k, t: resigned(p, t, k, _rename_file), "files"),
-    ("signed-library-outside-package", lambda p, k, t: resigned(p, t, k, _set("runtime.library", "/etc/passwd")), "runtime.library"),
-    ("untrusted-signer", lambda p, k, t: resigned(p, t, create_signing_key(t.parent / "rogue.key").path), "does not verify"),
-    ("unsigned-gzip-bomb", lambda p, k, t: repack(t, [(m, d) for m, d in members(p) if m.name == "manifest.json"] + [(_sized("model.so"), None)]), "before a signed"),
-    ("signed-manifest-then-oversize-member", lambda p, k, t: resigned(p, t, k, bomb="model.so"), "does not match its size"),
-    ("bomb-before-the-manifest", lambda p, k, t: repack(t, [(_sized("model.so"), None)] + members(p)), "before a signed"),
-    ("undeclared-extra-member", lambda p, k, t: resigned(p, t, k, extra=[(info("evil.so"), b"\x7fELF")]), "does not list: evil.so"),
-    ("symlink-out-of-the-package", lambda p, k, t: resigned(p, t, k, extra=[(info("model.link", tarfile.SYMTYPE, "../../../etc/passwd"), b"")]), "outside the archive"),
+    (
+        "signed-library-outside-package",
+        lambda p, k, t: resigned(p, t, k, _set("runtime.library", "/etc/passwd")),
+        "runtime.library",
+    ),
+    (
+        "untrusted-signer",
+        lambda p, k, t: resigned(p, t, create_signing_key(t.parent / "rogue.key").path),
+        "does not verify",
+    ),
+    (
+        "unsigned-gzip-bomb",
+        lambda p, k, t: repack(
+            t, [(m, d) for m, d in members(p) if m.name == "manifest.json"] + [(_sized("model.so"), None)]
+        ),
+        "before a signed",
+    ),
+    (
+        "signed-manifest-then-oversize-member",
+        lambda p, k, t: resigned(p, t, k, bomb="model.so"),
+        "does not match its size",
+    ),
+    (
+        "bomb-before-the-manifest",
+        lambda p, k, t: repack(t, [(_sized("model.so"), None)] + members(p)),
+        "before a signed",
+    ),
+    (
+        "undeclared-extra-member",
+        lambda p, k, t: resigned(p, t, k, extra=[(info("evil.so"), b"\x7fELF")]),
+        "does not list: evil.so",
+    ),
+    (
+        "symlink-out-of-the-package",
+        lambda p, k, t: resigned(p, t, k, extra=[(info("model.link", tarfile.SYMTYPE, "../../../etc/passwd"), b"")]),
+        "outside the archive",
+    ),
     ("huge-manifest", lambda p, k, t: repack(t, [(info("manifest.json"), b" " * (2 * 1024**2))]), "over its"),
     ("not-a-tar", lambda p, k, t: _write(t, b"\x1f\x8b" + bytes(100)), "not a readable tar"),
 ]
@@ -146,6 +183,7 @@ def test_a_gzip_bomb_writes_nothing(tiny_packages, tmp_path):
 
 # ---- malicious jobs from a compromised fleet --------------------------------------------------------
 
+
 def _pkg(field: str, value):
     return lambda job: job["package"].__setitem__(field, value)
 
@@ -166,8 +204,22 @@ JOBS = [
     ("unknown-kind", "v2", "2", _top("kind", "exec"), None, None),
     ("schema-2", "v2", "2", _top("schema", 2), None, None),
     ("local-file-url", "v2", "2", _pkg("url", "file:///etc/passwd"), None, None),
-    ("server-sends-more-than-declared", "v2", "2", lambda job: job["package"].__setitem__("size", job["package"]["size"] - 100), "failed", "larger than"),
-    ("truncated-download", "v2", "2", lambda job: job["package"].__setitem__("size", job["package"]["size"] + 100), "failed", "downloaded"),
+    (
+        "server-sends-more-than-declared",
+        "v2",
+        "2",
+        lambda job: job["package"].__setitem__("size", job["package"]["size"] - 100),
+        "failed",
+        "larger than",
+    ),
+    (
+        "truncated-download",
+        "v2",
+        "2",
+        lambda job: job["package"].__setitem__("size", job["package"]["size"] + 100),
+        "failed",
+        "downloaded",
+    ),
     ("wrong-sha256", "v2", "2", _pkg("sha256", "0" * 64), "failed", "sha256"),
     ("older-version-replayed", "v1", "1", None, "failed", "not newer"),
     ("rollback-authorized-for-another-device", "v1", "1", "other-device", "failed", "not newer"),
@@ -177,11 +229,17 @@ JOBS = [
 
 
 @pytest.mark.parametrize("offered, version, change, result, words", [r[1:] for r in JOBS], ids=[r[0] for r in JOBS])
-def test_malicious_jobs_leave_the_working_model(device, tiny_packages, tmp_path, offered, version, change, result, words):
+def test_malicious_jobs_leave_the_working_model(
+    device, tiny_packages, tmp_path, offered, version, change, result, words
+):
     if offered == "rogue":
-        device.packages["rogue"] = resigned(tiny_packages["v2"], tmp_path / "rogue.tar.gz", create_signing_key(tmp_path / "rogue.key").path)
+        device.packages["rogue"] = resigned(
+            tiny_packages["v2"], tmp_path / "rogue.tar.gz", create_signing_key(tmp_path / "rogue.key").path
+        )
     if offered == "bomb":
-        device.packages["bomb"] = resigned(tiny_packages["v2"], tmp_path / "bomb.tar.gz", tiny_packages["key"], bomb="model.so")
+        device.packages["bomb"] = resigned(
+            tiny_packages["v2"], tmp_path / "bomb.tar.gz", tiny_packages["key"], bomb="model.so"
+        )
     if offered in ("v1",):
         assert device.manager.handle_notify(device.job("up", "v2", "2")) == "committed"
     job = device.job("attack", offered, version)
@@ -191,7 +249,9 @@ def test_malicious_jobs_leave_the_working_model(device, tiny_packages, tmp_path,
         change(job)
     assert device.manager.handle_notify(job) == result
     if words:
-        assert words in device.published[-1][1].get("detail", "") + device.published[-1][1].get("error", ""), device.published[-1]
+        assert words in device.published[-1][1].get("detail", "") + device.published[-1][1].get(
+            "error", ""
+        ), device.published[-1]
     assert device.slot.manifest.version == ("2" if offered == "v1" else "1"), "the working model stays"
     state = device.state
     assert not list(state.parent.rglob("x")) and not (Path("/etc/cron.d/x").exists())

@@ -15,14 +15,33 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests_fleet_util import fleet_process, h
 
-READ = ["/api/v1/metrics", "/api/v1/models", "/api/v1/models/tiny/versions", "/api/v1/models/tiny/versions/1", "/api/v1/devices",
-        "/api/v1/devices/cam-1", "/api/v1/rollouts", "/api/v1/rollouts/1", "/api/v1/rollouts/1/events", "/api/v1/drift",
-        "/api/v1/drift/windows", "/api/v1/drift/events", "/api/v1/telemetry"]
-OPERATOR = [("post", "/api/v1/packages", {"content": b"x"}), ("patch", "/api/v1/devices/cam-1", {"json": {"group": "x"}}),
-            ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1"}}), ("post", "/api/v1/rollouts/1/abort", {"json": {}})]
-ADMIN = [("post", "/api/v1/models/tiny/versions/1/approval", {"json": {"state": "Approved"}}),
-         ("post", "/api/v1/enrollment-tokens", {"json": {"device_id": "cam-9", "target": "x86_64"}}),
-         ("post", "/api/v1/tokens", {"json": {"name": "evil", "scope": "admin"}}), ("delete", "/api/v1/tokens/operator", {})]
+READ = [
+    "/api/v1/metrics",
+    "/api/v1/models",
+    "/api/v1/models/tiny/versions",
+    "/api/v1/models/tiny/versions/1",
+    "/api/v1/devices",
+    "/api/v1/devices/cam-1",
+    "/api/v1/rollouts",
+    "/api/v1/rollouts/1",
+    "/api/v1/rollouts/1/events",
+    "/api/v1/drift",
+    "/api/v1/drift/windows",
+    "/api/v1/drift/events",
+    "/api/v1/telemetry",
+]
+OPERATOR = [
+    ("post", "/api/v1/packages", {"content": b"x"}),
+    ("patch", "/api/v1/devices/cam-1", {"json": {"group": "x"}}),
+    ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1"}}),
+    ("post", "/api/v1/rollouts/1/abort", {"json": {}}),
+]
+ADMIN = [
+    ("post", "/api/v1/models/tiny/versions/1/approval", {"json": {"state": "Approved"}}),
+    ("post", "/api/v1/enrollment-tokens", {"json": {"device_id": "cam-9", "target": "x86_64"}}),
+    ("post", "/api/v1/tokens", {"json": {"name": "evil", "scope": "admin"}}),
+    ("delete", "/api/v1/tokens/operator", {}),
+]
 # (row id, method, path, request kwargs, token scope or None, expected status)
 AUTH = (
     [(f"no-token-get-{p}", "get", p, {}, None, 401) for p in READ]
@@ -85,32 +104,56 @@ def test_download_links_cannot_be_forged(api, fleet, build, case):
 
 # ---- enrollment and reserved identities -------------------------------------------------------
 
+
 def csr(cn: str) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
-    req = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])).sign(key, hashes.SHA256())
+    req = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
     return req.public_bytes(serialization.Encoding.PEM).decode()
 
 
-RESERVED = ["fleet", "FLEET", "fleet-observer-1", "edgefleet-fleet", "edgefleet", "localhost", "cam/1", "cam+", "#", "$SYS", "%u", "cam 1"]
+RESERVED = [
+    "fleet",
+    "FLEET",
+    "fleet-observer-1",
+    "edgefleet-fleet",
+    "edgefleet",
+    "localhost",
+    "cam/1",
+    "cam+",
+    "#",
+    "$SYS",
+    "%u",
+    "cam 1",
+]
 
 
 @pytest.mark.parametrize("device_id", RESERVED)
 def test_reserved_or_unsafe_device_ids_cannot_be_enrolled(api, device_id):
     """Hole 5: neither a token nor an enrollment for an id that is the fleet's or breaks the ACL."""
-    r = api.post("/api/v1/enrollment-tokens", json={"device_id": device_id, "target": "x86_64"}, headers=h(api, "admin"))
+    r = api.post(
+        "/api/v1/enrollment-tokens", json={"device_id": device_id, "target": "x86_64"}, headers=h(api, "admin")
+    )
     assert r.status_code == 400 and repr(device_id) in r.json()["error"]
     r = api.post("/api/v1/enroll", json={"token": "efe_x", "device_id": device_id, "csr": csr(device_id)})
     assert r.status_code == 400
 
 
 def token_for(api, device_id: str) -> str:
-    return api.post("/api/v1/enrollment-tokens", json={"device_id": device_id, "target": "x86_64"}, headers=h(api, "admin")).json()["token"]
+    return api.post(
+        "/api/v1/enrollment-tokens", json={"device_id": device_id, "target": "x86_64"}, headers=h(api, "admin")
+    ).json()["token"]
 
 
 def test_two_tokens_for_one_new_id_the_second_enroll_is_a_409(api):
     """Hole 6: was a 500 (IntegrityError)."""
     first, second = token_for(api, "cam-5"), token_for(api, "cam-5")
-    assert api.post("/api/v1/enroll", json={"token": first, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200
+    assert (
+        api.post("/api/v1/enroll", json={"token": first, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200
+    )
     r = api.post("/api/v1/enroll", json={"token": second, "device_id": "cam-5", "csr": csr("cam-5")})
     assert r.status_code == 409 and "already enrolled" in r.json()["error"]
 
@@ -119,9 +162,21 @@ ENROLL = [
     ("token-for-another-id", lambda t: {"token": t, "device_id": "cam-6", "csr": csr("cam-6")}, 403),
     ("csr-naming-another-device", lambda t: {"token": t, "device_id": "cam-5", "csr": csr("cam-1")}, 400),
     ("csr-naming-the-fleet", lambda t: {"token": t, "device_id": "cam-5", "csr": csr("fleet")}, 400),
-    ("not-a-csr", lambda t: {"token": t, "device_id": "cam-5", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"}, 400),
+    (
+        "not-a-csr",
+        lambda t: {
+            "token": t,
+            "device_id": "cam-5",
+            "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----",
+        },
+        400,
+    ),
     ("guessed-token", lambda t: {"token": "efe_" + "A" * 32, "device_id": "cam-5", "csr": csr("cam-5")}, 403),
-    ("extra-field-to-pick-a-group", lambda t: {"token": t, "device_id": "cam-5", "csr": csr("cam-5"), "group": "admins"}, 422),
+    (
+        "extra-field-to-pick-a-group",
+        lambda t: {"token": t, "device_id": "cam-5", "csr": csr("cam-5"), "group": "admins"},
+        422,
+    ),
 ]
 
 
@@ -129,16 +184,24 @@ ENROLL = [
 def test_enrollment_refuses_what_the_token_does_not_cover(api, body, status):
     token = token_for(api, "cam-5")
     assert api.post("/api/v1/enroll", json=body(token)).status_code == status
-    assert api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200  # still usable
+    assert (
+        api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200
+    )  # still usable
 
 
 def test_a_spent_or_expired_token_is_refused(api, fleet):
     token = token_for(api, "cam-5")
-    assert api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200
-    assert api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 403
+    assert (
+        api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 200
+    )
+    assert (
+        api.post("/api/v1/enroll", json={"token": token, "device_id": "cam-5", "csr": csr("cam-5")}).status_code == 403
+    )
     late = token_for(api, "cam-7")
     fleet.clock.advance(fleet.config.enrollment_ttl_s + 1)
-    assert api.post("/api/v1/enroll", json={"token": late, "device_id": "cam-7", "csr": csr("cam-7")}).status_code == 403
+    assert (
+        api.post("/api/v1/enroll", json={"token": late, "device_id": "cam-7", "csr": csr("cam-7")}).status_code == 403
+    )
 
 
 # ---- request size ---------------------------------------------------------------------------------
@@ -174,7 +237,8 @@ def test_a_150MiB_unauthenticated_enroll_body_does_not_grow_the_real_fleet(tmp_p
         before = rss_kib(server.pid)
         host, port = urlparse(url).hostname, urlparse(url).port
         with socket.create_connection((host, port)) as sock:
-            sock.sendall(f"POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {150 * 1024**2}\r\n\r\n".encode())
+            head = f"POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(head.encode() + f"Content-Length: {150 * 1024**2}\r\n\r\n".encode())
             sent = 0
             sock.settimeout(10)
             try:

@@ -50,7 +50,8 @@ def acl_text() -> str:
 
     fleet_side = [FLEET_USER] + [f"{FLEET_USER}-observer-{i}" for i in range(OBSERVERS)]
     stats = "".join(f"topic read {t}\n" for t in BROKER_STATS)
-    return "".join(f"user {u}\ntopic readwrite edgefleet/v1/#\n{stats}\n" for u in fleet_side) + "pattern readwrite edgefleet/v1/%u/#\n"
+    users = "".join(f"user {u}\ntopic readwrite edgefleet/v1/#\n{stats}\n" for u in fleet_side)
+    return users + "pattern readwrite edgefleet/v1/%u/#\n"
 
 
 def _name(cn: str) -> x509.Name:
@@ -147,8 +148,9 @@ class Broker:
         self.log_file = self.root / "mosquitto.log"
         self.config_file = self.root / "mosquitto.conf"
         # The fleet's own broker settings (identity, durability, limits), only the ACL differs.
-        self.config_file.write_text(mosquitto_config(host=self.host, port=self.port, ca_file=self.pki.ca_file, cert_file=self.server_cert, key_file=self.server_key,
-                                                     acl_file=self.acl_file, data_dir=self.root / "data", log_file=self.log_file))
+        self.config_file.write_text(mosquitto_config(
+            host=self.host, port=self.port, ca_file=self.pki.ca_file, cert_file=self.server_cert,
+            key_file=self.server_key, acl_file=self.acl_file, data_dir=self.root / "data", log_file=self.log_file))
         self.process: subprocess.Popen | None = None
         self._clients: list = []
         self._observers = 0
