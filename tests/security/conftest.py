@@ -13,3 +13,4 @@ for area in ("fleet", "agent_update", "agent", "security"):
 from support.broker import mqtt_broker  # noqa: E402,F401
 from tests_fleet_util import api, fleet  # noqa: E402,F401
 from update_support import device, static_server, tiny_packages  # noqa: E402,F401
+from agent_support import agent_package  # noqa: E402,F401
