@@ -3,10 +3,8 @@ and a real HTTP server; the fault table kills a real process in every state and 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -18,7 +16,8 @@ import pytest
 from update_support import DEVICE, Device, device  # noqa: F401
 
 from edgefleet.agent.model_slot import ModelSlot
-from edgefleet.agent.update import AGENT_STATES, EVENTS, RESUME, TERMINAL_STATES, TRANSITIONS, UpdateManager, authorization_bytes
+from edgefleet.agent.update import AGENT_STATES, EVENTS, RESUME, TERMINAL_STATES, TRANSITIONS, UpdateManager
+from edgefleet.signing import public_path
 HERE = Path(__file__).parent
 
 

@@ -139,3 +139,21 @@ def test_agent_restarted_during_a_broker_outage_keeps_its_outbox(tmp_path, mqtt_
         wait_until(lambda: frames(alerts) == set(names), timeout=30)
     finally:
         stop_agent(agent, thread)
+
+
+def test_broker_sigkill_mid_stream_with_the_fleet_online(tmp_path, mqtt_broker, agent_package):
+    """The fleet's session is online, so the broker forwards in the pass that acknowledges: a SIGKILL
+    mid-stream loses nothing; what was not yet acknowledged the agent's outbox sends again."""
+    alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
+    agent, thread = run_agent(agent_config(tmp_path, mqtt_broker, agent_package))
+    names = [f"f{i:03d}.jpg" for i in range(30)]
+    try:
+        for i, name in enumerate(names):
+            drop_frame(tmp_path / "incoming", name, jpeg(240))
+            if i == 15:
+                mqtt_broker.kill()
+                mqtt_broker.start()
+            time.sleep(0.03)
+        wait_until(lambda: frames(alerts) == set(names), timeout=40)
+    finally:
+        stop_agent(agent, thread)

@@ -237,7 +237,7 @@ def test_a_150MiB_unauthenticated_enroll_body_does_not_grow_the_real_fleet(tmp_p
         before = rss_kib(server.pid)
         host, port = urlparse(url).hostname, urlparse(url).port
         with socket.create_connection((host, port)) as sock:
-            head = f"POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            head = "POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             sock.sendall(head.encode() + f"Content-Length: {150 * 1024**2}\r\n\r\n".encode())
             sent = 0
             sock.settimeout(10)
