@@ -249,5 +249,6 @@ def test_a_150MiB_unauthenticated_enroll_body_does_not_grow_the_real_fleet(tmp_p
             answer = sock.recv(200)
         time.sleep(0.2)
         after = rss_kib(server.pid)
+    print(f"150 MiB enroll body: answered {answer[:12]!r}, fleet RSS {before // 1024} -> {after // 1024} MiB")
     assert answer.startswith(b"HTTP/1.1 413")
     assert after - before < 20 * 1024, f"RSS grew by {(after - before) // 1024} MiB"
