@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
+from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
 from edgefleet.fleet.rollouts import apply_job_update
 
 log = logging.getLogger("edgefleet.fleet.ingest")
@@ -30,7 +31,7 @@ PREFIX = "edgefleet/v1/"
 
 
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
-MAX_PAYLOAD_BYTES = 256 * 1024  # as the broker's max_packet_size (fleet/local_broker.py)
+MAX_PAYLOAD_BYTES = MAX_PACKET_BYTES  # an external broker may not enforce ours
 
 
 @dataclass
