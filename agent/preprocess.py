@@ -11,9 +11,15 @@ from PIL import Image, UnidentifiedImageError
 from edgefleet.errors import BadInputError
 from edgefleet.package import Preprocessing, TensorSpec
 
-# Refuse frames whose header claims more pixels than any camera sends (decompression bombs).
-MAX_PIXELS = 64_000_000
+# What a decoded frame may cost, checked from the header before any pixel is decoded: Pillow
+# keeps up to 4 bytes a pixel (RGB is stored as RGBX), so 16 MP (4K UHD is 8.3 MP, a 12 MP
+# still fits) is at most 64 MiB per frame, whatever the file size (a 200 KB PNG can claim 64 MP).
+MAX_PIXELS = 16 * 1024 * 1024
 MAX_FRAME_BYTES = 50 * 1024 * 1024
+# What cameras and frame grabbers produce; every other Pillow decoder (TIFF, PSD, EPS via
+# Ghostscript, ICO, ...) is attack surface the agent does not need.
+FORMATS = ("JPEG", "PNG", "BMP", "PPM")
+MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "I;16", "I", "F"})
 
 
 class FrameRejected(BadInputError):
@@ -24,7 +30,7 @@ class FrameRejected(BadInputError):
         self.reason = reason
 
 
-REASONS = ("empty", "oversize_bytes", "oversize_pixels", "undecodable")
+REASONS = ("empty", "oversize_bytes", "oversize_pixels", "undecodable", "unsupported_format")
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -36,7 +42,10 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            if image.mode not in MODES:
+                raise FrameRejected("unsupported_format", f"frame pixel mode {image.mode} is not one a camera produces",
+                                    "send 8-bit JPEG or PNG")
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise FrameRejected("oversize_pixels", f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
@@ -45,9 +54,28 @@ def decode_image(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise FrameRejected("oversize_pixels", f"frame header claims too many pixels ({str(exc)[:80]})", "lower the camera resolution") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        other = _foreign_format(data)
+        if other:
+            raise FrameRejected("unsupported_format", f"unsupported frame format {other}",
+                                f"cameras send {', '.join(FORMATS)}") from None
+        raise FrameRejected("undecodable", f"undecodable frame ({str(exc)[:120]})",
+                            "check the camera's image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise FrameRejected("undecodable", f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
     return image
+
+
+# Magic bytes of image formats the agent refuses, so that they are counted as such, not as damage.
+FOREIGN = {b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"8BPS": "PSD", b"%PDF": "PDF",
+           b"%!PS": "PostScript", b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x00\x0c": "JPEG 2000",
+           b"\xffO\xffQ": "JPEG 2000"}
+
+
+def _foreign_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return FOREIGN.get(data[:4])
 
 
 def input_hw(spec: TensorSpec, pre: Preprocessing) -> tuple[int, int]:

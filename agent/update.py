@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -90,6 +91,27 @@ def _parse_version(version: str) -> tuple[int, ...]:
     from edgefleet.package import parse_version
 
     return parse_version(version)
+
+
+MAX_PACKAGE_BYTES = 2 * 1024**3  # as the fleet's upload cap (fleet/api.py)
+
+
+def _check_size(size) -> None:
+    """None is allowed in a job (nothing to download when the package is already active), checked again in _download."""
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_PACKAGE_BYTES:
+        raise ValueError(f"package size {size!r} is not a byte count in 1..{MAX_PACKAGE_BYTES}")
+
+
+def _copy_capped(src, dst, size: int) -> None:
+    """Copy at most the job's declared `size` bytes: a server sending more is refused, not stored."""
+    written = dst.tell()
+    while block := src.read(1 << 20):
+        written += len(block)
+        if written > size:
+            raise UpdateRefused(f"the download is larger than the job's declared {size} bytes")
+        dst.write(block)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -237,10 +259,16 @@ class UpdateManager:
             package = payload["package"]
             name, version = str(package["name"]), str(package["version"])
             _parse_version(version)
+            _check_size(package.get("size"))
+            if package.get("url") is not None and not str(package["url"]).startswith(("http://", "https://")):
+                raise ValueError("the package URL is not http(s)")  # no file://, ftp:// or data: from a job
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring malformed job notification: %s", exc)
             return None
-        if payload.get("schema") != 1 or kind not in ("install", "rollback") or "/" in job_id or "/" in name or not job_id:
+        from edgefleet.package import NAME_PATTERN  # job ids and names become file names under the state dir
+
+        plain = all(re.fullmatch(NAME_PATTERN, v) for v in (job_id, name))
+        if payload.get("schema") != 1 or kind not in ("install", "rollback") or not plain:
             log.warning("ignoring job notification with unknown schema, kind or names")
             return None
         if job_id in self._done_jobs():
@@ -321,13 +349,15 @@ class UpdateManager:
         url, size, sha = job["package"].get("url"), job["package"].get("size"), job["package"].get("sha256")
         if not url:
             raise UpdateRefused("the job has no download URL and the package is not on the device")
+        if size is None:
+            raise UpdateRefused("the job declares no package size, so the download could not be bounded")
         part = self._download_path(job).with_suffix(".part")
         for attempt in range(self.download_retries):
             have = part.stat().st_size if part.exists() else 0
             request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
             try:
                 with urllib.request.urlopen(request, timeout=self.download_timeout_s) as resp, open(part, "ab" if have and resp.status == 206 else "wb") as fh:
-                    shutil.copyfileobj(resp, fh, 1 << 20)
+                    _copy_capped(resp, fh, size)
                 break
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and size and have == size:
@@ -339,9 +369,10 @@ class UpdateManager:
             time.sleep(min(8.0, 0.5 * 2**attempt))
         else:
             raise UpdateRefused(f"download failed after {self.download_retries} attempts")
-        if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        if got != size:
             part.unlink()
-            raise UpdateRefused(f"downloaded {part.stat().st_size if part.exists() else 0} bytes, expected {size}")
+            raise UpdateRefused(f"downloaded {got} bytes, expected {size}")
         if sha is not None and _sha256(part) != sha:
             part.unlink()
             raise UpdateRefused("the download does not match the job's sha256")

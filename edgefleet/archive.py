@@ -25,7 +25,7 @@ class ArchiveLimits:
     max_members: int = 10_000
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+def check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     parts = PurePosixPath(name).parts
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -56,7 +56,7 @@ def check_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[t
                 members.append(member)
                 if len(members) > limits.max_members:
                     raise UnsafeArchiveError(f"{path}: more than {limits.max_members} members", "split or slim the archive")
-                _check_member(member, path)
+                check_member(member, path)
                 if member.size > limits.max_member_bytes:
                     raise UnsafeArchiveError(
                         f"{path}: member {member.name!r} is {member.size} bytes, over the {limits.max_member_bytes}-byte cap",

@@ -287,7 +287,8 @@ class Demo:
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-alerts", protocol=mqtt.MQTTv311)
         ctx = ssl.create_default_context(cafile=str(self.broker.ca_file))
-        ctx.load_cert_chain(str(self.broker.fleet_cert), str(self.broker.fleet_key))
+        # Its own identity: with the fleet's certificate it would take over the fleet's session.
+        ctx.load_cert_chain(str(self.broker.viewer_cert), str(self.broker.viewer_key))
         client.tls_set_context(ctx)
         client.on_connect = lambda c, u, f, rc, p: c.subscribe("edgefleet/v1/+/alerts", qos=1)
         client.on_message = on_message

@@ -14,22 +14,24 @@ Every file other than the two manifest files is listed with its sha256 and size 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgefleet.archive import ArchiveLimits, safe_extract
-from edgefleet.errors import EdgefleetError, PackageIntegrityError
+from edgefleet.archive import ArchiveLimits, check_member, safe_extract
+from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiveError
 from edgefleet.signing import SigningKey, verify_signature
 
 FORMAT_VERSION = 2
@@ -37,7 +39,12 @@ FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+# Every manifest field that ends up in a path (the fleet's store key <name>/<version>/<target>-..,
+# the device's packages/<name>-<version>/, file names inside the package) is one plain name:
+# no '/', no '\\', no leading '.', so no '..'; checked here, where a manifest enters.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 class Strict(BaseModel):
@@ -80,7 +87,7 @@ class Preprocessing(Strict):
 
 
 class TargetInfo(Strict):
-    name: str
+    name: SafeName
     tvm_target: dict[str, Any] | None
     arch: str
     device: Literal["cpu", "cuda", "neuron"] = "cpu"
@@ -122,7 +129,7 @@ def requirement_for(target: TargetInfo, tvm_version: str, tvm_ffi_version: str, 
 
 class RuntimeInfo(Strict):
     kind: Literal["tvm", "tflite"]
-    library: str
+    library: SafeName
     tvm_version: str | None = None
     tvm_ffi_version: str | None = None
     requires: RuntimeRequirement | None = None  # format 2; None for TFLite packages
@@ -151,8 +158,8 @@ class Verification(Strict):
 
 
 class FileEntry(Strict):
-    sha256: str
-    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=2 * 1024**3)
 
 
 class SignatureInfo(Strict):
@@ -162,8 +169,8 @@ class SignatureInfo(Strict):
 
 class Manifest(Strict):
     format_version: Literal[1, 2] = FORMAT_VERSION
-    name: str = Field(pattern=NAME_PATTERN)
-    version: str
+    name: SafeName
+    version: str = Field(max_length=64)
     target: TargetInfo
     runtime: RuntimeInfo
     inputs: list[TensorSpec]
@@ -173,9 +180,9 @@ class Manifest(Strict):
     labels: list[str] = Field(default_factory=list)
     provenance: Provenance
     verification: Verification
-    baseline: str | None = None
+    baseline: SafeName | None = None
     tuning: dict[str, Any] | None = None
-    files: dict[str, FileEntry]
+    files: dict[SafeName, FileEntry]
     signature: SignatureInfo
 
     @field_validator("version")
@@ -272,8 +279,12 @@ def read_manifest_unverified(root: Path) -> Manifest:
     path = Path(root) / MANIFEST
     if not path.exists():
         raise PackageIntegrityError(f"the package has no {MANIFEST}", "this is not an edgefleet model package; build one with `edgefleet compile`")
+    return parse_manifest(path.read_bytes())
+
+
+def parse_manifest(data: bytes) -> Manifest:
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PackageIntegrityError(f"{MANIFEST} is not valid JSON ({exc})", "rebuild the package") from None
     if isinstance(raw, dict) and raw.get("format_version") not in (None, *READABLE_FORMAT_VERSIONS):
@@ -304,6 +315,116 @@ def check_files(manifest: Manifest, root: Path) -> None:
             raise PackageIntegrityError(f"{name} does not match its sha256 in the manifest (tampered or corrupt)", "download or rebuild the package")
 
 
+# Before the manifest (and, when a signature is required, manifest.sig) has been read, at most
+# this many bytes are decompressed; write_package puts both first, so a real package needs ~0.
+PRE_MANIFEST_BYTES = 16 * 1024 * 1024
+TAR_OVERHEAD_BYTES = 1024  # per member: a 512-byte header and at most 511 bytes of padding
+TAR_END_BYTES = 20 * 1024  # end-of-archive blocks and record padding
+
+
+class _Capped:
+    """A read-only stream that refuses to deliver more than `cap` bytes (decompressed)."""
+
+    def __init__(self, raw, cap: int, path: Path) -> None:
+        self.raw, self.cap, self.count, self.path = raw, cap, 0, path
+        self.what = "before a signed manifest.json (write_package puts manifest.json and manifest.sig first)"
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n if n >= 0 else self.cap - self.count + 1)
+        self.count += len(data)
+        if self.count > self.cap:
+            raise UnsafeArchiveError(f"{self.path} unpacks to more than {self.cap} bytes {self.what}",
+                                     "the package is malformed or a decompression bomb; rebuild it")
+        return data
+
+
+def _stream(path: Path):
+    raw = open(path, "rb")
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    raw.seek(0)
+    return raw, raw
+
+
+def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: bool = True) -> Manifest:
+    """Read the package as a stream and write nothing: check the signature (when `trusted`) and that
+    every member is a file the manifest declares, with its declared size, before any data is unpacked.
+
+    Decompression is capped: PRE_MANIFEST_BYTES until the manifest is known, then the declared
+    sizes plus tar overhead, so a gzip bomb is refused after reading at most that much.
+    `strict=False` (inspect) only enforces the caps and leaves the per-member report to check_files.
+    """
+    stream, raw = _stream(path)
+    capped = _Capped(stream, PRE_MANIFEST_BYTES, path)
+    manifest: Manifest | None = None
+    blobs: dict[str, bytes] = {}
+    seen: set[str] = set()
+    try:
+        with raw, tarfile.open(fileobj=capped, mode="r|") as tar:
+            for member in tar:
+                check_member(member, path)
+                if member.name in (MANIFEST, SIGNATURE) and manifest is None:
+                    blobs[member.name] = _small_member(tar, member)
+                    manifest = _arm(blobs, trusted, capped)
+                    continue
+                if manifest is not None and strict:
+                    _check_declared(manifest, member)
+                seen.add(member.name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise UnsafeArchiveError(f"{path} is not a readable tar archive ({exc})",
+                                 "check that the file is complete and is a .tar or .tar.gz") from None
+    if MANIFEST not in blobs:
+        raise PackageIntegrityError(f"the package has no {MANIFEST}",
+                                    "this is not an edgefleet model package; build one with `edgefleet compile`")
+    if manifest is None:
+        raise PackageIntegrityError("the package is unsigned (no manifest.sig)",
+                                    "sign it by compiling with a signing key")
+    missing = sorted(set(manifest.files) - seen)
+    if strict and missing:
+        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}",
+                                    "the package is incomplete; download or rebuild it")
+    return manifest
+
+
+def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    cap = MAX_MANIFEST_BYTES if member.name == MANIFEST else 64
+    if not member.isfile() or member.size > cap:
+        raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
+                                    "rebuild the package with `edgefleet compile`")
+    return tar.extractfile(member).read()
+
+
+def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped: _Capped) -> Manifest | None:
+    """Once the manifest (and its signature, if one is required) is read: verify, then cap the rest."""
+    if MANIFEST not in blobs or (trusted is not None and SIGNATURE not in blobs):
+        return None
+    if trusted is not None:
+        try:
+            verify_signature(blobs[MANIFEST], blobs[SIGNATURE], trusted)
+        except PackageIntegrityError:
+            parse_manifest(blobs[MANIFEST])  # a newer format version is the clearer reason, if it is one
+            raise
+    manifest = parse_manifest(blobs[MANIFEST])
+    declared = sum(e.size for e in manifest.files.values())
+    declared += TAR_OVERHEAD_BYTES * (len(manifest.files) + 2) + TAR_END_BYTES
+    slack = 0 if trusted is not None else PRE_MANIFEST_BYTES  # inspect reports extra members, not stops at them
+    capped.cap = capped.count + declared + slack + 64  # + the signature, if it comes after the manifest
+    capped.what = "while its manifest declares less"
+    return manifest
+
+
+def _check_declared(manifest: Manifest, member: tarfile.TarInfo) -> None:
+    entry = manifest.files.get(member.name)
+    if entry is None and member.name not in (MANIFEST, SIGNATURE):
+        raise PackageIntegrityError(f"package holds files the manifest does not list: {member.name}",
+                                    "the package was altered; rebuild it")
+    if entry is not None and (not member.isfile() or member.size != entry.size):
+        raise PackageIntegrityError(f"{member.name} does not match its size in the manifest "
+                                    f"({member.size} bytes, declared {entry.size}: tampered or corrupt)",
+                                    "download or rebuild the package")
+
+
 @dataclass
 class InspectReport:
     """What `edgefleet inspect` shows: the manifest as written, and whether the package checks out."""
@@ -326,6 +447,7 @@ def inspect_package(path: Path, trusted: list[Ed25519PublicKey], *, limits: Arch
     path = Path(path)
     if not path.is_file():
         raise PackageIntegrityError(f"no package at {path}", "check the path")
+    scan_package(path, None, strict=False)  # bounds what extraction can write
     with tempfile.TemporaryDirectory(prefix="edgefleet-inspect-") as tmp:
         root = Path(tmp)
         safe_extract(path, root, limits)
@@ -356,6 +478,7 @@ def open_package(
     path = Path(path)
     if not path.is_file():
         raise PackageIntegrityError(f"no package at {path}", "check the path")
+    scan_package(path, trusted)  # signature and declared sizes, before anything is written
     owns = dest is None
     root = Path(tempfile.mkdtemp(prefix="edgefleet-pkg-")) if dest is None else Path(dest)
     try:

@@ -21,12 +21,12 @@ from sqlalchemy import select
 
 from edgefleet.errors import BadInputError, ConflictError, EdgefleetError, InvalidTransitionError, NotFoundError, PermissionDeniedError, ServiceError
 from edgefleet.fleet import auth, devices, drift_service, registry, rollouts
+from edgefleet.fleet.body_limit import MAX_UPLOAD_BYTES, BodyLimit
 from edgefleet.fleet.dashboard import mount_dashboard
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Counter
 from edgefleet.fleet.ingest import Ingest
 
-MAX_UPLOAD_BYTES = 2 * 1024**3
 # Ids are bounded so that an absurd number is a 422, not a database overflow.
 Id = Annotated[int, PathParam(ge=1, le=2**62)]
 STATUS = {NotFoundError: 404, ConflictError: 409, InvalidTransitionError: 409, PermissionDeniedError: 403, ServiceError: 503}
@@ -78,6 +78,7 @@ class TokenBody(Body):
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
     app = FastAPI(title="edgefleet fleet", version="1", description="Model registry, devices and over-the-air rollouts for edge camera fleets.")
+    app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
 
     @app.exception_handler(EdgefleetError)
     async def _edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:

@@ -5,6 +5,10 @@ worker thread (one transaction per batch), so a slow database never stalls the b
 Job updates and status go first: under a telemetry backlog, rollouts still move.
 Outgoing jobs go to edgefleet/v1/<device>/jobs/notify with QoS 1; the persistent session
 keeps them for devices that are offline.
+
+A device message is acknowledged to the broker (PUBACK) only after the batch holding it is
+committed; a batch whose commit fails is retried, and one still unacknowledged when the fleet
+stops is sent again by the broker on the next connection (at least once, never silently lost).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.errors import ServiceError
 from edgefleet.fleet.config import BrokerConfig
+from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER
 from edgefleet.fleet.ingest import Ingest, Message
 
 log = logging.getLogger("edgefleet.fleet.bridge")
@@ -29,7 +34,7 @@ MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather t
 
 
 class Bridge:
-    def __init__(self, broker: BrokerConfig, ingest: Ingest, client_id: str = "edgefleet-fleet") -> None:
+    def __init__(self, broker: BrokerConfig, ingest: Ingest, client_id: str = FLEET_MQTT_USER) -> None:
         self.broker = broker
         self.ingest = ingest
         self.queue: queue.Queue[Message] = queue.Queue()  # telemetry and alerts
@@ -37,7 +42,9 @@ class Bridge:
         self._wake = threading.Event()
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        # The broker replaces client_id by the certificate CN (fleet/local_broker.py); it is sent anyway.
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                                  manual_ack=True)
         if broker.ca_file:
             self.client.tls_set(ca_certs=str(broker.ca_file), certfile=str(broker.cert_file) if broker.cert_file else None, keyfile=str(broker.key_file) if broker.key_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.max_queued_messages_set(0)
@@ -52,15 +59,23 @@ class Bridge:
         if reason_code.is_failure:
             log.error("broker refused the fleet: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        client.subscribe([(t, 1) for t in SUBSCRIPTIONS] + [(t, 0) for t in BROKER_STATS])
         self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic in BROKER_STATS:  # the broker's own counters (queue overflow drops), reported as they are
+            try:
+                self.ingest.counters[BROKER_STATS[msg.topic]] = int(msg.payload)
+            except ValueError:
+                pass
+            return
         bulk = msg.topic.endswith(("/telemetry", "/alerts"))
         if bulk and self.queue.qsize() >= MAX_BACKLOG:
             self.ingest.counters["dropped_backlog"] += 1
+            self._ack(msg.mid)  # handled: dropped and counted
             return
-        (self.queue if bulk else self.urgent).put(Message(msg.topic, msg.payload, time.time()))
+        message = Message(msg.topic, msg.payload, time.time(), msg.mid if msg.qos else 0)
+        (self.queue if bulk else self.urgent).put(message)
         self._wake.set()
 
     def _next_batch(self) -> list[Message]:
@@ -73,6 +88,10 @@ class Bridge:
                     break
         return batch
 
+    def _ack(self, mid: int) -> None:
+        if mid:
+            self.client.ack(mid, 1)
+
     def _drain(self) -> None:
         while not self._stop.is_set() or not (self.queue.empty() and self.urgent.empty()):
             batch = self._next_batch()
@@ -80,10 +99,22 @@ class Bridge:
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
+            self._store(batch)
+
+    def _store(self, batch: list[Message]) -> None:
+        """Commit `batch`, then acknowledge it; retry while the database refuses (until stopped)."""
+        delay = 0.2
+        while True:
             try:
                 self.ingest.handle_batch(batch)
-            except Exception:  # a database hiccup must not kill the bridge; the batch is logged and lost
-                log.exception("could not store %d MQTT messages", len(batch))
+                break
+            except Exception:  # a database hiccup must not kill the bridge; unacknowledged, the batch is not lost
+                log.exception("could not store %d MQTT messages; retrying in %.1f s", len(batch), delay)
+                if self._stop.wait(delay):
+                    return  # the broker sends them again on the next connection
+                delay = min(delay * 2, 10.0)
+        for m in batch:
+            self._ack(m.mid)
 
     def start(self, timeout: float = 15.0) -> None:
         self._worker.start()

@@ -21,15 +21,32 @@ from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.core import Fleet, sha256_text
 from edgefleet.fleet.db import Device, EnrollmentToken
 
+# A device id is its certificate CN, its MQTT username and client id, and its topic level, so
+# it can hold none of MQTT's wildcards or separators ('+', '#', '/'), no '$' (broker topics) and
+# no '%' (ACL pattern substitutions): the pattern only admits letters, digits, '.', '_', '-'.
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FLEET_MQTT_USER = "fleet"  # the CN of the fleet's own client certificate
+FLEET_VIEWER_USER = "fleet-viewer"  # a read-only fleet-side identity (the demo's alert console)
+# Broker counters the fleet reads ($SYS is outside every device's namespace) and reports.
+BROKER_STATS = {
+    "$SYS/broker/publish/messages/dropped": "broker_messages_dropped",
+    "$SYS/broker/store/messages/count": "broker_messages_stored",
+}
+# Identities a camera must never hold: the fleet's own (it may read every device's topics),
+# fleet-side helpers (fleet-*), and the names the broker and older clients used. Compared
+# case-insensitively so that a look-alike cannot confuse an operator either.
+RESERVED_IDS = frozenset({FLEET_MQTT_USER, "edgefleet", "edgefleet-fleet", "localhost", "server", "broker",
+                          "mosquitto"})
+RESERVED_PREFIXES = (f"{FLEET_MQTT_USER}-", "edgefleet-", "$")
 
 
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.match(device_id or ""):
         raise BadInputError(f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'", "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)")
-    if device_id == FLEET_MQTT_USER:  # its certificate would be the fleet's broker user, its topics the fleet's
-        raise BadInputError(f"device id {device_id!r} is reserved for the fleet service", "pick another device id")
+    folded = device_id.lower()
+    if folded in RESERVED_IDS or folded.startswith(RESERVED_PREFIXES):
+        raise BadInputError(f"device id {device_id!r} is reserved for the fleet's own identities",
+                            "pick another id (not 'fleet', 'fleet-*' or 'edgefleet-*')")
     return device_id
 
 
@@ -72,6 +89,9 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
             raise PermissionDeniedError("this enrollment token was already used", "enrollment tokens are one-time; ask for a new one")
         if row.expires_at < fleet.clock():
             raise PermissionDeniedError("this enrollment token has expired", "ask for a new one")
+        if s.get(Device, device_id) is not None:  # another token for this id was spent first
+            raise ConflictError(f"device {device_id!r} is already enrolled",
+                                "remove it first, or enroll the camera under a new id")
         cert = authority.sign_csr(csr_pem, device_id)
         row.used_at = fleet.clock()
         s.add(Device(id=device_id, group=row.group, tags=row.tags, target=row.target, cert_serial=format(cert.serial_number, "x")))
@@ -90,7 +110,10 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
 
 def acl_text(device_ids: list[str]) -> str:
     """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
-    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#", ""]
+    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#",
+             *(f"topic read {t}" for t in BROKER_STATS), "",
+             # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
+             f"user {FLEET_VIEWER_USER}", "topic read edgefleet/v1/+/alerts", ""]
     for dev in sorted(device_ids):
         base = f"edgefleet/v1/{dev}"
         lines += [f"user {dev}", f"topic write {base}/status", f"topic write {base}/alerts", f"topic write {base}/telemetry", f"topic write {base}/jobs/+/update", f"topic read {base}/jobs/notify", ""]

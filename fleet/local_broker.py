@@ -1,7 +1,8 @@
 """The embedded default broker: one local mosquitto process with mutual TLS from the fleet's CA.
 
 Layout under `directory`: server.crt/.key (signed by the fleet CA for `host`), fleet.crt/.key
-(the fleet's own MQTT identity, CN "fleet"), acl (written by the fleet from its device list
+(the fleet's own MQTT identity, CN "fleet"), viewer.crt/.key (CN "fleet-viewer": reads alerts),
+acl (written by the fleet from its device list
 and re-read by mosquitto on SIGHUP), mosquitto.conf, mosquitto.pid, data/ (persistence) and
 mosquitto.log. Clients authenticate with certificates only: the CN is the MQTT username.
 """
@@ -19,11 +20,33 @@ from pathlib import Path
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.config import BrokerConfig
-from edgefleet.fleet.devices import FLEET_MQTT_USER, acl_text
+from edgefleet.fleet.devices import FLEET_MQTT_USER, FLEET_VIEWER_USER, acl_text
 
 
-def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path, acl_file: Path, data_dir: Path, log_file: Path, pid_file: Path | None = None) -> str:
-    """A mosquitto.conf for one mutual-TLS listener with certificate CNs as usernames and an ACL."""
+# Broker limits, sized for a fleet of up to ~1,000 cameras (docs/security.md "Broker limits").
+# The largest thing a device sends is an alert with a <= 64 KiB thumbnail (agent/config.py).
+MAX_PACKET_BYTES = 256 * 1024
+# QoS 1 messages queued per offline persistent session: the fleet's own session collects every
+# camera's telemetry and alerts while the fleet is down (1,000 cameras x 1 message/10 s = 100/s,
+# so ~3 minutes); a camera's session collects only its jobs. Agents keep their own outbox on
+# top. Drops past this are counted by mosquitto ($SYS/broker/publish/messages/dropped).
+MAX_QUEUED_MESSAGES = 20_000
+# The fleet acknowledges a message only once it is committed (fleet/bridge.py); this many may
+# be in flight to it at once, enough for whole ingest batches.
+MAX_INFLIGHT_MESSAGES = 1_000
+
+
+def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path, acl_file: Path,
+                     data_dir: Path, log_file: Path, pid_file: Path | None = None) -> str:
+    """mosquitto.conf: one mutual-TLS listener where certificate CN = username = client id.
+
+    Identity: `use_identity_as_username` makes the CN the user the ACL checks, and
+    `use_username_as_clientid` replaces whatever client id a client sends with that CN, so a
+    camera can neither take over another client's session (the fleet's, another camera's) nor
+    read a session queued for it. Durability: `autosave_on_changes` with an interval of 1 writes
+    the persistence file after every change (a queued QoS 1 message is one), so a SIGKILL loses
+    at most what was acknowledged during the broker's last loop pass (docs/security.md).
+    """
     lines = [
         f"user {getpass.getuser()}",  # as root, mosquitto would otherwise drop to a user that cannot read our keys
         "per_listener_settings false",
@@ -31,6 +54,12 @@ def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, ke
         f"acl_file {acl_file}",
         "persistence true",
         f"persistence_location {data_dir}/",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        "sys_interval 5",  # $SYS counters (dropped messages, queued store) the fleet reports in /api/v1/metrics
         f"log_dest file {log_file}",
         "log_type error",
         "log_type warning",
@@ -41,6 +70,7 @@ def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, ke
         f"keyfile {key_file}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
     ]
     if pid_file is not None:
         lines.insert(1, f"pid_file {pid_file}")
@@ -73,6 +103,7 @@ class LocalBroker:
         self.ca_file.write_text(authority.cert_pem)
         self.server_cert, self.server_key = self._identity(authority, "server", host, [host, "localhost"])
         self.fleet_cert, self.fleet_key = self._identity(authority, "fleet", FLEET_MQTT_USER, None)
+        self.viewer_cert, self.viewer_key = self._identity(authority, "viewer", FLEET_VIEWER_USER, None)  # alerts only
         self.acl_file = self.directory / "acl"
         if not self.acl_file.exists():
             self.acl_file.write_text(acl_text([]))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from support.broker import Broker
@@ -155,3 +156,19 @@ def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> None:
             return
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def agent_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(package, trusted public key): the brightness model compiled for this machine by `edgefleet compile`."""
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.package import Preprocessing
+    from edgefleet.signing import create_signing_key, public_path
+
+    root = tmp_path_factory.mktemp("agent-package")
+    key = create_signing_key(root / "signing.key")
+    brightness_onnx(root / "brightness.onnx")
+    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
+                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True)
+    return result.package, public_path(key.path)

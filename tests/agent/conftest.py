@@ -6,26 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import LABELS, brightness_onnx, detection_onnx
+from agent_support import agent_package, detection_onnx  # noqa: F401  (agent_package: the fixture)
 from support.broker import mqtt_broker  # noqa: F401  (the fixture, shared with the fleet tests)
-
-
-@pytest.fixture(scope="session")
-def agent_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(package, trusted public key): the brightness model compiled for this machine by `edgefleet compile`."""
-    from edgefleet.compiler.compile import compile_model
-    from edgefleet.package import Preprocessing
-    from edgefleet.signing import create_signing_key, public_path
-
-    root = tmp_path_factory.mktemp("agent-package")
-    key = create_signing_key(root / "signing.key")
-    brightness_onnx(root / "brightness.onnx")
-    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
-                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True)
-    return result.package, public_path(key.path)
-
-
 
 
 @pytest.fixture(scope="session")

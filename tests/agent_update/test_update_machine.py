@@ -3,10 +3,8 @@ and a real HTTP server; the fault table kills a real process in every state and 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.agent.model_slot import ModelSlot
-from edgefleet.agent.update import AGENT_STATES, EVENTS, RESUME, TERMINAL_STATES, TRANSITIONS, UpdateManager, authorization_bytes
-from edgefleet.signing import load_public_key, load_signing_key, public_path
+from update_support import DEVICE, Device, device  # noqa: F401
 
-DEVICE = "cam-1"
+from edgefleet.agent.model_slot import ModelSlot
+from edgefleet.agent.update import AGENT_STATES, EVENTS, RESUME, TERMINAL_STATES, TRANSITIONS, UpdateManager
+from edgefleet.signing import public_path
 HERE = Path(__file__).parent
 
 
@@ -31,44 +29,6 @@ def test_transition_table_is_closed_and_every_state_is_reachable_and_resumable()
     # From the switch on, anything interrupted rolls back; before it, the job continues.
     assert [RESUME[s] for s in ("switching", "probation", "rolling_back")] == ["roll_back"] * 3
     assert [RESUME[s] for s in ("idle", "downloading", "verifying", "staged")] == ["continue"] * 4
-
-
-class Device:
-    def __init__(self, root: Path, packages: dict, server) -> None:
-        self.root = root
-        self.state = root / "state"
-        self.key = load_signing_key(packages["key"])
-        self.trusted = [load_public_key(public_path(packages["key"]))]
-        self.server = server
-        self.packages = packages
-        self.published: list[tuple[str, dict]] = []
-        self.slot = ModelSlot(self.state, self.trusted)
-        self.slot.install_initial(packages["v1"])
-        self.manager = UpdateManager(self.state, self.slot, lambda t, p: self.published.append((t, p)), self.trusted, DEVICE, download_retries=2)
-
-    def offer(self, package: Path, name: str) -> dict:
-        shutil.copy(package, self.server.root / name)
-        return {"size": package.stat().st_size, "sha256": __import__("hashlib").sha256(package.read_bytes()).hexdigest(), "url": self.server.url(name)}
-
-    def job(self, job_id: str, package_key: str, version: str, kind: str = "install", **extra) -> dict:
-        pkg = self.offer(self.packages[package_key], f"{job_id}.tar.gz")
-        payload = {"schema": 1, "id": job_id, "job": job_id, "kind": kind, "package": {"name": "tiny", "version": version, **pkg}, "probation": {"smoke_runs": 2, "latency_budget_ms": 5000}}
-        return payload | extra
-
-    def authorization(self, job: str, version: str, device: str = DEVICE) -> dict:
-        doc = {"schema": 1, "kind": "rollback", "device": device, "job": job, "name": "tiny", "version": version}
-        return doc | {"signature": base64.b64encode(self.key.sign(authorization_bytes(doc))).decode()}
-
-    def states(self, job: str) -> list[str]:
-        return [p["state"] for t, p in self.published if t == f"jobs/{job}/update"]
-
-    def dirs(self) -> set[str]:
-        return {p.name for p in (self.state / "packages").iterdir() if not p.name.startswith(".")}
-
-
-@pytest.fixture
-def device(tmp_path, tiny_packages, static_server) -> Device:
-    return Device(tmp_path, tiny_packages, static_server)
 
 
 def test_install_commits_and_drops_the_previous_package(device):

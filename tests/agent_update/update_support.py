@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import shutil
 import socket
 import threading
 import time
@@ -10,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from tiny_models import compile_tiny
+
+from edgefleet.agent.model_slot import ModelSlot
+from edgefleet.agent.update import UpdateManager, authorization_bytes
+from edgefleet.signing import load_public_key, load_signing_key, public_path
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +82,46 @@ def static_server(tmp_path: Path):
     server = StaticServer(root)
     yield server
     server.stop()
+
+
+DEVICE = "cam-1"
+
+
+class Device:
+    """A device's update side in-process: a model slot with v1 active and an UpdateManager."""
+
+    def __init__(self, root: Path, packages: dict, server) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.key = load_signing_key(packages["key"])
+        self.trusted = [load_public_key(public_path(packages["key"]))]
+        self.server = server
+        self.packages = packages
+        self.published: list[tuple[str, dict]] = []
+        self.slot = ModelSlot(self.state, self.trusted)
+        self.slot.install_initial(packages["v1"])
+        self.manager = UpdateManager(self.state, self.slot, lambda t, p: self.published.append((t, p)), self.trusted, DEVICE, download_retries=2)
+
+    def offer(self, package: Path, name: str) -> dict:
+        shutil.copy(package, self.server.root / name)
+        return {"size": package.stat().st_size, "sha256": hashlib.sha256(package.read_bytes()).hexdigest(), "url": self.server.url(name)}
+
+    def job(self, job_id: str, package_key: str, version: str, kind: str = "install", **extra) -> dict:
+        pkg = self.offer(self.packages[package_key], f"{job_id}.tar.gz")
+        payload = {"schema": 1, "id": job_id, "job": job_id, "kind": kind, "package": {"name": "tiny", "version": version, **pkg}, "probation": {"smoke_runs": 2, "latency_budget_ms": 5000}}
+        return payload | extra
+
+    def authorization(self, job: str, version: str, device: str = DEVICE) -> dict:
+        doc = {"schema": 1, "kind": "rollback", "device": device, "job": job, "name": "tiny", "version": version}
+        return doc | {"signature": base64.b64encode(self.key.sign(authorization_bytes(doc))).decode()}
+
+    def states(self, job: str) -> list[str]:
+        return [p["state"] for t, p in self.published if t == f"jobs/{job}/update"]
+
+    def dirs(self) -> set[str]:
+        return {p.name for p in (self.state / "packages").iterdir() if not p.name.startswith(".")}
+
+
+@pytest.fixture
+def device(tmp_path, tiny_packages, static_server) -> Device:
+    return Device(tmp_path, tiny_packages, static_server)

@@ -4,27 +4,12 @@ and the CLI against a real `edgefleet fleet serve` process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.fleet import auth
-from edgefleet.fleet.api import create_app
-from edgefleet.fleet.ingest import Ingest
-
-
-@pytest.fixture
-def api(fleet):
-    client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
-    client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
-    return client
-
-
-def h(api, scope: str) -> dict:
-    return {"Authorization": f"Bearer {api.tokens[scope]}"}
+from tests_fleet_util import h
 
 
 def test_scopes_are_enforced(api, tiny_packages):
@@ -102,18 +87,12 @@ def test_openapi_documents_the_api(api):
 
 
 def test_cli_over_a_real_fleet_service(tmp_path, edgefleet_home, tiny_packages):
-    from tests_fleet_util import free_port_for, wait_http
+    from tests_fleet_util import fleet_process
 
-    port = free_port_for()
-    cfg = tmp_path / "fleet.toml"
-    cfg.write_text(f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\nsigning_key = "{tiny_packages["key"]}"\n')
-    env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
     cli = [sys.executable, "-m", "edgefleet.cli"]
-    admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "me", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
-    server = subprocess.Popen(cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        env |= {"EDGEFLEET_FLEET_URL": f"http://127.0.0.1:{port}", "EDGEFLEET_FLEET_TOKEN": admin}
+    with fleet_process(tmp_path, edgefleet_home, tiny_packages["key"]) as (url, admin, server, env):
+        cfg = server.cfg
+        env |= {"EDGEFLEET_FLEET_URL": url, "EDGEFLEET_FLEET_TOKEN": admin}
 
         def run(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(cli + ["fleet", *args], env=env, capture_output=True, text=True)
@@ -132,6 +111,3 @@ def test_cli_over_a_real_fleet_service(tmp_path, edgefleet_home, tiny_packages):
         ro = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "viewer", "--scope", "read-only"], env=env, capture_output=True, text=True, check=True).stdout.strip()
         denied = run("--token", ro, "models", "approve", "tiny", "1")
         assert denied.returncode == 42 and "scope read-only" in denied.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=20)

@@ -1,11 +1,17 @@
-"""Small helpers for the fleet tests."""
+"""Small helpers and fixtures for the fleet tests (also used by tests/security)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 
 class Clock:
@@ -37,3 +43,55 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, edgefleet_home: Path, tiny_packages: dict):
+    """A fleet on SQLite in tmp_path with a recording notifier (`fleet.sent`) and a settable clock."""
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
+    sent: list[tuple[str, dict]] = []
+    config = FleetConfig(data_dir=tmp_path / "fleet", signing_key=tiny_packages["key"])
+    f = open_fleet(config, notify=lambda device, payload: sent.append((device, payload)))
+    f.clock = Clock()
+    f.sent = sent
+    return f
+
+
+@pytest.fixture
+def api(fleet):
+    """FastAPI's TestClient on `fleet`, with one token per scope in `api.tokens`."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.fleet import auth
+    from edgefleet.fleet.api import create_app
+    from edgefleet.fleet.ingest import Ingest
+
+    client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
+    client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
+    return client
+
+
+def h(api, scope: str) -> dict:
+    return {"Authorization": f"Bearer {api.tokens[scope]}"}
+
+
+@contextlib.contextmanager
+def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
+    """A real `edgefleet fleet serve` (no broker); yields (url, admin token, process, env)."""
+    port = free_port_for()
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\nsigning_key = "{signing_key}"\n')
+    env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
+    cli = [sys.executable, "-m", "edgefleet.cli"]
+    admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "me", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    server = subprocess.Popen(cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz")
+        server.cfg = cfg
+        yield url, admin, server, env
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

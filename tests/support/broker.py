@@ -11,15 +11,15 @@ Use from any test area:
         assert sub.wait_for(1)[0].payload ...
         mqtt_broker.stop(); mqtt_broker.start()             # an outage; persistence keeps sessions
 
-Authentication is the client certificate (`use_identity_as_username`: the CN is the user).
-ACL: user `fleet` may read and write everything under edgefleet/v1/; every other identity
-only edgefleet/v1/<its CN>/#. `pki.sign_csr(pem)` signs a device's CSR, as fleet enrollment does.
+The configuration is the fleet's own (fleet/local_broker.py): the client certificate's CN is
+the username and the client id. ACL: user `fleet` (and the observers `fleet-observer-<n>` that
+`subscriber()` hands out) may read and write everything under edgefleet/v1/; every other
+identity only edgefleet/v1/<its CN>/#. `pki.sign_csr(pem)` signs a device's CSR, as fleet enrollment does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import ipaddress
 import shutil
 import signal
@@ -37,7 +37,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgefleet.fleet.local_broker import mosquitto_config
+
 FLEET_USER = "fleet"
+# Fleet-side test clients (observers) need identities of their own: the broker makes the
+# certificate CN the client id, so two clients with one certificate would take each other over.
+OBSERVERS = 64
+
+
+def acl_text() -> str:
+    from edgefleet.fleet.devices import BROKER_STATS
+
+    fleet_side = [FLEET_USER] + [f"{FLEET_USER}-observer-{i}" for i in range(OBSERVERS)]
+    stats = "".join(f"topic read {t}\n" for t in BROKER_STATS)
+    users = "".join(f"user {u}\ntopic readwrite edgefleet/v1/#\n{stats}\n" for u in fleet_side)
+    return users + "pattern readwrite edgefleet/v1/%u/#\n"
 
 
 def _name(cn: str) -> x509.Name:
@@ -129,33 +143,17 @@ class Broker:
         self.server_cert, self.server_key = self.pki.issue("localhost", server=True)
         self.fleet_cert, self.fleet_key = self.pki.issue(FLEET_USER)
         self.acl_file = self.root / "acl"
-        self.acl_file.write_text(f"user {FLEET_USER}\ntopic readwrite edgefleet/v1/#\n\npattern readwrite edgefleet/v1/%u/#\n")
+        self.acl_file.write_text(acl_text())
         (self.root / "data").mkdir(exist_ok=True)
         self.log_file = self.root / "mosquitto.log"
         self.config_file = self.root / "mosquitto.conf"
-        self.config_file.write_text(
-            "\n".join([
-                f"user {getpass.getuser()}",
-                "per_listener_settings false",
-                "allow_anonymous false",
-                f"acl_file {self.acl_file}",
-                "persistence true",
-                f"persistence_location {self.root / 'data'}/",
-                f"log_dest file {self.log_file}",
-                "log_type error",
-                "log_type warning",
-                "log_type notice",
-                f"listener {self.port} {self.host}",
-                f"cafile {self.pki.ca_file}",
-                f"certfile {self.server_cert}",
-                f"keyfile {self.server_key}",
-                "require_certificate true",
-                "use_identity_as_username true",
-                "",
-            ])
-        )
+        # The fleet's own broker settings (identity, durability, limits), only the ACL differs.
+        self.config_file.write_text(mosquitto_config(
+            host=self.host, port=self.port, ca_file=self.pki.ca_file, cert_file=self.server_cert,
+            key_file=self.server_key, acl_file=self.acl_file, data_dir=self.root / "data", log_file=self.log_file))
         self.process: subprocess.Popen | None = None
         self._clients: list = []
+        self._observers = 0
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -170,6 +168,13 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what autosave already wrote survives."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
     def stop(self) -> None:
         """SIGTERM: mosquitto saves its persistence file (sessions, queued QoS 1 messages) and exits."""
@@ -186,9 +191,10 @@ class Broker:
     def subscriber(self, topic: str, *, identity: str = FLEET_USER, client_id: str | None = None, persistent: bool = True) -> Subscriber:
         """A paho client (QoS 1, persistent session by default) that records what it receives."""
         if identity == FLEET_USER:
-            cert, key = self.fleet_cert, self.fleet_key
-        else:
-            cert, key = self.pki.issue(identity)
+            identity = f"{FLEET_USER}-observer-{self._observers}"  # may read and write everything, as the fleet
+            self._observers += 1
+        cert, key = self.pki.issue(identity)
+        # The broker replaces client_id by the CN; it is still sent, as real clients do.
         sub = Subscriber(self, topic, cert, key, client_id or f"{identity}-sub-{len(self._clients)}", persistent)
         self._clients.append(sub)
         return sub
