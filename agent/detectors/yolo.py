@@ -1,0 +1,51 @@
+"""Anchor-free YOLO (Ultralytics v8, v9, 11; YOLO-NAS-style single tensor): one output
+[1, 4+nc, N] (the default export) or its transpose [1, N, 4+nc]; each anchor is cx, cy, w, h
+then one already-sigmoided score per class. No objectness.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from edgefleet.agent.boxes import cxcywh_to_xyxy
+from edgefleet.agent.detectors.base import Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, one_3d, single_output
+
+LAYOUT = "[1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores"
+
+
+class YoloConfig(HeadConfig):
+    # Ultralytics' TFLite exports divide the boxes by the input size; ONNX exports do not.
+    coords: Literal["pixels", "normalized"] = "pixels"
+
+
+def channels_last(out: np.ndarray) -> np.ndarray:
+    """[4+nc, N] or [N, 4+nc] -> [N, 4+nc]: anchors outnumber channels in every real export."""
+    return out.T if out.shape[0] < out.shape[1] else out
+
+
+def scaled(boxes: np.ndarray, coords: str, input_hw: tuple[int, int]) -> np.ndarray:
+    if coords == "pixels":
+        return boxes
+    h, w = input_hw
+    return boxes * np.asarray([w, h, w, h], dtype=np.float32)
+
+
+class YoloHead(Head):
+    name = "yolo"
+    layout = LAYOUT
+    config_class = YoloConfig
+
+    @staticmethod
+    def matches(shapes: Shapes) -> bool:
+        dims = one_3d(shapes)
+        return dims is not None and dims[0] != dims[1] and classes_fit(min(dims) - 4, shapes)
+
+    def decode(self, outputs, names, cfg, input_hw, score_threshold):
+        out = channels_last(single_output(outputs, self.name, LAYOUT))
+        if out.shape[1] < 5:
+            return Candidates.empty()
+        rows, classes, scores = best_class(out[:, 4:], score_threshold)
+        boxes = cxcywh_to_xyxy(out[rows, :4].astype(np.float32))
+        return Candidates(scaled(boxes, cfg.coords, input_hw), scores.astype(np.float32), classes.astype(np.int64))
