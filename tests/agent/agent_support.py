@@ -165,6 +165,8 @@ def toml_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # inline table: what tables nested deeper than [a.b] need
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -225,17 +227,23 @@ def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> None:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def compile_test_package(root: Path, build_onnx, name: str, labels: list[str], **options) -> tuple[Path, Path]:
+    """(package, trusted public key): `build_onnx(path)`'s model compiled for this machine by `edgefleet compile`."""
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.signing import create_signing_key, public_path
+
+    key = create_signing_key(root / "signing.key")
+    build_onnx(root / f"{name}.onnx")
+    (root / "labels.txt").write_text("\n".join(labels) + "\n")
+    result = compile_model(str(root / f"{name}.onnx"), "x86_64", output=root / f"{name}.tar.gz", name=name, version="1",
+                           labels=root / "labels.txt", key=key.path, quiet=True, **options)
+    return result.package, public_path(key.path)
+
+
 @pytest.fixture(scope="session")
 def agent_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(package, trusted public key): the brightness model compiled for this machine by `edgefleet compile`."""
-    from edgefleet.compiler.compile import compile_model
     from edgefleet.package import Preprocessing
-    from edgefleet.signing import create_signing_key, public_path
 
-    root = tmp_path_factory.mktemp("agent-package")
-    key = create_signing_key(root / "signing.key")
-    brightness_onnx(root / "brightness.onnx")
-    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
-                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True)
-    return result.package, public_path(key.path)
+    return compile_test_package(tmp_path_factory.mktemp("agent-package"), brightness_onnx, "brightness", LABELS,
+                                preprocessing=Preprocessing(resize=(16, 16)))
