@@ -52,6 +52,7 @@ class YoloxHead(Head):
         out, cells, steps = out[rows], cells[rows], steps[rows]
         keep, classes, scores = best_class(out[:, 5:] * out[:, 4:5], score_threshold)
         centre = (out[keep, :2] + cells[keep]) * steps[keep]
-        size = np.exp(out[keep, 2:4]) * steps[keep]
+        # Clipped: a garbage log-size must give a huge box, not inf (inf - inf makes NaN in NMS).
+        size = np.exp(np.minimum(out[keep, 2:4], 20)) * steps[keep]
         boxes = cxcywh_to_xyxy(np.concatenate([centre, size], axis=1).astype(np.float32))
         return Candidates(boxes, scores.astype(np.float32), classes.astype(np.int64))
