@@ -48,7 +48,7 @@ def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> No
             ["tvm target", m.target.tvm_target], ["runtime", f"{m.runtime.kind} {m.runtime.tvm_version or ''}"],
             ["inputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.inputs)],
             ["outputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.outputs)],
-            ["preprocessing", m.preprocessing.model_dump()], ["task", m.task], ["labels", len(m.labels)],
+            ["preprocessing", m.preprocessing.model_dump()], ["task", m.task if m.detection is None else f"{m.task}, head {m.detection.head}"], ["labels", len(m.labels)],
             ["source", f"{m.provenance.source_uri} sha256 {m.provenance.source_sha256[:16]}"],
             ["training job", m.provenance.training_job or "-"],
             ["verification", f"{m.verification.status} vs {m.verification.reference}: max abs {m.verification.max_abs_diff}, rel {m.verification.max_rel_diff}" if m.verification.status != "skipped" else f"skipped: {m.verification.reason}"],

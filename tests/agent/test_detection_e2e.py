@@ -68,3 +68,18 @@ def test_a_model_whose_outputs_match_no_head_is_refused_at_compile_time(tmp_path
     with pytest.raises(UsageError) as err:
         compile_test_package(tmp_path, brightness_onnx, "brightness", ["dark", "bright"], task="detection", preprocessing={"resize": (16, 16)})
     assert "no detection head reads outputs [[1, 2]]" in err.value.cause and "yolo: [1, 4+nc, N]" in err.value.cause
+
+
+def test_head_options_at_compile_time():
+    from edgefleet.compiler.compile import resolve_detection
+    from edgefleet.package import TensorSpec
+
+    outputs = [TensorSpec(name="output_0", shape=[1, 84, 8400], dtype="float32")]
+    labels = [f"c{i}" for i in range(80)]
+    assert resolve_detection("classification", "auto", outputs, (640, 640), labels, "onnx") is None
+    with pytest.raises(UsageError, match="--head yolo applies to --task detection"):
+        resolve_detection("classification", "yolo", outputs, (640, 640), labels, "onnx")
+    with pytest.raises(UsageError, match="'detr' is not a detection head"):
+        resolve_detection("detection", "detr", outputs, (640, 640), labels, "onnx")
+    info = resolve_detection("detection", None, outputs, (640, 640), labels, "tflite", {"score_threshold": 0.4, "iou_threshold": None})
+    assert (info.head, info.options, info.score_threshold, info.iou_threshold) == ("yolo", {"coords": "normalized"}, 0.4, 0.45)
