@@ -39,7 +39,8 @@ def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list
         pen.rectangle([x1 * sx, y1 * sy, x2 * sx, y2 * sy], outline=(255, 0, 0), width=max(1, small.width // 80))
 
 
-def thumbnail(image: Image.Image, max_side: int, max_bytes: int, boxes: list[list[float]] | None = None) -> dict | None:
+def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
+              boxes: list[list[float]] | None = None) -> dict | None:
     """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
     small = image.convert("RGB")
     small.thumbnail((max_side, max_side))
@@ -70,7 +71,9 @@ def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, 
     }
     if result.detections is not None:
         # Schema 1 stays: box_px, zones and frame_size are optional additions readers may ignore.
-        chosen = hit.detections if hit.detections is not None else [d for d in result.detections if d.label == hit.label]
+        chosen = hit.detections
+        if chosen is None:
+            chosen = [d for d in result.detections if d.label == hit.label]
         body["detections"] = [detection_body(d) for d in chosen[:20]]
         if result.frame_size:
             body["frame_size"] = list(result.frame_size)

@@ -50,7 +50,8 @@ def _label(labels: list[str], index: int) -> str:
 def classification(outputs: list[np.ndarray], labels: list[str]) -> FrameResult:
     scores = softmax_if_logits(np.asarray(outputs[0]).reshape(-1))
     best = int(np.argmax(scores))
-    return FrameResult(_label(labels, best), float(scores[best]), {_label(labels, i): float(s) for i, s in enumerate(scores)})
+    by_label = {_label(labels, i): float(s) for i, s in enumerate(scores)}
+    return FrameResult(_label(labels, best), float(scores[best]), by_label)
 
 
 def effective(info: DetectionInfo | None, overrides: dict | None = None) -> DetectionInfo:
@@ -71,16 +72,19 @@ def decode_boxes(outputs: list[np.ndarray], names: list[str], info: DetectionInf
     return found.boxes[keep], found.scores[keep], found.classes[keep]
 
 
-def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: list[str], geometry: Geometry) -> FrameResult:
+def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: list[str],
+                  geometry: Geometry) -> FrameResult:
     px = geometry.to_frame(boxes.reshape(-1, 4))
     rel = px[:, [1, 0, 3, 2]] / np.asarray([geometry.frame_h, geometry.frame_w] * 2, dtype=np.float32)
-    found = [Detection(_label(labels, int(c)), float(s), [round(float(v), 4) for v in r], [round(float(v), 1) for v in p])
+    found = [Detection(_label(labels, int(c)), float(s), [round(float(v), 4) for v in r],
+                       [round(float(v), 1) for v in p])
              for p, r, s, c in zip(px, rel, scores, classes)]
     best: dict[str, float] = {}
     for d in found:
         best[d.label] = max(best.get(d.label, 0.0), d.score)
     top = found[0] if found else None
-    return FrameResult(top.label if top else "", top.score if top else 0.0, best, found, (geometry.frame_w, geometry.frame_h))
+    size = (geometry.frame_w, geometry.frame_h)
+    return FrameResult(top.label if top else "", top.score if top else 0.0, best, found, size)
 
 
 def detection(outputs: list[np.ndarray], names: list[str], labels: list[str], info: DetectionInfo | None = None,
@@ -92,10 +96,12 @@ def detection(outputs: list[np.ndarray], names: list[str], labels: list[str], in
     return to_detections(boxes, scores, classes, labels, geometry)
 
 
-def interpret(outputs: list[np.ndarray], manifest: Manifest, geometry: Geometry | None = None, overrides: dict | None = None) -> FrameResult:
+def interpret(outputs: list[np.ndarray], manifest: Manifest, geometry: Geometry | None = None,
+              overrides: dict | None = None) -> FrameResult:
     if manifest.task == "detection":
         info = effective(manifest.detection, overrides)
-        return detection(outputs, [o.name for o in manifest.outputs], manifest.labels, info, model_hw(manifest), geometry)
+        names = [o.name for o in manifest.outputs]
+        return detection(outputs, names, manifest.labels, info, model_hw(manifest), geometry)
     return classification(outputs, manifest.labels)
 
 

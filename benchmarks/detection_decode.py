@@ -48,7 +48,8 @@ def yolo_scene(rng: np.random.Generator, objects: int | None) -> np.ndarray:
 def yolox_scene(yolo: np.ndarray) -> np.ndarray:
     """The typical scene's scores with YOLOX's raw regression: cell offsets and log sizes at stride 8."""
     rng = np.random.default_rng(1)
-    raw = np.concatenate([rng.uniform(0, 1, (2, 8400)), np.log(rng.uniform(1, 25, (2, 8400))), np.ones((1, 8400))]).astype(np.float32)
+    offsets, log_sizes = rng.uniform(0, 1, (2, 8400)), np.log(rng.uniform(1, 25, (2, 8400)))
+    raw = np.concatenate([offsets, log_sizes, np.ones((1, 8400))]).astype(np.float32)
     return np.ascontiguousarray(np.concatenate([raw[None], yolo[:, 4:]], axis=1).transpose(0, 2, 1))
 
 
@@ -68,7 +69,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    cases = [(name, yolo_scene(rng, objects), "yolo") for name, objects in (("typical", 20), ("crowded", 150), ("dense", None))]
+    scenes = (("typical", 20), ("crowded", 150), ("dense", None))
+    cases = [(name, yolo_scene(rng, objects), "yolo") for name, objects in scenes]
     cases.append(("typical, [1, 8400, 84]", np.ascontiguousarray(cases[0][1].transpose(0, 2, 1)), "yolo"))
     cases.append(("yolox [1, 8400, 85], random boxes", yolox_scene(cases[0][1]), "yolox"))
     print(f"decode + NMS + map to frame, 8,400 candidates x 80 classes, median of {args.repeat} (target < 2 ms)")

@@ -98,11 +98,13 @@ def check_source(source: str) -> None:
 
 
 def summarise(images: list[Path], run: Callable[[np.ndarray], list[np.ndarray]], inputs: list[TensorSpec], outputs: list[TensorSpec],
-              pre: Preprocessing, labels: list[str], task: str, detection: DetectionInfo | None = None) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
+              pre: Preprocessing, labels: list[str], task: str,
+              detection: DetectionInfo | None = None) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
     """The agent's drift summary over `images`, the raw per-image values, and the images skipped (with why)."""
     metrics = AgentMetrics()
     # What interpret() reads of a manifest.
-    shape = types.SimpleNamespace(task=task, labels=labels, outputs=outputs, inputs=inputs, preprocessing=pre, detection=detection)
+    shape = types.SimpleNamespace(task=task, labels=labels, outputs=outputs, inputs=inputs, preprocessing=pre,
+                                  detection=detection)
     values: dict[str, list[float]] = {"brightness": [], "contrast": [], "confidence": []}
     skipped: dict[str, str] = {}
     for path in images:

@@ -108,7 +108,8 @@ class DetectionInfo(Strict):
 # Fields added after format 2 shipped, with the value that means "absent". They are left out
 # of the manifest at that value, so agents that predate them (extra="forbid") still read
 # packages that do not use them.
-_LATER_DEFAULTS = {("preprocessing", "resize_mode"): "stretch", ("preprocessing", "pad_value"): 114, ("detection",): None}
+_LATER_DEFAULTS = {("preprocessing", "resize_mode"): "stretch", ("preprocessing", "pad_value"): 114,
+                   ("detection",): None}
 
 
 def _drop_later_defaults(data: dict) -> dict:
@@ -236,7 +237,8 @@ class Manifest(Strict):
         return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(_drop_later_defaults(self.model_dump(mode="json")), indent=2, sort_keys=True) + "\n").encode()
+        data = _drop_later_defaults(self.model_dump(mode="json"))
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def sha256_file(path: Path) -> str:

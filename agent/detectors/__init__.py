@@ -26,7 +26,8 @@ def heads() -> dict[str, type[Head]]:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Head) and value is not Head and value.__module__ == module.__name__:
+            own = isinstance(value, type) and value.__module__ == module.__name__
+            if own and issubclass(value, Head):
                 found[value.name] = value
     return dict(sorted(found.items()))
 
@@ -48,7 +49,8 @@ def head_config(name: str, options: dict) -> HeadConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "options"
-        raise BadInputError(f"detection head {name} option {where}: {first['msg']}", "see docs/agent.md for the head's options") from None
+        raise BadInputError(f"detection head {name} option {where}: {first['msg']}",
+                            "see docs/agent.md for the head's options") from None
 
 
 def layouts() -> str:
@@ -60,9 +62,11 @@ def detect_head(shapes: Shapes) -> str:
     found = [name for name, cls in heads().items() if cls.matches(shapes)]
     if len(found) == 1:
         return found[0]
-    described = f"outputs {shapes.outputs} (input {shapes.input_hw[0]}x{shapes.input_hw[1]}, {shapes.num_labels or 'no'} labels)"
+    h, w = shapes.input_hw
+    described = f"outputs {shapes.outputs} (input {h}x{w}, {shapes.num_labels or 'no'} labels)"
     if not found:
         raise UsageError(f"no detection head reads {described}; expected one of: {layouts()}",
-                         "export the model with one of these layouts (docs/agent.md), or compile with --task classification")
+                         "export the model with one of these layouts (docs/agent.md), "
+                         "or compile with --task classification")
     raise UsageError(f"{described} could be read by several heads: {', '.join(found)}",
                      f"pick one with --head {'|'.join(found)} (a --labels file also narrows it down)")

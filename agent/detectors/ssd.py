@@ -29,14 +29,14 @@ def pick(outputs: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.nd
         return tuple(by_name[k] for k in KEYS)  # type: ignore[return-value]
     if len(outputs) < 3:
         raise BadInputError(f"the ssd head needs boxes, classes and scores outputs; this model has {len(outputs)}",
-                            "compile the model with the --head that matches its export, or export the SSD post-processing")
+                            "compile with the --head that matches its export, or export the SSD post-processing")
     count = outputs[3] if len(outputs) > 3 else np.asarray([np.asarray(outputs[2]).size])
     return outputs[0], outputs[1], outputs[2], count
 
 
 class SsdHead(Head):
     name = "ssd"
-    layout = "boxes [1,N,4] ymin,xmin,ymax,xmax in 0..1, classes [1,N], scores [1,N], count [1] (TFLite post-processing)"
+    layout = "boxes [1,N,4] ymin,xmin,ymax,xmax in 0..1, classes [1,N], scores [1,N], count [1] (TFLite)"
     config_class = SsdConfig
     applies_nms = True
 

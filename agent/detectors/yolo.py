@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 
 from edgefleet.agent.boxes import cxcywh_to_xyxy
-from edgefleet.agent.detectors.base import Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, one_3d, single_output
+from edgefleet.agent.detectors.base import (Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, one_3d,
+                                            single_output)
 
 LAYOUT = "[1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores"
 

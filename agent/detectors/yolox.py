@@ -41,13 +41,14 @@ class YoloxHead(Head):
     def matches(shapes: Shapes) -> bool:
         dims = one_3d(shapes)
         strides = YoloxConfig().strides
-        return dims is not None and dims[0] == grid_points(shapes.input_hw, strides) and classes_fit(dims[1] - 5, shapes)
+        return (dims is not None and dims[0] == grid_points(shapes.input_hw, strides)
+                and classes_fit(dims[1] - 5, shapes))
 
     def decode(self, outputs, names, cfg, input_hw, score_threshold):
         out = single_output(outputs, self.name, LAYOUT)
         cells, steps = grid(tuple(input_hw), tuple(cfg.strides))
         if len(cells) != len(out):
-            raise ValueError(f"yolox: {len(out)} rows but strides {cfg.strides} at {input_hw} make {len(cells)} grid cells")
+            raise ValueError(f"yolox: {len(out)} rows; strides {cfg.strides} at {input_hw} make {len(cells)} cells")
         rows = np.flatnonzero(out[:, 4] > score_threshold)
         out, cells, steps = out[rows], cells[rows], steps[rows]
         keep, classes, scores = best_class(out[:, 5:] * out[:, 4:5], score_threshold)

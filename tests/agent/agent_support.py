@@ -123,7 +123,8 @@ def square_detector_onnx(path: Path, size: int = 32, anchors: int = 8) -> None:
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
     inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in consts.items()]
-    model = helper.make_model(helper.make_graph(nodes, "squares", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+    graph = helper.make_graph(nodes, "squares", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
 
@@ -235,8 +236,8 @@ def compile_test_package(root: Path, build_onnx, name: str, labels: list[str], *
     key = create_signing_key(root / "signing.key")
     build_onnx(root / f"{name}.onnx")
     (root / "labels.txt").write_text("\n".join(labels) + "\n")
-    result = compile_model(str(root / f"{name}.onnx"), "x86_64", output=root / f"{name}.tar.gz", name=name, version="1",
-                           labels=root / "labels.txt", key=key.path, quiet=True, **options)
+    result = compile_model(str(root / f"{name}.onnx"), "x86_64", output=root / f"{name}.tar.gz", name=name,
+                           version="1", labels=root / "labels.txt", key=key.path, quiet=True, **options)
     return result.package, public_path(key.path)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import agent_package, compile_test_package, detection_onnx, square_detector_onnx  # noqa: F401  (agent_package: the fixture)
+# agent_package: the fixture
+from agent_support import agent_package, compile_test_package, detection_onnx, square_detector_onnx  # noqa: F401
 from support.broker import mqtt_broker  # noqa: F401  (the fixture, shared with the fleet tests)
 
 
@@ -15,12 +16,13 @@ def detection_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     """(package, trusted public key): the tiny SSD-layout detector compiled with --task detection."""
     from edgefleet.package import Preprocessing
 
-    return compile_test_package(tmp_path_factory.mktemp("detection-package"), detection_onnx, "detector", ["person", "car"],
-                                task="detection", preprocessing=Preprocessing(resize=(16, 16)))
+    root = tmp_path_factory.mktemp("detection-package")
+    return compile_test_package(root, detection_onnx, "detector", ["person", "car"], task="detection",
+                                preprocessing=Preprocessing(resize=(16, 16)))
 
 
 @pytest.fixture(scope="session")
 def square_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(package, trusted public key): the bright-square YOLO-layout detector; the head is read from its output shape."""
+    """(package, trusted public key): the bright-square YOLO-layout detector; its head is read from the shape."""
     return compile_test_package(tmp_path_factory.mktemp("square-package"), square_detector_onnx, "squares", ["square"],
                                 task="detection", preprocessing={})

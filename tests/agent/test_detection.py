@@ -43,30 +43,36 @@ def yolov5_output() -> np.ndarray:
     return np.array([[[50, 40, 20, 10, 0.8, 0.5, 0.9], [5, 5, 2, 2, 0.2, 1, 1], [30, 30, 10, 20, 0.9, 0.3, 0.1]]], f32)
 
 
-SSD = [np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]]], f32), np.array([[3, 1]], f32), np.array([[0.9, 0.1]], f32), np.array([2], f32)]
+SSD = [np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]]], f32), np.array([[3, 1]], f32), np.array([[0.9, 0.1]], f32),
+       np.array([2], f32)]
+NORMALIZED = yolo_rows() / np.array([100, 200, 100, 200, 1, 1], f32)[None, :, None]
+E2E_6 = np.array([[[10, 20, 30, 40, 0.9, 2], [0, 0, 5, 5, 0.1, 0]]], f32)
+E2E_7 = np.array([[0, 10, 20, 30, 40, 1, 0.8], [0, 1, 1, 2, 2, 0, 0.2]], f32)
 
 # head, outputs, options, input (h, w), expected (x1, y1, x2, y2, class, score) rows, best first, at threshold 0.25
 CASES = [
     ("yolo", [yolo_rows()], {}, (64, 64), [(40, 35, 60, 45, 0, 0.9), (8, 7, 12, 13, 1, 0.7)]),
     ("yolo", [yolo_rows().transpose(0, 2, 1)], {}, (64, 64), [(40, 35, 60, 45, 0, 0.9), (8, 7, 12, 13, 1, 0.7)]),
-    ("yolo", [yolo_rows() / np.array([100, 200, 100, 200, 1, 1], f32)[None, :, None]], {"coords": "normalized"}, (200, 100),
-     [(40, 35, 60, 45, 0, 0.9), (8, 7, 12, 13, 1, 0.7)]),
+    ("yolo", [NORMALIZED], {"coords": "normalized"}, (200, 100), [(40, 35, 60, 45, 0, 0.9), (8, 7, 12, 13, 1, 0.7)]),
     ("yolov5", [yolov5_output()], {}, (64, 64), [(40, 35, 60, 45, 1, 0.72), (25, 20, 35, 40, 0, 0.27)]),
     ("yolox", [yolox_output()], {}, (64, 64), [(4, 8, 20, 16, 0, 0.72), (8, 8, 24, 24, 1, 0.3)]),
-    ("end2end", [np.array([[[10, 20, 30, 40, 0.9, 2], [0, 0, 5, 5, 0.1, 0]]], f32)], {}, (64, 64), [(10, 20, 30, 40, 2, 0.9)]),
-    ("end2end", [np.array([[0, 10, 20, 30, 40, 1, 0.8], [0, 1, 1, 2, 2, 0, 0.2]], f32)], {}, (64, 64), [(10, 20, 30, 40, 1, 0.8)]),
+    ("end2end", [E2E_6], {}, (64, 64), [(10, 20, 30, 40, 2, 0.9)]),
+    ("end2end", [E2E_7], {}, (64, 64), [(10, 20, 30, 40, 1, 0.8)]),
     ("ssd", SSD, {}, (100, 200), [(40, 10, 120, 50, 3, 0.9)]),
 ]
 
 
-@pytest.mark.parametrize("head, outputs, options, hw, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("head, outputs, options, hw, expected", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_each_head_decodes_known_outputs_to_hand_computed_boxes(head, outputs, options, hw, expected):
     info = DetectionInfo(head=head, options=options, score_threshold=0.25)
-    result = detection(outputs, ["out"] * len(outputs), [f"c{i}" for i in range(4)], info, hw, Geometry(hw[1], hw[0], 1, 1))
+    identity = Geometry(hw[1], hw[0], 1, 1)
+    result = detection(outputs, ["out"] * len(outputs), [f"c{i}" for i in range(4)], info, hw, identity)
     got = [(*d.px, d.label, d.score) for d in result.detections]
     assert len(got) == len(expected)
     for row, want in zip(got, expected):
-        assert row[:4] == pytest.approx(want[:4], abs=0.05) and row[4] == f"c{want[4]}" and row[5] == pytest.approx(want[5], abs=1e-5)
+        assert row[:4] == pytest.approx(want[:4], abs=0.05) and row[4] == f"c{want[4]}"
+        assert row[5] == pytest.approx(want[5], abs=1e-5)
 
 
 @pytest.mark.parametrize("outputs, hw, labels, head", [
@@ -101,14 +107,16 @@ def test_bad_head_options_and_a_wrong_output_say_what_was_expected():
         detection([np.zeros((1, 2, 3, 4), f32)], ["x"], [], DetectionInfo(head="yolo"), (32, 32))
 
 
-@pytest.mark.parametrize("frame, letterbox", [((96, 64), True), ((64, 96), True), ((640, 480), True), ((101, 37), False)])
+@pytest.mark.parametrize("frame, letterbox", [((96, 64), True), ((64, 96), True), ((640, 480), True),
+                                              ((101, 37), False)])
 def test_letterbox_round_trip(frame, letterbox):
     g = Geometry.fit(*frame, 32, 32, letterbox)
     boxes = np.array([[0, 0, frame[0], frame[1]], [10, 5, 30, 20]], f32)
     assert g.to_frame(g.to_input(boxes)) == pytest.approx(boxes, abs=1e-3)
     if letterbox:  # the whole frame fills one axis and is centred on the other
         whole = g.to_input(boxes[:1])[0]
-        assert min(whole[2] - whole[0], whole[3] - whole[1]) < 32 and max(whole[2], whole[3]) == pytest.approx(32, abs=1)
+        assert min(whole[2] - whole[0], whole[3] - whole[1]) < 32
+        assert max(whole[2], whole[3]) == pytest.approx(32, abs=1)
         assert whole[0] == pytest.approx(32 - whole[2], abs=1) and whole[1] == pytest.approx(32 - whole[3], abs=1)
 
 
@@ -185,8 +193,8 @@ def config(rules: dict | None = None, model: dict | None = None) -> dict:
 
 
 @pytest.mark.parametrize("rules, model, where", [
-    ({"labels": ["car"], "zones": {"drive": {"coordinates": [[0, 0], [1, 1]]}}}, None, "rules.zones.drive.coordinates"),
-    ({"labels": ["car"], "filters": {"person": {"min_score": 0.9}}}, None, "filters.person: label 'person' is not in rules.labels"),
+    ({"labels": ["car"], "zones": {"drive": {"coordinates": [[0, 0], [1, 1]]}}}, None, "zones.drive.coordinates"),
+    ({"labels": ["car"], "filters": {"person": {"min_score": 0.9}}}, None, "filters.person: label 'person' is not in"),
     ({"labels": ["car"], "zones": {"bad name!": {"coordinates": [[0, 0], [1, 0], [1, 1]]}}}, None, "rules.zones"),
     ({"labels": ["car"], "min_area": -1}, None, "rules.min_area"),
     (None, {"detection": {"iou": 0.5}}, "model.detection.iou"),

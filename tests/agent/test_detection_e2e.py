@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent_support import agent_config, box_iou, brightness_onnx, compile_test_package, drop_frame, square_jpeg, start_agent, write_config
+from agent_support import (agent_config, box_iou, brightness_onnx, compile_test_package, drop_frame, square_jpeg,
+                           start_agent, write_config)
 from edgefleet.errors import UsageError
 
 # (name, square drawn in the 96x64 frame or None, alerts?)
@@ -66,7 +67,8 @@ def test_a_real_agent_alerts_with_boxes_on_the_drawn_squares(tmp_path, mqtt_brok
 
 def test_a_model_whose_outputs_match_no_head_is_refused_at_compile_time(tmp_path):
     with pytest.raises(UsageError) as err:
-        compile_test_package(tmp_path, brightness_onnx, "brightness", ["dark", "bright"], task="detection", preprocessing={"resize": (16, 16)})
+        compile_test_package(tmp_path, brightness_onnx, "brightness", ["dark", "bright"], task="detection",
+                             preprocessing={"resize": (16, 16)})
     assert "no detection head reads outputs [[1, 2]]" in err.value.cause and "yolo: [1, 4+nc, N]" in err.value.cause
 
 
@@ -81,5 +83,7 @@ def test_head_options_at_compile_time():
         resolve_detection("classification", "yolo", outputs, (640, 640), labels, "onnx")
     with pytest.raises(UsageError, match="'detr' is not a detection head"):
         resolve_detection("detection", "detr", outputs, (640, 640), labels, "onnx")
-    info = resolve_detection("detection", None, outputs, (640, 640), labels, "tflite", {"score_threshold": 0.4, "iou_threshold": None})
-    assert (info.head, info.options, info.score_threshold, info.iou_threshold) == ("yolo", {"coords": "normalized"}, 0.4, 0.45)
+    thresholds = {"score_threshold": 0.4, "iou_threshold": None}
+    info = resolve_detection("detection", None, outputs, (640, 640), labels, "tflite", thresholds)
+    assert (info.head, info.options) == ("yolo", {"coords": "normalized"})
+    assert (info.score_threshold, info.iou_threshold) == (0.4, 0.45)
