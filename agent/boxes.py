@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.agent.detectors.base import MAX_CANDIDATES
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -74,7 +76,7 @@ LEADERS = 8
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_detections: int,
-        max_candidates: int = 1024) -> np.ndarray:
+        max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
     """Class-aware greedy NMS; returns the kept indices, best score first.
 
     Boxes of different classes never suppress each other: each class is shifted to its own

@@ -21,11 +21,6 @@ class YoloConfig(HeadConfig):
     coords: Literal["pixels", "normalized"] = "pixels"
 
 
-def channels_last(out: np.ndarray) -> np.ndarray:
-    """[4+nc, N] or [N, 4+nc] -> [N, 4+nc]: anchors outnumber channels in every real export."""
-    return out.T if out.shape[0] < out.shape[1] else out
-
-
 def scaled(boxes: np.ndarray, coords: str, input_hw: tuple[int, int]) -> np.ndarray:
     if coords == "pixels":
         return boxes
@@ -44,9 +39,12 @@ class YoloHead(Head):
         return dims is not None and dims[0] != dims[1] and classes_fit(min(dims) - 4, shapes)
 
     def decode(self, outputs, names, cfg, input_hw, score_threshold):
-        out = channels_last(single_output(outputs, self.name, LAYOUT))
-        if out.shape[1] < 5:
+        out = single_output(outputs, self.name, LAYOUT)
+        if min(out.shape) < 5:
             return Candidates.empty()
-        rows, classes, scores = best_class(out[:, 4:], score_threshold)
-        boxes = cxcywh_to_xyxy(out[rows, :4].astype(np.float32))
+        # Anchors outnumber channels in every real export: that tells [4+nc, N] from [N, 4+nc].
+        first = out.shape[0] < out.shape[1]
+        rows, classes, scores = best_class(out[4:] if first else out[:, 4:], score_threshold, axis=0 if first else 1)
+        xywh = out[:4, rows].T if first else out[rows, :4]
+        boxes = cxcywh_to_xyxy(xywh.astype(np.float32))
         return Candidates(scaled(boxes, cfg.coords, input_hw), scores.astype(np.float32), classes.astype(np.int64))

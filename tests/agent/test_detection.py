@@ -75,6 +75,16 @@ def test_each_head_decodes_known_outputs_to_hand_computed_boxes(head, outputs, o
         assert row[5] == pytest.approx(want[5], abs=1e-5)
 
 
+def test_only_the_best_candidates_reach_nms():
+    from edgefleet.agent.detectors.base import MAX_CANDIDATES
+
+    out = np.zeros((1, 5, 3000), f32)
+    out[0, :4] = [[50], [50], [10], [10]]
+    out[0, 4] = np.random.default_rng(0).permutation(3000) / 3000 + 0.3  # every anchor passes, scores distinct
+    found = get_head("yolo")().decode([out], ["o"], head_config("yolo", {}), (64, 64), 0.25)
+    assert len(found.scores) == MAX_CANDIDATES and found.scores.min() == pytest.approx(0.3 + (3000 - 1024) / 3000)
+
+
 @pytest.mark.parametrize("outputs, hw, labels, head", [
     ([[1, 84, 8400]], (640, 640), 80, "yolo"),
     ([[1, 8400, 84]], (640, 640), 80, "yolo"),
