@@ -115,6 +115,8 @@ def test_bad_head_options_and_a_wrong_output_say_what_was_expected():
         get_head("detr")
     with pytest.raises(BadInputError, match=r"one output \[1, 4\+nc, N\].*shape \[1, 2, 3, 4\]"):
         detection([np.zeros((1, 2, 3, 4), f32)], ["x"], [], DetectionInfo(head="yolo"), (32, 32))
+    with pytest.raises(BadInputError, match=r"nc >= 1; output 0 has shape \[1, 4, 100\]"):
+        detection([np.zeros((1, 4, 100), f32)], ["x"], [], DetectionInfo(head="yolo"), (32, 32))
 
 
 @pytest.mark.parametrize("frame, letterbox", [((96, 64), True), ((64, 96), True), ((640, 480), True),
@@ -214,6 +216,18 @@ def test_malformed_detection_config_is_refused_naming_the_key(rules, model, wher
     with pytest.raises(BadInputError) as err:
         parse_config(config(rules, model))
     assert where in err.value.cause
+
+
+def test_a_package_with_a_head_this_agent_does_not_know_is_refused_before_loading(agent_package):
+    from edgefleet.agent.model_slot import check_detection
+    from edgefleet.package import open_package
+    from edgefleet.signing import load_public_key
+
+    pkg, trust = agent_package
+    with open_package(pkg, [load_public_key(trust)]) as opened:
+        manifest = opened.manifest.model_copy(update={"task": "detection", "detection": DetectionInfo(head="rtdetr")})
+    with pytest.raises(BadInputError, match="unknown detection head 'rtdetr'; this agent knows end2end, ssd, yolo"):
+        check_detection(manifest)
 
 
 def test_agent_config_thresholds_override_the_packages():
