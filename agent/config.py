@@ -110,6 +110,14 @@ class FfmpegSource(Strict):
 Source = Annotated[FolderSource | HttpSource | FfmpegSource, Field(discriminator="type")]
 
 
+class DetectionOverrides(Strict):
+    """[model.detection]: replaces the package's detection thresholds on this camera."""
+
+    score_threshold: float | None = Field(None, ge=0, le=1)
+    iou_threshold: float | None = Field(None, gt=0, le=1)
+    max_detections: int | None = Field(None, ge=1, le=1000)
+
+
 class ModelConfig(Strict):
     """A signed package (the normal case), or a plain .tflite with its own preprocessing."""
 
@@ -124,6 +132,7 @@ class ModelConfig(Strict):
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
     trusted_keys: list[Path] = Field(default_factory=list)
+    detection: DetectionOverrides = DetectionOverrides()
 
     @model_validator(mode="after")
     def _not_both(self) -> ModelConfig:
@@ -132,14 +141,45 @@ class ModelConfig(Strict):
         return self
 
 
+class LabelFilter(Strict):
+    """[rules.filters.<label>]: what a box of that label needs to count (detection models)."""
+
+    min_score: float | None = Field(None, ge=0, le=1)  # default: rules.min_score
+    min_area: float | None = Field(None, ge=0)  # frame pixels; default: rules.min_area
+
+
+class Zone(Strict):
+    """[rules.zones.<name>]: a polygon in frame pixels; a box is in it when its bottom centre is.
+
+    The bottom centre is where an object stands, so a person walking past a zone's edge does
+    not count because their head overlaps it (Frigate does the same).
+    """
+
+    coordinates: list[tuple[float, float]] = Field(min_length=3)
+    labels: list[str] = Field(default_factory=list)  # empty: every label of interest
+
+
 class RulesConfig(Strict):
     labels: list[str] = Field(min_length=1)
     min_score: float = Field(0.5, ge=0, le=1)
+    min_area: float = Field(0.0, ge=0)  # frame pixels, detection models
     min_consecutive: int = Field(1, ge=1)
     cooldown_s: float = Field(0.0, ge=0)
+    filters: dict[str, LabelFilter] = Field(default_factory=dict)
+    zones: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")], Zone] = Field(default_factory=dict)
     thumbnail: bool = False
     thumbnail_max_side: int = Field(160, ge=16, le=1024)
     thumbnail_max_bytes: int = Field(16_384, ge=1024, le=65_536)
+    draw_boxes: bool = False  # draw the alert's boxes on the thumbnail
+
+    @model_validator(mode="after")
+    def _known_labels(self) -> RulesConfig:
+        named = [(f"filters.{k}", k) for k in self.filters]
+        named += [(f"zones.{z}.labels", label) for z, zone in self.zones.items() for label in zone.labels]
+        for where, label in named:
+            if label not in self.labels:
+                raise ValueError(f"{where}: label {label!r} is not in rules.labels {self.labels}")
+        return self
 
 
 class OutboxConfig(Strict):

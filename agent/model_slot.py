@@ -36,6 +36,15 @@ class ActiveModel:
     directory: Path | None
 
 
+def check_detection(manifest: Manifest) -> None:
+    """Refuse, before loading, a detector whose head (or its options) this agent does not know:
+    otherwise every frame would fail the same way."""
+    if manifest.task == "detection" and manifest.detection is not None:
+        from edgefleet.agent.detectors import head_config
+
+        head_config(manifest.detection.head, manifest.detection.options)
+
+
 def verify_extracted(directory: Path, trusted: list[Ed25519PublicKey]) -> OpenedPackage:
     """Check an extracted package in place: signature over manifest.json and every file hash."""
     directory = Path(directory)
@@ -116,6 +125,7 @@ class ModelSlot:
         if directory is None:
             raise PackageIntegrityError(f"{self.current_link} does not exist", "install a package first")
         opened = verify_extracted(directory, self.trusted_keys)
+        check_detection(opened.manifest)
         model = load_model(opened)
         active = ActiveModel(model, opened.manifest, directory)
         with self._lock:

@@ -7,7 +7,7 @@ import io
 import uuid
 from datetime import datetime, timezone
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from edgefleet import __version__
 from edgefleet.agent.postprocess import FrameResult
@@ -31,10 +31,21 @@ def model_ref(manifest: Manifest | None) -> dict | None:
     return None if manifest is None else {"name": manifest.name, "version": manifest.version}
 
 
-def thumbnail(image: Image.Image, max_side: int, max_bytes: int) -> dict | None:
+def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list[float]]) -> None:
+    """Outline frame-pixel boxes on the (smaller) thumbnail, after scaling: lines stay visible."""
+    sx, sy = small.width / frame_size[0], small.height / frame_size[1]
+    pen = ImageDraw.Draw(small)
+    for x1, y1, x2, y2 in boxes:
+        pen.rectangle([x1 * sx, y1 * sy, x2 * sx, y2 * sy], outline=(255, 0, 0), width=max(1, small.width // 80))
+
+
+def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
+              boxes: list[list[float]] | None = None) -> dict | None:
     """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
     small = image.convert("RGB")
     small.thumbnail((max_side, max_side))
+    if boxes:
+        draw_boxes(small, image.size, boxes)
     for quality in (80, 60, 40, 25, 15):
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=quality, optimize=True)
@@ -58,10 +69,25 @@ def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, 
         "model": model_ref(manifest),
         "latency_ms": round(latency_ms, 3),
     }
-    if result.detections:
-        body["detections"] = [{"label": d.label, "score": round(d.score, 5), "box": d.box} for d in result.detections if d.label == hit.label][:20]
+    if result.detections is not None:
+        # Schema 1 stays: box_px, zones and frame_size are optional additions readers may ignore.
+        chosen = hit.detections
+        if chosen is None:
+            chosen = [d for d in result.detections if d.label == hit.label]
+        body["detections"] = [detection_body(d) for d in chosen[:20]]
+        if result.frame_size:
+            body["frame_size"] = list(result.frame_size)
     if thumb is not None:
         body["thumbnail"] = thumb
+    return body
+
+
+def detection_body(d) -> dict:
+    body = {"label": d.label, "score": round(d.score, 5), "box": d.box}
+    if d.px:
+        body["box_px"] = d.px
+    if d.zones:
+        body["zones"] = d.zones
     return body
 
 

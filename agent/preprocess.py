@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edgefleet.agent.boxes import Geometry, resized_size
 from edgefleet.errors import BadInputError
 from edgefleet.package import Preprocessing, TensorSpec
 
@@ -86,13 +87,28 @@ def input_hw(spec: TensorSpec, pre: Preprocessing) -> tuple[int, int]:
     return (spec.shape[2], spec.shape[3]) if pre.layout == "NCHW" else (spec.shape[1], spec.shape[2])
 
 
+def geometry(frame_size: tuple[int, int], spec: TensorSpec, pre: Preprocessing) -> Geometry:
+    """Where a frame of this (width, height) lands in the model input: what maps boxes back."""
+    height, width = input_hw(spec, pre)
+    return Geometry.fit(frame_size[0], frame_size[1], width, height, pre.resize_mode == "letterbox")
+
+
+def _resize(image: Image.Image, width: int, height: int, pre: Preprocessing) -> Image.Image:
+    resample = Image.Resampling.BILINEAR if pre.interpolation == "bilinear" else Image.Resampling.NEAREST
+    if pre.resize_mode != "letterbox":
+        return image if image.size == (width, height) else image.resize((width, height), resample)
+    new_w, new_h = resized_size(image.width, image.height, width, height)
+    canvas = Image.new(image.mode, (width, height), pre.pad_value if image.mode == "L" else (pre.pad_value,) * 3)
+    # The same centring as Geometry.fit, so boxes map back exactly.
+    canvas.paste(image.resize((new_w, new_h), resample), ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas
+
+
 def preprocess(image: Image.Image, spec: TensorSpec, pre: Preprocessing) -> np.ndarray:
     mode = "L" if pre.color_order == "GRAY" else "RGB"
     image = image.convert(mode)
     height, width = input_hw(spec, pre)
-    resample = Image.Resampling.BILINEAR if pre.interpolation == "bilinear" else Image.Resampling.NEAREST
-    if image.size != (width, height):
-        image = image.resize((width, height), resample)
+    image = _resize(image, width, height, pre)
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

@@ -25,7 +25,7 @@ from edgefleet.agent.metrics import AgentMetrics, luma_stats
 from edgefleet.agent.model_slot import ActiveModel, ModelSlot
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.postprocess import interpret
-from edgefleet.agent.preprocess import FrameRejected, decode_image, preprocess
+from edgefleet.agent.preprocess import FrameRejected, decode_image, geometry, preprocess
 from edgefleet.agent.rules import AlertRules
 from edgefleet.agent.sender import Sender
 from edgefleet.agent.sources import Frame, FrameSource, make_source
@@ -222,15 +222,16 @@ class Agent:
             self._done(by_source, frame)
             return
         try:
-            batch = preprocess(image, active.manifest.inputs[0], active.manifest.preprocessing)
+            manifest = active.manifest
+            batch = preprocess(image, manifest.inputs[0], manifest.preprocessing)
             model_start = time.perf_counter()
             outputs = active.model.run([batch])
             model_s = time.perf_counter() - model_start
-            result = interpret(outputs, active.manifest)
+            where = geometry(image.size, manifest.inputs[0], manifest.preprocessing)
+            result = interpret(outputs, manifest, where, self.cfg.model.detection.model_dump())
             brightness, contrast = luma_stats(image)
-            hits = self.rules.observe(result.scores, time.monotonic())
-            rules = self.cfg.rules
-            thumb = payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes) if hits and rules.thumbnail else None
+            hits = self.rules.observe(result.scores, time.monotonic(), result.detections)
+            thumb = self._thumbnail(image, hits)
         except Exception as exc:  # a frame that breaks preprocessing, the model or a thumbnail is counted, not fatal
             self.metrics.frame_error()
             log.warning("inference failed on frame %s: %s", frame.key, str(exc)[:200])
@@ -245,6 +246,13 @@ class Agent:
         self._done(by_source, frame)
         total = time.perf_counter() - start
         self.metrics.frame_ok(model_s, total - model_s, brightness, contrast, result.top_label, result.top_score)
+
+    def _thumbnail(self, image, hits) -> dict | None:
+        rules = self.cfg.rules
+        if not hits or not rules.thumbnail:
+            return None
+        boxes = [d.px for hit in hits for d in hit.detections or []] if rules.draw_boxes else None
+        return payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes, boxes)
 
     @staticmethod
     def _done(by_source: dict, frame: Frame) -> None:

@@ -26,10 +26,10 @@ import numpy as np
 
 from edgefleet.agent.metrics import AgentMetrics, luma_stats
 from edgefleet.agent.postprocess import interpret
-from edgefleet.agent.preprocess import decode_image, preprocess
+from edgefleet.agent.preprocess import decode_image, geometry, preprocess
 from edgefleet.errors import BadInputError, ModelSourceError, UsageError
 from edgefleet.fleet.drift import Baseline, parse_summary
-from edgefleet.package import Preprocessing, TensorSpec, now_utc
+from edgefleet.package import DetectionInfo, Preprocessing, TensorSpec, now_utc
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 MAX_IMAGES = 1000  # enough for stable 10-bin histograms; keeps the KLL sketch exact (n <= k)
@@ -98,16 +98,20 @@ def check_source(source: str) -> None:
 
 
 def summarise(images: list[Path], run: Callable[[np.ndarray], list[np.ndarray]], inputs: list[TensorSpec], outputs: list[TensorSpec],
-              pre: Preprocessing, labels: list[str], task: str) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
+              pre: Preprocessing, labels: list[str], task: str,
+              detection: DetectionInfo | None = None) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
     """The agent's drift summary over `images`, the raw per-image values, and the images skipped (with why)."""
     metrics = AgentMetrics()
-    shape = types.SimpleNamespace(task=task, labels=labels, outputs=outputs)  # what interpret() reads of a manifest
+    # What interpret() reads of a manifest.
+    shape = types.SimpleNamespace(task=task, labels=labels, outputs=outputs, inputs=inputs, preprocessing=pre,
+                                  detection=detection)
     values: dict[str, list[float]] = {"brightness": [], "contrast": [], "confidence": []}
     skipped: dict[str, str] = {}
     for path in images:
         try:
             image = decode_image(path.read_bytes())
-            result = interpret(run(preprocess(image, inputs[0], pre)), shape)  # type: ignore[arg-type]
+            where = geometry(image.size, inputs[0], pre)
+            result = interpret(run(preprocess(image, inputs[0], pre)), shape, where)  # type: ignore[arg-type]
         except (BadInputError, OSError) as exc:
             skipped[path.name] = getattr(exc, "cause", str(exc))
             continue
@@ -182,12 +186,13 @@ def model_monitor_constraints(labels: list[str], predictions: dict[str, int], th
 
 def build_baseline(source: str, workdir: Path, *, run: Callable[[np.ndarray], list[np.ndarray]], computed_with: str,
                    inputs: list[TensorSpec], outputs: list[TensorSpec], preprocessing: Preprocessing, labels: list[str], task: str,
-                   name: str, version: str, max_images: int = MAX_IMAGES, js_threshold: float = 0.1) -> BaselineResult:
+                   name: str, version: str, max_images: int = MAX_IMAGES, js_threshold: float = 0.1,
+                   detection: DetectionInfo | None = None) -> BaselineResult:
     """Compute the baseline of the images at `source` and write the three package files into `workdir`."""
     if task == "other":
         raise UsageError("--baseline-images needs --task classification or detection", "drop --baseline-images for task 'other'")
     images = collect_images(source, workdir, max_images)
-    raw, values, skipped = summarise(images, run, inputs, outputs, preprocessing, labels, task)
+    raw, values, skipped = summarise(images, run, inputs, outputs, preprocessing, labels, task, detection)
     used = len(values["brightness"])
     if used < MIN_IMAGES:
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
@@ -222,10 +227,11 @@ def runner_for(library: Path | None, frontend, model_path: Path, inputs: list[Te
 
 def package_baseline(source: str, work: Path, stages, *, library: Path, runs_here: bool, target_name: str, frontend, model_path: Path,
                      inputs: list[TensorSpec], outputs: list[TensorSpec], preprocessing: Preprocessing, labels: list[str], task: str,
-                     name: str, version: str) -> dict[str, Path]:
+                     name: str, version: str, detection: DetectionInfo | None = None) -> dict[str, Path]:
     """What compile_model calls for --baseline-images: the package files, in a timed "baseline" stage."""
     with stages.stage("baseline", source):
         run, computed_with = runner_for(library if runs_here else None, frontend, model_path, inputs, target_name)
         result = build_baseline(source, work / "baseline", run=run, computed_with=computed_with, inputs=inputs, outputs=outputs,
-                                preprocessing=preprocessing, labels=labels, task=task, name=name, version=version)
+                                preprocessing=preprocessing, labels=labels, task=task, name=name, version=version,
+                                detection=detection)
     return result.files

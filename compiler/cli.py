@@ -49,6 +49,14 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--constant-input", "constant_inputs", multiple=True, metavar="NAME=V1,V2,...|NAME=@FILE.npy", help="Fix an ONNX input's value at compile time, for inputs that are really parameters (axes, scales, k, pads); repeatable.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text file, one label per line.")
 @click.option("--task", type=click.Choice(["classification", "detection", "other"]), default="classification", show_default=True)
+@click.option("--head", default="auto", show_default=True, metavar="auto|ssd|yolo|yolov5|yolox|end2end",
+              help="Detection head (--task detection): how outputs become boxes; auto reads the output shapes.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1),
+              help="Detection: drop boxes under this score (default 0.25).")
+@click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True),
+              help="Detection: NMS IoU threshold (default 0.45).")
+@click.option("--resize-mode", type=click.Choice(["stretch", "letterbox"]), default=None,
+              help="letterbox keeps the aspect ratio and pads (default for YOLO heads), stretch fills the input.")
 @click.option("--resize", help="Resize frames to HxW before inference (default: the input's size).")
 @click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
@@ -66,7 +74,10 @@ def _supported_cell(op: str, unsupported) -> str:
 @click.option("--check", is_flag=True, help="Only list the model's operators and whether each is supported.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_command(model, target, output, name, model_version, input_shapes, constant_inputs, labels, task, resize, mean, std, scale, color_order, layout, tune_trials, tune_rpc, no_verify, atol, rtol, key, member, baseline_images, check, quiet, as_json) -> None:
+def compile_command(model, target, output, name, model_version, input_shapes, constant_inputs, labels, task, head,
+                    score_threshold, iou_threshold, resize_mode, resize, mean, std, scale, color_order, layout,
+                    tune_trials, tune_rpc, no_verify, atol, rtol, key, member, baseline_images, check, quiet,
+                    as_json) -> None:
     """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
 
     Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
@@ -88,12 +99,15 @@ def compile_command(model, target, output, name, model_version, input_shapes, co
     if not target:
         raise UsageError("--target is required", "pick one from `edgefleet targets`, e.g. --target rasp4b")
     # Only the options given; compile_model fills in the defaults, the layout per model format.
-    given = dict(resize=_resize(resize), color_order=color_order, layout=layout, scale=scale, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    given = dict(resize=_resize(resize), resize_mode=resize_mode, color_order=color_order, layout=layout, scale=scale,
+                 mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     pre = {k: v for k, v in given.items() if v is not None}
     result = compile_model(
         model, target, output=output, name=name, version=model_version, input_shapes=parse_shape_option(input_shapes),
         constant_inputs=dict(parse_constant_input(option) for option in constant_inputs) or None,
-        labels=labels, preprocessing=pre, task=task, tune_trials=tune_trials, tune_rpc=tune_rpc, verify=not no_verify, key=key,
+        labels=labels, preprocessing=pre, task=task, head=head,
+        detection_thresholds={"score_threshold": score_threshold, "iou_threshold": iou_threshold},
+        tune_trials=tune_trials, tune_rpc=tune_rpc, verify=not no_verify, key=key,
         member=member, atol=atol, rtol=rtol, quiet=quiet or as_json, baseline_images=baseline_images,
     )
     v = result.manifest.verification

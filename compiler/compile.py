@@ -22,7 +22,8 @@ from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
-from edgefleet.package import NAME_PATTERN, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification, now_utc, parse_version, requirement_for, write_package
+from edgefleet.package import (NAME_PATTERN, DetectionInfo, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification,
+                               now_utc, parse_version, requirement_for, write_package)
 from edgefleet.progress import Stages
 from edgefleet.signing import load_signing_key
 
@@ -146,6 +147,15 @@ def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str
     return pre
 
 
+def _input_hw(inputs: list[TensorSpec], pre: Preprocessing) -> tuple[int, int]:
+    from edgefleet.agent.preprocess import input_hw
+
+    if not inputs:
+        raise UsageError("a detection model needs an image input; this one has no inputs",
+                         "export the model with its image input")
+    return input_hw(inputs[0], pre)
+
+
 def _check_labels(labels: list[str], outputs: list[TensorSpec], task: str) -> None:
     """A classifier's labels must name every class of its first output (batch axis excluded)."""
     if not labels or task != "classification" or not outputs or len(outputs[0].shape) < 2:
@@ -153,6 +163,45 @@ def _check_labels(labels: list[str], outputs: list[TensorSpec], task: str) -> No
     classes = math.prod(outputs[0].shape[1:])
     if classes != len(labels):
         raise UsageError(f"the labels file has {len(labels)} labels but the model outputs {classes} classes (shape {outputs[0].shape})", "pass the labels file that belongs to this model, one label per line")
+
+
+# Heads whose trainers letterbox (Ultralytics, YOLOX): their packages letterbox unless told otherwise.
+LETTERBOX_HEADS = ("yolo", "yolov5", "yolox", "end2end")
+
+
+def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], input_hw: tuple[int, int],
+                      labels: list[str], source_format: str,
+                      thresholds: dict[str, Any] | None = None) -> DetectionInfo | None:
+    """The manifest's `detection`: --head, else the one head that reads these output shapes."""
+    from edgefleet.agent.detectors import detect_head, heads
+    from edgefleet.agent.detectors.base import Shapes
+
+    if task != "detection":
+        if head not in (None, "auto"):
+            raise UsageError(f"--head {head} applies to --task detection, not {task}",
+                             "add --task detection or drop --head")
+        return None
+    if head not in (None, "auto") and head not in heads():
+        raise UsageError(f"--head {head!r} is not a detection head", f"pick one of: auto, {', '.join(heads())}")
+    shapes = Shapes([list(o.shape) for o in outputs], input_hw, len(labels) or None)
+    name = detect_head(shapes) if head in (None, "auto") else head
+    # Ultralytics' TFLite exports give boxes relative to the input; its ONNX exports in pixels.
+    options = {"coords": "normalized"} if name == "yolo" and source_format == "tflite" else {}
+    given = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    try:
+        return DetectionInfo(head=name, options=options, **given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise UsageError(f"detection option {where}: {first['msg']}", "see `edgefleet compile --help`") from None
+
+
+def _letterbox_default(pre: Preprocessing, given: Preprocessing | dict[str, Any] | None,
+                       detection: DetectionInfo | None) -> Preprocessing:
+    explicit = isinstance(given, Preprocessing) or "resize_mode" in (given or {})
+    if detection is None or detection.head not in LETTERBOX_HEADS or explicit:
+        return pre
+    return pre.model_copy(update={"resize_mode": "letterbox"})
 
 
 def _output_specs(mod) -> list[TensorSpec]:
@@ -197,6 +246,8 @@ def compile_model(
     labels: Path | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     task: str = "classification",
+    head: str | None = None,
+    detection_thresholds: dict[str, Any] | None = None,
     tune_trials: int = 0,
     tune_rpc: str | None = None,
     verify: bool = True,
@@ -270,6 +321,9 @@ def compile_model(
             preprocessing = {**source.preprocessing, **(preprocessing or {})}
         _check_labels(label_list, outputs, task)
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
+        detection = resolve_detection(task, head, outputs, _input_hw(inputs, pre), label_list, source.format,
+                                      detection_thresholds)
+        pre = _letterbox_default(pre, preprocessing, detection)
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
         build_and_export(optimized.mod, resolved, library, stages)
@@ -286,7 +340,8 @@ def compile_model(
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
         baseline_files = {} if baseline_images is None else package_baseline(  # drift baseline (compiler/baseline.py)
             baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=reference_path,
-            inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name, version=version)
+            inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name,
+            version=version, detection=detection)
         target_info = TargetInfo(name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device)
         tvm_version, ffi_version = dist_version("apache-tvm"), dist_version("apache-tvm-ffi")
         fields = dict(
@@ -300,6 +355,7 @@ def compile_model(
             preprocessing=pre,
             task=task,
             labels=label_list,
+            detection=detection,
             provenance=dict(
                 source_uri=source.uri,
                 source_sha256=source.sha256,

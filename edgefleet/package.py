@@ -84,6 +84,42 @@ class Preprocessing(Strict):
     scale: float = 1.0 / 255.0
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # "letterbox" keeps the aspect ratio and pads with `pad_value` (grey 114 as Ultralytics and
+    # YOLOX train); detections are mapped back through the same geometry (agent/boxes.py).
+    resize_mode: Literal["stretch", "letterbox"] = "stretch"
+    pad_value: int = Field(114, ge=0, le=255)
+
+
+class DetectionInfo(Strict):
+    """How a detector's outputs become boxes (format 2, optional: packages without it use SSD).
+
+    `head` names a decoder plugin in agent/detectors/; `options` is that plugin's config,
+    validated by its config class when the package is loaded. The thresholds are the defaults
+    the agent config's [model.detection] may override.
+    """
+
+    head: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    options: dict[str, Any] = Field(default_factory=dict)
+    score_threshold: float = Field(0.25, ge=0, le=1)
+    iou_threshold: float = Field(0.45, gt=0, le=1)
+    max_detections: int = Field(100, ge=1, le=1000)
+
+
+# Fields added after format 2 shipped, with the value that means "absent". They are left out
+# of the manifest at that value, so agents that predate them (extra="forbid") still read
+# packages that do not use them.
+_LATER_DEFAULTS = {("preprocessing", "resize_mode"): "stretch", ("preprocessing", "pad_value"): 114,
+                   ("detection",): None}
+
+
+def _drop_later_defaults(data: dict) -> dict:
+    for path, default in _LATER_DEFAULTS.items():
+        parent = data
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        if path[-1] in parent and parent[path[-1]] == default:
+            del parent[path[-1]]
+    return data
 
 
 class TargetInfo(Strict):
@@ -178,6 +214,7 @@ class Manifest(Strict):
     preprocessing: Preprocessing
     task: Literal["classification", "detection", "other"] = "classification"
     labels: list[str] = Field(default_factory=list)
+    detection: DetectionInfo | None = None
     provenance: Provenance
     verification: Verification
     baseline: SafeName | None = None
@@ -200,7 +237,8 @@ class Manifest(Strict):
         return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+        data = _drop_later_defaults(self.model_dump(mode="json"))
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def sha256_file(path: Path) -> str:

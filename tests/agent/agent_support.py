@@ -76,6 +76,74 @@ def detection_onnx(path: Path, size: int = 16) -> None:
     onnx.save(model, str(path))
 
 
+def square_detector_onnx(path: Path, size: int = 32, anchors: int = 8) -> None:
+    """A real (tiny) detector with an anchor-free YOLO output [1, 5, anchors]: it finds the bright square.
+
+    The mask is the pixels brighter than 0.5 (the letterbox's grey 114 and a dark background are
+    not); the box is the mask's centroid with side sqrt(mask area), score 1 once it covers 4
+    pixels. Every anchor repeats the box, a little shifted and lower scored, so NMS has
+    duplicates to remove.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    centres = np.arange(size, dtype=np.float32) + 0.5
+    k = np.arange(anchors, dtype=np.float32)
+    jitter_add = np.zeros((1, 5, anchors), np.float32)
+    jitter_add[0, 0] = 0.2 * k  # cx shifts by a fraction of a pixel: the duplicates overlap
+    jitter_mul = np.ones((1, 5, anchors), np.float32)
+    jitter_mul[0, 4] = 1.0 - 0.03 * k
+    consts = {"half": np.float32(0.5), "four": np.float32(4.0), "one": np.float32(1.0), "quarter": np.float32(0.25),
+              "eps": np.float32(1e-6), "axes": np.array([1, 2, 3], np.int64), "xs": centres.reshape(1, 1, 1, size),
+              "ys": centres.reshape(1, 1, size, 1), "shape": np.array([1, 5, 1], np.int64),
+              "reps": np.array([1, 1, anchors], np.int64), "jadd": jitter_add, "jmul": jitter_mul}
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["grey"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["grey", "half"], ["d"]),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Mul", ["r", "four"], ["r4"]),
+        helper.make_node("Min", ["r4", "one"], ["mask"]),
+        helper.make_node("ReduceSum", ["mask", "axes"], ["count"], keepdims=1),
+        helper.make_node("Add", ["count", "eps"], ["safe"]),
+        helper.make_node("Mul", ["mask", "xs"], ["mx"]),
+        helper.make_node("ReduceSum", ["mx", "axes"], ["sx"], keepdims=1),
+        helper.make_node("Div", ["sx", "safe"], ["cx"]),
+        helper.make_node("Mul", ["mask", "ys"], ["my"]),
+        helper.make_node("ReduceSum", ["my", "axes"], ["sy"], keepdims=1),
+        helper.make_node("Div", ["sy", "safe"], ["cy"]),
+        helper.make_node("Sqrt", ["count"], ["side"]),
+        helper.make_node("Mul", ["count", "quarter"], ["c4"]),
+        helper.make_node("Min", ["c4", "one"], ["score"]),
+        helper.make_node("Concat", ["cx", "cy", "side", "side", "score"], ["row"], axis=1),
+        helper.make_node("Reshape", ["row", "shape"], ["col"]),
+        helper.make_node("Tile", ["col", "reps"], ["tiled"]),
+        helper.make_node("Mul", ["tiled", "jmul"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "jadd"], ["output0"]),
+    ]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])
+    y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, anchors])
+    inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in consts.items()]
+    graph = helper.make_graph(nodes, "squares", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def square_jpeg(box: tuple[int, int, int, int], size: tuple[int, int] = (96, 64)) -> bytes:
+    """A dark frame with a white square at box (x1, y1, x2, y2), as JPEG."""
+    buf = io.BytesIO()
+    image = Image.new("RGB", size, (40, 40, 40))
+    image.paste((255, 255, 255), box)
+    image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def box_iou(a, b) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def jpeg(value: int, size: tuple[int, int] = (64, 48)) -> bytes:
     """A solid grey JPEG: value > 128 is 'bright' for the test model."""
     buf = io.BytesIO()
@@ -98,6 +166,8 @@ def toml_value(value) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # inline table: what tables nested deeper than [a.b] need
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -158,17 +228,23 @@ def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> None:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def compile_test_package(root: Path, build_onnx, name: str, labels: list[str], **options) -> tuple[Path, Path]:
+    """(package, trusted public key): `build_onnx(path)`'s model compiled for this machine by `edgefleet compile`."""
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.signing import create_signing_key, public_path
+
+    key = create_signing_key(root / "signing.key")
+    build_onnx(root / f"{name}.onnx")
+    (root / "labels.txt").write_text("\n".join(labels) + "\n")
+    result = compile_model(str(root / f"{name}.onnx"), "x86_64", output=root / f"{name}.tar.gz", name=name,
+                           version="1", labels=root / "labels.txt", key=key.path, quiet=True, **options)
+    return result.package, public_path(key.path)
+
+
 @pytest.fixture(scope="session")
 def agent_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(package, trusted public key): the brightness model compiled for this machine by `edgefleet compile`."""
-    from edgefleet.compiler.compile import compile_model
     from edgefleet.package import Preprocessing
-    from edgefleet.signing import create_signing_key, public_path
 
-    root = tmp_path_factory.mktemp("agent-package")
-    key = create_signing_key(root / "signing.key")
-    brightness_onnx(root / "brightness.onnx")
-    (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
-                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True)
-    return result.package, public_path(key.path)
+    return compile_test_package(tmp_path_factory.mktemp("agent-package"), brightness_onnx, "brightness", LABELS,
+                                preprocessing=Preprocessing(resize=(16, 16)))

@@ -6,21 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from agent_support import agent_package, detection_onnx  # noqa: F401  (agent_package: the fixture)
+# agent_package: the fixture
+from agent_support import agent_package, compile_test_package, detection_onnx, square_detector_onnx  # noqa: F401
 from support.broker import mqtt_broker  # noqa: F401  (the fixture, shared with the fleet tests)
 
 
 @pytest.fixture(scope="session")
 def detection_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(package, trusted public key): the tiny detector compiled with --task detection."""
-    from edgefleet.compiler.compile import compile_model
+    """(package, trusted public key): the tiny SSD-layout detector compiled with --task detection."""
     from edgefleet.package import Preprocessing
-    from edgefleet.signing import create_signing_key, public_path
 
     root = tmp_path_factory.mktemp("detection-package")
-    key = create_signing_key(root / "signing.key")
-    detection_onnx(root / "detector.onnx")
-    (root / "labels.txt").write_text("person\ncar\n")
-    result = compile_model(str(root / "detector.onnx"), "x86_64", output=root / "detector.tar.gz", name="detector", version="1", task="detection",
-                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True)
-    return result.package, public_path(key.path)
+    return compile_test_package(root, detection_onnx, "detector", ["person", "car"], task="detection",
+                                preprocessing=Preprocessing(resize=(16, 16)))
+
+
+@pytest.fixture(scope="session")
+def square_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(package, trusted public key): the bright-square YOLO-layout detector; its head is read from the shape."""
+    return compile_test_package(tmp_path_factory.mktemp("square-package"), square_detector_onnx, "squares", ["square"],
+                                task="detection", preprocessing={})
