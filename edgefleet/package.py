@@ -105,23 +105,6 @@ class DetectionInfo(Strict):
     max_detections: int = Field(100, ge=1, le=1000)
 
 
-# Fields added after format 2 shipped, with the value that means "absent". They are left out
-# of the manifest at that value, so agents that predate them (extra="forbid") still read
-# packages that do not use them.
-_LATER_DEFAULTS = {("preprocessing", "resize_mode"): "stretch", ("preprocessing", "pad_value"): 114,
-                   ("detection",): None}
-
-
-def _drop_later_defaults(data: dict) -> dict:
-    for path, default in _LATER_DEFAULTS.items():
-        parent = data
-        for key in path[:-1]:
-            parent = parent.get(key) or {}
-        if path[-1] in parent and parent[path[-1]] == default:
-            del parent[path[-1]]
-    return data
-
-
 class TargetInfo(Strict):
     name: SafeName
     tvm_target: dict[str, Any] | None
@@ -237,8 +220,7 @@ class Manifest(Strict):
         return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
-        data = _drop_later_defaults(self.model_dump(mode="json"))
-        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
 
 
 def sha256_file(path: Path) -> str:
