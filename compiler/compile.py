@@ -256,7 +256,10 @@ def compile_model(
         if not report.ok:
             raise unsupported_error(report, model)
         with stages.stage("import", f"{source.format} -> Relax"):
-            inputs = frontend.input_specs(parsed, input_shapes or {})
+            notices: list[str] = []
+            inputs = frontend.input_specs(parsed, input_shapes or {}, notices)
+            for notice in notices:
+                stages.note(notice)
             try:
                 mod = frontend.to_relax(parsed, inputs)
             except UnsupportedOperatorsError:  # the frontend's own refusal already says what and why

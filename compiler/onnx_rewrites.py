@@ -459,7 +459,22 @@ def conv_transpose_output_shape(model, input_shapes: dict[str, list[int]]):
     return result
 
 
+# Rounds of folding: each round's shape inference sees through the slices and reshapes the
+# previous round made constant (torch's chunk/view chains nest a few deep).
+_FOLD_ROUNDS = 8
+
+
 def fold_constants(model, input_shapes: dict[str, list[int]]):
+    """Fold shape arithmetic to a fixed point (see `_fold_once`). Returns a new model, or `model`."""
+    for _ in range(_FOLD_ROUNDS):
+        folded = _fold_once(model, input_shapes)
+        if folded is model:
+            break
+        model = folded
+    return model
+
+
+def _fold_once(model, input_shapes: dict[str, list[int]]):
     """With the input shapes fixed, replace Shape nodes and every node whose inputs are all
     constants by initializers (evaluated with ONNX's reference implementation). Returns a new
     model. Exported graphs compute reshape targets, pads and axes this way; TVM needs them constant."""

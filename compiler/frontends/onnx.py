@@ -106,7 +106,9 @@ def _real_inputs(model):
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | None = None) -> list[TensorSpec]:
+    from edgefleet.compiler.frontends import batch_one
+
     specs: list[TensorSpec] = []
     dynamic: list[str] = []
     inputs = _real_inputs(model)
@@ -121,8 +123,10 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
             specs.append(TensorSpec(name=inp.name, shape=list(overrides[inp.name]), dtype=dtype))
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        shown = ",".join(str(d) if d else "?" for d in dims) or "?"
+        if tensor.HasField("shape") and (batch1 := batch_one(inp.name, dims, f"[{shown}]", notices)):
+            dims = batch1
         if not tensor.HasField("shape") or any(d is None for d in dims):
-            shown = ",".join(str(d) if d else "?" for d in dims) or "?"
             suggestion = ",".join(str(d) if d else "1" for d in dims) or "1,3,224,224"
             dynamic.append(f"{inp.name} [{shown}] (e.g. --input-shape {inp.name}:{suggestion})")
             continue

@@ -90,7 +90,9 @@ def _tensor(model, index: int):
     return model.Subgraphs(0).Tensors(index)
 
 
-def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | None = None) -> list[TensorSpec]:
+    from edgefleet.compiler.frontends import batch_one
+
     graph = model.Subgraphs(0)
     specs, dynamic = [], []
     names = [_tensor(model, graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
@@ -108,6 +110,10 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
             continue
         signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
         shape = [int(d) for d in tensor.ShapeAsNumpy()]
+        dims = [int(d) if int(d) >= 0 else None for d in signature]
+        if (batch1 := batch_one(name, dims, str(list(map(int, signature))), notices)) is not None:
+            specs.append(TensorSpec(name=name, shape=batch1, dtype=dtype))
+            continue
         if any(int(d) < 0 for d in signature):
             dynamic.append(f"{name} {list(map(int, signature))} (e.g. --input-shape {name}:{','.join(str(max(d, 1)) for d in shape)})")
             continue

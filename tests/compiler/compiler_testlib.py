@@ -15,7 +15,7 @@ from support.cli import assert_cli_error  # noqa: F401  (the compiler tests impo
 CLASSES = 4
 
 
-def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:
+def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, dynamic_size: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:
     """conv 3x3 (8 ch) + relu + global average pool + gemm + softmax on a 1x3x32x32 input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -36,10 +36,11 @@ def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, classes: int = CL
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     batch = "N" if dynamic_batch else 1
+    size = ["H", "W"] if dynamic_size else [32, 32]
     graph = helper.make_graph(
         nodes,
         "small_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *size])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
@@ -217,7 +218,7 @@ def _options(module: str, **fields):
     return getattr(BuiltinOptions, module), build
 
 
-def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size: int = 16, dynamic_batch: bool = False) -> Path:
+def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size: int = 16, dynamic_batch: bool = False, dynamic_size: bool = False) -> Path:
     """CONV_2D (8 ch, SAME, fused RELU) + MEAN over H,W + FULLY_CONNECTED + SOFTMAX, float32 NHWC 1xSxSx3."""
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
@@ -248,7 +249,8 @@ def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size:
         (Op.FULLY_CONNECTED, ["mean", "fc_w", "fc_b"], ["logits"], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)),
         (Op.SOFTMAX, ["logits"], ["probs"], _options("SoftmaxOptions", Beta=1.0)),
     ]
-    signatures = {"input": [-1, size, size, 3]} if dynamic_batch else None
+    spatial = -1 if dynamic_size else size
+    signatures = {"input": [-1 if dynamic_batch else 1, spatial, spatial, 3]} if dynamic_batch or dynamic_size else None
     return write_tflite(path, tensors, ops, ["input"], ["probs"], signatures)
 
 
