@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.compiler.targets import Target
-from edgefleet.compiler.verify import compare, sample_inputs
+from edgefleet.compiler.verify import compare, model_feeds
 from edgefleet.cross.emulate import run_emulated, sysroot_arch_for
 from edgefleet.cross.sysroot import Sysroot, build_command, find_sysroot
 from edgefleet.errors import BuildError
@@ -79,7 +79,7 @@ def verify_emulated(library: Path, target: Target, frontend, model_path: Path, i
     if not sysroot.info.spec.requirements:
         report = load_library_emulated(sysroot, library)
         return Verification(status="skipped", ran_on=ran_on, reason=f"{target.name}: loaded by the {report['machine']} dynamic loader under {sysroot.arch.qemu}, not executed: {sysroot.arch.note}")
-    feeds = sample_inputs(inputs)
+    feeds = model_feeds(frontend, model_path, inputs)
     expected = frontend.reference_run(model_path, feeds)
     run = run_library_emulated(sysroot, library, [feeds[s.name] for s in inputs])
     max_abs, max_rel, ok = compare(run.outputs, expected, atol, rtol)

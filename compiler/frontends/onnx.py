@@ -190,6 +190,15 @@ def to_relax(model, inputs: list[TensorSpec]):
     return from_onnx(prepared, shapes, dtypes)
 
 
+def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
+    """Valid values for integer inputs used as indices (compiler/onnx_index_inputs.py)."""
+    from edgefleet.compiler.onnx_index_inputs import integer_input_ranges as ranges
+
+    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
+        return {}
+    return ranges(load(path), inputs)
+
+
 def reference_name() -> str:
     import onnxruntime
 
