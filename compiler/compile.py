@@ -55,10 +55,10 @@ class CompileResult:
 
 def unsupported_error(report: OperatorReport, uri: str) -> UnsupportedOperatorsError:
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(report.unsupported.items()))
-    return UnsupportedOperatorsError(
-        f"{uri} uses {len(report.unsupported)} operator type(s) TVM cannot convert: {listed}",
-        "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator",
-    )
+    fix = frontend_for(report.format).refusal_fix() if report.format == "tflite" else (
+        "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator")
+    what = "operator type(s) TVM's TFLite importer" if report.format == "tflite" else "operator type(s) TVM"
+    return UnsupportedOperatorsError(f"{uri} uses {len(report.unsupported)} {what} cannot convert: {listed}", fix)
 
 
 def check_operators(model: str, *, member: str | None = None, workdir: Path | None = None) -> OperatorReport:
@@ -256,7 +256,7 @@ def compile_model(
         if not report.ok:
             raise unsupported_error(report, model)
         with stages.stage("import", f"{source.format} -> Relax"):
-            notices: list[str] = []
+            notices: list[str] = list(getattr(frontend, "import_notes", lambda _: [])(parsed))
             inputs = frontend.input_specs(parsed, input_shapes or {}, notices)
             for notice in notices:
                 stages.note(notice)

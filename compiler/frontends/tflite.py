@@ -77,13 +77,29 @@ def supported_operators(model) -> set[str]:
 
 
 def unsupported(model) -> Counter:
-    """Operators TVM has no converter for, and quantized ones edgefleet cannot compute exactly as TFLite does."""
+    """Builtin (and custom) operators TVM's TFLite importer has no converter for."""
+    known = supported_operators(model)
+    return Counter({op: n for op, n in operators(model).items() if op not in known})
+
+
+def import_notes(model) -> list[str]:
+    """What the compile prints about the import: quantized operators left to TVM's float lowering.
+
+    They are compiled, not refused (TVM may well be close enough); verification against LiteRT
+    decides, and its failure names the tolerance to loosen.
+    """
     from edgefleet.compiler.tflite_quant import unexact_quantized_ops
 
-    known = supported_operators(model)
-    missing = Counter({op: n for op, n in operators(model).items() if op not in known})
     codes = _code_names(model)
-    return missing + unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
+    approximated = unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
+    if not approximated:
+        return []
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(approximated.items()))
+    return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; LiteRT verification decides"]
+
+
+def refusal_fix() -> str:
+    return "replace those operators in the TensorFlow model before converting, or export the model to ONNX; `edgefleet compile --check` lists every operator"
 
 
 def _tensor(model, index: int):
