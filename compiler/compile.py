@@ -258,15 +258,16 @@ def compile_model(
         with stages.stage("import", f"{source.format} -> Relax"):
             notices: list[str] = list(getattr(frontend, "import_notes", lambda _: [])(parsed))
             inputs = frontend.input_specs(parsed, input_shapes or {}, notices)
-            for notice in notices:
-                stages.note(notice)
             try:
-                mod = frontend.to_relax(parsed, inputs)
+                mod = frontend.to_relax(parsed, inputs, notices)
             except UnsupportedOperatorsError:  # the frontend's own refusal already says what and why
                 raise
             except Exception as exc:  # the importers raise many types on models they cannot map
-                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", "simplify the model (onnxsim) or export it with another opset") from None
+                fix = "simplify the model (onnxsim) or export it with another opset" if source.format == "onnx" else frontend.refusal_fix()
+                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", fix) from None
             outputs = _output_specs(mod)
+            for notice in notices:
+                stages.note(notice)
         if not label_list and source.labels:
             label_list = source.labels
         if source.preprocessing and not isinstance(preprocessing, Preprocessing):

@@ -168,7 +168,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     return prepared
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
     """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/onnx_converters.py)."""
     from edgefleet.compiler.onnx_converters import from_onnx
     from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections, shape_rejections

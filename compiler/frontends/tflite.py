@@ -139,14 +139,22 @@ def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | Non
     return specs
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
+    """Import with edgefleet's exact integer converter; where it fails, with TVM's own converter
+    (LiteRT verification then judges TVM's float lowering of the quantized operators)."""
     from tvm.relax.frontend.tflite import from_tflite
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
     from edgefleet.compiler.tflite_quant import ExactQuantConverter
 
-    return from_tflite(
-        model, shape_dict={s.name: tuple(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs}, op_converter=ExactQuantConverter,
-    )
+    shapes, dtypes = {s.name: tuple(s.shape) for s in inputs}, {s.name: s.dtype for s in inputs}
+    try:
+        return from_tflite(model, shape_dict=shapes, dtype_dict=dtypes, op_converter=ExactQuantConverter)
+    except Exception as exc:  # TVM's converters raise many types; the stock path gets its chance
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+    if notices is not None:
+        notices.append(f"edgefleet's exact integer import failed ({reason}); imported with TVM's own TFLite converter")
+    return from_tflite(model, shape_dict=shapes, dtype_dict=dtypes, op_converter=OperatorConverter)
 
 
 def _interpreter(path: Path):

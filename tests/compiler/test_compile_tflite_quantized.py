@@ -128,3 +128,20 @@ def test_uint8_io_full_integer_model_compiles_and_equals_litert(head, tmp_path, 
         np.testing.assert_array_equal(actual, _litert(model, [x])[0])
         outputs.append(actual.tobytes())
     assert len(set(outputs)) == 3  # the outputs depend on the input
+
+
+def test_exact_import_failure_falls_back_to_tvms_converter(tmp_path, signing_key, cli, monkeypatch):
+    """A failure inside edgefleet's exact integer converter (faked here) is not the user's problem:
+    TVM's own converter imports the model, the compile says so, and LiteRT verification judges it."""
+    from edgefleet.compiler.tflite_quant import ExactQuantConverter
+
+    def broken(self, op, conv_type):
+        raise RuntimeError("exact lowering declined")
+
+    monkeypatch.setattr(ExactQuantConverter, "convert_conv", broken)
+    model = int8_tflite_cnn(tmp_path / "int8.tflite")
+    result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "--atol", "2")
+    assert result.code == 0, result.text
+    assert "exact integer import failed (exact lowering declined)" in result.err and "TVM's own TFLite converter" in result.err
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as opened:
+        assert opened.manifest.verification.status == "passed"
