@@ -91,8 +91,17 @@ class Optimized:
     fallback_reason: str | None = None  # why edgefleet's CPU pipeline was not used
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+def tvm_message(exc: Exception, limit: int = 400) -> str:
+    """TVM's own words for a failure: its first line and its last (e.g. the offending call),
+    without the "# Metadata omitted" footer TVM appends to printed IR."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip() and not line.strip().startswith("# Metadata omitted")]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} | {lines[-1]}"
+    return text[:limit]
+
+
+_first_line = tvm_message
 
 
 def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.RpcTracker | None = None) -> Optimized:
@@ -126,6 +135,26 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.
         raise BuildError(f"TVM failed to optimize the model for {target.name}: {_first_line(first)}", "report the model and target; try another target meanwhile") from None
 
 
+def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, stages: Stages) -> Optimized:
+    """Build `optimized`; when edgefleet's CPU pipeline produced something TVM cannot build, say so
+    and build `mod` (the imported model) with TVM's default pipeline instead. Returns what was built."""
+    try:
+        build_and_export(optimized.mod, target, out, stages)
+        return optimized
+    except BuildError as exc:
+        if optimized.pipeline != PIPELINE_CPU:
+            raise
+        reason = exc.cause
+    from tvm import relax
+
+    stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+    tgt = tvm_target(target)
+    with tgt:
+        fallback = Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
+    build_and_export(fallback.mod, target, out, stages)
+    return fallback
+
+
 def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
     import tvm
 
@@ -134,7 +163,7 @@ def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
         try:
             executable = tvm.compile(mod, target=tgt, relax_pipeline=None)
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
-            raise BuildError(f"TVM failed to build for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
+            raise BuildError(f"TVM failed to build for {target.name}: {tvm_message(exc)}", "report the model and target; try another target meanwhile") from None
     with stages.stage("export", target.cross_cc or "host cc"):
         try:
             if target.cross_cc:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from edgefleet import __version__
 from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler import tuning
-from edgefleet.compiler.build import build_and_export, optimize, tuning_dir
+from edgefleet.compiler.build import build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
@@ -264,7 +264,7 @@ def compile_model(
                 raise
             except Exception as exc:  # the importers raise many types on models they cannot map
                 fix = "simplify the model (onnxsim) or export it with another opset" if source.format == "onnx" else frontend.refusal_fix()
-                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", fix) from None
+                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {tvm_message(exc)}", fix) from None
             outputs = _output_specs(mod)
             for notice in notices:
                 stages.note(notice)
@@ -276,7 +276,7 @@ def compile_model(
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
-        build_and_export(optimized.mod, resolved, library, stages)
+        optimized = build_with_fallback(mod, optimized, resolved, library, stages)
         if verify:
             verification = _verify(resolved, library, frontend, reference_path, inputs, outputs, atol, rtol, stages)
             if verification.status == "failed":

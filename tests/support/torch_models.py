@@ -202,3 +202,29 @@ def export(name: str, path: Path, *, dynamic_batch: bool = False, opset: int = 1
     torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=output_names,
                       dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=fold)
     return path
+
+
+class GroupedConvs(nn.Module):
+    """AlexNet's two-group convolution, ShuffleNet's grouped 1x1 with a channel shuffle (view/transpose
+    by x.shape), ResNeXt's 4-group 3x3 bottleneck and a depthwise convolution with multiplier 2.
+    16 channels per group, as in the real networks, so the CPU pipeline's NCHW16c blocking applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alex = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 1, 1, groups=2), nn.BatchNorm2d(64), nn.ReLU())
+        self.shuffle_in = nn.Sequential(nn.Conv2d(64, 64, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.resnext = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.multiplier = nn.Sequential(nn.Conv2d(64, 128, 3, 2, 1, groups=64, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.alex(x)
+        y = self.shuffle_in(x)
+        b, c, h, w = y.shape
+        y = y.view(b, 4, c // 4, h, w).transpose(1, 2).reshape(b, c, h, w)
+        x = torch.relu(x + self.resnext(y))
+        x = self.multiplier(x).mean((2, 3))
+        return self.fc(x)
+
+
+MODELS["grouped"] = (GroupedConvs, 64)

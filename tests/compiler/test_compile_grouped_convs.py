@@ -1,0 +1,42 @@
+"""Grouped and depthwise-multiplier convolutions (AlexNet, ShuffleNet, ResNeXt style) compile with
+edgefleet's CPU pipeline and match onnxruntime; a build step that fails falls back and says why (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from support import torch_models  # noqa: E402
+
+from edgefleet.package import open_package  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def grouped_model(tmp_path_factory):
+    return torch_models.export("grouped", tmp_path_factory.mktemp("grouped") / "grouped.onnx")
+
+
+def test_grouped_convolutions_compile_blocked_and_verify(grouped_model, tmp_path, signing_key, cli):
+    result = cli("compile", grouped_model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
+    assert result.code == 0, result.text
+    assert "warning" not in result.err
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as pkg:
+        assert pkg.manifest.runtime.pipeline == "edgefleet-cpu" and pkg.manifest.verification.status == "passed"
+
+
+def test_unbuildable_pipeline_output_falls_back_with_tvms_message(grouped_model, tmp_path, signing_key, cli, monkeypatch):
+    """Fake the gap this issue found (grouped NCHW16c convolutions left unlowered): the build says what TVM
+    said, without its "# Metadata omitted" footer, and builds with TVM's default pipeline instead."""
+    from edgefleet.compiler import graph
+
+    real = graph._legalize_conv2d
+    # What TVM 0.27 does itself: a grouped convolution in NCHW16c stays an unlowered call.
+    monkeypatch.setattr(graph, "_legalize_conv2d", lambda bb, call: call if int(call.attrs.groups) in (2, 4) and len(str(call.attrs.data_layout)) > 4 else real(bb, call))
+    result = cli("compile", grouped_model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
+    assert result.code == 0, result.text
+    assert "CodeGenVM cannot emit this Relax operator" in result.err and "TVM's default pipeline" in result.err
+    assert "Metadata omitted" not in result.err
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as pkg:
+        assert pkg.manifest.runtime.pipeline == "tvm-default" and pkg.manifest.verification.status == "passed"
+        assert "CodeGenVM" in pkg.manifest.runtime.pipeline_fallback_reason
