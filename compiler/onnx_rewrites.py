@@ -550,6 +550,50 @@ def nms_strict_iou(model) -> None:
 
 
 
+def exact_resize(model, input_shapes: dict[str, list[int]]):
+    """Resize nodes TVM would compute wrongly (`_resize_reason`) and every Upsample -> per-axis
+    Gather/MatMul with the weights ONNX's reference defines (compiler/onnx_resize.py). Needs
+    static shapes and constant parameters; what cannot be rewritten is left for the refusal."""
+    from edgefleet.compiler.onnx_resize import separable
+
+    if not any(n.op_type in ("Resize", "Upsample") for n in model.graph.node):
+        return model
+    out, shapes = _with_input_shapes(model, input_shapes)
+    if shapes is None:
+        return model
+    graph, opset = out.graph, _opset(out)
+    produced = {o: n for n in graph.node for o in n.output}
+    types = _elem_types(out)
+    nodes, changed = [], False
+    for node in graph.node:
+        in_shape = shapes.get(node.input[0]) if node.op_type in ("Resize", "Upsample") else None
+        wanted = in_shape is not None and (node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, shapes.get(node.output[0])))
+        rewritten = separable(node, graph, opset, in_shape, types.get(node.input[0], 0)) if wanted else None
+        if rewritten is None:
+            nodes.append(node)
+            continue
+        changed = True
+        nodes += rewritten[0]
+        graph.initializer.extend(rewritten[1])
+    if not changed:
+        return model
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def _elem_types(model) -> dict[str, int]:
+    """Value name -> ONNX element type number, from shape inference (best effort)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # without types the rewrite only takes float32 for granted where it must
+        return {}
+    values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in values if vi.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return types
+
+
 def normalize_resize(model, input_shapes: dict[str, list[int]]):
     """Resize with `axes` or a keep_aspect_ratio_policy (opset 18) -> the full-rank form TVM reads.
 

@@ -149,7 +149,9 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
     import onnx
 
-    from edgefleet.compiler.onnx_rewrites import cast_shape_values, conv_transpose_output_shape, expand_functions, fold_constants, nms_strict_iou, normalize_constants, normalize_resize
+    from edgefleet.compiler.onnx_rewrites import (
+        cast_shape_values, conv_transpose_output_shape, exact_resize, expand_functions, fold_constants, nms_strict_iou, normalize_constants, normalize_resize,
+    )
 
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
@@ -162,6 +164,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     normalize_constants(prepared)  # expanded function bodies use the value_* forms too
     prepared = fold_constants(prepared, input_shapes)
     prepared = conv_transpose_output_shape(prepared, input_shapes)
+    prepared = exact_resize(prepared, input_shapes)
     prepared = normalize_resize(prepared, input_shapes)
     cast_shape_values(prepared)
     nms_strict_iou(prepared)
