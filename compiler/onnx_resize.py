@@ -65,14 +65,10 @@ def _probe_inputs(node, graph, axis: int, rank: int, n: int) -> tuple[list, list
     return names, inits
 
 
-def axis_matrix(node, graph, opset: int, axis: int, rank: int, n: int) -> np.ndarray | None:
-    """[n, m] weights: output sample j along `axis` = sum_k x[k] * W[k, j], by ONNX's reference."""
+def _run_probe(node, opset: int, names: list, inits: list, n: int) -> np.ndarray:
+    """Run a 2-D copy of `node` (same attributes, given inputs) on an n x n identity."""
     from onnx.reference import ReferenceEvaluator
 
-    probe = _probe_inputs(node, graph, axis, rank, n)
-    if probe is None:
-        return None
-    names, inits = probe
     while names and not names[-1]:
         names.pop()
     keep = [a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy", "scales")]
@@ -84,6 +80,48 @@ def axis_matrix(node, graph, opset: int, axis: int, rank: int, n: int) -> np.nda
         opset_imports=[helper.make_opsetid("", opset)],
     )
     return np.asarray(ReferenceEvaluator(model).run(None, {"x": np.eye(n)})[0])
+
+
+def axis_matrix(node, graph, opset: int, axis: int, rank: int, n: int) -> np.ndarray | None:
+    """[n, m] weights: output sample j along `axis` = sum_k x[k] * W[k, j], by ONNX's reference."""
+    probe = _probe_inputs(node, graph, axis, rank, n)
+    if probe is None:
+        return None
+    return _run_probe(node, opset, *probe, n)
+
+
+def _policy_matrix(node, opset: int, ratio: tuple[int, int], n: int, m: int) -> np.ndarray:
+    """Nearest weights for one axis of a keep_aspect_ratio_policy Resize: ONNX samples at the
+    policy's scale p/q but outputs round(n * p/q) samples, which no one-axis Resize of length n
+    reproduces. A longer probe (n' = q*k, sizes p*k: the same float64 scale) has the same sampling
+    positions; its samples past n fold onto n - 1, the clamp nearest applies at the edge."""
+    from math import gcd
+
+    p, q = ratio
+    g = gcd(p, q)
+    p, q = p // g, q // g
+    k = max(-(-(n + 2) // q), -(-m // p))
+    size = q * k
+    names = ["x", "", "", "sizes"]
+    weights = _run_probe(node, opset, names, [numpy_helper.from_array(np.array([size, p * k], np.int64), "sizes")], size)[:, :m]
+    weights[n - 1] += weights[n:].sum(axis=0)
+    return weights[:n]
+
+
+def _policy_weights(node, graph, opset: int, in_shape: list[int], out_shape: list[int] | None) -> dict[int, np.ndarray] | None:
+    """Axis -> weights for a nearest Resize with keep_aspect_ratio_policy, or None if not supported."""
+    mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+    if _attr(node, "mode", b"nearest") != b"nearest" or mode not in (b"half_pixel", b"asymmetric") or out_shape is None:
+        return None
+    sizes = _values(graph, node.input[3]) if len(node.input) > 3 else None
+    if sizes is None:
+        return None
+    rank = len(in_shape)
+    axes = [a % rank for a in (_attr(node, "axes") or range(rank))]
+    ratios = [(int(s), in_shape[a]) for s, a in zip(sizes, axes)]
+    pick = min if _attr(node, "keep_aspect_ratio_policy") == b"not_larger" else max
+    ratio = pick(ratios, key=lambda r: r[0] / r[1])
+    return {a: _policy_matrix(node, opset, ratio, in_shape[a], out_shape[a]) for a in axes}
 
 
 def _one_hot_columns(weights: np.ndarray) -> np.ndarray | None:
@@ -119,19 +157,26 @@ def _apply_axis(name: str, prefix: str, weights: np.ndarray, axis: int, rank: in
     return out
 
 
-def separable(node, graph, opset: int, in_shape: list[int], elem_type: int) -> tuple[list, list] | None:
+def separable(node, graph, opset: int, in_shape: list[int], elem_type: int, out_shape: list[int] | None = None) -> tuple[list, list] | None:
     """(nodes, initializers) computing `node` axis by axis, or None when it cannot be written so."""
     if elem_type not in _FLOATS and _attr(node, "mode", b"nearest") not in (b"nearest", "nearest"):
         return None  # integer linear/cubic would need ONNX's rounding of the weighted sums
-    if _attr(node, "keep_aspect_ratio_policy", b"stretch") not in (b"stretch", "stretch"):
-        return None  # the policy couples the axes: one axis alone cannot be probed
+    policy = None
+    if _attr(node, "keep_aspect_ratio_policy", b"stretch") != b"stretch":
+        # The policy couples the axes (one scale for all): probed per axis at that scale.
+        try:
+            policy = _policy_weights(node, graph, opset, in_shape, out_shape)
+        except Exception:  # what the reference refuses stays for the refusal
+            policy = None
+        if policy is None:
+            return None
     if _attr(node, "coordinate_transformation_mode", b"half_pixel") in (b"tf_crop_and_resize",) and _attr(node, "extrapolation_value", 0.0):
         return None  # samples outside the roi take a constant: not a weighted sum
     rank, dtype = len(in_shape), _FLOATS.get(elem_type, np.float32)
     nodes, inits, current = [], [], node.input[0]
     for axis, n in enumerate(in_shape):
         try:
-            weights = axis_matrix(node, graph, opset, axis, rank, n)
+            weights = policy.get(axis, np.eye(n)) if policy is not None else axis_matrix(node, graph, opset, axis, rank, n)
         except Exception:  # the reference refuses what ONNX does not define (e.g. a cubic Upsample)
             return None
         if weights is None:

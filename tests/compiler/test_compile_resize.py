@@ -42,6 +42,8 @@ CASES = {
     "nearest-ties-sizes": (dict(mode="nearest", nearest_mode="round_prefer_floor"), dict(sizes=[1, 3, 15, 7])),
     "linear-antialias": (dict(mode="linear", antialias=1), dict(sizes=[1, 3, 4, 5])),
     "half-pixel-symmetric": (dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), dict(scales=[1, 1, 2.5, 1.5])),
+    "nearest-not-larger-axes": (dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"), dict(sizes=[7, 9])),
+    "nearest-not-smaller-asymmetric": (dict(mode="nearest", coordinate_transformation_mode="asymmetric", keep_aspect_ratio_policy="not_smaller"), dict(sizes=[1, 3, 17, 8])),
 }
 
 
