@@ -337,6 +337,19 @@ def _needs_expansion(node, graph, produced, dtypes, convertible: set[str], opset
     return bool(reasons - {None}) and not reasons & EXPANSION_WRONG_TOO
 
 
+def _set_default_attributes(node, schema) -> None:
+    """Write out the schema's defaults for attributes `node` leaves unset: a function body refers to
+    them (Cast(to=@output_datatype) in HannWindow), and the inliner drops a reference to an unset one."""
+    present = {a.name for a in node.attribute}
+    for name, spec in schema.attributes.items():
+        default = spec.default_value
+        if name not in present and default is not None and default.type != onnx.AttributeProto.UNDEFINED:
+            attr = onnx.AttributeProto()
+            attr.CopyFrom(default)
+            attr.name = name
+            node.attribute.append(attr)
+
+
 def expand_functions(model, convertible: set[str]):
     """Inline the ONNX function body of each node TVM cannot convert correctly. Returns a new model."""
     opset = _opset(model)
@@ -368,6 +381,7 @@ def expand_functions(model, convertible: set[str]):
         if not any(o.domain in ("", "ai.onnx") for o in body.opset_import):
             body.opset_import.append(helper.make_opsetid("", opset))
         call = nodes[index[id(node)]]
+        _set_default_attributes(call, schema)
         call.domain = EXPAND_DOMAIN
         call.op_type = name
         out.functions.append(body)
