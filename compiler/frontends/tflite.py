@@ -157,6 +157,44 @@ def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
     return from_tflite(model, shape_dict=shapes, dtype_dict=dtypes, op_converter=OperatorConverter)
 
 
+def _index_bound(model, graph, op, name: str, tensor_index: int) -> tuple[int, int] | None:
+    """Inclusive bound an operator puts on the integer input `tensor_index` it reads, or None."""
+    from tflite.GatherOptions import GatherOptions
+
+    inputs = list(op.InputsAsNumpy())
+    if name == "GATHER" and len(inputs) > 1 and inputs[1] == tensor_index:
+        shape = graph.Tensors(int(inputs[0])).ShapeAsNumpy()
+        options = GatherOptions()
+        raw = op.BuiltinOptions()
+        axis = 0
+        if raw is not None:
+            options.Init(raw.Bytes, raw.Pos)
+            axis = options.Axis()
+        return 0, max(int(shape[axis % len(shape)]) - 1, 0)
+    if name == "EMBEDDING_LOOKUP" and inputs[0] == tensor_index:
+        return 0, max(int(graph.Tensors(int(inputs[1])).ShapeAsNumpy()[0]) - 1, 0)
+    if name in ("GATHER_ND", "ONE_HOT", "TOPK_V2", "RANGE", "FILL") and tensor_index in inputs:
+        return 0, 0
+    return None
+
+
+def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
+    """Valid values for integer graph inputs used as indices (GATHER, EMBEDDING_LOOKUP), so LiteRT accepts them."""
+    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
+        return {}
+    model = load(path)
+    graph, codes = model.Subgraphs(0), _code_names(model)
+    ranges: dict[str, tuple[int, int]] = {}
+    for i in range(graph.InputsLength()):
+        index = graph.Inputs(i)
+        name = _tensor(model, index).Name().decode()
+        bounds = [b for o in range(graph.OperatorsLength())
+                  if (b := _index_bound(model, graph, graph.Operators(o), codes[graph.Operators(o).OpcodeIndex()], index)) is not None]
+        if bounds:
+            ranges[name] = (max(lo for lo, _ in bounds), max(min(hi for _, hi in bounds), 0))
+    return ranges
+
+
 def _interpreter(path: Path):
     try:
         from ai_edge_litert.interpreter import Interpreter

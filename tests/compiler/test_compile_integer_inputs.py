@@ -82,3 +82,24 @@ def test_reference_refusing_the_sample_inputs_is_reported_not_a_traceback(tmp_pa
     assert result.code == 0, result.text
     verification = json.loads(result.out)["manifest"]["verification"]
     assert verification["status"] == "skipped" and "refused the sample inputs" in verification["reason"]
+
+
+def test_tflite_gather_indices_stay_inside_the_table(tmp_path, signing_key, cli):
+    from compiler_testlib import _options, write_tflite
+    from tflite.BuiltinOperator import BuiltinOperator as Op
+    from tflite.TensorType import TensorType as T
+
+    from edgefleet.compiler.frontends import tflite as tflite_frontend
+
+    table = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    path = write_tflite(
+        tmp_path / "gather.tflite",
+        [("ids", [1, 5], T.INT32, None, None), ("table", [7, 4], T.FLOAT32, table, None), ("out", [1, 5, 4], T.FLOAT32, None, None)],
+        [(Op.GATHER, ["table", "ids"], ["out"], _options("GatherOptions", Axis=0))],
+        ["ids"], ["out"],
+    )
+    specs = tflite_frontend.input_specs(tflite_frontend.load(path), {})
+    assert tflite_frontend.integer_input_ranges(path, specs) == {"ids": (0, 6)}
+    result = cli("compile", path, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz", "--json")
+    assert result.code == 0, result.text
+    assert json.loads(result.out)["manifest"]["verification"]["status"] == "passed"
