@@ -100,6 +100,33 @@ class YoloV8(nn.Module):
         return torch.cat([xy, wh, cls.sigmoid()], 1)
 
 
+class Attention(nn.Module):
+    """YOLO11's PSA attention: qkv 1x1 conv, view(B, heads, -1, N) by x.shape, split, matmul, softmax."""
+
+    def __init__(self, c: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.head_dim = heads, c // heads // 2, c // heads
+        self.qkv = conv(c, c + 2 * heads * self.key_dim, 1)
+        self.pe = conv(c, c, 3, g=c)
+        self.proj = conv(c, c, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        n = h * w
+        q, k, v = self.qkv(x).view(b, self.heads, self.key_dim * 2 + self.head_dim, n).split([self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = (q.transpose(-2, -1) @ k * self.key_dim**-0.5).softmax(dim=-1)
+        y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        return self.proj(y)
+
+
+class Yolo11(YoloV8):
+    """YOLOv8's head on a backbone with a C2PSA-style attention block after SPPF."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p4 = nn.Sequential(conv(16, 32, 3, 2), C2f(32, 32), SPPF(32, 32), Attention(32))
+
+
 class YoloV5(nn.Module):
     """Anchor-based head with objectness: view(bs, na, no, ny, nx) -> permute -> grid decode."""
 
@@ -170,7 +197,7 @@ class Classifier(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
-MODELS = {"yolov8": (YoloV8, 96), "yolov5": (YoloV5, 96), "ssd": (SSD, 96), "classifier": (Classifier, 64)}
+MODELS = {"yolov8": (YoloV8, 96), "yolo11": (Yolo11, 96), "yolov5": (YoloV5, 96), "ssd": (SSD, 96), "classifier": (Classifier, 64)}
 
 
 def trained(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
