@@ -45,7 +45,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
     work = tuning_dir(target)
     passes = [
         graph.cleanup(),
-        graph.nchwc_layout(),
+        _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(),
@@ -66,8 +66,42 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
         passes.append(tuning.tune_pass(tune_target, work, tune_trials, report, rpc))
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
-    passes += [schedules.default_schedules(), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
+    passes += [schedules.default_schedules(), _report_unscheduled(report), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
+
+
+def _guarded(step, what: str, consequence: str, report):
+    """`step`, or the module unchanged (with a notice) when it fails: one failing step must not
+    cost the whole pipeline (whose fallback is TVM's unscheduled default)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetGuarded")
+    def _pass(mod, _ctx):
+        try:
+            return step(mod)
+        except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+            report(f"warning: {what} failed ({tvm_message(exc, 200)}); {consequence}")
+            return mod
+
+    return _pass
+
+
+def _report_unscheduled(report):
+    """Name the kernels no default schedule rule took: they run correct but as written (slow)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetReportUnscheduled")
+    def _pass(mod, _ctx):
+        # A scheduled kernel has parallel or vectorized loops; dlight marks nothing in 0.27.
+        names = sorted(str(gv.name_hint) for gv, f in mod.functions.items()
+                       if isinstance(f, tirx.PrimFunc) and not any(k in f.script() for k in ("T.parallel", "T.vectorized")))
+        if names:
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            report(f"{len(names)} kernel(s) without a default schedule, left as written (correct, slower): {shown}")
+        return mod
+
+    return _pass
 
 
 def _optimize_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
