@@ -198,6 +198,8 @@ def converter_failure(op_name: str, attrs: dict, exc: Exception) -> str:
         return f"{where}: TVM's converter needs the attribute {text.strip(chr(39))}, which the node leaves to its default"
     if "GenericConst" in text or "no value in Constant" in text or "tolist" in text:
         return f"{where}: TVM's converter could not read an input it needs at compile time (a shape, sizes or axes) as a constant"
+    if "NoneType" in text or "has no len()" in text:
+        return f"{where}: TVM's converter could not work out the shape or length of an input at compile time"
     return f"{where}: TVM's converter failed: {text[:300]}"
 
 

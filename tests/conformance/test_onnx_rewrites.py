@@ -177,3 +177,4 @@ def test_converter_failure_texts():
     assert converter_failure("Cast", {"saturate": 1}, KeyError("to")) == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"
     assert "constant" in converter_failure("Resize", {"mode": b"linear"}, ValueError("no value in Constant"))
     assert converter_failure("Foo", {"w": np.zeros(3)}, RuntimeError("bad\nthing")) == "Foo: TVM's converter failed: thing"
+    assert "shape or length" in converter_failure("SequenceLength", {}, TypeError("object of type 'Call' has no len()"))
