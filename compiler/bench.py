@@ -180,7 +180,10 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
         ref, why = _reference_model(manifest, reference)
         fmt = ref.suffix.lower().lstrip(".") if ref else None
         # Integer index inputs need values the model accepts, read from the reference model's graph.
-        feeds = model_feeds(frontend_for(fmt), ref, manifest.inputs) if fmt in ("onnx", "tflite") else sample_inputs(manifest.inputs)
+        if fmt in ("onnx", "tflite"):
+            feeds = model_feeds(frontend_for(fmt), ref, manifest.inputs)
+        else:
+            feeds = sample_inputs(manifest.inputs)
         inputs = [feeds[s.name] for s in manifest.inputs]
         runners: dict[str, Callable] = {"tvm": _tvm_runner(pkg.library, threads)}
         skipped: dict[str, str] = {}

@@ -66,7 +66,10 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
         passes.append(tuning.tune_pass(tune_target, work, tune_trials, report, rpc))
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
-    passes += [schedules.default_schedules(), _report_unscheduled(report), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
+    passes += [
+        schedules.default_schedules(), _report_unscheduled(report),
+        *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt),
+    ]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
 
 
@@ -94,8 +97,9 @@ def _report_unscheduled(report):
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetReportUnscheduled")
     def _pass(mod, _ctx):
         # A scheduled kernel has parallel or vectorized loops; dlight marks nothing in 0.27.
-        names = sorted(str(gv.name_hint) for gv, f in mod.functions.items()
-                       if isinstance(f, tirx.PrimFunc) and not any(k in f.script() for k in ("T.parallel", "T.vectorized")))
+        kernels = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+        marks = ("T.parallel", "T.vectorized")
+        names = sorted(str(gv.name_hint) for gv, f in kernels if not any(k in f.script() for k in marks))
         if names:
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             report(f"{len(names)} kernel(s) without a default schedule, left as written (correct, slower): {shown}")
@@ -128,7 +132,8 @@ class Optimized:
 def tvm_message(exc: Exception, limit: int = 400) -> str:
     """TVM's own words for a failure: its first line and its last (e.g. the offending call),
     without the "# Metadata omitted" footer TVM appends to printed IR."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip() and not line.strip().startswith("# Metadata omitted")]
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("# Metadata omitted")]
     if not lines:
         return type(exc).__name__
     text = lines[0] if len(lines) == 1 else f"{lines[0]} | {lines[-1]}"
@@ -181,7 +186,8 @@ def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, st
         reason = exc.cause
     from tvm import relax
 
-    stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+    stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); "
+                "building with TVM's default pipeline, whose kernels are unscheduled and much slower")
     tgt = tvm_target(target)
     with tgt:
         fallback = Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
@@ -197,7 +203,10 @@ def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
         try:
             executable = tvm.compile(mod, target=tgt, relax_pipeline=None)
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
-            raise BuildError(f"TVM failed to build for {target.name}: {tvm_message(exc)}", "report the model and target; try another target meanwhile") from None
+            raise BuildError(
+                f"TVM failed to build for {target.name}: {tvm_message(exc)}",
+                "report the model and target; try another target meanwhile",
+            ) from None
     with stages.stage("export", target.cross_cc or "host cc"):
         try:
             if target.cross_cc:

@@ -263,8 +263,10 @@ def compile_model(
             except UnsupportedOperatorsError:  # the frontend's own refusal already says what and why
                 raise
             except Exception as exc:  # the importers raise many types on models they cannot map
-                fix = "simplify the model (onnxsim) or export it with another opset" if source.format == "onnx" else frontend.refusal_fix()
-                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {tvm_message(exc)}", fix) from None
+                onnx_fix = "simplify the model (onnxsim) or export it with another opset"
+                fix = onnx_fix if source.format == "onnx" else frontend.refusal_fix()
+                cause = f"TVM's {source.format} importer failed: {tvm_message(exc)}"
+                raise UnsupportedOperatorsError(cause, fix) from None
             outputs = _output_specs(mod)
             for notice in notices:
                 stages.note(notice)

@@ -422,8 +422,9 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     # Grouped (AlexNet, ResNeXt, ShuffleNet) and depthwise-multiplier convolutions: TOPI has no
     # NCHWc kernel for them, and an unlowered call fails at VM codegen.
     return bb.call_te(
-        grouped_conv2d_nchwc, call.args[0], call.args[1], groups, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-        [int(d) for d in attrs.dilation], out_dtype, primfunc_name_hint="group_conv2d_NCHWc",
+        grouped_conv2d_nchwc, call.args[0], call.args[1], groups, [int(s) for s in attrs.strides],
+        [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype,
+        primfunc_name_hint="group_conv2d_NCHWc",
     )
 
 
@@ -442,7 +443,9 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     top, left, bottom, right = padding
     oh = (ih + top + bottom - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + left + right - (kw - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") if any(padding) else data
+    padded = data
+    if any(padding):
+        padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad")
     ic, ib = te.reduce_axis((0, icchunks), name="ic"), te.reduce_axis((0, bi), name="ib")
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
 

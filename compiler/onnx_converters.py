@@ -110,7 +110,8 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
         except EdgefleetError:
             raise
         except Exception as exc:  # TVM's converters raise KeyError, AttributeError, ... on what they cannot map
-            raise UnsupportedOperatorsError(converter_failure(op_name, attrs, exc), "see docs/operators.md; simplify the model (onnxslim) or export it with another opset") from None
+            fix = "see docs/operators.md; simplify the model (onnxslim) or export it with another opset"
+            raise UnsupportedOperatorsError(converter_failure(op_name, attrs, exc), fix) from None
 
     def _convert(self, op_name, inputs, attrs, opset):
         # 8/4/2-bit types: edgefleet's own conversions (compiler/onnx_lowbit.py).
@@ -195,9 +196,11 @@ def converter_failure(op_name: str, attrs: dict, exc: Exception) -> str:
     where = f"{op_name} ({', '.join(shown)})" if shown else op_name
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, KeyError):
-        return f"{where}: TVM's converter needs the attribute {text.strip(chr(39))}, which the node leaves to its default"
+        name = text.strip(chr(39))
+        return f"{where}: TVM's converter needs the attribute {name}, which the node leaves to its default"
     if "GenericConst" in text or "no value in Constant" in text or "tolist" in text:
-        return f"{where}: TVM's converter could not read an input it needs at compile time (a shape, sizes or axes) as a constant"
+        return (f"{where}: TVM's converter could not read an input it needs at compile time "
+                "(a shape, sizes or axes) as a constant")
     if "NoneType" in text or "has no len()" in text:
         return f"{where}: TVM's converter could not work out the shape or length of an input at compile time"
     return f"{where}: TVM's converter failed: {text[:300]}"

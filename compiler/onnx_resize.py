@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-_FLOATS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16}
+_FLOATS = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
+}
 
 
 def _attr(node, name: str, default=None):
@@ -43,7 +45,8 @@ def _probe_inputs(node, graph, axis: int, rank: int, n: int) -> tuple[list, list
         scales = _attr(node, "scales") if len(node.input) < 2 else _values(graph, node.input[1])
         if scales is None:
             return None
-        return ["x", "scales"], [numpy_helper.from_array(np.array([1.0, float(np.ravel(scales)[axis])], np.float32), "scales")]
+        probe_scales = np.array([1.0, float(np.ravel(scales)[axis])], np.float32)
+        return ["x", "scales"], [numpy_helper.from_array(probe_scales, "scales")]
     axes = [a % rank for a in (_attr(node, "axes") or range(rank))]
     if axis not in axes:
         return ["x", "", "scales"], [numpy_helper.from_array(np.array([1.0, 1.0], np.float32), "scales")]
@@ -103,15 +106,18 @@ def _policy_matrix(node, opset: int, ratio: tuple[int, int], n: int, m: int) -> 
     k = max(-(-(n + 2) // q), -(-m // p))
     size = q * k
     names = ["x", "", "", "sizes"]
-    weights = _run_probe(node, opset, names, [numpy_helper.from_array(np.array([size, p * k], np.int64), "sizes")], size)[:, :m]
+    sizes = numpy_helper.from_array(np.array([size, p * k], np.int64), "sizes")
+    weights = _run_probe(node, opset, names, [sizes], size)[:, :m]
     weights[n - 1] += weights[n:].sum(axis=0)
     return weights[:n]
 
 
-def _policy_weights(node, graph, opset: int, in_shape: list[int], out_shape: list[int] | None) -> dict[int, np.ndarray] | None:
+def _policy_weights(node, graph, opset: int, in_shape: list[int], out_shape: list[int] | None) -> dict | None:
     """Axis -> weights for a nearest Resize with keep_aspect_ratio_policy, or None if not supported."""
     mode = _attr(node, "coordinate_transformation_mode", b"half_pixel")
-    if _attr(node, "mode", b"nearest") != b"nearest" or mode not in (b"half_pixel", b"asymmetric") or out_shape is None:
+    if _attr(node, "mode", b"nearest") != b"nearest" or mode not in (b"half_pixel", b"asymmetric"):
+        return None
+    if out_shape is None:
         return None
     sizes = _values(graph, node.input[3]) if len(node.input) > 3 else None
     if sizes is None:
@@ -131,7 +137,9 @@ def _one_hot_columns(weights: np.ndarray) -> np.ndarray | None:
     return weights.argmax(axis=0).astype(np.int64)
 
 
-def _apply_axis(name: str, prefix: str, weights: np.ndarray, axis: int, rank: int, dtype, nodes: list, inits: list) -> str:
+def _apply_axis(
+    name: str, prefix: str, weights: np.ndarray, axis: int, rank: int, dtype, nodes: list, inits: list,
+) -> str:
     """Nodes computing `name` resized along `axis` by `weights`; returns the result's name."""
     index = _one_hot_columns(weights)
     out = f"{prefix}_axis{axis}"
@@ -157,7 +165,9 @@ def _apply_axis(name: str, prefix: str, weights: np.ndarray, axis: int, rank: in
     return out
 
 
-def separable(node, graph, opset: int, in_shape: list[int], elem_type: int, out_shape: list[int] | None = None) -> tuple[list, list] | None:
+def separable(
+    node, graph, opset: int, in_shape: list[int], elem_type: int, out_shape: list[int] | None = None,
+) -> tuple[list, list] | None:
     """(nodes, initializers) computing `node` axis by axis, or None when it cannot be written so."""
     if elem_type not in _FLOATS and _attr(node, "mode", b"nearest") not in (b"nearest", "nearest"):
         return None  # integer linear/cubic would need ONNX's rounding of the weighted sums
@@ -170,13 +180,17 @@ def separable(node, graph, opset: int, in_shape: list[int], elem_type: int, out_
             policy = None
         if policy is None:
             return None
-    if _attr(node, "coordinate_transformation_mode", b"half_pixel") in (b"tf_crop_and_resize",) and _attr(node, "extrapolation_value", 0.0):
+    crop = _attr(node, "coordinate_transformation_mode", b"half_pixel") == b"tf_crop_and_resize"
+    if crop and _attr(node, "extrapolation_value", 0.0):
         return None  # samples outside the roi take a constant: not a weighted sum
     rank, dtype = len(in_shape), _FLOATS.get(elem_type, np.float32)
     nodes, inits, current = [], [], node.input[0]
     for axis, n in enumerate(in_shape):
         try:
-            weights = policy.get(axis, np.eye(n)) if policy is not None else axis_matrix(node, graph, opset, axis, rank, n)
+            if policy is not None:
+                weights = policy.get(axis, np.eye(n))
+            else:
+                weights = axis_matrix(node, graph, opset, axis, rank, n)
         except Exception:  # the reference refuses what ONNX does not define (e.g. a cubic Upsample)
             return None
         if weights is None:

@@ -581,8 +581,10 @@ def exact_resize(model, input_shapes: dict[str, list[int]]):
     nodes, changed = [], False
     for node in graph.node:
         in_shape = shapes.get(node.input[0]) if node.op_type in ("Resize", "Upsample") else None
-        wanted = in_shape is not None and (node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, shapes.get(node.output[0])))
-        rewritten = separable(node, graph, opset, in_shape, types.get(node.input[0], 0), shapes.get(node.output[0])) if wanted else None
+        out_shape = shapes.get(node.output[0])
+        wanted = in_shape is not None and (
+            node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, out_shape))
+        rewritten = separable(node, graph, opset, in_shape, types.get(node.input[0], 0), out_shape) if wanted else None
         if rewritten is None:
             nodes.append(node)
             continue

@@ -45,7 +45,8 @@ def quant_params(tensor) -> tuple[np.ndarray, np.ndarray, int] | None:
 
 
 def unexact_quantized_ops(model, builtin_name) -> Counter:
-    """Operators touching quantized tensors that TVM's float lowering approximates, e.g. {"LOGISTIC (int8 quantized)": 2}."""
+    """Operators touching quantized tensors that TVM's float lowering approximates,
+    e.g. {"LOGISTIC (int8 quantized)": 2}."""
     graph = model.Subgraphs(0)
     found: Counter = Counter()
     for o in range(graph.OperatorsLength()):

@@ -14,7 +14,9 @@ DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 
 
-def sample_inputs(specs: list[TensorSpec], seed: int = 0, ranges: dict[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+def sample_inputs(
+    specs: list[TensorSpec], seed: int = 0, ranges: dict[str, tuple[int, int]] | None = None,
+) -> dict[str, np.ndarray]:
     """Deterministic inputs in each dtype's plausible range (images are [0, 1] floats or bytes).
 
     `ranges` bounds integer inputs (inclusive) where the graph uses them as indices
@@ -37,7 +39,7 @@ def sample_inputs(specs: list[TensorSpec], seed: int = 0, ranges: dict[str, tupl
     return feeds
 
 
-def model_feeds(frontend: ModuleType, model_path: Path, specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+def model_feeds(frontend: ModuleType, model_path: Path, specs: list[TensorSpec], seed: int = 0) -> dict:
     """`sample_inputs` with integer inputs bounded by the graph's use of them (Gather indices stay
     inside the gathered axis), so the reference runtime accepts them."""
     ranges = frontend.integer_input_ranges(model_path, specs) if hasattr(frontend, "integer_input_ranges") else {}
@@ -72,7 +74,8 @@ def verify_native(library: Path, frontend: ModuleType, model_path: Path, inputs:
     try:
         expected = frontend.reference_run(model_path, feeds)
     except Exception as exc:  # the runtimes raise their own types; this is a fact about the model, not a crash
-        return Verification(status="skipped", reason=f"{frontend.reference_name()} refused the sample inputs: {str(exc).strip()[:300]}")
+        reason = f"{frontend.reference_name()} refused the sample inputs: {str(exc).strip()[:300]}"
+        return Verification(status="skipped", reason=reason)
     actual = TvmModel(library).run([feeds[s.name] for s in inputs])
     max_abs, max_rel, ok = compare(actual, expected, atol, rtol)
     return Verification(

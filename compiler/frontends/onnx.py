@@ -150,7 +150,8 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     import onnx
 
     from edgefleet.compiler.onnx_rewrites import (
-        cast_shape_values, conv_transpose_output_shape, exact_resize, expand_functions, fold_constants, nms_strict_iou, normalize_constants, normalize_resize,
+        cast_shape_values, conv_transpose_output_shape, exact_resize, expand_functions, fold_constants, nms_strict_iou,
+        normalize_constants, normalize_resize,
     )
 
     prepared = onnx.ModelProto()

@@ -95,11 +95,13 @@ def import_notes(model) -> list[str]:
     if not approximated:
         return []
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(approximated.items()))
-    return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; LiteRT verification decides"]
+    return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; "
+            "LiteRT verification decides"]
 
 
 def refusal_fix() -> str:
-    return "replace those operators in the TensorFlow model before converting, or export the model to ONNX; `edgefleet compile --check` lists every operator"
+    return ("replace those operators in the TensorFlow model before converting, or export the model to ONNX; "
+            "`edgefleet compile --check` lists every operator")
 
 
 def _tensor(model, index: int):
@@ -188,8 +190,8 @@ def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tupl
     for i in range(graph.InputsLength()):
         index = graph.Inputs(i)
         name = _tensor(model, index).Name().decode()
-        bounds = [b for o in range(graph.OperatorsLength())
-                  if (b := _index_bound(model, graph, graph.Operators(o), codes[graph.Operators(o).OpcodeIndex()], index)) is not None]
+        ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
+        bounds = [b for op in ops if (b := _index_bound(model, graph, op, codes[op.OpcodeIndex()], index)) is not None]
         if bounds:
             ranges[name] = (max(lo for lo, _ in bounds), max(min(hi for _, hi in bounds), 0))
     return ranges
