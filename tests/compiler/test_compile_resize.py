@@ -24,7 +24,8 @@ def _resize_model(path, attrs: dict, *, scales=None, sizes=None, shape=(1, 3, 10
     else:
         inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
         inputs.append("sizes")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]), helper.make_node("Resize", inputs, ["y"], **attrs)]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Resize", inputs, ["y"], **attrs)]
     graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
                               [helper.make_empty_tensor_value_info("y")], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -41,9 +42,12 @@ CASES = {
     "cubic-fractional-scale": (dict(mode="cubic"), dict(scales=[1, 1, 0.8, 1.3])),
     "nearest-ties-sizes": (dict(mode="nearest", nearest_mode="round_prefer_floor"), dict(sizes=[1, 3, 15, 7])),
     "linear-antialias": (dict(mode="linear", antialias=1), dict(sizes=[1, 3, 4, 5])),
-    "half-pixel-symmetric": (dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), dict(scales=[1, 1, 2.5, 1.5])),
+    "half-pixel-symmetric": (
+        dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), dict(scales=[1, 1, 2.5, 1.5])),
     "nearest-not-larger-axes": (dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"), dict(sizes=[7, 9])),
-    "nearest-not-smaller-asymmetric": (dict(mode="nearest", coordinate_transformation_mode="asymmetric", keep_aspect_ratio_policy="not_smaller"), dict(sizes=[1, 3, 17, 8])),
+    "nearest-not-smaller-asymmetric": (
+        dict(mode="nearest", coordinate_transformation_mode="asymmetric", keep_aspect_ratio_policy="not_smaller"),
+        dict(sizes=[1, 3, 17, 8])),
 }
 
 
@@ -58,9 +62,11 @@ def test_resize_tvm_gets_wrong_compiles_and_verifies(case, tmp_path, signing_key
 
 def test_opset9_upsample_with_scales_input_compiles(tmp_path, signing_key, cli):
     torch = pytest.importorskip("torch")
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Upsample(scale_factor=2, mode="nearest"), torch.nn.Conv2d(4, 2, 1)).eval()
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(4, 2, 1)).eval()
     path = tmp_path / "up.onnx"
-    torch.onnx.export(model, (torch.rand(1, 3, 12, 12),), str(path), opset_version=9, dynamo=False, input_names=["images"])
+    torch.onnx.export(model, (torch.rand(1, 3, 12, 12),), str(path), opset_version=9, dynamo=False,
+                      input_names=["images"])
     assert "Upsample" in {n.op_type for n in onnx.load(str(path)).graph.node}
     result = cli("compile", path, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz", "--json")
     assert result.code == 0, result.text
@@ -69,7 +75,8 @@ def test_opset9_upsample_with_scales_input_compiles(tmp_path, signing_key, cli):
 
 def test_axis_weights_are_onnx_reference_sampling():
     """Nearest 4 -> 6 (round_prefer_floor, asymmetric): output j copies input floor-or-tie(j * 4/6)."""
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric")
+    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
+                            coordinate_transformation_mode="asymmetric")
     graph = helper.make_graph([node], "g", [], [], [numpy_helper.from_array(np.array([1, 6], np.int64), "sizes")])
     weights = axis_matrix(node, graph, 19, axis=1, rank=2, n=4)
     assert weights.shape == (4, 6)
@@ -84,7 +91,8 @@ def test_rewrite_equals_onnx_reference(case, tmp_path):
 
     from edgefleet.compiler.frontends import onnx as frontend
 
-    attrs, params = CASES.get(case) or (dict(mode="cubic", coordinate_transformation_mode="align_corners"), dict(scales=[1, 1, 0.8, 1.3]))
+    align_corners = (dict(mode="cubic", coordinate_transformation_mode="align_corners"), dict(scales=[1, 1, 0.8, 1.3]))
+    attrs, params = CASES.get(case) or align_corners
     model = onnx.load(_resize_model(tmp_path / "m.onnx", attrs, **params))
     prepared = frontend.prepare(model, {"x": [1, 3, 10, 13]})
     assert "Resize" not in {n.op_type for n in prepared.graph.node}

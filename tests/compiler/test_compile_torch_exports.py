@@ -39,7 +39,7 @@ def test_torch_export_compiles_and_verifies(name, dynamic, tmp_path, signing_key
     ops = Counter(n.op_type for n in onnx.load(str(model)).graph.node)
     # torch folds a static export's x.size(0) itself; the YOLO chunk/grid chains stay in every export.
     chained = dynamic or name.startswith("yolo")
-    assert all(ops[op] for op in SHAPE_CHAIN) or not chained, f"the export has no shape arithmetic to fold: {dict(ops)}"
+    assert all(ops[op] for op in SHAPE_CHAIN) or not chained, f"no shape arithmetic to fold: {dict(ops)}"
     assert _outputs_depend_on_input(model) > 0.01
     result = cli("compile", model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text

@@ -167,14 +167,17 @@ def test_importer_failures_name_the_operator_and_attributes_in_plain_words():
     case = next(t for t in load_model_tests(kind="node") if t.name == "test_maxunpool_export_with_output_shape")
     result = c.run_case(case)
     assert result.outcome == "unsupported"
-    assert result.detail.startswith("MaxUnpool (kernel_shape=2,2, strides=2,2): TVM's converter could not read an input"), result.detail
+    expected = "MaxUnpool (kernel_shape=2,2, strides=2,2): TVM's converter could not read an input"
+    assert result.detail.startswith(expected), result.detail
     assert "GenericConst" not in result.detail and "tolist" not in result.detail
 
 
 def test_converter_failure_texts():
     from edgefleet.compiler.onnx_converters import converter_failure
 
-    assert converter_failure("Cast", {"saturate": 1}, KeyError("to")) == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"
+    cast = converter_failure("Cast", {"saturate": 1}, KeyError("to"))
+    assert cast == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"
     assert "constant" in converter_failure("Resize", {"mode": b"linear"}, ValueError("no value in Constant"))
     assert converter_failure("Foo", {"w": np.zeros(3)}, RuntimeError("bad\nthing")) == "Foo: TVM's converter failed: thing"
-    assert "shape or length" in converter_failure("SequenceLength", {}, TypeError("object of type 'Call' has no len()"))
+    length = converter_failure("SequenceLength", {}, TypeError("object of type 'Call' has no len()"))
+    assert "shape or length" in length

@@ -113,7 +113,8 @@ class Attention(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         n = h * w
-        q, k, v = self.qkv(x).view(b, self.heads, self.key_dim * 2 + self.head_dim, n).split([self.key_dim, self.key_dim, self.head_dim], dim=2)
+        qkv = self.qkv(x).view(b, self.heads, self.key_dim * 2 + self.head_dim, n)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.head_dim], dim=2)
         attn = (q.transpose(-2, -1) @ k * self.key_dim**-0.5).softmax(dim=-1)
         y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
         return self.proj(y)
@@ -138,7 +139,8 @@ class YoloV5(nn.Module):
         self.body = nn.Sequential(conv(3, 8, 3, 2), conv(8, 16, 3, 2), C2f(16, 16))
         self.down = nn.Sequential(conv(16, 32, 3, 2), SPPF(32, 32))
         self.heads = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in (16, 32))
-        self.register_buffer("anchors", torch.tensor([[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]]], dtype=torch.float32))
+        anchors = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]]]
+        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
 
     def forward(self, x):
         p3 = self.body(x)
@@ -186,7 +188,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.stem = conv(3, 16, 3, 2)
         self.res = nn.Sequential(conv(16, 16), nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
-        self.inverted = nn.Sequential(conv(16, 48, 1), conv(48, 48, 3, 2, g=48), nn.Conv2d(48, 24, 1, bias=False), nn.BatchNorm2d(24))
+        self.inverted = nn.Sequential(
+            conv(16, 48, 1), conv(48, 48, 3, 2, g=48), nn.Conv2d(48, 24, 1, bias=False), nn.BatchNorm2d(24))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(24, classes)
 
@@ -197,7 +200,9 @@ class Classifier(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
-MODELS = {"yolov8": (YoloV8, 96), "yolo11": (Yolo11, 96), "yolov5": (YoloV5, 96), "ssd": (SSD, 96), "classifier": (Classifier, 64)}
+MODELS = {
+    "yolov8": (YoloV8, 96), "yolo11": (Yolo11, 96), "yolov5": (YoloV5, 96), "ssd": (SSD, 96), "classifier": (Classifier, 64),
+}
 
 
 def trained(model: nn.Module, size: int, seed: int = 0) -> nn.Module:
@@ -238,10 +243,15 @@ class GroupedConvs(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.alex = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, 1, 1, groups=2), nn.BatchNorm2d(64), nn.ReLU())
+        self.alex = nn.Sequential(
+            nn.Conv2d(3, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 1, 1, groups=2), nn.BatchNorm2d(64), nn.ReLU())
         self.shuffle_in = nn.Sequential(nn.Conv2d(64, 64, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-        self.resnext = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
-        self.multiplier = nn.Sequential(nn.Conv2d(64, 128, 3, 2, 1, groups=64, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+        self.resnext = nn.Sequential(
+            nn.Conv2d(64, 64, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+        self.multiplier = nn.Sequential(
+            nn.Conv2d(64, 128, 3, 2, 1, groups=64, bias=False), nn.BatchNorm2d(128), nn.ReLU())
         self.fc = nn.Linear(128, 10)
 
     def forward(self, x):
