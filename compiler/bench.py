@@ -184,7 +184,8 @@ def _reference_model(manifest, reference: Path | None) -> tuple[Path | None, str
 def bench_package(package: Path, *, reference: Path | None = None, runs: int = 20, warmup: int = 3, threads: int = 1, trusted=None) -> BenchResult:
     """Time `package` (this machine must run its target) against ONNX Runtime / TFLite on the source model."""
     from edgefleet.agent.runtime import check_runnable
-    from edgefleet.compiler.verify import sample_inputs
+    from edgefleet.compiler.frontends import frontend_for
+    from edgefleet.compiler.verify import model_feeds, sample_inputs
     from edgefleet.package import open_package
     from edgefleet.signing import default_trusted_keys
 
@@ -196,11 +197,15 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
         if manifest.runtime.kind != "tvm":
             raise UsageError(f"package {manifest.name} carries a {manifest.runtime.kind} model, not a TVM library", "bench a package compiled by TVM")
         ref, why = _reference_model(manifest, reference)
-        feeds = sample_inputs(manifest.inputs)
+        fmt = ref.suffix.lower().lstrip(".") if ref else None
+        # Integer index inputs need values the model accepts, read from the reference model's graph.
+        if fmt in ("onnx", "tflite"):
+            feeds = model_feeds(frontend_for(fmt), ref, manifest.inputs)
+        else:
+            feeds = sample_inputs(manifest.inputs)
         inputs = [feeds[s.name] for s in manifest.inputs]
         runners: dict[str, Runner] = {"tvm": _tvm_runner(pkg.library, threads)}
         skipped: dict[str, str] = {}
-        fmt = ref.suffix.lower().lstrip(".") if ref else None
         if fmt == "onnx":
             runners["onnxruntime"] = _ort_runner(ref, threads)
             skipped["tflite"] = "TFLite runs .tflite models; this package was compiled from ONNX"

@@ -45,7 +45,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
     work = tuning_dir(target)
     passes = [
         graph.cleanup(),
-        graph.nchwc_layout(),
+        _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(),
@@ -66,8 +66,46 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
         passes.append(tuning.tune_pass(tune_target, work, tune_trials, report, rpc))
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
-    passes += [schedules.default_schedules(), *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt)]
+    passes += [
+        schedules.default_schedules(), _report_unscheduled(report),
+        *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt),
+    ]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
+
+
+def _guarded(step, what: str, consequence: str, report):
+    """`step`, or the module unchanged (with a notice) when it fails: one failing step must not
+    cost the whole pipeline (whose fallback is TVM's unscheduled default)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetGuarded")
+    def _pass(mod, _ctx):
+        try:
+            return step(mod)
+        except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+            report(f"warning: {what} failed ({tvm_message(exc, 200)}); {consequence}")
+            return mod
+
+    return _pass
+
+
+def _report_unscheduled(report):
+    """Name the kernels no default schedule rule took: they run correct but as written (slow)."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetReportUnscheduled")
+    def _pass(mod, _ctx):
+        # A scheduled kernel has parallel or vectorized loops; dlight marks nothing in 0.27.
+        kernels = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+        marks = ("T.parallel", "T.vectorized")
+        names = sorted(str(gv.name_hint) for gv, f in kernels if not any(k in f.script() for k in marks))
+        if names:
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            report(f"{len(names)} kernel(s) without a default schedule, left as written (correct, slower): {shown}")
+        return mod
+
+    return _pass
 
 
 def _optimize_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
@@ -91,8 +129,18 @@ class Optimized:
     fallback_reason: str | None = None  # why edgefleet's CPU pipeline was not used
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+def tvm_message(exc: Exception, limit: int = 400) -> str:
+    """TVM's own words for a failure: its first line and its last (e.g. the offending call),
+    without the "# Metadata omitted" footer TVM appends to printed IR."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith("# Metadata omitted")]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} | {lines[-1]}"
+    return text[:limit]
+
+
+_first_line = tvm_message
 
 
 def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.RpcTracker | None = None) -> Optimized:
@@ -126,6 +174,27 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.
         raise BuildError(f"TVM failed to optimize the model for {target.name}: {_first_line(first)}", "report the model and target; try another target meanwhile") from None
 
 
+def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, stages: Stages) -> Optimized:
+    """Build `optimized`; when edgefleet's CPU pipeline produced something TVM cannot build, say so
+    and build `mod` (the imported model) with TVM's default pipeline instead. Returns what was built."""
+    try:
+        build_and_export(optimized.mod, target, out, stages)
+        return optimized
+    except BuildError as exc:
+        if optimized.pipeline != PIPELINE_CPU:
+            raise
+        reason = exc.cause
+    from tvm import relax
+
+    stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); "
+                "building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+    tgt = tvm_target(target)
+    with tgt:
+        fallback = Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
+    build_and_export(fallback.mod, target, out, stages)
+    return fallback
+
+
 def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
     import tvm
 
@@ -134,7 +203,10 @@ def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
         try:
             executable = tvm.compile(mod, target=tgt, relax_pipeline=None)
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
-            raise BuildError(f"TVM failed to build for {target.name}: {str(exc).splitlines()[-1][:300]}", "report the model and target; try another target meanwhile") from None
+            raise BuildError(
+                f"TVM failed to build for {target.name}: {tvm_message(exc)}",
+                "report the model and target; try another target meanwhile",
+            ) from None
     with stages.stage("export", target.cross_cc or "host cc"):
         try:
             if target.cross_cc:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from edgefleet import __version__
 from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler import tuning
-from edgefleet.compiler.build import build_and_export, optimize, tuning_dir
+from edgefleet.compiler.build import build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
@@ -56,10 +56,10 @@ class CompileResult:
 
 def unsupported_error(report: OperatorReport, uri: str) -> UnsupportedOperatorsError:
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(report.unsupported.items()))
-    return UnsupportedOperatorsError(
-        f"{uri} uses {len(report.unsupported)} operator type(s) TVM cannot convert: {listed}",
-        "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator",
-    )
+    fix = frontend_for(report.format).refusal_fix() if report.format == "tflite" else (
+        "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator")
+    what = "operator type(s) TVM's TFLite importer" if report.format == "tflite" else "operator type(s) TVM"
+    return UnsupportedOperatorsError(f"{uri} uses {len(report.unsupported)} {what} cannot convert: {listed}", fix)
 
 
 def check_operators(model: str, *, member: str | None = None, workdir: Path | None = None) -> OperatorReport:
@@ -307,14 +307,20 @@ def compile_model(
         if not report.ok:
             raise unsupported_error(report, model)
         with stages.stage("import", f"{source.format} -> Relax"):
-            inputs = frontend.input_specs(parsed, input_shapes or {})
+            notices: list[str] = list(getattr(frontend, "import_notes", lambda _: [])(parsed))
+            inputs = frontend.input_specs(parsed, input_shapes or {}, notices)
             try:
-                mod = frontend.to_relax(parsed, inputs)
+                mod = frontend.to_relax(parsed, inputs, notices)
             except UnsupportedOperatorsError:  # the frontend's own refusal already says what and why
                 raise
             except Exception as exc:  # the importers raise many types on models they cannot map
-                raise UnsupportedOperatorsError(f"TVM's {source.format} importer failed: {str(exc).strip().splitlines()[-1][:300]}", "simplify the model (onnxsim) or export it with another opset") from None
+                onnx_fix = "simplify the model (onnxsim) or export it with another opset"
+                fix = onnx_fix if source.format == "onnx" else frontend.refusal_fix()
+                cause = f"TVM's {source.format} importer failed: {tvm_message(exc)}"
+                raise UnsupportedOperatorsError(cause, fix) from None
             outputs = _output_specs(mod)
+            for notice in notices:
+                stages.note(notice)
         if not label_list and source.labels:
             label_list = source.labels
         if source.preprocessing and not isinstance(preprocessing, Preprocessing):
@@ -326,7 +332,7 @@ def compile_model(
         pre = _letterbox_default(pre, preprocessing, detection)
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
-        build_and_export(optimized.mod, resolved, library, stages)
+        optimized = build_with_fallback(mod, optimized, resolved, library, stages)
         if verify:
             verification = _verify(resolved, library, frontend, reference_path, inputs, outputs, atol, rtol, stages)
             if verification.status == "failed":

@@ -400,7 +400,8 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data_shape = _shape(call.args[0])
     channels = data_shape[1] * data_shape[4]
     kshape = _shape(call.args[1])
-    if groups == channels and groups > 1 and kshape[1] * kshape[4] == 1:
+    out_channels = kshape[0] * kshape[5]
+    if groups == channels == out_channels and groups > 1 and kshape[1] * kshape[4] == 1:
         return bb.call_te(
             depthwise_conv2d_nchwc, call.args[0], call.args[1], [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
             [int(d) for d in attrs.dilation], out_dtype, primfunc_name_hint="depthwise_conv2d_NCHWc",
@@ -418,7 +419,42 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             out_dtype,
             primfunc_name_hint="conv2d_NCHWc",
         )
-    return call
+    # Grouped (AlexNet, ResNeXt, ShuffleNet) and depthwise-multiplier convolutions: TOPI has no
+    # NCHWc kernel for them, and an unlowered call fails at VM codegen.
+    return bb.call_te(
+        grouped_conv2d_nchwc, call.args[0], call.args[1], groups, [int(s) for s in attrs.strides],
+        [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype,
+        primfunc_name_hint="group_conv2d_NCHWc",
+    )
+
+
+def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_dtype):
+    """Grouped convolution on NCHW{bd}c data with OIHW{bi}i{bo}o weights ([O/bo, I/g/bi, KH, KW, bi, bo]).
+
+    Output channel o reads input channels g*I/g .. (g+1)*I/g - 1 with g = o // (O/groups): the
+    channel arithmetic maps each to its block and lane.
+    """
+    from tvm import te
+
+    n, _, ih, iw, bd = (int(d) for d in data.shape)
+    ochunks, icchunks, kh, kw, bi, bo = (int(d) for d in kernel.shape)
+    in_per_group, out_per_group = icchunks * bi, ochunks * bo // groups
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left, bottom, right = padding
+    oh = (ih + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (iw + left + right - (kw - 1) * dw - 1) // sw + 1
+    padded = data
+    if any(padding):
+        padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad")
+    ic, ib = te.reduce_axis((0, icchunks), name="ic"), te.reduce_axis((0, bi), name="ib")
+    rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
+
+    def value(b, c, y, x, k):
+        channel = (c * bo + k) // out_per_group * in_per_group + ic * bi + ib
+        pixel = padded[b, channel // bd, y * sh + rh * dh, x * sw + rw * dw, channel % bd]
+        return te.sum(pixel.astype(out_dtype) * kernel[c, ic, rh, rw, ib, k].astype(out_dtype), axis=[ic, ib, rh, rw])
+
+    return te.compute((n, ochunks, oh, ow, bo), value, name="group_conv2d_NCHWc")
 
 
 def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):

@@ -14,6 +14,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
 from edgefleet.compiler import onnx_extra_converters, onnx_lowbit
+from edgefleet.errors import EdgefleetError, UnsupportedOperatorsError
 
 
 def _is_inf(bb, inputs, attr, opset):
@@ -104,6 +105,15 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
         self._lowbit = onnx_lowbit.LowbitImport(self.bb)
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
+        try:
+            return self._convert(op_name, inputs, attrs, opset)
+        except EdgefleetError:
+            raise
+        except Exception as exc:  # TVM's converters raise KeyError, AttributeError, ... on what they cannot map
+            fix = "see docs/operators.md; simplify the model (onnxslim) or export it with another opset"
+            raise UnsupportedOperatorsError(converter_failure(op_name, attrs, exc), fix) from None
+
+    def _convert(self, op_name, inputs, attrs, opset):
         # 8/4/2-bit types: edgefleet's own conversions (compiler/onnx_lowbit.py).
         if op_name in onnx_lowbit.OPERATORS and self._lowbit.involved(op_name, inputs, attrs):
             return self._lowbit.convert(op_name, inputs, attrs)
@@ -163,6 +173,37 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
                 self._nodes[output.name] = self._lowbit.to_boundary(value)
             elif isinstance(value, relax.Expr) and isinstance(value.ty, relax.ShapeType):
                 self._nodes[output.name] = self.bb.normalize(relax.op.shape_to_tensor(value))
+
+
+def _shown(value) -> str | None:
+    """An attribute value short enough to name in a message, else None."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, (int, float)) for v in value):
+        return ",".join(map(str, value))
+    return None
+
+
+def converter_failure(op_name: str, attrs: dict, exc: Exception) -> str:
+    """What failed, in the model's terms: the operator, its attributes, and TVM's reason in plain words.
+
+    TVM's converters index attributes and constants directly, so their errors read like
+    "'to'" (a KeyError) or "'GenericConst' object has no attribute 'tolist'"; say what they mean.
+    """
+    shown = [f"{k}={text}" for k in sorted(attrs) if (text := _shown(attrs[k])) is not None]
+    where = f"{op_name} ({', '.join(shown)})" if shown else op_name
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, KeyError):
+        name = text.strip(chr(39))
+        return f"{where}: TVM's converter needs the attribute {name}, which the node leaves to its default"
+    if "GenericConst" in text or "no value in Constant" in text or "tolist" in text:
+        return (f"{where}: TVM's converter could not read an input it needs at compile time "
+                "(a shape, sizes or axes) as a constant")
+    if "NoneType" in text or "has no len()" in text:
+        return f"{where}: TVM's converter could not work out the shape or length of an input at compile time"
+    return f"{where}: TVM's converter failed: {text[:300]}"
 
 
 def supported() -> set[str]:

@@ -337,6 +337,19 @@ def _needs_expansion(node, graph, produced, dtypes, convertible: set[str], opset
     return bool(reasons - {None}) and not reasons & EXPANSION_WRONG_TOO
 
 
+def _set_default_attributes(node, schema) -> None:
+    """Write out the schema's defaults for attributes `node` leaves unset: a function body refers to
+    them (Cast(to=@output_datatype) in HannWindow), and the inliner drops a reference to an unset one."""
+    present = {a.name for a in node.attribute}
+    for name, spec in schema.attributes.items():
+        default = spec.default_value
+        if name not in present and default is not None and default.type != onnx.AttributeProto.UNDEFINED:
+            attr = onnx.AttributeProto()
+            attr.CopyFrom(default)
+            attr.name = name
+            node.attribute.append(attr)
+
+
 def expand_functions(model, convertible: set[str]):
     """Inline the ONNX function body of each node TVM cannot convert correctly. Returns a new model."""
     opset = _opset(model)
@@ -368,6 +381,7 @@ def expand_functions(model, convertible: set[str]):
         if not any(o.domain in ("", "ai.onnx") for o in body.opset_import):
             body.opset_import.append(helper.make_opsetid("", opset))
         call = nodes[index[id(node)]]
+        _set_default_attributes(call, schema)
         call.domain = EXPAND_DOMAIN
         call.op_type = name
         out.functions.append(body)
@@ -459,7 +473,22 @@ def conv_transpose_output_shape(model, input_shapes: dict[str, list[int]]):
     return result
 
 
+# Rounds of folding: each round's shape inference sees through the slices and reshapes the
+# previous round made constant (torch's chunk/view chains nest a few deep).
+_FOLD_ROUNDS = 8
+
+
 def fold_constants(model, input_shapes: dict[str, list[int]]):
+    """Fold shape arithmetic to a fixed point (see `_fold_once`). Returns a new model, or `model`."""
+    for _ in range(_FOLD_ROUNDS):
+        folded = _fold_once(model, input_shapes)
+        if folded is model:
+            break
+        model = folded
+    return model
+
+
+def _fold_once(model, input_shapes: dict[str, list[int]]):
     """With the input shapes fixed, replace Shape nodes and every node whose inputs are all
     constants by initializers (evaluated with ONNX's reference implementation). Returns a new
     model. Exported graphs compute reshape targets, pads and axes this way; TVM needs them constant."""
@@ -533,6 +562,52 @@ def nms_strict_iou(model) -> None:
             initializers[name] = strict
         node.input[3] = name
 
+
+
+def exact_resize(model, input_shapes: dict[str, list[int]]):
+    """Resize nodes TVM would compute wrongly (`_resize_reason`) and every Upsample -> per-axis
+    Gather/MatMul with the weights ONNX's reference defines (compiler/onnx_resize.py). Needs
+    static shapes and constant parameters; what cannot be rewritten is left for the refusal."""
+    from edgefleet.compiler.onnx_resize import separable
+
+    if not any(n.op_type in ("Resize", "Upsample") for n in model.graph.node):
+        return model
+    out, shapes = _with_input_shapes(model, input_shapes)
+    if shapes is None:
+        return model
+    graph, opset = out.graph, _opset(out)
+    produced = {o: n for n in graph.node for o in n.output}
+    types = _elem_types(out)
+    nodes, changed = [], False
+    for node in graph.node:
+        in_shape = shapes.get(node.input[0]) if node.op_type in ("Resize", "Upsample") else None
+        out_shape = shapes.get(node.output[0])
+        wanted = in_shape is not None and (
+            node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, out_shape))
+        rewritten = separable(node, graph, opset, in_shape, types.get(node.input[0], 0), out_shape) if wanted else None
+        if rewritten is None:
+            nodes.append(node)
+            continue
+        changed = True
+        nodes += rewritten[0]
+        graph.initializer.extend(rewritten[1])
+    if not changed:
+        return model
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def _elem_types(model) -> dict[str, int]:
+    """Value name -> ONNX element type number, from shape inference (best effort)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # without types the rewrite only takes float32 for granted where it must
+        return {}
+    values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in values if vi.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return types
 
 
 def normalize_resize(model, input_shapes: dict[str, list[int]]):

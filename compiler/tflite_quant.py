@@ -10,8 +10,9 @@ takes the converter class). For the operators in `EXACT` it emits what TFLite's 
 (tensorflow/lite/kernels/internal/reference/integer_ops) compute: int32 accumulation over
 zero-point-corrected inputs, `QuantizeMultiplier` from the double-precision scale ratio, and
 `MultiplyByQuantizedMultiplier` as SaturatingRoundingDoublingHighMul + RoundingDivideByPOT, in
-int64 Relax arithmetic so nothing overflows. Everything else with quantized tensors is refused
-by `unexact_quantized_ops` before import.
+int64 Relax arithmetic so nothing overflows. Every other quantized operator (other types, uint8
+kernels, MEAN, LOGISTIC, ...) keeps TVM's float lowering: `unexact_quantized_ops` names them so
+the compiler can say so, and verification against LiteRT decides whether the result is close enough.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import numpy as np
 EXACT = frozenset({"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "SOFTMAX"})
 _TYPE_NAMES = {2: "int32", 3: "uint8", 7: "int16", 9: "int8"}
 _EXACT_TYPES = {"int8", "int32"}  # int8 activations and weights, int32 biases: what was checked against LiteRT
+# (Re)quantization is type-generic (AffineQuantize / Requantize): uint8 <-> int8 at a model's edge is exact too.
+_EXACT_TYPES_OF = {"QUANTIZE": _EXACT_TYPES | {"uint8"}, "DEQUANTIZE": _EXACT_TYPES | {"uint8"}}
 _ADD_LEFT_SHIFT = 20  # add.cc: data->left_shift for 8-bit inputs
 
 
@@ -42,7 +45,8 @@ def quant_params(tensor) -> tuple[np.ndarray, np.ndarray, int] | None:
 
 
 def unexact_quantized_ops(model, builtin_name) -> Counter:
-    """Operators touching quantized tensors that edgefleet cannot compute as TFLite does, e.g. {"LOGISTIC (int8)": 2}."""
+    """Operators touching quantized tensors that TVM's float lowering approximates,
+    e.g. {"LOGISTIC (int8 quantized)": 2}."""
     graph = model.Subgraphs(0)
     found: Counter = Counter()
     for o in range(graph.OperatorsLength()):
@@ -54,7 +58,7 @@ def unexact_quantized_ops(model, builtin_name) -> Counter:
         if not quantized or name.startswith("CUSTOM::"):
             continue  # custom ops (detection post-process): TVM dequantizes their inputs, as TFLite's kernel does
         kinds = sorted({_TYPE_NAMES.get(t.Type(), f"type {t.Type()}") for t in quantized})
-        if name not in EXACT or not set(kinds) <= _EXACT_TYPES:
+        if name not in EXACT or not set(kinds) <= _EXACT_TYPES_OF.get(name, _EXACT_TYPES):
             found[f"{name} ({'/'.join(kinds)} quantized)"] += 1
     return found
 
@@ -161,8 +165,11 @@ class ExactQuantConverter(_base()):
         return relax.op.astype(out, self.get_tensor_type_str(output_tensor.tensor.Type()))
 
     def _quantized(self, op) -> bool:
-        tensors = [*self.get_input_tensors(op), *self.get_output_tensors(op)]
-        return any(t.tensor_idx >= 0 and quant_params(t.tensor) is not None for t in tensors)
+        """Whether `op` takes the exact integer lowering: quantized, in types checked against LiteRT.
+        Others (uint8 kernels, int16) keep TVM's float lowering; verification judges them."""
+        tensors = [t.tensor for t in [*self.get_input_tensors(op), *self.get_output_tensors(op)] if t.tensor_idx >= 0]
+        quantized = [t for t in tensors if quant_params(t) is not None]
+        return bool(quantized) and all(_TYPE_NAMES.get(t.Type()) in _EXACT_TYPES for t in quantized)
 
     def _options(self, op, cls):
         options = cls()

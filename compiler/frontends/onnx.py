@@ -106,7 +106,9 @@ def _real_inputs(model):
     return [i for i in model.graph.input if i.name not in initializers]
 
 
-def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | None = None) -> list[TensorSpec]:
+    from edgefleet.compiler.frontends import batch_one
+
     specs: list[TensorSpec] = []
     dynamic: list[str] = []
     inputs = _real_inputs(model)
@@ -121,8 +123,10 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
             specs.append(TensorSpec(name=inp.name, shape=list(overrides[inp.name]), dtype=dtype))
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+        shown = ",".join(str(d) if d else "?" for d in dims) or "?"
+        if tensor.HasField("shape") and (batch1 := batch_one(inp.name, dims, f"[{shown}]", notices)):
+            dims = batch1
         if not tensor.HasField("shape") or any(d is None for d in dims):
-            shown = ",".join(str(d) if d else "?" for d in dims) or "?"
             suggestion = ",".join(str(d) if d else "1" for d in dims) or "1,3,224,224"
             dynamic.append(f"{inp.name} [{shown}] (e.g. --input-shape {inp.name}:{suggestion})")
             continue
@@ -145,7 +149,10 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
     import onnx
 
-    from edgefleet.compiler.onnx_rewrites import cast_shape_values, conv_transpose_output_shape, expand_functions, fold_constants, nms_strict_iou, normalize_constants, normalize_resize
+    from edgefleet.compiler.onnx_rewrites import (
+        cast_shape_values, conv_transpose_output_shape, exact_resize, expand_functions, fold_constants, nms_strict_iou,
+        normalize_constants, normalize_resize,
+    )
 
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
@@ -158,13 +165,14 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     normalize_constants(prepared)  # expanded function bodies use the value_* forms too
     prepared = fold_constants(prepared, input_shapes)
     prepared = conv_transpose_output_shape(prepared, input_shapes)
+    prepared = exact_resize(prepared, input_shapes)
     prepared = normalize_resize(prepared, input_shapes)
     cast_shape_values(prepared)
     nms_strict_iou(prepared)
     return prepared
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
     """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/onnx_converters.py)."""
     from edgefleet.compiler.onnx_converters import from_onnx
     from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections, shape_rejections
@@ -184,6 +192,15 @@ def to_relax(model, inputs: list[TensorSpec]):
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(refused.items()))
         raise UnsupportedOperatorsError(f"TVM would compute these operators wrongly: {listed}", "make those inputs constants in the exported model (e.g. fixed shapes, export with constant folding)")
     return from_onnx(prepared, shapes, dtypes)
+
+
+def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
+    """Valid values for integer inputs used as indices (compiler/onnx_index_inputs.py)."""
+    from edgefleet.compiler.onnx_index_inputs import integer_input_ranges as ranges
+
+    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
+        return {}
+    return ranges(load(path), inputs)
 
 
 def reference_name() -> str:

@@ -77,20 +77,40 @@ def supported_operators(model) -> set[str]:
 
 
 def unsupported(model) -> Counter:
-    """Operators TVM has no converter for, and quantized ones edgefleet cannot compute exactly as TFLite does."""
+    """Builtin (and custom) operators TVM's TFLite importer has no converter for."""
+    known = supported_operators(model)
+    return Counter({op: n for op, n in operators(model).items() if op not in known})
+
+
+def import_notes(model) -> list[str]:
+    """What the compile prints about the import: quantized operators left to TVM's float lowering.
+
+    They are compiled, not refused (TVM may well be close enough); verification against LiteRT
+    decides, and its failure names the tolerance to loosen.
+    """
     from edgefleet.compiler.tflite_quant import unexact_quantized_ops
 
-    known = supported_operators(model)
-    missing = Counter({op: n for op, n in operators(model).items() if op not in known})
     codes = _code_names(model)
-    return missing + unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
+    approximated = unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
+    if not approximated:
+        return []
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(approximated.items()))
+    return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; "
+            "LiteRT verification decides"]
+
+
+def refusal_fix() -> str:
+    return ("replace those operators in the TensorFlow model before converting, or export the model to ONNX; "
+            "`edgefleet compile --check` lists every operator")
 
 
 def _tensor(model, index: int):
     return model.Subgraphs(0).Tensors(index)
 
 
-def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
+def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | None = None) -> list[TensorSpec]:
+    from edgefleet.compiler.frontends import batch_one
+
     graph = model.Subgraphs(0)
     specs, dynamic = [], []
     names = [_tensor(model, graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
@@ -108,6 +128,10 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
             continue
         signature = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
         shape = [int(d) for d in tensor.ShapeAsNumpy()]
+        dims = [int(d) if int(d) >= 0 else None for d in signature]
+        if (batch1 := batch_one(name, dims, str(list(map(int, signature))), notices)) is not None:
+            specs.append(TensorSpec(name=name, shape=batch1, dtype=dtype))
+            continue
         if any(int(d) < 0 for d in signature):
             dynamic.append(f"{name} {list(map(int, signature))} (e.g. --input-shape {name}:{','.join(str(max(d, 1)) for d in shape)})")
             continue
@@ -117,14 +141,60 @@ def input_specs(model, overrides: dict[str, list[int]]) -> list[TensorSpec]:
     return specs
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
+    """Import with edgefleet's exact integer converter; where it fails, with TVM's own converter
+    (LiteRT verification then judges TVM's float lowering of the quantized operators)."""
     from tvm.relax.frontend.tflite import from_tflite
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
 
     from edgefleet.compiler.tflite_quant import ExactQuantConverter
 
-    return from_tflite(
-        model, shape_dict={s.name: tuple(s.shape) for s in inputs}, dtype_dict={s.name: s.dtype for s in inputs}, op_converter=ExactQuantConverter,
-    )
+    shapes, dtypes = {s.name: tuple(s.shape) for s in inputs}, {s.name: s.dtype for s in inputs}
+    try:
+        return from_tflite(model, shape_dict=shapes, dtype_dict=dtypes, op_converter=ExactQuantConverter)
+    except Exception as exc:  # TVM's converters raise many types; the stock path gets its chance
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+    if notices is not None:
+        notices.append(f"edgefleet's exact integer import failed ({reason}); imported with TVM's own TFLite converter")
+    return from_tflite(model, shape_dict=shapes, dtype_dict=dtypes, op_converter=OperatorConverter)
+
+
+def _index_bound(model, graph, op, name: str, tensor_index: int) -> tuple[int, int] | None:
+    """Inclusive bound an operator puts on the integer input `tensor_index` it reads, or None."""
+    from tflite.GatherOptions import GatherOptions
+
+    inputs = list(op.InputsAsNumpy())
+    if name == "GATHER" and len(inputs) > 1 and inputs[1] == tensor_index:
+        shape = graph.Tensors(int(inputs[0])).ShapeAsNumpy()
+        options = GatherOptions()
+        raw = op.BuiltinOptions()
+        axis = 0
+        if raw is not None:
+            options.Init(raw.Bytes, raw.Pos)
+            axis = options.Axis()
+        return 0, max(int(shape[axis % len(shape)]) - 1, 0)
+    if name == "EMBEDDING_LOOKUP" and inputs[0] == tensor_index:
+        return 0, max(int(graph.Tensors(int(inputs[1])).ShapeAsNumpy()[0]) - 1, 0)
+    if name in ("GATHER_ND", "ONE_HOT", "TOPK_V2", "RANGE", "FILL") and tensor_index in inputs:
+        return 0, 0
+    return None
+
+
+def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
+    """Valid values for integer graph inputs used as indices (GATHER, EMBEDDING_LOOKUP), so LiteRT accepts them."""
+    if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
+        return {}
+    model = load(path)
+    graph, codes = model.Subgraphs(0), _code_names(model)
+    ranges: dict[str, tuple[int, int]] = {}
+    for i in range(graph.InputsLength()):
+        index = graph.Inputs(i)
+        name = _tensor(model, index).Name().decode()
+        ops = [graph.Operators(o) for o in range(graph.OperatorsLength())]
+        bounds = [b for op in ops if (b := _index_bound(model, graph, op, codes[op.OpcodeIndex()], index)) is not None]
+        if bounds:
+            ranges[name] = (max(lo for lo, _ in bounds), max(min(hi for _, hi in bounds), 0))
+    return ranges
 
 
 def _interpreter(path: Path):

@@ -15,7 +15,7 @@ from support.cli import assert_cli_error  # noqa: F401  (the compiler tests impo
 CLASSES = 4
 
 
-def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:
+def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, dynamic_size: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:
     """conv 3x3 (8 ch) + relu + global average pool + gemm + softmax on a 1x3x32x32 input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -36,10 +36,11 @@ def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, classes: int = CL
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     batch = "N" if dynamic_batch else 1
+    size = ["H", "W"] if dynamic_size else [32, 32]
     graph = helper.make_graph(
         nodes,
         "small_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, *size])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
@@ -217,7 +218,7 @@ def _options(module: str, **fields):
     return getattr(BuiltinOptions, module), build
 
 
-def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size: int = 16, dynamic_batch: bool = False) -> Path:
+def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size: int = 16, dynamic_batch: bool = False, dynamic_size: bool = False) -> Path:
     """CONV_2D (8 ch, SAME, fused RELU) + MEAN over H,W + FULLY_CONNECTED + SOFTMAX, float32 NHWC 1xSxSx3."""
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
@@ -248,16 +249,21 @@ def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size:
         (Op.FULLY_CONNECTED, ["mean", "fc_w", "fc_b"], ["logits"], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)),
         (Op.SOFTMAX, ["logits"], ["probs"], _options("SoftmaxOptions", Beta=1.0)),
     ]
-    signatures = {"input": [-1, size, size, 3]} if dynamic_batch else None
+    spatial = -1 if dynamic_size else size
+    signatures = {"input": [-1 if dynamic_batch else 1, spatial, spatial, 3]} if dynamic_batch or dynamic_size else None
     return write_tflite(path, tensors, ops, ["input"], ["probs"], signatures)
 
 
-def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: int = 16, float_io: bool = False, intermediates: bool = False) -> Path:
+def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: int = 16, float_io: bool = False, intermediates: bool = False,
+                    uint8_io: bool = False, mean_head: bool = False) -> Path:
     """A full-integer int8 CNN as TFLite's converter writes one: per-channel int8 CONV_2D (RELU) and
     DEPTHWISE_CONV_2D (RELU6), int8 ADD of the two, AVERAGE_POOL_2D, RESHAPE, per-tensor int8
     FULLY_CONNECTED, SOFTMAX (scale 1/256, zero point -128). int32 biases at input x weight scale.
     Int8 input and output, or with `float_io` float32 ones behind QUANTIZE / DEQUANTIZE.
-    `intermediates` makes conv, dw, add, pool and logits graph outputs too, after probs."""
+    `intermediates` makes conv, dw, add, pool and logits graph outputs too, after probs.
+    `uint8_io`: uint8 input and output behind QUANTIZE (uint8 <-> int8), as TensorFlow's converter
+    writes with inference_input_type=tf.uint8. `mean_head`: int8 MEAN over H, W replaces the pool
+    and reshape (MobileNet's head), an operator without an exact integer lowering here."""
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
     from tflite.Padding import Padding
@@ -277,7 +283,8 @@ def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: 
     in_q = q(1 / 255, -128) if not float_io else q(0.0123, 3)
     conv_w, conv_s = weights((ch, 3, 3, 3), 0)
     dw_w, dw_s = weights((1, 3, 3, ch), 3)
-    fc_w = rng.integers(-127, 128, (classes, ch * 4 * 4)).astype(np.int8)
+    flat = ch if mean_head else ch * 16
+    fc_w = rng.integers(-127, 128, (classes, flat)).astype(np.int8)
     fc_s = np.float32(0.0004)
     conv_q, dw_q, add_q, pool_q, fc_q = q(0.041, -128), q(0.0335, -128), q(0.057, -100), q(0.057, -100), q(0.047, 7)
     tensors = [
@@ -291,8 +298,8 @@ def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: 
         ("add", [1, size, size, ch], T.INT8, None, add_q),
         ("pool", [1, 4, 4, ch], T.INT8, None, pool_q),
         ("shape", [2], T.INT32, np.array([1, ch * 16], np.int32), None),
-        ("flat", [1, ch * 16], T.INT8, None, pool_q),
-        ("fc_w", [classes, ch * 16], T.INT8, fc_w, q(fc_s, 0)),
+        ("flat", [1, flat], T.INT8, None, pool_q),
+        ("fc_w", [classes, flat], T.INT8, fc_w, q(fc_s, 0)),
         ("fc_b", [classes], T.INT32, rng.integers(-500, 500, classes).astype(np.int32), q(np.float32(pool_q["scale"][0]) * fc_s, 0)),
         ("logits", [1, classes], T.INT8, None, fc_q),
         ("probs", [1, classes], T.FLOAT32 if float_io else T.INT8, None, None if float_io else q(1 / 256, -128)),
@@ -305,13 +312,19 @@ def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: 
         (Op.AVERAGE_POOL_2D, ["add"], ["pool"], _options("Pool2DOptions", Padding=Padding.VALID, StrideW=4, StrideH=4, FilterWidth=4, FilterHeight=4)),
         (Op.RESHAPE, ["pool", "shape"], ["flat"], None),
         (Op.FULLY_CONNECTED, ["flat", "fc_w", "fc_b"], ["logits"], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)),
-        (Op.SOFTMAX, ["logits"], ["probs_q" if float_io else "probs"], _options("SoftmaxOptions", Beta=1.0)),
+        (Op.SOFTMAX, ["logits"], ["probs_q" if float_io or uint8_io else "probs"], _options("SoftmaxOptions", Beta=1.0)),
     ]
-    if float_io:
+    if mean_head:
+        tensors.append(("axes", [2], T.INT32, np.array([1, 2], np.int32), None))
+        ops[3:5] = [(Op.MEAN, ["add", "axes"], ["flat"], _options("ReducerOptions", KeepDims=False))]
+    if uint8_io:
+        io = {"input": ("input", [1, size, size, 3], T.UINT8, None, q(in_q["scale"][0], 0)), "probs": ("probs", [1, classes], T.UINT8, None, q(1 / 256, 0))}
+        tensors = [io.get(t[0], t) for t in tensors]
+    if float_io or uint8_io:
         tensors += [("input_q", [1, size, size, 3], T.INT8, None, in_q), ("probs_q", [1, classes], T.INT8, None, q(1 / 256, -128))]
         ops[0] = (ops[0][0], ["input_q", "conv_w", "conv_b"], ["conv"], ops[0][3])
-        ops = [(Op.QUANTIZE, ["input"], ["input_q"], None), *ops, (Op.DEQUANTIZE, ["probs_q"], ["probs"], None)]
-    extra = ["conv", "dw", "add", "pool", "logits"] if intermediates else []
+        ops = [(Op.QUANTIZE, ["input"], ["input_q"], None), *ops, (Op.QUANTIZE if uint8_io else Op.DEQUANTIZE, ["probs_q"], ["probs"], None)]
+    extra = ["conv", "dw", "add", "flat" if mean_head else "pool", "logits"] if intermediates else []
     return write_tflite(path, tensors, ops, ["input"], ["probs", *extra])
 
 

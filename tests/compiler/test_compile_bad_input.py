@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -53,9 +55,9 @@ def test_corrupt_or_truncated_model(fmt, damage, tmp_path, signing_key, cli):
 
 
 def test_dynamic_input_shape_needs_input_shape(tmp_path, signing_key, cli):
-    model = small_onnx_cnn(tmp_path / "dyn.onnx", dynamic_batch=True)
+    model = small_onnx_cnn(tmp_path / "dyn.onnx", dynamic_batch=True, dynamic_size=True)
     result = cli("compile", model, "--target", "x86_64")
-    assert_cli_error(result, DynamicShapeError, "input [?,3,32,32]", "--input-shape input:1,3,32,32")
+    assert_cli_error(result, DynamicShapeError, "input [?,3,?,?]", "--input-shape input:1,3,1,1")
     unknown = cli("compile", model, "--target", "x86_64", "--input-shape", "image:1,3,32,32")
     assert_cli_error(unknown, DynamicShapeError, "image", "the model's inputs are: input")
     malformed = cli("compile", model, "--target", "x86_64", "--input-shape", "input:1,x")
@@ -66,9 +68,23 @@ def test_dynamic_input_shape_needs_input_shape(tmp_path, signing_key, cli):
 
 
 def test_dynamic_tflite_input_needs_input_shape(tmp_path, signing_key, cli):
-    model = small_tflite_cnn(tmp_path / "dyn.tflite", dynamic_batch=True)
+    model = small_tflite_cnn(tmp_path / "dyn.tflite", dynamic_batch=True, dynamic_size=True)
     result = cli("compile", model, "--target", "x86_64")
-    assert_cli_error(result, DynamicShapeError, "input [-1, 16, 16, 3]", "--input-shape input:1,16,16,3")
+    assert_cli_error(result, DynamicShapeError, "input [-1, -1, -1, 3]", "--input-shape input:1,16,16,3")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_dynamic_batch_compiles_for_batch_one_with_a_notice(fmt, tmp_path, signing_key, cli):
+    """Exporters mark the batch axis dynamic by default (torch dynamic_axes, Keras -1): batch 1, said so."""
+    model = small_onnx_cnn(tmp_path / "m.onnx", dynamic_batch=True) if fmt == "onnx" else small_tflite_cnn(tmp_path / "m.tflite", dynamic_batch=True)
+    result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz")
+    assert result.code == 0, result.text
+    assert "dynamic batch axis: compiled for batch 1" in result.err
+    from edgefleet.signing import public_path
+
+    manifest = json.loads(cli("inspect", tmp_path / "p.tar.gz", "--trust", public_path(signing_key.path), "--json").out)["manifest"]
+    assert manifest["inputs"][0]["shape"] == ([1, 3, 32, 32] if fmt == "onnx" else [1, 16, 16, 3])
+    assert manifest["verification"]["status"] == "passed"
 
 
 def test_unknown_target_suggests_close_names(tmp_path, signing_key, cli):

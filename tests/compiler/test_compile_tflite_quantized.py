@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from compiler_testlib import assert_cli_error, detection_tflite, int8_tflite_cnn, write_tflite
 
-from edgefleet.errors import UnsupportedOperatorsError
 from edgefleet.package import open_package
 
 
@@ -71,19 +70,25 @@ def test_int8_intermediates_equal_litert_reference_kernels(tmp_path, signing_key
             np.testing.assert_array_equal(a, ref)
 
 
-def test_quantized_operator_without_exact_lowering_is_refused(tmp_path, signing_key, cli):
+def test_quantized_operator_without_exact_lowering_compiles_and_litert_decides(tmp_path, signing_key, cli):
+    """No exact integer lowering for int8 LOGISTIC / TANH here: TVM's float lowering compiles them (never
+    a refusal), the compile says so, and verification against LiteRT judges the result."""
     from tflite.BuiltinOperator import BuiltinOperator as Op
     from tflite.TensorType import TensorType as T
 
-    q = {"scale": [0.05], "zero_point": [-3]}
     model = write_tflite(
         tmp_path / "logistic.tflite",
-        [("x", [1, 8], T.INT8, None, q), ("y", [1, 8], T.INT8, None, {"scale": [1 / 256], "zero_point": [-128]}), ("z", [1, 8], T.INT8, None, q)],
-        [(Op.LOGISTIC, ["x"], ["y"], None), (Op.TANH, ["y"], ["z"], None), (Op.LOGISTIC, ["z"], ["y"], None)],
-        ["x"], ["y"],
+        [("x", [1, 64], T.INT8, None, {"scale": [0.05], "zero_point": [-3]}),
+         ("y", [1, 64], T.INT8, None, {"scale": [1 / 256], "zero_point": [-128]}),
+         ("z", [1, 64], T.INT8, None, {"scale": [1 / 128], "zero_point": [0]})],
+        [(Op.LOGISTIC, ["x"], ["y"], None), (Op.TANH, ["y"], ["z"], None)],
+        ["x"], ["z"],
     )
-    result = cli("compile", model, "--target", "x86_64")
-    assert_cli_error(result, UnsupportedOperatorsError, "LOGISTIC (int8 quantized) x2", "TANH (int8 quantized) x1")
+    result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz")
+    assert result.code == 0, result.text
+    assert "float lowering" in result.err and "LOGISTIC (int8 quantized) x1, TANH (int8 quantized) x1" in result.err
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as opened:
+        assert opened.manifest.verification.status == "passed"  # within the default 1e-3: equal int8 outputs
 
 
 @pytest.mark.parametrize("regular_nms", [False, True], ids=["fast-nms", "regular-nms"])
@@ -105,3 +110,38 @@ def test_detection_postprocess_compiles_and_matches_litert(regular_nms, tmp_path
         np.testing.assert_array_equal(actual[2][0, :n], scores[0, :n])
         np.testing.assert_allclose(actual[0][0, :n], boxes[0, :n], atol=1e-6)
     assert len(counts) == 3 and min(counts) < 10  # full, partial and (near) empty results were all compared
+
+
+@pytest.mark.parametrize("head", ["pool", "mean"])
+def test_uint8_io_full_integer_model_compiles_and_equals_litert(head, tmp_path, signing_key, cli):
+    """What TensorFlow's converter writes with uint8 input/output (QUANTIZE uint8 <-> int8 at the edges),
+    with MobileNet's int8 MEAN head or the pool head: compiled, never refused, equal to LiteRT."""
+    model = int8_tflite_cnn(tmp_path / "u8.tflite", uint8_io=True, mean_head=head == "mean")
+    opened, compiled = _compile(cli, model, tmp_path, signing_key)
+    assert [(t.dtype, t.shape) for t in opened.manifest.inputs] == [("uint8", [1, 16, 16, 3])]
+    assert opened.manifest.outputs[0].dtype == "uint8" and opened.manifest.verification.status == "passed"
+    outputs = []
+    for seed in range(3):
+        # different brightness per image: a global MEAN head averages uniform noise to the same value
+        x = np.random.default_rng(300 + seed).integers(0, 64 + 96 * seed, (1, 16, 16, 3)).astype(np.uint8)
+        actual = compiled.run([x])[0]
+        np.testing.assert_array_equal(actual, _litert(model, [x])[0])
+        outputs.append(actual.tobytes())
+    assert len(set(outputs)) == 3  # the outputs depend on the input
+
+
+def test_exact_import_failure_falls_back_to_tvms_converter(tmp_path, signing_key, cli, monkeypatch):
+    """A failure inside edgefleet's exact integer converter (faked here) is not the user's problem:
+    TVM's own converter imports the model, the compile says so, and LiteRT verification judges it."""
+    from edgefleet.compiler.tflite_quant import ExactQuantConverter
+
+    def broken(self, op, conv_type):
+        raise RuntimeError("exact lowering declined")
+
+    monkeypatch.setattr(ExactQuantConverter, "convert_conv", broken)
+    model = int8_tflite_cnn(tmp_path / "int8.tflite")
+    result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "--atol", "2")
+    assert result.code == 0, result.text
+    assert "exact integer import failed (exact lowering declined)" in result.err and "TVM's own TFLite converter" in result.err
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as opened:
+        assert opened.manifest.verification.status == "passed"

@@ -157,3 +157,27 @@ def test_reduce_max_of_a_row_of_minus_infinity_is_minus_infinity():
     x = np.array([[-np.inf, -np.inf, -np.inf], [1.0, 2.0, -np.inf]], np.float32)
     assert _backend().prepare(model, plain=True).run([x])[0][0] == np.finfo(np.float32).min
     np.testing.assert_array_equal(_backend().run_model(model, [x])[0], [-np.inf, 2.0])
+
+
+def test_importer_failures_name_the_operator_and_attributes_in_plain_words():
+    """TVM's MaxUnpool converter calls .tolist() on a constant it cannot read: the refusal says so
+    in the model's terms, not as "'GenericConst' object has no attribute 'tolist'"."""
+    from onnx.backend.test.loader import load_model_tests
+
+    case = next(t for t in load_model_tests(kind="node") if t.name == "test_maxunpool_export_with_output_shape")
+    result = c.run_case(case)
+    assert result.outcome == "unsupported"
+    expected = "MaxUnpool (kernel_shape=2,2, strides=2,2): TVM's converter could not read an input"
+    assert result.detail.startswith(expected), result.detail
+    assert "GenericConst" not in result.detail and "tolist" not in result.detail
+
+
+def test_converter_failure_texts():
+    from edgefleet.compiler.onnx_converters import converter_failure
+
+    cast = converter_failure("Cast", {"saturate": 1}, KeyError("to"))
+    assert cast == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"
+    assert "constant" in converter_failure("Resize", {"mode": b"linear"}, ValueError("no value in Constant"))
+    assert converter_failure("Foo", {"w": np.zeros(3)}, RuntimeError("bad\nthing")) == "Foo: TVM's converter failed: thing"
+    length = converter_failure("SequenceLength", {}, TypeError("object of type 'Call' has no len()"))
+    assert "shape or length" in length
