@@ -169,7 +169,7 @@ def _check_labels(labels: list[str], outputs: list[TensorSpec], task: str) -> No
 LETTERBOX_HEADS = ("yolo", "yolov5", "yolox", "end2end")
 
 
-def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], input_hw: tuple[int, int],
+def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], input_hw: tuple[int, int] | None,
                       labels: list[str], source_format: str,
                       thresholds: dict[str, Any] | None = None) -> DetectionInfo | None:
     """The manifest's `detection`: --head, else the one head that reads these output shapes."""
@@ -181,6 +181,7 @@ def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], in
             raise UsageError(f"--head {head} applies to --task detection, not {task}",
                              "add --task detection or drop --head")
         return None
+    assert input_hw is not None  # a detection model's image size (_input_hw)
     if head not in (None, "auto") and head not in heads():
         raise UsageError(f"--head {head!r} is not a detection head", f"pick one of: auto, {', '.join(heads())}")
     shapes = Shapes([list(o.shape) for o in outputs], input_hw, len(labels) or None)
@@ -327,8 +328,8 @@ def compile_model(
             preprocessing = {**source.preprocessing, **(preprocessing or {})}
         _check_labels(label_list, outputs, task)
         pre = build_preprocessing(preprocessing, source.format, inputs, task)
-        detection = resolve_detection(task, head, outputs, _input_hw(inputs, pre), label_list, source.format,
-                                      detection_thresholds)
+        image_hw = _input_hw(inputs, pre) if task == "detection" else None  # classifiers may take any input
+        detection = resolve_detection(task, head, outputs, image_hw, label_list, source.format, detection_thresholds)
         pre = _letterbox_default(pre, preprocessing, detection)
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"

@@ -104,6 +104,7 @@ def test_compile_cli_writes_a_signed_package_with_every_option(built_models, sig
     assert m["preprocessing"] == {
         "resize": [32, 32], "interpolation": "bilinear", "color_order": "BGR", "layout": "NCHW",
         "scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "resize_mode": "stretch", "pad_value": 114,
     }
     assert m["format_version"] == 2 and m["runtime"]["tvm_version"] == "0.27.0.post1"
     assert m["runtime"]["requires"] == {"arch": "x86_64", "tvm": "0.27", "tvm_ffi": "0.1", "device": "cpu", "cuda_sm": None, "cuda_version": None}
