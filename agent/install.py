@@ -228,7 +228,7 @@ def install_agent(
         plan.files[trusted[-1]] = pem
     text = config_text(state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host or "<from enrollment>", mqtt_port=mqtt_port or 8883, transport=transport, labels=labels,
                        package=Path(package).absolute() if package else None, fleet_url=fleet_url, trusted=trusted)
-    import tomllib
+    from edgefleet.agent.config import tomllib
 
     parse_config(tomllib.loads(text), "generated config")  # what we write must load
     plan.files[config_path] = text
