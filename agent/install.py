@@ -78,7 +78,8 @@ def config_text(*, state_dir: Path, device_id: str, mqtt_host: str, mqtt_port: i
     return "\n".join(lines)
 
 
-def unit_text(*, config_path: Path, state_dir: Path, user: str) -> str:
+def unit_text(*, config_path: Path, state_dir: Path, user: str, python: str = sys.executable) -> str:
+    """The systemd unit; `python` is the interpreter whose packages hold the agent (a Debian package's private venv)."""
     return f"""[Unit]
 Description=edgefleet camera agent
 After=network-online.target
@@ -88,7 +89,7 @@ Wants=network-online.target
 Type=simple
 User={user}
 Group={user}
-ExecStart={sys.executable} -m edgefleet.cli agent run --config {config_path}
+ExecStart={python} -m edgefleet.cli agent run --config {config_path}
 Restart=always
 RestartSec=5
 KillSignal=SIGTERM

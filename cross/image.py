@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib.util
 import io
 import json
 import tarfile
@@ -23,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.cross.emulate import require_sysroot
+from edgefleet.cross.emulate import device_sources, require_sysroot
 from edgefleet.cross.sysroot import arch_info
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.package import now_utc, sha256_file
@@ -51,10 +50,6 @@ class ImageResult:
     image_id: str
     architecture: str
     size_bytes: int
-
-
-def _no_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    return None if "__pycache__" in info.name.split("/") else info
 
 
 # What of the Debian tree the agent never reads, so the image leaves it out. Patterns are fnmatch'ed
@@ -90,11 +85,8 @@ def _write_layer(sysroot, out: Path) -> str:
         tar.add(sysroot.root, arcname=".", filter=_trim)
         tar.add(sysroot.site, arcname=SITE.lstrip("/"), filter=_trim)
         tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
-        core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
-        agent = Path(importlib.util.find_spec("edgefleet.agent").submodule_search_locations[0])
-        for entry in sorted(core.glob("*.py")):
-            tar.add(entry, arcname=f"{SRC.lstrip('/')}/edgefleet/{entry.name}")
-        tar.add(agent, arcname=f"{SRC.lstrip('/')}/edgefleet/agent", filter=_no_pycache)
+        for path, name in device_sources():
+            tar.add(path, arcname=f"{SRC.lstrip('/')}/{name}")
     return sha256_file(out)
 
 
