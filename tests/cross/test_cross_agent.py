@@ -11,7 +11,12 @@ from support.broker import mqtt_broker  # noqa: F401  (the fixture)
 pytestmark = [pytest.mark.qemu, pytest.mark.mqtt]
 
 
-@pytest.mark.parametrize(("target", "sysroot_fixture"), [("rasp4b", "arm64_sysroot"), ("rasp3b", "armhf_sysroot")])
+# bookworm's Python 3.11 on both architectures; trixie's 3.13 on arm64 (requires-python says 3.10-3.13).
+@pytest.mark.parametrize(("target", "sysroot_fixture"), [("rasp4b", "arm64_sysroot"), ("rasp3b", "armhf_sysroot"),
+                                                          pytest.param("rasp4b", "arm64_trixie_sysroot", marks=pytest.mark.slow)])
 def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(target, sysroot_fixture, request, mqtt_broker, cross_key, tmp_path):
     sysroot = request.getfixturevalue(sysroot_fixture)
+    if sysroot_fixture == "arm64_trixie_sysroot":
+        version = run_emulated(sysroot, ["python3", "-c", "import sys; print(sys.version_info[:2])"], capture=True, timeout=120).stdout
+        assert version.strip() == "(3, 13)"
     check_agent_alerts(target, lambda args: run_emulated(sysroot, ["python3", *args], capture=True, timeout=600), mqtt_broker, cross_key, tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from edgefleet.cross.debpkg import build_deb
 from edgefleet.cross.emulate import emulated_argv
 from edgefleet.cross.sysroot import Sysroot
 from edgefleet.errors import UsageError
+from edgefleet.runtime_bundle import host_arch
 from emulated_agent import check_agent_alerts
 from support.broker import mqtt_broker  # noqa: F401  (the fixture)
 
@@ -26,10 +28,11 @@ def test_an_unknown_architecture_is_refused_before_anything_is_built(tmp_path):
 @pytest.mark.qemu
 @pytest.mark.mqtt
 @pytest.mark.parametrize(("target", "sysroot_fixture", "depends"), [("rasp4b", "arm64_sysroot", "python3.11"),
-                                                                    ("rasp3b", "armhf_sysroot", "python3.11, python3-numpy, python3-pil")])
+                                                                    ("rasp3b", "armhf_sysroot", "python3.11, python3-numpy, python3-pil"),
+                                                                    pytest.param("rasp4b", "arm64_trixie_sysroot", "python3.13", marks=pytest.mark.slow)])
 def test_the_installed_package_runs_the_agent_from_its_own_venv(target, sysroot_fixture, depends, request, mqtt_broker, cross_key, tmp_path):
     sysroot = request.getfixturevalue(sysroot_fixture)
-    deb = build_deb(sysroot.info.spec.arch, out_dir=tmp_path / "out", quiet=True)
+    deb = build_deb(sysroot.info.spec.arch, suite=sysroot.info.spec.suite, out_dir=tmp_path / "out", quiet=True)
     fields = subprocess.run(["dpkg-deb", "--field", str(deb), "Architecture", "Depends"], capture_output=True, text=True, check=True).stdout
     assert f"Architecture: {sysroot.info.spec.arch}" in fields and f"Depends: {depends}" in fields
     listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
@@ -62,3 +65,20 @@ def test_the_installed_package_runs_the_agent_from_its_own_venv(target, sysroot_
     assert where.returncode == 0, where.stderr[-2000:]
     assert where.stdout.split() == [f"{prefix}/lib/python{sysroot.info.spec.python_version}/site-packages/edgefleet/__init__.py", f"{prefix}/lib/edgefleet-runtime"]
     check_agent_alerts(target, run, mqtt_broker, cross_key, tmp_path)
+
+
+@pytest.mark.mqtt
+@pytest.mark.skipif(not Path("/usr/bin/python3.11").exists() or host_arch() != "x86_64", reason="needs an x86_64 Debian bookworm host (python3.11)")
+def test_the_amd64_package_runs_the_agent_natively_from_where_it_is_unpacked(mqtt_broker, cross_key, tmp_path):
+    deb = build_deb("amd64", out_dir=tmp_path / "out", quiet=True)
+    subprocess.run(["dpkg", "-x", str(deb), str(tmp_path / "root")], check=True)
+    python = tmp_path / "root/opt/edgefleet/bin/python3"  # a venv finds itself from argv[0], wherever it lies
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "EDGEFLEET_RUNTIME_CACHE": str(tmp_path / "no-runtime-cache")}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([str(python), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    where = run(["-c", WHERE])
+    assert where.stdout.split() == [f"{python.parents[1]}/lib/python3.11/site-packages/edgefleet/__init__.py", f"{python.parents[1]}/lib/edgefleet-runtime"], where.stderr
+    assert run(["-c", "import rich"]).returncode != 0  # the camera's install has no rich
+    check_agent_alerts("x86_64", run, mqtt_broker, cross_key, tmp_path)
