@@ -42,7 +42,11 @@ def distribution_sizes(site: Path) -> dict[str, int]:
         meta = (info / "METADATA").read_text(errors="replace")
         name = re.sub(r"[-_.]+", "-", re.search(r"^Name:\s*(\S+)", meta, re.M).group(1)).lower()
         record = info / "RECORD"
-        tops = {line.split(",")[0].split("/")[0] for line in record.read_text().splitlines() if line} if record.is_file() else set()
+        tops = (
+            {line.split(",")[0].split("/")[0] for line in record.read_text().splitlines() if line}
+            if record.is_file()
+            else set()
+        )
         tops = {t for t in tops if t and t != ".." and not t.endswith(".dist-info")}
         total = _tree_bytes(info)
         for top in tops:
@@ -62,14 +66,27 @@ def print_sizes(title: str, sizes: dict[str, int]) -> None:
         print(f"  {name:<22} {size / 1e6:7.2f} MB")
     total = sum(counted.values())
     beyond = sum(v for k, v in counted.items() if k not in HEAVY)
-    print(f"  {'total':<22} {total / 1e6:7.2f} MB; beyond numpy and pillow {beyond / 1e6:.2f} MB (target <= 40)"
-          + (f"; not counted: {', '.join(sorted(TOOLING & sizes.keys()))}" if TOOLING & sizes.keys() else ""))
+    print(
+        f"  {'total':<22} {total / 1e6:7.2f} MB; beyond numpy and pillow {beyond / 1e6:.2f} MB (target <= 40)"
+        + (f"; not counted: {', '.join(sorted(TOOLING & sizes.keys()))}" if TOOLING & sizes.keys() else "")
+    )
 
 
 def agent_venv(root: Path) -> Path:
     venv = root / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{REPO}[agent]"], check=True)
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{REPO}[agent]",
+        ],
+        check=True,
+    )
     return venv
 
 
@@ -97,7 +114,13 @@ def rss_breakdown(venv: Path, package: Path, root: Path) -> str:
     from edgefleet.package import open_package
 
     with open_package(package, None) as opened:
-        out = subprocess.run([str(venv / "bin" / "python"), "-c", BREAKDOWN, str(opened.library)], capture_output=True, text=True, check=True, cwd=root)
+        out = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", BREAKDOWN, str(opened.library)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+        )
     return out.stdout.rstrip()
 
 
@@ -117,16 +140,45 @@ def peak_rss_of_agent(venv: Path, root: Path, frames: int = 20) -> tuple[float, 
 
     key = create_signing_key(root / "k.key")
     (root / "labels.txt").write_text("\n".join(f"class{i}" for i in range(1000)) + "\n")
-    pkg = compile_model(str(save(root / "mobilenetv2.onnx")), "x86_64", output=root / "m.tar.gz", name="mobilenetv2", labels=root / "labels.txt",
-                        preprocessing=Preprocessing(resize=(224, 224)), key=key.path, verify=False, quiet=True).package
+    pkg = compile_model(
+        str(save(root / "mobilenetv2.onnx")),
+        "x86_64",
+        output=root / "m.tar.gz",
+        name="mobilenetv2",
+        labels=root / "labels.txt",
+        preprocessing=Preprocessing(resize=(224, 224)),
+        key=key.path,
+        verify=False,
+        quiet=True,
+    ).package
     broker = Broker(root / "broker")
     broker.start()
     try:
-        config = write_config(root / "agent.toml", agent_config(root, broker, (pkg, public_path(key.path)), rules={"labels": ["class1"], "min_score": 0.0}))
+        config = write_config(
+            root / "agent.toml",
+            agent_config(root, broker, (pkg, public_path(key.path)), rules={"labels": ["class1"], "min_score": 0.0}),
+        )
         for i, data in enumerate(camera_jpegs(frames)):
             drop_frame(root / "incoming", f"f{i:03d}.jpg", data)
-        proc = subprocess.Popen([str(venv / "bin" / "python"), "-m", "edgefleet.cli", "agent", "run", "--config", str(config), "--max-frames", str(frames),
-                                 "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
+        proc = subprocess.Popen(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "edgefleet.cli",
+                "agent",
+                "run",
+                "--config",
+                str(config),
+                "--max-frames",
+                str(frames),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=root,
+        )
         peak = 0
         while proc.poll() is None:
             try:
@@ -154,7 +206,9 @@ def image_sizes() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", action="store_true", help="Also build the arm64 and armhf images (needs dockerd; ~2 min each).")
+    parser.add_argument(
+        "--images", action="store_true", help="Also build the arm64 and armhf images (needs dockerd; ~2 min each)."
+    )
     args = parser.parse_args()
     from edgefleet.cross.sysroot import find_sysroot
 
@@ -166,11 +220,17 @@ def main() -> None:
         for arch in ("arm64", "armhf"):
             sysroot = find_sysroot(arch)
             if sysroot is None:
-                print(f"\n{arch}: no sysroot for the current inputs (build it with `edgefleet cross sysroot --arch {arch}`)")
+                print(
+                    f"\n{arch}: no sysroot for the current inputs "
+                    f"(build it with `edgefleet cross sysroot --arch {arch}`)"
+                )
             else:
                 print_sizes(f"{arch}: the sysroot's site/ ({sysroot.path.name})", distribution_sizes(sysroot.site))
         rss, summary = peak_rss_of_agent(venv, root)
-        print(f"\nagent RSS running MobileNetV2 (x86_64, 20 frames, real mosquitto): peak {rss:.1f} MB (target <= 60)\n  {summary}")
+        print(
+            f"\nagent RSS running MobileNetV2 (x86_64, 20 frames, real mosquitto): "
+            f"peak {rss:.1f} MB (target <= 60)\n  {summary}"
+        )
     if args.images:
         print()
         image_sizes()

@@ -12,6 +12,7 @@ from edgefleet.cli import console, print_json
 ARCH_CHOICE = click.Choice(["arm64", "armhf"])
 # edgefleet.cross.sysroot.SUITES, spelled out so `--help` needs no import of the sysroot code.
 SUITE_CHOICE = click.Choice(["bookworm", "trixie"])
+SUITE_HELP = "Debian suite: bookworm (Python 3.11) or trixie (3.13)."
 
 
 @click.group()
@@ -23,7 +24,7 @@ def cross() -> None:
 @click.option("--arch", required=True, type=ARCH_CHOICE, help="arm64 for rasp4b/rasp5/aarch64, armhf for rasp3b/armv7.")
 @click.option("--force", is_flag=True, help="Rebuild even when a sysroot for the same inputs is cached.")
 @click.option("--mirror", help="Debian mirror (default $EDGEFLEET_DEBIAN_MIRROR or http://deb.debian.org/debian).")
-@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help="Debian suite: bookworm (Python 3.11) or trixie (3.13).")
+@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print sysroot.json.")
 def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quiet: bool, as_json: bool) -> None:
@@ -91,12 +92,14 @@ def image_command(arch: str, tag: str | None) -> None:
 
 
 @cross.command("deb")
-@click.option("--arch", required=True, type=click.Choice(["amd64", "arm64", "armhf"]), help="Debian architecture of the camera.")
-@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help="Debian suite: bookworm (Python 3.11) or trixie (3.13).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True, help="Folder for the .deb.")
+@click.option("--arch", required=True, type=click.Choice(["amd64", "arm64", "armhf"]), help="Camera architecture.")
+@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--quiet", "-q", is_flag=True)
 def deb_command(arch: str, suite: str, out_dir: Path, quiet: bool) -> None:
-    """Build the camera's Debian package (agent in a private venv, runtime, systemd unit). Maps to edgefleet.cross.debpkg.build_deb.
+    """Build the camera's Debian package: the agent in a private venv, its runtime, a systemd unit.
+
+    Maps to edgefleet.cross.debpkg.build_deb.
 
     Needs the runtime of that architecture (`edgefleet runtime build --arch ...`).
     """

@@ -29,7 +29,16 @@ from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.cross.emulate import device_sources
-from edgefleet.cross.sysroot import ARCHES, SUITE, _Build, agent_requirements, download_wheels, python_for_suite, require_tool, unzip_wheels
+from edgefleet.cross.sysroot import (
+    ARCHES,
+    SUITE,
+    _Build,
+    agent_requirements,
+    download_wheels,
+    python_for_suite,
+    require_tool,
+    unzip_wheels,
+)
 from edgefleet.errors import UsageError
 from edgefleet.progress import Stages
 from edgefleet.runtime_bundle import INFO_FILE, find_bundle
@@ -51,9 +60,22 @@ class DebArch:
 
 
 def _deb_arches() -> dict[str, DebArch]:
-    arches = {"amd64": DebArch("amd64", "x86_64", ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"), (), ())}
-    for name, info in ARCHES.items():  # the ARM ones take what the sysroots take, so what the tests run is what installs
-        arches[name] = DebArch(name, info.target_arch, info.pip_platforms, info.from_debian, tuple(d for d in info.debs if d != "python3"))
+    arches = {
+        "amd64": DebArch(
+            "amd64",
+            "x86_64",
+            ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"),
+            (),
+            (),
+        )
+    }
+    for (
+        name,
+        info,
+    ) in ARCHES.items():  # the ARM ones take what the sysroots take, so what the tests run is what installs
+        arches[name] = DebArch(
+            name, info.target_arch, info.pip_platforms, info.from_debian, tuple(d for d in info.debs if d != "python3")
+        )
     return arches
 
 
@@ -74,19 +96,22 @@ def deb_version(suite: str) -> str:
 
 def control_text(info: DebArch, python: str, suite: str, installed_kib: int) -> str:
     depends = ", ".join([f"python{python}", *info.depends])
-    return (f"Package: edgefleet-agent\nVersion: {deb_version(suite)}\nArchitecture: {info.debian}\n"
-            f"Maintainer: edgefleet <edgefleet@localhost>\nInstalled-Size: {installed_kib}\nDepends: {depends}\n"
-            "Section: misc\nPriority: optional\nHomepage: https://github.com/edgefleet\n"
-            f"Description: edgefleet camera agent (Debian {suite}, Python {python})\n"
-            " Local inference on camera frames with edgefleet's TVM runtime, alerts over MQTT.\n"
-            f" The agent and its libraries live in a private venv under {PREFIX}; configure it with\n"
-            " `edgefleet agent install`, then `systemctl enable --now edgefleet-agent`.\n")
+    return (
+        f"Package: edgefleet-agent\nVersion: {deb_version(suite)}\nArchitecture: {info.debian}\n"
+        f"Maintainer: edgefleet <edgefleet@localhost>\nInstalled-Size: {installed_kib}\nDepends: {depends}\n"
+        "Section: misc\nPriority: optional\nHomepage: https://github.com/edgefleet\n"
+        f"Description: edgefleet camera agent (Debian {suite}, Python {python})\n"
+        " Local inference on camera frames with edgefleet's TVM runtime, alerts over MQTT.\n"
+        f" The agent and its libraries live in a private venv under {PREFIX}; configure it with\n"
+        " `edgefleet agent install`, then `systemctl enable --now edgefleet-agent`.\n"
+    )
 
 
 POSTINST = f"""#!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-    getent passwd edgefleet >/dev/null || useradd --system --user-group --home-dir {STATE} --shell /usr/sbin/nologin edgefleet
+    getent passwd edgefleet >/dev/null ||
+        useradd --system --user-group --home-dir {STATE} --shell /usr/sbin/nologin edgefleet
     # Bytecode for this machine's Python (the build host's may differ); the agent's user cannot write here.
     {PREFIX}/bin/python3 -m compileall -q {PREFIX}/lib >/dev/null || true
     if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
@@ -104,10 +129,22 @@ def _config_skeleton() -> str:
     from edgefleet.agent.config import parse_config, tomllib
     from edgefleet.agent.install import config_text
 
-    text = config_text(state_dir=Path(STATE), device_id="cam-1", mqtt_host="broker.example", mqtt_port=8883, transport="paho", labels=["person"],
-                       package=None, fleet_url=None, trusted=[])
+    text = config_text(
+        state_dir=Path(STATE),
+        device_id="cam-1",
+        mqtt_host="broker.example",
+        mqtt_port=8883,
+        transport="paho",
+        labels=["person"],
+        package=None,
+        fleet_url=None,
+        trusted=[],
+    )
     parse_config(tomllib.loads(text), "the config skeleton")  # what we ship must load
-    return f"# A skeleton. `edgefleet agent install` writes {CONFIG} with this device's key, certificate and broker.\n" + text
+    return (
+        f"# A skeleton. `edgefleet agent install` writes {CONFIG} with this device's key, certificate and broker.\n"
+        + text
+    )
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -119,7 +156,10 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 def _venv(tree: Path, python: str, system_site: bool) -> Path:
     """The venv's files; returns its site-packages folder."""
     opt = tree / PREFIX.lstrip("/")
-    _write(opt / "pyvenv.cfg", f"home = /usr/bin\ninclude-system-site-packages = {str(system_site).lower()}\nversion = {python}\n")
+    _write(
+        opt / "pyvenv.cfg",
+        f"home = /usr/bin\ninclude-system-site-packages = {str(system_site).lower()}\nversion = {python}\n",
+    )
     (opt / "bin").mkdir(parents=True)
     (opt / "bin" / "python3").symlink_to(f"/usr/bin/python{python}")
     (opt / "bin" / "python").symlink_to("python3")
@@ -164,7 +204,9 @@ def build_deb(arch: str, *, suite: str = SUITE, out_dir: Path = Path("."), quiet
         build = _Build(Path(tmp) / "work", stages, out_dir / f".{out.stem}.failed", what="Debian package build")
         tree = Path(tmp) / "tree"
         site = _venv(tree, python, system_site=bool(info.from_debian))
-        download_wheels(build, agent_requirements(info.from_debian), list(info.pip_platforms), python, Path(tmp) / "wheels")
+        download_wheels(
+            build, agent_requirements(info.from_debian), list(info.pip_platforms), python, Path(tmp) / "wheels"
+        )
         with stages.stage("site", "unzip wheels, add edgefleet"):
             unzip_wheels(Path(tmp) / "wheels", site)
             for path, name in device_sources():
@@ -175,7 +217,12 @@ def build_deb(arch: str, *, suite: str = SUITE, out_dir: Path = Path("."), quiet
         shutil.copy2(bundle.path / INFO_FILE, runtime / INFO_FILE)
         from edgefleet.agent.install import unit_text
 
-        _write(tree / UNIT.lstrip("/"), unit_text(config_path=Path(CONFIG), state_dir=Path(STATE), user="edgefleet", python=f"{PREFIX}/bin/python3"))
+        _write(
+            tree / UNIT.lstrip("/"),
+            unit_text(
+                config_path=Path(CONFIG), state_dir=Path(STATE), user="edgefleet", python=f"{PREFIX}/bin/python3"
+            ),
+        )
         _write(tree / f"{CONFIG.lstrip('/')}.example", _config_skeleton())
         installed_kib = _normalize_modes(tree)
         debian = tree / "DEBIAN"
@@ -184,5 +231,7 @@ def build_deb(arch: str, *, suite: str = SUITE, out_dir: Path = Path("."), quiet
         _write(debian / "postinst", POSTINST, 0o755)
         _write(debian / "prerm", PRERM, 0o755)
         # gzip: every dpkg reads it, and it takes seconds where xz takes a minute on two cores.
-        build.step("dpkg-deb", f"{out.name}", [dpkg_deb, "--root-owner-group", "-Zgzip", "--build", str(tree), str(out)])
+        build.step(
+            "dpkg-deb", f"{out.name}", [dpkg_deb, "--root-owner-group", "-Zgzip", "--build", str(tree), str(out)]
+        )
     return out

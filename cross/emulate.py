@@ -123,7 +123,8 @@ def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = 
     if not command:
         raise UsageError("no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'")
     qemu = require_tool(sysroot.arch.qemu)
-    return [qemu, *(["-0", argv0] if argv0 else []), "-L", str(sysroot.root), str(_guest_program(sysroot, command[0])), *command[1:]]
+    program = str(_guest_program(sysroot, command[0]))
+    return [qemu, *(["-0", argv0] if argv0 else []), "-L", str(sysroot.root), program, *command[1:]]
 
 
 def run_emulated(

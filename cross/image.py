@@ -59,7 +59,8 @@ TRIM = (
     "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bash-completion", "usr/share/zsh",
     "usr/share/locale/*",         # message translations; the agent logs in English
     "usr/lib/locale/*",
-    "var/lib/apt/lists/*", "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*",  # apt's indexes: nothing installs in the image
+    # apt's indexes and logs: nothing is installed in the image
+    "var/lib/apt/lists/*", "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*",
     # perl: only debconf and apt's maintainer scripts use it, and no package is configured in the image.
     "usr/bin/perl*", "usr/share/perl", "usr/share/perl5", "usr/lib/*-linux-gnu*/perl", "usr/lib/*-linux-gnu*/perl-base",
     "usr/lib/*-linux-gnu*/perl5", "usr/lib/*-linux-gnu*/libperl.so*",

@@ -33,8 +33,8 @@ from pathlib import Path
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import Strict, now_utc, sha256_file
 from edgefleet.progress import Stages
-from edgefleet.runtime_bundle import (CUDA_LIBRARY, INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, CudaInfo, RuntimeBundleInfo, cache_dir,
-                                     canonical_arch, host_arch, read_bundle)
+from edgefleet.runtime_bundle import (CUDA_LIBRARY, INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, CudaInfo,
+                                     RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle)
 
 TVM_WHEEL_VERSION = "0.27.0.post1"
 TVM_SOURCE_NAME = "tvm-v0.27.dev0-src.tar.gz"
@@ -261,9 +261,11 @@ def cuda_options(sms: list[str]) -> list[str]:
     """CMake options for a CUDA build: USE_CUDA=ON (replacing OFF) for the given GPUs, e.g. ["sm_87"]."""
     bad = [sm for sm in sms if not SM_PATTERN.fullmatch(sm)]
     if bad:
-        raise UsageError(f"{', '.join(bad)} is not a CUDA GPU architecture", "name it like sm_87 (Orin) or sm_72 (Xavier)")
+        raise UsageError(f"{', '.join(bad)} is not a CUDA GPU architecture",
+                         "name it like sm_87 (Orin) or sm_72 (Xavier)")
     options = [o for o in CMAKE_OPTIONS if o != "-DUSE_CUDA=OFF"]
-    return [*options, "-DUSE_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(SM_PATTERN.fullmatch(sm).group(1) for sm in sms)}"]
+    numbers = ";".join(SM_PATTERN.fullmatch(sm).group(1) for sm in sms)
+    return [*options, "-DUSE_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={numbers}"]
 
 
 def cuda_version() -> str:
@@ -271,7 +273,7 @@ def cuda_version() -> str:
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
     if nvcc is None:
         raise MissingToolError("a CUDA build needs nvcc, which is not on PATH nor in /usr/local/cuda/bin",
-                               "on a Jetson install JetPack's CUDA toolkit (apt-get install nvidia-jetpack) and add /usr/local/cuda/bin to PATH")
+                               "apt-get install nvidia-jetpack (JetPack's CUDA); add /usr/local/cuda/bin to PATH")
     found = re.search(r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
     if found is None:
         raise MissingToolError(f"`{nvcc} --version` does not say its release", "check the CUDA toolkit install")
@@ -294,8 +296,8 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[s
     )
 
 
-def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False, jobs: int | None = None,
-                  cuda_sms: list[str] | None = None) -> Bundle:
+def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False,
+                  jobs: int | None = None, cuda_sms: list[str] | None = None) -> Bundle:
     """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
 
     `cuda_sms` (e.g. ["sm_87"]) builds with CUDA against this machine's toolkit: on the board
@@ -308,7 +310,7 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
     toolchain = TOOLCHAINS[arch]
     if cuda_sms:
         if arch != host_arch():
-            raise UsageError(f"a CUDA runtime for {arch} cannot be cross-built on {host_arch()}: it links the board's own CUDA",
+            raise UsageError(f"a CUDA runtime for {arch} cannot be cross-built on {host_arch()}: it links the board's",
                              "run scripts/jetson_runtime_build.sh on the Jetson itself")
         cuda_options(cuda_sms)  # refuse a bad GPU name before anything starts
         cuda_version()

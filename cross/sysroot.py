@@ -200,7 +200,8 @@ def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
 
 def python_for_suite(suite: str) -> str:
     if suite not in SUITES:
-        raise UsageError(f"unknown Debian suite {suite!r}", f"use one of {', '.join(SUITES)} (older suites have glibc < 2.34, below the runtime's floor)")
+        raise UsageError(f"unknown Debian suite {suite!r}",
+                         f"use one of {', '.join(SUITES)} (older suites have glibc < 2.34, below the runtime's floor)")
     return SUITES[suite]
 
 
@@ -279,14 +280,15 @@ def _link_alternatives(root: Path) -> None:
                 link.symlink_to(Path(sub) / name)
 
 
-def download_wheels(build: _Build, requirements: list[str], platforms: list[str], python_version: str, dest: Path) -> None:
+def download_wheels(build: _Build, requirements: list[str], platforms: list[str], python: str, dest: Path) -> None:
     """`pip download` of exact pins for another platform and Python: wheels only, no dependency resolution."""
-    argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:", "--no-deps",
-            "--implementation", "cp", "--python-version", python_version, "--dest", str(dest)]
+    argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:",
+            "--no-deps", "--implementation", "cp", "--python-version", python, "--dest", str(dest)]
     for platform in platforms:
         argv += ["--platform", platform]
     # --isolated: the host's pip.conf and constraints are about the host, not the target.
-    build.step("wheels", f"pip download {len(requirements)} requirements for {platforms[0]}, Python {python_version}", argv + requirements)
+    detail = f"pip download {len(requirements)} requirements for {platforms[0]}, Python {python}"
+    build.step("wheels", detail, argv + requirements)
 
 
 def unzip_wheels(wheels: Path, site: Path) -> list[str]:
@@ -299,8 +301,8 @@ def unzip_wheels(wheels: Path, site: Path) -> list[str]:
     return names
 
 
-def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False, quiet: bool = False,
-                  suite: str = SUITE) -> Sysroot:
+def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False,
+                  quiet: bool = False, suite: str = SUITE) -> Sysroot:
     """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf") of Debian `suite`.
 
     Steps, each logged: debootstrap (download + unpack, --foreign), unpack (dpkg -x the rest),

@@ -61,5 +61,7 @@ def print_table(console, columns: list[str], rows: list[list[object]], title: st
         console.print(table)
         return
     widths = [max(len(str(c)) for c in col) for col in zip(columns, *cells)]
-    for line in ([title] if title else []) + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [columns, *cells]]:
+    for line in ([title] if title else []) + [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [columns, *cells]
+    ]:
         console.print(line)

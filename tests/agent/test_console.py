@@ -18,10 +18,21 @@ def test_without_rich_the_console_is_plain_and_strips_only_edgefleet_markup(monk
     assert isinstance(console, PlainConsole)
     console.print("[green]signature valid[/green] for labels [1, 2]")
     print_table(console, ["name", "size"], [["numpy", 71], ["click", 1]], title="sizes")
-    assert capsys.readouterr().out.splitlines() == ["signature valid for labels [1, 2]", "sizes", "name   size", "numpy  71", "click  1"]
+    assert capsys.readouterr().out.splitlines() == [
+        "signature valid for labels [1, 2]",
+        "sizes",
+        "name   size",
+        "numpy  71",
+        "click  1",
+    ]
 
 
 def test_agent_cli_errors_print_plain_lines_without_rich(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_RICH, "agent", "check-config", str(tmp_path / "missing.toml")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_RICH, "agent", "check-config", str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert proc.stderr.startswith("error: ") and "[bold" not in proc.stderr and "fix: " in proc.stderr
