@@ -107,6 +107,10 @@ model.run([np.zeros((1, 3, 224, 224), np.float32)])
 steps.append(("+ first inference", rss()))
 for (_, before), (name, after) in zip([("", 0.0)] + steps, steps):
     print(f"  {name:<30} {after - before:6.1f} MB  (RSS {after:.1f})")
+# File-backed pages (libraries, the mapped model.so) are shared or reclaimable; anonymous ones are not.
+status = open("/proc/self/status").read()
+anon, files = (int(re.search(k + r":\s+(\d+)", status).group(1)) / 1024 for k in ("RssAnon", "RssFile"))
+print(f"  of which anonymous {anon:.1f} MB, file-backed {files:.1f} MB")
 """
 
 
