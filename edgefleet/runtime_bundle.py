@@ -34,6 +34,8 @@ INFO_FILE = "runtime.json"
 SHIM = "libedgefleet_runtime.so"
 # Load order: each library's dependencies come before it.
 LIBRARIES = ("libtvm_ffi.so", "libtvm_runtime.so", "libtvm_runtime_extra.so", SHIM)
+# A CUDA build (on a Jetson, docs/runtime.md) adds TVM's CUDA device API, loaded after the runtime it extends.
+CUDA_LIBRARY = "libtvm_runtime_cuda.so"
 # Architecture names as packages state them (Target.arch), and the aliases people type.
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64", "armv7": "armv7", "armhf": "armv7", "armv7l": "armv7", "armv8l": "armv7"}
 
@@ -71,6 +73,10 @@ class Bundle:
     @property
     def lib(self) -> Path:
         return self.path / "lib"
+
+    def load_order(self) -> list[str]:
+        """The libraries to load, each after its dependencies."""
+        return [*LIBRARIES[:3], *([CUDA_LIBRARY] if CUDA_LIBRARY in self.info.libraries else []), SHIM]
 
 
 def canonical_arch(arch: str) -> str:
