@@ -14,6 +14,8 @@ one with `find_bundle` and refuses a package whose `RuntimeRequirement` the bund
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -128,9 +130,30 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
 
 
 def _cached_bundles(arch: str) -> list[Path]:
+    """Bundles in the build cache: those built from this checkout's C ABI source first, then the newest.
+
+    One machine may build bundles from several checkouts (branches with another C ABI); each
+    checkout's agent should run on its own.
+    """
     root = cache_dir()
     found = [p.parent for p in root.glob(f"{arch}-*/{INFO_FILE}")] if root.is_dir() else []
-    return sorted(found, key=lambda p: (p / INFO_FILE).stat().st_mtime, reverse=True)
+    own = _local_shim_sha256()
+    return sorted(found, key=lambda p: (_shim_of(p) == own, (p / INFO_FILE).stat().st_mtime), reverse=True)
+
+
+def _local_shim_sha256() -> str | None:
+    agent = importlib.util.find_spec("edgefleet.agent")  # locates the package without importing it
+    if agent is None or not agent.submodule_search_locations:
+        return None
+    source = Path(agent.submodule_search_locations[0]) / "native" / "edgefleet_runtime.cc"
+    return sha256_file(source) if source.is_file() else None
+
+
+def _shim_of(bundle: Path) -> str | None:
+    try:
+        return json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def find_bundle(arch: str | None = None) -> Bundle:
