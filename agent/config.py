@@ -8,11 +8,15 @@ environment variable (`*_env`) that holds them. See docs/agent.md for the full f
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from PyPI
+    import tomli as tomllib
 
 from edgefleet.errors import BadInputError, UsageError
 

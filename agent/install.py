@@ -78,7 +78,8 @@ def config_text(*, state_dir: Path, device_id: str, mqtt_host: str, mqtt_port: i
     return "\n".join(lines)
 
 
-def unit_text(*, config_path: Path, state_dir: Path, user: str) -> str:
+def unit_text(*, config_path: Path, state_dir: Path, user: str, python: str = sys.executable) -> str:
+    """The systemd unit; `python` is the interpreter whose packages hold the agent (a Debian package's private venv)."""
     return f"""[Unit]
 Description=edgefleet camera agent
 After=network-online.target
@@ -88,7 +89,7 @@ Wants=network-online.target
 Type=simple
 User={user}
 Group={user}
-ExecStart={sys.executable} -m edgefleet.cli agent run --config {config_path}
+ExecStart={python} -m edgefleet.cli agent run --config {config_path}
 Restart=always
 RestartSec=5
 KillSignal=SIGTERM
@@ -228,7 +229,7 @@ def install_agent(
         plan.files[trusted[-1]] = pem
     text = config_text(state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host or "<from enrollment>", mqtt_port=mqtt_port or 8883, transport=transport, labels=labels,
                        package=Path(package).absolute() if package else None, fleet_url=fleet_url, trusted=trusted)
-    import tomllib
+    from edgefleet.agent.config import tomllib
 
     parse_config(tomllib.loads(text), "generated config")  # what we write must load
     plan.files[config_path] = text

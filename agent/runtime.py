@@ -11,7 +11,7 @@ import numpy as np
 
 from edgefleet.errors import BadInputError, MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import Manifest, OpenedPackage
-from edgefleet.runtime_bundle import LIBRARIES, RUNTIME_ABI, Bundle, check_runs, find_bundle, host_arch
+from edgefleet.runtime_bundle import RUNTIME_ABI, Bundle, check_runs, find_bundle, host_arch
 
 
 class _Runtime:
@@ -31,7 +31,7 @@ class _Runtime:
             raise UsageError("the camera runtime cannot load in a process that imported the TVM compiler", "run the model with edgefleet.agent.runtime_worker")
         self.bundle = bundle
         # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
-        self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in LIBRARIES]
+        self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in bundle.load_order()]
         self.api = _declare(self.libs[-1])
         abi = self.api.ef_abi_version()
         if abi != RUNTIME_ABI:

@@ -10,6 +10,9 @@ import click
 from edgefleet.cli import console, print_json
 
 ARCH_CHOICE = click.Choice(["arm64", "armhf"])
+# edgefleet.cross.sysroot.SUITES, spelled out so `--help` needs no import of the sysroot code.
+SUITE_CHOICE = click.Choice(["bookworm", "trixie"])
+SUITE_HELP = "Debian suite: bookworm (Python 3.11) or trixie (3.13)."
 
 
 @click.group()
@@ -21,13 +24,14 @@ def cross() -> None:
 @click.option("--arch", required=True, type=ARCH_CHOICE, help="arm64 for rasp4b/rasp5/aarch64, armhf for rasp3b/armv7.")
 @click.option("--force", is_flag=True, help="Rebuild even when a sysroot for the same inputs is cached.")
 @click.option("--mirror", help="Debian mirror (default $EDGEFLEET_DEBIAN_MIRROR or http://deb.debian.org/debian).")
+@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print sysroot.json.")
-def sysroot_command(arch: str, force: bool, mirror: str | None, quiet: bool, as_json: bool) -> None:
-    """Build (or reuse) the Debian bookworm sysroot for ARCH. Maps to edgefleet.cross.sysroot.build_sysroot."""
+def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quiet: bool, as_json: bool) -> None:
+    """Build (or reuse) the Debian sysroot for ARCH. Maps to edgefleet.cross.sysroot.build_sysroot."""
     from edgefleet.cross.sysroot import build_sysroot
 
-    sysroot = build_sysroot(arch, mirror=mirror, force=force, quiet=quiet or as_json)
+    sysroot = build_sysroot(arch, mirror=mirror, force=force, quiet=quiet or as_json, suite=suite)
     if as_json:
         print_json({"path": str(sysroot.path), **sysroot.info.model_dump(mode="json")})
     else:
@@ -85,3 +89,21 @@ def image_command(arch: str, tag: str | None) -> None:
 
     result = build_image(arch, tag)
     console.print(f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}")
+
+
+@cross.command("deb")
+@click.option("--arch", required=True, type=click.Choice(["amd64", "arm64", "armhf"]), help="Camera architecture.")
+@click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--quiet", "-q", is_flag=True)
+def deb_command(arch: str, suite: str, out_dir: Path, quiet: bool) -> None:
+    """Build the camera's Debian package: the agent in a private venv, its runtime, a systemd unit.
+
+    Maps to edgefleet.cross.debpkg.build_deb.
+
+    Needs the runtime of that architecture (`edgefleet runtime build --arch ...`).
+    """
+    from edgefleet.cross.debpkg import build_deb
+
+    path = build_deb(arch, suite=suite, out_dir=out_dir, quiet=quiet)
+    console.print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -85,6 +85,21 @@ def _link_device_packages(into: Path) -> Path:
     return into
 
 
+def device_sources() -> list[tuple[Path, str]]:
+    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+
+    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    """
+    core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
+    files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
+    for name in _DEVICE_PACKAGES[1:]:
+        package = Path(importlib.util.find_spec(name).submodule_search_locations[0])
+        sub = name.replace(".", "/")
+        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
+                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
+    return files
+
+
 def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
     paths = [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
@@ -99,11 +114,17 @@ def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | N
     return env
 
 
-def emulated_argv(sysroot: Sysroot, command: Sequence[str]) -> list[str]:
+def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = None) -> list[str]:
+    """QEMU's command line for a guest `command`; `argv0` is the name the guest sees itself started as.
+
+    `argv0` matters to a venv's interpreter: Python finds its pyvenv.cfg next to argv[0], and a
+    venv's bin/python3 is a symlink that the host kernel, not QEMU, would resolve (to the host's Python).
+    """
     if not command:
         raise UsageError("no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'")
     qemu = require_tool(sysroot.arch.qemu)
-    return [qemu, "-L", str(sysroot.root), str(_guest_program(sysroot, command[0])), *command[1:]]
+    program = str(_guest_program(sysroot, command[0]))
+    return [qemu, *(["-0", argv0] if argv0 else []), "-L", str(sysroot.root), program, *command[1:]]
 
 
 def run_emulated(

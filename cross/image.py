@@ -13,8 +13,8 @@ binfmt_misc has qemu-aarch64 registered, or with QEMU as the entrypoint (see doc
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-import importlib.util
 import io
 import json
 import tarfile
@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.cross.emulate import require_sysroot
+from edgefleet.cross.emulate import device_sources, require_sysroot
 from edgefleet.cross.sysroot import arch_info
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.package import now_utc, sha256_file
@@ -52,21 +52,42 @@ class ImageResult:
     size_bytes: int
 
 
-def _no_pycache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    return None if "__pycache__" in info.name.split("/") else info
+# What of the Debian tree the agent never reads, so the image leaves it out. Patterns are fnmatch'ed
+# against the path inside the image (a folder's pattern drops it and everything under it).
+TRIM = (
+    "usr/share/doc/*/*",          # docs (each package's copyright is kept: the licences travel with the binaries)
+    "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bash-completion", "usr/share/zsh",
+    "usr/share/locale/*",         # message translations; the agent logs in English
+    "usr/lib/locale/*",
+    # apt's indexes and logs: nothing is installed in the image
+    "var/lib/apt/lists/*", "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*",
+    # perl: only debconf and apt's maintainer scripts use it, and no package is configured in the image.
+    "usr/bin/perl*", "usr/share/perl", "usr/share/perl5", "usr/lib/*-linux-gnu*/perl", "usr/lib/*-linux-gnu*/perl-base",
+    "usr/lib/*-linux-gnu*/perl5", "usr/lib/*-linux-gnu*/libperl.so*",
+    "usr/lib/*-linux-gnu*/gconv",  # iconv charsets: Python has its own codecs
+    "opt/edgefleet/site/*/tests",  # the wheels' test suites (numpy's alone is ~10 MB)
+    "debootstrap",
+    # The sysroot's precompiled .pyc (made so each QEMU start skips compiling): a container writes
+    # its own on first start, in its writable layer, costing that start ~1-3 s on a Pi.
+    "*/__pycache__",
+)
+
+
+def _trim(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    name = info.name.removeprefix("./")
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in TRIM) and not name.endswith("/copyright"):
+        return None
+    return info
 
 
 def _write_layer(sysroot, out: Path) -> str:
     """Write the image's one layer to `out`; return its sha256 (the layer's diff id)."""
     with tarfile.open(out, "w") as tar:
-        tar.add(sysroot.root, arcname=".")
-        tar.add(sysroot.site, arcname=SITE.lstrip("/"))
+        tar.add(sysroot.root, arcname=".", filter=_trim)
+        tar.add(sysroot.site, arcname=SITE.lstrip("/"), filter=_trim)
         tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
-        core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
-        agent = Path(importlib.util.find_spec("edgefleet.agent").submodule_search_locations[0])
-        for entry in sorted(core.glob("*.py")):
-            tar.add(entry, arcname=f"{SRC.lstrip('/')}/edgefleet/{entry.name}")
-        tar.add(agent, arcname=f"{SRC.lstrip('/')}/edgefleet/agent", filter=_no_pycache)
+        for path, name in device_sources():
+            tar.add(path, arcname=f"{SRC.lstrip('/')}/{name}")
     return sha256_file(out)
 
 

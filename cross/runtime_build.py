@@ -33,7 +33,8 @@ from pathlib import Path
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import Strict, now_utc, sha256_file
 from edgefleet.progress import Stages
-from edgefleet.runtime_bundle import INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle
+from edgefleet.runtime_bundle import (CUDA_LIBRARY, INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, CudaInfo,
+                                     RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle)
 
 TVM_WHEEL_VERSION = "0.27.0.post1"
 TVM_SOURCE_NAME = "tvm-v0.27.dev0-src.tar.gz"
@@ -87,13 +88,16 @@ class BuildSpec(Strict):
     shim_sha256: str
     cmake_options: list[str]
     compiler: str  # `g++ --version`, first line
+    cuda_version: str | None = None  # `nvcc --version` of a CUDA build (on the board), e.g. "12.6"
+    cuda_sms: list[str] | None = None  # the GPUs it compiles for, e.g. ["sm_87"]
 
     def key(self) -> str:
-        return _digest(self.model_dump())
+        # exclude_none: a CPU build's key stays what it was before CUDA builds existed.
+        return _digest(self.model_dump(exclude_none=True))
 
     def tvm_key(self) -> str:
         """The key of TVM's libraries alone: every input but edgefleet's C ABI."""
-        return _digest(self.model_dump(exclude={"shim_sha256"}))
+        return _digest(self.model_dump(exclude_none=True, exclude={"shim_sha256"}))
 
 
 def _digest(data: dict) -> str:
@@ -257,8 +261,36 @@ def _glibc_floor(libs: list[Path]) -> str:
     return ".".join(map(str, max(versions))) if versions else "unknown"
 
 
-def spec_for(arch: str, sources: Sources, toolchain: Toolchain) -> BuildSpec:
+SM_PATTERN = re.compile(r"sm_(\d{2,3})")
+
+
+def cuda_options(sms: list[str]) -> list[str]:
+    """CMake options for a CUDA build: USE_CUDA=ON (replacing OFF) for the given GPUs, e.g. ["sm_87"]."""
+    bad = [sm for sm in sms if not SM_PATTERN.fullmatch(sm)]
+    if bad:
+        raise UsageError(f"{', '.join(bad)} is not a CUDA GPU architecture",
+                         "name it like sm_87 (Orin) or sm_72 (Xavier)")
+    options = [o for o in CMAKE_OPTIONS if o != "-DUSE_CUDA=OFF"]
+    numbers = ";".join(SM_PATTERN.fullmatch(sm).group(1) for sm in sms)
+    return [*options, "-DUSE_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={numbers}"]
+
+
+def cuda_version() -> str:
+    """The CUDA toolkit's version from `nvcc --version` ("release 12.6, V12.6.68" -> "12.6")."""
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if nvcc is None:
+        raise MissingToolError("a CUDA build needs nvcc, which is not on PATH nor in /usr/local/cuda/bin",
+                               "apt-get install nvidia-jetpack (JetPack's CUDA); add /usr/local/cuda/bin to PATH")
+    found = re.search(r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    if found is None:
+        raise MissingToolError(f"`{nvcc} --version` does not say its release", "check the CUDA toolkit install")
+    return found.group(1)
+
+
+def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[str] | None = None) -> BuildSpec:
     return BuildSpec(
+        cuda_version=cuda_version() if cuda_sms else None,
+        cuda_sms=list(cuda_sms) if cuda_sms else None,
         arch=arch,
         tvm_wheel_version=TVM_WHEEL_VERSION,
         tvm_wheel_sources_sha256=_tree_sha256(sources.wheel_tvm / "src" / "runtime", sources.wheel_tvm / "include"),
@@ -266,21 +298,31 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain) -> BuildSpec:
         tvm_ffi_version=FFI_VERSION,
         tvm_ffi_sdist_sha256=FFI_SDIST_SHA256,
         shim_sha256=sha256_file(SHIM_SOURCE),
-        cmake_options=list(CMAKE_OPTIONS),
+        cmake_options=cuda_options(cuda_sms) if cuda_sms else list(CMAKE_OPTIONS),
         compiler=_compiler_version(toolchain),
     )
 
 
-def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False, jobs: int | None = None) -> Bundle:
+def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False,
+                  jobs: int | None = None, cuda_sms: list[str] | None = None) -> Bundle:
     """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
 
     TVM's libraries are cached on their own (`<cache>/tvm/<arch>-<key>`), so a change to
-    edgefleet's C ABI alone recompiles one file, not TVM. Raises MissingToolError naming the
-    Debian or pip package of a missing tool or source, and BuildError naming the failed step
-    and its kept log.
+    edgefleet's C ABI alone recompiles one file, not TVM. `cuda_sms` (e.g. ["sm_87"]) builds with
+    CUDA against this machine's toolkit: on the board itself (a Jetson), never cross, since the
+    CUDA libraries linked are the board's.
+
+    Raises MissingToolError naming the Debian or pip package of a missing tool or source, and
+    BuildError naming the failed step and its kept log.
     """
     arch = canonical_arch(arch)
     toolchain = TOOLCHAINS[arch]
+    if cuda_sms:
+        if arch != host_arch():
+            raise UsageError(f"a CUDA runtime for {arch} cannot be cross-built on {host_arch()}: it links the board's",
+                             "run scripts/jetson_runtime_build.sh on the Jetson itself")
+        cuda_options(cuda_sms)  # refuse a bad GPU name before anything starts
+        cuda_version()
     stages = Stages(quiet=quiet)
     _require(toolchain.tool("gcc"), toolchain)
     cmake = _cmake()
@@ -292,7 +334,7 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
     logs.mkdir(parents=True)
     try:
         sources = Sources(_wheel_tvm_dir(), _tvm_source(tvm_source), _ffi_sdist(stages, logs / "download.log"))
-        spec = spec_for(arch, sources, toolchain)
+        spec = spec_for(arch, sources, toolchain, cuda_sms)
         final = cache / f"{arch}-{spec.key()}"
         if not force and (final / INFO_FILE).is_file():
             return read_bundle(final)
@@ -344,10 +386,11 @@ def _build_tvm(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: s
     if toolchain.tool("g++") != "g++":
         configure.append(f"-DCMAKE_TOOLCHAIN_FILE={_toolchain_file(toolchain, work / 'toolchain.cmake')}")
     _run(stages, "configure", f"CMake for {toolchain.triple}", configure, logs / "configure.log")
-    _run(stages, "build", f"tvm_runtime, tvm_runtime_extra with {jobs} jobs (~4 CPU-minutes)",
-         [cmake, "--build", str(build), "--target", "tvm_runtime", "tvm_runtime_extra", "--parallel", str(jobs)], logs / "build.log")
+    targets = ["tvm_runtime", "tvm_runtime_extra", *(["tvm_runtime_cuda"] if spec.cuda_sms else [])]
+    _run(stages, "build", f"{', '.join(targets)} with {jobs} jobs (~4 CPU-minutes)",
+         [cmake, "--build", str(build), "--target", *targets, "--parallel", str(jobs)], logs / "build.log")
     (out / "lib").mkdir(parents=True)
-    for name in LIBRARIES[:-1]:
+    for name in _tvm_libraries(spec):
         shutil.copy2(build / "lib" / name, out / "lib" / name)
     ffi = tvm / "3rdparty" / "tvm-ffi"
     for source, dest in ((tvm / "include", "include"), (ffi / "include", "ffi-include"), (ffi / "3rdparty" / "dlpack" / "include", "dlpack-include")):
@@ -356,14 +399,18 @@ def _build_tvm(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: s
     return out
 
 
+def _tvm_libraries(spec: BuildSpec) -> list[str]:
+    return [*LIBRARIES[:-1], *([CUDA_LIBRARY] if spec.cuda_sms else [])]
+
+
 def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path, stages: Stages) -> RuntimeBundleInfo:
     """The bundle in `work`: TVM's libraries, edgefleet's C ABI compiled against them, stripped and checked."""
     logs, lib = work / "logs", work / "lib"
     lib.mkdir()
-    for name in LIBRARIES[:-1]:
+    for name in _tvm_libraries(spec):
         shutil.copy2(tvm_libs / "lib" / name, lib / name)
     _run(stages, "shim", "libedgefleet_runtime.so (the agent's C ABI)", _shim_argv(toolchain, tvm_libs, lib), logs / "shim.log")
-    libs = [lib / name for name in LIBRARIES]
+    libs = [lib / name for name in [*_tvm_libraries(spec), SHIM]]
     _run(stages, "strip", "debug symbols", [_require(toolchain.tool("strip"), toolchain), "--strip-unneeded", *map(str, libs)], logs / "strip.log")
     with stages.stage("check", "ELF machine and glibc floor"):
         wrong = [p.name for p in libs if _elf_machine(p) != toolchain.elf_machine]
@@ -373,6 +420,7 @@ def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path,
     info = RuntimeBundleInfo(
         abi=RUNTIME_ABI, arch=spec.arch, tvm_version=spec.tvm_wheel_version, tvm_ffi_version=spec.tvm_ffi_version,
         glibc=glibc, libraries={p.name: sha256_file(p) for p in libs}, key=spec.key(), built_at=now_utc(), toolchain=spec.compiler,
+        cuda=CudaInfo(version=spec.cuda_version, sms=spec.cuda_sms) if spec.cuda_sms else None,
     )
     (work / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
     (work / INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n")

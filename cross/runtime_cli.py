@@ -26,14 +26,17 @@ def runtime() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1), help="Parallel compile jobs (default: all cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle's runtime.json.")
-def build_command(arch: str, tvm_source: Path | None, force: bool, jobs: int | None, quiet: bool, as_json: bool) -> None:
+@click.option("--cuda", "cuda_sms", multiple=True, help="On a Jetson: build with CUDA for this GPU (sm_87, sm_72).")
+def build_command(arch: str, tvm_source: Path | None, force: bool, jobs: int | None, quiet: bool, as_json: bool,
+                  cuda_sms: tuple[str, ...]) -> None:
     """Build (or reuse) the runtime for ARCH, cached by a hash of every input.
 
     Example: edgefleet runtime build --arch armv7
     """
     from edgefleet.cross.runtime_build import build_runtime
 
-    bundle = build_runtime(arch, tvm_source=tvm_source, force=force, quiet=quiet or as_json, jobs=jobs)
+    bundle = build_runtime(arch, tvm_source=tvm_source, force=force, quiet=quiet or as_json, jobs=jobs,
+                           cuda_sms=list(cuda_sms))
     _report(bundle, as_json)
 
 

@@ -44,6 +44,9 @@ from edgefleet.signing import edgefleet_home
 
 FORMAT_VERSION = 1
 SUITE = "bookworm"
+# Debian suites a sysroot can be, and the Python each ships: bookworm is Raspberry Pi OS 12's base,
+# trixie (Debian 13, Raspberry Pi OS trixie) has 3.13. Older suites have a glibc below the runtime's floor.
+SUITES = {"bookworm": "3.11", "trixie": "3.13"}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 CACHE_ENV = "EDGEFLEET_CROSS_CACHE"
 MIRROR_ENV = "EDGEFLEET_DEBIAN_MIRROR"
@@ -195,10 +198,19 @@ def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(pin for name, pin in pins.items() if name not in exclude)
 
 
-def spec_for(arch: str, mirror: str | None = None) -> SysrootSpec:
+def python_for_suite(suite: str) -> str:
+    if suite not in SUITES:
+        raise UsageError(f"unknown Debian suite {suite!r}",
+                         f"use one of {', '.join(SUITES)} (older suites have glibc < 2.34, below the runtime's floor)")
+    return SUITES[suite]
+
+
+def spec_for(arch: str, mirror: str | None = None, suite: str = SUITE) -> SysrootSpec:
     info = arch_info(arch)
     return SysrootSpec(
         arch=info.debian,
+        suite=suite,
+        python_version=python_for_suite(suite),
         mirror=mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
         debs=list(info.debs),
         pip_platforms=list(info.pip_platforms),
@@ -206,9 +218,9 @@ def spec_for(arch: str, mirror: str | None = None) -> SysrootSpec:
     )
 
 
-def find_sysroot(arch: str, cache: Path | None = None, mirror: str | None = None) -> Sysroot | None:
-    """The complete cached sysroot for `arch` and the current inputs, or None."""
-    spec = spec_for(arch, mirror)
+def find_sysroot(arch: str, cache: Path | None = None, mirror: str | None = None, suite: str = SUITE) -> Sysroot | None:
+    """The complete cached sysroot for `arch`, `suite` and the current inputs, or None."""
+    spec = spec_for(arch, mirror, suite)
     path = (cache or cache_dir()) / f"{spec.arch}-{spec.key()}"
     marker = path / "sysroot.json"
     if not marker.is_file():
@@ -216,14 +228,15 @@ def find_sysroot(arch: str, cache: Path | None = None, mirror: str | None = None
     return Sysroot(path, SysrootInfo.model_validate_json(marker.read_text()))
 
 
-def build_command(arch: str) -> str:
-    return f"edgefleet cross sysroot --arch {arch_info(arch).debian}"
+def build_command(arch: str, suite: str = SUITE) -> str:
+    return f"edgefleet cross sysroot --arch {arch_info(arch).debian}" + (f" --suite {suite}" if suite != SUITE else "")
 
 
 class _Build:
     """Runs the build steps in a scratch directory, each with its own log."""
 
-    def __init__(self, work: Path, stages: Stages, failed_dir: Path) -> None:
+    def __init__(self, work: Path, stages: Stages, failed_dir: Path, what: str = "sysroot build") -> None:
+        self.what = what
         self.work = work
         self.logs = work / "logs"
         self.logs.mkdir(parents=True)
@@ -249,7 +262,7 @@ class _Build:
             lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
             tail = f"; last line: {lines[-1][:200]}" if len(lines) > 1 else ""
         raise BuildError(
-            f"sysroot build step `{name}` {why}{tail}",
+            f"{self.what} step `{name}` {why}{tail}",
             f"read the log {log}; a network error there means this machine could not reach the Debian mirror or PyPI: retry when it can",
         )
 
@@ -267,8 +280,30 @@ def _link_alternatives(root: Path) -> None:
                 link.symlink_to(Path(sub) / name)
 
 
-def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False, quiet: bool = False) -> Sysroot:
-    """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf").
+def download_wheels(build: _Build, requirements: list[str], platforms: list[str], python: str, dest: Path) -> None:
+    """`pip download` of exact pins for another platform and Python: wheels only, no dependency resolution."""
+    argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:",
+            "--no-deps", "--implementation", "cp", "--python-version", python, "--dest", str(dest)]
+    for platform in platforms:
+        argv += ["--platform", platform]
+    # --isolated: the host's pip.conf and constraints are about the host, not the target.
+    detail = f"pip download {len(requirements)} requirements for {platforms[0]}, Python {python}"
+    build.step("wheels", detail, argv + requirements)
+
+
+def unzip_wheels(wheels: Path, site: Path) -> list[str]:
+    """Unpack every wheel in `wheels` into `site` (what pip install does, minus scripts); returns their names."""
+    names = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(site)
+        names.append(wheel.name)
+    return names
+
+
+def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False,
+                  quiet: bool = False, suite: str = SUITE) -> Sysroot:
+    """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf") of Debian `suite`.
 
     Steps, each logged: debootstrap (download + unpack, --foreign), unpack (dpkg -x the rest),
     wheels (pip download --platform), site (unzip wheels), bytecode (precompile .pyc so each
@@ -276,11 +311,11 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
     and BuildError naming the failed step and its kept log.
     """
     info = arch_info(arch)
-    spec = spec_for(arch, mirror)
+    spec = spec_for(arch, mirror, suite)
     cache = cache or cache_dir()
     final = cache / f"{spec.arch}-{spec.key()}"
     if not force:
-        found = find_sysroot(arch, cache, mirror)
+        found = find_sysroot(arch, cache, mirror, suite)
         if found is not None:
             return found
     debootstrap = [require_tool("debootstrap")]
@@ -313,17 +348,9 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
         wheels: list[str] = []
         if spec.requirements:
             dest = work / "wheels"
-            argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:", "--no-deps",
-                    "--implementation", "cp", "--python-version", spec.python_version, "--dest", str(dest)]
-            for platform in spec.pip_platforms:
-                argv += ["--platform", platform]
-            # --isolated: the host's pip.conf and constraints are about the host, not this sysroot.
-            build.step("wheels", f"pip download {len(spec.requirements)} requirements for {spec.pip_platforms[0]}", argv + spec.requirements)
+            download_wheels(build, spec.requirements, spec.pip_platforms, spec.python_version, dest)
             with stages.stage("site", "unzip wheels"):
-                for wheel in sorted(dest.glob("*.whl")):
-                    with zipfile.ZipFile(wheel) as zf:
-                        zf.extractall(site)
-                    wheels.append(wheel.name)
+                wheels = unzip_wheels(dest, site)
             shutil.rmtree(dest)
         with stages.stage("bytecode", "precompile .pyc"):
             # CPython's .pyc format is the same on every 3.11 host; compiling here saves each

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from edgefleet import __version__
+from edgefleet.console import make_console, print_table
 from edgefleet.errors import EdgefleetError, UsageError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 class LazyGroup(click.Group):
@@ -67,10 +66,7 @@ def print_json(obj: object) -> None:
 
 
 def table(columns: list[str], rows: list[list[object]], title: str | None = None) -> None:
-    t = Table(*columns, title=title, show_lines=False)
-    for row in rows:
-        t.add_row(*[str(c) for c in row])
-    console.print(t)
+    print_table(console, columns, rows, title)
 
 
 def main(argv: list[str] | None = None) -> None:

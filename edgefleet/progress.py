@@ -7,14 +7,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
+from edgefleet.console import make_console
 
 
 class Stages:
     """Times named stages and reports them on stderr (a spinner on a terminal, lines otherwise)."""
 
-    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True, highlight=False)
+    def __init__(self, quiet: bool = False, console=None) -> None:
+        self.console = console or make_console(stderr=True)
         self.quiet = quiet
         self.timings: dict[str, float] = {}
 

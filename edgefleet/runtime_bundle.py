@@ -14,6 +14,8 @@ one with `find_bundle` and refuses a package whose `RuntimeRequirement` the bund
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ INFO_FILE = "runtime.json"
 SHIM = "libedgefleet_runtime.so"
 # Load order: each library's dependencies come before it.
 LIBRARIES = ("libtvm_ffi.so", "libtvm_runtime.so", "libtvm_runtime_extra.so", SHIM)
+# A CUDA build (on a Jetson, docs/runtime.md) adds TVM's CUDA device API, loaded after the runtime it extends.
+CUDA_LIBRARY = "libtvm_runtime_cuda.so"
 # Architecture names as packages state them (Target.arch), and the aliases people type.
 ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64", "armv7": "armv7", "armhf": "armv7", "armv7l": "armv7", "armv8l": "armv7"}
 
@@ -71,6 +75,10 @@ class Bundle:
     @property
     def lib(self) -> Path:
         return self.path / "lib"
+
+    def load_order(self) -> list[str]:
+        """The libraries to load, each after its dependencies."""
+        return [*LIBRARIES[:3], *([CUDA_LIBRARY] if CUDA_LIBRARY in self.info.libraries else []), SHIM]
 
 
 def canonical_arch(arch: str) -> str:
@@ -122,9 +130,30 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
 
 
 def _cached_bundles(arch: str) -> list[Path]:
+    """Bundles in the build cache: those built from this checkout's C ABI source first, then the newest.
+
+    One machine may build bundles from several checkouts (branches with another C ABI); each
+    checkout's agent should run on its own.
+    """
     root = cache_dir()
     found = [p.parent for p in root.glob(f"{arch}-*/{INFO_FILE}")] if root.is_dir() else []
-    return sorted(found, key=lambda p: (p / INFO_FILE).stat().st_mtime, reverse=True)
+    own = _local_shim_sha256()
+    return sorted(found, key=lambda p: (_shim_of(p) == own, (p / INFO_FILE).stat().st_mtime), reverse=True)
+
+
+def _local_shim_sha256() -> str | None:
+    agent = importlib.util.find_spec("edgefleet.agent")  # locates the package without importing it
+    if agent is None or not agent.submodule_search_locations:
+        return None
+    source = Path(agent.submodule_search_locations[0]) / "native" / "edgefleet_runtime.cc"
+    return sha256_file(source) if source.is_file() else None
+
+
+def _shim_of(bundle: Path) -> str | None:
+    try:
+        return json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 def find_bundle(arch: str | None = None) -> Bundle:

@@ -29,10 +29,10 @@ def _cross_cache_env(cross_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("EDGEFLEET_CROSS_CACHE", str(cross_cache))
 
 
-def _sysroot(arch: str, cache: Path) -> Sysroot:
+def _sysroot(arch: str, cache: Path, suite: str = "bookworm") -> Sysroot:
     if os.environ.get("EDGEFLEET_SKIP_QEMU") == "1":
         pytest.skip("EDGEFLEET_SKIP_QEMU=1")
-    sysroot = build_sysroot(arch, cache=cache, quiet=True)
+    sysroot = build_sysroot(arch, cache=cache, quiet=True, suite=suite)
     # Guests run packages on their architecture's runtime bundle (cached by input hash).
     build_runtime(sysroot.arch.target_arch, quiet=True)
     return sysroot
@@ -41,6 +41,12 @@ def _sysroot(arch: str, cache: Path) -> Sysroot:
 @pytest.fixture(scope="session")
 def arm64_sysroot(cross_cache: Path) -> Sysroot:
     return _sysroot("arm64", cross_cache)
+
+
+@pytest.fixture(scope="session")
+def arm64_trixie_sysroot(cross_cache: Path) -> Sysroot:
+    """Debian 13 (Raspberry Pi OS trixie): Python 3.13."""
+    return _sysroot("arm64", cross_cache, "trixie")
 
 
 @pytest.fixture(scope="session")
