@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from attack_support import CAMERAS, Client, nonce, production_broker
+from attack_support import CAMERAS, Client, fleet_broker_config, nonce, production_broker
 
 pytestmark = pytest.mark.mqtt
 # A SIGKILL loses nothing the broker acknowledged at least this long before it (docs/security.md:
@@ -28,17 +28,11 @@ def fleet_bridge(tmp_path, edgefleet_home, broker):
     """The fleet in-process with its real MQTT bridge (the fleet's certificate, CN fleet)."""
     from edgefleet.fleet import devices
     from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.config import BrokerConfig, FleetConfig
+    from edgefleet.fleet.config import FleetConfig
     from edgefleet.fleet.core import open_fleet
     from edgefleet.fleet.ingest import Ingest
 
-    config = BrokerConfig(
-        host=broker.host,
-        port=broker.port,
-        ca_file=broker.pki.ca_file,
-        cert_file=broker.fleet_cert,
-        key_file=broker.fleet_key,
-    )
+    config = fleet_broker_config(broker)
     fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", broker=config))
     for cam in CAMERAS:
         devices.register_device(fleet, cam, "x86_64")

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from attack_support import CAMERAS, Client
+from attack_support import CAMERAS, Client, fleet_broker_config
 
 from edgefleet.fleet import devices
 from edgefleet.fleet.ingest import Ingest, Message
@@ -98,16 +98,8 @@ def test_a_poison_message_is_dropped_alone(fleet, ingest, suffix, payload, count
 
 def bridge_for(broker, fleet, ingest):
     from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.config import BrokerConfig
 
-    config = BrokerConfig(
-        host=broker.host,
-        port=broker.port,
-        ca_file=broker.pki.ca_file,
-        cert_file=broker.fleet_cert,
-        key_file=broker.fleet_key,
-    )
-    return Bridge(config, ingest)
+    return Bridge(fleet_broker_config(broker), ingest)
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:
