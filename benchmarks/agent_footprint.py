@@ -7,10 +7,12 @@
    camera of that architecture gets (armhf takes numpy and pillow from Debian: not in site/).
 3. Runs the real agent (`python -m edgefleet.cli agent run`, from that venv: no compiler, no rich) on
    MobileNetV2 compiled here for x86_64, with a real mosquitto broker and 20 camera frames, and prints
-   its peak resident memory (VmHWM, polled; target <= 60 MB).
+   its peak resident memory (VmHWM, polled; target <= 60 MB) and the ratio to the target, then
+   where it goes: RSS after each step of the same imports, load and inferences in a fresh process,
+   the load's transient peak, and the end state split anonymous/file-backed (smaps_rollup).
 4. With --images: builds `edgefleet cross image --arch arm64|armhf` and prints docker's size (target <= 150 MB).
 
-    .venv/bin/python benchmarks/agent_footprint.py [--images] [--keep DIR]
+    .venv/bin/python benchmarks/agent_footprint.py [--images]
 """
 
 from __future__ import annotations
@@ -90,11 +92,15 @@ def agent_venv(root: Path) -> Path:
     return venv
 
 
-# Where the agent's memory goes: the same imports, load and run as the agent, in steps.
+# Where the agent's memory goes: the same imports, load and run as the agent, in steps. RSS counts
+# every resident page of the process, file-backed ones (libraries, the mapped model.so) included:
+# that is the target's measure. The load's transient peak (TVM's loader copies the weights) shows
+# only in VmHWM; smaps_rollup splits the end state into anonymous and file-backed, RSS and PSS.
 BREAKDOWN = r"""
 import re, sys
 from pathlib import Path
-rss = lambda: int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+status = lambda key: int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+rss = lambda: status("VmRSS")
 steps = [("interpreter", rss())]
 import numpy as np
 steps.append(("+ numpy", rss()))
@@ -103,14 +109,17 @@ steps.append(("+ the agent's other imports", rss()))
 from edgefleet.agent.runtime import TvmModel
 model = TvmModel(Path(sys.argv[1]))
 steps.append(("+ runtime and model loaded", rss()))
-model.run([np.zeros((1, 3, 224, 224), np.float32)])
-steps.append(("+ first inference", rss()))
+load_peak = status("VmHWM")
+for _ in range(5):
+    model.run([np.zeros((1, 3, 224, 224), np.float32)])
+steps.append(("+ 5 inferences", rss()))
 for (_, before), (name, after) in zip([("", 0.0)] + steps, steps):
     print(f"  {name:<30} {after - before:6.1f} MB  (RSS {after:.1f})")
-# File-backed pages (libraries, the mapped model.so) are shared or reclaimable; anonymous ones are not.
-status = open("/proc/self/status").read()
-anon, files = (int(re.search(k + r":\s+(\d+)", status).group(1)) / 1024 for k in ("RssAnon", "RssFile"))
-print(f"  of which anonymous {anon:.1f} MB, file-backed {files:.1f} MB")
+print(f"  peak while loading the model   {load_peak:6.1f} MB  (VmHWM: TVM's loader holds two more copies of the weights)")
+rollup = open("/proc/self/smaps_rollup").read()
+kb = {k: int(v) / 1024 for k, v in re.findall(r"^(\w+):\s+(\d+) kB", rollup, re.M)}
+print(f"  end state: RSS {kb['Rss']:.1f} MB (anonymous {kb['Anonymous']:.1f}, file-backed {kb['Rss'] - kb['Anonymous']:.1f}); "
+      f"PSS {kb['Pss']:.1f} (anonymous {kb['Pss_Anon']:.1f}, file-backed {kb['Pss_File']:.1f})")
 """
 
 
@@ -233,7 +242,7 @@ def main() -> None:
         rss, summary = peak_rss_of_agent(venv, root)
         print(
             f"\nagent RSS running MobileNetV2 (x86_64, 20 frames, real mosquitto): "
-            f"peak {rss:.1f} MB (target <= 60)\n  {summary}"
+            f"peak {rss:.1f} MB (VmHWM; target <= 60: {rss / 60:.2f}x the target)\n  {summary}"
         )
     if args.images:
         print()

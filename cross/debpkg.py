@@ -12,9 +12,9 @@
 
 The system Python's packages are never touched (PEP 668): the agent's are private to the venv. The
 venv is shipped as files rather than made by `python3 -m venv` in postinst, which would need
-python3-venv and could fail half-way through an install. On armhf the venv also reads the system
-site-packages, for Debian's numpy, pillow, psutil and cffi (no armv7l wheels exist; see
-cross/sysroot.py), which the package Depends on. postinst adds the `edgefleet` system user and
+python3-venv and could fail half-way through an install. On arm64 and armhf the venv also reads the
+system site-packages, for Debian's numpy, pillow, psutil and cffi (armhf: no armv7l wheels exist;
+arm64: much smaller than the wheels; see cross/sysroot.py), which the package Depends on. postinst adds the `edgefleet` system user and
 byte-compiles the private tree with the target's own Python; prerm removes those .pyc.
 """
 

@@ -61,11 +61,23 @@ TRIM = (
     "usr/lib/locale/*",
     # apt's indexes and logs: nothing is installed in the image
     "var/lib/apt/lists/*", "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*",
+    # ... nor configured: apt and dpkg themselves, and the TLS stack only apt's https method links
+    # (gnutls and what it alone needs; a scan of every ELF file's DT_NEEDED finds no other user).
+    "usr/bin/apt*", "usr/lib/apt", "usr/lib/*-linux-gnu*/libapt-*", "usr/bin/dpkg*",
+    "usr/lib/*-linux-gnu*/libgnutls*", "usr/lib/*-linux-gnu*/libp11-kit*", "usr/lib/*-linux-gnu*/libidn2*",
+    "usr/lib/*-linux-gnu*/libunistring*", "usr/lib/*-linux-gnu*/libtasn1*", "usr/lib/*-linux-gnu*/libnettle*",
+    "usr/lib/*-linux-gnu*/libhogweed*",
+    "usr/lib/*-linux-gnu*/security",  # PAM's modules: nobody logs in to the agent's container
+    # Debian's python3-numpy ships a second copy of its extensions here; python3.11 imports the
+    # package from /usr/lib/python3/dist-packages, earlier on sys.path, and never reads this one.
+    "usr/lib/python3.11/dist-packages/numpy",
+    "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/test",  # help() texts; CPython's test support
     # perl: only debconf and apt's maintainer scripts use it, and no package is configured in the image.
     "usr/bin/perl*", "usr/share/perl", "usr/share/perl5", "usr/lib/*-linux-gnu*/perl", "usr/lib/*-linux-gnu*/perl-base",
     "usr/lib/*-linux-gnu*/perl5", "usr/lib/*-linux-gnu*/libperl.so*",
     "usr/lib/*-linux-gnu*/gconv",  # iconv charsets: Python has its own codecs
     "opt/edgefleet/site/*/tests",  # the wheels' test suites (numpy's alone is ~10 MB)
+    "usr/lib/python3/dist-packages/*/tests",  # and Debian's (numpy's: 7.6 MB)
     "debootstrap",
     # The sysroot's precompiled .pyc (made so each QEMU start skips compiling): a container writes
     # its own on first start, in its writable layer, costing that start ~1-3 s on a Pi.
@@ -80,10 +92,45 @@ def _trim(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
+# Debian bookworm merges /usr: /bin, /sbin and /lib are links into /usr. A sysroot unpacked with
+# `dpkg -x` holds them as folders, each a second copy of what /usr has (~24 MB on arm64).
+MERGED = ("bin", "sbin", "lib")
+
+
+def _merged_usr():
+    """The image's tar filter: the Debian tree's `_trim`, with /bin, /sbin and /lib written as links into /usr."""
+
+    def merge(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        name = info.name.removeprefix("./")
+        top, _, rest = name.partition("/")
+        if top in MERGED:
+            if not rest:  # the folder itself becomes the link (tarfile does not descend into a link)
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, f"usr/{top}", 0o777
+                return info
+            return None  # its contents: the copy in /usr, or `_outside_usr` adds what only this copy has
+        return _trim(info)
+
+    return merge
+
+
+def _outside_usr(root: Path):
+    """(path, name in the image) of what /bin, /sbin and /lib hold that /usr lacks, moved under /usr."""
+    for top in MERGED:
+        folder = root / top
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            under_usr = root / "usr" / path.relative_to(root)
+            if not (under_usr.exists() or under_usr.is_symlink()):
+                yield path, f"usr/{path.relative_to(root)}"
+
+
 def _write_layer(sysroot, out: Path) -> str:
     """Write the image's one layer to `out`; return its sha256 (the layer's diff id)."""
     with tarfile.open(out, "w") as tar:
-        tar.add(sysroot.root, arcname=".", filter=_trim)
+        tar.add(sysroot.root, arcname=".", filter=_merged_usr())
+        for path, name in _outside_usr(sysroot.root):
+            tar.add(path, arcname=name, recursive=False, filter=_trim)
         tar.add(sysroot.site, arcname=SITE.lstrip("/"), filter=_trim)
         tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
         for path, name in device_sources():

@@ -67,20 +67,26 @@ class ArchInfo:
     from_debian: tuple[str, ...] = ()
 
 
+# numpy, pillow, psutil and cffi come from Debian on both ARM flavours, as they do on Raspberry Pi OS.
+# On armhf they must: none publishes armv7l wheels for CPython 3.11. On arm64 it keeps the camera
+# small: numpy's wheel bundles OpenBLAS (71 MB installed) and pillow's its codecs (23 MB), where
+# Debian's share the system's libraries (the arm64 image: 221 MB with the wheels; docs/agent.md).
+DEBIAN_PYTHON = ("python3", "python3-numpy", "python3-pil", "python3-psutil", "python3-cffi-backend")
+FROM_DEBIAN = ("numpy", "pillow", "psutil", "cffi", "pycparser")
+
 ARCHES: dict[str, ArchInfo] = {
     "arm64": ArchInfo(
         "arm64", "aarch64", "qemu-aarch64-static",
         # Bookworm has glibc 2.36; wheels tagged for any older manylinux run on it.
         ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"),
-        ("python3",),
+        DEBIAN_PYTHON,
+        from_debian=FROM_DEBIAN,
     ),
     "armhf": ArchInfo(
         "armhf", "armv7", "qemu-arm-static",
         ("manylinux_2_36_armv7l", "manylinux_2_31_armv7l", "manylinux_2_28_armv7l", "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l"),
-        # numpy, pillow, psutil and cffi publish no armv7l wheels for CPython 3.11: Debian's
-        # builds stand in for them, as they do on Raspberry Pi OS.
-        ("python3", "python3-numpy", "python3-pil", "python3-psutil", "python3-cffi-backend"),
-        from_debian=("numpy", "pillow", "psutil", "cffi", "pycparser"),
+        DEBIAN_PYTHON,
+        from_debian=FROM_DEBIAN,
     ),
 }
 _ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "armhf": "armhf", "armv7": "armhf", "armv7l": "armhf"}

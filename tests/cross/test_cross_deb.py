@@ -32,9 +32,9 @@ def test_an_unknown_architecture_is_refused_before_anything_is_built(tmp_path):
 @pytest.mark.parametrize(
     ("target", "sysroot_fixture", "depends"),
     [
-        ("rasp4b", "arm64_sysroot", "python3.11"),
+        ("rasp4b", "arm64_sysroot", "python3.11, python3-numpy, python3-pil"),
         ("rasp3b", "armhf_sysroot", "python3.11, python3-numpy, python3-pil"),
-        pytest.param("rasp4b", "arm64_trixie_sysroot", "python3.13", marks=pytest.mark.slow),
+        pytest.param("rasp4b", "arm64_trixie_sysroot", "python3.13, python3-numpy, python3-pil", marks=pytest.mark.slow),
     ],
 )
 def test_the_installed_package_runs_the_agent_from_its_own_venv(
