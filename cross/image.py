@@ -85,11 +85,12 @@ TRIM = (
 )
 
 
+def _trimmed(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TRIM) and not name.endswith("/copyright")
+
+
 def _trim(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    name = info.name.removeprefix("./")
-    if any(fnmatch.fnmatchcase(name, pattern) for pattern in TRIM) and not name.endswith("/copyright"):
-        return None
-    return info
+    return None if _trimmed(info.name.removeprefix("./")) else info
 
 
 # Debian bookworm merges /usr: /bin, /sbin and /lib are links into /usr. A sysroot unpacked with
@@ -97,40 +98,39 @@ def _trim(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 MERGED = ("bin", "sbin", "lib")
 
 
-def _merged_usr():
-    """The image's tar filter: the Debian tree's `_trim`, with /bin, /sbin and /lib written as links into /usr."""
-
-    def merge(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        name = info.name.removeprefix("./")
-        top, _, rest = name.partition("/")
-        if top in MERGED:
-            if not rest:  # the folder itself becomes the link (tarfile does not descend into a link)
-                info.type, info.linkname, info.mode = tarfile.SYMTYPE, f"usr/{top}", 0o777
-                return info
-            return None  # its contents: the copy in /usr, or `_outside_usr` adds what only this copy has
+def _merged_usr(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """The Debian tree's tar filter: `_trim`, with /bin, /sbin and /lib written as links into /usr."""
+    top, _, rest = info.name.removeprefix("./").partition("/")
+    if top not in MERGED:
         return _trim(info)
+    if not rest:  # the folder itself becomes the link (tarfile does not descend into a link)
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, f"usr/{top}", 0o777
+        return info
+    return None  # its contents: the copy in /usr, or `_outside_usr` adds what only this copy has
 
-    return merge
 
-
-def _outside_usr(root: Path):
-    """(path, name in the image) of what /bin, /sbin and /lib hold that /usr lacks, moved under /usr."""
-    for top in MERGED:
-        folder = root / top
-        if folder.is_symlink() or not folder.is_dir():
+def _outside_usr(root: Path, folder: Path | None = None):
+    """(path, name in the image) of the topmost entries /bin, /sbin and /lib hold that /usr lacks, moved under /usr."""
+    folders = [root / top for top in MERGED] if folder is None else [folder]
+    for here in folders:
+        if here.is_symlink() or not here.is_dir():
             continue
-        for path in sorted(folder.rglob("*")):
-            under_usr = root / "usr" / path.relative_to(root)
-            if not (under_usr.exists() or under_usr.is_symlink()):
-                yield path, f"usr/{path.relative_to(root)}"
+        for path in sorted(here.iterdir()):
+            name = f"usr/{path.relative_to(root)}"
+            if _trimmed(name):
+                continue
+            if not (root / name).exists() and not (root / name).is_symlink():
+                yield path, name  # added whole: a folder with what is under it
+            elif path.is_dir() and not path.is_symlink():
+                yield from _outside_usr(root, path)
 
 
 def _write_layer(sysroot, out: Path) -> str:
     """Write the image's one layer to `out`; return its sha256 (the layer's diff id)."""
     with tarfile.open(out, "w") as tar:
-        tar.add(sysroot.root, arcname=".", filter=_merged_usr())
+        tar.add(sysroot.root, arcname=".", filter=_merged_usr)
         for path, name in _outside_usr(sysroot.root):
-            tar.add(path, arcname=name, recursive=False, filter=_trim)
+            tar.add(path, arcname=name, filter=_trim)
         tar.add(sysroot.site, arcname=SITE.lstrip("/"), filter=_trim)
         tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
         for path, name in device_sources():
