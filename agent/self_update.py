@@ -104,6 +104,8 @@ class AgentJournal:
         new = TRANSITIONS.get((job["state"], event))
         if new is None:
             raise RuntimeError(f"agent update machine has no transition ({job['state']}, {event})")
+        if event == "error":
+            job["why"] = detail  # the launcher cannot report; the final report carries the reason
         self.enter(job, new, detail)
 
     def report(self, job: dict) -> None:
@@ -154,7 +156,7 @@ class AgentJournal:
             self.event(job, "error", f"the previous release {previous} is gone from the camera")
             return
         self.point_current(previous)
-        self.event(job, "rolled_back", f"back on {previous or 'the installed agent'}")
+        self.event(job, "rolled_back", f"back on {previous or 'the installed agent'}: {job.get('why', 'rolled back')}")
 
 
 class AgentUpdateManager:

@@ -17,6 +17,7 @@ is for one CPU architecture and declares the Python versions and the installed d
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import io
 import platform
@@ -210,6 +211,7 @@ def compatibility_problems(manifest: AgentReleaseManifest) -> list[str]:
     return problems
 
 
+@functools.cache  # read once: a rollback removes the release this process still runs from
 def running_release() -> str | None:
     """The version of the release this code runs from (<release>/site/edgefleet/); None for an installed agent."""
     root = Path(__file__).resolve().parents[2]

@@ -60,7 +60,7 @@ class Supervisor:
 
     def __init__(self, config: Path, log: Path, first_env: dict | None = None) -> None:
         self.config, self.log = config, log
-        self.first_env = first_env or {}  # only for the first start: a fault injected once
+        self.first_env = first_env or {}  # until a start ends SIGKILLed: a fault injected once
         self.exits: list[int] = []
         self.process: subprocess.Popen | None = None
         self._stop = threading.Event()
@@ -76,7 +76,8 @@ class Supervisor:
             with open(self.log, "ab") as out:
                 self.process = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "launch", "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT, env=env)
             self.exits.append(self.process.wait())
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if self.exits[-1] == -9:
+                env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self._stop.wait(0.2)
 
     def stop(self) -> None:
