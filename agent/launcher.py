@@ -23,7 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from edgefleet.agent.self_update import DEFAULT_MAX_BOOTS, LAUNCHER_ENV, TRANSITIONS, AgentJournal
+from edgefleet import __version__
+from edgefleet.agent.self_update import DEFAULT_MAX_BOOTS, INSTALLED_ENV, LAUNCHER_ENV, TRANSITIONS, AgentJournal
 from edgefleet.runtime_bundle import BUNDLE_ENV
 
 log = logging.getLogger("edgefleet.agent.launcher")
@@ -88,7 +89,7 @@ def launch_argv(config_path: Path, run_args: list[str]) -> list[str]:
 
 
 def launch_env(journal: AgentJournal) -> dict[str, str]:
-    env = dict(os.environ, **{LAUNCHER_ENV: "1"})
+    env = dict(os.environ, **{LAUNCHER_ENV: "1", INSTALLED_ENV: __version__})
     release = journal.current_dir()
     if release is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(release / "site"), *filter(None, [os.environ.get("PYTHONPATH")])])

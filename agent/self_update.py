@@ -41,6 +41,8 @@ JOURNAL_FORMAT = 1
 KINDS = ("agent_install", "agent_rollback")
 # Set by the launcher: only an agent it started can hand over to another release.
 LAUNCHER_ENV = "EDGEFLEET_AGENT_LAUNCHER"
+# Set by the launcher to its own version: the installed agent, which a fleet rollback may return to.
+INSTALLED_ENV = "EDGEFLEET_AGENT_INSTALLED"
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: "start me again" for systemd (Restart=always) or any supervisor
 DEFAULT_MAX_BOOTS = 3
 DEFAULT_HEALTH_DEADLINE_S = 120.0
@@ -303,7 +305,16 @@ class AgentUpdateManager:
     def _archive(self, job: dict) -> Path:
         return self.journal.downloads / f"{job['job']}.tar.gz"
 
+    def _target(self, job: dict) -> str | None:
+        """The release the job switches to; None for the installed agent (back to it needs no download)."""
+        version = job["package"]["version"]
+        if version == os.environ.get(INSTALLED_ENV) and not (self.journal.releases / version).is_dir():
+            return None
+        return version
+
     def _download(self, job: dict) -> tuple[str, str]:
+        if self._target(job) is None:
+            return "downloaded", "the installed agent is on the camera"
         if (self.journal.releases / job["package"]["version"]).is_dir():
             return "downloaded", "release already on the camera"
         fetch(job["package"], self._archive(job), self.download_timeout_s, self.download_retries)
@@ -315,6 +326,10 @@ class AgentUpdateManager:
         from edgefleet.package import parse_version
 
         version = job["package"]["version"]
+        if self._target(job) is None:
+            if not self._rollback_authorized(job):
+                raise UpdateRefused(f"going back to the installed agent {version} needs a valid fleet-signed rollback authorization")
+            return "verified", f"the installed agent {version}"
         final = self.journal.releases / version
         try:
             if final.is_dir():
@@ -354,7 +369,7 @@ class AgentUpdateManager:
         return True
 
     def _switch(self, job: dict) -> tuple[str, str]:
-        self.journal.point_current(job["package"]["version"])
+        self.journal.point_current(self._target(job))
         return "switched", "restarting into the new agent"
 
     def _roll_back_and_restart(self, job: dict, why: str) -> None:

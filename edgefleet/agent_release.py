@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import io
+import json
 import platform
 import re
 import shutil
@@ -167,6 +168,18 @@ def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None 
                 tar.addfile(info, fh)
     tmp.replace(out)
     return manifest
+
+
+def is_agent_release(archive: Path) -> bool:
+    """Whether `archive` is an agent release rather than a model package: its first member, manifest.json, says kind "agent"."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1024 * 1024:
+                return False
+            return json.loads(tar.extractfile(first).read()).get("kind") == "agent"
+    except (tarfile.TarError, OSError, EOFError, ValueError, AttributeError):
+        return False  # the model package reader says what is wrong with it
 
 
 def verify_release_dir(root: Path, trusted) -> tuple[AgentReleaseManifest, str]:
