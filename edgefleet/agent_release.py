@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import safe_extract
-from edgefleet.errors import PackageIntegrityError, TargetNotRunnableError
+from edgefleet.errors import PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import MANIFEST, SIGNATURE, FileEntry, SignatureInfo, Strict, check_files, now_utc, parse_version, sha256_file
 from edgefleet.runtime_bundle import INFO_FILE, Bundle, canonical_arch, host_arch
 from edgefleet.signing import SigningKey, verify_signature
@@ -135,6 +135,10 @@ def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None 
     """Write the signed release `out` of this checkout's device code (or `code`: (file, path under site/)) and `bundle`."""
     from edgefleet.cross.emulate import device_sources  # a build machine has the cross extra; a camera never builds
 
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        raise UsageError(f"agent release version: {exc}", "give a version newer than the cameras' agent, e.g. --version 0.3.0") from None
     arch = canonical_arch(arch or (bundle.info.arch if bundle else host_arch()))
     if bundle is not None and canonical_arch(bundle.info.arch) != arch:
         raise TargetNotRunnableError(f"the runtime bundle is for {bundle.info.arch}, the release for {arch}", f"build the bundle with `edgefleet runtime build --arch {arch}`")

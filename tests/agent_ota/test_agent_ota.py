@@ -161,3 +161,20 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
     j.path.write_text(json.dumps({"previous": "9.1", "state": 3})[:-5])  # torn by a power loss
     assert prepare_boot(j) == "rolled_back" and j.current_version() == "9.2"  # unreadable: keep what runs
     assert (j.root / "journal.unreadable.json").exists() and j.load() is None
+
+
+def test_release_build_command_signs_an_arm_release_with_its_runtime_and_refuses_a_bad_version(cli, signing_key, tmp_path):
+    from edgefleet.runtime_bundle import find_bundle
+    from edgefleet.signing import public_path
+
+    out = tmp_path / "agent-arm64.tar.gz"
+    result = cli("agent", "release", "build", "--version", "0.3.0", "--arch", "arm64", "-o", out)
+    assert result.code == 0, result.text
+    assert "agent 0.3.0 for aarch64" in result.text
+    manifest, signer = unpack_release(out, tmp_path / "x", [load_public_key(public_path(signing_key.path))])
+    bundle = find_bundle("aarch64")
+    assert signer == signing_key.key_id and manifest.runtime.key == bundle.info.key
+    assert {f"runtime/lib/{name}" for name in bundle.info.libraries} <= set(manifest.files)
+    assert compatibility_problems(manifest) == ["the release is for aarch64, this camera is x86_64"]
+    bad = cli("agent", "release", "build", "--version", "next", "--no-runtime", "-o", tmp_path / "bad.tar.gz")
+    assert bad.code == 2 and "agent release version: version 'next' is not dotted integers" in bad.text, bad.text
