@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgefleet import __version__
 from edgefleet.agent.self_update import DEFAULT_MAX_BOOTS, INSTALLED_ENV, LAUNCHER_ENV, TRANSITIONS, AgentJournal
+from edgefleet.errors import UsageError
 from edgefleet.runtime_bundle import BUNDLE_ENV
 
 log = logging.getLogger("edgefleet.agent.launcher")
@@ -100,6 +101,9 @@ def launch_env(journal: AgentJournal) -> dict[str, str]:
 
 def launch(config_path: Path, state_dir: Path, run_args: list[str]) -> None:
     """Prepare the boot, then exec the agent; never returns."""
+    if not Path(state_dir).is_absolute():
+        raise UsageError(f"state_dir {state_dir} is relative; the launcher starts the agent in another working directory",
+                         "give state_dir (and every path in the agent config) as an absolute path")
     config_path = Path(config_path).resolve()  # the working directory changes below
     journal = AgentJournal(state_dir)
     done = prepare_boot(journal)

@@ -15,11 +15,11 @@ from agent_support import jpeg
 from ota_support import Camera, journal, wait_for
 
 from edgefleet import __version__
-from edgefleet.agent.launcher import prepare_boot
+from edgefleet.agent.launcher import launch, prepare_boot
 from edgefleet.agent.self_update import RESTART_EXIT_CODE, RESUME, AgentJournal
 from edgefleet.agent.update import AGENT_STATES, TRANSITIONS
 from edgefleet.agent_release import build_release, compatibility_problems, unpack_release
-from edgefleet.errors import PackageIntegrityError, UnsafeArchiveError
+from edgefleet.errors import PackageIntegrityError, UnsafeArchiveError, UsageError
 from edgefleet.signing import create_signing_key, load_public_key
 
 pytestmark = pytest.mark.mqtt
@@ -92,15 +92,25 @@ def test_power_loss_in_each_state_resumes_or_rolls_back(camera, state, release, 
     assert -9 in camera.supervisor.exits
 
 
-def test_unsigned_or_tampered_releases_are_refused_and_the_agent_keeps_running(camera, tmp_path):
+def test_untrusted_or_foreign_releases_are_refused_reported_and_the_agent_keeps_running(camera, tmp_path):
     other = create_signing_key(tmp_path / "other.key")
     camera.releases["9.4-untrusted"] = tmp_path / "untrusted.tar.gz"
     build_release(camera.releases["9.4-untrusted"], "9.4", other, code=[])
+    camera.releases["9.5-arm"] = tmp_path / "arm.tar.gz"
+    build_release(camera.releases["9.5-arm"], "9.5", camera.releases["key"], arch="aarch64", code=[])
     camera.start().wait_online(__version__)
     camera.send("u1", "9.4-untrusted", "9.4")
     state, detail = camera.final("u1")
     assert state == "failed" and "does not verify against any trusted key" in detail
+    camera.send("u2", "9.5-arm", "9.5")
+    assert camera.final("u2") == ("failed", "agent release refused: the release is for aarch64, this camera is x86_64")
     assert camera.current() is None and camera.online_version() == __version__
+    assert sorted(p.name for p in (camera.state / "agent" / "releases").iterdir()) == []
+
+
+def test_the_launcher_refuses_a_relative_state_dir(tmp_path):
+    with pytest.raises(UsageError, match="state_dir state is relative"):
+        launch(tmp_path / "agent.toml", Path("state"), [])
 
 
 def test_the_release_archive_refuses_tampering_missing_signatures_and_foreign_cameras(tmp_path, releases):
