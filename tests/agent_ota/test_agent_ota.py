@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from agent_support import jpeg
-from ota_support import Camera, journal, wait_for
+from ota_support import Camera, journal
 
 from edgefleet import __version__
 from edgefleet.agent.launcher import launch, prepare_boot

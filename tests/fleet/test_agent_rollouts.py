@@ -56,11 +56,16 @@ class OtaWorld(World):
         self.supervisors: dict[str, Supervisor] = {}
 
     def install_agent(self, device: str) -> Path:
-        new_env, self.env = self.env, (self.old_env if device == OLD else self.env)
-        try:
+        """The older agent installs and enrolls itself with a one-time token, with its own code."""
+        if device != OLD:
             return super().install_agent(device)
-        finally:
-            self.env = new_env
+        cfg, token = self.root / f"{device}.toml", self.root / f"{device}.token"
+        token.write_text(self.http.post("/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "lobby"}).json()["token"])
+        subprocess.run(CLI + ["agent", "install", "--config", str(cfg), "--state-dir", str(self.root / device), "--device-id", device, "--enroll-token-file", str(token),
+                              "--fleet-url", self.url, "--package", str(self.packages["v1"]), "--label", "person", "--user", "nobody",
+                              "--unit-path", str(self.root / f"{device}.service")], env=self.old_env, cwd=self.root, capture_output=True, text=True, check=True)
+        cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 1.0\n\n[health]\nenabled = false\n")
+        return cfg
 
     def start_agent(self, device: str, fault: str | None = None) -> None:
         cfg, log = self.root / f"{device}.toml", self.root / f"{device}.log"
@@ -144,6 +149,9 @@ def test_agent_rollouts_roll_back_a_bad_release_then_update_in_waves_and_the_old
     final = world.finished(rid)
     assert final["state"] == "succeeded" and final["installs"] == {"committed": 3}, final
     world.wait(lambda: world.devices()[OLD]["model"]["version"] == "2", 30, "the older agent to report model 2")
-    before = world.http.get("/metrics").json()["mqtt"].get("telemetry", 0)
-    world.wait(lambda: world.http.get("/metrics").json()["mqtt"].get("telemetry", 0) > before + 3, 30, "telemetry to keep coming")
+    alerts = world.broker.subscriber(f"edgefleet/v1/{OLD}/alerts")
+    alert = alerts.wait_for(1, timeout=60)[-1].json()
+    assert alert["label"] == "person" and alert["model"] == {"name": "tiny", "version": "2"}
+    seen = world.devices()[OLD]["last_seen"]
+    world.wait(lambda: world.devices()[OLD]["last_seen"] > seen + 2, 30, "the older agent's telemetry to keep coming")
     assert world.agents[OLD].poll() is None
