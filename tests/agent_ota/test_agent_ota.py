@@ -76,7 +76,8 @@ POWER_LOSS = [
     ("switching", "9.2", "rolled_back"),
     ("probation", "9.2", "committed"),
     ("committed", "9.2", "committed"),
-    ("rolling_back", "9.3-nan", "rolled_back"),
+    ("rolling_back", "9.3-nan", "rolled_back"),  # the new agent rolling itself back
+    ("rolling_back", "9.3-crash", "rolled_back"),  # the launcher rolling back a release that cannot start
 ]
 
 
