@@ -111,7 +111,8 @@ class Agent:
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=4)
         self.jobs: queue.Queue[dict] = queue.Queue()
         self.updates = None
-        self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart)
+        self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart,
+                                                active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None)
         self.restart = False
         self._agent_probation: dict = {}
         self.health = None

@@ -165,8 +165,10 @@ class AgentUpdateManager:
     """The agent's side: runs agent jobs from the fleet, resumes them at startup, runs the health check."""
 
     def __init__(self, state_dir: Path, publish: Callable[[str, dict], None], trusted_keys, device_id: str, request_restart: Callable[[], None], *,
-                 fault: Callable[[str], None] = _default_fault, download_timeout_s: float = 30.0, download_retries: int = 5) -> None:
+                 active_model: Callable[[], object] = lambda: None, fault: Callable[[str], None] = _default_fault,
+                 download_timeout_s: float = 30.0, download_retries: int = 5) -> None:
         self.journal = AgentJournal(state_dir, publish, fault)
+        self.active_model = active_model  # the loaded model's manifest: the release's runtime must run it
         self.trusted_keys = trusted_keys
         self.device_id = device_id
         self.request_restart = request_restart
@@ -341,7 +343,7 @@ class AgentUpdateManager:
         except EdgefleetError as exc:
             raise UpdateRefused(f"agent release refused: {exc.cause}") from None
         problems = [f"the release is agent {manifest.version}, the job names {version}"] if manifest.version != version else []
-        problems += compatibility_problems(manifest)
+        problems += compatibility_problems(manifest) + self._runtime_problems(final if final.is_dir() else staging)
         if parse_version(version) <= parse_version(running_version()) and not self._rollback_authorized(job):
             problems.append(f"agent {version} is not newer than the running {running_version()} and the job has no valid fleet-signed rollback authorization")
         if problems:
@@ -352,6 +354,18 @@ class AgentUpdateManager:
             os.replace(staging, final)
         self._archive(job).unlink(missing_ok=True)
         return "verified", f"agent {version} for {manifest.arch}, signed by a trusted key"
+
+    def _runtime_problems(self, release: Path) -> list[str]:
+        """A release shipping a runtime that cannot run the active model is refused before the switch."""
+        from edgefleet.runtime_bundle import read_bundle, requirement_problems
+
+        manifest = self.active_model()
+        need = manifest.runtime_requirement() if manifest is not None else None
+        if need is None or not (release / "runtime").is_dir():
+            return []
+        have = read_bundle(release / "runtime").info
+        problems = requirement_problems(need, have)
+        return [f"its runtime ({have.describe()}) cannot run the active model {manifest.name} {manifest.version}: {'; '.join(problems)}"] if problems else []
 
     def _rollback_authorized(self, job: dict) -> bool:
         from edgefleet.signing import verify_signature

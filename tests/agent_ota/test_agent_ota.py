@@ -7,6 +7,7 @@ fleet is a test client publishing the jobs it would send.
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from edgefleet.agent.self_update import RESTART_EXIT_CODE, RESUME, AgentJournal
 from edgefleet.agent.update import AGENT_STATES, TRANSITIONS
 from edgefleet.agent_release import build_release, compatibility_problems, unpack_release
 from edgefleet.errors import PackageIntegrityError, UnsafeArchiveError, UsageError
+from edgefleet.runtime_bundle import find_bundle, read_bundle
 from edgefleet.signing import create_signing_key, load_public_key
 
 pytestmark = pytest.mark.mqtt
@@ -99,12 +101,22 @@ def test_untrusted_or_foreign_releases_are_refused_reported_and_the_agent_keeps_
     build_release(camera.releases["9.4-untrusted"], "9.4", other, code=[])
     camera.releases["9.5-arm"] = tmp_path / "arm.tar.gz"
     build_release(camera.releases["9.5-arm"], "9.5", camera.releases["key"], arch="aarch64", code=[])
+    # A runtime of another TVM minor cannot run the camera's model: refused before the switch.
+    bundle = tmp_path / "tvm-0.26-runtime"
+    shutil.copytree(find_bundle().path, bundle)
+    info = read_bundle(bundle).info
+    (bundle / "runtime.json").write_text(info.model_copy(update={"tvm_version": "0.26.0"}).model_dump_json())
+    camera.releases["9.6-tvm026"] = tmp_path / "tvm026.tar.gz"
+    build_release(camera.releases["9.6-tvm026"], "9.6", camera.releases["key"], bundle=read_bundle(bundle), code=[])
     camera.start().wait_online(__version__)
     camera.send("u1", "9.4-untrusted", "9.4")
     state, detail = camera.final("u1")
     assert state == "failed" and "does not verify against any trusted key" in detail
     camera.send("u2", "9.5-arm", "9.5")
     assert camera.final("u2") == ("failed", "agent release refused: the release is for aarch64, this camera is x86_64")
+    camera.send("u3", "9.6-tvm026", "9.6")
+    state, detail = camera.final("u3")
+    assert state == "failed" and "cannot run the active model brightness 1: TVM 0.27 vs 0.26" in detail, detail
     assert camera.current() is None and camera.online_version() == __version__
     assert sorted(p.name for p in (camera.state / "agent" / "releases").iterdir()) == []
 
