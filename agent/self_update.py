@@ -154,11 +154,12 @@ class AgentJournal:
     def roll_back(self, job: dict) -> None:
         """rolling_back -> rolled_back: `current` back to what it was before the job (idempotent)."""
         previous = job.get("previous")
+        why = job.get("why", "rolled back")
         if previous is not None and not (self.releases / previous).is_dir():
-            self.event(job, "error", f"the previous release {previous} is gone from the camera")
-            return
+            # Never leave `current` on a release that failed: the installed agent is always there.
+            previous, why = None, f"{why}; the previous release {previous} is gone from the camera"
         self.point_current(previous)
-        self.event(job, "rolled_back", f"back on {previous or 'the installed agent'}: {job.get('why', 'rolled back')}")
+        self.event(job, "rolled_back", f"back on {previous or 'the installed agent'}: {why}")
 
 
 class AgentUpdateManager:

@@ -181,6 +181,12 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
         j.point_current("9.2")
         journaled(state)
         assert prepare_boot(j) == "start" and j.current_version() == "9.2", state
+    (j.releases / "9.1").rmdir()  # a previous release that is gone: back to the installed agent, never stay on the failed one
+    journaled("rolling_back")
+    assert prepare_boot(j) == "rolled_back" and j.current_version() is None
+    assert j.load()["detail"].endswith("the previous release 9.1 is gone from the camera")
+    (j.releases / "9.1").mkdir()
+    j.point_current("9.2")
     j.path.write_text(json.dumps({"previous": "9.1", "state": 3})[:-5])  # torn by a power loss
     assert prepare_boot(j) == "rolled_back" and j.current_version() == "9.2"  # unreadable: keep what runs
     assert (j.root / "journal.unreadable.json").exists() and j.load() is None
