@@ -78,9 +78,62 @@ def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_agent(load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain))
     if as_json:
-        print_json({"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox})
+        print_json({"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox, "restart": summary.restart})
     else:
         console.print(f"stopped: frames {json.dumps(summary.frames)}, alerts {summary.alerts}, outbox {json.dumps(summary.outbox)}")
+    if summary.restart:
+        from edgefleet.agent.self_update import RESTART_EXIT_CODE
+
+        console.print("restarting: an agent update switched releases (the launcher starts the agent again)")
+        raise SystemExit(RESTART_EXIT_CODE)
+
+
+@agent.command("launch", context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+def launch_command(config_path, run_args) -> None:
+    """Start the agent release in use (what the systemd unit runs): roll back a release that failed to
+    prove itself, then replace this process with `agent run` on it. RUN_ARGS go to `agent run`.
+
+    Maps to edgefleet.agent.launcher.launch.
+    """
+    from edgefleet.agent.config import load_config
+    from edgefleet.agent.launcher import launch
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launch(config_path, Path(load_config(config_path).state_dir), list(run_args))
+
+
+@agent.group("release")
+def release() -> None:
+    """Agent releases: the agent's code and runtime as one signed archive the fleet rolls out."""
+
+
+@release.command("build")
+@click.option("--version", "version", help="Release version, dotted integers newer than the cameras' (default: this checkout's edgefleet version).")
+@click.option("--arch", help="Camera architecture: x86_64, aarch64 or armv7 (default: the runtime bundle's, else this machine's).")
+@click.option("--runtime", "runtime_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Runtime bundle folder to ship (default: the built bundle of --arch, see `edgefleet runtime build`).")
+@click.option("--no-runtime", is_flag=True, help="Ship code only: cameras keep the runtime they have.")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Signing key (default: ~/.edgefleet/signing.key).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive to write (default: edgefleet-agent-VERSION-ARCH.tar.gz).")
+def release_build_command(version, arch, runtime_dir, no_runtime, key_path, output) -> None:
+    """Build and sign an agent release of this checkout's camera code (and runtime bundle).
+
+    Upload it with `edgefleet fleet agent-releases upload`. Maps to edgefleet.agent_release.build_release.
+    """
+    from edgefleet import __version__
+    from edgefleet.agent_release import build_release
+    from edgefleet.runtime_bundle import canonical_arch, find_bundle, host_arch, read_bundle
+    from edgefleet.signing import load_signing_key
+
+    version = version or __version__
+    bundle = None if no_runtime else read_bundle(runtime_dir) if runtime_dir else find_bundle(canonical_arch(arch) if arch else None)
+    arch = canonical_arch(arch or (bundle.info.arch if bundle else host_arch()))
+    output = output or Path(f"edgefleet-agent-{version}-{arch}.tar.gz")
+    manifest = build_release(output, version, load_signing_key(key_path), arch=arch, bundle=bundle)
+    console.print(f"built {output}: agent {manifest.version} for {manifest.arch}, {len(manifest.files)} files, "
+                  f"{'runtime ' + manifest.runtime.key if manifest.runtime else 'no runtime'}, signed by {manifest.signature.key_id}")
 
 
 @agent.command("check-config")

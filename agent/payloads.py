@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 from PIL import Image, ImageDraw
 
-from edgefleet import __version__
+from edgefleet.agent_release import running_version
+from edgefleet.runtime_bundle import host_arch
 from edgefleet.agent.postprocess import FrameResult
 from edgefleet.agent.rules import Hit
 from edgefleet.package import Manifest
@@ -98,4 +99,4 @@ def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: d
 
 def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict:
     return {"schema": SCHEMA, "id": str(uuid.uuid4()), "type": "status", "device": device_id, "ts": now_iso(),
-            "state": state, "model": model_ref(manifest), "agent_version": __version__}
+            "state": state, "model": model_ref(manifest), "agent_version": running_version(), "arch": host_arch()}

@@ -30,7 +30,9 @@ from edgefleet.agent.rules import AlertRules
 from edgefleet.agent.sender import Sender
 from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
-from edgefleet.agent.update import UpdateManager
+from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
+from edgefleet.agent.self_update import AgentUpdateManager
+from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
 
@@ -50,6 +52,7 @@ class RunSummary:
     frames: dict = field(default_factory=dict)
     alerts: int = 0
     outbox: dict = field(default_factory=dict)
+    restart: bool = False  # an agent update asks the launcher to start the agent again
 
 
 def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
@@ -108,6 +111,10 @@ class Agent:
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=4)
         self.jobs: queue.Queue[dict] = queue.Queue()
         self.updates = None
+        self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart,
+                                                active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None)
+        self.restart = False
+        self._agent_probation: dict = {}
         self.health = None
         self._threads: list[threading.Thread] = []
         self.started_at = time.monotonic()
@@ -155,7 +162,10 @@ class Agent:
             except queue.Empty:
                 continue
             try:
-                self.updates.handle_notify(payload)
+                if payload.get("kind") in AGENT_JOB_KINDS:
+                    self.agent_updates.handle_notify(payload)
+                elif self.updates is not None:
+                    self.updates.handle_notify(payload)
             except Exception:  # an update failure must never take the camera down
                 log.exception("update job failed")
 
@@ -182,6 +192,21 @@ class Agent:
             "outbox": stats,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
         }
+
+    def agent_health_problem(self) -> str | None:
+        """Why this agent is not healthy yet (None: healthy): what a new agent release must show to be committed."""
+        if not self.transport.connected.is_set():
+            return "not connected to the broker"
+        active = self.slot.loaded
+        if active is None:
+            return "the installed model did not load" if self.slot.current_dir() is not None or self.cfg.model.tflite else None
+        try:
+            smoke_test(active, self._agent_probation)
+        except UpdateRefused as exc:
+            return str(exc)
+        except Exception as exc:  # a model that raises is as unhealthy as one that answers NaN
+            return f"the model failed: {type(exc).__name__}: {exc}"[:300]
+        return None
 
     def _refresh_gauges(self) -> None:
         self.metrics.refresh_gauges(self.outbox.stats(), self.transport.connected.is_set())
@@ -269,10 +294,12 @@ class Agent:
             self.updates.resume()
         self._load_model()
         if self.updates is None:
-            log.info("over-the-air updates are disabled: the model is a plain .tflite, not a signed package")
-        if self.updates is not None:
-            self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
-            self._start_thread(self._jobs_worker, "jobs")
+            log.info("over-the-air model updates are disabled: the model is a plain .tflite, not a signed package")
+        # After the model: a new agent release on probation proves itself with the model it had.
+        agent_job = self.agent_updates.resume()
+        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else {}
+        self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
+        self._start_thread(self._jobs_worker, "jobs")
         if self.cfg.health.enabled:  # bind first: a busy port fails before anything connects
             from edgefleet.agent.health import HealthServer
 
@@ -283,6 +310,8 @@ class Agent:
         self._start_thread(self._telemetry_loop, "telemetry")
         if self.health is not None:
             self.health.start()
+        if agent_job == "health_check":
+            self._start_thread(self.agent_updates.probation, "agent-probation", self.agent_health_problem)
         for source in self.sources:
             self._start_thread(self._pump, f"source-{source.name}", source)
         handled = 0
@@ -306,9 +335,14 @@ class Agent:
                     break
         finally:
             final_outbox = self.shutdown()
-        return RunSummary(dict(self.metrics.totals), self.metrics.totals["alerts"], final_outbox)
+        return RunSummary(dict(self.metrics.totals), self.metrics.totals["alerts"], final_outbox, self.restart)
 
     def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def request_restart(self) -> None:
+        """Stop cleanly (drain the outbox) and exit for the launcher to start the release `current` names."""
+        self.restart = True
         self.stop_event.set()
 
     def shutdown(self) -> dict:

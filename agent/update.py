@@ -346,37 +346,7 @@ class UpdateManager:
     def _download(self, job: dict) -> tuple[str, str]:
         if (self.slot.packages / job["target"]).is_dir():
             return "downloaded", "package already on the device"
-        url, size, sha = job["package"].get("url"), job["package"].get("size"), job["package"].get("sha256")
-        if not url:
-            raise UpdateRefused("the job has no download URL and the package is not on the device")
-        if size is None:
-            raise UpdateRefused("the job declares no package size, so the download could not be bounded")
-        part = self._download_path(job).with_suffix(".part")
-        for attempt in range(self.download_retries):
-            have = part.stat().st_size if part.exists() else 0
-            request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-            try:
-                with urllib.request.urlopen(request, timeout=self.download_timeout_s) as resp, open(part, "ab" if have and resp.status == 206 else "wb") as fh:
-                    _copy_capped(resp, fh, size)
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code == 416 and size and have == size:
-                    break
-                if 400 <= exc.code < 500:
-                    raise UpdateRefused(f"download refused: HTTP {exc.code}") from None
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                log.warning("download attempt %d failed: %s", attempt + 1, exc)
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-        else:
-            raise UpdateRefused(f"download failed after {self.download_retries} attempts")
-        got = part.stat().st_size
-        if got != size:
-            part.unlink()
-            raise UpdateRefused(f"downloaded {got} bytes, expected {size}")
-        if sha is not None and _sha256(part) != sha:
-            part.unlink()
-            raise UpdateRefused("the download does not match the job's sha256")
-        os.replace(part, self._download_path(job))
+        fetch(job["package"], self._download_path(job), self.download_timeout_s, self.download_retries)
         return "downloaded", ""
 
     def _verify(self, job: dict) -> tuple[str, str]:
@@ -429,25 +399,10 @@ class UpdateManager:
         return "switched", ""
 
     def _probation(self, job: dict) -> tuple[str, str]:
-        """Smoke test: the new model answers a neutral input, with finite outputs, in budget."""
-        import numpy as np
-
-        runs = int(job["probation"].get("smoke_runs", 3))
-        budget = float(job["probation"].get("latency_budget_ms", 5000))
         active = self.slot.active
         if (active.manifest.name, active.manifest.version) != (job["package"]["name"], job["package"]["version"]):
             raise UpdateRefused("the active model is not the one this job installed")
-        inputs = [np.zeros(spec.shape, dtype=spec.dtype) for spec in active.manifest.inputs]
-        worst = 0.0
-        for _ in range(max(1, runs)):
-            start = time.perf_counter()
-            outputs = active.model.run(inputs)
-            worst = max(worst, (time.perf_counter() - start) * 1000)
-            if not outputs or not all(np.all(np.isfinite(np.asarray(o, dtype=np.float64))) for o in outputs):
-                raise UpdateRefused("the smoke test produced no output or non-finite values")
-        if worst > budget:
-            raise UpdateRefused(f"the smoke test took {worst:.0f} ms, over the {budget:.0f} ms budget")
-        return "probation_passed", f"smoke test {runs} runs, worst {worst:.1f} ms"
+        return "probation_passed", smoke_test(active, job["probation"])
 
     def _roll_back(self, job: dict) -> tuple[str, str]:
         previous = job.get("previous")
@@ -478,3 +433,58 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fetch(package: dict, dest: Path, timeout_s: float, retries: int) -> None:
+    """Download a job's package to `dest`, resuming a partial download with an HTTP Range request,
+    bounded by and checked against the job's size and sha256; UpdateRefused says why not."""
+    url, size, sha = package.get("url"), package.get("size"), package.get("sha256")
+    if not url:
+        raise UpdateRefused("the job has no download URL and the package is not on the device")
+    if size is None:
+        raise UpdateRefused("the job declares no package size, so the download could not be bounded")
+    part = dest.with_suffix(".part")
+    for attempt in range(retries):
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp, open(part, "ab" if have and resp.status == 206 else "wb") as fh:
+                _copy_capped(resp, fh, size)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and size and have == size:
+                break
+            if 400 <= exc.code < 500:
+                raise UpdateRefused(f"download refused: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            log.warning("download attempt %d failed: %s", attempt + 1, exc)
+        time.sleep(min(8.0, 0.5 * 2**attempt))
+    else:
+        raise UpdateRefused(f"download failed after {retries} attempts")
+    got = part.stat().st_size
+    if got != size:
+        part.unlink()
+        raise UpdateRefused(f"downloaded {got} bytes, expected {size}")
+    if sha is not None and _sha256(part) != sha:
+        part.unlink()
+        raise UpdateRefused("the download does not match the job's sha256")
+    os.replace(part, dest)
+
+
+def smoke_test(active, probation: dict) -> str:
+    """The active model answers a neutral input `smoke_runs` times, with finite outputs, within the latency budget."""
+    import numpy as np
+
+    runs = int(probation.get("smoke_runs", 3))
+    budget = float(probation.get("latency_budget_ms", 5000))
+    inputs = [np.zeros(spec.shape, dtype=spec.dtype) for spec in active.manifest.inputs]
+    worst = 0.0
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        outputs = active.model.run(inputs)
+        worst = max(worst, (time.perf_counter() - start) * 1000)
+        if not outputs or not all(np.all(np.isfinite(np.asarray(o, dtype=np.float64))) for o in outputs):
+            raise UpdateRefused("the smoke test produced no output or non-finite values")
+    if worst > budget:
+        raise UpdateRefused(f"the smoke test took {worst:.0f} ms, over the {budget:.0f} ms budget")
+    return f"smoke test {runs} runs, worst {worst:.1f} ms"

@@ -7,7 +7,7 @@
                                                    edgefleet's core + agent code
     /opt/edgefleet/lib/edgefleet-runtime/          the runtime bundle (found as <sys.prefix>/lib/edgefleet-runtime)
     /opt/edgefleet/bin/edgefleet, /usr/bin/edgefleet
-    /usr/lib/systemd/system/edgefleet-agent.service   `edgefleet agent run` as user edgefleet; not enabled
+    /usr/lib/systemd/system/edgefleet-agent.service   `edgefleet agent launch` as user edgefleet; not enabled
     /etc/edgefleet/agent.toml.example              a config skeleton (conffile)
 
 The system Python's packages are never touched (PEP 668): the agent's are private to the venv. The

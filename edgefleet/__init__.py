@@ -6,4 +6,4 @@ install as `edgefleet.compiler`, `edgefleet.agent`, `edgefleet.fleet`, `edgeflee
 and `edgefleet.cross`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

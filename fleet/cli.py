@@ -133,6 +133,62 @@ def models_reject(ctx: click.Context, group: str, version: str, note: str, as_js
     _set_approval(ctx, group, version, "Rejected", note, as_json)
 
 
+# ---- agent releases ------------------------------------------------------------------------
+
+
+@fleet.group("agent-releases")
+def agent_releases() -> None:
+    """Agent releases: the camera agent's own code and runtime, registered, approved and rolled out like models.
+
+    Build one with `edgefleet agent release build`; see docs/agent.md, "Updating the agent over the air".
+    """
+
+
+@agent_releases.command("upload")
+@click.argument("release", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def agent_releases_upload(ctx: click.Context, release: Path, as_json: bool) -> None:
+    """Upload a signed agent release; the fleet checks its signature and registers its architecture's build."""
+    row = _client(ctx).upload(release)
+    print_json(row) if as_json else _versions_table([row])
+
+
+@agent_releases.command("list")
+@json_option
+@click.pass_context
+def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
+    """Agent releases the fleet holds, with their approval and architectures."""
+    from edgefleet.agent_release import RELEASE_NAME
+
+    rows = _client(ctx).get(f"/models/{RELEASE_NAME}/versions")
+    print_json(rows) if as_json else _versions_table(rows)
+
+
+@agent_releases.command("approve")
+@click.argument("version")
+@click.option("--note", default="")
+@json_option
+@click.pass_context
+def agent_releases_approve(ctx: click.Context, version: str, note: str, as_json: bool) -> None:
+    """Approve agent VERSION for rollouts."""
+    from edgefleet.agent_release import RELEASE_NAME
+
+    _set_approval(ctx, RELEASE_NAME, version, "Approved", note, as_json)
+
+
+@agent_releases.command("reject")
+@click.argument("version")
+@click.option("--note", default="")
+@json_option
+@click.pass_context
+def agent_releases_reject(ctx: click.Context, version: str, note: str, as_json: bool) -> None:
+    """Reject agent VERSION: no new rollout may use it."""
+    from edgefleet.agent_release import RELEASE_NAME
+
+    _set_approval(ctx, RELEASE_NAME, version, "Rejected", note, as_json)
+
+
 # ---- devices -------------------------------------------------------------------------------
 
 
@@ -143,8 +199,9 @@ def devices() -> None:
 
 def _devices_table(rows: list[dict]) -> None:
     table(
-        ["device", "group", "tags", "target", "status", "last seen", "model"],
-        [[d["id"], d["group"] or "-", ",".join(d["tags"]) or "-", d["target"], d["status"], _when(d["last_seen"]), f"{d['model']['name']} {d['model']['version']}" if d["model"] else "-"] for d in rows],
+        ["device", "group", "tags", "target", "status", "last seen", "model", "agent"],
+        [[d["id"], d["group"] or "-", ",".join(d["tags"]) or "-", d["target"], d["status"], _when(d["last_seen"]), f"{d['model']['name']} {d['model']['version']}" if d["model"] else "-",
+          d["agent"]["version"] if d.get("agent") else "-"] for d in rows],
     )
 
 
@@ -214,7 +271,7 @@ def _rollouts_table(rows: list[dict]) -> None:
 @json_option
 @click.pass_context
 def rollouts_create(ctx, group, version, device_group, tags, device_ids, canary, canary_percent, waves, success_threshold, failure_threshold, bake_time, wave_timeout, plan_file, as_json) -> None:
-    """Roll GROUP VERSION out to the selected devices."""
+    """Roll GROUP VERSION out to the selected devices (GROUP `edgefleet-agent`: an agent release)."""
     plan = json.loads(plan_file.read_text()) if plan_file else {}
     flags = {"canary": canary, "canary_percent": canary_percent, "success_threshold": success_threshold, "failure_threshold": failure_threshold, "bake_time_s": bake_time, "wave_timeout_s": wave_timeout}
     plan |= {k: v for k, v in flags.items() if v is not None}

@@ -101,6 +101,8 @@ class Device(Base):
     model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cert_serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)  # as its status reports
+    arch: Mapped[str | None] = mapped_column(String(32), nullable=True)  # picks the agent release build
     enrolled_at: Mapped[float] = mapped_column(Float, default=now)
 
 

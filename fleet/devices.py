@@ -59,6 +59,7 @@ def device_dict(d: Device) -> dict:
         "status": d.status,
         "last_seen": d.last_seen,
         "model": {"name": d.model_name, "version": d.model_version} if d.model_name else None,
+        "agent": {"version": d.agent_version, "arch": d.arch} if d.agent_version else None,
         "enrolled_at": d.enrolled_at,
     }
 

@@ -171,6 +171,10 @@ class Ingest:
             model = body.get("model")
             if isinstance(model, dict) and model.get("name"):
                 device.model_name, device.model_version = str(model["name"]), str(model.get("version"))
+            if state == "online" and isinstance(body.get("agent_version"), str):
+                device.agent_version = body["agent_version"][:64]
+                # Agents before 0.2 do not say; they cannot update themselves anyway.
+                device.arch = str(body["arch"])[:32] if isinstance(body.get("arch"), str) else device.arch
         elif suffix == "telemetry":
             model = body.get("model") if isinstance(body.get("model"), dict) else {}
             s.add(Telemetry(device_id=device_id, received_at=m.received_at, model_name=model.get("name"), model_version=model.get("version"), **telemetry_numbers(body)))

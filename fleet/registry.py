@@ -8,6 +8,7 @@ Rejected, and an approved version can be rejected (and re-approved) later.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from edgefleet.agent_release import RELEASE_NAME, is_agent_release, unpack_release
 from edgefleet.errors import ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, ModelGroup, ModelVersion
@@ -48,7 +50,9 @@ def version_dict(s: Session, v: ModelVersion) -> dict:
 
 
 def upload_package(fleet: Fleet, path: Path) -> dict:
-    """Verify `path` against the fleet's trusted keys, store it, and register its build."""
+    """Verify `path` (a model package or an agent release) against the fleet's trusted keys, store it, and register its build."""
+    if is_agent_release(path):
+        return upload_agent_release(fleet, path)
     extract = Path(tempfile.mkdtemp(prefix="edgefleet-upload-"))
     try:
         with open_package(path, fleet.trusted, dest=extract / "pkg") as opened:
@@ -56,44 +60,57 @@ def upload_package(fleet: Fleet, path: Path) -> dict:
             signer = opened.signer or ""
     finally:
         shutil.rmtree(extract, ignore_errors=True)
+    if m.name == RELEASE_NAME:
+        raise ConflictError(f"the model name {RELEASE_NAME!r} is reserved for agent releases", "give the model another name")
+    source = (m.provenance.source_uri, m.provenance.source_sha256, m.provenance.training_job)
+    return _register(fleet, path, m.name, m.version, m.target.name, m.target.arch, signer, m.model_dump(mode="json"), source)
+
+
+def agent_target(arch: str) -> str:
+    """The build target an agent release for `arch` is registered under; devices pick it by the arch they report."""
+    return f"agent-{arch}"
+
+
+def upload_agent_release(fleet: Fleet, path: Path) -> dict:
+    """Register an agent release as version VERSION of the group `edgefleet-agent`, one build per architecture.
+
+    Its source is the code it ships: builds of one version for several architectures share it.
+    """
+    extract = Path(tempfile.mkdtemp(prefix="edgefleet-upload-"))
+    try:
+        m, signer = unpack_release(path, extract / "release", fleet.trusted)
+    finally:
+        shutil.rmtree(extract, ignore_errors=True)
+    code = hashlib.sha256("".join(f"{n}:{e.sha256}\n" for n, e in sorted(m.files.items()) if n.startswith("site/")).encode()).hexdigest()
+    source = (f"edgefleet agent {m.version}", code, None)
+    return _register(fleet, path, RELEASE_NAME, m.version, agent_target(m.arch), m.arch, signer, m.model_dump(mode="json"), source)
+
+
+def _register(fleet: Fleet, path: Path, name: str, version_name: str, target: str, arch: str, signer: str, manifest: dict, source: tuple) -> dict:
+    """Store a verified archive and add its build to (name, version), creating them if new."""
+    source_uri, source_sha256, training_job = source
     sha = sha256_file(path)
-    key = f"{m.name}/{m.version}/{m.target.name}-{sha[:12]}.tar.gz"
+    key = f"{name}/{version_name}/{target}-{sha[:12]}.tar.gz"
     with fleet.lock, fleet.writer() as s, s.begin():
-        group = s.scalar(select(ModelGroup).where(ModelGroup.name == m.name))
+        group = s.scalar(select(ModelGroup).where(ModelGroup.name == name))
         if group is None:
-            group = ModelGroup(name=m.name)
+            group = ModelGroup(name=name)
             s.add(group)
             s.flush()
-        version = s.scalar(select(ModelVersion).where(ModelVersion.group_id == group.id, ModelVersion.version == m.version))
+        version = s.scalar(select(ModelVersion).where(ModelVersion.group_id == group.id, ModelVersion.version == version_name))
         if version is None:
-            version = ModelVersion(
-                group_id=group.id,
-                version=m.version,
-                source_uri=m.provenance.source_uri,
-                source_sha256=m.provenance.source_sha256,
-                training_job=m.provenance.training_job,
-            )
+            version = ModelVersion(group_id=group.id, version=version_name, source_uri=source_uri, source_sha256=source_sha256, training_job=training_job)
             s.add(version)
             s.flush()
-        elif version.source_sha256 != m.provenance.source_sha256:
+        elif version.source_sha256 != source_sha256:
             raise ConflictError(
-                f"{m.name} {m.version} is registered from another source model ({version.source_sha256[:12]}, this package {m.provenance.source_sha256[:12]})",
-                "give this model a new version; one version is one source model built for several targets",
+                f"{name} {version_name} is registered from another source ({version.source_sha256[:12]}, this upload {source_sha256[:12]})",
+                "give it a new version; one version is one source built for several targets",
             )
-        if s.scalar(select(Build).where(Build.model_version_id == version.id, Build.target == m.target.name)):
-            raise ConflictError(f"{m.name} {m.version} already has a build for target {m.target.name}", "upload it as a new version")
+        if s.scalar(select(Build).where(Build.model_version_id == version.id, Build.target == target)):
+            raise ConflictError(f"{name} {version_name} already has a build for target {target}", "upload it as a new version")
         fleet.store.put(key, path)
-        build = Build(
-            model_version_id=version.id,
-            target=m.target.name,
-            arch=m.target.arch,
-            sha256=sha,
-            size=Path(path).stat().st_size,
-            store_key=key,
-            signer=signer,
-            manifest=m.model_dump(mode="json"),
-        )
-        s.add(build)
+        s.add(Build(model_version_id=version.id, target=target, arch=arch, sha256=sha, size=Path(path).stat().st_size, store_key=key, signer=signer, manifest=manifest))
         s.flush()
         return version_dict(s, version)
 

@@ -27,7 +27,9 @@ from edgefleet.agent.update import AGENT_STATES, TERMINAL_STATES, authorization_
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
-from edgefleet.fleet.registry import APPROVED, get_version_row
+from edgefleet.agent_release import RELEASE_NAME
+from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
+from edgefleet.package import parse_version
 
 
 class Strict(BaseModel):
@@ -53,10 +55,12 @@ class HealthGate(Strict):
 
 
 class Probation(Strict):
-    """Sent to the agent with each install job."""
+    """Sent to the agent with each install job; the last two only matter for agent releases."""
 
     smoke_runs: int = Field(3, ge=1, le=100)
     latency_budget_ms: float = Field(5000, gt=0)
+    health_deadline_s: float = Field(120.0, gt=0, le=3600)  # a new agent's time to prove itself after its restart
+    max_boots: int = Field(3, ge=1, le=20)  # starts of a new agent without a commit before the camera rolls back
 
 
 class RolloutPlan(Strict):
@@ -133,6 +137,27 @@ def _transition(s: Session, r: Rollout, event: str, now: float, detail: str = ""
         r.reason = detail
 
 
+# The first agent that updates itself over the air; older ones must be reinstalled (docs/agent.md).
+FIRST_OTA_AGENT = "0.2.0"
+
+
+def build_target(device: Device, name: str) -> str | None:
+    """The build a device runs of `name`: agent releases are per reported architecture, models per target."""
+    if name != RELEASE_NAME:
+        return device.target
+    return agent_target(device.arch) if device.arch else None
+
+
+def _check_agent_devices(devices: list[Device]) -> None:
+    """Refuse devices that cannot take an agent release, saying what to do instead."""
+    for d in devices:
+        if d.agent_version is None:
+            raise ConflictError(f"device {d.id} has not reported its agent version yet", "wait until it is online, or leave it out of the selection")
+        if parse_version(d.agent_version) < parse_version(FIRST_OTA_AGENT):
+            raise ConflictError(f"device {d.id} runs agent {d.agent_version}, which cannot update itself over the air",
+                                f"install the edgefleet-agent Debian package {FIRST_OTA_AGENT} or newer on it (docs/agent.md), or leave it out of the selection")
+
+
 def rollout_dict(s: Session, r: Rollout) -> dict:
     v = s.get(ModelVersion, r.model_version_id)
     g = s.get(ModelGroup, v.group_id)
@@ -141,6 +166,7 @@ def rollout_dict(s: Session, r: Rollout) -> dict:
     return {
         "id": r.id,
         "model": {"group": g.name, "version": v.version},
+        "kind": "agent" if g.name == RELEASE_NAME else "model",
         "state": r.state,
         "wave": r.wave,
         "waves": wave_bounds(plan, len(r.devices)),
@@ -183,10 +209,13 @@ def create_rollout(fleet: Fleet, group: str, version: str, selection: dict[str, 
         devices = _select_devices(s, sel)
         if not devices:
             raise BadInputError("the selection matches no devices", "check --group/--tag, or list devices with `edgefleet fleet devices list`")
+        if group == RELEASE_NAME:
+            _check_agent_devices(devices)
         targets = {b.target for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
-        missing = sorted({d.target for d in devices} - targets)
+        missing = sorted({build_target(d, group) for d in devices} - targets)
         if missing:
-            raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", "compile and upload a package for each target in the selection")
+            fix = "build and upload an agent release for each architecture (`edgefleet agent release build --arch ...`)" if group == RELEASE_NAME else "compile and upload a package for each target in the selection"
+            raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", fix)
         ids = [d.id for d in devices]
         busy = s.scalars(select(Deployment.device_id).join(Rollout, Rollout.id == Deployment.rollout_id).where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))).first()
         busy = busy or next((d for r in s.scalars(select(Rollout).where(Rollout.state == "created")) for d in r.devices if d in set(ids)), None)
@@ -262,7 +291,9 @@ def _job_payload(fleet: Fleet, s: Session, dep: Deployment, name: str, version: 
     package = {"name": name, "version": version}
     if build is not None:
         package |= {"target": build.target, "sha256": build.sha256, "size": build.size, "url": fleet.download_url(build.id, build.store_key)}
-    payload: dict[str, Any] = {"schema": 1, "id": uuid.uuid4().hex, "job": dep.job_id, "kind": dep.kind, "rollout": dep.rollout_id, "package": package, "probation": plan.probation.model_dump()}
+    # Agents tell their own jobs by kind: an agent before 0.2 ignores an agent_* job instead of taking it for a model.
+    kind = f"agent_{dep.kind}" if name == RELEASE_NAME else dep.kind
+    payload: dict[str, Any] = {"schema": 1, "id": uuid.uuid4().hex, "job": dep.job_id, "kind": kind, "rollout": dep.rollout_id, "package": package, "probation": plan.probation.model_dump()}
     if dep.kind == "rollback":
         payload["rollback_authorization"] = sign_rollback(fleet, dep.device_id, dep.job_id, name, version)
     return payload
@@ -285,17 +316,25 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
     builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
     for device_id in r.devices[start : bounds[wave]]:
         device = s.get(Device, device_id)
+        build = builds[build_target(device, name)]
         dep = Deployment(
             job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=device_id, kind="install", wave=wave,
-            build_id=builds[device.target].id, previous_version=device.model_version if device.model_name == name else None, updated_at=now,
+            build_id=build.id, previous_version=_running(device, name), updated_at=now,
         )
         s.add(dep)
         s.flush()
-        outbox.append((device_id, _job_payload(fleet, s, dep, name, mv.version, builds[device.target], plan)))
+        outbox.append((device_id, _job_payload(fleet, s, dep, name, mv.version, build, plan)))
     r.wave = wave
     r.wave_started_at = now
     r.bake_started_at = None
     s.add(RolloutEvent(rollout_id=r.id, at=now, event="wave_sent", from_state=r.state, to_state=r.state, detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}"))
+
+
+def _running(device: Device, name: str) -> str | None:
+    """The version of `name` the device runs now: its agent's for agent releases."""
+    if name == RELEASE_NAME:
+        return device.agent_version
+    return device.model_version if device.model_name == name else None
 
 
 def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
@@ -316,7 +355,8 @@ def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) 
                 continue
             prev = s.scalar(select(ModelVersion).where(ModelVersion.group_id == mv.group_id, ModelVersion.version == d.previous_version))
             device = s.get(Device, d.device_id)
-            build = s.scalar(select(Build).where(Build.model_version_id == prev.id, Build.target == device.target)) if prev else None
+            # None: an agent version never uploaded (the installed one), which the camera still has
+            build = s.scalar(select(Build).where(Build.model_version_id == prev.id, Build.target == build_target(device, name))) if prev else None
             rb = Deployment(job_id=f"r{r.id}-rb-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=d.device_id, kind="rollback", wave=d.wave, build_id=build.id if build else None, previous_version=mv.version, updated_at=now)
             s.add(rb)
             s.flush()
@@ -426,6 +466,29 @@ def health_gate(s: Session, r: Rollout, gate: HealthGate, name: str) -> tuple[bo
     return True, f"model health within bounds ({n_new} samples)"
 
 
+def agent_health_gate(s: Session, r: Rollout, gate: HealthGate) -> tuple[bool | None, str]:
+    """An agent release is healthy where every device that committed it is online on it and sends telemetry since."""
+    if not gate.enabled:
+        return True, "health gate disabled"
+    version = s.get(ModelVersion, r.model_version_id).version
+    committed = s.scalars(select(Deployment).where(Deployment.rollout_id == r.id, Deployment.kind == "install", Deployment.state == "committed")).all()
+    sick = []
+    waiting = []
+    for dep in committed:
+        device = s.get(Device, dep.device_id)
+        if device.status != "online" or device.agent_version != version:
+            sick.append(f"{device.id} is {device.status} on agent {device.agent_version}")
+            continue
+        samples = s.scalar(select(func.count(Telemetry.id)).where(Telemetry.device_id == device.id, Telemetry.received_at >= dep.updated_at))
+        if samples < gate.min_samples:
+            waiting.append(f"{device.id} {samples}/{gate.min_samples}")
+    if sick:
+        return False, "agent health: " + "; ".join(sick[:5])
+    if waiting:
+        return None, "waiting for telemetry from the new agent: " + ", ".join(waiting[:5])
+    return True, f"agent {version} online with telemetry on {len(committed)} devices"
+
+
 WAITING_NOTE_EVERY_S = 10.0  # how often a waiting gate's progress is written to the audit trail
 
 
@@ -474,7 +537,7 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     if now - (r.bake_started_at or now) < plan.bake_time_s:
         return
     name = s.get(ModelGroup, s.get(ModelVersion, r.model_version_id).group_id).name
-    ok, why = health_gate(s, r, plan.health, name)
+    ok, why = agent_health_gate(s, r, plan.health) if name == RELEASE_NAME else health_gate(s, r, plan.health, name)
     if ok is None:
         if now - r.bake_started_at > plan.bake_time_s + plan.wave_timeout_s:
             _transition(s, r, "wave_timeout", now, why)
@@ -538,8 +601,12 @@ def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, payl
     if state == "committed":
         device = s.get(Device, device_id)
         mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
-        device.model_name = s.get(ModelGroup, mv.group_id).name
-        device.model_version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
+        name = s.get(ModelGroup, mv.group_id).name
+        installed = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
+        if name == RELEASE_NAME:
+            device.agent_version = installed
+        else:
+            device.model_name, device.model_version = name, installed
     return True
 
 

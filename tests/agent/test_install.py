@@ -29,7 +29,7 @@ def install_args(tmp_path, broker, *extra: str) -> list[str]:
 def test_dry_run_prints_the_unit_and_config_and_writes_nothing(tmp_path, mqtt_broker):
     result = CliRunner().invoke(agent_group, install_args(tmp_path, mqtt_broker, "--dry-run"))
     assert result.exit_code == 0, result.output
-    assert "User=nobody" in result.output and "agent run --config" in result.output and "ReadWritePaths=" in result.output
+    assert "User=nobody" in result.output and "agent launch --config" in result.output and "ReadWritePaths=" in result.output
     assert 'device_id = "cam-7"' in result.output and "would create" in result.output
     assert not (tmp_path / "state").exists() and not (tmp_path / "etc").exists() and not (tmp_path / "unit").exists()
 

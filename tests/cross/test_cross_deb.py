@@ -57,7 +57,7 @@ def test_the_installed_package_runs_the_agent_from_its_own_venv(
     subprocess.run(["cp", "-al", str(sysroot.root), str(installed.root)], check=True)
     subprocess.run(["dpkg", "-x", str(deb), str(installed.root)], check=True)
     unit = (installed.root / "usr/lib/systemd/system/edgefleet-agent.service").read_text()
-    assert "ExecStart=/opt/edgefleet/bin/python3 -m edgefleet.cli agent run --config /etc/edgefleet/agent.toml" in unit
+    assert "ExecStart=/opt/edgefleet/bin/python3 -m edgefleet.cli agent launch --config /etc/edgefleet/agent.toml" in unit
     assert "User=edgefleet" in unit
 
     prefix = "/opt/edgefleet"
