@@ -1,11 +1,10 @@
 """The agent updates itself through the fleet's rollouts, end to end with real processes: `edgefleet
 fleet serve`, mosquitto, and agents started by `edgefleet agent launch` under a supervisor that
-restarts them as systemd does. One of the cameras runs the agent one version older (the code of
-OLD_AGENT_COMMIT, from this repository's history), which talks to the new fleet."""
+restarts them as systemd does. One of the cameras runs the agent one version older (agent 0.1.0's
+code, kept in tests/fleet/data), which talks to the new fleet."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import tarfile
@@ -24,20 +23,17 @@ from edgefleet.agent_release import build_release  # noqa: E402
 from edgefleet.signing import load_signing_key  # noqa: E402
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
-# The last commit before agents updated themselves: agent 0.1.0, as cameras in the field run it.
-OLD_AGENT_COMMIT = "e4efb7df745d884c5f7f4dc45478c8623c69d240"
+# The device code of agent 0.1.0, as cameras in the field run it: the last commit before agents updated
+# themselves, `git archive --format=tar.gz -9 e4efb7df745d884c5f7f4dc45478c8623c69d240 edgefleet agent`
+# (kept in the tree so a shallow clone runs this test too).
+OLD_AGENT_ARCHIVE = Path(__file__).parent / "data" / "agent-0.1.0.tar.gz"
 NEW, OLD = ["cam-a", "cam-b"], "cam-c"  # the names test_fleet_e2e's frame feeder feeds
 
 
 def old_agent_site(root: Path) -> Path:
-    """The device code of OLD_AGENT_COMMIT laid out as a camera's site-packages (edgefleet + edgefleet.agent)."""
-    repo = Path(__file__).parents[2]
-    archive = subprocess.run(["git", "-C", str(repo), "archive", OLD_AGENT_COMMIT, "edgefleet", "agent"], capture_output=True)
-    if archive.returncode != 0:
-        pytest.fail(f"this checkout's git history lacks commit {OLD_AGENT_COMMIT[:12]} (the agent one version older): "
-                    f"{archive.stderr.decode().strip()[:300]}; fetch the history (`git fetch --unshallow`) to run this test")
+    """The device code of agent 0.1.0 laid out as a camera's site-packages (edgefleet + edgefleet.agent)."""
     src = root / "old-src"
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    with tarfile.open(OLD_AGENT_ARCHIVE) as tar:
         tar.extractall(src, filter="data")
     site = root / "old-site"
     (site / "edgefleet").mkdir(parents=True)
