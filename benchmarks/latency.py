@@ -86,7 +86,7 @@ def main() -> None:
                 before, _ = compile_vm(model, target, stock=True)
                 runners["before"] = lambda: before(xt)
             times = {k: [] for k in runners}
-            for k, run in runners.items():
+            for run in runners.values():
                 run()
             # The stock build is ~100x slower: give it fewer rounds, interleaved all the same.
             for i in range(args.runs):

@@ -25,6 +25,7 @@ from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOpera
 from edgefleet.package import (NAME_PATTERN, DetectionInfo, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification,
                                now_utc, parse_version, requirement_for, write_package)
 from edgefleet.progress import Stages
+from edgefleet.strict import first_error
 from edgefleet.signing import load_signing_key
 
 if TYPE_CHECKING:
@@ -122,8 +123,8 @@ def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str
         try:
             pre = Preprocessing(**given)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UsageError(f"preprocessing option {'.'.join(map(str, first['loc']))}: {first['msg']}", "see `edgefleet compile --help` for the preprocessing options") from None
+            first = first_error(exc)
+            raise UsageError(f"preprocessing option {first.where}: {first.msg}", "see `edgefleet compile --help` for the preprocessing options") from None
     channels = 1 if pre.color_order == "GRAY" else 3
     for option, values in (("mean", pre.mean), ("std", pre.std)):
         if len(values) not in (channels, 3):
@@ -192,9 +193,8 @@ def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], in
     try:
         return DetectionInfo(head=name, options=options, **given)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise UsageError(f"detection option {where}: {first['msg']}", "see `edgefleet compile --help`") from None
+        first = first_error(exc)
+        raise UsageError(f"detection option {first.where}: {first.msg}", "see `edgefleet compile --help`") from None
 
 
 def _letterbox_default(pre: Preprocessing, given: Preprocessing | dict[str, Any] | None,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edgefleet.archive import ArchiveLimits, safe_extract
 from edgefleet.errors import CorruptModelError, ModelSourceError
 from edgefleet.package import Preprocessing, TensorSpec, sha256_file
+from edgefleet.strict import first_error
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -128,8 +129,8 @@ def read_serving_spec(folder: Path) -> ServingSpec | None:
     try:
         return ServingSpec.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {'.'.join(map(str, first['loc']))}: {first['msg']}", "fix or remove preprocessing.json in the training output") from None
+        first = first_error(exc)
+        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {first.where}: {first.msg}", "fix or remove preprocessing.json in the training output") from None
 
 
 def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:

@@ -35,11 +35,11 @@ from typing import Literal
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import now_utc
 from edgefleet.progress import Stages
+from edgefleet.strict import Strict
 from edgefleet.signing import edgefleet_home
 
 FORMAT_VERSION = 1
@@ -117,10 +117,6 @@ def require_tool(name: str) -> str:
             f"apt-get install {TOOL_PACKAGES.get(name, name)}" + (" (it installs to /usr/sbin: have that on PATH)" if name == "debootstrap" else ""),
         )
     return path
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SysrootSpec(Strict):

@@ -32,9 +32,19 @@ from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import safe_extract
 from edgefleet.errors import PackageIntegrityError, TargetNotRunnableError, UsageError
-from edgefleet.package import MANIFEST, SIGNATURE, FileEntry, SignatureInfo, Strict, check_files, now_utc, parse_version, sha256_file
+from edgefleet.package import (
+    MANIFEST,
+    SIGNATURE,
+    FileEntry,
+    SignatureInfo,
+    check_files,
+    now_utc,
+    parse_version,
+    sha256_file,
+)
 from edgefleet.runtime_bundle import INFO_FILE, Bundle, canonical_arch, host_arch
 from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION = 1
 # The name agent releases carry in the fleet's registry and in jobs; no model package may use it.
@@ -112,9 +122,8 @@ def parse_release_manifest(data: bytes) -> AgentReleaseManifest:
     try:
         return AgentReleaseManifest.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PackageIntegrityError(f"agent release {MANIFEST} is malformed at {where}: {first['msg']}", "rebuild it with `edgefleet agent release build`") from None
+        first = first_error(exc)
+        raise PackageIntegrityError(f"agent release {MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild it with `edgefleet agent release build`") from None
 
 
 # What the agent role imports, with the ranges pyproject.toml declares (its core and `agent` extra).
@@ -133,7 +142,9 @@ DEFAULT_PYTHON = VersionRange(min="3.10", below="3.14")
 
 def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None = None, bundle: Bundle | None = None, code: list[tuple[Path, str]] | None = None) -> AgentReleaseManifest:
     """Write the signed release `out` of this checkout's device code (or `code`: (file, path under site/)) and `bundle`."""
-    from edgefleet.cross.emulate import device_sources  # a build machine has the cross extra; a camera never builds
+    from edgefleet.cross.emulate import (
+        device_sources,  # a build machine has the cross extra; a camera never builds
+    )
 
     try:
         parse_version(version)

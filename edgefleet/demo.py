@@ -208,7 +208,7 @@ class Demo:
         return response.json()
 
     def register_packages(self, packages: dict[tuple[str, str], Path]) -> None:
-        for (version, target), path in packages.items():
+        for path in packages.values():
             self._api("POST", "/packages", content=path.read_bytes())
         for version in TRAINING:
             self._api("POST", f"/models/{MODEL}/versions/{version}/approval", json={"state": "Approved"})

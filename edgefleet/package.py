@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import ArchiveLimits, check_member, safe_extract
 from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiveError
 from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION = 2
 # Version 1 lacks `runtime.requires`; readers derive it from the target and TVM versions.
@@ -45,10 +46,6 @@ SIGNATURE = "manifest.sig"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_MANIFEST_BYTES = 1024 * 1024
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -315,9 +312,8 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PackageIntegrityError(f"{MANIFEST} is malformed at {where}: {first['msg']}", "rebuild the package with `edgefleet compile`") from None
+        first = first_error(exc)
+        raise PackageIntegrityError(f"{MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`") from None
 
 
 def check_files(manifest: Manifest, root: Path) -> None:

@@ -25,7 +25,8 @@ from typing import Literal
 from pydantic import ValidationError
 
 from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError
-from edgefleet.package import RuntimeRequirement, Strict, minor_version, sha256_file
+from edgefleet.package import RuntimeRequirement, minor_version, sha256_file
+from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION = 1
 # The C ABI of libedgefleet_runtime.so (EF_ABI_VERSION in agent/native/edgefleet_runtime.cc).
@@ -118,7 +119,7 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
     except FileNotFoundError:
         raise PackageIntegrityError(f"{path} is not a runtime bundle: it has no {INFO_FILE}", "point EDGEFLEET_RUNTIME at a folder made by `edgefleet runtime build`") from None
     except ValidationError as exc:
-        raise PackageIntegrityError(f"{info_path} is malformed: {exc.errors()[0]['msg']}", "rebuild it with `edgefleet runtime build`") from None
+        raise PackageIntegrityError(f"{info_path} is malformed: {first_error(exc).msg}", "rebuild it with `edgefleet runtime build`") from None
     bundle = Bundle(Path(path), info)
     if check_hashes:
         for name, digest in info.libraries.items():

@@ -11,15 +11,13 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig
 from edgefleet.signing import default_signing_key_path, edgefleet_home
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from edgefleet.strict import StrictMutable as Strict
+from edgefleet.strict import first_error
 
 
 class BrokerConfig(Strict):
@@ -77,6 +75,5 @@ def load_config(path: Path | None) -> FleetConfig:
     try:
         return FleetConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"fleet config {path}: {where}: {first['msg']}", "see docs/fleet.md for the config keys") from None
+        first = first_error(exc)
+        raise UsageError(f"fleet config {path}: {first.where}: {first.msg}", "see docs/fleet.md for the config keys") from None

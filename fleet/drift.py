@@ -21,19 +21,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edgefleet.errors import BadInputError
+from edgefleet.strict import Strict, first_error
 
 BASELINE_FORMAT_VERSION = 1
 FEATURES = ("brightness", "contrast", "predictions", "confidence")
 # PSI adds this pseudo-count to every bin (Jeffreys prior): an empty bin stays finite, and a
 # small window's empty bins do not read as drift the way a tiny floor (1e-4) makes them.
 PSEUDO_COUNT = 0.5
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Histogram(Strict):
@@ -79,9 +76,8 @@ def parse_summary(raw: object) -> DriftSummary:
     try:
         return DriftSummary.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadInputError(f"drift summary is malformed at {where or 'top level'}: {first['msg']}", "send the agent's telemetry `drift` object unchanged") from None
+        first = first_error(exc)
+        raise BadInputError(f"drift summary is malformed at {first.where}: {first.msg}", "send the agent's telemetry `drift` object unchanged") from None
 
 
 def merge_summaries(summaries: list[DriftSummary]) -> DriftSummary:
@@ -104,9 +100,8 @@ def parse_baseline(raw: object) -> Baseline:
     try:
         return Baseline.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadInputError(f"baseline.json is malformed at {where or 'top level'}: {first['msg']}", "recompile the package with --baseline-images") from None
+        first = first_error(exc)
+        raise BadInputError(f"baseline.json is malformed at {first.where}: {first.msg}", "recompile the package with --baseline-images") from None
 
 
 # ---- distances ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from edgefleet.cli import console, print_json
 from edgefleet.errors import UsageError
 from edgefleet.models.reference import REFERENCES
 from edgefleet.models.scenes import CLASSES
+from edgefleet.strict import first_error
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -109,8 +110,8 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
     try:
         config = TrainingJobConfig(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(f"bad training job settings: {first['loc'][0]}: {first['msg']}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
+        first = first_error(exc)
+        raise UsageError(f"bad training job settings: {first.where}: {first.msg}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
     result = run_training_job(config, stream=None if quiet or as_json else sys.stderr)
     if as_json:
         print_json({"job_dir": str(result.job_dir), "model_artifact": str(result.model_artifact), "output_artifact": str(result.output_artifact),

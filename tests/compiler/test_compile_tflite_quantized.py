@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from compiler_testlib import assert_cli_error, detection_tflite, int8_tflite_cnn, write_tflite
+from compiler_testlib import detection_tflite, int8_tflite_cnn, write_tflite
 
 from edgefleet.package import open_package
 

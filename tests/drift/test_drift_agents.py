@@ -201,7 +201,7 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
             for cam in cams:
                 cam.drop(2 * BATCH, darken if cam is night else None)  # one window each
             for cam in cams:
-                wait_until(lambda: frames_seen(fleet, cam.device) >= cam.dropped, timeout=60)
+                wait_until(lambda cam=cam: frames_seen(fleet, cam.device) >= cam.dropped, timeout=60)
             if len(drift_windows(fleet, "cam-1")) >= 20 and alarm_state(fleet, "cam-2") == "alarm":
                 break
         ours, theirs = drift_windows(fleet, "cam-1"), drift_windows(fleet, "cam-2")
