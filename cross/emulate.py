@@ -20,12 +20,12 @@ from pathlib import Path
 from edgefleet.agent.runtime_worker import RuntimeWorker
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.cross.sysroot import ARCHES, Sysroot, arch_info, build_command, find_sysroot, require_tool
+from edgefleet.agent_release import DEVICE_PACKAGES
 from edgefleet.errors import TargetNotRunnableError, UsageError
 from edgefleet.package import open_package
 from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
 
 # The subpackages a device needs; the compiler and fleet service never run on the camera.
-_DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
 _GUEST_BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin")
 
 
@@ -79,25 +79,10 @@ def _link_device_packages(into: Path) -> Path:
     for entry in core.iterdir():
         if entry.suffix == ".py":
             (top / entry.name).symlink_to(entry)
-    for name in _DEVICE_PACKAGES[1:]:
+    for name in DEVICE_PACKAGES[1:]:
         spec = importlib.util.find_spec(name)
         (top / name.rpartition(".")[2]).symlink_to(Path(spec.submodule_search_locations[0]))
     return into
-
-
-def device_sources() -> list[tuple[Path, str]]:
-    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
-
-    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
-    """
-    core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
-    files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
-    for name in _DEVICE_PACKAGES[1:]:
-        package = Path(importlib.util.find_spec(name).submodule_search_locations[0])
-        sub = name.replace(".", "/")
-        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
-                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
-    return files
 
 
 def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import io
 import json
 import platform
@@ -140,12 +141,28 @@ DEFAULT_REQUIRES = (
 DEFAULT_PYTHON = VersionRange(min="3.10", below="3.14")
 
 
+# The packages a camera runs (images, Debian packages and agent releases ship their code); named,
+# not imported, so the shared package stays free of components.
+DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
+
+
+def device_sources() -> list[tuple[Path, str]]:
+    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+
+    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    """
+    core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
+    files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
+    for name in DEVICE_PACKAGES[1:]:
+        package = Path(importlib.util.find_spec(name).submodule_search_locations[0])
+        sub = name.replace(".", "/")
+        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
+                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
+    return files
+
+
 def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None = None, bundle: Bundle | None = None, code: list[tuple[Path, str]] | None = None) -> AgentReleaseManifest:
     """Write the signed release `out` of this checkout's device code (or `code`: (file, path under site/)) and `bundle`."""
-    from edgefleet.cross.emulate import (
-        device_sources,  # a build machine has the cross extra; a camera never builds
-    )
-
     try:
         parse_version(version)
     except ValueError as exc:

@@ -44,7 +44,7 @@ COMPONENT_GROUPS = {
     "demo": "edgefleet.demo:demo_command",
     "targets": "edgefleet.compiler.cli:targets_command",
     "inspect": "edgefleet.cli_package:inspect_command",
-    "run": "edgefleet.cli_package:run_command",
+    "run": "edgefleet.agent.cli:run_package_command",
     "keys": "edgefleet.cli_package:keys",
     "models": "edgefleet.models.cli:models",
     "fleet": "edgefleet.fleet.cli:fleet",
