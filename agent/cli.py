@@ -45,13 +45,13 @@ def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, tra
     """
     import os
 
-    from edgefleet.agent.install import install_agent
+    from edgefleet.agent.install import InstallOptions, install_agent
 
     # The token is a secret: from a file or the environment, never a flag value.
     token = enroll_token_file.read_text().strip() if enroll_token_file else os.environ.get("EDGEFLEET_ENROLL_TOKEN") or None
-    plan = install_agent(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
-                         ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=list(labels), fleet_url=fleet_url, trust=list(trust), user=user, unit_path=unit_path,
-                         force=force, dry_run=dry_run)
+    plan = install_agent(InstallOptions(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
+                                        ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=tuple(labels),
+                                        fleet_url=fleet_url, trust=tuple(trust), user=user, unit_path=unit_path, force=force, dry_run=dry_run))
     verb = "would create" if dry_run else "created"
     for directory in plan.directories:
         console.print(f"{verb} directory {directory}")
