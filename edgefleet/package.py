@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Final, Literal, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError, field_validator
@@ -35,7 +35,7 @@ from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiv
 from edgefleet.signing import SigningKey, verify_signature
 from edgefleet.strict import Strict, first_error
 
-FORMAT_VERSION = 2
+FORMAT_VERSION: Final = 2
 # Version 1 lacks `runtime.requires`; readers derive it from the target and TVM versions.
 READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
@@ -316,7 +316,14 @@ def parse_manifest(data: bytes) -> Manifest:
         raise PackageIntegrityError(f"{MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`") from None
 
 
-def check_files(manifest: Manifest, root: Path) -> None:
+class Listed(Protocol):
+    """A manifest of files: a model package's or an agent release's."""
+
+    @property
+    def files(self) -> dict[str, FileEntry]: ...
+
+
+def check_files(manifest: Listed, root: Path) -> None:
     """Every listed file present with its hash; nothing else present."""
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} - {MANIFEST, SIGNATURE}
     missing = sorted(set(manifest.files) - present)
@@ -338,10 +345,14 @@ TAR_OVERHEAD_BYTES = 1024  # per member: a 512-byte header and at most 511 bytes
 TAR_END_BYTES = 20 * 1024  # end-of-archive blocks and record padding
 
 
+class _Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _Capped:
     """A read-only stream that refuses to deliver more than `cap` bytes (decompressed)."""
 
-    def __init__(self, raw, cap: int, path: Path) -> None:
+    def __init__(self, raw: _Reader, cap: int, path: Path) -> None:
         self.raw, self.cap, self.count, self.path = raw, cap, 0, path
         self.what = "before a signed manifest.json (write_package puts manifest.json and manifest.sig first)"
 
@@ -354,7 +365,7 @@ class _Capped:
         return data
 
 
-def _stream(path: Path):
+def _stream(path: Path) -> tuple[_Reader, IO[bytes]]:
     raw = open(path, "rb")
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
@@ -377,7 +388,8 @@ def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: 
     blobs: dict[str, bytes] = {}
     seen: set[str] = set()
     try:
-        with raw, tarfile.open(fileobj=capped, mode="r|") as tar:
+        # tarfile's stream mode only calls read(), all _Capped offers.
+        with raw, tarfile.open(fileobj=cast(IO[bytes], capped), mode="r|") as tar:
             for member in tar:
                 check_member(member, path)
                 if member.name in (MANIFEST, SIGNATURE) and manifest is None:
@@ -408,7 +420,9 @@ def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if not member.isfile() or member.size > cap:
         raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
                                     "rebuild the package with `edgefleet compile`")
-    return tar.extractfile(member).read()
+    handle = tar.extractfile(member)
+    assert handle is not None  # a regular file (checked above)
+    return handle.read()
 
 
 def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped: _Capped) -> Manifest | None:

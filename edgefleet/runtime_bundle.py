@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
@@ -28,7 +28,7 @@ from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotR
 from edgefleet.package import RuntimeRequirement, minor_version, sha256_file
 from edgefleet.strict import Strict, first_error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 # The C ABI of libedgefleet_runtime.so (EF_ABI_VERSION in agent/native/edgefleet_runtime.cc).
 RUNTIME_ABI = 1
 BUNDLE_ENV = "EDGEFLEET_RUNTIME"
@@ -152,9 +152,10 @@ def _local_shim_sha256() -> str | None:
 
 def _shim_of(bundle: Path) -> str | None:
     try:
-        return json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
+        shim = json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
     except (OSError, ValueError):
         return None
+    return shim if isinstance(shim, str) else None
 
 
 def find_bundle(arch: str | None = None) -> Bundle:
