@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from edgefleet.archive import ArchiveLimits, safe_extract
 from edgefleet.errors import CorruptModelError, ModelSourceError
 from edgefleet.package import Preprocessing, TensorSpec, sha256_file
-from edgefleet.strict import first_error
+from edgefleet.strict import Strict, first_error
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -108,11 +108,9 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
     return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job, preprocessing=preprocessing, labels=labels)
 
 
-class ServingSpec(BaseModel):
+class ServingSpec(Strict):
     """preprocessing.json (format version 1), written by a training script beside its model:
     how to serve the model exactly as it was trained (see docs/compiler.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format_version: Literal[1]
     input: TensorSpec | None = None

@@ -16,11 +16,10 @@ from pydantic import Field, ValidationError
 from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig
 from edgefleet.signing import default_signing_key_path, edgefleet_home
-from edgefleet.strict import StrictMutable as Strict
-from edgefleet.strict import first_error
+from edgefleet.strict import StrictMutable, first_error
 
 
-class BrokerConfig(Strict):
+class BrokerConfig(StrictMutable):
     host: str = "127.0.0.1"
     port: int = 8883
     ca_file: Path | None = None
@@ -32,7 +31,7 @@ class BrokerConfig(Strict):
     public_host: str | None = None  # the address devices use, if not `host`
 
 
-class FleetConfig(Strict):
+class FleetConfig(StrictMutable):
     format_version: Literal[1] = 1
     data_dir: Path = Field(default_factory=lambda: edgefleet_home() / "fleet")
     database_url: str | None = None  # default sqlite:///<data_dir>/fleet.db

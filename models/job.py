@@ -34,10 +34,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from edgefleet.errors import MissingToolError, TrainingJobError, UsageError
 from edgefleet.package import sha256_file
+from edgefleet.strict import Strict
 
 JOB_FORMAT_VERSION = 1
 ENTRY_POINT = Path(__file__).with_name("train.py")
@@ -46,11 +47,9 @@ HOST = "algo-1"
 HyperparameterValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
-class TrainingJobConfig(BaseModel):
+class TrainingJobConfig(Strict):
     """One local training job. `data` holds train/ (and optionally validation/) class folders,
     or is itself the train channel."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: Path
     out: Path
