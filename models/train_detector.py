@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
     if not isinstance(hps, dict):
         raise InputProblem("SM_HPS is not a JSON object")
     p = _Parser(description="Train the edgefleet camera scene detector (SageMaker script mode).")
-    p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", 30))
+    p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", 20))
     p.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=float, default=_hp(hps, "lr", 0.005))
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=_hp(hps, "batch-size", 32))
     p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=_hp(hps, "weight-decay", 1e-4))
