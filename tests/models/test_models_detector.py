@@ -11,14 +11,10 @@ import sys
 import tarfile
 
 import numpy as np
+from support.scenes import box_iou
 
 from edgefleet.models.job import DETECTOR_ENTRY_POINT
 from edgefleet.models.scenes import render_scene_boxes, write_dataset
-
-
-def _iou(a, b) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_detector_job_writes_a_letterboxed_detection_model(scene_detector):
@@ -54,7 +50,7 @@ def test_the_compiled_detector_has_the_yolo_head_and_runs_as_trained(scene_detec
     assert result.code == 0, result.err
     detections = json.loads(result.out)["detections"]
     assert detections and detections[0]["label"] == "vehicle" and detections[0]["score"] >= 0.5
-    assert _iou(detections[0]["box_px"], scene.boxes[0].box_px) >= 0.5, (detections, scene.boxes)
+    assert box_iou(detections[0]["box_px"], scene.boxes[0].box_px) >= 0.5, (detections, scene.boxes)
     table = cli("run", scene_detector.package, "--image", tmp_path / "frame.jpg", "--trust", scene_detector.trusted, "--repeat", "1")
     assert table.code == 0 and "detection(s), boxes in image pixels" in table.out and "vehicle" in table.out
 

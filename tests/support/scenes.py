@@ -18,6 +18,13 @@ def scene_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def box_iou(a, b) -> float:
+    """IoU of two x1, y1, x2, y2 boxes: the tests' own, to check the agent's boxes against."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 @dataclass
 class TrainedDetector:
     job: object  # edgefleet.models.job.TrainingJobResult
