@@ -38,7 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from train import FORMAT_VERSION, MEAN, STD, InputProblem, _hp, _Parser, _write_failure, normalise
+from train import FORMAT_VERSION, MEAN, STD, InputProblem, write_failure, normalise, script_args
 
 STRIDE = 8
 PAD_VALUE = 114  # the letterbox grey, as the agent pads for the yolo head
@@ -90,38 +90,10 @@ class Exported(nn.Module):
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
-    env = dict(os.environ if env is None else env)
-    try:
-        hps = json.loads(env.get("SM_HPS") or "{}")
-    except json.JSONDecodeError as exc:
-        raise InputProblem(f"SM_HPS is not JSON: {exc}") from None
-    if not isinstance(hps, dict):
-        raise InputProblem("SM_HPS is not a JSON object")
-    p = _Parser(description="Train the edgefleet camera scene detector (SageMaker script mode).")
-    p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", 20))
-    p.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=float, default=_hp(hps, "lr", 0.005))
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=_hp(hps, "batch-size", 32))
-    p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=_hp(hps, "weight-decay", 1e-4))
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=_hp(hps, "image-size", 96))
-    p.add_argument("--width", type=int, default=_hp(hps, "width", 16), help="channels of the first conv block")
-    p.add_argument("--val-fraction", "--val_fraction", dest="val_fraction", type=float, default=_hp(hps, "val-fraction", 0.2))
-    p.add_argument("--seed", type=int, default=_hp(hps, "seed", 0))
-    p.add_argument("--threads", type=int, default=_hp(hps, "threads", 1), help="torch threads; 0 = SM_NUM_CPUS")
-    p.add_argument("--model-dir", dest="model_dir", default=env.get("SM_MODEL_DIR"))
-    p.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN"))
-    p.add_argument("--validation", default=env.get("SM_CHANNEL_VALIDATION"))
-    p.add_argument("--output-data-dir", dest="output_data_dir", default=env.get("SM_OUTPUT_DATA_DIR"))
-    args = p.parse_args(argv)
-    if not args.model_dir or not args.train:
-        raise InputProblem("SM_MODEL_DIR and SM_CHANNEL_TRAIN must be set (or --model-dir and --train given)")
-    checks = [(args.epochs >= 1, "epochs must be >= 1"), (args.lr > 0, "lr must be > 0"), (args.batch_size >= 1, "batch-size must be >= 1"),
-              (32 <= args.image_size <= 512 and args.image_size % STRIDE == 0, f"image-size must be a multiple of {STRIDE} in 32..512"),
-              (1 <= args.width <= 128, "width must be 1..128"), (0 < args.val_fraction < 1, "val-fraction must be between 0 and 1"),
-              (args.threads >= 0, "threads must be >= 0")]
-    for ok, message in checks:
-        if not ok:
-            raise InputProblem(f"bad hyperparameters: {message}")
-    return args
+    return script_args("Train the edgefleet camera scene detector (SageMaker script mode).", {"epochs": 20, "image-size": 96},
+                       lambda a: [(32 <= a.image_size <= 512 and a.image_size % STRIDE == 0, f"image-size must be a multiple of {STRIDE} in 32..512"),
+                                  (1 <= a.width <= 128, "width must be 1..128")],
+                       argv, env)
 
 
 def letterbox(path: Path, size: int) -> tuple[np.ndarray, float, int, int]:
@@ -357,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         export(train(args), args)
     except InputProblem as exc:
-        _write_failure(str(exc))
+        write_failure(str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception:
-        _write_failure(traceback.format_exc(limit=3))
+        write_failure(traceback.format_exc(limit=3))
         raise
     return 0
 
