@@ -152,8 +152,8 @@ def load_channel(root: str, size: int, classes: list[str] | None = None) -> tupl
     return np.stack(images).transpose(0, 3, 1, 2).copy(), targets, classes
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Element-wise IoU of [..., 4] x1, y1, x2, y2 boxes, and the GIoU's enclosing-area term."""
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise IoU of [..., 4] x1, y1, x2, y2 boxes, and their union (which GIoU needs too)."""
     inter = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
     union = (a[..., 2:] - a[..., :2]).prod(-1) + (b[..., 2:] - b[..., :2]).prod(-1) - inter
     return inter / union.clamp(min=1e-6), union
@@ -185,7 +185,7 @@ def assign(targets: list[np.ndarray], grid: torch.Tensor, classes: int) -> tuple
             mid = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2])
             near = ((centres - mid).abs() <= 1.5 * STRIDE).all(1)
             inside = (centres[:, 0] > x1) & (centres[:, 0] < x2) & (centres[:, 1] > y1) & (centres[:, 1] < y2)
-            owner = (near & inside)
+            owner = near & inside
             owner[int(((centres - mid) ** 2).sum(1).argmin())] = True
             claim = owner & (area[i] > (x2 - x1) * (y2 - y1))
             area[i][claim] = (x2 - x1) * (y2 - y1)
