@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks" / "qemu_insn"), str(ROOT / "tests"), str(ROOT / "tests" / "compiler")]
 
-import counter  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
+import insn_counter as counter  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
 
 LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
 
