@@ -57,11 +57,17 @@ def make_model(name: str, work: Path) -> Path:
     if name == "small_tflite":
         return small_tflite_cnn(work / "small.tflite", size=96)
     if name == "int8_tflite":
-        return int8_tflite_cnn(work / "int8.tflite", size=96)
+        return int8_tflite_cnn(work / "int8.tflite")  # its graph is written for 16x16
+    from tflite_models import mobilenetv2_tflite
+
+    if name == "mobilenetv2_tflite":
+        return mobilenetv2_tflite(work / "mobilenetv2.tflite")
+    if name == "mobilenetv2_035_tflite":
+        return mobilenetv2_tflite(work / "mobilenetv2_035.tflite", size=96, width=0.35)
     raise SystemExit(f"unknown model {name}")
 
 
-MODELS = ["squeezenet", "mobilenetv2", "mobilenetv2_035", "yolov8", "small_tflite", "int8_tflite"]
+MODELS = ["squeezenet", "mobilenetv2", "mobilenetv2_035", "yolov8", "mobilenetv2_tflite", "mobilenetv2_035_tflite", "small_tflite", "int8_tflite"]
 
 
 def say(message: str) -> None:
