@@ -64,10 +64,15 @@ def make_model(name: str, work: Path) -> Path:
         return mobilenetv2_tflite(work / "mobilenetv2.tflite")
     if name == "mobilenetv2_035_tflite":
         return mobilenetv2_tflite(work / "mobilenetv2_035.tflite", size=96, width=0.35)
+    if name == "mobilenetv2_int8_tflite":
+        return mobilenetv2_tflite(work / "mobilenetv2_int8.tflite", int8=True)
+    if name == "mobilenetv2_035_int8_tflite":
+        return mobilenetv2_tflite(work / "mobilenetv2_035_int8.tflite", size=96, width=0.35, int8=True)
     raise SystemExit(f"unknown model {name}")
 
 
-MODELS = ["squeezenet", "mobilenetv2", "mobilenetv2_035", "yolov8", "mobilenetv2_tflite", "mobilenetv2_035_tflite", "small_tflite", "int8_tflite"]
+MODELS = ["squeezenet", "mobilenetv2", "mobilenetv2_035", "yolov8", "mobilenetv2_tflite", "mobilenetv2_035_tflite",
+          "mobilenetv2_int8_tflite", "mobilenetv2_035_int8_tflite", "small_tflite", "int8_tflite"]
 
 
 def say(message: str) -> None:
@@ -122,7 +127,7 @@ def main() -> None:
                 rows.append((name, board.name, reference, ours, theirs, x86_ratio))
                 _print_row(rows[-1])
     print()
-    print(f"{'model':<16} {'board':<7} {'vs':<12} {'edgefleet M':>12} {'runtime M':>10} {'ratio insn':>10} {'x86 time':>9} {'spread':>8} {'max diff':>9}")
+    print(f"{'model':<27} {'board':<7} {'vs':<12} {'edgefleet M':>12} {'runtime M':>10} {'ratio insn':>10} {'x86 time':>9} {'spread':>8} {'max diff':>9}")
     for row in rows:
         _print_row(row)
 
@@ -131,10 +136,10 @@ def _print_row(row) -> None:
     name, board, reference, ours, theirs, x86_ratio = row
     spread = max(ours.spread, theirs.spread if theirs else 0)
     if theirs is None:
-        print(f"{name:<16} {board:<7} {'-':<12} {ours.per_inference / 1e6:12.2f} {'-':>10} {'-':>10} {x86_ratio:9.2f} {spread:8d} {'-':>9}", flush=True)
+        print(f"{name:<27} {board:<7} {'-':<12} {ours.per_inference / 1e6:12.2f} {'-':>10} {'-':>10} {x86_ratio:9.2f} {spread:8d} {'-':>9}", flush=True)
         return
     diff = float(np.max(np.abs(ours.output.astype(np.float64).ravel() - theirs.output.astype(np.float64).ravel())))
-    print(f"{name:<16} {board:<7} {reference:<12} {ours.per_inference / 1e6:12.2f} {theirs.per_inference / 1e6:10.2f} "
+    print(f"{name:<27} {board:<7} {reference:<12} {ours.per_inference / 1e6:12.2f} {theirs.per_inference / 1e6:10.2f} "
           f"{ours.per_inference / theirs.per_inference:10.2f} {x86_ratio:9.2f} {spread:8d} {diff:9.2g}", flush=True)
 
 
