@@ -123,6 +123,42 @@ def _float16_accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
     return _mutate_functions(mod, _Widen(mod))
 
 
+# Element-wise ops whose constant operand ConvertLayout can move to another layout only at the
+# other operand's rank: TFLite's per-channel bias is a (C,) constant added to an NHWC tensor.
+_ELEMENTWISE = {"relax.add": relax.op.add, "relax.subtract": relax.op.subtract, "relax.multiply": relax.op.multiply,
+                "relax.divide": relax.op.divide, "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
+
+
+def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
+    """Constants broadcast against a 4-D tensor reshaped to 4-D, and clip(x, lo, hi) as minimum(maximum(x, lo), hi).
+
+    Same values (NumPy broadcasting prepends the ones); it lets ConvertLayout carry TFLite's
+    bias adds and RELU6 clips into the blocked layout with their convolution instead of
+    running them in NHWC between two transposes.
+    """
+
+    def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
+        value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
+        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value is not None and value.ndim < 4 else expr
+
+    @relax.expr_functor.mutator
+    class _Rank(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType) or call.ty.ndim != 4:
+                return call
+            dtype = str(call.ty.dtype)
+            if call.op.name == "relax.clip":
+                lo, hi = (relax.const(float(v.value), dtype) for v in call.args[1:])
+                return relax.op.minimum(self.builder_.emit(relax.op.maximum(call.args[0], lo)), hi)
+            if call.op.name in _ELEMENTWISE and len(call.args) == 2:
+                a, b = (const_4d(x, dtype) for x in call.args)
+                return _ELEMENTWISE[call.op.name](a, b) if (a, b) != tuple(call.args) else call
+            return call
+
+    return _mutate_functions(mod, _Rank(mod))
+
+
 def cleanup() -> tvm.transform.Pass:
     """Graph simplifications that are valid for inference on any target."""
 
@@ -145,6 +181,7 @@ def cleanup() -> tvm.transform.Pass:
         mod = _identity_broadcast(mod)
         mod = _stack_reductions_to_chains(mod)
         mod = _float16_accumulate_in_float32(mod)
+        mod = _full_rank_operands(mod)
         return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination(), relax.transform.FoldConstant()])(mod)
 
     return _pass
@@ -173,6 +210,11 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     """
     passes = tvm.transform.Sequential(
         [
+            # TFLite's NHWC convolutions become NCHW first, so that those ConvertLayout cannot
+            # block (channels not divisible by the block, depthwise) still reach
+            # block_remaining_convs, which takes NCHW; the transforms in between cancel.
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "OIHW"]}),
+            relax.transform.Normalize(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
             relax.transform.FoldConstant(),

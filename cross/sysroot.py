@@ -97,6 +97,9 @@ TOOL_PACKAGES = {
     "dpkg-deb": "dpkg",
     "qemu-aarch64-static": "qemu-user-static",
     "qemu-arm-static": "qemu-user-static",
+    # Dynamically linked QEMU: the only one that loads TCG plugins (benchmarks/qemu_insn).
+    "qemu-aarch64": "qemu-user",
+    "qemu-arm": "qemu-user",
     "fakeroot": "fakeroot",
 }
 

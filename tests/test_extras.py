@@ -40,7 +40,9 @@ def third_party_imports() -> dict[str, str]:
                     continue
                 for name in names:
                     top = name.partition(".")[0]
-                    if top not in sys.stdlib_module_names and top not in ("edgefleet", "__future__"):
+                    # A script's sibling module (models/train_detector.py imports train, SageMaker script mode).
+                    sibling = (path.parent / f"{top}.py").is_file()
+                    if top not in sys.stdlib_module_names and top not in ("edgefleet", "__future__") and not sibling:
                         found.setdefault(top, path.relative_to(ROOT).as_posix())
     return found
 
