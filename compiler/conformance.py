@@ -2,7 +2,7 @@
 
 `EdgefleetBackend` is an `onnx.backend.base.Backend`: `prepare` checks the model the way
 `edgefleet compile` does (operator check, import rewrites, input shapes), `run` builds it for the
-x86_64 target with the same `optimize` / `build_and_export` functions, loads the library with the
+x86_64 target with the same `optimize` / `build_with_fallback` functions, loads the library with the
 agent's runtime (in the runtime worker) and executes it. Dynamic inputs get the shapes of the data they are run on,
 as `--input-shape` would give them.
 
@@ -159,7 +159,7 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     does; the rest stay run-time inputs with the shapes of the data, as `--input-shape` gives.
     """
     from edgefleet.agent.runtime_worker import open_tvm_model
-    from edgefleet.compiler.build import build_and_export, optimize
+    from edgefleet.compiler.build import build_with_fallback, optimize
     from edgefleet.compiler.frontends import onnx as frontend
     from edgefleet.compiler.onnx_params import bind_inputs
     from edgefleet.compiler.targets import resolve_target
@@ -183,8 +183,9 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     stages = Stages(quiet=True)
     optimized = optimize(mod, target, 0, stages)
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
-        library = build_and_export(optimized.mod, target, Path(tmp) / "model.so", stages)
-        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], optimized.pipeline, kept)
+        library = Path(tmp) / "model.so"
+        built = build_with_fallback(mod, optimized, target, library, stages)
+        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, kept)
 
 
 # --- the suite -------------------------------------------------------------------------------
