@@ -511,12 +511,13 @@ def legalize(on_fallback) -> tvm.transform.Pass:
 
 def describe_conv2d(call: relax.Call) -> str:
     """The convolution in a user's terms: "conv2d 32->64 channels 3x3 groups=2 (NCHW16c)"."""
-    a = call.attrs
-    data, weight, out = _shape(call.args[0]), _shape(call.args[1]), _shape(call)
-    channels_in = data[1] * (data[4] if len(data) == 5 else 1)
-    channels_out = out[1] * (out[4] if len(out) == 5 else 1)
+    a, data, weight = call.attrs, call.args[0].ty, call.args[1].ty
+
+    def channels(ty) -> int:  # static for a convolution, unlike a symbolic batch or size
+        return int(ty.shape[1]) * (int(ty.shape[4]) if ty.ndim == 5 else 1)
+
     groups = f" groups={int(a.groups)}" if int(a.groups) != 1 else ""
-    return f"conv2d {channels_in}->{channels_out} channels {weight[2]}x{weight[3]}{groups} ({a.data_layout})"
+    return f"conv2d {channels(data)}->{channels(call.ty)} channels {int(weight.shape[2])}x{int(weight.shape[3])}{groups} ({a.data_layout})"
 
 
 def _conv2d_in_nchw(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -526,12 +527,12 @@ def _conv2d_in_nchw(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """
     a = call.attrs
     data, weight = call.args
-    db, (ib, ob) = _shape(data)[4], _shape(weight)[4:]
+    db, ib, ob = int(data.ty.shape[4]), int(weight.ty.shape[4]), int(weight.ty.shape[5])
     unblocked = bb.emit(relax.op.layout_transform(data, index_map=lambda n, c, h, w, cb: (n, c * db + cb, h, w)))
     oihw = bb.emit(relax.op.layout_transform(weight, index_map=lambda o, i, h, w, bi, bo: (o * ob + bo, i * ib + bi, h, w)))
     conv = relax.op.nn.conv2d(unblocked, oihw, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
                               out_dtype=str(call.ty.dtype))
     if call.ty.ndim == 4:
         return conv
-    cb = _shape(call)[4]
+    cb = int(call.ty.shape[4])
     return relax.op.layout_transform(bb.emit(conv), index_map=lambda n, c, h, w: (n, c // cb, h, w, c % cb))
