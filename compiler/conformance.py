@@ -68,6 +68,7 @@ class CaseResult:
     seconds: float = 0.0
     bound_inputs: list[str] = field(default_factory=list)  # inputs compiled as constants (--constant-input)
     pipeline: str = ""  # compiler/build.py's PIPELINE_*: tvm-default when edgefleet's CPU pipeline fell back
+    kernel_fallbacks: list[str] = field(default_factory=list)  # "kernel (step)": kernels that fell back alone
 
 
 class EdgefleetRep:
@@ -96,6 +97,7 @@ class CompiledCase:
     model: object  # a model on the camera runtime (agent.runtime_worker)
     bound: list[str]  # graph inputs given as --constant-input would give them
     pipeline: str  # compiler/build.py's PIPELINE_*
+    kernel_fallbacks: list[str]  # CaseResult.kernel_fallbacks
     kept: list[bool]  # per graph input: still a run-time input
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -185,7 +187,8 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
         library = Path(tmp) / "model.so"
         built = build_with_fallback(mod, optimized, target, library, stages)
-        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, kept)
+        fallbacks = [f"{k.kernel} ({k.step})" for k in built.kernel_fallbacks]
+        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, fallbacks, kept)
 
 
 # --- the suite -------------------------------------------------------------------------------
@@ -256,7 +259,8 @@ def run_case(case, plain: bool = False) -> CaseResult:
 
     def result(outcome: str, detail: str = "") -> CaseResult:
         compiled = rep.last if rep is not None else None
-        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "")
+        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "",
+                          compiled.kernel_fallbacks if compiled else [])
 
     try:
         rep = _backend_class().prepare(model, plain=plain)
