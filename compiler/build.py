@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,11 @@ class KernelFallbacks:
         self._add(conv, "layout", f"the NCHWc layout step failed ({reason})", "this convolution runs in NCHW (slower)")
 
     def schedule_failed(self, kernel: str, exc: Exception) -> None:
-        self._add(kernel, "schedule", f"the default schedule failed ({tvm_message(exc, 300)})", "the kernel stays as written (correct, slower)")
+        message = tvm_message(exc, 300)
+        if not str(exc).strip():  # a bare assert (dlight's GEMV has them): say where it fired
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            message += f" at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
+        self._add(kernel, "schedule", f"the default schedule failed ({message})", "the kernel stays as written (correct, slower)")
 
     def build_failed(self, kernel: str, reason: str) -> None:
         self._add(kernel, "schedule", f"TVM cannot build the scheduled kernel ({reason})", "it is built as written (correct, slower)")

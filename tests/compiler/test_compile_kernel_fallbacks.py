@@ -106,6 +106,22 @@ def test_schedule_rule_raising_on_one_kernel_leaves_only_it_unscheduled_failure_
         assert [(k.kernel, k.step) for k in runtime.kernel_fallbacks] == [(failed.group(1), "schedule")]
 
 
+def test_schedule_rule_failing_on_one_kernel_costs_only_its_schedule(tmp_path, signing_key, cli):
+    """A genuine case: dlight's GEMV rule asserts on the log-sum-exp reduction's kernel (TVM 0.27).
+    That kernel stays as written; the convolutions keep their blocked schedules; onnxruntime agrees."""
+    model = torch_models.export("logsumexp_pool", tmp_path / "lse.onnx")
+    _, said = _compile(cli, model, tmp_path)
+    failed = re.search(r"warning: (\S+): the default schedule failed \(AssertionError at dlight/\S+/gemv.py:\d+\); "
+                       r"the kernel stays as written \(correct, slower\)", said)
+    assert failed and "exp_sum" in failed.group(1), said
+    assert f"1 kernel(s) without a default schedule, left as written (correct, slower): {failed.group(1)}" in said
+    assert "layout step failed" not in said and "TVM's default pipeline" not in said
+    with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as pkg:
+        runtime = pkg.manifest.runtime
+        assert runtime.pipeline == "edgefleet-cpu" and pkg.manifest.verification.status == "passed"
+        assert [(k.kernel, k.step) for k in runtime.kernel_fallbacks] == [(failed.group(1), "schedule")]
+
+
 def test_kernels_tvm_cannot_build_as_scheduled_are_built_as_written(bf16_case, tmp_path, signing_key, cli):
     """A genuine case: the compile names the two kernels with TVM's build error, builds them as written,
     and the package gives ONNX's expected outputs (onnxruntime has no bfloat16 kernels to verify with)."""
