@@ -42,6 +42,9 @@ class OperatorReport:
     # ONNX graph inputs whose values TVM needs at compile time -> where they are used
     # (compile them with --constant-input NAME=VALUES; compiler/onnx_params.py).
     constant_inputs_needed: dict[str, list[str]] = field(default_factory=dict)
+    # TFLite: quantized operators compiled through TVM's float lowering, not TFLite's integer kernels
+    # ("LOGISTIC (int8 quantized)" -> count); LiteRT verification decides.
+    approximated: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -69,12 +72,14 @@ def check_operators(model: str, *, member: str | None = None, workdir: Path | No
         source = fetch_model(model, Path(tmp), member=member)
         frontend = frontend_for(source.format)
         parsed = frontend.load(source.path)
-        needed = {}
+        needed, approximated = {}, Counter()
         if source.format == "onnx":
             from edgefleet.compiler.onnx_params import parameter_inputs
 
             needed = parameter_inputs(parsed)
-        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed)
+        else:
+            approximated = frontend.approximated(parsed)
+        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed, approximated)
 
 
 def _default_name(path: Path) -> str:
@@ -356,7 +361,8 @@ def compile_model(
             version=version,
             target=target_info,
             runtime=dict(kind="tvm", library="model.so", tvm_version=tvm_version, tvm_ffi_version=ffi_version, requires=requirement_for(target_info, tvm_version, ffi_version),
-                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason),
+                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason,
+                         kernel_fallbacks=optimized.kernel_fallbacks),
             inputs=inputs,
             outputs=outputs,
             preprocessing=pre,

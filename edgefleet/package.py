@@ -143,6 +143,14 @@ def requirement_for(target: TargetInfo, tvm_version: str, tvm_ffi_version: str, 
     )
 
 
+class KernelFallback(Strict):
+    """One kernel that kept TVM's plain form because an optimization step failed on it (compiler/build.py)."""
+
+    kernel: str = Field(max_length=200)  # the TIR function, or for a layout step the operator it lowers
+    step: Literal["layout", "schedule"]  # layout: stayed NCHW; schedule: left as written (unscheduled)
+    reason: str = Field(max_length=500)  # TVM's message
+
+
 class RuntimeInfo(Strict):
     kind: Literal["tvm", "tflite"]
     library: SafeName
@@ -151,6 +159,7 @@ class RuntimeInfo(Strict):
     requires: RuntimeRequirement | None = None  # format 2; None for TFLite packages
     pipeline: str | None = None  # compiler/build.py: edgefleet-cpu, or tvm-default
     pipeline_fallback_reason: str | None = None
+    kernel_fallbacks: list[KernelFallback] = Field(default_factory=list)  # per-kernel fallbacks inside edgefleet-cpu
 
 
 class Provenance(Strict):

@@ -19,7 +19,7 @@ from tvm import relax, tirx  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from edgefleet.compiler import graph  # noqa: E402
-from edgefleet.compiler.build import _optimize_pipeline, tvm_target  # noqa: E402
+from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target  # noqa: E402
 from edgefleet.models.mobilenetv2 import build as mobilenetv2  # noqa: E402
 
 TARGET = resolve_target("x86_64")
@@ -59,7 +59,7 @@ def _odd_channels_model() -> onnx.ModelProto:
 def _compile_and_compare(model: onnx.ModelProto):
     mod = from_onnx(model, keep_params_in_input=False)
     with tvm_target(TARGET):
-        lowered = _optimize_pipeline(TARGET, 0)(mod)
+        lowered = _optimize_pipeline(TARGET, 0, KernelFallbacks(print))(mod)
     ex = tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     spec = model.graph.input[0]
