@@ -9,7 +9,8 @@ by `default_schedules`, give every other kernel a schedule:
   output pixels x 16 output channels stays in vector registers while the reduction runs over
   input-channel chunks and the kernel window; the fused epilogue (bias, batch norm, residual
   add, ReLU) runs on the tile before it is stored. `reg_n` is sized to the target's vector
-  registers (`register_tile`). Depthwise NCHWc convolutions get the same tiling.
+  registers (`register_tile`). Depthwise and grouped NCHWc convolutions (graph.py's
+  depthwise_conv2d_nchwc, grouped_conv2d_nchwc) get the same tiling.
 - `Conv2dNCHW`: fallback for convolutions left in NCHW (graph.py blocks nearly all of them):
   a tile of output channels x vectorized output width.
 - `Generic`: pooling, layout transforms, concat, element-wise and reductions: the outer
