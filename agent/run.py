@@ -121,6 +121,9 @@ class Agent:
 
     # -- model ------------------------------------------------------------------------
     def _load_model(self) -> None:
+        from edgefleet.agent.runtime import configure_pool
+
+        configure_pool(self.cfg.runtime)  # before the first model starts the runtime's workers
         if self.cfg.model.tflite is not None:
             self.slot.load_plain(load_plain_tflite(self.cfg))
             return
