@@ -187,7 +187,7 @@ class Agent:
             "status": "ok" if ok else "degraded",
             "device": self.device,
             "mqtt_connected": self.transport.connected.is_set(),
-            "model": payloads.model_ref(active.manifest) if active else None,
+            "model": payloads.model_ref(active.manifest).wire() if active else None,
             "frames": dict(self.metrics.totals),
             "outbox": stats,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
