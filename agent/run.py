@@ -32,6 +32,7 @@ from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
 from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
+from edgefleet.contracts.jobs import JobProbation
 from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
@@ -114,7 +115,7 @@ class Agent:
         self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart,
                                                 active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None)
         self.restart = False
-        self._agent_probation: dict = {}
+        self._agent_probation = JobProbation()
         self.health = None
         self._threads: list[threading.Thread] = []
         self.started_at = time.monotonic()
@@ -297,7 +298,7 @@ class Agent:
             log.info("over-the-air model updates are disabled: the model is a plain .tflite, not a signed package")
         # After the model: a new agent release on probation proves itself with the model it had.
         agent_job = self.agent_updates.resume()
-        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else {}
+        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else JobProbation()
         self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
         self._start_thread(self._jobs_worker, "jobs")
         if self.cfg.health.enabled:  # bind first: a busy port fails before anything connects

@@ -62,18 +62,18 @@ class RollbackAuthorization(WireMessage):
     job: str
     name: str
     version: str
-    key_id: str
+    key_id: str | None = None  # which fleet key signed; a verifier tries every trusted key
     signature: str = ""  # base64 of the fleet key's signature over signed_bytes()
 
     model_config = WireMessage.model_config | {"populate_by_name": True}
 
     def signed_bytes(self) -> bytes:
         """Canonical JSON of everything but the signature."""
-        body = self.model_dump(mode="json", by_alias=True, exclude={"signature"})
+        body = self.model_dump(mode="json", by_alias=True, exclude={"signature"} | ({"key_id"} if self.key_id is None else set()))
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def wire(self) -> dict[str, object]:
-        return self.model_dump(mode="json", by_alias=True)
+        return self.model_dump(mode="json", by_alias=True, exclude={"key_id"} if self.key_id is None else set())
 
 
 class JobDocument(WireMessage):

@@ -13,7 +13,7 @@ A journal of another format, or one that does not parse, is unreadable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -48,6 +48,7 @@ class AgentUpdateJournal(JournalBase):
 
 
 class HistoryEntry(WireMessage):
+    VERSION: ClassVar[int] = JOURNAL_FORMAT  # one line of history.jsonl, versioned with the journal
     job: str
     state: str
     detail: str = ""

@@ -6,9 +6,9 @@ contracts (edgefleet/contracts/base.py).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from edgefleet.contracts.jobs import Probation
 from edgefleet.strict import Strict
@@ -17,6 +17,7 @@ API_VERSION = 1
 
 
 class Body(Strict):
+    VERSION: ClassVar[int] = API_VERSION
     REVISION: ClassVar[int] = 1
 
 
@@ -102,3 +103,173 @@ class ControlBody(Body):
 class TokenBody(Body):
     name: str = Field(min_length=1, max_length=128)
     scope: str
+
+
+BODIES: list[type[Body]] = [RolloutPlan, Selection, ApprovalBody, DevicePatch, EnrollmentTokenBody, EnrollBody, RolloutBody, ControlBody, TokenBody]
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+class Response(BaseModel):
+    """What the API returns; a client ignores fields a newer fleet adds."""
+
+    VERSION: ClassVar[int] = API_VERSION
+    REVISION: ClassVar[int] = 1
+
+
+ErrorCode = Literal["bad_input", "unauthorized", "permission_denied", "not_found", "conflict", "invalid_transition",
+                    "service_unavailable", "validation_error", "payload_too_large"]
+
+
+class ErrorBody(Response):
+    """Every 4xx/5xx body: `code` is stable and machine-readable; `error` (the cause) and `fix` are for people."""
+
+    error: str
+    fix: str = ""
+    code: ErrorCode
+
+
+class Health(Response):
+    status: Literal["ok"]
+
+
+class Metrics(Response):
+    mqtt: dict[str, int]  # ingest counters since the service started (fleet/ingest.py)
+    persisted: dict[str, int]
+
+
+class ModelGroupOut(Response):
+    name: str
+    description: str | None = None
+    versions: int
+    latest: str | None
+
+
+class BuildOut(Response):
+    id: int
+    target: str
+    arch: str | None
+    sha256: str
+    size: int
+    signer: str | None
+    created_at: float
+
+
+class Lineage(Response):
+    source_uri: str | None
+    source_sha256: str | None
+    training_job: str | None
+
+
+class ModelVersionOut(Response):
+    id: int
+    group: str
+    version: str
+    approval: str
+    approval_note: str | None
+    lineage: Lineage
+    builds: list[BuildOut]
+    created_at: float
+
+
+class DeviceModel(Response):
+    name: str | None
+    version: str | None
+
+
+class DeviceAgent(Response):
+    version: str | None
+    arch: str | None
+
+
+class DeviceOut(Response):
+    id: str
+    group: str | None
+    tags: list[str]
+    target: str
+    status: str
+    last_seen: float | None
+    model: DeviceModel | None
+    agent: DeviceAgent | None
+    enrolled_at: float | None
+
+
+class EnrollmentTokenOut(Response):
+    device_id: str
+    token: str
+
+
+class BrokerAddress(Response):
+    host: str | None
+    port: int | None
+
+
+class Enrollment(Response):
+    """What a camera needs after enrolling (schema 1)."""
+
+    schema_: Literal[1] = Field(1, alias="schema")
+    device_id: str
+    certificate: str
+    ca_certificate: str
+    broker: BrokerAddress
+    fleet_url: str | None
+    trusted_keys: list[str]
+
+
+class RolloutModel(Response):
+    group: str
+    version: str
+
+
+class RolloutOut(Response):
+    id: int
+    model: RolloutModel
+    kind: Literal["agent", "model"]
+    state: str
+    wave: int
+    waves: list[int]
+    devices: int
+    installs: dict[str, int]  # install jobs per state
+    reason: str | None
+    selection: Selection
+    plan: RolloutPlan
+    created_at: float
+    updated_at: float
+
+
+class DeploymentOut(Response):
+    job: str
+    device: str
+    kind: str
+    wave: int
+    state: str
+    previous_version: str | None
+    detail: str | None
+
+
+class RolloutDetail(RolloutOut):
+    deployments: list[DeploymentOut]
+
+
+class RolloutEventOut(Response):
+    at: float
+    event: str
+    from_: str = Field(alias="from")
+    to: str
+    device: str | None
+    detail: str | None
+
+
+class TokenOut(Response):
+    name: str
+    scope: str
+    token: str
+
+
+class Revoked(Response):
+    revoked: int
+
+
+RESPONSES: list[type[Response]] = [ErrorBody, Health, Metrics, ModelGroupOut, ModelVersionOut, DeviceOut, EnrollmentTokenOut, Enrollment,
+                                   RolloutOut, RolloutDetail, RolloutEventOut, TokenOut, Revoked]
