@@ -10,7 +10,7 @@ ignores the agent_* kinds instead of taking them for a model.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, StrictInt
 
@@ -45,6 +45,7 @@ class JobPackage(WireMessage):
     """The build a job installs; target..url are absent when the camera has it already (an agent
     rollback to the installed agent)."""
 
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"target", "sha256", "size", "url"})
     name: str
     version: str
     target: str | None = None
@@ -90,6 +91,7 @@ class JobDocument(WireMessage):
 
     def wire(self) -> dict[str, object]:
         body = self.model_dump(mode="json", by_alias=True, exclude={"rollback_authorization"})
+        body["package"] = self.package.wire()
         if self.rollback_authorization is not None:
             body["rollback_authorization"] = self.rollback_authorization.wire()
         return body
