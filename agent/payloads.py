@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from PIL import Image, ImageDraw
 
 from edgefleet.agent_release import running_version
-from edgefleet.contracts.mqtt import SCHEMA, AlertMessage, Detection, ModelRef, StatusMessage, TelemetryMessage, Thumbnail  # noqa: F401 (SCHEMA: agent/run.py)
+from edgefleet.contracts.mqtt import AlertMessage, Detection, ModelRef, StatusMessage, TelemetryMessage, Thumbnail
 from edgefleet.runtime_bundle import host_arch
 from edgefleet.agent.postprocess import Detection as DetectionResult, FrameResult
 from edgefleet.agent.rules import Hit

@@ -33,6 +33,7 @@ from edgefleet.agent.transports import make_transport
 from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
 from edgefleet.contracts.jobs import JobProbation
+from edgefleet.contracts.mqtt import SCHEMA
 from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
@@ -142,7 +143,7 @@ class Agent:
 
     def publish(self, topic_suffix: str, payload: dict) -> None:
         """QoS 1, ordered, through the outbox: what the update manager uses for job updates."""
-        payload = {"schema": payloads.SCHEMA, **payload}
+        payload = {"schema": SCHEMA, **payload}
         payload.setdefault("id", str(uuid.uuid4()))
         self.outbox.put("job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload)
 

@@ -23,7 +23,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary
+# Baseline and parse_summary are the contract's; re-exported for compiler/baseline.py until it imports them from there.
+from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary  # noqa: F401
 from edgefleet.errors import BadInputError
 
 FEATURES = ("brightness", "contrast", "predictions", "confidence")
