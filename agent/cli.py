@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgefleet.cli import console, print_json
+from edgefleet.cli import console, print_json, table, trusted_keys_option
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
@@ -45,13 +45,13 @@ def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, tra
     """
     import os
 
-    from edgefleet.agent.install import install_agent
+    from edgefleet.agent.install import InstallOptions, install_agent
 
     # The token is a secret: from a file or the environment, never a flag value.
     token = enroll_token_file.read_text().strip() if enroll_token_file else os.environ.get("EDGEFLEET_ENROLL_TOKEN") or None
-    plan = install_agent(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
-                         ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=list(labels), fleet_url=fleet_url, trust=list(trust), user=user, unit_path=unit_path,
-                         force=force, dry_run=dry_run)
+    plan = install_agent(InstallOptions(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
+                                        ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=tuple(labels),
+                                        fleet_url=fleet_url, trust=tuple(trust), user=user, unit_path=unit_path, force=force, dry_run=dry_run))
     verb = "would create" if dry_run else "created"
     for directory in plan.directories:
         console.print(f"{verb} directory {directory}")
@@ -143,3 +143,30 @@ def check_config_command(config_path) -> None:
     from edgefleet.agent.config import load_config
 
     print_json(load_config(config_path).model_dump(mode="json"))
+
+
+# `edgefleet run`: a top-level command (edgefleet/cli.py) that runs a package the way a camera does.
+@click.command("run")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file to classify, or to detect objects in.")
+@click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes to print (classifiers).")
+@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Runs to time; the median is printed.")
+@click.option("--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def run_package_command(package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool) -> None:
+    """Run a package on one image here and print the top-k labels (a detector: its boxes, labels
+    and scores, after NMS) and the latency. Maps to edgefleet.agent.infer.run_package_on_image."""
+    from edgefleet.agent.infer import run_package_on_image
+
+    result = run_package_on_image(package, image, trusted_keys_option(trust), k=k, repeat=repeat)
+    if as_json:
+        found = {"detections": [{"label": d.label, "score": d.score, "box_px": d.px, "box": d.box} for d in result.detections]} \
+            if result.detections is not None else {"predictions": [p.__dict__ for p in result.predictions]}
+        print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms})
+        return
+    if result.detections is not None:
+        table(["#", "label", "score", "x1", "y1", "x2", "y2"], [[i + 1, d.label, f"{d.score:.4f}", *(f"{v:.1f}" for v in d.px)] for i, d in enumerate(result.detections)],
+              title=f"{len(result.detections)} detection(s), boxes in image pixels")
+    else:
+        table(["rank", "label", "index", "score"], [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)])
+    console.print(f"latency: median {result.median_ms:.2f} ms over {len(result.latency_ms)} runs")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 try:
     import tomllib
@@ -19,13 +19,10 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from Py
     import tomli as tomllib
 
 from edgefleet.errors import BadInputError, UsageError
+from edgefleet.strict import Strict, first_error
 
 CONFIG_VERSION = 1
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Secret(Strict):
@@ -224,10 +221,9 @@ def parse_config(raw: dict, where: str = "agent config") -> AgentConfig:
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise BadInputError(f"{where}: {loc or 'top level'}: {first['msg']}{extra}", "fix that key; see docs/agent.md for the format") from None
+        first = first_error(exc)
+        extra = f" (and {first.more} more)" if first.more else ""
+        raise BadInputError(f"{where}: {first.where}: {first.msg}{extra}", "fix that key; see docs/agent.md for the format") from None
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -24,8 +24,9 @@ class Prediction:
 
 @dataclass
 class RunResult:
-    predictions: list[Prediction]
+    predictions: list[Prediction]  # classification: the top-k; empty for a detector
     latency_ms: list[float]
+    detections: list | None = None  # detection: agent.postprocess.Detection, best first, boxes in frame pixels
 
     @property
     def median_ms(self) -> float:
@@ -48,7 +49,8 @@ def top_k(output: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
 
 
 def run_package_on_image(package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5) -> RunResult:
-    """Verify `package`, run it `repeat` times on `image`, and return the top-k classes and latencies."""
+    """Verify `package`, run it `repeat` times on `image`, and return the latencies with the top-k
+    classes, or for a detection package the decoded boxes as the agent's rules would see them."""
     try:
         data = Path(image).read_bytes()
     except OSError as exc:
@@ -64,4 +66,11 @@ def run_package_on_image(package: Path, image: Path, trusted: list[Ed25519Public
             start = time.perf_counter()
             outputs = model.run([batch])
             latencies.append((time.perf_counter() - start) * 1000)
+    if manifest.task == "detection":
+        # postprocess imports this module (softmax_if_logits): imported here, not at the top.
+        from edgefleet.agent.postprocess import interpret
+        from edgefleet.agent.preprocess import geometry
+
+        found = interpret(outputs, manifest, geometry(frame.size, manifest.inputs[0], manifest.preprocessing))
+        return RunResult([], latencies, found.detections)
     return RunResult(top_k(outputs[0], manifest.labels, k), latencies)

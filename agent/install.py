@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -127,137 +128,200 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, device_id: str) -> None:
         raise UsageError(f"the certificate is for {names or 'no CN'}, not device {device_id}", "issue the certificate for this device id (the broker ACL keys on the CN)")
 
 
-def install_agent(
-    *,
-    config_path: Path,
-    state_dir: Path,
-    device_id: str,
-    labels: list[str],
-    mqtt_host: str | None = None,
-    ca_file: Path | None = None,
-    mqtt_port: int | None = None,
-    transport: str = "paho",
-    cert_file: Path | None = None,
-    enroll_token: str | None = None,
-    fleet_ca_file: Path | None = None,
-    package: Path | None = None,
-    fleet_url: str | None = None,
-    trust: list[Path] | None = None,
-    user: str = "edgefleet",
-    unit_path: Path | None = DEFAULT_UNIT,
-    force: bool = False,
-    dry_run: bool = False,
-) -> InstallPlan:
-    """Prepare a camera; returns what was (or, with dry_run, would be) written.
+@dataclass(frozen=True, kw_only=True)
+class InstallOptions:
+    """What `edgefleet agent install` was asked for (its flags, one field each).
 
     With `enroll_token` (a one-time token from the fleet admin) the CSR is sent to
     `fleet_url`/api/v1/enroll and the answer supplies the certificate, and, unless given, the
     broker CA, host and port and the trusted package keys. Otherwise `mqtt_host` and `ca_file`
     are required and the certificate comes by hand (`cert_file`) or later.
     """
-    import re
 
-    if not re.match(DEVICE_ID_PATTERN, device_id):
-        raise UsageError(f"device id {device_id!r} is not letters, digits, - and _ (1-64)", "pick another device id")
-    if user == "root":
+    config_path: Path
+    state_dir: Path
+    device_id: str
+    labels: tuple[str, ...]
+    mqtt_host: str | None = None
+    ca_file: Path | None = None
+    mqtt_port: int | None = None
+    transport: str = "paho"
+    cert_file: Path | None = None
+    enroll_token: str | None = None
+    fleet_ca_file: Path | None = None
+    package: Path | None = None
+    fleet_url: str | None = None
+    trust: tuple[Path, ...] = ()
+    user: str = "edgefleet"
+    unit_path: Path | None = DEFAULT_UNIT
+    force: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class Identity:
+    """The device key (kept across reinstalls) and its CSR."""
+
+    key_path: Path
+    cert_path: Path
+    key_pem: bytes
+    csr_pem: bytes
+
+
+@dataclass
+class Broker:
+    """Where the agent connects and what it trusts, from flags and (when enrolling) the fleet."""
+
+    host: str | None
+    port: int | None
+    ca_text: str | None
+    fleet_keys: list[str] = field(default_factory=list)
+
+
+def install_agent(options: InstallOptions) -> InstallPlan:
+    """Prepare a camera; returns what was (or, with dry_run, would be) written."""
+    opts = replace(options, state_dir=Path(options.state_dir).absolute(), config_path=Path(options.config_path).absolute())
+    check_options(opts)
+    plan = InstallPlan(directories=[opts.state_dir, *(opts.state_dir / d for d in STATE_SUBDIRS)])
+    identity = plan_identity(plan, opts)
+    broker = plan_enrollment(plan, opts, identity)
+    plan_certificate(plan, opts, identity)
+    trusted = plan_trusted_keys(plan, opts, broker.fleet_keys)
+    plan_config_and_unit(plan, opts, broker, trusted)
+    account = find_account(plan, opts)
+    if not opts.dry_run:
+        write_plan(plan, opts, identity, account)
+    return plan
+
+
+def check_options(opts: InstallOptions) -> None:
+    """Refuse what cannot make a working camera before anything is computed or written."""
+    if not re.match(DEVICE_ID_PATTERN, opts.device_id):
+        raise UsageError(f"device id {opts.device_id!r} is not letters, digits, - and _ (1-64)", "pick another device id")
+    if opts.user == "root":
         raise UsageError("the agent must not run as root", "pass --user with an unprivileged account (default: edgefleet)")
-    if not labels:
+    if not opts.labels:
         raise UsageError("no alert labels given", "pass --label LABEL (repeatable)")
-    state_dir, config_path = Path(state_dir).absolute(), Path(config_path).absolute()
-    if config_path.exists() and not force:
-        raise UsageError(f"{config_path} already exists", "pass --force to rewrite it (the device key is kept)")
-    if enroll_token is not None:
-        if not fleet_url:
+    if opts.config_path.exists() and not opts.force:
+        raise UsageError(f"{opts.config_path} already exists", "pass --force to rewrite it (the device key is kept)")
+    if opts.enroll_token is not None:
+        if not opts.fleet_url:
             raise UsageError("enrollment needs the fleet's URL", "pass --fleet-url")
-        if cert_file is not None:
+        if opts.cert_file is not None:
             raise UsageError("both a certificate and an enrollment token were given", "pass --cert or an enrollment token, not both")
-    elif mqtt_host is None or ca_file is None:
+    elif opts.mqtt_host is None or opts.ca_file is None:
         raise UsageError("without fleet enrollment the broker host and CA must be given", "pass --mqtt-host and --ca, or enroll with --fleet-url and --enroll-token-file")
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise UsageError(f"CA certificate {ca_file} does not exist", "pass the fleet broker's CA with --ca")
-    plan = InstallPlan()
-    plan.directories = [state_dir, *(state_dir / d for d in STATE_SUBDIRS)]
-    identity = state_dir / "identity"
-    key_path, csr_path, cert_path = identity / "device.key", identity / "device.csr", identity / "device.pem"
+    if opts.ca_file is not None and not Path(opts.ca_file).is_file():
+        raise UsageError(f"CA certificate {opts.ca_file} does not exist", "pass the fleet broker's CA with --ca")
+
+
+def plan_identity(plan: InstallPlan, opts: InstallOptions) -> Identity:
+    """The device key is kept on a reinstall (its certificate stays valid); the CSR is made anew."""
+    folder = opts.state_dir / "identity"
+    key_path, csr_path = folder / "device.key", folder / "device.csr"
     if key_path.exists():
         key_pem = key_path.read_bytes()
         key = serialization.load_pem_private_key(key_pem, password=None)
-        csr_pem = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.device_id)])
+        csr_pem = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
         plan.notes.append(f"kept the existing device key {key_path}")
     else:
-        key_pem, csr_pem = make_identity(device_id)
+        key_pem, csr_pem = make_identity(opts.device_id)
         plan.files[key_path] = "<new EC P-256 private key, mode 0600>"
     plan.files[csr_path] = csr_pem.decode()
-    ca_text = Path(ca_file).read_text() if ca_file else None
-    fleet_keys: list[str] = []
-    if enroll_token is not None and dry_run:
-        plan.notes.append(f"would enroll at {fleet_url} for the certificate (and the broker CA, address and trusted keys)")
-        ca_text = ca_text or "<broker CA from enrollment>"
-        plan.files[cert_path] = "<certificate from enrollment>"
-    elif enroll_token is not None:
+    return Identity(key_path=key_path, cert_path=folder / "device.pem", key_pem=key_pem, csr_pem=csr_pem)
+
+
+def plan_enrollment(plan: InstallPlan, opts: InstallOptions, identity: Identity) -> Broker:
+    """The broker and CA from the flags, completed by the fleet's enrollment answer when enrolling."""
+    broker = Broker(host=opts.mqtt_host, port=opts.mqtt_port, ca_text=Path(opts.ca_file).read_text() if opts.ca_file else None)
+    if opts.enroll_token is not None and opts.dry_run:
+        plan.notes.append(f"would enroll at {opts.fleet_url} for the certificate (and the broker CA, address and trusted keys)")
+        broker.ca_text = broker.ca_text or "<broker CA from enrollment>"
+        plan.files[identity.cert_path] = "<certificate from enrollment>"
+    elif opts.enroll_token is not None:
         from edgefleet.agent.enroll import enroll
 
-        enrolled = enroll(fleet_url, enroll_token, device_id, csr_pem, ca_file=fleet_ca_file)
-        check_certificate(enrolled.certificate.encode(), key_pem, device_id)
-        plan.files[cert_path] = enrolled.certificate
-        ca_text = ca_text or enrolled.ca_certificate
-        mqtt_host = mqtt_host or enrolled.broker_host
-        mqtt_port = mqtt_port or enrolled.broker_port
-        fleet_keys = enrolled.trusted_keys
-        plan.notes.append(f"enrolled at {fleet_url}")
-        if not mqtt_host:
+        assert opts.fleet_url is not None  # check_options
+        enrolled = enroll(opts.fleet_url, opts.enroll_token, opts.device_id, identity.csr_pem, ca_file=opts.fleet_ca_file)
+        check_certificate(enrolled.certificate.encode(), identity.key_pem, opts.device_id)
+        plan.files[identity.cert_path] = enrolled.certificate
+        broker.ca_text = broker.ca_text or enrolled.ca_certificate
+        broker.host = broker.host or enrolled.broker_host
+        broker.port = broker.port or enrolled.broker_port
+        broker.fleet_keys = enrolled.trusted_keys
+        plan.notes.append(f"enrolled at {opts.fleet_url}")
+        if not broker.host:
             raise UsageError("the fleet did not say where its broker is", "pass --mqtt-host")
-    plan.files[identity / "ca.pem"] = ca_text
-    if cert_file is not None:
-        cert_pem = Path(cert_file).read_bytes()
-        if not dry_run:
-            check_certificate(cert_pem, key_pem, device_id)
-        plan.files[cert_path] = cert_pem.decode()
-    elif enroll_token is None:
-        plan.notes.append(f"no certificate yet: have the fleet CA sign {csr_path} and save it as {cert_path}")
-    trusted = []
-    for key in trust or []:
-        from edgefleet.signing import load_public_key
+    plan.files[identity.key_path.parent / "ca.pem"] = broker.ca_text
+    return broker
 
+
+def plan_certificate(plan: InstallPlan, opts: InstallOptions, identity: Identity) -> None:
+    """A certificate given by hand must match the key; without one the admin signs the CSR later."""
+    if opts.cert_file is not None:
+        cert_pem = Path(opts.cert_file).read_bytes()
+        if not opts.dry_run:
+            check_certificate(cert_pem, identity.key_pem, opts.device_id)
+        plan.files[identity.cert_path] = cert_pem.decode()
+    elif opts.enroll_token is None:
+        csr_path = identity.key_path.with_name("device.csr")
+        plan.notes.append(f"no certificate yet: have the fleet CA sign {csr_path} and save it as {identity.cert_path}")
+
+
+def plan_trusted_keys(plan: InstallPlan, opts: InstallOptions, fleet_keys: list[str]) -> list[Path]:
+    """The package signing keys this camera accepts: given files and the fleet's; ed25519 only."""
+    from edgefleet.signing import load_public_key
+
+    trusted = []
+    for key in opts.trust:
         load_public_key(key)  # refuse anything that is not an ed25519 public key
-        trusted.append(state_dir / "trusted" / Path(key).name)
+        trusted.append(opts.state_dir / "trusted" / Path(key).name)
         plan.files[trusted[-1]] = Path(key).read_text()
     for i, pem in enumerate(fleet_keys):
         if not isinstance(serialization.load_pem_public_key(pem.encode()), Ed25519PublicKey):
             raise UsageError("the fleet sent a trusted key that is not ed25519", "check the fleet's signing keys")
-        trusted.append(state_dir / "trusted" / f"fleet-{i}.pub")
+        trusted.append(opts.state_dir / "trusted" / f"fleet-{i}.pub")
         plan.files[trusted[-1]] = pem
-    text = config_text(state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host or "<from enrollment>", mqtt_port=mqtt_port or 8883, transport=transport, labels=labels,
-                       package=Path(package).absolute() if package else None, fleet_url=fleet_url, trusted=trusted)
+    return trusted
+
+
+def plan_config_and_unit(plan: InstallPlan, opts: InstallOptions, broker: Broker, trusted: list[Path]) -> None:
+    text = config_text(state_dir=opts.state_dir, device_id=opts.device_id, mqtt_host=broker.host or "<from enrollment>", mqtt_port=broker.port or 8883,
+                       transport=opts.transport, labels=list(opts.labels), package=Path(opts.package).absolute() if opts.package else None,
+                       fleet_url=opts.fleet_url, trusted=trusted)
     from edgefleet.agent.config import tomllib
 
     parse_config(tomllib.loads(text), "generated config")  # what we write must load
-    plan.files[config_path] = text
-    if unit_path is not None:
-        plan.files[Path(unit_path)] = unit_text(config_path=config_path, state_dir=state_dir, user=user)
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        account = None
-        plan.notes.append(f"user {user} does not exist: create it with `useradd --system --home-dir {state_dir} --shell /usr/sbin/nologin {user}`")
-    if dry_run:
-        return plan
+    plan.files[opts.config_path] = text
+    if opts.unit_path is not None:
+        plan.files[Path(opts.unit_path)] = unit_text(config_path=opts.config_path, state_dir=opts.state_dir, user=opts.user)
 
+
+def find_account(plan: InstallPlan, opts: InstallOptions) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(opts.user)
+    except KeyError:
+        plan.notes.append(f"user {opts.user} does not exist: create it with `useradd --system --home-dir {opts.state_dir} --shell /usr/sbin/nologin {opts.user}`")
+        return None
+
+
+def write_plan(plan: InstallPlan, opts: InstallOptions, identity: Identity, account: pwd.struct_passwd | None) -> None:
+    """Files replace atomically; the private key is created 0600 and never overwritten."""
     for directory in plan.directories:
         directory.mkdir(parents=True, exist_ok=True)
-    identity.chmod(0o700)
+    identity.key_path.parent.chmod(0o700)
     for path, content in plan.files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path == key_path:
+        if path == identity.key_path:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(key_pem)
+                fh.write(identity.key_pem)
         else:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(content)
             tmp.replace(path)
     if account is not None and os.geteuid() == 0:
-        for root, dirs, files in os.walk(state_dir):
+        for root, dirs, files in os.walk(opts.state_dir):
             for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                 shutil.chown(name, account.pw_uid, account.pw_gid)
-    return plan

@@ -37,13 +37,13 @@ def compile_vm(model: onnx.ModelProto, target, stock: bool):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgefleet.compiler.build import _optimize_pipeline, tvm_target
+    from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
 
     tgt = tvm_target(target)
     mod = from_onnx(model, keep_params_in_input=False)
     start = time.perf_counter()
     with tgt:
-        mod = (relax.get_default_pipeline(tgt) if stock else _optimize_pipeline(target, 0, lambda _m: None))(mod)
+        mod = (relax.get_default_pipeline(tgt) if stock else _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None)))(mod)
     ex = tvm.compile(mod, target=tgt, relax_pipeline=None)
     compile_s = time.perf_counter() - start
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -86,7 +86,7 @@ def main() -> None:
                 before, _ = compile_vm(model, target, stock=True)
                 runners["before"] = lambda: before(xt)
             times = {k: [] for k in runners}
-            for k, run in runners.items():
+            for run in runners.values():
                 run()
             # The stock build is ~100x slower: give it fewer rounds, interleaved all the same.
             for i in range(args.runs):

@@ -32,6 +32,9 @@ def report(results: list[c.CaseResult], title: str) -> str:
         n = Counter(r.outcome for r in subset)
         total = max(1, len(subset))
         lines.append(f"{label}: {n['passed']}/{len(subset)} passed ({100 * n['passed'] / total:.1f}%), {n['wrong']} wrong, {n['unsupported']} unsupported, {n['error']} errors")
+    passed = [r for r in results if r.outcome == "passed"]
+    lines.append(f"of those passing: {sum(1 for r in passed if r.kernel_fallbacks)} with kernels that fell back alone, "
+                 f"{sum(1 for r in passed if r.pipeline == 'tvm-default')} with TVM's default pipeline")
     return "\n".join(lines)
 
 

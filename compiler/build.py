@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.compiler import tuning
 from edgefleet.compiler.targets import Target
 from edgefleet.errors import BuildError, EdgefleetError
+from edgefleet.package import KernelFallback
 from edgefleet.progress import Stages
 from edgefleet.signing import edgefleet_home
 
@@ -29,11 +31,13 @@ def tuning_dir(target: Target) -> Path:
     return edgefleet_home() / "tuning" / f"{target.name}-{key}"
 
 
-def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
+def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rpc: tuning.RpcTracker | None = None):
     """CPU: clean graph, NCHWc layout with prepacked weights, fused kernels, schedules, lowering.
 
     Kernels found in the tuning database (from this or any earlier compile for the same
     target) use their tuned schedule; the rest get the default schedules of `schedules.py`.
+    A convolution whose blocked form cannot be lowered, or a kernel a schedule rule fails on,
+    falls back alone (`kernels` records which and why).
     """
     import tvm
     from tvm import relax
@@ -43,17 +47,19 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
 
     tgt = tvm_target(target)
     work = tuning_dir(target)
+    report = kernels.report
     passes = [
         graph.cleanup(),
         _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
-        graph.legalize(),
+        graph.legalize(kernels.layout_failed),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
+        kernels.remember_unscheduled(),
     ]
     if tune_trials > 0:
         import psutil
@@ -67,7 +73,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.Rp
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
     passes += [
-        schedules.default_schedules(), _report_unscheduled(report),
+        schedules.default_schedules(kernels.schedule_failed), _report_unscheduled(report),
         *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt),
     ]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
@@ -108,11 +114,11 @@ def _report_unscheduled(report):
     return _pass
 
 
-def _optimize_pipeline(target: Target, tune_trials: int, report=print, rpc: tuning.RpcTracker | None = None):
+def _optimize_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rpc: tuning.RpcTracker | None = None):
     from tvm import relax
 
     if target.device == "cpu":
-        return _cpu_pipeline(target, tune_trials, report, rpc)
+        return _cpu_pipeline(target, tune_trials, kernels, rpc)
     # For CUDA the default pipeline applies dlight's default GPU schedules (threads bound).
     return relax.get_default_pipeline(tvm_target(target))
 
@@ -122,11 +128,55 @@ PIPELINE_CPU = "edgefleet-cpu"
 PIPELINE_TVM_DEFAULT = "tvm-default"
 
 
+class KernelFallbacks:
+    """The CPU pipeline's fallbacks for single kernels: which fell back and why (the manifest's
+    runtime.kernel_fallbacks), and every kernel as it was before any schedule, which is what the
+    build uses for a kernel whose scheduled form TVM cannot build."""
+
+    def __init__(self, report) -> None:
+        self.report = report
+        self.fallbacks: list[KernelFallback] = []
+        self.unscheduled: dict[str, object] = {}  # kernel name -> tirx.PrimFunc
+
+    def _add(self, kernel: str, step: str, reason: str, consequence: str) -> None:
+        self.fallbacks.append(KernelFallback(kernel=kernel, step=step, reason=reason[:500]))
+        self.report(f"warning: {kernel}: {reason}; {consequence}")
+
+    def layout_failed(self, conv: str, reason: str) -> None:
+        self._add(conv, "layout", f"the NCHWc layout step failed ({reason})", "this convolution runs in NCHW (slower)")
+
+    def schedule_failed(self, kernel: str, exc: Exception) -> None:
+        message = tvm_message(exc, 300)
+        if not str(exc).strip():  # a bare assert (dlight's GEMV has them): say where it fired
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            message += f" at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
+        self._add(kernel, "schedule", f"the default schedule failed ({message})", "the kernel stays as written (correct, slower)")
+
+    def build_failed(self, kernel: str, reason: str) -> None:
+        self._add(kernel, "schedule", f"TVM cannot build the scheduled kernel ({reason})", "it is built as written (correct, slower)")
+
+    def remember_unscheduled(self):
+        import tvm
+        from tvm import tirx
+
+        @tvm.transform.module_pass(opt_level=0, name="EdgefleetRememberUnscheduled")
+        def _pass(mod, _ctx):
+            self.unscheduled = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+            return mod
+
+        return _pass
+
+
 @dataclass
 class Optimized:
     mod: object  # tvm.IRModule, ready for build_and_export
     pipeline: str  # PIPELINE_CPU or PIPELINE_TVM_DEFAULT
     fallback_reason: str | None = None  # why edgefleet's CPU pipeline was not used
+    kernels: KernelFallbacks | None = None  # edgefleet's CPU pipeline: the kernels that fell back alone
+
+    @property
+    def kernel_fallbacks(self) -> list[KernelFallback]:
+        return self.kernels.fallbacks if self.kernels is not None else []
 
 
 def tvm_message(exc: Exception, limit: int = 400) -> str:
@@ -156,7 +206,8 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.
         try:
             with tgt:
                 pipeline = PIPELINE_CPU if target.device == "cpu" else PIPELINE_TVM_DEFAULT
-                return Optimized(_optimize_pipeline(target, tune_trials, stages.note, rpc)(mod), pipeline)
+                kernels = KernelFallbacks(stages.note)
+                return Optimized(_optimize_pipeline(target, tune_trials, kernels, rpc)(mod), pipeline, kernels=kernels)
         except EdgefleetError:  # edgefleet's own refusals (e.g. a damaged tuning database) say what to do
             raise
         except Exception as exc:  # TVM surfaces its C++ errors as several Python types
@@ -175,8 +226,10 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.
 
 
 def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, stages: Stages) -> Optimized:
-    """Build `optimized`; when edgefleet's CPU pipeline produced something TVM cannot build, say so
-    and build `mod` (the imported model) with TVM's default pipeline instead. Returns what was built."""
+    """Build `optimized`. When that fails after edgefleet's CPU pipeline, each kernel is built alone:
+    those whose scheduled form TVM cannot build are built as written, named with TVM's message.
+    Should that not do (the failure is outside the kernels, or a kernel fails as written too), say
+    so and build `mod` (the imported model) with TVM's default pipeline. Returns what was built."""
     try:
         build_and_export(optimized.mod, target, out, stages)
         return optimized
@@ -184,6 +237,13 @@ def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, st
         if optimized.pipeline != PIPELINE_CPU:
             raise
         reason = exc.cause
+    patched = _unschedule_unbuildable(optimized, target, stages)
+    if patched is not None:
+        try:
+            build_and_export(patched.mod, target, out, stages)
+            return patched
+        except BuildError as exc:
+            reason = exc.cause
     from tvm import relax
 
     stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); "
@@ -193,6 +253,44 @@ def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, st
         fallback = Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
     build_and_export(fallback.mod, target, out, stages)
     return fallback
+
+
+def _unschedule_unbuildable(optimized: Optimized, target: Target, stages: Stages) -> Optimized | None:
+    """`optimized` with each kernel TVM cannot build as scheduled replaced by its unscheduled form;
+    None when no kernel fails alone or a failing one has no unscheduled form that builds."""
+    from tvm import tirx
+
+    tgt = tvm_target(target)
+    kernels = [(gv, f) for gv, f in optimized.mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    with stages.stage("find kernels that do not build", f"{len(kernels)} kernels, one at a time"):
+        failed = {gv: (f, error) for gv, f in kernels if (error := _build_error(gv, f, tgt)) is not None}
+        plain = {gv: _as_lowered(optimized.kernels.unscheduled.get(gv.name_hint), f) for gv, (f, _) in failed.items()}
+        if not failed or any(f is None or _build_error(gv, f, tgt) is not None for gv, f in plain.items()):
+            return None
+    mod = optimized.mod.clone()
+    for gv, (_, error) in failed.items():
+        mod[gv] = plain[gv]
+        optimized.kernels.build_failed(gv.name_hint, error)
+    return Optimized(mod, PIPELINE_CPU, kernels=optimized.kernels)
+
+
+def _as_lowered(unscheduled, scheduled):
+    """The kernel before scheduling with the attributes the lowering passes since gave its scheduled
+    form (global_symbol, which the VM links by); it has the same parameters. None without one."""
+    if unscheduled is None:
+        return None
+    return unscheduled.with_attrs({k: v for k, v in scheduled.attrs.items() if k != "tirx.is_scheduled"})
+
+
+def _build_error(gv, func, tgt) -> str | None:
+    """TVM's message when `func` alone does not build for `tgt`, else None."""
+    import tvm
+
+    try:
+        tvm.tirx.build(tvm.IRModule({gv: func}), target=tgt)
+    except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+        return tvm_message(exc, 300)
+    return None
 
 
 def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:

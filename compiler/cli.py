@@ -31,12 +31,16 @@ def _resize(value: str | None) -> tuple[int, int] | None:
     return (h, w)
 
 
-def _supported_cell(op: str, unsupported) -> str:
-    # Rule entries read "Op (attribute)": the operator converts, but not with that attribute.
+def _supported_cell(op: str, unsupported, approximated) -> str:
+    # Entries read "Op (attribute)": the operator converts, but not with that attribute (unsupported),
+    # or its quantized uses go through TVM's float lowering (approximated, TFLite).
     if op in unsupported:
         return "no"
     reasons = [key[len(op) + 2 : -1] for key in unsupported if key.startswith(op + " (")]
-    return f"no: {'; '.join(reasons)}" if reasons else "yes"
+    if reasons:
+        return f"no: {'; '.join(reasons)}"
+    approx = [f"{key[len(op) + 2 : -1]} x{n}" for key, n in sorted(approximated.items()) if key.startswith(op + " (")]
+    return f"yes, {', '.join(approx)} by TVM's float lowering (LiteRT verification decides)" if approx else "yes"
 
 
 @click.command("compile")
@@ -88,9 +92,11 @@ def compile_command(model, target, output, name, model_version, input_shapes, co
     if check:
         report = check_operators(model, member=member)
         if as_json:
-            print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported), "constant_inputs_needed": report.constant_inputs_needed})
+            print_json({"format": report.format, "operators": dict(report.counts), "unsupported": dict(report.unsupported),
+                        "constant_inputs_needed": report.constant_inputs_needed, "approximated": dict(report.approximated)})
         else:
-            table(["operator", "count", "supported"], [[op, n, _supported_cell(op, report.unsupported)] for op, n in sorted(report.counts.items())], title=f"{model} ({report.format})")
+            rows = [[op, n, _supported_cell(op, report.unsupported, report.approximated)] for op, n in sorted(report.counts.items())]
+            table(["operator", "count", "supported"], rows, title=f"{model} ({report.format})")
             for input_name, uses in sorted(report.constant_inputs_needed.items()):
                 console.print(f"input [bold]{input_name}[/bold] sets {', '.join(sorted(set(uses)))}, which TVM needs at compile time: give it with --constant-input {input_name}=VALUES")
         if not report.ok:

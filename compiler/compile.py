@@ -25,6 +25,7 @@ from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOpera
 from edgefleet.package import (NAME_PATTERN, DetectionInfo, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification,
                                now_utc, parse_version, requirement_for, write_package)
 from edgefleet.progress import Stages
+from edgefleet.strict import first_error
 from edgefleet.signing import load_signing_key
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class OperatorReport:
     # ONNX graph inputs whose values TVM needs at compile time -> where they are used
     # (compile them with --constant-input NAME=VALUES; compiler/onnx_params.py).
     constant_inputs_needed: dict[str, list[str]] = field(default_factory=dict)
+    # TFLite: quantized operators compiled through TVM's float lowering, not TFLite's integer kernels
+    # ("LOGISTIC (int8 quantized)" -> count); LiteRT verification decides.
+    approximated: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -68,12 +72,14 @@ def check_operators(model: str, *, member: str | None = None, workdir: Path | No
         source = fetch_model(model, Path(tmp), member=member)
         frontend = frontend_for(source.format)
         parsed = frontend.load(source.path)
-        needed = {}
+        needed, approximated = {}, Counter()
         if source.format == "onnx":
             from edgefleet.compiler.onnx_params import parameter_inputs
 
             needed = parameter_inputs(parsed)
-        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed)
+        else:
+            approximated = frontend.approximated(parsed)
+        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed, approximated)
 
 
 def _default_name(path: Path) -> str:
@@ -122,8 +128,8 @@ def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str
         try:
             pre = Preprocessing(**given)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UsageError(f"preprocessing option {'.'.join(map(str, first['loc']))}: {first['msg']}", "see `edgefleet compile --help` for the preprocessing options") from None
+            first = first_error(exc)
+            raise UsageError(f"preprocessing option {first.where}: {first.msg}", "see `edgefleet compile --help` for the preprocessing options") from None
     channels = 1 if pre.color_order == "GRAY" else 3
     for option, values in (("mean", pre.mean), ("std", pre.std)):
         if len(values) not in (channels, 3):
@@ -192,9 +198,8 @@ def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], in
     try:
         return DetectionInfo(head=name, options=options, **given)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise UsageError(f"detection option {where}: {first['msg']}", "see `edgefleet compile --help`") from None
+        first = first_error(exc)
+        raise UsageError(f"detection option {first.where}: {first.msg}", "see `edgefleet compile --help`") from None
 
 
 def _letterbox_default(pre: Preprocessing, given: Preprocessing | dict[str, Any] | None,
@@ -356,7 +361,8 @@ def compile_model(
             version=version,
             target=target_info,
             runtime=dict(kind="tvm", library="model.so", tvm_version=tvm_version, tvm_ffi_version=ffi_version, requires=requirement_for(target_info, tvm_version, ffi_version),
-                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason),
+                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason,
+                         kernel_fallbacks=optimized.kernel_fallbacks),
             inputs=inputs,
             outputs=outputs,
             preprocessing=pre,

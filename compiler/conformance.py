@@ -2,7 +2,7 @@
 
 `EdgefleetBackend` is an `onnx.backend.base.Backend`: `prepare` checks the model the way
 `edgefleet compile` does (operator check, import rewrites, input shapes), `run` builds it for the
-x86_64 target with the same `optimize` / `build_and_export` functions, loads the library with the
+x86_64 target with the same `optimize` / `build_with_fallback` functions, loads the library with the
 agent's runtime (in the runtime worker) and executes it. Dynamic inputs get the shapes of the data they are run on,
 as `--input-shape` would give them.
 
@@ -68,6 +68,7 @@ class CaseResult:
     seconds: float = 0.0
     bound_inputs: list[str] = field(default_factory=list)  # inputs compiled as constants (--constant-input)
     pipeline: str = ""  # compiler/build.py's PIPELINE_*: tvm-default when edgefleet's CPU pipeline fell back
+    kernel_fallbacks: list[str] = field(default_factory=list)  # "kernel (step)": kernels that fell back alone
 
 
 class EdgefleetRep:
@@ -96,6 +97,7 @@ class CompiledCase:
     model: object  # a model on the camera runtime (agent.runtime_worker)
     bound: list[str]  # graph inputs given as --constant-input would give them
     pipeline: str  # compiler/build.py's PIPELINE_*
+    kernel_fallbacks: list[str]  # CaseResult.kernel_fallbacks
     kept: list[bool]  # per graph input: still a run-time input
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -159,7 +161,7 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     does; the rest stay run-time inputs with the shapes of the data, as `--input-shape` gives.
     """
     from edgefleet.agent.runtime_worker import open_tvm_model
-    from edgefleet.compiler.build import build_and_export, optimize
+    from edgefleet.compiler.build import build_with_fallback, optimize
     from edgefleet.compiler.frontends import onnx as frontend
     from edgefleet.compiler.onnx_params import bind_inputs
     from edgefleet.compiler.targets import resolve_target
@@ -183,8 +185,10 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     stages = Stages(quiet=True)
     optimized = optimize(mod, target, 0, stages)
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
-        library = build_and_export(optimized.mod, target, Path(tmp) / "model.so", stages)
-        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], optimized.pipeline, kept)
+        library = Path(tmp) / "model.so"
+        built = build_with_fallback(mod, optimized, target, library, stages)
+        fallbacks = [f"{k.kernel} ({k.step})" for k in built.kernel_fallbacks]
+        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, fallbacks, kept)
 
 
 # --- the suite -------------------------------------------------------------------------------
@@ -255,7 +259,8 @@ def run_case(case, plain: bool = False) -> CaseResult:
 
     def result(outcome: str, detail: str = "") -> CaseResult:
         compiled = rep.last if rep is not None else None
-        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "")
+        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "",
+                          compiled.kernel_fallbacks if compiled else [])
 
     try:
         rep = _backend_class().prepare(model, plain=plain)

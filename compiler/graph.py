@@ -27,6 +27,8 @@ import tvm_ffi
 from tvm import relax, topi
 from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
 
+from edgefleet.compiler.build import tvm_message
+
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
 # block size keeps the prepacked weights and the tuning database the same across CPU targets.
 CHANNEL_BLOCK = 16
@@ -123,6 +125,42 @@ def _float16_accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
     return _mutate_functions(mod, _Widen(mod))
 
 
+# Element-wise ops whose constant operand ConvertLayout can move to another layout only at the
+# other operand's rank: TFLite's per-channel bias is a (C,) constant added to an NHWC tensor.
+_ELEMENTWISE = {"relax.add": relax.op.add, "relax.subtract": relax.op.subtract, "relax.multiply": relax.op.multiply,
+                "relax.divide": relax.op.divide, "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
+
+
+def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
+    """Constants broadcast against a 4-D tensor reshaped to 4-D, and clip(x, lo, hi) as minimum(maximum(x, lo), hi).
+
+    Same values (NumPy broadcasting prepends the ones); it lets ConvertLayout carry TFLite's
+    bias adds and RELU6 clips into the blocked layout with their convolution instead of
+    running them in NHWC between two transposes.
+    """
+
+    def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
+        value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
+        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value is not None and value.ndim < 4 else expr
+
+    @relax.expr_functor.mutator
+    class _Rank(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not isinstance(call.op, tvm.ir.Op) or not isinstance(call.ty, relax.TensorType) or call.ty.ndim != 4:
+                return call
+            dtype = str(call.ty.dtype)
+            if call.op.name == "relax.clip":
+                lo, hi = (relax.const(float(v.value), dtype) for v in call.args[1:])
+                return relax.op.minimum(self.builder_.emit(relax.op.maximum(call.args[0], lo)), hi)
+            if call.op.name in _ELEMENTWISE and len(call.args) == 2:
+                a, b = (const_4d(x, dtype) for x in call.args)
+                return _ELEMENTWISE[call.op.name](a, b) if (a, b) != tuple(call.args) else call
+            return call
+
+    return _mutate_functions(mod, _Rank(mod))
+
+
 def cleanup() -> tvm.transform.Pass:
     """Graph simplifications that are valid for inference on any target."""
 
@@ -145,6 +183,7 @@ def cleanup() -> tvm.transform.Pass:
         mod = _identity_broadcast(mod)
         mod = _stack_reductions_to_chains(mod)
         mod = _float16_accumulate_in_float32(mod)
+        mod = _full_rank_operands(mod)
         return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination(), relax.transform.FoldConstant()])(mod)
 
     return _pass
@@ -173,6 +212,11 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     """
     passes = tvm.transform.Sequential(
         [
+            # TFLite's NHWC convolutions become NCHW first, so that those ConvertLayout cannot
+            # block (channels not divisible by the block, depthwise) still reach
+            # block_remaining_convs, which takes NCHW; the transforms in between cancel.
+            relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "OIHW"]}),
+            relax.transform.Normalize(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
             relax.transform.FoldConstant(),
@@ -482,6 +526,55 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):
 _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
 
-def legalize() -> tvm.transform.Pass:
-    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered)."""
-    return relax.transform.LegalizeOps({"relax.nn.conv2d": _legalize_conv2d})
+def legalize(on_fallback) -> tvm.transform.Pass:
+    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered).
+
+    A blocked convolution that cannot be lowered (its kernel raises, or nothing lowers that
+    layout) falls back alone: it runs in NCHW between layout transforms, and
+    `on_fallback(description, reason)` says so.
+    """
+
+    def conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        blocked = len(str(call.attrs.data_layout)) > 4
+        try:
+            lowered = _legalize_conv2d(bb, call)
+            reason = "no kernel lowers this layout" if lowered.same_as(call) else None
+        except Exception as exc:  # TVM surfaces its C++ errors as several Python types
+            if not blocked:
+                raise
+            reason = tvm_message(exc, 300)
+        if reason is None or not blocked:
+            return lowered
+        on_fallback(describe_conv2d(call), reason)
+        return _conv2d_in_nchw(bb, call)
+
+    return relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d})
+
+
+def describe_conv2d(call: relax.Call) -> str:
+    """The convolution in a user's terms: "conv2d 32->64 channels 3x3 groups=2 (NCHW16c)"."""
+    a, data, weight = call.attrs, call.args[0].ty, call.args[1].ty
+
+    def channels(ty) -> int:  # static for a convolution, unlike a symbolic batch or size
+        return int(ty.shape[1]) * (int(ty.shape[4]) if ty.ndim == 5 else 1)
+
+    groups = f" groups={int(a.groups)}" if int(a.groups) != 1 else ""
+    return f"conv2d {channels(data)}->{channels(call.ty)} channels {int(weight.shape[2])}x{int(weight.shape[3])}{groups} ({a.data_layout})"
+
+
+def _conv2d_in_nchw(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A blocked convolution as NCHW data, OIHW weights and a plain conv2d, blocked again after.
+
+    LegalizeOps lowers what this returns in turn; the weight's transform folds into a constant.
+    """
+    a = call.attrs
+    data, weight = call.args
+    db, ib, ob = int(data.ty.shape[4]), int(weight.ty.shape[4]), int(weight.ty.shape[5])
+    unblocked = bb.emit(relax.op.layout_transform(data, index_map=lambda n, c, h, w, cb: (n, c * db + cb, h, w)))
+    oihw = bb.emit(relax.op.layout_transform(weight, index_map=lambda o, i, h, w, bi, bo: (o * ob + bo, i * ib + bi, h, w)))
+    conv = relax.op.nn.conv2d(unblocked, oihw, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+                              out_dtype=str(call.ty.dtype))
+    if call.ty.ndim == 4:
+        return conv
+    cb = int(call.ty.shape[4])
+    return relax.op.layout_transform(bb.emit(conv), index_map=lambda n, c, h, w: (n, c // cb, h, w, c % cb))

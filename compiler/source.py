@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from edgefleet.archive import ArchiveLimits, safe_extract
 from edgefleet.errors import CorruptModelError, ModelSourceError
 from edgefleet.package import Preprocessing, TensorSpec, sha256_file
+from edgefleet.strict import Strict, first_error
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -107,11 +108,9 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
     return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job, preprocessing=preprocessing, labels=labels)
 
 
-class ServingSpec(BaseModel):
+class ServingSpec(Strict):
     """preprocessing.json (format version 1), written by a training script beside its model:
     how to serve the model exactly as it was trained (see docs/compiler.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format_version: Literal[1]
     input: TensorSpec | None = None
@@ -128,8 +127,8 @@ def read_serving_spec(folder: Path) -> ServingSpec | None:
     try:
         return ServingSpec.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {'.'.join(map(str, first['loc']))}: {first['msg']}", "fix or remove preprocessing.json in the training output") from None
+        first = first_error(exc)
+        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {first.where}: {first.msg}", "fix or remove preprocessing.json in the training output") from None
 
 
 def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:

@@ -26,7 +26,7 @@ def sample_inputs(
     feeds = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
+        if dtype.kind == "f" or spec.dtype == "bfloat16":  # numpy knows bfloat16 (ml_dtypes) as kind "V"
             feeds[spec.name] = rng.random(spec.shape, dtype=np.float32).astype(dtype)
         elif dtype.kind in "iu":
             info = np.iinfo(dtype)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet import __version__
-from edgefleet.cross.emulate import device_sources
+from edgefleet.agent_release import device_sources
 from edgefleet.cross.sysroot import (
     ARCHES,
     SUITE,

@@ -15,17 +15,18 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent.runtime_worker import RuntimeWorker
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.cross.sysroot import ARCHES, Sysroot, arch_info, build_command, find_sysroot, require_tool
+from edgefleet.agent_release import DEVICE_PACKAGES
 from edgefleet.errors import TargetNotRunnableError, UsageError
 from edgefleet.package import open_package
 from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
 
 # The subpackages a device needs; the compiler and fleet service never run on the camera.
-_DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
 _GUEST_BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin")
 
 
@@ -79,30 +80,30 @@ def _link_device_packages(into: Path) -> Path:
     for entry in core.iterdir():
         if entry.suffix == ".py":
             (top / entry.name).symlink_to(entry)
-    for name in _DEVICE_PACKAGES[1:]:
+    for name in DEVICE_PACKAGES[1:]:
         spec = importlib.util.find_spec(name)
         (top / name.rpartition(".")[2]).symlink_to(Path(spec.submodule_search_locations[0]))
     return into
 
 
-def device_sources() -> list[tuple[Path, str]]:
-    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+@dataclass(frozen=True)
+class QemuOptions:
+    """Departures from the plain `qemu-*-static -L ROOT` start, for instrumented runs (benchmarks/qemu_insn).
 
-    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    `binary`: another QEMU (plugins need the dynamically linked one); `options`: put before the
+    guest program (-cpu, -plugin, -d, -D); `root`: the -L root instead of the sysroot's own;
+    `python_path`: guest folders searched before the sysroot's wheels.
     """
-    core = Path(importlib.util.find_spec("edgefleet").submodule_search_locations[0])
-    files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
-    for name in _DEVICE_PACKAGES[1:]:
-        package = Path(importlib.util.find_spec(name).submodule_search_locations[0])
-        sub = name.replace(".", "/")
-        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
-                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
-    return files
+
+    binary: str | None = None
+    options: tuple[str, ...] = ()
+    root: Path | None = None
+    python_path: tuple[Path, ...] = ()
 
 
-def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None, first: Sequence[Path] = ()) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
-    paths = [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
+    paths = [str(p) for p in first] + [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
     # PYTHONSAFEPATH: the working directory (often this repository, whose edgefleet/ folder
     # lacks the agent) must not shadow the linked package.
     env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1")
@@ -114,7 +115,7 @@ def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | N
     return env
 
 
-def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = None) -> list[str]:
+def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = None, qemu: QemuOptions = QemuOptions()) -> list[str]:
     """QEMU's command line for a guest `command`; `argv0` is the name the guest sees itself started as.
 
     `argv0` matters to a venv's interpreter: Python finds its pyvenv.cfg next to argv[0], and a
@@ -122,9 +123,9 @@ def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = 
     """
     if not command:
         raise UsageError("no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'")
-    qemu = require_tool(sysroot.arch.qemu)
+    binary = require_tool(qemu.binary or sysroot.arch.qemu)
     program = str(_guest_program(sysroot, command[0]))
-    return [qemu, *(["-0", argv0] if argv0 else []), "-L", str(sysroot.root), program, *command[1:]]
+    return [binary, *(["-0", argv0] if argv0 else []), *qemu.options, "-L", str(qemu.root or sysroot.root), program, *command[1:]]
 
 
 def run_emulated(
@@ -135,16 +136,17 @@ def run_emulated(
     cwd: Path | None = None,
     timeout: float | None = None,
     capture: bool = False,
+    qemu: QemuOptions = QemuOptions(),
 ) -> subprocess.CompletedProcess:
     """Run `command` (a guest program and its arguments) from `sysroot` under QEMU user mode.
 
     The guest sees the sysroot's wheels and this checkout's `edgefleet` (core and agent) on
     PYTHONPATH. Returns the finished process; its exit status is the guest program's.
     """
-    argv = emulated_argv(sysroot, command)
+    argv = emulated_argv(sysroot, command, qemu=qemu)
     with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
         code = _link_device_packages(Path(tmp))
-        return subprocess.run(argv, env=guest_env(sysroot, code, env), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, env=guest_env(sysroot, code, env, qemu.python_path), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)
 
 
 @contextmanager

@@ -22,7 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.cross.emulate import device_sources, require_sysroot
+from edgefleet.agent_release import device_sources
+from edgefleet.cross.emulate import require_sysroot
 from edgefleet.cross.sysroot import arch_info
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.package import now_utc, sha256_file

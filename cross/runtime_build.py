@@ -31,7 +31,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
-from edgefleet.package import Strict, now_utc, sha256_file
+from edgefleet.package import now_utc, sha256_file
+from edgefleet.strict import Strict
 from edgefleet.progress import Stages
 from edgefleet.runtime_bundle import (CUDA_LIBRARY, INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, CudaInfo,
                                      RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle)

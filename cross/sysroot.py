@@ -35,11 +35,11 @@ from typing import Literal
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from pydantic import BaseModel, ConfigDict
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import now_utc
 from edgefleet.progress import Stages
+from edgefleet.strict import Strict
 from edgefleet.signing import edgefleet_home
 
 FORMAT_VERSION = 1
@@ -97,6 +97,9 @@ TOOL_PACKAGES = {
     "dpkg-deb": "dpkg",
     "qemu-aarch64-static": "qemu-user-static",
     "qemu-arm-static": "qemu-user-static",
+    # Dynamically linked QEMU: the only one that loads TCG plugins (benchmarks/qemu_insn).
+    "qemu-aarch64": "qemu-user",
+    "qemu-arm": "qemu-user",
     "fakeroot": "fakeroot",
 }
 
@@ -117,10 +120,6 @@ def require_tool(name: str) -> str:
             f"apt-get install {TOOL_PACKAGES.get(name, name)}" + (" (it installs to /usr/sbin: have that on PATH)" if name == "debootstrap" else ""),
         )
     return path
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SysrootSpec(Strict):

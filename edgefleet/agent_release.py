@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import io
 import json
 import platform
@@ -26,17 +27,29 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import safe_extract
 from edgefleet.errors import PackageIntegrityError, TargetNotRunnableError, UsageError
-from edgefleet.package import MANIFEST, SIGNATURE, FileEntry, SignatureInfo, Strict, check_files, now_utc, parse_version, sha256_file
+from edgefleet.package import (
+    MANIFEST,
+    SIGNATURE,
+    FileEntry,
+    SignatureInfo,
+    check_files,
+    now_utc,
+    parse_version,
+    sha256_file,
+)
 from edgefleet.runtime_bundle import INFO_FILE, Bundle, canonical_arch, host_arch
 from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.strict import Strict, first_error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 # The name agent releases carry in the fleet's registry and in jobs; no model package may use it.
 RELEASE_NAME = "edgefleet-agent"
 SITE, RUNTIME = "site", "runtime"
@@ -112,9 +125,8 @@ def parse_release_manifest(data: bytes) -> AgentReleaseManifest:
     try:
         return AgentReleaseManifest.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PackageIntegrityError(f"agent release {MANIFEST} is malformed at {where}: {first['msg']}", "rebuild it with `edgefleet agent release build`") from None
+        first = first_error(exc)
+        raise PackageIntegrityError(f"agent release {MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild it with `edgefleet agent release build`") from None
 
 
 # What the agent role imports, with the ranges pyproject.toml declares (its core and `agent` extra).
@@ -131,10 +143,34 @@ DEFAULT_REQUIRES = (
 DEFAULT_PYTHON = VersionRange(min="3.10", below="3.14")
 
 
+# The packages a camera runs (images, Debian packages and agent releases ship their code); named,
+# not imported, so the shared package stays free of components.
+DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations, name  # this code runs from that package
+    return Path(spec.submodule_search_locations[0])
+
+
+def device_sources() -> list[tuple[Path, str]]:
+    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+
+    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    """
+    core = _package_dir("edgefleet")
+    files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
+    for name in DEVICE_PACKAGES[1:]:
+        package = _package_dir(name)
+        sub = name.replace(".", "/")
+        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
+                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
+    return files
+
+
 def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None = None, bundle: Bundle | None = None, code: list[tuple[Path, str]] | None = None) -> AgentReleaseManifest:
     """Write the signed release `out` of this checkout's device code (or `code`: (file, path under site/)) and `bundle`."""
-    from edgefleet.cross.emulate import device_sources  # a build machine has the cross extra; a camera never builds
-
     try:
         parse_version(version)
     except ValueError as exc:
@@ -181,12 +217,13 @@ def is_agent_release(archive: Path) -> bool:
             first = tar.next()
             if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1024 * 1024:
                 return False
-            return json.loads(tar.extractfile(first).read()).get("kind") == "agent"
+            handle = tar.extractfile(first)
+            return handle is not None and json.loads(handle.read()).get("kind") == "agent"
     except (tarfile.TarError, OSError, EOFError, ValueError, AttributeError):
         return False  # the model package reader says what is wrong with it
 
 
-def verify_release_dir(root: Path, trusted) -> tuple[AgentReleaseManifest, str]:
+def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """(manifest, signer key id) of an unpacked release; PackageIntegrityError if unsigned, altered or incomplete."""
     root = Path(root)
     try:
@@ -199,7 +236,7 @@ def verify_release_dir(root: Path, trusted) -> tuple[AgentReleaseManifest, str]:
     return manifest, signer
 
 
-def unpack_release(archive: Path, dest: Path, trusted) -> tuple[AgentReleaseManifest, str]:
+def unpack_release(archive: Path, dest: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """Extract `archive` into `dest` (which must not exist) and verify it there; removes `dest` when refused."""
     try:
         safe_extract(archive, dest)

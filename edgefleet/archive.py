@@ -84,7 +84,10 @@ def safe_extract(path: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()
         with tarfile.open(path, "r:*") as tar:
             # Debian bookworm's Python 3.11.2 (Raspberry Pi OS cameras) has no extraction
             # filters; there the member checks above are the only line (found under QEMU).
-            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UnsafeArchiveError(f"{path}: extraction refused or failed ({exc})", "rebuild the archive") from None
     return [m.name for m in members if m.isfile()]

@@ -11,11 +11,15 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edgefleet import __version__
-from edgefleet.console import make_console, print_table
+from edgefleet.console import escape, make_console, print_table
 from edgefleet.errors import EdgefleetError, UsageError
 
 console = make_console()
@@ -25,7 +29,7 @@ err_console = make_console(stderr=True)
 class LazyGroup(click.Group):
     """A group whose subcommands are `module:attribute` strings, imported when used."""
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
@@ -35,7 +39,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
             module, _, attr = self.lazy[name].partition(":")
-            return getattr(importlib.import_module(module), attr)
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
         return super().get_command(ctx, name)
 
 
@@ -44,7 +49,7 @@ COMPONENT_GROUPS = {
     "demo": "edgefleet.demo:demo_command",
     "targets": "edgefleet.compiler.cli:targets_command",
     "inspect": "edgefleet.cli_package:inspect_command",
-    "run": "edgefleet.cli_package:run_command",
+    "run": "edgefleet.agent.cli:run_package_command",
     "keys": "edgefleet.cli_package:keys",
     "models": "edgefleet.models.cli:models",
     "fleet": "edgefleet.fleet.cli:fleet",
@@ -69,13 +74,27 @@ def table(columns: list[str], rows: list[list[object]], title: str | None = None
     print_table(console, columns, rows, title)
 
 
+def run_cli(argv: list[str] | None) -> None:
+    """The command, with a module missing from this role's install turned into a pip hint."""
+    from edgefleet.extras import missing_extra_error
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="edgefleet", standalone_mode=False)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_error(exc, next((a for a in args if not a.startswith("-")), None))
+        if hint is None:
+            raise
+        raise hint from None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="edgefleet", standalone_mode=False)
+        run_cli(argv)
     except EdgefleetError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc.cause}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {escape(exc.cause)}", soft_wrap=True)
         if exc.fix:
-            err_console.print(f"[bold]fix:[/bold] {exc.fix}", soft_wrap=True)
+            err_console.print(f"[bold]fix:[/bold] {escape(exc.fix)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err_console.print("aborted")
@@ -103,7 +122,7 @@ def parse_shape_option(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
-def trusted_keys_option(paths: tuple[Path, ...]):
+def trusted_keys_option(paths: tuple[Path, ...]) -> list[Ed25519PublicKey]:
     from edgefleet.signing import default_trusted_keys, load_public_key
 
     return [load_public_key(p) for p in paths] if paths else default_trusted_keys()

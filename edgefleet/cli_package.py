@@ -61,22 +61,3 @@ def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> No
             console.print(f"[green]signature valid[/green] (key {report.signer}); all file hashes match")
     if report.error is not None:
         raise report.error
-
-
-@click.command("run")
-@click.argument("package", type=click.Path(path_type=Path))
-@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file to classify.")
-@click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes to print.")
-@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Runs to time; the median is printed.")
-@click.option("--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable).")
-@click.option("--json", "as_json", is_flag=True)
-def run_command(package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool) -> None:
-    """Run a package on one image here and print the top-k labels and latency. Maps to edgefleet.agent.infer.run_package_on_image."""
-    from edgefleet.agent.infer import run_package_on_image
-
-    result = run_package_on_image(package, image, trusted_keys_option(trust), k=k, repeat=repeat)
-    if as_json:
-        print_json({"predictions": [p.__dict__ for p in result.predictions], "latency_ms": result.latency_ms, "median_ms": result.median_ms})
-        return
-    table(["rank", "label", "index", "score"], [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)])
-    console.print(f"latency: median {result.median_ms:.2f} ms over {len(result.latency_ms)} runs")

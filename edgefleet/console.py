@@ -11,7 +11,10 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, Union
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # The markup tags edgefleet's messages use; only these are stripped, so text such as `[1, 2]` stays.
 _MARKUP = re.compile(r"\[/?(?:bold red|bold cyan|bold|dim|green|red|yellow|cyan)\]")
@@ -24,7 +27,7 @@ class PlainConsole:
         self.stderr = stderr
 
     @property
-    def file(self):
+    def file(self) -> TextIO:
         # Looked up at each print, as rich does, so redirected streams (tests, click's runner) are honoured.
         return sys.stderr if self.stderr else sys.stdout
 
@@ -41,7 +44,20 @@ class PlainConsole:
         yield
 
 
-def make_console(stderr: bool = False):
+# What make_console returns; Union, not |, because the alias is evaluated on Python 3.10.
+AnyConsole = Union["Console", PlainConsole]
+
+
+def escape(text: str) -> str:
+    """`text` shown verbatim in a markup string: rich would read `edgefleet[fleet]` as a style tag."""
+    try:
+        from rich.markup import escape as rich_escape
+    except ImportError:
+        return text  # PlainConsole strips only edgefleet's own tags
+    return rich_escape(text)
+
+
+def make_console(stderr: bool = False) -> AnyConsole:
     """A rich Console when rich is installed, else a PlainConsole."""
     try:
         from rich.console import Console
@@ -50,7 +66,7 @@ def make_console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
-def print_table(console, columns: list[str], rows: list[list[object]], title: str | None = None) -> None:
+def print_table(console: AnyConsole, columns: list[str], rows: list[list[object]], title: str | None = None) -> None:
     cells = [[str(c) for c in row] for row in rows]
     if not isinstance(console, PlainConsole):
         from rich.table import Table

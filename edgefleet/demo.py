@@ -4,8 +4,10 @@ It trains the reference camera model twice in SageMaker script mode (v1: a short
 longer one), compiles both for x86_64 and rasp4b, starts a local mosquitto (mutual TLS from the
 fleet's CA) and the fleet service (SQLite, local package store), enrolls several cameras with
 one-time tokens, runs an `edgefleet agent` process per camera fed with generated scenes, rolls
-out v1, then v2 with a canary, and prints alerts as they arrive. Everything lives under the work
-folder and is stopped on Ctrl-C (or after the second rollout with --exit-after-rollouts).
+out v1, then v2 with a canary, and prints alerts as they arrive. While night falls on one
+camera (drift), the scene detector is trained (its own script-mode job), compiled for x86_64
+and rolled out to its own camera group, whose alerts carry boxes. Everything lives under the work
+folder and is stopped on Ctrl-C (or after the night scene with --exit-after-rollouts).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -34,6 +37,13 @@ MODEL = "scenes"
 TARGETS = ("x86_64", "rasp4b")
 # v1 is trained briefly, v2 longer: the rollout of v2 is a real model improvement.
 TRAINING = {"1": {"epochs": 3, "seed": 1}, "2": {"epochs": 10, "seed": 2}}
+# The detector runs on its own camera group (x86_64 cameras, so one build).
+DETECTOR = "scenedet"
+# Smaller and shorter than train_detector.py's defaults (20 epochs, width 16): it trains beside
+# the classifier on a shared machine. Validation box precision 0.95, recall 0.86 (seed 3: 0.79, 0.70).
+DETECTOR_TRAINING = {"epochs": 12, "width": 12, "seed": 4}
+DETECTOR_GROUP = "detect"
+GROUP = "demo"
 
 
 @dataclass
@@ -44,6 +54,7 @@ class DemoOptions:
     mqtt_port: int = 8883
     frames_per_second: float = 5.0
     exit_after_rollouts: bool = False
+    detector_devices: int = 1  # cameras (det-1, ...) that run the scene detector; 0: none
 
 
 # Drift in the demo: windows of 120 frames (normal windows score under 0.2 PSI against a
@@ -80,6 +91,11 @@ def _step(text: str) -> None:
     console.print(f"[bold cyan]==>[/bold cyan] {text}")
 
 
+def _verdict(manifest) -> str:
+    v = manifest.verification
+    return f"verified, max abs diff {v.max_abs_diff:.2g}" if v.status == "passed" else f"not verified: {v.reason}"
+
+
 class Demo:
     def __init__(self, options: DemoOptions) -> None:
         self.o = options
@@ -87,7 +103,10 @@ class Demo:
         self.home = self.root / "home"
         self.processes: list[subprocess.Popen] = []
         self.stop = threading.Event()
-        self.alerts: list[dict] = []
+        self.alerts: list[dict] = []  # from the classifier cameras
+        self.detections: list[dict] = []  # alerts from the detector cameras
+        self.devices: list[str] = []
+        self.detector_devices = [f"det-{i + 1}" for i in range(options.detector_devices)]
         self.dark: set[str] = set()  # cameras whose scene is darkened (night falls)
         self.broker = None
         self.mqtt = None
@@ -95,14 +114,20 @@ class Demo:
         self.env.pop("EDGEFLEET_SIGNING_KEY", None)
 
     # -- model: train and compile ----------------------------------------------------------
-    def train(self) -> dict[str, Path]:
-        from edgefleet.models.job import TrainingJobConfig, run_training_job
-        from edgefleet.models.scenes import write_dataset
+    def dataset(self) -> Path:
+        from edgefleet.models.scenes import DATASET_FORMAT_VERSION, write_dataset
 
         data = self.root / "dataset"
-        if not (data / "dataset.json").exists():
-            _step("generating the synthetic camera dataset (person / vehicle / empty)")
+        meta = data / "dataset.json"
+        if not meta.exists() or json.loads(meta.read_text())["format_version"] != DATASET_FORMAT_VERSION:
+            shutil.rmtree(data, ignore_errors=True)  # an older format: no boxes for the detector
+            _step("generating the synthetic camera dataset (person / vehicle / empty, with the objects' boxes)")
             write_dataset(data, per_class=150, validation_per_class=40)
+        return data
+
+    def train(self, data: Path) -> dict[str, Path]:
+        from edgefleet.models.job import TrainingJobConfig, run_training_job
+
         artifacts = {}
         for version, hps in TRAINING.items():
             job = self.root / "training" / f"v{version}"
@@ -116,11 +141,28 @@ class Demo:
             artifacts[version] = artifact
         return artifacts
 
+    def train_detector(self, data: Path) -> Path:
+        """The scene detector's script-mode job."""
+        from edgefleet.models.job import DETECTOR_ENTRY_POINT, TrainingJobConfig, run_training_job
+
+        job = self.root / "training" / f"{DETECTOR}-v1"
+        artifact = job / "output" / "model.tar.gz"
+        if artifact.exists():
+            _step(f"reusing the detector's training job ({artifact})")
+            return artifact
+        _step(f"training the scene detector in SageMaker script mode ({DETECTOR_TRAINING['epochs']} epochs)")
+        result = run_training_job(TrainingJobConfig(data=data, out=job, hyperparameters=DETECTOR_TRAINING, job_name=f"edgefleet-demo-{DETECTOR}",
+                                                    entry_point=DETECTOR_ENTRY_POINT), stream=None)
+        console.print(f"    detector: validation box precision {result.metrics['validation_box_precision']:.3f}, "
+                      f"recall {result.metrics['validation_box_recall']:.3f} (IoU >= 0.5) in {result.seconds:.0f} s")
+        return artifact
+
     @property
     def signing_key(self) -> Path:
         return self.home / "keys" / "signing.key"
 
-    def compile(self, artifacts: dict[str, Path]) -> dict[tuple[str, str], Path]:
+    def compile(self, artifacts: dict[str, Path]) -> dict[tuple[str, str, str], Path]:
+        """(model, version, target) -> package: the classifier's versions for every target."""
         from edgefleet.compiler.compile import compile_model
         from edgefleet.models.scenes import write_frames
         from edgefleet.signing import create_signing_key
@@ -140,11 +182,20 @@ class Demo:
                 out = self.root / "packages" / f"{MODEL}-{version}-{target}.tar.gz"
                 if not out.exists():
                     result = compile_model(str(artifact), target, output=out, name=MODEL, version=version, key=self.signing_key, baseline_images=str(baseline), quiet=True)
-                    v = result.manifest.verification
-                    verdict = f"verified, max abs diff {v.max_abs_diff:.2g}" if v.status == "passed" else f"not verified: {v.reason}"
-                    _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s ({verdict})")
-                packages[(version, target)] = out
+                    _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s ({_verdict(result.manifest)})")
+                packages[(MODEL, version, target)] = out
         return packages
+
+    def compile_detector(self, artifact: Path) -> dict[tuple[str, str, str], Path]:
+        """The detector for the cameras' target; no drift baseline, so drift stays the classifier cameras' story."""
+        from edgefleet.compiler.compile import compile_model
+
+        out = self.root / "packages" / f"{DETECTOR}-1-x86_64.tar.gz"
+        if not out.exists():
+            result = compile_model(str(artifact), "x86_64", output=out, name=DETECTOR, version="1", task="detection", head="yolo",
+                                   key=self.signing_key, quiet=True)
+            _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s (head {result.manifest.detection.head}, {_verdict(result.manifest)})")
+        return {(DETECTOR, "1", "x86_64"): out}
 
     # -- services ------------------------------------------------------------------------
     def start_fleet(self) -> None:
@@ -207,12 +258,13 @@ class Demo:
             raise ServiceError(f"fleet API {method} {path} answered {response.status_code}: {response.text[:300]}", f"see {self.root / 'logs' / 'fleet.log'}")
         return response.json()
 
-    def register_packages(self, packages: dict[tuple[str, str], Path]) -> None:
-        for (version, target), path in packages.items():
+    def register_packages(self, packages: dict[tuple[str, str, str], Path]) -> None:
+        for path in packages.values():
             self._api("POST", "/packages", content=path.read_bytes())
-        for version in TRAINING:
-            self._api("POST", f"/models/{MODEL}/versions/{version}/approval", json={"state": "Approved"})
-        _step(f"uploaded {len(packages)} packages (signature checked by the fleet); versions {', '.join(TRAINING)} approved")
+        versions = sorted({(model, version) for model, version, _ in packages})
+        for model, version in versions:
+            self._api("POST", f"/models/{model}/versions/{version}/approval", json={"state": "Approved"})
+        _step(f"uploaded {len(packages)} packages (signature checked by the fleet); {', '.join(f'{m} v{v}' for m, v in versions)} approved")
 
     # -- cameras ---------------------------------------------------------------------------
     def start_agents(self) -> None:
@@ -221,10 +273,11 @@ class Demo:
         from edgefleet.signing import public_path
 
         self.devices = [f"cam-{i + 1}" for i in range(self.o.devices)]
-        for device in self.devices:
+        for device in self.devices + self.detector_devices:
+            group = DETECTOR_GROUP if device in self.detector_devices else GROUP
             state, cfg = self.root / "cameras" / device, self.root / "cameras" / f"{device}.toml"
             if not cfg.exists():
-                token = self._api("POST", "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "demo"})["token"]
+                token = self._api("POST", "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": group})["token"]
                 token_file = self.root / "cameras" / f"{device}.token"
                 token_file.parent.mkdir(parents=True, exist_ok=True)
                 token_file.write_text(token)
@@ -240,19 +293,25 @@ class Demo:
                 token_file.unlink()
                 cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 2.0\n\n[health]\nenabled = false\n")
             self._spawn(device, [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--drain", "1"])
-        _step(f"{len(self.devices)} cameras enrolled (one-time tokens, CSRs signed by the fleet CA) and running, no model yet")
+        detectors = f" ({len(self.detector_devices)} in group {DETECTOR_GROUP} for the detector)" if self.detector_devices else ""
+        _step(f"{len(self.devices) + len(self.detector_devices)} cameras enrolled{detectors} (one-time tokens, CSRs signed by the fleet CA) and running, no model yet")
         threading.Thread(target=self._feed, name="feeder", daemon=True).start()
-        self._wait(lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == len(self.devices), 90, "every camera online")
+        everyone = len(self.devices) + len(self.detector_devices)
+        self._wait(lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == everyone, 90, "every camera online")
 
     def _feed(self) -> None:
         """Drop a generated scene into each camera's watched folder, a few per second."""
         n = 0
         while not self.stop.wait(1.0 / self.o.frames_per_second):
-            for i, device in enumerate(self.devices):
+            for i, device in enumerate(self.devices + self.detector_devices):
                 incoming = self.root / "cameras" / device / "incoming"
                 if incoming.is_dir() and sum(1 for _ in incoming.iterdir()) < 4:
-                    self._frame(incoming, LABELS[(n + i) % len(LABELS)], n * len(self.devices) + i, device in self.dark)
+                    self._frame(incoming, LABELS[(n + i) % len(LABELS)], n * self.cameras + i, device in self.dark)
             n += 1
+
+    @property
+    def cameras(self) -> int:
+        return len(self.devices) + len(self.detector_devices)
 
     @staticmethod
     def _frame(incoming: Path, label: str, index: int, dark: bool) -> None:
@@ -280,10 +339,13 @@ class Demo:
                 alert = json.loads(message.payload)
             except ValueError:
                 return
-            self.alerts.append(alert)
+            device = alert.get("device", message.topic.split("/")[2])
+            (self.detections if device in self.detector_devices else self.alerts).append(alert)
             model = alert.get("model") or {}
-            console.print(f"    [yellow]alert[/yellow] {alert.get('device', message.topic.split('/')[2])}: {alert.get('label')} "
-                          f"{alert.get('score', 0):.2f} (model {model.get('name', '?')} v{model.get('version', '?')})")
+            # Parentheses, not brackets: rich would read [..] as markup.
+            boxes = "".join(f"; {d['label']} {d['score']:.2f} box ({', '.join(f'{v:.0f}' for v in d['box_px'])})" for d in alert.get("detections") or [])
+            console.print(f"    [yellow]alert[/yellow] {device}: {alert.get('label')} "
+                          f"{alert.get('score', 0):.2f} (model {model.get('name', '?')} v{model.get('version', '?')}){boxes}")
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-alerts", protocol=mqtt.MQTTv311)
         ctx = ssl.create_default_context(cafile=str(self.broker.ca_file))
@@ -308,22 +370,47 @@ class Demo:
         raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}", f"see the logs in {self.root / 'logs'}")
 
     def rollout(self, version: str, plan: dict, title: str) -> dict:
-        rollout = self._api("POST", "/rollouts", json={"group": MODEL, "version": version, "selection": {"group": "demo"}, "plan": plan})
+        """The classifier's `version` to the classifier cameras, waited for."""
+        return self.finish_rollout(self.start_rollout(version, plan, title))
+
+    def start_rollout(self, version: str, plan: dict, title: str, model: str = MODEL, group: str = GROUP) -> int:
+        rollout = self._api("POST", "/rollouts", json={"group": model, "version": version, "selection": {"group": group}, "plan": plan})
         _step(f"rollout {rollout['id']}: {title}")
+        return rollout["id"]
+
+    def finish_rollout(self, rollout_id: int) -> dict:
+        """Wait for a rollout to succeed or abort, printing its events."""
         seen: set[tuple] = set()
 
         def progress():
-            state = self._api("GET", f"/rollouts/{rollout['id']}")
-            for event in self._api("GET", f"/rollouts/{rollout['id']}/events"):
+            state = self._api("GET", f"/rollouts/{rollout_id}")
+            for event in self._api("GET", f"/rollouts/{rollout_id}/events"):
                 key = (event.get("at"), event.get("event"), event.get("device"))
                 if key not in seen and event.get("event") in SHOWN_EVENTS:
                     seen.add(key)
                     console.print(f"    [dim]{event.get('event')}[/dim] {event.get('device') or ''} {event.get('detail') or ''}".rstrip())
             return state if state["state"] in ("succeeded", "aborted") else None
 
-        final = self._wait(progress, 600, f"rollout {rollout['id']} to finish")
+        final = self._wait(progress, 600, f"rollout {rollout_id} to finish")
         colour = "green" if final["state"] == "succeeded" else "red"
-        _step(f"rollout {rollout['id']} [{colour}]{final['state']}[/{colour}]: installs {final.get('installs')}" + (f" ({final.get('reason')})" if final.get("reason") else ""))
+        _step(f"rollout {rollout_id} [{colour}]{final['state']}[/{colour}]: installs {final.get('installs')}" + (f" ({final.get('reason')})" if final.get("reason") else ""))
+        return final
+
+    def add_detector(self, data: Path) -> dict | None:
+        """Train, compile, upload and approve the scene detector, then roll it out to its camera
+        group. Runs beside the night scene: those minutes wait on frames, not on the CPU, and no
+        health gate compares latencies then. None when the demo stops first."""
+        artifact = self.train_detector(data)
+        if self.stop.is_set():
+            return None
+        packages = self.compile_detector(artifact)
+        if self.stop.is_set():
+            return None
+        self.register_packages(packages)
+        final = self.finish_rollout(self.start_rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 1, "health": {"enabled": False}},
+                                                       f"the scene detector to group {DETECTOR_GROUP}", model=DETECTOR, group=DETECTOR_GROUP))
+        # Enough of its alerts to show (and for CI to check) before the demo may end.
+        self._wait(lambda: len(self.detections) >= 10, 60, "alerts from the detector cameras")
         return final
 
     # -- drift -------------------------------------------------------------------------------
@@ -386,10 +473,12 @@ class Demo:
 
 @dataclass
 class DemoResult:
-    rollouts: list[dict]
-    alerts: list[dict]
+    rollouts: list[dict]  # the classifier's v1 and v2
+    alerts: list[dict]  # from the classifier cameras
     dashboard: str
     drift: dict | None = None  # Demo.night's times, when the demo got that far
+    detector_rollout: dict | None = None
+    detections: list[dict] = field(default_factory=list)  # alerts from the detector cameras, with boxes
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -402,16 +491,17 @@ def run_demo(options: DemoOptions) -> DemoResult:
         shutil.rmtree(demo.root / stale, ignore_errors=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rollouts: list[dict] = []
-    drift = None
+    drift = detector_rollout = None
     try:
-        packages = demo.compile(demo.train())
+        data = demo.dataset()
+        packages = demo.compile(demo.train(data))
         demo.start_fleet()
         demo.register_packages(packages)
         demo.watch_alerts()
         demo.start_agents()
         dashboard = f"{demo.url}/dashboard/"
         _step(f"dashboard: {dashboard}  (admin token: {demo.token})")
-        rollouts.append(demo.rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}}, "first model to every camera (canary 1, then all)"))
+        rollouts.append(demo.rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}}, "first model to every classifier camera (canary 1, then all)"))
         # v2 finds far more of the people and vehicles v1 missed: on a stream that is 2/3 people
         # and vehicles v1's alert rate swings between 0.14 and 0.4 from one 2 s window to the next,
         # v2's sits near 0.6, so a rising alert rate is expected here and allowed (10x). The gate
@@ -420,7 +510,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
         v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 10.0, "confidence_min_ratio": 1.0}
         rollouts.append(demo.rollout("2", {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
                                      "v2 with a canary, then 50% and 100%, gated on model health against v1"))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="detector")
+        detector = pool.submit(demo.add_detector, data) if demo.detector_devices else None
         drift = demo.night(demo.devices[-1])
+        if detector is not None:
+            detector_rollout = detector.result()
         if not options.exit_after_rollouts:
             _step("cameras keep running; alerts print as they arrive. Ctrl-C stops everything.")
             while not demo.stop.wait(1):
@@ -431,7 +525,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         demo.shutdown()
         signal.signal(signal.SIGTERM, previous)
         console.print(f"stopped; work folder kept at {demo.root}")
-    return DemoResult(rollouts, demo.alerts, f"{demo.url}/dashboard/" if hasattr(demo, "url") else "", drift)
+    return DemoResult(rollouts, demo.alerts, f"{demo.url}/dashboard/" if hasattr(demo, "url") else "", drift, detector_rollout, demo.detections)
 
 
 @click.command("demo")
@@ -440,18 +534,24 @@ def run_demo(options: DemoOptions) -> DemoResult:
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Fleet API and dashboard port (0: any free port).")
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), default=8883, show_default=True, help="Broker port (0: any free port).")
 @click.option("--fps", "frames_per_second", type=click.FloatRange(0.1, 20), default=5.0, show_default=True, help="Frames per second fed to each camera.")
+@click.option("--detector-cameras", "detector_devices", type=click.IntRange(0, 10), default=1, show_default=True, help="Extra cameras (group detect) that run the scene detector.")
 @click.option("--exit-after-rollouts", is_flag=True, help="Stop after the second rollout and the night scene (for CI) instead of running until Ctrl-C.")
-def demo_command(workdir: Path, devices: int, http_port: int, mqtt_port: int, frames_per_second: float, exit_after_rollouts: bool) -> None:
+def demo_command(workdir: Path, devices: int, http_port: int, mqtt_port: int, frames_per_second: float, detector_devices: int,
+                 exit_after_rollouts: bool) -> None:
     """Train, compile, deploy and watch: the whole system on this machine. Maps to edgefleet.demo.run_demo."""
-    result = run_demo(DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts))
+    result = run_demo(DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices))
     states = [r["state"] for r in result.rollouts]
     by_label: dict[str, int] = {}
     for alert in result.alerts:
         by_label[alert.get("label", "?")] = by_label.get(alert.get("label", "?"), 0) + 1
     console.print(f"rollouts: {', '.join(states) or 'none'}; alerts received: {len(result.alerts)} {by_label}")
+    if result.detector_rollout is not None:
+        console.print(f"detector rollout: {result.detector_rollout['state']}; alerts with boxes from the detector cameras: {len(result.detections)}")
     if result.drift:
         d = result.drift
         console.print(f"drift on {d['device']}: raised {d['raised_after_s']:.0f} s after dark, cleared "
                       f"{d['cleared_after_s']:.0f} s after the light came back; false alarms elsewhere: {d['false_alarms']}")
+    if detector_devices and result.detector_rollout is not None:
+        states = [result.detector_rollout["state"], *states]
     if exit_after_rollouts and (len(states) < 2 or any(s != "succeeded" for s in states)):
         raise ServiceError(f"the demo's rollouts ended {states}", f"see the logs in {workdir / 'logs'}")

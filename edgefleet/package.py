@@ -25,16 +25,17 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Final, Literal, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import ArchiveLimits, check_member, safe_extract
 from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiveError
 from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.strict import Strict, first_error
 
-FORMAT_VERSION = 2
+FORMAT_VERSION: Final = 2
 # Version 1 lacks `runtime.requires`; readers derive it from the target and TVM versions.
 READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
@@ -45,10 +46,6 @@ SIGNATURE = "manifest.sig"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_MANIFEST_BYTES = 1024 * 1024
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -146,6 +143,14 @@ def requirement_for(target: TargetInfo, tvm_version: str, tvm_ffi_version: str, 
     )
 
 
+class KernelFallback(Strict):
+    """One kernel that kept TVM's plain form because an optimization step failed on it (compiler/build.py)."""
+
+    kernel: str = Field(max_length=200)  # the TIR function, or for a layout step the operator it lowers
+    step: Literal["layout", "schedule"]  # layout: stayed NCHW; schedule: left as written (unscheduled)
+    reason: str = Field(max_length=500)  # TVM's message
+
+
 class RuntimeInfo(Strict):
     kind: Literal["tvm", "tflite"]
     library: SafeName
@@ -154,6 +159,7 @@ class RuntimeInfo(Strict):
     requires: RuntimeRequirement | None = None  # format 2; None for TFLite packages
     pipeline: str | None = None  # compiler/build.py: edgefleet-cpu, or tvm-default
     pipeline_fallback_reason: str | None = None
+    kernel_fallbacks: list[KernelFallback] = Field(default_factory=list)  # per-kernel fallbacks inside edgefleet-cpu
 
 
 class Provenance(Strict):
@@ -220,7 +226,11 @@ class Manifest(Strict):
         return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+        data = self.model_dump(mode="json")
+        if not self.runtime.kernel_fallbacks:
+            # Agents before 0.2.0 refuse unknown keys: a package with nothing to report stays readable by them.
+            del data["runtime"]["kernel_fallbacks"]
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def sha256_file(path: Path) -> str:
@@ -315,12 +325,18 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PackageIntegrityError(f"{MANIFEST} is malformed at {where}: {first['msg']}", "rebuild the package with `edgefleet compile`") from None
+        first = first_error(exc)
+        raise PackageIntegrityError(f"{MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`") from None
 
 
-def check_files(manifest: Manifest, root: Path) -> None:
+class Listed(Protocol):
+    """A manifest of files: a model package's or an agent release's."""
+
+    @property
+    def files(self) -> dict[str, FileEntry]: ...
+
+
+def check_files(manifest: Listed, root: Path) -> None:
     """Every listed file present with its hash; nothing else present."""
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()} - {MANIFEST, SIGNATURE}
     missing = sorted(set(manifest.files) - present)
@@ -342,10 +358,14 @@ TAR_OVERHEAD_BYTES = 1024  # per member: a 512-byte header and at most 511 bytes
 TAR_END_BYTES = 20 * 1024  # end-of-archive blocks and record padding
 
 
+class _Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _Capped:
     """A read-only stream that refuses to deliver more than `cap` bytes (decompressed)."""
 
-    def __init__(self, raw, cap: int, path: Path) -> None:
+    def __init__(self, raw: _Reader, cap: int, path: Path) -> None:
         self.raw, self.cap, self.count, self.path = raw, cap, 0, path
         self.what = "before a signed manifest.json (write_package puts manifest.json and manifest.sig first)"
 
@@ -358,7 +378,7 @@ class _Capped:
         return data
 
 
-def _stream(path: Path):
+def _stream(path: Path) -> tuple[_Reader, IO[bytes]]:
     raw = open(path, "rb")
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
@@ -381,7 +401,8 @@ def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: 
     blobs: dict[str, bytes] = {}
     seen: set[str] = set()
     try:
-        with raw, tarfile.open(fileobj=capped, mode="r|") as tar:
+        # tarfile's stream mode only calls read(), all _Capped offers.
+        with raw, tarfile.open(fileobj=cast(IO[bytes], capped), mode="r|") as tar:
             for member in tar:
                 check_member(member, path)
                 if member.name in (MANIFEST, SIGNATURE) and manifest is None:
@@ -412,7 +433,9 @@ def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if not member.isfile() or member.size > cap:
         raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
                                     "rebuild the package with `edgefleet compile`")
-    return tar.extractfile(member).read()
+    handle = tar.extractfile(member)
+    assert handle is not None  # a regular file (checked above)
+    return handle.read()
 
 
 def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped: _Capped) -> Manifest | None:

@@ -7,13 +7,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from edgefleet.console import make_console
+from edgefleet.console import AnyConsole, make_console
 
 
 class Stages:
     """Times named stages and reports them on stderr (a spinner on a terminal, lines otherwise)."""
 
-    def __init__(self, quiet: bool = False, console=None) -> None:
+    def __init__(self, quiet: bool = False, console: AnyConsole | None = None) -> None:
         self.console = console or make_console(stderr=True)
         self.quiet = quiet
         self.timings: dict[str, float] = {}

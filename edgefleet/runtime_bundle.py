@@ -20,14 +20,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
 from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError
-from edgefleet.package import RuntimeRequirement, Strict, minor_version, sha256_file
+from edgefleet.package import RuntimeRequirement, minor_version, sha256_file
+from edgefleet.strict import Strict, first_error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 # The C ABI of libedgefleet_runtime.so (EF_ABI_VERSION in agent/native/edgefleet_runtime.cc).
 RUNTIME_ABI = 1
 BUNDLE_ENV = "EDGEFLEET_RUNTIME"
@@ -118,7 +119,7 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
     except FileNotFoundError:
         raise PackageIntegrityError(f"{path} is not a runtime bundle: it has no {INFO_FILE}", "point EDGEFLEET_RUNTIME at a folder made by `edgefleet runtime build`") from None
     except ValidationError as exc:
-        raise PackageIntegrityError(f"{info_path} is malformed: {exc.errors()[0]['msg']}", "rebuild it with `edgefleet runtime build`") from None
+        raise PackageIntegrityError(f"{info_path} is malformed: {first_error(exc).msg}", "rebuild it with `edgefleet runtime build`") from None
     bundle = Bundle(Path(path), info)
     if check_hashes:
         for name, digest in info.libraries.items():
@@ -151,9 +152,10 @@ def _local_shim_sha256() -> str | None:
 
 def _shim_of(bundle: Path) -> str | None:
     try:
-        return json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
+        shim = json.loads((bundle / "spec.json").read_text()).get("shim_sha256")
     except (OSError, ValueError):
         return None
+    return shim if isinstance(shim, str) else None
 
 
 def find_bundle(arch: str | None = None) -> Bundle:

@@ -11,18 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig
 from edgefleet.signing import default_signing_key_path, edgefleet_home
+from edgefleet.strict import StrictMutable, first_error
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BrokerConfig(Strict):
+class BrokerConfig(StrictMutable):
     host: str = "127.0.0.1"
     port: int = 8883
     ca_file: Path | None = None
@@ -34,7 +31,7 @@ class BrokerConfig(Strict):
     public_host: str | None = None  # the address devices use, if not `host`
 
 
-class FleetConfig(Strict):
+class FleetConfig(StrictMutable):
     format_version: Literal[1] = 1
     data_dir: Path = Field(default_factory=lambda: edgefleet_home() / "fleet")
     database_url: str | None = None  # default sqlite:///<data_dir>/fleet.db
@@ -77,6 +74,5 @@ def load_config(path: Path | None) -> FleetConfig:
     try:
         return FleetConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"fleet config {path}: {where}: {first['msg']}", "see docs/fleet.md for the config keys") from None
+        first = first_error(exc)
+        raise UsageError(f"fleet config {path}: {first.where}: {first.msg}", "see docs/fleet.md for the config keys") from None

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 # Baseline and parse_summary are the contract's; re-exported for compiler/baseline.py until it imports them from there.
 from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary  # noqa: F401
 from edgefleet.errors import BadInputError
+from edgefleet.strict import Strict, first_error
 
 FEATURES = ("brightness", "contrast", "predictions", "confidence")
 # PSI adds this pseudo-count to every bin (Jeffreys prior): an empty bin stays finite, and a
@@ -33,8 +34,6 @@ FEATURES = ("brightness", "contrast", "predictions", "confidence")
 PSEUDO_COUNT = 0.5
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def merge_summaries(summaries: list[DriftSummary]) -> DriftSummary:
@@ -57,9 +56,8 @@ def parse_baseline(raw: object) -> Baseline:
     try:
         return Baseline.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadInputError(f"baseline.json is malformed at {where or 'top level'}: {first['msg']}", "recompile the package with --baseline-images") from None
+        first = first_error(exc)
+        raise BadInputError(f"baseline.json is malformed at {first.where}: {first.msg}", "recompile the package with --baseline-images") from None
 
 
 # ---- distances ------------------------------------------------------------------------

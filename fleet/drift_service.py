@@ -14,15 +14,14 @@ Alarm payload (schema 1): {"schema": 1, "type": "drift_alarm", "event": "raised"
 "device", "model": {"name", "version"}, "state", "metric", "threshold", "score",
 "feature", "at"}.
 
-REST (scope read-only): GET /api/v1/drift, /api/v1/drift/windows, /api/v1/drift/events and
-/api/v1/telemetry (the health numbers over time, for the dashboard's plots).
+The tables are in drift_tables.py, the webhook in drift_webhook.py, the REST API in
+drift_routes.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -32,121 +31,40 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint, func, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from edgefleet.contracts.mqtt import TelemetryMessage
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
-from edgefleet.fleet.db import Base, Build, Device, ModelGroup, ModelVersion, Telemetry, now
-from edgefleet.fleet.drift import (AlarmState, Baseline, DriftConfig, DriftSummary, check_edges, judge,
-                                   merge_summaries, parse_baseline, parse_summary, step)
+from edgefleet.fleet.db import Build, Device, ModelGroup, ModelVersion
+from edgefleet.fleet.drift import (
+    AlarmState,
+    Baseline,
+    DriftConfig,
+    DriftSummary,
+    check_edges,
+    judge,
+    merge_summaries,
+    parse_baseline,
+    parse_summary,
+    step,
+)
+from edgefleet.fleet.drift_routes import add_routes  # noqa: F401  fleet/api.py mounts the drift API as drift_service.add_routes
+from edgefleet.fleet.drift_tables import (
+    DriftAlarm,
+    DriftCollecting,
+    DriftEvent,
+    DriftFleetAlarm,
+    DriftFleetEvent,
+    DriftWindow,
+)
+from edgefleet.fleet.drift_webhook import post_alarm, webhook_url
 
 log = logging.getLogger("edgefleet.fleet.drift")
 ALARM_SCHEMA = 1
-WEBHOOK_ENV = "EDGEFLEET_FLEET_DRIFT_WEBHOOK"
 FLEET_TOPIC = "edgefleet/v1/fleet/drift"  # "fleet" is reserved: no device can take it (fleet/devices.py)
 Publisher = Callable[[str, bytes], None]  # (topic, payload): QoS 1, retained
-
-
-class DriftWindow(Base):
-    """One judged telemetry window."""
-
-    __tablename__ = "drift_windows"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    received_at: Mapped[float] = mapped_column(Float, default=now, index=True)
-    frames: Mapped[int] = mapped_column(Integer)
-    score: Mapped[float] = mapped_column(Float)
-    feature: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    over: Mapped[bool] = mapped_column(Boolean)
-    state: Mapped[str] = mapped_column(String(16))  # the alarm's state after this window
-    distances: Mapped[dict[str, Any]] = mapped_column(JSON)
-    summary: Mapped[dict[str, Any]] = mapped_column(JSON)  # the window itself, for the fleet-wide view
-
-
-class DriftAlarm(Base):
-    """The alarm state machine of one (device, model, version)."""
-
-    __tablename__ = "drift_alarms"
-    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),
-                      Index("ix_drift_alarms_version_updated", "model_name", "model_version", "updated_at"))
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="ok")
-    over_streak: Mapped[int] = mapped_column(Integer, default=0)
-    under_streak: Mapped[int] = mapped_column(Integer, default=0)
-    score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    feature: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    raised_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    cleared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    updated_at: Mapped[float] = mapped_column(Float, default=now)
-
-
-class DriftEvent(Base):
-    """Every raised and cleared alarm, in order."""
-
-    __tablename__ = "drift_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[float] = mapped_column(Float, default=now, index=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    event: Mapped[str] = mapped_column(String(16))
-    score: Mapped[float] = mapped_column(Float)
-    feature: Mapped[str | None] = mapped_column(String(32), nullable=True)
-
-
-class DriftCollecting(Base):
-    """Frames of (device, model, version) pooled towards its next judged window (frames 0: none)."""
-
-    __tablename__ = "drift_collecting"
-    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # the device's clock (telemetry ts)
-    updated_at: Mapped[float] = mapped_column(Float, default=now)  # the fleet's clock
-    messages: Mapped[int] = mapped_column(Integer, default=0)
-    frames: Mapped[int] = mapped_column(Integer, default=0)
-    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-
-class DriftFleetAlarm(Base):
-    """The fleet-wide alarm state machine of one (model, version): the same table as a device's."""
-
-    __tablename__ = "drift_fleet_alarms"
-    __table_args__ = (UniqueConstraint("model_name", "model_version"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="ok")
-    over_streak: Mapped[int] = mapped_column(Integer, default=0)
-    under_streak: Mapped[int] = mapped_column(Integer, default=0)
-    devices: Mapped[int] = mapped_column(Integer, default=0)
-    drifting: Mapped[int] = mapped_column(Integer, default=0)
-    raised_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    cleared_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    updated_at: Mapped[float] = mapped_column(Float, default=now)
-
-
-class DriftFleetEvent(Base):
-    """Every raised and cleared fleet-wide alarm, in order."""
-
-    __tablename__ = "drift_fleet_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[float] = mapped_column(Float, default=now, index=True)
-    model_name: Mapped[str] = mapped_column(String(128))
-    model_version: Mapped[str] = mapped_column(String(64))
-    event: Mapped[str] = mapped_column(String(16))
-    devices: Mapped[int] = mapped_column(Integer)
-    drifting: Mapped[int] = mapped_column(Integer)
 
 
 def window_span(msg: TelemetryMessage, received_at: float) -> tuple[float, float]:
@@ -167,16 +85,6 @@ def alarm_topic(payload: dict) -> str:
     if payload["type"] == "fleet_drift_alarm":
         return FLEET_TOPIC
     return f"edgefleet/v1/{payload['device']}/drift"
-
-
-def webhook_url(config: DriftConfig) -> str | None:
-    url = os.environ.get(WEBHOOK_ENV)
-    if url is None and config.webhook_url_file:
-        try:
-            url = Path(config.webhook_url_file).read_text().strip()
-        except OSError as exc:
-            raise BadInputError(f"cannot read drift.webhook_url_file {config.webhook_url_file}: {exc.strerror}", "check the path in the fleet config") from None
-    return url or None
 
 
 class DriftMonitor:
@@ -410,153 +318,5 @@ class DriftMonitor:
                 except Exception:  # the broker being away must not lose the stored alarm
                     log.exception("could not publish a drift alarm on %s", alarm_topic(payload))
             if self.webhook:
-                threading.Thread(target=self._post, args=(data,), name="drift-webhook", daemon=True).start()
-
-    def _post(self, data: bytes) -> None:
-        try:
-            resp = httpx.post(self.webhook, content=data, headers={"Content-Type": "application/json"}, timeout=self.config.webhook_timeout_s)
-            resp.raise_for_status()
-            self.counters["drift_webhook_sent"] += 1
-        except httpx.HTTPError as exc:
-            self.counters["drift_webhook_failed"] += 1
-            log.warning("drift webhook failed: %s", exc)
-
-
-# ---- queries (the REST API and the dashboard) -------------------------------------------
-
-def alarm_dict(a: DriftAlarm) -> dict:
-    return {"device": a.device_id, "model": {"name": a.model_name, "version": a.model_version}, "state": a.state, "score": a.score,
-            "feature": a.feature, "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
-
-
-def collecting_dict(c: DriftCollecting, target: int) -> dict:
-    return {"device": c.device_id, "model": {"name": c.model_name, "version": c.model_version}, "frames": c.frames,
-            "target": target, "messages": c.messages, "updated_at": c.updated_at}
-
-
-def fleet_alarm_dict(a: DriftFleetAlarm) -> dict:
-    return {"model": {"name": a.model_name, "version": a.model_version}, "state": a.state, "devices": a.devices,
-            "drifting": a.drifting, "share": round(a.drifting / a.devices, 4) if a.devices else None,
-            "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
-
-
-def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None) -> dict:
-    """The drift config, every alarm (optionally of one device / in one state), the windows still
-    collecting frames, the fleet-wide alarms and the fleet-wide view."""
-    cfg = fleet.config.drift
-    with fleet.session() as s:
-        q = select(DriftAlarm).order_by(DriftAlarm.device_id, DriftAlarm.model_name, DriftAlarm.model_version)
-        c = select(DriftCollecting).where(DriftCollecting.frames > 0,
-                                          DriftCollecting.updated_at >= fleet.clock() - cfg.max_age_s)
-        if device:
-            q, c = q.where(DriftAlarm.device_id == device), c.where(DriftCollecting.device_id == device)
-        if state:
-            q = q.where(DriftAlarm.state == state)
-        rows = [alarm_dict(a) for a in s.scalars(q)]
-        collecting = [collecting_dict(r, cfg.min_frames) for r in s.scalars(c.order_by(DriftCollecting.device_id))]
-        f = select(DriftFleetAlarm).order_by(DriftFleetAlarm.model_name, DriftFleetAlarm.model_version)
-        fleet_alarms = [fleet_alarm_dict(a) for a in s.scalars(f)]
-    config = {"metric": cfg.metric, "threshold": cfg.threshold, "windows_to_alarm": cfg.windows_to_alarm,
-              "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features), "min_frames": cfg.min_frames,
-              "max_age_s": cfg.max_age_s, "fleet_share": cfg.fleet_share, "fleet_min_devices": cfg.fleet_min_devices}
-    return {"config": config, "alarms": rows, "collecting": collecting, "fleet_alarms": fleet_alarms,
-            "fleet": fleet_drift(fleet, monitor, cfg.fleet_horizon_s)}
-
-
-def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[dict]:
-    """The fleet as a whole: per model version, the newest judged window of every device seen in
-    the last `horizon_s` seconds, summed into one window and judged against the baseline."""
-    cfg = fleet.config.drift
-    since = fleet.clock() - horizon_s
-    with fleet.session() as s:
-        newest = select(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version, func.max(DriftWindow.id).label("id")) \
-            .where(DriftWindow.received_at >= since).group_by(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version).subquery()
-        rows = s.scalars(select(DriftWindow).join(newest, newest.c.id == DriftWindow.id)).all()
-        groups: dict[tuple[str, str], list[DriftWindow]] = {}
-        for w in rows:
-            groups.setdefault((w.model_name, w.model_version), []).append(w)
-        out = []
-        for (name, version), ws in sorted(groups.items()):
-            baseline = monitor.baseline_for(s, name, version, "")
-            if baseline is None:
-                continue
-            total = merge_summaries([parse_summary(w.summary) for w in ws])
-            verdict = judge(baseline.summary, total, cfg)
-            alarm = s.scalar(select(DriftFleetAlarm.state).where(DriftFleetAlarm.model_name == name,
-                                                                 DriftFleetAlarm.model_version == version))
-            out.append({"model": {"name": name, "version": version}, "state": alarm or "ok", "devices": len(ws),
-                        "frames": total.frames, "score": verdict.score,
-                        "feature": verdict.worst, "over": verdict.over, "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}})
-    return out
-
-
-def drift_windows(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:
-    """The newest `limit` windows (oldest first)."""
-    with fleet.session() as s:
-        q = select(DriftWindow).order_by(DriftWindow.id.desc()).limit(limit)
-        if device:
-            q = q.where(DriftWindow.device_id == device)
-        if since is not None:
-            q = q.where(DriftWindow.received_at >= since)
-        rows = list(s.scalars(q))[::-1]
-        return [{"device": w.device_id, "model": {"name": w.model_name, "version": w.model_version}, "at": w.received_at, "frames": w.frames,
-                 "score": w.score, "feature": w.feature, "over": w.over, "state": w.state, "distances": w.distances} for w in rows]
-
-
-def drift_events(fleet: Fleet, limit: int = 100) -> list[dict]:
-    """The newest `limit` raised/cleared events of devices (scope "device") and of the fleet-wide
-    alarms (scope "fleet", device null), newest first."""
-    with fleet.session() as s:
-        rows = s.scalars(select(DriftEvent).order_by(DriftEvent.id.desc()).limit(limit))
-        out = [{"at": e.at, "scope": "device", "device": e.device_id,
-                "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "score": e.score,
-                "feature": e.feature} for e in rows]
-        fleet_rows = s.scalars(select(DriftFleetEvent).order_by(DriftFleetEvent.id.desc()).limit(limit))
-        out += [{"at": e.at, "scope": "fleet", "device": None,
-                 "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "devices": e.devices,
-                 "drifting": e.drifting} for e in fleet_rows]
-    return sorted(out, key=lambda e: e["at"], reverse=True)[:limit]
-
-
-def telemetry_series(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:
-    """The newest `limit` telemetry rows (oldest first): frames, alerts, confidence, p95 latency."""
-    with fleet.session() as s:
-        q = select(Telemetry).order_by(Telemetry.id.desc()).limit(limit)
-        if device:
-            q = q.where(Telemetry.device_id == device)
-        if since is not None:
-            q = q.where(Telemetry.received_at >= since)
-        rows = list(s.scalars(q))[::-1]
-        return [{"device": t.device_id, "at": t.received_at, "model": {"name": t.model_name, "version": t.model_version}, "frames": t.frames,
-                 "alerts": t.alerts, "confidence_mean": t.confidence_mean, "latency_p95_ms": t.latency_p95_ms} for t in rows]
-
-
-def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
-    """The drift and telemetry endpoints (scope read-only), on the fleet's FastAPI app; `monitor`
-    (the ingest's, whose baseline cache it shares) is made if not given."""
-    monitor = monitor or DriftMonitor(fleet)
-    from fastapi import Depends, Header, Query
-
-    from edgefleet.fleet import auth
-
-    def read_scope(authorization: str | None = Header(None)) -> str:
-        token = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-        return auth.authorize(fleet, token, "read-only")
-
-    read = [Depends(read_scope)]
-
-    @app.get("/api/v1/drift", dependencies=read)
-    def get_drift(device: str | None = None, state: str | None = None) -> dict:
-        return drift_overview(fleet, monitor, device, state)
-
-    @app.get("/api/v1/drift/windows", dependencies=read)
-    def get_windows(device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
-        return drift_windows(fleet, device, since, limit)
-
-    @app.get("/api/v1/drift/events", dependencies=read)
-    def get_events(limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
-        return drift_events(fleet, limit)
-
-    @app.get("/api/v1/telemetry", dependencies=read)
-    def get_telemetry(device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
-        return telemetry_series(fleet, device, since, limit)
+                threading.Thread(target=post_alarm, args=(self.webhook, data, self.config.webhook_timeout_s, self.counters),
+                                 name="drift-webhook", daemon=True).start()

@@ -32,6 +32,7 @@ from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersi
 from edgefleet.agent_release import RELEASE_NAME
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
+from edgefleet.strict import first_error
 
 
 ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
@@ -145,8 +146,8 @@ def create_rollout(fleet: Fleet, group: str, version: str, selection: Selection 
         sel = Selection.model_validate(selection)
         parsed = RolloutPlan.model_validate(plan)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise BadInputError(f"rollout {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", "see the rollout plan in docs/fleet.md") from None
+        first = first_error(exc, top="plan")
+        raise BadInputError(f"rollout {first.where}: {first.msg}", "see the rollout plan in docs/fleet.md") from None
     with fleet.lock, fleet.writer() as s, s.begin():
         mv = get_version_row(s, group, version)
         if mv.approval != APPROVED:

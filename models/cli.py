@@ -12,6 +12,7 @@ from edgefleet.cli import console, print_json
 from edgefleet.errors import UsageError
 from edgefleet.models.reference import REFERENCES
 from edgefleet.models.scenes import CLASSES
+from edgefleet.strict import first_error
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -84,18 +85,22 @@ def frames_command(label: str, count: int, out: Path, seed: int, start: int, siz
 @click.option("--seed", type=int, help="Hyperparameter (default 0).")
 @click.option("--hp", "extra", multiple=True, metavar="NAME=VALUE", help="Any other hyperparameter (repeatable).")
 @click.option("--job-name", help="SageMaker-style job name (default edgefleet-scenes-<time>).")
+@click.option("--detector", is_flag=True, help="Train the scene detector (models/train_detector.py) instead of the classifier.")
 @click.option("--entry-point", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Another script-mode entry point (default models/train.py).")
 @click.option("--timeout", "timeout_s", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds before the job is stopped.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the script's output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entry_point, timeout_s, quiet, as_json) -> None:
+def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, detector, entry_point, timeout_s, quiet, as_json) -> None:
     """Run the SageMaker script-mode entry point here and write model.tar.gz as SageMaker does.
 
     Maps to edgefleet.models.job.run_training_job.
     """
     from pydantic import ValidationError
 
-    from edgefleet.models.job import TrainingJobConfig, run_training_job
+    from edgefleet.models.job import DETECTOR_ENTRY_POINT, TrainingJobConfig, run_training_job
+
+    if detector and entry_point:
+        raise UsageError("--detector and --entry-point both name the script to run", "pass one of them")
 
     hps = _hp(extra)
     for name, value in (("epochs", epochs), ("lr", lr), ("batch-size", batch_size), ("seed", seed)):
@@ -104,22 +109,23 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, entr
     fields = dict(data=data, out=out, hyperparameters=hps, timeout_s=timeout_s)
     if job_name:
         fields["job_name"] = job_name
-    if entry_point:
-        fields["entry_point"] = entry_point
+    if entry_point or detector:
+        fields["entry_point"] = entry_point or DETECTOR_ENTRY_POINT
     try:
         config = TrainingJobConfig(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UsageError(f"bad training job settings: {first['loc'][0]}: {first['msg']}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
+        first = first_error(exc)
+        raise UsageError(f"bad training job settings: {first.where}: {first.msg}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
     result = run_training_job(config, stream=None if quiet or as_json else sys.stderr)
     if as_json:
         print_json({"job_dir": str(result.job_dir), "model_artifact": str(result.model_artifact), "output_artifact": str(result.output_artifact),
                     "metrics": result.metrics, "seconds": result.seconds})
         return
-    accuracy = result.metrics.get("validation_accuracy")
-    console.print(f"[green]wrote[/green] {result.model_artifact} in {result.seconds:.1f} s" + (f", validation accuracy {accuracy:.3f}" if accuracy is not None else ""), soft_wrap=True)
-    # The compiler reads preprocessing.json and labels.txt from the archive: no flags needed.
-    console.print("compile it with: " + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET"]), soft_wrap=True)
+    scores = {k: result.metrics[k] for k in ("validation_accuracy", "validation_box_precision", "validation_box_recall") if k in result.metrics}
+    console.print(f"[green]wrote[/green] {result.model_artifact} in {result.seconds:.1f} s" + "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in scores.items()), soft_wrap=True)
+    # The compiler reads preprocessing.json and labels.txt from the archive; a detector also needs its task and head.
+    flags = ["--task", "detection", "--head", "yolo"] if detector else []
+    console.print("compile it with: " + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET", *flags]), soft_wrap=True)
 
 
 @models.command("reference")

@@ -1,6 +1,7 @@
 """Run a SageMaker script-mode entry point locally, the way a SageMaker training job runs it.
 
-The entry point (default: models/train.py) runs as a subprocess with SageMaker's environment
+The entry point (default: models/train.py, the classifier; models/train_detector.py trains the
+detector) runs as a subprocess with SageMaker's environment
 (SM_MODEL_DIR, SM_CHANNEL_<NAME>, SM_HPS, SM_HP_<NAME>, SM_OUTPUT_DATA_DIR, ...) and the
 hyperparameters as `--name value` flags in sorted order. Afterwards the runner tars SM_MODEL_DIR's
 contents into model.tar.gz (files at the archive root) and SM_OUTPUT_DATA_DIR's into
@@ -34,23 +35,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from edgefleet.errors import MissingToolError, TrainingJobError, UsageError
 from edgefleet.package import sha256_file
+from edgefleet.strict import Strict
 
 JOB_FORMAT_VERSION = 1
 ENTRY_POINT = Path(__file__).with_name("train.py")
+# The scene detector's entry point: same contract, imports train.py from beside it.
+DETECTOR_ENTRY_POINT = Path(__file__).with_name("train_detector.py")
 HOST = "algo-1"
 
 HyperparameterValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
-class TrainingJobConfig(BaseModel):
+class TrainingJobConfig(Strict):
     """One local training job. `data` holds train/ (and optionally validation/) class folders,
     or is itself the train channel."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: Path
     out: Path
@@ -170,8 +172,9 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
     """
     if not Path(config.entry_point).is_file():
         raise UsageError(f"no entry point at {config.entry_point}", "pass the training script's path")
-    if Path(config.entry_point).resolve() == ENTRY_POINT.resolve() and importlib.util.find_spec("torch") is None:
-        raise MissingToolError("training the scene model needs torch, which is not installed", "pip install 'edgefleet[train]' (the CPU build of torch 2.13.0)")
+    ours = {ENTRY_POINT.resolve(), DETECTOR_ENTRY_POINT.resolve()}
+    if Path(config.entry_point).resolve() in ours and importlib.util.find_spec("torch") is None:
+        raise MissingToolError("training the scene models needs torch, which is not installed", "pip install 'edgefleet[train]' (the CPU build of torch 2.13.0)")
     channels = channels_for(config.data)
     out = Path(config.out).resolve()  # the script runs in its own folder, so every path is absolute
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

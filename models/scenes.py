@@ -9,16 +9,25 @@ day (brightness, contrast, colour cast), sensor noise, slight blur, and backgrou
 (trees, buildings, poles, bushes) that appears in every class, so the model has to look at the
 person or the vehicle rather than at the background.
 
-Dataset layout (format version 1, the `ImageFolder` layout SageMaker channels commonly use):
+Every object drawn is also drawn on a mask, so its box is known exactly (`render_scene_boxes`):
+the box is the smallest rectangle holding every pixel of the object, after the mirror flip.
 
-    DIR/dataset.json               {"format_version": 1, "classes": [...], "seed": .., "size": [W, H], "counts": {...}}
+Dataset layout (format version 2, the `ImageFolder` layout SageMaker channels commonly use,
+plus each split's boxes; version 1 had no boxes.json):
+
+    DIR/dataset.json               {"format_version": 2, "classes": [...], "seed": .., "size": [W, H], "counts": {...}}
     DIR/train/<class>/<class>-00000.png
-    DIR/validation/<class>/<class>-00000.png
+    DIR/train/boxes.json           {"format_version": 2, "size": [W, H], "images": {"<class>/<file>.png": [box, ...]}}
+    DIR/validation/...             the same
+
+A box is {"label": "person", "box_px": [x1, y1, x2, y2], "box": [x1/W, y1/H, x2/W, y2/H]}, in
+pixels with x2, y2 exclusive; "empty" scenes have none. The classifier reads only the class folders.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from edgefleet.errors import UsageError
 
-DATASET_FORMAT_VERSION = 1
+DATASET_FORMAT_VERSION = 2
 CLASSES: tuple[str, ...] = ("person", "vehicle", "empty")
 # Streams keep train, validation and demo frames apart for the same seed.
 STREAMS = {"train": 0, "validation": 1, "frames": 2}
@@ -39,6 +48,37 @@ _GROUNDS = [(70, 120, 50), (105, 105, 105), (150, 130, 95), (85, 80, 75), (120, 
 _CLOTHES = [(200, 40, 40), (40, 70, 170), (30, 30, 30), (230, 230, 230), (60, 140, 60), (230, 180, 40), (120, 60, 140), (90, 60, 40)]
 _SKIN = [(240, 200, 170), (200, 150, 110), (140, 95, 65), (90, 60, 40)]
 _PAINT = [(190, 20, 20), (20, 50, 150), (220, 220, 220), (25, 25, 25), (130, 130, 140), (230, 200, 30), (30, 110, 60), (240, 120, 20)]
+
+
+@dataclass(frozen=True)
+class SceneBox:
+    """Where an object was drawn: pixels (x1, y1, x2, y2; x2, y2 exclusive) and the same over the frame's W, H."""
+
+    label: str
+    box_px: tuple[int, int, int, int]
+    box: tuple[float, float, float, float]
+
+    def as_json(self) -> dict:
+        return {"label": self.label, "box_px": list(self.box_px), "box": list(self.box)}
+
+
+@dataclass(frozen=True)
+class Scene:
+    image: Image.Image
+    boxes: tuple[SceneBox, ...]
+
+
+class _Traced:
+    """Forwards drawing calls to the scene and, filled white, to the object's mask: what gives its box."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw) -> None:
+        self.draw, self.mask = draw, mask
+
+    def __getattr__(self, name: str):
+        def both(*args, **kwargs):
+            getattr(self.draw, name)(*args, **kwargs)
+            getattr(self.mask, name)(*args, **{**kwargs, "fill": 255})
+        return both
 
 
 def _rng(seed: int, stream: str, label: str, index: int) -> np.random.Generator:
@@ -95,7 +135,7 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int
             draw.ellipse([x, y - bw * 0.5, x + bw, y], fill=_colour(rng, (50, 100, 45), 30))
 
 
-def _person(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, horizon: int) -> None:
+def _person(draw: _Traced, rng: np.random.Generator, w: int, h: int, horizon: int) -> None:
     feet = horizon + rng.uniform(0.25, 1.0) * (h - horizon)
     # Nearer people (feet lower in the frame) look taller.
     height = h * rng.uniform(0.3, 0.55) * (0.6 + 0.6 * (feet - horizon) / max(h - horizon, 1))
@@ -116,7 +156,7 @@ def _person(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int,
     draw.ellipse([cx - head, top - 2 * head, cx + head, top], fill=skin)
 
 
-def _vehicle(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, horizon: int) -> None:
+def _vehicle(draw: _Traced, rng: np.random.Generator, w: int, h: int, horizon: int) -> None:
     ground = horizon + rng.uniform(0.3, 1.0) * (h - horizon)
     length = w * rng.uniform(0.35, 0.7) * (0.6 + 0.5 * (ground - horizon) / max(h - horizon, 1))
     x0 = rng.uniform(0.15, 0.85) * w - length / 2
@@ -156,6 +196,11 @@ def _lighting(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def render_scene(label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE) -> Image.Image:
     """Draw one RGB scene of class `label` (one of CLASSES) at `size` (W, H); deterministic."""
+    return render_scene_boxes(label, seed=seed, index=index, stream=stream, size=size).image
+
+
+def render_scene_boxes(label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE) -> Scene:
+    """`render_scene`'s image with the box of the object drawn in it (none for "empty")."""
     if label not in CLASSES:
         raise UsageError(f"unknown scene class {label!r}", f"use one of: {', '.join(CLASSES)}")
     w, h = size
@@ -165,13 +210,18 @@ def render_scene(label: str, *, seed: int = 0, index: int = 0, stream: str = "tr
     image, horizon = _background(rng, w, h)
     draw = ImageDraw.Draw(image)
     _clutter(draw, rng, w, h, horizon, int(rng.integers(0, 4)))
+    mask = Image.new("L", (w, h), 0)
+    traced = _Traced(draw, ImageDraw.Draw(mask))
     if label == "person":
-        _person(draw, rng, w, h, horizon)
+        _person(traced, rng, w, h, horizon)
     elif label == "vehicle":
-        _vehicle(draw, rng, w, h, horizon)
+        _vehicle(traced, rng, w, h, horizon)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return _lighting(image, rng)
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    extent = mask.getbbox()  # None when nothing was drawn
+    boxes = () if extent is None else (SceneBox(label, extent, (extent[0] / w, extent[1] / h, extent[2] / w, extent[3] / h)),)
+    return Scene(_lighting(image, rng), boxes)
 
 
 def _fresh_dir(path: Path, what: str) -> Path:
@@ -183,7 +233,7 @@ def _fresh_dir(path: Path, what: str) -> Path:
 
 
 def write_dataset(out: Path, *, per_class: int = 200, validation_per_class: int = 50, seed: int = 0, size: tuple[int, int] = DATASET_SIZE) -> dict:
-    """Write train/ and validation/ class folders of PNG scenes plus dataset.json; returns dataset.json's content."""
+    """Write train/ and validation/ class folders of PNG scenes, each split's boxes.json, and dataset.json; returns dataset.json's content."""
     if per_class < 1 or validation_per_class < 0:
         raise UsageError(f"per_class={per_class}, validation_per_class={validation_per_class}", "ask for at least 1 training image per class")
     out = _fresh_dir(out, "dataset")
@@ -192,12 +242,17 @@ def write_dataset(out: Path, *, per_class: int = 200, validation_per_class: int 
         if n == 0:
             continue
         counts[split] = {}
+        boxes: dict[str, list[dict]] = {}
         for label in CLASSES:
             folder = out / split / label
             folder.mkdir(parents=True)
             for i in range(n):
-                render_scene(label, seed=seed, index=i, stream=split, size=size).save(folder / f"{label}-{i:05d}.png")
+                scene = render_scene_boxes(label, seed=seed, index=i, stream=split, size=size)
+                scene.image.save(folder / f"{label}-{i:05d}.png")
+                boxes[f"{label}/{label}-{i:05d}.png"] = [b.as_json() for b in scene.boxes]
             counts[split][label] = n
+        split_boxes = {"format_version": DATASET_FORMAT_VERSION, "size": list(size), "images": boxes}
+        (out / split / "boxes.json").write_text(json.dumps(split_boxes, indent=1) + "\n")
     meta = {"format_version": DATASET_FORMAT_VERSION, "generator": "edgefleet.models.scenes", "classes": list(CLASSES), "seed": seed, "size": list(size), "counts": counts}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

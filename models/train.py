@@ -89,7 +89,10 @@ class _Parser(argparse.ArgumentParser):
         raise InputProblem(f"bad hyperparameters: {message}")
 
 
-def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
+def script_args(description: str, defaults: dict, checks, argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
+    """The hyperparameters and SageMaker paths every scene entry point takes (train.py,
+    train_detector.py). `defaults` gives `epochs` and `image-size`; `checks(args)` returns the
+    script's own (ok, message) pairs beside the common ones."""
     env = dict(os.environ if env is None else env)
     try:
         hps = json.loads(env.get("SM_HPS") or "{}")
@@ -97,12 +100,12 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         raise InputProblem(f"SM_HPS is not JSON: {exc}") from None
     if not isinstance(hps, dict):
         raise InputProblem("SM_HPS is not a JSON object")
-    p = _Parser(description="Train the edgefleet camera scene classifier (SageMaker script mode).")
-    p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", 10))
+    p = _Parser(description=description)
+    p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", defaults["epochs"]))
     p.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=float, default=_hp(hps, "lr", 0.005))
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=_hp(hps, "batch-size", 32))
     p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=_hp(hps, "weight-decay", 1e-4))
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=_hp(hps, "image-size", 64))
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=_hp(hps, "image-size", defaults["image-size"]))
     p.add_argument("--width", type=int, default=_hp(hps, "width", 16), help="channels of the first conv block")
     p.add_argument("--val-fraction", "--val_fraction", dest="val_fraction", type=float, default=_hp(hps, "val-fraction", 0.2))
     p.add_argument("--seed", type=int, default=_hp(hps, "seed", 0))
@@ -114,13 +117,18 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
     args = p.parse_args(argv)
     if not args.model_dir or not args.train:
         raise InputProblem("SM_MODEL_DIR and SM_CHANNEL_TRAIN must be set (or --model-dir and --train given)")
-    checks = [(args.epochs >= 1, "epochs must be >= 1"), (args.lr > 0, "lr must be > 0"), (args.batch_size >= 1, "batch-size must be >= 1"),
-              (16 <= args.image_size <= 512, "image-size must be 16..512"), (1 <= args.width <= 256, "width must be 1..256"),
+    common = [(args.epochs >= 1, "epochs must be >= 1"), (args.lr > 0, "lr must be > 0"), (args.batch_size >= 1, "batch-size must be >= 1"),
               (0 < args.val_fraction < 1, "val-fraction must be between 0 and 1"), (args.threads >= 0, "threads must be >= 0")]
-    for ok, message in checks:
+    for ok, message in common + list(checks(args)):
         if not ok:
             raise InputProblem(f"bad hyperparameters: {message}")
     return args
+
+
+def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
+    return script_args("Train the edgefleet camera scene classifier (SageMaker script mode).", {"epochs": 10, "image-size": 64},
+                       lambda a: [(16 <= a.image_size <= 512, "image-size must be 16..512"), (1 <= a.width <= 256, "width must be 1..256")],
+                       argv, env)
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -262,7 +270,7 @@ def export(result: dict, args: argparse.Namespace) -> None:
         (Path(args.output_data_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def _write_failure(message: str) -> None:
+def write_failure(message: str) -> None:
     output_dir = os.environ.get("SM_OUTPUT_DIR")
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -274,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         export(train(args), args)
     except InputProblem as exc:
-        _write_failure(str(exc))
+        write_failure(str(exc))
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception:
-        _write_failure(traceback.format_exc(limit=3))
+        write_failure(traceback.format_exc(limit=3))
         raise
     return 0
 

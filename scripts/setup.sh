@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf
-  qemu-user-static debootstrap binfmt-support
+  qemu-user-static qemu-user debootstrap binfmt-support
   mosquitto mosquitto-clients
   postgresql
   docker.io

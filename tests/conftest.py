@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import CliResult, run_cli
+from support.scenes import scene_dataset, scene_detector  # noqa: F401  (session fixtures for tests/models and tests/agent)
 
 from edgefleet.signing import SigningKey, create_signing_key
 

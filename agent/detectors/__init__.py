@@ -13,6 +13,7 @@ from functools import cache
 
 from edgefleet.agent.detectors.base import Head, HeadConfig, Shapes
 from edgefleet.errors import BadInputError, UsageError
+from edgefleet.strict import first_error
 
 NOT_PLUGINS = {"base"}
 
@@ -47,9 +48,8 @@ def head_config(name: str, options: dict) -> HeadConfig:
     try:
         return get_head(name).config_class(**options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        raise BadInputError(f"detection head {name} option {where}: {first['msg']}",
+        first = first_error(exc, top="options")
+        raise BadInputError(f"detection head {name} option {first.where}: {first.msg}",
                             "see docs/agent.md for the head's options") from None
 
 

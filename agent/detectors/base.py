@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from edgefleet.errors import BadInputError
+from edgefleet.strict import Strict
 
 # The most candidates a frame hands to NMS: the best-scored ones (Ultralytics caps at 30,000
 # before its NMS; 1,024 bounds the agent's cost per frame and still leaves ~10 per object for a
@@ -22,10 +22,8 @@ from edgefleet.errors import BadInputError
 MAX_CANDIDATES = 1024
 
 
-class HeadConfig(BaseModel):
+class HeadConfig(Strict):
     """Options of one head (manifest `detection.options`); unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass

@@ -61,10 +61,10 @@ class FrameSource(ABC):
     @abstractmethod
     def frames(self, stop: threading.Event) -> Iterator[Frame]: ...
 
-    def done(self, frame: Frame) -> None:
+    def done(self, frame: Frame) -> None:  # noqa: B027 - optional hook; most sources keep nothing
         """The frame's outcome is stored; the source may forget it."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most sources hold nothing
         """Release processes or connections."""
 
 

@@ -82,19 +82,25 @@ def unsupported(model) -> Counter:
     return Counter({op: n for op, n in operators(model).items() if op not in known})
 
 
+def approximated(model) -> Counter:
+    """Quantized operators left to TVM's float lowering instead of TFLite's integer kernels,
+    e.g. {"LOGISTIC (int8 quantized)": 1}: compiled, not refused; verification against LiteRT decides."""
+    from edgefleet.compiler.tflite_quant import unexact_quantized_ops
+
+    codes = _code_names(model)
+    return unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
+
+
 def import_notes(model) -> list[str]:
     """What the compile prints about the import: quantized operators left to TVM's float lowering.
 
     They are compiled, not refused (TVM may well be close enough); verification against LiteRT
     decides, and its failure names the tolerance to loosen.
     """
-    from edgefleet.compiler.tflite_quant import unexact_quantized_ops
-
-    codes = _code_names(model)
-    approximated = unexact_quantized_ops(model, lambda op: codes[op.OpcodeIndex()])
-    if not approximated:
+    found = approximated(model)
+    if not found:
         return []
-    listed = ", ".join(f"{op} x{n}" for op, n in sorted(approximated.items()))
+    listed = ", ".join(f"{op} x{n}" for op, n in sorted(found.items()))
     return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; "
             "LiteRT verification decides"]
 

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from edgefleet.strict import Strict
+
 
 class WireMessage(BaseModel):
     """A message between independently upgraded components: extra fields are ignored."""
@@ -29,8 +31,8 @@ class WireMessage(BaseModel):
         return self.model_dump(mode="json", exclude=skip)
 
 
-class Document(BaseModel):
-    """A document one component writes and only it, or a stricter peer, reads back: no extras."""
+class Document(Strict):
+    """A document whose writer and reader agree on every field (a baseline, a rollout plan): unknown
+    fields are errors, and a parsed one is not edited in place."""
 
-    model_config = ConfigDict(extra="forbid")
     REVISION: ClassVar[int] = 1

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from edgefleet.contracts.base import Document
 from edgefleet.errors import BadInputError
+from edgefleet.strict import first_error
 
 BASELINE_FORMAT_VERSION = 1
 
 
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    REVISION: ClassVar[int] = 1
-
-
-class Histogram(Frozen):
+class Histogram(Document):
     edges: list[float]
     counts: list[int]
 
@@ -36,7 +33,7 @@ class Histogram(Frozen):
         return sum((self.edges[i] + self.edges[i + 1]) / 2 * c for i, c in enumerate(self.counts)) / total
 
 
-class DriftSummary(Frozen):
+class DriftSummary(Document):
     """The agent's per-window `drift` object, and the baseline's `summary` (versioned with its container)."""
 
     brightness: Histogram
@@ -49,7 +46,7 @@ class DriftSummary(Frozen):
         return sum(self.brightness.counts)
 
 
-class Baseline(Frozen):
+class Baseline(Document):
     """baseline.json inside a model package (format version 1), written by the compiler, read by the fleet."""
 
     format_version: Literal[1] = BASELINE_FORMAT_VERSION
@@ -66,6 +63,5 @@ def parse_summary(raw: object) -> DriftSummary:
     try:
         return DriftSummary.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadInputError(f"drift summary is malformed at {where or 'top level'}: {first['msg']}", "send the agent's telemetry `drift` object unchanged") from None
+        first = first_error(exc)
+        raise BadInputError(f"drift summary is malformed at {first.where}: {first.msg}", "send the agent's telemetry `drift` object unchanged") from None

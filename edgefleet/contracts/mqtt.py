@@ -19,6 +19,7 @@ from pydantic import Field, PrivateAttr, StrictInt, ValidationError, model_valid
 
 from edgefleet.contracts.base import WireMessage
 from edgefleet.contracts.drift import DriftSummary, Histogram
+from edgefleet.strict import first_error
 
 SCHEMA = 1
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
@@ -101,8 +102,8 @@ class TelemetryMessage(DeviceMessage):
             try:
                 data = data | {"drift": DriftSummary.model_validate(raw)}
             except ValidationError as exc:
-                first = exc.errors()[0]
-                error = f"{'.'.join(str(p) for p in first['loc']) or 'top level'}: {first['msg']}"
+                first = first_error(exc)
+                error = f"{first.where}: {first.msg}"
                 data = {k: v for k, v in data.items() if k != "drift"}
                 # The rollout health gate reads the confidence histogram alone.
                 confidence = Histogram.model_validate(raw["confidence"]) if isinstance(raw, dict) and raw.get("confidence") is not None else None

@@ -6,7 +6,7 @@ contracts (edgefleet/contracts/base.py).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -50,10 +50,15 @@ class RolloutPlan(Body):
     health: HealthGate = Field(default_factory=HealthGate)
     probation: Probation = Field(default_factory=Probation)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _percent_replaces_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("canary_percent") is not None:
+            return data | {"canary": None}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RolloutPlan:
-        if self.canary_percent is not None:
-            self.canary = None
         if not self.waves or any(not 0 < w <= 100 for w in self.waves) or self.waves != sorted(self.waves) or self.waves[-1] != 100:
             raise ValueError("waves are increasing cumulative percents in (0, 100] ending at 100, e.g. [10, 50, 100]")
         return self

@@ -37,7 +37,7 @@ def edgefleet_error(request: Request, exc: EdgefleetError) -> JSONResponse:
 
 
 def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
+    first = exc.errors()[0]  # FastAPI's own error list (not a pydantic ValidationError, so not strict.first_error)
     loc = [str(p) for p in first.get("loc", ())]
     if loc[:1] == ["body"] and len(loc) >= 2 and loc[1] in PLAN_FIELDS:
         return error_response(400, "bad_input", f"rollout {'.'.join(loc[1:])}: {first.get('msg')}", "see the rollout plan in docs/fleet.md")

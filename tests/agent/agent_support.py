@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from support.broker import Broker
+from support.scenes import box_iou  # noqa: F401  (the agent tests' IoU)
 
 LABELS = ["dark", "bright"]
 
@@ -136,12 +137,6 @@ def square_jpeg(box: tuple[int, int, int, int], size: tuple[int, int] = (96, 64)
     image.paste((255, 255, 255), box)
     image.save(buf, format="JPEG", quality=95)
     return buf.getvalue()
-
-
-def box_iou(a, b) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def jpeg(value: int, size: tuple[int, int] = (64, 48)) -> bytes:

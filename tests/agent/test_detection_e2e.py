@@ -1,5 +1,6 @@
 """A compiled YOLO-layout detector in a real agent process, against a real mosquitto: the alerts'
-boxes land on the squares drawn in the frames; zones and areas decide which frames alert."""
+boxes land on the squares drawn in the frames; zones and areas decide which frames alert. Then
+the trained scene detector (models/train_detector.py) on generated scenes whose boxes are known."""
 
 from __future__ import annotations
 
@@ -63,6 +64,41 @@ def test_a_real_agent_alerts_with_boxes_on_the_drawn_squares(tmp_path, mqtt_brok
         assert [xmin * 96, ymin * 64, xmax * 96, ymax * 64] == pytest.approx(box["box_px"], abs=0.1)
         red = red_pixels(body["thumbnail"])
         assert red.any() and not red[:, 60:].any(), "the box is drawn around the square, in the left part"
+
+
+@pytest.mark.mqtt
+def test_a_real_agent_running_the_trained_scene_detector_alerts_on_the_drawn_objects(tmp_path, mqtt_broker, scene_detector):
+    from edgefleet.models.scenes import render_scene_boxes
+
+    truth = {}
+    for label in ("person", "vehicle", "empty"):
+        for i in range(20):  # the frames stream, another seed: never seen in training
+            scene = render_scene_boxes(label, seed=11, index=i, stream="frames", size=(320, 240))
+            name = f"{label}-{i:05d}.jpg"
+            buf = io.BytesIO()
+            scene.image.save(buf, "JPEG", quality=90)
+            drop_frame(tmp_path / "incoming", name, buf.getvalue())
+            truth[name] = scene.boxes
+    alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
+    rules = {"labels": ["person", "vehicle"], "min_score": 0.5}
+    config = write_config(tmp_path / "agent.toml", agent_config(tmp_path, mqtt_broker, (scene_detector.package, scene_detector.trusted), rules=rules))
+    agent = start_agent(config, "--max-frames", str(len(truth)), log=tmp_path / "agent.log")
+    try:
+        assert agent.wait(timeout=120) == 0, (tmp_path / "agent.log").read_text()[-2000:]
+        alerts.wait_for(20)
+        time.sleep(0.5)  # the last alerts in flight
+        got = [m.json() for m in alerts.messages]
+    finally:
+        agent.kill()
+    boxes = [(d, truth[body["frame"].split(":")[0]]) for body in got for d in body["detections"]]
+    hits = sum(any(d["label"] == b.label and box_iou(d["box_px"], b.box_px) >= 0.5 for b in drawn) for d, drawn in boxes)
+    found = {body["frame"].split(":")[0] for body in got}
+    objects = [name for name, drawn in truth.items() if drawn]
+    print(f"\nscene detector in the agent: {hits}/{len(boxes)} alert boxes overlap a drawn object of their label at IoU >= 0.5 "
+          f"({hits / len(boxes):.3f}); {len(found & set(objects))}/{len(objects)} frames with an object alerted, "
+          f"{len(found - set(objects))}/{len(truth) - len(objects)} empty ones")
+    assert len(boxes) >= 20 and hits / len(boxes) >= 0.8
+    assert len(found & set(objects)) >= 0.7 * len(objects)
 
 
 def test_a_model_whose_outputs_match_no_head_is_refused_at_compile_time(tmp_path):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-from tiny_models import compile_tiny
-
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.agent.update import UpdateManager
+from tiny_models import compile_tiny
+
 from edgefleet.contracts.jobs import RollbackAuthorization
+from edgefleet.net import free_port
 from edgefleet.signing import load_public_key, load_signing_key, public_path
 
 
@@ -34,12 +33,6 @@ def tiny_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out["v2-flat"] = compile_tiny(root / "flat", "flat", "2", key)
     out["v3-nan"] = compile_tiny(root / "nan3", "nan", "3", key)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StaticServer:

@@ -7,9 +7,11 @@ is nothing to round differently (docs/operators.md, "TFLite").
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from compiler_testlib import assert_cli_error, detection_tflite, int8_tflite_cnn, write_tflite
+from compiler_testlib import detection_tflite, int8_tflite_cnn, write_tflite
 
 from edgefleet.package import open_package
 
@@ -84,6 +86,11 @@ def test_quantized_operator_without_exact_lowering_compiles_and_litert_decides(t
         [(Op.LOGISTIC, ["x"], ["y"], None), (Op.TANH, ["y"], ["z"], None)],
         ["x"], ["z"],
     )
+    check = cli("compile", model, "--check", "--json")
+    assert check.code == 0, check.text
+    assert json.loads(check.out)["approximated"] == {"LOGISTIC (int8 quantized)": 1, "TANH (int8 quantized)": 1}
+    table = cli("compile", model, "--check").out
+    assert table.count("yes, int8 quantized x1 by TVM's") == 2 and "float lowering" in table
     result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text
     assert "float lowering" in result.err and "LOGISTIC (int8 quantized) x1, TANH (int8 quantized) x1" in result.err

@@ -1,5 +1,6 @@
 """The README's main job, headless: `edgefleet demo --exit-after-rollouts` runs to completion
-with real training, compiles, mosquitto, the fleet service and three agent processes. Five runs
+with real training, compiles, mosquitto, the fleet service and four agent processes (three
+classifier cameras, one running the scene detector). Five runs
 in a row (does v2 ever abort by chance?): benchmarks/demo_runs.py."""
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ import re
 
 import psutil
 import pytest
+from support.scenes import box_iou
 
 from edgefleet.demo import DemoOptions, run_demo
+from edgefleet.models.scenes import FRAME_SIZE, render_scene_boxes
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
@@ -42,6 +45,18 @@ def test_demo_rolls_out_v1_then_v2_and_reports_real_alerts(tmp_path, edgefleet_h
     correct = sum(t == a["label"] for t, a in zip(truth, result.alerts))
     assert correct / len(result.alerts) >= 0.7, list(zip(truth, [a["label"] for a in result.alerts]))
     assert {a["model"]["version"] for a in result.alerts} == {"1", "2"}  # before and after the second rollout
+
+    # The detector camera got its own model and alerts with boxes on the objects drawn in its frames.
+    assert result.detector_rollout["state"] == "succeeded" and result.detector_rollout["installs"] == {"committed": 1}
+    boxes = [(a["frame"], d) for a in result.detections for d in a["detections"]]
+    assert len(boxes) >= 10 and {a["model"]["name"] for a in result.detections} == {"scenedet"}
+    hits = 0
+    for frame, d in boxes:
+        label, index = re.match(r"(person|vehicle|empty)-(\d+)\.jpg", frame).groups()
+        drawn = render_scene_boxes(label, seed=7, index=int(index), stream="frames", size=FRAME_SIZE).boxes
+        hits += any(b.label == d["label"] and box_iou(b.box_px, d["box_px"]) >= 0.5 for b in drawn)
+    print(f"\ndemo detector camera: {hits}/{len(boxes)} alert boxes on a drawn object of their label (IoU >= 0.5)")
+    assert hits / len(boxes) >= 0.7
 
     # Night falls on one camera: its drift alarm is raised, and cleared when the light returns,
     # each within two minutes; the cameras left alone never alarm.

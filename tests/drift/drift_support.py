@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from edgefleet.net import free_port
+
 LABELS = ["dark", "bright"]
 
 
@@ -61,14 +63,6 @@ def write_images(folder: Path, images: list[Image.Image]) -> Path:
     for i, image in enumerate(images):
         (folder / f"frame-{i:04d}.jpg").write_bytes(jpeg(image))
     return folder
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
@@ -136,6 +130,7 @@ class WebhookReceiver:
 def compile_with_baseline(root: Path, n_images: int = 300) -> tuple[Path, Path, Path]:
     """(package, trusted public key, baseline image folder): the classifier compiled for this machine with --baseline-images."""
     from edgefleet.compiler.compile import compile_model
+
     from edgefleet.package import Preprocessing
     from edgefleet.signing import create_signing_key, public_path
 
@@ -157,6 +152,7 @@ def telemetry_windows(package: Path, pub: Path, kind: str, n: int, frames: int =
     from edgefleet.agent.postprocess import interpret
     from edgefleet.agent.preprocess import decode_image, preprocess
     from edgefleet.agent.runtime import load_model
+
     from edgefleet.package import open_package
     from edgefleet.signing import load_public_key
 

@@ -70,7 +70,7 @@ def frames_seen(fleet, device: str = "cam-1") -> int:
 def alarm_state(fleet, device: str = "cam-1") -> str | None:
     from sqlalchemy import select
 
-    from edgefleet.fleet.drift_service import DriftAlarm
+    from edgefleet.fleet.drift_tables import DriftAlarm
 
     with fleet.session() as s:
         return s.scalar(select(DriftAlarm.state).where(DriftAlarm.device_id == device))
@@ -105,7 +105,7 @@ class Camera:
 
 @pytest.mark.parametrize("fault", ["dark", "blur"])
 def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker, fault: str) -> None:
-    from edgefleet.fleet.drift_service import drift_windows
+    from edgefleet.fleet.drift_routes import drift_windows
 
     fleet = fleet_on_broker
     package, pub, _ = baseline_package
@@ -161,7 +161,7 @@ def test_a_camera_with_fewer_frames_per_message_than_a_window_still_gets_windows
     per 0.5 s message at 8 fps against min_frames 24."""
     import time
 
-    from edgefleet.fleet.drift_service import drift_overview, drift_windows
+    from edgefleet.fleet.drift_routes import drift_overview, drift_windows
 
     fleet = fleet_on_broker
     package, pub, _ = baseline_package
@@ -188,7 +188,8 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
         tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker) -> None:
     """Two real agents at once: cam-2's scene darkens, cam-1's stays normal. Windows of 120 frames
     against the 300-image baseline (benchmarks/drift_windows.py: normal windows score <= 0.16)."""
-    from edgefleet.fleet.drift_service import FLEET_TOPIC, drift_events, drift_windows
+    from edgefleet.fleet.drift_routes import drift_events, drift_windows
+    from edgefleet.fleet.drift_service import FLEET_TOPIC
 
     fleet = fleet_on_broker
     package, pub, _ = baseline_package
@@ -201,7 +202,7 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
             for cam in cams:
                 cam.drop(2 * BATCH, darken if cam is night else None)  # one window each
             for cam in cams:
-                wait_until(lambda: frames_seen(fleet, cam.device) >= cam.dropped, timeout=60)
+                wait_until(lambda cam=cam: frames_seen(fleet, cam.device) >= cam.dropped, timeout=60)
             if len(drift_windows(fleet, "cam-1")) >= 20 and alarm_state(fleet, "cam-2") == "alarm":
                 break
         ours, theirs = drift_windows(fleet, "cam-1"), drift_windows(fleet, "cam-2")

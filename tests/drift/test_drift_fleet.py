@@ -40,7 +40,7 @@ def windows(baseline_package, kind: str, n: int, frames: int = 120, seed: int = 
 
 
 def feed(fleet, ingest, device: str, bodies: list[dict]) -> list[str]:
-    from edgefleet.fleet.drift_service import DriftAlarm
+    from edgefleet.fleet.drift_tables import DriftAlarm
     from edgefleet.fleet.ingest import Message
     from sqlalchemy import select
 
@@ -94,7 +94,7 @@ def test_blurred_frames_drift_on_contrast_and_devices_are_judged_apart(drift_fle
     normal = windows(baseline_package, "normal", 3, seed=4)
     assert feed(drift_fleet, ingest, "cam-2", blurred) == ["pending", "pending", "alarm"]
     assert feed(drift_fleet, ingest, "cam-1", normal) == ["ok", "ok", "ok"]
-    from edgefleet.fleet.drift_service import drift_overview
+    from edgefleet.fleet.drift_routes import drift_overview
 
     overview = drift_overview(drift_fleet, ingest.drift)
     alarms = {a["device"]: a for a in overview["alarms"]}
@@ -151,7 +151,7 @@ def test_cli_shows_states_and_sparklines(drift_fleet, baseline_package) -> None:
 def test_drift_section_of_the_fleet_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgefleet.errors import UsageError
     from edgefleet.fleet.config import load_config
-    from edgefleet.fleet.drift_service import webhook_url
+    from edgefleet.fleet.drift_webhook import webhook_url
 
     monkeypatch.delenv("EDGEFLEET_FLEET_DRIFT_WEBHOOK", raising=False)
     (tmp_path / "hook").write_text("https://hooks.example/T000/secret\n")

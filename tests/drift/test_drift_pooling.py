@@ -20,7 +20,7 @@ def with_ts(body: dict, at: float) -> dict:
 
 
 def overview(fleet, ingest) -> dict:
-    from edgefleet.fleet.drift_service import drift_overview
+    from edgefleet.fleet.drift_routes import drift_overview
 
     return drift_overview(fleet, ingest.drift)
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from PIL import Image
-
 from support.broker import Broker, mqtt_broker  # noqa: F401
-from tests_fleet_util import free_port_for, wait_http
+from tests_fleet_util import wait_http
+
+from edgefleet.net import free_port
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 CLI = [sys.executable, "-m", "edgefleet.cli"]
@@ -29,7 +30,7 @@ DEVICES = ["cam-a", "cam-b", "cam-c"]
 class World:
     def __init__(self, root: Path, broker: Broker, packages: dict, home: Path) -> None:
         self.root, self.broker, self.packages = root, broker, packages
-        self.port = free_port_for()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, EDGEFLEET_HOME=str(home), COLUMNS="200")
         self.env.pop("EDGEFLEET_UPDATE_FAULT", None)

@@ -14,9 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 import test_fleet_library as flows
-from tests_fleet_util import Clock, free_port_for
+from tests_fleet_util import Clock
+
+from edgefleet.net import free_port
 
 pytestmark = pytest.mark.postgres
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -39,7 +40,7 @@ def postgres_server():
     root = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
-    port = free_port_for()
+    port = free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # postgres refuses to run as root
         pw = pwd.getpwnam("postgres")
@@ -58,10 +59,9 @@ def postgres_server():
 
 @pytest.fixture
 def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
-    from sqlalchemy import create_engine, text
-
     from edgefleet.fleet.config import FleetConfig
     from edgefleet.fleet.core import open_fleet
+    from sqlalchemy import create_engine, text
 
     name = f"fleet_{uuid.uuid4().hex[:10]}"
     admin = create_engine(postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT")
@@ -98,9 +98,8 @@ def test_flows_on_postgresql(flow, pg_fleet, tiny_packages, tmp_path):
 def test_migrations_are_at_head_on_postgresql(pg_fleet):
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-    from sqlalchemy import text
-
     from edgefleet.fleet.db import MIGRATIONS
+    from sqlalchemy import text
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

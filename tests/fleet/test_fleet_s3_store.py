@@ -17,12 +17,12 @@ from edgefleet.fleet.api import create_app
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import open_fleet
 from edgefleet.fleet.db import Build
-from tests_fleet_util import free_port_for
+from edgefleet.net import free_port
 
 
 @pytest.fixture
 def fake_s3(monkeypatch):
-    port = free_port_for()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():

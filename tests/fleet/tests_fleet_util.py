@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from edgefleet.net import free_port
 
 
 class Clock:
@@ -25,12 +26,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def free_port_for() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -62,11 +57,10 @@ def fleet(tmp_path: Path, edgefleet_home: Path, tiny_packages: dict):
 @pytest.fixture
 def api(fleet):
     """FastAPI's TestClient on `fleet`, with one token per scope in `api.tokens`."""
-    from fastapi.testclient import TestClient
-
     from edgefleet.fleet import auth
     from edgefleet.fleet.api import create_app
     from edgefleet.fleet.ingest import Ingest
+    from fastapi.testclient import TestClient
 
     client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
     client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}
@@ -80,7 +74,7 @@ def h(api, scope: str) -> dict:
 @contextlib.contextmanager
 def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
     """A real `edgefleet fleet serve` (no broker); yields (url, admin token, process, env)."""
-    port = free_port_for()
+    port = free_port()
     cfg = tmp_path / "fleet.toml"
     cfg.write_text(f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\nsigning_key = "{signing_key}"\n')
     env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")

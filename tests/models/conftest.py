@@ -1,19 +1,11 @@
-"""models/ fixtures: a generated scene dataset, one real local training job, the in-process CLI."""
+"""models/ fixtures: one real local training job of the classifier (the scene dataset and the
+trained detector are session fixtures in tests/support/scenes.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def scene_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgefleet.models.scenes import write_dataset
-
-    out = tmp_path_factory.mktemp("scenes") / "data"
-    write_dataset(out, per_class=150, validation_per_class=40, seed=1)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def test_write_dataset_layout_and_metadata(tmp_path):
     out = tmp_path / "ds"
     meta = write_dataset(out, per_class=3, validation_per_class=2, seed=7, size=(48, 36))
     assert json.loads((out / "dataset.json").read_text()) == meta
-    assert meta["format_version"] == 1 and meta["classes"] == list(CLASSES) and meta["size"] == [48, 36]
+    assert meta["format_version"] == 2 and meta["classes"] == list(CLASSES) and meta["size"] == [48, 36]
     for split, n in (("train", 3), ("validation", 2)):
         for label in CLASSES:
             files = sorted((out / split / label).iterdir())
@@ -84,3 +84,40 @@ def test_cli_dataset_and_frames(tmp_path, cli):
     assert result.code == 2 and "error:" in result.err and "--start" in result.err
     result = cli("models", "dataset", "--out", tmp_path / "ds2", "--size", "big")
     assert result.code == 2 and "WxH" in result.err
+
+
+def test_scene_boxes_mark_the_drawn_object_without_changing_the_image():
+    from edgefleet.models.scenes import render_scene_boxes
+
+    shapes = {"person": [], "vehicle": []}
+    for label in CLASSES:
+        for i in range(20):
+            scene = render_scene_boxes(label, seed=2, index=i, size=(320, 240))
+            assert np.array_equal(_pixels(scene.image), _pixels(render_scene(label, seed=2, index=i, size=(320, 240))))
+            if label == "empty":
+                assert scene.boxes == ()
+                continue
+            (box,) = scene.boxes
+            x1, y1, x2, y2 = box.box_px
+            assert box.label == label and 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240
+            assert box.box == pytest.approx((x1 / 320, y1 / 240, x2 / 320, y2 / 240))
+            # The drawing is relative to the frame: a smaller frame has the same box, scaled.
+            small = render_scene_boxes(label, seed=2, index=i, size=(160, 120)).boxes[0]
+            assert np.allclose(small.box, box.box, atol=0.03), (small.box, box.box)
+            shapes[label].append((x2 - x1) / (y2 - y1))
+    # People stand, vehicles lie: the boxes have the shapes of what is drawn.
+    assert max(shapes["person"]) < 1.0 < min(shapes["vehicle"]), shapes
+
+
+def test_write_dataset_records_every_images_boxes(tmp_path):
+    from edgefleet.models.scenes import render_scene_boxes
+
+    out = tmp_path / "ds"
+    write_dataset(out, per_class=2, validation_per_class=1, seed=7, size=(48, 36))
+    for split, n in (("train", 2), ("validation", 1)):
+        recorded = json.loads((out / split / "boxes.json").read_text())
+        assert recorded["format_version"] == 2 and recorded["size"] == [48, 36]
+        assert sorted(recorded["images"]) == sorted(f"{label}/{label}-{i:05d}.png" for label in CLASSES for i in range(n))
+        scene = render_scene_boxes("vehicle", seed=7, index=0, stream=split, size=(48, 36))
+        assert recorded["images"]["vehicle/vehicle-00000.png"] == [b.as_json() for b in scene.boxes]
+        assert recorded["images"]["empty/empty-00000.png"] == []

@@ -19,7 +19,7 @@ from tvm import relax, tirx  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from edgefleet.compiler import graph  # noqa: E402
-from edgefleet.compiler.build import _optimize_pipeline, tvm_target  # noqa: E402
+from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target  # noqa: E402
 from edgefleet.models.mobilenetv2 import build as mobilenetv2  # noqa: E402
 
 TARGET = resolve_target("x86_64")
@@ -59,7 +59,7 @@ def _odd_channels_model() -> onnx.ModelProto:
 def _compile_and_compare(model: onnx.ModelProto):
     mod = from_onnx(model, keep_params_in_input=False)
     with tvm_target(TARGET):
-        lowered = _optimize_pipeline(TARGET, 0)(mod)
+        lowered = _optimize_pipeline(TARGET, 0, KernelFallbacks(print))(mod)
     ex = tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     spec = model.graph.input[0]
@@ -139,3 +139,42 @@ def test_pooling_after_a_first_layer_runs_blocked():
     # Into NCHW3c and out to NCHW only; a pool left in NCHW would add a transform on each side.
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
     assert any("max_pool2d" in c for c in calls) and sum("layout_transform" in c for c in calls) == 2, Counter(calls)
+
+
+def test_tflite_mobilenetv2_runs_blocked_like_the_onnx_one(tmp_path):
+    """TFLite's NHWC convolutions with (C,) bias adds and RELU6 clips get the ONNX graph's kernels:
+    every convolution blocked with its epilogue fused, no transposes between them, as few transforms."""
+    import sys
+    from pathlib import Path
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgefleet.compiler.frontends import frontend_for
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from tflite_models import mobilenetv2_tflite
+
+    path = mobilenetv2_tflite(tmp_path / "mnv2.tflite", size=32)
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(path)
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    with tvm_target(TARGET):
+        lowered = _optimize_pipeline(TARGET, 0)(mod)
+    kernels = _kernels(lowered)
+    assert not [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
+    # One transpose is left: the blocked head back to NHWC for TFLite's MEAN over axes 1, 2.
+    assert sum("transpose" in n for n in kernels) <= 1, sorted(kernels)
+    assert sum(n.startswith("fused_depthwise_conv2d_NCHWc") for n in kernels) >= 10, sorted(kernels)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    assert sum("layout_transform" in c for c in calls) <= 8, Counter(calls)
+
+    x = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+    interp = Interpreter(str(path), num_threads=1)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    expected = interp.get_tensor(interp.get_output_details()[0]["index"])
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    np.testing.assert_allclose((out if hasattr(out, "numpy") else out[0]).numpy(), expected, rtol=1e-4, atol=1e-4)

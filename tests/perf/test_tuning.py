@@ -22,7 +22,7 @@ from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 from edgefleet.compiler import graph, tuning  # noqa: E402
-from edgefleet.compiler.build import _cpu_pipeline, tuning_dir, tvm_target  # noqa: E402
+from edgefleet.compiler.build import KernelFallbacks, _cpu_pipeline, tuning_dir, tvm_target  # noqa: E402
 from edgefleet.compiler.schedules import schedule_func  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def _model():
 
 def _tasks(target, model):
     """The tasks tuning sees: the fused module of `_cpu_pipeline` before tuning."""
-    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
     with tvm_target(target):
         fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
     return fused, ms.relax_integration.extract_tasks(fused, tvm.target.Target({**target.tvm_target, "num-cores": 1}))
@@ -95,13 +95,13 @@ def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefl
             raise _Interrupted("interrupted")
 
     with tvm_target(target), pytest.raises(Exception, match="interrupted"):
-        _cpu_pipeline(target, budget, stop_after_trials)(from_onnx(model, keep_params_in_input=False))
+        _cpu_pipeline(target, budget, KernelFallbacks(stop_after_trials))(from_onnx(model, keep_params_in_input=False))
     interrupted_task = first[-1].split(":")[0].split()[-1]
 
     # Rerun: the finished task is skipped, the other conv is tuned now.
     second: list[str] = []
     with tvm_target(target):
-        lowered = _cpu_pipeline(target, budget, second.append)(from_onnx(model, keep_params_in_input=False))
+        lowered = _cpu_pipeline(target, budget, KernelFallbacks(second.append))(from_onnx(model, keep_params_in_input=False))
     assert any(line.endswith(f"{interrupted_task}: {shares[[t.task_name for t in tasks].index(interrupted_task)]} records in the database, skipped") for line in second), second
     assert sum(map(_tuned, second)) == 1, second
 
@@ -123,7 +123,7 @@ def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefl
     before = _record_count(work)
     third: list[str] = []
     with tvm_target(target):
-        _cpu_pipeline(target, budget, third.append)(from_onnx(model, keep_params_in_input=False))
+        _cpu_pipeline(target, budget, KernelFallbacks(third.append))(from_onnx(model, keep_params_in_input=False))
     assert not any(map(_measured, third)), third
     assert _record_count(work) == before
 

@@ -3,7 +3,6 @@ rpc_server run on this machine (x86_64), and candidates are built here and run b
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,15 @@ from onnx import TensorProto, helper, numpy_helper, save
 from support.cli import assert_cli_error
 
 from edgefleet.errors import UsageError
+from edgefleet.net import free_port
 
 tvm = pytest.importorskip("tvm")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def rpc_device(tmp_path):
     """A tracker and one rpc_server registered under key `x86-local`; yields (port, server log)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     server = None

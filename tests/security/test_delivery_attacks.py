@@ -10,7 +10,7 @@ import time
 
 import pytest
 from agent_support import agent_config, drop_frame, jpeg, wait_until
-from support.broker import free_port
+from edgefleet.net import free_port
 
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.run import Agent, RunOptions

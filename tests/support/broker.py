@@ -36,8 +36,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from edgefleet.fleet.local_broker import mosquitto_config
+
+from edgefleet.net import free_port
 
 FLEET_USER = "fleet"
 # Fleet-side test clients (observers) need identities of their own: the broker makes the
@@ -123,12 +124,6 @@ class TestPKI:
         assert csr.is_signature_valid
         cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         return self._sign(cn, csr.public_key(), server=False).public_bytes(serialization.Encoding.PEM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

@@ -265,3 +265,18 @@ class GroupedConvs(nn.Module):
 
 
 MODELS["grouped"] = (GroupedConvs, 64)
+
+
+class LogSumExpPool(nn.Module):
+    """Log-sum-exp pooling over channels (a soft max across feature maps) on flattened positions,
+    after a blocked backbone. dlight's CPU GEMV rule asserts on that reduction's kernel in TVM 0.27."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv(3, 16, 3, 2), conv(16, 32, 3, 2))
+
+    def forward(self, x):
+        return torch.logsumexp(self.body(x).flatten(2), dim=1, keepdim=True)
+
+
+MODELS["logsumexp_pool"] = (LogSumExpPool, 64)
