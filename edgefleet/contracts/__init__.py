@@ -23,7 +23,10 @@ def _version(model: type[BaseModel]) -> int:
         info = model.model_fields.get(field)
         if info is not None:
             return int(info.default)
-    return int(getattr(model, "VERSION"))
+    version = getattr(model, "VERSION", None)
+    if not isinstance(version, int):
+        raise TypeError(f"contract {model.__name__} has no version field and no VERSION")
+    return version
 
 
 TOP_LEVEL: list[type[BaseModel]] = [

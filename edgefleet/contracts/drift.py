@@ -10,7 +10,7 @@ from edgefleet.contracts.base import Document
 from edgefleet.errors import BadInputError
 from edgefleet.strict import first_error
 
-BASELINE_FORMAT_VERSION = 1
+BASELINE_FORMAT_VERSION: Literal[1] = 1
 
 
 class Histogram(Document):

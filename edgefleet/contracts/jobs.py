@@ -29,10 +29,10 @@ def _http_only(url: str | None) -> str | None:
 class Probation(Document):
     """Sent to the agent with each install job; the last two only matter for agent releases."""
 
-    smoke_runs: int = Field(3, ge=1, le=100)
-    latency_budget_ms: float = Field(5000, gt=0)
-    health_deadline_s: float = Field(120.0, gt=0, le=3600)  # a new agent's time to prove itself after its restart
-    max_boots: int = Field(3, ge=1, le=20)  # starts of a new agent without a commit before the camera rolls back
+    smoke_runs: int = Field(default=3, ge=1, le=100)
+    latency_budget_ms: float = Field(default=5000, gt=0)
+    health_deadline_s: float = Field(default=120.0, gt=0, le=3600)  # a new agent's time to prove itself after its restart
+    max_boots: int = Field(default=3, ge=1, le=20)  # starts of a new agent without a commit before the camera rolls back
 
 
 class JobProbation(Probation, WireMessage):
@@ -57,7 +57,7 @@ class JobPackage(WireMessage):
 class RollbackAuthorization(WireMessage):
     """A fleet-signed permission for one device to install an older version, for one job."""
 
-    schema_: Literal[1] = Field(1, alias="schema")
+    schema_: Literal[1] = Field(default=1, alias="schema")
     kind: Literal["rollback"] = "rollback"
     device: str
     job: str
@@ -78,13 +78,13 @@ class RollbackAuthorization(WireMessage):
 
 
 class JobDocument(WireMessage):
-    schema_: Literal[1] = Field(1, alias="schema")
+    schema_: Literal[1] = Field(default=1, alias="schema")
     id: str | None = None  # the fleet always sets one; the earliest test fleets did not
     job: str
     kind: JobKind = "install"  # the first agents' fleets did not say
     rollout: int | None = None
     package: JobPackage
-    probation: JobProbation = Field(default_factory=JobProbation)
+    probation: JobProbation = Field(default_factory=lambda: JobProbation())
     rollback_authorization: RollbackAuthorization | None = None
 
     model_config = WireMessage.model_config | {"populate_by_name": True}

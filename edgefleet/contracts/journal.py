@@ -20,7 +20,7 @@ from pydantic import Field
 from edgefleet.contracts.base import WireMessage
 from edgefleet.contracts.jobs import JobKind, JobPackage, JobProbation, RollbackAuthorization
 
-JOURNAL_FORMAT = 1
+JOURNAL_FORMAT: Literal[1] = 1
 
 
 class JournalBase(WireMessage):
@@ -29,7 +29,7 @@ class JournalBase(WireMessage):
     kind: JobKind
     package: JobPackage
     authorization: RollbackAuthorization | None = None
-    probation: JobProbation = Field(default_factory=JobProbation)
+    probation: JobProbation = Field(default_factory=lambda: JobProbation())
     previous: str | None = None  # what was active before the job: a package dir, or an agent release (None: the installed agent)
     target_existed: bool = False  # the job's target was on the camera before it: a failure must not delete it
     state: str = "idle"

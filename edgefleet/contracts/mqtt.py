@@ -21,7 +21,7 @@ from edgefleet.contracts.base import WireMessage
 from edgefleet.contracts.drift import DriftSummary, Histogram
 from edgefleet.strict import first_error
 
-SCHEMA = 1
+SCHEMA: Literal[1] = 1
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
@@ -39,7 +39,7 @@ class ModelRef(WireMessage):
 class DeviceMessage(WireMessage):
     """What every device message carries; `device`, when present, must be the topic's device."""
 
-    schema_: Literal[1] = Field(SCHEMA, alias="schema")
+    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
     id: str | None = None
     type: str | None = None
     device: str | None = None
@@ -107,7 +107,7 @@ class TelemetryMessage(DeviceMessage):
                 data = {k: v for k, v in data.items() if k != "drift"}
                 # The rollout health gate reads the confidence histogram alone.
                 confidence = Histogram.model_validate(raw["confidence"]) if isinstance(raw, dict) and raw.get("confidence") is not None else None
-        msg = handler(data)
+        msg: TelemetryMessage = handler(data)
         msg._drift_error, msg._confidence = error, confidence
         return msg
 

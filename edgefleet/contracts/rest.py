@@ -25,30 +25,30 @@ class HealthGate(Body):
     """Bounds on the new model's health relative to the previous model on the same devices."""
 
     enabled: bool = True
-    min_samples: int = Field(1, ge=1)  # telemetry messages from the new model before judging
-    alert_rate_max_ratio: float = Field(1.5, gt=0)
-    alert_rate_slack: float = Field(0.02, ge=0)  # absolute alerts per frame, so 0 -> 0.01 is fine
-    confidence_min_ratio: float = Field(0.9, ge=0, le=1)
-    latency_p95_max_ratio: float = Field(1.5, gt=0)
-    latency_p95_slack_ms: float = Field(5.0, ge=0)
+    min_samples: int = Field(default=1, ge=1)  # telemetry messages from the new model before judging
+    alert_rate_max_ratio: float = Field(default=1.5, gt=0)
+    alert_rate_slack: float = Field(default=0.02, ge=0)  # absolute alerts per frame, so 0 -> 0.01 is fine
+    confidence_min_ratio: float = Field(default=0.9, ge=0, le=1)
+    latency_p95_max_ratio: float = Field(default=1.5, gt=0)
+    latency_p95_slack_ms: float = Field(default=5.0, ge=0)
     require_baseline: bool = False  # without telemetry from the previous model: wait (True) or pass
     # Evidence each bound needs on both sides before it is judged: a rate over a few frames swings
     # too much to pass or fail a model on (an alert rate read 0.14-0.4 on 20-frame windows).
-    alert_rate_min_frames: int = Field(100, ge=1)
-    confidence_min_frames: int = Field(100, ge=1)
-    latency_min_samples: int = Field(1, ge=1)  # telemetry messages with a p95
+    alert_rate_min_frames: int = Field(default=100, ge=1)
+    confidence_min_frames: int = Field(default=100, ge=1)
+    latency_min_samples: int = Field(default=1, ge=1)  # telemetry messages with a p95
 
 
 class RolloutPlan(Body):
-    canary: int | None = Field(1, ge=1)
-    canary_percent: float | None = Field(None, gt=0, le=100)
+    canary: int | None = Field(default=1, ge=1)
+    canary_percent: float | None = Field(default=None, gt=0, le=100)
     waves: list[float] = Field(default_factory=lambda: [100.0])
-    success_threshold: float = Field(1.0, gt=0, le=1)
-    failure_threshold: float = Field(0.0, ge=0, lt=1)
-    bake_time_s: float = Field(60.0, ge=0)
-    wave_timeout_s: float = Field(900.0, gt=0)
-    health: HealthGate = Field(default_factory=HealthGate)
-    probation: Probation = Field(default_factory=Probation)
+    success_threshold: float = Field(default=1.0, gt=0, le=1)
+    failure_threshold: float = Field(default=0.0, ge=0, lt=1)
+    bake_time_s: float = Field(default=60.0, ge=0)
+    wave_timeout_s: float = Field(default=900.0, gt=0)
+    health: HealthGate = Field(default_factory=lambda: HealthGate())
+    probation: Probation = Field(default_factory=lambda: Probation())
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +98,7 @@ class RolloutBody(Body):
     group: str
     version: str
     selection: Selection = Field(default_factory=Selection)
-    plan: RolloutPlan = Field(default_factory=RolloutPlan)
+    plan: RolloutPlan = Field(default_factory=lambda: RolloutPlan())
 
 
 class ControlBody(Body):
@@ -213,7 +213,7 @@ class BrokerAddress(Response):
 class Enrollment(Response):
     """What a camera needs after enrolling (schema 1)."""
 
-    schema_: Literal[1] = Field(1, alias="schema")
+    schema_: Literal[1] = Field(default=1, alias="schema")
     device_id: str
     certificate: str
     ca_certificate: str
