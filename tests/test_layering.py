@@ -52,8 +52,6 @@ CROSS_EXCEPTIONS = {
     ("cross/verify.py", "edgefleet.compiler.targets"): "as cross/emulate.py",
     ("cross/verify.py", "edgefleet.compiler.verify"): "emulated verification compares against the compiler's "
     "reference outputs and tolerances",
-    ("fleet/rollouts.py", "edgefleet.agent.update"): "the agent's update states; they move into the shared "
-    "contracts package (issue 19, typed contracts)",
 }
 
 
