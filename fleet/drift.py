@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, ValidationError
 
-# Baseline and parse_summary are the contract's; re-exported for compiler/baseline.py until it imports them from there.
+# Baseline and parse_summary are the drift contract (edgefleet.contracts.drift); the fleet's drift modules take them from here.
 from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary  # noqa: F401
 from edgefleet.errors import BadInputError
 from edgefleet.strict import Strict, first_error
