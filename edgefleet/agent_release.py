@@ -145,7 +145,7 @@ DEFAULT_PYTHON = VersionRange(min="3.10", below="3.14")
 
 # The packages a camera runs (images, Debian packages and agent releases ship their code); named,
 # not imported, so the shared package stays free of components.
-DEVICE_PACKAGES = ("edgefleet", "edgefleet.agent")
+DEVICE_PACKAGES = ("edgefleet", "edgefleet.contracts", "edgefleet.agent")
 
 
 def _package_dir(name: str) -> Path:

@@ -16,7 +16,15 @@ pytest.importorskip("torch")
 
 from support import torch_models  # noqa: E402
 
+from edgefleet.package import inspect_package  # noqa: E402
+
 SHAPE_CHAIN = ("Shape", "Gather", "Concat", "Reshape")
+
+
+def _built(package):
+    """The package's runtime and verification records."""
+    manifest = inspect_package(package, []).manifest
+    return manifest.runtime, manifest.verification
 
 
 def _outputs_depend_on_input(path) -> float:
@@ -43,7 +51,8 @@ def test_torch_export_compiles_and_verifies(name, dynamic, tmp_path, signing_key
     assert _outputs_depend_on_input(model) > 0.01
     result = cli("compile", model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text
-    assert "verify" in result.err and "failed" not in result.err
+    runtime, verification = _built(tmp_path / "p.tar.gz")
+    assert verification.status == "passed" and runtime.pipeline == "edgefleet-cpu" and not runtime.kernel_fallbacks, (verification, runtime)
     assert ("dynamic batch axis: compiled for batch 1" in result.err) == dynamic, result.err
 
 
