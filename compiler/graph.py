@@ -395,6 +395,17 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 pooled = relax.op.nn.avg_pool2d(lt.args[0], count_include_pad=attrs.count_include_pad, **common)
             return relax.Call(lt.op, [self.builder_.emit(pooled)], lt.attrs)
 
+        def _blocked_mean(self, call: relax.Call) -> relax.Expr:
+            # A global average over H, W (TFLite's MEAN head) reduces the blocked tensor directly:
+            # (N, C/b, H, W, b) -> (N, C/b, b) is (N, C) in channel order, so the unblock transform
+            # of the whole feature map is not needed.
+            lt = self._unblock_of(call.args[0])
+            axes = sorted(int(a) % 4 for a in call.attrs.axis) if call.attrs.axis is not None else None
+            if lt is None or axes != [2, 3]:
+                return call
+            mean = self.builder_.emit(relax.op.mean(lt.args[0], axis=[2, 3], keepdims=False))
+            return relax.op.reshape(mean, _shape(call))
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -410,6 +421,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return relax.Call(lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs)
             if name in _SINKABLE_POOLS:
                 return self._blocked_pool(call)
+            if name == "relax.mean":
+                return self._blocked_mean(call)
             if name not in _SINKABLE_BINARY:
                 return call
             a, b = call.args
