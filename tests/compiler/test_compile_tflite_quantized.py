@@ -158,3 +158,24 @@ def test_exact_import_failure_falls_back_to_tvms_converter(tmp_path, signing_key
     assert "exact integer import failed (exact lowering declined)" in result.err and "TVM's own TFLite converter" in result.err
     with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as opened:
         assert opened.manifest.verification.status == "passed"
+
+
+def test_per_channel_fully_connected_rounds_once_like_litert(tmp_path, signing_key, cli):
+    """Full-integer MobileNetV2-0.35 at 32x32 (benchmarks/qemu_insn/tflite_models.py): its 1000-class head
+    is a per-channel FULLY_CONNECTED, which LiteRT's reference kernels requantize with one rounding.
+    Over these 8 inputs 4 of the 8,000 logits sit on a double-rounding tie (one step off before)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "qemu_insn"))
+    from tflite_models import mobilenetv2_tflite
+
+    model = mobilenetv2_tflite(tmp_path / "mnv2.tflite", size=32, width=0.35, int8=True)
+    _, compiled = _compile(cli, model, tmp_path, signing_key)
+    outputs = []
+    for seed in range(8):
+        x = np.random.default_rng(seed).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
+        actual = compiled.run([x])[0]
+        np.testing.assert_array_equal(actual, _litert(model, [x], "BUILTIN_REF")[0])
+        outputs.append(actual)
+    assert len({a.tobytes() for a in outputs}) == 8 and np.stack(outputs).astype(np.float64).std() > 1
