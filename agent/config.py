@@ -198,6 +198,16 @@ class HealthConfig(Strict):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class RuntimeConfig(Strict):
+    """[runtime]: the camera runtime's thread pool. Defaults from measurements on two shared
+    cores (docs/performance.md, "Threads"): a second thread gave no speedup, and workers that spin
+    while idle (TVM's default) made two threads 2.5x slower than one. Set `threads` higher only
+    on a camera whose cores run nothing else, after `edgefleet bench --threads N` shows a gain."""
+
+    threads: int = Field(1, ge=1, le=256)
+    spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
+
+
 class AgentConfig(Strict):
     version: Literal[1]
     state_dir: Path
@@ -209,6 +219,7 @@ class AgentConfig(Strict):
     outbox: OutboxConfig = OutboxConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     health: HealthConfig = HealthConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @property
     def device_id(self) -> str:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from edgefleet import __version__
-from edgefleet.agent.self_update import DEFAULT_MAX_BOOTS, INSTALLED_ENV, LAUNCHER_ENV, TRANSITIONS, AgentJournal
+from edgefleet.agent.self_update import INSTALLED_ENV, LAUNCHER_ENV, TRANSITIONS, AgentJournal
 from edgefleet.errors import UsageError
 from edgefleet.runtime_bundle import BUNDLE_ENV
 
@@ -52,21 +52,21 @@ def prepare_boot(journal: AgentJournal) -> str:
         return _unreadable(journal, str(exc))
     if job is None:
         return "start"
-    action = LAUNCH.get(job["state"], "roll_back")
+    action = LAUNCH.get(job.state, "roll_back")
     if action == "count_boot":
-        job["boots"] = int(job.get("boots", 0)) + 1
-        limit = int(job["probation"].get("max_boots", DEFAULT_MAX_BOOTS))
-        if job["boots"] <= limit:
-            journal.enter(job, "probation", f"start {job['boots']} of at most {limit} to pass the health check")
+        job.boots += 1
+        limit = job.probation.max_boots
+        if job.boots <= limit:
+            journal.enter(job, "probation", f"start {job.boots} of at most {limit} to pass the health check")
             return "start"
-        journal.event(job, "error", f"agent {job['package']['version']} started {limit} times without passing its health check")
+        journal.event(job, "error", f"agent {job.package.version} started {limit} times without passing its health check")
         action = "roll_back"
     if action == "roll_back":
-        if job["state"] != "rolling_back":
-            if TRANSITIONS.get((job["state"], "error")) == "rolling_back":
-                journal.event(job, "error", f"interrupted in {job['state']}")
+        if job.state != "rolling_back":
+            if TRANSITIONS.get((job.state, "error")) == "rolling_back":
+                journal.event(job, "error", f"interrupted in {job.state}")
             else:
-                journal.enter(job, "rolling_back", f"unknown journaled state {job['state']!r}; rolling back")  # the one way around the table
+                journal.enter(job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back")  # the one way around the table
         journal.roll_back(job)
         return "rolled_back"
     return "start"

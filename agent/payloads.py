@@ -1,4 +1,5 @@
-"""MQTT topics and payloads, v1 (see docs/agent.md). Every payload is JSON with "schema": 1 and a unique "id"."""
+"""MQTT topics and payloads, v1 (see docs/agent.md; the models are edgefleet/contracts/mqtt.py).
+Every payload is JSON with "schema": 1 and a unique "id"."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from datetime import datetime, timezone
 from PIL import Image, ImageDraw
 
 from edgefleet.agent_release import running_version
+from edgefleet.contracts.mqtt import AlertMessage, Detection, ModelRef, StatusMessage, TelemetryMessage, Thumbnail
 from edgefleet.runtime_bundle import host_arch
-from edgefleet.agent.postprocess import FrameResult
+from edgefleet.agent.postprocess import Detection as DetectionResult, FrameResult
 from edgefleet.agent.rules import Hit
 from edgefleet.package import Manifest
 
-SCHEMA = 1
 # Alert ids are derived from the frame, so handling the same frame twice gives the same id.
 ALERT_NAMESPACE = uuid.UUID("5b0c2f8e-4a0e-4f49-9d0f-0e5a3c1d7a10")
 
@@ -28,8 +29,8 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def model_ref(manifest: Manifest | None) -> dict | None:
-    return None if manifest is None else {"name": manifest.name, "version": manifest.version}
+def model_ref(manifest: Manifest | None) -> ModelRef | None:
+    return None if manifest is None else ModelRef(name=manifest.name, version=manifest.version)
 
 
 def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list[float]]) -> None:
@@ -41,7 +42,7 @@ def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list
 
 
 def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
-              boxes: list[list[float]] | None = None) -> dict | None:
+              boxes: list[list[float]] | None = None) -> Thumbnail | None:
     """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
     small = image.convert("RGB")
     small.thumbnail((max_side, max_side))
@@ -51,52 +52,38 @@ def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=quality, optimize=True)
         if buf.tell() <= max_bytes:
-            return {"format": "jpeg", "width": small.width, "height": small.height, "data": base64.b64encode(buf.getvalue()).decode()}
+            return Thumbnail(format="jpeg", width=small.width, height=small.height, data=base64.b64encode(buf.getvalue()).decode())
     return None
 
 
-def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, frame_key: str, source: str, latency_ms: float, thumb: dict | None) -> dict:
-    body = {
-        "schema": SCHEMA,
-        "id": str(uuid.uuid5(ALERT_NAMESPACE, f"{device_id}/{source}/{frame_key}/{hit.label}/{manifest.name}/{manifest.version}")),
-        "type": "alert",
-        "device": device_id,
-        "ts": now_iso(),
-        "label": hit.label,
-        "score": round(hit.score, 5),
-        "consecutive": hit.consecutive,
-        "source": source,
-        "frame": frame_key,
-        "model": model_ref(manifest),
-        "latency_ms": round(latency_ms, 3),
-    }
+def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, frame_key: str, source: str, latency_ms: float,
+          thumb: Thumbnail | None) -> dict:
+    detections = frame_size = None
     if result.detections is not None:
         # Schema 1 stays: box_px, zones and frame_size are optional additions readers may ignore.
         chosen = hit.detections
         if chosen is None:
             chosen = [d for d in result.detections if d.label == hit.label]
-        body["detections"] = [detection_body(d) for d in chosen[:20]]
-        if result.frame_size:
-            body["frame_size"] = list(result.frame_size)
-    if thumb is not None:
-        body["thumbnail"] = thumb
-    return body
+        detections = [detection(d) for d in chosen[:20]]
+        frame_size = list(result.frame_size) if result.frame_size else None
+    return AlertMessage(
+        id=str(uuid.uuid5(ALERT_NAMESPACE, f"{device_id}/{source}/{frame_key}/{hit.label}/{manifest.name}/{manifest.version}")),
+        type="alert", device=device_id, ts=now_iso(), label=hit.label, score=round(hit.score, 5), consecutive=hit.consecutive,
+        source=source, frame=frame_key, model=model_ref(manifest), latency_ms=round(latency_ms, 3),
+        detections=detections, frame_size=frame_size, thumbnail=thumb,
+    ).wire()
 
 
-def detection_body(d) -> dict:
-    body = {"label": d.label, "score": round(d.score, 5), "box": d.box}
-    if d.px:
-        body["box_px"] = d.px
-    if d.zones:
-        body["zones"] = d.zones
-    return body
+def detection(d: DetectionResult) -> Detection:
+    return Detection(label=d.label, score=round(d.score, 5), box=d.box, box_px=d.px or None, zones=d.zones or None)
 
 
 def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: dict) -> dict:
-    return {"schema": SCHEMA, "id": str(uuid.uuid4()), "type": "telemetry", "device": device_id, "ts": now_iso(),
-            "model": model_ref(manifest), "outbox": outbox, **window}
+    """`window` is AgentMetrics.window(): the telemetry fields of one window."""
+    return TelemetryMessage.model_validate({**window, "id": str(uuid.uuid4()), "type": "telemetry", "device": device_id, "ts": now_iso(),
+                                            "model": model_ref(manifest), "outbox": outbox}).wire()
 
 
 def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict:
-    return {"schema": SCHEMA, "id": str(uuid.uuid4()), "type": "status", "device": device_id, "ts": now_iso(),
-            "state": state, "model": model_ref(manifest), "agent_version": running_version(), "arch": host_arch()}
+    return StatusMessage(id=str(uuid.uuid4()), type="status", device=device_id, ts=now_iso(), state=state, model=model_ref(manifest),
+                         agent_version=running_version(), arch=host_arch()).wire()

@@ -32,6 +32,8 @@ from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
 from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
+from edgefleet.contracts.jobs import JobProbation
+from edgefleet.contracts.mqtt import SCHEMA
 from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
@@ -114,13 +116,16 @@ class Agent:
         self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart,
                                                 active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None)
         self.restart = False
-        self._agent_probation: dict = {}
+        self._agent_probation = JobProbation()
         self.health = None
         self._threads: list[threading.Thread] = []
         self.started_at = time.monotonic()
 
     # -- model ------------------------------------------------------------------------
     def _load_model(self) -> None:
+        from edgefleet.agent.runtime import configure_pool
+
+        configure_pool(self.cfg.runtime)  # before the first model starts the runtime's workers
         if self.cfg.model.tflite is not None:
             self.slot.load_plain(load_plain_tflite(self.cfg))
             return
@@ -141,7 +146,7 @@ class Agent:
 
     def publish(self, topic_suffix: str, payload: dict) -> None:
         """QoS 1, ordered, through the outbox: what the update manager uses for job updates."""
-        payload = {"schema": payloads.SCHEMA, **payload}
+        payload = {"schema": SCHEMA, **payload}
         payload.setdefault("id", str(uuid.uuid4()))
         self.outbox.put("job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload)
 
@@ -187,7 +192,7 @@ class Agent:
             "status": "ok" if ok else "degraded",
             "device": self.device,
             "mqtt_connected": self.transport.connected.is_set(),
-            "model": payloads.model_ref(active.manifest) if active else None,
+            "model": payloads.model_ref(active.manifest).wire() if active else None,
             "frames": dict(self.metrics.totals),
             "outbox": stats,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
@@ -297,7 +302,7 @@ class Agent:
             log.info("over-the-air model updates are disabled: the model is a plain .tflite, not a signed package")
         # After the model: a new agent release on probation proves itself with the model it had.
         agent_job = self.agent_updates.resume()
-        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else {}
+        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else JobProbation()
         self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
         self._start_thread(self._jobs_worker, "jobs")
         if self.cfg.health.enabled:  # bind first: a busy port fails before anything connects

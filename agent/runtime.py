@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import importlib.abc
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from edgefleet.agent.config import RuntimeConfig
 from edgefleet.errors import BadInputError, MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import Manifest, OpenedPackage
 from edgefleet.runtime_bundle import RUNTIME_ABI, Bundle, check_runs, find_bundle, host_arch
@@ -30,12 +32,17 @@ class _Runtime:
             # the camera's runtime. Compiler-side callers use runtime_worker instead.
             raise UsageError("the camera runtime cannot load in a process that imported the TVM compiler", "run the model with edgefleet.agent.runtime_worker")
         self.bundle = bundle
+        if not _pool.spin:
+            # TVM reads this once, when its pool's workers first start: before any model runs.
+            os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
         # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
         self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in bundle.load_order()]
         self.api = _declare(self.libs[-1])
         abi = self.api.ef_abi_version()
         if abi != RUNTIME_ABI:
             raise PackageIntegrityError(f"the runtime in {bundle.path} has C ABI {abi}; this agent speaks {RUNTIME_ABI}", f"rebuild it with `edgefleet runtime build --arch {bundle.info.arch} --force`")
+        if self.api.ef_set_threads(_pool.threads) != 0:
+            raise UsageError(f"cannot use {_pool.threads} threads: {self.error()}", "set [runtime] threads to a positive count")
         sys.meta_path.insert(0, _RefuseCompiler())
 
     @classmethod
@@ -128,8 +135,23 @@ class TvmModel:
         return buffer.view(numpy_dtype(name)).reshape(dims) if bits is None else _unpack(buffer, dims, name, bits)
 
 
+# The pool the runtime starts with ([runtime] of the agent config; `configure_pool` changes it).
+_pool = RuntimeConfig()
+
+
+def configure_pool(settings: RuntimeConfig) -> None:
+    """Thread count and spinning for the runtime, applied when it loads. Once loaded, only the
+    thread count can still change: TVM read the spin count when its workers started."""
+    global _pool
+    if _Runtime._loaded is not None and settings.spin != _pool.spin:
+        raise UsageError("the runtime is already running: its workers' spinning cannot change", "restart the agent to apply [runtime] spin")
+    _pool = settings
+    if _Runtime._loaded is not None:
+        set_threads(settings.threads)
+
+
 def set_threads(count: int) -> None:
-    """Size the runtime's thread pool (TVM_NUM_THREADS sets the default before the first model)."""
+    """Size the runtime's thread pool (it starts with `configure_pool`'s count, 1 by default)."""
     rt = _Runtime.get()
     if rt.api.ef_set_threads(count) != 0:
         raise UsageError(f"cannot use {count} threads: {rt.error()}", "pass a positive thread count")

@@ -21,31 +21,28 @@ state neither knows means roll back.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import re
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefleet.agent.update import EVENTS, TERMINAL_STATES, TRANSITIONS, UpdateRefused, _default_fault, _write_json_atomic, authorization_bytes, fetch
+from edgefleet.agent.update import (EVENTS, TERMINAL_STATES, TRANSITIONS, UpdateRefused, _default_fault, _write_json_atomic,
+                                    append_history, done_jobs, fetch, job_update, rollback_authorized)
+from edgefleet.contracts.jobs import JobDocument, JobProbation
+from edgefleet.contracts.journal import AgentUpdateJournal
 
 log = logging.getLogger("edgefleet.agent.self_update")
 
-JOURNAL_FORMAT = 1
 KINDS = ("agent_install", "agent_rollback")
 # Set by the launcher: only an agent it started can hand over to another release.
 LAUNCHER_ENV = "EDGEFLEET_AGENT_LAUNCHER"
 # Set by the launcher to its own version: the installed agent, which a fleet rollback may return to.
 INSTALLED_ENV = "EDGEFLEET_AGENT_INSTALLED"
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: "start me again" for systemd (Restart=always) or any supervisor
-DEFAULT_MAX_BOOTS = 3
-DEFAULT_HEALTH_DEADLINE_S = 120.0
 # What the agent does at startup with a journaled state; not listed means "roll_back".
 RESUME: dict[str, str] = {
     "idle": "continue",
@@ -76,55 +73,39 @@ class AgentJournal:
         self.publish = publish
         self.fault = fault
 
-    def load(self) -> dict | None:
-        """The journaled job; None when there is none; ValueError when it cannot be read."""
+    def load(self) -> AgentUpdateJournal | None:
+        """The journaled job; None when there is none; ValueError when it cannot be read (another format included)."""
         if not self.path.exists():
             return None
-        job = json.loads(self.path.read_text())
-        if not isinstance(job, dict) or job.get("format") != JOURNAL_FORMAT or not isinstance(job.get("state"), str):
-            raise ValueError("not an agent update journal of format 1")
-        return job
+        return AgentUpdateJournal.model_validate_json(self.path.read_text())
 
     def set_aside(self) -> None:
         self.path.rename(self.path.with_name("journal.unreadable.json"))
 
-    def enter(self, job: dict, state: str, detail: str = "") -> None:
+    def enter(self, job: AgentUpdateJournal, state: str, detail: str = "") -> None:
         """Journal `state` (fsynced, before its action runs), record it, report it when connected."""
-        job.update(state=state, detail=detail, updated_at=time.time(), unreported=self.publish is None)
+        job.state, job.detail, job.updated_at, job.unreported = state, detail, time.time(), self.publish is None
         _write_json_atomic(self.path, job)
-        with open(self.history, "a") as fh:
-            fh.write(json.dumps({"job": job["job"], "state": state, "detail": detail, "at": job["updated_at"]}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_history(self.history, job)
         if self.publish is not None:
             self.report(job)
-        log.info("agent job %s: %s %s", job["job"], state, detail)
+        log.info("agent job %s: %s %s", job.job, state, detail)
         self.fault(state)
 
-    def event(self, job: dict, event: str, detail: str = "") -> None:
+    def event(self, job: AgentUpdateJournal, event: str, detail: str = "") -> None:
         assert event in EVENTS, event
-        new = TRANSITIONS.get((job["state"], event))
+        new = TRANSITIONS.get((job.state, event))
         if new is None:
-            raise RuntimeError(f"agent update machine has no transition ({job['state']}, {event})")
+            raise RuntimeError(f"agent update machine has no transition ({job.state}, {event})")
         if event == "error":
-            job["why"] = detail  # the launcher cannot report; the final report carries the reason
+            job.why = detail  # the launcher cannot report; the final report carries the reason
         self.enter(job, new, detail)
 
-    def report(self, job: dict) -> None:
-        self.publish(f"jobs/{job['job']}/update", {"schema": 1, "id": uuid.uuid4().hex, "job": job["job"], "state": job["state"], "detail": job["detail"], "package": {"name": job["package"]["name"], "version": job["package"]["version"]}})
+    def report(self, job: AgentUpdateJournal) -> None:
+        self.publish(f"jobs/{job.job}/update", job_update(job))
 
     def done_jobs(self) -> set[str]:
-        if not self.history.exists():
-            return set()
-        done = set()
-        for line in self.history.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a torn last line after power loss
-            if entry.get("state") in TERMINAL_STATES:
-                done.add(entry.get("job"))
-        return done
+        return done_jobs(self.history)
 
     # -- releases --------------------------------------------------------------------------
 
@@ -151,10 +132,10 @@ class AgentJournal:
         finally:
             os.close(dir_fd)
 
-    def roll_back(self, job: dict) -> None:
+    def roll_back(self, job: AgentUpdateJournal) -> None:
         """rolling_back -> rolled_back: `current` back to what it was before the job (idempotent)."""
-        previous = job.get("previous")
-        why = job.get("why", "rolled back")
+        previous = job.previous
+        why = job.why or "rolled back"
         if previous is not None and not (self.releases / previous).is_dir():
             # Never leave `current` on a release that failed: the installed agent is always there.
             previous, why = None, f"{why}; the previous release {previous} is gone from the camera"
@@ -186,7 +167,7 @@ class AgentUpdateManager:
             if job is None:
                 return None
             self._run(job)
-            return job["state"]
+            return job.state
 
     def resume(self) -> str | None:
         """At startup: report what the launcher did, continue or undo an interrupted job.
@@ -203,132 +184,123 @@ class AgentUpdateManager:
                 return None
             if job is None:
                 return None
-            if job.get("unreported"):
+            if job.unreported:
                 self.journal.report(job)
-                job["unreported"] = False
+                job.unreported = False
                 _write_json_atomic(self.journal.path, job)
-            action = RESUME.get(job["state"], "roll_back")
+            action = RESUME.get(job.state, "roll_back")
             if action == "continue":
                 self._run(job)
             elif action == "roll_back":
-                self._roll_back_and_restart(job, f"interrupted in {job['state']}")
+                self._roll_back_and_restart(job, f"interrupted in {job.state}")
             elif action == "health_check":
                 return "health_check"
             else:
                 self._finish(job)
-            return job["state"]
+            return job.state
 
-    def probation_settings(self) -> dict:
+    def probation_settings(self) -> JobProbation:
         """The probation settings of the journaled job (smoke_runs, latency_budget_ms, ...)."""
         job = self.journal.load()
-        return dict(job["probation"]) if job else {}
+        return job.probation if job else JobProbation()
 
     def probation(self, check: Callable[[], str | None]) -> str:
         """Poll `check` (None: healthy, else why not) until it passes or the job's deadline; commit or roll back."""
         with self._lock:
             job = self.journal.load()
-            if job is None or job["state"] != "probation":
+            if job is None or job.state != "probation":
                 return "none"
-            deadline = time.monotonic() + float(job["probation"].get("health_deadline_s", DEFAULT_HEALTH_DEADLINE_S))
+            deadline = time.monotonic() + job.probation.health_deadline_s
             why = "not checked"
             while time.monotonic() < deadline:
                 why = check()
                 if why is None:
-                    self.journal.event(job, "probation_passed", f"agent {job['package']['version']} healthy after {job.get('boots', 0)} start(s)")
+                    self.journal.event(job, "probation_passed", f"agent {job.package.version} healthy after {job.boots} start(s)")
                     self._finish(job)
-                    return job["state"]
+                    return job.state
                 time.sleep(0.5)
             self._roll_back_and_restart(job, f"health check failed: {why}")
-            return job["state"]
+            return job.state
 
     # ---- the machine -----------------------------------------------------------------------
 
-    def _accept(self, payload: dict) -> dict | None:
+    def _accept(self, payload: dict) -> AgentUpdateJournal | None:
         from edgefleet.agent_release import RELEASE_NAME
         from edgefleet.package import NAME_PATTERN, parse_version
 
         try:
-            job_id, kind, package = str(payload["job"]), payload["kind"], payload["package"]
-            version = str(package["version"])
-            parse_version(version)
-            if package.get("url") is not None and not str(package["url"]).startswith(("http://", "https://")):
-                raise ValueError("the package URL is not http(s)")
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring malformed agent job: %s", exc)
+            doc = JobDocument.model_validate(payload)
+            parse_version(doc.package.version)
+        except ValueError as exc:  # ValidationError included
+            log.warning("ignoring malformed agent job: %s", str(exc)[:500])
             return None
-        if payload.get("schema") != 1 or kind not in KINDS or package.get("name") != RELEASE_NAME or not re.fullmatch(NAME_PATTERN, job_id):
-            log.warning("ignoring agent job with unknown schema, kind, name or id")
+        if doc.kind not in KINDS or doc.package.name != RELEASE_NAME or not re.fullmatch(NAME_PATTERN, doc.job):
+            log.warning("ignoring agent job with unknown kind, name or id")
             return None
-        if job_id in self.journal.done_jobs():
+        if doc.job in self.journal.done_jobs():
             return None
         current = self.journal.load()
-        if current is not None and current["state"] not in TERMINAL_STATES:
-            log.warning("agent job %s arrived while job %s is %s; ignoring it", job_id, current["job"], current["state"])
+        if current is not None and current.state not in TERMINAL_STATES:
+            log.warning("agent job %s arrived while job %s is %s; ignoring it", doc.job, current.job, current.state)
             return None
-        job = {
-            "format": JOURNAL_FORMAT, "job": job_id, "kind": kind,
-            "package": {k: package.get(k) for k in ("name", "version", "sha256", "size", "url")},
-            "authorization": payload.get("rollback_authorization"),
-            "probation": payload.get("probation") or {},
-            "previous": self.journal.current_version(),
-            "target_existed": (self.journal.releases / version).is_dir(),
-            "boots": 0,
-        }
+        job = AgentUpdateJournal(job=doc.job, kind=doc.kind, package=doc.package, authorization=doc.rollback_authorization,
+                                 probation=doc.probation, previous=self.journal.current_version(),
+                                 target_existed=(self.journal.releases / doc.package.version).is_dir())
         self.journal.enter(job, "idle")
         self.journal.event(job, *self._start(job))
         return job
 
-    def _start(self, job: dict) -> tuple[str, str]:
+    def _start(self, job: AgentUpdateJournal) -> tuple[str, str]:
         from edgefleet.agent_release import running_version
 
-        if running_version() == job["package"]["version"]:
-            return "already_installed", f"agent {job['package']['version']} is already running"
+        if running_version() == job.package.version:
+            return "already_installed", f"agent {job.package.version} is already running"
         if not os.environ.get(LAUNCHER_ENV):
             return "error", "this agent was not started by `edgefleet agent launch`, so it cannot switch releases (run the service through the launcher: docs/agent.md)"
         return "start", ""
 
-    def _run(self, job: dict) -> None:
+    def _run(self, job: AgentUpdateJournal) -> None:
         actions = {"idle": self._start, "downloading": self._download, "verifying": self._verify, "staged": lambda j: ("switch", ""), "switching": self._switch}
-        while job["state"] in actions:
+        while job.state in actions:
             try:
-                event, detail = actions[job["state"]](job)
+                event, detail = actions[job.state](job)
             except UpdateRefused as exc:
                 event, detail = "error", str(exc)
             except Exception as exc:  # anything unexpected in a step fails the job, never the camera
-                log.exception("agent update step %s failed", job["state"])
+                log.exception("agent update step %s failed", job.state)
                 event, detail = "error", f"{type(exc).__name__}: {exc}"[:300]
             self.journal.event(job, event, detail)
-        if job["state"] == "probation":
+        if job.state == "probation":
             self.request_restart()  # the launcher starts the new release
-        elif job["state"] == "rolling_back":
+        elif job.state == "rolling_back":
             self._roll_back_and_restart(job, "")
         else:
             self._finish(job)
 
-    def _archive(self, job: dict) -> Path:
-        return self.journal.downloads / f"{job['job']}.tar.gz"
+    def _archive(self, job: AgentUpdateJournal) -> Path:
+        return self.journal.downloads / f"{job.job}.tar.gz"
 
-    def _target(self, job: dict) -> str | None:
+    def _target(self, job: AgentUpdateJournal) -> str | None:
         """The release the job switches to; None for the installed agent (back to it needs no download)."""
-        version = job["package"]["version"]
+        version = job.package.version
         if version == os.environ.get(INSTALLED_ENV) and not (self.journal.releases / version).is_dir():
             return None
         return version
 
-    def _download(self, job: dict) -> tuple[str, str]:
+    def _download(self, job: AgentUpdateJournal) -> tuple[str, str]:
         if self._target(job) is None:
             return "downloaded", "the installed agent is on the camera"
-        if (self.journal.releases / job["package"]["version"]).is_dir():
+        if (self.journal.releases / job.package.version).is_dir():
             return "downloaded", "release already on the camera"
-        fetch(job["package"], self._archive(job), self.download_timeout_s, self.download_retries)
+        fetch(job.package, self._archive(job), self.download_timeout_s, self.download_retries)
         return "downloaded", ""
 
-    def _verify(self, job: dict) -> tuple[str, str]:
+    def _verify(self, job: AgentUpdateJournal) -> tuple[str, str]:
         from edgefleet.agent_release import compatibility_problems, running_version, unpack_release, verify_release_dir
         from edgefleet.errors import EdgefleetError
         from edgefleet.package import parse_version
 
-        version = job["package"]["version"]
+        version = job.package.version
         if self._target(job) is None:
             if not self._rollback_authorized(job):
                 raise UpdateRefused(f"going back to the installed agent {version} needs a valid fleet-signed rollback authorization")
@@ -368,32 +340,20 @@ class AgentUpdateManager:
         problems = requirement_problems(need, have)
         return [f"its runtime ({have.describe()}) cannot run the active model {manifest.name} {manifest.version}: {'; '.join(problems)}"] if problems else []
 
-    def _rollback_authorized(self, job: dict) -> bool:
-        from edgefleet.signing import verify_signature
+    def _rollback_authorized(self, job: AgentUpdateJournal) -> bool:
+        return job.kind == "agent_rollback" and rollback_authorized(job, self.device_id, self.trusted_keys)
 
-        doc = job.get("authorization")
-        if job["kind"] != "agent_rollback" or not isinstance(doc, dict):
-            return False
-        expected = {"schema": 1, "kind": "rollback", "device": self.device_id, "job": job["job"], "name": job["package"]["name"], "version": job["package"]["version"]}
-        if any(doc.get(k) != v for k, v in expected.items()):
-            return False
-        try:
-            verify_signature(authorization_bytes(doc), base64.b64decode(doc.get("signature", ""), validate=True), self.trusted_keys)
-        except Exception:
-            return False
-        return True
-
-    def _switch(self, job: dict) -> tuple[str, str]:
+    def _switch(self, job: AgentUpdateJournal) -> tuple[str, str]:
         self.journal.point_current(self._target(job))
         return "switched", "restarting into the new agent"
 
-    def _roll_back_and_restart(self, job: dict, why: str) -> None:
-        if job["state"] not in ("rolling_back", *TERMINAL_STATES):
-            if TRANSITIONS.get((job["state"], "error")) == "rolling_back":
+    def _roll_back_and_restart(self, job: AgentUpdateJournal, why: str) -> None:
+        if job.state not in ("rolling_back", *TERMINAL_STATES):
+            if TRANSITIONS.get((job.state, "error")) == "rolling_back":
                 self.journal.event(job, "error", why)
             else:
-                self.journal.enter(job, "rolling_back", f"unknown journaled state {job['state']!r}; rolling back")  # the one way around the table
-        if job["state"] == "rolling_back":
+                self.journal.enter(job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back")  # the one way around the table
+        if job.state == "rolling_back":
             self.journal.roll_back(job)
         self._finish(job)
         from edgefleet.agent_release import running_release
@@ -401,13 +361,13 @@ class AgentUpdateManager:
         if self.journal.current_version() != running_release():
             self.request_restart()  # the launcher starts the release `current` names again
 
-    def _finish(self, job: dict) -> None:
+    def _finish(self, job: AgentUpdateJournal) -> None:
         """Idempotent clean-up: the download; releases other than `current` and the one before it (kept for a fleet rollback)."""
         self._archive(job).unlink(missing_ok=True)
         self._archive(job).with_suffix(".part").unlink(missing_ok=True)
-        keep = {self.journal.current_version(), job.get("previous"), job["package"]["version"] if job["state"] == "committed" else None}
-        if job["state"] != "committed" and not job.get("target_existed"):
-            keep.discard(job["package"]["version"])  # undo only what this job added
+        keep = {self.journal.current_version(), job.previous, job.package.version if job.state == "committed" else None}
+        if job.state != "committed" and not job.target_existed:
+            keep.discard(job.package.version)  # undo only what this job added
         for release in self.journal.releases.iterdir():
             if release.name not in keep:
                 shutil.rmtree(release, ignore_errors=True)

@@ -35,13 +35,15 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from pydantic import ValidationError
+
+from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
+from edgefleet.contracts.journal import HistoryEntry, JournalBase, UpdateJournal
+from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate, ModelRef
 
 log = logging.getLogger("edgefleet.agent.update")
 
-JOURNAL_FORMAT = 1
-AGENT_STATES = ("idle", "downloading", "verifying", "staged", "switching", "probation", "committed", "rolling_back", "rolled_back", "failed")
-TERMINAL_STATES = frozenset({"committed", "rolled_back", "failed"})
+AGENT_STATES = UPDATE_STATES
 EVENTS = frozenset({"start", "already_installed", "downloaded", "verified", "switch", "switched", "probation_passed", "error", "rolled_back"})
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("idle", "start"): "downloading",
@@ -81,27 +83,10 @@ class UpdateRefused(Exception):
     """An action failed; the message is the reason reported to the fleet."""
 
 
-def authorization_bytes(doc: dict[str, Any]) -> bytes:
-    """The signed bytes of a rollback authorization: canonical JSON without the signature."""
-    body = {k: v for k, v in doc.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def _parse_version(version: str) -> tuple[int, ...]:
     from edgefleet.package import parse_version
 
     return parse_version(version)
-
-
-MAX_PACKAGE_BYTES = 2 * 1024**3  # as the fleet's upload cap (fleet/api.py)
-
-
-def _check_size(size) -> None:
-    """None is allowed in a job (nothing to download when the package is already active), checked again in _download."""
-    if size is None:
-        return
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_PACKAGE_BYTES:
-        raise ValueError(f"package size {size!r} is not a byte count in 1..{MAX_PACKAGE_BYTES}")
 
 
 def _copy_capped(src, dst, size: int) -> None:
@@ -114,10 +99,10 @@ def _copy_capped(src, dst, size: int) -> None:
         dst.write(block)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_json_atomic(path: Path, data: JournalBase) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, sort_keys=True)
+        json.dump(data.model_dump(mode="json", by_alias=True), fh, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -164,37 +149,22 @@ class UpdateManager:
     # ---- journal ---------------------------------------------------------------------------
 
     def _done_jobs(self) -> set[str]:
-        if not self.history_path.exists():
-            return set()
-        done = set()
-        for line in self.history_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a torn last line after power loss
-            if entry.get("state") in TERMINAL_STATES:
-                done.add(entry.get("job"))
-        return done
+        return done_jobs(self.history_path)
 
-    def _enter(self, job: dict, state: str, detail: str = "") -> None:
+    def _enter(self, job: UpdateJournal, state: str, detail: str = "") -> None:
         """Journal `state`, record it in the history and report it; then the fault hook."""
-        job["state"] = state
-        job["detail"] = detail
-        job["updated_at"] = time.time()
+        job.state, job.detail, job.updated_at = state, detail, time.time()
         _write_json_atomic(self.current_path, job)
-        with open(self.history_path, "a") as fh:
-            fh.write(json.dumps({"job": job["job"], "state": state, "detail": detail, "at": job["updated_at"]}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.publish(f"jobs/{job['job']}/update", {"schema": 1, "id": uuid.uuid4().hex, "job": job["job"], "state": state, "detail": detail, "package": {"name": job["package"]["name"], "version": job["package"]["version"]}})
-        log.info("job %s: %s %s", job["job"], state, detail)
+        append_history(self.history_path, job)
+        self.publish(f"jobs/{job.job}/update", job_update(job))
+        log.info("job %s: %s %s", job.job, state, detail)
         self.fault(state)
 
-    def _event(self, job: dict, event: str, detail: str = "") -> None:
+    def _event(self, job: UpdateJournal, event: str, detail: str = "") -> None:
         assert event in EVENTS, event
-        new = TRANSITIONS.get((job["state"], event))
+        new = TRANSITIONS.get((job.state, event))
         if new is None:
-            raise RuntimeError(f"update machine has no transition ({job['state']}, {event})")
+            raise RuntimeError(f"update machine has no transition ({job.state}, {event})")
         self._enter(job, new, detail)
 
     # ---- entry points ----------------------------------------------------------------------
@@ -206,7 +176,7 @@ class UpdateManager:
             if job is None:
                 return None
             self._run(job)
-            return job["state"]
+            return job.state
 
     def resume(self) -> str | None:
         """At startup, before inference: finish or undo whatever the journal says was under way."""
@@ -214,13 +184,12 @@ class UpdateManager:
             if not self.current_path.exists():
                 return None
             try:
-                job = json.loads(self.current_path.read_text())
-                state = job["state"]
-                job["package"]["name"], job["job"]  # noqa: B018 (required keys)
-            except (ValueError, KeyError, TypeError):
+                job = UpdateJournal.model_validate_json(self.current_path.read_text())
+            except ValueError:
                 return self._recover_unreadable()
+            state = job.state
             action = RESUME.get(state, "roll_back")
-            log.info("resuming job %s from %s: %s", job.get("job"), state, action)
+            log.info("resuming job %s from %s: %s", job.job, state, action)
             if action == "finish":
                 self._finish(job)
             elif action == "continue":
@@ -231,7 +200,7 @@ class UpdateManager:
                 elif state != "rolling_back":
                     self._enter(job, "rolling_back", f"unknown journaled state {state!r}; rolling back")  # the one way around the table
                 self._run(job)
-            return job["state"]
+            return job.state
 
     def _recover_unreadable(self) -> str:
         """A journal we cannot read: point `current` back at the newest other verified package if `current` is broken."""
@@ -252,52 +221,45 @@ class UpdateManager:
 
     # ---- the machine -----------------------------------------------------------------------
 
-    def _accept(self, payload: dict) -> dict | None:
-        try:
-            job_id = str(payload["job"])
-            kind = payload.get("kind", "install")
-            package = payload["package"]
-            name, version = str(package["name"]), str(package["version"])
-            _parse_version(version)
-            _check_size(package.get("size"))
-            if package.get("url") is not None and not str(package["url"]).startswith(("http://", "https://")):
-                raise ValueError("the package URL is not http(s)")  # no file://, ftp:// or data: from a job
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring malformed job notification: %s", exc)
-            return None
+    def _accept(self, payload: dict) -> UpdateJournal | None:
         from edgefleet.package import NAME_PATTERN  # job ids and names become file names under the state dir
 
-        plain = all(re.fullmatch(NAME_PATTERN, v) for v in (job_id, name))
-        if payload.get("schema") != 1 or kind not in ("install", "rollback") or not plain:
-            log.warning("ignoring job notification with unknown schema, kind or names")
+        try:
+            doc = JobDocument.model_validate(payload)
+            _parse_version(doc.package.version)
+        except ValueError as exc:  # ValidationError included
+            log.warning("ignoring malformed job notification: %s", str(exc)[:500])
             return None
-        if job_id in self._done_jobs():
-            log.info("job %s already ran; ignoring the repeat", job_id)
+        plain = all(re.fullmatch(NAME_PATTERN, v) for v in (doc.job, doc.package.name))
+        if doc.kind not in ("install", "rollback") or not plain:
+            log.warning("ignoring job notification with unknown kind or names")
             return None
-        if self.current_path.exists():
-            current = json.loads(self.current_path.read_text())
-            if current.get("state") not in TERMINAL_STATES:
-                log.warning("job %s arrived while job %s is %s; ignoring it", job_id, current.get("job"), current.get("state"))
-                return None
+        if doc.job in self._done_jobs():
+            log.info("job %s already ran; ignoring the repeat", doc.job)
+            return None
+        current = self._current()
+        if current is not None and current.state not in TERMINAL_STATES:
+            log.warning("job %s arrived while job %s is %s; ignoring it", doc.job, current.job, current.state)
+            return None
         previous = self.slot.current_dir()
-        job = {
-            "format": JOURNAL_FORMAT,
-            "job": job_id,
-            "kind": kind,
-            "package": {k: package.get(k) for k in ("name", "version", "sha256", "size", "url")},
-            "authorization": payload.get("rollback_authorization"),
-            "probation": payload.get("probation") or {},
-            "previous": previous.name if previous else None,
-            "target": f"{name}-{version}",
-            "target_existed": (self.slot.packages / f"{name}-{version}").is_dir(),
-        }
+        target = f"{doc.package.name}-{doc.package.version}"
+        job = UpdateJournal(job=doc.job, kind=doc.kind, package=doc.package, authorization=doc.rollback_authorization,
+                            probation=doc.probation, previous=previous.name if previous else None, target=target,
+                            target_existed=(self.slot.packages / target).is_dir())
         self._enter(job, "idle", "")
         self._event(job, *self._start(job))
         return job
 
-    def _start(self, job: dict) -> tuple[str, str]:
+    def _current(self) -> UpdateJournal | None:
+        """The journaled job, or None; an unreadable journal raises (resume() sets it aside at startup)."""
+        try:
+            return UpdateJournal.model_validate_json(self.current_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def _start(self, job: UpdateJournal) -> tuple[str, str]:
         active = self._active_manifest()
-        name, version = job["package"]["name"], job["package"]["version"]
+        name, version = job.package.name, job.package.version
         if active is not None and (active.name, active.version) == (name, version):
             return "already_installed", f"{name} {version} is already active"
         return "start", ""
@@ -319,7 +281,7 @@ class UpdateManager:
         except EdgefleetError:
             return None
 
-    def _run(self, job: dict) -> None:
+    def _run(self, job: UpdateJournal) -> None:
         actions = {
             "idle": self._start,
             "downloading": self._download,
@@ -329,33 +291,33 @@ class UpdateManager:
             "probation": self._probation,
             "rolling_back": self._roll_back,
         }
-        while job["state"] not in TERMINAL_STATES:
+        while job.state not in TERMINAL_STATES:
             try:
-                event, detail = actions[job["state"]](job)
+                event, detail = actions[job.state](job)
             except UpdateRefused as exc:
                 event, detail = "error", str(exc)
             except Exception as exc:  # anything unexpected in an action is a failed step, never a crash
-                log.exception("update step %s failed", job["state"])
+                log.exception("update step %s failed", job.state)
                 event, detail = "error", f"{type(exc).__name__}: {exc}"[:300]
             self._event(job, event, detail)
         self._finish(job)
 
-    def _download_path(self, job: dict) -> Path:
-        return self.downloads / f"{job['job']}.tar.gz"
+    def _download_path(self, job: UpdateJournal) -> Path:
+        return self.downloads / f"{job.job}.tar.gz"
 
-    def _download(self, job: dict) -> tuple[str, str]:
-        if (self.slot.packages / job["target"]).is_dir():
+    def _download(self, job: UpdateJournal) -> tuple[str, str]:
+        if (self.slot.packages / job.target).is_dir():
             return "downloaded", "package already on the device"
-        fetch(job["package"], self._download_path(job), self.download_timeout_s, self.download_retries)
+        fetch(job.package, self._download_path(job), self.download_timeout_s, self.download_retries)
         return "downloaded", ""
 
-    def _verify(self, job: dict) -> tuple[str, str]:
+    def _verify(self, job: UpdateJournal) -> tuple[str, str]:
         from edgefleet.agent.model_slot import verify_extracted
         from edgefleet.errors import EdgefleetError
         from edgefleet.package import open_package
 
-        name, version = job["package"]["name"], job["package"]["version"]
-        existing = self.slot.packages / job["target"]
+        name, version = job.package.name, job.package.version
+        existing = self.slot.packages / job.target
         try:
             if existing.is_dir():
                 manifest = verify_extracted(existing, self.trusted_keys).manifest
@@ -378,53 +340,83 @@ class UpdateManager:
         self._download_path(job).unlink(missing_ok=True)
         return "verified", ""
 
-    def _rollback_authorized(self, job: dict) -> bool:
-        from edgefleet.signing import verify_signature
+    def _rollback_authorized(self, job: UpdateJournal) -> bool:
+        return job.kind == "rollback" and rollback_authorized(job, self.device_id, self.trusted_keys)
 
-        doc = job.get("authorization")
-        if job["kind"] != "rollback" or not isinstance(doc, dict):
-            return False
-        expected = {"schema": 1, "kind": "rollback", "device": self.device_id, "job": job["job"], "name": job["package"]["name"], "version": job["package"]["version"]}
-        if any(doc.get(k) != v for k, v in expected.items()):
-            return False
-        try:
-            verify_signature(authorization_bytes(doc), base64.b64decode(doc.get("signature", ""), validate=True), self.trusted_keys)
-        except Exception:
-            return False
-        return True
-
-    def _switch(self, job: dict) -> tuple[str, str]:
-        self.slot.point_current(self.slot.packages / job["target"])
+    def _switch(self, job: UpdateJournal) -> tuple[str, str]:
+        self.slot.point_current(self.slot.packages / job.target)
         self.slot.reload()
         return "switched", ""
 
-    def _probation(self, job: dict) -> tuple[str, str]:
+    def _probation(self, job: UpdateJournal) -> tuple[str, str]:
         active = self.slot.active
-        if (active.manifest.name, active.manifest.version) != (job["package"]["name"], job["package"]["version"]):
+        if (active.manifest.name, active.manifest.version) != (job.package.name, job.package.version):
             raise UpdateRefused("the active model is not the one this job installed")
-        return "probation_passed", smoke_test(active, job["probation"])
+        return "probation_passed", smoke_test(active, job.probation)
 
-    def _roll_back(self, job: dict) -> tuple[str, str]:
-        previous = job.get("previous")
+    def _roll_back(self, job: UpdateJournal) -> tuple[str, str]:
+        previous = job.previous
         if not previous or not (self.slot.packages / previous).is_dir():
             raise UpdateRefused("no previous package on the device to roll back to")
         self.slot.point_current(self.slot.packages / previous)
         self.slot.reload()
         return "rolled_back", f"back on {previous}"
 
-    def _finish(self, job: dict) -> None:
+    def _finish(self, job: UpdateJournal) -> None:
         """Idempotent clean-up for a finished job (run again by resume after a crash)."""
         self._download_path(job).unlink(missing_ok=True)
         self._download_path(job).with_suffix(".part").unlink(missing_ok=True)
         active = self.slot.current_dir()
         protect = {active.name if active else None}
-        if job["state"] == "committed":
-            drop = job.get("previous")  # the new model is proven: the old one may go
+        if job.state == "committed":
+            drop = job.previous  # the new model is proven: the old one may go
         else:
-            drop = None if job.get("target_existed") else job.get("target")  # undo only what this job added
-            protect.add(job.get("previous"))
+            drop = None if job.target_existed else job.target  # undo only what this job added
+            protect.add(job.previous)
         if drop and drop not in protect:
             shutil.rmtree(self.slot.packages / drop, ignore_errors=True)
+
+
+def done_jobs(history: Path) -> set[str]:
+    """Ids of the jobs the history shows finished: a repeat of one is not run again."""
+    if not history.exists():
+        return set()
+    done = set()
+    for line in history.read_text().splitlines():
+        try:
+            entry = HistoryEntry.model_validate_json(line)
+        except ValidationError:
+            continue  # a torn last line after power loss
+        if entry.state in TERMINAL_STATES:
+            done.add(entry.job)
+    return done
+
+
+def append_history(history: Path, job: JournalBase) -> None:
+    with open(history, "a") as fh:
+        fh.write(HistoryEntry(job=job.job, state=job.state, detail=job.detail, at=job.updated_at).model_dump_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def job_update(job: JournalBase) -> dict:
+    """The job's progress as reported to the fleet (edgefleet/v1/<device>/jobs/<job>/update)."""
+    return JobUpdate(id=uuid.uuid4().hex, job=job.job, state=job.state, detail=job.detail,
+                     package=ModelRef(name=job.package.name, version=job.package.version)).wire()
+
+
+def rollback_authorized(job: JournalBase, device_id: str, trusted_keys) -> bool:
+    """The job carries a rollback authorization a trusted (fleet) key signed for this device, this job and its version."""
+    from edgefleet.signing import verify_signature
+
+    doc: RollbackAuthorization | None = job.authorization
+    if doc is None or (doc.device, doc.job, doc.name, doc.version) != (device_id, job.job, job.package.name, job.package.version):
+        return False
+    try:
+        verify_signature(doc.signed_bytes(), base64.b64decode(doc.signature, validate=True), trusted_keys)
+    except Exception:
+        return False
+    return True
 
 
 def _sha256(path: Path) -> str:
@@ -435,10 +427,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(package: dict, dest: Path, timeout_s: float, retries: int) -> None:
+def fetch(package: JobPackage, dest: Path, timeout_s: float, retries: int) -> None:
     """Download a job's package to `dest`, resuming a partial download with an HTTP Range request,
     bounded by and checked against the job's size and sha256; UpdateRefused says why not."""
-    url, size, sha = package.get("url"), package.get("size"), package.get("sha256")
+    url, size, sha = package.url, package.size, package.sha256
     if not url:
         raise UpdateRefused("the job has no download URL and the package is not on the device")
     if size is None:
@@ -471,12 +463,12 @@ def fetch(package: dict, dest: Path, timeout_s: float, retries: int) -> None:
     os.replace(part, dest)
 
 
-def smoke_test(active, probation: dict) -> str:
+def smoke_test(active, probation: JobProbation) -> str:
     """The active model answers a neutral input `smoke_runs` times, with finite outputs, within the latency budget."""
     import numpy as np
 
-    runs = int(probation.get("smoke_runs", 3))
-    budget = float(probation.get("latency_budget_ms", 5000))
+    runs = probation.smoke_runs
+    budget = probation.latency_budget_ms
     inputs = [np.zeros(spec.shape, dtype=spec.dtype) for spec in active.manifest.inputs]
     worst = 0.0
     for _ in range(max(1, runs)):

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from edgefleet.agent.metrics import AgentMetrics, luma_stats
-from edgefleet.fleet.drift import DriftConfig, judge, parse_summary
+from edgefleet.contracts.drift import Baseline, parse_summary
+from edgefleet.fleet.drift import DriftConfig, judge
 
 
 def scene(rng: np.random.Generator) -> Image.Image:
@@ -64,7 +65,6 @@ def cost(messages: int) -> None:
     from edgefleet.fleet import devices
     from edgefleet.fleet.config import FleetConfig
     from edgefleet.fleet.core import open_fleet
-    from edgefleet.fleet.drift import Baseline
     from edgefleet.fleet.ingest import Ingest, Message
 
     rng = np.random.default_rng(1)

@@ -7,12 +7,16 @@ same input, with the same thread count, and print medians and ratios. Machines s
 other work give noisy absolute numbers; the ratios come from the same rounds.
 
     python benchmarks/latency.py [--target ml_c6i] [--threads 1] [--runs 20] [--models resnet50,squeezenet,mobilenetv2] [--no-before]
+
+`--models grouped,shufflenet` times the grouped-convolution test nets (AlexNet/ShuffleNet/ResNeXt
+style, and a ShuffleNet-v1-like stack); every model's output is checked against ONNX Runtime's.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +33,12 @@ def model_path(name: str, tmp: Path) -> Path:
         from edgefleet.models.mobilenetv2 import save
 
         return save(tmp / "mobilenetv2.onnx")
+    if name in ("grouped", "shufflenet"):
+        # Grouped-convolution nets (issue 21) from the test models, exported with trained BatchNorm.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from support import torch_models
+
+        return torch_models.export(name, tmp / f"{name}.onnx")
     return LIGHT / f"light_{name}.onnx"
 
 
@@ -85,6 +95,10 @@ def main() -> None:
             if not args.no_before:
                 before, _ = compile_vm(model, target, stock=True)
                 runners["before"] = lambda: before(xt)
+            want = sess.run(None, {spec.name: x})[0]
+            got = after(xt)
+            got = got if isinstance(got, tvm.runtime.Tensor) else got[0]
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3, err_msg=f"{name}: compiled output differs from ONNX Runtime's")
             times = {k: [] for k in runners}
             for run in runners.values():
                 run()

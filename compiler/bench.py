@@ -135,6 +135,8 @@ def _ort_runner(model: Path, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # The camera runtime's workers do not spin (agent [runtime] spin = false): neither do ORT's.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     return _timed(lambda xs: sess.run(None, dict(zip(names, xs))))

@@ -512,8 +512,14 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
 
     def value(b, c, y, x, k):
-        channel = (c * bo + k) // out_per_group * in_per_group + ic * bi + ib
-        pixel = padded[b, channel // bd, y * sh + rh * dh, x * sw + rw * dw, channel % bd]
+        if out_per_group % bo == 0 and bi == bd and in_per_group % bd == 0:
+            # Groups span whole blocks: the input pixel does not depend on the output lane k, so
+            # the schedule's vector over k multiplies one broadcast value (no gather).
+            chunk, lane = c // (out_per_group // bo) * (in_per_group // bd) + ic, ib
+        else:
+            channel = (c * bo + k) // out_per_group * in_per_group + ic * bi + ib
+            chunk, lane = channel // bd, channel % bd
+        pixel = padded[b, chunk, y * sh + rh * dh, x * sw + rw * dw, lane]
         return te.sum(pixel.astype(out_dtype) * kernel[c, ic, rh, rw, ib, k].astype(out_dtype), axis=[ic, ib, rh, rw])
 
     return te.compute((n, ochunks, oh, ow, bo), value, name="group_conv2d_NCHWc")

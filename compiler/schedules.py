@@ -9,7 +9,8 @@ by `default_schedules`, give every other kernel a schedule:
   output pixels x 16 output channels stays in vector registers while the reduction runs over
   input-channel chunks and the kernel window; the fused epilogue (bias, batch norm, residual
   add, ReLU) runs on the tile before it is stored. `reg_n` is sized to the target's vector
-  registers (`register_tile`). Depthwise NCHWc convolutions get the same tiling.
+  registers (`register_tile`). Depthwise and grouped NCHWc convolutions (graph.py's
+  depthwise_conv2d_nchwc, grouped_conv2d_nchwc) get the same tiling.
 - `Conv2dNCHW`: fallback for convolutions left in NCHW (graph.py blocks nearly all of them):
   a tile of output channels x vectorized output width.
 - `Generic`: pooling, layout transforms, concat, element-wise and reductions: the outer
@@ -151,12 +152,14 @@ class Conv2dNCHWc(_SafeRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
-        convs = [b for b in blocks if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc"))]
-        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR"):
+        convs = [b for b in blocks if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc", "group_conv2d_NCHWc"))]
+        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR"):
             return None
         conv = convs[0]
         if _iter_kinds(sch, conv) == "SSSSSRR":
             return _depthwise(sch, conv, blocks, self.target)
+        if _iter_kinds(sch, conv) == "SSSSSRRRR":
+            return _grouped(sch, conv, blocks, self.target)
         found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
         if found is None:
             return None
@@ -196,6 +199,26 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, kh)
+
+
+def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
+    """Grouped NCHWc (graph.grouped_conv2d_nchwc, reductions ic, ib, rh, rw): the tiling of the
+    plain blocked conv, with its ic chunk / lane split already in the compute."""
+    found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+    if found is None:
+        return None
+    pads, epi = found
+    n, occ, oh, ow, ocb, ic, ib, kh, kw = sch.get_loops(conv)
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    if None in (ow_n, ocb_n):
+        return None
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
+    sch.reorder(n, occ, oh, ow_o, ic, kh, kw, ib, ow_i, ocb)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    sch.unroll(ow_i)
+    sch.vectorize(ocb)
+    return _finish_conv(sch, conv, epi, pads, ic)
 
 
 class Conv2dNCHW(_SafeRule):

@@ -186,9 +186,25 @@ def trial_shares(tasks: list, total_trials: int) -> list[int]:
     return [int(total_trials * w / total) if total else 0 for w in work]
 
 
-def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, builder, runner) -> tuple[float, float] | None:
+@dataclass(frozen=True)
+class Decision:
+    """What `_decide` measured: both schedules side by side (seconds), or, when the search's best
+    is the default schedule itself, only the search's own mean for it (nothing run side by side)."""
+
+    default_s: float
+    tuned_s: float | None  # None: the search found nothing but the default schedule
+
+    def message(self) -> str:
+        if self.tuned_s is None:
+            return (f"the search's best is the default schedule ({1e3 * self.default_s:.3f} ms as measured in the search; "
+                    "not measured side by side): default schedule kept")
+        kept = "tuned" if self.tuned_s < self.default_s else "default"
+        return f"side by side default {1e3 * self.default_s:.3f} ms, tuned {1e3 * self.tuned_s:.3f} ms: {kept} schedule kept"
+
+
+def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, builder, runner) -> Decision | None:
     """Measure the default schedule and the search's fastest candidate side by side, alternating,
-    and file them in the database that compiles read (seconds: default, tuned; or None).
+    and file them in the database that compiles read (None when nothing could be measured).
 
     The search measured each candidate at a different moment of a shared machine's load: a
     default measured under load lost to a candidate that is 3x slower when run next to it.
@@ -206,7 +222,7 @@ def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, 
     args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
     if tvm_ffi.structural_equal(tuned.mod, default.mod):  # the search found nothing faster
         decided.commit_tuning_record(ms.database.TuningRecord(default.trace, decided.commit_workload(task_mod), records[0].run_secs, target, args))
-        return _mean(records[0]), _mean(records[0])
+        return Decision(_mean(records[0]), None)
     built = builder.build([ms.builder.BuilderInput(m, target) for m in (default.mod, tuned.mod)])
     if any(b.error_msg for b in built):
         return None
@@ -221,7 +237,7 @@ def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, 
     workload = decided.commit_workload(task_mod)
     for trace, run_secs in zip((default.trace, records[0].trace), secs, strict=True):
         decided.commit_tuning_record(ms.database.TuningRecord(trace, workload, run_secs, target, args))
-    return sum(secs[0]) / len(secs[0]), sum(secs[1]) / len(secs[1])
+    return Decision(sum(secs[0]) / len(secs[0]), sum(secs[1]) / len(secs[1]))
 
 
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> None:
@@ -275,10 +291,9 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
                 best = _records(search, task_mod)
                 best_ms = f", best {1e3 * _mean(best[0]):.3f} ms" if best else ""
                 report(f"{label}: {share - done} trials{best_ms}")
-            pair = _decide(search, decided, task_mod, target, builder, runner)
-            if pair is not None:
-                kept = "tuned" if pair[1] < pair[0] else "default"
-                report(f"{label}: side by side default {1e3 * pair[0]:.3f} ms, tuned {1e3 * pair[1]:.3f} ms: {kept} schedule kept")
+            decision = _decide(search, decided, task_mod, target, builder, runner)
+            if decision is not None:
+                report(f"{label}: {decision.message()}")
 
 
 def tune_pass(target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> tvm.transform.Pass:

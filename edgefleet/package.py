@@ -226,7 +226,11 @@ class Manifest(Strict):
         return requirement_for(self.target, self.runtime.tvm_version or "", self.runtime.tvm_ffi_version or "")
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+        data = self.model_dump(mode="json")
+        if not self.runtime.kernel_fallbacks:
+            # Agents before 0.2.0 refuse unknown keys: a package with nothing to report stays readable by them.
+            del data["runtime"]["kernel_fallbacks"]
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def sha256_file(path: Path) -> str:

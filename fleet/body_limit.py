@@ -7,7 +7,7 @@ the first prefix that matches a path wins; unauthenticated endpoints get the tig
 
 from __future__ import annotations
 
-import json
+from edgefleet.contracts.rest import ErrorBody
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 MAX_UPLOAD_BYTES = 2 * GiB  # a signed package (the agent's MAX_PACKAGE_BYTES)
@@ -65,9 +65,8 @@ class BodyLimit:
 
 
 async def _refuse(send, limit: int) -> None:
-    body = json.dumps(
-        {"error": f"the request body is over this endpoint's {limit}-byte limit", "fix": "send a smaller body"}
-    ).encode()
+    error = ErrorBody(error=f"the request body is over this endpoint's {limit}-byte limit", fix="send a smaller body", code="payload_too_large")
+    body = error.model_dump_json().encode()
     await send(
         {
             "type": "http.response.start",

@@ -11,13 +11,21 @@ from pathlib import Path
 
 import click
 
-from edgefleet.cli import print_json, table
+from pydantic_core import to_jsonable_python
+
+from edgefleet.cli import print_json as print_plain_json, table
+from edgefleet.contracts.rest import DeviceOut, EnrollmentTokenOut, ModelGroupOut, ModelVersionOut, RolloutDetail, RolloutEventOut, RolloutOut
 
 
 def _client(ctx: click.Context):
     from edgefleet.fleet.client import FleetClient
 
     return FleetClient(ctx.obj.get("url"), ctx.obj.get("token"))
+
+
+def print_json(answer: object) -> None:
+    """The API's JSON, as it sent it (field aliases such as an event's "from" included)."""
+    print_plain_json(to_jsonable_python(answer, by_alias=True))
 
 
 def _when(ts: float | None) -> str:
@@ -76,16 +84,16 @@ def models() -> None:
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    rows = _client(ctx).get("/models")
+    rows = _client(ctx).get("/models", list[ModelGroupOut])
     if as_json:
         return print_json(rows)
-    table(["group", "versions", "latest"], [[r["name"], r["versions"], r["latest"]] for r in rows])
+    table(["group", "versions", "latest"], [[r.name, r.versions, r.latest] for r in rows])
 
 
-def _versions_table(rows: list[dict]) -> None:
+def _versions_table(rows: list[ModelVersionOut]) -> None:
     table(
         ["group", "version", "approval", "targets", "training job", "created"],
-        [[r["group"], r["version"], r["approval"], ", ".join(b["target"] for b in r["builds"]), r["lineage"]["training_job"] or "-", _when(r["created_at"])] for r in rows],
+        [[r.group, r.version, r.approval, ", ".join(b.target for b in r.builds), r.lineage.training_job or "-", _when(r.created_at)] for r in rows],
     )
 
 
@@ -94,7 +102,7 @@ def _versions_table(rows: list[dict]) -> None:
 @json_option
 @click.pass_context
 def models_versions(ctx: click.Context, group: str, as_json: bool) -> None:
-    rows = _client(ctx).get(f"/models/{group}/versions")
+    rows = _client(ctx).get(f"/models/{group}/versions", list[ModelVersionOut])
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -109,7 +117,7 @@ def models_upload(ctx: click.Context, package: Path, as_json: bool) -> None:
 
 
 def _set_approval(ctx: click.Context, group: str, version: str, state: str, note: str, as_json: bool) -> None:
-    row = _client(ctx).post(f"/models/{group}/versions/{version}/approval", {"state": state, "note": note})
+    row = _client(ctx).post(f"/models/{group}/versions/{version}/approval", ModelVersionOut, {"state": state, "note": note})
     print_json(row) if as_json else _versions_table([row])
 
 
@@ -161,7 +169,7 @@ def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
     """Agent releases the fleet holds, with their approval and architectures."""
     from edgefleet.agent_release import RELEASE_NAME
 
-    rows = _client(ctx).get(f"/models/{RELEASE_NAME}/versions")
+    rows = _client(ctx).get(f"/models/{RELEASE_NAME}/versions", list[ModelVersionOut])
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -197,11 +205,11 @@ def devices() -> None:
     """Devices: enrollment, groups and tags, status."""
 
 
-def _devices_table(rows: list[dict]) -> None:
+def _devices_table(rows: list[DeviceOut]) -> None:
     table(
         ["device", "group", "tags", "target", "status", "last seen", "model", "agent"],
-        [[d["id"], d["group"] or "-", ",".join(d["tags"]) or "-", d["target"], d["status"], _when(d["last_seen"]), f"{d['model']['name']} {d['model']['version']}" if d["model"] else "-",
-          d["agent"]["version"] if d.get("agent") else "-"] for d in rows],
+        [[d.id, d.group or "-", ",".join(d.tags) or "-", d.target, d.status, _when(d.last_seen), f"{d.model.name} {d.model.version}" if d.model else "-",
+          d.agent.version if d.agent else "-"] for d in rows],
     )
 
 
@@ -212,7 +220,7 @@ def _devices_table(rows: list[dict]) -> None:
 @json_option
 @click.pass_context
 def devices_list(ctx: click.Context, group: str | None, tag: str | None, status: str | None, as_json: bool) -> None:
-    rows = _client(ctx).get("/devices", group=group, tag=tag, status=status)
+    rows = _client(ctx).get("/devices", list[DeviceOut], group=group, tag=tag, status=status)
     print_json(rows) if as_json else _devices_table(rows)
 
 
@@ -224,7 +232,7 @@ def devices_list(ctx: click.Context, group: str | None, tag: str | None, status:
 @click.pass_context
 def devices_enroll_token(ctx: click.Context, device_id: str, target: str, group: str | None, tags: tuple[str, ...]) -> None:
     """Create a one-time enrollment token for DEVICE_ID and print it."""
-    click.echo(_client(ctx).post("/enrollment-tokens", {"device_id": device_id, "target": target, "group": group, "tags": list(tags)})["token"])
+    click.echo(_client(ctx).post("/enrollment-tokens", EnrollmentTokenOut, {"device_id": device_id, "target": target, "group": group, "tags": list(tags)}).token)
 
 
 @devices.command("tag")
@@ -235,7 +243,7 @@ def devices_enroll_token(ctx: click.Context, device_id: str, target: str, group:
 @json_option
 @click.pass_context
 def devices_tag(ctx: click.Context, device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None, as_json: bool) -> None:
-    row = _client(ctx).request("PATCH", f"/devices/{device_id}", json={"group": group, "add_tags": list(add), "remove_tags": list(remove)})
+    row = _client(ctx).request("PATCH", f"/devices/{device_id}", DeviceOut, json={"group": group, "add_tags": list(add), "remove_tags": list(remove)})
     print_json(row) if as_json else _devices_table([row])
 
 
@@ -247,10 +255,10 @@ def rollouts() -> None:
     """Rollouts: waves, thresholds, health gates; pause, resume, abort."""
 
 
-def _rollouts_table(rows: list[dict]) -> None:
+def _rollouts_table(rows: list[RolloutOut]) -> None:
     table(
         ["id", "model", "state", "wave", "devices", "installs", "reason"],
-        [[r["id"], f"{r['model']['group']} {r['model']['version']}", r["state"], f"{r['wave'] + 1}/{len(r['waves'])}", r["devices"], " ".join(f"{k}={v}" for k, v in sorted(r["installs"].items())) or "-", r["reason"] or "-"] for r in rows],
+        [[r.id, f"{r.model.group} {r.model.version}", r.state, f"{r.wave + 1}/{len(r.waves)}", r.devices, " ".join(f"{k}={v}" for k, v in sorted(r.installs.items())) or "-", r.reason or "-"] for r in rows],
     )
 
 
@@ -281,7 +289,7 @@ def rollouts_create(ctx, group, version, device_group, tags, device_ids, canary,
         except ValueError:
             raise click.BadParameter("--waves is comma-separated percents, e.g. 10,50,100") from None
     selection = {"group": device_group, "tags": list(tags), "devices": list(device_ids) or None}
-    row = _client(ctx).post("/rollouts", {"group": group, "version": version, "selection": selection, "plan": plan})
+    row = _client(ctx).post("/rollouts", RolloutOut, {"group": group, "version": version, "selection": selection, "plan": plan})
     print_json(row) if as_json else _rollouts_table([row])
 
 
@@ -290,7 +298,7 @@ def rollouts_create(ctx, group, version, device_group, tags, device_ids, canary,
 @json_option
 @click.pass_context
 def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
-    rows = _client(ctx).get("/rollouts", state=state)
+    rows = _client(ctx).get("/rollouts", list[RolloutOut], state=state)
     print_json(rows) if as_json else _rollouts_table(rows)
 
 
@@ -299,11 +307,11 @@ def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
-    row = _client(ctx).get(f"/rollouts/{rollout_id}")
+    row = _client(ctx).get(f"/rollouts/{rollout_id}", RolloutDetail)
     if as_json:
         return print_json(row)
     _rollouts_table([row])
-    table(["device", "kind", "wave", "state", "previous", "detail"], [[d["device"], d["kind"], d["wave"] + 1, d["state"], d["previous_version"] or "-", d["detail"] or "-"] for d in row["deployments"]])
+    table(["device", "kind", "wave", "state", "previous", "detail"], [[d.device, d.kind, d.wave + 1, d.state, d.previous_version or "-", d.detail or "-"] for d in row.deployments])
 
 
 @rollouts.command("events")
@@ -311,10 +319,10 @@ def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
-    rows = _client(ctx).get(f"/rollouts/{rollout_id}/events")
+    rows = _client(ctx).get(f"/rollouts/{rollout_id}/events", list[RolloutEventOut])
     if as_json:
         return print_json(rows)
-    table(["at", "event", "from", "to", "device", "detail"], [[_when(e["at"]), e["event"], e["from"] or "-", e["to"], e["device"] or "-", e["detail"] or "-"] for e in rows])
+    table(["at", "event", "from", "to", "device", "detail"], [[_when(e.at), e.event, e.from_ or "-", e.to, e.device or "-", e.detail or "-"] for e in rows])
 
 
 def _control(action: str):
@@ -324,7 +332,7 @@ def _control(action: str):
     @json_option
     @click.pass_context
     def command(ctx: click.Context, rollout_id: int, reason: str, as_json: bool) -> None:
-        row = _client(ctx).post(f"/rollouts/{rollout_id}/{action}", {"reason": reason})
+        row = _client(ctx).post(f"/rollouts/{rollout_id}/{action}", RolloutOut, {"reason": reason})
         print_json(row) if as_json else _rollouts_table([row])
 
     return command

@@ -2,7 +2,7 @@
 
 Pure library (no database, no network). Three parts:
 
-- the baseline file format (`baseline.json`, format version 1), written by the compiler;
+- reading the baseline file (`baseline.json`, edgefleet.contracts.drift), written by the compiler;
 - distances between two histograms: PSI and the Jensen-Shannon distance (base 2, in 0..1);
 - the per-(device, model version) alarm state machine, as a transition table: an alarm is
   raised after `windows_to_alarm` consecutive windows over the threshold and cleared after
@@ -21,63 +21,19 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
+# Baseline and parse_summary are the drift contract (edgefleet.contracts.drift); the fleet's drift modules take them from here.
+from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary  # noqa: F401
 from edgefleet.errors import BadInputError
 from edgefleet.strict import Strict, first_error
 
-BASELINE_FORMAT_VERSION = 1
 FEATURES = ("brightness", "contrast", "predictions", "confidence")
 # PSI adds this pseudo-count to every bin (Jeffreys prior): an empty bin stays finite, and a
 # small window's empty bins do not read as drift the way a tiny floor (1e-4) makes them.
 PSEUDO_COUNT = 0.5
 
 
-class Histogram(Strict):
-    edges: list[float]
-    counts: list[int]
-
-    @model_validator(mode="after")
-    def _shape(self) -> Histogram:
-        if len(self.edges) != len(self.counts) + 1 or len(self.counts) < 1:
-            raise ValueError(f"a histogram needs len(edges) == len(counts) + 1 (got {len(self.edges)} edges, {len(self.counts)} counts)")
-        if any(c < 0 for c in self.counts):
-            raise ValueError("histogram counts must be >= 0")
-        return self
-
-
-class DriftSummary(Strict):
-    """The agent's per-window `drift` object, and the baseline's `summary`."""
-
-    brightness: Histogram
-    contrast: Histogram
-    predictions: dict[str, int] = Field(default_factory=dict)
-    confidence: Histogram
-
-    @property
-    def frames(self) -> int:
-        return sum(self.brightness.counts)
-
-
-class Baseline(Strict):
-    """baseline.json inside a model package (format version 1)."""
-
-    format_version: Literal[1] = BASELINE_FORMAT_VERSION
-    model: str
-    version: str
-    images: int = Field(ge=1)
-    source: str  # the folder or S3 prefix the baseline images came from
-    computed_with: str  # the runtime that produced the predictions (the compiled model, or a reference)
-    created_at: str
-    summary: DriftSummary
-
-
-def parse_summary(raw: object) -> DriftSummary:
-    try:
-        return DriftSummary.model_validate(raw)
-    except ValidationError as exc:
-        first = first_error(exc)
-        raise BadInputError(f"drift summary is malformed at {first.where}: {first.msg}", "send the agent's telemetry `drift` object unchanged") from None
 
 
 def merge_summaries(summaries: list[DriftSummary]) -> DriftSummary:

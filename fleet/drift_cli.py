@@ -13,8 +13,9 @@ from edgefleet.fleet.drift import sparkline
 
 def drift_report(client, device: str | None, windows: int) -> dict:
     """What the command shows: the API's overview plus each alarm's last `windows` scores."""
-    overview = client.get("/drift", device=device)
-    rows = client.get("/drift/windows", device=device, limit=5000)
+    # The drift endpoints have no response models yet (fleet/drift_service.py): plain JSON.
+    overview = client.get("/drift", dict, device=device)
+    rows = client.get("/drift/windows", list, device=device, limit=5000)
     for alarm in overview["alarms"]:
         scores = [w["score"] for w in rows if w["device"] == alarm["device"] and w["model"] == alarm["model"]]
         alarm["recent_scores"] = scores[-windows:]

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from edgefleet.contracts.mqtt import TelemetryMessage
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Device, ModelGroup, ModelVersion
@@ -66,18 +67,17 @@ FLEET_TOPIC = "edgefleet/v1/fleet/drift"  # "fleet" is reserved: no device can t
 Publisher = Callable[[str, bytes], None]  # (topic, payload): QoS 1, retained
 
 
-def window_span(body: dict, received_at: float) -> tuple[float, float]:
+def window_span(msg: TelemetryMessage, received_at: float) -> tuple[float, float]:
     """(start, end) of a telemetry window on the device's clock: its ts minus window_s. Only
     differences between one device's windows are used, so a skewed device clock does no harm;
     without a usable ts the fleet's receive time stands in."""
     from datetime import datetime
 
     try:
-        end = datetime.fromisoformat(str(body["ts"]).replace("Z", "+00:00")).timestamp()
-    except (KeyError, ValueError):
+        end = datetime.fromisoformat(str(msg.ts).replace("Z", "+00:00")).timestamp()
+    except ValueError:
         end = received_at
-    span = body.get("window_s")
-    return end - (float(span) if isinstance(span, (int, float)) and span >= 0 else 0.0), end
+    return end - (msg.window_s or 0.0), end
 
 
 def alarm_topic(payload: dict) -> str:
@@ -156,13 +156,16 @@ class DriftMonitor:
             self._batch, self._alarms, self._collecting, self._fleet_alarms, self._versions = None, {}, {}, {}, {}
         self.announce(changes)
 
-    def observe(self, s: Session, device_id: str, body: dict, at: float) -> None:
-        """Pool the drift summary of one telemetry body, and judge the pool once it holds enough
+    def observe(self, s: Session, device_id: str, msg: TelemetryMessage, at: float) -> None:
+        """Pool the drift summary of one telemetry message, and judge the pool once it holds enough
         frames (never raises for what a device sends)."""
-        parsed = self._parse(body)
-        if parsed is None:
+        if msg.drift_error is not None:
+            self.counters["drift_malformed"] += 1
             return
-        name, version, part = parsed
+        if msg.drift is None or msg.model is None:
+            self.counters["drift_no_summary"] += 1
+            return
+        name, version, part = msg.model.name, msg.model.version, msg.drift
         device = s.get(Device, device_id)
         baseline = self.baseline_for(s, name, version, device.target if device else "")
         if baseline is None:
@@ -173,23 +176,12 @@ class DriftMonitor:
         except BadInputError:
             self.counters["drift_malformed"] += 1
             return
-        window = self._collect(s, (device_id, name, version), part, window_span(body, at), at)
+        window = self._collect(s, (device_id, name, version), part, window_span(msg, at), at)
         if window is None:
             return
         verdict = judge(baseline.summary, window, self.config)
         self._record(s, (device_id, name, version), window, verdict, at)
         self._step_fleet(s, name, version, at)
-
-    def _parse(self, body: dict) -> tuple[str, str, DriftSummary] | None:
-        model = body.get("model") if isinstance(body.get("model"), dict) else {}
-        if not isinstance(body.get("drift"), dict) or not model.get("name") or model.get("version") is None:
-            self.counters["drift_no_summary"] += 1
-            return None
-        try:
-            return str(model["name"]), str(model["version"]), parse_summary(body["drift"])
-        except BadInputError:
-            self.counters["drift_malformed"] += 1
-            return None
 
     def _cached(self, cache: dict, key: tuple, load: Callable[[], Any]) -> Any:
         """This batch's row for `key`: rows added in the batch are not flushed yet, so a query

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 from collections import Counter as Tally
 from dataclasses import dataclass
 
+from edgefleet.contracts.mqtt import DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
@@ -30,7 +30,6 @@ log = logging.getLogger("edgefleet.fleet.ingest")
 PREFIX = "edgefleet/v1/"
 
 
-MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
 MAX_PAYLOAD_BYTES = MAX_PACKET_BYTES  # an external broker may not enforce ours
 
 
@@ -60,42 +59,9 @@ def parse_body(payload: bytes) -> object:
         raise Malformed("JSON nested too deeply") from None
 
 
-def _count(value) -> int:
-    """A non-negative count from a device; bool, floats, strings and absurd numbers are refused."""
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise Malformed(f"count {str(value)[:40]!r} is not an integer in 0..{MAX_COUNT}")
-    return value
-
-
-def _real(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > 1e12:
-        return None
-    return float(value)
-
-
-def telemetry_numbers(body: dict) -> dict:
-    """Frames, alerts, mean top-1 confidence and p95 latency from an agent telemetry body."""
-    frames = body.get("frames")
-    ok = _count(frames.get("ok", 0) if isinstance(frames, dict) else frames)
-    alerts = body.get("alerts")
-    n_alerts = _count(sum(_count(v) for v in alerts.values()) if isinstance(alerts, dict) else alerts)
-    latency = body.get("latency_ms") if isinstance(body.get("latency_ms"), dict) else {}
-    conf = None
-    hist = (body.get("drift") or {}).get("confidence") if isinstance(body.get("drift"), dict) else None
-    if isinstance(hist, dict) and isinstance(hist.get("edges"), list) and isinstance(hist.get("counts"), list) \
-            and len(hist["edges"]) == len(hist["counts"]) + 1:
-        edges, counts = [_real(e) for e in hist["edges"]], [_count(c) for c in hist["counts"]]
-        total = sum(counts)
-        if total and None not in edges:
-            conf = sum((edges[i] + edges[i + 1]) / 2 * c for i, c in enumerate(counts)) / total
-    return {
-        "frames": ok,
-        "alerts": n_alerts,
-        "confidence_mean": _real(conf),
-        "latency_p95_ms": _real(latency.get("p95")),
-    }
+# What each topic suffix promises (edgefleet/contracts/mqtt.py); alerts are only counted,
+# so their body is checked as a device message, not as a whole alert.
+CONTRACTS: dict[str, type[DeviceMessage]] = {"status": StatusMessage, "telemetry": TelemetryMessage, "alerts": DeviceMessage, "jobs": JobUpdate}
 
 
 class Ingest:
@@ -154,41 +120,41 @@ class Ingest:
         device_id, _, suffix = m.topic[len(PREFIX):].partition("/")
         if not self._is_known(s, device_id):
             return "dropped_unknown_device"
-        if suffix == "status" and m.payload.strip() in (b"offline", b'"offline"'):
-            body = {"schema": 1, "state": "offline"}  # a bare last will
-        else:
-            body = parse_body(m.payload)
-        if not isinstance(body, dict) or body.get("schema") != 1:
+        kind = suffix.split("/")[0]
+        if suffix not in ("status", "telemetry", "alerts") and not (kind == "jobs" and suffix.endswith("/update") and suffix.count("/") == 2):
             return "dropped_malformed"
-        if body.get("device") not in (None, device_id):
+        if suffix == "status" and m.payload.strip() in (b"offline", b'"offline"'):
+            msg: DeviceMessage = StatusMessage(state="offline")  # a bare last will
+        else:
+            msg = CONTRACTS[kind].model_validate(parse_body(m.payload))
+        if msg.device not in (None, device_id):
             return "dropped_malformed"
         device = s.get(Device, device_id)
-        if suffix == "status":
-            state = body.get("state")
-            if state not in ("online", "offline"):
-                return "dropped_malformed"
-            device.status = state
-            model = body.get("model")
-            if isinstance(model, dict) and model.get("name"):
-                device.model_name, device.model_version = str(model["name"]), str(model.get("version"))
-            if state == "online" and isinstance(body.get("agent_version"), str):
-                device.agent_version = body["agent_version"][:64]
-                # Agents before 0.2 do not say; they cannot update themselves anyway.
-                device.arch = str(body["arch"])[:32] if isinstance(body.get("arch"), str) else device.arch
-        elif suffix == "telemetry":
-            model = body.get("model") if isinstance(body.get("model"), dict) else {}
-            s.add(Telemetry(device_id=device_id, received_at=m.received_at, model_name=model.get("name"), model_version=model.get("version"), **telemetry_numbers(body)))
-            self.drift.observe(s, device_id, body, m.received_at)
+        if isinstance(msg, StatusMessage):
+            self._status(device, msg)
+        elif isinstance(msg, TelemetryMessage):
+            s.add(Telemetry(device_id=device_id, received_at=m.received_at, model_name=msg.model and msg.model.name,
+                            model_version=msg.model and msg.model.version, frames=msg.frames_ok, alerts=msg.alert_count,
+                            confidence_mean=msg.confidence_mean, latency_p95_ms=msg.latency_p95_ms))
+            self.drift.observe(s, device_id, msg, m.received_at)
             device.status = "online"
-        elif suffix == "alerts":
-            device.status = "online"
-        elif suffix.startswith("jobs/") and suffix.endswith("/update") and suffix.count("/") == 2:
-            if not apply_job_update(self.fleet, s, device_id, suffix.split("/")[1], body):
+        elif isinstance(msg, JobUpdate):
+            if not apply_job_update(self.fleet, s, device_id, suffix.split("/")[1], msg):
                 return "dropped_unknown_job"
         else:
-            return "dropped_malformed"
+            device.status = "online"  # an alert: counted, and the device is seen
         device.last_seen = max(device.last_seen or 0.0, m.received_at)
-        return suffix.split("/")[0]
+        return kind
+
+    @staticmethod
+    def _status(device: Device, msg: StatusMessage) -> None:
+        device.status = msg.state
+        if msg.model is not None:
+            device.model_name, device.model_version = msg.model.name, msg.model.version
+        if msg.state == "online" and msg.agent_version is not None:
+            device.agent_version = msg.agent_version
+            # Agents before 0.2 do not say; they cannot update themselves anyway.
+            device.arch = msg.arch if msg.arch is not None else device.arch
 
     def stats(self) -> dict:
         return dict(self.counters) | dict(self.drift.counters)

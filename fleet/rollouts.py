@@ -19,74 +19,20 @@ import math
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from edgefleet.agent.update import AGENT_STATES, TERMINAL_STATES, authorization_bytes
+from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
+from edgefleet.contracts.mqtt import TERMINAL_STATES, JobUpdate
+from edgefleet.contracts.rest import HealthGate, RolloutPlan, Selection
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
 from edgefleet.agent_release import RELEASE_NAME
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HealthGate(Strict):
-    """Bounds on the new model's health relative to the previous model on the same devices."""
-
-    enabled: bool = True
-    min_samples: int = Field(1, ge=1)  # telemetry messages from the new model before judging
-    alert_rate_max_ratio: float = Field(1.5, gt=0)
-    alert_rate_slack: float = Field(0.02, ge=0)  # absolute alerts per frame, so 0 -> 0.01 is fine
-    confidence_min_ratio: float = Field(0.9, ge=0, le=1)
-    latency_p95_max_ratio: float = Field(1.5, gt=0)
-    latency_p95_slack_ms: float = Field(5.0, ge=0)
-    require_baseline: bool = False  # without telemetry from the previous model: wait (True) or pass
-    # Evidence each bound needs on both sides before it is judged: a rate over a few frames swings
-    # too much to pass or fail a model on (an alert rate read 0.14-0.4 on 20-frame windows).
-    alert_rate_min_frames: int = Field(100, ge=1)
-    confidence_min_frames: int = Field(100, ge=1)
-    latency_min_samples: int = Field(1, ge=1)  # telemetry messages with a p95
-
-
-class Probation(Strict):
-    """Sent to the agent with each install job; the last two only matter for agent releases."""
-
-    smoke_runs: int = Field(3, ge=1, le=100)
-    latency_budget_ms: float = Field(5000, gt=0)
-    health_deadline_s: float = Field(120.0, gt=0, le=3600)  # a new agent's time to prove itself after its restart
-    max_boots: int = Field(3, ge=1, le=20)  # starts of a new agent without a commit before the camera rolls back
-
-
-class RolloutPlan(Strict):
-    canary: int | None = Field(1, ge=1)
-    canary_percent: float | None = Field(None, gt=0, le=100)
-    waves: list[float] = Field(default_factory=lambda: [100.0])
-    success_threshold: float = Field(1.0, gt=0, le=1)
-    failure_threshold: float = Field(0.0, ge=0, lt=1)
-    bake_time_s: float = Field(60.0, ge=0)
-    wave_timeout_s: float = Field(900.0, gt=0)
-    health: HealthGate = Field(default_factory=HealthGate)
-    probation: Probation = Field(default_factory=Probation)
-
-    @model_validator(mode="after")
-    def _check(self) -> RolloutPlan:
-        if self.canary_percent is not None:
-            self.canary = None
-        if not self.waves or any(not 0 < w <= 100 for w in self.waves) or self.waves != sorted(self.waves) or self.waves[-1] != 100:
-            raise ValueError("waves are increasing cumulative percents in (0, 100] ending at 100, e.g. [10, 50, 100]")
-        return self
-
-
-class Selection(Strict):
-    group: str | None = None
-    tags: list[str] = Field(default_factory=list)  # a device must carry all of them
-    devices: list[str] | None = None
+from edgefleet.strict import first_error
 
 
 ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
@@ -194,14 +140,14 @@ def _select_devices(s: Session, sel: Selection) -> list[Device]:
     return rows
 
 
-def create_rollout(fleet: Fleet, group: str, version: str, selection: dict[str, Any], plan: dict[str, Any]) -> dict:
+def create_rollout(fleet: Fleet, group: str, version: str, selection: Selection | dict[str, Any], plan: RolloutPlan | dict[str, Any]) -> dict:
     """Validate and store a rollout (state `created`); the next tick starts its canary."""
     try:
         sel = Selection.model_validate(selection)
         parsed = RolloutPlan.model_validate(plan)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise BadInputError(f"rollout {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", "see the rollout plan in docs/fleet.md") from None
+        first = first_error(exc, top="plan")
+        raise BadInputError(f"rollout {first.where}: {first.msg}", "see the rollout plan in docs/fleet.md") from None
     with fleet.lock, fleet.writer() as s, s.begin():
         mv = get_version_row(s, group, version)
         if mv.approval != APPROVED:
@@ -239,7 +185,7 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> dic
     """pause | resume | abort, as an operator asks."""
     if action not in ("pause", "resume", "abort"):
         raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume or abort")
-    outbox: list[tuple[str, dict]] = []
+    outbox: list[tuple[str, JobDocument]] = []
     with fleet.lock:
         with fleet.writer() as s, s.begin():
             r = _load(s, rollout_id)
@@ -287,24 +233,24 @@ def rollout_events(fleet: Fleet, rollout_id: int) -> list[dict]:
 # ---- jobs ---------------------------------------------------------------------------------
 
 
-def _job_payload(fleet: Fleet, s: Session, dep: Deployment, name: str, version: str, build: Build | None, plan: RolloutPlan) -> dict:
-    package = {"name": name, "version": version}
+def _job_document(fleet: Fleet, dep: Deployment, name: str, version: str, build: Build | None, plan: RolloutPlan) -> JobDocument:
+    package = JobPackage(name=name, version=version)
     if build is not None:
-        package |= {"target": build.target, "sha256": build.sha256, "size": build.size, "url": fleet.download_url(build.id, build.store_key)}
+        package = JobPackage(name=name, version=version, target=build.target, sha256=build.sha256, size=build.size,
+                             url=fleet.download_url(build.id, build.store_key))
     # Agents tell their own jobs by kind: an agent before 0.2 ignores an agent_* job instead of taking it for a model.
     kind = f"agent_{dep.kind}" if name == RELEASE_NAME else dep.kind
-    payload: dict[str, Any] = {"schema": 1, "id": uuid.uuid4().hex, "job": dep.job_id, "kind": kind, "rollout": dep.rollout_id, "package": package, "probation": plan.probation.model_dump()}
-    if dep.kind == "rollback":
-        payload["rollback_authorization"] = sign_rollback(fleet, dep.device_id, dep.job_id, name, version)
-    return payload
+    authorization = sign_rollback(fleet, dep.device_id, dep.job_id, name, version) if dep.kind == "rollback" else None
+    return JobDocument(id=uuid.uuid4().hex, job=dep.job_id, kind=kind, rollout=dep.rollout_id, package=package,
+                       probation=JobProbation(**plan.probation.model_dump()), rollback_authorization=authorization)
 
 
-def sign_rollback(fleet: Fleet, device_id: str, job: str, name: str, version: str) -> dict:
+def sign_rollback(fleet: Fleet, device_id: str, job: str, name: str, version: str) -> RollbackAuthorization:
     """A fleet-signed permission for one device to install an older version, for one job."""
     if fleet.signing_key is None:
         raise ConflictError("the fleet has no signing key, so it cannot authorize a rollback", "create one with `edgefleet keys create` and restart the fleet")
-    doc = {"schema": 1, "kind": "rollback", "device": device_id, "job": job, "name": name, "version": version, "key_id": fleet.signing_key.key_id}
-    return doc | {"signature": base64.b64encode(fleet.signing_key.sign(authorization_bytes(doc))).decode()}
+    doc = RollbackAuthorization(device=device_id, job=job, name=name, version=version, key_id=fleet.signing_key.key_id)
+    return doc.model_copy(update={"signature": base64.b64encode(fleet.signing_key.sign(doc.signed_bytes())).decode()})
 
 
 def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outbox: list) -> None:
@@ -323,7 +269,7 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
         )
         s.add(dep)
         s.flush()
-        outbox.append((device_id, _job_payload(fleet, s, dep, name, mv.version, build, plan)))
+        outbox.append((device_id, _job_document(fleet, dep, name, mv.version, build, plan)))
     r.wave = wave
     r.wave_started_at = now
     r.bake_started_at = None
@@ -360,7 +306,7 @@ def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) 
             rb = Deployment(job_id=f"r{r.id}-rb-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=d.device_id, kind="rollback", wave=d.wave, build_id=build.id if build else None, previous_version=mv.version, updated_at=now)
             s.add(rb)
             s.flush()
-            outbox.append((d.device_id, _job_payload(fleet, s, rb, name, d.previous_version, build, plan)))
+            outbox.append((d.device_id, _job_document(fleet, rb, name, d.previous_version, build, plan)))
             pending.append(rb)
         elif rb.state not in TERMINAL_STATES:
             pending.append(rb)
@@ -556,10 +502,10 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _send_wave(fleet, s, r, r.wave + 1, now, outbox)
 
 
-def _flush(fleet: Fleet, outbox: list[tuple[str, dict]]) -> None:
+def _flush(fleet: Fleet, outbox: list[tuple[str, JobDocument]]) -> None:
     # Jobs go out only after their rows are committed, so every answer finds its deployment.
-    for device_id, payload in outbox:
-        fleet.notify(device_id, payload)
+    for device_id, job in outbox:
+        fleet.notify(device_id, job.wire())
 
 
 def tick(fleet: Fleet) -> None:
@@ -568,33 +514,32 @@ def tick(fleet: Fleet) -> None:
         with fleet.session() as s:
             ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE))))
         for rollout_id in ids:
-            outbox: list[tuple[str, dict]] = []
+            outbox: list[tuple[str, JobDocument]] = []
             with fleet.writer() as s, s.begin():
                 r = _load(s, rollout_id)
                 _step(fleet, s, r, fleet.clock(), outbox)
             _flush(fleet, outbox)
 
 
-def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict) -> bool:
+def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict[str, Any]) -> bool:
     """Store an agent's job update; False when the job is unknown or not this device's."""
+    update = JobUpdate.model_validate(payload)
     with fleet.lock, fleet.writer() as s, s.begin():
-        return apply_job_update(fleet, s, device_id, job_id, payload)
+        return apply_job_update(fleet, s, device_id, job_id, update)
 
 
-def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, payload: dict) -> bool:
+def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, update: JobUpdate) -> bool:
     """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock."""
-    state = payload.get("state")
-    if state not in AGENT_STATES:
-        return False
+    state = update.state
     dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
     if dep is None or dep.device_id != device_id:
         return False
     if dep.state in TERMINAL_STATES or dep.state == state:
         return True  # QoS 1 redelivery or a late message after the end: nothing changes
     now = fleet.clock()
-    s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=str(payload.get("detail", ""))[:500]))
+    s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=update.detail[:500]))
     dep.state = state
-    dep.detail = str(payload.get("detail", ""))[:500]
+    dep.detail = update.detail[:500]
     dep.updated_at = now
     if state == "switching" and dep.switched_at is None:
         dep.switched_at = now

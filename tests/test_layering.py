@@ -35,8 +35,6 @@ CROSS_EXCEPTIONS = {
     "agent's code, so compile-time baselines and a camera's windows cannot disagree",
     ("compiler/baseline.py", "edgefleet.agent.postprocess"): "as agent.metrics: the baseline's prediction "
     "histogram uses the camera's postprocessing",
-    ("compiler/baseline.py", "edgefleet.fleet.drift"): "Baseline and the summary parser are the drift contract; "
-    "they move into the shared contracts package (issue 19, typed contracts)",
     ("compiler/compile.py", "edgefleet.agent.detectors"): "a detection package's head and options are checked "
     "with the same plugin the camera decodes with",
     ("compiler/compile.py", "edgefleet.cross.verify"): "`compile --verify` on an ARM target runs the package "
@@ -52,8 +50,6 @@ CROSS_EXCEPTIONS = {
     ("cross/verify.py", "edgefleet.compiler.targets"): "as cross/emulate.py",
     ("cross/verify.py", "edgefleet.compiler.verify"): "emulated verification compares against the compiler's "
     "reference outputs and tolerances",
-    ("fleet/rollouts.py", "edgefleet.agent.update"): "the agent's update states; they move into the shared "
-    "contracts package (issue 19, typed contracts)",
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from edgefleet.errors import PackageIntegrityError
-from edgefleet.package import MANIFEST, SIGNATURE, Manifest, inspect_package, open_package, parse_version, write_package
+from edgefleet.package import MANIFEST, SIGNATURE, KernelFallback, Manifest, inspect_package, open_package, parse_version, write_package
 from edgefleet.signing import create_signing_key
 
 
@@ -72,6 +72,15 @@ def test_roundtrip(package, signing_key):
 def test_manifest_bytes_are_canonical(package):
     data = members(package)[MANIFEST]
     assert data == Manifest.model_validate_json(data).to_bytes()
+
+
+def test_kernel_fallbacks_are_written_only_when_there_are_some(package):
+    """Agents before 0.2.0 refuse unknown manifest keys: a package without fallbacks must not carry the key."""
+    manifest = Manifest.model_validate_json(members(package)[MANIFEST])
+    assert "kernel_fallbacks" not in json.loads(manifest.to_bytes())["runtime"]
+    fell_back = manifest.runtime.model_copy(update={"kernel_fallbacks": [KernelFallback(kernel="conv2d", step="layout", reason="r")]})
+    written = json.loads(manifest.model_copy(update={"runtime": fell_back}).to_bytes())["runtime"]
+    assert written["kernel_fallbacks"] == [{"kernel": "conv2d", "step": "layout", "reason": "r"}]
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,15 @@ class TestConfig:
         cfg = parse_config(minimal_config())
         assert cfg.mqtt.port == 8883 and cfg.mqtt.transport == "paho" and cfg.outbox.max_messages == 10_000
         assert cfg.sources[0].type == "folder" and cfg.sources[0].delete_after
+        assert cfg.runtime.threads == 1 and not cfg.runtime.spin  # measured on shared cores: docs/performance.md
 
     @pytest.mark.parametrize("change, where", [
         ({"colour": "red"}, "colour"),
         ({"mqtt": {"host": "b", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}, "password": "hunter2"}}, "mqtt.password"),
         ({"sources": [{"type": "http", "url": "http://cam/snap.jpg", "username": "u", "password": "inline-secret"}]}, "sources.0.http.password"),
         ({"sources": [{"type": "webcam"}]}, "sources.0"),
+        ({"runtime": {"threads": 0}}, "runtime.threads"),
+        ({"runtime": {"spin_count": 0}}, "runtime.spin_count"),
         ({"mqtt": {"host": "b", "device_id": "../other", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}}}, "mqtt.device_id"),
     ])
     def test_unknown_keys_inline_secrets_and_bad_values_are_refused(self, change, where):

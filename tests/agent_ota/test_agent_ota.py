@@ -19,6 +19,7 @@ from edgefleet import __version__
 from edgefleet.agent.launcher import launch, prepare_boot
 from edgefleet.agent.self_update import RESTART_EXIT_CODE, RESUME, AgentJournal
 from edgefleet.agent.update import AGENT_STATES, TRANSITIONS
+from edgefleet.contracts.journal import AgentUpdateJournal
 from edgefleet.agent_release import build_release, compatibility_problems, unpack_release
 from edgefleet.errors import PackageIntegrityError, UnsafeArchiveError, UsageError
 from edgefleet.runtime_bundle import find_bundle, read_bundle
@@ -168,11 +169,11 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
     def journaled(state: str, **extra) -> None:
         job = {"format": 1, "job": "j", "kind": "agent_install", "package": {"name": "edgefleet-agent", "version": "9.2"},
                "probation": {"max_boots": 2}, "previous": "9.1", "boots": 0} | extra
-        j.enter(job, state)
+        j.enter(AgentUpdateJournal.model_validate(job), state)
 
     journaled("probation")
     assert [prepare_boot(j), prepare_boot(j), prepare_boot(j)] == ["start", "start", "rolled_back"]
-    assert j.current_version() == "9.1" and j.load()["state"] == "rolled_back" and j.load()["unreported"]
+    assert j.current_version() == "9.1" and j.load().state == "rolled_back" and j.load().unreported
     for state in ("switching", "rolling_back", "a-state-from-the-future"):
         j.point_current("9.2")
         journaled(state)
@@ -184,7 +185,7 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
     (j.releases / "9.1").rmdir()  # a previous release that is gone: back to the installed agent, never stay on the failed one
     journaled("rolling_back")
     assert prepare_boot(j) == "rolled_back" and j.current_version() is None
-    assert j.load()["detail"].endswith("the previous release 9.1 is gone from the camera")
+    assert j.load().detail.endswith("the previous release 9.1 is gone from the camera")
     (j.releases / "9.1").mkdir()
     j.point_current("9.2")
     j.path.write_text(json.dumps({"previous": "9.1", "state": 3})[:-5])  # torn by a power loss

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from edgefleet.agent.model_slot import ModelSlot
-from edgefleet.agent.update import UpdateManager, authorization_bytes
+from edgefleet.agent.update import UpdateManager
 from tiny_models import compile_tiny
 
+from edgefleet.contracts.jobs import RollbackAuthorization
 from edgefleet.net import free_port
 from edgefleet.signing import load_public_key, load_signing_key, public_path
 
@@ -106,7 +107,7 @@ class Device:
 
     def authorization(self, job: str, version: str, device: str = DEVICE) -> dict:
         doc = {"schema": 1, "kind": "rollback", "device": device, "job": job, "name": "tiny", "version": version}
-        return doc | {"signature": base64.b64encode(self.key.sign(authorization_bytes(doc))).decode()}
+        return doc | {"signature": base64.b64encode(self.key.sign(RollbackAuthorization.model_validate(doc).signed_bytes())).decode()}
 
     def states(self, job: str) -> list[str]:
         return [p["state"] for t, p in self.published if t == f"jobs/{job}/update"]

@@ -10,7 +10,8 @@ import pytest
 from edgefleet.agent.metrics import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, _hist
 from edgefleet.errors import BadInputError
 from edgefleet.fleet import drift
-from edgefleet.fleet.drift import ALARM, OK, PENDING, RECOVERING, AlarmState, DriftConfig, judge, parse_baseline, parse_summary, step
+from edgefleet.fleet.drift import ALARM, OK, PENDING, RECOVERING, AlarmState, DriftConfig, judge, parse_baseline, step
+from edgefleet.contracts.drift import parse_summary
 
 
 def summary(brightness: list[float], contrast: list[float] | None = None, labels: list[str] | None = None, conf: list[float] | None = None) -> drift.DriftSummary:

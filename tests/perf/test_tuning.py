@@ -167,3 +167,14 @@ def test_one_writer_at_a_time(tmp_path):
         pass
     assert waits == []
 
+
+
+def test_decision_says_whether_it_was_measured_side_by_side():
+    """A search whose best is the default schedule runs nothing side by side: the log must not
+    print one number twice as 'side by side default X, tuned X'."""
+    same = tuning.Decision(0.000422, None).message()
+    assert "side by side default" not in same and "not measured side by side" in same and "0.422 ms" in same
+    assert same.endswith("default schedule kept")
+    paired = tuning.Decision(0.000422, 0.000301).message()
+    assert paired == "side by side default 0.422 ms, tuned 0.301 ms: tuned schedule kept"
+    assert tuning.Decision(0.0003, 0.0004).message().endswith("default schedule kept")

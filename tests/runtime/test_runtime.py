@@ -314,3 +314,35 @@ with open_package({str(pkg)!r}, None) as opened:
     assert report["grew"] < 1.5 * weights_kib, report["grew"]  # was 2x: the mapped pages stayed
     assert report["peak"] < 3.5 * weights_kib, report["peak"]  # was 4x
     np.testing.assert_allclose(np.array(report["y"], np.float32), x @ weight.T, rtol=1e-4, atol=1e-4)
+
+
+
+@pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "300000")])
+def test_the_agents_runtime_settings_apply_before_the_workers_start(tiny_package, spin, expected):
+    """[runtime] of the agent config reaches the camera runtime before its workers start: spinning
+    off sets TVM_THREAD_POOL_SPIN_COUNT=0 (over the environment's), on leaves TVM's; a pool of 2
+    runs the model; changing spinning once the runtime runs is refused with a reason."""
+    result, _, key = tiny_package
+    code = f"""
+import json, os, numpy as np
+from edgefleet.agent.config import RuntimeConfig
+from edgefleet.agent import runtime
+from edgefleet.errors import UsageError
+from edgefleet.package import open_package
+from edgefleet.signing import load_public_key
+runtime.configure_pool(RuntimeConfig(threads=2, spin={spin}))
+with open_package({str(result.package)!r}, [load_public_key({str(public_path(key.path))!r})]) as opened:
+    runtime.load_model(opened).run([np.zeros((1, 3, 32, 32), np.float32)])
+runtime.configure_pool(RuntimeConfig(threads=1, spin={spin}))
+try:
+    runtime.configure_pool(RuntimeConfig(threads=1, spin={not spin}))
+    refused = ""
+except UsageError as exc:
+    refused = str(exc)
+print(json.dumps({{"spin": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "refused": refused}}))
+"""
+    proc = _python(code, {"TVM_THREAD_POOL_SPIN_COUNT": "300000"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["spin"] == expected
+    assert "spinning cannot change" in report["refused"]

@@ -267,6 +267,44 @@ class GroupedConvs(nn.Module):
 MODELS["grouped"] = (GroupedConvs, 64)
 
 
+class ShuffleUnit(nn.Module):
+    """ShuffleNet v1's unit: grouped 1x1, channel shuffle, depthwise 3x3, grouped 1x1, residual."""
+
+    def __init__(self, c: int, groups: int) -> None:
+        super().__init__()
+        mid = c // 4
+        self.groups = groups
+        self.reduce = nn.Sequential(nn.Conv2d(c, mid, 1, groups=groups, bias=False), nn.BatchNorm2d(mid), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(mid, mid, 3, 1, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
+        self.expand = nn.Sequential(nn.Conv2d(mid, c, 1, groups=groups, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        y = self.reduce(x)
+        b, c, h, w = y.shape
+        y = y.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return torch.relu(x + self.expand(self.dw(y)))
+
+
+class ShuffleNetLike(nn.Module):
+    """A ShuffleNet-v1-like stack (groups=4, 256/512 channels: 16 bottleneck channels per group so
+    NCHW16c blocking applies), grouped 1x1s and 3x3s carrying most of the work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 256, 3, 4, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU())
+        self.stage1 = nn.Sequential(*(ShuffleUnit(256, 4) for _ in range(3)))
+        self.down = nn.Sequential(nn.Conv2d(256, 512, 3, 2, 1, groups=4, bias=False), nn.BatchNorm2d(512), nn.ReLU())
+        self.stage2 = nn.Sequential(*(ShuffleUnit(512, 4) for _ in range(3)))
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        x = self.stage2(self.down(self.stage1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+MODELS["shufflenet"] = (ShuffleNetLike, 128)
+
+
 class LogSumExpPool(nn.Module):
     """Log-sum-exp pooling over channels (a soft max across feature maps) on flattened positions,
     after a blocked backbone. dlight's CPU GEMV rule asserts on that reduction's kernel in TVM 0.27."""

@@ -1,0 +1,185 @@
+"""MQTT payloads between cameras and the fleet, schema 1 (topics in docs/agent.md).
+
+    edgefleet/v1/<device>/status               StatusMessage
+    edgefleet/v1/<device>/telemetry            TelemetryMessage
+    edgefleet/v1/<device>/alerts               AlertMessage
+    edgefleet/v1/<device>/jobs/<job>/update    JobUpdate
+    edgefleet/v1/<device>/jobs/notify          edgefleet.contracts.jobs.JobDocument
+
+The agent builds these models and sends `wire()`; the fleet parses each message once, where it
+enters (fleet/ingest.py), and works on the model. Counts a device reports are bounded integers:
+a float, a bool, a string or an absurd number is a malformed message, dropped and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field, PrivateAttr, StrictInt, ValidationError, model_validator
+
+from edgefleet.contracts.base import WireMessage
+from edgefleet.contracts.drift import DriftSummary, Histogram
+from edgefleet.strict import first_error
+
+SCHEMA: Literal[1] = 1
+MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+# A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
+Real = Annotated[float, Field(ge=-1e12, le=1e12)]
+UpdateState = Literal["idle", "downloading", "verifying", "staged", "switching", "probation", "committed", "rolling_back", "rolled_back", "failed"]
+UPDATE_STATES: tuple[str, ...] = get_args(UpdateState)
+TERMINAL_STATES = frozenset({"committed", "rolled_back", "failed"})
+
+
+class ModelRef(WireMessage):
+    name: Annotated[str, Field(min_length=1)]
+    version: str
+
+
+class DeviceMessage(WireMessage):
+    """What every device message carries; `device`, when present, must be the topic's device."""
+
+    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
+    id: str | None = None
+    type: str | None = None
+    device: str | None = None
+    ts: str | None = None
+
+    model_config = WireMessage.model_config | {"populate_by_name": True}
+
+    def wire(self) -> dict[str, Any]:
+        skip = {name for name in self.OMIT_IF_NONE if getattr(self, name) is None}
+        return self.model_dump(mode="json", by_alias=True, exclude=skip)
+
+
+class StatusMessage(DeviceMessage):
+    state: Literal["online", "offline"]
+    model: ModelRef | None = None
+    agent_version: Annotated[str, Field(max_length=64)] | None = None  # agents before 0.2 do not say
+    arch: Annotated[str, Field(max_length=32)] | None = None
+
+
+class FrameCounts(WireMessage):
+    ok: Count = 0
+    bad: Count = 0
+    error: Count = 0
+    bad_reasons: dict[str, Count] = Field(default_factory=dict)
+
+
+class LatencySummary(WireMessage):
+    count: Count = 0
+    p50: Real | None = None
+    p95: Real | None = None
+
+
+class SystemUsage(WireMessage):
+    cpu_percent: Real | None = None
+    rss_bytes: Count | None = None
+
+
+class TelemetryMessage(DeviceMessage):
+    """One window of health numbers. A drift summary that does not parse costs only the drift
+    judgement (counted as drift_malformed), not the health numbers: it is kept apart in
+    `drift_error` instead of refusing the message."""
+
+    window_s: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    frames: FrameCounts | Count | None = None  # a bare count from the earliest agents
+    latency_ms: LatencySummary | None = None
+    alerts: dict[str, Count] | Count | None = None
+    system: SystemUsage | None = None
+    drift: DriftSummary | None = None
+    model: ModelRef | None = None
+    outbox: dict[str, Any] | None = None
+    _drift_error: str | None = PrivateAttr(None)
+    _confidence: Histogram | None = PrivateAttr(None)  # when the summary around it is malformed
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_bad_drift_apart(cls, data: Any, handler: Any) -> TelemetryMessage:
+        error, confidence = None, None
+        if isinstance(data, dict) and data.get("drift") is not None:
+            raw = data["drift"]
+            try:
+                data = data | {"drift": DriftSummary.model_validate(raw)}
+            except ValidationError as exc:
+                first = first_error(exc)
+                error = f"{first.where}: {first.msg}"
+                data = {k: v for k, v in data.items() if k != "drift"}
+                # The rollout health gate reads the confidence histogram alone.
+                confidence = Histogram.model_validate(raw["confidence"]) if isinstance(raw, dict) and raw.get("confidence") is not None else None
+        msg: TelemetryMessage = handler(data)
+        msg._drift_error, msg._confidence = error, confidence
+        return msg
+
+    @model_validator(mode="after")
+    def _bounded_totals(self) -> TelemetryMessage:
+        if self.alert_count > MAX_COUNT:
+            raise ValueError(f"alert total {self.alert_count} is over {MAX_COUNT}")
+        return self
+
+    @property
+    def drift_error(self) -> str | None:
+        """Why the window's drift summary was set aside, or None."""
+        return self._drift_error
+
+    @property
+    def frames_ok(self) -> int:
+        return self.frames.ok if isinstance(self.frames, FrameCounts) else (self.frames or 0)
+
+    @property
+    def alert_count(self) -> int:
+        return sum(self.alerts.values()) if isinstance(self.alerts, dict) else (self.alerts or 0)
+
+    @property
+    def confidence_mean(self) -> float | None:
+        hist = self.drift.confidence if self.drift else self._confidence
+        return hist.mean() if hist else None
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        return self.latency_ms.p95 if self.latency_ms else None
+
+
+class Thumbnail(WireMessage):
+    format: Literal["jpeg"]
+    width: int
+    height: int
+    data: str  # base64
+
+
+class Detection(WireMessage):
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"box_px", "zones"})
+    label: str
+    score: float
+    box: list[float]
+    box_px: list[float] | None = None
+    zones: list[str] | None = None
+
+
+class AlertMessage(DeviceMessage):
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail"})
+    label: str
+    score: float
+    consecutive: int
+    source: str
+    frame: str
+    model: ModelRef | None
+    latency_ms: float
+    detections: list[Detection] | None = None
+    frame_size: list[int] | None = None
+    thumbnail: Thumbnail | None = None
+
+    def wire(self) -> dict[str, Any]:
+        body = super().wire()
+        if self.detections is not None:  # nested optional fields are omitted the same way
+            body["detections"] = [d.wire() for d in self.detections]
+        return body
+
+
+class JobUpdate(DeviceMessage):
+    """A job's progress through the camera's update state machine (agent/update.py, agent/self_update.py)."""
+
+    job: str | None = None
+    state: UpdateState
+    detail: Annotated[str, Field(max_length=100_000)] = ""
+    package: ModelRef | None = None

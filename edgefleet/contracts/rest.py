@@ -1,0 +1,280 @@
+"""Request bodies of the fleet REST API, version 1 (/api/v1; OpenAPI at /openapi.json).
+
+The API's major version is in its path; REVISION counts compatible changes, as for the wire
+contracts (edgefleet/contracts/base.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from edgefleet.contracts.jobs import Probation
+from edgefleet.strict import Strict
+
+API_VERSION = 1
+
+
+class Body(Strict):
+    VERSION: ClassVar[int] = API_VERSION
+    REVISION: ClassVar[int] = 1
+
+
+class HealthGate(Body):
+    """Bounds on the new model's health relative to the previous model on the same devices."""
+
+    enabled: bool = True
+    min_samples: int = Field(default=1, ge=1)  # telemetry messages from the new model before judging
+    alert_rate_max_ratio: float = Field(default=1.5, gt=0)
+    alert_rate_slack: float = Field(default=0.02, ge=0)  # absolute alerts per frame, so 0 -> 0.01 is fine
+    confidence_min_ratio: float = Field(default=0.9, ge=0, le=1)
+    latency_p95_max_ratio: float = Field(default=1.5, gt=0)
+    latency_p95_slack_ms: float = Field(default=5.0, ge=0)
+    require_baseline: bool = False  # without telemetry from the previous model: wait (True) or pass
+    # Evidence each bound needs on both sides before it is judged: a rate over a few frames swings
+    # too much to pass or fail a model on (an alert rate read 0.14-0.4 on 20-frame windows).
+    alert_rate_min_frames: int = Field(default=100, ge=1)
+    confidence_min_frames: int = Field(default=100, ge=1)
+    latency_min_samples: int = Field(default=1, ge=1)  # telemetry messages with a p95
+
+
+class RolloutPlan(Body):
+    canary: int | None = Field(default=1, ge=1)
+    canary_percent: float | None = Field(default=None, gt=0, le=100)
+    waves: list[float] = Field(default_factory=lambda: [100.0])
+    success_threshold: float = Field(default=1.0, gt=0, le=1)
+    failure_threshold: float = Field(default=0.0, ge=0, lt=1)
+    bake_time_s: float = Field(default=60.0, ge=0)
+    wave_timeout_s: float = Field(default=900.0, gt=0)
+    health: HealthGate = Field(default_factory=lambda: HealthGate())
+    probation: Probation = Field(default_factory=lambda: Probation())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _percent_replaces_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("canary_percent") is not None:
+            return data | {"canary": None}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutPlan:
+        if not self.waves or any(not 0 < w <= 100 for w in self.waves) or self.waves != sorted(self.waves) or self.waves[-1] != 100:
+            raise ValueError("waves are increasing cumulative percents in (0, 100] ending at 100, e.g. [10, 50, 100]")
+        return self
+
+
+class Selection(Body):
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)  # a device must carry all of them
+    devices: list[str] | None = None
+
+
+class ApprovalBody(Body):
+    state: str
+    note: str = ""
+
+
+class DevicePatch(Body):
+    group: str | None = None
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+
+
+class EnrollmentTokenBody(Body):
+    device_id: str
+    target: str
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class EnrollBody(Body):
+    token: str
+    device_id: str
+    csr: str
+
+
+class RolloutBody(Body):
+    group: str
+    version: str
+    selection: Selection = Field(default_factory=Selection)
+    plan: RolloutPlan = Field(default_factory=lambda: RolloutPlan())
+
+
+class ControlBody(Body):
+    reason: str = ""
+
+
+class TokenBody(Body):
+    name: str = Field(min_length=1, max_length=128)
+    scope: str
+
+
+BODIES: list[type[Body]] = [RolloutPlan, Selection, ApprovalBody, DevicePatch, EnrollmentTokenBody, EnrollBody, RolloutBody, ControlBody, TokenBody]
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+class Response(BaseModel):
+    """What the API returns; a client ignores fields a newer fleet adds."""
+
+    VERSION: ClassVar[int] = API_VERSION
+    REVISION: ClassVar[int] = 1
+
+
+ErrorCode = Literal["bad_input", "unauthorized", "permission_denied", "not_found", "conflict", "invalid_transition",
+                    "service_unavailable", "validation_error", "payload_too_large"]
+
+
+class ErrorBody(Response):
+    """Every 4xx/5xx body: `code` is stable and machine-readable; `error` (the cause) and `fix` are for people."""
+
+    error: str
+    fix: str = ""
+    code: ErrorCode
+
+
+class Health(Response):
+    status: Literal["ok"]
+
+
+class Metrics(Response):
+    mqtt: dict[str, int]  # ingest counters since the service started (fleet/ingest.py)
+    persisted: dict[str, int]
+
+
+class ModelGroupOut(Response):
+    name: str
+    description: str | None = None
+    versions: int
+    latest: str | None
+
+
+class BuildOut(Response):
+    id: int
+    target: str
+    arch: str | None
+    sha256: str
+    size: int
+    signer: str | None
+    created_at: float
+
+
+class Lineage(Response):
+    source_uri: str | None
+    source_sha256: str | None
+    training_job: str | None
+
+
+class ModelVersionOut(Response):
+    id: int
+    group: str
+    version: str
+    approval: str
+    approval_note: str | None
+    lineage: Lineage
+    builds: list[BuildOut]
+    created_at: float
+
+
+class DeviceModel(Response):
+    name: str | None
+    version: str | None
+
+
+class DeviceAgent(Response):
+    version: str | None
+    arch: str | None
+
+
+class DeviceOut(Response):
+    id: str
+    group: str | None
+    tags: list[str]
+    target: str
+    status: str
+    last_seen: float | None
+    model: DeviceModel | None
+    agent: DeviceAgent | None
+    enrolled_at: float | None
+
+
+class EnrollmentTokenOut(Response):
+    device_id: str
+    token: str
+
+
+class BrokerAddress(Response):
+    host: str | None
+    port: int | None
+
+
+class Enrollment(Response):
+    """What a camera needs after enrolling (schema 1)."""
+
+    schema_: Literal[1] = Field(default=1, alias="schema")
+    device_id: str
+    certificate: str
+    ca_certificate: str
+    broker: BrokerAddress
+    fleet_url: str | None
+    trusted_keys: list[str]
+
+
+class RolloutModel(Response):
+    group: str
+    version: str
+
+
+class RolloutOut(Response):
+    id: int
+    model: RolloutModel
+    kind: Literal["agent", "model"]
+    state: str
+    wave: int
+    waves: list[int]
+    devices: int
+    installs: dict[str, int]  # install jobs per state
+    reason: str | None
+    selection: Selection
+    plan: RolloutPlan
+    created_at: float
+    updated_at: float
+
+
+class DeploymentOut(Response):
+    job: str
+    device: str
+    kind: str
+    wave: int
+    state: str
+    previous_version: str | None
+    detail: str | None
+
+
+class RolloutDetail(RolloutOut):
+    deployments: list[DeploymentOut]
+
+
+class RolloutEventOut(Response):
+    at: float
+    event: str
+    from_: str = Field(alias="from")
+    to: str
+    device: str | None
+    detail: str | None
+
+
+class TokenOut(Response):
+    name: str
+    scope: str
+    token: str
+
+
+class Revoked(Response):
+    revoked: int
+
+
+RESPONSES: list[type[Response]] = [ErrorBody, Health, Metrics, ModelGroupOut, ModelVersionOut, DeviceOut, EnrollmentTokenOut, Enrollment,
+                                   RolloutOut, RolloutDetail, RolloutEventOut, TokenOut, Revoked]

@@ -1,0 +1,37 @@
+"""Devices, enrollment tokens and enrollment (which carries its one-time token instead of an API token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from edgefleet.contracts.rest import DeviceOut, DevicePatch, EnrollBody, Enrollment, EnrollmentTokenBody, EnrollmentTokenOut
+from edgefleet.fleet import devices
+from edgefleet.fleet.routers.deps import ADMIN, OPERATOR, READ, FleetDep
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/devices", dependencies=[READ], response_model=list[DeviceOut])
+def list_devices(fleet: FleetDep, group: str | None = None, tag: str | None = None, status: str | None = None) -> list[dict]:
+    return devices.list_devices(fleet, group, tag, status)
+
+
+@router.get("/devices/{device_id}", dependencies=[READ], response_model=DeviceOut)
+def get_device(fleet: FleetDep, device_id: str) -> dict:
+    return devices.get_device(fleet, device_id)
+
+
+@router.patch("/devices/{device_id}", dependencies=[OPERATOR], response_model=DeviceOut)
+def patch_device(fleet: FleetDep, device_id: str, body: DevicePatch) -> dict:
+    return devices.update_device(fleet, device_id, body.group, body.add_tags, body.remove_tags)
+
+
+@router.post("/enrollment-tokens", dependencies=[ADMIN], status_code=201, response_model=EnrollmentTokenOut)
+def enrollment_token(fleet: FleetDep, body: EnrollmentTokenBody) -> EnrollmentTokenOut:
+    token = devices.create_enrollment_token(fleet, body.device_id, body.target, body.group, body.tags)
+    return EnrollmentTokenOut(device_id=body.device_id, token=token)
+
+
+@router.post("/enroll", response_model=Enrollment)
+def enroll(fleet: FleetDep, body: EnrollBody) -> dict:
+    return devices.enroll(fleet, body.token, body.device_id, body.csr)
