@@ -270,39 +270,44 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return call
             weight = call.args[1].value.numpy()
             if int(attrs.groups) != 1:
-                return self._depthwise(call, weight) if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1 and weight.shape[0] % block == 0 else call
+                return self._depthwise(call, weight) if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1 else call
             o, i = weight.shape[:2]
             ib = i if i < block else _block_for(i, block)
-            # Output channels are padded with zero filters up to the block (1000 -> 1008
-            # classes), then sliced off: 0.8% more work instead of half-width vectors (for
-            # MobileNetV2's 24, 8-channel blocks without the slice measured no faster).
-            o_pad = -(-o // block) * block
+            # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
+            # 16: padding doubled the small TFLite CNN's work). More are padded with zero filters
+            # up to the block (1000 -> 1008 classes), then sliced off: 0.8% more work instead of
+            # half-width vectors (for MobileNetV2's 24, 8-channel blocks without the slice
+            # measured no faster).
+            ob = _block_for(o, block) if o < block else block
+            o_pad = -(-o // ob) * ob
             if o_pad != o:
                 weight = np.concatenate([weight, np.zeros((o_pad - o, *weight.shape[1:]), weight.dtype)])
             data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib)))
             conv = self.builder_.emit(
                 relax.op.nn.conv2d(
-                    data, relax.const(_pack_oihw(weight, ib, block)), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
-                    data_layout=f"NCHW{ib}c", kernel_layout=f"OIHW{ib}i{block}o", out_layout=f"NCHW{block}c", out_dtype=str(call.ty.dtype),
+                    data, relax.const(_pack_oihw(weight, ib, ob)), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+                    data_layout=f"NCHW{ib}c", kernel_layout=f"OIHW{ib}i{ob}o", out_layout=f"NCHW{ob}c", out_dtype=str(call.ty.dtype),
                 )
             )
-            out = relax.op.layout_transform(conv, index_map=lambda n, c, h, w, cb: (n, c * block + cb, h, w))
+            out = relax.op.layout_transform(conv, index_map=lambda n, c, h, w, cb: (n, c * ob + cb, h, w))
             if o_pad == o:
                 return out
             return relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[o])
 
         def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
-            # ConvertLayout leaves depthwise convolutions in NCHW; pack them like the others.
+            # ConvertLayout leaves depthwise convolutions in NCHW; pack them like the others, in
+            # the largest block that divides their channels.
             attrs, c = call.attrs, weight.shape[0]
-            data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // block, h, w, ch % block)))
-            packed = np.ascontiguousarray(weight.reshape(c // block, block, 1, *weight.shape[2:]).transpose(0, 2, 3, 4, 1)[:, :, :, :, None, :])
+            b = _block_for(c, block)
+            data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // b, h, w, ch % b)))
+            packed = np.ascontiguousarray(weight.reshape(c // b, b, 1, *weight.shape[2:]).transpose(0, 2, 3, 4, 1)[:, :, :, :, None, :])
             conv = self.builder_.emit(
                 relax.op.nn.conv2d(
                     data, relax.const(packed), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=c,
-                    data_layout=f"NCHW{block}c", kernel_layout=f"OIHW1i{block}o", out_layout=f"NCHW{block}c", out_dtype=str(call.ty.dtype),
+                    data_layout=f"NCHW{b}c", kernel_layout=f"OIHW1i{b}o", out_layout=f"NCHW{b}c", out_dtype=str(call.ty.dtype),
                 )
             )
-            return relax.op.layout_transform(conv, index_map=lambda n, ch, h, w, cb: (n, ch * block + cb, h, w))
+            return relax.op.layout_transform(conv, index_map=lambda n, ch, h, w, cb: (n, ch * b + cb, h, w))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetBlockRemainingConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -390,6 +395,17 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 pooled = relax.op.nn.avg_pool2d(lt.args[0], count_include_pad=attrs.count_include_pad, **common)
             return relax.Call(lt.op, [self.builder_.emit(pooled)], lt.attrs)
 
+        def _blocked_mean(self, call: relax.Call) -> relax.Expr:
+            # A global average over H, W (TFLite's MEAN head) reduces the blocked tensor directly:
+            # (N, C/b, H, W, b) -> (N, C/b, b) is (N, C) in channel order, so the unblock transform
+            # of the whole feature map is not needed.
+            lt = self._unblock_of(call.args[0])
+            axes = sorted(int(a) % 4 for a in call.attrs.axis) if call.attrs.axis is not None else None
+            if lt is None or axes != [2, 3]:
+                return call
+            mean = self.builder_.emit(relax.op.mean(lt.args[0], axis=[2, 3], keepdims=False))
+            return relax.op.reshape(mean, _shape(call))
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -405,6 +421,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return relax.Call(lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs)
             if name in _SINKABLE_POOLS:
                 return self._blocked_pool(call)
+            if name == "relax.mean":
+                return self._blocked_mean(call)
             if name not in _SINKABLE_BINARY:
                 return call
             a, b = call.args

@@ -140,7 +140,7 @@ class _SafeRule(CPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        self.reg_tile = register_tile(target)
+        self.target = target
         try:
             return self.schedule(s_tir.Schedule(func))
         except (s_tir.ScheduleError, RuntimeError):  # TVM 0.27 raises its errors as RuntimeError subclasses
@@ -157,9 +157,9 @@ class Conv2dNCHWc(_SafeRule):
             return None
         conv = convs[0]
         if _iter_kinds(sch, conv) == "SSSSSRR":
-            return _depthwise(sch, conv, blocks, self.reg_tile)
+            return _depthwise(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRRRR":
-            return _grouped(sch, conv, blocks, self.reg_tile)
+            return _grouped(sch, conv, blocks, self.target)
         found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
         if found is None:
             return None
@@ -169,7 +169,8 @@ class Conv2dNCHWc(_SafeRule):
         ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
         if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
             return None
-        reg_n = _pixel_tile(ow_n, self.reg_tile)
+        # A block narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit.
+        reg_n = _pixel_tile(ow_n, register_tile(self.target, ocb_n))
         ow_o, ow_i = sch.split(ow, [None, reg_n])
         ic_o, ic_i = sch.split(ic, [None, ic_bn])
         sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
@@ -181,17 +182,17 @@ class Conv2dNCHWc(_SafeRule):
         return _finish_conv(sch, conv, epi, pads, ic_o)
 
 
-def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
+def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """Depthwise NCHWc: per (chunk, row), reg_n pixels x 16 channels accumulate over the window."""
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
     if found is None:
         return None
     pads, epi = found
     n, occ, oh, ow, ocb, kh, kw = sch.get_loops(conv)
-    ow_n = _extent(sch, ow)
-    if ow_n is None:
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    if None in (ow_n, ocb_n):
         return None
-    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, reg_tile)])
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))
@@ -200,7 +201,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
     return _finish_conv(sch, conv, epi, pads, kh)
 
 
-def _grouped(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
+def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """Grouped NCHWc (graph.grouped_conv2d_nchwc, reductions ic, ib, rh, rw): the tiling of the
     plain blocked conv, with its ic chunk / lane split already in the compute."""
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
@@ -208,10 +209,10 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, reg_tile: int):
         return None
     pads, epi = found
     n, occ, oh, ow, ocb, ic, ib, kh, kw = sch.get_loops(conv)
-    ow_n = _extent(sch, ow)
-    if ow_n is None:
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    if None in (ow_n, ocb_n):
         return None
-    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, reg_tile)])
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
     sch.reorder(n, occ, oh, ow_o, ic, kh, kw, ib, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))

@@ -160,7 +160,7 @@ def test_tflite_mobilenetv2_runs_blocked_like_the_onnx_one(tmp_path):
     parsed = tflite.load(path)
     mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
     with tvm_target(TARGET):
-        lowered = _optimize_pipeline(TARGET, 0)(mod)
+        lowered = _optimize_pipeline(TARGET, 0, KernelFallbacks(print))(mod)
     kernels = _kernels(lowered)
     assert not [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
     # One transpose is left: the blocked head back to NHWC for TFLite's MEAN over axes 1, 2.
@@ -178,3 +178,31 @@ def test_tflite_mobilenetv2_runs_blocked_like_the_onnx_one(tmp_path):
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None), tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x))
     np.testing.assert_allclose((out if hasattr(out, "numpy") else out[0]).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_blocked():
+    """Convolutions with 8 and 4 output channels (and an 8-channel depthwise) run in NCHW8c / NCHW4c,
+    not padded to 16 channels and sliced; a ReduceMean over H, W reads the blocked tensor."""
+    rng = np.random.default_rng(3)
+    nodes, inits = [], []
+    for spec in [("data", 3, 8, 3, 1, 1, "c1"), ("r1", 8, 8, 3, 1, 8, "dw"), ("r2", 8, 4, 1, 1, 1, "c3")]:
+        n, i = _conv(rng, *spec[:6], name=spec[6])
+        nodes.append(n)
+        inits += i
+        nodes.append(helper.make_node("Relu", [spec[6]], [{"c1": "r1", "dw": "r2", "c3": "r3"}[spec[6]]]))
+    nodes.append(helper.make_node("ReduceMean", ["r3"], ["out"], axes=[2, 3], keepdims=0))
+    g = helper.make_graph(nodes, "narrow", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lowered, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    assert len(np.unique(actual.round(4))) == 4 and np.abs(actual).max() > 1e-3  # input-dependent, not all zero
+    kernels = _kernels(lowered)
+    convs = sorted(n for n in kernels if "conv2d" in n)
+    assert len(convs) == 3 and all("NCHWc" in n for n in convs), sorted(kernels)
+    blocked = graph.nchwc_layout()(graph.cleanup()(from_onnx(model, keep_params_in_input=False)))["main"].script(show_meta=False)
+    assert sorted(re.findall(r'out_layout="(NCHW\d+c)"', blocked)) == ["NCHW4c", "NCHW8c", "NCHW8c"], blocked
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    assert not any("strided_slice" in c for c in calls), Counter(calls)
+    # Into the first layer's NCHW3c; nothing back to NCHW before the mean.
+    assert sum("layout_transform" in c for c in calls) == 1, Counter(calls)
