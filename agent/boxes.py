@@ -75,8 +75,14 @@ def iou(one: np.ndarray, many: np.ndarray) -> np.ndarray:
 LEADERS = 8
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, max_detections: int,
-        max_candidates: int = MAX_CANDIDATES) -> np.ndarray:
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou_threshold: float,
+    max_detections: int,
+    max_candidates: int = MAX_CANDIDATES,
+) -> np.ndarray:
     """Class-aware greedy NMS; returns the kept indices, best score first.
 
     Boxes of different classes never suppress each other: each class is shifted to its own

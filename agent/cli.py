@@ -19,26 +19,80 @@ def agent() -> None:
 
 
 @agent.command("install")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True, help="Config file to write.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="Config file to write.",
+)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edgefleet"), show_default=True)
 @click.option("--device-id", required=True, help="This camera's id (the CN of its certificate, its MQTT topics).")
 @click.option("--mqtt-host", help="Broker host (default: what enrollment says).")
 @click.option("--mqtt-port", type=int, help="Broker port (default: what enrollment says, else 8883).")
 @click.option("--transport", type=click.Choice(["paho", "awsiot"]), default="paho", show_default=True)
-@click.option("--ca", "ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA certificate of the broker (default: what enrollment says).")
-@click.option("--cert", "cert_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Device certificate issued by hand.")
-@click.option("--enroll-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File holding a one-time enrollment token (or set EDGEFLEET_ENROLL_TOKEN): enroll at --fleet-url for the certificate.")
-@click.option("--fleet-ca", "fleet_ca_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="CA of the fleet's HTTPS certificate, if private.")
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate of the broker (default: what enrollment says).",
+)
+@click.option(
+    "--cert",
+    "cert_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Device certificate issued by hand.",
+)
+@click.option(
+    "--enroll-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding a one-time enrollment token (or set EDGEFLEET_ENROLL_TOKEN): enroll at --fleet-url for the certificate.",
+)
+@click.option(
+    "--fleet-ca",
+    "fleet_ca_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA of the fleet's HTTPS certificate, if private.",
+)
 @click.option("--package", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Initial model package.")
 @click.option("--label", "labels", multiple=True, required=True, help="Label to alert on (repeatable).")
 @click.option("--fleet-url", help="Fleet HTTP API, for package downloads.")
-@click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Package signing public key the device accepts (repeatable).")
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Package signing public key the device accepts (repeatable).",
+)
 @click.option("--user", default="edgefleet", show_default=True, help="Unprivileged account the service runs as.")
-@click.option("--unit-path", type=click.Path(path_type=Path), default=Path("/etc/systemd/system/edgefleet-agent.service"), show_default=True)
+@click.option(
+    "--unit-path",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/systemd/system/edgefleet-agent.service"),
+    show_default=True,
+)
 @click.option("--force", is_flag=True, help="Rewrite an existing config (the device key is kept).")
 @click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
-def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, transport, ca_file, cert_file, enroll_token_file, fleet_ca_file, package, labels, fleet_url, trust, user, unit_path, force, dry_run) -> None:
+def install_command(
+    config_path,
+    state_dir,
+    device_id,
+    mqtt_host,
+    mqtt_port,
+    transport,
+    ca_file,
+    cert_file,
+    enroll_token_file,
+    fleet_ca_file,
+    package,
+    labels,
+    fleet_url,
+    trust,
+    user,
+    unit_path,
+    force,
+    dry_run,
+) -> None:
     """Prepare this camera: config, device key and CSR (enrolled at the fleet with a token), state folders, systemd unit.
 
     Maps to edgefleet.agent.install.install_agent.
@@ -48,10 +102,31 @@ def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, tra
     from edgefleet.agent.install import InstallOptions, install_agent
 
     # The token is a secret: from a file or the environment, never a flag value.
-    token = enroll_token_file.read_text().strip() if enroll_token_file else os.environ.get("EDGEFLEET_ENROLL_TOKEN") or None
-    plan = install_agent(InstallOptions(config_path=config_path, state_dir=state_dir, device_id=device_id, mqtt_host=mqtt_host, mqtt_port=mqtt_port, transport=transport,
-                                        ca_file=ca_file, cert_file=cert_file, enroll_token=token, fleet_ca_file=fleet_ca_file, package=package, labels=tuple(labels),
-                                        fleet_url=fleet_url, trust=tuple(trust), user=user, unit_path=unit_path, force=force, dry_run=dry_run))
+    token = (
+        enroll_token_file.read_text().strip() if enroll_token_file else os.environ.get("EDGEFLEET_ENROLL_TOKEN") or None
+    )
+    plan = install_agent(
+        InstallOptions(
+            config_path=config_path,
+            state_dir=state_dir,
+            device_id=device_id,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            transport=transport,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            enroll_token=token,
+            fleet_ca_file=fleet_ca_file,
+            package=package,
+            labels=tuple(labels),
+            fleet_url=fleet_url,
+            trust=tuple(trust),
+            user=user,
+            unit_path=unit_path,
+            force=force,
+            dry_run=dry_run,
+        )
+    )
     verb = "would create" if dry_run else "created"
     for directory in plan.directories:
         console.print(f"{verb} directory {directory}")
@@ -67,8 +142,16 @@ def install_command(config_path, state_dir, device_id, mqtt_host, mqtt_port, tra
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True)
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
 @click.option("--idle-exit", type=float, help="Stop when no frame arrived for this many seconds.")
-@click.option("--drain", type=float, default=5.0, show_default=True, help="On stop, seconds to wait for the broker to ack stored messages.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option(
+    "--drain",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="On stop, seconds to wait for the broker to ack stored messages.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when stopped.")
 def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -> None:
     """Run the agent until SIGTERM/SIGINT. Maps to edgefleet.agent.run.run_agent."""
@@ -76,11 +159,17 @@ def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -
     from edgefleet.agent.run import RunOptions, run_agent
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_agent(load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain))
+    summary = run_agent(
+        load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain)
+    )
     if as_json:
-        print_json({"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox, "restart": summary.restart})
+        print_json(
+            {"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox, "restart": summary.restart}
+        )
     else:
-        console.print(f"stopped: frames {json.dumps(summary.frames)}, alerts {summary.alerts}, outbox {json.dumps(summary.outbox)}")
+        console.print(
+            f"stopped: frames {json.dumps(summary.frames)}, alerts {summary.alerts}, outbox {json.dumps(summary.outbox)}"
+        )
     if summary.restart:
         from edgefleet.agent.self_update import RESTART_EXIT_CODE
 
@@ -110,13 +199,33 @@ def release() -> None:
 
 
 @release.command("build")
-@click.option("--version", "version", help="Release version, dotted integers newer than the cameras' (default: this checkout's edgefleet version).")
-@click.option("--arch", help="Camera architecture: x86_64, aarch64 or armv7 (default: the runtime bundle's, else this machine's).")
-@click.option("--runtime", "runtime_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Runtime bundle folder to ship (default: the built bundle of --arch, see `edgefleet runtime build`).")
+@click.option(
+    "--version",
+    "version",
+    help="Release version, dotted integers newer than the cameras' (default: this checkout's edgefleet version).",
+)
+@click.option(
+    "--arch", help="Camera architecture: x86_64, aarch64 or armv7 (default: the runtime bundle's, else this machine's)."
+)
+@click.option(
+    "--runtime",
+    "runtime_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Runtime bundle folder to ship (default: the built bundle of --arch, see `edgefleet runtime build`).",
+)
 @click.option("--no-runtime", is_flag=True, help="Ship code only: cameras keep the runtime they have.")
-@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Signing key (default: ~/.edgefleet/signing.key).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive to write (default: edgefleet-agent-VERSION-ARCH.tar.gz).")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Signing key (default: ~/.edgefleet/signing.key).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Archive to write (default: edgefleet-agent-VERSION-ARCH.tar.gz).",
+)
 def release_build_command(version, arch, runtime_dir, no_runtime, key_path, output) -> None:
     """Build and sign an agent release of this checkout's camera code (and runtime bundle).
 
@@ -128,12 +237,20 @@ def release_build_command(version, arch, runtime_dir, no_runtime, key_path, outp
     from edgefleet.signing import load_signing_key
 
     version = version or __version__
-    bundle = None if no_runtime else read_bundle(runtime_dir) if runtime_dir else find_bundle(canonical_arch(arch) if arch else None)
+    bundle = (
+        None
+        if no_runtime
+        else read_bundle(runtime_dir)
+        if runtime_dir
+        else find_bundle(canonical_arch(arch) if arch else None)
+    )
     arch = canonical_arch(arch or (bundle.info.arch if bundle else host_arch()))
     output = output or Path(f"edgefleet-agent-{version}-{arch}.tar.gz")
     manifest = build_release(output, version, load_signing_key(key_path), arch=arch, bundle=bundle)
-    console.print(f"built {output}: agent {manifest.version} for {manifest.arch}, {len(manifest.files)} files, "
-                  f"{'runtime ' + manifest.runtime.key if manifest.runtime else 'no runtime'}, signed by {manifest.signature.key_id}")
+    console.print(
+        f"built {output}: agent {manifest.version} for {manifest.arch}, {len(manifest.files)} files, "
+        f"{'runtime ' + manifest.runtime.key if manifest.runtime else 'no runtime'}, signed by {manifest.signature.key_id}"
+    )
 
 
 @agent.command("check-config")
@@ -148,25 +265,53 @@ def check_config_command(config_path) -> None:
 # `edgefleet run`: a top-level command (edgefleet/cli.py) that runs a package the way a camera does.
 @click.command("run")
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--image", required=True, type=click.Path(path_type=Path), help="Image file to classify, or to detect objects in.")
-@click.option("--top-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes to print (classifiers).")
-@click.option("--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Runs to time; the median is printed.")
-@click.option("--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable).")
+@click.option(
+    "--image", required=True, type=click.Path(path_type=Path), help="Image file to classify, or to detect objects in."
+)
+@click.option(
+    "--top-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="How many classes to print (classifiers).",
+)
+@click.option(
+    "--repeat", type=click.IntRange(min=1), default=5, show_default=True, help="Runs to time; the median is printed."
+)
+@click.option(
+    "--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True)
-def run_package_command(package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool) -> None:
+def run_package_command(
+    package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool
+) -> None:
     """Run a package on one image here and print the top-k labels (a detector: its boxes, labels
     and scores, after NMS) and the latency. Maps to edgefleet.agent.infer.run_package_on_image."""
     from edgefleet.agent.infer import run_package_on_image
 
     result = run_package_on_image(package, image, trusted_keys_option(trust), k=k, repeat=repeat)
     if as_json:
-        found = {"detections": [{"label": d.label, "score": d.score, "box_px": d.px, "box": d.box} for d in result.detections]} \
-            if result.detections is not None else {"predictions": [p.__dict__ for p in result.predictions]}
+        found = (
+            {
+                "detections": [
+                    {"label": d.label, "score": d.score, "box_px": d.px, "box": d.box} for d in result.detections
+                ]
+            }
+            if result.detections is not None
+            else {"predictions": [p.__dict__ for p in result.predictions]}
+        )
         print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms})
         return
     if result.detections is not None:
-        table(["#", "label", "score", "x1", "y1", "x2", "y2"], [[i + 1, d.label, f"{d.score:.4f}", *(f"{v:.1f}" for v in d.px)] for i, d in enumerate(result.detections)],
-              title=f"{len(result.detections)} detection(s), boxes in image pixels")
+        table(
+            ["#", "label", "score", "x1", "y1", "x2", "y2"],
+            [[i + 1, d.label, f"{d.score:.4f}", *(f"{v:.1f}" for v in d.px)] for i, d in enumerate(result.detections)],
+            title=f"{len(result.detections)} detection(s), boxes in image pixels",
+        )
     else:
-        table(["rank", "label", "index", "score"], [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)])
+        table(
+            ["rank", "label", "index", "score"],
+            [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)],
+        )
     console.print(f"latency: median {result.median_ms:.2f} ms over {len(result.latency_ms)} runs")

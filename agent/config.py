@@ -41,12 +41,17 @@ class Secret(Strict):
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise UsageError(f"environment variable {self.env} (named in the agent config) is not set", f"export {self.env} before starting the agent")
+                raise UsageError(
+                    f"environment variable {self.env} (named in the agent config) is not set",
+                    f"export {self.env} before starting the agent",
+                )
             return value
         try:
             return Path(self.file).read_text().strip()
         except OSError as exc:
-            raise UsageError(f"cannot read secret file {self.file}: {exc.strerror}", "check the path and its permissions") from None
+            raise UsageError(
+                f"cannot read secret file {self.file}: {exc.strerror}", "check the path and its permissions"
+            ) from None
 
 
 class TlsConfig(Strict):
@@ -228,20 +233,27 @@ class AgentConfig(Strict):
 
 def parse_config(raw: dict, where: str = "agent config") -> AgentConfig:
     if isinstance(raw, dict) and "version" in raw and raw["version"] != CONFIG_VERSION:
-        raise BadInputError(f"{where} has version {raw['version']!r}; this agent reads version {CONFIG_VERSION}", "upgrade the agent or rewrite the config")
+        raise BadInputError(
+            f"{where} has version {raw['version']!r}; this agent reads version {CONFIG_VERSION}",
+            "upgrade the agent or rewrite the config",
+        )
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
         first = first_error(exc)
         extra = f" (and {first.more} more)" if first.more else ""
-        raise BadInputError(f"{where}: {first.where}: {first.msg}{extra}", "fix that key; see docs/agent.md for the format") from None
+        raise BadInputError(
+            f"{where}: {first.where}: {first.msg}{extra}", "fix that key; see docs/agent.md for the format"
+        ) from None
 
 
 def load_config(path: Path) -> AgentConfig:
     try:
         raw = tomllib.loads(Path(path).read_text())
     except OSError as exc:
-        raise UsageError(f"cannot read agent config {path}: {exc.strerror}", "create it with `edgefleet agent install`") from None
+        raise UsageError(
+            f"cannot read agent config {path}: {exc.strerror}", "create it with `edgefleet agent install`"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{path} is not valid TOML: {exc}", "fix the syntax") from None
     return parse_config(raw, str(path))

@@ -15,7 +15,14 @@ from edgefleet.errors import UsageError
 class HealthServer:
     """Serves on host:port (port 0 picks a free one; see `.port`) from a daemon thread."""
 
-    def __init__(self, host: str, port: int, status: Callable[[], dict], registry: CollectorRegistry, before_metrics: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: Callable[[], dict],
+        registry: CollectorRegistry,
+        before_metrics: Callable[[], None],
+    ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,7 +51,10 @@ class HealthServer:
         try:
             self.server = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise UsageError(f"the health endpoint cannot listen on {host}:{port}: {exc.strerror}", "set health.port to a free port (0 picks one) or health.enabled = false") from None
+            raise UsageError(
+                f"the health endpoint cannot listen on {host}:{port}: {exc.strerror}",
+                "set health.port to a free port (0 picks one) or health.enabled = false",
+            ) from None
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)

@@ -48,7 +48,9 @@ def top_k(output: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
     return [Prediction(labels[i] if i < len(labels) else f"class {i}", int(i), float(scores[i])) for i in order]
 
 
-def run_package_on_image(package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5) -> RunResult:
+def run_package_on_image(
+    package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5
+) -> RunResult:
     """Verify `package`, run it `repeat` times on `image`, and return the latencies with the top-k
     classes, or for a detection package the decoded boxes as the agent's rules would see them."""
     try:

@@ -42,7 +42,18 @@ def _toml_str(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_text(*, state_dir: Path, device_id: str, mqtt_host: str, mqtt_port: int, transport: str, labels: list[str], package: Path | None, fleet_url: str | None, trusted: list[Path]) -> str:
+def config_text(
+    *,
+    state_dir: Path,
+    device_id: str,
+    mqtt_host: str,
+    mqtt_port: int,
+    transport: str,
+    labels: list[str],
+    package: Path | None,
+    fleet_url: str | None,
+    trusted: list[Path],
+) -> str:
     identity = state_dir / "identity"
     lines = [
         "# edgefleet agent config (format: docs/agent.md). Unknown keys are refused.",
@@ -109,8 +120,14 @@ WantedBy=multi-user.target
 def make_identity(device_id: str) -> tuple[bytes, bytes]:
     """A new EC P-256 private key (PEM) and a CSR for CN=device_id signed with it (PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])).sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
@@ -118,14 +135,25 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, device_id: str) -> None:
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
-        raise UsageError(f"the device certificate is not a PEM certificate ({exc})", "pass the certificate the fleet CA issued for this device") from None
+        raise UsageError(
+            f"the device certificate is not a PEM certificate ({exc})",
+            "pass the certificate the fleet CA issued for this device",
+        ) from None
     key = serialization.load_pem_private_key(key_pem, password=None)
-    same = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    same = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if not same:
-        raise UsageError("the device certificate does not belong to this device's private key", "have the fleet CA sign identity/device.csr and pass that certificate")
+        raise UsageError(
+            "the device certificate does not belong to this device's private key",
+            "have the fleet CA sign identity/device.csr and pass that certificate",
+        )
     names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if device_id not in names:
-        raise UsageError(f"the certificate is for {names or 'no CN'}, not device {device_id}", "issue the certificate for this device id (the broker ACL keys on the CN)")
+        raise UsageError(
+            f"the certificate is for {names or 'no CN'}, not device {device_id}",
+            "issue the certificate for this device id (the broker ACL keys on the CN)",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +208,9 @@ class Broker:
 
 def install_agent(options: InstallOptions) -> InstallPlan:
     """Prepare a camera; returns what was (or, with dry_run, would be) written."""
-    opts = replace(options, state_dir=Path(options.state_dir).absolute(), config_path=Path(options.config_path).absolute())
+    opts = replace(
+        options, state_dir=Path(options.state_dir).absolute(), config_path=Path(options.config_path).absolute()
+    )
     check_options(opts)
     plan = InstallPlan(directories=[opts.state_dir, *(opts.state_dir / d for d in STATE_SUBDIRS)])
     identity = plan_identity(plan, opts)
@@ -197,9 +227,13 @@ def install_agent(options: InstallOptions) -> InstallPlan:
 def check_options(opts: InstallOptions) -> None:
     """Refuse what cannot make a working camera before anything is computed or written."""
     if not re.match(DEVICE_ID_PATTERN, opts.device_id):
-        raise UsageError(f"device id {opts.device_id!r} is not letters, digits, - and _ (1-64)", "pick another device id")
+        raise UsageError(
+            f"device id {opts.device_id!r} is not letters, digits, - and _ (1-64)", "pick another device id"
+        )
     if opts.user == "root":
-        raise UsageError("the agent must not run as root", "pass --user with an unprivileged account (default: edgefleet)")
+        raise UsageError(
+            "the agent must not run as root", "pass --user with an unprivileged account (default: edgefleet)"
+        )
     if not opts.labels:
         raise UsageError("no alert labels given", "pass --label LABEL (repeatable)")
     if opts.config_path.exists() and not opts.force:
@@ -208,9 +242,14 @@ def check_options(opts: InstallOptions) -> None:
         if not opts.fleet_url:
             raise UsageError("enrollment needs the fleet's URL", "pass --fleet-url")
         if opts.cert_file is not None:
-            raise UsageError("both a certificate and an enrollment token were given", "pass --cert or an enrollment token, not both")
+            raise UsageError(
+                "both a certificate and an enrollment token were given", "pass --cert or an enrollment token, not both"
+            )
     elif opts.mqtt_host is None or opts.ca_file is None:
-        raise UsageError("without fleet enrollment the broker host and CA must be given", "pass --mqtt-host and --ca, or enroll with --fleet-url and --enroll-token-file")
+        raise UsageError(
+            "without fleet enrollment the broker host and CA must be given",
+            "pass --mqtt-host and --ca, or enroll with --fleet-url and --enroll-token-file",
+        )
     if opts.ca_file is not None and not Path(opts.ca_file).is_file():
         raise UsageError(f"CA certificate {opts.ca_file} does not exist", "pass the fleet broker's CA with --ca")
 
@@ -223,7 +262,12 @@ def plan_identity(plan: InstallPlan, opts: InstallOptions) -> Identity:
         key_pem = key_path.read_bytes()
         key = serialization.load_pem_private_key(key_pem, password=None)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.device_id)])
-        csr_pem = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        csr_pem = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(subject)
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
         plan.notes.append(f"kept the existing device key {key_path}")
     else:
         key_pem, csr_pem = make_identity(opts.device_id)
@@ -234,16 +278,22 @@ def plan_identity(plan: InstallPlan, opts: InstallOptions) -> Identity:
 
 def plan_enrollment(plan: InstallPlan, opts: InstallOptions, identity: Identity) -> Broker:
     """The broker and CA from the flags, completed by the fleet's enrollment answer when enrolling."""
-    broker = Broker(host=opts.mqtt_host, port=opts.mqtt_port, ca_text=Path(opts.ca_file).read_text() if opts.ca_file else None)
+    broker = Broker(
+        host=opts.mqtt_host, port=opts.mqtt_port, ca_text=Path(opts.ca_file).read_text() if opts.ca_file else None
+    )
     if opts.enroll_token is not None and opts.dry_run:
-        plan.notes.append(f"would enroll at {opts.fleet_url} for the certificate (and the broker CA, address and trusted keys)")
+        plan.notes.append(
+            f"would enroll at {opts.fleet_url} for the certificate (and the broker CA, address and trusted keys)"
+        )
         broker.ca_text = broker.ca_text or "<broker CA from enrollment>"
         plan.files[identity.cert_path] = "<certificate from enrollment>"
     elif opts.enroll_token is not None:
         from edgefleet.agent.enroll import enroll
 
         assert opts.fleet_url is not None  # check_options
-        enrolled = enroll(opts.fleet_url, opts.enroll_token, opts.device_id, identity.csr_pem, ca_file=opts.fleet_ca_file)
+        enrolled = enroll(
+            opts.fleet_url, opts.enroll_token, opts.device_id, identity.csr_pem, ca_file=opts.fleet_ca_file
+        )
         check_certificate(enrolled.certificate.encode(), identity.key_pem, opts.device_id)
         plan.files[identity.cert_path] = enrolled.certificate
         broker.ca_text = broker.ca_text or enrolled.ca_certificate
@@ -287,22 +337,34 @@ def plan_trusted_keys(plan: InstallPlan, opts: InstallOptions, fleet_keys: list[
 
 
 def plan_config_and_unit(plan: InstallPlan, opts: InstallOptions, broker: Broker, trusted: list[Path]) -> None:
-    text = config_text(state_dir=opts.state_dir, device_id=opts.device_id, mqtt_host=broker.host or "<from enrollment>", mqtt_port=broker.port or 8883,
-                       transport=opts.transport, labels=list(opts.labels), package=Path(opts.package).absolute() if opts.package else None,
-                       fleet_url=opts.fleet_url, trusted=trusted)
+    text = config_text(
+        state_dir=opts.state_dir,
+        device_id=opts.device_id,
+        mqtt_host=broker.host or "<from enrollment>",
+        mqtt_port=broker.port or 8883,
+        transport=opts.transport,
+        labels=list(opts.labels),
+        package=Path(opts.package).absolute() if opts.package else None,
+        fleet_url=opts.fleet_url,
+        trusted=trusted,
+    )
     from edgefleet.agent.config import tomllib
 
     parse_config(tomllib.loads(text), "generated config")  # what we write must load
     plan.files[opts.config_path] = text
     if opts.unit_path is not None:
-        plan.files[Path(opts.unit_path)] = unit_text(config_path=opts.config_path, state_dir=opts.state_dir, user=opts.user)
+        plan.files[Path(opts.unit_path)] = unit_text(
+            config_path=opts.config_path, state_dir=opts.state_dir, user=opts.user
+        )
 
 
 def find_account(plan: InstallPlan, opts: InstallOptions) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(opts.user)
     except KeyError:
-        plan.notes.append(f"user {opts.user} does not exist: create it with `useradd --system --home-dir {opts.state_dir} --shell /usr/sbin/nologin {opts.user}`")
+        plan.notes.append(
+            f"user {opts.user} does not exist: create it with `useradd --system --home-dir {opts.state_dir} --shell /usr/sbin/nologin {opts.user}`"
+        )
         return None
 
 

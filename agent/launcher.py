@@ -59,14 +59,18 @@ def prepare_boot(journal: AgentJournal) -> str:
         if job.boots <= limit:
             journal.enter(job, "probation", f"start {job.boots} of at most {limit} to pass the health check")
             return "start"
-        journal.event(job, "error", f"agent {job.package.version} started {limit} times without passing its health check")
+        journal.event(
+            job, "error", f"agent {job.package.version} started {limit} times without passing its health check"
+        )
         action = "roll_back"
     if action == "roll_back":
         if job.state != "rolling_back":
             if TRANSITIONS.get((job.state, "error")) == "rolling_back":
                 journal.event(job, "error", f"interrupted in {job.state}")
             else:
-                journal.enter(job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back")  # the one way around the table
+                journal.enter(
+                    job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back"
+                )  # the one way around the table
         journal.roll_back(job)
         return "rolled_back"
     return "start"
@@ -102,8 +106,10 @@ def launch_env(journal: AgentJournal) -> dict[str, str]:
 def launch(config_path: Path, state_dir: Path, run_args: list[str]) -> None:
     """Prepare the boot, then exec the agent; never returns."""
     if not Path(state_dir).is_absolute():
-        raise UsageError(f"state_dir {state_dir} is relative; the launcher starts the agent in another working directory",
-                         "give state_dir (and every path in the agent config) as an absolute path")
+        raise UsageError(
+            f"state_dir {state_dir} is relative; the launcher starts the agent in another working directory",
+            "give state_dir (and every path in the agent config) as an absolute path",
+        )
     config_path = Path(config_path).resolve()  # the working directory changes below
     journal = AgentJournal(state_dir)
     done = prepare_boot(journal)

@@ -44,13 +44,30 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.frames = Counter("edgefleet_agent_frames", "Frames handled, by result", ["result"], registry=self.registry)
         self.alerts = Counter("edgefleet_agent_alerts", "Alerts raised, by label", ["label"], registry=self.registry)
-        self.latency = Histogram("edgefleet_agent_inference_seconds", "Model run time per frame", registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-        self.overhead = Histogram("edgefleet_agent_overhead_seconds", "Per-frame time outside the model (decode, preprocess, rules, outbox)",
-                                  registry=self.registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
-        self.outbox_pending = Gauge("edgefleet_agent_outbox_pending", "Messages waiting for the broker's ack", registry=self.registry)
-        self.outbox_dropped = Gauge("edgefleet_agent_outbox_dropped", "Messages dropped by the outbox caps, by kind", ["kind"], registry=self.registry)
-        self.connected = Gauge("edgefleet_agent_mqtt_connected", "1 while connected to the broker", registry=self.registry)
+        self.latency = Histogram(
+            "edgefleet_agent_inference_seconds",
+            "Model run time per frame",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.overhead = Histogram(
+            "edgefleet_agent_overhead_seconds",
+            "Per-frame time outside the model (decode, preprocess, rules, outbox)",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+        )
+        self.outbox_pending = Gauge(
+            "edgefleet_agent_outbox_pending", "Messages waiting for the broker's ack", registry=self.registry
+        )
+        self.outbox_dropped = Gauge(
+            "edgefleet_agent_outbox_dropped",
+            "Messages dropped by the outbox caps, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.connected = Gauge(
+            "edgefleet_agent_mqtt_connected", "1 while connected to the broker", registry=self.registry
+        )
         self.rss = Gauge("edgefleet_agent_resident_bytes", "Resident memory", registry=self.registry)
         self._lock = threading.Lock()
         self._process = psutil.Process()
@@ -83,7 +100,9 @@ class AgentMetrics:
             self.totals["error"] += 1
             self.w_frames["error"] += 1
 
-    def frame_ok(self, latency_s: float, overhead_s: float, brightness: float, contrast: float, top_label: str, top_score: float) -> None:
+    def frame_ok(
+        self, latency_s: float, overhead_s: float, brightness: float, contrast: float, top_label: str, top_score: float
+    ) -> None:
         with self._lock:
             self.frames.labels("ok").inc()
             self.latency.observe(latency_s)
@@ -110,14 +129,22 @@ class AgentMetrics:
             lat = np.asarray(self.w_latency) if self.w_latency else None
             body = {
                 "window_s": round(time.monotonic() - self.window_start, 3),
-                "frames": {"ok": self.w_frames["ok"], "bad": self.w_frames["bad"], "error": self.w_frames["error"], "bad_reasons": dict(self.w_bad_reasons)},
+                "frames": {
+                    "ok": self.w_frames["ok"],
+                    "bad": self.w_frames["bad"],
+                    "error": self.w_frames["error"],
+                    "bad_reasons": dict(self.w_bad_reasons),
+                },
                 "latency_ms": {
                     "count": 0 if lat is None else int(lat.size),
                     "p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
                     "p95": None if lat is None else round(float(np.percentile(lat, 95)), 3),
                 },
                 "alerts": dict(self.w_alerts),
-                "system": {"cpu_percent": self._process.cpu_percent(None), "rss_bytes": self._process.memory_info().rss},
+                "system": {
+                    "cpu_percent": self._process.cpu_percent(None),
+                    "rss_bytes": self._process.memory_info().rss,
+                },
                 "drift": {
                     "brightness": _hist(self.w_brightness, BRIGHTNESS_EDGES),
                     "contrast": _hist(self.w_contrast, CONTRAST_EDGES),

@@ -75,7 +75,10 @@ class ModelSlot:
         """The (model, manifest) pair to use for one frame; read once per frame so both match."""
         active = self._active
         if active is None:
-            raise PackageIntegrityError("no model is loaded", "install one with `edgefleet agent install --package` or deploy one from the fleet")
+            raise PackageIntegrityError(
+                "no model is loaded",
+                "install one with `edgefleet agent install --package` or deploy one from the fleet",
+            )
         return active
 
     @property

@@ -74,13 +74,19 @@ class Outbox:
 
     def put_many(self, messages: list[tuple[str, str, dict]]) -> list[bool]:
         """Store several messages in one transaction (one fsync), in order; True for each one added."""
-        rows = [(payload["id"], kind, topic, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()) for kind, topic, payload in messages]
+        rows = [
+            (payload["id"], kind, topic, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+            for kind, topic, payload in messages
+        ]
         added = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for id_, kind, topic, data in rows:
-                    cur = self._db.execute("INSERT OR IGNORE INTO messages (id, kind, topic, payload, size) VALUES (?, ?, ?, ?, ?)", (id_, kind, topic, data, len(data)))
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO messages (id, kind, topic, payload, size) VALUES (?, ?, ?, ?, ?)",
+                        (id_, kind, topic, data, len(data)),
+                    )
                     added.append(cur.rowcount == 1)
                 if any(added):
                     self._enforce_caps()
@@ -93,20 +99,31 @@ class Outbox:
         return added
 
     def _enforce_caps(self) -> None:
-        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0").fetchone()
+        count, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0"
+        ).fetchone()
         while count > self.max_messages or size > self.max_bytes:
             row = None
             for kind in DROP_FIRST:
-                row = self._db.execute("SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? AND kind = ? ORDER BY seq LIMIT 1", (self._handed, kind)).fetchone()
+                row = self._db.execute(
+                    "SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? AND kind = ? ORDER BY seq LIMIT 1",
+                    (self._handed, kind),
+                ).fetchone()
                 if row:
                     break
             if row is None:
-                row = self._db.execute("SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? ORDER BY seq LIMIT 1", (self._handed,)).fetchone()
+                row = self._db.execute(
+                    "SELECT seq, kind, size FROM messages WHERE delivered = 0 AND seq > ? ORDER BY seq LIMIT 1",
+                    (self._handed,),
+                ).fetchone()
             if row is None:
                 return  # everything left is already with the transport
             seq, kind, row_size = row
             self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            self._db.execute("INSERT INTO dropped (kind, count) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET count = count + 1", (kind,))
+            self._db.execute(
+                "INSERT INTO dropped (kind, count) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET count = count + 1",
+                (kind,),
+            )
             count -= 1
             size -= row_size
 
@@ -130,7 +147,9 @@ class Outbox:
 
     def wait_for_pending(self, after_seq: int, timeout: float) -> None:
         with self._lock:
-            exists = self._db.execute("SELECT 1 FROM messages WHERE delivered = 0 AND seq > ? LIMIT 1", (after_seq,)).fetchone()
+            exists = self._db.execute(
+                "SELECT 1 FROM messages WHERE delivered = 0 AND seq > ? LIMIT 1", (after_seq,)
+            ).fetchone()
             if not exists:
                 self._has_pending.wait(timeout)
 
@@ -141,14 +160,21 @@ class Outbox:
         """Mark messages delivered, in one transaction. Losing this on a crash only means a resend."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE messages SET delivered = 1, payload = NULL WHERE seq = ?", [(s,) for s in seqs])
+            self._db.executemany(
+                "UPDATE messages SET delivered = 1, payload = NULL WHERE seq = ?", [(s,) for s in seqs]
+            )
             # Forget delivered rows beyond the de-duplication window.
-            self._db.execute("DELETE FROM messages WHERE delivered = 1 AND seq <= (SELECT MAX(seq) FROM messages WHERE delivered = 1) - ?", (KEEP_DELIVERED,))
+            self._db.execute(
+                "DELETE FROM messages WHERE delivered = 1 AND seq <= (SELECT MAX(seq) FROM messages WHERE delivered = 1) - ?",
+                (KEEP_DELIVERED,),
+            )
             self._db.execute("COMMIT")
 
     def stats(self) -> dict:
         with self._lock:
-            pending, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0").fetchone()
+            pending, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0"
+            ).fetchone()
             dropped = dict(self._db.execute("SELECT kind, count FROM dropped").fetchall())
         return {"pending": pending, "pending_bytes": size, "dropped": dropped}
 

@@ -41,8 +41,9 @@ def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list
         pen.rectangle([x1 * sx, y1 * sy, x2 * sx, y2 * sy], outline=(255, 0, 0), width=max(1, small.width // 80))
 
 
-def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
-              boxes: list[list[float]] | None = None) -> Thumbnail | None:
+def thumbnail(
+    image: Image.Image, max_side: int, max_bytes: int, boxes: list[list[float]] | None = None
+) -> Thumbnail | None:
     """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
     small = image.convert("RGB")
     small.thumbnail((max_side, max_side))
@@ -52,12 +53,23 @@ def thumbnail(image: Image.Image, max_side: int, max_bytes: int,
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=quality, optimize=True)
         if buf.tell() <= max_bytes:
-            return Thumbnail(format="jpeg", width=small.width, height=small.height, data=base64.b64encode(buf.getvalue()).decode())
+            return Thumbnail(
+                format="jpeg", width=small.width, height=small.height, data=base64.b64encode(buf.getvalue()).decode()
+            )
     return None
 
 
-def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, frame_key: str, source: str, latency_ms: float,
-          thumb: Thumbnail | None) -> dict:
+def alert(
+    device_id: str,
+    hit: Hit,
+    result: FrameResult,
+    manifest: Manifest,
+    *,
+    frame_key: str,
+    source: str,
+    latency_ms: float,
+    thumb: Thumbnail | None,
+) -> dict:
     detections = frame_size = None
     if result.detections is not None:
         # Schema 1 stays: box_px, zones and frame_size are optional additions readers may ignore.
@@ -67,10 +79,24 @@ def alert(device_id: str, hit: Hit, result: FrameResult, manifest: Manifest, *, 
         detections = [detection(d) for d in chosen[:20]]
         frame_size = list(result.frame_size) if result.frame_size else None
     return AlertMessage(
-        id=str(uuid.uuid5(ALERT_NAMESPACE, f"{device_id}/{source}/{frame_key}/{hit.label}/{manifest.name}/{manifest.version}")),
-        type="alert", device=device_id, ts=now_iso(), label=hit.label, score=round(hit.score, 5), consecutive=hit.consecutive,
-        source=source, frame=frame_key, model=model_ref(manifest), latency_ms=round(latency_ms, 3),
-        detections=detections, frame_size=frame_size, thumbnail=thumb,
+        id=str(
+            uuid.uuid5(
+                ALERT_NAMESPACE, f"{device_id}/{source}/{frame_key}/{hit.label}/{manifest.name}/{manifest.version}"
+            )
+        ),
+        type="alert",
+        device=device_id,
+        ts=now_iso(),
+        label=hit.label,
+        score=round(hit.score, 5),
+        consecutive=hit.consecutive,
+        source=source,
+        frame=frame_key,
+        model=model_ref(manifest),
+        latency_ms=round(latency_ms, 3),
+        detections=detections,
+        frame_size=frame_size,
+        thumbnail=thumb,
     ).wire()
 
 
@@ -80,10 +106,27 @@ def detection(d: DetectionResult) -> Detection:
 
 def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: dict) -> dict:
     """`window` is AgentMetrics.window(): the telemetry fields of one window."""
-    return TelemetryMessage.model_validate({**window, "id": str(uuid.uuid4()), "type": "telemetry", "device": device_id, "ts": now_iso(),
-                                            "model": model_ref(manifest), "outbox": outbox}).wire()
+    return TelemetryMessage.model_validate(
+        {
+            **window,
+            "id": str(uuid.uuid4()),
+            "type": "telemetry",
+            "device": device_id,
+            "ts": now_iso(),
+            "model": model_ref(manifest),
+            "outbox": outbox,
+        }
+    ).wire()
 
 
 def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict:
-    return StatusMessage(id=str(uuid.uuid4()), type="status", device=device_id, ts=now_iso(), state=state, model=model_ref(manifest),
-                         agent_version=running_version(), arch=host_arch()).wire()
+    return StatusMessage(
+        id=str(uuid.uuid4()),
+        type="status",
+        device=device_id,
+        ts=now_iso(),
+        state=state,
+        model=model_ref(manifest),
+        agent_version=running_version(),
+        arch=host_arch(),
+    ).wire()

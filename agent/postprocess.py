@@ -72,13 +72,15 @@ def decode_boxes(outputs: list[np.ndarray], names: list[str], info: DetectionInf
     return found.boxes[keep], found.scores[keep], found.classes[keep]
 
 
-def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: list[str],
-                  geometry: Geometry) -> FrameResult:
+def to_detections(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, labels: list[str], geometry: Geometry
+) -> FrameResult:
     px = geometry.to_frame(boxes.reshape(-1, 4))
     rel = px[:, [1, 0, 3, 2]] / np.asarray([geometry.frame_h, geometry.frame_w] * 2, dtype=np.float32)
-    found = [Detection(_label(labels, int(c)), float(s), [round(float(v), 4) for v in r],
-                       [round(float(v), 1) for v in p])
-             for p, r, s, c in zip(px, rel, scores, classes)]
+    found = [
+        Detection(_label(labels, int(c)), float(s), [round(float(v), 4) for v in r], [round(float(v), 1) for v in p])
+        for p, r, s, c in zip(px, rel, scores, classes)
+    ]
     best: dict[str, float] = {}
     for d in found:
         best[d.label] = max(best.get(d.label, 0.0), d.score)
@@ -87,8 +89,14 @@ def to_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, la
     return FrameResult(top.label if top else "", top.score if top else 0.0, best, found, size)
 
 
-def detection(outputs: list[np.ndarray], names: list[str], labels: list[str], info: DetectionInfo | None = None,
-              input_hw: tuple[int, int] = (1, 1), geometry: Geometry | None = None) -> FrameResult:
+def detection(
+    outputs: list[np.ndarray],
+    names: list[str],
+    labels: list[str],
+    info: DetectionInfo | None = None,
+    input_hw: tuple[int, int] = (1, 1),
+    geometry: Geometry | None = None,
+) -> FrameResult:
     """Decode a detector's outputs; without a geometry boxes stay relative to the input (0..1)."""
     info = info or LEGACY_DETECTION
     boxes, scores, classes = decode_boxes(outputs, names, info, input_hw)
@@ -96,8 +104,9 @@ def detection(outputs: list[np.ndarray], names: list[str], labels: list[str], in
     return to_detections(boxes, scores, classes, labels, geometry)
 
 
-def interpret(outputs: list[np.ndarray], manifest: Manifest, geometry: Geometry | None = None,
-              overrides: dict | None = None) -> FrameResult:
+def interpret(
+    outputs: list[np.ndarray], manifest: Manifest, geometry: Geometry | None = None, overrides: dict | None = None
+) -> FrameResult:
     if manifest.task == "detection":
         info = effective(manifest.detection, overrides)
         names = [o.name for o in manifest.outputs]

@@ -39,38 +39,65 @@ def decode_image(data: bytes) -> Image.Image:
     if not data:
         raise FrameRejected("empty", "empty frame (0 bytes)", "check the camera source")
     if len(data) > MAX_FRAME_BYTES:
-        raise FrameRejected("oversize_bytes", f"frame is {len(data)} bytes, over the {MAX_FRAME_BYTES}-byte cap", "lower the camera resolution")
+        raise FrameRejected(
+            "oversize_bytes",
+            f"frame is {len(data)} bytes, over the {MAX_FRAME_BYTES}-byte cap",
+            "lower the camera resolution",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             if image.mode not in MODES:
-                raise FrameRejected("unsupported_format", f"frame pixel mode {image.mode} is not one a camera produces",
-                                    "send 8-bit JPEG or PNG")
+                raise FrameRejected(
+                    "unsupported_format",
+                    f"frame pixel mode {image.mode} is not one a camera produces",
+                    "send 8-bit JPEG or PNG",
+                )
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise FrameRejected("oversize_pixels", f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap", "lower the camera resolution")
+                raise FrameRejected(
+                    "oversize_pixels",
+                    f"frame header claims {width}x{height} pixels, over the {MAX_PIXELS}-pixel cap",
+                    "lower the camera resolution",
+                )
             image.load()
     except FrameRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise FrameRejected("oversize_pixels", f"frame header claims too many pixels ({str(exc)[:80]})", "lower the camera resolution") from None
+        raise FrameRejected(
+            "oversize_pixels", f"frame header claims too many pixels ({str(exc)[:80]})", "lower the camera resolution"
+        ) from None
     except UnidentifiedImageError as exc:
         other = _foreign_format(data)
         if other:
-            raise FrameRejected("unsupported_format", f"unsupported frame format {other}",
-                                f"cameras send {', '.join(FORMATS)}") from None
-        raise FrameRejected("undecodable", f"undecodable frame ({str(exc)[:120]})",
-                            "check the camera's image format") from None
+            raise FrameRejected(
+                "unsupported_format", f"unsupported frame format {other}", f"cameras send {', '.join(FORMATS)}"
+            ) from None
+        raise FrameRejected(
+            "undecodable", f"undecodable frame ({str(exc)[:120]})", "check the camera's image format"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise FrameRejected("undecodable", f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})", "check the camera's image format") from None
+        raise FrameRejected(
+            "undecodable",
+            f"undecodable frame ({type(exc).__name__}: {str(exc)[:120]})",
+            "check the camera's image format",
+        ) from None
     return image
 
 
 # Magic bytes of image formats the agent refuses, so that they are counted as such, not as damage.
-FOREIGN = {b"GIF8": "GIF", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"8BPS": "PSD", b"%PDF": "PDF",
-           b"%!PS": "PostScript", b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x00\x0c": "JPEG 2000",
-           b"\xffO\xffQ": "JPEG 2000"}
+FOREIGN = {
+    b"GIF8": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"8BPS": "PSD",
+    b"%PDF": "PDF",
+    b"%!PS": "PostScript",
+    b"\x00\x00\x01\x00": "ICO",
+    b"\x00\x00\x00\x0c": "JPEG 2000",
+    b"\xffO\xffQ": "JPEG 2000",
+}
 
 
 def _foreign_format(data: bytes) -> str | None:
@@ -83,7 +110,9 @@ def input_hw(spec: TensorSpec, pre: Preprocessing) -> tuple[int, int]:
     if pre.resize:
         return pre.resize
     if len(spec.shape) != 4:
-        raise BadInputError(f"input {spec.name} has shape {spec.shape}, not an image batch", "set preprocessing.resize when compiling")
+        raise BadInputError(
+            f"input {spec.name} has shape {spec.shape}, not an image batch", "set preprocessing.resize when compiling"
+        )
     return (spec.shape[2], spec.shape[3]) if pre.layout == "NCHW" else (spec.shape[1], spec.shape[2])
 
 

@@ -41,7 +41,6 @@ from edgefleet.signing import default_trusted_keys, load_public_key
 log = logging.getLogger("edgefleet.agent")
 
 
-
 @dataclass
 class RunOptions:
     max_frames: int | None = None  # stop after this many frames (ok + bad + error)
@@ -68,22 +67,44 @@ def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
     if not path.is_file():
         raise UsageError(f"model.tflite {path} does not exist", "fix model.tflite in the agent config")
     model = TfliteModel(path)
-    labels = [line.strip() for line in Path(m.labels_file).read_text().splitlines() if line.strip()] if m.labels_file else []
+    labels = (
+        [line.strip() for line in Path(m.labels_file).read_text().splitlines() if line.strip()] if m.labels_file else []
+    )
 
     def spec(d: dict) -> dict:
-        return {"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": str(d["dtype"].__name__ if hasattr(d["dtype"], "__name__") else d["dtype"])}
+        return {
+            "name": d["name"],
+            "shape": [int(x) for x in d["shape"]],
+            "dtype": str(d["dtype"].__name__ if hasattr(d["dtype"], "__name__") else d["dtype"]),
+        }
 
     manifest = Manifest(
-        name=path.stem.replace(" ", "_")[:100] or "model", version="0",
+        name=path.stem.replace(" ", "_")[:100] or "model",
+        version="0",
         target={"name": "tflite", "tvm_target": None, "arch": host_arch()},
         runtime={"kind": "tflite", "library": path.name},
         inputs=[spec(d) for d in model.interpreter.get_input_details()],
         outputs=[spec(d) for d in model.interpreter.get_output_details()],
-        preprocessing={"resize": m.resize, "color_order": m.color_order, "layout": m.layout, "scale": m.scale, "mean": m.mean, "std": m.std},
-        task=m.task, labels=labels,
-        provenance={"source_uri": str(path), "source_sha256": sha256_file(path), "source_format": "tflite", "compiler": "none (plain .tflite)", "compiled_at": now_utc()},
+        preprocessing={
+            "resize": m.resize,
+            "color_order": m.color_order,
+            "layout": m.layout,
+            "scale": m.scale,
+            "mean": m.mean,
+            "std": m.std,
+        },
+        task=m.task,
+        labels=labels,
+        provenance={
+            "source_uri": str(path),
+            "source_sha256": sha256_file(path),
+            "source_format": "tflite",
+            "compiler": "none (plain .tflite)",
+            "compiled_at": now_utc(),
+        },
         verification={"status": "skipped", "reason": "plain .tflite from the agent config, not a package"},
-        files={}, signature={"key_id": "unsigned"},
+        files={},
+        signature={"key_id": "unsigned"},
     )
     return ActiveModel(model, manifest, None)
 
@@ -104,7 +125,9 @@ class Agent:
         self.metrics = AgentMetrics()
         self.rules = AlertRules(cfg.rules)
         self.slot = ModelSlot(self.state, trusted_keys(cfg))
-        self.outbox = Outbox(self.state / "outbox.sqlite", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes)
+        self.outbox = Outbox(
+            self.state / "outbox.sqlite", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
+        )
         will = json.dumps(payloads.status(self.device, "offline")).encode()
         self.transport = make_transport(cfg.mqtt, payloads.topic(self.device, "status"), will)
         self.transport.on_connect.append(self._publish_online)
@@ -113,8 +136,14 @@ class Agent:
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=4)
         self.jobs: queue.Queue[dict] = queue.Queue()
         self.updates = None
-        self.agent_updates = AgentUpdateManager(self.state, self.publish, trusted_keys(cfg), self.device, self.request_restart,
-                                                active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None)
+        self.agent_updates = AgentUpdateManager(
+            self.state,
+            self.publish,
+            trusted_keys(cfg),
+            self.device,
+            self.request_restart,
+            active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None,
+        )
         self.restart = False
         self._agent_probation = JobProbation()
         self.health = None
@@ -142,13 +171,19 @@ class Agent:
     # -- MQTT ---------------------------------------------------------------------------
     def _publish_online(self) -> None:
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
-        self.transport.publish(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "online", manifest)).encode(), retain=True)
+        self.transport.publish(
+            payloads.topic(self.device, "status"),
+            json.dumps(payloads.status(self.device, "online", manifest)).encode(),
+            retain=True,
+        )
 
     def publish(self, topic_suffix: str, payload: dict) -> None:
         """QoS 1, ordered, through the outbox: what the update manager uses for job updates."""
         payload = {"schema": SCHEMA, **payload}
         payload.setdefault("id", str(uuid.uuid4()))
-        self.outbox.put("job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload)
+        self.outbox.put(
+            "job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload
+        )
 
     def _on_notify(self, topic: str, data: bytes) -> None:
         try:
@@ -204,7 +239,11 @@ class Agent:
             return "not connected to the broker"
         active = self.slot.loaded
         if active is None:
-            return "the installed model did not load" if self.slot.current_dir() is not None or self.cfg.model.tflite else None
+            return (
+                "the installed model did not load"
+                if self.slot.current_dir() is not None or self.cfg.model.tflite
+                else None
+            )
         try:
             smoke_test(active, self._agent_probation)
         except UpdateRefused as exc:
@@ -269,7 +308,19 @@ class Agent:
             return
         if hits:
             topic = payloads.topic(self.device, "alerts")
-            bodies = [payloads.alert(self.device, hit, result, active.manifest, frame_key=frame.key, source=frame.source, latency_ms=model_s * 1000, thumb=thumb) for hit in hits]
+            bodies = [
+                payloads.alert(
+                    self.device,
+                    hit,
+                    result,
+                    active.manifest,
+                    frame_key=frame.key,
+                    source=frame.source,
+                    latency_ms=model_s * 1000,
+                    thumb=thumb,
+                )
+                for hit in hits
+            ]
             for hit, added in zip(hits, self.outbox.put_many([("alert", topic, body) for body in bodies])):
                 if added:
                     self.metrics.alert(hit.label)
@@ -302,13 +353,21 @@ class Agent:
             log.info("over-the-air model updates are disabled: the model is a plain .tflite, not a signed package")
         # After the model: a new agent release on probation proves itself with the model it had.
         agent_job = self.agent_updates.resume()
-        self._agent_probation = self.agent_updates.probation_settings() if agent_job == "health_check" else JobProbation()
+        self._agent_probation = (
+            self.agent_updates.probation_settings() if agent_job == "health_check" else JobProbation()
+        )
         self.transport.subscribe(payloads.topic(self.device, "jobs/notify"), self._on_notify)
         self._start_thread(self._jobs_worker, "jobs")
         if self.cfg.health.enabled:  # bind first: a busy port fails before anything connects
             from edgefleet.agent.health import HealthServer
 
-            self.health = HealthServer(self.cfg.health.host, self.cfg.health.port, self.health_status, self.metrics.registry, self._refresh_gauges)
+            self.health = HealthServer(
+                self.cfg.health.host,
+                self.cfg.health.port,
+                self.health_status,
+                self.metrics.registry,
+                self._refresh_gauges,
+            )
             (self.state / "health.port").write_text(f"{self.health.port}\n")
         self.transport.start()
         self.sender.start()
@@ -326,7 +385,10 @@ class Agent:
                 try:
                     frame = self.frames.get(timeout=0.1)
                 except queue.Empty:
-                    if self.options.idle_exit_s is not None and time.monotonic() - last_frame > self.options.idle_exit_s:
+                    if (
+                        self.options.idle_exit_s is not None
+                        and time.monotonic() - last_frame > self.options.idle_exit_s
+                    ):
                         break
                     continue
                 last_frame = time.monotonic()
@@ -360,10 +422,16 @@ class Agent:
                 thread.join(timeout=10)
         self.send_telemetry()
         if not self.sender.drain(self.options.drain_s):
-            log.warning("stopping with %d messages not yet acked; they are kept and sent on the next start", self.outbox.stats()["pending"])
+            log.warning(
+                "stopping with %d messages not yet acked; they are kept and sent on the next start",
+                self.outbox.stats()["pending"],
+            )
         self.sender.stop()
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
-        self.transport.stop(payloads.topic(self.device, "status"), json.dumps(payloads.status(self.device, "offline", manifest)).encode())
+        self.transport.stop(
+            payloads.topic(self.device, "status"),
+            json.dumps(payloads.status(self.device, "offline", manifest)).encode(),
+        )
         if self.health is not None:
             self.health.stop()
         stats = self.outbox.stats()
@@ -382,4 +450,3 @@ def run_agent(cfg: AgentConfig, options: RunOptions | None = None) -> RunSummary
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-

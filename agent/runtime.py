@@ -30,7 +30,10 @@ class _Runtime:
             # The compiler's TVM has its own libtvm_runtime/libtvm_ffi under the same names; the
             # dynamic loader would hand those to the shim, and the package would not run on
             # the camera's runtime. Compiler-side callers use runtime_worker instead.
-            raise UsageError("the camera runtime cannot load in a process that imported the TVM compiler", "run the model with edgefleet.agent.runtime_worker")
+            raise UsageError(
+                "the camera runtime cannot load in a process that imported the TVM compiler",
+                "run the model with edgefleet.agent.runtime_worker",
+            )
         self.bundle = bundle
         if not _pool.spin:
             # TVM reads this once, when its pool's workers first start: before any model runs.
@@ -40,9 +43,14 @@ class _Runtime:
         self.api = _declare(self.libs[-1])
         abi = self.api.ef_abi_version()
         if abi != RUNTIME_ABI:
-            raise PackageIntegrityError(f"the runtime in {bundle.path} has C ABI {abi}; this agent speaks {RUNTIME_ABI}", f"rebuild it with `edgefleet runtime build --arch {bundle.info.arch} --force`")
+            raise PackageIntegrityError(
+                f"the runtime in {bundle.path} has C ABI {abi}; this agent speaks {RUNTIME_ABI}",
+                f"rebuild it with `edgefleet runtime build --arch {bundle.info.arch} --force`",
+            )
         if self.api.ef_set_threads(_pool.threads) != 0:
-            raise UsageError(f"cannot use {_pool.threads} threads: {self.error()}", "set [runtime] threads to a positive count")
+            raise UsageError(
+                f"cannot use {_pool.threads} threads: {self.error()}", "set [runtime] threads to a positive count"
+            )
         sys.meta_path.insert(0, _RefuseCompiler())
 
     @classmethod
@@ -61,7 +69,9 @@ class _RefuseCompiler(importlib.abc.MetaPathFinder):
 
     def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001 - importlib's signature
         if fullname.split(".")[0] in ("tvm", "tvm_ffi"):
-            raise ImportError(f"{fullname} cannot be imported: this process runs models on the camera runtime; import the TVM compiler before running any model, or use a separate process")
+            raise ImportError(
+                f"{fullname} cannot be imported: this process runs models on the camera runtime; import the TVM compiler before running any model, or use a separate process"
+            )
         return None
 
 
@@ -71,9 +81,22 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ef_abi_version": (ctypes.c_int, []),
         "ef_last_error": (ctypes.c_char_p, []),
         "ef_model_load": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]),
-        "ef_model_run": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), i64p,
-                                        ctypes.POINTER(ctypes.c_int), ctypes.POINTER(i64p), ctypes.POINTER(ctypes.c_char_p)]),
-        "ef_model_output": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), i64p, ctypes.c_char_p, ctypes.c_int, i64p]),
+        "ef_model_run": (
+            ctypes.c_int,
+            [
+                ctypes.c_void_p,
+                ctypes.c_int,
+                ctypes.POINTER(ctypes.c_void_p),
+                i64p,
+                ctypes.POINTER(ctypes.c_int),
+                ctypes.POINTER(i64p),
+                ctypes.POINTER(ctypes.c_char_p),
+            ],
+        ),
+        "ef_model_output": (
+            ctypes.c_int,
+            [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int), i64p, ctypes.c_char_p, ctypes.c_int, i64p],
+        ),
         "ef_model_output_copy": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]),
         "ef_model_free": (None, [ctypes.c_void_p]),
         "ef_set_threads": (ctypes.c_int, [ctypes.c_int]),
@@ -94,11 +117,16 @@ class TvmModel:
     def __init__(self, library: Path, device: str = "cpu") -> None:
         self._rt = _Runtime.get()
         if device not in _DEVICES:
-            raise TargetNotRunnableError(f"the camera runtime cannot run {device} models", "compile for a CPU or CUDA target")
+            raise TargetNotRunnableError(
+                f"the camera runtime cannot run {device} models", "compile for a CPU or CUDA target"
+            )
         handle = self._rt.api.ef_model_load(str(library).encode(), _DEVICES[device], 0)
         if not handle:
             reason = self._rt.error().splitlines()[0][:300] if self._rt.error() else "unknown error"
-            raise PackageIntegrityError(f"cannot load the compiled library {Path(library).name}: {reason}", "the package was built for another machine or TVM version; check its target")
+            raise PackageIntegrityError(
+                f"cannot load the compiled library {Path(library).name}: {reason}",
+                "the package was built for another machine or TVM version; check its target",
+            )
         self._handle = ctypes.c_void_p(handle)
 
     def __del__(self) -> None:
@@ -112,7 +140,8 @@ class TvmModel:
         n = len(arrays)
         shapes = [(ctypes.c_int64 * max(1, x.ndim))(*x.shape) for x in arrays]
         count = self._rt.api.ef_model_run(
-            self._handle, n,
+            self._handle,
+            n,
             (ctypes.c_void_p * n)(*[r.ctypes.data for r in raw]),
             (ctypes.c_int64 * n)(*[r.nbytes for r in raw]),
             (ctypes.c_int * n)(*[x.ndim for x in arrays]),
@@ -120,12 +149,25 @@ class TvmModel:
             (ctypes.c_char_p * n)(*[x.dtype.name.encode() for x in arrays]),
         )
         if count < 0:
-            raise BadInputError(f"the model failed to run: {self._rt.error()[:500]}", "check the inputs' shapes and dtypes against the manifest")
+            raise BadInputError(
+                f"the model failed to run: {self._rt.error()[:500]}",
+                "check the inputs' shapes and dtypes against the manifest",
+            )
         return [self._output(i) for i in range(count)]
 
     def _output(self, index: int) -> np.ndarray:
-        ndim, shape, dtype, nbytes = ctypes.c_int(), (ctypes.c_int64 * 8)(), ctypes.create_string_buffer(32), ctypes.c_int64()
-        if self._rt.api.ef_model_output(self._handle, index, ctypes.byref(ndim), shape, dtype, 32, ctypes.byref(nbytes)) != 0:
+        ndim, shape, dtype, nbytes = (
+            ctypes.c_int(),
+            (ctypes.c_int64 * 8)(),
+            ctypes.create_string_buffer(32),
+            ctypes.c_int64(),
+        )
+        if (
+            self._rt.api.ef_model_output(
+                self._handle, index, ctypes.byref(ndim), shape, dtype, 32, ctypes.byref(nbytes)
+            )
+            != 0
+        ):
             raise BadInputError(f"cannot read output {index}: {self._rt.error()}", "report the model")
         dims, name = tuple(shape[: ndim.value]), dtype.value.decode()
         buffer = np.empty(nbytes.value, np.uint8)
@@ -144,7 +186,10 @@ def configure_pool(settings: RuntimeConfig) -> None:
     thread count can still change: TVM read the spin count when its workers started."""
     global _pool
     if _Runtime._loaded is not None and settings.spin != _pool.spin:
-        raise UsageError("the runtime is already running: its workers' spinning cannot change", "restart the agent to apply [runtime] spin")
+        raise UsageError(
+            "the runtime is already running: its workers' spinning cannot change",
+            "restart the agent to apply [runtime] spin",
+        )
     _pool = settings
     if _Runtime._loaded is not None:
         set_threads(settings.threads)
@@ -201,12 +246,18 @@ class TfliteModel:
             try:
                 from tflite_runtime.interpreter import Interpreter
             except ImportError:
-                raise MissingToolError("running a .tflite model needs ai-edge-litert (or tflite-runtime), which is not installed", "pip install 'edgefleet[litert]'") from None
+                raise MissingToolError(
+                    "running a .tflite model needs ai-edge-litert (or tflite-runtime), which is not installed",
+                    "pip install 'edgefleet[litert]'",
+                ) from None
         try:
             self.interpreter = Interpreter(model_path=str(path))
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise PackageIntegrityError(f"cannot load the TFLite model {Path(path).name}: {str(exc).splitlines()[0][:200]}", "check that the file is a complete .tflite model") from None
+            raise PackageIntegrityError(
+                f"cannot load the TFLite model {Path(path).name}: {str(exc).splitlines()[0][:200]}",
+                "check that the file is a complete .tflite model",
+            ) from None
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         for detail, x in zip(self.interpreter.get_input_details(), inputs):

@@ -66,7 +66,10 @@ def send(out: BinaryIO, header: dict, arrays: Sequence[np.ndarray] = ()) -> None
 
 def receive(src: BinaryIO) -> tuple[dict, list[np.ndarray]]:
     header = json.loads(_read_frame(src))
-    arrays = [np.frombuffer(bytearray(_read_frame(src)), numpy_dtype(m["dtype"])).reshape(m["shape"]) for m in header["arrays"]]
+    arrays = [
+        np.frombuffer(bytearray(_read_frame(src)), numpy_dtype(m["dtype"])).reshape(m["shape"])
+        for m in header["arrays"]
+    ]
     return header, arrays
 
 
@@ -104,7 +107,12 @@ class _Server:
             return {}, []
         if op == "describe":
             bundle = runtime.find_bundle()
-            return {"machine": platform.machine(), "runtime": str(bundle.path), "runtime_key": bundle.info.key, "runtime_info": bundle.info.describe()}, []
+            return {
+                "machine": platform.machine(),
+                "runtime": str(bundle.path),
+                "runtime_key": bundle.info.key,
+                "runtime_info": bundle.info.describe(),
+            }, []
         raise errors.UsageError(f"unknown worker operation {op!r}", "")
 
 
@@ -121,7 +129,10 @@ def serve(src: BinaryIO, out: BinaryIO) -> None:
         except EdgefleetError as exc:
             send(out, {"ok": False, "kind": type(exc).__name__, "error": exc.cause, "fix": exc.fix})
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-            send(out, {"ok": False, "kind": "BuildError", "error": f"{type(exc).__name__}: {exc}", "fix": "report the model"})
+            send(
+                out,
+                {"ok": False, "kind": "BuildError", "error": f"{type(exc).__name__}: {exc}", "fix": "report the model"},
+            )
 
 
 def main() -> int:
@@ -142,10 +153,14 @@ class RuntimeWorker:
     cross module passes `qemu-aarch64-static -L ROOT ROOT/usr/bin/python3.11` and its env.
     """
 
-    def __init__(self, argv: Sequence[str] | None = None, env: dict[str, str] | None = None, what: str = "the camera runtime") -> None:
+    def __init__(
+        self, argv: Sequence[str] | None = None, env: dict[str, str] | None = None, what: str = "the camera runtime"
+    ) -> None:
         command = [*(argv or [sys.executable]), "-m", "edgefleet.agent.runtime_worker"]
         self.what = what
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or _native_env())
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or _native_env()
+        )
 
     def call(self, header: dict, arrays: Sequence[np.ndarray] = ()) -> tuple[dict, list[np.ndarray]]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -153,7 +168,10 @@ class RuntimeWorker:
             send(self.proc.stdin, header, arrays)
             reply, results = receive(self.proc.stdout)
         except (EOFError, BrokenPipeError):
-            raise BuildError(f"{self.what} stopped (exit {self.proc.wait()}): {self._stderr_tail()}", "the library does not run on this runtime; report the model and target") from None
+            raise BuildError(
+                f"{self.what} stopped (exit {self.proc.wait()}): {self._stderr_tail()}",
+                "the library does not run on this runtime; report the model and target",
+            ) from None
         if not reply["ok"]:
             kind = getattr(errors, reply["kind"], BuildError)
             raise kind(reply["error"], reply.get("fix", ""))

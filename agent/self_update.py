@@ -30,8 +30,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefleet.agent.update import (EVENTS, TERMINAL_STATES, TRANSITIONS, UpdateRefused, _default_fault, _write_json_atomic,
-                                    append_history, done_jobs, fetch, job_update, rollback_authorized)
+from edgefleet.agent.update import (
+    EVENTS,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    UpdateRefused,
+    _default_fault,
+    _write_json_atomic,
+    append_history,
+    done_jobs,
+    fetch,
+    job_update,
+    rollback_authorized,
+)
 from edgefleet.contracts.jobs import JobDocument, JobProbation
 from edgefleet.contracts.journal import AgentUpdateJournal
 
@@ -61,7 +72,12 @@ RESUME: dict[str, str] = {
 class AgentJournal:
     """The journal and the `current` link, shared by the agent and the launcher."""
 
-    def __init__(self, state_dir: Path, publish: Callable[[str, dict], None] | None = None, fault: Callable[[str], None] = _default_fault) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        publish: Callable[[str, dict], None] | None = None,
+        fault: Callable[[str], None] = _default_fault,
+    ) -> None:
         self.root = Path(state_dir) / "agent"
         self.releases = self.root / "releases"
         self.downloads = self.root / "downloads"
@@ -146,9 +162,19 @@ class AgentJournal:
 class AgentUpdateManager:
     """The agent's side: runs agent jobs from the fleet, resumes them at startup, runs the health check."""
 
-    def __init__(self, state_dir: Path, publish: Callable[[str, dict], None], trusted_keys, device_id: str, request_restart: Callable[[], None], *,
-                 active_model: Callable[[], object] = lambda: None, fault: Callable[[str], None] = _default_fault,
-                 download_timeout_s: float = 30.0, download_retries: int = 5) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        publish: Callable[[str, dict], None],
+        trusted_keys,
+        device_id: str,
+        request_restart: Callable[[], None],
+        *,
+        active_model: Callable[[], object] = lambda: None,
+        fault: Callable[[str], None] = _default_fault,
+        download_timeout_s: float = 30.0,
+        download_retries: int = 5,
+    ) -> None:
         self.journal = AgentJournal(state_dir, publish, fault)
         self.active_model = active_model  # the loaded model's manifest: the release's runtime must run it
         self.trusted_keys = trusted_keys
@@ -215,7 +241,9 @@ class AgentUpdateManager:
             while time.monotonic() < deadline:
                 why = check()
                 if why is None:
-                    self.journal.event(job, "probation_passed", f"agent {job.package.version} healthy after {job.boots} start(s)")
+                    self.journal.event(
+                        job, "probation_passed", f"agent {job.package.version} healthy after {job.boots} start(s)"
+                    )
                     self._finish(job)
                     return job.state
                 time.sleep(0.5)
@@ -243,9 +271,15 @@ class AgentUpdateManager:
         if current is not None and current.state not in TERMINAL_STATES:
             log.warning("agent job %s arrived while job %s is %s; ignoring it", doc.job, current.job, current.state)
             return None
-        job = AgentUpdateJournal(job=doc.job, kind=doc.kind, package=doc.package, authorization=doc.rollback_authorization,
-                                 probation=doc.probation, previous=self.journal.current_version(),
-                                 target_existed=(self.journal.releases / doc.package.version).is_dir())
+        job = AgentUpdateJournal(
+            job=doc.job,
+            kind=doc.kind,
+            package=doc.package,
+            authorization=doc.rollback_authorization,
+            probation=doc.probation,
+            previous=self.journal.current_version(),
+            target_existed=(self.journal.releases / doc.package.version).is_dir(),
+        )
         self.journal.enter(job, "idle")
         self.journal.event(job, *self._start(job))
         return job
@@ -256,11 +290,20 @@ class AgentUpdateManager:
         if running_version() == job.package.version:
             return "already_installed", f"agent {job.package.version} is already running"
         if not os.environ.get(LAUNCHER_ENV):
-            return "error", "this agent was not started by `edgefleet agent launch`, so it cannot switch releases (run the service through the launcher: docs/agent.md)"
+            return (
+                "error",
+                "this agent was not started by `edgefleet agent launch`, so it cannot switch releases (run the service through the launcher: docs/agent.md)",
+            )
         return "start", ""
 
     def _run(self, job: AgentUpdateJournal) -> None:
-        actions = {"idle": self._start, "downloading": self._download, "verifying": self._verify, "staged": lambda j: ("switch", ""), "switching": self._switch}
+        actions = {
+            "idle": self._start,
+            "downloading": self._download,
+            "verifying": self._verify,
+            "staged": lambda j: ("switch", ""),
+            "switching": self._switch,
+        }
         while job.state in actions:
             try:
                 event, detail = actions[job.state](job)
@@ -303,7 +346,9 @@ class AgentUpdateManager:
         version = job.package.version
         if self._target(job) is None:
             if not self._rollback_authorized(job):
-                raise UpdateRefused(f"going back to the installed agent {version} needs a valid fleet-signed rollback authorization")
+                raise UpdateRefused(
+                    f"going back to the installed agent {version} needs a valid fleet-signed rollback authorization"
+                )
             return "verified", f"the installed agent {version}"
         final = self.journal.releases / version
         try:
@@ -315,10 +360,14 @@ class AgentUpdateManager:
                 manifest, _ = unpack_release(self._archive(job), staging, self.trusted_keys)
         except EdgefleetError as exc:
             raise UpdateRefused(f"agent release refused: {exc.cause}") from None
-        problems = [f"the release is agent {manifest.version}, the job names {version}"] if manifest.version != version else []
+        problems = (
+            [f"the release is agent {manifest.version}, the job names {version}"] if manifest.version != version else []
+        )
         problems += compatibility_problems(manifest) + self._runtime_problems(final if final.is_dir() else staging)
         if parse_version(version) <= parse_version(running_version()) and not self._rollback_authorized(job):
-            problems.append(f"agent {version} is not newer than the running {running_version()} and the job has no valid fleet-signed rollback authorization")
+            problems.append(
+                f"agent {version} is not newer than the running {running_version()} and the job has no valid fleet-signed rollback authorization"
+            )
         if problems:
             if not final.is_dir():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -338,7 +387,13 @@ class AgentUpdateManager:
             return []
         have = read_bundle(release / "runtime").info
         problems = requirement_problems(need, have)
-        return [f"its runtime ({have.describe()}) cannot run the active model {manifest.name} {manifest.version}: {'; '.join(problems)}"] if problems else []
+        return (
+            [
+                f"its runtime ({have.describe()}) cannot run the active model {manifest.name} {manifest.version}: {'; '.join(problems)}"
+            ]
+            if problems
+            else []
+        )
 
     def _rollback_authorized(self, job: AgentUpdateJournal) -> bool:
         return job.kind == "agent_rollback" and rollback_authorized(job, self.device_id, self.trusted_keys)
@@ -352,7 +407,9 @@ class AgentUpdateManager:
             if TRANSITIONS.get((job.state, "error")) == "rolling_back":
                 self.journal.event(job, "error", why)
             else:
-                self.journal.enter(job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back")  # the one way around the table
+                self.journal.enter(
+                    job, "rolling_back", f"unknown journaled state {job.state!r}; rolling back"
+                )  # the one way around the table
         if job.state == "rolling_back":
             self.journal.roll_back(job)
         self._finish(job)
@@ -371,4 +428,3 @@ class AgentUpdateManager:
         for release in self.journal.releases.iterdir():
             if release.name not in keep:
                 shutil.rmtree(release, ignore_errors=True)
-

@@ -44,7 +44,19 @@ from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate, 
 log = logging.getLogger("edgefleet.agent.update")
 
 AGENT_STATES = UPDATE_STATES
-EVENTS = frozenset({"start", "already_installed", "downloaded", "verified", "switch", "switched", "probation_passed", "error", "rolled_back"})
+EVENTS = frozenset(
+    {
+        "start",
+        "already_installed",
+        "downloaded",
+        "verified",
+        "switch",
+        "switched",
+        "probation_passed",
+        "error",
+        "rolled_back",
+    }
+)
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("idle", "start"): "downloading",
     ("idle", "already_installed"): "committed",
@@ -198,7 +210,9 @@ class UpdateManager:
                 if (state, "error") in TRANSITIONS and TRANSITIONS[(state, "error")] == "rolling_back":
                     self._event(job, "error", f"interrupted in {state}; rolling back")
                 elif state != "rolling_back":
-                    self._enter(job, "rolling_back", f"unknown journaled state {state!r}; rolling back")  # the one way around the table
+                    self._enter(
+                        job, "rolling_back", f"unknown journaled state {state!r}; rolling back"
+                    )  # the one way around the table
                 self._run(job)
             return job.state
 
@@ -208,7 +222,11 @@ class UpdateManager:
         try:
             self.slot.reload()
         except Exception:
-            previous = [p for p in sorted(self.slot.packages.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True) if p.is_dir() and not p.name.startswith(".")]
+            previous = [
+                p
+                for p in sorted(self.slot.packages.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+                if p.is_dir() and not p.name.startswith(".")
+            ]
             for candidate in previous:
                 try:
                     self.slot.point_current(candidate)
@@ -243,9 +261,16 @@ class UpdateManager:
             return None
         previous = self.slot.current_dir()
         target = f"{doc.package.name}-{doc.package.version}"
-        job = UpdateJournal(job=doc.job, kind=doc.kind, package=doc.package, authorization=doc.rollback_authorization,
-                            probation=doc.probation, previous=previous.name if previous else None, target=target,
-                            target_existed=(self.slot.packages / target).is_dir())
+        job = UpdateJournal(
+            job=doc.job,
+            kind=doc.kind,
+            package=doc.package,
+            authorization=doc.rollback_authorization,
+            probation=doc.probation,
+            previous=previous.name if previous else None,
+            target=target,
+            target_existed=(self.slot.packages / target).is_dir(),
+        )
         self._enter(job, "idle", "")
         self._event(job, *self._start(job))
         return job
@@ -331,7 +356,9 @@ class UpdateManager:
         active = self._active_manifest()
         if active is not None and active.name == name and _parse_version(version) <= _parse_version(active.version):
             if not self._rollback_authorized(job):
-                raise UpdateRefused(f"package {name} {version} is not newer than the active {active.version} and the job has no valid fleet-signed rollback authorization")
+                raise UpdateRefused(
+                    f"package {name} {version} is not newer than the active {active.version} and the job has no valid fleet-signed rollback authorization"
+                )
         if not existing.is_dir():
             try:
                 self.slot.stage(self._download_path(job))
@@ -394,15 +421,22 @@ def done_jobs(history: Path) -> set[str]:
 
 def append_history(history: Path, job: JournalBase) -> None:
     with open(history, "a") as fh:
-        fh.write(HistoryEntry(job=job.job, state=job.state, detail=job.detail, at=job.updated_at).model_dump_json() + "\n")
+        fh.write(
+            HistoryEntry(job=job.job, state=job.state, detail=job.detail, at=job.updated_at).model_dump_json() + "\n"
+        )
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def job_update(job: JournalBase) -> dict:
     """The job's progress as reported to the fleet (edgefleet/v1/<device>/jobs/<job>/update)."""
-    return JobUpdate(id=uuid.uuid4().hex, job=job.job, state=job.state, detail=job.detail,
-                     package=ModelRef(name=job.package.name, version=job.package.version)).wire()
+    return JobUpdate(
+        id=uuid.uuid4().hex,
+        job=job.job,
+        state=job.state,
+        detail=job.detail,
+        package=ModelRef(name=job.package.name, version=job.package.version),
+    ).wire()
 
 
 def rollback_authorized(job: JournalBase, device_id: str, trusted_keys) -> bool:
@@ -410,7 +444,12 @@ def rollback_authorized(job: JournalBase, device_id: str, trusted_keys) -> bool:
     from edgefleet.signing import verify_signature
 
     doc: RollbackAuthorization | None = job.authorization
-    if doc is None or (doc.device, doc.job, doc.name, doc.version) != (device_id, job.job, job.package.name, job.package.version):
+    if doc is None or (doc.device, doc.job, doc.name, doc.version) != (
+        device_id,
+        job.job,
+        job.package.name,
+        job.package.version,
+    ):
         return False
     try:
         verify_signature(doc.signed_bytes(), base64.b64decode(doc.signature, validate=True), trusted_keys)
@@ -440,7 +479,10 @@ def fetch(package: JobPackage, dest: Path, timeout_s: float, retries: int) -> No
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp, open(part, "ab" if have and resp.status == 206 else "wb") as fh:
+            with (
+                urllib.request.urlopen(request, timeout=timeout_s) as resp,
+                open(part, "ab" if have and resp.status == 206 else "wb") as fh,
+            ):
                 _copy_capped(resp, fh, size)
             break
         except urllib.error.HTTPError as exc:

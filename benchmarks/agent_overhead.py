@@ -34,9 +34,20 @@ def self_signed(root: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     (root / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (root / "c.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (root / "c.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return root / "c.pem", root / "c.key"
 
 
@@ -79,12 +90,25 @@ def compile_packages(root: Path) -> dict[str, tuple[Path, Path, list[str]]]:
     out = {}
     candidates = [("tiny", tiny, root / "tiny.txt", Preprocessing(resize=(16, 16)), ["bright", "dark"])]
     # The first real CNN from the onnx wheel that this edgefleet compiles.
-    candidates += [(m, light / f"light_{m}.onnx", root / "imagenet.txt", imagenet, ["class0"]) for m in ("shufflenet", "squeezenet", "resnet50")]
+    candidates += [
+        (m, light / f"light_{m}.onnx", root / "imagenet.txt", imagenet, ["class0"])
+        for m in ("shufflenet", "squeezenet", "resnet50")
+    ]
     for name, model, labels, pre, alert_labels in candidates:
         if name != "tiny" and len(out) == 2:
             break
         try:
-            result = compile_model(str(model), "x86_64", output=root / f"{name}.tar.gz", name=name, labels=labels, preprocessing=pre, key=key.path, quiet=True, verify=False)
+            result = compile_model(
+                str(model),
+                "x86_64",
+                output=root / f"{name}.tar.gz",
+                name=name,
+                labels=labels,
+                preprocessing=pre,
+                key=key.path,
+                quiet=True,
+                verify=False,
+            )
         except EdgefleetError as exc:
             print(f"(skipping {name}: {exc.cause[:100]})")
             continue
@@ -92,7 +116,9 @@ def compile_packages(root: Path) -> dict[str, tuple[Path, Path, list[str]]]:
     return out
 
 
-def measure(name: str, package: Path, trust: Path, labels: list[str], frames: list[bytes], root: Path, min_score: float) -> dict:
+def measure(
+    name: str, package: Path, trust: Path, labels: list[str], frames: list[bytes], root: Path, min_score: float
+) -> dict:
     from edgefleet.agent.config import parse_config
     from edgefleet.agent.preprocess import decode_image, preprocess
     from edgefleet.agent.run import Agent
@@ -100,14 +126,22 @@ def measure(name: str, package: Path, trust: Path, labels: list[str], frames: li
 
     cert, key = self_signed(root)
     state = root / f"state-{name}-{min_score}-{len(labels)}"
-    cfg = parse_config({
-        "version": 1, "state_dir": str(state),
-        "mqtt": {"host": "127.0.0.1", "port": 1, "device_id": "bench", "tls": {"ca_file": str(cert), "cert_file": str(cert), "key_file": str(key)}},
-        "model": {"package": str(package), "trusted_keys": [str(trust)]},
-        "sources": [{"type": "folder", "path": str(root / "unused")}],
-        "rules": {"labels": labels, "min_score": min_score, "thumbnail": True},
-        "health": {"enabled": False},
-    })
+    cfg = parse_config(
+        {
+            "version": 1,
+            "state_dir": str(state),
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": 1,
+                "device_id": "bench",
+                "tls": {"ca_file": str(cert), "cert_file": str(cert), "key_file": str(key)},
+            },
+            "model": {"package": str(package), "trusted_keys": [str(trust)]},
+            "sources": [{"type": "folder", "path": str(root / "unused")}],
+            "rules": {"labels": labels, "min_score": min_score, "thumbnail": True},
+            "health": {"enabled": False},
+        }
+    )
     agent = Agent(cfg)
     agent._load_model()
     active = agent.slot.active
@@ -134,8 +168,14 @@ def measure(name: str, package: Path, trust: Path, labels: list[str], frames: li
     alerts = sum(1 for m in agent.outbox.pending(limit=100_000) if m.kind == "alert")
     agent.outbox.close()
     overhead = [f - m for f, m in zip(frame_ms, model_ms)]
-    return {"model_ms": statistics.median(model_ms), "frame_ms": statistics.median(frame_ms), "overhead_ms": statistics.median(overhead),
-            "fps": 1000 / statistics.mean(frame_ms), "alerts": alerts, "rss_mib": psutil.Process().memory_info().rss / 2**20}
+    return {
+        "model_ms": statistics.median(model_ms),
+        "frame_ms": statistics.median(frame_ms),
+        "overhead_ms": statistics.median(overhead),
+        "fps": 1000 / statistics.mean(frame_ms),
+        "alerts": alerts,
+        "rss_mib": psutil.Process().memory_info().rss / 2**20,
+    }
 
 
 def child(args: tuple, results) -> None:
@@ -151,18 +191,28 @@ def main() -> None:
         root = Path(tmp)
         frames = camera_jpegs(args.frames)
         packages = compile_packages(root)
-        print(f"{args.frames} frames of 640x480 JPEG (~{statistics.mean(map(len, frames)) / 1024:.0f} KiB); medians per frame")
-        print(f"{'model':<11} {'alerts':<12} {'model ms':>9} {'frame ms':>9} {'overhead ms':>12} {'overhead/model':>15} {'fps':>7} {'RSS MiB':>8}")
+        print(
+            f"{args.frames} frames of 640x480 JPEG (~{statistics.mean(map(len, frames)) / 1024:.0f} KiB); medians per frame"
+        )
+        print(
+            f"{'model':<11} {'alerts':<12} {'model ms':>9} {'frame ms':>9} {'overhead ms':>12} {'overhead/model':>15} {'fps':>7} {'RSS MiB':>8}"
+        )
         spawn = multiprocessing.get_context("spawn")
         for name, (package, trust, labels) in packages.items():
             for rule_labels, min_score, mode in ((["no-such-label"], 0.5, "none"), (labels, 0.0, "every frame")):
                 results = spawn.Queue()
-                proc = spawn.Process(target=child, args=((name, package, trust, rule_labels, frames, root, min_score), results))
+                proc = spawn.Process(
+                    target=child, args=((name, package, trust, rule_labels, frames, root, min_score), results)
+                )
                 proc.start()
                 r = results.get()
                 proc.join()
-                print(f"{name:<11} {mode:<12} {r['model_ms']:9.2f} {r['frame_ms']:9.2f} {r['overhead_ms']:12.2f} {r['overhead_ms'] / r['model_ms']:15.2f} {r['fps']:7.1f} {r['rss_mib']:8.0f}")
-        print("overhead = decode + preprocess + drift stats + rules (+ thumbnail and an fsynced outbox insert per alert)")
+                print(
+                    f"{name:<11} {mode:<12} {r['model_ms']:9.2f} {r['frame_ms']:9.2f} {r['overhead_ms']:12.2f} {r['overhead_ms'] / r['model_ms']:15.2f} {r['fps']:7.1f} {r['rss_mib']:8.0f}"
+                )
+        print(
+            "overhead = decode + preprocess + drift stats + rules (+ thumbnail and an fsynced outbox insert per alert)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,15 @@ def _yolov8(path: Path, size: int = 320) -> Path:
     from support.torch_models import YoloV8, trained
 
     model = trained(YoloV8(), size)
-    torch.onnx.export(model, (torch.rand(1, 3, size, size),), str(path), input_names=["images"], output_names=["out0"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, size, size),),
+        str(path),
+        input_names=["images"],
+        output_names=["out0"],
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -71,8 +79,18 @@ def make_model(name: str, work: Path) -> Path:
     raise SystemExit(f"unknown model {name}")
 
 
-MODELS = ["squeezenet", "mobilenetv2", "mobilenetv2_035", "yolov8", "mobilenetv2_tflite", "mobilenetv2_035_tflite",
-          "mobilenetv2_int8_tflite", "mobilenetv2_035_int8_tflite", "small_tflite", "int8_tflite"]
+MODELS = [
+    "squeezenet",
+    "mobilenetv2",
+    "mobilenetv2_035",
+    "yolov8",
+    "mobilenetv2_tflite",
+    "mobilenetv2_035_tflite",
+    "mobilenetv2_int8_tflite",
+    "mobilenetv2_035_int8_tflite",
+    "small_tflite",
+    "int8_tflite",
+]
 
 
 def say(message: str) -> None:
@@ -108,18 +126,33 @@ def main() -> None:
         for name in args.models.split(","):
             model = make_model(name, work)
             reference = "onnxruntime" if model.suffix == ".onnx" else "litert"
-            say(f"{name}: compiling for {args.x86_target} and timing against {reference} on x86 ({args.runs} interleaved rounds, 1 thread)")
-            x86 = compile_model(str(model), args.x86_target, output=work / f"{name}-x86.tar.gz", key=key.path, verify=False, quiet=True)
+            say(
+                f"{name}: compiling for {args.x86_target} and timing against {reference} on x86 ({args.runs} interleaved rounds, 1 thread)"
+            )
+            x86 = compile_model(
+                str(model), args.x86_target, output=work / f"{name}-x86.tar.gz", key=key.path, verify=False, quiet=True
+            )
             timed = bench_package(x86.package, reference=model, runs=args.runs, threads=1, trusted=trusted)
-            x86_ratio = next(r.ratio_to_tvm for r in timed.results if r.runtime in ("onnxruntime", "tflite") and r.skipped is None)
+            x86_ratio = next(
+                r.ratio_to_tvm for r in timed.results if r.runtime in ("onnxruntime", "tflite") and r.skipped is None
+            )
             for board in boards:
                 say(f"{name}: compiling for {board.name}")
-                pkg = compile_model(str(model), board.name, output=work / f"{name}-{board.name}.tar.gz", key=key.path, verify=False, quiet=True)
+                pkg = compile_model(
+                    str(model),
+                    board.name,
+                    output=work / f"{name}-{board.name}.tar.gz",
+                    key=key.path,
+                    verify=False,
+                    quiet=True,
+                )
                 feed = sample_inputs(pkg.manifest.inputs)[pkg.manifest.inputs[0].name]
                 sysroot = require_sysroot(board.sysroot_arch)
                 with open_package(pkg.package, None) as opened:
                     say(f"{name} on {board.name}: counting edgefleet ({board.qemu} -cpu {board.cpu})")
-                    ours = counter.count(board, sysroot, "edgefleet", opened.library, feed, windows=args.windows, plugin=plugin)
+                    ours = counter.count(
+                        board, sysroot, "edgefleet", opened.library, feed, windows=args.windows, plugin=plugin
+                    )
                 theirs = None
                 if board.sysroot_arch == "arm64":
                     say(f"{name} on {board.name}: counting {reference}")
@@ -127,7 +160,9 @@ def main() -> None:
                 rows.append((name, board.name, reference, ours, theirs, x86_ratio))
                 _print_row(rows[-1])
     print()
-    print(f"{'model':<27} {'board':<7} {'vs':<12} {'edgefleet M':>12} {'runtime M':>10} {'ratio insn':>10} {'x86 time':>9} {'spread':>8} {'max diff':>9}")
+    print(
+        f"{'model':<27} {'board':<7} {'vs':<12} {'edgefleet M':>12} {'runtime M':>10} {'ratio insn':>10} {'x86 time':>9} {'spread':>8} {'max diff':>9}"
+    )
     for row in rows:
         _print_row(row)
 
@@ -136,11 +171,17 @@ def _print_row(row) -> None:
     name, board, reference, ours, theirs, x86_ratio = row
     spread = max(ours.spread, theirs.spread if theirs else 0)
     if theirs is None:
-        print(f"{name:<27} {board:<7} {'-':<12} {ours.per_inference / 1e6:12.2f} {'-':>10} {'-':>10} {x86_ratio:9.2f} {spread:8d} {'-':>9}", flush=True)
+        print(
+            f"{name:<27} {board:<7} {'-':<12} {ours.per_inference / 1e6:12.2f} {'-':>10} {'-':>10} {x86_ratio:9.2f} {spread:8d} {'-':>9}",
+            flush=True,
+        )
         return
     diff = float(np.max(np.abs(ours.output.astype(np.float64).ravel() - theirs.output.astype(np.float64).ravel())))
-    print(f"{name:<27} {board:<7} {reference:<12} {ours.per_inference / 1e6:12.2f} {theirs.per_inference / 1e6:10.2f} "
-          f"{ours.per_inference / theirs.per_inference:10.2f} {x86_ratio:9.2f} {spread:8d} {diff:9.2g}", flush=True)
+    print(
+        f"{name:<27} {board:<7} {reference:<12} {ours.per_inference / 1e6:12.2f} {theirs.per_inference / 1e6:10.2f} "
+        f"{ours.per_inference / theirs.per_inference:10.2f} {x86_ratio:9.2f} {spread:8d} {diff:9.2g}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,18 @@ def model_path(name: str, work: Path) -> Path:
     sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "compiler")]  # compiler_testlib imports support.cli
     from compiler_testlib import small_onnx_cnn, small_tflite_cnn
 
-    return small_onnx_cnn(work / "small_cnn.onnx") if name == "small_cnn" else small_tflite_cnn(work / "small_tflite.tflite")
+    return (
+        small_onnx_cnn(work / "small_cnn.onnx")
+        if name == "small_cnn"
+        else small_tflite_cnn(work / "small_tflite.tflite")
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["small_cnn", "small_tflite", "squeezenet", "resnet50"], choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=["small_cnn", "small_tflite", "squeezenet", "resnet50"], choices=list(MODELS)
+    )
     parser.add_argument("--targets", nargs="+", default=["x86_64", "rasp4b", "rasp3b", "jetson_xavier"])
     parser.add_argument("--verify", action="store_true", help="include the numeric check where the target runs here")
     args = parser.parse_args()
@@ -59,10 +65,26 @@ def main() -> None:
             baseline = None
             for target in args.targets:
                 start = time.perf_counter()
-                result = compile_model(str(path), target, output=work / f"{model}-{target}.tar.gz", key=key.path, verify=args.verify, quiet=True)
+                result = compile_model(
+                    str(path),
+                    target,
+                    output=work / f"{model}-{target}.tar.gz",
+                    key=key.path,
+                    verify=args.verify,
+                    quiet=True,
+                )
                 total = time.perf_counter() - start
                 baseline = total if target == "x86_64" else baseline
-                rows.append([model, target, *(result.timings.get(s) for s in STAGES), total, result.package.stat().st_size / 1e6, total / baseline if baseline else None])
+                rows.append(
+                    [
+                        model,
+                        target,
+                        *(result.timings.get(s) for s in STAGES),
+                        total,
+                        result.package.stat().st_size / 1e6,
+                        total / baseline if baseline else None,
+                    ]
+                )
                 print(f"  {model} {target}: {total:.2f} s", file=sys.stderr, flush=True)
 
     header = ["model", "target", *STAGES, "total s", "pkg MB", "vs x86_64"]

@@ -45,11 +45,18 @@ def main() -> None:
         start = time.perf_counter()
         sysroot = build_sysroot("arm64", cache=tmp / "cold-cache" if not args.skip_cold else None, quiet=True)
         warm = time.perf_counter() - start
-        print(f"sysroot arm64 warm (cached): {warm * 1000:.1f} ms" + ("" if args.skip_cold else f"  -> cold/warm {cold / warm:.0f}x"))
+        print(
+            f"sysroot arm64 warm (cached): {warm * 1000:.1f} ms"
+            + ("" if args.skip_cold else f"  -> cold/warm {cold / warm:.0f}x")
+        )
 
         key = create_signing_key(tmp / "bench.key")
-        arm = compile_model(str(args.model), "rasp4b", output=tmp / "arm.tar.gz", key=key.path, verify=False, quiet=True)
-        x86 = compile_model(str(args.model), "x86_64", output=tmp / "x86.tar.gz", key=key.path, verify=False, quiet=True)
+        arm = compile_model(
+            str(args.model), "rasp4b", output=tmp / "arm.tar.gz", key=key.path, verify=False, quiet=True
+        )
+        x86 = compile_model(
+            str(args.model), "x86_64", output=tmp / "x86.tar.gz", key=key.path, verify=False, quiet=True
+        )
         feeds = sample_inputs(arm.manifest.inputs)
         ordered = [feeds[s.name] for s in arm.manifest.inputs]
         with open_package(x86.package, None) as opened:
@@ -59,8 +66,10 @@ def main() -> None:
             emulated = run_library_emulated(sysroot, opened.library, ordered, repeat=args.repeat + 1)
         native_ms = statistics.median(native)
         emu_ms = statistics.median(emulated.run_ms[1:])
-        print(f"model {args.model.name}: native x86_64 median {native_ms:.2f} ms, emulated aarch64 (qemu user) median {emu_ms:.2f} ms "
-              f"-> emulated/native {emu_ms / native_ms:.1f}x; emulated python import + load {emulated.import_and_load_s:.1f} s")
+        print(
+            f"model {args.model.name}: native x86_64 median {native_ms:.2f} ms, emulated aarch64 (qemu user) median {emu_ms:.2f} ms "
+            f"-> emulated/native {emu_ms / native_ms:.1f}x; emulated python import + load {emulated.import_and_load_s:.1f} s"
+        )
         np.testing.assert_allclose(emulated.outputs[0], model.run(ordered)[0], atol=1e-4, rtol=1e-3)
 
 

@@ -21,15 +21,19 @@ from edgefleet.demo import DemoOptions, run_demo
 def one_run(workdir: Path, fps: float) -> dict:
     start = time.monotonic()
     try:
-        result = run_demo(DemoOptions(workdir, devices=3, http_port=0, mqtt_port=0, frames_per_second=fps,
-                                      exit_after_rollouts=True))
+        result = run_demo(
+            DemoOptions(workdir, devices=3, http_port=0, mqtt_port=0, frames_per_second=fps, exit_after_rollouts=True)
+        )
         error = None
     except Exception as exc:  # a failed run is a result here, not the end of the benchmark
         result, error = None, f"{type(exc).__name__}: {exc}"[:300]
-    return {"seconds": round(time.monotonic() - start), "error": error,
-            "rollouts": [r["state"] for r in result.rollouts] if result else [],
-            "reasons": [r.get("reason") for r in result.rollouts] if result else [],
-            "drift": result.drift if result else None}
+    return {
+        "seconds": round(time.monotonic() - start),
+        "error": error,
+        "rollouts": [r["state"] for r in result.rollouts] if result else [],
+        "reasons": [r.get("reason") for r in result.rollouts] if result else [],
+        "drift": result.drift if result else None,
+    }
 
 
 def main() -> None:
@@ -46,13 +50,17 @@ def main() -> None:
         print(f"RUN {i + 1}: {run}", flush=True)
     ok = [r for r in runs if r["rollouts"] == ["succeeded", "succeeded"]]
     drift = [r["drift"] for r in runs if r["drift"]]
-    print(f"SUMMARY: {len(ok)} of {len(runs)} runs with both rollouts succeeded; "
-          f"v2 aborted in {sum(r['rollouts'][1:] == ['aborted'] for r in runs)}; errors {sum(bool(r['error']) for r in runs)}")
+    print(
+        f"SUMMARY: {len(ok)} of {len(runs)} runs with both rollouts succeeded; "
+        f"v2 aborted in {sum(r['rollouts'][1:] == ['aborted'] for r in runs)}; errors {sum(bool(r['error']) for r in runs)}"
+    )
     if drift:
         raise_s, clear_s = [d["raised_after_s"] for d in drift], [d["cleared_after_s"] for d in drift]
-        print(f"SUMMARY: drift alarm raised after {min(raise_s):.0f}-{max(raise_s):.0f} s, cleared after "
-              f"{min(clear_s):.0f}-{max(clear_s):.0f} s ({len(drift)} runs); false alarms on normal cameras: "
-              f"{sum(d['false_alarms'] for d in drift)}")
+        print(
+            f"SUMMARY: drift alarm raised after {min(raise_s):.0f}-{max(raise_s):.0f} s, cleared after "
+            f"{min(clear_s):.0f}-{max(clear_s):.0f} s ({len(drift)} runs); false alarms on normal cameras: "
+            f"{sum(d['false_alarms'] for d in drift)}"
+        )
 
 
 if __name__ == "__main__":

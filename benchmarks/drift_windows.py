@@ -52,13 +52,20 @@ def summary(rng: np.random.Generator, n: int, fault: str) -> dict:
 def noise(windows: int) -> None:
     rng = np.random.default_rng(0)
     base = parse_summary(summary(rng, 300, "normal"))
-    print(f"{'window frames':>14} {'normal max psi':>15} {'normal max js':>14} {'dark min psi':>13} {'blur min psi':>13}")
+    print(
+        f"{'window frames':>14} {'normal max psi':>15} {'normal max js':>14} {'dark min psi':>13} {'blur min psi':>13}"
+    )
     for n in (30, 60, 120, 240):
         normal = [judge(base, parse_summary(summary(rng, n, "normal")), DriftConfig()) for _ in range(windows)]
-        normal_js = [judge(base, parse_summary(summary(rng, n, "normal")), DriftConfig(metric="js")).score for _ in range(windows // 4)]
+        normal_js = [
+            judge(base, parse_summary(summary(rng, n, "normal")), DriftConfig(metric="js")).score
+            for _ in range(windows // 4)
+        ]
         dark = [judge(base, parse_summary(summary(rng, n, "dark")), DriftConfig()).score for _ in range(5)]
         blur = [judge(base, parse_summary(summary(rng, n, "blur")), DriftConfig()).score for _ in range(5)]
-        print(f"{n:>14} {max(v.score for v in normal):>15.3f} {max(normal_js):>14.3f} {min(dark):>13.2f} {min(blur):>13.2f}")
+        print(
+            f"{n:>14} {max(v.score for v in normal):>15.3f} {max(normal_js):>14.3f} {min(dark):>13.2f} {min(blur):>13.2f}"
+        )
 
 
 def cost(messages: int) -> None:
@@ -74,22 +81,46 @@ def cost(messages: int) -> None:
         for cam in cams:
             devices.register_device(fleet, cam, "x86_64")
         ingest = Ingest(fleet)
-        baseline = Baseline(model="m", version="1", images=300, source="bench", computed_with="bench", created_at="now", summary=parse_summary(summary(rng, 300, "normal")))
+        baseline = Baseline(
+            model="m",
+            version="1",
+            images=300,
+            source="bench",
+            computed_with="bench",
+            created_at="now",
+            summary=parse_summary(summary(rng, 300, "normal")),
+        )
         # Stand in for the store lookup: the baseline of (m, 1) is known, (other, 1) has none.
         ingest.drift.baseline_for = lambda s, name, version, target: baseline if name == "m" else None
-        bodies = [{"schema": 1, "model": {"name": "m", "version": "1"}, "frames": {"ok": 120}, "drift": summary(rng, 120, "normal")} for _ in range(20)]
+        bodies = [
+            {
+                "schema": 1,
+                "model": {"name": "m", "version": "1"},
+                "frames": {"ok": 120},
+                "drift": summary(rng, 120, "normal"),
+            }
+            for _ in range(20)
+        ]
         small = [{**b, "frames": {"ok": 30}, "drift": summary(rng, 30, "normal")} for b in bodies]
         rates = {}
         for label, model, sent in (("judged", "m", bodies), ("pooled", "m", small), ("stored only", "other", bodies)):
-            msgs = [Message(f"edgefleet/v1/{cams[i % 10]}/telemetry", json.dumps({**sent[i % 20], "model": {"name": model, "version": "1"}}).encode(), time.time())
-                    for i in range(messages)]
+            msgs = [
+                Message(
+                    f"edgefleet/v1/{cams[i % 10]}/telemetry",
+                    json.dumps({**sent[i % 20], "model": {"name": model, "version": "1"}}).encode(),
+                    time.time(),
+                )
+                for i in range(messages)
+            ]
             start = time.perf_counter()
             for i in range(0, messages, 50):  # the bridge hands over batches
-                ingest.handle_batch(msgs[i:i + 50])
+                ingest.handle_batch(msgs[i : i + 50])
             rates[label] = messages / (time.perf_counter() - start)
-        print(f"ingest: {rates['judged']:.0f} telemetry msg/s judged, {rates['pooled']:.0f} msg/s pooled (30 frames each), "
-              f"{rates['stored only']:.0f} msg/s stored only; ratios {rates['judged'] / rates['stored only']:.2f}, "
-              f"{rates['pooled'] / rates['stored only']:.2f}")
+        print(
+            f"ingest: {rates['judged']:.0f} telemetry msg/s judged, {rates['pooled']:.0f} msg/s pooled (30 frames each), "
+            f"{rates['stored only']:.0f} msg/s stored only; ratios {rates['judged'] / rates['stored only']:.2f}, "
+            f"{rates['pooled'] / rates['stored only']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -68,19 +68,41 @@ class SimulatedFleet:
 
     def _on_connect(self, c, dev, flags, rc, props) -> None:
         c.subscribe(f"edgefleet/v1/{dev}/jobs/notify", qos=1)
-        c.publish(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "id": uuid.uuid4().hex, "state": "online", "model": {"name": "tiny", "version": self.version[dev]}}), qos=1, retain=True)
+        c.publish(
+            f"edgefleet/v1/{dev}/status",
+            json.dumps(
+                {
+                    "schema": 1,
+                    "id": uuid.uuid4().hex,
+                    "state": "online",
+                    "model": {"name": "tiny", "version": self.version[dev]},
+                }
+            ),
+            qos=1,
+            retain=True,
+        )
 
     def _on_message(self, c, dev, msg) -> None:
         job = json.loads(msg.payload)
         for state in ("idle", "downloading", "verifying", "staged", "switching", "probation", "committed"):
-            c.publish(f"edgefleet/v1/{dev}/jobs/{job['job']}/update", json.dumps({"schema": 1, "id": uuid.uuid4().hex, "job": job["job"], "state": state, "detail": ""}), qos=1)
+            c.publish(
+                f"edgefleet/v1/{dev}/jobs/{job['job']}/update",
+                json.dumps({"schema": 1, "id": uuid.uuid4().hex, "job": job["job"], "state": state, "detail": ""}),
+                qos=1,
+            )
         self.version[dev] = job["package"]["version"]
         self.next_telemetry[dev] = time.time() + 0.5
 
     def _telemetry(self, dev: str) -> None:
-        body = {"schema": 1, "id": uuid.uuid4().hex, "model": {"name": "tiny", "version": self.version[dev]}, "frames": {"ok": 50, "bad": 0, "error": 0},
-                "alerts": {"person": 1}, "latency_ms": {"count": 50, "p50": 4.0, "p95": 6.0},
-                "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [50]}}}
+        body = {
+            "schema": 1,
+            "id": uuid.uuid4().hex,
+            "model": {"name": "tiny", "version": self.version[dev]},
+            "frames": {"ok": 50, "bad": 0, "error": 0},
+            "alerts": {"person": 1},
+            "latency_ms": {"count": 50, "p50": 4.0, "p95": 6.0},
+            "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [50]}},
+        }
         self.clients[dev].publish(f"edgefleet/v1/{dev}/telemetry", json.dumps(body), qos=1)
         self.sent_telemetry += 1
 
@@ -115,9 +137,18 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
 
     work.mkdir(parents=True)
     mport, hport = free_port(), free_port()
-    (work / "mosquitto.conf").write_text(f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n")
+    (work / "mosquitto.conf").write_text(
+        f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n"
+    )
     broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")])
-    config = FleetConfig(data_dir=work / "fleet", listen_port=hport, public_url=f"http://127.0.0.1:{hport}", signing_key=key, broker=BrokerConfig(port=mport), tick_seconds=0.5)
+    config = FleetConfig(
+        data_dir=work / "fleet",
+        listen_port=hport,
+        public_url=f"http://127.0.0.1:{hport}",
+        signing_key=key,
+        broker=BrokerConfig(port=mport),
+        tick_seconds=0.5,
+    )
     fleet = open_fleet(config)
     for p in (package_v1, package_v2):
         v = registry.upload_package(fleet, p)
@@ -125,13 +156,21 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
     token = auth.create_token(fleet, "bench", "admin")
     ids = [f"sim-{i:05d}" for i in range(n)]
     with fleet.writer() as s, s.begin():
-        s.add_all([Device(id=d, target="x86_64", group="bench", tags=[], model_name="tiny", model_version="1") for d in ids])
+        s.add_all(
+            [Device(id=d, target="x86_64", group="bench", tags=[], model_name="tiny", model_version="1") for d in ids]
+        )
     fleet.readers.kw["bind"].dispose()
     (work / "fleet.toml").write_text(
         f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {hport}\npublic_url = "http://127.0.0.1:{hport}"\nsigning_key = "{key}"\ntick_seconds = 0.5\n[broker]\nport = {mport}\n'
     )
-    server = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(work / "fleet.toml")], stdout=open(work / "fleet.log", "wb"), stderr=subprocess.STDOUT)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{hport}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(work / "fleet.toml")],
+        stdout=open(work / "fleet.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    http = httpx.Client(
+        base_url=f"http://127.0.0.1:{hport}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
     for _ in range(300):
         try:
             http.get("/rollouts")
@@ -150,8 +189,15 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
         result["connect_s"] = round(time.time() - t0, 1)
         cpu0, t_start = sum(proc.cpu_times()[:2]), time.time()
         ingested0 = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
-        rid = http.post("/rollouts", json={"group": "tiny", "version": "2", "selection": {"group": "bench"},
-                                           "plan": {"canary_percent": 1, "waves": [10, 50, 100], "bake_time_s": 0, "wave_timeout_s": 600}}).json()["id"]
+        rid = http.post(
+            "/rollouts",
+            json={
+                "group": "tiny",
+                "version": "2",
+                "selection": {"group": "bench"},
+                "plan": {"canary_percent": 1, "waves": [10, 50, 100], "bake_time_s": 0, "wave_timeout_s": 600},
+            },
+        ).json()["id"]
         peak_rss, state = 0, "created"
         while state not in ("succeeded", "aborted") and time.time() - t_start < 900:
             sim.pump(1)
@@ -191,7 +237,12 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--telemetry-s", type=float, default=60.0, help="telemetry interval of each simulated device (the agent's default is 60 s)")
+    parser.add_argument(
+        "--telemetry-s",
+        type=float,
+        default=60.0,
+        help="telemetry interval of each simulated device (the agent's default is 60 s)",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -210,8 +261,10 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         a, b = results[0], results[-1]
-        print(f"{b['devices'] / a['devices']:.0f}x devices: {b['all_committed_s'] / a['all_committed_s']:.2f}x time to all committed, "
-              f"{b['fleet_peak_rss_mb'] / a['fleet_peak_rss_mb']:.2f}x fleet RSS, {b['telemetry_capacity_per_s'] / max(a['telemetry_capacity_per_s'], 0.1):.2f}x telemetry capacity")
+        print(
+            f"{b['devices'] / a['devices']:.0f}x devices: {b['all_committed_s'] / a['all_committed_s']:.2f}x time to all committed, "
+            f"{b['fleet_peak_rss_mb'] / a['fleet_peak_rss_mb']:.2f}x fleet RSS, {b['telemetry_capacity_per_s'] / max(a['telemetry_capacity_per_s'], 0.1):.2f}x telemetry capacity"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

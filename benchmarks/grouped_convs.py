@@ -65,7 +65,11 @@ def main() -> None:
                 diff = float(np.abs(_first(vm(xt)) - want).max())
                 np.testing.assert_allclose(_first(vm(xt)), want, rtol=1e-3, atol=1e-3, err_msg=f"{name} {label}")
                 print(f"{name} {label}: max abs diff to ORT {diff:.1e} (outputs up to {float(np.abs(want).max()):.2f})")
-            runners = {"ort": lambda s=sess, f=feed: s.run(None, f), "before": lambda b=before, t=xt: b(t), "after": lambda a=after, t=xt: a(t)}
+            runners = {
+                "ort": lambda s=sess, f=feed: s.run(None, f),
+                "before": lambda b=before, t=xt: b(t),
+                "after": lambda a=after, t=xt: a(t),
+            }
             times: dict[str, list[float]] = {k: [] for k in runners}
             for _ in range(args.runs):
                 for k, run in runners.items():
@@ -73,8 +77,10 @@ def main() -> None:
                     run()
                     times[k].append(time.perf_counter() - start)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            print(f"{name}: ORT {med['ort']:.2f} ms, before {med['before']:.2f} ms ({med['before'] / med['ort']:.2f}x ORT), "
-                  f"after {med['after']:.2f} ms ({med['after'] / med['ort']:.2f}x ORT); load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"{name}: ORT {med['ort']:.2f} ms, before {med['before']:.2f} ms ({med['before'] / med['ort']:.2f}x ORT), "
+                f"after {med['after']:.2f} ms ({med['after'] / med['ort']:.2f}x ORT); load average {os.getloadavg()[0]:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,11 @@ def compile_vm(model: onnx.ModelProto, target, stock: bool):
     mod = from_onnx(model, keep_params_in_input=False)
     start = time.perf_counter()
     with tgt:
-        mod = (relax.get_default_pipeline(tgt) if stock else _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None)))(mod)
+        mod = (
+            relax.get_default_pipeline(tgt)
+            if stock
+            else _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))
+        )(mod)
     ex = tvm.compile(mod, target=tgt, relax_pipeline=None)
     compile_s = time.perf_counter() - start
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -76,15 +80,21 @@ def main() -> None:
     target = resolve_target(args.target)
     tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
     peak = cpu_peak_gflops(args.threads)
-    print(f"target {target.name} {target.tvm_target}; {args.threads} thread(s) for TVM and ONNX Runtime; estimated peak {peak and round(peak)} GFLOP/s")
-    print(f"{'model':<12} {'GFLOP':>6} {'ORT ms':>8} {'before ms':>10} {'x ORT':>7} {'after ms':>9} {'x ORT':>7} {'after GFLOP/s':>14} {'compile s':>10}")
+    print(
+        f"target {target.name} {target.tvm_target}; {args.threads} thread(s) for TVM and ONNX Runtime; estimated peak {peak and round(peak)} GFLOP/s"
+    )
+    print(
+        f"{'model':<12} {'GFLOP':>6} {'ORT ms':>8} {'before ms':>10} {'x ORT':>7} {'after ms':>9} {'x ORT':>7} {'after GFLOP/s':>14} {'compile s':>10}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             path = model_path(name, Path(tmp))
             model = onnx.load(str(path))
             inits = {i.name for i in model.graph.initializer}
             spec = next(i for i in model.graph.input if i.name not in inits)
-            x = np.random.default_rng(0).random([d.dim_value for d in spec.type.tensor_type.shape.dim], dtype=np.float32)
+            x = np.random.default_rng(0).random(
+                [d.dim_value for d in spec.type.tensor_type.shape.dim], dtype=np.float32
+            )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = args.threads, 1, 3
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -98,7 +108,9 @@ def main() -> None:
             want = sess.run(None, {spec.name: x})[0]
             got = after(xt)
             got = got if isinstance(got, tvm.runtime.Tensor) else got[0]
-            np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3, err_msg=f"{name}: compiled output differs from ONNX Runtime's")
+            np.testing.assert_allclose(
+                got.numpy(), want, rtol=1e-3, atol=1e-3, err_msg=f"{name}: compiled output differs from ONNX Runtime's"
+            )
             times = {k: [] for k in runners}
             for run in runners.values():
                 run()

@@ -61,12 +61,23 @@ def main() -> None:
         runs = {}
         for threads in (1, 0):
             cpu = child_cpu_s()
-            job = run_training_job(TrainingJobConfig(data=root / "data", out=root / f"job-{threads}", hyperparameters={"threads": threads}), stream=None)
-            runs[threads] = {"wall_s": job.seconds, "cpu_s": round(child_cpu_s() - cpu, 2), "validation_accuracy": job.metrics["validation_accuracy"],
-                             "per_class": job.metrics["per_class_accuracy"]}
+            job = run_training_job(
+                TrainingJobConfig(
+                    data=root / "data", out=root / f"job-{threads}", hyperparameters={"threads": threads}
+                ),
+                stream=None,
+            )
+            runs[threads] = {
+                "wall_s": job.seconds,
+                "cpu_s": round(child_cpu_s() - cpu, 2),
+                "validation_accuracy": job.metrics["validation_accuracy"],
+                "per_class": job.metrics["per_class_accuracy"],
+            }
         one, many = runs[1], runs[0]
         print(json.dumps(runs, indent=2))
-        print(f"1 thread vs SM_NUM_CPUS threads: wall {many['wall_s'] / one['wall_s']:.2f}x, cpu {many['cpu_s'] / max(one['cpu_s'], 1e-9):.2f}x slower with more threads")
+        print(
+            f"1 thread vs SM_NUM_CPUS threads: wall {many['wall_s'] / one['wall_s']:.2f}x, cpu {many['cpu_s'] / max(one['cpu_s'], 1e-9):.2f}x slower with more threads"
+        )
         print(f"validation accuracy {one['validation_accuracy']:.3f} (chance {1 / 3:.3f})")
         frames = frame_accuracy(root / "job-1" / "opt" / "ml" / "model", args.frames)
         print(f"unseen 320x240 JPEG frames: {json.dumps(frames)}, mean {np.mean(list(frames.values())):.3f}")

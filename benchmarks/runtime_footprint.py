@@ -54,7 +54,14 @@ def _tree_mb(*paths: Path) -> float:
 def _measure(kind: str, library: Path, runs: int) -> dict:
     # TVM_USE_RUNTIME_LIB: the wheel's own runtime-only mode, its best case for a camera.
     env = {**os.environ, "TVM_NUM_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0", "TVM_USE_RUNTIME_LIB": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, kind, str(library), str(runs)], capture_output=True, text=True, env=env, timeout=600, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(library), str(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
     return json.loads(proc.stdout.splitlines()[-1])
 
 
@@ -71,24 +78,42 @@ def main() -> None:
     bundle = find_bundle()
     with tempfile.TemporaryDirectory() as tmp:
         key = create_signing_key(Path(tmp) / "k.key")
-        pkg = compile_model(str(save(Path(tmp) / "mobilenetv2.onnx")), "x86_64", output=Path(tmp) / "m.tar.gz", key=key.path, verify=False, quiet=True).package
+        pkg = compile_model(
+            str(save(Path(tmp) / "mobilenetv2.onnx")),
+            "x86_64",
+            output=Path(tmp) / "m.tar.gz",
+            key=key.path,
+            verify=False,
+            quiet=True,
+        ).package
         with open_package(pkg, None) as opened:
             results: dict[str, dict] = {}
-            for kind in ("wheel", "camera", "wheel", "camera"):  # the first pair warms the page cache; the second is kept
+            for kind in (
+                "wheel",
+                "camera",
+                "wheel",
+                "camera",
+            ):  # the first pair warms the page cache; the second is kept
                 results[kind] = _measure(kind, opened.library, args.runs)
     tvm_dir = Path(find_spec("tvm").submodule_search_locations[0])
     ffi_dir = Path(find_spec("tvm_ffi").submodule_search_locations[0])
     sizes = {"wheel": _tree_mb(tvm_dir, ffi_dir), "camera": _tree_mb(bundle.lib)}
-    print(f"MobileNetV2 x86_64 package, 1 thread, {args.runs} runs; camera runtime {bundle.info.key} ({bundle.info.describe()})")
+    print(
+        f"MobileNetV2 x86_64 package, 1 thread, {args.runs} runs; camera runtime {bundle.info.key} ({bundle.info.describe()})"
+    )
     print(f"{'':<22} {'apache-tvm wheel':>17} {'camera runtime':>15} {'camera/wheel':>13}")
-    rows = [("installed size MB", sizes["wheel"], sizes["camera"]),
-            ("start-up s", results["wheel"]["startup_s"], results["camera"]["startup_s"]),
-            ("inference median ms", results["wheel"]["median_ms"], results["camera"]["median_ms"]),
-            ("peak RSS MB", results["wheel"]["rss_mb"], results["camera"]["rss_mb"])]
+    rows = [
+        ("installed size MB", sizes["wheel"], sizes["camera"]),
+        ("start-up s", results["wheel"]["startup_s"], results["camera"]["startup_s"]),
+        ("inference median ms", results["wheel"]["median_ms"], results["camera"]["median_ms"]),
+        ("peak RSS MB", results["wheel"]["rss_mb"], results["camera"]["rss_mb"]),
+    ]
     for name, wheel, camera in rows:
         print(f"{name:<22} {wheel:>17.2f} {camera:>15.2f} {camera / wheel:>12.2f}x")
     same = abs(results["wheel"]["checksum"] - results["camera"]["checksum"]) <= 1e-3 * abs(results["wheel"]["checksum"])
-    print(f"outputs agree: {same} (sum |out| {results['wheel']['checksum']:.6g} vs {results['camera']['checksum']:.6g})")
+    print(
+        f"outputs agree: {same} (sum |out| {results['wheel']['checksum']:.6g} vs {results['camera']['checksum']:.6g})"
+    )
 
 
 if __name__ == "__main__":

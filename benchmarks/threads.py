@@ -46,7 +46,10 @@ def child(libs: dict[str, tuple[str, str]], runs: int, spinning: bool) -> dict:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x}
-            runners = {"tvm": lambda vm=vm, xt=xt: vm["main"](xt), "ort": lambda sess=sess, feed=feed: sess.run(None, feed)}
+            runners = {
+                "tvm": lambda vm=vm, xt=xt: vm["main"](xt),
+                "ort": lambda sess=sess, feed=feed: sess.run(None, feed),
+            }
             times: dict[str, list[float]] = {k: [] for k in runners}
             for run in runners.values():
                 run()
@@ -78,7 +81,9 @@ def build(names: list[str], tmp: Path) -> dict[str, tuple[str, str]]:
         inits = {i.name for i in model.graph.initializer}
         spec = next(i for i in model.graph.input if i.name not in inits)
         with tgt:
-            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(from_onnx(model, keep_params_in_input=False))
+            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
+                from_onnx(model, keep_params_in_input=False)
+            )
         lib = str(tmp / f"{name}.so")
         tvm.compile(mod, target=tgt, relax_pipeline=None).export_library(lib)
         Path(lib + ".shape").write_text(json.dumps([d.dim_value for d in spec.type.tensor_type.shape.dim]))
@@ -108,10 +113,21 @@ def main() -> None:
                     env["TVM_THREAD_POOL_SPIN_COUNT"] = count
                 load = os.getloadavg()[0]
                 spec = json.dumps({"libs": libs, "spinning": count is None})
-                done = subprocess.run([sys.executable, __file__, "--child", spec, "--runs", str(args.runs)], env=env, check=True, capture_output=True, text=True)
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", spec, "--runs", str(args.runs)],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
                 results[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(f"block {block + 1}/{args.blocks} spin {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}")
+                print(
+                    f"block {block + 1}/{args.blocks} spin {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    print(
+        f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}"
+    )
     for label in SPINS:
         for key in results[label][0]:
             tvm_ms = statistics.median(r[key]["tvm"] for r in results[label])

@@ -57,10 +57,14 @@ def _s3_images(uri: str, dest: Path, max_images: int) -> list[Path]:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise ModelSourceError("reading s3:// needs boto3", "pip install 'edgefleet[compiler]'") from None
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     s3 = boto3.client("s3")
     try:
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        keys = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
         keys = _evenly(sorted(k for k in keys if Path(k).suffix.lower() in IMAGE_SUFFIXES), max_images)
         dest.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -69,7 +73,9 @@ def _s3_images(uri: str, dest: Path, max_images: int) -> list[Path]:
             s3.download_file(bucket, key, str(path))
             paths.append(path)
     except (BotoCoreError, ClientError) as exc:
-        raise ModelSourceError(f"cannot read baseline images under {uri}: {exc}", "check the prefix and your AWS credentials") from None
+        raise ModelSourceError(
+            f"cannot read baseline images under {uri}: {exc}", "check the prefix and your AWS credentials"
+        ) from None
     return paths
 
 
@@ -81,30 +87,49 @@ def collect_images(source: str, workdir: Path, max_images: int = MAX_IMAGES) -> 
     else:
         root = Path(source)
         if not root.is_dir():
-            raise UsageError(f"--baseline-images {source} is not a folder", "pass a folder of images like the ones the cameras will see (e.g. the training channel)")
-        paths = _evenly(sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), max_images)
+            raise UsageError(
+                f"--baseline-images {source} is not a folder",
+                "pass a folder of images like the ones the cameras will see (e.g. the training channel)",
+            )
+        paths = _evenly(
+            sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), max_images
+        )
     if not paths:
-        raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}", "pass the folder or S3 prefix that holds the baseline images")
+        raise UsageError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}",
+            "pass the folder or S3 prefix that holds the baseline images",
+        )
     return paths
 
 
 def check_source(source: str) -> None:
     """Refuse a bad --baseline-images before minutes of compiling (S3 prefixes are read later)."""
     if source.startswith("s3://"):
-        if not source[len("s3://"):].partition("/")[0]:
-            raise UsageError(f"--baseline-images {source} is not s3://BUCKET/PREFIX", "pass the S3 prefix of the training channel, e.g. s3://bucket/data/train/")
+        if not source[len("s3://") :].partition("/")[0]:
+            raise UsageError(
+                f"--baseline-images {source} is not s3://BUCKET/PREFIX",
+                "pass the S3 prefix of the training channel, e.g. s3://bucket/data/train/",
+            )
         return
     collect_images(source, Path("."))
 
 
-def summarise(images: list[Path], run: Callable[[np.ndarray], list[np.ndarray]], inputs: list[TensorSpec], outputs: list[TensorSpec],
-              pre: Preprocessing, labels: list[str], task: str,
-              detection: DetectionInfo | None = None) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
+def summarise(
+    images: list[Path],
+    run: Callable[[np.ndarray], list[np.ndarray]],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    pre: Preprocessing,
+    labels: list[str],
+    task: str,
+    detection: DetectionInfo | None = None,
+) -> tuple[dict, dict[str, list[float]], dict[str, str]]:
     """The agent's drift summary over `images`, the raw per-image values, and the images skipped (with why)."""
     metrics = AgentMetrics()
     # What interpret() reads of a manifest.
-    shape = types.SimpleNamespace(task=task, labels=labels, outputs=outputs, inputs=inputs, preprocessing=pre,
-                                  detection=detection)
+    shape = types.SimpleNamespace(
+        task=task, labels=labels, outputs=outputs, inputs=inputs, preprocessing=pre, detection=detection
+    )
     values: dict[str, list[float]] = {"brightness": [], "contrast": [], "confidence": []}
     skipped: dict[str, str] = {}
     for path in images:
@@ -131,13 +156,24 @@ def _numerical(name: str, vals: list[float], hist: dict) -> dict:
         "inferred_type": "Fractional",
         "numerical_statistics": {
             "common": {"num_present": int(arr.size), "num_missing": 0},
-            "mean": float(arr.mean()), "sum": float(arr.sum()), "std_dev": float(arr.std()),
-            "min": float(arr.min()), "max": float(arr.max()),
-            "distribution": {"kll": {
-                "buckets": [{"lower_bound": edges[i], "upper_bound": edges[i + 1], "count": float(c)} for i, c in enumerate(counts)],
-                # n <= k, so the sketch's one level holds every value: it is exact.
-                "sketch": {"parameters": {"c": 0.64, "k": float(KLL_K)}, "data": [sorted(round(float(v), 6) for v in arr)]},
-            }},
+            "mean": float(arr.mean()),
+            "sum": float(arr.sum()),
+            "std_dev": float(arr.std()),
+            "min": float(arr.min()),
+            "max": float(arr.max()),
+            "distribution": {
+                "kll": {
+                    "buckets": [
+                        {"lower_bound": edges[i], "upper_bound": edges[i + 1], "count": float(c)}
+                        for i, c in enumerate(counts)
+                    ],
+                    # n <= k, so the sketch's one level holds every value: it is exact.
+                    "sketch": {
+                        "parameters": {"c": 0.64, "k": float(KLL_K)},
+                        "data": [sorted(round(float(v), 6) for v in arr)],
+                    },
+                }
+            },
         },
     }
 
@@ -159,7 +195,11 @@ def model_monitor_statistics(summary: dict, values: dict[str, list[float]]) -> d
                 "string_statistics": {
                     "common": {"num_present": sum(predictions.values()), "num_missing": n - sum(predictions.values())},
                     "distinct_count": float(len(predictions)),
-                    "distribution": {"categorical": {"buckets": [{"value": k, "count": float(v)} for k, v in sorted(predictions.items())]}},
+                    "distribution": {
+                        "categorical": {
+                            "buckets": [{"value": k, "count": float(v)} for k, v in sorted(predictions.items())]
+                        }
+                    },
                 },
             },
         ],
@@ -168,37 +208,75 @@ def model_monitor_statistics(summary: dict, values: dict[str, list[float]]) -> d
 
 def model_monitor_constraints(labels: list[str], predictions: dict[str, int], threshold: float) -> dict:
     """Model Monitor constraints.json: complete, non-negative inputs and the known label domain."""
-    numeric = [{"name": n, "inferred_type": "Fractional", "completeness": 1.0, "num_constraints": {"is_non_negative": True}}
-               for n in ("input_brightness", "input_contrast", "prediction_confidence")]
+    numeric = [
+        {"name": n, "inferred_type": "Fractional", "completeness": 1.0, "num_constraints": {"is_non_negative": True}}
+        for n in ("input_brightness", "input_contrast", "prediction_confidence")
+    ]
     return {
         "version": 0.0,
-        "features": numeric + [{"name": "predicted_label", "inferred_type": "String", "completeness": 1.0,
-                                "string_constraints": {"domains": labels or sorted(predictions)}}],
+        "features": numeric
+        + [
+            {
+                "name": "predicted_label",
+                "inferred_type": "String",
+                "completeness": 1.0,
+                "string_constraints": {"domains": labels or sorted(predictions)},
+            }
+        ],
         "monitoring_config": {
             "evaluate_constraints": "Enabled",
             "emit_metrics": "Enabled",
             "datatype_check_threshold": 1.0,
             "domain_content_threshold": 1.0,
-            "distribution_constraints": {"perform_comparison": "Enabled", "comparison_threshold": threshold, "comparison_method": "Robust"},
+            "distribution_constraints": {
+                "perform_comparison": "Enabled",
+                "comparison_threshold": threshold,
+                "comparison_method": "Robust",
+            },
         },
     }
 
 
-def build_baseline(source: str, workdir: Path, *, run: Callable[[np.ndarray], list[np.ndarray]], computed_with: str,
-                   inputs: list[TensorSpec], outputs: list[TensorSpec], preprocessing: Preprocessing, labels: list[str], task: str,
-                   name: str, version: str, max_images: int = MAX_IMAGES, js_threshold: float = 0.1,
-                   detection: DetectionInfo | None = None) -> BaselineResult:
+def build_baseline(
+    source: str,
+    workdir: Path,
+    *,
+    run: Callable[[np.ndarray], list[np.ndarray]],
+    computed_with: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    preprocessing: Preprocessing,
+    labels: list[str],
+    task: str,
+    name: str,
+    version: str,
+    max_images: int = MAX_IMAGES,
+    js_threshold: float = 0.1,
+    detection: DetectionInfo | None = None,
+) -> BaselineResult:
     """Compute the baseline of the images at `source` and write the three package files into `workdir`."""
     if task == "other":
-        raise UsageError("--baseline-images needs --task classification or detection", "drop --baseline-images for task 'other'")
+        raise UsageError(
+            "--baseline-images needs --task classification or detection", "drop --baseline-images for task 'other'"
+        )
     images = collect_images(source, workdir, max_images)
     raw, values, skipped = summarise(images, run, inputs, outputs, preprocessing, labels, task, detection)
     used = len(values["brightness"])
     if used < MIN_IMAGES:
         why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3])
-        raise UsageError(f"only {used} of {len(images)} baseline images under {source} could be used (at least {MIN_IMAGES} are needed){': ' + why if why else ''}",
-                         "add more decodable images like the ones the cameras will see")
-    baseline = Baseline(model=name, version=version, images=used, source=source, computed_with=computed_with, created_at=now_utc(), summary=parse_summary(raw))
+        raise UsageError(
+            f"only {used} of {len(images)} baseline images under {source} could be used (at least {MIN_IMAGES} are needed){': ' + why if why else ''}",
+            "add more decodable images like the ones the cameras will see",
+        )
+    baseline = Baseline(
+        model=name,
+        version=version,
+        images=used,
+        source=source,
+        computed_with=computed_with,
+        created_at=now_utc(),
+        summary=parse_summary(raw),
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     documents = {
         BASELINE_FILE: baseline.model_dump(mode="json"),
@@ -213,7 +291,9 @@ def build_baseline(source: str, workdir: Path, *, run: Callable[[np.ndarray], li
     return BaselineResult(baseline, files, skipped)
 
 
-def runner_for(library: Path | None, frontend, model_path: Path, inputs: list[TensorSpec], target_name: str) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str]:
+def runner_for(
+    library: Path | None, frontend, model_path: Path, inputs: list[TensorSpec], target_name: str
+) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str]:
     """Run the compiled library when it executes here, else the source model's reference runtime."""
     if library is not None:
         from edgefleet.agent.runtime_worker import open_tvm_model
@@ -221,17 +301,45 @@ def runner_for(library: Path | None, frontend, model_path: Path, inputs: list[Te
         model = open_tvm_model(library)
         return (lambda batch: model.run([batch])), f"compiled model ({target_name}, tvm)"
     name = inputs[0].name
-    return (lambda batch: frontend.reference_run(model_path, {name: batch})), f"{frontend.reference_name()} on the source model ({target_name} does not run here)"
+    return (
+        lambda batch: frontend.reference_run(model_path, {name: batch})
+    ), f"{frontend.reference_name()} on the source model ({target_name} does not run here)"
 
 
-
-def package_baseline(source: str, work: Path, stages, *, library: Path, runs_here: bool, target_name: str, frontend, model_path: Path,
-                     inputs: list[TensorSpec], outputs: list[TensorSpec], preprocessing: Preprocessing, labels: list[str], task: str,
-                     name: str, version: str, detection: DetectionInfo | None = None) -> dict[str, Path]:
+def package_baseline(
+    source: str,
+    work: Path,
+    stages,
+    *,
+    library: Path,
+    runs_here: bool,
+    target_name: str,
+    frontend,
+    model_path: Path,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    preprocessing: Preprocessing,
+    labels: list[str],
+    task: str,
+    name: str,
+    version: str,
+    detection: DetectionInfo | None = None,
+) -> dict[str, Path]:
     """What compile_model calls for --baseline-images: the package files, in a timed "baseline" stage."""
     with stages.stage("baseline", source):
         run, computed_with = runner_for(library if runs_here else None, frontend, model_path, inputs, target_name)
-        result = build_baseline(source, work / "baseline", run=run, computed_with=computed_with, inputs=inputs, outputs=outputs,
-                                preprocessing=preprocessing, labels=labels, task=task, name=name, version=version,
-                                detection=detection)
+        result = build_baseline(
+            source,
+            work / "baseline",
+            run=run,
+            computed_with=computed_with,
+            inputs=inputs,
+            outputs=outputs,
+            preprocessing=preprocessing,
+            labels=labels,
+            task=task,
+            name=name,
+            version=version,
+            detection=detection,
+        )
     return result.files

@@ -74,7 +74,11 @@ def onnx_gflop(model_path: Path) -> float | None:
             flops += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type in ("Gemm", "MatMul") and node.input[0] in shapes:
             a = shapes[node.input[0]]
-            k = a[-1] if not (node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)) else a[0]
+            k = (
+                a[-1]
+                if not (node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute))
+                else a[0]
+            )
             flops += 2 * int(np.prod(out)) * k
     return flops / 1e9 if flops else None
 
@@ -89,8 +93,20 @@ def cpu_peak_gflops(threads: int) -> float | None:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = set(re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", info, re.M)[0].split()) if re.search(r"^(?:flags|Features)", info, re.M) else set()
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4 if ({"neon", "asimd"} & flags or "sse2" in flags) else None
+    flags = (
+        set(re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", info, re.M)[0].split())
+        if re.search(r"^(?:flags|Features)", info, re.M)
+        else set()
+    )
+    lanes = (
+        16
+        if "avx512f" in flags
+        else 8
+        if "avx2" in flags
+        else 4
+        if ({"neon", "asimd"} & flags or "sse2" in flags)
+        else None
+    )
     mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)]
     if lanes is None or not mhz:
         return None
@@ -161,7 +177,10 @@ def _tflite_runner(model: Path, threads: int):
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float | None:
     if len(a) != len(b) or any(x.size != y.size for x, y in zip(a, b)):
         return None
-    return max(float(np.max(np.abs(np.asarray(x, np.float64).ravel() - np.asarray(y, np.float64).ravel()))) for x, y in zip(a, b))
+    return max(
+        float(np.max(np.abs(np.asarray(x, np.float64).ravel() - np.asarray(y, np.float64).ravel())))
+        for x, y in zip(a, b)
+    )
 
 
 def _reference_model(manifest, reference: Path | None) -> tuple[Path | None, str | None]:
@@ -170,7 +189,10 @@ def _reference_model(manifest, reference: Path | None) -> tuple[Path | None, str
 
     if reference is not None:
         if not Path(reference).is_file():
-            raise UsageError(f"--reference {reference} does not exist", "pass the .onnx or .tflite file the package was compiled from")
+            raise UsageError(
+                f"--reference {reference} does not exist",
+                "pass the .onnx or .tflite file the package was compiled from",
+            )
         return Path(reference), None
     uri = manifest.provenance.source_uri
     path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
@@ -183,7 +205,9 @@ def _reference_model(manifest, reference: Path | None) -> tuple[Path | None, str
     return path, None
 
 
-def bench_package(package: Path, *, reference: Path | None = None, runs: int = 20, warmup: int = 3, threads: int = 1, trusted=None) -> BenchResult:
+def bench_package(
+    package: Path, *, reference: Path | None = None, runs: int = 20, warmup: int = 3, threads: int = 1, trusted=None
+) -> BenchResult:
     """Time `package` (this machine must run its target) against ONNX Runtime / TFLite on the source model."""
     from edgefleet.agent.runtime import check_runnable
     from edgefleet.compiler.frontends import frontend_for
@@ -197,7 +221,10 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
         manifest = pkg.manifest
         check_runnable(manifest)
         if manifest.runtime.kind != "tvm":
-            raise UsageError(f"package {manifest.name} carries a {manifest.runtime.kind} model, not a TVM library", "bench a package compiled by TVM")
+            raise UsageError(
+                f"package {manifest.name} carries a {manifest.runtime.kind} model, not a TVM library",
+                "bench a package compiled by TVM",
+            )
         ref, why = _reference_model(manifest, reference)
         fmt = ref.suffix.lower().lstrip(".") if ref else None
         # Integer index inputs need values the model accepts, read from the reference model's graph.
@@ -247,15 +274,30 @@ def bench_package(package: Path, *, reference: Path | None = None, runs: int = 2
     return result
 
 
-def bench(source: str, *, target: str | None = None, reference: Path | None = None, runs: int = 20, warmup: int = 3, threads: int = 1, tune_trials: int = 0, quiet: bool = False) -> BenchResult:
+def bench(
+    source: str,
+    *,
+    target: str | None = None,
+    reference: Path | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 1,
+    tune_trials: int = 0,
+    quiet: bool = False,
+) -> BenchResult:
     """`edgefleet bench`: SOURCE is a model package, or a model (compiled here for --target first)."""
     path = Path(source)
     if source.endswith((".tar.gz", ".tgz")):
         if target:
-            raise UsageError("--target is for a model, not a package (a package has its target)", "drop --target, or pass the .onnx/.tflite model")
+            raise UsageError(
+                "--target is for a model, not a package (a package has its target)",
+                "drop --target, or pass the .onnx/.tflite model",
+            )
         return bench_package(path, reference=reference, runs=runs, warmup=warmup, threads=threads)
     if not target:
-        raise UsageError(f"{source} is a model, so --target is required", "for example --target ml_c5, or pass a compiled package")
+        raise UsageError(
+            f"{source} is a model, so --target is required", "for example --target ml_c5, or pass a compiled package"
+        )
     from edgefleet.compiler.compile import compile_model
     from edgefleet.signing import load_signing_key
 
@@ -263,17 +305,37 @@ def bench(source: str, *, target: str | None = None, reference: Path | None = No
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         pkg = compile_model(source, target, output=Path(tmp) / "bench.tar.gz", tune_trials=tune_trials, quiet=quiet)
         local = path if path.is_file() else None
-        return bench_package(pkg.package, reference=reference or local, runs=runs, warmup=warmup, threads=threads, trusted=[key.public])
+        return bench_package(
+            pkg.package, reference=reference or local, runs=runs, warmup=warmup, threads=threads, trusted=[key.public]
+        )
 
 
 @click.command("bench")
 @click.argument("source")
 @click.option("--target", "-t", help="Compile SOURCE (a model) for this target first; omit for a package.")
-@click.option("--reference", type=click.Path(path_type=Path), help="The .onnx/.tflite to compare with (default: the package's source, if it is here).")
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed rounds; each runs every runtime once.")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="The .onnx/.tflite to compare with (default: the package's source, if it is here).",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Timed rounds; each runs every runtime once.",
+)
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for every runtime alike.")
-@click.option("--tune-trials", type=click.IntRange(min=0), default=0, show_default=True, help="With --target: MetaSchedule trials for the compile (database kept and reused).")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for every runtime alike."
+)
+@click.option(
+    "--tune-trials",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="With --target: MetaSchedule trials for the compile (database kept and reused).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_command(source, target, reference, runs, warmup, threads, tune_trials, as_json) -> None:
     """Time a compiled package (or MODEL compiled for --target) against ONNX Runtime and TFLite.
@@ -283,7 +345,16 @@ def bench_command(source, target, reference, runs, warmup, threads, tune_trials,
     from edgefleet.cli import console, print_json, table
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    result = bench(source, target=target, reference=reference, runs=runs, warmup=warmup, threads=threads, tune_trials=tune_trials, quiet=as_json)
+    result = bench(
+        source,
+        target=target,
+        reference=reference,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        tune_trials=tune_trials,
+        quiet=as_json,
+    )
     if as_json:
         print_json(asdict(result))
         return
@@ -294,7 +365,17 @@ def bench_command(source, target, reference, runs, warmup, threads, tune_trials,
     ran = [r for r in result.results if not r.skipped]
     table(
         ["runtime", "median ms", "TVM / this", "GFLOP/s", "% of peak", "max abs diff"],
-        [[r.runtime, fmt(r.median_ms, ".2f"), fmt(r.ratio_to_tvm, ".2f"), fmt(r.gflops, ".1f"), fmt(r.peak_fraction and 100 * r.peak_fraction, ".1f"), fmt(r.max_abs_diff, ".2e")] for r in ran],
+        [
+            [
+                r.runtime,
+                fmt(r.median_ms, ".2f"),
+                fmt(r.ratio_to_tvm, ".2f"),
+                fmt(r.gflops, ".1f"),
+                fmt(r.peak_fraction and 100 * r.peak_fraction, ".1f"),
+                fmt(r.max_abs_diff, ".2e"),
+            ]
+            for r in ran
+        ],
         title=f"{Path(result.package).name} on {result.target}, {result.threads} thread(s), {result.runs} runs",
     )
     for r in result.results:

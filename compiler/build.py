@@ -73,8 +73,10 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     if tuning.has_database(work):
         passes.append(relax.transform.MetaScheduleApplyDatabase(str(work)))
     passes += [
-        schedules.default_schedules(kernels.schedule_failed), _report_unscheduled(report),
-        *cpu.dataflow_lower_passes(tgt), *cpu.finalize_passes(tgt),
+        schedules.default_schedules(kernels.schedule_failed),
+        _report_unscheduled(report),
+        *cpu.dataflow_lower_passes(tgt),
+        *cpu.finalize_passes(tgt),
     ]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
 
@@ -114,7 +116,9 @@ def _report_unscheduled(report):
     return _pass
 
 
-def _optimize_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rpc: tuning.RpcTracker | None = None):
+def _optimize_pipeline(
+    target: Target, tune_trials: int, kernels: KernelFallbacks, rpc: tuning.RpcTracker | None = None
+):
     from tvm import relax
 
     if target.device == "cpu":
@@ -150,10 +154,20 @@ class KernelFallbacks:
         if not str(exc).strip():  # a bare assert (dlight's GEMV has them): say where it fired
             frame = traceback.extract_tb(exc.__traceback__)[-1]
             message += f" at {'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
-        self._add(kernel, "schedule", f"the default schedule failed ({message})", "the kernel stays as written (correct, slower)")
+        self._add(
+            kernel,
+            "schedule",
+            f"the default schedule failed ({message})",
+            "the kernel stays as written (correct, slower)",
+        )
 
     def build_failed(self, kernel: str, reason: str) -> None:
-        self._add(kernel, "schedule", f"TVM cannot build the scheduled kernel ({reason})", "it is built as written (correct, slower)")
+        self._add(
+            kernel,
+            "schedule",
+            f"TVM cannot build the scheduled kernel ({reason})",
+            "it is built as written (correct, slower)",
+        )
 
     def remember_unscheduled(self):
         import tvm
@@ -216,13 +230,18 @@ def optimize(mod, target: Target, tune_trials: int, stages: Stages, rpc: tuning.
             from tvm import relax
 
             reason = _first_line(first)
-            stages.note(f"warning: edgefleet's CPU pipeline failed ({reason}); building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+            stages.note(
+                f"warning: edgefleet's CPU pipeline failed ({reason}); building with TVM's default pipeline, whose kernels are unscheduled and much slower"
+            )
             try:
                 with tgt:
                     return Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
             except Exception:  # report the first failure: it is the one to fix
                 pass
-        raise BuildError(f"TVM failed to optimize the model for {target.name}: {_first_line(first)}", "report the model and target; try another target meanwhile") from None
+        raise BuildError(
+            f"TVM failed to optimize the model for {target.name}: {_first_line(first)}",
+            "report the model and target; try another target meanwhile",
+        ) from None
 
 
 def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, stages: Stages) -> Optimized:
@@ -246,8 +265,10 @@ def build_with_fallback(mod, optimized: Optimized, target: Target, out: Path, st
             reason = exc.cause
     from tvm import relax
 
-    stages.note(f"warning: the build after edgefleet's CPU pipeline failed ({reason}); "
-                "building with TVM's default pipeline, whose kernels are unscheduled and much slower")
+    stages.note(
+        f"warning: the build after edgefleet's CPU pipeline failed ({reason}); "
+        "building with TVM's default pipeline, whose kernels are unscheduled and much slower"
+    )
     tgt = tvm_target(target)
     with tgt:
         fallback = Optimized(relax.get_default_pipeline(tgt)(mod), PIPELINE_TVM_DEFAULT, reason)
@@ -312,5 +333,8 @@ def build_and_export(mod, target: Target, out: Path, stages: Stages) -> Path:
             else:
                 executable.export_library(str(out))
         except RuntimeError as exc:
-            raise BuildError(f"linking the library for {target.name} failed: {str(exc).strip().splitlines()[1 if len(str(exc).splitlines()) > 1 else 0][:300]}", f"check that {target.cross_cc or 'gcc'} works") from None
+            raise BuildError(
+                f"linking the library for {target.name} failed: {str(exc).strip().splitlines()[1 if len(str(exc).splitlines()) > 1 else 0][:300]}",
+                f"check that {target.cross_cc or 'gcc'} works",
+            ) from None
     return out

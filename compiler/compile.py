@@ -22,8 +22,19 @@ from edgefleet.compiler.source import fetch_model
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
-from edgefleet.package import (NAME_PATTERN, DetectionInfo, Manifest, Preprocessing, TargetInfo, TensorSpec, Verification,
-                               now_utc, parse_version, requirement_for, write_package)
+from edgefleet.package import (
+    NAME_PATTERN,
+    DetectionInfo,
+    Manifest,
+    Preprocessing,
+    TargetInfo,
+    TensorSpec,
+    Verification,
+    now_utc,
+    parse_version,
+    requirement_for,
+    write_package,
+)
 from edgefleet.progress import Stages
 from edgefleet.strict import first_error
 from edgefleet.signing import load_signing_key
@@ -60,8 +71,13 @@ class CompileResult:
 
 def unsupported_error(report: OperatorReport, uri: str) -> UnsupportedOperatorsError:
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(report.unsupported.items()))
-    fix = frontend_for(report.format).refusal_fix() if report.format == "tflite" else (
-        "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator")
+    fix = (
+        frontend_for(report.format).refusal_fix()
+        if report.format == "tflite"
+        else (
+            "replace them in the model (or export with another opset); `edgefleet compile --check` lists every operator"
+        )
+    )
     what = "operator type(s) TVM's TFLite importer" if report.format == "tflite" else "operator type(s) TVM"
     return UnsupportedOperatorsError(f"{uri} uses {len(report.unsupported)} {what} cannot convert: {listed}", fix)
 
@@ -79,7 +95,9 @@ def check_operators(model: str, *, member: str | None = None, workdir: Path | No
             needed = parameter_inputs(parsed)
         else:
             approximated = frontend.approximated(parsed)
-        return OperatorReport(source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed, approximated)
+        return OperatorReport(
+            source.format, frontend.operators(parsed), frontend.unsupported(parsed), needed, approximated
+        )
 
 
 def _default_name(path: Path) -> str:
@@ -93,7 +111,9 @@ def _read_labels(path: Path | None) -> list[str]:
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read labels file {path}: {exc}", "pass a UTF-8 text file with one label per line") from None
+        raise UsageError(
+            f"cannot read labels file {path}: {exc}", "pass a UTF-8 text file with one label per line"
+        ) from None
     return [line for line in lines if line]
 
 
@@ -102,9 +122,14 @@ def _check_name_and_version(name: str | None, version: str) -> None:
     try:
         parse_version(version)
     except ValueError as exc:
-        raise UsageError(f"--version {version!r}: {exc}", "pass dotted integers, e.g. --version 3 or --version 1.2.0") from None
+        raise UsageError(
+            f"--version {version!r}: {exc}", "pass dotted integers, e.g. --version 3 or --version 1.2.0"
+        ) from None
     if name is not None and not re.fullmatch(NAME_PATTERN, name):
-        raise UsageError(f"--name {name!r} is not a valid package name", "use letters, digits, '.', '_' and '-' (up to 128, starting with a letter or digit)")
+        raise UsageError(
+            f"--name {name!r} is not a valid package name",
+            "use letters, digits, '.', '_' and '-' (up to 128, starting with a letter or digit)",
+        )
 
 
 def default_layout(fmt: str) -> str:
@@ -112,7 +137,9 @@ def default_layout(fmt: str) -> str:
     return "NHWC" if fmt == "tflite" else "NCHW"
 
 
-def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str, inputs: list[TensorSpec], task: str) -> Preprocessing:
+def build_preprocessing(
+    options: Preprocessing | dict[str, Any] | None, fmt: str, inputs: list[TensorSpec], task: str
+) -> Preprocessing:
     """Complete the preprocessing options (the layout defaults per model format) and check them against the input.
 
     For image tasks the agent must be able to produce the first input from a frame: its channel
@@ -129,27 +156,43 @@ def build_preprocessing(options: Preprocessing | dict[str, Any] | None, fmt: str
             pre = Preprocessing(**given)
         except ValidationError as exc:
             first = first_error(exc)
-            raise UsageError(f"preprocessing option {first.where}: {first.msg}", "see `edgefleet compile --help` for the preprocessing options") from None
+            raise UsageError(
+                f"preprocessing option {first.where}: {first.msg}",
+                "see `edgefleet compile --help` for the preprocessing options",
+            ) from None
     channels = 1 if pre.color_order == "GRAY" else 3
     for option, values in (("mean", pre.mean), ("std", pre.std)):
         if len(values) not in (channels, 3):
-            raise UsageError(f"--{option} has {len(values)} values; {pre.color_order} frames have {channels} channel(s)", f"pass {channels} comma-separated value(s) to --{option}")
+            raise UsageError(
+                f"--{option} has {len(values)} values; {pre.color_order} frames have {channels} channel(s)",
+                f"pass {channels} comma-separated value(s) to --{option}",
+            )
     if any(v == 0 for v in pre.std):
-        raise UsageError("--std has a zero, which would divide by zero", "pass the per-channel standard deviations the model was trained with")
+        raise UsageError(
+            "--std has a zero, which would divide by zero",
+            "pass the per-channel standard deviations the model was trained with",
+        )
     if task == "other" or not inputs or len(inputs[0].shape) != 4:
         return pre
     spec = inputs[0]
     axis = {"NCHW": 1, "NHWC": 3}
     if spec.shape[axis[pre.layout]] != channels:
         other = "NHWC" if pre.layout == "NCHW" else "NCHW"
-        hint = f"--layout {other}" if spec.shape[axis[other]] == channels else f"--color-order {'GRAY' if spec.shape[axis[pre.layout]] == 1 else 'RGB'} or the right --layout"
+        hint = (
+            f"--layout {other}"
+            if spec.shape[axis[other]] == channels
+            else f"--color-order {'GRAY' if spec.shape[axis[pre.layout]] == 1 else 'RGB'} or the right --layout"
+        )
         raise UsageError(
             f"input {spec.name} has shape {spec.shape}: with layout {pre.layout} its channel axis holds {spec.shape[axis[pre.layout]]}, but {pre.color_order} frames have {channels} channel(s)",
             f"pass {hint}",
         )
     hw = tuple(spec.shape[1:3] if pre.layout == "NHWC" else spec.shape[2:4])
     if pre.resize is not None and tuple(pre.resize) != hw:
-        raise UsageError(f"--resize {pre.resize[0]}x{pre.resize[1]} does not match input {spec.name}'s {hw[0]}x{hw[1]}", f"drop --resize or fix the input with --input-shape {spec.name}:...")
+        raise UsageError(
+            f"--resize {pre.resize[0]}x{pre.resize[1]} does not match input {spec.name}'s {hw[0]}x{hw[1]}",
+            f"drop --resize or fix the input with --input-shape {spec.name}:...",
+        )
     return pre
 
 
@@ -157,8 +200,9 @@ def _input_hw(inputs: list[TensorSpec], pre: Preprocessing) -> tuple[int, int]:
     from edgefleet.agent.preprocess import input_hw
 
     if not inputs:
-        raise UsageError("a detection model needs an image input; this one has no inputs",
-                         "export the model with its image input")
+        raise UsageError(
+            "a detection model needs an image input; this one has no inputs", "export the model with its image input"
+        )
     return input_hw(inputs[0], pre)
 
 
@@ -168,24 +212,34 @@ def _check_labels(labels: list[str], outputs: list[TensorSpec], task: str) -> No
         return
     classes = math.prod(outputs[0].shape[1:])
     if classes != len(labels):
-        raise UsageError(f"the labels file has {len(labels)} labels but the model outputs {classes} classes (shape {outputs[0].shape})", "pass the labels file that belongs to this model, one label per line")
+        raise UsageError(
+            f"the labels file has {len(labels)} labels but the model outputs {classes} classes (shape {outputs[0].shape})",
+            "pass the labels file that belongs to this model, one label per line",
+        )
 
 
 # Heads whose trainers letterbox (Ultralytics, YOLOX): their packages letterbox unless told otherwise.
 LETTERBOX_HEADS = ("yolo", "yolov5", "yolox", "end2end")
 
 
-def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], input_hw: tuple[int, int] | None,
-                      labels: list[str], source_format: str,
-                      thresholds: dict[str, Any] | None = None) -> DetectionInfo | None:
+def resolve_detection(
+    task: str,
+    head: str | None,
+    outputs: list[TensorSpec],
+    input_hw: tuple[int, int] | None,
+    labels: list[str],
+    source_format: str,
+    thresholds: dict[str, Any] | None = None,
+) -> DetectionInfo | None:
     """The manifest's `detection`: --head, else the one head that reads these output shapes."""
     from edgefleet.agent.detectors import detect_head, heads
     from edgefleet.agent.detectors.base import Shapes
 
     if task != "detection":
         if head not in (None, "auto"):
-            raise UsageError(f"--head {head} applies to --task detection, not {task}",
-                             "add --task detection or drop --head")
+            raise UsageError(
+                f"--head {head} applies to --task detection, not {task}", "add --task detection or drop --head"
+            )
         return None
     assert input_hw is not None  # a detection model's image size (_input_hw)
     if head not in (None, "auto") and head not in heads():
@@ -202,8 +256,9 @@ def resolve_detection(task: str, head: str | None, outputs: list[TensorSpec], in
         raise UsageError(f"detection option {first.where}: {first.msg}", "see `edgefleet compile --help`") from None
 
 
-def _letterbox_default(pre: Preprocessing, given: Preprocessing | dict[str, Any] | None,
-                       detection: DetectionInfo | None) -> Preprocessing:
+def _letterbox_default(
+    pre: Preprocessing, given: Preprocessing | dict[str, Any] | None, detection: DetectionInfo | None
+) -> Preprocessing:
     explicit = isinstance(given, Preprocessing) or "resize_mode" in (given or {})
     if detection is None or detection.head not in LETTERBOX_HEADS or explicit:
         return pre
@@ -226,10 +281,23 @@ def _output_specs(mod) -> list[TensorSpec]:
 _UNVERIFIABLE_DTYPES = ("float8", "float4", "int4", "uint4", "int2", "uint2")
 
 
-def _verify(target: Target, library: Path, frontend, model_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], atol: float, rtol: float, stages: Stages) -> Verification:
+def _verify(
+    target: Target,
+    library: Path,
+    frontend,
+    model_path: Path,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    atol: float,
+    rtol: float,
+    stages: Stages,
+) -> Verification:
     odd = sorted({s.dtype for s in [*inputs, *outputs] if s.dtype.startswith(_UNVERIFIABLE_DTYPES)})
     if odd:
-        return skipped(target, f"the reference runtime's Python API takes no {'/'.join(odd)} arrays, so the model's inputs or outputs cannot be compared")
+        return skipped(
+            target,
+            f"the reference runtime's Python API takes no {'/'.join(odd)} arrays, so the model's inputs or outputs cannot be compared",
+        )
     with stages.stage("verify", "reference: " + frontend.reference_name()):
         if target.runs_here():
             return verify_native(library, frontend, model_path, inputs, atol, rtol)
@@ -302,7 +370,9 @@ def compile_model(
             reference_path = source.path
             if constant_inputs:
                 if source.format != "onnx":
-                    raise UsageError("--constant-input applies to ONNX models", "drop --constant-input for a TFLite model")
+                    raise UsageError(
+                        "--constant-input applies to ONNX models", "drop --constant-input for a TFLite model"
+                    )
                 from edgefleet.compiler.onnx_params import bind_inputs
 
                 parsed = bind_inputs(parsed, constant_inputs)
@@ -350,19 +420,46 @@ def compile_model(
             verification = skipped(resolved, "--no-verify")
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
-        baseline_files = {} if baseline_images is None else package_baseline(  # drift baseline (compiler/baseline.py)
-            baseline_images, work, stages, library=library, runs_here=resolved.runs_here(), target_name=resolved.name, frontend=frontend, model_path=reference_path,
-            inputs=inputs, outputs=outputs, preprocessing=pre, labels=label_list, task=task, name=pkg_name,
-            version=version, detection=detection)
-        target_info = TargetInfo(name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device)
+        baseline_files = (
+            {}
+            if baseline_images is None
+            else package_baseline(  # drift baseline (compiler/baseline.py)
+                baseline_images,
+                work,
+                stages,
+                library=library,
+                runs_here=resolved.runs_here(),
+                target_name=resolved.name,
+                frontend=frontend,
+                model_path=reference_path,
+                inputs=inputs,
+                outputs=outputs,
+                preprocessing=pre,
+                labels=label_list,
+                task=task,
+                name=pkg_name,
+                version=version,
+                detection=detection,
+            )
+        )
+        target_info = TargetInfo(
+            name=resolved.name, tvm_target=resolved.tvm_target, arch=resolved.arch, device=resolved.device
+        )
         tvm_version, ffi_version = dist_version("apache-tvm"), dist_version("apache-tvm-ffi")
         fields = dict(
             name=pkg_name,
             version=version,
             target=target_info,
-            runtime=dict(kind="tvm", library="model.so", tvm_version=tvm_version, tvm_ffi_version=ffi_version, requires=requirement_for(target_info, tvm_version, ffi_version),
-                         pipeline=optimized.pipeline, pipeline_fallback_reason=optimized.fallback_reason,
-                         kernel_fallbacks=optimized.kernel_fallbacks),
+            runtime=dict(
+                kind="tvm",
+                library="model.so",
+                tvm_version=tvm_version,
+                tvm_ffi_version=ffi_version,
+                requires=requirement_for(target_info, tvm_version, ffi_version),
+                pipeline=optimized.pipeline,
+                pipeline_fallback_reason=optimized.fallback_reason,
+                kernel_fallbacks=optimized.kernel_fallbacks,
+            ),
             inputs=inputs,
             outputs=outputs,
             preprocessing=pre,
@@ -379,7 +476,9 @@ def compile_model(
             ),
             verification=verification,
             baseline="baseline.json" if baseline_files else None,
-            tuning={"trials": tune_trials, "database": str(tuning_dir(resolved)), "rpc": tune_rpc} if tune_trials else None,
+            tuning={"trials": tune_trials, "database": str(tuning_dir(resolved)), "rpc": tune_rpc}
+            if tune_trials
+            else None,
         )
         with stages.stage("sign", f"key {signing_key.key_id}"):
             manifest = write_package(out, fields, {"model.so": library, **baseline_files}, signing_key)

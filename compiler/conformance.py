@@ -46,12 +46,70 @@ VISION_FAMILIES: dict[str, tuple[str, ...]] = {
     "pooling": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "MaxUnpool"),
     "normalization": ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization", "LRN"),
     "gemm/matmul": ("Gemm", "MatMul"),
-    "elementwise": ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Clip", "Where", "Equal", "Greater", "Less", "Not", "Cast"),
-    "shape": ("Concat", "Reshape", "Transpose", "Slice", "Gather", "Flatten", "Squeeze", "Unsqueeze", "Split", "Expand", "Shape", "Tile", "Identity", "DepthToSpace", "SpaceToDepth"),
+    "elementwise": (
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Pow",
+        "Sqrt",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Reciprocal",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Clip",
+        "Where",
+        "Equal",
+        "Greater",
+        "Less",
+        "Not",
+        "Cast",
+    ),
+    "shape": (
+        "Concat",
+        "Reshape",
+        "Transpose",
+        "Slice",
+        "Gather",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Split",
+        "Expand",
+        "Shape",
+        "Tile",
+        "Identity",
+        "DepthToSpace",
+        "SpaceToDepth",
+    ),
     "resize": ("Resize", "Upsample"),
     "pad": ("Pad",),
     "softmax": ("Softmax", "LogSoftmax"),
-    "activations": ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish", "Gelu", "ThresholdedRelu"),
+    "activations": (
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Softplus",
+        "Softsign",
+        "Mish",
+        "Gelu",
+        "ThresholdedRelu",
+    ),
     "topk/argmax": ("TopK", "ArgMax", "ArgMin"),
     "nms": ("NonMaxSuppression", "RoiAlign"),
 }
@@ -170,7 +228,10 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     target = resolve_target(TARGET)
     names = [i.name for i in frontend._real_inputs(model)]
     if len(names) != len(arrays):
-        raise UnsupportedOperatorsError(f"the model has {len(names)} inputs but {len(arrays)} were given (optional inputs)", "give every graph input")
+        raise UnsupportedOperatorsError(
+            f"the model has {len(names)} inputs but {len(arrays)} were given (optional inputs)",
+            "give every graph input",
+        )
     bound_at = set() if plain else _parameter_input_indices(model)
     if bound_at:
         model = bind_inputs(model, {names[i]: arrays[i] for i in sorted(bound_at)})
@@ -181,14 +242,19 @@ def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> 
     except EdgefleetError:
         raise
     except Exception as exc:  # the same wrapping as compile_model's import stage
-        raise UnsupportedOperatorsError(f"TVM's onnx importer failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}", "see docs/operators.md") from None
+        raise UnsupportedOperatorsError(
+            f"TVM's onnx importer failed: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__}",
+            "see docs/operators.md",
+        ) from None
     stages = Stages(quiet=True)
     optimized = optimize(mod, target, 0, stages)
     with tempfile.TemporaryDirectory(prefix="edgefleet-conformance-") as tmp:
         library = Path(tmp) / "model.so"
         built = build_with_fallback(mod, optimized, target, library, stages)
         fallbacks = [f"{k.kernel} ({k.step})" for k in built.kernel_fallbacks]
-        return CompiledCase(open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, fallbacks, kept)
+        return CompiledCase(
+            open_tvm_model(library), [names[i] for i in sorted(bound_at)], built.pipeline, fallbacks, kept
+        )
 
 
 # --- the suite -------------------------------------------------------------------------------
@@ -219,8 +285,14 @@ def _load_dir_case(model_dir: str):
     model = onnx.load(os.path.join(model_dir, "model.onnx"))
     data_sets = []
     for ds in sorted(Path(model_dir).glob("test_data_set_*")):
-        ins = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
-        outs = [numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))]
+        ins = [
+            numpy_helper.to_array(onnx.load_tensor(str(p)))
+            for p in sorted(ds.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+        ]
+        outs = [
+            numpy_helper.to_array(onnx.load_tensor(str(p)))
+            for p in sorted(ds.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+        ]
         data_sets.append((ins, outs))
     return model, data_sets
 
@@ -259,8 +331,17 @@ def run_case(case, plain: bool = False) -> CaseResult:
 
     def result(outcome: str, detail: str = "") -> CaseResult:
         compiled = rep.last if rep is not None else None
-        return CaseResult(case.name, case.kind, operator, outcome, detail[:400], round(time.perf_counter() - start, 3), compiled.bound if compiled else [], compiled.pipeline if compiled else "",
-                          compiled.kernel_fallbacks if compiled else [])
+        return CaseResult(
+            case.name,
+            case.kind,
+            operator,
+            outcome,
+            detail[:400],
+            round(time.perf_counter() - start, 3),
+            compiled.bound if compiled else [],
+            compiled.pipeline if compiled else "",
+            compiled.kernel_fallbacks if compiled else [],
+        )
 
     try:
         rep = _backend_class().prepare(model, plain=plain)
@@ -297,7 +378,15 @@ def _worker(kinds: tuple[str, ...], plain: bool, todo, done) -> None:
         done.put(asdict(run_case(cases[name], plain)))
 
 
-def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KINDS, plain: bool = False, timeout_s: float = 120.0, on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+def run_suite(
+    names: list[str],
+    *,
+    workers: int = 1,
+    kinds: tuple[str, ...] = KINDS,
+    plain: bool = False,
+    timeout_s: float = 120.0,
+    on_result: Callable[[CaseResult], None] | None = None,
+) -> list[CaseResult]:
     """Run the named cases in `workers` subprocesses; a crash or timeout fails only its case."""
     ctx = multiprocessing.get_context("spawn")
     pending: "queue.Queue[str]" = queue.Queue()
@@ -328,7 +417,9 @@ def run_suite(names: list[str], *, workers: int = 1, kinds: tuple[str, ...] = KI
                     break
                 except queue.Empty:
                     if not proc.is_alive():
-                        res = CaseResult(name, "?", "?", "error", f"the build or run crashed the process (exit code {proc.exitcode})")
+                        res = CaseResult(
+                            name, "?", "?", "error", f"the build or run crashed the process (exit code {proc.exitcode})"
+                        )
                         proc = None
                         if name not in retried:  # once more in a fresh process: a crash must repeat to count
                             retried.add(name)
@@ -385,7 +476,13 @@ def save_results(path: Path, results: list[CaseResult], **meta) -> None:
     """Results JSON: {"format": 1, "tvm": ..., "onnx": ..., "cases": [CaseResult...]}."""
     from importlib.metadata import version
 
-    doc = {"format": RESULTS_FORMAT, "tvm": version("apache-tvm"), "onnx": version("onnx"), **meta, "cases": [asdict(r) for r in results]}
+    doc = {
+        "format": RESULTS_FORMAT,
+        "tvm": version("apache-tvm"),
+        "onnx": version("onnx"),
+        **meta,
+        "cases": [asdict(r) for r in results],
+    }
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 

@@ -60,7 +60,11 @@ def _identity_broadcast(mod: tvm.IRModule) -> tvm.IRModule:
 
     def rewrite(expr, m):
         src, dst = m[x].ty, expr.ty
-        same = isinstance(src, relax.TensorType) and src.shape is not None and tvm_ffi.structural_equal(src.shape, dst.shape)
+        same = (
+            isinstance(src, relax.TensorType)
+            and src.shape is not None
+            and tvm_ffi.structural_equal(src.shape, dst.shape)
+        )
         return m[x] if same else expr
 
     return _rewrite_main(mod, pat, rewrite)
@@ -69,7 +73,12 @@ def _identity_broadcast(mod: tvm.IRModule) -> tvm.IRModule:
 # ONNX's variadic Sum / Max / Min / Mean import as stack(..., axis=0) then a reduction over
 # axis 0: element-wise chains instead, which fuse and need no 5-D stack (ConvertLayout fails on
 # those stacks).
-_STACK_REDUCTIONS = {"relax.sum": relax.op.add, "relax.max": relax.op.maximum, "relax.min": relax.op.minimum, "relax.mean": relax.op.add}
+_STACK_REDUCTIONS = {
+    "relax.sum": relax.op.add,
+    "relax.max": relax.op.maximum,
+    "relax.min": relax.op.minimum,
+    "relax.mean": relax.op.add,
+}
 
 
 def _stack_reductions_to_chains(mod: tvm.IRModule) -> tvm.IRModule:
@@ -108,16 +117,37 @@ def _float16_accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
     class _Widen(relax.PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _WIDEN_FLOAT16 and isinstance(call.ty, relax.TensorType) and str(call.ty.dtype) == "float16"):
+            if not (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.name in _WIDEN_FLOAT16
+                and isinstance(call.ty, relax.TensorType)
+                and str(call.ty.dtype) == "float16"
+            ):
                 return call
-            args = [relax.op.astype(a, "float32") if isinstance(a.ty, relax.TensorType) and str(a.ty.dtype) == "float16" else a for a in call.args]
+            args = [
+                relax.op.astype(a, "float32")
+                if isinstance(a.ty, relax.TensorType) and str(a.ty.dtype) == "float16"
+                else a
+                for a in call.args
+            ]
             name = call.op.name
             if name == "relax.matmul":
                 wide = relax.op.matmul(args[0], args[1], out_dtype="float32")
             elif name in ("relax.nn.conv1d", "relax.nn.conv2d"):
                 a = call.attrs
                 conv = relax.op.nn.conv1d if name == "relax.nn.conv1d" else relax.op.nn.conv2d
-                wide = conv(args[0], args[1], strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout, out_dtype="float32")
+                wide = conv(
+                    args[0],
+                    args[1],
+                    strides=a.strides,
+                    padding=a.padding,
+                    dilation=a.dilation,
+                    groups=a.groups,
+                    data_layout=a.data_layout,
+                    kernel_layout=a.kernel_layout,
+                    out_layout=a.out_layout,
+                    out_dtype="float32",
+                )
             else:
                 wide = relax.Call(call.op, args, call.attrs)
             return relax.op.astype(self.builder_.emit(wide), "float16")
@@ -127,8 +157,14 @@ def _float16_accumulate_in_float32(mod: tvm.IRModule) -> tvm.IRModule:
 
 # Element-wise ops whose constant operand ConvertLayout can move to another layout only at the
 # other operand's rank: TFLite's per-channel bias is a (C,) constant added to an NHWC tensor.
-_ELEMENTWISE = {"relax.add": relax.op.add, "relax.subtract": relax.op.subtract, "relax.multiply": relax.op.multiply,
-                "relax.divide": relax.op.divide, "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum}
+_ELEMENTWISE = {
+    "relax.add": relax.op.add,
+    "relax.subtract": relax.op.subtract,
+    "relax.multiply": relax.op.multiply,
+    "relax.divide": relax.op.divide,
+    "relax.maximum": relax.op.maximum,
+    "relax.minimum": relax.op.minimum,
+}
 
 
 def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
@@ -141,7 +177,11 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
 
     def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
         value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
-        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value is not None and value.ndim < 4 else expr
+        return (
+            relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype)
+            if value is not None and value.ndim < 4
+            else expr
+        )
 
     @relax.expr_functor.mutator
     class _Rank(relax.PyExprMutator):
@@ -171,7 +211,9 @@ def cleanup() -> tvm.transform.Pass:
             # batch norm cannot be folded into them (ResNet-50's BN stayed 4 ops). Only then:
             # folding before DecomposeOpsForInference trips TVM's reshape legalization on
             # shape tensors (ConstantOfShape graphs).
-            mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.FoldBatchnormToConv2D()])(mod)
+            mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.FoldBatchnormToConv2D()])(
+                mod
+            )
         mod = tvm.transform.Sequential(
             [
                 relax.transform.DecomposeOpsForInference(),
@@ -184,7 +226,13 @@ def cleanup() -> tvm.transform.Pass:
         mod = _stack_reductions_to_chains(mod)
         mod = _float16_accumulate_in_float32(mod)
         mod = _full_rank_operands(mod)
-        return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination(), relax.transform.FoldConstant()])(mod)
+        return tvm.transform.Sequential(
+            [
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.DeadCodeElimination(),
+                relax.transform.FoldConstant(),
+            ]
+        )(mod)
 
     return _pass
 
@@ -263,14 +311,26 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     class _Rewriter(relax.PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
-            if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d" or not isinstance(call.args[1], tvm.ir.expr.GenericConst):
+            if (
+                not isinstance(call.op, tvm.ir.Op)
+                or call.op.name != "relax.nn.conv2d"
+                or not isinstance(call.args[1], tvm.ir.expr.GenericConst)
+            ):
                 return call
             attrs = call.attrs
-            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
+            if (
+                str(attrs.data_layout) != "NCHW"
+                or str(attrs.kernel_layout) != "OIHW"
+                or str(attrs.out_layout) != "NCHW"
+            ):
                 return call
             weight = call.args[1].value.numpy()
             if int(attrs.groups) != 1:
-                return self._depthwise(call, weight) if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1 else call
+                return (
+                    self._depthwise(call, weight)
+                    if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1
+                    else call
+                )
             o, i = weight.shape[:2]
             ib = i if i < block else _block_for(i, block)
             # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
@@ -282,11 +342,20 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             o_pad = -(-o // ob) * ob
             if o_pad != o:
                 weight = np.concatenate([weight, np.zeros((o_pad - o, *weight.shape[1:]), weight.dtype)])
-            data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib)))
+            data = self.builder_.emit(
+                relax.op.layout_transform(call.args[0], index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
+            )
             conv = self.builder_.emit(
                 relax.op.nn.conv2d(
-                    data, relax.const(_pack_oihw(weight, ib, ob)), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
-                    data_layout=f"NCHW{ib}c", kernel_layout=f"OIHW{ib}i{ob}o", out_layout=f"NCHW{ob}c", out_dtype=str(call.ty.dtype),
+                    data,
+                    relax.const(_pack_oihw(weight, ib, ob)),
+                    strides=attrs.strides,
+                    padding=attrs.padding,
+                    dilation=attrs.dilation,
+                    data_layout=f"NCHW{ib}c",
+                    kernel_layout=f"OIHW{ib}i{ob}o",
+                    out_layout=f"NCHW{ob}c",
+                    out_dtype=str(call.ty.dtype),
                 )
             )
             out = relax.op.layout_transform(conv, index_map=lambda n, c, h, w, cb: (n, c * ob + cb, h, w))
@@ -299,12 +368,24 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             # the largest block that divides their channels.
             attrs, c = call.attrs, weight.shape[0]
             b = _block_for(c, block)
-            data = self.builder_.emit(relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // b, h, w, ch % b)))
-            packed = np.ascontiguousarray(weight.reshape(c // b, b, 1, *weight.shape[2:]).transpose(0, 2, 3, 4, 1)[:, :, :, :, None, :])
+            data = self.builder_.emit(
+                relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // b, h, w, ch % b))
+            )
+            packed = np.ascontiguousarray(
+                weight.reshape(c // b, b, 1, *weight.shape[2:]).transpose(0, 2, 3, 4, 1)[:, :, :, :, None, :]
+            )
             conv = self.builder_.emit(
                 relax.op.nn.conv2d(
-                    data, relax.const(packed), strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, groups=c,
-                    data_layout=f"NCHW{b}c", kernel_layout=f"OIHW1i{b}o", out_layout=f"NCHW{b}c", out_dtype=str(call.ty.dtype),
+                    data,
+                    relax.const(packed),
+                    strides=attrs.strides,
+                    padding=attrs.padding,
+                    dilation=attrs.dilation,
+                    groups=c,
+                    data_layout=f"NCHW{b}c",
+                    kernel_layout=f"OIHW1i{b}o",
+                    out_layout=f"NCHW{b}c",
+                    out_dtype=str(call.ty.dtype),
                 )
             )
             return relax.op.layout_transform(conv, index_map=lambda n, ch, h, w, cb: (n, ch * b + cb, h, w))
@@ -323,7 +404,9 @@ _SINKABLE_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
 
 def _is_unblock(expr: relax.Expr) -> bool:
     """A layout_transform from NCHW{b}c back to NCHW (what the blocked convolutions leave behind)."""
-    if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.layout_transform"):
+    if not (
+        isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.layout_transform"
+    ):
         return False
     src, dst = expr.args[0].ty, expr.ty
     return isinstance(src, relax.TensorType) and src.ndim == 5 and dst.ndim == 4 and expr.attrs.pad_value is None
@@ -360,6 +443,7 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     Rewriting op(unblock(x), c) as unblock(op(x, blocked c)) and then cancelling
     unblock/block pairs keeps the whole chain blocked.
     """
+
     @relax.expr_functor.mutator
     class _Sinker(relax.PyExprMutator):
         def _unblock_of(self, arg: relax.Expr) -> relax.Call | None:
@@ -373,7 +457,12 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             callee, args = call.args[0], call.args[1]
             name = callee.name_hint if isinstance(callee, tvm.ir.GlobalVar) else ""
             kind = re.match(r"(maximum|minimum)\d*$", name)
-            if not kind or not isinstance(args, relax.Tuple) or len(args.fields) != 2 or not isinstance(args.fields[1], tvm.ir.expr.GenericConst):
+            if (
+                not kind
+                or not isinstance(args, relax.Tuple)
+                or len(args.fields) != 2
+                or not isinstance(args.fields[1], tvm.ir.expr.GenericConst)
+            ):
                 return call
             x, const = args.fields
             if const.value.numpy().size != 1 or not tvm_ffi.structural_equal(x.ty, call.ty):
@@ -388,7 +477,15 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             if lt is None or str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW":
                 return call
             blocked = f"NCHW{_shape(lt.args[0])[4]}c"
-            common = dict(pool_size=attrs.pool_size, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation, ceil_mode=attrs.ceil_mode, layout=blocked, out_layout=blocked)
+            common = dict(
+                pool_size=attrs.pool_size,
+                strides=attrs.strides,
+                padding=attrs.padding,
+                dilation=attrs.dilation,
+                ceil_mode=attrs.ceil_mode,
+                layout=blocked,
+                out_layout=blocked,
+            )
             if call.op.name == "relax.nn.max_pool2d":
                 pooled = relax.op.nn.max_pool2d(lt.args[0], **common)
             else:
@@ -418,7 +515,9 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 lt = self._unblock_of(call.args[0])
                 if lt is None:
                     return call
-                return relax.Call(lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs)
+                return relax.Call(
+                    lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs
+                )
             if name in _SINKABLE_POOLS:
                 return self._blocked_pool(call)
             if name == "relax.mean":
@@ -428,7 +527,10 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             a, b = call.args
             lt_a, lt_b = self._unblock_of(a), self._unblock_of(b)
             if lt_a is not None and lt_b is not None:
-                if not (tvm_ffi.structural_equal(lt_a.attrs.index_map, lt_b.attrs.index_map) and tvm_ffi.structural_equal(lt_a.args[0].ty, lt_b.args[0].ty)):
+                if not (
+                    tvm_ffi.structural_equal(lt_a.attrs.index_map, lt_b.attrs.index_map)
+                    and tvm_ffi.structural_equal(lt_a.args[0].ty, lt_b.args[0].ty)
+                ):
                     return call
                 new_args = [lt_a.args[0], lt_b.args[0]]
             elif (lt_a is None) == (lt_b is None):
@@ -465,8 +567,14 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     out_channels = kshape[0] * kshape[5]
     if groups == channels == out_channels and groups > 1 and kshape[1] * kshape[4] == 1:
         return bb.call_te(
-            depthwise_conv2d_nchwc, call.args[0], call.args[1], [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-            [int(d) for d in attrs.dilation], out_dtype, primfunc_name_hint="depthwise_conv2d_NCHWc",
+            depthwise_conv2d_nchwc,
+            call.args[0],
+            call.args[1],
+            [int(s) for s in attrs.strides],
+            [int(p) for p in attrs.padding],
+            [int(d) for d in attrs.dilation],
+            out_dtype,
+            primfunc_name_hint="depthwise_conv2d_NCHWc",
         )
     if groups == 1:
         return bb.call_te(
@@ -484,8 +592,14 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     # Grouped (AlexNet, ResNeXt, ShuffleNet) and depthwise-multiplier convolutions: TOPI has no
     # NCHWc kernel for them, and an unlowered call fails at VM codegen.
     return bb.call_te(
-        grouped_conv2d_nchwc, call.args[0], call.args[1], groups, [int(s) for s in attrs.strides],
-        [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation], out_dtype,
+        grouped_conv2d_nchwc,
+        call.args[0],
+        call.args[1],
+        groups,
+        [int(s) for s in attrs.strides],
+        [int(p) for p in attrs.padding],
+        [int(d) for d in attrs.dilation],
+        out_dtype,
         primfunc_name_hint="group_conv2d_NCHWc",
     )
 
@@ -538,11 +652,17 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):
     top, left, bottom, right = padding
     oh = (ih + top + bottom - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + left + right - (kw - 1) * dw - 1) // sw + 1
-    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") if any(padding) else data
+    padded = (
+        topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") if any(padding) else data
+    )
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
     return te.compute(
         (n, chunks, oh, ow, cb),
-        lambda b, c, y, x, k: te.sum(padded[b, c, y * sh + rh * dh, x * sw + rw * dw, k].astype(out_dtype) * kernel[c, 0, rh, rw, 0, k].astype(out_dtype), axis=[rh, rw]),
+        lambda b, c, y, x, k: te.sum(
+            padded[b, c, y * sh + rh * dh, x * sw + rw * dw, k].astype(out_dtype)
+            * kernel[c, 0, rh, rw, 0, k].astype(out_dtype),
+            axis=[rh, rw],
+        ),
         name="depthwise_conv2d_NCHWc",
     )
 
@@ -595,9 +715,18 @@ def _conv2d_in_nchw(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data, weight = call.args
     db, ib, ob = int(data.ty.shape[4]), int(weight.ty.shape[4]), int(weight.ty.shape[5])
     unblocked = bb.emit(relax.op.layout_transform(data, index_map=lambda n, c, h, w, cb: (n, c * db + cb, h, w)))
-    oihw = bb.emit(relax.op.layout_transform(weight, index_map=lambda o, i, h, w, bi, bo: (o * ob + bo, i * ib + bi, h, w)))
-    conv = relax.op.nn.conv2d(unblocked, oihw, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
-                              out_dtype=str(call.ty.dtype))
+    oihw = bb.emit(
+        relax.op.layout_transform(weight, index_map=lambda o, i, h, w, bi, bo: (o * ob + bo, i * ib + bi, h, w))
+    )
+    conv = relax.op.nn.conv2d(
+        unblocked,
+        oihw,
+        strides=a.strides,
+        padding=a.padding,
+        dilation=a.dilation,
+        groups=a.groups,
+        out_dtype=str(call.ty.dtype),
+    )
     if call.ty.ndim == 4:
         return conv
     cb = int(call.ty.shape[4])

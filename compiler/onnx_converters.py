@@ -38,12 +38,16 @@ def _bit_shift(bb, inputs, attr, opset):
     dtype = str(x.ty.dtype)
     bits = int("".join(ch for ch in dtype if ch.isdigit()))
     op = relax.op.left_shift if attr.get("direction", b"LEFT") == b"LEFT" else relax.op.right_shift
-    in_range = relax.op.logical_and(relax.op.less(y, relax.const(bits, dtype)), relax.op.greater_equal(y, relax.const(0, dtype)))
+    in_range = relax.op.logical_and(
+        relax.op.less(y, relax.const(bits, dtype)), relax.op.greater_equal(y, relax.const(0, dtype))
+    )
     safe_y = relax.op.where(in_range, y, relax.const(0, dtype))
     overflow = relax.op.zeros_like(x)
     if attr.get("direction", b"LEFT") != b"LEFT" and not dtype.startswith("u"):
         # An arithmetic right shift past the width leaves only the sign: -1 for negative x.
-        overflow = relax.op.where(relax.op.less(x, relax.const(0, dtype)), relax.op.full_like(x, relax.const(-1, dtype)), overflow)
+        overflow = relax.op.where(
+            relax.op.less(x, relax.const(0, dtype)), relax.op.full_like(x, relax.const(-1, dtype)), overflow
+        )
     return relax.op.where(in_range, op(x, safe_y), overflow)
 
 
@@ -53,7 +57,9 @@ def _softplus_expr(x):
     dtype = str(x.ty.dtype)
     e = relax.op.exp(x)
     series = relax.op.subtract(e, relax.op.multiply(relax.op.multiply(e, e), relax.const(0.5, dtype)))
-    value = relax.op.where(relax.op.less(x, relax.const(-4.0, dtype)), series, relax.op.log(relax.op.add(e, relax.const(1.0, dtype))))
+    value = relax.op.where(
+        relax.op.less(x, relax.const(-4.0, dtype)), series, relax.op.log(relax.op.add(e, relax.const(1.0, dtype)))
+    )
     return relax.op.where(relax.op.greater(x, relax.const(20.0, dtype)), x, value)
 
 
@@ -81,7 +87,13 @@ def _prelu(bb, inputs, attr, opset):
     x, slope = inputs
     x_shape = [int(d) for d in x.ty.shape.values] if x.ty.shape is not None else []
     s_shape = [int(d) for d in slope.ty.shape.values] if slope.ty.shape is not None else []
-    if len(s_shape) == 1 and len(x_shape) > 2 and s_shape[0] != 1 and s_shape[0] == x_shape[1] and (opset < 7 or s_shape[0] != x_shape[-1]):
+    if (
+        len(s_shape) == 1
+        and len(x_shape) > 2
+        and s_shape[0] != 1
+        and s_shape[0] == x_shape[1]
+        and (opset < 7 or s_shape[0] != x_shape[-1])
+    ):
         # Opset < 7 PRelu (old PyTorch exports) has one slope per channel (axis 1).
         slope = relax.op.reshape(slope, [s_shape[0]] + [1] * (len(x_shape) - 2))
     return relax.op.where(relax.op.less(x, relax.const(0, str(x.ty.dtype))), relax.op.multiply(x, slope), x)
@@ -117,12 +129,18 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
         # 8/4/2-bit types: edgefleet's own conversions (compiler/onnx_lowbit.py).
         if op_name in onnx_lowbit.OPERATORS and self._lowbit.involved(op_name, inputs, attrs):
             return self._lowbit.convert(op_name, inputs, attrs)
-        if op_name == "Constant" and "value" in attrs and onnx_lowbit.type_name(attrs["value"].data_type) in onnx_lowbit.TYPES:
+        if (
+            op_name == "Constant"
+            and "value" in attrs
+            and onnx_lowbit.type_name(attrs["value"].data_type) in onnx_lowbit.TYPES
+        ):
             return self._lowbit.constant(attrs["value"])
         converter = CONVERTERS.get(op_name)
         if converter is not None:
             return self.bb.normalize(converter(self.bb, inputs, attrs, opset))
-        if op_name in ("ReduceMax", "ReduceMin") and str(getattr(inputs[0].ty, "dtype", "")).startswith(("float", "bfloat")):
+        if op_name in ("ReduceMax", "ReduceMin") and str(getattr(inputs[0].ty, "dtype", "")).startswith(
+            ("float", "bfloat")
+        ):
             return self._reduce_extreme(op_name, inputs, attrs, opset)
         return super()._convert_operator(op_name, inputs, attrs, opset)
 
@@ -143,9 +161,13 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
         result = self.bb.normalize(super()._convert_operator(op_name, inputs, attrs, opset))
         inf = float("-inf") if op_name == "ReduceMax" else float("inf")
         beyond = relax.op.greater if op_name == "ReduceMax" else relax.op.less
-        indicator = self.bb.normalize(relax.op.where(beyond(x, relax.const(inf, dtype)), relax.const(1.0, dtype), relax.const(0.0, dtype)))
+        indicator = self.bb.normalize(
+            relax.op.where(beyond(x, relax.const(inf, dtype)), relax.const(1.0, dtype), relax.const(0.0, dtype))
+        )
         found = self.bb.normalize(super()._convert_operator("ReduceMax", [indicator, *inputs[1:]], attrs, opset))
-        return self.bb.normalize(relax.op.where(relax.op.less(found, relax.const(0.5, dtype)), relax.const(inf, dtype), result))
+        return self.bb.normalize(
+            relax.op.where(relax.op.less(found, relax.const(0.5, dtype)), relax.const(inf, dtype), result)
+        )
 
     def _parse_array(self, tensor_proto):
         # A low-bit initializer becomes a constant in its carried form (one element per byte).
@@ -199,8 +221,10 @@ def converter_failure(op_name: str, attrs: dict, exc: Exception) -> str:
         name = text.strip(chr(39))
         return f"{where}: TVM's converter needs the attribute {name}, which the node leaves to its default"
     if "GenericConst" in text or "no value in Constant" in text or "tolist" in text:
-        return (f"{where}: TVM's converter could not read an input it needs at compile time "
-                "(a shape, sizes or axes) as a constant")
+        return (
+            f"{where}: TVM's converter could not read an input it needs at compile time "
+            "(a shape, sizes or axes) as a constant"
+        )
     if "NoneType" in text or "has no len()" in text:
         return f"{where}: TVM's converter could not work out the shape or length of an input at compile time"
     return f"{where}: TVM's converter failed: {text[:300]}"

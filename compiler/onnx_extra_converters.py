@@ -17,7 +17,10 @@ from edgefleet.errors import UnsupportedOperatorsError
 
 def _constant(expr: relax.Expr, what: str) -> np.ndarray:
     if not isinstance(expr, tvm.ir.expr.GenericConst):
-        raise UnsupportedOperatorsError(f"{what} is computed at run time; TVM needs it at compile time", "give it with --constant-input NAME=VALUES, or make it an initializer")
+        raise UnsupportedOperatorsError(
+            f"{what} is computed at run time; TVM needs it at compile time",
+            "give it with --constant-input NAME=VALUES, or make it an initializer",
+        )
     return expr.value.numpy()
 
 
@@ -39,16 +42,23 @@ def _elu(bb, inputs, attr, opset):
     # TVM's Elu/Selu converters build float32 constants, which float16/bfloat16 inputs reject.
     x = inputs[0]
     dtype = str(x.ty.dtype)
-    negative = relax.op.multiply(relax.const(float(attr.get("alpha", 1.0)), dtype), relax.op.subtract(relax.op.exp(x), relax.const(1.0, dtype)))
+    negative = relax.op.multiply(
+        relax.const(float(attr.get("alpha", 1.0)), dtype), relax.op.subtract(relax.op.exp(x), relax.const(1.0, dtype))
+    )
     return relax.op.where(relax.op.greater(x, relax.const(0.0, dtype)), x, negative)
 
 
 def _selu(bb, inputs, attr, opset):
     x = inputs[0]
     dtype = str(x.ty.dtype)
-    alpha, gamma = float(attr.get("alpha", 1.67326319217681884765625)), float(attr.get("gamma", 1.05070102214813232421875))
+    alpha, gamma = (
+        float(attr.get("alpha", 1.67326319217681884765625)),
+        float(attr.get("gamma", 1.05070102214813232421875)),
+    )
     negative = relax.op.multiply(relax.const(alpha, dtype), relax.op.subtract(relax.op.exp(x), relax.const(1.0, dtype)))
-    return relax.op.multiply(relax.const(gamma, dtype), relax.op.where(relax.op.greater(x, relax.const(0.0, dtype)), x, negative))
+    return relax.op.multiply(
+        relax.const(gamma, dtype), relax.op.where(relax.op.greater(x, relax.const(0.0, dtype)), x, negative)
+    )
 
 
 def _lp_normalization(bb, inputs, attr, opset):
@@ -59,7 +69,9 @@ def _lp_normalization(bb, inputs, attr, opset):
     elif p == 2:
         norm = relax.op.sqrt(relax.op.sum(relax.op.multiply(x, x), axis=[axis], keepdims=True))
     else:
-        raise UnsupportedOperatorsError(f"LpNormalization with p={p}: ONNX defines only p=1 and p=2", "re-export the model with p=1 or p=2")
+        raise UnsupportedOperatorsError(
+            f"LpNormalization with p={p}: ONNX defines only p=1 and p=2", "re-export the model with p=1 or p=2"
+        )
     # ONNX's reference gives 0, not NaN, where the norm is 0.
     zero = relax.const(0, str(x.ty.dtype))
     return relax.op.where(relax.op.equal(norm, zero), zero, relax.op.divide(x, norm))
@@ -83,7 +95,9 @@ def _one_hot(bb, inputs, attr, opset):
     values = _constant(values_expr, "OneHot's values")
     dtype = str(values.dtype)
     idx_dtype = str(indices.ty.dtype)
-    wrapped = relax.op.where(relax.op.less(indices, relax.const(0, idx_dtype)), relax.op.add(indices, relax.const(depth, idx_dtype)), indices)
+    wrapped = relax.op.where(
+        relax.op.less(indices, relax.const(0, idx_dtype)), relax.op.add(indices, relax.const(depth, idx_dtype)), indices
+    )
     axis = int(attr.get("axis", -1))
     if axis < 0:  # counted in the output, which has one more dimension
         axis += indices.ty.ndim + 1
@@ -98,8 +112,14 @@ def _bit_cast(bb, inputs, attr, opset):
     to = str(np.dtype(helper.tensor_dtype_to_np_dtype(int(attr["to"]))))
     src = str(x.ty.dtype)
     if np.dtype(to).itemsize != np.dtype(src).itemsize or "bool" in (to, src):
-        raise UnsupportedOperatorsError(f"BitCast from {src} to {to}: only between numeric types of one size", "cast in the exporter instead")
-    return bb.call_te(lambda t: te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i)), name="bitcast"), x, primfunc_name_hint="bitcast")
+        raise UnsupportedOperatorsError(
+            f"BitCast from {src} to {to}: only between numeric types of one size", "cast in the exporter instead"
+        )
+    return bb.call_te(
+        lambda t: te.compute(t.shape, lambda *i: tirx.reinterpret(to, t(*i)), name="bitcast"),
+        x,
+        primfunc_name_hint="bitcast",
+    )
 
 
 def _dropout(bb, inputs, attr, opset):

@@ -14,7 +14,17 @@ from edgefleet.package import TensorSpec
 
 # Operators whose output holds the same values as input 0 (index values pass through unchanged).
 _PASS_THROUGH = {
-    "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand", "Concat", "Slice", "Tile",
+    "Cast",
+    "Identity",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+    "Transpose",
+    "Expand",
+    "Concat",
+    "Slice",
+    "Tile",
 }
 # Operator -> (index input position, attribute naming the indexed axis, its default).
 _INDEXING = {"Gather": (1, "axis", 0), "GatherElements": (1, "axis", 0), "ScatterElements": (1, "axis", 0)}

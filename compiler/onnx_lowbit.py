@@ -72,11 +72,34 @@ ACCEPTED = OPERATORS | {"Constant"}
 # (exact from FLOAT16/BFLOAT16; from DOUBLE it would round twice); decoding is exact into any of these.
 _ENCODE_FROM = {"FLOAT", "FLOAT16", "BFLOAT16"}
 _DECODE_TO = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
-_NUMERIC = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_NUMERIC = {
+    "FLOAT",
+    "FLOAT16",
+    "DOUBLE",
+    "BFLOAT16",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+}
 _RELAX_DTYPES = {
-    "FLOAT": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "BFLOAT16": "bfloat16",
-    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "BOOL": "bool",
+    "FLOAT": "float32",
+    "FLOAT16": "float16",
+    "DOUBLE": "float64",
+    "BFLOAT16": "bfloat16",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "BOOL": "bool",
 }
 _ONNX_NAMES = {v: k for k, v in _RELAX_DTYPES.items()} | {v: k for k, v in TVM_DTYPES.items()}
 _ROUND_MODES = {"up", "down", "nearest"}
@@ -151,7 +174,11 @@ def rejection(node, dtypes: dict[str, str]) -> str | None:
         return None
     x = dtypes.get(node.input[0])  # DequantizeLinear
     out = type_name(_attr(node, "output_dtype", 0)) if _attr(node, "output_dtype", 0) else dtypes.get(node.input[1])
-    if (x not in FLOATS and x not in INTS) or dtypes.get(node.input[1]) not in ("FLOAT", "FLOAT16") or out not in _DECODE_TO:
+    if (
+        (x not in FLOATS and x not in INTS)
+        or dtypes.get(node.input[1]) not in ("FLOAT", "FLOAT16")
+        or out not in _DECODE_TO
+    ):
         return f"{x} to {out}"
     return None
 
@@ -210,7 +237,9 @@ def encode_float(x, fmt: FloatFormat, saturate: bool):
             bits = sign | tir.Select(mag < 0, _i32(sign_bit - 1), mag)
             # ml_dtypes (ONNX's reference): E5M2 NaN is 0x7E; FLOAT4E2M1 has no NaN and gives a
             # zero of the opposite sign.
-            nan = {"ieee": sign | (top + 1) | (1 << (m - 1)), "fn": sign | (sign_bit - 1), "finite": sign ^ sign_bit}[fmt.kind]
+            nan = {"ieee": sign | (top + 1) | (1 << (m - 1)), "fn": sign | (sign_bit - 1), "finite": sign ^ sign_bit}[
+                fmt.kind
+            ]
         return tir.Select(a > 0x7F800000, nan, bits).astype("uint8")
 
     return te.compute(x.shape, element, name="encode_" + fmt.dtype)
@@ -375,7 +404,9 @@ class LowbitImport:
         count = int(np.prod(shape))
         if onnx_type not in SUBBYTE or count == 0:  # (an empty tensor has no bytes to unpack)
             return self._emit(relax.op.memory.view(var, relax.ShapeExpr(shape), carried_dtype(onnx_type)), onnx_type)
-        packed = self.bb.emit(relax.op.memory.view(var, relax.ShapeExpr([-(-count * _bits_of(onnx_type) // 8)]), "uint8"))
+        packed = self.bb.emit(
+            relax.op.memory.view(var, relax.ShapeExpr([-(-count * _bits_of(onnx_type) // 8)]), "uint8")
+        )
         flat = self._te("unpack", lambda p: unpack(p, count, onnx_type), packed)
         return self._emit(relax.op.reshape(flat, shape), onnx_type)
 

@@ -37,7 +37,21 @@ CONSTANT_POSITIONS: dict[str, tuple[int, ...]] = {
     "SplitToSequence": (1,),
     "TopK": (1,),
     "Upsample": (1,),
-    **{op: (1,) for op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")},
+    **{
+        op: (1,)
+        for op in (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+        )
+    },
 }
 
 
@@ -92,7 +106,10 @@ def bind_inputs(model, values: Mapping[str, np.ndarray]):
     real = set(_graph_inputs(model))
     unknown = sorted(set(values) - real)
     if unknown:
-        raise UsageError(f"--constant-input names {', '.join(unknown)}, which the model does not take as an input", f"the model's inputs are: {', '.join(sorted(real))}")
+        raise UsageError(
+            f"--constant-input names {', '.join(unknown)}, which the model does not take as an input",
+            f"the model's inputs are: {', '.join(sorted(real))}",
+        )
     bound = onnx.ModelProto()
     bound.CopyFrom(model)
     for name, value in values.items():
@@ -101,10 +118,20 @@ def bind_inputs(model, values: Mapping[str, np.ndarray]):
         array = np.asarray(value)
         converted = array.astype(dtype)
         if not np.array_equal(converted, array):
-            raise UsageError(f"--constant-input {name}: the values {array.tolist()} do not fit the input's type {np.dtype(dtype).name}", "give values of the input's type")
+            raise UsageError(
+                f"--constant-input {name}: the values {array.tolist()} do not fit the input's type {np.dtype(dtype).name}",
+                "give values of the input's type",
+            )
         dims = [d.dim_value for d in tensor_type.shape.dim]
-        if tensor_type.HasField("shape") and len(dims) != converted.ndim and not (converted.ndim == 1 and len(dims) == 0 and converted.size == 1):
-            raise UsageError(f"--constant-input {name}: {converted.ndim}-D values for a {len(dims)}-D input", "give as many values as the input holds")
+        if (
+            tensor_type.HasField("shape")
+            and len(dims) != converted.ndim
+            and not (converted.ndim == 1 and len(dims) == 0 and converted.size == 1)
+        ):
+            raise UsageError(
+                f"--constant-input {name}: {converted.ndim}-D values for a {len(dims)}-D input",
+                "give as many values as the input holds",
+            )
         if len(dims) == 0 and converted.size == 1:
             converted = converted.reshape(())
         bound.graph.initializer.append(numpy_helper.from_array(converted, name))
@@ -118,14 +145,24 @@ def parse_constant_input(option: str) -> tuple[str, np.ndarray]:
     """`NAME=V1,V2,...` (a 1-D list of numbers) or `NAME=@values.npy`, as given on the command line."""
     name, sep, text = option.partition("=")
     if not sep or not name or not text:
-        raise UsageError(f"--constant-input {option!r} is not NAME=VALUES", "for example --constant-input axes=1,2 or --constant-input scales=@scales.npy")
+        raise UsageError(
+            f"--constant-input {option!r} is not NAME=VALUES",
+            "for example --constant-input axes=1,2 or --constant-input scales=@scales.npy",
+        )
     if text.startswith("@"):
         try:
             return name, np.load(text[1:], allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--constant-input {name}: cannot read {text[1:]} ({exc})", "give a .npy file written by numpy.save") from None
+            raise UsageError(
+                f"--constant-input {name}: cannot read {text[1:]} ({exc})", "give a .npy file written by numpy.save"
+            ) from None
     try:
-        numbers = [float(v) if any(c in v for c in ".eE") or v.lower() in ("inf", "-inf", "nan") else int(v) for v in text.split(",")]
+        numbers = [
+            float(v) if any(c in v for c in ".eE") or v.lower() in ("inf", "-inf", "nan") else int(v)
+            for v in text.split(",")
+        ]
     except ValueError:
-        raise UsageError(f"--constant-input {name}: {text!r} is not comma-separated numbers", "for example --constant-input axes=1,2") from None
+        raise UsageError(
+            f"--constant-input {name}: {text!r} is not comma-separated numbers", "for example --constant-input axes=1,2"
+        ) from None
     return name, np.asarray(numbers)

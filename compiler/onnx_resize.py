@@ -17,7 +17,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 _FLOATS = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
 }
 
 
@@ -78,8 +80,13 @@ def _run_probe(node, opset: int, names: list, inits: list, n: int) -> np.ndarray
     probe_node = helper.make_node(node.op_type, names, ["y"])
     probe_node.attribute.extend(keep)
     model = helper.make_model(
-        helper.make_graph([probe_node], "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [n, n])],
-                          [helper.make_empty_tensor_value_info("y")], inits),
+        helper.make_graph(
+            [probe_node],
+            "probe",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [n, n])],
+            [helper.make_empty_tensor_value_info("y")],
+            inits,
+        ),
         opset_imports=[helper.make_opsetid("", opset)],
     )
     return np.asarray(ReferenceEvaluator(model).run(None, {"x": np.eye(n)})[0])
@@ -138,7 +145,14 @@ def _one_hot_columns(weights: np.ndarray) -> np.ndarray | None:
 
 
 def _apply_axis(
-    name: str, prefix: str, weights: np.ndarray, axis: int, rank: int, dtype, nodes: list, inits: list,
+    name: str,
+    prefix: str,
+    weights: np.ndarray,
+    axis: int,
+    rank: int,
+    dtype,
+    nodes: list,
+    inits: list,
 ) -> str:
     """Nodes computing `name` resized along `axis` by `weights`; returns the result's name."""
     index = _one_hot_columns(weights)
@@ -166,7 +180,12 @@ def _apply_axis(
 
 
 def separable(
-    node, graph, opset: int, in_shape: list[int], elem_type: int, out_shape: list[int] | None = None,
+    node,
+    graph,
+    opset: int,
+    in_shape: list[int],
+    elem_type: int,
+    out_shape: list[int] | None = None,
 ) -> tuple[list, list] | None:
     """(nodes, initializers) computing `node` axis by axis, or None when it cannot be written so."""
     if elem_type not in _FLOATS and _attr(node, "mode", b"nearest") not in (b"nearest", "nearest"):

@@ -72,7 +72,21 @@ def normalize_constants(model) -> None:
 
 # The operators TVM's importer lets take a shape value (its _construct_nodes); any other
 # consumer of a Shape-derived value raises "cannot handle ShapeExpr inputs".
-_SHAPE_COMPATIBLE = {"Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat", "Equal", "Where", "Cast", "CastLike", "Squeeze"}
+_SHAPE_COMPATIBLE = {
+    "Reshape",
+    "Resize",
+    "ConstantOfShape",
+    "Gather",
+    "Slice",
+    "Shape",
+    "Expand",
+    "Concat",
+    "Equal",
+    "Where",
+    "Cast",
+    "CastLike",
+    "Squeeze",
+}
 # Of those, the ones whose output may again be a shape value.
 _SHAPE_PROPAGATING = {"Gather", "Slice", "Shape", "Concat", "Squeeze", "Cast", "CastLike", "Where", "Equal", "Expand"}
 
@@ -83,7 +97,9 @@ def cast_shape_values(model) -> None:
     graph = model.graph
     shape_like: set[str] = set()
     for node in graph.node:
-        if node.domain in ("", "ai.onnx") and (node.op_type == "Shape" or (node.op_type in _SHAPE_PROPAGATING and any(i in shape_like for i in node.input))):
+        if node.domain in ("", "ai.onnx") and (
+            node.op_type == "Shape" or (node.op_type in _SHAPE_PROPAGATING and any(i in shape_like for i in node.input))
+        ):
             shape_like.update(node.output)
     if not shape_like:
         return
@@ -184,15 +200,39 @@ RULES: list[tuple[str, Rule]] = [
     ("RoiAlign", lambda n, *_: "mode=max" if _attr(n, "mode", b"avg") == b"max" else None),
     ("SpaceToDepth", lambda n, *_: "mode=CRD" if _attr(n, "mode", b"DCR") == b"CRD" else None),
     ("SplitToSequence", lambda n, *_: "keepdims=0" if _attr(n, "keepdims", 1) == 0 else None),
-    ("Mod", lambda n, g, p, dtypes: "fmod=0 on floating-point inputs" if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0]) in _FLOATS else None),
+    (
+        "Mod",
+        lambda n, g, p, dtypes: (
+            "fmod=0 on floating-point inputs"
+            if _attr(n, "fmod", 0) == 0 and dtypes.get(n.input[0]) in _FLOATS
+            else None
+        ),
+    ),
     # Training-mode dropout is random, unless its ratio is 0 (then it passes everything).
-    ("Dropout", lambda n, g, p, dtypes: "training_mode input" if len(n.input) > 2 and n.input[2] and _constant(g, n.input[2], p) != [False] and not (len(n.input) > 1 and n.input[1] and _constant(g, n.input[1], p) == [0.0]) else None),
+    (
+        "Dropout",
+        lambda n, g, p, dtypes: (
+            "training_mode input"
+            if len(n.input) > 2
+            and n.input[2]
+            and _constant(g, n.input[2], p) != [False]
+            and not (len(n.input) > 1 and n.input[1] and _constant(g, n.input[1], p) == [0.0])
+            else None
+        ),
+    ),
     ("SequenceErase", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
     ("SequenceInsert", lambda n, g, p, dtypes: _position_rule(n, 2, g, p)),
     ("SequenceAt", lambda n, g, p, dtypes: _position_rule(n, 1, g, p)),
     # float16 accumulations run in float32 (graph.py); the causal mask's float16 additions
     # still round one ulp away from ONNX's reference, past its tolerance.
-    ("Attention", lambda n, g, p, dtypes: "float16 inputs with is_causal=1" if dtypes.get(n.input[0]) == "FLOAT16" and _attr(n, "is_causal", 0) else None),
+    (
+        "Attention",
+        lambda n, g, p, dtypes: (
+            "float16 inputs with is_causal=1"
+            if dtypes.get(n.input[0]) == "FLOAT16" and _attr(n, "is_causal", 0)
+            else None
+        ),
+    ),
     # TVM's converter is com.microsoft's Attention (num_heads); ONNX's own (opset 23) is expanded.
     ("Attention", lambda n, *_: "q_num_heads/kv_num_heads form" if _attr(n, "num_heads") is None else None),
     # TVM's Celu converter mixes a float64 alpha into float32 arithmetic; ONNX's body (Elu) works.
@@ -202,15 +242,39 @@ RULES: list[tuple[str, Rule]] = [
 EXPANSION_WRONG_TOO = {"float16 inputs with is_causal=1"}
 # Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex);
 # onnx_lowbit.TYPES are compiled by edgefleet in onnx_lowbit.OPERATORS.
-UNSUPPORTED_DTYPES = {"STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "UINT4", "INT4", "FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2", "FLOAT6E2M3", "FLOAT6E3M2"}
+UNSUPPORTED_DTYPES = {
+    "STRING",
+    "COMPLEX64",
+    "COMPLEX128",
+    "FLOAT8E4M3FN",
+    "FLOAT8E4M3FNUZ",
+    "FLOAT8E5M2",
+    "FLOAT8E5M2FNUZ",
+    "UINT4",
+    "INT4",
+    "FLOAT4E2M1",
+    "FLOAT8E8M0",
+    "UINT2",
+    "INT2",
+    "FLOAT6E2M3",
+    "FLOAT6E3M2",
+}
 # Checked after constant folding (to_relax), when it is known what stays computed at run time.
 RUNTIME_RULES: list[tuple[str, Rule]] = [
     # conv_transpose_output_shape rewrites it into pads where the shapes allow.
     ("ConvTranspose", lambda n, *_: "output_shape attribute" if _attr(n, "output_shape") else None),
-    ("NonMaxSuppression", _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold")),
+    (
+        "NonMaxSuppression",
+        _non_constant_inputs(2, 3, 4, what="max_output_boxes_per_class/iou_threshold/score_threshold"),
+    ),
     ("Expand", _non_constant_inputs(1, what="the shape input")),
     # TVM's split needs strictly increasing indices; TopK's sort has no uint64 kernel.
-    ("Split", lambda n, g, p, dtypes: "a zero-size part" if len(n.input) > 1 and n.input[1] and 0 in (_constant(g, n.input[1], p) or []) else None),
+    (
+        "Split",
+        lambda n, g, p, dtypes: (
+            "a zero-size part" if len(n.input) > 1 and n.input[1] and 0 in (_constant(g, n.input[1], p) or []) else None
+        ),
+    ),
     ("TopK", lambda n, g, p, dtypes: "uint64 input" if dtypes.get(n.input[0]) == "UINT64" else None),
 ]
 
@@ -264,7 +328,9 @@ def shape_rejections(model, input_shapes: dict[str, list[int]]) -> Counter:
     produced = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
         if node.op_type == "Resize":
-            reason = _resize_reason(node, model.graph, produced, (shapes or {}).get(node.input[0]), (shapes or {}).get(node.output[0]))
+            reason = _resize_reason(
+                node, model.graph, produced, (shapes or {}).get(node.input[0]), (shapes or {}).get(node.output[0])
+            )
             if reason:
                 out[f"Resize ({reason})"] += 1
     return out
@@ -360,7 +426,10 @@ def expand_functions(model, convertible: set[str]):
     if not todo:
         return model
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    types = {
+        vi.name: vi.type
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
     for init in model.graph.initializer:
         types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
     out = onnx.ModelProto()
@@ -373,8 +442,12 @@ def expand_functions(model, convertible: set[str]):
             body = onnx.FunctionProto()
             body.CopyFrom(schema.function_body)
         else:
-            input_types = [types[i].SerializeToString() if i in types else onnx.TypeProto().SerializeToString() for i in node.input]
-            body = onnx.FunctionProto.FromString(schema.get_context_dependent_function(node.SerializeToString(), input_types))
+            input_types = [
+                types[i].SerializeToString() if i in types else onnx.TypeProto().SerializeToString() for i in node.input
+            ]
+            body = onnx.FunctionProto.FromString(
+                schema.get_context_dependent_function(node.SerializeToString(), input_types)
+            )
         name = f"{node.op_type}_{k}"
         body.name = name
         body.domain = EXPAND_DOMAIN
@@ -395,7 +468,17 @@ def expand_functions(model, convertible: set[str]):
 # Folding stops at tensors this large: it exists to turn shape arithmetic into constants,
 # not to precompute weights.
 _FOLD_MAX_ELEMENTS = 1 << 16
-_NEVER_FOLD = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
+_NEVER_FOLD = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+}
 
 
 def _static_shape(vi) -> list[int] | None:
@@ -420,7 +503,10 @@ def _with_input_shapes(model, input_shapes: dict[str, list[int]]):
         inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
     except Exception:  # shape inference is best effort: callers then leave the model as it is
         return out, None
-    shapes = {vi.name: _static_shape(vi) for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    shapes = {
+        vi.name: _static_shape(vi)
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    }
     shapes.update({i.name: list(i.dims) for i in out.graph.initializer})
     return out, shapes
 
@@ -428,7 +514,11 @@ def _with_input_shapes(model, input_shapes: dict[str, list[int]]):
 def conv_transpose_output_shape(model, input_shapes: dict[str, list[int]]):
     """ConvTranspose(output_shape=...) -> explicit pads and output_padding, by ONNX's formula
     (TVM ignores output_shape). Left alone, and later refused, when a shape is not static."""
-    nodes = [n for n in model.graph.node if n.op_type == "ConvTranspose" and n.domain in ("", "ai.onnx") and _attr(n, "output_shape")]
+    nodes = [
+        n
+        for n in model.graph.node
+        if n.op_type == "ConvTranspose" and n.domain in ("", "ai.onnx") and _attr(n, "output_shape")
+    ]
     if not nodes:
         return model
     out, shapes = _with_input_shapes(model, input_shapes)
@@ -464,7 +554,9 @@ def conv_transpose_output_shape(model, input_shapes: dict[str, list[int]]):
         kept = [a for a in node.attribute if a.name not in ("output_shape", "auto_pad", "pads", "output_padding")]
         del node.attribute[:]
         node.attribute.extend(kept)
-        node.attribute.extend([helper.make_attribute("pads", begins + ends), helper.make_attribute("output_padding", out_pad)])
+        node.attribute.extend(
+            [helper.make_attribute("pads", begins + ends), helper.make_attribute("output_padding", out_pad)]
+        )
     # Keep the caller's input shapes as they were: only the node changed.
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -520,7 +612,18 @@ def _fold_once(model, input_shapes: dict[str, list[int]]):
         ):
             try:
                 sub = helper.make_model(
-                    helper.make_graph([node], "fold", [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(known[i].dtype), known[i].shape) for i in node.input if i], [helper.make_empty_tensor_value_info(o) for o in node.output if o]),
+                    helper.make_graph(
+                        [node],
+                        "fold",
+                        [
+                            helper.make_tensor_value_info(
+                                i, helper.np_dtype_to_tensor_dtype(known[i].dtype), known[i].shape
+                            )
+                            for i in node.input
+                            if i
+                        ],
+                        [helper.make_empty_tensor_value_info(o) for o in node.output if o],
+                    ),
                     opset_imports=opset,
                     ir_version=out.ir_version,
                 )
@@ -563,7 +666,6 @@ def nms_strict_iou(model) -> None:
         node.input[3] = name
 
 
-
 def exact_resize(model, input_shapes: dict[str, list[int]]):
     """Resize nodes TVM would compute wrongly (`_resize_reason`) and every Upsample -> per-axis
     Gather/MatMul with the weights ONNX's reference defines (compiler/onnx_resize.py). Needs
@@ -583,7 +685,8 @@ def exact_resize(model, input_shapes: dict[str, list[int]]):
         in_shape = shapes.get(node.input[0]) if node.op_type in ("Resize", "Upsample") else None
         out_shape = shapes.get(node.output[0])
         wanted = in_shape is not None and (
-            node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, out_shape))
+            node.op_type == "Upsample" or _resize_reason(node, graph, produced, in_shape, out_shape)
+        )
         rewritten = separable(node, graph, opset, in_shape, types.get(node.input[0], 0), out_shape) if wanted else None
         if rewritten is None:
             nodes.append(node)
@@ -618,7 +721,10 @@ def normalize_resize(model, input_shapes: dict[str, list[int]]):
     not_smaller policy becomes the one `scales` value it implies (ONNX resizes with that
     scale), so `shape_rejections` can check that it gives whole output sizes.
     """
-    if not any(n.op_type == "Resize" and (_attr(n, "axes") or _attr(n, "keep_aspect_ratio_policy", b"stretch") != b"stretch") for n in model.graph.node):
+    if not any(
+        n.op_type == "Resize" and (_attr(n, "axes") or _attr(n, "keep_aspect_ratio_policy", b"stretch") != b"stretch")
+        for n in model.graph.node
+    ):
         return model
     out, shapes = _with_input_shapes(model, input_shapes)
     if shapes is None:
@@ -630,8 +736,13 @@ def normalize_resize(model, input_shapes: dict[str, list[int]]):
         if node.op_type != "Resize" or not (_attr(node, "axes") or policy != b"stretch"):
             continue
         in_shape = shapes.get(node.input[0])
-        values = [_constant(graph, node.input[i], produced) if len(node.input) > i and node.input[i] else None for i in (1, 2, 3)]
-        if in_shape is None or any(len(node.input) > i and node.input[i] and v is None for i, v in zip((1, 2, 3), values)):
+        values = [
+            _constant(graph, node.input[i], produced) if len(node.input) > i and node.input[i] else None
+            for i in (1, 2, 3)
+        ]
+        if in_shape is None or any(
+            len(node.input) > i and node.input[i] and v is None for i, v in zip((1, 2, 3), values)
+        ):
             continue  # not constant: the importer refuses it with its own message
         roi, scales, sizes = values
         rank = len(in_shape)
@@ -672,4 +783,3 @@ def normalize_resize(model, input_shapes: dict[str, list[int]]):
     del result.graph.initializer[:]
     result.graph.initializer.extend(graph.initializer)
     return result
-

@@ -29,7 +29,18 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 # At most this many output pixels per register tile (more only lengthens the unrolled body).
 MAX_REG_TILE = 14
-_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5")
+_AVX512_CPUS = (
+    "skylake-avx512",
+    "cascadelake",
+    "cooperlake",
+    "icelake",
+    "tigerlake",
+    "sapphirerapids",
+    "emeraldrapids",
+    "graniterapids",
+    "znver4",
+    "znver5",
+)
 
 
 def register_tile(target: tvm.target.Target, block: int = 16) -> int:
@@ -118,7 +129,11 @@ def _conv_with_epilogue(sch: s_tir.Schedule, conv, blocks: list, pad_names: tupl
     """(pad blocks, epilogue block) of a nest holding `conv`, its input pads and injective blocks
     after it; None when the nest holds anything else."""
     pads = [b for b in blocks if _name(sch, b) in pad_names]
-    others = [b for b in blocks if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * rank]
+    others = [
+        b
+        for b in blocks
+        if not _same(sch, b, conv) and not any(_same(sch, b, p) for p in pads) and _iter_kinds(sch, b) == "S" * rank
+    ]
     if len(pads) + len(others) + 1 != len(blocks):
         return None
     epi = _epilogue(sch, conv, others)
@@ -152,7 +167,11 @@ class Conv2dNCHWc(_SafeRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
-        convs = [b for b in blocks if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc", "group_conv2d_NCHWc"))]
+        convs = [
+            b
+            for b in blocks
+            if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc", "group_conv2d_NCHWc"))
+        ]
         if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR"):
             return None
         conv = convs[0]
@@ -226,7 +245,11 @@ class Conv2dNCHW(_SafeRule):
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
         blocks = _blocks(sch)
-        convs = [b for b in blocks if _iter_kinds(sch, b) == "SSSSRRR" and _name(sch, b).startswith(("conv2d_nchw", "group_conv2d_nchw"))]
+        convs = [
+            b
+            for b in blocks
+            if _iter_kinds(sch, b) == "SSSSRRR" and _name(sch, b).startswith(("conv2d_nchw", "group_conv2d_nchw"))
+        ]
         if len(convs) != 1:
             return None
         conv = convs[0]

@@ -24,10 +24,10 @@ _SAGEMAKER_OUTPUT = re.compile(r"/([A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))/output/mod
 
 @dataclass(frozen=True)
 class ModelSource:
-    path: Path            # the model file itself, ready to parse
-    format: str           # "onnx" or "tflite"
-    uri: str              # what the user passed
-    sha256: str           # of what the user passed (the archive, when it was one)
+    path: Path  # the model file itself, ready to parse
+    format: str  # "onnx" or "tflite"
+    uri: str  # what the user passed
+    sha256: str  # of what the user passed (the archive, when it was one)
     training_job: str | None
     # From a training output's preprocessing.json / labels.txt beside the model (see
     # docs/compiler.md); explicit compile options win over these.
@@ -41,7 +41,7 @@ def _download_s3(uri: str, dest_dir: Path, show_progress: bool, max_bytes: int) 
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:
         raise ModelSourceError("reading s3:// needs boto3", "pip install 'edgefleet[compiler]'") from None
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or not key:
         raise ModelSourceError(f"{uri} is not s3://BUCKET/KEY", "pass the S3 URI of the model.tar.gz")
     dest = dest_dir / Path(key).name
@@ -49,17 +49,24 @@ def _download_s3(uri: str, dest_dir: Path, show_progress: bool, max_bytes: int) 
     try:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
         if size > max_bytes:
-            raise ModelSourceError(f"{uri} is {size} bytes, over the {max_bytes}-byte cap", "check the URI; a model this large cannot be packaged")
+            raise ModelSourceError(
+                f"{uri} is {size} bytes, over the {max_bytes}-byte cap",
+                "check the URI; a model this large cannot be packaged",
+            )
         if show_progress:
             from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-            with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+            with Progress(
+                *Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True
+            ) as bar:
                 task = bar.add_task(f"download {Path(key).name}", total=size)
                 s3.download_file(bucket, key, str(dest), Callback=lambda n: bar.advance(task, n))
         else:
             s3.download_file(bucket, key, str(dest))
     except (BotoCoreError, ClientError) as exc:
-        raise ModelSourceError(f"cannot download {uri}: {exc}", "check the URI and your AWS credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)") from None
+        raise ModelSourceError(
+            f"cannot download {uri}: {exc}", "check the URI and your AWS credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)"
+        ) from None
     return dest
 
 
@@ -67,17 +74,31 @@ def _pick_member(files: list[str], root: Path, member: str | None, archive: str)
     candidates = sorted(f for f in files if Path(f).suffix in MODEL_SUFFIXES)
     if member is not None:
         if member not in files:
-            raise ModelSourceError(f"{archive} has no member {member!r}", f"its models are: {', '.join(candidates) or 'none'}")
+            raise ModelSourceError(
+                f"{archive} has no member {member!r}", f"its models are: {', '.join(candidates) or 'none'}"
+            )
         return root / member
     if not candidates:
         listed = ", ".join(sorted(files)[:10]) or "nothing"
-        raise ModelSourceError(f"{archive} holds no .onnx or .tflite model (found: {listed})", "export the model to ONNX or TFLite inside the training script's SM_MODEL_DIR")
+        raise ModelSourceError(
+            f"{archive} holds no .onnx or .tflite model (found: {listed})",
+            "export the model to ONNX or TFLite inside the training script's SM_MODEL_DIR",
+        )
     if len(candidates) > 1:
-        raise ModelSourceError(f"{archive} holds several models: {', '.join(candidates)}", "pick one with --member NAME")
+        raise ModelSourceError(
+            f"{archive} holds several models: {', '.join(candidates)}", "pick one with --member NAME"
+        )
     return root / candidates[0]
 
 
-def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_progress: bool = False, limits: ArchiveLimits = ArchiveLimits()) -> ModelSource:
+def fetch_model(
+    uri: str,
+    workdir: Path,
+    *,
+    member: str | None = None,
+    show_progress: bool = False,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> ModelSource:
     """Resolve `uri` into a local model file (downloading and extracting as needed)."""
     workdir = Path(workdir)
     training_job = None
@@ -104,8 +125,18 @@ def fetch_model(uri: str, workdir: Path, *, member: str | None = None, show_prog
         path = local
         preprocessing, labels = None, None
     else:
-        raise CorruptModelError(f"{uri}: cannot tell the model format from the name", "pass a .onnx, .tflite or SageMaker model.tar.gz")
-    return ModelSource(path=path, format=MODEL_SUFFIXES[path.suffix.lower()], uri=uri, sha256=digest, training_job=training_job, preprocessing=preprocessing, labels=labels)
+        raise CorruptModelError(
+            f"{uri}: cannot tell the model format from the name", "pass a .onnx, .tflite or SageMaker model.tar.gz"
+        )
+    return ModelSource(
+        path=path,
+        format=MODEL_SUFFIXES[path.suffix.lower()],
+        uri=uri,
+        sha256=digest,
+        training_job=training_job,
+        preprocessing=preprocessing,
+        labels=labels,
+    )
 
 
 class ServingSpec(Strict):
@@ -128,7 +159,10 @@ def read_serving_spec(folder: Path) -> ServingSpec | None:
         return ServingSpec.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         first = first_error(exc)
-        raise ModelSourceError(f"{path.name} is not a version-1 serving spec: {first.where}: {first.msg}", "fix or remove preprocessing.json in the training output") from None
+        raise ModelSourceError(
+            f"{path.name} is not a version-1 serving spec: {first.where}: {first.msg}",
+            "fix or remove preprocessing.json in the training output",
+        ) from None
 
 
 def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | None]:
@@ -140,6 +174,9 @@ def _training_sidecar(folder: Path, uri: str) -> tuple[dict | None, list[str] | 
     if spec.labels:
         labels_path = (folder / spec.labels).resolve()
         if folder.resolve() not in labels_path.parents or not labels_path.is_file():
-            raise ModelSourceError(f"{uri}: preprocessing.json names labels file {spec.labels!r}, which is not beside the model", "put the labels file next to the model in the archive")
+            raise ModelSourceError(
+                f"{uri}: preprocessing.json names labels file {spec.labels!r}, which is not beside the model",
+                "put the labels file next to the model in the archive",
+            )
         labels = [line.strip() for line in labels_path.read_text().splitlines() if line.strip()]
     return spec.preprocessing.model_dump(exclude_unset=True), labels

@@ -35,7 +35,13 @@ def _arm64(mcpu: str, mattr: list[str] | None = None) -> dict[str, Any]:
 
 def _armv7(mcpu: str) -> dict[str, Any]:
     # Debian's armhf userland is hard-float: objects must use VFP register arguments to link.
-    return {"kind": "llvm", "mtriple": "armv7l-linux-gnueabihf", "mcpu": mcpu, "mattr": ["+neon", "+vfp4"], "mfloat-abi": "hard"}
+    return {
+        "kind": "llvm",
+        "mtriple": "armv7l-linux-gnueabihf",
+        "mcpu": mcpu,
+        "mattr": ["+neon", "+vfp4"],
+        "mfloat-abi": "hard",
+    }
 
 
 def _x86(mcpu: str) -> dict[str, Any]:
@@ -82,24 +88,134 @@ class Target:
 
 _ENTRIES: list[Target] = [
     # Raspberry Pi boards (Neo: rasp3b, rasp4b).
-    Target("rasp3b", "Raspberry Pi 3 Model B, 32-bit Raspberry Pi OS (Cortex-A53, armv7 hard-float)", "armv7", _armv7("cortex-a53"), "arm-linux-gnueabihf-gcc", "qemu-arm", neo=True),
-    Target("rasp4b", "Raspberry Pi 4 Model B, 64-bit OS (Cortex-A72)", "aarch64", _arm64("cortex-a72"), "aarch64-linux-gnu-gcc", "qemu-aarch64", neo=True),
-    Target("rasp5", "Raspberry Pi 5, 64-bit OS (Cortex-A76)", "aarch64", _arm64("cortex-a76", ["+neon", "+dotprod", "+fullfp16"]), "aarch64-linux-gnu-gcc", "qemu-aarch64"),
+    Target(
+        "rasp3b",
+        "Raspberry Pi 3 Model B, 32-bit Raspberry Pi OS (Cortex-A53, armv7 hard-float)",
+        "armv7",
+        _armv7("cortex-a53"),
+        "arm-linux-gnueabihf-gcc",
+        "qemu-arm",
+        neo=True,
+    ),
+    Target(
+        "rasp4b",
+        "Raspberry Pi 4 Model B, 64-bit OS (Cortex-A72)",
+        "aarch64",
+        _arm64("cortex-a72"),
+        "aarch64-linux-gnu-gcc",
+        "qemu-aarch64",
+        neo=True,
+    ),
+    Target(
+        "rasp5",
+        "Raspberry Pi 5, 64-bit OS (Cortex-A76)",
+        "aarch64",
+        _arm64("cortex-a76", ["+neon", "+dotprod", "+fullfp16"]),
+        "aarch64-linux-gnu-gcc",
+        "qemu-aarch64",
+    ),
     # NVIDIA Jetson: CUDA kernels plus an aarch64 host library; compiled here, run on the board.
-    Target("jetson_nano", "NVIDIA Jetson Nano (Maxwell sm_53, Cortex-A57 host)", "aarch64", _cuda("sm_53"), "aarch64-linux-gnu-gcc", "gpu", device="cuda", neo=True),
-    Target("jetson_tx2", "NVIDIA Jetson TX2 (Pascal sm_62)", "aarch64", _cuda("sm_62"), "aarch64-linux-gnu-gcc", "gpu", device="cuda", neo=True),
-    Target("jetson_xavier", "NVIDIA Jetson AGX Xavier / Xavier NX (Volta sm_72)", "aarch64", _cuda("sm_72"), "aarch64-linux-gnu-gcc", "gpu", device="cuda", neo=True),
-    Target("jetson_orin", "NVIDIA Jetson AGX Orin / Orin Nano (Ampere sm_87)", "aarch64", _cuda("sm_87"), "aarch64-linux-gnu-gcc", "gpu", device="cuda"),
+    Target(
+        "jetson_nano",
+        "NVIDIA Jetson Nano (Maxwell sm_53, Cortex-A57 host)",
+        "aarch64",
+        _cuda("sm_53"),
+        "aarch64-linux-gnu-gcc",
+        "gpu",
+        device="cuda",
+        neo=True,
+    ),
+    Target(
+        "jetson_tx2",
+        "NVIDIA Jetson TX2 (Pascal sm_62)",
+        "aarch64",
+        _cuda("sm_62"),
+        "aarch64-linux-gnu-gcc",
+        "gpu",
+        device="cuda",
+        neo=True,
+    ),
+    Target(
+        "jetson_xavier",
+        "NVIDIA Jetson AGX Xavier / Xavier NX (Volta sm_72)",
+        "aarch64",
+        _cuda("sm_72"),
+        "aarch64-linux-gnu-gcc",
+        "gpu",
+        device="cuda",
+        neo=True,
+    ),
+    Target(
+        "jetson_orin",
+        "NVIDIA Jetson AGX Orin / Orin Nano (Ampere sm_87)",
+        "aarch64",
+        _cuda("sm_87"),
+        "aarch64-linux-gnu-gcc",
+        "gpu",
+        device="cuda",
+    ),
     # EC2 instance families as Neo names them.
     Target("ml_c5", "EC2 C5 (Intel Skylake-SP, AVX-512)", "x86_64", _x86("skylake-avx512"), None, "native", neo=True),
-    Target("ml_m5", "EC2 M5 (Intel Skylake-SP / Cascade Lake, AVX-512)", "x86_64", _x86("skylake-avx512"), None, "native", neo=True),
+    Target(
+        "ml_m5",
+        "EC2 M5 (Intel Skylake-SP / Cascade Lake, AVX-512)",
+        "x86_64",
+        _x86("skylake-avx512"),
+        None,
+        "native",
+        neo=True,
+    ),
     Target("ml_c6i", "EC2 C6i (Intel Ice Lake, AVX-512)", "x86_64", _x86("icelake-server"), None, "native", neo=True),
-    Target("ml_inf1", "EC2 Inf1 (AWS Inferentia, Neuron SDK neuron-cc)", "x86_64", None, None, "none", device="neuron", neo=True, neuron_compiler="neuron-cc"),
-    Target("ml_inf2", "EC2 Inf2 (AWS Inferentia2, Neuron SDK neuronx-cc)", "x86_64", None, None, "none", device="neuron", neo=True, neuron_compiler="neuronx-cc"),
+    Target(
+        "ml_inf1",
+        "EC2 Inf1 (AWS Inferentia, Neuron SDK neuron-cc)",
+        "x86_64",
+        None,
+        None,
+        "none",
+        device="neuron",
+        neo=True,
+        neuron_compiler="neuron-cc",
+    ),
+    Target(
+        "ml_inf2",
+        "EC2 Inf2 (AWS Inferentia2, Neuron SDK neuronx-cc)",
+        "x86_64",
+        None,
+        None,
+        "none",
+        device="neuron",
+        neo=True,
+        neuron_compiler="neuronx-cc",
+    ),
     # Generic CPUs.
-    Target("x86_64", "Any x86-64 Linux machine with AVX2 (x86-64-v3)", "x86_64", _x86("x86-64-v3"), None, "native", aliases=("amd64", "x86-64")),
-    Target("aarch64", "Any 64-bit ARM Linux machine (Cortex-A53 baseline, NEON)", "aarch64", _arm64("cortex-a53"), "aarch64-linux-gnu-gcc", "qemu-aarch64", aliases=("arm64",)),
-    Target("armv7", "Any 32-bit ARMv7 hard-float Linux machine with NEON", "armv7", _armv7("cortex-a7"), "arm-linux-gnueabihf-gcc", "qemu-arm", aliases=("armhf", "arm_eabihf")),
+    Target(
+        "x86_64",
+        "Any x86-64 Linux machine with AVX2 (x86-64-v3)",
+        "x86_64",
+        _x86("x86-64-v3"),
+        None,
+        "native",
+        aliases=("amd64", "x86-64"),
+    ),
+    Target(
+        "aarch64",
+        "Any 64-bit ARM Linux machine (Cortex-A53 baseline, NEON)",
+        "aarch64",
+        _arm64("cortex-a53"),
+        "aarch64-linux-gnu-gcc",
+        "qemu-aarch64",
+        aliases=("arm64",),
+    ),
+    Target(
+        "armv7",
+        "Any 32-bit ARMv7 hard-float Linux machine with NEON",
+        "armv7",
+        _armv7("cortex-a7"),
+        "arm-linux-gnueabihf-gcc",
+        "qemu-arm",
+        aliases=("armhf", "arm_eabihf"),
+    ),
 ]
 
 TARGETS: dict[str, Target] = {t.name: t for t in _ENTRIES}
@@ -134,12 +250,16 @@ def _from_platform(spec: dict[str, Any]) -> Target:
     if accel == "NVIDIA" and gpu_code:
         name = _GPU_CODE.get(str(gpu_code).lower())
         if name is None:
-            raise UnknownTargetError(f"gpu-code {gpu_code!r} is not a known Jetson architecture", f"use one of {', '.join(_GPU_CODE)}")
+            raise UnknownTargetError(
+                f"gpu-code {gpu_code!r} is not a known Jetson architecture", f"use one of {', '.join(_GPU_CODE)}"
+            )
         return TARGETS[name]
     name = _PLATFORMS.get((os_, arch, accel))
     if name is None:
         known = ", ".join(f"os={o} arch={a}" + (f" accelerator={c}" if c else "") for o, a, c in _PLATFORMS)
-        raise UnknownTargetError(f"target platform os={os_} arch={arch} accelerator={accel} is not supported", f"use one of: {known}")
+        raise UnknownTargetError(
+            f"target platform os={os_} arch={arch} accelerator={accel} is not supported", f"use one of: {known}"
+        )
     return TARGETS[name]
 
 
@@ -149,7 +269,10 @@ def _from_tvm_dict(spec: dict[str, Any]) -> Target:
     try:
         canonical = tvm.target.Target(spec)
     except Exception as exc:  # TVM raises its own error types for bad dicts
-        raise UnknownTargetError(f"TVM rejects the target dict {json.dumps(spec)}: {str(exc).splitlines()[0]}", "see `edgefleet targets` for working dicts") from None
+        raise UnknownTargetError(
+            f"TVM rejects the target dict {json.dumps(spec)}: {str(exc).splitlines()[0]}",
+            "see `edgefleet targets` for working dicts",
+        ) from None
     kind = canonical.kind.name
     host = spec.get("host", spec) if kind != "llvm" else spec
     triple = str(host.get("mtriple", ""))
@@ -160,7 +283,10 @@ def _from_tvm_dict(spec: dict[str, Any]) -> Target:
     elif triple in ("", "x86_64-linux-gnu") or triple.startswith("x86_64"):
         arch, cc, run = "x86_64", None, "native"
     else:
-        raise UnknownTargetError(f"mtriple {triple!r} is not one edgefleet can link", "use aarch64-linux-gnu, armv7l-linux-gnueabihf or x86_64-linux-gnu")
+        raise UnknownTargetError(
+            f"mtriple {triple!r} is not one edgefleet can link",
+            "use aarch64-linux-gnu, armv7l-linux-gnueabihf or x86_64-linux-gnu",
+        )
     device = "cuda" if kind == "cuda" else "cpu"
     if device == "cuda":
         run = "gpu"
@@ -179,9 +305,14 @@ def resolve_target(spec: str) -> Target:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UnknownTargetError(f"--target looks like JSON but does not parse: {exc}", 'quote it, e.g. --target \'{"kind": "llvm", "mcpu": "skylake"}\'') from None
+            raise UnknownTargetError(
+                f"--target looks like JSON but does not parse: {exc}",
+                'quote it, e.g. --target \'{"kind": "llvm", "mcpu": "skylake"}\'',
+            ) from None
         if not isinstance(obj, dict):
-            raise UnknownTargetError("--target JSON must be an object", "pass a TVM target dict or a TargetPlatform object")
+            raise UnknownTargetError(
+                "--target JSON must be an object", "pass a TVM target dict or a TargetPlatform object"
+            )
         return _from_tvm_dict(obj) if "kind" in obj else _from_platform(obj)
     if "=" in text:
         pairs = dict(part.split("=", 1) for part in text.split(",") if "=" in part)

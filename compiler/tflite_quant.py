@@ -24,7 +24,20 @@ import numpy as np
 
 # Quantized operators that are exact here: own integer arithmetic, or (RESHAPE, SQUEEZE) moves
 # of the int8 values that TVM already does without touching them.
-EXACT = frozenset({"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "SOFTMAX"})
+EXACT = frozenset(
+    {
+        "QUANTIZE",
+        "DEQUANTIZE",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "ADD",
+        "AVERAGE_POOL_2D",
+        "RESHAPE",
+        "SQUEEZE",
+        "SOFTMAX",
+    }
+)
 _TYPE_NAMES = {2: "int32", 3: "uint8", 7: "int16", 9: "int8"}
 _EXACT_TYPES = {"int8", "int32"}  # int8 activations and weights, int32 biases: what was checked against LiteRT
 # (Re)quantization is type-generic (AffineQuantize / Requantize): uint8 <-> int8 at a model's edge is exact too.
@@ -142,7 +155,10 @@ class ExactQuantConverter(_base()):
         if single_rounding:
             # (x * q + 2^(t-1)) >> t with t = 31 - shift: one rounding, halves up (arithmetic shift).
             total = 31 - shift
-            return op.right_shift(op.add(op.multiply(x, self._i64(pick(mult))), self._i64(pick(np.left_shift(1, total - 1)))), self._i64(pick(total)))
+            return op.right_shift(
+                op.add(op.multiply(x, self._i64(pick(mult))), self._i64(pick(np.left_shift(1, total - 1)))),
+                self._i64(pick(total)),
+            )
         if np.any(left):
             x = op.multiply(x, self._i64(pick(np.left_shift(1, left))))
         # SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2^31, division truncating toward zero.
@@ -159,7 +175,9 @@ class ExactQuantConverter(_base()):
         mask = np.left_shift(1, right) - 1
         remainder = op.bitwise_and(high, self._i64(pick(mask)))
         threshold = op.add(self._i64(pick(mask >> 1)), op.astype(op.less(high, self._i64(0)), "int64"))
-        return op.add(op.right_shift(high, self._i64(pick(right))), op.astype(op.greater(remainder, threshold), "int64"))
+        return op.add(
+            op.right_shift(high, self._i64(pick(right))), op.astype(op.greater(remainder, threshold), "int64")
+        )
 
     def _to_output(self, acc, output_tensor, lo: int, hi: int) -> object:
         from tvm import relax
@@ -192,13 +210,19 @@ class ExactQuantConverter(_base()):
         info = np.iinfo(dtype)
         if quant_params(inp.tensor) is None:
             # AffineQuantize: round(x / scale) in double, halves away from zero, + zero point.
-            x = relax.op.divide(relax.op.astype(self.get_tensor_expr(inp), "float64"), relax.const(float(o_scale[0]), "float64"))
-            rounded = relax.op.multiply(relax.op.sign(x), relax.op.floor(relax.op.add(relax.op.abs(x), relax.const(0.5, "float64"))))
+            x = relax.op.divide(
+                relax.op.astype(self.get_tensor_expr(inp), "float64"), relax.const(float(o_scale[0]), "float64")
+            )
+            rounded = relax.op.multiply(
+                relax.op.sign(x), relax.op.floor(relax.op.add(relax.op.abs(x), relax.const(0.5, "float64")))
+            )
             q = relax.op.add(relax.op.astype(rounded, "int64"), self._i64(int(o_zero[0])))
             return relax.op.astype(relax.op.clip(q, int(info.min), int(info.max)), dtype)
         # Requantize: (x - zp_in) * (s_in / s_out) by the fixed-point multiplier.
         i_scale = quant_params(inp.tensor)[0]
-        acc = self._multiply_by_quantized_multiplier(self._zp_corrected(inp), float(np.float64(i_scale[0]) / np.float64(o_scale[0])))
+        acc = self._multiply_by_quantized_multiplier(
+            self._zp_corrected(inp), float(np.float64(i_scale[0]) / np.float64(o_scale[0]))
+        )
         return self._to_output(acc, out, int(info.min), int(info.max))
 
     def convert_dequantize(self, op):
@@ -208,9 +232,16 @@ class ExactQuantConverter(_base()):
         params = quant_params(inp.tensor)
         if params is None:
             return super().convert_dequantize(op)
-        scale = params[0] if params[0].size == 1 else params[0].reshape([-1] + [1] * (len(inp.tensor.ShapeAsNumpy()) - 1 - params[2]))
+        scale = (
+            params[0]
+            if params[0].size == 1
+            else params[0].reshape([-1] + [1] * (len(inp.tensor.ShapeAsNumpy()) - 1 - params[2]))
+        )
         # (q - zp) * scale: the int fits float32 exactly and the product rounds once, as in double then float.
-        return relax.op.multiply(relax.op.astype(self._zp_corrected(inp), "float32"), relax.const(scale if scale.size > 1 else float(scale[0]), "float32"))
+        return relax.op.multiply(
+            relax.op.astype(self._zp_corrected(inp), "float32"),
+            relax.const(scale if scale.size > 1 else float(scale[0]), "float32"),
+        )
 
     def convert_conv(self, op, conv_type):
         if not self._quantized(op):
@@ -228,7 +259,11 @@ class ExactQuantConverter(_base()):
         _, in_h, in_w, in_c = (int(d) for d in inp.tensor.ShapeAsNumpy())
         w = self.get_tensor_value(weight).astype(np.int64)
         w_scale, w_zero, _ = quant_params(weight.tensor)
-        w = w - (w_zero.reshape(-1, 1, 1, 1) if not depthwise and w_zero.size > 1 else (w_zero if w_zero.size > 1 else w_zero[0]))
+        w = w - (
+            w_zero.reshape(-1, 1, 1, 1)
+            if not depthwise and w_zero.size > 1
+            else (w_zero if w_zero.size > 1 else w_zero[0])
+        )
         if depthwise:  # [1, kh, kw, C*m] -> HWOI, one group per input channel
             kh, kw, groups = w.shape[1], w.shape[2], in_c
             kernel = w.reshape(kh, kw, w.shape[3], 1)
@@ -246,8 +281,15 @@ class ExactQuantConverter(_base()):
         # Zero-point-corrected int32 operands: padding with 0 is TFLite skipping the border.
         x = relax.op.astype(self._zp_corrected(inp), "int32")
         acc = relax.op.nn.conv2d(
-            x, relax.const(kernel.astype(np.int32), "int32"), strides=[s_h, s_w], padding=pad, dilation=[dil_h, dil_w],
-            groups=groups, data_layout="NHWC", kernel_layout=layout, out_dtype="int32",
+            x,
+            relax.const(kernel.astype(np.int32), "int32"),
+            strides=[s_h, s_w],
+            padding=pad,
+            dilation=[dil_h, dil_w],
+            groups=groups,
+            data_layout="NHWC",
+            kernel_layout=layout,
+            out_dtype="int32",
         )
         return self._requantized(acc, inputs, out, w_scale, options.FusedActivationFunction())
 
@@ -282,7 +324,9 @@ class ExactQuantConverter(_base()):
         # LiteRT's per-channel FULLY_CONNECTED rounds once (its reference kernel matched single
         # rounding on every output of int8 MobileNetV2's 1000-class head; double rounding missed
         # ties like 1535.95 / 2^10 by one step); per-tensor FC and convolutions round twice.
-        result = self._requantized(acc, inputs, out, w_scale, options.FusedActivationFunction(), single_rounding=w_scale.size > 1)
+        result = self._requantized(
+            acc, inputs, out, w_scale, options.FusedActivationFunction(), single_rounding=w_scale.size > 1
+        )
         return relax.op.reshape(result, [int(d) for d in out.tensor.ShapeAsNumpy()])
 
     def _convert_elemwise(self, op, relax_op, comparison_op=False):
@@ -302,11 +346,15 @@ class ExactQuantConverter(_base()):
         o_scale, o_zero, _ = quant_params(out.tensor)
         twice_max = 2 * max(a_scale, b_scale)
         sides = [
-            self._multiply_by_quantized_multiplier(relax.op.multiply(self._zp_corrected(t), self._i64(1 << _ADD_LEFT_SHIFT)), s / twice_max)
+            self._multiply_by_quantized_multiplier(
+                relax.op.multiply(self._zp_corrected(t), self._i64(1 << _ADD_LEFT_SHIFT)), s / twice_max
+            )
             for t, s in ((a, a_scale), (b, b_scale))
         ]
         total = relax.op.add(sides[0], sides[1])
-        acc = self._multiply_by_quantized_multiplier(total, twice_max / ((1 << _ADD_LEFT_SHIFT) * np.float64(o_scale[0])))
+        acc = self._multiply_by_quantized_multiplier(
+            total, twice_max / ((1 << _ADD_LEFT_SHIFT) * np.float64(o_scale[0]))
+        )
         activation = self._options(op, AddOptions).FusedActivationFunction()
         lo, hi = _act_range(activation, float(o_scale[0]), int(o_zero[0]), self.get_tensor_type_str(out.tensor.Type()))
         return self._to_output(acc, out, lo, hi)
@@ -329,7 +377,12 @@ class ExactQuantConverter(_base()):
             left, right = get_pad_value(in_w, kw, s_w)
             pad = [top, left, bottom, right]
         o_scale, o_zero, _ = quant_params(out.tensor)
-        lo, hi = _act_range(options.FusedActivationFunction(), float(o_scale[0]), int(o_zero[0]), self.get_tensor_type_str(out.tensor.Type()))
+        lo, hi = _act_range(
+            options.FusedActivationFunction(),
+            float(o_scale[0]),
+            int(o_zero[0]),
+            self.get_tensor_type_str(out.tensor.Type()),
+        )
         x = self.get_tensor_expr(inp)
         if pool_type == "max":  # max over the window's values; TFLite's input and output share scale and zero point
             pooled = relax.op.astype(relax.op.nn.max_pool2d(x, (kh, kw), (s_h, s_w), pad, layout="NHWC"), "int64")
@@ -337,12 +390,23 @@ class ExactQuantConverter(_base()):
         # reference_integer_ops::AveragePool: int32 sum of the raw values over the window's in-bounds
         # part (a depthwise conv with ones), divided by that count rounding halves away from zero.
         ones = relax.const(np.ones((kh, kw, ch, 1), np.int32), "int32")
-        total = relax.op.nn.conv2d(relax.op.astype(x, "int32"), ones, strides=[s_h, s_w], padding=pad, groups=ch, data_layout="NHWC", kernel_layout="HWOI", out_dtype="int32")
+        total = relax.op.nn.conv2d(
+            relax.op.astype(x, "int32"),
+            ones,
+            strides=[s_h, s_w],
+            padding=pad,
+            groups=ch,
+            data_layout="NHWC",
+            kernel_layout="HWOI",
+            out_dtype="int32",
+        )
         count = _window_counts(in_h, in_w, kh, kw, s_h, s_w, pad)
         total = relax.op.astype(total, "int64")
         half = self._i64(count // 2)
         positive = relax.op.floor_divide(relax.op.add(total, half), self._i64(count))
-        negative = relax.op.negative(relax.op.floor_divide(relax.op.add(relax.op.negative(total), half), self._i64(count)))
+        negative = relax.op.negative(
+            relax.op.floor_divide(relax.op.add(relax.op.negative(total), half), self._i64(count))
+        )
         avg = relax.op.where(relax.op.greater(total, self._i64(0)), positive, negative)
         return relax.op.astype(relax.op.clip(avg, lo, hi), self.get_tensor_type_str(out.tensor.Type()))
 

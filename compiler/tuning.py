@@ -73,7 +73,10 @@ class RpcTracker:
         """HOST:PORT/KEY[@CORES], e.g. tracker.lan:9190/rasp4b@4 (CORES defaults to 4)."""
         match = re.fullmatch(r"([^:/@\s]+):(\d+)/([^@\s]+)(?:@(\d+))?", text)
         if not match:
-            raise UsageError(f"--tune-rpc {text!r} is not HOST:PORT/KEY or HOST:PORT/KEY@CORES", "for example --tune-rpc 192.168.1.20:9190/rasp4b@4")
+            raise UsageError(
+                f"--tune-rpc {text!r} is not HOST:PORT/KEY or HOST:PORT/KEY@CORES",
+                "for example --tune-rpc 192.168.1.20:9190/rasp4b@4",
+            )
         host, port, key, cores = match.groups()
         return cls(host, int(port), key, int(cores or 4))
 
@@ -83,7 +86,9 @@ def _runner(rpc: RpcTracker | None = None):
 
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
     if rpc is not None:
-        config = ms.runner.RPCConfig(tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key, session_timeout_sec=RUN_TIMEOUT_S)
+        config = ms.runner.RPCConfig(
+            tracker_host=rpc.host, tracker_port=rpc.port, tracker_key=rpc.key, session_timeout_sec=RUN_TIMEOUT_S
+        )
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
     return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
 
@@ -99,7 +104,9 @@ def _lines(path: Path) -> list[str]:
 def _arg_json(mod: tvm.IRModule) -> list:
     from tvm.s_tir import meta_schedule as ms
 
-    return [["TENSOR", str(a.dtype), [int(d) for d in a.shape]] for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+    return [
+        ["TENSOR", str(a.dtype), [int(d) for d in a.shape]] for a in ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    ]
 
 
 def check_database(work: Path) -> None:
@@ -113,13 +120,19 @@ def check_database(work: Path) -> None:
     for i, mod in enumerate(mods):
         same = by_hash.setdefault(tvm_ffi.structural_hash(mod), [])
         if any(tvm_ffi.structural_equal(mods[j], mod) for j in same):
-            raise DatabaseError(f"tuning database {work}: workload line {i + 1} repeats an earlier kernel, so later record indices are shifted", f"delete {work} and tune again")
+            raise DatabaseError(
+                f"tuning database {work}: workload line {i + 1} repeats an earlier kernel, so later record indices are shifted",
+                f"delete {work} and tune again",
+            )
         same.append(i)
     args = [_arg_json(mod) for mod in mods]
     for n, line in enumerate(_lines(work / RECORD_FILE), 1):
         index, record = json.loads(line)
         if not 0 <= index < len(mods) or record[3] != args[index]:
-            raise DatabaseError(f"tuning database {work}: record {n} does not fit the kernel it is filed under (written by two processes at once?)", f"delete {work} and tune again")
+            raise DatabaseError(
+                f"tuning database {work}: record {n} does not fit the kernel it is filed under (written by two processes at once?)",
+                f"delete {work} and tune again",
+            )
 
 
 def open_database(work: Path):
@@ -196,8 +209,10 @@ class Decision:
 
     def message(self) -> str:
         if self.tuned_s is None:
-            return (f"the search's best is the default schedule ({1e3 * self.default_s:.3f} ms as measured in the search; "
-                    "not measured side by side): default schedule kept")
+            return (
+                f"the search's best is the default schedule ({1e3 * self.default_s:.3f} ms as measured in the search; "
+                "not measured side by side): default schedule kept"
+            )
         kept = "tuned" if self.tuned_s < self.default_s else "default"
         return f"side by side default {1e3 * self.default_s:.3f} ms, tuned {1e3 * self.tuned_s:.3f} ms: {kept} schedule kept"
 
@@ -221,7 +236,11 @@ def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, 
     tuned = records[0].as_measure_candidate().sch
     args = ms.arg_info.ArgInfo.from_prim_func(task_mod["main"])
     if tvm_ffi.structural_equal(tuned.mod, default.mod):  # the search found nothing faster
-        decided.commit_tuning_record(ms.database.TuningRecord(default.trace, decided.commit_workload(task_mod), records[0].run_secs, target, args))
+        decided.commit_tuning_record(
+            ms.database.TuningRecord(
+                default.trace, decided.commit_workload(task_mod), records[0].run_secs, target, args
+            )
+        )
         return Decision(_mean(records[0]), None)
     built = builder.build([ms.builder.BuilderInput(m, target) for m in (default.mod, tuned.mod)])
     if any(b.error_msg for b in built):
@@ -240,7 +259,14 @@ def _decide(search, decided, task_mod: tvm.IRModule, target: tvm.target.Target, 
     return Decision(sum(secs[0]) / len(secs[0]), sum(secs[1]) / len(secs[1]))
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> None:
+def tune(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    work: Path,
+    total_trials: int,
+    report: Callable[[str], None],
+    rpc: RpcTracker | None = None,
+) -> None:
     """Tune every kernel of `mod` (fused, unscheduled Relax + TIR) with about total_trials trials.
 
     The search's records go to `work/search` (resume, warm start); `work` itself, which
@@ -296,7 +322,13 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, work: Path, total_trials:
                 report(f"{label}: {decision.message()}")
 
 
-def tune_pass(target: tvm.target.Target, work: Path, total_trials: int, report: Callable[[str], None], rpc: RpcTracker | None = None) -> tvm.transform.Pass:
+def tune_pass(
+    target: tvm.target.Target,
+    work: Path,
+    total_trials: int,
+    report: Callable[[str], None],
+    rpc: RpcTracker | None = None,
+) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetTune")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         tune(mod, target, work, total_trials, report, rpc)

@@ -15,7 +15,9 @@ DEFAULT_RTOL = 1e-3
 
 
 def sample_inputs(
-    specs: list[TensorSpec], seed: int = 0, ranges: dict[str, tuple[int, int]] | None = None,
+    specs: list[TensorSpec],
+    seed: int = 0,
+    ranges: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Deterministic inputs in each dtype's plausible range (images are [0, 1] floats or bytes).
 
@@ -46,7 +48,9 @@ def model_feeds(frontend: ModuleType, model_path: Path, specs: list[TensorSpec],
     return sample_inputs(specs, seed, ranges)
 
 
-def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float) -> tuple[float, float, bool]:
+def compare(
+    actual: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float
+) -> tuple[float, float, bool]:
     """Max abs and rel differences over all outputs, and whether all are within atol + rtol*|expected|."""
     if len(actual) != len(expected):
         return float("inf"), float("inf"), False
@@ -67,7 +71,9 @@ def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, r
     return max_abs, max_rel, ok
 
 
-def verify_on(model, ran_on: str, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
+def verify_on(
+    model, ran_on: str, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float
+) -> Verification:
     """Run `model` (anything with `.run(list)`: the camera runtime, natively or emulated) and the reference on the same inputs."""
     feeds = model_feeds(frontend, model_path, inputs)
     try:
@@ -88,13 +94,23 @@ def verify_on(model, ran_on: str, frontend: ModuleType, model_path: Path, inputs
     )
 
 
-def verify_native(library: Path, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
+def verify_native(
+    library: Path, frontend: ModuleType, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float
+) -> Verification:
     """Verify on this machine's camera runtime (the bundle cameras run), never on the compiler's TVM."""
     from edgefleet.agent.runtime_worker import shared_worker
 
     worker = shared_worker()
     runtime = worker.describe()
-    return verify_on(worker.load(library), f"native x86_64, edgefleet runtime {runtime['runtime_key']}", frontend, model_path, inputs, atol, rtol)
+    return verify_on(
+        worker.load(library),
+        f"native x86_64, edgefleet runtime {runtime['runtime_key']}",
+        frontend,
+        model_path,
+        inputs,
+        atol,
+        rtol,
+    )
 
 
 def skipped(target: Target, reason: str) -> Verification:

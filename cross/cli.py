@@ -39,7 +39,9 @@ def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quie
 
 
 @cross.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--target", "-t", required=True, help="ARM target whose sysroot runs the command (rasp4b, rasp3b, aarch64, ...).")
+@click.option(
+    "--target", "-t", required=True, help="ARM target whose sysroot runs the command (rasp4b, rasp3b, aarch64, ...)."
+)
 @click.option("--timeout", type=float, help="Kill the command after this many seconds.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(target: str, timeout: float | None, command: tuple[str, ...]) -> None:
@@ -62,9 +64,19 @@ def run_command(target: str, timeout: float | None, command: tuple[str, ...]) ->
 
 @cross.command("infer")
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Image file to classify.")
+@click.option(
+    "--image",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Image file to classify.",
+)
 @click.option("--repeat", default=1, show_default=True, help="Runs to time.")
-@click.option("--trust", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Trusted public key (repeatable).")
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trusted public key (repeatable).",
+)
 def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ...]) -> None:
     """Run an ARM PACKAGE on one image with `edgefleet run` inside its emulated sysroot.
 
@@ -78,7 +90,9 @@ def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ..
 
 
 @cross.command("image")
-@click.option("--arch", default="arm64", show_default=True, type=ARCH_CHOICE, help="arm64 (rasp4b, rasp5) or armhf (rasp3b).")
+@click.option(
+    "--arch", default="arm64", show_default=True, type=ARCH_CHOICE, help="arm64 (rasp4b, rasp5) or armhf (rasp3b)."
+)
 @click.option("--tag", help="Image tag (default edgefleet-agent:ARCH).")
 def image_command(arch: str, tag: str | None) -> None:
     """Build a container image of the agent and its runtime from the ARCH sysroot and load it into docker.
@@ -88,7 +102,9 @@ def image_command(arch: str, tag: str | None) -> None:
     from edgefleet.cross.image import build_image
 
     result = build_image(arch, tag)
-    console.print(f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}")
+    console.print(
+        f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}"
+    )
 
 
 @cross.command("deb")

@@ -43,7 +43,10 @@ def sysroot_arch_for(target: Target) -> str:
 def require_sysroot(arch: str) -> Sysroot:
     sysroot = find_sysroot(arch)
     if sysroot is None:
-        raise TargetNotRunnableError(f"no {arch_info(arch).debian} sysroot is built for the current inputs", f"build it once with `{build_command(arch)}`")
+        raise TargetNotRunnableError(
+            f"no {arch_info(arch).debian} sysroot is built for the current inputs",
+            f"build it once with `{build_command(arch)}`",
+        )
     return sysroot
 
 
@@ -65,7 +68,10 @@ def _guest_program(sysroot: Sysroot, program: str) -> Path:
         candidate = sysroot.root / sub / program
         if candidate.exists():
             return candidate
-    raise UsageError(f"`{program}` is not a program in the {sysroot.info.spec.arch} sysroot", "give a path inside the sysroot, or `python3 ...`")
+    raise UsageError(
+        f"`{program}` is not a program in the {sysroot.info.spec.arch} sysroot",
+        "give a path inside the sysroot, or `python3 ...`",
+    )
 
 
 def _link_device_packages(into: Path) -> Path:
@@ -101,7 +107,9 @@ class QemuOptions:
     python_path: tuple[Path, ...] = ()
 
 
-def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None, first: Sequence[Path] = ()) -> dict[str, str]:
+def guest_env(
+    sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | None = None, first: Sequence[Path] = ()
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
     paths = [str(p) for p in first] + [str(sysroot.site)] + ([str(code_dir)] if code_dir else [])
     # PYTHONSAFEPATH: the working directory (often this repository, whose edgefleet/ folder
@@ -115,17 +123,29 @@ def guest_env(sysroot: Sysroot, code_dir: Path | None, extra: dict[str, str] | N
     return env
 
 
-def emulated_argv(sysroot: Sysroot, command: Sequence[str], argv0: str | None = None, qemu: QemuOptions = QemuOptions()) -> list[str]:
+def emulated_argv(
+    sysroot: Sysroot, command: Sequence[str], argv0: str | None = None, qemu: QemuOptions = QemuOptions()
+) -> list[str]:
     """QEMU's command line for a guest `command`; `argv0` is the name the guest sees itself started as.
 
     `argv0` matters to a venv's interpreter: Python finds its pyvenv.cfg next to argv[0], and a
     venv's bin/python3 is a symlink that the host kernel, not QEMU, would resolve (to the host's Python).
     """
     if not command:
-        raise UsageError("no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'")
+        raise UsageError(
+            "no command to run", "put it after --, e.g. edgefleet cross run --target rasp4b -- python3 -c 'print(1)'"
+        )
     binary = require_tool(qemu.binary or sysroot.arch.qemu)
     program = str(_guest_program(sysroot, command[0]))
-    return [binary, *(["-0", argv0] if argv0 else []), *qemu.options, "-L", str(qemu.root or sysroot.root), program, *command[1:]]
+    return [
+        binary,
+        *(["-0", argv0] if argv0 else []),
+        *qemu.options,
+        "-L",
+        str(qemu.root or sysroot.root),
+        program,
+        *command[1:],
+    ]
 
 
 def run_emulated(
@@ -146,7 +166,15 @@ def run_emulated(
     argv = emulated_argv(sysroot, command, qemu=qemu)
     with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
         code = _link_device_packages(Path(tmp))
-        return subprocess.run(argv, env=guest_env(sysroot, code, env, qemu.python_path), cwd=cwd, timeout=timeout, capture_output=capture, text=capture, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            argv,
+            env=guest_env(sysroot, code, env, qemu.python_path),
+            cwd=cwd,
+            timeout=timeout,
+            capture_output=capture,
+            text=capture,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 @contextmanager
@@ -154,7 +182,11 @@ def emulated_worker(sysroot: Sysroot) -> Iterator[RuntimeWorker]:
     """A RuntimeWorker whose child is the sysroot's Python under QEMU, on the sysroot architecture's runtime."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-guest-") as tmp:
         env = guest_env(sysroot, _link_device_packages(Path(tmp)))
-        worker = RuntimeWorker(emulated_argv(sysroot, ["python3"]), env, what=f"the {sysroot.info.spec.arch} runtime under {sysroot.arch.qemu}")
+        worker = RuntimeWorker(
+            emulated_argv(sysroot, ["python3"]),
+            env,
+            what=f"the {sysroot.info.spec.arch} runtime under {sysroot.arch.qemu}",
+        )
         try:
             yield worker
         finally:
@@ -175,14 +207,33 @@ def sysroot_for_package(package: Path) -> Sysroot:
     return require_sysroot(info.debian)
 
 
-def run_package_emulated(package: Path, image: Path, *, repeat: int = 1, trust: list[Path] | None = None, timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+def run_package_emulated(
+    package: Path,
+    image: Path,
+    *,
+    repeat: int = 1,
+    trust: list[Path] | None = None,
+    timeout: float | None = None,
+    capture: bool = False,
+) -> subprocess.CompletedProcess:
     """`edgefleet run PACKAGE --image IMAGE --json` inside the package's emulated sysroot.
 
     The guest does what a camera does: checks the signature and hashes, preprocesses the
     image as the manifest says, and runs the library with the agent's runtime.
     """
     sysroot = sysroot_for_package(package)
-    command = ["python3", "-m", "edgefleet.cli", "run", str(Path(package).resolve()), "--image", str(Path(image).resolve()), "--repeat", str(repeat), "--json"]
+    command = [
+        "python3",
+        "-m",
+        "edgefleet.cli",
+        "run",
+        str(Path(package).resolve()),
+        "--image",
+        str(Path(image).resolve()),
+        "--repeat",
+        str(repeat),
+        "--json",
+    ]
     for key in trust or []:
         command += ["--trust", str(Path(key).resolve())]
     return run_emulated(sysroot, command, timeout=timeout, capture=capture)

@@ -33,8 +33,13 @@ SITE = "/opt/edgefleet/site"
 SRC = "/opt/edgefleet/src"
 RUNTIME = "/opt/edgefleet/runtime"
 CONFIG = {
-    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PYTHONPATH={SITE}:{SRC}", "PYTHONNOUSERSITE=1", "PYTHONUNBUFFERED=1",
-            f"{BUNDLE_ENV}={RUNTIME}"],
+    "Env": [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        f"PYTHONPATH={SITE}:{SRC}",
+        "PYTHONNOUSERSITE=1",
+        "PYTHONUNBUFFERED=1",
+        f"{BUNDLE_ENV}={RUNTIME}",
+    ],
     "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
     "Cmd": ["agent", "run", "--config", "/etc/edgefleet/agent.toml"],
     "WorkingDir": "/",
@@ -56,26 +61,46 @@ class ImageResult:
 # What of the Debian tree the agent never reads, so the image leaves it out. Patterns are fnmatch'ed
 # against the path inside the image (a folder's pattern drops it and everything under it).
 TRIM = (
-    "usr/share/doc/*/*",          # docs (each package's copyright is kept: the licences travel with the binaries)
-    "usr/share/man", "usr/share/info", "usr/share/lintian", "usr/share/bash-completion", "usr/share/zsh",
-    "usr/share/locale/*",         # message translations; the agent logs in English
+    "usr/share/doc/*/*",  # docs (each package's copyright is kept: the licences travel with the binaries)
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/bash-completion",
+    "usr/share/zsh",
+    "usr/share/locale/*",  # message translations; the agent logs in English
     "usr/lib/locale/*",
     # apt's indexes and logs: nothing is installed in the image
-    "var/lib/apt/lists/*", "var/cache/apt/*", "var/cache/debconf/*-old", "var/log/*",
+    "var/lib/apt/lists/*",
+    "var/cache/apt/*",
+    "var/cache/debconf/*-old",
+    "var/log/*",
     # ... nor configured: apt and dpkg themselves, and the TLS stack only apt's https method links
     # (gnutls and what it alone needs; a scan of every ELF file's DT_NEEDED finds no other user).
-    "usr/bin/apt*", "usr/lib/apt", "usr/lib/*-linux-gnu*/libapt-*", "usr/bin/dpkg*",
-    "usr/lib/*-linux-gnu*/libgnutls*", "usr/lib/*-linux-gnu*/libp11-kit*", "usr/lib/*-linux-gnu*/libidn2*",
-    "usr/lib/*-linux-gnu*/libunistring*", "usr/lib/*-linux-gnu*/libtasn1*", "usr/lib/*-linux-gnu*/libnettle*",
+    "usr/bin/apt*",
+    "usr/lib/apt",
+    "usr/lib/*-linux-gnu*/libapt-*",
+    "usr/bin/dpkg*",
+    "usr/lib/*-linux-gnu*/libgnutls*",
+    "usr/lib/*-linux-gnu*/libp11-kit*",
+    "usr/lib/*-linux-gnu*/libidn2*",
+    "usr/lib/*-linux-gnu*/libunistring*",
+    "usr/lib/*-linux-gnu*/libtasn1*",
+    "usr/lib/*-linux-gnu*/libnettle*",
     "usr/lib/*-linux-gnu*/libhogweed*",
     "usr/lib/*-linux-gnu*/security",  # PAM's modules: nobody logs in to the agent's container
     # Debian's python3-numpy ships a second copy of its extensions here; python3.11 imports the
     # package from /usr/lib/python3/dist-packages, earlier on sys.path, and never reads this one.
     "usr/lib/python3.11/dist-packages/numpy",
-    "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/test",  # help() texts; CPython's test support
+    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/python3.11/test",  # help() texts; CPython's test support
     # perl: only debconf and apt's maintainer scripts use it, and no package is configured in the image.
-    "usr/bin/perl*", "usr/share/perl", "usr/share/perl5", "usr/lib/*-linux-gnu*/perl", "usr/lib/*-linux-gnu*/perl-base",
-    "usr/lib/*-linux-gnu*/perl5", "usr/lib/*-linux-gnu*/libperl.so*",
+    "usr/bin/perl*",
+    "usr/share/perl",
+    "usr/share/perl5",
+    "usr/lib/*-linux-gnu*/perl",
+    "usr/lib/*-linux-gnu*/perl-base",
+    "usr/lib/*-linux-gnu*/perl5",
+    "usr/lib/*-linux-gnu*/libperl.so*",
     "usr/lib/*-linux-gnu*/gconv",  # iconv charsets: Python has its own codecs
     "opt/edgefleet/site/*/tests",  # the wheels' test suites (numpy's alone is ~10 MB)
     "usr/lib/python3/dist-packages/*/tests",  # and Debian's (numpy's: 7.6 MB)
@@ -154,11 +179,23 @@ def write_image_archive(sysroot, arch: str, tag: str, out: Path) -> None:
     layer = out.with_name("layer.tar")
     diff_id = _write_layer(sysroot, layer)
     architecture, variant = DOCKER_PLATFORMS[arch]
-    config = json.dumps({
-        "architecture": architecture, **({"variant": variant} if variant else {}), "os": "linux", "created": now_utc(), "config": CONFIG,
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
-        "history": [{"created": now_utc(), "created_by": f"edgefleet cross image ({sysroot.info.spec.arch} sysroot {sysroot.info.key})"}],
-    }, sort_keys=True).encode()
+    config = json.dumps(
+        {
+            "architecture": architecture,
+            **({"variant": variant} if variant else {}),
+            "os": "linux",
+            "created": now_utc(),
+            "config": CONFIG,
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+            "history": [
+                {
+                    "created": now_utc(),
+                    "created_by": f"edgefleet cross image ({sysroot.info.spec.arch} sysroot {sysroot.info.key})",
+                }
+            ],
+        },
+        sort_keys=True,
+    ).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": [f"{diff_id}/layer.tar"]}]).encode()
     with tarfile.open(out, "w") as tar:
@@ -177,7 +214,10 @@ def _client():
         client = docker.from_env()
         client.ping()
     except Exception as exc:  # the SDK raises DockerException, requests and socket errors alike
-        raise ServiceError(f"no docker daemon answers ({str(exc).splitlines()[0][:200]})", "start dockerd (apt-get install docker.io) or set DOCKER_HOST") from None
+        raise ServiceError(
+            f"no docker daemon answers ({str(exc).splitlines()[0][:200]})",
+            "start dockerd (apt-get install docker.io) or set DOCKER_HOST",
+        ) from None
     return client
 
 
@@ -195,5 +235,8 @@ def build_image(arch: str = "arm64", tag: str | None = None) -> ImageResult:
                 client.images.load(fh)
             image = client.images.get(tag)
         except Exception as exc:  # docker.errors.APIError / ImageNotFound
-            raise ServiceError(f"loading image {tag} into docker failed: {str(exc).splitlines()[0][:300]}", "check the docker daemon's log and its free disk space") from None
+            raise ServiceError(
+                f"loading image {tag} into docker failed: {str(exc).splitlines()[0][:300]}",
+                "check the docker daemon's log and its free disk space",
+            ) from None
     return ImageResult(tag, image.id, image.attrs.get("Architecture", ""), int(image.attrs.get("Size", 0)))

@@ -34,8 +34,20 @@ from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import now_utc, sha256_file
 from edgefleet.strict import Strict
 from edgefleet.progress import Stages
-from edgefleet.runtime_bundle import (CUDA_LIBRARY, INFO_FILE, LIBRARIES, RUNTIME_ABI, SHIM, Bundle, CudaInfo,
-                                     RuntimeBundleInfo, cache_dir, canonical_arch, host_arch, read_bundle)
+from edgefleet.runtime_bundle import (
+    CUDA_LIBRARY,
+    INFO_FILE,
+    LIBRARIES,
+    RUNTIME_ABI,
+    SHIM,
+    Bundle,
+    CudaInfo,
+    RuntimeBundleInfo,
+    cache_dir,
+    canonical_arch,
+    host_arch,
+    read_bundle,
+)
 
 TVM_WHEEL_VERSION = "0.27.0.post1"
 TVM_SOURCE_NAME = "tvm-v0.27.dev0-src.tar.gz"
@@ -49,9 +61,17 @@ MIN_CMAKE = (3, 26)
 # Runtime only: no compiler (LLVM), no GPU, no RPC server, TVM's own thread pool (no OpenMP),
 # and no backtrace machinery or segfault handler inside the agent's process.
 CMAKE_OPTIONS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DUSE_LLVM=OFF", "-DUSE_CUDA=OFF", "-DUSE_Z3=OFF", "-DUSE_GTEST=OFF",
-    "-DUSE_OPENMP=OFF", "-DUSE_RPC=OFF", "-DUSE_LIBBACKTRACE=OFF", "-DUSE_CCACHE=OFF",
-    "-DTVM_FFI_USE_LIBBACKTRACE=OFF", "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DUSE_LLVM=OFF",
+    "-DUSE_CUDA=OFF",
+    "-DUSE_Z3=OFF",
+    "-DUSE_GTEST=OFF",
+    "-DUSE_OPENMP=OFF",
+    "-DUSE_RPC=OFF",
+    "-DUSE_LIBBACKTRACE=OFF",
+    "-DUSE_CCACHE=OFF",
+    "-DTVM_FFI_USE_LIBBACKTRACE=OFF",
+    "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=OFF",
 )
 FORMAT = 1
 
@@ -119,9 +139,15 @@ def _wheel_tvm_dir() -> Path:
     try:
         installed = version("apache-tvm")
     except PackageNotFoundError:
-        raise MissingToolError("building the runtime needs the runtime sources inside the apache-tvm wheel, which is not installed", f"pip install 'edgefleet[compiler]' (apache-tvm=={TVM_WHEEL_VERSION})") from None
+        raise MissingToolError(
+            "building the runtime needs the runtime sources inside the apache-tvm wheel, which is not installed",
+            f"pip install 'edgefleet[compiler]' (apache-tvm=={TVM_WHEEL_VERSION})",
+        ) from None
     if installed != TVM_WHEEL_VERSION:
-        raise UsageError(f"apache-tvm {installed} is installed; the runtime is built from {TVM_WHEEL_VERSION}, the version the compiler pins", f"pip install apache-tvm=={TVM_WHEEL_VERSION}")
+        raise UsageError(
+            f"apache-tvm {installed} is installed; the runtime is built from {TVM_WHEEL_VERSION}, the version the compiler pins",
+            f"pip install apache-tvm=={TVM_WHEEL_VERSION}",
+        )
     spec = importlib.util.find_spec("tvm")  # finds the folder without importing the compiler
     assert spec is not None and spec.submodule_search_locations
     return Path(spec.submodule_search_locations[0])
@@ -139,7 +165,10 @@ def tvm_source_candidates() -> list[Path]:
     """Where the TVM source release is looked for, in order."""
     env = os.environ.get(TVM_SOURCE_ENV)
     checkout = Path(__file__).resolve().parents[1]
-    return ([Path(env)] if env else []) + [cache_dir() / "sources" / TVM_SOURCE_NAME, checkout.parent / "shared" / "third_party" / TVM_SOURCE_NAME]
+    return ([Path(env)] if env else []) + [
+        cache_dir() / "sources" / TVM_SOURCE_NAME,
+        checkout.parent / "shared" / "third_party" / TVM_SOURCE_NAME,
+    ]
 
 
 def _tvm_source(explicit: Path | None) -> Path:
@@ -152,7 +181,10 @@ def _tvm_source(explicit: Path | None) -> Path:
         )
     digest = sha256_file(found)
     if digest != TVM_SOURCE_SHA256:
-        raise UsageError(f"{found} has sha256 {digest}; the pinned TVM source release has {TVM_SOURCE_SHA256}", "use the archive named in docs/runtime.md")
+        raise UsageError(
+            f"{found} has sha256 {digest}; the pinned TVM source release has {TVM_SOURCE_SHA256}",
+            "use the archive named in docs/runtime.md",
+        )
     return found
 
 
@@ -162,12 +194,27 @@ def _ffi_sdist(stages: Stages, log: Path) -> Path:
     path = dest / FFI_SDIST
     if not path.is_file():
         dest.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--no-deps", "--no-binary", ":all:",
-                "--dest", str(dest), f"apache-tvm-ffi=={FFI_VERSION}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--isolated",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(dest),
+            f"apache-tvm-ffi=={FFI_VERSION}",
+        ]
         _run(stages, "download", f"apache-tvm-ffi {FFI_VERSION} source from PyPI", argv, log)
     if not path.is_file() or sha256_file(path) != FFI_SDIST_SHA256:
         path.unlink(missing_ok=True)
-        raise BuildError(f"the downloaded {FFI_SDIST} is missing or does not match its pinned sha256", f"read {log}; retry when PyPI is reachable")
+        raise BuildError(
+            f"the downloaded {FFI_SDIST} is missing or does not match its pinned sha256",
+            f"read {log}; retry when PyPI is reachable",
+        )
     return path
 
 
@@ -180,7 +227,10 @@ def _compiler_version(toolchain: Toolchain) -> str:
 def _require(name: str, toolchain: Toolchain) -> str:
     path = shutil.which(name)
     if path is None:
-        raise MissingToolError(f"`{name}` is not on PATH: the {toolchain.triple} runtime cannot be built", f"apt-get install {toolchain.debian}")
+        raise MissingToolError(
+            f"`{name}` is not on PATH: the {toolchain.triple} runtime cannot be built",
+            f"apt-get install {toolchain.debian}",
+        )
     return path
 
 
@@ -192,7 +242,10 @@ def _cmake() -> str:
             found = re.search(r"(\d+)\.(\d+)", out)
             if found and (int(found.group(1)), int(found.group(2))) >= MIN_CMAKE:
                 return str(candidate)
-    raise MissingToolError("building the runtime needs CMake >= 3.26 (tvm-ffi's requirement; Debian 12 has 3.25)", "pip install 'cmake>=3.26'")
+    raise MissingToolError(
+        "building the runtime needs CMake >= 3.26 (tvm-ffi's requirement; Debian 12 has 3.25)",
+        "pip install 'cmake>=3.26'",
+    )
 
 
 # ---- the build ---------------------------------------------------------------------------
@@ -239,12 +292,24 @@ def _toolchain_file(toolchain: Toolchain, path: Path) -> Path:
 
 def _shim_argv(toolchain: Toolchain, tvm_libs: Path, lib: Path) -> list[str]:
     return [
-        toolchain.tool("g++"), "-O2", "-fPIC", "-shared", "-std=c++17", "-fvisibility=hidden",
+        toolchain.tool("g++"),
+        "-O2",
+        "-fPIC",
+        "-shared",
+        "-std=c++17",
+        "-fvisibility=hidden",
         *(f"-I{tvm_libs / sub}" for sub in ("include", "ffi-include", "dlpack-include")),
-        str(SHIM_SOURCE), f"-L{lib}", "-ltvm_runtime", "-ltvm_ffi",
+        str(SHIM_SOURCE),
+        f"-L{lib}",
+        "-ltvm_runtime",
+        "-ltvm_ffi",
         # Linked although no symbol of it is used: loading it registers the sort/random kernels.
-        "-Wl,--no-as-needed", "-ltvm_runtime_extra", "-Wl,--as-needed",
-        "-Wl,-rpath,$ORIGIN", "-o", str(lib / SHIM),
+        "-Wl,--no-as-needed",
+        "-ltvm_runtime_extra",
+        "-Wl,--as-needed",
+        "-Wl,-rpath,$ORIGIN",
+        "-o",
+        str(lib / SHIM),
     ]
 
 
@@ -257,7 +322,9 @@ def _elf_machine(path: Path) -> int:
 
 def _glibc_floor(libs: list[Path]) -> str:
     """The newest GLIBC_x.y symbol version any library needs (readelf reads every architecture)."""
-    out = subprocess.run(["readelf", "-W", "--dyn-syms", *map(str, libs)], capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["readelf", "-W", "--dyn-syms", *map(str, libs)], capture_output=True, text=True, check=False
+    ).stdout
     versions = {tuple(int(x) for x in m.split(".")) for m in re.findall(r"GLIBC_(\d+\.\d+(?:\.\d+)?)", out)}
     return ".".join(map(str, max(versions))) if versions else "unknown"
 
@@ -269,8 +336,9 @@ def cuda_options(sms: list[str]) -> list[str]:
     """CMake options for a CUDA build: USE_CUDA=ON (replacing OFF) for the given GPUs, e.g. ["sm_87"]."""
     bad = [sm for sm in sms if not SM_PATTERN.fullmatch(sm)]
     if bad:
-        raise UsageError(f"{', '.join(bad)} is not a CUDA GPU architecture",
-                         "name it like sm_87 (Orin) or sm_72 (Xavier)")
+        raise UsageError(
+            f"{', '.join(bad)} is not a CUDA GPU architecture", "name it like sm_87 (Orin) or sm_72 (Xavier)"
+        )
     options = [o for o in CMAKE_OPTIONS if o != "-DUSE_CUDA=OFF"]
     numbers = ";".join(SM_PATTERN.fullmatch(sm).group(1) for sm in sms)
     return [*options, "-DUSE_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={numbers}"]
@@ -280,8 +348,10 @@ def cuda_version() -> str:
     """The CUDA toolkit's version from `nvcc --version` ("release 12.6, V12.6.68" -> "12.6")."""
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
     if nvcc is None:
-        raise MissingToolError("a CUDA build needs nvcc, which is not on PATH nor in /usr/local/cuda/bin",
-                               "apt-get install nvidia-jetpack (JetPack's CUDA); add /usr/local/cuda/bin to PATH")
+        raise MissingToolError(
+            "a CUDA build needs nvcc, which is not on PATH nor in /usr/local/cuda/bin",
+            "apt-get install nvidia-jetpack (JetPack's CUDA); add /usr/local/cuda/bin to PATH",
+        )
     found = re.search(r"release (\d+\.\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
     if found is None:
         raise MissingToolError(f"`{nvcc} --version` does not say its release", "check the CUDA toolkit install")
@@ -304,8 +374,15 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[s
     )
 
 
-def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = False, quiet: bool = False,
-                  jobs: int | None = None, cuda_sms: list[str] | None = None) -> Bundle:
+def build_runtime(
+    arch: str,
+    *,
+    tvm_source: Path | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    jobs: int | None = None,
+    cuda_sms: list[str] | None = None,
+) -> Bundle:
     """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
 
     TVM's libraries are cached on their own (`<cache>/tvm/<arch>-<key>`), so a change to
@@ -320,8 +397,10 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
     toolchain = TOOLCHAINS[arch]
     if cuda_sms:
         if arch != host_arch():
-            raise UsageError(f"a CUDA runtime for {arch} cannot be cross-built on {host_arch()}: it links the board's",
-                             "run scripts/jetson_runtime_build.sh on the Jetson itself")
+            raise UsageError(
+                f"a CUDA runtime for {arch} cannot be cross-built on {host_arch()}: it links the board's",
+                "run scripts/jetson_runtime_build.sh on the Jetson itself",
+            )
         cuda_options(cuda_sms)  # refuse a bad GPU name before anything starts
         cuda_version()
     stages = Stages(quiet=quiet)
@@ -351,7 +430,10 @@ def build_runtime(arch: str, *, tvm_source: Path | None = None, force: bool = Fa
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(logs, kept / "logs")
         log = kept / "logs" / f"{failed.step}.log"
-        raise BuildError(f"runtime build step `{failed.step}` for {arch} {failed.why}; last line: {_last_line(log)}", f"read the log {log}") from None
+        raise BuildError(
+            f"runtime build step `{failed.step}` for {arch} {failed.why}; last line: {_last_line(log)}",
+            f"read the log {log}",
+        ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -376,7 +458,9 @@ def _last_line(log: Path) -> str:
     return lines[-1][:200] if lines else "(empty log)"
 
 
-def _build_tvm(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, work: Path, stages: Stages, jobs: int) -> Path:
+def _build_tvm(
+    spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: str, work: Path, stages: Stages, jobs: int
+) -> Path:
     """TVM's libraries and the headers the C ABI compiles against, in `work/tvm-libs`."""
     logs, build, out = work / "logs", work / "build", work / "tvm-libs"
     with stages.stage("unpack", f"TVM {spec.tvm_wheel_version} runtime sources, tvm-ffi {spec.tvm_ffi_version}"):
@@ -388,13 +472,22 @@ def _build_tvm(spec: BuildSpec, sources: Sources, toolchain: Toolchain, cmake: s
         configure.append(f"-DCMAKE_TOOLCHAIN_FILE={_toolchain_file(toolchain, work / 'toolchain.cmake')}")
     _run(stages, "configure", f"CMake for {toolchain.triple}", configure, logs / "configure.log")
     targets = ["tvm_runtime", "tvm_runtime_extra", *(["tvm_runtime_cuda"] if spec.cuda_sms else [])]
-    _run(stages, "build", f"{', '.join(targets)} with {jobs} jobs (~4 CPU-minutes)",
-         [cmake, "--build", str(build), "--target", *targets, "--parallel", str(jobs)], logs / "build.log")
+    _run(
+        stages,
+        "build",
+        f"{', '.join(targets)} with {jobs} jobs (~4 CPU-minutes)",
+        [cmake, "--build", str(build), "--target", *targets, "--parallel", str(jobs)],
+        logs / "build.log",
+    )
     (out / "lib").mkdir(parents=True)
     for name in _tvm_libraries(spec):
         shutil.copy2(build / "lib" / name, out / "lib" / name)
     ffi = tvm / "3rdparty" / "tvm-ffi"
-    for source, dest in ((tvm / "include", "include"), (ffi / "include", "ffi-include"), (ffi / "3rdparty" / "dlpack" / "include", "dlpack-include")):
+    for source, dest in (
+        (tvm / "include", "include"),
+        (ffi / "include", "ffi-include"),
+        (ffi / "3rdparty" / "dlpack" / "include", "dlpack-include"),
+    ):
         shutil.copytree(source, out / dest)
     (out / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")  # written last: its presence means complete
     return out
@@ -410,17 +503,36 @@ def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path,
     lib.mkdir()
     for name in _tvm_libraries(spec):
         shutil.copy2(tvm_libs / "lib" / name, lib / name)
-    _run(stages, "shim", "libedgefleet_runtime.so (the agent's C ABI)", _shim_argv(toolchain, tvm_libs, lib), logs / "shim.log")
+    _run(
+        stages,
+        "shim",
+        "libedgefleet_runtime.so (the agent's C ABI)",
+        _shim_argv(toolchain, tvm_libs, lib),
+        logs / "shim.log",
+    )
     libs = [lib / name for name in [*_tvm_libraries(spec), SHIM]]
-    _run(stages, "strip", "debug symbols", [_require(toolchain.tool("strip"), toolchain), "--strip-unneeded", *map(str, libs)], logs / "strip.log")
+    _run(
+        stages,
+        "strip",
+        "debug symbols",
+        [_require(toolchain.tool("strip"), toolchain), "--strip-unneeded", *map(str, libs)],
+        logs / "strip.log",
+    )
     with stages.stage("check", "ELF machine and glibc floor"):
         wrong = [p.name for p in libs if _elf_machine(p) != toolchain.elf_machine]
         if wrong:
             raise _StepFailed("check", f"produced libraries for the wrong machine: {', '.join(wrong)}")
         glibc = _glibc_floor(libs)
     info = RuntimeBundleInfo(
-        abi=RUNTIME_ABI, arch=spec.arch, tvm_version=spec.tvm_wheel_version, tvm_ffi_version=spec.tvm_ffi_version,
-        glibc=glibc, libraries={p.name: sha256_file(p) for p in libs}, key=spec.key(), built_at=now_utc(), toolchain=spec.compiler,
+        abi=RUNTIME_ABI,
+        arch=spec.arch,
+        tvm_version=spec.tvm_wheel_version,
+        tvm_ffi_version=spec.tvm_ffi_version,
+        glibc=glibc,
+        libraries={p.name: sha256_file(p) for p in libs},
+        key=spec.key(),
+        built_at=now_utc(),
+        toolchain=spec.compiler,
         cuda=CudaInfo(version=spec.cuda_version, sms=spec.cuda_sms) if spec.cuda_sms else None,
     )
     (work / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")

@@ -20,23 +20,40 @@ def runtime() -> None:
 
 
 @runtime.command("build")
-@click.option("--arch", required=True, type=ARCH_CHOICE, help="x86_64; aarch64 (arm64: rasp4b, rasp5, Jetson CPU); armv7 (armhf: rasp3b).")
-@click.option("--tvm-source", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="TVM source release tar.gz (default: $EDGEFLEET_TVM_SOURCE or the project's third_party copy).")
+@click.option(
+    "--arch",
+    required=True,
+    type=ARCH_CHOICE,
+    help="x86_64; aarch64 (arm64: rasp4b, rasp5, Jetson CPU); armv7 (armhf: rasp3b).",
+)
+@click.option(
+    "--tvm-source",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TVM source release tar.gz (default: $EDGEFLEET_TVM_SOURCE or the project's third_party copy).",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when a bundle for the same inputs is cached.")
 @click.option("--jobs", "-j", type=click.IntRange(1), help="Parallel compile jobs (default: all cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle's runtime.json.")
 @click.option("--cuda", "cuda_sms", multiple=True, help="On a Jetson: build with CUDA for this GPU (sm_87, sm_72).")
-def build_command(arch: str, tvm_source: Path | None, force: bool, jobs: int | None, quiet: bool, as_json: bool,
-                  cuda_sms: tuple[str, ...]) -> None:
+def build_command(
+    arch: str,
+    tvm_source: Path | None,
+    force: bool,
+    jobs: int | None,
+    quiet: bool,
+    as_json: bool,
+    cuda_sms: tuple[str, ...],
+) -> None:
     """Build (or reuse) the runtime for ARCH, cached by a hash of every input.
 
     Example: edgefleet runtime build --arch armv7
     """
     from edgefleet.cross.runtime_build import build_runtime
 
-    bundle = build_runtime(arch, tvm_source=tvm_source, force=force, quiet=quiet or as_json, jobs=jobs,
-                           cuda_sms=list(cuda_sms))
+    bundle = build_runtime(
+        arch, tvm_source=tvm_source, force=force, quiet=quiet or as_json, jobs=jobs, cuda_sms=list(cuda_sms)
+    )
     _report(bundle, as_json)
 
 

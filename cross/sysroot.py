@@ -76,15 +76,33 @@ FROM_DEBIAN = ("numpy", "pillow", "psutil", "cffi", "pycparser")
 
 ARCHES: dict[str, ArchInfo] = {
     "arm64": ArchInfo(
-        "arm64", "aarch64", "qemu-aarch64-static",
+        "arm64",
+        "aarch64",
+        "qemu-aarch64-static",
         # Bookworm has glibc 2.36; wheels tagged for any older manylinux run on it.
-        ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"),
+        (
+            "manylinux_2_28_aarch64",
+            "manylinux_2_27_aarch64",
+            "manylinux_2_24_aarch64",
+            "manylinux_2_17_aarch64",
+            "manylinux2014_aarch64",
+            "linux_aarch64",
+        ),
         DEBIAN_PYTHON,
         from_debian=FROM_DEBIAN,
     ),
     "armhf": ArchInfo(
-        "armhf", "armv7", "qemu-arm-static",
-        ("manylinux_2_36_armv7l", "manylinux_2_31_armv7l", "manylinux_2_28_armv7l", "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l"),
+        "armhf",
+        "armv7",
+        "qemu-arm-static",
+        (
+            "manylinux_2_36_armv7l",
+            "manylinux_2_31_armv7l",
+            "manylinux_2_28_armv7l",
+            "manylinux_2_17_armv7l",
+            "manylinux2014_armv7l",
+            "linux_armv7l",
+        ),
         DEBIAN_PYTHON,
         from_debian=FROM_DEBIAN,
     ),
@@ -107,7 +125,10 @@ TOOL_PACKAGES = {
 def arch_info(arch: str) -> ArchInfo:
     key = _ARCH_ALIASES.get(arch.lower())
     if key is None:
-        raise UsageError(f"unknown sysroot architecture {arch!r}", "use --arch arm64 (rasp4b, rasp5, aarch64) or --arch armhf (rasp3b, armv7)")
+        raise UsageError(
+            f"unknown sysroot architecture {arch!r}",
+            "use --arch arm64 (rasp4b, rasp5, aarch64) or --arch armhf (rasp3b, armv7)",
+        )
     return ARCHES[key]
 
 
@@ -117,7 +138,8 @@ def require_tool(name: str) -> str:
     if path is None:
         raise MissingToolError(
             f"`{name}` is not on PATH",
-            f"apt-get install {TOOL_PACKAGES.get(name, name)}" + (" (it installs to /usr/sbin: have that on PATH)" if name == "debootstrap" else ""),
+            f"apt-get install {TOOL_PACKAGES.get(name, name)}"
+            + (" (it installs to /usr/sbin: have that on PATH)" if name == "debootstrap" else ""),
         )
     return path
 
@@ -205,8 +227,10 @@ def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
 
 def python_for_suite(suite: str) -> str:
     if suite not in SUITES:
-        raise UsageError(f"unknown Debian suite {suite!r}",
-                         f"use one of {', '.join(SUITES)} (older suites have glibc < 2.34, below the runtime's floor)")
+        raise UsageError(
+            f"unknown Debian suite {suite!r}",
+            f"use one of {', '.join(SUITES)} (older suites have glibc < 2.34, below the runtime's floor)",
+        )
     return SUITES[suite]
 
 
@@ -287,8 +311,22 @@ def _link_alternatives(root: Path) -> None:
 
 def download_wheels(build: _Build, requirements: list[str], platforms: list[str], python: str, dest: Path) -> None:
     """`pip download` of exact pins for another platform and Python: wheels only, no dependency resolution."""
-    argv = [sys.executable, "-m", "pip", "download", "--isolated", "--disable-pip-version-check", "--only-binary=:all:",
-            "--no-deps", "--implementation", "cp", "--python-version", python, "--dest", str(dest)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--isolated",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--no-deps",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        "--dest",
+        str(dest),
+    ]
     for platform in platforms:
         argv += ["--platform", platform]
     # --isolated: the host's pip.conf and constraints are about the host, not the target.
@@ -306,8 +344,15 @@ def unzip_wheels(wheels: Path, site: Path) -> list[str]:
     return names
 
 
-def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = None, force: bool = False,
-                  quiet: bool = False, suite: str = SUITE) -> Sysroot:
+def build_sysroot(
+    arch: str,
+    *,
+    cache: Path | None = None,
+    mirror: str | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    suite: str = SUITE,
+) -> Sysroot:
     """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf") of Debian `suite`.
 
     Steps, each logged: debootstrap (download + unpack, --foreign), unpack (dpkg -x the rest),
@@ -335,14 +380,28 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
     try:
         build = _Build(work, stages, cache / f"{final.name}.failed")
         root = work / "root"
-        build.step("debootstrap", f"{spec.suite} {spec.arch} {spec.variant} from {spec.mirror}", [
-            *debootstrap, f"--arch={spec.arch}", "--foreign", f"--variant={spec.variant}",
-            f"--include={','.join(spec.debs)}", spec.suite, str(root), spec.mirror,
-        ])
+        build.step(
+            "debootstrap",
+            f"{spec.suite} {spec.arch} {spec.variant} from {spec.mirror}",
+            [
+                *debootstrap,
+                f"--arch={spec.arch}",
+                "--foreign",
+                f"--variant={spec.variant}",
+                f"--include={','.join(spec.debs)}",
+                spec.suite,
+                str(root),
+                spec.mirror,
+            ],
+        )
         debs = sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
         if not debs:
             build.fail("debootstrap", "downloaded no .deb files")
-        build.step("unpack", f"dpkg-deb -x {len(debs)} packages", ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)])
+        build.step(
+            "unpack",
+            f"dpkg-deb -x {len(debs)} packages",
+            ["sh", "-c", 'for d in "$@"; do dpkg-deb -x "$d" "$0" || exit 1; done', str(root), *map(str, debs)],
+        )
         for deb in debs:  # the archives are unpacked; keep the sysroot small
             deb.unlink()
         _link_alternatives(root)
@@ -363,7 +422,13 @@ def build_sysroot(arch: str, *, cache: Path | None = None, mirror: str | None = 
             if sys.version_info[:2] == tuple(int(p) for p in spec.python_version.split(".")):
                 for tree in (root / "usr" / "lib" / f"python{spec.python_version}", site):
                     compileall.compile_dir(str(tree), quiet=2, workers=1)
-        sysinfo = SysrootInfo(spec=spec, key=spec.key(), built_at=now_utc(), step_seconds={k: round(v, 2) for k, v in stages.timings.items()}, wheels=wheels)
+        sysinfo = SysrootInfo(
+            spec=spec,
+            key=spec.key(),
+            built_at=now_utc(),
+            step_seconds={k: round(v, 2) for k, v in stages.timings.items()},
+            wheels=wheels,
+        )
         (work / "sysroot.json").write_text(sysinfo.model_dump_json(indent=2) + "\n")
         if not force and (final / "sysroot.json").is_file():  # a concurrent build finished first: use it
             return Sysroot(final, SysrootInfo.model_validate_json((final / "sysroot.json").read_text()))

@@ -38,7 +38,9 @@ def run_library_emulated(sysroot: Sysroot, library: Path, feeds: list[np.ndarray
     return EmulatedRun(outputs, times, model.load_s, described["machine"], described["runtime_key"])
 
 
-def verify_emulated(library: Path, target: Target, frontend, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float) -> Verification:
+def verify_emulated(
+    library: Path, target: Target, frontend, model_path: Path, inputs: list[TensorSpec], atol: float, rtol: float
+) -> Verification:
     """Run `library` under QEMU in the cached sysroot and compare with the x86 reference.
 
     Without a built sysroot it returns a `skipped` Verification naming the command that builds one.
@@ -46,7 +48,10 @@ def verify_emulated(library: Path, target: Target, frontend, model_path: Path, i
     arch = sysroot_arch_for(target)
     sysroot = find_sysroot(arch)
     if sysroot is None:
-        return Verification(status="skipped", reason=f"no {arch} sysroot to emulate {target.name}; build it once with `{build_command(arch)}`")
+        return Verification(
+            status="skipped",
+            reason=f"no {arch} sysroot to emulate {target.name}; build it once with `{build_command(arch)}`",
+        )
     with emulated_worker(sysroot) as worker:
         runtime = worker.describe()["runtime_key"]
         ran_on = f"{sysroot.arch.qemu} user mode, Debian {sysroot.info.spec.suite} {arch} sysroot {sysroot.info.key}, edgefleet runtime {runtime}"

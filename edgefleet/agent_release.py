@@ -61,7 +61,7 @@ def _dotted(value: str) -> str:
 
 
 def _release_tuple(version: str) -> tuple[int, ...]:
-    """"2.6.4" -> (2, 6, 4); "43.0.1.post1" or "1.26.4rc1" -> their leading release numbers; () if none."""
+    """ "2.6.4" -> (2, 6, 4); "43.0.1.post1" or "1.26.4rc1" -> their leading release numbers; () if none."""
     match = re.match(r"\d+(\.\d+)*", version)
     return tuple(int(p) for p in match.group(0).split(".")) if match else ()
 
@@ -79,7 +79,9 @@ class VersionRange(Strict):
 
     def contains(self, version: str) -> bool:
         have = _release_tuple(version)
-        return bool(have) and have >= parse_version(self.min) and (self.below is None or have < parse_version(self.below))
+        return (
+            bool(have) and have >= parse_version(self.min) and (self.below is None or have < parse_version(self.below))
+        )
 
     def describe(self) -> str:
         return f">={self.min}" + (f",<{self.below}" if self.below else "")
@@ -126,7 +128,10 @@ def parse_release_manifest(data: bytes) -> AgentReleaseManifest:
         return AgentReleaseManifest.model_validate_json(data)
     except ValidationError as exc:
         first = first_error(exc)
-        raise PackageIntegrityError(f"agent release {MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild it with `edgefleet agent release build`") from None
+        raise PackageIntegrityError(
+            f"agent release {MANIFEST} is malformed at {first.where}: {first.msg}",
+            "rebuild it with `edgefleet agent release build`",
+        ) from None
 
 
 # What the agent role imports, with the ranges pyproject.toml declares (its core and `agent` extra).
@@ -164,30 +169,52 @@ def device_sources() -> list[tuple[Path, str]]:
     for name in DEVICE_PACKAGES[1:]:
         package = _package_dir(name)
         sub = name.replace(".", "/")
-        files += [(f, f"{sub}/{f.relative_to(package)}") for f in sorted(package.rglob("*"))
-                  if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts]
+        files += [
+            (f, f"{sub}/{f.relative_to(package)}")
+            for f in sorted(package.rglob("*"))
+            if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts
+        ]
     return files
 
 
-def build_release(out: Path, version: str, key: SigningKey, *, arch: str | None = None, bundle: Bundle | None = None, code: list[tuple[Path, str]] | None = None) -> AgentReleaseManifest:
+def build_release(
+    out: Path,
+    version: str,
+    key: SigningKey,
+    *,
+    arch: str | None = None,
+    bundle: Bundle | None = None,
+    code: list[tuple[Path, str]] | None = None,
+) -> AgentReleaseManifest:
     """Write the signed release `out` of this checkout's device code (or `code`: (file, path under site/)) and `bundle`."""
     try:
         parse_version(version)
     except ValueError as exc:
-        raise UsageError(f"agent release version: {exc}", "give a version newer than the cameras' agent, e.g. --version 0.3.0") from None
+        raise UsageError(
+            f"agent release version: {exc}", "give a version newer than the cameras' agent, e.g. --version 0.3.0"
+        ) from None
     arch = canonical_arch(arch or (bundle.info.arch if bundle else host_arch()))
     if bundle is not None and canonical_arch(bundle.info.arch) != arch:
-        raise TargetNotRunnableError(f"the runtime bundle is for {bundle.info.arch}, the release for {arch}", f"build the bundle with `edgefleet runtime build --arch {arch}`")
+        raise TargetNotRunnableError(
+            f"the runtime bundle is for {bundle.info.arch}, the release for {arch}",
+            f"build the bundle with `edgefleet runtime build --arch {arch}`",
+        )
     files = {f"{SITE}/{name}": path for path, name in (code if code is not None else device_sources())}
     if bundle is not None:
         files[f"{RUNTIME}/{INFO_FILE}"] = bundle.path / INFO_FILE
         files |= {f"{RUNTIME}/lib/{name}": bundle.lib / name for name in bundle.info.libraries}
     manifest = AgentReleaseManifest(
-        version=version, arch=arch, python=DEFAULT_PYTHON,
+        version=version,
+        arch=arch,
+        python=DEFAULT_PYTHON,
         requires=[Requirement(name=n, versions=VersionRange(min=lo, below=hi)) for n, lo, hi in DEFAULT_REQUIRES],
-        runtime=RuntimeRef(key=bundle.info.key, abi=bundle.info.abi, tvm_version=bundle.info.tvm_version) if bundle else None,
+        runtime=RuntimeRef(key=bundle.info.key, abi=bundle.info.abi, tvm_version=bundle.info.tvm_version)
+        if bundle
+        else None,
         built_at=now_utc(),
-        files={name: FileEntry(sha256=sha256_file(p), size=Path(p).stat().st_size) for name, p in sorted(files.items())},
+        files={
+            name: FileEntry(sha256=sha256_file(p), size=Path(p).stat().st_size) for name, p in sorted(files.items())
+        },
         signature=SignatureInfo(key_id=key.key_id),
     )
     data = manifest.to_bytes()
@@ -229,7 +256,10 @@ def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[Age
     try:
         data, signature = (root / MANIFEST).read_bytes(), (root / SIGNATURE).read_bytes()
     except FileNotFoundError as exc:
-        raise PackageIntegrityError(f"the agent release has no {Path(exc.filename).name} (unsigned or not an agent release)", "build it with `edgefleet agent release build`") from None
+        raise PackageIntegrityError(
+            f"the agent release has no {Path(exc.filename).name} (unsigned or not an agent release)",
+            "build it with `edgefleet agent release build`",
+        ) from None
     signer = verify_signature(data, signature, trusted)
     manifest = parse_release_manifest(data)
     check_files(manifest, root)

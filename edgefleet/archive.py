@@ -29,9 +29,13 @@ def check_member(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     parts = PurePosixPath(name).parts
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path", "rebuild the archive with relative paths")
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} has an absolute path", "rebuild the archive with relative paths"
+        )
     if ".." in parts:
-        raise UnsafeArchiveError(f"{archive}: member {name!r} climbs out with '..'", "rebuild the archive without '..' in member names")
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} climbs out with '..'", "rebuild the archive without '..' in member names"
+        )
     if member.issym() or member.islnk():
         target = PurePosixPath(member.linkname)
         base = PurePosixPath(name).parent if member.issym() else PurePosixPath()
@@ -42,7 +46,10 @@ def check_member(member: tarfile.TarInfo, archive: Path) -> None:
                 "rebuild the archive with the file itself instead of the link",
             )
     elif not (member.isfile() or member.isdir()):
-        raise UnsafeArchiveError(f"{archive}: member {name!r} is a device, fifo or other special file", "rebuild the archive with regular files only")
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} is a device, fifo or other special file",
+            "rebuild the archive with regular files only",
+        )
 
 
 def check_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[tarfile.TarInfo]:
@@ -55,7 +62,9 @@ def check_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[t
             for member in tar:
                 members.append(member)
                 if len(members) > limits.max_members:
-                    raise UnsafeArchiveError(f"{path}: more than {limits.max_members} members", "split or slim the archive")
+                    raise UnsafeArchiveError(
+                        f"{path}: more than {limits.max_members} members", "split or slim the archive"
+                    )
                 check_member(member, path)
                 if member.size > limits.max_member_bytes:
                     raise UnsafeArchiveError(
@@ -71,7 +80,9 @@ def check_archive(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[t
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise UnsafeArchiveError(f"{path} is not a readable tar archive ({exc})", "check that the file is complete and is a .tar or .tar.gz") from None
+        raise UnsafeArchiveError(
+            f"{path} is not a readable tar archive ({exc})", "check that the file is complete and is a .tar or .tar.gz"
+        ) from None
     return members
 
 

@@ -60,7 +60,11 @@ COMPONENT_GROUPS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMPONENT_GROUPS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy=COMPONENT_GROUPS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="edgefleet")
 def cli() -> None:
     """Compile models for edge cameras, deploy them to fleets, and watch them drift."""
@@ -117,7 +121,9 @@ def parse_shape_option(values: tuple[str, ...]) -> dict[str, list[int]]:
         except ValueError:
             parsed = []
         if not sep or not name or not parsed or any(d <= 0 for d in parsed):
-            raise UsageError(f"--input-shape {value!r} is not NAME:D1,D2,...", "for example --input-shape input:1,3,224,224")
+            raise UsageError(
+                f"--input-shape {value!r} is not NAME:D1,D2,...", "for example --input-shape input:1,3,224,224"
+            )
         shapes[name] = parsed
     return shapes
 

@@ -15,7 +15,12 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Private key path (default ~/.edgefleet/keys/signing.key, or $EDGEFLEET_SIGNING_KEY).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Private key path (default ~/.edgefleet/keys/signing.key, or $EDGEFLEET_SIGNING_KEY).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing key (packages it signed stop verifying).")
 def keys_create(out: Path | None, overwrite: bool) -> None:
     """Create an ed25519 signing key (and KEY.pub beside it). Maps to edgefleet.signing.create_signing_key."""
@@ -27,7 +32,13 @@ def keys_create(out: Path | None, overwrite: bool) -> None:
 
 @click.command("inspect")
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--trust", "trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable; default: ~/.edgefleet/trusted/*.pub and the local key).")
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trusted public key (repeatable; default: ~/.edgefleet/trusted/*.pub and the local key).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and checks as JSON.")
 def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> None:
     """Print a package's manifest and check its file hashes and signature. Maps to edgefleet.package.inspect_package.
@@ -41,22 +52,37 @@ def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> No
     m = report.manifest
     if as_json:
         error = None if report.error is None else {"cause": report.error.cause, "fix": report.error.fix}
-        print_json({"manifest": m.model_dump(mode="json"), "valid": report.valid, "signer": report.signer, "error": error})
+        print_json(
+            {"manifest": m.model_dump(mode="json"), "valid": report.valid, "signer": report.signer, "error": error}
+        )
     else:
-        table(["field", "value"], [
-            ["format", m.format_version], ["name", m.name], ["version", m.version], ["target", f"{m.target.name} ({m.target.arch}, {m.target.device})"],
-            ["tvm target", m.target.tvm_target], ["runtime", f"{m.runtime.kind} {m.runtime.tvm_version or ''}"],
-            ["inputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.inputs)],
-            ["outputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.outputs)],
-            ["preprocessing", m.preprocessing.model_dump()],
-            ["task", m.task if m.detection is None else f"{m.task}, head {m.detection.head}"],
-            ["labels", len(m.labels)],
-            ["source", f"{m.provenance.source_uri} sha256 {m.provenance.source_sha256[:16]}"],
-            ["training job", m.provenance.training_job or "-"],
-            ["verification", f"{m.verification.status} vs {m.verification.reference}: max abs {m.verification.max_abs_diff}, rel {m.verification.max_rel_diff}" if m.verification.status != "skipped" else f"skipped: {m.verification.reason}"],
-            ["files", "; ".join(f"{n} {e.size} B" for n, e in m.files.items())],
-            ["signed by", m.signature.key_id],
-        ], title=f"{package}")
+        table(
+            ["field", "value"],
+            [
+                ["format", m.format_version],
+                ["name", m.name],
+                ["version", m.version],
+                ["target", f"{m.target.name} ({m.target.arch}, {m.target.device})"],
+                ["tvm target", m.target.tvm_target],
+                ["runtime", f"{m.runtime.kind} {m.runtime.tvm_version or ''}"],
+                ["inputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.inputs)],
+                ["outputs", "; ".join(f"{t.name} {t.shape} {t.dtype}" for t in m.outputs)],
+                ["preprocessing", m.preprocessing.model_dump()],
+                ["task", m.task if m.detection is None else f"{m.task}, head {m.detection.head}"],
+                ["labels", len(m.labels)],
+                ["source", f"{m.provenance.source_uri} sha256 {m.provenance.source_sha256[:16]}"],
+                ["training job", m.provenance.training_job or "-"],
+                [
+                    "verification",
+                    f"{m.verification.status} vs {m.verification.reference}: max abs {m.verification.max_abs_diff}, rel {m.verification.max_rel_diff}"
+                    if m.verification.status != "skipped"
+                    else f"skipped: {m.verification.reason}",
+                ],
+                ["files", "; ".join(f"{n} {e.size} B" for n, e in m.files.items())],
+                ["signed by", m.signature.key_id],
+            ],
+            title=f"{package}",
+        )
         if report.valid:
             console.print(f"[green]signature valid[/green] (key {report.signer}); all file hashes match")
     if report.error is not None:

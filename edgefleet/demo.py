@@ -78,13 +78,26 @@ def _port(requested: int) -> int:
         try:
             s.bind(("127.0.0.1", requested))
         except OSError:
-            raise UsageError(f"port {requested} is in use", "stop what uses it, or pass another port (0 picks a free one)") from None
+            raise UsageError(
+                f"port {requested} is in use", "stop what uses it, or pass another port (0 picks a free one)"
+            ) from None
     return requested
 
 
 # The rollout events the demo prints as they happen.
-SHOWN_EVENTS = ("wave_sent", "health_gate_waiting", "next_wave", "completed", "health_gate_failed", "wave_timeout",
-                "committed", "aborted", "succeeded", "rolled_back", "paused")
+SHOWN_EVENTS = (
+    "wave_sent",
+    "health_gate_waiting",
+    "next_wave",
+    "completed",
+    "health_gate_failed",
+    "wave_timeout",
+    "committed",
+    "aborted",
+    "succeeded",
+    "rolled_back",
+    "paused",
+)
 
 
 def _step(text: str) -> None:
@@ -136,8 +149,13 @@ class Demo:
                 _step(f"reusing training job v{version} ({artifact})")
             else:
                 _step(f"training v{version} in SageMaker script mode ({hps['epochs']} epochs)")
-                result = run_training_job(TrainingJobConfig(data=data, out=job, hyperparameters=hps, job_name=f"edgefleet-demo-v{version}"), stream=None)
-                console.print(f"    validation accuracy {result.metrics.get('validation_accuracy', float('nan')):.3f} in {result.seconds:.0f} s")
+                result = run_training_job(
+                    TrainingJobConfig(data=data, out=job, hyperparameters=hps, job_name=f"edgefleet-demo-v{version}"),
+                    stream=None,
+                )
+                console.print(
+                    f"    validation accuracy {result.metrics.get('validation_accuracy', float('nan')):.3f} in {result.seconds:.0f} s"
+                )
             artifacts[version] = artifact
         return artifacts
 
@@ -151,10 +169,20 @@ class Demo:
             _step(f"reusing the detector's training job ({artifact})")
             return artifact
         _step(f"training the scene detector in SageMaker script mode ({DETECTOR_TRAINING['epochs']} epochs)")
-        result = run_training_job(TrainingJobConfig(data=data, out=job, hyperparameters=DETECTOR_TRAINING, job_name=f"edgefleet-demo-{DETECTOR}",
-                                                    entry_point=DETECTOR_ENTRY_POINT), stream=None)
-        console.print(f"    detector: validation box precision {result.metrics['validation_box_precision']:.3f}, "
-                      f"recall {result.metrics['validation_box_recall']:.3f} (IoU >= 0.5) in {result.seconds:.0f} s")
+        result = run_training_job(
+            TrainingJobConfig(
+                data=data,
+                out=job,
+                hyperparameters=DETECTOR_TRAINING,
+                job_name=f"edgefleet-demo-{DETECTOR}",
+                entry_point=DETECTOR_ENTRY_POINT,
+            ),
+            stream=None,
+        )
+        console.print(
+            f"    detector: validation box precision {result.metrics['validation_box_precision']:.3f}, "
+            f"recall {result.metrics['validation_box_recall']:.3f} (IoU >= 0.5) in {result.seconds:.0f} s"
+        )
         return artifact
 
     @property
@@ -181,7 +209,16 @@ class Demo:
             for target in TARGETS:
                 out = self.root / "packages" / f"{MODEL}-{version}-{target}.tar.gz"
                 if not out.exists():
-                    result = compile_model(str(artifact), target, output=out, name=MODEL, version=version, key=self.signing_key, baseline_images=str(baseline), quiet=True)
+                    result = compile_model(
+                        str(artifact),
+                        target,
+                        output=out,
+                        name=MODEL,
+                        version=version,
+                        key=self.signing_key,
+                        baseline_images=str(baseline),
+                        quiet=True,
+                    )
                     _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s ({_verdict(result.manifest)})")
                 packages[(MODEL, version, target)] = out
         return packages
@@ -192,9 +229,20 @@ class Demo:
 
         out = self.root / "packages" / f"{DETECTOR}-1-x86_64.tar.gz"
         if not out.exists():
-            result = compile_model(str(artifact), "x86_64", output=out, name=DETECTOR, version="1", task="detection", head="yolo",
-                                   key=self.signing_key, quiet=True)
-            _step(f"compiled {out.name} in {sum(result.timings.values()):.1f} s (head {result.manifest.detection.head}, {_verdict(result.manifest)})")
+            result = compile_model(
+                str(artifact),
+                "x86_64",
+                output=out,
+                name=DETECTOR,
+                version="1",
+                task="detection",
+                head="yolo",
+                key=self.signing_key,
+                quiet=True,
+            )
+            _step(
+                f"compiled {out.name} in {sum(result.timings.values()):.1f} s (head {result.manifest.detection.head}, {_verdict(result.manifest)})"
+            )
         return {(DETECTOR, "1", "x86_64"): out}
 
     # -- services ------------------------------------------------------------------------
@@ -208,25 +256,42 @@ class Demo:
         data = self.root / "fleet"
         self.http_port, mqtt_port = _port(self.o.http_port), _port(self.o.mqtt_port)
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.broker = LocalBroker(self.root / "broker", CertificateAuthority.load_or_create(data / "ca"), port=mqtt_port)
+        self.broker = LocalBroker(
+            self.root / "broker", CertificateAuthority.load_or_create(data / "ca"), port=mqtt_port
+        )
         self.broker.start()
         _step(f"mosquitto listening on 127.0.0.1:{mqtt_port} (mutual TLS, per-device ACL)")
         broker = self.broker.broker_config()
-        config = FleetConfig(data_dir=data, listen_port=self.http_port, public_url=self.url, signing_key=self.signing_key, tick_seconds=0.5, broker=broker)
+        config = FleetConfig(
+            data_dir=data,
+            listen_port=self.http_port,
+            public_url=self.url,
+            signing_key=self.signing_key,
+            tick_seconds=0.5,
+            broker=broker,
+        )
         self.config_file = self.root / "fleet.toml"
         self.config_file.write_text(
             f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.http_port}\npublic_url = "{self.url}"\n'
             f'signing_key = "{config.signing_key}"\ntick_seconds = {config.tick_seconds}\n\n[broker]\n'
-            + "".join(f'{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}\n' for key, value in broker.model_dump(exclude_none=True).items())
-            + "\n[drift]\n" + "".join(f"{key} = {value}\n" for key, value in DRIFT.items())
+            + "".join(
+                f"{key} = {json.dumps(str(value) if isinstance(value, Path) else value)}\n"
+                for key, value in broker.model_dump(exclude_none=True).items()
+            )
+            + "\n[drift]\n"
+            + "".join(f"{key} = {value}\n" for key, value in DRIFT.items())
         )
         self.token = create_token(open_fleet(config), f"demo-admin-{int(time.time())}", "admin")
-        self._spawn("fleet", [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(self.config_file)])
+        self._spawn(
+            "fleet", [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(self.config_file)]
+        )
         self._wait_http(self.url + "/healthz", "the fleet service")
         _step(f"fleet service on {self.url} (SQLite at {data / 'fleet.db'})")
         import httpx
 
-        self.http = httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         logs = self.root / "logs"
@@ -250,12 +315,17 @@ class Demo:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise ServiceError(f"{what} did not answer at {url} within {timeout:.0f} s", f"see the logs in {self.root / 'logs'}")
+        raise ServiceError(
+            f"{what} did not answer at {url} within {timeout:.0f} s", f"see the logs in {self.root / 'logs'}"
+        )
 
     def _api(self, method: str, path: str, **kwargs) -> dict | list:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
-            raise ServiceError(f"fleet API {method} {path} answered {response.status_code}: {response.text[:300]}", f"see {self.root / 'logs' / 'fleet.log'}")
+            raise ServiceError(
+                f"fleet API {method} {path} answered {response.status_code}: {response.text[:300]}",
+                f"see {self.root / 'logs' / 'fleet.log'}",
+            )
         return response.json()
 
     def register_packages(self, packages: dict[tuple[str, str, str], Path]) -> None:
@@ -264,7 +334,9 @@ class Demo:
         versions = sorted({(model, version) for model, version, _ in packages})
         for model, version in versions:
             self._api("POST", f"/models/{model}/versions/{version}/approval", json={"state": "Approved"})
-        _step(f"uploaded {len(packages)} packages (signature checked by the fleet); {', '.join(f'{m} v{v}' for m, v in versions)} approved")
+        _step(
+            f"uploaded {len(packages)} packages (signature checked by the fleet); {', '.join(f'{m} v{v}' for m, v in versions)} approved"
+        )
 
     # -- cameras ---------------------------------------------------------------------------
     def start_agents(self) -> None:
@@ -277,14 +349,36 @@ class Demo:
             group = DETECTOR_GROUP if device in self.detector_devices else GROUP
             state, cfg = self.root / "cameras" / device, self.root / "cameras" / f"{device}.toml"
             if not cfg.exists():
-                token = self._api("POST", "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": group})["token"]
+                token = self._api(
+                    "POST", "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": group}
+                )["token"]
                 token_file = self.root / "cameras" / f"{device}.token"
                 token_file.parent.mkdir(parents=True, exist_ok=True)
                 token_file.write_text(token)
-                cmd = [sys.executable, "-m", "edgefleet.cli", "agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device,
-                       "--fleet-url", self.url, "--enroll-token-file", str(token_file), "--trust", str(public_path(self.signing_key)),
-                       # The unit file names the account a real camera runs as; the demo's own processes run as whoever started it.
-                       "--user", "nobody" if os.geteuid() == 0 else getpass.getuser(), "--unit-path", str(self.root / "cameras" / f"{device}.service")]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "edgefleet.cli",
+                    "agent",
+                    "install",
+                    "--config",
+                    str(cfg),
+                    "--state-dir",
+                    str(state),
+                    "--device-id",
+                    device,
+                    "--fleet-url",
+                    self.url,
+                    "--enroll-token-file",
+                    str(token_file),
+                    "--trust",
+                    str(public_path(self.signing_key)),
+                    # The unit file names the account a real camera runs as; the demo's own processes run as whoever started it.
+                    "--user",
+                    "nobody" if os.geteuid() == 0 else getpass.getuser(),
+                    "--unit-path",
+                    str(self.root / "cameras" / f"{device}.service"),
+                ]
                 for label in ALERT_LABELS:
                     cmd += ["--label", label]
                 done = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
@@ -292,12 +386,24 @@ class Demo:
                     raise ServiceError(f"installing camera {device} failed: {done.stderr.strip()[-400:]}", f"see {cfg}")
                 token_file.unlink()
                 cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 2.0\n\n[health]\nenabled = false\n")
-            self._spawn(device, [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--drain", "1"])
-        detectors = f" ({len(self.detector_devices)} in group {DETECTOR_GROUP} for the detector)" if self.detector_devices else ""
-        _step(f"{len(self.devices) + len(self.detector_devices)} cameras enrolled{detectors} (one-time tokens, CSRs signed by the fleet CA) and running, no model yet")
+            self._spawn(
+                device, [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--drain", "1"]
+            )
+        detectors = (
+            f" ({len(self.detector_devices)} in group {DETECTOR_GROUP} for the detector)"
+            if self.detector_devices
+            else ""
+        )
+        _step(
+            f"{len(self.devices) + len(self.detector_devices)} cameras enrolled{detectors} (one-time tokens, CSRs signed by the fleet CA) and running, no model yet"
+        )
         threading.Thread(target=self._feed, name="feeder", daemon=True).start()
         everyone = len(self.devices) + len(self.detector_devices)
-        self._wait(lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == everyone, 90, "every camera online")
+        self._wait(
+            lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == everyone,
+            90,
+            "every camera online",
+        )
 
     def _feed(self) -> None:
         """Drop a generated scene into each camera's watched folder, a few per second."""
@@ -343,9 +449,14 @@ class Demo:
             (self.detections if device in self.detector_devices else self.alerts).append(alert)
             model = alert.get("model") or {}
             # Parentheses, not brackets: rich would read [..] as markup.
-            boxes = "".join(f"; {d['label']} {d['score']:.2f} box ({', '.join(f'{v:.0f}' for v in d['box_px'])})" for d in alert.get("detections") or [])
-            console.print(f"    [yellow]alert[/yellow] {device}: {alert.get('label')} "
-                          f"{alert.get('score', 0):.2f} (model {model.get('name', '?')} v{model.get('version', '?')}){boxes}")
+            boxes = "".join(
+                f"; {d['label']} {d['score']:.2f} box ({', '.join(f'{v:.0f}' for v in d['box_px'])})"
+                for d in alert.get("detections") or []
+            )
+            console.print(
+                f"    [yellow]alert[/yellow] {device}: {alert.get('label')} "
+                f"{alert.get('score', 0):.2f} (model {model.get('name', '?')} v{model.get('version', '?')}){boxes}"
+            )
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-alerts", protocol=mqtt.MQTTv311)
         ctx = ssl.create_default_context(cafile=str(self.broker.ca_file))
@@ -367,14 +478,18 @@ class Demo:
                 return value
             if self.stop.wait(0.5):
                 raise KeyboardInterrupt
-        raise ServiceError(f"timed out after {timeout:.0f} s waiting for {what}", f"see the logs in {self.root / 'logs'}")
+        raise ServiceError(
+            f"timed out after {timeout:.0f} s waiting for {what}", f"see the logs in {self.root / 'logs'}"
+        )
 
     def rollout(self, version: str, plan: dict, title: str) -> dict:
         """The classifier's `version` to the classifier cameras, waited for."""
         return self.finish_rollout(self.start_rollout(version, plan, title))
 
     def start_rollout(self, version: str, plan: dict, title: str, model: str = MODEL, group: str = GROUP) -> int:
-        rollout = self._api("POST", "/rollouts", json={"group": model, "version": version, "selection": {"group": group}, "plan": plan})
+        rollout = self._api(
+            "POST", "/rollouts", json={"group": model, "version": version, "selection": {"group": group}, "plan": plan}
+        )
         _step(f"rollout {rollout['id']}: {title}")
         return rollout["id"]
 
@@ -388,12 +503,17 @@ class Demo:
                 key = (event.get("at"), event.get("event"), event.get("device"))
                 if key not in seen and event.get("event") in SHOWN_EVENTS:
                     seen.add(key)
-                    console.print(f"    [dim]{event.get('event')}[/dim] {event.get('device') or ''} {event.get('detail') or ''}".rstrip())
+                    console.print(
+                        f"    [dim]{event.get('event')}[/dim] {event.get('device') or ''} {event.get('detail') or ''}".rstrip()
+                    )
             return state if state["state"] in ("succeeded", "aborted") else None
 
         final = self._wait(progress, 600, f"rollout {rollout_id} to finish")
         colour = "green" if final["state"] == "succeeded" else "red"
-        _step(f"rollout {rollout_id} [{colour}]{final['state']}[/{colour}]: installs {final.get('installs')}" + (f" ({final.get('reason')})" if final.get("reason") else ""))
+        _step(
+            f"rollout {rollout_id} [{colour}]{final['state']}[/{colour}]: installs {final.get('installs')}"
+            + (f" ({final.get('reason')})" if final.get("reason") else "")
+        )
         return final
 
     def add_detector(self, data: Path) -> dict | None:
@@ -407,8 +527,15 @@ class Demo:
         if self.stop.is_set():
             return None
         self.register_packages(packages)
-        final = self.finish_rollout(self.start_rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 1, "health": {"enabled": False}},
-                                                       f"the scene detector to group {DETECTOR_GROUP}", model=DETECTOR, group=DETECTOR_GROUP))
+        final = self.finish_rollout(
+            self.start_rollout(
+                "1",
+                {"canary": 1, "waves": [100], "bake_time_s": 1, "health": {"enabled": False}},
+                f"the scene detector to group {DETECTOR_GROUP}",
+                model=DETECTOR,
+                group=DETECTOR_GROUP,
+            )
+        )
         # Enough of its alerts to show (and for CI to check) before the demo may end.
         self._wait(lambda: len(self.detections) >= 10, 60, "alerts from the detector cameras")
         return final
@@ -423,16 +550,27 @@ class Demo:
         _step(f"night falls on {device}: its frames get {DARKEN:.0%} of the light")
         self.dark.add(device)
         raised = self._drift_event(device, "raised", since, timeout)
-        _step(f"[red]drift alarm raised[/red] on {device} {raised['at'] - since:.0f} s after dark "
-              f"({raised['feature']} {raised['score']:.2f} over {self.drift_threshold})")
+        _step(
+            f"[red]drift alarm raised[/red] on {device} {raised['at'] - since:.0f} s after dark "
+            f"({raised['feature']} {raised['score']:.2f} over {self.drift_threshold})"
+        )
         recovered = time.time()
         self.dark.discard(device)
         _step(f"day returns on {device}")
         cleared = self._drift_event(device, "cleared", recovered, timeout)
-        _step(f"[green]drift alarm cleared[/green] on {device} {cleared['at'] - recovered:.0f} s after the light came back")
-        others = [e for e in self._api("GET", "/drift/events") if e["event"] == "raised" and e["device"] not in (device, None)]
-        return {"device": device, "raised_after_s": round(raised["at"] - since, 1), "feature": raised["feature"],
-                "cleared_after_s": round(cleared["at"] - recovered, 1), "false_alarms": len(others)}
+        _step(
+            f"[green]drift alarm cleared[/green] on {device} {cleared['at'] - recovered:.0f} s after the light came back"
+        )
+        others = [
+            e for e in self._api("GET", "/drift/events") if e["event"] == "raised" and e["device"] not in (device, None)
+        ]
+        return {
+            "device": device,
+            "raised_after_s": round(raised["at"] - since, 1),
+            "feature": raised["feature"],
+            "cleared_after_s": round(cleared["at"] - recovered, 1),
+            "false_alarms": len(others),
+        }
 
     @property
     def drift_threshold(self) -> float:
@@ -445,9 +583,15 @@ class Demo:
             for w in self._api("GET", "/drift/windows", params={"device": device, "since": since}):
                 if w["at"] not in printed:
                     printed.add(w["at"])
-                    console.print(f"    [dim]window[/dim] {device}: {w['frames']} frames, {w['feature']} {w['score']:.2f}"
-                                  f" ({'over' if w['over'] else 'under'}), alarm {w['state']}")
-            found = [e for e in self._api("GET", "/drift/events") if e["device"] == device and e["event"] == event and e["at"] >= since]
+                    console.print(
+                        f"    [dim]window[/dim] {device}: {w['frames']} frames, {w['feature']} {w['score']:.2f}"
+                        f" ({'over' if w['over'] else 'under'}), alarm {w['state']}"
+                    )
+            found = [
+                e
+                for e in self._api("GET", "/drift/events")
+                if e["device"] == device and e["event"] == event and e["at"] >= since
+            ]
             return found[0] if found else None
 
         return self._wait(check, timeout, f"the drift alarm on {device} to be {event}")
@@ -501,15 +645,26 @@ def run_demo(options: DemoOptions) -> DemoResult:
         demo.start_agents()
         dashboard = f"{demo.url}/dashboard/"
         _step(f"dashboard: {dashboard}  (admin token: {demo.token})")
-        rollouts.append(demo.rollout("1", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}}, "first model to every classifier camera (canary 1, then all)"))
+        rollouts.append(
+            demo.rollout(
+                "1",
+                {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"enabled": False}},
+                "first model to every classifier camera (canary 1, then all)",
+            )
+        )
         # v2 finds far more of the people and vehicles v1 missed: on a stream that is 2/3 people
         # and vehicles v1's alert rate swings between 0.14 and 0.4 from one 2 s window to the next,
         # v2's sits near 0.6, so a rising alert rate is expected here and allowed (10x). The gate
         # holds v2 to a mean confidence at least v1's and a p95 latency within 1.5x of v1's, each
         # judged only once 100 frames on each side back it (the gate waits until then).
         v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 10.0, "confidence_min_ratio": 1.0}
-        rollouts.append(demo.rollout("2", {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
-                                     "v2 with a canary, then 50% and 100%, gated on model health against v1"))
+        rollouts.append(
+            demo.rollout(
+                "2",
+                {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
+                "v2 with a canary, then 50% and 100%, gated on model health against v1",
+            )
+        )
         pool = ThreadPoolExecutor(1, thread_name_prefix="detector")
         detector = pool.submit(demo.add_detector, data) if demo.detector_devices else None
         drift = demo.night(demo.devices[-1])
@@ -525,32 +680,88 @@ def run_demo(options: DemoOptions) -> DemoResult:
         demo.shutdown()
         signal.signal(signal.SIGTERM, previous)
         console.print(f"stopped; work folder kept at {demo.root}")
-    return DemoResult(rollouts, demo.alerts, f"{demo.url}/dashboard/" if hasattr(demo, "url") else "", drift, detector_rollout, demo.detections)
+    return DemoResult(
+        rollouts,
+        demo.alerts,
+        f"{demo.url}/dashboard/" if hasattr(demo, "url") else "",
+        drift,
+        detector_rollout,
+        demo.detections,
+    )
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".edgefleet-demo"), show_default=True, help="Where the demo keeps its models, fleet and cameras (reused on the next run).")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path(".edgefleet-demo"),
+    show_default=True,
+    help="Where the demo keeps its models, fleet and cameras (reused on the next run).",
+)
 @click.option("--devices", type=click.IntRange(1, 20), default=3, show_default=True, help="How many cameras to run.")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Fleet API and dashboard port (0: any free port).")
-@click.option("--mqtt-port", type=click.IntRange(0, 65535), default=8883, show_default=True, help="Broker port (0: any free port).")
-@click.option("--fps", "frames_per_second", type=click.FloatRange(0.1, 20), default=5.0, show_default=True, help="Frames per second fed to each camera.")
-@click.option("--detector-cameras", "detector_devices", type=click.IntRange(0, 10), default=1, show_default=True, help="Extra cameras (group detect) that run the scene detector.")
-@click.option("--exit-after-rollouts", is_flag=True, help="Stop after the second rollout and the night scene (for CI) instead of running until Ctrl-C.")
-def demo_command(workdir: Path, devices: int, http_port: int, mqtt_port: int, frames_per_second: float, detector_devices: int,
-                 exit_after_rollouts: bool) -> None:
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Fleet API and dashboard port (0: any free port).",
+)
+@click.option(
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=8883,
+    show_default=True,
+    help="Broker port (0: any free port).",
+)
+@click.option(
+    "--fps",
+    "frames_per_second",
+    type=click.FloatRange(0.1, 20),
+    default=5.0,
+    show_default=True,
+    help="Frames per second fed to each camera.",
+)
+@click.option(
+    "--detector-cameras",
+    "detector_devices",
+    type=click.IntRange(0, 10),
+    default=1,
+    show_default=True,
+    help="Extra cameras (group detect) that run the scene detector.",
+)
+@click.option(
+    "--exit-after-rollouts",
+    is_flag=True,
+    help="Stop after the second rollout and the night scene (for CI) instead of running until Ctrl-C.",
+)
+def demo_command(
+    workdir: Path,
+    devices: int,
+    http_port: int,
+    mqtt_port: int,
+    frames_per_second: float,
+    detector_devices: int,
+    exit_after_rollouts: bool,
+) -> None:
     """Train, compile, deploy and watch: the whole system on this machine. Maps to edgefleet.demo.run_demo."""
-    result = run_demo(DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices))
+    result = run_demo(
+        DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices)
+    )
     states = [r["state"] for r in result.rollouts]
     by_label: dict[str, int] = {}
     for alert in result.alerts:
         by_label[alert.get("label", "?")] = by_label.get(alert.get("label", "?"), 0) + 1
     console.print(f"rollouts: {', '.join(states) or 'none'}; alerts received: {len(result.alerts)} {by_label}")
     if result.detector_rollout is not None:
-        console.print(f"detector rollout: {result.detector_rollout['state']}; alerts with boxes from the detector cameras: {len(result.detections)}")
+        console.print(
+            f"detector rollout: {result.detector_rollout['state']}; alerts with boxes from the detector cameras: {len(result.detections)}"
+        )
     if result.drift:
         d = result.drift
-        console.print(f"drift on {d['device']}: raised {d['raised_after_s']:.0f} s after dark, cleared "
-                      f"{d['cleared_after_s']:.0f} s after the light came back; false alarms elsewhere: {d['false_alarms']}")
+        console.print(
+            f"drift on {d['device']}: raised {d['raised_after_s']:.0f} s after dark, cleared "
+            f"{d['cleared_after_s']:.0f} s after the light came back; false alarms elsewhere: {d['false_alarms']}"
+        )
     if detector_devices and result.detector_rollout is not None:
         states = [result.detector_rollout["state"], *states]
     if exit_after_rollouts and (len(states) < 2 or any(s != "succeeded" for s in states)):

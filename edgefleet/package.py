@@ -130,16 +130,22 @@ class RuntimeRequirement(Strict):
 
 
 def minor_version(version: str) -> str:
-    """"0.27.0.post1" -> "0.27"."""
+    """ "0.27.0.post1" -> "0.27"."""
     return ".".join(version.split(".")[:2])
 
 
-def requirement_for(target: TargetInfo, tvm_version: str, tvm_ffi_version: str, cuda_version: str | None = None) -> RuntimeRequirement:
+def requirement_for(
+    target: TargetInfo, tvm_version: str, tvm_ffi_version: str, cuda_version: str | None = None
+) -> RuntimeRequirement:
     """The runtime a TVM package compiled for `target` with these TVM versions needs."""
     sm = (target.tvm_target or {}).get("arch") if target.device == "cuda" else None
     return RuntimeRequirement(
-        arch=target.arch, tvm=minor_version(tvm_version), tvm_ffi=minor_version(tvm_ffi_version),
-        device=target.device, cuda_sm=sm, cuda_version=cuda_version if target.device == "cuda" else None,
+        arch=target.arch,
+        tvm=minor_version(tvm_version),
+        tvm_ffi=minor_version(tvm_ffi_version),
+        device=target.device,
+        cuda_sm=sm,
+        cuda_version=cuda_version if target.device == "cuda" else None,
     )
 
 
@@ -308,7 +314,10 @@ class OpenedPackage:
 def read_manifest_unverified(root: Path) -> Manifest:
     path = Path(root) / MANIFEST
     if not path.exists():
-        raise PackageIntegrityError(f"the package has no {MANIFEST}", "this is not an edgefleet model package; build one with `edgefleet compile`")
+        raise PackageIntegrityError(
+            f"the package has no {MANIFEST}",
+            "this is not an edgefleet model package; build one with `edgefleet compile`",
+        )
     return parse_manifest(path.read_bytes())
 
 
@@ -326,7 +335,9 @@ def parse_manifest(data: bytes) -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         first = first_error(exc)
-        raise PackageIntegrityError(f"{MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`") from None
+        raise PackageIntegrityError(
+            f"{MANIFEST} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`"
+        ) from None
 
 
 class Listed(Protocol):
@@ -342,13 +353,20 @@ def check_files(manifest: Listed, root: Path) -> None:
     missing = sorted(set(manifest.files) - present)
     extra = sorted(present - set(manifest.files))
     if missing:
-        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}", "the package is incomplete; download or rebuild it")
+        raise PackageIntegrityError(
+            f"package files missing: {', '.join(missing)}", "the package is incomplete; download or rebuild it"
+        )
     if extra:
-        raise PackageIntegrityError(f"package holds files the manifest does not list: {', '.join(extra)}", "the package was altered; rebuild it")
+        raise PackageIntegrityError(
+            f"package holds files the manifest does not list: {', '.join(extra)}", "the package was altered; rebuild it"
+        )
     for name, entry in manifest.files.items():
         path = root / name
         if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
-            raise PackageIntegrityError(f"{name} does not match its sha256 in the manifest (tampered or corrupt)", "download or rebuild the package")
+            raise PackageIntegrityError(
+                f"{name} does not match its sha256 in the manifest (tampered or corrupt)",
+                "download or rebuild the package",
+            )
 
 
 # Before the manifest (and, when a signature is required, manifest.sig) has been read, at most
@@ -373,8 +391,10 @@ class _Capped:
         data = self.raw.read(n if n >= 0 else self.cap - self.count + 1)
         self.count += len(data)
         if self.count > self.cap:
-            raise UnsafeArchiveError(f"{self.path} unpacks to more than {self.cap} bytes {self.what}",
-                                     "the package is malformed or a decompression bomb; rebuild it")
+            raise UnsafeArchiveError(
+                f"{self.path} unpacks to more than {self.cap} bytes {self.what}",
+                "the package is malformed or a decompression bomb; rebuild it",
+            )
         return data
 
 
@@ -413,26 +433,33 @@ def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: 
                     _check_declared(manifest, member)
                 seen.add(member.name)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise UnsafeArchiveError(f"{path} is not a readable tar archive ({exc})",
-                                 "check that the file is complete and is a .tar or .tar.gz") from None
+        raise UnsafeArchiveError(
+            f"{path} is not a readable tar archive ({exc})", "check that the file is complete and is a .tar or .tar.gz"
+        ) from None
     if MANIFEST not in blobs:
-        raise PackageIntegrityError(f"the package has no {MANIFEST}",
-                                    "this is not an edgefleet model package; build one with `edgefleet compile`")
+        raise PackageIntegrityError(
+            f"the package has no {MANIFEST}",
+            "this is not an edgefleet model package; build one with `edgefleet compile`",
+        )
     if manifest is None:
-        raise PackageIntegrityError("the package is unsigned (no manifest.sig)",
-                                    "sign it by compiling with a signing key")
+        raise PackageIntegrityError(
+            "the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key"
+        )
     missing = sorted(set(manifest.files) - seen)
     if strict and missing:
-        raise PackageIntegrityError(f"package files missing: {', '.join(missing)}",
-                                    "the package is incomplete; download or rebuild it")
+        raise PackageIntegrityError(
+            f"package files missing: {', '.join(missing)}", "the package is incomplete; download or rebuild it"
+        )
     return manifest
 
 
 def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     cap = MAX_MANIFEST_BYTES if member.name == MANIFEST else 64
     if not member.isfile() or member.size > cap:
-        raise PackageIntegrityError(f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
-                                    "rebuild the package with `edgefleet compile`")
+        raise PackageIntegrityError(
+            f"{member.name} is {member.size} bytes, over its {cap}-byte cap",
+            "rebuild the package with `edgefleet compile`",
+        )
     handle = tar.extractfile(member)
     assert handle is not None  # a regular file (checked above)
     return handle.read()
@@ -460,12 +487,15 @@ def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped
 def _check_declared(manifest: Manifest, member: tarfile.TarInfo) -> None:
     entry = manifest.files.get(member.name)
     if entry is None and member.name not in (MANIFEST, SIGNATURE):
-        raise PackageIntegrityError(f"package holds files the manifest does not list: {member.name}",
-                                    "the package was altered; rebuild it")
+        raise PackageIntegrityError(
+            f"package holds files the manifest does not list: {member.name}", "the package was altered; rebuild it"
+        )
     if entry is not None and (not member.isfile() or member.size != entry.size):
-        raise PackageIntegrityError(f"{member.name} does not match its size in the manifest "
-                                    f"({member.size} bytes, declared {entry.size}: tampered or corrupt)",
-                                    "download or rebuild the package")
+        raise PackageIntegrityError(
+            f"{member.name} does not match its size in the manifest "
+            f"({member.size} bytes, declared {entry.size}: tampered or corrupt)",
+            "download or rebuild the package",
+        )
 
 
 @dataclass
@@ -481,7 +511,9 @@ class InspectReport:
         return self.error is None
 
 
-def inspect_package(path: Path, trusted: list[Ed25519PublicKey], *, limits: ArchiveLimits = ArchiveLimits()) -> InspectReport:
+def inspect_package(
+    path: Path, trusted: list[Ed25519PublicKey], *, limits: ArchiveLimits = ArchiveLimits()
+) -> InspectReport:
     """Read a package's manifest even when the package fails its checks, then run the checks.
 
     Raises only when there is no manifest to show (not a package, unsafe archive, unreadable or
@@ -498,7 +530,9 @@ def inspect_package(path: Path, trusted: list[Ed25519PublicKey], *, limits: Arch
         try:
             sig = root / SIGNATURE
             if not sig.exists():
-                raise PackageIntegrityError("the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key")
+                raise PackageIntegrityError(
+                    "the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key"
+                )
             signer = verify_signature((root / MANIFEST).read_bytes(), sig.read_bytes(), trusted)
             check_files(manifest, root)
         except EdgefleetError as exc:
@@ -531,7 +565,9 @@ def open_package(
         if trusted is not None:
             sig = root / SIGNATURE
             if not sig.exists():
-                raise PackageIntegrityError("the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key")
+                raise PackageIntegrityError(
+                    "the package is unsigned (no manifest.sig)", "sign it by compiling with a signing key"
+                )
             signer = verify_signature((root / MANIFEST).read_bytes(), sig.read_bytes(), trusted)
         check_files(manifest, root)
         return OpenedPackage(manifest, root, signer, owns)

@@ -38,7 +38,9 @@ class Stages:
             self.timings[name] = self.timings.get(name, 0.0) + elapsed
             if not self.quiet:
                 mark = "[green]ok[/green]" if ok else "[red]failed[/red]"
-                self.console.print(f"  {mark} {name:<9} {elapsed:7.2f} s" + (f"  [dim]{detail}[/dim]" if detail else ""))
+                self.console.print(
+                    f"  {mark} {name:<9} {elapsed:7.2f} s" + (f"  [dim]{detail}[/dim]" if detail else "")
+                )
 
     def note(self, text: str) -> None:
         if not self.quiet:

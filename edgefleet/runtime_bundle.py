@@ -40,7 +40,16 @@ LIBRARIES = ("libtvm_ffi.so", "libtvm_runtime.so", "libtvm_runtime_extra.so", SH
 # A CUDA build (on a Jetson, docs/runtime.md) adds TVM's CUDA device API, loaded after the runtime it extends.
 CUDA_LIBRARY = "libtvm_runtime_cuda.so"
 # Architecture names as packages state them (Target.arch), and the aliases people type.
-ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64", "armv7": "armv7", "armhf": "armv7", "armv7l": "armv7", "armv8l": "armv7"}
+ARCH_ALIASES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv7": "armv7",
+    "armhf": "armv7",
+    "armv7l": "armv7",
+    "armv8l": "armv7",
+}
 
 
 class CudaInfo(Strict):
@@ -86,7 +95,10 @@ def canonical_arch(arch: str) -> str:
     try:
         return ARCH_ALIASES[arch.lower()]
     except KeyError:
-        raise MissingToolError(f"no runtime exists for architecture {arch!r}", f"use one of {', '.join(sorted(set(ARCH_ALIASES.values())))}") from None
+        raise MissingToolError(
+            f"no runtime exists for architecture {arch!r}",
+            f"use one of {', '.join(sorted(set(ARCH_ALIASES.values())))}",
+        ) from None
 
 
 def host_arch() -> str:
@@ -117,16 +129,24 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
     try:
         info = RuntimeBundleInfo.model_validate_json(info_path.read_bytes())
     except FileNotFoundError:
-        raise PackageIntegrityError(f"{path} is not a runtime bundle: it has no {INFO_FILE}", "point EDGEFLEET_RUNTIME at a folder made by `edgefleet runtime build`") from None
+        raise PackageIntegrityError(
+            f"{path} is not a runtime bundle: it has no {INFO_FILE}",
+            "point EDGEFLEET_RUNTIME at a folder made by `edgefleet runtime build`",
+        ) from None
     except ValidationError as exc:
-        raise PackageIntegrityError(f"{info_path} is malformed: {first_error(exc).msg}", "rebuild it with `edgefleet runtime build`") from None
+        raise PackageIntegrityError(
+            f"{info_path} is malformed: {first_error(exc).msg}", "rebuild it with `edgefleet runtime build`"
+        ) from None
     bundle = Bundle(Path(path), info)
     if check_hashes:
         for name, digest in info.libraries.items():
             lib = bundle.lib / name
             if not lib.is_file() or sha256_file(lib) != digest:
                 why = "missing" if not lib.is_file() else "altered (sha256 differs from runtime.json)"
-                raise PackageIntegrityError(f"the runtime bundle in {path} is corrupt: lib/{name} is {why}", f"rebuild it with `edgefleet runtime build --arch {info.arch} --force`")
+                raise PackageIntegrityError(
+                    f"the runtime bundle in {path} is corrupt: lib/{name} is {why}",
+                    f"rebuild it with `edgefleet runtime build --arch {info.arch} --force`",
+                )
     return bundle
 
 
@@ -173,7 +193,10 @@ def find_bundle(arch: str | None = None) -> Bundle:
         bundle = read_bundle(path)
         if bundle.info.arch == arch and bundle.info.abi == RUNTIME_ABI:
             return bundle
-    raise MissingToolError(f"no edgefleet runtime for {arch} on this machine", f"build it with `edgefleet runtime build --arch {arch}`, or set {BUNDLE_ENV} to a runtime folder")
+    raise MissingToolError(
+        f"no edgefleet runtime for {arch} on this machine",
+        f"build it with `edgefleet runtime build --arch {arch}`, or set {BUNDLE_ENV} to a runtime folder",
+    )
 
 
 def _matching(bundle: Bundle, arch: str) -> Bundle:

@@ -106,9 +106,13 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         public = serialization.load_pem_public_key(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
-        raise SigningKeyError(f"cannot read public key {path}: {exc}", "pass a .pub file written by `edgefleet keys create`") from None
+        raise SigningKeyError(
+            f"cannot read public key {path}: {exc}", "pass a .pub file written by `edgefleet keys create`"
+        ) from None
     if not isinstance(public, Ed25519PublicKey):
-        raise SigningKeyError(f"{path} is not an ed25519 public key", "pass a .pub file written by `edgefleet keys create`")
+        raise SigningKeyError(
+            f"{path} is not an ed25519 public key", "pass a .pub file written by `edgefleet keys create`"
+        )
     return public
 
 

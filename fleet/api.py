@@ -20,13 +20,19 @@ from edgefleet.fleet.routers import devices, errors, models, rollouts, service, 
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
-    app = FastAPI(title="edgefleet fleet", version="1", description="Model registry, devices and over-the-air rollouts for edge camera fleets.",
-                  responses=errors.RESPONSES)
+    app = FastAPI(
+        title="edgefleet fleet",
+        version="1",
+        description="Model registry, devices and over-the-air rollouts for edge camera fleets.",
+        responses=errors.RESPONSES,
+    )
     app.state.fleet, app.state.ingest = fleet, ingest  # for the dependencies in fleet/routers/deps.py
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
     for router in (service, models, devices, rollouts, tokens):
         app.include_router(router.router)
-    drift_service.add_routes(app, fleet, ingest.drift if ingest else None)  # /api/v1/drift*, /api/v1/telemetry (docs/drift.md)
+    drift_service.add_routes(
+        app, fleet, ingest.drift if ingest else None
+    )  # /api/v1/drift*, /api/v1/telemetry (docs/drift.md)
     mount_dashboard(app)  # /dashboard (docs/dashboard.md)
     return app

@@ -39,11 +39,19 @@ def revoke_token(fleet: Fleet, name: str) -> int:
 def authorize(fleet: Fleet, token: str | None, needed: str) -> str:
     """Return the token's scope if it covers `needed`, else raise PermissionDeniedError."""
     if not token:
-        raise PermissionDeniedError("no API token given", "send `Authorization: Bearer <token>` (create one with `edgefleet fleet tokens create`)")
+        raise PermissionDeniedError(
+            "no API token given",
+            "send `Authorization: Bearer <token>` (create one with `edgefleet fleet tokens create`)",
+        )
     with fleet.session() as s:
         row = s.scalar(select(ApiToken).where(ApiToken.token_sha256 == sha256_text(token)))
     if row is None or row.revoked:
-        raise PermissionDeniedError("unknown or revoked API token", "create a new token with `edgefleet fleet tokens create`")
+        raise PermissionDeniedError(
+            "unknown or revoked API token", "create a new token with `edgefleet fleet tokens create`"
+        )
     if RANK[row.scope] < RANK[needed]:
-        raise PermissionDeniedError(f"token {row.name!r} has scope {row.scope}; this needs {needed}", f"use a token with scope {needed} or higher")
+        raise PermissionDeniedError(
+            f"token {row.name!r} has scope {row.scope}; this needs {needed}",
+            f"use a token with scope {needed} or higher",
+        )
     return row.scope

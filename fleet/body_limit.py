@@ -65,7 +65,11 @@ class BodyLimit:
 
 
 async def _refuse(send, limit: int) -> None:
-    error = ErrorBody(error=f"the request body is over this endpoint's {limit}-byte limit", fix="send a smaller body", code="payload_too_large")
+    error = ErrorBody(
+        error=f"the request body is over this endpoint's {limit}-byte limit",
+        fix="send a smaller body",
+        code="payload_too_large",
+    )
     body = error.model_dump_json().encode()
     await send(
         {

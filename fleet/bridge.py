@@ -28,7 +28,12 @@ from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER
 from edgefleet.fleet.ingest import Ingest, Message
 
 log = logging.getLogger("edgefleet.fleet.bridge")
-SUBSCRIPTIONS = ["edgefleet/v1/+/status", "edgefleet/v1/+/telemetry", "edgefleet/v1/+/alerts", "edgefleet/v1/+/jobs/+/update"]
+SUBSCRIPTIONS = [
+    "edgefleet/v1/+/status",
+    "edgefleet/v1/+/telemetry",
+    "edgefleet/v1/+/alerts",
+    "edgefleet/v1/+/jobs/+/update",
+]
 BATCH = 500
 MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
 
@@ -43,10 +48,16 @@ class Bridge:
         self.connected = threading.Event()
         self._stop = threading.Event()
         # The broker replaces client_id by the certificate CN (fleet/local_broker.py); it is sent anyway.
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                  manual_ack=True)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True
+        )
         if broker.ca_file:
-            self.client.tls_set(ca_certs=str(broker.ca_file), certfile=str(broker.cert_file) if broker.cert_file else None, keyfile=str(broker.key_file) if broker.key_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self.client.tls_set(
+                ca_certs=str(broker.ca_file),
+                certfile=str(broker.cert_file) if broker.cert_file else None,
+                keyfile=str(broker.key_file) if broker.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         self.client.reconnect_delay_set(0.5, 10)
@@ -121,11 +132,17 @@ class Bridge:
         try:
             self.client.connect(self.broker.host, self.broker.port, keepalive=30)
         except (OSError, ssl.SSLError) as exc:
-            raise ServiceError(f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port}: {exc}", "start mosquitto, or fix [broker] in the fleet config") from None
+            raise ServiceError(
+                f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port}: {exc}",
+                "start mosquitto, or fix [broker] in the fleet config",
+            ) from None
         self.client.loop_start()
         if not self.connected.wait(timeout):
             self.stop()
-            raise ServiceError(f"the MQTT broker at {self.broker.host}:{self.broker.port} did not accept the fleet's connection", "check the fleet's client certificate and the broker's ACL")
+            raise ServiceError(
+                f"the MQTT broker at {self.broker.host}:{self.broker.port} did not accept the fleet's connection",
+                "check the fleet's client certificate and the broker's ACL",
+            )
 
     def notify(self, device_id: str, payload: dict) -> None:
         self.client.publish(f"edgefleet/v1/{device_id}/jobs/notify", json.dumps(payload), qos=1)

@@ -55,11 +55,17 @@ class CertificateAuthority:
         )
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            fh.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
 
-    def _issue(self, subject_cn: str, public_key, *, server_names: list[str] | None = None, days: int = DEVICE_CERT_DAYS) -> x509.Certificate:
+    def _issue(
+        self, subject_cn: str, public_key, *, server_names: list[str] | None = None, days: int = DEVICE_CERT_DAYS
+    ) -> x509.Certificate:
         now = dt.datetime.now(dt.timezone.utc)
         builder = (
             x509.CertificateBuilder()
@@ -91,17 +97,25 @@ class CertificateAuthority:
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode())
         except ValueError as exc:
-            raise BadInputError(f"the CSR is not a PEM certificate signing request ({exc})", "send the CSR `edgefleet agent install` wrote") from None
+            raise BadInputError(
+                f"the CSR is not a PEM certificate signing request ({exc})",
+                "send the CSR `edgefleet agent install` wrote",
+            ) from None
         if not csr.is_signature_valid:
             raise BadInputError("the CSR's signature does not verify", "regenerate the CSR with the device's key")
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if not names or names[0].value != device_id:
-            raise BadInputError(f"the CSR names {names[0].value if names else 'no one'!r}, not device {device_id!r}", "create the CSR with CN=<device id>")
+            raise BadInputError(
+                f"the CSR names {names[0].value if names else 'no one'!r}, not device {device_id!r}",
+                "create the CSR with CN=<device id>",
+            )
         return self._issue(device_id, csr.public_key())
 
     def issue_key_and_cert(self, cn: str, *, server_names: list[str] | None = None) -> tuple[bytes, bytes]:
         """A new key and certificate (PEM) for the broker (server_names) or the fleet's own MQTT client."""
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._issue(cn, key.public_key(), server_names=server_names, days=3650)
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return key_pem, cert.public_bytes(serialization.Encoding.PEM)

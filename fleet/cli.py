@@ -14,7 +14,15 @@ import click
 from pydantic_core import to_jsonable_python
 
 from edgefleet.cli import print_json as print_plain_json, table
-from edgefleet.contracts.rest import DeviceOut, EnrollmentTokenOut, ModelGroupOut, ModelVersionOut, RolloutDetail, RolloutEventOut, RolloutOut
+from edgefleet.contracts.rest import (
+    DeviceOut,
+    EnrollmentTokenOut,
+    ModelGroupOut,
+    ModelVersionOut,
+    RolloutDetail,
+    RolloutEventOut,
+    RolloutOut,
+)
 
 
 def _client(ctx: click.Context):
@@ -36,8 +44,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the AP
 
 
 @click.group()
-@click.option("--url", envvar="EDGEFLEET_FLEET_URL", help="Fleet API URL [env EDGEFLEET_FLEET_URL; default http://127.0.0.1:8080].")
-@click.option("--token", envvar="EDGEFLEET_FLEET_TOKEN", help="API token [env EDGEFLEET_FLEET_TOKEN or EDGEFLEET_FLEET_TOKEN_FILE].")
+@click.option(
+    "--url",
+    envvar="EDGEFLEET_FLEET_URL",
+    help="Fleet API URL [env EDGEFLEET_FLEET_URL; default http://127.0.0.1:8080].",
+)
+@click.option(
+    "--token",
+    envvar="EDGEFLEET_FLEET_TOKEN",
+    help="API token [env EDGEFLEET_FLEET_TOKEN or EDGEFLEET_FLEET_TOKEN_FILE].",
+)
 @click.pass_context
 def fleet(ctx: click.Context, url: str | None, token: str | None) -> None:
     """The fleet service: model registry, devices and over-the-air rollouts."""
@@ -45,7 +61,9 @@ def fleet(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 
 @fleet.command("serve")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Fleet config (TOML, see docs/fleet.md).")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="Fleet config (TOML, see docs/fleet.md)."
+)
 def serve_command(config_path: Path | None) -> None:
     """Run the REST API, the MQTT bridge and the rollout engine (migrates the database first)."""
     from edgefleet.fleet.config import load_config
@@ -93,7 +111,17 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
 def _versions_table(rows: list[ModelVersionOut]) -> None:
     table(
         ["group", "version", "approval", "targets", "training job", "created"],
-        [[r.group, r.version, r.approval, ", ".join(b.target for b in r.builds), r.lineage.training_job or "-", _when(r.created_at)] for r in rows],
+        [
+            [
+                r.group,
+                r.version,
+                r.approval,
+                ", ".join(b.target for b in r.builds),
+                r.lineage.training_job or "-",
+                _when(r.created_at),
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -117,7 +145,9 @@ def models_upload(ctx: click.Context, package: Path, as_json: bool) -> None:
 
 
 def _set_approval(ctx: click.Context, group: str, version: str, state: str, note: str, as_json: bool) -> None:
-    row = _client(ctx).post(f"/models/{group}/versions/{version}/approval", ModelVersionOut, {"state": state, "note": note})
+    row = _client(ctx).post(
+        f"/models/{group}/versions/{version}/approval", ModelVersionOut, {"state": state, "note": note}
+    )
     print_json(row) if as_json else _versions_table([row])
 
 
@@ -208,8 +238,19 @@ def devices() -> None:
 def _devices_table(rows: list[DeviceOut]) -> None:
     table(
         ["device", "group", "tags", "target", "status", "last seen", "model", "agent"],
-        [[d.id, d.group or "-", ",".join(d.tags) or "-", d.target, d.status, _when(d.last_seen), f"{d.model.name} {d.model.version}" if d.model else "-",
-          d.agent.version if d.agent else "-"] for d in rows],
+        [
+            [
+                d.id,
+                d.group or "-",
+                ",".join(d.tags) or "-",
+                d.target,
+                d.status,
+                _when(d.last_seen),
+                f"{d.model.name} {d.model.version}" if d.model else "-",
+                d.agent.version if d.agent else "-",
+            ]
+            for d in rows
+        ],
     )
 
 
@@ -230,9 +271,19 @@ def devices_list(ctx: click.Context, group: str | None, tag: str | None, status:
 @click.option("--group")
 @click.option("--tag", "tags", multiple=True)
 @click.pass_context
-def devices_enroll_token(ctx: click.Context, device_id: str, target: str, group: str | None, tags: tuple[str, ...]) -> None:
+def devices_enroll_token(
+    ctx: click.Context, device_id: str, target: str, group: str | None, tags: tuple[str, ...]
+) -> None:
     """Create a one-time enrollment token for DEVICE_ID and print it."""
-    click.echo(_client(ctx).post("/enrollment-tokens", EnrollmentTokenOut, {"device_id": device_id, "target": target, "group": group, "tags": list(tags)}).token)
+    click.echo(
+        _client(ctx)
+        .post(
+            "/enrollment-tokens",
+            EnrollmentTokenOut,
+            {"device_id": device_id, "target": target, "group": group, "tags": list(tags)},
+        )
+        .token
+    )
 
 
 @devices.command("tag")
@@ -242,8 +293,15 @@ def devices_enroll_token(ctx: click.Context, device_id: str, target: str, group:
 @click.option("--group", help="Move the device to this group ('' for none).")
 @json_option
 @click.pass_context
-def devices_tag(ctx: click.Context, device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None, as_json: bool) -> None:
-    row = _client(ctx).request("PATCH", f"/devices/{device_id}", DeviceOut, json={"group": group, "add_tags": list(add), "remove_tags": list(remove)})
+def devices_tag(
+    ctx: click.Context, device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None, as_json: bool
+) -> None:
+    row = _client(ctx).request(
+        "PATCH",
+        f"/devices/{device_id}",
+        DeviceOut,
+        json={"group": group, "add_tags": list(add), "remove_tags": list(remove)},
+    )
     print_json(row) if as_json else _devices_table([row])
 
 
@@ -258,7 +316,18 @@ def rollouts() -> None:
 def _rollouts_table(rows: list[RolloutOut]) -> None:
     table(
         ["id", "model", "state", "wave", "devices", "installs", "reason"],
-        [[r.id, f"{r.model.group} {r.model.version}", r.state, f"{r.wave + 1}/{len(r.waves)}", r.devices, " ".join(f"{k}={v}" for k, v in sorted(r.installs.items())) or "-", r.reason or "-"] for r in rows],
+        [
+            [
+                r.id,
+                f"{r.model.group} {r.model.version}",
+                r.state,
+                f"{r.wave + 1}/{len(r.waves)}",
+                r.devices,
+                " ".join(f"{k}={v}" for k, v in sorted(r.installs.items())) or "-",
+                r.reason or "-",
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -275,13 +344,41 @@ def _rollouts_table(rows: list[RolloutOut]) -> None:
 @click.option("--failure-threshold", type=float)
 @click.option("--bake-time", type=float, help="Seconds each wave runs before the health gate.")
 @click.option("--wave-timeout", type=float)
-@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A JSON rollout plan (see docs/fleet.md); flags override it.")
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON rollout plan (see docs/fleet.md); flags override it.",
+)
 @json_option
 @click.pass_context
-def rollouts_create(ctx, group, version, device_group, tags, device_ids, canary, canary_percent, waves, success_threshold, failure_threshold, bake_time, wave_timeout, plan_file, as_json) -> None:
+def rollouts_create(
+    ctx,
+    group,
+    version,
+    device_group,
+    tags,
+    device_ids,
+    canary,
+    canary_percent,
+    waves,
+    success_threshold,
+    failure_threshold,
+    bake_time,
+    wave_timeout,
+    plan_file,
+    as_json,
+) -> None:
     """Roll GROUP VERSION out to the selected devices (GROUP `edgefleet-agent`: an agent release)."""
     plan = json.loads(plan_file.read_text()) if plan_file else {}
-    flags = {"canary": canary, "canary_percent": canary_percent, "success_threshold": success_threshold, "failure_threshold": failure_threshold, "bake_time_s": bake_time, "wave_timeout_s": wave_timeout}
+    flags = {
+        "canary": canary,
+        "canary_percent": canary_percent,
+        "success_threshold": success_threshold,
+        "failure_threshold": failure_threshold,
+        "bake_time_s": bake_time,
+        "wave_timeout_s": wave_timeout,
+    }
     plan |= {k: v for k, v in flags.items() if v is not None}
     if waves:
         try:
@@ -289,7 +386,9 @@ def rollouts_create(ctx, group, version, device_group, tags, device_ids, canary,
         except ValueError:
             raise click.BadParameter("--waves is comma-separated percents, e.g. 10,50,100") from None
     selection = {"group": device_group, "tags": list(tags), "devices": list(device_ids) or None}
-    row = _client(ctx).post("/rollouts", RolloutOut, {"group": group, "version": version, "selection": selection, "plan": plan})
+    row = _client(ctx).post(
+        "/rollouts", RolloutOut, {"group": group, "version": version, "selection": selection, "plan": plan}
+    )
     print_json(row) if as_json else _rollouts_table([row])
 
 
@@ -311,7 +410,10 @@ def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
     if as_json:
         return print_json(row)
     _rollouts_table([row])
-    table(["device", "kind", "wave", "state", "previous", "detail"], [[d.device, d.kind, d.wave + 1, d.state, d.previous_version or "-", d.detail or "-"] for d in row.deployments])
+    table(
+        ["device", "kind", "wave", "state", "previous", "detail"],
+        [[d.device, d.kind, d.wave + 1, d.state, d.previous_version or "-", d.detail or "-"] for d in row.deployments],
+    )
 
 
 @rollouts.command("events")
@@ -322,7 +424,10 @@ def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
     rows = _client(ctx).get(f"/rollouts/{rollout_id}/events", list[RolloutEventOut])
     if as_json:
         return print_json(rows)
-    table(["at", "event", "from", "to", "device", "detail"], [[_when(e.at), e.event, e.from_ or "-", e.to, e.device or "-", e.detail or "-"] for e in rows])
+    table(
+        ["at", "event", "from", "to", "device", "detail"],
+        [[_when(e.at), e.event, e.from_ or "-", e.to, e.device or "-", e.detail or "-"] for e in rows],
+    )
 
 
 def _control(action: str):

@@ -16,17 +16,37 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from edgefleet.contracts.rest import ErrorBody, ModelVersionOut
-from edgefleet.errors import BadInputError, ConflictError, EdgefleetError, InvalidTransitionError, NotFoundError, PermissionDeniedError, ServiceError
+from edgefleet.errors import (
+    BadInputError,
+    ConflictError,
+    EdgefleetError,
+    InvalidTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceError,
+)
 
 T = TypeVar("T")
 BY_CODE: dict[str, type[EdgefleetError]] = {
-    "bad_input": BadInputError, "validation_error": BadInputError, "payload_too_large": BadInputError,
-    "unauthorized": PermissionDeniedError, "permission_denied": PermissionDeniedError,
-    "not_found": NotFoundError, "conflict": ConflictError, "invalid_transition": InvalidTransitionError,
+    "bad_input": BadInputError,
+    "validation_error": BadInputError,
+    "payload_too_large": BadInputError,
+    "unauthorized": PermissionDeniedError,
+    "permission_denied": PermissionDeniedError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+    "invalid_transition": InvalidTransitionError,
     "service_unavailable": ServiceError,
 }
-BY_STATUS: dict[int, type[EdgefleetError]] = {401: PermissionDeniedError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
-                                              413: BadInputError, 422: BadInputError, 400: BadInputError}
+BY_STATUS: dict[int, type[EdgefleetError]] = {
+    401: PermissionDeniedError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: BadInputError,
+    422: BadInputError,
+    400: BadInputError,
+}
 
 
 class FleetClient:
@@ -44,14 +64,19 @@ class FleetClient:
         try:
             resp = self.http.request(method, "/api/v1" + path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach the fleet API at {self.url}: {exc}", "start it with `edgefleet fleet serve`, or pass --url") from None
+            raise ServiceError(
+                f"cannot reach the fleet API at {self.url}: {exc}",
+                "start it with `edgefleet fleet serve`, or pass --url",
+            ) from None
         if resp.status_code >= 400:
             raise error_from(resp)
         try:
             return TypeAdapter(answer).validate_json(resp.content)
         except ValidationError as exc:
-            raise ServiceError(f"the fleet API at {self.url} answered {path} with an unexpected body: {str(exc)[:300]}",
-                               "use a fleet service of the same API version as this client") from None
+            raise ServiceError(
+                f"the fleet API at {self.url} answered {path} with an unexpected body: {str(exc)[:300]}",
+                "use a fleet service of the same API version as this client",
+            ) from None
 
     def get(self, path: str, answer: type[T] | Any, **params: Any) -> T:
         return self.request("GET", path, answer, params={k: v for k, v in params.items() if v is not None})
@@ -61,7 +86,9 @@ class FleetClient:
 
     def upload(self, package: Path) -> ModelVersionOut:
         with open(package, "rb") as fh:
-            return self.request("POST", "/packages", ModelVersionOut, content=fh, headers={"Content-Type": "application/gzip"})
+            return self.request(
+                "POST", "/packages", ModelVersionOut, content=fh, headers={"Content-Type": "application/gzip"}
+            )
 
 
 def error_from(resp: httpx.Response) -> EdgefleetError:

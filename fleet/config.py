@@ -75,4 +75,6 @@ def load_config(path: Path | None) -> FleetConfig:
         return FleetConfig.model_validate(raw)
     except ValidationError as exc:
         first = first_error(exc)
-        raise UsageError(f"fleet config {path}: {first.where}: {first.msg}", "see docs/fleet.md for the config keys") from None
+        raise UsageError(
+            f"fleet config {path}: {first.where}: {first.msg}", "see docs/fleet.md for the config keys"
+        ) from None

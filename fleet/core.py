@@ -88,7 +88,15 @@ def open_fleet(config: FleetConfig, notify: Notifier | None = None) -> Fleet:
     trusted = default_trusted_keys()
     if signing_key and signing_key.key_id not in {key_id(k) for k in trusted}:
         trusted.append(signing_key.public)  # packages the fleet's own key signed are trusted too
-    fleet = Fleet(config, sessions, readers, open_store(config.resolved_store()), signing_key, trusted, _secret(config.data_dir / "download.secret"))
+    fleet = Fleet(
+        config,
+        sessions,
+        readers,
+        open_store(config.resolved_store()),
+        signing_key,
+        trusted,
+        _secret(config.data_dir / "download.secret"),
+    )
     if notify:
         fleet.notify = notify
     return fleet

@@ -200,11 +200,13 @@ def _sqlite_begin(conn) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
         engine = create_engine(url, pool_pre_ping=True, json_serializer=json.dumps)
     except Exception as exc:  # bad URL forms raise ArgumentError/NoSuchModuleError
-        raise ServiceError(f"cannot use database URL {url!r}: {exc}", "use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from None
+        raise ServiceError(
+            f"cannot use database URL {url!r}: {exc}", "use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -231,6 +233,9 @@ def open_database(url: str) -> tuple[sessionmaker, sessionmaker]:
     except Exception as exc:
         if isinstance(exc, ServiceError):
             raise
-        raise ServiceError(f"cannot open or migrate the fleet database {engine.url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}", "check the database URL, that the server runs, and its credentials") from None
+        raise ServiceError(
+            f"cannot open or migrate the fleet database {engine.url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}",
+            "check the database URL, that the server runs, and its credentials",
+        ) from None
     writer = engine.execution_options(edgefleet_write=True)
     return sessionmaker(writer, expire_on_commit=False), sessionmaker(engine, expire_on_commit=False)

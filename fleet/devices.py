@@ -35,18 +35,24 @@ BROKER_STATS = {
 # Identities a camera must never hold: the fleet's own (it may read every device's topics),
 # fleet-side helpers (fleet-*), and the names the broker and older clients used. Compared
 # case-insensitively so that a look-alike cannot confuse an operator either.
-RESERVED_IDS = frozenset({FLEET_MQTT_USER, "edgefleet", "edgefleet-fleet", "localhost", "server", "broker",
-                          "mosquitto"})
+RESERVED_IDS = frozenset(
+    {FLEET_MQTT_USER, "edgefleet", "edgefleet-fleet", "localhost", "server", "broker", "mosquitto"}
+)
 RESERVED_PREFIXES = (f"{FLEET_MQTT_USER}-", "edgefleet-", "$")
 
 
 def check_device_id(device_id: str) -> str:
     if not DEVICE_ID.match(device_id or ""):
-        raise BadInputError(f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'", "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)")
+        raise BadInputError(
+            f"device id {device_id!r} is not 1-64 letters, digits, '.', '_' or '-'",
+            "pick an id without '/', '+', '#' or spaces (it becomes an MQTT topic level)",
+        )
     folded = device_id.lower()
     if folded in RESERVED_IDS or folded.startswith(RESERVED_PREFIXES):
-        raise BadInputError(f"device id {device_id!r} is reserved for the fleet's own identities",
-                            "pick another id (not 'fleet', 'fleet-*' or 'edgefleet-*')")
+        raise BadInputError(
+            f"device id {device_id!r} is reserved for the fleet's own identities",
+            "pick another id (not 'fleet', 'fleet-*' or 'edgefleet-*')",
+        )
     return device_id
 
 
@@ -68,13 +74,26 @@ def ca(fleet: Fleet) -> CertificateAuthority:
     return CertificateAuthority.load_or_create(fleet.config.data_dir / "ca")
 
 
-def create_enrollment_token(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> str:
+def create_enrollment_token(
+    fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None
+) -> str:
     check_device_id(device_id)
     token = "efe_" + secrets.token_urlsafe(24)
     with fleet.writer() as s, s.begin():
         if s.get(Device, device_id) is not None:
-            raise ConflictError(f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id")
-        s.add(EnrollmentToken(token_sha256=sha256_text(token), device_id=device_id, group=group, tags=sorted(set(tags or [])), target=target, expires_at=fleet.clock() + fleet.config.enrollment_ttl_s))
+            raise ConflictError(
+                f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id"
+            )
+        s.add(
+            EnrollmentToken(
+                token_sha256=sha256_text(token),
+                device_id=device_id,
+                group=group,
+                tags=sorted(set(tags or [])),
+                target=target,
+                expires_at=fleet.clock() + fleet.config.enrollment_ttl_s,
+            )
+        )
     return token
 
 
@@ -85,17 +104,30 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
     with fleet.lock, fleet.writer() as s, s.begin():
         row = s.scalar(select(EnrollmentToken).where(EnrollmentToken.token_sha256 == sha256_text(token or "")))
         if row is None or row.device_id != device_id:
-            raise PermissionDeniedError("unknown enrollment token for this device", "ask the fleet admin for a token made for this device id")
+            raise PermissionDeniedError(
+                "unknown enrollment token for this device", "ask the fleet admin for a token made for this device id"
+            )
         if row.used_at is not None:
-            raise PermissionDeniedError("this enrollment token was already used", "enrollment tokens are one-time; ask for a new one")
+            raise PermissionDeniedError(
+                "this enrollment token was already used", "enrollment tokens are one-time; ask for a new one"
+            )
         if row.expires_at < fleet.clock():
             raise PermissionDeniedError("this enrollment token has expired", "ask for a new one")
         if s.get(Device, device_id) is not None:  # another token for this id was spent first
-            raise ConflictError(f"device {device_id!r} is already enrolled",
-                                "remove it first, or enroll the camera under a new id")
+            raise ConflictError(
+                f"device {device_id!r} is already enrolled", "remove it first, or enroll the camera under a new id"
+            )
         cert = authority.sign_csr(csr_pem, device_id)
         row.used_at = fleet.clock()
-        s.add(Device(id=device_id, group=row.group, tags=row.tags, target=row.target, cert_serial=format(cert.serial_number, "x")))
+        s.add(
+            Device(
+                id=device_id,
+                group=row.group,
+                tags=row.tags,
+                target=row.target,
+                cert_serial=format(cert.serial_number, "x"),
+            )
+        )
     write_acl(fleet)
     broker = fleet.config.broker
     return {
@@ -103,7 +135,10 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
         "device_id": device_id,
         "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
         "ca_certificate": authority.cert_pem,
-        "broker": {"host": (broker.public_host or broker.host) if broker else None, "port": broker.port if broker else None},
+        "broker": {
+            "host": (broker.public_host or broker.host) if broker else None,
+            "port": broker.port if broker else None,
+        },
         "fleet_url": fleet.config.public_url,
         "trusted_keys": fleet.fleet_public_keys_pem(),
     }
@@ -111,13 +146,28 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
 
 def acl_text(device_ids: list[str]) -> str:
     """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
-    lines = ["# written by edgefleet fleet; do not edit", f"user {FLEET_MQTT_USER}", "topic readwrite edgefleet/v1/#",
-             *(f"topic read {t}" for t in BROKER_STATS), "",
-             # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
-             f"user {FLEET_VIEWER_USER}", "topic read edgefleet/v1/+/alerts", ""]
+    lines = [
+        "# written by edgefleet fleet; do not edit",
+        f"user {FLEET_MQTT_USER}",
+        "topic readwrite edgefleet/v1/#",
+        *(f"topic read {t}" for t in BROKER_STATS),
+        "",
+        # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
+        f"user {FLEET_VIEWER_USER}",
+        "topic read edgefleet/v1/+/alerts",
+        "",
+    ]
     for dev in sorted(device_ids):
         base = f"edgefleet/v1/{dev}"
-        lines += [f"user {dev}", f"topic write {base}/status", f"topic write {base}/alerts", f"topic write {base}/telemetry", f"topic write {base}/jobs/+/update", f"topic read {base}/jobs/notify", ""]
+        lines += [
+            f"user {dev}",
+            f"topic write {base}/status",
+            f"topic write {base}/alerts",
+            f"topic write {base}/telemetry",
+            f"topic write {base}/jobs/+/update",
+            f"topic read {base}/jobs/notify",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -138,7 +188,9 @@ def write_acl(fleet: Fleet) -> Path | None:
     return broker.acl_file
 
 
-def list_devices(fleet: Fleet, group: str | None = None, tag: str | None = None, status: str | None = None) -> list[dict]:
+def list_devices(
+    fleet: Fleet, group: str | None = None, tag: str | None = None, status: str | None = None
+) -> list[dict]:
     with fleet.session() as s:
         q = select(Device).order_by(Device.id)
         if group:
@@ -157,7 +209,13 @@ def get_device(fleet: Fleet, device_id: str) -> dict:
         return device_dict(d)
 
 
-def update_device(fleet: Fleet, device_id: str, group: str | None = None, add_tags: list[str] | None = None, remove_tags: list[str] | None = None) -> dict:
+def update_device(
+    fleet: Fleet,
+    device_id: str,
+    group: str | None = None,
+    add_tags: list[str] | None = None,
+    remove_tags: list[str] | None = None,
+) -> dict:
     with fleet.writer() as s, s.begin():
         d = s.get(Device, device_id)
         if d is None:
@@ -168,7 +226,9 @@ def update_device(fleet: Fleet, device_id: str, group: str | None = None, add_ta
         return device_dict(d)
 
 
-def register_device(fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None) -> dict:
+def register_device(
+    fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None
+) -> dict:
     """Register a device whose certificate was issued out of band (simulated fleets, benchmarks)."""
     check_device_id(device_id)
     with fleet.writer() as s, s.begin():

@@ -34,33 +34,42 @@ FEATURES = ("brightness", "contrast", "predictions", "confidence")
 PSEUDO_COUNT = 0.5
 
 
-
-
 def merge_summaries(summaries: list[DriftSummary]) -> DriftSummary:
     """Several windows (of one model version, same fixed edges) as one: counts added bin by bin."""
     first = summaries[0]
 
     def add(feature: str) -> Histogram:
-        return Histogram(edges=getattr(first, feature).edges, counts=[sum(c) for c in zip(*(getattr(s, feature).counts for s in summaries))])
+        return Histogram(
+            edges=getattr(first, feature).edges,
+            counts=[sum(c) for c in zip(*(getattr(s, feature).counts for s in summaries))],
+        )
 
     predictions: dict[str, int] = {}
     for s in summaries:
         for label, n in s.predictions.items():
             predictions[label] = predictions.get(label, 0) + n
-    return DriftSummary(brightness=add("brightness"), contrast=add("contrast"), predictions=predictions, confidence=add("confidence"))
+    return DriftSummary(
+        brightness=add("brightness"), contrast=add("contrast"), predictions=predictions, confidence=add("confidence")
+    )
 
 
 def parse_baseline(raw: object) -> Baseline:
     if isinstance(raw, dict) and raw.get("format_version") not in (None, BASELINE_FORMAT_VERSION):
-        raise BadInputError(f"baseline format version {raw.get('format_version')} is not supported (this edgefleet reads {BASELINE_FORMAT_VERSION})", "upgrade edgefleet on the fleet service")
+        raise BadInputError(
+            f"baseline format version {raw.get('format_version')} is not supported (this edgefleet reads {BASELINE_FORMAT_VERSION})",
+            "upgrade edgefleet on the fleet service",
+        )
     try:
         return Baseline.model_validate(raw)
     except ValidationError as exc:
         first = first_error(exc)
-        raise BadInputError(f"baseline.json is malformed at {first.where}: {first.msg}", "recompile the package with --baseline-images") from None
+        raise BadInputError(
+            f"baseline.json is malformed at {first.where}: {first.msg}", "recompile the package with --baseline-images"
+        ) from None
 
 
 # ---- distances ------------------------------------------------------------------------
+
 
 def _proportions(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
@@ -81,18 +90,29 @@ def js_distance(expected: np.ndarray, actual: np.ndarray) -> float:
     """Jensen-Shannon distance (base 2): 0 for equal distributions, 1 for disjoint ones."""
     from scipy.spatial.distance import jensenshannon
 
-    value = float(jensenshannon(_proportions(np.asarray(expected, dtype=np.float64)), _proportions(np.asarray(actual, dtype=np.float64)), base=2))
+    value = float(
+        jensenshannon(
+            _proportions(np.asarray(expected, dtype=np.float64)),
+            _proportions(np.asarray(actual, dtype=np.float64)),
+            base=2,
+        )
+    )
     return 0.0 if math.isnan(value) else value
 
 
 def _vectors(feature: str, baseline: DriftSummary, window: DriftSummary) -> tuple[np.ndarray, np.ndarray]:
     if feature == "predictions":
         classes = sorted(set(baseline.predictions) | set(window.predictions))
-        return (np.array([baseline.predictions.get(c, 0) for c in classes], dtype=np.float64),
-                np.array([window.predictions.get(c, 0) for c in classes], dtype=np.float64))
+        return (
+            np.array([baseline.predictions.get(c, 0) for c in classes], dtype=np.float64),
+            np.array([window.predictions.get(c, 0) for c in classes], dtype=np.float64),
+        )
     b, w = getattr(baseline, feature), getattr(window, feature)
     if len(b.edges) != len(w.edges) or not np.allclose(b.edges, w.edges, atol=1e-6):
-        raise BadInputError(f"the window's {feature} bin edges differ from the baseline's", "the agent and the compiler must share edgefleet.agent.metrics' fixed edges; upgrade the older one")
+        raise BadInputError(
+            f"the window's {feature} bin edges differ from the baseline's",
+            "the agent and the compiler must share edgefleet.agent.metrics' fixed edges; upgrade the older one",
+        )
     return np.array(b.counts, dtype=np.float64), np.array(w.counts, dtype=np.float64)
 
 
@@ -123,12 +143,15 @@ def compare(baseline: DriftSummary, window: DriftSummary) -> dict[str, FeatureDi
 
 # ---- alarm state machine --------------------------------------------------------------
 
+
 class DriftConfig(Strict):
     """The [drift] section of the fleet config (see docs/drift.md)."""
 
     metric: Literal["psi", "js"] = "psi"
     threshold: float = Field(0.25, gt=0)
-    features: list[Literal["brightness", "contrast", "predictions", "confidence"]] = Field(default_factory=lambda: list(FEATURES))
+    features: list[Literal["brightness", "contrast", "predictions", "confidence"]] = Field(
+        default_factory=lambda: list(FEATURES)
+    )
     windows_to_alarm: int = Field(3, ge=1)
     windows_to_clear: int = Field(3, ge=1)
     # Windows with fewer frames are skipped: PSI of a 10-bin histogram has a sampling bias of about

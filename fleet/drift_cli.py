@@ -24,7 +24,9 @@ def drift_report(client, device: str | None, windows: int) -> dict:
 
 @click.command("drift")
 @click.option("--device", help="Only this device.")
-@click.option("--windows", type=click.IntRange(1, 200), default=30, show_default=True, help="Windows in each sparkline.")
+@click.option(
+    "--windows", type=click.IntRange(1, 200), default=30, show_default=True, help="Windows in each sparkline."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
 @click.pass_context
 def drift_command(ctx: click.Context, device: str | None, windows: int, as_json: bool) -> None:
@@ -43,17 +45,42 @@ def drift_command(ctx: click.Context, device: str | None, windows: int, as_json:
     top = 2 * cfg["threshold"]
     table(
         ["device", "model", "state", "score", "feature", f"last {windows} windows"],
-        [[a["device"], f"{a['model']['name']} {a['model']['version']}", a["state"], "-" if a["score"] is None else f"{a['score']:.3f}", a["feature"] or "-",
-          sparkline(a["recent_scores"], top)] for a in report["alarms"]],
+        [
+            [
+                a["device"],
+                f"{a['model']['name']} {a['model']['version']}",
+                a["state"],
+                "-" if a["score"] is None else f"{a['score']:.3f}",
+                a["feature"] or "-",
+                sparkline(a["recent_scores"], top),
+            ]
+            for a in report["alarms"]
+        ],
         title=f"drift ({cfg['metric']}, alarm over {cfg['threshold']} for {cfg['windows_to_alarm']} windows, clear after {cfg['windows_to_clear']})",
     )
     if report.get("collecting"):
-        table(["device", "model", "collecting"],
-              [[c["device"], f"{c['model']['name']} {c['model']['version']}", f"{c['frames']} of {c['target']} frames"]
-               for c in report["collecting"]],
-              title="windows still collecting frames (judged once they hold min_frames)")
+        table(
+            ["device", "model", "collecting"],
+            [
+                [c["device"], f"{c['model']['name']} {c['model']['version']}", f"{c['frames']} of {c['target']} frames"]
+                for c in report["collecting"]
+            ],
+            title="windows still collecting frames (judged once they hold min_frames)",
+        )
     if report["fleet"] and not device:
-        table(["model", "devices", "frames", "score", "feature", "over", "alarm"],
-              [[f"{f['model']['name']} {f['model']['version']}", f["devices"], f["frames"], f"{f['score']:.3f}", f["feature"] or "-",
-                "yes" if f["over"] else "no", f.get("state", "-")] for f in report["fleet"]],
-              title=f"the fleet as a whole (newest window of each device; alarm when {cfg.get('fleet_share', '-')} of them are over)")
+        table(
+            ["model", "devices", "frames", "score", "feature", "over", "alarm"],
+            [
+                [
+                    f"{f['model']['name']} {f['model']['version']}",
+                    f["devices"],
+                    f["frames"],
+                    f"{f['score']:.3f}",
+                    f["feature"] or "-",
+                    "yes" if f["over"] else "no",
+                    f.get("state", "-"),
+                ]
+                for f in report["fleet"]
+            ],
+            title=f"the fleet as a whole (newest window of each device; alarm when {cfg.get('fleet_share', '-')} of them are over)",
+        )

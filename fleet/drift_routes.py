@@ -25,19 +25,40 @@ if TYPE_CHECKING:
 
 
 def alarm_dict(a: DriftAlarm) -> dict:
-    return {"device": a.device_id, "model": {"name": a.model_name, "version": a.model_version}, "state": a.state, "score": a.score,
-            "feature": a.feature, "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
+    return {
+        "device": a.device_id,
+        "model": {"name": a.model_name, "version": a.model_version},
+        "state": a.state,
+        "score": a.score,
+        "feature": a.feature,
+        "raised_at": a.raised_at,
+        "cleared_at": a.cleared_at,
+        "updated_at": a.updated_at,
+    }
 
 
 def collecting_dict(c: DriftCollecting, target: int) -> dict:
-    return {"device": c.device_id, "model": {"name": c.model_name, "version": c.model_version}, "frames": c.frames,
-            "target": target, "messages": c.messages, "updated_at": c.updated_at}
+    return {
+        "device": c.device_id,
+        "model": {"name": c.model_name, "version": c.model_version},
+        "frames": c.frames,
+        "target": target,
+        "messages": c.messages,
+        "updated_at": c.updated_at,
+    }
 
 
 def fleet_alarm_dict(a: DriftFleetAlarm) -> dict:
-    return {"model": {"name": a.model_name, "version": a.model_version}, "state": a.state, "devices": a.devices,
-            "drifting": a.drifting, "share": round(a.drifting / a.devices, 4) if a.devices else None,
-            "raised_at": a.raised_at, "cleared_at": a.cleared_at, "updated_at": a.updated_at}
+    return {
+        "model": {"name": a.model_name, "version": a.model_version},
+        "state": a.state,
+        "devices": a.devices,
+        "drifting": a.drifting,
+        "share": round(a.drifting / a.devices, 4) if a.devices else None,
+        "raised_at": a.raised_at,
+        "cleared_at": a.cleared_at,
+        "updated_at": a.updated_at,
+    }
 
 
 def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None) -> dict:
@@ -46,8 +67,9 @@ def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = Non
     cfg = fleet.config.drift
     with fleet.session() as s:
         q = select(DriftAlarm).order_by(DriftAlarm.device_id, DriftAlarm.model_name, DriftAlarm.model_version)
-        c = select(DriftCollecting).where(DriftCollecting.frames > 0,
-                                          DriftCollecting.updated_at >= fleet.clock() - cfg.max_age_s)
+        c = select(DriftCollecting).where(
+            DriftCollecting.frames > 0, DriftCollecting.updated_at >= fleet.clock() - cfg.max_age_s
+        )
         if device:
             q, c = q.where(DriftAlarm.device_id == device), c.where(DriftCollecting.device_id == device)
         if state:
@@ -56,11 +78,24 @@ def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = Non
         collecting = [collecting_dict(r, cfg.min_frames) for r in s.scalars(c.order_by(DriftCollecting.device_id))]
         f = select(DriftFleetAlarm).order_by(DriftFleetAlarm.model_name, DriftFleetAlarm.model_version)
         fleet_alarms = [fleet_alarm_dict(a) for a in s.scalars(f)]
-    config = {"metric": cfg.metric, "threshold": cfg.threshold, "windows_to_alarm": cfg.windows_to_alarm,
-              "windows_to_clear": cfg.windows_to_clear, "features": list(cfg.features), "min_frames": cfg.min_frames,
-              "max_age_s": cfg.max_age_s, "fleet_share": cfg.fleet_share, "fleet_min_devices": cfg.fleet_min_devices}
-    return {"config": config, "alarms": rows, "collecting": collecting, "fleet_alarms": fleet_alarms,
-            "fleet": fleet_drift(fleet, monitor, cfg.fleet_horizon_s)}
+    config = {
+        "metric": cfg.metric,
+        "threshold": cfg.threshold,
+        "windows_to_alarm": cfg.windows_to_alarm,
+        "windows_to_clear": cfg.windows_to_clear,
+        "features": list(cfg.features),
+        "min_frames": cfg.min_frames,
+        "max_age_s": cfg.max_age_s,
+        "fleet_share": cfg.fleet_share,
+        "fleet_min_devices": cfg.fleet_min_devices,
+    }
+    return {
+        "config": config,
+        "alarms": rows,
+        "collecting": collecting,
+        "fleet_alarms": fleet_alarms,
+        "fleet": fleet_drift(fleet, monitor, cfg.fleet_horizon_s),
+    }
 
 
 def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[dict]:
@@ -69,8 +104,17 @@ def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -
     cfg = fleet.config.drift
     since = fleet.clock() - horizon_s
     with fleet.session() as s:
-        newest = select(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version, func.max(DriftWindow.id).label("id")) \
-            .where(DriftWindow.received_at >= since).group_by(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version).subquery()
+        newest = (
+            select(
+                DriftWindow.device_id,
+                DriftWindow.model_name,
+                DriftWindow.model_version,
+                func.max(DriftWindow.id).label("id"),
+            )
+            .where(DriftWindow.received_at >= since)
+            .group_by(DriftWindow.device_id, DriftWindow.model_name, DriftWindow.model_version)
+            .subquery()
+        )
         rows = s.scalars(select(DriftWindow).join(newest, newest.c.id == DriftWindow.id)).all()
         groups: dict[tuple[str, str], list[DriftWindow]] = {}
         for w in rows:
@@ -82,11 +126,23 @@ def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -
                 continue
             total = merge_summaries([parse_summary(w.summary) for w in ws])
             verdict = judge(baseline.summary, total, cfg)
-            alarm = s.scalar(select(DriftFleetAlarm.state).where(DriftFleetAlarm.model_name == name,
-                                                                 DriftFleetAlarm.model_version == version))
-            out.append({"model": {"name": name, "version": version}, "state": alarm or "ok", "devices": len(ws),
-                        "frames": total.frames, "score": verdict.score,
-                        "feature": verdict.worst, "over": verdict.over, "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}})
+            alarm = s.scalar(
+                select(DriftFleetAlarm.state).where(
+                    DriftFleetAlarm.model_name == name, DriftFleetAlarm.model_version == version
+                )
+            )
+            out.append(
+                {
+                    "model": {"name": name, "version": version},
+                    "state": alarm or "ok",
+                    "devices": len(ws),
+                    "frames": total.frames,
+                    "score": verdict.score,
+                    "feature": verdict.worst,
+                    "over": verdict.over,
+                    "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()},
+                }
+            )
     return out
 
 
@@ -99,8 +155,20 @@ def drift_windows(fleet: Fleet, device: str | None = None, since: float | None =
         if since is not None:
             q = q.where(DriftWindow.received_at >= since)
         rows = list(s.scalars(q))[::-1]
-        return [{"device": w.device_id, "model": {"name": w.model_name, "version": w.model_version}, "at": w.received_at, "frames": w.frames,
-                 "score": w.score, "feature": w.feature, "over": w.over, "state": w.state, "distances": w.distances} for w in rows]
+        return [
+            {
+                "device": w.device_id,
+                "model": {"name": w.model_name, "version": w.model_version},
+                "at": w.received_at,
+                "frames": w.frames,
+                "score": w.score,
+                "feature": w.feature,
+                "over": w.over,
+                "state": w.state,
+                "distances": w.distances,
+            }
+            for w in rows
+        ]
 
 
 def drift_events(fleet: Fleet, limit: int = 100) -> list[dict]:
@@ -108,17 +176,37 @@ def drift_events(fleet: Fleet, limit: int = 100) -> list[dict]:
     alarms (scope "fleet", device null), newest first."""
     with fleet.session() as s:
         rows = s.scalars(select(DriftEvent).order_by(DriftEvent.id.desc()).limit(limit))
-        out = [{"at": e.at, "scope": "device", "device": e.device_id,
-                "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "score": e.score,
-                "feature": e.feature} for e in rows]
+        out = [
+            {
+                "at": e.at,
+                "scope": "device",
+                "device": e.device_id,
+                "model": {"name": e.model_name, "version": e.model_version},
+                "event": e.event,
+                "score": e.score,
+                "feature": e.feature,
+            }
+            for e in rows
+        ]
         fleet_rows = s.scalars(select(DriftFleetEvent).order_by(DriftFleetEvent.id.desc()).limit(limit))
-        out += [{"at": e.at, "scope": "fleet", "device": None,
-                 "model": {"name": e.model_name, "version": e.model_version}, "event": e.event, "devices": e.devices,
-                 "drifting": e.drifting} for e in fleet_rows]
+        out += [
+            {
+                "at": e.at,
+                "scope": "fleet",
+                "device": None,
+                "model": {"name": e.model_name, "version": e.model_version},
+                "event": e.event,
+                "devices": e.devices,
+                "drifting": e.drifting,
+            }
+            for e in fleet_rows
+        ]
     return sorted(out, key=lambda e: e["at"], reverse=True)[:limit]
 
 
-def telemetry_series(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:
+def telemetry_series(
+    fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500
+) -> list[dict]:
     """The newest `limit` telemetry rows (oldest first): frames, alerts, confidence, p95 latency."""
     with fleet.session() as s:
         q = select(Telemetry).order_by(Telemetry.id.desc()).limit(limit)
@@ -127,8 +215,18 @@ def telemetry_series(fleet: Fleet, device: str | None = None, since: float | Non
         if since is not None:
             q = q.where(Telemetry.received_at >= since)
         rows = list(s.scalars(q))[::-1]
-        return [{"device": t.device_id, "at": t.received_at, "model": {"name": t.model_name, "version": t.model_version}, "frames": t.frames,
-                 "alerts": t.alerts, "confidence_mean": t.confidence_mean, "latency_p95_ms": t.latency_p95_ms} for t in rows]
+        return [
+            {
+                "device": t.device_id,
+                "at": t.received_at,
+                "model": {"name": t.model_name, "version": t.model_version},
+                "frames": t.frames,
+                "alerts": t.alerts,
+                "confidence_mean": t.confidence_mean,
+                "latency_p95_ms": t.latency_p95_ms,
+            }
+            for t in rows
+        ]
 
 
 def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
@@ -153,7 +251,9 @@ def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
         return drift_overview(fleet, monitor, device, state)
 
     @app.get("/api/v1/drift/windows", dependencies=read)
-    def get_windows(device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
+    def get_windows(
+        device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)
+    ) -> list[dict]:
         return drift_windows(fleet, device, since, limit)
 
     @app.get("/api/v1/drift/events", dependencies=read)
@@ -161,5 +261,7 @@ def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
         return drift_events(fleet, limit)
 
     @app.get("/api/v1/telemetry", dependencies=read)
-    def get_telemetry(device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
+    def get_telemetry(
+        device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)
+    ) -> list[dict]:
         return telemetry_series(fleet, device, since, limit)

@@ -131,12 +131,16 @@ class DriftMonitor:
             return self._baselines[key]
         with s.no_autoflush:
             builds = s.scalars(
-                select(Build).join(ModelVersion, ModelVersion.id == Build.model_version_id).join(ModelGroup, ModelGroup.id == ModelVersion.group_id)
+                select(Build)
+                .join(ModelVersion, ModelVersion.id == Build.model_version_id)
+                .join(ModelGroup, ModelGroup.id == ModelVersion.group_id)
                 .where(ModelGroup.name == model_name, ModelVersion.version == version)
             ).all()
         if not builds:
             return None  # not uploaded (yet): asked again next time
-        build = next((b for b in builds if b.target == target), builds[0])  # the builds of a version share one source model and baseline
+        build = next(
+            (b for b in builds if b.target == target), builds[0]
+        )  # the builds of a version share one source model and baseline
         try:
             self._baselines[key] = self._read_baseline(build)
         except (EdgefleetError, OSError, ValueError) as exc:
@@ -192,13 +196,17 @@ class DriftMonitor:
 
     def _collecting_row(self, s: Session, key: tuple[str, str, str]) -> DriftCollecting | None:
         device_id, name, version = key
-        q = select(DriftCollecting).where(DriftCollecting.device_id == device_id, DriftCollecting.model_name == name,
-                                          DriftCollecting.model_version == version)
+        q = select(DriftCollecting).where(
+            DriftCollecting.device_id == device_id,
+            DriftCollecting.model_name == name,
+            DriftCollecting.model_version == version,
+        )
         with s.no_autoflush:
             return self._cached(self._collecting, key, lambda: s.scalar(q))
 
-    def _collect(self, s: Session, key: tuple[str, str, str], part: DriftSummary, span: tuple[float, float],
-                 at: float) -> DriftSummary | None:
+    def _collect(
+        self, s: Session, key: tuple[str, str, str], part: DriftSummary, span: tuple[float, float], at: float
+    ) -> DriftSummary | None:
         """Add one telemetry window to the device's pool; the pooled window once it holds min_frames."""
         row = self._collecting_row(s, key)
         if (row is None or not row.frames) and part.frames >= self.config.min_frames:
@@ -223,13 +231,15 @@ class DriftMonitor:
 
     def _alarm_row(self, s: Session, key: tuple[str, str, str]) -> DriftAlarm:
         device_id, name, version = key
-        q = select(DriftAlarm).where(DriftAlarm.device_id == device_id, DriftAlarm.model_name == name,
-                                     DriftAlarm.model_version == version)
+        q = select(DriftAlarm).where(
+            DriftAlarm.device_id == device_id, DriftAlarm.model_name == name, DriftAlarm.model_version == version
+        )
         with s.no_autoflush:
             alarm = self._cached(self._alarms, key, lambda: s.scalar(q))
         if alarm is None:
-            alarm = DriftAlarm(device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0,
-                               under_streak=0)
+            alarm = DriftAlarm(
+                device_id=device_id, model_name=name, model_version=version, state="ok", over_streak=0, under_streak=0
+            )
             s.add(alarm)
             self._alarms[key] = alarm
         return alarm
@@ -242,9 +252,21 @@ class DriftMonitor:
         alarm.state, alarm.over_streak, alarm.under_streak = new.state, new.over_streak, new.under_streak
         alarm.score, alarm.feature, alarm.updated_at = verdict.score, verdict.worst, at
         distances = {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()}
-        s.add(DriftWindow(device_id=device_id, model_name=name, model_version=version, received_at=at, frames=window.frames,
-                          score=verdict.score, feature=verdict.worst, over=verdict.over, state=new.state, distances=distances,
-                          summary=window.model_dump(mode="json")))
+        s.add(
+            DriftWindow(
+                device_id=device_id,
+                model_name=name,
+                model_version=version,
+                received_at=at,
+                frames=window.frames,
+                score=verdict.score,
+                feature=verdict.worst,
+                over=verdict.over,
+                state=new.state,
+                distances=distances,
+                summary=window.model_dump(mode="json"),
+            )
+        )
         self.counters["drift_windows"] += 1
         if not change:
             return
@@ -252,13 +274,33 @@ class DriftMonitor:
             alarm.raised_at, alarm.cleared_at = at, None
         else:
             alarm.cleared_at = at
-        s.add(DriftEvent(at=at, device_id=device_id, model_name=name, model_version=version, event=change,
-                         score=verdict.score, feature=verdict.worst))
+        s.add(
+            DriftEvent(
+                at=at,
+                device_id=device_id,
+                model_name=name,
+                model_version=version,
+                event=change,
+                score=verdict.score,
+                feature=verdict.worst,
+            )
+        )
         self.counters[f"drift_alarms_{change}"] += 1
-        self._announce_later({"schema": ALARM_SCHEMA, "type": "drift_alarm", "event": change, "device": device_id,
-                              "model": {"name": name, "version": version}, "state": new.state,
-                              "metric": self.config.metric, "threshold": self.config.threshold, "score": verdict.score,
-                              "feature": verdict.worst, "at": at})
+        self._announce_later(
+            {
+                "schema": ALARM_SCHEMA,
+                "type": "drift_alarm",
+                "event": change,
+                "device": device_id,
+                "model": {"name": name, "version": version},
+                "state": new.state,
+                "metric": self.config.metric,
+                "threshold": self.config.threshold,
+                "score": verdict.score,
+                "feature": verdict.worst,
+                "at": at,
+            }
+        )
 
     def _announce_later(self, payload: dict) -> None:
         if self._batch is not None:
@@ -267,8 +309,9 @@ class DriftMonitor:
     # -- the fleet-wide alarm ---------------------------------------------------------------
     def _version_alarms(self, s: Session, name: str, version: str, since: float) -> list[DriftAlarm]:
         """The device alarms of a model version updated since `since`, this batch's included."""
-        q = select(DriftAlarm).where(DriftAlarm.model_name == name, DriftAlarm.model_version == version,
-                                     DriftAlarm.updated_at >= since)
+        q = select(DriftAlarm).where(
+            DriftAlarm.model_name == name, DriftAlarm.model_version == version, DriftAlarm.updated_at >= since
+        )
         with s.no_autoflush:  # once per batch: the rows it loads are the ones this batch updates
             rows = dict(self._cached(self._versions, (name, version), lambda: {a.device_id: a for a in s.scalars(q)}))
         rows |= {key[0]: a for key, a in self._alarms.items() if a is not None and key[1:] == (name, version)}
@@ -299,14 +342,28 @@ class DriftMonitor:
             row.raised_at, row.cleared_at = at, None
         else:
             row.cleared_at = at
-        s.add(DriftFleetEvent(at=at, model_name=name, model_version=version, event=change, devices=len(alarms),
-                              drifting=drifting))
+        s.add(
+            DriftFleetEvent(
+                at=at, model_name=name, model_version=version, event=change, devices=len(alarms), drifting=drifting
+            )
+        )
         self.counters[f"drift_fleet_alarms_{change}"] += 1
-        self._announce_later({"schema": ALARM_SCHEMA, "type": "fleet_drift_alarm", "event": change,
-                              "model": {"name": name, "version": version}, "state": new.state, "devices": len(alarms),
-                              "drifting": drifting, "share": round(drifting / len(alarms), 4),
-                              "fleet_share": cfg.fleet_share, "metric": cfg.metric, "threshold": cfg.threshold,
-                              "at": at})
+        self._announce_later(
+            {
+                "schema": ALARM_SCHEMA,
+                "type": "fleet_drift_alarm",
+                "event": change,
+                "model": {"name": name, "version": version},
+                "state": new.state,
+                "devices": len(alarms),
+                "drifting": drifting,
+                "share": round(drifting / len(alarms), 4),
+                "fleet_share": cfg.fleet_share,
+                "metric": cfg.metric,
+                "threshold": cfg.threshold,
+                "at": at,
+            }
+        )
 
     # -- announcing -----------------------------------------------------------------------
     def announce(self, changes: list[dict]) -> None:
@@ -318,5 +375,9 @@ class DriftMonitor:
                 except Exception:  # the broker being away must not lose the stored alarm
                     log.exception("could not publish a drift alarm on %s", alarm_topic(payload))
             if self.webhook:
-                threading.Thread(target=post_alarm, args=(self.webhook, data, self.config.webhook_timeout_s, self.counters),
-                                 name="drift-webhook", daemon=True).start()
+                threading.Thread(
+                    target=post_alarm,
+                    args=(self.webhook, data, self.config.webhook_timeout_s, self.counters),
+                    name="drift-webhook",
+                    daemon=True,
+                ).start()

@@ -34,8 +34,10 @@ class DriftAlarm(Base):
     """The alarm state machine of one (device, model, version)."""
 
     __tablename__ = "drift_alarms"
-    __table_args__ = (UniqueConstraint("device_id", "model_name", "model_version"),
-                      Index("ix_drift_alarms_version_updated", "model_name", "model_version", "updated_at"))
+    __table_args__ = (
+        UniqueConstraint("device_id", "model_name", "model_version"),
+        Index("ix_drift_alarms_version_updated", "model_name", "model_version", "updated_at"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
     model_name: Mapped[str] = mapped_column(String(128))

@@ -23,7 +23,10 @@ def webhook_url(config: DriftConfig) -> str | None:
         try:
             url = Path(config.webhook_url_file).read_text().strip()
         except OSError as exc:
-            raise BadInputError(f"cannot read drift.webhook_url_file {config.webhook_url_file}: {exc.strerror}", "check the path in the fleet config") from None
+            raise BadInputError(
+                f"cannot read drift.webhook_url_file {config.webhook_url_file}: {exc.strerror}",
+                "check the path in the fleet config",
+            ) from None
     return url or None
 
 

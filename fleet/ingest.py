@@ -61,7 +61,12 @@ def parse_body(payload: bytes) -> object:
 
 # What each topic suffix promises (edgefleet/contracts/mqtt.py); alerts are only counted,
 # so their body is checked as a device message, not as a whole alert.
-CONTRACTS: dict[str, type[DeviceMessage]] = {"status": StatusMessage, "telemetry": TelemetryMessage, "alerts": DeviceMessage, "jobs": JobUpdate}
+CONTRACTS: dict[str, type[DeviceMessage]] = {
+    "status": StatusMessage,
+    "telemetry": TelemetryMessage,
+    "alerts": DeviceMessage,
+    "jobs": JobUpdate,
+}
 
 
 class Ingest:
@@ -110,18 +115,20 @@ class Ingest:
             return outcome
         except Exception as exc:  # noqa: BLE001 - whatever a device sent, only this message is lost
             savepoint.rollback()
-            self._known.discard(m.topic[len(PREFIX):].partition("/")[0])  # the cache may hold a rolled-back read
+            self._known.discard(m.topic[len(PREFIX) :].partition("/")[0])  # the cache may hold a rolled-back read
             log.debug("dropping malformed message on %s: %s", m.topic, exc)
             return "dropped_malformed"
 
     def _one(self, s, m: Message) -> str:
         if not m.topic.startswith(PREFIX):
             return "dropped_malformed"
-        device_id, _, suffix = m.topic[len(PREFIX):].partition("/")
+        device_id, _, suffix = m.topic[len(PREFIX) :].partition("/")
         if not self._is_known(s, device_id):
             return "dropped_unknown_device"
         kind = suffix.split("/")[0]
-        if suffix not in ("status", "telemetry", "alerts") and not (kind == "jobs" and suffix.endswith("/update") and suffix.count("/") == 2):
+        if suffix not in ("status", "telemetry", "alerts") and not (
+            kind == "jobs" and suffix.endswith("/update") and suffix.count("/") == 2
+        ):
             return "dropped_malformed"
         if suffix == "status" and m.payload.strip() in (b"offline", b'"offline"'):
             msg: DeviceMessage = StatusMessage(state="offline")  # a bare last will
@@ -133,9 +140,18 @@ class Ingest:
         if isinstance(msg, StatusMessage):
             self._status(device, msg)
         elif isinstance(msg, TelemetryMessage):
-            s.add(Telemetry(device_id=device_id, received_at=m.received_at, model_name=msg.model and msg.model.name,
-                            model_version=msg.model and msg.model.version, frames=msg.frames_ok, alerts=msg.alert_count,
-                            confidence_mean=msg.confidence_mean, latency_p95_ms=msg.latency_p95_ms))
+            s.add(
+                Telemetry(
+                    device_id=device_id,
+                    received_at=m.received_at,
+                    model_name=msg.model and msg.model.name,
+                    model_version=msg.model and msg.model.version,
+                    frames=msg.frames_ok,
+                    alerts=msg.alert_count,
+                    confidence_mean=msg.confidence_mean,
+                    latency_p95_ms=msg.latency_p95_ms,
+                )
+            )
             self.drift.observe(s, device_id, msg, m.received_at)
             device.status = "online"
         elif isinstance(msg, JobUpdate):

@@ -36,8 +36,18 @@ MAX_QUEUED_MESSAGES = 20_000
 MAX_INFLIGHT_MESSAGES = 1_000
 
 
-def mosquitto_config(*, host: str, port: int, ca_file: Path, cert_file: Path, key_file: Path, acl_file: Path,
-                     data_dir: Path, log_file: Path, pid_file: Path | None = None) -> str:
+def mosquitto_config(
+    *,
+    host: str,
+    port: int,
+    ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    acl_file: Path,
+    data_dir: Path,
+    log_file: Path,
+    pid_file: Path | None = None,
+) -> str:
     """mosquitto.conf: one mutual-TLS listener where certificate CN = username = client id.
 
     Identity: `use_identity_as_username` makes the CN the user the ACL checks, and
@@ -82,7 +92,10 @@ def wait_listening(host: str, port: int, process: subprocess.Popen, log_file: Pa
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_file.read_text()[-1500:] if log_file.exists() else ""
-            raise ServiceError(f"mosquitto exited with code {process.returncode}: {tail.strip() or 'no log'}", f"see {log_file}; is port {port} free?")
+            raise ServiceError(
+                f"mosquitto exited with code {process.returncode}: {tail.strip() or 'no log'}",
+                f"see {log_file}; is port {port} free?",
+            )
         try:
             socket.create_connection((host, port), timeout=0.2).close()
             return
@@ -94,7 +107,9 @@ def wait_listening(host: str, port: int, process: subprocess.Popen, log_file: Pa
 class LocalBroker:
     """Start and stop the fleet's own mosquitto; `broker_config()` is what the fleet config needs."""
 
-    def __init__(self, directory: Path, authority: CertificateAuthority, *, host: str = "127.0.0.1", port: int = 8883) -> None:
+    def __init__(
+        self, directory: Path, authority: CertificateAuthority, *, host: str = "127.0.0.1", port: int = 8883
+    ) -> None:
         self.directory = Path(directory)
         self.host, self.port = host, port
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -110,11 +125,24 @@ class LocalBroker:
         self.pid_file = self.directory / "mosquitto.pid"
         self.log_file = self.directory / "mosquitto.log"
         self.config_file = self.directory / "mosquitto.conf"
-        self.config_file.write_text(mosquitto_config(host=host, port=port, ca_file=self.ca_file, cert_file=self.server_cert, key_file=self.server_key,
-                                                     acl_file=self.acl_file, data_dir=self.directory / "data", log_file=self.log_file, pid_file=self.pid_file))
+        self.config_file.write_text(
+            mosquitto_config(
+                host=host,
+                port=port,
+                ca_file=self.ca_file,
+                cert_file=self.server_cert,
+                key_file=self.server_key,
+                acl_file=self.acl_file,
+                data_dir=self.directory / "data",
+                log_file=self.log_file,
+                pid_file=self.pid_file,
+            )
+        )
         self.process: subprocess.Popen | None = None
 
-    def _identity(self, authority: CertificateAuthority, stem: str, cn: str, server_names: list[str] | None) -> tuple[Path, Path]:
+    def _identity(
+        self, authority: CertificateAuthority, stem: str, cn: str, server_names: list[str] | None
+    ) -> tuple[Path, Path]:
         cert, key = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
         if not (cert.exists() and key.exists()):
             key_pem, cert_pem = authority.issue_key_and_cert(cn, server_names=server_names)
@@ -124,14 +152,23 @@ class LocalBroker:
         return cert, key
 
     def broker_config(self) -> BrokerConfig:
-        return BrokerConfig(host=self.host, port=self.port, ca_file=self.ca_file, cert_file=self.fleet_cert, key_file=self.fleet_key,
-                            acl_file=self.acl_file, mosquitto_pid_file=self.pid_file)
+        return BrokerConfig(
+            host=self.host,
+            port=self.port,
+            ca_file=self.ca_file,
+            cert_file=self.fleet_cert,
+            key_file=self.fleet_key,
+            acl_file=self.acl_file,
+            mosquitto_pid_file=self.pid_file,
+        )
 
     def start(self) -> None:
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             raise MissingToolError("mosquitto is not installed", "apt-get install mosquitto")
-        self.process = subprocess.Popen([binary, "-c", str(self.config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [binary, "-c", str(self.config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_listening(self.host, self.port, self.process, self.log_file)
 
     def stop(self) -> None:

@@ -31,7 +31,15 @@ APPROVAL_TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 def build_dict(b: Build) -> dict:
-    return {"id": b.id, "target": b.target, "arch": b.arch, "sha256": b.sha256, "size": b.size, "signer": b.signer, "created_at": b.created_at}
+    return {
+        "id": b.id,
+        "target": b.target,
+        "arch": b.arch,
+        "sha256": b.sha256,
+        "size": b.size,
+        "signer": b.signer,
+        "created_at": b.created_at,
+    }
 
 
 def version_dict(s: Session, v: ModelVersion) -> dict:
@@ -61,9 +69,13 @@ def upload_package(fleet: Fleet, path: Path) -> dict:
     finally:
         shutil.rmtree(extract, ignore_errors=True)
     if m.name == RELEASE_NAME:
-        raise ConflictError(f"the model name {RELEASE_NAME!r} is reserved for agent releases", "give the model another name")
+        raise ConflictError(
+            f"the model name {RELEASE_NAME!r} is reserved for agent releases", "give the model another name"
+        )
     source = (m.provenance.source_uri, m.provenance.source_sha256, m.provenance.training_job)
-    return _register(fleet, path, m.name, m.version, m.target.name, m.target.arch, signer, m.model_dump(mode="json"), source)
+    return _register(
+        fleet, path, m.name, m.version, m.target.name, m.target.arch, signer, m.model_dump(mode="json"), source
+    )
 
 
 def agent_target(arch: str) -> str:
@@ -81,12 +93,26 @@ def upload_agent_release(fleet: Fleet, path: Path) -> dict:
         m, signer = unpack_release(path, extract / "release", fleet.trusted)
     finally:
         shutil.rmtree(extract, ignore_errors=True)
-    code = hashlib.sha256("".join(f"{n}:{e.sha256}\n" for n, e in sorted(m.files.items()) if n.startswith("site/")).encode()).hexdigest()
+    code = hashlib.sha256(
+        "".join(f"{n}:{e.sha256}\n" for n, e in sorted(m.files.items()) if n.startswith("site/")).encode()
+    ).hexdigest()
     source = (f"edgefleet agent {m.version}", code, None)
-    return _register(fleet, path, RELEASE_NAME, m.version, agent_target(m.arch), m.arch, signer, m.model_dump(mode="json"), source)
+    return _register(
+        fleet, path, RELEASE_NAME, m.version, agent_target(m.arch), m.arch, signer, m.model_dump(mode="json"), source
+    )
 
 
-def _register(fleet: Fleet, path: Path, name: str, version_name: str, target: str, arch: str, signer: str, manifest: dict, source: tuple) -> dict:
+def _register(
+    fleet: Fleet,
+    path: Path,
+    name: str,
+    version_name: str,
+    target: str,
+    arch: str,
+    signer: str,
+    manifest: dict,
+    source: tuple,
+) -> dict:
     """Store a verified archive and add its build to (name, version), creating them if new."""
     source_uri, source_sha256, training_job = source
     sha = sha256_file(path)
@@ -97,9 +123,17 @@ def _register(fleet: Fleet, path: Path, name: str, version_name: str, target: st
             group = ModelGroup(name=name)
             s.add(group)
             s.flush()
-        version = s.scalar(select(ModelVersion).where(ModelVersion.group_id == group.id, ModelVersion.version == version_name))
+        version = s.scalar(
+            select(ModelVersion).where(ModelVersion.group_id == group.id, ModelVersion.version == version_name)
+        )
         if version is None:
-            version = ModelVersion(group_id=group.id, version=version_name, source_uri=source_uri, source_sha256=source_sha256, training_job=training_job)
+            version = ModelVersion(
+                group_id=group.id,
+                version=version_name,
+                source_uri=source_uri,
+                source_sha256=source_sha256,
+                training_job=training_job,
+            )
             s.add(version)
             s.flush()
         elif version.source_sha256 != source_sha256:
@@ -108,15 +142,32 @@ def _register(fleet: Fleet, path: Path, name: str, version_name: str, target: st
                 "give it a new version; one version is one source built for several targets",
             )
         if s.scalar(select(Build).where(Build.model_version_id == version.id, Build.target == target)):
-            raise ConflictError(f"{name} {version_name} already has a build for target {target}", "upload it as a new version")
+            raise ConflictError(
+                f"{name} {version_name} already has a build for target {target}", "upload it as a new version"
+            )
         fleet.store.put(key, path)
-        s.add(Build(model_version_id=version.id, target=target, arch=arch, sha256=sha, size=Path(path).stat().st_size, store_key=key, signer=signer, manifest=manifest))
+        s.add(
+            Build(
+                model_version_id=version.id,
+                target=target,
+                arch=arch,
+                sha256=sha,
+                size=Path(path).stat().st_size,
+                store_key=key,
+                signer=signer,
+                manifest=manifest,
+            )
+        )
         s.flush()
         return version_dict(s, version)
 
 
 def get_version_row(s: Session, group: str, version: str) -> ModelVersion:
-    row = s.scalar(select(ModelVersion).join(ModelGroup, ModelGroup.id == ModelVersion.group_id).where(ModelGroup.name == group, ModelVersion.version == version))
+    row = s.scalar(
+        select(ModelVersion)
+        .join(ModelGroup, ModelGroup.id == ModelVersion.group_id)
+        .where(ModelGroup.name == group, ModelVersion.version == version)
+    )
     if row is None:
         raise NotFoundError(f"no model version {group} {version}", "list them with `edgefleet fleet models list`")
     return row
@@ -148,11 +199,16 @@ def get_version(fleet: Fleet, group: str, version: str) -> dict:
 
 def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: str = "") -> dict:
     if approval not in APPROVAL_TRANSITIONS:
-        raise InvalidTransitionError(f"unknown approval state {approval!r}", f"use one of {', '.join(APPROVAL_TRANSITIONS)}")
+        raise InvalidTransitionError(
+            f"unknown approval state {approval!r}", f"use one of {', '.join(APPROVAL_TRANSITIONS)}"
+        )
     with fleet.lock, fleet.writer() as s, s.begin():
         row = get_version_row(s, group, version)
         if approval not in APPROVAL_TRANSITIONS[row.approval]:
-            raise InvalidTransitionError(f"{group} {version} is {row.approval}; it cannot become {approval}", "see the approval states in docs/fleet.md")
+            raise InvalidTransitionError(
+                f"{group} {version} is {row.approval}; it cannot become {approval}",
+                "see the approval states in docs/fleet.md",
+            )
         row.approval = approval
         row.approval_note = note
         return version_dict(s, row)

@@ -75,7 +75,9 @@ def wave_bounds(plan: RolloutPlan, n: int) -> list[int]:
 def _transition(s: Session, r: Rollout, event: str, now: float, detail: str = "") -> None:
     new = TRANSITIONS.get((r.state, event))
     if new is None:
-        raise InvalidTransitionError(f"rollout {r.id} is {r.state}; '{event}' is not allowed there", "see the rollout states in docs/fleet.md")
+        raise InvalidTransitionError(
+            f"rollout {r.id} is {r.state}; '{event}' is not allowed there", "see the rollout states in docs/fleet.md"
+        )
     s.add(RolloutEvent(rollout_id=r.id, at=now, event=event, from_state=r.state, to_state=new, detail=detail))
     r.state = new
     r.updated_at = now
@@ -98,16 +100,27 @@ def _check_agent_devices(devices: list[Device]) -> None:
     """Refuse devices that cannot take an agent release, saying what to do instead."""
     for d in devices:
         if d.agent_version is None:
-            raise ConflictError(f"device {d.id} has not reported its agent version yet", "wait until it is online, or leave it out of the selection")
+            raise ConflictError(
+                f"device {d.id} has not reported its agent version yet",
+                "wait until it is online, or leave it out of the selection",
+            )
         if parse_version(d.agent_version) < parse_version(FIRST_OTA_AGENT):
-            raise ConflictError(f"device {d.id} runs agent {d.agent_version}, which cannot update itself over the air",
-                                f"install the edgefleet-agent Debian package {FIRST_OTA_AGENT} or newer on it (docs/agent.md), or leave it out of the selection")
+            raise ConflictError(
+                f"device {d.id} runs agent {d.agent_version}, which cannot update itself over the air",
+                f"install the edgefleet-agent Debian package {FIRST_OTA_AGENT} or newer on it (docs/agent.md), or leave it out of the selection",
+            )
 
 
 def rollout_dict(s: Session, r: Rollout) -> dict:
     v = s.get(ModelVersion, r.model_version_id)
     g = s.get(ModelGroup, v.group_id)
-    counts = dict(s.execute(select(Deployment.state, func.count()).where(Deployment.rollout_id == r.id, Deployment.kind == "install").group_by(Deployment.state)).all())
+    counts = dict(
+        s.execute(
+            select(Deployment.state, func.count())
+            .where(Deployment.rollout_id == r.id, Deployment.kind == "install")
+            .group_by(Deployment.state)
+        ).all()
+    )
     plan = RolloutPlan.model_validate(r.plan)
     return {
         "id": r.id,
@@ -136,11 +149,16 @@ def _select_devices(s: Session, sel: Selection) -> list[Device]:
     if sel.devices is not None:
         missing = sorted(set(sel.devices) - {d.id for d in rows})
         if missing:
-            raise BadInputError(f"devices not found or outside the selection: {', '.join(missing[:10])}", "list devices with `edgefleet fleet devices list`")
+            raise BadInputError(
+                f"devices not found or outside the selection: {', '.join(missing[:10])}",
+                "list devices with `edgefleet fleet devices list`",
+            )
     return rows
 
 
-def create_rollout(fleet: Fleet, group: str, version: str, selection: Selection | dict[str, Any], plan: RolloutPlan | dict[str, Any]) -> dict:
+def create_rollout(
+    fleet: Fleet, group: str, version: str, selection: Selection | dict[str, Any], plan: RolloutPlan | dict[str, Any]
+) -> dict:
     """Validate and store a rollout (state `created`); the next tick starts its canary."""
     try:
         sel = Selection.model_validate(selection)
@@ -151,26 +169,64 @@ def create_rollout(fleet: Fleet, group: str, version: str, selection: Selection 
     with fleet.lock, fleet.writer() as s, s.begin():
         mv = get_version_row(s, group, version)
         if mv.approval != APPROVED:
-            raise ConflictError(f"{group} {version} is {mv.approval}, not Approved", f"approve it first: `edgefleet fleet models approve {group} {version}`")
+            raise ConflictError(
+                f"{group} {version} is {mv.approval}, not Approved",
+                f"approve it first: `edgefleet fleet models approve {group} {version}`",
+            )
         devices = _select_devices(s, sel)
         if not devices:
-            raise BadInputError("the selection matches no devices", "check --group/--tag, or list devices with `edgefleet fleet devices list`")
+            raise BadInputError(
+                "the selection matches no devices",
+                "check --group/--tag, or list devices with `edgefleet fleet devices list`",
+            )
         if group == RELEASE_NAME:
             _check_agent_devices(devices)
         targets = {b.target for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
         missing = sorted({build_target(d, group) for d in devices} - targets)
         if missing:
-            fix = "build and upload an agent release for each architecture (`edgefleet agent release build --arch ...`)" if group == RELEASE_NAME else "compile and upload a package for each target in the selection"
+            fix = (
+                "build and upload an agent release for each architecture (`edgefleet agent release build --arch ...`)"
+                if group == RELEASE_NAME
+                else "compile and upload a package for each target in the selection"
+            )
             raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", fix)
         ids = [d.id for d in devices]
-        busy = s.scalars(select(Deployment.device_id).join(Rollout, Rollout.id == Deployment.rollout_id).where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))).first()
-        busy = busy or next((d for r in s.scalars(select(Rollout).where(Rollout.state == "created")) for d in r.devices if d in set(ids)), None)
+        busy = s.scalars(
+            select(Deployment.device_id)
+            .join(Rollout, Rollout.id == Deployment.rollout_id)
+            .where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))
+        ).first()
+        busy = busy or next(
+            (
+                d
+                for r in s.scalars(select(Rollout).where(Rollout.state == "created"))
+                for d in r.devices
+                if d in set(ids)
+            ),
+            None,
+        )
         if busy:
             raise ConflictError(f"device {busy} is already in an active rollout", "wait for it to finish, or abort it")
-        r = Rollout(model_version_id=mv.id, selection=sel.model_dump(), plan=parsed.model_dump(), devices=ids, created_at=fleet.clock(), updated_at=fleet.clock())
+        r = Rollout(
+            model_version_id=mv.id,
+            selection=sel.model_dump(),
+            plan=parsed.model_dump(),
+            devices=ids,
+            created_at=fleet.clock(),
+            updated_at=fleet.clock(),
+        )
         s.add(r)
         s.flush()
-        s.add(RolloutEvent(rollout_id=r.id, at=fleet.clock(), event="create", from_state="", to_state="created", detail=f"{len(ids)} devices"))
+        s.add(
+            RolloutEvent(
+                rollout_id=r.id,
+                at=fleet.clock(),
+                event="create",
+                from_state="",
+                to_state="created",
+                detail=f"{len(ids)} devices",
+            )
+        )
         return rollout_dict(s, r)
 
 
@@ -216,7 +272,15 @@ def get_rollout(fleet: Fleet, rollout_id: int) -> dict:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
         out = rollout_dict(s, r)
         out["deployments"] = [
-            {"job": d.job_id, "device": d.device_id, "kind": d.kind, "wave": d.wave, "state": d.state, "previous_version": d.previous_version, "detail": d.detail}
+            {
+                "job": d.job_id,
+                "device": d.device_id,
+                "kind": d.kind,
+                "wave": d.wave,
+                "state": d.state,
+                "previous_version": d.previous_version,
+                "detail": d.detail,
+            }
             for d in s.scalars(select(Deployment).where(Deployment.rollout_id == r.id).order_by(Deployment.id))
         ]
         return out
@@ -227,28 +291,56 @@ def rollout_events(fleet: Fleet, rollout_id: int) -> list[dict]:
         if s.get(Rollout, rollout_id) is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
         rows = s.scalars(select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id))
-        return [{"at": e.at, "event": e.event, "from": e.from_state, "to": e.to_state, "device": e.device_id, "detail": e.detail} for e in rows]
+        return [
+            {
+                "at": e.at,
+                "event": e.event,
+                "from": e.from_state,
+                "to": e.to_state,
+                "device": e.device_id,
+                "detail": e.detail,
+            }
+            for e in rows
+        ]
 
 
 # ---- jobs ---------------------------------------------------------------------------------
 
 
-def _job_document(fleet: Fleet, dep: Deployment, name: str, version: str, build: Build | None, plan: RolloutPlan) -> JobDocument:
+def _job_document(
+    fleet: Fleet, dep: Deployment, name: str, version: str, build: Build | None, plan: RolloutPlan
+) -> JobDocument:
     package = JobPackage(name=name, version=version)
     if build is not None:
-        package = JobPackage(name=name, version=version, target=build.target, sha256=build.sha256, size=build.size,
-                             url=fleet.download_url(build.id, build.store_key))
+        package = JobPackage(
+            name=name,
+            version=version,
+            target=build.target,
+            sha256=build.sha256,
+            size=build.size,
+            url=fleet.download_url(build.id, build.store_key),
+        )
     # Agents tell their own jobs by kind: an agent before 0.2 ignores an agent_* job instead of taking it for a model.
     kind = f"agent_{dep.kind}" if name == RELEASE_NAME else dep.kind
     authorization = sign_rollback(fleet, dep.device_id, dep.job_id, name, version) if dep.kind == "rollback" else None
-    return JobDocument(id=uuid.uuid4().hex, job=dep.job_id, kind=kind, rollout=dep.rollout_id, package=package,
-                       probation=JobProbation(**plan.probation.model_dump()), rollback_authorization=authorization)
+    return JobDocument(
+        id=uuid.uuid4().hex,
+        job=dep.job_id,
+        kind=kind,
+        rollout=dep.rollout_id,
+        package=package,
+        probation=JobProbation(**plan.probation.model_dump()),
+        rollback_authorization=authorization,
+    )
 
 
 def sign_rollback(fleet: Fleet, device_id: str, job: str, name: str, version: str) -> RollbackAuthorization:
     """A fleet-signed permission for one device to install an older version, for one job."""
     if fleet.signing_key is None:
-        raise ConflictError("the fleet has no signing key, so it cannot authorize a rollback", "create one with `edgefleet keys create` and restart the fleet")
+        raise ConflictError(
+            "the fleet has no signing key, so it cannot authorize a rollback",
+            "create one with `edgefleet keys create` and restart the fleet",
+        )
     doc = RollbackAuthorization(device=device_id, job=job, name=name, version=version, key_id=fleet.signing_key.key_id)
     return doc.model_copy(update={"signature": base64.b64encode(fleet.signing_key.sign(doc.signed_bytes())).decode()})
 
@@ -264,8 +356,14 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
         device = s.get(Device, device_id)
         build = builds[build_target(device, name)]
         dep = Deployment(
-            job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=device_id, kind="install", wave=wave,
-            build_id=build.id, previous_version=_running(device, name), updated_at=now,
+            job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}",
+            rollout_id=r.id,
+            device_id=device_id,
+            kind="install",
+            wave=wave,
+            build_id=build.id,
+            previous_version=_running(device, name),
+            updated_at=now,
         )
         s.add(dep)
         s.flush()
@@ -273,7 +371,16 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
     r.wave = wave
     r.wave_started_at = now
     r.bake_started_at = None
-    s.add(RolloutEvent(rollout_id=r.id, at=now, event="wave_sent", from_state=r.state, to_state=r.state, detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}"))
+    s.add(
+        RolloutEvent(
+            rollout_id=r.id,
+            at=now,
+            event="wave_sent",
+            from_state=r.state,
+            to_state=r.state,
+            detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}",
+        )
+    )
 
 
 def _running(device: Device, name: str) -> str | None:
@@ -299,11 +406,30 @@ def _abort_step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) 
             if d.previous_version is None:
                 d.detail = "no previous model to roll back to"
                 continue
-            prev = s.scalar(select(ModelVersion).where(ModelVersion.group_id == mv.group_id, ModelVersion.version == d.previous_version))
+            prev = s.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.group_id == mv.group_id, ModelVersion.version == d.previous_version
+                )
+            )
             device = s.get(Device, d.device_id)
             # None: an agent version never uploaded (the installed one), which the camera still has
-            build = s.scalar(select(Build).where(Build.model_version_id == prev.id, Build.target == build_target(device, name))) if prev else None
-            rb = Deployment(job_id=f"r{r.id}-rb-{uuid.uuid4().hex[:12]}", rollout_id=r.id, device_id=d.device_id, kind="rollback", wave=d.wave, build_id=build.id if build else None, previous_version=mv.version, updated_at=now)
+            build = (
+                s.scalar(
+                    select(Build).where(Build.model_version_id == prev.id, Build.target == build_target(device, name))
+                )
+                if prev
+                else None
+            )
+            rb = Deployment(
+                job_id=f"r{r.id}-rb-{uuid.uuid4().hex[:12]}",
+                rollout_id=r.id,
+                device_id=d.device_id,
+                kind="rollback",
+                wave=d.wave,
+                build_id=build.id if build else None,
+                previous_version=mv.version,
+                updated_at=now,
+            )
             s.add(rb)
             s.flush()
             outbox.append((d.device_id, _job_document(fleet, rb, name, d.previous_version, build, plan)))
@@ -350,8 +476,10 @@ def _new_stats(s: Session, r: Rollout, name: str, version: str) -> tuple[int, di
 def _old_stats(s: Session, r: Rollout, name: str, version: str) -> tuple[int, dict[str, float | None]]:
     """Telemetry of this rollout's devices on the version each ran before it: for the devices not
     switched yet that evidence keeps growing while the gate waits."""
-    previous = {d.device_id: d.previous_version for d in s.scalars(select(Deployment).where(
-        Deployment.rollout_id == r.id, Deployment.kind == "install"))}
+    previous = {
+        d.device_id: d.previous_version
+        for d in s.scalars(select(Deployment).where(Deployment.rollout_id == r.id, Deployment.kind == "install"))
+    }
     rest = [dev for dev in r.devices if dev not in previous]
     current = select(Device.id, Device.model_version).where(Device.id.in_(rest), Device.model_name == name)
     previous |= dict(s.execute(current).all())
@@ -369,20 +497,44 @@ def _old_stats(s: Session, r: Rollout, name: str, version: str) -> tuple[int, di
 # Each bound: (what, key, unit of its evidence, the gate's minimum, the limit from the old value, upper?, format).
 def _bounds(gate: HealthGate) -> list[tuple]:
     return [
-        ("alert rate", "alert_rate", "frames", gate.alert_rate_min_frames,
-         lambda old: old * gate.alert_rate_max_ratio + gate.alert_rate_slack, True, "{:.3f}"),
-        ("mean confidence", "confidence", "frames", gate.confidence_min_frames,
-         lambda old: old * gate.confidence_min_ratio, False, "{:.3f}"),
-        ("p95 latency", "latency_p95_ms", "samples", gate.latency_min_samples,
-         lambda old: old * gate.latency_p95_max_ratio + gate.latency_p95_slack_ms, True, "{:.1f} ms"),
+        (
+            "alert rate",
+            "alert_rate",
+            "frames",
+            gate.alert_rate_min_frames,
+            lambda old: old * gate.alert_rate_max_ratio + gate.alert_rate_slack,
+            True,
+            "{:.3f}",
+        ),
+        (
+            "mean confidence",
+            "confidence",
+            "frames",
+            gate.confidence_min_frames,
+            lambda old: old * gate.confidence_min_ratio,
+            False,
+            "{:.3f}",
+        ),
+        (
+            "p95 latency",
+            "latency_p95_ms",
+            "samples",
+            gate.latency_min_samples,
+            lambda old: old * gate.latency_p95_max_ratio + gate.latency_p95_slack_ms,
+            True,
+            "{:.1f} ms",
+        ),
     ]
 
 
 def _judge_bound(bound: tuple, new: dict, old: dict) -> tuple[str, str]:
     """("fail" | "thin" | "pass", why) for one bound."""
     what, key, unit, minimum, limit, upper, fmt = bound
-    thin = [f"{n} of {minimum} {unit} {side}" for side, n in (("on the new model", new[key + "_evidence"]),
-                                                               ("before", old[key + "_evidence"])) if n < minimum]
+    thin = [
+        f"{n} of {minimum} {unit} {side}"
+        for side, n in (("on the new model", new[key + "_evidence"]), ("before", old[key + "_evidence"]))
+        if n < minimum
+    ]
     if thin:
         return "thin", f"{what} " + ", ".join(thin)
     worse = new[key] > limit(old[key]) if upper else new[key] < limit(old[key])
@@ -417,7 +569,11 @@ def agent_health_gate(s: Session, r: Rollout, gate: HealthGate) -> tuple[bool | 
     if not gate.enabled:
         return True, "health gate disabled"
     version = s.get(ModelVersion, r.model_version_id).version
-    committed = s.scalars(select(Deployment).where(Deployment.rollout_id == r.id, Deployment.kind == "install", Deployment.state == "committed")).all()
+    committed = s.scalars(
+        select(Deployment).where(
+            Deployment.rollout_id == r.id, Deployment.kind == "install", Deployment.state == "committed"
+        )
+    ).all()
     sick = []
     waiting = []
     for dep in committed:
@@ -425,7 +581,11 @@ def agent_health_gate(s: Session, r: Rollout, gate: HealthGate) -> tuple[bool | 
         if device.status != "online" or device.agent_version != version:
             sick.append(f"{device.id} is {device.status} on agent {device.agent_version}")
             continue
-        samples = s.scalar(select(func.count(Telemetry.id)).where(Telemetry.device_id == device.id, Telemetry.received_at >= dep.updated_at))
+        samples = s.scalar(
+            select(func.count(Telemetry.id)).where(
+                Telemetry.device_id == device.id, Telemetry.received_at >= dep.updated_at
+            )
+        )
         if samples < gate.min_samples:
             waiting.append(f"{device.id} {samples}/{gate.min_samples}")
     if sick:
@@ -440,12 +600,19 @@ WAITING_NOTE_EVERY_S = 10.0  # how often a waiting gate's progress is written to
 
 def _note_waiting(s: Session, r: Rollout, now: float, why: str) -> None:
     """Say why the gate waits (events, dashboard), at most every WAITING_NOTE_EVERY_S per rollout."""
-    last = s.scalar(select(func.max(RolloutEvent.at)).where(RolloutEvent.rollout_id == r.id,
-                                                            RolloutEvent.event == "health_gate_waiting",
-                                                            RolloutEvent.at >= r.bake_started_at))
+    last = s.scalar(
+        select(func.max(RolloutEvent.at)).where(
+            RolloutEvent.rollout_id == r.id,
+            RolloutEvent.event == "health_gate_waiting",
+            RolloutEvent.at >= r.bake_started_at,
+        )
+    )
     if last is None or now - last >= WAITING_NOTE_EVERY_S:
-        s.add(RolloutEvent(rollout_id=r.id, at=now, event="health_gate_waiting", from_state=r.state, to_state=r.state,
-                           detail=why))
+        s.add(
+            RolloutEvent(
+                rollout_id=r.id, at=now, event="health_gate_waiting", from_state=r.state, to_state=r.state, detail=why
+            )
+        )
 
 
 def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
@@ -468,7 +635,9 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     failed = sum(counts.get(state, 0) for state in FAILED)
     committed = counts.get("committed", 0)
     if failed > plan.failure_threshold * touched:
-        some = s.scalars(select(Deployment.device_id).where(*mine, Deployment.state.in_(FAILED)).order_by(Deployment.id).limit(5)).all()
+        some = s.scalars(
+            select(Deployment.device_id).where(*mine, Deployment.state.in_(FAILED)).order_by(Deployment.id).limit(5)
+        ).all()
         _transition(s, r, "failure_threshold", now, f"{failed} of {touched} devices failed ({', '.join(some)})")
         _abort_step(fleet, s, r, now, outbox)
         return
@@ -477,7 +646,13 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
             _transition(s, r, "wave_committed", now, f"wave {r.wave}: {committed}/{touched} committed")
             r.bake_started_at = now
         elif now - (r.wave_started_at or now) > plan.wave_timeout_s:
-            _transition(s, r, "wave_timeout", now, f"wave {r.wave}: only {committed}/{touched} committed after {plan.wave_timeout_s:.0f} s")
+            _transition(
+                s,
+                r,
+                "wave_timeout",
+                now,
+                f"wave {r.wave}: only {committed}/{touched} committed after {plan.wave_timeout_s:.0f} s",
+            )
             _abort_step(fleet, s, r, now, outbox)
         return
     if now - (r.bake_started_at or now) < plan.bake_time_s:
@@ -537,7 +712,17 @@ def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, upda
     if dep.state in TERMINAL_STATES or dep.state == state:
         return True  # QoS 1 redelivery or a late message after the end: nothing changes
     now = fleet.clock()
-    s.add(RolloutEvent(rollout_id=dep.rollout_id, at=now, device_id=device_id, event=f"{dep.kind}_update", from_state=dep.state, to_state=state, detail=update.detail[:500]))
+    s.add(
+        RolloutEvent(
+            rollout_id=dep.rollout_id,
+            at=now,
+            device_id=device_id,
+            event=f"{dep.kind}_update",
+            from_state=dep.state,
+            to_state=state,
+            detail=update.detail[:500],
+        )
+    )
     dep.state = state
     dep.detail = update.detail[:500]
     dep.updated_at = now
@@ -557,5 +742,11 @@ def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, upda
 
 def _rolled_back_to(s: Session, rollback: Deployment) -> str | None:
     """The version a rollback job installed: the previous version of the install it undoes."""
-    install = s.scalar(select(Deployment).where(Deployment.rollout_id == rollback.rollout_id, Deployment.device_id == rollback.device_id, Deployment.kind == "install"))
+    install = s.scalar(
+        select(Deployment).where(
+            Deployment.rollout_id == rollback.rollout_id,
+            Deployment.device_id == rollback.device_id,
+            Deployment.kind == "install",
+        )
+    )
     return install.previous_version if install else None

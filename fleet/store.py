@@ -51,18 +51,25 @@ class S3Store:
         try:
             self.client.upload_file(str(source), self.bucket, self._key(key))
         except Exception as exc:  # botocore raises many types; all mean the same to the operator
-            raise ServiceError(f"cannot upload to s3://{self.bucket}/{self._key(key)}: {exc}", "check the bucket, credentials and AWS_ENDPOINT_URL") from None
+            raise ServiceError(
+                f"cannot upload to s3://{self.bucket}/{self._key(key)}: {exc}",
+                "check the bucket, credentials and AWS_ENDPOINT_URL",
+            ) from None
 
     def path(self, key: str) -> Path | None:
         return None
 
     def presigned_url(self, key: str, ttl_s: int) -> str:
-        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(ttl_s))
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(ttl_s)
+        )
 
 
 def open_store(url: str) -> LocalStore | S3Store:
     if url.startswith("s3://"):
         return S3Store(url)
     if "://" in url:
-        raise ServiceError(f"package store {url!r} is neither a folder nor s3://", "use a local folder or s3://bucket/prefix")
+        raise ServiceError(
+            f"package store {url!r} is neither a folder nor s3://", "use a local folder or s3://bucket/prefix"
+        )
     return LocalStore(Path(url))

@@ -46,8 +46,12 @@ def models() -> None:
 
 
 @models.command("dataset")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="New or empty folder for train/ and validation/.")
-@click.option("--per-class", default=200, show_default=True, type=click.IntRange(min=1), help="Training images per class.")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="New or empty folder for train/ and validation/."
+)
+@click.option(
+    "--per-class", default=200, show_default=True, type=click.IntRange(min=1), help="Training images per class."
+)
 @click.option("--validation-per-class", default=50, show_default=True, type=click.IntRange(min=0))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", default="96x72", show_default=True, help="Image size WxH.")
@@ -55,7 +59,9 @@ def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: 
     """Draw a person / vehicle / empty scene dataset. Maps to edgefleet.models.scenes.write_dataset."""
     from edgefleet.models.scenes import write_dataset
 
-    meta = write_dataset(out, per_class=per_class, validation_per_class=validation_per_class, seed=seed, size=_size(size))
+    meta = write_dataset(
+        out, per_class=per_class, validation_per_class=validation_per_class, seed=seed, size=_size(size)
+    )
     counts = ", ".join(f"{split}: {sum(c.values())}" for split, c in meta["counts"].items())
     console.print(f"[green]wrote[/green] {out} ({counts}; classes {', '.join(meta['classes'])})")
 
@@ -63,9 +69,17 @@ def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: 
 @models.command("frames")
 @click.option("--label", "label", required=True, type=click.Choice(CLASSES), help="Scene class.")
 @click.option("--count", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the frames (created if missing).")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the frames (created if missing)."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0), help="First frame index (to add more frames later).")
+@click.option(
+    "--start",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="First frame index (to add more frames later).",
+)
 @click.option("--size", default="320x240", show_default=True, help="Frame size WxH.")
 @click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
 def frames_command(label: str, count: int, out: Path, seed: int, start: int, size: str, fmt: str) -> None:
@@ -77,7 +91,9 @@ def frames_command(label: str, count: int, out: Path, seed: int, start: int, siz
 
 
 @models.command("train")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Folder with train/ (and validation/) class folders.")
+@click.option(
+    "--data", required=True, type=click.Path(path_type=Path), help="Folder with train/ (and validation/) class folders."
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New or empty folder for the job.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Hyperparameter (default in train.py: 10).")
 @click.option("--lr", type=float, help="Hyperparameter: peak learning rate (default 0.005).")
@@ -85,12 +101,27 @@ def frames_command(label: str, count: int, out: Path, seed: int, start: int, siz
 @click.option("--seed", type=int, help="Hyperparameter (default 0).")
 @click.option("--hp", "extra", multiple=True, metavar="NAME=VALUE", help="Any other hyperparameter (repeatable).")
 @click.option("--job-name", help="SageMaker-style job name (default edgefleet-scenes-<time>).")
-@click.option("--detector", is_flag=True, help="Train the scene detector (models/train_detector.py) instead of the classifier.")
-@click.option("--entry-point", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Another script-mode entry point (default models/train.py).")
-@click.option("--timeout", "timeout_s", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds before the job is stopped.")
+@click.option(
+    "--detector", is_flag=True, help="Train the scene detector (models/train_detector.py) instead of the classifier."
+)
+@click.option(
+    "--entry-point",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Another script-mode entry point (default models/train.py).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds before the job is stopped.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the script's output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, detector, entry_point, timeout_s, quiet, as_json) -> None:
+def train_command(
+    data, out, epochs, lr, batch_size, seed, extra, job_name, detector, entry_point, timeout_s, quiet, as_json
+) -> None:
     """Run the SageMaker script-mode entry point here and write model.tar.gz as SageMaker does.
 
     Maps to edgefleet.models.job.run_training_job.
@@ -115,23 +146,49 @@ def train_command(data, out, epochs, lr, batch_size, seed, extra, job_name, dete
         config = TrainingJobConfig(**fields)
     except ValidationError as exc:
         first = first_error(exc)
-        raise UsageError(f"bad training job settings: {first.where}: {first.msg}", "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings") from None
+        raise UsageError(
+            f"bad training job settings: {first.where}: {first.msg}",
+            "job names are letters, digits and dashes, at most 63; hyperparameter values are numbers, booleans or strings",
+        ) from None
     result = run_training_job(config, stream=None if quiet or as_json else sys.stderr)
     if as_json:
-        print_json({"job_dir": str(result.job_dir), "model_artifact": str(result.model_artifact), "output_artifact": str(result.output_artifact),
-                    "metrics": result.metrics, "seconds": result.seconds})
+        print_json(
+            {
+                "job_dir": str(result.job_dir),
+                "model_artifact": str(result.model_artifact),
+                "output_artifact": str(result.output_artifact),
+                "metrics": result.metrics,
+                "seconds": result.seconds,
+            }
+        )
         return
-    scores = {k: result.metrics[k] for k in ("validation_accuracy", "validation_box_precision", "validation_box_recall") if k in result.metrics}
-    console.print(f"[green]wrote[/green] {result.model_artifact} in {result.seconds:.1f} s" + "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in scores.items()), soft_wrap=True)
+    scores = {
+        k: result.metrics[k]
+        for k in ("validation_accuracy", "validation_box_precision", "validation_box_recall")
+        if k in result.metrics
+    }
+    console.print(
+        f"[green]wrote[/green] {result.model_artifact} in {result.seconds:.1f} s"
+        + "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in scores.items()),
+        soft_wrap=True,
+    )
     # The compiler reads preprocessing.json and labels.txt from the archive; a detector also needs its task and head.
     flags = ["--task", "detection", "--head", "yolo"] if detector else []
-    console.print("compile it with: " + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET", *flags]), soft_wrap=True)
+    console.print(
+        "compile it with: "
+        + shlex.join(["edgefleet", "compile", str(result.model_artifact), "--target", "TARGET", *flags]),
+        soft_wrap=True,
+    )
 
 
 @models.command("reference")
 @click.argument("name", type=click.Choice(sorted(REFERENCES)))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write.")
-@click.option("--input-size", type=click.IntRange(16, 1024), help="Square input side (default: 224 for MobileNetV2, 64 for SceneNet).")
+@click.option(
+    "--input-size",
+    type=click.IntRange(16, 1024),
+    help="Square input side (default: 224 for MobileNetV2, 64 for SceneNet).",
+)
 @click.option("--classes", default=1000, show_default=True, type=click.IntRange(min=2))
 @click.option("--seed", default=0, show_default=True, type=int)
 def reference_command(name: str, out: Path, input_size: int | None, classes: int, seed: int) -> None:

@@ -58,7 +58,10 @@ class TrainingJobConfig(Strict):
     out: Path
     hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
     # SageMaker's rule for training job names.
-    job_name: str = Field(default_factory=lambda: "edgefleet-scenes-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"), pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    job_name: str = Field(
+        default_factory=lambda: "edgefleet-scenes-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
+        pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$",
+    )
     entry_point: Path = ENTRY_POINT
     timeout_s: int = Field(default=3600, ge=1)
     num_cpus: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
@@ -85,7 +88,10 @@ def channels_for(data: Path) -> dict[str, Path]:
         return channels
     if any(p.is_dir() for p in data.iterdir()):
         return {"train": data}
-    raise UsageError(f"{data} has no train/ folder and no class folders", "lay the data out as DIR/train/<class>/*.png (optionally DIR/validation/<class>/)")
+    raise UsageError(
+        f"{data} has no train/ folder and no class folders",
+        "lay the data out as DIR/train/<class>/*.png (optionally DIR/validation/<class>/)",
+    )
 
 
 def cli_args(hyperparameters: dict[str, HyperparameterValue]) -> list[str]:
@@ -118,11 +124,22 @@ def sagemaker_env(config: TrainingJobConfig, channels: dict[str, Path], ml: Path
         env[f"SM_CHANNEL_{name.upper()}"] = str(Path(path).resolve())
     for name, value in hps.items():
         env["SM_HP_" + name.upper().replace("-", "_")] = value if isinstance(value, str) else json.dumps(value)
-    env["SM_TRAINING_ENV"] = json.dumps({
-        "job_name": config.job_name, "hyperparameters": hps, "channel_input_dirs": {k: env[f"SM_CHANNEL_{k.upper()}"] for k in channels},
-        "model_dir": env["SM_MODEL_DIR"], "output_data_dir": env["SM_OUTPUT_DATA_DIR"], "output_dir": env["SM_OUTPUT_DIR"],
-        "current_host": HOST, "hosts": [HOST], "num_cpus": config.num_cpus, "num_gpus": 0, "user_entry_point": config.entry_point.name,
-    }, sort_keys=True)
+    env["SM_TRAINING_ENV"] = json.dumps(
+        {
+            "job_name": config.job_name,
+            "hyperparameters": hps,
+            "channel_input_dirs": {k: env[f"SM_CHANNEL_{k.upper()}"] for k in channels},
+            "model_dir": env["SM_MODEL_DIR"],
+            "output_data_dir": env["SM_OUTPUT_DATA_DIR"],
+            "output_dir": env["SM_OUTPUT_DIR"],
+            "current_host": HOST,
+            "hosts": [HOST],
+            "num_cpus": config.num_cpus,
+            "num_gpus": 0,
+            "user_entry_point": config.entry_point.name,
+        },
+        sort_keys=True,
+    )
     return env
 
 
@@ -135,9 +152,13 @@ def tar_dir(folder: Path, out: Path) -> Path:
     return out
 
 
-def _run(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, timeout_s: int, stream: TextIO | None) -> tuple[int, list[str], bool]:
+def _run(
+    cmd: list[str], env: dict[str, str], cwd: Path, log: Path, timeout_s: int, stream: TextIO | None
+) -> tuple[int, list[str], bool]:
     tail: deque[str] = deque(maxlen=20)
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     killed = threading.Event()
 
     def kill() -> None:
@@ -174,16 +195,23 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
         raise UsageError(f"no entry point at {config.entry_point}", "pass the training script's path")
     ours = {ENTRY_POINT.resolve(), DETECTOR_ENTRY_POINT.resolve()}
     if Path(config.entry_point).resolve() in ours and importlib.util.find_spec("torch") is None:
-        raise MissingToolError("training the scene models needs torch, which is not installed", "pip install 'edgefleet[train]' (the CPU build of torch 2.13.0)")
+        raise MissingToolError(
+            "training the scene models needs torch, which is not installed",
+            "pip install 'edgefleet[train]' (the CPU build of torch 2.13.0)",
+        )
     channels = channels_for(config.data)
     out = Path(config.out).resolve()  # the script runs in its own folder, so every path is absolute
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{out} already exists and is not an empty directory", "pass a new or empty directory for the training job")
+        raise UsageError(
+            f"{out} already exists and is not an empty directory", "pass a new or empty directory for the training job"
+        )
     ml = out / "opt" / "ml"
     for sub in ("model", "output/data", "input/config"):
         (ml / sub).mkdir(parents=True)
     # hyperparameters.json as SageMaker writes it: every value JSON-encoded into a string.
-    (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps({k: json.dumps(v) for k, v in config.hyperparameters.items()}, indent=2, sort_keys=True) + "\n")
+    (ml / "input" / "config" / "hyperparameters.json").write_text(
+        json.dumps({k: json.dumps(v) for k, v in config.hyperparameters.items()}, indent=2, sort_keys=True) + "\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(sagemaker_env(config, channels, ml))
     env["PYTHONUNBUFFERED"] = "1"
@@ -194,9 +222,15 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
     rc, tail, timed_out = _run(cmd, env, entry.parent, out / "training.log", config.timeout_s, stream)
     seconds = round(time.perf_counter() - started, 2)
     record = {
-        "format_version": JOB_FORMAT_VERSION, "job_name": config.job_name, "entry_point": str(entry), "command": cmd,
-        "hyperparameters": config.hyperparameters, "channels": {k: str(v) for k, v in channels.items()},
-        "started_at": started_at, "seconds": seconds, "exit_code": rc,
+        "format_version": JOB_FORMAT_VERSION,
+        "job_name": config.job_name,
+        "entry_point": str(entry),
+        "command": cmd,
+        "hyperparameters": config.hyperparameters,
+        "channels": {k: str(v) for k, v in channels.items()},
+        "started_at": started_at,
+        "seconds": seconds,
+        "exit_code": rc,
     }
     failure_file = ml / "output" / "failure"
     model_dir = ml / "model"
@@ -204,18 +238,30 @@ def run_training_job(config: TrainingJobConfig, *, stream: TextIO | None = sys.s
     if timed_out:
         reason = f"ran past its {config.timeout_s} s limit"
     elif rc != 0:
-        reason = failure_file.read_text().strip() if failure_file.is_file() else (tail[-1] if tail else f"exit code {rc}")
+        reason = (
+            failure_file.read_text().strip() if failure_file.is_file() else (tail[-1] if tail else f"exit code {rc}")
+        )
     elif not any(model_dir.iterdir()):
         reason = "the script wrote nothing into SM_MODEL_DIR"
     if reason is not None:
-        (out / "job.json").write_text(json.dumps({**record, "status": "Failed", "failure_reason": reason}, indent=2) + "\n")
-        raise TrainingJobError(f"training job {config.job_name} failed: {reason}", f"see {out / 'training.log'}; fix the data or hyperparameters and run again into a new folder")
+        (out / "job.json").write_text(
+            json.dumps({**record, "status": "Failed", "failure_reason": reason}, indent=2) + "\n"
+        )
+        raise TrainingJobError(
+            f"training job {config.job_name} failed: {reason}",
+            f"see {out / 'training.log'}; fix the data or hyperparameters and run again into a new folder",
+        )
     model_artifact = tar_dir(model_dir, out / "output" / "model.tar.gz")
     output_artifact = tar_dir(ml / "output" / "data", out / "output" / "output.tar.gz")
     metrics_file = ml / "output" / "data" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    record.update(status="Completed", metrics=metrics, artifacts={
-        p.name: {"path": str(p), "sha256": sha256_file(p), "size": p.stat().st_size} for p in (model_artifact, output_artifact)
-    })
+    record.update(
+        status="Completed",
+        metrics=metrics,
+        artifacts={
+            p.name: {"path": str(p), "sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in (model_artifact, output_artifact)
+        },
+    )
     (out / "job.json").write_text(json.dumps(record, indent=2) + "\n")
     return TrainingJobResult(out, model_artifact, output_artifact, metrics, seconds)

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 # (expansion t, output channels c, repeats n, first stride s): table 2 of the paper.
-INVERTED_RESIDUALS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+INVERTED_RESIDUALS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def build(size: int = 224, classes: int = 1000, width: float = 1.0, seed: int = 0, opset: int = 13):
@@ -36,11 +44,19 @@ def build(size: int = 224, classes: int = 1000, width: float = 1.0, seed: int = 
         w = name("w")
         b = name("b")
         fan_in = cin // groups * k * k
-        inits.append(numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * np.sqrt(2.0 / fan_in)).astype(np.float32), w))
+        inits.append(
+            numpy_helper.from_array(
+                (rng.standard_normal((cout, cin // groups, k, k)) * np.sqrt(2.0 / fan_in)).astype(np.float32), w
+            )
+        )
         inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.01).astype(np.float32), b))
         y = name("conv")
         pad = k // 2
-        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=groups))
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, w, b], [y], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=groups
+            )
+        )
         if not relu6:
             return y
         z = name("relu6")
@@ -72,7 +88,9 @@ def build(size: int = 224, classes: int = 1000, width: float = 1.0, seed: int = 
     nodes.append(helper.make_node("GlobalAveragePool", [x], [pooled]))
     nodes.append(helper.make_node("Flatten", [pooled], [flat], axis=1))
     fw, fb = name("fc_w"), name("fc_b")
-    inits.append(numpy_helper.from_array((rng.standard_normal((classes, last)) * np.sqrt(1.0 / last)).astype(np.float32), fw))
+    inits.append(
+        numpy_helper.from_array((rng.standard_normal((classes, last)) * np.sqrt(1.0 / last)).astype(np.float32), fw)
+    )
     inits.append(numpy_helper.from_array(np.zeros(classes, np.float32), fb))
     nodes.append(helper.make_node("Gemm", [flat, fw, fb], ["logits"], transB=1))
     graph = helper.make_graph(

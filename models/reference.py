@@ -31,7 +31,16 @@ def _export_scenenet(out: Path, size: int, classes: int, seed: int) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter needs no onnxscript; torch marks it deprecated in favour of dynamo.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(out), dynamo=False, input_names=["input"], output_names=["logits"], opset_version=17, do_constant_folding=True)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, size, size),),
+            str(out),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            do_constant_folding=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,18 @@ class Reference:
 
 
 REFERENCES: dict[str, Reference] = {
-    "mobilenetv2": Reference(224, "MobileNetV2 1.0 (Sandler et al. 2018), batch norm folded, 3.49M parameters", _export_mobilenetv2),
-    "scenenet": Reference(64, "the camera scene classifier that models/train.py trains, 61k parameters", _export_scenenet),
+    "mobilenetv2": Reference(
+        224, "MobileNetV2 1.0 (Sandler et al. 2018), batch norm folded, 3.49M parameters", _export_mobilenetv2
+    ),
+    "scenenet": Reference(
+        64, "the camera scene classifier that models/train.py trains, 61k parameters", _export_scenenet
+    ),
 }
 
 
-def export_reference(name: str, out: Path, *, input_size: int | None = None, classes: int = 1000, seed: int = 0) -> Path:
+def export_reference(
+    name: str, out: Path, *, input_size: int | None = None, classes: int = 1000, seed: int = 0
+) -> Path:
     """Write reference `name` as ONNX to `out` (input 1x3xSxS, S = `input_size` or its default)."""
     if name not in REFERENCES:
         raise UsageError(f"unknown reference architecture {name!r}", f"use one of: {', '.join(sorted(REFERENCES))}")

@@ -39,15 +39,38 @@ DATASET_FORMAT_VERSION = 2
 CLASSES: tuple[str, ...] = ("person", "vehicle", "empty")
 # Streams keep train, validation and demo frames apart for the same seed.
 STREAMS = {"train": 0, "validation": 1, "frames": 2}
-DATASET_SIZE = (96, 72)   # 4:3 like a camera frame; training resizes to the model input
+DATASET_SIZE = (96, 72)  # 4:3 like a camera frame; training resizes to the model input
 FRAME_SIZE = (320, 240)
 FRAME_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
-_SKIES = [((110, 160, 230), (190, 215, 245)), ((150, 155, 165), (200, 200, 205)), ((70, 60, 120), (240, 150, 90)), ((20, 25, 50), (60, 70, 110))]
+_SKIES = [
+    ((110, 160, 230), (190, 215, 245)),
+    ((150, 155, 165), (200, 200, 205)),
+    ((70, 60, 120), (240, 150, 90)),
+    ((20, 25, 50), (60, 70, 110)),
+]
 _GROUNDS = [(70, 120, 50), (105, 105, 105), (150, 130, 95), (85, 80, 75), (120, 140, 90), (60, 60, 65)]
-_CLOTHES = [(200, 40, 40), (40, 70, 170), (30, 30, 30), (230, 230, 230), (60, 140, 60), (230, 180, 40), (120, 60, 140), (90, 60, 40)]
+_CLOTHES = [
+    (200, 40, 40),
+    (40, 70, 170),
+    (30, 30, 30),
+    (230, 230, 230),
+    (60, 140, 60),
+    (230, 180, 40),
+    (120, 60, 140),
+    (90, 60, 40),
+]
 _SKIN = [(240, 200, 170), (200, 150, 110), (140, 95, 65), (90, 60, 40)]
-_PAINT = [(190, 20, 20), (20, 50, 150), (220, 220, 220), (25, 25, 25), (130, 130, 140), (230, 200, 30), (30, 110, 60), (240, 120, 20)]
+_PAINT = [
+    (190, 20, 20),
+    (20, 50, 150),
+    (220, 220, 220),
+    (25, 25, 25),
+    (130, 130, 140),
+    (230, 200, 30),
+    (30, 110, 60),
+    (240, 120, 20),
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class _Traced:
         def both(*args, **kwargs):
             getattr(self.draw, name)(*args, **kwargs)
             getattr(self.mask, name)(*args, **{**kwargs, "fill": 255})
+
         return both
 
 
@@ -151,8 +175,16 @@ def _person(draw: _Traced, rng: np.random.Generator, w: int, h: int, horizon: in
     top = feet - height + 2 * head
     draw.rectangle([cx - shoulder / 2, top, cx + shoulder / 2, hip + limb], fill=shirt)
     swing = height * rng.uniform(-0.12, 0.12)
-    draw.line([cx - shoulder / 2, top + limb / 2, cx - shoulder / 2 - height * 0.05 + swing, hip], fill=shirt, width=max(1, limb - 1))
-    draw.line([cx + shoulder / 2, top + limb / 2, cx + shoulder / 2 + height * 0.05 - swing, hip], fill=shirt, width=max(1, limb - 1))
+    draw.line(
+        [cx - shoulder / 2, top + limb / 2, cx - shoulder / 2 - height * 0.05 + swing, hip],
+        fill=shirt,
+        width=max(1, limb - 1),
+    )
+    draw.line(
+        [cx + shoulder / 2, top + limb / 2, cx + shoulder / 2 + height * 0.05 - swing, hip],
+        fill=shirt,
+        width=max(1, limb - 1),
+    )
     draw.ellipse([cx - head, top - 2 * head, cx + head, top], fill=skin)
 
 
@@ -169,15 +201,35 @@ def _vehicle(draw: _Traced, rng: np.random.Generator, w: int, h: int, horizon: i
     cabin_h = body_h * rng.uniform(0.7, 1.3)
     c0, c1 = x0 + length * rng.uniform(0.15, 0.3), x0 + length * rng.uniform(0.65, 0.85)
     slope = length * 0.08
-    draw.polygon([(c0, body_top), (c0 + slope, body_top - cabin_h), (c1 - slope, body_top - cabin_h), (c1, body_top)], fill=paint)
+    draw.polygon(
+        [(c0, body_top), (c0 + slope, body_top - cabin_h), (c1 - slope, body_top - cabin_h), (c1, body_top)], fill=paint
+    )
     glass = _colour(rng, (120, 160, 190), 30)
     mid = (c0 + c1) / 2
     inset = cabin_h * 0.18
-    draw.polygon([(c0 + inset, body_top - 1), (c0 + slope + inset / 2, body_top - cabin_h + inset), (mid - inset / 3, body_top - cabin_h + inset), (mid - inset / 3, body_top - 1)], fill=glass)
-    draw.polygon([(mid + inset / 3, body_top - 1), (mid + inset / 3, body_top - cabin_h + inset), (c1 - slope - inset / 2, body_top - cabin_h + inset), (c1 - inset, body_top - 1)], fill=glass)
+    draw.polygon(
+        [
+            (c0 + inset, body_top - 1),
+            (c0 + slope + inset / 2, body_top - cabin_h + inset),
+            (mid - inset / 3, body_top - cabin_h + inset),
+            (mid - inset / 3, body_top - 1),
+        ],
+        fill=glass,
+    )
+    draw.polygon(
+        [
+            (mid + inset / 3, body_top - 1),
+            (mid + inset / 3, body_top - cabin_h + inset),
+            (c1 - slope - inset / 2, body_top - cabin_h + inset),
+            (c1 - inset, body_top - 1),
+        ],
+        fill=glass,
+    )
     for wx in (x0 + length * 0.2, x0 + length * 0.8):
         draw.ellipse([wx - wheel, ground - 2 * wheel, wx + wheel, ground], fill=(20, 20, 20))
-        draw.ellipse([wx - wheel * 0.45, ground - wheel * 1.45, wx + wheel * 0.45, ground - wheel * 0.55], fill=(160, 160, 165))
+        draw.ellipse(
+            [wx - wheel * 0.45, ground - wheel * 1.45, wx + wheel * 0.45, ground - wheel * 0.55], fill=(160, 160, 165)
+        )
     lamp = max(1.0, length * 0.03)
     draw.rectangle([x0, body_top + body_h * 0.2, x0 + lamp, body_top + body_h * 0.45], fill=(250, 240, 180))
 
@@ -194,12 +246,16 @@ def _lighting(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def render_scene(label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE) -> Image.Image:
+def render_scene(
+    label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE
+) -> Image.Image:
     """Draw one RGB scene of class `label` (one of CLASSES) at `size` (W, H); deterministic."""
     return render_scene_boxes(label, seed=seed, index=index, stream=stream, size=size).image
 
 
-def render_scene_boxes(label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE) -> Scene:
+def render_scene_boxes(
+    label: str, *, seed: int = 0, index: int = 0, stream: str = "train", size: tuple[int, int] = DATASET_SIZE
+) -> Scene:
     """`render_scene`'s image with the box of the object drawn in it (none for "empty")."""
     if label not in CLASSES:
         raise UsageError(f"unknown scene class {label!r}", f"use one of: {', '.join(CLASSES)}")
@@ -220,22 +276,38 @@ def render_scene_boxes(label: str, *, seed: int = 0, index: int = 0, stream: str
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     extent = mask.getbbox()  # None when nothing was drawn
-    boxes = () if extent is None else (SceneBox(label, extent, (extent[0] / w, extent[1] / h, extent[2] / w, extent[3] / h)),)
+    boxes = (
+        ()
+        if extent is None
+        else (SceneBox(label, extent, (extent[0] / w, extent[1] / h, extent[2] / w, extent[3] / h)),)
+    )
     return Scene(_lighting(image, rng), boxes)
 
 
 def _fresh_dir(path: Path, what: str) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"{path} already exists and is not an empty directory", f"pass a new or empty directory for the {what}")
+        raise UsageError(
+            f"{path} already exists and is not an empty directory", f"pass a new or empty directory for the {what}"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def write_dataset(out: Path, *, per_class: int = 200, validation_per_class: int = 50, seed: int = 0, size: tuple[int, int] = DATASET_SIZE) -> dict:
+def write_dataset(
+    out: Path,
+    *,
+    per_class: int = 200,
+    validation_per_class: int = 50,
+    seed: int = 0,
+    size: tuple[int, int] = DATASET_SIZE,
+) -> dict:
     """Write train/ and validation/ class folders of PNG scenes, each split's boxes.json, and dataset.json; returns dataset.json's content."""
     if per_class < 1 or validation_per_class < 0:
-        raise UsageError(f"per_class={per_class}, validation_per_class={validation_per_class}", "ask for at least 1 training image per class")
+        raise UsageError(
+            f"per_class={per_class}, validation_per_class={validation_per_class}",
+            "ask for at least 1 training image per class",
+        )
     out = _fresh_dir(out, "dataset")
     counts: dict[str, dict[str, int]] = {}
     for split, n in (("train", per_class), ("validation", validation_per_class)):
@@ -253,12 +325,28 @@ def write_dataset(out: Path, *, per_class: int = 200, validation_per_class: int 
             counts[split][label] = n
         split_boxes = {"format_version": DATASET_FORMAT_VERSION, "size": list(size), "images": boxes}
         (out / split / "boxes.json").write_text(json.dumps(split_boxes, indent=1) + "\n")
-    meta = {"format_version": DATASET_FORMAT_VERSION, "generator": "edgefleet.models.scenes", "classes": list(CLASSES), "seed": seed, "size": list(size), "counts": counts}
+    meta = {
+        "format_version": DATASET_FORMAT_VERSION,
+        "generator": "edgefleet.models.scenes",
+        "classes": list(CLASSES),
+        "seed": seed,
+        "size": list(size),
+        "counts": counts,
+    }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
-def write_frames(out: Path, label: str, count: int, *, seed: int = 0, start: int = 0, size: tuple[int, int] = FRAME_SIZE, fmt: str = "jpg") -> list[Path]:
+def write_frames(
+    out: Path,
+    label: str,
+    count: int,
+    *,
+    seed: int = 0,
+    start: int = 0,
+    size: tuple[int, int] = FRAME_SIZE,
+    fmt: str = "jpg",
+) -> list[Path]:
     """Write `count` camera frames of class `label` into `out` (the demo agents' input).
 
     Files are `<label>-<index>.<fmt>` for index start..start+count-1; existing files are never
@@ -272,7 +360,10 @@ def write_frames(out: Path, label: str, count: int, *, seed: int = 0, start: int
     paths = [out / f"{label}-{i:05d}.{fmt}" for i in range(start, start + count)]
     taken = [p.name for p in paths if p.exists()]
     if taken:
-        raise UsageError(f"{out} already holds {len(taken)} of these frames (first: {taken[0]})", "pass another --start or an empty directory")
+        raise UsageError(
+            f"{out} already holds {len(taken)} of these frames (first: {taken[0]})",
+            "pass another --start or an empty directory",
+        )
     out.mkdir(parents=True, exist_ok=True)
     for i, path in zip(range(start, start + count), paths):
         image = render_scene(label, seed=seed, index=i, stream="frames", size=size)

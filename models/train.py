@@ -58,7 +58,11 @@ class SceneNet(nn.Module):
         chans = [3, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i == 0 else 1, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
             if i in (0, 1):
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -89,7 +93,9 @@ class _Parser(argparse.ArgumentParser):
         raise InputProblem(f"bad hyperparameters: {message}")
 
 
-def script_args(description: str, defaults: dict, checks, argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
+def script_args(
+    description: str, defaults: dict, checks, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> argparse.Namespace:
     """The hyperparameters and SageMaker paths every scene entry point takes (train.py,
     train_detector.py). `defaults` gives `epochs` and `image-size`; `checks(args)` returns the
     script's own (ok, message) pairs beside the common ones."""
@@ -104,10 +110,20 @@ def script_args(description: str, defaults: dict, checks, argv: list[str] | None
     p.add_argument("--epochs", type=int, default=_hp(hps, "epochs", defaults["epochs"]))
     p.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=float, default=_hp(hps, "lr", 0.005))
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=_hp(hps, "batch-size", 32))
-    p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=_hp(hps, "weight-decay", 1e-4))
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=_hp(hps, "image-size", defaults["image-size"]))
+    p.add_argument(
+        "--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=_hp(hps, "weight-decay", 1e-4)
+    )
+    p.add_argument(
+        "--image-size",
+        "--image_size",
+        dest="image_size",
+        type=int,
+        default=_hp(hps, "image-size", defaults["image-size"]),
+    )
     p.add_argument("--width", type=int, default=_hp(hps, "width", 16), help="channels of the first conv block")
-    p.add_argument("--val-fraction", "--val_fraction", dest="val_fraction", type=float, default=_hp(hps, "val-fraction", 0.2))
+    p.add_argument(
+        "--val-fraction", "--val_fraction", dest="val_fraction", type=float, default=_hp(hps, "val-fraction", 0.2)
+    )
     p.add_argument("--seed", type=int, default=_hp(hps, "seed", 0))
     p.add_argument("--threads", type=int, default=_hp(hps, "threads", 1), help="torch threads; 0 = SM_NUM_CPUS")
     p.add_argument("--model-dir", dest="model_dir", default=env.get("SM_MODEL_DIR"))
@@ -117,8 +133,13 @@ def script_args(description: str, defaults: dict, checks, argv: list[str] | None
     args = p.parse_args(argv)
     if not args.model_dir or not args.train:
         raise InputProblem("SM_MODEL_DIR and SM_CHANNEL_TRAIN must be set (or --model-dir and --train given)")
-    common = [(args.epochs >= 1, "epochs must be >= 1"), (args.lr > 0, "lr must be > 0"), (args.batch_size >= 1, "batch-size must be >= 1"),
-              (0 < args.val_fraction < 1, "val-fraction must be between 0 and 1"), (args.threads >= 0, "threads must be >= 0")]
+    common = [
+        (args.epochs >= 1, "epochs must be >= 1"),
+        (args.lr > 0, "lr must be > 0"),
+        (args.batch_size >= 1, "batch-size must be >= 1"),
+        (0 < args.val_fraction < 1, "val-fraction must be between 0 and 1"),
+        (args.threads >= 0, "threads must be >= 0"),
+    ]
     for ok, message in common + list(checks(args)):
         if not ok:
             raise InputProblem(f"bad hyperparameters: {message}")
@@ -126,9 +147,16 @@ def script_args(description: str, defaults: dict, checks, argv: list[str] | None
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
-    return script_args("Train the edgefleet camera scene classifier (SageMaker script mode).", {"epochs": 10, "image-size": 64},
-                       lambda a: [(16 <= a.image_size <= 512, "image-size must be 16..512"), (1 <= a.width <= 256, "width must be 1..256")],
-                       argv, env)
+    return script_args(
+        "Train the edgefleet camera scene classifier (SageMaker script mode).",
+        {"epochs": 10, "image-size": 64},
+        lambda a: [
+            (16 <= a.image_size <= 512, "image-size must be 16..512"),
+            (1 <= a.width <= 256, "width must be 1..256"),
+        ],
+        argv,
+        env,
+    )
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -152,7 +180,9 @@ def load_channel(root: str, size: int, classes: list[str] | None = None) -> tupl
     if classes is None:
         classes = found
         if len(classes) < 2:
-            raise InputProblem(f"{root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); a classifier needs at least 2")
+            raise InputProblem(
+                f"{root} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); a classifier needs at least 2"
+            )
     elif found != classes:
         raise InputProblem(f"{root} has classes {found} but the train channel has {classes}")
     images, labels = [], []
@@ -183,7 +213,7 @@ def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
     with torch.no_grad():
-        predicted = torch.cat([net(normalise(x[i:i + 256])).argmax(1) for i in range(0, len(x), 256)])
+        predicted = torch.cat([net(normalise(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)])
     return float((predicted == y).float().mean())
 
 
@@ -205,7 +235,10 @@ def train(args: argparse.Namespace) -> dict:
             raise InputProblem(f"only {len(x)} training images: too few to hold out a validation share")
         vx, vy, x, y = x[order[:held]], y[order[:held]], x[order[held:]], y[order[held:]]
     x, y, vx, vy = map(torch.from_numpy, (x, y, vx, vy))
-    print(f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}", flush=True)
+    print(
+        f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}",
+        flush=True,
+    )
 
     net = SceneNet(len(classes), args.width)
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -218,7 +251,7 @@ def train(args: argparse.Namespace) -> dict:
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for i in range(0, len(x), args.batch_size):
-            batch = order[i:i + args.batch_size]
+            batch = order[i : i + args.batch_size]
             optimiser.zero_grad()
             loss = loss_fn(net(normalise(augment(x[batch], gen))), y[batch])
             loss.backward()
@@ -226,7 +259,9 @@ def train(args: argparse.Namespace) -> dict:
             schedule.step()
             total += float(loss.detach()) * len(batch)
         accuracy = evaluate(net, vx, vy)
-        history.append({"epoch": epoch, "train_loss": round(total / len(x), 5), "validation_accuracy": round(accuracy, 5)})
+        history.append(
+            {"epoch": epoch, "train_loss": round(total / len(x), 5), "validation_accuracy": round(accuracy, 5)}
+        )
         print(f"epoch={epoch} train_loss={total / len(x):.4f} validation_accuracy={accuracy:.4f}", flush=True)
     per_class = {}
     net.eval()
@@ -235,8 +270,15 @@ def train(args: argparse.Namespace) -> dict:
     for index, name in enumerate(classes):
         mask = vy == index
         per_class[name] = round(float((predicted[mask] == index).float().mean()), 5) if mask.any() else None
-    return {"net": net, "classes": classes, "history": history, "per_class_accuracy": per_class,
-            "train_images": len(x), "validation_images": len(vx), "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "net": net,
+        "classes": classes,
+        "history": history,
+        "per_class_accuracy": per_class,
+        "train_images": len(x),
+        "validation_images": len(vx),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def export(result: dict, args: argparse.Namespace) -> None:
@@ -247,23 +289,63 @@ def export(result: dict, args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         # The TorchScript exporter needs no onnxscript; torch marks it deprecated in favour of dynamo.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (dummy,), str(model_dir / "model.onnx"), dynamo=False, input_names=["input"], output_names=["probs"], opset_version=17, do_constant_folding=True)
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(model_dir / "model.onnx"),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["probs"],
+            opset_version=17,
+            do_constant_folding=True,
+        )
     (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in result["classes"]))
     preprocessing = {
         "format_version": FORMAT_VERSION,
         "input": {"name": "input", "shape": [1, 3, args.image_size, args.image_size], "dtype": "float32"},
         "task": "classification",
         "labels": "labels.txt",
-        "preprocessing": {"resize": [args.image_size, args.image_size], "interpolation": "bilinear", "color_order": "RGB",
-                          "layout": "NCHW", "scale": 1.0 / 255.0, "mean": MEAN, "std": STD},
+        "preprocessing": {
+            "resize": [args.image_size, args.image_size],
+            "interpolation": "bilinear",
+            "color_order": "RGB",
+            "layout": "NCHW",
+            "scale": 1.0 / 255.0,
+            "mean": MEAN,
+            "std": STD,
+        },
     }
     (model_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
-    hyperparameters = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "weight_decay", "image_size", "width", "val_fraction", "seed", "threads")}
-    metrics = {"validation_accuracy": result["history"][-1]["validation_accuracy"], "per_class_accuracy": result["per_class_accuracy"],
-               "history": result["history"], "train_images": result["train_images"], "validation_images": result["validation_images"],
-               "train_seconds": result["seconds"]}
-    info = {"format_version": FORMAT_VERSION, "model": "SceneNet", "torch_version": torch.__version__, "classes": result["classes"],
-            "hyperparameters": hyperparameters, "metrics": metrics}
+    hyperparameters = {
+        k: getattr(args, k)
+        for k in (
+            "epochs",
+            "lr",
+            "batch_size",
+            "weight_decay",
+            "image_size",
+            "width",
+            "val_fraction",
+            "seed",
+            "threads",
+        )
+    }
+    metrics = {
+        "validation_accuracy": result["history"][-1]["validation_accuracy"],
+        "per_class_accuracy": result["per_class_accuracy"],
+        "history": result["history"],
+        "train_images": result["train_images"],
+        "validation_images": result["validation_images"],
+        "train_seconds": result["seconds"],
+    }
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model": "SceneNet",
+        "torch_version": torch.__version__,
+        "classes": result["classes"],
+        "hyperparameters": hyperparameters,
+        "metrics": metrics,
+    }
     (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if args.output_data_dir:
         Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)

@@ -56,16 +56,30 @@ class SceneDetector(nn.Module):
         super().__init__()
         w = width
         # (in, out, stride, dilation)
-        plan = [(3, w, 2, 1), (w, 2 * w, 2, 1), (2 * w, 2 * w, 1, 1), (2 * w, 4 * w, 2, 1), (4 * w, 4 * w, 1, 1), (4 * w, 4 * w, 1, 2), (4 * w, 4 * w, 1, 4)]
+        plan = [
+            (3, w, 2, 1),
+            (w, 2 * w, 2, 1),
+            (2 * w, 2 * w, 1, 1),
+            (2 * w, 4 * w, 2, 1),
+            (4 * w, 4 * w, 1, 1),
+            (4 * w, 4 * w, 1, 2),
+            (4 * w, 4 * w, 1, 4),
+        ]
         layers: list[nn.Module] = []
         for cin, cout, stride, dilation in plan:
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(4 * w, 4 + classes, 1)
         # Start every class score near 0.01, as detectors usually do: most cells hold nothing.
         nn.init.constant_(self.head.bias[4:], -math.log(99.0))
         cells = size // STRIDE
-        ys, xs = torch.meshgrid(torch.arange(cells, dtype=torch.float32), torch.arange(cells, dtype=torch.float32), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(cells, dtype=torch.float32), torch.arange(cells, dtype=torch.float32), indexing="ij"
+        )
         self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)]).unsqueeze(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +104,19 @@ class Exported(nn.Module):
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
-    return script_args("Train the edgefleet camera scene detector (SageMaker script mode).", {"epochs": 20, "image-size": 96},
-                       lambda a: [(32 <= a.image_size <= 512 and a.image_size % STRIDE == 0, f"image-size must be a multiple of {STRIDE} in 32..512"),
-                                  (1 <= a.width <= 128, "width must be 1..128")],
-                       argv, env)
+    return script_args(
+        "Train the edgefleet camera scene detector (SageMaker script mode).",
+        {"epochs": 20, "image-size": 96},
+        lambda a: [
+            (
+                32 <= a.image_size <= 512 and a.image_size % STRIDE == 0,
+                f"image-size must be a multiple of {STRIDE} in 32..512",
+            ),
+            (1 <= a.width <= 128, "width must be 1..128"),
+        ],
+        argv,
+        env,
+    )
 
 
 def letterbox(path: Path, size: int) -> tuple[np.ndarray, float, int, int]:
@@ -108,14 +131,18 @@ def letterbox(path: Path, size: int) -> tuple[np.ndarray, float, int, int]:
     new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     left, top = (size - new_w) // 2, (size - new_h) // 2
     canvas = Image.new("RGB", (size, size), (PAD_VALUE,) * 3)
-    canvas.paste(image if image.size == (new_w, new_h) else image.resize((new_w, new_h), Image.Resampling.BILINEAR), (left, top))
+    canvas.paste(
+        image if image.size == (new_w, new_h) else image.resize((new_w, new_h), Image.Resampling.BILINEAR), (left, top)
+    )
     return np.asarray(canvas, dtype=np.float32) / 255.0, scale, left, top
 
 
 def _read_boxes(folder: Path) -> dict[str, list]:
     path = folder / "boxes.json"
     if not path.is_file():
-        raise InputProblem(f"channel {folder} has no boxes.json; a detector needs the objects' boxes (write the data with `edgefleet models dataset`)")
+        raise InputProblem(
+            f"channel {folder} has no boxes.json; a detector needs the objects' boxes (write the data with `edgefleet models dataset`)"
+        )
     try:
         images = json.loads(path.read_text())["images"]
         for name, boxes in images.items():
@@ -127,7 +154,9 @@ def _read_boxes(folder: Path) -> dict[str, list]:
     return images
 
 
-def load_channel(root: str, size: int, classes: list[str] | None = None) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+def load_channel(
+    root: str, size: int, classes: list[str] | None = None
+) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """A channel -> (N x 3 x S x S letterboxed pixels, per image [M, 5] boxes (x1, y1, x2, y2 in input pixels, class), classes)."""
     folder = Path(root)
     if not folder.is_dir():
@@ -137,14 +166,24 @@ def load_channel(root: str, size: int, classes: list[str] | None = None) -> tupl
     if classes is None:
         classes = found
         if not classes:
-            raise InputProblem(f"{folder / 'boxes.json'} holds no boxes; a detector needs at least one object to learn from")
+            raise InputProblem(
+                f"{folder / 'boxes.json'} holds no boxes; a detector needs at least one object to learn from"
+            )
     elif not set(found) <= set(classes):
         raise InputProblem(f"{root} has labels {found} that the train channel has not ({classes})")
     images, targets = [], []
     for name in sorted(annotations):
         pixels, scale, left, top = letterbox(folder / name, size)
-        rows = [[box["box_px"][0] * scale + left, box["box_px"][1] * scale + top, box["box_px"][2] * scale + left,
-                 box["box_px"][3] * scale + top, classes.index(box["label"])] for box in annotations[name]]
+        rows = [
+            [
+                box["box_px"][0] * scale + left,
+                box["box_px"][1] * scale + top,
+                box["box_px"][2] * scale + left,
+                box["box_px"][3] * scale + top,
+                classes.index(box["label"]),
+            ]
+            for box in annotations[name]
+        ]
         images.append(pixels)
         targets.append(np.asarray(rows, dtype=np.float32).reshape(-1, 5))
     if not images:
@@ -171,7 +210,9 @@ def xyxy(decoded: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def assign(targets: list[np.ndarray], grid: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def assign(
+    targets: list[np.ndarray], grid: torch.Tensor, classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which cells answer for which object: the cell holding its centre and the neighbours (within
     1.5 cells) whose centres lie inside it; a cell claimed twice goes to the smaller object.
     Returns per image and cell: the class target [B, N, nc], the box [B, N, 4] and a positive mask [B, N]."""
@@ -195,7 +236,9 @@ def assign(targets: list[np.ndarray], grid: torch.Tensor, classes: int) -> tuple
     return cls, boxes, torch.isfinite(area)
 
 
-def augment(pixels: torch.Tensor, targets: list[np.ndarray], gen: torch.Generator) -> tuple[torch.Tensor, list[np.ndarray]]:
+def augment(
+    pixels: torch.Tensor, targets: list[np.ndarray], gen: torch.Generator
+) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Horizontal flips (boxes flipped with them) and brightness jitter, as train.py augments."""
     n, size = pixels.shape[0], pixels.shape[3]
     flip = torch.rand(n, generator=gen) < 0.5
@@ -214,12 +257,16 @@ def loss_fn(net: SceneDetector, raw: torch.Tensor, targets: list[np.ndarray]) ->
     """Class BCE over every cell; GIoU and L1 (over the input side) on the positive cells' boxes."""
     cls, boxes, positive = assign(targets, net.grid, raw.shape[1] - 4)
     count = max(1.0, float(positive.sum()))
-    class_loss = nn.functional.binary_cross_entropy_with_logits(raw[:, 4:].transpose(1, 2), cls, reduction="sum") / count
+    class_loss = (
+        nn.functional.binary_cross_entropy_with_logits(raw[:, 4:].transpose(1, 2), cls, reduction="sum") / count
+    )
     if not positive.any():
         return class_loss
     predicted = xyxy(net.decode(raw))[positive]
     size = float(net.grid.shape[2] ** 0.5 * STRIDE)
-    box_loss = (1.0 - giou(predicted, boxes[positive])).sum() / count + (predicted - boxes[positive]).abs().sum() / (size * count)
+    box_loss = (1.0 - giou(predicted, boxes[positive])).sum() / count + (predicted - boxes[positive]).abs().sum() / (
+        size * count
+    )
     return class_loss + 2.0 * box_loss
 
 
@@ -229,7 +276,7 @@ def evaluate(net: SceneDetector, x: torch.Tensor, targets: list[np.ndarray]) -> 
     prediction per image stands in for NMS."""
     net.eval()
     with torch.no_grad():
-        decoded = torch.cat([net.decode(net(normalise(x[i:i + 256]))) for i in range(0, len(x), 256)])
+        decoded = torch.cat([net.decode(net(normalise(x[i : i + 256]))) for i in range(0, len(x), 256)])
     boxes = xyxy(decoded)
     scores, classes = decoded[:, 4:].max(1)  # [B, N]
     best = scores.argmax(1)
@@ -241,7 +288,9 @@ def evaluate(net: SceneDetector, x: torch.Tensor, targets: list[np.ndarray]) -> 
         predicted += 1
         box, c = boxes[i, best[i]], int(classes[i, best[i]])
         truth = torch.from_numpy(rows)
-        if len(truth) and bool(((box_iou(box.expand(len(truth), 4), truth[:, :4])[0] >= MATCH_IOU) & (truth[:, 4] == c)).any()):
+        if len(truth) and bool(
+            ((box_iou(box.expand(len(truth), 4), truth[:, :4])[0] >= MATCH_IOU) & (truth[:, 4] == c)).any()
+        ):
             hits += 1
     return hits / max(predicted, 1), hits / max(objects, 1)
 
@@ -264,7 +313,10 @@ def train(args: argparse.Namespace) -> dict:
         vx, vtargets = x[order[:held]], [targets[i] for i in order[:held]]
         x, targets = x[order[held:]], [targets[i] for i in order[held:]]
     x, vx = torch.from_numpy(x), torch.from_numpy(vx)
-    print(f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}", flush=True)
+    print(
+        f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}",
+        flush=True,
+    )
 
     net = SceneDetector(len(classes), args.image_size, args.width)
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -276,7 +328,7 @@ def train(args: argparse.Namespace) -> dict:
         order = torch.randperm(len(x), generator=gen)
         total = 0.0
         for i in range(0, len(x), args.batch_size):
-            batch = order[i:i + args.batch_size]
+            batch = order[i : i + args.batch_size]
             pixels, boxes = augment(x[batch], [targets[j] for j in batch.tolist()], gen)
             optimiser.zero_grad()
             loss = loss_fn(net, net(normalise(pixels)), boxes)
@@ -285,11 +337,26 @@ def train(args: argparse.Namespace) -> dict:
             schedule.step()
             total += float(loss.detach()) * len(batch)
         precision, recall = evaluate(net, vx, vtargets)
-        history.append({"epoch": epoch, "train_loss": round(total / len(x), 5), "validation_box_precision": round(precision, 5),
-                        "validation_box_recall": round(recall, 5)})
-        print(f"epoch={epoch} train_loss={total / len(x):.4f} validation_box_precision={precision:.4f} validation_box_recall={recall:.4f}", flush=True)
-    return {"net": net, "classes": classes, "history": history, "train_images": len(x), "validation_images": len(vx),
-            "seconds": round(time.perf_counter() - start, 2)}
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(total / len(x), 5),
+                "validation_box_precision": round(precision, 5),
+                "validation_box_recall": round(recall, 5),
+            }
+        )
+        print(
+            f"epoch={epoch} train_loss={total / len(x):.4f} validation_box_precision={precision:.4f} validation_box_recall={recall:.4f}",
+            flush=True,
+        )
+    return {
+        "net": net,
+        "classes": classes,
+        "history": history,
+        "train_images": len(x),
+        "validation_images": len(vx),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def export(result: dict, args: argparse.Namespace) -> None:
@@ -300,24 +367,67 @@ def export(result: dict, args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         # The TorchScript exporter needs no onnxscript; torch marks it deprecated in favour of dynamo.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, (dummy,), str(model_dir / "model.onnx"), dynamo=False, input_names=["input"], output_names=["output0"], opset_version=17, do_constant_folding=True)
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(model_dir / "model.onnx"),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output0"],
+            opset_version=17,
+            do_constant_folding=True,
+        )
     (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in result["classes"]))
     preprocessing = {
         "format_version": FORMAT_VERSION,
         "input": {"name": "input", "shape": [1, 3, args.image_size, args.image_size], "dtype": "float32"},
         "task": "detection",
         "labels": "labels.txt",
-        "preprocessing": {"resize": [args.image_size, args.image_size], "interpolation": "bilinear", "color_order": "RGB",
-                          "layout": "NCHW", "scale": 1.0 / 255.0, "mean": MEAN, "std": STD, "resize_mode": "letterbox", "pad_value": PAD_VALUE},
+        "preprocessing": {
+            "resize": [args.image_size, args.image_size],
+            "interpolation": "bilinear",
+            "color_order": "RGB",
+            "layout": "NCHW",
+            "scale": 1.0 / 255.0,
+            "mean": MEAN,
+            "std": STD,
+            "resize_mode": "letterbox",
+            "pad_value": PAD_VALUE,
+        },
     }
     (model_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
-    hyperparameters = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "weight_decay", "image_size", "width", "val_fraction", "seed", "threads")}
+    hyperparameters = {
+        k: getattr(args, k)
+        for k in (
+            "epochs",
+            "lr",
+            "batch_size",
+            "weight_decay",
+            "image_size",
+            "width",
+            "val_fraction",
+            "seed",
+            "threads",
+        )
+    }
     last = result["history"][-1]
-    metrics = {"validation_box_precision": last["validation_box_precision"], "validation_box_recall": last["validation_box_recall"],
-               "history": result["history"], "train_images": result["train_images"], "validation_images": result["validation_images"],
-               "train_seconds": result["seconds"]}
-    info = {"format_version": FORMAT_VERSION, "model": "SceneDetector", "torch_version": torch.__version__, "classes": result["classes"],
-            "output_layout": "[1, 4+nc, N]: cx, cy, w, h in input pixels, nc sigmoid scores", "hyperparameters": hyperparameters, "metrics": metrics}
+    metrics = {
+        "validation_box_precision": last["validation_box_precision"],
+        "validation_box_recall": last["validation_box_recall"],
+        "history": result["history"],
+        "train_images": result["train_images"],
+        "validation_images": result["validation_images"],
+        "train_seconds": result["seconds"],
+    }
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model": "SceneDetector",
+        "torch_version": torch.__version__,
+        "classes": result["classes"],
+        "output_layout": "[1, 4+nc, N]: cx, cy, w, h in input pixels, nc sigmoid scores",
+        "hyperparameters": hyperparameters,
+        "metrics": metrics,
+    }
     (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if args.output_data_dir:
         Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)

@@ -71,8 +71,14 @@ def test_roles_stay_apart():
 
 @pytest.mark.parametrize(
     ("module", "command", "extra"),
-    [("sqlalchemy", "fleet", "fleet"), ("httpx", "fleet", "cli"), ("psutil", "compile", "compiler"),
-     ("PIL", "agent", "agent"), ("tvm.relax", "compile", "compiler"), ("torch", "models", "train")],
+    [
+        ("sqlalchemy", "fleet", "fleet"),
+        ("httpx", "fleet", "cli"),
+        ("psutil", "compile", "compiler"),
+        ("PIL", "agent", "agent"),
+        ("tvm.relax", "compile", "compiler"),
+        ("torch", "models", "train"),
+    ],
 )
 def test_hint_names_the_extra(module, command, extra):
     error = missing_extra_error(ModuleNotFoundError(f"No module named {module!r}", name=module), command)

@@ -101,14 +101,21 @@ def test_components_import_each_other_only_through_the_shared_package():
                 other = component_of(module)
                 if other and other != folder and not allowed(rel, folder, module):
                     bad.append(f"{rel} imports {module}")
-    assert not bad, "components import each other only through edgefleet/ (or add a reasoned exception):\n" + "\n".join(bad)
+    assert not bad, "components import each other only through edgefleet/ (or add a reasoned exception):\n" + "\n".join(
+        bad
+    )
 
 
 def test_every_listed_exception_still_exists():
-    stale = [f"{rel} -> {prefix}" for (rel, prefix) in CROSS_EXCEPTIONS
-             if not any(m.startswith(prefix) for m in imported_modules(ROOT / rel))]
+    stale = [
+        f"{rel} -> {prefix}"
+        for (rel, prefix) in CROSS_EXCEPTIONS
+        if not any(m.startswith(prefix) for m in imported_modules(ROOT / rel))
+    ]
     stale += [rel for rel in SHARED_EXCEPTIONS if not (ROOT / rel).is_file()]
-    assert not stale, "these layering exceptions are gone; delete them from tests/test_layering.py:\n" + "\n".join(stale)
+    assert not stale, "these layering exceptions are gone; delete them from tests/test_layering.py:\n" + "\n".join(
+        stale
+    )
 
 
 def test_the_scan_sees_imports_inside_functions(tmp_path):

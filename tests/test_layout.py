@@ -8,7 +8,14 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPONENTS = {"edgefleet": "edgefleet", "compiler": "edgefleet.compiler", "agent": "edgefleet.agent", "fleet": "edgefleet.fleet", "models": "edgefleet.models", "cross": "edgefleet.cross"}
+COMPONENTS = {
+    "edgefleet": "edgefleet",
+    "compiler": "edgefleet.compiler",
+    "agent": "edgefleet.agent",
+    "fleet": "edgefleet.fleet",
+    "models": "edgefleet.models",
+    "cross": "edgefleet.cross",
+}
 
 
 def test_every_python_folder_is_listed_as_a_package():
@@ -37,6 +44,8 @@ def test_agent_imports_nothing_from_compiler_or_fleet():
 
 
 def test_cli_lists_every_component_group():
-    out = subprocess.run([sys.executable, "-m", "edgefleet.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("compile", "targets", "inspect", "run", "keys"):
         assert f"  {command}" in out

@@ -1,4 +1,4 @@
-"""ruff (lint) over the repository and mypy (strict) over the shared package, as configured in
+"""ruff (lint and format) over the repository and mypy (strict) over the shared package, as configured in
 pyproject.toml; both come with the dev extra (`pip install -e '.[dev]'`)."""
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
 def test_ruff_check_passes():
     proc = run_tool("ruff", "check", "--no-cache", ".")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_leaves_nothing_to_change():
+    proc = run_tool("ruff", "format", "--check", "--no-cache", ".")
+    assert proc.returncode == 0, "run `ruff format .`:\n" + proc.stdout + proc.stderr
 
 
 def test_mypy_strict_on_the_shared_package_passes():

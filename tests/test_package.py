@@ -11,7 +11,16 @@ import pytest
 from pydantic import ValidationError
 
 from edgefleet.errors import PackageIntegrityError
-from edgefleet.package import MANIFEST, SIGNATURE, KernelFallback, Manifest, inspect_package, open_package, parse_version, write_package
+from edgefleet.package import (
+    MANIFEST,
+    SIGNATURE,
+    KernelFallback,
+    Manifest,
+    inspect_package,
+    open_package,
+    parse_version,
+    write_package,
+)
 from edgefleet.signing import create_signing_key
 
 
@@ -25,7 +34,13 @@ def fields(**overrides) -> dict:
         outputs=[dict(name="output_0", shape=[1, 2], dtype="float32")],
         preprocessing=dict(),
         labels=["no", "yes"],
-        provenance=dict(source_uri="m.onnx", source_sha256="0" * 64, source_format="onnx", compiler="edgefleet test", compiled_at="2026-11-27T00:00:00+00:00"),
+        provenance=dict(
+            source_uri="m.onnx",
+            source_sha256="0" * 64,
+            source_format="onnx",
+            compiler="edgefleet test",
+            compiled_at="2026-11-27T00:00:00+00:00",
+        ),
         verification=dict(status="skipped", reason="test"),
     )
     return {**base, **overrides}
@@ -37,7 +52,12 @@ def package(tmp_path, signing_key) -> Path:
     lib.write_bytes(b"\x7fELF" + bytes(range(256)) * 40)
     baseline = tmp_path / "baseline.json"
     baseline.write_text('{"version": 1}')
-    write_package(tmp_path / "pkg.tar.gz", fields(baseline="baseline.json"), {"model.so": lib, "baseline.json": baseline}, signing_key)
+    write_package(
+        tmp_path / "pkg.tar.gz",
+        fields(baseline="baseline.json"),
+        {"model.so": lib, "baseline.json": baseline},
+        signing_key,
+    )
     return tmp_path / "pkg.tar.gz"
 
 
@@ -78,7 +98,9 @@ def test_kernel_fallbacks_are_written_only_when_there_are_some(package):
     """Agents before 0.2.0 refuse unknown manifest keys: a package without fallbacks must not carry the key."""
     manifest = Manifest.model_validate_json(members(package)[MANIFEST])
     assert "kernel_fallbacks" not in json.loads(manifest.to_bytes())["runtime"]
-    fell_back = manifest.runtime.model_copy(update={"kernel_fallbacks": [KernelFallback(kernel="conv2d", step="layout", reason="r")]})
+    fell_back = manifest.runtime.model_copy(
+        update={"kernel_fallbacks": [KernelFallback(kernel="conv2d", step="layout", reason="r")]}
+    )
     written = json.loads(manifest.model_copy(update={"runtime": fell_back}).to_bytes())["runtime"]
     assert written["kernel_fallbacks"] == [{"kernel": "conv2d", "step": "layout", "reason": "r"}]
 

@@ -22,21 +22,33 @@ def make_venv(root: Path, extra: str) -> Path:
     """A venv with edgefleet[extra] installed from this checkout; returns its bin folder."""
     venv = root / f"venv-{extra}"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{ROOT}[{extra}]"],
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{ROOT}[{extra}]"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv / "bin"
 
 
 def installed(bin_dir: Path) -> set[str]:
-    out = subprocess.run([str(bin_dir / "python"), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
+    ).stdout
     return {line.partition("==")[0].lower() for line in out.splitlines()}
 
 
 def edgefleet(bin_dir: Path, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     # cwd is a temporary folder: this checkout's edgefleet/ must not shadow the installed package.
-    return subprocess.run([str(bin_dir / "edgefleet"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [str(bin_dir / "edgefleet"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def assert_pip_hint(proc: subprocess.CompletedProcess, extra: str) -> None:
@@ -53,9 +65,21 @@ def fleet_server(tmp_path_factory):
     config.write_text(f'format_version = 1\ndata_dir = "{root / "data"}"\nlisten_port = {port}\n')
     env = dict(os.environ, EDGEFLEET_HOME=str(root / "home"))
     cli = [sys.executable, "-m", "edgefleet.cli", "fleet"]
-    token = subprocess.run(cli + ["tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"],
-                           env=env, capture_output=True, text=True, check=True, cwd=root).stdout.strip()
-    server = subprocess.Popen(cli + ["serve", "--config", str(config)], env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    token = subprocess.run(
+        cli + ["tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout.strip()
+    server = subprocess.Popen(
+        cli + ["serve", "--config", str(config)],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url)
@@ -100,8 +124,13 @@ def test_fleet_role_serves_without_agent_or_tvm(tmp_path):
     port = free_port()
     config = tmp_path / "fleet.toml"
     config.write_text(f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\n')
-    server = subprocess.Popen([str(bin_dir / "edgefleet"), "fleet", "serve", "--config", str(config)], cwd=tmp_path,
-                              env=dict(os.environ, EDGEFLEET_HOME=str(tmp_path / "home")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(bin_dir / "edgefleet"), "fleet", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=dict(os.environ, EDGEFLEET_HOME=str(tmp_path / "home")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
     finally:
@@ -116,8 +145,10 @@ def test_agent_role_checks_its_config(tmp_path):
     assert not installed(bin_dir) & {"rich", "httpx", "fastapi", "apache-tvm"}
     config = tmp_path / "agent.toml"
     tls = "".join(f'{k}_file = "{tmp_path / k}.pem"\n' for k in ("ca", "cert", "key"))
-    config.write_text(f'version = 1\nstate_dir = "{tmp_path}"\n[mqtt]\nhost = "broker.example"\ndevice_id = "cam-1"\n[mqtt.tls]\n{tls}'
-                      f'[[sources]]\ntype = "folder"\npath = "{tmp_path}"\n[rules]\nlabels = ["person"]\n')
+    config.write_text(
+        f'version = 1\nstate_dir = "{tmp_path}"\n[mqtt]\nhost = "broker.example"\ndevice_id = "cam-1"\n[mqtt.tls]\n{tls}'
+        f'[[sources]]\ntype = "folder"\npath = "{tmp_path}"\n[rules]\nlabels = ["person"]\n'
+    )
     checked = edgefleet(bin_dir, "agent", "check-config", str(config), cwd=tmp_path)
     assert checked.returncode == 0 and '"device_id": "cam-1"' in checked.stdout, checked.stderr
     assert_pip_hint(edgefleet(bin_dir, "fleet", "devices", "list", cwd=tmp_path), "cli")

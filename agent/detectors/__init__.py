@@ -37,8 +37,10 @@ def get_head(name: str) -> type[Head]:
     try:
         return heads()[name]
     except KeyError:
-        raise BadInputError(f"unknown detection head {name!r}; this agent knows {', '.join(heads())}",
-                            "upgrade the agent, or recompile the model with one of those heads") from None
+        raise BadInputError(
+            f"unknown detection head {name!r}; this agent knows {', '.join(heads())}",
+            "upgrade the agent, or recompile the model with one of those heads",
+        ) from None
 
 
 def head_config(name: str, options: dict) -> HeadConfig:
@@ -49,8 +51,9 @@ def head_config(name: str, options: dict) -> HeadConfig:
         return get_head(name).config_class(**options)
     except ValidationError as exc:
         first = first_error(exc, top="options")
-        raise BadInputError(f"detection head {name} option {first.where}: {first.msg}",
-                            "see docs/agent.md for the head's options") from None
+        raise BadInputError(
+            f"detection head {name} option {first.where}: {first.msg}", "see docs/agent.md for the head's options"
+        ) from None
 
 
 def layouts() -> str:
@@ -65,8 +68,11 @@ def detect_head(shapes: Shapes) -> str:
     h, w = shapes.input_hw
     described = f"outputs {shapes.outputs} (input {h}x{w}, {shapes.num_labels or 'no'} labels)"
     if not found:
-        raise UsageError(f"no detection head reads {described}; expected one of: {layouts()}",
-                         "export the model with one of these layouts (docs/agent.md), "
-                         "or compile with --task classification")
-    raise UsageError(f"{described} could be read by several heads: {', '.join(found)}",
-                     f"pick one with --head {'|'.join(found)} (a --labels file also narrows it down)")
+        raise UsageError(
+            f"no detection head reads {described}; expected one of: {layouts()}",
+            "export the model with one of these layouts (docs/agent.md), or compile with --task classification",
+        )
+    raise UsageError(
+        f"{described} could be read by several heads: {', '.join(found)}",
+        f"pick one with --head {'|'.join(found)} (a --labels file also narrows it down)",
+    )

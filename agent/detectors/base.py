@@ -58,8 +58,14 @@ class Head(ABC):
         """True when outputs of these shapes can only be read this way (with the label count)."""
 
     @abstractmethod
-    def decode(self, outputs: list[np.ndarray], names: list[str], cfg: HeadConfig, input_hw: tuple[int, int],
-               score_threshold: float) -> Candidates:
+    def decode(
+        self,
+        outputs: list[np.ndarray],
+        names: list[str],
+        cfg: HeadConfig,
+        input_hw: tuple[int, int],
+        score_threshold: float,
+    ) -> Candidates:
         """Raw outputs -> candidates over `score_threshold`."""
 
 
@@ -72,8 +78,10 @@ def single_output(outputs: list[np.ndarray], head: str, layout: str) -> np.ndarr
         return out[0]
     if out.ndim == 2:
         return out
-    raise BadInputError(f"the {head} head expects one output {layout}; output 0 has shape {list(out.shape)}",
-                        "compile with the --head that matches the export (docs/agent.md lists them)")
+    raise BadInputError(
+        f"the {head} head expects one output {layout}; output 0 has shape {list(out.shape)}",
+        "compile with the --head that matches the export (docs/agent.md lists them)",
+    )
 
 
 def one_3d(shapes: Shapes) -> tuple[int, int] | None:

@@ -37,5 +37,8 @@ class End2endHead(Head):
             raise ValueError(f"end2end: rows of {out.shape[1]} values; expected {LAYOUT}")
         box_cols, score_col, class_col = COLUMNS[out.shape[1]]
         out = out[out[:, score_col] > score_threshold]
-        return Candidates(out[:, box_cols].astype(np.float32), out[:, score_col].astype(np.float32),
-                          np.rint(out[:, class_col]).astype(np.int64))
+        return Candidates(
+            out[:, box_cols].astype(np.float32),
+            out[:, score_col].astype(np.float32),
+            np.rint(out[:, class_col]).astype(np.int64),
+        )

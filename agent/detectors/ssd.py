@@ -28,8 +28,10 @@ def pick(outputs: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.nd
     if len(by_name) == 4:
         return tuple(by_name[k] for k in KEYS)  # type: ignore[return-value]
     if len(outputs) < 3:
-        raise BadInputError(f"the ssd head needs boxes, classes and scores outputs; this model has {len(outputs)}",
-                            "compile with the --head that matches its export, or export the SSD post-processing")
+        raise BadInputError(
+            f"the ssd head needs boxes, classes and scores outputs; this model has {len(outputs)}",
+            "compile with the --head that matches its export, or export the SSD post-processing",
+        )
     count = outputs[3] if len(outputs) > 3 else np.asarray([np.asarray(outputs[2]).size])
     return outputs[0], outputs[1], outputs[2], count
 

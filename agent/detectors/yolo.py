@@ -10,8 +10,16 @@ from typing import Literal
 import numpy as np
 
 from edgefleet.agent.boxes import cxcywh_to_xyxy
-from edgefleet.agent.detectors.base import (Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, one_3d,
-                                            single_output)
+from edgefleet.agent.detectors.base import (
+    Candidates,
+    Head,
+    HeadConfig,
+    Shapes,
+    best_class,
+    classes_fit,
+    one_3d,
+    single_output,
+)
 from edgefleet.errors import BadInputError
 
 LAYOUT = "[1, 4+nc, N] or [1, N, 4+nc]: cx, cy, w, h, nc class scores"
@@ -42,8 +50,11 @@ class YoloHead(Head):
     def decode(self, outputs, names, cfg, input_hw, score_threshold):
         out = single_output(outputs, self.name, LAYOUT)
         if min(out.shape) < 5:
-            raise BadInputError(f"the yolo head expects one output {LAYOUT} with nc >= 1; output 0 has shape "
-                                f"{list(np.shape(outputs[0]))}", "compile with the --head that matches the export")
+            raise BadInputError(
+                f"the yolo head expects one output {LAYOUT} with nc >= 1; output 0 has shape "
+                f"{list(np.shape(outputs[0]))}",
+                "compile with the --head that matches the export",
+            )
         # Anchors outnumber channels in every real export: that tells [4+nc, N] from [N, 4+nc].
         first = out.shape[0] < out.shape[1]
         rows, classes, scores = best_class(out[4:] if first else out[:, 4:], score_threshold, axis=0 if first else 1)

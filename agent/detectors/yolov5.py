@@ -8,8 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from edgefleet.agent.boxes import cxcywh_to_xyxy
-from edgefleet.agent.detectors.base import (Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, grid_points,
-                                            one_3d, single_output)
+from edgefleet.agent.detectors.base import (
+    Candidates,
+    Head,
+    HeadConfig,
+    Shapes,
+    best_class,
+    classes_fit,
+    grid_points,
+    one_3d,
+    single_output,
+)
 
 LAYOUT = "[1, N, 5+nc]: cx, cy, w, h, objectness, nc class scores; N = 3 anchors x grid (25200 at 640)"
 
@@ -28,8 +37,11 @@ class Yolov5Head(Head):
     def matches(shapes: Shapes) -> bool:
         dims = one_3d(shapes)
         cfg = Yolov5Config()
-        return (dims is not None and dims[0] == cfg.anchors_per_cell * grid_points(shapes.input_hw, cfg.strides)
-                and classes_fit(dims[1] - 5, shapes))
+        return (
+            dims is not None
+            and dims[0] == cfg.anchors_per_cell * grid_points(shapes.input_hw, cfg.strides)
+            and classes_fit(dims[1] - 5, shapes)
+        )
 
     def decode(self, outputs, names, cfg, input_hw, score_threshold):
         out = single_output(outputs, self.name, LAYOUT)

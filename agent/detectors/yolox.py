@@ -10,8 +10,17 @@ from functools import lru_cache
 import numpy as np
 
 from edgefleet.agent.boxes import cxcywh_to_xyxy
-from edgefleet.agent.detectors.base import (Candidates, Head, HeadConfig, Shapes, best_class, classes_fit, grid_points,
-                                            one_3d, single_output)
+from edgefleet.agent.detectors.base import (
+    Candidates,
+    Head,
+    HeadConfig,
+    Shapes,
+    best_class,
+    classes_fit,
+    grid_points,
+    one_3d,
+    single_output,
+)
 
 LAYOUT = "[1, N, 5+nc]: raw x, y, log w, log h per grid cell, objectness, nc class scores; N = grid (8400 at 640)"
 
@@ -41,8 +50,9 @@ class YoloxHead(Head):
     def matches(shapes: Shapes) -> bool:
         dims = one_3d(shapes)
         strides = YoloxConfig().strides
-        return (dims is not None and dims[0] == grid_points(shapes.input_hw, strides)
-                and classes_fit(dims[1] - 5, shapes))
+        return (
+            dims is not None and dims[0] == grid_points(shapes.input_hw, strides) and classes_fit(dims[1] - 5, shapes)
+        )
 
     def decode(self, outputs, names, cfg, input_hw, score_threshold):
         out = single_output(outputs, self.name, LAYOUT)

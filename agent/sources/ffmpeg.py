@@ -30,7 +30,20 @@ def ffmpeg_command(cfg: FfmpegSource, binary: str = "ffmpeg") -> list[str]:
         cmd += ["-rtsp_transport", cfg.rtsp_transport]
     if cfg.input_format:
         cmd += ["-f", cfg.input_format]
-    return cmd + ["-i", cfg.url, "-an", "-vf", f"fps={cfg.max_fps}", "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "4", "pipe:1"]
+    return cmd + [
+        "-i",
+        cfg.url,
+        "-an",
+        "-vf",
+        f"fps={cfg.max_fps}",
+        "-f",
+        "image2pipe",
+        "-c:v",
+        "mjpeg",
+        "-q:v",
+        "4",
+        "pipe:1",
+    ]
 
 
 def split_jpegs(buffer: bytearray) -> Iterator[bytes]:
@@ -44,8 +57,8 @@ def split_jpegs(buffer: bytearray) -> Iterator[bytes]:
         if end < 0:
             del buffer[:start]
             return
-        yield bytes(buffer[start:end + 2])
-        del buffer[:end + 2]
+        yield bytes(buffer[start : end + 2])
+        del buffer[: end + 2]
 
 
 class FfmpegFrameSource(FrameSource):
@@ -54,7 +67,10 @@ class FfmpegFrameSource(FrameSource):
         self.cfg = cfg
         binary = shutil.which("ffmpeg")
         if binary is None:
-            raise MissingToolError(f"source {cfg.name!r} needs ffmpeg, which is not installed", "apt-get install ffmpeg, or use a folder/http source")
+            raise MissingToolError(
+                f"source {cfg.name!r} needs ffmpeg, which is not installed",
+                "apt-get install ffmpeg, or use a folder/http source",
+            )
         self.command = ffmpeg_command(cfg, binary)
         self._proc: subprocess.Popen | None = None
         self._run = uuid.uuid4().hex[:12]

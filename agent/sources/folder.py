@@ -30,8 +30,12 @@ class FolderFrameSource(FrameSource):
         self.cfg.path.mkdir(parents=True, exist_ok=True)
         while not stop.is_set():
             batch = sorted(
-                p for p in self.cfg.path.glob(self.cfg.pattern)
-                if p.is_file() and not p.name.startswith(".") and not p.name.endswith(SKIP_SUFFIXES) and p.name not in self._seen
+                p
+                for p in self.cfg.path.glob(self.cfg.pattern)
+                if p.is_file()
+                and not p.name.startswith(".")
+                and not p.name.endswith(SKIP_SUFFIXES)
+                and p.name not in self._seen
             )
             if not batch:
                 stop.wait(self.cfg.poll_s)

@@ -28,7 +28,11 @@ class HttpFrameSource(FrameSource):
         self.cfg = cfg
         handlers: list = []
         if cfg.url.startswith("https://"):
-            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)))
+            handlers.append(
+                urllib.request.HTTPSHandler(
+                    context=ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+                )
+            )
         if cfg.username is not None:
             passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
             passwords.add_password(None, cfg.url, cfg.username, cfg.password.read() if cfg.password else "")

@@ -51,7 +51,9 @@ class AwsIotTransport(Transport):
             max_reconnect_delay_ms=int(cfg.reconnect_max_s * 1000),
             on_publish_received=self._on_publish_received,
             on_lifecycle_connection_success=self._on_success,
-            on_lifecycle_connection_failure=lambda data: log.warning("connection to %s:%s failed: %s", cfg.host, cfg.port, data.exception),
+            on_lifecycle_connection_failure=lambda data: log.warning(
+                "connection to %s:%s failed: %s", cfg.host, cfg.port, data.exception
+            ),
             on_lifecycle_disconnection=self._on_disconnection,
             on_lifecycle_stopped=lambda data: self._stopped.set(),
         )
@@ -60,7 +62,12 @@ class AwsIotTransport(Transport):
         self.client.start()
 
     def _on_success(self, data) -> None:
-        log.info("connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, data.connack_packet.session_present)
+        log.info(
+            "connected to %s:%s (session present: %s)",
+            self.cfg.host,
+            self.cfg.port,
+            data.connack_packet.session_present,
+        )
         for topic in self._subscriptions:
             self._subscribe(topic)
         self._connected()
@@ -76,22 +83,35 @@ class AwsIotTransport(Transport):
                 handler(packet.topic, bytes(packet.payload or b""))
 
     def _subscribe(self, topic: str) -> None:
-        self.client.subscribe(mqtt5.SubscribePacket(subscriptions=[mqtt5.Subscription(topic_filter=topic, qos=mqtt5.QoS.AT_LEAST_ONCE)]))
+        self.client.subscribe(
+            mqtt5.SubscribePacket(subscriptions=[mqtt5.Subscription(topic_filter=topic, qos=mqtt5.QoS.AT_LEAST_ONCE)])
+        )
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None) -> None:
-        future = self.client.publish(mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=retain))
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None
+    ) -> None:
+        future = self.client.publish(
+            mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=retain)
+        )
         future.add_done_callback(lambda f: self._completed(f, topic, payload, retain, on_ack))
 
-    def _completed(self, future: Future, topic: str, payload: bytes, retain: bool, on_ack: Callable[[], None] | None) -> None:
+    def _completed(
+        self, future: Future, topic: str, payload: bytes, retain: bool, on_ack: Callable[[], None] | None
+    ) -> None:
         try:
             result = future.result()
         except Exception as exc:  # awscrt fails QoS 1 operations only on stop or ack timeout: send again
             if not self._stopping:
                 log.warning("publish to %s failed (%s); retrying", topic, exc)
-                threading.Timer(RETRY_S, self.publish, args=(topic, payload), kwargs={"retain": retain, "on_ack": on_ack}).start()
+                threading.Timer(
+                    RETRY_S, self.publish, args=(topic, payload), kwargs={"retain": retain, "on_ack": on_ack}
+                ).start()
             return
         puback = getattr(result, "puback", None)
-        if puback is not None and puback.reason_code not in (mqtt5.PubackReasonCode.SUCCESS, mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS):
+        if puback is not None and puback.reason_code not in (
+            mqtt5.PubackReasonCode.SUCCESS,
+            mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS,
+        ):
             log.warning("broker refused the message on %s: %s", topic, puback.reason_code.name)
         if on_ack is not None:
             on_ack()
@@ -104,7 +124,9 @@ class AwsIotTransport(Transport):
     def stop(self, final_topic: str | None = None, final_payload: bytes | None = None, timeout: float = 3.0) -> None:
         self._stopping = True
         if final_topic is not None and self.connected.is_set():
-            future = self.client.publish(mqtt5.PublishPacket(topic=final_topic, payload=final_payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True))
+            future = self.client.publish(
+                mqtt5.PublishPacket(topic=final_topic, payload=final_payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True)
+            )
             try:
                 future.result(timeout)
             except Exception:

@@ -38,7 +38,9 @@ class Transport(ABC):
         """Begin connecting in the background; returns at once."""
 
     @abstractmethod
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None) -> None: ...
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None
+    ) -> None: ...
 
     @abstractmethod
     def subscribe(self, topic: str, handler: Handler) -> None:

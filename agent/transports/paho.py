@@ -18,10 +18,19 @@ log = logging.getLogger("edgefleet.agent.mqtt")
 class PahoTransport(Transport):
     def __init__(self, cfg: MqttConfig, will_topic: str, will_payload: bytes) -> None:
         super().__init__(cfg, will_topic, will_payload)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.device_id, clean_session=False, protocol=mqtt.MQTTv311)
-        client.tls_set(ca_certs=str(cfg.tls.ca_file), certfile=str(cfg.tls.cert_file), keyfile=str(cfg.tls.key_file), cert_reqs=ssl.CERT_REQUIRED)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.device_id, clean_session=False, protocol=mqtt.MQTTv311
+        )
+        client.tls_set(
+            ca_certs=str(cfg.tls.ca_file),
+            certfile=str(cfg.tls.cert_file),
+            keyfile=str(cfg.tls.key_file),
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
         client.will_set(will_topic, will_payload, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s)))
+        client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min_s)), max_delay=max(1, round(cfg.reconnect_max_s))
+        )
         # The outbox bounds what is handed over; paho may hold all of it in flight.
         client.max_inflight_messages_set(cfg.inflight)
         client.on_connect = self._on_connect
@@ -58,7 +67,9 @@ class PahoTransport(Transport):
         if callback is not None:
             callback()
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None) -> None:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, on_ack: Callable[[], None] | None = None
+    ) -> None:
         on_ack = on_ack or _nothing
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         with self._lock:

@@ -65,22 +65,44 @@ class Board:
 
 
 def _cpuinfo_v8(features: str, part: str, variant: str, revision: int) -> str:
-    block = (f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
-             f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n")
+    block = (
+        f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+        f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n"
+    )
     return "".join(f"processor\t: {i}\n{block}\n" for i in range(4))
 
 
 # Features, parts and revisions as the boards' kernels print them.
 BOARDS = {
-    "rasp4b": Board("rasp4b", "arm64", "qemu-aarch64", "cortex-a72", _cpuinfo_v8("fp asimd evtstrm crc32 cpuid", "0xd08", "0x0", 3)),
-    "rasp5": Board("rasp5", "arm64", "qemu-aarch64", "cortex-a76", _cpuinfo_v8(
-        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp", "0xd0b", "0x4", 1)),
+    "rasp4b": Board(
+        "rasp4b", "arm64", "qemu-aarch64", "cortex-a72", _cpuinfo_v8("fp asimd evtstrm crc32 cpuid", "0xd08", "0x0", 3)
+    ),
+    "rasp5": Board(
+        "rasp5",
+        "arm64",
+        "qemu-aarch64",
+        "cortex-a76",
+        _cpuinfo_v8(
+            "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+            "0xd0b",
+            "0x4",
+            1,
+        ),
+    ),
     # qemu-arm has no Cortex-A53; `max` is an ARMv8-A core in AArch32 state, which is what a Pi 3
     # runs under a 32-bit OS (the package is compiled for cortex-a53 in armv7 mode).
-    "rasp3b": Board("rasp3b", "armhf", "qemu-arm", "max", "".join(
-        f"processor\t: {i}\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n"
-        "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm crc32\n"
-        "CPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\nCPU part\t: 0xd03\nCPU revision\t: 4\n\n" for i in range(4))),
+    "rasp3b": Board(
+        "rasp3b",
+        "armhf",
+        "qemu-arm",
+        "max",
+        "".join(
+            f"processor\t: {i}\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n"
+            "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm crc32\n"
+            "CPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\nCPU part\t: 0xd03\nCPU revision\t: 4\n\n"
+            for i in range(4)
+        ),
+    ),
 }
 
 
@@ -111,24 +133,35 @@ def require_qemu_series(qemu: str) -> None:
     out = subprocess.run([require_tool(qemu), "--version"], capture_output=True, text=True, check=True).stdout
     found = re.search(r"version (\d+\.\d+)", out)
     if not found or found.group(1) != QEMU_SERIES:
-        raise UsageError(f"{qemu} is {found.group(1) if found else 'of unknown version'}; the instruction counter is built for QEMU {QEMU_SERIES}",
-                         "use Debian bookworm's qemu-user (apt-get install qemu-user)")
+        raise UsageError(
+            f"{qemu} is {found.group(1) if found else 'of unknown version'}; the instruction counter is built for QEMU {QEMU_SERIES}",
+            "use Debian bookworm's qemu-user (apt-get install qemu-user)",
+        )
 
 
 def _deb_src_entries() -> str:
     """deb822 deb-src stanzas for this machine's Debian suites (its codename and codename-*)."""
     codename = re.search(r"^VERSION_CODENAME=(\S+)", Path("/etc/os-release").read_text(), re.M)
     if codename is None:
-        raise UsageError("/etc/os-release names no Debian codename", "run on Debian (bookworm), where qemu-user 7.2 comes from")
+        raise UsageError(
+            "/etc/os-release names no Debian codename", "run on Debian (bookworm), where qemu-user 7.2 comes from"
+        )
     stanzas = []
     for source in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for stanza in source.read_text().split("\n\n"):
             fields = dict(re.findall(r"^(\S+):\s*(.*)$", stanza, re.M))
             suites = fields.get("Suites", "").split()
-            if "deb" in fields.get("Types", "").split() and suites and all(s == codename.group(1) or s.startswith(codename.group(1) + "-") for s in suites):
+            if (
+                "deb" in fields.get("Types", "").split()
+                and suites
+                and all(s == codename.group(1) or s.startswith(codename.group(1) + "-") for s in suites)
+            ):
                 stanzas.append(re.sub(r"^Types:.*$", "Types: deb-src", stanza.strip(), flags=re.M))
     if not stanzas:
-        raise UsageError(f"no Debian {codename.group(1)} entries in /etc/apt/sources.list.d/*.sources", "the qemu-plugin.h header comes from Debian's qemu source package")
+        raise UsageError(
+            f"no Debian {codename.group(1)} entries in /etc/apt/sources.list.d/*.sources",
+            "the qemu-plugin.h header comes from Debian's qemu source package",
+        )
     return "\n\n".join(stanzas) + "\n"
 
 
@@ -144,16 +177,29 @@ def plugin_header(cache: Path | None = None) -> Path:
         for sub in ("lists/partial", "archives/partial", "sources.list.d", "dl"):
             (state / sub).mkdir(parents=True)
         (state / "sources.list.d" / "debian-src.sources").write_text(_deb_src_entries())
-        opts = ["-oDir::Etc::SourceList=/dev/null", f"-oDir::Etc::SourceParts={state}/sources.list.d", f"-oDir::State::Lists={state}/lists",
-                f"-oDir::Cache::Archives={state}/archives", "-oDir::Cache::pkgcache=", "-oDir::Cache::srcpkgcache=", "-q"]
+        opts = [
+            "-oDir::Etc::SourceList=/dev/null",
+            f"-oDir::Etc::SourceParts={state}/sources.list.d",
+            f"-oDir::State::Lists={state}/lists",
+            f"-oDir::Cache::Archives={state}/archives",
+            "-oDir::Cache::pkgcache=",
+            "-oDir::Cache::srcpkgcache=",
+            "-q",
+        ]
         print("qemu-insn: fetching Debian's qemu source package for qemu-plugin.h (~24 MB, once)", flush=True)
         for argv in ([apt, *opts, "update"], [apt, *opts, "source", "--download-only", "qemu"]):
             done = subprocess.run(argv, cwd=state / "dl", capture_output=True, text=True)
             if done.returncode != 0:
-                raise BuildError(f"`apt-get {argv[len(opts) + 1]}` for the qemu source failed: {done.stderr.strip()[-400:]}", "check that the Debian mirror is reachable")
+                raise BuildError(
+                    f"`apt-get {argv[len(opts) + 1]}` for the qemu source failed: {done.stderr.strip()[-400:]}",
+                    "check that the Debian mirror is reachable",
+                )
         orig = state / "dl" / ORIG_TARBALL
         if not orig.exists() or _sha256(orig) != ORIG_SHA256:
-            raise BuildError(f"Debian's {ORIG_TARBALL} is missing or its sha256 is not {ORIG_SHA256}", "the counter is written for QEMU 7.2 (Debian bookworm)")
+            raise BuildError(
+                f"Debian's {ORIG_TARBALL} is missing or its sha256 is not {ORIG_SHA256}",
+                "the counter is written for QEMU 7.2 (Debian bookworm)",
+            )
         out = state / "include"
         out.mkdir()
         with tarfile.open(orig) as tar:
@@ -170,13 +216,32 @@ def build_plugin(cache: Path | None = None) -> Path:
     include = plugin_header(cache)
     cc = require_tool(os.environ.get("CC", "gcc"))
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(PLUGIN_SOURCE.read_bytes() + (include / "qemu-plugin.h").read_bytes() + version.encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        PLUGIN_SOURCE.read_bytes() + (include / "qemu-plugin.h").read_bytes() + version.encode()
+    ).hexdigest()[:16]
     library = cache / f"insn_count-{key}.so"
     if library.exists():
         return library
     tmp = cache / f".insn_count-{os.getpid()}.so"
-    done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-I", str(include),
-                           "-o", str(tmp), str(PLUGIN_SOURCE)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            cc,
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unused-parameter",
+            "-I",
+            str(include),
+            "-o",
+            str(tmp),
+            str(PLUGIN_SOURCE),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise BuildError(f"compiling {PLUGIN_SOURCE.name} failed: {done.stderr.strip()[-600:]}", "")
     return _publish(tmp, library)
@@ -190,12 +255,35 @@ def guest_wheels(cache: Path | None = None) -> Path:
         return site
     site.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheels-", dir=site.parent) as tmp:
-        platforms = [a for p in ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64") for a in ("--platform", p)]
+        platforms = [
+            a
+            for p in ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64")
+            for a in ("--platform", p)
+        ]
         print(f"qemu-insn: pip download {' '.join(pins)} for aarch64 (once)", flush=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-                               *platforms, "-d", tmp, *pins], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                *platforms,
+                "-d",
+                tmp,
+                *pins,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
-            raise BuildError(f"pip download {' '.join(pins)} failed: {done.stderr.strip()[-400:]}", "check that PyPI is reachable")
+            raise BuildError(
+                f"pip download {' '.join(pins)} failed: {done.stderr.strip()[-400:]}", "check that PyPI is reachable"
+            )
         out = Path(tmp) / "site"
         for wheel in sorted(Path(tmp).glob("*.whl")):
             with zipfile.ZipFile(wheel) as zf:
@@ -230,8 +318,19 @@ class Counted:
         return max(self.thread) - min(self.thread)
 
 
-def count(board: Board, sysroot: Sysroot, runtime: str, model: Path, feed: np.ndarray, *, windows: int = 3, warmup: int = 2,
-          plugin: Path | None = None, cache: Path | None = None, timeout: float = 1800) -> Counted:
+def count(
+    board: Board,
+    sysroot: Sysroot,
+    runtime: str,
+    model: Path,
+    feed: np.ndarray,
+    *,
+    windows: int = 3,
+    warmup: int = 2,
+    plugin: Path | None = None,
+    cache: Path | None = None,
+    timeout: float = 1800,
+) -> Counted:
     """Instructions of `windows` single inferences of `model` on `runtime` (edgefleet | onnxruntime | litert), after `warmup`."""
     plugin = plugin or build_plugin(cache)
     with tempfile.TemporaryDirectory(prefix="qemu-insn-") as tmp:
@@ -241,15 +340,39 @@ def count(board: Board, sysroot: Sysroot, runtime: str, model: Path, feed: np.nd
         root = overlay_root(sysroot, board, work / "root")
         log = work / "plugin.log"
         extra = (guest_wheels(cache),) if runtime != "edgefleet" else ()
-        options = QemuOptions(binary=board.qemu, root=root, python_path=extra,
-                              options=("-cpu", board.cpu, "-plugin", f"{plugin},mark={MARK}", "-d", "plugin", "-D", str(log)))
-        command = ["python3", str(GUEST_SCRIPT), "--runtime", runtime, "--model", str(Path(model).resolve()), "--input", str(work / "input.npy"),
-                   "--output", str(work / "output.npy"), "--mark", str(MARK), "--windows", str(windows), "--warmup", str(warmup)]
+        options = QemuOptions(
+            binary=board.qemu,
+            root=root,
+            python_path=extra,
+            options=("-cpu", board.cpu, "-plugin", f"{plugin},mark={MARK}", "-d", "plugin", "-D", str(log)),
+        )
+        command = [
+            "python3",
+            str(GUEST_SCRIPT),
+            "--runtime",
+            runtime,
+            "--model",
+            str(Path(model).resolve()),
+            "--input",
+            str(work / "input.npy"),
+            "--output",
+            str(work / "output.npy"),
+            "--mark",
+            str(MARK),
+            "--windows",
+            str(windows),
+            "--warmup",
+            str(warmup),
+        ]
         done = run_emulated(sysroot, command, capture=True, timeout=timeout, qemu=options)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise BuildError(f"{runtime} on {board.name} under {board.qemu} exited {done.returncode}: {' | '.join(tail)}", "")
-        rows = [tuple(map(int, line.split()[1:])) for line in log.read_text().splitlines() if line.startswith("window ")]
+            raise BuildError(
+                f"{runtime} on {board.name} under {board.qemu} exited {done.returncode}: {' | '.join(tail)}", ""
+            )
+        rows = [
+            tuple(map(int, line.split()[1:])) for line in log.read_text().splitlines() if line.startswith("window ")
+        ]
         if len(rows) != windows:
             raise BuildError(f"the plugin reported {len(rows)} windows, expected {windows}", f"see {log}")
         return Counted([r[0] for r in rows], [r[1] for r in rows], np.load(work / "output.npy"))

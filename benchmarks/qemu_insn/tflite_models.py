@@ -50,8 +50,17 @@ def _layers(size: int, width: float, seed: int) -> list[Layer]:
             n, c, h, w = nchw[out]
             weight = consts[node.input[1]]
             depthwise = attrs.get("group", 1) != 1
-            layers.append(Layer("depthwise" if depthwise else "conv", ins[:1], out, [n, h, w, c], weight.transpose(1, 2, 3, 0) if depthwise else weight.transpose(0, 2, 3, 1),
-                                consts[node.input[2]], {"stride": attrs["strides"][0], "relu6": node.output[0] in clip_after}))
+            layers.append(
+                Layer(
+                    "depthwise" if depthwise else "conv",
+                    ins[:1],
+                    out,
+                    [n, h, w, c],
+                    weight.transpose(1, 2, 3, 0) if depthwise else weight.transpose(0, 2, 3, 1),
+                    consts[node.input[2]],
+                    {"stride": attrs["strides"][0], "relu6": node.output[0] in clip_after},
+                )
+            )
         elif node.op_type == "Add":
             n, c, h, w = nchw[node.output[0]]
             layers.append(Layer("add", ins, node.output[0], [n, h, w, c]))
@@ -61,7 +70,9 @@ def _layers(size: int, width: float, seed: int) -> list[Layer]:
         elif node.op_type == "Flatten":
             alias[node.output[0]] = ins[0]
         elif node.op_type == "Gemm":
-            layers.append(Layer("fc", ins, node.output[0], nchw[node.output[0]], consts[node.input[1]], consts[node.input[2]]))
+            layers.append(
+                Layer("fc", ins, node.output[0], nchw[node.output[0]], consts[node.input[1]], consts[node.input[2]])
+            )
         elif node.op_type != "Clip":
             raise ValueError(f"no TFLite form for {node.op_type}")
     return layers
@@ -104,7 +115,15 @@ def _write(path: Path, layers: list[Layer], size: int, ranges: dict[str, tuple[f
             w = np.clip(np.round(layer.weight / scales.reshape(shape)), -127, 127).astype(np.int8)
             bias_scales = qparams[layer.inputs[0]][0] * scales
             tensors.append((f"{name}_w", list(w.shape), T.INT8, w, q(scales, [0] * len(scales), axis)))
-            tensors.append((f"{name}_b", [len(scales)], T.INT32, np.round(layer.bias / bias_scales).astype(np.int32), q(bias_scales, [0] * len(scales))))
+            tensors.append(
+                (
+                    f"{name}_b",
+                    [len(scales)],
+                    T.INT32,
+                    np.round(layer.bias / bias_scales).astype(np.int32),
+                    q(bias_scales, [0] * len(scales)),
+                )
+            )
         return [layer.inputs[0], f"{name}_w", f"{name}_b"]
 
     tensors = [("input", [1, size, size, 3], act_type, None, q(1 / 255, -128) if ranges is not None else None)]
@@ -113,19 +132,39 @@ def _write(path: Path, layers: list[Layer], size: int, ranges: dict[str, tuple[f
         if layer.kind in ("conv", "depthwise"):
             activation(layer.output, layer.shape, layer.attrs["relu6"])
             stride = layer.attrs["stride"]
-            common = dict(Padding=Padding.SAME, StrideW=stride, StrideH=stride, DilationWFactor=1, DilationHFactor=1,
-                          FusedActivationFunction=Act.RELU6 if layer.attrs["relu6"] else Act.NONE)
+            common = dict(
+                Padding=Padding.SAME,
+                StrideW=stride,
+                StrideH=stride,
+                DilationWFactor=1,
+                DilationHFactor=1,
+                FusedActivationFunction=Act.RELU6 if layer.attrs["relu6"] else Act.NONE,
+            )
             if layer.kind == "conv":
                 ops.append((Op.CONV_2D, weights(layer, 0), [layer.output], _options("Conv2DOptions", **common)))
             else:
-                ops.append((Op.DEPTHWISE_CONV_2D, weights(layer, 3), [layer.output], _options("DepthwiseConv2DOptions", DepthMultiplier=1, **common)))
+                ops.append(
+                    (
+                        Op.DEPTHWISE_CONV_2D,
+                        weights(layer, 3),
+                        [layer.output],
+                        _options("DepthwiseConv2DOptions", DepthMultiplier=1, **common),
+                    )
+                )
         elif layer.kind == "add":
             activation(layer.output, layer.shape)
             ops.append((Op.ADD, layer.inputs, [layer.output], _options("AddOptions", FusedActivationFunction=Act.NONE)))
         elif layer.kind == "pool" and ranges is None:
             tensors.append((f"{layer.output}_axes", [2], T.INT32, np.array([1, 2], np.int32), None))
             activation(layer.output, layer.shape)
-            ops.append((Op.MEAN, [layer.inputs[0], f"{layer.output}_axes"], [layer.output], _options("ReducerOptions", KeepDims=False)))
+            ops.append(
+                (
+                    Op.MEAN,
+                    [layer.inputs[0], f"{layer.output}_axes"],
+                    [layer.output],
+                    _options("ReducerOptions", KeepDims=False),
+                )
+            )
         elif layer.kind == "pool":
             # Averaging keeps the input's scale: the converter gives the pool and reshape the input's parameters.
             window, channels = layer.attrs["window"], layer.shape[1]
@@ -133,12 +172,32 @@ def _write(path: Path, layers: list[Layer], size: int, ranges: dict[str, tuple[f
             tensors.append((f"{layer.output}_4d", [1, 1, 1, channels], T.INT8, None, q(*qparams[layer.inputs[0]])))
             tensors.append((f"{layer.output}_shape", [2], T.INT32, np.array([1, channels], np.int32), None))
             tensors.append((layer.output, [1, channels], T.INT8, None, q(*qparams[layer.inputs[0]])))
-            ops.append((Op.AVERAGE_POOL_2D, layer.inputs, [f"{layer.output}_4d"],
-                        _options("Pool2DOptions", Padding=Padding.VALID, StrideW=window, StrideH=window, FilterWidth=window, FilterHeight=window)))
+            ops.append(
+                (
+                    Op.AVERAGE_POOL_2D,
+                    layer.inputs,
+                    [f"{layer.output}_4d"],
+                    _options(
+                        "Pool2DOptions",
+                        Padding=Padding.VALID,
+                        StrideW=window,
+                        StrideH=window,
+                        FilterWidth=window,
+                        FilterHeight=window,
+                    ),
+                )
+            )
             ops.append((Op.RESHAPE, [f"{layer.output}_4d", f"{layer.output}_shape"], [layer.output], None))
         else:
             activation(layer.output, layer.shape)
-            ops.append((Op.FULLY_CONNECTED, weights(layer, 0), [layer.output], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)))
+            ops.append(
+                (
+                    Op.FULLY_CONNECTED,
+                    weights(layer, 0),
+                    [layer.output],
+                    _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE),
+                )
+            )
     return write_tflite(path, tensors, ops, ["input"], [layers[-1].output])
 
 

@@ -37,6 +37,8 @@ def batch_one(name: str, dims: list[int | None], shown: str, notices: list[str] 
         return None
     fixed = [1, *dims[1:]]
     if notices is not None:
-        notices.append(f"input {name} {shown} has a dynamic batch axis: compiled for batch 1 "
-                       f"(--input-shape {name}:N,{','.join(map(str, fixed[1:]))} compiles another)")
+        notices.append(
+            f"input {name} {shown} has a dynamic batch axis: compiled for batch 1 "
+            f"(--input-shape {name}:N,{','.join(map(str, fixed[1:]))} compiles another)"
+        )
     return fixed

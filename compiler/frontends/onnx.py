@@ -15,11 +15,30 @@ FORMAT = "onnx"
 MAX_MODEL_BYTES = 2 * 1024**3
 
 _ONNX_DTYPES = {
-    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
-    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    16: "bfloat16",
     # 8/4/2-bit types (compiled by compiler/onnx_lowbit.py)
-    17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz",
-    21: "uint4", 22: "int4", 23: "float4_e2m1fn", 24: "float8_e8m0fnu", 25: "uint2", 26: "int2",
+    17: "float8_e4m3fn",
+    18: "float8_e4m3fnuz",
+    19: "float8_e5m2",
+    20: "float8_e5m2fnuz",
+    21: "uint4",
+    22: "int4",
+    23: "float4_e2m1fn",
+    24: "float8_e8m0fnu",
+    25: "uint2",
+    26: "int2",
 }
 
 
@@ -29,19 +48,30 @@ def load(path: Path):
 
     size = Path(path).stat().st_size
     if size > MAX_MODEL_BYTES:
-        raise CorruptModelError(f"{path} is {size} bytes, over ONNX's 2 GiB single-file limit", "save it with external data (onnx.save(..., save_as_external_data=True))")
+        raise CorruptModelError(
+            f"{path} is {size} bytes, over ONNX's 2 GiB single-file limit",
+            "save it with external data (onnx.save(..., save_as_external_data=True))",
+        )
     if size == 0:
         raise CorruptModelError(f"{path} is empty", "re-export the model")
     try:
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
-        raise CorruptModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})", "the file is truncated or not ONNX; re-export or re-download it") from None
+        raise CorruptModelError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})",
+            "the file is truncated or not ONNX; re-export or re-download it",
+        ) from None
     if not model.graph.node:
-        raise CorruptModelError(f"{path} parses but holds no graph nodes (truncated or not ONNX)", "re-export or re-download the model")
+        raise CorruptModelError(
+            f"{path} parses but holds no graph nodes (truncated or not ONNX)", "re-export or re-download the model"
+        )
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises ValidationError and friends
-        raise CorruptModelError(f"{path} fails ONNX's model checker: {str(exc).splitlines()[0][:300]}", "re-export the model with a current exporter") from None
+        raise CorruptModelError(
+            f"{path} fails ONNX's model checker: {str(exc).splitlines()[0][:300]}",
+            "re-export the model with a current exporter",
+        ) from None
     return model
 
 
@@ -115,7 +145,10 @@ def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | Non
     unknown = set(overrides) - {i.name for i in inputs}
     if unknown:
         names = ", ".join(i.name for i in inputs)
-        raise DynamicShapeError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have", f"the model's inputs are: {names}")
+        raise DynamicShapeError(
+            f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have",
+            f"the model's inputs are: {names}",
+        )
     for inp in inputs:
         tensor = inp.type.tensor_type
         dtype = _ONNX_DTYPES.get(tensor.elem_type, "float32")
@@ -132,7 +165,9 @@ def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | Non
             continue
         specs.append(TensorSpec(name=inp.name, shape=dims, dtype=dtype))
     if dynamic:
-        raise DynamicShapeError(f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,...")
+        raise DynamicShapeError(
+            f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,..."
+        )
     return specs
 
 
@@ -150,8 +185,14 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     import onnx
 
     from edgefleet.compiler.onnx_rewrites import (
-        cast_shape_values, conv_transpose_output_shape, exact_resize, expand_functions, fold_constants, nms_strict_iou,
-        normalize_constants, normalize_resize,
+        cast_shape_values,
+        conv_transpose_output_shape,
+        exact_resize,
+        expand_functions,
+        fold_constants,
+        nms_strict_iou,
+        normalize_constants,
+        normalize_resize,
     )
 
     prepared = onnx.ModelProto()
@@ -183,14 +224,20 @@ def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
     if needed:
         listed = "; ".join(f"{name} ({', '.join(sorted(set(where)))})" for name, where in sorted(needed.items()))
         flags = " ".join(f"--constant-input {name}=VALUES" for name in sorted(needed))
-        raise UnsupportedOperatorsError(f"these inputs set values TVM needs at compile time: {listed}", f"give their values: {flags} (comma-separated, or =@file.npy)")
+        raise UnsupportedOperatorsError(
+            f"these inputs set values TVM needs at compile time: {listed}",
+            f"give their values: {flags} (comma-separated, or =@file.npy)",
+        )
     shapes = {s.name: s.shape for s in inputs}
     dtypes = {s.name: s.dtype for s in inputs}
     prepared = prepare(model, shapes)
     refused = rejections(prepared, RUNTIME_RULES) + shape_rejections(prepared, shapes)
     if refused:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(refused.items()))
-        raise UnsupportedOperatorsError(f"TVM would compute these operators wrongly: {listed}", "make those inputs constants in the exported model (e.g. fixed shapes, export with constant folding)")
+        raise UnsupportedOperatorsError(
+            f"TVM would compute these operators wrongly: {listed}",
+            "make those inputs constants in the exported model (e.g. fixed shapes, export with constant folding)",
+        )
     return from_onnx(prepared, shapes, dtypes)
 
 

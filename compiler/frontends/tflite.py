@@ -12,7 +12,17 @@ from edgefleet.package import TensorSpec
 
 FORMAT = "tflite"
 MAX_MODEL_BYTES = 2 * 1024**3
-_TFLITE_DTYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 6: "bool", 7: "int16", 9: "int8", 10: "float64"}
+_TFLITE_DTYPES = {
+    0: "float32",
+    1: "float16",
+    2: "int32",
+    3: "uint8",
+    4: "int64",
+    6: "bool",
+    7: "int16",
+    9: "int8",
+    10: "float64",
+}
 
 
 def load(path: Path):
@@ -20,9 +30,14 @@ def load(path: Path):
 
     data = Path(path).read_bytes()
     if len(data) > MAX_MODEL_BYTES:
-        raise CorruptModelError(f"{path} is {len(data)} bytes, over the 2 GiB flatbuffer limit", "shrink or quantize the model")
+        raise CorruptModelError(
+            f"{path} is {len(data)} bytes, over the 2 GiB flatbuffer limit", "shrink or quantize the model"
+        )
     if len(data) < 8 or data[4:8] != b"TFL3":
-        raise CorruptModelError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier)", "the file is truncated or not TFLite; re-export it")
+        raise CorruptModelError(
+            f"{path} is not a TFLite flatbuffer (no TFL3 identifier)",
+            "the file is truncated or not TFLite; re-export it",
+        )
     try:
         model = tflite.Model.GetRootAsModel(data, 0)
         if model.SubgraphsLength() < 1:
@@ -30,7 +45,9 @@ def load(path: Path):
         _ = [model.Subgraphs(0).Tensors(i).ShapeAsNumpy() for i in range(model.Subgraphs(0).TensorsLength())]
         _ = [model.Buffers(i).DataLength() for i in range(model.BuffersLength())]
     except Exception as exc:  # flatbuffers raises struct/index errors on truncated data
-        raise CorruptModelError(f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})", "re-export or re-download the model") from None
+        raise CorruptModelError(
+            f"{path} is a damaged TFLite flatbuffer ({type(exc).__name__}: {exc})", "re-export or re-download the model"
+        ) from None
     return model
 
 
@@ -101,13 +118,17 @@ def import_notes(model) -> list[str]:
     if not found:
         return []
     listed = ", ".join(f"{op} x{n}" for op, n in sorted(found.items()))
-    return [f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; "
-            "LiteRT verification decides"]
+    return [
+        f"TVM's float lowering of quantized operators, not TFLite's integer kernels: {listed}; "
+        "LiteRT verification decides"
+    ]
 
 
 def refusal_fix() -> str:
-    return ("replace those operators in the TensorFlow model before converting, or export the model to ONNX; "
-            "`edgefleet compile --check` lists every operator")
+    return (
+        "replace those operators in the TensorFlow model before converting, or export the model to ONNX; "
+        "`edgefleet compile --check` lists every operator"
+    )
 
 
 def _tensor(model, index: int):
@@ -122,13 +143,19 @@ def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | Non
     names = [_tensor(model, graph.Inputs(i)).Name().decode() for i in range(graph.InputsLength())]
     unknown = set(overrides) - set(names)
     if unknown:
-        raise DynamicShapeError(f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have", f"the model's inputs are: {', '.join(names)}")
+        raise DynamicShapeError(
+            f"--input-shape names {', '.join(sorted(unknown))}, which the model does not have",
+            f"the model's inputs are: {', '.join(names)}",
+        )
     for i in range(graph.InputsLength()):
         tensor = _tensor(model, graph.Inputs(i))
         name = tensor.Name().decode()
         dtype = _TFLITE_DTYPES.get(tensor.Type())
         if dtype is None:
-            raise UnsupportedOperatorsError(f"input {name} has TFLite tensor type {tensor.Type()}, which edgefleet cannot feed", f"export the model with {', '.join(sorted(set(_TFLITE_DTYPES.values())))} inputs")
+            raise UnsupportedOperatorsError(
+                f"input {name} has TFLite tensor type {tensor.Type()}, which edgefleet cannot feed",
+                f"export the model with {', '.join(sorted(set(_TFLITE_DTYPES.values())))} inputs",
+            )
         if name in overrides:
             specs.append(TensorSpec(name=name, shape=list(overrides[name]), dtype=dtype))
             continue
@@ -139,11 +166,15 @@ def input_specs(model, overrides: dict[str, list[int]], notices: list[str] | Non
             specs.append(TensorSpec(name=name, shape=batch1, dtype=dtype))
             continue
         if any(int(d) < 0 for d in signature):
-            dynamic.append(f"{name} {list(map(int, signature))} (e.g. --input-shape {name}:{','.join(str(max(d, 1)) for d in shape)})")
+            dynamic.append(
+                f"{name} {list(map(int, signature))} (e.g. --input-shape {name}:{','.join(str(max(d, 1)) for d in shape)})"
+            )
             continue
         specs.append(TensorSpec(name=name, shape=shape, dtype=dtype))
     if dynamic:
-        raise DynamicShapeError(f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,...")
+        raise DynamicShapeError(
+            f"dynamic input shape: {'; '.join(dynamic)}", "fix every input's shape with --input-shape NAME:D1,D2,..."
+        )
     return specs
 
 

@@ -30,10 +30,17 @@ def _version(model: type[BaseModel]) -> int:
 
 
 TOP_LEVEL: list[type[BaseModel]] = [
-    mqtt.StatusMessage, mqtt.TelemetryMessage, mqtt.AlertMessage, mqtt.JobUpdate,
-    jobs.JobDocument, jobs.RollbackAuthorization,
-    journal.UpdateJournal, journal.AgentUpdateJournal, journal.HistoryEntry,
+    mqtt.StatusMessage,
+    mqtt.TelemetryMessage,
+    mqtt.AlertMessage,
+    mqtt.JobUpdate,
+    jobs.JobDocument,
+    jobs.RollbackAuthorization,
+    journal.UpdateJournal,
+    journal.AgentUpdateJournal,
+    journal.HistoryEntry,
     drift.Baseline,
-    *rest.BODIES, *rest.RESPONSES,
+    *rest.BODIES,
+    *rest.RESPONSES,
 ]
 CONTRACTS: dict[str, tuple[type[BaseModel], int]] = {m.__name__: (m, _version(m)) for m in TOP_LEVEL}

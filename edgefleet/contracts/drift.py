@@ -20,7 +20,9 @@ class Histogram(Document):
     @model_validator(mode="after")
     def _shape(self) -> Histogram:
         if len(self.edges) != len(self.counts) + 1 or len(self.counts) < 1:
-            raise ValueError(f"a histogram needs len(edges) == len(counts) + 1 (got {len(self.edges)} edges, {len(self.counts)} counts)")
+            raise ValueError(
+                f"a histogram needs len(edges) == len(counts) + 1 (got {len(self.edges)} edges, {len(self.counts)} counts)"
+            )
         if any(c < 0 for c in self.counts):
             raise ValueError("histogram counts must be >= 0")
         return self
@@ -64,4 +66,7 @@ def parse_summary(raw: object) -> DriftSummary:
         return DriftSummary.model_validate(raw)
     except ValidationError as exc:
         first = first_error(exc)
-        raise BadInputError(f"drift summary is malformed at {first.where}: {first.msg}", "send the agent's telemetry `drift` object unchanged") from None
+        raise BadInputError(
+            f"drift summary is malformed at {first.where}: {first.msg}",
+            "send the agent's telemetry `drift` object unchanged",
+        ) from None

@@ -31,8 +31,12 @@ class Probation(Document):
 
     smoke_runs: int = Field(default=3, ge=1, le=100)
     latency_budget_ms: float = Field(default=5000, gt=0)
-    health_deadline_s: float = Field(default=120.0, gt=0, le=3600)  # a new agent's time to prove itself after its restart
-    max_boots: int = Field(default=3, ge=1, le=20)  # starts of a new agent without a commit before the camera rolls back
+    health_deadline_s: float = Field(
+        default=120.0, gt=0, le=3600
+    )  # a new agent's time to prove itself after its restart
+    max_boots: int = Field(
+        default=3, ge=1, le=20
+    )  # starts of a new agent without a commit before the camera rolls back
 
 
 class JobProbation(Probation, WireMessage):
@@ -70,7 +74,9 @@ class RollbackAuthorization(WireMessage):
 
     def signed_bytes(self) -> bytes:
         """Canonical JSON of everything but the signature."""
-        body = self.model_dump(mode="json", by_alias=True, exclude={"signature"} | ({"key_id"} if self.key_id is None else set()))
+        body = self.model_dump(
+            mode="json", by_alias=True, exclude={"signature"} | ({"key_id"} if self.key_id is None else set())
+        )
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def wire(self) -> dict[str, object]:

@@ -30,7 +30,9 @@ class JournalBase(WireMessage):
     package: JobPackage
     authorization: RollbackAuthorization | None = None
     probation: JobProbation = Field(default_factory=lambda: JobProbation())
-    previous: str | None = None  # what was active before the job: a package dir, or an agent release (None: the installed agent)
+    previous: str | None = (
+        None  # what was active before the job: a package dir, or an agent release (None: the installed agent)
+    )
     target_existed: bool = False  # the job's target was on the camera before it: a failure must not delete it
     state: str = "idle"
     detail: str = ""

@@ -26,7 +26,18 @@ MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forge
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
 Real = Annotated[float, Field(ge=-1e12, le=1e12)]
-UpdateState = Literal["idle", "downloading", "verifying", "staged", "switching", "probation", "committed", "rolling_back", "rolled_back", "failed"]
+UpdateState = Literal[
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "switching",
+    "probation",
+    "committed",
+    "rolling_back",
+    "rolled_back",
+    "failed",
+]
 UPDATE_STATES: tuple[str, ...] = get_args(UpdateState)
 TERMINAL_STATES = frozenset({"committed", "rolled_back", "failed"})
 
@@ -106,7 +117,11 @@ class TelemetryMessage(DeviceMessage):
                 error = f"{first.where}: {first.msg}"
                 data = {k: v for k, v in data.items() if k != "drift"}
                 # The rollout health gate reads the confidence histogram alone.
-                confidence = Histogram.model_validate(raw["confidence"]) if isinstance(raw, dict) and raw.get("confidence") is not None else None
+                confidence = (
+                    Histogram.model_validate(raw["confidence"])
+                    if isinstance(raw, dict) and raw.get("confidence") is not None
+                    else None
+                )
         msg: TelemetryMessage = handler(data)
         msg._drift_error, msg._confidence = error, confidence
         return msg

@@ -59,7 +59,12 @@ class RolloutPlan(Body):
 
     @model_validator(mode="after")
     def _check(self) -> RolloutPlan:
-        if not self.waves or any(not 0 < w <= 100 for w in self.waves) or self.waves != sorted(self.waves) or self.waves[-1] != 100:
+        if (
+            not self.waves
+            or any(not 0 < w <= 100 for w in self.waves)
+            or self.waves != sorted(self.waves)
+            or self.waves[-1] != 100
+        ):
             raise ValueError("waves are increasing cumulative percents in (0, 100] ending at 100, e.g. [10, 50, 100]")
         return self
 
@@ -110,7 +115,17 @@ class TokenBody(Body):
     scope: str
 
 
-BODIES: list[type[Body]] = [RolloutPlan, Selection, ApprovalBody, DevicePatch, EnrollmentTokenBody, EnrollBody, RolloutBody, ControlBody, TokenBody]
+BODIES: list[type[Body]] = [
+    RolloutPlan,
+    Selection,
+    ApprovalBody,
+    DevicePatch,
+    EnrollmentTokenBody,
+    EnrollBody,
+    RolloutBody,
+    ControlBody,
+    TokenBody,
+]
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -123,8 +138,17 @@ class Response(BaseModel):
     REVISION: ClassVar[int] = 1
 
 
-ErrorCode = Literal["bad_input", "unauthorized", "permission_denied", "not_found", "conflict", "invalid_transition",
-                    "service_unavailable", "validation_error", "payload_too_large"]
+ErrorCode = Literal[
+    "bad_input",
+    "unauthorized",
+    "permission_denied",
+    "not_found",
+    "conflict",
+    "invalid_transition",
+    "service_unavailable",
+    "validation_error",
+    "payload_too_large",
+]
 
 
 class ErrorBody(Response):
@@ -276,5 +300,18 @@ class Revoked(Response):
     revoked: int
 
 
-RESPONSES: list[type[Response]] = [ErrorBody, Health, Metrics, ModelGroupOut, ModelVersionOut, DeviceOut, EnrollmentTokenOut, Enrollment,
-                                   RolloutOut, RolloutDetail, RolloutEventOut, TokenOut, Revoked]
+RESPONSES: list[type[Response]] = [
+    ErrorBody,
+    Health,
+    Metrics,
+    ModelGroupOut,
+    ModelVersionOut,
+    DeviceOut,
+    EnrollmentTokenOut,
+    Enrollment,
+    RolloutOut,
+    RolloutDetail,
+    RolloutEventOut,
+    TokenOut,
+    Revoked,
+]

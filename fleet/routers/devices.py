@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from edgefleet.contracts.rest import DeviceOut, DevicePatch, EnrollBody, Enrollment, EnrollmentTokenBody, EnrollmentTokenOut
+from edgefleet.contracts.rest import (
+    DeviceOut,
+    DevicePatch,
+    EnrollBody,
+    Enrollment,
+    EnrollmentTokenBody,
+    EnrollmentTokenOut,
+)
 from edgefleet.fleet import devices
 from edgefleet.fleet.routers.deps import ADMIN, OPERATOR, READ, FleetDep
 
@@ -12,7 +19,9 @@ router = APIRouter(prefix="/api/v1")
 
 
 @router.get("/devices", dependencies=[READ], response_model=list[DeviceOut])
-def list_devices(fleet: FleetDep, group: str | None = None, tag: str | None = None, status: str | None = None) -> list[dict]:
+def list_devices(
+    fleet: FleetDep, group: str | None = None, tag: str | None = None, status: str | None = None
+) -> list[dict]:
     return devices.list_devices(fleet, group, tag, status)
 
 

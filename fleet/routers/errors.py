@@ -11,7 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgefleet.contracts.rest import ErrorBody, ErrorCode
-from edgefleet.errors import ConflictError, EdgefleetError, InvalidTransitionError, NotFoundError, PermissionDeniedError, ServiceError
+from edgefleet.errors import (
+    ConflictError,
+    EdgefleetError,
+    InvalidTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServiceError,
+)
 
 # Most specific first: InvalidTransitionError is no ConflictError, but order keeps the table honest.
 STATUS: list[tuple[type[EdgefleetError], int, ErrorCode]] = [
@@ -40,8 +47,15 @@ def validation_error(request: Request, exc: RequestValidationError) -> JSONRespo
     first = exc.errors()[0]  # FastAPI's own error list (not a pydantic ValidationError, so not strict.first_error)
     loc = [str(p) for p in first.get("loc", ())]
     if loc[:1] == ["body"] and len(loc) >= 2 and loc[1] in PLAN_FIELDS:
-        return error_response(400, "bad_input", f"rollout {'.'.join(loc[1:])}: {first.get('msg')}", "see the rollout plan in docs/fleet.md")
-    return error_response(422, "validation_error", f"{'.'.join(loc)}: {first.get('msg')}", "see /docs for the request schema")
+        return error_response(
+            400,
+            "bad_input",
+            f"rollout {'.'.join(loc[1:])}: {first.get('msg')}",
+            "see the rollout plan in docs/fleet.md",
+        )
+    return error_response(
+        422, "validation_error", f"{'.'.join(loc)}: {first.get('msg')}", "see /docs for the request schema"
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -59,9 +59,21 @@ async def upload(fleet: FleetDep, request: Request) -> dict:
         os.unlink(tmp)
 
 
-@router.get("/builds/{build_id}/download", response_class=FileResponse,
-            responses={200: {"content": {"application/gzip": {}}, "description": "the package"}, 307: {"description": "to the object store"}})
-def download(fleet: FleetDep, s: SessionDep, build_id: Id, expires: int = Query(..., le=2**62), sig: str = Query(..., max_length=128)) -> Response:
+@router.get(
+    "/builds/{build_id}/download",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "the package"},
+        307: {"description": "to the object store"},
+    },
+)
+def download(
+    fleet: FleetDep,
+    s: SessionDep,
+    build_id: Id,
+    expires: int = Query(..., le=2**62),
+    sig: str = Query(..., max_length=128),
+) -> Response:
     """A build's package, for the link in a job (signed and expiring: no token)."""
     if not fleet.check_download(build_id, expires, sig):
         raise PermissionDeniedError("the download link is invalid or expired", "ask the fleet for a new job")

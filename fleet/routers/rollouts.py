@@ -10,21 +10,26 @@ from edgefleet.fleet.routers.deps import OPERATOR, READ, FleetDep, Id
 
 router = APIRouter(prefix="/api/v1/rollouts")
 
+
 @router.get("", dependencies=[READ], response_model=list[RolloutOut])
 def list_rollouts(fleet: FleetDep, state: str | None = None) -> list[dict]:
     return rollouts.list_rollouts(fleet, state)
+
 
 @router.post("", dependencies=[OPERATOR], status_code=201, response_model=RolloutOut)
 def create_rollout(fleet: FleetDep, body: RolloutBody) -> dict:
     return rollouts.create_rollout(fleet, body.group, body.version, body.selection, body.plan)
 
+
 @router.get("/{rollout_id}", dependencies=[READ], response_model=RolloutDetail)
 def get_rollout(fleet: FleetDep, rollout_id: Id) -> dict:
     return rollouts.get_rollout(fleet, rollout_id)
 
+
 @router.get("/{rollout_id}/events", dependencies=[READ], response_model=list[RolloutEventOut])
 def get_events(fleet: FleetDep, rollout_id: Id) -> list[dict]:
     return rollouts.rollout_events(fleet, rollout_id)
+
 
 @router.post("/{rollout_id}/{action}", dependencies=[OPERATOR], response_model=RolloutOut)
 def control(fleet: FleetDep, rollout_id: Id, action: str, body: ControlBody | None = None) -> dict:

@@ -39,7 +39,9 @@ def brightness_onnx(path: Path, size: int = 16) -> None:
         helper.make_node("Neg", ["pos"], ["neg"]),
         helper.make_node("Concat", ["neg", "pos"], ["logits"], axis=1),
     ]
-    model = helper.make_model(helper.make_graph(nodes, "brightness", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "brightness", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
 
@@ -72,7 +74,9 @@ def detection_onnx(path: Path, size: int = 16) -> None:
         helper.make_node("Identity", ["classes"], ["detection_classes"]),
         helper.make_node("Identity", ["count"], ["num_detections"]),
     ]
-    model = helper.make_model(helper.make_graph(nodes, "detector", [x], outputs, inits), opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "detector", [x], outputs, inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
 
@@ -94,10 +98,20 @@ def square_detector_onnx(path: Path, size: int = 32, anchors: int = 8) -> None:
     jitter_add[0, 0] = 0.2 * k  # cx shifts by a fraction of a pixel: the duplicates overlap
     jitter_mul = np.ones((1, 5, anchors), np.float32)
     jitter_mul[0, 4] = 1.0 - 0.03 * k
-    consts = {"half": np.float32(0.5), "four": np.float32(4.0), "one": np.float32(1.0), "quarter": np.float32(0.25),
-              "eps": np.float32(1e-6), "axes": np.array([1, 2, 3], np.int64), "xs": centres.reshape(1, 1, 1, size),
-              "ys": centres.reshape(1, 1, size, 1), "shape": np.array([1, 5, 1], np.int64),
-              "reps": np.array([1, 1, anchors], np.int64), "jadd": jitter_add, "jmul": jitter_mul}
+    consts = {
+        "half": np.float32(0.5),
+        "four": np.float32(4.0),
+        "one": np.float32(1.0),
+        "quarter": np.float32(0.25),
+        "eps": np.float32(1e-6),
+        "axes": np.array([1, 2, 3], np.int64),
+        "xs": centres.reshape(1, 1, 1, size),
+        "ys": centres.reshape(1, 1, size, 1),
+        "shape": np.array([1, 5, 1], np.int64),
+        "reps": np.array([1, 1, anchors], np.int64),
+        "jadd": jitter_add,
+        "jmul": jitter_mul,
+    }
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["grey"], axes=[1], keepdims=1),
         helper.make_node("Sub", ["grey", "half"], ["d"]),
@@ -170,7 +184,9 @@ def write_config(path: Path, sections: dict) -> Path:
     """A tiny TOML writer for test configs: top-level scalars, [tables], [[sources]]."""
     lines = []
     for key, value in sections.items():
-        if not isinstance(value, (dict, list)) or (isinstance(value, list) and not (value and isinstance(value[0], dict))):
+        if not isinstance(value, (dict, list)) or (
+            isinstance(value, list) and not (value and isinstance(value[0], dict))
+        ):
             lines.append(f"{key} = {toml_value(value)}")
     for key, value in sections.items():
         if isinstance(value, dict):
@@ -188,17 +204,35 @@ def write_config(path: Path, sections: dict) -> Path:
     return path
 
 
-def agent_config(tmp_path: Path, broker: Broker, package: tuple[Path, Path], *, device: str = "cam-1", rules: dict | None = None,
-                 sources: list[dict] | None = None, host: str | None = None, transport: str = "paho", **extra) -> dict:
+def agent_config(
+    tmp_path: Path,
+    broker: Broker,
+    package: tuple[Path, Path],
+    *,
+    device: str = "cam-1",
+    rules: dict | None = None,
+    sources: list[dict] | None = None,
+    host: str | None = None,
+    transport: str = "paho",
+    **extra,
+) -> dict:
     cert, key = broker.pki.issue(device)
     pkg, trust = package
     config = {
         "version": 1,
         "state_dir": str(tmp_path / f"state-{device}"),
-        "mqtt": {"host": host or broker.host, "port": broker.port, "device_id": device, "transport": transport, "reconnect_min_s": 0.5, "reconnect_max_s": 1.0,
-                 "tls": {"ca_file": str(broker.pki.ca_file), "cert_file": str(cert), "key_file": str(key)}},
+        "mqtt": {
+            "host": host or broker.host,
+            "port": broker.port,
+            "device_id": device,
+            "transport": transport,
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 1.0,
+            "tls": {"ca_file": str(broker.pki.ca_file), "cert_file": str(cert), "key_file": str(key)},
+        },
         "model": {"package": str(pkg), "trusted_keys": [str(trust)]},
-        "sources": sources or [{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": 200.0, "poll_s": 0.05}],
+        "sources": sources
+        or [{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": 200.0, "poll_s": 0.05}],
         "rules": rules or {"labels": ["bright"], "min_score": 0.9},
         "telemetry": {"interval_s": 3600.0},
         "health": {"enabled": False},
@@ -211,7 +245,12 @@ def start_agent(config_path: Path, *args: str, log: Path | None = None) -> subpr
     """`edgefleet agent run` as a real process (so it can be SIGKILLed)."""
     out = open(log, "ab") if log else subprocess.DEVNULL
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def wait_until(predicate, timeout: float = 20.0, step: float = 0.05) -> None:
@@ -231,8 +270,17 @@ def compile_test_package(root: Path, build_onnx, name: str, labels: list[str], *
     key = create_signing_key(root / "signing.key")
     build_onnx(root / f"{name}.onnx")
     (root / "labels.txt").write_text("\n".join(labels) + "\n")
-    result = compile_model(str(root / f"{name}.onnx"), "x86_64", output=root / f"{name}.tar.gz", name=name,
-                           version="1", labels=root / "labels.txt", key=key.path, quiet=True, **options)
+    result = compile_model(
+        str(root / f"{name}.onnx"),
+        "x86_64",
+        output=root / f"{name}.tar.gz",
+        name=name,
+        version="1",
+        labels=root / "labels.txt",
+        key=key.path,
+        quiet=True,
+        **options,
+    )
     return result.package, public_path(key.path)
 
 
@@ -241,5 +289,10 @@ def agent_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     """(package, trusted public key): the brightness model compiled for this machine by `edgefleet compile`."""
     from edgefleet.package import Preprocessing
 
-    return compile_test_package(tmp_path_factory.mktemp("agent-package"), brightness_onnx, "brightness", LABELS,
-                                preprocessing=Preprocessing(resize=(16, 16)))
+    return compile_test_package(
+        tmp_path_factory.mktemp("agent-package"),
+        brightness_onnx,
+        "brightness",
+        LABELS,
+        preprocessing=Preprocessing(resize=(16, 16)),
+    )

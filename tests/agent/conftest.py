@@ -17,12 +17,24 @@ def detection_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     from edgefleet.package import Preprocessing
 
     root = tmp_path_factory.mktemp("detection-package")
-    return compile_test_package(root, detection_onnx, "detector", ["person", "car"], task="detection",
-                                preprocessing=Preprocessing(resize=(16, 16)))
+    return compile_test_package(
+        root,
+        detection_onnx,
+        "detector",
+        ["person", "car"],
+        task="detection",
+        preprocessing=Preprocessing(resize=(16, 16)),
+    )
 
 
 @pytest.fixture(scope="session")
 def square_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(package, trusted public key): the bright-square YOLO-layout detector; its head is read from the shape."""
-    return compile_test_package(tmp_path_factory.mktemp("square-package"), square_detector_onnx, "squares", ["square"],
-                                task="detection", preprocessing={})
+    return compile_test_package(
+        tmp_path_factory.mktemp("square-package"),
+        square_detector_onnx,
+        "squares",
+        ["square"],
+        task="detection",
+        preprocessing={},
+    )

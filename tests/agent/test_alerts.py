@@ -29,7 +29,13 @@ def start_in_thread(config: dict, options: RunOptions | None = None) -> tuple[Ag
 def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing(tmp_path, mqtt_broker, agent_package):
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
     status = mqtt_broker.subscriber("edgefleet/v1/cam-1/status")
-    rules = {"labels": ["bright"], "min_score": 0.9, "thumbnail": True, "thumbnail_max_side": 32, "thumbnail_max_bytes": 4096}
+    rules = {
+        "labels": ["bright"],
+        "min_score": 0.9,
+        "thumbnail": True,
+        "thumbnail_max_side": 32,
+        "thumbnail_max_bytes": 4096,
+    }
     config = agent_config(tmp_path, mqtt_broker, agent_package, rules=rules, health={"enabled": True, "port": 0})
     agent, thread = start_in_thread(config)
     try:
@@ -51,7 +57,21 @@ def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing
         thumb = first["thumbnail"]
         raw = base64.b64decode(thumb["data"])
         assert len(raw) <= 4096 and max(Image.open(io.BytesIO(raw)).size) <= 32
-        assert set(first) <= {"schema", "id", "type", "device", "ts", "label", "score", "consecutive", "source", "frame", "model", "latency_ms", "thumbnail"}
+        assert set(first) <= {
+            "schema",
+            "id",
+            "type",
+            "device",
+            "ts",
+            "label",
+            "score",
+            "consecutive",
+            "source",
+            "frame",
+            "model",
+            "latency_ms",
+            "thumbnail",
+        }
         assert not list(incoming.glob("*.jpg")), "handled frames are deleted"
 
         port = int((tmp_path / "state-cam-1" / "health.port").read_text())
@@ -116,7 +136,10 @@ def test_job_notifications_reach_the_update_manager_and_its_updates_come_back(tm
         wait_until(lambda: agent.updates is not None, timeout=20)
         wait_until(lambda: status.messages, timeout=20)
         mqtt_broker.subscriber("edgefleet/v1/cam-1/jobs/notify").client.publish(
-            "edgefleet/v1/cam-1/jobs/notify", json.dumps({"schema": 1, "job": "job-1", "package": {"name": "brightness", "version": "1"}}), qos=1)
+            "edgefleet/v1/cam-1/jobs/notify",
+            json.dumps({"schema": 1, "job": "job-1", "package": {"name": "brightness", "version": "1"}}),
+            qos=1,
+        )
         got = updates.wait_for(2)
     finally:
         agent.request_stop()
@@ -127,7 +150,9 @@ def test_job_notifications_reach_the_update_manager_and_its_updates_come_back(tm
 
 def test_a_compiled_detector_alerts_with_its_boxes(tmp_path, mqtt_broker, detection_package):
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
-    agent, thread = start_in_thread(agent_config(tmp_path, mqtt_broker, detection_package, rules={"labels": ["person"], "min_score": 0.8}))
+    agent, thread = start_in_thread(
+        agent_config(tmp_path, mqtt_broker, detection_package, rules={"labels": ["person"], "min_score": 0.8})
+    )
     try:
         for i, value in enumerate([20, 245]):  # dark: 'car' scores high but is not of interest; bright: 'person'
             drop_frame(tmp_path / "incoming", f"f{i:03d}.jpg", jpeg(value))
@@ -139,6 +164,10 @@ def test_a_compiled_detector_alerts_with_its_boxes(tmp_path, mqtt_broker, detect
         thread.join(15)
     assert len(alerts.messages) == 1
     body = got[0].json()
-    assert body["label"] == "person" and body["frame"].startswith("f001.jpg") and body["model"] == {"name": "detector", "version": "1"}
+    assert (
+        body["label"] == "person"
+        and body["frame"].startswith("f001.jpg")
+        and body["model"] == {"name": "detector", "version": "1"}
+    )
     assert len(body["detections"]) == 1 and body["detections"][0]["box"] == [0.1, 0.2, 0.5, 0.6]
     assert body["detections"][0]["score"] == body["score"] > 0.9

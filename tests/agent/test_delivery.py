@@ -42,7 +42,9 @@ def assert_complete_in_order(messages, expected: list[str]) -> None:
 def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, mqtt_broker, agent_package, transport):
     """`awsiot` is awsiotsdk's MQTT 5 client (the AWS IoT Core transport) against the same local mosquitto."""
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")  # persistent session: survives the restart
-    agent = Agent(parse_config(agent_config(tmp_path, mqtt_broker, agent_package, transport=transport)), RunOptions(drain_s=5))
+    agent = Agent(
+        parse_config(agent_config(tmp_path, mqtt_broker, agent_package, transport=transport)), RunOptions(drain_s=5)
+    )
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     try:
@@ -70,7 +72,12 @@ def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, mqtt_broker, agen
 def test_sigkill_mid_stream_then_restart_loses_nothing(tmp_path, mqtt_broker, agent_package):
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
     status = mqtt_broker.subscriber("edgefleet/v1/cam-1/status")
-    config = agent_config(tmp_path, mqtt_broker, agent_package, sources=[{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": 15.0, "poll_s": 0.05}])
+    config = agent_config(
+        tmp_path,
+        mqtt_broker,
+        agent_package,
+        sources=[{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": 15.0, "poll_s": 0.05}],
+    )
     config_path = write_config(tmp_path / "agent.toml", config)
     names = [f"f{i:03d}.jpg" for i in range(40)]
     for name in names:
@@ -99,7 +106,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(tmp_path, mqtt_broker, ag
     assert_complete_in_order(alerts.messages, names)
     assert len(alerts.messages) - 40 <= 20, "redelivery is bounded by the in-flight window"
     last = status.messages[-1].json()
-    assert last["state"] == "offline" and last["model"] == {"name": "brightness", "version": "1"}, "SIGTERM: a clean stop publishes offline itself"
+    assert last["state"] == "offline" and last["model"] == {"name": "brightness", "version": "1"}, (
+        "SIGTERM: a clean stop publishes offline itself"
+    )
 
 
 def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_package):
@@ -110,7 +119,7 @@ def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_p
     good = jpeg(240)
     huge = bytearray(jpeg(240, size=(8, 8)))
     sof = huge.find(b"\xff\xc0")
-    huge[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2  # SOF0 height and width: a 30000x30000 header
+    huge[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2  # SOF0 height and width: a 30000x30000 header
     incoming = tmp_path / "incoming"
     try:
         drop_frame(incoming, "a-truncated.jpg", good[: len(good) // 2])
@@ -120,7 +129,9 @@ def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_p
         drop_frame(incoming, "e-good.jpg", good)
         # Valid but unusual images: a palette PNG and a 16-bit greyscale PNG.
         palette, deep = io.BytesIO(), io.BytesIO()
-        Image.new("RGB", (40, 30), (240, 240, 240)).convert("P", palette=Image.Palette.ADAPTIVE).save(palette, format="PNG")
+        Image.new("RGB", (40, 30), (240, 240, 240)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+            palette, format="PNG"
+        )
         Image.fromarray(np.full((30, 40), 1000, dtype=np.uint16)).save(deep, format="PNG")
         drop_frame(incoming, "f-palette.png", palette.getvalue())
         drop_frame(incoming, "g-16bit.png", deep.getvalue())
@@ -129,8 +140,12 @@ def test_malformed_frames_are_counted_and_skipped(tmp_path, mqtt_broker, agent_p
         wait_until(lambda: totals["ok"] + totals["bad"] + totals["error"] == 7)
         assert thread.is_alive()
         assert totals["bad"] == 4 and totals["ok"] + totals["error"] == 3 and totals["ok"] >= 2
-        assert agent.metrics.w_bad_reasons == {"undecodable": 1, "unsupported_format": 1, "empty": 1,
-                                               "oversize_pixels": 1}
+        assert agent.metrics.w_bad_reasons == {
+            "undecodable": 1,
+            "unsupported_format": 1,
+            "empty": 1,
+            "oversize_pixels": 1,
+        }
         assert not list(incoming.iterdir()), "bad frames are not retried forever"
     finally:
         agent.request_stop()
@@ -158,7 +173,9 @@ def test_a_device_cannot_use_another_devices_topics(tmp_path, mqtt_broker):
     fleet.disconnect()
     fleet.loop_stop()
     assert [m.topic for m in own.messages] == ["edgefleet/v1/cam-2/jobs/notify"]
-    assert [m.topic for m in fleet_view.messages] == ["edgefleet/v1/cam-2/jobs/notify"], "cam-1's forged alert never reached the broker's subscribers"
+    assert [m.topic for m in fleet_view.messages] == ["edgefleet/v1/cam-2/jobs/notify"], (
+        "cam-1's forged alert never reached the broker's subscribers"
+    )
     assert snoop.messages == [], "... and cam-1 cannot read it"
 
 
@@ -166,7 +183,9 @@ def test_a_full_outbox_drops_telemetry_before_alerts_and_reports_it(tmp_path, mq
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
     telemetry = mqtt_broker.subscriber("edgefleet/v1/cam-1/telemetry")
     mqtt_broker.stop()  # the device starts during an outage
-    config = agent_config(tmp_path, mqtt_broker, agent_package, outbox={"max_messages": 12}, telemetry={"interval_s": 0.1})
+    config = agent_config(
+        tmp_path, mqtt_broker, agent_package, outbox={"max_messages": 12}, telemetry={"interval_s": 0.1}
+    )
     config["mqtt"]["inflight"] = 2
     agent = Agent(parse_config(config), RunOptions(drain_s=5))
     thread = threading.Thread(target=agent.run, daemon=True)

@@ -43,8 +43,12 @@ def yolov5_output() -> np.ndarray:
     return np.array([[[50, 40, 20, 10, 0.8, 0.5, 0.9], [5, 5, 2, 2, 0.2, 1, 1], [30, 30, 10, 20, 0.9, 0.3, 0.1]]], f32)
 
 
-SSD = [np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]]], f32), np.array([[3, 1]], f32), np.array([[0.9, 0.1]], f32),
-       np.array([2], f32)]
+SSD = [
+    np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]]], f32),
+    np.array([[3, 1]], f32),
+    np.array([[0.9, 0.1]], f32),
+    np.array([2], f32),
+]
 NORMALIZED = yolo_rows() / np.array([100, 200, 100, 200, 1, 1], f32)[None, :, None]
 E2E_6 = np.array([[[10, 20, 30, 40, 0.9, 2], [0, 0, 5, 5, 0.1, 0]]], f32)
 E2E_7 = np.array([[0, 10, 20, 30, 40, 1, 0.8], [0, 1, 1, 2, 2, 0, 0.2]], f32)
@@ -62,8 +66,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("head, outputs, options, hw, expected", CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "head, outputs, options, hw, expected", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
 def test_each_head_decodes_known_outputs_to_hand_computed_boxes(head, outputs, options, hw, expected):
     info = DetectionInfo(head=head, options=options, score_threshold=0.25)
     identity = Geometry(hw[1], hw[0], 1, 1)
@@ -85,16 +90,19 @@ def test_only_the_best_candidates_reach_nms():
     assert len(found.scores) == MAX_CANDIDATES and found.scores.min() == pytest.approx(0.3 + (3000 - 1024) / 3000)
 
 
-@pytest.mark.parametrize("outputs, hw, labels, head", [
-    ([[1, 84, 8400]], (640, 640), 80, "yolo"),
-    ([[1, 8400, 84]], (640, 640), 80, "yolo"),
-    ([[1, 25200, 85]], (640, 640), 80, "yolov5"),
-    ([[1, 8400, 85]], (640, 640), 80, "yolox"),
-    ([[1, 3549, 85]], (416, 416), 80, "yolox"),
-    ([[1, 300, 6]], (640, 640), 80, "end2end"),
-    ([[100, 7]], (640, 640), None, "end2end"),
-    ([[1, 10, 4], [1, 10], [1, 10], [1]], (300, 300), None, "ssd"),
-])
+@pytest.mark.parametrize(
+    "outputs, hw, labels, head",
+    [
+        ([[1, 84, 8400]], (640, 640), 80, "yolo"),
+        ([[1, 8400, 84]], (640, 640), 80, "yolo"),
+        ([[1, 25200, 85]], (640, 640), 80, "yolov5"),
+        ([[1, 8400, 85]], (640, 640), 80, "yolox"),
+        ([[1, 3549, 85]], (416, 416), 80, "yolox"),
+        ([[1, 300, 6]], (640, 640), 80, "end2end"),
+        ([[100, 7]], (640, 640), None, "end2end"),
+        ([[1, 10, 4], [1, 10], [1, 10], [1]], (300, 300), None, "ssd"),
+    ],
+)
 def test_the_head_is_read_from_output_shapes(outputs, hw, labels, head):
     assert detect_head(Shapes(outputs, hw, labels)) == head
 
@@ -119,8 +127,9 @@ def test_bad_head_options_and_a_wrong_output_say_what_was_expected():
         detection([np.zeros((1, 4, 100), f32)], ["x"], [], DetectionInfo(head="yolo"), (32, 32))
 
 
-@pytest.mark.parametrize("frame, letterbox", [((96, 64), True), ((64, 96), True), ((640, 480), True),
-                                              ((101, 37), False)])
+@pytest.mark.parametrize(
+    "frame, letterbox", [((96, 64), True), ((64, 96), True), ((640, 480), True), ((101, 37), False)]
+)
 def test_letterbox_round_trip(frame, letterbox):
     g = Geometry.fit(*frame, 32, 32, letterbox)
     boxes = np.array([[0, 0, frame[0], frame[1]], [10, 5, 30, 20]], f32)
@@ -168,11 +177,15 @@ def det(label: str, score: float, px: list[float]) -> Detection:
 
 
 def test_rules_apply_per_label_score_area_and_zones():
-    rules = AlertRules(RulesConfig(
-        labels=["person", "car"], min_score=0.5, min_area=100,
-        filters={"person": {"min_score": 0.8}, "car": {"min_area": 400}},
-        zones={"drive": {"coordinates": [(0, 0), (50, 0), (50, 50), (0, 50)], "labels": ["car"]}},
-    ))
+    rules = AlertRules(
+        RulesConfig(
+            labels=["person", "car"],
+            min_score=0.5,
+            min_area=100,
+            filters={"person": {"min_score": 0.8}, "car": {"min_area": 400}},
+            zones={"drive": {"coordinates": [(0, 0), (50, 0), (50, 50), (0, 50)], "labels": ["car"]}},
+        )
+    )
     frame = [
         det("person", 0.7, [60, 60, 80, 80]),  # under the person's 0.8
         det("person", 0.9, [60, 60, 65, 65]),  # 25 px: under min_area
@@ -199,19 +212,31 @@ def test_point_in_polygon_with_a_concave_zone():
 
 
 def config(rules: dict | None = None, model: dict | None = None) -> dict:
-    return {"version": 1, "state_dir": "/tmp/x", "sources": [{"type": "folder", "path": "/tmp/in"}],
-            "mqtt": {"host": "b", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}},
-            "rules": rules or {"labels": ["car"]}, "model": model or {}}
+    return {
+        "version": 1,
+        "state_dir": "/tmp/x",
+        "sources": [{"type": "folder", "path": "/tmp/in"}],
+        "mqtt": {"host": "b", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}},
+        "rules": rules or {"labels": ["car"]},
+        "model": model or {},
+    }
 
 
-@pytest.mark.parametrize("rules, model, where", [
-    ({"labels": ["car"], "zones": {"drive": {"coordinates": [[0, 0], [1, 1]]}}}, None, "zones.drive.coordinates"),
-    ({"labels": ["car"], "filters": {"person": {"min_score": 0.9}}}, None, "filters.person: label 'person' is not in"),
-    ({"labels": ["car"], "zones": {"bad name!": {"coordinates": [[0, 0], [1, 0], [1, 1]]}}}, None, "rules.zones"),
-    ({"labels": ["car"], "min_area": -1}, None, "rules.min_area"),
-    (None, {"detection": {"iou": 0.5}}, "model.detection.iou"),
-    (None, {"detection": {"score_threshold": 2}}, "model.detection.score_threshold"),
-])
+@pytest.mark.parametrize(
+    "rules, model, where",
+    [
+        ({"labels": ["car"], "zones": {"drive": {"coordinates": [[0, 0], [1, 1]]}}}, None, "zones.drive.coordinates"),
+        (
+            {"labels": ["car"], "filters": {"person": {"min_score": 0.9}}},
+            None,
+            "filters.person: label 'person' is not in",
+        ),
+        ({"labels": ["car"], "zones": {"bad name!": {"coordinates": [[0, 0], [1, 0], [1, 1]]}}}, None, "rules.zones"),
+        ({"labels": ["car"], "min_area": -1}, None, "rules.min_area"),
+        (None, {"detection": {"iou": 0.5}}, "model.detection.iou"),
+        (None, {"detection": {"score_threshold": 2}}, "model.detection.score_threshold"),
+    ],
+)
 def test_malformed_detection_config_is_refused_naming_the_key(rules, model, where):
     with pytest.raises(BadInputError) as err:
         parse_config(config(rules, model))

@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent_support import (agent_config, box_iou, brightness_onnx, compile_test_package, drop_frame, square_jpeg,
-                           start_agent, write_config)
+from agent_support import (
+    agent_config,
+    box_iou,
+    brightness_onnx,
+    compile_test_package,
+    drop_frame,
+    square_jpeg,
+    start_agent,
+    write_config,
+)
 from edgefleet.errors import UsageError
 
 # (name, square drawn in the 96x64 frame or None, alerts?)
@@ -24,9 +32,16 @@ FRAMES = [
     ("f003.jpg", (20, 30, 44, 54), True),
     ("f004.jpg", None, False),  # nothing drawn
 ]
-RULES = {"labels": ["square"], "min_score": 0.5, "min_area": 100, "thumbnail": True, "draw_boxes": True,
-         "thumbnail_max_side": 96, "thumbnail_max_bytes": 16384,
-         "zones": {"left": {"coordinates": [[0, 0], [48, 0], [48, 64], [0, 64]]}}}
+RULES = {
+    "labels": ["square"],
+    "min_score": 0.5,
+    "min_area": 100,
+    "thumbnail": True,
+    "draw_boxes": True,
+    "thumbnail_max_side": 96,
+    "thumbnail_max_bytes": 16384,
+    "zones": {"left": {"coordinates": [[0, 0], [48, 0], [48, 64], [0, 64]]}},
+}
 
 
 def frame_bytes(square) -> bytes:
@@ -67,7 +82,9 @@ def test_a_real_agent_alerts_with_boxes_on_the_drawn_squares(tmp_path, mqtt_brok
 
 
 @pytest.mark.mqtt
-def test_a_real_agent_running_the_trained_scene_detector_alerts_on_the_drawn_objects(tmp_path, mqtt_broker, scene_detector):
+def test_a_real_agent_running_the_trained_scene_detector_alerts_on_the_drawn_objects(
+    tmp_path, mqtt_broker, scene_detector
+):
     from edgefleet.models.scenes import render_scene_boxes
 
     truth = {}
@@ -81,7 +98,10 @@ def test_a_real_agent_running_the_trained_scene_detector_alerts_on_the_drawn_obj
             truth[name] = scene.boxes
     alerts = mqtt_broker.subscriber("edgefleet/v1/cam-1/alerts")
     rules = {"labels": ["person", "vehicle"], "min_score": 0.5}
-    config = write_config(tmp_path / "agent.toml", agent_config(tmp_path, mqtt_broker, (scene_detector.package, scene_detector.trusted), rules=rules))
+    config = write_config(
+        tmp_path / "agent.toml",
+        agent_config(tmp_path, mqtt_broker, (scene_detector.package, scene_detector.trusted), rules=rules),
+    )
     agent = start_agent(config, "--max-frames", str(len(truth)), log=tmp_path / "agent.log")
     try:
         assert agent.wait(timeout=120) == 0, (tmp_path / "agent.log").read_text()[-2000:]
@@ -91,20 +111,30 @@ def test_a_real_agent_running_the_trained_scene_detector_alerts_on_the_drawn_obj
     finally:
         agent.kill()
     boxes = [(d, truth[body["frame"].split(":")[0]]) for body in got for d in body["detections"]]
-    hits = sum(any(d["label"] == b.label and box_iou(d["box_px"], b.box_px) >= 0.5 for b in drawn) for d, drawn in boxes)
+    hits = sum(
+        any(d["label"] == b.label and box_iou(d["box_px"], b.box_px) >= 0.5 for b in drawn) for d, drawn in boxes
+    )
     found = {body["frame"].split(":")[0] for body in got}
     objects = [name for name, drawn in truth.items() if drawn]
-    print(f"\nscene detector in the agent: {hits}/{len(boxes)} alert boxes overlap a drawn object of their label at IoU >= 0.5 "
-          f"({hits / len(boxes):.3f}); {len(found & set(objects))}/{len(objects)} frames with an object alerted, "
-          f"{len(found - set(objects))}/{len(truth) - len(objects)} empty ones")
+    print(
+        f"\nscene detector in the agent: {hits}/{len(boxes)} alert boxes overlap a drawn object of their label at IoU >= 0.5 "
+        f"({hits / len(boxes):.3f}); {len(found & set(objects))}/{len(objects)} frames with an object alerted, "
+        f"{len(found - set(objects))}/{len(truth) - len(objects)} empty ones"
+    )
     assert len(boxes) >= 20 and hits / len(boxes) >= 0.8
     assert len(found & set(objects)) >= 0.7 * len(objects)
 
 
 def test_a_model_whose_outputs_match_no_head_is_refused_at_compile_time(tmp_path):
     with pytest.raises(UsageError) as err:
-        compile_test_package(tmp_path, brightness_onnx, "brightness", ["dark", "bright"], task="detection",
-                             preprocessing={"resize": (16, 16)})
+        compile_test_package(
+            tmp_path,
+            brightness_onnx,
+            "brightness",
+            ["dark", "bright"],
+            task="detection",
+            preprocessing={"resize": (16, 16)},
+        )
     assert "no detection head reads outputs [[1, 2]]" in err.value.cause and "yolo: [1, 4+nc, N]" in err.value.cause
 
 

@@ -21,15 +21,38 @@ from edgefleet.agent.run import Agent, RunOptions
 
 
 def install_args(tmp_path, broker, *extra: str) -> list[str]:
-    return ["install", "--config", str(tmp_path / "etc/agent.toml"), "--state-dir", str(tmp_path / "state"), "--device-id", "cam-7",
-            "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--ca", str(broker.pki.ca_file), "--label", "bright",
-            "--user", "nobody", "--unit-path", str(tmp_path / "unit/edgefleet-agent.service"), *extra]
+    return [
+        "install",
+        "--config",
+        str(tmp_path / "etc/agent.toml"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--device-id",
+        "cam-7",
+        "--mqtt-host",
+        broker.host,
+        "--mqtt-port",
+        str(broker.port),
+        "--ca",
+        str(broker.pki.ca_file),
+        "--label",
+        "bright",
+        "--user",
+        "nobody",
+        "--unit-path",
+        str(tmp_path / "unit/edgefleet-agent.service"),
+        *extra,
+    ]
 
 
 def test_dry_run_prints_the_unit_and_config_and_writes_nothing(tmp_path, mqtt_broker):
     result = CliRunner().invoke(agent_group, install_args(tmp_path, mqtt_broker, "--dry-run"))
     assert result.exit_code == 0, result.output
-    assert "User=nobody" in result.output and "agent launch --config" in result.output and "ReadWritePaths=" in result.output
+    assert (
+        "User=nobody" in result.output
+        and "agent launch --config" in result.output
+        and "ReadWritePaths=" in result.output
+    )
     assert 'device_id = "cam-7"' in result.output and "would create" in result.output
     assert not (tmp_path / "state").exists() and not (tmp_path / "etc").exists() and not (tmp_path / "unit").exists()
 
@@ -39,14 +62,20 @@ def test_root_is_refused_with_error_and_fix(tmp_path, mqtt_broker):
     args[args.index("nobody")] = "root"
     proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", *args], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "error: the agent must not run as root" in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "error: the agent must not run as root" in proc.stderr
+        and "fix:" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 @pytest.mark.mqtt
 def test_install_enroll_by_hand_and_run(tmp_path, mqtt_broker, agent_package):
     package, trust = agent_package
     runner = CliRunner()
-    result = runner.invoke(agent_group, install_args(tmp_path, mqtt_broker, "--package", str(package), "--trust", str(trust)))
+    result = runner.invoke(
+        agent_group, install_args(tmp_path, mqtt_broker, "--package", str(package), "--trust", str(trust))
+    )
     assert result.exit_code == 0, result.output
     state = tmp_path / "state"
     key = state / "identity/device.key"
@@ -65,7 +94,12 @@ def test_install_enroll_by_hand_and_run(tmp_path, mqtt_broker, agent_package):
     assert refused.exit_code != 0 and "does not belong to this device's private key" in str(refused.exception)
     cert = tmp_path / "cam-7.pem"
     cert.write_bytes(mqtt_broker.pki.sign_csr((state / "identity/device.csr").read_bytes()))
-    again = runner.invoke(agent_group, install_args(tmp_path, mqtt_broker, "--package", str(package), "--trust", str(trust), "--cert", str(cert), "--force"))
+    again = runner.invoke(
+        agent_group,
+        install_args(
+            tmp_path, mqtt_broker, "--package", str(package), "--trust", str(trust), "--cert", str(cert), "--force"
+        ),
+    )
     assert again.exit_code == 0, again.output
     assert key.read_bytes() == key_pem and "kept the existing device key" in again.output
 
@@ -86,7 +120,12 @@ def test_install_enroll_by_hand_and_run(tmp_path, mqtt_broker, agent_package):
 def test_run_without_a_device_certificate_says_how_to_enroll(tmp_path, mqtt_broker):
     result = CliRunner().invoke(agent_group, install_args(tmp_path, mqtt_broker))
     assert result.exit_code == 0, result.output
-    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(tmp_path / "etc/agent.toml")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(tmp_path / "etc/agent.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "error: device certificate" in proc.stderr and "device.csr" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -108,16 +147,33 @@ def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_br
     url = f"http://127.0.0.1:{port}"
     data = tmp_path / "fleet"
     (data / "ca").mkdir(parents=True)
-    (data / "ca/ca.key").write_bytes(mqtt_broker.pki.ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (data / "ca/ca.key").write_bytes(
+        mqtt_broker.pki.ca_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     (data / "ca/ca.crt").write_bytes(mqtt_broker.pki.ca_cert.public_bytes(serialization.Encoding.PEM))
     config = tmp_path / "fleet.toml"
-    config.write_text(f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {port}\npublic_url = "{url}"\nsigning_key = "{str(trust)[:-4]}"\n'
-                      f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_broker.port}\nca_file = "{mqtt_broker.pki.ca_file}"\ncert_file = "{mqtt_broker.fleet_cert}"\nkey_file = "{mqtt_broker.fleet_key}"\n')
+    config.write_text(
+        f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {port}\npublic_url = "{url}"\nsigning_key = "{str(trust)[:-4]}"\n'
+        f'[broker]\nhost = "127.0.0.1"\nport = {mqtt_broker.port}\nca_file = "{mqtt_broker.pki.ca_file}"\ncert_file = "{mqtt_broker.fleet_cert}"\nkey_file = "{mqtt_broker.fleet_key}"\n'
+    )
     cli = [sys.executable, "-m", "edgefleet.cli"]
     env = dict(os.environ)
-    admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    admin = subprocess.run(
+        cli + ["fleet", "tokens", "create", "--config", str(config), "--name", "admin", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     fleet_log = tmp_path / "fleet.log"
-    fleet = subprocess.Popen(cli + ["fleet", "serve", "--config", str(config)], env=env, stdout=open(fleet_log, "wb"), stderr=subprocess.STDOUT)
+    fleet = subprocess.Popen(
+        cli + ["fleet", "serve", "--config", str(config)],
+        env=env,
+        stdout=open(fleet_log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -125,14 +181,39 @@ def test_install_enrolls_at_a_real_fleet_with_a_one_time_token(tmp_path, mqtt_br
                 urllib.request.urlopen(url + "/healthz", timeout=1)
                 break
             except OSError:
-                assert time.monotonic() < deadline and fleet.poll() is None, f"the fleet did not start: {fleet_log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline and fleet.poll() is None, (
+                    f"the fleet did not start: {fleet_log.read_text()[-2000:]}"
+                )
                 time.sleep(0.2)
-        request = urllib.request.Request(url + "/api/v1/enrollment-tokens", method="POST", headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
-                                         data=json.dumps({"device_id": "cam-9", "target": "x86_64"}).encode())
+        request = urllib.request.Request(
+            url + "/api/v1/enrollment-tokens",
+            method="POST",
+            headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+            data=json.dumps({"device_id": "cam-9", "target": "x86_64"}).encode(),
+        )
         token_file = tmp_path / "token"
         token_file.write_text(json.loads(urllib.request.urlopen(request, timeout=10).read())["token"])
-        args = ["install", "--config", str(tmp_path / "agent.toml"), "--state-dir", str(tmp_path / "state"), "--device-id", "cam-9", "--label", "bright",
-                "--fleet-url", url, "--enroll-token-file", str(token_file), "--package", str(package), "--user", "nobody", "--unit-path", str(tmp_path / "unit")]
+        args = [
+            "install",
+            "--config",
+            str(tmp_path / "agent.toml"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--device-id",
+            "cam-9",
+            "--label",
+            "bright",
+            "--fleet-url",
+            url,
+            "--enroll-token-file",
+            str(token_file),
+            "--package",
+            str(package),
+            "--user",
+            "nobody",
+            "--unit-path",
+            str(tmp_path / "unit"),
+        ]
         result = CliRunner().invoke(agent_group, args)
         assert result.exit_code == 0, (result.output, result.exception, fleet_log.read_text()[-2000:])
         again = CliRunner().invoke(agent_group, [*args, "--force"])

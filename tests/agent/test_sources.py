@@ -20,10 +20,15 @@ from edgefleet.errors import MissingToolError
 
 
 def source_config(source: dict):
-    return parse_config({
-        "version": 1, "state_dir": "/tmp/unused", "rules": {"labels": ["x"]}, "sources": [source],
-        "mqtt": {"host": "h", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}},
-    }).sources[0]
+    return parse_config(
+        {
+            "version": 1,
+            "state_dir": "/tmp/unused",
+            "rules": {"labels": ["x"]},
+            "sources": [source],
+            "mqtt": {"host": "h", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}},
+        }
+    ).sources[0]
 
 
 def take(source, n: int, timeout: float = 20.0) -> tuple[list, float]:
@@ -72,8 +77,15 @@ def test_http_snapshot_source_authenticates_with_an_env_secret_and_caps_the_rate
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("CAM_PASSWORD", "s3cret")
     try:
-        cfg = source_config({"type": "http", "url": f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg", "username": "admin",
-                             "password": {"env": "CAM_PASSWORD"}, "max_fps": 10.0})
+        cfg = source_config(
+            {
+                "type": "http",
+                "url": f"http://127.0.0.1:{server.server_address[1]}/snapshot.jpg",
+                "username": "admin",
+                "password": {"env": "CAM_PASSWORD"},
+                "max_fps": 10.0,
+            }
+        )
         frames, elapsed = take(make_source(cfg), 4)
     finally:
         server.shutdown()
@@ -94,7 +106,9 @@ def test_http_source_survives_an_unreachable_camera():
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
 def test_ffmpeg_source_reads_a_stream_at_the_capped_rate():
     # lavfi's test pattern stands in for an RTSP camera: ffmpeg opens both the same way.
-    cfg = source_config({"type": "ffmpeg", "url": "testsrc=size=96x64:rate=30", "input_format": "lavfi", "max_fps": 5.0})
+    cfg = source_config(
+        {"type": "ffmpeg", "url": "testsrc=size=96x64:rate=30", "input_format": "lavfi", "max_fps": 5.0}
+    )
     frames, elapsed = take(make_source(cfg), 4)
     assert [Image.open(io.BytesIO(f.data)).size for f in frames] == [(96, 64)] * 4
     assert elapsed >= 0.55, "5 fps cap: 4 frames take at least 3 intervals"

@@ -24,7 +24,11 @@ def minimal_config(**over) -> dict:
     config = {
         "version": 1,
         "state_dir": "/tmp/x",
-        "mqtt": {"host": "broker", "device_id": "cam-1", "tls": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "c.key"}},
+        "mqtt": {
+            "host": "broker",
+            "device_id": "cam-1",
+            "tls": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "c.key"},
+        },
         "sources": [{"type": "folder", "path": "/tmp/in"}],
         "rules": {"labels": ["person"]},
     }
@@ -39,15 +43,44 @@ class TestConfig:
         assert cfg.sources[0].type == "folder" and cfg.sources[0].delete_after
         assert cfg.runtime.threads == 1 and not cfg.runtime.spin  # measured on shared cores: docs/performance.md
 
-    @pytest.mark.parametrize("change, where", [
-        ({"colour": "red"}, "colour"),
-        ({"mqtt": {"host": "b", "device_id": "cam-1", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}, "password": "hunter2"}}, "mqtt.password"),
-        ({"sources": [{"type": "http", "url": "http://cam/snap.jpg", "username": "u", "password": "inline-secret"}]}, "sources.0.http.password"),
-        ({"sources": [{"type": "webcam"}]}, "sources.0"),
-        ({"runtime": {"threads": 0}}, "runtime.threads"),
-        ({"runtime": {"spin_count": 0}}, "runtime.spin_count"),
-        ({"mqtt": {"host": "b", "device_id": "../other", "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"}}}, "mqtt.device_id"),
-    ])
+    @pytest.mark.parametrize(
+        "change, where",
+        [
+            ({"colour": "red"}, "colour"),
+            (
+                {
+                    "mqtt": {
+                        "host": "b",
+                        "device_id": "cam-1",
+                        "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"},
+                        "password": "hunter2",
+                    }
+                },
+                "mqtt.password",
+            ),
+            (
+                {
+                    "sources": [
+                        {"type": "http", "url": "http://cam/snap.jpg", "username": "u", "password": "inline-secret"}
+                    ]
+                },
+                "sources.0.http.password",
+            ),
+            ({"sources": [{"type": "webcam"}]}, "sources.0"),
+            ({"runtime": {"threads": 0}}, "runtime.threads"),
+            ({"runtime": {"spin_count": 0}}, "runtime.spin_count"),
+            (
+                {
+                    "mqtt": {
+                        "host": "b",
+                        "device_id": "../other",
+                        "tls": {"ca_file": "a", "cert_file": "b", "key_file": "c"},
+                    }
+                },
+                "mqtt.device_id",
+            ),
+        ],
+    )
     def test_unknown_keys_inline_secrets_and_bad_values_are_refused(self, change, where):
         with pytest.raises(BadInputError) as err:
             parse_config(minimal_config(**change))
@@ -60,10 +93,25 @@ class TestConfig:
     def test_secrets_come_from_env_or_file(self, tmp_path, monkeypatch):
         secret_file = tmp_path / "pw"
         secret_file.write_text("from-file\n")
-        by_file = parse_config(minimal_config(sources=[{"type": "http", "url": "https://cam/s.jpg", "username": "u", "password": {"file": str(secret_file)}}]))
+        by_file = parse_config(
+            minimal_config(
+                sources=[
+                    {
+                        "type": "http",
+                        "url": "https://cam/s.jpg",
+                        "username": "u",
+                        "password": {"file": str(secret_file)},
+                    }
+                ]
+            )
+        )
         assert by_file.sources[0].password.read() == "from-file"
         monkeypatch.setenv("CAM_PW", "from-env")
-        by_env = parse_config(minimal_config(sources=[{"type": "http", "url": "https://cam/s.jpg", "username": "u", "password": {"env": "CAM_PW"}}]))
+        by_env = parse_config(
+            minimal_config(
+                sources=[{"type": "http", "url": "https://cam/s.jpg", "username": "u", "password": {"env": "CAM_PW"}}]
+            )
+        )
         assert by_env.sources[0].password.read() == "from-env"
 
 
@@ -94,7 +142,9 @@ class TestOutbox:
         self.put_n(box, "telemetry", 6)
         self.put_n(box, "alert", 3, start=4)
         ids = [m.id for m in box.pending()]
-        assert ids == [f"alert-{i}" for i in range(4)] + ["telemetry-3", "telemetry-4", "telemetry-5"] + [f"alert-{i}" for i in range(4, 7)]
+        assert ids == [f"alert-{i}" for i in range(4)] + ["telemetry-3", "telemetry-4", "telemetry-5"] + [
+            f"alert-{i}" for i in range(4, 7)
+        ]
         self.put_n(box, "alert", 5, start=7)
         ids = [m.id for m in box.pending()]
         assert len(ids) == 10 and not any(i.startswith("telemetry") for i in ids) and ids[0] == "alert-2"
@@ -114,9 +164,19 @@ class TestOutbox:
 
 def test_rules_need_consecutive_hits_and_respect_the_cooldown():
     rules = AlertRules(RulesConfig(labels=["person", "car"], min_score=0.6, min_consecutive=2, cooldown_s=10))
-    seen = [[h.label for h in rules.observe(scores, t)] for t, scores in enumerate([
-        {"person": 0.9}, {"person": 0.9, "car": 0.7}, {"person": 0.5, "car": 0.8}, {"person": 0.9}, {"person": 0.9}, {"car": 0.9},
-    ])]
+    seen = [
+        [h.label for h in rules.observe(scores, t)]
+        for t, scores in enumerate(
+            [
+                {"person": 0.9},
+                {"person": 0.9, "car": 0.7},
+                {"person": 0.5, "car": 0.8},
+                {"person": 0.9},
+                {"person": 0.9},
+                {"car": 0.9},
+            ]
+        )
+    ]
     assert seen == [[], ["person"], ["car"], [], [], []]  # person run broken at t=2; at t=4 still cooling down
     assert rules.observe({"person": 0.99}, 11.5) == []  # t=5 broke the run: it starts again
     assert [h.label for h in rules.observe({"person": 0.99}, 12)] == ["person"]
@@ -129,11 +189,20 @@ def test_classification_softmaxes_logits():
 
 def test_detection_reads_the_ssd_layout():
     boxes = np.array([[[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.9, 0.9], [0, 0, 1, 1]]], dtype=np.float32)
-    outputs = [boxes, np.array([[1, 0, 1]], dtype=np.float32), np.array([[0.8, 0.95, 0.7]], dtype=np.float32), np.array([2], dtype=np.float32)]
+    outputs = [
+        boxes,
+        np.array([[1, 0, 1]], dtype=np.float32),
+        np.array([[0.8, 0.95, 0.7]], dtype=np.float32),
+        np.array([2], dtype=np.float32),
+    ]
     result = detection(outputs, ["TFLite_Detection_PostProcess", "x:1", "x:2", "x:3"], ["person", "car"])
     assert result.top_label == "person" and result.scores == {"car": pytest.approx(0.8), "person": pytest.approx(0.95)}
     assert len(result.detections) == 2, "count limits the valid rows"
-    named = detection([outputs[2], outputs[0], outputs[3], outputs[1]], ["detection_scores", "detection_boxes", "num_detections", "detection_classes"], ["person", "car"])
+    named = detection(
+        [outputs[2], outputs[0], outputs[3], outputs[1]],
+        ["detection_scores", "detection_boxes", "num_detections", "detection_classes"],
+        ["person", "car"],
+    )
     assert named.scores == result.scores
 
 
@@ -147,7 +216,9 @@ class TestModelSlot:
         assert slot.current_dir() == (tmp_path / "state/packages/brightness-1").resolve()
         assert len(slot.model.run([np.zeros((1, 3, 16, 16), np.float32)])[0].reshape(-1)) == 2
 
-    def test_untrusted_or_tampered_packages_are_refused_and_the_old_model_stays(self, tmp_path, agent_package, edgefleet_home):
+    def test_untrusted_or_tampered_packages_are_refused_and_the_old_model_stays(
+        self, tmp_path, agent_package, edgefleet_home
+    ):
         pkg, trust = agent_package
         stranger = create_signing_key(tmp_path / "other.key")
         with pytest.raises(PackageIntegrityError, match="signature"):
@@ -163,7 +234,9 @@ class TestModelSlot:
             slot.reload()
         assert slot.active is before
         shutil.rmtree(slot.current_dir())
-        assert slot.stage(pkg) == tmp_path / "s2/packages/brightness-1", "a damaged or missing directory is re-extracted"
+        assert slot.stage(pkg) == tmp_path / "s2/packages/brightness-1", (
+            "a damaged or missing directory is re-extracted"
+        )
 
 
 def test_a_plain_tflite_runs_through_litert_with_the_configs_preprocessing(tmp_path, mqtt_broker):
@@ -178,15 +251,22 @@ def test_a_plain_tflite_runs_through_litert_with_the_configs_preprocessing(tmp_p
     # The compiler tests' flatbuffer writer makes a real float32 CNN .tflite without TensorFlow.
     import sys
 
-    spec = importlib.util.spec_from_file_location("agent_tests_compiler_testlib", Path(__file__).parents[1] / "compiler" / "compiler_testlib.py")
+    spec = importlib.util.spec_from_file_location(
+        "agent_tests_compiler_testlib", Path(__file__).parents[1] / "compiler" / "compiler_testlib.py"
+    )
     testlib = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = testlib  # dataclasses look their module up
     spec.loader.exec_module(testlib)
     model = testlib.small_tflite_cnn(tmp_path / "cnn.tflite", classes=4, size=16)
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\nd\n")
-    config = agent_config(tmp_path, mqtt_broker, (tmp_path, tmp_path), rules={"labels": ["a", "b", "c", "d"], "min_score": 0.0},
-                          model={"tflite": str(model), "labels_file": str(labels), "resize": [16, 16], "layout": "NHWC"})
+    config = agent_config(
+        tmp_path,
+        mqtt_broker,
+        (tmp_path, tmp_path),
+        rules={"labels": ["a", "b", "c", "d"], "min_score": 0.0},
+        model={"tflite": str(model), "labels_file": str(labels), "resize": [16, 16], "layout": "NHWC"},
+    )
     agent = Agent(parse_config(config))
     agent._load_model()
     assert agent.slot.manifest.runtime.kind == "tflite" and agent.slot.manifest.inputs[0].shape == [1, 16, 16, 3]
@@ -199,6 +279,8 @@ def test_a_plain_tflite_runs_through_litert_with_the_configs_preprocessing(tmp_p
 
     first_frame = [json.loads(m.payload) for m in alerts if json.loads(m.payload)["frame"] == "k0"]
     assert sorted(a["label"] for a in first_frame) == ["a", "b", "c", "d"]
-    assert sum(a["score"] for a in first_frame) == pytest.approx(1.0, abs=1e-3), "the model's softmax scores, one per label"
+    assert sum(a["score"] for a in first_frame) == pytest.approx(1.0, abs=1e-3), (
+        "the model's softmax scores, one per label"
+    )
     assert first_frame[0]["model"] == {"name": "cnn", "version": "0"}
     agent.outbox.close()

@@ -19,8 +19,16 @@ from edgefleet.runtime_bundle import find_bundle
 from edgefleet.signing import create_signing_key, public_path
 
 # Broken releases, as a bad build would be: one file of the device code changed.
-CRASH_AT_START = ("edgefleet/agent/run.py", lambda text: 'raise ImportError("this release is broken: run.py cannot import")\n' + text)
-NAN_MODEL = ("edgefleet/agent/runtime.py", lambda text: text.replace("return [self._output(i) for i in range(count)]", "return [self._output(i) * np.nan for i in range(count)]"))
+CRASH_AT_START = (
+    "edgefleet/agent/run.py",
+    lambda text: 'raise ImportError("this release is broken: run.py cannot import")\n' + text,
+)
+NAN_MODEL = (
+    "edgefleet/agent/runtime.py",
+    lambda text: text.replace(
+        "return [self._output(i) for i in range(count)]", "return [self._output(i) * np.nan for i in range(count)]"
+    ),
+)
 
 
 def release_code(root: Path, patch: tuple | None) -> list[tuple[Path, str]]:
@@ -48,7 +56,12 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("agent-releases")
     key = create_signing_key(root / "release.key")
     out = {"key": key, "trust": public_path(key.path)}
-    specs = {"9.1": (None, find_bundle()), "9.2": (None, None), "9.3-crash": (CRASH_AT_START, None), "9.3-nan": (NAN_MODEL, None)}
+    specs = {
+        "9.1": (None, find_bundle()),
+        "9.2": (None, None),
+        "9.3-crash": (CRASH_AT_START, None),
+        "9.3-nan": (NAN_MODEL, None),
+    }
     for name, (patch, bundle) in specs.items():
         out[name] = root / f"agent-{name}.tar.gz"
         build_release(out[name], name.split("-")[0], key, bundle=bundle, code=release_code(root / name, patch))
@@ -74,7 +87,12 @@ class Supervisor:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.first_env}
         while not self._stop.is_set():
             with open(self.log, "ab") as out:
-                self.process = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "launch", "--config", str(self.config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "edgefleet.cli", "agent", "launch", "--config", str(self.config)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
             self.exits.append(self.process.wait())
             if self.exits[-1] == -9:
                 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -92,9 +110,20 @@ class Supervisor:
 
 
 def agent_job(job: str, release: Path, url: str, version: str, **probation) -> dict:
-    return {"schema": 1, "id": job, "job": job, "kind": "agent_install",
-            "package": {"name": "edgefleet-agent", "version": version, "sha256": sha256_file(release), "size": release.stat().st_size, "url": url},
-            "probation": {"smoke_runs": 2, "latency_budget_ms": 5000, "health_deadline_s": 15, "max_boots": 2, **probation}}
+    return {
+        "schema": 1,
+        "id": job,
+        "job": job,
+        "kind": "agent_install",
+        "package": {
+            "name": "edgefleet-agent",
+            "version": version,
+            "sha256": sha256_file(release),
+            "size": release.stat().st_size,
+            "url": url,
+        },
+        "probation": {"smoke_runs": 2, "latency_budget_ms": 5000, "health_deadline_s": 15, "max_boots": 2, **probation},
+    }
 
 
 def journal(state_dir: Path) -> dict:
@@ -115,7 +144,9 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition", log: Pat
 class Camera:
     """One camera: an agent config trusting the model's and the releases' keys, the launcher under a Supervisor, the fleet's view over MQTT."""
 
-    def __init__(self, tmp_path: Path, broker, package: tuple[Path, Path], releases: dict, server, device: str = "cam-1") -> None:
+    def __init__(
+        self, tmp_path: Path, broker, package: tuple[Path, Path], releases: dict, server, device: str = "cam-1"
+    ) -> None:
         from agent_support import agent_config, write_config
 
         pkg, trust = package
@@ -150,7 +181,9 @@ class Camera:
         return None
 
     def wait_online(self, version: str, timeout: float = 60.0) -> None:
-        wait_for(lambda: self.online_version() == version, timeout, f"{self.device} online on agent {version}", self.log)
+        wait_for(
+            lambda: self.online_version() == version, timeout, f"{self.device} online on agent {version}", self.log
+        )
 
     def send(self, job: str, release_name: str, version: str, **probation) -> None:
         import shutil
@@ -158,19 +191,23 @@ class Camera:
         release = self.releases[release_name]
         shutil.copy(release, self.server.root / release.name)
         body = agent_job(job, release, self.server.url(release.name), version, **probation)
-        self.updates.client.publish(f"edgefleet/v1/{self.device}/jobs/notify", json.dumps(body), qos=1).wait_for_publish(5)
+        self.updates.client.publish(
+            f"edgefleet/v1/{self.device}/jobs/notify", json.dumps(body), qos=1
+        ).wait_for_publish(5)
 
     def states(self, job: str) -> list[str]:
         return [m.json()["state"] for m in self.updates.messages if m.topic.split("/")[-2] == job]
 
     def final(self, job: str, timeout: float = 90.0) -> tuple[str, str]:
         """(state, detail) of the job's first terminal report."""
+
         def done():
             for m in self.updates.messages:
                 body = m.json()
                 if m.topic.split("/")[-2] == job and body["state"] in ("committed", "rolled_back", "failed"):
                     return body["state"], body["detail"]
             return None
+
         return wait_for(done, timeout, f"job {job} finished", self.log)
 
     def current(self) -> str | None:

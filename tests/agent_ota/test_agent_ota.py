@@ -40,7 +40,16 @@ def test_agent_update_commits_runs_the_new_code_and_runtime_and_keeps_the_model_
     camera.send("a1", "9.1", "9.1")
     assert camera.final("a1") == ("committed", "agent 9.1 healthy after 1 start(s)")
     camera.wait_online("9.1")
-    assert camera.states("a1") == ["idle", "downloading", "verifying", "staged", "switching", "probation", "probation", "committed"]
+    assert camera.states("a1") == [
+        "idle",
+        "downloading",
+        "verifying",
+        "staged",
+        "switching",
+        "probation",
+        "probation",
+        "committed",
+    ]
     assert camera.current() == "releases/9.1"
     assert RESTART_EXIT_CODE in camera.supervisor.exits
     # The new agent runs the release's runtime bundle, and its model still answers frames.
@@ -56,10 +65,13 @@ def test_agent_update_commits_runs_the_new_code_and_runtime_and_keeps_the_model_
     assert sorted(p.name for p in (camera.state / "agent" / "releases").iterdir()) == ["9.1", "9.2"]
 
 
-@pytest.mark.parametrize("release, why", [
-    ("9.3-crash", "agent 9.3 started 2 times without passing its health check"),
-    ("9.3-nan", "health check failed: the smoke test produced no output or non-finite values"),
-])
+@pytest.mark.parametrize(
+    "release, why",
+    [
+        ("9.3-crash", "agent 9.3 started 2 times without passing its health check"),
+        ("9.3-nan", "health check failed: the smoke test produced no output or non-finite values"),
+    ],
+)
 def test_a_failed_agent_update_rolls_back_to_the_agent_before(camera, release, why):
     camera.start().wait_online(__version__)
     camera.send("bad", release, "9.3")
@@ -149,10 +161,19 @@ def test_the_release_archive_refuses_tampering_missing_signatures_and_foreign_ca
                 dst.addfile(member, src.extractfile(member))
     with pytest.raises(PackageIntegrityError, match="no manifest.sig"):
         unpack_release(tmp_path / "unsigned.tar.gz", tmp_path / "u", trusted)
-    foreign = manifest.model_copy(update={"arch": "armv7", "python": manifest.python.model_copy(update={"min": "3.99"}),
-                                          "requires": [*manifest.requires, manifest.requires[0].model_copy(update={"name": "no-such-dist"})]})
+    foreign = manifest.model_copy(
+        update={
+            "arch": "armv7",
+            "python": manifest.python.model_copy(update={"min": "3.99"}),
+            "requires": [*manifest.requires, manifest.requires[0].model_copy(update={"name": "no-such-dist"})],
+        }
+    )
     problems = compatibility_problems(foreign)
-    assert any("for armv7" in p for p in problems) and any("Python >=3.99" in p for p in problems) and any("no-such-dist" in p for p in problems)
+    assert (
+        any("for armv7" in p for p in problems)
+        and any("Python >=3.99" in p for p in problems)
+        and any("no-such-dist" in p for p in problems)
+    )
     (tmp_path / "truncated.tar.gz").write_bytes(good.read_bytes()[:5000])
     with pytest.raises(UnsafeArchiveError):
         unpack_release(tmp_path / "truncated.tar.gz", tmp_path / "m", trusted)
@@ -167,8 +188,15 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
     j.point_current("9.2")
 
     def journaled(state: str, **extra) -> None:
-        job = {"format": 1, "job": "j", "kind": "agent_install", "package": {"name": "edgefleet-agent", "version": "9.2"},
-               "probation": {"max_boots": 2}, "previous": "9.1", "boots": 0} | extra
+        job = {
+            "format": 1,
+            "job": "j",
+            "kind": "agent_install",
+            "package": {"name": "edgefleet-agent", "version": "9.2"},
+            "probation": {"max_boots": 2},
+            "previous": "9.1",
+            "boots": 0,
+        } | extra
         j.enter(AgentUpdateJournal.model_validate(job), state)
 
     journaled("probation")
@@ -182,7 +210,9 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
         j.point_current("9.2")
         journaled(state)
         assert prepare_boot(j) == "start" and j.current_version() == "9.2", state
-    (j.releases / "9.1").rmdir()  # a previous release that is gone: back to the installed agent, never stay on the failed one
+    (
+        j.releases / "9.1"
+    ).rmdir()  # a previous release that is gone: back to the installed agent, never stay on the failed one
     journaled("rolling_back")
     assert prepare_boot(j) == "rolled_back" and j.current_version() is None
     assert j.load().detail.endswith("the previous release 9.1 is gone from the camera")
@@ -193,7 +223,9 @@ def test_the_tables_are_closed_and_the_launcher_rolls_back_what_did_not_prove_it
     assert (j.root / "journal.unreadable.json").exists() and j.load() is None
 
 
-def test_release_build_command_signs_an_arm_release_with_its_runtime_and_refuses_a_bad_version(cli, signing_key, tmp_path):
+def test_release_build_command_signs_an_arm_release_with_its_runtime_and_refuses_a_bad_version(
+    cli, signing_key, tmp_path
+):
     from edgefleet.runtime_bundle import find_bundle
     from edgefleet.signing import public_path
 

@@ -18,6 +18,7 @@ from update_support import DEVICE, Device, device  # noqa: F401
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.agent.update import AGENT_STATES, EVENTS, RESUME, TERMINAL_STATES, TRANSITIONS, UpdateManager
 from edgefleet.signing import public_path
+
 HERE = Path(__file__).parent
 
 
@@ -56,7 +57,15 @@ def test_interrupted_download_resumes_with_a_range_request(device, tiny_packages
 
 @pytest.mark.parametrize(
     "case",
-    ["tampered", "unsigned", "older_replayed", "authorization_for_another_job", "authorization_for_another_device", "wrong_sha256", "nan_model_fails_probation"],
+    [
+        "tampered",
+        "unsigned",
+        "older_replayed",
+        "authorization_for_another_job",
+        "authorization_for_another_device",
+        "wrong_sha256",
+        "nan_model_fails_probation",
+    ],
 )
 def test_refused_or_failed_updates_leave_the_working_model(device, tmp_path, case):
     if case == "nan_model_fails_probation":
@@ -80,18 +89,35 @@ def test_refused_or_failed_updates_leave_the_working_model(device, tmp_path, cas
         expected, states_tail = "failed", ["verifying", "failed"]
     else:
         assert device.manager.handle_notify(device.job("up", "v3", "3")) == "committed"
-        auth = {"authorization_for_another_job": device.authorization("other-job", "1"), "authorization_for_another_device": device.authorization("bad", "1", device="cam-2")}.get(case)
-        job = device.job("bad", "v1", "1", kind="rollback" if auth else "install", **({"rollback_authorization": auth} if auth else {}))
+        auth = {
+            "authorization_for_another_job": device.authorization("other-job", "1"),
+            "authorization_for_another_device": device.authorization("bad", "1", device="cam-2"),
+        }.get(case)
+        job = device.job(
+            "bad",
+            "v1",
+            "1",
+            kind="rollback" if auth else "install",
+            **({"rollback_authorization": auth} if auth else {}),
+        )
         expected, states_tail = "failed", ["verifying", "failed"]
     if case == "wrong_sha256":
         job["package"]["sha256"] = "0" * 64
         states_tail = ["downloading", "failed"]
     before = device.slot.manifest.version
     assert device.manager.handle_notify(job) == expected
-    assert device.states("bad")[-len(states_tail):] == states_tail
+    assert device.states("bad")[-len(states_tail) :] == states_tail
     assert device.slot.manifest.version == before and device.dirs() == {"current", f"tiny-{before}"}
     detail = device.published[-1][1]["detail"]
-    assert {"tampered": "sha256", "unsigned": "unsigned", "older_replayed": "not newer", "authorization_for_another_job": "not newer", "authorization_for_another_device": "not newer", "wrong_sha256": "sha256", "nan_model_fails_probation": "back on tiny-1"}[case] in detail
+    assert {
+        "tampered": "sha256",
+        "unsigned": "unsigned",
+        "older_replayed": "not newer",
+        "authorization_for_another_job": "not newer",
+        "authorization_for_another_device": "not newer",
+        "wrong_sha256": "sha256",
+        "nan_model_fails_probation": "back on tiny-1",
+    }[case] in detail
     out = device.slot.model.run([np.zeros(s.shape, s.dtype) for s in device.slot.manifest.inputs])
     assert np.all(np.isfinite(out[0]))
 
@@ -155,7 +181,13 @@ def _run(device: Device, job: Path | None, fault: str | None) -> subprocess.Comp
     env.pop("EDGEFLEET_UPDATE_FAULT", None)
     if fault:
         env["EDGEFLEET_UPDATE_FAULT"] = fault
-    args = [sys.executable, str(HERE / "update_proc.py"), str(device.state), str(public_path(device.packages["key"])), DEVICE] + ([str(job)] if job else [])
+    args = [
+        sys.executable,
+        str(HERE / "update_proc.py"),
+        str(device.state),
+        str(public_path(device.packages["key"])),
+        DEVICE,
+    ] + ([str(job)] if job else [])
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -163,7 +195,9 @@ REAL_KILLS = [f for f in FAULTS if f[0] in ("staged", "switching", "probation")]
 
 
 @pytest.mark.parametrize("state, package, version, final, active", REAL_KILLS, ids=[f[0] for f in REAL_KILLS])
-def test_agent_process_sigkilled_mid_update_ends_committed_or_rolled_back(device, tmp_path, state, package, version, final, active):
+def test_agent_process_sigkilled_mid_update_ends_committed_or_rolled_back(
+    device, tmp_path, state, package, version, final, active
+):
     if state == "failed":
         assert device.manager.handle_notify(device.job("up", "v2", "2")) == "committed"
     payload = device.job("kill", package, version)

@@ -1,9 +1,9 @@
 """Tiny real ONNX classifiers compiled by the real compiler, for update and rollout tests.
 
-    good  logits that favour class 0 strongly: high top-1 confidence
-    flat  the same graph with zero weights: a uniform softmax (installs and runs fine, but
-          its confidence is far lower: what the fleet's model-health gate must stop)
-    nan   log(x - 1): NaN on the smoke test's zero input, so probation fails
+good  logits that favour class 0 strongly: high top-1 confidence
+flat  the same graph with zero weights: a uniform softmax (installs and runs fine, but
+      its confidence is far lower: what the fleet's model-health gate must stop)
+nan   log(x - 1): NaN on the smoke test's zero input, so probation fails
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def build_onnx(path: Path, kind: str) -> Path:
     inits = [numpy_helper.from_array(scale, "scale"), numpy_helper.from_array(shift, "shift")]
     if kind == "nan":
         inits.append(numpy_helper.from_array(np.ones((1,), np.float32), "one"))
-        nodes += [helper.make_node("Sub", ["input", "one"], ["shifted"]), helper.make_node("Log", ["shifted"], ["logged"])]
+        nodes += [
+            helper.make_node("Sub", ["input", "one"], ["shifted"]),
+            helper.make_node("Log", ["shifted"], ["logged"]),
+        ]
         first = "logged"
     nodes += [
         helper.make_node("GlobalAveragePool", [first], ["pooled"]),
@@ -55,5 +58,16 @@ def compile_tiny(workdir: Path, kind: str, version: str, key: Path, name: str = 
     labels = workdir / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     out = workdir / f"{name}-{version}-{kind}.tar.gz"
-    compile_model(str(src), target, output=out, name=name, version=version, labels=labels, preprocessing={"resize": (SIZE, SIZE)}, verify=kind != "nan", key=key, quiet=True)
+    compile_model(
+        str(src),
+        target,
+        output=out,
+        name=name,
+        version=version,
+        labels=labels,
+        preprocessing={"resize": (SIZE, SIZE)},
+        verify=kind != "nan",
+        key=key,
+        quiet=True,
+    )
     return out

@@ -37,4 +37,13 @@ resumed = manager.resume()
 handled = manager.handle_notify(json.loads(Path(sys.argv[4]).read_text())) if len(sys.argv) > 4 else None
 active = slot.active
 outputs = active.model.run([np.random.default_rng(0).random(s.shape).astype(s.dtype) for s in active.manifest.inputs])
-print(json.dumps({"resumed": resumed, "handled": handled, "active": f"{active.manifest.name}-{active.manifest.version}", "output_ok": bool(np.all(np.isfinite(outputs[0])))}))
+print(
+    json.dumps(
+        {
+            "resumed": resumed,
+            "handled": handled,
+            "active": f"{active.manifest.name}-{active.manifest.version}",
+            "output_ok": bool(np.all(np.isfinite(outputs[0]))),
+        }
+    )
+)

@@ -94,20 +94,37 @@ class Device:
         self.published: list[tuple[str, dict]] = []
         self.slot = ModelSlot(self.state, self.trusted)
         self.slot.install_initial(packages["v1"])
-        self.manager = UpdateManager(self.state, self.slot, lambda t, p: self.published.append((t, p)), self.trusted, DEVICE, download_retries=2)
+        self.manager = UpdateManager(
+            self.state, self.slot, lambda t, p: self.published.append((t, p)), self.trusted, DEVICE, download_retries=2
+        )
 
     def offer(self, package: Path, name: str) -> dict:
         shutil.copy(package, self.server.root / name)
-        return {"size": package.stat().st_size, "sha256": hashlib.sha256(package.read_bytes()).hexdigest(), "url": self.server.url(name)}
+        return {
+            "size": package.stat().st_size,
+            "sha256": hashlib.sha256(package.read_bytes()).hexdigest(),
+            "url": self.server.url(name),
+        }
 
     def job(self, job_id: str, package_key: str, version: str, kind: str = "install", **extra) -> dict:
         pkg = self.offer(self.packages[package_key], f"{job_id}.tar.gz")
-        payload = {"schema": 1, "id": job_id, "job": job_id, "kind": kind, "package": {"name": "tiny", "version": version, **pkg}, "probation": {"smoke_runs": 2, "latency_budget_ms": 5000}}
+        payload = {
+            "schema": 1,
+            "id": job_id,
+            "job": job_id,
+            "kind": kind,
+            "package": {"name": "tiny", "version": version, **pkg},
+            "probation": {"smoke_runs": 2, "latency_budget_ms": 5000},
+        }
         return payload | extra
 
     def authorization(self, job: str, version: str, device: str = DEVICE) -> dict:
         doc = {"schema": 1, "kind": "rollback", "device": device, "job": job, "name": "tiny", "version": version}
-        return doc | {"signature": base64.b64encode(self.key.sign(RollbackAuthorization.model_validate(doc).signed_bytes())).decode()}
+        return doc | {
+            "signature": base64.b64encode(
+                self.key.sign(RollbackAuthorization.model_validate(doc).signed_bytes())
+            ).decode()
+        }
 
     def states(self, job: str) -> list[str]:
         return [p["state"] for t, p in self.published if t == f"jobs/{job}/update"]

@@ -15,7 +15,9 @@ from support.cli import assert_cli_error  # noqa: F401  (the compiler tests impo
 CLASSES = 4
 
 
-def small_onnx_cnn(path: Path, *, dynamic_batch: bool = False, dynamic_size: bool = False, classes: int = CLASSES, seed: int = 0) -> Path:
+def small_onnx_cnn(
+    path: Path, *, dynamic_batch: bool = False, dynamic_size: bool = False, classes: int = CLASSES, seed: int = 0
+) -> Path:
     """conv 3x3 (8 ch) + relu + global average pool + gemm + softmax on a 1x3x32x32 input."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -69,7 +71,9 @@ def onnx_with_unsupported_ops(path: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.edgefleet.test", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.edgefleet.test", 1)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return Path(path)
@@ -82,6 +86,7 @@ def onnx_with_unsupported_ops(path: Path) -> Path:
 # options None, (BuiltinOptions type, builder callback) or the custom op's option bytes;
 # signatures maps tensor names to shape signatures (-1 for a dynamic dimension).
 
+
 def _vector(builder, start, items, prepend) -> int:
     start(builder, len(items))
     for item in reversed(items):
@@ -89,7 +94,9 @@ def _vector(builder, start, items, prepend) -> int:
     return builder.EndVector()
 
 
-def write_tflite(path: Path, tensors: list, operators: list, inputs: list[str], outputs: list[str], signatures: dict | None = None) -> Path:
+def write_tflite(
+    path: Path, tensors: list, operators: list, inputs: list[str], outputs: list[str], signatures: dict | None = None
+) -> Path:
     import importlib
 
     import flatbuffers
@@ -118,8 +125,18 @@ def write_tflite(path: Path, tensors: list, operators: list, inputs: list[str], 
     for name, shape, dtype, _const, quant in tensors:
         quant_off = None
         if quant is not None:
-            scale_off = _vector(b, QuantizationParameters.QuantizationParametersStartScaleVector, [float(s) for s in quant["scale"]], b.PrependFloat32)
-            zp_off = _vector(b, QuantizationParameters.QuantizationParametersStartZeroPointVector, [int(z) for z in quant["zero_point"]], b.PrependInt64)
+            scale_off = _vector(
+                b,
+                QuantizationParameters.QuantizationParametersStartScaleVector,
+                [float(s) for s in quant["scale"]],
+                b.PrependFloat32,
+            )
+            zp_off = _vector(
+                b,
+                QuantizationParameters.QuantizationParametersStartZeroPointVector,
+                [int(z) for z in quant["zero_point"]],
+                b.PrependInt64,
+            )
             QuantizationParameters.QuantizationParametersStart(b)
             QuantizationParameters.QuantizationParametersAddScale(b, scale_off)
             QuantizationParameters.QuantizationParametersAddZeroPoint(b, zp_off)
@@ -128,7 +145,11 @@ def write_tflite(path: Path, tensors: list, operators: list, inputs: list[str], 
         name_off = b.CreateString(name)
         shape_off = _vector(b, Tensor.TensorStartShapeVector, list(shape), b.PrependInt32)
         signature = (signatures or {}).get(name)
-        signature_off = _vector(b, Tensor.TensorStartShapeSignatureVector, list(signature), b.PrependInt32) if signature is not None else None
+        signature_off = (
+            _vector(b, Tensor.TensorStartShapeSignatureVector, list(signature), b.PrependInt32)
+            if signature is not None
+            else None
+        )
         Tensor.TensorStart(b)
         Tensor.TensorAddShape(b, shape_off)
         if signature_off is not None:
@@ -218,7 +239,15 @@ def _options(module: str, **fields):
     return getattr(BuiltinOptions, module), build
 
 
-def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size: int = 16, dynamic_batch: bool = False, dynamic_size: bool = False) -> Path:
+def small_tflite_cnn(
+    path: Path,
+    *,
+    classes: int = CLASSES,
+    seed: int = 1,
+    size: int = 16,
+    dynamic_batch: bool = False,
+    dynamic_size: bool = False,
+) -> Path:
     """CONV_2D (8 ch, SAME, fused RELU) + MEAN over H,W + FULLY_CONNECTED + SOFTMAX, float32 NHWC 1xSxSx3."""
     from tflite.ActivationFunctionType import ActivationFunctionType as Act
     from tflite.BuiltinOperator import BuiltinOperator as Op
@@ -242,11 +271,23 @@ def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size:
         ("logits", [1, classes], T.FLOAT32, None, None),
         ("probs", [1, classes], T.FLOAT32, None, None),
     ]
-    conv_opts = dict(Padding=Padding.SAME, StrideW=1, StrideH=1, DilationWFactor=1, DilationHFactor=1, FusedActivationFunction=Act.RELU)
+    conv_opts = dict(
+        Padding=Padding.SAME,
+        StrideW=1,
+        StrideH=1,
+        DilationWFactor=1,
+        DilationHFactor=1,
+        FusedActivationFunction=Act.RELU,
+    )
     ops = [
         (Op.CONV_2D, ["input", "conv_w", "conv_b"], ["conv"], _options("Conv2DOptions", **conv_opts)),
         (Op.MEAN, ["conv", "axes"], ["mean"], _options("ReducerOptions", KeepDims=False)),
-        (Op.FULLY_CONNECTED, ["mean", "fc_w", "fc_b"], ["logits"], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)),
+        (
+            Op.FULLY_CONNECTED,
+            ["mean", "fc_w", "fc_b"],
+            ["logits"],
+            _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE),
+        ),
         (Op.SOFTMAX, ["logits"], ["probs"], _options("SoftmaxOptions", Beta=1.0)),
     ]
     spatial = -1 if dynamic_size else size
@@ -254,8 +295,17 @@ def small_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 1, size:
     return write_tflite(path, tensors, ops, ["input"], ["probs"], signatures)
 
 
-def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: int = 16, float_io: bool = False, intermediates: bool = False,
-                    uint8_io: bool = False, mean_head: bool = False) -> Path:
+def int8_tflite_cnn(
+    path: Path,
+    *,
+    classes: int = CLASSES,
+    seed: int = 2,
+    size: int = 16,
+    float_io: bool = False,
+    intermediates: bool = False,
+    uint8_io: bool = False,
+    mean_head: bool = False,
+) -> Path:
     """A full-integer int8 CNN as TFLite's converter writes one: per-channel int8 CONV_2D (RELU) and
     DEPTHWISE_CONV_2D (RELU6), int8 ADD of the two, AVERAGE_POOL_2D, RESHAPE, per-tensor int8
     FULLY_CONNECTED, SOFTMAX (scale 1/256, zero point -128). int32 biases at input x weight scale.
@@ -290,45 +340,106 @@ def int8_tflite_cnn(path: Path, *, classes: int = CLASSES, seed: int = 2, size: 
     tensors = [
         ("input", [1, size, size, 3], T.FLOAT32 if float_io else T.INT8, None, None if float_io else in_q),
         ("conv_w", [ch, 3, 3, 3], T.INT8, conv_w, q(conv_s, [0] * ch, 0)),
-        ("conv_b", [ch], T.INT32, rng.integers(-3000, 3000, ch).astype(np.int32), q(np.float32(in_q["scale"][0]) * conv_s, [0] * ch, 0)),
+        (
+            "conv_b",
+            [ch],
+            T.INT32,
+            rng.integers(-3000, 3000, ch).astype(np.int32),
+            q(np.float32(in_q["scale"][0]) * conv_s, [0] * ch, 0),
+        ),
         ("conv", [1, size, size, ch], T.INT8, None, conv_q),
         ("dw_w", [1, 3, 3, ch], T.INT8, dw_w, q(dw_s, [0] * ch, 3)),
-        ("dw_b", [ch], T.INT32, rng.integers(-2000, 2000, ch).astype(np.int32), q(np.float32(conv_q["scale"][0]) * dw_s, [0] * ch, 0)),
+        (
+            "dw_b",
+            [ch],
+            T.INT32,
+            rng.integers(-2000, 2000, ch).astype(np.int32),
+            q(np.float32(conv_q["scale"][0]) * dw_s, [0] * ch, 0),
+        ),
         ("dw", [1, size, size, ch], T.INT8, None, dw_q),
         ("add", [1, size, size, ch], T.INT8, None, add_q),
         ("pool", [1, 4, 4, ch], T.INT8, None, pool_q),
         ("shape", [2], T.INT32, np.array([1, ch * 16], np.int32), None),
         ("flat", [1, flat], T.INT8, None, pool_q),
         ("fc_w", [classes, flat], T.INT8, fc_w, q(fc_s, 0)),
-        ("fc_b", [classes], T.INT32, rng.integers(-500, 500, classes).astype(np.int32), q(np.float32(pool_q["scale"][0]) * fc_s, 0)),
+        (
+            "fc_b",
+            [classes],
+            T.INT32,
+            rng.integers(-500, 500, classes).astype(np.int32),
+            q(np.float32(pool_q["scale"][0]) * fc_s, 0),
+        ),
         ("logits", [1, classes], T.INT8, None, fc_q),
         ("probs", [1, classes], T.FLOAT32 if float_io else T.INT8, None, None if float_io else q(1 / 256, -128)),
     ]
     conv_opts = dict(Padding=Padding.SAME, StrideW=1, StrideH=1, DilationWFactor=1, DilationHFactor=1)
     ops = [
-        (Op.CONV_2D, ["input", "conv_w", "conv_b"], ["conv"], _options("Conv2DOptions", **conv_opts, FusedActivationFunction=Act.RELU)),
-        (Op.DEPTHWISE_CONV_2D, ["conv", "dw_w", "dw_b"], ["dw"], _options("DepthwiseConv2DOptions", **conv_opts, DepthMultiplier=1, FusedActivationFunction=Act.RELU6)),
+        (
+            Op.CONV_2D,
+            ["input", "conv_w", "conv_b"],
+            ["conv"],
+            _options("Conv2DOptions", **conv_opts, FusedActivationFunction=Act.RELU),
+        ),
+        (
+            Op.DEPTHWISE_CONV_2D,
+            ["conv", "dw_w", "dw_b"],
+            ["dw"],
+            _options("DepthwiseConv2DOptions", **conv_opts, DepthMultiplier=1, FusedActivationFunction=Act.RELU6),
+        ),
         (Op.ADD, ["conv", "dw"], ["add"], _options("AddOptions", FusedActivationFunction=Act.NONE)),
-        (Op.AVERAGE_POOL_2D, ["add"], ["pool"], _options("Pool2DOptions", Padding=Padding.VALID, StrideW=4, StrideH=4, FilterWidth=4, FilterHeight=4)),
+        (
+            Op.AVERAGE_POOL_2D,
+            ["add"],
+            ["pool"],
+            _options("Pool2DOptions", Padding=Padding.VALID, StrideW=4, StrideH=4, FilterWidth=4, FilterHeight=4),
+        ),
         (Op.RESHAPE, ["pool", "shape"], ["flat"], None),
-        (Op.FULLY_CONNECTED, ["flat", "fc_w", "fc_b"], ["logits"], _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE)),
-        (Op.SOFTMAX, ["logits"], ["probs_q" if float_io or uint8_io else "probs"], _options("SoftmaxOptions", Beta=1.0)),
+        (
+            Op.FULLY_CONNECTED,
+            ["flat", "fc_w", "fc_b"],
+            ["logits"],
+            _options("FullyConnectedOptions", FusedActivationFunction=Act.NONE),
+        ),
+        (
+            Op.SOFTMAX,
+            ["logits"],
+            ["probs_q" if float_io or uint8_io else "probs"],
+            _options("SoftmaxOptions", Beta=1.0),
+        ),
     ]
     if mean_head:
         tensors.append(("axes", [2], T.INT32, np.array([1, 2], np.int32), None))
         ops[3:5] = [(Op.MEAN, ["add", "axes"], ["flat"], _options("ReducerOptions", KeepDims=False))]
     if uint8_io:
-        io = {"input": ("input", [1, size, size, 3], T.UINT8, None, q(in_q["scale"][0], 0)), "probs": ("probs", [1, classes], T.UINT8, None, q(1 / 256, 0))}
+        io = {
+            "input": ("input", [1, size, size, 3], T.UINT8, None, q(in_q["scale"][0], 0)),
+            "probs": ("probs", [1, classes], T.UINT8, None, q(1 / 256, 0)),
+        }
         tensors = [io.get(t[0], t) for t in tensors]
     if float_io or uint8_io:
-        tensors += [("input_q", [1, size, size, 3], T.INT8, None, in_q), ("probs_q", [1, classes], T.INT8, None, q(1 / 256, -128))]
+        tensors += [
+            ("input_q", [1, size, size, 3], T.INT8, None, in_q),
+            ("probs_q", [1, classes], T.INT8, None, q(1 / 256, -128)),
+        ]
         ops[0] = (ops[0][0], ["input_q", "conv_w", "conv_b"], ["conv"], ops[0][3])
-        ops = [(Op.QUANTIZE, ["input"], ["input_q"], None), *ops, (Op.QUANTIZE if uint8_io else Op.DEQUANTIZE, ["probs_q"], ["probs"], None)]
+        ops = [
+            (Op.QUANTIZE, ["input"], ["input_q"], None),
+            *ops,
+            (Op.QUANTIZE if uint8_io else Op.DEQUANTIZE, ["probs_q"], ["probs"], None),
+        ]
     extra = ["conv", "dw", "add", "flat" if mean_head else "pool", "logits"] if intermediates else []
     return write_tflite(path, tensors, ops, ["input"], ["probs", *extra])
 
 
-def detection_tflite(path: Path, *, anchors: int = 64, classes: int = 3, max_detections: int = 10, regular_nms: bool = False, seed: int = 3) -> Path:
+def detection_tflite(
+    path: Path,
+    *,
+    anchors: int = 64,
+    classes: int = 3,
+    max_detections: int = 10,
+    regular_nms: bool = False,
+    seed: int = 3,
+) -> Path:
     """Box encodings [1, A, 4] and class scores [1, A, classes + 1 (background)] in, constant SSD anchors,
     the TFLite_Detection_PostProcess custom op out: boxes, classes, scores, num_detections (float32)."""
     from flatbuffers import flexbuffers
@@ -338,11 +449,21 @@ def detection_tflite(path: Path, *, anchors: int = 64, classes: int = 3, max_det
     centers = rng.uniform(0.1, 0.9, (anchors, 2))
     sizes = rng.uniform(0.1, 0.4, (anchors, 2))
     anchor_values = np.concatenate([centers, sizes], axis=1).astype(np.float32)  # y, x, h, w
-    options = flexbuffers.Dumps({
-        "max_detections": max_detections, "max_classes_per_detection": 1, "detections_per_class": max_detections,
-        "use_regular_nms": regular_nms, "nms_score_threshold": 0.3, "nms_iou_threshold": 0.5, "num_classes": classes,
-        "y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0,
-    })
+    options = flexbuffers.Dumps(
+        {
+            "max_detections": max_detections,
+            "max_classes_per_detection": 1,
+            "detections_per_class": max_detections,
+            "use_regular_nms": regular_nms,
+            "nms_score_threshold": 0.3,
+            "nms_iou_threshold": 0.5,
+            "num_classes": classes,
+            "y_scale": 10.0,
+            "x_scale": 10.0,
+            "h_scale": 5.0,
+            "w_scale": 5.0,
+        }
+    )
     tensors = [
         ("boxes", [1, anchors, 4], T.FLOAT32, None, None),
         ("scores", [1, anchors, classes + 1], T.FLOAT32, None, None),

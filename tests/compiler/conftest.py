@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compiler_testlib import small_onnx_cnn, small_tflite_cnn  # tests/compiler is on sys.path (pytest rootdir-less conftest)
+from compiler_testlib import (
+    small_onnx_cnn,
+    small_tflite_cnn,
+)  # tests/compiler is on sys.path (pytest rootdir-less conftest)
 
 from edgefleet.signing import SigningKey, create_signing_key, public_path
 
@@ -45,8 +48,13 @@ def package_for(tmp_path_factory: pytest.TempPathFactory, built_models: dict[str
         key = (model, target, verify, labels)
         if key not in cache:
             cache[key] = compile_model(
-                str(built_models[model]), target, output=out_dir / f"{model}-{target}-{len(cache)}.tar.gz",
-                key=session_key.path, verify=verify, labels=labels, quiet=True,
+                str(built_models[model]),
+                target,
+                output=out_dir / f"{model}-{target}-{len(cache)}.tar.gz",
+                key=session_key.path,
+                verify=verify,
+                labels=labels,
+                quiet=True,
             )
         return cache[key]
 

@@ -25,8 +25,7 @@ def test_grouped_convolutions_compile_blocked_and_verify(grouped_model, tmp_path
         assert pkg.manifest.runtime.pipeline == "edgefleet-cpu" and pkg.manifest.verification.status == "passed"
 
 
-def test_failing_layout_step_keeps_the_rest_of_the_cpu_pipeline(grouped_model, tmp_path, signing_key, cli,
-                                                                monkeypatch):
+def test_failing_layout_step_keeps_the_rest_of_the_cpu_pipeline(grouped_model, tmp_path, signing_key, cli, monkeypatch):
     """A layout step that raises (faked) leaves the graph in NCHW with a warning; the other steps,
     schedules included, still run: the package says edgefleet-cpu, not TVM's fallback."""
     import tvm
@@ -51,7 +50,9 @@ def test_kernels_without_a_schedule_are_named(grouped_model, tmp_path, signing_k
 
     from edgefleet.compiler import schedules
 
-    monkeypatch.setattr(schedules, "default_schedules", lambda _on_failure: tvm.transform.Sequential([], name="NoSchedules"))
+    monkeypatch.setattr(
+        schedules, "default_schedules", lambda _on_failure: tvm.transform.Sequential([], name="NoSchedules")
+    )
     result = cli("compile", grouped_model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text
     text = " ".join(result.err.split())
@@ -70,10 +71,17 @@ def _grouped_onnx(groups: int):
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=groups),
         helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], group=groups),
+        helper.make_node(
+            "Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], group=groups
+        ),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 20, 20])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 10, 10])], [w1, w2])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 20, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 10, 10])],
+        [w1, w2],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -96,18 +104,29 @@ def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime
 
     model, target = _grouped_onnx(groups), resolve_target("x86_64")
     tgt = tvm_target(target)
-    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed),
-              relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    passes = [
+        graph.cleanup(),
+        graph.nchwc_layout(),
+        graph.legalize(KernelFallbacks(print).layout_failed),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
     with tgt:
         fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
-    kernels = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_conv2d_NCHWc" in gv.name_hint]
+    kernels = [
+        f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_conv2d_NCHWc" in gv.name_hint
+    ]
     assert len(kernels) == 2
     for func in kernels:
         trace = str(schedule_func(func, tgt).trace)
         assert "sch.unroll" in trace and "sch.reverse_compute_at" in trace, trace
 
     with tgt:
-        mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(from_onnx(model, keep_params_in_input=False))
+        mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(
+            from_onnx(model, keep_params_in_input=False)
+        )
     vm = relax.VirtualMachine(tvm.compile(mod, target=tgt, relax_pipeline=None), tvm.cpu())
     x = np.random.default_rng(1).standard_normal((1, 64, 20, 20)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

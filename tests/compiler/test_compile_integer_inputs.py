@@ -27,13 +27,18 @@ def _token_model(path) -> str:
         helper.make_node("Mul", ["sum", "offset_f"], ["out"]),
     ]
     graph = helper.make_graph(
-        nodes, "tokens",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6]),
-         helper.make_tensor_value_info("pos", TensorProto.INT32, [1, 6]),
-         helper.make_tensor_value_info("offset", TensorProto.INT64, [1, 6, 1])],
+        nodes,
+        "tokens",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6]),
+            helper.make_tensor_value_info("pos", TensorProto.INT32, [1, 6]),
+            helper.make_tensor_value_info("offset", TensorProto.INT64, [1, 6, 1]),
+        ],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 8])],
-        [numpy_helper.from_array(rng.normal(size=(7, 8)).astype(np.float32), "table"),
-         numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), "rows")],
+        [
+            numpy_helper.from_array(rng.normal(size=(7, 8)).astype(np.float32), "table"),
+            numpy_helper.from_array(rng.normal(size=(4, 8)).astype(np.float32), "rows"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -68,20 +73,26 @@ def test_model_with_index_inputs_compiles_and_verifies(tmp_path, signing_key, cl
 def test_reference_refusing_the_sample_inputs_is_reported_not_a_traceback(tmp_path, signing_key, cli):
     """Indices computed by arithmetic (ids + 3) have no bound edgefleet can read: the package is built,
     its verification says why it was skipped."""
-    nodes = [helper.make_node("Add", ["ids", "three"], ["shifted"]),
-             helper.make_node("Gather", ["table", "shifted"], ["out"], axis=0)]
+    nodes = [
+        helper.make_node("Add", ["ids", "three"], ["shifted"]),
+        helper.make_node("Gather", ["table", "shifted"], ["out"], axis=0),
+    ]
     graph = helper.make_graph(
-        nodes, "shifted",
+        nodes,
+        "shifted",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 2])],
-        [numpy_helper.from_array(np.ones((5, 2), np.float32), "table"),
-         numpy_helper.from_array(np.array(3, np.int64), "three")],
+        [
+            numpy_helper.from_array(np.ones((5, 2), np.float32), "table"),
+            numpy_helper.from_array(np.array(3, np.int64), "three"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "m.onnx"))
-    result = cli("compile", tmp_path / "m.onnx", "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz",
-                 "--json")
+    result = cli(
+        "compile", tmp_path / "m.onnx", "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz", "--json"
+    )
     assert result.code == 0, result.text
     verification = json.loads(result.out)["manifest"]["verification"]
     assert verification["status"] == "skipped" and "refused the sample inputs" in verification["reason"]
@@ -97,10 +108,14 @@ def test_tflite_gather_indices_stay_inside_the_table(tmp_path, signing_key, cli)
     table = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
     path = write_tflite(
         tmp_path / "gather.tflite",
-        [("ids", [1, 5], T.INT32, None, None), ("table", [7, 4], T.FLOAT32, table, None),
-         ("out", [1, 5, 4], T.FLOAT32, None, None)],
+        [
+            ("ids", [1, 5], T.INT32, None, None),
+            ("table", [7, 4], T.FLOAT32, table, None),
+            ("out", [1, 5, 4], T.FLOAT32, None, None),
+        ],
         [(Op.GATHER, ["table", "ids"], ["out"], _options("GatherOptions", Axis=0))],
-        ["ids"], ["out"],
+        ["ids"],
+        ["out"],
     )
     specs = tflite_frontend.input_specs(tflite_frontend.load(path), {})
     assert tflite_frontend.integer_input_ranges(path, specs) == {"ids": (0, 6)}

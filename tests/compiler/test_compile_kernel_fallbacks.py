@@ -47,14 +47,24 @@ def test_unlowerable_blocked_convolution_alone_runs_in_nchw(grouped_model, tmp_p
     from edgefleet.compiler import graph
 
     real = graph._legalize_conv2d
-    monkeypatch.setattr(graph, "_legalize_conv2d", lambda bb, call: call if int(call.attrs.groups) == 2 and len(str(call.attrs.data_layout)) > 4 else real(bb, call))
+    monkeypatch.setattr(
+        graph,
+        "_legalize_conv2d",
+        lambda bb, call: (
+            call if int(call.attrs.groups) == 2 and len(str(call.attrs.data_layout)) > 4 else real(bb, call)
+        ),
+    )
     result, said = _compile(cli, grouped_model, tmp_path)
-    assert ("warning: conv2d 32->64 channels 3x3 groups=2 (NCHW16c): the NCHWc layout step failed (no kernel lowers "
-            "this layout); this convolution runs in NCHW (slower)") in said
+    assert (
+        "warning: conv2d 32->64 channels 3x3 groups=2 (NCHW16c): the NCHWc layout step failed (no kernel lowers "
+        "this layout); this convolution runs in NCHW (slower)"
+    ) in said
     with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as pkg:
         runtime = pkg.manifest.runtime
         assert runtime.pipeline == "edgefleet-cpu" and pkg.manifest.verification.status == "passed"
-        assert [(k.kernel, k.step) for k in runtime.kernel_fallbacks] == [("conv2d 32->64 channels 3x3 groups=2 (NCHW16c)", "layout")]
+        assert [(k.kernel, k.step) for k in runtime.kernel_fallbacks] == [
+            ("conv2d 32->64 channels 3x3 groups=2 (NCHW16c)", "layout")
+        ]
 
 
 def test_failure_outside_the_kernels_falls_back_to_tvm_default(grouped_model, tmp_path, signing_key, cli, monkeypatch):
@@ -80,8 +90,11 @@ def test_schedule_rule_failing_on_one_kernel_costs_only_its_schedule(tmp_path, s
     That kernel stays as written; the convolutions keep their blocked schedules; onnxruntime agrees."""
     model = torch_models.export("logsumexp_pool", tmp_path / "lse.onnx")
     _, said = _compile(cli, model, tmp_path)
-    failed = re.search(r"warning: (\S+): the default schedule failed \(AssertionError at dlight/\S+/gemv.py:\d+\); "
-                       r"the kernel stays as written \(correct, slower\)", said)
+    failed = re.search(
+        r"warning: (\S+): the default schedule failed \(AssertionError at dlight/\S+/gemv.py:\d+\); "
+        r"the kernel stays as written \(correct, slower\)",
+        said,
+    )
     assert failed and "exp_sum" in failed.group(1), said
     assert f"1 kernel(s) without a default schedule, left as written (correct, slower): {failed.group(1)}" in said
     assert "layout step failed" not in said and "TVM's default pipeline" not in said
@@ -108,7 +121,9 @@ def test_kernels_tvm_cannot_build_as_scheduled_are_built_as_written(bf16_case, t
         runtime = pkg.manifest.runtime
         assert runtime.pipeline == "edgefleet-cpu"
         assert {k.kernel for k in runtime.kernel_fallbacks} == BF16_UNBUILDABLE
-        assert all(k.step == "schedule" and "dtype mismatch on BufferStore" in k.reason for k in runtime.kernel_fallbacks)
+        assert all(
+            k.step == "schedule" and "dtype mismatch on BufferStore" in k.reason for k in runtime.kernel_fallbacks
+        )
         inputs, expected = bf16_case.data_sets[0]
         actual = open_tvm_model(pkg.library).run(list(inputs))
     # ONNX's own comparison: two bfloat16 ulps for bfloat16 outputs.
@@ -124,7 +139,11 @@ def test_only_the_unbuildable_kernels_lose_their_schedule(bf16_case, tmp_path):
     from edgefleet.progress import Stages
 
     def scheduled(mod) -> set[str]:
-        return {gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "tirx.is_scheduled" in f.attrs}
+        return {
+            gv.name_hint
+            for gv, f in mod.functions_items()
+            if isinstance(f, tirx.PrimFunc) and "tirx.is_scheduled" in f.attrs
+        }
 
     target, stages = resolve_target("x86_64"), Stages(quiet=True)
     mod = frontend.to_relax(bf16_case.model, frontend.input_specs(bf16_case.model, {}))

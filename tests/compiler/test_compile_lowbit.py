@@ -12,7 +12,12 @@ from onnx import TensorProto, helper
 
 def test_float8_input_model_compiles_unverified_with_the_reason(tmp_path, signing_key, cli):
     node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [1, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT8E4M3FN, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), tmp_path / "f8.onnx")
     result = cli("compile", tmp_path / "f8.onnx", "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "-q", "--json")
     assert result.code == 0, result.text

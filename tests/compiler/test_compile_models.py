@@ -34,7 +34,12 @@ def test_compile_for_target(model, target, package_for, built_models, session_ke
     result = package_for(model, target, verify=native)
     m = result.manifest
     entry = TARGETS[target]
-    assert (m.target.name, m.target.arch, m.target.device, m.target.tvm_target) == (target, entry.arch, entry.device, entry.tvm_target)
+    assert (m.target.name, m.target.arch, m.target.device, m.target.tvm_target) == (
+        target,
+        entry.arch,
+        entry.device,
+        entry.tvm_target,
+    )
     assert m.provenance.source_sha256 == sha256_file(built_models[model])
     assert m.provenance.source_format == "onnx"
     assert m.inputs[0].shape[0] == 1 and m.outputs, m
@@ -48,7 +53,11 @@ def test_compile_for_target(model, target, package_for, built_models, session_ke
             assert b"__global__" in opened.library.read_bytes()
     if native:
         v = m.verification
-        assert v.status == "passed" and v.reference.startswith("onnxruntime") and v.ran_on.startswith("native x86_64, edgefleet runtime ")
+        assert (
+            v.status == "passed"
+            and v.reference.startswith("onnxruntime")
+            and v.ran_on.startswith("native x86_64, edgefleet runtime ")
+        )
         assert v.max_abs_diff <= v.atol + v.rtol
     else:
         assert m.verification.status == "skipped"
@@ -61,7 +70,9 @@ def test_small_cnn_numerics_are_non_trivial_and_match_onnxruntime(package_for, b
 
     result = package_for("small_cnn", "x86_64")
     x = np.random.default_rng(42).random((1, 3, 32, 32), dtype=np.float32)
-    expected = onnxruntime.InferenceSession(str(built_models["small_cnn"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    expected = onnxruntime.InferenceSession(str(built_models["small_cnn"]), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     with open_package(result.package, [session_key.public]) as opened:
         actual = open_tvm_model(opened.library).run([x])[0]
     assert expected.std() > 0.01  # random weights: the classes really differ
@@ -92,22 +103,60 @@ def test_compile_cli_writes_a_signed_package_with_every_option(built_models, sig
     labels.write_text("cat\ndog\n\nbird\nfish\n")  # blank lines are ignored
     out = tmp_path / "pkgs" / "cnn.tar.gz"
     result = cli(
-        "compile", built_models["small_cnn"], "--target", "ml_c5", "-o", out, "--name", "door-cam", "--version", "2.1.0",
-        "--labels", labels, "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--color-order", "BGR",
-        "--resize", "32x32", "--scale", "0.00392156862745098", "--json",
+        "compile",
+        built_models["small_cnn"],
+        "--target",
+        "ml_c5",
+        "-o",
+        out,
+        "--name",
+        "door-cam",
+        "--version",
+        "2.1.0",
+        "--labels",
+        labels,
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "--color-order",
+        "BGR",
+        "--resize",
+        "32x32",
+        "--scale",
+        "0.00392156862745098",
+        "--json",
     )
     assert result.code == 0, result.text
     payload = json.loads(result.out)
     m = payload["manifest"]
     assert payload["package"] == str(out) and out.is_file()
-    assert (m["name"], m["version"], m["labels"], m["target"]["name"]) == ("door-cam", "2.1.0", ["cat", "dog", "bird", "fish"], "ml_c5")
+    assert (m["name"], m["version"], m["labels"], m["target"]["name"]) == (
+        "door-cam",
+        "2.1.0",
+        ["cat", "dog", "bird", "fish"],
+        "ml_c5",
+    )
     assert m["preprocessing"] == {
-        "resize": [32, 32], "interpolation": "bilinear", "color_order": "BGR", "layout": "NCHW",
-        "scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-        "resize_mode": "stretch", "pad_value": 114,
+        "resize": [32, 32],
+        "interpolation": "bilinear",
+        "color_order": "BGR",
+        "layout": "NCHW",
+        "scale": 0.00392156862745098,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "resize_mode": "stretch",
+        "pad_value": 114,
     }
     assert m["format_version"] == 2 and m["runtime"]["tvm_version"] == "0.27.0.post1"
-    assert m["runtime"]["requires"] == {"arch": "x86_64", "tvm": "0.27", "tvm_ffi": "0.1", "device": "cpu", "cuda_sm": None, "cuda_version": None}
+    assert m["runtime"]["requires"] == {
+        "arch": "x86_64",
+        "tvm": "0.27",
+        "tvm_ffi": "0.1",
+        "device": "cpu",
+        "cuda_sm": None,
+        "cuda_version": None,
+    }
     assert list(m["files"]) == ["model.so"] and m["signature"]["key_id"] == signing_key.key_id
     assert set(payload["timings"]) == {"load", "import", "optimize", "build", "export", "verify", "sign"}
 

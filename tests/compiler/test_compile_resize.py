@@ -24,10 +24,17 @@ def _resize_model(path, attrs: dict, *, scales=None, sizes=None, shape=(1, 3, 10
     else:
         inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
         inputs.append("sizes")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
-             helper.make_node("Resize", inputs, ["y"], **attrs)]
-    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_empty_tensor_value_info("y")], inits)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", inputs, ["y"], **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_empty_tensor_value_info("y")],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -43,11 +50,17 @@ CASES = {
     "nearest-ties-sizes": (dict(mode="nearest", nearest_mode="round_prefer_floor"), dict(sizes=[1, 3, 15, 7])),
     "linear-antialias": (dict(mode="linear", antialias=1), dict(sizes=[1, 3, 4, 5])),
     "half-pixel-symmetric": (
-        dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), dict(scales=[1, 1, 2.5, 1.5])),
-    "nearest-not-larger-axes": (dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"), dict(sizes=[7, 9])),
+        dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"),
+        dict(scales=[1, 1, 2.5, 1.5]),
+    ),
+    "nearest-not-larger-axes": (
+        dict(mode="nearest", axes=[2, 3], keep_aspect_ratio_policy="not_larger"),
+        dict(sizes=[7, 9]),
+    ),
     "nearest-not-smaller-asymmetric": (
         dict(mode="nearest", coordinate_transformation_mode="asymmetric", keep_aspect_ratio_policy="not_smaller"),
-        dict(sizes=[1, 3, 17, 8])),
+        dict(sizes=[1, 3, 17, 8]),
+    ),
 }
 
 
@@ -63,10 +76,13 @@ def test_resize_tvm_gets_wrong_compiles_and_verifies(case, tmp_path, signing_key
 def test_opset9_upsample_with_scales_input_compiles(tmp_path, signing_key, cli):
     torch = pytest.importorskip("torch")
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(4, 2, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(4, 2, 1)
+    ).eval()
     path = tmp_path / "up.onnx"
-    torch.onnx.export(model, (torch.rand(1, 3, 12, 12),), str(path), opset_version=9, dynamo=False,
-                      input_names=["images"])
+    torch.onnx.export(
+        model, (torch.rand(1, 3, 12, 12),), str(path), opset_version=9, dynamo=False, input_names=["images"]
+    )
     assert "Upsample" in {n.op_type for n in onnx.load(str(path)).graph.node}
     result = cli("compile", path, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz", "--json")
     assert result.code == 0, result.text
@@ -75,8 +91,9 @@ def test_opset9_upsample_with_scales_input_compiles(tmp_path, signing_key, cli):
 
 def test_axis_weights_are_onnx_reference_sampling():
     """Nearest 4 -> 6 (round_prefer_floor, asymmetric): output j copies input floor-or-tie(j * 4/6)."""
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest",
-                            coordinate_transformation_mode="asymmetric")
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="nearest", coordinate_transformation_mode="asymmetric"
+    )
     graph = helper.make_graph([node], "g", [], [], [numpy_helper.from_array(np.array([1, 6], np.int64), "sizes")])
     weights = axis_matrix(node, graph, 19, axis=1, rank=2, n=4)
     assert weights.shape == (4, 6)

@@ -9,7 +9,18 @@ import pytest
 from edgefleet.compiler.targets import TARGETS, resolve_target
 from edgefleet.errors import UnknownTargetError
 
-NEO_NAMES = ["rasp3b", "rasp4b", "jetson_nano", "jetson_tx2", "jetson_xavier", "ml_c5", "ml_m5", "ml_c6i", "ml_inf1", "ml_inf2"]
+NEO_NAMES = [
+    "rasp3b",
+    "rasp4b",
+    "jetson_nano",
+    "jetson_tx2",
+    "jetson_xavier",
+    "ml_c5",
+    "ml_m5",
+    "ml_c6i",
+    "ml_inf1",
+    "ml_inf2",
+]
 NEW_BOARDS = ["rasp5", "jetson_orin"]
 GENERIC = ["x86_64", "aarch64", "armv7"]
 
@@ -56,7 +67,9 @@ def test_platform_form_and_aliases(spec, expected):
 
 def test_raw_tvm_dict_compiles_and_verifies(built_models, signing_key, tmp_path, cli):
     spec = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}
-    result = cli("compile", built_models["small_cnn"], "--target", json.dumps(spec), "-o", tmp_path / "p.tar.gz", "--json", "-q")
+    result = cli(
+        "compile", built_models["small_cnn"], "--target", json.dumps(spec), "-o", tmp_path / "p.tar.gz", "--json", "-q"
+    )
     assert result.code == 0, result.text
     m = json.loads(result.out)["manifest"]
     assert m["target"] == {"name": "custom", "tvm_target": spec, "arch": "x86_64", "device": "cpu"}
@@ -70,7 +83,17 @@ def test_raw_tvm_dict_for_arm_picks_the_cross_compiler():
     assert (cuda.device, cuda.arch, cuda.run_mode) == ("cuda", "aarch64", "gpu")
 
 
-@pytest.mark.parametrize("spec", ["rasp", "ml_c7", '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}', "[1, 2]", "{oops", "os=linux,arch=arm64,accelerator=nvidia,gpu-code=sm_99"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "rasp",
+        "ml_c7",
+        '{"kind": "llvm", "mtriple": "riscv64-linux-gnu"}',
+        "[1, 2]",
+        "{oops",
+        "os=linux,arch=arm64,accelerator=nvidia,gpu-code=sm_99",
+    ],
+)
 def test_bad_targets_raise_unknown_target(spec):
     with pytest.raises(UnknownTargetError) as info:
         resolve_target(spec)

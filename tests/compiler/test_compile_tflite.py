@@ -62,5 +62,11 @@ def test_unsupported_tflite_operator_is_reported(tmp_path, signing_key, cli, mon
 
     model = small_tflite_cnn(tmp_path / "m.tflite")
     result = cli("compile", model, "--target", "x86_64")
-    assert_cli_error(result, UnsupportedOperatorsError, "1 operator type(s) TVM's TFLite importer cannot convert", "MEAN x1", "TensorFlow model")
+    assert_cli_error(
+        result,
+        UnsupportedOperatorsError,
+        "1 operator type(s) TVM's TFLite importer cannot convert",
+        "MEAN x1",
+        "TensorFlow model",
+    )
     assert "opset" not in result.err  # TFLite terms, not ONNX's

@@ -47,7 +47,11 @@ def test_int8_cnn_compiles_and_equals_litert(float_io, tmp_path, signing_key, cl
     outputs = []
     for seed in range(4):
         rng = np.random.default_rng(100 + seed)
-        x = rng.random((1, 16, 16, 3), dtype=np.float32) if float_io else rng.integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
+        x = (
+            rng.random((1, 16, 16, 3), dtype=np.float32)
+            if float_io
+            else rng.integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
+        )
         actual = compiled.run([x])[0]
         # LiteRT's default kernels and its reference kernels: both, bit for bit.
         np.testing.assert_array_equal(actual, _litert(model, [x])[0])
@@ -68,7 +72,9 @@ def test_int8_intermediates_equal_litert_reference_kernels(tmp_path, signing_key
     assert opened.manifest.verification.status == "passed" and opened.manifest.verification.max_abs_diff == 0.0
     assert "reference kernels" in opened.manifest.verification.reference
     x = np.random.default_rng(200).integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
-    default_kernels = max(int(np.abs(a.astype(int) - r.astype(int)).max()) for a, r in zip(compiled.run([x]), _litert(model, [x])))
+    default_kernels = max(
+        int(np.abs(a.astype(int) - r.astype(int)).max()) for a, r in zip(compiled.run([x]), _litert(model, [x]))
+    )
     assert default_kernels >= 1  # the reason for the reference kernels: XNNPACK rounds differently here
     for seed in range(3):
         x = np.random.default_rng(200 + seed).integers(-128, 128, (1, 16, 16, 3)).astype(np.int8)
@@ -86,11 +92,14 @@ def test_quantized_operator_without_exact_lowering_compiles_and_litert_decides(t
 
     model = write_tflite(
         tmp_path / "logistic.tflite",
-        [("x", [1, 64], T.INT8, None, {"scale": [0.05], "zero_point": [-3]}),
-         ("y", [1, 64], T.INT8, None, {"scale": [1 / 256], "zero_point": [-128]}),
-         ("z", [1, 64], T.INT8, None, {"scale": [1 / 128], "zero_point": [0]})],
+        [
+            ("x", [1, 64], T.INT8, None, {"scale": [0.05], "zero_point": [-3]}),
+            ("y", [1, 64], T.INT8, None, {"scale": [1 / 256], "zero_point": [-128]}),
+            ("z", [1, 64], T.INT8, None, {"scale": [1 / 128], "zero_point": [0]}),
+        ],
         [(Op.LOGISTIC, ["x"], ["y"], None), (Op.TANH, ["y"], ["z"], None)],
-        ["x"], ["z"],
+        ["x"],
+        ["z"],
     )
     check = cli("compile", model, "--check", "--json")
     assert check.code == 0, check.text
@@ -155,7 +164,10 @@ def test_exact_import_failure_falls_back_to_tvms_converter(tmp_path, signing_key
     model = int8_tflite_cnn(tmp_path / "int8.tflite")
     result = cli("compile", model, "--target", "x86_64", "-o", tmp_path / "p.tar.gz", "--atol", "2")
     assert result.code == 0, result.text
-    assert "exact integer import failed (exact lowering declined)" in result.err and "TVM's own TFLite converter" in result.err
+    assert (
+        "exact integer import failed (exact lowering declined)" in result.err
+        and "TVM's own TFLite converter" in result.err
+    )
     with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as opened:
         assert opened.manifest.verification.status == "passed"
 

@@ -52,7 +52,10 @@ def test_torch_export_compiles_and_verifies(name, dynamic, tmp_path, signing_key
     result = cli("compile", model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text
     runtime, verification = _built(tmp_path / "p.tar.gz")
-    assert verification.status == "passed" and runtime.pipeline == "edgefleet-cpu" and not runtime.kernel_fallbacks, (verification, runtime)
+    assert verification.status == "passed" and runtime.pipeline == "edgefleet-cpu" and not runtime.kernel_fallbacks, (
+        verification,
+        runtime,
+    )
     assert ("dynamic batch axis: compiled for batch 1" in result.err) == dynamic, result.err
 
 

@@ -39,7 +39,10 @@ def _home(edgefleet_home):
 
 def test_constant_value_floats_form_is_imported():
     model = _model(
-        [helper.make_node("Constant", [], ["k"], value_floats=[1.5, -2.0, 3.0]), helper.make_node("Add", ["x", "k"], ["y"])],
+        [
+            helper.make_node("Constant", [], ["k"], value_floats=[1.5, -2.0, 3.0]),
+            helper.make_node("Add", ["x", "k"], ["y"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
     )
@@ -59,8 +62,17 @@ def test_shape_arithmetic_is_folded_into_a_constant_reshape():
         helper.make_node("Reshape", ["x", "shape"], ["y"]),
         helper.make_node("Relu", ["y"], ["z"]),
     ]
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array([0], np.int64), "axes"), numpy_helper.from_array(np.array([-1], np.int64), "minus1")]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])], [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 12])], inits)
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+    ]
+    model = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 12])],
+        inits,
+    )
     prepared = frontend.prepare(model, {"x": [2, 3, 4]})
     assert [n.op_type for n in prepared.graph.node] == ["Reshape", "Relu"]
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
@@ -113,10 +125,22 @@ def test_nms_parameter_inputs_need_constant_values_and_iou_ties_are_kept():
     boxes = np.array([[[0, 0, 1, 1], [0, 0, 1, 0.5], [0, 10, 1, 11]]], np.float32)
     scores = np.array([[[0.9, 0.75, 0.6]]], np.float32)
     node = helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score"], ["sel"])
-    io = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]), helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 3])]
+    io = [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 3]),
+    ]
     out = [helper.make_tensor_value_info("sel", TensorProto.INT64, ["K", 3])]
-    params = {"max_out": np.array([3], np.int64), "iou": np.array([0.5], np.float32), "score": np.array([0.0], np.float32)}
-    runtime = _model([node], io + [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), [1]) for n, v in params.items()], out)
+    params = {
+        "max_out": np.array([3], np.int64),
+        "iou": np.array([0.5], np.float32),
+        "score": np.array([0.0], np.float32),
+    }
+    runtime = _model(
+        [node],
+        io
+        + [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), [1]) for n, v in params.items()],
+        out,
+    )
     specs = frontend.input_specs(runtime, {})
     with pytest.raises(UnsupportedOperatorsError, match=r"iou \(NonMaxSuppression input #3\).*") as refused:
         frontend.to_relax(runtime, specs)
@@ -178,6 +202,8 @@ def test_converter_failure_texts():
     cast = converter_failure("Cast", {"saturate": 1}, KeyError("to"))
     assert cast == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"
     assert "constant" in converter_failure("Resize", {"mode": b"linear"}, ValueError("no value in Constant"))
-    assert converter_failure("Foo", {"w": np.zeros(3)}, RuntimeError("bad\nthing")) == "Foo: TVM's converter failed: thing"
+    assert (
+        converter_failure("Foo", {"w": np.zeros(3)}, RuntimeError("bad\nthing")) == "Foo: TVM's converter failed: thing"
+    )
     length = converter_failure("SequenceLength", {}, TypeError("object of type 'Call' has no len()"))
     assert "shape or length" in length

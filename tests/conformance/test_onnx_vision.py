@@ -41,11 +41,14 @@ def test_pass_list_is_well_formed():
 
 def test_no_regression_of_the_pass_list(vision_results):
     expected = c.read_pass_list(PASS_LIST)
-    regressed = [f"{n}: {vision_results[n].outcome}: {vision_results[n].detail}" if n in vision_results else f"{n}: not run" for n in expected if n not in vision_results or vision_results[n].outcome != "passed"]
+    regressed = [
+        f"{n}: {vision_results[n].outcome}: {vision_results[n].detail}" if n in vision_results else f"{n}: not run"
+        for n in expected
+        if n not in vision_results or vision_results[n].outcome != "passed"
+    ]
     assert not regressed, "cases in the pass list that no longer pass:\n" + "\n".join(regressed)
 
 
 def test_no_silent_wrong_results(vision_results):
     wrong = [f"{r.name} ({r.operator}): {r.detail}" for r in vision_results.values() if r.outcome == "wrong"]
     assert not wrong, "compiled models gave wrong answers instead of being refused:\n" + "\n".join(wrong)
-

@@ -28,10 +28,13 @@ def test_a_contract_changes_shape_only_with_its_version(name):
     schema = model.model_json_schema()
     if not path.exists() and os.environ.get(WRITE_ENV) == "1":
         path.write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
-    assert path.exists(), f"{name} v{version} r{model.REVISION} has no stored schema: a new revision? run with {WRITE_ENV}=1"
+    assert path.exists(), (
+        f"{name} v{version} r{model.REVISION} has no stored schema: a new revision? run with {WRITE_ENV}=1"
+    )
     assert json.loads(path.read_text()) == schema, (
         f"{name}'s JSON schema changed but its version ({version}) and REVISION ({model.REVISION}) did not: "
-        "bump REVISION for an optional addition readers may ignore, the version for anything else")
+        "bump REVISION for an optional addition readers may ignore, the version for anything else"
+    )
 
 
 # The code that reads payloads, jobs and journals, and the containers it may index by a
@@ -46,7 +49,12 @@ def dict_reads(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
             target, key = node.value, node.slice
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and node.args
+        ):
             target, key = node.func.value, node.args[0]
         else:
             continue
@@ -63,4 +71,8 @@ def test_readers_use_parsed_models_not_dicts(path):
 
 def test_the_scan_finds_the_reads_it_forbids():
     old = 'state = payload.get("state")\nname = job["package"]["name"]\nn = counters["received"]\njob["state"] = "idle"'
-    assert dict_reads(old) == ['line 1: payload.get(\'state\')', "line 2: job['package']['name']", "line 2: job['package']"]
+    assert dict_reads(old) == [
+        "line 1: payload.get('state')",
+        "line 2: job['package']['name']",
+        "line 2: job['package']",
+    ]

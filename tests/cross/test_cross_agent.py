@@ -15,9 +15,12 @@ pytestmark = [pytest.mark.qemu, pytest.mark.mqtt]
 TRIXIE = pytest.param("rasp4b", "arm64_trixie_sysroot", marks=pytest.mark.slow)
 
 
-@pytest.mark.parametrize(("target", "sysroot_fixture"), [("rasp4b", "arm64_sysroot"), ("rasp3b", "armhf_sysroot"),
-                                                          TRIXIE])
-def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(target, sysroot_fixture, request, mqtt_broker, cross_key, tmp_path):
+@pytest.mark.parametrize(
+    ("target", "sysroot_fixture"), [("rasp4b", "arm64_sysroot"), ("rasp3b", "armhf_sysroot"), TRIXIE]
+)
+def test_emulated_agent_takes_frames_and_its_alert_reaches_the_host_broker(
+    target, sysroot_fixture, request, mqtt_broker, cross_key, tmp_path
+):
     sysroot = request.getfixturevalue(sysroot_fixture)
     if sysroot_fixture == "arm64_trixie_sysroot":
         version = run_emulated(sysroot, ["python3", "-c", "import sys; print(sys.version_info[:2])"], capture=True)

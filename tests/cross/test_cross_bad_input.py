@@ -51,11 +51,15 @@ def test_cache_key_follows_every_input():
     assert spec_for("arm64", mirror="http://mirror.example/debian").key() != base.key()
     assert spec_for("armhf").key() != base.key()
     # The agent's whole closure, pinned to the host's versions; never the TVM compiler wheel.
-    assert any(r.startswith("paho-mqtt==") for r in base.requirements) and any(r.startswith("pydantic-core==") for r in base.requirements)
+    assert any(r.startswith("paho-mqtt==") for r in base.requirements) and any(
+        r.startswith("pydantic-core==") for r in base.requirements
+    )
     assert not any(r.startswith(("apache-tvm", "tvm")) for r in base.requirements)
     for arch in ("arm64", "armhf"):  # Debian's numpy and pillow, not the wheels (docs/cross.md)
         spec = spec_for(arch)
-        assert "python3-numpy" in spec.debs and not any(r.startswith(("numpy==", "pillow==", "cffi==")) for r in spec.requirements)
+        assert "python3-numpy" in spec.debs and not any(
+            r.startswith(("numpy==", "pillow==", "cffi==")) for r in spec.requirements
+        )
 
 
 def test_unknown_arch_and_non_arm_targets_are_refused():

@@ -34,7 +34,9 @@ def test_an_unknown_architecture_is_refused_before_anything_is_built(tmp_path):
     [
         ("rasp4b", "arm64_sysroot", "python3.11, python3-numpy, python3-pil"),
         ("rasp3b", "armhf_sysroot", "python3.11, python3-numpy, python3-pil"),
-        pytest.param("rasp4b", "arm64_trixie_sysroot", "python3.13, python3-numpy, python3-pil", marks=pytest.mark.slow),
+        pytest.param(
+            "rasp4b", "arm64_trixie_sysroot", "python3.13, python3-numpy, python3-pil", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_the_installed_package_runs_the_agent_from_its_own_venv(
@@ -57,7 +59,9 @@ def test_the_installed_package_runs_the_agent_from_its_own_venv(
     subprocess.run(["cp", "-al", str(sysroot.root), str(installed.root)], check=True)
     subprocess.run(["dpkg", "-x", str(deb), str(installed.root)], check=True)
     unit = (installed.root / "usr/lib/systemd/system/edgefleet-agent.service").read_text()
-    assert "ExecStart=/opt/edgefleet/bin/python3 -m edgefleet.cli agent launch --config /etc/edgefleet/agent.toml" in unit
+    assert (
+        "ExecStart=/opt/edgefleet/bin/python3 -m edgefleet.cli agent launch --config /etc/edgefleet/agent.toml" in unit
+    )
     assert "User=edgefleet" in unit
 
     prefix = "/opt/edgefleet"

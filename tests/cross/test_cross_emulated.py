@@ -21,7 +21,9 @@ pytestmark = pytest.mark.qemu
 
 
 def _compile(model: Path, target: str, out: Path, key, verify: bool = True):
-    return compile_model(str(model), target, output=out, name="tiny", version="1", key=key.path, verify=verify, quiet=True)
+    return compile_model(
+        str(model), target, output=out, name="tiny", version="1", key=key.path, verify=verify, quiet=True
+    )
 
 
 # (target, sysroot fixture, QEMU, the guest's platform.machine())
@@ -29,7 +31,9 @@ BOARDS = [("rasp4b", "arm64_sysroot", "qemu-aarch64", "aarch64"), ("rasp3b", "ar
 
 
 @pytest.mark.parametrize(("target", "sysroot_fixture", "qemu", "machine"), BOARDS)
-def test_arm_package_is_verified_on_its_runtime_and_matches_x86(target, sysroot_fixture, qemu, machine, request, tiny_cnn, cross_key, tmp_path):
+def test_arm_package_is_verified_on_its_runtime_and_matches_x86(
+    target, sysroot_fixture, qemu, machine, request, tiny_cnn, cross_key, tmp_path
+):
     sysroot = request.getfixturevalue(sysroot_fixture)
     arm = _compile(tiny_cnn, target, tmp_path / "arm.tar.gz", cross_key)
     v = arm.manifest.verification
@@ -53,7 +57,9 @@ def test_arm_package_is_verified_on_its_runtime_and_matches_x86(target, sysroot_
 
 
 @pytest.mark.parametrize(("target", "sysroot_fixture"), [(b[0], b[1]) for b in BOARDS])
-def test_arm_package_runs_through_edgefleet_run_inside_the_emulator(target, sysroot_fixture, request, tiny_cnn, cross_key, tmp_path):
+def test_arm_package_runs_through_edgefleet_run_inside_the_emulator(
+    target, sysroot_fixture, request, tiny_cnn, cross_key, tmp_path
+):
     from edgefleet.agent.infer import run_package_on_image
     from edgefleet.signing import public_path
 
@@ -91,7 +97,11 @@ def test_armhf_runtime_refuses_a_library_for_another_architecture_by_name(armhf_
 
 def test_cross_run_cli_runs_the_guest_and_returns_its_exit_status(arm64_sysroot):
     code = "import platform, sys; print(platform.machine(), sys.version_info[:2]); sys.exit(3)"
-    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "cross", "run", "--target", "rasp4b", "--", "python3", "-c", code],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "cross", "run", "--target", "rasp4b", "--", "python3", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.strip() == "aarch64 (3, 11)"

@@ -32,7 +32,10 @@ MAX_IMAGE_BYTES = 150_000_000
 
 @pytest.mark.parametrize(
     ("arch", "target", "qemu", "sysroot_fixture"),
-    [("arm64", "rasp4b", "qemu-aarch64-static", "arm64_sysroot"), ("armhf", "rasp3b", "qemu-arm-static", "armhf_sysroot")],
+    [
+        ("arm64", "rasp4b", "qemu-aarch64-static", "arm64_sysroot"),
+        ("armhf", "rasp3b", "qemu-arm-static", "armhf_sysroot"),
+    ],
 )
 def test_the_image_runs_a_package_like_the_x86_reference(
     arch, target, qemu, sysroot_fixture, request, docker_client, tiny_cnn, cross_key, tmp_path
@@ -44,7 +47,9 @@ def test_the_image_runs_a_package_like_the_x86_reference(
     data = tmp_path / "data"
     data.mkdir()
     compile_model(str(tiny_cnn), target, output=data / "arm.tar.gz", key=cross_key.path, verify=False, quiet=True)
-    x86 = compile_model(str(tiny_cnn), "x86_64", output=tmp_path / "x86.tar.gz", key=cross_key.path, verify=False, quiet=True).package
+    x86 = compile_model(
+        str(tiny_cnn), "x86_64", output=tmp_path / "x86.tar.gz", key=cross_key.path, verify=False, quiet=True
+    ).package
     shutil.copy(public_path(cross_key.path), data / "key.pub")
     Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(data / "frame.png")
 
@@ -56,18 +61,43 @@ def test_the_image_runs_a_package_like_the_x86_reference(
         assert image.attrs["Config"]["Entrypoint"] == ["/usr/bin/python3", "-m", "edgefleet.cli"]
         qemu = shutil.which(qemu)
         out = docker_client.containers.run(
-            result.tag, ["/usr/bin/python3", "-m", "edgefleet.cli", "run", "/data/arm.tar.gz", "--image", "/data/frame.png", "--trust", "/data/key.pub", "--json", "--repeat", "1"],
-            entrypoint=["/qemu"], volumes={qemu: {"bind": "/qemu", "mode": "ro"}, str(data): {"bind": "/data", "mode": "ro"}},
-            network_mode="none", remove=True, stderr=False,
+            result.tag,
+            [
+                "/usr/bin/python3",
+                "-m",
+                "edgefleet.cli",
+                "run",
+                "/data/arm.tar.gz",
+                "--image",
+                "/data/frame.png",
+                "--trust",
+                "/data/key.pub",
+                "--json",
+                "--repeat",
+                "1",
+            ],
+            entrypoint=["/qemu"],
+            volumes={qemu: {"bind": "/qemu", "mode": "ro"}, str(data): {"bind": "/data", "mode": "ro"}},
+            network_mode="none",
+            remove=True,
+            stderr=False,
         )
         guest = json.loads(out)["predictions"]
         # What the image leaves out (cross/image.py TRIM) is nothing the agent loads: every module of
         # `agent run` and `agent install` imports, with the system libraries they link.
         imports = "import ssl, sqlite3, paho.mqtt.client, edgefleet.agent.run, edgefleet.agent.install, edgefleet.agent.enroll; print('imported')"
-        assert docker_client.containers.run(
-            result.tag, ["/usr/bin/python3", "-c", imports], entrypoint=["/qemu"], volumes={qemu: {"bind": "/qemu", "mode": "ro"}},
-            network_mode="none", remove=True, stderr=False,
-        ).strip() == b"imported"
+        assert (
+            docker_client.containers.run(
+                result.tag,
+                ["/usr/bin/python3", "-c", imports],
+                entrypoint=["/qemu"],
+                volumes={qemu: {"bind": "/qemu", "mode": "ro"}},
+                network_mode="none",
+                remove=True,
+                stderr=False,
+            ).strip()
+            == b"imported"
+        )
         host = run_package_on_image(x86, data / "frame.png", [cross_key.public], k=5, repeat=1).predictions
         assert [p["index"] for p in guest] == [p.index for p in host]
         np.testing.assert_allclose([p["score"] for p in guest], [p.score for p in host], atol=1e-5)

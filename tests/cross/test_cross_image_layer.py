@@ -37,7 +37,9 @@ def test_the_layer_writes_a_merged_usr_once_and_leaves_out_what_the_agent_never_
     (tmp_path / "sysroot" / "site").mkdir()
     _file(tmp_path / "bundle" / "lib" / "libedgefleet_runtime.so")
     monkeypatch.setattr(image, "find_bundle", lambda arch: SimpleNamespace(path=tmp_path / "bundle"))
-    sysroot = SimpleNamespace(root=root, site=tmp_path / "sysroot" / "site", arch=SimpleNamespace(target_arch="aarch64"))
+    sysroot = SimpleNamespace(
+        root=root, site=tmp_path / "sysroot" / "site", arch=SimpleNamespace(target_arch="aarch64")
+    )
 
     image._write_layer(sysroot, tmp_path / "layer.tar")
     with tarfile.open(tmp_path / "layer.tar") as tar:

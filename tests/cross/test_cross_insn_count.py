@@ -32,7 +32,9 @@ def plugin() -> Path:
 
 def _package_count(model: Path, tmp: Path, sysroot, plugin: Path, feed: np.ndarray) -> counter.Counted:
     key = create_signing_key(tmp / f"{model.stem}.key")
-    pkg = compile_model(str(model), "rasp4b", output=tmp / f"{model.stem}.tar.gz", key=key.path, verify=False, quiet=True)
+    pkg = compile_model(
+        str(model), "rasp4b", output=tmp / f"{model.stem}.tar.gz", key=key.path, verify=False, quiet=True
+    )
     with open_package(pkg.package, None) as opened:
         return counter.count(BOARD, sysroot, "edgefleet", opened.library, feed, windows=3, plugin=plugin)
 
@@ -50,7 +52,9 @@ def test_counts_repeat_and_grow_with_the_model(plugin: Path, arm64_sysroot, tiny
     assert min(tiny.all_threads) >= tiny.per_inference
 
     bigger = save(tmp_path / "mnv2.onnx", size=64, width=0.35)
-    mnv2 = _package_count(bigger, tmp_path, arm64_sysroot, plugin, np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32))
+    mnv2 = _package_count(
+        bigger, tmp_path, arm64_sysroot, plugin, np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    )
     assert mnv2.per_inference > 5 * tiny.per_inference, (mnv2.thread, tiny.thread)
 
 
@@ -62,7 +66,9 @@ def test_onnxruntime_runs_in_the_guest_and_agrees(plugin: Path, arm64_sysroot, t
     assert theirs.per_inference > 10_000
     np.testing.assert_allclose(ours.output.ravel(), theirs.output.ravel(), rtol=1e-4, atol=1e-5)
     # The output depends on the input (else the comparison above would prove nothing).
-    other = counter.count(BOARD, arm64_sysroot, "onnxruntime", tiny_cnn, feed[..., ::-1].copy(), windows=1, plugin=plugin)
+    other = counter.count(
+        BOARD, arm64_sysroot, "onnxruntime", tiny_cnn, feed[..., ::-1].copy(), windows=1, plugin=plugin
+    )
     assert np.max(np.abs(other.output - theirs.output)) > 1e-4
 
 

@@ -27,7 +27,8 @@ def write_tiny_cnn(path: Path, seed: int = 0, classes: int = 5) -> Path:
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_cnn",
+        nodes,
+        "tiny_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, classes])],
         [w1, b1, w2, b2],

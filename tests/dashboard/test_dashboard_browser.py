@@ -41,17 +41,30 @@ def live_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package):
     from edgefleet.signing import load_public_key
 
     package, pub, _ = baseline_package
-    fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", drift=DriftConfig(windows_to_alarm=2)))
+    fleet = open_fleet(
+        FleetConfig(
+            data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", drift=DriftConfig(windows_to_alarm=2)
+        )
+    )
     fleet.trusted.append(load_public_key(pub))
     registry.upload_package(fleet, package)
     ingest = Ingest(fleet)
     for dev in ("cam-1", "cam-2", "cam-3"):
         devices.register_device(fleet, dev, "x86_64", group="lobby")
     now = time.time()
-    msgs = [Message(f"edgefleet/v1/{d}/status", json.dumps({"schema": 1, "state": s, "model": {"name": "brightness", "version": "1"}}).encode(), now - 60)
-            for d, s in (("cam-1", "online"), ("cam-2", "online"), ("cam-3", "offline"))]
+    msgs = [
+        Message(
+            f"edgefleet/v1/{d}/status",
+            json.dumps({"schema": 1, "state": s, "model": {"name": "brightness", "version": "1"}}).encode(),
+            now - 60,
+        )
+        for d, s in (("cam-1", "online"), ("cam-2", "online"), ("cam-3", "offline"))
+    ]
     # Telemetry from the agent's own window code and the real model: cam-1 goes dark (drift alarm), cam-2 stays normal.
-    normal, dark = telemetry_windows(package, pub, "normal", 4, seed=1), telemetry_windows(package, pub, "dark", 3, seed=2)
+    normal, dark = (
+        telemetry_windows(package, pub, "normal", 4, seed=1),
+        telemetry_windows(package, pub, "dark", 3, seed=2),
+    )
     for i, (n_body, d_body) in enumerate(zip(normal, [normal[0]] + dark)):
         for dev, body in (("cam-1", d_body), ("cam-2", n_body)):
             body = {**body, "latency_ms": {**body["latency_ms"], "p95": 4.0 + i + (dev == "cam-2")}}
@@ -95,15 +108,20 @@ def test_pages_load_without_console_errors_and_numbers_match_the_api(browser, li
     for d in devices:
         row = browser.find_element("css selector", f'#devices tr[data-device="{d["id"]}"]')
         assert row.find_element("css selector", ".status").text == d["status"]
-        assert row.find_element("css selector", ".version").text == f'{d["model"]["name"]} {d["model"]["version"]}'
+        assert row.find_element("css selector", ".version").text == f"{d['model']['name']} {d['model']['version']}"
     cam1 = browser.find_element("css selector", '#devices tr[data-device="cam-1"] .drift').text
-    assert cam1.startswith("alarm (") and f'{alarms[0]["score"]:.3f}' in cam1
+    assert cam1.startswith("alarm (") and f"{alarms[0]['score']:.3f}" in cam1
     cam2 = browser.find_element("css selector", '#devices tr[data-device="cam-2"] .drift').text
     assert cam2.startswith("ok (") and cam2.endswith(" · collecting: 30 of 100 frames")
     assert browser.find_element("css selector", '#devices tr[data-device="cam-3"] .drift').text == "-"
     # Plots: one line per device, the drift plot with its threshold; the feed shows the raised alarm.
-    assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#drift-plot polyline")} == {"cam-1", "cam-2"}
-    assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#latency-plot polyline")} == {"cam-1", "cam-2"}
+    assert {p.get_attribute("data-series") for p in browser.find_elements("css selector", "#drift-plot polyline")} == {
+        "cam-1",
+        "cam-2",
+    }
+    assert {
+        p.get_attribute("data-series") for p in browser.find_elements("css selector", "#latency-plot polyline")
+    } == {"cam-1", "cam-2"}
     assert browser.find_elements("css selector", "#drift-plot line.threshold")
     feed = browser.find_element("id", "alerts-feed").text
     assert "drift alarm raised on cam-1" in feed
@@ -111,9 +129,12 @@ def test_pages_load_without_console_errors_and_numbers_match_the_api(browser, li
     assert "fleet-wide drift alarm raised on brightness 1 (1 of 2 devices drifting)" in feed
     (whole,) = drift["fleet"]
     fleet_row = '#fleet-drift tr[data-model="brightness/1"]'
-    assert browser.find_element("css selector", fleet_row + " .score").text == f'{whole["score"]:.3f}'
+    assert browser.find_element("css selector", fleet_row + " .score").text == f"{whole['score']:.3f}"
     assert browser.find_element("css selector", fleet_row + " .alarm").text == whole["state"] == "alarm"
-    assert browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text == "PendingManualApproval"
+    assert (
+        browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text
+        == "PendingManualApproval"
+    )
     assert severe_console_entries(browser) == []
 
 
@@ -132,8 +153,15 @@ def test_actions_follow_the_token_scope_approve_and_pause_a_rollout(browser, liv
     browser.find_element("id", "token").clear()
     open_dashboard(browser, server, tokens["admin"])
     browser.find_element("css selector", '#models tr[data-model="brightness/1"] button[data-action="approve"]').click()
-    wait_for(lambda: api(server, tokens["admin"], "/models/brightness/versions/1")["approval"] == "Approved", what="approved")
-    wait_for(lambda: browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text == "Approved", what="page shows Approved")
+    wait_for(
+        lambda: api(server, tokens["admin"], "/models/brightness/versions/1")["approval"] == "Approved", what="approved"
+    )
+    wait_for(
+        lambda: (
+            browser.find_element("css selector", '#models tr[data-model="brightness/1"] .approval').text == "Approved"
+        ),
+        what="page shows Approved",
+    )
     # A rollout starts; the page shows its wave, and pauses it.
     rollout = rollouts.create_rollout(fleet, "brightness", "1", {"group": "lobby"}, {"canary": 1, "waves": [100]})
     rollouts.tick(fleet)
@@ -148,4 +176,9 @@ def test_actions_follow_the_token_scope_approve_and_pause_a_rollout(browser, liv
     assert events[-1]["event"] == "pause" and events[-1]["detail"] == "from the dashboard"
     # The one console error is the network log of the operator's refused (403) approval.
     errors = severe_console_entries(browser)
-    assert len(errors) == 1 and errors[0]["source"] == "network" and "/approval" in errors[0]["message"] and "403" in errors[0]["message"]
+    assert (
+        len(errors) == 1
+        and errors[0]["source"] == "network"
+        and "/approval" in errors[0]["message"]
+        and "403" in errors[0]["message"]
+    )

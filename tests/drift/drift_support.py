@@ -21,16 +21,22 @@ def brightness_classifier(path: Path, size: int = 16) -> None:
 
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
-    inits = [numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
-             numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
-             numpy_helper.from_array(np.array(8.0, dtype=np.float32), "gain")]
-    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
-             helper.make_node("Reshape", ["m", "shape"], ["r"]),
-             helper.make_node("Sub", ["r", "half"], ["d"]),
-             helper.make_node("Mul", ["d", "gain"], ["pos"]),
-             helper.make_node("Neg", ["pos"], ["neg"]),
-             helper.make_node("Concat", ["neg", "pos"], ["logits"], axis=1)]
-    model = helper.make_model(helper.make_graph(nodes, "brightness", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
+    inits = [
+        numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array(8.0, dtype=np.float32), "gain"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),
+        helper.make_node("Sub", ["r", "half"], ["d"]),
+        helper.make_node("Mul", ["d", "gain"], ["pos"]),
+        helper.make_node("Neg", ["pos"], ["neg"]),
+        helper.make_node("Concat", ["neg", "pos"], ["logits"], axis=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "brightness", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
 
@@ -139,9 +145,18 @@ def compile_with_baseline(root: Path, n_images: int = 300) -> tuple[Path, Path, 
     (root / "labels.txt").write_text("\n".join(LABELS) + "\n")
     rng = np.random.default_rng(1)
     images = write_images(root / "train", [scene(rng) for _ in range(n_images)])
-    result = compile_model(str(root / "brightness.onnx"), "x86_64", output=root / "brightness.tar.gz", name="brightness", version="1",
-                           labels=root / "labels.txt", preprocessing=Preprocessing(resize=(16, 16)), key=key.path, quiet=True,
-                           baseline_images=str(images))
+    result = compile_model(
+        str(root / "brightness.onnx"),
+        "x86_64",
+        output=root / "brightness.tar.gz",
+        name="brightness",
+        version="1",
+        labels=root / "labels.txt",
+        preprocessing=Preprocessing(resize=(16, 16)),
+        key=key.path,
+        quiet=True,
+        baseline_images=str(images),
+    )
     return result.package, public_path(key.path), images
 
 

@@ -35,7 +35,9 @@ def test_package_carries_baseline_and_model_monitor_files(baseline_package) -> N
     assert baseline.images == 300 and baseline.computed_with.startswith("compiled model (x86_64")
     s = baseline.summary
     assert s.brightness.edges == [round(float(e), 4) for e in BRIGHTNESS_EDGES]
-    assert s.contrast.edges == [round(float(e), 4) for e in CONTRAST_EDGES] and s.confidence.edges == [round(float(e), 4) for e in CONFIDENCE_EDGES]
+    assert s.contrast.edges == [round(float(e), 4) for e in CONTRAST_EDGES] and s.confidence.edges == [
+        round(float(e), 4) for e in CONFIDENCE_EDGES
+    ]
     assert sum(s.brightness.counts) == sum(s.confidence.counts) == sum(s.predictions.values()) == 300
     # The model's verdicts agree with the brightness the agent measures on the same frames.
     from PIL import Image
@@ -49,7 +51,10 @@ def test_package_carries_baseline_and_model_monitor_files(baseline_package) -> N
     assert bright["mean"] == pytest.approx(float(np.mean(lumas)), abs=1e-6)
     assert [b["count"] for b in bright["distribution"]["kll"]["buckets"]] == s.brightness.counts
     assert len(bright["distribution"]["kll"]["sketch"]["data"][0]) == 300
-    assert {b["value"]: b["count"] for b in feats["predicted_label"]["string_statistics"]["distribution"]["categorical"]["buckets"]} == s.predictions
+    assert {
+        b["value"]: b["count"]
+        for b in feats["predicted_label"]["string_statistics"]["distribution"]["categorical"]["buckets"]
+    } == s.predictions
     assert constraints["features"][-1]["string_constraints"]["domains"] == LABELS
     assert constraints["monitoring_config"]["distribution_constraints"]["perform_comparison"] == "Enabled"
 
@@ -68,26 +73,83 @@ def test_baseline_judges_its_own_kind_of_frames_normal_and_dark_ones_drifted(bas
         fresh = [scene(rng) for _ in range(150)]
         normal = write_images(tmp_path / "normal", fresh)
         dark = write_images(tmp_path / "dark", [darken(f) for f in fresh])
-        summaries = {name: parse_summary(summarise(collect_images(str(folder), tmp_path), run, m.inputs, m.outputs, Preprocessing(resize=(16, 16)), m.labels, m.task)[0])
-                     for name, folder in (("normal", normal), ("dark", dark))}
+        summaries = {
+            name: parse_summary(
+                summarise(
+                    collect_images(str(folder), tmp_path),
+                    run,
+                    m.inputs,
+                    m.outputs,
+                    Preprocessing(resize=(16, 16)),
+                    m.labels,
+                    m.task,
+                )[0]
+            )
+            for name, folder in (("normal", normal), ("dark", dark))
+        }
     cfg = DriftConfig()
     assert not judge(baseline.summary, summaries["normal"], cfg).over
     verdict = judge(baseline.summary, summaries["dark"], cfg)
     assert verdict.over and verdict.distances["brightness"].psi > 1 and verdict.distances["predictions"].psi > 1
 
 
-def test_cli_cross_target_uses_the_reference_runtime_and_refuses_empty_folders(edgefleet_home: Path, signing_key, tmp_path: Path) -> None:
+def test_cli_cross_target_uses_the_reference_runtime_and_refuses_empty_folders(
+    edgefleet_home: Path, signing_key, tmp_path: Path
+) -> None:
     brightness_classifier(tmp_path / "m.onnx")
     images = write_images(tmp_path / "imgs", [scene(np.random.default_rng(i)) for i in range(12)])
     (tmp_path / "empty").mkdir()
     edgefleet = str(Path(sys.executable).parent / "edgefleet")
-    bad = subprocess.run([edgefleet, "compile", str(tmp_path / "m.onnx"), "--target", "x86_64", "--resize", "16x16", "-o", str(tmp_path / "x.tar.gz"), "-q", "--baseline-images", str(tmp_path / "empty")], capture_output=True, text=True)
-    assert bad.returncode == UsageError.exit_code and "no images" in bad.stderr + bad.stdout and not (tmp_path / "x.tar.gz").exists()
-    ok = subprocess.run([edgefleet, "compile", str(tmp_path / "m.onnx"), "--target", "rasp4b", "--resize", "16x16", "-o", str(tmp_path / "arm.tar.gz"), "-q", "--no-verify", "--baseline-images", str(images)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            edgefleet,
+            "compile",
+            str(tmp_path / "m.onnx"),
+            "--target",
+            "x86_64",
+            "--resize",
+            "16x16",
+            "-o",
+            str(tmp_path / "x.tar.gz"),
+            "-q",
+            "--baseline-images",
+            str(tmp_path / "empty"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        bad.returncode == UsageError.exit_code
+        and "no images" in bad.stderr + bad.stdout
+        and not (tmp_path / "x.tar.gz").exists()
+    )
+    ok = subprocess.run(
+        [
+            edgefleet,
+            "compile",
+            str(tmp_path / "m.onnx"),
+            "--target",
+            "rasp4b",
+            "--resize",
+            "16x16",
+            "-o",
+            str(tmp_path / "arm.tar.gz"),
+            "-q",
+            "--no-verify",
+            "--baseline-images",
+            str(images),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     with open_package(tmp_path / "arm.tar.gz", None) as opened:
         baseline = parse_baseline(json.loads(opened.path("baseline.json").read_text()))
-    assert baseline.images == 12 and baseline.computed_with.startswith("onnxruntime") and "rasp4b does not run here" in baseline.computed_with
+    assert (
+        baseline.images == 12
+        and baseline.computed_with.startswith("onnxruntime")
+        and "rasp4b does not run here" in baseline.computed_with
+    )
 
 
 def test_too_few_decodable_images_is_a_usage_error(tmp_path: Path) -> None:
@@ -98,9 +160,19 @@ def test_too_few_decodable_images_is_a_usage_error(tmp_path: Path) -> None:
     write_images(folder, [scene(np.random.default_rng(0)) for _ in range(3)])
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UsageError, match=r"only 3 of 4 .*broken.jpg: undecodable"):
-        build_baseline(str(folder), tmp_path / "out", run=lambda b: [np.zeros((1, 2), np.float32)], computed_with="test",
-                       inputs=[TensorSpec(name="image", shape=[1, 3, 16, 16], dtype="float32")], outputs=[TensorSpec(name="o", shape=[1, 2], dtype="float32")],
-                       preprocessing=Preprocessing(), labels=LABELS, task="classification", name="m", version="1")
+        build_baseline(
+            str(folder),
+            tmp_path / "out",
+            run=lambda b: [np.zeros((1, 2), np.float32)],
+            computed_with="test",
+            inputs=[TensorSpec(name="image", shape=[1, 3, 16, 16], dtype="float32")],
+            outputs=[TensorSpec(name="o", shape=[1, 2], dtype="float32")],
+            preprocessing=Preprocessing(),
+            labels=LABELS,
+            task="classification",
+            name="m",
+            version="1",
+        )
 
 
 def test_baseline_images_from_an_s3_prefix_fake_aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

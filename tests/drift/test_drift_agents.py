@@ -35,10 +35,23 @@ def fleet_on_broker(request, tmp_path: Path, edgefleet_home: Path, baseline_pack
     from edgefleet.signing import load_public_key
 
     package, pub, _ = baseline_package
-    broker = BrokerConfig(host=mqtt_broker.host, port=mqtt_broker.port, ca_file=mqtt_broker.pki.ca_file, cert_file=mqtt_broker.fleet_cert, key_file=mqtt_broker.fleet_key)
-    fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", broker=broker,
-                                   drift=DriftConfig(**({"windows_to_alarm": 2, "windows_to_clear": 2, "min_frames": 40}
-                                                        | getattr(request, "param", {})))))
+    broker = BrokerConfig(
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        ca_file=mqtt_broker.pki.ca_file,
+        cert_file=mqtt_broker.fleet_cert,
+        key_file=mqtt_broker.fleet_key,
+    )
+    fleet = open_fleet(
+        FleetConfig(
+            data_dir=tmp_path / "fleet",
+            signing_key=tmp_path / "none.key",
+            broker=broker,
+            drift=DriftConfig(
+                **({"windows_to_alarm": 2, "windows_to_clear": 2, "min_frames": 40} | getattr(request, "param", {}))
+            ),
+        )
+    )
     fleet.trusted.append(load_public_key(pub))
     registry.upload_package(fleet, package)
     devices.register_device(fleet, "cam-1", "x86_64")
@@ -85,8 +98,15 @@ class Camera:
         self.incoming = root / "incoming"
         self.incoming.mkdir(parents=True)
         source = {"type": "folder", "path": str(self.incoming), "max_fps": 200.0, "poll_s": 0.05}
-        config = agent_config(root, broker, package, device=device, sources=[source],
-                              telemetry={"interval_s": interval_s}, rules={"labels": ["never"], "min_score": 0.99})
+        config = agent_config(
+            root,
+            broker,
+            package,
+            device=device,
+            sources=[source],
+            telemetry={"interval_s": interval_s},
+            rules={"labels": ["never"], "min_score": 0.99},
+        )
         self.process = start_agent(write_config(root / "agent.toml", config), log=root / "agent.log")
 
     def drop(self, n: int, change=None) -> None:
@@ -104,7 +124,9 @@ class Camera:
 
 
 @pytest.mark.parametrize("fault", ["dark", "blur"])
-def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker, fault: str) -> None:
+def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(
+    tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker, fault: str
+) -> None:
     from edgefleet.fleet.drift_routes import drift_windows
 
     fleet = fleet_on_broker
@@ -120,7 +142,9 @@ def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(tmp_path:
             wait_until(lambda: frames_seen(fleet) >= cam.dropped, timeout=60)
             if until():
                 return n
-        raise AssertionError(f"{kind} phase: condition not met after {max_batches} batches; windows: {drift_windows(fleet)}")
+        raise AssertionError(
+            f"{kind} phase: condition not met after {max_batches} batches; windows: {drift_windows(fleet)}"
+        )
 
     try:
         phase("normal", lambda: len(drift_windows(fleet)) >= 3, 8)
@@ -131,10 +155,20 @@ def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(tmp_path:
         windows = drift_windows(fleet)
         raised_at = next(i for i, w in enumerate(windows) if w["state"] == "alarm")
         # Raised on the K-th consecutive window over the threshold, within the first K fault windows.
-        assert raised_at >= before and raised_at - before < 2 and all(w["over"] for w in windows[raised_at - 1:raised_at + 1])
+        assert (
+            raised_at >= before
+            and raised_at - before < 2
+            and all(w["over"] for w in windows[raised_at - 1 : raised_at + 1])
+        )
         raised = json.loads(wait_until_message(alarms, "raised"))
-        assert raised["device"] == "cam-1" and raised["model"] == {"name": "brightness", "version": "1"} and raised["score"] > 0.25
-        assert raised["feature"] in (("brightness", "contrast", "predictions", "confidence") if fault == "dark" else ("contrast",))
+        assert (
+            raised["device"] == "cam-1"
+            and raised["model"] == {"name": "brightness", "version": "1"}
+            and raised["score"] > 0.25
+        )
+        assert raised["feature"] in (
+            ("brightness", "contrast", "predictions", "confidence") if fault == "dark" else ("contrast",)
+        )
         phase("normal", lambda: alarm_state(fleet) == "ok", 8)
         cleared = json.loads(wait_until_message(alarms, "cleared"))
         assert cleared["state"] == "ok"
@@ -155,7 +189,8 @@ def wait_until_message(subscriber, event: str, timeout: float = 15.0) -> bytes:
 
 @pytest.mark.parametrize("fleet_on_broker", [{"min_frames": 24}], indirect=True)
 def test_a_camera_with_fewer_frames_per_message_than_a_window_still_gets_windows_judged(
-        tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker) -> None:
+    tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker
+) -> None:
     """1 fps at the default 60 s interval is 60 frames per message against min_frames 100: no
     message is a window on its own. Scaled down to stay short (same pooling path): about 4 frames
     per 0.5 s message at 8 fps against min_frames 24."""
@@ -182,10 +217,12 @@ def test_a_camera_with_fewer_frames_per_message_than_a_window_still_gets_windows
         cam.stop()
 
 
-@pytest.mark.parametrize("fleet_on_broker", [{"min_frames": 120, "windows_to_alarm": 2, "windows_to_clear": 2}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "fleet_on_broker", [{"min_frames": 120, "windows_to_alarm": 2, "windows_to_clear": 2}], indirect=True
+)
 def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
-        tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker) -> None:
+    tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker
+) -> None:
     """Two real agents at once: cam-2's scene darkens, cam-1's stays normal. Windows of 120 frames
     against the 300-image baseline (benchmarks/drift_windows.py: normal windows score <= 0.16)."""
     from edgefleet.fleet.drift_routes import drift_events, drift_windows

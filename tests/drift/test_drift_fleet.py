@@ -24,7 +24,11 @@ def drift_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package, monkeypa
     package, pub, _ = baseline_package
     with WebhookReceiver() as hook:
         monkeypatch.setenv("EDGEFLEET_FLEET_DRIFT_WEBHOOK", hook.url)
-        config = FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", drift=DriftConfig(windows_to_alarm=3, windows_to_clear=2))
+        config = FleetConfig(
+            data_dir=tmp_path / "fleet",
+            signing_key=tmp_path / "none.key",
+            drift=DriftConfig(windows_to_alarm=3, windows_to_clear=2),
+        )
         fleet = open_fleet(config)
         fleet.trusted.append(load_public_key(pub))
         registry.upload_package(fleet, package)
@@ -64,8 +68,15 @@ def test_dark_frames_raise_an_alarm_after_k_windows_and_recovery_clears_it(drift
     assert feed(drift_fleet, ingest, "cam-1", normal[:3]) == ["ok", "ok", "ok"]
     assert feed(drift_fleet, ingest, "cam-1", dark) == ["pending", "pending", "alarm", "alarm"]
     assert feed(drift_fleet, ingest, "cam-1", normal[3:]) == ["recovering", "ok"]
-    assert [(t, p["event"], p["device"]) for t, p in published] == [("edgefleet/v1/cam-1/drift", "raised", "cam-1"), ("edgefleet/v1/cam-1/drift", "cleared", "cam-1")]
-    assert published[0][1]["feature"] in ("brightness", "contrast", "predictions")  # night darkens and flattens the frame
+    assert [(t, p["event"], p["device"]) for t, p in published] == [
+        ("edgefleet/v1/cam-1/drift", "raised", "cam-1"),
+        ("edgefleet/v1/cam-1/drift", "cleared", "cam-1"),
+    ]
+    assert published[0][1]["feature"] in (
+        "brightness",
+        "contrast",
+        "predictions",
+    )  # night darkens and flattens the frame
     assert published[0][1]["score"] > 0.25 and published[0][1]["model"] == {"name": "brightness", "version": "1"}
     deadline = time.monotonic() + 10
     while len(drift_fleet.hook.bodies) < 2 and time.monotonic() < deadline:
@@ -98,7 +109,11 @@ def test_blurred_frames_drift_on_contrast_and_devices_are_judged_apart(drift_fle
 
     overview = drift_overview(drift_fleet, ingest.drift)
     alarms = {a["device"]: a for a in overview["alarms"]}
-    assert alarms["cam-2"]["state"] == "alarm" and alarms["cam-2"]["feature"] == "contrast" and alarms["cam-1"]["state"] == "ok"
+    assert (
+        alarms["cam-2"]["state"] == "alarm"
+        and alarms["cam-2"]["feature"] == "contrast"
+        and alarms["cam-1"]["state"] == "ok"
+    )
     # The fleet as a whole: the newest window of each device, summed: half the frames are blurred.
     (whole,) = overview["fleet"]
     assert whole["model"] == {"name": "brightness", "version": "1"} and whole["devices"] == 2 and whole["frames"] == 240
@@ -129,11 +144,18 @@ def test_cli_shows_states_and_sparklines(drift_fleet, baseline_package) -> None:
     from edgefleet.fleet.ingest import Ingest
 
     ingest = Ingest(drift_fleet)
-    feed(drift_fleet, ingest, "cam-1", windows(baseline_package, "normal", 2, seed=7) + windows(baseline_package, "dark", 3, seed=8))
+    feed(
+        drift_fleet,
+        ingest,
+        "cam-1",
+        windows(baseline_package, "normal", 2, seed=7) + windows(baseline_package, "dark", 3, seed=8),
+    )
     feed(drift_fleet, ingest, "cam-2", windows(baseline_package, "normal", 1, frames=40, seed=9))  # too few to judge
     token = create_token(drift_fleet, "viewer", "read-only")
     with LiveServer(create_app(drift_fleet, ingest)) as server:
-        result = CliRunner().invoke(cli, ["fleet", "--url", server.url, "--token", token, "drift"], env={"COLUMNS": "200"})
+        result = CliRunner().invoke(
+            cli, ["fleet", "--url", server.url, "--token", token, "drift"], env={"COLUMNS": "200"}
+        )
         as_json = CliRunner().invoke(cli, ["fleet", "--url", server.url, "--token", token, "drift", "--json"])
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if "cam-1" in line)
@@ -156,7 +178,9 @@ def test_drift_section_of_the_fleet_config(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.delenv("EDGEFLEET_FLEET_DRIFT_WEBHOOK", raising=False)
     (tmp_path / "hook").write_text("https://hooks.example/T000/secret\n")
     good = tmp_path / "fleet.toml"
-    good.write_text(f'[drift]\nmetric = "js"\nthreshold = 0.2\nwindows_to_alarm = 4\nwebhook_url_file = "{tmp_path / "hook"}"\n')
+    good.write_text(
+        f'[drift]\nmetric = "js"\nthreshold = 0.2\nwindows_to_alarm = 4\nwebhook_url_file = "{tmp_path / "hook"}"\n'
+    )
     cfg = load_config(good).drift
     assert (cfg.metric, cfg.threshold, cfg.windows_to_alarm, cfg.windows_to_clear) == ("js", 0.2, 4, 3)
     assert webhook_url(cfg) == "https://hooks.example/T000/secret"

@@ -14,20 +14,29 @@ from edgefleet.fleet.drift import ALARM, OK, PENDING, RECOVERING, AlarmState, Dr
 from edgefleet.contracts.drift import parse_summary
 
 
-def summary(brightness: list[float], contrast: list[float] | None = None, labels: list[str] | None = None, conf: list[float] | None = None) -> drift.DriftSummary:
+def summary(
+    brightness: list[float],
+    contrast: list[float] | None = None,
+    labels: list[str] | None = None,
+    conf: list[float] | None = None,
+) -> drift.DriftSummary:
     n = len(brightness)
     labels = labels or ["a"] * n
-    return parse_summary({
-        "brightness": _hist(brightness, BRIGHTNESS_EDGES),
-        "contrast": _hist(contrast or [0.2] * n, CONTRAST_EDGES),
-        "predictions": {k: labels.count(k) for k in set(labels)},
-        "confidence": _hist(conf or [0.9] * n, CONFIDENCE_EDGES),
-    })
+    return parse_summary(
+        {
+            "brightness": _hist(brightness, BRIGHTNESS_EDGES),
+            "contrast": _hist(contrast or [0.2] * n, CONTRAST_EDGES),
+            "predictions": {k: labels.count(k) for k in set(labels)},
+            "confidence": _hist(conf or [0.9] * n, CONFIDENCE_EDGES),
+        }
+    )
 
 
 def test_psi_and_js_are_zero_for_equal_and_grow_with_shift() -> None:
     base = np.array([10, 20, 40, 20, 10])
-    assert drift.psi(base, base) == pytest.approx(0.0, abs=1e-12) and drift.psi(base, base * 3) < 1e-3  # pseudo-count: tiny, not 0
+    assert (
+        drift.psi(base, base) == pytest.approx(0.0, abs=1e-12) and drift.psi(base, base * 3) < 1e-3
+    )  # pseudo-count: tiny, not 0
     assert drift.js_distance(base, base * 3) == pytest.approx(0.0, abs=1e-7)
     small, big = np.array([12, 22, 38, 18, 10]), np.array([60, 30, 10, 0, 0])
     assert 0 < drift.psi(base, small) < 0.1 < 0.25 < drift.psi(base, big)
@@ -72,10 +81,18 @@ def test_alarm_raises_after_k_windows_and_clears_after_recovery() -> None:
         state, change = step(state, over, cfg)
         seen.append((state.state, change))
     assert seen == [
-        (PENDING, None), (PENDING, None), (OK, None),           # a broken streak does not alarm
-        (PENDING, None), (PENDING, None), (ALARM, "raised"), (ALARM, None),
-        (RECOVERING, None), (ALARM, None),                      # one good window is not recovery
-        (RECOVERING, None), (OK, "cleared"), (OK, None),
+        (PENDING, None),
+        (PENDING, None),
+        (OK, None),  # a broken streak does not alarm
+        (PENDING, None),
+        (PENDING, None),
+        (ALARM, "raised"),
+        (ALARM, None),
+        (RECOVERING, None),
+        (ALARM, None),  # one good window is not recovery
+        (RECOVERING, None),
+        (OK, "cleared"),
+        (OK, None),
     ]
 
 
@@ -96,7 +113,13 @@ def test_transition_table_is_total_and_only_alarm_states_follow_over_enough() ->
 
 def test_malformed_summaries_and_baselines_are_refused_clearly() -> None:
     with pytest.raises(BadInputError, match="brightness"):
-        parse_summary({"brightness": {"edges": [0, 1], "counts": [1, 2]}, "contrast": {"edges": [0, 1], "counts": [1]}, "confidence": {"edges": [0, 1], "counts": [1]}})
+        parse_summary(
+            {
+                "brightness": {"edges": [0, 1], "counts": [1, 2]},
+                "contrast": {"edges": [0, 1], "counts": [1]},
+                "confidence": {"edges": [0, 1], "counts": [1]},
+            }
+        )
     with pytest.raises(BadInputError, match="format version 7"):
         parse_baseline({"format_version": 7})
     base = summary([0.5] * 10)

@@ -24,7 +24,11 @@ def releases(tmp_path, tiny_packages) -> dict:
     key = load_signing_key(tiny_packages["key"])
     code = device_sources()
     out = {}
-    for name, version, arch, files in (("x86", "9.1", "x86_64", code), ("arm", "9.1", "aarch64", code), ("arm-other", "9.1", "aarch64", code[:-1])):
+    for name, version, arch, files in (
+        ("x86", "9.1", "x86_64", code),
+        ("arm", "9.1", "aarch64", code),
+        ("arm-other", "9.1", "aarch64", code[:-1]),
+    ):
         out[name] = tmp_path / f"{name}.tar.gz"
         build_release(out[name], version, key, arch=arch, code=files)
     return out
@@ -38,11 +42,19 @@ def online(fleet, device: str, agent: str | None, arch: str | None) -> None:
 
 
 def offline(fleet, device: str) -> None:
-    Ingest(fleet).handle_batch([Message(f"edgefleet/v1/{device}/status", b'{"schema": 1, "state": "offline"}', fleet.clock())])
+    Ingest(fleet).handle_batch(
+        [Message(f"edgefleet/v1/{device}/status", b'{"schema": 1, "state": "offline"}', fleet.clock())]
+    )
 
 
 def telemetry(fleet, device: str) -> None:
-    body = {"schema": 1, "id": "t", "model": {"name": "tiny", "version": "1"}, "frames": {"ok": 10, "bad": 0, "error": 0}, "alerts": {}}
+    body = {
+        "schema": 1,
+        "id": "t",
+        "model": {"name": "tiny", "version": "1"},
+        "frames": {"ok": 10, "bad": 0, "error": 0},
+        "alerts": {},
+    }
     Ingest(fleet).handle_batch([Message(f"edgefleet/v1/{device}/telemetry", json.dumps(body).encode(), fleet.clock())])
 
 
@@ -60,17 +72,23 @@ def test_releases_register_one_build_per_architecture_of_the_same_code(fleet, re
     registry.upload_package(fleet, releases["x86"])
     version = registry.upload_package(fleet, releases["arm"])
     assert (version["group"], version["version"]) == ("edgefleet-agent", "9.1")
-    assert [(b["target"], b["arch"]) for b in version["builds"]] == [("agent-aarch64", "aarch64"), ("agent-x86_64", "x86_64")]
+    assert [(b["target"], b["arch"]) for b in version["builds"]] == [
+        ("agent-aarch64", "aarch64"),
+        ("agent-x86_64", "x86_64"),
+    ]
     assert version["approval"] == "PendingManualApproval"
     with pytest.raises(ConflictError, match="registered from another source"):
         registry.upload_package(fleet, releases["arm-other"])
 
 
-@pytest.mark.parametrize("camera, error", [
-    (("0.1.0", None), "cam-old runs agent 0.1.0, which cannot update itself over the air"),
-    ((None, None), "cam-old has not reported its agent version yet"),
-    (("0.2.0", "armv7"), "edgefleet-agent 9.1 has no build for target(s) agent-armv7"),
-])
+@pytest.mark.parametrize(
+    "camera, error",
+    [
+        (("0.1.0", None), "cam-old runs agent 0.1.0, which cannot update itself over the air"),
+        ((None, None), "cam-old has not reported its agent version yet"),
+        (("0.2.0", "armv7"), "edgefleet-agent 9.1 has no build for target(s) agent-armv7"),
+    ],
+)
 def test_rollouts_refuse_cameras_that_cannot_take_the_release(fleet, releases, camera, error):
     fleet_with_cameras(fleet, releases, {"cam-a": ("0.2.0", "x86_64"), "cam-old": camera})
     with pytest.raises(ConflictError, match=error.replace("(", r"\(").replace(")", r"\)")):
@@ -78,9 +96,17 @@ def test_rollouts_refuse_cameras_that_cannot_take_the_release(fleet, releases, c
     assert rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"devices": ["cam-a"]}, {})["kind"] == "agent"
 
 
-def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_the_new_agents_telemetry(fleet, releases):
+def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_the_new_agents_telemetry(
+    fleet, releases
+):
     fleet_with_cameras(fleet, releases, {"cam-a": ("0.2.0", "aarch64"), "cam-b": ("0.2.0", "x86_64")})
-    r = rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 5, "health": {"min_samples": 2}})
+    r = rollouts.create_rollout(
+        fleet,
+        "edgefleet-agent",
+        "9.1",
+        {"group": "lobby"},
+        {"canary": 1, "waves": [100], "bake_time_s": 5, "health": {"min_samples": 2}},
+    )
     rollouts.tick(fleet)
     [(device, job)] = fleet.sent
     assert device == "cam-a" and job["kind"] == "agent_install" and job["package"]["name"] == "edgefleet-agent"
@@ -112,7 +138,9 @@ def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_t
 
 def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_to_the_installed_agent(fleet, releases):
     fleet_with_cameras(fleet, releases, {"cam-a": ("0.2.0", "x86_64"), "cam-b": ("0.2.0", "x86_64")})
-    r = rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 5})
+    r = rollouts.create_rollout(
+        fleet, "edgefleet-agent", "9.1", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 5}
+    )
     rollouts.tick(fleet)
     [(device, job)] = fleet.sent
     answer(fleet, device, job, INSTALL)
@@ -124,8 +152,14 @@ def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_t
     assert out["state"] == "aborting" and out["reason"] == f"agent health: {device} is offline on agent 9.1"
     (_, rollback) = fleet.sent[-1]
     # Back to 0.2.0, the installed agent, which the fleet never held: no download, a signed authorization.
-    assert rollback["kind"] == "agent_rollback" and rollback["package"] == {"name": "edgefleet-agent", "version": "0.2.0"}
-    assert (rollback["rollback_authorization"]["device"], rollback["rollback_authorization"]["version"]) == (device, "0.2.0")
+    assert rollback["kind"] == "agent_rollback" and rollback["package"] == {
+        "name": "edgefleet-agent",
+        "version": "0.2.0",
+    }
+    assert (rollback["rollback_authorization"]["device"], rollback["rollback_authorization"]["version"]) == (
+        device,
+        "0.2.0",
+    )
     answer(fleet, device, rollback, INSTALL)
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r["id"])["state"] == "aborted"

@@ -23,8 +23,15 @@ def test_scopes_are_enforced(api, tiny_packages):
     assert r.status_code == 201 and r.json()["approval"] == "PendingManualApproval"
     r = api.post("/api/v1/models/tiny/versions/1/approval", json={"state": "Approved"}, headers=h(api, "operator"))
     assert r.status_code == 403
-    assert api.post("/api/v1/models/tiny/versions/1/approval", json={"state": "Approved"}, headers=h(api, "admin")).json()["approval"] == "Approved"
-    assert api.post("/api/v1/tokens", json={"name": "x", "scope": "admin"}, headers=h(api, "operator")).status_code == 403
+    assert (
+        api.post("/api/v1/models/tiny/versions/1/approval", json={"state": "Approved"}, headers=h(api, "admin")).json()[
+            "approval"
+        ]
+        == "Approved"
+    )
+    assert (
+        api.post("/api/v1/tokens", json={"name": "x", "scope": "admin"}, headers=h(api, "operator")).status_code == 403
+    )
     made = api.post("/api/v1/tokens", json={"name": "ci", "scope": "read-only"}, headers=h(api, "admin")).json()
     assert api.get("/api/v1/devices", headers={"Authorization": f"Bearer {made['token']}"}).status_code == 200
     assert api.delete("/api/v1/tokens/ci", headers=h(api, "admin")).json() == {"revoked": 1}
@@ -34,24 +41,54 @@ def test_scopes_are_enforced(api, tiny_packages):
 @pytest.mark.parametrize(
     "method, path, kwargs, status, reason",
     [
-        ("post", "/api/v1/rollouts", {"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 422, "JSON"),
+        (
+            "post",
+            "/api/v1/rollouts",
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            422,
+            "JSON",
+        ),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny"}}, 422, "version"),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "surprise": 1}}, 422, "surprise"),
-        ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "plan": {"waves": [10]}}}, 400, "waves"),
+        (
+            "post",
+            "/api/v1/rollouts",
+            {"json": {"group": "tiny", "version": "1", "plan": {"waves": [10]}}},
+            400,
+            "waves",
+        ),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "9"}}, 404, "no model version"),
-        ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "selection": {"devices": ["ghost"]}}}, 400, "ghost"),
+        (
+            "post",
+            "/api/v1/rollouts",
+            {"json": {"group": "tiny", "version": "1", "selection": {"devices": ["ghost"]}}},
+            400,
+            "ghost",
+        ),
         ("get", "/api/v1/rollouts/abc", {}, 422, "rollout_id"),
         ("get", "/api/v1/rollouts/999", {}, 404, "no rollout"),
         ("get", "/api/v1/rollouts/99999999999999999999999", {}, 422, "rollout_id"),
         ("get", "/api/v1/builds/99999999999999999999999/download?expires=1&sig=0", {}, 422, "build_id"),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "plan": {"canary": 10**30}}}, 400, ""),
-        ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "selection": {"devices": "cam-1"}}}, 400, "devices"),
+        (
+            "post",
+            "/api/v1/rollouts",
+            {"json": {"group": "tiny", "version": "1", "selection": {"devices": "cam-1"}}},
+            400,
+            "devices",
+        ),
         ("post", "/api/v1/rollouts/1/explode", {}, 400, "unknown rollout action"),
         ("post", "/api/v1/packages", {"content": b""}, 400, "empty"),
         ("post", "/api/v1/packages", {"content": b"\x1f\x8b garbage"}, 400, ""),
         ("post", "/api/v1/packages", {"content": b"plain text"}, 400, ""),
         ("post", "/api/v1/enrollment-tokens", {"json": {"device_id": "a/b", "target": "x86_64"}}, 400, "device id"),
-        ("post", "/api/v1/enroll", {"json": {"token": "efe_x", "device_id": "cam-1", "csr": "nope"}}, 403, "enrollment token"),
+        (
+            "post",
+            "/api/v1/enroll",
+            {"json": {"token": "efe_x", "device_id": "cam-1", "csr": "nope"}},
+            403,
+            "enrollment token",
+        ),
         ("post", "/api/v1/models/tiny/versions/1/approval", {"json": {"state": "Maybe"}}, 409, "unknown approval"),
         ("post", "/api/v1/models/tiny/versions/1/approval", {"json": {"state": "Approved"}}, 409, "cannot become"),
         ("patch", "/api/v1/devices/ghost", {"json": {"group": "g"}}, 404, "no device"),
@@ -83,7 +120,9 @@ def test_package_download_supports_ranges(api, fleet, tiny_packages):
 
 def test_openapi_documents_the_api(api):
     spec = api.get("/openapi.json").json()
-    assert {"/api/v1/rollouts", "/api/v1/rollouts/{rollout_id}/{action}", "/api/v1/enroll", "/api/v1/packages"} <= set(spec["paths"])
+    assert {"/api/v1/rollouts", "/api/v1/rollouts/{rollout_id}/{action}", "/api/v1/enroll", "/api/v1/packages"} <= set(
+        spec["paths"]
+    )
 
 
 def test_cli_over_a_real_fleet_service(tmp_path, edgefleet_home, tiny_packages):
@@ -103,11 +142,21 @@ def test_cli_over_a_real_fleet_service(tmp_path, edgefleet_home, tiny_packages):
         listed = run("models", "list")
         assert "tiny" in listed.stdout and listed.returncode == 0
         bad = run("rollouts", "create", "tiny", "1", "--device-group", "nobody")
-        assert bad.returncode == 21 and "error: fleet API 400: the selection matches no devices" in bad.stderr and "fix:" in bad.stderr
+        assert (
+            bad.returncode == 21
+            and "error: fleet API 400: the selection matches no devices" in bad.stderr
+            and "fix:" in bad.stderr
+        )
         assert run("rollouts", "abort", "7").returncode == 40
         token = run("devices", "enroll-token", "cam-1", "--target", "x86_64", "--group", "lobby").stdout.strip()
         assert token.startswith("efe_")
         assert json.loads(run("devices", "list", "--json").stdout) == []
-        ro = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "viewer", "--scope", "read-only"], env=env, capture_output=True, text=True, check=True).stdout.strip()
+        ro = subprocess.run(
+            cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "viewer", "--scope", "read-only"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         denied = run("--token", ro, "models", "approve", "tiny", "1")
         assert denied.returncode == 42 and "scope read-only" in denied.stderr

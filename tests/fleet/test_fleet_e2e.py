@@ -37,17 +37,34 @@ class World:
         data = root / "fleet"
         (data / "ca").mkdir(parents=True)
         # The fleet's CA is the broker's CA, so certificates from enrollment open the broker.
-        (data / "ca" / "ca.key").write_bytes(broker.pki.ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (data / "ca" / "ca.key").write_bytes(
+            broker.pki.ca_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         (data / "ca" / "ca.crt").write_bytes(broker.pki.ca_cert.public_bytes(serialization.Encoding.PEM))
         self.config = root / "fleet.toml"
         self.config.write_text(
             f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.port}\npublic_url = "{self.url}"\nsigning_key = "{packages["key"]}"\ntick_seconds = 0.3\n'
             f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\ncert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
         )
-        token = subprocess.run(CLI + ["fleet", "tokens", "create", "--config", str(self.config), "--name", "admin", "--scope", "admin"], env=self.env, capture_output=True, text=True, check=True).stdout.strip()
-        self.http = httpx.Client(base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        token = subprocess.run(
+            CLI + ["fleet", "tokens", "create", "--config", str(self.config), "--name", "admin", "--scope", "admin"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
         self.fleet_log = open(root / "fleet.log", "wb")
-        self.fleet = subprocess.Popen(CLI + ["fleet", "serve", "--config", str(self.config)], env=self.env, stdout=self.fleet_log, stderr=subprocess.STDOUT)
+        self.fleet = subprocess.Popen(
+            CLI + ["fleet", "serve", "--config", str(self.config)],
+            env=self.env,
+            stdout=self.fleet_log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_http(self.url + "/healthz")
         except BaseException:
@@ -60,13 +77,50 @@ class World:
     def install_agent(self, device: str) -> Path:
         state = self.root / device
         cfg = self.root / f"{device}.toml"
-        subprocess.run(CLI + ["agent", "install", "--config", str(cfg), "--state-dir", str(state), "--device-id", device, "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port),
-                              "--ca", str(self.broker.pki.ca_file), "--package", str(self.packages["v1"]), "--label", "person", "--fleet-url", self.url,
-                              "--trust", str(self.packages["key"]) + ".pub", "--user", "nobody", "--unit-path", str(self.root / f"{device}.service")],
-                       env=self.env, capture_output=True, text=True, check=True)
+        subprocess.run(
+            CLI
+            + [
+                "agent",
+                "install",
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(state),
+                "--device-id",
+                device,
+                "--mqtt-host",
+                "127.0.0.1",
+                "--mqtt-port",
+                str(self.broker.port),
+                "--ca",
+                str(self.broker.pki.ca_file),
+                "--package",
+                str(self.packages["v1"]),
+                "--label",
+                "person",
+                "--fleet-url",
+                self.url,
+                "--trust",
+                str(self.packages["key"]) + ".pub",
+                "--user",
+                "nobody",
+                "--unit-path",
+                str(self.root / f"{device}.service"),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 1.0\n\n[health]\nenabled = false\n")
-        token = self.http.post("/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "lobby"}).json()["token"]
-        enrolled = httpx.post(self.url + "/api/v1/enroll", json={"token": token, "device_id": device, "csr": (state / "identity" / "device.csr").read_text()}, timeout=30)
+        token = self.http.post(
+            "/enrollment-tokens", json={"device_id": device, "target": "x86_64", "group": "lobby"}
+        ).json()["token"]
+        enrolled = httpx.post(
+            self.url + "/api/v1/enroll",
+            json={"token": token, "device_id": device, "csr": (state / "identity" / "device.csr").read_text()},
+            timeout=30,
+        )
         assert enrolled.status_code == 200, enrolled.text
         (state / "identity" / "device.pem").write_text(enrolled.json()["certificate"])
         return cfg
@@ -74,7 +128,12 @@ class World:
     def start_agent(self, device: str, fault: str | None = None) -> None:
         env = dict(self.env, **({"EDGEFLEET_UPDATE_FAULT": fault} if fault else {}))
         log = open(self.root / f"{device}.log", "ab")
-        self.agents[device] = subprocess.Popen(CLI + ["agent", "run", "--config", str(self.root / f"{device}.toml"), "--drain", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.agents[device] = subprocess.Popen(
+            CLI + ["agent", "run", "--config", str(self.root / f"{device}.toml"), "--drain", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def _feed(self) -> None:
         rng = np.random.default_rng(0)
@@ -94,10 +153,14 @@ class World:
             if value:
                 return value
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; fleet log:\n{(self.root / 'fleet.log').read_text()[-3000:]}")
+        raise AssertionError(
+            f"timed out waiting for {what}; fleet log:\n{(self.root / 'fleet.log').read_text()[-3000:]}"
+        )
 
     def rollout(self, version: str, plan: dict) -> int:
-        r = self.http.post("/rollouts", json={"group": "tiny", "version": version, "selection": {"group": "lobby"}, "plan": plan})
+        r = self.http.post(
+            "/rollouts", json={"group": "tiny", "version": version, "selection": {"group": "lobby"}, "plan": plan}
+        )
         assert r.status_code == 201, r.text
         return r.json()["id"]
 
@@ -138,7 +201,17 @@ def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
             w.install_agent(device)
             w.start_agent(device)
         w.feeder.start()
-        w.wait(lambda: all(d["status"] == "online" and d["model"] and d["model"]["version"] == "1" for d in w.http.get("/devices").json()) and len(w.http.get("/devices").json()) == 3, 60, "three agents online on v1")
+        w.wait(
+            lambda: (
+                all(
+                    d["status"] == "online" and d["model"] and d["model"]["version"] == "1"
+                    for d in w.http.get("/devices").json()
+                )
+                and len(w.http.get("/devices").json()) == 3
+            ),
+            60,
+            "three agents online on v1",
+        )
         yield w
     finally:
         w.close()
@@ -150,23 +223,31 @@ def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_wav
     world.agents["cam-a"].send_signal(signal.SIGTERM)
     world.agents["cam-a"].wait(timeout=20)
     world.start_agent("cam-a", fault="probation")
-    world.wait(lambda: world.http.get("/devices/cam-a").json()["status"] == "online", 30, "cam-a online with the fault hook")
+    world.wait(
+        lambda: world.http.get("/devices/cam-a").json()["status"] == "online", 30, "cam-a online with the fault hook"
+    )
     rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
     world.wait(lambda: world.agents["cam-a"].poll() is not None, 60, "the agent to be killed in probation")
     assert world.agents["cam-a"].returncode == -signal.SIGKILL
     world.start_agent("cam-a")
-    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart")
+    final = world.wait(
+        lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart"
+    )
     assert [d["state"] for d in final["deployments"]] == ["rolled_back"]  # only the canary was touched
     details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["device"] == "cam-a"]
     assert any("interrupted in probation" in d for d in details), details
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
     # 2. The same version again, in three waves, with the health gate on: everyone commits.
     rid = world.rollout("2", {"canary": 1, "waves": [60, 100], "bake_time_s": 2, "health": {"min_samples": 1}})
-    final = world.wait(lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish")
+    final = world.wait(
+        lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish"
+    )
     assert final["state"] == "succeeded", final
     assert final["installs"] == {"committed": 3}
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-2")
-    world.wait(lambda: all(d["model"]["version"] == "2" for d in world.http.get("/devices").json()), 20, "devices to report v2")
+    world.wait(
+        lambda: all(d["model"]["version"] == "2" for d in world.http.get("/devices").json()), 20, "devices to report v2"
+    )
     sent = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["event"] == "wave_sent"]
     assert sent == ["wave 0: devices 1-1 of 3", "wave 1: devices 2-2 of 3", "wave 2: devices 3-3 of 3"]
 
@@ -174,11 +255,20 @@ def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_wav
 @pytest.mark.parametrize("world", [["v1", "v2-flat", "v3-nan"]], indirect=True)
 def test_health_gate_and_failing_canary_abort_and_roll_back_with_real_agents(world):
     # 1. v2 installs fine but is unsure of everything: the health gate stops it, the fleet rolls back.
-    world.wait(lambda: world.http.get("/metrics").json()["mqtt"].get("telemetry", 0) >= 6, 60, "telemetry from the old model")
-    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"min_samples": 2, "confidence_min_ratio": 0.8}})
-    final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 150, "the health gate to abort")
+    world.wait(
+        lambda: world.http.get("/metrics").json()["mqtt"].get("telemetry", 0) >= 6, 60, "telemetry from the old model"
+    )
+    rid = world.rollout(
+        "2", {"canary": 1, "waves": [100], "bake_time_s": 3, "health": {"min_samples": 2, "confidence_min_ratio": 0.8}}
+    )
+    final = world.wait(
+        lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 150, "the health gate to abort"
+    )
     assert "mean confidence" in final["reason"], final
-    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [("install", "committed"), ("rollback", "committed")]
+    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [
+        ("install", "committed"),
+        ("rollback", "committed"),
+    ]
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
     # 2. v3 fails its smoke test on the canary: the canary rolls itself back, the rollout aborts.
     rid = world.rollout("3", {"canary": 1, "waves": [100], "bake_time_s": 1})

@@ -15,7 +15,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, PackageIntegrityError, PermissionDeniedError
+from edgefleet.errors import (
+    BadInputError,
+    ConflictError,
+    InvalidTransitionError,
+    PackageIntegrityError,
+    PermissionDeniedError,
+)
 from edgefleet.fleet import devices, registry, rollouts
 from edgefleet.fleet.db import Telemetry
 from edgefleet.fleet.ingest import Ingest, Message
@@ -27,7 +33,17 @@ def register(fleet, n: int, group: str = "lobby", version: str = "1") -> list[st
     ingest = Ingest(fleet)
     for dev in ids:
         devices.register_device(fleet, dev, "x86_64", group=group, tags=["door"] if dev.endswith(("0", "2")) else [])
-        ingest.handle_batch([Message(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "state": "online", "model": {"name": "tiny", "version": version}}).encode(), fleet.clock())])
+        ingest.handle_batch(
+            [
+                Message(
+                    f"edgefleet/v1/{dev}/status",
+                    json.dumps(
+                        {"schema": 1, "state": "online", "model": {"name": "tiny", "version": version}}
+                    ).encode(),
+                    fleet.clock(),
+                )
+            ]
+        )
     return ids
 
 
@@ -40,13 +56,23 @@ def upload_approved(fleet, *packages) -> None:
 
 def answer(fleet, device: str, payload: dict, states: list[str]) -> None:
     for state in states:
-        assert rollouts.record_job_update(fleet, device, payload["job"], {"schema": 1, "id": "x", "job": payload["job"], "state": state})
+        assert rollouts.record_job_update(
+            fleet, device, payload["job"], {"schema": 1, "id": "x", "job": payload["job"], "state": state}
+        )
 
 
 def telemetry(fleet, device: str, version: str, *, frames=100, alerts=5, conf_bin=9, p95=10.0) -> None:
     counts = [0] * 10
     counts[conf_bin] = frames
-    body = {"schema": 1, "id": "t", "model": {"name": "tiny", "version": version}, "frames": {"ok": frames, "bad": 0, "error": 0}, "alerts": {"person": alerts}, "latency_ms": {"count": frames, "p50": p95 / 2, "p95": p95}, "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": counts}}}
+    body = {
+        "schema": 1,
+        "id": "t",
+        "model": {"name": "tiny", "version": version},
+        "frames": {"ok": frames, "bad": 0, "error": 0},
+        "alerts": {"person": alerts},
+        "latency_ms": {"count": frames, "p50": p95 / 2, "p95": p95},
+        "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": counts}},
+    }
     Ingest(fleet).handle_batch([Message(f"edgefleet/v1/{device}/telemetry", json.dumps(body).encode(), fleet.clock())])
 
 
@@ -68,7 +94,10 @@ def test_wave_bounds(plan, n, expected):
     assert wave_bounds(RolloutPlan.model_validate(plan), n) == expected
 
 
-@pytest.mark.parametrize("plan", [{"waves": [50]}, {"waves": [60, 40, 100]}, {"waves": []}, {"canary": 0}, {"success_threshold": 0}, {"bogus": 1}])
+@pytest.mark.parametrize(
+    "plan",
+    [{"waves": [50]}, {"waves": [60, 40, 100]}, {"waves": []}, {"canary": 0}, {"success_threshold": 0}, {"bogus": 1}],
+)
 def test_bad_plans_are_refused_with_a_reason(fleet, tiny_packages, plan):
     upload_approved(fleet, tiny_packages["v2"])
     register(fleet, 2)
@@ -108,7 +137,9 @@ def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp
 def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     ids = register(fleet, 5)
-    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [60, 100], "bake_time_s": 30})
+    r = rollouts.create_rollout(
+        fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [60, 100], "bake_time_s": 30}
+    )
     assert r["waves"] == [1, 3, 5]
     for wave_devices in (ids[:1], ids[1:3], ids[3:]):
         start = len(fleet.sent)
@@ -130,18 +161,34 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     final = rollouts.get_rollout(fleet, r["id"])
     assert final["state"] == "succeeded" and final["installs"] == {"committed": 5}
     events = [(e["event"], e["to"]) for e in rollouts.rollout_events(fleet, r["id"]) if e["device"] is None]
-    assert events == [("create", "created"), ("start", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("next_wave", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("next_wave", "deploying"), ("wave_sent", "deploying"), ("wave_committed", "baking"), ("completed", "succeeded")]
+    assert events == [
+        ("create", "created"),
+        ("start", "deploying"),
+        ("wave_sent", "deploying"),
+        ("wave_committed", "baking"),
+        ("next_wave", "deploying"),
+        ("wave_sent", "deploying"),
+        ("wave_committed", "baking"),
+        ("next_wave", "deploying"),
+        ("wave_sent", "deploying"),
+        ("wave_committed", "baking"),
+        ("completed", "succeeded"),
+    ]
     assert {d["model"]["version"] for d in devices.list_devices(fleet)} == {"2"}
 
 
 def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     ids = register(fleet, 6)
-    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 2, "waves": [100], "failure_threshold": 0.0})
+    r = rollouts.create_rollout(
+        fleet, "tiny", "2", {"group": "lobby"}, {"canary": 2, "waves": [100], "failure_threshold": 0.0}
+    )
     rollouts.tick(fleet)
     (d0, j0), (d1, j1) = fleet.sent
     answer(fleet, d0, j0, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
-    answer(fleet, d1, j1, ["downloading", "verifying", "staged", "switching", "probation", "rolling_back", "rolled_back"])
+    answer(
+        fleet, d1, j1, ["downloading", "verifying", "staged", "switching", "probation", "rolling_back", "rolled_back"]
+    )
     start = len(fleet.sent)
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r["id"])
@@ -167,19 +214,30 @@ def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, t
     ids = register(fleet, 4)
     for dev in ids:
         telemetry(fleet, dev, "1", conf_bin=9, alerts=5)  # the old model: confident
-    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [100], "bake_time_s": 60, "health": {"confidence_min_ratio": 0.8}})
+    r = rollouts.create_rollout(
+        fleet,
+        "tiny",
+        "2",
+        {"group": "lobby"},
+        {"canary": 1, "waves": [100], "bake_time_s": 60, "health": {"confidence_min_ratio": 0.8}},
+    )
     rollouts.tick(fleet)
     dev, job = fleet.sent[0]
     answer(fleet, dev, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
     rollouts.tick(fleet)
     fleet.clock.advance(61)
     rollouts.tick(fleet)
-    assert "waiting for telemetry" in rollouts.rollout_events(fleet, r["id"])[-1]["detail"] or rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    assert (
+        "waiting for telemetry" in rollouts.rollout_events(fleet, r["id"])[-1]["detail"]
+        or rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    )
     telemetry(fleet, dev, "2", conf_bin=3, alerts=5)  # installs fine, but unsure of everything
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r["id"])
     assert out["state"] == "aborting" and "mean confidence 0.350 vs 0.950" in out["reason"]
-    assert fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out["deployments"] if d["kind"] == "install"]) == 1
+    assert (
+        fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out["deployments"] if d["kind"] == "install"]) == 1
+    )
 
 
 def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_packages):
@@ -209,7 +267,9 @@ def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_package
 def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     register(fleet, 3)
-    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby", "tags": ["door"]}, {"canary": 1, "waves": [100], "wave_timeout_s": 100})
+    r = rollouts.create_rollout(
+        fleet, "tiny", "2", {"group": "lobby", "tags": ["door"]}, {"canary": 1, "waves": [100], "wave_timeout_s": 100}
+    )
     assert r["devices"] == 2  # cam-00 and cam-02 carry the tag
     with pytest.raises(ConflictError, match="already in an active rollout"):
         rollouts.create_rollout(fleet, "tiny", "2", {"devices": ["cam-00"]}, {})
@@ -241,7 +301,13 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
     fleet.config.broker = BrokerConfig(port=18883, acl_file=tmp_path / "acl")
     token = devices.create_enrollment_token(fleet, "cam-7", "x86_64", group="dock", tags=["gate"])
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
     with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
         devices.enroll(fleet, "efe_wrong", "cam-7", csr)
     with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
@@ -255,12 +321,21 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
     with pytest.raises(PermissionDeniedError, match="already used"):
         devices.enroll(fleet, token, "cam-7", csr)
     acl = (tmp_path / "acl").read_text()
-    assert "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
+    assert (
+        "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl
+        and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
+    )
     assert [d["id"] for d in devices.list_devices(fleet, tag="gate")] == ["cam-7"]
     moved = devices.update_device(fleet, "cam-7", group="yard", add_tags=["night"], remove_tags=["gate"])
     assert (moved["group"], moved["tags"]) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate") == []
     other = devices.create_enrollment_token(fleet, "cam-9", "x86_64")
-    wrong_cn = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    wrong_cn = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cam-7")]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
     with pytest.raises(BadInputError, match="not device 'cam-9'"):
         devices.enroll(fleet, other, "cam-9", wrong_cn)
     with pytest.raises(BadInputError):
@@ -271,16 +346,24 @@ def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
     register(fleet, 1)
     ingest = Ingest(fleet)
     t = fleet.clock()
-    ingest.handle_batch([
-        Message("edgefleet/v1/intruder/telemetry", b'{"schema": 1}', t),
-        Message("edgefleet/v1/intruder/status", b'{"schema": 1, "state": "online"}', t),
-        Message("edgefleet/v1/cam-00/telemetry", b"not json", t),
-        Message("edgefleet/v1/cam-00/telemetry", b'{"schema": 7}', t),
-        Message("edgefleet/v1/cam-00/status", b'{"schema": 1, "state": "offline", "device": "cam-00"}', t + 1),
-        Message("edgefleet/v1/cam-00/jobs/nope/update", b'{"schema": 1, "job": "nope", "state": "committed"}', t),
-        Message("edgefleet/v1/cam-00/whatever", b'{"schema": 1}', t),
-    ])
-    assert ingest.stats() == {"received": 7, "dropped_unknown_device": 2, "dropped_malformed": 3, "status": 1, "dropped_unknown_job": 1}
+    ingest.handle_batch(
+        [
+            Message("edgefleet/v1/intruder/telemetry", b'{"schema": 1}', t),
+            Message("edgefleet/v1/intruder/status", b'{"schema": 1, "state": "online"}', t),
+            Message("edgefleet/v1/cam-00/telemetry", b"not json", t),
+            Message("edgefleet/v1/cam-00/telemetry", b'{"schema": 7}', t),
+            Message("edgefleet/v1/cam-00/status", b'{"schema": 1, "state": "offline", "device": "cam-00"}', t + 1),
+            Message("edgefleet/v1/cam-00/jobs/nope/update", b'{"schema": 1, "job": "nope", "state": "committed"}', t),
+            Message("edgefleet/v1/cam-00/whatever", b'{"schema": 1}', t),
+        ]
+    )
+    assert ingest.stats() == {
+        "received": 7,
+        "dropped_unknown_device": 2,
+        "dropped_malformed": 3,
+        "status": 1,
+        "dropped_unknown_job": 1,
+    }
     d = devices.get_device(fleet, "cam-00")
     assert d["status"] == "offline" and d["last_seen"] == t + 1
     with fleet.session() as s:
@@ -335,7 +418,9 @@ def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(flee
 
 def test_the_fleets_own_identity_cannot_be_a_device(fleet):
     # A device named "fleet" would get a certificate with the fleet's broker user as its CN.
-    for register_it in (lambda: devices.create_enrollment_token(fleet, "fleet", "x86_64"),
-                        lambda: devices.register_device(fleet, "fleet", "x86_64")):
+    for register_it in (
+        lambda: devices.create_enrollment_token(fleet, "fleet", "x86_64"),
+        lambda: devices.register_device(fleet, "fleet", "x86_64"),
+    ):
         with pytest.raises(BadInputError, match="reserved for the fleet"):
             register_it()

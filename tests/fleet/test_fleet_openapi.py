@@ -12,7 +12,13 @@ from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionErro
 from edgefleet.fleet.client import error_from
 
 # Answered by plain JSON until the drift service is split (fleet/drift_service.py), and a file download.
-UNTYPED = {"/api/v1/drift", "/api/v1/drift/windows", "/api/v1/drift/events", "/api/v1/telemetry", "/api/v1/builds/{build_id}/download"}
+UNTYPED = {
+    "/api/v1/drift",
+    "/api/v1/drift/windows",
+    "/api/v1/drift/events",
+    "/api/v1/telemetry",
+    "/api/v1/builds/{build_id}/download",
+}
 
 
 def test_every_operation_documents_a_typed_answer_and_the_error_body(api):
@@ -37,8 +43,22 @@ def test_every_operation_documents_a_typed_answer_and_the_error_body(api):
         ("post", "/api/v1/tokens", {"json": {"name": "x", "scope": "admin"}}, "operator", 403, "permission_denied"),
         ("get", "/api/v1/rollouts/7", {}, "read-only", 404, "not_found"),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny"}}, "operator", 422, "validation_error"),
-        ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "plan": {"waves": [10]}}}, "operator", 400, "bad_input"),
-        ("post", "/api/v1/models/tiny/versions/1/approval", {"json": {"state": "Sideways"}}, "admin", 409, "invalid_transition"),
+        (
+            "post",
+            "/api/v1/rollouts",
+            {"json": {"group": "tiny", "version": "1", "plan": {"waves": [10]}}},
+            "operator",
+            400,
+            "bad_input",
+        ),
+        (
+            "post",
+            "/api/v1/models/tiny/versions/1/approval",
+            {"json": {"state": "Sideways"}},
+            "admin",
+            409,
+            "invalid_transition",
+        ),
     ],
 )
 def test_errors_carry_a_stable_code(api, method, path, kwargs, scope, status, code):
@@ -55,7 +75,10 @@ def answer(status: int, body: dict | None = None, text: str = "") -> httpx.Respo
     "response, cls",
     [
         # The code decides, whatever the words say: a conflict that reads like a transition stays a conflict.
-        (answer(409, {"error": "rollout 3 is paused; 'pause' is not allowed there", "fix": "", "code": "conflict"}), ConflictError),
+        (
+            answer(409, {"error": "rollout 3 is paused; 'pause' is not allowed there", "fix": "", "code": "conflict"}),
+            ConflictError,
+        ),
         (answer(409, {"error": "no words to match", "fix": "", "code": "invalid_transition"}), InvalidTransitionError),
         (answer(401, {"error": "x", "fix": "", "code": "unauthorized"}), PermissionDeniedError),
         (answer(404, {"error": "x", "fix": "", "code": "not_found"}), NotFoundError),

@@ -47,9 +47,17 @@ def postgres_server():
         for p in (root, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(as_user + [_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    subprocess.run(
+        as_user + [_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
-    subprocess.run(as_user + [_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"], check=True, capture_output=True)
+    subprocess.run(
+        as_user + [_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
@@ -64,11 +72,18 @@ def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
     from sqlalchemy import create_engine, text
 
     name = f"fleet_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as c:
         c.execute(text(f"CREATE DATABASE {name}"))
     sent: list = []
-    f = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", database_url=f"{postgres_server}/{name}", signing_key=tiny_packages["key"]), notify=lambda d, p: sent.append((d, p)))
+    f = open_fleet(
+        FleetConfig(
+            data_dir=tmp_path / "fleet", database_url=f"{postgres_server}/{name}", signing_key=tiny_packages["key"]
+        ),
+        notify=lambda d, p: sent.append((d, p)),
+    )
     f.clock = Clock()
     f.sent = sent
     yield f
@@ -104,5 +119,13 @@ def test_migrations_are_at_head_on_postgresql(pg_fleet):
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with pg_fleet.session() as s:
-        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == ScriptDirectory.from_config(cfg).get_current_head()
-        assert s.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rollout_events'")).scalar() == 1
+        assert (
+            s.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            == ScriptDirectory.from_config(cfg).get_current_head()
+        )
+        assert (
+            s.execute(
+                text("SELECT count(*) FROM information_schema.tables WHERE table_name = 'rollout_events'")
+            ).scalar()
+            == 1
+        )

@@ -25,15 +25,24 @@ def fake_s3(monkeypatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     boto3.client("s3").create_bucket(Bucket="models")
     yield
     server.stop()
 
 
-def test_s3_store_upload_and_ranged_download_via_presigned_url_fake_s3(fake_s3, tmp_path, edgefleet_home, tiny_packages):
-    fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", package_store="s3://models/edge", signing_key=tiny_packages["key"]))
+def test_s3_store_upload_and_ranged_download_via_presigned_url_fake_s3(
+    fake_s3, tmp_path, edgefleet_home, tiny_packages
+):
+    fleet = open_fleet(
+        FleetConfig(data_dir=tmp_path / "fleet", package_store="s3://models/edge", signing_key=tiny_packages["key"])
+    )
     v = registry.upload_package(fleet, tiny_packages["v1"])
     key = boto3.client("s3").list_objects_v2(Bucket="models")["Contents"][0]["Key"]
     assert key.startswith("edge/tiny/1/x86_64-") and v["builds"][0]["size"] == tiny_packages["v1"].stat().st_size
@@ -47,5 +56,8 @@ def test_s3_store_upload_and_ranged_download_via_presigned_url_fake_s3(fake_s3, 
     # Through the API, a signed fleet link redirects to S3.
     api = TestClient(create_app(fleet), raise_server_exceptions=False, follow_redirects=False)
     expires = int(fleet.clock()) + 60
-    r = api.get(f"/api/v1/builds/{build.id}/download", params={"expires": expires, "sig": fleet.download_signature(build.id, expires)})
+    r = api.get(
+        f"/api/v1/builds/{build.id}/download",
+        params={"expires": expires, "sig": fleet.download_signature(build.id, expires)},
+    )
     assert r.status_code == 307 and httpx.get(r.headers["location"]).content == data

@@ -76,11 +76,21 @@ def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
     """A real `edgefleet fleet serve` (no broker); yields (url, admin token, process, env)."""
     port = free_port()
     cfg = tmp_path / "fleet.toml"
-    cfg.write_text(f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\nsigning_key = "{signing_key}"\n')
+    cfg.write_text(
+        f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\nsigning_key = "{signing_key}"\n'
+    )
     env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
     cli = [sys.executable, "-m", "edgefleet.cli"]
-    admin = subprocess.run(cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "me", "--scope", "admin"], env=env, capture_output=True, text=True, check=True).stdout.strip()
-    server = subprocess.Popen(cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    admin = subprocess.run(
+        cli + ["fleet", "tokens", "create", "--config", str(cfg), "--name", "me", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    server = subprocess.Popen(
+        cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz")

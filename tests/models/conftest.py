@@ -13,6 +13,10 @@ def trained_job(tmp_path_factory: pytest.TempPathFactory, scene_dataset: Path):
     """One real training job: models/train.py as a subprocess with SageMaker's environment."""
     from edgefleet.models.job import TrainingJobConfig, run_training_job
 
-    config = TrainingJobConfig(data=scene_dataset, out=tmp_path_factory.mktemp("job") / "job", job_name="scenes-test-1",
-                               hyperparameters={"epochs": 10, "seed": 0})
+    config = TrainingJobConfig(
+        data=scene_dataset,
+        out=tmp_path_factory.mktemp("job") / "job",
+        job_name="scenes-test-1",
+        hyperparameters={"epochs": 10, "seed": 0},
+    )
     return run_training_job(config, stream=None)

@@ -41,7 +41,12 @@ def test_script_gets_sagemakers_environment_flags_and_folder(tmp_path, monkeypat
     monkeypatch.setenv("SM_STALE_FROM_OUTSIDE", "1")
     entry = _script(tmp_path, ECHO_SCRIPT)
     hps = {"lr": 0.01, "epochs": 3, "optimizer": "adamw", "batch-size": 8}
-    result = run_training_job(TrainingJobConfig(data=_data(tmp_path), out=tmp_path / "job", hyperparameters=hps, job_name="echo-1", entry_point=entry), stream=None)
+    result = run_training_job(
+        TrainingJobConfig(
+            data=_data(tmp_path), out=tmp_path / "job", hyperparameters=hps, job_name="echo-1", entry_point=entry
+        ),
+        stream=None,
+    )
     model = result.job_dir / "opt" / "ml" / "model"
     env = json.loads((model / "env.json").read_text())
     assert "SM_STALE_FROM_OUTSIDE" not in env
@@ -52,17 +57,31 @@ def test_script_gets_sagemakers_environment_flags_and_folder(tmp_path, monkeypat
     assert env["SM_HP_LR"] == "0.01" and env["SM_HP_BATCH_SIZE"] == "8" and env["SM_HP_OPTIMIZER"] == "adamw"
     assert env["SM_NUM_GPUS"] == "0" and json.loads(env["SM_HOSTS"]) == ["algo-1"]
     assert json.loads(env["SM_TRAINING_ENV"])["job_name"] == "echo-1"
-    assert json.loads((model / "sub" / "argv.json").read_text()) == ["--batch-size", "8", "--epochs", "3", "--lr", "0.01", "--optimizer", "adamw"]
+    assert json.loads((model / "sub" / "argv.json").read_text()) == [
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "adamw",
+    ]
     assert (model / "cwd.txt").read_text() == str(entry.parent.resolve())  # SageMaker runs from the code folder
     with tarfile.open(result.model_artifact) as tar:
         assert sorted(tar.getnames()) == ["cwd.txt", "env.json", "sub", "sub/argv.json"]
     assert result.metrics == {"validation_accuracy": 0.5}
-    assert json.loads((result.job_dir / "opt/ml/input/config/hyperparameters.json").read_text())["optimizer"] == '"adamw"'
+    assert (
+        json.loads((result.job_dir / "opt/ml/input/config/hyperparameters.json").read_text())["optimizer"] == '"adamw"'
+    )
 
 
 def test_a_folder_of_class_folders_is_the_train_channel(tmp_path):
     (tmp_path / "flat" / "a").mkdir(parents=True)
-    result = run_training_job(TrainingJobConfig(data=tmp_path / "flat", out=tmp_path / "job", entry_point=_script(tmp_path, ECHO_SCRIPT)), stream=None)
+    result = run_training_job(
+        TrainingJobConfig(data=tmp_path / "flat", out=tmp_path / "job", entry_point=_script(tmp_path, ECHO_SCRIPT)),
+        stream=None,
+    )
     env = json.loads((result.job_dir / "opt/ml/model/env.json").read_text())
     assert env["SM_CHANNEL_TRAIN"] == str((tmp_path / "flat").resolve()) and "SM_CHANNEL_VALIDATION" not in env
 
@@ -78,14 +97,19 @@ def test_a_crash_without_a_failure_file_reports_the_last_output_line(tmp_path):
 
 def test_a_script_that_writes_no_model_fails_the_job(tmp_path):
     with pytest.raises(TrainingJobError, match="wrote nothing into SM_MODEL_DIR"):
-        run_training_job(TrainingJobConfig(data=_data(tmp_path), out=tmp_path / "job", entry_point=_script(tmp_path, "pass\n")), stream=None)
+        run_training_job(
+            TrainingJobConfig(data=_data(tmp_path), out=tmp_path / "job", entry_point=_script(tmp_path, "pass\n")),
+            stream=None,
+        )
     assert not (tmp_path / "job" / "output" / "model.tar.gz").exists()
 
 
 def test_a_job_past_its_time_limit_is_stopped(tmp_path):
     entry = _script(tmp_path, "import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     with pytest.raises(TrainingJobError, match="ran past its 1 s limit"):
-        run_training_job(TrainingJobConfig(data=_data(tmp_path), out=tmp_path / "job", entry_point=entry, timeout_s=1), stream=None)
+        run_training_job(
+            TrainingJobConfig(data=_data(tmp_path), out=tmp_path / "job", entry_point=entry, timeout_s=1), stream=None
+        )
     job = json.loads((tmp_path / "job" / "job.json").read_text())
     assert job["seconds"] < 30 and job["exit_code"] != 0
 

@@ -50,7 +50,10 @@ def test_write_dataset_layout_and_metadata(tmp_path):
             assert [f.name for f in files] == [f"{label}-{i:05d}.png" for i in range(n)]
             assert Image.open(files[0]).size == (48, 36)
     # The same seed gives the same image as render_scene, whatever the count.
-    assert np.array_equal(_pixels(Image.open(out / "train" / "vehicle" / "vehicle-00002.png")), _pixels(render_scene("vehicle", seed=7, index=2, size=(48, 36))))
+    assert np.array_equal(
+        _pixels(Image.open(out / "train" / "vehicle" / "vehicle-00002.png")),
+        _pixels(render_scene("vehicle", seed=7, index=2, size=(48, 36))),
+    )
 
 
 def test_write_dataset_never_writes_into_a_used_folder(tmp_path):
@@ -75,11 +78,18 @@ def test_frames_for_demo_agents_decode_in_the_agent(tmp_path):
 
 
 def test_cli_dataset_and_frames(tmp_path, cli):
-    result = cli("models", "dataset", "--out", tmp_path / "ds", "--per-class", 2, "--validation-per-class", 1, "--size", "64x48")
+    result = cli(
+        "models", "dataset", "--out", tmp_path / "ds", "--per-class", 2, "--validation-per-class", 1, "--size", "64x48"
+    )
     assert result.code == 0, result.err
-    assert len(list((tmp_path / "ds" / "train").rglob("*.png"))) == 6 and len(list((tmp_path / "ds" / "validation").rglob("*.png"))) == 3
+    assert (
+        len(list((tmp_path / "ds" / "train").rglob("*.png"))) == 6
+        and len(list((tmp_path / "ds" / "validation").rglob("*.png"))) == 3
+    )
     result = cli("models", "frames", "--label", "person", "--count", 3, "--out", tmp_path / "fr")
-    assert result.code == 0 and sorted(p.name for p in (tmp_path / "fr").iterdir()) == [f"person-{i:05d}.jpg" for i in range(3)]
+    assert result.code == 0 and sorted(p.name for p in (tmp_path / "fr").iterdir()) == [
+        f"person-{i:05d}.jpg" for i in range(3)
+    ]
     result = cli("models", "frames", "--label", "person", "--count", 1, "--out", tmp_path / "fr")
     assert result.code == 2 and "error:" in result.err and "--start" in result.err
     result = cli("models", "dataset", "--out", tmp_path / "ds2", "--size", "big")
@@ -117,7 +127,9 @@ def test_write_dataset_records_every_images_boxes(tmp_path):
     for split, n in (("train", 2), ("validation", 1)):
         recorded = json.loads((out / split / "boxes.json").read_text())
         assert recorded["format_version"] == 2 and recorded["size"] == [48, 36]
-        assert sorted(recorded["images"]) == sorted(f"{label}/{label}-{i:05d}.png" for label in CLASSES for i in range(n))
+        assert sorted(recorded["images"]) == sorted(
+            f"{label}/{label}-{i:05d}.png" for label in CLASSES for i in range(n)
+        )
         scene = render_scene_boxes("vehicle", seed=7, index=0, stream=split, size=(48, 36))
         assert recorded["images"]["vehicle/vehicle-00000.png"] == [b.as_json() for b in scene.boxes]
         assert recorded["images"]["empty/empty-00000.png"] == []

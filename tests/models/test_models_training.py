@@ -43,7 +43,18 @@ def test_edgefleet_compile_reads_the_training_output_and_serves_it_as_trained(tr
     from edgefleet.signing import load_public_key, public_path
 
     package = tmp_path / "scenes.tar.gz"
-    cmd = [sys.executable, "-m", "edgefleet.cli", "compile", str(trained_job.model_artifact), "--target", "x86_64", "-o", str(package), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgefleet.cli",
+        "compile",
+        str(trained_job.model_artifact),
+        "--target",
+        "x86_64",
+        "-o",
+        str(package),
+        "-q",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     trusted = [load_public_key(public_path(signing_key.path))]
@@ -52,8 +63,15 @@ def test_edgefleet_compile_reads_the_training_output_and_serves_it_as_trained(tr
     assert m.verification.status == "passed" and m.verification.max_abs_diff < 1e-3
     assert m.labels == sorted(CLASSES)
     assert m.inputs[0].shape == [1, 3, 64, 64] and m.outputs[0].shape == [1, 3]
-    assert m.preprocessing.resize == (64, 64) and m.preprocessing.mean == [0.5, 0.5, 0.5] and m.preprocessing.std == [0.25, 0.25, 0.25]
-    assert m.provenance.source_sha256 == json.loads((trained_job.job_dir / "job.json").read_text())["artifacts"]["model.tar.gz"]["sha256"]
+    assert (
+        m.preprocessing.resize == (64, 64)
+        and m.preprocessing.mean == [0.5, 0.5, 0.5]
+        and m.preprocessing.std == [0.25, 0.25, 0.25]
+    )
+    assert (
+        m.provenance.source_sha256
+        == json.loads((trained_job.job_dir / "job.json").read_text())["artifacts"]["model.tar.gz"]["sha256"]
+    )
     # Camera-sized JPEG frames (never seen in training) through the agent's preprocessing.
     correct = 0
     for label in CLASSES:
@@ -70,13 +88,28 @@ def test_entry_point_reads_sagemaker_env_and_hyperparameter_flags_override_sm_hp
     write_dataset(data, per_class=6, validation_per_class=0, seed=3)
     model_dir, output_data = tmp_path / "model", tmp_path / "out-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(SM_CHANNEL_TRAIN=str(data / "train"), SM_MODEL_DIR=str(model_dir), SM_OUTPUT_DATA_DIR=str(output_data),
-               SM_HPS=json.dumps({"epochs": 5, "batch-size": 4, "image_size": 32}))
-    proc = subprocess.run([sys.executable, str(ENTRY_POINT), "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    env.update(
+        SM_CHANNEL_TRAIN=str(data / "train"),
+        SM_MODEL_DIR=str(model_dir),
+        SM_OUTPUT_DATA_DIR=str(output_data),
+        SM_HPS=json.dumps({"epochs": 5, "batch-size": 4, "image_size": 32}),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ENTRY_POINT), "--epochs", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch=1 train_loss=" in proc.stdout and "epoch=2" not in proc.stdout
     info = json.loads((model_dir / "training.json").read_text())
-    assert info["hyperparameters"]["epochs"] == 1 and info["hyperparameters"]["batch_size"] == 4 and info["hyperparameters"]["image_size"] == 32
+    assert (
+        info["hyperparameters"]["epochs"] == 1
+        and info["hyperparameters"]["batch_size"] == 4
+        and info["hyperparameters"]["image_size"] == 32
+    )
     # No validation channel: a seeded 20% of train is held out.
     assert info["metrics"]["validation_images"] == 3 and info["metrics"]["train_images"] == 15
     spec = json.loads((model_dir / "preprocessing.json").read_text())
@@ -132,7 +165,12 @@ def test_train_refuses_missing_data_and_a_used_output_folder_without_touching_it
 
 def test_malformed_sm_hps_is_reported(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
-    env.update(SM_HPS="[1, 2]", SM_OUTPUT_DIR=str(tmp_path / "output"), SM_MODEL_DIR=str(tmp_path / "m"), SM_CHANNEL_TRAIN=str(tmp_path))
+    env.update(
+        SM_HPS="[1, 2]",
+        SM_OUTPUT_DIR=str(tmp_path / "output"),
+        SM_MODEL_DIR=str(tmp_path / "m"),
+        SM_CHANNEL_TRAIN=str(tmp_path),
+    )
     proc = subprocess.run([sys.executable, str(ENTRY_POINT)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "SM_HPS is not a JSON object" in proc.stderr
     assert (tmp_path / "output" / "failure").read_text().strip() == "SM_HPS is not a JSON object"

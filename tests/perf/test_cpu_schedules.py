@@ -26,9 +26,13 @@ TARGET = resolve_target("x86_64")
 
 
 def _conv(rng, x, cin, cout, k, stride, groups=1, name="c"):
-    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), f"{name}_w")
+    w = numpy_helper.from_array(
+        (rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), f"{name}_w"
+    )
     b = numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"{name}_b")
-    node = helper.make_node("Conv", [x, w.name, b.name], [name], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=groups)
+    node = helper.make_node(
+        "Conv", [x, w.name, b.name], [name], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=groups
+    )
     return node, [w, b]
 
 
@@ -37,7 +41,12 @@ def _odd_channels_model() -> onnx.ModelProto:
     13-pixel rows, which the 6-pixel AVX2 register tile covers with a ragged last tile."""
     rng = np.random.default_rng(1)
     nodes, inits = [], []
-    for spec in [("data", 3, 32, 3, 2, "c1"), ("r1", 32, 32, 3, 1, "c2"), ("r1", 32, 32, 1, 1, "c3"), ("s", 32, 24, 3, 1, "c4")]:
+    for spec in [
+        ("data", 3, 32, 3, 2, "c1"),
+        ("r1", 32, 32, 3, 1, "c2"),
+        ("r1", 32, 32, 1, 1, "c3"),
+        ("s", 32, 24, 3, 1, "c4"),
+    ]:
         n, i = _conv(rng, *spec[:5], name=spec[5])
         nodes.append(n)
         inits += i
@@ -50,7 +59,13 @@ def _odd_channels_model() -> onnx.ModelProto:
     inits.append(numpy_helper.from_array((rng.standard_normal((10, 24 * 6 * 6)) * 0.05).astype(np.float32), "fc_w"))
     inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
     nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["out"], transB=1))
-    g = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 26, 26])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])], inits)
+    g = helper.make_graph(
+        nodes,
+        "odd",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 26, 26])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -65,14 +80,20 @@ def _compile_and_compare(model: onnx.ModelProto):
     spec = model.graph.input[0]
     shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {spec.name: x})[0]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {spec.name: x}
+    )[0]
     out = vm["main"](tvm.runtime.tensor(x))
     actual = (out if hasattr(out, "numpy") else out[0]).numpy()
     return lowered, actual, expected
 
 
 def _kernels(mod) -> dict[str, bool]:
-    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    return {
+        gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+        for gv, f in mod.functions.items()
+        if isinstance(f, tirx.PrimFunc)
+    }
 
 
 def test_mobilenetv2_matches_onnxruntime_blocked_depthwise_and_few_layout_transforms():
@@ -103,7 +124,13 @@ def test_variadic_onnx_ops_become_element_wise_chains_and_dropout_disappears(op,
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "k")]
     nodes = [helper.make_node(op, ["x", "k", "x"], ["s"]), helper.make_node("Dropout", ["s"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     mod = graph.cleanup()(from_onnx(model, keep_params_in_input=False))
@@ -116,7 +143,9 @@ def test_variadic_onnx_ops_become_element_wise_chains_and_dropout_disappears(op,
 
 def test_batch_norm_folds_into_computed_conv_weights():
     """ResNet-50 (onnx's light model) feeds its weights through broadcast_to: BN still folds."""
-    path = __import__("pathlib").Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    path = (
+        __import__("pathlib").Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
+    )
     mod = graph.cleanup()(from_onnx(onnx.load(path), keep_params_in_input=False))
     ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
     assert ops["nn.conv2d"] == 53 and ops["nn.batch_norm"] == 0 and ops["divide"] == 0 and ops["multiply"] == 0, ops
@@ -130,8 +159,17 @@ def test_pooling_after_a_first_layer_runs_blocked():
         nodes.append(n)
         inits += i
         if spec[-1] == "c1":
-            nodes += [helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[2, 2])]
-    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])], [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 7, 7])], inits)
+            nodes += [
+                helper.make_node("Relu", ["c1"], ["r1"]),
+                helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+            ]
+    g = helper.make_graph(
+        nodes,
+        "pool",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 7, 7])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     lowered, actual, expected = _compile_and_compare(model)
@@ -191,7 +229,13 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
         inits += i
         nodes.append(helper.make_node("Relu", [spec[6]], [{"c1": "r1", "dw": "r2", "c3": "r3"}[spec[6]]]))
     nodes.append(helper.make_node("ReduceMean", ["r3"], ["out"], axes=[2, 3], keepdims=0))
-    g = helper.make_graph(nodes, "narrow", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], inits)
+    g = helper.make_graph(
+        nodes,
+        "narrow",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     lowered, actual, expected = _compile_and_compare(model)
@@ -200,7 +244,9 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
     kernels = _kernels(lowered)
     convs = sorted(n for n in kernels if "conv2d" in n)
     assert len(convs) == 3 and all("NCHWc" in n for n in convs), sorted(kernels)
-    blocked = graph.nchwc_layout()(graph.cleanup()(from_onnx(model, keep_params_in_input=False)))["main"].script(show_meta=False)
+    blocked = graph.nchwc_layout()(graph.cleanup()(from_onnx(model, keep_params_in_input=False)))["main"].script(
+        show_meta=False
+    )
     assert sorted(re.findall(r'out_layout="(NCHW\d+c)"', blocked)) == ["NCHW4c", "NCHW8c", "NCHW8c"], blocked
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
     assert not any("strided_slice" in c for c in calls), Counter(calls)

@@ -37,7 +37,13 @@ def _model():
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])], [w1, w2])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])],
+        [w1, w2],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
@@ -45,7 +51,16 @@ def _model():
 
 def _tasks(target, model):
     """The tasks tuning sees: the fused module of `_cpu_pipeline` before tuning."""
-    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+    passes = [
+        graph.cleanup(),
+        graph.nchwc_layout(),
+        graph.legalize(KernelFallbacks(print).layout_failed),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
     with tvm_target(target):
         fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
     return fused, ms.relax_integration.extract_tasks(fused, tvm.target.Target({**target.tvm_target, "num-cores": 1}))
@@ -101,8 +116,15 @@ def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefl
     # Rerun: the finished task is skipped, the other conv is tuned now.
     second: list[str] = []
     with tvm_target(target):
-        lowered = _cpu_pipeline(target, budget, KernelFallbacks(second.append))(from_onnx(model, keep_params_in_input=False))
-    assert any(line.endswith(f"{interrupted_task}: {shares[[t.task_name for t in tasks].index(interrupted_task)]} records in the database, skipped") for line in second), second
+        lowered = _cpu_pipeline(target, budget, KernelFallbacks(second.append))(
+            from_onnx(model, keep_params_in_input=False)
+        )
+    assert any(
+        line.endswith(
+            f"{interrupted_task}: {shares[[t.task_name for t in tasks].index(interrupted_task)]} records in the database, skipped"
+        )
+        for line in second
+    ), second
     assert sum(map(_tuned, second)) == 1, second
 
     # Every record belongs to exactly one kernel, filed under that kernel's own workload, in the
@@ -115,7 +137,11 @@ def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefl
         assert len(workloads) == len(set(workloads)) == len(convs)
         per_task = {t.task_name: tuning._records(db, t.dispatched[0]) for t in convs}
         for t in convs:
-            assert fewest <= len(per_task[t.task_name]) <= shares[tasks.index(t)], (folder, t.task_name, len(per_task[t.task_name]))
+            assert fewest <= len(per_task[t.task_name]) <= shares[tasks.index(t)], (
+                folder,
+                t.task_name,
+                len(per_task[t.task_name]),
+            )
             assert all(tvm_ffi.structural_equal(r.workload.mod, t.dispatched[0]) for r in per_task[t.task_name])
         assert sum(map(len, per_task.values())) == len(db.get_all_tuning_records())
 
@@ -141,7 +167,9 @@ def test_tuning_keeps_kernels_apart_resumes_reuses_and_applies_the_faster(edgefl
 
     x = np.random.default_rng(1).random((1, 16, 8, 8), dtype=np.float32)
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -154,19 +182,26 @@ def test_database_written_by_two_handles_is_refused(tmp_path):
     for db, task in zip((a, b), [t for t in tasks if "conv2d" in t.task_name], strict=True):
         mod = task.dispatched[0]
         sch = schedule_func(mod["main"], tgt)
-        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-3], tgt, ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+        db.commit_tuning_record(
+            ms.database.TuningRecord(
+                sch.trace, db.commit_workload(mod), [1e-3], tgt, ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+            )
+        )
     with pytest.raises(tuning.DatabaseError, match="record 2 does not fit"):
         tuning.check_database(tmp_path)
 
 
 def test_one_writer_at_a_time(tmp_path):
     waits: list[str] = []
-    with tuning.writing(tmp_path, waits.append), open(tmp_path / tuning.LOCK_FILE) as other, pytest.raises(BlockingIOError):
+    with (
+        tuning.writing(tmp_path, waits.append),
+        open(tmp_path / tuning.LOCK_FILE) as other,
+        pytest.raises(BlockingIOError),
+    ):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with tuning.writing(tmp_path, waits.append):
         pass
     assert waits == []
-
 
 
 def test_decision_says_whether_it_was_measured_side_by_side():

@@ -24,7 +24,21 @@ def rpc_device(tmp_path):
     """A tracker and one rpc_server registered under key `x86-local`; yields (port, server log)."""
     port = free_port()
     log = tmp_path / "server.log"
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    tracker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     server = None
     try:
         from tvm import rpc
@@ -39,8 +53,26 @@ def rpc_device(tmp_path):
                     raise
                 time.sleep(0.5)
         with log.open("w") as out:
-            server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "x86-local", "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT)
-        while not any(q.get("free", 0) for key, q in rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].items() if key == "x86-local"):
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tvm.exec.rpc_server",
+                    "--tracker",
+                    f"127.0.0.1:{port}",
+                    "--key",
+                    "x86-local",
+                    "--host",
+                    "127.0.0.1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        while not any(
+            q.get("free", 0)
+            for key, q in rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].items()
+            if key == "x86-local"
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rpc_server did not register: {log.read_text()}")
             time.sleep(0.5)
@@ -54,7 +86,13 @@ def rpc_device(tmp_path):
 
 def _conv_model(path: Path) -> Path:
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     save(model, path)
@@ -65,7 +103,20 @@ def _conv_model(path: Path) -> Path:
 def test_candidates_run_on_the_device_behind_the_tracker(tmp_path, signing_key, cli, rpc_device, edgefleet_home):
     port, server_log = rpc_device
     model = _conv_model(tmp_path / "conv.onnx")
-    result = cli("compile", model, "--target", "x86_64", "--task", "other", "--tune-trials", "2", "--tune-rpc", f"127.0.0.1:{port}/x86-local@1", "-o", tmp_path / "p.tar.gz")
+    result = cli(
+        "compile",
+        model,
+        "--target",
+        "x86_64",
+        "--task",
+        "other",
+        "--tune-trials",
+        "2",
+        "--tune-rpc",
+        f"127.0.0.1:{port}/x86-local@1",
+        "-o",
+        tmp_path / "p.tar.gz",
+    )
     assert result.code == 0, result.text
     assert f"candidates run on x86-local devices through the RPC tracker at 127.0.0.1:{port}" in result.text
     assert "load_module" in server_log.read_text()  # the server ran what this machine built
@@ -81,5 +132,25 @@ def test_candidates_run_on_the_device_behind_the_tracker(tmp_path, signing_key, 
 
 def test_tune_rpc_mistakes(tmp_path, signing_key, cli):
     model = _conv_model(tmp_path / "conv.onnx")
-    assert_cli_error(cli("compile", model, "--target", "rasp4b", "--task", "other", "--tune-trials", "2", "--tune-rpc", "board:x/rasp4b"), UsageError, "is not HOST:PORT/KEY or HOST:PORT/KEY@CORES")
-    assert_cli_error(cli("compile", model, "--target", "rasp4b", "--task", "other", "--tune-trials", "2"), UsageError, "this machine cannot run rasp4b code", "--tune-rpc HOST:PORT/KEY")
+    assert_cli_error(
+        cli(
+            "compile",
+            model,
+            "--target",
+            "rasp4b",
+            "--task",
+            "other",
+            "--tune-trials",
+            "2",
+            "--tune-rpc",
+            "board:x/rasp4b",
+        ),
+        UsageError,
+        "is not HOST:PORT/KEY or HOST:PORT/KEY@CORES",
+    )
+    assert_cli_error(
+        cli("compile", model, "--target", "rasp4b", "--task", "other", "--tune-trials", "2"),
+        UsageError,
+        "this machine cannot run rasp4b code",
+        "--tune-rpc HOST:PORT/KEY",
+    )

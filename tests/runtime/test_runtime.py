@@ -21,7 +21,15 @@ from edgefleet.cross.runtime_build import TOOLCHAINS, build_runtime
 from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import RuntimeRequirement, TargetInfo, requirement_for
 from edgefleet.signing import public_path
-from edgefleet.runtime_bundle import BUNDLE_ENV, CACHE_ENV, CudaInfo, check_runs, find_bundle, read_bundle, requirement_problems
+from edgefleet.runtime_bundle import (
+    BUNDLE_ENV,
+    CACHE_ENV,
+    CudaInfo,
+    check_runs,
+    find_bundle,
+    read_bundle,
+    requirement_problems,
+)
 from support.cli import assert_cli_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cross"))
@@ -43,18 +51,27 @@ def tiny_package(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runtime-pkg")
     key = create_signing_key(tmp / "signing.key")
     model = write_tiny_cnn(tmp / "tiny.onnx")
-    result = compile_model(str(model), "x86_64", output=tmp / "tiny.tar.gz", name="tiny", version="1", key=key.path, quiet=True)
+    result = compile_model(
+        str(model), "x86_64", output=tmp / "tiny.tar.gz", name="tiny", version="1", key=key.path, quiet=True
+    )
     return result, model, key
 
 
 def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def test_host_bundle_is_the_runtime_alone(host_bundle):
     info = host_bundle.info
     assert info.arch == "x86_64" and info.tvm_version == "0.27.0.post1" and info.tvm_ffi_version == "0.1.14.post0"
-    assert set(info.libraries) == {"libedgefleet_runtime.so", "libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_ffi.so"}
+    assert set(info.libraries) == {
+        "libedgefleet_runtime.so",
+        "libtvm_runtime.so",
+        "libtvm_runtime_extra.so",
+        "libtvm_ffi.so",
+    }
     size = sum((host_bundle.lib / name).stat().st_size for name in info.libraries)
     assert size < 10e6, size  # the compiler library alone is ~250 MB
     assert not (host_bundle.lib / "libtvm_compiler.so").exists()
@@ -123,8 +140,23 @@ def test_a_corrupt_bundle_is_refused_naming_the_library(tiny_package, host_bundl
     from PIL import Image
 
     Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
-    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli", "run", str(result.package), "--image", str(image), "--trust", str(public_path(key.path))],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, BUNDLE_ENV: str(bad)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.cli",
+            "run",
+            str(result.package),
+            "--image",
+            str(image),
+            "--trust",
+            str(public_path(key.path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, BUNDLE_ENV: str(bad)},
+    )
     assert proc.returncode == PackageIntegrityError.exit_code, proc.stderr
     assert "libtvm_runtime.so is altered" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -133,33 +165,51 @@ def test_runtime_show_names_the_bundle(cli, host_bundle):
     result = cli("runtime", "show", "--json")
     assert result.code == 0, result.text
     shown = json.loads(result.out)
-    assert shown["path"] == str(host_bundle.path) and shown["arch"] == "x86_64" and shown["glibc"] == host_bundle.info.glibc
+    assert (
+        shown["path"] == str(host_bundle.path)
+        and shown["arch"] == "x86_64"
+        and shown["glibc"] == host_bundle.info.glibc
+    )
 
 
 def _bundle_info(**changes):
-    base = {"abi": 1, "arch": "aarch64", "tvm_version": "0.27.0.post1", "tvm_ffi_version": "0.1.14.post0", "glibc": "2.34",
-            "libraries": {}, "key": "k", "built_at": "t", "toolchain": "g++"}
+    base = {
+        "abi": 1,
+        "arch": "aarch64",
+        "tvm_version": "0.27.0.post1",
+        "tvm_ffi_version": "0.1.14.post0",
+        "glibc": "2.34",
+        "libraries": {},
+        "key": "k",
+        "built_at": "t",
+        "toolchain": "g++",
+    }
     from edgefleet.runtime_bundle import RuntimeBundleInfo
 
     return RuntimeBundleInfo(**{**base, **changes})
 
 
 NEED = RuntimeRequirement(arch="aarch64", tvm="0.27", tvm_ffi="0.1")
-CUDA_NEED = RuntimeRequirement(arch="aarch64", tvm="0.27", tvm_ffi="0.1", device="cuda", cuda_sm="sm_87", cuda_version="12.6")
+CUDA_NEED = RuntimeRequirement(
+    arch="aarch64", tvm="0.27", tvm_ffi="0.1", device="cuda", cuda_sm="sm_87", cuda_version="12.6"
+)
 ORIN = CudaInfo(version="12.6", sms=["sm_87"])
 
 
-@pytest.mark.parametrize(("need", "have", "problem"), [
-    (NEED, _bundle_info(), None),
-    (NEED, _bundle_info(arch="armv7"), "architecture aarch64 vs armv7"),
-    (NEED, _bundle_info(tvm_version="0.28.0"), "TVM 0.27 vs 0.28"),
-    (NEED, _bundle_info(tvm_ffi_version="0.2.0"), "TVM FFI 0.1 vs 0.2"),
-    (CUDA_NEED, _bundle_info(), "CUDA needed, the runtime has none"),
-    (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="12.6", sms=["sm_72"])), "GPU sm_87 vs sm_72"),
-    (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="11.4", sms=["sm_87"])), "CUDA 12.6 vs 11.4"),
-    (CUDA_NEED, _bundle_info(cuda=ORIN), None),
-    (NEED.model_copy(update={"device": "neuron"}), _bundle_info(), "device neuron has no edgefleet runtime"),
-])
+@pytest.mark.parametrize(
+    ("need", "have", "problem"),
+    [
+        (NEED, _bundle_info(), None),
+        (NEED, _bundle_info(arch="armv7"), "architecture aarch64 vs armv7"),
+        (NEED, _bundle_info(tvm_version="0.28.0"), "TVM 0.27 vs 0.28"),
+        (NEED, _bundle_info(tvm_ffi_version="0.2.0"), "TVM FFI 0.1 vs 0.2"),
+        (CUDA_NEED, _bundle_info(), "CUDA needed, the runtime has none"),
+        (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="12.6", sms=["sm_72"])), "GPU sm_87 vs sm_72"),
+        (CUDA_NEED, _bundle_info(cuda=CudaInfo(version="11.4", sms=["sm_87"])), "CUDA 12.6 vs 11.4"),
+        (CUDA_NEED, _bundle_info(cuda=ORIN), None),
+        (NEED.model_copy(update={"device": "neuron"}), _bundle_info(), "device neuron has no edgefleet runtime"),
+    ],
+)
 def test_requirement_checks(need, have, problem):
     problems = requirement_problems(need, have)
     assert problems == ([] if problem is None else [problem])
@@ -180,7 +230,9 @@ def test_the_agent_refuses_a_package_for_another_tvm_before_loading_it(tiny_pack
 
     with open_package(tiny_package[0].package, None) as opened:
         manifest = opened.manifest
-    runtime = manifest.runtime.model_copy(update={"requires": manifest.runtime.requires.model_copy(update={"tvm": "0.30"})})
+    runtime = manifest.runtime.model_copy(
+        update={"requires": manifest.runtime.requires.model_copy(update={"tvm": "0.30"})}
+    )
     with pytest.raises(TargetNotRunnableError) as err:
         check_runnable(manifest.model_copy(update={"runtime": runtime}))
     assert "TVM 0.30 vs 0.27" in err.value.cause
@@ -197,7 +249,10 @@ def test_a_missing_cross_compiler_names_its_debian_package_and_leaves_nothing(tm
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(MissingToolError) as err:
         build_runtime("armhf", quiet=True)
-    assert "arm-linux-gnueabihf-gcc" in err.value.cause and err.value.fix == f"apt-get install {TOOLCHAINS['armv7'].debian}"
+    assert (
+        "arm-linux-gnueabihf-gcc" in err.value.cause
+        and err.value.fix == f"apt-get install {TOOLCHAINS['armv7'].debian}"
+    )
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
@@ -237,7 +292,6 @@ def test_a_second_build_is_a_cache_hit():
     assert again.path == first.path and again.info.built_at == first.info.built_at
 
 
-
 def test_vm_helpers_that_tvm_implements_in_python_run_on_the_camera_runtime(tmp_path):
     """relax.run.nonzero is a Python function in the TVM wheel; cameras get it from the C ABI library."""
     import onnx
@@ -248,11 +302,16 @@ def test_vm_helpers_that_tvm_implements_in_python_run_on_the_camera_runtime(tmp_
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
     y = helper.make_tensor_value_info("y", TensorProto.INT64, [2, "n"])
-    model = helper.make_model(helper.make_graph([helper.make_node("NonZero", ["x"], ["y"])], "nz", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("NonZero", ["x"], ["y"])], "nz", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
     model.ir_version = 8
     onnx.save(model, tmp_path / "nz.onnx")
     key = create_signing_key(tmp_path / "k.key")
-    pkg = compile_model(str(tmp_path / "nz.onnx"), "x86_64", output=tmp_path / "nz.tar.gz", key=key.path, verify=False, quiet=True).package
+    pkg = compile_model(
+        str(tmp_path / "nz.onnx"), "x86_64", output=tmp_path / "nz.tar.gz", key=key.path, verify=False, quiet=True
+    ).package
     value = np.array([[0.0, -0.0, 2.5], [np.nan, 0.0, -1.0]], np.float32)  # -0.0 is zero, NaN is not (numpy's rules)
     code = f"""
 import json, numpy as np
@@ -282,7 +341,8 @@ def test_loading_a_model_keeps_one_copy_of_its_weights(tmp_path):
     rng = np.random.default_rng(3)
     weight = rng.normal(0, 0.05, (4096, 1024)).astype(np.float32)  # 16 MiB
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "big",
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        "big",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
         [numpy_helper.from_array(weight, "w")],
@@ -291,7 +351,9 @@ def test_loading_a_model_keeps_one_copy_of_its_weights(tmp_path):
     model.ir_version = 8
     onnx.save(model, tmp_path / "big.onnx")
     key = create_signing_key(tmp_path / "k.key")
-    pkg = compile_model(str(tmp_path / "big.onnx"), "x86_64", output=tmp_path / "big.tar.gz", key=key.path, verify=False, quiet=True).package
+    pkg = compile_model(
+        str(tmp_path / "big.onnx"), "x86_64", output=tmp_path / "big.tar.gz", key=key.path, verify=False, quiet=True
+    ).package
     x = rng.random((1, 1024), dtype=np.float32)
     code = f"""
 import json, re, numpy as np
@@ -314,7 +376,6 @@ with open_package({str(pkg)!r}, None) as opened:
     assert report["grew"] < 1.5 * weights_kib, report["grew"]  # was 2x: the mapped pages stayed
     assert report["peak"] < 3.5 * weights_kib, report["peak"]  # was 4x
     np.testing.assert_allclose(np.array(report["y"], np.float32), x @ weight.T, rtol=1e-4, atol=1e-4)
-
 
 
 @pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "300000")])

@@ -110,4 +110,10 @@ def fleet_broker_config(broker: Broker):
     """The fleet's connection to `broker` with the fleet's own certificate (CN fleet)."""
     from edgefleet.fleet.config import BrokerConfig
 
-    return BrokerConfig(host=broker.host, port=broker.port, ca_file=broker.pki.ca_file, cert_file=broker.fleet_cert, key_file=broker.fleet_key)
+    return BrokerConfig(
+        host=broker.host,
+        port=broker.port,
+        ca_file=broker.pki.ca_file,
+        cert_file=broker.fleet_cert,
+        key_file=broker.fleet_key,
+    )

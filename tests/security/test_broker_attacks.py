@@ -189,8 +189,9 @@ def test_the_fleet_reports_the_brokers_drop_and_queue_counters(broker, fleet_bri
     """Hole 2: queue overflow is no longer silent: the broker's counters reach /api/v1/metrics."""
     _, bridge = fleet_bridge
     wait_until(
-        lambda: "broker_messages_dropped" in bridge.ingest.stats()
-        and "broker_messages_stored" in bridge.ingest.stats(),
+        lambda: (
+            "broker_messages_dropped" in bridge.ingest.stats() and "broker_messages_stored" in bridge.ingest.stats()
+        ),
         timeout=12,
     )
     assert bridge.ingest.stats()["broker_messages_dropped"] == 0

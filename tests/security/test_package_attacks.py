@@ -249,9 +249,9 @@ def test_malicious_jobs_leave_the_working_model(
         change(job)
     assert device.manager.handle_notify(job) == result
     if words:
-        assert words in device.published[-1][1].get("detail", "") + device.published[-1][1].get(
-            "error", ""
-        ), device.published[-1]
+        assert words in device.published[-1][1].get("detail", "") + device.published[-1][1].get("error", ""), (
+            device.published[-1]
+        )
     assert device.slot.manifest.version == ("2" if offered == "v1" else "1"), "the working model stays"
     state = device.state
     assert not list(state.parent.rglob("x")) and not (Path("/etc/cron.d/x").exists())

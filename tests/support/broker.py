@@ -60,7 +60,9 @@ def _name(cn: str) -> x509.Name:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
@@ -102,11 +104,19 @@ class TestPKI:
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()), critical=False)
         )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return builder.sign(self.ca_key, hashes.SHA256())
 
     def issue(self, cn: str, *, server: bool = False) -> tuple[Path, Path]:
@@ -143,20 +153,33 @@ class Broker:
         self.log_file = self.root / "mosquitto.log"
         self.config_file = self.root / "mosquitto.conf"
         # The fleet's own broker settings (identity, durability, limits), only the ACL differs.
-        self.config_file.write_text(mosquitto_config(
-            host=self.host, port=self.port, ca_file=self.pki.ca_file, cert_file=self.server_cert,
-            key_file=self.server_key, acl_file=self.acl_file, data_dir=self.root / "data", log_file=self.log_file))
+        self.config_file.write_text(
+            mosquitto_config(
+                host=self.host,
+                port=self.port,
+                ca_file=self.pki.ca_file,
+                cert_file=self.server_cert,
+                key_file=self.server_key,
+                acl_file=self.acl_file,
+                data_dir=self.root / "data",
+                log_file=self.log_file,
+            )
+        )
         self.process: subprocess.Popen | None = None
         self._clients: list = []
         self._observers = 0
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([binary, "-c", str(self.config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [binary, "-c", str(self.config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()[-2000:]} {self.log_file.read_text()[-2000:] if self.log_file.exists() else ''}")
+                raise RuntimeError(
+                    f"mosquitto exited: {self.process.stderr.read().decode()[-2000:]} {self.log_file.read_text()[-2000:] if self.log_file.exists() else ''}"
+                )
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return
@@ -183,7 +206,9 @@ class Broker:
         ctx.load_cert_chain(str(cert), str(key))
         return ctx
 
-    def subscriber(self, topic: str, *, identity: str = FLEET_USER, client_id: str | None = None, persistent: bool = True) -> Subscriber:
+    def subscriber(
+        self, topic: str, *, identity: str = FLEET_USER, client_id: str | None = None, persistent: bool = True
+    ) -> Subscriber:
         """A paho client (QoS 1, persistent session by default) that records what it receives."""
         if identity == FLEET_USER:
             identity = f"{FLEET_USER}-observer-{self._observers}"  # may read and write everything, as the fleet
@@ -223,7 +248,9 @@ class Subscriber:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.topic = topic
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent, protocol=mqtt.MQTTv311
+        )
         client.tls_set_context(broker.ssl_context(cert, key))
         client.reconnect_delay_set(1, 1)
         client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
@@ -251,7 +278,9 @@ class Subscriber:
             while len(self.messages) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"got {len(self.messages)} of {count} messages on {self.topic} within {timeout} s")
+                    raise AssertionError(
+                        f"got {len(self.messages)} of {count} messages on {self.topic} within {timeout} s"
+                    )
                 self._cond.wait(left)
             return list(self.messages)
 

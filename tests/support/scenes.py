@@ -41,10 +41,24 @@ def scene_detector(tmp_path_factory: pytest.TempPathFactory, scene_dataset: Path
     from edgefleet.signing import create_signing_key, public_path
 
     root = tmp_path_factory.mktemp("scene-detector")
-    config = TrainingJobConfig(data=scene_dataset, out=root / "job", job_name="scene-detector-test", entry_point=DETECTOR_ENTRY_POINT,
-                               hyperparameters={"epochs": 20, "seed": 0})
+    config = TrainingJobConfig(
+        data=scene_dataset,
+        out=root / "job",
+        job_name="scene-detector-test",
+        entry_point=DETECTOR_ENTRY_POINT,
+        hyperparameters={"epochs": 20, "seed": 0},
+    )
     job = run_training_job(config, stream=None)
     key = create_signing_key(root / "signing.key")
-    result = compile_model(str(job.model_artifact), "x86_64", output=root / "scenedet.tar.gz", name="scenedet", version="1",
-                           task="detection", head="yolo", key=key.path, quiet=True)
+    result = compile_model(
+        str(job.model_artifact),
+        "x86_64",
+        output=root / "scenedet.tar.gz",
+        name="scenedet",
+        version="1",
+        task="detection",
+        head="yolo",
+        key=key.path,
+        quiet=True,
+    )
     return TrainedDetector(job, result.package, public_path(key.path))

@@ -164,11 +164,13 @@ class SSD(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([
-            nn.Sequential(conv(3, 16, 3, 2), conv(16, 16, 3, 2)),
-            conv(16, 24, 3, 2),
-            conv(24, 24, 3, 2),
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(conv(3, 16, 3, 2), conv(16, 16, 3, 2)),
+                conv(16, 24, 3, 2),
+                conv(24, 24, 3, 2),
+            ]
+        )
         self.loc = nn.ModuleList(nn.Conv2d(c, self.boxes * 4, 3, padding=1) for c in (16, 24, 24))
         self.conf = nn.ModuleList(nn.Conv2d(c, self.boxes * self.nc, 3, padding=1) for c in (16, 24, 24))
 
@@ -189,7 +191,8 @@ class Classifier(nn.Module):
         self.stem = conv(3, 16, 3, 2)
         self.res = nn.Sequential(conv(16, 16), nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
         self.inverted = nn.Sequential(
-            conv(16, 48, 1), conv(48, 48, 3, 2, g=48), nn.Conv2d(48, 24, 1, bias=False), nn.BatchNorm2d(24))
+            conv(16, 48, 1), conv(48, 48, 3, 2, g=48), nn.Conv2d(48, 24, 1, bias=False), nn.BatchNorm2d(24)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(24, classes)
 
@@ -201,7 +204,11 @@ class Classifier(nn.Module):
 
 
 MODELS = {
-    "yolov8": (YoloV8, 96), "yolo11": (Yolo11, 96), "yolov5": (YoloV5, 96), "ssd": (SSD, 96), "classifier": (Classifier, 64),
+    "yolov8": (YoloV8, 96),
+    "yolo11": (Yolo11, 96),
+    "yolov5": (YoloV5, 96),
+    "ssd": (SSD, 96),
+    "classifier": (Classifier, 64),
 }
 
 
@@ -231,8 +238,17 @@ def export(name: str, path: Path, *, dynamic_batch: bool = False, opset: int = 1
     count = len(outputs) if isinstance(outputs, tuple) else 1
     output_names = [f"out{i}" for i in range(count)]
     axes = {n: {0: "batch"} for n in ["images", *output_names]} if dynamic_batch else None
-    torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=output_names,
-                      dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=fold)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=output_names,
+        dynamic_axes=axes,
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=fold,
+    )
     return path
 
 
@@ -244,14 +260,24 @@ class GroupedConvs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.alex = nn.Sequential(
-            nn.Conv2d(3, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, 1, 1, groups=2), nn.BatchNorm2d(64), nn.ReLU())
+            nn.Conv2d(3, 32, 5, 2, 2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 1, 1, groups=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
         self.shuffle_in = nn.Sequential(nn.Conv2d(64, 64, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         self.resnext = nn.Sequential(
-            nn.Conv2d(64, 64, 3, 1, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 1, bias=False), nn.BatchNorm2d(64))
+            nn.Conv2d(64, 64, 3, 1, 1, groups=4, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 1, bias=False),
+            nn.BatchNorm2d(64),
+        )
         self.multiplier = nn.Sequential(
-            nn.Conv2d(64, 128, 3, 2, 1, groups=64, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+            nn.Conv2d(64, 128, 3, 2, 1, groups=64, bias=False), nn.BatchNorm2d(128), nn.ReLU()
+        )
         self.fc = nn.Linear(128, 10)
 
     def forward(self, x):
