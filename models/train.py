@@ -281,55 +281,81 @@ def train(args: argparse.Namespace) -> dict:
     }
 
 
-def export(result: dict, args: argparse.Namespace) -> None:
+HYPERPARAMETERS = (
+    "epochs",
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "image_size",
+    "width",
+    "val_fraction",
+    "seed",
+    "threads",
+)
+
+
+def write_model_dir(
+    args: argparse.Namespace,
+    net: nn.Module,
+    classes: list[str],
+    *,
+    output_name: str,
+    preprocessing: dict,
+    training: dict,
+    metrics: dict,
+) -> None:
+    """SM_MODEL_DIR's contents (model.onnx, labels.txt, preprocessing.json, training.json) and SageMaker's
+    metrics.json; `preprocessing` and `training` hold what differs between the reference models."""
     model_dir = Path(args.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    net = WithSoftmax(result["net"]).eval()
     dummy = torch.zeros(1, 3, args.image_size, args.image_size)
     with warnings.catch_warnings():
         # The TorchScript exporter needs no onnxscript; torch marks it deprecated in favour of dynamo.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            net,
+            net.eval(),
             (dummy,),
             str(model_dir / "model.onnx"),
             dynamo=False,
             input_names=["input"],
-            output_names=["probs"],
+            output_names=[output_name],
             opset_version=17,
             do_constant_folding=True,
         )
-    (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in result["classes"]))
+    (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    size = [args.image_size, args.image_size]
+    steps = {
+        "resize": size,
+        "interpolation": "bilinear",
+        "color_order": "RGB",
+        "layout": "NCHW",
+        "scale": 1.0 / 255.0,
+        "mean": MEAN,
+        "std": STD,
+    }
     preprocessing = {
         "format_version": FORMAT_VERSION,
-        "input": {"name": "input", "shape": [1, 3, args.image_size, args.image_size], "dtype": "float32"},
-        "task": "classification",
+        "input": {"name": "input", "shape": [1, 3, *size], "dtype": "float32"},
         "labels": "labels.txt",
-        "preprocessing": {
-            "resize": [args.image_size, args.image_size],
-            "interpolation": "bilinear",
-            "color_order": "RGB",
-            "layout": "NCHW",
-            "scale": 1.0 / 255.0,
-            "mean": MEAN,
-            "std": STD,
-        },
+        **preprocessing,
+        "preprocessing": {**steps, **preprocessing.get("preprocessing", {})},
     }
     (model_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
-    hyperparameters = {
-        k: getattr(args, k)
-        for k in (
-            "epochs",
-            "lr",
-            "batch_size",
-            "weight_decay",
-            "image_size",
-            "width",
-            "val_fraction",
-            "seed",
-            "threads",
-        )
+    info = {
+        "format_version": FORMAT_VERSION,
+        "torch_version": torch.__version__,
+        "classes": classes,
+        **training,
+        "hyperparameters": {k: getattr(args, k) for k in HYPERPARAMETERS},
+        "metrics": metrics,
     }
+    (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if args.output_data_dir:
+        Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_data_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def export(result: dict, args: argparse.Namespace) -> None:
     metrics = {
         "validation_accuracy": result["history"][-1]["validation_accuracy"],
         "per_class_accuracy": result["per_class_accuracy"],
@@ -338,18 +364,15 @@ def export(result: dict, args: argparse.Namespace) -> None:
         "validation_images": result["validation_images"],
         "train_seconds": result["seconds"],
     }
-    info = {
-        "format_version": FORMAT_VERSION,
-        "model": "SceneNet",
-        "torch_version": torch.__version__,
-        "classes": result["classes"],
-        "hyperparameters": hyperparameters,
-        "metrics": metrics,
-    }
-    (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    if args.output_data_dir:
-        Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_data_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_dir(
+        args,
+        WithSoftmax(result["net"]),
+        result["classes"],
+        output_name="probs",
+        preprocessing={"task": "classification"},
+        training={"model": "SceneNet"},
+        metrics=metrics,
+    )
 
 
 def write_failure(message: str) -> None:
@@ -359,10 +382,11 @@ def write_failure(message: str) -> None:
         (Path(output_dir) / "failure").write_text(message[:1024] + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_script(argv: list[str] | None, parse_fn, train_fn, export_fn) -> int:
+    """A script-mode entry point: bad input is a clear error and SageMaker's `failure` file, never a bare traceback."""
     try:
-        args = parse_args(argv)
-        export(train(args), args)
+        args = parse_fn(argv)
+        export_fn(train_fn(args), args)
     except InputProblem as exc:
         write_failure(str(exc))
         print(f"error: {exc}", file=sys.stderr)
@@ -371,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         write_failure(traceback.format_exc(limit=3))
         raise
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(argv, parse_args, train, export)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ import math
 import os
 import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from train import FORMAT_VERSION, MEAN, STD, InputProblem, write_failure, normalise, script_args
+from train import InputProblem, normalise, run_script, script_args, write_model_dir
 
 STRIDE = 8
 PAD_VALUE = 114  # the letterbox grey, as the agent pads for the yolo head
@@ -360,56 +358,6 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def export(result: dict, args: argparse.Namespace) -> None:
-    model_dir = Path(args.model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    net = Exported(result["net"]).eval()
-    dummy = torch.zeros(1, 3, args.image_size, args.image_size)
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; torch marks it deprecated in favour of dynamo.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            net,
-            (dummy,),
-            str(model_dir / "model.onnx"),
-            dynamo=False,
-            input_names=["input"],
-            output_names=["output0"],
-            opset_version=17,
-            do_constant_folding=True,
-        )
-    (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in result["classes"]))
-    preprocessing = {
-        "format_version": FORMAT_VERSION,
-        "input": {"name": "input", "shape": [1, 3, args.image_size, args.image_size], "dtype": "float32"},
-        "task": "detection",
-        "labels": "labels.txt",
-        "preprocessing": {
-            "resize": [args.image_size, args.image_size],
-            "interpolation": "bilinear",
-            "color_order": "RGB",
-            "layout": "NCHW",
-            "scale": 1.0 / 255.0,
-            "mean": MEAN,
-            "std": STD,
-            "resize_mode": "letterbox",
-            "pad_value": PAD_VALUE,
-        },
-    }
-    (model_dir / "preprocessing.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
-    hyperparameters = {
-        k: getattr(args, k)
-        for k in (
-            "epochs",
-            "lr",
-            "batch_size",
-            "weight_decay",
-            "image_size",
-            "width",
-            "val_fraction",
-            "seed",
-            "threads",
-        )
-    }
     last = result["history"][-1]
     metrics = {
         "validation_box_precision": last["validation_box_precision"],
@@ -419,33 +367,22 @@ def export(result: dict, args: argparse.Namespace) -> None:
         "validation_images": result["validation_images"],
         "train_seconds": result["seconds"],
     }
-    info = {
-        "format_version": FORMAT_VERSION,
-        "model": "SceneDetector",
-        "torch_version": torch.__version__,
-        "classes": result["classes"],
-        "output_layout": "[1, 4+nc, N]: cx, cy, w, h in input pixels, nc sigmoid scores",
-        "hyperparameters": hyperparameters,
-        "metrics": metrics,
-    }
-    (model_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    if args.output_data_dir:
-        Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_data_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_model_dir(
+        args,
+        Exported(result["net"]),
+        result["classes"],
+        output_name="output0",
+        preprocessing={"task": "detection", "preprocessing": {"resize_mode": "letterbox", "pad_value": PAD_VALUE}},
+        training={
+            "model": "SceneDetector",
+            "output_layout": "[1, 4+nc, N]: cx, cy, w, h in input pixels, nc sigmoid scores",
+        },
+        metrics=metrics,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        export(train(args), args)
-    except InputProblem as exc:
-        write_failure(str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
-        write_failure(traceback.format_exc(limit=3))
-        raise
-    return 0
+    return run_script(argv, parse_args, train, export)
 
 
 if __name__ == "__main__":
