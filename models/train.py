@@ -217,23 +217,34 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((predicted == y).float().mean())
 
 
-def train(args: argparse.Namespace) -> dict:
+def seed_and_threads(args: argparse.Namespace) -> torch.Generator:
+    """Seeds torch and sets its threads; returns the generator for the data loader's shuffling."""
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    # One thread by default: this net's convolutions are too small to gain from more, and on a
+    # One thread by default: these nets' convolutions are too small to gain from more, and on a
     # busy machine extra threads spin: 2 threads trained 8-15x slower (benchmarks/models_training.py).
     cpus = os.environ.get("SM_NUM_CPUS", "")
     torch.set_num_threads(int(cpus) if args.threads == 0 and cpus.isdigit() else max(1, args.threads))
+    return torch.Generator().manual_seed(args.seed)
+
+
+def holdout(count: int, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, training) indices when no validation channel is given: a seeded share held out."""
+    order = np.random.default_rng(args.seed).permutation(count)
+    held = max(1, int(count * args.val_fraction))
+    if held >= count:
+        raise InputProblem(f"only {count} training images: too few to hold out a validation share")
+    return order[:held], order[held:]
+
+
+def train(args: argparse.Namespace) -> dict:
+    gen = seed_and_threads(args)
     start = time.perf_counter()
     x, y, classes = load_channel(args.train, args.image_size)
     if args.validation:
         vx, vy, _ = load_channel(args.validation, args.image_size, classes)
     else:
-        order = np.random.default_rng(args.seed).permutation(len(x))
-        held = max(1, int(len(x) * args.val_fraction))
-        if held >= len(x):
-            raise InputProblem(f"only {len(x)} training images: too few to hold out a validation share")
-        vx, vy, x, y = x[order[:held]], y[order[:held]], x[order[held:]], y[order[held:]]
+        held, kept = holdout(len(x), args)
+        vx, vy, x, y = x[held], y[held], x[kept], y[kept]
     x, y, vx, vy = map(torch.from_numpy, (x, y, vx, vy))
     print(
         f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from train import InputProblem, normalise, run_script, script_args, write_model_dir
+from train import InputProblem, holdout, normalise, run_script, script_args, seed_and_threads, write_model_dir
 
 STRIDE = 8
 PAD_VALUE = 114  # the letterbox grey, as the agent pads for the yolo head
@@ -294,22 +293,15 @@ def evaluate(net: SceneDetector, x: torch.Tensor, targets: list[np.ndarray]) -> 
 
 
 def train(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    # One thread by default, as train.py: these convolutions are too small to gain from more.
-    cpus = os.environ.get("SM_NUM_CPUS", "")
-    torch.set_num_threads(int(cpus) if args.threads == 0 and cpus.isdigit() else max(1, args.threads))
+    gen = seed_and_threads(args)
     start = time.perf_counter()
     x, targets, classes = load_channel(args.train, args.image_size)
     if args.validation:
         vx, vtargets, _ = load_channel(args.validation, args.image_size, classes)
     else:
-        order = np.random.default_rng(args.seed).permutation(len(x))
-        held = max(1, int(len(x) * args.val_fraction))
-        if held >= len(x):
-            raise InputProblem(f"only {len(x)} training images: too few to hold out a validation share")
-        vx, vtargets = x[order[:held]], [targets[i] for i in order[:held]]
-        x, targets = x[order[held:]], [targets[i] for i in order[held:]]
+        held, kept = holdout(len(x), args)
+        vx, vtargets = x[held], [targets[i] for i in held]
+        x, targets = x[kept], [targets[i] for i in kept]
     x, vx = torch.from_numpy(x), torch.from_numpy(vx)
     print(
         f"classes={','.join(classes)} train_images={len(x)} validation_images={len(vx)} load_s={time.perf_counter() - start:.2f}",
