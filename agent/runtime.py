@@ -219,7 +219,7 @@ def _raw(x: np.ndarray) -> np.ndarray:
 
 # 4- and 2-bit element types (ml_dtypes names = TVM dtypes). TVM's runtime sizes their tensors
 # packed, the first element in the high bits of each byte; edgefleet's compiled models
-# (compiler/onnx_lowbit.py) read and write that layout. numpy (ml_dtypes) keeps one per byte.
+# (compiler/frontends/onnx/lowbit.py) read and write that layout. numpy (ml_dtypes) keeps one per byte.
 _SUBBYTE_BITS = {"float4_e2m1fn": 4, "int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
 
 

@@ -171,7 +171,7 @@ def compile_command(
     Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
     """
     from edgefleet.compiler.compile import check_operators, compile_model, unsupported_error
-    from edgefleet.compiler.onnx_params import parse_constant_input
+    from edgefleet.compiler.frontends.onnx.params import parse_constant_input
 
     if check:
         report = check_operators(model, member=member)

@@ -51,7 +51,7 @@ class OperatorReport:
     counts: Counter
     unsupported: Counter
     # ONNX graph inputs whose values TVM needs at compile time -> where they are used
-    # (compile them with --constant-input NAME=VALUES; compiler/onnx_params.py).
+    # (compile them with --constant-input NAME=VALUES; compiler/frontends/onnx/params.py).
     constant_inputs_needed: dict[str, list[str]] = field(default_factory=dict)
     # TFLite: quantized operators compiled through TVM's float lowering, not TFLite's integer kernels
     # ("LOGISTIC (int8 quantized)" -> count); LiteRT verification decides.
@@ -90,7 +90,7 @@ def check_operators(model: str, *, member: str | None = None, workdir: Path | No
         parsed = frontend.load(source.path)
         needed, approximated = {}, Counter()
         if source.format == "onnx":
-            from edgefleet.compiler.onnx_params import parameter_inputs
+            from edgefleet.compiler.frontends.onnx.params import parameter_inputs
 
             needed = parameter_inputs(parsed)
         else:
@@ -277,7 +277,7 @@ def _output_specs(mod) -> list[TensorSpec]:
     return specs
 
 
-# Element types the reference runtimes' Python APIs cannot take or give (onnx_lowbit.py's).
+# Element types the reference runtimes' Python APIs cannot take or give (compiler/frontends/onnx/lowbit.py's).
 _UNVERIFIABLE_DTYPES = ("float8", "float4", "int4", "uint4", "int2", "uint2")
 
 
@@ -339,7 +339,7 @@ def compile_model(
     `preprocessing` is a complete Preprocessing, or a dict of the options given (the rest take
     their defaults; the layout defaults to NHWC for TFLite and NCHW for ONNX).
     `constant_inputs` fixes ONNX graph inputs to values at compile time (they leave the
-    package's inputs): for inputs that are really parameters TVM must know (compiler/onnx_params.py).
+    package's inputs): for inputs that are really parameters TVM must know (compiler/frontends/onnx/params.py).
     """
     _check_name_and_version(name, version)
     if baseline_images is not None:
@@ -373,7 +373,7 @@ def compile_model(
                     raise UsageError(
                         "--constant-input applies to ONNX models", "drop --constant-input for a TFLite model"
                     )
-                from edgefleet.compiler.onnx_params import bind_inputs
+                from edgefleet.compiler.frontends.onnx.params import bind_inputs
 
                 parsed = bind_inputs(parsed, constant_inputs)
                 # The reference runtime checks the model as compiled: with the same values bound.

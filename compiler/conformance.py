@@ -164,7 +164,7 @@ class CompiledCase:
 
 def _parameter_input_indices(model) -> set[int]:
     from edgefleet.compiler.frontends import onnx as frontend
-    from edgefleet.compiler.onnx_params import parameter_inputs
+    from edgefleet.compiler.frontends.onnx.params import parameter_inputs
 
     needed = parameter_inputs(model)
     return {i for i, inp in enumerate(frontend._real_inputs(model)) if inp.name in needed}
@@ -214,14 +214,14 @@ def check_model(model) -> None:
 def compile_for_inputs(model, arrays: list[np.ndarray], plain: bool = False) -> CompiledCase:
     """Import, optimize, build and export `model` for x86_64 with inputs shaped like `arrays`.
 
-    Inputs that set values TVM needs at compile time (compiler/onnx_params.py: axes, scales,
+    Inputs that set values TVM needs at compile time (compiler/frontends/onnx/params.py: axes, scales,
     k, pads given as graph inputs) are bound to the case's values, as `--constant-input`
     does; the rest stay run-time inputs with the shapes of the data, as `--input-shape` gives.
     """
     from edgefleet.agent.runtime_worker import open_tvm_model
     from edgefleet.compiler.build import build_with_fallback, optimize
     from edgefleet.compiler.frontends import onnx as frontend
-    from edgefleet.compiler.onnx_params import bind_inputs
+    from edgefleet.compiler.frontends.onnx.params import bind_inputs
     from edgefleet.compiler.targets import resolve_target
     from edgefleet.progress import Stages
 

@@ -1,6 +1,6 @@
 """Resize and Upsample that TVM 0.27 computes differently from ONNX compile exactly (issue 15):
 fractional scales, nearest ties at fractional size ratios, antialias, half_pixel_symmetric and
-opset 9's Upsample become per-axis Gather/MatMul with ONNX's own weights (compiler/onnx_resize.py)."""
+opset 9's Upsample become per-axis Gather/MatMul with ONNX's own weights (compiler/frontends/onnx/resize.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.compiler.onnx_resize import axis_matrix
+from edgefleet.compiler.frontends.onnx.resize import axis_matrix
 
 
 def _resize_model(path, attrs: dict, *, scales=None, sizes=None, shape=(1, 3, 10, 13), opset=19) -> str:

@@ -1,4 +1,4 @@
-"""8-, 4- and 2-bit element types (compiler/onnx_lowbit.py) through the real compile path
+"""8-, 4- and 2-bit element types (compiler/frontends/onnx/lowbit.py) through the real compile path
 (EdgefleetBackend: checks, import, optimize, build, export, load, run), compared with ONNX's
 reference implementation on values chosen to hit every rounding and special-value rule: all
 float16 values, ties and near-ties of every target format, subnormals, NaN, +-inf, -0, the

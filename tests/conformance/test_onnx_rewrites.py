@@ -197,7 +197,7 @@ def test_importer_failures_name_the_operator_and_attributes_in_plain_words():
 
 
 def test_converter_failure_texts():
-    from edgefleet.compiler.onnx_converters import converter_failure
+    from edgefleet.compiler.frontends.onnx.converters import converter_failure
 
     cast = converter_failure("Cast", {"saturate": 1}, KeyError("to"))
     assert cast == "Cast (saturate=1): TVM's converter needs the attribute to, which the node leaves to its default"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend as tvm_onnx
 
-from edgefleet.compiler import onnx_extra_converters, onnx_lowbit
+from edgefleet.compiler.frontends.onnx import extra_converters, lowbit
 from edgefleet.errors import EdgefleetError, UnsupportedOperatorsError
 
 
@@ -107,14 +107,14 @@ CONVERTERS: dict[str, Converter] = {
     "Softplus": _softplus,
     "Pow": _pow,
     "PRelu": _prelu,
-    **onnx_extra_converters.CONVERTERS,
+    **extra_converters.CONVERTERS,
 }
 
 
 class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._lowbit = onnx_lowbit.LowbitImport(self.bb)
+        self._lowbit = lowbit.LowbitImport(self.bb)
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         try:
@@ -126,14 +126,10 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
             raise UnsupportedOperatorsError(converter_failure(op_name, attrs, exc), fix) from None
 
     def _convert(self, op_name, inputs, attrs, opset):
-        # 8/4/2-bit types: edgefleet's own conversions (compiler/onnx_lowbit.py).
-        if op_name in onnx_lowbit.OPERATORS and self._lowbit.involved(op_name, inputs, attrs):
+        # 8/4/2-bit types: edgefleet's own conversions (compiler/frontends/onnx/lowbit.py).
+        if op_name in lowbit.OPERATORS and self._lowbit.involved(op_name, inputs, attrs):
             return self._lowbit.convert(op_name, inputs, attrs)
-        if (
-            op_name == "Constant"
-            and "value" in attrs
-            and onnx_lowbit.type_name(attrs["value"].data_type) in onnx_lowbit.TYPES
-        ):
+        if op_name == "Constant" and "value" in attrs and lowbit.type_name(attrs["value"].data_type) in lowbit.TYPES:
             return self._lowbit.constant(attrs["value"])
         converter = CONVERTERS.get(op_name)
         if converter is not None:
@@ -171,21 +167,21 @@ class EdgefleetImporter(tvm_onnx.ONNXGraphImporter):
 
     def _parse_array(self, tensor_proto):
         # A low-bit initializer becomes a constant in its carried form (one element per byte).
-        if onnx_lowbit.type_name(tensor_proto.data_type) in onnx_lowbit.TYPES:
+        if lowbit.type_name(tensor_proto.data_type) in lowbit.TYPES:
             import tvm
 
-            return tvm.runtime.tensor(onnx_lowbit.carry(tensor_proto))
+            return tvm.runtime.tensor(lowbit.carry(tensor_proto))
         return super()._parse_array(tensor_proto)
 
     def _parse_graph_initializers(self, graph) -> None:
         super()._parse_graph_initializers(graph)
         for init in graph.initializer:
-            onnx_type = onnx_lowbit.type_name(init.data_type)
-            if onnx_type in onnx_lowbit.TYPES:
+            onnx_type = lowbit.type_name(init.data_type)
+            if onnx_type in lowbit.TYPES:
                 self._lowbit.carried[self._nodes[init.name]] = onnx_type
 
     def _construct_nodes(self, graph) -> None:
-        # Low-bit values are carried one element per byte inside the model (onnx_lowbit.py).
+        # Low-bit values are carried one element per byte inside the model (lowbit.py).
         for name, value in self._inputs.items():
             self._nodes[name] = self._lowbit.carried_form(value)
         super()._construct_nodes(graph)

@@ -18,7 +18,7 @@ legalization turns a float8 scalar inside a fused kernel into float32, and its k
 address packed 4-/2-bit elements as the runtime lays them out. `LowbitImport` converts at the
 graph's inputs and outputs (a view of the same bytes, plus unpacking/packing for 4/2 bits).
 
-Any other operator that touches these types is still refused (compiler/onnx_rewrites.py).
+Any other operator that touches these types is still refused (compiler/frontends/onnx/rewrites.py).
 """
 
 from __future__ import annotations

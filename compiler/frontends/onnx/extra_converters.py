@@ -1,9 +1,9 @@
 """Converters for ONNX operators TVM 0.27's importer lacks or converts with the wrong types.
 
 Each takes (block builder, Relax inputs, attributes, opset) like TVM's converters and is
-registered in `onnx_converters.CONVERTERS`. Values these need at compile time (CumProd's axis,
+registered in `converters.CONVERTERS`. Values these need at compile time (CumProd's axis,
 OneHot's depth and values) are constants after import: parameter inputs are bound with
-`--constant-input` (compiler/onnx_params.py).
+`--constant-input` (compiler/frontends/onnx/params.py).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _bit_cast(bb, inputs, attr, opset):
 
 def _dropout(bb, inputs, attr, opset):
     # Inference (or a ratio of 0): the output is the input and the mask all true. Training
-    # with a non-zero ratio is refused before import (onnx_rewrites.RULES).
+    # with a non-zero ratio is refused before import (rewrites.RULES).
     x = inputs[0]
     mask = relax.op.ones(x.ty.shape, "bool")
     return relax.Tuple([x, mask])

@@ -1,4 +1,16 @@
-"""ONNX models: parse, list operators, import into Relax, and run onnxruntime as the reference."""
+"""ONNX models: parse, list operators, import into Relax, and run onnxruntime as the reference.
+
+This module is the frontend interface (compiler/frontends/__init__.py); the import path's parts
+are its submodules, imported when used so that loading the frontend stays light:
+
+- `params`            graph inputs that are really compile-time parameters (`--constant-input`)
+- `rewrites`          graph rewrites before TVM's importer, and the refusals
+- `resize`            Resize/Upsample as the per-axis matrices ONNX defines
+- `converters`        edgefleet's importer (TVM's, with the converters below)
+- `extra_converters`  operators TVM's importer lacks or converts with the wrong types
+- `lowbit`            8-, 4- and 2-bit element types
+- `index_inputs`      valid sample values for integer inputs used as indices (verification)
+"""
 
 from __future__ import annotations
 
@@ -28,7 +40,7 @@ _ONNX_DTYPES = {
     12: "uint32",
     13: "uint64",
     16: "bfloat16",
-    # 8/4/2-bit types (compiled by compiler/onnx_lowbit.py)
+    # 8/4/2-bit types (compiled by compiler/frontends/onnx/lowbit.py)
     17: "float8_e4m3fn",
     18: "float8_e4m3fnuz",
     19: "float8_e5m2",
@@ -96,8 +108,8 @@ def operators(model) -> Counter:
 
 
 def supported_operators() -> set[str]:
-    """Operators TVM's importer or edgefleet's converters (compiler/onnx_converters.py) convert."""
-    from edgefleet.compiler.onnx_converters import supported
+    """Operators TVM's importer or edgefleet's converters (compiler/frontends/onnx/converters.py) convert."""
+    from edgefleet.compiler.frontends.onnx.converters import supported
 
     return supported()
 
@@ -110,9 +122,9 @@ def unsupported(model) -> Counter:
     """Operators that cannot be compiled, and `Op (attribute)` entries for known-wrong conversions.
 
     An operator TVM lacks still counts as supported when ONNX defines it as a function of
-    operators TVM has: `to_relax` expands it (compiler/onnx_rewrites.py).
+    operators TVM has: `to_relax` expands it (compiler/frontends/onnx/rewrites.py).
     """
-    from edgefleet.compiler.onnx_rewrites import expandable, rejections
+    from edgefleet.compiler.frontends.onnx.rewrites import expandable, rejections
 
     known = supported_operators()
     opset = _opset(model)
@@ -184,7 +196,7 @@ def prepare(model, input_shapes: dict[str, list[int]]):
     """The rewrites edgefleet applies before TVM's importer (a copy; `model` is not changed)."""
     import onnx
 
-    from edgefleet.compiler.onnx_rewrites import (
+    from edgefleet.compiler.frontends.onnx.rewrites import (
         cast_shape_values,
         conv_transpose_output_shape,
         exact_resize,
@@ -214,11 +226,11 @@ def prepare(model, input_shapes: dict[str, list[int]]):
 
 
 def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
-    """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/onnx_converters.py)."""
-    from edgefleet.compiler.onnx_converters import from_onnx
-    from edgefleet.compiler.onnx_rewrites import RUNTIME_RULES, rejections, shape_rejections
+    """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/frontends/onnx/converters.py)."""
+    from edgefleet.compiler.frontends.onnx.converters import from_onnx
+    from edgefleet.compiler.frontends.onnx.rewrites import RUNTIME_RULES, rejections, shape_rejections
 
-    from edgefleet.compiler.onnx_params import parameter_inputs
+    from edgefleet.compiler.frontends.onnx.params import parameter_inputs
 
     needed = parameter_inputs(model)
     if needed:
@@ -242,8 +254,8 @@ def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
 
 
 def integer_input_ranges(path: Path, inputs: list[TensorSpec]) -> dict[str, tuple[int, int]]:
-    """Valid values for integer inputs used as indices (compiler/onnx_index_inputs.py)."""
-    from edgefleet.compiler.onnx_index_inputs import integer_input_ranges as ranges
+    """Valid values for integer inputs used as indices (compiler/frontends/onnx/index_inputs.py)."""
+    from edgefleet.compiler.frontends.onnx.index_inputs import integer_input_ranges as ranges
 
     if not any(np.dtype(s.dtype).kind in "iu" for s in inputs):
         return {}

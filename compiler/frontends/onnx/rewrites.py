@@ -23,7 +23,7 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper
 
-from edgefleet.compiler import onnx_lowbit
+from edgefleet.compiler.frontends.onnx import lowbit
 
 EXPAND_DOMAIN = "edgefleet.expand"
 
@@ -170,10 +170,10 @@ def _dtype_rejections(node, dtypes: dict[str, str], top_level: bool = True) -> s
     bad = sorted(names & UNSUPPORTED_DTYPES)
     if not bad:
         return None
-    # compiler/onnx_lowbit.py converts these in the main graph (its 4/2-bit values would lose
+    # compiler/frontends/onnx/lowbit.py converts these in the main graph (its 4/2-bit values would lose
     # their type crossing a subgraph's boundary).
-    if top_level and node.op_type in onnx_lowbit.ACCEPTED and set(bad) <= onnx_lowbit.TYPES:
-        return onnx_lowbit.rejection(node, dtypes)
+    if top_level and node.op_type in lowbit.ACCEPTED and set(bad) <= lowbit.TYPES:
+        return lowbit.rejection(node, dtypes)
     return f"{'/'.join(bad)} tensors"
 
 
@@ -241,7 +241,7 @@ RULES: list[tuple[str, Rule]] = [
 # Reasons that expanding into the ONNX function body does not cure (TVM's float16 arithmetic).
 EXPANSION_WRONG_TOO = {"float16 inputs with is_causal=1"}
 # Element types TVM cannot hold or cast correctly (8/6/4/2-bit floats and ints, strings, complex);
-# onnx_lowbit.TYPES are compiled by edgefleet in onnx_lowbit.OPERATORS.
+# lowbit.TYPES are compiled by edgefleet in lowbit.OPERATORS.
 UNSUPPORTED_DTYPES = {
     "STRING",
     "COMPLEX64",
@@ -668,9 +668,9 @@ def nms_strict_iou(model) -> None:
 
 def exact_resize(model, input_shapes: dict[str, list[int]]):
     """Resize nodes TVM would compute wrongly (`_resize_reason`) and every Upsample -> per-axis
-    Gather/MatMul with the weights ONNX's reference defines (compiler/onnx_resize.py). Needs
+    Gather/MatMul with the weights ONNX's reference defines (compiler/frontends/onnx/resize.py). Needs
     static shapes and constant parameters; what cannot be rewritten is left for the refusal."""
-    from edgefleet.compiler.onnx_resize import separable
+    from edgefleet.compiler.frontends.onnx.resize import separable
 
     if not any(n.op_type in ("Resize", "Upsample") for n in model.graph.node):
         return model

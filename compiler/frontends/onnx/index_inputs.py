@@ -74,7 +74,7 @@ def integer_input_ranges(model, specs: list[TensorSpec]) -> dict[str, tuple[int,
     """Integer input name -> inclusive (low, high) valid for every index use the graph makes of it."""
     import numpy as np
 
-    from edgefleet.compiler.onnx_rewrites import _with_input_shapes
+    from edgefleet.compiler.frontends.onnx.rewrites import _with_input_shapes
 
     integers = [s for s in specs if np.dtype(s.dtype).kind in "iu"]
     if not integers:
