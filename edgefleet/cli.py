@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
 
 COMPONENT_GROUPS = {
     "compile": "edgefleet.compiler.cli:compile_command",
-    "demo": "edgefleet.demo:demo_command",
+    "demo": "edgefleet.demo.cli:demo_command",
     "targets": "edgefleet.compiler.cli:targets_command",
     "inspect": "edgefleet.cli_package:inspect_command",
     "run": "edgefleet.agent.cli:run_package_command",

@@ -49,9 +49,20 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
 
 # The extra each role's commands need (the others are suggested by module: `edgefleet fleet`
 # serves with the `fleet` extra, but its client commands need only `cli`).
-COMMAND_EXTRAS = {"agent": "agent", "run": "agent", "compile": "compiler", "targets": "compiler", "bench": "compiler"}
+COMMAND_EXTRAS = {
+    "agent": "agent",
+    "run": "agent",
+    "compile": "compiler",
+    "targets": "compiler",
+    "bench": "compiler",
+    "demo": "demo",
+}
 # Extras that install others (pyproject.toml: compiler = edgefleet[agent,cli,...]).
-EXTRA_INCLUDES = {"compiler": ("agent", "cli"), "fleet": ("cli",)}
+EXTRA_INCLUDES = {
+    "compiler": ("agent", "cli"),
+    "fleet": ("cli",),
+    "demo": ("agent", "cli", "compiler", "fleet", "train"),
+}
 
 
 def missing_extra_error(exc: ModuleNotFoundError, command: str | None = None) -> MissingToolError | None:

@@ -23,7 +23,7 @@ EXTRAS = PYPROJECT["project"]["optional-dependencies"]
 # The core dependencies' import names (pyproject's `dependencies`).
 CORE_MODULES = {"pydantic", "pydantic_core", "cryptography", "click", "numpy", "tomli"}
 # Scanned for imports: the shared package and every component that installs.
-PACKAGES = ("edgefleet", "agent", "compiler", "cross", "fleet", "models")
+PACKAGES = ("edgefleet", "agent", "compiler", "cross", "demo", "fleet", "models")
 
 
 def third_party_imports() -> dict[str, str]:
@@ -78,6 +78,10 @@ def test_roles_stay_apart():
         ("PIL", "agent", "agent"),
         ("tvm.relax", "compile", "compiler"),
         ("torch", "models", "train"),
+        # The demo plays every role: whatever is missing, its one extra installs it.
+        ("rich", "demo", "demo"),
+        ("fastapi", "demo", "demo"),
+        ("torch", "demo", "demo"),
     ],
 )
 def test_hint_names_the_extra(module, command, extra):

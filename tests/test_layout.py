@@ -15,6 +15,7 @@ COMPONENTS = {
     "fleet": "edgefleet.fleet",
     "models": "edgefleet.models",
     "cross": "edgefleet.cross",
+    "demo": "edgefleet.demo",
 }
 
 

@@ -12,6 +12,7 @@ import pytest
 from support.scenes import box_iou
 
 from edgefleet.demo import DemoOptions, run_demo
+from edgefleet.demo.ports import check_port
 from edgefleet.models.scenes import FRAME_SIZE, render_scene_boxes
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
@@ -65,5 +66,7 @@ def test_demo_rolls_out_v1_then_v2_and_reports_real_alerts(tmp_path, edgefleet_h
     assert drift["raised_after_s"] < 120 and drift["cleared_after_s"] < 120, drift
     assert drift["false_alarms"] == 0
 
-    # Nothing it started is left running.
+    # Nothing it started is left running, and its ports are free again the moment it returns.
     assert _children_named(str(workdir)) == []
+    assert len(result.ports) == 2
+    assert {option: check_port(port, option) for option, port in result.ports.items()} == result.ports

@@ -1,4 +1,4 @@
-"""`edgefleet demo`: the whole system on one machine, from a training run to alerts on cameras.
+"""The demo's run: the whole system on one machine, from a training run to alerts on cameras.
 
 It trains the reference camera model twice in SageMaker script mode (v1: a short run, v2: a
 longer one), compiles both for x86_64 and rasp4b, starts a local mosquitto (mutual TLS from the
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 from rich.console import Console
 
+from edgefleet.demo.ports import check_port
 from edgefleet.errors import ServiceError, UsageError
 
 console = Console(highlight=False)
@@ -63,25 +62,6 @@ class DemoOptions:
 DRIFT = {"min_frames": 120, "windows_to_alarm": 2, "windows_to_clear": 2}
 BASELINE_PER_LABEL = 100
 DARKEN = 0.2  # night: a fifth of the light
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port(requested: int) -> int:
-    if requested == 0:
-        return free_port()
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", requested))
-        except OSError:
-            raise UsageError(
-                f"port {requested} is in use", "stop what uses it, or pass another port (0 picks a free one)"
-            ) from None
-    return requested
 
 
 # The rollout events the demo prints as they happen.
@@ -123,6 +103,8 @@ class Demo:
         self.dark: set[str] = set()  # cameras whose scene is darkened (night falls)
         self.broker = None
         self.mqtt = None
+        self.http = None
+        self.logs: list = []  # the children's log files, closed on shutdown
         self.env = dict(os.environ, EDGEFLEET_HOME=str(self.home))
         self.env.pop("EDGEFLEET_SIGNING_KEY", None)
 
@@ -246,6 +228,15 @@ class Demo:
         return {(DETECTOR, "1", "x86_64"): out}
 
     # -- services ------------------------------------------------------------------------
+    def check_ports(self) -> None:
+        """The ports the fleet service and broker will listen on, checked before any training."""
+        if self.o.http_port and self.o.http_port == self.o.mqtt_port:
+            raise UsageError(
+                f"--http-port and --mqtt-port are both {self.o.http_port}", "give them different ports (or 0 for any)"
+            )
+        self.http_port = check_port(self.o.http_port, "--http-port")
+        self.mqtt_port = check_port(self.o.mqtt_port, "--mqtt-port")
+
     def start_fleet(self) -> None:
         from edgefleet.fleet.auth import create_token
         from edgefleet.fleet.ca import CertificateAuthority
@@ -254,13 +245,15 @@ class Demo:
         from edgefleet.fleet.local_broker import LocalBroker
 
         data = self.root / "fleet"
-        self.http_port, mqtt_port = _port(self.o.http_port), _port(self.o.mqtt_port)
+        # Checked again: training and compiling took minutes since `check_ports`.
+        check_port(self.http_port, "--http-port")
+        check_port(self.mqtt_port, "--mqtt-port")
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.broker = LocalBroker(
-            self.root / "broker", CertificateAuthority.load_or_create(data / "ca"), port=mqtt_port
+            self.root / "broker", CertificateAuthority.load_or_create(data / "ca"), port=self.mqtt_port
         )
         self.broker.start()
-        _step(f"mosquitto listening on 127.0.0.1:{mqtt_port} (mutual TLS, per-device ACL)")
+        _step(f"mosquitto listening on 127.0.0.1:{self.mqtt_port} (mutual TLS, per-device ACL)")
         broker = self.broker.broker_config()
         config = FleetConfig(
             data_dir=data,
@@ -297,6 +290,7 @@ class Demo:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{name}.log", "ab")
+        self.logs.append(log)
         # Own process group: Ctrl-C reaches the demo, which then stops each child in order.
         process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
@@ -598,10 +592,13 @@ class Demo:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def shutdown(self) -> None:
+        """Stop everything the demo started and wait for it, so its ports are free on return."""
         self.stop.set()
         if self.mqtt is not None:
+            self.mqtt.disconnect()  # before loop_stop: the loop sends DISCONNECT and closes the socket
             self.mqtt.loop_stop()
-            self.mqtt.disconnect()
+        if self.http is not None:
+            self.http.close()
         for process in reversed(self.processes):  # cameras first, then the fleet
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -611,6 +608,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for log in self.logs:
+            log.close()
         if self.broker is not None:
             self.broker.stop()
 
@@ -623,12 +622,14 @@ class DemoResult:
     drift: dict | None = None  # Demo.night's times, when the demo got that far
     detector_rollout: dict | None = None
     detections: list[dict] = field(default_factory=list)  # alerts from the detector cameras, with boxes
+    ports: dict[str, int] = field(default_factory=dict)  # option -> the port it listened on, free again
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
     """Run the end-to-end demo; returns after the second rollout when `exit_after_rollouts`,
     otherwise runs until Ctrl-C. Everything it starts is stopped before it returns."""
     demo = Demo(options)
+    demo.check_ports()
     demo.root.mkdir(parents=True, exist_ok=True)
     # Models and packages are reused between runs; the fleet, broker and cameras start afresh.
     for stale in ("fleet", "broker", "cameras", "logs"):
@@ -687,82 +688,5 @@ def run_demo(options: DemoOptions) -> DemoResult:
         drift,
         detector_rollout,
         demo.detections,
+        {"--http-port": demo.http_port, "--mqtt-port": demo.mqtt_port},
     )
-
-
-@click.command("demo")
-@click.option(
-    "--workdir",
-    type=click.Path(path_type=Path),
-    default=Path(".edgefleet-demo"),
-    show_default=True,
-    help="Where the demo keeps its models, fleet and cameras (reused on the next run).",
-)
-@click.option("--devices", type=click.IntRange(1, 20), default=3, show_default=True, help="How many cameras to run.")
-@click.option(
-    "--http-port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Fleet API and dashboard port (0: any free port).",
-)
-@click.option(
-    "--mqtt-port",
-    type=click.IntRange(0, 65535),
-    default=8883,
-    show_default=True,
-    help="Broker port (0: any free port).",
-)
-@click.option(
-    "--fps",
-    "frames_per_second",
-    type=click.FloatRange(0.1, 20),
-    default=5.0,
-    show_default=True,
-    help="Frames per second fed to each camera.",
-)
-@click.option(
-    "--detector-cameras",
-    "detector_devices",
-    type=click.IntRange(0, 10),
-    default=1,
-    show_default=True,
-    help="Extra cameras (group detect) that run the scene detector.",
-)
-@click.option(
-    "--exit-after-rollouts",
-    is_flag=True,
-    help="Stop after the second rollout and the night scene (for CI) instead of running until Ctrl-C.",
-)
-def demo_command(
-    workdir: Path,
-    devices: int,
-    http_port: int,
-    mqtt_port: int,
-    frames_per_second: float,
-    detector_devices: int,
-    exit_after_rollouts: bool,
-) -> None:
-    """Train, compile, deploy and watch: the whole system on this machine. Maps to edgefleet.demo.run_demo."""
-    result = run_demo(
-        DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices)
-    )
-    states = [r["state"] for r in result.rollouts]
-    by_label: dict[str, int] = {}
-    for alert in result.alerts:
-        by_label[alert.get("label", "?")] = by_label.get(alert.get("label", "?"), 0) + 1
-    console.print(f"rollouts: {', '.join(states) or 'none'}; alerts received: {len(result.alerts)} {by_label}")
-    if result.detector_rollout is not None:
-        console.print(
-            f"detector rollout: {result.detector_rollout['state']}; alerts with boxes from the detector cameras: {len(result.detections)}"
-        )
-    if result.drift:
-        d = result.drift
-        console.print(
-            f"drift on {d['device']}: raised {d['raised_after_s']:.0f} s after dark, cleared "
-            f"{d['cleared_after_s']:.0f} s after the light came back; false alarms elsewhere: {d['false_alarms']}"
-        )
-    if detector_devices and result.detector_rollout is not None:
-        states = [result.detector_rollout["state"], *states]
-    if exit_after_rollouts and (len(states) < 2 or any(s != "succeeded" for s in states)):
-        raise ServiceError(f"the demo's rollouts ended {states}", f"see the logs in {workdir / 'logs'}")
