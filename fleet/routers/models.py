@@ -63,7 +63,10 @@ async def upload(fleet: FleetDep, request: Request) -> ModelVersionOut:
     "/builds/{build_id}/download",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {}}, "description": "the package"},
+        200: {
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the package",
+        },
         307: {"description": "to the object store"},
     },
 )
