@@ -152,7 +152,7 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
     fleet = open_fleet(config)
     for p in (package_v1, package_v2):
         v = registry.upload_package(fleet, p)
-        registry.set_approval(fleet, "tiny", v["version"], "Approved")
+        registry.set_approval(fleet, "tiny", v.version, "Approved")
     token = auth.create_token(fleet, "bench", "admin")
     ids = [f"sim-{i:05d}" for i in range(n)]
     with fleet.writer() as s, s.begin():

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from edgefleet.fleet import drift_service
 from edgefleet.fleet.body_limit import BodyLimit
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.dashboard import mount_dashboard
+from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.ingest import Ingest
-from edgefleet.fleet.routers import devices, errors, models, rollouts, service, tokens
+from edgefleet.fleet.routers import devices, drift, errors, models, rollouts, service, tokens
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
@@ -27,12 +27,10 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
         responses=errors.RESPONSES,
     )
     app.state.fleet, app.state.ingest = fleet, ingest  # for the dependencies in fleet/routers/deps.py
+    app.state.drift_monitor = ingest.drift if ingest else DriftMonitor(fleet)  # shares the ingest's baselines
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
-    for router in (service, models, devices, rollouts, tokens):
+    for router in (service, models, devices, rollouts, tokens, drift):
         app.include_router(router.router)
-    drift_service.add_routes(
-        app, fleet, ingest.drift if ingest else None
-    )  # /api/v1/drift*, /api/v1/telemetry (docs/drift.md)
     mount_dashboard(app)  # /dashboard (docs/dashboard.md)
     return app

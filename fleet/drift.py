@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError
 
 # Baseline and parse_summary are the drift contract (edgefleet.contracts.drift); the fleet's drift modules take them from here.
 from edgefleet.contracts.drift import BASELINE_FORMAT_VERSION, Baseline, DriftSummary, Histogram, parse_summary  # noqa: F401
+from edgefleet.contracts.mqtt import AlarmEvent
 from edgefleet.errors import BadInputError
 from edgefleet.strict import Strict, first_error
 
@@ -220,7 +221,7 @@ def judge(baseline: DriftSummary, window: DriftSummary, config: DriftConfig) -> 
     return WindowVerdict(score, worst, score > config.threshold, distances)
 
 
-def step(current: AlarmState, over: bool, config: DriftConfig) -> tuple[AlarmState, str | None]:
+def step(current: AlarmState, over: bool, config: DriftConfig) -> tuple[AlarmState, AlarmEvent | None]:
     """Advance the alarm by one judged window. Returns the new state and "raised", "cleared" or None."""
     over_streak = current.over_streak + 1 if over else 0
     under_streak = 0 if over else current.under_streak + 1
@@ -229,7 +230,7 @@ def step(current: AlarmState, over: bool, config: DriftConfig) -> tuple[AlarmSta
     else:
         event = UNDER_ENOUGH if under_streak >= config.windows_to_clear else UNDER
     new = TRANSITIONS[(current.state, event)]
-    change = None
+    change: AlarmEvent | None = None
     if new in ALARMED and current.state not in ALARMED:
         change = "raised"
     elif new not in ALARMED and current.state in ALARMED:

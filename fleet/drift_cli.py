@@ -1,25 +1,29 @@
 """`edgefleet fleet drift`: each device's drift alarm and a sparkline of its recent windows.
 
-Maps onto GET /api/v1/drift and /api/v1/drift/windows (edgefleet.fleet.drift_service).
+Maps onto GET /api/v1/drift and /api/v1/drift/windows (fleet/routers/drift.py), parsed into
+their answer models (edgefleet/contracts/rest.py).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from edgefleet.cli import print_json, table
+from edgefleet.contracts.rest import DriftOverview, DriftWindowOut
 from edgefleet.fleet.drift import sparkline
 
+if TYPE_CHECKING:
+    from edgefleet.fleet.client import FleetClient
 
-def drift_report(client, device: str | None, windows: int) -> dict:
-    """What the command shows: the API's overview plus each alarm's last `windows` scores."""
-    # The drift endpoints have no response models yet (fleet/drift_service.py): plain JSON.
-    overview = client.get("/drift", dict, device=device)
-    rows = client.get("/drift/windows", list, device=device, limit=5000)
-    for alarm in overview["alarms"]:
-        scores = [w["score"] for w in rows if w["device"] == alarm["device"] and w["model"] == alarm["model"]]
-        alarm["recent_scores"] = scores[-windows:]
-    return overview
+
+def drift_report(client: FleetClient, device: str | None, windows: int) -> tuple[DriftOverview, list[list[float]]]:
+    """What the command shows: the API's overview, and each alarm's last `windows` scores."""
+    overview = client.get("/drift", DriftOverview, device=device)
+    rows = client.get("/drift/windows", list[DriftWindowOut], device=device, limit=5000)
+    recent = [[w.score for w in rows if (w.device, w.model) == (a.device, a.model)][-windows:] for a in overview.alarms]
+    return overview, recent
 
 
 @click.command("drift")
@@ -37,50 +41,52 @@ def drift_command(ctx: click.Context, device: str | None, windows: int, as_json:
     from edgefleet.fleet.client import FleetClient
 
     client = FleetClient(ctx.obj.get("url"), ctx.obj.get("token"))
-    report = drift_report(client, device, windows)
+    report, recent = drift_report(client, device, windows)
     if as_json:
-        print_json(report)
+        body = report.model_dump(mode="json")
+        for alarm, scores in zip(body["alarms"], recent):
+            alarm["recent_scores"] = scores
+        print_json(body)
         return
-    cfg = report["config"]
-    top = 2 * cfg["threshold"]
+    cfg = report.config
     table(
         ["device", "model", "state", "score", "feature", f"last {windows} windows"],
         [
             [
-                a["device"],
-                f"{a['model']['name']} {a['model']['version']}",
-                a["state"],
-                "-" if a["score"] is None else f"{a['score']:.3f}",
-                a["feature"] or "-",
-                sparkline(a["recent_scores"], top),
+                a.device,
+                f"{a.model.name} {a.model.version}",
+                a.state,
+                "-" if a.score is None else f"{a.score:.3f}",
+                a.feature or "-",
+                sparkline(list(scores), 2 * cfg.threshold),
             ]
-            for a in report["alarms"]
+            for a, scores in zip(report.alarms, recent)
         ],
-        title=f"drift ({cfg['metric']}, alarm over {cfg['threshold']} for {cfg['windows_to_alarm']} windows, clear after {cfg['windows_to_clear']})",
+        title=f"drift ({cfg.metric}, alarm over {cfg.threshold} for {cfg.windows_to_alarm} windows, clear after {cfg.windows_to_clear})",
     )
-    if report.get("collecting"):
+    if report.collecting:
         table(
             ["device", "model", "collecting"],
             [
-                [c["device"], f"{c['model']['name']} {c['model']['version']}", f"{c['frames']} of {c['target']} frames"]
-                for c in report["collecting"]
+                [c.device, f"{c.model.name} {c.model.version}", f"{c.frames} of {c.target} frames"]
+                for c in report.collecting
             ],
             title="windows still collecting frames (judged once they hold min_frames)",
         )
-    if report["fleet"] and not device:
+    if report.fleet and not device:
         table(
             ["model", "devices", "frames", "score", "feature", "over", "alarm"],
             [
                 [
-                    f"{f['model']['name']} {f['model']['version']}",
-                    f["devices"],
-                    f["frames"],
-                    f"{f['score']:.3f}",
-                    f["feature"] or "-",
-                    "yes" if f["over"] else "no",
-                    f.get("state", "-"),
+                    f"{f.model.name} {f.model.version}",
+                    f.devices,
+                    f.frames,
+                    f"{f.score:.3f}",
+                    f.feature or "-",
+                    "yes" if f.over else "no",
+                    f.state,
                 ]
-                for f in report["fleet"]
+                for f in report.fleet
             ],
-            title=f"the fleet as a whole (newest window of each device; alarm when {cfg.get('fleet_share', '-')} of them are over)",
+            title=f"the fleet as a whole (newest window of each device; alarm when {cfg.fleet_share} of them are over)",
         )

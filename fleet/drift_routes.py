@@ -1,16 +1,31 @@
-"""The drift REST API (scope read-only): GET /api/v1/drift, /api/v1/drift/windows,
-/api/v1/drift/events and /api/v1/telemetry (the health numbers over time, for the dashboard's
-plots), and the queries behind them."""
+"""The queries behind the drift REST API (fleet/routers/drift.py): the drift overview, judged
+windows, alarm events, and the telemetry health numbers over time (for the dashboard's plots),
+as the answer models in edgefleet/contracts/rest.py."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sqlalchemy import func, select
 
+from edgefleet.contracts.rest import (
+    DeviceDriftEventOut,
+    DeviceModel,
+    Distance,
+    DriftAlarmOut,
+    DriftCollectingOut,
+    DriftConfigOut,
+    DriftEventOut,
+    DriftOverview,
+    DriftWindowOut,
+    FleetDriftAlarmOut,
+    FleetDriftEventOut,
+    FleetDriftOut,
+    ModelName,
+    TelemetryPoint,
+)
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Telemetry
-from edgefleet.fleet.drift import judge, merge_summaries, parse_summary
+from edgefleet.fleet.drift import DriftConfig, judge, merge_summaries, parse_summary
+from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.drift_tables import (
     DriftAlarm,
     DriftCollecting,
@@ -20,48 +35,61 @@ from edgefleet.fleet.drift_tables import (
     DriftWindow,
 )
 
-if TYPE_CHECKING:
-    from edgefleet.fleet.drift_service import DriftMonitor
+
+def alarm_out(a: DriftAlarm) -> DriftAlarmOut:
+    return DriftAlarmOut(
+        device=a.device_id,
+        model=ModelName(name=a.model_name, version=a.model_version),
+        state=a.state,
+        score=a.score,
+        feature=a.feature,
+        raised_at=a.raised_at,
+        cleared_at=a.cleared_at,
+        updated_at=a.updated_at,
+    )
 
 
-def alarm_dict(a: DriftAlarm) -> dict:
-    return {
-        "device": a.device_id,
-        "model": {"name": a.model_name, "version": a.model_version},
-        "state": a.state,
-        "score": a.score,
-        "feature": a.feature,
-        "raised_at": a.raised_at,
-        "cleared_at": a.cleared_at,
-        "updated_at": a.updated_at,
-    }
+def collecting_out(c: DriftCollecting, target: int) -> DriftCollectingOut:
+    return DriftCollectingOut(
+        device=c.device_id,
+        model=ModelName(name=c.model_name, version=c.model_version),
+        frames=c.frames,
+        target=target,
+        messages=c.messages,
+        updated_at=c.updated_at,
+    )
 
 
-def collecting_dict(c: DriftCollecting, target: int) -> dict:
-    return {
-        "device": c.device_id,
-        "model": {"name": c.model_name, "version": c.model_version},
-        "frames": c.frames,
-        "target": target,
-        "messages": c.messages,
-        "updated_at": c.updated_at,
-    }
+def fleet_alarm_out(a: DriftFleetAlarm) -> FleetDriftAlarmOut:
+    return FleetDriftAlarmOut(
+        model=ModelName(name=a.model_name, version=a.model_version),
+        state=a.state,
+        devices=a.devices,
+        drifting=a.drifting,
+        share=round(a.drifting / a.devices, 4) if a.devices else None,
+        raised_at=a.raised_at,
+        cleared_at=a.cleared_at,
+        updated_at=a.updated_at,
+    )
 
 
-def fleet_alarm_dict(a: DriftFleetAlarm) -> dict:
-    return {
-        "model": {"name": a.model_name, "version": a.model_version},
-        "state": a.state,
-        "devices": a.devices,
-        "drifting": a.drifting,
-        "share": round(a.drifting / a.devices, 4) if a.devices else None,
-        "raised_at": a.raised_at,
-        "cleared_at": a.cleared_at,
-        "updated_at": a.updated_at,
-    }
+def config_out(cfg: DriftConfig) -> DriftConfigOut:
+    return DriftConfigOut(
+        metric=cfg.metric,
+        threshold=cfg.threshold,
+        windows_to_alarm=cfg.windows_to_alarm,
+        windows_to_clear=cfg.windows_to_clear,
+        features=list(cfg.features),
+        min_frames=cfg.min_frames,
+        max_age_s=cfg.max_age_s,
+        fleet_share=cfg.fleet_share,
+        fleet_min_devices=cfg.fleet_min_devices,
+    )
 
 
-def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None) -> dict:
+def drift_overview(
+    fleet: Fleet, monitor: DriftMonitor, device: str | None = None, state: str | None = None
+) -> DriftOverview:
     """The drift config, every alarm (optionally of one device / in one state), the windows still
     collecting frames, the fleet-wide alarms and the fleet-wide view."""
     cfg = fleet.config.drift
@@ -74,31 +102,20 @@ def drift_overview(fleet: Fleet, monitor: DriftMonitor, device: str | None = Non
             q, c = q.where(DriftAlarm.device_id == device), c.where(DriftCollecting.device_id == device)
         if state:
             q = q.where(DriftAlarm.state == state)
-        rows = [alarm_dict(a) for a in s.scalars(q)]
-        collecting = [collecting_dict(r, cfg.min_frames) for r in s.scalars(c.order_by(DriftCollecting.device_id))]
+        alarms = [alarm_out(a) for a in s.scalars(q)]
+        collecting = [collecting_out(r, cfg.min_frames) for r in s.scalars(c.order_by(DriftCollecting.device_id))]
         f = select(DriftFleetAlarm).order_by(DriftFleetAlarm.model_name, DriftFleetAlarm.model_version)
-        fleet_alarms = [fleet_alarm_dict(a) for a in s.scalars(f)]
-    config = {
-        "metric": cfg.metric,
-        "threshold": cfg.threshold,
-        "windows_to_alarm": cfg.windows_to_alarm,
-        "windows_to_clear": cfg.windows_to_clear,
-        "features": list(cfg.features),
-        "min_frames": cfg.min_frames,
-        "max_age_s": cfg.max_age_s,
-        "fleet_share": cfg.fleet_share,
-        "fleet_min_devices": cfg.fleet_min_devices,
-    }
-    return {
-        "config": config,
-        "alarms": rows,
-        "collecting": collecting,
-        "fleet_alarms": fleet_alarms,
-        "fleet": fleet_drift(fleet, monitor, cfg.fleet_horizon_s),
-    }
+        fleet_alarms = [fleet_alarm_out(a) for a in s.scalars(f)]
+    return DriftOverview(
+        config=config_out(cfg),
+        alarms=alarms,
+        collecting=collecting,
+        fleet_alarms=fleet_alarms,
+        fleet=fleet_drift(fleet, monitor, cfg.fleet_horizon_s),
+    )
 
 
-def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[dict]:
+def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -> list[FleetDriftOut]:
     """The fleet as a whole: per model version, the newest judged window of every device seen in
     the last `horizon_s` seconds, summed into one window and judged against the baseline."""
     cfg = fleet.config.drift
@@ -132,21 +149,23 @@ def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -
                 )
             )
             out.append(
-                {
-                    "model": {"name": name, "version": version},
-                    "state": alarm or "ok",
-                    "devices": len(ws),
-                    "frames": total.frames,
-                    "score": verdict.score,
-                    "feature": verdict.worst,
-                    "over": verdict.over,
-                    "distances": {f: {"psi": d.psi, "js": d.js} for f, d in verdict.distances.items()},
-                }
+                FleetDriftOut(
+                    model=ModelName(name=name, version=version),
+                    state=alarm or "ok",
+                    devices=len(ws),
+                    frames=total.frames,
+                    score=verdict.score,
+                    feature=verdict.worst,
+                    over=verdict.over,
+                    distances={f: Distance(psi=d.psi, js=d.js) for f, d in verdict.distances.items()},
+                )
             )
     return out
 
 
-def drift_windows(fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500) -> list[dict]:
+def drift_windows(
+    fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500
+) -> list[DriftWindowOut]:
     """The newest `limit` windows (oldest first)."""
     with fleet.session() as s:
         q = select(DriftWindow).order_by(DriftWindow.id.desc()).limit(limit)
@@ -156,57 +175,56 @@ def drift_windows(fleet: Fleet, device: str | None = None, since: float | None =
             q = q.where(DriftWindow.received_at >= since)
         rows = list(s.scalars(q))[::-1]
         return [
-            {
-                "device": w.device_id,
-                "model": {"name": w.model_name, "version": w.model_version},
-                "at": w.received_at,
-                "frames": w.frames,
-                "score": w.score,
-                "feature": w.feature,
-                "over": w.over,
-                "state": w.state,
-                "distances": w.distances,
-            }
+            DriftWindowOut(
+                device=w.device_id,
+                model=ModelName(name=w.model_name, version=w.model_version),
+                at=w.received_at,
+                frames=w.frames,
+                score=w.score,
+                feature=w.feature,
+                over=w.over,
+                state=w.state,
+                distances={f: Distance.model_validate(d) for f, d in w.distances.items()},
+            )
             for w in rows
         ]
 
 
-def drift_events(fleet: Fleet, limit: int = 100) -> list[dict]:
+def drift_events(fleet: Fleet, limit: int = 100) -> list[DriftEventOut]:
     """The newest `limit` raised/cleared events of devices (scope "device") and of the fleet-wide
     alarms (scope "fleet", device null), newest first."""
     with fleet.session() as s:
         rows = s.scalars(select(DriftEvent).order_by(DriftEvent.id.desc()).limit(limit))
-        out = [
-            {
-                "at": e.at,
-                "scope": "device",
-                "device": e.device_id,
-                "model": {"name": e.model_name, "version": e.model_version},
-                "event": e.event,
-                "score": e.score,
-                "feature": e.feature,
-            }
+        out: list[DriftEventOut] = [
+            DeviceDriftEventOut(
+                at=e.at,
+                scope="device",
+                device=e.device_id,
+                model=ModelName(name=e.model_name, version=e.model_version),
+                event=e.event,
+                score=e.score,
+                feature=e.feature,
+            )
             for e in rows
         ]
         fleet_rows = s.scalars(select(DriftFleetEvent).order_by(DriftFleetEvent.id.desc()).limit(limit))
         out += [
-            {
-                "at": e.at,
-                "scope": "fleet",
-                "device": None,
-                "model": {"name": e.model_name, "version": e.model_version},
-                "event": e.event,
-                "devices": e.devices,
-                "drifting": e.drifting,
-            }
+            FleetDriftEventOut(
+                at=e.at,
+                scope="fleet",
+                model=ModelName(name=e.model_name, version=e.model_version),
+                event=e.event,
+                devices=e.devices,
+                drifting=e.drifting,
+            )
             for e in fleet_rows
         ]
-    return sorted(out, key=lambda e: e["at"], reverse=True)[:limit]
+    return sorted(out, key=lambda e: e.at, reverse=True)[:limit]
 
 
 def telemetry_series(
     fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500
-) -> list[dict]:
+) -> list[TelemetryPoint]:
     """The newest `limit` telemetry rows (oldest first): frames, alerts, confidence, p95 latency."""
     with fleet.session() as s:
         q = select(Telemetry).order_by(Telemetry.id.desc()).limit(limit)
@@ -216,52 +234,14 @@ def telemetry_series(
             q = q.where(Telemetry.received_at >= since)
         rows = list(s.scalars(q))[::-1]
         return [
-            {
-                "device": t.device_id,
-                "at": t.received_at,
-                "model": {"name": t.model_name, "version": t.model_version},
-                "frames": t.frames,
-                "alerts": t.alerts,
-                "confidence_mean": t.confidence_mean,
-                "latency_p95_ms": t.latency_p95_ms,
-            }
+            TelemetryPoint(
+                device=t.device_id,
+                at=t.received_at,
+                model=DeviceModel(name=t.model_name, version=t.model_version),
+                frames=t.frames,
+                alerts=t.alerts,
+                confidence_mean=t.confidence_mean,
+                latency_p95_ms=t.latency_p95_ms,
+            )
             for t in rows
         ]
-
-
-def add_routes(app, fleet: Fleet, monitor: DriftMonitor | None = None) -> None:
-    """The drift and telemetry endpoints (scope read-only), on the fleet's FastAPI app; `monitor`
-    (the ingest's, whose baseline cache it shares) is made if not given."""
-    from fastapi import Depends, Header, Query
-
-    from edgefleet.fleet.drift_service import DriftMonitor
-
-    monitor = monitor or DriftMonitor(fleet)
-
-    from edgefleet.fleet import auth
-
-    def read_scope(authorization: str | None = Header(None)) -> str:
-        token = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-        return auth.authorize(fleet, token, "read-only")
-
-    read = [Depends(read_scope)]
-
-    @app.get("/api/v1/drift", dependencies=read)
-    def get_drift(device: str | None = None, state: str | None = None) -> dict:
-        return drift_overview(fleet, monitor, device, state)
-
-    @app.get("/api/v1/drift/windows", dependencies=read)
-    def get_windows(
-        device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)
-    ) -> list[dict]:
-        return drift_windows(fleet, device, since, limit)
-
-    @app.get("/api/v1/drift/events", dependencies=read)
-    def get_events(limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
-        return drift_events(fleet, limit)
-
-    @app.get("/api/v1/telemetry", dependencies=read)
-    def get_telemetry(
-        device: str | None = None, since: float | None = None, limit: int = Query(500, ge=1, le=5000)
-    ) -> list[dict]:
-        return telemetry_series(fleet, device, since, limit)

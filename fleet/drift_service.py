@@ -10,12 +10,11 @@ transaction has committed, announced:
     MQTT   edgefleet/v1/<device>/drift   fleet -> subscribers, QoS 1, retained (the last change)
     HTTP   POST <webhook> with the same JSON, if a webhook is configured
 
-Alarm payload (schema 1): {"schema": 1, "type": "drift_alarm", "event": "raised"|"cleared",
-"device", "model": {"name", "version"}, "state", "metric", "threshold", "score",
-"feature", "at"}.
+The alarm payloads are DriftAlarmMessage and FleetDriftAlarmMessage (schema 1,
+edgefleet/contracts/mqtt.py); MQTT and the webhook carry the same JSON, the model's `wire()`.
 
 The tables are in drift_tables.py, the webhook in drift_webhook.py, the REST API in
-drift_routes.py.
+routers/drift.py (its queries in drift_routes.py).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from edgefleet.contracts.mqtt import TelemetryMessage
+from edgefleet.contracts.mqtt import DriftAlarmMessage, FleetDriftAlarmMessage, ModelRef, TelemetryMessage
 from edgefleet.errors import BadInputError, EdgefleetError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Device, ModelGroup, ModelVersion
@@ -50,7 +49,6 @@ from edgefleet.fleet.drift import (
     parse_summary,
     step,
 )
-from edgefleet.fleet.drift_routes import add_routes  # noqa: F401  fleet/api.py mounts the drift API as drift_service.add_routes
 from edgefleet.fleet.drift_tables import (
     DriftAlarm,
     DriftCollecting,
@@ -62,7 +60,6 @@ from edgefleet.fleet.drift_tables import (
 from edgefleet.fleet.drift_webhook import post_alarm, webhook_url
 
 log = logging.getLogger("edgefleet.fleet.drift")
-ALARM_SCHEMA = 1
 FLEET_TOPIC = "edgefleet/v1/fleet/drift"  # "fleet" is reserved: no device can take it (fleet/devices.py)
 Publisher = Callable[[str, bytes], None]  # (topic, payload): QoS 1, retained
 
@@ -80,11 +77,14 @@ def window_span(msg: TelemetryMessage, received_at: float) -> tuple[float, float
     return end - (msg.window_s or 0.0), end
 
 
-def alarm_topic(payload: dict) -> str:
+Alarm = DriftAlarmMessage | FleetDriftAlarmMessage
+
+
+def alarm_topic(alarm: Alarm) -> str:
     """A device's alarms on its own topic; fleet-wide ones under the fleet's reserved identity."""
-    if payload["type"] == "fleet_drift_alarm":
+    if isinstance(alarm, FleetDriftAlarmMessage):
         return FLEET_TOPIC
-    return f"edgefleet/v1/{payload['device']}/drift"
+    return f"edgefleet/v1/{alarm.device}/drift"
 
 
 class DriftMonitor:
@@ -95,7 +95,7 @@ class DriftMonitor:
         self.webhook = webhook_url(self.config)
         self.counters: Tally[str] = Tally()
         self._baselines: dict[tuple[str, str], Baseline | None] = {}  # (model, version) once a build exists
-        self._batch: list[dict] | None = None
+        self._batch: list[Alarm] | None = None
         # This batch's rows, flushed or not (see _cached).
         self._alarms: dict[tuple[str, str, str], DriftAlarm | None] = {}
         self._collecting: dict[tuple[str, str, str], DriftCollecting | None] = {}
@@ -287,24 +287,22 @@ class DriftMonitor:
         )
         self.counters[f"drift_alarms_{change}"] += 1
         self._announce_later(
-            {
-                "schema": ALARM_SCHEMA,
-                "type": "drift_alarm",
-                "event": change,
-                "device": device_id,
-                "model": {"name": name, "version": version},
-                "state": new.state,
-                "metric": self.config.metric,
-                "threshold": self.config.threshold,
-                "score": verdict.score,
-                "feature": verdict.worst,
-                "at": at,
-            }
+            DriftAlarmMessage(
+                event=change,
+                device=device_id,
+                model=ModelRef(name=name, version=version),
+                state=new.state,
+                metric=self.config.metric,
+                threshold=self.config.threshold,
+                score=verdict.score,
+                feature=verdict.worst,
+                at=at,
+            )
         )
 
-    def _announce_later(self, payload: dict) -> None:
+    def _announce_later(self, alarm: Alarm) -> None:
         if self._batch is not None:
-            self._batch.append(payload)
+            self._batch.append(alarm)
 
     # -- the fleet-wide alarm ---------------------------------------------------------------
     def _version_alarms(self, s: Session, name: str, version: str, since: float) -> list[DriftAlarm]:
@@ -349,31 +347,29 @@ class DriftMonitor:
         )
         self.counters[f"drift_fleet_alarms_{change}"] += 1
         self._announce_later(
-            {
-                "schema": ALARM_SCHEMA,
-                "type": "fleet_drift_alarm",
-                "event": change,
-                "model": {"name": name, "version": version},
-                "state": new.state,
-                "devices": len(alarms),
-                "drifting": drifting,
-                "share": round(drifting / len(alarms), 4),
-                "fleet_share": cfg.fleet_share,
-                "metric": cfg.metric,
-                "threshold": cfg.threshold,
-                "at": at,
-            }
+            FleetDriftAlarmMessage(
+                event=change,
+                model=ModelRef(name=name, version=version),
+                state=new.state,
+                devices=len(alarms),
+                drifting=drifting,
+                share=round(drifting / len(alarms), 4),
+                fleet_share=cfg.fleet_share,
+                metric=cfg.metric,
+                threshold=cfg.threshold,
+                at=at,
+            )
         )
 
     # -- announcing -----------------------------------------------------------------------
-    def announce(self, changes: list[dict]) -> None:
-        for payload in changes:
-            data = json.dumps(payload).encode()
+    def announce(self, changes: list[Alarm]) -> None:
+        for alarm in changes:
+            data = json.dumps(alarm.wire()).encode()
             if self.publish is not None:
                 try:
-                    self.publish(alarm_topic(payload), data)
+                    self.publish(alarm_topic(alarm), data)
                 except Exception:  # the broker being away must not lose the stored alarm
-                    log.exception("could not publish a drift alarm on %s", alarm_topic(payload))
+                    log.exception("could not publish a drift alarm on %s", alarm_topic(alarm))
             if self.webhook:
                 threading.Thread(
                     target=post_alarm,

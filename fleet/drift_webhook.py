@@ -1,4 +1,5 @@
-"""The drift webhook: each raised or cleared alarm POSTed as JSON to a URL the operator names
+"""The drift webhook: each raised or cleared alarm POSTed as JSON (the JSON of its contract,
+DriftAlarmMessage or FleetDriftAlarmMessage in edgefleet/contracts/mqtt.py) to a URL the operator names
 (EDGEFLEET_FLEET_DRIFT_WEBHOOK, else the file drift.webhook_url_file; a URL can hold a secret)."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def webhook_url(config: DriftConfig) -> str | None:
 
 
 def post_alarm(url: str, data: bytes, timeout_s: float, counters: Counter[str]) -> None:
-    """One alarm to the webhook; a failure is counted and logged (the alarm is stored and on MQTT)."""
+    """One alarm (its model's wire JSON, as published on MQTT) to the webhook; a failure is counted and logged (the alarm is stored and on MQTT)."""
     try:
         resp = httpx.post(url, content=data, headers={"Content-Type": "application/json"}, timeout=timeout_s)
         resp.raise_for_status()

@@ -1,5 +1,7 @@
 """The model registry: groups, versions with approval states and lineage, builds per target.
 
+Answers are the API's response models (ModelGroupOut, ModelVersionOut in edgefleet/contracts/rest.py).
+
 A model version is `(group, version)`; uploading a signed package adds the build for the
 package's target to the version named by its manifest (name = group). Approval states and
 their allowed changes are SageMaker Model Registry's: PendingManualApproval -> Approved or
@@ -17,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.agent_release import RELEASE_NAME, is_agent_release, unpack_release
+from edgefleet.contracts.rest import BuildOut, Lineage, ModelGroupOut, ModelVersionOut
 from edgefleet.errors import ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, ModelGroup, ModelVersion
@@ -30,34 +33,34 @@ APPROVAL_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-def build_dict(b: Build) -> dict:
-    return {
-        "id": b.id,
-        "target": b.target,
-        "arch": b.arch,
-        "sha256": b.sha256,
-        "size": b.size,
-        "signer": b.signer,
-        "created_at": b.created_at,
-    }
+def build_out(b: Build) -> BuildOut:
+    return BuildOut(
+        id=b.id,
+        target=b.target,
+        arch=b.arch,
+        sha256=b.sha256,
+        size=b.size,
+        signer=b.signer,
+        created_at=b.created_at,
+    )
 
 
-def version_dict(s: Session, v: ModelVersion) -> dict:
+def version_out(s: Session, v: ModelVersion) -> ModelVersionOut:
     group = s.get(ModelGroup, v.group_id)
     builds = s.scalars(select(Build).where(Build.model_version_id == v.id).order_by(Build.target)).all()
-    return {
-        "id": v.id,
-        "group": group.name,
-        "version": v.version,
-        "approval": v.approval,
-        "approval_note": v.approval_note,
-        "lineage": {"source_uri": v.source_uri, "source_sha256": v.source_sha256, "training_job": v.training_job},
-        "builds": [build_dict(b) for b in builds],
-        "created_at": v.created_at,
-    }
+    return ModelVersionOut(
+        id=v.id,
+        group=group.name,
+        version=v.version,
+        approval=v.approval,
+        approval_note=v.approval_note,
+        lineage=Lineage(source_uri=v.source_uri, source_sha256=v.source_sha256, training_job=v.training_job),
+        builds=[build_out(b) for b in builds],
+        created_at=v.created_at,
+    )
 
 
-def upload_package(fleet: Fleet, path: Path) -> dict:
+def upload_package(fleet: Fleet, path: Path) -> ModelVersionOut:
     """Verify `path` (a model package or an agent release) against the fleet's trusted keys, store it, and register its build."""
     if is_agent_release(path):
         return upload_agent_release(fleet, path)
@@ -83,7 +86,7 @@ def agent_target(arch: str) -> str:
     return f"agent-{arch}"
 
 
-def upload_agent_release(fleet: Fleet, path: Path) -> dict:
+def upload_agent_release(fleet: Fleet, path: Path) -> ModelVersionOut:
     """Register an agent release as version VERSION of the group `edgefleet-agent`, one build per architecture.
 
     Its source is the code it ships: builds of one version for several architectures share it.
@@ -112,7 +115,7 @@ def _register(
     signer: str,
     manifest: dict,
     source: tuple,
-) -> dict:
+) -> ModelVersionOut:
     """Store a verified archive and add its build to (name, version), creating them if new."""
     source_uri, source_sha256, training_job = source
     sha = sha256_file(path)
@@ -159,7 +162,7 @@ def _register(
             )
         )
         s.flush()
-        return version_dict(s, version)
+        return version_out(s, version)
 
 
 def get_version_row(s: Session, group: str, version: str) -> ModelVersion:
@@ -173,31 +176,31 @@ def get_version_row(s: Session, group: str, version: str) -> ModelVersion:
     return row
 
 
-def list_groups(fleet: Fleet) -> list[dict]:
+def list_groups(fleet: Fleet) -> list[ModelGroupOut]:
     with fleet.session() as s:
         out = []
         for g in s.scalars(select(ModelGroup).order_by(ModelGroup.name)):
             versions = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
             latest = max((v.version for v in versions), key=parse_version, default=None)
-            out.append({"name": g.name, "description": g.description, "versions": len(versions), "latest": latest})
+            out.append(ModelGroupOut(name=g.name, description=g.description, versions=len(versions), latest=latest))
         return out
 
 
-def list_versions(fleet: Fleet, group: str) -> list[dict]:
+def list_versions(fleet: Fleet, group: str) -> list[ModelVersionOut]:
     with fleet.session() as s:
         g = s.scalar(select(ModelGroup).where(ModelGroup.name == group))
         if g is None:
             raise NotFoundError(f"no model group {group!r}", "upload a package with `edgefleet fleet models upload`")
         rows = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
-        return [version_dict(s, v) for v in sorted(rows, key=lambda v: parse_version(v.version))]
+        return [version_out(s, v) for v in sorted(rows, key=lambda v: parse_version(v.version))]
 
 
-def get_version(fleet: Fleet, group: str, version: str) -> dict:
+def get_version(fleet: Fleet, group: str, version: str) -> ModelVersionOut:
     with fleet.session() as s:
-        return version_dict(s, get_version_row(s, group, version))
+        return version_out(s, get_version_row(s, group, version))
 
 
-def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: str = "") -> dict:
+def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: str = "") -> ModelVersionOut:
     if approval not in APPROVAL_TRANSITIONS:
         raise InvalidTransitionError(
             f"unknown approval state {approval!r}", f"use one of {', '.join(APPROVAL_TRANSITIONS)}"
@@ -211,4 +214,4 @@ def set_approval(fleet: Fleet, group: str, version: str, approval: str, note: st
             )
         row.approval = approval
         row.approval_note = note
-        return version_dict(s, row)
+        return version_out(s, row)

@@ -25,7 +25,16 @@ from sqlalchemy.orm import Session
 
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
 from edgefleet.contracts.mqtt import TERMINAL_STATES, JobUpdate
-from edgefleet.contracts.rest import HealthGate, RolloutPlan, Selection
+from edgefleet.contracts.rest import (
+    DeploymentOut,
+    HealthGate,
+    RolloutDetail,
+    RolloutEventOut,
+    RolloutModel,
+    RolloutOut,
+    RolloutPlan,
+    Selection,
+)
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
@@ -111,7 +120,7 @@ def _check_agent_devices(devices: list[Device]) -> None:
             )
 
 
-def rollout_dict(s: Session, r: Rollout) -> dict:
+def rollout_out(s: Session, r: Rollout) -> RolloutOut:
     v = s.get(ModelVersion, r.model_version_id)
     g = s.get(ModelGroup, v.group_id)
     counts = dict(
@@ -122,21 +131,21 @@ def rollout_dict(s: Session, r: Rollout) -> dict:
         ).all()
     )
     plan = RolloutPlan.model_validate(r.plan)
-    return {
-        "id": r.id,
-        "model": {"group": g.name, "version": v.version},
-        "kind": "agent" if g.name == RELEASE_NAME else "model",
-        "state": r.state,
-        "wave": r.wave,
-        "waves": wave_bounds(plan, len(r.devices)),
-        "devices": len(r.devices),
-        "installs": counts,
-        "reason": r.reason,
-        "selection": r.selection,
-        "plan": r.plan,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    }
+    return RolloutOut(
+        id=r.id,
+        model=RolloutModel(group=g.name, version=v.version),
+        kind="agent" if g.name == RELEASE_NAME else "model",
+        state=r.state,
+        wave=r.wave,
+        waves=wave_bounds(plan, len(r.devices)),
+        devices=len(r.devices),
+        installs=counts,
+        reason=r.reason,
+        selection=Selection.model_validate(r.selection),
+        plan=plan,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )
 
 
 def _select_devices(s: Session, sel: Selection) -> list[Device]:
@@ -158,7 +167,7 @@ def _select_devices(s: Session, sel: Selection) -> list[Device]:
 
 def create_rollout(
     fleet: Fleet, group: str, version: str, selection: Selection | dict[str, Any], plan: RolloutPlan | dict[str, Any]
-) -> dict:
+) -> RolloutOut:
     """Validate and store a rollout (state `created`); the next tick starts its canary."""
     try:
         sel = Selection.model_validate(selection)
@@ -227,7 +236,7 @@ def create_rollout(
                 detail=f"{len(ids)} devices",
             )
         )
-        return rollout_dict(s, r)
+        return rollout_out(s, r)
 
 
 def _load(s: Session, rollout_id: int) -> Rollout:
@@ -237,7 +246,7 @@ def _load(s: Session, rollout_id: int) -> Rollout:
     return r
 
 
-def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> dict:
+def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> RolloutOut:
     """pause | resume | abort, as an operator asks."""
     if action not in ("pause", "resume", "abort"):
         raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume or abort")
@@ -252,54 +261,53 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> dic
                 r.bake_started_at = None
             if action == "abort":
                 _abort_step(fleet, s, r, now, outbox)
-            out = rollout_dict(s, r)
+            out = rollout_out(s, r)
         _flush(fleet, outbox)
     return out
 
 
-def list_rollouts(fleet: Fleet, state: str | None = None) -> list[dict]:
+def list_rollouts(fleet: Fleet, state: str | None = None) -> list[RolloutOut]:
     with fleet.session() as s:
         q = select(Rollout).order_by(Rollout.id)
         if state:
             q = q.where(Rollout.state == state)
-        return [rollout_dict(s, r) for r in s.scalars(q)]
+        return [rollout_out(s, r) for r in s.scalars(q)]
 
 
-def get_rollout(fleet: Fleet, rollout_id: int) -> dict:
+def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
     with fleet.session() as s:
         r = s.get(Rollout, rollout_id)
         if r is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
-        out = rollout_dict(s, r)
-        out["deployments"] = [
-            {
-                "job": d.job_id,
-                "device": d.device_id,
-                "kind": d.kind,
-                "wave": d.wave,
-                "state": d.state,
-                "previous_version": d.previous_version,
-                "detail": d.detail,
-            }
+        deployments = [
+            DeploymentOut(
+                job=d.job_id,
+                device=d.device_id,
+                kind=d.kind,
+                wave=d.wave,
+                state=d.state,
+                previous_version=d.previous_version,
+                detail=d.detail,
+            )
             for d in s.scalars(select(Deployment).where(Deployment.rollout_id == r.id).order_by(Deployment.id))
         ]
-        return out
+        return RolloutDetail(**dict(rollout_out(s, r)), deployments=deployments)
 
 
-def rollout_events(fleet: Fleet, rollout_id: int) -> list[dict]:
+def rollout_events(fleet: Fleet, rollout_id: int) -> list[RolloutEventOut]:
     with fleet.session() as s:
         if s.get(Rollout, rollout_id) is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
         rows = s.scalars(select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id))
         return [
-            {
-                "at": e.at,
-                "event": e.event,
-                "from": e.from_state,
-                "to": e.to_state,
-                "device": e.device_id,
-                "detail": e.detail,
-            }
+            RolloutEventOut(
+                at=e.at,
+                event=e.event,
+                to=e.to_state,
+                device=e.device_id,
+                detail=e.detail,
+                **{"from": e.from_state},  # `from` is a Python keyword: the field is from_, aliased
+            )
             for e in rows
         ]
 

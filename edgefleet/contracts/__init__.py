@@ -1,6 +1,6 @@
 """Every contract between edgefleet components, one versioned pydantic model each.
 
-    mqtt.py     camera <-> fleet MQTT payloads (status, telemetry, alerts, job updates)
+    mqtt.py     camera <-> fleet MQTT payloads (status, telemetry, alerts, job updates), drift alarms
     jobs.py     job documents the fleet sends a camera (model and agent install/rollback)
     journal.py  the camera's update journals and their history lines
     drift.py    drift summaries and the package baseline (compiler -> fleet)
@@ -34,6 +34,8 @@ TOP_LEVEL: list[type[BaseModel]] = [
     mqtt.TelemetryMessage,
     mqtt.AlertMessage,
     mqtt.JobUpdate,
+    mqtt.DriftAlarmMessage,
+    mqtt.FleetDriftAlarmMessage,
     jobs.JobDocument,
     jobs.RollbackAuthorization,
     journal.UpdateJournal,

@@ -28,7 +28,7 @@ class WireMessage(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict that goes on the wire."""
         skip = {name for name in self.OMIT_IF_NONE if getattr(self, name) is None}
-        return self.model_dump(mode="json", exclude=skip)
+        return self.model_dump(mode="json", by_alias=True, exclude=skip)
 
 
 class Document(Strict):

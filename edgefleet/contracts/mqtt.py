@@ -5,6 +5,8 @@
     edgefleet/v1/<device>/alerts               AlertMessage
     edgefleet/v1/<device>/jobs/<job>/update    JobUpdate
     edgefleet/v1/<device>/jobs/notify          edgefleet.contracts.jobs.JobDocument
+    edgefleet/v1/<device>/drift                DriftAlarmMessage (fleet -> subscribers, and the webhook)
+    edgefleet/v1/fleet/drift                   FleetDriftAlarmMessage (idem)
 
 The agent builds these models and sends `wire()`; the fleet parses each message once, where it
 enters (fleet/ingest.py), and works on the model. Counts a device reports are bounded integers:
@@ -57,10 +59,6 @@ class DeviceMessage(WireMessage):
     ts: str | None = None
 
     model_config = WireMessage.model_config | {"populate_by_name": True}
-
-    def wire(self) -> dict[str, Any]:
-        skip = {name for name in self.OMIT_IF_NONE if getattr(self, name) is None}
-        return self.model_dump(mode="json", by_alias=True, exclude=skip)
 
 
 class StatusMessage(DeviceMessage):
@@ -198,3 +196,53 @@ class JobUpdate(DeviceMessage):
     state: UpdateState
     detail: Annotated[str, Field(max_length=100_000)] = ""
     package: ModelRef | None = None
+
+
+# ---- fleet -> subscribers: drift alarms (fleet/drift_service.py; also POSTed to the drift webhook) ----
+
+
+class AlarmMessage(WireMessage):
+    """What both alarms carry first; the fields of each are listed in the order they go on the wire."""
+
+    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
+
+    model_config = WireMessage.model_config | {"populate_by_name": True}
+
+
+Metric = Literal["psi", "js"]
+AlarmEvent = Literal["raised", "cleared"]
+
+
+class DriftAlarmMessage(AlarmMessage):
+    """A device's drift alarm raised or cleared; `state` is the alarm's state after the change."""
+
+    type: Literal["drift_alarm"] = "drift_alarm"
+    event: AlarmEvent
+    device: str
+    model: ModelRef
+    state: str
+    metric: Metric
+    threshold: float
+    score: float
+    feature: str | None  # the feature farthest from the baseline
+    at: float  # the fleet's clock
+
+
+class FleetDriftAlarmMessage(AlarmMessage):
+    """A model version's fleet-wide alarm raised or cleared: `drifting` of its `devices` over the threshold."""
+
+    type: Literal["fleet_drift_alarm"] = "fleet_drift_alarm"
+    event: AlarmEvent
+    model: ModelRef
+    state: str
+    devices: int
+    drifting: int
+    share: float  # drifting / devices, 4 decimals
+    fleet_share: float  # the share that raises the alarm
+    metric: Metric
+    threshold: float
+    at: float
+
+
+# What a subscriber or the webhook receives, told apart by `type`.
+DriftAnnouncement = Annotated[DriftAlarmMessage | FleetDriftAlarmMessage, Field(discriminator="type")]

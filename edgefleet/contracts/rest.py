@@ -6,7 +6,7 @@ contracts (edgefleet/contracts/base.py).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -300,6 +300,135 @@ class Revoked(Response):
     revoked: int
 
 
+# ---- drift and telemetry (fleet/drift_routes.py, docs/drift.md) ---------------------------
+
+
+class ModelName(Response):
+    name: str
+    version: str
+
+
+class DriftConfigOut(Response):
+    """The fleet's [drift] config, as far as readers of alarms need it."""
+
+    metric: str
+    threshold: float
+    windows_to_alarm: int
+    windows_to_clear: int
+    features: list[str]
+    min_frames: int
+    max_age_s: float
+    fleet_share: float
+    fleet_min_devices: int
+
+
+class DriftAlarmOut(Response):
+    device: str
+    model: ModelName
+    state: str
+    score: float | None
+    feature: str | None
+    raised_at: float | None
+    cleared_at: float | None
+    updated_at: float
+
+
+class DriftCollectingOut(Response):
+    """A device's telemetry windows pooled until they hold `target` frames."""
+
+    device: str
+    model: ModelName
+    frames: int
+    target: int
+    messages: int
+    updated_at: float
+
+
+class FleetDriftAlarmOut(Response):
+    model: ModelName
+    state: str
+    devices: int
+    drifting: int
+    share: float | None
+    raised_at: float | None
+    cleared_at: float | None
+    updated_at: float
+
+
+class Distance(Response):
+    psi: float
+    js: float
+
+
+class FleetDriftOut(Response):
+    """A model version across the fleet: the newest window of each device, summed and judged."""
+
+    model: ModelName
+    state: str
+    devices: int
+    frames: int
+    score: float
+    feature: str | None
+    over: bool
+    distances: dict[str, Distance]
+
+
+class DriftOverview(Response):
+    config: DriftConfigOut
+    alarms: list[DriftAlarmOut]
+    collecting: list[DriftCollectingOut]
+    fleet_alarms: list[FleetDriftAlarmOut]
+    fleet: list[FleetDriftOut]
+
+
+class DriftWindowOut(Response):
+    device: str
+    model: ModelName
+    at: float
+    frames: int
+    score: float
+    feature: str | None
+    over: bool
+    state: str  # the alarm's state after this window
+    distances: dict[str, Distance]
+
+
+class DeviceDriftEventOut(Response):
+    at: float
+    scope: Literal["device"]
+    device: str
+    model: ModelName
+    event: str
+    score: float
+    feature: str | None
+
+
+class FleetDriftEventOut(Response):
+    at: float
+    scope: Literal["fleet"]
+    device: None = None
+    model: ModelName
+    event: str
+    devices: int
+    drifting: int
+
+
+# /drift/events lists both, told apart by `scope`.
+DriftEventOut = Annotated[DeviceDriftEventOut | FleetDriftEventOut, Field(discriminator="scope")]
+
+
+class TelemetryPoint(Response):
+    """One telemetry message's health numbers (the model is null for a device running none)."""
+
+    device: str
+    at: float
+    model: DeviceModel
+    frames: int
+    alerts: int
+    confidence_mean: float | None
+    latency_p95_ms: float | None
+
+
 RESPONSES: list[type[Response]] = [
     ErrorBody,
     Health,
@@ -314,4 +443,9 @@ RESPONSES: list[type[Response]] = [
     RolloutEventOut,
     TokenOut,
     Revoked,
+    DriftOverview,
+    DriftWindowOut,
+    DeviceDriftEventOut,
+    FleetDriftEventOut,
+    TelemetryPoint,
 ]

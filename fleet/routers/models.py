@@ -21,27 +21,27 @@ router = APIRouter(prefix="/api/v1")
 
 
 @router.get("/models", dependencies=[READ], response_model=list[ModelGroupOut])
-def list_models(fleet: FleetDep) -> list[dict]:
+def list_models(fleet: FleetDep) -> list[ModelGroupOut]:
     return registry.list_groups(fleet)
 
 
 @router.get("/models/{group}/versions", dependencies=[READ], response_model=list[ModelVersionOut])
-def list_versions(fleet: FleetDep, group: str) -> list[dict]:
+def list_versions(fleet: FleetDep, group: str) -> list[ModelVersionOut]:
     return registry.list_versions(fleet, group)
 
 
 @router.get("/models/{group}/versions/{version}", dependencies=[READ], response_model=ModelVersionOut)
-def get_version(fleet: FleetDep, group: str, version: str) -> dict:
+def get_version(fleet: FleetDep, group: str, version: str) -> ModelVersionOut:
     return registry.get_version(fleet, group, version)
 
 
 @router.post("/models/{group}/versions/{version}/approval", dependencies=[ADMIN], response_model=ModelVersionOut)
-def approve(fleet: FleetDep, group: str, version: str, body: ApprovalBody) -> dict:
+def approve(fleet: FleetDep, group: str, version: str, body: ApprovalBody) -> ModelVersionOut:
     return registry.set_approval(fleet, group, version, body.state, body.note)
 
 
 @router.post("/packages", dependencies=[OPERATOR], status_code=201, response_model=ModelVersionOut)
-async def upload(fleet: FleetDep, request: Request) -> dict:
+async def upload(fleet: FleetDep, request: Request) -> ModelVersionOut:
     """Upload a signed package (.tar.gz) as the raw request body."""
     fd, tmp = tempfile.mkstemp(prefix="edgefleet-upload-", suffix=".tar.gz")
     try:
@@ -63,7 +63,10 @@ async def upload(fleet: FleetDep, request: Request) -> dict:
     "/builds/{build_id}/download",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {}}, "description": "the package"},
+        200: {
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the package",
+        },
         307: {"description": "to the object store"},
     },
 )

@@ -12,26 +12,26 @@ router = APIRouter(prefix="/api/v1/rollouts")
 
 
 @router.get("", dependencies=[READ], response_model=list[RolloutOut])
-def list_rollouts(fleet: FleetDep, state: str | None = None) -> list[dict]:
+def list_rollouts(fleet: FleetDep, state: str | None = None) -> list[RolloutOut]:
     return rollouts.list_rollouts(fleet, state)
 
 
 @router.post("", dependencies=[OPERATOR], status_code=201, response_model=RolloutOut)
-def create_rollout(fleet: FleetDep, body: RolloutBody) -> dict:
+def create_rollout(fleet: FleetDep, body: RolloutBody) -> RolloutOut:
     return rollouts.create_rollout(fleet, body.group, body.version, body.selection, body.plan)
 
 
 @router.get("/{rollout_id}", dependencies=[READ], response_model=RolloutDetail)
-def get_rollout(fleet: FleetDep, rollout_id: Id) -> dict:
+def get_rollout(fleet: FleetDep, rollout_id: Id) -> RolloutDetail:
     return rollouts.get_rollout(fleet, rollout_id)
 
 
 @router.get("/{rollout_id}/events", dependencies=[READ], response_model=list[RolloutEventOut])
-def get_events(fleet: FleetDep, rollout_id: Id) -> list[dict]:
+def get_events(fleet: FleetDep, rollout_id: Id) -> list[RolloutEventOut]:
     return rollouts.rollout_events(fleet, rollout_id)
 
 
 @router.post("/{rollout_id}/{action}", dependencies=[OPERATOR], response_model=RolloutOut)
-def control(fleet: FleetDep, rollout_id: Id, action: str, body: ControlBody | None = None) -> dict:
+def control(fleet: FleetDep, rollout_id: Id, action: str, body: ControlBody | None = None) -> RolloutOut:
     """pause | resume | abort (another action is a 400 naming these)."""
     return rollouts.control(fleet, rollout_id, action, body.reason if body else "")

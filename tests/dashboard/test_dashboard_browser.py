@@ -165,15 +165,15 @@ def test_actions_follow_the_token_scope_approve_and_pause_a_rollout(browser, liv
     # A rollout starts; the page shows its wave, and pauses it.
     rollout = rollouts.create_rollout(fleet, "brightness", "1", {"group": "lobby"}, {"canary": 1, "waves": [100]})
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, rollout["id"])["state"] == "deploying"
-    row = f'#rollouts tr[data-rollout="{rollout["id"]}"]'
+    assert rollouts.get_rollout(fleet, rollout.id).state == "deploying"
+    row = f'#rollouts tr[data-rollout="{rollout.id}"]'
     wait_for(lambda: browser.find_element("css selector", row + " .state").text == "deploying", what="rollout shown")
     assert browser.find_element("css selector", row + " .wave").text.startswith("1 / 2")
     browser.find_element("css selector", row + ' button[data-action="pause"]').click()
-    wait_for(lambda: rollouts.get_rollout(fleet, rollout["id"])["state"] == "paused", what="rollout paused")
+    wait_for(lambda: rollouts.get_rollout(fleet, rollout.id).state == "paused", what="rollout paused")
     wait_for(lambda: browser.find_element("css selector", row + " .state").text == "paused", what="page shows paused")
-    events = rollouts.rollout_events(fleet, rollout["id"])
-    assert events[-1]["event"] == "pause" and events[-1]["detail"] == "from the dashboard"
+    events = rollouts.rollout_events(fleet, rollout.id)
+    assert events[-1].event == "pause" and events[-1].detail == "from the dashboard"
     # The one console error is the network log of the operator's refused (403) approval.
     errors = severe_console_entries(browser)
     assert (

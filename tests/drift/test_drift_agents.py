@@ -153,12 +153,12 @@ def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(
         before = len(drift_windows(fleet))
         phase("fault", lambda: alarm_state(fleet) == "alarm", 8)
         windows = drift_windows(fleet)
-        raised_at = next(i for i, w in enumerate(windows) if w["state"] == "alarm")
+        raised_at = next(i for i, w in enumerate(windows) if w.state == "alarm")
         # Raised on the K-th consecutive window over the threshold, within the first K fault windows.
         assert (
             raised_at >= before
             and raised_at - before < 2
-            and all(w["over"] for w in windows[raised_at - 1 : raised_at + 1])
+            and all(w.over for w in windows[raised_at - 1 : raised_at + 1])
         )
         raised = json.loads(wait_until_message(alarms, "raised"))
         assert (
@@ -207,12 +207,12 @@ def test_a_camera_with_fewer_frames_per_message_than_a_window_still_gets_windows
             time.sleep(0.125)
         windows, sizes = drift_windows(fleet), [n for n in frames_per_message(fleet) if n]
         assert len(windows) >= 3, (sizes, windows)
-        assert all(w["frames"] >= 24 for w in windows)
+        assert all(w.frames >= 24 for w in windows)
         # Most messages are far below a window (a loaded machine may bunch a few frames together).
         assert sorted(sizes)[len(sizes) // 2] < 12, sizes
-        assert sum(w["frames"] for w in windows) <= frames_seen(fleet)
-        pools = drift_overview(fleet, fleet.ingest.drift)["collecting"]
-        assert all(0 < p["frames"] < p["target"] == 24 for p in pools)
+        assert sum(w.frames for w in windows) <= frames_seen(fleet)
+        pools = drift_overview(fleet, fleet.ingest.drift).collecting
+        assert all(0 < p.frames < p.target == 24 for p in pools)
     finally:
         cam.stop()
 
@@ -244,11 +244,11 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
                 break
         ours, theirs = drift_windows(fleet, "cam-1"), drift_windows(fleet, "cam-2")
         assert len(ours) >= 20 and alarm_state(fleet, "cam-2") == "alarm"
-        assert not any(w["over"] for w in ours), [w["score"] for w in ours]
-        raised = [e["device"] for e in drift_events(fleet) if e["event"] == "raised" and e["scope"] == "device"]
+        assert not any(w.over for w in ours), [w.score for w in ours]
+        raised = [e.device for e in drift_events(fleet) if e.event == "raised" and e.scope == "device"]
         assert raised == ["cam-2"]
         # Raised on cam-2's 2nd window (windows_to_alarm), each one far over the threshold.
-        assert [w["state"] for w in theirs][:2] == ["pending", "alarm"] and min(w["score"] for w in theirs) > 1
+        assert [w.state for w in theirs][:2] == ["pending", "alarm"] and min(w.score for w in theirs) > 1
         # Half the devices of brightness 1 drift: the fleet-wide alarm is raised too (fleet_share 0.5).
         wait_until(lambda: any(json.loads(m.payload)["event"] == "raised" for m in whole.messages), timeout=15)
         first = json.loads(whole.messages[0].payload)

@@ -10,6 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from drift_support import LiveServer, WebhookReceiver, telemetry_windows
+from pydantic import TypeAdapter
+
+from edgefleet.contracts.mqtt import DriftAlarmMessage, DriftAnnouncement
 from edgefleet.fleet.drift import DriftConfig
 
 
@@ -81,7 +84,10 @@ def test_dark_frames_raise_an_alarm_after_k_windows_and_recovery_clears_it(drift
     deadline = time.monotonic() + 10
     while len(drift_fleet.hook.bodies) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sorted(b["event"] for b in drift_fleet.hook.bodies) == ["cleared", "raised"]
+    # The webhook gets the JSON published on MQTT, and both parse as the alarm contract.
+    assert sorted(drift_fleet.hook.bodies, key=str) == sorted((p for _, p in published), key=str)
+    alarms = [TypeAdapter(DriftAnnouncement).validate_python(p) for _, p in published]
+    assert [(type(a), a.event) for a in alarms] == [(DriftAlarmMessage, "raised"), (DriftAlarmMessage, "cleared")]
 
     client = TestClient(create_app(drift_fleet, ingest))
     client.headers["Authorization"] = "Bearer " + create_token(drift_fleet, "viewer", "read-only")
@@ -108,16 +114,12 @@ def test_blurred_frames_drift_on_contrast_and_devices_are_judged_apart(drift_fle
     from edgefleet.fleet.drift_routes import drift_overview
 
     overview = drift_overview(drift_fleet, ingest.drift)
-    alarms = {a["device"]: a for a in overview["alarms"]}
-    assert (
-        alarms["cam-2"]["state"] == "alarm"
-        and alarms["cam-2"]["feature"] == "contrast"
-        and alarms["cam-1"]["state"] == "ok"
-    )
+    alarms = {a.device: a for a in overview.alarms}
+    assert alarms["cam-2"].state == "alarm" and alarms["cam-2"].feature == "contrast" and alarms["cam-1"].state == "ok"
     # The fleet as a whole: the newest window of each device, summed: half the frames are blurred.
-    (whole,) = overview["fleet"]
-    assert whole["model"] == {"name": "brightness", "version": "1"} and whole["devices"] == 2 and whole["frames"] == 240
-    assert whole["over"] and whole["feature"] == "contrast" and whole["score"] < alarms["cam-2"]["score"]
+    (whole,) = overview.fleet
+    assert (whole.model.name, whole.model.version, whole.devices, whole.frames) == ("brightness", "1", 2, 240)
+    assert whole.over and whole.feature == "contrast" and whole.score < alarms["cam-2"].score
 
 
 def test_bad_or_thin_summaries_are_counted_not_fatal(drift_fleet, baseline_package) -> None:

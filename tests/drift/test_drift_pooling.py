@@ -8,6 +8,10 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
+
+from edgefleet.contracts.mqtt import DriftAnnouncement, FleetDriftAlarmMessage
+from edgefleet.contracts.rest import DriftOverview
 
 from test_drift_fleet import drift_fleet, feed, windows  # noqa: F401  (drift_fleet is a fixture)
 
@@ -19,7 +23,7 @@ def with_ts(body: dict, at: float) -> dict:
     return {**body, "ts": datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")}
 
 
-def overview(fleet, ingest) -> dict:
+def overview(fleet, ingest) -> DriftOverview:
     from edgefleet.fleet.drift_routes import drift_overview
 
     return drift_overview(fleet, ingest.drift)
@@ -64,11 +68,11 @@ def test_frames_older_than_max_age_are_dropped_not_mixed_with_the_present(drift_
     normal = windows(baseline_package, "normal", 2, frames=60, seed=24)
     # 80 dark frames in the evening; the camera then sends nothing for longer than max_age_s.
     feed(drift_fleet, ingest, "cam-1", [with_ts(b, t0 + i) for i, b in enumerate(dark)])
-    assert [c["frames"] for c in overview(drift_fleet, ingest)["collecting"]] == [80]
+    assert [c.frames for c in overview(drift_fleet, ingest).collecting] == [80]
     # The next morning's 60 frames start a new pool instead of completing the old one.
     states = feed(drift_fleet, ingest, "cam-1", [with_ts(normal[0], t0 + age + 10)])
     assert states == [None] and ingest.stats()["drift_window_expired"] == 1
-    assert [c["frames"] for c in overview(drift_fleet, ingest)["collecting"]] == [60]
+    assert [c.frames for c in overview(drift_fleet, ingest).collecting] == [60]
     assert feed(drift_fleet, ingest, "cam-1", [with_ts(normal[1], t0 + age + 20)]) == ["ok"]
 
 
@@ -92,13 +96,13 @@ def test_fleet_wide_alarm_follows_the_share_of_drifting_devices(drift_fleet, bas
         for i in range(n):
             for j, dev in enumerate(("cam-1", "cam-2", "cam-3")):
                 feed(drift_fleet, ingest, dev, [dark[i % 3] if dev in dark_devices else normal[(i + j) % 6]])
-            (alarm,) = overview(drift_fleet, ingest)["fleet_alarms"]
-            states.append(alarm["state"])
+            (alarm,) = overview(drift_fleet, ingest).fleet_alarms
+            states.append(alarm.state)
         return states
 
     # One camera of three goes dark: its own alarm is raised, the fleet's is not (1/3 < 0.5).
     assert rounds({"cam-1"}, 3) == ["ok", "ok", "ok"]
-    assert {a["device"]: a["state"] for a in overview(drift_fleet, ingest)["alarms"]}["cam-1"] == "alarm"
+    assert {a.device: a.state for a in overview(drift_fleet, ingest).alarms}["cam-1"] == "alarm"
     assert [p["type"] for _, p in published] == ["drift_alarm"]
     # A second one: 2/3 drifting from cam-2's dark window on, so over on every judged window after
     # it; raised on the 3rd such window (cam-2, cam-3, then cam-1 in the next round).
@@ -106,8 +110,9 @@ def test_fleet_wide_alarm_follows_the_share_of_drifting_devices(drift_fleet, bas
     raised = [p for t, p in published if t == FLEET_TOPIC]
     assert [(p["event"], p["state"], p["devices"], p["drifting"]) for p in raised] == [("raised", "alarm", 3, 2)]
     assert raised[0]["model"] == {"name": "brightness", "version": "1"} and raised[0]["share"] == pytest.approx(0.6667)
+    assert isinstance(TypeAdapter(DriftAnnouncement).validate_python(raised[0]), FleetDriftAlarmMessage)
     view = overview(drift_fleet, ingest)
-    assert view["fleet"][0]["state"] == "alarm" and view["config"]["fleet_share"] == 0.5
+    assert view.fleet[0].state == "alarm" and view.config.fleet_share == 0.5
     # Recovery: two judged windows under the share clear it, by the same transition table.
     assert rounds(set(), 1) == ["ok"]
     fleet_events = [(p["event"], p["drifting"]) for t, p in published if t == FLEET_TOPIC]
@@ -124,7 +129,7 @@ def test_a_single_device_has_no_fleet_wide_alarm_of_its_own(drift_fleet, baselin
 
     ingest = Ingest(drift_fleet)
     assert feed(drift_fleet, ingest, "cam-1", windows(baseline_package, "dark", 3, seed=27))[-1] == "alarm"
-    assert overview(drift_fleet, ingest)["fleet_alarms"] == []  # fleet_min_devices = 2
+    assert overview(drift_fleet, ingest).fleet_alarms == []  # fleet_min_devices = 2
 
 
 def test_a_window_on_other_bin_edges_is_refused_before_it_is_pooled(drift_fleet, baseline_package) -> None:
@@ -135,4 +140,4 @@ def test_a_window_on_other_bin_edges_is_refused_before_it_is_pooled(drift_fleet,
     hist = thin["drift"]["brightness"]
     other = {**thin, "drift": {**thin["drift"], "brightness": {**hist, "edges": [e * 2 for e in hist["edges"]]}}}
     assert feed(drift_fleet, ingest, "cam-1", [other]) == [None]
-    assert ingest.stats()["drift_malformed"] == 1 and overview(drift_fleet, ingest)["collecting"] == []
+    assert ingest.stats()["drift_malformed"] == 1 and overview(drift_fleet, ingest).collecting == []

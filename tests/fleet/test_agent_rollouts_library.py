@@ -71,12 +71,12 @@ def fleet_with_cameras(fleet, releases, cameras: dict[str, tuple]) -> None:
 def test_releases_register_one_build_per_architecture_of_the_same_code(fleet, releases):
     registry.upload_package(fleet, releases["x86"])
     version = registry.upload_package(fleet, releases["arm"])
-    assert (version["group"], version["version"]) == ("edgefleet-agent", "9.1")
-    assert [(b["target"], b["arch"]) for b in version["builds"]] == [
+    assert (version.group, version.version) == ("edgefleet-agent", "9.1")
+    assert [(b.target, b.arch) for b in version.builds] == [
         ("agent-aarch64", "aarch64"),
         ("agent-x86_64", "x86_64"),
     ]
-    assert version["approval"] == "PendingManualApproval"
+    assert version.approval == "PendingManualApproval"
     with pytest.raises(ConflictError, match="registered from another source"):
         registry.upload_package(fleet, releases["arm-other"])
 
@@ -93,7 +93,7 @@ def test_rollouts_refuse_cameras_that_cannot_take_the_release(fleet, releases, c
     fleet_with_cameras(fleet, releases, {"cam-a": ("0.2.0", "x86_64"), "cam-old": camera})
     with pytest.raises(ConflictError, match=error.replace("(", r"\(").replace(")", r"\)")):
         rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"group": "lobby"}, {})
-    assert rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"devices": ["cam-a"]}, {})["kind"] == "agent"
+    assert rollouts.create_rollout(fleet, "edgefleet-agent", "9.1", {"devices": ["cam-a"]}, {}).kind == "agent"
 
 
 def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_the_new_agents_telemetry(
@@ -117,7 +117,7 @@ def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_t
     fleet.clock.advance(6)
     telemetry(fleet, "cam-a")
     rollouts.tick(fleet)
-    events = [e["detail"] for e in rollouts.rollout_events(fleet, r["id"]) if e["event"] == "health_gate_waiting"]
+    events = [e.detail for e in rollouts.rollout_events(fleet, r.id) if e.event == "health_gate_waiting"]
     assert events == ["waiting for telemetry from the new agent: cam-a 1/2"]
     telemetry(fleet, "cam-a")
     rollouts.tick(fleet)
@@ -131,8 +131,8 @@ def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_t
         telemetry(fleet, device)
         telemetry(fleet, device)
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "succeeded" and "agent 9.1 online with telemetry on 2 devices" in out["reason"]
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "succeeded" and "agent 9.1 online with telemetry on 2 devices" in out.reason
     assert {d["id"]: d["agent"]["version"] for d in devices.list_devices(fleet)} == {"cam-a": "9.1", "cam-b": "9.1"}
 
 
@@ -148,8 +148,8 @@ def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_t
     offline(fleet, device)
     fleet.clock.advance(6)
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and out["reason"] == f"agent health: {device} is offline on agent 9.1"
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and out.reason == f"agent health: {device} is offline on agent 9.1"
     (_, rollback) = fleet.sent[-1]
     # Back to 0.2.0, the installed agent, which the fleet never held: no download, a signed authorization.
     assert rollback["kind"] == "agent_rollback" and rollback["package"] == {
@@ -162,5 +162,5 @@ def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_t
     )
     answer(fleet, device, rollback, INSTALL)
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, r["id"])["state"] == "aborted"
+    assert rollouts.get_rollout(fleet, r.id).state == "aborted"
     assert devices.get_device(fleet, device)["agent"]["version"] == "0.2.0"

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edgefleet.contracts.rest import RolloutOut
 from edgefleet.errors import (
     BadInputError,
     ConflictError,
@@ -50,8 +51,8 @@ def register(fleet, n: int, group: str = "lobby", version: str = "1") -> list[st
 def upload_approved(fleet, *packages) -> None:
     for p in packages:
         v = registry.upload_package(fleet, p)
-        if v["approval"] != "Approved":
-            registry.set_approval(fleet, v["group"], v["version"], "Approved")
+        if v.approval != "Approved":
+            registry.set_approval(fleet, v.group, v.version, "Approved")
 
 
 def answer(fleet, device: str, payload: dict, states: list[str]) -> None:
@@ -107,17 +108,17 @@ def test_bad_plans_are_refused_with_a_reason(fleet, tiny_packages, plan):
 
 def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp_path):
     v = registry.upload_package(fleet, tiny_packages["v1"])
-    assert (v["group"], v["version"], v["approval"]) == ("tiny", "1", "PendingManualApproval")
-    assert [b["target"] for b in v["builds"]] == ["x86_64"] and v["lineage"]["source_uri"].endswith("tiny-good.onnx")
+    assert (v.group, v.version, v.approval) == ("tiny", "1", "PendingManualApproval")
+    assert [b.target for b in v.builds] == ["x86_64"] and v.lineage.source_uri.endswith("tiny-good.onnx")
     with pytest.raises(ConflictError, match="already has a build"):
         registry.upload_package(fleet, tiny_packages["v1"])
     with pytest.raises(InvalidTransitionError):
         registry.set_approval(fleet, "tiny", "1", "Pending")
-    assert registry.set_approval(fleet, "tiny", "1", "Rejected")["approval"] == "Rejected"
+    assert registry.set_approval(fleet, "tiny", "1", "Rejected").approval == "Rejected"
     with pytest.raises(ConflictError, match="not Approved"):
         register(fleet, 1)
         rollouts.create_rollout(fleet, "tiny", "1", {"group": "lobby"}, {})
-    assert registry.set_approval(fleet, "tiny", "1", "Approved")["approval"] == "Approved"
+    assert registry.set_approval(fleet, "tiny", "1", "Approved").approval == "Approved"
     # A package altered after signing is refused and nothing is registered.
     work = tmp_path / "t"
     with tarfile.open(tiny_packages["v3"]) as tar:
@@ -131,7 +132,7 @@ def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp
             tar.add(f, arcname=f.name)
     with pytest.raises(PackageIntegrityError, match="signature"):
         registry.upload_package(fleet, bad)
-    assert [r["version"] for r in registry.list_versions(fleet, "tiny")] == ["1"]
+    assert [r.version for r in registry.list_versions(fleet, "tiny")] == ["1"]
 
 
 def test_rollout_succeeds_across_waves(fleet, tiny_packages):
@@ -140,7 +141,7 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     r = rollouts.create_rollout(
         fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "waves": [60, 100], "bake_time_s": 30}
     )
-    assert r["waves"] == [1, 3, 5]
+    assert r.waves == [1, 3, 5]
     for wave_devices in (ids[:1], ids[1:3], ids[3:]):
         start = len(fleet.sent)
         rollouts.tick(fleet)
@@ -150,17 +151,17 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
             assert job["kind"] == "install" and job["package"]["version"] == "2" and "rollback_authorization" not in job
             answer(fleet, dev, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
         rollouts.tick(fleet)
-        assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+        assert rollouts.get_rollout(fleet, r.id).state == "baking"
         for dev in wave_devices:
             telemetry(fleet, dev, "2")
         fleet.clock.advance(10)
         rollouts.tick(fleet)
-        assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"  # bake time not over
+        assert rollouts.get_rollout(fleet, r.id).state == "baking"  # bake time not over
         fleet.clock.advance(25)
     rollouts.tick(fleet)
-    final = rollouts.get_rollout(fleet, r["id"])
-    assert final["state"] == "succeeded" and final["installs"] == {"committed": 5}
-    events = [(e["event"], e["to"]) for e in rollouts.rollout_events(fleet, r["id"]) if e["device"] is None]
+    final = rollouts.get_rollout(fleet, r.id)
+    assert final.state == "succeeded" and final.installs == {"committed": 5}
+    events = [(e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
     assert events == [
         ("create", "created"),
         ("start", "deploying"),
@@ -191,8 +192,8 @@ def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_p
     )
     start = len(fleet.sent)
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and "1 of 2 devices failed" in out["reason"]
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and "1 of 2 devices failed" in out.reason
     rb = jobs_since(fleet, start)
     # Only the device that is on the new model needs a rollback; the other undid it itself.
     assert [d for d, _ in rb] == [d0]
@@ -202,11 +203,11 @@ def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_p
     assert (auth["device"], auth["job"], auth["version"]) == (d0, job["job"], "1")
     answer(fleet, d0, job, ["downloading", "verifying", "staged", "switching", "probation", "committed"])
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborted"
-    assert {d["job"]: d["state"] for d in out["deployments"]}[job["job"]] == "committed"
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborted"
+    assert {d.job: d.state for d in out.deployments}[job["job"]] == "committed"
     assert {d["id"]: d["model"]["version"] for d in devices.list_devices(fleet)} == dict.fromkeys(ids, "1")
-    assert len([d for d in out["deployments"] if d["kind"] == "install"]) == 2  # the rest were never touched
+    assert len([d for d in out.deployments if d.kind == "install"]) == 2  # the rest were never touched
 
 
 def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, tiny_packages):
@@ -228,16 +229,14 @@ def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, t
     fleet.clock.advance(61)
     rollouts.tick(fleet)
     assert (
-        "waiting for telemetry" in rollouts.rollout_events(fleet, r["id"])[-1]["detail"]
-        or rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+        "waiting for telemetry" in rollouts.rollout_events(fleet, r.id)[-1].detail
+        or rollouts.get_rollout(fleet, r.id).state == "baking"
     )
     telemetry(fleet, dev, "2", conf_bin=3, alerts=5)  # installs fine, but unsure of everything
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and "mean confidence 0.350 vs 0.950" in out["reason"]
-    assert (
-        fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out["deployments"] if d["kind"] == "install"]) == 1
-    )
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and "mean confidence 0.350 vs 0.950" in out.reason
+    assert fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out.deployments if d.kind == "install"]) == 1
 
 
 def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_packages):
@@ -253,15 +252,15 @@ def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_package
     telemetry(fleet, dev, "2", p95=14.0)  # 1.4x: inside the default 1.5x + 5 ms
     fleet.clock.advance(6)
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, r["id"])["state"] == "deploying"
+    assert rollouts.get_rollout(fleet, r.id).state == "deploying"
     dev2, job2 = fleet.sent[1]
     answer(fleet, dev2, job2, ["committed"])
     rollouts.tick(fleet)
     telemetry(fleet, dev2, "2", p95=60.0)  # now p95 averages 37 ms against 10 ms
     fleet.clock.advance(6)
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and "p95 latency" in out["reason"]
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and "p95 latency" in out.reason
 
 
 def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
@@ -270,28 +269,28 @@ def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
     r = rollouts.create_rollout(
         fleet, "tiny", "2", {"group": "lobby", "tags": ["door"]}, {"canary": 1, "waves": [100], "wave_timeout_s": 100}
     )
-    assert r["devices"] == 2  # cam-00 and cam-02 carry the tag
+    assert r.devices == 2  # cam-00 and cam-02 carry the tag
     with pytest.raises(ConflictError, match="already in an active rollout"):
         rollouts.create_rollout(fleet, "tiny", "2", {"devices": ["cam-00"]}, {})
-    assert rollouts.control(fleet, r["id"], "pause")["state"] == "paused"
+    assert rollouts.control(fleet, r.id, "pause").state == "paused"
     rollouts.tick(fleet)
     assert fleet.sent == []  # paused: nothing goes out
     with pytest.raises(InvalidTransitionError):
-        rollouts.control(fleet, r["id"], "pause")
-    assert rollouts.control(fleet, r["id"], "resume")["state"] == "deploying"
+        rollouts.control(fleet, r.id, "pause")
+    assert rollouts.control(fleet, r.id, "resume").state == "deploying"
     rollouts.tick(fleet)
     assert [d for d, _ in fleet.sent] == ["cam-00"]
     fleet.clock.advance(101)  # the canary never answers
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and "after 100 s" in out["reason"]
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and "after 100 s" in out.reason
     assert fleet.sent[-1][1]["kind"] == "rollback"
     with pytest.raises(InvalidTransitionError):
-        rollouts.control(fleet, r["id"], "resume")
+        rollouts.control(fleet, r.id, "resume")
     answer(fleet, "cam-00", fleet.sent[-1][1], ["committed"])
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, r["id"])["state"] == "aborted"
-    history = [(e["from"], e["event"], e["to"]) for e in rollouts.rollout_events(fleet, r["id"]) if e["device"] is None]
+    assert rollouts.get_rollout(fleet, r.id).state == "aborted"
+    history = [(e.from_, e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
     assert ("paused", "resume", "deploying") in history and history[-1] == ("aborting", "rolled_back", "aborted")
 
 
@@ -370,7 +369,7 @@ def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
         assert s.query(Telemetry).count() == 0
 
 
-def _canary_committed(fleet, tiny_packages, plan: dict) -> tuple[dict, str]:
+def _canary_committed(fleet, tiny_packages, plan: dict) -> tuple[RolloutOut, str]:
     """Two devices on v1 with 20 frames of telemetry each, a v2 rollout whose canary has committed."""
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     ids = register(fleet, 2)
@@ -390,17 +389,17 @@ def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frame
     telemetry(fleet, canary, "2", frames=20, alerts=6)
     fleet.clock.advance(6)
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
-    last = rollouts.rollout_events(fleet, r["id"])[-1]
-    assert last["event"] == "health_gate_waiting"
-    assert "alert rate 20 of 100 frames on the new model, 40 of 100 frames before" in last["detail"]
+    assert rollouts.get_rollout(fleet, r.id).state == "baking"
+    last = rollouts.rollout_events(fleet, r.id)[-1]
+    assert last.event == "health_gate_waiting"
+    assert "alert rate 20 of 100 frames on the new model, 40 of 100 frames before" in last.detail
     # The device still on v1 adds evidence from the old model while the gate waits.
     telemetry(fleet, "cam-01", "1", frames=80, alerts=24)  # old: 24 alerts in 120 frames = 0.2
     telemetry(fleet, canary, "2", frames=80, alerts=18)  # new: 24 in 100 = 0.24 <= 0.2 * 1.5 + 0.02
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "deploying", rollouts.rollout_events(fleet, r["id"])[-1]
-    assert rollouts.rollout_events(fleet, r["id"])[-2]["detail"] == "model health within bounds (2 samples)"
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "deploying", rollouts.rollout_events(fleet, r.id)[-1]
+    assert rollouts.rollout_events(fleet, r.id)[-2].detail == "model health within bounds (2 samples)"
 
 
 def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(fleet, tiny_packages):
@@ -409,11 +408,11 @@ def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(flee
     telemetry(fleet, canary, "2", frames=20, alerts=6)
     fleet.clock.advance(100)
     rollouts.tick(fleet)
-    assert rollouts.get_rollout(fleet, r["id"])["state"] == "baking"
+    assert rollouts.get_rollout(fleet, r.id).state == "baking"
     fleet.clock.advance(6)
     rollouts.tick(fleet)
-    out = rollouts.get_rollout(fleet, r["id"])
-    assert out["state"] == "aborting" and out["reason"].startswith("not enough evidence: alert rate 20 of 100 frames")
+    out = rollouts.get_rollout(fleet, r.id)
+    assert out.state == "aborting" and out.reason.startswith("not enough evidence: alert rate 20 of 100 frames")
 
 
 def test_the_fleets_own_identity_cannot_be_a_device(fleet):

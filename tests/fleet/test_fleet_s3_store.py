@@ -45,9 +45,9 @@ def test_s3_store_upload_and_ranged_download_via_presigned_url_fake_s3(
     )
     v = registry.upload_package(fleet, tiny_packages["v1"])
     key = boto3.client("s3").list_objects_v2(Bucket="models")["Contents"][0]["Key"]
-    assert key.startswith("edge/tiny/1/x86_64-") and v["builds"][0]["size"] == tiny_packages["v1"].stat().st_size
+    assert key.startswith("edge/tiny/1/x86_64-") and v.builds[0].size == tiny_packages["v1"].stat().st_size
     with fleet.session() as s:
-        build = s.get(Build, v["builds"][0]["id"])
+        build = s.get(Build, v.builds[0].id)
     url = fleet.download_url(build.id, build.store_key)
     assert url.startswith("http://127.0.0.1:") and "Signature" in url
     data = tiny_packages["v1"].read_bytes()
