@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
 from edgefleet.cli import console, print_json, table, trusted_keys_option
+from edgefleet.logs import LOG_FORMATS, setup_logging
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
@@ -150,18 +150,33 @@ def install_command(
     help="On stop, seconds to wait for the broker to ack stored messages.",
 )
 @click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log records written to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as plain text or one JSON object per line [default: the config's log.format, else text].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when stopped.")
-def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -> None:
-    """Run the agent until SIGTERM/SIGINT. Maps to edgefleet.agent.run.run_agent."""
+def run_command(config_path, max_frames, idle_exit, drain, log_level, log_format, as_json) -> None:
+    """Run the agent until SIGTERM/SIGINT.
+
+    \b
+    Examples:
+      edgefleet agent run                                  # /etc/edgefleet/agent.toml
+      edgefleet agent run --config agent.toml --log-format json
+      edgefleet agent run --config agent.toml --max-frames 100 --json
+    """
     from edgefleet.agent.config import load_config
     from edgefleet.agent.run import RunOptions, run_agent
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_agent(
-        load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain)
-    )
+    config = load_config(config_path)
+    setup_logging(log_level, log_format or config.log.format)
+    summary = run_agent(config, RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain))
     if as_json:
         print_json(
             {"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox, "restart": summary.restart}
@@ -189,8 +204,9 @@ def launch_command(config_path, run_args) -> None:
     from edgefleet.agent.config import load_config
     from edgefleet.agent.launcher import launch
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(config_path, Path(load_config(config_path).state_dir), list(run_args))
+    config = load_config(config_path)
+    setup_logging("info", config.log.format)
+    launch(config_path, Path(config.state_dir), list(run_args))
 
 
 @agent.group("release")
