@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from edgefleet.fleet import drift_service
+from edgefleet.fleet import drift_service, metrics
 from edgefleet.fleet.body_limit import BodyLimit
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.dashboard import mount_dashboard
 from edgefleet.fleet.ingest import Ingest
-from edgefleet.fleet.routers import devices, errors, models, rollouts, service, tokens
+from edgefleet.fleet.routers import devices, errors, models, prometheus, rollouts, service, tokens
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
@@ -27,9 +27,12 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
         responses=errors.RESPONSES,
     )
     app.state.fleet, app.state.ingest = fleet, ingest  # for the dependencies in fleet/routers/deps.py
+    # GET /metrics (fleet/routers/prometheus.py); a bad metrics_token_file fails here, at start.
+    app.state.metrics_registry = metrics.registry(fleet)
+    app.state.metrics_token = metrics.metrics_token(fleet.config.metrics_token_file)
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
-    for router in (service, models, devices, rollouts, tokens):
+    for router in (service, models, devices, rollouts, tokens, prometheus):
         app.include_router(router.router)
     drift_service.add_routes(
         app, fleet, ingest.drift if ingest else None

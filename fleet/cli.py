@@ -14,6 +14,7 @@ import click
 from pydantic_core import to_jsonable_python
 
 from edgefleet.cli import print_json as print_plain_json, table
+from edgefleet.logs import LOG_FORMATS
 from edgefleet.contracts.rest import (
     DeviceOut,
     EnrollmentTokenOut,
@@ -64,12 +65,28 @@ def fleet(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), help="Fleet config (TOML, see docs/fleet.md)."
 )
-def serve_command(config_path: Path | None) -> None:
-    """Run the REST API, the MQTT bridge and the rollout engine (migrates the database first)."""
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as plain text or one JSON object per line [default: the config's log_format, else text].",
+)
+def serve_command(config_path: Path | None, log_format: str | None) -> None:
+    """Run the REST API, the MQTT bridge and the rollout engine (migrates the database first).
+
+    Prometheus metrics are served at /metrics (docs/fleet.md, "Metrics and logs").
+
+    \b
+    Examples:
+      edgefleet fleet serve                         # SQLite and packages under ~/.edgefleet/fleet
+      edgefleet fleet serve --config /etc/edgefleet/fleet.toml --log-format json
+    """
     from edgefleet.fleet.config import load_config
     from edgefleet.fleet.service import serve
 
-    serve(load_config(config_path))
+    config = load_config(config_path)
+    if log_format:
+        config.log_format = log_format  # click.Choice checked it
+    serve(config)
 
 
 @fleet.group("tokens")
