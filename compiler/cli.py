@@ -279,5 +279,5 @@ def targets_command(as_json: bool) -> None:
         [[n, t.arch, t.run_mode, t.cross_cc or "-", "yes" if t.neo else "", t.description] for n, t in TARGETS.items()],
     )
     console.print(
-        'Also accepted: Neo TargetPlatform (--target os=linux,arch=arm64[,accelerator=nvidia,gpu-code=sm_72]) and a raw TVM target dict (--target \'{"kind": "llvm", ...}\').'
+        'Also accepted: Neo TargetPlatform with its CompilerOptions (--target os=linux,arch=arm64[,accelerator=nvidia,gpu-code=sm_72][,mcpu=...,mattr=...]) and a raw TVM target dict (--target \'{"kind": "llvm", ...}\'); see docs/compiler.md.'
     )
