@@ -25,10 +25,16 @@ def cross() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when a sysroot for the same inputs is cached.")
 @click.option("--mirror", help="Debian mirror (default $EDGEFLEET_DEBIAN_MIRROR or http://deb.debian.org/debian).")
 @click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print sysroot.json.")
 def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quiet: bool, as_json: bool) -> None:
-    """Build (or reuse) the Debian sysroot for ARCH. Maps to edgefleet.cross.sysroot.build_sysroot."""
+    """Build (or reuse) the Debian sysroot for --arch (cached by a hash of its inputs).
+
+    \b
+    Examples:
+      edgefleet cross sysroot --arch arm64
+      edgefleet cross sysroot --arch armhf --suite trixie --json
+    """
     from edgefleet.cross.sysroot import build_sysroot
 
     sysroot = build_sysroot(arch, mirror=mirror, force=force, quiet=quiet or as_json, suite=suite)
@@ -47,8 +53,10 @@ def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quie
 def run_command(target: str, timeout: float | None, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) from TARGET's sysroot under QEMU user mode; exits with its status.
 
-    Maps to edgefleet.cross.emulate.run_emulated. Example:
-    edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
+    \b
+    Examples:
+      edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
+      edgefleet cross run --target rasp3b --timeout 60 -- uname -m
     """
     import subprocess
 
@@ -80,8 +88,11 @@ def run_command(target: str, timeout: float | None, command: tuple[str, ...]) ->
 def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ...]) -> None:
     """Run an ARM PACKAGE on one image with `edgefleet run` inside its emulated sysroot.
 
-    Maps to edgefleet.cross.emulate.run_package_emulated; a package for another architecture is
-    refused before anything starts.
+    A package for another architecture is refused before anything starts.
+
+    \b
+    Examples:
+      edgefleet cross infer scenes-2-rasp4b.tar.gz --image frame.jpg --repeat 3
     """
     from edgefleet.cross.emulate import run_package_emulated
 
@@ -98,6 +109,11 @@ def image_command(arch: str, tag: str | None) -> None:
     """Build a container image of the agent and its runtime from the ARCH sysroot and load it into docker.
 
     Needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime (`edgefleet runtime build --arch ARCH`).
+
+    \b
+    Examples:
+      edgefleet cross image --arch arm64
+      edgefleet cross image --arch armhf --tag registry.example/edgefleet-agent:armhf
     """
     from edgefleet.cross.image import build_image
 
@@ -110,14 +126,24 @@ def image_command(arch: str, tag: str | None) -> None:
 @cross.command("deb")
 @click.option("--arch", required=True, type=click.Choice(["amd64", "arm64", "armhf"]), help="Camera architecture.")
 @click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
-@click.option("--quiet", "-q", is_flag=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to write the .deb into.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def deb_command(arch: str, suite: str, out_dir: Path, quiet: bool) -> None:
     """Build the camera's Debian package: the agent in a private venv, its runtime, a systemd unit.
 
-    Maps to edgefleet.cross.debpkg.build_deb.
-
     Needs the runtime of that architecture (`edgefleet runtime build --arch ...`).
+
+    \b
+    Examples:
+      edgefleet cross deb --arch arm64 --out dist/
+      edgefleet cross deb --arch armhf --suite trixie
     """
     from edgefleet.cross.debpkg import build_deb
 
