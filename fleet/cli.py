@@ -89,6 +89,46 @@ def serve_command(config_path: Path | None, log_format: str | None) -> None:
     serve(config)
 
 
+@fleet.command("unit")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet config the service runs with (the unit names its absolute path).",
+)
+@click.option(
+    "--user", default="edgefleet-fleet", show_default=True, help="Unprivileged system account the service runs as."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the unit here (e.g. /etc/systemd/system/edgefleet-fleet.service) instead of printing it.",
+)
+def unit_command(config_path: Path, user: str, output: Path | None) -> None:
+    """Print (or write) a systemd unit that runs `fleet serve --config` as an unprivileged, sandboxed service.
+
+    The unit runs this installation's Python; the folders the config writes to are the only
+    writable ones (docs/fleet.md, "Running as a service").
+
+    \b
+    Examples:
+      edgefleet fleet unit --config /etc/edgefleet/fleet.toml
+      useradd --system --home-dir /var/lib/edgefleet-fleet edgefleet-fleet
+      edgefleet fleet unit --config /etc/edgefleet/fleet.toml --output /etc/systemd/system/edgefleet-fleet.service
+      systemctl daemon-reload && systemctl enable --now edgefleet-fleet
+    """
+    from edgefleet.fleet.systemd import load_as_service, unit_text
+
+    config_path = config_path.resolve()
+    text = unit_text(config_path, load_as_service(config_path), user)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text)
+    click.echo(f"wrote {output}; then: systemctl daemon-reload && systemctl enable --now {output.stem}")
+
+
 @fleet.group("tokens")
 def tokens() -> None:
     """API tokens (made directly in the fleet database, so the first admin token can exist)."""
