@@ -102,22 +102,36 @@ def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ..
 
 @cross.command("image")
 @click.option(
-    "--arch", default="arm64", show_default=True, type=ARCH_CHOICE, help="arm64 (rasp4b, rasp5) or armhf (rasp3b)."
+    "--role",
+    type=click.Choice(["agent", "fleet"]),
+    default="agent",
+    show_default=True,
+    help="agent: a camera's image from the ARM sysroot; fleet: the fleet service's amd64 image.",
 )
-@click.option("--tag", help="Image tag (default edgefleet-agent:ARCH).")
-def image_command(arch: str, tag: str | None) -> None:
-    """Build a container image of the agent and its runtime from the ARCH sysroot and load it into docker.
+@click.option(
+    "--arch",
+    type=click.Choice(["arm64", "armhf", "amd64"]),
+    help="arm64 (rasp4b, rasp5) or armhf (rasp3b) for the agent [default arm64]; amd64 for the fleet.",
+)
+@click.option("--tag", help="Image tag (default edgefleet-ROLE:ARCH).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines (the fleet's Debian tree is built on first use).")
+def image_command(role: str, arch: str | None, tag: str | None, quiet: bool) -> None:
+    """Build a container image and load it into docker: the agent and its runtime from the ARCH
+    sysroot, or the fleet service from an amd64 Debian tree with its wheels.
 
-    Needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime (`edgefleet runtime build --arch ARCH`).
+    The agent's needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime
+    (`edgefleet runtime build --arch ARCH`); the fleet's builds its own tree (cached) the first time.
 
     \b
     Examples:
       edgefleet cross image --arch arm64
       edgefleet cross image --arch armhf --tag registry.example/edgefleet-agent:armhf
+      edgefleet cross image --role fleet
+      docker run -v /etc/edgefleet:/etc/edgefleet:ro -v fleet-data:/var/lib/edgefleet-fleet --network host edgefleet-fleet:amd64
     """
     from edgefleet.cross.image import build_image
 
-    result = build_image(arch, tag)
+    result = build_image(arch or ("arm64" if role == "agent" else "amd64"), tag, role, quiet)
     console.print(
         f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}"
     )
