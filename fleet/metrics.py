@@ -25,10 +25,11 @@ from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Device, Rollout, Telemetry
 from edgefleet.fleet.drift import STATES as DRIFT_STATES
 from edgefleet.fleet.drift_tables import DriftAlarm, DriftFleetAlarm
+from edgefleet.fleet.rollouts import TRANSITIONS
 
 TOPIC_KINDS = ("status", "telemetry", "alerts", "jobs")
 DEVICE_STATUSES = ("online", "offline", "unknown")
-ROLLOUT_STATES = ("created", "deploying", "baking", "paused", "aborting", "succeeded", "aborted", "failed")
+ROLLOUT_STATES = tuple(sorted({"created", *TRANSITIONS.values()}))  # every state a rollout can be in
 
 # Process-wide (one ingest per process); each app's registry exposes them with its own fleet's gauges.
 RECEIVED = Counter("edgefleet_fleet_ingest_received", "MQTT messages committed, by topic kind", ["kind"], registry=None)
