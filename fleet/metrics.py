@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -109,6 +109,7 @@ def registry(fleet: Fleet) -> CollectorRegistry:
     registry = CollectorRegistry()
     for collector in (RECEIVED, OUTCOMES, LAG, FleetStateCollector(fleet)):
         registry.register(collector)
+    ProcessCollector(registry=registry)  # the standard process_* series: CPU, resident memory, open fds
     return registry
 
 

@@ -94,6 +94,7 @@ def test_metrics_count_ingest_and_read_fleet_state_at_scrape_time(fleet, tiny_pa
     assert after[("edgefleet_fleet_drift_alarms", (("state", "alarm"),))] == 1
     assert after[("edgefleet_fleet_drift_fleet_alarms", (("state", "alarm"),))] == 0
     assert after[("edgefleet_fleet_telemetry_age_seconds", ())] == pytest.approx(32.0)
+    assert after[("process_resident_memory_bytes", ())] > 10e6
 
 
 def _uploaded(fleet, package) -> tuple[str, str]:
