@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from Py
     import tomli as tomllib
 
 from edgefleet.errors import BadInputError, UsageError
+from edgefleet.logs import LogFormat
 from edgefleet.strict import Strict, first_error
 
 CONFIG_VERSION = 1
@@ -213,6 +214,12 @@ class RuntimeConfig(Strict):
     spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
 
 
+class LogConfig(Strict):
+    """[log]: how `agent run` writes its log to stderr (journald keeps it); `--log-format` overrides."""
+
+    format: LogFormat = "text"  # "json": one object per line (edgefleet/logs.py)
+
+
 class AgentConfig(Strict):
     version: Literal[1]
     state_dir: Path
@@ -225,6 +232,7 @@ class AgentConfig(Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     health: HealthConfig = HealthConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    log: LogConfig = LogConfig()
 
     @property
     def device_id(self) -> str:

@@ -325,7 +325,9 @@ def bench(
     show_default=True,
     help="Timed rounds; each runs every runtime once.",
 )
-@click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--warmup", type=click.IntRange(min=1), default=3, show_default=True, help="Untimed rounds before timing."
+)
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for every runtime alike."
 )
@@ -336,11 +338,14 @@ def bench(
     show_default=True,
     help="With --target: MetaSchedule trials for the compile (database kept and reused).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench_command(source, target, reference, runs, warmup, threads, tune_trials, as_json) -> None:
-    """Time a compiled package (or MODEL compiled for --target) against ONNX Runtime and TFLite.
+    """Time SOURCE, a compiled package (or a model compiled for --target first), against ONNX Runtime and TFLite.
 
-    Maps to edgefleet.compiler.bench.bench.
+    \b
+    Examples:
+      edgefleet bench scenes-2-x86_64.tar.gz --runs 50
+      edgefleet bench model.onnx --target x86_64 --threads 2 --json
     """
     from edgefleet.cli import console, print_json, table
 

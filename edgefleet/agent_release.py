@@ -159,14 +159,15 @@ def _package_dir(name: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def device_sources() -> list[tuple[Path, str]]:
-    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+def package_sources(packages: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """(file, path under a site-packages folder) for this checkout's code of `packages`: the first is
+    `edgefleet` (its top-level modules only), the rest are installed whole.
 
-    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    The native runtime's C++ source and .pyc are left out.
     """
-    core = _package_dir("edgefleet")
+    core = _package_dir(packages[0])
     files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
-    for name in DEVICE_PACKAGES[1:]:
+    for name in packages[1:]:
         package = _package_dir(name)
         sub = name.replace(".", "/")
         files += [
@@ -175,6 +176,11 @@ def device_sources() -> list[tuple[Path, str]]:
             if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts
         ]
     return files
+
+
+def device_sources() -> list[tuple[Path, str]]:
+    """The code a device runs: edgefleet's core and agent (what images and Debian packages install)."""
+    return package_sources(DEVICE_PACKAGES)
 
 
 def build_release(

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig
+from edgefleet.logs import LogFormat
 from edgefleet.signing import default_signing_key_path, edgefleet_home
 from edgefleet.strict import StrictMutable, first_error
 
@@ -46,6 +47,10 @@ class FleetConfig(StrictMutable):
     enrollment_ttl_s: float = 24 * 3600
     download_ttl_s: float = 24 * 3600
     drift: DriftConfig = Field(default_factory=DriftConfig)  # see docs/drift.md
+    log_format: LogFormat = "text"  # "json": one object per line (edgefleet/logs.py); `serve --log-format` overrides
+    # /metrics (Prometheus) is open on the listen address unless this file holds a bearer token
+    # Prometheus must send (its `authorization: credentials_file`); API tokens are not accepted there.
+    metrics_token_file: Path | None = None
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

@@ -24,6 +24,7 @@ from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
+from edgefleet.fleet.metrics import ingested
 from edgefleet.fleet.rollouts import apply_job_update
 
 log = logging.getLogger("edgefleet.fleet.ingest")
@@ -105,6 +106,7 @@ class Ingest:
             elif dropped:
                 row.value = max(row.value, dropped)
         self.counters.update(outcomes)  # counted once committed: a failed batch is retried, not counted twice
+        ingested(messages, outcomes, self.fleet.clock())  # Prometheus counters (fleet/metrics.py)
 
     def _isolated(self, s, m: Message) -> str:
         savepoint = s.begin_nested()

@@ -9,6 +9,7 @@ from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
 from edgefleet.fleet.rollouts import tick
+from edgefleet.logs import setup_logging
 
 log = logging.getLogger("edgefleet.fleet")
 
@@ -38,7 +39,7 @@ def serve(config: FleetConfig) -> None:
     from edgefleet.fleet.bridge import Bridge
     from edgefleet.fleet.devices import write_acl
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("info", config.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     fleet = open_fleet(config)
     ingest = Ingest(fleet)
@@ -51,8 +52,17 @@ def serve(config: FleetConfig) -> None:
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    address = {"listen_host": config.listen_host, "listen_port": config.listen_port}
+    log.info("serving the API on http://%s:%d", *address.values(), extra=address)  # extra: JSON log fields
     try:
-        uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
+        # log_config=None: uvicorn's records go through the root handler above, in the same format.
+        uvicorn.run(
+            create_app(fleet, ingest),
+            host=config.listen_host,
+            port=config.listen_port,
+            log_level="warning",
+            log_config=None,
+        )
     finally:
         ticker.stopped.set()
         if bridge:

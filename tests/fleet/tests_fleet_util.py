@@ -72,8 +72,8 @@ def h(api, scope: str) -> dict:
 
 
 @contextlib.contextmanager
-def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
-    """A real `edgefleet fleet serve` (no broker); yields (url, admin token, process, env)."""
+def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path, *serve_args: str):
+    """A real `edgefleet fleet serve [serve_args]` (no broker); yields (url, admin token, process, env)."""
     port = free_port()
     cfg = tmp_path / "fleet.toml"
     cfg.write_text(
@@ -89,7 +89,10 @@ def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
         check=True,
     ).stdout.strip()
     server = subprocess.Popen(
-        cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cli + ["fleet", "serve", "--config", str(cfg), *serve_args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
