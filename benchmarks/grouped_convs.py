@@ -97,6 +97,10 @@ def main() -> None:
                 f"{k} {med[k]:.2f} ms ({med[k] / med['ort']:.2f}x ORT)" for k in ("before", "rule", "after")
             )
             print(f"{name}: ORT {med['ort']:.2f} ms, {ratios}; load average {os.getloadavg()[0]:.1f}")
+            # Spread: quartiles of the per-round ratios (a round runs all four back to back).
+            for k in ("before", "rule", "after"):
+                q1, _, q3 = statistics.quantiles([t / o for t, o in zip(times[k], times["ort"])], n=4)
+                print(f"  {name} {k}: per-round x ORT quartiles {q1:.2f}-{q3:.2f}")
 
 
 if __name__ == "__main__":
