@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from edgefleet.errors import ServiceError
 
@@ -107,11 +107,17 @@ class Device(Base):
 
 
 class Telemetry(Base):
-    """The health numbers the rollout gates need, one row per telemetry message."""
+    """The health numbers the rollout gates need, one row per telemetry message.
+
+    (device_id, message_id) is unique: a message the broker delivers again (it was not
+    acknowledged before the fleet stopped) or another replica also received is stored once.
+    Messages without an id (message_id NULL) are never taken for one another."""
 
     __tablename__ = "telemetry"
+    __table_args__ = (UniqueConstraint("device_id", "message_id", name="uq_telemetry_device_message"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -169,12 +175,37 @@ class RolloutEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class Replica(Base):
+    """A fleet process that has connected to the broker: its id is its MQTT client id and user
+    (fleet/bridge.py), which the generated broker ACL lets read every device's topics."""
+
+    __tablename__ = "replicas"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 class Counter(Base):
     """Service counters that must survive restarts (e.g. MQTT messages dropped from unknown devices)."""
 
     __tablename__ = "counters"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def insert_or_ignore(
+    s: Session, model: type[Base], unique: list[str], rows: list[dict[str, Any]]
+) -> set[tuple[Any, ...]]:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING of `rows` in one statement (SQLite and
+    PostgreSQL); returns the `unique` values of the rows that were inserted."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = model.__table__
+    statement = (
+        insert(table).on_conflict_do_nothing(index_elements=unique).returning(*(table.c[name] for name in unique))
+    )
+    return {tuple(row) for row in s.execute(statement, rows)}
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
