@@ -184,6 +184,21 @@ class Replica(Base):
     started_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class Setting(Base):
+    """A value every replica must agree on, chosen once by the first (e.g. the MQTT share group)."""
+
+    __tablename__ = "settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def shared_setting(sessions: sessionmaker, name: str, first: str) -> str:
+    """The setting `name`; `first` becomes it if no replica has set it yet (safe under races)."""
+    with sessions() as s, s.begin():
+        insert_or_ignore(s, Setting, ["name"], [{"name": name, "value": first}])
+        return s.get_one(Setting, name).value
+
+
 class Counter(Base):
     """Service counters that must survive restarts (e.g. MQTT messages dropped from unknown devices)."""
 

@@ -8,6 +8,7 @@ import threading
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
+from edgefleet.fleet.retention import Pruner
 from edgefleet.fleet.rollouts import tick
 
 log = logging.getLogger("edgefleet.fleet")
@@ -35,8 +36,8 @@ def serve(config: FleetConfig) -> None:
     import uvicorn
 
     from edgefleet.fleet.api import create_app
-    from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.devices import write_acl
+    from edgefleet.fleet.bridge import Bridge, replica_id
+    from edgefleet.fleet.devices import register_replica, write_acl
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -44,13 +45,16 @@ def serve(config: FleetConfig) -> None:
     ingest = Ingest(fleet)
     bridge = None
     if config.broker is not None:
+        replica = replica_id(config)
+        register_replica(fleet, replica)  # before the ACL is written: it lets this replica read the devices
         write_acl(fleet)
-        bridge = Bridge(config.broker, ingest)
+        bridge = Bridge(config.broker, ingest, replica)
         bridge.start()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    Pruner(fleet, config.telemetry_retention_s, config.prune_interval_s).start()
     try:
         uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
     finally:

@@ -66,9 +66,8 @@ def postgres_server():
 
 
 @pytest.fixture
-def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
-    from edgefleet.fleet.config import FleetConfig
-    from edgefleet.fleet.core import open_fleet
+def postgres_database(postgres_server):
+    """The URL of a fresh, empty database on the test server (dropped afterwards)."""
     from sqlalchemy import create_engine, text
 
     name = f"fleet_{uuid.uuid4().hex[:10]}"
@@ -77,20 +76,26 @@ def pg_fleet(postgres_server, tmp_path, edgefleet_home, tiny_packages):
     )
     with admin.connect() as c:
         c.execute(text(f"CREATE DATABASE {name}"))
+    yield f"{postgres_server}/{name}"
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_fleet(postgres_database, tmp_path, edgefleet_home, tiny_packages):
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
     sent: list = []
     f = open_fleet(
-        FleetConfig(
-            data_dir=tmp_path / "fleet", database_url=f"{postgres_server}/{name}", signing_key=tiny_packages["key"]
-        ),
+        FleetConfig(data_dir=tmp_path / "fleet", database_url=postgres_database, signing_key=tiny_packages["key"]),
         notify=lambda d, p: sent.append((d, p)),
     )
     f.clock = Clock()
     f.sent = sent
     yield f
     f.readers.kw["bind"].dispose()
-    with admin.connect() as c:
-        c.execute(text(f"DROP DATABASE {name}"))
-    admin.dispose()
 
 
 @pytest.mark.parametrize(

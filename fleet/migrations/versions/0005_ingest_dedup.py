@@ -1,4 +1,4 @@
-"""at-least-once ingest: telemetry deduplicated on (device, message id); the fleet's replicas
+"""at-least-once ingest: telemetry deduplicated on (device, message id); the fleet's replicas and shared settings
 
 Revision ID: 0005_ingest_dedup
 Revises: 0004_agent_version
@@ -25,9 +25,16 @@ def upgrade() -> None:
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "settings",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("settings")
     op.drop_table("replicas")
     with op.batch_alter_table("telemetry") as batch:
         batch.drop_constraint("uq_telemetry_device_message", type_="unique")
