@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -210,17 +210,33 @@ class Counter(Base):
 def insert_or_ignore(
     s: Session, model: type[Base], unique: list[str], rows: list[dict[str, Any]]
 ) -> set[tuple[Any, ...]]:
-    """INSERT ... ON CONFLICT (unique) DO NOTHING of `rows` in one statement (SQLite and
-    PostgreSQL); returns the `unique` values of the rows that were inserted."""
-    from sqlalchemy.dialects import postgresql, sqlite
+    """INSERT ... ON CONFLICT (unique) DO NOTHING of `rows` (all with the same keys) in one
+    statement; returns the `unique` values of the rows that were inserted."""
+    if not rows:
+        return set()
+    dialect = s.get_bind().dialect
+    if dialect.name == "postgresql":
+        return _insert_or_ignore_unnest(s, model.__table__, unique, rows)
+    from sqlalchemy.dialects import sqlite
 
-    dialect = s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = model.__table__
     statement = (
-        insert(table).on_conflict_do_nothing(index_elements=unique).returning(*(table.c[name] for name in unique))
+        sqlite.insert(table).on_conflict_do_nothing(index_elements=unique).returning(*(table.c[n] for n in unique))
     )
     return {tuple(row) for row in s.execute(statement, rows)}
+
+
+def _insert_or_ignore_unnest(s: Session, table: Any, unique: list[str], rows: list[dict[str, Any]]) -> set[tuple]:
+    """PostgreSQL: one array per column, unnested. A multi-row VALUES of 500 rows has 4,500
+    placeholders that psycopg parses anew for every batch (half the ingest CPU, measured)."""
+    dialect = s.get_bind().dialect
+    names = list(rows[0])
+    arrays = ", ".join(f"CAST(:{n} AS {table.c[n].type.compile(dialect=dialect)}[])" for n in names)
+    statement = text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING {', '.join(unique)}"
+    )
+    return {tuple(row) for row in s.execute(statement, {n: [r[n] for r in rows] for n in names})}
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
