@@ -49,6 +49,7 @@ DEVICE_TOPICS = [
     "edgefleet/v1/+/jobs/+/update",
 ]
 BATCH = 500
+MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
 SHARE_GROUP = "mqtt_share_group"  # the settings row all replicas read their share group from
 RESUBSCRIBE_S = 5.0  # a refused subscription (the broker has not re-read its ACL yet) is tried again
 
@@ -81,9 +82,6 @@ def replica_id(config: FleetConfig) -> str:
             f"use {FLEET_MQTT_USER!r} or {FLEET_MQTT_USER}-<name> (not {FLEET_VIEWER_USER!r}, the read-only viewer)",
         )
     return chosen
-
-
-MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
 
 
 class Bridge:
