@@ -231,7 +231,12 @@ def _insert_or_ignore_unnest(s: Session, table: Any, unique: list[str], rows: li
     placeholders that psycopg parses anew for every batch (half the ingest CPU, measured)."""
     dialect = s.get_bind().dialect
     names = list(rows[0])
-    arrays = ", ".join(f"CAST(:{n} AS {table.c[n].type.compile(dialect=dialect)}[])" for n in names)
+    # Strings go in as TEXT: an explicit cast to VARCHAR(n) would truncate, where the insert's own
+    # assignment to the column refuses a value that is too long (the row is dropped, not altered).
+    kinds = {
+        n: "TEXT" if isinstance(table.c[n].type, String) else table.c[n].type.compile(dialect=dialect) for n in names
+    }
+    arrays = ", ".join(f"CAST(:{n} AS {kinds[n]}[])" for n in names)
     statement = text(
         f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
         f"ON CONFLICT ({', '.join(unique)}) DO NOTHING RETURNING {', '.join(unique)}"

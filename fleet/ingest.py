@@ -169,14 +169,15 @@ class Ingest:
 
     def _insert_telemetry(self, s: Session, telemetry: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
         """Insert every telemetry message not stored before; returns those that were new."""
-        unique: dict[tuple[str, str], Parsed] = {}
+        seen: set[tuple[str, str]] = set()
         rows: list[Parsed] = []
         for p in telemetry:
-            key = (p.device_id, p.body.id or "") if p.body else ("", "")
-            if p.body and p.body.id and key in unique:
+            key = (p.device_id, p.body.id) if p.body and p.body.id else None
+            if key in seen:
                 outcomes["duplicate"] += 1  # the same message twice in one batch
                 continue
-            unique[key] = p
+            if key is not None:
+                seen.add(key)
             rows.append(p)
         if not rows:
             return []

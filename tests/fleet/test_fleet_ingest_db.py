@@ -1,5 +1,6 @@
-"""Telemetry retention and deduplication on both databases: rows older than the retention are
-deleted in batches, newer ones kept; a message id is stored once per device."""
+"""Ingest on both databases (in process): telemetry retention (rows older than it deleted in
+batches), a message id stored once per device, a row the database refuses dropped alone, and
+alerts read as whole AlertMessages."""
 
 from __future__ import annotations
 
@@ -69,3 +70,39 @@ def test_a_message_id_longer_than_64_characters_is_malformed(any_fleet):
     ingest = Ingest(any_fleet)
     ingest.handle_batch([telemetry("cam-1", any_fleet.clock(), "x" * 65), telemetry("cam-1", 1.0, "y" * 64)])
     assert ingest.counters["dropped_malformed"] == 1 and rows(any_fleet) == 1
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_from_its_batch(any_fleet):
+    """PostgreSQL refuses a model name over VARCHAR(128) (SQLite does not check lengths): the
+    batch's one insert fails, and the rows are inserted one by one to keep the others."""
+    long = json.dumps({"schema": 1, "id": "long", "model": {"name": "n" * 200, "version": "1"}}).encode()
+    ingest = Ingest(any_fleet)
+    t = any_fleet.clock()
+    ingest.handle_batch(
+        [telemetry("cam-1", t, "a"), Message("edgefleet/v1/cam-2/telemetry", long, t), telemetry("cam-2", t, "b")]
+    )
+    postgres = any_fleet.config.resolved_database_url().startswith("postgresql")
+    assert rows(any_fleet) == (2 if postgres else 3)
+    assert ingest.counters["dropped_malformed"] == (1 if postgres else 0)
+
+
+def test_an_alert_is_read_as_a_whole_alert_message(any_fleet):
+    alert = {
+        "schema": 1,
+        "id": "a1",
+        "label": "person",
+        "score": 0.9,
+        "consecutive": 3,
+        "source": "cam",
+        "frame": "f1",
+        "model": {"name": "tiny", "version": "1"},
+        "latency_ms": 8.0,
+    }
+    partial = {k: v for k, v in alert.items() if k != "score"}
+    ingest = Ingest(any_fleet)
+    t = any_fleet.clock()
+    ingest.handle_batch(
+        [Message("edgefleet/v1/cam-1/alerts", json.dumps(body).encode(), t) for body in (alert, partial)]
+    )
+    assert ingest.counters["alerts"] == 1 and ingest.counters["dropped_malformed"] == 1
+    assert devices.get_device(any_fleet, "cam-1")["last_seen"] == t
