@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet.errors import ServiceError
-from edgefleet.fleet.config import BrokerConfig, FleetConfig
+from edgefleet.fleet.config import REPLICA_ID, BrokerConfig, FleetConfig
 from edgefleet.fleet.db import shared_setting
 from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER, FLEET_VIEWER_USER
 from edgefleet.fleet.ingest import Ingest, Message
@@ -76,7 +76,7 @@ def replica_id(config: FleetConfig) -> str:
             f"replica_id {chosen!r} is not the CN {cn!r} of the fleet's certificate {broker.cert_file}",
             "give each replica a certificate whose CN is its replica id (fleet or fleet-<name>)",
         )
-    if chosen == FLEET_VIEWER_USER or not (chosen == FLEET_MQTT_USER or chosen.startswith(FLEET_MQTT_USER + "-")):
+    if chosen == FLEET_VIEWER_USER or not re.match(REPLICA_ID, chosen):
         raise ServiceError(
             f"replica id {chosen!r} is not a fleet identity",
             f"use {FLEET_MQTT_USER!r} or {FLEET_MQTT_USER}-<name> (not {FLEET_VIEWER_USER!r}, the read-only viewer)",

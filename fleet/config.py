@@ -19,6 +19,11 @@ from edgefleet.signing import default_signing_key_path, edgefleet_home
 from edgefleet.strict import StrictMutable, first_error
 
 
+# A replica id is an MQTT client id, a broker user and a line of the generated ACL: "fleet" or
+# "fleet-<name>" (device ids cannot take either), nothing an ACL or a topic would read as syntax.
+REPLICA_ID = r"^fleet(-[A-Za-z0-9_.-]{1,58})?$"
+
+
 class BrokerConfig(StrictMutable):
     host: str = "127.0.0.1"
     port: int = 8883
@@ -55,7 +60,7 @@ class FleetConfig(StrictMutable):
     drift: DriftConfig = Field(default_factory=DriftConfig)  # see docs/drift.md
     # This process's MQTT client id and broker user: "fleet" or "fleet-<name>", stable across
     # restarts (the broker keeps its session by it). Default: the CN of broker.cert_file.
-    replica_id: str | None = Field(default=None, pattern=r"^fleet(-[A-Za-z0-9_.-]{1,58})?$")
+    replica_id: str | None = Field(default=None, pattern=REPLICA_ID)
     telemetry_retention_s: float = Field(default=7 * 24 * 3600, gt=0)  # older telemetry rows are deleted
     prune_interval_s: float = Field(default=600.0, gt=0)
 

@@ -257,9 +257,12 @@ def test_replica_ids_must_be_fleet_identities_that_match_the_certificate(world):
     wrong.replica_id = "fleet-b"
     with pytest.raises(ServiceError, match="not the CN 'fleet-a'"):
         replica_id(wrong)
-    viewer = world.config("fleet-viewer")
-    with pytest.raises(ServiceError, match="not a fleet identity"):
-        replica_id(viewer)
+    for cn in ("fleet-viewer", "fleet-a\ntopic readwrite #", "cam-1"):  # the read-only viewer, ACL syntax, a device
+        config = world.config("fleet-a")
+        config.replica_id = None  # taken from the certificate
+        config.broker.cert_file, config.broker.key_file = world.broker.pki.issue(cn)
+        with pytest.raises(ServiceError, match="not a fleet identity"):
+            replica_id(config)
     with pytest.raises(ValueError, match="replica_id"):
         FleetConfig.model_validate({"replica_id": "cam-1"})
 
