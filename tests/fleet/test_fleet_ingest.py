@@ -24,7 +24,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 from support.broker import Broker
-from test_fleet_postgres import postgres_database, postgres_server  # noqa: F401 - fixtures
 from tests_fleet_util import wait_http
 
 from edgefleet.fleet import auth, devices

@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 from sqlalchemy import func, select
-from test_fleet_postgres import postgres_database, postgres_server  # noqa: F401 - fixtures
 from tests_fleet_util import Clock
 
 from edgefleet.fleet import devices

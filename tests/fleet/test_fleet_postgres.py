@@ -5,42 +5,11 @@ EDGEFLEET_TEST_POSTGRES_URL (postgresql://user@host:port) uses an existing serve
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 import test_fleet_library as flows
-from support.postgres import temporary_postgres
 from tests_fleet_util import Clock
 
-
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    if os.environ.get("EDGEFLEET_TEST_POSTGRES_URL"):
-        yield os.environ["EDGEFLEET_TEST_POSTGRES_URL"].rstrip("/")
-        return
-    with temporary_postgres() as url:  # FileNotFoundError says what to install
-        yield url
-
-
-@pytest.fixture
-def postgres_database(postgres_server):
-    """The URL of a fresh, empty database on the test server (dropped afterwards)."""
-    from sqlalchemy import create_engine, text
-
-    name = f"fleet_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(
-        postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    yield f"{postgres_server}/{name}"
-    with admin.connect() as c:
-        c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 @pytest.fixture
