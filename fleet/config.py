@@ -20,6 +20,11 @@ from edgefleet.signing import default_signing_key_path, edgefleet_home
 from edgefleet.strict import StrictMutable, first_error
 
 
+# A replica id is an MQTT client id, a broker user and a line of the generated ACL: "fleet" or
+# "fleet-<name>" (device ids cannot take either), nothing an ACL or a topic would read as syntax.
+REPLICA_ID = r"^fleet(-[A-Za-z0-9_.-]{1,58})?$"
+
+
 class BrokerConfig(StrictMutable):
     host: str = "127.0.0.1"
     port: int = 8883
@@ -30,6 +35,13 @@ class BrokerConfig(StrictMutable):
     acl_file: Path | None = None
     mosquitto_pid_file: Path | None = None
     public_host: str | None = None  # the address devices use, if not `host`
+    # Replicas share the device topics through `$share/<share_group>/...`: each message goes to one.
+    # Keep it secret: mosquitto lets any client join a group and drops what it deals to a member
+    # the ACL does not let read. Default: a random name the first replica stores in the database.
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{16,64}$")
+    # How long the broker keeps a replica's session (and the messages queued for it) after it
+    # disconnects; a replica that returns under its id within this time loses nothing.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=2**32 - 2)
 
 
 class FleetConfig(StrictMutable):
@@ -51,6 +63,11 @@ class FleetConfig(StrictMutable):
     # /metrics (Prometheus) is open on the listen address unless this file holds a bearer token
     # Prometheus must send (its `authorization: credentials_file`); API tokens are not accepted there.
     metrics_token_file: Path | None = None
+    # This process's MQTT client id and broker user: "fleet" or "fleet-<name>", stable across
+    # restarts (the broker keeps its session by it). Default: the CN of broker.cert_file.
+    replica_id: str | None = Field(default=None, pattern=REPLICA_ID)
+    telemetry_retention_s: float = Field(default=7 * 24 * 3600, gt=0)  # older telemetry rows are deleted
+    prune_interval_s: float = Field(default=600.0, gt=0)
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

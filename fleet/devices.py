@@ -19,7 +19,7 @@ from sqlalchemy import select
 from edgefleet.errors import BadInputError, ConflictError, NotFoundError, PermissionDeniedError
 from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.core import Fleet, sha256_text
-from edgefleet.fleet.db import Device, EnrollmentToken
+from edgefleet.fleet.db import Device, EnrollmentToken, Replica, insert_or_ignore
 
 # A device id is its certificate CN, its MQTT username and client id, and its topic level, so
 # it can hold none of MQTT's wildcards or separators ('+', '#', '/'), no '$' (broker topics) and
@@ -144,14 +144,13 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
     }
 
 
-def acl_text(device_ids: list[str]) -> str:
-    """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
-    lines = [
-        "# written by edgefleet fleet; do not edit",
-        f"user {FLEET_MQTT_USER}",
-        "topic readwrite edgefleet/v1/#",
-        *(f"topic read {t}" for t in BROKER_STATS),
-        "",
+def acl_text(device_ids: list[str], replica_ids: tuple[str, ...] | list[str] = ()) -> str:
+    """Mosquitto ACL (users are certificate CNs): the fleet's replicas read and write every
+    device's topics (a shared subscription is checked as its topic); each device only its own."""
+    lines = ["# written by edgefleet fleet; do not edit"]
+    for replica in sorted({FLEET_MQTT_USER, *replica_ids}):
+        lines += [f"user {replica}", "topic readwrite edgefleet/v1/#", *(f"topic read {t}" for t in BROKER_STATS), ""]
+    lines += [
         # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
         f"user {FLEET_VIEWER_USER}",
         "topic read edgefleet/v1/+/alerts",
@@ -171,14 +170,21 @@ def acl_text(device_ids: list[str]) -> str:
     return "\n".join(lines)
 
 
+def register_replica(fleet: Fleet, replica_id: str) -> None:
+    """Record a fleet replica's identity, so that the ACL written next lets it read the devices' topics."""
+    with fleet.writer() as s, s.begin():
+        insert_or_ignore(s, Replica, ["id"], [{"id": replica_id, "started_at": fleet.clock()}])
+
+
 def write_acl(fleet: Fleet) -> Path | None:
     broker = fleet.config.broker
     if broker is None or broker.acl_file is None:
         return None
     with fleet.session() as s:
         ids = list(s.scalars(select(Device.id)))
+        replicas = list(s.scalars(select(Replica.id)))
     tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
-    tmp.write_text(acl_text(ids))
+    tmp.write_text(acl_text(ids, replicas))
     os.replace(tmp, broker.acl_file)
     if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
         try:

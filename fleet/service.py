@@ -8,6 +8,7 @@ import threading
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
+from edgefleet.fleet.retention import Pruner
 from edgefleet.fleet.rollouts import tick
 from edgefleet.logs import setup_logging
 
@@ -36,8 +37,8 @@ def serve(config: FleetConfig) -> None:
     import uvicorn
 
     from edgefleet.fleet.api import create_app
-    from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.devices import write_acl
+    from edgefleet.fleet.bridge import Bridge, replica_id
+    from edgefleet.fleet.devices import register_replica, write_acl
 
     setup_logging("info", config.log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -45,13 +46,16 @@ def serve(config: FleetConfig) -> None:
     ingest = Ingest(fleet)
     bridge = None
     if config.broker is not None:
+        replica = replica_id(config)
+        register_replica(fleet, replica)  # before the ACL is written: it lets this replica read the devices
         write_acl(fleet)
-        bridge = Bridge(config.broker, ingest)
+        bridge = Bridge(config.broker, ingest, replica)
         bridge.start()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    Pruner(fleet, config.telemetry_retention_s, config.prune_interval_s).start()
     address = {"listen_host": config.listen_host, "listen_port": config.listen_port}
     log.info("serving the API on http://%s:%d", *address.values(), extra=address)  # extra: JSON log fields
     try:

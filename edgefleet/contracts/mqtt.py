@@ -25,6 +25,7 @@ from edgefleet.strict import first_error
 
 SCHEMA: Literal[1] = 1
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
+MAX_ID = 64  # a message id is a uuid (36) or a uuid's hex (32); the fleet stores it as its dedup key
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
 Real = Annotated[float, Field(ge=-1e12, le=1e12)]
@@ -50,10 +51,15 @@ class ModelRef(WireMessage):
 
 
 class DeviceMessage(WireMessage):
-    """What every device message carries; `device`, when present, must be the topic's device."""
+    """What every device message carries; `device`, when present, must be the topic's device.
 
+    `id` is the message's own id, kept by the agent's outbox across resends: the fleet stores a
+    telemetry message once per (device, id) however often it arrives (revision 2 bounds it to
+    64 characters, the stored key; messages without one are stored on every arrival)."""
+
+    REVISION: ClassVar[int] = 2
     schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
-    id: str | None = None
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID)] | None = None
     type: str | None = None
     device: str | None = None
     ts: str | None = None

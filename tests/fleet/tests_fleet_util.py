@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from support.postgres import temporary_postgres
 
 from edgefleet.net import free_port
 
@@ -102,3 +104,29 @@ def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path, *serv
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    if os.environ.get("EDGEFLEET_TEST_POSTGRES_URL"):
+        yield os.environ["EDGEFLEET_TEST_POSTGRES_URL"].rstrip("/")
+        return
+    with temporary_postgres() as url:  # FileNotFoundError says what to install
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """The URL of a fresh, empty database on the test server (dropped afterwards)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"fleet_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(
+        postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    yield f"{postgres_server}/{name}"
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
