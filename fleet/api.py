@@ -16,7 +16,7 @@ from edgefleet.fleet.body_limit import BodyLimit
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.dashboard import mount_dashboard
 from edgefleet.fleet.ingest import Ingest
-from edgefleet.fleet.routers import devices, errors, models, rollouts, service, tokens
+from edgefleet.fleet.routers import alerts, devices, errors, models, rollouts, service, tokens
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
@@ -29,7 +29,7 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
     app.state.fleet, app.state.ingest = fleet, ingest  # for the dependencies in fleet/routers/deps.py
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
-    for router in (service, models, devices, rollouts, tokens):
+    for router in (service, models, devices, rollouts, tokens, alerts):
         app.include_router(router.router)
     drift_service.add_routes(
         app, fleet, ingest.drift if ingest else None

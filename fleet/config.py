@@ -31,6 +31,28 @@ class BrokerConfig(StrictMutable):
     public_host: str | None = None  # the address devices use, if not `host`
 
 
+class AlertsConfig(StrictMutable):
+    """[alerts]: the alert events the fleet keeps and their snapshots (docs/fleet.md, "Alert events")."""
+
+    snapshot_max_bytes: int = Field(200_000, ge=16_384, le=1024 * 1024)  # refused above this
+    retention_days: float = Field(30.0, gt=0)  # events (and their snapshots) older than this are deleted
+    max_events: int = Field(100_000, ge=1)  # past this, the oldest events go first
+    # Who may list events and fetch snapshots (pictures of people): read-only, operator or admin.
+    read_scope: Literal["read-only", "operator", "admin"] = "read-only"
+    webhook_url_file: Path | None = None  # each new event POSTed there (EDGEFLEET_FLEET_ALERT_WEBHOOK wins)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+
+class HomeAssistantConfig(StrictMutable):
+    """[homeassistant]: MQTT discovery of every camera for Home Assistant (docs/fleet.md), off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+$")
+    state_prefix: str = Field("edgefleet/ha", pattern=r"^[A-Za-z0-9_/-]+$")
+    user: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+$")  # its certificate CN, for the broker ACL
+    alert_off_s: float = Field(10.0, gt=0)  # a label's binary sensor goes OFF this long after its last alert
+
+
 class FleetConfig(StrictMutable):
     format_version: Literal[1] = 1
     data_dir: Path = Field(default_factory=lambda: edgefleet_home() / "fleet")
@@ -46,6 +68,8 @@ class FleetConfig(StrictMutable):
     enrollment_ttl_s: float = 24 * 3600
     download_ttl_s: float = 24 * 3600
     drift: DriftConfig = Field(default_factory=DriftConfig)  # see docs/drift.md
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from edgefleet.errors import BadInputError, ConflictError, NotFoundError, PermissionDeniedError
 from edgefleet.fleet.ca import CertificateAuthority
+from edgefleet.fleet.config import HomeAssistantConfig
 from edgefleet.fleet.core import Fleet, sha256_text
 from edgefleet.fleet.db import Device, EnrollmentToken
 
@@ -144,19 +145,27 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
     }
 
 
-def acl_text(device_ids: list[str]) -> str:
-    """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
+def acl_text(device_ids: list[str], homeassistant: HomeAssistantConfig | None = None) -> str:
+    """Mosquitto ACL (users are certificate CNs): each device only under its own topics; with
+    Home Assistant discovery on, the fleet also writes HA's topics and HA reads only those and
+    the cameras' status (fleet/homeassistant.py)."""
+    ha = homeassistant if homeassistant is not None and homeassistant.enabled else None
+    ha_topics = [f"{ha.discovery_prefix}/#", f"{ha.state_prefix}/#"] if ha else []
     lines = [
         "# written by edgefleet fleet; do not edit",
         f"user {FLEET_MQTT_USER}",
         "topic readwrite edgefleet/v1/#",
         *(f"topic read {t}" for t in BROKER_STATS),
+        *(f"topic write {t}" for t in ha_topics),
         "",
         # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
         f"user {FLEET_VIEWER_USER}",
         "topic read edgefleet/v1/+/alerts",
         "",
     ]
+    if ha:
+        lines += [f"user {ha.user}", *(f"topic read {t}" for t in [*ha_topics, "edgefleet/v1/+/status"])]
+        lines += [f"topic write {ha.discovery_prefix}/status", ""]  # HA's own birth and last will
     for dev in sorted(device_ids):
         base = f"edgefleet/v1/{dev}"
         lines += [
@@ -178,7 +187,7 @@ def write_acl(fleet: Fleet) -> Path | None:
     with fleet.session() as s:
         ids = list(s.scalars(select(Device.id)))
     tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
-    tmp.write_text(acl_text(ids))
+    tmp.write_text(acl_text(ids, fleet.config.homeassistant))
     os.replace(tmp, broker.acl_file)
     if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
         try:

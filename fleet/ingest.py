@@ -19,7 +19,8 @@ import threading
 from collections import Counter as Tally
 from dataclasses import dataclass
 
-from edgefleet.contracts.mqtt import DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
+from edgefleet.contracts.mqtt import AlertMessage, DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
+from edgefleet.fleet import alert_events
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry
 from edgefleet.fleet.drift_service import DriftMonitor
@@ -59,12 +60,12 @@ def parse_body(payload: bytes) -> object:
         raise Malformed("JSON nested too deeply") from None
 
 
-# What each topic suffix promises (edgefleet/contracts/mqtt.py); alerts are only counted,
-# so their body is checked as a device message, not as a whole alert.
+# What each topic suffix promises (edgefleet/contracts/mqtt.py); an alert is parsed whole, as it
+# becomes an alert event.
 CONTRACTS: dict[str, type[DeviceMessage]] = {
     "status": StatusMessage,
     "telemetry": TelemetryMessage,
-    "alerts": DeviceMessage,
+    "alerts": AlertMessage,
     "jobs": JobUpdate,
 }
 
@@ -159,6 +160,7 @@ class Ingest:
                 return "dropped_unknown_job"
         else:
             device.status = "online"  # an alert: counted, and the device is seen
+        alert_events.observe(s, device, msg, m.received_at)  # alert events, watched labels (fleet/alert_events.py)
         device.last_seen = max(device.last_seen or 0.0, m.received_at)
         return kind
 

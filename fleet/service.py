@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from edgefleet.fleet import alert_service
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
@@ -51,9 +52,11 @@ def serve(config: FleetConfig) -> None:
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    stop_alerts = alert_service.start(fleet, bridge.client if bridge else None)  # retention, Home Assistant
     try:
         uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
     finally:
         ticker.stopped.set()
+        stop_alerts()
         if bridge:
             bridge.stop()

@@ -7,4 +7,5 @@ models.py    model groups and versions, approval, package upload and signed down
 devices.py   devices, enrollment tokens, enrollment
 rollouts.py  rollouts, their events and operator control
 tokens.py    API tokens
+alerts.py    alert events, their snapshots, and the cameras' snapshot uploads
 """
