@@ -81,6 +81,8 @@ def add_listener(fleet: Fleet, listener: Listener) -> None:
     """Call `listener` with what each committed write transaction recorded (in the committing thread)."""
 
     def committed(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint (ingest keeps one per message) was released: the batch is not committed yet
         for kind, item in session.info.pop(NOTES, []):
             try:
                 listener(kind, event_out(item) if isinstance(item, AlertEvent) else item)
