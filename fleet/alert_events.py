@@ -89,8 +89,14 @@ def add_listener(fleet: Fleet, listener: Listener) -> None:
             except Exception:  # a listener (a webhook, the broker) must never fail ingest
                 log.exception("alert listener failed on %s", kind)
 
+    def ended(session: Session, transaction: Any) -> None:
+        if transaction.parent is None:  # the outermost ended without a commit (else `committed` took the notes)
+            session.info.pop(NOTES, None)
+
+    # Not after_rollback: it also fires when ingest rolls back one message's savepoint, and the
+    # notes of the batch's other messages must stay.
     sa_event.listen(fleet.sessions, "after_commit", committed)
-    sa_event.listen(fleet.sessions, "after_rollback", lambda session: session.info.pop(NOTES, None))
+    sa_event.listen(fleet.sessions, "after_transaction_end", ended)
 
 
 def event_out(row: AlertEvent) -> AlertEventOut:
@@ -107,6 +113,7 @@ def event_out(row: AlertEvent) -> AlertEventOut:
             "consecutive": row.consecutive,
             "rule": row.rule,
             "source": row.source,
+            "frame": row.frame,
             "model": {"name": row.model_name, "version": row.model_version} if row.model_name else None,
             "boxes": [{"box_px": None, "zones": None} | b for b in row.boxes],
             "frame_size": row.frame_size,

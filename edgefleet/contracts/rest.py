@@ -331,6 +331,7 @@ class AlertEventOut(Response):
     consecutive: int
     rule: str | None
     source: str
+    frame: str  # the camera's name for the frame (a file name, a timestamp)
     model: DeviceModel | None
     boxes: list[AlertBox]
     frame_size: list[int] | None

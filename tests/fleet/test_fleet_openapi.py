@@ -18,6 +18,7 @@ UNTYPED = {
     "/api/v1/drift/events",
     "/api/v1/telemetry",
     "/api/v1/builds/{build_id}/download",
+    "/api/v1/alerts/{event_id}/snapshot",  # a JPEG
 }
 
 
