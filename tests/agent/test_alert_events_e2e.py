@@ -36,41 +36,55 @@ def bright_frame(size=(1280, 960)) -> bytes:
     return buf.getvalue()
 
 
+class FleetServe:
+    """`edgefleet fleet serve` on the broker with cam-1 and cam-2 registered; alerts readable by operators only."""
+
+    def __init__(self, tmp_path: Path, edgefleet_home: Path, broker) -> None:
+        from edgefleet.fleet import auth, devices
+        from edgefleet.fleet.config import load_config
+        from edgefleet.fleet.core import open_fleet
+
+        port = free_port()
+        self.cfg, self.log = tmp_path / "fleet.toml", tmp_path / "fleet.log"
+        self.cfg.write_text(
+            f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\n'
+            f'public_url = "http://127.0.0.1:{port}"\nsigning_key = "{tmp_path / "none.key"}"\n'
+            f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\n'
+            f'cert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
+            '[alerts]\nread_scope = "operator"\n'
+        )
+        fleet = open_fleet(load_config(self.cfg))
+        for cam in ("cam-1", "cam-2"):
+            devices.register_device(fleet, cam, "x86_64")
+        self.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator")}
+        self.env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(self.cfg)],
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(f"{self.url}/healthz")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+
 @pytest.fixture
 def served(tmp_path: Path, edgefleet_home: Path, mqtt_broker, detection_package):
-    """`fleet serve` on the broker with cam-1 and cam-2 registered; alerts readable by operators only."""
-    from edgefleet.fleet import auth, devices
-    from edgefleet.fleet.config import load_config
-    from edgefleet.fleet.core import open_fleet
-
-    port = free_port()
-    cfg = tmp_path / "fleet.toml"
-    b = mqtt_broker
-    cfg.write_text(
-        f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\n'
-        f'public_url = "http://127.0.0.1:{port}"\nsigning_key = "{tmp_path / "none.key"}"\n'
-        f'[broker]\nhost = "{b.host}"\nport = {b.port}\nca_file = "{b.pki.ca_file}"\n'
-        f'cert_file = "{b.fleet_cert}"\nkey_file = "{b.fleet_key}"\n'
-        '[alerts]\nread_scope = "operator"\n'
-    )
-    fleet = open_fleet(load_config(cfg))
-    for cam in ("cam-1", "cam-2"):
-        devices.register_device(fleet, cam, "x86_64")
-    tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator")}
-    env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(cfg)],
-        env=env,
-        stdout=open(tmp_path / "fleet.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    fleet = FleetServe(tmp_path, edgefleet_home, mqtt_broker)
+    fleet.start()
     try:
-        wait_http(f"{url}/healthz")
-        yield {"url": url, "tokens": tokens, "env": env, "fleet": fleet}
+        yield {"url": fleet.url, "tokens": fleet.tokens, "env": fleet.env, "serve": fleet}
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        fleet.stop()
 
 
 def camera(tmp_path: Path, broker, package, url: str, device: str = "cam-1") -> tuple[subprocess.Popen, Path]:
@@ -171,7 +185,7 @@ def test_the_fleet_refuses_snapshots_it_cannot_tie_to_the_uploading_devices_aler
     agent, incoming = camera(tmp_path, mqtt_broker, detection_package, served["url"])
     try:
         drop_frame(incoming, "f0.jpg", bright_frame())
-        wait_until(lambda: api.get("/api/v1/alerts").json()["total"] == 1, timeout=60)
+        wait_until(lambda: [e["snapshot"]["stored"] for e in api.get("/api/v1/alerts").json()["items"]] == [True], 60)
     finally:
         agent.terminate()
         agent.wait(timeout=20)
@@ -200,3 +214,37 @@ def test_the_fleet_refuses_snapshots_it_cannot_tie_to_the_uploading_devices_aler
     assert persisted["snapshots_refused_hash"] == 1
     assert persisted["snapshots_refused_auth"] == 3
     assert persisted["snapshots_refused_other_device"] == 1
+
+
+def test_a_snapshot_taken_while_the_fleet_is_down_is_uploaded_after_an_agent_restart(
+    tmp_path: Path, mqtt_broker, detection_package, served
+) -> None:
+    """The fleet stops (its MQTT session keeps the alert queued at the broker); the camera alerts,
+    cannot upload, and is restarted; once the fleet is back the snapshot arrives from the outbox."""
+    serve = served["serve"]
+    serve.stop()
+    agent, incoming = camera(tmp_path, mqtt_broker, detection_package, served["url"])
+    drop_frame(incoming, "f0.jpg", bright_frame())
+    state = tmp_path / "state-cam-1" / "outbox.sqlite"
+    import sqlite3
+
+    def waiting() -> int:
+        try:
+            with sqlite3.connect(state) as db:
+                return db.execute("SELECT COUNT(*) FROM snapshots WHERE attempts >= 1").fetchone()[0]
+        except sqlite3.OperationalError:  # the agent is still creating its outbox
+            return 0
+
+    wait_until(lambda: state.exists() and waiting() == 1, timeout=60)  # tried, and kept
+    agent.terminate()
+    agent.wait(timeout=20)
+    serve.start()
+    agent, _ = camera(tmp_path, mqtt_broker, detection_package, served["url"])
+    api = httpx.Client(base_url=served["url"], headers={"Authorization": f"Bearer {served['tokens']['operator']}"})
+    try:
+        wait_until(lambda: [e["snapshot"]["stored"] for e in api.get("/api/v1/alerts").json()["items"]] == [True], 90)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 0
