@@ -1,18 +1,23 @@
-"""What `fleet serve` runs for alert events besides ingest: the retention sweep and, when
-enabled, Home Assistant discovery (fleet/homeassistant.py)."""
+"""What `fleet serve` runs for alert events besides ingest: the retention sweep, the optional
+webhook (each new event POSTed as its AlertEventOut JSON, through the drift webhook's sender)
+and, when enabled, Home Assistant discovery (fleet/homeassistant.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from edgefleet.fleet.alert_events import prune
+from edgefleet.contracts.rest import AlertEventOut
+from edgefleet.fleet.alert_events import add_listener, prune
 from edgefleet.fleet.core import Fleet
+from edgefleet.fleet.drift_webhook import post_alarm, url_from
 
 log = logging.getLogger("edgefleet.fleet.alerts")
 SWEEP_S = 300.0
+WEBHOOK_ENV = "EDGEFLEET_FLEET_ALERT_WEBHOOK"
 
 
 class Retention(threading.Thread):
@@ -35,10 +40,28 @@ class Retention(threading.Thread):
                 return
 
 
-def start(fleet: Fleet, mqtt_client: Any | None) -> Callable[[], None]:
-    """Start the sweep (and HA discovery when enabled and the fleet has a broker); returns a stop function."""
+def add_webhook(fleet: Fleet, counters: Counter[str]) -> str | None:
+    """POST each new alert event to the configured webhook (off the ingest thread); the URL, or None."""
+    cfg = fleet.config.alerts
+    url = url_from(WEBHOOK_ENV, cfg.webhook_url_file, "alerts.webhook_url_file")
+    if url is None:
+        return None
+
+    def send(kind: str, item: Any) -> None:
+        if kind == "alert" and isinstance(item, AlertEventOut):
+            args = (url, item.model_dump_json().encode(), cfg.webhook_timeout_s, counters, "alert_webhook")
+            threading.Thread(target=post_alarm, args=args, name="alert-webhook", daemon=True).start()
+
+    add_listener(fleet, send)
+    return url
+
+
+def start(fleet: Fleet, mqtt_client: Any | None, counters: Counter[str]) -> Callable[[], None]:
+    """Start the sweep, the webhook (`counters` counts its posts) and HA discovery when enabled and
+    the fleet has a broker; returns a stop function."""
     retention = Retention(fleet)
     retention.start()
+    add_webhook(fleet, counters)
     ha = None
     if fleet.config.homeassistant.enabled and mqtt_client is not None:
         from edgefleet.fleet.homeassistant import HomeAssistant

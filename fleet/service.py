@@ -52,7 +52,7 @@ def serve(config: FleetConfig) -> None:
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
-    stop_alerts = alert_service.start(fleet, bridge.client if bridge else None)  # retention, Home Assistant
+    stop_alerts = alert_service.start(fleet, bridge.client if bridge else None, ingest.counters)  # docs/fleet.md
     try:
         uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
     finally:

@@ -102,7 +102,7 @@ def ha_world(tmp_path: Path, edgefleet_home: Path):
     ingest = Ingest(fleet)
     bridge = Bridge(config, ingest)
     bridge.start()
-    stop = alert_service.start(fleet, bridge.client)
+    stop = alert_service.start(fleet, bridge.client, ingest.counters)
     try:
         with LiveServer(create_app(fleet, ingest)) as server:
             yield broker, fleet, server.url

@@ -135,3 +135,31 @@ def test_retention_deletes_old_and_surplus_events_and_the_snapshots_no_event_nam
     assert [e.frame for e in list_events(fleet).items] == ["f4", "f4", "f3"]
     assert [(store / snapshot_key("cam-1", h)).exists() for h in sha] == [False, False, False, True, True]
     assert prune(fleet, now) == 0
+
+
+def test_each_new_event_is_posted_to_the_webhook_once(fleet, tmp_path) -> None:
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "drift"))
+    from drift_support import WebhookReceiver
+
+    from edgefleet.fleet import alert_service
+
+    counters: Counter[str] = Counter()
+    with WebhookReceiver() as hook:
+        (tmp_path / "hook").write_text(hook.url + "\n")
+        fleet.config.alerts.webhook_url_file = tmp_path / "hook"
+        assert alert_service.add_webhook(fleet, counters) == hook.url
+        now = fleet.clock()
+        ingest = ingest_alerts(fleet, [(alert_body(1, snapshot=jpeg(10)), now)])
+        ingest.handle_batch([ingest_message(alert_body(1, snapshot=jpeg(10)), now + 1)])  # again: no second post
+        end = time.monotonic() + 10
+        while counters["alert_webhook_sent"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)  # would a second post follow?
+    assert counters == Counter({"alert_webhook_sent": 1})
+    (body,) = hook.bodies
+    assert body["alert_id"] == "alert-1-person" and body["device"] == "cam-1" and body["snapshot"]["stored"] is False
