@@ -199,7 +199,11 @@ def store_snapshot(fleet: Fleet, device_id: str, sha256: str, data: bytes, heade
     with fleet.session() as s:
         device = s.get(Device, device_id)
         if device is None:
-            raise _refuse(fleet, "snapshots_refused_auth", PermissionDeniedError(f"unknown device {device_id!r}", ""))
+            raise _refuse(
+                fleet,
+                "snapshots_refused_auth",
+                PermissionDeniedError(f"unknown device {device_id!r}", "enroll the device first"),
+            )
         serial = device.cert_serial
         named = s.scalars(
             select(AlertEvent).where(AlertEvent.snapshot_sha256 == sha256, AlertEvent.device_id == device_id)
@@ -213,16 +217,26 @@ def store_snapshot(fleet: Fleet, device_id: str, sha256: str, data: bytes, heade
         ) from None
     cap = fleet.config.alerts.snapshot_max_bytes
     if len(data) > cap:
-        raise _refuse(fleet, "snapshots_refused_size", BadInputError(f"the snapshot is over {cap} bytes", ""))
+        raise _refuse(
+            fleet,
+            "snapshots_refused_size",
+            BadInputError(f"the snapshot is over {cap} bytes", "lower [snapshots] max_bytes on the camera"),
+        )
     if hashlib.sha256(data).hexdigest() != sha256 or not data.startswith(JPEG_MAGIC):
         raise _refuse(
-            fleet, "snapshots_refused_hash", BadInputError("the body is not the JPEG whose sha256 the URL names", "")
+            fleet,
+            "snapshots_refused_hash",
+            BadInputError(
+                "the body is not the JPEG whose sha256 the URL names", "send the snapshot's bytes as they were hashed"
+            ),
         )
     if others:
         raise _refuse(
             fleet,
             "snapshots_refused_other_device",
-            PermissionDeniedError("this snapshot is named by another device's alert", ""),
+            PermissionDeniedError(
+                "this snapshot is named by another device's alert", "a camera uploads only its own snapshots"
+            ),
         )
     if not named:
         raise _refuse(

@@ -81,6 +81,8 @@ async def put_snapshot(fleet: FleetDep, request: Request, device_id: str, sha256
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_SNAPSHOT_BYTES:
-            raise BadInputError(f"the snapshot is over {MAX_SNAPSHOT_BYTES} bytes", "")
+            raise BadInputError(
+                f"the snapshot is over {MAX_SNAPSHOT_BYTES} bytes", "lower [snapshots] max_bytes on the camera"
+            )
     headers = {k.title(): v for k, v in request.headers.items()}
     return await run_in_threadpool(alert_events.store_snapshot, fleet, device_id, sha256, bytes(data), headers)
