@@ -49,7 +49,8 @@ class HomeAssistantConfig(StrictMutable):
     enabled: bool = False
     discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+$")
     state_prefix: str = Field("edgefleet/ha", pattern=r"^[A-Za-z0-9_/-]+$")
-    user: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+$")  # its certificate CN, for the broker ACL
+    # HA's certificate CN, for the broker ACL; a fleet-side name, so no camera can enroll as it.
+    user: str = Field("fleet-homeassistant", pattern=r"^(fleet|edgefleet)-[A-Za-z0-9_-]+$")
     alert_off_s: float = Field(10.0, gt=0)  # a label's binary sensor goes OFF this long after its last alert
 
 

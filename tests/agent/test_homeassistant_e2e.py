@@ -23,6 +23,7 @@ DRIFT_TESTS = Path(__file__).parent.parent / "drift"  # LiveServer: the app unde
 pytestmark = pytest.mark.mqtt
 # What HA's MQTT discovery needs in each config (and what the issue asks every entity to carry).
 REQUIRED = {"unique_id", "device", "availability_topic", "name"}
+HA_USER = "fleet-homeassistant"  # [homeassistant] user's default
 STATE_KEY = {"binary_sensor": "state_topic", "sensor": "state_topic", "image": "image_topic"}
 
 
@@ -30,13 +31,13 @@ class HomeAssistantClient:
     """Subscribes as HA does (its own certificate CN) and keeps the last payload per topic."""
 
     def __init__(self, broker: Broker, filters: list[str]) -> None:
-        cert, key = broker.pki.issue("homeassistant")
+        cert, key = broker.pki.issue(HA_USER)
         self.last: dict[str, bytes] = {}
         self.history: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.granted: list[int] = []
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="homeassistant")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=HA_USER)
         ctx = ssl.create_default_context(cafile=str(broker.pki.ca_file))
         ctx.load_cert_chain(str(cert), str(key))
         self.client.tls_set_context(ctx)
