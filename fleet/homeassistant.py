@@ -40,6 +40,11 @@ def object_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+def entity_slug(name: str) -> str:
+    """An entity id's part after the domain: [a-z0-9_], no leading, trailing or double '_'."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9]", "_", name.lower())).strip("_")
+
+
 class HomeAssistant:
     def __init__(self, fleet: Fleet, client: Any, cfg: HomeAssistantConfig) -> None:
         self.fleet, self.client, self.cfg = fleet, client, cfg
@@ -56,11 +61,14 @@ class HomeAssistant:
     def config_topic(self, component: str, device: str, name: str) -> str:
         return f"{self.cfg.discovery_prefix}/{component}/edgefleet_{object_id(device)}/{object_id(name)}/config"
 
-    def _base(self, d: Device, name: str) -> dict[str, Any]:
-        """What every entity of the camera carries: HA's device block and the camera's availability."""
+    def _base(self, d: Device, component: str, name: str) -> dict[str, Any]:
+        """What every entity of the camera carries: its ids, HA's device block and the camera's availability.
+
+        `default_entity_id` (domain.slug) replaced `object_id` in HA 2025.10 (object_id is gone in 2026.4)."""
+        slug = f"edgefleet_{object_id(d.id)}_{object_id(name)}"
         return {
-            "unique_id": f"edgefleet_{object_id(d.id)}_{object_id(name)}",
-            "object_id": f"edgefleet_{object_id(d.id)}_{object_id(name)}",
+            "unique_id": slug,
+            "default_entity_id": f"{component}.{entity_slug(slug)}",
             "device": {
                 "identifiers": [f"edgefleet_{d.id}"],
                 "name": d.id,
@@ -77,22 +85,22 @@ class HomeAssistant:
     def discovery(self, d: Device) -> dict[str, dict[str, Any]]:
         """Config topic -> config, for each entity of camera `d`."""
         configs = {
-            self.config_topic("binary_sensor", d.id, label): self._base(d, label)
+            self.config_topic("binary_sensor", d.id, label): self._base(d, "binary_sensor", label)
             | {
                 "name": label,
                 "state_topic": self.state_topic(d.id, f"{object_id(label)}/state"),
                 "payload_on": "ON",
                 "payload_off": "OFF",
-                "device_class": "motion" if label == "person" else "occupancy",
+                "device_class": "occupancy",
             }
             for label in d.watching or []
         }
-        configs[self.config_topic("image", d.id, "snapshot")] = self._base(d, "snapshot") | {
+        configs[self.config_topic("image", d.id, "snapshot")] = self._base(d, "image", "snapshot") | {
             "name": "last alert",
             "image_topic": self.state_topic(d.id, "snapshot"),
             "content_type": "image/jpeg",
         }
-        configs[self.config_topic("sensor", d.id, "model_version")] = self._base(d, "model_version") | {
+        configs[self.config_topic("sensor", d.id, "model_version")] = self._base(d, "sensor", "model_version") | {
             "name": "model version",
             "state_topic": self.state_topic(d.id, "model_version"),
             "entity_category": "diagnostic",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import ssl
 import threading
@@ -155,6 +156,9 @@ def test_every_camera_appears_in_home_assistant_with_live_state_topics(
             assert REQUIRED <= set(config_) and STATE_KEY[component] in config_, topic
             assert {"identifiers", "name", "model", "sw_version"} <= set(config_["device"]), topic
             assert config_["availability_topic"] == "edgefleet/v1/cam-1/status"
+            # HA's entity id rule: domain.slug with [a-z0-9_] only, no leading, trailing or double '_'.
+            assert re.fullmatch(rf"{component}\.edgefleet_cam_1_[a-z0-9]+(_[a-z0-9]+)*", config_["default_entity_id"])
+            assert "object_id" not in config_
         assert len({c["unique_id"] for c in configs.values()}) == len(configs)
         state = {t: c[STATE_KEY[t.split("/")[1]]] for t, c in configs.items()}
         # Every state topic a config names receives a value; availability says online.
