@@ -208,6 +208,14 @@ async function renderEvents(page) {
   }));
   $("#events").replaceChildren(...cards);
   shownEvents = key;
+  // Free the images of events no longer shown (the page may stay open for days).
+  const shown = new Set(page.items.map((e) => String(e.id)));
+  for (const id of Object.keys(snapshotUrls)) {
+    if (!shown.has(id)) {
+      snapshotUrls[id].then((url) => url && URL.revokeObjectURL(url));
+      delete snapshotUrls[id];
+    }
+  }
 }
 
 async function refreshEvents() {
