@@ -37,9 +37,17 @@ def bright_frame(size=(1280, 960)) -> bytes:
 
 
 class FleetServe:
-    """`edgefleet fleet serve` on the broker with cam-1 and cam-2 registered; alerts readable by operators only."""
+    """`edgefleet fleet serve` on the broker with cam-1 and cam-2 registered; alerts readable by
+    operators only, unless `sections` (TOML after [broker] and its `broker_extra` keys) says otherwise."""
 
-    def __init__(self, tmp_path: Path, edgefleet_home: Path, broker) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        edgefleet_home: Path,
+        broker,
+        sections: str = '[alerts]\nread_scope = "operator"\n',
+        broker_extra: str = "",
+    ) -> None:
         from edgefleet.fleet import auth, devices
         from edgefleet.fleet.config import load_config
         from edgefleet.fleet.core import open_fleet
@@ -50,8 +58,7 @@ class FleetServe:
             f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\n'
             f'public_url = "http://127.0.0.1:{port}"\nsigning_key = "{tmp_path / "none.key"}"\n'
             f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\n'
-            f'cert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
-            '[alerts]\nread_scope = "operator"\n'
+            f'cert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n{broker_extra}{sections}'
         )
         fleet = open_fleet(load_config(self.cfg))
         for cam in ("cam-1", "cam-2"):

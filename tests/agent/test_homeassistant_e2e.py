@@ -1,6 +1,6 @@
-"""Home Assistant MQTT discovery against a real mosquitto with the fleet's own ACL: a client with
-HA's identity reads homeassistant/# and every state and availability topic the configs name, as
-HA would, while a real agent alerts, uploads its snapshot and dies."""
+"""Home Assistant MQTT discovery against a real mosquitto whose ACL the real `edgefleet fleet serve`
+writes: a client with HA's identity reads homeassistant/# and every state and availability topic
+the configs name, as HA would, while a real agent alerts, uploads its snapshot and dies."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import ssl
 import threading
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from support.broker import Broker
 
 from agent_support import drop_frame, start_agent, wait_until, write_config
-from test_alert_events_e2e import bright_frame
+from test_alert_events_e2e import FleetServe, bright_frame
 
-DRIFT_TESTS = Path(__file__).parent.parent / "drift"  # LiveServer: the app under a real uvicorn
 
 pytestmark = pytest.mark.mqtt
 # What HA's MQTT discovery needs in each config (and what the issue asks every entity to carry).
@@ -73,44 +73,23 @@ class HomeAssistantClient:
 
 @pytest.fixture
 def ha_world(tmp_path: Path, edgefleet_home: Path):
-    """mosquitto with the ACL the fleet writes (discovery on), the fleet's ingest, API and discovery."""
-    import sys
-
-    sys.path.insert(0, str(DRIFT_TESTS))
-    from drift_support import LiveServer
-
-    from edgefleet.fleet import alert_service, devices
-    from edgefleet.fleet.api import create_app
-    from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.config import BrokerConfig, FleetConfig, HomeAssistantConfig
-    from edgefleet.fleet.core import open_fleet
-    from edgefleet.fleet.ingest import Ingest
-
-    ha = HomeAssistantConfig(enabled=True, alert_off_s=2.0)
+    """mosquitto, and `edgefleet fleet serve` with discovery on writing the broker's ACL (and SIGHUPing it)."""
     broker = Broker(tmp_path / "broker")
-    broker.acl_file.write_text(devices.acl_text(["cam-1"], ha))
     broker.start()
-    config = BrokerConfig(
-        host=broker.host,
-        port=broker.port,
-        ca_file=broker.pki.ca_file,
-        cert_file=broker.fleet_cert,
-        key_file=broker.fleet_key,
+    pid_file = tmp_path / "mosquitto.pid"
+    pid_file.write_text(f"{broker.process.pid}\n")
+    serve = FleetServe(
+        tmp_path,
+        edgefleet_home,
+        broker,
+        sections="[homeassistant]\nenabled = true\nalert_off_s = 2.0\n",
+        broker_extra=f'acl_file = "{broker.acl_file}"\nmosquitto_pid_file = "{pid_file}"\n',
     )
-    fleet = open_fleet(
-        FleetConfig(data_dir=tmp_path / "fleet", signing_key=tmp_path / "none.key", broker=config, homeassistant=ha)
-    )
-    devices.register_device(fleet, "cam-1", "x86_64")
-    ingest = Ingest(fleet)
-    bridge = Bridge(config, ingest)
-    bridge.start()
-    stop = alert_service.start(fleet, bridge.client, ingest.counters)
+    serve.start()
     try:
-        with LiveServer(create_app(fleet, ingest)) as server:
-            yield broker, fleet, server.url
+        yield broker, serve
     finally:
-        stop()
-        bridge.stop()
+        serve.stop()
         broker.close()
 
 
@@ -119,7 +98,8 @@ def test_every_camera_appears_in_home_assistant_with_live_state_topics(
 ) -> None:
     from agent_support import agent_config
 
-    broker, fleet, url = ha_world
+    broker, serve = ha_world
+    url = serve.url
     # HA's identity reads what discovery names, nothing else: the alerts filter never delivers.
     filters = ["homeassistant/#", "edgefleet/ha/#", "edgefleet/v1/+/status", "edgefleet/v1/+/alerts"]
     ha = HomeAssistantClient(broker, filters)
@@ -152,14 +132,22 @@ def test_every_camera_appears_in_home_assistant_with_live_state_topics(
         configs = ha.configs()
         assert all(retain for t, _, retain in ha.history)
         for topic, config_ in configs.items():
-            component = topic.split("/")[1]
+            component, cam = topic.split("/")[1], topic.split("/")[2].removeprefix("edgefleet_")
             assert REQUIRED <= set(config_) and STATE_KEY[component] in config_, topic
             assert {"identifiers", "name", "model", "sw_version"} <= set(config_["device"]), topic
-            assert config_["availability_topic"] == "edgefleet/v1/cam-1/status"
+            assert config_["availability_topic"] == f"edgefleet/v1/{cam}/status"
             # HA's entity id rule: domain.slug with [a-z0-9_] only, no leading, trailing or double '_'.
-            assert re.fullmatch(rf"{component}\.edgefleet_cam_1_[a-z0-9]+(_[a-z0-9]+)*", config_["default_entity_id"])
+            slug = cam.replace("-", "_")
+            assert re.fullmatch(rf"{component}\.edgefleet_{slug}_[a-z0-9]+(_[a-z0-9]+)*", config_["default_entity_id"])
             assert "object_id" not in config_
         assert len({c["unique_id"] for c in configs.values()}) == len(configs)
+        # cam-2 is enrolled but never connected: it appears, without label sensors (it has not said
+        # what it watches), and stays unavailable (its status topic holds nothing).
+        assert {t for t in configs if "cam-2" in t} == {
+            t.replace("cam-1", "cam-2") for t in expected if "/binary_sensor/" not in t
+        }
+        assert not ha.values("edgefleet/v1/cam-2/status")
+        configs = {t: c for t, c in configs.items() if t in expected}
         state = {t: c[STATE_KEY[t.split("/")[1]]] for t, c in configs.items()}
         # Every state topic a config names receives a value; availability says online.
         wait_until(lambda: all(ha.values(topic) for topic in state.values() if "snapshot" not in topic), timeout=20)
@@ -174,12 +162,11 @@ def test_every_camera_appears_in_home_assistant_with_live_state_topics(
         wait_until(lambda: ha.values(person)[-1] == b"OFF", timeout=10)
         image = state[f"homeassistant/image/{node}/snapshot/config"]
         wait_until(lambda: bool(ha.values(image)), timeout=30)
-        from edgefleet.fleet.alert_events import list_events
-
-        event = list_events(fleet).items[0]
-        assert hashlib.sha256(ha.values(image)[-1]).hexdigest() == event.snapshot.sha256
+        api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {serve.tokens['operator']}"})
+        (event,) = api.get("/api/v1/alerts").json()["items"]
+        assert hashlib.sha256(ha.values(image)[-1]).hexdigest() == event["snapshot"]["sha256"]
         assert ha.values(state[f"homeassistant/binary_sensor/{node}/car/config"])[-1] == b"OFF"
-        assert not ha.values("edgefleet/v1/cam-1/alerts") and event.device == "cam-1"
+        assert not ha.values("edgefleet/v1/cam-1/alerts") and event["device"] == "cam-1"
     finally:
         agent.send_signal(signal.SIGKILL)
         agent.wait(timeout=20)
