@@ -194,27 +194,33 @@ def _refuse(fleet: Fleet, counter: str, error: Exception) -> Exception:
     return error
 
 
-def store_snapshot(fleet: Fleet, device_id: str, sha256: str, data: bytes, headers: dict[str, str]) -> SnapshotStored:
-    """Check an uploaded snapshot against its device's identity and the alert naming it, then store it."""
+def authenticate_upload(fleet: Fleet, device_id: str, sha256: str, headers: dict[str, str]) -> None:
+    """Refuse (PermissionDeniedError, counted) an upload not signed by `device_id` for `sha256`:
+    checked on the headers alone, before the body is read."""
     with fleet.session() as s:
         device = s.get(Device, device_id)
-        if device is None:
-            raise _refuse(
-                fleet,
-                "snapshots_refused_auth",
-                PermissionDeniedError(f"unknown device {device_id!r}", "enroll the device first"),
-            )
-        serial = device.cert_serial
-        named = s.scalars(
-            select(AlertEvent).where(AlertEvent.snapshot_sha256 == sha256, AlertEvent.device_id == device_id)
-        ).all()
-        others = not named and s.scalar(select(AlertEvent.id).where(AlertEvent.snapshot_sha256 == sha256).limit(1))
+    if device is None:
+        raise _refuse(
+            fleet,
+            "snapshots_refused_auth",
+            PermissionDeniedError(f"unknown device {device_id!r}", "enroll the device first"),
+        )
     try:
-        verify_headers(headers, device_ca(fleet), device_id, sha256, fleet.clock(), serial)
+        verify_headers(headers, device_ca(fleet), device_id, sha256, fleet.clock(), device.cert_serial)
     except DeviceAuthError as exc:
         raise _refuse(
             fleet, "snapshots_refused_auth", PermissionDeniedError(str(exc), "sign with the device's own key")
         ) from None
+
+
+def store_snapshot(fleet: Fleet, device_id: str, sha256: str, data: bytes, headers: dict[str, str]) -> SnapshotStored:
+    """Check an uploaded snapshot against its device's identity and the alert naming it, then store it."""
+    authenticate_upload(fleet, device_id, sha256, headers)
+    with fleet.session() as s:
+        named = s.scalars(
+            select(AlertEvent).where(AlertEvent.snapshot_sha256 == sha256, AlertEvent.device_id == device_id)
+        ).all()
+        others = not named and s.scalar(select(AlertEvent.id).where(AlertEvent.snapshot_sha256 == sha256).limit(1))
     cap = fleet.config.alerts.snapshot_max_bytes
     if len(data) > cap:
         raise _refuse(
