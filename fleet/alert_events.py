@@ -52,8 +52,10 @@ def observe(s: Session, device: Device, msg: DeviceMessage, received_at: float) 
 
 
 def _record(s: Session, device_id: str, msg: AlertMessage, received_at: float) -> AlertEvent | None:
-    if msg.id is not None and s.scalar(select(AlertEvent.id).where(AlertEvent.alert_id == msg.id)) is not None:
-        return None  # delivered again (at least once): one event per alert
+    # no_autoflush: the device row's pending update is flushed once, with the event, by ingest.
+    with s.no_autoflush:
+        if msg.id is not None and s.scalar(select(AlertEvent.id).where(AlertEvent.alert_id == msg.id)) is not None:
+            return None  # delivered again (at least once): one event per alert
     row = AlertEvent(
         alert_id=msg.id,
         device_id=device_id,
@@ -72,8 +74,7 @@ def _record(s: Session, device_id: str, msg: AlertMessage, received_at: float) -
         snapshot=msg.snapshot.wire() if msg.snapshot else None,
         snapshot_sha256=msg.snapshot.sha256 if msg.snapshot else None,
     )
-    s.add(row)
-    s.flush()
+    s.add(row)  # ingest flushes each message in its savepoint; the row gets its id there
     return row
 
 
@@ -84,6 +85,8 @@ def add_listener(fleet: Fleet, listener: Listener) -> None:
         if session.in_nested_transaction():
             return  # a savepoint (ingest keeps one per message) was released: the batch is not committed yet
         for kind, item in session.info.pop(NOTES, []):
+            if isinstance(item, AlertEvent) and item.id is None:
+                continue  # its message's savepoint was rolled back
             try:
                 listener(kind, event_out(item) if isinstance(item, AlertEvent) else item)
             except Exception:  # a listener (a webhook, the broker) must never fail ingest
