@@ -31,8 +31,10 @@ from edgefleet.fleet.alert_tables import AlertEvent
 from edgefleet.fleet.config import HomeAssistantConfig
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Device
+from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
 
 log = logging.getLogger("edgefleet.fleet.homeassistant")
+IMAGE_MAX_BYTES = MAX_PACKET_BYTES - 1024  # room for the topic and the MQTT header
 
 
 def object_id(name: str) -> str:
@@ -135,8 +137,18 @@ class HomeAssistant:
                 .order_by(AlertEvent.received_at.desc())
                 .limit(1)
             )
-        if key is not None:
-            self._publish(self.state_topic(device_id, "snapshot"), self.fleet.store.read(key))
+        if key is None:
+            return
+        jpeg = self.fleet.store.read(key)
+        if len(jpeg) > IMAGE_MAX_BYTES:  # over the broker's packet limit it would drop the fleet's own link
+            log.warning(
+                "snapshot %s of %s is %d bytes: too large for MQTT, not sent to Home Assistant",
+                key,
+                device_id,
+                len(jpeg),
+            )
+            return
+        self._publish(self.state_topic(device_id, "snapshot"), jpeg)
 
     def on_event(self, kind: str, item: Any) -> None:
         """An alert_events listener: what ingest or an upload committed."""

@@ -38,3 +38,45 @@ def test_the_acl_gives_ha_only_the_discovery_state_and_status_topics(tmp_path: P
     ]
     assert {"topic write homeassistant/#", "topic write edgefleet/ha/#"} <= set(blocks["user fleet"])
     assert blocks["user cam-1"] == [line for line in off.split("user cam-1\n")[1].splitlines() if line]
+
+
+class RecordingClient:
+    """Stands in for paho's client: records publishes (what the fleet would send the broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    def publish(self, topic: str, payload, qos: int, retain: bool) -> None:
+        self.sent.append((topic, len(payload)))
+
+
+def test_a_snapshot_over_the_brokers_packet_limit_is_not_published_recording_client(fleet) -> None:
+    from edgefleet.fleet import devices
+    from edgefleet.fleet.alert_tables import AlertEvent
+    from edgefleet.fleet.config import HomeAssistantConfig
+    from edgefleet.fleet.homeassistant import HomeAssistant
+    from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
+
+    devices.register_device(fleet, "cam-1", "x86_64")
+    client = RecordingClient()
+    ha = HomeAssistant(fleet, client, HomeAssistantConfig(enabled=True))
+    for n, size in enumerate((MAX_PACKET_BYTES, 200_000)):
+        key = f"alert-snapshots/cam-1/{n}.jpg"
+        fleet.store.path(key).parent.mkdir(parents=True, exist_ok=True)
+        fleet.store.path(key).write_bytes(b"\xff\xd8\xff" + bytes(size - 3))
+        with fleet.writer() as s, s.begin():
+            s.add(
+                AlertEvent(
+                    device_id="cam-1",
+                    received_at=n,
+                    label="x",
+                    score=1,
+                    consecutive=1,
+                    source="s",
+                    frame="f",
+                    boxes=[],
+                    snapshot_key=key,
+                )
+            )
+        ha._last_snapshot("cam-1")
+    assert client.sent == [("edgefleet/ha/cam-1/snapshot", 200_000)]  # the first was too large for MQTT
