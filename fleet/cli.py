@@ -637,3 +637,11 @@ for _action in ("pause", "resume", "abort"):
 from edgefleet.fleet.drift_cli import drift_command  # noqa: E402  (`edgefleet fleet drift`, docs/drift.md)
 
 fleet.add_command(drift_command)
+
+from edgefleet.fleet.alerts_cli import alerts  # noqa: E402  (`edgefleet fleet alerts`, docs/fleet.md)
+
+fleet.add_command(alerts)
+
+from edgefleet.fleet.homeassistant_cli import homeassistant  # noqa: E402  (docs/fleet.md, "Home Assistant")
+
+fleet.add_command(homeassistant)

@@ -44,6 +44,29 @@ class BrokerConfig(StrictMutable):
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=2**32 - 2)
 
 
+class AlertsConfig(StrictMutable):
+    """[alerts]: the alert events the fleet keeps and their snapshots (docs/fleet.md, "Alert events")."""
+
+    snapshot_max_bytes: int = Field(200_000, ge=16_384, le=1024 * 1024)  # refused above this
+    retention_days: float = Field(30.0, gt=0)  # events (and their snapshots) older than this are deleted
+    max_events: int = Field(100_000, ge=1)  # past this, the oldest events go first
+    # Who may list events and fetch snapshots (pictures of people): read-only, operator or admin.
+    read_scope: Literal["read-only", "operator", "admin"] = "read-only"
+    webhook_url_file: Path | None = None  # each new event POSTed there (EDGEFLEET_FLEET_ALERT_WEBHOOK wins)
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+
+class HomeAssistantConfig(StrictMutable):
+    """[homeassistant]: MQTT discovery of every camera for Home Assistant (docs/fleet.md), off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+$")
+    state_prefix: str = Field("edgefleet/ha", pattern=r"^[A-Za-z0-9_/-]+$")
+    # HA's certificate CN, for the broker ACL; a fleet-side name, so no camera can enroll as it.
+    user: str = Field("fleet-homeassistant", pattern=r"^(fleet|edgefleet)-[A-Za-z0-9_-]+$")
+    alert_off_s: float = Field(10.0, gt=0)  # a label's binary sensor goes OFF this long after its last alert
+
+
 class FleetConfig(StrictMutable):
     format_version: Literal[1] = 1
     data_dir: Path = Field(default_factory=lambda: edgefleet_home() / "fleet")
@@ -68,6 +91,8 @@ class FleetConfig(StrictMutable):
     replica_id: str | None = Field(default=None, pattern=REPLICA_ID)
     telemetry_retention_s: float = Field(default=7 * 24 * 3600, gt=0)  # older telemetry rows are deleted
     prune_interval_s: float = Field(default=600.0, gt=0)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

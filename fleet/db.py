@@ -103,6 +103,9 @@ class Device(Base):
     cert_serial: Mapped[str | None] = mapped_column(String(64), nullable=True)
     agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)  # as its status reports
     arch: Mapped[str | None] = mapped_column(String(32), nullable=True)  # picks the agent release build
+    watching: Mapped[list[str] | None] = mapped_column(
+        JSON, nullable=True
+    )  # its alert rules' labels, as its status says
     enrolled_at: Mapped[float] = mapped_column(Float, default=now)
 
 

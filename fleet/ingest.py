@@ -2,7 +2,7 @@
 
     edgefleet/v1/<device>/status               online/offline, current model, last seen
     edgefleet/v1/<device>/telemetry            health numbers for rollout gates (frames, alerts, confidence, p95)
-    edgefleet/v1/<device>/alerts               parsed as a whole AlertMessage, counted (and marks the device seen)
+    edgefleet/v1/<device>/alerts               parsed as a whole AlertMessage -> an alert event (fleet/alert_events.py)
     edgefleet/v1/<device>/jobs/<job>/update    the update state machine's progress -> deployments
 
 Messages from devices the fleet does not know, and malformed ones, are dropped and counted
@@ -10,7 +10,7 @@ Messages from devices the fleet does not know, and malformed ones, are dropped a
 transaction: telemetry rows go in with one insert-or-ignore on (device, message id), so a
 message delivered again (at least once: the bridge acknowledges only committed batches) is
 stored once and counted as `duplicate`. Status and job updates are applied one by one, each in
-its own savepoint, so a message the database refuses is dropped alone and its batch is kept.
+its own savepoint, as are alerts, so a message the database refuses is dropped alone and its batch is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, case, select
 from sqlalchemy.orm import Session
 
 from edgefleet.contracts.mqtt import AlertMessage, DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
+from edgefleet.fleet import alert_events
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry, insert_or_ignore
 from edgefleet.fleet.drift_service import DriftMonitor
@@ -65,7 +66,8 @@ def parse_body(payload: bytes) -> object:
         raise Malformed("JSON nested too deeply") from None
 
 
-# What each topic suffix promises (edgefleet/contracts/mqtt.py).
+# What each topic suffix promises (edgefleet/contracts/mqtt.py); an alert is parsed whole, as it
+# becomes an alert event.
 CONTRACTS: dict[str, type[DeviceMessage]] = {
     "status": StatusMessage,
     "telemetry": TelemetryMessage,
@@ -160,13 +162,13 @@ class Ingest:
     def _store(self, parsed: list[Parsed], s: Session) -> Tally[str]:
         # Status and job updates first, in order (the bridge puts them at the head of a batch):
         # telemetry or an alert after an `offline` last will means the device is back.
-        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "jobs"))
+        # Alerts become alert events one by one (fleet/alert_events.py), each in its own savepoint.
+        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "jobs", "alerts"))
         fresh = self._insert_telemetry(s, [p for p in parsed if p.kind == "telemetry"], outcomes)
         for p in fresh:
             self._observe_drift(s, p)
         outcomes["telemetry"] += len(fresh)
-        outcomes["alerts"] += sum(p.kind == "alerts" for p in parsed)
-        self._mark_seen(s, fresh + [p for p in parsed if p.kind == "alerts"])
+        self._mark_seen(s, fresh)
         return outcomes
 
     def _insert_telemetry(self, s: Session, telemetry: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
@@ -229,7 +231,7 @@ class Ingest:
 
     @staticmethod
     def _mark_seen(s: Session, seen: list[Parsed]) -> None:
-        """Telemetry and alerts mark their device online and seen: one UPDATE per device and batch."""
+        """Telemetry marks its device online and seen: one UPDATE per device and batch."""
         latest: dict[str, float] = {}
         for p in seen:
             latest[p.device_id] = max(latest.get(p.device_id, 0.0), p.message.received_at)
@@ -271,6 +273,10 @@ class Ingest:
             self._status(device, p.body)
         elif isinstance(p.body, JobUpdate) and not apply_job_update(self.fleet, s, p.device_id, p.job, p.body):
             return "dropped_unknown_job"
+        elif isinstance(p.body, AlertMessage):
+            device.status = "online"  # an alert: the device is seen
+        assert p.body is not None
+        alert_events.observe(s, device, p.body, p.message.received_at)  # alert events, watched labels
         device.last_seen = max(device.last_seen or 0.0, p.message.received_at)
         return p.kind
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from edgefleet.fleet import alert_service
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
@@ -55,6 +56,7 @@ def serve(config: FleetConfig) -> None:
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    stop_alerts = alert_service.start(fleet, bridge.client if bridge else None, ingest.counters)  # docs/fleet.md
     Pruner(fleet, config.telemetry_retention_s, config.prune_interval_s).start()
     address = {"listen_host": config.listen_host, "listen_port": config.listen_port}
     log.info("serving the API on http://%s:%d", *address.values(), extra=address)  # extra: JSON log fields
@@ -69,5 +71,6 @@ def serve(config: FleetConfig) -> None:
         )
     finally:
         ticker.stopped.set()
+        stop_alerts()
         if bridge:
             bridge.stop()

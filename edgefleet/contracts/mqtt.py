@@ -29,6 +29,7 @@ MAX_ID = 64  # a message id is a uuid (36) or a uuid's hex (32); the fleet store
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
 Real = Annotated[float, Field(ge=-1e12, le=1e12)]
+Label = Annotated[str, Field(min_length=1, max_length=64)]
 UpdateState = Literal[
     "idle",
     "downloading",
@@ -68,10 +69,17 @@ class DeviceMessage(WireMessage):
 
 
 class StatusMessage(DeviceMessage):
+    """Revision 2 adds `watching`: the labels the camera's alert rules watch (Home Assistant
+    discovery makes one binary sensor per label); agents before it do not say. It also bounds
+    `id` (DeviceMessage)."""
+
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching"})
     state: Literal["online", "offline"]
     model: ModelRef | None = None
     agent_version: Annotated[str, Field(max_length=64)] | None = None  # agents before 0.2 do not say
     arch: Annotated[str, Field(max_length=32)] | None = None
+    watching: Annotated[list[Label], Field(max_length=64)] | None = None
 
 
 class FrameCounts(WireMessage):
@@ -159,6 +167,21 @@ class TelemetryMessage(DeviceMessage):
         return self.latency_ms.p95 if self.latency_ms else None
 
 
+# What any fleet takes as one alert snapshot at most; each fleet's own cap (alerts.snapshot_max_bytes) is lower.
+MAX_SNAPSHOT_BYTES = 1024 * 1024
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class SnapshotRef(WireMessage):
+    """The alert's frame as a JPEG, uploaded apart from the message over HTTPS
+    (PUT /api/v1/devices/<device>/snapshots/<sha256>); the fleet checks it against this."""
+
+    sha256: Sha256
+    size: Annotated[StrictInt, Field(ge=1, le=MAX_SNAPSHOT_BYTES)]
+    width: Annotated[StrictInt, Field(ge=1, le=65_535)]
+    height: Annotated[StrictInt, Field(ge=1, le=65_535)]
+
+
 class Thumbnail(WireMessage):
     format: Literal["jpeg"]
     width: int
@@ -176,7 +199,12 @@ class Detection(WireMessage):
 
 
 class AlertMessage(DeviceMessage):
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail"})
+    """Revision 2 adds `snapshot` (the frame's JPEG, named by its sha256) and `rule` (the rule
+    that fired, for people); agents before it send neither, and are read the same. It also
+    bounds `id` (DeviceMessage)."""
+
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail", "snapshot", "rule"})
     label: str
     score: float
     consecutive: int
@@ -187,6 +215,8 @@ class AlertMessage(DeviceMessage):
     detections: list[Detection] | None = None
     frame_size: list[int] | None = None
     thumbnail: Thumbnail | None = None
+    snapshot: SnapshotRef | None = None
+    rule: Annotated[str, Field(max_length=200)] | None = None
 
     def wire(self) -> dict[str, Any]:
         body = super().wire()

@@ -71,7 +71,9 @@ def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing
             "model",
             "latency_ms",
             "thumbnail",
+            "rule",
         }
+        assert first["rule"] == "bright score >= 0.9 in 1 frame(s)"
         assert not list(incoming.glob("*.jpg")), "handled frames are deleted"
 
         port = int((tmp_path / "state-cam-1" / "health.port").read_text())

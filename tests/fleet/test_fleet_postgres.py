@@ -6,6 +6,7 @@ EDGEFLEET_TEST_POSTGRES_URL (postgresql://user@host:port) uses an existing serve
 from __future__ import annotations
 
 import pytest
+import test_alert_events_library as alert_flows
 import test_fleet_library as flows
 from tests_fleet_util import Clock
 
@@ -37,6 +38,9 @@ def pg_fleet(postgres_database, tmp_path, edgefleet_home, tiny_packages):
         flows.test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly,
         flows.test_pause_resume_abort_and_wave_timeout,
         flows.test_ingest_drops_and_counts_unknown_devices_and_malformed_messages,
+        alert_flows.test_an_alert_is_one_event_however_often_it_arrives_and_old_agents_alerts_are_kept,
+        alert_flows.test_filters_and_pages,
+        alert_flows.test_retention_deletes_old_and_surplus_events_and_the_snapshots_no_event_names,
     ],
     ids=lambda f: f.__name__.removeprefix("test_"),
 )
