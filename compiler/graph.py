@@ -164,6 +164,9 @@ _ELEMENTWISE = {
     "relax.divide": relax.op.divide,
     "relax.maximum": relax.op.maximum,
     "relax.minimum": relax.op.minimum,
+    # The integer requantization of quantized TFLite (tflite_quant.py): per-channel shifts and masks.
+    "relax.right_shift": relax.op.right_shift,
+    "relax.bitwise_and": relax.op.bitwise_and,
 }
 
 
@@ -175,13 +178,17 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
     running them in NHWC between two transposes.
     """
 
-    def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
+    def const_4d(expr: relax.Expr, other: relax.Expr, out: relax.Expr, dtype: str) -> relax.Expr:
         value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
-        return (
-            relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype)
-            if value is not None and value.ndim < 4
-            else expr
-        )
+        if value is None:
+            return expr
+        # One value in all (a per-tensor multiplier, a pooling count with no border): a scalar,
+        # when the other operand alone has the output's shape. ConvertLayout cannot broadcast a
+        # (1, 1, 1, 1) constant against a blocked 5-D tensor.
+        same_shape = isinstance(other.ty, relax.TensorType) and tvm_ffi.structural_equal(other.ty.shape, out.ty.shape)
+        if value.size > 0 and same_shape and np.all(value == value.flat[0]):
+            return relax.const(value.flat[0], dtype)
+        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value.ndim < 4 else expr
 
     @relax.expr_functor.mutator
     class _Rank(relax.PyExprMutator):
@@ -194,7 +201,10 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
                 lo, hi = (relax.const(float(v.value), dtype) for v in call.args[1:])
                 return relax.op.minimum(self.builder_.emit(relax.op.maximum(call.args[0], lo)), hi)
             if call.op.name in _ELEMENTWISE and len(call.args) == 2:
-                a, b = (const_4d(x, dtype) for x in call.args)
+                a, b = (
+                    const_4d(call.args[0], call.args[1], call, dtype),
+                    const_4d(call.args[1], call.args[0], call, dtype),
+                )
                 return _ELEMENTWISE[call.op.name](a, b) if (a, b) != tuple(call.args) else call
             return call
 
@@ -397,8 +407,19 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     return _pass
 
 
-_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu")
-_SINKABLE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+# astype, negative, right_shift, bitwise_and and floor_divide: quantized TFLite's integer requantization (tflite_quant.py).
+_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu", "relax.astype", "relax.negative")
+_SINKABLE_BINARY = (
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.divide",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.right_shift",
+    "relax.bitwise_and",
+    "relax.floor_divide",
+)
 _SINKABLE_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
 
 
