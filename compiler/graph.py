@@ -277,6 +277,7 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.Normalize(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
+            bool_layout_transforms_as_int8(),
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
@@ -291,6 +292,37 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetNCHWc")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return passes(mod) if _has_op(mod, "relax.nn.conv2d") else mod
+
+    return _pass
+
+
+def bool_layout_transforms_as_int8() -> tvm.transform.Pass:
+    """A layout transform of a boolean tensor as one of int8 values, cast back after.
+
+    ConvertLayout puts one before any operator it cannot carry a blocked layout through (e.g.
+    `where` on a comparison of a blocked convolution's output), and TVM 0.27's legalization of a
+    boolean layout_transform fails (it fills the padding with a float or int32 value, which the
+    schedule refuses for a bool buffer): the whole layout step then failed. Same values.
+    """
+
+    @relax.expr_functor.mutator
+    class _AsInt8(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.name == "relax.layout_transform"
+                and isinstance(call.ty, relax.TensorType)
+                and str(call.ty.dtype) == "bool"
+            ):
+                return call
+            as_int8 = self.builder_.emit(relax.op.astype(call.args[0], "int8"))
+            moved = self.builder_.emit(relax.Call(call.op, [as_int8], call.attrs))
+            return relax.op.astype(moved, "bool")
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetBoolLayoutTransforms")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _mutate_functions(mod, _AsInt8(mod))
 
     return _pass
 
@@ -534,7 +566,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return inner.args[0] if inner is not None and _is_identity(call, inner) else call
             if name in _SINKABLE_UNARY:
                 lt = self._unblock_of(call.args[0])
-                if lt is None:
+                # Not to bool: the sunk transform would be a boolean one (see bool_layout_transforms_as_int8).
+                if lt is None or str(call.ty.dtype) == "bool":
                     return call
                 return relax.Call(
                     lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs

@@ -302,3 +302,35 @@ def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernel
         np.testing.assert_array_equal(actual, expected)
         outputs.append(actual)
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
+
+
+def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
+    """Where(x > 0, x, 0.1 x) between two convolutions: ConvertLayout cannot carry `where`, so a
+    boolean layout transform goes before it, which TVM's legalization cannot lower; the layout step
+    failed on it and every convolution stayed in NCHW. Now the boolean moves as int8."""
+    rng = np.random.default_rng(5)
+    c1, i1 = _conv(rng, "data", 16, 32, 3, 1, name="c1")
+    c2, i2 = _conv(rng, "w", 32, 16, 3, 1, name="c2")
+    nodes = [
+        c1,
+        helper.make_node("Greater", ["c1", "zero"], ["pos"]),
+        helper.make_node("Mul", ["c1", "slope"], ["scaled"]),
+        helper.make_node("Where", ["pos", "c1", "scaled"], ["w"]),
+        c2,
+    ]
+    consts = [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(0.1), "slope")]
+    g = helper.make_graph(
+        nodes,
+        "where",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 12, 12])],
+        i1 + i2 + consts,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lowered, actual, expected = _compile_and_compare(model)
+    assert "layout step failed" not in capsys.readouterr().out
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    kernels = _kernels(lowered)
+    convs = [n for n in kernels if "conv2d" in n]
+    assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)
