@@ -164,6 +164,9 @@ _ELEMENTWISE = {
     "relax.divide": relax.op.divide,
     "relax.maximum": relax.op.maximum,
     "relax.minimum": relax.op.minimum,
+    # The integer requantization of quantized TFLite (tflite_quant.py): per-channel shifts and masks.
+    "relax.right_shift": relax.op.right_shift,
+    "relax.bitwise_and": relax.op.bitwise_and,
 }
 
 
@@ -175,13 +178,17 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
     running them in NHWC between two transposes.
     """
 
-    def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
+    def const_4d(expr: relax.Expr, other: relax.Expr, out: relax.Expr, dtype: str) -> relax.Expr:
         value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
-        return (
-            relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype)
-            if value is not None and value.ndim < 4
-            else expr
-        )
+        if value is None:
+            return expr
+        # One value in all (a per-tensor multiplier, a pooling count with no border): a scalar,
+        # when the other operand alone has the output's shape. ConvertLayout cannot broadcast a
+        # (1, 1, 1, 1) constant against a blocked 5-D tensor.
+        same_shape = isinstance(other.ty, relax.TensorType) and tvm_ffi.structural_equal(other.ty.shape, out.ty.shape)
+        if value.size > 0 and same_shape and np.all(value == value.flat[0]):
+            return relax.const(value.flat[0], dtype)
+        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value.ndim < 4 else expr
 
     @relax.expr_functor.mutator
     class _Rank(relax.PyExprMutator):
@@ -194,7 +201,10 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
                 lo, hi = (relax.const(float(v.value), dtype) for v in call.args[1:])
                 return relax.op.minimum(self.builder_.emit(relax.op.maximum(call.args[0], lo)), hi)
             if call.op.name in _ELEMENTWISE and len(call.args) == 2:
-                a, b = (const_4d(x, dtype) for x in call.args)
+                a, b = (
+                    const_4d(call.args[0], call.args[1], call, dtype),
+                    const_4d(call.args[1], call.args[0], call, dtype),
+                )
                 return _ELEMENTWISE[call.op.name](a, b) if (a, b) != tuple(call.args) else call
             return call
 
@@ -267,6 +277,7 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.Normalize(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
+            bool_layout_transforms_as_int8(),
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
@@ -281,6 +292,37 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetNCHWc")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return passes(mod) if _has_op(mod, "relax.nn.conv2d") else mod
+
+    return _pass
+
+
+def bool_layout_transforms_as_int8() -> tvm.transform.Pass:
+    """A layout transform of a boolean tensor as one of int8 values, cast back after.
+
+    ConvertLayout puts one before any operator it cannot carry a blocked layout through (e.g.
+    `where` on a comparison of a blocked convolution's output), and TVM 0.27's legalization of a
+    boolean layout_transform fails (it fills the padding with a float or int32 value, which the
+    schedule refuses for a bool buffer): the whole layout step then failed. Same values.
+    """
+
+    @relax.expr_functor.mutator
+    class _AsInt8(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.name == "relax.layout_transform"
+                and isinstance(call.ty, relax.TensorType)
+                and str(call.ty.dtype) == "bool"
+            ):
+                return call
+            as_int8 = self.builder_.emit(relax.op.astype(call.args[0], "int8"))
+            moved = self.builder_.emit(relax.Call(call.op, [as_int8], call.attrs))
+            return relax.op.astype(moved, "bool")
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetBoolLayoutTransforms")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _mutate_functions(mod, _AsInt8(mod))
 
     return _pass
 
@@ -398,8 +440,19 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     return _pass
 
 
-_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu")
-_SINKABLE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+# astype, negative, right_shift, bitwise_and and floor_divide: quantized TFLite's integer requantization (tflite_quant.py).
+_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu", "relax.astype", "relax.negative")
+_SINKABLE_BINARY = (
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.divide",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.right_shift",
+    "relax.bitwise_and",
+    "relax.floor_divide",
+)
 _SINKABLE_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
 
 
@@ -563,7 +616,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return inner.args[0] if inner is not None and _is_identity(call, inner) else call
             if name in _SINKABLE_UNARY:
                 lt = self._unblock_of(call.args[0])
-                if lt is None:
+                # Not to bool: the sunk transform would be a boolean one (see bool_layout_transforms_as_int8).
+                if lt is None or str(call.ty.dtype) == "bool":
                     return call
                 return relax.Call(
                     lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs
