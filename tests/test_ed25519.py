@@ -45,6 +45,12 @@ def test_libcrypto_and_cryptography_agree_on_every_case(signing_key):
         assert ed25519.verify(public, sig, data) is valid, name
 
 
+def test_a_python_without_reachable_openssl_symbols_falls_back_to_cryptography(signing_key, monkeypatch):
+    monkeypatch.setattr(ed25519, "libcrypto", lambda: None)
+    for name, (public, sig, data, valid) in cases(signing_key).items():
+        assert ed25519.verify(public, sig, data) is valid, name
+
+
 def test_wrong_lengths_are_refused_before_openssl(signing_key):
     sig = signing_key.sign(b"x")
     assert not ed25519.verify(signing_key.public.raw, sig[:63], b"x")
