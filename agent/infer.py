@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.agent.preprocess import decode_image, preprocess
 from edgefleet.agent.runtime import load_model
 from edgefleet.errors import BadInputError
 from edgefleet.package import open_package
+from edgefleet.signing import PublicKey
 
 
 @dataclass
@@ -49,7 +49,7 @@ def top_k(output: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
 
 
 def run_package_on_image(
-    package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5
+    package: Path, image: Path, trusted: list[PublicKey], *, k: int = 5, repeat: int = 5
 ) -> RunResult:
     """Verify `package`, run it `repeat` times on `image`, and return the latencies with the top-k
     classes, or for a detection package the decoded boxes as the agent's rules would see them."""

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import SIGNATURE, Manifest, OpenedPackage, check_files, open_package, read_manifest_unverified
-from edgefleet.signing import verify_signature
+from edgefleet.signing import PublicKey, verify_signature
 
 log = logging.getLogger("edgefleet.agent.model")
 
@@ -45,7 +44,7 @@ def check_detection(manifest: Manifest) -> None:
         head_config(manifest.detection.head, manifest.detection.options)
 
 
-def verify_extracted(directory: Path, trusted: list[Ed25519PublicKey]) -> OpenedPackage:
+def verify_extracted(directory: Path, trusted: list[PublicKey]) -> OpenedPackage:
     """Check an extracted package in place: signature over manifest.json and every file hash."""
     directory = Path(directory)
     manifest = read_manifest_unverified(directory)
@@ -58,7 +57,7 @@ def verify_extracted(directory: Path, trusted: list[Ed25519PublicKey]) -> Opened
 
 
 class ModelSlot:
-    def __init__(self, state_dir: Path, trusted_keys: list[Ed25519PublicKey]) -> None:
+    def __init__(self, state_dir: Path, trusted_keys: list[PublicKey]) -> None:
         self.state_dir = Path(state_dir)
         self.packages = self.state_dir / "packages"
         self.packages.mkdir(parents=True, exist_ok=True)

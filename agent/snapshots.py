@@ -18,7 +18,6 @@ import urllib.request
 
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.outbox import Outbox
-from edgefleet.device_auth import sign_headers
 
 log = logging.getLogger("edgefleet.agent.snapshots")
 MAX_BACKOFF_S = 300.0
@@ -41,6 +40,10 @@ class SnapshotUploader(threading.Thread):
 
     def upload(self, sha256: str, data: bytes) -> int:
         """One try; the HTTP status, or 0 when the fleet could not be reached."""
+        # Imported here: signing uploads needs cryptography, which an agent without snapshots never
+        # loads (its memory: docs/agent.md).
+        from edgefleet.device_auth import sign_headers
+
         headers = sign_headers(self._key, self._cert, self.cfg.device_id, sha256, int(time.time()))
         request = urllib.request.Request(
             self._base + sha256, data=data, method="PUT", headers=headers | {"Content-Type": "image/jpeg"}

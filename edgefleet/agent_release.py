@@ -29,7 +29,6 @@ import tarfile
 from pathlib import Path
 from typing import Final, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -46,7 +45,7 @@ from edgefleet.package import (
     sha256_file,
 )
 from edgefleet.runtime_bundle import INFO_FILE, Bundle, canonical_arch, host_arch
-from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.signing import PublicKey, SigningKey, verify_signature
 from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION: Final = 1
@@ -256,7 +255,7 @@ def is_agent_release(archive: Path) -> bool:
         return False  # the model package reader says what is wrong with it
 
 
-def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
+def verify_release_dir(root: Path, trusted: list[PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """(manifest, signer key id) of an unpacked release; PackageIntegrityError if unsigned, altered or incomplete."""
     root = Path(root)
     try:
@@ -272,7 +271,7 @@ def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[Age
     return manifest, signer
 
 
-def unpack_release(archive: Path, dest: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
+def unpack_release(archive: Path, dest: Path, trusted: list[PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """Extract `archive` into `dest` (which must not exist) and verify it there; removes `dest` when refused."""
     try:
         safe_extract(archive, dest)

@@ -27,12 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal, Protocol, cast
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import ArchiveLimits, check_member, safe_extract
 from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiveError
-from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.signing import PublicKey, SigningKey, verify_signature
 from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION: Final = 2
@@ -407,7 +406,7 @@ def _stream(path: Path) -> tuple[_Reader, IO[bytes]]:
     return raw, raw
 
 
-def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: bool = True) -> Manifest:
+def scan_package(path: Path, trusted: list[PublicKey] | None, *, strict: bool = True) -> Manifest:
     """Read the package as a stream and write nothing: check the signature (when `trusted`) and that
     every member is a file the manifest declares, with its declared size, before any data is unpacked.
 
@@ -465,7 +464,7 @@ def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return handle.read()
 
 
-def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped: _Capped) -> Manifest | None:
+def _arm(blobs: dict[str, bytes], trusted: list[PublicKey] | None, capped: _Capped) -> Manifest | None:
     """Once the manifest (and its signature, if one is required) is read: verify, then cap the rest."""
     if MANIFEST not in blobs or (trusted is not None and SIGNATURE not in blobs):
         return None
@@ -511,9 +510,7 @@ class InspectReport:
         return self.error is None
 
 
-def inspect_package(
-    path: Path, trusted: list[Ed25519PublicKey], *, limits: ArchiveLimits = ArchiveLimits()
-) -> InspectReport:
+def inspect_package(path: Path, trusted: list[PublicKey], *, limits: ArchiveLimits = ArchiveLimits()) -> InspectReport:
     """Read a package's manifest even when the package fails its checks, then run the checks.
 
     Raises only when there is no manifest to show (not a package, unsafe archive, unreadable or
@@ -542,7 +539,7 @@ def inspect_package(
 
 def open_package(
     path: Path,
-    trusted: list[Ed25519PublicKey] | None,
+    trusted: list[PublicKey] | None,
     *,
     dest: Path | None = None,
     limits: ArchiveLimits = ArchiveLimits(),
