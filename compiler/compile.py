@@ -6,7 +6,7 @@ import math
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,15 +16,18 @@ from pydantic import ValidationError
 from edgefleet import __version__
 from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler import tuning
-from edgefleet.compiler.build import build_with_fallback, optimize, tuning_dir, tvm_message
+from edgefleet.compiler.build import PIPELINE_CPU, build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
-from edgefleet.compiler.targets import Target, resolve_target
+from edgefleet.compiler.targets import ISA_LEVELS, Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
 from edgefleet.package import (
     NAME_PATTERN,
+    VARIANTS,
     DetectionInfo,
+    LibraryVariant,
+    LibraryVariants,
     Manifest,
     Preprocessing,
     TargetInfo,
@@ -308,6 +311,76 @@ def _verify(
         return skipped(target, f"{target.name} runs on {target.run_mode}, which this machine cannot execute")
 
 
+def _verifier(verify, frontend, model_path, inputs, outputs, atol, rtol, stages):
+    """Verify one more library of the package like the default one (raises on a mismatch)."""
+
+    def check(target: Target, library: Path) -> Verification:
+        if not verify:
+            return skipped(target, "--no-verify")
+        result = _verify(target, library, frontend, model_path, inputs, outputs, atol, rtol, stages)
+        if result.status == "failed":
+            raise NumericsMismatchError(
+                f"{library.name} ({target.tvm_target}) differs from {result.reference}: max abs diff {result.max_abs_diff:.3g} (atol {atol}, rtol {rtol})",
+                "report the model; --atol/--rtol loosen the check, --no-verify skips it",
+            )
+        return result
+
+    return check
+
+
+def _build_variants(
+    mod, target: Target, work: Path, verification: Verification, tune_trials: int, rpc, stages: Stages, check
+) -> dict[str, Path]:
+    """For a generic target, the libraries for its better ISA levels, each verified where this CPU runs it,
+    and variants.json listing them all, best first (model.so last: the portable one). Empty for other targets."""
+    if len(target.isa_levels) < 2:
+        return {}
+    from edgefleet.agent.variants import cpu_flags
+
+    levels = [ISA_LEVELS[name] for name in target.isa_levels]
+    listed = [
+        LibraryVariant(
+            library="model.so",
+            isa=levels[0].name,
+            tvm_target=levels[0].tvm_target,
+            cpu_features=list(levels[0].cpu_features),
+            verification=verification,
+        )
+    ]
+    files: dict[str, Path] = {}
+    flags = cpu_flags()
+    for level in levels[1:]:
+        variant = replace(target, tvm_target=level.tvm_target)
+        library = work / f"model.{level.name}.so"
+        with stages.stage(
+            level.name,
+            "a library for CPUs with " + ", ".join(sorted(set(level.cpu_features) - set(levels[0].cpu_features))),
+        ):
+            built = build_with_fallback(mod, optimize(mod, variant, tune_trials, stages, rpc), variant, library, stages)
+            lacking = sorted(set(level.cpu_features) - flags)
+            checked = (
+                check(variant, library) if not lacking else skipped(variant, f"this CPU lacks {', '.join(lacking)}")
+            )
+        if built.pipeline != PIPELINE_CPU:
+            stages.note(
+                f"warning: the {level.name} library fell back to TVM's default pipeline ({built.fallback_reason})"
+            )
+        listed.insert(
+            0,
+            LibraryVariant(
+                library=library.name,
+                isa=level.name,
+                tvm_target=level.tvm_target,
+                cpu_features=list(level.cpu_features),
+                verification=checked,
+            ),
+        )
+        files[library.name] = library
+    index = work / VARIANTS
+    index.write_bytes(LibraryVariants(variants=listed).to_bytes())
+    return {**files, VARIANTS: index}
+
+
 def compile_model(
     model: str,
     target: str,
@@ -418,6 +491,16 @@ def compile_model(
                 )
         else:
             verification = skipped(resolved, "--no-verify")
+        variant_files = _build_variants(
+            mod,
+            resolved,
+            work,
+            verification,
+            tune_trials,
+            rpc,
+            stages,
+            _verifier(verify, frontend, reference_path, inputs, outputs, atol, rtol, stages),
+        )
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
         baseline_files = (
@@ -481,5 +564,5 @@ def compile_model(
             else None,
         )
         with stages.stage("sign", f"key {signing_key.key_id}"):
-            manifest = write_package(out, fields, {"model.so": library, **baseline_files}, signing_key)
+            manifest = write_package(out, fields, {"model.so": library, **variant_files, **baseline_files}, signing_key)
     return CompileResult(out, manifest, stages.timings)
