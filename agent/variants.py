@@ -63,10 +63,8 @@ def select_library(package: OpenedPackage) -> Choice:
     default = package.manifest.runtime.library
     if listed is None:
         return Choice(package.path(default), default, None, "the package's only library")
-    forced, source = (
-        os.environ.get(FORCE_ENV) or _forced,
-        FORCE_ENV if os.environ.get(FORCE_ENV) else "[runtime] library",
-    )
+    env = os.environ.get(FORCE_ENV)
+    forced, source = (env, FORCE_ENV) if env else (_forced, "[runtime] library")
     flags = cpu_flags()
     if forced:
         match = [v for v in listed.variants if forced in (v.isa, v.library)]

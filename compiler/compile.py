@@ -19,7 +19,7 @@ from edgefleet.compiler import tuning
 from edgefleet.compiler.build import PIPELINE_CPU, build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
-from edgefleet.compiler.targets import ISA_LEVELS, Target, resolve_target
+from edgefleet.compiler.targets import ISA_LEVELS, IsaLevel, Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
 from edgefleet.package import (
@@ -312,7 +312,7 @@ def _verify(
 
 
 def _verifier(verify, frontend, model_path, inputs, outputs, atol, rtol, stages):
-    """Verify one more library of the package like the default one (raises on a mismatch)."""
+    """The check each library of the package gets (model.so and its ISA-level variants); raises on a mismatch."""
 
     def check(target: Target, library: Path) -> Verification:
         if not verify:
@@ -320,12 +320,22 @@ def _verifier(verify, frontend, model_path, inputs, outputs, atol, rtol, stages)
         result = _verify(target, library, frontend, model_path, inputs, outputs, atol, rtol, stages)
         if result.status == "failed":
             raise NumericsMismatchError(
-                f"{library.name} ({target.tvm_target}) differs from {result.reference}: max abs diff {result.max_abs_diff:.3g} (atol {atol}, rtol {rtol})",
+                f"compiled model ({library.name}) differs from {result.reference}: max abs diff {result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} (atol {atol}, rtol {rtol})",
                 "report the model; --atol/--rtol loosen the check, --no-verify skips it",
             )
         return result
 
     return check
+
+
+def _listed(level: IsaLevel, library: str, verification: Verification) -> LibraryVariant:
+    return LibraryVariant(
+        library=library,
+        isa=level.name,
+        tvm_target=level.tvm_target,
+        cpu_features=list(level.cpu_features),
+        verification=verification,
+    )
 
 
 def _build_variants(
@@ -338,15 +348,7 @@ def _build_variants(
     from edgefleet.agent.variants import cpu_flags
 
     levels = [ISA_LEVELS[name] for name in target.isa_levels]
-    listed = [
-        LibraryVariant(
-            library="model.so",
-            isa=levels[0].name,
-            tvm_target=levels[0].tvm_target,
-            cpu_features=list(levels[0].cpu_features),
-            verification=verification,
-        )
-    ]
+    listed = [_listed(levels[0], "model.so", verification)]
     files: dict[str, Path] = {}
     flags = cpu_flags()
     for level in levels[1:]:
@@ -357,25 +359,18 @@ def _build_variants(
             "a library for CPUs with " + ", ".join(sorted(set(level.cpu_features) - set(levels[0].cpu_features))),
         ):
             built = build_with_fallback(mod, optimize(mod, variant, tune_trials, stages, rpc), variant, library, stages)
+            if built.pipeline != PIPELINE_CPU:
+                # Unscheduled kernels: slower than model.so, which the agent would then load instead.
+                stages.note(f"warning: no {level.name} library in the package: {built.fallback_reason}")
+                continue
             lacking = sorted(set(level.cpu_features) - flags)
             checked = (
                 check(variant, library) if not lacking else skipped(variant, f"this CPU lacks {', '.join(lacking)}")
             )
-        if built.pipeline != PIPELINE_CPU:
-            stages.note(
-                f"warning: the {level.name} library fell back to TVM's default pipeline ({built.fallback_reason})"
-            )
-        listed.insert(
-            0,
-            LibraryVariant(
-                library=library.name,
-                isa=level.name,
-                tvm_target=level.tvm_target,
-                cpu_features=list(level.cpu_features),
-                verification=checked,
-            ),
-        )
+        listed.insert(0, _listed(level, library.name, checked))
         files[library.name] = library
+    if not files:
+        return {}
     index = work / VARIANTS
     index.write_bytes(LibraryVariants(variants=listed).to_bytes())
     return {**files, VARIANTS: index}
@@ -482,25 +477,9 @@ def compile_model(
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
         optimized = build_with_fallback(mod, optimized, resolved, library, stages)
-        if verify:
-            verification = _verify(resolved, library, frontend, reference_path, inputs, outputs, atol, rtol, stages)
-            if verification.status == "failed":
-                raise NumericsMismatchError(
-                    f"compiled model differs from {verification.reference}: max abs diff {verification.max_abs_diff:.3g}, max rel diff {verification.max_rel_diff:.3g} (atol {atol}, rtol {rtol})",
-                    "report the model; --atol/--rtol loosen the check, --no-verify skips it",
-                )
-        else:
-            verification = skipped(resolved, "--no-verify")
-        variant_files = _build_variants(
-            mod,
-            resolved,
-            work,
-            verification,
-            tune_trials,
-            rpc,
-            stages,
-            _verifier(verify, frontend, reference_path, inputs, outputs, atol, rtol, stages),
-        )
+        check = _verifier(verify, frontend, reference_path, inputs, outputs, atol, rtol, stages)
+        verification = check(resolved, library)
+        variant_files = _build_variants(mod, resolved, work, verification, tune_trials, rpc, stages, check)
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
         baseline_files = (
