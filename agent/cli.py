@@ -368,7 +368,7 @@ def run_package_command(
             if result.detections is not None
             else {"predictions": [p.__dict__ for p in result.predictions]}
         )
-        print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms})
+        print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms, "library": result.library})
         return
     if result.detections is not None:
         table(
@@ -382,3 +382,4 @@ def run_package_command(
             [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)],
         )
     console.print(f"latency: median {result.median_ms:.2f} ms over {len(result.latency_ms)} runs")
+    console.print(f"library: {result.library}")

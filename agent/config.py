@@ -226,6 +226,9 @@ class RuntimeConfig(Strict):
 
     threads: int = Field(1, ge=1, le=256)
     spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
+    # A package's library to load instead of the best this CPU runs: an ISA level ("x86-64-v3") or a
+    # member name (agent/variants.py; EDGEFLEET_LIBRARY overrides it).
+    library: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class LogConfig(Strict):

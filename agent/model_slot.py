@@ -33,6 +33,7 @@ class ActiveModel:
     model: Any  # TvmModel or TfliteModel: .run(list[np.ndarray]) -> list[np.ndarray]
     manifest: Manifest
     directory: Path | None
+    library: str | None = None  # which of the package's libraries runs (agent/variants.py), for telemetry
 
 
 def check_detection(manifest: Manifest) -> None:
@@ -122,6 +123,7 @@ class ModelSlot:
     def reload(self) -> ActiveModel:
         """Load whatever `current` points at and swap it in; raises (keeping the old model) on failure."""
         from edgefleet.agent.runtime import load_model
+        from edgefleet.agent.variants import select_library
 
         directory = self.current_dir()
         if directory is None:
@@ -129,10 +131,11 @@ class ModelSlot:
         opened = verify_extracted(directory, self.trusted_keys)
         check_detection(opened.manifest)
         model = load_model(opened)
-        active = ActiveModel(model, opened.manifest, directory)
+        library = select_library(opened).describe()  # the choice load_model made: same package, same CPU
+        active = ActiveModel(model, opened.manifest, directory, library)
         with self._lock:
             self._active = active
-        log.info("model %s %s active", opened.manifest.name, opened.manifest.version)
+        log.info("model %s %s active, library %s", opened.manifest.name, opened.manifest.version, library)
         return active
 
     def install_initial(self, package_path: Path) -> ActiveModel:

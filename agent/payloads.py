@@ -137,8 +137,10 @@ def detection(d: DetectionResult) -> Detection:
     return Detection(label=d.label, score=round(d.score, 5), box=d.box, box_px=d.px or None, zones=d.zones or None)
 
 
-def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: dict) -> dict:
-    """`window` is AgentMetrics.window(): the telemetry fields of one window."""
+def telemetry(
+    device_id: str, window: dict, manifest: Manifest | None, outbox: dict, library: str | None = None
+) -> dict:
+    """`window` is AgentMetrics.window(): the telemetry fields of one window; `library`, which library runs."""
     return TelemetryMessage.model_validate(
         {
             **window,
@@ -147,6 +149,7 @@ def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: d
             "device": device_id,
             "ts": now_iso(),
             "model": model_ref(manifest),
+            "library": library,
             "outbox": outbox,
         }
     ).wire()

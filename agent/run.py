@@ -158,8 +158,10 @@ class Agent:
     # -- model ------------------------------------------------------------------------
     def _load_model(self) -> None:
         from edgefleet.agent.runtime import configure_pool
+        from edgefleet.agent.variants import force_library
 
         configure_pool(self.cfg.runtime)  # before the first model starts the runtime's workers
+        force_library(self.cfg.runtime.library)
         if self.cfg.model.tflite is not None:
             self.slot.load_plain(load_plain_tflite(self.cfg))
             return
@@ -219,8 +221,9 @@ class Agent:
             self.send_telemetry()
 
     def send_telemetry(self) -> None:
-        manifest = self.slot.loaded.manifest if self.slot.loaded else None
-        body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats())
+        loaded = self.slot.loaded
+        manifest, library = (loaded.manifest, loaded.library) if loaded else (None, None)
+        body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats(), library)
         self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), body)
 
     # -- health -------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class BenchResult:
     peak_gflops: float | None
     results: list[RuntimeResult] = field(default_factory=list)
     format_version: int = 1
+    library: str = ""  # the package's library that ran as "tvm" (the agent's choice, agent/variants.py)
 
 
 # ---- model work and CPU peak --------------------------------------------------------------
@@ -210,6 +211,7 @@ def bench_package(
 ) -> BenchResult:
     """Time `package` (this machine must run its target) against ONNX Runtime / TFLite on the source model."""
     from edgefleet.agent.runtime import check_runnable
+    from edgefleet.agent.variants import select_library
     from edgefleet.compiler.frontends import frontend_for
     from edgefleet.compiler.verify import model_feeds, sample_inputs
     from edgefleet.package import open_package
@@ -233,7 +235,8 @@ def bench_package(
         else:
             feeds = sample_inputs(manifest.inputs)
         inputs = [feeds[s.name] for s in manifest.inputs]
-        runners: dict[str, Runner] = {"tvm": _tvm_runner(pkg.library, threads)}
+        choice = select_library(pkg)
+        runners: dict[str, Runner] = {"tvm": _tvm_runner(choice.path, threads)}
         skipped: dict[str, str] = {}
         if fmt == "onnx":
             runners["onnxruntime"] = _ort_runner(ref, threads)
@@ -254,7 +257,16 @@ def bench_package(
     gflop = onnx_gflop(ref) if fmt == "onnx" else None
     peak = cpu_peak_gflops(threads)
     tvm_ms = statistics.median(times["tvm"]) * 1e3
-    result = BenchResult(str(package), str(ref) if ref else None, manifest.target.name, threads, runs, gflop, peak)
+    result = BenchResult(
+        str(package),
+        str(ref) if ref else None,
+        manifest.target.name,
+        threads,
+        runs,
+        gflop,
+        peak,
+        library=choice.describe(),
+    )
     for name in ("tvm", "onnxruntime", "tflite"):
         if name in skipped:
             result.results.append(RuntimeResult(name, skipped=skipped[name]))
@@ -381,7 +393,7 @@ def bench_command(source, target, reference, runs, warmup, threads, tune_trials,
             ]
             for r in ran
         ],
-        title=f"{Path(result.package).name} on {result.target}, {result.threads} thread(s), {result.runs} runs",
+        title=f"{Path(result.package).name} on {result.target} ({result.library}), {result.threads} thread(s), {result.runs} runs",
     )
     for r in result.results:
         if r.skipped:

@@ -50,6 +50,26 @@ def _x86(mcpu: str) -> dict[str, Any]:
     return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
 
 
+@dataclass(frozen=True)
+class IsaLevel:
+    """An x86-64 micro-architecture level (psABI): the LLVM CPU to build for and the Linux
+    /proc/cpuinfo flags a CPU needs to run what it builds (the agent checks them at load)."""
+
+    name: str
+    tvm_target: dict[str, Any]
+    cpu_features: tuple[str, ...]
+
+
+_V2 = ("cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3")
+_V3 = (*_V2, "abm", "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave")
+_V4 = (*_V3, "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl")
+ISA_LEVELS = {
+    "x86-64-v3": IsaLevel("x86-64-v3", _x86("x86-64-v3"), _V3),
+    # +avx512f names the level's widest registers to the schedules' register tiling (schedules.py).
+    "x86-64-v4": IsaLevel("x86-64-v4", {**_x86("x86-64-v4"), "mattr": ["+avx512f"]}, _V4),
+}
+
+
 def _cuda(arch: str) -> dict[str, Any]:
     return {"kind": "cuda", "arch": arch, "host": dict(_AARCH64_HOST)}
 
@@ -67,6 +87,9 @@ class Target:
     # For Inferentia: the Neuron compiler executable that must be on PATH.
     neuron_compiler: str | None = None
     aliases: tuple[str, ...] = field(default=())
+    # Generic targets: the ISA level of the default library, then the better levels built beside it
+    # into the same package; the agent loads the best one its CPU runs (docs/package-format.md).
+    isa_levels: tuple[str, ...] = field(default=())
 
     def runs_here(self) -> bool:
         """Whether the compiled package can execute natively on this machine."""
@@ -195,10 +218,11 @@ _ENTRIES: list[Target] = [
         "x86_64",
         "Any x86-64 Linux machine with AVX2 (x86-64-v3)",
         "x86_64",
-        _x86("x86-64-v3"),
+        ISA_LEVELS["x86-64-v3"].tvm_target,
         None,
         "native",
         aliases=("amd64", "x86-64"),
+        isa_levels=("x86-64-v3", "x86-64-v4"),
     ),
     Target(
         "aarch64",

@@ -112,7 +112,12 @@ class TelemetryMessage(DeviceMessage):
     system: SystemUsage | None = None
     drift: DriftSummary | None = None
     model: ModelRef | None = None
+    # Revision 2: which of the package's libraries runs ("model.x86-64-v4.so (x86-64-v4, best this CPU runs)");
+    # it also bounds `id` (DeviceMessage).
+    library: Annotated[str, Field(max_length=200)] | None = None
     outbox: dict[str, Any] | None = None
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"library"})
     _drift_error: str | None = PrivateAttr(None)
     _confidence: Histogram | None = PrivateAttr(None)  # when the summary around it is malformed
 

@@ -123,7 +123,7 @@ except ImportError as exc:
 
 def test_verification_runs_on_the_camera_runtime(tiny_package, host_bundle):
     v = tiny_package[0].manifest.verification
-    assert v.status == "passed" and v.ran_on == f"native x86_64, edgefleet runtime {host_bundle.info.key}"
+    assert v.status == "passed" and v.ran_on == f"native x86_64 (model.so), edgefleet runtime {host_bundle.info.key}"
 
 
 def test_a_corrupt_bundle_is_refused_naming_the_library(tiny_package, host_bundle, tmp_path, cli):
