@@ -65,7 +65,7 @@ def agent() -> None:
     "--fleet-ca",
     "fleet_ca_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CA of the fleet's HTTPS certificate, if private.",
+    help="CA of the fleet's HTTPS certificate, if private (`fleet server-cert` ca.pem): used to enroll, and kept as [fleet] ca_file.",
 )
 @click.option("--package", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Initial model package.")
 @click.option("--label", "labels", multiple=True, required=True, help="Label to alert on (repeatable).")

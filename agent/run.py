@@ -35,7 +35,7 @@ from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
 from edgefleet.contracts.jobs import JobProbation
 from edgefleet.contracts.mqtt import SCHEMA
-from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
+from edgefleet.agent.update import UpdateManager, UpdateRefused, download_context, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
 
@@ -148,6 +148,7 @@ class Agent:
             self.device,
             self.request_restart,
             active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None,
+            download_context=download_context(cfg.fleet.ca_file),
         )
         self.restart = False
         self._agent_probation = JobProbation()
@@ -367,7 +368,14 @@ class Agent:
             log.warning("running as root; the installed service runs as an unprivileged user")
         if self.cfg.model.tflite is None:
             # Before loading: an update interrupted mid-switch is rolled back first.
-            self.updates = UpdateManager(self.state, self.slot, self.publish, self.slot.trusted_keys, self.device)
+            self.updates = UpdateManager(
+                self.state,
+                self.slot,
+                self.publish,
+                self.slot.trusted_keys,
+                self.device,
+                download_context=download_context(self.cfg.fleet.ca_file),
+            )
             self.updates.resume()
         self._load_model()
         if self.updates is None:

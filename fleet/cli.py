@@ -129,6 +129,50 @@ def unit_command(config_path: Path, user: str, output: Path | None) -> None:
     click.echo(f"wrote {output}; then: systemctl daemon-reload && systemctl enable --now {output.stem}")
 
 
+@fleet.command("server-cert")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet config whose CA (<data_dir>/ca) signs the certificate.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    required=True,
+    multiple=True,
+    help="DNS name or IP address devices and operators reach the fleet at (the host of public_url); repeat for each.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write server.key (mode 0600), server.pem and ca.pem into.",
+)
+def server_cert_command(config_path: Path, hosts: tuple[str, ...], out: Path) -> None:
+    """Issue the fleet's HTTPS certificate from the fleet CA, for `fleet serve` to terminate TLS itself.
+
+    Point tls_cert_file and tls_key_file at server.pem and server.key, and give cameras ca.pem as
+    [fleet] ca_file (docs/security.md, "Fleet HTTPS"). A certificate from another CA works as well.
+
+    \b
+    Examples:
+      edgefleet fleet server-cert --config /etc/edgefleet/fleet.toml --host fleet.example.lan --out /etc/edgefleet/tls
+      edgefleet fleet server-cert --config fleet.toml --host fleet.lan --host 192.168.1.10 --out ./tls
+    """
+    from edgefleet.fleet.ca import CertificateAuthority, write_private
+    from edgefleet.fleet.config import load_config
+
+    authority = CertificateAuthority.load_or_create(load_config(config_path).data_dir / "ca")  # as devices.ca
+    key, cert = authority.issue_key_and_cert(hosts[0], server_names=list(hosts))
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(out / "server.key", key)
+    (out / "server.pem").write_bytes(cert)
+    (out / "ca.pem").write_text(authority.cert_pem)
+    click.echo(f"wrote {out}/server.key, server.pem (for {', '.join(hosts)}) and ca.pem (the cameras' [fleet] ca_file)")
+
+
 @fleet.group("tokens")
 def tokens() -> None:
     """API tokens (made directly in the fleet database, so the first admin token can exist)."""

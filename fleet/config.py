@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig
@@ -76,6 +76,10 @@ class FleetConfig(StrictMutable):
     public_url: str = "http://127.0.0.1:8080"  # how devices reach the HTTP API
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    # HTTPS on the listen address (docs/security.md, "Fleet HTTPS"): both files or neither. Without
+    # them the API speaks plain HTTP and TLS belongs to a reverse proxy in front of it.
+    tls_cert_file: Path | None = None  # PEM: the server certificate, then any intermediate certificates
+    tls_key_file: Path | None = None  # PEM: its private key, unencrypted (readable by the service only)
     signing_key: Path = Field(default_factory=default_signing_key_path)
     broker: BrokerConfig | None = None
     tick_seconds: float = 1.0
@@ -93,6 +97,15 @@ class FleetConfig(StrictMutable):
     prune_interval_s: float = Field(default=600.0, gt=0)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> FleetConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both, or neither")
+        if self.tls_cert_file is not None and not self.public_url.startswith("https://"):
+            # Devices download packages from public_url: plain HTTP would never reach a TLS listener.
+            raise ValueError(f"public_url {self.public_url!r} must be https:// when the fleet serves HTTPS")
+        return self
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir / 'fleet.db'}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -33,15 +32,14 @@ def homeassistant_cert(config_path: Path | None, out: Path) -> None:
     """
     from edgefleet.fleet.config import load_config
     from edgefleet.fleet.core import open_fleet
+    from edgefleet.fleet.ca import write_private
     from edgefleet.fleet.devices import ca
 
     fleet = open_fleet(load_config(config_path))
     authority = ca(fleet)
     key, cert = authority.issue_key_and_cert(fleet.config.homeassistant.user)
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / "ha.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
+    write_private(out / "ha.key", key)
     (out / "ha.pem").write_bytes(cert)
     (out / "ca.pem").write_text(authority.cert_pem)
     click.echo(f"wrote {out}/ha.key, ha.pem (CN {fleet.config.homeassistant.user}) and ca.pem")

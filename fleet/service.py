@@ -10,10 +10,12 @@ from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
 from edgefleet.fleet.retention import Pruner
+from edgefleet.fleet.tls import uvicorn_tls_options
 from edgefleet.fleet.rollouts import tick
 from edgefleet.logs import setup_logging
 
 log = logging.getLogger("edgefleet.fleet")
+TLS_STOP_GRACE_S = 10
 
 
 class Ticker(threading.Thread):
@@ -42,6 +44,7 @@ def serve(config: FleetConfig) -> None:
     from edgefleet.fleet.devices import register_replica, write_acl
 
     setup_logging("info", config.log_format)
+    tls = uvicorn_tls_options(config)  # before anything starts: a bad pair stops here, named
     logging.getLogger("alembic").setLevel(logging.WARNING)
     fleet = open_fleet(config)
     ingest = Ingest(fleet)
@@ -59,7 +62,10 @@ def serve(config: FleetConfig) -> None:
     stop_alerts = alert_service.start(fleet, bridge.client if bridge else None, ingest.counters)  # docs/fleet.md
     Pruner(fleet, config.telemetry_retention_s, config.prune_interval_s).start()
     address = {"listen_host": config.listen_host, "listen_port": config.listen_port}
-    log.info("serving the API on http://%s:%d", *address.values(), extra=address)  # extra: JSON log fields
+    scheme = "https" if tls else "http"
+    log.info(
+        "serving the API on %s://%s:%d", scheme, *address.values(), extra=address | {"scheme": scheme}
+    )  # extra: JSON log fields
     try:
         # log_config=None: uvicorn's records go through the root handler above, in the same format.
         uvicorn.run(
@@ -68,6 +74,10 @@ def serve(config: FleetConfig) -> None:
             port=config.listen_port,
             log_level="warning",
             log_config=None,
+            # An idle HTTPS keep-alive client that never answers the TLS close would hold the stop
+            # for asyncio's 30 s SSL shutdown timeout; requests still running get this long instead.
+            timeout_graceful_shutdown=TLS_STOP_GRACE_S if tls else None,
+            **tls,
         )
     finally:
         ticker.stopped.set()

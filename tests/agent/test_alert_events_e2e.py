@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -38,7 +40,8 @@ def bright_frame(size=(1280, 960)) -> bytes:
 
 class FleetServe:
     """`edgefleet fleet serve` on the broker with cam-1 and cam-2 registered; alerts readable by
-    operators only, unless `sections` (TOML after [broker] and its `broker_extra` keys) says otherwise."""
+    operators only, unless `sections` (TOML after [broker] and its `broker_extra` keys) says otherwise.
+    With `tls`, it serves HTTPS itself with a certificate `fleet server-cert` issued into `tls_dir`."""
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class FleetServe:
         broker,
         sections: str = '[alerts]\nread_scope = "operator"\n',
         broker_extra: str = "",
+        tls: bool = False,
     ) -> None:
         from edgefleet.fleet import auth, devices
         from edgefleet.fleet.config import load_config
@@ -54,9 +58,12 @@ class FleetServe:
 
         port = free_port()
         self.cfg, self.log = tmp_path / "fleet.toml", tmp_path / "fleet.log"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.tls_dir = tmp_path / "tls"
+        tls_keys = f'tls_cert_file = "{self.tls_dir / "server.pem"}"\ntls_key_file = "{self.tls_dir / "server.key"}"\n'
         self.cfg.write_text(
             f'format_version = 1\ndata_dir = "{tmp_path / "data"}"\nlisten_port = {port}\n'
-            f'public_url = "http://127.0.0.1:{port}"\nsigning_key = "{tmp_path / "none.key"}"\n'
+            f'public_url = "{self.url}"\nsigning_key = "{tmp_path / "none.key"}"\n{tls_keys if tls else ""}'
             f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\n'
             f'cert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n{broker_extra}{sections}'
         )
@@ -65,7 +72,18 @@ class FleetServe:
             devices.register_device(fleet, cam, "x86_64")
         self.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator")}
         self.env = dict(os.environ, EDGEFLEET_HOME=str(edgefleet_home), COLUMNS="200")
-        self.url = f"http://127.0.0.1:{port}"
+        self.verify: ssl.SSLContext | bool = True
+        if tls:
+            issued = subprocess.run(
+                [sys.executable, "-m", "edgefleet.cli", "fleet", "server-cert", "--config", str(self.cfg)]
+                + ["--host", "127.0.0.1", "--host", "localhost", "--out", str(self.tls_dir)],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert issued.returncode == 0, issued.stderr
+            self.verify = ssl.create_default_context(cafile=str(self.tls_dir / "ca.pem"))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -75,7 +93,7 @@ class FleetServe:
             stdout=open(self.log, "ab"),
             stderr=subprocess.STDOUT,
         )
-        wait_http(f"{self.url}/healthz")
+        wait_http(f"{self.url}/healthz", verify=self.verify)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -94,7 +112,9 @@ def served(tmp_path: Path, edgefleet_home: Path, mqtt_broker, detection_package)
         fleet.stop()
 
 
-def camera(tmp_path: Path, broker, package, url: str, device: str = "cam-1") -> tuple[subprocess.Popen, Path]:
+def camera(
+    tmp_path: Path, broker, package, url: str, device: str = "cam-1", fleet_ca: Path | None = None
+) -> tuple[subprocess.Popen, Path]:
     incoming = tmp_path / f"incoming-{device}"
     config = agent_config(
         tmp_path,
@@ -103,7 +123,7 @@ def camera(tmp_path: Path, broker, package, url: str, device: str = "cam-1") -> 
         device=device,
         rules={"labels": ["person"], "min_score": 0.5},
         sources=[{"type": "folder", "path": str(incoming), "max_fps": 200.0, "poll_s": 0.05}],
-        fleet={"url": url},
+        fleet={"url": url} | ({"ca_file": str(fleet_ca)} if fleet_ca else {}),
         snapshots={"enabled": True, "max_side": 640, "quality": 85, "max_bytes": 150_000},
     )
     return start_agent(write_config(tmp_path / f"{device}.toml", config), log=tmp_path / f"{device}.log"), incoming
@@ -233,16 +253,7 @@ def test_a_snapshot_taken_while_the_fleet_is_down_is_uploaded_after_an_agent_res
     agent, incoming = camera(tmp_path, mqtt_broker, detection_package, served["url"])
     drop_frame(incoming, "f0.jpg", bright_frame())
     state = tmp_path / "state-cam-1" / "outbox.sqlite"
-    import sqlite3
-
-    def waiting() -> int:
-        try:
-            with sqlite3.connect(state) as db:
-                return db.execute("SELECT COUNT(*) FROM snapshots WHERE attempts >= 1").fetchone()[0]
-        except sqlite3.OperationalError:  # the agent is still creating its outbox
-            return 0
-
-    wait_until(lambda: state.exists() and waiting() == 1, timeout=60)  # tried, and kept
+    wait_until(lambda: tried_and_kept(state) == 1, timeout=60)
     agent.terminate()
     agent.wait(timeout=20)
     serve.start()
@@ -255,3 +266,89 @@ def test_a_snapshot_taken_while_the_fleet_is_down_is_uploaded_after_an_agent_res
         agent.wait(timeout=20)
     with sqlite3.connect(state) as db:
         assert db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 0
+
+
+def test_snapshots_and_packages_travel_over_the_fleets_own_https(
+    tmp_path: Path, edgefleet_home: Path, mqtt_broker, detection_package
+) -> None:
+    """`fleet serve` terminates TLS with a certificate `fleet server-cert` issued from the fleet CA.
+    A camera trusting another CA refuses the fleet and keeps its snapshot; with the fleet CA as
+    [fleet] ca_file it uploads it, and the agent's package download works over the same HTTPS."""
+    serve = FleetServe(tmp_path, edgefleet_home, mqtt_broker, tls=True)
+    serve.start()
+    fleet_ca = serve.tls_dir / "ca.pem"
+    api = httpx.Client(
+        base_url=serve.url, verify=serve.verify, headers={"Authorization": f"Bearer {serve.tokens['operator']}"}
+    )
+    try:
+        assert serve.url.startswith("https://") and "serving the API on https://" in serve.log.read_text()
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{serve.url}/healthz")  # the system's CAs do not know the fleet CA
+        # The wrong CA (the broker's): the alert arrives over MQTT, its snapshot stays in the outbox.
+        agent, incoming = camera(tmp_path, mqtt_broker, detection_package, serve.url, fleet_ca=mqtt_broker.pki.ca_file)
+        state = tmp_path / "state-cam-1" / "outbox.sqlite"
+        try:
+            drop_frame(incoming, "f0.jpg", bright_frame())
+            wait_until(lambda: tried_and_kept(state) == 1, timeout=60)
+            wait_until(lambda: api.get("/api/v1/alerts").json()["total"] == 1, timeout=30)
+        finally:
+            agent.terminate()
+            agent.wait(timeout=20)
+        assert api.get("/api/v1/alerts").json()["items"][0]["snapshot"]["stored"] is False
+        assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "cam-1.log").read_text()
+        # The fleet CA: the kept snapshot is uploaded over TLS, and the fleet checked its sha256.
+        agent, _ = camera(tmp_path, mqtt_broker, detection_package, serve.url, fleet_ca=fleet_ca)
+        try:
+            wait_until(
+                lambda: [e["snapshot"]["stored"] for e in api.get("/api/v1/alerts").json()["items"]] == [True], 90
+            )
+        finally:
+            agent.terminate()
+            agent.wait(timeout=20)
+        event = api.get("/api/v1/alerts").json()["items"][0]
+        jpeg = api.get(f"/api/v1/alerts/{event['id']}/snapshot").content
+        assert hashlib.sha256(jpeg).hexdigest() == event["snapshot"]["sha256"]
+        # The operator CLI over the same HTTPS, trusting the fleet CA through SSL_CERT_FILE.
+        env = serve.env | {"SSL_CERT_FILE": str(fleet_ca)}
+        listed = cli({"url": serve.url, "tokens": serve.tokens, "env": env}, "alerts", "list", "--json")
+        assert listed.returncode == 0 and json.loads(listed.stdout)["total"] == 1, listed.stderr
+        # A package download, as a rollout job names it (public_url, https), with the agent's own code.
+        package_over_https(serve, detection_package, tmp_path, wrong_ca=mqtt_broker.pki.ca_file)
+    finally:
+        api.close()
+        serve.stop()
+
+
+def package_over_https(serve: FleetServe, package: tuple[Path, Path], tmp_path: Path, wrong_ca: Path) -> None:
+    from edgefleet.agent.update import UpdateRefused, download_context, fetch
+    from edgefleet.contracts.jobs import JobPackage
+    from edgefleet.fleet import registry
+    from edgefleet.fleet.config import load_config
+    from edgefleet.fleet.core import open_fleet
+    from edgefleet.fleet.db import Build
+    from edgefleet.signing import load_public_key
+
+    pkg, trust = package
+    fleet = open_fleet(load_config(serve.cfg))
+    fleet.trusted.append(load_public_key(trust))
+    uploaded = registry.upload_package(fleet, pkg)
+    with fleet.session() as s:
+        build = s.get(Build, uploaded.builds[0].id)
+        url = fleet.download_url(build.id, build.store_key)
+    assert url.startswith(serve.url + "/api/v1/builds/")
+    job = JobPackage(name="detector", version="1", sha256=build.sha256, size=build.size, url=url)
+    with pytest.raises(UpdateRefused, match="download failed after 2 attempts"):
+        fetch(job, tmp_path / "refused.tar.gz", 10.0, 2, download_context(wrong_ca))
+    fetch(job, tmp_path / "got.tar.gz", 10.0, 2, download_context(serve.tls_dir / "ca.pem"))
+    assert (tmp_path / "got.tar.gz").read_bytes() == pkg.read_bytes()
+
+
+def tried_and_kept(outbox: Path) -> int:
+    """Snapshots in the camera's outbox that it tried to upload at least once and still holds."""
+    if not outbox.exists():  # connecting would create it
+        return 0
+    try:
+        with sqlite3.connect(outbox) as db:
+            return int(db.execute("SELECT COUNT(*) FROM snapshots WHERE attempts >= 1").fetchone()[0])
+    except sqlite3.OperationalError:  # the agent is still creating its outbox
+        return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -30,11 +31,12 @@ class Clock:
         self.now += seconds
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 30.0, verify: ssl.SSLContext | bool = True) -> None:
+    """`verify`: an SSL context trusting the private CA of an https URL (httpx's argument)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
