@@ -379,7 +379,11 @@ class Demo:
                 if done.returncode != 0:
                     raise ServiceError(f"installing camera {device} failed: {done.stderr.strip()[-400:]}", f"see {cfg}")
                 token_file.unlink()
-                cfg.write_text(cfg.read_text() + "\n[telemetry]\ninterval_s = 2.0\n\n[health]\nenabled = false\n")
+                # Snapshots: each alert's frame goes to the fleet, so the dashboard shows alert events with it.
+                cfg.write_text(
+                    cfg.read_text()
+                    + "\n[telemetry]\ninterval_s = 2.0\n\n[health]\nenabled = false\n\n[snapshots]\nenabled = true\n"
+                )
             self._spawn(
                 device, [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(cfg), "--drain", "1"]
             )
@@ -535,6 +539,14 @@ class Demo:
         return final
 
     # -- drift -------------------------------------------------------------------------------
+    def alert_events(self) -> dict[str, int]:
+        """How many alert events the fleet stored, and how many of the newest 200 have their snapshot."""
+        page = self._api("GET", "/alerts", params={"limit": 200})
+        assert isinstance(page, dict)
+        stored = sum(1 for e in page["items"] if e["snapshot"] and e["snapshot"]["stored"])
+        _step(f"{page['total']} alert events stored, {stored} of the newest with a snapshot: {self.url}/dashboard/")
+        return {"events": page["total"], "with_snapshot": stored}
+
     def night(self, device: str) -> dict:
         """Darken one camera's scene until its drift alarm is raised, then restore it until the
         alarm clears; prints each judged window of that camera. Returns the times it took."""
@@ -623,6 +635,7 @@ class DemoResult:
     detector_rollout: dict | None = None
     detections: list[dict] = field(default_factory=list)  # alerts from the detector cameras, with boxes
     ports: dict[str, int] = field(default_factory=dict)  # option -> the port it listened on, free again
+    alert_events: dict[str, int] = field(default_factory=dict)  # events stored by the fleet, newest with a snapshot
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -637,6 +650,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rollouts: list[dict] = []
     drift = detector_rollout = None
+    events: dict[str, int] = {}
     try:
         data = demo.dataset()
         packages = demo.compile(demo.train(data))
@@ -671,6 +685,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         drift = demo.night(demo.devices[-1])
         if detector is not None:
             detector_rollout = detector.result()
+        events = demo.alert_events()
         if not options.exit_after_rollouts:
             _step("cameras keep running; alerts print as they arrive. Ctrl-C stops everything.")
             while not demo.stop.wait(1):
@@ -689,4 +704,5 @@ def run_demo(options: DemoOptions) -> DemoResult:
         detector_rollout,
         demo.detections,
         {"--http-port": demo.http_port, "--mqtt-port": demo.mqtt_port},
+        events,
     )

@@ -36,6 +36,9 @@ def test_demo_rolls_out_v1_then_v2_and_reports_real_alerts(tmp_path, edgefleet_h
     assert [r["state"] for r in result.rollouts] == ["succeeded", "succeeded"]
     assert all(r["installs"] == {"committed": 3} for r in result.rollouts)
     assert result.dashboard.endswith("/dashboard/")
+    # Alert events are stored with the frame's snapshot (uploaded by the cameras, sha256 checked).
+    assert result.alert_events["events"] >= 10
+    assert result.alert_events["with_snapshot"] >= 10, result.alert_events
 
     # Alerts come from every camera, name only the labels of interest, and carry the frame they
     # were raised on: the frame files are named after the scene drawn in them.
