@@ -150,7 +150,8 @@ class ExactQuantConverter(_base()):
     def _multiply_by_quantized_multiplier(self, x, reals, single_rounding: bool = False) -> object:
         """MultiplyByQuantizedMultiplier (double rounding, or single) with one multiplier per last-axis channel, or one in all.
 
-        In int64 (the product needs 64 bits), returned as int32 (as TFLite's). Shifts and adds only:
+        The product in int64 (it needs 64 bits; `graph.int32_multipliers` lets it be a widening
+        32 x 32-bit multiply), the rest in int32 (as TFLite's). Shifts and adds only:
         no comparison, no `where`, no boolean tensor, which ConvertLayout could not carry into the
         blocked layout (every requantization then ran in NHWC between layout transforms), and each
         operation with its tensor first (with a constant first, ConvertLayout keeps the constant's layout).
@@ -181,16 +182,22 @@ class ExactQuantConverter(_base()):
         # (ARM's SQRDMULH, which gemmlowp's reference says it equals). The multiplier is positive,
         # so the one saturating case (both operands INT32_MIN) cannot occur.
         high = op.right_shift(op.add(op.multiply(x, self._i64(pick(mult))), self._i64(1 << 30)), self._i64(31))
+        # The high half fits in int32 (the multiplier is below 2^31): the rest runs in int32 lanes.
+        high = op.astype(high, "int32")
         if np.any(right):
             # RoundingDivideByPOT (ties away from zero): (v + 2^(e-1) - [v < 0]) >> e, the arithmetic
-            # shift a floor; v + 2^(e-1) - 1 moves exactly the negative ties and no others down.
-            # Channels with no right shift (e = 0) add nothing.
-            negative = self._sign(high)
+            # shift a floor; v - 1 moves exactly the negative ties down. In int32 as
+            # ((w >> (e-1)) + 1) >> 1 with w = v - [v < 0] (equal, nested floors; no add can
+            # overflow: v > -2^31 since the multiplier is below 2^31). Channels with e = 0 shift
+            # and add nothing.
+            negative = op.right_shift(high, self._i32(31))
             if not np.all(right > 0):
-                negative = op.bitwise_and(negative, self._i64(pick(np.where(right > 0, -1, 0))))
-            half = np.left_shift(1, right) >> 1
-            high = op.right_shift(op.add(op.add(high, negative), self._i64(pick(half))), self._i64(pick(right)))
-        return op.astype(high, "int32")
+                negative = op.bitwise_and(negative, self._i32(pick(np.where(right > 0, -1, 0))))
+            rounds = (right > 0).astype(np.int64)
+            w = op.right_shift(op.add(high, negative), self._i32(pick(right - rounds)))
+            one = self._i32(1) if np.all(rounds) else self._i32(pick(rounds))
+            high = op.right_shift(op.add(w, one), one)
+        return high
 
     def _sign(self, x) -> object:
         """-1 where the int64 `x` is negative, else 0 (an arithmetic shift)."""
