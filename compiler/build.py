@@ -56,6 +56,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         graph.legalize(kernels.layout_failed),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
+        graph.int32_multipliers(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),

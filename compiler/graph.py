@@ -909,3 +909,44 @@ def _conv2d_in_nchw(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         return conv
     cb = int(call.ty.shape[4])
     return relax.op.layout_transform(bb.emit(conv), index_map=lambda n, c, h, w: (n, c // cb, h, w, c % cb))
+
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+_INT32 = np.iinfo(np.int32)
+
+
+def int32_multipliers() -> tvm.transform.Pass:
+    """Int64 constants that fit in int32, as multiplier operands of legalized multiplies, become
+    int32 constants cast to int64 inside the kernel (run after FoldConstant, before fusion).
+
+    The int8 requantization multiplies int32 accumulators by per-channel Q31 multipliers in int64.
+    With the multiplier an int64 buffer LLVM sees a full 64 x 64-bit product, which NEON lacks
+    (each lane goes through a general register); with both sides sign-extended int32 loads it
+    emits AArch64's widening `smull`/`smull2` (and x86 `vpmuldq`). FoldConstant would fold the
+    cast back into an int64 constant, hence after it: the cast fuses into the multiplying kernel.
+    """
+
+    @relax.expr_functor.mutator
+    class _Narrow(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = super().visit_call_(call)
+            if not (call.op.same_as(_CALL_TIR) and call.args[0].name_hint.startswith("multiply")):
+                return call
+            args = [self._narrowed(arg) for arg in call.args[1].fields]
+            if all(a.same_as(b) for a, b in zip(args, call.args[1].fields, strict=True)):
+                return call
+            return relax.Call(call.op, [call.args[0], relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)
+
+        def _narrowed(self, arg: relax.Expr) -> relax.Expr:
+            if not (isinstance(arg, tvm.ir.expr.GenericConst) and arg.value.dtype == "int64"):
+                return arg
+            values = arg.value.numpy()
+            if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+                return arg
+            return self.builder_.emit_te(topi.cast, relax.const(values.astype(np.int32), "int32"), "int64")
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetInt32Multipliers")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.AnnotateTIROpPattern()(_mutate_functions(mod, _Narrow(mod)))
+
+    return _pass

@@ -147,10 +147,11 @@ class ExactQuantConverter(_base()):
             expr = relax.op.subtract(expr, relax.const(np.asarray(zero, dtype=dtype), dtype))
         return expr
 
-    def _multiply_by_quantized_multiplier(self, x, reals, single_rounding: bool = False) -> object:
+    def _multiply_by_quantized_multiplier(self, x, reals, single_rounding: bool = False, bias=None) -> object:
         """MultiplyByQuantizedMultiplier (double rounding, or single) with one multiplier per last-axis channel, or one in all.
 
-        In int64 (the product needs 64 bits), returned as int32 (as TFLite's). Shifts and adds only:
+        The product in int64 (it needs 64 bits; `graph.int32_multipliers` lets it be a widening
+        32 x 32-bit multiply), the rest in int32 (as TFLite's). Shifts and adds only:
         no comparison, no `where`, no boolean tensor, which ConvertLayout could not carry into the
         blocked layout (every requantization then ran in NHWC between layout transforms), and each
         operation with its tensor first (with a constant first, ConvertLayout keeps the constant's layout).
@@ -165,13 +166,19 @@ class ExactQuantConverter(_base()):
         pick = (lambda a: a) if reals.size > 1 else (lambda a: a[0])
         op = relax.op
         x = op.astype(x, "int64")
+
+        def product_plus(q: np.ndarray, nudge: np.ndarray, bias_q: np.ndarray) -> object:
+            """x * q + nudge with an int32 `bias` added to x first folded in as b * bias_q (q times the
+            left shift): (x + b) q = x q + b q. So x stays a widened int32 (TVM's simplifier moves a
+            cast below an add, and LLVM cannot prove a product of the sum a 32 x 32-bit one)."""
+            offset = nudge if bias is None else bias.astype(np.int64) * bias_q + nudge
+            offset = offset if offset.size > 1 else offset.reshape(-1)[0]
+            return op.add(op.multiply(x, self._i64(pick(q))), self._i64(offset))
+
         if single_rounding:
             # (x * q + 2^(t-1)) >> t with t = 31 - shift: one rounding, halves up (arithmetic shift).
             total = 31 - shift
-            rounded = op.right_shift(
-                op.add(op.multiply(x, self._i64(pick(mult))), self._i64(pick(np.left_shift(1, total - 1)))),
-                self._i64(pick(total)),
-            )
+            rounded = op.right_shift(product_plus(mult, np.left_shift(1, total - 1), mult), self._i64(pick(total)))
             return op.astype(rounded, "int32")
         if np.any(left):
             x = op.multiply(x, self._i64(pick(np.left_shift(1, left))))
@@ -180,17 +187,23 @@ class ExactQuantConverter(_base()):
         # 2^31 - 1, and 1 - 2^30 + 2^31 - 1 = 2^30: so for every sign it is (ab + 2^30) >> 31
         # (ARM's SQRDMULH, which gemmlowp's reference says it equals). The multiplier is positive,
         # so the one saturating case (both operands INT32_MIN) cannot occur.
-        high = op.right_shift(op.add(op.multiply(x, self._i64(pick(mult))), self._i64(1 << 30)), self._i64(31))
+        high = op.right_shift(product_plus(mult, np.array([1 << 30], np.int64), mult << left), self._i64(31))
+        # The high half fits in int32 (the multiplier is below 2^31): the rest runs in int32 lanes.
+        high = op.astype(high, "int32")
         if np.any(right):
             # RoundingDivideByPOT (ties away from zero): (v + 2^(e-1) - [v < 0]) >> e, the arithmetic
-            # shift a floor; v + 2^(e-1) - 1 moves exactly the negative ties and no others down.
-            # Channels with no right shift (e = 0) add nothing.
-            negative = self._sign(high)
+            # shift a floor; v - 1 moves exactly the negative ties down. In int32 as
+            # ((w >> (e-1)) + 1) >> 1 with w = v - [v < 0] (equal, nested floors; no add can
+            # overflow: v > -2^31 since the multiplier is below 2^31). Channels with e = 0 shift
+            # and add nothing.
+            negative = op.right_shift(high, self._i32(31))
             if not np.all(right > 0):
-                negative = op.bitwise_and(negative, self._i64(pick(np.where(right > 0, -1, 0))))
-            half = np.left_shift(1, right) >> 1
-            high = op.right_shift(op.add(op.add(high, negative), self._i64(pick(half))), self._i64(pick(right)))
-        return op.astype(high, "int32")
+                negative = op.bitwise_and(negative, self._i32(pick(np.where(right > 0, -1, 0))))
+            rounds = (right > 0).astype(np.int64)
+            w = op.right_shift(op.add(high, negative), self._i32(pick(right - rounds)))
+            one = self._i32(1) if np.all(rounds) else self._i32(pick(rounds))
+            high = op.right_shift(op.add(w, one), one)
+        return high
 
     def _sign(self, x) -> object:
         """-1 where the int64 `x` is negative, else 0 (an arithmetic shift)."""
@@ -315,15 +328,13 @@ class ExactQuantConverter(_base()):
         return self._requantized(acc, inputs, out, w_scale, options.FusedActivationFunction())
 
     def _requantized(self, acc, inputs, out, w_scale, activation, single_rounding: bool = False):
-        """Bias add (int32), fixed-point rescale by s_in * s_w / s_out per channel, zero point, activation clamp."""
-        from tvm import relax
-
-        if len(inputs) > 2 and inputs[2].tensor_idx >= 0:  # int32, as TFLite adds it
-            acc = relax.op.add(acc, self._i32(self.get_tensor_value(inputs[2])))
+        """Bias add, fixed-point rescale by s_in * s_w / s_out per channel, zero point, activation clamp."""
+        # The int32 bias goes into the rescale's constant (exact: no sum here overflows int32 either).
+        bias = self.get_tensor_value(inputs[2]) if len(inputs) > 2 and inputs[2].tensor_idx >= 0 else None
         i_scale = np.float64(quant_params(inputs[0].tensor)[0][0])
         o_scale, o_zero, _ = quant_params(out.tensor)
         reals = i_scale * w_scale.astype(np.float64) / np.float64(o_scale[0])
-        acc = self._multiply_by_quantized_multiplier(acc, reals, single_rounding)
+        acc = self._multiply_by_quantized_multiplier(acc, reals, single_rounding, bias)
         lo, hi = _act_range(activation, float(o_scale[0]), int(o_zero[0]), self.get_tensor_type_str(out.tensor.Type()))
         return self._to_output(acc, out, lo, hi)
 

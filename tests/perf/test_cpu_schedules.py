@@ -287,6 +287,13 @@ def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernel
     assert sum(n.startswith("fused_depthwise_conv2d_NCHWc") for n in kernels) >= 10, sorted(kernels)
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
     assert sum("layout_transform" in c for c in calls) <= 8, Counter(calls)
+    # The requantization's product is of two widened int32 values, the accumulator itself and an int32
+    # multiplier (AArch64's smlal into the rounding constant): no 64 x 64-bit product, which NEON lacks
+    # (it was one: an int64 multiplier constant, or the cast moved below the bias add).
+    requantizing = [n for n in kernels if "conv2d" in n and "multiply" in n]
+    widening = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[[^\]]*\]\) \* T\.Cast\("int64", \w+\[')
+    assert len(requantizing) >= 30, sorted(kernels)
+    assert all(widening.search(lowered[n].script()) for n in requantizing), lowered[requantizing[0]].script()
 
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None), tvm.cpu())
     interp = Interpreter(str(path), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
