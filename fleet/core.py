@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,8 +21,18 @@ from edgefleet.fleet.db import open_database
 from edgefleet.fleet.store import LocalStore, S3Store, open_store
 from edgefleet.signing import SigningKey, default_trusted_keys, key_id, load_signing_key
 
-# publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1).
-Notifier = Callable[[str, dict], None]
+
+class Receipt(Protocol):
+    """The broker's acknowledgement of one published job (paho's MQTTMessageInfo)."""
+
+    def wait_for_publish(self, timeout: float | None = None) -> None: ...
+
+    def is_published(self) -> bool: ...
+
+
+# publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1); it returns
+# a Receipt to wait on, or None where the job is delivered when the call returns (tests' recorders).
+Notifier = Callable[[str, dict], Receipt | None]
 
 
 def sha256_text(text: str) -> str:

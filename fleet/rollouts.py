@@ -15,16 +15,20 @@ touched device a rollback job (signed by the fleet, so the device accepts the ol
 from __future__ import annotations
 
 import base64
+import logging
 import math
+import time
 import uuid
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import update as sa_update  # `update` names the job update below
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
-from edgefleet.contracts.mqtt import TERMINAL_STATES, JobUpdate
+from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate
 from edgefleet.contracts.rest import (
     DeploymentOut,
     HealthGate,
@@ -35,7 +39,7 @@ from edgefleet.contracts.rest import (
     RolloutPlan,
     Selection,
 )
-from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, ServiceError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
 from edgefleet.agent_release import RELEASE_NAME
@@ -43,7 +47,7 @@ from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
 from edgefleet.strict import first_error
 
-
+log = logging.getLogger("edgefleet.fleet.rollouts")
 ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("created", "start"): "deploying",
@@ -360,22 +364,37 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
     mv = s.get(ModelVersion, r.model_version_id)
     name = s.get(ModelGroup, mv.group_id).name
     builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
-    for device_id in r.devices[start : bounds[wave]]:
-        device = s.get(Device, device_id)
-        build = builds[build_target(device, name)]
-        dep = Deployment(
-            job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}",
-            rollout_id=r.id,
-            device_id=device_id,
-            kind="install",
-            wave=wave,
-            build_id=build.id,
-            previous_version=_running(device, name),
-            updated_at=now,
+    ids = r.devices[start : bounds[wave]]
+    # One query per chunk and one flush per wave: a 5,000-device wave is a few statements, not 10,000.
+    devices = {
+        d.id: d
+        for i in range(0, len(ids), SEND_CHUNK)
+        for d in s.scalars(select(Device).where(Device.id.in_(ids[i : i + SEND_CHUNK])))
+    }
+    deps = []
+    for device_id in ids:
+        device = devices[device_id]
+        deps.append(
+            Deployment(
+                job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}",
+                rollout_id=r.id,
+                device_id=device_id,
+                kind="install",
+                wave=wave,
+                build_id=builds[build_target(device, name)].id,
+                previous_version=_running(device, name),
+                updated_at=now,
+            )
         )
-        s.add(dep)
-        s.flush()
-        outbox.append((device_id, _job_document(fleet, dep, name, mv.version, build, plan)))
+    s.add_all(deps)
+    s.flush()
+    for dep in deps:
+        outbox.append(
+            (
+                dep.device_id,
+                _job_document(fleet, dep, name, mv.version, builds[build_target(devices[dep.device_id], name)], plan),
+            )
+        )
     r.wave = wave
     r.wave_started_at = now
     r.bake_started_at = None
@@ -685,15 +704,75 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _send_wave(fleet, s, r, r.wave + 1, now, outbox)
 
 
+SEND_CHUNK = 500  # jobs published before waiting for the broker's acknowledgements and marking them sent
+SEND_TIMEOUT_S = 30.0
+RESEND_AFTER_S = 10.0  # a job still unsent this long after its row was written lost its sender (a replica died)
+
+
 def _flush(fleet: Fleet, outbox: list[tuple[str, JobDocument]]) -> None:
-    # Jobs go out only after their rows are committed, so every answer finds its deployment.
-    for device_id, job in outbox:
-        fleet.notify(device_id, job.wire())
+    """Publish jobs whose rows are committed (so every answer finds its deployment), then mark them
+    sent once the broker acknowledged them. A sender that dies in between leaves them unsent, and the
+    scheduler sends them again (`_resend_unsent`): a job is never lost, and at most the jobs of one
+    chunk whose acknowledgement arrived just before the death go out twice (same job id: the agent
+    ignores the second)."""
+    for i in range(0, len(outbox), SEND_CHUNK):
+        chunk = outbox[i : i + SEND_CHUNK]
+        receipts = [fleet.notify(device_id, job.wire()) for device_id, job in chunk]
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        for receipt in receipts:
+            if receipt is not None:
+                receipt.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                if not receipt.is_published():
+                    raise ServiceError(
+                        f"the MQTT broker did not acknowledge a job within {SEND_TIMEOUT_S:.0f} s",
+                        "check the broker; unsent jobs are sent again by the next rollout tick",
+                    )
+        with fleet.writer() as s, s.begin():
+            s.execute(
+                sa_update(Deployment)
+                .where(Deployment.job_id.in_([job.job for _, job in chunk]))
+                .values(sent_at=fleet.clock())
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _resend_unsent(fleet: Fleet) -> None:
+    """Send again the jobs of active rollouts that a dead replica wrote but never got acknowledged."""
+    outbox: list[tuple[str, JobDocument]] = []
+    with fleet.session() as s:
+        stale = s.scalars(
+            select(Deployment)
+            .join(Rollout, Rollout.id == Deployment.rollout_id)
+            .where(
+                Rollout.state.in_(ACTIVE),
+                Deployment.sent_at.is_(None),
+                Deployment.state == "notified",
+                Deployment.updated_at < fleet.clock() - RESEND_AFTER_S,
+            )
+            .order_by(Deployment.id)
+        ).all()
+        for dep in stale:
+            outbox.append((dep.device_id, _job_again(fleet, s, dep)))
+    if outbox:
+        log.warning("sending %d jobs again that were written but never acknowledged by the broker", len(outbox))
+        _flush(fleet, outbox)
+
+
+def _job_again(fleet: Fleet, s: Session, dep: Deployment) -> JobDocument:
+    """The job document of a stored deployment, as its rollout step built it."""
+    r = s.get(Rollout, dep.rollout_id)
+    mv = s.get(ModelVersion, r.model_version_id)
+    name = s.get(ModelGroup, mv.group_id).name
+    build = s.get(Build, dep.build_id) if dep.build_id is not None else None
+    # A rollback installs the version its install replaced; an install the rollout's.
+    version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep) or ""
+    return _job_document(fleet, dep, name, version, build, RolloutPlan.model_validate(r.plan))
 
 
 def tick(fleet: Fleet) -> None:
-    """Move every active rollout one step forward."""
+    """Move every active rollout one step forward; call it from one scheduler at a time (fleet/leader.py)."""
     with fleet.lock:
+        _resend_unsent(fleet)
         with fleet.session() as s:
             ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE))))
         for rollout_id in ids:
@@ -711,31 +790,52 @@ def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict[s
         return apply_job_update(fleet, s, device_id, job_id, update)
 
 
+# How far a job has come: an update behind the stored state arrived out of order (two replicas
+# ingest one device's messages in parallel) and changes nothing.
+PROGRESS = {state: rank for rank, state in enumerate(("notified",) + UPDATE_STATES[:6] + ("rolling_back",))}
+PROGRESS |= {state: len(PROGRESS) for state in TERMINAL_STATES}
+
+
 def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, update: JobUpdate) -> bool:
-    """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock."""
+    """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock.
+
+    The state is compare-and-set (`UPDATE ... WHERE state = <read>`): a replica that stored another
+    update of this job meanwhile makes the row count 0, and the update is judged again on the new
+    state, so no transition is applied twice and a terminal state is never left."""
     state = update.state
     dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
     if dep is None or dep.device_id != device_id:
         return False
-    if dep.state in TERMINAL_STATES or dep.state == state:
-        return True  # QoS 1 redelivery or a late message after the end: nothing changes
     now = fleet.clock()
+    while True:
+        seen = dep.state
+        if seen in TERMINAL_STATES or PROGRESS[state] <= PROGRESS[seen]:
+            return True  # QoS 1 redelivery, a late or out-of-order message: nothing changes
+        values: dict[str, Any] = {"state": state, "detail": update.detail[:500], "updated_at": now}
+        if state == "switching" and dep.switched_at is None:
+            values["switched_at"] = now
+        changed = s.execute(
+            sa_update(Deployment)
+            .where(Deployment.id == dep.id, Deployment.state == seen)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            for key, value in values.items():
+                set_committed_value(dep, key, value)  # what the row now holds, without a second UPDATE
+            break
+        s.refresh(dep)  # another replica moved it: judge this update again on what it stored
     s.add(
         RolloutEvent(
             rollout_id=dep.rollout_id,
             at=now,
             device_id=device_id,
             event=f"{dep.kind}_update",
-            from_state=dep.state,
+            from_state=seen,
             to_state=state,
             detail=update.detail[:500],
         )
     )
-    dep.state = state
-    dep.detail = update.detail[:500]
-    dep.updated_at = now
-    if state == "switching" and dep.switched_at is None:
-        dep.switched_at = now
     if state == "committed":
         device = s.get(Device, device_id)
         mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
