@@ -23,9 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import update as sa_update  # `update` names the job update below
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
 from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate
@@ -797,58 +798,98 @@ PROGRESS |= {state: len(PROGRESS) for state in TERMINAL_STATES}
 
 
 def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, update: JobUpdate) -> bool:
-    """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock.
+    """record_job_update inside the caller's transaction; hold fleet.lock."""
+    return apply_job_updates(fleet, s, [(device_id, job_id, update)])[0]
 
-    The state is compare-and-set (`UPDATE ... WHERE state = <read>`): a replica that stored another
-    update of this job meanwhile makes the row count 0, and the update is judged again on the new
-    state, so no transition is applied twice and a terminal state is never left."""
-    state = update.state
-    dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
-    if dep is None or dep.device_id != device_id:
-        return False
-    now = fleet.clock()
-    while True:
-        seen = dep.state
-        if seen in TERMINAL_STATES or PROGRESS[state] <= PROGRESS[seen]:
-            return True  # QoS 1 redelivery, a late or out-of-order message: nothing changes
-        values: dict[str, Any] = {"state": state, "detail": update.detail[:500], "updated_at": now}
-        if state == "switching" and dep.switched_at is None:
-            values["switched_at"] = now
-        changed = s.execute(
-            sa_update(Deployment)
-            .where(Deployment.id == dep.id, Deployment.state == seen)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed == 1:
-            for key, value in values.items():
-                set_committed_value(dep, key, value)  # what the row now holds, without a second UPDATE
-            break
-        s.refresh(dep)  # another replica moved it: judge this update again on what it stored
-    s.add(
-        RolloutEvent(
-            rollout_id=dep.rollout_id,
-            at=now,
-            device_id=device_id,
-            event=f"{dep.kind}_update",
-            from_state=seen,
-            to_state=state,
-            detail=update.detail[:500],
+
+def apply_job_updates(fleet: Fleet, s: Session, updates: list[tuple[str, str, JobUpdate]]) -> list[bool]:
+    """Store (device, job, update) in order inside the caller's transaction (the MQTT ingest batches
+    them); per update False when the job is unknown or not that device's. Hold fleet.lock.
+
+    One SELECT for all jobs, one compare-and-set UPDATE per job (`... WHERE state = <read>`) with the
+    job's updates folded into it, one INSERT of all their audit events: a device's ~7 updates of a
+    rollout cost about one statement. A replica that stored another update of a job meanwhile makes
+    its row count 0, and that job's updates are judged again on the new state, so no transition is
+    applied twice and a terminal state is never left."""
+    d = Deployment.__table__.c
+    wanted = sorted({job for _, job, _ in updates})
+    rows = {
+        row.job_id: row
+        for i in range(0, len(wanted), SEND_CHUNK)
+        for row in s.execute(
+            select(d.id, d.job_id, d.device_id, d.state, d.rollout_id, d.kind).where(
+                d.job_id.in_(wanted[i : i + SEND_CHUNK])
+            )
         )
-    )
-    if state == "committed":
-        device = s.get(Device, device_id)
-        mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
-        name = s.get(ModelGroup, mv.group_id).name
-        installed = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
-        if name == RELEASE_NAME:
-            device.agent_version = installed
-        else:
-            device.model_name, device.model_version = name, installed
-    return True
+    }
+    known = [job in rows and rows[job].device_id == device for device, job, _ in updates]
+    by_job: dict[str, list[JobUpdate]] = {}
+    for (_, job, update), ok in zip(updates, known):
+        if ok:
+            by_job.setdefault(job, []).append(update)
+    now = fleet.clock()
+    events = [event for job, ups in by_job.items() for event in _advance(s, rows[job], ups, now)]
+    if events:
+        s.execute(sa_insert(RolloutEvent.__table__), events)
+    return known
 
 
-def _rolled_back_to(s: Session, rollback: Deployment) -> str | None:
+def _progress(seen: str, updates: list[JobUpdate]) -> list[tuple[str, JobUpdate]]:
+    """The (from state, update) steps that move a job forward from `seen`; a QoS 1 redelivery, or a
+    late or out-of-order update (two replicas ingest one device in parallel) changes nothing."""
+    steps = []
+    for update in updates:
+        if seen not in TERMINAL_STATES and PROGRESS[update.state] > PROGRESS[seen]:
+            steps.append((seen, update))
+            seen = update.state
+    return steps
+
+
+def _advance(s: Session, row: Any, updates: list[JobUpdate], now: float) -> list[dict[str, Any]]:
+    """Compare-and-set one job to the last state its updates reach; its audit events."""
+    d = Deployment.__table__.c
+    seen = row.state
+    while steps := _progress(seen, updates):
+        last = steps[-1][1]
+        values: dict[str, Any] = {"state": last.state, "detail": last.detail[:500], "updated_at": now}
+        if any(update.state == "switching" for _, update in steps):
+            values["switched_at"] = func.coalesce(d.switched_at, now)
+        if s.execute(sa_update(Deployment.__table__).where(d.id == row.id, d.state == seen).values(**values)).rowcount:
+            if last.state == "committed":
+                _record_installed(s, row, row.device_id)
+            return [
+                {
+                    "rollout_id": row.rollout_id,
+                    "at": now,
+                    "device_id": row.device_id,
+                    "event": f"{row.kind}_update",
+                    "from_state": before,
+                    "to_state": update.state,
+                    "detail": update.detail[:500],
+                }
+                for before, update in steps
+            ]
+        seen = s.scalar(select(d.state).where(d.id == row.id))  # another replica moved it: judge again
+    return []
+
+
+def _record_installed(s: Session, dep: Any, device_id: str) -> None:
+    """A committed job: the device now runs the version it installed (or rolled back to)."""
+    name, version = s.execute(
+        select(ModelGroup.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.group_id == ModelGroup.id)
+        .join(Rollout, Rollout.model_version_id == ModelVersion.id)
+        .where(Rollout.id == dep.rollout_id)
+    ).one()
+    installed = version if dep.kind == "install" else _rolled_back_to(s, dep)
+    values = {"agent_version": installed} if name == RELEASE_NAME else {"model_name": name, "model_version": installed}
+    s.execute(sa_update(Device.__table__).where(Device.__table__.c.id == device_id).values(**values))
+    device = s.identity_map.get(identity_key(Device, device_id))
+    if device is not None:
+        s.expire(device)  # read again: the row changed under it
+
+
+def _rolled_back_to(s: Session, rollback: Any) -> str | None:
     """The version a rollback job installed: the previous version of the install it undoes."""
     install = s.scalar(
         select(Deployment).where(
