@@ -137,6 +137,17 @@ class SimulatedFleet:
             c.loop_write()
 
 
+def _all(http: httpx.Client, path: str, **params: object) -> list[dict]:
+    """Every item of a paged list (follows `next`)."""
+    items: list[dict] = []
+    cursor = None
+    while True:
+        page = http.get(path, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        items += page["items"]
+        if (cursor := page["next"]) is None:
+            return items
+
+
 def run(
     n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telemetry_s: float, per_connection: int
 ) -> dict:
@@ -196,7 +207,7 @@ def run(
         t0 = time.time()
         sim = SimulatedFleet(mport, ids, telemetry_s, per_connection)
         sim.pump(2)
-        online = lambda: sum(1 for d in http.get("/devices", params={"status": "online"}).json())  # noqa: E731
+        online = lambda: len(_all(http, "/devices", status="online"))  # noqa: E731
         while online() < n and time.time() - t0 < 300:
             sim.pump(1)
         result["connect_s"] = round(time.time() - t0, 1)
@@ -217,7 +228,7 @@ def run(
             peak_rss = max(peak_rss, proc.memory_info().rss)
             state = http.get(f"/rollouts/{rid}").json()["state"]
         elapsed = time.time() - t_start
-        events = http.get(f"/rollouts/{rid}/events").json()
+        events = _all(http, f"/rollouts/{rid}/events")
         marks = [e for e in events if e["device"] is None]
         # Where the time went: each rollout transition, seconds after creation.
         result["timeline"] = [f"{e['event']}@{e['at'] - marks[0]['at']:.1f}" for e in marks]

@@ -16,12 +16,15 @@ from pydantic_core import to_jsonable_python
 from edgefleet.cli import print_json as print_plain_json, table
 from edgefleet.contracts.rest import (
     DeviceOut,
+    DevicePage,
     EnrollmentTokenOut,
-    ModelGroupOut,
+    ModelGroupPage,
     ModelVersionOut,
+    ModelVersionPage,
     RolloutDetail,
-    RolloutEventOut,
+    RolloutEventPage,
     RolloutOut,
+    RolloutPage,
 )
 
 
@@ -102,7 +105,7 @@ def models() -> None:
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    rows = _client(ctx).get("/models", list[ModelGroupOut])
+    rows = _client(ctx).pages("/models", ModelGroupPage)
     if as_json:
         return print_json(rows)
     table(["group", "versions", "latest"], [[r.name, r.versions, r.latest] for r in rows])
@@ -130,7 +133,7 @@ def _versions_table(rows: list[ModelVersionOut]) -> None:
 @json_option
 @click.pass_context
 def models_versions(ctx: click.Context, group: str, as_json: bool) -> None:
-    rows = _client(ctx).get(f"/models/{group}/versions", list[ModelVersionOut])
+    rows = _client(ctx).pages(f"/models/{group}/versions", ModelVersionPage)
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -199,7 +202,7 @@ def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
     """Agent releases the fleet holds, with their approval and architectures."""
     from edgefleet.agent_release import RELEASE_NAME
 
-    rows = _client(ctx).get(f"/models/{RELEASE_NAME}/versions", list[ModelVersionOut])
+    rows = _client(ctx).pages(f"/models/{RELEASE_NAME}/versions", ModelVersionPage)
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -261,7 +264,7 @@ def _devices_table(rows: list[DeviceOut]) -> None:
 @json_option
 @click.pass_context
 def devices_list(ctx: click.Context, group: str | None, tag: str | None, status: str | None, as_json: bool) -> None:
-    rows = _client(ctx).get("/devices", list[DeviceOut], group=group, tag=tag, status=status)
+    rows = _client(ctx).pages("/devices", DevicePage, group=group, tag=tag, status=status)
     print_json(rows) if as_json else _devices_table(rows)
 
 
@@ -397,7 +400,7 @@ def rollouts_create(
 @json_option
 @click.pass_context
 def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
-    rows = _client(ctx).get("/rollouts", list[RolloutOut], state=state)
+    rows = _client(ctx).pages("/rollouts", RolloutPage, state=state)
     print_json(rows) if as_json else _rollouts_table(rows)
 
 
@@ -421,7 +424,7 @@ def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
-    rows = _client(ctx).get(f"/rollouts/{rollout_id}/events", list[RolloutEventOut])
+    rows = _client(ctx).pages(f"/rollouts/{rollout_id}/events", RolloutEventPage)
     if as_json:
         return print_json(rows)
     table(

@@ -35,8 +35,10 @@ from edgefleet.contracts.rest import (
     HealthGate,
     RolloutDetail,
     RolloutEventOut,
+    RolloutEventPage,
     RolloutModel,
     RolloutOut,
+    RolloutPage,
     RolloutPlan,
     Selection,
 )
@@ -44,6 +46,7 @@ from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionErro
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
 from edgefleet.agent_release import RELEASE_NAME
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
 from edgefleet.strict import first_error
@@ -271,12 +274,15 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> Rol
     return out
 
 
-def list_rollouts(fleet: Fleet, state: str | None = None) -> list[RolloutOut]:
+def list_rollouts(
+    fleet: Fleet, state: str | None = None, limit: int = MAX_PAGE, cursor: str | None = None
+) -> RolloutPage:
     with fleet.session() as s:
-        q = select(Rollout).order_by(Rollout.id)
+        q = select(Rollout)
         if state:
             q = q.where(Rollout.state == state)
-        return [rollout_out(s, r) for r in s.scalars(q)]
+        rows, after = keyset(s, q, Rollout.id, limit, cursor)
+        return RolloutPage(items=[rollout_out(s, r) for r in rows], next=after)
 
 
 def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
@@ -299,12 +305,14 @@ def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
         return RolloutDetail(**dict(rollout_out(s, r)), deployments=deployments)
 
 
-def rollout_events(fleet: Fleet, rollout_id: int) -> list[RolloutEventOut]:
+def rollout_events(fleet: Fleet, rollout_id: int, limit: int = MAX_PAGE, cursor: str | None = None) -> RolloutEventPage:
     with fleet.session() as s:
         if s.get(Rollout, rollout_id) is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
-        rows = s.scalars(select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id))
-        return [
+        rows, after = keyset(
+            s, select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id), RolloutEvent.id, limit, cursor
+        )
+        items = [
             RolloutEventOut(
                 at=e.at,
                 event=e.event,
@@ -315,6 +323,7 @@ def rollout_events(fleet: Fleet, rollout_id: int) -> list[RolloutEventOut]:
             )
             for e in rows
         ]
+        return RolloutEventPage(items=items, next=after)
 
 
 # ---- jobs ---------------------------------------------------------------------------------

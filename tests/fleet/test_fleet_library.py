@@ -132,7 +132,7 @@ def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp
             tar.add(f, arcname=f.name)
     with pytest.raises(PackageIntegrityError, match="signature"):
         registry.upload_package(fleet, bad)
-    assert [r.version for r in registry.list_versions(fleet, "tiny")] == ["1"]
+    assert [r.version for r in registry.list_versions(fleet, "tiny").items] == ["1"]
 
 
 def test_rollout_succeeds_across_waves(fleet, tiny_packages):
@@ -161,7 +161,7 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     rollouts.tick(fleet)
     final = rollouts.get_rollout(fleet, r.id)
     assert final.state == "succeeded" and final.installs == {"committed": 5}
-    events = [(e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
+    events = [(e.event, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device is None]
     assert events == [
         ("create", "created"),
         ("start", "deploying"),
@@ -175,7 +175,7 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
         ("wave_committed", "baking"),
         ("completed", "succeeded"),
     ]
-    assert {d["model"]["version"] for d in devices.list_devices(fleet)} == {"2"}
+    assert {d.model.version for d in devices.list_devices(fleet).items} == {"2"}
 
 
 def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
@@ -206,7 +206,7 @@ def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_p
     out = rollouts.get_rollout(fleet, r.id)
     assert out.state == "aborted"
     assert {d.job: d.state for d in out.deployments}[job["job"]] == "committed"
-    assert {d["id"]: d["model"]["version"] for d in devices.list_devices(fleet)} == dict.fromkeys(ids, "1")
+    assert {d.id: d.model.version for d in devices.list_devices(fleet).items} == dict.fromkeys(ids, "1")
     assert len([d for d in out.deployments if d.kind == "install"]) == 2  # the rest were never touched
 
 
@@ -229,7 +229,7 @@ def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, t
     fleet.clock.advance(61)
     rollouts.tick(fleet)
     assert (
-        "waiting for telemetry" in rollouts.rollout_events(fleet, r.id)[-1].detail
+        "waiting for telemetry" in rollouts.rollout_events(fleet, r.id).items[-1].detail
         or rollouts.get_rollout(fleet, r.id).state == "baking"
     )
     telemetry(fleet, dev, "2", conf_bin=3, alerts=5)  # installs fine, but unsure of everything
@@ -290,7 +290,7 @@ def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
     answer(fleet, "cam-00", fleet.sent[-1][1], ["committed"])
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r.id).state == "aborted"
-    history = [(e.from_, e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
+    history = [(e.from_, e.event, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device is None]
     assert ("paused", "resume", "deploying") in history and history[-1] == ("aborting", "rolled_back", "aborted")
 
 
@@ -312,11 +312,11 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
     with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
         devices.enroll(fleet, token, "cam-8", csr)
     out = devices.enroll(fleet, token, "cam-7", csr)
-    cert = x509.load_pem_x509_certificate(out["certificate"].encode())
-    ca = x509.load_pem_x509_certificate(out["ca_certificate"].encode())
+    cert = x509.load_pem_x509_certificate(out.certificate.encode())
+    ca = x509.load_pem_x509_certificate(out.ca_certificate.encode())
     cert.verify_directly_issued_by(ca)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "cam-7"
-    assert out["broker"]["port"] == 18883 and out["trusted_keys"]
+    assert out.broker.port == 18883 and out.trusted_keys
     with pytest.raises(PermissionDeniedError, match="already used"):
         devices.enroll(fleet, token, "cam-7", csr)
     acl = (tmp_path / "acl").read_text()
@@ -324,9 +324,9 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
         "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl
         and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
     )
-    assert [d["id"] for d in devices.list_devices(fleet, tag="gate")] == ["cam-7"]
+    assert [d.id for d in devices.list_devices(fleet, tag="gate").items] == ["cam-7"]
     moved = devices.update_device(fleet, "cam-7", group="yard", add_tags=["night"], remove_tags=["gate"])
-    assert (moved["group"], moved["tags"]) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate") == []
+    assert (moved.group, moved.tags) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate").items == []
     other = devices.create_enrollment_token(fleet, "cam-9", "x86_64")
     wrong_cn = (
         x509.CertificateSigningRequestBuilder()
@@ -364,7 +364,7 @@ def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
         "dropped_unknown_job": 1,
     }
     d = devices.get_device(fleet, "cam-00")
-    assert d["status"] == "offline" and d["last_seen"] == t + 1
+    assert d.status == "offline" and d.last_seen == t + 1
     with fleet.session() as s:
         assert s.query(Telemetry).count() == 0
 
@@ -390,7 +390,7 @@ def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frame
     fleet.clock.advance(6)
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r.id).state == "baking"
-    last = rollouts.rollout_events(fleet, r.id)[-1]
+    last = rollouts.rollout_events(fleet, r.id).items[-1]
     assert last.event == "health_gate_waiting"
     assert "alert rate 20 of 100 frames on the new model, 40 of 100 frames before" in last.detail
     # The device still on v1 adds evidence from the old model while the gate waits.
@@ -398,8 +398,8 @@ def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frame
     telemetry(fleet, canary, "2", frames=80, alerts=18)  # new: 24 in 100 = 0.24 <= 0.2 * 1.5 + 0.02
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r.id)
-    assert out.state == "deploying", rollouts.rollout_events(fleet, r.id)[-1]
-    assert rollouts.rollout_events(fleet, r.id)[-2].detail == "model health within bounds (2 samples)"
+    assert out.state == "deploying", rollouts.rollout_events(fleet, r.id).items[-1]
+    assert rollouts.rollout_events(fleet, r.id).items[-2].detail == "model health within bounds (2 samples)"
 
 
 def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(fleet, tiny_packages):
