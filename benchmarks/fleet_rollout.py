@@ -57,6 +57,7 @@ class SimulatedFleet:
         self.next_telemetry: dict[str, float] = {}
         self.sent_telemetry = 0
         self.jobs_received = 0
+        self.subscribed = 0  # connections whose job subscriptions the broker acknowledged
         for k in range(0, len(ids), per_connection):
             devices = ids[k : k + per_connection]
             c = mqtt.Client(
@@ -65,6 +66,7 @@ class SimulatedFleet:
             c.max_inflight_messages_set(1000)
             c.on_connect = self._on_connect
             c.on_message = self._on_message
+            c.on_subscribe = self._on_subscribe
             c.connect(host, port, keepalive=600)
             self.sel.register(c.socket(), selectors.EVENT_READ, c)
             self.clients.append(c)
@@ -78,13 +80,28 @@ class SimulatedFleet:
     def _on_connect(self, c, devices, flags, rc, props) -> None:
         c.subscribe([(f"edgefleet/v1/{dev}/jobs/notify", 1) for dev in devices])
         for dev in devices:
-            status = {
-                "schema": 1,
-                "id": uuid.uuid4().hex,
-                "state": "online",
-                "model": {"name": "tiny", "version": self.version[dev]},
-            }
-            c.publish(f"edgefleet/v1/{dev}/status", json.dumps(status), qos=1, retain=True)
+            self._status(c, dev)
+
+    def _on_subscribe(self, c, devices, mid, reason_codes, props) -> None:
+        self.subscribed += 1
+
+    def wait_subscribed(self, timeout: float = 120.0) -> None:
+        """Until every connection may receive its devices' jobs (a job published before is lost)."""
+        end = time.time() + timeout
+        while self.subscribed < len(self.clients):
+            if time.time() > end:
+                raise TimeoutError(f"{len(self.clients) - self.subscribed} connections not subscribed")
+            self.pump(0.1)
+
+    def _status(self, c: mqtt.Client, dev: str) -> None:
+        """The retained status an agent publishes when it connects and after it switched models."""
+        status = {
+            "schema": 1,
+            "id": uuid.uuid4().hex,
+            "state": "online",
+            "model": {"name": "tiny", "version": self.version[dev]},
+        }
+        c.publish(f"edgefleet/v1/{dev}/status", json.dumps(status), qos=1, retain=True)
 
     def _on_message(self, c, devices, msg) -> None:
         dev = msg.topic.split("/")[2]
@@ -97,6 +114,7 @@ class SimulatedFleet:
                 qos=1,
             )
         self.version[dev] = job["package"]["version"]
+        self._status(c, dev)
         self.next_telemetry[dev] = time.time() + 0.5
 
     def telemetry(self, dev: str) -> None:
@@ -137,7 +155,7 @@ class SimulatedFleet:
             c.loop_write()
 
 
-def _all(http: httpx.Client, path: str, **params: object) -> list[dict]:
+def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
     """Every item of a paged list (follows `next`)."""
     items: list[dict] = []
     cursor = None
@@ -206,8 +224,8 @@ def run(
     try:
         t0 = time.time()
         sim = SimulatedFleet(mport, ids, telemetry_s, per_connection)
-        sim.pump(2)
-        online = lambda: len(_all(http, "/devices", status="online"))  # noqa: E731
+        sim.wait_subscribed()
+        online = lambda: len(all_items(http, "/devices", status="online"))  # noqa: E731
         while online() < n and time.time() - t0 < 300:
             sim.pump(1)
         result["connect_s"] = round(time.time() - t0, 1)
@@ -228,7 +246,7 @@ def run(
             peak_rss = max(peak_rss, proc.memory_info().rss)
             state = http.get(f"/rollouts/{rid}").json()["state"]
         elapsed = time.time() - t_start
-        events = _all(http, f"/rollouts/{rid}/events")
+        events = all_items(http, f"/rollouts/{rid}/events")
         marks = [e for e in events if e["device"] is None]
         # Where the time went: each rollout transition, seconds after creation.
         result["timeline"] = [f"{e['event']}@{e['at'] - marks[0]['at']:.1f}" for e in marks]

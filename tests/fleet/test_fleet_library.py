@@ -423,3 +423,9 @@ def test_the_fleets_own_identity_cannot_be_a_device(fleet):
     ):
         with pytest.raises(BadInputError, match="reserved for the fleet"):
             register_it()
+
+
+def test_sqlite_is_one_process_so_its_scheduler_always_holds_the_lease(fleet):
+    from edgefleet.fleet.leader import SchedulerLease
+
+    assert SchedulerLease(fleet.sessions.kw["bind"]).held()
