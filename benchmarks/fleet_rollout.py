@@ -230,7 +230,8 @@ def run(
             sim.pump(1)
         result["connect_s"] = round(time.time() - t0, 1)
         cpu0, t_start = sum(proc.cpu_times()[:2]), time.time()
-        ingested0 = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
+        mqtt0 = http.get("/metrics").json()["mqtt"]
+        ingested0, received0 = mqtt0.get("telemetry", 0), mqtt0.get("received", 0)
         rid = http.post(
             "/rollouts",
             json={
@@ -250,11 +251,17 @@ def run(
         marks = [e for e in events if e["device"] is None]
         # Where the time went: each rollout transition, seconds after creation.
         result["timeline"] = [f"{e['event']}@{e['at'] - marks[0]['at']:.1f}" for e in marks]
-        ingested = http.get("/metrics").json()["mqtt"].get("telemetry", 0) - ingested0
+        mqtt1 = http.get("/metrics").json()["mqtt"]
+        ingested = mqtt1.get("telemetry", 0) - ingested0
+        received = mqtt1.get("received", 0) - received0
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
         result |= {
             "state": state,
             "all_committed_s": round(elapsed, 1),
-            "fleet_cpu_core_share": round((sum(proc.cpu_times()[:2]) - cpu0) / elapsed, 2),
+            "fleet_cpu_core_share": round(cpu / elapsed, 2),
+            # What the rollout costs the fleet per MQTT message it ingested (job updates, status, telemetry).
+            "messages_ingested": received,
+            "fleet_cpu_ms_per_message": round(cpu / max(received, 1) * 1000, 3),
             "fleet_peak_rss_mb": round(peak_rss / 2**20, 1),
             "telemetry_ingested_per_s": round(ingested / elapsed, 1),
             "telemetry_sent": sim.sent_telemetry,
