@@ -837,7 +837,10 @@ def apply_job_updates(fleet: Fleet, s: Session, updates: list[tuple[str, str, Jo
         if ok:
             by_job.setdefault(job, []).append(update)
     now = fleet.clock()
-    events = [event for job, ups in by_job.items() for event in _advance(s, rows[job], ups, now)]
+    # Rows are written in device order, the same in every replica's batch, so two batches that
+    # touch the same devices wait for each other instead of deadlocking.
+    order = sorted(by_job, key=lambda job: (rows[job].device_id, job))
+    events = [event for job in order for event in _advance(s, rows[job], by_job[job], now)]
     if events:
         s.execute(sa_insert(RolloutEvent.__table__), events)
     return known
