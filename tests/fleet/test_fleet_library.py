@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import uuid
 
 import pytest
 from cryptography import x509
@@ -429,3 +430,91 @@ def test_sqlite_is_one_process_so_its_scheduler_always_holds_the_lease(fleet):
     from edgefleet.fleet.leader import SchedulerLease
 
     assert SchedulerLease(fleet.sessions.kw["bind"]).held()
+
+
+def test_job_updates_only_move_forward_and_a_batch_folds_each_job_into_one_write(fleet, tiny_packages):
+    """Replicas ingest one device's updates in parallel: a late `switching` after `probation`
+    changes nothing, a terminal state is never left, and unknown or foreign jobs are refused."""
+    from edgefleet.contracts.mqtt import JobUpdate
+
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 2)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 2, "bake_time_s": 0})
+    rollouts.tick(fleet)
+    jobs = {device: payload["job"] for device, payload in fleet.sent}
+
+    def up(device: str, state: str, job: str | None = None) -> tuple[str, str, JobUpdate]:
+        job = job or jobs[device]
+        return device, job, JobUpdate(id=uuid.uuid4().hex, job=job, state=state, detail=state)
+
+    with fleet.writer() as s, s.begin():
+        known = rollouts.apply_job_updates(
+            fleet,
+            s,
+            [
+                up(ids[0], "probation"),
+                up(ids[0], "switching"),  # out of order: behind probation
+                up(ids[1], "downloading"),
+                up(ids[0], "committed"),
+                up(ids[0], "rolling_back"),  # after a terminal state
+                up(ids[1], "idle", job="r1-nope"),  # no such job
+                up(ids[1], "staged", job=jobs[ids[0]]),  # another device's job
+            ],
+        )
+    assert known == [True, True, True, True, True, False, False]
+    detail = rollouts.get_rollout(fleet, r.id)
+    assert {d.device: d.state for d in detail.deployments} == {ids[0]: "committed", ids[1]: "downloading"}
+    steps = [(e.device, e.from_, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device]
+    assert steps == [
+        (ids[0], "notified", "probation"),
+        (ids[0], "probation", "committed"),
+        (ids[1], "notified", "downloading"),
+    ]
+    assert devices.get_device(fleet, ids[0]).model.version == "2"
+
+
+def test_a_job_its_sender_never_got_acknowledged_is_sent_again_under_its_id(fleet, tiny_packages):
+    """The rows are committed, the publish fails (the sending replica died or lost the broker):
+    the next tick after RESEND_AFTER_S sends the same job again, and a sent job never twice."""
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 1)
+    rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"bake_time_s": 0})
+    recorder = fleet.notify
+
+    def broken(device: str, payload: dict) -> None:
+        raise OSError("broker gone")
+
+    fleet.notify = broken
+    with pytest.raises(OSError):
+        rollouts.tick(fleet)
+    fleet.notify = recorder
+    rollouts.tick(fleet)
+    assert fleet.sent == []  # not yet: its sender may still be publishing it
+    fleet.clock.advance(rollouts.RESEND_AFTER_S + 1)
+    rollouts.tick(fleet)
+    assert [d for d, _ in fleet.sent] == ids
+    job = fleet.sent[0][1]
+    assert job["kind"] == "install" and job["package"]["version"] == "2"
+    fleet.clock.advance(rollouts.RESEND_AFTER_S + 1)
+    rollouts.tick(fleet)
+    assert len(fleet.sent) == 1
+    assert [d.job for d in rollouts.get_rollout(fleet, 1).deployments] == [job["job"]]
+
+
+def test_replicas_share_the_download_secret_from_a_file_and_a_bad_one_is_refused(tmp_path, tiny_packages):
+    from edgefleet.errors import UsageError
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
+    secret = tmp_path / "download.secret"
+    secret.write_text("ab" * 32)
+    a, b = (
+        open_fleet(FleetConfig(data_dir=tmp_path / name, signing_key=tiny_packages["key"], download_secret_file=secret))
+        for name in ("a", "b")
+    )
+    url = a.download_url(7, "k")
+    expires, sig = (part.split("=")[1] for part in url.split("?")[1].split("&"))
+    assert b.check_download(7, int(expires), sig)  # signed by one replica, accepted by another
+    secret.write_text("too short")
+    with pytest.raises(UsageError, match="64 hex digits"):
+        open_fleet(FleetConfig(data_dir=tmp_path / "c", signing_key=tiny_packages["key"], download_secret_file=secret))
