@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
 from edgefleet.cli import console, print_json, table, trusted_keys_option
+from edgefleet.logs import LOG_FORMATS, setup_logging
 
 DEFAULT_CONFIG = Path("/etc/edgefleet/agent.toml")
 
@@ -27,11 +27,23 @@ def agent() -> None:
     show_default=True,
     help="Config file to write.",
 )
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path("/var/lib/edgefleet"), show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/var/lib/edgefleet"),
+    show_default=True,
+    help="Where the agent keeps its identity, packages, outbox and update journal.",
+)
 @click.option("--device-id", required=True, help="This camera's id (the CN of its certificate, its MQTT topics).")
 @click.option("--mqtt-host", help="Broker host (default: what enrollment says).")
 @click.option("--mqtt-port", type=int, help="Broker port (default: what enrollment says, else 8883).")
-@click.option("--transport", type=click.Choice(["paho", "awsiot"]), default="paho", show_default=True)
+@click.option(
+    "--transport",
+    type=click.Choice(["paho", "awsiot"]),
+    default="paho",
+    show_default=True,
+    help="MQTT client: paho (any broker) or awsiot (AWS IoT Core, needs the awsiot extra).",
+)
 @click.option(
     "--ca",
     "ca_file",
@@ -53,7 +65,7 @@ def agent() -> None:
     "--fleet-ca",
     "fleet_ca_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CA of the fleet's HTTPS certificate, if private.",
+    help="CA of the fleet's HTTPS certificate, if private (`fleet server-cert` ca.pem): used to enroll, and kept as [fleet] ca_file.",
 )
 @click.option("--package", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Initial model package.")
 @click.option("--label", "labels", multiple=True, required=True, help="Label to alert on (repeatable).")
@@ -70,6 +82,7 @@ def agent() -> None:
     type=click.Path(path_type=Path),
     default=Path("/etc/systemd/system/edgefleet-agent.service"),
     show_default=True,
+    help="systemd unit to write.",
 )
 @click.option("--force", is_flag=True, help="Rewrite an existing config (the device key is kept).")
 @click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
@@ -95,7 +108,12 @@ def install_command(
 ) -> None:
     """Prepare this camera: config, device key and CSR (enrolled at the fleet with a token), state folders, systemd unit.
 
-    Maps to edgefleet.agent.install.install_agent.
+    \b
+    Examples:
+      edgefleet agent install --device-id cam-7 --label person --fleet-url https://fleet.example:8080 \\
+          --enroll-token-file cam-7.token --dry-run
+      edgefleet agent install --device-id cam-7 --label person --label car --package scenes-1-rasp4b.tar.gz \\
+          --mqtt-host broker.example --ca ca.pem --cert cam-7.pem
     """
     import os
 
@@ -139,7 +157,14 @@ def install_command(
 
 
 @agent.command("run")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="Agent config (TOML, docs/agent.md).",
+)
 @click.option("--max-frames", type=click.IntRange(min=1), help="Stop after this many frames.")
 @click.option("--idle-exit", type=float, help="Stop when no frame arrived for this many seconds.")
 @click.option(
@@ -150,18 +175,33 @@ def install_command(
     help="On stop, seconds to wait for the broker to ack stored messages.",
 )
 @click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log records written to stderr.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as plain text or one JSON object per line [default: the config's log.format, else text].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary when stopped.")
-def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -> None:
-    """Run the agent until SIGTERM/SIGINT. Maps to edgefleet.agent.run.run_agent."""
+def run_command(config_path, max_frames, idle_exit, drain, log_level, log_format, as_json) -> None:
+    """Run the agent until SIGTERM/SIGINT.
+
+    \b
+    Examples:
+      edgefleet agent run                                  # /etc/edgefleet/agent.toml
+      edgefleet agent run --config agent.toml --log-format json
+      edgefleet agent run --config agent.toml --max-frames 100 --json
+    """
     from edgefleet.agent.config import load_config
     from edgefleet.agent.run import RunOptions, run_agent
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_agent(
-        load_config(config_path), RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain)
-    )
+    config = load_config(config_path)
+    setup_logging(log_level, log_format or config.log.format)
+    summary = run_agent(config, RunOptions(max_frames=max_frames, idle_exit_s=idle_exit, drain_s=drain))
     if as_json:
         print_json(
             {"frames": summary.frames, "alerts": summary.alerts, "outbox": summary.outbox, "restart": summary.restart}
@@ -178,19 +218,30 @@ def run_command(config_path, max_frames, idle_exit, drain, log_level, as_json) -
 
 
 @agent.command("launch", context_settings={"ignore_unknown_options": True})
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG, show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    help="Agent config (TOML, docs/agent.md).",
+)
 @click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
 def launch_command(config_path, run_args) -> None:
     """Start the agent release in use (what the systemd unit runs): roll back a release that failed to
     prove itself, then replace this process with `agent run` on it. RUN_ARGS go to `agent run`.
 
-    Maps to edgefleet.agent.launcher.launch.
+    \b
+    Examples:
+      edgefleet agent launch --config /etc/edgefleet/agent.toml
+      edgefleet agent launch --config agent.toml --log-format json
     """
     from edgefleet.agent.config import load_config
     from edgefleet.agent.launcher import launch
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(config_path, Path(load_config(config_path).state_dir), list(run_args))
+    config = load_config(config_path)
+    setup_logging("info", config.log.format)
+    launch(config_path, Path(config.state_dir), list(run_args))
 
 
 @agent.group("release")
@@ -229,7 +280,12 @@ def release() -> None:
 def release_build_command(version, arch, runtime_dir, no_runtime, key_path, output) -> None:
     """Build and sign an agent release of this checkout's camera code (and runtime bundle).
 
-    Upload it with `edgefleet fleet agent-releases upload`. Maps to edgefleet.agent_release.build_release.
+    Upload it with `edgefleet fleet agent-releases upload`.
+
+    \b
+    Examples:
+      edgefleet agent release build --arch aarch64
+      edgefleet agent release build --version 0.3.1 --arch armv7 --no-runtime -o agent-0.3.1-armv7.tar.gz
     """
     from edgefleet import __version__
     from edgefleet.agent_release import build_release
@@ -254,9 +310,14 @@ def release_build_command(version, arch, runtime_dir, no_runtime, key_path, outp
 
 
 @agent.command("check-config")
-@click.argument("config_path", type=click.Path(path_type=Path))
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 def check_config_command(config_path) -> None:
-    """Validate a config file and print it with defaults filled in. Maps to edgefleet.agent.config.load_config."""
+    """Validate the agent config file CONFIG and print it as JSON with defaults filled in.
+
+    \b
+    Examples:
+      edgefleet agent check-config /etc/edgefleet/agent.toml
+    """
     from edgefleet.agent.config import load_config
 
     print_json(load_config(config_path).model_dump(mode="json"))
@@ -282,12 +343,18 @@ def check_config_command(config_path) -> None:
 @click.option(
     "--trust", multiple=True, type=click.Path(exists=True, path_type=Path), help="Trusted public key (repeatable)."
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run_package_command(
     package: Path, image: Path, k: int, repeat: int, trust: tuple[Path, ...], as_json: bool
 ) -> None:
-    """Run a package on one image here and print the top-k labels (a detector: its boxes, labels
-    and scores, after NMS) and the latency. Maps to edgefleet.agent.infer.run_package_on_image."""
+    """Run PACKAGE on one image here and print the top-k labels (a detector: its boxes, labels
+    and scores, after NMS) and the latency.
+
+    \b
+    Examples:
+      edgefleet run scenes-2-x86_64.tar.gz --image frame.jpg
+      edgefleet run detector-1-x86_64.tar.gz --image street.jpg --json
+    """
     from edgefleet.agent.infer import run_package_on_image
 
     result = run_package_on_image(package, image, trusted_keys_option(trust), k=k, repeat=repeat)
@@ -301,7 +368,7 @@ def run_package_command(
             if result.detections is not None
             else {"predictions": [p.__dict__ for p in result.predictions]}
         )
-        print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms})
+        print_json({**found, "latency_ms": result.latency_ms, "median_ms": result.median_ms, "library": result.library})
         return
     if result.detections is not None:
         table(
@@ -315,3 +382,4 @@ def run_package_command(
             [[i + 1, p.label, p.index, f"{p.score:.4f}"] for i, p in enumerate(result.predictions)],
         )
     console.print(f"latency: median {result.median_ms:.2f} ms over {len(result.latency_ms)} runs")
+    console.print(f"library: {result.library}")

@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from Py
     import tomli as tomllib
 
 from edgefleet.errors import BadInputError, UsageError
+from edgefleet.logs import LogFormat
 from edgefleet.strict import Strict, first_error
 
 CONFIG_VERSION = 1
@@ -75,6 +76,20 @@ class MqttConfig(Strict):
 
 class FleetConfig(Strict):
     url: str | None = None
+    ca_file: Path | None = None  # verifies the fleet's HTTPS certificate; default: the system's CAs
+
+
+class SnapshotsConfig(Strict):
+    """[snapshots]: each alert's frame as a JPEG uploaded to the fleet over HTTPS (needs fleet.url).
+
+    The alert names the JPEG's sha256; the upload waits in the outbox until the fleet accepts it."""
+
+    enabled: bool = False
+    max_side: int = Field(640, ge=64, le=4096)
+    quality: int = Field(80, ge=10, le=95)  # lowered step by step when the JPEG is over max_bytes
+    max_bytes: int = Field(200_000, ge=8_192, le=1024 * 1024)
+    max_pending_bytes: int = Field(20 * 1024 * 1024, ge=1024 * 1024)  # past this, the oldest waiting go first
+    timeout_s: float = Field(20.0, gt=0)
 
 
 class FolderSource(Strict):
@@ -211,6 +226,15 @@ class RuntimeConfig(Strict):
 
     threads: int = Field(1, ge=1, le=256)
     spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
+    # A package's library to load instead of the best this CPU runs: an ISA level ("x86-64-v3") or a
+    # member name (agent/variants.py; EDGEFLEET_LIBRARY overrides it).
+    library: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LogConfig(Strict):
+    """[log]: how `agent run` writes its log to stderr (journald keeps it); `--log-format` overrides."""
+
+    format: LogFormat = "text"  # "json": one object per line (edgefleet/logs.py)
 
 
 class AgentConfig(Strict):
@@ -225,6 +249,14 @@ class AgentConfig(Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     health: HealthConfig = HealthConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    log: LogConfig = LogConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
+
+    @model_validator(mode="after")
+    def _snapshots_need_the_fleet(self) -> AgentConfig:
+        if self.snapshots.enabled and not self.fleet.url:
+            raise ValueError("snapshots.enabled needs fleet.url (where the snapshots are uploaded)")
+        return self
 
     @property
     def device_id(self) -> str:

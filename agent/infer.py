@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.agent.preprocess import decode_image, preprocess
 from edgefleet.agent.runtime import load_model
+from edgefleet.agent.variants import select_library
 from edgefleet.errors import BadInputError
 from edgefleet.package import open_package
+from edgefleet.signing import PublicKey
 
 
 @dataclass
@@ -27,6 +28,7 @@ class RunResult:
     predictions: list[Prediction]  # classification: the top-k; empty for a detector
     latency_ms: list[float]
     detections: list | None = None  # detection: agent.postprocess.Detection, best first, boxes in frame pixels
+    library: str = ""  # which of the package's libraries ran (agent/variants.py)
 
     @property
     def median_ms(self) -> float:
@@ -49,7 +51,7 @@ def top_k(output: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
 
 
 def run_package_on_image(
-    package: Path, image: Path, trusted: list[Ed25519PublicKey], *, k: int = 5, repeat: int = 5
+    package: Path, image: Path, trusted: list[PublicKey], *, k: int = 5, repeat: int = 5
 ) -> RunResult:
     """Verify `package`, run it `repeat` times on `image`, and return the latencies with the top-k
     classes, or for a detection package the decoded boxes as the agent's rules would see them."""
@@ -61,6 +63,7 @@ def run_package_on_image(
     with open_package(package, trusted) as opened:
         manifest = opened.manifest
         model = load_model(opened)  # refuses a package for another architecture
+        library = select_library(opened).describe()  # the choice load_model made
         batch = preprocess(frame, manifest.inputs[0], manifest.preprocessing)
         latencies = []
         outputs = None
@@ -74,5 +77,5 @@ def run_package_on_image(
         from edgefleet.agent.preprocess import geometry
 
         found = interpret(outputs, manifest, geometry(frame.size, manifest.inputs[0], manifest.preprocessing))
-        return RunResult([], latencies, found.detections)
-    return RunResult(top_k(outputs[0], manifest.labels, k), latencies)
+        return RunResult([], latencies, found.detections, library)
+    return RunResult(top_k(outputs[0], manifest.labels, k), latencies, library=library)

@@ -53,6 +53,7 @@ def config_text(
     package: Path | None,
     fleet_url: str | None,
     trusted: list[Path],
+    fleet_ca: Path | None = None,
 ) -> str:
     identity = state_dir / "identity"
     lines = [
@@ -73,6 +74,7 @@ def config_text(
         "",
         "[fleet]",
         *([f"url = {_toml_str(fleet_url)}"] if fleet_url else []),
+        *([f"ca_file = {_toml_str(fleet_ca)}"] if fleet_ca else []),
         "",
         "[model]",
         *([f"package = {_toml_str(package)}"] if package else []),
@@ -337,6 +339,12 @@ def plan_trusted_keys(plan: InstallPlan, opts: InstallOptions, fleet_keys: list[
 
 
 def plan_config_and_unit(plan: InstallPlan, opts: InstallOptions, broker: Broker, trusted: list[Path]) -> None:
+    fleet_ca = None
+    if (
+        opts.fleet_ca_file is not None
+    ):  # kept with the identity: snapshot uploads and downloads verify the fleet with it
+        fleet_ca = opts.state_dir / "identity" / "fleet-ca.pem"
+        plan.files[fleet_ca] = Path(opts.fleet_ca_file).read_text()
     text = config_text(
         state_dir=opts.state_dir,
         device_id=opts.device_id,
@@ -347,6 +355,7 @@ def plan_config_and_unit(plan: InstallPlan, opts: InstallOptions, broker: Broker
         package=Path(opts.package).absolute() if opts.package else None,
         fleet_url=opts.fleet_url,
         trusted=trusted,
+        fleet_ca=fleet_ca,
     )
     from edgefleet.agent.config import tomllib
 

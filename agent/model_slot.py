@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import SIGNATURE, Manifest, OpenedPackage, check_files, open_package, read_manifest_unverified
-from edgefleet.signing import verify_signature
+from edgefleet.signing import PublicKey, verify_signature
 
 log = logging.getLogger("edgefleet.agent.model")
 
@@ -34,6 +33,7 @@ class ActiveModel:
     model: Any  # TvmModel or TfliteModel: .run(list[np.ndarray]) -> list[np.ndarray]
     manifest: Manifest
     directory: Path | None
+    library: str | None = None  # which of the package's libraries runs (agent/variants.py), for telemetry
 
 
 def check_detection(manifest: Manifest) -> None:
@@ -45,7 +45,7 @@ def check_detection(manifest: Manifest) -> None:
         head_config(manifest.detection.head, manifest.detection.options)
 
 
-def verify_extracted(directory: Path, trusted: list[Ed25519PublicKey]) -> OpenedPackage:
+def verify_extracted(directory: Path, trusted: list[PublicKey]) -> OpenedPackage:
     """Check an extracted package in place: signature over manifest.json and every file hash."""
     directory = Path(directory)
     manifest = read_manifest_unverified(directory)
@@ -58,7 +58,7 @@ def verify_extracted(directory: Path, trusted: list[Ed25519PublicKey]) -> Opened
 
 
 class ModelSlot:
-    def __init__(self, state_dir: Path, trusted_keys: list[Ed25519PublicKey]) -> None:
+    def __init__(self, state_dir: Path, trusted_keys: list[PublicKey]) -> None:
         self.state_dir = Path(state_dir)
         self.packages = self.state_dir / "packages"
         self.packages.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,7 @@ class ModelSlot:
     def reload(self) -> ActiveModel:
         """Load whatever `current` points at and swap it in; raises (keeping the old model) on failure."""
         from edgefleet.agent.runtime import load_model
+        from edgefleet.agent.variants import select_library
 
         directory = self.current_dir()
         if directory is None:
@@ -130,10 +131,11 @@ class ModelSlot:
         opened = verify_extracted(directory, self.trusted_keys)
         check_detection(opened.manifest)
         model = load_model(opened)
-        active = ActiveModel(model, opened.manifest, directory)
+        library = select_library(opened).describe()  # the choice load_model made: same package, same CPU
+        active = ActiveModel(model, opened.manifest, directory, library)
         with self._lock:
             self._active = active
-        log.info("model %s %s active", opened.manifest.name, opened.manifest.version)
+        log.info("model %s %s active, library %s", opened.manifest.name, opened.manifest.version, library)
         return active
 
     def install_initial(self, package_path: Path) -> ActiveModel:

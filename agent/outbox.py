@@ -9,6 +9,11 @@ same frame after a crash idempotent.
 
 When the outbox is over its caps, telemetry goes first (oldest first), then the oldest
 other messages; what was dropped is counted per kind and reported in telemetry.
+
+Alert snapshots (JPEGs the alerts name) wait in the `snapshots` table, stored in the same
+transaction as their alerts, until the fleet accepts the upload (agent/snapshots.py); over
+`max_snapshot_bytes` the oldest go first (counted as "snapshot"). The table is an addition
+an older agent ignores, so the schema version stays 1 (an agent rolled back still opens it).
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS pending ON messages (delivered, seq);
 CREATE TABLE IF NOT EXISTS dropped (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0
+);
 """
 
 
@@ -51,10 +63,18 @@ class Message:
 class Outbox:
     """Thread-safe: the inference loop puts, the sender thread takes and acks."""
 
-    def __init__(self, path: Path, *, max_messages: int = 10_000, max_bytes: int = 50 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_messages: int = 10_000,
+        max_bytes: int = 50 * 1024 * 1024,
+        max_snapshot_bytes: int = 20 * 1024 * 1024,
+    ) -> None:
         self.path = Path(path)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.max_snapshot_bytes = max_snapshot_bytes
         self._lock = threading.Lock()
         self._handed = 0  # rows up to this seq are with the transport; caps never drop them
         self._has_pending = threading.Condition(self._lock)
@@ -72,8 +92,9 @@ class Outbox:
         """Store one message (payload must carry a unique "id"). False if that id is already stored."""
         return self.put_many([(kind, topic, payload)])[0]
 
-    def put_many(self, messages: list[tuple[str, str, dict]]) -> list[bool]:
-        """Store several messages in one transaction (one fsync), in order; True for each one added."""
+    def put_many(self, messages: list[tuple[str, str, dict]], snapshots: list[tuple[str, bytes]] = ()) -> list[bool]:
+        """Store several messages, and the (sha256, JPEG) snapshots they name, in one transaction
+        (one fsync), in order; True for each message added."""
         rows = [
             (payload["id"], kind, topic, json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
             for kind, topic, payload in messages
@@ -88,8 +109,14 @@ class Outbox:
                         (id_, kind, topic, data, len(data)),
                     )
                     added.append(cur.rowcount == 1)
+                for sha, jpeg in snapshots:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO snapshots (sha256, data, size) VALUES (?, ?, ?)", (sha, jpeg, len(jpeg))
+                    )
                 if any(added):
                     self._enforce_caps()
+                if snapshots:
+                    self._enforce_snapshot_cap()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -120,12 +147,45 @@ class Outbox:
                 return  # everything left is already with the transport
             seq, kind, row_size = row
             self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-            self._db.execute(
-                "INSERT INTO dropped (kind, count) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET count = count + 1",
-                (kind,),
-            )
+            self._count_dropped(kind)
             count -= 1
             size -= row_size
+
+    def _enforce_snapshot_cap(self) -> None:
+        while True:
+            (size,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM snapshots").fetchone()
+            if size <= self.max_snapshot_bytes:
+                return
+            self._db.execute("DELETE FROM snapshots WHERE rowid = (SELECT MIN(rowid) FROM snapshots)")
+            self._count_dropped("snapshot")
+
+    def _count_dropped(self, kind: str) -> None:
+        self._db.execute(
+            "INSERT INTO dropped (kind, count) VALUES (?, 1) ON CONFLICT(kind) DO UPDATE SET count = count + 1", (kind,)
+        )
+
+    def due_snapshot(self, now: float) -> tuple[str, bytes, int] | None:
+        """The oldest snapshot whose next try is due: (sha256, JPEG, attempts so far)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256, data, attempts FROM snapshots WHERE next_try <= ? ORDER BY rowid LIMIT 1", (now,)
+            ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]), row[2])
+
+    def snapshot_done(self, sha256: str, dropped: bool = False) -> None:
+        """Forget a snapshot: the fleet has it, or refused it for good (then counted as dropped)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM snapshots WHERE sha256 = ?", (sha256,))
+            if dropped:
+                self._count_dropped("snapshot")
+            self._db.execute("COMMIT")
+
+    def snapshot_retry(self, sha256: str, next_try: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE snapshots SET attempts = attempts + 1, next_try = ? WHERE sha256 = ?", (next_try, sha256)
+            )
 
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[Message]:
         """Undelivered messages with seq > after_seq, oldest first."""
@@ -176,7 +236,8 @@ class Outbox:
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE delivered = 0"
             ).fetchone()
             dropped = dict(self._db.execute("SELECT kind, count FROM dropped").fetchall())
-        return {"pending": pending, "pending_bytes": size, "dropped": dropped}
+            (snapshots,) = self._db.execute("SELECT COUNT(*) FROM snapshots").fetchone()
+        return {"pending": pending, "pending_bytes": size, "dropped": dropped, "snapshots": snapshots}
 
     def close(self) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ Every payload is JSON with "schema": 1 and a unique "id"."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import uuid
 from datetime import datetime, timezone
@@ -11,7 +12,15 @@ from datetime import datetime, timezone
 from PIL import Image, ImageDraw
 
 from edgefleet.agent_release import running_version
-from edgefleet.contracts.mqtt import AlertMessage, Detection, ModelRef, StatusMessage, TelemetryMessage, Thumbnail
+from edgefleet.contracts.mqtt import (
+    AlertMessage,
+    Detection,
+    ModelRef,
+    SnapshotRef,
+    StatusMessage,
+    TelemetryMessage,
+    Thumbnail,
+)
 from edgefleet.runtime_bundle import host_arch
 from edgefleet.agent.postprocess import Detection as DetectionResult, FrameResult
 from edgefleet.agent.rules import Hit
@@ -41,22 +50,42 @@ def draw_boxes(small: Image.Image, frame_size: tuple[int, int], boxes: list[list
         pen.rectangle([x1 * sx, y1 * sy, x2 * sx, y2 * sy], outline=(255, 0, 0), width=max(1, small.width // 80))
 
 
-def thumbnail(
-    image: Image.Image, max_side: int, max_bytes: int, boxes: list[list[float]] | None = None
-) -> Thumbnail | None:
-    """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
+def small_jpeg(
+    image: Image.Image, max_side: int, max_bytes: int, quality: int = 80, boxes: list[list[float]] | None = None
+) -> tuple[Image.Image, bytes] | None:
+    """The image scaled to at most max_side pixels per side as a JPEG of at most max_bytes,
+    trying `quality` then lower ones; None if even the lowest does not fit."""
     small = image.convert("RGB")
     small.thumbnail((max_side, max_side))
     if boxes:
         draw_boxes(small, image.size, boxes)
-    for quality in (80, 60, 40, 25, 15):
+    for q in [quality] + [q for q in (60, 40, 25, 15) if q < quality]:
         buf = io.BytesIO()
-        small.save(buf, format="JPEG", quality=quality, optimize=True)
+        small.save(buf, format="JPEG", quality=q, optimize=True)
         if buf.tell() <= max_bytes:
-            return Thumbnail(
-                format="jpeg", width=small.width, height=small.height, data=base64.b64encode(buf.getvalue()).decode()
-            )
+            return small, buf.getvalue()
     return None
+
+
+def thumbnail(
+    image: Image.Image, max_side: int, max_bytes: int, boxes: list[list[float]] | None = None
+) -> Thumbnail | None:
+    """A JPEG of at most max_side pixels per side and max_bytes bytes, or None if it cannot fit."""
+    found = small_jpeg(image, max_side, max_bytes, boxes=boxes)
+    if found is None:
+        return None
+    small, data = found
+    return Thumbnail(format="jpeg", width=small.width, height=small.height, data=base64.b64encode(data).decode())
+
+
+def snapshot(image: Image.Image, max_side: int, quality: int, max_bytes: int) -> tuple[SnapshotRef, bytes] | None:
+    """The alert's frame for people to look at (boxes are drawn by whoever shows it), and its reference."""
+    found = small_jpeg(image, max_side, max_bytes, quality)
+    if found is None:
+        return None
+    small, data = found
+    ref = SnapshotRef(sha256=hashlib.sha256(data).hexdigest(), size=len(data), width=small.width, height=small.height)
+    return ref, data
 
 
 def alert(
@@ -69,6 +98,8 @@ def alert(
     source: str,
     latency_ms: float,
     thumb: Thumbnail | None,
+    snap: SnapshotRef | None = None,
+    rule: str | None = None,
 ) -> dict:
     detections = frame_size = None
     if result.detections is not None:
@@ -97,6 +128,8 @@ def alert(
         detections=detections,
         frame_size=frame_size,
         thumbnail=thumb,
+        snapshot=snap,
+        rule=rule,
     ).wire()
 
 
@@ -104,8 +137,10 @@ def detection(d: DetectionResult) -> Detection:
     return Detection(label=d.label, score=round(d.score, 5), box=d.box, box_px=d.px or None, zones=d.zones or None)
 
 
-def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: dict) -> dict:
-    """`window` is AgentMetrics.window(): the telemetry fields of one window."""
+def telemetry(
+    device_id: str, window: dict, manifest: Manifest | None, outbox: dict, library: str | None = None
+) -> dict:
+    """`window` is AgentMetrics.window(): the telemetry fields of one window; `library`, which library runs."""
     return TelemetryMessage.model_validate(
         {
             **window,
@@ -114,12 +149,13 @@ def telemetry(device_id: str, window: dict, manifest: Manifest | None, outbox: d
             "device": device_id,
             "ts": now_iso(),
             "model": model_ref(manifest),
+            "library": library,
             "outbox": outbox,
         }
     ).wire()
 
 
-def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict:
+def status(device_id: str, state: str, manifest: Manifest | None = None, watching: list[str] | None = None) -> dict:
     return StatusMessage(
         id=str(uuid.uuid4()),
         type="status",
@@ -129,4 +165,5 @@ def status(device_id: str, state: str, manifest: Manifest | None = None) -> dict
         model=model_ref(manifest),
         agent_version=running_version(),
         arch=host_arch(),
+        watching=watching,
     ).wire()

@@ -44,6 +44,18 @@ class AlertRules:
     def zones_for(self, label: str) -> dict:
         return {name: z for name, z in self.cfg.zones.items() if not z.labels or label in z.labels}
 
+    def describe(self, label: str) -> str:
+        """The rule that makes `label` alert, in words (shown with the alert event)."""
+        words = f"{label} score >= {self.min_score(label):g} in {self.cfg.min_consecutive} frame(s)"
+        if self.min_area(label):
+            words += f", area >= {self.min_area(label):g} px"
+        zones = self.zones_for(label)
+        if zones:
+            words += f", in zone {' or '.join(sorted(zones))}"
+        if self.cfg.cooldown_s:
+            words += f", cooldown {self.cfg.cooldown_s:g} s"
+        return words[:200]
+
     def passing(self, detections: list[Detection], label: str) -> list[Detection]:
         """The label's boxes that pass its filters, each with the zones it is in."""
         zones = self.zones_for(label)

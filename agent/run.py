@@ -28,13 +28,14 @@ from edgefleet.agent.postprocess import interpret
 from edgefleet.agent.preprocess import FrameRejected, decode_image, geometry, preprocess
 from edgefleet.agent.rules import AlertRules
 from edgefleet.agent.sender import Sender
+from edgefleet.agent.snapshots import SnapshotUploader
 from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
 from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
 from edgefleet.contracts.jobs import JobProbation
 from edgefleet.contracts.mqtt import SCHEMA
-from edgefleet.agent.update import UpdateManager, UpdateRefused, smoke_test
+from edgefleet.agent.update import UpdateManager, UpdateRefused, download_context, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
 
@@ -126,8 +127,12 @@ class Agent:
         self.rules = AlertRules(cfg.rules)
         self.slot = ModelSlot(self.state, trusted_keys(cfg))
         self.outbox = Outbox(
-            self.state / "outbox.sqlite", max_messages=cfg.outbox.max_messages, max_bytes=cfg.outbox.max_bytes
+            self.state / "outbox.sqlite",
+            max_messages=cfg.outbox.max_messages,
+            max_bytes=cfg.outbox.max_bytes,
+            max_snapshot_bytes=cfg.snapshots.max_pending_bytes,
         )
+        self.snapshots = SnapshotUploader(cfg, self.outbox) if cfg.snapshots.enabled else None
         will = json.dumps(payloads.status(self.device, "offline")).encode()
         self.transport = make_transport(cfg.mqtt, payloads.topic(self.device, "status"), will)
         self.transport.on_connect.append(self._publish_online)
@@ -143,6 +148,7 @@ class Agent:
             self.device,
             self.request_restart,
             active_model=lambda: self.slot.loaded.manifest if self.slot.loaded else None,
+            download_context=download_context(cfg.fleet.ca_file),
         )
         self.restart = False
         self._agent_probation = JobProbation()
@@ -153,8 +159,10 @@ class Agent:
     # -- model ------------------------------------------------------------------------
     def _load_model(self) -> None:
         from edgefleet.agent.runtime import configure_pool
+        from edgefleet.agent.variants import force_library
 
         configure_pool(self.cfg.runtime)  # before the first model starts the runtime's workers
+        force_library(self.cfg.runtime.library)
         if self.cfg.model.tflite is not None:
             self.slot.load_plain(load_plain_tflite(self.cfg))
             return
@@ -173,7 +181,7 @@ class Agent:
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.publish(
             payloads.topic(self.device, "status"),
-            json.dumps(payloads.status(self.device, "online", manifest)).encode(),
+            json.dumps(payloads.status(self.device, "online", manifest, self.cfg.rules.labels)).encode(),
             retain=True,
         )
 
@@ -214,8 +222,9 @@ class Agent:
             self.send_telemetry()
 
     def send_telemetry(self) -> None:
-        manifest = self.slot.loaded.manifest if self.slot.loaded else None
-        body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats())
+        loaded = self.slot.loaded
+        manifest, library = (loaded.manifest, loaded.library) if loaded else (None, None)
+        body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats(), library)
         self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), body)
 
     # -- health -------------------------------------------------------------------------
@@ -301,6 +310,7 @@ class Agent:
             brightness, contrast = luma_stats(image)
             hits = self.rules.observe(result.scores, time.monotonic(), result.detections)
             thumb = self._thumbnail(image, hits)
+            snap = self._snapshot(image, hits)
         except Exception as exc:  # a frame that breaks preprocessing, the model or a thumbnail is counted, not fatal
             self.metrics.frame_error()
             log.warning("inference failed on frame %s: %s", frame.key, str(exc)[:200])
@@ -318,12 +328,17 @@ class Agent:
                     source=frame.source,
                     latency_ms=model_s * 1000,
                     thumb=thumb,
+                    snap=snap and snap[0],
+                    rule=self.rules.describe(hit.label),
                 )
                 for hit in hits
             ]
-            for hit, added in zip(hits, self.outbox.put_many([("alert", topic, body) for body in bodies])):
+            jpegs = [(snap[0].sha256, snap[1])] if snap else []
+            for hit, added in zip(hits, self.outbox.put_many([("alert", topic, body) for body in bodies], jpegs)):
                 if added:
                     self.metrics.alert(hit.label)
+            if self.snapshots is not None:
+                self.snapshots.wake.set()
         self._done(by_source, frame)
         total = time.perf_counter() - start
         self.metrics.frame_ok(model_s, total - model_s, brightness, contrast, result.top_label, result.top_score)
@@ -334,6 +349,13 @@ class Agent:
             return None
         boxes = [d.px for hit in hits for d in hit.detections or []] if rules.draw_boxes else None
         return payloads.thumbnail(image, rules.thumbnail_max_side, rules.thumbnail_max_bytes, boxes)
+
+    def _snapshot(self, image, hits):
+        """The frame as the JPEG the alerts name ([snapshots]); one per frame, whatever the number of hits."""
+        cfg = self.cfg.snapshots
+        if not hits or self.snapshots is None:
+            return None
+        return payloads.snapshot(image, cfg.max_side, cfg.quality, cfg.max_bytes)
 
     @staticmethod
     def _done(by_source: dict, frame: Frame) -> None:
@@ -346,7 +368,14 @@ class Agent:
             log.warning("running as root; the installed service runs as an unprivileged user")
         if self.cfg.model.tflite is None:
             # Before loading: an update interrupted mid-switch is rolled back first.
-            self.updates = UpdateManager(self.state, self.slot, self.publish, self.slot.trusted_keys, self.device)
+            self.updates = UpdateManager(
+                self.state,
+                self.slot,
+                self.publish,
+                self.slot.trusted_keys,
+                self.device,
+                download_context=download_context(self.cfg.fleet.ca_file),
+            )
             self.updates.resume()
         self._load_model()
         if self.updates is None:
@@ -371,6 +400,8 @@ class Agent:
             (self.state / "health.port").write_text(f"{self.health.port}\n")
         self.transport.start()
         self.sender.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         self._start_thread(self._telemetry_loop, "telemetry")
         if self.health is not None:
             self.health.start()
@@ -427,6 +458,8 @@ class Agent:
                 self.outbox.stats()["pending"],
             )
         self.sender.stop()
+        if self.snapshots is not None:
+            self.snapshots.stop()
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.stop(
             payloads.topic(self.device, "status"),

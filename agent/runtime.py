@@ -286,5 +286,6 @@ def load_model(package: OpenedPackage):
     if manifest.runtime.kind == "tflite":
         return TfliteModel(package.library)
     from edgefleet.agent.runtime_worker import open_tvm_model
+    from edgefleet.agent.variants import select_library
 
-    return open_tvm_model(package.library, manifest.target.device)
+    return open_tvm_model(select_library(package).path, manifest.target.device)

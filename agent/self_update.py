@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -174,6 +175,7 @@ class AgentUpdateManager:
         fault: Callable[[str], None] = _default_fault,
         download_timeout_s: float = 30.0,
         download_retries: int = 5,
+        download_context: ssl.SSLContext | None = None,
     ) -> None:
         self.journal = AgentJournal(state_dir, publish, fault)
         self.active_model = active_model  # the loaded model's manifest: the release's runtime must run it
@@ -182,6 +184,7 @@ class AgentUpdateManager:
         self.request_restart = request_restart
         self.download_timeout_s = download_timeout_s
         self.download_retries = download_retries
+        self.download_context = download_context
         self._lock = threading.Lock()
 
     # ---- entry points ----------------------------------------------------------------------
@@ -335,7 +338,7 @@ class AgentUpdateManager:
             return "downloaded", "the installed agent is on the camera"
         if (self.journal.releases / job.package.version).is_dir():
             return "downloaded", "release already on the camera"
-        fetch(job.package, self._archive(job), self.download_timeout_s, self.download_retries)
+        fetch(job.package, self._archive(job), self.download_timeout_s, self.download_retries, self.download_context)
         return "downloaded", ""
 
     def _verify(self, job: AgentUpdateJournal) -> tuple[str, str]:

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import threading
 import time
 import urllib.error
@@ -142,6 +143,7 @@ class UpdateManager:
         fault: Callable[[str], None] = _default_fault,
         download_timeout_s: float = 30.0,
         download_retries: int = 5,
+        download_context: ssl.SSLContext | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.slot = slot
@@ -151,6 +153,7 @@ class UpdateManager:
         self.fault = fault
         self.download_timeout_s = download_timeout_s
         self.download_retries = download_retries
+        self.download_context = download_context
         self.journal_dir = self.state_dir / "journal"
         self.downloads = self.journal_dir / "downloads"
         self.downloads.mkdir(parents=True, exist_ok=True)
@@ -333,7 +336,9 @@ class UpdateManager:
     def _download(self, job: UpdateJournal) -> tuple[str, str]:
         if (self.slot.packages / job.target).is_dir():
             return "downloaded", "package already on the device"
-        fetch(job.package, self._download_path(job), self.download_timeout_s, self.download_retries)
+        fetch(
+            job.package, self._download_path(job), self.download_timeout_s, self.download_retries, self.download_context
+        )
         return "downloaded", ""
 
     def _verify(self, job: UpdateJournal) -> tuple[str, str]:
@@ -466,7 +471,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(package: JobPackage, dest: Path, timeout_s: float, retries: int) -> None:
+def download_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """HTTPS downloads trust the system's CAs plus [fleet] ca_file: a package comes from the fleet
+    (often under its own CA) or, with an S3 package store, from a presigned S3 URL (a public CA)."""
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+def fetch(
+    package: JobPackage, dest: Path, timeout_s: float, retries: int, context: ssl.SSLContext | None = None
+) -> None:
     """Download a job's package to `dest`, resuming a partial download with an HTTP Range request,
     bounded by and checked against the job's size and sha256; UpdateRefused says why not."""
     url, size, sha = package.url, package.size, package.sha256
@@ -480,7 +497,7 @@ def fetch(package: JobPackage, dest: Path, timeout_s: float, retries: int) -> No
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with (
-                urllib.request.urlopen(request, timeout=timeout_s) as resp,
+                urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp,
                 open(part, "ab" if have and resp.status == 206 else "wb") as fh,
             ):
                 _copy_capped(resp, fh, size)

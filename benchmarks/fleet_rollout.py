@@ -1,20 +1,24 @@
 """Benchmark: roll a package out to 1,000 and then 10,000 simulated devices.
 
-Real parts: `edgefleet fleet serve` (SQLite), mosquitto on loopback (plain TCP here: the
-benchmark measures the fleet, not TLS handshakes), and N MQTT connections from this process
-(paho clients driven by one selector loop). The simulated agents are light: on a job they
-publish the update states straight to `committed` without downloading, then send telemetry
-every `--telemetry-s` seconds. Prints, per fleet size: time until the rollout succeeded
-(every device committed, every wave's health gate passed), the fleet's CPU (share of one
-core) and peak RSS during it, telemetry ingested per second during it (the offered load),
-and the ingest capacity: every device sends 3 telemetry messages at once, stored per second.
+Real parts: `edgefleet fleet serve` (SQLite; or `--replicas N` processes on a throwaway
+PostgreSQL, each with its replica_id, sharing the device topics), mosquitto on loopback (plain
+TCP here: the benchmark measures the fleet, not TLS handshakes), and simulated devices in this
+process (paho clients driven by one selector loop, `--devices-per-connection` devices sharing one
+connection). The simulated agents are light: on a job they publish the update states straight to
+`committed` without downloading, then their retained status and telemetry every `--telemetry-s`
+seconds. Prints, per fleet size: the rollout's timeline, time until the rollout succeeded
+(every device committed, every wave's health gate passed), the fleet's CPU (share of one core,
+all replicas together) and CPU per ingested MQTT message, peak RSS of the largest replica,
+telemetry ingested per second during it (the offered load), and the ingest capacity: every
+device sends 3 telemetry messages at once, stored per second.
 
-    python benchmarks/fleet_rollout.py --devices 1000 10000
+    python benchmarks/fleet_rollout.py --devices 1000 10000 [--replicas 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -33,6 +37,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "agent_update"))
+sys.path.insert(0, str(ROOT / "tests"))
+from support.postgres import temporary_postgres  # noqa: E402
 
 
 def free_port() -> int:
@@ -155,6 +161,11 @@ class SimulatedFleet:
             c.loop_write()
 
 
+def _cpu(procs: list[psutil.Process]) -> float:
+    """CPU seconds (user + system) of the fleet's replicas together."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
     """Every item of a paged list (follows `next`)."""
     items: list[dict] = []
@@ -167,7 +178,15 @@ def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
 
 
 def run(
-    n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telemetry_s: float, per_connection: int
+    n: int,
+    work: Path,
+    package_v1: Path,
+    package_v2: Path,
+    key: Path,
+    telemetry_s: float,
+    per_connection: int,
+    database_url: str | None = None,
+    replicas: int = 1,
 ) -> dict:
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import BrokerConfig, FleetConfig
@@ -176,7 +195,8 @@ def run(
     from edgefleet.fleet.local_broker import MAX_INFLIGHT_MESSAGES
 
     work.mkdir(parents=True)
-    mport, hport = free_port(), free_port()
+    mport, hports = free_port(), [free_port() for _ in range(replicas)]
+    hport = hports[0]
     (work / "mosquitto.conf").write_text(
         f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n"
         # as fleet/local_broker.py: the fleet acknowledges after commit, so batches need this many in flight
@@ -185,6 +205,7 @@ def run(
     broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")])
     config = FleetConfig(
         data_dir=work / "fleet",
+        database_url=database_url,
         listen_port=hport,
         public_url=f"http://127.0.0.1:{hport}",
         signing_key=key,
@@ -202,14 +223,24 @@ def run(
             [Device(id=d, target="x86_64", group="bench", tags=[], model_name="tiny", model_version="1") for d in ids]
         )
     fleet.readers.kw["bind"].dispose()
-    (work / "fleet.toml").write_text(
-        f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {hport}\npublic_url = "http://127.0.0.1:{hport}"\nsigning_key = "{key}"\ntick_seconds = 0.5\n[broker]\nport = {mport}\n'
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(work / "fleet.toml")],
-        stdout=open(work / "fleet.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    (work / "download.secret").write_text(os.urandom(32).hex())
+    servers = []
+    for i, port in enumerate(hports):
+        toml = work / f"fleet-{i}.toml"
+        toml.write_text(
+            f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\n'
+            f'signing_key = "{key}"\ntick_seconds = 0.5\ndownload_secret_file = "{work / "download.secret"}"\n'
+            + (f'database_url = "{database_url}"\nreplica_id = "fleet-{i}"\n' if database_url else "")
+            + f"[broker]\nport = {mport}\n"
+        )
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(toml)],
+                stdout=open(work / f"fleet-{i}.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        time.sleep(2)  # the first one migrates the database
     http = httpx.Client(
         base_url=f"http://127.0.0.1:{hport}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60
     )
@@ -219,8 +250,16 @@ def run(
             break
         except httpx.HTTPError:
             time.sleep(0.1)
-    proc = psutil.Process(server.pid)
-    result: dict = {"devices": n}
+    procs = [psutil.Process(server.pid) for server in servers]
+    metrics = [
+        httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers=http.headers, timeout=60) for port in hports
+    ]
+
+    def counted(counter: str) -> int:
+        """An MQTT counter summed over the replicas (each counts what it ingested)."""
+        return sum(m.get("/metrics").json()["mqtt"].get(counter, 0) for m in metrics)
+
+    result: dict = {"devices": n, "replicas": replicas, "database": "postgresql" if database_url else "sqlite"}
     try:
         t0 = time.time()
         sim = SimulatedFleet(mport, ids, telemetry_s, per_connection)
@@ -229,9 +268,8 @@ def run(
         while online() < n and time.time() - t0 < 300:
             sim.pump(1)
         result["connect_s"] = round(time.time() - t0, 1)
-        cpu0, t_start = sum(proc.cpu_times()[:2]), time.time()
-        mqtt0 = http.get("/metrics").json()["mqtt"]
-        ingested0, received0 = mqtt0.get("telemetry", 0), mqtt0.get("received", 0)
+        cpu0, t_start = _cpu(procs), time.time()
+        ingested0, received0 = counted("telemetry"), counted("received")
         rid = http.post(
             "/rollouts",
             json={
@@ -244,17 +282,15 @@ def run(
         peak_rss, state = 0, "created"
         while state not in ("succeeded", "aborted") and time.time() - t_start < 900:
             sim.pump(1)
-            peak_rss = max(peak_rss, proc.memory_info().rss)
+            peak_rss = max(peak_rss, *(p.memory_info().rss for p in procs))
             state = http.get(f"/rollouts/{rid}").json()["state"]
         elapsed = time.time() - t_start
         events = all_items(http, f"/rollouts/{rid}/events")
         marks = [e for e in events if e["device"] is None]
         # Where the time went: each rollout transition, seconds after creation.
         result["timeline"] = [f"{e['event']}@{e['at'] - marks[0]['at']:.1f}" for e in marks]
-        mqtt1 = http.get("/metrics").json()["mqtt"]
-        ingested = mqtt1.get("telemetry", 0) - ingested0
-        received = mqtt1.get("received", 0) - received0
-        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        ingested, received = counted("telemetry") - ingested0, counted("received") - received0
+        cpu = _cpu(procs) - cpu0
         result |= {
             "state": state,
             "all_committed_s": round(elapsed, 1),
@@ -268,7 +304,7 @@ def run(
         }
         # Capacity: every device sends `burst` telemetry messages at once; time until all are stored.
         burst = 3
-        before = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
+        before = counted("telemetry")
         t_burst = time.time()
         for dev in ids:
             for _ in range(burst):
@@ -276,12 +312,13 @@ def run(
         stored = 0
         while stored < burst * n and time.time() - t_burst < 300:
             sim.pump(0.5)
-            stored = http.get("/metrics").json()["mqtt"].get("telemetry", 0) - before
+            stored = counted("telemetry") - before
         result["telemetry_capacity_per_s"] = round(stored / (time.time() - t_burst), 1)
         sim.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
         broker.terminate()
         broker.wait(timeout=10)
     return result
@@ -299,7 +336,31 @@ def main() -> None:
     parser.add_argument(
         "--devices-per-connection", type=int, default=100, help="simulated devices sharing one MQTT connection"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="fleet processes (more than 1: on PostgreSQL, each with its replica_id)"
+    )
+    parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL instead of SQLite")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(temporary_postgres()) if args.postgres or args.replicas > 1 else None
+        bench(args, server)
+
+
+def _database(server: str) -> str:
+    """A fresh database on the throwaway server."""
+    from sqlalchemy import create_engine, text
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def bench(args: argparse.Namespace, server: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     os.environ["EDGEFLEET_HOME"] = str(work / "home")
     from edgefleet.signing import create_signing_key
@@ -309,7 +370,10 @@ def main() -> None:
     v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)
     results = []
     for n in args.devices:
-        results.append(run(n, work / f"n{n}", v1, v2, key, args.telemetry_s, args.devices_per_connection))
+        database = _database(server) if server else None
+        results.append(
+            run(n, work / f"n{n}", v1, v2, key, args.telemetry_s, args.devices_per_connection, database, args.replicas)
+        )
         print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         a, b = results[0], results[-1]

@@ -1,9 +1,12 @@
 """Grouped convolutions with and without their blocked schedule, against ONNX Runtime (issue 21).
 
 For the grouped test nets (tests/support/torch_models.py: `grouped`, `shufflenet`), build
-edgefleet's pipeline twice, with the grouped rule (`schedules._grouped`) and with it switched
-off ("before": the generic rule schedules the kernel), check both against ONNX Runtime's
-output, then time ORT, before and after interleaved in one process at the same thread count.
+edgefleet's pipeline three times: "before" with the grouped rule (`schedules._grouped`), the
+blocked channel shuffle (`graph.channel_shuffle_groups`) and the blocked multiplier conv
+(`graph.blocked_multiplier`) switched off (the generic rule schedules grouped kernels, the
+shuffle and the multiplier conv run in NCHW); "rule" with the grouped rule only; "after" with
+all three. Each is checked against ONNX Runtime's output, then ORT and the three are timed
+interleaved in one process at the same thread count.
 
     python benchmarks/grouped_convs.py [--threads 1] [--runs 40]
 """
@@ -11,6 +14,7 @@ output, then time ORT, before and after interleaved in one process at the same t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -29,10 +33,23 @@ def _first(out):
     return (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
 
 
+@contextlib.contextmanager
+def _switched_off(module, *names: str):
+    """`module`'s functions `names` answer None / False (the step they gate is skipped) inside the block."""
+    saved = {n: getattr(module, n) for n in names}
+    try:
+        for n in names:
+            setattr(module, n, lambda *_a: None)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(module, n, f)
+
+
 def main() -> None:
     import tvm
 
-    from edgefleet.compiler import schedules
+    from edgefleet.compiler import graph, schedules
     from edgefleet.compiler.targets import resolve_target
 
     ap = argparse.ArgumentParser()
@@ -55,19 +72,18 @@ def main() -> None:
             feed = {model.graph.input[0].name: x}
             want = sess.run(None, feed)[0]
             after, _ = compile_vm(model, target, stock=False)
-            rule = schedules._grouped
-            schedules._grouped = lambda *_a: None
-            try:
-                before, _ = compile_vm(model, target, stock=False)
-            finally:
-                schedules._grouped = rule
-            for label, vm in (("before", before), ("after", after)):
+            with _switched_off(graph, "channel_shuffle_groups", "blocked_multiplier"):
+                rule, _ = compile_vm(model, target, stock=False)
+                with _switched_off(schedules, "_grouped"):
+                    before, _ = compile_vm(model, target, stock=False)
+            for label, vm in (("before", before), ("rule", rule), ("after", after)):
                 diff = float(np.abs(_first(vm(xt)) - want).max())
                 np.testing.assert_allclose(_first(vm(xt)), want, rtol=1e-3, atol=1e-3, err_msg=f"{name} {label}")
                 print(f"{name} {label}: max abs diff to ORT {diff:.1e} (outputs up to {float(np.abs(want).max()):.2f})")
             runners = {
                 "ort": lambda s=sess, f=feed: s.run(None, f),
                 "before": lambda b=before, t=xt: b(t),
+                "rule": lambda r=rule, t=xt: r(t),
                 "after": lambda a=after, t=xt: a(t),
             }
             times: dict[str, list[float]] = {k: [] for k in runners}
@@ -77,10 +93,14 @@ def main() -> None:
                     run()
                     times[k].append(time.perf_counter() - start)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            print(
-                f"{name}: ORT {med['ort']:.2f} ms, before {med['before']:.2f} ms ({med['before'] / med['ort']:.2f}x ORT), "
-                f"after {med['after']:.2f} ms ({med['after'] / med['ort']:.2f}x ORT); load average {os.getloadavg()[0]:.1f}"
+            ratios = ", ".join(
+                f"{k} {med[k]:.2f} ms ({med[k] / med['ort']:.2f}x ORT)" for k in ("before", "rule", "after")
             )
+            print(f"{name}: ORT {med['ort']:.2f} ms, {ratios}; load average {os.getloadavg()[0]:.1f}")
+            # Spread: quartiles of the per-round ratios (a round runs all four back to back).
+            for k in ("before", "rule", "after"):
+                q1, _, q3 = statistics.quantiles([t / o for t, o in zip(times[k], times["ort"])], n=4)
+                print(f"  {name} {k}: per-round x ORT quartiles {q1:.2f}-{q3:.2f}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class BenchResult:
     peak_gflops: float | None
     results: list[RuntimeResult] = field(default_factory=list)
     format_version: int = 1
+    library: str = ""  # the package's library that ran as "tvm" (the agent's choice, agent/variants.py)
 
 
 # ---- model work and CPU peak --------------------------------------------------------------
@@ -210,6 +211,7 @@ def bench_package(
 ) -> BenchResult:
     """Time `package` (this machine must run its target) against ONNX Runtime / TFLite on the source model."""
     from edgefleet.agent.runtime import check_runnable
+    from edgefleet.agent.variants import select_library
     from edgefleet.compiler.frontends import frontend_for
     from edgefleet.compiler.verify import model_feeds, sample_inputs
     from edgefleet.package import open_package
@@ -233,7 +235,8 @@ def bench_package(
         else:
             feeds = sample_inputs(manifest.inputs)
         inputs = [feeds[s.name] for s in manifest.inputs]
-        runners: dict[str, Runner] = {"tvm": _tvm_runner(pkg.library, threads)}
+        choice = select_library(pkg)
+        runners: dict[str, Runner] = {"tvm": _tvm_runner(choice.path, threads)}
         skipped: dict[str, str] = {}
         if fmt == "onnx":
             runners["onnxruntime"] = _ort_runner(ref, threads)
@@ -254,7 +257,16 @@ def bench_package(
     gflop = onnx_gflop(ref) if fmt == "onnx" else None
     peak = cpu_peak_gflops(threads)
     tvm_ms = statistics.median(times["tvm"]) * 1e3
-    result = BenchResult(str(package), str(ref) if ref else None, manifest.target.name, threads, runs, gflop, peak)
+    result = BenchResult(
+        str(package),
+        str(ref) if ref else None,
+        manifest.target.name,
+        threads,
+        runs,
+        gflop,
+        peak,
+        library=choice.describe(),
+    )
     for name in ("tvm", "onnxruntime", "tflite"):
         if name in skipped:
             result.results.append(RuntimeResult(name, skipped=skipped[name]))
@@ -325,7 +337,9 @@ def bench(
     show_default=True,
     help="Timed rounds; each runs every runtime once.",
 )
-@click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--warmup", type=click.IntRange(min=1), default=3, show_default=True, help="Untimed rounds before timing."
+)
 @click.option(
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for every runtime alike."
 )
@@ -336,11 +350,14 @@ def bench(
     show_default=True,
     help="With --target: MetaSchedule trials for the compile (database kept and reused).",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench_command(source, target, reference, runs, warmup, threads, tune_trials, as_json) -> None:
-    """Time a compiled package (or MODEL compiled for --target) against ONNX Runtime and TFLite.
+    """Time SOURCE, a compiled package (or a model compiled for --target first), against ONNX Runtime and TFLite.
 
-    Maps to edgefleet.compiler.bench.bench.
+    \b
+    Examples:
+      edgefleet bench scenes-2-x86_64.tar.gz --runs 50
+      edgefleet bench model.onnx --target x86_64 --threads 2 --json
     """
     from edgefleet.cli import console, print_json, table
 
@@ -376,7 +393,7 @@ def bench_command(source, target, reference, runs, warmup, threads, tune_trials,
             ]
             for r in ran
         ],
-        title=f"{Path(result.package).name} on {result.target}, {result.threads} thread(s), {result.runs} runs",
+        title=f"{Path(result.package).name} on {result.target} ({result.library}), {result.threads} thread(s), {result.runs} runs",
     )
     for r in result.results:
         if r.skipped:

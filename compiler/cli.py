@@ -77,7 +77,11 @@ def _supported_cell(op: str, unsupported, approximated) -> str:
     "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Text file, one label per line."
 )
 @click.option(
-    "--task", type=click.Choice(["classification", "detection", "other"]), default="classification", show_default=True
+    "--task",
+    type=click.Choice(["classification", "detection", "other"]),
+    default="classification",
+    show_default=True,
+    help="What the outputs mean: class scores, boxes (see --head), or anything else (passed through).",
 )
 @click.option(
     "--head",
@@ -102,7 +106,13 @@ def _supported_cell(op: str, unsupported, approximated) -> str:
 @click.option("--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (after --scale).")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
 @click.option("--scale", type=float, default=None, show_default="1/255", help="Multiply pixel values by this first.")
-@click.option("--color-order", type=click.Choice(["RGB", "BGR", "GRAY"]), default=None, show_default="RGB")
+@click.option(
+    "--color-order",
+    type=click.Choice(["RGB", "BGR", "GRAY"]),
+    default=None,
+    show_default="RGB",
+    help="Channel order the model expects.",
+)
 @click.option(
     "--layout",
     type=click.Choice(["NCHW", "NHWC"]),
@@ -122,8 +132,12 @@ def _supported_cell(op: str, unsupported, approximated) -> str:
     help="Run tuning candidates on devices registered with a TVM RPC tracker under KEY (for targets this machine cannot run).",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the numeric check against the reference runtime.")
-@click.option("--atol", type=float, default=1e-3, show_default=True)
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--atol", type=float, default=1e-3, show_default=True, help="Verification: absolute tolerance per output element."
+)
+@click.option(
+    "--rtol", type=float, default=1e-3, show_default=True, help="Verification: tolerance relative to the reference."
+)
 @click.option("--key", type=click.Path(path_type=Path), help="Signing key (default ~/.edgefleet/keys/signing.key).")
 @click.option("--member", help="Which model inside a model.tar.gz, when it holds several.")
 @click.option(
@@ -168,7 +182,13 @@ def compile_command(
 ) -> None:
     """Compile MODEL (.onnx, .tflite, or a SageMaker model.tar.gz, local or s3://) into a signed package.
 
-    Maps to edgefleet.compiler.compile.compile_model (and check_operators for --check).
+    \b
+    Examples:
+      edgefleet compile model.onnx --target rasp4b --labels labels.txt --version 2
+      edgefleet compile s3://bucket/job/output/model.tar.gz --target jetson_nano --name scenes
+      edgefleet compile yolov8n.onnx --target x86_64 --task detection --head yolo --labels coco.txt
+      edgefleet compile model.onnx --target os=linux,arch=arm64,mcpu=cortex-a76 --baseline-images train/
+      edgefleet compile model.onnx --check
     """
     from edgefleet.compiler.compile import check_operators, compile_model, unsupported_error
     from edgefleet.compiler.frontends.onnx.params import parse_constant_input
@@ -253,9 +273,15 @@ def compile_command(
 
 
 @click.command("targets")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
 def targets_command(as_json: bool) -> None:
-    """List the compile targets: what each compiles to and how it runs in tests."""
+    """List the compile targets: what each compiles to and how it runs in tests.
+
+    \b
+    Examples:
+      edgefleet targets
+      edgefleet targets --json
+    """
     from edgefleet.compiler.targets import TARGETS
 
     if as_json:
@@ -279,5 +305,5 @@ def targets_command(as_json: bool) -> None:
         [[n, t.arch, t.run_mode, t.cross_cc or "-", "yes" if t.neo else "", t.description] for n, t in TARGETS.items()],
     )
     console.print(
-        'Also accepted: Neo TargetPlatform (--target os=linux,arch=arm64[,accelerator=nvidia,gpu-code=sm_72]) and a raw TVM target dict (--target \'{"kind": "llvm", ...}\').'
+        'Also accepted: Neo TargetPlatform with its CompilerOptions (--target os=linux,arch=arm64[,accelerator=nvidia,gpu-code=sm_72][,mcpu=...,mattr=...]) and a raw TVM target dict (--target \'{"kind": "llvm", ...}\'); see docs/compiler.md.'
     )

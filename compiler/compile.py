@@ -6,7 +6,7 @@ import math
 import re
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,15 +16,18 @@ from pydantic import ValidationError
 from edgefleet import __version__
 from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler import tuning
-from edgefleet.compiler.build import build_with_fallback, optimize, tuning_dir, tvm_message
+from edgefleet.compiler.build import PIPELINE_CPU, build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
-from edgefleet.compiler.targets import Target, resolve_target
+from edgefleet.compiler.targets import ISA_LEVELS, IsaLevel, Target, resolve_target
 from edgefleet.compiler.verify import DEFAULT_ATOL, DEFAULT_RTOL, skipped, verify_native
 from edgefleet.errors import BuildError, NumericsMismatchError, UnsupportedOperatorsError, UsageError
 from edgefleet.package import (
     NAME_PATTERN,
+    VARIANTS,
     DetectionInfo,
+    LibraryVariant,
+    LibraryVariants,
     Manifest,
     Preprocessing,
     TargetInfo,
@@ -308,6 +311,71 @@ def _verify(
         return skipped(target, f"{target.name} runs on {target.run_mode}, which this machine cannot execute")
 
 
+def _verifier(verify, frontend, model_path, inputs, outputs, atol, rtol, stages):
+    """The check each library of the package gets (model.so and its ISA-level variants); raises on a mismatch."""
+
+    def check(target: Target, library: Path) -> Verification:
+        if not verify:
+            return skipped(target, "--no-verify")
+        result = _verify(target, library, frontend, model_path, inputs, outputs, atol, rtol, stages)
+        if result.status == "failed":
+            raise NumericsMismatchError(
+                f"compiled model ({library.name}) differs from {result.reference}: max abs diff {result.max_abs_diff:.3g}, max rel diff {result.max_rel_diff:.3g} (atol {atol}, rtol {rtol})",
+                "report the model; --atol/--rtol loosen the check, --no-verify skips it",
+            )
+        return result
+
+    return check
+
+
+def _listed(level: IsaLevel, library: str, verification: Verification) -> LibraryVariant:
+    return LibraryVariant(
+        library=library,
+        isa=level.name,
+        tvm_target=level.tvm_target,
+        cpu_features=list(level.cpu_features),
+        verification=verification,
+    )
+
+
+def _build_variants(
+    mod, target: Target, work: Path, verification: Verification, tune_trials: int, rpc, stages: Stages, check
+) -> dict[str, Path]:
+    """For a generic target, the libraries for its better ISA levels, each verified where this CPU runs it,
+    and variants.json listing them all, best first (model.so last: the portable one). Empty for other targets."""
+    if len(target.isa_levels) < 2:
+        return {}
+    from edgefleet.agent.variants import cpu_flags
+
+    levels = [ISA_LEVELS[name] for name in target.isa_levels]
+    listed = [_listed(levels[0], "model.so", verification)]
+    files: dict[str, Path] = {}
+    flags = cpu_flags()
+    for level in levels[1:]:
+        variant = replace(target, tvm_target=level.tvm_target)
+        library = work / f"model.{level.name}.so"
+        with stages.stage(
+            level.name,
+            "a library for CPUs with " + ", ".join(sorted(set(level.cpu_features) - set(levels[0].cpu_features))),
+        ):
+            built = build_with_fallback(mod, optimize(mod, variant, tune_trials, stages, rpc), variant, library, stages)
+            if built.pipeline != PIPELINE_CPU:
+                # Unscheduled kernels: slower than model.so, which the agent would then load instead.
+                stages.note(f"warning: no {level.name} library in the package: {built.fallback_reason}")
+                continue
+            lacking = sorted(set(level.cpu_features) - flags)
+            checked = (
+                check(variant, library) if not lacking else skipped(variant, f"this CPU lacks {', '.join(lacking)}")
+            )
+        listed.insert(0, _listed(level, library.name, checked))
+        files[library.name] = library
+    if not files:
+        return {}
+    index = work / VARIANTS
+    index.write_bytes(LibraryVariants(variants=listed).to_bytes())
+    return {**files, VARIANTS: index}
+
+
 def compile_model(
     model: str,
     target: str,
@@ -409,15 +477,9 @@ def compile_model(
         optimized = optimize(mod, resolved, tune_trials, stages, rpc)
         library = work / "model.so"
         optimized = build_with_fallback(mod, optimized, resolved, library, stages)
-        if verify:
-            verification = _verify(resolved, library, frontend, reference_path, inputs, outputs, atol, rtol, stages)
-            if verification.status == "failed":
-                raise NumericsMismatchError(
-                    f"compiled model differs from {verification.reference}: max abs diff {verification.max_abs_diff:.3g}, max rel diff {verification.max_rel_diff:.3g} (atol {atol}, rtol {rtol})",
-                    "report the model; --atol/--rtol loosen the check, --no-verify skips it",
-                )
-        else:
-            verification = skipped(resolved, "--no-verify")
+        check = _verifier(verify, frontend, reference_path, inputs, outputs, atol, rtol, stages)
+        verification = check(resolved, library)
+        variant_files = _build_variants(mod, resolved, work, verification, tune_trials, rpc, stages, check)
         pkg_name = name or _default_name(source.path)
         out = Path(output) if output else Path.cwd() / f"{pkg_name}-{version}-{resolved.name}.tar.gz"
         baseline_files = (
@@ -481,5 +543,5 @@ def compile_model(
             else None,
         )
         with stages.stage("sign", f"key {signing_key.key_id}"):
-            manifest = write_package(out, fields, {"model.so": library, **baseline_files}, signing_key)
+            manifest = write_package(out, fields, {"model.so": library, **variant_files, **baseline_files}, signing_key)
     return CompileResult(out, manifest, stages.timings)

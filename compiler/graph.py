@@ -164,6 +164,9 @@ _ELEMENTWISE = {
     "relax.divide": relax.op.divide,
     "relax.maximum": relax.op.maximum,
     "relax.minimum": relax.op.minimum,
+    # The integer requantization of quantized TFLite (tflite_quant.py): per-channel shifts and masks.
+    "relax.right_shift": relax.op.right_shift,
+    "relax.bitwise_and": relax.op.bitwise_and,
 }
 
 
@@ -175,13 +178,17 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
     running them in NHWC between two transposes.
     """
 
-    def const_4d(expr: relax.Expr, dtype: str) -> relax.Expr:
+    def const_4d(expr: relax.Expr, other: relax.Expr, out: relax.Expr, dtype: str) -> relax.Expr:
         value = expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
-        return (
-            relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype)
-            if value is not None and value.ndim < 4
-            else expr
-        )
+        if value is None:
+            return expr
+        # One value in all (a per-tensor multiplier, a pooling count with no border): a scalar,
+        # when the other operand alone has the output's shape. ConvertLayout cannot broadcast a
+        # (1, 1, 1, 1) constant against a blocked 5-D tensor.
+        same_shape = isinstance(other.ty, relax.TensorType) and tvm_ffi.structural_equal(other.ty.shape, out.ty.shape)
+        if value.size > 0 and same_shape and np.all(value == value.flat[0]):
+            return relax.const(value.flat[0], dtype)
+        return relax.const(value.reshape((1,) * (4 - value.ndim) + value.shape), dtype) if value.ndim < 4 else expr
 
     @relax.expr_functor.mutator
     class _Rank(relax.PyExprMutator):
@@ -194,7 +201,10 @@ def _full_rank_operands(mod: tvm.IRModule) -> tvm.IRModule:
                 lo, hi = (relax.const(float(v.value), dtype) for v in call.args[1:])
                 return relax.op.minimum(self.builder_.emit(relax.op.maximum(call.args[0], lo)), hi)
             if call.op.name in _ELEMENTWISE and len(call.args) == 2:
-                a, b = (const_4d(x, dtype) for x in call.args)
+                a, b = (
+                    const_4d(call.args[0], call.args[1], call, dtype),
+                    const_4d(call.args[1], call.args[0], call, dtype),
+                )
                 return _ELEMENTWISE[call.op.name](a, b) if (a, b) != tuple(call.args) else call
             return call
 
@@ -267,6 +277,7 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.Normalize(),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
+            bool_layout_transforms_as_int8(),
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
@@ -281,6 +292,37 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetNCHWc")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return passes(mod) if _has_op(mod, "relax.nn.conv2d") else mod
+
+    return _pass
+
+
+def bool_layout_transforms_as_int8() -> tvm.transform.Pass:
+    """A layout transform of a boolean tensor as one of int8 values, cast back after.
+
+    ConvertLayout puts one before any operator it cannot carry a blocked layout through (e.g.
+    `where` on a comparison of a blocked convolution's output), and TVM 0.27's legalization of a
+    boolean layout_transform fails (it fills the padding with a float or int32 value, which the
+    schedule refuses for a bool buffer): the whole layout step then failed. Same values.
+    """
+
+    @relax.expr_functor.mutator
+    class _AsInt8(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (
+                isinstance(call.op, tvm.ir.Op)
+                and call.op.name == "relax.layout_transform"
+                and isinstance(call.ty, relax.TensorType)
+                and str(call.ty.dtype) == "bool"
+            ):
+                return call
+            as_int8 = self.builder_.emit(relax.op.astype(call.args[0], "int8"))
+            moved = self.builder_.emit(relax.Call(call.op, [as_int8], call.attrs))
+            return relax.op.astype(moved, "bool")
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetBoolLayoutTransforms")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _mutate_functions(mod, _AsInt8(mod))
 
     return _pass
 
@@ -325,12 +367,13 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             ):
                 return call
             weight = call.args[1].value.numpy()
-            if int(attrs.groups) != 1:
-                return (
-                    self._depthwise(call, weight)
-                    if int(attrs.groups) == weight.shape[0] and weight.shape[1] == 1
-                    else call
+            groups = int(attrs.groups)
+            if groups != 1:
+                # Depthwise: one input channel per group, one or M (a multiplier) outputs.
+                one_input = weight.shape[1] == 1 and (
+                    groups == weight.shape[0] or blocked_multiplier(len(weight), groups)
                 )
+                return self._depthwise(call, weight) if one_input else call
             o, i = weight.shape[:2]
             ib = i if i < block else _block_for(i, block)
             # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
@@ -364,10 +407,10 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             return relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[o])
 
         def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
-            # ConvertLayout leaves depthwise convolutions in NCHW; pack them like the others, in
-            # the largest block that divides their channels.
+            # ConvertLayout leaves depthwise convolutions (with or without a channel multiplier)
+            # in NCHW; pack them like the others, in the largest block that divides their inputs.
             attrs, c = call.attrs, weight.shape[0]
-            b = _block_for(c, block)
+            b = _block_for(int(attrs.groups), block)
             data = self.builder_.emit(
                 relax.op.layout_transform(call.args[0], index_map=lambda n, ch, h, w: (n, ch // b, h, w, ch % b))
             )
@@ -381,7 +424,7 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                     strides=attrs.strides,
                     padding=attrs.padding,
                     dilation=attrs.dilation,
-                    groups=c,
+                    groups=attrs.groups,
                     data_layout=f"NCHW{b}c",
                     kernel_layout=f"OIHW1i{b}o",
                     out_layout=f"NCHW{b}c",
@@ -397,8 +440,19 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     return _pass
 
 
-_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu")
-_SINKABLE_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+# astype, negative, right_shift, bitwise_and and floor_divide: quantized TFLite's integer requantization (tflite_quant.py).
+_SINKABLE_UNARY = ("relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.nn.silu", "relax.astype", "relax.negative")
+_SINKABLE_BINARY = (
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.divide",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.right_shift",
+    "relax.bitwise_and",
+    "relax.floor_divide",
+)
 _SINKABLE_POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
 
 
@@ -433,6 +487,28 @@ def _is_identity(outer: relax.Call, inner: relax.Call) -> bool:
         analyzer.bind(var, tvm.ir.Range(0, extent))
     back = m2.map_indices([analyzer.simplify(e) for e in m1.map_indices(idx)])
     return all(analyzer.can_prove(analyzer.simplify(a - b) == 0) for a, b in zip(back, idx))
+
+
+def _static_shape(expr: relax.Expr) -> list[int] | None:
+    shape = expr.ty.shape if isinstance(expr.ty, relax.TensorType) else None
+    values = shape.values if isinstance(shape, relax.ShapeExpr) else None
+    if values is None or not all(isinstance(d, tvm.tirx.IntImm) for d in values):
+        return None
+    return [int(d) for d in values]
+
+
+def channel_shuffle_groups(shapes: list[list[int] | None], axes: list[int] | None) -> int | None:
+    """The groups of a channel shuffle written as reshape (N, C, H, W) -> (N, G, C/G, H, W),
+    transpose of axes 1 and 2, reshape back to (N, C, H, W) (ShuffleNet v1/v2): `shapes` are
+    the four tensors' shapes, `axes` the transpose's. None for any other reshape/transpose."""
+    src, split, swapped, out = shapes
+    if src is None or split is None or swapped is None or out != src or len(src) != 4 or len(split) != 5:
+        return None
+    n, c, h, w = src
+    g = split[1]
+    if axes != [0, 2, 1, 3, 4] or split != [n, g, c // g, h, w] or g * split[2] != c:
+        return None
+    return g
 
 
 def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
@@ -503,6 +579,33 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             mean = self.builder_.emit(relax.op.mean(lt.args[0], axis=[2, 3], keepdims=False))
             return relax.op.reshape(mean, _shape(call))
 
+        def _bound_op(self, arg: relax.Expr, name: str) -> relax.Call | None:
+            bound = self.lookup_binding(arg) if isinstance(arg, relax.Var) else None
+            is_op = isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op) and bound.op.name == name
+            return bound if is_op else None
+
+        def _blocked_shuffle(self, call: relax.Call) -> relax.Expr:
+            # A channel shuffle after a blocked conv ran in NCHW between two layout transforms
+            # (a quarter of the grouped test net's time): as a channel permutation of the
+            # blocked tensor, the transform pair around it cancels.
+            swap = self._bound_op(call.args[0], "relax.permute_dims")
+            split = self._bound_op(swap.args[0], "relax.reshape") if swap is not None else None
+            lt = self._unblock_of(split.args[0]) if split is not None else None
+            if lt is None:
+                return call
+            axes = [int(a) for a in swap.attrs.axes] if swap.attrs.axes is not None else None
+            shapes = [_static_shape(e) for e in (split.args[0], split, swap, call)]
+            g = channel_shuffle_groups(shapes, axes)
+            if g is None:
+                return call
+            per_group = _shape(call)[1] // g
+            shuffled = self.builder_.call_te(
+                lambda x: channel_permute_nchwc(x, lambda c: c % g * per_group + c // g),
+                lt.args[0],
+                primfunc_name_hint="channel_permute_NCHWc",
+            )
+            return relax.Call(lt.op, [self.builder_.emit(shuffled)], lt.attrs)
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -513,7 +616,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return inner.args[0] if inner is not None and _is_identity(call, inner) else call
             if name in _SINKABLE_UNARY:
                 lt = self._unblock_of(call.args[0])
-                if lt is None:
+                # Not to bool: the sunk transform would be a boolean one (see bool_layout_transforms_as_int8).
+                if lt is None or str(call.ty.dtype) == "bool":
                     return call
                 return relax.Call(
                     lt.op, [self.builder_.emit(relax.Call(call.op, [lt.args[0], *call.args[1:]], call.attrs))], lt.attrs
@@ -522,6 +626,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return self._blocked_pool(call)
             if name == "relax.mean":
                 return self._blocked_mean(call)
+            if name == "relax.reshape":
+                return self._blocked_shuffle(call)
             if name not in _SINKABLE_BINARY:
                 return call
             a, b = call.args
@@ -576,6 +682,9 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
             out_dtype,
             primfunc_name_hint="depthwise_conv2d_NCHWc",
         )
+    multiplier = _multiplier_conv(bb, call, channels, out_channels)
+    if multiplier is not None:
+        return multiplier
     if groups == 1:
         return bb.call_te(
             topi.nn.conv2d_NCHWc,
@@ -602,6 +711,73 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         out_dtype,
         primfunc_name_hint="group_conv2d_NCHWc",
     )
+
+
+def blocked_multiplier(out_channels: int, groups: int) -> bool:
+    """Whether a depthwise convolution with a channel multiplier (`out_channels // groups` outputs
+    per input channel, groups = input channels) is blocked like a plain depthwise one."""
+    return out_channels > groups and out_channels % groups == 0
+
+
+def _multiplier_conv(bb: relax.BlockBuilder, call: relax.Call, channels: int, out_channels: int) -> relax.Expr | None:
+    """A depthwise NCHW{b}c convolution with multiplier M as a depthwise kernel plus a channel permutation.
+
+    In channel order, output lane k of block j reads input lane (j % M) * b / M + k // M (M
+    dividing the block b): a gather in the innermost loop. Computed in the order "M blocks per input block" (block
+    j * M + m holds output m of input channels j*b .. j*b + b - 1), every output block reads one
+    input block lane for lane, as a depthwise conv does; one permutation after (fused with the
+    bias and ReLU that follow) restores the channel order. None when the weights are not constant.
+    """
+    attrs, (data, weight) = call.attrs, call.args
+    kshape, block = _shape(weight), _shape(data)[4]
+    if (
+        int(attrs.groups) != channels
+        or kshape[1] * kshape[4] != 1
+        or kshape[5] != block
+        or not blocked_multiplier(out_channels, channels)
+        or not isinstance(weight, tvm.ir.expr.GenericConst)
+    ):
+        return None
+    m = out_channels // channels
+    # Per output channel o (channel order): its filter; reordered so block j*M + mi, lane k holds
+    # output channel (j*b + k) * M + mi.
+    filters = weight.value.numpy().transpose(0, 5, 1, 2, 3, 4).reshape(out_channels, *kshape[2:4])
+    order = np.arange(out_channels).reshape(channels // block, block, m).transpose(0, 2, 1).reshape(-1)
+    packed = filters[order].reshape(out_channels // block, block, 1, *kshape[2:4], 1).transpose(0, 2, 3, 4, 5, 1)
+    conv = bb.emit(
+        bb.call_te(
+            depthwise_conv2d_nchwc,
+            data,
+            relax.const(np.ascontiguousarray(packed)),
+            [int(s) for s in attrs.strides],
+            [int(p) for p in attrs.padding],
+            [int(d) for d in attrs.dilation],
+            str(call.ty.dtype),
+            m,
+            primfunc_name_hint="depthwise_conv2d_NCHWc",
+        )
+    )
+
+    def source(o):  # output channel o = (j*b + k) * M + mi sits in block j*M + mi, lane k
+        c = o // m
+        return (c // block * m + o % m) * block + c % block
+
+    return bb.call_te(lambda x: channel_permute_nchwc(x, source), conv, primfunc_name_hint="channel_permute_NCHWc")
+
+
+def channel_permute_nchwc(data, source):
+    """NCHW{b}c data with its channels reordered: output channel c is input channel `source(c)`
+    (a channel shuffle, or a multiplier convolution's channel order restored), without leaving
+    the blocked layout."""
+    from tvm import te
+
+    b = int(data.shape[4])
+
+    def value(n, c, y, x, k):
+        src = source(c * b + k)
+        return data[n, src // b, y, x, src % b]
+
+    return te.compute(data.shape, value, name="channel_permute_NCHWc")
 
 
 def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_dtype):
@@ -639,14 +815,16 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     return te.compute((n, ochunks, oh, ow, bo), value, name="group_conv2d_NCHWc")
 
 
-def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):
-    """Depthwise convolution on NCHW{b}c data with [C/b, 1, KH, KW, 1, b] weights.
+def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, multiplier=1):
+    """Depthwise convolution on NCHW{b}c data with [C*M/b, 1, KH, KW, 1, b] weights; output block
+    c reads input block c // M (M = `multiplier`, see `_multiplier_conv` for the channel order).
 
     TOPI 0.27 declares depthwise_conv2d_NCHWc but leaves it unimplemented (it raises).
     """
     from tvm import te
 
-    n, chunks, ih, iw, cb = (int(d) for d in data.shape)
+    n, in_chunks, ih, iw, cb = (int(d) for d in data.shape)
+    chunks = in_chunks * multiplier
     _, _, kh, kw, _, _ = (int(d) for d in kernel.shape)
     (sh, sw), (dh, dw) = strides, dilation
     top, left, bottom, right = padding
@@ -659,7 +837,7 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype):
     return te.compute(
         (n, chunks, oh, ow, cb),
         lambda b, c, y, x, k: te.sum(
-            padded[b, c, y * sh + rh * dh, x * sw + rw * dw, k].astype(out_dtype)
+            padded[b, c // multiplier, y * sh + rh * dh, x * sw + rw * dw, k].astype(out_dtype)
             * kernel[c, 0, rh, rw, 0, k].astype(out_dtype),
             axis=[rh, rw],
         ),

@@ -104,7 +104,7 @@ def verify_native(
     runtime = worker.describe()
     return verify_on(
         worker.load(library),
-        f"native x86_64, edgefleet runtime {runtime['runtime_key']}",
+        f"native x86_64 ({Path(library).name}), edgefleet runtime {runtime['runtime_key']}",
         frontend,
         model_path,
         inputs,

@@ -25,10 +25,16 @@ def cross() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when a sysroot for the same inputs is cached.")
 @click.option("--mirror", help="Debian mirror (default $EDGEFLEET_DEBIAN_MIRROR or http://deb.debian.org/debian).")
 @click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print sysroot.json.")
 def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quiet: bool, as_json: bool) -> None:
-    """Build (or reuse) the Debian sysroot for ARCH. Maps to edgefleet.cross.sysroot.build_sysroot."""
+    """Build (or reuse) the Debian sysroot for --arch (cached by a hash of its inputs).
+
+    \b
+    Examples:
+      edgefleet cross sysroot --arch arm64
+      edgefleet cross sysroot --arch armhf --suite trixie --json
+    """
     from edgefleet.cross.sysroot import build_sysroot
 
     sysroot = build_sysroot(arch, mirror=mirror, force=force, quiet=quiet or as_json, suite=suite)
@@ -47,8 +53,10 @@ def sysroot_command(arch: str, force: bool, mirror: str | None, suite: str, quie
 def run_command(target: str, timeout: float | None, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) from TARGET's sysroot under QEMU user mode; exits with its status.
 
-    Maps to edgefleet.cross.emulate.run_emulated. Example:
-    edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
+    \b
+    Examples:
+      edgefleet cross run --target rasp4b -- python3 -c 'import platform; print(platform.machine())'
+      edgefleet cross run --target rasp3b --timeout 60 -- uname -m
     """
     import subprocess
 
@@ -80,8 +88,11 @@ def run_command(target: str, timeout: float | None, command: tuple[str, ...]) ->
 def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ...]) -> None:
     """Run an ARM PACKAGE on one image with `edgefleet run` inside its emulated sysroot.
 
-    Maps to edgefleet.cross.emulate.run_package_emulated; a package for another architecture is
-    refused before anything starts.
+    A package for another architecture is refused before anything starts.
+
+    \b
+    Examples:
+      edgefleet cross infer scenes-2-rasp4b.tar.gz --image frame.jpg --repeat 3
     """
     from edgefleet.cross.emulate import run_package_emulated
 
@@ -91,17 +102,36 @@ def infer_command(package: Path, image: Path, repeat: int, trust: tuple[Path, ..
 
 @cross.command("image")
 @click.option(
-    "--arch", default="arm64", show_default=True, type=ARCH_CHOICE, help="arm64 (rasp4b, rasp5) or armhf (rasp3b)."
+    "--role",
+    type=click.Choice(["agent", "fleet"]),
+    default="agent",
+    show_default=True,
+    help="agent: a camera's image from the ARM sysroot; fleet: the fleet service's amd64 image.",
 )
-@click.option("--tag", help="Image tag (default edgefleet-agent:ARCH).")
-def image_command(arch: str, tag: str | None) -> None:
-    """Build a container image of the agent and its runtime from the ARCH sysroot and load it into docker.
+@click.option(
+    "--arch",
+    type=click.Choice(["arm64", "armhf", "amd64"]),
+    help="arm64 (rasp4b, rasp5) or armhf (rasp3b) for the agent [default arm64]; amd64 for the fleet.",
+)
+@click.option("--tag", help="Image tag (default edgefleet-ROLE:ARCH).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines (the fleet's Debian tree is built on first use).")
+def image_command(role: str, arch: str | None, tag: str | None, quiet: bool) -> None:
+    """Build a container image and load it into docker: the agent and its runtime from the ARCH
+    sysroot, or the fleet service from an amd64 Debian tree with its wheels.
 
-    Needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime (`edgefleet runtime build --arch ARCH`).
+    The agent's needs the sysroot (`edgefleet cross sysroot --arch ARCH`) and the runtime
+    (`edgefleet runtime build --arch ARCH`); the fleet's builds its own tree (cached) the first time.
+
+    \b
+    Examples:
+      edgefleet cross image --arch arm64
+      edgefleet cross image --arch armhf --tag registry.example/edgefleet-agent:armhf
+      edgefleet cross image --role fleet
+      docker run -v /etc/edgefleet:/etc/edgefleet:ro -v fleet-data:/var/lib/edgefleet-fleet --network host edgefleet-fleet:amd64
     """
     from edgefleet.cross.image import build_image
 
-    result = build_image(arch, tag)
+    result = build_image(arch or ("arm64" if role == "agent" else "amd64"), tag, role, quiet)
     console.print(
         f"image {result.tag} ({result.architecture}, {result.size_bytes / 1e6:.0f} MB) id {result.image_id[:19]}"
     )
@@ -110,14 +140,24 @@ def image_command(arch: str, tag: str | None) -> None:
 @cross.command("deb")
 @click.option("--arch", required=True, type=click.Choice(["amd64", "arm64", "armhf"]), help="Camera architecture.")
 @click.option("--suite", type=SUITE_CHOICE, default="bookworm", show_default=True, help=SUITE_HELP)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
-@click.option("--quiet", "-q", is_flag=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder to write the .deb into.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def deb_command(arch: str, suite: str, out_dir: Path, quiet: bool) -> None:
     """Build the camera's Debian package: the agent in a private venv, its runtime, a systemd unit.
 
-    Maps to edgefleet.cross.debpkg.build_deb.
-
     Needs the runtime of that architecture (`edgefleet runtime build --arch ...`).
+
+    \b
+    Examples:
+      edgefleet cross deb --arch arm64 --out dist/
+      edgefleet cross deb --arch armhf --suite trixie
     """
     from edgefleet.cross.debpkg import build_deb
 

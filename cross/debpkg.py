@@ -33,7 +33,7 @@ from edgefleet.cross.sysroot import (
     ARCHES,
     SUITE,
     _Build,
-    agent_requirements,
+    role_requirements,
     download_wheels,
     python_for_suite,
     require_tool,
@@ -205,7 +205,7 @@ def build_deb(arch: str, *, suite: str = SUITE, out_dir: Path = Path("."), quiet
         tree = Path(tmp) / "tree"
         site = _venv(tree, python, system_site=bool(info.from_debian))
         download_wheels(
-            build, agent_requirements(info.from_debian), list(info.pip_platforms), python, Path(tmp) / "wheels"
+            build, role_requirements("agent", info.from_debian), list(info.pip_platforms), python, Path(tmp) / "wheels"
         )
         with stages.stage("site", "unzip wheels, add edgefleet"):
             unzip_wheels(Path(tmp) / "wheels", site)

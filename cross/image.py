@@ -9,6 +9,10 @@ camera runtime bundle in /opt/edgefleet/runtime and this checkout's `edgefleet` 
 `python3 -m edgefleet.cli` and its default command `agent run --config /etc/edgefleet/agent.toml`,
 so `docker run -v CONF:/etc/edgefleet IMAGE` starts the agent. On an x86 host it runs where
 binfmt_misc has qemu-aarch64 registered, or with QEMU as the entrypoint (see docs/cross.md).
+
+The fleet's image (`role="fleet"`, amd64) is made the same way from an amd64 Debian tree with the
+fleet's wheels and this checkout's core and fleet code, without a runtime; its default command is
+`fleet serve --config /etc/edgefleet/fleet.toml` and its state lives in /var/lib/edgefleet-fleet.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.agent_release import device_sources
+from edgefleet.agent_release import device_sources, package_sources
 from edgefleet.cross.emulate import require_sysroot
-from edgefleet.cross.sysroot import arch_info
+from edgefleet.cross.sysroot import Role, arch_info, build_sysroot
 from edgefleet.errors import MissingToolError, ServiceError
 from edgefleet.package import now_utc, sha256_file
 from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
@@ -32,22 +36,35 @@ from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle
 SITE = "/opt/edgefleet/site"
 SRC = "/opt/edgefleet/src"
 RUNTIME = "/opt/edgefleet/runtime"
-CONFIG = {
-    "Env": [
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        f"PYTHONPATH={SITE}:{SRC}",
-        "PYTHONNOUSERSITE=1",
-        "PYTHONUNBUFFERED=1",
-        f"{BUNDLE_ENV}={RUNTIME}",
-    ],
-    "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
-    "Cmd": ["agent", "run", "--config", "/etc/edgefleet/agent.toml"],
-    "WorkingDir": "/",
+FLEET_STATE = "/var/lib/edgefleet-fleet"
+FLEET_PACKAGES = ("edgefleet", "edgefleet.contracts", "edgefleet.fleet")
+_ENV = [
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    f"PYTHONPATH={SITE}:{SRC}",
+    "PYTHONNOUSERSITE=1",
+    "PYTHONUNBUFFERED=1",
+]
+CONFIGS: dict[str, dict] = {
+    "agent": {
+        "Env": [*_ENV, f"{BUNDLE_ENV}={RUNTIME}"],
+        "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
+        "Cmd": ["agent", "run", "--config", "/etc/edgefleet/agent.toml"],
+        "WorkingDir": "/",
+    },
+    "fleet": {
+        # EDGEFLEET_HOME: a config that leaves data_dir and signing_key out keeps them in the volume.
+        "Env": [*_ENV, f"EDGEFLEET_HOME={FLEET_STATE}"],
+        "Entrypoint": ["/usr/bin/python3", "-m", "edgefleet.cli"],
+        "Cmd": ["fleet", "serve", "--config", "/etc/edgefleet/fleet.toml"],
+        "ExposedPorts": {"8080/tcp": {}},
+        "Volumes": {FLEET_STATE: {}},
+        "WorkingDir": "/",
+    },
 }
 
 
 # Debian architecture -> docker's (architecture, variant).
-DOCKER_PLATFORMS = {"arm64": ("arm64", None), "armhf": ("arm", "v7")}
+DOCKER_PLATFORMS = {"arm64": ("arm64", None), "armhf": ("arm", "v7"), "amd64": ("amd64", None)}
 
 
 @dataclass(frozen=True)
@@ -151,15 +168,16 @@ def _outside_usr(root: Path, folder: Path | None = None):
                 yield from _outside_usr(root, path)
 
 
-def _write_layer(sysroot, out: Path) -> str:
+def _write_layer(sysroot, out: Path, role: Role = "agent") -> str:
     """Write the image's one layer to `out`; return its sha256 (the layer's diff id)."""
     with tarfile.open(out, "w") as tar:
         tar.add(sysroot.root, arcname=".", filter=_merged_usr)
         for path, name in _outside_usr(sysroot.root):
             tar.add(path, arcname=name, filter=_trim)
         tar.add(sysroot.site, arcname=SITE.lstrip("/"), filter=_trim)
-        tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
-        for path, name in device_sources():
+        if role == "agent":
+            tar.add(find_bundle(sysroot.arch.target_arch).path, arcname=RUNTIME.lstrip("/"), filter=_no_logs)
+        for path, name in device_sources() if role == "agent" else package_sources(FLEET_PACKAGES):
             tar.add(path, arcname=f"{SRC.lstrip('/')}/{name}")
     return sha256_file(out)
 
@@ -174,10 +192,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(entry, io.BytesIO(data))
 
 
-def write_image_archive(sysroot, arch: str, tag: str, out: Path) -> None:
-    """A `docker save`-format archive of the agent image for linux/`arch`, loadable by `docker load`."""
+def write_image_archive(sysroot, arch: str, tag: str, out: Path, role: Role = "agent") -> None:
+    """A `docker save`-format archive of the `role` image for linux/`arch`, loadable by `docker load`."""
     layer = out.with_name("layer.tar")
-    diff_id = _write_layer(sysroot, layer)
+    diff_id = _write_layer(sysroot, layer, role)
     architecture, variant = DOCKER_PLATFORMS[arch]
     config = json.dumps(
         {
@@ -185,12 +203,12 @@ def write_image_archive(sysroot, arch: str, tag: str, out: Path) -> None:
             **({"variant": variant} if variant else {}),
             "os": "linux",
             "created": now_utc(),
-            "config": CONFIG,
+            "config": CONFIGS[role],
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
             "history": [
                 {
                     "created": now_utc(),
-                    "created_by": f"edgefleet cross image ({sysroot.info.spec.arch} sysroot {sysroot.info.key})",
+                    "created_by": f"edgefleet cross image --role {role} ({sysroot.info.spec.arch} sysroot {sysroot.info.key})",
                 }
             ],
         },
@@ -221,15 +239,16 @@ def _client():
     return client
 
 
-def build_image(arch: str = "arm64", tag: str | None = None) -> ImageResult:
-    """Load the `arch` sysroot plus the agent and its runtime into docker as image `tag` (default edgefleet-agent:ARCH)."""
-    info = arch_info(arch)
-    tag = tag or f"edgefleet-agent:{info.debian}"
-    sysroot = require_sysroot(info.debian)
+def build_image(arch: str = "arm64", tag: str | None = None, role: Role = "agent", quiet: bool = False) -> ImageResult:
+    """Load an image into docker as `tag` (default edgefleet-ROLE:ARCH): the `arch` sysroot plus the
+    agent and its runtime, or (`role="fleet"`, amd64) the fleet's tree and code, built here if needed."""
+    info = arch_info(arch, role)
+    tag = tag or f"edgefleet-{role}:{info.debian}"
     client = _client()
+    sysroot = require_sysroot(info.debian) if role == "agent" else build_sysroot(arch, role=role, quiet=quiet)
     with tempfile.TemporaryDirectory(prefix="edgefleet-image-") as tmp:
         archive = Path(tmp) / "image.tar"
-        write_image_archive(sysroot, info.debian, tag, archive)
+        write_image_archive(sysroot, info.debian, tag, archive, role)
         try:
             with open(archive, "rb") as fh:
                 client.images.load(fh)

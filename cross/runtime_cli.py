@@ -45,9 +45,12 @@ def build_command(
     as_json: bool,
     cuda_sms: tuple[str, ...],
 ) -> None:
-    """Build (or reuse) the runtime for ARCH, cached by a hash of every input.
+    """Build (or reuse) the runtime for --arch, cached by a hash of every input.
 
-    Example: edgefleet runtime build --arch armv7
+    \b
+    Examples:
+      edgefleet runtime build --arch armv7
+      edgefleet runtime build --arch aarch64 --cuda sm_87 -j 4
     """
     from edgefleet.cross.runtime_build import build_runtime
 
@@ -61,7 +64,13 @@ def build_command(
 @click.option("--arch", type=ARCH_CHOICE, help="Architecture (default: this machine's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle's runtime.json.")
 def show_command(arch: str | None, as_json: bool) -> None:
-    """Show the runtime this machine's agent would use, after checking its libraries' hashes."""
+    """Show the runtime this machine's agent would use, after checking its libraries' hashes.
+
+    \b
+    Examples:
+      edgefleet runtime show
+      edgefleet runtime show --arch aarch64 --json
+    """
     from edgefleet.runtime_bundle import find_bundle
 
     _report(find_bundle(arch), as_json)

@@ -51,7 +51,9 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 CACHE_ENV = "EDGEFLEET_CROSS_CACHE"
 MIRROR_ENV = "EDGEFLEET_DEBIAN_MIRROR"
 
-SysrootArch = Literal["arm64", "armhf"]
+SysrootArch = Literal["arm64", "armhf", "amd64"]
+# What a sysroot is for: a camera's agent (ARM, run under QEMU) or the fleet service's image (amd64).
+Role = Literal["agent", "fleet"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class ArchInfo:
 
     debian: SysrootArch
     target_arch: str  # the Target.arch of packages that run in it
-    qemu: str
+    qemu: str | None  # None: runs natively here
     pip_platforms: tuple[str, ...]
     debs: tuple[str, ...]
     # Python distributions that come from Debian's packages instead of PyPI wheels.
@@ -107,6 +109,22 @@ ARCHES: dict[str, ArchInfo] = {
         from_debian=FROM_DEBIAN,
     ),
 }
+# The fleet image's tree: Python from Debian, every library from wheels (a server shares no
+# Debian numpy or pillow with anything, and the fleet's scipy and psycopg come as wheels anyway).
+FLEET_ARCH = ArchInfo(
+    "amd64",
+    "x86_64",
+    None,
+    (
+        "manylinux_2_28_x86_64",
+        "manylinux_2_27_x86_64",
+        "manylinux_2_24_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "linux_x86_64",
+    ),
+    ("python3",),
+)
 _ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64", "armhf": "armhf", "armv7": "armhf", "armv7l": "armhf"}
 
 # Debian package that provides each host tool, for MissingToolError.
@@ -122,7 +140,11 @@ TOOL_PACKAGES = {
 }
 
 
-def arch_info(arch: str) -> ArchInfo:
+def arch_info(arch: str, role: Role = "agent") -> ArchInfo:
+    if role == "fleet":
+        if arch.lower() not in ("amd64", "x86_64"):
+            raise UsageError(f"the fleet image is built for amd64, not {arch!r}", "use --arch amd64")
+        return FLEET_ARCH
     key = _ARCH_ALIASES.get(arch.lower())
     if key is None:
         raise UsageError(
@@ -188,7 +210,7 @@ class Sysroot:
 
     @property
     def arch(self) -> ArchInfo:
-        return ARCHES[self.info.spec.arch]
+        return FLEET_ARCH if self.info.spec.arch == FLEET_ARCH.debian else ARCHES[self.info.spec.arch]
 
     @property
     def python(self) -> Path:
@@ -200,21 +222,30 @@ def cache_dir() -> Path:
     return Path(env) if env else edgefleet_home() / "cross"
 
 
-def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
-    """Every distribution the core and `agent` extra need, transitively, pinned to the host's versions.
+def role_requirements(role: Role, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every distribution the core and the `role` extra need, transitively, pinned to the host's versions.
 
     Pinning to what the host runs keeps the emulated agent on the same library versions as the
     x86 reference it is compared with; the full closure is downloaded with --no-deps, so a
-    distribution taken from Debian (`exclude`) is not pulled back in by a dependent.
+    distribution taken from Debian (`exclude`) is not pulled back in by a dependent. Extras a
+    requirement names (`edgefleet[cli]`, `psycopg[binary]`) are followed; edgefleet itself is not
+    pinned: this checkout's code is installed beside the wheels.
     """
     pins: dict[str, str] = {}
-    pending = [("edgefleet", "agent")]
+    pending = [("edgefleet", role)]
+    followed: set[tuple[str, str]] = set()
     while pending:
         dist, extra = pending.pop()
+        if (canonicalize_name(dist), extra) in followed:
+            continue
+        followed.add((canonicalize_name(dist), extra))
         for line in requires(dist) or []:
             req = Requirement(line)
             name = canonicalize_name(req.name)
-            if (req.marker is not None and not req.marker.evaluate({"extra": extra})) or name in pins:
+            if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+                continue
+            pending += [(req.name, e) for e in sorted(req.extras)]
+            if name in pins:
                 continue
             try:
                 pins[name] = f"{name}=={version(req.name)}"
@@ -222,7 +253,7 @@ def agent_requirements(exclude: tuple[str, ...] = ()) -> list[str]:
                 pins[name] = f"{name}{req.specifier}"
                 continue
             pending.append((req.name, ""))
-    return sorted(pin for name, pin in pins.items() if name not in exclude)
+    return sorted(pin for name, pin in pins.items() if name not in (*exclude, "edgefleet"))
 
 
 def python_for_suite(suite: str) -> str:
@@ -234,8 +265,8 @@ def python_for_suite(suite: str) -> str:
     return SUITES[suite]
 
 
-def spec_for(arch: str, mirror: str | None = None, suite: str = SUITE) -> SysrootSpec:
-    info = arch_info(arch)
+def spec_for(arch: str, mirror: str | None = None, suite: str = SUITE, role: Role = "agent") -> SysrootSpec:
+    info = arch_info(arch, role)
     return SysrootSpec(
         arch=info.debian,
         suite=suite,
@@ -243,13 +274,15 @@ def spec_for(arch: str, mirror: str | None = None, suite: str = SUITE) -> Sysroo
         mirror=mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
         debs=list(info.debs),
         pip_platforms=list(info.pip_platforms),
-        requirements=agent_requirements(info.from_debian),
+        requirements=role_requirements(role, info.from_debian),
     )
 
 
-def find_sysroot(arch: str, cache: Path | None = None, mirror: str | None = None, suite: str = SUITE) -> Sysroot | None:
-    """The complete cached sysroot for `arch`, `suite` and the current inputs, or None."""
-    spec = spec_for(arch, mirror, suite)
+def find_sysroot(
+    arch: str, cache: Path | None = None, mirror: str | None = None, suite: str = SUITE, role: Role = "agent"
+) -> Sysroot | None:
+    """The complete cached sysroot for `arch`, `suite`, `role` and the current inputs, or None."""
+    spec = spec_for(arch, mirror, suite, role)
     path = (cache or cache_dir()) / f"{spec.arch}-{spec.key()}"
     marker = path / "sysroot.json"
     if not marker.is_file():
@@ -352,27 +385,29 @@ def build_sysroot(
     force: bool = False,
     quiet: bool = False,
     suite: str = SUITE,
+    role: Role = "agent",
 ) -> Sysroot:
-    """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf") of Debian `suite`.
+    """Build (or return the cached) sysroot for `arch` ("arm64" or "armhf"; "amd64" for the fleet `role`) of Debian `suite`.
 
     Steps, each logged: debootstrap (download + unpack, --foreign), unpack (dpkg -x the rest),
     wheels (pip download --platform), site (unzip wheels), bytecode (precompile .pyc so each
     emulated start skips it). Raises MissingToolError naming the Debian package of a missing tool
     and BuildError naming the failed step and its kept log.
     """
-    info = arch_info(arch)
-    spec = spec_for(arch, mirror, suite)
+    info = arch_info(arch, role)
+    spec = spec_for(arch, mirror, suite, role)
     cache = cache or cache_dir()
     final = cache / f"{spec.arch}-{spec.key()}"
     if not force:
-        found = find_sysroot(arch, cache, mirror, suite)
+        found = find_sysroot(arch, cache, mirror, suite, role)
         if found is not None:
             return found
     debootstrap = [require_tool("debootstrap")]
     if os.geteuid() != 0:  # debootstrap refuses to run as a user; --foreign needs no more than fakeroot
         debootstrap.insert(0, require_tool("fakeroot"))
     require_tool("dpkg-deb")
-    require_tool(info.qemu)
+    if info.qemu:
+        require_tool(info.qemu)
     stages = Stages(quiet=quiet)
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / f".{final.name}.partial-{os.getpid()}"

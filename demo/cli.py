@@ -63,7 +63,13 @@ def demo_command(
     detector_devices: int,
     exit_after_rollouts: bool,
 ) -> None:
-    """Train, compile, deploy and watch: the whole system on this machine. Maps to edgefleet.demo.run_demo."""
+    """Train, compile, deploy and watch: the whole system on this machine.
+
+    \b
+    Examples:
+      edgefleet demo
+      edgefleet demo --devices 5 --http-port 0 --mqtt-port 0 --exit-after-rollouts
+    """
     result = run_demo(
         DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices)
     )

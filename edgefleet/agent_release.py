@@ -29,7 +29,6 @@ import tarfile
 from pathlib import Path
 from typing import Final, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -46,7 +45,7 @@ from edgefleet.package import (
     sha256_file,
 )
 from edgefleet.runtime_bundle import INFO_FILE, Bundle, canonical_arch, host_arch
-from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.signing import PublicKey, SigningKey, verify_signature
 from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION: Final = 1
@@ -159,14 +158,15 @@ def _package_dir(name: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def device_sources() -> list[tuple[Path, str]]:
-    """(file, path under a site-packages folder) for this checkout's code a device runs: edgefleet's core and agent.
+def package_sources(packages: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """(file, path under a site-packages folder) for this checkout's code of `packages`: the first is
+    `edgefleet` (its top-level modules only), the rest are installed whole.
 
-    What images and Debian packages install; the native runtime's C++ source and .pyc are left out.
+    The native runtime's C++ source and .pyc are left out.
     """
-    core = _package_dir("edgefleet")
+    core = _package_dir(packages[0])
     files = [(entry, f"edgefleet/{entry.name}") for entry in sorted(core.glob("*.py"))]
-    for name in DEVICE_PACKAGES[1:]:
+    for name in packages[1:]:
         package = _package_dir(name)
         sub = name.replace(".", "/")
         files += [
@@ -175,6 +175,11 @@ def device_sources() -> list[tuple[Path, str]]:
             if f.is_file() and "__pycache__" not in f.parts and "native" not in f.relative_to(package).parts
         ]
     return files
+
+
+def device_sources() -> list[tuple[Path, str]]:
+    """The code a device runs: edgefleet's core and agent (what images and Debian packages install)."""
+    return package_sources(DEVICE_PACKAGES)
 
 
 def build_release(
@@ -250,7 +255,7 @@ def is_agent_release(archive: Path) -> bool:
         return False  # the model package reader says what is wrong with it
 
 
-def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
+def verify_release_dir(root: Path, trusted: list[PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """(manifest, signer key id) of an unpacked release; PackageIntegrityError if unsigned, altered or incomplete."""
     root = Path(root)
     try:
@@ -266,7 +271,7 @@ def verify_release_dir(root: Path, trusted: list[Ed25519PublicKey]) -> tuple[Age
     return manifest, signer
 
 
-def unpack_release(archive: Path, dest: Path, trusted: list[Ed25519PublicKey]) -> tuple[AgentReleaseManifest, str]:
+def unpack_release(archive: Path, dest: Path, trusted: list[PublicKey]) -> tuple[AgentReleaseManifest, str]:
     """Extract `archive` into `dest` (which must not exist) and verify it there; removes `dest` when refused."""
     try:
         safe_extract(archive, dest)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from edgefleet.signing import PublicKey
 
 from edgefleet import __version__
 from edgefleet.console import escape, make_console, print_table
@@ -128,7 +128,7 @@ def parse_shape_option(values: tuple[str, ...]) -> dict[str, list[int]]:
     return shapes
 
 
-def trusted_keys_option(paths: tuple[Path, ...]) -> list[Ed25519PublicKey]:
+def trusted_keys_option(paths: tuple[Path, ...]) -> list[PublicKey]:
     from edgefleet.signing import default_trusted_keys, load_public_key
 
     return [load_public_key(p) for p in paths] if paths else default_trusted_keys()

@@ -23,7 +23,13 @@ def keys() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing key (packages it signed stop verifying).")
 def keys_create(out: Path | None, overwrite: bool) -> None:
-    """Create an ed25519 signing key (and KEY.pub beside it). Maps to edgefleet.signing.create_signing_key."""
+    """Create an ed25519 signing key (and KEY.pub beside it) for signing packages and releases.
+
+    \b
+    Examples:
+      edgefleet keys create
+      edgefleet keys create --out /etc/edgefleet/fleet.key
+    """
     from edgefleet.signing import create_signing_key, public_path
 
     key = create_signing_key(out, overwrite=overwrite)
@@ -41,10 +47,15 @@ def keys_create(out: Path | None, overwrite: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and checks as JSON.")
 def inspect_command(package: Path, trust: tuple[Path, ...], as_json: bool) -> None:
-    """Print a package's manifest and check its file hashes and signature. Maps to edgefleet.package.inspect_package.
+    """Print PACKAGE's manifest and check its file hashes and signature.
 
-    Exits non-zero (PackageIntegrityError) when the signature or a file hash does not check out,
-    after printing the manifest as the package states it.
+    Exits non-zero when the signature or a file hash does not check out, after printing the
+    manifest as the package states it.
+
+    \b
+    Examples:
+      edgefleet inspect scenes-2-rasp4b.tar.gz
+      edgefleet inspect scenes-2-rasp4b.tar.gz --trust fleet.pub --json
     """
     from edgefleet.package import inspect_package
 

@@ -15,7 +15,7 @@ MODULE_EXTRAS: dict[str, tuple[str, ...]] = {
     "PIL": ("agent",),
     "paho": ("agent", "fleet"),
     "psutil": ("agent",),
-    "prometheus_client": ("agent",),
+    "prometheus_client": ("agent", "fleet"),
     "awsiot": ("awsiot",),
     "awscrt": ("awsiot",),
     "ai_edge_litert": ("litert", "compiler"),

@@ -7,6 +7,7 @@ Layout (see docs/package-format.md):
     model.so        the compiled TVM library (runtime.kind == "tvm"), or
     model.tflite    a plain TFLite model (runtime.kind == "tflite")
     baseline.json   optional drift baseline
+    variants.json   optional: CPU-specific builds of model.so (model.ISA.so), chosen by the agent at load
 
 Every file other than the two manifest files is listed with its sha256 and size in
 `manifest.files`; a reader refuses a package with a missing, extra or altered file.
@@ -27,12 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal, Protocol, cast
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import ArchiveLimits, check_member, safe_extract
 from edgefleet.errors import EdgefleetError, PackageIntegrityError, UnsafeArchiveError
-from edgefleet.signing import SigningKey, verify_signature
+from edgefleet.signing import PublicKey, SigningKey, verify_signature
 from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION: Final = 2
@@ -46,6 +46,9 @@ SIGNATURE = "manifest.sig"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN)]
 MAX_MANIFEST_BYTES = 1024 * 1024
+# Lists the CPU-specific libraries of a package. A member of its own, not a manifest field: agents that
+# know one library (0.1.0, 0.2.0) refuse unknown manifest keys but load runtime.library from such a package.
+VARIANTS = "variants.json"
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -193,6 +196,26 @@ class FileEntry(Strict):
     size: int = Field(ge=0, le=2 * 1024**3)
 
 
+class LibraryVariant(Strict):
+    """One build of the model for a CPU level: the agent loads it when the CPU has `cpu_features`."""
+
+    library: SafeName
+    isa: SafeName  # x86-64-v3, x86-64-v4
+    tvm_target: dict[str, Any]  # what it was built for
+    cpu_features: list[Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]]  # Linux /proc/cpuinfo flag names
+    verification: Verification  # its own numeric check, on this library
+
+
+class LibraryVariants(Strict):
+    """variants.json: every library of the package, best first; `runtime.library` is the portable one."""
+
+    format_version: Literal[1] = 1
+    variants: list[LibraryVariant] = Field(min_length=1)
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+
+
 class SignatureInfo(Strict):
     algorithm: Literal["ed25519"] = "ed25519"
     key_id: str
@@ -299,6 +322,27 @@ class OpenedPackage:
     @property
     def library(self) -> Path:
         return self.root / self.manifest.runtime.library
+
+    def variants(self) -> LibraryVariants | None:
+        """The package's CPU-specific libraries (variants.json), checked against the manifest; None without."""
+        if VARIANTS not in self.manifest.files:
+            return None
+        try:
+            listed = LibraryVariants.model_validate_json(self.path(VARIANTS).read_bytes())
+        except ValidationError as exc:
+            first = first_error(exc)
+            raise PackageIntegrityError(
+                f"{VARIANTS} is malformed at {first.where}: {first.msg}", "rebuild the package with `edgefleet compile`"
+            ) from None
+        names = [v.library for v in listed.variants]
+        unlisted = sorted(set(names) - set(self.manifest.files))
+        if unlisted or self.manifest.runtime.library not in names:
+            raise PackageIntegrityError(
+                f"{VARIANTS} names libraries the manifest does not list ({', '.join(unlisted)}) "
+                f"or omits {self.manifest.runtime.library}",
+                "rebuild the package with `edgefleet compile`",
+            )
+        return listed
 
     def close(self) -> None:
         if self._owns_root:
@@ -407,7 +451,7 @@ def _stream(path: Path) -> tuple[_Reader, IO[bytes]]:
     return raw, raw
 
 
-def scan_package(path: Path, trusted: list[Ed25519PublicKey] | None, *, strict: bool = True) -> Manifest:
+def scan_package(path: Path, trusted: list[PublicKey] | None, *, strict: bool = True) -> Manifest:
     """Read the package as a stream and write nothing: check the signature (when `trusted`) and that
     every member is a file the manifest declares, with its declared size, before any data is unpacked.
 
@@ -465,7 +509,7 @@ def _small_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return handle.read()
 
 
-def _arm(blobs: dict[str, bytes], trusted: list[Ed25519PublicKey] | None, capped: _Capped) -> Manifest | None:
+def _arm(blobs: dict[str, bytes], trusted: list[PublicKey] | None, capped: _Capped) -> Manifest | None:
     """Once the manifest (and its signature, if one is required) is read: verify, then cap the rest."""
     if MANIFEST not in blobs or (trusted is not None and SIGNATURE not in blobs):
         return None
@@ -511,9 +555,7 @@ class InspectReport:
         return self.error is None
 
 
-def inspect_package(
-    path: Path, trusted: list[Ed25519PublicKey], *, limits: ArchiveLimits = ArchiveLimits()
-) -> InspectReport:
+def inspect_package(path: Path, trusted: list[PublicKey], *, limits: ArchiveLimits = ArchiveLimits()) -> InspectReport:
     """Read a package's manifest even when the package fails its checks, then run the checks.
 
     Raises only when there is no manifest to show (not a package, unsafe archive, unreadable or
@@ -542,7 +584,7 @@ def inspect_package(
 
 def open_package(
     path: Path,
-    trusted: list[Ed25519PublicKey] | None,
+    trusted: list[PublicKey] | None,
     *,
     dest: Path | None = None,
     limits: ArchiveLimits = ArchiveLimits(),

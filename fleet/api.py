@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from edgefleet.fleet import metrics
 from edgefleet.fleet.body_limit import BodyLimit
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.dashboard import mount_dashboard
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.ingest import Ingest
-from edgefleet.fleet.routers import devices, drift, errors, models, rollouts, service, tokens
+from edgefleet.fleet.routers import alerts, devices, drift, errors, models, prometheus, rollouts, service, tokens
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
@@ -28,9 +29,12 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
     )
     app.state.fleet, app.state.ingest = fleet, ingest  # for the dependencies in fleet/routers/deps.py
     app.state.drift_monitor = ingest.drift if ingest else DriftMonitor(fleet)  # shares the ingest's baselines
+    # GET /metrics (fleet/routers/prometheus.py); a bad metrics_token_file fails here, at start.
+    app.state.metrics_registry = metrics.registry(fleet)
+    app.state.metrics_token = metrics.metrics_token(fleet.config.metrics_token_file)
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
-    for router in (service, models, devices, rollouts, tokens, drift):
+    for router in (service, models, devices, rollouts, tokens, drift, prometheus, alerts):
         app.include_router(router.router)
     mount_dashboard(app)  # /dashboard (docs/dashboard.md)
     return app

@@ -1,4 +1,10 @@
-"""The MQTT bridge: the fleet's one paho client (mutual TLS, persistent session, QoS 1).
+"""The MQTT bridge: one paho client per fleet replica (MQTT v5, mutual TLS, persistent session, QoS 1).
+
+Replicas: each fleet process connects under its own replica id (client id = broker user =
+certificate CN, `fleet` or `fleet-<name>`) and subscribes to the device topics as one MQTT v5
+shared subscription (`$share/<group>/...`), so the broker hands each message to one replica.
+Its session outlives a crash for `session_expiry_s`: messages queued for it, or delivered and
+not yet acknowledged, are sent again when a process with the same replica id returns.
 
 Incoming device messages are queued by paho's network thread and stored in batches by a
 worker thread (one transaction per batch), so a slow database never stalls the broker link.
@@ -16,19 +22,27 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
+import secrets
+import socket
 import ssl
 import threading
 import time
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgefleet.errors import ServiceError
-from edgefleet.fleet.config import BrokerConfig
-from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER
+from edgefleet.fleet.config import REPLICA_ID, BrokerConfig, FleetConfig
+from edgefleet.fleet.db import shared_setting
+from edgefleet.fleet.devices import BROKER_STATS, FLEET_MQTT_USER, FLEET_VIEWER_USER
 from edgefleet.fleet.ingest import Ingest, Message
 
 log = logging.getLogger("edgefleet.fleet.bridge")
-SUBSCRIPTIONS = [
+DEVICE_TOPICS = [
     "edgefleet/v1/+/status",
     "edgefleet/v1/+/telemetry",
     "edgefleet/v1/+/alerts",
@@ -36,20 +50,55 @@ SUBSCRIPTIONS = [
 ]
 BATCH = 500
 MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
+SHARE_GROUP = "mqtt_share_group"  # the settings row all replicas read their share group from
+RESUBSCRIBE_S = 5.0  # a refused subscription (the broker has not re-read its ACL yet) is tried again
+
+
+def new_group() -> str:
+    return "edgefleet-" + secrets.token_hex(16)
+
+
+def certificate_cn(path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def replica_id(config: FleetConfig) -> str:
+    """This process's MQTT client id: `replica_id`, else its certificate's CN, else fleet-<hostname>.
+
+    Brokers configured as the fleet's (fleet/local_broker.py) replace the client id by the CN,
+    so a configured id that is not the CN would only hide that two replicas share a session."""
+    broker = config.broker
+    cn = certificate_cn(broker.cert_file) if broker and broker.cert_file else None
+    chosen = config.replica_id or cn or "fleet-" + re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:58]
+    if cn is not None and chosen != cn:
+        raise ServiceError(
+            f"replica_id {chosen!r} is not the CN {cn!r} of the fleet's certificate {broker.cert_file}",
+            "give each replica a certificate whose CN is its replica id (fleet or fleet-<name>)",
+        )
+    if chosen == FLEET_VIEWER_USER or not re.match(REPLICA_ID, chosen):
+        raise ServiceError(
+            f"replica id {chosen!r} is not a fleet identity",
+            f"use {FLEET_MQTT_USER!r} or {FLEET_MQTT_USER}-<name> (not {FLEET_VIEWER_USER!r}, the read-only viewer)",
+        )
+    return chosen
 
 
 class Bridge:
     def __init__(self, broker: BrokerConfig, ingest: Ingest, client_id: str = FLEET_MQTT_USER) -> None:
         self.broker = broker
+        self.client_id = client_id
+        group = broker.share_group or shared_setting(ingest.fleet.sessions, SHARE_GROUP, new_group())
+        self.subscriptions = [(f"$share/{group}/{t}", 1) for t in DEVICE_TOPICS]
         self.ingest = ingest
         self.queue: queue.Queue[Message] = queue.Queue()  # telemetry and alerts
         self.urgent: queue.Queue[Message] = queue.Queue()  # job updates and status
         self._wake = threading.Event()
         self.connected = threading.Event()
         self._stop = threading.Event()
-        # The broker replaces client_id by the certificate CN (fleet/local_broker.py); it is sent anyway.
+        # The broker replaces client_id by the certificate CN (fleet/local_broker.py); replica_id() makes them equal.
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, manual_ack=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         if broker.ca_file:
             self.client.tls_set(
@@ -64,14 +113,29 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self._worker = threading.Thread(target=self._drain, name="fleet-ingest", daemon=True)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the fleet: %s", reason_code)
             return
-        client.subscribe([(t, 1) for t in SUBSCRIPTIONS] + [(t, 0) for t in BROKER_STATS])
-        self.connected.set()
+        # Sessions of fleets before replicas held plain subscriptions: with both, every message would come twice.
+        client.unsubscribe(DEVICE_TOPICS)
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.client.subscribe(self.subscriptions + [(t, 0) for t in BROKER_STATS])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [t for (t, _), rc in zip(self.subscriptions, reason_codes) if rc.is_failure]
+        if not refused:
+            self.connected.set()
+            return
+        log.error("the broker refused %s to %s; trying again in %.0f s", refused, self.client_id, RESUBSCRIBE_S)
+        retry = threading.Timer(RESUBSCRIBE_S, lambda: self._stop.is_set() or self._subscribe())
+        retry.daemon = True
+        retry.start()
 
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic in BROKER_STATS:  # the broker's own counters (queue overflow drops), reported as they are
@@ -130,7 +194,9 @@ class Bridge:
     def start(self, timeout: float = 15.0) -> None:
         self._worker.start()
         try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+            expiry = Properties(PacketTypes.CONNECT)
+            expiry.SessionExpiryInterval = self.broker.session_expiry_s
+            self.client.connect(self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=expiry)
         except (OSError, ssl.SSLError) as exc:
             raise ServiceError(
                 f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port}: {exc}",

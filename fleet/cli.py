@@ -14,6 +14,7 @@ import click
 from pydantic_core import to_jsonable_python
 
 from edgefleet.cli import print_json as print_plain_json, table
+from edgefleet.logs import LOG_FORMATS
 from edgefleet.contracts.rest import (
     DeviceOut,
     DevicePage,
@@ -67,12 +68,112 @@ def fleet(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), help="Fleet config (TOML, see docs/fleet.md)."
 )
-def serve_command(config_path: Path | None) -> None:
-    """Run the REST API, the MQTT bridge and the rollout engine (migrates the database first)."""
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Log lines as plain text or one JSON object per line [default: the config's log_format, else text].",
+)
+def serve_command(config_path: Path | None, log_format: str | None) -> None:
+    """Run the REST API, the MQTT bridge and the rollout engine (migrates the database first).
+
+    Prometheus metrics are served at /metrics (docs/fleet.md, "Metrics and logs").
+
+    \b
+    Examples:
+      edgefleet fleet serve                         # SQLite and packages under ~/.edgefleet/fleet
+      edgefleet fleet serve --config /etc/edgefleet/fleet.toml --log-format json
+    """
     from edgefleet.fleet.config import load_config
     from edgefleet.fleet.service import serve
 
-    serve(load_config(config_path))
+    config = load_config(config_path)
+    if log_format:
+        config.log_format = log_format  # click.Choice checked it
+    serve(config)
+
+
+@fleet.command("unit")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet config the service runs with (the unit names its absolute path).",
+)
+@click.option(
+    "--user", default="edgefleet-fleet", show_default=True, help="Unprivileged system account the service runs as."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the unit here (e.g. /etc/systemd/system/edgefleet-fleet.service) instead of printing it.",
+)
+def unit_command(config_path: Path, user: str, output: Path | None) -> None:
+    """Print (or write) a systemd unit that runs `fleet serve --config` as an unprivileged, sandboxed service.
+
+    The unit runs this installation's Python; the folders the config writes to are the only
+    writable ones (docs/fleet.md, "Running as a service").
+
+    \b
+    Examples:
+      edgefleet fleet unit --config /etc/edgefleet/fleet.toml
+      useradd --system --home-dir /var/lib/edgefleet-fleet edgefleet-fleet
+      edgefleet fleet unit --config /etc/edgefleet/fleet.toml --output /etc/systemd/system/edgefleet-fleet.service
+      systemctl daemon-reload && systemctl enable --now edgefleet-fleet
+    """
+    from edgefleet.fleet.systemd import load_as_service, unit_text
+
+    config_path = config_path.resolve()
+    text = unit_text(config_path, load_as_service(config_path), user)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text)
+    click.echo(f"wrote {output}; then: systemctl daemon-reload && systemctl enable --now {output.stem}")
+
+
+@fleet.command("server-cert")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Fleet config whose CA (<data_dir>/ca) signs the certificate.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    required=True,
+    multiple=True,
+    help="DNS name or IP address devices and operators reach the fleet at (the host of public_url); repeat for each.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write server.key (mode 0600), server.pem and ca.pem into.",
+)
+def server_cert_command(config_path: Path, hosts: tuple[str, ...], out: Path) -> None:
+    """Issue the fleet's HTTPS certificate from the fleet CA, for `fleet serve` to terminate TLS itself.
+
+    Point tls_cert_file and tls_key_file at server.pem and server.key, and give cameras ca.pem as
+    [fleet] ca_file (docs/security.md, "Fleet HTTPS"). A certificate from another CA works as well.
+
+    \b
+    Examples:
+      edgefleet fleet server-cert --config /etc/edgefleet/fleet.toml --host fleet.example.lan --out /etc/edgefleet/tls
+      edgefleet fleet server-cert --config fleet.toml --host fleet.lan --host 192.168.1.10 --out ./tls
+    """
+    from edgefleet.fleet.ca import CertificateAuthority, write_private
+    from edgefleet.fleet.config import load_config
+
+    authority = CertificateAuthority.load_or_create(load_config(config_path).data_dir / "ca")  # as devices.ca
+    key, cert = authority.issue_key_and_cert(hosts[0], server_names=list(hosts))
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(out / "server.key", key)
+    (out / "server.pem").write_bytes(cert)
+    (out / "ca.pem").write_text(authority.cert_pem)
+    click.echo(f"wrote {out}/server.key, server.pem (for {', '.join(hosts)}) and ca.pem (the cameras' [fleet] ca_file)")
 
 
 @fleet.group("tokens")
@@ -81,11 +182,29 @@ def tokens() -> None:
 
 
 @tokens.command("create")
-@click.option("--config", "config_path", type=click.Path(path_type=Path))
-@click.option("--name", required=True)
-@click.option("--scope", type=click.Choice(["read-only", "operator", "admin"]), required=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Fleet config (TOML) naming the database [default: ~/.edgefleet/fleet].",
+)
+@click.option("--name", required=True, help="Who or what the token is for (shown in listings, used to revoke it).")
+@click.option(
+    "--scope",
+    type=click.Choice(["read-only", "operator", "admin"]),
+    required=True,
+    help="read-only reads; operator also uploads and runs rollouts; admin also approves, enrolls, manages tokens.",
+)
 def tokens_create(config_path: Path | None, name: str, scope: str) -> None:
-    """Create a token and print it once (only its sha256 is stored)."""
+    """Create a token and print it once (only its sha256 is stored).
+
+    Run it on the fleet's machine: it writes to the fleet database directly.
+
+    \b
+    Examples:
+      edgefleet fleet tokens create --config /etc/edgefleet/fleet.toml --name ops --scope admin
+      export EDGEFLEET_FLEET_TOKEN=$(edgefleet fleet tokens create --name ci --scope operator)
+    """
     from edgefleet.fleet.auth import create_token
     from edgefleet.fleet.config import load_config
     from edgefleet.fleet.core import open_fleet
@@ -105,6 +224,13 @@ def models() -> None:
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
+    """Model groups with their number of versions and the latest one.
+
+    \b
+    Examples:
+      edgefleet fleet models list
+      edgefleet fleet models list --json
+    """
     rows = _client(ctx).pages("/models", ModelGroupPage)
     if as_json:
         return print_json(rows)
@@ -133,6 +259,12 @@ def _versions_table(rows: list[ModelVersionOut]) -> None:
 @json_option
 @click.pass_context
 def models_versions(ctx: click.Context, group: str, as_json: bool) -> None:
+    """Versions of model GROUP: approval, targets built, training job.
+
+    \b
+    Examples:
+      edgefleet fleet models versions scenes
+    """
     rows = _client(ctx).pages(f"/models/{group}/versions", ModelVersionPage)
     print_json(rows) if as_json else _versions_table(rows)
 
@@ -142,7 +274,12 @@ def models_versions(ctx: click.Context, group: str, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def models_upload(ctx: click.Context, package: Path, as_json: bool) -> None:
-    """Upload a signed package; the fleet checks its signature and registers the build."""
+    """Upload PACKAGE (a signed .tar.gz); the fleet checks its signature and registers the build.
+
+    \b
+    Examples:
+      edgefleet fleet models upload scenes-2-rasp4b.tar.gz
+    """
     row = _client(ctx).upload(package)
     print_json(row) if as_json else _versions_table([row])
 
@@ -157,20 +294,32 @@ def _set_approval(ctx: click.Context, group: str, version: str, state: str, note
 @models.command("approve")
 @click.argument("group")
 @click.argument("version")
-@click.option("--note", default="")
+@click.option("--note", default="", help="Why, for the audit trail.")
 @json_option
 @click.pass_context
 def models_approve(ctx: click.Context, group: str, version: str, note: str, as_json: bool) -> None:
+    """Approve GROUP VERSION so rollouts may use it (admin scope).
+
+    \b
+    Examples:
+      edgefleet fleet models approve scenes 2 --note "passed the lobby trial"
+    """
     _set_approval(ctx, group, version, "Approved", note, as_json)
 
 
 @models.command("reject")
 @click.argument("group")
 @click.argument("version")
-@click.option("--note", default="")
+@click.option("--note", default="", help="Why, for the audit trail.")
 @json_option
 @click.pass_context
 def models_reject(ctx: click.Context, group: str, version: str, note: str, as_json: bool) -> None:
+    """Reject GROUP VERSION: no new rollout may use it (admin scope).
+
+    \b
+    Examples:
+      edgefleet fleet models reject scenes 3 --note "misses people at night"
+    """
     _set_approval(ctx, group, version, "Rejected", note, as_json)
 
 
@@ -190,7 +339,12 @@ def agent_releases() -> None:
 @json_option
 @click.pass_context
 def agent_releases_upload(ctx: click.Context, release: Path, as_json: bool) -> None:
-    """Upload a signed agent release; the fleet checks its signature and registers its architecture's build."""
+    """Upload RELEASE (from `edgefleet agent release build`); the fleet checks its signature and registers its architecture's build.
+
+    \b
+    Examples:
+      edgefleet fleet agent-releases upload edgefleet-agent-0.3.0-aarch64.tar.gz
+    """
     row = _client(ctx).upload(release)
     print_json(row) if as_json else _versions_table([row])
 
@@ -199,7 +353,12 @@ def agent_releases_upload(ctx: click.Context, release: Path, as_json: bool) -> N
 @json_option
 @click.pass_context
 def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
-    """Agent releases the fleet holds, with their approval and architectures."""
+    """Agent releases the fleet holds, with their approval and architectures.
+
+    \b
+    Examples:
+      edgefleet fleet agent-releases list
+    """
     from edgefleet.agent_release import RELEASE_NAME
 
     rows = _client(ctx).pages(f"/models/{RELEASE_NAME}/versions", ModelVersionPage)
@@ -208,11 +367,16 @@ def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
 
 @agent_releases.command("approve")
 @click.argument("version")
-@click.option("--note", default="")
+@click.option("--note", default="", help="Why, for the audit trail.")
 @json_option
 @click.pass_context
 def agent_releases_approve(ctx: click.Context, version: str, note: str, as_json: bool) -> None:
-    """Approve agent VERSION for rollouts."""
+    """Approve agent VERSION for rollouts (admin scope).
+
+    \b
+    Examples:
+      edgefleet fleet agent-releases approve 0.3.0 --note "soaked on the bench cameras"
+    """
     from edgefleet.agent_release import RELEASE_NAME
 
     _set_approval(ctx, RELEASE_NAME, version, "Approved", note, as_json)
@@ -220,11 +384,16 @@ def agent_releases_approve(ctx: click.Context, version: str, note: str, as_json:
 
 @agent_releases.command("reject")
 @click.argument("version")
-@click.option("--note", default="")
+@click.option("--note", default="", help="Why, for the audit trail.")
 @json_option
 @click.pass_context
 def agent_releases_reject(ctx: click.Context, version: str, note: str, as_json: bool) -> None:
-    """Reject agent VERSION: no new rollout may use it."""
+    """Reject agent VERSION: no new rollout may use it (admin scope).
+
+    \b
+    Examples:
+      edgefleet fleet agent-releases reject 0.3.1 --note "crashes on armv7"
+    """
     from edgefleet.agent_release import RELEASE_NAME
 
     _set_approval(ctx, RELEASE_NAME, version, "Rejected", note, as_json)
@@ -258,12 +427,19 @@ def _devices_table(rows: list[DeviceOut]) -> None:
 
 
 @devices.command("list")
-@click.option("--group")
-@click.option("--tag")
-@click.option("--status", type=click.Choice(["online", "offline", "unknown"]))
+@click.option("--group", help="Only devices in this group.")
+@click.option("--tag", help="Only devices carrying this tag.")
+@click.option("--status", type=click.Choice(["online", "offline", "unknown"]), help="Only devices in this state.")
 @json_option
 @click.pass_context
 def devices_list(ctx: click.Context, group: str | None, tag: str | None, status: str | None, as_json: bool) -> None:
+    """Enrolled devices: group, tags, target, status, last seen, model and agent versions.
+
+    \b
+    Examples:
+      edgefleet fleet devices list
+      edgefleet fleet devices list --group lobby --status offline
+    """
     rows = _client(ctx).pages("/devices", DevicePage, group=group, tag=tag, status=status)
     print_json(rows) if as_json else _devices_table(rows)
 
@@ -271,13 +447,20 @@ def devices_list(ctx: click.Context, group: str | None, tag: str | None, status:
 @devices.command("enroll-token")
 @click.argument("device_id")
 @click.option("--target", required=True, help="The device's target (rasp4b, x86_64, ...): which build it gets.")
-@click.option("--group")
-@click.option("--tag", "tags", multiple=True)
+@click.option("--group", help="Group the device joins (rollouts select by group).")
+@click.option("--tag", "tags", multiple=True, help="Tag the device carries (repeatable).")
 @click.pass_context
 def devices_enroll_token(
     ctx: click.Context, device_id: str, target: str, group: str | None, tags: tuple[str, ...]
 ) -> None:
-    """Create a one-time enrollment token for DEVICE_ID and print it."""
+    """Create a one-time enrollment token for DEVICE_ID and print it (admin scope).
+
+    Give it to `edgefleet agent install --enroll-token-file` on the camera.
+
+    \b
+    Examples:
+      edgefleet fleet devices enroll-token cam-7 --target rasp4b --group lobby --tag door > cam-7.token
+    """
     click.echo(
         _client(ctx)
         .post(
@@ -291,14 +474,21 @@ def devices_enroll_token(
 
 @devices.command("tag")
 @click.argument("device_id")
-@click.option("--add", multiple=True)
-@click.option("--remove", multiple=True)
+@click.option("--add", multiple=True, help="Tag to add (repeatable).")
+@click.option("--remove", multiple=True, help="Tag to remove (repeatable).")
 @click.option("--group", help="Move the device to this group ('' for none).")
 @json_option
 @click.pass_context
 def devices_tag(
     ctx: click.Context, device_id: str, add: tuple[str, ...], remove: tuple[str, ...], group: str | None, as_json: bool
 ) -> None:
+    """Change DEVICE_ID's tags or group (operator scope).
+
+    \b
+    Examples:
+      edgefleet fleet devices tag cam-7 --add night --remove door
+      edgefleet fleet devices tag cam-7 --group parking
+    """
     row = _client(ctx).request(
         "PATCH",
         f"/devices/{device_id}",
@@ -343,10 +533,14 @@ def _rollouts_table(rows: list[RolloutOut]) -> None:
 @click.option("--canary", type=int, help="Canary wave size in devices (default 1).")
 @click.option("--canary-percent", type=float, help="Canary wave size in percent of the selection.")
 @click.option("--waves", help="Cumulative percents after the canary, e.g. 10,50,100.")
-@click.option("--success-threshold", type=float)
-@click.option("--failure-threshold", type=float)
+@click.option(
+    "--success-threshold", type=float, help="Share of a wave's devices that must install for the wave to pass (0-1)."
+)
+@click.option(
+    "--failure-threshold", type=float, help="Share of a wave's devices whose failure aborts the rollout (0-1)."
+)
 @click.option("--bake-time", type=float, help="Seconds each wave runs before the health gate.")
-@click.option("--wave-timeout", type=float)
+@click.option("--wave-timeout", type=float, help="Seconds a wave may take before the rollout aborts.")
 @click.option(
     "--plan",
     "plan_file",
@@ -372,7 +566,14 @@ def rollouts_create(
     plan_file,
     as_json,
 ) -> None:
-    """Roll GROUP VERSION out to the selected devices (GROUP `edgefleet-agent`: an agent release)."""
+    """Roll GROUP VERSION out to the selected devices (GROUP `edgefleet-agent`: an agent release).
+
+    \b
+    Examples:
+      edgefleet fleet rollouts create scenes 2 --device-group lobby --canary 1 --waves 50,100
+      edgefleet fleet rollouts create scenes 2 --tag door --bake-time 600 --plan plan.json
+      edgefleet fleet rollouts create edgefleet-agent 0.3.0 --device-group lobby
+    """
     plan = json.loads(plan_file.read_text()) if plan_file else {}
     flags = {
         "canary": canary,
@@ -396,10 +597,17 @@ def rollouts_create(
 
 
 @rollouts.command("list")
-@click.option("--state")
+@click.option("--state", help="Only rollouts in this state (deploying, baking, paused, succeeded, aborted, ...).")
 @json_option
 @click.pass_context
 def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """Rollouts: model, state, wave, devices, installs and the reason of the last change.
+
+    \b
+    Examples:
+      edgefleet fleet rollouts list
+      edgefleet fleet rollouts list --state baking
+    """
     rows = _client(ctx).pages("/rollouts", RolloutPage, state=state)
     print_json(rows) if as_json else _rollouts_table(rows)
 
@@ -409,6 +617,12 @@ def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
+    """Rollout ROLLOUT_ID and the state of its deployment on each device.
+
+    \b
+    Examples:
+      edgefleet fleet rollouts show 4
+    """
     row = _client(ctx).get(f"/rollouts/{rollout_id}", RolloutDetail)
     if as_json:
         return print_json(row)
@@ -424,6 +638,12 @@ def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
+    """The audit trail of rollout ROLLOUT_ID: every state change, of the rollout and of each device.
+
+    \b
+    Examples:
+      edgefleet fleet rollouts events 4 --json
+    """
     rows = _client(ctx).pages(f"/rollouts/{rollout_id}/events", RolloutEventPage)
     if as_json:
         return print_json(rows)
@@ -433,10 +653,21 @@ def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
     )
 
 
+CONTROL_HELP = {
+    "pause": "Pause rollout ROLLOUT_ID: no new devices get the update until it is resumed",
+    "resume": "Resume the paused rollout ROLLOUT_ID",
+    "abort": "Abort rollout ROLLOUT_ID and roll every device it touched back to its previous version",
+}
+CONTROL_EXAMPLE = {"pause": "holiday freeze", "resume": "freeze over", "abort": "alerts dropped in the canary"}
+
+
 def _control(action: str):
-    @rollouts.command(action, help=f"{action.capitalize()} a rollout.")
+    @rollouts.command(
+        action,
+        help=f'{CONTROL_HELP[action]} (operator scope).\n\n\b\nExamples:\n  edgefleet fleet rollouts {action} 4 --reason "{CONTROL_EXAMPLE[action]}"',
+    )
     @click.argument("rollout_id", type=int)
-    @click.option("--reason", default="")
+    @click.option("--reason", default="", help="Why, for the audit trail.")
     @json_option
     @click.pass_context
     def command(ctx: click.Context, rollout_id: int, reason: str, as_json: bool) -> None:
@@ -453,3 +684,11 @@ for _action in ("pause", "resume", "abort"):
 from edgefleet.fleet.drift_cli import drift_command  # noqa: E402  (`edgefleet fleet drift`, docs/drift.md)
 
 fleet.add_command(drift_command)
+
+from edgefleet.fleet.alerts_cli import alerts  # noqa: E402  (`edgefleet fleet alerts`, docs/fleet.md)
+
+fleet.add_command(alerts)
+
+from edgefleet.fleet.homeassistant_cli import homeassistant  # noqa: E402  (docs/fleet.md, "Home Assistant")
+
+fleet.add_command(homeassistant)

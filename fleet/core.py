@@ -12,14 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.errors import UsageError
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.db import open_database
 from edgefleet.fleet.store import LocalStore, S3Store, open_store
-from edgefleet.signing import SigningKey, default_trusted_keys, key_id, load_signing_key
+from edgefleet.signing import PublicKey, SigningKey, default_trusted_keys, key_id, load_signing_key
 
 
 class Receipt(Protocol):
@@ -46,7 +45,7 @@ class Fleet:
     readers: sessionmaker  # read-only work: listings, token checks
     store: LocalStore | S3Store
     signing_key: SigningKey | None
-    trusted: list[Ed25519PublicKey]
+    trusted: list[PublicKey]
     download_secret: bytes
     notify: Notifier = lambda device, payload: None
     # One fleet process mutates rollouts from the API, the MQTT ingest and the ticker.

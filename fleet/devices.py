@@ -19,8 +19,9 @@ from sqlalchemy import select
 from edgefleet.contracts.rest import BrokerAddress, DeviceAgent, DeviceModel, DeviceOut, DevicePage, Enrollment
 from edgefleet.errors import BadInputError, ConflictError, NotFoundError, PermissionDeniedError
 from edgefleet.fleet.ca import CertificateAuthority
+from edgefleet.fleet.config import HomeAssistantConfig
 from edgefleet.fleet.core import Fleet, sha256_text
-from edgefleet.fleet.db import Device, EnrollmentToken
+from edgefleet.fleet.db import Device, EnrollmentToken, Replica, insert_or_ignore
 from edgefleet.fleet.paging import MAX_PAGE, keyset
 
 # A device id is its certificate CN, its MQTT username and client id, and its topic level, so
@@ -144,19 +145,35 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> Enrollment
     )
 
 
-def acl_text(device_ids: list[str]) -> str:
-    """Mosquitto ACL (users are certificate CNs): each device only under its own topics."""
-    lines = [
-        "# written by edgefleet fleet; do not edit",
-        f"user {FLEET_MQTT_USER}",
-        "topic readwrite edgefleet/v1/#",
-        *(f"topic read {t}" for t in BROKER_STATS),
-        "",
+def acl_text(
+    device_ids: list[str],
+    replica_ids: tuple[str, ...] | list[str] = (),
+    homeassistant: HomeAssistantConfig | None = None,
+) -> str:
+    """Mosquitto ACL (users are certificate CNs): the fleet's replicas read and write every
+    device's topics (a shared subscription is checked as its topic); each device only its own.
+    With Home Assistant discovery on, the replicas also write HA's topics and HA reads only
+    those and the cameras' status (fleet/homeassistant.py)."""
+    ha = homeassistant if homeassistant is not None and homeassistant.enabled else None
+    ha_topics = [f"{ha.discovery_prefix}/#", f"{ha.state_prefix}/#"] if ha else []
+    lines = ["# written by edgefleet fleet; do not edit"]
+    for replica in sorted({FLEET_MQTT_USER, *replica_ids}):
+        lines += [
+            f"user {replica}",
+            "topic readwrite edgefleet/v1/#",
+            *(f"topic read {t}" for t in BROKER_STATS),
+            *(f"topic write {t}" for t in ha_topics),
+            "",
+        ]
+    lines += [
         # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
         f"user {FLEET_VIEWER_USER}",
         "topic read edgefleet/v1/+/alerts",
         "",
     ]
+    if ha:
+        lines += [f"user {ha.user}", *(f"topic read {t}" for t in [*ha_topics, "edgefleet/v1/+/status"])]
+        lines += [f"topic write {ha.discovery_prefix}/status", ""]  # HA's own birth and last will
     for dev in sorted(device_ids):
         base = f"edgefleet/v1/{dev}"
         lines += [
@@ -171,14 +188,21 @@ def acl_text(device_ids: list[str]) -> str:
     return "\n".join(lines)
 
 
+def register_replica(fleet: Fleet, replica_id: str) -> None:
+    """Record a fleet replica's identity, so that the ACL written next lets it read the devices' topics."""
+    with fleet.writer() as s, s.begin():
+        insert_or_ignore(s, Replica, ["id"], [{"id": replica_id, "started_at": fleet.clock()}])
+
+
 def write_acl(fleet: Fleet) -> Path | None:
     broker = fleet.config.broker
     if broker is None or broker.acl_file is None:
         return None
     with fleet.session() as s:
         ids = list(s.scalars(select(Device.id)))
+        replicas = list(s.scalars(select(Replica.id)))
     tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
-    tmp.write_text(acl_text(ids))
+    tmp.write_text(acl_text(ids, replicas, fleet.config.homeassistant))
     os.replace(tmp, broker.acl_file)
     if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
         try:

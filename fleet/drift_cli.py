@@ -37,6 +37,11 @@ def drift_command(ctx: click.Context, device: str | None, windows: int, as_json:
     """Drift alarms per device and model version, with a sparkline of the drift score.
 
     The sparkline spans 0 to twice the threshold, so the threshold sits at mid height.
+
+    \b
+    Examples:
+      edgefleet fleet drift
+      edgefleet fleet drift --device cam-3 --windows 60
     """
     from edgefleet.fleet.client import FleetClient
 

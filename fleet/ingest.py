@@ -2,13 +2,15 @@
 
     edgefleet/v1/<device>/status               online/offline, current model, last seen
     edgefleet/v1/<device>/telemetry            health numbers for rollout gates (frames, alerts, confidence, p95)
-    edgefleet/v1/<device>/alerts               counted (and marks the device seen)
+    edgefleet/v1/<device>/alerts               parsed as a whole AlertMessage -> an alert event (fleet/alert_events.py)
     edgefleet/v1/<device>/jobs/<job>/update    the update state machine's progress -> deployments
 
 Messages from devices the fleet does not know, and malformed ones, are dropped and counted
-(`counters`); nothing a device sends can raise out of `handle_batch`. Each message is stored
-in its own savepoint, so a poison message (NaN, 1e30 where a count goes, 100k-deep nesting,
-wrong types, anything the database refuses) is dropped alone and the rest of its batch is kept.
+(`counters`); nothing a device sends can raise out of `handle_batch`. A batch is one
+transaction: telemetry rows go in with one insert-or-ignore on (device, message id), so a
+message delivered again (at least once: the bridge acknowledges only committed batches) is
+stored once and counted as `duplicate`. Status and job updates are applied one by one, each in
+its own savepoint, as are alerts, so a message the database refuses is dropped alone and its batch is kept.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ import threading
 from collections import Counter as Tally
 from dataclasses import dataclass
 
-from edgefleet.contracts.mqtt import DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
+from sqlalchemy import bindparam, case, select
+from sqlalchemy.orm import Session
+
+from edgefleet.contracts.mqtt import AlertMessage, DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
+from edgefleet.fleet import alert_events
 from edgefleet.fleet.core import Fleet
-from edgefleet.fleet.db import Counter, Device, Telemetry
+from edgefleet.fleet.db import Counter, Device, Telemetry, insert_or_ignore
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
+from edgefleet.fleet.metrics import ingested
 from edgefleet.fleet.rollouts import apply_job_update
 
 log = logging.getLogger("edgefleet.fleet.ingest")
@@ -59,14 +66,53 @@ def parse_body(payload: bytes) -> object:
         raise Malformed("JSON nested too deeply") from None
 
 
-# What each topic suffix promises (edgefleet/contracts/mqtt.py); alerts are only counted,
-# so their body is checked as a device message, not as a whole alert.
+# What each topic suffix promises (edgefleet/contracts/mqtt.py); an alert is parsed whole, as it
+# becomes an alert event.
 CONTRACTS: dict[str, type[DeviceMessage]] = {
     "status": StatusMessage,
     "telemetry": TelemetryMessage,
-    "alerts": DeviceMessage,
+    "alerts": AlertMessage,
     "jobs": JobUpdate,
 }
+
+
+@dataclass
+class Parsed:
+    """A message whose topic names a device and a known kind; `body` is None when its payload is malformed."""
+
+    message: Message
+    device_id: str
+    kind: str
+    job: str
+    body: DeviceMessage | None
+
+
+def parse_topic(m: Message) -> tuple[str, str, str] | None:
+    """(device, kind, job) of a v1 uplink topic, or None for anything else."""
+    if not m.topic.startswith(PREFIX):
+        return None
+    device_id, _, suffix = m.topic[len(PREFIX) :].partition("/")
+    parts = suffix.split("/")
+    if suffix in ("status", "telemetry", "alerts"):
+        return device_id, suffix, ""
+    if len(parts) == 3 and parts[0] == "jobs" and parts[2] == "update":
+        return device_id, "jobs", parts[1]
+    return None
+
+
+def parse(m: Message, device_id: str, kind: str, job: str) -> Parsed:
+    """The message as its contract model (body None: malformed, whatever the device sent)."""
+    try:
+        if kind == "status" and m.payload.strip() in (b"offline", b'"offline"'):
+            body: DeviceMessage = StatusMessage(state="offline")  # a bare last will
+        else:
+            body = CONTRACTS[kind].model_validate(parse_body(m.payload))
+    except Exception as exc:  # noqa: BLE001 - a payload is data: any failure to read it is this message's
+        log.debug("dropping malformed message on %s: %s", m.topic, exc)
+        return Parsed(m, device_id, kind, job, None)
+    if body.device not in (None, device_id):
+        return Parsed(m, device_id, kind, job, None)
+    return Parsed(m, device_id, kind, job, body)
 
 
 class Ingest:
@@ -77,90 +123,162 @@ class Ingest:
         self._lock = threading.Lock()
         self.drift = DriftMonitor(fleet)  # judges telemetry drift summaries (fleet/drift_service.py)
 
-    def _is_known(self, s, device_id: str) -> bool:
-        if device_id in self._known:
-            return True
-        if s.get(Device, device_id) is not None:
-            self._known.add(device_id)
-            return True
-        return False
-
     def handle_batch(self, messages: list[Message]) -> None:
         """Store a batch of messages in one transaction; job updates go through the rollout engine.
 
-        Returns once the batch is committed (then every message in it is handled: stored or
-        dropped and counted); raises only if the commit itself fails (the database is down).
+        Returns once the batch is committed (then every message in it is handled: stored, a
+        duplicate, or dropped and counted); raises only if the commit itself fails (the database is down).
         """
-        # One transaction per batch, job updates included (fleet.lock: the rollout ticker waits);
-        # one savepoint per message, so one bad message cannot take its batch down with it.
-        outcomes: Tally[str] = Tally()
+        outcomes: Tally[str] = Tally(received=len(messages))
+        parsed: list[Parsed] = []
+        for m in messages:  # parsed before the transaction: no database lock is held for it
+            where = parse_topic(m)
+            if where is None:
+                outcomes["dropped_malformed"] += 1
+            else:
+                parsed.append(parse(m, *where))
+        # One transaction per batch, job updates included (fleet.lock: the rollout ticker waits).
         with self._lock, self.fleet.lock, self.drift.batch(), self.fleet.writer() as s, s.begin():
-            for m in messages:
-                outcomes["received"] += 1
-                outcomes[self._isolated(s, m)] += 1
-            dropped = self.counters["dropped_unknown_device"] + outcomes["dropped_unknown_device"]
-            row = s.get(Counter, "dropped_unknown_device")
-            if row is None:
-                s.add(Counter(name="dropped_unknown_device", value=dropped))
-            elif dropped:
-                row.value = max(row.value, dropped)
-        self.counters.update(outcomes)  # counted once committed: a failed batch is retried, not counted twice
+            try:
+                known = self._known_devices(s, {p.device_id for p in parsed})
+                outcomes["dropped_unknown_device"] += sum(p.device_id not in known for p in parsed)
+                ours = [p for p in parsed if p.device_id in known]
+                outcomes["dropped_malformed"] += sum(p.body is None for p in ours)
+                outcomes.update(self._store([p for p in ours if p.body is not None], s))
+                self._count_unknown(s, outcomes["dropped_unknown_device"])
+            except BaseException:
+                self._known.clear()  # the cache may hold reads of a transaction that is rolled back
+                raise
+        # Counted once committed (zeros left out): a failed batch is retried, not counted twice.
+        self.counters.update(+outcomes)
+        ingested(messages, outcomes, self.fleet.clock())  # Prometheus counters (fleet/metrics.py)
 
-    def _isolated(self, s, m: Message) -> str:
+    def _known_devices(self, s: Session, ids: set[str]) -> set[str]:
+        missing = ids - self._known
+        if missing:
+            self._known.update(s.scalars(select(Device.id).where(Device.id.in_(missing))))
+        return ids & self._known
+
+    def _store(self, parsed: list[Parsed], s: Session) -> Tally[str]:
+        # Status and job updates first, in order (the bridge puts them at the head of a batch):
+        # telemetry or an alert after an `offline` last will means the device is back.
+        # Alerts become alert events one by one (fleet/alert_events.py), each in its own savepoint.
+        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "jobs", "alerts"))
+        fresh = self._insert_telemetry(s, [p for p in parsed if p.kind == "telemetry"], outcomes)
+        for p in fresh:
+            self._observe_drift(s, p)
+        outcomes["telemetry"] += len(fresh)
+        self._mark_seen(s, fresh)
+        return outcomes
+
+    def _insert_telemetry(self, s: Session, telemetry: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
+        """Insert every telemetry message not stored before; returns those that were new."""
+        seen: set[tuple[str, str]] = set()
+        rows: list[Parsed] = []
+        for p in telemetry:
+            key = (p.device_id, p.body.id) if p.body and p.body.id else None
+            if key in seen:
+                outcomes["duplicate"] += 1  # the same message twice in one batch
+                continue
+            if key is not None:
+                seen.add(key)
+            rows.append(p)
+        if not rows:
+            return []
         savepoint = s.begin_nested()
         try:
-            outcome = self._one(s, m)
+            inserted = insert_or_ignore(s, Telemetry, ["device_id", "message_id"], [_row(p) for p in rows])
+            savepoint.commit()
+        except Exception:  # noqa: BLE001 - one row the database refuses: find it, keep the others
+            savepoint.rollback()
+            return self._insert_one_by_one(s, rows, outcomes)
+        new = {key for key in inserted if key[1] is not None}
+        fresh = [p for p in rows if p.body and (p.body.id is None or (p.device_id, p.body.id) in new)]
+        outcomes["duplicate"] += len(rows) - len(fresh)
+        return fresh
+
+    def _insert_one_by_one(self, s: Session, rows: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
+        fresh = []
+        for p in rows:
+            savepoint = s.begin_nested()
+            try:
+                inserted = insert_or_ignore(s, Telemetry, ["device_id", "message_id"], [_row(p)])
+                savepoint.commit()
+            except Exception as exc:  # noqa: BLE001 - whatever a device sent, only this message is lost
+                savepoint.rollback()
+                log.debug("dropping telemetry the database refused on %s: %s", p.message.topic, exc)
+                outcomes["dropped_malformed"] += 1
+                continue
+            if inserted:
+                fresh.append(p)
+            else:
+                outcomes["duplicate"] += 1
+        return fresh
+
+    def _observe_drift(self, s: Session, p: Parsed) -> None:
+        assert isinstance(p.body, TelemetryMessage)
+        if p.body.drift is None:  # counted as drift_no_summary / drift_malformed, nothing to write
+            self.drift.observe(s, p.device_id, p.body, p.message.received_at)
+            return
+        savepoint = s.begin_nested()
+        try:
+            self.drift.observe(s, p.device_id, p.body, p.message.received_at)
+            savepoint.commit()
+        except Exception:  # noqa: BLE001 - the drift judgement is lost, the health numbers are kept
+            savepoint.rollback()
+            log.exception("drift summary of %s not judged", p.message.topic)
+            self.drift.counters["drift_failed"] += 1
+
+    @staticmethod
+    def _mark_seen(s: Session, seen: list[Parsed]) -> None:
+        """Telemetry marks its device online and seen: one UPDATE per device and batch."""
+        latest: dict[str, float] = {}
+        for p in seen:
+            latest[p.device_id] = max(latest.get(p.device_id, 0.0), p.message.received_at)
+        if not latest:
+            return
+        s.flush()  # changes to Device objects so far go first; the objects are expired after
+        table = Device.__table__
+        at = bindparam("at")
+        s.execute(
+            table.update()
+            .where(table.c.id == bindparam("device"))
+            .values(
+                status="online",
+                last_seen=case(
+                    (table.c.last_seen.is_(None), at), (table.c.last_seen < at, at), else_=table.c.last_seen
+                ),
+            ),
+            [{"device": d, "at": t} for d, t in latest.items()],
+        )
+        for obj in list(s.identity_map.values()):
+            if isinstance(obj, Device):
+                s.expire(obj)  # read again if needed: the update above changed their rows
+
+    def _isolated(self, s: Session, p: Parsed) -> str:
+        savepoint = s.begin_nested()
+        try:
+            outcome = self._apply(s, p)
             s.flush()  # the database's own refusals (overflow, types) surface here, inside the savepoint
             savepoint.commit()
             return outcome
         except Exception as exc:  # noqa: BLE001 - whatever a device sent, only this message is lost
             savepoint.rollback()
-            self._known.discard(m.topic[len(PREFIX) :].partition("/")[0])  # the cache may hold a rolled-back read
-            log.debug("dropping malformed message on %s: %s", m.topic, exc)
+            log.debug("dropping malformed message on %s: %s", p.message.topic, exc)
             return "dropped_malformed"
 
-    def _one(self, s, m: Message) -> str:
-        if not m.topic.startswith(PREFIX):
-            return "dropped_malformed"
-        device_id, _, suffix = m.topic[len(PREFIX) :].partition("/")
-        if not self._is_known(s, device_id):
-            return "dropped_unknown_device"
-        kind = suffix.split("/")[0]
-        if suffix not in ("status", "telemetry", "alerts") and not (
-            kind == "jobs" and suffix.endswith("/update") and suffix.count("/") == 2
-        ):
-            return "dropped_malformed"
-        if suffix == "status" and m.payload.strip() in (b"offline", b'"offline"'):
-            msg: DeviceMessage = StatusMessage(state="offline")  # a bare last will
-        else:
-            msg = CONTRACTS[kind].model_validate(parse_body(m.payload))
-        if msg.device not in (None, device_id):
-            return "dropped_malformed"
-        device = s.get(Device, device_id)
-        if isinstance(msg, StatusMessage):
-            self._status(device, msg)
-        elif isinstance(msg, TelemetryMessage):
-            s.add(
-                Telemetry(
-                    device_id=device_id,
-                    received_at=m.received_at,
-                    model_name=msg.model and msg.model.name,
-                    model_version=msg.model and msg.model.version,
-                    frames=msg.frames_ok,
-                    alerts=msg.alert_count,
-                    confidence_mean=msg.confidence_mean,
-                    latency_p95_ms=msg.latency_p95_ms,
-                )
-            )
-            self.drift.observe(s, device_id, msg, m.received_at)
-            device.status = "online"
-        elif isinstance(msg, JobUpdate):
-            if not apply_job_update(self.fleet, s, device_id, suffix.split("/")[1], msg):
-                return "dropped_unknown_job"
-        else:
-            device.status = "online"  # an alert: counted, and the device is seen
-        device.last_seen = max(device.last_seen or 0.0, m.received_at)
-        return kind
+    def _apply(self, s: Session, p: Parsed) -> str:
+        device = s.get(Device, p.device_id)
+        if isinstance(p.body, StatusMessage):
+            self._status(device, p.body)
+        elif isinstance(p.body, JobUpdate) and not apply_job_update(self.fleet, s, p.device_id, p.job, p.body):
+            return "dropped_unknown_job"
+        elif isinstance(p.body, AlertMessage):
+            device.status = "online"  # an alert: the device is seen
+        assert p.body is not None
+        alert_events.observe(s, device, p.body, p.message.received_at)  # alert events, watched labels
+        device.last_seen = max(device.last_seen or 0.0, p.message.received_at)
+        return p.kind
 
     @staticmethod
     def _status(device: Device, msg: StatusMessage) -> None:
@@ -172,5 +290,29 @@ class Ingest:
             # Agents before 0.2 do not say; they cannot update themselves anyway.
             device.arch = msg.arch if msg.arch is not None else device.arch
 
+    def _count_unknown(self, s: Session, new: int) -> None:
+        dropped = self.counters["dropped_unknown_device"] + new
+        row = s.get(Counter, "dropped_unknown_device")
+        if row is None:
+            s.add(Counter(name="dropped_unknown_device", value=dropped))
+        elif new:
+            row.value = max(row.value, dropped)
+
     def stats(self) -> dict:
         return dict(self.counters) | dict(self.drift.counters)
+
+
+def _row(p: Parsed) -> dict:
+    msg = p.body
+    assert isinstance(msg, TelemetryMessage)
+    return {
+        "device_id": p.device_id,
+        "message_id": msg.id,
+        "received_at": p.message.received_at,
+        "model_name": msg.model and msg.model.name,
+        "model_version": msg.model and msg.model.version,
+        "frames": msg.frames_ok,
+        "alerts": msg.alert_count,
+        "confidence_mean": msg.confidence_mean,
+        "latency_p95_ms": msg.latency_p95_ms,
+    }

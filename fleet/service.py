@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 
+from edgefleet.fleet import alert_service
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
 from edgefleet.fleet.leader import SchedulerLease
+from edgefleet.fleet.retention import Pruner
+from edgefleet.fleet.tls import uvicorn_tls_options
 from edgefleet.fleet.rollouts import tick
+from edgefleet.logs import setup_logging
 
 log = logging.getLogger("edgefleet.fleet")
+TLS_STOP_GRACE_S = 10
 
 
 class Ticker(threading.Thread):
@@ -40,25 +45,47 @@ def serve(config: FleetConfig) -> None:
     import uvicorn
 
     from edgefleet.fleet.api import create_app
-    from edgefleet.fleet.bridge import Bridge
-    from edgefleet.fleet.devices import write_acl
+    from edgefleet.fleet.bridge import Bridge, replica_id
+    from edgefleet.fleet.devices import register_replica, write_acl
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("info", config.log_format)
+    tls = uvicorn_tls_options(config)  # before anything starts: a bad pair stops here, named
     logging.getLogger("alembic").setLevel(logging.WARNING)
     fleet = open_fleet(config)
     ingest = Ingest(fleet)
     bridge = None
     if config.broker is not None:
+        replica = replica_id(config)
+        register_replica(fleet, replica)  # before the ACL is written: it lets this replica read the devices
         write_acl(fleet)
-        bridge = Bridge(config.broker, ingest)
+        bridge = Bridge(config.broker, ingest, replica)
         bridge.start()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)
     ticker.start()
+    stop_alerts = alert_service.start(fleet, bridge.client if bridge else None, ingest.counters)  # docs/fleet.md
+    Pruner(fleet, config.telemetry_retention_s, config.prune_interval_s).start()
+    address = {"listen_host": config.listen_host, "listen_port": config.listen_port}
+    scheme = "https" if tls else "http"
+    log.info(
+        "serving the API on %s://%s:%d", scheme, *address.values(), extra=address | {"scheme": scheme}
+    )  # extra: JSON log fields
     try:
-        uvicorn.run(create_app(fleet, ingest), host=config.listen_host, port=config.listen_port, log_level="warning")
+        # log_config=None: uvicorn's records go through the root handler above, in the same format.
+        uvicorn.run(
+            create_app(fleet, ingest),
+            host=config.listen_host,
+            port=config.listen_port,
+            log_level="warning",
+            log_config=None,
+            # An idle HTTPS keep-alive client that never answers the TLS close would hold the stop
+            # for asyncio's 30 s SSL shutdown timeout; requests still running get this long instead.
+            timeout_graceful_shutdown=TLS_STOP_GRACE_S if tls else None,
+            **tls,
+        )
     finally:
         ticker.stopped.set()
+        stop_alerts()
         if bridge:
             bridge.stop()

@@ -30,6 +30,12 @@ class LocalStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
+    def read(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
     def presigned_url(self, key: str, ttl_s: int) -> str | None:
         return None  # served by the API itself
 
@@ -58,6 +64,12 @@ class S3Store:
 
     def path(self, key: str) -> Path | None:
         return None
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def presigned_url(self, key: str, ttl_s: int) -> str:
         return self.client.generate_presigned_url(

@@ -52,11 +52,25 @@ def models() -> None:
 @click.option(
     "--per-class", default=200, show_default=True, type=click.IntRange(min=1), help="Training images per class."
 )
-@click.option("--validation-per-class", default=50, show_default=True, type=click.IntRange(min=0))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--validation-per-class",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Validation images per class.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Random seed: the same seed draws the same images."
+)
 @click.option("--size", default="96x72", show_default=True, help="Image size WxH.")
 def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: int, size: str) -> None:
-    """Draw a person / vehicle / empty scene dataset. Maps to edgefleet.models.scenes.write_dataset."""
+    """Draw a person / vehicle / empty scene dataset in the folder layout a training job reads.
+
+    \b
+    Examples:
+      edgefleet models dataset --out data/
+      edgefleet models dataset --out data/ --per-class 500 --size 128x96 --seed 3
+    """
     from edgefleet.models.scenes import write_dataset
 
     meta = write_dataset(
@@ -68,11 +82,13 @@ def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: 
 
 @models.command("frames")
 @click.option("--label", "label", required=True, type=click.Choice(CLASSES), help="Scene class.")
-@click.option("--count", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--count", default=10, show_default=True, type=click.IntRange(min=1), help="Frames to write.")
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Folder for the frames (created if missing)."
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Random seed: the same seed draws the same frames."
+)
 @click.option(
     "--start",
     default=0,
@@ -81,9 +97,17 @@ def dataset_command(out: Path, per_class: int, validation_per_class: int, seed: 
     help="First frame index (to add more frames later).",
 )
 @click.option("--size", default="320x240", show_default=True, help="Frame size WxH.")
-@click.option("--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]))
+@click.option(
+    "--format", "fmt", default="jpg", show_default=True, type=click.Choice(["jpg", "png"]), help="Image file format."
+)
 def frames_command(label: str, count: int, out: Path, seed: int, start: int, size: str, fmt: str) -> None:
-    """Write camera frames of one class for demo agents. Maps to edgefleet.models.scenes.write_frames."""
+    """Write camera frames of one class, e.g. into an agent's folder source.
+
+    \b
+    Examples:
+      edgefleet models frames --label person --count 20 --out /var/lib/edgefleet/incoming
+      edgefleet models frames --label vehicle --count 5 --start 20 --out frames/ --format png
+    """
     from edgefleet.models.scenes import write_frames
 
     paths = write_frames(out, label, count, seed=seed, start=start, size=_size(size), fmt=fmt)
@@ -124,7 +148,10 @@ def train_command(
 ) -> None:
     """Run the SageMaker script-mode entry point here and write model.tar.gz as SageMaker does.
 
-    Maps to edgefleet.models.job.run_training_job.
+    \b
+    Examples:
+      edgefleet models train --data data/ --out job/ --epochs 5
+      edgefleet models train --data data/ --out job-det/ --detector --epochs 20
     """
     from pydantic import ValidationError
 
@@ -189,10 +216,16 @@ def train_command(
     type=click.IntRange(16, 1024),
     help="Square input side (default: 224 for MobileNetV2, 64 for SceneNet).",
 )
-@click.option("--classes", default=1000, show_default=True, type=click.IntRange(min=2))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--classes", default=1000, show_default=True, type=click.IntRange(min=2), help="Output classes.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed of the weights.")
 def reference_command(name: str, out: Path, input_size: int | None, classes: int, seed: int) -> None:
-    """Export a reference architecture (random weights) to ONNX. Maps to edgefleet.models.reference.export_reference."""
+    """Export reference architecture NAME (random weights) to ONNX, e.g. to measure compile and run times.
+
+    \b
+    Examples:
+      edgefleet models reference mobilenetv2 --out mobilenetv2.onnx
+      edgefleet models reference scenenet --out scenenet.onnx --classes 3 --input-size 64
+    """
     from edgefleet.models.reference import export_reference
 
     path = export_reference(name, out, input_size=input_size, classes=classes, seed=seed)

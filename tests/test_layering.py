@@ -20,6 +20,8 @@ COMPONENTS = ("agent", "compiler", "cross", "demo", "fleet", "models")
 COMPONENT_RULES = {
     ("compiler", "edgefleet.agent.runtime"): "the compiler verifies and benchmarks a package on the agent's own "
     "runtime (runtime.py, runtime_worker.py), so a package that passes is one a camera runs",
+    ("compiler", "edgefleet.agent.variants"): "the compiler reads this CPU's flags as the agent does to know which "
+    "of a package's ISA-level libraries it can verify here, and bench runs the library a camera would pick",
     ("compiler", "edgefleet.agent.preprocess"): "verification and baseline inputs are prepared with the camera's "
     "own preprocessing, so what is verified is what a camera feeds the model",
     # The demo runs the whole system on one machine; the cameras it runs through `edgefleet agent`.

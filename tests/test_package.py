@@ -14,7 +14,10 @@ from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import (
     MANIFEST,
     SIGNATURE,
+    VARIANTS,
     KernelFallback,
+    LibraryVariant,
+    LibraryVariants,
     Manifest,
     inspect_package,
     open_package,
@@ -182,3 +185,37 @@ def test_versions_order_as_integer_tuples():
     for bad in ("", "1.", "v1", "1.-2", "1.x"):
         with pytest.raises(ValueError):
             parse_version(bad)
+
+
+@pytest.mark.parametrize(
+    ("libraries", "message"),
+    [
+        (["model.x86-64-v4.so", "model.so"], "names libraries the manifest does not list \\(model.x86-64-v4.so\\)"),
+        (["model.other.so"], "or omits model.so"),
+    ],
+)
+def test_variants_json_must_match_the_manifest(libraries, message, tmp_path, signing_key):
+    """A signed variants.json that names a library the package lacks, or leaves out runtime.library, is refused."""
+    lib = tmp_path / "model.so"
+    lib.write_bytes(b"\x7fELF")
+    other = tmp_path / "model.other.so"
+    other.write_bytes(b"\x7fELF!")
+    listed = LibraryVariants(
+        variants=[
+            LibraryVariant(
+                library=name,
+                isa="x86-64-v3",
+                tvm_target={"kind": "llvm"},
+                cpu_features=["avx2"],
+                verification=dict(status="skipped", reason="test"),
+            )
+            for name in libraries
+        ]
+    )
+    index = tmp_path / VARIANTS
+    index.write_bytes(listed.to_bytes())
+    files = {"model.so": lib, "model.other.so": other, VARIANTS: index}
+    write_package(tmp_path / "pkg.tar.gz", fields(), files, signing_key)
+    with open_package(tmp_path / "pkg.tar.gz", [signing_key.public]) as opened:
+        with pytest.raises(PackageIntegrityError, match=message):
+            opened.variants()

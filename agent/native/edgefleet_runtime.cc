@@ -17,11 +17,13 @@
 // relax.run.shape_to_tensor): models call them by name, and a camera has no TVM Python.
 //
 // Memory: a compiled library embeds its VM executable, weights included, in the symbol
-// __tvm_ffi__library_bin. Loading copies it twice (TVM's library loader) and then into the VM's
-// tensors, so the weights are in memory four times at the peak and twice after it (the mapped
-// file's pages, the tensors). The mapped pages are read once: they are dropped as soon as TVM has
-// copied them, and the loader's freed copies are handed back to the system (docs/runtime.md). glibc
-// malloc specifics (mallopt, malloc_trim) are deliberate: the bundles are built for glibc only.
+// __tvm_ffi__library_bin. Loading copies it once (TVM's library loader; the build edits tvm-ffi so
+// that it moves its copy into the ffi::Bytes instead of copying it again: FFI_EDITS in
+// cross/runtime_build.py) and then into the VM's tensors. The mapped file's pages are read once:
+// they are dropped as soon as TVM has copied them, so the weights are in memory twice at the peak
+// (the loader's copy and the tensors being filled) and once after it; the loader's freed copy is
+// handed back to the system (docs/runtime.md). glibc malloc specifics (mallopt, malloc_trim) are
+// deliberate: the bundles are built for glibc only.
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/any.h>
@@ -123,7 +125,7 @@ tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
   mallopt(M_MMAP_THRESHOLD, kMallocThreshold);
   mallopt(M_TRIM_THRESHOLD, kMallocThreshold);
   tvm::ffi::Module library = LoadLibrary(path);
-  malloc_trim(0);  // the loader's two copies are freed by now; glibc keeps freed heap unless asked
+  malloc_trim(0);  // the loader's copy is freed by now; glibc keeps freed heap unless asked
   auto load = library->GetFunction("vm_load_executable", true);
   if (!load.has_value()) throw std::runtime_error("the library holds no Relax executable");
   tvm::ffi::Module vm = (*load)().cast<tvm::ffi::Module>();

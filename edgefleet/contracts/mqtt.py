@@ -25,9 +25,11 @@ from edgefleet.strict import first_error
 
 SCHEMA: Literal[1] = 1
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
+MAX_ID = 64  # a message id is a uuid (36) or a uuid's hex (32); the fleet stores it as its dedup key
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
 Real = Annotated[float, Field(ge=-1e12, le=1e12)]
+Label = Annotated[str, Field(min_length=1, max_length=64)]
 UpdateState = Literal[
     "idle",
     "downloading",
@@ -50,10 +52,15 @@ class ModelRef(WireMessage):
 
 
 class DeviceMessage(WireMessage):
-    """What every device message carries; `device`, when present, must be the topic's device."""
+    """What every device message carries; `device`, when present, must be the topic's device.
 
+    `id` is the message's own id, kept by the agent's outbox across resends: the fleet stores a
+    telemetry message once per (device, id) however often it arrives (revision 2 bounds it to
+    64 characters, the stored key; messages without one are stored on every arrival)."""
+
+    REVISION: ClassVar[int] = 2
     schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
-    id: str | None = None
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID)] | None = None
     type: str | None = None
     device: str | None = None
     ts: str | None = None
@@ -62,10 +69,17 @@ class DeviceMessage(WireMessage):
 
 
 class StatusMessage(DeviceMessage):
+    """Revision 2 adds `watching`: the labels the camera's alert rules watch (Home Assistant
+    discovery makes one binary sensor per label); agents before it do not say. It also bounds
+    `id` (DeviceMessage)."""
+
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching"})
     state: Literal["online", "offline"]
     model: ModelRef | None = None
     agent_version: Annotated[str, Field(max_length=64)] | None = None  # agents before 0.2 do not say
     arch: Annotated[str, Field(max_length=32)] | None = None
+    watching: Annotated[list[Label], Field(max_length=64)] | None = None
 
 
 class FrameCounts(WireMessage):
@@ -98,7 +112,12 @@ class TelemetryMessage(DeviceMessage):
     system: SystemUsage | None = None
     drift: DriftSummary | None = None
     model: ModelRef | None = None
+    # Revision 2: which of the package's libraries runs ("model.x86-64-v4.so (x86-64-v4, best this CPU runs)");
+    # it also bounds `id` (DeviceMessage).
+    library: Annotated[str, Field(max_length=200)] | None = None
     outbox: dict[str, Any] | None = None
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"library"})
     _drift_error: str | None = PrivateAttr(None)
     _confidence: Histogram | None = PrivateAttr(None)  # when the summary around it is malformed
 
@@ -153,6 +172,21 @@ class TelemetryMessage(DeviceMessage):
         return self.latency_ms.p95 if self.latency_ms else None
 
 
+# What any fleet takes as one alert snapshot at most; each fleet's own cap (alerts.snapshot_max_bytes) is lower.
+MAX_SNAPSHOT_BYTES = 1024 * 1024
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class SnapshotRef(WireMessage):
+    """The alert's frame as a JPEG, uploaded apart from the message over HTTPS
+    (PUT /api/v1/devices/<device>/snapshots/<sha256>); the fleet checks it against this."""
+
+    sha256: Sha256
+    size: Annotated[StrictInt, Field(ge=1, le=MAX_SNAPSHOT_BYTES)]
+    width: Annotated[StrictInt, Field(ge=1, le=65_535)]
+    height: Annotated[StrictInt, Field(ge=1, le=65_535)]
+
+
 class Thumbnail(WireMessage):
     format: Literal["jpeg"]
     width: int
@@ -170,7 +204,12 @@ class Detection(WireMessage):
 
 
 class AlertMessage(DeviceMessage):
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail"})
+    """Revision 2 adds `snapshot` (the frame's JPEG, named by its sha256) and `rule` (the rule
+    that fired, for people); agents before it send neither, and are read the same. It also
+    bounds `id` (DeviceMessage)."""
+
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail", "snapshot", "rule"})
     label: str
     score: float
     consecutive: int
@@ -181,6 +220,8 @@ class AlertMessage(DeviceMessage):
     detections: list[Detection] | None = None
     frame_size: list[int] | None = None
     thumbnail: Thumbnail | None = None
+    snapshot: SnapshotRef | None = None
+    rule: Annotated[str, Field(max_length=200)] | None = None
 
     def wire(self) -> dict[str, Any]:
         body = super().wire()

@@ -460,6 +460,59 @@ class TelemetryPoint(Response):
     latency_p95_ms: float | None
 
 
+class AlertBox(Response):
+    """One box of an alert, as the camera reported it: `box` normalised to the frame, `box_px` in frame pixels."""
+
+    label: str
+    score: float
+    box: list[float]
+    box_px: list[float] | None
+    zones: list[str] | None
+
+
+class AlertSnapshot(Response):
+    """The alert's JPEG: named by the alert, `stored` once the camera uploaded it and the fleet checked it."""
+
+    sha256: str
+    size: int
+    width: int
+    height: int
+    stored: bool
+
+
+class AlertEventOut(Response):
+    id: int
+    alert_id: str | None  # the camera's message id (one event per id, however often it arrives)
+    device: str
+    received_at: float
+    ts: str | None  # the camera's clock, ISO 8601
+    label: str
+    score: float
+    consecutive: int
+    rule: str | None
+    source: str
+    frame: str  # the camera's name for the frame (a file name, a timestamp)
+    model: DeviceModel | None
+    boxes: list[AlertBox]
+    frame_size: list[int] | None
+    snapshot: AlertSnapshot | None
+
+
+class AlertEventPage(Response):
+    """One page of alert events, newest first; `total` counts every event the filters match."""
+
+    items: list[AlertEventOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class SnapshotStored(Response):
+    sha256: str
+    size: int
+    events: int  # how many alert events name it
+
+
 RESPONSES: list[type[Response]] = [
     ErrorBody,
     Health,
@@ -484,4 +537,7 @@ RESPONSES: list[type[Response]] = [
     DeviceDriftEventOut,
     FleetDriftEventOut,
     TelemetryPoint,
+    AlertEventOut,
+    AlertEventPage,
+    SnapshotStored,
 ]

@@ -7,5 +7,6 @@ models.py    model groups and versions, approval, package upload and signed down
 devices.py   devices, enrollment tokens, enrollment
 rollouts.py  rollouts, their events and operator control
 tokens.py    API tokens
+alerts.py    alert events, their snapshots, and the cameras' snapshot uploads
 drift.py     drift alarms, windows and events, and telemetry over time (docs/drift.md)
 """

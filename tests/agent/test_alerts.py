@@ -71,7 +71,9 @@ def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing
             "model",
             "latency_ms",
             "thumbnail",
+            "rule",
         }
+        assert first["rule"] == "bright score >= 0.9 in 1 frame(s)"
         assert not list(incoming.glob("*.jpg")), "handled frames are deleted"
 
         port = int((tmp_path / "state-cam-1" / "health.port").read_text())
@@ -125,6 +127,12 @@ def test_telemetry_carries_latency_counts_and_drift_summary(tmp_path, mqtt_broke
     assert sum(body["drift"]["confidence"]["counts"]) == 3
     assert body["system"]["rss_bytes"] > 0 and "cpu_percent" in body["system"]
     assert body["outbox"]["dropped"] == {}
+    # Revision 2: which library of the x86_64 package runs (agent/variants.py): the AVX-512 one where the CPU has it.
+    from edgefleet.agent.variants import cpu_flags
+
+    avx512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= cpu_flags()
+    best = "model.x86-64-v4.so (x86-64-v4" if avx512 else "model.so (x86-64-v3"
+    assert body["library"] == f"{best}, best this CPU runs)"
 
 
 def test_job_notifications_reach_the_update_manager_and_its_updates_come_back(tmp_path, mqtt_broker, agent_package):

@@ -56,7 +56,8 @@ def test_kernels_without_a_schedule_are_named(grouped_model, tmp_path, signing_k
     result = cli("compile", grouped_model, "--target", "x86_64", "--task", "other", "-o", tmp_path / "p.tar.gz")
     assert result.code == 0, result.text
     text = " ".join(result.err.split())
-    assert "kernel(s) without a default schedule, left as written (correct, slower): fused_" in text
+    named = text.partition("kernel(s) without a default schedule, left as written (correct, slower): ")[2]
+    assert named.startswith("channel_permute_NCHWc, ") and "fused_" in named, text
 
 
 def _grouped_onnx(groups: int):
@@ -131,3 +132,159 @@ def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime
     x = np.random.default_rng(1).standard_normal((1, 64, 20, 20)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def _onnx(nodes, weights, x_shape, y_shape):
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _shuffle_onnx(channels: int, groups: int):
+    """Grouped 1x1 conv, ReLU, ShuffleNet's channel shuffle (reshape, transpose, reshape), grouped 3x3."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(channels)
+    per = channels // groups
+    weights = {
+        "w1": rng.standard_normal((channels, per, 1, 1)).astype(np.float32) * 0.3,
+        "w2": rng.standard_normal((channels, per, 3, 3)).astype(np.float32) * 0.1,
+        "split": np.array([1, groups, per, 12, 12], np.int64),
+        "merge": np.array([1, channels, 12, 12], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[1, 1], group=groups),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Reshape", ["r", "split"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["t", "merge"], ["m"]),
+        helper.make_node("Conv", ["m", "w2"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=groups),
+    ]
+    return _onnx(nodes, weights, [1, channels, 12, 12], [1, channels, 12, 12])
+
+
+def _multiplier_onnx(channels: int, multiplier: int):
+    """1x1 conv, then a depthwise 3x3 with `multiplier` outputs per channel (stride 2), bias, ReLU."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(multiplier)
+    out = channels * multiplier
+    weights = {
+        "w1": rng.standard_normal((channels, channels, 1, 1)).astype(np.float32) * 0.2,
+        "w2": rng.standard_normal((out, 1, 3, 3)).astype(np.float32) * 0.3,
+        "b2": rng.standard_normal(out).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node(
+            "Conv", ["c", "w2", "b2"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], group=channels
+        ),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    return _onnx(nodes, weights, [1, channels, 14, 14], [1, out, 7, 7])
+
+
+def _lowered_and_matches_onnxruntime(model, x_shape):
+    """The model after layout and legalization (the kernels as relax sees them), once its build
+    (every kernel scheduled: a kernel without a schedule fails the test) matches ONNX Runtime."""
+    import numpy as np
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgefleet.compiler import graph
+    from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
+    from edgefleet.compiler.targets import resolve_target
+
+    target = resolve_target("x86_64")
+    tgt = tvm_target(target)
+    with tgt:
+        lowered = tvm.transform.Sequential(
+            [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed)]
+        )(from_onnx(model, keep_params_in_input=False))
+        mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(
+            from_onnx(model, keep_params_in_input=False)
+        )
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tgt, relax_pipeline=None), tvm.cpu())
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+    return lowered
+
+
+def _calls(mod) -> list[str]:
+    """The kernels `main` calls, in order (numbered duplicates under one name)."""
+    import re
+
+    from tvm import relax
+
+    names: list[str] = []
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            names.append(re.sub(r"\d+$", "", expr.args[0].name_hint))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+@pytest.mark.parametrize(("channels", "groups"), [(64, 4), (48, 3)])
+def test_channel_shuffle_stays_blocked_and_matches_onnxruntime(channels, groups):
+    """ShuffleNet's reshape/transpose/reshape between two blocked grouped convs becomes a channel
+    permutation of the NCHW16c tensor: no layout transform, reshape or transpose is left between
+    the convolutions (only the model's input and output are transformed)."""
+    lowered = _lowered_and_matches_onnxruntime(_shuffle_onnx(channels, groups), [1, channels, 12, 12])
+    assert _calls(lowered) == [
+        "te_layout_transform",
+        "group_conv2d_NCHWc",
+        "relu",
+        "channel_permute_NCHWc",
+        "group_conv2d_NCHWc",
+        "te_layout_transform",
+    ]
+
+
+@pytest.mark.parametrize("multiplier", [2, 3])
+def test_depthwise_multiplier_conv_runs_blocked_and_matches_onnxruntime(multiplier):
+    """A depthwise conv with a channel multiplier is a blocked depthwise kernel (its register-tiled
+    schedule) plus a channel permutation, not an NCHW convolution between layout transforms."""
+    from edgefleet.compiler.build import tvm_target
+    from edgefleet.compiler.schedules import schedule_func
+    from edgefleet.compiler.targets import resolve_target
+
+    lowered = _lowered_and_matches_onnxruntime(_multiplier_onnx(32, multiplier), [1, 32, 14, 14])
+    assert _calls(lowered) == [
+        "te_layout_transform",
+        "conv2d_NCHWc",
+        "depthwise_conv2d_NCHWc",
+        "channel_permute_NCHWc",
+        "add",
+        "relu",
+        "te_layout_transform",
+    ]
+    trace = str(schedule_func(lowered["depthwise_conv2d_NCHWc"], tvm_target(resolve_target("x86_64"))).trace)
+    assert "sch.unroll" in trace and "sch.vectorize" in trace, trace
+
+
+def test_only_a_channel_shuffle_is_recognised():
+    from edgefleet.compiler.graph import channel_shuffle_groups
+
+    src, split = [1, 64, 8, 8], [1, 4, 16, 8, 8]
+    assert channel_shuffle_groups([src, split, [1, 16, 4, 8, 8], src], [0, 2, 1, 3, 4]) == 4
+    # A transpose of the spatial axes, a split of the height, a merge to another shape: not shuffles.
+    assert channel_shuffle_groups([src, split, [1, 4, 16, 8, 8], src], [0, 1, 2, 4, 3]) is None
+    assert channel_shuffle_groups([src, [1, 64, 2, 4, 8], [1, 2, 64, 4, 8], src], [0, 2, 1, 3, 4]) is None
+    assert channel_shuffle_groups([src, split, [1, 16, 4, 8, 8], [1, 16, 32, 8]], [0, 2, 1, 3, 4]) is None
+    assert channel_shuffle_groups([None, split, [1, 16, 4, 8, 8], src], [0, 2, 1, 3, 4]) is None

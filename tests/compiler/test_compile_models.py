@@ -56,7 +56,7 @@ def test_compile_for_target(model, target, package_for, built_models, session_ke
         assert (
             v.status == "passed"
             and v.reference.startswith("onnxruntime")
-            and v.ran_on.startswith("native x86_64, edgefleet runtime ")
+            and v.ran_on.startswith("native x86_64 (model.so), edgefleet runtime ")
         )
         assert v.max_abs_diff <= v.atol + v.rtol
     else:

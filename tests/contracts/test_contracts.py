@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.contracts import CONTRACTS
+from edgefleet.contracts.registry import CONTRACTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).parent / "schemas"

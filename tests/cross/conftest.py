@@ -54,6 +54,17 @@ def armhf_sysroot(cross_cache: Path) -> Sysroot:
     return _sysroot("armhf", cross_cache)
 
 
+@pytest.fixture(scope="module")
+def docker_client():
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # no daemon here: CI starts one (see docs/cross.md)
+        pytest.skip(f"no docker daemon: {exc}")
+    return client
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cnn(tmp_path_factory.mktemp("tiny-cnn") / "tiny_cnn.onnx")

@@ -15,17 +15,6 @@ from edgefleet.cross.image import build_image
 pytestmark = [pytest.mark.qemu, pytest.mark.docker, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def docker_client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no daemon here: CI starts one (see docs/cross.md)
-        pytest.skip(f"no docker daemon: {exc}")
-    return client
-
-
 # Issue 14's footprint target for a camera image, `docker image inspect` size (uncompressed).
 MAX_IMAGE_BYTES = 150_000_000
 

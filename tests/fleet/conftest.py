@@ -9,4 +9,4 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "agent_update"))
 from update_support import tiny_packages  # noqa: E402,F401
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tests_fleet_util import Clock, api, fleet  # noqa: E402,F401
+from tests_fleet_util import Clock, api, fleet, postgres_database, postgres_server  # noqa: E402,F401

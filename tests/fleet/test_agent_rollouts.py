@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from support.broker import mqtt_broker  # noqa: F401
+from support.old_agent import old_agent_site
 from test_fleet_e2e import CLI, World
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "agent_ota"))
@@ -23,24 +23,7 @@ from edgefleet.agent_release import build_release  # noqa: E402
 from edgefleet.signing import load_signing_key  # noqa: E402
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
-# The device code of agent 0.1.0, as cameras in the field run it: the last commit before agents updated
-# themselves, `git archive --format=tar.gz -9 e4efb7df745d884c5f7f4dc45478c8623c69d240 edgefleet agent`
-# (kept in the tree so a shallow clone runs this test too).
-OLD_AGENT_ARCHIVE = Path(__file__).parent / "data" / "agent-0.1.0.tar.gz"
 NEW, OLD = ["cam-a", "cam-b"], "cam-c"  # the names test_fleet_e2e's frame feeder feeds
-
-
-def old_agent_site(root: Path) -> Path:
-    """The device code of agent 0.1.0 laid out as a camera's site-packages (edgefleet + edgefleet.agent)."""
-    src = root / "old-src"
-    with tarfile.open(OLD_AGENT_ARCHIVE) as tar:
-        tar.extractall(src, filter="data")
-    site = root / "old-site"
-    (site / "edgefleet").mkdir(parents=True)
-    for py in (src / "edgefleet").glob("*.py"):
-        (site / "edgefleet" / py.name).write_bytes(py.read_bytes())
-    (src / "agent").rename(site / "edgefleet" / "agent")
-    return site
 
 
 class OtaWorld(World):

@@ -5,6 +5,7 @@ test_fleet_library.py; test_agent_rollouts.py runs the same with real agents."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from test_fleet_library import answer
@@ -50,7 +51,7 @@ def offline(fleet, device: str) -> None:
 def telemetry(fleet, device: str) -> None:
     body = {
         "schema": 1,
-        "id": "t",
+        "id": uuid.uuid4().hex,  # each message its own id: the fleet stores one per id
         "model": {"name": "tiny", "version": "1"},
         "frames": {"ok": 10, "bad": 0, "error": 0},
         "alerts": {},

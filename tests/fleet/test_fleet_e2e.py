@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,10 +29,16 @@ DEVICES = ["cam-a", "cam-b", "cam-c"]
 
 
 class World:
-    def __init__(self, root: Path, broker: Broker, packages: dict, home: Path) -> None:
+    """With `tls`, `fleet serve` terminates HTTPS with a certificate `fleet server-cert` issued, and
+    the agents are installed with `--fleet-ca` (docs/fleet.md "HTTPS")."""
+
+    def __init__(self, root: Path, broker: Broker, packages: dict, home: Path, tls: bool = False) -> None:
         self.root, self.broker, self.packages = root, broker, packages
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.fleet_ca = root / "tls" / "ca.pem" if tls else None
+        tls_keys = f'tls_cert_file = "{root / "tls" / "server.pem"}"\ntls_key_file = "{root / "tls" / "server.key"}"\n'
+
         self.env = dict(os.environ, EDGEFLEET_HOME=str(home), COLUMNS="200")
         self.env.pop("EDGEFLEET_UPDATE_FAULT", None)
         data = root / "fleet"
@@ -45,9 +52,13 @@ class World:
         (data / "ca" / "ca.crt").write_bytes(broker.pki.ca_cert.public_bytes(serialization.Encoding.PEM))
         self.config = root / "fleet.toml"
         self.config.write_text(
-            f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.port}\npublic_url = "{self.url}"\nsigning_key = "{packages["key"]}"\ntick_seconds = 0.3\n'
+            f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.port}\npublic_url = "{self.url}"\nsigning_key = "{packages["key"]}"\ntick_seconds = 0.3\n{tls_keys if tls else ""}'
             f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\ncert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
         )
+        if tls:
+            server_cert = ["fleet", "server-cert", "--config", str(self.config), "--host", "127.0.0.1"]
+            subprocess.run(CLI + server_cert + ["--out", str(root / "tls")], env=self.env, check=True)
+        self.verify = ssl.create_default_context(cafile=str(self.fleet_ca)) if self.fleet_ca else True
         token = subprocess.run(
             CLI + ["fleet", "tokens", "create", "--config", str(self.config), "--name", "admin", "--scope", "admin"],
             env=self.env,
@@ -56,7 +67,7 @@ class World:
             check=True,
         ).stdout.strip()
         self.http = httpx.Client(
-            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=self.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30, verify=self.verify
         )
         self.fleet_log = open(root / "fleet.log", "wb")
         self.fleet = subprocess.Popen(
@@ -66,7 +77,7 @@ class World:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_http(self.url + "/healthz")
+            wait_http(self.url + "/healthz", verify=self.verify)
         except BaseException:
             self.fleet.kill()
             raise
@@ -102,6 +113,7 @@ class World:
                 self.url,
                 "--trust",
                 str(self.packages["key"]) + ".pub",
+                *(["--fleet-ca", str(self.fleet_ca)] if self.fleet_ca else []),
                 "--user",
                 "nobody",
                 "--unit-path",
@@ -120,6 +132,7 @@ class World:
             self.url + "/api/v1/enroll",
             json={"token": token, "device_id": device, "csr": (state / "identity" / "device.csr").read_text()},
             timeout=30,
+            verify=self.verify,
         )
         assert enrolled.status_code == 200, enrolled.text
         (state / "identity" / "device.pem").write_text(enrolled.json()["certificate"])
@@ -180,6 +193,7 @@ class World:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        self.http.close()  # an idle keep-alive connection would hold an HTTPS fleet's stop
         self.fleet.terminate()
         try:
             self.fleet.wait(timeout=20)
@@ -190,9 +204,11 @@ class World:
 
 @pytest.fixture
 def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
-    w = World(tmp_path, mqtt_broker, tiny_packages, edgefleet_home)
+    """request.param: the versions to upload, then "https" to serve the API over TLS."""
+    versions = [v for v in request.param if v != "https"]
+    w = World(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, tls="https" in request.param)
     try:  # the processes are stopped even when the setup fails half-way
-        for version in request.param:
+        for version in versions:
             up = w.http.post("/packages", content=tiny_packages[version].read_bytes())
             assert up.status_code == 201, up.text
             v = up.json()["version"]
@@ -279,3 +295,18 @@ def test_health_gate_and_failing_canary_abort_and_roll_back_with_real_agents(wor
     assert [(d["kind"], d["state"]) for d in final["deployments"]] == [("install", "rolled_back")]
     assert "back on tiny-1" in final["deployments"][0]["detail"]
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
+
+
+@pytest.mark.parametrize("world", [["v1", "v2", "https"]], indirect=True)
+def test_a_rollout_over_the_fleets_own_https_reaches_every_agent(world):
+    """Enrollment, package downloads and reports with `fleet serve` terminating TLS itself: the
+    agents trust the fleet CA that `agent install --fleet-ca` kept as [fleet] ca_file."""
+    assert world.url.startswith("https://")
+    config = (world.root / "cam-a.toml").read_text()
+    assert f'ca_file = "{world.root / "cam-a" / "identity" / "fleet-ca.pem"}"' in config
+    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    final = world.wait(
+        lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish"
+    )
+    assert final["state"] == "succeeded" and final["installs"] == {"committed": 3}, final
+    assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-2")

@@ -68,7 +68,7 @@ def telemetry(fleet, device: str, version: str, *, frames=100, alerts=5, conf_bi
     counts[conf_bin] = frames
     body = {
         "schema": 1,
-        "id": "t",
+        "id": uuid.uuid4().hex,  # each message its own id: the fleet stores one per id
         "model": {"name": "tiny", "version": version},
         "frames": {"ok": frames, "bad": 0, "error": 0},
         "alerts": {"person": alerts},

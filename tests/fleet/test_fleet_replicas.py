@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from test_fleet_postgres import postgres_server  # noqa: F401 - the session's PostgreSQL server
 from tests_fleet_util import wait_http
 
 from edgefleet.net import free_port
@@ -98,7 +97,7 @@ class Replica:
 
 
 @pytest.fixture
-def world(postgres_server, tmp_path, edgefleet_home, tiny_packages):  # noqa: F811
+def world(postgres_server, tmp_path, edgefleet_home, tiny_packages):
     """PostgreSQL database, mosquitto, the fleet's packages and devices; replicas not started."""
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import FleetConfig
@@ -157,10 +156,6 @@ def _unsent(engine, rollout_id: int) -> int:
 
 
 def test_a_rollout_completes_across_a_sigkill_of_its_scheduler_and_sends_each_job_once(world):
-    from edgefleet.fleet.config import FleetConfig
-
-    if "replica_id" not in FleetConfig.model_fields:
-        pytest.skip("needs per-replica MQTT client ids and shared subscriptions (fleet/bridge.py replica_id)")
     replicas = world["replicas"]
     for r in replicas:
         r.start()

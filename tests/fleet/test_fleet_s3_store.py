@@ -61,3 +61,32 @@ def test_s3_store_upload_and_ranged_download_via_presigned_url_fake_s3(
         params={"expires": expires, "sig": fleet.download_signature(build.id, expires)},
     )
     assert r.status_code == 307 and httpx.get(r.headers["location"]).content == data
+
+
+def snapshot_keys() -> list[str]:
+    """The bucket's snapshot objects (moto keeps one store per process: other tests' packages are there too)."""
+    listing = boto3.client("s3").list_objects_v2(Bucket="models", Prefix="edge/alert-snapshots/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_alert_snapshots_live_on_s3_served_by_redirect_and_go_with_retention_fake_s3(fake_s3, tmp_path, edgefleet_home):
+    import time
+
+    from test_alert_events_library import alert_body, ingest_alerts, jpeg, upload
+
+    from edgefleet.fleet import auth
+    from edgefleet.fleet.alert_events import list_events, prune
+
+    fleet = open_fleet(FleetConfig(data_dir=tmp_path / "fleet", package_store="s3://models/edge"))
+    now = time.time()
+    shot = jpeg(77)
+    ingest_alerts(fleet, [(alert_body(1, snapshot=shot), now)])
+    upload(fleet, shot)
+    (event,) = list_events(fleet).items
+    assert snapshot_keys() == [f"edge/alert-snapshots/cam-1/{event.snapshot.sha256}.jpg"]
+    api = TestClient(create_app(fleet), raise_server_exceptions=False, follow_redirects=False)
+    token = auth.create_token(fleet, "r", "read-only")
+    r = api.get(f"/api/v1/alerts/{event.id}/snapshot", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 307 and httpx.get(r.headers["location"]).content == shot
+    assert prune(fleet, now + 31 * 86400) == 1  # past the default 30 days
+    assert snapshot_keys() == []

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from support.postgres import temporary_postgres
 
 from edgefleet.net import free_port
 
@@ -28,11 +31,12 @@ class Clock:
         self.now += seconds
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 30.0, verify: ssl.SSLContext | bool = True) -> None:
+    """`verify`: an SSL context trusting the private CA of an https URL (httpx's argument)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -72,8 +76,8 @@ def h(api, scope: str) -> dict:
 
 
 @contextlib.contextmanager
-def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
-    """A real `edgefleet fleet serve` (no broker); yields (url, admin token, process, env)."""
+def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path, *serve_args: str):
+    """A real `edgefleet fleet serve [serve_args]` (no broker); yields (url, admin token, process, env)."""
     port = free_port()
     cfg = tmp_path / "fleet.toml"
     cfg.write_text(
@@ -89,7 +93,10 @@ def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
         check=True,
     ).stdout.strip()
     server = subprocess.Popen(
-        cli + ["fleet", "serve", "--config", str(cfg)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cli + ["fleet", "serve", "--config", str(cfg), *serve_args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -99,3 +106,29 @@ def fleet_process(tmp_path: Path, edgefleet_home: Path, signing_key: Path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    if os.environ.get("EDGEFLEET_TEST_POSTGRES_URL"):
+        yield os.environ["EDGEFLEET_TEST_POSTGRES_URL"].rstrip("/")
+        return
+    with temporary_postgres() as url:  # FileNotFoundError says what to install
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """The URL of a fresh, empty database on the test server (dropped afterwards)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"fleet_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(
+        postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    yield f"{postgres_server}/{name}"
+    with admin.connect() as c:
+        c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()

@@ -252,3 +252,85 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
     assert not any("strided_slice" in c for c in calls), Counter(calls)
     # Into the first layer's NCHW3c; nothing back to NCHW before the mean.
     assert sum("layout_transform" in c for c in calls) == 1, Counter(calls)
+
+
+def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernels(tmp_path):
+    """Full-integer int8 MobileNetV2: every convolution blocked (NCHWc kernels, scheduled, no layout
+    fallback), the integer requantization carried into the blocked layout (as few transforms as the
+    float graph), and the outputs equal to LiteRT's reference kernels. Before, the NCHWc step failed on
+    these graphs (a boolean layout transform from the requantization's `where`) and every convolution
+    ran unblocked."""
+    import sys
+    from pathlib import Path
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgefleet.compiler.frontends import frontend_for
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from tflite_models import mobilenetv2_tflite
+
+    path = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=32, int8=True)
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(path)
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    notes: list[str] = []
+    fallbacks = KernelFallbacks(notes.append)
+    with tvm_target(TARGET):
+        lowered = _optimize_pipeline(TARGET, 0, fallbacks)(mod)
+    assert not notes and not fallbacks.fallbacks, notes
+    kernels = _kernels(lowered)
+    convs = [n for n in kernels if "conv2d" in n]
+    assert len(convs) >= 30 and all("NCHWc" in n for n in convs), sorted(kernels)
+    assert all(kernels.values()), [n for n, s in kernels.items() if not s]
+    assert sum(n.startswith("fused_depthwise_conv2d_NCHWc") for n in kernels) >= 10, sorted(kernels)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    assert sum("layout_transform" in c for c in calls) <= 8, Counter(calls)
+
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None), tvm.cpu())
+    interp = Interpreter(str(path), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    outputs = []
+    for seed in range(2):
+        x = np.random.default_rng(seed).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
+        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        interp.invoke()
+        expected = interp.get_tensor(interp.get_output_details()[0]["index"])
+        out = vm["main"](tvm.runtime.tensor(x))
+        actual = (out if hasattr(out, "numpy") else out[0]).numpy()
+        np.testing.assert_array_equal(actual, expected)
+        outputs.append(actual)
+    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
+
+
+def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
+    """Where(x > 0, x, 0.1 x) between two convolutions: ConvertLayout cannot carry `where`, so a
+    boolean layout transform goes before it, which TVM's legalization cannot lower; the layout step
+    failed on it and every convolution stayed in NCHW. Now the boolean moves as int8."""
+    rng = np.random.default_rng(5)
+    c1, i1 = _conv(rng, "data", 16, 32, 3, 1, name="c1")
+    c2, i2 = _conv(rng, "w", 32, 16, 3, 1, name="c2")
+    nodes = [
+        c1,
+        helper.make_node("Greater", ["c1", "zero"], ["pos"]),
+        helper.make_node("Mul", ["c1", "slope"], ["scaled"]),
+        helper.make_node("Where", ["pos", "c1", "scaled"], ["w"]),
+        c2,
+    ]
+    consts = [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(0.1), "slope")]
+    g = helper.make_graph(
+        nodes,
+        "where",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 12, 12])],
+        i1 + i2 + consts,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lowered, actual, expected = _compile_and_compare(model)
+    assert "layout step failed" not in capsys.readouterr().out
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    kernels = _kernels(lowered)
+    convs = [n for n in kernels if "conv2d" in n]
+    assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)

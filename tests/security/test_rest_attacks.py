@@ -29,6 +29,9 @@ READ = [
     "/api/v1/drift/windows",
     "/api/v1/drift/events",
     "/api/v1/telemetry",
+    "/api/v1/alerts",  # alerts.read_scope, read-only by default
+    "/api/v1/alerts/1",
+    "/api/v1/alerts/1/snapshot",
 ]
 OPERATOR = [
     ("post", "/api/v1/packages", {"content": b"x"}),

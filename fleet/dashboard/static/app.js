@@ -171,6 +171,81 @@ function renderAlerts(driftEvents, telemetry) {
   $("#alerts-feed").replaceChildren(...items.slice(0, 50).map((i) => el("li", { class: i.cls }, el("span", { class: "muted" }, when(i.at) + " "), i.text)));
 }
 
+// Alert events with their snapshots: the JPEG is fetched once per event with the token (an <img>
+// cannot send it) and the camera's boxes are drawn over it in frame pixels.
+const snapshotUrls = {};
+let shownEvents = "";
+
+function snapshotUrl(e) {
+  if (!e.snapshot || !e.snapshot.stored) return Promise.resolve(null);
+  if (!(e.id in snapshotUrls)) {
+    snapshotUrls[e.id] = fetch("/api/v1/alerts/" + e.id + "/snapshot", { headers: { Authorization: "Bearer " + token } })
+      .then((r) => (r.ok ? r.blob() : null))
+      .then((b) => (b ? URL.createObjectURL(b) : null));
+  }
+  return snapshotUrls[e.id];
+}
+
+function boxesSvg(e) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "boxes");
+  if (!e.frame_size) return svg;
+  const [w, h] = e.frame_size;
+  svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+  svg.setAttribute("preserveAspectRatio", "none");
+  for (const b of e.boxes) {
+    const px = b.box_px || [b.box[0] * w, b.box[1] * h, b.box[2] * w, b.box[3] * h];
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    for (const [k, v] of Object.entries({ x: px[0], y: px[1], width: px[2] - px[0], height: px[3] - px[1], "data-label": b.label })) rect.setAttribute(k, v);
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = b.label + " " + b.score.toFixed(2);
+    rect.append(title);
+    svg.append(rect);
+  }
+  return svg;
+}
+
+async function renderEvents(page) {
+  $("#events-total").textContent = "(" + page.items.length + " newest of " + page.total + ")";
+  const key = page.items.map((e) => e.id + ":" + (e.snapshot ? e.snapshot.stored : "-")).join(",");
+  if (key === shownEvents) return; // unchanged: keep the images as they are
+  const cards = await Promise.all(page.items.map(async (e) => {
+    const url = await snapshotUrl(e);
+    const frame = url
+      ? el("div", { class: "frame" }, el("img", { src: url, alt: "snapshot of alert " + e.id }), boxesSvg(e))
+      : el("div", { class: "no-snapshot muted" }, e.snapshot ? "snapshot not uploaded yet" : "no snapshot");
+    const model = e.model ? e.model.name + " " + e.model.version : "-";
+    return el("figure", { "data-event": e.id }, frame,
+      el("figcaption", {}, el("b", {}, e.label + " " + e.score.toFixed(2)), " " + e.device + " · " + when(e.received_at) + " · " + model,
+        el("div", { class: "muted" }, e.rule || "")));
+  }));
+  $("#events").replaceChildren(...cards);
+  shownEvents = key;
+  // Free the images of events no longer shown (the page may stay open for days).
+  const shown = new Set(page.items.map((e) => String(e.id)));
+  for (const id of Object.keys(snapshotUrls)) {
+    if (!shown.has(id)) {
+      snapshotUrls[id].then((url) => url && URL.revokeObjectURL(url));
+      delete snapshotUrls[id];
+    }
+  }
+}
+
+async function refreshEvents() {
+  const params = new URLSearchParams({ limit: "12" });
+  for (const f of ["device", "label"]) {
+    const v = $("#events-" + f).value.trim();
+    if (v) params.set(f, v);
+  }
+  try {
+    await renderEvents(await api("/alerts?" + params));
+    banner("#events-error", "");
+  } catch (e) {
+    // A token whose scope does not cover alerts.read_scope still sees the rest of the page.
+    banner("#events-error", "Alert events: " + e.message + (e.fix ? " (" + e.fix + ")" : ""));
+  }
+}
+
 // A small SVG line chart: one series per device, optional dashed threshold line.
 function plot(container, series, threshold) {
   const W = 900, H = 200, L = 44, B = 20;
@@ -242,6 +317,7 @@ async function refresh() {
     renderRollouts(rollouts, lastEvents);
     renderModels(groups, versions);
     renderAlerts(events, telemetry);
+    await refreshEvents();
     plot($("#latency-plot"), byDevice(telemetry, (t) => t.latency_p95_ms), null);
     $("#drift-metric").textContent = "(" + drift.config.metric + ", alarm over " + drift.config.threshold + " for " + drift.config.windows_to_alarm + " windows)";
     plot($("#drift-plot"), byDevice(windows, (w) => w.score), drift.config.threshold);
@@ -257,6 +333,9 @@ async function refresh() {
   }
   timer = setTimeout(refresh, REFRESH_MS);
 }
+
+$("#events-filter").addEventListener("input", () => { shownEvents = ""; refresh(); });
+$("#events-filter").addEventListener("submit", (ev) => ev.preventDefault());
 
 $("#token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();

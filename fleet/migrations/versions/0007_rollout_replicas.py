@@ -1,15 +1,15 @@
 """rollouts under several replicas: a job is sent once its row is committed and marked sent after the broker took it; one install and one rollback per device and rollout
 
-Revision ID: 0006_rollout_replicas
-Revises: 0004_agent_version
+Revision ID: 0007_rollout_replicas
+Revises: 0006_alert_events
 """
 
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = "0006_rollout_replicas"
-down_revision = "0004_agent_version"
+revision = "0007_rollout_replicas"
+down_revision = "0006_alert_events"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,101 @@
+"""The generic x86_64 package's ISA-level libraries against ONNX Runtime (issue 21).
+
+For each model: `edgefleet compile --target x86_64` (one package, model.so for x86-64-v3 and
+model.x86-64-v4.so beside it), then ONNX Runtime and every library of the package this CPU runs,
+timed interleaved in one process on the same input (the order rotates every round), on the
+camera runtime. Prints medians, each library's ratio to ORT, the compile time each library cost,
+the package size with and without the extra library, and the load average around the timing.
+
+    python benchmarks/isa_variants.py [--models squeezenet,mobilenetv2,resnet50] [--runs 30] [--threads 1]
+        [--also znver4,icelake-server]
+
+`--also` compiles the model for more LLVM CPUs (raw TVM targets, one package each) and times them in
+the same rounds: how the generic x86-64-v4 library compares with one tuned for a named CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
+
+
+def main() -> None:
+    from edgefleet.agent.variants import cpu_flags
+    from edgefleet.compiler.bench import _ort_runner, _tvm_runner
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.compiler.verify import sample_inputs
+    from edgefleet.package import open_package
+    from edgefleet.signing import create_signing_key
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="squeezenet,mobilenetv2,resnet50")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--also", default="", help="more LLVM CPUs to compile for and time alongside")
+    args = ap.parse_args()
+    flags = cpu_flags()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-isa-") as tmp:
+        work = Path(tmp)
+        key = create_signing_key(work / "signing.key")
+        for name in args.models.split(","):
+            source = model_path(name, work)
+            start = time.perf_counter()
+            result = compile_model(str(source), "x86_64", output=work / f"{name}.tar.gz", key=key.path, quiet=True)
+            total_s = time.perf_counter() - start
+            extra_s = result.timings.get("x86-64-v4", 0.0)
+            with open_package(result.package, [key.public]) as pkg:
+                listed = pkg.variants()
+                assert listed is not None, "an x86_64 package lists its libraries"
+                runnable = [v for v in listed.variants if set(v.cpu_features) <= flags]
+                feeds = sample_inputs(pkg.manifest.inputs)
+                inputs = [feeds[s.name] for s in pkg.manifest.inputs]
+                runners = {"onnxruntime": _ort_runner(source, args.threads)}
+                runners.update({v.isa: _tvm_runner(pkg.path(v.library), args.threads) for v in runnable})
+                for mcpu in filter(None, args.also.split(",")):
+                    raw = '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % mcpu
+                    other = compile_model(
+                        str(source), raw, output=work / f"{name}-{mcpu}.tar.gz", key=key.path, quiet=True
+                    )
+                    with open_package(other.package, [key.public]) as extra:
+                        runners[mcpu] = _tvm_runner(extra.library, args.threads)  # the worker keeps it loaded
+                sizes = {v.isa: pkg.path(v.library).stat().st_size for v in listed.variants}
+                # The package as it was before: the same members without the extra library and its list.
+                solo = len(gzip.compress(pkg.library.read_bytes(), compresslevel=6))
+                outputs = {n: run(inputs)[0] for n, run in runners.items()}
+                times: dict[str, list[float]] = {n: [] for n in runners}
+                order = list(runners)
+                load_before = os.getloadavg()[0]
+                for i in range(args.runs):
+                    for n in order[i % len(order) :] + order[: i % len(order)]:
+                        times[n].append(runners[n](inputs)[1])
+                load_after = os.getloadavg()[0]
+            ort_ms = statistics.median(times["onnxruntime"]) * 1e3
+            print(
+                f"\n{name}: compile {total_s:.1f} s (x86-64-v4 library {extra_s:.1f} s of it); package "
+                f"{result.package.stat().st_size / 1e6:.1f} MB (about {solo / 1e6:.1f} MB with model.so alone); "
+                f"load average {load_before:.1f} -> {load_after:.1f}, {args.threads} thread(s), {args.runs} rounds"
+            )
+            print(f"  {'runtime':<12} {'median ms':>9} {'/ ORT':>6} {'library MB':>10} {'max abs diff':>12}")
+            for n, samples in times.items():
+                ms = statistics.median(samples) * 1e3
+                diff = max(
+                    float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                    for a, b in zip(outputs[n], outputs["onnxruntime"])
+                )
+                size = f"{sizes[n] / 1e6:10.1f}" if n in sizes else f"{'-':>10}"
+                print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:6.2f} {size} {diff:12.2e}")
+
+
+if __name__ == "__main__":
+    main()
