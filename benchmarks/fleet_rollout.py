@@ -1,23 +1,26 @@
 """Benchmark: roll a package out to 1,000 and then 10,000 simulated devices.
 
-Real parts: `edgefleet fleet serve` (SQLite), mosquitto on loopback (plain TCP here: the
-benchmark measures the fleet, not TLS handshakes), and N MQTT connections from this process
-(paho clients driven by one selector loop). The simulated agents are light: on a job they
-publish the update states straight to `committed` without downloading, then send telemetry
-every `--telemetry-s` seconds. Prints, per fleet size: time until the rollout succeeded
-(every device committed, every wave's health gate passed), the fleet's CPU (share of one
-core) and peak RSS during it, telemetry ingested per second during it (the offered load),
-and the ingest capacity: every device sends 3 telemetry messages at once, stored per second.
+Real parts: `edgefleet fleet serve` (SQLite; or `--replicas N` processes on a throwaway
+PostgreSQL, each with its replica_id, sharing the device topics), mosquitto on loopback (plain
+TCP here: the benchmark measures the fleet, not TLS handshakes), and simulated devices in this
+process (paho clients driven by one selector loop, `--devices-per-connection` devices sharing one
+connection). The simulated agents are light: on a job they publish the update states straight to
+`committed` without downloading, then their retained status and telemetry every `--telemetry-s`
+seconds. Prints, per fleet size: the rollout's timeline, time until the rollout succeeded
+(every device committed, every wave's health gate passed), the fleet's CPU (share of one core,
+all replicas together) and CPU per ingested MQTT message, peak RSS of the largest replica,
+telemetry ingested per second during it (the offered load), and the ingest capacity: every
+device sends 3 telemetry messages at once, stored per second.
 
-    python benchmarks/fleet_rollout.py --devices 1000 10000
+    python benchmarks/fleet_rollout.py --devices 1000 10000 [--replicas 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import selectors
 import shutil
 import socket
@@ -34,6 +37,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "agent_update"))
+sys.path.insert(0, str(ROOT / "tests"))
+from support.postgres import temporary_postgres  # noqa: E402
 
 
 def free_port() -> int:
@@ -43,47 +48,71 @@ def free_port() -> int:
 
 
 class SimulatedFleet:
-    """N paho clients on one selector loop; each answers jobs and sends telemetry."""
+    """N simulated devices multiplexed over paho clients (`per_connection` devices each) on one
+    selector loop; each device answers its jobs and sends telemetry. The broker runs without an
+    ACL here, so one connection may speak for many devices (a real camera has its own)."""
 
-    def __init__(self, port: int, ids: list[str], telemetry_s: float) -> None:
+    def __init__(
+        self, port: int, ids: list[str], telemetry_s: float, per_connection: int = 100, host: str = "127.0.0.1"
+    ) -> None:
         self.sel = selectors.DefaultSelector()
-        self.clients: dict[str, mqtt.Client] = {}
+        self.clients: list[mqtt.Client] = []
+        self.client_of: dict[str, mqtt.Client] = {}
         self.telemetry_s = telemetry_s
         self.version: dict[str, str] = {}
         self.next_telemetry: dict[str, float] = {}
         self.sent_telemetry = 0
-        for i, dev in enumerate(ids):
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=dev, clean_session=True, userdata=dev)
-            c.max_inflight_messages_set(100)
+        self.jobs_received = 0
+        self.subscribed = 0  # connections whose job subscriptions the broker acknowledged
+        for k in range(0, len(ids), per_connection):
+            devices = ids[k : k + per_connection]
+            c = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-conn-{k}", clean_session=True, userdata=devices
+            )
+            c.max_inflight_messages_set(1000)
             c.on_connect = self._on_connect
             c.on_message = self._on_message
-            c.will_set(f"edgefleet/v1/{dev}/status", json.dumps({"schema": 1, "state": "offline"}), qos=1, retain=True)
-            c.connect("127.0.0.1", port, keepalive=600)
+            c.on_subscribe = self._on_subscribe
+            c.connect(host, port, keepalive=600)
             self.sel.register(c.socket(), selectors.EVENT_READ, c)
-            self.clients[dev] = c
-            self.version[dev] = "1"
-            self.next_telemetry[dev] = time.time() + (i % 100) / 100 * telemetry_s
-            if i % 500 == 499:
+            self.clients.append(c)
+            for dev in devices:
+                self.client_of[dev] = c
+                self.version[dev] = "1"
+                self.next_telemetry[dev] = time.time() + (len(self.version) % 100) / 100 * telemetry_s
+            if len(self.clients) % 20 == 0:
                 self.pump(0)
 
-    def _on_connect(self, c, dev, flags, rc, props) -> None:
-        c.subscribe(f"edgefleet/v1/{dev}/jobs/notify", qos=1)
-        c.publish(
-            f"edgefleet/v1/{dev}/status",
-            json.dumps(
-                {
-                    "schema": 1,
-                    "id": uuid.uuid4().hex,
-                    "state": "online",
-                    "model": {"name": "tiny", "version": self.version[dev]},
-                }
-            ),
-            qos=1,
-            retain=True,
-        )
+    def _on_connect(self, c, devices, flags, rc, props) -> None:
+        c.subscribe([(f"edgefleet/v1/{dev}/jobs/notify", 1) for dev in devices])
+        for dev in devices:
+            self._status(c, dev)
 
-    def _on_message(self, c, dev, msg) -> None:
+    def _on_subscribe(self, c, devices, mid, reason_codes, props) -> None:
+        self.subscribed += 1
+
+    def wait_subscribed(self, timeout: float = 120.0) -> None:
+        """Until every connection may receive its devices' jobs (a job published before is lost)."""
+        end = time.time() + timeout
+        while self.subscribed < len(self.clients):
+            if time.time() > end:
+                raise TimeoutError(f"{len(self.clients) - self.subscribed} connections not subscribed")
+            self.pump(0.1)
+
+    def _status(self, c: mqtt.Client, dev: str) -> None:
+        """The retained status an agent publishes when it connects and after it switched models."""
+        status = {
+            "schema": 1,
+            "id": uuid.uuid4().hex,
+            "state": "online",
+            "model": {"name": "tiny", "version": self.version[dev]},
+        }
+        c.publish(f"edgefleet/v1/{dev}/status", json.dumps(status), qos=1, retain=True)
+
+    def _on_message(self, c, devices, msg) -> None:
+        dev = msg.topic.split("/")[2]
         job = json.loads(msg.payload)
+        self.jobs_received += 1
         for state in ("idle", "downloading", "verifying", "staged", "switching", "probation", "committed"):
             c.publish(
                 f"edgefleet/v1/{dev}/jobs/{job['job']}/update",
@@ -91,9 +120,10 @@ class SimulatedFleet:
                 qos=1,
             )
         self.version[dev] = job["package"]["version"]
+        self._status(c, dev)
         self.next_telemetry[dev] = time.time() + 0.5
 
-    def _telemetry(self, dev: str) -> None:
+    def telemetry(self, dev: str) -> None:
         body = {
             "schema": 1,
             "id": uuid.uuid4().hex,
@@ -103,46 +133,79 @@ class SimulatedFleet:
             "latency_ms": {"count": 50, "p50": 4.0, "p95": 6.0},
             "drift": {"confidence": {"edges": [i / 10 for i in range(11)], "counts": [0] * 9 + [50]}},
         }
-        self.clients[dev].publish(f"edgefleet/v1/{dev}/telemetry", json.dumps(body), qos=1)
+        self.client_of[dev].publish(f"edgefleet/v1/{dev}/telemetry", json.dumps(body), qos=1)
         self.sent_telemetry += 1
 
     def pump(self, seconds: float) -> None:
         end = time.time() + seconds
         while True:
             for key, _ in self.sel.select(timeout=0.05):
-                key.data.loop_read()
+                key.data.loop_read(100)
             now = time.time()
-            for dev, c in self.clients.items():
-                if self.telemetry_s and now >= self.next_telemetry[dev]:
-                    self.next_telemetry[dev] = now + self.telemetry_s
-                    self._telemetry(dev)
+            if self.telemetry_s:
+                for dev, due in self.next_telemetry.items():
+                    if now >= due:
+                        self.next_telemetry[dev] = now + self.telemetry_s
+                        self.telemetry(dev)
+            for c in self.clients:
                 if c.want_write():
                     c.loop_write()
             if now >= end:
                 break
-        for c in self.clients.values():
+        for c in self.clients:
             c.loop_misc()
 
     def close(self) -> None:
-        for c in self.clients.values():
+        for c in self.clients:
             c.disconnect()
             c.loop_write()
 
 
-def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telemetry_s: float) -> dict:
+def _cpu(procs: list[psutil.Process]) -> float:
+    """CPU seconds (user + system) of the fleet's replicas together."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def all_items(http: httpx.Client, path: str, **params: object) -> list[dict]:
+    """Every item of a paged list (follows `next`)."""
+    items: list[dict] = []
+    cursor = None
+    while True:
+        page = http.get(path, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        items += page["items"]
+        if (cursor := page["next"]) is None:
+            return items
+
+
+def run(
+    n: int,
+    work: Path,
+    package_v1: Path,
+    package_v2: Path,
+    key: Path,
+    telemetry_s: float,
+    per_connection: int,
+    database_url: str | None = None,
+    replicas: int = 1,
+) -> dict:
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import BrokerConfig, FleetConfig
     from edgefleet.fleet.core import open_fleet
     from edgefleet.fleet.db import Device
+    from edgefleet.fleet.local_broker import MAX_INFLIGHT_MESSAGES
 
     work.mkdir(parents=True)
-    mport, hport = free_port(), free_port()
+    mport, hports = free_port(), [free_port() for _ in range(replicas)]
+    hport = hports[0]
     (work / "mosquitto.conf").write_text(
         f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n"
+        # as fleet/local_broker.py: the fleet acknowledges after commit, so batches need this many in flight
+        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}\n"
     )
     broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")])
     config = FleetConfig(
         data_dir=work / "fleet",
+        database_url=database_url,
         listen_port=hport,
         public_url=f"http://127.0.0.1:{hport}",
         signing_key=key,
@@ -160,14 +223,24 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
             [Device(id=d, target="x86_64", group="bench", tags=[], model_name="tiny", model_version="1") for d in ids]
         )
     fleet.readers.kw["bind"].dispose()
-    (work / "fleet.toml").write_text(
-        f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {hport}\npublic_url = "http://127.0.0.1:{hport}"\nsigning_key = "{key}"\ntick_seconds = 0.5\n[broker]\nport = {mport}\n'
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(work / "fleet.toml")],
-        stdout=open(work / "fleet.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    (work / "download.secret").write_text(os.urandom(32).hex())
+    servers = []
+    for i, port in enumerate(hports):
+        toml = work / f"fleet-{i}.toml"
+        toml.write_text(
+            f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\n'
+            f'signing_key = "{key}"\ntick_seconds = 0.5\ndownload_secret_file = "{work / "download.secret"}"\n'
+            + (f'database_url = "{database_url}"\nreplica_id = "fleet-{i}"\n' if database_url else "")
+            + f"[broker]\nport = {mport}\n"
+        )
+        servers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edgefleet.cli", "fleet", "serve", "--config", str(toml)],
+                stdout=open(work / f"fleet-{i}.log", "wb"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+        time.sleep(2)  # the first one migrates the database
     http = httpx.Client(
         base_url=f"http://127.0.0.1:{hport}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60
     )
@@ -177,18 +250,26 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
             break
         except httpx.HTTPError:
             time.sleep(0.1)
-    proc = psutil.Process(server.pid)
-    result: dict = {"devices": n}
+    procs = [psutil.Process(server.pid) for server in servers]
+    metrics = [
+        httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers=http.headers, timeout=60) for port in hports
+    ]
+
+    def counted(counter: str) -> int:
+        """An MQTT counter summed over the replicas (each counts what it ingested)."""
+        return sum(m.get("/metrics").json()["mqtt"].get(counter, 0) for m in metrics)
+
+    result: dict = {"devices": n, "replicas": replicas, "database": "postgresql" if database_url else "sqlite"}
     try:
         t0 = time.time()
-        sim = SimulatedFleet(mport, ids, telemetry_s)
-        sim.pump(2)
-        online = lambda: sum(1 for d in http.get("/devices", params={"status": "online"}).json())  # noqa: E731
+        sim = SimulatedFleet(mport, ids, telemetry_s, per_connection)
+        sim.wait_subscribed()
+        online = lambda: len(all_items(http, "/devices", status="online"))  # noqa: E731
         while online() < n and time.time() - t0 < 300:
             sim.pump(1)
         result["connect_s"] = round(time.time() - t0, 1)
-        cpu0, t_start = sum(proc.cpu_times()[:2]), time.time()
-        ingested0 = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
+        cpu0, t_start = _cpu(procs), time.time()
+        ingested0, received0 = counted("telemetry"), counted("received")
         rid = http.post(
             "/rollouts",
             json={
@@ -201,34 +282,43 @@ def run(n: int, work: Path, package_v1: Path, package_v2: Path, key: Path, telem
         peak_rss, state = 0, "created"
         while state not in ("succeeded", "aborted") and time.time() - t_start < 900:
             sim.pump(1)
-            peak_rss = max(peak_rss, proc.memory_info().rss)
+            peak_rss = max(peak_rss, *(p.memory_info().rss for p in procs))
             state = http.get(f"/rollouts/{rid}").json()["state"]
         elapsed = time.time() - t_start
-        ingested = http.get("/metrics").json()["mqtt"].get("telemetry", 0) - ingested0
+        events = all_items(http, f"/rollouts/{rid}/events")
+        marks = [e for e in events if e["device"] is None]
+        # Where the time went: each rollout transition, seconds after creation.
+        result["timeline"] = [f"{e['event']}@{e['at'] - marks[0]['at']:.1f}" for e in marks]
+        ingested, received = counted("telemetry") - ingested0, counted("received") - received0
+        cpu = _cpu(procs) - cpu0
         result |= {
             "state": state,
             "all_committed_s": round(elapsed, 1),
-            "fleet_cpu_core_share": round((sum(proc.cpu_times()[:2]) - cpu0) / elapsed, 2),
+            "fleet_cpu_core_share": round(cpu / elapsed, 2),
+            # What the rollout costs the fleet per MQTT message it ingested (job updates, status, telemetry).
+            "messages_ingested": received,
+            "fleet_cpu_ms_per_message": round(cpu / max(received, 1) * 1000, 3),
             "fleet_peak_rss_mb": round(peak_rss / 2**20, 1),
             "telemetry_ingested_per_s": round(ingested / elapsed, 1),
             "telemetry_sent": sim.sent_telemetry,
         }
         # Capacity: every device sends `burst` telemetry messages at once; time until all are stored.
         burst = 3
-        before = http.get("/metrics").json()["mqtt"].get("telemetry", 0)
+        before = counted("telemetry")
         t_burst = time.time()
         for dev in ids:
             for _ in range(burst):
-                sim._telemetry(dev)
+                sim.telemetry(dev)
         stored = 0
         while stored < burst * n and time.time() - t_burst < 300:
             sim.pump(0.5)
-            stored = http.get("/metrics").json()["mqtt"].get("telemetry", 0) - before
+            stored = counted("telemetry") - before
         result["telemetry_capacity_per_s"] = round(stored / (time.time() - t_burst), 1)
         sim.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
         broker.terminate()
         broker.wait(timeout=10)
     return result
@@ -243,11 +333,34 @@ def main() -> None:
         default=60.0,
         help="telemetry interval of each simulated device (the agent's default is 60 s)",
     )
+    parser.add_argument(
+        "--devices-per-connection", type=int, default=100, help="simulated devices sharing one MQTT connection"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="fleet processes (more than 1: on PostgreSQL, each with its replica_id)"
+    )
+    parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL instead of SQLite")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if max(args.devices) + 500 > hard:  # one socket per simulated device here, and as many in mosquitto
-        sys.exit(f"need {max(args.devices) + 500} file descriptors; the hard limit is {hard}")
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(temporary_postgres()) if args.postgres or args.replicas > 1 else None
+        bench(args, server)
+
+
+def _database(server: str) -> str:
+    """A fresh database on the throwaway server."""
+    from sqlalchemy import create_engine, text
+
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+def bench(args: argparse.Namespace, server: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     os.environ["EDGEFLEET_HOME"] = str(work / "home")
     from edgefleet.signing import create_signing_key
@@ -257,7 +370,10 @@ def main() -> None:
     v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)
     results = []
     for n in args.devices:
-        results.append(run(n, work / f"n{n}", v1, v2, key, args.telemetry_s))
+        database = _database(server) if server else None
+        results.append(
+            run(n, work / f"n{n}", v1, v2, key, args.telemetry_s, args.devices_per_connection, database, args.replicas)
+        )
         print(json.dumps(results[-1]), flush=True)
     if len(results) > 1:
         a, b = results[0], results[-1]

@@ -398,7 +398,10 @@ class Demo:
         threading.Thread(target=self._feed, name="feeder", daemon=True).start()
         everyone = len(self.devices) + len(self.detector_devices)
         self._wait(
-            lambda: len([d for d in self._api("GET", "/devices") if d["status"] == "online"]) == everyone,
+            lambda: (
+                len([d for d in self._api("GET", "/devices?limit=1000")["items"] if d["status"] == "online"])
+                == everyone
+            ),
             90,
             "every camera online",
         )
@@ -497,7 +500,7 @@ class Demo:
 
         def progress():
             state = self._api("GET", f"/rollouts/{rollout_id}")
-            for event in self._api("GET", f"/rollouts/{rollout_id}/events"):
+            for event in self._api("GET", f"/rollouts/{rollout_id}/events?limit=1000")["items"]:
                 key = (event.get("at"), event.get("event"), event.get("device"))
                 if key not in seen and event.get("event") in SHOWN_EVENTS:
                     seen.add(key)

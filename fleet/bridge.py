@@ -210,8 +210,8 @@ class Bridge:
                 "check the fleet's client certificate and the broker's ACL",
             )
 
-    def notify(self, device_id: str, payload: dict) -> None:
-        self.client.publish(f"edgefleet/v1/{device_id}/jobs/notify", json.dumps(payload), qos=1)
+    def notify(self, device_id: str, payload: dict) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(f"edgefleet/v1/{device_id}/jobs/notify", json.dumps(payload), qos=1)
 
     def stop(self) -> None:
         self._stop.set()

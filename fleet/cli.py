@@ -17,12 +17,15 @@ from edgefleet.cli import print_json as print_plain_json, table
 from edgefleet.logs import LOG_FORMATS
 from edgefleet.contracts.rest import (
     DeviceOut,
+    DevicePage,
     EnrollmentTokenOut,
-    ModelGroupOut,
+    ModelGroupPage,
     ModelVersionOut,
+    ModelVersionPage,
     RolloutDetail,
-    RolloutEventOut,
+    RolloutEventPage,
     RolloutOut,
+    RolloutPage,
 )
 
 
@@ -228,7 +231,7 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
       edgefleet fleet models list
       edgefleet fleet models list --json
     """
-    rows = _client(ctx).get("/models", list[ModelGroupOut])
+    rows = _client(ctx).pages("/models", ModelGroupPage)
     if as_json:
         return print_json(rows)
     table(["group", "versions", "latest"], [[r.name, r.versions, r.latest] for r in rows])
@@ -262,7 +265,7 @@ def models_versions(ctx: click.Context, group: str, as_json: bool) -> None:
     Examples:
       edgefleet fleet models versions scenes
     """
-    rows = _client(ctx).get(f"/models/{group}/versions", list[ModelVersionOut])
+    rows = _client(ctx).pages(f"/models/{group}/versions", ModelVersionPage)
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -358,7 +361,7 @@ def agent_releases_list(ctx: click.Context, as_json: bool) -> None:
     """
     from edgefleet.agent_release import RELEASE_NAME
 
-    rows = _client(ctx).get(f"/models/{RELEASE_NAME}/versions", list[ModelVersionOut])
+    rows = _client(ctx).pages(f"/models/{RELEASE_NAME}/versions", ModelVersionPage)
     print_json(rows) if as_json else _versions_table(rows)
 
 
@@ -437,7 +440,7 @@ def devices_list(ctx: click.Context, group: str | None, tag: str | None, status:
       edgefleet fleet devices list
       edgefleet fleet devices list --group lobby --status offline
     """
-    rows = _client(ctx).get("/devices", list[DeviceOut], group=group, tag=tag, status=status)
+    rows = _client(ctx).pages("/devices", DevicePage, group=group, tag=tag, status=status)
     print_json(rows) if as_json else _devices_table(rows)
 
 
@@ -605,7 +608,7 @@ def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
       edgefleet fleet rollouts list
       edgefleet fleet rollouts list --state baking
     """
-    rows = _client(ctx).get("/rollouts", list[RolloutOut], state=state)
+    rows = _client(ctx).pages("/rollouts", RolloutPage, state=state)
     print_json(rows) if as_json else _rollouts_table(rows)
 
 
@@ -641,7 +644,7 @@ def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
     Examples:
       edgefleet fleet rollouts events 4 --json
     """
-    rows = _client(ctx).get(f"/rollouts/{rollout_id}/events", list[RolloutEventOut])
+    rows = _client(ctx).pages(f"/rollouts/{rollout_id}/events", RolloutEventPage)
     if as_json:
         return print_json(rows)
     table(

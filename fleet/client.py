@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from edgefleet.contracts.rest import ErrorBody, ModelVersionOut
+from edgefleet.contracts.rest import MAX_PAGE, ErrorBody, ModelVersionOut, Page
 from edgefleet.errors import (
     BadInputError,
     ConflictError,
@@ -27,6 +27,7 @@ from edgefleet.errors import (
 )
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Page)
 BY_CODE: dict[str, type[EdgefleetError]] = {
     "bad_input": BadInputError,
     "validation_error": BadInputError,
@@ -80,6 +81,17 @@ class FleetClient:
 
     def get(self, path: str, answer: type[T] | Any, **params: Any) -> T:
         return self.request("GET", path, answer, params={k: v for k, v in params.items() if v is not None})
+
+    def pages(self, path: str, page: type[P], page_size: int = MAX_PAGE, **params: Any) -> list[Any]:
+        """Every item of a paged list, following `next`."""
+        items: list[Any] = []
+        cursor = None
+        while True:
+            answer = self.get(path, page, limit=page_size, cursor=cursor, **params)
+            items += answer.items
+            if answer.next is None:
+                return items
+            cursor = answer.next
 
     def post(self, path: str, answer: type[T] | Any, body: dict[str, Any] | None = None) -> T:
         return self.request("POST", path, answer, json=body or {})

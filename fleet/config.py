@@ -85,6 +85,11 @@ class FleetConfig(StrictMutable):
     tick_seconds: float = 1.0
     enrollment_ttl_s: float = 24 * 3600
     download_ttl_s: float = 24 * 3600
+    # Replicas behind one load balancer share these (docs/fleet.md "Replicas"): the key that signs
+    # download links (64 hex digits; or env EDGEFLEET_FLEET_DOWNLOAD_SECRET) and the fleet CA
+    # (ca.key, ca.crt). Default: created under data_dir, which only one process may then serve.
+    download_secret_file: Path | None = None
+    ca_dir: Path | None = None
     drift: DriftConfig = Field(default_factory=DriftConfig)  # see docs/drift.md
     log_format: LogFormat = "text"  # "json": one object per line (edgefleet/logs.py); `serve --log-format` overrides
     # /metrics (Prometheus) is open on the listen address unless this file holds a bearer token
@@ -117,6 +122,9 @@ class FleetConfig(StrictMutable):
 
             url = make_url(url).set(password=password).render_as_string(hide_password=False)
         return url
+
+    def resolved_ca_dir(self) -> Path:
+        return self.ca_dir or self.data_dir / "ca"
 
     def resolved_store(self) -> str:
         return self.package_store or str(self.data_dir / "packages")

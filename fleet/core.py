@@ -10,17 +10,28 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgefleet.errors import UsageError
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.db import open_database
 from edgefleet.fleet.store import LocalStore, S3Store, open_store
 from edgefleet.signing import PublicKey, SigningKey, default_trusted_keys, key_id, load_signing_key
 
-# publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1).
-Notifier = Callable[[str, dict], None]
+
+class Receipt(Protocol):
+    """The broker's acknowledgement of one published job (paho's MQTTMessageInfo)."""
+
+    def wait_for_publish(self, timeout: float | None = None) -> None: ...
+
+    def is_published(self) -> bool: ...
+
+
+# publish(device_id, payload) sends a job to edgefleet/v1/<device>/jobs/notify (QoS 1); it returns
+# a Receipt to wait on, or None where the job is delivered when the call returns (tests' recorders).
+Notifier = Callable[[str, dict], Receipt | None]
 
 
 def sha256_text(text: str) -> str:
@@ -70,7 +81,28 @@ class Fleet:
         return [public_pem(k).decode() for k in self.trusted]
 
 
-def _secret(path: Path) -> bytes:
+def _secret(config: FleetConfig) -> bytes:
+    """The key of download links: shared by every replica when configured, else this process's own."""
+    given = os.environ.get("EDGEFLEET_FLEET_DOWNLOAD_SECRET")
+    if given is None and config.download_secret_file is not None:
+        try:
+            given = config.download_secret_file.read_text()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read download_secret_file {config.download_secret_file}: {exc.strerror}",
+                "create it once (`openssl rand -hex 32`) and give every replica the same file",
+            ) from None
+    if given is not None:
+        try:
+            secret = bytes.fromhex(given.strip())
+        except ValueError:
+            secret = b""
+        if len(secret) < 32:
+            raise UsageError(
+                "the download secret must be at least 64 hex digits", "create one with `openssl rand -hex 32`"
+            )
+        return secret
+    path = config.data_dir / "download.secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -94,7 +126,7 @@ def open_fleet(config: FleetConfig, notify: Notifier | None = None) -> Fleet:
         open_store(config.resolved_store()),
         signing_key,
         trusted,
-        _secret(config.data_dir / "download.secret"),
+        _secret(config),
     )
     if notify:
         fleet.notify = notify

@@ -150,6 +150,8 @@ class Deployment(Base):
     """One job sent to one device by a rollout: an install, or the rollback of one."""
 
     __tablename__ = "deployments"
+    # One install and at most one rollback per device and rollout, whichever replica sends them.
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id", "kind", name="uq_deployment_rollout_device_kind"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), unique=True)
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
@@ -162,6 +164,8 @@ class Deployment(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     switched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+    # Set once the broker acknowledged the job (QoS 1); a job left unsent by a replica that died is sent again.
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class RolloutEvent(Base):

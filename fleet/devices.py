@@ -16,11 +16,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
+from edgefleet.contracts.rest import BrokerAddress, DeviceAgent, DeviceModel, DeviceOut, DevicePage, Enrollment
 from edgefleet.errors import BadInputError, ConflictError, NotFoundError, PermissionDeniedError
 from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.config import HomeAssistantConfig
 from edgefleet.fleet.core import Fleet, sha256_text
 from edgefleet.fleet.db import Device, EnrollmentToken, Replica, insert_or_ignore
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 
 # A device id is its certificate CN, its MQTT username and client id, and its topic level, so
 # it can hold none of MQTT's wildcards or separators ('+', '#', '/'), no '$' (broker topics) and
@@ -57,22 +59,22 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
-def device_dict(d: Device) -> dict:
-    return {
-        "id": d.id,
-        "group": d.group,
-        "tags": sorted(d.tags or []),
-        "target": d.target,
-        "status": d.status,
-        "last_seen": d.last_seen,
-        "model": {"name": d.model_name, "version": d.model_version} if d.model_name else None,
-        "agent": {"version": d.agent_version, "arch": d.arch} if d.agent_version else None,
-        "enrolled_at": d.enrolled_at,
-    }
+def device_out(d: Device) -> DeviceOut:
+    return DeviceOut(
+        id=d.id,
+        group=d.group,
+        tags=sorted(d.tags or []),
+        target=d.target,
+        status=d.status,
+        last_seen=d.last_seen,
+        model=DeviceModel(name=d.model_name, version=d.model_version) if d.model_name else None,
+        agent=DeviceAgent(version=d.agent_version, arch=d.arch) if d.agent_version else None,
+        enrolled_at=d.enrolled_at,
+    )
 
 
 def ca(fleet: Fleet) -> CertificateAuthority:
-    return CertificateAuthority.load_or_create(fleet.config.data_dir / "ca")
+    return CertificateAuthority.load_or_create(fleet.config.resolved_ca_dir())
 
 
 def create_enrollment_token(
@@ -98,7 +100,7 @@ def create_enrollment_token(
     return token
 
 
-def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
+def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> Enrollment:
     """Spend `token`, sign the CSR, register the device and return what the device needs."""
     check_device_id(device_id)
     authority = ca(fleet)
@@ -131,18 +133,16 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> dict:
         )
     write_acl(fleet)
     broker = fleet.config.broker
-    return {
-        "schema": 1,
-        "device_id": device_id,
-        "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "ca_certificate": authority.cert_pem,
-        "broker": {
-            "host": (broker.public_host or broker.host) if broker else None,
-            "port": broker.port if broker else None,
-        },
-        "fleet_url": fleet.config.public_url,
-        "trusted_keys": fleet.fleet_public_keys_pem(),
-    }
+    return Enrollment(
+        device_id=device_id,
+        certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca_certificate=authority.cert_pem,
+        broker=BrokerAddress(
+            host=(broker.public_host or broker.host) if broker else None, port=broker.port if broker else None
+        ),
+        fleet_url=fleet.config.public_url,
+        trusted_keys=fleet.fleet_public_keys_pem(),
+    )
 
 
 def acl_text(
@@ -213,24 +213,30 @@ def write_acl(fleet: Fleet) -> Path | None:
 
 
 def list_devices(
-    fleet: Fleet, group: str | None = None, tag: str | None = None, status: str | None = None
-) -> list[dict]:
+    fleet: Fleet,
+    group: str | None = None,
+    tag: str | None = None,
+    status: str | None = None,
+    limit: int = MAX_PAGE,
+    cursor: str | None = None,
+) -> DevicePage:
+    """One page of devices by id; `tag` is matched in Python (tags are a JSON list)."""
     with fleet.session() as s:
-        q = select(Device).order_by(Device.id)
+        q = select(Device)
         if group:
             q = q.where(Device.group == group)
         if status:
             q = q.where(Device.status == status)
-        rows = s.scalars(q).all()
-    return [device_dict(d) for d in rows if not tag or tag in (d.tags or [])]
+        rows, after = keyset(s, q, Device.id, limit, cursor, lambda d: not tag or tag in (d.tags or []))
+        return DevicePage(items=[device_out(d) for d in rows], next=after)
 
 
-def get_device(fleet: Fleet, device_id: str) -> dict:
+def get_device(fleet: Fleet, device_id: str) -> DeviceOut:
     with fleet.session() as s:
         d = s.get(Device, device_id)
         if d is None:
             raise NotFoundError(f"no device {device_id!r}", "list devices with `edgefleet fleet devices list`")
-        return device_dict(d)
+        return device_out(d)
 
 
 def update_device(
@@ -239,7 +245,7 @@ def update_device(
     group: str | None = None,
     add_tags: list[str] | None = None,
     remove_tags: list[str] | None = None,
-) -> dict:
+) -> DeviceOut:
     with fleet.writer() as s, s.begin():
         d = s.get(Device, device_id)
         if d is None:
@@ -247,12 +253,12 @@ def update_device(
         if group is not None:
             d.group = group or None
         d.tags = sorted((set(d.tags or []) | set(add_tags or [])) - set(remove_tags or []))
-        return device_dict(d)
+        return device_out(d)
 
 
 def register_device(
     fleet: Fleet, device_id: str, target: str, group: str | None = None, tags: list[str] | None = None
-) -> dict:
+) -> DeviceOut:
     """Register a device whose certificate was issued out of band (simulated fleets, benchmarks)."""
     check_device_id(device_id)
     with fleet.writer() as s, s.begin():
@@ -261,4 +267,4 @@ def register_device(
         d = Device(id=device_id, target=target, group=group, tags=sorted(set(tags or [])))
         s.add(d)
         s.flush()
-        return device_dict(d)
+        return device_out(d)

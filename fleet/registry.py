@@ -19,10 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.agent_release import RELEASE_NAME, is_agent_release, unpack_release
-from edgefleet.contracts.rest import BuildOut, Lineage, ModelGroupOut, ModelVersionOut
-from edgefleet.errors import ConflictError, InvalidTransitionError, NotFoundError
+from edgefleet.contracts.rest import BuildOut, Lineage, ModelGroupOut, ModelGroupPage, ModelVersionOut, ModelVersionPage
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, ModelGroup, ModelVersion
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 from edgefleet.package import open_package, parse_version, sha256_file
 
 PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"
@@ -176,23 +177,36 @@ def get_version_row(s: Session, group: str, version: str) -> ModelVersion:
     return row
 
 
-def list_groups(fleet: Fleet) -> list[ModelGroupOut]:
+def list_groups(fleet: Fleet, limit: int = MAX_PAGE, cursor: str | None = None) -> ModelGroupPage:
     with fleet.session() as s:
+        groups, after = keyset(s, select(ModelGroup), ModelGroup.name, limit, cursor)
         out = []
-        for g in s.scalars(select(ModelGroup).order_by(ModelGroup.name)):
-            versions = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
-            latest = max((v.version for v in versions), key=parse_version, default=None)
+        for g in groups:
+            versions = s.scalars(select(ModelVersion.version).where(ModelVersion.group_id == g.id)).all()
+            latest = max(versions, key=parse_version, default=None)
             out.append(ModelGroupOut(name=g.name, description=g.description, versions=len(versions), latest=latest))
-        return out
+        return ModelGroupPage(items=out, next=after)
 
 
-def list_versions(fleet: Fleet, group: str) -> list[ModelVersionOut]:
+def list_versions(fleet: Fleet, group: str, limit: int = MAX_PAGE, cursor: str | None = None) -> ModelVersionPage:
+    """A page of a group's versions in version order (sorted here: a group holds few versions)."""
     with fleet.session() as s:
         g = s.scalar(select(ModelGroup).where(ModelGroup.name == group))
         if g is None:
             raise NotFoundError(f"no model group {group!r}", "upload a package with `edgefleet fleet models upload`")
-        rows = s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)).all()
-        return [version_out(s, v) for v in sorted(rows, key=lambda v: parse_version(v.version))]
+        rows = sorted(
+            s.scalars(select(ModelVersion).where(ModelVersion.group_id == g.id)), key=lambda v: parse_version(v.version)
+        )
+        start = 0
+        if cursor is not None:
+            start = next((i + 1 for i, v in enumerate(rows) if v.version == cursor), -1)
+            if start < 0:
+                raise BadInputError(
+                    f"cursor {cursor[:40]!r} is not a version of {group}", "pass the `next` of the previous page"
+                )
+        page = rows[start : start + limit]
+        more = start + limit < len(rows)
+        return ModelVersionPage(items=[version_out(s, v) for v in page], next=page[-1].version if more else None)
 
 
 def get_version(fleet: Fleet, group: str, version: str) -> ModelVersionOut:

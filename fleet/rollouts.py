@@ -15,35 +15,43 @@ touched device a rollback job (signed by the fleet, so the device accepts the ol
 from __future__ import annotations
 
 import base64
+import logging
 import math
+import time
 import uuid
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import update as sa_update  # `update` names the job update below
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
-from edgefleet.contracts.mqtt import TERMINAL_STATES, JobUpdate
+from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate
 from edgefleet.contracts.rest import (
     DeploymentOut,
     HealthGate,
     RolloutDetail,
     RolloutEventOut,
+    RolloutEventPage,
     RolloutModel,
     RolloutOut,
+    RolloutPage,
     RolloutPlan,
     Selection,
 )
-from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, ServiceError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
 from edgefleet.agent_release import RELEASE_NAME
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
 from edgefleet.strict import first_error
 
-
+log = logging.getLogger("edgefleet.fleet.rollouts")
 ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("created", "start"): "deploying",
@@ -266,12 +274,15 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> Rol
     return out
 
 
-def list_rollouts(fleet: Fleet, state: str | None = None) -> list[RolloutOut]:
+def list_rollouts(
+    fleet: Fleet, state: str | None = None, limit: int = MAX_PAGE, cursor: str | None = None
+) -> RolloutPage:
     with fleet.session() as s:
-        q = select(Rollout).order_by(Rollout.id)
+        q = select(Rollout)
         if state:
             q = q.where(Rollout.state == state)
-        return [rollout_out(s, r) for r in s.scalars(q)]
+        rows, after = keyset(s, q, Rollout.id, limit, cursor)
+        return RolloutPage(items=[rollout_out(s, r) for r in rows], next=after)
 
 
 def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
@@ -294,12 +305,14 @@ def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
         return RolloutDetail(**dict(rollout_out(s, r)), deployments=deployments)
 
 
-def rollout_events(fleet: Fleet, rollout_id: int) -> list[RolloutEventOut]:
+def rollout_events(fleet: Fleet, rollout_id: int, limit: int = MAX_PAGE, cursor: str | None = None) -> RolloutEventPage:
     with fleet.session() as s:
         if s.get(Rollout, rollout_id) is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
-        rows = s.scalars(select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id).order_by(RolloutEvent.id))
-        return [
+        rows, after = keyset(
+            s, select(RolloutEvent).where(RolloutEvent.rollout_id == rollout_id), RolloutEvent.id, limit, cursor
+        )
+        items = [
             RolloutEventOut(
                 at=e.at,
                 event=e.event,
@@ -310,6 +323,7 @@ def rollout_events(fleet: Fleet, rollout_id: int) -> list[RolloutEventOut]:
             )
             for e in rows
         ]
+        return RolloutEventPage(items=items, next=after)
 
 
 # ---- jobs ---------------------------------------------------------------------------------
@@ -360,22 +374,37 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
     mv = s.get(ModelVersion, r.model_version_id)
     name = s.get(ModelGroup, mv.group_id).name
     builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
-    for device_id in r.devices[start : bounds[wave]]:
-        device = s.get(Device, device_id)
-        build = builds[build_target(device, name)]
-        dep = Deployment(
-            job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}",
-            rollout_id=r.id,
-            device_id=device_id,
-            kind="install",
-            wave=wave,
-            build_id=build.id,
-            previous_version=_running(device, name),
-            updated_at=now,
+    ids = r.devices[start : bounds[wave]]
+    # One query per chunk and one flush per wave: a 5,000-device wave is a few statements, not 10,000.
+    devices = {
+        d.id: d
+        for i in range(0, len(ids), SEND_CHUNK)
+        for d in s.scalars(select(Device).where(Device.id.in_(ids[i : i + SEND_CHUNK])))
+    }
+    deps = []
+    for device_id in ids:
+        device = devices[device_id]
+        deps.append(
+            Deployment(
+                job_id=f"r{r.id}-{uuid.uuid4().hex[:12]}",
+                rollout_id=r.id,
+                device_id=device_id,
+                kind="install",
+                wave=wave,
+                build_id=builds[build_target(device, name)].id,
+                previous_version=_running(device, name),
+                updated_at=now,
+            )
         )
-        s.add(dep)
-        s.flush()
-        outbox.append((device_id, _job_document(fleet, dep, name, mv.version, build, plan)))
+    s.add_all(deps)
+    s.flush()
+    for dep in deps:
+        outbox.append(
+            (
+                dep.device_id,
+                _job_document(fleet, dep, name, mv.version, builds[build_target(devices[dep.device_id], name)], plan),
+            )
+        )
     r.wave = wave
     r.wave_started_at = now
     r.bake_started_at = None
@@ -685,15 +714,75 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _send_wave(fleet, s, r, r.wave + 1, now, outbox)
 
 
+SEND_CHUNK = 500  # jobs published before waiting for the broker's acknowledgements and marking them sent
+SEND_TIMEOUT_S = 30.0
+RESEND_AFTER_S = 10.0  # a job still unsent this long after its row was written lost its sender (a replica died)
+
+
 def _flush(fleet: Fleet, outbox: list[tuple[str, JobDocument]]) -> None:
-    # Jobs go out only after their rows are committed, so every answer finds its deployment.
-    for device_id, job in outbox:
-        fleet.notify(device_id, job.wire())
+    """Publish jobs whose rows are committed (so every answer finds its deployment), then mark them
+    sent once the broker acknowledged them. A sender that dies in between leaves them unsent, and the
+    scheduler sends them again (`_resend_unsent`): a job is never lost, and at most the jobs of one
+    chunk whose acknowledgement arrived just before the death go out twice (same job id: the agent
+    ignores the second)."""
+    for i in range(0, len(outbox), SEND_CHUNK):
+        chunk = outbox[i : i + SEND_CHUNK]
+        receipts = [fleet.notify(device_id, job.wire()) for device_id, job in chunk]
+        deadline = time.monotonic() + SEND_TIMEOUT_S
+        for receipt in receipts:
+            if receipt is not None:
+                receipt.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                if not receipt.is_published():
+                    raise ServiceError(
+                        f"the MQTT broker did not acknowledge a job within {SEND_TIMEOUT_S:.0f} s",
+                        "check the broker; unsent jobs are sent again by the next rollout tick",
+                    )
+        with fleet.writer() as s, s.begin():
+            s.execute(
+                sa_update(Deployment)
+                .where(Deployment.job_id.in_([job.job for _, job in chunk]))
+                .values(sent_at=fleet.clock())
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _resend_unsent(fleet: Fleet) -> None:
+    """Send again the jobs of active rollouts that a dead replica wrote but never got acknowledged."""
+    outbox: list[tuple[str, JobDocument]] = []
+    with fleet.session() as s:
+        stale = s.scalars(
+            select(Deployment)
+            .join(Rollout, Rollout.id == Deployment.rollout_id)
+            .where(
+                Rollout.state.in_(ACTIVE),
+                Deployment.sent_at.is_(None),
+                Deployment.state == "notified",
+                Deployment.updated_at < fleet.clock() - RESEND_AFTER_S,
+            )
+            .order_by(Deployment.id)
+        ).all()
+        for dep in stale:
+            outbox.append((dep.device_id, _job_again(fleet, s, dep)))
+    if outbox:
+        log.warning("sending %d jobs again that were written but never acknowledged by the broker", len(outbox))
+        _flush(fleet, outbox)
+
+
+def _job_again(fleet: Fleet, s: Session, dep: Deployment) -> JobDocument:
+    """The job document of a stored deployment, as its rollout step built it."""
+    r = s.get(Rollout, dep.rollout_id)
+    mv = s.get(ModelVersion, r.model_version_id)
+    name = s.get(ModelGroup, mv.group_id).name
+    build = s.get(Build, dep.build_id) if dep.build_id is not None else None
+    # A rollback installs the version its install replaced; an install the rollout's.
+    version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep) or ""
+    return _job_document(fleet, dep, name, version, build, RolloutPlan.model_validate(r.plan))
 
 
 def tick(fleet: Fleet) -> None:
-    """Move every active rollout one step forward."""
+    """Move every active rollout one step forward; call it from one scheduler at a time (fleet/leader.py)."""
     with fleet.lock:
+        _resend_unsent(fleet)
         with fleet.session() as s:
             ids = list(s.scalars(select(Rollout.id).where(Rollout.state.in_(ACTIVE))))
         for rollout_id in ids:
@@ -711,44 +800,108 @@ def record_job_update(fleet: Fleet, device_id: str, job_id: str, payload: dict[s
         return apply_job_update(fleet, s, device_id, job_id, update)
 
 
+# How far a job has come: an update behind the stored state arrived out of order (two replicas
+# ingest one device's messages in parallel) and changes nothing.
+PROGRESS = {state: rank for rank, state in enumerate(("notified",) + UPDATE_STATES[:6] + ("rolling_back",))}
+PROGRESS |= {state: len(PROGRESS) for state in TERMINAL_STATES}
+
+
 def apply_job_update(fleet: Fleet, s: Session, device_id: str, job_id: str, update: JobUpdate) -> bool:
-    """record_job_update inside the caller's transaction (the MQTT ingest batches them); hold fleet.lock."""
-    state = update.state
-    dep = s.scalar(select(Deployment).where(Deployment.job_id == job_id))
-    if dep is None or dep.device_id != device_id:
-        return False
-    if dep.state in TERMINAL_STATES or dep.state == state:
-        return True  # QoS 1 redelivery or a late message after the end: nothing changes
-    now = fleet.clock()
-    s.add(
-        RolloutEvent(
-            rollout_id=dep.rollout_id,
-            at=now,
-            device_id=device_id,
-            event=f"{dep.kind}_update",
-            from_state=dep.state,
-            to_state=state,
-            detail=update.detail[:500],
+    """record_job_update inside the caller's transaction; hold fleet.lock."""
+    return apply_job_updates(fleet, s, [(device_id, job_id, update)])[0]
+
+
+def apply_job_updates(fleet: Fleet, s: Session, updates: list[tuple[str, str, JobUpdate]]) -> list[bool]:
+    """Store (device, job, update) in order inside the caller's transaction (the MQTT ingest batches
+    them); per update False when the job is unknown or not that device's. Hold fleet.lock.
+
+    One SELECT for all jobs, one compare-and-set UPDATE per job (`... WHERE state = <read>`) with the
+    job's updates folded into it, one INSERT of all their audit events: a device's ~7 updates of a
+    rollout cost about one statement. A replica that stored another update of a job meanwhile makes
+    its row count 0, and that job's updates are judged again on the new state, so no transition is
+    applied twice and a terminal state is never left."""
+    d = Deployment.__table__.c
+    wanted = sorted({job for _, job, _ in updates})
+    rows = {
+        row.job_id: row
+        for i in range(0, len(wanted), SEND_CHUNK)
+        for row in s.execute(
+            select(d.id, d.job_id, d.device_id, d.state, d.rollout_id, d.kind).where(
+                d.job_id.in_(wanted[i : i + SEND_CHUNK])
+            )
         )
-    )
-    dep.state = state
-    dep.detail = update.detail[:500]
-    dep.updated_at = now
-    if state == "switching" and dep.switched_at is None:
-        dep.switched_at = now
-    if state == "committed":
-        device = s.get(Device, device_id)
-        mv = s.get(ModelVersion, s.get(Rollout, dep.rollout_id).model_version_id)
-        name = s.get(ModelGroup, mv.group_id).name
-        installed = mv.version if dep.kind == "install" else _rolled_back_to(s, dep)
-        if name == RELEASE_NAME:
-            device.agent_version = installed
-        else:
-            device.model_name, device.model_version = name, installed
-    return True
+    }
+    known = [job in rows and rows[job].device_id == device for device, job, _ in updates]
+    by_job: dict[str, list[JobUpdate]] = {}
+    for (_, job, update), ok in zip(updates, known):
+        if ok:
+            by_job.setdefault(job, []).append(update)
+    now = fleet.clock()
+    # Rows are written in device order, the same in every replica's batch, so two batches that
+    # touch the same devices wait for each other instead of deadlocking.
+    order = sorted(by_job, key=lambda job: (rows[job].device_id, job))
+    events = [event for job in order for event in _advance(s, rows[job], by_job[job], now)]
+    if events:
+        s.execute(sa_insert(RolloutEvent.__table__), events)
+    return known
 
 
-def _rolled_back_to(s: Session, rollback: Deployment) -> str | None:
+def _progress(seen: str, updates: list[JobUpdate]) -> list[tuple[str, JobUpdate]]:
+    """The (from state, update) steps that move a job forward from `seen`; a QoS 1 redelivery, or a
+    late or out-of-order update (two replicas ingest one device in parallel) changes nothing."""
+    steps = []
+    for update in updates:
+        if seen not in TERMINAL_STATES and PROGRESS[update.state] > PROGRESS[seen]:
+            steps.append((seen, update))
+            seen = update.state
+    return steps
+
+
+def _advance(s: Session, row: Any, updates: list[JobUpdate], now: float) -> list[dict[str, Any]]:
+    """Compare-and-set one job to the last state its updates reach; its audit events."""
+    d = Deployment.__table__.c
+    seen = row.state
+    while steps := _progress(seen, updates):
+        last = steps[-1][1]
+        values: dict[str, Any] = {"state": last.state, "detail": last.detail[:500], "updated_at": now}
+        if any(update.state == "switching" for _, update in steps):
+            values["switched_at"] = func.coalesce(d.switched_at, now)
+        if s.execute(sa_update(Deployment.__table__).where(d.id == row.id, d.state == seen).values(**values)).rowcount:
+            if last.state == "committed":
+                _record_installed(s, row, row.device_id)
+            return [
+                {
+                    "rollout_id": row.rollout_id,
+                    "at": now,
+                    "device_id": row.device_id,
+                    "event": f"{row.kind}_update",
+                    "from_state": before,
+                    "to_state": update.state,
+                    "detail": update.detail[:500],
+                }
+                for before, update in steps
+            ]
+        seen = s.scalar(select(d.state).where(d.id == row.id))  # another replica moved it: judge again
+    return []
+
+
+def _record_installed(s: Session, dep: Any, device_id: str) -> None:
+    """A committed job: the device now runs the version it installed (or rolled back to)."""
+    name, version = s.execute(
+        select(ModelGroup.name, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.group_id == ModelGroup.id)
+        .join(Rollout, Rollout.model_version_id == ModelVersion.id)
+        .where(Rollout.id == dep.rollout_id)
+    ).one()
+    installed = version if dep.kind == "install" else _rolled_back_to(s, dep)
+    values = {"agent_version": installed} if name == RELEASE_NAME else {"model_name": name, "model_version": installed}
+    s.execute(sa_update(Device.__table__).where(Device.__table__.c.id == device_id).values(**values))
+    device = s.identity_map.get(identity_key(Device, device_id))
+    if device is not None:
+        s.expire(device)  # read again: the row changed under it
+
+
+def _rolled_back_to(s: Session, rollback: Any) -> str | None:
     """The version a rollback job installed: the previous version of the install it undoes."""
     install = s.scalar(
         select(Deployment).where(

@@ -9,6 +9,7 @@ from edgefleet.fleet import alert_service
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
+from edgefleet.fleet.leader import SchedulerLease
 from edgefleet.fleet.retention import Pruner
 from edgefleet.fleet.tls import uvicorn_tls_options
 from edgefleet.fleet.rollouts import tick
@@ -19,20 +20,24 @@ TLS_STOP_GRACE_S = 10
 
 
 class Ticker(threading.Thread):
-    """Moves rollouts forward every `interval` seconds until stopped."""
+    """Moves rollouts forward every `interval` seconds until stopped, while this replica holds
+    the scheduler lease (fleet/leader.py); the others keep asking for it."""
 
     def __init__(self, fleet: Fleet, interval: float) -> None:
         super().__init__(name="rollout-ticker", daemon=True)
         self.fleet = fleet
         self.interval = interval
         self.stopped = threading.Event()
+        self.lease = SchedulerLease(fleet.sessions.kw["bind"])
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
-                tick(self.fleet)
+                if self.lease.held():
+                    tick(self.fleet)
             except Exception:  # keep ticking; a failing rollout step is logged and retried
                 log.exception("rollout tick failed")
+        self.lease.release()
 
 
 def serve(config: FleetConfig) -> None:

@@ -290,6 +290,37 @@ class RolloutEventOut(Response):
     detail: str | None
 
 
+# ---- pages: every list endpoint answers one page (?limit=1..1000, default 100; ?cursor=<next>) --
+
+MAX_PAGE = 1000
+
+
+class Page(Response):
+    """`next` is the cursor of the following page (pass it as ?cursor=), None on the last page."""
+
+    next: str | None
+
+
+class DevicePage(Page):
+    items: list[DeviceOut]
+
+
+class ModelGroupPage(Page):
+    items: list[ModelGroupOut]
+
+
+class ModelVersionPage(Page):
+    items: list[ModelVersionOut]
+
+
+class RolloutPage(Page):
+    items: list[RolloutOut]
+
+
+class RolloutEventPage(Page):
+    items: list[RolloutEventOut]
+
+
 class TokenOut(Response):
     name: str
     scope: str
@@ -494,6 +525,11 @@ RESPONSES: list[type[Response]] = [
     RolloutOut,
     RolloutDetail,
     RolloutEventOut,
+    DevicePage,
+    ModelGroupPage,
+    ModelVersionPage,
+    RolloutPage,
+    RolloutEventPage,
     TokenOut,
     Revoked,
     DriftOverview,

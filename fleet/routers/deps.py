@@ -6,15 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Path as PathParam, Request
+from fastapi import Depends, Header, Path as PathParam, Query, Request
 from sqlalchemy.orm import Session
 
+from edgefleet.contracts.rest import MAX_PAGE
 from edgefleet.fleet import auth
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.ingest import Ingest
 
 # Ids are bounded so that an absurd number is a 422, not a database overflow.
 Id = Annotated[int, PathParam(ge=1, le=2**62)]
+# Every list endpoint answers one page (fleet/paging.py): ?limit=1..MAX_PAGE and ?cursor=<next>.
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+DEFAULT_PAGE = 100
 
 
 def get_fleet(request: Request) -> Fleet:

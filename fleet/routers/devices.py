@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from edgefleet.contracts.rest import (
     DeviceOut,
+    DevicePage,
     DevicePatch,
     EnrollBody,
     Enrollment,
@@ -13,25 +14,30 @@ from edgefleet.contracts.rest import (
     EnrollmentTokenOut,
 )
 from edgefleet.fleet import devices
-from edgefleet.fleet.routers.deps import ADMIN, OPERATOR, READ, FleetDep
+from edgefleet.fleet.routers.deps import ADMIN, DEFAULT_PAGE, OPERATOR, READ, FleetDep, Limit
 
 router = APIRouter(prefix="/api/v1")
 
 
-@router.get("/devices", dependencies=[READ], response_model=list[DeviceOut])
+@router.get("/devices", dependencies=[READ], response_model=DevicePage)
 def list_devices(
-    fleet: FleetDep, group: str | None = None, tag: str | None = None, status: str | None = None
-) -> list[dict]:
-    return devices.list_devices(fleet, group, tag, status)
+    fleet: FleetDep,
+    group: str | None = None,
+    tag: str | None = None,
+    status: str | None = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> DevicePage:
+    return devices.list_devices(fleet, group, tag, status, limit, cursor)
 
 
 @router.get("/devices/{device_id}", dependencies=[READ], response_model=DeviceOut)
-def get_device(fleet: FleetDep, device_id: str) -> dict:
+def get_device(fleet: FleetDep, device_id: str) -> DeviceOut:
     return devices.get_device(fleet, device_id)
 
 
 @router.patch("/devices/{device_id}", dependencies=[OPERATOR], response_model=DeviceOut)
-def patch_device(fleet: FleetDep, device_id: str, body: DevicePatch) -> dict:
+def patch_device(fleet: FleetDep, device_id: str, body: DevicePatch) -> DeviceOut:
     return devices.update_device(fleet, device_id, body.group, body.add_tags, body.remove_tags)
 
 
@@ -42,5 +48,5 @@ def enrollment_token(fleet: FleetDep, body: EnrollmentTokenBody) -> EnrollmentTo
 
 
 @router.post("/enroll", response_model=Enrollment)
-def enroll(fleet: FleetDep, body: EnrollBody) -> dict:
+def enroll(fleet: FleetDep, body: EnrollBody) -> Enrollment:
     return devices.enroll(fleet, body.token, body.device_id, body.csr)

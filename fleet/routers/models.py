@@ -10,24 +10,26 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from edgefleet.contracts.rest import ApprovalBody, ModelGroupOut, ModelVersionOut
+from edgefleet.contracts.rest import ApprovalBody, ModelGroupPage, ModelVersionOut, ModelVersionPage
 from edgefleet.errors import BadInputError, NotFoundError, PermissionDeniedError
 from edgefleet.fleet import registry
 from edgefleet.fleet.body_limit import MAX_UPLOAD_BYTES
 from edgefleet.fleet.db import Build
-from edgefleet.fleet.routers.deps import ADMIN, OPERATOR, READ, FleetDep, Id, SessionDep
+from edgefleet.fleet.routers.deps import ADMIN, DEFAULT_PAGE, OPERATOR, READ, FleetDep, Id, Limit, SessionDep
 
 router = APIRouter(prefix="/api/v1")
 
 
-@router.get("/models", dependencies=[READ], response_model=list[ModelGroupOut])
-def list_models(fleet: FleetDep) -> list[ModelGroupOut]:
-    return registry.list_groups(fleet)
+@router.get("/models", dependencies=[READ], response_model=ModelGroupPage)
+def list_models(fleet: FleetDep, limit: Limit = DEFAULT_PAGE, cursor: str | None = None) -> ModelGroupPage:
+    return registry.list_groups(fleet, limit, cursor)
 
 
-@router.get("/models/{group}/versions", dependencies=[READ], response_model=list[ModelVersionOut])
-def list_versions(fleet: FleetDep, group: str) -> list[ModelVersionOut]:
-    return registry.list_versions(fleet, group)
+@router.get("/models/{group}/versions", dependencies=[READ], response_model=ModelVersionPage)
+def list_versions(
+    fleet: FleetDep, group: str, limit: Limit = DEFAULT_PAGE, cursor: str | None = None
+) -> ModelVersionPage:
+    return registry.list_versions(fleet, group, limit, cursor)
 
 
 @router.get("/models/{group}/versions/{version}", dependencies=[READ], response_model=ModelVersionOut)

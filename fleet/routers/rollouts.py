@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from edgefleet.contracts.rest import ControlBody, RolloutBody, RolloutDetail, RolloutEventOut, RolloutOut
+from edgefleet.contracts.rest import ControlBody, RolloutBody, RolloutDetail, RolloutEventPage, RolloutOut, RolloutPage
 from edgefleet.fleet import rollouts
-from edgefleet.fleet.routers.deps import OPERATOR, READ, FleetDep, Id
+from edgefleet.fleet.routers.deps import DEFAULT_PAGE, OPERATOR, READ, FleetDep, Id, Limit
 
 router = APIRouter(prefix="/api/v1/rollouts")
 
 
-@router.get("", dependencies=[READ], response_model=list[RolloutOut])
-def list_rollouts(fleet: FleetDep, state: str | None = None) -> list[RolloutOut]:
-    return rollouts.list_rollouts(fleet, state)
+@router.get("", dependencies=[READ], response_model=RolloutPage)
+def list_rollouts(
+    fleet: FleetDep, state: str | None = None, limit: Limit = DEFAULT_PAGE, cursor: str | None = None
+) -> RolloutPage:
+    return rollouts.list_rollouts(fleet, state, limit, cursor)
 
 
 @router.post("", dependencies=[OPERATOR], status_code=201, response_model=RolloutOut)
@@ -26,9 +28,11 @@ def get_rollout(fleet: FleetDep, rollout_id: Id) -> RolloutDetail:
     return rollouts.get_rollout(fleet, rollout_id)
 
 
-@router.get("/{rollout_id}/events", dependencies=[READ], response_model=list[RolloutEventOut])
-def get_events(fleet: FleetDep, rollout_id: Id) -> list[RolloutEventOut]:
-    return rollouts.rollout_events(fleet, rollout_id)
+@router.get("/{rollout_id}/events", dependencies=[READ], response_model=RolloutEventPage)
+def get_events(
+    fleet: FleetDep, rollout_id: Id, limit: Limit = DEFAULT_PAGE, cursor: str | None = None
+) -> RolloutEventPage:
+    return rollouts.rollout_events(fleet, rollout_id, limit, cursor)
 
 
 @router.post("/{rollout_id}/{action}", dependencies=[OPERATOR], response_model=RolloutOut)

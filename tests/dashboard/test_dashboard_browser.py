@@ -99,7 +99,7 @@ def api(server, token: str, path: str):
 def test_pages_load_without_console_errors_and_numbers_match_the_api(browser, live_fleet) -> None:
     fleet, server, tokens = live_fleet
     open_dashboard(browser, server, tokens["read-only"])
-    devices = api(server, tokens["read-only"], "/devices")
+    devices = api(server, tokens["read-only"], "/devices")["items"]
     drift = api(server, tokens["read-only"], "/drift")
     assert browser.find_element("id", "count-online").text == str(sum(d["status"] == "online" for d in devices)) == "2"
     assert browser.find_element("id", "count-offline").text == "1"
@@ -172,7 +172,7 @@ def test_actions_follow_the_token_scope_approve_and_pause_a_rollout(browser, liv
     browser.find_element("css selector", row + ' button[data-action="pause"]').click()
     wait_for(lambda: rollouts.get_rollout(fleet, rollout.id).state == "paused", what="rollout paused")
     wait_for(lambda: browser.find_element("css selector", row + " .state").text == "paused", what="page shows paused")
-    events = rollouts.rollout_events(fleet, rollout.id)
+    events = rollouts.rollout_events(fleet, rollout.id).items
     assert events[-1].event == "pause" and events[-1].detail == "from the dashboard"
     # The one console error is the network log of the operator's refused (403) approval.
     errors = severe_console_entries(browser)

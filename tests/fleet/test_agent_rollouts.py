@@ -96,7 +96,7 @@ class OtaWorld(World):
         super().close()
 
     def devices(self) -> dict[str, dict]:
-        return {d["id"]: d for d in self.http.get("/devices").json()}
+        return {d["id"]: d for d in self.http.get("/devices").json()["items"]}
 
     def agent_rollout(self, version: str, devices: list[str], plan: dict):
         return self.http.post(
@@ -175,7 +175,7 @@ def test_agent_rollouts_roll_back_a_bad_release_then_update_in_waves_and_the_old
     final = world.finished(rid)
     assert final["state"] == "succeeded", final
     assert final["installs"] == {"committed": 2} and final["kind"] == "agent"
-    events = world.http.get(f"/rollouts/{rid}/events").json()
+    events = world.http.get(f"/rollouts/{rid}/events").json()["items"]
     assert [e["detail"] for e in events if e["event"] == "wave_sent"] == [
         "wave 0: devices 1-1 of 2",
         "wave 1: devices 2-2 of 2",

@@ -118,7 +118,7 @@ def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_t
     fleet.clock.advance(6)
     telemetry(fleet, "cam-a")
     rollouts.tick(fleet)
-    events = [e.detail for e in rollouts.rollout_events(fleet, r.id) if e.event == "health_gate_waiting"]
+    events = [e.detail for e in rollouts.rollout_events(fleet, r.id).items if e.event == "health_gate_waiting"]
     assert events == ["waiting for telemetry from the new agent: cam-a 1/2"]
     telemetry(fleet, "cam-a")
     rollouts.tick(fleet)
@@ -134,7 +134,7 @@ def test_waves_send_each_camera_its_architectures_build_and_the_gate_waits_for_t
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r.id)
     assert out.state == "succeeded" and "agent 9.1 online with telemetry on 2 devices" in out.reason
-    assert {d["id"]: d["agent"]["version"] for d in devices.list_devices(fleet)} == {"cam-a": "9.1", "cam-b": "9.1"}
+    assert {d.id: d.agent.version for d in devices.list_devices(fleet).items} == {"cam-a": "9.1", "cam-b": "9.1"}
 
 
 def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_to_the_installed_agent(fleet, releases):
@@ -164,4 +164,4 @@ def test_a_committed_agent_that_goes_offline_fails_the_gate_and_is_rolled_back_t
     answer(fleet, device, rollback, INSTALL)
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r.id).state == "aborted"
-    assert devices.get_device(fleet, device)["agent"]["version"] == "0.2.0"
+    assert devices.get_device(fleet, device).agent.version == "0.2.0"

@@ -43,7 +43,7 @@ def ingest_alerts(fleet, bodies: list[tuple[bytes, float]]):
     from edgefleet.fleet import devices
     from edgefleet.fleet.ingest import Ingest, Message
 
-    if devices.list_devices(fleet, None, None, None) == []:
+    if devices.list_devices(fleet, None, None, None).items == []:
         devices.register_device(fleet, "cam-1", "x86_64")
     ingest = Ingest(fleet)
     ingest.handle_batch([Message("edgefleet/v1/cam-1/alerts", b, at) for b, at in bodies])

@@ -15,7 +15,7 @@ from tests_fleet_util import h
 def test_scopes_are_enforced(api, tiny_packages):
     assert api.get("/api/v1/models").status_code == 401
     assert api.get("/api/v1/models", headers={"Authorization": "Bearer eft_nope"}).status_code == 403
-    assert api.get("/api/v1/models", headers=h(api, "read-only")).json() == []
+    assert api.get("/api/v1/models", headers=h(api, "read-only")).json() == {"items": [], "next": None}
     body = tiny_packages["v1"].read_bytes()
     r = api.post("/api/v1/packages", content=body, headers=h(api, "read-only"))
     assert r.status_code == 403 and "scope read-only" in r.json()["error"]
@@ -160,3 +160,31 @@ def test_cli_over_a_real_fleet_service(tmp_path, edgefleet_home, tiny_packages):
         ).stdout.strip()
         denied = run("--token", ro, "models", "approve", "tiny", "1")
         assert denied.returncode == 42 and "scope read-only" in denied.stderr
+
+
+def test_every_list_is_paged_and_the_client_follows_the_pages(api, fleet):
+    from edgefleet.contracts.rest import DevicePage
+    from edgefleet.fleet import devices
+    from edgefleet.fleet.client import FleetClient
+
+    for i in range(25):
+        devices.register_device(fleet, f"cam-{i:02d}", "x86_64", tags=["door"] if i % 3 == 0 else [])
+    read = h(api, "read-only")
+    first = api.get("/api/v1/devices", params={"limit": 10}, headers=read).json()
+    assert [d["id"] for d in first["items"]] == [f"cam-{i:02d}" for i in range(10)] and first["next"] == "cam-09"
+    seen, cursor = [], None
+    while True:  # a tag filter SQL cannot say still fills pages in id order
+        page = api.get("/api/v1/devices", params={"tag": "door", "limit": 4, "cursor": cursor}, headers=read).json()
+        seen += [d["id"] for d in page["items"]]
+        if (cursor := page["next"]) is None:
+            break
+    assert seen == [f"cam-{i:02d}" for i in range(0, 25, 3)]
+    assert api.get("/api/v1/devices", params={"limit": 1001}, headers=read).status_code == 422
+    bad = api.get("/api/v1/rollouts", params={"cursor": "x; DROP"}, headers=read)
+    assert bad.status_code == 400 and "cursor" in bad.json()["error"]
+    for path in ("/api/v1/models", "/api/v1/rollouts"):
+        assert api.get(path, params={"limit": 1}, headers=read).json() == {"items": [], "next": None}
+    client = FleetClient(token=api.tokens["read-only"])
+    client.http = api  # the CLI's client, on this app
+    client.http.headers.update(read)
+    assert [d.id for d in client.pages("/devices", DevicePage, page_size=4)] == [f"cam-{i:02d}" for i in range(25)]

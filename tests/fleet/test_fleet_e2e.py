@@ -221,9 +221,9 @@ def world(tmp_path, mqtt_broker, tiny_packages, edgefleet_home, request):
             lambda: (
                 all(
                     d["status"] == "online" and d["model"] and d["model"]["version"] == "1"
-                    for d in w.http.get("/devices").json()
+                    for d in w.http.get("/devices").json()["items"]
                 )
-                and len(w.http.get("/devices").json()) == 3
+                and len(w.http.get("/devices").json()["items"]) == 3
             ),
             60,
             "three agents online on v1",
@@ -250,7 +250,7 @@ def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_wav
         lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart"
     )
     assert [d["state"] for d in final["deployments"]] == ["rolled_back"]  # only the canary was touched
-    details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["device"] == "cam-a"]
+    details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json()["items"] if e["device"] == "cam-a"]
     assert any("interrupted in probation" in d for d in details), details
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
     # 2. The same version again, in three waves, with the health gate on: everyone commits.
@@ -262,9 +262,11 @@ def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_wav
     assert final["installs"] == {"committed": 3}
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-2")
     world.wait(
-        lambda: all(d["model"]["version"] == "2" for d in world.http.get("/devices").json()), 20, "devices to report v2"
+        lambda: all(d["model"]["version"] == "2" for d in world.http.get("/devices").json()["items"]),
+        20,
+        "devices to report v2",
     )
-    sent = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json() if e["event"] == "wave_sent"]
+    sent = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json()["items"] if e["event"] == "wave_sent"]
     assert sent == ["wave 0: devices 1-1 of 3", "wave 1: devices 2-2 of 3", "wave 2: devices 3-3 of 3"]
 
 

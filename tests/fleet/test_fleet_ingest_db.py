@@ -104,4 +104,4 @@ def test_an_alert_is_read_as_a_whole_alert_message(any_fleet):
         [Message("edgefleet/v1/cam-1/alerts", json.dumps(body).encode(), t) for body in (alert, partial)]
     )
     assert ingest.counters["alerts"] == 1 and ingest.counters["dropped_malformed"] == 1
-    assert devices.get_device(any_fleet, "cam-1")["last_seen"] == t
+    assert devices.get_device(any_fleet, "cam-1").last_seen == t

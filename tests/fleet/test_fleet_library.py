@@ -133,7 +133,7 @@ def test_registry_versions_builds_approval_and_lineage(fleet, tiny_packages, tmp
             tar.add(f, arcname=f.name)
     with pytest.raises(PackageIntegrityError, match="signature"):
         registry.upload_package(fleet, bad)
-    assert [r.version for r in registry.list_versions(fleet, "tiny")] == ["1"]
+    assert [r.version for r in registry.list_versions(fleet, "tiny").items] == ["1"]
 
 
 def test_rollout_succeeds_across_waves(fleet, tiny_packages):
@@ -162,7 +162,7 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     rollouts.tick(fleet)
     final = rollouts.get_rollout(fleet, r.id)
     assert final.state == "succeeded" and final.installs == {"committed": 5}
-    events = [(e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
+    events = [(e.event, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device is None]
     assert events == [
         ("create", "created"),
         ("start", "deploying"),
@@ -176,7 +176,7 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
         ("wave_committed", "baking"),
         ("completed", "succeeded"),
     ]
-    assert {d["model"]["version"] for d in devices.list_devices(fleet)} == {"2"}
+    assert {d.model.version for d in devices.list_devices(fleet).items} == {"2"}
 
 
 def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
@@ -207,7 +207,7 @@ def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_p
     out = rollouts.get_rollout(fleet, r.id)
     assert out.state == "aborted"
     assert {d.job: d.state for d in out.deployments}[job["job"]] == "committed"
-    assert {d["id"]: d["model"]["version"] for d in devices.list_devices(fleet)} == dict.fromkeys(ids, "1")
+    assert {d.id: d.model.version for d in devices.list_devices(fleet).items} == dict.fromkeys(ids, "1")
     assert len([d for d in out.deployments if d.kind == "install"]) == 2  # the rest were never touched
 
 
@@ -230,7 +230,7 @@ def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, t
     fleet.clock.advance(61)
     rollouts.tick(fleet)
     assert (
-        "waiting for telemetry" in rollouts.rollout_events(fleet, r.id)[-1].detail
+        "waiting for telemetry" in rollouts.rollout_events(fleet, r.id).items[-1].detail
         or rollouts.get_rollout(fleet, r.id).state == "baking"
     )
     telemetry(fleet, dev, "2", conf_bin=3, alerts=5)  # installs fine, but unsure of everything
@@ -291,7 +291,7 @@ def test_pause_resume_abort_and_wave_timeout(fleet, tiny_packages):
     answer(fleet, "cam-00", fleet.sent[-1][1], ["committed"])
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r.id).state == "aborted"
-    history = [(e.from_, e.event, e.to) for e in rollouts.rollout_events(fleet, r.id) if e.device is None]
+    history = [(e.from_, e.event, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device is None]
     assert ("paused", "resume", "deploying") in history and history[-1] == ("aborting", "rolled_back", "aborted")
 
 
@@ -313,11 +313,11 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
     with pytest.raises(PermissionDeniedError, match="unknown enrollment token"):
         devices.enroll(fleet, token, "cam-8", csr)
     out = devices.enroll(fleet, token, "cam-7", csr)
-    cert = x509.load_pem_x509_certificate(out["certificate"].encode())
-    ca = x509.load_pem_x509_certificate(out["ca_certificate"].encode())
+    cert = x509.load_pem_x509_certificate(out.certificate.encode())
+    ca = x509.load_pem_x509_certificate(out.ca_certificate.encode())
     cert.verify_directly_issued_by(ca)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "cam-7"
-    assert out["broker"]["port"] == 18883 and out["trusted_keys"]
+    assert out.broker.port == 18883 and out.trusted_keys
     with pytest.raises(PermissionDeniedError, match="already used"):
         devices.enroll(fleet, token, "cam-7", csr)
     acl = (tmp_path / "acl").read_text()
@@ -325,9 +325,9 @@ def test_enrollment_is_one_time_and_writes_the_acl(fleet, tmp_path):
         "user cam-7\ntopic write edgefleet/v1/cam-7/status" in acl
         and "topic read edgefleet/v1/cam-7/jobs/notify" in acl
     )
-    assert [d["id"] for d in devices.list_devices(fleet, tag="gate")] == ["cam-7"]
+    assert [d.id for d in devices.list_devices(fleet, tag="gate").items] == ["cam-7"]
     moved = devices.update_device(fleet, "cam-7", group="yard", add_tags=["night"], remove_tags=["gate"])
-    assert (moved["group"], moved["tags"]) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate") == []
+    assert (moved.group, moved.tags) == ("yard", ["night"]) and devices.list_devices(fleet, tag="gate").items == []
     other = devices.create_enrollment_token(fleet, "cam-9", "x86_64")
     wrong_cn = (
         x509.CertificateSigningRequestBuilder()
@@ -365,7 +365,7 @@ def test_ingest_drops_and_counts_unknown_devices_and_malformed_messages(fleet):
         "dropped_unknown_job": 1,
     }
     d = devices.get_device(fleet, "cam-00")
-    assert d["status"] == "offline" and d["last_seen"] == t + 1
+    assert d.status == "offline" and d.last_seen == t + 1
     with fleet.session() as s:
         assert s.query(Telemetry).count() == 0
 
@@ -391,7 +391,7 @@ def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frame
     fleet.clock.advance(6)
     rollouts.tick(fleet)
     assert rollouts.get_rollout(fleet, r.id).state == "baking"
-    last = rollouts.rollout_events(fleet, r.id)[-1]
+    last = rollouts.rollout_events(fleet, r.id).items[-1]
     assert last.event == "health_gate_waiting"
     assert "alert rate 20 of 100 frames on the new model, 40 of 100 frames before" in last.detail
     # The device still on v1 adds evidence from the old model while the gate waits.
@@ -399,8 +399,8 @@ def test_health_gate_waits_for_evidence_per_bound_instead_of_judging_a_few_frame
     telemetry(fleet, canary, "2", frames=80, alerts=18)  # new: 24 in 100 = 0.24 <= 0.2 * 1.5 + 0.02
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r.id)
-    assert out.state == "deploying", rollouts.rollout_events(fleet, r.id)[-1]
-    assert rollouts.rollout_events(fleet, r.id)[-2].detail == "model health within bounds (2 samples)"
+    assert out.state == "deploying", rollouts.rollout_events(fleet, r.id).items[-1]
+    assert rollouts.rollout_events(fleet, r.id).items[-2].detail == "model health within bounds (2 samples)"
 
 
 def test_health_gate_without_evidence_waits_no_longer_than_the_wave_timeout(fleet, tiny_packages):
@@ -424,3 +424,97 @@ def test_the_fleets_own_identity_cannot_be_a_device(fleet):
     ):
         with pytest.raises(BadInputError, match="reserved for the fleet"):
             register_it()
+
+
+def test_sqlite_is_one_process_so_its_scheduler_always_holds_the_lease(fleet):
+    from edgefleet.fleet.leader import SchedulerLease
+
+    assert SchedulerLease(fleet.sessions.kw["bind"]).held()
+
+
+def test_job_updates_only_move_forward_and_a_batch_folds_each_job_into_one_write(fleet, tiny_packages):
+    """Replicas ingest one device's updates in parallel: a late `switching` after `probation`
+    changes nothing, a terminal state is never left, and unknown or foreign jobs are refused."""
+    from edgefleet.contracts.mqtt import JobUpdate
+
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 2)
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 2, "bake_time_s": 0})
+    rollouts.tick(fleet)
+    jobs = {device: payload["job"] for device, payload in fleet.sent}
+
+    def up(device: str, state: str, job: str | None = None) -> tuple[str, str, JobUpdate]:
+        job = job or jobs[device]
+        return device, job, JobUpdate(id=uuid.uuid4().hex, job=job, state=state, detail=state)
+
+    with fleet.writer() as s, s.begin():
+        known = rollouts.apply_job_updates(
+            fleet,
+            s,
+            [
+                up(ids[0], "probation"),
+                up(ids[0], "switching"),  # out of order: behind probation
+                up(ids[1], "downloading"),
+                up(ids[0], "committed"),
+                up(ids[0], "rolling_back"),  # after a terminal state
+                up(ids[1], "idle", job="r1-nope"),  # no such job
+                up(ids[1], "staged", job=jobs[ids[0]]),  # another device's job
+            ],
+        )
+    assert known == [True, True, True, True, True, False, False]
+    detail = rollouts.get_rollout(fleet, r.id)
+    assert {d.device: d.state for d in detail.deployments} == {ids[0]: "committed", ids[1]: "downloading"}
+    steps = [(e.device, e.from_, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device]
+    assert steps == [
+        (ids[0], "notified", "probation"),
+        (ids[0], "probation", "committed"),
+        (ids[1], "notified", "downloading"),
+    ]
+    assert devices.get_device(fleet, ids[0]).model.version == "2"
+
+
+def test_a_job_its_sender_never_got_acknowledged_is_sent_again_under_its_id(fleet, tiny_packages):
+    """The rows are committed, the publish fails (the sending replica died or lost the broker):
+    the next tick after RESEND_AFTER_S sends the same job again, and a sent job never twice."""
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 1)
+    rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"bake_time_s": 0})
+    recorder = fleet.notify
+
+    def broken(device: str, payload: dict) -> None:
+        raise OSError("broker gone")
+
+    fleet.notify = broken
+    with pytest.raises(OSError):
+        rollouts.tick(fleet)
+    fleet.notify = recorder
+    rollouts.tick(fleet)
+    assert fleet.sent == []  # not yet: its sender may still be publishing it
+    fleet.clock.advance(rollouts.RESEND_AFTER_S + 1)
+    rollouts.tick(fleet)
+    assert [d for d, _ in fleet.sent] == ids
+    job = fleet.sent[0][1]
+    assert job["kind"] == "install" and job["package"]["version"] == "2"
+    fleet.clock.advance(rollouts.RESEND_AFTER_S + 1)
+    rollouts.tick(fleet)
+    assert len(fleet.sent) == 1
+    assert [d.job for d in rollouts.get_rollout(fleet, 1).deployments] == [job["job"]]
+
+
+def test_replicas_share_the_download_secret_from_a_file_and_a_bad_one_is_refused(tmp_path, tiny_packages):
+    from edgefleet.errors import UsageError
+    from edgefleet.fleet.config import FleetConfig
+    from edgefleet.fleet.core import open_fleet
+
+    secret = tmp_path / "download.secret"
+    secret.write_text("ab" * 32)
+    a, b = (
+        open_fleet(FleetConfig(data_dir=tmp_path / name, signing_key=tiny_packages["key"], download_secret_file=secret))
+        for name in ("a", "b")
+    )
+    url = a.download_url(7, "k")
+    expires, sig = (part.split("=")[1] for part in url.split("?")[1].split("&"))
+    assert b.check_download(7, int(expires), sig)  # signed by one replica, accepted by another
+    secret.write_text("too short")
+    with pytest.raises(UsageError, match="64 hex digits"):
+        open_fleet(FleetConfig(data_dir=tmp_path / "c", signing_key=tiny_packages["key"], download_secret_file=secret))

@@ -5,6 +5,9 @@ EDGEFLEET_TEST_POSTGRES_URL (postgresql://user@host:port) uses an existing serve
 
 from __future__ import annotations
 
+import threading
+import uuid
+
 import pytest
 import test_alert_events_library as alert_flows
 import test_fleet_library as flows
@@ -68,3 +71,67 @@ def test_migrations_are_at_head_on_postgresql(pg_fleet):
             ).scalar()
             == 1
         )
+
+
+# ---- replicas: the scheduler lease (fleet/leader.py) and job states under concurrent writers ----
+def test_one_scheduler_holds_the_lease_and_another_takes_it_when_the_holder_dies(pg_fleet):
+    from edgefleet.fleet.leader import SchedulerLease
+    from sqlalchemy import text
+
+    engine = pg_fleet.sessions.kw["bind"]
+    first, second = SchedulerLease(engine), SchedulerLease(engine)
+    assert first.held() and not second.held()
+    assert first.held() and not second.held()  # kept, and still refused
+    with engine.connect() as c:  # the holder's session ends as it would when its process is SIGKILLed
+        pid = first._conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    assert second.held()
+    assert not first.held()  # it notices, and does not take it back
+    second.release()
+    assert first.held()
+    first.release()
+
+
+def test_two_writers_of_one_job_apply_each_transition_once(pg_fleet, tiny_packages):
+    """Replica A stores `committed` while replica B's `probation` for the same job waits on the row:
+    B's compare-and-set finds the row moved on and changes nothing."""
+    from edgefleet.contracts.mqtt import JobUpdate
+    from edgefleet.fleet import devices, registry, rollouts
+    from edgefleet.fleet.db import Deployment, RolloutEvent
+
+    for package in (tiny_packages["v1"], tiny_packages["v2"]):
+        v = registry.upload_package(pg_fleet, package)
+        registry.set_approval(pg_fleet, v.group, v.version, "Approved")
+    devices.register_device(pg_fleet, "cam-1", "x86_64", group="g")
+    rollout = rollouts.create_rollout(pg_fleet, "tiny", "2", {"group": "g"}, {"bake_time_s": 0})
+    rollouts.tick(pg_fleet)
+    job = pg_fleet.sent[0][1]["job"]
+
+    def update(state: str) -> JobUpdate:
+        return JobUpdate(id=uuid.uuid4().hex, job=job, state=state, detail="")
+
+    with pg_fleet.writer() as a, a.begin():
+        rollouts.apply_job_update(pg_fleet, a, "cam-1", job, update("switching"))
+    waiting = threading.Event()
+
+    def replica_b() -> None:
+        with pg_fleet.writer() as b, b.begin():
+            waiting.set()
+            rollouts.apply_job_update(pg_fleet, b, "cam-1", job, update("probation"))
+
+    with pg_fleet.writer() as a, a.begin():
+        rollouts.apply_job_update(pg_fleet, a, "cam-1", job, update("committed"))
+        other = threading.Thread(target=replica_b)
+        other.start()
+        waiting.wait(10)
+        other.join(0.5)
+        assert other.is_alive()  # B waits on the row A changed
+    other.join(10)
+    with pg_fleet.session() as s:
+        assert s.query(Deployment).filter_by(job_id=job).one().state == "committed"
+        steps = [
+            (e.from_state, e.to_state)
+            for e in s.query(RolloutEvent).filter_by(rollout_id=rollout.id, device_id="cam-1").order_by(RolloutEvent.id)
+        ]
+    assert steps == [("notified", "switching"), ("switching", "committed")]
+    assert devices.get_device(pg_fleet, "cam-1").model.version == "2"

@@ -50,6 +50,19 @@ async function api(path, options = {}) {
   return data;
 }
 
+// Every item of a paged list (fleet/paging.py): follows `next` until the last page.
+async function all(path) {
+  const items = [];
+  let cursor = null;
+  do {
+    const sep = path.includes("?") ? "&" : "?";
+    const page = await api(path + sep + "limit=1000" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+    items.push(...page.items);
+    cursor = page.next;
+  } while (cursor);
+  return items;
+}
+
 function fillTable(id, rows) {
   const body = $(id + " tbody");
   body.replaceChildren(...rows);
@@ -290,13 +303,13 @@ async function refresh() {
   }
   try {
     const [devices, rollouts, groups, drift, windows, events, telemetry] = await Promise.all([
-      api("/devices"), api("/rollouts"), api("/models"), api("/drift"), api("/drift/windows?limit=2000"), api("/drift/events?limit=50"), api("/telemetry?limit=2000"),
+      all("/devices"), all("/rollouts"), all("/models"), api("/drift"), api("/drift/windows?limit=2000"), api("/drift/events?limit=50"), api("/telemetry?limit=2000"),
     ]);
     const versions = {};
-    await Promise.all(groups.map(async (g) => { versions[g.name] = await api("/models/" + encodeURIComponent(g.name) + "/versions"); }));
+    await Promise.all(groups.map(async (g) => { versions[g.name] = await all("/models/" + encodeURIComponent(g.name) + "/versions"); }));
     const lastEvents = {};
     await Promise.all(rollouts.filter((r) => r.state !== "succeeded").slice(-10).map(async (r) => {
-      const ev = await api("/rollouts/" + r.id + "/events");
+      const ev = await all("/rollouts/" + r.id + "/events");
       const last = ev.filter((e) => e.detail).pop();
       if (last) lastEvents[r.id] = last.detail;
     }));
