@@ -22,6 +22,7 @@ from collections import Counter as Tally
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, case, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from edgefleet.contracts.mqtt import AlertMessage, DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
@@ -31,7 +32,7 @@ from edgefleet.fleet.db import Counter, Device, Telemetry, insert_or_ignore
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
 from edgefleet.fleet.metrics import ingested
-from edgefleet.fleet.rollouts import apply_job_update
+from edgefleet.fleet.rollouts import apply_job_update, apply_job_updates
 
 log = logging.getLogger("edgefleet.fleet.ingest")
 PREFIX = "edgefleet/v1/"
@@ -163,13 +164,40 @@ class Ingest:
         # Status and job updates first, in order (the bridge puts them at the head of a batch):
         # telemetry or an alert after an `offline` last will means the device is back.
         # Alerts become alert events one by one (fleet/alert_events.py), each in its own savepoint.
-        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "jobs", "alerts"))
+        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "alerts"))
+        applied = self._job_updates(s, [p for p in parsed if p.kind == "jobs"], outcomes)
         fresh = self._insert_telemetry(s, [p for p in parsed if p.kind == "telemetry"], outcomes)
         for p in fresh:
             self._observe_drift(s, p)
         outcomes["telemetry"] += len(fresh)
-        self._mark_seen(s, fresh)
+        # A job update marks its device online unless the batch also holds its status (a last will
+        # after the update must win).
+        statused = {p.device_id for p in parsed if p.kind == "status"}
+        self._mark_seen(s, fresh + [p for p in applied if p.device_id not in statused])
         return outcomes
+
+    def _job_updates(self, s: Session, jobs: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
+        """The batch's job updates in one go (rollouts.apply_job_updates: a statement or two per job
+        instead of several per update); returns those applied. Should the database refuse the batch,
+        each update is tried alone, so only the one it refuses is dropped."""
+        if not jobs:
+            return []
+        savepoint = s.begin_nested()
+        try:
+            updates = [(p.device_id, p.job, p.body) for p in jobs if isinstance(p.body, JobUpdate)]
+            known = apply_job_updates(self.fleet, s, updates)
+            s.flush()
+            savepoint.commit()
+        except OperationalError:
+            savepoint.rollback()
+            raise  # deadlock, lost connection: the whole batch is retried, nothing is acknowledged
+        except Exception:  # noqa: BLE001 - one update the database refuses: find it, keep the others
+            savepoint.rollback()
+            alone = [(p, self._isolated(s, p)) for p in jobs]
+            outcomes.update(outcome for _, outcome in alone)
+            return [p for p, outcome in alone if outcome == "jobs"]
+        outcomes.update("jobs" if ok else "dropped_unknown_job" for ok in known)
+        return [p for p, ok in zip(jobs, known) if ok]
 
     def _insert_telemetry(self, s: Session, telemetry: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
         """Insert every telemetry message not stored before; returns those that were new."""
@@ -231,7 +259,7 @@ class Ingest:
 
     @staticmethod
     def _mark_seen(s: Session, seen: list[Parsed]) -> None:
-        """Telemetry marks its device online and seen: one UPDATE per device and batch."""
+        """Telemetry and job updates mark their device online and seen: one UPDATE per device and batch."""
         latest: dict[str, float] = {}
         for p in seen:
             latest[p.device_id] = max(latest.get(p.device_id, 0.0), p.message.received_at)
@@ -262,6 +290,9 @@ class Ingest:
             s.flush()  # the database's own refusals (overflow, types) surface here, inside the savepoint
             savepoint.commit()
             return outcome
+        except OperationalError:
+            savepoint.rollback()
+            raise  # not the message's fault (deadlock, lost connection): the batch is retried, not acknowledged
         except Exception as exc:  # noqa: BLE001 - whatever a device sent, only this message is lost
             savepoint.rollback()
             log.debug("dropping malformed message on %s: %s", p.message.topic, exc)

@@ -105,3 +105,34 @@ def test_an_alert_is_read_as_a_whole_alert_message(any_fleet):
     )
     assert ingest.counters["alerts"] == 1 and ingest.counters["dropped_malformed"] == 1
     assert devices.get_device(any_fleet, "cam-1").last_seen == t
+
+
+def job_update(device: str, job: str, at: float) -> Message:
+    body = {"schema": 1, "state": "downloading", "id": uuid.uuid4().hex}
+    return Message(f"edgefleet/v1/{device}/jobs/{job}/update", json.dumps(body).encode(), at)
+
+
+def test_a_database_failure_fails_the_batch_so_nothing_is_acknowledged(any_fleet, monkeypatch):
+    """A deadlock or a lost connection is not the message's fault: the batch raises (the bridge then
+    acknowledges none of it, and the broker delivers it again) instead of dropping the update."""
+    from sqlalchemy.exc import OperationalError
+
+    from edgefleet.fleet import ingest as ingest_module
+
+    def deadlock(*_args, **_kwargs):
+        raise OperationalError("UPDATE deployments ...", {}, Exception("deadlock detected"))
+
+    monkeypatch.setattr(ingest_module, "apply_job_updates", deadlock)
+    ingest = Ingest(any_fleet)
+    t = any_fleet.clock()
+    with pytest.raises(OperationalError):
+        ingest.handle_batch([telemetry("cam-1", t, "before"), job_update("cam-1", "job-1", t)])
+    assert rows(any_fleet) == 0  # the telemetry of the failed batch is not stored either: it comes again
+    assert ingest.counters["dropped_malformed"] == 0 and ingest.counters["received"] == 0
+
+
+def test_job_updates_for_unknown_jobs_are_counted_in_one_batch(any_fleet):
+    ingest = Ingest(any_fleet)
+    t = any_fleet.clock()
+    ingest.handle_batch([job_update("cam-1", "nope-1", t), job_update("cam-2", "nope-2", t)])
+    assert ingest.counters["dropped_unknown_job"] == 2
