@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import SIGNATURE, Manifest, OpenedPackage, check_files, open_package, read_manifest_unverified
 from edgefleet.signing import PublicKey, verify_signature

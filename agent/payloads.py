@@ -11,6 +11,9 @@ from datetime import datetime, timezone
 
 from PIL import Image, ImageDraw
 
+from edgefleet.agent.postprocess import Detection as DetectionResult
+from edgefleet.agent.postprocess import FrameResult
+from edgefleet.agent.rules import Hit
 from edgefleet.agent_release import running_version
 from edgefleet.contracts.mqtt import (
     AlertMessage,
@@ -21,10 +24,8 @@ from edgefleet.contracts.mqtt import (
     TelemetryMessage,
     Thumbnail,
 )
-from edgefleet.runtime_bundle import host_arch
-from edgefleet.agent.postprocess import Detection as DetectionResult, FrameResult
-from edgefleet.agent.rules import Hit
 from edgefleet.package import Manifest
+from edgefleet.runtime_bundle import host_arch
 
 # Alert ids are derived from the frame, so handling the same frame twice gives the same id.
 ALERT_NAMESPACE = uuid.UUID("5b0c2f8e-4a0e-4f49-9d0f-0e5a3c1d7a10")

@@ -27,15 +27,15 @@ from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.postprocess import interpret
 from edgefleet.agent.preprocess import FrameRejected, decode_image, geometry, preprocess
 from edgefleet.agent.rules import AlertRules
+from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
+from edgefleet.agent.self_update import AgentUpdateManager
 from edgefleet.agent.sender import Sender
 from edgefleet.agent.snapshots import SnapshotUploader
 from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
-from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
-from edgefleet.agent.self_update import AgentUpdateManager
+from edgefleet.agent.update import UpdateManager, UpdateRefused, download_context, smoke_test
 from edgefleet.contracts.jobs import JobProbation
 from edgefleet.contracts.mqtt import SCHEMA
-from edgefleet.agent.update import UpdateManager, UpdateRefused, download_context, smoke_test
 from edgefleet.errors import UsageError
 from edgefleet.signing import default_trusted_keys, load_public_key
 
@@ -60,8 +60,8 @@ class RunSummary:
 def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
     """A .tflite that is not a package: preprocessing and labels come from the config."""
     from edgefleet.agent.runtime import TfliteModel
-    from edgefleet.runtime_bundle import host_arch
     from edgefleet.package import Manifest, now_utc, sha256_file
+    from edgefleet.runtime_bundle import host_arch
 
     m = cfg.model
     path = Path(m.tflite)

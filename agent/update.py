@@ -36,6 +36,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
 from pydantic import ValidationError
 
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization

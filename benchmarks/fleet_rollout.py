@@ -363,8 +363,9 @@ def _database(server: str) -> str:
 def bench(args: argparse.Namespace, server: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     os.environ["EDGEFLEET_HOME"] = str(work / "home")
-    from edgefleet.signing import create_signing_key
     from tiny_models import compile_tiny
+
+    from edgefleet.signing import create_signing_key
 
     key = create_signing_key(work / "keys" / "fleet.key").path
     v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)

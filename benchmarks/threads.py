@@ -65,7 +65,6 @@ def child(libs: dict[str, tuple[str, str]], runs: int, spinning: bool) -> dict:
 def build(names: list[str], tmp: Path) -> dict[str, tuple[str, str]]:
     import onnx
     import tvm
-
     from latency import model_path
     from tvm.relax.frontend.onnx import from_onnx
 

@@ -27,8 +27,8 @@ import numpy as np
 from edgefleet.agent.metrics import AgentMetrics, luma_stats
 from edgefleet.agent.postprocess import interpret
 from edgefleet.agent.preprocess import decode_image, geometry, preprocess
-from edgefleet.errors import BadInputError, ModelSourceError, UsageError
 from edgefleet.contracts.drift import Baseline, parse_summary
+from edgefleet.errors import BadInputError, ModelSourceError, UsageError
 from edgefleet.package import DetectionInfo, Preprocessing, TensorSpec, now_utc
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edgefleet import __version__
-from edgefleet.compiler.baseline import check_source as check_baseline_source, package_baseline
 from edgefleet.compiler import tuning
+from edgefleet.compiler.baseline import check_source as check_baseline_source
+from edgefleet.compiler.baseline import package_baseline
 from edgefleet.compiler.build import PIPELINE_CPU, build_with_fallback, optimize, tuning_dir, tvm_message
 from edgefleet.compiler.frontends import frontend_for
 from edgefleet.compiler.source import fetch_model
@@ -39,8 +40,8 @@ from edgefleet.package import (
     write_package,
 )
 from edgefleet.progress import Stages
-from edgefleet.strict import first_error
 from edgefleet.signing import load_signing_key
+from edgefleet.strict import first_error
 
 if TYPE_CHECKING:
     import numpy as np

@@ -377,7 +377,8 @@ def _with_cpu_options(target: Target, options: dict[str, Any]) -> Target:
             raise UnknownTargetError(f"CompilerOptions {key!r} applies to Accelerator NVIDIA only", f"remove {key!r}")
     if not options:
         return target
-    from tvm.target import Target as TvmTarget, codegen  # heavy: only when options are given
+    from tvm.target import Target as TvmTarget  # heavy: only when options are given
+    from tvm.target import codegen
 
     tvm_target = dict(target.tvm_target or {})
     triple = tvm_target["mtriple"]

@@ -33,10 +33,10 @@ from edgefleet.cross.sysroot import (
     ARCHES,
     SUITE,
     _Build,
-    role_requirements,
     download_wheels,
     python_for_suite,
     require_tool,
+    role_requirements,
     unzip_wheels,
 )
 from edgefleet.errors import UsageError

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent.runtime_worker import RuntimeWorker
+from edgefleet.agent_release import DEVICE_PACKAGES
 from edgefleet.compiler.targets import Target, resolve_target
 from edgefleet.cross.sysroot import ARCHES, Sysroot, arch_info, build_command, find_sysroot, require_tool
-from edgefleet.agent_release import DEVICE_PACKAGES
 from edgefleet.errors import TargetNotRunnableError, UsageError
 from edgefleet.package import open_package
 from edgefleet.runtime_bundle import BUNDLE_ENV, find_bundle

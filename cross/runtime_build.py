@@ -32,7 +32,6 @@ from pathlib import Path
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import now_utc, sha256_file
-from edgefleet.strict import Strict
 from edgefleet.progress import Stages
 from edgefleet.runtime_bundle import (
     CUDA_LIBRARY,
@@ -48,6 +47,7 @@ from edgefleet.runtime_bundle import (
     host_arch,
     read_bundle,
 )
+from edgefleet.strict import Strict
 
 TVM_WHEEL_VERSION = "0.27.0.post1"
 TVM_SOURCE_NAME = "tvm-v0.27.dev0-src.tar.gz"

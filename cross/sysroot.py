@@ -39,8 +39,8 @@ from packaging.utils import canonicalize_name
 from edgefleet.errors import BuildError, MissingToolError, UsageError
 from edgefleet.package import now_utc
 from edgefleet.progress import Stages
-from edgefleet.strict import Strict
 from edgefleet.signing import edgefleet_home
+from edgefleet.strict import Strict
 
 FORMAT_VERSION = 1
 SUITE = "bookworm"

@@ -29,7 +29,6 @@ import tarfile
 from pathlib import Path
 from typing import Final, Literal
 
-
 from pydantic import Field, ValidationError, field_validator
 
 from edgefleet.archive import safe_extract

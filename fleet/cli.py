@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import click
-
 from pydantic_core import to_jsonable_python
 
-from edgefleet.cli import print_json as print_plain_json, table
-from edgefleet.logs import LOG_FORMATS
+from edgefleet.cli import print_json as print_plain_json
+from edgefleet.cli import table
 from edgefleet.contracts.rest import (
     DeviceOut,
     DevicePage,
@@ -27,6 +26,7 @@ from edgefleet.contracts.rest import (
     RolloutOut,
     RolloutPage,
 )
+from edgefleet.logs import LOG_FORMATS
 
 
 def _client(ctx: click.Context):

@@ -7,10 +7,10 @@ or `database_password_file`, and the fleet signs rollbacks with the key at `sign
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
+import tomllib
 from pydantic import Field, ValidationError, model_validator
 
 from edgefleet.errors import UsageError
@@ -18,7 +18,6 @@ from edgefleet.fleet.drift import DriftConfig
 from edgefleet.logs import LogFormat
 from edgefleet.signing import default_signing_key_path, edgefleet_home
 from edgefleet.strict import StrictMutable, first_error
-
 
 # A replica id is an MQTT client id, a broker user and a line of the generated ACL: "fleet" or
 # "fleet-<name>" (device ids cannot take either), nothing an ACL or a topic would read as syntax.

@@ -30,9 +30,9 @@ def homeassistant_cert(config_path: Path | None, out: Path) -> None:
     Examples:
       edgefleet fleet homeassistant cert --config /etc/edgefleet/fleet.toml --out ./ha-mqtt
     """
+    from edgefleet.fleet.ca import write_private
     from edgefleet.fleet.config import load_config
     from edgefleet.fleet.core import open_fleet
-    from edgefleet.fleet.ca import write_private
     from edgefleet.fleet.devices import ca
 
     fleet = open_fleet(load_config(config_path))

@@ -22,7 +22,6 @@ from edgefleet.fleet.ca import CertificateAuthority
 from edgefleet.fleet.config import BrokerConfig
 from edgefleet.fleet.devices import FLEET_MQTT_USER, FLEET_VIEWER_USER, acl_text
 
-
 # Broker limits, sized for a fleet of up to ~1,000 cameras (docs/security.md "Broker limits").
 # The largest thing a device sends is an alert with a <= 64 KiB thumbnail (agent/config.py).
 MAX_PACKET_BYTES = 256 * 1024

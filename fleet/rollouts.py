@@ -28,6 +28,7 @@ from sqlalchemy import update as sa_update  # `update` names the job update belo
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from edgefleet.agent_release import RELEASE_NAME
 from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, RollbackAuthorization
 from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate
 from edgefleet.contracts.rest import (
@@ -45,7 +46,6 @@ from edgefleet.contracts.rest import (
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, ServiceError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
-from edgefleet.agent_release import RELEASE_NAME
 from edgefleet.fleet.paging import MAX_PAGE, keyset
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version

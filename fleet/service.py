@@ -11,8 +11,8 @@ from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
 from edgefleet.fleet.leader import SchedulerLease
 from edgefleet.fleet.retention import Pruner
-from edgefleet.fleet.tls import uvicorn_tls_options
 from edgefleet.fleet.rollouts import tick
+from edgefleet.fleet.tls import uvicorn_tls_options
 from edgefleet.logs import setup_logging
 
 log = logging.getLogger("edgefleet.fleet")

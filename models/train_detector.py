@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
-
 from train import InputProblem, holdout, normalise, run_script, script_args, seed_and_threads, write_model_dir
 
 STRIDE = 8

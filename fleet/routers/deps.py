@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Path as PathParam, Query, Request
+from fastapi import Depends, Header, Query, Request
+from fastapi import Path as PathParam
 from sqlalchemy.orm import Session
 
 from edgefleet.contracts.rest import MAX_PAGE

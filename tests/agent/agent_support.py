@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from support.broker import Broker
 from support.scenes import box_iou  # noqa: F401  (the agent tests' IoU)
 

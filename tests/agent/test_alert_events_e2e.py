@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
-
 from agent_support import agent_config, drop_frame, start_agent, wait_until, write_config
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "fleet"))
 from tests_fleet_util import wait_http  # noqa: E402

@@ -10,9 +10,9 @@ import time
 import urllib.request
 
 import pytest
+from agent_support import agent_config, drop_frame, jpeg, wait_until
 from PIL import Image
 
-from agent_support import agent_config, drop_frame, jpeg, wait_until
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.run import Agent, RunOptions
 

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from agent_support import agent_config, drop_frame, jpeg, start_agent, wait_until, write_config
 from PIL import Image
 
-from agent_support import agent_config, drop_frame, jpeg, start_agent, wait_until, write_config
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.run import Agent, RunOptions
 

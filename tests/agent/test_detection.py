@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from agent_support import box_iou, square_jpeg
+
 from edgefleet.agent.boxes import Geometry, nms, point_in_polygon
 from edgefleet.agent.config import RulesConfig, parse_config
 from edgefleet.agent.detectors import detect_head, get_head, head_config, heads

@@ -10,8 +10,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from agent_support import (
     agent_config,
     box_iou,
@@ -22,6 +20,8 @@ from agent_support import (
     start_agent,
     write_config,
 )
+from PIL import Image
+
 from edgefleet.errors import UsageError
 
 # (name, square drawn in the 96x64 frame or None, alerts?)

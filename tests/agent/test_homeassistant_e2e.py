@@ -15,11 +15,9 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from support.broker import Broker
-
 from agent_support import drop_frame, start_agent, wait_until, write_config
+from support.broker import Broker
 from test_alert_events_e2e import FleetServe, bright_frame
-
 
 pytestmark = pytest.mark.mqtt
 # What HA's MQTT discovery needs in each config (and what the issue asks every entity to carry).

@@ -7,14 +7,14 @@ import stat
 import subprocess
 import sys
 import threading
-import tomllib
 
 import pytest
+import tomllib
+from agent_support import drop_frame, jpeg
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent_support import drop_frame, jpeg
 from edgefleet.agent.cli import agent as agent_group
 from edgefleet.agent.config import load_config, parse_config
 from edgefleet.agent.run import Agent, RunOptions

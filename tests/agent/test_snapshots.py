@@ -12,9 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from agent_support import wait_until
+from PIL import Image
 
 
 def test_a_snapshot_is_a_jpeg_of_at_most_max_side_and_max_bytes_named_by_its_sha256() -> None:

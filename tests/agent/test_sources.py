@@ -10,9 +10,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from agent_support import drop_frame, jpeg
 from PIL import Image
 
-from agent_support import drop_frame, jpeg
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.sources import make_source
 from edgefleet.agent.sources.ffmpeg import split_jpegs

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-
 import shutil
 import sqlite3
 
 import numpy as np
 import pytest
 
-from edgefleet.agent.config import parse_config
+from edgefleet.agent.config import RulesConfig, parse_config
 from edgefleet.agent.model_slot import ModelSlot
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.postprocess import classification, detection
 from edgefleet.agent.rules import AlertRules
-from edgefleet.agent.config import RulesConfig
 from edgefleet.errors import BadInputError, PackageIntegrityError
 from edgefleet.signing import create_signing_key, load_public_key
 
@@ -242,14 +240,15 @@ class TestModelSlot:
 def test_a_plain_tflite_runs_through_litert_with_the_configs_preprocessing(tmp_path, mqtt_broker):
     """model.tflite instead of a package: ai-edge-litert runs it, labels and NHWC preprocessing come from the config."""
     import importlib.util
-    from pathlib import Path
-
-    from agent_support import agent_config, jpeg
-    from edgefleet.agent.run import Agent
-    from edgefleet.agent.sources import Frame
 
     # The compiler tests' flatbuffer writer makes a real float32 CNN .tflite without TensorFlow.
     import sys
+    from pathlib import Path
+
+    from agent_support import agent_config, jpeg
+
+    from edgefleet.agent.run import Agent
+    from edgefleet.agent.sources import Frame
 
     spec = importlib.util.spec_from_file_location(
         "agent_tests_compiler_testlib", Path(__file__).parents[1] / "compiler" / "compiler_testlib.py"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent_release import build_release
-from edgefleet.agent_release import device_sources
+from edgefleet.agent_release import build_release, device_sources
 from edgefleet.package import sha256_file
 from edgefleet.runtime_bundle import find_bundle
 from edgefleet.signing import create_signing_key, public_path

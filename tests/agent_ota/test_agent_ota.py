@@ -19,8 +19,8 @@ from edgefleet import __version__
 from edgefleet.agent.launcher import launch, prepare_boot
 from edgefleet.agent.self_update import RESTART_EXIT_CODE, RESUME, AgentJournal
 from edgefleet.agent.update import AGENT_STATES, TRANSITIONS
-from edgefleet.contracts.journal import AgentUpdateJournal
 from edgefleet.agent_release import build_release, compatibility_problems, unpack_release
+from edgefleet.contracts.journal import AgentUpdateJournal
 from edgefleet.errors import PackageIntegrityError, UnsafeArchiveError, UsageError
 from edgefleet.runtime_bundle import find_bundle, read_bundle
 from edgefleet.signing import create_signing_key, load_public_key

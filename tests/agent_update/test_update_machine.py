@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from update_support import DEVICE, Device, device  # noqa: F401
 
 from edgefleet.agent.model_slot import ModelSlot

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from edgefleet.agent.model_slot import ModelSlot
-from edgefleet.agent.update import UpdateManager
 from tiny_models import compile_tiny
 
+from edgefleet.agent.model_slot import ModelSlot
+from edgefleet.agent.update import UpdateManager
 from edgefleet.contracts.jobs import RollbackAuthorization
 from edgefleet.net import free_port
 from edgefleet.signing import load_public_key, load_signing_key, public_path

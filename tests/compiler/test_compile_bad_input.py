@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from compiler_testlib import assert_cli_error, onnx_with_unsupported_ops, small_onnx_cnn, small_tflite_cnn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from compiler_testlib import assert_cli_error, onnx_with_unsupported_ops, small_onnx_cnn, small_tflite_cnn
+
 from edgefleet.errors import (
     BuildError,
     CorruptModelError,

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
+from tinycnn import write_tiny_cnn
 
 from edgefleet.cross.runtime_build import build_runtime
 from edgefleet.cross.sysroot import Sysroot, build_sysroot
-from tinycnn import write_tiny_cnn
 
 
 @pytest.fixture(scope="session")

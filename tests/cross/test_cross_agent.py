@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from edgefleet.cross.emulate import run_emulated
 from emulated_agent import check_agent_alerts
 from support.broker import mqtt_broker  # noqa: F401  (the fixture)
+
+from edgefleet.cross.emulate import run_emulated
 
 pytestmark = [pytest.mark.qemu, pytest.mark.mqtt]
 

@@ -7,14 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from emulated_agent import check_agent_alerts
+from support.broker import mqtt_broker  # noqa: F401  (the fixture)
 
 from edgefleet.cross.debpkg import build_deb
 from edgefleet.cross.emulate import emulated_argv
 from edgefleet.cross.sysroot import Sysroot
 from edgefleet.errors import UsageError
 from edgefleet.runtime_bundle import host_arch
-from emulated_agent import check_agent_alerts
-from support.broker import mqtt_broker  # noqa: F401  (the fixture)
 
 WHERE = (
     "import edgefleet; from edgefleet.runtime_bundle import find_bundle; print(edgefleet.__file__, find_bundle().path)"

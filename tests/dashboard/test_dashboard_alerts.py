@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_dashboard_browser import open_dashboard, severe_console_entries, wait_for
 
 pytestmark = pytest.mark.browser
@@ -50,6 +49,7 @@ def alert_fleet(tmp_path: Path, edgefleet_home: Path):
     import hashlib
 
     from drift_support import LiveServer
+
     from edgefleet.device_auth import sign_headers
     from edgefleet.fleet import alert_events, devices
     from edgefleet.fleet.api import create_app

@@ -31,6 +31,7 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
 def live_fleet(tmp_path: Path, edgefleet_home: Path, baseline_package):
     """A fleet with 3 devices (one drifting), the package uploaded (pending approval), served by uvicorn."""
     from drift_support import LiveServer, telemetry_windows
+
     from edgefleet.fleet import devices, registry
     from edgefleet.fleet.api import create_app
     from edgefleet.fleet.auth import create_token

@@ -136,7 +136,6 @@ class WebhookReceiver:
 def compile_with_baseline(root: Path, n_images: int = 300) -> tuple[Path, Path, Path]:
     """(package, trusted public key, baseline image folder): the classifier compiled for this machine with --baseline-images."""
     from edgefleet.compiler.compile import compile_model
-
     from edgefleet.package import Preprocessing
     from edgefleet.signing import create_signing_key, public_path
 
@@ -167,7 +166,6 @@ def telemetry_windows(package: Path, pub: Path, kind: str, n: int, frames: int =
     from edgefleet.agent.postprocess import interpret
     from edgefleet.agent.preprocess import decode_image, preprocess
     from edgefleet.agent.runtime import load_model
-
     from edgefleet.package import open_package
     from edgefleet.signing import load_public_key
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from drift_support import LABELS, brightness_classifier, darken, scene, write_images
+
 from edgefleet.agent.metrics import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, luma_stats
 from edgefleet.compiler.baseline import collect_images
-from edgefleet.errors import UsageError
 from edgefleet.contracts.drift import parse_summary
+from edgefleet.errors import UsageError
 from edgefleet.fleet.drift import DriftConfig, judge, parse_baseline
 from edgefleet.package import open_package
 from edgefleet.signing import load_public_key

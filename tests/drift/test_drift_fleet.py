@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-
 from drift_support import LiveServer, WebhookReceiver, telemetry_windows
+from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
 
 from edgefleet.contracts.mqtt import DriftAlarmMessage, DriftAnnouncement
@@ -47,9 +46,10 @@ def windows(baseline_package, kind: str, n: int, frames: int = 120, seed: int = 
 
 
 def feed(fleet, ingest, device: str, bodies: list[dict]) -> list[str]:
+    from sqlalchemy import select
+
     from edgefleet.fleet.drift_tables import DriftAlarm
     from edgefleet.fleet.ingest import Message
-    from sqlalchemy import select
 
     states = []
     for body in bodies:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.metrics import BRIGHTNESS_EDGES, CONFIDENCE_EDGES, CONTRAST_EDGES, _hist
+from edgefleet.contracts.drift import parse_summary
 from edgefleet.errors import BadInputError
 from edgefleet.fleet import drift
 from edgefleet.fleet.drift import ALARM, OK, PENDING, RECOVERING, AlarmState, DriftConfig, judge, parse_baseline, step
-from edgefleet.contracts.drift import parse_summary
 
 
 def summary(

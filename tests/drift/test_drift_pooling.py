@@ -9,11 +9,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
+from test_drift_fleet import drift_fleet, feed, windows  # noqa: F401  (drift_fleet is a fixture)
 
 from edgefleet.contracts.mqtt import DriftAnnouncement, FleetDriftAlarmMessage
 from edgefleet.contracts.rest import DriftOverview
-
-from test_drift_fleet import drift_fleet, feed, windows  # noqa: F401  (drift_fleet is a fixture)
 
 
 def with_ts(body: dict, at: float) -> dict:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support.broker import mqtt_broker  # noqa: F401
 from support.old_agent import old_agent_site
 from test_fleet_e2e import CLI, World

@@ -10,8 +10,7 @@ import uuid
 import pytest
 from test_fleet_library import answer
 
-from edgefleet.agent_release import build_release
-from edgefleet.agent_release import device_sources
+from edgefleet.agent_release import build_release, device_sources
 from edgefleet.errors import ConflictError
 from edgefleet.fleet import devices, registry, rollouts
 from edgefleet.fleet.ingest import Ingest, Message

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tests_fleet_util import h
 
 

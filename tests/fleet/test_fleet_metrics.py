@@ -137,7 +137,6 @@ def test_a_bad_metrics_token_file_fails_at_start(fleet, tmp_path, content, match
 def test_fleet_serve_logs_json_lines_and_serves_metrics(tmp_path, edgefleet_home, tiny_packages):
     """A real `fleet serve --log-format json`: every line it writes is a JSON object; /metrics answers."""
     import httpx
-
     from tests_fleet_util import fleet_process
 
     with fleet_process(tmp_path, edgefleet_home, tiny_packages["key"], "--log-format", "json") as (url, _, server, _):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from tests_fleet_util import h
 
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, PermissionDeniedError

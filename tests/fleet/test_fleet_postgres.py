@@ -55,8 +55,9 @@ def test_flows_on_postgresql(flow, pg_fleet, tiny_packages, tmp_path):
 def test_migrations_are_at_head_on_postgresql(pg_fleet):
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-    from edgefleet.fleet.db import MIGRATIONS
     from sqlalchemy import text
+
+    from edgefleet.fleet.db import MIGRATIONS
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -75,8 +76,9 @@ def test_migrations_are_at_head_on_postgresql(pg_fleet):
 
 # ---- replicas: the scheduler lease (fleet/leader.py) and job states under concurrent writers ----
 def test_one_scheduler_holds_the_lease_and_another_takes_it_when_the_holder_dies(pg_fleet):
-    from edgefleet.fleet.leader import SchedulerLease
     from sqlalchemy import text
+
+    from edgefleet.fleet.leader import SchedulerLease
 
     engine = pg_fleet.sessions.kw["bind"]
     first, second = SchedulerLease(engine), SchedulerLease(engine)

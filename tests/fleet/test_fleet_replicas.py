@@ -99,12 +99,13 @@ class Replica:
 @pytest.fixture
 def world(postgres_server, tmp_path, edgefleet_home, tiny_packages):
     """PostgreSQL database, mosquitto, the fleet's packages and devices; replicas not started."""
+    from sqlalchemy import create_engine, text
+
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import FleetConfig
     from edgefleet.fleet.core import open_fleet
     from edgefleet.fleet.db import Device
     from edgefleet.fleet.local_broker import MAX_INFLIGHT_MESSAGES
-    from sqlalchemy import create_engine, text
 
     name = f"fleet_{uuid.uuid4().hex[:10]}"
     admin = create_engine(

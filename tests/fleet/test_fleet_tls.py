@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from support.cli import run_cli
 
 

@@ -61,10 +61,11 @@ def fleet(tmp_path: Path, edgefleet_home: Path, tiny_packages: dict):
 @pytest.fixture
 def api(fleet):
     """FastAPI's TestClient on `fleet`, with one token per scope in `api.tokens`."""
+    from fastapi.testclient import TestClient
+
     from edgefleet.fleet import auth
     from edgefleet.fleet.api import create_app
     from edgefleet.fleet.ingest import Ingest
-    from fastapi.testclient import TestClient
 
     client = TestClient(create_app(fleet, Ingest(fleet)), raise_server_exceptions=False)
     client.tokens = {scope: auth.create_token(fleet, scope, scope) for scope in ("read-only", "operator", "admin")}

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.cli import assert_cli_error
 
 from edgefleet.cross import runtime_build
 from edgefleet.cross.runtime_build import TOOLCHAINS, build_runtime
 from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import RuntimeRequirement, TargetInfo, requirement_for
-from edgefleet.signing import public_path
 from edgefleet.runtime_bundle import (
     BUNDLE_ENV,
     CACHE_ENV,
@@ -31,7 +31,7 @@ from edgefleet.runtime_bundle import (
     read_bundle,
     requirement_problems,
 )
-from support.cli import assert_cli_error
+from edgefleet.signing import public_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cross"))
 from tinycnn import write_tiny_cnn  # noqa: E402

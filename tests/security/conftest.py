@@ -10,7 +10,7 @@ TESTS = Path(__file__).parent.parent
 for area in ("fleet", "agent_update", "agent", "security"):
     sys.path.insert(0, str(TESTS / area))
 
+from agent_support import agent_package  # noqa: E402,F401
 from support.broker import mqtt_broker  # noqa: E402,F401
 from tests_fleet_util import api, fleet  # noqa: E402,F401
 from update_support import device, static_server, tiny_packages  # noqa: E402,F401
-from agent_support import agent_package  # noqa: E402,F401

@@ -10,10 +10,10 @@ import time
 
 import pytest
 from agent_support import agent_config, drop_frame, jpeg, wait_until
-from edgefleet.net import free_port
 
 from edgefleet.agent.config import parse_config
 from edgefleet.agent.run import Agent, RunOptions
+from edgefleet.net import free_port
 
 pytestmark = pytest.mark.mqtt
 DURABLE_AFTER_S = 0.05  # see test_broker_attacks.py and docs/security.md

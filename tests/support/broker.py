@@ -36,8 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from edgefleet.fleet.local_broker import mosquitto_config
 
+from edgefleet.fleet.local_broker import mosquitto_config
 from edgefleet.net import free_port
 
 FLEET_USER = "fleet"

@@ -228,9 +228,8 @@ def prepare(model, input_shapes: dict[str, list[int]]):
 def to_relax(model, inputs: list[TensorSpec], notices: list[str] | None = None):
     """Rewrite (see `prepare`) and import with edgefleet's importer (compiler/frontends/onnx/converters.py)."""
     from edgefleet.compiler.frontends.onnx.converters import from_onnx
-    from edgefleet.compiler.frontends.onnx.rewrites import RUNTIME_RULES, rejections, shape_rejections
-
     from edgefleet.compiler.frontends.onnx.params import parameter_inputs
+    from edgefleet.compiler.frontends.onnx.rewrites import RUNTIME_RULES, rejections, shape_rejections
 
     needed = parameter_inputs(model)
     if needed:

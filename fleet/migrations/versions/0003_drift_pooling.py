@@ -4,9 +4,8 @@ Revision ID: 0003_drift_pooling
 Revises: 0002_drift
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0003_drift_pooling"
 down_revision = "0002_drift"

@@ -4,9 +4,8 @@ Revision ID: 0004_agent_version
 Revises: 0003_drift_pooling
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0004_agent_version"
 down_revision = "0003_drift_pooling"

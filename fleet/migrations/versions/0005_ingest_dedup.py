@@ -4,9 +4,8 @@ Revision ID: 0005_ingest_dedup
 Revises: 0004_agent_version
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0005_ingest_dedup"
 down_revision = "0004_agent_version"

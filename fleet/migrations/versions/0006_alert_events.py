@@ -4,9 +4,8 @@ Revision ID: 0005_alert_events
 Revises: 0004_agent_version
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0006_alert_events"
 down_revision = "0005_ingest_dedup"

@@ -4,9 +4,8 @@ Revision ID: 0007_rollout_replicas
 Revises: 0006_alert_events
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0007_rollout_replicas"
 down_revision = "0006_alert_events"
