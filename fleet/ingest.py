@@ -277,7 +277,7 @@ class Ingest:
                     (table.c.last_seen.is_(None), at), (table.c.last_seen < at, at), else_=table.c.last_seen
                 ),
             ),
-            [{"device": d, "at": t} for d, t in latest.items()],
+            [{"device": d, "at": t} for d, t in sorted(latest.items())],  # one lock order in every replica
         )
         for obj in list(s.identity_map.values()):
             if isinstance(obj, Device):
