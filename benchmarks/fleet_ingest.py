@@ -296,18 +296,6 @@ def broker(work: Path) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
-def postgres_database(server: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(
-        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return f"{server}/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
@@ -318,7 +306,7 @@ def main() -> None:
         "--dead-replica", action="store_true", help="PostgreSQL: also a replica gone for good (~2.5 min)"
     )
     args = parser.parse_args()
-    from support.postgres import temporary_postgres
+    from support.postgres import create_database, temporary_postgres
 
     work = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-bench-"))
     os.environ["EDGEFLEET_HOME"] = str(work / "home")
@@ -330,10 +318,10 @@ def main() -> None:
             else:
                 with temporary_postgres() as server:
                     runs = [
-                        steady(work / "pg-steady", postgres_database(server, "steady"), args),
-                        sigkill(work / "pg-kill", postgres_database(server, "sigkill"), args),
+                        steady(work / "pg-steady", create_database(server, "steady"), args),
+                        sigkill(work / "pg-kill", create_database(server, "sigkill"), args),
                         *(
-                            [dead_replica(work / "pg-dead", postgres_database(server, "dead"), args)]
+                            [dead_replica(work / "pg-dead", create_database(server, "dead"), args)]
                             if args.dead_replica
                             else []
                         ),

@@ -38,7 +38,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "agent_update"))
 sys.path.insert(0, str(ROOT / "tests"))
-from support.postgres import temporary_postgres  # noqa: E402
+from support.postgres import create_database, temporary_postgres  # noqa: E402
 
 
 def free_port() -> int:
@@ -346,20 +346,6 @@ def main() -> None:
         bench(args, server)
 
 
-def _database(server: str) -> str:
-    """A fresh database on the throwaway server."""
-    from sqlalchemy import create_engine, text
-
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(
-        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return f"{server}/{name}"
-
-
 def bench(args: argparse.Namespace, server: str | None) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     os.environ["EDGEFLEET_HOME"] = str(work / "home")
@@ -371,7 +357,7 @@ def bench(args: argparse.Namespace, server: str | None) -> None:
     v1, v2 = compile_tiny(work / "pkg", "good", "1", key), compile_tiny(work / "pkg", "good", "2", key)
     results = []
     for n in args.devices:
-        database = _database(server) if server else None
+        database = create_database(server, f"bench_{uuid.uuid4().hex[:8]}") if server else None
         results.append(
             run(n, work / f"n{n}", v1, v2, key, args.telemetry_s, args.devices_per_connection, database, args.replicas)
         )

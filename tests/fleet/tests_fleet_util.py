@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.postgres import temporary_postgres
+from support.postgres import create_database, temporary_postgres
 
 from edgefleet.net import free_port
 
@@ -124,12 +124,10 @@ def postgres_database(postgres_server):
     from sqlalchemy import create_engine, text
 
     name = f"fleet_{uuid.uuid4().hex[:10]}"
+    yield create_database(postgres_server, name)
     admin = create_engine(
         postgres_server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
     )
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    yield f"{postgres_server}/{name}"
     with admin.connect() as c:
         c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()

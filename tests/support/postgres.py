@@ -57,3 +57,16 @@ def temporary_postgres() -> Iterator[str]:
     finally:
         subprocess.run(as_user + [pg_binary("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(server: str, name: str) -> str:
+    """Creates the empty database `name` on `server` (a postgresql:// URL as above); returns its URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(
+        server.replace("postgresql://", "postgresql+psycopg://") + "/postgres", isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return f"{server}/{name}"
