@@ -27,6 +27,7 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 ROLE_PREFIX = "edgefleet-"
 TIMEOUT_S = 10.0
+CHUNK = 100  # commands per message: a createRole with a device's ACLs is ~700 bytes
 # Errors meaning "already as wanted" (created: exists; deleted: gone); any other is raised.
 SETTLED = ("already exists", "not found")
 
@@ -91,35 +92,58 @@ class Dynsec:
                 raise ServiceError(f"dynamic security refused {r.get('command')}: {error}", "see the broker's log")
         return responses
 
-    def grant(self, user: str, rights: list[Right]) -> None:
-        """Bring `user` to exactly `rights`: role created or its ACLs diffed, client given the role."""
-        role, wanted = role_name(user), dynsec_acls(rights)
-        got = self.run(
+    def run_all(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`run` in messages of CHUNK commands: one round trip per chunk, each under the broker's
+        packet limit (fleet/local_broker.py MAX_PACKET_BYTES)."""
+        return [r for i in range(0, len(commands), CHUNK) for r in self.run(commands[i : i + CHUNK])]
+
+    def grant(self, rights: dict[str, list[Right]]) -> None:
+        """Bring each user to exactly its rights: role created or its ACLs diffed, client given the role."""
+        wanted = {user: dynsec_acls(r) for user, r in rights.items()}
+        self.run_all(
             [
-                {"command": "createRole", "rolename": role, "acls": wanted},
-                {"command": "createClient", "username": user, "roles": [{"rolename": role}]},
-                {"command": "getRole", "rolename": role},
+                c
+                for user, acls in wanted.items()
+                for c in (
+                    {"command": "createRole", "rolename": role_name(user), "acls": acls},
+                    {"command": "createClient", "username": user, "roles": [{"rolename": role_name(user)}]},
+                )
             ]
         )
-        have = [{k: a[k] for k in ("acltype", "topic", "allow")} for a in got[2]["data"]["role"].get("acls", [])]
+        got = self.run_all(
+            [
+                c
+                for user in wanted
+                for c in (
+                    {"command": "getRole", "rolename": role_name(user)},
+                    {"command": "getClient", "username": user},
+                )
+            ]
+        )
         key = lambda a: (a["acltype"], a["topic"], a["allow"])  # noqa: E731
-        changes = [
-            {"command": "removeRoleACL", "rolename": role, "acltype": a["acltype"], "topic": a["topic"]}
-            for a in have
-            if key(a) not in {key(w) for w in wanted}
-        ] + [{"command": "addRoleACL", "rolename": role, **a} for a in wanted if key(a) not in {key(h) for h in have}]
-        if changes:
-            self.run(changes)
-        # An existing client (a replica the operator made dynsec admin) may lack the role. dynsec
-        # disconnects a client whose roles change, so for the fleet's own identity the answer
-        # never comes on this connection: paho reconnects and the role is checked then.
-        if role not in self._roles(user):
-            add = {"command": "addClientRole", "username": user, "rolename": role}
-            if user != self.identity:
-                self.run([add])
-            else:
-                self.client.publish(CONTROL_TOPIC, json.dumps({"commands": [add]}), qos=1)
-                self._wait_own_role(role)
+        changes, own_role_missing = [], False
+        for (user, acls), role_got, client_got in zip(wanted.items(), got[::2], got[1::2], strict=True):
+            role = role_name(user)
+            have = {key(a) for a in role_got["data"]["role"].get("acls", [])}
+            want = {key(a) for a in acls}
+            changes += [
+                {"command": "removeRoleACL", "rolename": role, "acltype": t, "topic": topic}
+                for t, topic, _ in have - want
+            ]
+            changes += [{"command": "addRoleACL", "rolename": role, **a} for a in acls if key(a) not in have]
+            # An existing client (a replica the operator made dynsec admin) may lack the role.
+            if role not in {r["rolename"] for r in client_got["data"]["client"].get("roles", [])}:
+                if user == self.identity:
+                    own_role_missing = True
+                else:
+                    changes.append({"command": "addClientRole", "username": user, "rolename": role})
+        self.run_all(changes)
+        if own_role_missing:
+            # dynsec disconnects a client whose roles change, so the answer never comes on this
+            # connection: paho reconnects and the role is checked then.
+            add = {"command": "addClientRole", "username": self.identity, "rolename": role_name(self.identity)}
+            self.client.publish(CONTROL_TOPIC, json.dumps({"commands": [add]}), qos=1)
+            self._wait_own_role(role_name(self.identity))
 
     def _roles(self, user: str, timeout: float = TIMEOUT_S) -> set[str]:
         client = self.run([{"command": "getClient", "username": user}], timeout)[0]["data"]["client"]
@@ -143,22 +167,21 @@ class Dynsec:
             devices = list(s.scalars(select(Device.id)))
             replicas = list(s.scalars(select(Replica.id)))
         rights = broker_rights(devices, replicas, self.fleet.config.homeassistant)
-        for user, user_rights in rights.items():
-            self.grant(user, user_rights)
+        self.grant(rights)
         listed = self.run([{"command": "listClients", "verbose": True, "count": -1}])[0]["data"]["clients"]
-        for client in listed:
-            ours = any(r["rolename"] == role_name(client["username"]) for r in client.get("roles", []))
-            if ours and client["username"] not in rights:
-                self.remove_device(client["username"])
+        gone = [
+            c["username"]
+            for c in listed
+            if c["username"] not in rights and role_name(c["username"]) in {r["rolename"] for r in c.get("roles", [])}
+        ]
+        self.run_all([c for user in gone for c in self._removal(user)])
 
     def add_device(self, device_id: str) -> None:
-        self.grant(device_id, device_rights(device_id))
+        self.grant({device_id: device_rights(device_id)})
 
     def remove_device(self, device_id: str) -> None:
+        self.run(self._removal(device_id))
+
+    def _removal(self, user: str) -> list[dict[str, Any]]:
         """deleteClient also disconnects a connected client of that name (mosquitto kicks it)."""
-        self.run(
-            [
-                {"command": "deleteClient", "username": device_id},
-                {"command": "deleteRole", "rolename": role_name(device_id)},
-            ]
-        )
+        return [{"command": "deleteClient", "username": user}, {"command": "deleteRole", "rolename": role_name(user)}]
