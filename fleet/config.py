@@ -30,7 +30,10 @@ class BrokerConfig(StrictMutable):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    # What the fleet writes so mosquitto can authorize enrolled devices; mosquitto is sent SIGHUP.
+    # How the broker learns who may do what (fleet/broker_auth): "acl_file" writes `acl_file` and
+    # sends SIGHUP to the mosquitto in `mosquitto_pid_file`; "dynsec" sends mosquitto's dynamic
+    # security plugin commands over MQTT (the fleet's identity needs that broker's admin role).
+    authorization: Literal["acl_file", "dynsec"] = "acl_file"
     acl_file: Path | None = None
     mosquitto_pid_file: Path | None = None
     public_host: str | None = None  # the address devices use, if not `host`
@@ -41,6 +44,14 @@ class BrokerConfig(StrictMutable):
     # How long the broker keeps a replica's session (and the messages queued for it) after it
     # disconnects; a replica that returns under its id within this time loses nothing.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=2**32 - 2)
+
+    @model_validator(mode="after")
+    def _no_file_for_dynsec(self) -> BrokerConfig:
+        if self.authorization == "dynsec" and (self.acl_file or self.mosquitto_pid_file):
+            raise ValueError(
+                'acl_file and mosquitto_pid_file are for authorization = "acl_file"; dynsec is managed over MQTT'
+            )
+        return self
 
 
 class AlertsConfig(StrictMutable):

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +19,9 @@ from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.db import open_database
 from edgefleet.fleet.store import LocalStore, S3Store, open_store
 from edgefleet.signing import PublicKey, SigningKey, default_trusted_keys, key_id, load_signing_key
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.broker_auth import BrokerAuthorization
 
 
 class Receipt(Protocol):
@@ -48,6 +51,8 @@ class Fleet:
     trusted: list[PublicKey]
     download_secret: bytes
     notify: Notifier = lambda device, payload: None
+    # Keeps the broker's rights in step with enrolled devices (fleet/broker_auth); open_fleet sets it.
+    broker_auth: BrokerAuthorization = field(init=False)
     # One fleet process mutates rollouts from the API, the MQTT ingest and the ticker.
     lock: threading.RLock = field(default_factory=threading.RLock)
     clock: Callable[[], float] = time.time
@@ -130,4 +135,8 @@ def open_fleet(config: FleetConfig, notify: Notifier | None = None) -> Fleet:
     )
     if notify:
         fleet.notify = notify
+    from edgefleet.fleet.broker_auth.acl_file import AclFile  # it imports this module
+
+    # dynsec needs the fleet's MQTT connection: serve() replaces this once its bridge is up.
+    fleet.broker_auth = AclFile(fleet)
     return fleet

@@ -7,11 +7,8 @@ is rewritten so that the device may publish and subscribe only under edgefleet/v
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import signal
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
@@ -131,7 +128,7 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> Enrollment
                 cert_serial=format(cert.serial_number, "x"),
             )
         )
-    write_acl(fleet)
+    fleet.broker_auth.add_device(device_id)
     broker = fleet.config.broker
     return Enrollment(
         device_id=device_id,
@@ -145,46 +142,59 @@ def enroll(fleet: Fleet, token: str, device_id: str, csr_pem: str) -> Enrollment
     )
 
 
+# One broker right: "read", "write" or "readwrite" on a topic filter (a mosquitto ACL line).
+Right = tuple[str, str]
+
+
+def broker_rights(
+    device_ids: list[str],
+    replica_ids: tuple[str, ...] | list[str] = (),
+    homeassistant: HomeAssistantConfig | None = None,
+) -> dict[str, list[Right]]:
+    """Every broker user (a certificate CN) and its rights, for whichever backend enforces them
+    (fleet/broker_auth): the fleet's replicas read and write every device's topics (a shared
+    subscription is checked as its topic); each device only its own. With Home Assistant
+    discovery on, the replicas also write HA's topics and HA reads only those and the cameras'
+    status (fleet/homeassistant.py)."""
+    ha = homeassistant if homeassistant is not None and homeassistant.enabled else None
+    ha_topics = [f"{ha.discovery_prefix}/#", f"{ha.state_prefix}/#"] if ha else []
+    rights: dict[str, list[Right]] = {}
+    for replica in sorted({FLEET_MQTT_USER, *replica_ids}):
+        rights[replica] = [
+            ("readwrite", "edgefleet/v1/#"),
+            *(("read", t) for t in BROKER_STATS),
+            *(("write", t) for t in ha_topics),
+        ]
+    # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
+    rights[FLEET_VIEWER_USER] = [("read", "edgefleet/v1/+/alerts")]
+    if ha:
+        rights[ha.user] = [("read", t) for t in [*ha_topics, "edgefleet/v1/+/status"]]
+        rights[ha.user].append(("write", f"{ha.discovery_prefix}/status"))  # HA's own birth and last will
+    for dev in sorted(device_ids):
+        rights[dev] = device_rights(dev)
+    return rights
+
+
+def device_rights(device_id: str) -> list[Right]:
+    base = f"edgefleet/v1/{device_id}"
+    return [
+        ("write", f"{base}/status"),
+        ("write", f"{base}/alerts"),
+        ("write", f"{base}/telemetry"),
+        ("write", f"{base}/jobs/+/update"),
+        ("read", f"{base}/jobs/notify"),
+    ]
+
+
 def acl_text(
     device_ids: list[str],
     replica_ids: tuple[str, ...] | list[str] = (),
     homeassistant: HomeAssistantConfig | None = None,
 ) -> str:
-    """Mosquitto ACL (users are certificate CNs): the fleet's replicas read and write every
-    device's topics (a shared subscription is checked as its topic); each device only its own.
-    With Home Assistant discovery on, the replicas also write HA's topics and HA reads only
-    those and the cameras' status (fleet/homeassistant.py)."""
-    ha = homeassistant if homeassistant is not None and homeassistant.enabled else None
-    ha_topics = [f"{ha.discovery_prefix}/#", f"{ha.state_prefix}/#"] if ha else []
+    """Mosquitto ACL file (users are certificate CNs) granting `broker_rights`."""
     lines = ["# written by edgefleet fleet; do not edit"]
-    for replica in sorted({FLEET_MQTT_USER, *replica_ids}):
-        lines += [
-            f"user {replica}",
-            "topic readwrite edgefleet/v1/#",
-            *(f"topic read {t}" for t in BROKER_STATS),
-            *(f"topic write {t}" for t in ha_topics),
-            "",
-        ]
-    lines += [
-        # A second fleet-side client needs its own certificate: the broker makes the CN the client id.
-        f"user {FLEET_VIEWER_USER}",
-        "topic read edgefleet/v1/+/alerts",
-        "",
-    ]
-    if ha:
-        lines += [f"user {ha.user}", *(f"topic read {t}" for t in [*ha_topics, "edgefleet/v1/+/status"])]
-        lines += [f"topic write {ha.discovery_prefix}/status", ""]  # HA's own birth and last will
-    for dev in sorted(device_ids):
-        base = f"edgefleet/v1/{dev}"
-        lines += [
-            f"user {dev}",
-            f"topic write {base}/status",
-            f"topic write {base}/alerts",
-            f"topic write {base}/telemetry",
-            f"topic write {base}/jobs/+/update",
-            f"topic read {base}/jobs/notify",
-            "",
-        ]
+    for user, rights in broker_rights(device_ids, replica_ids, homeassistant).items():
+        lines += [f"user {user}", *(f"topic {access} {topic}" for access, topic in rights), ""]
     return "\n".join(lines)
 
 
@@ -192,24 +202,6 @@ def register_replica(fleet: Fleet, replica_id: str) -> None:
     """Record a fleet replica's identity, so that the ACL written next lets it read the devices' topics."""
     with fleet.writer() as s, s.begin():
         insert_or_ignore(s, Replica, ["id"], [{"id": replica_id, "started_at": fleet.clock()}])
-
-
-def write_acl(fleet: Fleet) -> Path | None:
-    broker = fleet.config.broker
-    if broker is None or broker.acl_file is None:
-        return None
-    with fleet.session() as s:
-        ids = list(s.scalars(select(Device.id)))
-        replicas = list(s.scalars(select(Replica.id)))
-    tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
-    tmp.write_text(acl_text(ids, replicas, fleet.config.homeassistant))
-    os.replace(tmp, broker.acl_file)
-    if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
-        try:
-            os.kill(int(broker.mosquitto_pid_file.read_text().strip()), signal.SIGHUP)  # mosquitto re-reads its ACL
-        except (ValueError, ProcessLookupError):
-            pass
-    return broker.acl_file
 
 
 def list_devices(

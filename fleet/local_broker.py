@@ -33,6 +33,8 @@ MAX_QUEUED_MESSAGES = 20_000
 # The fleet acknowledges a message only once it is committed (fleet/bridge.py); this many may
 # be in flight to it at once, enough for whole ingest batches.
 MAX_INFLIGHT_MESSAGES = 1_000
+# Debian/Ubuntu's mosquitto package ships the dynamic security plugin here.
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
 
 def mosquitto_config(
@@ -42,10 +44,11 @@ def mosquitto_config(
     ca_file: Path,
     cert_file: Path,
     key_file: Path,
-    acl_file: Path,
+    acl_file: Path | None,
     data_dir: Path,
     log_file: Path,
     pid_file: Path | None = None,
+    dynsec_file: Path | None = None,
 ) -> str:
     """mosquitto.conf: one mutual-TLS listener where certificate CN = username = client id.
 
@@ -55,12 +58,19 @@ def mosquitto_config(
     read a session queued for it. Durability: `autosave_on_changes` with an interval of 1 writes
     the persistence file after every change (a queued QoS 1 message is one), so a SIGKILL loses
     at most what was acknowledged during the broker's last loop pass (docs/security.md).
+    Authorisation: `acl_file`, or the dynamic security plugin keeping its state in `dynsec_file`
+    (`[broker] authorization = "dynsec"`, fleet/broker_auth/dynsec.py).
     """
+    if (acl_file is None) == (dynsec_file is None):
+        raise ValueError("mosquitto_config takes exactly one of acl_file and dynsec_file")
+    auth = (
+        [f"acl_file {acl_file}"] if acl_file else [f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {dynsec_file}"]
+    )
     lines = [
         f"user {getpass.getuser()}",  # as root, mosquitto would otherwise drop to a user that cannot read our keys
         "per_listener_settings false",
         "allow_anonymous false",
-        f"acl_file {acl_file}",
+        *auth,
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_on_changes true",

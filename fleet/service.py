@@ -46,7 +46,7 @@ def serve(config: FleetConfig) -> None:
 
     from edgefleet.fleet.api import create_app
     from edgefleet.fleet.bridge import Bridge, replica_id
-    from edgefleet.fleet.devices import register_replica, write_acl
+    from edgefleet.fleet.devices import register_replica
 
     setup_logging("info", config.log_format)
     tls = uvicorn_tls_options(config)  # before anything starts: a bad pair stops here, named
@@ -56,10 +56,16 @@ def serve(config: FleetConfig) -> None:
     bridge = None
     if config.broker is not None:
         replica = replica_id(config)
-        register_replica(fleet, replica)  # before the ACL is written: it lets this replica read the devices
-        write_acl(fleet)
+        register_replica(fleet, replica)  # before the rights are synced: they let this replica read the devices
+        if config.broker.authorization == "acl_file":
+            fleet.broker_auth.sync()  # before connecting: the ACL must let this replica subscribe
         bridge = Bridge(config.broker, ingest, replica)
         bridge.start()
+        if config.broker.authorization == "dynsec":  # over the bridge's connection (its identity is dynsec admin)
+            from edgefleet.fleet.broker_auth.dynsec import Dynsec
+
+            fleet.broker_auth = Dynsec(fleet, bridge.client, replica)
+            fleet.broker_auth.sync()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
     ticker = Ticker(fleet, config.tick_seconds)

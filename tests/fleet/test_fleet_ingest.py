@@ -39,9 +39,9 @@ CAMERAS = ["cam-1", "cam-2", "cam-3"]
 class World:
     """A broker, a fleet database with CAMERAS enrolled, and `fleet serve` replicas on demand."""
 
-    def __init__(self, root: Path, database_url: str | None, home: Path) -> None:
+    def __init__(self, root: Path, database_url: str | None, home: Path, *, dynsec: bool = False) -> None:
         self.root = root
-        self.broker = Broker(root / "broker")
+        self.broker = Broker(root / "broker", dynsec=dynsec)
         self.broker.start()
         self.pid_file = root / "broker" / "mosquitto.pid"
         self.pid_file.write_text(str(self.broker.process.pid))  # the fleet sends SIGHUP after writing the ACL
@@ -68,8 +68,11 @@ class World:
                     "ca_file": self.broker.pki.ca_file,
                     "cert_file": cert,
                     "key_file": key,
-                    "acl_file": self.broker.acl_file,
-                    "mosquitto_pid_file": self.pid_file,
+                    **(
+                        {"acl_file": self.broker.acl_file, "mosquitto_pid_file": self.pid_file}
+                        if self.broker.acl_file
+                        else {"authorization": "dynsec"}
+                    ),
                 },
             }
         )
@@ -292,3 +295,22 @@ def test_a_camera_cannot_divert_the_fleets_messages_into_a_share_group(world):
         spy.disconnect()
         spy.loop_stop()
     assert got == [] and sorted(rows) == sorted(cam.accepted)
+
+
+def test_a_fleet_on_a_dynsec_broker_grants_itself_and_the_cameras_over_mqtt(tmp_path, edgefleet_home):
+    """`fleet serve` with `authorization = "dynsec"`: no ACL file, no SIGHUP; the cameras' rights
+    come from the fleet's commands at startup, so their telemetry reaches the fleet."""
+    w = World(tmp_path, None, edgefleet_home, dynsec=True)
+    cams: list[Camera] = []
+    try:
+        w.start("fleet")
+        cams += [Camera(w.broker, c) for c in CAMERAS]
+        for c in cams:
+            c.telemetry(20)
+        rows = w.wait_stored(60, timeout=30)
+        assert sorted(rows) == sorted(accepted(cams))
+        assert not (tmp_path / "broker" / "acl").exists()
+    finally:
+        for c in cams:
+            c.close()
+        w.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 import shutil
 import signal
 import socket
@@ -141,14 +142,25 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, dynsec: bool = False) -> None:
+        """dynsec: authorisation by mosquitto's dynamic security plugin instead of an ACL file,
+        initialised as docs/security.md tells operators: `mosquitto_ctrl dynsec init`, with the
+        fleet's identity as its admin."""
         self.root = Path(root)
         self.pki = TestPKI(self.root / "pki")
         self.port = free_port()
         self.server_cert, self.server_key = self.pki.issue("localhost", server=True)
         self.fleet_cert, self.fleet_key = self.pki.issue(FLEET_USER)
-        self.acl_file = self.root / "acl"
-        self.acl_file.write_text(acl_text())
+        self.acl_file: Path | None = None
+        self.dynsec_file: Path | None = None
+        if dynsec:
+            self.dynsec_file = self.root / "dynamic-security.json"
+            # The password is never used: the broker takes the fleet's identity from its certificate.
+            ctrl = ["mosquitto_ctrl", "dynsec", "init", str(self.dynsec_file), FLEET_USER, secrets.token_hex(16)]
+            subprocess.run(ctrl, check=True, capture_output=True)
+        else:
+            self.acl_file = self.root / "acl"
+            self.acl_file.write_text(acl_text())
         (self.root / "data").mkdir(exist_ok=True)
         self.log_file = self.root / "mosquitto.log"
         self.config_file = self.root / "mosquitto.conf"
@@ -163,6 +175,7 @@ class Broker:
                 acl_file=self.acl_file,
                 data_dir=self.root / "data",
                 log_file=self.log_file,
+                dynsec_file=self.dynsec_file,
             )
         )
         self.process: subprocess.Popen | None = None
