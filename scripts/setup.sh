@@ -13,6 +13,7 @@ APT_PACKAGES=(
   docker.io
   chromium chromium-driver
   file ffmpeg
+  systemd
 )
 
 missing=()
