@@ -15,9 +15,10 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictInt
 
 from edgefleet.contracts.base import Document, WireMessage
+from edgefleet.contracts.shadow import ShadowSettings
 
 MAX_PACKAGE_BYTES = 2 * 1024**3  # as the fleet's upload cap (fleet/body_limit.py)
-JobKind = Literal["install", "rollback", "agent_install", "agent_rollback"]
+JobKind = Literal["install", "rollback", "agent_install", "agent_rollback", "shadow_install", "shadow_remove"]
 
 
 def _http_only(url: str | None) -> str | None:
@@ -84,6 +85,12 @@ class RollbackAuthorization(WireMessage):
 
 
 class JobDocument(WireMessage):
+    """Revision 2 adds the shadow_install/shadow_remove kinds (edgefleet.contracts.shadow) and `shadow`,
+    the settings a shadow_install runs with; an agent without the `shadow` feature refuses those kinds
+    at parsing, and the fleet sends them only to agents that list the feature."""
+
+    REVISION: ClassVar[int] = 2
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"shadow"})
     schema_: Literal[1] = Field(default=1, alias="schema")
     id: str | None = None  # the fleet always sets one; the earliest test fleets did not
     job: str
@@ -92,11 +99,13 @@ class JobDocument(WireMessage):
     package: JobPackage
     probation: JobProbation = Field(default_factory=lambda: JobProbation())
     rollback_authorization: RollbackAuthorization | None = None
+    shadow: ShadowSettings | None = None
 
     model_config = WireMessage.model_config | {"populate_by_name": True}
 
     def wire(self) -> dict[str, object]:
-        body = self.model_dump(mode="json", by_alias=True, exclude={"rollback_authorization"})
+        skip = {"rollback_authorization"} | ({"shadow"} if self.shadow is None else set())
+        body = self.model_dump(mode="json", by_alias=True, exclude=skip)
         body["package"] = self.package.wire()
         if self.rollback_authorization is not None:
             body["rollback_authorization"] = self.rollback_authorization.wire()

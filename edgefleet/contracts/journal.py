@@ -24,6 +24,9 @@ JOURNAL_FORMAT: Literal[1] = 1
 
 
 class JournalBase(WireMessage):
+    """Revision 2: `kind` takes the job kinds of JobDocument revision 2 (shadow_install, shadow_remove)."""
+
+    REVISION: ClassVar[int] = 2
     format: Literal[1] = JOURNAL_FORMAT
     job: str
     kind: JobKind

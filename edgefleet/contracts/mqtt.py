@@ -4,6 +4,7 @@
     edgefleet/v1/<device>/telemetry            TelemetryMessage
     edgefleet/v1/<device>/alerts               AlertMessage
     edgefleet/v1/<device>/jobs/<job>/update    JobUpdate
+    edgefleet/v1/<device>/shadow               edgefleet.contracts.shadow.ShadowReport
     edgefleet/v1/<device>/jobs/notify          edgefleet.contracts.jobs.JobDocument
     edgefleet/v1/<device>/drift                DriftAlarmMessage (fleet -> subscribers, and the webhook)
     edgefleet/v1/fleet/drift                   FleetDriftAlarmMessage (idem)
@@ -71,15 +72,17 @@ class DeviceMessage(WireMessage):
 class StatusMessage(DeviceMessage):
     """Revision 2 adds `watching`: the labels the camera's alert rules watch (Home Assistant
     discovery makes one binary sensor per label); agents before it do not say. It also bounds
-    `id` (DeviceMessage)."""
+    `id` (DeviceMessage). Revision 3 adds `features`: what the agent can do beyond revision 1's
+    jobs (e.g. "shadow", edgefleet.contracts.shadow); an agent that does not say has none."""
 
-    REVISION: ClassVar[int] = 2
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching"})
+    REVISION: ClassVar[int] = 3
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching", "features"})
     state: Literal["online", "offline"]
     model: ModelRef | None = None
     agent_version: Annotated[str, Field(max_length=64)] | None = None  # agents before 0.2 do not say
     arch: Annotated[str, Field(max_length=32)] | None = None
     watching: Annotated[list[Label], Field(max_length=64)] | None = None
+    features: Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=32)] | None = None
 
 
 class FrameCounts(WireMessage):

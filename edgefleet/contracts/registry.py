@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from edgefleet.contracts import drift, jobs, journal, mqtt, rest
+from edgefleet.contracts import drift, jobs, journal, mqtt, rest, shadow
 
 
 def _version(model: type[BaseModel]) -> int:
@@ -26,6 +26,7 @@ TOP_LEVEL: list[type[BaseModel]] = [
     mqtt.JobUpdate,
     mqtt.DriftAlarmMessage,
     mqtt.FleetDriftAlarmMessage,
+    shadow.ShadowReport,
     jobs.JobDocument,
     jobs.RollbackAuthorization,
     journal.UpdateJournal,
