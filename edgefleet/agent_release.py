@@ -132,7 +132,8 @@ def parse_release_manifest(data: bytes) -> AgentReleaseManifest:
         ) from None
 
 
-# What the agent role imports, with the ranges pyproject.toml declares (its core and `agent` extra).
+# What the agent role imports, with the ranges pyproject.toml declares (its core and `agent` extra;
+# tests/test_agent_release_requires.py fails when the two differ).
 DEFAULT_REQUIRES = (
     ("pydantic", "2.6", "3"),
     ("cryptography", "42", None),
