@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from edgefleet.agent_release import DEFAULT_PYTHON, DEFAULT_REQUIRES
 
