@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the same parser, from Py
 
 from edgefleet.errors import BadInputError, UsageError
 from edgefleet.logs import LogFormat
+from edgefleet.signing import PublicKey, default_trusted_keys, load_public_key
 from edgefleet.strict import Strict, first_error
 
 CONFIG_VERSION = 1
@@ -261,6 +262,11 @@ class AgentConfig(Strict):
     @property
     def device_id(self) -> str:
         return self.mqtt.device_id
+
+
+def trusted_keys(cfg: AgentConfig) -> list[PublicKey]:
+    """The keys the agent trusts for packages and agent releases: the config's, else the local defaults."""
+    return [load_public_key(p) for p in cfg.model.trusted_keys] if cfg.model.trusted_keys else default_trusted_keys()
 
 
 def parse_config(raw: dict, where: str = "agent config") -> AgentConfig:

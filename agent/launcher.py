@@ -11,7 +11,10 @@ looks at the agent update journal (agent/self_update.py) and acts on LAUNCH:
     others        nothing (the agent continues or reports them)
 
 A state it does not know, or a journal it cannot read, means roll back to the previous release
-if the journal names one. Then it replaces itself (exec) with `agent run` on the release:
+if the journal names one. Then it checks the release it is about to start as it was checked at
+unpacking (signature by a trusted key, every file's sha256): a release changed on disk since
+(corruption, tampering) is not started; the installed agent starts instead and says why. Then
+it replaces itself (exec) with `agent run` on the release:
 its site/ first on PYTHONPATH, its runtime bundle (if it has one) as EDGEFLEET_RUNTIME.
 """
 
@@ -24,8 +27,10 @@ import sys
 from pathlib import Path
 
 from edgefleet import __version__
+from edgefleet.agent.config import load_config, trusted_keys
 from edgefleet.agent.self_update import INSTALLED_ENV, LAUNCHER_ENV, TRANSITIONS, AgentJournal
-from edgefleet.errors import UsageError
+from edgefleet.agent_release import verify_release_dir
+from edgefleet.errors import EdgefleetError, PackageIntegrityError, UsageError
 from edgefleet.runtime_bundle import BUNDLE_ENV
 
 log = logging.getLogger("edgefleet.agent.launcher")
@@ -89,6 +94,22 @@ def _unreadable(journal: AgentJournal, why: str) -> str:
     return "rolled_back"
 
 
+def check_current(journal: AgentJournal, config_path: Path) -> str | None:
+    """Re-check the release `current` names before it starts; on a failure point `current` at the
+    installed agent and return why (None: it passed, or the installed agent runs anyway)."""
+    release = journal.current_dir()
+    if release is None:
+        return None
+    try:
+        verify_release_dir(release, trusted_keys(load_config(config_path)))
+    except PackageIntegrityError as exc:
+        journal.point_current(None)
+        return f"agent release {release.name} failed its check at start ({exc.cause}); starting the installed agent"
+    except (EdgefleetError, OSError) as exc:  # an unreadable config or key: `agent run` reports it itself
+        log.warning("launcher: release %s not re-checked: %s", release.name, exc)
+    return None
+
+
 def launch_argv(config_path: Path, run_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *run_args]
 
@@ -113,6 +134,9 @@ def launch(config_path: Path, state_dir: Path, run_args: list[str]) -> None:
     config_path = Path(config_path).resolve()  # the working directory changes below
     journal = AgentJournal(state_dir)
     done = prepare_boot(journal)
+    refused = check_current(journal, config_path)
+    if refused:
+        log.error("launcher: %s", refused)
     release = journal.current_version()
     log.info("launcher: %s; starting %s", done, f"agent release {release}" if release else "the installed agent")
     # `python -m` puts the working directory first on sys.path: start where no edgefleet/ can shadow the release.

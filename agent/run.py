@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.agent import payloads
-from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.config import AgentConfig, trusted_keys
 from edgefleet.agent.metrics import AgentMetrics, luma_stats
 from edgefleet.agent.model_slot import ActiveModel, ModelSlot
 from edgefleet.agent.outbox import Outbox
@@ -37,7 +37,6 @@ from edgefleet.agent.update import UpdateManager, UpdateRefused, download_contex
 from edgefleet.contracts.jobs import JobProbation
 from edgefleet.contracts.mqtt import SCHEMA
 from edgefleet.errors import UsageError
-from edgefleet.signing import default_trusted_keys, load_public_key
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -108,10 +107,6 @@ def load_plain_tflite(cfg: AgentConfig) -> ActiveModel:
         signature={"key_id": "unsigned"},
     )
     return ActiveModel(model, manifest, None)
-
-
-def trusted_keys(cfg: AgentConfig):
-    return [load_public_key(p) for p in cfg.model.trusted_keys] if cfg.model.trusted_keys else default_trusted_keys()
 
 
 class Agent:

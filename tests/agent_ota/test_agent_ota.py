@@ -108,6 +108,20 @@ def test_power_loss_in_each_state_resumes_or_rolls_back(camera, state, release, 
     assert -9 in camera.supervisor.exits
 
 
+def test_a_release_changed_on_disk_after_its_commit_is_not_started(camera):
+    camera.start().wait_online(__version__)
+    camera.send("c1", "9.2", "9.2")
+    assert camera.final("c1")[0] == "committed"
+    camera.wait_online("9.2")
+    run_py = camera.state / "agent" / "releases" / "9.2" / "site" / "edgefleet" / "agent" / "run.py"
+    run_py.write_text(run_py.read_text() + "\n# changed on the camera's disk\n")
+    camera.status.messages.clear()
+    camera.supervisor.process.kill()  # the next start goes through the launcher's check
+    camera.wait_online(__version__)
+    assert camera.current() is None
+    assert "agent release 9.2 failed its check at start" in camera.log.read_text()
+
+
 def test_untrusted_or_foreign_releases_are_refused_reported_and_the_agent_keeps_running(camera, tmp_path):
     other = create_signing_key(tmp_path / "other.key")
     camera.releases["9.4-untrusted"] = tmp_path / "untrusted.tar.gz"
