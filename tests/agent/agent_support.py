@@ -18,8 +18,8 @@ from support.scenes import box_iou  # noqa: F401  (the agent tests' IoU)
 LABELS = ["dark", "bright"]
 
 
-def brightness_onnx(path: Path, size: int = 16) -> None:
-    """A real (tiny) classifier: 'bright' when the mean pixel is over 0.5, else 'dark'."""
+def brightness_onnx(path: Path, size: int = 16, threshold: float = 0.5) -> None:
+    """A real (tiny) classifier: 'bright' when the mean pixel is over `threshold`, else 'dark'."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -27,7 +27,7 @@ def brightness_onnx(path: Path, size: int = 16) -> None:
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
     inits = [
         numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
-        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array(threshold, dtype=np.float32), "half"),
         numpy_helper.from_array(np.array(20.0, dtype=np.float32), "gain"),
     ]
     nodes = [
@@ -240,10 +240,10 @@ def agent_config(
     return config
 
 
-def start_agent(config_path: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
-    """`edgefleet agent run` as a real process (so it can be SIGKILLed)."""
+def start_agent(config_path: Path, *args: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """`edgefleet agent run` as a real process (so it can be SIGKILLed); `env` adds to the environment."""
     out = open(log, "ab") if log else subprocess.DEVNULL
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *args],
         stdout=out,
