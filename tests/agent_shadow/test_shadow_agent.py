@@ -100,7 +100,7 @@ def frames_per_second(camera: ShadowCamera, count: int) -> float:
     staging = camera.tmp_path / "staging"
     staging.mkdir(exist_ok=True)
     for i in range(count):
-        (staging / f"f{camera.frames + i:06d}.jpg").write_bytes(jpeg(40 + (i % 5) * 40))
+        (staging / f"f{camera.frames + i:06d}.jpg").write_bytes(jpeg(40 + (i % 5) * 40, (320, 240)))
     names = sorted(staging.iterdir())
     camera.frames += count
     start = time.monotonic()
@@ -114,28 +114,34 @@ def test_the_budget_keeps_a_slow_candidate_within_the_frame_rate_drop(
     tmp_path, mqtt_broker, shadow_packages, static_server
 ):
     camera = ShadowCamera(tmp_path, mqtt_broker, shadow_packages, static_server, max_fps=5000.0)
+    baseline, budgeted = [], []
     try:
         camera.start()
         frames_per_second(camera, 50)  # warm up
-        baseline = frames_per_second(camera, 1000)
-        camera.send("s1", "4", max_fps_drop_percent=10.0)
-        assert camera.final("s1")[0] == "committed"
-        budgeted = frames_per_second(camera, 1000)
-        camera.wait(lambda: sum(r["frames_seen"] for r in camera.compared("s1")) >= 1000, "s1's reports")
-        # The same candidate allowed to take the loop (100 % drop): the rate it would cost without the budget.
-        camera.send("s2", "4", max_fps_drop_percent=100.0)
-        assert camera.final("s2")[0] == "committed"
-        unbounded = frames_per_second(camera, 60)
+        # Rounds of (no shadow, slow shadow within a 10 % drop), best of each: the machine is shared,
+        # and other load only ever slows a round down.
+        for r in range(3):
+            baseline.append(frames_per_second(camera, 300))
+            camera.send(f"s{r}", "4", max_fps_drop_percent=10.0)
+            assert camera.final(f"s{r}")[0] == "committed"
+            budgeted.append(frames_per_second(camera, 300))
+            camera.send(f"r{r}", "4", kind="shadow_remove")  # its last window is reported
+            assert camera.final(f"r{r}")[0] == "committed"
+        # The same candidate allowed to take the loop (100 % drop): what it costs without the budget.
+        camera.send("unbounded", "4", max_fps_drop_percent=100.0)
+        assert camera.final("unbounded")[0] == "committed"
+        unbounded = frames_per_second(camera, 40)
     finally:
         camera.stop()
-    reports = camera.compared("s1")
-    drop = 1 - budgeted / baseline
+    reports = [r for i in range(3) for r in camera.compared(f"s{i}")]
+    drop = 1 - max(budgeted) / max(baseline)
     print(
-        f"frames/s: no shadow {baseline:.1f}, slow shadow within 10 %: {budgeted:.1f} (drop {drop:.1%}), "
-        f"unbounded {unbounded:.1f}; s1 compared {totals(reports, 'frames')}, "
-        f"skipped {sum(r['skipped_budget'] for r in reports)}"
+        f"frames/s: no shadow {max(baseline):.1f} (rounds {', '.join(f'{b:.0f}' for b in baseline)}), "
+        f"slow shadow within 10 %: {max(budgeted):.1f} ({', '.join(f'{b:.0f}' for b in budgeted)}), "
+        f"drop {drop:.1%}; unbounded {unbounded:.1f}; compared {totals(reports, 'frames')}, "
+        f"skipped {sum(r['skipped_budget'] for r in reports)} of {sum(r['frames_seen'] for r in reports)}"
     )
-    assert 1 - unbounded / baseline > 0.4, "the candidate is slow enough to matter"
+    assert 1 - unbounded / max(baseline) > 0.4, "the candidate is slow enough to matter"
     assert totals(reports, "frames") > 0 and sum(r["skipped_budget"] for r in reports) > 0
     assert drop < 0.10 + 0.08, f"the active frame rate dropped {drop:.1%} (limit 10 %, 8 points for a shared machine)"
 
@@ -144,7 +150,16 @@ def journal(camera: ShadowCamera) -> dict:
     return json.loads((camera.state / "shadow" / "journal" / "current.json").read_text())
 
 
-@pytest.mark.parametrize("how", ["killed_while_running", "killed_while_switching", "unknown_journaled_state"])
+KILLS = [
+    "killed_while_running",  # resumes
+    "killed_while_switching",  # dropped: half-way
+    "unknown_journaled_state",  # dropped: what the journal says is not known
+    "job_document_unreadable",  # dropped: its settings cannot be read
+    "package_altered_on_disk",  # dropped: the candidate no longer verifies
+]
+
+
+@pytest.mark.parametrize("how", KILLS)
 def test_a_camera_killed_while_holding_a_shadow_model_keeps_its_active_model(camera, how):
     if how == "killed_while_switching":
         camera.start(env={"EDGEFLEET_UPDATE_FAULT": "switching"})
@@ -158,10 +173,14 @@ def test_a_camera_killed_while_holding_a_shadow_model_keeps_its_active_model(cam
         camera.drop([240])
         camera.wait(lambda: camera.compared("s1"), "a first report")
         camera.kill()
+        shadow = camera.state / "shadow"
         if how == "unknown_journaled_state":
-            (camera.state / "shadow" / "journal" / "current.json").write_text(
-                json.dumps(journal(camera) | {"state": "teleporting"})
-            )
+            (shadow / "journal" / "current.json").write_text(json.dumps(journal(camera) | {"state": "teleporting"}))
+        elif how == "job_document_unreadable":
+            (shadow / "jobs" / "s1.json").write_text('{"schema": 1, "job": ')
+        elif how == "package_altered_on_disk":
+            library = shadow / "packages" / "brightness-2" / "model.so"
+            library.write_bytes(library.read_bytes()[:-16] + b"\0" * 16)
     assert camera.active_link() == "brightness-1"
     reports_before, alerts_before = len(camera.compared("s1")), len(camera.alerts.messages)
     camera.start()
