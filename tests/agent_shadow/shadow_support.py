@@ -7,11 +7,21 @@ import shutil
 import signal
 import subprocess
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_support import LABELS, agent_config, brightness_onnx, drop_frame, start_agent, wait_until, write_config
+from agent_support import (
+    LABELS,
+    agent_config,
+    brightness_onnx,
+    detection_onnx,
+    drop_frame,
+    start_agent,
+    wait_until,
+    write_config,
+)
 
 from edgefleet.package import sha256_file
 
@@ -60,21 +70,40 @@ def slow_onnx(path: Path, layers: int = 3) -> None:
     onnx.save(model, str(path))
 
 
-def _compile(root: Path, key: Path, build, version: str, labels: list[str], side: int) -> Path:
+# The detection candidate: its first box is the active model's, its second the active one's moved
+# down by 0.05 (IoU 0.275 / 0.325 with it); both are 'car', and each takes the other box's score.
+DETECTION_CANDIDATE = {
+    "boxes": [[0.1, 0.2, 0.5, 0.6], [0.35, 0.3, 0.95, 0.8]],
+    "classes": (1, 1),
+    "dark_first": True,
+}
+
+
+def _compile(
+    root: Path,
+    key: Path,
+    build,
+    version: str,
+    labels: list[str],
+    side: int,
+    name: str = "brightness",
+    task: str = "classification",
+) -> Path:
     from edgefleet.compiler.compile import compile_model
 
-    work = root / f"v{version}"
+    work = root / f"{name}-{version}"
     work.mkdir()
     build(work / "model.onnx")
     (work / "labels.txt").write_text("\n".join(labels) + "\n")
     return compile_model(
         str(work / "model.onnx"),
         "x86_64",
-        output=root / f"brightness-{version}.tar.gz",
-        name="brightness",
+        output=root / f"{name}-{version}.tar.gz",
+        name=name,
         version=version,
         labels=work / "labels.txt",
         preprocessing={"resize": (side, side)},
+        task=task,
         key=key,
         quiet=True,
     ).package
@@ -88,7 +117,8 @@ def shadow_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     "3" labels swapped, input 8x8: 'bright' on a dark frame (a candidate that would alert on every dark frame);
     "4" slow: the version 1 classifier plus ~0.3 GFLOP of matrix products (input 256x256);
     "5-untrusted" version 5 signed by a key the camera does not trust;
-    "5-tampered" / "5-unsigned" version 2's package with model.so changed / manifest.sig removed."""
+    "2-tampered" / "2-unsigned" version 2's package with model.so changed / manifest.sig removed;
+    "det-1" / "det-2": detectors named "detector", the tiny SSD-layout one and DETECTION_CANDIDATE."""
     from edgefleet.signing import create_signing_key, public_path
 
     root = tmp_path_factory.mktemp("shadow-packages")
@@ -99,6 +129,10 @@ def shadow_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out["2"] = _compile(root, key, lambda p: brightness_onnx(p, threshold=0.3), "2", LABELS, 16)
     out["3"] = _compile(root, key, lambda p: brightness_onnx(p, size=8), "3", LABELS[::-1], 8)
     out["4"] = _compile(root, key, slow_onnx, "4", LABELS, SLOW_SIDE)
+    detect = ["person", "car"]
+    out["det-1"] = _compile(root, key, detection_onnx, "1", detect, 16, "detector", "detection")
+    candidate = partial(detection_onnx, **DETECTION_CANDIDATE)
+    out["det-2"] = _compile(root, key, candidate, "2", detect, 16, "detector", "detection")
     (root / "other").mkdir()
     out["5-untrusted"] = _compile(root / "other", other, brightness_onnx, "5", LABELS, 16)
     for case in ("tampered", "unsigned"):
@@ -117,7 +151,9 @@ def shadow_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return out
 
 
-def shadow_job(job: str, package: Path, url: str, version: str, kind: str = "shadow_install", **settings) -> dict:
+def shadow_job(
+    job: str, package: Path, url: str, name: str, version: str, kind: str = "shadow_install", **settings
+) -> dict:
     body = {
         "schema": 1,
         "id": job,
@@ -125,7 +161,7 @@ def shadow_job(job: str, package: Path, url: str, version: str, kind: str = "sha
         "kind": kind,
         "rollout": 7,
         "package": {
-            "name": "brightness",
+            "name": name,
             "version": version,
             "sha256": sha256_file(package),
             "size": package.stat().st_size,
@@ -142,11 +178,13 @@ def shadow_job(job: str, package: Path, url: str, version: str, kind: str = "sha
 class ShadowCamera:
     """`edgefleet agent run` with version 1 active, the fleet's view of it over MQTT, and its frames folder."""
 
-    def __init__(self, tmp_path: Path, broker, packages: dict, server, max_fps: float = 200.0) -> None:
+    def __init__(
+        self, tmp_path: Path, broker, packages: dict, server, max_fps: float = 200.0, active: str = "1"
+    ) -> None:
         cfg = agent_config(
             tmp_path,
             broker,
-            (packages["1"], packages["trust"]),
+            (packages[active], packages["trust"]),
             sources=[{"type": "folder", "path": str(tmp_path / "incoming"), "max_fps": max_fps, "poll_s": 0.02}],
         )
         self.tmp_path, self.packages, self.server = tmp_path, packages, server
@@ -185,10 +223,12 @@ class ShadowCamera:
         except AssertionError:
             raise AssertionError(f"{what} not met within {timeout} s\n{self.log.read_text()[-3000:]}") from None
 
-    def send(self, job: str, version: str, kind: str = "shadow_install", **settings) -> None:
-        package = self.packages[version]
+    def send(self, job: str, key: str, kind: str = "shadow_install", **settings) -> None:
+        """Publish a job for the package shadow_packages names `key` ("2", "det-2", "2-tampered"...)."""
+        package = self.packages[key]
+        name, version = ("detector", key[4:]) if key.startswith("det-") else ("brightness", key.split("-")[0])
         shutil.copy(package, self.server.root / package.name)
-        body = shadow_job(job, package, self.server.url(package.name), version.split("-")[0], kind, **settings)
+        body = shadow_job(job, package, self.server.url(package.name), name, version, kind, **settings)
         self.updates.client.publish("edgefleet/v1/cam-1/jobs/notify", json.dumps(body), qos=1).wait_for_publish(5)
 
     def states(self, job: str) -> list[str]:

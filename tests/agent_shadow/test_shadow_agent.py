@@ -95,6 +95,41 @@ def test_a_candidate_that_would_alert_on_every_frame_raises_no_alert(camera):
     assert camera.alerts.messages[0].json()["model"]["version"] == "1"
 
 
+def test_a_shadow_detector_reports_matched_boxes_label_agreement_and_score_deltas(
+    tmp_path, mqtt_broker, shadow_packages, static_server
+):
+    camera = ShadowCamera(tmp_path, mqtt_broker, shadow_packages, static_server, active="det-1")
+    try:
+        camera.start()
+        camera.send("d1", "det-2")
+        assert camera.final("d1")[0] == "committed"
+        values = [128, 204, 153]
+        camera.drop(values)
+        camera.wait(lambda: totals(camera.compared("d1"), "frames") == len(values), "every frame compared")
+    finally:
+        camera.stop()
+    reports = camera.compared("d1")
+    # By hand, with m the frame's mean pixel and the packages' score threshold 0.25 (boxes as
+    # ymin, xmin, ymax, xmax; scores in brackets):
+    #   active:    A0 [.1 .2 .5 .6] person (m)      A1 [.3 .3 .9 .8] car (1 - m)
+    #   candidate: C0 [.1 .2 .5 .6] car (1 - m)     C1 [.35 .3 .95 .8] car (m)
+    # IoU(A0, C0) = 1, IoU(A1, C1) = 0.275 / 0.325 = 0.85, IoU(A0, C1) = 0.045 / 0.415 = 0.11 (under 0.5).
+    #   m = 128/255: every score near 0.5: 2 + 2 boxes, pairs (A0, C0) labels differ, (A1, C1) agree;
+    #                deltas (1 - m) - m and m - (1 - m)
+    #   m = 204/255 = 0.8: A1 and C0 score 0.2, under the threshold: A0 and C1 do not match
+    #   m = 153/255 = 0.6: as for 128, deltas -0.2 and +0.2
+    m = [np.asarray(Image.open(io.BytesIO(jpeg(v))).convert("RGB"), dtype=np.float64).mean() / 255 for v in values]
+    assert {k: sum(r["agreement"][k] for r in reports) for k in ("active_boxes", "candidate_boxes")} == {
+        "active_boxes": 5,
+        "candidate_boxes": 5,
+    }
+    assert (totals(reports, "matched"), totals(reports, "label_agree")) == (4, 2)
+    assert sum(r["agreement"]["score_delta_sum"] for r in reports) == pytest.approx(0.0, abs=1e-4)
+    abs_sum = 2 * abs(1 - 2 * m[0]) + 2 * abs(1 - 2 * m[2])
+    assert sum(r["agreement"]["score_abs_delta_sum"] for r in reports) == pytest.approx(abs_sum, abs=1e-4)
+    assert all(r["agreement"]["task"] == "detection" for r in reports)
+
+
 def frames_per_second(camera: ShadowCamera, count: int) -> float:
     """The camera's frame rate measured from outside: frames dropped at once, time until the folder is empty."""
     staging = camera.tmp_path / "staging"
