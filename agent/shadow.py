@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from edgefleet.agent import payloads
 from edgefleet.agent.boxes import iou
@@ -40,7 +41,7 @@ from edgefleet.agent.postprocess import Detection, FrameResult, interpret
 from edgefleet.agent.preprocess import geometry, preprocess
 from edgefleet.contracts.drift import DriftSummary
 from edgefleet.contracts.jobs import JobDocument
-from edgefleet.contracts.mqtt import LatencySummary
+from edgefleet.contracts.mqtt import LatencySummary, ModelRef
 from edgefleet.contracts.shadow import ClassificationAgreement, DetectionAgreement, ShadowReport, ShadowSettings
 
 log = logging.getLogger("edgefleet.agent.shadow")
@@ -158,7 +159,7 @@ class Window:
     frames_seen: int = 0
     skipped_budget: int = 0
     errors: int = 0
-    active_ref: object = None  # the active model's ModelRef when the window's last frame ran
+    active_ref: ModelRef | None = None  # the active model when the window's last frame ran
     agreement: AgreementTally = field(default_factory=AgreementTally)
     active_ms: list[float] = field(default_factory=list)
     candidate_ms: list[float] = field(default_factory=list)
@@ -182,7 +183,7 @@ class Window:
 class Observed:
     """What the loop knows of one frame the active model handled."""
 
-    image: object  # PIL image
+    image: Image.Image  # the decoded frame
     batch: np.ndarray  # the active model's preprocessed input
     active: ActiveModel
     result: FrameResult
@@ -211,10 +212,6 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._candidate: Candidate | None = None
         self._window: Window | None = None
-
-    @property
-    def candidate(self) -> Candidate | None:
-        return self._candidate
 
     def start(self, candidate: Candidate) -> None:
         """Run `candidate` from now on (a running one's last window is reported first)."""
