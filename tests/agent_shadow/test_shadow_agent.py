@@ -156,10 +156,10 @@ def test_the_budget_keeps_a_slow_candidate_within_the_frame_rate_drop(
         # Rounds of (no shadow, slow shadow within a 10 % drop), best of each: the machine is shared,
         # and other load only ever slows a round down.
         for r in range(3):
-            baseline.append(frames_per_second(camera, 300))
+            baseline.append(frames_per_second(camera, 900))
             camera.send(f"s{r}", "4", max_fps_drop_percent=10.0)
             assert camera.final(f"s{r}")[0] == "committed"
-            budgeted.append(frames_per_second(camera, 300))
+            budgeted.append(frames_per_second(camera, 900))
             camera.send(f"r{r}", "4", kind="shadow_remove")  # its last window is reported
             assert camera.final(f"r{r}")[0] == "committed"
         # The same candidate allowed to take the loop (100 % drop): what it costs without the budget.
