@@ -31,6 +31,28 @@ def _hist(values: list[float], edges: np.ndarray) -> dict:
     return {"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]}
 
 
+def latency_summary(values_ms: list[float]) -> dict:
+    """Count, p50 and p95 of one window's latencies (telemetry's and the shadow report's latency_ms)."""
+    if not values_ms:
+        return {"count": 0, "p50": None, "p95": None}
+    lat = np.asarray(values_ms)
+    return {
+        "count": int(lat.size),
+        "p50": round(float(np.percentile(lat, 50)), 3),
+        "p95": round(float(np.percentile(lat, 95)), 3),
+    }
+
+
+def drift_summary(brightness: list[float], contrast: list[float], predictions: Tally, confidence: list[float]) -> dict:
+    """One window's drift summary on the fixed bins: the telemetry's, and a shadow model's in its report."""
+    return {
+        "brightness": _hist(brightness, BRIGHTNESS_EDGES),
+        "contrast": _hist(contrast, CONTRAST_EDGES),
+        "predictions": dict(predictions),
+        "confidence": _hist(confidence, CONFIDENCE_EDGES),
+    }
+
+
 def luma_stats(image: Image.Image) -> tuple[float, float]:
     """Mean and standard deviation of luma on a small copy (cheap on a camera CPU)."""
     gray = image.convert("L")  # first: reduce() does not take every mode (palette PNGs)
@@ -126,7 +148,6 @@ class AgentMetrics:
     def window(self) -> dict:
         """The telemetry body for the window since the last call, and start a new window."""
         with self._lock:
-            lat = np.asarray(self.w_latency) if self.w_latency else None
             body = {
                 "window_s": round(time.monotonic() - self.window_start, 3),
                 "frames": {
@@ -135,22 +156,13 @@ class AgentMetrics:
                     "error": self.w_frames["error"],
                     "bad_reasons": dict(self.w_bad_reasons),
                 },
-                "latency_ms": {
-                    "count": 0 if lat is None else int(lat.size),
-                    "p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
-                    "p95": None if lat is None else round(float(np.percentile(lat, 95)), 3),
-                },
+                "latency_ms": latency_summary(self.w_latency),
                 "alerts": dict(self.w_alerts),
                 "system": {
                     "cpu_percent": self._process.cpu_percent(None),
                     "rss_bytes": self._process.memory_info().rss,
                 },
-                "drift": {
-                    "brightness": _hist(self.w_brightness, BRIGHTNESS_EDGES),
-                    "contrast": _hist(self.w_contrast, CONTRAST_EDGES),
-                    "predictions": dict(self.w_predictions),
-                    "confidence": _hist(self.w_confidence, CONFIDENCE_EDGES),
-                },
+                "drift": drift_summary(self.w_brightness, self.w_contrast, self.w_predictions, self.w_confidence),
             }
             self._reset_window()
         return body

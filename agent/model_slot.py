@@ -143,6 +143,11 @@ class ModelSlot:
         self.point_current(directory)
         return self.reload()
 
+    def unload(self) -> None:
+        """Forget the loaded model (a shadow model that stops); what is on disk stays."""
+        with self._lock:
+            self._active = None
+
     def load_plain(self, active: ActiveModel) -> None:
         """Use a model that is not a package (a plain .tflite from the config); updates do not apply."""
         with self._lock:

@@ -156,7 +156,13 @@ def telemetry(
     ).wire()
 
 
-def status(device_id: str, state: str, manifest: Manifest | None = None, watching: list[str] | None = None) -> dict:
+def status(
+    device_id: str,
+    state: str,
+    manifest: Manifest | None = None,
+    watching: list[str] | None = None,
+    features: list[str] | None = None,
+) -> dict:
     return StatusMessage(
         id=str(uuid.uuid4()),
         type="status",
@@ -167,4 +173,5 @@ def status(device_id: str, state: str, manifest: Manifest | None = None, watchin
         agent_version=running_version(),
         arch=host_arch(),
         watching=watching,
+        features=features,
     ).wire()

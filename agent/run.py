@@ -30,12 +30,16 @@ from edgefleet.agent.rules import AlertRules
 from edgefleet.agent.self_update import KINDS as AGENT_JOB_KINDS
 from edgefleet.agent.self_update import AgentUpdateManager
 from edgefleet.agent.sender import Sender
+from edgefleet.agent.shadow import Observed, ShadowRunner
+from edgefleet.agent.shadow_job import KINDS as SHADOW_JOB_KINDS
+from edgefleet.agent.shadow_job import ShadowJobs
 from edgefleet.agent.snapshots import SnapshotUploader
 from edgefleet.agent.sources import Frame, FrameSource, make_source
 from edgefleet.agent.transports import make_transport
 from edgefleet.agent.update import UpdateManager, UpdateRefused, download_context, smoke_test
 from edgefleet.contracts.jobs import JobProbation
 from edgefleet.contracts.mqtt import SCHEMA
+from edgefleet.contracts.shadow import SHADOW_FEATURE
 from edgefleet.errors import UsageError
 
 log = logging.getLogger("edgefleet.agent")
@@ -136,6 +140,12 @@ class Agent:
         self.frames: queue.Queue[Frame] = queue.Queue(maxsize=4)
         self.jobs: queue.Queue[dict] = queue.Queue()
         self.updates = None
+        self.shadow = ShadowRunner(
+            self.device,
+            lambda topic, body: self.outbox.put("telemetry", topic, body),
+            cfg.model.detection.model_dump(),
+        )
+        self.shadow_jobs: ShadowJobs | None = None  # with signed packages only, as model updates
         self.agent_updates = AgentUpdateManager(
             self.state,
             self.publish,
@@ -176,9 +186,14 @@ class Agent:
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.publish(
             payloads.topic(self.device, "status"),
-            json.dumps(payloads.status(self.device, "online", manifest, self.cfg.rules.labels)).encode(),
+            json.dumps(
+                payloads.status(self.device, "online", manifest, self.cfg.rules.labels, self._features())
+            ).encode(),
             retain=True,
         )
+
+    def _features(self) -> list[str] | None:
+        return [SHADOW_FEATURE] if self.shadow_jobs is not None else None
 
     def publish(self, topic_suffix: str, payload: dict) -> None:
         """QoS 1, ordered, through the outbox: what the update manager uses for job updates."""
@@ -207,6 +222,9 @@ class Agent:
             try:
                 if payload.get("kind") in AGENT_JOB_KINDS:
                     self.agent_updates.handle_notify(payload)
+                elif payload.get("kind") in SHADOW_JOB_KINDS:
+                    if self.shadow_jobs is not None:
+                        self.shadow_jobs.handle_notify(payload)
                 elif self.updates is not None:
                     self.updates.handle_notify(payload)
             except Exception:  # an update failure must never take the camera down
@@ -337,6 +355,8 @@ class Agent:
         self._done(by_source, frame)
         total = time.perf_counter() - start
         self.metrics.frame_ok(model_s, total - model_s, brightness, contrast, result.top_label, result.top_score)
+        # After the active model's alerts are stored: the candidate never delays or raises one.
+        self.shadow.observe(Observed(image, batch, active, result, model_s, total, brightness, contrast))
 
     def _thumbnail(self, image, hits) -> dict | None:
         rules = self.cfg.rules
@@ -375,6 +395,18 @@ class Agent:
         self._load_model()
         if self.updates is None:
             log.info("over-the-air model updates are disabled: the model is a plain .tflite, not a signed package")
+        else:
+            # After the active model loaded: a shadow model held before a crash runs again or is dropped.
+            self.shadow_jobs = ShadowJobs(
+                self.state,
+                self.slot,
+                self.shadow,
+                self.publish,
+                self.slot.trusted_keys,
+                self.device,
+                download_context=download_context(self.cfg.fleet.ca_file),
+            )
+            self.shadow_jobs.resume()
         # After the model: a new agent release on probation proves itself with the model it had.
         agent_job = self.agent_updates.resume()
         self._agent_probation = (
@@ -408,6 +440,7 @@ class Agent:
         last_frame = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                self.shadow.report_if_due()
                 try:
                     frame = self.frames.get(timeout=0.1)
                 except queue.Empty:
@@ -446,6 +479,7 @@ class Agent:
         for thread in self._threads:
             if thread.name in ("telemetry", "jobs"):
                 thread.join(timeout=10)
+        self.shadow.stop()  # its last window is reported
         self.send_telemetry()
         if not self.sender.drain(self.options.drain_s):
             log.warning(

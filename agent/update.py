@@ -133,6 +133,9 @@ def _default_fault(state: str) -> None:
 
 
 class UpdateManager:
+    KINDS: tuple[str, ...] = ("install", "rollback")  # the job kinds it runs
+    RESUME: dict[str, str] = RESUME
+
     def __init__(
         self,
         state_dir: Path,
@@ -148,6 +151,7 @@ class UpdateManager:
     ) -> None:
         self.state_dir = Path(state_dir)
         self.slot = slot
+        self.active_slot = slot  # whose model the version rules compare with (the shadow jobs install beside it)
         self.publish = publish
         self.trusted_keys = trusted_keys
         self.device_id = device_id
@@ -188,9 +192,10 @@ class UpdateManager:
     def handle_notify(self, payload: dict) -> str | None:
         """Run one job from edgefleet/v1/<device>/jobs/notify to its end; returns the final state."""
         with self._lock:
-            job = self._accept(payload)
-            if job is None:
+            doc = self._parse(payload)
+            if doc is None:
                 return None
+            job = self._begin(doc)
             self._run(job)
             return job.state
 
@@ -204,7 +209,7 @@ class UpdateManager:
             except ValueError:
                 return self._recover_unreadable()
             state = job.state
-            action = RESUME.get(state, "roll_back")
+            action = self.RESUME.get(state, "roll_back")
             log.info("resuming job %s from %s: %s", job.job, state, action)
             if action == "finish":
                 self._finish(job)
@@ -214,9 +219,8 @@ class UpdateManager:
                 if (state, "error") in TRANSITIONS and TRANSITIONS[(state, "error")] == "rolling_back":
                     self._event(job, "error", f"interrupted in {state}; rolling back")
                 elif state != "rolling_back":
-                    self._enter(
-                        job, "rolling_back", f"unknown journaled state {state!r}; rolling back"
-                    )  # the one way around the table
+                    why = f"interrupted in {state}" if state in AGENT_STATES else f"unknown journaled state {state!r}"
+                    self._enter(job, "rolling_back", f"{why}; rolling back")  # the one way around the table
                 self._run(job)
             return job.state
 
@@ -243,7 +247,9 @@ class UpdateManager:
 
     # ---- the machine -----------------------------------------------------------------------
 
-    def _accept(self, payload: dict) -> UpdateJournal | None:
+    def _parse(self, payload: dict) -> JobDocument | None:
+        """The job document if this manager runs it now: well formed, one of its KINDS, plain names,
+        not run before, no other job under way; None (logged) otherwise."""
         from edgefleet.package import NAME_PATTERN  # job ids and names become file names under the state dir
 
         try:
@@ -253,7 +259,7 @@ class UpdateManager:
             log.warning("ignoring malformed job notification: %s", str(exc)[:500])
             return None
         plain = all(re.fullmatch(NAME_PATTERN, v) for v in (doc.job, doc.package.name))
-        if doc.kind not in ("install", "rollback") or not plain:
+        if doc.kind not in self.KINDS or not plain:
             log.warning("ignoring job notification with unknown kind or names")
             return None
         if doc.job in self._done_jobs():
@@ -263,6 +269,10 @@ class UpdateManager:
         if current is not None and current.state not in TERMINAL_STATES:
             log.warning("job %s arrived while job %s is %s; ignoring it", doc.job, current.job, current.state)
             return None
+        return doc
+
+    def _begin(self, doc: JobDocument) -> UpdateJournal:
+        """Journal an accepted job as idle and take its first step."""
         previous = self.slot.current_dir()
         target = f"{doc.package.name}-{doc.package.version}"
         job = UpdateJournal(
@@ -296,13 +306,13 @@ class UpdateManager:
     def _active_manifest(self):
         """The active model's manifest; read from `current` on disk if the slot is not loaded yet."""
         try:
-            return self.slot.manifest
+            return self.active_slot.manifest
         except Exception:
             pass
         from edgefleet.errors import EdgefleetError
         from edgefleet.package import read_manifest_unverified
 
-        current = self.slot.current_dir()
+        current = self.active_slot.current_dir()
         if current is None:
             return None
         try:
@@ -395,10 +405,13 @@ class UpdateManager:
         self.slot.reload()
         return "rolled_back", f"back on {previous}"
 
-    def _finish(self, job: UpdateJournal) -> None:
-        """Idempotent clean-up for a finished job (run again by resume after a crash)."""
+    def _clear_download(self, job: UpdateJournal) -> None:
         self._download_path(job).unlink(missing_ok=True)
         self._download_path(job).with_suffix(".part").unlink(missing_ok=True)
+
+    def _finish(self, job: UpdateJournal) -> None:
+        """Idempotent clean-up for a finished job (run again by resume after a crash)."""
+        self._clear_download(job)
         active = self.slot.current_dir()
         protect = {active.name if active else None}
         if job.state == "committed":

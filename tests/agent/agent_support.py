@@ -18,8 +18,8 @@ from support.scenes import box_iou  # noqa: F401  (the agent tests' IoU)
 LABELS = ["dark", "bright"]
 
 
-def brightness_onnx(path: Path, size: int = 16) -> None:
-    """A real (tiny) classifier: 'bright' when the mean pixel is over 0.5, else 'dark'."""
+def brightness_onnx(path: Path, size: int = 16, threshold: float = 0.5) -> None:
+    """A real (tiny) classifier: 'bright' when the mean pixel is over `threshold`, else 'dark'."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -27,7 +27,7 @@ def brightness_onnx(path: Path, size: int = 16) -> None:
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
     inits = [
         numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
-        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array(threshold, dtype=np.float32), "half"),
         numpy_helper.from_array(np.array(20.0, dtype=np.float32), "gain"),
     ]
     nodes = [
@@ -45,8 +45,19 @@ def brightness_onnx(path: Path, size: int = 16) -> None:
     onnx.save(model, str(path))
 
 
-def detection_onnx(path: Path, size: int = 16) -> None:
-    """A real (tiny) detector in the SSD output layout: two fixed boxes, 'person' scored by brightness, 'car' by darkness."""
+DETECTION_BOXES = [[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.9, 0.8]]  # ymin, xmin, ymax, xmax
+
+
+def detection_onnx(
+    path: Path,
+    size: int = 16,
+    boxes: list[list[float]] = DETECTION_BOXES,
+    classes: tuple[int, int] = (0, 1),
+    dark_first: bool = False,
+) -> None:
+    """A real (tiny) detector in the SSD output layout: two fixed boxes of `classes`, the first scored by
+    brightness (the mean pixel) and the second by darkness (1 - it), or the other way with `dark_first`;
+    by default 'person' (class 0) by brightness, 'car' (class 1) by darkness."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -60,15 +71,15 @@ def detection_onnx(path: Path, size: int = 16) -> None:
     inits = [
         numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "shape"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
-        numpy_helper.from_array(np.array([[[0.1, 0.2, 0.5, 0.6], [0.3, 0.3, 0.9, 0.8]]], dtype=np.float32), "boxes"),
-        numpy_helper.from_array(np.array([[0.0, 1.0]], dtype=np.float32), "classes"),
+        numpy_helper.from_array(np.array([boxes], dtype=np.float32), "boxes"),
+        numpy_helper.from_array(np.array([classes], dtype=np.float32), "classes"),
         numpy_helper.from_array(np.array([2.0], dtype=np.float32), "count"),
     ]
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
         helper.make_node("Reshape", ["m", "shape"], ["r"]),
         helper.make_node("Sub", ["one", "r"], ["inv"]),
-        helper.make_node("Concat", ["r", "inv"], ["detection_scores"], axis=1),
+        helper.make_node("Concat", ["inv", "r"] if dark_first else ["r", "inv"], ["detection_scores"], axis=1),
         helper.make_node("Identity", ["boxes"], ["detection_boxes"]),
         helper.make_node("Identity", ["classes"], ["detection_classes"]),
         helper.make_node("Identity", ["count"], ["num_detections"]),
@@ -240,10 +251,10 @@ def agent_config(
     return config
 
 
-def start_agent(config_path: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
-    """`edgefleet agent run` as a real process (so it can be SIGKILLed)."""
+def start_agent(config_path: Path, *args: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """`edgefleet agent run` as a real process (so it can be SIGKILLed); `env` adds to the environment."""
     out = open(log, "ab") if log else subprocess.DEVNULL
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config_path), *args],
         stdout=out,
