@@ -56,8 +56,7 @@ def send(fleet, ingest: Ingest, device: str, kind: str, body: dict | bytes) -> N
     ingest.handle_batch([Message(f"edgefleet/v1/{device}/{kind}", payload, fleet.clock())])
 
 
-@pytest.fixture
-def world(fleet, tiny_packages):
+def setup(fleet, tiny_packages) -> tuple:
     """Simulated devices cam-a, cam-b (group lobby) and cam-c (group yard) on tiny 1 with the shadow
     feature, cam-old without it; tiny 2 approved."""
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
@@ -81,8 +80,8 @@ def start_shadow(fleet, plan: dict = SHADOW_PLAN, devs=("cam-a", "cam-b", "cam-c
     return rid, {d: p["job"] for d, p in jobs.items()}
 
 
-def test_devices_without_the_shadow_feature_are_refused_with_a_fix(world):
-    fleet, _ = world
+def test_devices_without_the_shadow_feature_are_refused_with_a_fix(fleet, tiny_packages):
+    fleet, _ = setup(fleet, tiny_packages)
     with pytest.raises(ConflictError, match="cam-old runs agent 0.9.0, which does not list the 'shadow' feature") as e:
         rollouts.create_rollout(fleet, "tiny", "2", {"devices": ["cam-a", "cam-old"]}, SHADOW_PLAN)
     assert "update its agent" in e.value.fix
@@ -90,8 +89,8 @@ def test_devices_without_the_shadow_feature_are_refused_with_a_fix(world):
         rollouts._check_shadow_devices([], "edgefleet-agent")
 
 
-def test_aggregation_equals_hand_sums_and_promotion_starts_a_staged_rollout(world):
-    fleet, ingest = world
+def test_aggregation_equals_hand_sums_and_promotion_starts_a_staged_rollout(fleet, tiny_packages):
+    fleet, ingest = setup(fleet, tiny_packages)
     rid, jobs = start_shadow(fleet)
     assert fleet_state(fleet, rid) == ("shadowing", {"committed": 3})
     # The installed shadow model is not the active one: the devices still run tiny 1.
@@ -135,8 +134,8 @@ def test_aggregation_equals_hand_sums_and_promotion_starts_a_staged_rollout(worl
     ],
     ids=["agreement", "frames", "latency"],
 )
-def test_each_failed_gate_condition_refuses_the_promotion_with_its_number(world, windows, failed):
-    fleet, ingest = world
+def test_each_failed_gate_condition_refuses_the_promotion_with_its_number(fleet, tiny_packages, windows, failed):
+    fleet, ingest = setup(fleet, tiny_packages)
     rid, jobs = start_shadow(fleet)
     frames, agree, a_ms, c_ms = windows
     for dev in ("cam-a", "cam-b", "cam-c"):
@@ -152,8 +151,8 @@ def test_each_failed_gate_condition_refuses_the_promotion_with_its_number(world,
     assert failed in str(e.value) and fleet_state(fleet, rid)[0] == "shadowing"
 
 
-def test_stop_and_abort_send_shadow_remove(world):
-    fleet, _ = world
+def test_stop_and_abort_send_shadow_remove(fleet, tiny_packages):
+    fleet, _ = setup(fleet, tiny_packages)
     for action in ("stop", "abort"):
         rid, jobs = start_shadow(fleet)
         start = len(fleet.sent)
@@ -164,8 +163,8 @@ def test_stop_and_abort_send_shadow_remove(world):
         rollouts.control(fleet, rollouts.create_rollout(fleet, "tiny", "2", {"devices": ["cam-a"]}, {}).id, "stop")
 
 
-def test_forged_unknown_and_malformed_reports_are_refused_and_counted(world):
-    fleet, ingest = world
+def test_forged_unknown_and_malformed_reports_are_refused_and_counted(fleet, tiny_packages):
+    fleet, ingest = setup(fleet, tiny_packages)
     rid, jobs = start_shadow(fleet)
     good = report("cam-a", jobs["cam-a"], rid, frames=10, agree=9, active_ms=1, cand_ms=1)
     send(fleet, ingest, "cam-a", "shadow", good | {"device": "cam-b"})  # wrong device field

@@ -80,9 +80,9 @@ class SimulatedDevice:
 class ShadowWorld(World):
     """test_fleet_ingest's World (broker, `fleet serve`, cam-1..3 registered) with tiny 1 and 2 uploaded."""
 
-    def __init__(self, root, home, packages, dynsec: bool) -> None:
+    def __init__(self, root, home, packages, dynsec: bool = False, database_url: str | None = None) -> None:
         self.signing_key = packages["key"]
-        super().__init__(root, None, home, dynsec=dynsec)
+        super().__init__(root, database_url, home, dynsec=dynsec)
         for version in ("v1", "v2"):
             registry.upload_package(self.library, packages[version])
         registry.set_approval(self.library, "tiny", "2", "Approved")
@@ -92,8 +92,8 @@ class ShadowWorld(World):
         cfg.signing_key = self.signing_key
         return cfg
 
-    def api(self, method: str, path: str, token: str, **kw) -> httpx.Response:
-        _, url = self.replicas["fleet"]
+    def api(self, method: str, path: str, token: str, replica: str = "fleet", **kw) -> httpx.Response:
+        _, url = self.replicas[replica]
         return httpx.request(method, f"{url}/api/v1{path}", headers={"Authorization": f"Bearer {token}"}, **kw)
 
 
@@ -152,9 +152,9 @@ def test_a_shadow_rollout_through_the_broker_aggregates_gates_promotes_and_refus
     # The gate wants agreement >= 0.8: 0.73 fails, and the 409 says which condition and by how much.
     failed = world.api("POST", f"/rollouts/{rid}/promote", op)
     assert failed.status_code == 409 and "agreement 0.730 (at least 0.800)" in failed.json()["error"], failed.text
-    for n in range(4):
+    for _ in range(4):
         more = report("cam-2", jobs["cam-2"]["job"], rid, frames=50, agree=50, active_ms=20.0, cand_ms=20.0)
-        sims["cam-2"].send("shadow", more)
+        assert sims["cam-2"].send("shadow", more) == 0
     wait_until(lambda: world.api("GET", f"/rollouts/{rid}/shadow", ro).json()["verdict"]["passed"], "the gate to pass")
     assert world.api("POST", f"/rollouts/{rid}/promote", ro).status_code == 403  # promoting needs the operator scope
     promoted = world.api("POST", f"/rollouts/{rid}/promote", op)
@@ -175,6 +175,55 @@ def test_stopping_a_shadow_rollout_removes_the_candidate_from_the_cameras(world)
     assert stopped.status_code == 200 and stopped.json()["state"] == "stopped", stopped.text
     removal = sims["cam-1"].wait_job("shadow_remove")
     assert removal["rollout"] == rid and "url" not in removal["package"]
+
+
+@pytest.mark.postgres
+def test_two_replicas_each_ingest_a_share_of_the_reports_and_show_the_same_hand_computed_sums(
+    tmp_path, edgefleet_home, tiny_packages, postgres_database
+):
+    from edgefleet.fleet import auth
+
+    world = ShadowWorld(tmp_path, edgefleet_home, tiny_packages, database_url=postgres_database)
+    sims: dict[str, SimulatedDevice] = {}
+    try:
+        for replica in ("fleet-a", "fleet-b"):
+            world.start(replica)
+        op, ro = auth.create_token(world.library, "operator", "operator"), world.token
+        sims |= {d: SimulatedDevice(world.broker, d) for d in ("cam-1", "cam-2")}
+        for device, sim in sims.items():
+            assert sim.send("status", status(device, ["shadow"])) == 0
+        body = {"group": "tiny", "version": "2", "selection": {"devices": list(sims)}, "plan": SHADOW_PLAN}
+        wait_until(
+            lambda: all(world.api("GET", f"/devices/{d}", ro, "fleet-a").json()["status"] == "online" for d in sims),
+            "both devices online",
+        )
+        rid = world.api("POST", "/rollouts", op, "fleet-a", json=body).json()["id"]
+        jobs = {d: sim.wait_job("shadow_install") for d, sim in sims.items()}
+        for d, sim in sims.items():
+            sim.answer(jobs[d])
+        frames = agree = 0
+        for i in range(30):
+            for d, sim in sims.items():
+                n, k = 20 + i, 15 + i // 2
+                frames, agree = frames + n, agree + k
+                r = report(d, jobs[d]["job"], None, frames=n, agree=k, active_ms=10.0, cand_ms=11.0)
+                assert sim.send("shadow", r) == 0
+        views = {}
+        for replica in ("fleet-a", "fleet-b"):
+            path = f"/rollouts/{rid}/shadow"
+            shown = lambda r=replica, p=path: world.api("GET", p, ro, r).json()["total"]["reports"] == 60  # noqa: E731
+            wait_until(shown, f"{replica} to show every report")
+            views[replica] = world.api("GET", path, ro, replica).json()
+        assert views["fleet-a"] == views["fleet-b"]
+        total = views["fleet-a"]["total"]
+        assert (total["frames"], total["devices"]) == (frames, 2)
+        assert total["agreement"] == pytest.approx(agree / frames) and total["latency_ratio"] == pytest.approx(1.1)
+        shares = [world.metrics(r).get("shadow", 0) for r in ("fleet-a", "fleet-b")]
+        assert sum(shares) == 60 and min(shares) > 0, shares  # each report ingested by one replica
+    finally:
+        for sim in sims.values():
+            sim.close()
+        world.close()
 
 
 def wait_until(check, what: str, timeout: float = 30.0) -> None:
