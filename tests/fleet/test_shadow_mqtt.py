@@ -5,6 +5,9 @@ messages and ShadowReports as an agent does. The numbers the API shows are summe
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -92,6 +95,13 @@ class ShadowWorld(World):
         cfg.signing_key = self.signing_key
         return cfg
 
+    def cli(self, token: str, *args: str) -> subprocess.CompletedProcess:
+        """`edgefleet fleet ARGS` against the replica `fleet`."""
+        _, url = self.replicas["fleet"]
+        env = dict(os.environ, EDGEFLEET_HOME=str(self.home), EDGEFLEET_FLEET_URL=url, EDGEFLEET_FLEET_TOKEN=token)
+        command = [sys.executable, "-m", "edgefleet.cli", "fleet", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
     def api(self, method: str, path: str, token: str, replica: str = "fleet", **kw) -> httpx.Response:
         _, url = self.replicas[replica]
         return httpx.request(method, f"{url}/api/v1{path}", headers={"Authorization": f"Bearer {token}"}, **kw)
@@ -152,17 +162,23 @@ def test_a_shadow_rollout_through_the_broker_aggregates_gates_promotes_and_refus
     # The gate wants agreement >= 0.8: 0.73 fails, and the 409 says which condition and by how much.
     failed = world.api("POST", f"/rollouts/{rid}/promote", op)
     assert failed.status_code == 409 and "agreement 0.730 (at least 0.800)" in failed.json()["error"], failed.text
+    # The CLI: the same numbers as a table and as the API's JSON; a refused promotion exits 41 (conflict).
+    shown = world.cli(ro, "rollouts", "shadow", str(rid))
+    assert shown.returncode == 0 and "0.730" in shown.stdout and "FAIL agreement 0.730" in shown.stdout, shown
+    assert json.loads(world.cli(ro, "rollouts", "shadow", str(rid), "--json").stdout)["total"] == total
+    refused = world.cli(op, "rollouts", "promote", str(rid))
+    assert refused.returncode == 41 and "does not pass its promotion gate" in refused.stderr, refused
     for _ in range(4):
         more = report("cam-2", jobs["cam-2"]["job"], rid, frames=50, agree=50, active_ms=20.0, cand_ms=20.0)
         assert sims["cam-2"].send("shadow", more) == 0
     wait_until(lambda: world.api("GET", f"/rollouts/{rid}/shadow", ro).json()["verdict"]["passed"], "the gate to pass")
     assert world.api("POST", f"/rollouts/{rid}/promote", ro).status_code == 403  # promoting needs the operator scope
-    promoted = world.api("POST", f"/rollouts/{rid}/promote", op)
-    assert promoted.status_code == 201 and promoted.json()["source"] == rid, promoted.text
+    promoted = world.cli(op, "rollouts", "promote", str(rid), "--json")
+    assert promoted.returncode == 0 and json.loads(promoted.stdout)["source"] == rid, promoted
     for device in ("cam-1", "cam-2"):
         assert sims[device].wait_job("shadow_remove")["package"]["version"] == "2"
     canary = sims["cam-1"].wait_job("install")  # the staged rollout's canary (device order)
-    assert canary["rollout"] == promoted.json()["id"]
+    assert canary["rollout"] == json.loads(promoted.stdout)["id"]
     assert world.api("GET", f"/rollouts/{rid}", ro).json()["state"] == "promoted"
 
 
