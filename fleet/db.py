@@ -207,7 +207,8 @@ class ShadowRow(Base):
     active_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     candidate_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     candidate_cpu_share: Mapped[float | None] = mapped_column(Float, nullable=True)
-    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the candidate's DriftSummary
+    # The candidate's DriftSummary; SQL NULL without one (not JSON null), so queries can skip those rows.
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class RolloutEvent(Base):

@@ -221,9 +221,11 @@ def candidate_drift(s: Session, monitor: DriftMonitor, rollout_id: int) -> list[
     the fleet's min_frames and judged against the candidate's baseline with the alarm's hysteresis
     ([drift] config), as the fleet judges an active model's telemetry (fleet/drift_service.py)."""
     config = monitor.config
-    by_device: dict[str, list[ShadowRow]] = {}
-    q = select(ShadowRow).where(ShadowRow.rollout_id == rollout_id, ShadowRow.drift.is_not(None))
-    for row in s.scalars(q.order_by(ShadowRow.received_at, ShadowRow.id)):
+    by_device: dict[str, list[Any]] = {}
+    q = select(t.device_id, t.candidate_name, t.candidate_version, t.drift).where(
+        t.rollout_id == rollout_id, t.drift.is_not(None)
+    )
+    for row in s.execute(q.order_by(t.received_at, t.id)):
         by_device.setdefault(row.device_id, []).append(row)
     drifting = []
     for device_id, rows in sorted(by_device.items()):
@@ -326,8 +328,10 @@ def _view(s: Session, monitor: DriftMonitor, r: Rollout, plan: RolloutPlan) -> S
                 stats=_stats(row, [d for d in drifting if d in members]),
             )
         )
-    newest = select(ShadowRow).where(mine).order_by(t.received_at.desc(), t.id.desc()).limit(SERIES_POINTS)
-    series = [_point(row) for row in reversed(s.scalars(newest).all())]
+    columns = (t.received_at, t.device_id, t.task, t.frames, t.agree, t.label_agree, t.active_boxes, t.candidate_boxes)
+    latencies = (t.active_latency_p50, t.candidate_latency_p50)
+    newest = select(*columns, *latencies).where(mine).order_by(t.received_at.desc(), t.id.desc()).limit(SERIES_POINTS)
+    series = [_point(row) for row in reversed(s.execute(newest).all())]
     mv = s.get(ModelVersion, r.model_version_id)
     promoted = s.scalar(select(Rollout.id).where(Rollout.source_rollout_id == r.id))
     return ShadowOut(
@@ -344,7 +348,7 @@ def _view(s: Session, monitor: DriftMonitor, r: Rollout, plan: RolloutPlan) -> S
     )
 
 
-def _point(row: ShadowRow) -> ShadowPoint:
+def _point(row: Any) -> ShadowPoint:
     if row.task == "classification":
         agreement = _ratio(row.agree, row.frames)
     else:
