@@ -37,7 +37,7 @@ from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Deployment, Device, ModelGroup, ModelVersion, Rollout, ShadowRow, insert_or_ignore
 from edgefleet.fleet.drift import ALARMED, AlarmState, DriftSummary, check_edges, judge, merge_summaries, step
 from edgefleet.fleet.drift_service import DriftMonitor
-from edgefleet.fleet.rollouts import _flush, _load, _transition, insert_rollout, rollout_out, send_shadow_jobs
+from edgefleet.fleet.rollouts import _flush, _transition, insert_rollout, rollout_out, send_shadow_jobs
 
 log = logging.getLogger("edgefleet.fleet.shadow")
 SERIES_POINTS = 2000  # the newest reports a shadow view plots
@@ -116,7 +116,7 @@ def _row(device_id: str, rollout_id: int, r: ShadowReport, at: float) -> dict[st
         "device_id": device_id,
         "message_id": r.id,
         "rollout_id": rollout_id,
-        "job_id": r.job[:64],
+        "job_id": r.job,
         "received_at": at,
         "window_s": r.window_s,
         "active_name": r.active.name,
@@ -294,8 +294,9 @@ def _fmt(value: float | None) -> str:
     return "unknown (no data)" if value is None else f"{value:.3f}"
 
 
-def _shadow_rollout(s: Session, rollout_id: int) -> tuple[Rollout, RolloutPlan]:
-    r = s.get(Rollout, rollout_id)
+def _shadow_rollout(s: Session, rollout_id: int, lock: bool = False) -> tuple[Rollout, RolloutPlan]:
+    """The rollout and its plan; `lock`: SELECT ... FOR UPDATE (two promotions of one rollout cannot both pass)."""
+    r = s.get(Rollout, rollout_id, with_for_update=lock)
     if r is None:
         raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
     plan = RolloutPlan.model_validate(r.plan)
@@ -383,8 +384,7 @@ def promote(
     outbox: list = []
     with fleet.lock:
         with fleet.writer() as s, s.begin():
-            r, shadow_plan = _shadow_rollout(s, rollout_id)
-            r = _load(s, rollout_id)  # locked: two promotions of one rollout cannot both pass
+            r, shadow_plan = _shadow_rollout(s, rollout_id, lock=True)
             view = _view(s, monitor, r, shadow_plan)
             failed = [c.detail for c in view.verdict.checks if not c.ok]
             if failed:

@@ -10,7 +10,8 @@ import uuid
 import pytest
 from test_fleet_library import answer, upload_approved
 
-from edgefleet.errors import BadInputError, ConflictError
+from edgefleet.contracts.rest import RolloutPlan
+from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError
 from edgefleet.fleet import devices, rollouts, shadow
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.ingest import Ingest, Message
@@ -120,6 +121,8 @@ def test_aggregation_equals_hand_sums_and_promotion_starts_a_staged_rollout(flee
     assert sorted(d for d, p in removed if p["kind"] == "shadow_remove") == sorted(jobs)
     assert fleet_state(fleet, rid)[0] == "promoted"
     assert shadow.shadow_view(fleet, DriftMonitor(fleet), rid).promoted_to == staged.id
+    with pytest.raises(InvalidTransitionError, match="is promoted; 'promote' is not allowed"):
+        shadow.promote(fleet, DriftMonitor(fleet), rid)  # once only
     start = len(fleet.sent)
     rollouts.tick(fleet)
     assert [p["kind"] for _, p in fleet.sent[start:]] == ["install"]  # the canary of the staged rollout
@@ -146,6 +149,8 @@ def test_each_failed_gate_condition_refuses_the_promotion_with_its_number(fleet,
             "shadow",
             report(dev, jobs[dev], rid, frames=frames, agree=agree, active_ms=a_ms, cand_ms=c_ms),
         )
+    with pytest.raises(BadInputError, match="its plan's mode is install"):
+        shadow.promote(fleet, DriftMonitor(fleet), rid, RolloutPlan(mode="shadow"))
     with pytest.raises(ConflictError, match="does not pass its promotion gate") as e:
         shadow.promote(fleet, DriftMonitor(fleet), rid)
     assert failed in str(e.value) and fleet_state(fleet, rid)[0] == "shadowing"
