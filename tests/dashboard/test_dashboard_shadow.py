@@ -67,6 +67,7 @@ def test_champion_vs_challenger_matches_the_api_plots_each_window_and_promotes(b
     assert {p.get_attribute("data-series") for p in lines} == {"cam-a", "cam-b"}
     cam_a = next(p for p in lines if p.get_attribute("data-series") == "cam-a")
     assert len(cam_a.get_attribute("points").split()) == 2  # its two windows
+    assert browser.find_elements("css selector", '#shadow-agreement-plot circle[data-series="cam-b"]')  # its one window
     assert browser.find_elements("css selector", "#shadow-agreement-plot line.threshold")
     latency = browser.find_elements("css selector", "#shadow-latency-plot polyline")
     assert {p.get_attribute("data-series") for p in latency} == {"active", "candidate"}

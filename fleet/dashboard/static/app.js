@@ -281,6 +281,7 @@ function plot(container, series, threshold) {
   Object.entries(series).forEach(([name, pts], i) => {
     const color = COLORS[i % COLORS.length];
     node("polyline", { fill: "none", stroke: color, "stroke-width": 2, "data-series": name, points: pts.map((p) => X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1)).join(" ") });
+    if (pts.length === 1) node("circle", { cx: X(pts[0][0]), cy: Y(pts[0][1]), r: 4, fill: color, "data-series": name }); // a line of one point draws nothing
     legend.append(el("span", { style: "color:" + color }, "■ " + name));
   });
   container.replaceChildren(svg, legend);
