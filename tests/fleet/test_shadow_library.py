@@ -185,3 +185,30 @@ def test_forged_unknown_and_malformed_reports_are_refused_and_counted(fleet, tin
 def fleet_state(fleet, rid: int) -> tuple[str, dict[str, int]]:
     out = rollouts.get_rollout(fleet, rid)
     return out.state, out.installs
+
+
+def test_detection_windows_sum_boxes_matches_and_score_deltas_by_hand(fleet, tiny_packages):
+    fleet, ingest = setup(fleet, tiny_packages)
+    rid, jobs = start_shadow(fleet)
+    # (frames, active boxes, candidate boxes, matched, label agree, score delta sum, |delta| sum) per device
+    windows = {"cam-a": (30, 40, 44, 36, 33, 1.8, 3.0), "cam-b": (20, 25, 21, 20, 20, -0.6, 1.2)}
+    for dev, (frames, act, cand, matched, agree, delta, abs_delta) in windows.items():
+        body = report(dev, jobs[dev], rid, frames=frames, agree=0, active_ms=10.0, cand_ms=10.0)
+        body["agreement"] = {
+            "task": "detection",
+            "frames": frames,
+            "active_boxes": act,
+            "candidate_boxes": cand,
+            "matched": matched,
+            "label_agree": agree,
+            "score_delta_sum": delta,
+            "score_abs_delta_sum": abs_delta,
+        }
+        send(fleet, ingest, dev, "shadow", body)
+    total = shadow.shadow_view(fleet, DriftMonitor(fleet), rid).total
+    boxes, matched = 40 + 44 + 25 + 21, 36 + 20
+    assert total.frames == 50 and total.match_rate == pytest.approx(2 * matched / boxes)
+    assert total.agreement == pytest.approx(2 * (33 + 20) / boxes)
+    assert total.label_agreement == pytest.approx((33 + 20) / matched)
+    assert total.mean_score_delta == pytest.approx((1.8 - 0.6) / matched)
+    assert total.mean_abs_score_delta == pytest.approx((3.0 + 1.2) / matched)
