@@ -607,7 +607,9 @@ def rollouts_create(
 
 
 @rollouts.command("list")
-@click.option("--state", help="Only rollouts in this state (deploying, baking, paused, succeeded, aborted, ...).")
+@click.option(
+    "--state", help="Only rollouts in this state (deploying, baking, paused, succeeded, aborted, shadowing, ...)."
+)
 @json_option
 @click.pass_context
 def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
