@@ -50,6 +50,12 @@ from edgefleet.errors import ServiceError
     help="Extra cameras (group detect) that run the scene detector.",
 )
 @click.option(
+    "--shadow",
+    is_flag=True,
+    help="Run v2 in shadow beside v1 until its promotion gate passes, then promote it to its canary"
+    " (needs agents with shadow models).",
+)
+@click.option(
     "--exit-after-rollouts",
     is_flag=True,
     help="Stop after the second rollout and the night scene (for CI) instead of running until Ctrl-C.",
@@ -61,6 +67,7 @@ def demo_command(
     mqtt_port: int,
     frames_per_second: float,
     detector_devices: int,
+    shadow: bool,
     exit_after_rollouts: bool,
 ) -> None:
     """Train, compile, deploy and watch: the whole system on this machine.
@@ -69,9 +76,12 @@ def demo_command(
     Examples:
       edgefleet demo
       edgefleet demo --devices 5 --http-port 0 --mqtt-port 0 --exit-after-rollouts
+      edgefleet demo --shadow
     """
     result = run_demo(
-        DemoOptions(workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices)
+        DemoOptions(
+            workdir, devices, http_port, mqtt_port, frames_per_second, exit_after_rollouts, detector_devices, shadow
+        )
     )
     states = [r["state"] for r in result.rollouts]
     by_label: dict[str, int] = {}

@@ -54,12 +54,17 @@ class DemoOptions:
     frames_per_second: float = 5.0
     exit_after_rollouts: bool = False
     detector_devices: int = 1  # cameras (det-1, ...) that run the scene detector; 0: none
+    shadow: bool = False  # v2 runs in shadow beside v1 until its promotion gate passes, then its canary
 
 
 # Drift in the demo: windows of 120 frames (normal windows score under 0.2 PSI against a
 # 300-frame baseline, darkened ones over 5), two over the threshold raise an alarm and two under
 # clear it, so at 5 fps a camera whose scene darkens alarms within about a minute.
 DRIFT = {"min_frames": 120, "windows_to_alarm": 2, "windows_to_clear": 2}
+# v2 in shadow (--shadow): every frame compared at 5 fps in 10 s windows; the gate is the demo's
+# (a few hundred frames), a real fleet's wants thousands (docs/fleet.md, "Shadow rollouts").
+SHADOW = {"sample_share": 1.0, "cpu_share": 0.5, "window_s": 10.0}
+SHADOW_GATE = {"min_agreement": 0.6, "min_frames": 300, "max_latency_ratio": 2.0, "no_drift_alarm": True}
 BASELINE_PER_LABEL = 100
 DARKEN = 0.2  # night: a fifth of the light
 
@@ -517,6 +522,35 @@ class Demo:
         )
         return final
 
+    def shadow_then_promote(self, version: str, staged: dict) -> int:
+        """`version` in shadow beside the active model on the classifier cameras until the promotion
+        gate passes, then promoted with the `staged` plan; returns the staged rollout's id."""
+        plan = {"mode": "shadow", "shadow": SHADOW, "promotion": SHADOW_GATE}
+        rid = self.start_rollout(
+            version, plan, f"v{version} in shadow beside v1: compared on every frame, never alerting"
+        )
+        shown = [-1]
+
+        def gate() -> dict | None:
+            view = self._api("GET", f"/rollouts/{rid}/shadow")
+            total = view["total"]
+            if total["reports"] != shown[0]:
+                shown[0] = total["reports"]
+                ratio = total["latency_ratio"]
+                console.print(
+                    f"    [dim]shadow[/dim] {total['frames']} frames compared, agreement {total['agreement'] or 0:.3f}, "
+                    f"latency v{version}/v1 {ratio if ratio is not None else float('nan'):.2f}"
+                )
+            return view if view["verdict"]["passed"] else None
+
+        self._wait(gate, 300, f"shadow rollout {rid} to pass its promotion gate")
+        reason = "the promotion gate passed in the demo"
+        staged_rollout = self._api("POST", f"/rollouts/{rid}/promote", json={"plan": staged, "reason": reason})
+        _step(
+            f"shadow rollout {rid} promoted: the cameras drop the shadow model, rollout {staged_rollout['id']} starts"
+        )
+        return int(staged_rollout["id"])
+
     def add_detector(self, data: Path) -> dict | None:
         """Train, compile, upload and approve the scene detector, then roll it out to its camera
         group. Runs beside the night scene: those minutes wait on frames, not on the CPU, and no
@@ -676,13 +710,13 @@ def run_demo(options: DemoOptions) -> DemoResult:
         # holds v2 to a mean confidence at least v1's and a p95 latency within 1.5x of v1's, each
         # judged only once 100 frames on each side back it (the gate waits until then).
         v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 10.0, "confidence_min_ratio": 1.0}
-        rollouts.append(
-            demo.rollout(
-                "2",
-                {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate},
-                "v2 with a canary, then 50% and 100%, gated on model health against v1",
+        v2_plan = {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate}
+        if options.shadow:  # needs agents with the shadow feature (docs/agent.md)
+            rollouts.append(demo.finish_rollout(demo.shadow_then_promote("2", v2_plan)))
+        else:
+            rollouts.append(
+                demo.rollout("2", v2_plan, "v2 with a canary, then 50% and 100%, gated on model health against v1")
             )
-        )
         pool = ThreadPoolExecutor(1, thread_name_prefix="detector")
         detector = pool.submit(demo.add_detector, data) if demo.detector_devices else None
         drift = demo.night(demo.devices[-1])

@@ -17,7 +17,18 @@ from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.dashboard import mount_dashboard
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.ingest import Ingest
-from edgefleet.fleet.routers import alerts, devices, drift, errors, models, prometheus, rollouts, service, tokens
+from edgefleet.fleet.routers import (
+    alerts,
+    devices,
+    drift,
+    errors,
+    models,
+    prometheus,
+    rollouts,
+    service,
+    shadow,
+    tokens,
+)
 
 
 def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
@@ -34,7 +45,8 @@ def create_app(fleet: Fleet, ingest: Ingest | None = None) -> FastAPI:
     app.state.metrics_token = metrics.metrics_token(fleet.config.metrics_token_file)
     app.add_middleware(BodyLimit)  # request size limits per endpoint (fleet/body_limit.py)
     errors.install(app)
-    for router in (service, models, devices, rollouts, tokens, drift, prometheus, alerts):
+    # shadow before rollouts: its POST /rollouts/{id}/promote would otherwise match /rollouts/{id}/{action}
+    for router in (service, models, devices, shadow, rollouts, tokens, drift, prometheus, alerts):
         app.include_router(router.router)
     mount_dashboard(app)  # /dashboard (docs/dashboard.md)
     return app

@@ -47,6 +47,7 @@ DEVICE_TOPICS = [
     "edgefleet/v1/+/telemetry",
     "edgefleet/v1/+/alerts",
     "edgefleet/v1/+/jobs/+/update",
+    "edgefleet/v1/+/shadow",
 ]
 BATCH = 500
 MAX_BACKLOG = 100_000  # telemetry beyond this is dropped (and counted) rather than eat all memory
@@ -91,7 +92,7 @@ class Bridge:
         group = broker.share_group or shared_setting(ingest.fleet.sessions, SHARE_GROUP, new_group())
         self.subscriptions = [(f"$share/{group}/{t}", 1) for t in DEVICE_TOPICS]
         self.ingest = ingest
-        self.queue: queue.Queue[Message] = queue.Queue()  # telemetry and alerts
+        self.queue: queue.Queue[Message] = queue.Queue()  # telemetry, alerts and shadow reports
         self.urgent: queue.Queue[Message] = queue.Queue()  # job updates and status
         self._wake = threading.Event()
         self.connected = threading.Event()
@@ -144,7 +145,7 @@ class Bridge:
             except ValueError:
                 pass
             return
-        bulk = msg.topic.endswith(("/telemetry", "/alerts"))
+        bulk = msg.topic.endswith(("/telemetry", "/alerts", "/shadow"))
         if bulk and self.queue.qsize() >= MAX_BACKLOG:
             self.ingest.counters["dropped_backlog"] += 1
             self._ack(msg.mid)  # handled: dropped and counted

@@ -25,6 +25,8 @@ from edgefleet.contracts.rest import (
     RolloutEventPage,
     RolloutOut,
     RolloutPage,
+    ShadowOut,
+    ShadowStats,
 )
 from edgefleet.logs import LOG_FORMATS
 
@@ -530,6 +532,11 @@ def _rollouts_table(rows: list[RolloutOut]) -> None:
 @click.option("--device-group", help="Select devices of this group.")
 @click.option("--tag", "tags", multiple=True, help="Select devices carrying this tag (repeat: all of them).")
 @click.option("--device", "device_ids", multiple=True, help="Select this device (repeatable).")
+@click.option(
+    "--mode",
+    type=click.Choice(["install", "shadow"]),
+    help="shadow: run VERSION beside each camera's active model until promoted or stopped (docs/fleet.md).",
+)
 @click.option("--canary", type=int, help="Canary wave size in devices (default 1).")
 @click.option("--canary-percent", type=float, help="Canary wave size in percent of the selection.")
 @click.option("--waves", help="Cumulative percents after the canary, e.g. 10,50,100.")
@@ -556,6 +563,7 @@ def rollouts_create(
     device_group,
     tags,
     device_ids,
+    mode,
     canary,
     canary_percent,
     waves,
@@ -573,9 +581,11 @@ def rollouts_create(
       edgefleet fleet rollouts create scenes 2 --device-group lobby --canary 1 --waves 50,100
       edgefleet fleet rollouts create scenes 2 --tag door --bake-time 600 --plan plan.json
       edgefleet fleet rollouts create edgefleet-agent 0.3.0 --device-group lobby
+      edgefleet fleet rollouts create scenes 3 --device-group lobby --mode shadow
     """
     plan = json.loads(plan_file.read_text()) if plan_file else {}
     flags = {
+        "mode": mode,
         "canary": canary,
         "canary_percent": canary_percent,
         "success_threshold": success_threshold,
@@ -597,7 +607,9 @@ def rollouts_create(
 
 
 @rollouts.command("list")
-@click.option("--state", help="Only rollouts in this state (deploying, baking, paused, succeeded, aborted, ...).")
+@click.option(
+    "--state", help="Only rollouts in this state (deploying, baking, paused, succeeded, aborted, shadowing, ...)."
+)
 @json_option
 @click.pass_context
 def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
@@ -656,9 +668,16 @@ def rollouts_events(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
 CONTROL_HELP = {
     "pause": "Pause rollout ROLLOUT_ID: no new devices get the update until it is resumed",
     "resume": "Resume the paused rollout ROLLOUT_ID",
-    "abort": "Abort rollout ROLLOUT_ID and roll every device it touched back to its previous version",
+    "abort": "Abort rollout ROLLOUT_ID and roll every device it touched back to its previous version"
+    " (a shadow rollout: remove its candidate from the cameras)",
+    "stop": "Stop shadow rollout ROLLOUT_ID: its cameras remove the candidate and keep their active model",
 }
-CONTROL_EXAMPLE = {"pause": "holiday freeze", "resume": "freeze over", "abort": "alerts dropped in the canary"}
+CONTROL_EXAMPLE = {
+    "pause": "holiday freeze",
+    "resume": "freeze over",
+    "abort": "alerts dropped in the canary",
+    "stop": "enough evidence",
+}
 
 
 def _control(action: str):
@@ -677,8 +696,83 @@ def _control(action: str):
     return command
 
 
-for _action in ("pause", "resume", "abort"):
+for _action in ("pause", "resume", "abort", "stop"):
     _control(_action)
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _shadow_row(name: str, st: ShadowStats) -> list[object]:
+    return [
+        name,
+        st.devices,
+        st.frames,
+        _num(st.agreement),
+        _num(st.active_latency_p50_ms, "{:.1f}"),
+        _num(st.candidate_latency_p50_ms, "{:.1f}"),
+        _num(st.latency_ratio, "{:.2f}"),
+        _num(st.active_confidence),
+        _num(st.candidate_confidence),
+        "ALARM" if st.drift_alarm else "ok",
+    ]
+
+
+@rollouts.command("shadow")
+@click.argument("rollout_id", type=int)
+@json_option
+@click.pass_context
+def rollouts_shadow(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
+    """Champion vs challenger of shadow rollout ROLLOUT_ID: agreement, latency (p50 ms, active and
+    candidate), confidence and drift, in all and per model version pair and device group, then the
+    promotion gate.
+
+    \b
+    Examples:
+      edgefleet fleet rollouts shadow 7
+      edgefleet fleet rollouts shadow 7 --json
+    """
+    view = _client(ctx).get(f"/rollouts/{rollout_id}/shadow", ShadowOut)
+    if as_json:
+        return print_json(view)
+    head = ["scope", "devices", "frames", "agreement", "active ms", "candidate ms", "ratio", "conf act", "conf cand"]
+    rows = [_shadow_row(f"all ({view.candidate.name} {view.candidate.version})", view.total)]
+    for g in view.groups:
+        rows.append(_shadow_row(f"{g.group or '-'}: {g.active.version} -> {g.candidate.version}", g.stats))
+    table([*head, "drift"], rows)
+    verdict = "passes" if view.verdict.passed else "does not pass"
+    click.echo(f"rollout {view.rollout} ({view.state}) {verdict} its promotion gate:")
+    for check in view.verdict.checks:
+        click.echo(f"  {'ok  ' if check.ok else 'FAIL'} {check.detail}")
+    if view.promoted_to is not None:
+        click.echo(f"promoted: staged rollout {view.promoted_to}")
+
+
+@rollouts.command("promote")
+@click.argument("rollout_id", type=int)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON rollout plan for the staged rollout (default: the shadow rollout's plan, mode install).",
+)
+@click.option("--reason", default="", help="Why, for the audit trail.")
+@json_option
+@click.pass_context
+def rollouts_promote(ctx: click.Context, rollout_id: int, plan_file: Path | None, reason: str, as_json: bool) -> None:
+    """Promote the candidate of shadow rollout ROLLOUT_ID if it passes its promotion gate (operator
+    scope): its cameras remove the shadow model and a staged rollout of the candidate starts. A
+    failed gate names each failed condition with its number.
+
+    \b
+    Examples:
+      edgefleet fleet rollouts promote 7
+      edgefleet fleet rollouts promote 7 --plan staged.json --reason "agreement 0.97 over 5000 frames"
+    """
+    body = {"plan": json.loads(plan_file.read_text()) if plan_file else None, "reason": reason}
+    row = _client(ctx).post(f"/rollouts/{rollout_id}/promote", RolloutOut, body)
+    print_json(row) if as_json else _rollouts_table([row])
 
 
 from edgefleet.fleet.drift_cli import drift_command  # noqa: E402  (`edgefleet fleet drift`, docs/drift.md)

@@ -106,6 +106,7 @@ class Device(Base):
     watching: Mapped[list[str] | None] = mapped_column(
         JSON, nullable=True
     )  # its alert rules' labels, as its status says
+    features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # as its status says ("shadow")
     enrolled_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -144,6 +145,8 @@ class Rollout(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float, default=now)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
+    # The shadow rollout a staged rollout was promoted from (fleet/shadow.py).
+    source_rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True, index=True)
 
 
 class Deployment(Base):
@@ -156,7 +159,7 @@ class Deployment(Base):
     job_id: Mapped[str] = mapped_column(String(64), unique=True)
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # install | rollback
+    kind: Mapped[str] = mapped_column(String(16))  # install | rollback | shadow_install | shadow_remove
     wave: Mapped[int] = mapped_column(Integer)
     build_id: Mapped[int | None] = mapped_column(ForeignKey("builds.id"), nullable=True)
     previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -166,6 +169,46 @@ class Deployment(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=now)
     # Set once the broker acknowledged the job (QoS 1); a job left unsent by a replica that died is sent again.
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ShadowRow(Base):
+    """One ShadowReport (edgefleet/contracts/shadow.py): counts, so windows sum over devices and groups.
+
+    (device_id, message_id) is unique, as for telemetry: a report delivered again is stored once."""
+
+    __tablename__ = "shadow_reports"
+    __table_args__ = (UniqueConstraint("device_id", "message_id", name="uq_shadow_device_message"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    message_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float, default=now)
+    window_s: Mapped[float] = mapped_column(Float)
+    active_name: Mapped[str] = mapped_column(String(128))
+    active_version: Mapped[str] = mapped_column(String(64))
+    candidate_name: Mapped[str] = mapped_column(String(128))
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(16))  # classification | detection
+    frames_seen: Mapped[int] = mapped_column(Integer)
+    skipped_budget: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)  # compared frames
+    agree: Mapped[int] = mapped_column(Integer)  # classification: same top label
+    active_boxes: Mapped[int] = mapped_column(Integer)
+    candidate_boxes: Mapped[int] = mapped_column(Integer)
+    matched: Mapped[int] = mapped_column(Integer)
+    label_agree: Mapped[int] = mapped_column(Integer)
+    score_delta_sum: Mapped[float] = mapped_column(Float)
+    score_abs_delta_sum: Mapped[float] = mapped_column(Float)
+    active_latency_count: Mapped[int] = mapped_column(Integer)
+    active_latency_p50: Mapped[float | None] = mapped_column(Float, nullable=True)
+    candidate_latency_count: Mapped[int] = mapped_column(Integer)
+    candidate_latency_p50: Mapped[float | None] = mapped_column(Float, nullable=True)
+    active_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    candidate_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    candidate_cpu_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The candidate's DriftSummary; SQL NULL without one (not JSON null), so queries can skip those rows.
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class RolloutEvent(Base):

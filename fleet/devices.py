@@ -181,6 +181,7 @@ def device_rights(device_id: str) -> list[Right]:
         ("write", f"{base}/status"),
         ("write", f"{base}/alerts"),
         ("write", f"{base}/telemetry"),
+        ("write", f"{base}/shadow"),
         ("write", f"{base}/jobs/+/update"),
         ("read", f"{base}/jobs/notify"),
     ]

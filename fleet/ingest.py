@@ -4,12 +4,13 @@
     edgefleet/v1/<device>/telemetry            health numbers for rollout gates (frames, alerts, confidence, p95)
     edgefleet/v1/<device>/alerts               parsed as a whole AlertMessage -> an alert event (fleet/alert_events.py)
     edgefleet/v1/<device>/jobs/<job>/update    the update state machine's progress -> deployments
+    edgefleet/v1/<device>/shadow               a shadow model's window (ShadowReport) -> shadow_reports (fleet/shadow.py)
 
 Messages from devices the fleet does not know, and malformed ones, are dropped and counted
 (`counters`); nothing a device sends can raise out of `handle_batch`. A batch is one
 transaction: telemetry rows go in with one insert-or-ignore on (device, message id), so a
 message delivered again (at least once: the bridge acknowledges only committed batches) is
-stored once and counted as `duplicate`. Status and job updates are applied one by one, each in
+stored once and counted as `duplicate`; shadow reports likewise. Status and job updates are applied one by one, each in
 its own savepoint, as are alerts, so a message the database refuses is dropped alone and its batch is kept.
 """
 
@@ -26,7 +27,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from edgefleet.contracts.mqtt import AlertMessage, DeviceMessage, JobUpdate, StatusMessage, TelemetryMessage
-from edgefleet.fleet import alert_events
+from edgefleet.contracts.shadow import ShadowReport
+from edgefleet.fleet import alert_events, shadow
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device, Telemetry, insert_or_ignore
 from edgefleet.fleet.drift_service import DriftMonitor
@@ -74,6 +76,7 @@ CONTRACTS: dict[str, type[DeviceMessage]] = {
     "telemetry": TelemetryMessage,
     "alerts": AlertMessage,
     "jobs": JobUpdate,
+    "shadow": ShadowReport,
 }
 
 
@@ -94,7 +97,7 @@ def parse_topic(m: Message) -> tuple[str, str, str] | None:
         return None
     device_id, _, suffix = m.topic[len(PREFIX) :].partition("/")
     parts = suffix.split("/")
-    if suffix in ("status", "telemetry", "alerts"):
+    if suffix in ("status", "telemetry", "alerts", "shadow"):
         return device_id, suffix, ""
     if len(parts) == 3 and parts[0] == "jobs" and parts[2] == "update":
         return device_id, "jobs", parts[1]
@@ -170,10 +173,13 @@ class Ingest:
         for p in fresh:
             self._observe_drift(s, p)
         outcomes["telemetry"] += len(fresh)
+        reports = [(p.device_id, p.body, p.message.received_at) for p in parsed if isinstance(p.body, ShadowReport)]
+        shadowed = set(shadow.store_reports(s, reports, outcomes))
         # A job update marks its device online unless the batch also holds its status (a last will
         # after the update must win).
         statused = {p.device_id for p in parsed if p.kind == "status"}
-        self._mark_seen(s, fresh + [p for p in applied if p.device_id not in statused])
+        seen = [p for p in parsed if p.kind == "shadow" and p.device_id in shadowed and p.device_id not in statused]
+        self._mark_seen(s, fresh + seen + [p for p in applied if p.device_id not in statused])
         return outcomes
 
     def _job_updates(self, s: Session, jobs: list[Parsed], outcomes: Tally[str]) -> list[Parsed]:
@@ -320,6 +326,7 @@ class Ingest:
             device.agent_version = msg.agent_version
             # Agents before 0.2 do not say; they cannot update themselves anyway.
             device.arch = msg.arch if msg.arch is not None else device.arch
+            device.features = msg.features  # what it can run ("shadow"); an agent that does not say has none
 
     def _count_unknown(self, s: Session, new: int) -> None:
         dropped = self.counters["dropped_unknown_device"] + new

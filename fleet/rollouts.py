@@ -10,6 +10,10 @@ is done when `success_threshold` of all touched devices have committed; the roll
 when more than `failure_threshold` of them failed, when a wave takes longer than
 `wave_timeout_s`, or when the model-health gate fails after the bake time. Abort sends every
 touched device a rollback job (signed by the fleet, so the device accepts the older version).
+
+Shadow rollouts (plan mode "shadow", fleet/shadow.py): the first tick sends every selected
+device a shadow_install job at once and the rollout stays `shadowing`; stop or abort sends
+each a shadow_remove job, and a promotion (fleet/shadow.py) ends it and starts a staged rollout.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from edgefleet.contracts.rest import (
     RolloutPlan,
     Selection,
 )
+from edgefleet.contracts.shadow import SHADOW_FEATURE, ShadowSettings
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, ServiceError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
@@ -52,7 +57,7 @@ from edgefleet.package import parse_version
 from edgefleet.strict import first_error
 
 log = logging.getLogger("edgefleet.fleet.rollouts")
-ACTIVE = ("created", "deploying", "baking", "paused", "aborting")
+ACTIVE = ("created", "deploying", "baking", "paused", "aborting", "shadowing")
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("created", "start"): "deploying",
     ("deploying", "wave_committed"): "baking",
@@ -72,7 +77,12 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("baking", "abort"): "aborting",
     ("paused", "abort"): "aborting",
     ("aborting", "rolled_back"): "aborted",
+    ("created", "shadow_start"): "shadowing",
+    ("shadowing", "stop"): "stopped",
+    ("shadowing", "abort"): "aborted",
+    ("shadowing", "promote"): "promoted",
 }
+INSTALLS = ("install", "shadow_install")  # the job kinds that bring a rollout's version to a device
 FAILED = ("failed", "rolled_back")
 
 
@@ -98,7 +108,7 @@ def _transition(s: Session, r: Rollout, event: str, now: float, detail: str = ""
     s.add(RolloutEvent(rollout_id=r.id, at=now, event=event, from_state=r.state, to_state=new, detail=detail))
     r.state = new
     r.updated_at = now
-    if detail and new in ("aborting", "aborted", "succeeded", "paused"):
+    if detail and new in ("aborting", "aborted", "succeeded", "paused", "stopped", "promoted"):
         r.reason = detail
 
 
@@ -128,13 +138,34 @@ def _check_agent_devices(devices: list[Device]) -> None:
             )
 
 
+def _check_shadow_devices(devices: list[Device], group: str) -> None:
+    """Refuse devices that cannot run `group`'s candidate beside their active model, saying what to do."""
+    if group == RELEASE_NAME:
+        raise BadInputError(
+            "an agent release cannot run in shadow mode", "roll agent releases out in mode install (the default)"
+        )
+    for d in devices:
+        if SHADOW_FEATURE not in (d.features or []):
+            raise ConflictError(
+                f"device {d.id} runs agent {d.agent_version or 'of unknown version'}, which does not list the "
+                f"{SHADOW_FEATURE!r} feature in its status",
+                "update its agent to one with shadow models (`edgefleet fleet rollouts create edgefleet-agent ...`),"
+                " wait until it reports online, or leave it out of the selection",
+            )
+        if d.model_name != group:
+            raise ConflictError(
+                f"device {d.id} runs {d.model_name or 'no model'}, so it has no {group} model to compare the candidate with",
+                f"install a {group} version on it first, or leave it out of the selection",
+            )
+
+
 def rollout_out(s: Session, r: Rollout) -> RolloutOut:
     v = s.get(ModelVersion, r.model_version_id)
     g = s.get(ModelGroup, v.group_id)
     counts = dict(
         s.execute(
             select(Deployment.state, func.count())
-            .where(Deployment.rollout_id == r.id, Deployment.kind == "install")
+            .where(Deployment.rollout_id == r.id, Deployment.kind.in_(INSTALLS))
             .group_by(Deployment.state)
         ).all()
     )
@@ -153,6 +184,7 @@ def rollout_out(s: Session, r: Rollout) -> RolloutOut:
         plan=plan,
         created_at=r.created_at,
         updated_at=r.updated_at,
+        source=r.source_rollout_id,
     )
 
 
@@ -184,67 +216,73 @@ def create_rollout(
         first = first_error(exc, top="plan")
         raise BadInputError(f"rollout {first.where}: {first.msg}", "see the rollout plan in docs/fleet.md") from None
     with fleet.lock, fleet.writer() as s, s.begin():
-        mv = get_version_row(s, group, version)
-        if mv.approval != APPROVED:
-            raise ConflictError(
-                f"{group} {version} is {mv.approval}, not Approved",
-                f"approve it first: `edgefleet fleet models approve {group} {version}`",
-            )
-        devices = _select_devices(s, sel)
-        if not devices:
-            raise BadInputError(
-                "the selection matches no devices",
-                "check --group/--tag, or list devices with `edgefleet fleet devices list`",
-            )
-        if group == RELEASE_NAME:
-            _check_agent_devices(devices)
-        targets = {b.target for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
-        missing = sorted({build_target(d, group) for d in devices} - targets)
-        if missing:
-            fix = (
-                "build and upload an agent release for each architecture (`edgefleet agent release build --arch ...`)"
-                if group == RELEASE_NAME
-                else "compile and upload a package for each target in the selection"
-            )
-            raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", fix)
-        ids = [d.id for d in devices]
-        busy = s.scalars(
-            select(Deployment.device_id)
-            .join(Rollout, Rollout.id == Deployment.rollout_id)
-            .where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))
-        ).first()
-        busy = busy or next(
-            (
-                d
-                for r in s.scalars(select(Rollout).where(Rollout.state == "created"))
-                for d in r.devices
-                if d in set(ids)
-            ),
-            None,
+        return rollout_out(s, insert_rollout(fleet, s, group, version, sel, parsed))
+
+
+def insert_rollout(
+    fleet: Fleet, s: Session, group: str, version: str, sel: Selection, parsed: RolloutPlan, source: int | None = None
+) -> Rollout:
+    """Check and add a rollout in the caller's transaction (hold fleet.lock); `source`: the shadow
+    rollout it is promoted from."""
+    mv = get_version_row(s, group, version)
+    if mv.approval != APPROVED:
+        raise ConflictError(
+            f"{group} {version} is {mv.approval}, not Approved",
+            f"approve it first: `edgefleet fleet models approve {group} {version}`",
         )
-        if busy:
-            raise ConflictError(f"device {busy} is already in an active rollout", "wait for it to finish, or abort it")
-        r = Rollout(
-            model_version_id=mv.id,
-            selection=sel.model_dump(),
-            plan=parsed.model_dump(),
-            devices=ids,
-            created_at=fleet.clock(),
-            updated_at=fleet.clock(),
+    devices = _select_devices(s, sel)
+    if not devices:
+        raise BadInputError(
+            "the selection matches no devices",
+            "check --group/--tag, or list devices with `edgefleet fleet devices list`",
         )
-        s.add(r)
-        s.flush()
-        s.add(
-            RolloutEvent(
-                rollout_id=r.id,
-                at=fleet.clock(),
-                event="create",
-                from_state="",
-                to_state="created",
-                detail=f"{len(ids)} devices",
-            )
+    if parsed.mode == "shadow":
+        _check_shadow_devices(devices, group)
+    elif group == RELEASE_NAME:
+        _check_agent_devices(devices)
+    targets = {b.target for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
+    missing = sorted({build_target(d, group) for d in devices} - targets)
+    if missing:
+        fix = (
+            "build and upload an agent release for each architecture (`edgefleet agent release build --arch ...`)"
+            if group == RELEASE_NAME
+            else "compile and upload a package for each target in the selection"
         )
-        return rollout_out(s, r)
+        raise ConflictError(f"{group} {version} has no build for target(s) {', '.join(missing)}", fix)
+    ids = [d.id for d in devices]
+    busy = s.scalars(
+        select(Deployment.device_id)
+        .join(Rollout, Rollout.id == Deployment.rollout_id)
+        .where(Rollout.state.in_(ACTIVE), Deployment.device_id.in_(ids))
+    ).first()
+    busy = busy or next(
+        (d for r in s.scalars(select(Rollout).where(Rollout.state == "created")) for d in r.devices if d in set(ids)),
+        None,
+    )
+    if busy:
+        raise ConflictError(f"device {busy} is already in an active rollout", "wait for it to finish, or abort it")
+    r = Rollout(
+        model_version_id=mv.id,
+        selection=sel.model_dump(),
+        plan=parsed.model_dump(),
+        devices=ids,
+        created_at=fleet.clock(),
+        updated_at=fleet.clock(),
+        source_rollout_id=source,
+    )
+    s.add(r)
+    s.flush()
+    s.add(
+        RolloutEvent(
+            rollout_id=r.id,
+            at=fleet.clock(),
+            event="create",
+            from_state="",
+            to_state="created",
+            detail=f"{len(ids)} devices" + (f", promoted from shadow rollout {source}" if source else ""),
+        )
+    )
+    return r
 
 
 def _load(s: Session, rollout_id: int) -> Rollout:
@@ -255,9 +293,9 @@ def _load(s: Session, rollout_id: int) -> Rollout:
 
 
 def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> RolloutOut:
-    """pause | resume | abort, as an operator asks."""
-    if action not in ("pause", "resume", "abort"):
-        raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume or abort")
+    """pause | resume | abort | stop (shadow rollouts), as an operator asks."""
+    if action not in ("pause", "resume", "abort", "stop"):
+        raise BadInputError(f"unknown rollout action {action!r}", "use pause, resume, abort or stop")
     outbox: list[tuple[str, JobDocument]] = []
     with fleet.lock:
         with fleet.writer() as s, s.begin():
@@ -267,7 +305,9 @@ def control(fleet: Fleet, rollout_id: int, action: str, reason: str = "") -> Rol
             if action == "resume":
                 r.wave_started_at = now
                 r.bake_started_at = None
-            if action == "abort":
+            if r.state in ("stopped", "aborted"):  # a shadow rollout: its candidate leaves the cameras
+                send_shadow_jobs(fleet, s, r, "shadow_remove", now, outbox)
+            elif action == "abort":
                 _abort_step(fleet, s, r, now, outbox)
             out = rollout_out(s, r)
         _flush(fleet, outbox)
@@ -345,6 +385,7 @@ def _job_document(
     # Agents tell their own jobs by kind: an agent before 0.2 ignores an agent_* job instead of taking it for a model.
     kind = f"agent_{dep.kind}" if name == RELEASE_NAME else dep.kind
     authorization = sign_rollback(fleet, dep.device_id, dep.job_id, name, version) if dep.kind == "rollback" else None
+    shadow = ShadowSettings.model_validate(plan.shadow.model_dump()) if dep.kind == "shadow_install" else None
     return JobDocument(
         id=uuid.uuid4().hex,
         job=dep.job_id,
@@ -353,6 +394,7 @@ def _job_document(
         package=package,
         probation=JobProbation(**plan.probation.model_dump()),
         rollback_authorization=authorization,
+        shadow=shadow,
     )
 
 
@@ -416,6 +458,52 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
             from_state=r.state,
             to_state=r.state,
             detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}",
+        )
+    )
+
+
+def send_shadow_jobs(fleet: Fleet, s: Session, r: Rollout, kind: str, now: float, outbox: list) -> None:
+    """shadow_install (with the candidate's build) or shadow_remove to every device of shadow rollout `r`.
+
+    A removal goes to devices whose install was sent, whatever its state: a camera that failed the
+    install has nothing to remove and says so, and one that is offline gets it from its session."""
+    plan = RolloutPlan.model_validate(r.plan)
+    mv = s.get(ModelVersion, r.model_version_id)
+    name = s.get(ModelGroup, mv.group_id).name
+    builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
+    if kind == "shadow_install":
+        ids = list(r.devices)
+    else:
+        sent = select(Deployment.device_id).where(Deployment.rollout_id == r.id, Deployment.kind == "shadow_install")
+        ids = sorted(s.scalars(sent))
+    devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
+    deps = [
+        Deployment(
+            job_id=f"r{r.id}-{'sh' if kind == 'shadow_install' else 'shrm'}-{uuid.uuid4().hex[:12]}",
+            rollout_id=r.id,
+            device_id=device_id,
+            kind=kind,
+            wave=0,
+            build_id=builds[build_target(devices[device_id], name)].id if kind == "shadow_install" else None,
+            previous_version=devices[device_id].model_version,
+            updated_at=now,
+        )
+        for device_id in ids
+    ]
+    s.add_all(deps)
+    s.flush()
+    for dep in deps:
+        build = s.get(Build, dep.build_id) if dep.build_id is not None else None
+        outbox.append((dep.device_id, _job_document(fleet, dep, name, mv.version, build, plan)))
+    r.wave, r.wave_started_at = 0, now
+    s.add(
+        RolloutEvent(
+            rollout_id=r.id,
+            at=now,
+            event=f"{kind}_sent",
+            from_state=r.state,
+            to_state=r.state,
+            detail=f"{kind} to {len(ids)} devices",
         )
     )
 
@@ -654,6 +742,10 @@ def _note_waiting(s: Session, r: Rollout, now: float, why: str) -> None:
 
 def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> None:
     plan = RolloutPlan.model_validate(r.plan)
+    if r.state == "created" and plan.mode == "shadow":
+        _transition(s, r, "shadow_start", now)
+        send_shadow_jobs(fleet, s, r, "shadow_install", now, outbox)
+        return
     if r.state == "created":
         _transition(s, r, "start", now)
         _send_wave(fleet, s, r, 0, now, outbox)
@@ -774,8 +866,8 @@ def _job_again(fleet: Fleet, s: Session, dep: Deployment) -> JobDocument:
     mv = s.get(ModelVersion, r.model_version_id)
     name = s.get(ModelGroup, mv.group_id).name
     build = s.get(Build, dep.build_id) if dep.build_id is not None else None
-    # A rollback installs the version its install replaced; an install the rollout's.
-    version = mv.version if dep.kind == "install" else _rolled_back_to(s, dep) or ""
+    # A rollback installs the version its install replaced; the other kinds name the rollout's.
+    version = (_rolled_back_to(s, dep) or "") if dep.kind == "rollback" else mv.version
     return _job_document(fleet, dep, name, version, build, RolloutPlan.model_validate(r.plan))
 
 
@@ -867,7 +959,10 @@ def _advance(s: Session, row: Any, updates: list[JobUpdate], now: float) -> list
         if any(update.state == "switching" for _, update in steps):
             values["switched_at"] = func.coalesce(d.switched_at, now)
         if s.execute(sa_update(Deployment.__table__).where(d.id == row.id, d.state == seen).values(**values)).rowcount:
-            if last.state == "committed":
+            if last.state == "committed" and row.kind in (
+                "install",
+                "rollback",
+            ):  # a shadow model is not the active one
                 _record_installed(s, row, row.device_id)
             return [
                 {

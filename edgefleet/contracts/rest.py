@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from edgefleet.contracts.jobs import Probation
+from edgefleet.contracts.shadow import ShadowSettings
 from edgefleet.strict import Strict
 
 API_VERSION = 1
@@ -39,7 +40,32 @@ class HealthGate(Body):
     latency_min_samples: int = Field(default=1, ge=1)  # telemetry messages with a p95
 
 
+class ShadowPlan(Body, ShadowSettings):
+    """ShadowSettings as an operator writes them in a rollout plan: unknown keys are errors."""
+
+    model_config = Body.model_config
+
+
+class PromotionGate(Body):
+    """What a shadow rollout's candidate must show, over all its devices, before it may be promoted:
+    agreement with the active model >= min_agreement over >= min_frames compared frames, candidate /
+    active p50 latency <= max_latency_ratio, and (when no_drift_alarm) no drift alarm on the candidate."""
+
+    min_agreement: float = Field(default=0.95, ge=0, le=1)
+    min_frames: int = Field(default=1000, ge=1)
+    max_latency_ratio: float = Field(default=1.5, gt=0)
+    no_drift_alarm: bool = True
+
+
 class RolloutPlan(Body):
+    """Revision 2 adds `mode`: "shadow" installs the version beside the active model on every selected
+    device at once (no waves) until it is promoted or stopped, with `shadow` settings and the
+    `promotion` gate (docs/fleet.md, "Shadow rollouts")."""
+
+    REVISION: ClassVar[int] = 2
+    mode: Literal["install", "shadow"] = "install"
+    shadow: ShadowPlan = Field(default_factory=lambda: ShadowPlan())
+    promotion: PromotionGate = Field(default_factory=lambda: PromotionGate())
     canary: int | None = Field(default=1, ge=1)
     canary_percent: float | None = Field(default=None, gt=0, le=100)
     waves: list[float] = Field(default_factory=lambda: [100.0])
@@ -100,6 +126,7 @@ class EnrollBody(Body):
 
 
 class RolloutBody(Body):
+    REVISION: ClassVar[int] = 2  # its plan's revision 2
     group: str
     version: str
     selection: Selection = Field(default_factory=Selection)
@@ -107,6 +134,14 @@ class RolloutBody(Body):
 
 
 class ControlBody(Body):
+    reason: str = ""
+
+
+class PromoteBody(Body):
+    """POST /rollouts/{id}/promote: the staged rollout of the candidate; without a plan, the shadow
+    rollout's own plan in mode "install"."""
+
+    plan: RolloutPlan | None = None
     reason: str = ""
 
 
@@ -124,6 +159,8 @@ BODIES: list[type[Body]] = [
     EnrollBody,
     RolloutBody,
     ControlBody,
+    PromoteBody,
+    PromotionGate,
     TokenBody,
 ]
 
@@ -252,6 +289,9 @@ class RolloutModel(Response):
 
 
 class RolloutOut(Response):
+    """Revision 2: the plan's revision 2, and `source`, the shadow rollout a staged one was promoted from."""
+
+    REVISION: ClassVar[int] = 2
     id: int
     model: RolloutModel
     kind: Literal["agent", "model"]
@@ -265,6 +305,7 @@ class RolloutOut(Response):
     plan: RolloutPlan
     created_at: float
     updated_at: float
+    source: int | None = None
 
 
 class DeploymentOut(Response):
@@ -278,6 +319,7 @@ class DeploymentOut(Response):
 
 
 class RolloutDetail(RolloutOut):
+    REVISION: ClassVar[int] = 2
     deployments: list[DeploymentOut]
 
 
@@ -314,6 +356,7 @@ class ModelVersionPage(Page):
 
 
 class RolloutPage(Page):
+    REVISION: ClassVar[int] = 2
     items: list[RolloutOut]
 
 
@@ -513,6 +556,85 @@ class SnapshotStored(Response):
     events: int  # how many alert events name it
 
 
+# ---- shadow rollouts (fleet/shadow.py, docs/fleet.md "Shadow rollouts") -------------------
+
+
+class ShadowStats(Response):
+    """A shadow model beside the active one, summed over stored reports (rates computed from the sums).
+
+    agreement: classification, frames with the same top label / compared frames; detection,
+    2 x label-agreeing matched boxes / (active + candidate boxes). match_rate (detection): 2 x
+    matched / (active + candidate boxes); label_agreement: label-agreeing / matched. Latencies are
+    the count-weighted means of the windows' p50s; latency_ratio = candidate / active."""
+
+    devices: int
+    reports: int
+    frames_seen: int
+    frames: int  # compared frames
+    skipped_budget: int
+    agreement: float | None
+    match_rate: float | None
+    label_agreement: float | None
+    mean_score_delta: float | None
+    mean_abs_score_delta: float | None
+    active_latency_p50_ms: float | None
+    candidate_latency_p50_ms: float | None
+    latency_ratio: float | None
+    active_confidence: float | None
+    candidate_confidence: float | None
+    candidate_cpu_share: float | None
+    drift_alarm: bool  # the candidate's drift alarm is up on at least one device
+    drift_devices: list[str]
+
+
+class ShadowGroupOut(Response):
+    """One (active version, candidate version, device group) of a shadow rollout."""
+
+    active: ModelName
+    candidate: ModelName
+    group: str | None
+    stats: ShadowStats
+
+
+class ShadowPoint(Response):
+    """One stored report (one device's window)."""
+
+    at: float
+    device: str
+    frames: int
+    agreement: float | None
+    active_latency_p50_ms: float | None
+    candidate_latency_p50_ms: float | None
+
+
+class GateCheck(Response):
+    name: Literal["agreement", "frames", "latency_ratio", "drift"]
+    ok: bool
+    value: float | None
+    limit: float
+    detail: str
+
+
+class GateVerdict(Response):
+    passed: bool
+    checks: list[GateCheck]
+
+
+class ShadowOut(Response):
+    """GET /rollouts/{id}/shadow: champion (active) vs challenger (candidate) of a shadow rollout."""
+
+    rollout: int
+    state: str
+    candidate: ModelName
+    settings: ShadowPlan
+    gate: PromotionGate
+    verdict: GateVerdict
+    total: ShadowStats
+    groups: list[ShadowGroupOut]
+    series: list[ShadowPoint]
+    promoted_to: int | None
+
+
 RESPONSES: list[type[Response]] = [
     ErrorBody,
     Health,
@@ -540,4 +662,5 @@ RESPONSES: list[type[Response]] = [
     AlertEventOut,
     AlertEventPage,
     SnapshotStored,
+    ShadowOut,
 ]

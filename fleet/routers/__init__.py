@@ -6,6 +6,7 @@ service.py   /healthz, /api/v1/metrics
 models.py    model groups and versions, approval, package upload and signed downloads
 devices.py   devices, enrollment tokens, enrollment
 rollouts.py  rollouts, their events and operator control
+shadow.py    shadow rollouts: champion vs challenger, promotion
 tokens.py    API tokens
 alerts.py    alert events, their snapshots, and the cameras' snapshot uploads
 drift.py     drift alarms, windows and events, and telemetry over time (docs/drift.md)

@@ -11,6 +11,7 @@ import uuid
 import pytest
 import test_alert_events_library as alert_flows
 import test_fleet_library as flows
+import test_shadow_library as shadow_flows
 from tests_fleet_util import Clock
 
 pytestmark = pytest.mark.postgres
@@ -44,6 +45,9 @@ def pg_fleet(postgres_database, tmp_path, edgefleet_home, tiny_packages):
         alert_flows.test_an_alert_is_one_event_however_often_it_arrives_and_old_agents_alerts_are_kept,
         alert_flows.test_filters_and_pages,
         alert_flows.test_retention_deletes_old_and_surplus_events_and_the_snapshots_no_event_names,
+        shadow_flows.test_aggregation_equals_hand_sums_and_promotion_starts_a_staged_rollout,
+        shadow_flows.test_forged_unknown_and_malformed_reports_are_refused_and_counted,
+        shadow_flows.test_stop_and_abort_send_shadow_remove,
     ],
     ids=lambda f: f.__name__.removeprefix("test_"),
 )

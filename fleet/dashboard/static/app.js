@@ -1,5 +1,6 @@
 // edgefleet dashboard: polls the fleet REST API (/api/v1) with the operator's token and
-// renders devices, rollouts, model versions, the alerts feed and two SVG plots.
+// renders devices, rollouts, model versions, the alerts feed, the newest shadow rollout
+// (champion vs challenger) and SVG plots.
 "use strict";
 
 const REFRESH_MS = 3000;
@@ -114,7 +115,7 @@ async function act(label, fn) {
 }
 
 function rolloutButtons(r) {
-  const actions = { created: ["pause", "abort"], deploying: ["pause", "abort"], baking: ["pause", "abort"], paused: ["resume", "abort"] }[r.state] || [];
+  const actions = { created: ["pause", "abort"], deploying: ["pause", "abort"], baking: ["pause", "abort"], paused: ["resume", "abort"], shadowing: ["promote", "stop"] }[r.state] || [];
   return el("td", {}, ...actions.map((a) => el("button", {
     "data-action": a,
     onclick: () => act(a + " rollout " + r.id, () => api("/rollouts/" + r.id + "/" + a, { method: "POST", body: { reason: "from the dashboard" } })),
@@ -122,7 +123,7 @@ function rolloutButtons(r) {
 }
 
 function renderRollouts(rollouts, lastEvents) {
-  const active = rollouts.filter((r) => ["created", "deploying", "baking", "paused", "aborting"].includes(r.state));
+  const active = rollouts.filter((r) => ["created", "deploying", "baking", "paused", "aborting", "shadowing"].includes(r.state));
   $("#count-rollouts").textContent = active.length;
   fillTable("#rollouts", rollouts.slice().reverse().map((r) => {
     const waves = r.waves || [];
@@ -280,9 +281,37 @@ function plot(container, series, threshold) {
   Object.entries(series).forEach(([name, pts], i) => {
     const color = COLORS[i % COLORS.length];
     node("polyline", { fill: "none", stroke: color, "stroke-width": 2, "data-series": name, points: pts.map((p) => X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1)).join(" ") });
+    if (pts.length === 1) node("circle", { cx: X(pts[0][0]), cy: Y(pts[0][1]), r: 4, fill: color, "data-series": name }); // a line of one point draws nothing
     legend.append(el("span", { style: "color:" + color }, "■ " + name));
   });
   container.replaceChildren(svg, legend);
+}
+
+function num(v, digits) { return v == null ? "-" : v.toFixed(digits); }
+
+// Champion (the active model) vs challenger (the candidate) of the newest shadow rollout.
+async function renderShadow(rollouts) {
+  const r = rollouts.filter((x) => x.plan && x.plan.mode === "shadow").pop();
+  if (!r) return;
+  const v = await api("/rollouts/" + r.id + "/shadow");
+  const t = v.total, active = v.groups.length ? v.groups[0].active : null;
+  $("#shadow-title").textContent = "(rollout " + v.rollout + ", " + v.state + (v.promoted_to ? ", promoted to rollout " + v.promoted_to : "") + ")";
+  $("#shadow").dataset.rollout = v.rollout;
+  fillTable("#shadow-table", [
+    el("tr", { "data-side": "champion" }, el("th", {}, "champion (active)"), el("td", {}, active ? active.name + " " + active.version : "-"),
+      el("td", { class: "latency" }, num(t.active_latency_p50_ms, 1)), el("td", { class: "confidence" }, num(t.active_confidence, 3))),
+    el("tr", { "data-side": "challenger" }, el("th", {}, "challenger (candidate)"), el("td", {}, v.candidate.name + " " + v.candidate.version),
+      el("td", { class: "latency" }, num(t.candidate_latency_p50_ms, 1)), el("td", { class: "confidence" }, num(t.candidate_confidence, 3))),
+  ]);
+  $("#shadow-summary").replaceChildren(el("span", { class: "agreement" }, "agreement " + num(t.agreement, 3)),
+    " over " + t.frames + " frames on " + t.devices + " devices · latency ratio " + num(t.latency_ratio, 2) + " · candidate drift " + (t.drift_alarm ? "ALARM" : "ok"));
+  $("#shadow-gate").replaceChildren(el("li", { class: "verdict " + (v.verdict.passed ? "ok" : "fail") }, v.verdict.passed ? "passes its promotion gate" : "does not pass its promotion gate"),
+    ...v.verdict.checks.map((c) => el("li", { class: c.ok ? "ok" : "fail", "data-check": c.name }, (c.ok ? "✓ " : "✗ ") + c.detail)));
+  plot($("#shadow-agreement-plot"), byDevice(v.series, (p) => p.agreement), v.gate.min_agreement);
+  plot($("#shadow-latency-plot"), {
+    active: v.series.filter((p) => p.active_latency_p50_ms != null).map((p) => [p.at, p.active_latency_p50_ms]),
+    candidate: v.series.filter((p) => p.candidate_latency_p50_ms != null).map((p) => [p.at, p.candidate_latency_p50_ms]),
+  }, null);
 }
 
 function byDevice(rows, value) {
@@ -317,6 +346,7 @@ async function refresh() {
     renderRollouts(rollouts, lastEvents);
     renderModels(groups, versions);
     renderAlerts(events, telemetry);
+    await renderShadow(rollouts);
     await refreshEvents();
     plot($("#latency-plot"), byDevice(telemetry, (t) => t.latency_p95_ms), null);
     $("#drift-metric").textContent = "(" + drift.config.metric + ", alarm over " + drift.config.threshold + " for " + drift.config.windows_to_alarm + " windows)";
