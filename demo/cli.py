@@ -50,10 +50,11 @@ from edgefleet.errors import ServiceError
     help="Extra cameras (group detect) that run the scene detector.",
 )
 @click.option(
-    "--shadow",
-    is_flag=True,
-    help="Run v2 in shadow beside v1 until its promotion gate passes, then promote it to its canary"
-    " (needs agents with shadow models).",
+    "--shadow/--no-shadow",
+    default=True,
+    show_default=True,
+    help="Run v2 in shadow beside v1 (compared on every frame, never alerting) until its promotion"
+    " gate passes, then promote it to its canary; --no-shadow rolls v2 out with a canary at once.",
 )
 @click.option(
     "--exit-after-rollouts",
@@ -76,7 +77,7 @@ def demo_command(
     Examples:
       edgefleet demo
       edgefleet demo --devices 5 --http-port 0 --mqtt-port 0 --exit-after-rollouts
-      edgefleet demo --shadow
+      edgefleet demo --no-shadow
     """
     result = run_demo(
         DemoOptions(

@@ -54,7 +54,7 @@ class DemoOptions:
     frames_per_second: float = 5.0
     exit_after_rollouts: bool = False
     detector_devices: int = 1  # cameras (det-1, ...) that run the scene detector; 0: none
-    shadow: bool = False  # v2 runs in shadow beside v1 until its promotion gate passes, then its canary
+    shadow: bool = True  # v2 runs in shadow beside v1 until its promotion gate passes, then its canary
 
 
 # Drift in the demo: windows of 120 frames (normal windows score under 0.2 PSI against a
@@ -102,6 +102,7 @@ class Demo:
         self.processes: list[subprocess.Popen] = []
         self.stop = threading.Event()
         self.alerts: list[dict] = []  # from the classifier cameras
+        self.shadow_view: dict | None = None  # v2's shadow view when its promotion gate passed
         self.detections: list[dict] = []  # alerts from the detector cameras
         self.devices: list[str] = []
         self.detector_devices = [f"det-{i + 1}" for i in range(options.detector_devices)]
@@ -543,7 +544,7 @@ class Demo:
                 )
             return view if view["verdict"]["passed"] else None
 
-        self._wait(gate, 300, f"shadow rollout {rid} to pass its promotion gate")
+        self.shadow_view = self._wait(gate, 300, f"shadow rollout {rid} to pass its promotion gate") | {"rollout": rid}
         reason = "the promotion gate passed in the demo"
         staged_rollout = self._api("POST", f"/rollouts/{rid}/promote", json={"plan": staged, "reason": reason})
         _step(
@@ -673,6 +674,7 @@ class DemoResult:
     detections: list[dict] = field(default_factory=list)  # alerts from the detector cameras, with boxes
     ports: dict[str, int] = field(default_factory=dict)  # option -> the port it listened on, free again
     alert_events: dict[str, int] = field(default_factory=dict)  # events stored by the fleet, newest with a snapshot
+    shadow: dict | None = None  # v2's shadow view when its promotion gate passed, and its rollout id
 
 
 def run_demo(options: DemoOptions) -> DemoResult:
@@ -711,7 +713,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         # judged only once 100 frames on each side back it (the gate waits until then).
         v2_gate = {"min_samples": 2, "alert_rate_max_ratio": 10.0, "confidence_min_ratio": 1.0}
         v2_plan = {"canary": 1, "waves": [50, 100], "bake_time_s": 8, "health": v2_gate}
-        if options.shadow:  # needs agents with the shadow feature (docs/agent.md)
+        if options.shadow:
             rollouts.append(demo.finish_rollout(demo.shadow_then_promote("2", v2_plan)))
         else:
             rollouts.append(
@@ -742,4 +744,5 @@ def run_demo(options: DemoOptions) -> DemoResult:
         demo.detections,
         {"--http-port": demo.http_port, "--mqtt-port": demo.mqtt_port},
         events,
+        demo.shadow_view,
     )

@@ -35,6 +35,12 @@ def test_demo_rolls_out_v1_then_v2_and_reports_real_alerts(tmp_path, edgefleet_h
 
     assert [r["state"] for r in result.rollouts] == ["succeeded", "succeeded"]
     assert all(r["installs"] == {"committed": 3} for r in result.rollouts)
+    # v2 ran in shadow beside v1 on the cameras until its promotion gate passed; the promotion
+    # started the v2 rollout above.
+    shadow = result.shadow
+    assert shadow is not None and shadow["verdict"]["passed"], shadow
+    assert shadow["total"]["frames"] >= 300 and shadow["total"]["agreement"] >= 0.6, shadow["total"]
+    assert result.rollouts[1]["source"] == shadow["rollout"], result.rollouts[1]
     assert result.dashboard.endswith("/dashboard/")
     # Alert events are stored with the frame's snapshot (uploaded by the cameras, sha256 checked).
     assert result.alert_events["events"] >= 10
