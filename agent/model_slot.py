@@ -57,8 +57,10 @@ def verify_extracted(directory: Path, trusted: list[PublicKey]) -> OpenedPackage
 
 
 class ModelSlot:
-    def __init__(self, state_dir: Path, trusted_keys: list[PublicKey]) -> None:
+    def __init__(self, state_dir: Path, trusted_keys: list[PublicKey], role: str = "active") -> None:
+        """`role`: what a loaded model is, in the log ("active"; the shadow slot's candidate is not)."""
         self.state_dir = Path(state_dir)
+        self.role = role
         self.packages = self.state_dir / "packages"
         self.packages.mkdir(parents=True, exist_ok=True)
         self.trusted_keys = trusted_keys
@@ -134,7 +136,7 @@ class ModelSlot:
         active = ActiveModel(model, opened.manifest, directory, library)
         with self._lock:
             self._active = active
-        log.info("model %s %s active, library %s", opened.manifest.name, opened.manifest.version, library)
+        log.info("model %s %s %s, library %s", opened.manifest.name, opened.manifest.version, self.role, library)
         return active
 
     def install_initial(self, package_path: Path) -> ActiveModel:

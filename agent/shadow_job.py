@@ -63,7 +63,8 @@ class ShadowJobs(UpdateManager):
         **options,
     ) -> None:
         root = Path(state_dir) / "shadow"
-        super().__init__(root, ModelSlot(root, trusted_keys), publish, trusted_keys, device_id, **options)
+        slot = ModelSlot(root, trusted_keys, role="loaded as the shadow model")
+        super().__init__(root, slot, publish, trusted_keys, device_id, **options)
         self.active_slot = active_slot
         self.runner = runner
         self.documents = root / "jobs"

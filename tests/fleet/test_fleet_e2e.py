@@ -30,13 +30,19 @@ DEVICES = ["cam-a", "cam-b", "cam-c"]
 
 class World:
     """With `tls`, `fleet serve` terminates HTTPS with a certificate `fleet server-cert` issued, and
-    the agents are installed with `--fleet-ca` (docs/fleet.md "HTTPS")."""
+    the agents are installed with `--fleet-ca` (docs/fleet.md "HTTPS"). A broker started with
+    dynsec is managed by the fleet (`authorization = "dynsec"`): it grants each device on enrollment.
+    `packages`: "key" (the fleet's signing key) and "v1", each agent's first model; `label`: the
+    label the agents alert on."""
+
+    label = "person"
 
     def __init__(self, root: Path, broker: Broker, packages: dict, home: Path, tls: bool = False) -> None:
         self.root, self.broker, self.packages = root, broker, packages
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.fleet_ca = root / "tls" / "ca.pem" if tls else None
+        dynsec = 'authorization = "dynsec"\n' if broker.dynsec_file else ""
         tls_keys = f'tls_cert_file = "{root / "tls" / "server.pem"}"\ntls_key_file = "{root / "tls" / "server.key"}"\n'
 
         self.env = dict(os.environ, EDGEFLEET_HOME=str(home), COLUMNS="200")
@@ -53,7 +59,7 @@ class World:
         self.config = root / "fleet.toml"
         self.config.write_text(
             f'format_version = 1\ndata_dir = "{data}"\nlisten_port = {self.port}\npublic_url = "{self.url}"\nsigning_key = "{packages["key"]}"\ntick_seconds = 0.3\n{tls_keys if tls else ""}'
-            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\ncert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\nca_file = "{broker.pki.ca_file}"\ncert_file = "{broker.fleet_cert}"\nkey_file = "{broker.fleet_key}"\n{dynsec}'
         )
         if tls:
             server_cert = ["fleet", "server-cert", "--config", str(self.config), "--host", "127.0.0.1"]
@@ -108,7 +114,7 @@ class World:
                 "--package",
                 str(self.packages["v1"]),
                 "--label",
-                "person",
+                self.label,
                 "--fleet-url",
                 self.url,
                 "--trust",
