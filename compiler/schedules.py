@@ -336,8 +336,12 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
         if last_n is not None and last_n > 64 and width:
             last_o, last = sch.split(last, [None, width])
             outer = [*outer, last_o]
-        elif last_n is None or last_n > 64 or last_n == 1:
+        elif last_n is None or last_n == 1:
             outer, last = spatial, None
+        elif last_n > 64:
+            # No vector width divides a long row (a pool's padded 114): a serial inner loop;
+            # flattened, its 312k elements cost 2 ms of index math (the real ShuffleNet's max pool).
+            last = None
         if outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         if last is not None:
