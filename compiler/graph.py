@@ -275,7 +275,6 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             # block_remaining_convs, which takes NCHW; the transforms in between cancel.
             relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW", "OIHW"]}),
             relax.transform.Normalize(),
-            misaligned_groups_dense(block),
             relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]}),
             relax.transform.Normalize(),
             bool_layout_transforms_as_int8(),
@@ -293,60 +292,6 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetNCHWc")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return passes(mod) if _has_op(mod, "relax.nn.conv2d") else mod
-
-    return _pass
-
-
-# A grouped convolution made dense does `groups` times its multiply-adds: worth it up to this
-# many groups (the real ShuffleNet v1's 4-group 1x1s with 68 channels per group: in NCHW they ran
-# at ~8 GFLOP/s, dense and blocked at 4x the work they run several times faster).
-MAX_DENSE_GROUPS = 4
-
-
-def misaligned_groups_dense(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
-    """A grouped NCHW convolution whose groups do not span whole `block`-channel blocks (ShuffleNet
-    v1's 4 groups of 68 channels) as an ungrouped one with block-diagonal weights (zeros between
-    the groups), which ConvertLayout blocks; with more than MAX_DENSE_GROUPS groups it stays
-    grouped (and in NCHW)."""
-
-    @relax.expr_functor.mutator
-    class _Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call: relax.Call) -> relax.Expr:
-            call = self.visit_expr_post_order(call)
-            if (
-                not isinstance(call.op, tvm.ir.Op)
-                or call.op.name != "relax.nn.conv2d"
-                or not isinstance(call.args[1], tvm.ir.expr.GenericConst)
-                or str(call.attrs.data_layout) != "NCHW"
-                or str(call.attrs.kernel_layout) != "OIHW"
-            ):
-                return call
-            weight, groups = call.args[1].value.numpy(), int(call.attrs.groups)
-            out_per_group, in_per_group = len(weight) // groups, weight.shape[1]
-            if not 1 < groups <= MAX_DENSE_GROUPS or in_per_group == 1:
-                return call
-            if in_per_group % block == 0 and out_per_group % block == 0:
-                return call  # blocked as a grouped convolution
-            dense = np.zeros((len(weight), in_per_group * groups, *weight.shape[2:]), weight.dtype)
-            for g in range(groups):
-                rows = slice(g * out_per_group, (g + 1) * out_per_group)
-                dense[rows, g * in_per_group : (g + 1) * in_per_group] = weight[rows]
-            a = call.attrs
-            return relax.op.nn.conv2d(
-                call.args[0],
-                relax.const(dense),
-                strides=a.strides,
-                padding=a.padding,
-                dilation=a.dilation,
-                data_layout="NCHW",
-                kernel_layout="OIHW",
-                out_layout=str(a.out_layout),
-                out_dtype=str(call.ty.dtype),
-            )
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgefleetMisalignedGroupsDense")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _mutate_functions(mod, _Rewriter(mod))
 
     return _pass
 

@@ -299,25 +299,3 @@ def test_only_a_channel_shuffle_is_recognised():
     assert channel_shuffle_groups([src, [1, 64, 2, 4, 8], [1, 2, 64, 4, 8], src], [0, 2, 1, 3, 4]) is None
     assert channel_shuffle_groups([src, split, [1, 16, 4, 8, 8], [1, 16, 32, 8]], [0, 2, 1, 3, 4]) is None
     assert channel_shuffle_groups([None, split, [1, 16, 4, 8, 8], src], [0, 2, 1, 3, 4]) is None
-
-
-@pytest.mark.parametrize(("groups", "dense"), [(4, True), (8, False)])
-def test_groups_that_split_a_block_run_dense_and_blocked_up_to_four_groups(groups, dense):
-    """ShuffleNet v1's 4 groups of 68 channels split the 16-channel blocks: such a grouped conv
-    becomes an ungrouped blocked one with zeros between the groups (4x the multiply-adds, several
-    times faster than NCHW); with 8 groups (8x) it stays grouped, in NCHW. Both match ORT."""
-    import numpy as np
-    from onnx import helper
-
-    channels = 96  # 24 or 12 channels per group
-    w = np.random.default_rng(groups).standard_normal((channels, channels // groups, 1, 1)).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1], group=groups),
-        helper.make_node("Relu", ["c"], ["y"]),
-    ]
-    model = _onnx(nodes, {"w": w * 0.3}, [1, channels, 10, 10], [1, channels, 10, 10])
-    calls = _calls(_lowered_and_matches_onnxruntime(model, [1, channels, 10, 10]))
-    if dense:
-        assert calls == ["te_layout_transform", "conv2d_NCHWc", "relu", "te_layout_transform"], calls
-    else:
-        assert not any("NCHWc" in c or "layout_transform" in c for c in calls), calls
