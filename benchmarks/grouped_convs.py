@@ -8,9 +8,10 @@ shuffle and the multiplier conv run in NCHW); "rule" with the grouped rule only;
 all three but one output-channel block per register tile (`schedules.output_tile` never pairs
 two); "after" with all of it. Each is checked against ONNX Runtime's output, then ORT and the
 four are timed interleaved in one process at the same thread count. `--target` is `ml_c6i`
-(AVX-512, where tiles pair) by default.
+(AVX-512, where tiles pair) by default; `--models` also takes the benchmarks' other models
+(`light_shufflenet`: the real ShuffleNet v1).
 
-    python benchmarks/grouped_convs.py [--threads 1] [--runs 40] [--target ml_c6i]
+    python benchmarks/grouped_convs.py [--threads 1] [--runs 40] [--target ml_c6i] [--models grouped,shufflenet]
 """
 
 from __future__ import annotations
@@ -59,21 +60,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--target", default="ml_c6i")
+    ap.add_argument("--models", default="grouped,shufflenet")
     args = ap.parse_args()
     tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
     target = resolve_target(args.target)
     print(f"{args.threads} thread(s); load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("grouped", "shufflenet"):
+        for name in args.models.split(","):
             path = model_path(name, Path(tmp))
             model = onnx.load(str(path))
-            shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+            inits = {i.name for i in model.graph.initializer}
+            spec = next(i for i in model.graph.input if i.name not in inits)  # old models list weights too
+            shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
             x = np.random.default_rng(0).random(shape, dtype=np.float32)
             xt = tvm.runtime.tensor(x)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = args.threads, 1, 3
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feed = {model.graph.input[0].name: x}
+            feed = {spec.name: x}
             want = sess.run(None, feed)[0]
             after, _ = compile_vm(model, target, stock=False)
             with mock.patch.object(schedules, "MIN_PAIR_TILE", 1 << 30):
