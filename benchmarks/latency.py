@@ -39,7 +39,8 @@ def model_path(name: str, tmp: Path) -> Path:
         from support import torch_models
 
         return torch_models.export(name, tmp / f"{name}.onnx")
-    return LIGHT / f"light_{name}.onnx"
+    # "shufflenet" is the test net above; ONNX's real ShuffleNet v1 (constant weights) is "light_shufflenet".
+    return LIGHT / f"light_{name.removeprefix('light_')}.onnx"
 
 
 def compile_vm(model: onnx.ModelProto, target, stock: bool):

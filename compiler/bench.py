@@ -54,10 +54,14 @@ class BenchResult:
 
 
 def onnx_gflop(model_path: Path) -> float | None:
-    """Multiply-adds x 2 of Conv, ConvTranspose, Gemm and MatMul nodes (what dominates a CNN)."""
+    """Multiply-adds x 2 of Conv, ConvTranspose, Gemm and MatMul nodes (what dominates a CNN).
+
+    Shape inference propagates values (data_prop) so that a reshape to a shape computed from
+    `x.shape` (a channel shuffle as PyTorch exports it) has a shape, and the nodes after it count.
+    """
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)), data_prop=True)
     shapes: dict[str, list[int]] = {}
     for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]

@@ -780,6 +780,20 @@ def channel_permute_nchwc(data, source):
     return te.compute(data.shape, value, name="channel_permute_NCHWc")
 
 
+def grouped_output_blocks(data_shape: list[int], kernel_shape: list[int]) -> int | None:
+    """Output channel blocks per group of a grouped NCHW{bd}c convolution with
+    [O/bo, I/g/bi, KH, KW, bi, bo] weights, when its groups span whole blocks of input and output
+    channels (every output block reads whole input blocks, one lane at a time); None otherwise."""
+    channels, bd = data_shape[1] * data_shape[4], data_shape[4]
+    ochunks, icchunks, _, _, bi, bo = kernel_shape
+    in_per_group = icchunks * bi
+    groups = channels // in_per_group
+    out_per_group = ochunks * bo // groups
+    if out_per_group % bo or bi != bd or in_per_group % bd:
+        return None
+    return out_per_group // bo
+
+
 def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_dtype):
     """Grouped convolution on NCHW{bd}c data with OIHW{bi}i{bo}o weights ([O/bo, I/g/bi, KH, KW, bi, bo]).
 
@@ -801,11 +815,13 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     ic, ib = te.reduce_axis((0, icchunks), name="ic"), te.reduce_axis((0, bi), name="ib")
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
 
+    blocks_per_group = grouped_output_blocks([int(d) for d in data.shape], [int(d) for d in kernel.shape])
+
     def value(b, c, y, x, k):
-        if out_per_group % bo == 0 and bi == bd and in_per_group % bd == 0:
+        if blocks_per_group is not None:
             # Groups span whole blocks: the input pixel does not depend on the output lane k, so
             # the schedule's vector over k multiplies one broadcast value (no gather).
-            chunk, lane = c // (out_per_group // bo) * (in_per_group // bd) + ic, ib
+            chunk, lane = c // blocks_per_group * (in_per_group // bd) + ic, ib
         else:
             channel = (c * bo + k) // out_per_group * in_per_group + ic * bi + ib
             chunk, lane = channel // bd, channel % bd

@@ -27,8 +27,14 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from edgefleet.compiler.graph import grouped_output_blocks
+
 # At most this many output pixels per register tile (more only lengthens the unrolled body).
 MAX_REG_TILE = 14
+# At most this many pixels per tile of two output-channel blocks: 16 accumulators (14 x 2 spilled).
+MAX_PAIR_TILE = 8
+# Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
+MIN_PAIR_TILE = 4
 _AVX512_CPUS = (
     "skylake-avx512",
     "cascadelake",
@@ -43,6 +49,20 @@ _AVX512_CPUS = (
 )
 
 
+def _vector_registers(target: tvm.target.Target) -> tuple[int, int]:
+    """(vector registers, fp32 lanes per register) of the target's ISA."""
+    attrs = target.attrs
+    mcpu, triple = str(attrs.get("mcpu", "")), str(attrs.get("mtriple", ""))
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    if triple.startswith("aarch64"):
+        return 32, 4
+    if triple.startswith("arm"):
+        return 16, 4
+    if mcpu.startswith(_AVX512_CPUS) or any("avx512f" in a for a in mattr):
+        return 32, 16
+    return 16, 8
+
+
 def register_tile(target: tvm.target.Target, block: int = 16) -> int:
     """Output pixels per tile so that tile x `block` fp32 accumulators, the weight vectors and
     one broadcast fit the target's vector registers (no spills in the inner loop).
@@ -50,19 +70,28 @@ def register_tile(target: tvm.target.Target, block: int = 16) -> int:
     AVX-512: 32 x 16 lanes -> 14 (capped); AVX2: 16 x 8 -> 6; AArch64 NEON: 32 x 4 -> 6;
     ARMv7 NEON: 16 x 4 -> 2.
     """
-    attrs = target.attrs
-    mcpu, triple = str(attrs.get("mcpu", "")), str(attrs.get("mtriple", ""))
-    mattr = [str(a) for a in attrs.get("mattr", [])]
-    if triple.startswith("aarch64"):
-        regs, lanes = 32, 4
-    elif triple.startswith("arm"):
-        regs, lanes = 16, 4
-    elif mcpu.startswith(_AVX512_CPUS) or any("avx512f" in a for a in mattr):
-        regs, lanes = 32, 16
-    else:
-        regs, lanes = 16, 8
+    regs, lanes = _vector_registers(target)
     per_pixel = max(1, block // lanes)
     return max(1, min(MAX_REG_TILE, (regs - per_pixel - 1) // per_pixel))
+
+
+def output_tile(target: tvm.target.Target, width: int, block: int, pairable: bool) -> tuple[int, int]:
+    """(output pixels, output-channel blocks) of a register tile over a row of `width` pixels.
+
+    Two output-channel blocks (`pairable`: both read the same input channels) share each input
+    broadcast: twice the multiply-adds per load. Taken where the pair's tile has at least
+    `MIN_PAIR_TILE` pixels and as many accumulators as one block's tile: on AVX-512 (ShuffleNet's
+    stride-2 grouped 3x3 alone: 8 x 2 about 11% faster than 8 x 1; the model: benchmarks/grouped_convs.py,
+    "single" vs "after"). AVX2's 16 registers (and NEON's) fit a pair of 2 pixels only, which
+    measured no better than 4 x 1.
+    """
+    single = _pixel_tile(width, register_tile(target, block))
+    if not pairable:
+        return single, 1
+    regs, lanes = _vector_registers(target)
+    per_pixel = max(1, block // lanes)
+    pair = _pixel_tile(width, min(MAX_PAIR_TILE, (regs - 2 * per_pixel - 1) // (2 * per_pixel)))
+    return (pair, 2) if pair >= min(width, MIN_PAIR_TILE) and 2 * pair >= single else (single, 1)
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
@@ -222,7 +251,8 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
 
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """Grouped NCHWc (graph.grouped_conv2d_nchwc, reductions ic, ib, rh, rw): the tiling of the
-    plain blocked conv, with its ic chunk / lane split already in the compute."""
+    plain blocked conv, with its ic chunk / lane split already in the compute; where a group spans
+    several output blocks, two of them per tile share each input broadcast (`output_tile`)."""
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
     if found is None:
         return None
@@ -231,10 +261,17 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target)
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
     if None in (ow_n, ocb_n):
         return None
-    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
-    sch.reorder(n, occ, oh, ow_o, ic, kh, kw, ib, ow_i, ocb)
+    block = sch.get(conv)
+    inputs = [r.source for r in block.reads if not r.source.same_as(block.writes[0].source)]
+    data, kernel = (next([int(d) for d in b.shape] for b in inputs if len(b.shape) == rank) for rank in (5, 6))
+    per_group = grouped_output_blocks(data, kernel)
+    px, oc_t = output_tile(target, ow_n, ocb_n, per_group is not None and per_group % 2 == 0)
+    ow_o, ow_i = sch.split(ow, [None, px])
+    occ_o, occ_i = sch.split(occ, [None, oc_t])
+    sch.reorder(n, occ_o, oh, ow_o, ic, kh, kw, ib, occ_i, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ, oh))
+    sch.parallel(sch.fuse(n, occ_o, oh))
+    sch.unroll(occ_i)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, ic)
@@ -299,8 +336,12 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
         if last_n is not None and last_n > 64 and width:
             last_o, last = sch.split(last, [None, width])
             outer = [*outer, last_o]
-        elif last_n is None or last_n > 64 or last_n == 1:
+        elif last_n is None or last_n == 1:
             outer, last = spatial, None
+        elif last_n > 64:
+            # No vector width divides a long row (a pool's padded 114): a serial inner loop;
+            # flattened, its 312k elements cost 2 ms of index math (the real ShuffleNet's max pool).
+            last = None
         if outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         if last is not None:

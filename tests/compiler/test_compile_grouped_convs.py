@@ -3,6 +3,8 @@ edgefleet's CPU pipeline and match onnxruntime (issue 15). Fallbacks for single 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("torch")
@@ -88,22 +90,27 @@ def _grouped_onnx(groups: int):
     return model
 
 
-@pytest.mark.parametrize("groups", [4, 2])
-def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime(groups):
+@pytest.mark.parametrize(("groups", "target_name"), [(4, "x86_64"), (2, "x86_64"), (4, "ml_c6i"), (2, "ml_c6i")])
+def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime(groups, target_name):
     """The grouped NCHWc kernel gets the blocked conv's tiling (pixel tile unrolled, epilogue at the
-    tile), not the generic fallback, and the built model matches ONNX Runtime."""
+    tile), not the generic fallback, and the built model matches ONNX Runtime. On AVX-512 (ml_c6i)
+    a group of two output blocks (groups=2: 32 channels each) puts both in one tile, sharing each
+    input broadcast; on AVX2 (x86_64's portable library) and with one block per group, one."""
     import numpy as np
     import onnxruntime as ort
     import tvm
     from tvm import relax, tirx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgefleet.agent.variants import cpu_flags
     from edgefleet.compiler import graph
     from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
     from edgefleet.compiler.schedules import schedule_func
     from edgefleet.compiler.targets import resolve_target
 
-    model, target = _grouped_onnx(groups), resolve_target("x86_64")
+    model, target = _grouped_onnx(groups), resolve_target(target_name)
+    if target_name == "ml_c6i" and "avx512f" not in cpu_flags():
+        pytest.skip("runs AVX-512 code: this CPU has no avx512f")
     tgt = tvm_target(target)
     passes = [
         graph.cleanup(),
@@ -120,9 +127,13 @@ def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime
         f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_conv2d_NCHWc" in gv.name_hint
     ]
     assert len(kernels) == 2
+    paired = groups == 2 and target_name == "ml_c6i"
     for func in kernels:
         trace = str(schedule_func(func, tgt).trace)
         assert "sch.unroll" in trace and "sch.reverse_compute_at" in trace, trace
+        # Split output width into pixel tiles, then output chunks into tiles of 2 blocks or of 1.
+        pixels, chunks = re.findall(r"sch\.split\(loop=\w+, factors=\[None, (\d+)\]", trace)
+        assert int(chunks) == (2 if paired else 1) and int(pixels) > 1, trace
 
     with tgt:
         mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(

@@ -47,6 +47,30 @@ def test_gflop_count_of_a_known_model(tmp_path: Path):
     assert 0.55 < gflop < 0.65
 
 
+def test_gflop_count_follows_a_channel_shuffle_reshaped_by_x_shape(tmp_path: Path):
+    """The ShuffleNet-like test net reshapes by `x.shape` (Shape/Gather/Concat/Reshape in ONNX); the
+    count must match one taken from the PyTorch modules' output shapes, every conv after a shuffle included."""
+    torch = pytest.importorskip("torch")
+    from support import torch_models
+
+    cls, size = torch_models.MODELS["shufflenet"]
+    model, flops = cls().eval(), []
+
+    def count(module, _inputs, out) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            flops.append(2 * out.numel() * k)
+        elif isinstance(module, torch.nn.Linear):
+            flops.append(2 * out.numel() * module.in_features)
+
+    for m in model.modules():
+        m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    gflop = onnx_gflop(torch_models.export("shufflenet", tmp_path / "s.onnx"))
+    assert gflop == pytest.approx(sum(flops) / 1e9, rel=1e-9)
+
+
 def test_bench_package_against_onnxruntime(small_package: Path):
     result = bench(str(small_package), runs=3, warmup=1, threads=1)
     by = {r.runtime: r for r in result.results}

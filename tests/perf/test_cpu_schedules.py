@@ -179,6 +179,28 @@ def test_pooling_after_a_first_layer_runs_blocked():
     assert any("max_pool2d" in c for c in calls) and sum("layout_transform" in c for c in calls) == 2, Counter(calls)
 
 
+def test_a_long_row_no_vector_width_divides_stays_a_row_loop():
+    """The real ShuffleNet's max pool pads 24 x 112 x 112 to 114-pixel rows, which 16, 8 and 4 do
+    not divide: the pad runs row by row (parallel rows, a serial row loop), not as one flattened
+    loop whose index math (a div/mod per element) cost 2 ms. Its output matches a numpy max pool."""
+    from tvm import te, topi
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    x = te.placeholder((1, 24, 112, 112), name="x")
+    y = topi.nn.pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], "max", layout="NCHW")
+    tgt = tvm_target(resolve_target("x86_64"))
+    sch = schedule_func(te.create_prim_func([x, y]), tgt)
+    pad = sch.get_loops(sch.get_sblock("pad_temp"))
+    assert [int(sch.get(loop).extent) for loop in pad] == [24 * 114, 114]
+    data = np.random.default_rng(3).standard_normal((1, 24, 112, 112)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, 24, 56, 56), np.float32))
+    tvm.compile(sch.mod, target=tgt)["main"](tvm.runtime.tensor(data), out)
+    padded = np.pad(data, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=-np.inf)
+    windows = [padded[:, :, i : i + 112 : 2, j : j + 112 : 2] for i in range(3) for j in range(3)]
+    np.testing.assert_array_equal(out.numpy(), np.max(windows, axis=0))
+
+
 def test_tflite_mobilenetv2_runs_blocked_like_the_onnx_one(tmp_path):
     """TFLite's NHWC convolutions with (C,) bias adds and RELU6 clips get the ONNX graph's kernels:
     every convolution blocked with its epilogue fused, no transposes between them, as few transforms."""

@@ -1,0 +1,135 @@
+"""Where a compiled model's time goes, kernel by kernel, for each x86 ISA level (issue 21).
+
+For each model and ISA level (the libraries of an `x86_64` package: x86-64-v3 = AVX2,
+x86-64-v4 = AVX-512): edgefleet's CPU pipeline up to the scheduled kernels, then each kernel
+built alone and timed with TVM's `time_evaluator` on random inputs of its shapes (best of 5
+repeats), times the number of calls in the model. Prints the top kernels with their share of the
+model's kernel time. `--ort` also prints ONNX Runtime's own per-node profile of the same model
+(1 thread), the nodes to compare with. Kernels are timed alone, so their caches are warm: the
+shares say where the time goes, the sum is below an end-to-end run.
+
+    python benchmarks/kernel_profile.py [--models shufflenet,squeezenet,mobilenetv2,resnet50]
+        [--isa x86-64-v4,x86-64-v3] [--top 3] [--ort]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
+
+
+def scheduled_kernels(model: onnx.ModelProto, isa: str):
+    """The model's Relax module after the default schedules (before lowering) and its target."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
+    from edgefleet.compiler.targets import ISA_LEVELS, resolve_target
+
+    target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[isa].tvm_target}))
+    lowering = cpu.dataflow_lower_passes, cpu.finalize_passes
+    # Stop before lowering: the kernels keep their buffer shapes and the calls stay call_tir.
+    cpu.dataflow_lower_passes = cpu.finalize_passes = lambda _t: []
+    try:
+        with tvm_target(target):
+            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
+                from_onnx(model, keep_params_in_input=False)
+            )
+    finally:
+        cpu.dataflow_lower_passes, cpu.finalize_passes = lowering
+    return mod, tvm_target(target)
+
+
+def kernel_times(mod, tgt) -> list[tuple[float, int, str]]:
+    """(ms per call, calls, kernel) for every kernel the model's main function calls."""
+    import tvm
+    from tvm import relax
+
+    calls: collections.Counter[str] = collections.Counter()
+    shapes: dict[str, list] = {}
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+            name = expr.args[0].name_hint
+            calls[name] += 1
+            out = expr.ty
+            tensors = [a.ty for a in expr.args[1].fields] + (list(out.fields) if hasattr(out, "fields") else [out])
+            shapes[name] = [([int(d) for d in t.shape], str(t.dtype)) for t in tensors]
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    dev, rng, rows = tvm.cpu(), np.random.default_rng(0), []
+    for gv, func in mod.functions.items():
+        if gv.name_hint not in calls:
+            continue
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt).jit()
+        args = [tvm.runtime.tensor(rng.random(s).astype(d), dev) for s, d in shapes[gv.name_hint]]
+        timer = lib.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=20)
+        rows.append((min(timer(*args).results) * 1e3, calls[gv.name_hint], gv.name_hint))
+    return rows
+
+
+def ort_node_times(path: Path, name: str, x: np.ndarray, runs: int = 50) -> list[tuple[float, str]]:
+    """(median ms, node) from ONNX Runtime's profiler, 1 thread."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.enable_profiling, opts.profile_file_prefix = True, str(path.parent / "ort-profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        sess.run(None, {name: x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    nodes: dict[str, list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            nodes[f"{e['args'].get('op_name')} {e['name'].removesuffix('_kernel_time')}"].append(e["dur"] / 1e3)
+    return sorted(((float(np.median(v)), k) for k, v in nodes.items()), reverse=True)
+
+
+def main() -> None:
+    import tvm
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="shufflenet,squeezenet,mobilenetv2,resnet50")
+    ap.add_argument("--isa", default="x86-64-v4,x86-64-v3")
+    ap.add_argument("--top", type=int, default=3)
+    ap.add_argument("--ort", action="store_true", help="also ONNX Runtime's per-node profile")
+    args = ap.parse_args()
+    tvm.get_global_func("runtime.config_threadpool")(1, 1)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-profile-") as tmp:
+        for name in args.models.split(","):
+            path = model_path(name, Path(tmp))
+            model = onnx.load(str(path))
+            for isa in args.isa.split(","):
+                load = os.getloadavg()[0]
+                rows = sorted(kernel_times(*scheduled_kernels(model, isa)), key=lambda r: -r[0] * r[1])
+                total = sum(ms * n for ms, n, _ in rows)
+                print(
+                    f"\n{name} {isa}: {len(rows)} kernels, {total:.3f} ms in all; load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+                )
+                for ms, n, kernel in rows[: args.top]:
+                    print(f"  {ms * n / total:6.1%} {ms * n:8.3f} ms  {n} x {ms:.3f} ms  {kernel}")
+            if args.ort:
+                inits = {i.name for i in model.graph.initializer}
+                spec = next(i for i in model.graph.input if i.name not in inits)  # old models list weights too
+                dims = [d.dim_value for d in spec.type.tensor_type.shape.dim]
+                nodes = ort_node_times(path, spec.name, np.random.default_rng(0).random(dims, dtype=np.float32))
+                total = sum(ms for ms, _ in nodes)
+                print(f"\n{name} onnxruntime: {len(nodes)} nodes, {total:.3f} ms in all")
+                for ms, node in nodes[: args.top]:
+                    print(f"  {ms / total:6.1%} {ms:8.3f} ms  {node}")
+
+
+if __name__ == "__main__":
+    main()
