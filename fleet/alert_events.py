@@ -40,14 +40,13 @@ Listener = Callable[[str, Any], None]
 
 
 def observe(s: Session, device: Device, msg: DeviceMessage, received_at: float) -> None:
-    """Ingest's hook for a message it handled: alerts are recorded, a status's labels kept."""
+    """Ingest's hook for a message it handled: alerts are recorded, listeners told of a status
+    (ingest keeps its labels in `device.watching`)."""
     if isinstance(msg, AlertMessage):
         row = _record(s, device.id, msg, received_at)
         if row is not None:
             s.info.setdefault(NOTES, []).append(("alert", row))
     elif isinstance(msg, StatusMessage):
-        if msg.watching is not None:
-            device.watching = list(msg.watching)
         s.info.setdefault(NOTES, []).append(("status", device.id))
 
 
