@@ -101,11 +101,11 @@ def test_every_message_carries_its_run_and_its_place_in_the_run(tmp_path, mqtt_b
     for run in (1, 2):
         agent, thread = start_in_thread(config)
         try:
-            wait_until(lambda: len(status.messages) == 2 * run - 1, timeout=20)
+            wait_until(lambda n=2 * run - 1: len(status.messages) == n, timeout=20)
         finally:  # a stop sends the last telemetry window, then the offline status
             agent.request_stop()
             thread.join(15)
-        wait_until(lambda: len(status.messages) == 2 * run, timeout=20)
+        wait_until(lambda n=2 * run: len(status.messages) == n, timeout=20)
         sent = [status.messages[-2], telemetry.messages[-1], status.messages[-1]]
         places.append([(m.json()["run"], m.json()["seq"]) for m in sent])
     assert [m.json()["state"] for m in status.messages] == ["online", "offline"] * 2
