@@ -201,11 +201,11 @@ def authenticate_upload(fleet: Fleet, device_id: str, sha256: str, headers: dict
     checked on the headers alone, before the body is read."""
     with fleet.session() as s:
         device = s.get(Device, device_id)
-    if device is None:
+    if device is None or device.revoked_at is not None:
         raise _refuse(
             fleet,
             "snapshots_refused_auth",
-            PermissionDeniedError(f"unknown device {device_id!r}", "enroll the device first"),
+            PermissionDeniedError(f"unknown or revoked device {device_id!r}", "enroll the device first"),
         )
     try:
         verify_headers(headers, device_ca(fleet), device_id, sha256, fleet.clock(), device.cert_serial)

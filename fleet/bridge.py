@@ -90,6 +90,7 @@ class Bridge:
         self.client_id = client_id
         group = broker.share_group or shared_setting(ingest.fleet.sessions, SHARE_GROUP, new_group())
         self.subscriptions = [(f"$share/{group}/{t}", 1) for t in DEVICE_TOPICS]
+        self.also: list[tuple[str, int]] = []  # keep_subscribed
         self.ingest = ingest
         self.queue: queue.Queue[Message] = queue.Queue()  # telemetry and alerts
         self.urgent: queue.Queue[Message] = queue.Queue()  # job updates and status
@@ -125,7 +126,15 @@ class Bridge:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        self.client.subscribe(self.subscriptions + [(t, 0) for t in BROKER_STATS])
+        self.client.subscribe(self.subscriptions + [(t, 0) for t in BROKER_STATS] + self.also)
+
+    def keep_subscribed(self, topic: str) -> int:
+        """Subscribe to `topic` (QoS 0) now and on every reconnect, as the device topics are: a session
+        the broker dropped (expired, or taken by a clean start under this id) keeps no subscription.
+        Returns paho's result of the subscription made now."""
+        self.also.append((topic, 0))
+        result: int = self.client.subscribe(topic, qos=0)[0]
+        return result
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [t for (t, _), rc in zip(self.subscriptions, reason_codes) if rc.is_failure]

@@ -123,6 +123,8 @@ class Device(Base):
     # its model and agent came from (fleet/order.py); NULL: none yet, or an agent that does not number them.
     status_order: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     model_order: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When an admin revoked it: the broker refuses it, ingest ignores it; the row keeps its history.
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Telemetry(Base):

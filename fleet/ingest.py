@@ -158,7 +158,8 @@ class Ingest:
     def _known_devices(self, s: Session, ids: set[str]) -> set[str]:
         missing = ids - self._known
         if missing:
-            self._known.update(s.scalars(select(Device.id).where(Device.id.in_(missing))))
+            # A revoked device is unknown (the broker refuses it; a replica that knew it before keeps it until restart).
+            self._known.update(s.scalars(select(Device.id).where(Device.id.in_(missing), Device.revoked_at.is_(None))))
         return ids & self._known
 
     def _store(self, parsed: list[Parsed], s: Session) -> Tally[str]:

@@ -64,7 +64,7 @@ def serve(config: FleetConfig) -> None:
         if config.broker.authorization == "dynsec":  # over the bridge's connection (its identity is dynsec admin)
             from edgefleet.fleet.broker_auth.dynsec import Dynsec
 
-            fleet.broker_auth = Dynsec(fleet, bridge.client, replica)
+            fleet.broker_auth = Dynsec(fleet, bridge, replica)
             fleet.broker_auth.sync()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift

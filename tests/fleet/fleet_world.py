@@ -17,6 +17,10 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 from support.broker import Broker
 from tests_fleet_util import wait_http
@@ -172,3 +176,46 @@ def send_in_background(cameras: list[Camera], n: int, pause_s: float) -> list[th
 
 def accepted(cameras: list[Camera]) -> list[str]:
     return [m for c in cameras for m in c.accepted]
+
+
+class AckedCamera:
+    """A device's MQTT v5 connection under its certificate; records each PUBACK reason code."""
+
+    def __init__(self, broker: Broker, device_id: str) -> None:
+        cert, key = broker.pki.issue(device_id)
+        self.acks: dict[int, int] = {}
+        self.disconnected = threading.Event()
+        self._acked = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        self.client.tls_set_context(broker.ssl_context(cert, key))
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnected.set()
+        connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: connected.set()
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert connected.wait(10), f"{device_id} did not connect"
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acked:
+            self.acks[mid] = reason_code.value
+            self._acked.notify_all()
+
+    def publish(self, topic: str) -> int:
+        """QoS 1 publish; returns the broker's PUBACK reason code (0 accepted, 135 not authorised)."""
+        mid = self.client.publish(topic, b"{}", qos=1).mid
+        with self._acked:
+            assert self._acked.wait_for(lambda: mid in self.acks, 10), f"no PUBACK for {topic}"
+            return self.acks[mid]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def csr(device_id: str) -> str:
+    """A camera's certificate request (CN = its id), as `edgefleet agent install` makes one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+    request = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return request.public_bytes(serialization.Encoding.PEM).decode()

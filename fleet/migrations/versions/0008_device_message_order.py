@@ -1,4 +1,4 @@
-"""device state from the latest message by (run, seq): a message delivered again or late never brings back an older state
+"""device state from the latest message by (run, seq): a message delivered again or late never brings back an older state; revoked devices
 
 Revision ID: 0008_device_message_order
 Revises: 0007_rollout_replicas
@@ -17,9 +17,11 @@ def upgrade() -> None:
     with op.batch_alter_table("devices") as batch:
         batch.add_column(sa.Column("status_order", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("model_order", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("revoked_at", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("devices") as batch:
+        batch.drop_column("revoked_at")
         batch.drop_column("model_order")
         batch.drop_column("status_order")
