@@ -37,8 +37,11 @@ CAMERAS = ["cam-1", "cam-2", "cam-3"]
 class World:
     """A broker, a fleet database with CAMERAS enrolled, and `fleet serve` replicas on demand."""
 
-    def __init__(self, root: Path, database_url: str | None, home: Path, *, dynsec: bool = False) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, database_url: str | None, home: Path, *, dynsec: bool = False, peers: bool = False
+    ) -> None:
+        """peers: replicas get every replica's certificate (`peer_identities_dir`, fleet/adoption.py)."""
+        self.root, self.peers = root, peers
         self.broker = Broker(root / "broker", dynsec=dynsec)
         self.broker.start()
         self.pid_file = root / "broker" / "mosquitto.pid"
@@ -66,6 +69,7 @@ class World:
                     "ca_file": self.broker.pki.ca_file,
                     "cert_file": cert,
                     "key_file": key,
+                    **({"peer_identities_dir": self.broker.pki.root} if self.peers else {}),
                     **(
                         {"acl_file": self.broker.acl_file, "mosquitto_pid_file": self.pid_file}
                         if self.broker.acl_file
