@@ -30,6 +30,7 @@ from edgefleet.errors import BadInputError, ConflictError, NotFoundError, Permis
 from edgefleet.fleet.alert_tables import AlertEvent
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 
 log = logging.getLogger("edgefleet.fleet.alerts")
 SNAPSHOT_PREFIX = "alert-snapshots"  # store keys: alert-snapshots/<device>/<sha256>.jpg
@@ -132,10 +133,11 @@ def list_events(
     since: float | None = None,
     until: float | None = None,
     model_version: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
+    limit: int = MAX_PAGE,
+    cursor: str | None = None,
 ) -> AlertEventPage:
-    """Events matching every filter given, newest first; since/until bound received_at (epoch s)."""
+    """One page of the events matching every filter given, newest first (by id: the order they were
+    stored in); since/until bound received_at (epoch s)."""
     query = select(AlertEvent)
     for column, value in (
         (AlertEvent.device_id, device),
@@ -149,12 +151,8 @@ def list_events(
     if until is not None:
         query = query.where(AlertEvent.received_at < until)
     with fleet.session() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = s.scalars(
-            query.order_by(AlertEvent.received_at.desc(), AlertEvent.id.desc()).limit(limit).offset(offset)
-        )
-        items = [event_out(r) for r in rows]
-    return AlertEventPage(items=items, total=total, limit=limit, offset=offset)
+        rows, after = keyset(s, query, AlertEvent.id, limit, cursor, newest_first=True)
+        return AlertEventPage(items=[event_out(r) for r in rows], next=after)
 
 
 def get_event(fleet: Fleet, event_id: int) -> AlertEvent:

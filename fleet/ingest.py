@@ -166,8 +166,10 @@ class Ingest:
         # Status and job updates first, in order (the bridge puts them at the head of a batch):
         # telemetry or an alert after an `offline` last will means the device is back.
         # Alerts become alert events one by one (fleet/alert_events.py), each in its own savepoint.
-        # In device order (stable: a device's messages keep theirs), as every replica locks devices.
-        firsts = sorted((p for p in parsed if p.kind in ("status", "alerts")), key=lambda p: p.device_id)
+        firsts = [p for p in parsed if p.kind in ("status", "alerts")]
+        if firsts:  # their devices locked in id order, as in every replica; then applied in arrival order
+            ids = sorted({p.device_id for p in firsts})
+            s.execute(select(Device.id).where(Device.id.in_(ids)).order_by(Device.id).with_for_update())
         outcomes: Tally[str] = Tally(self._isolated(s, p) for p in firsts)
         applied = self._job_updates(s, [p for p in parsed if p.kind == "jobs"], outcomes)
         fresh = self._insert_telemetry(s, [p for p in parsed if p.kind == "telemetry"], outcomes)
