@@ -23,6 +23,7 @@ from edgefleet.agent import payloads
 from edgefleet.agent.config import AgentConfig, trusted_keys
 from edgefleet.agent.metrics import AgentMetrics, luma_stats
 from edgefleet.agent.model_slot import ActiveModel, ModelSlot
+from edgefleet.agent.order import MessageOrder
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.postprocess import interpret
 from edgefleet.agent.preprocess import FrameRejected, decode_image, geometry, preprocess
@@ -132,7 +133,8 @@ class Agent:
             max_snapshot_bytes=cfg.snapshots.max_pending_bytes,
         )
         self.snapshots = SnapshotUploader(cfg, self.outbox) if cfg.snapshots.enabled else None
-        will = json.dumps(payloads.status(self.device, "offline")).encode()
+        self.order = MessageOrder(self.state)  # (run, seq) on every message (agent/order.py)
+        will = json.dumps(self.order.last_will(payloads.status(self.device, "offline"))).encode()
         self.transport = make_transport(cfg.mqtt, payloads.topic(self.device, "status"), will)
         self.transport.on_connect.append(self._publish_online)
         self.sender = Sender(self.outbox, self.transport, cfg.mqtt.inflight)
@@ -187,7 +189,9 @@ class Agent:
         self.transport.publish(
             payloads.topic(self.device, "status"),
             json.dumps(
-                payloads.status(self.device, "online", manifest, self.cfg.rules.labels, self._features())
+                self.order.stamp(
+                    payloads.status(self.device, "online", manifest, self.cfg.rules.labels, self._features())
+                )
             ).encode(),
             retain=True,
         )
@@ -200,7 +204,9 @@ class Agent:
         payload = {"schema": SCHEMA, **payload}
         payload.setdefault("id", str(uuid.uuid4()))
         self.outbox.put(
-            "job" if topic_suffix.startswith("jobs/") else "event", payloads.topic(self.device, topic_suffix), payload
+            "job" if topic_suffix.startswith("jobs/") else "event",
+            payloads.topic(self.device, topic_suffix),
+            self.order.stamp(payload),
         )
 
     def _on_notify(self, topic: str, data: bytes) -> None:
@@ -238,7 +244,7 @@ class Agent:
         loaded = self.slot.loaded
         manifest, library = (loaded.manifest, loaded.library) if loaded else (None, None)
         body = payloads.telemetry(self.device, self.metrics.window(), manifest, self.outbox.stats(), library)
-        self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), body)
+        self.outbox.put("telemetry", payloads.topic(self.device, "telemetry"), self.order.stamp(body))
 
     # -- health -------------------------------------------------------------------------
     def health_status(self) -> dict:
@@ -332,17 +338,19 @@ class Agent:
         if hits:
             topic = payloads.topic(self.device, "alerts")
             bodies = [
-                payloads.alert(
-                    self.device,
-                    hit,
-                    result,
-                    active.manifest,
-                    frame_key=frame.key,
-                    source=frame.source,
-                    latency_ms=model_s * 1000,
-                    thumb=thumb,
-                    snap=snap and snap[0],
-                    rule=self.rules.describe(hit.label),
+                self.order.stamp(
+                    payloads.alert(
+                        self.device,
+                        hit,
+                        result,
+                        active.manifest,
+                        frame_key=frame.key,
+                        source=frame.source,
+                        latency_ms=model_s * 1000,
+                        thumb=thumb,
+                        snap=snap and snap[0],
+                        rule=self.rules.describe(hit.label),
+                    )
                 )
                 for hit in hits
             ]
@@ -492,7 +500,7 @@ class Agent:
         manifest = self.slot.loaded.manifest if self.slot.loaded else None
         self.transport.stop(
             payloads.topic(self.device, "status"),
-            json.dumps(payloads.status(self.device, "offline", manifest)).encode(),
+            json.dumps(self.order.stamp(payloads.status(self.device, "offline", manifest))).encode(),
         )
         if self.health is not None:
             self.health.stop()

@@ -114,9 +114,14 @@ def _copy_capped(src, dst, size: int) -> None:
 
 
 def _write_json_atomic(path: Path, data: JournalBase) -> None:
+    write_atomic(path, json.dumps(data.model_dump(mode="json", by_alias=True), sort_keys=True))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write, fsync, rename, fsync the folder: after a power cut the file is the old or the new text."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(data.model_dump(mode="json", by_alias=True), fh, sort_keys=True)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -38,7 +38,7 @@ def measure(n: int, root: Path) -> str:
     bridge = Bridge(config.broker, Ingest(fleet))
     bridge.start()
     try:
-        dynsec = Dynsec(fleet, bridge.client, "fleet")
+        dynsec = Dynsec(fleet, bridge, "fleet")
         times = []
         for step in (dynsec.sync, dynsec.sync, lambda: dynsec.add_device("cam-new")):
             start = time.perf_counter()

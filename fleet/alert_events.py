@@ -30,6 +30,7 @@ from edgefleet.errors import BadInputError, ConflictError, NotFoundError, Permis
 from edgefleet.fleet.alert_tables import AlertEvent
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Counter, Device
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 
 log = logging.getLogger("edgefleet.fleet.alerts")
 SNAPSHOT_PREFIX = "alert-snapshots"  # store keys: alert-snapshots/<device>/<sha256>.jpg
@@ -40,14 +41,13 @@ Listener = Callable[[str, Any], None]
 
 
 def observe(s: Session, device: Device, msg: DeviceMessage, received_at: float) -> None:
-    """Ingest's hook for a message it handled: alerts are recorded, a status's labels kept."""
+    """Ingest's hook for a message it handled: alerts are recorded, listeners told of a status
+    (ingest keeps its labels in `device.watching`)."""
     if isinstance(msg, AlertMessage):
         row = _record(s, device.id, msg, received_at)
         if row is not None:
             s.info.setdefault(NOTES, []).append(("alert", row))
     elif isinstance(msg, StatusMessage):
-        if msg.watching is not None:
-            device.watching = list(msg.watching)
         s.info.setdefault(NOTES, []).append(("status", device.id))
 
 
@@ -133,10 +133,11 @@ def list_events(
     since: float | None = None,
     until: float | None = None,
     model_version: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
+    limit: int = MAX_PAGE,
+    cursor: str | None = None,
 ) -> AlertEventPage:
-    """Events matching every filter given, newest first; since/until bound received_at (epoch s)."""
+    """One page of the events matching every filter given, newest first (by id: the order they were
+    stored in); since/until bound received_at (epoch s)."""
     query = select(AlertEvent)
     for column, value in (
         (AlertEvent.device_id, device),
@@ -150,12 +151,8 @@ def list_events(
     if until is not None:
         query = query.where(AlertEvent.received_at < until)
     with fleet.session() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = s.scalars(
-            query.order_by(AlertEvent.received_at.desc(), AlertEvent.id.desc()).limit(limit).offset(offset)
-        )
-        items = [event_out(r) for r in rows]
-    return AlertEventPage(items=items, total=total, limit=limit, offset=offset)
+        rows, after = keyset(s, query, AlertEvent.id, limit, cursor, newest_first=True)
+        return AlertEventPage(items=[event_out(r) for r in rows], next=after)
 
 
 def get_event(fleet: Fleet, event_id: int) -> AlertEvent:
@@ -202,11 +199,11 @@ def authenticate_upload(fleet: Fleet, device_id: str, sha256: str, headers: dict
     checked on the headers alone, before the body is read."""
     with fleet.session() as s:
         device = s.get(Device, device_id)
-    if device is None:
+    if device is None or device.revoked_at is not None:
         raise _refuse(
             fleet,
             "snapshots_refused_auth",
-            PermissionDeniedError(f"unknown device {device_id!r}", "enroll the device first"),
+            PermissionDeniedError(f"unknown or revoked device {device_id!r}", "enroll the device first"),
         )
     try:
         verify_headers(headers, device_ca(fleet), device_id, sha256, fleet.clock(), device.cert_serial)

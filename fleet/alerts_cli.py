@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgefleet.cli import table
-from edgefleet.contracts.rest import AlertEventPage
+from edgefleet.contracts.rest import MAX_PAGE, AlertEventPage
 from edgefleet.errors import BadInputError
 
 
@@ -40,17 +40,18 @@ def alerts() -> None:
 @click.option("--since", help="Received at or after this time (ISO 8601 or epoch seconds).")
 @click.option("--until", help="Received before this time (ISO 8601 or epoch seconds).")
 @click.option("--model-version", help="Only alerts from this model version.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="Events per page.")
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True, help="Events to skip (paging).")
+@click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True, help="Events per page.")
+@click.option("--cursor", help="The page after this one: the `next` a previous page printed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
 @click.pass_context
-def alerts_list(ctx: click.Context, device, label, since, until, model_version, limit, offset, as_json) -> None:
+def alerts_list(ctx: click.Context, device, label, since, until, model_version, limit, cursor, as_json) -> None:
     """Alert events, newest first: camera, time, label, score, model version and snapshot.
 
     \b
     Examples:
       edgefleet fleet alerts list --device cam-3 --label person --since 2026-11-29T08:00:00Z
       edgefleet fleet alerts list --model-version 2 --limit 100 --json
+      edgefleet fleet alerts list --limit 20 --cursor 4812   # the page after the one whose `next` was 4812
     """
     from edgefleet.fleet.cli import _client, _when, print_json
 
@@ -63,7 +64,7 @@ def alerts_list(ctx: click.Context, device, label, since, until, model_version, 
         until=epoch(until),
         model_version=model_version,
         limit=limit,
-        offset=offset,
+        cursor=cursor,
     )
     if as_json:
         print_json(page)
@@ -84,7 +85,7 @@ def alerts_list(ctx: click.Context, device, label, since, until, model_version, 
             ]
             for e in page.items
         ],
-        title=f"alert events {offset + 1}-{offset + len(page.items)} of {page.total}",
+        title=f"alert events, newest first (next page: --cursor {page.next})" if page.next else "alert events",
     )
 
 

@@ -90,11 +90,15 @@ class Bridge:
         self.broker = broker
         self.client_id = client_id
         group = broker.share_group or shared_setting(ingest.fleet.sessions, SHARE_GROUP, new_group())
-        self.subscriptions = [(f"$share/{group}/{t}", 1) for t in DEVICE_TOPICS]
+        self.group = group
+        self.subscriptions = self.shared_subscriptions()
+        self.also: list[tuple[str, int]] = []  # keep_subscribed
         self.ingest = ingest
         self.queue: queue.Queue[Message] = queue.Queue()  # telemetry, alerts and shadow reports
         self.urgent: queue.Queue[Message] = queue.Queue()  # job updates and status
         self._wake = threading.Event()
+        self.last_message = time.monotonic()  # when the broker last delivered a device message (fleet/adoption.py)
+        self.delivered = 0  # device messages the broker delivered on this connection
         self.connected = threading.Event()
         self._stop = threading.Event()
         # The broker replaces client_id by the certificate CN (fleet/local_broker.py); replica_id() makes them equal.
@@ -126,7 +130,15 @@ class Bridge:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        self.client.subscribe(self.subscriptions + [(t, 0) for t in BROKER_STATS])
+        self.client.subscribe(self.subscriptions + [(t, 0) for t in BROKER_STATS] + self.also)
+
+    def keep_subscribed(self, topic: str) -> int:
+        """Subscribe to `topic` (QoS 0) now and on every reconnect, as the device topics are: a session
+        the broker dropped (expired, or taken by a clean start under this id) keeps no subscription.
+        Returns paho's result of the subscription made now."""
+        self.also.append((topic, 0))
+        result: int = self.client.subscribe(topic, qos=0)[0]
+        return result
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [t for (t, _), rc in zip(self.subscriptions, reason_codes) if rc.is_failure]
@@ -150,6 +162,8 @@ class Bridge:
             self.ingest.counters["dropped_backlog"] += 1
             self._ack(msg.mid)  # handled: dropped and counted
             return
+        self.last_message = time.monotonic()
+        self.delivered += 1
         message = Message(msg.topic, msg.payload, time.time(), msg.mid if msg.qos else 0)
         (self.queue if bulk else self.urgent).put(message)
         self._wake.set()
@@ -210,6 +224,32 @@ class Bridge:
                 f"the MQTT broker at {self.broker.host}:{self.broker.port} did not accept the fleet's connection",
                 "check the fleet's client certificate and the broker's ACL",
             )
+
+    def idle(self) -> bool:
+        """Nothing waits to be stored (what is stored is acknowledged)."""
+        return self.queue.empty() and self.urgent.empty()
+
+    def end_session(self, quiet_s: float) -> None:
+        """Leave the share group, store what is still coming, then end this id's session on the
+        broker (session expiry 0 on DISCONNECT): the broker deals it nothing more and keeps nothing
+        for it. Messages stop coming once the unsubscription is through; what was queued for the
+        session before is delivered all the same, so the session ends only after `quiet_s` without
+        a message and with every message stored and acknowledged."""
+        self.subscriptions = []  # a reconnect meanwhile must not join again
+        self.client.unsubscribe([t for t, _ in self.shared_subscriptions()])
+        self.last_message = time.monotonic()
+        while not (self.idle() and time.monotonic() - self.last_message > quiet_s):
+            time.sleep(0.1)
+        end = Properties(PacketTypes.DISCONNECT)
+        end.SessionExpiryInterval = 0
+        self._stop.set()
+        self.client.disconnect(properties=end)
+        self.client.loop_stop()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10)
+
+    def shared_subscriptions(self) -> list[tuple[str, int]]:
+        return [(f"$share/{self.group}/{t}", 1) for t in DEVICE_TOPICS]
 
     def notify(self, device_id: str, payload: dict) -> mqtt.MQTTMessageInfo:
         return self.client.publish(f"edgefleet/v1/{device_id}/jobs/notify", json.dumps(payload), qos=1)

@@ -500,6 +500,23 @@ def devices_tag(
     print_json(row) if as_json else _devices_table([row])
 
 
+@devices.command("revoke")
+@click.argument("device_id")
+@json_option
+@click.pass_context
+def devices_revoke(ctx: click.Context, device_id: str, as_json: bool) -> None:
+    """Revoke DEVICE_ID for good (admin scope): the broker disconnects it and refuses it.
+
+    Its history stays and it lists as `revoked`; the id cannot enroll again.
+
+    \b
+    Examples:
+      edgefleet fleet devices revoke cam-7
+    """
+    row = _client(ctx).post(f"/devices/{device_id}/revoke", DeviceOut)
+    print_json(row) if as_json else _devices_table([row])
+
+
 # ---- rollouts ------------------------------------------------------------------------------
 
 

@@ -44,6 +44,10 @@ class BrokerConfig(StrictMutable):
     # How long the broker keeps a replica's session (and the messages queued for it) after it
     # disconnects; a replica that returns under its id within this time loses nothing.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60, le=2**32 - 2)
+    # `<replica id>.pem` and `.key` of the fleet's replicas (PostgreSQL): a replica dead for good
+    # has its broker session drained and ended by another (fleet/adoption.py). Default: none, and
+    # its session holds what the broker deals it until it returns or the session expires.
+    peer_identities_dir: Path | None = None
 
     @model_validator(mode="after")
     def _no_file_for_dynsec(self) -> BrokerConfig:

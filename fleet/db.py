@@ -12,7 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -108,6 +120,12 @@ class Device(Base):
     )  # its alert rules' labels, as its status says
     features: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # as its status says ("shadow")
     enrolled_at: Mapped[float] = mapped_column(Float, default=now)
+    # The place (DeviceMessage.order) of the latest message its status came from, and of the latest
+    # its model and agent came from (fleet/order.py); NULL: none yet, or an agent that does not number them.
+    status_order: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    model_order: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # When an admin revoked it: the broker refuses it, ingest ignores it; the row keeps its history.
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Telemetry(Base):

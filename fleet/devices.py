@@ -39,6 +39,7 @@ RESERVED_IDS = frozenset(
     {FLEET_MQTT_USER, "edgefleet", "edgefleet-fleet", "localhost", "server", "broker", "mosquitto"}
 )
 RESERVED_PREFIXES = (f"{FLEET_MQTT_USER}-", "edgefleet-", "$")
+REVOKED = "revoked"  # the status a revoked device shows, whatever it last reported
 
 
 def check_device_id(device_id: str) -> str:
@@ -62,7 +63,7 @@ def device_out(d: Device) -> DeviceOut:
         group=d.group,
         tags=sorted(d.tags or []),
         target=d.target,
-        status=d.status,
+        status=REVOKED if d.revoked_at is not None else d.status,
         last_seen=d.last_seen,
         model=DeviceModel(name=d.model_name, version=d.model_version) if d.model_name else None,
         agent=DeviceAgent(version=d.agent_version, arch=d.arch) if d.agent_version else None,
@@ -218,10 +219,24 @@ def list_devices(
         q = select(Device)
         if group:
             q = q.where(Device.group == group)
-        if status:
-            q = q.where(Device.status == status)
+        if status == REVOKED:
+            q = q.where(Device.revoked_at.is_not(None))
+        elif status:
+            q = q.where(Device.status == status, Device.revoked_at.is_(None))
         rows, after = keyset(s, q, Device.id, limit, cursor, lambda d: not tag or tag in (d.tags or []))
         return DevicePage(items=[device_out(d) for d in rows], next=after)
+
+
+def revoke_device(fleet: Fleet, device_id: str) -> DeviceOut:
+    """Take a device's broker rights for good (the broker disconnects it and refuses its next
+    publish); its row and history stay, its id cannot enroll again. Idempotent."""
+    with fleet.writer() as s, s.begin():
+        d = s.get(Device, device_id, with_for_update=True)
+        if d is None:
+            raise NotFoundError(f"no device {device_id!r}", "list devices with `edgefleet fleet devices list`")
+        d.revoked_at = d.revoked_at or fleet.clock()
+    fleet.broker_auth.remove_device(device_id)  # after the commit: a replica's sync now leaves it out
+    return get_device(fleet, device_id)
 
 
 def get_device(fleet: Fleet, device_id: str) -> DeviceOut:

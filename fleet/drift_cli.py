@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edgefleet.cli import print_json, table
-from edgefleet.contracts.rest import DriftOverview, DriftWindowOut
+from edgefleet.contracts.rest import MAX_PAGE, DriftOverview, DriftWindowPage
 from edgefleet.fleet.drift import sparkline
 
 if TYPE_CHECKING:
@@ -21,9 +21,20 @@ if TYPE_CHECKING:
 def drift_report(client: FleetClient, device: str | None, windows: int) -> tuple[DriftOverview, list[list[float]]]:
     """What the command shows: the API's overview, and each alarm's last `windows` scores."""
     overview = client.get("/drift", DriftOverview, device=device)
-    rows = client.get("/drift/windows", list[DriftWindowOut], device=device, limit=5000)
-    recent = [[w.score for w in rows if (w.device, w.model) == (a.device, a.model)][-windows:] for a in overview.alarms]
-    return overview, recent
+    scores: dict[tuple[str, str, str], list[float]] = {
+        (a.device, a.model.name, a.model.version): [] for a in overview.alarms
+    }
+    cursor = None
+    while True:  # pages come newest first: read on until every alarm has its windows, or none are left
+        page = client.get("/drift/windows", DriftWindowPage, device=device, limit=MAX_PAGE, cursor=cursor)
+        for w in page.items:
+            got = scores.get((w.device, w.model.name, w.model.version))
+            if got is not None and len(got) < windows:
+                got.append(w.score)
+        cursor = page.next
+        if cursor is None or all(len(got) == windows for got in scores.values()):
+            break
+    return overview, [scores[(a.device, a.model.name, a.model.version)][::-1] for a in overview.alarms]
 
 
 @click.command("drift")

@@ -4,6 +4,8 @@ as the answer models in edgefleet/contracts/rest.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 
 from edgefleet.contracts.rest import (
@@ -14,14 +16,18 @@ from edgefleet.contracts.rest import (
     DriftCollectingOut,
     DriftConfigOut,
     DriftEventOut,
+    DriftEventPage,
     DriftOverview,
     DriftWindowOut,
+    DriftWindowPage,
     FleetDriftAlarmOut,
     FleetDriftEventOut,
     FleetDriftOut,
     ModelName,
+    TelemetryPage,
     TelemetryPoint,
 )
+from edgefleet.errors import BadInputError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Telemetry
 from edgefleet.fleet.drift import DriftConfig, judge, merge_summaries, parse_summary
@@ -34,6 +40,7 @@ from edgefleet.fleet.drift_tables import (
     DriftFleetEvent,
     DriftWindow,
 )
+from edgefleet.fleet.paging import MAX_PAGE, keyset
 
 
 def alarm_out(a: DriftAlarm) -> DriftAlarmOut:
@@ -164,17 +171,21 @@ def fleet_drift(fleet: Fleet, monitor: DriftMonitor, horizon_s: float = 600.0) -
 
 
 def drift_windows(
-    fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500
-) -> list[DriftWindowOut]:
-    """The newest `limit` windows (oldest first)."""
+    fleet: Fleet,
+    device: str | None = None,
+    since: float | None = None,
+    limit: int = MAX_PAGE,
+    cursor: str | None = None,
+) -> DriftWindowPage:
+    """One page of drift windows, newest first."""
     with fleet.session() as s:
-        q = select(DriftWindow).order_by(DriftWindow.id.desc()).limit(limit)
+        q = select(DriftWindow)
         if device:
             q = q.where(DriftWindow.device_id == device)
         if since is not None:
             q = q.where(DriftWindow.received_at >= since)
-        rows = list(s.scalars(q))[::-1]
-        return [
+        rows, after = keyset(s, q, DriftWindow.id, limit, cursor, newest_first=True)
+        items = [
             DriftWindowOut(
                 device=w.device_id,
                 model=ModelName(name=w.model_name, version=w.model_version),
@@ -188,52 +199,69 @@ def drift_windows(
             )
             for w in rows
         ]
+        return DriftWindowPage(items=items, next=after)
 
 
-def drift_events(fleet: Fleet, limit: int = 100) -> list[DriftEventOut]:
-    """The newest `limit` raised/cleared events of devices (scope "device") and of the fleet-wide
-    alarms (scope "fleet", device null), newest first."""
+def drift_events(fleet: Fleet, limit: int = MAX_PAGE, cursor: str | None = None) -> DriftEventPage:
+    """One page of the raised/cleared events of devices (scope "device") and of the fleet-wide
+    alarms (scope "fleet", device null), newest first. Two tables: the cursor is the id of the
+    last event of each that the pages so far gave, `<device id>.<fleet id>`."""
+    device_after, fleet_after = _two_cursors(cursor)
     with fleet.session() as s:
-        rows = s.scalars(select(DriftEvent).order_by(DriftEvent.id.desc()).limit(limit))
-        out: list[DriftEventOut] = [
-            DeviceDriftEventOut(
-                at=e.at,
-                scope="device",
-                device=e.device_id,
-                model=ModelName(name=e.model_name, version=e.model_version),
-                event=e.event,
-                score=e.score,
-                feature=e.feature,
-            )
-            for e in rows
-        ]
-        fleet_rows = s.scalars(select(DriftFleetEvent).order_by(DriftFleetEvent.id.desc()).limit(limit))
-        out += [
-            FleetDriftEventOut(
-                at=e.at,
-                scope="fleet",
-                model=ModelName(name=e.model_name, version=e.model_version),
-                event=e.event,
-                devices=e.devices,
-                drifting=e.drifting,
-            )
-            for e in fleet_rows
-        ]
-    return sorted(out, key=lambda e: e.at, reverse=True)[:limit]
+        devices, device_more = keyset(s, select(DriftEvent), DriftEvent.id, limit, device_after, newest_first=True)
+        fleets, fleet_more = keyset(
+            s, select(DriftFleetEvent), DriftFleetEvent.id, limit, fleet_after, newest_first=True
+        )
+        merged = sorted(
+            [(e.at, "device", e) for e in devices] + [(e.at, "fleet", e) for e in fleets],
+            key=lambda t: (t[0], t[1] == "device", t[2].id),
+            reverse=True,
+        )
+        page = merged[:limit]
+        out: list[DriftEventOut] = [_drift_event(scope, e) for _, scope, e in page]
+        for _, scope, e in page:
+            device_after = str(e.id) if scope == "device" else device_after
+            fleet_after = str(e.id) if scope == "fleet" else fleet_after
+        more = len(merged) > limit or device_more is not None or fleet_more is not None
+        return DriftEventPage(items=out, next=f"{device_after or ''}.{fleet_after or ''}" if more else None)
+
+
+def _two_cursors(cursor: str | None) -> tuple[str | None, str | None]:
+    if cursor is None:
+        return None, None
+    device_after, dot, fleet_after = cursor.partition(".")
+    if not dot or not all(c.isdigit() for c in (device_after or "0", fleet_after or "0")):
+        raise BadInputError(f"cursor {cursor[:40]!r} is not one this list gave", "pass the `next` of the previous page")
+    return device_after or None, fleet_after or None
+
+
+def _drift_event(scope: str, e: Any) -> DriftEventOut:
+    model = ModelName(name=e.model_name, version=e.model_version)
+    if scope == "device":
+        return DeviceDriftEventOut(
+            at=e.at, scope="device", device=e.device_id, model=model, event=e.event, score=e.score, feature=e.feature
+        )
+    return FleetDriftEventOut(
+        at=e.at, scope="fleet", model=model, event=e.event, devices=e.devices, drifting=e.drifting
+    )
 
 
 def telemetry_series(
-    fleet: Fleet, device: str | None = None, since: float | None = None, limit: int = 500
-) -> list[TelemetryPoint]:
-    """The newest `limit` telemetry rows (oldest first): frames, alerts, confidence, p95 latency."""
+    fleet: Fleet,
+    device: str | None = None,
+    since: float | None = None,
+    limit: int = MAX_PAGE,
+    cursor: str | None = None,
+) -> TelemetryPage:
+    """One page of telemetry rows, newest first: frames, alerts, confidence, p95 latency."""
     with fleet.session() as s:
-        q = select(Telemetry).order_by(Telemetry.id.desc()).limit(limit)
+        q = select(Telemetry)
         if device:
             q = q.where(Telemetry.device_id == device)
         if since is not None:
             q = q.where(Telemetry.received_at >= since)
-        rows = list(s.scalars(q))[::-1]
-        return [
+        rows, after = keyset(s, q, Telemetry.id, limit, cursor, newest_first=True)
+        items = [
             TelemetryPoint(
                 device=t.device_id,
                 at=t.received_at,
@@ -245,3 +273,4 @@ def telemetry_series(
             )
             for t in rows
         ]
+        return TelemetryPage(items=items, next=after)

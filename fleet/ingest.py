@@ -22,7 +22,7 @@ import threading
 from collections import Counter as Tally
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, case, select
+from sqlalchemy import BigInteger, bindparam, case, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,7 @@ from edgefleet.fleet.db import Counter, Device, Telemetry, insert_or_ignore
 from edgefleet.fleet.drift_service import DriftMonitor
 from edgefleet.fleet.local_broker import MAX_PACKET_BYTES
 from edgefleet.fleet.metrics import ingested
+from edgefleet.fleet.order import advanced, advanced_sql, later, later_sql
 from edgefleet.fleet.rollouts import apply_job_update, apply_job_updates
 
 log = logging.getLogger("edgefleet.fleet.ingest")
@@ -160,14 +161,19 @@ class Ingest:
     def _known_devices(self, s: Session, ids: set[str]) -> set[str]:
         missing = ids - self._known
         if missing:
-            self._known.update(s.scalars(select(Device.id).where(Device.id.in_(missing))))
+            # A revoked device is unknown (the broker refuses it; a replica that knew it before keeps it until restart).
+            self._known.update(s.scalars(select(Device.id).where(Device.id.in_(missing), Device.revoked_at.is_(None))))
         return ids & self._known
 
     def _store(self, parsed: list[Parsed], s: Session) -> Tally[str]:
         # Status and job updates first, in order (the bridge puts them at the head of a batch):
         # telemetry or an alert after an `offline` last will means the device is back.
         # Alerts become alert events one by one (fleet/alert_events.py), each in its own savepoint.
-        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in parsed if p.kind in ("status", "alerts"))
+        firsts = [p for p in parsed if p.kind in ("status", "alerts")]
+        if firsts:  # their devices locked in id order, as in every replica; then applied in arrival order
+            ids = sorted({p.device_id for p in firsts})
+            s.execute(select(Device.id).where(Device.id.in_(ids)).order_by(Device.id).with_for_update())
+        outcomes: Tally[str] = Tally(self._isolated(s, p) for p in firsts)
         applied = self._job_updates(s, [p for p in parsed if p.kind == "jobs"], outcomes)
         fresh = self._insert_telemetry(s, [p for p in parsed if p.kind == "telemetry"], outcomes)
         for p in fresh:
@@ -265,25 +271,33 @@ class Ingest:
 
     @staticmethod
     def _mark_seen(s: Session, seen: list[Parsed]) -> None:
-        """Telemetry and job updates mark their device online and seen: one UPDATE per device and batch."""
+        """Telemetry and job updates mark their device seen, and online unless a later message of it
+        (its last will) said otherwise (fleet/order.py): one UPDATE per device and batch."""
         latest: dict[str, float] = {}
+        place: dict[str, int | None] = {}
         for p in seen:
             latest[p.device_id] = max(latest.get(p.device_id, 0.0), p.message.received_at)
+            order = p.body.order if p.body else None
+            # An unnumbered message (an older agent) marks its device online whatever came before.
+            numbered = order is not None and place.get(p.device_id, 0) is not None
+            place[p.device_id] = max(order or 0, place.get(p.device_id) or 0) if numbered else None
         if not latest:
             return
         s.flush()  # changes to Device objects so far go first; the objects are expired after
         table = Device.__table__
-        at = bindparam("at")
+        at, numbered_at = bindparam("at"), bindparam("order", type_=BigInteger)
         s.execute(
             table.update()
             .where(table.c.id == bindparam("device"))
             .values(
-                status="online",
+                status=case((later_sql(table.c.status_order, numbered_at), "online"), else_=table.c.status),
+                status_order=advanced_sql(table.c.status_order, numbered_at),
                 last_seen=case(
                     (table.c.last_seen.is_(None), at), (table.c.last_seen < at, at), else_=table.c.last_seen
                 ),
             ),
-            [{"device": d, "at": t} for d, t in sorted(latest.items())],  # one lock order in every replica
+            # one lock order in every replica
+            [{"device": d, "at": t, "order": place[d]} for d, t in sorted(latest.items())],
         )
         for obj in list(s.identity_map.values()):
             if isinstance(obj, Device):
@@ -305,13 +319,16 @@ class Ingest:
             return "dropped_malformed"
 
     def _apply(self, s: Session, p: Parsed) -> str:
-        device = s.get(Device, p.device_id)
+        # Locked and read afresh: another replica may be storing a message of this device, and the
+        # later of the two must be judged against what the other wrote (fleet/order.py).
+        device = s.get(Device, p.device_id, with_for_update=True, populate_existing=True)
         if isinstance(p.body, StatusMessage):
             self._status(device, p.body)
         elif isinstance(p.body, JobUpdate) and not apply_job_update(self.fleet, s, p.device_id, p.job, p.body):
             return "dropped_unknown_job"
-        elif isinstance(p.body, AlertMessage):
+        elif isinstance(p.body, AlertMessage) and later(device.status_order, p.body.order):
             device.status = "online"  # an alert: the device is seen
+            device.status_order = advanced(device.status_order, p.body.order)
         assert p.body is not None
         alert_events.observe(s, device, p.body, p.message.received_at)  # alert events, watched labels
         device.last_seen = max(device.last_seen or 0.0, p.message.received_at)
@@ -319,7 +336,13 @@ class Ingest:
 
     @staticmethod
     def _status(device: Device, msg: StatusMessage) -> None:
-        device.status = msg.state
+        """Apply a status unless a later message of the device already set what it says (fleet/order.py)."""
+        if later(device.status_order, msg.order):
+            device.status, device.status_order = msg.state, advanced(device.status_order, msg.order)
+        says = msg.model is not None or msg.agent_version is not None or msg.watching is not None
+        if not says or not later(device.model_order, msg.order):
+            return  # a last will says nothing of the model; an earlier message's word is not news
+        device.model_order = advanced(device.model_order, msg.order)
         if msg.model is not None:
             device.model_name, device.model_version = msg.model.name, msg.model.version
         if msg.state == "online" and msg.agent_version is not None:
@@ -327,6 +350,8 @@ class Ingest:
             # Agents before 0.2 do not say; they cannot update themselves anyway.
             device.arch = msg.arch if msg.arch is not None else device.arch
             device.features = msg.features  # what it can run ("shadow"); an agent that does not say has none
+        if msg.watching is not None:  # the labels Home Assistant shows (fleet/homeassistant.py)
+            device.watching = list(msg.watching)
 
     def _count_unknown(self, s: Session, new: int) -> None:
         dropped = self.counters["dropped_unknown_device"] + new

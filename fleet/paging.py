@@ -36,16 +36,18 @@ def keyset(
     limit: int,
     cursor: str | None,
     keep: Callable[[Any], bool] = lambda row: True,
+    newest_first: bool = False,
 ) -> tuple[list[Any], str | None]:
-    """(rows, next cursor): up to `limit` rows of `query` after `cursor` that `keep` accepts.
+    """(rows, next cursor): up to `limit` rows of `query` after `cursor` that `keep` accepts, in
+    `key` order (descending with `newest_first`: histories, whose key is an insertion id).
 
     A filter SQL cannot say (tags in a JSON list) is `keep`: rows are read on until the page is full.
     """
     after = _after(cursor, key)
     rows: list[Any] = []
     while True:
-        q = query.order_by(key).limit(limit + 1)
-        scanned = s.scalars(q if after is None else q.where(key > after)).all()
+        q = query.order_by(key.desc() if newest_first else key).limit(limit + 1)
+        scanned = s.scalars(q if after is None else q.where(key < after if newest_first else key > after)).all()
         for i, row in enumerate(scanned[:limit]):
             after = getattr(row, key.key)
             if keep(row):

@@ -26,7 +26,7 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import BigInteger, and_, case, func, literal, or_, select
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import update as sa_update  # `update` names the job update below
 from sqlalchemy.orm import Session
@@ -51,6 +51,7 @@ from edgefleet.contracts.shadow import SHADOW_FEATURE, ShadowSettings
 from edgefleet.errors import BadInputError, ConflictError, InvalidTransitionError, NotFoundError, ServiceError
 from edgefleet.fleet.core import Fleet
 from edgefleet.fleet.db import Build, Deployment, Device, ModelGroup, ModelVersion, Rollout, RolloutEvent, Telemetry
+from edgefleet.fleet.order import advanced_sql, later_sql
 from edgefleet.fleet.paging import MAX_PAGE, keyset
 from edgefleet.fleet.registry import APPROVED, agent_target, get_version_row
 from edgefleet.package import parse_version
@@ -963,7 +964,7 @@ def _advance(s: Session, row: Any, updates: list[JobUpdate], now: float) -> list
                 "install",
                 "rollback",
             ):  # a shadow model is not the active one
-                _record_installed(s, row, row.device_id)
+                _record_installed(s, row, row.device_id, last.order)
             return [
                 {
                     "rollout_id": row.rollout_id,
@@ -980,8 +981,9 @@ def _advance(s: Session, row: Any, updates: list[JobUpdate], now: float) -> list
     return []
 
 
-def _record_installed(s: Session, dep: Any, device_id: str) -> None:
-    """A committed job: the device now runs the version it installed (or rolled back to)."""
+def _record_installed(s: Session, dep: Any, device_id: str, order: int | None) -> None:
+    """A committed job: the device now runs the version it installed (or rolled back to), unless a
+    later message of the device (at `order`, fleet/order.py) already said what it runs."""
     name, version = s.execute(
         select(ModelGroup.name, ModelVersion.version)
         .join(ModelVersion, ModelVersion.group_id == ModelGroup.id)
@@ -990,7 +992,12 @@ def _record_installed(s: Session, dep: Any, device_id: str) -> None:
     ).one()
     installed = version if dep.kind == "install" else _rolled_back_to(s, dep)
     values = {"agent_version": installed} if name == RELEASE_NAME else {"model_name": name, "model_version": installed}
-    s.execute(sa_update(Device.__table__).where(Device.__table__.c.id == device_id).values(**values))
+    c = Device.__table__.c
+    s.execute(
+        sa_update(Device.__table__)
+        .where(c.id == device_id, later_sql(c.model_order, literal(order, BigInteger)))
+        .values(**values, model_order=advanced_sql(c.model_order, literal(order, BigInteger)))
+    )
     device = s.identity_map.get(identity_key(Device, device_id))
     if device is not None:
         s.expire(device)  # read again: the row changed under it

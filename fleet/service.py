@@ -6,6 +6,7 @@ import logging
 import threading
 
 from edgefleet.fleet import alert_service
+from edgefleet.fleet.adoption import peer_watch
 from edgefleet.fleet.config import FleetConfig
 from edgefleet.fleet.core import Fleet, open_fleet
 from edgefleet.fleet.ingest import Ingest
@@ -54,17 +55,22 @@ def serve(config: FleetConfig) -> None:
     fleet = open_fleet(config)
     ingest = Ingest(fleet)
     bridge = None
+    slots = None
     if config.broker is not None:
         replica = replica_id(config)
+        if slots := peer_watch(ingest, config.broker, replica):
+            slots.take_own()  # first: an adopter may be draining this id's session (fleet/adoption.py)
         register_replica(fleet, replica)  # before the rights are synced: they let this replica read the devices
         if config.broker.authorization == "acl_file":
             fleet.broker_auth.sync()  # before connecting: the ACL must let this replica subscribe
         bridge = Bridge(config.broker, ingest, replica)
         bridge.start()
+        if slots:
+            slots.start()
         if config.broker.authorization == "dynsec":  # over the bridge's connection (its identity is dynsec admin)
             from edgefleet.fleet.broker_auth.dynsec import Dynsec
 
-            fleet.broker_auth = Dynsec(fleet, bridge.client, replica)
+            fleet.broker_auth = Dynsec(fleet, bridge, replica)
             fleet.broker_auth.sync()
         fleet.notify = bridge.notify
         ingest.drift.use_mqtt(bridge.client)  # drift alarms on edgefleet/v1/<device>/drift
@@ -93,5 +99,7 @@ def serve(config: FleetConfig) -> None:
     finally:
         ticker.stopped.set()
         stop_alerts()
+        if slots:
+            slots.stop()
         if bridge:
             bridge.stop()

@@ -27,6 +27,9 @@ from edgefleet.strict import first_error
 SCHEMA: Literal[1] = 1
 MAX_COUNT = 2**31 - 1  # frames and alerts per telemetry period; more is a forged number
 MAX_ID = 64  # a message id is a uuid (36) or a uuid's hex (32); the fleet stores it as its dedup key
+MAX_RUN = 2**31 - 1  # agent starts over a camera's life
+# A run's last word: the offline last will, set when the agent starts, stands after all the run sent.
+LAST_SEQ = 2**32 - 1
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
 # A number the fleet only shows or compares: kept finite and bounded (JSON constants are refused before).
 Real = Annotated[float, Field(ge=-1e12, le=1e12)]
@@ -57,26 +60,43 @@ class DeviceMessage(WireMessage):
 
     `id` is the message's own id, kept by the agent's outbox across resends: the fleet stores a
     telemetry message once per (device, id) however often it arrives (revision 2 bounds it to
-    64 characters, the stored key; messages without one are stored on every arrival)."""
+    64 characters, the stored key; messages without one are stored on every arrival).
 
-    REVISION: ClassVar[int] = 2
+    Revision 3 adds `run` and `seq`, the message's place in what the device said: `run` counts the
+    agent's starts (kept on the camera beside its identity), `seq` counts the messages of a run in
+    the order they were made, `LAST_SEQ` for the offline last will (made at start, sent by the
+    broker at the end). The fleet keeps the device's state (online/offline, model) from the
+    message latest in (run, seq), so a message delivered again or late never brings back an older
+    state; no clocks are compared (cameras without a real-time clock boot in the past). Agents
+    before it send neither, and their messages are applied in arrival order."""
+
+    REVISION: ClassVar[int] = 3
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"run", "seq"})
     schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
     id: Annotated[str, Field(min_length=1, max_length=MAX_ID)] | None = None
     type: str | None = None
     device: str | None = None
     ts: str | None = None
+    run: Annotated[StrictInt, Field(ge=1, le=MAX_RUN)] | None = None
+    seq: Annotated[StrictInt, Field(ge=1, le=LAST_SEQ)] | None = None
 
     model_config = WireMessage.model_config | {"populate_by_name": True}
+
+    @property
+    def order(self) -> int | None:
+        """(run, seq) as one integer that sorts the same (None: the agent does not number its messages)."""
+        return None if self.run is None or self.seq is None else self.run << 32 | self.seq
 
 
 class StatusMessage(DeviceMessage):
     """Revision 2 adds `watching`: the labels the camera's alert rules watch (Home Assistant
     discovery makes one binary sensor per label); agents before it do not say. It also bounds
     `id` (DeviceMessage). Revision 3 adds `features`: what the agent can do beyond revision 1's
-    jobs (e.g. "shadow", edgefleet.contracts.shadow); an agent that does not say has none."""
+    jobs (e.g. "shadow", edgefleet.contracts.shadow); an agent that does not say has none.
+    Revision 4: `run` and `seq` (DeviceMessage)."""
 
-    REVISION: ClassVar[int] = 3
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching", "features"})
+    REVISION: ClassVar[int] = 4
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"watching", "features", "run", "seq"})
     state: Literal["online", "offline"]
     model: ModelRef | None = None
     agent_version: Annotated[str, Field(max_length=64)] | None = None  # agents before 0.2 do not say
@@ -119,8 +139,8 @@ class TelemetryMessage(DeviceMessage):
     # it also bounds `id` (DeviceMessage).
     library: Annotated[str, Field(max_length=200)] | None = None
     outbox: dict[str, Any] | None = None
-    REVISION: ClassVar[int] = 2
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"library"})
+    REVISION: ClassVar[int] = 3  # 3: `run` and `seq` (DeviceMessage)
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"library", "run", "seq"})
     _drift_error: str | None = PrivateAttr(None)
     _confidence: Histogram | None = PrivateAttr(None)  # when the summary around it is malformed
 
@@ -209,10 +229,12 @@ class Detection(WireMessage):
 class AlertMessage(DeviceMessage):
     """Revision 2 adds `snapshot` (the frame's JPEG, named by its sha256) and `rule` (the rule
     that fired, for people); agents before it send neither, and are read the same. It also
-    bounds `id` (DeviceMessage)."""
+    bounds `id` (DeviceMessage). Revision 3: `run` and `seq` (DeviceMessage)."""
 
-    REVISION: ClassVar[int] = 2
-    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset({"detections", "frame_size", "thumbnail", "snapshot", "rule"})
+    REVISION: ClassVar[int] = 3
+    OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"detections", "frame_size", "thumbnail", "snapshot", "rule", "run", "seq"}
+    )
     label: str
     score: float
     consecutive: int
@@ -234,7 +256,8 @@ class AlertMessage(DeviceMessage):
 
 
 class JobUpdate(DeviceMessage):
-    """A job's progress through the camera's update state machine (agent/update.py, agent/self_update.py)."""
+    """A job's progress through the camera's update state machine (agent/update.py, agent/self_update.py).
+    Its revision is DeviceMessage's (3: `run` and `seq`)."""
 
     job: str | None = None
     state: UpdateState

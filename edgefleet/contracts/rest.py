@@ -503,6 +503,24 @@ class TelemetryPoint(Response):
     latency_p95_ms: float | None
 
 
+class DriftWindowPage(Page):
+    """Newest first (the cursor is a window's id)."""
+
+    items: list[DriftWindowOut]
+
+
+class DriftEventPage(Page):
+    """Device and fleet-wide events together, newest first (the cursor names the last of each)."""
+
+    items: list[DriftEventOut]
+
+
+class TelemetryPage(Page):
+    """Newest first (the cursor is a telemetry row's id)."""
+
+    items: list[TelemetryPoint]
+
+
 class AlertBox(Response):
     """One box of an alert, as the camera reported it: `box` normalised to the frame, `box_px` in frame pixels."""
 
@@ -541,13 +559,12 @@ class AlertEventOut(Response):
     snapshot: AlertSnapshot | None
 
 
-class AlertEventPage(Response):
-    """One page of alert events, newest first; `total` counts every event the filters match."""
+class AlertEventPage(Page):
+    """One page of alert events, newest first. Version 2: paged as every list is (version 1 had
+    `total`, `limit` and `offset`, and took ?offset=)."""
 
+    VERSION: ClassVar[int] = 2
     items: list[AlertEventOut]
-    total: int
-    limit: int
-    offset: int
 
 
 class SnapshotStored(Response):
@@ -659,6 +676,9 @@ RESPONSES: list[type[Response]] = [
     DeviceDriftEventOut,
     FleetDriftEventOut,
     TelemetryPoint,
+    DriftWindowPage,
+    DriftEventPage,
+    TelemetryPage,
     AlertEventOut,
     AlertEventPage,
     SnapshotStored,

@@ -66,9 +66,10 @@ Agreement = Annotated[ClassificationAgreement | DetectionAgreement, Field(discri
 
 
 class ShadowReport(DeviceMessage):
-    """One window of a shadow model beside the active one (topic edgefleet/v1/<device>/shadow)."""
+    """One window of a shadow model beside the active one (topic edgefleet/v1/<device>/shadow).
+    Revision 2: `run` and `seq` (DeviceMessage)."""
 
-    REVISION: ClassVar[int] = 1
+    REVISION: ClassVar[int] = 2
     job: Annotated[str, Field(min_length=1, max_length=200)]  # the shadow_install job it runs for
     rollout: StrictInt | None = None
     window_s: Annotated[float, Field(ge=0, le=1e9)]

@@ -6,10 +6,8 @@ import os
 import signal
 from pathlib import Path
 
-from sqlalchemy import select
-
+from edgefleet.fleet.broker_auth import identities, one_writer
 from edgefleet.fleet.core import Fleet
-from edgefleet.fleet.db import Device, Replica
 from edgefleet.fleet.devices import acl_text
 
 
@@ -33,12 +31,11 @@ def write_acl(fleet: Fleet) -> Path | None:
     broker = fleet.config.broker
     if broker is None or broker.acl_file is None:
         return None
-    with fleet.session() as s:
-        ids = list(s.scalars(select(Device.id)))
-        replicas = list(s.scalars(select(Replica.id)))
-    tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
-    tmp.write_text(acl_text(ids, replicas, fleet.config.homeassistant))
-    os.replace(tmp, broker.acl_file)
+    with one_writer(fleet):
+        ids, replicas = identities(fleet)
+        tmp = broker.acl_file.with_name(broker.acl_file.name + ".tmp")
+        tmp.write_text(acl_text(ids, replicas, fleet.config.homeassistant))
+        os.replace(tmp, broker.acl_file)
     if broker.mosquitto_pid_file and broker.mosquitto_pid_file.exists():
         try:
             os.kill(int(broker.mosquitto_pid_file.read_text().strip()), signal.SIGHUP)  # mosquitto re-reads its ACL

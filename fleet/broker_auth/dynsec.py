@@ -13,15 +13,18 @@ import json
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import select
 
 from edgefleet.errors import ServiceError
+from edgefleet.fleet.broker_auth import identities, one_writer
 from edgefleet.fleet.core import Fleet
-from edgefleet.fleet.db import Device, Replica
+from edgefleet.fleet.db import Device
 from edgefleet.fleet.devices import Right, broker_rights, device_rights
+
+if TYPE_CHECKING:
+    from edgefleet.fleet.bridge import Bridge  # it imports the ingest, which imports the fleet core
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
@@ -55,13 +58,15 @@ def dynsec_acls(rights: list[Right]) -> list[dict[str, Any]]:
 
 
 class Dynsec:
-    def __init__(self, fleet: Fleet, client: mqtt.Client, identity: str) -> None:
-        """`identity`: the certificate CN `client` connects with (the replica id)."""
-        self.fleet, self.client, self.identity = fleet, client, identity
+    def __init__(self, fleet: Fleet, bridge: Bridge, identity: str) -> None:
+        """`identity`: the certificate CN the bridge connects with (the replica id)."""
+        self.fleet, self.client, self.identity = fleet, bridge.client, identity
         self._answered = threading.Condition()
         self._responses: dict[str, dict[str, Any]] = {}  # by correlationData, until collected
-        client.message_callback_add(RESPONSE_TOPIC, self._on_response)
-        result, _ = client.subscribe(RESPONSE_TOPIC, qos=0)
+        self.client.message_callback_add(RESPONSE_TOPIC, self._on_response)
+        # On every reconnect too: measured, after a clean-start takeover of the replica's client id
+        # (`mosquitto_ctrl` run with the replica's certificate) no answer ever came again.
+        result = bridge.keep_subscribed(RESPONSE_TOPIC)
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise ServiceError(
                 f"cannot subscribe to {RESPONSE_TOPIC}: {mqtt.error_string(result)}",
@@ -165,24 +170,29 @@ class Dynsec:
         )
 
     def sync(self) -> None:
-        with self.fleet.session() as s:
-            devices = list(s.scalars(select(Device.id)))
-            replicas = list(s.scalars(select(Replica.id)))
-        rights = broker_rights(devices, replicas, self.fleet.config.homeassistant)
-        self.grant(rights)
-        listed = self.run([{"command": "listClients", "verbose": True, "count": -1}])[0]["data"]["clients"]
-        gone = [
-            c["username"]
-            for c in listed
-            if c["username"] not in rights and role_name(c["username"]) in {r["rolename"] for r in c.get("roles", [])}
-        ]
-        self.run_all([c for user in gone for c in self._removal(user)])
+        with one_writer(self.fleet):  # what other replicas enroll or revoke meanwhile waits for it
+            devices, replicas = identities(self.fleet)
+            rights = broker_rights(devices, replicas, self.fleet.config.homeassistant)
+            self.grant(rights)
+            listed = self.run([{"command": "listClients", "verbose": True, "count": -1}])[0]["data"]["clients"]
+            gone = [
+                c["username"]
+                for c in listed
+                if c["username"] not in rights
+                and role_name(c["username"]) in {r["rolename"] for r in c.get("roles", [])}
+            ]
+            self.run_all([c for user in gone for c in self._removal(user)])
 
     def add_device(self, device_id: str) -> None:
-        self.grant({device_id: device_rights(device_id)})
+        with one_writer(self.fleet):
+            with self.fleet.session() as s:
+                device = s.get(Device, device_id)
+            if device is not None and device.revoked_at is None:  # not revoked since its enrollment committed
+                self.grant({device_id: device_rights(device_id)})
 
     def remove_device(self, device_id: str) -> None:
-        self.run(self._removal(device_id))
+        with one_writer(self.fleet):
+            self.run(self._removal(device_id))
 
     def _removal(self, user: str) -> list[dict[str, Any]]:
         """deleteClient also disconnects a connected client of that name (mosquitto kicks it)."""

@@ -14,7 +14,7 @@ from edgefleet.contracts.mqtt import MAX_SNAPSHOT_BYTES
 from edgefleet.contracts.rest import AlertEventOut, AlertEventPage, SnapshotStored
 from edgefleet.errors import BadInputError, NotFoundError
 from edgefleet.fleet import alert_events, auth
-from edgefleet.fleet.routers.deps import FleetDep, Id, bearer_token
+from edgefleet.fleet.routers.deps import DEFAULT_PAGE, FleetDep, Id, Limit, bearer_token
 
 router = APIRouter(prefix="/api/v1")
 Sha256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
@@ -36,8 +36,8 @@ def list_alerts(
     since: Annotated[float | None, Query(description="received at or after (epoch seconds)")] = None,
     until: Annotated[float | None, Query(description="received before (epoch seconds)")] = None,
     model_version: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: str | None = None,
 ) -> AlertEventPage:
     """Alert events, newest first, one page at a time."""
     return alert_events.list_events(
@@ -48,7 +48,7 @@ def list_alerts(
         until=until,
         model_version=model_version,
         limit=limit,
-        offset=offset,
+        cursor=cursor,
     )
 
 

@@ -41,6 +41,12 @@ def patch_device(fleet: FleetDep, device_id: str, body: DevicePatch) -> DeviceOu
     return devices.update_device(fleet, device_id, body.group, body.add_tags, body.remove_tags)
 
 
+@router.post("/devices/{device_id}/revoke", dependencies=[ADMIN], response_model=DeviceOut)
+def revoke_device(fleet: FleetDep, device_id: str) -> DeviceOut:
+    """Take the device's broker rights for good; its history stays and its id cannot enroll again."""
+    return devices.revoke_device(fleet, device_id)
+
+
 @router.post("/enrollment-tokens", dependencies=[ADMIN], status_code=201, response_model=EnrollmentTokenOut)
 def enrollment_token(fleet: FleetDep, body: EnrollmentTokenBody) -> EnrollmentTokenOut:
     token = devices.create_enrollment_token(fleet, body.device_id, body.target, body.group, body.tags)

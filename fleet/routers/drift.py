@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
-from edgefleet.contracts.rest import DriftEventOut, DriftOverview, DriftWindowOut, TelemetryPoint
+from edgefleet.contracts.rest import DriftEventPage, DriftOverview, DriftWindowPage, TelemetryPage
 from edgefleet.fleet.drift_routes import drift_events, drift_overview, drift_windows, telemetry_series
 from edgefleet.fleet.drift_service import DriftMonitor
-from edgefleet.fleet.routers.deps import READ, FleetDep
+from edgefleet.fleet.routers.deps import DEFAULT_PAGE, READ, FleetDep, Limit
 
 
 def get_monitor(request: Request) -> DriftMonitor:
@@ -19,7 +19,6 @@ def get_monitor(request: Request) -> DriftMonitor:
 
 
 MonitorDep = Annotated[DriftMonitor, Depends(get_monitor)]
-Limit = Annotated[int, Query(ge=1, le=5000)]
 router = APIRouter(prefix="/api/v1", dependencies=[READ])
 
 
@@ -30,20 +29,28 @@ def get_drift(
     return drift_overview(fleet, monitor, device, state)
 
 
-@router.get("/drift/windows", response_model=list[DriftWindowOut])
+@router.get("/drift/windows", response_model=DriftWindowPage)
 def get_windows(
-    fleet: FleetDep, device: str | None = None, since: float | None = None, limit: Limit = 500
-) -> list[DriftWindowOut]:
-    return drift_windows(fleet, device, since, limit)
+    fleet: FleetDep,
+    device: str | None = None,
+    since: float | None = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> DriftWindowPage:
+    return drift_windows(fleet, device, since, limit, cursor)
 
 
-@router.get("/drift/events", response_model=list[DriftEventOut])
-def get_events(fleet: FleetDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DriftEventOut]:
-    return drift_events(fleet, limit)
+@router.get("/drift/events", response_model=DriftEventPage)
+def get_events(fleet: FleetDep, limit: Limit = DEFAULT_PAGE, cursor: str | None = None) -> DriftEventPage:
+    return drift_events(fleet, limit, cursor)
 
 
-@router.get("/telemetry", response_model=list[TelemetryPoint])
+@router.get("/telemetry", response_model=TelemetryPage)
 def get_telemetry(
-    fleet: FleetDep, device: str | None = None, since: float | None = None, limit: Limit = 500
-) -> list[TelemetryPoint]:
-    return telemetry_series(fleet, device, since, limit)
+    fleet: FleetDep,
+    device: str | None = None,
+    since: float | None = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> TelemetryPage:
+    return telemetry_series(fleet, device, since, limit, cursor)

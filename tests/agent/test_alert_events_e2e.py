@@ -164,7 +164,7 @@ def test_alerts_are_stored_with_their_snapshots_and_served_by_api_and_cli(
         agent.terminate()
         agent.wait(timeout=20)
     page = api.get("/api/v1/alerts", params={"device": "cam-1"}).json()
-    assert page["total"] == 2 and len({e["alert_id"] for e in page["items"]}) == 2
+    assert len(page["items"]) == 2 and len({e["alert_id"] for e in page["items"]}) == 2
     event = page["items"][0]
     assert event["label"] == "person" and event["score"] >= 0.5
     assert event["model"] == {"name": "detector", "version": "1"}
@@ -188,9 +188,12 @@ def test_alerts_are_stored_with_their_snapshots_and_served_by_api_and_cli(
         ["--since", "2099-01-01T00:00:00Z"],
     ):
         out = cli(served, "alerts", "list", *args, "--json")
-        assert json.loads(out.stdout)["total"] == 0, args
+        assert json.loads(out.stdout)["items"] == [], args
     until = cli(served, "alerts", "list", "--until", str(time.time() + 60), "--limit", "1", "--json")
-    assert json.loads(until.stdout)["total"] == 2 and len(json.loads(until.stdout)["items"]) == 1
+    first = json.loads(until.stdout)
+    assert len(first["items"]) == 1 and first["next"] is not None
+    rest = cli(served, "alerts", "list", "--until", str(time.time() + 60), "--cursor", first["next"], "--json")
+    assert [e["id"] for e in first["items"] + json.loads(rest.stdout)["items"]] == [e["id"] for e in page["items"]]
     saved = tmp_path / "snap.jpg"
     got = cli(served, "alerts", "snapshot", str(event["id"]), "-o", str(saved))
     assert got.returncode == 0, got.stderr and saved.read_bytes() == jpeg.content
@@ -289,7 +292,7 @@ def test_snapshots_and_packages_travel_over_the_fleets_own_https(
         try:
             drop_frame(incoming, "f0.jpg", bright_frame())
             wait_until(lambda: tried_and_kept(state) == 1, timeout=60)
-            wait_until(lambda: api.get("/api/v1/alerts").json()["total"] == 1, timeout=30)
+            wait_until(lambda: len(api.get("/api/v1/alerts").json()["items"]) == 1, timeout=30)
         finally:
             agent.terminate()
             agent.wait(timeout=20)
@@ -310,7 +313,7 @@ def test_snapshots_and_packages_travel_over_the_fleets_own_https(
         # The operator CLI over the same HTTPS, trusting the fleet CA through SSL_CERT_FILE.
         env = serve.env | {"SSL_CERT_FILE": str(fleet_ca)}
         listed = cli({"url": serve.url, "tokens": serve.tokens, "env": env}, "alerts", "list", "--json")
-        assert listed.returncode == 0 and json.loads(listed.stdout)["total"] == 1, listed.stderr
+        assert listed.returncode == 0 and len(json.loads(listed.stdout)["items"]) == 1, listed.stderr
         # A package download, as a rollout job names it (public_url, https), with the agent's own code.
         package_over_https(serve, detection_package, tmp_path, wrong_ca=mqtt_broker.pki.ca_file)
     finally:

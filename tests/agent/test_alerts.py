@@ -72,6 +72,8 @@ def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing
             "latency_ms",
             "thumbnail",
             "rule",
+            "run",
+            "seq",
         }
         assert first["rule"] == "bright score >= 0.9 in 1 frame(s)"
         assert not list(incoming.glob("*.jpg")), "handled frames are deleted"
@@ -87,6 +89,29 @@ def test_matching_frames_alert_with_the_contract_payload_and_others_send_nothing
         thread.join(15)
     assert not thread.is_alive()
     assert status.messages[-1].json()["state"] == "offline", "a clean stop publishes the retained offline status"
+
+
+def test_every_message_carries_its_run_and_its_place_in_the_run(tmp_path, mqtt_broker, agent_package):
+    """(run, seq) orders what the camera said for the fleet (agent/order.py): seq grows across
+    status, telemetry and the offline status at stop; a restart is the next run, from seq 1."""
+    status = mqtt_broker.subscriber("edgefleet/v1/cam-1/status")
+    telemetry = mqtt_broker.subscriber("edgefleet/v1/cam-1/telemetry")
+    config = agent_config(tmp_path, mqtt_broker, agent_package)
+    places = []
+    for run in (1, 2):
+        agent, thread = start_in_thread(config)
+        try:
+            wait_until(lambda n=2 * run - 1: len(status.messages) == n, timeout=20)
+        finally:  # a stop sends the last telemetry window, then the offline status
+            agent.request_stop()
+            thread.join(15)
+        wait_until(lambda n=2 * run: len(status.messages) == n, timeout=20)
+        sent = [status.messages[-2], telemetry.messages[-1], status.messages[-1]]
+        places.append([(m.json()["run"], m.json()["seq"]) for m in sent])
+    assert [m.json()["state"] for m in status.messages] == ["online", "offline"] * 2
+    for run, (online, window, offline) in zip((1, 2), places):
+        assert online == (run, 1) and window[0] == offline[0] == run and 1 < window[1] < offline[1]
+    assert (tmp_path / "state-cam-1" / "run").read_text() == "2\n"
 
 
 def test_consecutive_frames_and_cooldown_gate_alerts(tmp_path, mqtt_broker, agent_package):

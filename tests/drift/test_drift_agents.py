@@ -67,6 +67,13 @@ def fleet_on_broker(request, tmp_path: Path, edgefleet_home: Path, baseline_pack
         bridge.stop()
 
 
+def drift_windows(fleet, device: str | None = None) -> list:
+    """Every drift window (of `device`), oldest first: the API's pages come newest first."""
+    from edgefleet.fleet.drift_routes import drift_windows as page
+
+    return page(fleet, device).items[::-1]
+
+
 def frames_per_message(fleet, device: str = "cam-1") -> list[int]:
     from sqlalchemy import select
 
@@ -127,7 +134,6 @@ class Camera:
 def test_injected_drift_alarms_within_k_windows_and_recovery_clears_it(
     tmp_path: Path, mqtt_broker, baseline_package, fleet_on_broker, fault: str
 ) -> None:
-    from edgefleet.fleet.drift_routes import drift_windows
 
     fleet = fleet_on_broker
     package, pub, _ = baseline_package
@@ -196,7 +202,7 @@ def test_a_camera_with_fewer_frames_per_message_than_a_window_still_gets_windows
     per 0.5 s message at 8 fps against min_frames 24."""
     import time
 
-    from edgefleet.fleet.drift_routes import drift_overview, drift_windows
+    from edgefleet.fleet.drift_routes import drift_overview
 
     fleet = fleet_on_broker
     package, pub, _ = baseline_package
@@ -225,7 +231,6 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
 ) -> None:
     """Two real agents at once: cam-2's scene darkens, cam-1's stays normal. Windows of 120 frames
     against the 300-image baseline (benchmarks/drift_windows.py: normal windows score <= 0.16)."""
-    from edgefleet.fleet.drift_routes import drift_events, drift_windows
     from edgefleet.fleet.drift_service import FLEET_TOPIC
 
     fleet = fleet_on_broker
@@ -245,7 +250,9 @@ def test_a_darkened_camera_alarms_and_a_normal_one_never_does_over_20_windows(
         ours, theirs = drift_windows(fleet, "cam-1"), drift_windows(fleet, "cam-2")
         assert len(ours) >= 20 and alarm_state(fleet, "cam-2") == "alarm"
         assert not any(w.over for w in ours), [w.score for w in ours]
-        raised = [e.device for e in drift_events(fleet) if e.event == "raised" and e.scope == "device"]
+        from edgefleet.fleet.drift_routes import drift_events
+
+        raised = [e.device for e in drift_events(fleet).items if e.event == "raised" and e.scope == "device"]
         assert raised == ["cam-2"]
         # Raised on cam-2's 2nd window (windows_to_alarm), each one far over the threshold.
         assert [w.state for w in theirs][:2] == ["pending", "alarm"] and min(w.score for w in theirs) > 1

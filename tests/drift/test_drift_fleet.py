@@ -95,11 +95,11 @@ def test_dark_frames_raise_an_alarm_after_k_windows_and_recovery_clears_it(drift
     assert overview["config"]["windows_to_alarm"] == 3
     assert [(a["device"], a["state"]) for a in overview["alarms"]] == [("cam-1", "ok")]
     assert overview["alarms"][0]["raised_at"] < overview["alarms"][0]["cleared_at"]
-    series = client.get("/api/v1/drift/windows", params={"device": "cam-1"}).json()
+    series = client.get("/api/v1/drift/windows", params={"device": "cam-1"}).json()["items"][::-1]  # oldest first
     assert [w["over"] for w in series] == [False] * 3 + [True] * 4 + [False] * 2
     assert all(w["distances"]["brightness"]["psi"] > 0.25 for w in series if w["over"])
-    assert [e["event"] for e in client.get("/api/v1/drift/events").json()] == ["cleared", "raised"]
-    assert len(client.get("/api/v1/telemetry", params={"device": "cam-1"}).json()) == 9
+    assert [e["event"] for e in client.get("/api/v1/drift/events").json()["items"]] == ["cleared", "raised"]
+    assert len(client.get("/api/v1/telemetry", params={"device": "cam-1"}).json()["items"]) == 9
     assert client.get("/api/v1/drift", headers={"Authorization": "Bearer nope"}).status_code == 403
 
 

@@ -42,9 +42,9 @@ def test_small_windows_are_pooled_until_min_frames_and_the_api_says_how_far(drif
     body = client.get("/api/v1/drift").json()
     pools = [(c["device"], c["frames"], c["target"], c["messages"]) for c in body["collecting"]]
     assert pools == [("cam-1", 75, 100, 3)]
-    assert body["alarms"] == [] and client.get("/api/v1/drift/windows").json() == []
+    assert body["alarms"] == [] and client.get("/api/v1/drift/windows").json() == {"items": [], "next": None}
     assert feed(drift_fleet, ingest, "cam-1", small[3:]) == ["ok", "ok"]  # the 4th message completes 100 frames
-    (judged,) = client.get("/api/v1/drift/windows").json()
+    (judged,) = client.get("/api/v1/drift/windows").json()["items"]
     assert judged["frames"] == 100 and not judged["over"]
     # The 5th message starts the next pool.
     assert [c["frames"] for c in client.get("/api/v1/drift").json()["collecting"]] == [25]
@@ -53,7 +53,7 @@ def test_small_windows_are_pooled_until_min_frames_and_the_api_says_how_far(drif
     dark = windows(baseline_package, "dark", 12, frames=25, seed=22)
     states = feed(drift_fleet, ingest, "cam-1", dark)
     assert states[-1] == "alarm" and states[:7].count("alarm") == 0, states
-    over = [w for w in client.get("/api/v1/drift/windows").json() if w["over"]]
+    over = [w for w in client.get("/api/v1/drift/windows").json()["items"] if w["over"]]
     assert len(over) == 3 and all(w["frames"] == 100 for w in over)
 
 
@@ -118,7 +118,7 @@ def test_fleet_wide_alarm_follows_the_share_of_drifting_devices(drift_fleet, bas
     assert fleet_events == [("raised", 2), ("cleared", 0)]
     client = TestClient(create_app(drift_fleet, ingest))
     client.headers["Authorization"] = "Bearer " + create_token(drift_fleet, "viewer", "read-only")
-    events = client.get("/api/v1/drift/events").json()
+    events = client.get("/api/v1/drift/events").json()["items"]
     assert [e["event"] for e in events if e["scope"] == "fleet"] == ["cleared", "raised"]
     assert client.get("/api/v1/drift").json()["fleet_alarms"][0]["cleared_at"] is not None
 

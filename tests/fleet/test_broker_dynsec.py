@@ -4,11 +4,10 @@ rights over its own MQTT connection, no file is written and no signal sent."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
+from fleet_world import AckedCamera as Camera
 from sqlalchemy import delete
 from support.broker import Broker
 
@@ -19,41 +18,6 @@ from edgefleet.fleet.core import open_fleet
 from edgefleet.fleet.db import Device
 from edgefleet.fleet.devices import register_device, register_replica
 from edgefleet.fleet.ingest import Ingest
-
-
-class Camera:
-    """A device's MQTT v5 connection under its certificate; records each PUBACK reason code."""
-
-    def __init__(self, broker: Broker, device_id: str) -> None:
-        cert, key = broker.pki.issue(device_id)
-        self.acks: dict[int, int] = {}
-        self.disconnected = threading.Event()
-        self._acked = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
-        self.client.tls_set_context(broker.ssl_context(cert, key))
-        self.client.on_publish = self._on_publish
-        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnected.set()
-        connected = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: connected.set()
-        self.client.connect(broker.host, broker.port, keepalive=10)
-        self.client.loop_start()
-        assert connected.wait(10), f"{device_id} did not connect"
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._acked:
-            self.acks[mid] = reason_code.value
-            self._acked.notify_all()
-
-    def publish(self, topic: str) -> int:
-        """QoS 1 publish; returns the broker's PUBACK reason code (0 accepted, 135 not authorised)."""
-        mid = self.client.publish(topic, b"{}", qos=1).mid
-        with self._acked:
-            assert self._acked.wait_for(lambda: mid in self.acks, 10), f"no PUBACK for {topic}"
-            return self.acks[mid]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -76,7 +40,7 @@ def dynsec_fleet(tmp_path: Path):
     fleet = open_fleet(config)
     bridge = Bridge(config.broker, Ingest(fleet))
     bridge.start()
-    fleet.broker_auth = Dynsec(fleet, bridge.client, "fleet")  # as fleet/service.py does
+    fleet.broker_auth = Dynsec(fleet, bridge, "fleet")  # as fleet/service.py does
     yield broker, fleet
     bridge.stop()
     broker.close()

@@ -473,6 +473,26 @@ def test_job_updates_only_move_forward_and_a_batch_folds_each_job_into_one_write
     assert devices.get_device(fleet, ids[0]).model.version == "2"
 
 
+def test_a_status_older_than_a_committed_job_does_not_bring_back_the_old_model(fleet, tiny_packages):
+    """The camera's `online` status (v1) made at connect, delivered after its job's `committed`
+    (v2): the fleet keeps v2; a status made after the commit is applied (fleet/order.py)."""
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    (dev,) = register(fleet, 1)
+    rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, {"canary": 1, "bake_time_s": 0})
+    rollouts.tick(fleet)
+    job = fleet.sent[0][1]["job"]
+
+    def deliver(suffix: str, body: dict) -> str | None:
+        body = {"schema": 1, "id": uuid.uuid4().hex, "run": 2} | body
+        Ingest(fleet).handle_batch([Message(f"edgefleet/v1/{dev}/{suffix}", json.dumps(body).encode(), fleet.clock())])
+        model = devices.get_device(fleet, dev).model
+        return model.version if model else None
+
+    assert deliver(f"jobs/{job}/update", {"job": job, "state": "committed", "seq": 10}) == "2"
+    assert deliver("status", {"state": "online", "model": {"name": "tiny", "version": "1"}, "seq": 1}) == "2"
+    assert deliver("status", {"state": "online", "model": {"name": "tiny", "version": "1"}, "seq": 11}) == "1"
+
+
 def test_a_job_its_sender_never_got_acknowledged_is_sent_again_under_its_id(fleet, tiny_packages):
     """The rows are committed, the publish fails (the sending replica died or lost the broker):
     the next tick after RESEND_AFTER_S sends the same job again, and a sent job never twice."""

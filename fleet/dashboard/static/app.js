@@ -64,6 +64,18 @@ async function all(path) {
   return items;
 }
 
+// The newest `n` items of a list whose pages come newest first (drift windows, telemetry), oldest first for plotting.
+async function newest(path, n) {
+  const items = [];
+  let cursor = null;
+  do {
+    const page = await api(path + "?limit=1000" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+    items.push(...page.items);
+    cursor = page.next;
+  } while (cursor && items.length < n);
+  return items.slice(0, n).reverse();
+}
+
 function fillTable(id, rows) {
   const body = $(id + " tbody");
   body.replaceChildren(...rows);
@@ -207,7 +219,7 @@ function boxesSvg(e) {
 }
 
 async function renderEvents(page) {
-  $("#events-total").textContent = "(" + page.items.length + " newest of " + page.total + ")";
+  $("#events-total").textContent = "(" + page.items.length + " newest" + (page.next ? ", more in the API" : "") + ")";
   const key = page.items.map((e) => e.id + ":" + (e.snapshot ? e.snapshot.stored : "-")).join(",");
   if (key === shownEvents) return; // unchanged: keep the images as they are
   const cards = await Promise.all(page.items.map(async (e) => {
@@ -332,7 +344,7 @@ async function refresh() {
   }
   try {
     const [devices, rollouts, groups, drift, windows, events, telemetry] = await Promise.all([
-      all("/devices"), all("/rollouts"), all("/models"), api("/drift"), api("/drift/windows?limit=2000"), api("/drift/events?limit=50"), api("/telemetry?limit=2000"),
+      all("/devices"), all("/rollouts"), all("/models"), api("/drift"), newest("/drift/windows", 2000), newest("/drift/events", 50), newest("/telemetry", 2000),
     ]);
     const versions = {};
     await Promise.all(groups.map(async (g) => { versions[g.name] = await all("/models/" + encodeURIComponent(g.name) + "/versions"); }));
