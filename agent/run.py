@@ -144,7 +144,7 @@ class Agent:
         self.updates = None
         self.shadow = ShadowRunner(
             self.device,
-            lambda topic, body: self.outbox.put("telemetry", topic, body),
+            lambda topic, body: self.outbox.put("telemetry", topic, self.order.stamp(body)),
             cfg.model.detection.model_dump(),
         )
         self.shadow_jobs: ShadowJobs | None = None  # with signed packages only, as model updates

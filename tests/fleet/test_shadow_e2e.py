@@ -150,7 +150,7 @@ def test_shadow_beside_v1_agrees_as_computed_survives_a_kill_and_stops(shadow_fl
     assert sorted((a["device"], a["model"]["version"]) for a in fleet.alerts()) == sorted(
         (d, "1") for d, vs in FRAMES.items() for v in vs if top_label(v, 0.5) == "bright"
     )
-    telemetry = fleet.http.get("/telemetry").json()
+    telemetry = fleet.http.get("/telemetry").json()["items"]
     assert telemetry and {t["model"]["version"] for t in telemetry} == {"1"}
     assert fleet.models() == dict.fromkeys(CAMERAS, "1")
 
