@@ -51,6 +51,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     passes = [
         graph.cleanup(),
         _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
+        # int8 convolutions on raw int8 operands where the target has SDOT (rasp5's Cortex-A76).
+        *([graph.dot_product_convs()] if graph.has_dot_product(tgt) else []),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(kernels.layout_failed),

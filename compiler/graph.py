@@ -950,3 +950,103 @@ def int32_multipliers() -> tvm.transform.Pass:
         return relax.transform.AnnotateTIROpPattern()(_mutate_functions(mod, _Narrow(mod)))
 
     return _pass
+
+
+def has_dot_product(target: tvm.target.Target) -> bool:
+    """Whether `target` is AArch64 with the Armv8.2 dot product (SDOT/UDOT), e.g. rasp5's Cortex-A76."""
+    mattr = [str(a) for a in target.attrs.get("mattr", [])]
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
+
+
+# SDOT multiplies 4 int8 pairs per int32 lane: the input-channel block splits into groups of 4.
+DOT_GROUP = 4
+_INT8 = np.iinfo(np.int8)
+
+
+def dot_product_convs() -> tvm.transform.Pass:
+    """Blocked int8 convolutions on raw int8 operands for SDOT (run after `nchwc_layout`, dot-product targets only).
+
+    The TFLite importer (tflite_quant.py) gives dense convolutions zero-point-corrected int16
+    operands, `conv(x - zx, w)`; SDOT needs int8 ones. With the input padded by its zero point,
+    conv(x - zx, w) = conv(x, w) - zx * sum(w) per output channel (exact in int32), so the
+    convolution runs on x itself (`conv2d_nchwc_dot`, TOPI's NCHWc int8 compute with weights
+    packed OIHW{ib/4}i{ob}o4i: 4 input channels innermost, one SDOT's operand per 4 output
+    channels) and one constant per channel is subtracted in its fused epilogue. Depthwise
+    convolutions keep the int16 form: their reduction is over the window, not over channels.
+    """
+
+    @relax.expr_functor.mutator
+    class _Dot(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._raw_operands(call)
+            if found is None:
+                return call
+            x, zero, weight = found
+            a = call.attrs
+            conv = self.builder_.call_te(
+                conv2d_nchwc_dot,
+                x,
+                relax.const(_pack_dot(weight).astype(np.int8), "int8"),
+                zero,
+                [int(s) for s in a.strides],
+                [int(p) for p in a.padding],
+                [int(d) for d in a.dilation],
+                primfunc_name_hint="conv2d_NCHWc_int8",
+            )
+            # zx * sum(w) over input channels and window, per output channel, in the output's blocks.
+            ob = weight.shape[5]
+            correction = zero * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
+            return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+
+        def _bound(self, expr: relax.Expr, name: str) -> relax.Call | None:
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+            return expr if ok else None
+
+        def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
+            """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
+            convolution `conv(astype(x, int16) - zx, w)` whose weights fit int8; else None."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return None
+            a = call.attrs
+            if int(a.groups) != 1 or str(call.ty.dtype) != "int32" or len(str(a.data_layout)) == 4:
+                return None
+            shifted = self._bound(call.args[0], "relax.subtract")
+            cast = None if shifted is None else self._bound(shifted.args[0], "relax.astype")
+            weight = call.args[1]
+            if cast is None or not isinstance(weight, tvm.ir.expr.GenericConst) or str(cast.args[0].ty.dtype) != "int8":
+                return None
+            zero = shifted.args[1]
+            if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
+                return None
+            w = weight.value.numpy()
+            if w.ndim != 6 or w.shape[4] % DOT_GROUP or w.min() < _INT8.min or w.max() > _INT8.max:
+                return None
+            return cast.args[0], int(zero.value.numpy()), w
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductConvs")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod)))
+
+    return _pass
+
+
+def _pack_dot(weight: np.ndarray) -> np.ndarray:
+    """[O, I, KH, KW, ib, ob] -> [O, I, KH, KW, ib/4, ob, 4]: 4 consecutive input channels of one output channel adjacent."""
+    o, i, kh, kw, ib, ob = weight.shape
+    grouped = weight.reshape(o, i, kh, kw, ib // DOT_GROUP, DOT_GROUP, ob)
+    return np.ascontiguousarray(grouped.transpose(0, 1, 2, 3, 4, 6, 5))
+
+
+def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation):
+    """TOPI's int8 NCHWc convolution (int32 sums of 4-channel int8 products) on `data` padded with
+    its zero point `zero` (a zero-point-corrected 0, as TFLite's kernels skip the border)."""
+    top, left, bottom, right = padding
+    padded = (
+        topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=zero, name="data_pad")
+        if any(padding)
+        else data
+    )
+    return topi.nn.conv2d_NCHWc_int8(padded, kernel, strides, 0, dilation, "NCHWc", "NCHWc", "int32", DOT_GROUP)

@@ -172,9 +172,11 @@ class Conv2dNCHWc(_SafeRule):
             for b in blocks
             if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc", "group_conv2d_NCHWc"))
         ]
-        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR"):
+        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR", "SSSSSRRRRR"):
             return None
         conv = convs[0]
+        if _iter_kinds(sch, conv) == "SSSSSRRRRR":
+            return _dot(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRR":
             return _depthwise(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRRRR":
@@ -199,6 +201,35 @@ class Conv2dNCHWc(_SafeRule):
         sch.unroll(ow_i)
         sch.vectorize(ocb)
         return _finish_conv(sch, conv, epi, pads, ic_o)
+
+
+def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
+    """int8 NCHWc on raw operands (graph.dot_product_convs; reductions kh, kw, ic chunk, ic/4, 4):
+    the fp32 tiling with each 4 output channels x 4 input channels one SDOT (TVM's
+    ARM_DOT_4x4_i8_SDOT intrinsic: the pixel's 4 inputs broadcast, a 16-byte weight vector)."""
+    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+
+    found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+    if found is None:
+        return None
+    pads, epi = found
+    n, occ, oh, ow, ocb, kh, kw, ic, ic_f, ic_s = sch.get_loops(conv)
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    if None in (ow_n, ocb_n) or ocb_n % 4 or _extent(sch, ic_s) != 4:
+        return None
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
+    oc_o, oc_i = sch.split(ocb, [None, 4])
+    sch.reorder(n, occ, oh, ow_o, ic, kh, kw, ic_f, ow_i, oc_o, oc_i, ic_s)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    sch.decompose_reduction(conv, ic)
+    sch.tensorize(oc_i, ARM_DOT_4x4_i8_SDOT_INTRIN)
+    sch.unroll(ow_i)
+    sch.unroll(oc_o)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    for pad in pads:
+        _schedule_pad(sch, pad)
+    return sch
 
 
 def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
