@@ -53,6 +53,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
         # int8 convolutions on raw int8 operands where the target has SDOT (rasp5's Cortex-A76).
         *([graph.dot_product_convs()] if graph.has_dot_product(tgt) else []),
+        # The int8 rescale on int32 lanes where the target has SQRDMULH (every AArch64 core).
+        *([graph.sqrdmulh_rescales()] if str(tgt.attrs.get("mtriple", "")).startswith("aarch64") else []),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(kernels.layout_failed),

@@ -1050,3 +1050,89 @@ def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation):
         else data
     )
     return topi.nn.conv2d_NCHWc_int8(padded, kernel, strides, 0, dilation, "NCHWc", "NCHWc", "int32", DOT_GROUP)
+
+
+_NUDGE = 1 << 30
+_Q31 = np.iinfo(np.int32).max
+
+
+def sqrdmulh_rescales() -> tvm.transform.Pass:
+    """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
+    `nchwc_layout`, AArch64 targets only).
+
+    tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
+    multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding
+    constant), which NEON runs in 64-bit lanes, two per register (widening SMLAL pairs, then a
+    narrowing shift). SQRDMULH computes (a b + 2^30) >> 31 on four int32 lanes in one instruction,
+    saturating only for a = b = INT32_MIN, which a positive q excludes: so it is
+    SQRDMULH(acc + bias, q), bias recovered exactly from the constant (rescales whose constant is
+    not bias q + 2^30 with an int32 bias, or with a left shift before the product, are left as they are).
+    """
+
+    @relax.expr_functor.mutator
+    class _Rescale(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._rescale(call)
+            if found is None:
+                return call
+            acc, bias, q = found
+            if np.any(bias):
+                acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
+            return self.builder_.call_te(
+                sqrdmulh, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint="sqrdmulh"
+            )
+
+        def _arg(self, expr: relax.Expr, name: str, index: int = 0) -> relax.Expr | None:
+            """Argument `index` of the call `expr` is bound to when that is a `name` call, else None."""
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
+                return expr.args[index]
+            return None
+
+        def _const(self, expr: relax.Expr | None) -> np.ndarray | None:
+            return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
+
+        def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
+            """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
+            if not (
+                isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype" and str(call.ty.dtype) == "int32"
+            ):
+                return None
+            shift, by = (
+                self._arg(call.args[0], "relax.right_shift"),
+                self._const(self._arg(call.args[0], "relax.right_shift", 1)),
+            )
+            if shift is None or by is None or by.ndim or int(by) != 31:
+                return None
+            product, offset = self._arg(shift, "relax.add"), self._const(self._arg(shift, "relax.add", 1))
+            widened = None if product is None else self._arg(product, "relax.multiply")
+            q = None if product is None else self._const(self._arg(product, "relax.multiply", 1))
+            acc = None if widened is None else self._arg(widened, "relax.astype")
+            if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
+                return None
+            rank = acc.ty.ndim
+            if q.ndim not in (0, rank) or offset.ndim not in (0, rank) or q.min() <= 0 or q.max() > _Q31:
+                return None
+            bias, rest = np.divmod(offset - _NUDGE, q)
+            if np.any(rest) or bias.min() < _INT32.min or bias.max() > _INT32.max:
+                return None
+            return acc, bias, q
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetSqrdmulhRescales")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Rescale(mod)))
+
+    return _pass
+
+
+def sqrdmulh(x, q):
+    """AArch64's SQRDMULH of int32 `x` by `q` (a scalar or one value per broadcast position of x)."""
+    from tvm import te
+
+    def value(*i):
+        index = tuple(0 if int(q.shape[k]) == 1 else i[k] for k in range(len(q.shape)))
+        return tvm.tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqrdmulh", x[i], q[index])
+
+    return te.compute(x.shape, value, name="sqrdmulh")
