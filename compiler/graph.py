@@ -961,6 +961,9 @@ def has_dot_product(target: tvm.target.Target) -> bool:
 # SDOT multiplies 4 int8 pairs per int32 lane: the input-channel block splits into groups of 4.
 DOT_GROUP = 4
 _INT8 = np.iinfo(np.int8)
+# Below this many input channels SDOT convolutions cost more instructions than the int16 ones on
+# rasp5 (int8 MobileNetV2-0.35: 8.81 M per inference with its 8-channel ones, 8.33 M without).
+DOT_MIN_CHANNELS = 16
 
 
 def dot_product_convs() -> tvm.transform.Pass:
@@ -971,8 +974,9 @@ def dot_product_convs() -> tvm.transform.Pass:
     conv(x - zx, w) = conv(x, w) - zx * sum(w) per output channel (exact in int32), so the
     convolution runs on x itself (`conv2d_nchwc_dot`, TOPI's NCHWc int8 compute with weights
     packed OIHW{ib/4}i{ob}o4i: 4 input channels innermost, one SDOT's operand per 4 output
-    channels) and one constant per channel is subtracted in its fused epilogue. Depthwise
-    convolutions keep the int16 form: their reduction is over the window, not over channels.
+    channels) and one constant per channel is subtracted in its fused epilogue. Only with at least
+    DOT_MIN_CHANNELS input channels; depthwise convolutions keep the int16 form: their reduction
+    is over the window, not over channels.
     """
 
     @relax.expr_functor.mutator
@@ -1022,7 +1026,9 @@ def dot_product_convs() -> tvm.transform.Pass:
             if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
                 return None
             w = weight.value.numpy()
-            if w.ndim != 6 or w.shape[4] % DOT_GROUP or w.min() < _INT8.min or w.max() > _INT8.max:
+            if w.ndim != 6 or w.shape[4] % DOT_GROUP or w.shape[1] * w.shape[4] < DOT_MIN_CHANNELS:
+                return None
+            if w.min() < _INT8.min or w.max() > _INT8.max:
                 return None
             return cast.args[0], int(zero.value.numpy()), w
 
@@ -1058,7 +1064,7 @@ _Q31 = np.iinfo(np.int32).max
 
 def sqrdmulh_rescales() -> tvm.transform.Pass:
     """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
-    `nchwc_layout`, AArch64 targets only).
+    `nchwc_layout`, dot-product targets: see build.py).
 
     tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
     multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding

@@ -20,12 +20,12 @@ sys.path[:0] = [str(_ROOT / "tests" / "compiler"), str(_ROOT / "benchmarks" / "q
 from tflite_models import mobilenetv2_tflite  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
 
 
-def _dot_products(library: Path) -> int:
-    """SDOT/UDOT instructions in an AArch64 shared library (binutils comes with the cross compiler)."""
+def _instructions(library: Path, *mnemonics: str) -> int:
+    """How many of these instructions an AArch64 shared library holds (binutils comes with the cross compiler)."""
     listing = subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
     ).stdout
-    return sum(1 for line in listing.splitlines() if "\tsdot\t" in line or "\tudot\t" in line)
+    return sum(1 for line in listing.splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
 
 
 def _reference(model: Path, x: np.ndarray) -> np.ndarray:
@@ -42,8 +42,8 @@ def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_
     """A full-integer MobileNetV2 for rasp5 (Cortex-A76, +dotprod), 56x56 (rows of 28, 14 and 7 pixels: the
     tiles that split the channels): its dense convolutions run on raw int8 operands with SDOT, and its
     outputs still equal LiteRT's reference kernels bit for bit, in compile's own verification under
-    QEMU and on further inputs. rasp4b (no dot product) has none; both rescale with SQRDMULH
-    (graph.sqrdmulh_rescales) and both pass verification exactly."""
+    QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales). rasp4b (no
+    dot product) has neither and passes verification exactly too."""
     model = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True)
     built = {
         target: compile_model(
@@ -65,9 +65,10 @@ def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_
 
     feeds = [np.random.default_rng(seed).integers(-128, 128, (1, 56, 56, 3)).astype(np.int8) for seed in (1, 2)]
     with open_package(built["rasp5"].package, None) as rasp5, open_package(built["rasp4b"].package, None) as rasp4b:
-        # Every dense convolution but the 3-channel first one: 4 output-channel groups x the unrolled pixels each.
-        assert _dot_products(rasp5.library) >= 100
-        assert _dot_products(rasp4b.library) == 0
+        # Dense convolutions with 16 or more input channels: 4 output-channel groups x the unrolled pixels each.
+        assert _instructions(rasp5.library, "sdot", "udot") >= 100
+        assert _instructions(rasp5.library, "sqrdmulh") >= 100  # the rescale on int32 lanes
+        assert _instructions(rasp4b.library, "sdot", "udot", "sqrdmulh") == 0
         outputs = [run_library_emulated(arm64_sysroot, rasp5.library, [x]).outputs[0] for x in feeds]
     for x, actual in zip(feeds, outputs, strict=True):
         np.testing.assert_array_equal(actual, _reference(model, x))
