@@ -966,3 +966,195 @@ def int32_multipliers() -> tvm.transform.Pass:
         return relax.transform.AnnotateTIROpPattern()(_mutate_functions(mod, _Narrow(mod)))
 
     return _pass
+
+
+def has_dot_product(target: tvm.target.Target) -> bool:
+    """Whether `target` is AArch64 with the Armv8.2 dot product (SDOT/UDOT), e.g. rasp5's Cortex-A76."""
+    mattr = [str(a) for a in target.attrs.get("mattr", [])]
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
+
+
+# SDOT multiplies 4 int8 pairs per int32 lane: the input-channel block splits into groups of 4.
+DOT_GROUP = 4
+_INT8 = np.iinfo(np.int8)
+# Below this many input channels SDOT convolutions cost more instructions than the int16 ones on
+# rasp5 (int8 MobileNetV2-0.35: 8.81 M per inference with its 8-channel ones, 8.33 M without).
+DOT_MIN_CHANNELS = 16
+
+
+def dot_product_convs() -> tvm.transform.Pass:
+    """Blocked int8 convolutions on raw int8 operands for SDOT (run after `nchwc_layout`, dot-product targets only).
+
+    The TFLite importer (tflite_quant.py) gives dense convolutions zero-point-corrected int16
+    operands, `conv(x - zx, w)`; SDOT needs int8 ones. With the input padded by its zero point,
+    conv(x - zx, w) = conv(x, w) - zx * sum(w) per output channel (exact in int32), so the
+    convolution runs on x itself (`conv2d_nchwc_dot`, TOPI's NCHWc int8 compute with weights
+    packed OIHW{ib/4}i{ob}o4i: 4 input channels innermost, one SDOT's operand per 4 output
+    channels) and one constant per channel is subtracted in its fused epilogue. Only with at least
+    DOT_MIN_CHANNELS input channels; depthwise convolutions keep the int16 form: their reduction
+    is over the window, not over channels.
+    """
+
+    @relax.expr_functor.mutator
+    class _Dot(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._raw_operands(call)
+            if found is None:
+                return call
+            x, zero, weight = found
+            a = call.attrs
+            conv = self.builder_.call_te(
+                conv2d_nchwc_dot,
+                x,
+                relax.const(_pack_dot(weight).astype(np.int8), "int8"),
+                zero,
+                [int(s) for s in a.strides],
+                [int(p) for p in a.padding],
+                [int(d) for d in a.dilation],
+                primfunc_name_hint="conv2d_NCHWc_int8",
+            )
+            # zx * sum(w) over input channels and window, per output channel, in the output's blocks.
+            ob = weight.shape[5]
+            correction = zero * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
+            return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+
+        def _bound(self, expr: relax.Expr, name: str) -> relax.Call | None:
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+            return expr if ok else None
+
+        def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
+            """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
+            convolution `conv(astype(x, int16) - zx, w)` whose weights fit int8; else None."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return None
+            a = call.attrs
+            if int(a.groups) != 1 or str(call.ty.dtype) != "int32" or len(str(a.data_layout)) == 4:
+                return None
+            shifted = self._bound(call.args[0], "relax.subtract")
+            cast = None if shifted is None else self._bound(shifted.args[0], "relax.astype")
+            weight = call.args[1]
+            if cast is None or not isinstance(weight, tvm.ir.expr.GenericConst) or str(cast.args[0].ty.dtype) != "int8":
+                return None
+            zero = shifted.args[1]
+            if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
+                return None
+            w = weight.value.numpy()
+            if w.ndim != 6 or w.shape[4] % DOT_GROUP or w.shape[1] * w.shape[4] < DOT_MIN_CHANNELS:
+                return None
+            if w.min() < _INT8.min or w.max() > _INT8.max:
+                return None
+            return cast.args[0], int(zero.value.numpy()), w
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductConvs")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod)))
+
+    return _pass
+
+
+def _pack_dot(weight: np.ndarray) -> np.ndarray:
+    """[O, I, KH, KW, ib, ob] -> [O, I, KH, KW, ib/4, ob, 4]: 4 consecutive input channels of one output channel adjacent."""
+    o, i, kh, kw, ib, ob = weight.shape
+    grouped = weight.reshape(o, i, kh, kw, ib // DOT_GROUP, DOT_GROUP, ob)
+    return np.ascontiguousarray(grouped.transpose(0, 1, 2, 3, 4, 6, 5))
+
+
+def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation):
+    """TOPI's int8 NCHWc convolution (int32 sums of 4-channel int8 products) on `data` padded with
+    its zero point `zero` (a zero-point-corrected 0, as TFLite's kernels skip the border)."""
+    top, left, bottom, right = padding
+    padded = (
+        topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=zero, name="data_pad")
+        if any(padding)
+        else data
+    )
+    return topi.nn.conv2d_NCHWc_int8(padded, kernel, strides, 0, dilation, "NCHWc", "NCHWc", "int32", DOT_GROUP)
+
+
+_NUDGE = 1 << 30
+_Q31 = np.iinfo(np.int32).max
+
+
+def sqrdmulh_rescales() -> tvm.transform.Pass:
+    """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
+    `nchwc_layout`, dot-product targets: see build.py).
+
+    tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
+    multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding
+    constant), which NEON runs in 64-bit lanes, two per register (widening SMLAL pairs, then a
+    narrowing shift). SQRDMULH computes (a b + 2^30) >> 31 on four int32 lanes in one instruction,
+    saturating only for a = b = INT32_MIN, which a positive q excludes: so it is
+    SQRDMULH(acc + bias, q), bias recovered exactly from the constant (rescales whose constant is
+    not bias q + 2^30 with an int32 bias, or with a left shift before the product, are left as they are).
+    """
+
+    @relax.expr_functor.mutator
+    class _Rescale(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._rescale(call)
+            if found is None:
+                return call
+            acc, bias, q = found
+            if np.any(bias):
+                acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
+            return self.builder_.call_te(
+                sqrdmulh, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint="sqrdmulh"
+            )
+
+        def _arg(self, expr: relax.Expr, name: str, index: int = 0) -> relax.Expr | None:
+            """Argument `index` of the call `expr` is bound to when that is a `name` call, else None."""
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
+                return expr.args[index]
+            return None
+
+        def _const(self, expr: relax.Expr | None) -> np.ndarray | None:
+            return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
+
+        def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
+            """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
+            if not (
+                isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype" and str(call.ty.dtype) == "int32"
+            ):
+                return None
+            shift, by = (
+                self._arg(call.args[0], "relax.right_shift"),
+                self._const(self._arg(call.args[0], "relax.right_shift", 1)),
+            )
+            if shift is None or by is None or by.ndim or int(by) != 31:
+                return None
+            product, offset = self._arg(shift, "relax.add"), self._const(self._arg(shift, "relax.add", 1))
+            widened = None if product is None else self._arg(product, "relax.multiply")
+            q = None if product is None else self._const(self._arg(product, "relax.multiply", 1))
+            acc = None if widened is None else self._arg(widened, "relax.astype")
+            if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
+                return None
+            rank = acc.ty.ndim
+            if q.ndim not in (0, rank) or offset.ndim not in (0, rank) or q.min() <= 0 or q.max() > _Q31:
+                return None
+            bias, rest = np.divmod(offset - _NUDGE, q)
+            if np.any(rest) or bias.min() < _INT32.min or bias.max() > _INT32.max:
+                return None
+            return acc, bias, q
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetSqrdmulhRescales")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Rescale(mod)))
+
+    return _pass
+
+
+def sqrdmulh(x, q):
+    """AArch64's SQRDMULH of int32 `x` by `q` (a scalar or one value per broadcast position of x)."""
+    from tvm import te
+
+    def value(*i):
+        index = tuple(0 if int(q.shape[k]) == 1 else i[k] for k in range(len(q.shape)))
+        return tvm.tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqrdmulh", x[i], q[index])
+
+    return te.compute(x.shape, value, name="sqrdmulh")

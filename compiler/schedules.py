@@ -172,10 +172,32 @@ def _conv_with_epilogue(sch: s_tir.Schedule, conv, blocks: list, pad_names: tupl
 def _finish_conv(sch: s_tir.Schedule, conv, epi, pads: list, reduction_loop) -> s_tir.Schedule:
     """Split off the accumulator init, vectorize the epilogue's inner loop, schedule the pads."""
     sch.decompose_reduction(conv, reduction_loop)
-    sch.vectorize(sch.get_loops(epi)[-1])
+    _vectorize_epilogue(sch, epi)
     for pad in pads:
         _schedule_pad(sch, pad)
     return sch
+
+
+# Target intrinsics LLVM cannot split into narrower vectors: an epilogue calling one is
+# vectorized in vectors of this many lanes (graph.sqrdmulh_rescales: SQRDMULH on 4 int32 lanes).
+_FIXED_WIDTH_INTRINSICS = {"llvm.aarch64.neon.sqrdmulh": 4}
+
+
+def _vectorize_epilogue(sch: s_tir.Schedule, epi) -> None:
+    _vectorize(sch, epi, sch.get_loops(epi)[-1])
+
+
+def _vectorize(sch: s_tir.Schedule, block, loop) -> None:
+    """Vectorize `loop` of `block`, in unrolled pieces of a fixed-width intrinsic's lanes where it calls one."""
+    body = str(sch.get(block))
+    lanes = min((n for name, n in _FIXED_WIDTH_INTRINSICS.items() if name in body), default=None)
+    extent = _extent(sch, loop)
+    if lanes is not None and (extent is None or extent % lanes):
+        return  # scalar calls: another vector width does not lower
+    if lanes is not None and extent > lanes:
+        outer, loop = sch.split(loop, [None, lanes])
+        sch.unroll(outer)
+    sch.vectorize(loop)
 
 
 class _SafeRule(CPUScheduleRule):
@@ -201,9 +223,11 @@ class Conv2dNCHWc(_SafeRule):
             for b in blocks
             if _name(sch, b).startswith(("conv2d_NCHWc", "depthwise_conv2d_NCHWc", "group_conv2d_NCHWc"))
         ]
-        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR"):
+        if len(convs) != 1 or _iter_kinds(sch, convs[0]) not in ("SSSSSRRR", "SSSSSRR", "SSSSSRRRR", "SSSSSRRRRR"):
             return None
         conv = convs[0]
+        if _iter_kinds(sch, conv) == "SSSSSRRRRR":
+            return _dot(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRR":
             return _depthwise(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRRRR":
@@ -228,6 +252,41 @@ class Conv2dNCHWc(_SafeRule):
         sch.unroll(ow_i)
         sch.vectorize(ocb)
         return _finish_conv(sch, conv, epi, pads, ic_o)
+
+
+def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
+    """int8 NCHWc on raw operands (graph.dot_product_convs; reductions kh, kw, ic chunk, ic/4, 4):
+    the fp32 tiling with each 4 output channels x 4 input channels one SDOT (TVM's
+    ARM_DOT_4x4_i8_SDOT intrinsic: the pixel's 4 inputs broadcast, a 16-byte weight vector)."""
+    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+
+    found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+    if found is None:
+        return None
+    pads, epi = found
+    n, occ, oh, ow, ocb, kh, kw, ic, ic_f, ic_s = sch.get_loops(conv)
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    if None in (ow_n, ocb_n) or ocb_n % 4 or _extent(sch, ic_s) != 4:
+        return None
+    # The tile must divide the row (a ragged tile's predicate does not tensorize). Where no divisor
+    # fills the registers (rows of 7 or 14), half the channels per pass hold twice the pixels.
+    limit = register_tile(target, ocb_n)
+    tile, passes = _largest_divisor(ow_n, limit), 1
+    if 2 * tile <= min(ow_n, limit) and ocb_n % 8 == 0:
+        tile, passes = _largest_divisor(ow_n, register_tile(target, ocb_n // 2)), 2
+    ow_o, ow_i = sch.split(ow, [None, tile])
+    oc_p, oc_o, oc_i = sch.split(ocb, [passes, None, 4])
+    sch.reorder(n, occ, oh, ow_o, oc_p, ic, kh, kw, ic_f, ow_i, oc_o, oc_i, ic_s)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    sch.decompose_reduction(conv, ic)
+    sch.tensorize(oc_i, ARM_DOT_4x4_i8_SDOT_INTRIN)
+    sch.unroll(ow_i)
+    sch.unroll(oc_o)
+    _vectorize_epilogue(sch, epi)
+    for pad in pads:
+        _schedule_pad(sch, pad)
+    return sch
 
 
 def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
@@ -345,7 +404,7 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
         if outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         if last is not None:
-            sch.vectorize(last)
+            _vectorize(sch, block, last)
         return
     # Reductions (pooling, dense, mean, softmax): the innermost spatial loop, or a 16-wide
     # piece of it, moves inside the reduction as one vector accumulator.

@@ -363,3 +363,31 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
     kernels = _kernels(lowered)
     convs = [n for n in kernels if "conv2d" in n]
     assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)
+
+
+def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
+    """For a dot-product target every raw-int8 convolution gets the SDOT schedule, rows of 28, 14 and 7
+    pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
+    silently to the generic schedule), and the rescales run on SQRDMULH. Numerics: tests/cross/test_cross_int8_dot.py."""
+    import sys
+    from pathlib import Path
+
+    from edgefleet.compiler.frontends import frontend_for
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from tflite_models import mobilenetv2_tflite
+
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    rasp5 = resolve_target("rasp5")
+    notes: list[str] = []
+    with tvm_target(rasp5):
+        lowered = _optimize_pipeline(rasp5, 0, KernelFallbacks(notes.append))(mod)
+    assert not notes, notes
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    dot = [n for n in scripts if n.startswith("fused_conv2d_NCHWc_int8")]
+    assert len(dot) >= 15, sorted(scripts)
+    assert all("llvm.aarch64.neon.sdot" in scripts[n] for n in dot), [n for n in dot if "sdot" not in scripts[n]]
+    assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30

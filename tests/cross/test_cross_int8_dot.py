@@ -1,0 +1,75 @@
+"""int8 convolutions on SDOT for dot-product targets (rasp5), exact against LiteRT's reference kernels under QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet.compiler.compile import compile_model
+from edgefleet.cross.verify import run_library_emulated
+from edgefleet.package import open_package
+
+pytestmark = pytest.mark.qemu
+
+_ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(_ROOT / "tests" / "compiler"), str(_ROOT / "benchmarks" / "qemu_insn")]
+from tflite_models import mobilenetv2_tflite  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
+
+
+def _instructions(library: Path, *mnemonics: str) -> int:
+    """How many of these instructions an AArch64 shared library holds (binutils comes with the cross compiler)."""
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
+    ).stdout
+    return sum(1 for line in listing.splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
+
+
+def _reference(model: Path, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(str(model), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_sysroot, cross_key, tmp_path):
+    """A full-integer MobileNetV2 for rasp5 (Cortex-A76, +dotprod), 56x56 (rows of 28, 14 and 7 pixels: the
+    tiles that split the channels): its dense convolutions run on raw int8 operands with SDOT, and its
+    outputs still equal LiteRT's reference kernels bit for bit, in compile's own verification under
+    QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales). rasp4b (no
+    dot product) has neither and passes verification exactly too."""
+    model = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True)
+    built = {
+        target: compile_model(
+            str(model),
+            target,
+            output=tmp_path / f"{target}.tar.gz",
+            name="mnv2",
+            version="1",
+            key=cross_key.path,
+            quiet=True,
+        )
+        for target in ("rasp5", "rasp4b")
+    }
+    for target, package in built.items():
+        v = package.manifest.verification
+        assert v.status == "passed" and v.max_abs_diff == 0.0, (target, v)
+        assert "qemu-aarch64" in v.ran_on and "reference kernels" in v.reference, (target, v)
+        assert package.manifest.runtime.kernel_fallbacks == [], target
+
+    feeds = [np.random.default_rng(seed).integers(-128, 128, (1, 56, 56, 3)).astype(np.int8) for seed in (1, 2)]
+    with open_package(built["rasp5"].package, None) as rasp5, open_package(built["rasp4b"].package, None) as rasp4b:
+        # Dense convolutions with 16 or more input channels: 4 output-channel groups x the unrolled pixels each.
+        assert _instructions(rasp5.library, "sdot", "udot") >= 100
+        assert _instructions(rasp5.library, "sqrdmulh") >= 100  # the rescale on int32 lanes
+        assert _instructions(rasp4b.library, "sdot", "udot", "sqrdmulh") == 0
+        outputs = [run_library_emulated(arm64_sysroot, rasp5.library, [x]).outputs[0] for x in feeds]
+    for x, actual in zip(feeds, outputs, strict=True):
+        np.testing.assert_array_equal(actual, _reference(model, x))
+    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
