@@ -367,15 +367,40 @@ def sign_rollback(fleet: Fleet, device_id: str, job: str, name: str, version: st
     return doc.model_copy(update={"signature": base64.b64encode(fleet.signing_key.sign(doc.signed_bytes())).decode()})
 
 
-def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outbox: list) -> None:
-    plan = RolloutPlan.model_validate(r.plan)
-    bounds = wave_bounds(plan, len(r.devices))
+def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, in_progress: int, now: float, outbox: list) -> None:
+    """Start wave `wave` with as many of its jobs as `max_jobs_in_progress` leaves room for
+    (`in_progress`: jobs of earlier waves not finished yet); `_step` sends the rest as jobs finish."""
+    bounds = wave_bounds(RolloutPlan.model_validate(r.plan), len(r.devices))
     start = 0 if wave == 0 else bounds[wave - 1]
+    r.wave = wave
+    r.wave_started_at = now
+    r.bake_started_at = None
+    s.add(
+        RolloutEvent(
+            rollout_id=r.id,
+            at=now,
+            event="wave_sent",
+            from_state=r.state,
+            to_state=r.state,
+            detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}",
+        )
+    )
+    _send_jobs(fleet, s, r, start, bounds[wave], in_progress, now, outbox)
+
+
+def _send_jobs(
+    fleet: Fleet, s: Session, r: Rollout, first: int, end: int, in_progress: int, now: float, outbox: list
+) -> None:
+    """Install jobs for r.devices[first:end], no more than `max_jobs_in_progress` unfinished at once.
+    A device gets one install per rollout, in r.devices order, so `first` is the count sent so far."""
+    ids = r.devices[first : min(end, first + max(0, fleet.config.max_jobs_in_progress - in_progress))]
+    if not ids:
+        return
+    plan = RolloutPlan.model_validate(r.plan)
     mv = s.get(ModelVersion, r.model_version_id)
     name = s.get(ModelGroup, mv.group_id).name
     builds = {b.target: b for b in s.scalars(select(Build).where(Build.model_version_id == mv.id))}
-    ids = r.devices[start : bounds[wave]]
-    # One query per chunk and one flush per wave: a 5,000-device wave is a few statements, not 10,000.
+    # One query per chunk and one flush per slice: a 5,000-job slice is a few statements, not 10,000.
     devices = {
         d.id: d
         for i in range(0, len(ids), SEND_CHUNK)
@@ -390,7 +415,7 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
                 rollout_id=r.id,
                 device_id=device_id,
                 kind="install",
-                wave=wave,
+                wave=r.wave,
                 build_id=builds[build_target(device, name)].id,
                 previous_version=_running(device, name),
                 updated_at=now,
@@ -405,19 +430,6 @@ def _send_wave(fleet: Fleet, s: Session, r: Rollout, wave: int, now: float, outb
                 _job_document(fleet, dep, name, mv.version, builds[build_target(devices[dep.device_id], name)], plan),
             )
         )
-    r.wave = wave
-    r.wave_started_at = now
-    r.bake_started_at = None
-    s.add(
-        RolloutEvent(
-            rollout_id=r.id,
-            at=now,
-            event="wave_sent",
-            from_state=r.state,
-            to_state=r.state,
-            detail=f"wave {wave}: devices {start + 1}-{bounds[wave]} of {len(r.devices)}",
-        )
-    )
 
 
 def _running(device: Device, name: str) -> str | None:
@@ -656,7 +668,7 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     plan = RolloutPlan.model_validate(r.plan)
     if r.state == "created":
         _transition(s, r, "start", now)
-        _send_wave(fleet, s, r, 0, now, outbox)
+        _send_wave(fleet, s, r, 0, 0, now, outbox)
         return
     if r.state == "aborting":
         _abort_step(fleet, s, r, now, outbox)
@@ -664,7 +676,7 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     if r.state not in ("deploying", "baking"):
         return
     if r.wave < 0:  # paused before the canary went out, then resumed
-        _send_wave(fleet, s, r, 0, now, outbox)
+        _send_wave(fleet, s, r, 0, 0, now, outbox)
         return
     mine = (Deployment.rollout_id == r.id, Deployment.kind == "install")
     counts = dict(s.execute(select(Deployment.state, func.count()).where(*mine).group_by(Deployment.state)).all())
@@ -679,16 +691,20 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _abort_step(fleet, s, r, now, outbox)
         return
     if r.state == "deploying":
-        if committed >= math.ceil(plan.success_threshold * touched - 1e-9):
+        end = wave_bounds(plan, len(r.devices))[r.wave]
+        if touched < end:  # the wave's rest, as its first jobs finish
+            _send_jobs(fleet, s, r, touched, end, touched - committed - failed, now, outbox)
+        elif committed >= math.ceil(plan.success_threshold * touched - 1e-9):
             _transition(s, r, "wave_committed", now, f"wave {r.wave}: {committed}/{touched} committed")
             r.bake_started_at = now
-        elif now - (r.wave_started_at or now) > plan.wave_timeout_s:
+            return
+        if now - (r.wave_started_at or now) > plan.wave_timeout_s:
             _transition(
                 s,
                 r,
                 "wave_timeout",
                 now,
-                f"wave {r.wave}: only {committed}/{touched} committed after {plan.wave_timeout_s:.0f} s",
+                f"wave {r.wave}: only {committed}/{end} committed after {plan.wave_timeout_s:.0f} s",
             )
             _abort_step(fleet, s, r, now, outbox)
         return
@@ -711,7 +727,7 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _transition(s, r, "completed", now, why)
     else:
         _transition(s, r, "next_wave", now, why)
-        _send_wave(fleet, s, r, r.wave + 1, now, outbox)
+        _send_wave(fleet, s, r, r.wave + 1, touched - committed - failed, now, outbox)
 
 
 SEND_CHUNK = 500  # jobs published before waiting for the broker's acknowledgements and marking them sent
