@@ -680,6 +680,13 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         return
     mine = (Deployment.rollout_id == r.id, Deployment.kind == "install")
     counts = dict(s.execute(select(Deployment.state, func.count()).where(*mine).group_by(Deployment.state)).all())
+    # Jobs that may still answer soon: a device silent this long (offline) sends nothing to queue,
+    # and must not hold a slot of `max_jobs_in_progress` until the wave times out.
+    in_progress = s.scalar(
+        select(func.count()).where(
+            *mine, Deployment.state.not_in(("committed", *FAILED)), Deployment.updated_at >= now - QUIET_AFTER_S
+        )
+    )
     touched = sum(counts.values())
     failed = sum(counts.get(state, 0) for state in FAILED)
     committed = counts.get("committed", 0)
@@ -693,7 +700,7 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
     if r.state == "deploying":
         end = wave_bounds(plan, len(r.devices))[r.wave]
         if touched < end:  # the wave's rest, as its first jobs finish
-            _send_jobs(fleet, s, r, touched, end, touched - committed - failed, now, outbox)
+            _send_jobs(fleet, s, r, touched, end, in_progress, now, outbox)
         elif committed >= math.ceil(plan.success_threshold * touched - 1e-9):
             _transition(s, r, "wave_committed", now, f"wave {r.wave}: {committed}/{touched} committed")
             r.bake_started_at = now
@@ -727,9 +734,10 @@ def _step(fleet: Fleet, s: Session, r: Rollout, now: float, outbox: list) -> Non
         _transition(s, r, "completed", now, why)
     else:
         _transition(s, r, "next_wave", now, why)
-        _send_wave(fleet, s, r, r.wave + 1, touched - committed - failed, now, outbox)
+        _send_wave(fleet, s, r, r.wave + 1, in_progress, now, outbox)
 
 
+QUIET_AFTER_S = 120.0  # a job without an update this long no longer counts as in progress
 SEND_CHUNK = 500  # jobs published before waiting for the broker's acknowledgements and marking them sent
 SEND_TIMEOUT_S = 30.0
 RESEND_AFTER_S = 10.0  # a job still unsent this long after its row was written lost its sender (a replica died)

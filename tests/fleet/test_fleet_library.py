@@ -225,6 +225,27 @@ def test_a_wave_goes_out_in_slices_of_max_jobs_in_progress(fleet, tiny_packages)
     assert len(sent_events) == 2  # one per wave, however many slices
 
 
+def test_a_silent_job_stops_holding_its_slot_after_quiet_after_s(fleet, tiny_packages):
+    """An offline camera sends nothing for the broker to queue: its job must not hold a slot of
+    max_jobs_in_progress until the wave times out, or a wave with more offline cameras than slots stalls."""
+    fleet.config = fleet.config.model_copy(update={"max_jobs_in_progress": 2})
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 4)
+    plan = {"canary": 4, "waves": [100], "bake_time_s": 0, "health": {"enabled": False}}
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, plan)
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    assert [d for d, _ in jobs_since(fleet, start)] == ids[:2]
+    fleet.clock.advance(rollouts.QUIET_AFTER_S - 1)
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    assert jobs_since(fleet, start) == []  # both may still answer
+    fleet.clock.advance(2)
+    rollouts.tick(fleet)
+    assert [d for d, _ in jobs_since(fleet, start)] == ids[2:]
+    assert rollouts.get_rollout(fleet, r.id).state == "deploying"
+
+
 def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     ids = register(fleet, 6)
