@@ -10,7 +10,7 @@ seconds. Prints, per fleet size: the rollout's timeline, time until the rollout 
 (every device committed, every wave's health gate passed), the fleet's CPU (share of one core,
 all replicas together) and CPU per ingested MQTT message, peak RSS of the largest replica,
 telemetry ingested per second during it (the offered load), and the ingest capacity: every
-device sends 3 telemetry messages at once, stored per second.
+device sends `--burst` (3) telemetry messages at once, stored per second.
 
     python benchmarks/fleet_rollout.py --devices 1000 10000 [--replicas 3] | tee results.jsonl
     python benchmarks/fleet_rollout.py --plot results.jsonl growth.png   # needs matplotlib
@@ -244,6 +244,8 @@ def run(
     database_url: str | None = None,
     replicas: int = 1,
     max_rollout_s: float = 900.0,
+    burst: int = 3,
+    broker_inflight: int | None = None,
 ) -> dict:
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import BrokerConfig, FleetConfig
@@ -257,7 +259,7 @@ def run(
     (work / "mosquitto.conf").write_text(
         f"listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nlog_dest none\n"
         # as fleet/local_broker.py: the fleet acknowledges after commit, so batches need this many in flight
-        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}\n"
+        f"max_inflight_messages {broker_inflight or MAX_INFLIGHT_MESSAGES}\n"
     )
     broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")])
     config = FleetConfig(
@@ -326,6 +328,7 @@ def run(
         "replicas": replicas,
         "database": "postgresql" if database_url else "sqlite",
         "load_before": round(os.getloadavg()[0], 1),
+        "broker_inflight": broker_inflight or MAX_INFLIGHT_MESSAGES,
     }
     try:
         t0 = time.time()
@@ -391,23 +394,23 @@ def run(
         result["detail_call_s"] = round(time.time() - t_detail, 2)
         result["detail_call_fleet_cpu_s"] = round(_cpu(procs) - cpu_detail, 2)
         # Capacity: every device sends `burst` telemetry messages at once; time until all are stored.
-        stages.start("burst")
-        burst = 3
-        before = counted("telemetry")
-        t_burst = time.time()
-        for dev in ids:
-            for _ in range(burst):
-                sim.telemetry(dev)
-        stored = 0
-        while stored < burst * n and time.time() - t_burst < 300:
-            sim.pump(0.5)
-            stored = counted("telemetry") - before
-            stages.show(telemetry_stored=stored, of=burst * n)
-        result["telemetry_capacity_per_s"] = round(stored / (time.time() - t_burst), 1)
-        stages.end()
-        # Once the burst is stored nothing is in flight: what the devices sent and the fleet never
-        # received was lost on the way (a redelivered message counts twice in `received`).
-        result["sim_published"], result["fleet_received"] = sim.published, counted("received")
+        if burst:
+            stages.start("burst")
+            before = counted("telemetry")
+            t_burst = time.time()
+            for dev in ids:
+                for _ in range(burst):
+                    sim.telemetry(dev)
+            stored = 0
+            while stored < burst * n and time.time() - t_burst < 300:
+                sim.pump(0.5)
+                stored = counted("telemetry") - before
+                stages.show(telemetry_stored=stored, of=burst * n)
+            result["telemetry_capacity_per_s"] = round(stored / (time.time() - t_burst), 1)
+            stages.end()
+            # Once the burst is stored nothing is in flight: what the devices sent and the fleet never
+            # received was lost on the way (a redelivered message counts twice in `received`).
+            result["sim_published"], result["fleet_received"] = sim.published, counted("received")
         # What the broker itself dropped (queue over max_queued_messages), as the fleet reads it from $SYS.
         result["broker_dropped"] = metrics[0].get("/metrics").json()["mqtt"].get("broker_messages_dropped", 0)
         result["installs"] = summary(rid)["installs"]
@@ -425,28 +428,41 @@ def run(
 
 def plot(results_file: Path, png: Path) -> None:
     """The growth figure from result lines this benchmark printed (one JSON object per fleet size,
-    any number of runs): time to all committed and fleet CPU seconds against devices, per setup,
-    on log-log axes with a line of slope 1 (linear growth) through each setup's smallest run."""
+    any number of runs): time to all committed, and the fleet's and the broker's CPU seconds during
+    the rollout, against devices, per setup, on log-log axes with a line of slope 1 (linear growth)
+    through each setup's smallest run. A rollout that did not succeed in time is an x at the time
+    it was stopped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [json.loads(line) for line in results_file.read_text().splitlines() if line.startswith("{")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = {
+        "time to all committed (s)": lambda r: r["all_committed_s"],
+        "fleet CPU during the rollout (s)": lambda r: r["stages"]["rollout"]["cpu_fleet_s"],
+        "broker CPU during the rollout (s)": lambda r: r["stages"]["rollout"]["cpu_broker_s"],
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
     for setup in sorted({(r["replicas"], r["database"]) for r in runs}):
         mine = sorted((r for r in runs if (r["replicas"], r["database"]) == setup), key=lambda r: r["devices"])
-        label = (
-            f"{setup[0]} replica{'s' if setup[0] > 1 else ''}, {'PostgreSQL' if setup[1] == 'postgresql' else 'SQLite'}"
-        )
-        n = [r["devices"] for r in mine]
-        for ax, values in (
-            (axes[0], [r["all_committed_s"] for r in mine]),
-            (axes[1], [r["fleet_cpu_core_share"] * r["all_committed_s"] for r in mine]),
-        ):
-            (line,) = ax.plot(n, values, "o-", label=label)
-            ax.plot(n, [values[0] * k / n[0] for k in n], ":", color=line.get_color(), label=f"{label}: linear")
-    for ax, title in zip(axes, ("time to all committed (s)", "fleet CPU during the rollout (s)")):
+        done = [r for r in mine if r["state"] == "succeeded"]
+        database = "PostgreSQL" if setup[1] == "postgresql" else "SQLite"
+        label = f"{setup[0]} replica{'s' if setup[0] > 1 else ''}, {database}"
+        for ax, value in zip(axes, panels.values()):
+            n = [r["devices"] for r in done]
+            (line,) = ax.plot(n, [value(r) for r in done], "o-", label=label)
+            ax.plot(n, [value(done[0]) * k / n[0] for k in n], ":", color=line.get_color(), label=f"{label}: linear")
+            stopped = [r for r in mine if r["state"] != "succeeded"]
+            if stopped:
+                ax.plot(
+                    [r["devices"] for r in stopped],
+                    [value(r) for r in stopped],
+                    "x",
+                    color=line.get_color(),
+                    label=f"{label}: stopped unfinished",
+                )
+    for ax, title in zip(axes, panels):
         ax.set(xscale="log", yscale="log", xlabel="simulated devices", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -472,6 +488,14 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL instead of SQLite")
     parser.add_argument(
         "--max-rollout-s", type=float, default=900.0, help="stop waiting for a rollout after this long (and report it)"
+    )
+    parser.add_argument(
+        "--burst", type=int, default=3, help="telemetry messages per device sent at once after the rollout (0: skip)"
+    )
+    parser.add_argument(
+        "--broker-inflight",
+        type=int,
+        help="the broker's max_inflight_messages (default: fleet/local_broker.py's); each PUBACK walks that list",
     )
     parser.add_argument(
         "--plot",
@@ -513,6 +537,8 @@ def bench(args: argparse.Namespace, server: str | None) -> None:
                 database,
                 args.replicas,
                 args.max_rollout_s,
+                args.burst,
+                args.broker_inflight,
             )
         )
         print(json.dumps(results[-1]), flush=True)
