@@ -246,6 +246,7 @@ def run(
     max_rollout_s: float = 900.0,
     burst: int = 3,
     broker_inflight: int | None = None,
+    max_jobs_in_progress: int | None = None,
 ) -> dict:
     from edgefleet.fleet import auth, registry
     from edgefleet.fleet.config import BrokerConfig, FleetConfig
@@ -289,6 +290,7 @@ def run(
         toml.write_text(
             f'format_version = 1\ndata_dir = "{work / "fleet"}"\nlisten_port = {port}\npublic_url = "http://127.0.0.1:{port}"\n'
             f'signing_key = "{key}"\ntick_seconds = 0.5\ndownload_secret_file = "{work / "download.secret"}"\n'
+            + (f"max_jobs_in_progress = {max_jobs_in_progress}\n" if max_jobs_in_progress else "")
             + (f'database_url = "{database_url}"\nreplica_id = "fleet-{i}"\n' if database_url else "")
             + f"[broker]\nport = {mport}\n"
         )
@@ -329,6 +331,7 @@ def run(
         "database": "postgresql" if database_url else "sqlite",
         "load_before": round(os.getloadavg()[0], 1),
         "broker_inflight": broker_inflight or MAX_INFLIGHT_MESSAGES,
+        "max_jobs_in_progress": max_jobs_in_progress or FleetConfig.model_fields["max_jobs_in_progress"].default,
     }
     try:
         t0 = time.time()
@@ -498,6 +501,9 @@ def main() -> None:
         help="the broker's max_inflight_messages (default: fleet/local_broker.py's); each PUBACK walks that list",
     )
     parser.add_argument(
+        "--max-jobs-in-progress", type=int, help="the fleet's max_jobs_in_progress (default: the fleet's own)"
+    )
+    parser.add_argument(
         "--plot",
         nargs=2,
         type=Path,
@@ -539,6 +545,7 @@ def bench(args: argparse.Namespace, server: str | None) -> None:
                 args.max_rollout_s,
                 args.burst,
                 args.broker_inflight,
+                args.max_jobs_in_progress,
             )
         )
         print(json.dumps(results[-1]), flush=True)
