@@ -97,6 +97,11 @@ class FleetConfig(StrictMutable):
     signing_key: Path = Field(default_factory=default_signing_key_path)
     broker: BrokerConfig | None = None
     tick_seconds: float = 1.0
+    # Install jobs of one rollout sent and not yet finished, at most: a wave goes out in slices as
+    # jobs finish. Each job comes back as ~8 messages (its states, the status) that wait in the
+    # broker's queue for the fleet, and mosquitto drops what goes past max_queued_messages
+    # (fleet/local_broker.py MAX_QUEUED_MESSAGES, 20,000) after acknowledging it to the camera.
+    max_jobs_in_progress: int = Field(default=1_000, ge=1)
     enrollment_ttl_s: float = 24 * 3600
     download_ttl_s: float = 24 * 3600
     # Replicas behind one load balancer share these (docs/fleet.md "Replicas"): the key that signs

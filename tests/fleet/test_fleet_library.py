@@ -179,6 +179,73 @@ def test_rollout_succeeds_across_waves(fleet, tiny_packages):
     assert {d.model.version for d in devices.list_devices(fleet).items} == {"2"}
 
 
+def test_a_wave_goes_out_in_slices_of_max_jobs_in_progress(fleet, tiny_packages):
+    """Each job comes back as ~8 messages queued by the broker for the fleet, and mosquitto drops
+    what overflows that queue after acknowledging it to the camera (measured: a 25,000-device wave
+    of benchmarks/fleet_rollout.py lost the updates of 12,011 jobs); so jobs go out as others finish."""
+    fleet.config = fleet.config.model_copy(update={"max_jobs_in_progress": 2})
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 6)
+    r = rollouts.create_rollout(
+        fleet,
+        "tiny",
+        "2",
+        {"group": "lobby"},
+        {"canary": 1, "waves": [100], "bake_time_s": 0, "health": {"enabled": False}},
+    )
+    assert r.waves == [1, 6]
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    canary = jobs_since(fleet, start)
+    answer(fleet, canary[0][0], canary[0][1], ["committed"])
+    rollouts.tick(fleet)  # canary committed: baking (bake time 0, no gate); the next tick starts wave 1
+    slices = []
+    for _ in range(6):
+        start = len(fleet.sent)
+        rollouts.tick(fleet)
+        sent = jobs_since(fleet, start)
+        slices.append([d for d, _ in sent])
+        # One of the two in progress finishes: room for one more next tick.
+        for dev, job in sent[:1]:
+            answer(fleet, dev, job, ["committed"])
+        assert rollouts.get_rollout(fleet, r.id).state == "deploying"
+        if sum(map(len, slices)) == 5:
+            break
+    assert slices == [ids[1:3], ids[3:4], ids[4:5], ids[5:6]]
+    pending = [d for d in rollouts.get_rollout(fleet, r.id).deployments if d.state == "notified"]
+    for d in pending:
+        assert rollouts.record_job_update(
+            fleet, d.device, d.job, {"schema": 1, "id": "y", "job": d.job, "state": "committed"}
+        )
+    rollouts.tick(fleet)
+    rollouts.tick(fleet)
+    final = rollouts.get_rollout(fleet, r.id)
+    assert final.state == "succeeded" and final.installs == {"committed": 6}
+    sent_events = [e for e in rollouts.rollout_events(fleet, r.id).items if e.event == "wave_sent"]
+    assert len(sent_events) == 2  # one per wave, however many slices
+
+
+def test_a_silent_job_stops_holding_its_slot_after_quiet_after_s(fleet, tiny_packages):
+    """An offline camera sends nothing for the broker to queue: its job must not hold a slot of
+    max_jobs_in_progress until the wave times out, or a wave with more offline cameras than slots stalls."""
+    fleet.config = fleet.config.model_copy(update={"max_jobs_in_progress": 2})
+    upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
+    ids = register(fleet, 4)
+    plan = {"canary": 4, "waves": [100], "bake_time_s": 0, "health": {"enabled": False}}
+    r = rollouts.create_rollout(fleet, "tiny", "2", {"group": "lobby"}, plan)
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    assert [d for d, _ in jobs_since(fleet, start)] == ids[:2]
+    fleet.clock.advance(rollouts.QUIET_AFTER_S - 1)
+    start = len(fleet.sent)
+    rollouts.tick(fleet)
+    assert jobs_since(fleet, start) == []  # both may still answer
+    fleet.clock.advance(2)
+    rollouts.tick(fleet)
+    assert [d for d, _ in jobs_since(fleet, start)] == ids[2:]
+    assert rollouts.get_rollout(fleet, r.id).state == "deploying"
+
+
 def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_packages):
     upload_approved(fleet, tiny_packages["v1"], tiny_packages["v2"])
     ids = register(fleet, 6)
