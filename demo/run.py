@@ -577,13 +577,24 @@ class Demo:
         return final
 
     # -- drift -------------------------------------------------------------------------------
+    def _items(self, path: str, **params) -> list[dict]:
+        """Every item of a paged list endpoint, following its cursor (newest first, as the fleet pages)."""
+        items: list[dict] = []
+        cursor = None
+        while True:
+            page = self._api("GET", path, params={**params, "limit": 1000, **({"cursor": cursor} if cursor else {})})
+            assert isinstance(page, dict)
+            items += page["items"]
+            cursor = page["next"]
+            if not cursor:
+                return items
+
     def alert_events(self) -> dict[str, int]:
         """How many alert events the fleet stored, and how many of the newest 200 have their snapshot."""
-        page = self._api("GET", "/alerts", params={"limit": 200})
-        assert isinstance(page, dict)
-        stored = sum(1 for e in page["items"] if e["snapshot"] and e["snapshot"]["stored"])
-        _step(f"{page['total']} alert events stored, {stored} of the newest with a snapshot: {self.url}/dashboard/")
-        return {"events": page["total"], "with_snapshot": stored}
+        events = self._items("/alerts")
+        stored = sum(1 for e in events[:200] if e["snapshot"] and e["snapshot"]["stored"])
+        _step(f"{len(events)} alert events stored, {stored} of the newest with a snapshot: {self.url}/dashboard/")
+        return {"events": len(events), "with_snapshot": stored}
 
     def night(self, device: str) -> dict:
         """Darken one camera's scene until its drift alarm is raised, then restore it until the
@@ -606,7 +617,7 @@ class Demo:
             f"[green]drift alarm cleared[/green] on {device} {cleared['at'] - recovered:.0f} s after the light came back"
         )
         others = [
-            e for e in self._api("GET", "/drift/events") if e["event"] == "raised" and e["device"] not in (device, None)
+            e for e in self._items("/drift/events") if e["event"] == "raised" and e["device"] not in (device, None)
         ]
         return {
             "device": device,
@@ -624,7 +635,7 @@ class Demo:
         printed: set[float] = set()
 
         def check():
-            for w in self._api("GET", "/drift/windows", params={"device": device, "since": since}):
+            for w in sorted(self._items("/drift/windows", device=device, since=since), key=lambda w: w["at"]):
                 if w["at"] not in printed:
                     printed.add(w["at"])
                     console.print(
@@ -633,7 +644,7 @@ class Demo:
                     )
             found = [
                 e
-                for e in self._api("GET", "/drift/events")
+                for e in self._items("/drift/events")
                 if e["device"] == device and e["event"] == event and e["at"] >= since
             ]
             return found[0] if found else None
