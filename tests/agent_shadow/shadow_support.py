@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import tarfile
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from agent_support import (
     wait_until,
     write_config,
 )
+from support.packages import broken_copy
 
 from edgefleet.package import sha256_file
 
@@ -136,18 +136,7 @@ def shadow_packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (root / "other").mkdir()
     out["5-untrusted"] = _compile(root / "other", other, brightness_onnx, "5", LABELS, 16)
     for case in ("tampered", "unsigned"):
-        work = root / case
-        with tarfile.open(out["2"]) as tar:
-            tar.extractall(work, filter="data")
-        if case == "tampered":
-            lib = work / "model.so"
-            lib.write_bytes(lib.read_bytes()[:-16] + b"\0" * 16)
-        else:
-            (work / "manifest.sig").unlink()
-        out[f"2-{case}"] = root / f"{case}.tar.gz"
-        with tarfile.open(out[f"2-{case}"], "w:gz") as tar:
-            for f in work.iterdir():
-                tar.add(f, arcname=f.name)
+        out[f"2-{case}"] = broken_copy(out["2"], case, root)
     return out
 
 

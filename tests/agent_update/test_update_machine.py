@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.packages import broken_copy
 from update_support import DEVICE, Device, device  # noqa: F401
 
 from edgefleet.agent.model_slot import ModelSlot
@@ -71,19 +71,7 @@ def test_refused_or_failed_updates_leave_the_working_model(device, tmp_path, cas
         job = device.job("bad", "v2-nan", "2")
         expected, states_tail = "rolled_back", ["switching", "probation", "rolling_back", "rolled_back"]
     elif case in ("tampered", "unsigned"):
-        work = tmp_path / "x"
-        with tarfile.open(device.packages["v2"]) as tar:
-            tar.extractall(work, filter="data")
-        if case == "tampered":
-            lib = work / "model.so"
-            lib.write_bytes(lib.read_bytes()[:-16] + b"\0" * 16)
-        else:
-            (work / "manifest.sig").unlink()
-        bad = tmp_path / "bad.tar.gz"
-        with tarfile.open(bad, "w:gz") as tar:
-            for f in work.iterdir():
-                tar.add(f, arcname=f.name)
-        device.packages[case] = bad
+        device.packages[case] = broken_copy(device.packages["v2"], case, tmp_path)
         job = device.job("bad", case, "2")
         expected, states_tail = "failed", ["verifying", "failed"]
     else:
