@@ -10,7 +10,8 @@ seconds. Prints, per fleet size: the rollout's timeline, time until the rollout 
 (every device committed, every wave's health gate passed), the fleet's CPU (share of one core,
 all replicas together) and CPU per ingested MQTT message, peak RSS of the largest replica,
 telemetry ingested per second during it (the offered load), and the ingest capacity: every
-device sends `--burst` (3) telemetry messages at once, stored per second.
+device sends `--burst` (3) telemetry messages at once, stored per second; and what reading
+the finished rollout costs the fleet: its detail, and every deployment page by page.
 
     python benchmarks/fleet_rollout.py --devices 1000 10000 [--replicas 3] | tee results.jsonl
     python benchmarks/fleet_rollout.py --plot results.jsonl growth.png   # needs matplotlib
