@@ -15,6 +15,7 @@ from pydantic_core import to_jsonable_python
 from edgefleet.cli import print_json as print_plain_json
 from edgefleet.cli import table
 from edgefleet.contracts.rest import (
+    DeploymentPage,
     DeviceOut,
     DevicePage,
     EnrollmentTokenOut,
@@ -643,22 +644,26 @@ def rollouts_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 
 @rollouts.command("show")
 @click.argument("rollout_id", type=int)
+@click.option("--state", help="Only the deployments in this state (committed, failed, rolled_back, ...).")
 @json_option
 @click.pass_context
-def rollouts_show(ctx: click.Context, rollout_id: int, as_json: bool) -> None:
+def rollouts_show(ctx: click.Context, rollout_id: int, state: str | None, as_json: bool) -> None:
     """Rollout ROLLOUT_ID and the state of its deployment on each device.
 
     \b
     Examples:
       edgefleet fleet rollouts show 4
+      edgefleet fleet rollouts show 4 --state failed --json
     """
-    row = _client(ctx).get(f"/rollouts/{rollout_id}", RolloutDetail)
-    if as_json:
-        return print_json(row)
+    client = _client(ctx)
+    row = client.get(f"/rollouts/{rollout_id}", RolloutDetail)
+    deployments = client.pages(f"/rollouts/{rollout_id}/deployments", DeploymentPage, state=state)
+    if as_json:  # the rollout with its deployments, one document for scripts
+        return print_json(to_jsonable_python(row, by_alias=True) | {"deployments": deployments})
     _rollouts_table([row])
     table(
         ["device", "kind", "wave", "state", "previous", "detail"],
-        [[d.device, d.kind, d.wave + 1, d.state, d.previous_version or "-", d.detail or "-"] for d in row.deployments],
+        [[d.device, d.kind, d.wave + 1, d.state, d.previous_version or "-", d.detail or "-"] for d in deployments],
     )
 
 

@@ -37,6 +37,7 @@ from edgefleet.contracts.jobs import JobDocument, JobPackage, JobProbation, Roll
 from edgefleet.contracts.mqtt import TERMINAL_STATES, UPDATE_STATES, JobUpdate
 from edgefleet.contracts.rest import (
     DeploymentOut,
+    DeploymentPage,
     HealthGate,
     RolloutDetail,
     RolloutEventOut,
@@ -331,7 +332,21 @@ def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
         r = s.get(Rollout, rollout_id)
         if r is None:
             raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
-        deployments = [
+        return RolloutDetail(**dict(rollout_out(s, r)))
+
+
+def rollout_deployments(
+    fleet: Fleet, rollout_id: int, state: str | None = None, limit: int = MAX_PAGE, cursor: str | None = None
+) -> DeploymentPage:
+    """A rollout's deployments (optionally in one state), in the order they were created."""
+    with fleet.session() as s:
+        if s.get(Rollout, rollout_id) is None:
+            raise NotFoundError(f"no rollout {rollout_id}", "list rollouts with `edgefleet fleet rollouts list`")
+        q = select(Deployment).where(Deployment.rollout_id == rollout_id)
+        if state:
+            q = q.where(Deployment.state == state)
+        rows, after = keyset(s, q, Deployment.id, limit, cursor)
+        items = [
             DeploymentOut(
                 job=d.job_id,
                 device=d.device_id,
@@ -341,9 +356,9 @@ def get_rollout(fleet: Fleet, rollout_id: int) -> RolloutDetail:
                 previous_version=d.previous_version,
                 detail=d.detail,
             )
-            for d in s.scalars(select(Deployment).where(Deployment.rollout_id == r.id).order_by(Deployment.id))
+            for d in rows
         ]
-        return RolloutDetail(**dict(rollout_out(s, r)), deployments=deployments)
+        return DeploymentPage(items=items, next=after)
 
 
 def rollout_events(fleet: Fleet, rollout_id: int, limit: int = MAX_PAGE, cursor: str | None = None) -> RolloutEventPage:

@@ -319,8 +319,12 @@ class DeploymentOut(Response):
 
 
 class RolloutDetail(RolloutOut):
-    REVISION: ClassVar[int] = 2
-    deployments: list[DeploymentOut]
+    """GET /rollouts/{id}. Version 2: the deployments are a page of their own
+    (GET /rollouts/{id}/deployments, `DeploymentPage`); version 1 embedded every one, O(devices)
+    a call. The counts per state stay here (`installs`)."""
+
+    VERSION: ClassVar[int] = 2
+    REVISION: ClassVar[int] = 1
 
 
 class RolloutEventOut(Response):
@@ -362,6 +366,12 @@ class RolloutPage(Page):
 
 class RolloutEventPage(Page):
     items: list[RolloutEventOut]
+
+
+class DeploymentPage(Page):
+    """A rollout's deployments (jobs), in the order they were created."""
+
+    items: list[DeploymentOut]
 
 
 class TokenOut(Response):
@@ -669,6 +679,7 @@ RESPONSES: list[type[Response]] = [
     ModelVersionPage,
     RolloutPage,
     RolloutEventPage,
+    DeploymentPage,
     TokenOut,
     Revoked,
     DriftOverview,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from edgefleet.contracts.rest import ControlBody, RolloutBody, RolloutDetail, RolloutEventPage, RolloutOut, RolloutPage
+from edgefleet.contracts.rest import (
+    ControlBody,
+    DeploymentPage,
+    RolloutBody,
+    RolloutDetail,
+    RolloutEventPage,
+    RolloutOut,
+    RolloutPage,
+)
 from edgefleet.fleet import rollouts
 from edgefleet.fleet.routers.deps import DEFAULT_PAGE, OPERATOR, READ, FleetDep, Id, Limit
 
@@ -33,6 +41,17 @@ def get_events(
     fleet: FleetDep, rollout_id: Id, limit: Limit = DEFAULT_PAGE, cursor: str | None = None
 ) -> RolloutEventPage:
     return rollouts.rollout_events(fleet, rollout_id, limit, cursor)
+
+
+@router.get("/{rollout_id}/deployments", dependencies=[READ], response_model=DeploymentPage)
+def get_deployments(
+    fleet: FleetDep,
+    rollout_id: Id,
+    state: str | None = None,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> DeploymentPage:
+    return rollouts.rollout_deployments(fleet, rollout_id, state, limit, cursor)
 
 
 @router.post("/{rollout_id}/{action}", dependencies=[OPERATOR], response_model=RolloutOut)

@@ -162,8 +162,9 @@ def test_agent_rollouts_roll_back_a_bad_release_then_update_in_waves_and_the_old
     ).json()["id"]
     final = world.finished(rid)
     assert final["state"] == "aborted" and "1 of 1 devices failed" in final["reason"], final
-    assert [(d["device"], d["state"]) for d in final["deployments"]] == [("cam-a", "rolled_back")]
-    assert "health check failed" in final["deployments"][0]["detail"]
+    jobs = world.jobs(rid)
+    assert [(d["device"], d["state"]) for d in jobs] == [("cam-a", "rolled_back")]
+    assert "health check failed" in jobs[0]["detail"]
     world.wait(
         lambda: world.devices()["cam-a"]["agent"]["version"] == __version__, 60, "cam-a back on the installed agent"
     )
@@ -188,7 +189,7 @@ def test_agent_rollouts_roll_back_a_bad_release_then_update_in_waves_and_the_old
     world.wait(lambda: world.state(rid)["state"] == "baking", 120, "the 9.2 canary to commit")
     world.http.post(f"/rollouts/{rid}/abort", json={"reason": "test"})
     final = world.finished(rid)
-    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [
+    assert [(d["kind"], d["state"]) for d in world.jobs(rid)] == [
         ("install", "committed"),
         ("rollback", "committed"),
     ], final

@@ -66,6 +66,7 @@ def test_scopes_are_enforced(api, tiny_packages):
         ),
         ("get", "/api/v1/rollouts/abc", {}, 422, "rollout_id"),
         ("get", "/api/v1/rollouts/999", {}, 404, "no rollout"),
+        ("get", "/api/v1/rollouts/999/deployments", {}, 404, "no rollout"),
         ("get", "/api/v1/rollouts/99999999999999999999999", {}, 422, "rollout_id"),
         ("get", "/api/v1/builds/99999999999999999999999/download?expires=1&sig=0", {}, 422, "build_id"),
         ("post", "/api/v1/rollouts", {"json": {"group": "tiny", "version": "1", "plan": {"canary": 10**30}}}, 400, ""),

@@ -4,6 +4,7 @@ through the fleet API with its CSR. Images are fed into each agent's folder sour
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -19,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from PIL import Image
 from support.broker import Broker, mqtt_broker  # noqa: F401
+from support.paging import all_items
 from tests_fleet_util import wait_http
 
 from edgefleet.net import free_port
@@ -186,6 +188,9 @@ class World:
     def state(self, rollout_id: int) -> dict:
         return self.http.get(f"/rollouts/{rollout_id}").json()
 
+    def jobs(self, rollout_id: int) -> list[dict]:
+        return all_items(self.http, f"/rollouts/{rollout_id}/deployments")
+
     def active(self, device: str) -> str:
         return os.readlink(self.root / device / "packages" / "current")
 
@@ -255,7 +260,7 @@ def test_agent_killed_in_probation_rolls_back_then_a_rollout_succeeds_across_wav
     final = world.wait(
         lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort after the restart"
     )
-    assert [d["state"] for d in final["deployments"]] == ["rolled_back"]  # only the canary was touched
+    assert [d["state"] for d in world.jobs(rid)] == ["rolled_back"]  # only the canary was touched
     details = [e["detail"] for e in world.http.get(f"/rollouts/{rid}/events").json()["items"] if e["device"] == "cam-a"]
     assert any("interrupted in probation" in d for d in details), details
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
@@ -289,7 +294,7 @@ def test_health_gate_and_failing_canary_abort_and_roll_back_with_real_agents(wor
         lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 150, "the health gate to abort"
     )
     assert "mean confidence" in final["reason"], final
-    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [
+    assert [(d["kind"], d["state"]) for d in world.jobs(rid)] == [
         ("install", "committed"),
         ("rollback", "committed"),
     ]
@@ -298,8 +303,19 @@ def test_health_gate_and_failing_canary_abort_and_roll_back_with_real_agents(wor
     rid = world.rollout("3", {"canary": 1, "waves": [100], "bake_time_s": 1})
     final = world.wait(lambda: world.state(rid)["state"] == "aborted" and world.state(rid), 120, "the abort")
     assert "1 of 1 devices failed" in final["reason"]
-    assert [(d["kind"], d["state"]) for d in final["deployments"]] == [("install", "rolled_back")]
-    assert "back on tiny-1" in final["deployments"][0]["detail"]
+    jobs = world.jobs(rid)
+    assert [(d["kind"], d["state"]) for d in jobs] == [("install", "rolled_back")]
+    assert "back on tiny-1" in jobs[0]["detail"]
+    # The CLI shows the rollout with its deployments, read from their pages.
+    token = world.http.headers["Authorization"].removeprefix("Bearer ")
+    shown = subprocess.run(
+        CLI + ["fleet", "--url", world.url, "--token", token, "rollouts", "show", str(rid), "--json"],
+        env=world.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shown.stdout)["deployments"] == jobs and json.loads(shown.stdout)["id"] == rid
     assert {d: world.active(d) for d in DEVICES} == dict.fromkeys(DEVICES, "tiny-1")
 
 

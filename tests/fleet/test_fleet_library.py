@@ -212,7 +212,7 @@ def test_a_wave_goes_out_in_slices_of_max_jobs_in_progress(fleet, tiny_packages)
         if sum(map(len, slices)) == 5:
             break
     assert slices == [ids[1:3], ids[3:4], ids[4:5], ids[5:6]]
-    pending = [d for d in rollouts.get_rollout(fleet, r.id).deployments if d.state == "notified"]
+    pending = rollouts.rollout_deployments(fleet, r.id, "notified").items
     for d in pending:
         assert rollouts.record_job_update(
             fleet, d.device, d.job, {"schema": 1, "id": "y", "job": d.job, "state": "committed"}
@@ -273,9 +273,10 @@ def test_failing_canary_aborts_and_rolls_back_every_touched_device(fleet, tiny_p
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r.id)
     assert out.state == "aborted"
-    assert {d.job: d.state for d in out.deployments}[job["job"]] == "committed"
+    jobs = rollouts.rollout_deployments(fleet, r.id).items
+    assert {d.job: d.state for d in jobs}[job["job"]] == "committed"
     assert {d.id: d.model.version for d in devices.list_devices(fleet).items} == dict.fromkeys(ids, "1")
-    assert len([d for d in out.deployments if d.kind == "install"]) == 2  # the rest were never touched
+    assert len([d for d in jobs if d.kind == "install"]) == 2  # the rest were never touched
 
 
 def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, tiny_packages):
@@ -304,7 +305,10 @@ def test_health_gate_stops_a_model_that_installs_fine_but_behaves_badly(fleet, t
     rollouts.tick(fleet)
     out = rollouts.get_rollout(fleet, r.id)
     assert out.state == "aborting" and "mean confidence 0.350 vs 0.950" in out.reason
-    assert fleet.sent[-1][1]["kind"] == "rollback" and len([d for d in out.deployments if d.kind == "install"]) == 1
+    assert (
+        fleet.sent[-1][1]["kind"] == "rollback"
+        and len([d for d in rollouts.rollout_deployments(fleet, r.id).items if d.kind == "install"]) == 1
+    )
 
 
 def test_health_gate_passes_within_bounds_and_checks_latency(fleet, tiny_packages):
@@ -529,8 +533,9 @@ def test_job_updates_only_move_forward_and_a_batch_folds_each_job_into_one_write
             ],
         )
     assert known == [True, True, True, True, True, False, False]
-    detail = rollouts.get_rollout(fleet, r.id)
-    assert {d.device: d.state for d in detail.deployments} == {ids[0]: "committed", ids[1]: "downloading"}
+    jobs = rollouts.rollout_deployments(fleet, r.id).items
+    assert {d.device: d.state for d in jobs} == {ids[0]: "committed", ids[1]: "downloading"}
+    assert [d.device for d in rollouts.rollout_deployments(fleet, r.id, "committed").items] == [ids[0]]
     steps = [(e.device, e.from_, e.to) for e in rollouts.rollout_events(fleet, r.id).items if e.device]
     assert steps == [
         (ids[0], "notified", "probation"),
@@ -585,7 +590,7 @@ def test_a_job_its_sender_never_got_acknowledged_is_sent_again_under_its_id(flee
     fleet.clock.advance(rollouts.RESEND_AFTER_S + 1)
     rollouts.tick(fleet)
     assert len(fleet.sent) == 1
-    assert [d.job for d in rollouts.get_rollout(fleet, 1).deployments] == [job["job"]]
+    assert [d.job for d in rollouts.rollout_deployments(fleet, 1).items] == [job["job"]]
 
 
 def test_replicas_share_the_download_secret_from_a_file_and_a_bad_one_is_refused(tmp_path, tiny_packages):

@@ -24,6 +24,7 @@ WALKED = {
     "/api/v1/models/{group}/versions": "/api/v1/models/tiny/versions",
     "/api/v1/rollouts": "/api/v1/rollouts",
     "/api/v1/rollouts/{rollout_id}/events": "/api/v1/rollouts/1/events",
+    "/api/v1/rollouts/{rollout_id}/deployments": "/api/v1/rollouts/4/deployments",
     "/api/v1/alerts": "/api/v1/alerts",
     "/api/v1/drift/windows": "/api/v1/drift/windows",
     "/api/v1/drift/events": "/api/v1/drift/events",
@@ -66,6 +67,8 @@ def seed(fleet, tiny_packages) -> None:
         r = rollouts.create_rollout(fleet, "tiny", "2", {"devices": [cam]}, {"canary": 1})
         rollouts.control(fleet, r.id, "pause", "paging test")
         rollouts.control(fleet, r.id, "resume", "paging test")
+    rollouts.create_rollout(fleet, "tiny", "2", {"devices": CAMS[3:]}, {"canary": len(CAMS[3:])})
+    rollouts.tick(fleet)  # rollout 4's canary: a deployment on each of its devices
     with fleet.writer() as s, s.begin():
         s.add_all(ModelGroup(name=f"group-{i}") for i in range(3))
         for i, cam in enumerate(CAMS):

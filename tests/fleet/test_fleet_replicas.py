@@ -27,12 +27,13 @@ from pathlib import Path
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from support.paging import all_items
 from tests_fleet_util import wait_http
 
 from edgefleet.net import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from fleet_rollout import SimulatedFleet, all_items  # noqa: E402
+from fleet_rollout import SimulatedFleet  # noqa: E402
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mqtt]
 DEVICES = 300
@@ -213,9 +214,9 @@ def test_a_rollout_completes_across_a_sigkill_of_its_scheduler_and_sends_each_jo
     print(f"scheduler failover after SIGKILL: {failover_s:.1f} s")
 
     assert state["state"] == "succeeded", state["reason"]
-    detail = survivor.get(f"/rollouts/{rid}").json()
-    assert sorted(d["device"] for d in detail["deployments"]) == world["ids"]
-    assert {d["state"] for d in detail["deployments"]} == {"committed"}
+    jobs = all_items(survivor, f"/rollouts/{rid}/deployments")
+    assert sorted(d["device"] for d in jobs) == world["ids"]
+    assert {d["state"] for d in jobs} == {"committed"}
     # One install job per device, every job message once, nothing else sent.
     jobs_per_device = Counter(device for device, _, _ in observer.messages)
     assert set(jobs_per_device) == set(world["ids"]) and set(jobs_per_device.values()) == {1}

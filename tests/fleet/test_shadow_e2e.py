@@ -89,9 +89,6 @@ class ShadowFleet(World):
         items = self.http.get("/devices").json()["items"]
         return {d["id"]: d["model"]["version"] for d in items if d["status"] == "online" and d["model"]}
 
-    def jobs(self, rid: int) -> list[dict]:
-        return self.http.get(f"/rollouts/{rid}").json()["deployments"]
-
     def deployments(self, rid: int) -> list[tuple[str, str, str]]:
         return sorted((d["device"], d["kind"], d["state"]) for d in self.jobs(rid))
 
