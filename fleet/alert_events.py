@@ -56,6 +56,21 @@ def _record(s: Session, device_id: str, msg: AlertMessage, received_at: float) -
     with s.no_autoflush:
         if msg.id is not None and s.scalar(select(AlertEvent.id).where(AlertEvent.alert_id == msg.id)) is not None:
             return None  # delivered again (at least once): one event per alert
+        # A camera uploads a JPEG once: an alert naming a snapshot that an earlier alert's upload
+        # already stored (two alerts on the same frame, or identical frames) shares its stored file.
+        stored = (
+            s.scalar(
+                select(AlertEvent.snapshot_key)
+                .where(
+                    AlertEvent.device_id == device_id,
+                    AlertEvent.snapshot_sha256 == msg.snapshot.sha256,
+                    AlertEvent.snapshot_key.is_not(None),
+                )
+                .limit(1)
+            )
+            if msg.snapshot
+            else None
+        )
     row = AlertEvent(
         alert_id=msg.id,
         device_id=device_id,
@@ -73,6 +88,7 @@ def _record(s: Session, device_id: str, msg: AlertMessage, received_at: float) -
         frame_size=msg.frame_size,
         snapshot=msg.snapshot.wire() if msg.snapshot else None,
         snapshot_sha256=msg.snapshot.sha256 if msg.snapshot else None,
+        snapshot_key=stored,
     )
     s.add(row)  # ingest flushes each message in its savepoint; the row gets its id there
     return row

@@ -119,6 +119,23 @@ def test_filters_and_pages(fleet) -> None:
     assert [e.frame for p in pages for e in p] == [f"f{n}" for n in range(7, -1, -1)]
 
 
+def test_an_alert_naming_a_snapshot_already_uploaded_shares_it(fleet) -> None:
+    """The camera uploads a JPEG once; an alert on an identical frame that arrives after that upload
+    names the same sha256 and must show the stored snapshot too."""
+    from edgefleet.fleet.alert_events import list_events, snapshot_key
+
+    shot, now = jpeg(90), fleet.clock()
+    ingest_alerts(fleet, [(alert_body(1, snapshot=shot), now)])
+    assert upload(fleet, shot).events == 1
+    ingest_alerts(fleet, [(alert_body(2, snapshot=shot), now + 1)])
+    key = snapshot_key("cam-1", hashlib.sha256(shot).hexdigest())
+    assert [(e.frame, e.snapshot.stored if e.snapshot else None) for e in list_events(fleet).items] == [
+        ("f2", True),
+        ("f1", True),
+    ]
+    assert (fleet.store.root / key).exists()
+
+
 def test_retention_deletes_old_and_surplus_events_and_the_snapshots_no_event_names(fleet) -> None:
     from edgefleet.fleet.alert_events import list_events, prune, snapshot_key
 
