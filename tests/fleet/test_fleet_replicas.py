@@ -168,7 +168,8 @@ def test_a_rollout_completes_across_a_sigkill_of_its_scheduler_and_sends_each_jo
         httpx.Client(base_url=f"{r.url}/api/v1", headers={"Authorization": f"Bearer {world['token']}"}, timeout=30)
         for r in replicas
     ]
-    plan = {"canary": 1, "waves": [10, 50, 100], "bake_time_s": 1, "wave_timeout_s": 600, "health": {"enabled": False}}
+    # Each wave bakes 4 s: long enough to catch wave 1 baking between two polls on a loaded machine.
+    plan = {"canary": 1, "waves": [10, 50, 100], "bake_time_s": 4, "wave_timeout_s": 600, "health": {"enabled": False}}
     created = api[1].post(
         "/rollouts", json={"group": "tiny", "version": "2", "selection": {"group": "sim"}, "plan": plan}
     )
