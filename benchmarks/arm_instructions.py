@@ -27,26 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks" / "qemu_insn"), str(ROOT / "tests"), str(ROOT / "tests" / "compiler")]
 
 import insn_counter as counter  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
+from latency import yolov8  # noqa: E402  (benchmarks/ is not a package)
 
 LIGHT = Path(__import__("onnx").__file__).parent / "backend" / "test" / "data" / "light"
-
-
-def _yolov8(path: Path, size: int = 320) -> Path:
-    """tests/support/torch_models.py's YOLOv8-style detector (C2f, SPPF, DFL head), exported at size x size."""
-    import torch
-    from support.torch_models import YoloV8, trained
-
-    model = trained(YoloV8(), size)
-    torch.onnx.export(
-        model,
-        (torch.rand(1, 3, size, size),),
-        str(path),
-        input_names=["images"],
-        output_names=["out0"],
-        opset_version=17,
-        dynamo=False,
-    )
-    return path
 
 
 def make_model(name: str, work: Path) -> Path:
@@ -59,7 +42,7 @@ def make_model(name: str, work: Path) -> Path:
     if name == "mobilenetv2_035":
         return mobilenetv2.save(work / "mobilenetv2_035.onnx", size=96, width=0.35)
     if name == "yolov8":
-        return _yolov8(work / "yolov8.onnx")
+        return yolov8(work / "yolov8.onnx")
     from compiler_testlib import int8_tflite_cnn, small_tflite_cnn
 
     if name == "small_tflite":

@@ -33,6 +33,8 @@ def model_path(name: str, tmp: Path) -> Path:
         from edgefleet.models.mobilenetv2 import save
 
         return save(tmp / "mobilenetv2.onnx")
+    if name == "yolov8":
+        return yolov8(tmp / "yolov8.onnx")
     if name in ("grouped", "shufflenet"):
         # Grouped-convolution nets (issue 21) from the test models, exported with trained BatchNorm.
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -41,6 +43,26 @@ def model_path(name: str, tmp: Path) -> Path:
         return torch_models.export(name, tmp / f"{name}.onnx")
     # "shufflenet" is the test net above; ONNX's real ShuffleNet v1 (constant weights) is "light_shufflenet".
     return LIGHT / f"light_{name.removeprefix('light_')}.onnx"
+
+
+def yolov8(path: Path, size: int = 320) -> Path:
+    """tests/support/torch_models.py's YOLOv8-style detector (C2f, SPPF, DFL head), exported at size x size."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.torch_models import YoloV8, trained
+
+    model = trained(YoloV8(), size)
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, size, size),),
+        str(path),
+        input_names=["images"],
+        output_names=["out0"],
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
 
 
 def compile_vm(model: onnx.ModelProto, target, stock: bool):
