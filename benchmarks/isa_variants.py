@@ -3,7 +3,8 @@
 For each model: `edgefleet compile --target x86_64` (one package, model.so for x86-64-v3 and
 model.x86-64-v4.so beside it), then ONNX Runtime and every library of the package this CPU runs,
 timed interleaved in one process on the same input (the order rotates every round), on the
-camera runtime. Prints medians, each library's ratio to ORT, the compile time each library cost,
+camera runtime. Prints medians, each library's ratio to ORT (median, and the quartiles of the ratio
+within each round), GFLOP/s (conv and dense multiply-adds x 2), the compile time each library cost,
 the package size with and without the extra library, and the load average around the timing.
 
     python benchmarks/isa_variants.py [--models squeezenet,mobilenetv2,resnet50] [--runs 30] [--threads 1]
@@ -32,7 +33,7 @@ from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
 
 def main() -> None:
     from edgefleet.agent.variants import cpu_flags
-    from edgefleet.compiler.bench import _ort_runner, _tvm_runner
+    from edgefleet.compiler.bench import _ort_runner, _tvm_runner, onnx_gflop
     from edgefleet.compiler.compile import compile_model
     from edgefleet.compiler.verify import sample_inputs
     from edgefleet.package import open_package
@@ -81,20 +82,27 @@ def main() -> None:
                         times[n].append(runners[n](inputs)[1])
                 load_after = os.getloadavg()[0]
             ort_ms = statistics.median(times["onnxruntime"]) * 1e3
+            gflop = onnx_gflop(source)
             print(
-                f"\n{name}: compile {total_s:.1f} s (x86-64-v4 library {extra_s:.1f} s of it); package "
+                f"\n{name} ({gflop or 0:.2f} GFLOP): compile {total_s:.1f} s (x86-64-v4 library {extra_s:.1f} s of it); package "
                 f"{result.package.stat().st_size / 1e6:.1f} MB (about {solo / 1e6:.1f} MB with model.so alone); "
                 f"load average {load_before:.1f} -> {load_after:.1f}, {args.threads} thread(s), {args.runs} rounds"
             )
-            print(f"  {'runtime':<12} {'median ms':>9} {'/ ORT':>6} {'library MB':>10} {'max abs diff':>12}")
+            print(
+                f"  {'runtime':<12} {'median ms':>9} {'/ ORT':>6} {'quartiles':>11} {'GFLOP/s':>7}"
+                f" {'library MB':>10} {'max abs diff':>12}"
+            )
             for n, samples in times.items():
                 ms = statistics.median(samples) * 1e3
+                # Each round ran every runtime once: its ratio to ORT in that round is what the spread is of.
+                q1, _, q3 = statistics.quantiles([t / o for t, o in zip(samples, times["onnxruntime"])], n=4)
+                rate = f"{gflop / ms * 1e3:7.0f}" if gflop else f"{'-':>7}"
                 diff = max(
                     float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
                     for a, b in zip(outputs[n], outputs["onnxruntime"])
                 )
                 size = f"{sizes[n] / 1e6:10.1f}" if n in sizes else f"{'-':>10}"
-                print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:6.2f} {size} {diff:12.2e}")
+                print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:6.2f} {q1:5.2f}-{q3:<5.2f} {rate} {size} {diff:12.2e}")
 
 
 if __name__ == "__main__":
