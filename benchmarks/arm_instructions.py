@@ -1,7 +1,7 @@
 """ARM speed without a board: guest instructions per inference under QEMU, edgefleet vs ONNX Runtime / LiteRT.
 
     python benchmarks/arm_instructions.py [--models squeezenet,mobilenetv2,...] [--boards rasp4b,rasp5,rasp3b]
-                                          [--windows 3] [--runs 20] [--x86-target ml_c6i]
+                                          [--windows 3] [--runs 20] [--x86-target ml_c6i] [--kernels N]
 
 For each model: compile packages for each board and for x86; on each board (qemu-aarch64
 -cpu cortex-a72 for rasp4b, cortex-a76 for rasp5, qemu-arm -cpu max for rasp3b) count the
@@ -10,7 +10,10 @@ and input on ONNX Runtime (.onnx) or LiteRT/XNNPACK (.tflite), one thread each, 
 insn_count plugin (benchmarks/qemu_insn). Prints package/runtime by instruction count beside the
 x86 wall-time ratio of the same model measured here (interleaved, 1 thread): instructions are not
 cycles, and a win in instructions that is a loss in time shows there. rasp3b (armv7) has no
-onnxruntime or ai-edge-litert wheels, so only the package is counted there.
+onnxruntime or ai-edge-litert wheels, so only the package is counted there. --kernels N also prints,
+per board, the package's instructions per inference by function of its library (the N largest fused
+kernels, then the rest of the library, the TVM runtime, Python and the C library), from the
+plugin's per-block counts.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=3, help="counted inferences per runtime (after 2 warm-up runs)")
     ap.add_argument("--runs", type=int, default=20, help="interleaved x86 timing rounds")
     ap.add_argument("--x86-target", default="ml_c6i")
+    ap.add_argument("--kernels", type=int, default=0, help="print the package's N largest kernels per board")
     args = ap.parse_args()
 
     from edgefleet.compiler.bench import bench_package
@@ -134,8 +138,17 @@ def main() -> None:
                 with open_package(pkg.package, None) as opened:
                     say(f"{name} on {board.name}: counting edgefleet ({board.qemu} -cpu {board.cpu})")
                     ours = counter.count(
-                        board, sysroot, "edgefleet", opened.library, feed, windows=args.windows, plugin=plugin
+                        board,
+                        sysroot,
+                        "edgefleet",
+                        opened.library,
+                        feed,
+                        windows=args.windows,
+                        plugin=plugin,
+                        blocks=args.kernels > 0,
                     )
+                    if args.kernels:
+                        _print_kernels(name, board, ours, opened.library, args.kernels, args.windows)
                 theirs = None
                 if board.sysroot_arch == "arm64":
                     say(f"{name} on {board.name}: counting {reference}")
@@ -148,6 +161,43 @@ def main() -> None:
     )
     for row in rows:
         _print_row(row)
+
+
+# A kernel's kind from its name (TVM names a fused kernel after its operators; the SDOT convolution is
+# TOPI's conv2d_NCHWc_int8). First match wins; code outside the library is named `file:function`.
+KINDS = [
+    ("depthwise_conv2d", "depthwise convolutions (+ epilogue)"),
+    ("conv2d_NCHWc_int8", "dense convolutions, SDOT (+ epilogue)"),
+    ("conv2d", "dense convolutions, int16 smlal (+ epilogue)"),
+    ("strided_slice", "requantization + residual add (own kernel)"),
+    ("matmul", "fully connected"),
+    ("layout_transform", "layout transforms and input"),
+    ("transpose", "layout transforms and input"),
+    ("mean", "pooling"),
+    (":", "TVM runtime, libc, Python"),
+]
+
+
+def _print_kernels(name: str, board, counted, library: Path, top: int, windows: int) -> None:
+    """The package's instructions per inference by kind of kernel, then its `top` largest functions."""
+    from edgefleet.cross.sysroot import require_tool
+
+    nm = require_tool("aarch64-linux-gnu-nm" if board.sysroot_arch == "arm64" else "arm-linux-gnueabihf-nm")
+    totals = sorted(counter.by_function(counted, library, nm).items(), key=lambda kv: -kv[1])
+    whole = sum(insns for _, insns in totals)
+    kinds: dict[str, int] = {}
+    for function, insns in totals:
+        kind = next((k for key, k in KINDS if key in function), "other kernels")
+        kinds[kind] = kinds.get(kind, 0) + insns
+    print(f"\n{name} on {board.name}: {whole / windows / 1e6:.2f} M instructions per inference")
+    for kind, insns in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {insns / windows / 1e6:9.3f} M {100 * insns / whole:5.1f}%  {kind}")
+    for function, insns in totals[:top]:
+        print(f"  {insns / windows / 1e6:9.3f} M {100 * insns / whole:5.1f}%  {function[:110]}")
+    rest = sum(insns for _, insns in totals[top:])
+    print(
+        f"  {rest / windows / 1e6:9.3f} M {100 * rest / whole:5.1f}%  ({len(totals) - top} more functions)", flush=True
+    )
 
 
 def _print_row(row) -> None:

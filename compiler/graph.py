@@ -977,9 +977,11 @@ def has_dot_product(target: tvm.target.Target) -> bool:
 # SDOT multiplies 4 int8 pairs per int32 lane: the input-channel block splits into groups of 4.
 DOT_GROUP = 4
 _INT8 = np.iinfo(np.int8)
-# Below this many input channels SDOT convolutions cost more instructions than the int16 ones on
-# rasp5 (int8 MobileNetV2-0.35: 8.81 M per inference with its 8-channel ones, 8.33 M without).
-DOT_MIN_CHANNELS = 16
+# Input channels an SDOT convolution needs (one SDOT sums 4). A minimum of 16 measured better
+# while each SDOT tile row allocated workspaces (8.81 M per int8 MobileNetV2-0.35 inference on
+# rasp5 with its 8-channel convolutions on SDOT, 8.33 M without); with arm_intrin's SDOT, which
+# allocates nothing, they gain: 6.16 M with, 6.92 M without.
+DOT_MIN_CHANNELS = 4
 
 
 def dot_product_convs() -> tvm.transform.Pass:
@@ -990,9 +992,10 @@ def dot_product_convs() -> tvm.transform.Pass:
     conv(x - zx, w) = conv(x, w) - zx * sum(w) per output channel (exact in int32), so the
     convolution runs on x itself (`conv2d_nchwc_dot`, TOPI's NCHWc int8 compute with weights
     packed OIHW{ib/4}i{ob}o4i: 4 input channels innermost, one SDOT's operand per 4 output
-    channels) and one constant per channel is subtracted in its fused epilogue. Only with at least
-    DOT_MIN_CHANNELS input channels; depthwise convolutions keep the int16 form: their reduction
-    is over the window, not over channels.
+    channels) and one constant per channel is subtracted in its fused epilogue. An input-channel
+    block that is not a multiple of 4 (an RGB input's 3) is padded with zero weights. Only with at
+    least DOT_MIN_CHANNELS input channels (after that padding); depthwise convolutions keep the
+    int16 form: their reduction is over the window, not over channels.
     """
 
     @relax.expr_functor.mutator
@@ -1003,6 +1006,10 @@ def dot_product_convs() -> tvm.transform.Pass:
             if found is None:
                 return call
             x, zero, weight = found
+            ragged = -weight.shape[4] % DOT_GROUP
+            if ragged:  # e.g. RGB: a 4th input channel of zero weights adds nothing; its input value is free
+                x = self.builder_.emit(relax.op.nn.pad(x, [0, 0] * 4 + [0, ragged], pad_value=zero))
+                weight = np.pad(weight, [(0, 0)] * 4 + [(0, ragged), (0, 0)])
             a = call.attrs
             conv = self.builder_.call_te(
                 conv2d_nchwc_dot,
@@ -1020,9 +1027,12 @@ def dot_product_convs() -> tvm.transform.Pass:
             return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
 
         def _bound(self, expr: relax.Expr, name: str) -> relax.Call | None:
+            return self._bound_any(expr, (name,))
+
+        def _bound_any(self, expr: relax.Expr, names: tuple[str, ...]) -> relax.Call | None:
             if isinstance(expr, relax.Var):
                 expr = self.lookup_binding(expr)
-            ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+            ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in names
             return expr if ok else None
 
         def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
@@ -1033,7 +1043,13 @@ def dot_product_convs() -> tvm.transform.Pass:
             a = call.attrs
             if int(a.groups) != 1 or str(call.ty.dtype) != "int32" or len(str(a.data_layout)) == 4:
                 return None
-            shifted = self._bound(call.args[0], "relax.subtract")
+            # The correction is blocked with its producer, or (the NHWC input, a tensor also read by a
+            # residual add) computed before a transpose and the blocking: the int8 input gets those.
+            moves, operand = [], call.args[0]
+            while (move := self._bound_any(operand, ("relax.layout_transform", "relax.permute_dims"))) is not None:
+                moves.append(move)
+                operand = move.args[0]
+            shifted = self._bound(operand, "relax.subtract")
             cast = None if shifted is None else self._bound(shifted.args[0], "relax.astype")
             weight = call.args[1]
             if cast is None or not isinstance(weight, tvm.ir.expr.GenericConst) or str(cast.args[0].ty.dtype) != "int8":
@@ -1042,11 +1058,17 @@ def dot_product_convs() -> tvm.transform.Pass:
             if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
                 return None
             w = weight.value.numpy()
-            if w.ndim != 6 or w.shape[4] % DOT_GROUP or w.shape[1] * w.shape[4] < DOT_MIN_CHANNELS:
+            if w.ndim != 6 or w.shape[1] * (w.shape[4] + -w.shape[4] % DOT_GROUP) < DOT_MIN_CHANNELS:
                 return None
             if w.min() < _INT8.min or w.max() > _INT8.max:
                 return None
-            return cast.args[0], int(zero.value.numpy()), w
+            x = cast.args[0]
+            for move in reversed(moves):
+                if move.op.name == "relax.permute_dims":
+                    x = self.builder_.emit(relax.op.permute_dims(x, move.attrs.axes))
+                else:
+                    x = self.builder_.emit(relax.op.layout_transform(x, move.attrs.index_map, move.attrs.pad_value))
+            return x, int(zero.value.numpy()), w
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -257,8 +257,9 @@ class Conv2dNCHWc(_SafeRule):
 def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """int8 NCHWc on raw operands (graph.dot_product_convs; reductions kh, kw, ic chunk, ic/4, 4):
     the fp32 tiling with each 4 output channels x 4 input channels one SDOT (TVM's
-    ARM_DOT_4x4_i8_SDOT intrinsic: the pixel's 4 inputs broadcast, a 16-byte weight vector)."""
-    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+    ARM_DOT_4x4_i8_SDOT intrinsic, as arm_intrin.SDOT_4x4_I8: the pixel's 4 inputs broadcast, a
+    16-byte weight vector)."""
+    from edgefleet.compiler.arm_intrin import SDOT_4x4_I8
 
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
     if found is None:
@@ -280,7 +281,7 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))
     sch.decompose_reduction(conv, ic)
-    sch.tensorize(oc_i, ARM_DOT_4x4_i8_SDOT_INTRIN)
+    sch.tensorize(oc_i, SDOT_4x4_I8)
     sch.unroll(ow_i)
     sch.unroll(oc_o)
     _vectorize_epilogue(sch, epi)

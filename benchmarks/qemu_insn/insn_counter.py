@@ -12,11 +12,13 @@ Pieces, each cached by what it is built from under `$XDG_CACHE_HOME/edgefleet/qe
 - `overlay_root()`: the sysroot seen through symlinks plus a `/proc/cpuinfo` of the board. Both
   wheels read it (cpuinfo library) and crash on the x86 host's; QEMU's -L prefix serves ours.
 - `count()`: runs benchmarks/qemu_insn/guest.py under `qemu-aarch64 -cpu cortex-a72 -plugin ...`
-  and reads the plugin's per-window counts.
+  and reads the plugin's per-window counts; with `blocks=True` also its per-block counts and the
+  guest's memory map, which `by_function()` turns into instructions per function of a library.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.metadata
 import os
@@ -308,6 +310,8 @@ class Counted:
     thread: list[int]
     all_threads: list[int]
     output: np.ndarray
+    blocks: dict[int, int] | None = None  # guest address -> instructions in all windows (blocks=True)
+    maps: str = ""  # the guest's /proc/self/maps after warm-up (blocks=True)
 
     @property
     def per_inference(self) -> int:
@@ -330,6 +334,7 @@ def count(
     plugin: Path | None = None,
     cache: Path | None = None,
     timeout: float = 1800,
+    blocks: bool = False,
 ) -> Counted:
     """Instructions of `windows` single inferences of `model` on `runtime` (edgefleet | onnxruntime | litert), after `warmup`."""
     plugin = plugin or build_plugin(cache)
@@ -344,7 +349,16 @@ def count(
             binary=board.qemu,
             root=root,
             python_path=extra,
-            options=("-cpu", board.cpu, "-plugin", f"{plugin},mark={MARK}", "-d", "plugin", "-D", str(log)),
+            options=(
+                "-cpu",
+                board.cpu,
+                "-plugin",
+                f"{plugin},mark={MARK}" + (",blocks=1" if blocks else ""),
+                "-d",
+                "plugin",
+                "-D",
+                str(log),
+            ),
         )
         command = [
             "python3",
@@ -363,6 +377,7 @@ def count(
             str(windows),
             "--warmup",
             str(warmup),
+            *(["--maps", str(work / "maps")] if blocks else []),
         ]
         done = run_emulated(sysroot, command, capture=True, timeout=timeout, qemu=options)
         if done.returncode != 0:
@@ -375,4 +390,62 @@ def count(
         ]
         if len(rows) != windows:
             raise BuildError(f"the plugin reported {len(rows)} windows, expected {windows}", f"see {log}")
-        return Counted([r[0] for r in rows], [r[1] for r in rows], np.load(work / "output.npy"))
+        counted = Counted([r[0] for r in rows], [r[1] for r in rows], np.load(work / "output.npy"))
+        if blocks:
+            counted.blocks = {}
+            for line in log.read_text().splitlines():
+                if line.startswith("block "):
+                    _, address, insns = line.split()
+                    counted.blocks[int(address, 16)] = counted.blocks.get(int(address, 16), 0) + int(insns)
+            counted.maps = (work / "maps").read_text()
+        return counted
+
+
+def _functions(library: Path, nm: str) -> list[tuple[int, str]]:
+    """The file's function symbols, (address, name), sorted by address (its dynamic ones if it is stripped)."""
+    found: list[tuple[int, str]] = []
+    for flags in ([], ["-D"]):
+        out = subprocess.run([nm, *flags, "--defined-only", "-n", str(library)], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] in "tTwWiI":
+                found.append((int(parts[0], 16), parts[2]))
+        if found:
+            break
+    return sorted(found)
+
+
+def by_function(counted: Counted, library: Path, nm: str) -> dict[str, int]:
+    """Instructions of all windows per function of `library`, other code as `file:function` (`file:?`
+    where the file has no symbols there; QEMU's -L root shows the guest its files at their host paths)."""
+    if counted.blocks is None:
+        raise UsageError("by_function needs a count taken with blocks=True", "")
+    mappings = []  # (start, end, load base, path)
+    for line in counted.maps.splitlines():
+        fields = line.split(maxsplit=5)
+        span = [int(a, 16) for a in fields[0].split("-")]
+        mappings.append([span[0], span[1], 0, fields[5] if len(fields) > 5 else "[anonymous]"])
+    for mapping in mappings:  # a file's base is the start of its mapping at offset 0
+        mapping[2] = min(m[0] for m in mappings if m[3] == mapping[3])
+    target = str(Path(library).resolve())
+    if not any(m[3] == target for m in mappings):
+        raise BuildError(f"{target} is not mapped in the guest", "was it loaded before the counted windows?")
+    symbols: dict[str, tuple[list[int], list[str]]] = {}
+    totals: dict[str, int] = {}
+    for address, insns in counted.blocks.items():
+        owner = next((m for m in mappings if m[0] <= address < m[1]), None)
+        if owner is None:
+            name = "[unmapped]:?"
+        else:
+            path = owner[3]
+            if path not in symbols:
+                found = _functions(Path(path), nm) if Path(path).is_file() else []
+                symbols[path] = ([a for a, _ in found], [n for _, n in found])
+            addresses, names = symbols[path]
+            at = bisect.bisect_right(addresses, address - owner[2]) - 1
+            if path == target:
+                name = names[at] if at >= 0 else "?"
+            else:
+                name = f"{Path(path).name}:{names[at] if at >= 0 else '?'}"
+        totals[name] = totals.get(name, 0) + insns
+    return totals

@@ -59,6 +59,28 @@ def test_counts_repeat_and_grow_with_the_model(plugin: Path, arm64_sysroot, tiny
 
 
 @pytest.mark.slow
+def test_per_function_counts_add_up_to_the_windows(plugin: Path, arm64_sysroot, tiny_cnn: Path, tmp_path: Path) -> None:
+    """`blocks=True` (arm_instructions.py --kernels): the per-block counts, mapped to functions, sum to
+    the windows' counts, and the package's kernels show by name, the convolution first."""
+    key = create_signing_key(tmp_path / "blocks.key")
+    pkg = compile_model(
+        str(tiny_cnn), "rasp4b", output=tmp_path / "blocks.tar.gz", key=key.path, verify=False, quiet=True
+    )
+    feed = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+    with open_package(pkg.package, None) as opened:
+        counted = counter.count(
+            BOARD, arm64_sysroot, "edgefleet", opened.library, feed, windows=2, plugin=plugin, blocks=True
+        )
+        functions = counter.by_function(counted, opened.library, "aarch64-linux-gnu-nm")
+    assert sum(functions.values()) == sum(counted.thread), (sum(functions.values()), counted.thread)
+    # The package's kernels by name (a model this small spends half its inference in Python's call).
+    kernels = {name: n for name, n in functions.items() if ":" not in name}
+    assert sum(kernels.values()) > sum(counted.thread) // 4, sorted(functions.items(), key=lambda kv: -kv[1])[:8]
+    assert max(kernels, key=kernels.__getitem__).startswith("fused_conv2d"), kernels
+    assert any(name.startswith("libtvm_runtime.so:") for name in functions), sorted(functions)
+
+
+@pytest.mark.slow
 def test_onnxruntime_runs_in_the_guest_and_agrees(plugin: Path, arm64_sysroot, tiny_cnn: Path, tmp_path: Path) -> None:
     feed = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
     ours = _package_count(tiny_cnn, tmp_path, arm64_sysroot, plugin, feed)

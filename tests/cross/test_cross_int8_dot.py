@@ -28,6 +28,24 @@ def _instructions(library: Path, *mnemonics: str) -> int:
     return sum(1 for line in listing.splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
 
 
+def _calls_in_sdot_functions(library: Path) -> dict[str, int]:
+    """Indirect calls (`blr`: TVM's backend API, such as its workspace allocator) per function holding an SDOT."""
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
+    ).stdout
+    calls: dict[str, int] = {}
+    sdot: set[str] = set()
+    function = ""
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line.split("<", 1)[1][:-2]
+        elif "\tblr\t" in line:
+            calls[function] = calls.get(function, 0) + 1
+        elif "\tsdot\t" in line:
+            sdot.add(function)
+    return {f: calls.get(f, 0) for f in sdot}
+
+
 def _reference(model: Path, x: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -42,8 +60,9 @@ def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_
     """A full-integer MobileNetV2 for rasp5 (Cortex-A76, +dotprod), 56x56 (rows of 28, 14 and 7 pixels: the
     tiles that split the channels): its dense convolutions run on raw int8 operands with SDOT, and its
     outputs still equal LiteRT's reference kernels bit for bit, in compile's own verification under
-    QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales). rasp4b (no
-    dot product) has neither and passes verification exactly too."""
+    QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales), and its SDOT
+    kernels allocate no workspaces (compiler/arm_intrin.py). rasp4b (no dot product) has neither and
+    passes verification exactly too."""
     model = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True)
     built = {
         target: compile_model(
@@ -69,6 +88,10 @@ def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_
         assert _instructions(rasp5.library, "sdot", "udot") >= 100
         assert _instructions(rasp5.library, "sqrdmulh") >= 100  # the rescale on int32 lanes
         assert _instructions(rasp4b.library, "sdot", "udot", "sqrdmulh") == 0
+        # No workspace allocated and freed around each SDOT tile row (13 calls per kernel before): one
+        # call, the parallel launch; a padded convolution two launches and its padded input's workspace.
+        calls = _calls_in_sdot_functions(rasp5.library)
+        assert len(calls) >= 15 and max(calls.values()) <= 4 and sorted(calls.values())[-2] <= 1, calls
         outputs = [run_library_emulated(arm64_sysroot, rasp5.library, [x]).outputs[0] for x in feeds]
     for x, actual in zip(feeds, outputs, strict=True):
         np.testing.assert_array_equal(actual, _reference(model, x))

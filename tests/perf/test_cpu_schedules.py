@@ -366,8 +366,8 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
 
 
 def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
-    """For a dot-product target every raw-int8 convolution gets the SDOT schedule, rows of 28, 14 and 7
-    pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
+    """For a dot-product target every dense int8 convolution runs on raw int8 operands and gets the SDOT
+    schedule, rows of 28, 14 and 7 pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
     silently to the generic schedule), and the rescales run on SQRDMULH. Numerics: tests/cross/test_cross_int8_dot.py."""
     import sys
     from pathlib import Path
@@ -390,4 +390,9 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     dot = [n for n in scripts if n.startswith("fused_conv2d_NCHWc_int8")]
     assert len(dot) >= 15, sorted(scripts)
     assert all("llvm.aarch64.neon.sdot" in scripts[n] for n in dot), [n for n in dot if "sdot" not in scripts[n]]
+    # Every dense convolution, the RGB input's (3 channels padded to 4) and 8-channel ones included.
+    int16 = [n for n in scripts if n.startswith(("fused_conv2d_NCHWc", "conv2d_NCHWc")) and "int8" not in n]
+    assert not int16, int16
+    # arm_intrin's SDOT allocates nothing (TVM's named "local" vectors became a heap workspace per tile row).
+    assert not [n for n in dot if "alloc_local" in scripts[n]]
     assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30
