@@ -365,13 +365,34 @@ def test_shufflenet_v1_groups_that_split_blocks_run_blocked_and_match_onnxruntim
     """ShuffleNet v1's grouped 1x1 convs whose groups split 16-channel blocks (ConvertLayout keeps
     them in NCHW) run as blocked grouped kernels, each group's outputs padded to whole blocks and
     the padding dropped by a channel permutation: no NCHW convolution is left."""
-    from edgefleet.compiler.build import tvm_target
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgefleet.compiler import graph
+    from edgefleet.compiler.build import KernelFallbacks, tvm_target
     from edgefleet.compiler.schedules import schedule_func
     from edgefleet.compiler.targets import resolve_target
 
-    lowered = _lowered_and_matches_onnxruntime(_shufflenet_v1_onnx(), [1, 24, 16, 16])
+    model = _shufflenet_v1_onnx()
+    lowered = _lowered_and_matches_onnxruntime(model, [1, 24, 16, 16])
     calls = _calls(lowered)
     convs = [c for c in calls if "conv2d" in c]
     assert convs.count("group_conv2d_NCHWc") == 4 and all(c.endswith("_NCHWc") for c in convs), calls
-    trace = str(schedule_func(lowered["group_conv2d_NCHWc"], tvm_target(resolve_target("x86_64"))).trace)
+    # The concat and the residual add stay blocked too: only the model's input and output are transformed.
+    assert "channel_concat_NCHWc" in calls and calls.count("te_layout_transform") == 2, calls
+    tgt = tvm_target(resolve_target("x86_64"))
+    trace = str(schedule_func(lowered["group_conv2d_NCHWc"], tgt).trace)
     assert "sch.unroll" in trace and "sch.vectorize" in trace, trace
+    # Each padding drop, with the bias, ReLU, shuffle or concat fused to it, is one pass (the other
+    # blocks inlined), in parallel over channel blocks with the lanes in a vector.
+    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed)]
+    passes += [relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with tgt:
+        fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
+    permutes = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "channel_" in gv.name_hint]
+    assert len(permutes) >= 4
+    for func in permutes:
+        sch = schedule_func(func, tgt)
+        assert len(sch.get_child_blocks(sch.get_sblock("root"))) == 1, sch.mod
+        assert "sch.parallel" in str(sch.trace) and "sch.vectorize" in str(sch.trace), sch.trace
