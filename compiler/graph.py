@@ -380,8 +380,10 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             # 16: padding doubled the small TFLite CNN's work). More are padded with zero filters
             # up to the block (1000 -> 1008 classes), then sliced off: 0.8% more work instead of
             # half-width vectors (for MobileNetV2's 24, 8-channel blocks without the slice
-            # measured no faster).
-            ob = _block_for(o, block) if o < block else block
+            # measured no faster). A first layer (fewer inputs than the block) takes a block that
+            # divides its outputs too: a slice there kept what follows in NCHW (ShuffleNet v1's
+            # 24-channel stem: batch norm, ReLU and a padded max pool, ~12% of its kernel time).
+            ob = _block_for(o, block) if o < block or i < block else block
             o_pad = -(-o // ob) * ob
             if o_pad != o:
                 weight = np.concatenate([weight, np.zeros((o_pad - o, *weight.shape[1:]), weight.dtype)])
