@@ -373,15 +373,17 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 one_input = weight.shape[1] == 1 and (
                     groups == weight.shape[0] or blocked_multiplier(len(weight), groups)
                 )
-                return self._depthwise(call, weight) if one_input else call
+                return self._depthwise(call, weight) if one_input else self._grouped(call, weight)
             o, i = weight.shape[:2]
             ib = i if i < block else _block_for(i, block)
             # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
             # 16: padding doubled the small TFLite CNN's work). More are padded with zero filters
             # up to the block (1000 -> 1008 classes), then sliced off: 0.8% more work instead of
             # half-width vectors (for MobileNetV2's 24, 8-channel blocks without the slice
-            # measured no faster).
-            ob = _block_for(o, block) if o < block else block
+            # measured no faster). A first layer (fewer inputs than the block) takes a block that
+            # divides its outputs too: a slice there kept what follows in NCHW (ShuffleNet v1's
+            # 24-channel stem: batch norm, ReLU and a padded max pool, ~12% of its kernel time).
+            ob = _block_for(o, block) if o < block or i < block else block
             o_pad = -(-o // ob) * ob
             if o_pad != o:
                 weight = np.concatenate([weight, np.zeros((o_pad - o, *weight.shape[1:]), weight.dtype)])
@@ -405,6 +407,49 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             if o_pad == o:
                 return out
             return relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[o])
+
+        def _grouped(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
+            # ConvertLayout keeps a grouped conv in NCHW when its groups split a block (ShuffleNet
+            # v1: 6, 28, 34, 68, 136 channels per group), and the NCHW kernel was ~12x slower per
+            # call than a blocked one. Each group's outputs are padded with zero filters to whole
+            # blocks (68 -> 80: 1.18x the work), so that every output block lies in one group and
+            # reads one broadcast input value per step; one permutation drops the padding.
+            attrs, groups = call.attrs, int(call.attrs.groups)
+            o, per_in = weight.shape[:2]
+            per_out = o // groups
+            padded = -(-per_out // block) * block
+            if padded >= 2 * per_out:
+                # Twice the work or more (8 or fewer outputs per group) stays in NCHW: the dense
+                # block-diagonal form (4x the work) measured slower end to end than NCHW.
+                return call
+            ib, bi, ob = _block_for(per_in * groups, block), _block_for(per_in, block), _block_for(o, block)
+            filters = np.zeros((groups, padded, *weight.shape[1:]), weight.dtype)
+            filters[:, :per_out] = weight.reshape(groups, per_out, *weight.shape[1:])
+            data = self.builder_.emit(
+                relax.op.layout_transform(call.args[0], index_map=lambda n, c, h, w: (n, c // ib, h, w, c % ib))
+            )
+            conv = self.builder_.emit(
+                relax.op.nn.conv2d(
+                    data,
+                    relax.const(_pack_oihw(filters.reshape(groups * padded, *weight.shape[1:]), bi, block)),
+                    strides=attrs.strides,
+                    padding=attrs.padding,
+                    dilation=attrs.dilation,
+                    groups=groups,
+                    data_layout=f"NCHW{ib}c",
+                    kernel_layout=f"OIHW{bi}i{block}o",
+                    out_layout=f"NCHW{block}c",
+                    out_dtype=str(call.ty.dtype),
+                )
+            )
+            compact = self.builder_.call_te(
+                lambda x: channel_permute_nchwc(x, lambda c: c // per_out * padded + c % per_out, o, ob),
+                conv,
+                primfunc_name_hint="channel_permute_NCHWc",
+            )
+            return relax.op.layout_transform(
+                self.builder_.emit(compact), index_map=lambda n, c, h, w, cb: (n, c * ob + cb, h, w)
+            )
 
         def _depthwise(self, call: relax.Call, weight: np.ndarray) -> relax.Expr:
             # ConvertLayout leaves depthwise convolutions (with or without a channel multiplier)
@@ -606,6 +651,26 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             )
             return relax.Call(lt.op, [self.builder_.emit(shuffled)], lt.attrs)
 
+        def _blocked_concat(self, call: relax.Call) -> relax.Expr:
+            # ShuffleNet v1's stride-2 units concatenate a blocked conv's output with a pooled
+            # NCHW input (112 + 24 channels): in NCHW, every residual add after it ran in NCHW
+            # between layout transforms too. Concatenated blocked, in the largest block that
+            # divides the result, the transforms after it cancel.
+            parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
+            if parts is None or call.attrs.axis is None or int(call.attrs.axis) % 4 != 1 or len(_shape(call)) != 4:
+                return call
+            unblocked = [self._unblock_of(p) for p in parts]
+            if all(lt is None for lt in unblocked):
+                return call
+            inputs = [p if lt is None else lt.args[0] for p, lt in zip(parts, unblocked)]
+            b = _block_for(_shape(call)[1], block)
+            concat = self.builder_.call_te(
+                lambda *xs: channel_concat_nchwc(list(xs), b), *inputs, primfunc_name_hint="channel_concat_NCHWc"
+            )
+            return relax.op.layout_transform(
+                self.builder_.emit(concat), index_map=lambda n, c, h, w, cb: (n, c * b + cb, h, w)
+            )
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -628,6 +693,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return self._blocked_mean(call)
             if name == "relax.reshape":
                 return self._blocked_shuffle(call)
+            if name == "relax.concat":
+                return self._blocked_concat(call)
             if name not in _SINKABLE_BINARY:
                 return call
             a, b = call.args
@@ -765,33 +832,58 @@ def _multiplier_conv(bb: relax.BlockBuilder, call: relax.Call, channels: int, ou
     return bb.call_te(lambda x: channel_permute_nchwc(x, source), conv, primfunc_name_hint="channel_permute_NCHWc")
 
 
-def channel_permute_nchwc(data, source):
+def channel_permute_nchwc(data, source, channels: int | None = None, block: int | None = None):
     """NCHW{b}c data with its channels reordered: output channel c is input channel `source(c)`
-    (a channel shuffle, or a multiplier convolution's channel order restored), without leaving
-    the blocked layout."""
+    (a channel shuffle, a multiplier convolution's channel order restored, or a grouped
+    convolution's padding dropped: `channels` outputs in blocks of `block`, by default the
+    input's), without leaving the blocked layout."""
     from tvm import te
 
-    b = int(data.shape[4])
+    n, chunks, h, w, b = (int(d) for d in data.shape)
+    b_out = block or b
+    shape = (n, chunks, h, w, b) if channels is None else (n, channels // b_out, h, w, b_out)
 
     def value(n, c, y, x, k):
-        src = source(c * b + k)
+        src = source(c * b_out + k)
         return data[n, src // b, y, x, src % b]
 
-    return te.compute(data.shape, value, name="channel_permute_NCHWc")
+    return te.compute(shape, value, name="channel_permute_NCHWc")
+
+
+def channel_concat_nchwc(tensors: list, block: int):
+    """NCHW or NCHW{b}c tensors (any b each) concatenated along the channels, as NCHW{block}c."""
+    from tvm import te, tirx
+
+    counts = [int(t.shape[1]) * (int(t.shape[4]) if len(t.shape) == 5 else 1) for t in tensors]
+    offsets = np.cumsum([0, *counts[:-1]]).tolist()
+    n, _, h, w = (int(tensors[0].shape[i]) for i in range(4))
+
+    def read(t, ch, i, y, x):
+        if len(t.shape) == 4:
+            return t[i, ch, y, x]
+        b = int(t.shape[4])
+        return t[i, ch // b, y, x, ch % b]
+
+    def value(i, c, y, x, k):
+        ch = c * block + k
+        out = read(tensors[-1], ch - offsets[-1], i, y, x)
+        for t, off, count in zip(tensors[-2::-1], offsets[-2::-1], counts[-2::-1]):
+            # if_then_else evaluates only the branch taken: the other's index is out of range.
+            out = tirx.if_then_else(ch < off + count, read(t, ch - off, i, y, x), out)
+        return out
+
+    return te.compute((n, sum(counts) // block, h, w, block), value, name="channel_concat_NCHWc")
 
 
 def grouped_output_blocks(data_shape: list[int], kernel_shape: list[int]) -> int | None:
     """Output channel blocks per group of a grouped NCHW{bd}c convolution with
-    [O/bo, I/g/bi, KH, KW, bi, bo] weights, when its groups span whole blocks of input and output
-    channels (every output block reads whole input blocks, one lane at a time); None otherwise."""
-    channels, bd = data_shape[1] * data_shape[4], data_shape[4]
+    [O/bo, I/g/bi, KH, KW, bi, bo] weights, when its groups span whole output blocks (all lanes of
+    an output block read the same input channel at each step); None otherwise."""
+    channels = data_shape[1] * data_shape[4]
     ochunks, icchunks, _, _, bi, bo = kernel_shape
-    in_per_group = icchunks * bi
-    groups = channels // in_per_group
+    groups = channels // (icchunks * bi)
     out_per_group = ochunks * bo // groups
-    if out_per_group % bo or bi != bd or in_per_group % bd:
-        return None
-    return out_per_group // bo
+    return None if out_per_group % bo else out_per_group // bo
 
 
 def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_dtype):
@@ -818,10 +910,15 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     blocks_per_group = grouped_output_blocks([int(d) for d in data.shape], [int(d) for d in kernel.shape])
 
     def value(b, c, y, x, k):
-        if blocks_per_group is not None:
+        if blocks_per_group is not None and bi == bd and in_per_group % bd == 0:
             # Groups span whole blocks: the input pixel does not depend on the output lane k, so
             # the schedule's vector over k multiplies one broadcast value (no gather).
             chunk, lane = c // blocks_per_group * (in_per_group // bd) + ic, ib
+        elif blocks_per_group is not None:
+            # Output blocks within one group, its inputs splitting blocks (block_remaining_convs'
+            # padded groups): still one broadcast input value per step, at a computed block and lane.
+            channel = c // blocks_per_group * in_per_group + ic * bi + ib
+            chunk, lane = channel // bd, channel % bd
         else:
             channel = (c * bo + k) // out_per_group * in_per_group + ic * bi + ib
             chunk, lane = channel // bd, channel % bd

@@ -370,6 +370,33 @@ class Conv2dNCHW(_SafeRule):
         return _finish_conv(sch, conv, epi, pads, rc)
 
 
+class ChannelPermute(_SafeRule):
+    """A channel permutation or concat of NCHW{b}c data (graph.channel_permute_nchwc,
+    channel_concat_nchwc) fused with element-wise ops, as one pass: the source channel depends on
+    the output chunk and lane only, so with the pixels in serial loops its index math is
+    loop-invariant and each pixel is one gather. `Generic` ran one pass per op with a div/mod
+    chain per element: the real ShuffleNet's padding drop, bias, ReLU and shuffle took 0.09 ms
+    per 272 channels at 14 px, 0.02 ms in one pass. A permutation alone keeps `Generic`."""
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = _blocks(sch)
+        outputs = list(sch.get_output_blocks(sch.get_sblock("root")))
+        if (
+            len(outputs) != 1
+            or len(blocks) < 2
+            or not any(_name(sch, b).startswith(("channel_permute_NCHWc", "channel_concat_NCHWc")) for b in blocks)
+            or any(_iter_kinds(sch, b) != "SSSSS" for b in blocks)
+        ):
+            return None
+        for block in blocks:
+            if not _same(sch, block, outputs[0]):
+                sch.compute_inline(block)
+        n, c, _, _, k = sch.get_loops(outputs[0])
+        sch.parallel(sch.fuse(n, c))
+        _vectorize(sch, outputs[0], k)
+        return sch
+
+
 class Generic(_SafeRule):
     """Any loop nest: outer spatial loops in parallel, the innermost spatial loop vectorized."""
 
@@ -426,7 +453,7 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
 
 def rules() -> list:
     """The rules in priority order (see `default_schedules`)."""
-    return [Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), Generic()]
+    return [Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), ChannelPermute(), Generic()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:

@@ -299,3 +299,117 @@ def test_only_a_channel_shuffle_is_recognised():
     assert channel_shuffle_groups([src, [1, 64, 2, 4, 8], [1, 2, 64, 4, 8], src], [0, 2, 1, 3, 4]) is None
     assert channel_shuffle_groups([src, split, [1, 16, 4, 8, 8], [1, 16, 32, 8]], [0, 2, 1, 3, 4]) is None
     assert channel_shuffle_groups([None, split, [1, 16, 4, 8, 8], src], [0, 2, 1, 3, 4]) is None
+
+
+def _shufflenet_v1_onnx(groups: int = 3):
+    """Two ShuffleNet v1 units with `groups` groups and random (trained-like) weights and batch
+    norms: a stride-2 unit (grouped 1x1 24 -> 60, shuffle, depthwise 3x3, grouped 1x1 60 -> 216,
+    concat with the average-pooled input) and a residual unit (grouped 1x1 240 -> 60, shuffle,
+    depthwise 3x3, grouped 1x1 60 -> 240). Per group 8, 20, 72 channels: not whole 16-channel blocks."""
+    import numpy as np
+    from onnx import helper
+
+    rng = np.random.default_rng(groups)
+    nodes, weights = [], {}
+
+    def conv(x, cin, cout, k, g, name, stride=1):
+        weights[f"{name}_w"] = (rng.standard_normal((cout, cin // g, k, k)) / np.sqrt(cin // g * k * k)).astype(
+            np.float32
+        )
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}_w"],
+                [f"{name}_c"],
+                kernel_shape=[k, k],
+                pads=[k // 2] * 4,
+                strides=[stride] * 2,
+                group=g,
+            )
+        )
+        bn = {
+            "s": rng.uniform(0.5, 1.5, cout),
+            "b": rng.standard_normal(cout) * 0.1,
+            "m": rng.standard_normal(cout) * 0.1,
+        }
+        bn["v"] = rng.uniform(0.5, 1.5, cout)
+        weights.update({f"{name}_{k}": v.astype(np.float32) for k, v in bn.items()})
+        inputs = [f"{name}_c", *(f"{name}_{k}" for k in "sbmv")]
+        nodes.append(helper.make_node("BatchNormalization", inputs, [name]))
+        return name
+
+    def shuffle(x, channels, size, name):
+        weights[f"{name}_split"] = np.array([1, groups, channels // groups, size, size], np.int64)
+        weights[f"{name}_merge"] = np.array([1, channels, size, size], np.int64)
+        nodes.append(helper.make_node("Reshape", [x, f"{name}_split"], [f"{name}_s"]))
+        nodes.append(helper.make_node("Transpose", [f"{name}_s"], [f"{name}_t"], perm=[0, 2, 1, 3, 4]))
+        nodes.append(helper.make_node("Reshape", [f"{name}_t", f"{name}_merge"], [name]))
+        return name
+
+    def relu(x):
+        nodes.append(helper.make_node("Relu", [x], [f"{x}_r"]))
+        return f"{x}_r"
+
+    a = shuffle(relu(conv("x", 24, 60, 1, groups, "a1")), 60, 16, "a_sh")
+    a = conv(conv(a, 60, 60, 3, 60, "a2", stride=2), 60, 216, 1, groups, "a3")
+    nodes.append(helper.make_node("AveragePool", ["x"], ["pool"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+    nodes.append(helper.make_node("Concat", [a, "pool"], ["cat"], axis=1))
+    b = shuffle(relu(conv(relu("cat"), 240, 60, 1, groups, "b1")), 60, 8, "b_sh")
+    b = conv(conv(b, 60, 60, 3, 60, "b2"), 60, 240, 1, groups, "b3")
+    nodes.append(helper.make_node("Add", [b, "cat_r"], ["sum"]))
+    nodes.append(helper.make_node("Relu", ["sum"], ["y"]))
+    return _onnx(nodes, weights, [1, 24, 16, 16], [1, 240, 8, 8])
+
+
+def test_shufflenet_v1_groups_that_split_blocks_run_blocked_and_match_onnxruntime():
+    """ShuffleNet v1's grouped 1x1 convs whose groups split 16-channel blocks (ConvertLayout keeps
+    them in NCHW) run as blocked grouped kernels, each group's outputs padded to whole blocks and
+    the padding dropped by a channel permutation: no NCHW convolution is left."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgefleet.compiler import graph
+    from edgefleet.compiler.build import KernelFallbacks, tvm_target
+    from edgefleet.compiler.schedules import schedule_func
+    from edgefleet.compiler.targets import resolve_target
+
+    model = _shufflenet_v1_onnx()
+    lowered = _lowered_and_matches_onnxruntime(model, [1, 24, 16, 16])
+    calls = _calls(lowered)
+    convs = [c for c in calls if "conv2d" in c]
+    assert convs.count("group_conv2d_NCHWc") == 4 and all(c.endswith("_NCHWc") for c in convs), calls
+    # The concat and the residual add stay blocked too: only the model's input and output are transformed.
+    assert "channel_concat_NCHWc" in calls and calls.count("te_layout_transform") == 2, calls
+    tgt = tvm_target(resolve_target("x86_64"))
+    trace = str(schedule_func(lowered["group_conv2d_NCHWc"], tgt).trace)
+    assert "sch.unroll" in trace and "sch.vectorize" in trace, trace
+    # Each padding drop, with the bias, ReLU, shuffle or concat fused to it, is one pass (the other
+    # blocks inlined), in parallel over channel blocks with the lanes in a vector.
+    passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed)]
+    passes += [relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    with tgt:
+        fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
+    permutes = [f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "channel_" in gv.name_hint]
+    assert len(permutes) >= 4
+    for func in permutes:
+        sch = schedule_func(func, tgt)
+        assert len(sch.get_child_blocks(sch.get_sblock("root"))) == 1, sch.mod
+        assert "sch.parallel" in str(sch.trace) and "sch.vectorize" in str(sch.trace), sch.trace
+
+
+def test_groups_of_few_outputs_are_not_padded_to_whole_blocks():
+    """Padding 4 outputs per group to a 16-channel block would be 4x the work (the dense
+    block-diagonal form at 4x measured slower than NCHW): such a conv stays in NCHW."""
+    import numpy as np
+    from onnx import helper
+
+    w = np.random.default_rng(4).standard_normal((32, 4, 1, 1)).astype(np.float32)
+    model = _onnx(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1], group=8)],
+        {"w": w},
+        [1, 32, 6, 6],
+        [1, 32, 6, 6],
+    )
+    calls = _calls(_lowered_and_matches_onnxruntime(model, [1, 32, 6, 6]))
+    assert "group_conv2d_NCHWc" not in calls and "channel_permute_NCHWc" not in calls, calls
