@@ -221,8 +221,8 @@ class HealthConfig(Strict):
 
 class RuntimeConfig(Strict):
     """[runtime]: the camera runtime's thread pool. Defaults from measurements on two shared
-    cores (docs/performance.md, "Threads"): a second thread gave no speedup, and workers that spin
-    while idle (TVM's default) made two threads 2.5x slower than one. Set `threads` higher only
+    cores (docs/performance.md, "Threads"): a second thread made small models 1.6-1.7x slower, and
+    workers that spin while idle (TVM's default) made two threads 7.6-9.3x slower than one. Set `threads` higher only
     on a camera whose cores run nothing else, after `edgefleet bench --threads N` shows a gain."""
 
     threads: int = Field(1, ge=1, le=256)

@@ -6,6 +6,7 @@ import ctypes
 import importlib.abc
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ class _Runtime:
         if not _pool.spin:
             # TVM reads this once, when its pool's workers first start: before any model runs.
             os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+        _size_pools(_pool.threads)
         # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
         self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in bundle.load_order()]
         self.api = _declare(self.libs[-1])
@@ -47,11 +49,21 @@ class _Runtime:
                 f"the runtime in {bundle.path} has C ABI {abi}; this agent speaks {RUNTIME_ABI}",
                 f"rebuild it with `edgefleet runtime build --arch {bundle.info.arch} --force`",
             )
+        self._configured = threading.local()
+        self.use_threads()
+        sys.meta_path.insert(0, _RefuseCompiler())
+
+    def use_threads(self) -> None:
+        """Apply `_pool.threads` to the calling thread: TVM keeps one pool per thread that runs a
+        model, so a model loaded on one thread and run on another would run on a default pool."""
+        if getattr(self._configured, "threads", None) == _pool.threads:
+            return
+        _size_pools(_pool.threads)
         if self.api.ef_set_threads(_pool.threads) != 0:
             raise UsageError(
                 f"cannot use {_pool.threads} threads: {self.error()}", "set [runtime] threads to a positive count"
             )
-        sys.meta_path.insert(0, _RefuseCompiler())
+        self._configured.threads = _pool.threads
 
     @classmethod
     def get(cls) -> _Runtime:
@@ -135,6 +147,7 @@ class TvmModel:
             self._rt.api.ef_model_free(handle)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        self._rt.use_threads()
         arrays = [np.require(x, requirements="C") for x in inputs]  # keeps 0-d inputs 0-d
         raw = [_raw(x) for x in arrays]
         n = len(arrays)
@@ -192,14 +205,26 @@ def configure_pool(settings: RuntimeConfig) -> None:
         )
     _pool = settings
     if _Runtime._loaded is not None:
-        set_threads(settings.threads)
+        _Runtime._loaded.use_threads()
 
 
 def set_threads(count: int) -> None:
     """Size the runtime's thread pool (it starts with `configure_pool`'s count, 1 by default)."""
-    rt = _Runtime.get()
-    if rt.api.ef_set_threads(count) != 0:
-        raise UsageError(f"cannot use {count} threads: {rt.error()}", "pass a positive thread count")
+    if count < 1:
+        raise UsageError(f"cannot use {count} threads", "pass a positive thread count")
+    configure_pool(_pool.model_copy(update={"threads": count}))
+    _Runtime.get().use_threads()
+
+
+def _size_pools(threads: int) -> None:
+    """TVM sizes a thread's pool, when that thread first runs a model, from TVM_NUM_THREADS, else
+    from half the CPUs on x86 (it takes every two CPUs for one core's hyper-threads): on a 2-core
+    machine without SMT that is one, and `threads = 2` ran on one core. A pool that exists keeps
+    its size, so this is raised before any thread asks for more (never lowered: fewer threads of a
+    larger pool is what `ef_set_threads` chooses)."""
+    current = os.environ.get("TVM_NUM_THREADS", "")
+    if not current.isdigit() or int(current) < threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -110,6 +110,9 @@ def main() -> None:
                 env = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
                 if count is not None:
                     env["TVM_THREAD_POOL_SPIN_COUNT"] = count
+                # As the camera runtime does (agent/runtime.py `_size_pools`): without it TVM sizes its
+                # pool from half the CPUs on x86, one on this 2-core machine, and 2 threads ran as 1.
+                env["TVM_NUM_THREADS"] = "2"
                 load = os.getloadavg()[0]
                 spec = json.dumps({"libs": libs, "spinning": count is None})
                 done = subprocess.run(

@@ -423,3 +423,37 @@ print(json.dumps({{"spin": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "refuse
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["spin"] == expected
     assert "spinning cannot change" in report["refused"]
+
+
+@pytest.mark.parametrize(("threads", "workers"), [(1, 0), (2, 1)])
+def test_the_configured_threads_run_a_model_on_any_thread(tiny_package, threads, workers):
+    """`threads` holds on the thread that runs the model, not only the one that loaded it (TVM keeps
+    a pool per thread), and on a 2-core machine without SMT two threads start a worker: TVM sized
+    its pools from half the CPUs there (one), so `threads = 2` ran on one core."""
+    result, _, key = tiny_package
+    code = f"""
+import json, os, threading, numpy as np
+os.environ.pop("TVM_NUM_THREADS", None)
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])  # two CPUs, as on this project's CI
+from edgefleet.agent.config import RuntimeConfig
+from edgefleet.agent import runtime
+from edgefleet.package import open_package
+from edgefleet.signing import load_public_key
+runtime.configure_pool(RuntimeConfig(threads={threads}))
+x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+with open_package({str(result.package)!r}, [load_public_key({str(public_path(key.path))!r})]) as opened:
+    model = runtime.load_model(opened)
+    here = model.run([x])[0]
+    seen = {{}}
+    def elsewhere():
+        before = len(os.listdir("/proc/self/task"))
+        seen["y"] = model.run([x])[0]
+        seen["workers"] = len(os.listdir("/proc/self/task")) - before
+    t = threading.Thread(target=elsewhere)
+    t.start(); t.join()
+print(json.dumps({{"workers": seen["workers"], "same": bool(np.array_equal(here, seen["y"]))}}))
+"""
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report == {"workers": workers, "same": True}, report
