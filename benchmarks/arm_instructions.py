@@ -168,7 +168,7 @@ def main() -> None:
 KINDS = [
     ("depthwise_conv2d", "depthwise convolutions (+ epilogue)"),
     ("conv2d_NCHWc_int8", "dense convolutions, SDOT (+ epilogue)"),
-    ("conv2d", "dense convolutions, int16 smlal (+ epilogue)"),
+    ("conv2d", "dense convolutions (+ epilogue; int16 smlal in int8 models)"),
     ("strided_slice", "requantization + residual add (own kernel)"),
     ("matmul", "fully connected"),
     ("layout_transform", "layout transforms and input"),
