@@ -27,6 +27,7 @@ import tvm_ffi
 from tvm import relax, topi
 from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
 
+from edgefleet.compiler import vector_math
 from edgefleet.compiler.build import tvm_message
 
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
@@ -864,8 +865,9 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, 
 _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
 
-def legalize(on_fallback) -> tvm.transform.Pass:
-    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered).
+def legalize(on_fallback, vector_exp: bool = False) -> tvm.transform.Pass:
+    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered), and with
+    `vector_exp` float32 exp, sigmoid and SiLU in vectorizable arithmetic (vector_math.py).
 
     A blocked convolution that cannot be lowered (its kernel raises, or nothing lowers that
     layout) falls back alone: it runs in NCHW between layout transforms, and
@@ -886,7 +888,8 @@ def legalize(on_fallback) -> tvm.transform.Pass:
         on_fallback(describe_conv2d(call), reason)
         return _conv2d_in_nchw(bb, call)
 
-    return relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d})
+    rules = vector_math.legalize_rules() if vector_exp else {}
+    return relax.transform.LegalizeOps({**rules, "relax.nn.conv2d": conv2d})
 
 
 def describe_conv2d(call: relax.Call) -> str:
