@@ -284,6 +284,9 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.FoldConstant(),
             sink_layout_transforms(block),
             relax.transform.FoldConstant(),
+            # ConvertLayout unblocks a tensor once per consumer: a C2f block's split and concat
+            # (YOLOv8) read the same conv output through two identical transforms.
+            relax.transform.EliminateCommonSubexpr(call_only=True),
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination(),
         ],
@@ -607,6 +610,34 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             )
             return relax.Call(lt.op, [self.builder_.emit(shuffled)], lt.attrs)
 
+        def _blocked_slice(self, call: relax.Call) -> relax.Expr:
+            # A channel split on whole blocks (YOLOv8's C2f: a 32-channel conv output in two
+            # halves) slices the blocks: the split no longer unblocks all that follows it.
+            lt = self._unblock_of(call.args[0])
+            if lt is None:
+                return call
+            axes, begin, end, *strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:])
+            if strides and strides[0] != [1]:
+                return call
+            channels, b = _shape(call.args[0])[1], _shape(lt.args[0])[4]
+            lo, hi = (min(max(v + channels if v < 0 else v, 0), channels) for v in (begin[0], end[0]))
+            if [a % 4 for a in axes] != [1] or lo % b or hi % b or hi <= lo:
+                return call
+            sliced = self.builder_.emit(relax.op.strided_slice(lt.args[0], axes=[1], begin=[lo // b], end=[hi // b]))
+            return relax.Call(lt.op, [sliced], lt.attrs)
+
+        def _blocked_concat(self, call: relax.Call) -> relax.Expr:
+            # A channel concat of unblocked tensors with the same block (C2f's halves and its
+            # bottleneck's output) concatenates the blocks.
+            fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else []
+            lts = [self._unblock_of(f) for f in fields]
+            if not lts or None in lts or int(call.attrs.axis) % 4 != 1:
+                return call
+            if len({_shape(lt.args[0])[4] for lt in lts}) != 1:
+                return call
+            joined = self.builder_.emit(relax.op.concat([lt.args[0] for lt in lts], axis=1))
+            return relax.Call(lts[0].op, [joined], lts[0].attrs)
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -629,6 +660,10 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return self._blocked_mean(call)
             if name == "relax.reshape":
                 return self._blocked_shuffle(call)
+            if name == "relax.strided_slice":
+                return self._blocked_slice(call)
+            if name == "relax.concat":
+                return self._blocked_concat(call)
             if name not in _SINKABLE_BINARY:
                 return call
             a, b = call.args

@@ -466,3 +466,49 @@ def test_vector_exp_and_sigmoid_stay_within_two_ulps_of_float64():
         ulps = np.abs(y[normal].astype(np.float64) - expected[normal]) / np.spacing(expected[normal])
         assert ulps.max() <= 2, (fn.__name__, ulps.max())
         assert np.all(y[~normal & np.isfinite(expected)] < 1.2e-38)
+
+
+def _c2f_model() -> onnx.ModelProto:
+    """YOLOv8's C2f: a conv's 32 channels split in two halves (Slice, as torch exports chunk), a bottleneck on the
+    second, the concat of all three, a conv; SiLU after each conv."""
+    rng = np.random.default_rng(4)
+    nodes, inits = [], []
+    for x, cin, cout, k, name in (("data", 16, 32, 1, "cv1"), ("b", 16, 16, 3, "m"), ("cat", 48, 32, 1, "cv2")):
+        conv, weights = _conv(rng, x, cin, cout, k, 1, name=f"{name}_conv")
+        nodes += [
+            conv,
+            helper.make_node("Sigmoid", [f"{name}_conv"], [f"{name}_sig"]),
+            helper.make_node("Mul", [f"{name}_conv", f"{name}_sig"], [name]),
+        ]
+        inits += weights
+        if name == "cv1":
+            for half, bounds in (("a", [0, 16]), ("b", [16, 32])):
+                nodes.append(helper.make_node("Slice", ["cv1", f"{half}_begin", f"{half}_end", "channels"], [half]))
+                inits += [
+                    numpy_helper.from_array(np.array([v], np.int64), f"{half}_{k}")
+                    for k, v in zip(("begin", "end"), bounds)
+                ]
+            inits.append(numpy_helper.from_array(np.array([1], np.int64), "channels"))
+        if name == "m":
+            nodes.append(helper.make_node("Concat", ["a", "b", "m"], ["cat"], axis=1))
+    g = helper.make_graph(
+        nodes,
+        "c2f",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("cv2", TensorProto.FLOAT, [1, 32, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_channel_split_and_concat_on_whole_blocks_stay_blocked():
+    lowered, actual, expected = _compile_and_compare(_c2f_model())
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    main = lowered["main"].script(show_meta=False)
+    calls = re.findall(r"^\s+(\w+)\(", main, re.M)
+    # Into the blocked layout at the input, out of it at the output: none around the split.
+    assert sum("layout_transform" in c for c in calls) == 2, calls
+    assert any("strided_slice" in c for c in calls) and any("concatenate" in c for c in calls), calls
