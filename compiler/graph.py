@@ -379,6 +379,12 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 )
                 return self._depthwise(call, weight) if one_input else call
             o, i = weight.shape[:2]
+            data = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+            if o == 1 and weight.shape[2:] == (1, 1) and not (data is not None and _is_unblock(data)):
+                # One output channel, 1x1, on NCHW data (YOLOv8's DFL head: the expectation over a
+                # softmax's bins) is a weighted sum of channel planes, vectorized along rows in
+                # NCHW; blocked, its two layout transforms took longer than the sum.
+                return call
             ib = i if i < block else _block_for(i, block)
             # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
             # 16: padding doubled the small TFLite CNN's work). More are padded with zero filters

@@ -394,8 +394,9 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
 
 
 def _silu_softmax_model() -> onnx.ModelProto:
-    """A YOLOv8-style block: conv, SiLU as Sigmoid * x (as torch exports it), conv, a DFL-style
-    softmax over 8 bins of the channel axis, and Exp: every output depends on the input."""
+    """A YOLOv8-style block: conv, SiLU as Sigmoid * x (as torch exports it), conv, the DFL head
+    (softmax over 8 bins of the channel axis, their expectation as a 1x1 conv to one channel),
+    and Exp: every output depends on the input."""
     rng = np.random.default_rng(2)
     c1, w1 = _conv(rng, "data", 3, 16, 3, 2, name="c1")
     c2, w2 = _conv(rng, "silu", 16, 32, 1, 1, name="c2")
@@ -406,17 +407,19 @@ def _silu_softmax_model() -> onnx.ModelProto:
         c2,
         helper.make_node("Reshape", ["c2", "bins"], ["r"]),
         helper.make_node("Softmax", ["r"], ["soft"], axis=1),
+        helper.make_node("Conv", ["soft", "dfl"], ["expectation"], kernel_shape=[1, 1]),
         helper.make_node("Exp", ["c2"], ["e"]),
         helper.make_node("Reshape", ["e", "bins"], ["er"]),
-        helper.make_node("Add", ["soft", "er"], ["out"]),
+        helper.make_node("Add", ["expectation", "er"], ["out"]),
     ]
     bins = numpy_helper.from_array(np.array([1, 8, 4, 100], np.int64), "bins")
+    dfl = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1), "dfl")
     g = helper.make_graph(
         nodes,
         "silu_softmax",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 100])],
-        [*w1, *w2, bins],
+        [*w1, *w2, bins, dfl],
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -431,6 +434,8 @@ def test_exp_sigmoid_and_softmax_lower_to_vector_arithmetic_and_match_onnxruntim
     assert all(kernels.values()), [n for n, s in kernels.items() if not s]
     assert any("vector_sigmoid" in n for n in kernels) and any("vector_softmax" in n for n in kernels), sorted(kernels)
     assert any("vector_exp" in n for n in kernels), sorted(kernels)
+    # The one-channel 1x1 conv on the softmax's NCHW output stays in NCHW, without transforms.
+    assert [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
     # No kernel is left calling exp, which LLVM lowers to one libm call per lane on x86.
     scripts = [f.script() for f in lowered.functions.values() if isinstance(f, tirx.PrimFunc)]
     assert not [s for s in scripts if re.search(r"T\.(exp|sigmoid)\(", s)]
