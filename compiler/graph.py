@@ -908,7 +908,7 @@ _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
 def legalize(on_fallback, vector_exp: bool = False) -> tvm.transform.Pass:
     """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered), and with
-    `vector_exp` float32 exp, sigmoid and SiLU in vectorizable arithmetic (vector_math.py).
+    `vector_exp` float32 exp, sigmoid and softmax in vectorizable arithmetic (vector_math.py).
 
     A blocked convolution that cannot be lowered (its kernel raises, or nothing lowers that
     layout) falls back alone: it runs in NCHW between layout transforms, and
