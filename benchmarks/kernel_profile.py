@@ -32,9 +32,9 @@ from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
 def scheduled_kernels(model: onnx.ModelProto, isa: str):
     """The model's Relax module after the default schedules (before lowering) and its target."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.relax.frontend.onnx import from_onnx
 
     from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
+    from edgefleet.compiler.frontends.onnx import input_specs, to_relax
     from edgefleet.compiler.targets import ISA_LEVELS, resolve_target
 
     target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[isa].tvm_target}))
@@ -44,7 +44,7 @@ def scheduled_kernels(model: onnx.ModelProto, isa: str):
     try:
         with tvm_target(target):
             mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
-                from_onnx(model, keep_params_in_input=False)
+                to_relax(model, input_specs(model, {}))
             )
     finally:
         cpu.dataflow_lower_passes, cpu.finalize_passes = lowering

@@ -43,7 +43,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from edgefleet.compiler import graph, schedules
+    from edgefleet.compiler import graph, schedules, vector_math
 
     tgt = tvm_target(target)
     work = tuning_dir(target)
@@ -57,7 +57,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         *([graph.dot_product_convs(), graph.sqrdmulh_rescales()] if graph.has_dot_product(tgt) else []),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
-        graph.legalize(kernels.layout_failed),
+        graph.legalize(kernels.layout_failed, vector_exp=vector_math.applies(tgt)),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         graph.int32_multipliers(),

@@ -27,6 +27,7 @@ import tvm_ffi
 from tvm import relax, topi
 from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
 
+from edgefleet.compiler import vector_math
 from edgefleet.compiler.build import tvm_message
 
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
@@ -283,6 +284,9 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.FoldConstant(),
             sink_layout_transforms(block),
             relax.transform.FoldConstant(),
+            # ConvertLayout unblocks a tensor once per consumer: a C2f block's split and concat
+            # (YOLOv8) read the same conv output through two identical transforms.
+            relax.transform.EliminateCommonSubexpr(call_only=True),
             relax.transform.CanonicalizeBindings(),
             relax.transform.DeadCodeElimination(),
         ],
@@ -375,6 +379,12 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 )
                 return self._depthwise(call, weight) if one_input else self._grouped(call, weight)
             o, i = weight.shape[:2]
+            data = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+            if o == 1 and weight.shape[2:] == (1, 1) and not (data is not None and _is_unblock(data)):
+                # One output channel, 1x1, on NCHW data (YOLOv8's DFL head: the expectation over a
+                # softmax's bins) is a weighted sum of channel planes, vectorized along rows in
+                # NCHW; blocked, its two layout transforms took longer than the sum.
+                return call
             ib = i if i < block else _block_for(i, block)
             # Fewer output channels than the block get a block that divides them (8 of 8, not 8 of
             # 16: padding doubled the small TFLite CNN's work). More are padded with zero filters
@@ -651,11 +661,42 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             )
             return relax.Call(lt.op, [self.builder_.emit(shuffled)], lt.attrs)
 
+        def _blocked_slice(self, call: relax.Call) -> relax.Expr:
+            # A channel split on whole blocks (YOLOv8's C2f: a 32-channel conv output in two
+            # halves) slices the blocks: the split no longer unblocks all that follows it.
+            lt = self._unblock_of(call.args[0])
+            if lt is None:
+                return call
+            axes, begin, end, *strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:])
+            if strides and strides[0] != [1]:
+                return call
+            channels, b = _shape(call.args[0])[1], _shape(lt.args[0])[4]
+            lo, hi = (min(max(v + channels if v < 0 else v, 0), channels) for v in (begin[0], end[0]))
+            if [a % 4 for a in axes] != [1] or lo % b or hi % b or hi <= lo:
+                return call
+            sliced = self.builder_.emit(relax.op.strided_slice(lt.args[0], axes=[1], begin=[lo // b], end=[hi // b]))
+            return relax.Call(lt.op, [sliced], lt.attrs)
+
+        def _same_block_concat(self, call: relax.Call) -> relax.Expr | None:
+            # A channel concat of unblocked tensors with the same block (C2f's halves and its
+            # bottleneck's output) concatenates the blocks: no kernel of its own beyond the copy.
+            fields = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else []
+            lts = [self._unblock_of(f) for f in fields]
+            if not lts or None in lts or int(call.attrs.axis) % 4 != 1:
+                return None
+            if len({_shape(lt.args[0])[4] for lt in lts}) != 1:
+                return None
+            joined = self.builder_.emit(relax.op.concat([lt.args[0] for lt in lts], axis=1))
+            return relax.Call(lts[0].op, [joined], lts[0].attrs)
+
         def _blocked_concat(self, call: relax.Call) -> relax.Expr:
             # ShuffleNet v1's stride-2 units concatenate a blocked conv's output with a pooled
             # NCHW input (112 + 24 channels): in NCHW, every residual add after it ran in NCHW
             # between layout transforms too. Concatenated blocked, in the largest block that
             # divides the result, the transforms after it cancel.
+            same = self._same_block_concat(call)
+            if same is not None:
+                return same
             parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
             if parts is None or call.attrs.axis is None or int(call.attrs.axis) % 4 != 1 or len(_shape(call)) != 4:
                 return call
@@ -693,6 +734,8 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 return self._blocked_mean(call)
             if name == "relax.reshape":
                 return self._blocked_shuffle(call)
+            if name == "relax.strided_slice":
+                return self._blocked_slice(call)
             if name == "relax.concat":
                 return self._blocked_concat(call)
             if name not in _SINKABLE_BINARY:
@@ -961,8 +1004,9 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, 
 _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
 
-def legalize(on_fallback) -> tvm.transform.Pass:
-    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered).
+def legalize(on_fallback, vector_exp: bool = False) -> tvm.transform.Pass:
+    """TVM's LegalizeOps, plus NCHWc convolutions (which it leaves unlowered), and with
+    `vector_exp` float32 exp, sigmoid and softmax in vectorizable arithmetic (vector_math.py).
 
     A blocked convolution that cannot be lowered (its kernel raises, or nothing lowers that
     layout) falls back alone: it runs in NCHW between layout transforms, and
@@ -983,7 +1027,8 @@ def legalize(on_fallback) -> tvm.transform.Pass:
         on_fallback(describe_conv2d(call), reason)
         return _conv2d_in_nchw(bb, call)
 
-    return relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d})
+    rules = vector_math.legalize_rules() if vector_exp else {}
+    return relax.transform.LegalizeOps({**rules, "relax.nn.conv2d": conv2d})
 
 
 def describe_conv2d(call: relax.Call) -> str:

@@ -396,3 +396,129 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     # arm_intrin's SDOT allocates nothing (TVM's named "local" vectors became a heap workspace per tile row).
     assert not [n for n in dot if "alloc_local" in scripts[n]]
     assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30
+
+
+def _silu_softmax_model() -> onnx.ModelProto:
+    """A YOLOv8-style block: conv, SiLU as Sigmoid * x (as torch exports it), conv, the DFL head
+    (softmax over 8 bins of the channel axis, their expectation as a 1x1 conv to one channel),
+    and Exp: every output depends on the input."""
+    rng = np.random.default_rng(2)
+    c1, w1 = _conv(rng, "data", 3, 16, 3, 2, name="c1")
+    c2, w2 = _conv(rng, "silu", 16, 32, 1, 1, name="c2")
+    nodes = [
+        c1,
+        helper.make_node("Sigmoid", ["c1"], ["sig"]),
+        helper.make_node("Mul", ["c1", "sig"], ["silu"]),
+        c2,
+        helper.make_node("Reshape", ["c2", "bins"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["soft"], axis=1),
+        helper.make_node("Conv", ["soft", "dfl"], ["expectation"], kernel_shape=[1, 1]),
+        helper.make_node("Exp", ["c2"], ["e"]),
+        helper.make_node("Reshape", ["e", "bins"], ["er"]),
+        helper.make_node("Add", ["expectation", "er"], ["out"]),
+    ]
+    bins = numpy_helper.from_array(np.array([1, 8, 4, 100], np.int64), "bins")
+    dfl = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1), "dfl")
+    g = helper.make_graph(
+        nodes,
+        "silu_softmax",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 100])],
+        [*w1, *w2, bins, dfl],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_exp_sigmoid_and_softmax_lower_to_vector_arithmetic_and_match_onnxruntime():
+    lowered, actual, expected = _compile_and_compare(_silu_softmax_model())
+    assert expected.std() > 0.1  # the comparison is not one of constants
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    kernels = _kernels(lowered)
+    assert all(kernels.values()), [n for n, s in kernels.items() if not s]
+    assert any("vector_sigmoid" in n for n in kernels) and any("vector_softmax" in n for n in kernels), sorted(kernels)
+    assert any("vector_exp" in n for n in kernels), sorted(kernels)
+    # The one-channel 1x1 conv on the softmax's NCHW output stays in NCHW, without transforms.
+    assert [n for n in kernels if "conv2d" in n and "NCHWc" not in n], sorted(kernels)
+    # No kernel is left calling exp, which LLVM lowers to one libm call per lane on x86.
+    scripts = [f.script() for f in lowered.functions.values() if isinstance(f, tirx.PrimFunc)]
+    assert not [s for s in scripts if re.search(r"T\.(exp|sigmoid)\(", s)]
+
+
+def _vectorized(fn, x: np.ndarray) -> np.ndarray:
+    """`fn` (a PrimExpr -> PrimExpr builder) on every element of `x`, in 16-lane vectors."""
+    from tvm import te
+
+    shape = (x.size // 16, 16)
+    a = te.placeholder(shape, name="a")
+    b = te.compute(shape, lambda i, j: fn(a[i, j]), name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    sch.vectorize(sch.get_loops(sch.get_sblock("b"))[-1])
+    lib = tvm.compile(sch.mod, target=tvm_target(TARGET))
+    out = tvm.runtime.tensor(np.zeros(shape, np.float32))
+    lib["main"](tvm.runtime.tensor(x.reshape(shape)), out)
+    return out.numpy().ravel()
+
+
+def test_vector_exp_and_sigmoid_stay_within_two_ulps_of_float64():
+    from edgefleet.compiler import vector_math
+
+    x = np.concatenate([np.linspace(-100, 100, 1 << 16), np.random.default_rng(3).standard_normal(1 << 16) * 5])
+    x = x.astype(np.float32)
+    for fn, ref in ((vector_math.exp, np.exp), (vector_math.sigmoid, lambda v: 1 / (1 + np.exp(-v)))):
+        y = _vectorized(fn, x)
+        with np.errstate(over="ignore"):
+            expected = ref(x.astype(np.float64)).astype(np.float32)
+        # exp overflows to inf where float32 does; results below the smallest normal float may be 0.
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+        normal = np.isfinite(expected) & (expected >= np.finfo(np.float32).tiny)
+        ulps = np.abs(y[normal].astype(np.float64) - expected[normal]) / np.spacing(expected[normal])
+        assert ulps.max() <= 2, (fn.__name__, ulps.max())
+        assert np.all(y[~normal & np.isfinite(expected)] < 1.2e-38)
+
+
+def _c2f_model() -> onnx.ModelProto:
+    """YOLOv8's C2f: a conv's 32 channels split in two halves (Slice, as torch exports chunk), a bottleneck on the
+    second, the concat of all three, a conv; SiLU after each conv."""
+    rng = np.random.default_rng(4)
+    nodes, inits = [], []
+    for x, cin, cout, k, name in (("data", 16, 32, 1, "cv1"), ("b", 16, 16, 3, "m"), ("cat", 48, 32, 1, "cv2")):
+        conv, weights = _conv(rng, x, cin, cout, k, 1, name=f"{name}_conv")
+        nodes += [
+            conv,
+            helper.make_node("Sigmoid", [f"{name}_conv"], [f"{name}_sig"]),
+            helper.make_node("Mul", [f"{name}_conv", f"{name}_sig"], [name]),
+        ]
+        inits += weights
+        if name == "cv1":
+            for half, bounds in (("a", [0, 16]), ("b", [16, 32])):
+                nodes.append(helper.make_node("Slice", ["cv1", f"{half}_begin", f"{half}_end", "channels"], [half]))
+                inits += [
+                    numpy_helper.from_array(np.array([v], np.int64), f"{half}_{k}")
+                    for k, v in zip(("begin", "end"), bounds)
+                ]
+            inits.append(numpy_helper.from_array(np.array([1], np.int64), "channels"))
+        if name == "m":
+            nodes.append(helper.make_node("Concat", ["a", "b", "m"], ["cat"], axis=1))
+    g = helper.make_graph(
+        nodes,
+        "c2f",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
+        [helper.make_tensor_value_info("cv2", TensorProto.FLOAT, [1, 32, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_channel_split_and_concat_on_whole_blocks_stay_blocked():
+    lowered, actual, expected = _compile_and_compare(_c2f_model())
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    main = lowered["main"].script(show_meta=False)
+    calls = re.findall(r"^\s+(\w+)\(", main, re.M)
+    # Into the blocked layout at the input, out of it at the output: none around the split.
+    assert sum("layout_transform" in c for c in calls) == 2, calls
+    assert any("strided_slice" in c for c in calls) and any("concatenate" in c for c in calls), calls
