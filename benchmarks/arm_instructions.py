@@ -1,7 +1,7 @@
 """ARM speed without a board: guest instructions per inference under QEMU, edgefleet vs ONNX Runtime / LiteRT.
 
     python benchmarks/arm_instructions.py [--models squeezenet,mobilenetv2,...] [--boards rasp4b,rasp5,rasp3b]
-                                          [--windows 3] [--runs 20] [--x86-target ml_c6i]
+                                          [--windows 3] [--runs 20] [--x86-target ml_c6i] [--profile 15]
 
 For each model: compile packages for each board and for x86; on each board (qemu-aarch64
 -cpu cortex-a72 for rasp4b, cortex-a76 for rasp5, qemu-arm -cpu max for rasp3b) count the
@@ -11,6 +11,10 @@ insn_count plugin (benchmarks/qemu_insn). Prints package/runtime by instruction 
 x86 wall-time ratio of the same model measured here (interleaved, 1 thread): instructions are not
 cycles, and a win in instructions that is a loss in time shows there. rasp3b (armv7) has no
 onnxruntime or ai-edge-litert wheels, so only the package is counted there.
+
+`--profile N` also prints, per model, board and runtime, the N functions that executed the most
+instructions in the windows (per inference): the package's fused kernels by name, the runtimes'
+by their libraries' symbols (insn_counter.by_function).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=3, help="counted inferences per runtime (after 2 warm-up runs)")
     ap.add_argument("--runs", type=int, default=20, help="interleaved x86 timing rounds")
     ap.add_argument("--x86-target", default="ml_c6i")
+    ap.add_argument("--profile", type=int, default=0, help="print the top N functions by instructions")
     args = ap.parse_args()
 
     from edgefleet.compiler.bench import bench_package
@@ -134,12 +139,30 @@ def main() -> None:
                 with open_package(pkg.package, None) as opened:
                     say(f"{name} on {board.name}: counting edgefleet ({board.qemu} -cpu {board.cpu})")
                     ours = counter.count(
-                        board, sysroot, "edgefleet", opened.library, feed, windows=args.windows, plugin=plugin
+                        board,
+                        sysroot,
+                        "edgefleet",
+                        opened.library,
+                        feed,
+                        windows=args.windows,
+                        plugin=plugin,
+                        profile=args.profile > 0,
                     )
+                    _print_profile(f"{name} {board.name} edgefleet", ours, args)
                 theirs = None
                 if board.sysroot_arch == "arm64":
                     say(f"{name} on {board.name}: counting {reference}")
-                    theirs = counter.count(board, sysroot, reference, model, feed, windows=args.windows, plugin=plugin)
+                    theirs = counter.count(
+                        board,
+                        sysroot,
+                        reference,
+                        model,
+                        feed,
+                        windows=args.windows,
+                        plugin=plugin,
+                        profile=args.profile > 0,
+                    )
+                    _print_profile(f"{name} {board.name} {reference}", theirs, args)
                 rows.append((name, board.name, reference, ours, theirs, x86_ratio))
                 _print_row(rows[-1])
     print()
@@ -148,6 +171,20 @@ def main() -> None:
     )
     for row in rows:
         _print_row(row)
+
+
+def _print_profile(title: str, counted, args) -> None:
+    """The top functions of a profiled count, in M instructions per inference and share."""
+    if not args.profile:
+        return
+    per_function = counter.by_function(
+        counted, "arm-linux-gnueabihf-nm" if "rasp3b" in title else "aarch64-linux-gnu-nm"
+    )
+    total = sum(per_function.values())
+    print(f"\n{title}: {total / args.windows / 1e6:.2f} M per inference, top {args.profile}:")
+    for fn, insns in list(per_function.items())[: args.profile]:
+        print(f"  {insns / args.windows / 1e6:9.3f} M {100 * insns / total:5.1f}%  {fn}")
+    print(flush=True)
 
 
 def _print_row(row) -> None:

@@ -1,6 +1,6 @@
 """Runs inside the ARM guest (QEMU with the insn_count plugin): one runtime, one model, counted inferences.
 
-    python3 guest.py --runtime edgefleet|onnxruntime|litert --model M --input X.npy --output Y.npy --mark N [--windows 3] [--warmup 2]
+    python3 guest.py --runtime edgefleet|onnxruntime|litert --model M --input X.npy --output Y.npy --mark N [--windows 3] [--warmup 2] [--maps F]
 
 Each counted inference sits between close(N) and close(N + 1), the syscalls the plugin watches.
 Every runtime runs on one thread and is called through its Python API, as a camera would.
@@ -60,12 +60,15 @@ def main() -> None:
     ap.add_argument("--mark", type=int, required=True)
     ap.add_argument("--windows", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--maps", help="write the guest's /proc/self/maps here (to place profiled blocks)")
     args = ap.parse_args()
     x = np.load(args.input)
     run = runner(args.runtime, args.model)
     for _ in range(args.warmup):
         out = run(x)
     np.save(args.output, np.asarray(out))
+    if args.maps:
+        Path(args.maps).write_text(Path("/proc/self/maps").read_text())
     for _ in range(args.windows):
         mark(args.mark)
         run(x)

@@ -17,6 +17,7 @@ Pieces, each cached by what it is built from under `$XDG_CACHE_HOME/edgefleet/qe
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.metadata
 import os
@@ -308,6 +309,10 @@ class Counted:
     thread: list[int]
     all_threads: list[int]
     output: np.ndarray
+    # With profile=True: instructions in windows per translated block's guest address, and the
+    # guest's /proc/self/maps to place them (see `by_function`).
+    blocks: dict[int, int] | None = None
+    maps: str = ""
 
     @property
     def per_inference(self) -> int:
@@ -330,8 +335,10 @@ def count(
     plugin: Path | None = None,
     cache: Path | None = None,
     timeout: float = 1800,
+    profile: bool = False,
 ) -> Counted:
-    """Instructions of `windows` single inferences of `model` on `runtime` (edgefleet | onnxruntime | litert), after `warmup`."""
+    """Instructions of `windows` single inferences of `model` on `runtime` (edgefleet | onnxruntime | litert), after `warmup`;
+    with `profile`, also per translated block (`by_function` sums them per function)."""
     plugin = plugin or build_plugin(cache)
     with tempfile.TemporaryDirectory(prefix="qemu-insn-") as tmp:
         work = Path(tmp)
@@ -344,7 +351,16 @@ def count(
             binary=board.qemu,
             root=root,
             python_path=extra,
-            options=("-cpu", board.cpu, "-plugin", f"{plugin},mark={MARK}", "-d", "plugin", "-D", str(log)),
+            options=(
+                "-cpu",
+                board.cpu,
+                "-plugin",
+                f"{plugin},mark={MARK}" + (",profile=1" if profile else ""),
+                "-d",
+                "plugin",
+                "-D",
+                str(log),
+            ),
         )
         command = [
             "python3",
@@ -363,6 +379,7 @@ def count(
             str(windows),
             "--warmup",
             str(warmup),
+            *(["--maps", str(work / "maps.txt")] if profile else []),
         ]
         done = run_emulated(sysroot, command, capture=True, timeout=timeout, qemu=options)
         if done.returncode != 0:
@@ -375,4 +392,58 @@ def count(
         ]
         if len(rows) != windows:
             raise BuildError(f"the plugin reported {len(rows)} windows, expected {windows}", f"see {log}")
-        return Counted([r[0] for r in rows], [r[1] for r in rows], np.load(work / "output.npy"))
+        counted = Counted([r[0] for r in rows], [r[1] for r in rows], np.load(work / "output.npy"))
+        if profile:
+            counted.blocks = {}
+            for line in log.read_text().splitlines():
+                if line.startswith("block "):
+                    _, address, insns = line.split()
+                    counted.blocks[int(address, 16)] = counted.blocks.get(int(address, 16), 0) + int(insns)
+            counted.maps = (work / "maps.txt").read_text()
+        return counted
+
+
+def _symbols(library: Path, nm: str) -> tuple[list[int], list[str]]:
+    """(sorted start addresses, names) of a shared library's functions, from its symbol tables."""
+    found: dict[int, str] = {}
+    for flags in (["-D"], []):
+        out = subprocess.run([nm, *flags, "--defined-only", str(library)], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] in "tTwW":
+                found.setdefault(int(parts[0], 16), parts[2])
+    starts = sorted(found)
+    return starts, [found[a] for a in starts]
+
+
+def by_function(counted: Counted, nm: str = "aarch64-linux-gnu-nm") -> dict[str, int]:
+    """Instructions in the windows (summed over them) per function: `library:symbol` where the
+    block lies in a mapped file with symbols, `library:?` in one without, `?` outside any file
+    (JIT code, QEMU's signal trampolines)."""
+    if counted.blocks is None:
+        raise UsageError("no per-block counts", "count with profile=True")
+    nm = require_tool(nm)
+    spans = []  # (start, end, path, load base) of executable file mappings
+    bases: dict[str, int] = {}
+    for line in counted.maps.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or not parts[5].startswith("/"):
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        bases.setdefault(parts[5], start - int(parts[2], 16))
+        if "x" in parts[1]:
+            spans.append((start, end, parts[5]))
+    tables = {}
+    totals: dict[str, int] = {}
+    for address, insns in counted.blocks.items():
+        span = next((s for s in spans if s[0] <= address < s[1]), None)
+        name = "?"
+        if span is not None:
+            path = span[2]
+            if path not in tables:
+                tables[path] = _symbols(Path(path), nm)
+            starts, names = tables[path]
+            i = bisect.bisect_right(starts, address - bases[path]) - 1
+            name = f"{Path(path).name}:{names[i] if i >= 0 else '?'}"
+        totals[name] = totals.get(name, 0) + insns
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

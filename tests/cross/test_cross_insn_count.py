@@ -72,6 +72,31 @@ def test_onnxruntime_runs_in_the_guest_and_agrees(plugin: Path, arm64_sysroot, t
     assert np.max(np.abs(other.output - theirs.output)) > 1e-4
 
 
+@pytest.mark.slow
+def test_profile_places_the_windows_instructions_in_the_packages_kernels(
+    plugin: Path, arm64_sysroot, tmp_path: Path
+) -> None:
+    """profile=True: the per-block counts add up to the windows' (two windows here), and most of a
+    MobileNetV2-0.35 inference's instructions land in the library's own kernels, which lead the list."""
+    from edgefleet.models.mobilenetv2 import save
+
+    model = save(tmp_path / "mnv2.onnx", size=64, width=0.35)
+    key = create_signing_key(tmp_path / "profile.key")
+    pkg = compile_model(str(model), "rasp4b", output=tmp_path / "p.tar.gz", key=key.path, verify=False, quiet=True)
+    feed = np.random.default_rng(3).random((1, 3, 64, 64), dtype=np.float32)
+    with open_package(pkg.package, None) as opened:
+        counted = counter.count(
+            BOARD, arm64_sysroot, "edgefleet", opened.library, feed, windows=2, plugin=plugin, profile=True
+        )
+        per_function = counter.by_function(counted)
+        library = opened.library.name
+    assert sum(per_function.values()) == sum(counted.thread)
+    in_kernels = sum(n for name, n in per_function.items() if name.startswith(f"{library}:"))
+    assert in_kernels > 0.5 * sum(counted.thread), list(per_function.items())[:5]
+    top = list(per_function)[:2]  # the 1000-way classifier (a matmul) and a convolution, at 64x64
+    assert all(name.startswith(f"{library}:") for name in top) and any("conv2d" in name for name in top), top
+
+
 def test_another_qemu_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "qemu-aarch64"
     fake.write_text("#!/bin/sh\necho 'qemu-aarch64 version 9.1.0'\n")
