@@ -391,3 +391,74 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     assert len(dot) >= 15, sorted(scripts)
     assert all("llvm.aarch64.neon.sdot" in scripts[n] for n in dot), [n for n in dot if "sdot" not in scripts[n]]
     assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30
+
+
+def test_fast_exp_and_sigmoid_stay_within_float32_rounding():
+    """graph.fast_exp / fast_sigmoid against float64 numpy over the whole useful range, as compiled."""
+    from tvm import te
+
+    x = np.concatenate([np.linspace(-100, 100, 4001), np.linspace(-4, 4, 4001)]).astype(np.float32)
+    arg = te.placeholder(x.shape, "float32", name="x")
+    results = {}
+    for name, fn in (("exp", graph.fast_exp), ("sigmoid", graph.fast_sigmoid)):
+        out = te.compute(x.shape, lambda i: fn(arg[i]))  # noqa: B023  (used at once)
+        built = tvm.compile(te.create_prim_func([arg, out]), target="llvm")
+        y = tvm.runtime.tensor(np.zeros_like(x))
+        built(tvm.runtime.tensor(x), y)
+        results[name] = y.numpy().astype(np.float64)
+    wide = x.astype(np.float64)
+    inside = (wide > -87) & (wide < 88)
+    assert np.max(np.abs(results["exp"][inside] / np.exp(wide[inside]) - 1)) < 3e-7
+    assert np.max(np.abs(results["sigmoid"] - 1 / (1 + np.exp(-wide)))) < 2e-7
+
+
+def test_silu_and_softmax_call_no_exp_and_match_onnxruntime():
+    """Sigmoid (SiLU's) and Softmax lower to fast_exp's arithmetic, not `exp` (which LLVM turns into a
+    libm call per lane), and still match ONNX Runtime."""
+    rng = np.random.default_rng(5)
+    conv, inits = _conv(rng, "data", 8, 16, 3, 1)
+    nodes = [
+        conv,
+        helper.make_node("Sigmoid", ["c"], ["sig"]),
+        helper.make_node("Mul", ["c", "sig"], ["silu"]),
+        helper.make_node("Softmax", ["silu"], ["out"], axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "silu",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    lowered, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    scripts = [f.script() for _, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert any("reinterpret" in s for s in scripts)  # fast_exp's 2^n
+    assert not any(re.search(r"T\.(exp|sigmoid)\(", s) for s in scripts)
+
+
+def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
+    """rasp4b: a 3x3 conv with rows of 12 (tiles of 6) gets its 16 input channels per tile unrolled;
+    rows of 13 (a ragged tile, whose predicate made the unrolled body slower) and x86 do not."""
+    from edgefleet.compiler.schedules import schedule_func
+
+    def conv_func(width: int):
+        from tvm import te, topi
+
+        data = te.placeholder((1, 2, width, width, 16), "float32", name="data")
+        kernel = te.placeholder((2, 2, 3, 3, 16, 16), "float32", name="kernel")
+        out = topi.nn.conv2d_NCHWc(data, kernel, 1, 1, 1, "NCHW16c", "NCHW16c", "float32")
+        return te.create_prim_func([data, kernel, topi.nn.relu(out)])
+
+    def unrolled_16(target: str, width: int) -> bool:
+        tgt = tvm_target(resolve_target(target))
+        with tgt:
+            sch = schedule_func(conv_func(width), tgt)
+        assert sch is not None
+        return bool(re.search(r"in T\.unroll\(16\)", sch.mod["main"].script()))
+
+    assert unrolled_16("rasp4b", 12)
+    assert not unrolled_16("rasp4b", 13)
+    assert not unrolled_16("x86_64", 12)
