@@ -441,7 +441,7 @@ def test_silu_and_softmax_call_no_exp_and_match_onnxruntime():
 
 def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
     """rasp4b: a 3x3 conv with rows of 12 (tiles of 6) gets its 16 input channels per tile unrolled;
-    rows of 13 (a ragged tile, whose predicate made the unrolled body slower) and x86 do not."""
+    rows of 13 (a ragged tile, whose predicate made the unrolled body slower), ARMv7 and x86 do not."""
     from edgefleet.compiler.schedules import schedule_func
 
     def conv_func(width: int):
@@ -461,4 +461,5 @@ def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
 
     assert unrolled_16("rasp4b", 12)
     assert not unrolled_16("rasp4b", 13)
+    assert not unrolled_16("rasp3b", 12)
     assert not unrolled_16("x86_64", 12)
