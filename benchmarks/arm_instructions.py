@@ -148,7 +148,7 @@ def main() -> None:
                         plugin=plugin,
                         profile=args.profile > 0,
                     )
-                    _print_profile(f"{name} {board.name} edgefleet", ours, args)
+                    _print_profile(f"{name} {board.name} edgefleet", board, ours, args)
                 theirs = None
                 if board.sysroot_arch == "arm64":
                     say(f"{name} on {board.name}: counting {reference}")
@@ -162,7 +162,7 @@ def main() -> None:
                         plugin=plugin,
                         profile=args.profile > 0,
                     )
-                    _print_profile(f"{name} {board.name} {reference}", theirs, args)
+                    _print_profile(f"{name} {board.name} {reference}", board, theirs, args)
                 rows.append((name, board.name, reference, ours, theirs, x86_ratio))
                 _print_row(rows[-1])
     print()
@@ -173,13 +173,12 @@ def main() -> None:
         _print_row(row)
 
 
-def _print_profile(title: str, counted, args) -> None:
+def _print_profile(title: str, board, counted, args) -> None:
     """The top functions of a profiled count, in M instructions per inference and share."""
     if not args.profile:
         return
-    per_function = counter.by_function(
-        counted, "arm-linux-gnueabihf-nm" if "rasp3b" in title else "aarch64-linux-gnu-nm"
-    )
+    nm = "arm-linux-gnueabihf-nm" if board.sysroot_arch == "armhf" else "aarch64-linux-gnu-nm"
+    per_function = counter.by_function(counted, nm)
     total = sum(per_function.values())
     print(f"\n{title}: {total / args.windows / 1e6:.2f} M per inference, top {args.profile}:")
     for fn, insns in list(per_function.items())[: args.profile]:
