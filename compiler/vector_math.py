@@ -1,4 +1,4 @@
-"""exp, sigmoid and softmax for float32 in arithmetic that vectorizes (x86 CPU targets).
+"""exp, sigmoid and softmax for float32 in arithmetic that vectorizes (every CPU target).
 
 TVM lowers `exp` (and `sigmoid`, which it writes with `exp`) to LLVM's `llvm.exp` intrinsic; on
 x86 LLVM has no vector form of it and calls libm's `expf` once per lane: 1.6-2.6 ns per element
@@ -98,8 +98,9 @@ def _elementwise(fn, name: str, default):
 
 
 def applies(target: tvm.target.Target) -> bool:
-    """Whether `target` is an x86-64 CPU (where it was measured; AArch64 LLVM calls libm per lane too)."""
-    return str(target.attrs.get("mtriple", "")).startswith("x86_64")
+    """Whether `target` is a CPU: LLVM calls libm per lane on x86 and on ARM alike (on rasp4b 47% of
+    the YOLOv8-style detector's instructions were `expf`)."""
+    return str(target.kind.name) == "llvm"
 
 
 def legalize_rules() -> dict:

@@ -522,3 +522,29 @@ def test_a_channel_split_and_concat_on_whole_blocks_stay_blocked():
     # Into the blocked layout at the input, out of it at the output: none around the split.
     assert sum("layout_transform" in c for c in calls) == 2, calls
     assert any("strided_slice" in c for c in calls) and any("concatenate" in c for c in calls), calls
+
+
+def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
+    """rasp4b: a 3x3 conv with rows of 12 (tiles of 6) gets its 16 input channels per tile unrolled;
+    rows of 13 (a ragged tile, whose predicate made the unrolled body slower), ARMv7 and x86 do not."""
+    from edgefleet.compiler.schedules import schedule_func
+
+    def conv_func(width: int):
+        from tvm import te, topi
+
+        data = te.placeholder((1, 2, width, width, 16), "float32", name="data")
+        kernel = te.placeholder((2, 2, 3, 3, 16, 16), "float32", name="kernel")
+        out = topi.nn.conv2d_NCHWc(data, kernel, 1, 1, 1, "NCHW16c", "NCHW16c", "float32")
+        return te.create_prim_func([data, kernel, topi.nn.relu(out)])
+
+    def unrolled_16(target: str, width: int) -> bool:
+        tgt = tvm_target(resolve_target(target))
+        with tgt:
+            sch = schedule_func(conv_func(width), tgt)
+        assert sch is not None
+        return bool(re.search(r"in T\.unroll\(16\)", sch.mod["main"].script()))
+
+    assert unrolled_16("rasp4b", 12)
+    assert not unrolled_16("rasp4b", 13)
+    assert not unrolled_16("rasp3b", 12)
+    assert not unrolled_16("x86_64", 12)
