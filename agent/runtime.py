@@ -39,7 +39,6 @@ class _Runtime:
         if not _pool.spin:
             # TVM reads this once, when its pool's workers first start: before any model runs.
             os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
-        _size_pools(_pool.threads)
         # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
         self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in bundle.load_order()]
         self.api = _declare(self.libs[-1])
