@@ -326,7 +326,10 @@ def test_a_rollout_over_the_fleets_own_https_reaches_every_agent(world):
     assert world.url.startswith("https://")
     config = (world.root / "cam-a.toml").read_text()
     assert f'ca_file = "{world.root / "cam-a" / "identity" / "fleet-ca.pem"}"' in config
-    rid = world.rollout("2", {"canary": 1, "waves": [100], "bake_time_s": 1})
+    # The health gate is tested above; here a p95 latency judged on one sample from a loaded
+    # machine would only make the transport test flaky (it aborted once at 1.5x + 5 ms).
+    plan = {"canary": 1, "waves": [100], "bake_time_s": 1, "health": {"enabled": False}}
+    rid = world.rollout("2", plan)
     final = world.wait(
         lambda: world.state(rid)["state"] in ("succeeded", "aborted") and world.state(rid), 150, "the rollout to finish"
     )
