@@ -65,10 +65,11 @@ def _vector_registers(target: tvm.target.Target) -> tuple[int, int]:
 
 def _unroll_channels(target: tvm.target.Target) -> bool:
     """AArch64: the input-channel loop of a register tile unrolled (a 6 x 16 tile's 24 FMAs carried
-    5 loop instructions per input channel). Only for tiles that divide the row (`_divides_well`):
-    a ragged tile's predicate inside the unrolled body made LLVM shuffle accumulators between
-    registers (2.2x the instructions of a SqueezeNet 3x3). ARMv7 (16 registers, tiles of 2) counted
-    12% more with it (SqueezeNet on rasp3b: 275.5 M instead of 245.3 M); x86 keeps its schedule."""
+    5 loop instructions per input channel), with tiles of `_unrolled_tile` pixels; a row's last,
+    shorter tile is partitioned off (a ragged tile's predicate inside the unrolled body made LLVM
+    shuffle accumulators between registers: 2.2x the instructions of a SqueezeNet 3x3). ARMv7 (16
+    registers, tiles of 2) counted 12% more with it (SqueezeNet on rasp3b: 275.5 M instead of
+    245.3 M); x86 keeps its schedule."""
     return str(target.attrs.get("mtriple", "")).startswith("aarch64")
 
 
@@ -108,11 +109,20 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(ext) if isinstance(ext, tirx.IntImm) else None
 
 
-def _divides_well(width: int, limit: int) -> bool:
-    """A divisor of `width` fills at least a third of a `limit`-pixel tile: unrolled, tiles of 3 on
-    rows of 27 (SqueezeNet) and of 2 on rows of 14 (MobileNetV2) cost fewer instructions than
-    ragged tiles of 6 with the loop kept."""
-    return 3 * _largest_divisor(width, limit) >= min(width, limit)
+def _unrolled_tile(width: int, block: int, registers: int) -> int:
+    """Pixels per tile of a row of `width` whose input-channel loop is unrolled (`_unroll_channels`).
+
+    Unrolled, LLVM loads a pixel's input channels two vectors at a time (`ldp`) and multiplies by
+    lane, so each pixel holds two input vectors beside its block/4 accumulators, with block/4
+    weight vectors live: 4 pixels of 16 channels (4 x (4 + 2) + 4 = 28 of 32 registers; tiles of 5
+    and 6 spilled: SqueezeNet on rasp4b 132.2 M and 46.9 M for a 3x3 on rows of 27 alone, against
+    124.3 M). The row's tiles are balanced (14 -> 4, 4, 4, 2 rather than tiles of 2), the last one
+    partitioned off when it is shorter.
+    """
+    per_pixel = max(1, block // 4)
+    limit = min(MAX_REG_TILE, (registers - per_pixel) // (per_pixel + 2))
+    tiles = -(-width // limit)
+    return -(-width // tiles)
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -248,32 +258,53 @@ class Conv2dNCHWc(_SafeRule):
             return _depthwise(sch, conv, blocks, self.target)
         if _iter_kinds(sch, conv) == "SSSSSRRRR":
             return _grouped(sch, conv, blocks, self.target)
-        found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
-        if found is None:
-            return None
-        pads, epi = found
-        n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
-        ow_n, ic_n, ocb_n = _extent(sch, ow), _extent(sch, ic), _extent(sch, ocb)
-        ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
-        if None in (ow_n, ic_n, ocb_n) or ic_n % ic_bn:
-            return None
-        # A block narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit.
-        limit = register_tile(self.target, ocb_n)
-        # float32 only: the int8 kernels' int16 multiply-adds counted 0.8% more unrolled (MobileNetV2-0.35, rasp4b).
-        is_float = str(sch.get(conv).writes[0].source.dtype) == "float32"
-        unrolled = _unroll_channels(self.target) and is_float and _divides_well(ow_n, limit)
-        reg_n = _largest_divisor(ow_n, limit) if unrolled else _pixel_tile(ow_n, limit)
-        ow_o, ow_i = sch.split(ow, [None, reg_n])
-        ic_o, ic_i = sch.split(ic, [None, ic_bn])
-        sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
-        if unrolled:
-            sch.unroll(ic_i)
-        sch.reverse_compute_at(epi, ow_o)
-        sch.parallel(sch.fuse(n, occ, oh))
-        # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
-        sch.unroll(ow_i)
-        sch.vectorize(ocb)
-        return _finish_conv(sch, conv, epi, pads, ic_o)
+        return _dense(sch, conv, blocks, self.target)
+
+
+def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
+    """Dense NCHWc: per (chunk, row), tiles of reg_n pixels x the output block accumulate over the
+    input-channel chunks and the kernel window."""
+    ow_n, ocb_n = (_extent(sch, loop) for loop in sch.get_loops(conv)[3:5])
+    if None in (ow_n, ocb_n):
+        return None
+    # float32 only: the int8 kernels' int16 multiply-adds counted 0.8% more unrolled (MobileNetV2-0.35, rasp4b).
+    unrolled = _unroll_channels(target) and str(sch.get(conv).writes[0].source.dtype) == "float32"
+    if unrolled:
+        reg_n = _unrolled_tile(ow_n, ocb_n, _vector_registers(target)[0])
+    else:  # a block narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit
+        reg_n = _pixel_tile(ow_n, register_tile(target, ocb_n))
+    if unrolled and ow_n % reg_n:
+        sch, blocks, conv = _int32_indices(sch)
+    found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
+    if found is None:
+        return None
+    pads, epi = found
+    n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
+    ic_n, ic_bn = _extent(sch, ic), int(sch.get(conv).reads[0].source.shape[-1])
+    if ic_n is None or ic_n % ic_bn:
+        return None
+    ow_o, ow_i = sch.split(ow, [None, reg_n])
+    ic_o, ic_i = sch.split(ic, [None, ic_bn])
+    sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
+    if unrolled:
+        sch.unroll(ic_i)
+        if ow_n % reg_n:
+            sch.annotate(ow_o, "pragma_loop_partition_hint", 1)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
+    sch.unroll(ow_i)
+    sch.vectorize(ocb)
+    return _finish_conv(sch, conv, epi, pads, ic_o)
+
+
+def _int32_indices(sch: s_tir.Schedule):
+    """(schedule, blocks, dense conv) of the kernel with int32 indices. The last tile of a row is
+    partitioned off by LoopPartition's hint; TVM's NarrowDataType renames int64 loop variables but
+    not the hint that names them, so the hint would be lost on int64 loops."""
+    sch = s_tir.Schedule(tirx.transform.ForceNarrowIndexToInt32()(sch.mod)["main"])
+    blocks = _blocks(sch)
+    return sch, blocks, next(b for b in blocks if _name(sch, b).startswith("conv2d_NCHWc"))
 
 
 def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):

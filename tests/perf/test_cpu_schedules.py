@@ -524,27 +524,36 @@ def test_a_channel_split_and_concat_on_whole_blocks_stay_blocked():
     assert any("strided_slice" in c for c in calls) and any("concatenate" in c for c in calls), calls
 
 
-def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
-    """rasp4b: a 3x3 conv with rows of 12 (tiles of 6) gets its 16 input channels per tile unrolled;
-    rows of 13 (a ragged tile, whose predicate made the unrolled body slower), ARMv7 and x86 do not."""
+def test_aarch64_unrolls_the_channel_loop_and_partitions_off_a_ragged_rows_last_tile():
+    """rasp4b: a 3x3 conv gets its 16 input channels per tile unrolled, 4 pixels per tile (16
+    accumulators, 2 input and 4 weight vectors); on rows of 13 the last tile (1 pixel) is
+    partitioned off by LoopPartition's hint, on int32 indices (TVM's NarrowDataType loses the hint
+    of an int64 loop). ARMv7 and x86 keep the loop and the predicate."""
     from edgefleet.compiler.schedules import schedule_func
 
     def conv_func(width: int):
         from tvm import te, topi
 
-        data = te.placeholder((1, 2, width, width, 16), "float32", name="data")
-        kernel = te.placeholder((2, 2, 3, 3, 16, 16), "float32", name="kernel")
+        def shape(*dims):  # int64, as Relax legalizes a model's kernels
+            return [tirx.IntImm("int64", d) for d in dims]
+
+        data = te.placeholder(shape(1, 2, width, width, 16), "float32", name="data")
+        kernel = te.placeholder(shape(2, 2, 3, 3, 16, 16), "float32", name="kernel")
         out = topi.nn.conv2d_NCHWc(data, kernel, 1, 1, 1, "NCHW16c", "NCHW16c", "float32")
         return te.create_prim_func([data, kernel, topi.nn.relu(out)])
 
-    def unrolled_16(target: str, width: int) -> bool:
+    def scheduled(target: str, width: int) -> str:
         tgt = tvm_target(resolve_target(target))
         with tgt:
             sch = schedule_func(conv_func(width), tgt)
         assert sch is not None
-        return bool(re.search(r"in T\.unroll\(16\)", sch.mod["main"].script()))
+        return sch.mod["main"].script()
 
-    assert unrolled_16("rasp4b", 12)
-    assert not unrolled_16("rasp4b", 13)
-    assert not unrolled_16("rasp3b", 12)
-    assert not unrolled_16("x86_64", 12)
+    whole, ragged = scheduled("rasp4b", 12), scheduled("rasp4b", 13)
+    for script in (whole, ragged):
+        assert re.search(r"in T\.unroll\(16\)", script) and re.search(r"in T\.unroll\(4\)", script), script
+    assert "pragma_loop_partition_hint" not in whole and "int64" in whole
+    assert "pragma_loop_partition_hint" in ragged and "int64" not in ragged
+    for target in ("rasp3b", "x86_64"):
+        script = scheduled(target, 13)
+        assert not re.search(r"in T\.unroll\(16\)", script) and "pragma_loop_partition_hint" not in script
