@@ -1,4 +1,4 @@
-"""AArch64 tensor intrinsics for the CPU schedules (schedules._dot).
+"""AArch64 tensor intrinsics for the CPU schedules (schedules._dot, schedules._lane).
 
 TVM 0.27's `ARM_DOT_4x4_i8_SDOT` implementation names its intermediate vectors, which its
 TVMScript turns into "local" buffers; LowerTVMBuiltin keeps only "global" allocations on the
@@ -9,6 +9,7 @@ This one computes the same SDOT as a single expression: nothing to allocate.
 
 from __future__ import annotations
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir.tensor_intrin.arm_cpu import get_dotprod_intrin
 from tvm.script import tirx as T
@@ -36,3 +37,65 @@ def _sdot_4x4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 
 # The description (what the 4x4 block computes) is TVM's; only the implementation differs.
 TensorIntrin.register(SDOT_4x4_I8, get_dotprod_intrin("int8", "int32")[0], _sdot_4x4_impl)
+
+
+# Input channels per lane-indexed step: one 128-bit load of a pixel's int16 inputs feeds eight multiplies.
+LANE_CHANNELS = 8
+
+
+def _smull_lane(A, B, pixel, k, group, channels: int) -> tirx.PrimExpr:
+    """int32(B[k, 4g:4g+4]) * int32(A[p, k]): weights times lane k of the pixel's input vector (LLVM:
+    `smull v.4s, b.4h, a.h[k]`; added to an accumulator, `smlal`)."""
+    return tirx.call_llvm_pure_intrin(
+        "int32x4",
+        "llvm.aarch64.neon.smull.v4i32",
+        B.vload([k, group * 4], dtype="int16x4"),
+        tirx.Shuffle([A.vload([pixel, 0], dtype=f"int16x{channels}")], [k] * 4),
+    )
+
+
+def _smlal_lane_intrin(pixels: int, channels: int, outputs: int) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """C[p, j] += sum_k int32(A[p, k]) * int32(B[k, j]) for `pixels` consecutive pixels, `channels`
+    int16 inputs and `outputs` output channels (rows of A, B and C some stride apart)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (pixels, channels), dtype="int16", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (channels, outputs), dtype="int16", offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (pixels, outputs), dtype="int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:pixels, 0:outputs], A[0:pixels, 0:channels], B[0:channels, 0:outputs])
+            T.writes(C[0:pixels, 0:outputs])
+            for p, k, j in T.grid(pixels, channels, outputs):
+                with T.sblock("update"):
+                    vp, vj, vk = T.axis.remap("SSR", [p, j, k])
+                    C[vp, vj] = C[vp, vj] + T.cast(A[vp, vk], "int32") * T.cast(B[vk, vj], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (pixels, channels), dtype="int16", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (channels, outputs), dtype="int16", offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (pixels, outputs), dtype="int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:pixels, 0:outputs], A[0:pixels, 0:channels], B[0:channels, 0:outputs])
+            T.writes(C[0:pixels, 0:outputs])
+            # Input channel outermost: one input channel's weights serve every pixel of the tile, then
+            # the next's (per pixel, all of them were live at once: spilled). One store per product:
+            # as one sum, LLVM's reassociation started each in a register of its own and added the
+            # accumulator last (twice the registers).
+            for k in T.unroll(channels):
+                for p in T.unroll(pixels):
+                    for g in T.unroll(outputs // 4):
+                        C[p, T.ramp(g * 4, 1, 4)] = C[p, T.ramp(g * 4, 1, 4)] + _smull_lane(A, B, p, k, g, channels)
+
+    return desc, impl
+
+
+def smlal_lane_intrin(pixels: int, outputs: int) -> str:
+    """The name of the lane-indexed int16 multiply-add of `pixels` x LANE_CHANNELS inputs x `outputs` channels."""
+    name = f"edgefleet_smlal_lane_{pixels}x{LANE_CHANNELS}x{outputs}_i16i16s32"
+    if TensorIntrin.get(name, allow_missing=True) is None:  # one per tile shape, registered on first use
+        TensorIntrin.register(name, *_smlal_lane_intrin(pixels, LANE_CHANNELS, outputs))
+    return name

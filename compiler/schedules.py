@@ -283,6 +283,8 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     ic_n, ic_bn = _extent(sch, ic), int(sch.get(conv).reads[0].source.shape[-1])
     if ic_n is None or ic_n % ic_bn:
         return None
+    if _lane_multiplies(sch, conv, target, ic_bn, ocb_n):
+        return _lane(sch, conv, epi, pads, target)
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
@@ -341,6 +343,72 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     for pad in pads:
         _schedule_pad(sch, pad)
     return sch
+
+
+def _lane_multiplies(sch: s_tir.Schedule, conv, target: tvm.target.Target, ic_bn: int, ocb_n: int) -> bool:
+    """AArch64 int16 x int16 -> int32 convolutions (tflite_quant.py's dense int8 convolutions where
+    no dot product runs them) with whole groups of LANE_CHANNELS input channels: `_lane`."""
+    from edgefleet.compiler.arm_intrin import LANE_CHANNELS
+
+    block = sch.get(conv)
+    out = block.writes[0].source
+    operands = {str(r.source.dtype) for r in block.reads if not r.source.same_as(out)}
+    return (
+        str(target.attrs.get("mtriple", "")).startswith("aarch64")
+        and str(out.dtype) == "int32"
+        and operands == {"int16"}
+        and ic_bn % LANE_CHANNELS == 0
+        and ocb_n % 4 == 0
+        and _stride_one(sch, conv)
+    )
+
+
+def _stride_one(sch: s_tir.Schedule, conv) -> bool:
+    """Whether the convolution's neighbouring output pixels read neighbouring input pixels (no stride,
+    no dilation): `_lane` multiplies a tile's inputs as rows of one matrix."""
+    *_, ow, _, _, _, kw = sch.get_loops(conv)
+    ow_n, kw_n = _extent(sch, ow), _extent(sch, kw)
+    width = int(sch.get(conv).reads[0].source.shape[3])
+    return ow_n is not None and kw_n is not None and width == ow_n + kw_n - 1
+
+
+def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target) -> s_tir.Schedule:
+    """int16 NCHWc on AArch64 by lane (XNNPACK's Cortex-A72 int8 kernels): per pixel, one 128-bit load
+    of 8 input channels, each of them multiplied as a lane (`smlal v.4s, w.4h, a.h[k]`) into the
+    pixel's output-channel accumulators (arm_intrin.smlal_lane_intrin). The broadcast form loaded
+    and broadcast every input channel of every pixel (`ld1r` and an address add per 16 multiply-adds).
+    A lane operand must sit in v0-v15: a pixel holds one such input vector beside its accumulators.
+    Tiles divide the row (a ragged tile's predicate does not tensorize); where none fills the
+    registers, half the output channels per pass hold twice the pixels, as in `_dot`."""
+    from edgefleet.compiler.arm_intrin import LANE_CHANNELS, smlal_lane_intrin
+
+    n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
+    assert ow_n is not None and ocb_n is not None
+    tile, passes = _largest_divisor(ow_n, _lane_tile(target, ocb_n)), 1
+    if 2 * tile <= min(ow_n, _lane_tile(target, ocb_n)) and ocb_n % 8 == 0:
+        tile, passes = _largest_divisor(ow_n, _lane_tile(target, ocb_n // 2)), 2
+    ow_o, ow_i = sch.split(ow, [None, tile])
+    oc_p, oc_i = sch.split(ocb, [passes, None])
+    ic_o, ic_m, ic_i = sch.split(ic, [None, ic_bn // LANE_CHANNELS, LANE_CHANNELS])
+    sch.reorder(n, occ, oh, ow_o, oc_p, ic_o, kh, kw, ic_m, ow_i, ic_i, oc_i)
+    sch.reverse_compute_at(epi, ow_o)
+    sch.parallel(sch.fuse(n, occ, oh))
+    init = sch.decompose_reduction(conv, ic_o)
+    sch.tensorize(ow_i, smlal_lane_intrin(tile, ocb_n // passes))
+    sch.vectorize(sch.get_loops(init)[-1])
+    _vectorize_epilogue(sch, epi)
+    for pad in pads:
+        _schedule_pad(sch, pad)
+    return sch
+
+
+def _lane_tile(target: tvm.target.Target, block: int) -> int:
+    """Pixels per `_lane` tile: each holds block/4 accumulators and its input vector; four registers
+    stay for weights (16 channels: 5 pixels, 8: 9)."""
+    regs, lanes = _vector_registers(target)
+    return max(1, min(MAX_REG_TILE, (regs - 4) // (block // lanes + 1)))
 
 
 def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,14 @@ def _instructions(library: Path, *mnemonics: str) -> int:
         ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
     ).stdout
     return sum(1 for line in listing.splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
+
+
+def _lane_multiplies(library: Path) -> int:
+    """Widening multiply-adds by one 16-bit lane (`smlal v.4s, w.4h, a.h[k]`) in an AArch64 shared library."""
+    listing = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
+    ).stdout
+    return len(re.findall(r"\tsmlal2?\tv\d+\.4s, v\d+\.[48]h, v\d+\.h\[[0-7]\]", listing))
 
 
 def _calls_in_sdot_functions(library: Path) -> dict[str, int]:
@@ -56,13 +65,16 @@ def _reference(model: Path, x: np.ndarray) -> np.ndarray:
     return interp.get_tensor(interp.get_output_details()[0]["index"])
 
 
-def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_sysroot, cross_key, tmp_path):
+def test_int8_packages_run_sdot_on_rasp5_lanes_on_rasp4b_and_equal_litert_reference_kernels(
+    arm64_sysroot, cross_key, tmp_path
+):
     """A full-integer MobileNetV2 for rasp5 (Cortex-A76, +dotprod), 56x56 (rows of 28, 14 and 7 pixels: the
     tiles that split the channels): its dense convolutions run on raw int8 operands with SDOT, and its
     outputs still equal LiteRT's reference kernels bit for bit, in compile's own verification under
     QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales), and its SDOT
-    kernels allocate no workspaces (compiler/arm_intrin.py). rasp4b (no dot product) has neither and
-    passes verification exactly too."""
+    kernels allocate no workspaces (compiler/arm_intrin.py). rasp4b (no dot product) multiplies its
+    int16 operands by lane instead (`smlal v.4s, w.4h, a.h[k]`, arm_intrin's smull-by-lane intrinsic)
+    and equals the reference kernels exactly too, in verification and on the same further inputs."""
     model = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True)
     built = {
         target: compile_model(
@@ -87,12 +99,17 @@ def test_rasp5_int8_package_runs_sdot_and_equals_litert_reference_kernels(arm64_
         # Dense convolutions with 16 or more input channels: 4 output-channel groups x the unrolled pixels each.
         assert _instructions(rasp5.library, "sdot", "udot") >= 100
         assert _instructions(rasp5.library, "sqrdmulh") >= 100  # the rescale on int32 lanes
-        assert _instructions(rasp4b.library, "sdot", "udot", "sqrdmulh") == 0
+        assert _instructions(rasp4b.library, "sdot", "udot") == 0
+        # 8 lanes x 4 output-channel groups x the pixels of a tile, for each of ~20 dense convolutions.
+        assert _lane_multiplies(rasp4b.library) >= 20 * 8 * 4 * 4
+        assert _lane_multiplies(rasp5.library) < _lane_multiplies(rasp4b.library) / 4
         # No workspace allocated and freed around each SDOT tile row (13 calls per kernel before): one
         # call, the parallel launch; a padded convolution two launches and its padded input's workspace.
         calls = _calls_in_sdot_functions(rasp5.library)
         assert len(calls) >= 15 and max(calls.values()) <= 4 and sorted(calls.values())[-2] <= 1, calls
         outputs = [run_library_emulated(arm64_sysroot, rasp5.library, [x]).outputs[0] for x in feeds]
-    for x, actual in zip(feeds, outputs, strict=True):
+        lanes = [run_library_emulated(arm64_sysroot, rasp4b.library, [x]).outputs[0] for x in feeds]
+    for x, actual, by_lane in zip(feeds, outputs, lanes, strict=True):
         np.testing.assert_array_equal(actual, _reference(model, x))
+        np.testing.assert_array_equal(by_lane, _reference(model, x))
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent

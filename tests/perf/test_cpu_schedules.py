@@ -557,3 +557,33 @@ def test_aarch64_unrolls_the_channel_loop_and_partitions_off_a_ragged_rows_last_
     for target in ("rasp3b", "x86_64"):
         script = scheduled(target, 13)
         assert not re.search(r"in T\.unroll\(16\)", script) and "pragma_loop_partition_hint" not in script
+
+
+def test_aarch64_int16_convolutions_multiply_by_lane():
+    """rasp4b: an int16 x int16 -> int32 convolution (tflite_quant.py's dense int8 convolution without
+    dot product) multiplies each input channel as a lane of its pixel's input vector (arm_intrin's
+    smull-by-lane intrinsic, `smlal v.4s, w.4h, a.h[k]`), rows of 28 and of 7 pixels (half the
+    channels per pass) alike; a strided one (its pixels' inputs are not one matrix), ARMv7 and x86
+    keep their schedules. Numerics and the instruction: tests/cross/test_cross_int8_dot.py."""
+    from tvm import te, topi
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    def by_lane(target: str, width: int, stride: int = 1) -> bool:
+        data = te.placeholder((1, 2, width, width, 16), "int16", name="data")
+        kernel = te.placeholder((2, 2, 1, 1, 16, 16), "int16", name="kernel")
+        tgt = tvm_target(resolve_target(target))
+        with tgt:
+            out = topi.nn.conv2d_NCHWc(data, kernel, stride, 0, 1, "NCHW16c", "NCHW16c", "int32")
+            sch = schedule_func(te.create_prim_func([data, kernel, out]), tgt)
+        assert sch is not None
+        script = sch.mod["main"].script()
+        assert "conv2d_NCHWc_update" in script  # scheduled by Conv2dNCHWc, not left to `Generic`
+        # Lane k of a pixel's 8 input channels, splat across the 4 lanes of the widening multiply.
+        return "llvm.aarch64.neon.smull" in script and "T.Shuffle([A[p, T.Ramp(0, 1, 8)]], [k, k, k, k])" in script
+
+    assert by_lane("rasp4b", 28)
+    assert by_lane("rasp4b", 7)
+    assert not by_lane("rasp4b", 28, stride=2)
+    assert not by_lane("rasp3b", 28)
+    assert not by_lane("x86_64", 28)
