@@ -261,14 +261,15 @@ def _has_op(mod: tvm.IRModule, name: str) -> bool:
     return bool(found)
 
 
-def nchwc_layout(block: int = CHANNEL_BLOCK, sink_slices: bool = False) -> tvm.transform.Pass:
+def nchwc_layout(block: int = CHANNEL_BLOCK, x86_rewrites: bool = False) -> tvm.transform.Pass:
     """Blocked layout for convolutions, then fold the weight repacking into constants.
 
     ConvertLayout leaves a convolution in NCHW when its channels do not divide by `block`
     (e.g. a first layer with 3 input channels); `schedules.py` has a schedule for those too.
     A graph without convolutions is left alone: there is nothing to block, and ConvertLayout's
-    layout inference fails on some reductions it would otherwise walk through. `sink_slices` adds
-    `sink_channel_slices` (x86 targets; ARM's instruction counts were measured without it).
+    layout inference fails on some reductions it would otherwise walk through. `x86_rewrites` adds
+    `sink_channel_slices` and re-blocked binary operands in `sink_layout_transforms`, measured on x86
+    only so far (ARM's instruction counts were measured without them).
     """
     passes = tvm.transform.Sequential(
         [
@@ -283,8 +284,8 @@ def nchwc_layout(block: int = CHANNEL_BLOCK, sink_slices: bool = False) -> tvm.t
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
-            *([sink_channel_slices()] if sink_slices else []),
-            sink_layout_transforms(block),
+            *([sink_channel_slices()] if x86_rewrites else []),
+            sink_layout_transforms(block, reblock=x86_rewrites),
             relax.transform.FoldConstant(),
             # ConvertLayout unblocks a tensor once per consumer: a C2f block's split and concat
             # (YOLOv8) read the same conv output through two identical transforms.
@@ -645,7 +646,7 @@ def sink_channel_slices() -> tvm.transform.Pass:
     return _pass
 
 
-def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+def sink_layout_transforms(block: int = CHANNEL_BLOCK, reblock: bool = False) -> tvm.transform.Pass:
     """Move NCHW{b}c -> NCHW transforms below element-wise ops, then drop transform pairs.
 
     ConvertLayout leaves depthwise convolutions to `block_remaining_convs`, whose transforms
@@ -791,6 +792,27 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 self.builder_.emit(concat), index_map=lambda n, c, h, w, cb: (n, c * b + cb, h, w)
             )
 
+        def _reblocked(self, call: relax.Call) -> relax.Expr:
+            # ShuffleNet v1's 14x14 stage: a residual add of a 16-channel-block conv output and the
+            # stage's input, unblocked from 8-channel blocks, ran in NCHW with the transforms on
+            # both sides in every unit (11% of its kernel time). The 8-block operand is blocked by
+            # 16 here once (the same transform its group conv reads, merged by CSE), so the adds
+            # after it have operands in one block and the units stay blocked.
+            a, b = call.args
+            lts = [self._unblock_of(a), self._unblock_of(b)]
+            if _static_shape(a) is None or _shape(a) != _shape(b) or _shape(call) != _shape(a):
+                return call
+            keep = max((0, 1), key=lambda k: _shape(lts[k].args[0])[4])
+            bk = _shape(lts[keep].args[0])[4]
+            if _shape(a)[1] % bk or str(a.ty.dtype) != str(b.ty.dtype) or str(a.ty.dtype) == "bool":
+                return call
+            moved = self.builder_.emit(
+                relax.op.layout_transform(call.args[1 - keep], index_map=lambda n, c, h, w: (n, c // bk, h, w, c % bk))
+            )
+            args = [lts[keep].args[0], moved] if keep == 0 else [moved, lts[keep].args[0]]
+            joined = self.builder_.emit(relax.Call(call.op, args, call.attrs))
+            return relax.Call(lts[keep].op, [joined], lts[keep].attrs)
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -826,7 +848,7 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                     tvm_ffi.structural_equal(lt_a.attrs.index_map, lt_b.attrs.index_map)
                     and tvm_ffi.structural_equal(lt_a.args[0].ty, lt_b.args[0].ty)
                 ):
-                    return call
+                    return self._reblocked(call) if reblock else call
                 new_args = [lt_a.args[0], lt_b.args[0]]
             elif (lt_a is None) == (lt_b is None):
                 return call

@@ -599,6 +599,58 @@ def test_a_padded_classifier_keeps_its_bias_relu_and_average_blocked():
     assert any(c.startswith("fused_conv2d") and "relu" in c for c in calls), calls
 
 
+def _mixed_block_residual_model() -> onnx.ModelProto:
+    """ShuffleNet v1's stage entry: a concat in 8-channel blocks (stem 3 -> 8, conv 8 -> 40), then two
+    residual units whose grouped 1x1 conv (2 groups of 24 channels, which split a 16-channel block:
+    block_remaining_convs pads them) leaves 16-channel blocks, added to it."""
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+    for x, cin, cout, k, name in (
+        ("data", 3, 8, 3, "stem"),
+        ("stem_relu", 8, 40, 3, "side"),
+        ("cat", 48, 48, 1, "u1"),
+        ("r1", 48, 48, 1, "u2"),
+    ):
+        conv, weights = _conv(rng, x, cin, cout, k, 1, groups=2 if k == 1 else 1, name=name)
+        nodes.append(conv)
+        inits += weights
+        if name in ("stem", "side"):
+            nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"]))
+        if name == "side":
+            nodes.append(helper.make_node("Concat", ["side_relu", "stem_relu"], ["cat"], axis=1))
+        if name in ("u1", "u2"):
+            residual, out = ("cat", "r1") if name == "u1" else ("r1", "out")
+            nodes += [
+                helper.make_node("Add", [name, residual], [f"{name}_sum"]),
+                helper.make_node("Relu", [f"{name}_sum"], [out]),
+            ]
+    g = helper.make_graph(
+        nodes,
+        "mixed_blocks",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 48, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_residual_add_of_8_and_16_channel_blocks_stays_blocked():
+    model = _mixed_block_residual_model()
+    lowered, actual, expected = _compile_and_compare(model)
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+    def transforms(x86_rewrites: bool) -> int:
+        mod = graph.nchwc_layout(x86_rewrites=x86_rewrites)(graph.cleanup()(from_onnx(model)))
+        return mod["main"].script(show_meta=False).count("R.layout_transform(")
+
+    # In, from 8- to 16-channel blocks once (through NCHW), out; without the re-blocking both adds
+    # run in NCHW between transforms.
+    assert transforms(True) == 4 < transforms(False), (transforms(True), transforms(False))
+
+
 def test_aarch64_unrolls_the_channel_loop_of_tiles_that_divide_the_row():
     """rasp4b: a 3x3 conv with rows of 12 (tiles of 6) gets its 16 input channels per tile unrolled;
     rows of 13 (a ragged tile, whose predicate made the unrolled body slower), ARMv7 and x86 do not."""
