@@ -8,13 +8,13 @@ within each round), GFLOP/s (conv and dense multiply-adds x 2), the compile time
 the package size with and without the extra library, and the load average around the timing.
 
     python benchmarks/isa_variants.py [--models squeezenet,mobilenetv2,resnet50] [--runs 30] [--threads 1]
-        [--also znver4,icelake-server] [--without inplace_concats]
+        [--also znver4,icelake-server] [--without inplace_concats,sink_layout_transforms.reblock]
 
 `--also` compiles the model for more LLVM CPUs (raw TVM targets, one package each) and times them in
 the same rounds: how the generic x86-64-v4 library compares with one tuned for a named CPU.
 `--without` compiles the model once more with those passes of compiler/graph.py replaced by the
-identity and times that package's x86-64-v4 library in the same rounds: a graph rewrite's gain,
-before and after side by side.
+identity (or, as `factory.option`, with that keyword option off) and times that package's
+x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side.
 """
 
 from __future__ import annotations
@@ -37,20 +37,28 @@ from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
 
 @contextlib.contextmanager
 def _without(passes: list[str]):
-    """compiler/graph.py with the named pass factories returning the identity, for one compile."""
+    """compiler/graph.py with the named pass factories returning the identity, for one compile;
+    `factory.option` (e.g. sink_layout_transforms.reblock) calls that factory with the option False."""
     import tvm
 
     from edgefleet.compiler import graph
 
-    saved = {p: getattr(graph, p) for p in passes}
+    names = {p.split(".")[0] for p in passes}
+    saved = {n: getattr(graph, n) for n in names}
     identity = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name="Identity")
-    for p in passes:
-        setattr(graph, p, lambda *_a, **_k: identity)
+    for n in names:
+        off = {p.split(".")[1]: False for p in passes if p.startswith(f"{n}.")}
+        factory = saved[n]
+        setattr(
+            graph,
+            n,
+            (lambda *a, _f=factory, _o=off, **k: _f(*a, **{**k, **_o})) if off else (lambda *_a, **_k: identity),
+        )
     try:
         yield
     finally:
-        for p, factory in saved.items():
-            setattr(graph, p, factory)
+        for n, factory in saved.items():
+            setattr(graph, n, factory)
 
 
 def main() -> None:
