@@ -86,7 +86,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         schedules.default_schedules(kernels.schedule_failed),
         _report_unscheduled(report),
         # x86 only so far: ARM's instruction counts (docs/performance.md) were measured without it.
-        *([graph.inplace_concats()] if target.arch == "x86_64" else []),
+        *([graph.inplace_concats(kernels.unscheduled)] if target.arch == "x86_64" else []),
         *cpu.dataflow_lower_passes(tgt),
         *cpu.finalize_passes(tgt),
     ]
@@ -187,7 +187,11 @@ class KernelFallbacks:
 
         @tvm.transform.module_pass(opt_level=0, name="EdgefleetRememberUnscheduled")
         def _pass(mod, _ctx):
-            self.unscheduled = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+            # In place: inplace_concats holds this dict to add its kernel copies' unscheduled forms.
+            self.unscheduled.clear()
+            self.unscheduled.update(
+                {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+            )
             return mod
 
         return _pass

@@ -1216,7 +1216,7 @@ def int32_multipliers() -> tvm.transform.Pass:
 _INPLACE_ALIGN_BYTES = 64
 
 
-def inplace_concats() -> tvm.transform.Pass:
+def inplace_concats(unscheduled: dict[str, tvm.tirx.PrimFunc] | None = None) -> tvm.transform.Pass:
     """Channel concats written in place by their producers (x86 targets; after the default schedules).
 
     With batch 1 the channels are the outermost dimension of an NCHW or NCHW{b}c tensor, so each
@@ -1224,12 +1224,14 @@ def inplace_concats() -> tvm.transform.Pass:
     a kernel whose output nothing else reads, each such kernel gets a copy that writes its range of
     the result's buffer: the first allocates the whole result, the others write into it in place
     (call_tir_inplace), and the concat's copy is gone (SqueezeNet's fire modules, Inception's
-    branches). The kernels are scheduled already; only their output's address moves.
+    branches). The kernels are scheduled already; only their output's address moves. A copy of a
+    kernel found in `unscheduled` (name -> PrimFunc before the schedules, build.py's fallback for a
+    kernel that does not build scheduled) gets its unscheduled copy there too.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetInplaceConcats")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _InplaceConcats(mod)
+        rewriter = _InplaceConcats(mod, unscheduled if unscheduled is not None else {})
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
                 blocks = [rewriter.block(b) for b in func.body.blocks]
@@ -1241,8 +1243,9 @@ def inplace_concats() -> tvm.transform.Pass:
 
 
 class _InplaceConcats:
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, unscheduled: dict[str, tvm.tirx.PrimFunc]) -> None:
         self.mod = mod
+        self.unscheduled = unscheduled
         self.bb = relax.BlockBuilder(mod)
         self.copies: dict[tuple[str, tuple[int, ...], int], tvm.ir.GlobalVar] = {}
 
@@ -1321,7 +1324,11 @@ class _InplaceConcats:
         """A copy of kernel `gv` whose output is channels `channel`... of a `shape` tensor."""
         key = (gv.name_hint, tuple(shape), channel)
         if key not in self.copies:
-            self.copies[key] = self.bb.add_func(_write_into(self.mod[gv], shape, channel), f"{gv.name_hint}_into")
+            copy = self.bb.add_func(_write_into(self.mod[gv], shape, channel), f"{gv.name_hint}_into")
+            plain = self.unscheduled.get(gv.name_hint)
+            if plain is not None:
+                self.unscheduled[copy.name_hint] = _write_into(plain, shape, channel)
+            self.copies[key] = copy
         return self.copies[key]
 
 

@@ -565,6 +565,20 @@ def test_fire_module_concats_are_written_in_place_by_their_convolutions():
     assert sum(c.startswith("fused_conv2d") and "_into" in c for c in calls) == 4, calls
 
 
+def test_in_place_kernel_copies_keep_an_unscheduled_form_for_the_build_fallback():
+    from edgefleet.compiler.build import _as_lowered, _build_error
+
+    kernels = KernelFallbacks(print)
+    with tvm_target(TARGET):
+        mod = _optimize_pipeline(TARGET, 0, kernels)(from_onnx(_fire_model(), keep_params_in_input=False))
+    copies = {gv: f for gv, f in mod.functions.items() if "_into" in gv.name_hint and isinstance(f, tirx.PrimFunc)}
+    assert len(copies) == 4, list(copies)
+    for gv, scheduled in copies.items():
+        # What build_with_fallback puts in place of a scheduled kernel TVM cannot build.
+        plain = _as_lowered(kernels.unscheduled.get(gv.name_hint), scheduled)
+        assert plain is not None and _build_error(gv, plain, tvm_target(TARGET)) is None, gv.name_hint
+
+
 def _padded_classifier_model() -> onnx.ModelProto:
     """SqueezeNet's head: a 1x1 conv to 20 classes (padded to 32, whole blocks), ReLU, global average, flatten."""
     rng = np.random.default_rng(6)
