@@ -8,15 +8,19 @@ within each round), GFLOP/s (conv and dense multiply-adds x 2), the compile time
 the package size with and without the extra library, and the load average around the timing.
 
     python benchmarks/isa_variants.py [--models squeezenet,mobilenetv2,resnet50] [--runs 30] [--threads 1]
-        [--also znver4,icelake-server]
+        [--also znver4,icelake-server] [--without inplace_concats,sink_layout_transforms.reblock]
 
 `--also` compiles the model for more LLVM CPUs (raw TVM targets, one package each) and times them in
 the same rounds: how the generic x86-64-v4 library compares with one tuned for a named CPU.
+`--without` compiles the model once more with those passes of compiler/graph.py replaced by the
+identity (or, as `factory.option`, with that keyword option off) and times that package's
+x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import statistics
@@ -29,6 +33,32 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
+
+
+@contextlib.contextmanager
+def _without(passes: list[str]):
+    """compiler/graph.py with the named pass factories returning the identity, for one compile;
+    `factory.option` (e.g. sink_layout_transforms.reblock) calls that factory with the option False."""
+    import tvm
+
+    from edgefleet.compiler import graph
+
+    names = {p.split(".")[0] for p in passes}
+    saved = {n: getattr(graph, n) for n in names}
+    identity = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name="Identity")
+    for n in names:
+        off = {p.split(".")[1]: False for p in passes if p.startswith(f"{n}.")}
+        factory = saved[n]
+        setattr(
+            graph,
+            n,
+            (lambda *a, _f=factory, _o=off, **k: _f(*a, **{**k, **_o})) if off else (lambda *_a, **_k: identity),
+        )
+    try:
+        yield
+    finally:
+        for n, factory in saved.items():
+            setattr(graph, n, factory)
 
 
 def main() -> None:
@@ -44,6 +74,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--also", default="", help="more LLVM CPUs to compile for and time alongside")
+    ap.add_argument("--without", default="", help="graph.py passes to leave out in one more package")
     args = ap.parse_args()
     flags = cpu_flags()
     with tempfile.TemporaryDirectory(prefix="edgefleet-isa-") as tmp:
@@ -70,6 +101,15 @@ def main() -> None:
                     )
                     with open_package(other.package, [key.public]) as extra:
                         runners[mcpu] = _tvm_runner(extra.library, args.threads)  # the worker keeps it loaded
+                if args.without:
+                    with _without(args.without.split(",")):
+                        other = compile_model(
+                            str(source), "x86_64", output=work / f"{name}-without.tar.gz", key=key.path, quiet=True
+                        )
+                    with open_package(other.package, [key.public]) as extra:
+                        isa = runnable[0].isa  # the best this CPU runs (variants.json lists the best first)
+                        library = next(v.library for v in extra.variants().variants if v.isa == isa)
+                        runners[f"{isa} w/o"] = _tvm_runner(extra.path(library), args.threads)
                 sizes = {v.isa: pkg.path(v.library).stat().st_size for v in listed.variants}
                 # The package as it was before: the same members without the extra library and its list.
                 solo = len(gzip.compress(pkg.library.read_bytes(), compresslevel=6))

@@ -60,11 +60,14 @@ def kernel_times(mod, tgt) -> list[tuple[float, int, str]]:
     shapes: dict[str, list] = {}
 
     def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+        kinds = ("relax.call_tir", "relax.call_tir_inplace")
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in kinds:
             name = expr.args[0].name_hint
             calls[name] += 1
             out = expr.ty
-            tensors = [a.ty for a in expr.args[1].fields] + (list(out.fields) if hasattr(out, "fields") else [out])
+            # An in-place call's output is one of its arguments (a concat's part written into it).
+            outs = [] if expr.op.name == "relax.call_tir_inplace" else list(getattr(out, "fields", [out]))
+            tensors = [a.ty for a in expr.args[1].fields] + outs
             shapes[name] = [([int(d) for d in t.shape], str(t.dtype)) for t in tensors]
 
     relax.analysis.post_order_visit(mod["main"], visit)

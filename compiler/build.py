@@ -50,7 +50,12 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     report = kernels.report
     passes = [
         graph.cleanup(),
-        _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
+        _guarded(
+            graph.nchwc_layout(x86_rewrites=target.arch == "x86_64"),
+            "the NCHWc layout step",
+            "convolutions stay in NCHW (slower)",
+            report,
+        ),
         # int8 convolutions on raw int8 operands with SDOT, and their rescale on int32 lanes with
         # SQRDMULH, where the target has the dot product (rasp5's Cortex-A76). Every AArch64 core has
         # SQRDMULH, but on rasp4b it cost int8 MobileNetV2 1.0 0.4% more instructions (0.35: 1.8% fewer).
@@ -80,6 +85,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     passes += [
         schedules.default_schedules(kernels.schedule_failed),
         _report_unscheduled(report),
+        # x86 only so far: ARM's instruction counts (docs/performance.md) were measured without it.
+        *([graph.inplace_concats(kernels.unscheduled)] if target.arch == "x86_64" else []),
         *cpu.dataflow_lower_passes(tgt),
         *cpu.finalize_passes(tgt),
     ]
@@ -180,7 +187,11 @@ class KernelFallbacks:
 
         @tvm.transform.module_pass(opt_level=0, name="EdgefleetRememberUnscheduled")
         def _pass(mod, _ctx):
-            self.unscheduled = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+            # In place: inplace_concats holds this dict to add its kernel copies' unscheduled forms.
+            self.unscheduled.clear()
+            self.unscheduled.update(
+                {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+            )
             return mod
 
         return _pass

@@ -261,13 +261,15 @@ def _has_op(mod: tvm.IRModule, name: str) -> bool:
     return bool(found)
 
 
-def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+def nchwc_layout(block: int = CHANNEL_BLOCK, x86_rewrites: bool = False) -> tvm.transform.Pass:
     """Blocked layout for convolutions, then fold the weight repacking into constants.
 
     ConvertLayout leaves a convolution in NCHW when its channels do not divide by `block`
     (e.g. a first layer with 3 input channels); `schedules.py` has a schedule for those too.
     A graph without convolutions is left alone: there is nothing to block, and ConvertLayout's
-    layout inference fails on some reductions it would otherwise walk through.
+    layout inference fails on some reductions it would otherwise walk through. `x86_rewrites` adds
+    `sink_channel_slices` and re-blocked binary operands in `sink_layout_transforms`, measured on x86
+    only so far (ARM's instruction counts were measured without them).
     """
     passes = tvm.transform.Sequential(
         [
@@ -282,7 +284,8 @@ def nchwc_layout(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             relax.transform.FoldConstant(),
             block_remaining_convs(block),
             relax.transform.FoldConstant(),
-            sink_layout_transforms(block),
+            *([sink_channel_slices()] if x86_rewrites else []),
+            sink_layout_transforms(block, reblock=x86_rewrites),
             relax.transform.FoldConstant(),
             # ConvertLayout unblocks a tensor once per consumer: a C2f block's split and concat
             # (YOLOv8) read the same conv output through two identical transforms.
@@ -566,7 +569,84 @@ def channel_shuffle_groups(shapes: list[list[int] | None], axes: list[int] | Non
     return g
 
 
-def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+# Binary ops whose per-channel constant may be padded with zeros: the padded channels are dropped
+# after (no division, whose zero padding would divide by zero there).
+_PADDABLE_BINARY = {
+    "relax.add": relax.op.add,
+    "relax.subtract": relax.op.subtract,
+    "relax.multiply": relax.op.multiply,
+    "relax.maximum": relax.op.maximum,
+    "relax.minimum": relax.op.minimum,
+}
+
+
+def sink_channel_slices() -> tvm.transform.Pass:
+    """Move the slice that drops a padded convolution's extra channels below its bias, activation
+    and global pooling (run after `block_remaining_convs`, before `sink_layout_transforms`).
+
+    SqueezeNet's classifier is a 1x1 conv to 1000 channels, padded to 1008 (whole blocks) and
+    sliced back right after: its bias, ReLU and global average then ran on NCHW data, after a
+    layout transform of the whole 13x13 map (together about 5% of its kernel time). With the slice
+    below them (per-channel constants padded with zeros), the transform below them too and then
+    into the blocked mean, only the 1008 averages are sliced.
+    """
+
+    @relax.expr_functor.mutator
+    class _Sinker(relax.PyExprMutator):
+        def _leading_slice(self, arg: relax.Expr) -> tuple[relax.Expr, int] | None:
+            """(x, k) when `arg` is bound to strided_slice(x, axes=[1], begin=[0], end=[k]) of a 4-D x."""
+            bound = self.lookup_binding(arg) if isinstance(arg, relax.Var) else None
+            if not (
+                isinstance(bound, relax.Call)
+                and isinstance(bound.op, tvm.ir.Op)
+                and bound.op.name == "relax.strided_slice"
+                and all(isinstance(a, relax.Tuple) for a in bound.args[1:])
+            ):
+                return None
+            axes, begin, end, *strides = ([int(v.value) for v in a.fields] for a in bound.args[1:])
+            if axes != [1] or begin != [0] or (strides and strides[0] != [1]) or _static_shape(bound.args[0]) is None:
+                return None
+            return (bound.args[0], end[0]) if len(_shape(bound.args[0])) == 4 else None
+
+        def _padded(self, const: relax.Expr, channels: int) -> relax.Expr | None:
+            value = const.value.numpy() if isinstance(const, tvm.ir.expr.GenericConst) else None
+            if value is not None and value.ndim == 0:
+                return const
+            if value is None or value.ndim != 4 or value.shape[0] != 1 or value.shape[2:] != (1, 1):
+                return None
+            wide = np.zeros((1, channels, 1, 1), value.dtype)
+            wide[:, : value.shape[1]] = value
+            return relax.const(wide, str(value.dtype))
+
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+            found = self._leading_slice(call.args[0]) if call.args else None
+            other = call.args[1] if name in _PADDABLE_BINARY else None
+            if found is None and name in _PADDABLE_BINARY:
+                found, other = self._leading_slice(call.args[1]), call.args[0]
+            if found is None:
+                return call
+            x, kept = found
+            if name in _SINKABLE_UNARY:
+                moved = relax.Call(call.op, [x, *call.args[1:]], call.attrs)
+            elif name == "relax.mean" and [int(a) % 4 for a in call.attrs.axis or []] in ([2, 3], [3, 2]):
+                moved = relax.op.mean(x, axis=[2, 3], keepdims=call.attrs.keepdims)
+            elif other is not None and (wide := self._padded(other, _shape(x)[1])) is not None:
+                args = [x, wide] if other.same_as(call.args[1]) else [wide, x]
+                moved = _PADDABLE_BINARY[name](*args)
+            else:
+                return call
+            return relax.op.strided_slice(self.builder_.emit(moved), axes=[1], begin=[0], end=[kept])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetSinkChannelSlices")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Sinker(mod)))
+
+    return _pass
+
+
+def sink_layout_transforms(block: int = CHANNEL_BLOCK, reblock: bool = False) -> tvm.transform.Pass:
     """Move NCHW{b}c -> NCHW transforms below element-wise ops, then drop transform pairs.
 
     ConvertLayout leaves depthwise convolutions to `block_remaining_convs`, whose transforms
@@ -712,6 +792,27 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                 self.builder_.emit(concat), index_map=lambda n, c, h, w, cb: (n, c * b + cb, h, w)
             )
 
+        def _reblocked(self, call: relax.Call) -> relax.Expr:
+            # ShuffleNet v1's 14x14 stage: a residual add of a 16-channel-block conv output and the
+            # stage's input, unblocked from 8-channel blocks, ran in NCHW with the transforms on
+            # both sides in every unit (11% of its kernel time). The 8-block operand is blocked by
+            # 16 here once (the same transform its group conv reads, merged by CSE), so the adds
+            # after it have operands in one block and the units stay blocked.
+            a, b = call.args
+            lts = [self._unblock_of(a), self._unblock_of(b)]
+            if _static_shape(a) is None or _shape(a) != _shape(b) or _shape(call) != _shape(a):
+                return call
+            keep = max((0, 1), key=lambda k: _shape(lts[k].args[0])[4])
+            bk = _shape(lts[keep].args[0])[4]
+            if _shape(a)[1] % bk or str(a.ty.dtype) != str(b.ty.dtype) or str(a.ty.dtype) == "bool":
+                return call
+            moved = self.builder_.emit(
+                relax.op.layout_transform(call.args[1 - keep], index_map=lambda n, c, h, w: (n, c // bk, h, w, c % bk))
+            )
+            args = [lts[keep].args[0], moved] if keep == 0 else [moved, lts[keep].args[0]]
+            joined = self.builder_.emit(relax.Call(call.op, args, call.attrs))
+            return relax.Call(lts[keep].op, [joined], lts[keep].attrs)
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self._clip_as_op(self.visit_expr_post_order(call))
             if not isinstance(call.op, tvm.ir.Op):
@@ -747,7 +848,7 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
                     tvm_ffi.structural_equal(lt_a.attrs.index_map, lt_b.attrs.index_map)
                     and tvm_ffi.structural_equal(lt_a.args[0].ty, lt_b.args[0].ty)
                 ):
-                    return call
+                    return self._reblocked(call) if reblock else call
                 new_args = [lt_a.args[0], lt_b.args[0]]
             elif (lt_a is None) == (lt_b is None):
                 return call
@@ -1108,6 +1209,138 @@ def int32_multipliers() -> tvm.transform.Pass:
         return relax.transform.AnnotateTIROpPattern()(_mutate_functions(mod, _Narrow(mod)))
 
     return _pass
+
+
+# A part of a concat written in place must start where the output's vector stores may (an
+# AVX-512 register); a part that starts elsewhere keeps its copy.
+_INPLACE_ALIGN_BYTES = 64
+
+
+def inplace_concats(unscheduled: dict[str, tvm.tirx.PrimFunc] | None = None) -> tvm.transform.Pass:
+    """Channel concats written in place by their producers (x86 targets; after the default schedules).
+
+    With batch 1 the channels are the outermost dimension of an NCHW or NCHW{b}c tensor, so each
+    part of a channel concat is one contiguous range of the result. When every part is computed by
+    a kernel whose output nothing else reads, each such kernel gets a copy that writes its range of
+    the result's buffer: the first allocates the whole result, the others write into it in place
+    (call_tir_inplace), and the concat's copy is gone (SqueezeNet's fire modules, Inception's
+    branches). The kernels are scheduled already; only their output's address moves. A copy of a
+    kernel found in `unscheduled` (name -> PrimFunc before the schedules, build.py's fallback for a
+    kernel that does not build scheduled) gets its unscheduled copy there too.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetInplaceConcats")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _InplaceConcats(mod, unscheduled if unscheduled is not None else {})
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+                blocks = [rewriter.block(b) for b in func.body.blocks]
+                body = relax.SeqExpr(blocks, func.body.body)
+                rewriter.bb.update_func(gv, relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs))
+        return relax.transform.DeadCodeElimination()(rewriter.bb.get())
+
+    return _pass
+
+
+class _InplaceConcats:
+    def __init__(self, mod: tvm.IRModule, unscheduled: dict[str, tvm.tirx.PrimFunc]) -> None:
+        self.mod = mod
+        self.unscheduled = unscheduled
+        self.bb = relax.BlockBuilder(mod)
+        self.copies: dict[tuple[str, tuple[int, ...], int], tvm.ir.GlobalVar] = {}
+
+    def _parts(self, call: relax.Call, producers: dict, users: dict) -> list[tuple[relax.Var, int]] | None:
+        """(part, its first channel in the result) of a channel concat every part of which can be
+        written in place; else None."""
+        if not (
+            call.op.same_as(_CALL_TIR) and len(call.args) == 2 and call.args[0].name_hint.startswith("concatenate")
+        ):
+            return None
+        parts, out = list(call.args[1].fields), _static_shape(call)
+        shapes = [_static_shape(p) for p in parts]
+        if out is None or out[0] != 1 or len(set(parts)) != len(parts) or any(s is None for s in shapes):
+            return None
+        plane = int(np.prod(out[2:])) * tvm.DataType(str(call.ty.dtype)).bits // 8
+        found, channel = [], 0
+        for part, shape in zip(parts, shapes):
+            producer = producers.get(part)
+            if (
+                shape[:1] + shape[2:] != out[:1] + out[2:]
+                or channel * plane % _INPLACE_ALIGN_BYTES
+                or producer is None
+                or len(users.get(part, [])) != 1
+            ):
+                return None
+            found.append((part, channel))
+            channel += shape[1]
+        return found
+
+    def _producers(self, block: relax.DataflowBlock) -> dict:
+        """Dataflow vars bound to a call_tir of one PrimFunc with one output and no shape arguments."""
+        return {
+            b.var: b.value
+            for b in block.bindings
+            if isinstance(b.var, relax.DataflowVar)
+            and isinstance(b.value, relax.Call)
+            and b.value.op.same_as(_CALL_TIR)
+            and len(b.value.args) == 2
+            and isinstance(b.value.ty, relax.TensorType)
+            and isinstance(self.mod[b.value.args[0]], tvm.tirx.PrimFunc)
+        }
+
+    def block(self, block: relax.BindingBlock) -> relax.BindingBlock:
+        if not isinstance(block, relax.DataflowBlock):
+            return block
+        producers, users = self._producers(block), relax.analysis.udchain(block)
+        ranges: dict[relax.Var, tuple[relax.Var, int, relax.TensorType]] = {}
+        for b in block.bindings:
+            parts = self._parts(b.value, producers, users) if isinstance(b.value, relax.Call) else None
+            for part, channel in parts or []:
+                ranges[part] = (b.var, channel, b.value.ty)
+        if not ranges:
+            return block
+        written: dict[relax.Var, relax.Var] = {}  # concat -> the last kernel that wrote into its buffer
+        bindings = []
+        for b in block.bindings:
+            if b.var in ranges:
+                concat, channel, ty = ranges[b.var]
+                kernel = self._into(b.value.args[0], _static_shape(concat), channel)
+                args = list(b.value.args[1].fields)
+                previous = written.get(concat)
+                value = (
+                    relax.call_tir(kernel, relax.Tuple(args), ty)
+                    if previous is None
+                    else relax.op.call_tir_inplace(kernel, relax.Tuple([*args, previous]), len(args), ty)
+                )
+                written[concat] = relax.DataflowVar(f"{b.var.name}_in_{concat.name}", ty)
+                bindings.append(relax.VarBinding(written[concat], value))
+            elif b.var in written:
+                bindings.append(relax.VarBinding(b.var, written[b.var]))
+            else:
+                bindings.append(b)
+        return relax.DataflowBlock(bindings)
+
+    def _into(self, gv: tvm.ir.GlobalVar, shape: list[int], channel: int) -> tvm.ir.GlobalVar:
+        """A copy of kernel `gv` whose output is channels `channel`... of a `shape` tensor."""
+        key = (gv.name_hint, tuple(shape), channel)
+        if key not in self.copies:
+            copy = self.bb.add_func(_write_into(self.mod[gv], shape, channel), f"{gv.name_hint}_into")
+            plain = self.unscheduled.get(gv.name_hint)
+            if plain is not None:
+                self.unscheduled[copy.name_hint] = _write_into(plain, shape, channel)
+            self.copies[key] = copy
+        return self.copies[key]
+
+
+def _write_into(func: tvm.tirx.PrimFunc, shape: list[int], channel: int) -> tvm.tirx.PrimFunc:
+    """PrimFunc `func` with its output (last) parameter a `shape` tensor, written from `channel` on."""
+    from tvm.tirx import buffer
+
+    out = func.params[-1]
+    whole = buffer.decl_buffer([tvm.tirx.IntImm("int64", d) for d in shape], out.ty.dtype, f"{out.name}_whole")
+    start = [tvm.tirx.IntImm("int64", channel if k == 1 else 0) for k in range(len(shape))]
+    body = tvm.tirx.SeqStmt([tvm.tirx.DeclBuffer(out, data=tvm.tirx.address_of(whole[tuple(start)])), func.body])
+    return tvm.tirx.PrimFunc([*func.params[:-1], whole], body, func.ret_type, func.attrs)
 
 
 def has_dot_product(target: tvm.target.Target) -> bool:

@@ -524,6 +524,147 @@ def test_a_channel_split_and_concat_on_whole_blocks_stay_blocked():
     assert any("strided_slice" in c for c in calls) and any("concatenate" in c for c in calls), calls
 
 
+def _fire_model() -> onnx.ModelProto:
+    """Two of SqueezeNet's fire modules (a 1x1 squeeze, then 1x1 and 3x3 expands concatenated), a max pool
+    between them; the second concat is the output."""
+    rng = np.random.default_rng(5)
+    nodes, inits = [], []
+
+    def conv_relu(x, cin, cout, k, name, stride=1):
+        conv, weights = _conv(rng, x, cin, cout, k, stride, name=f"{name}_conv")
+        nodes.extend([conv, helper.make_node("Relu", [f"{name}_conv"], [name])])
+        inits.extend(weights)
+
+    conv_relu("data", 3, 32, 3, "stem", stride=2)
+    for fire, x, cin in (("f1", "stem", 32), ("f2", "pool", 64)):
+        conv_relu(x, cin, 16, 1, f"{fire}_squeeze")
+        conv_relu(f"{fire}_squeeze", 16, 32, 1, f"{fire}_e1")
+        conv_relu(f"{fire}_squeeze", 16, 32, 3, f"{fire}_e3")
+        nodes.append(helper.make_node("Concat", [f"{fire}_e1", f"{fire}_e3"], [fire], axis=1))
+        if fire == "f1":
+            nodes.append(helper.make_node("MaxPool", ["f1"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
+    g = helper.make_graph(
+        nodes,
+        "fire",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 40, 40])],
+        [helper.make_tensor_value_info("f2", TensorProto.FLOAT, [1, 64, 10, 10])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_fire_module_concats_are_written_in_place_by_their_convolutions():
+    lowered, actual, expected = _compile_and_compare(_fire_model())
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    # Each expand conv writes its half of the concat (the output's too): no concat kernel is left.
+    assert not any("concatenate" in c for c in calls), calls
+    assert sum(c.startswith("fused_conv2d") and "_into" in c for c in calls) == 4, calls
+
+
+def test_in_place_kernel_copies_keep_an_unscheduled_form_for_the_build_fallback():
+    from edgefleet.compiler.build import _as_lowered, _build_error
+
+    kernels = KernelFallbacks(print)
+    with tvm_target(TARGET):
+        mod = _optimize_pipeline(TARGET, 0, kernels)(from_onnx(_fire_model(), keep_params_in_input=False))
+    copies = {gv: f for gv, f in mod.functions.items() if "_into" in gv.name_hint and isinstance(f, tirx.PrimFunc)}
+    assert len(copies) == 4, list(copies)
+    for gv, scheduled in copies.items():
+        # What build_with_fallback puts in place of a scheduled kernel TVM cannot build.
+        plain = _as_lowered(kernels.unscheduled.get(gv.name_hint), scheduled)
+        assert plain is not None and _build_error(gv, plain, tvm_target(TARGET)) is None, gv.name_hint
+
+
+def _padded_classifier_model() -> onnx.ModelProto:
+    """SqueezeNet's head: a 1x1 conv to 20 classes (padded to 32, whole blocks), ReLU, global average, flatten."""
+    rng = np.random.default_rng(6)
+    nodes, inits = [], []
+    for x, cin, cout, name in (("data", 3, 32, "stem"), ("stem_relu", 32, 20, "head")):
+        conv, weights = _conv(rng, x, cin, cout, 1 if name == "head" else 3, 1, name=name)
+        nodes += [conv, helper.make_node("Relu", [name], [f"{name}_relu"])]
+        inits += weights
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["head_relu"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["out"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 13, 13])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 20])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_padded_classifier_keeps_its_bias_relu_and_average_blocked():
+    lowered, actual, expected = _compile_and_compare(_padded_classifier_model())
+    assert expected.std() > 0.05
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    # Into the blocked layout at the input only: the padded classes are sliced off the 32 averages.
+    assert sum("layout_transform" in c for c in calls) == 1, calls
+    assert any(c.startswith("fused_conv2d") and "relu" in c for c in calls), calls
+
+
+def _mixed_block_residual_model() -> onnx.ModelProto:
+    """ShuffleNet v1's stage entry: a concat in 8-channel blocks (stem 3 -> 8, conv 8 -> 40), then two
+    residual units whose grouped 1x1 conv (2 groups of 24 channels, which split a 16-channel block:
+    block_remaining_convs pads them) leaves 16-channel blocks, added to it."""
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+    for x, cin, cout, k, name in (
+        ("data", 3, 8, 3, "stem"),
+        ("stem_relu", 8, 40, 3, "side"),
+        ("cat", 48, 48, 1, "u1"),
+        ("r1", 48, 48, 1, "u2"),
+    ):
+        conv, weights = _conv(rng, x, cin, cout, k, 1, groups=2 if k == 1 else 1, name=name)
+        nodes.append(conv)
+        inits += weights
+        if name in ("stem", "side"):
+            nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"]))
+        if name == "side":
+            nodes.append(helper.make_node("Concat", ["side_relu", "stem_relu"], ["cat"], axis=1))
+        if name in ("u1", "u2"):
+            residual, out = ("cat", "r1") if name == "u1" else ("r1", "out")
+            nodes += [
+                helper.make_node("Add", [name, residual], [f"{name}_sum"]),
+                helper.make_node("Relu", [f"{name}_sum"], [out]),
+            ]
+    g = helper.make_graph(
+        nodes,
+        "mixed_blocks",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 48, 12, 12])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_residual_add_of_8_and_16_channel_blocks_stays_blocked():
+    model = _mixed_block_residual_model()
+    lowered, actual, expected = _compile_and_compare(model)
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+    def transforms(x86_rewrites: bool) -> int:
+        mod = graph.nchwc_layout(x86_rewrites=x86_rewrites)(graph.cleanup()(from_onnx(model)))
+        return mod["main"].script(show_meta=False).count("R.layout_transform(")
+
+    # In, from 8- to 16-channel blocks once (through NCHW), out; without the re-blocking both adds
+    # run in NCHW between transforms.
+    assert transforms(True) == 4 < transforms(False), (transforms(True), transforms(False))
+
+
 def test_aarch64_unrolls_the_channel_loop_and_partitions_off_a_ragged_rows_last_tile():
     """rasp4b: a 3x3 conv gets its 16 input channels per tile unrolled, 4 pixels per tile (16
     accumulators, 2 input and 4 weight vectors); on rows of 13 the last tile (1 pixel) is
