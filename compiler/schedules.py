@@ -35,8 +35,8 @@ MAX_REG_TILE = 14
 MAX_PAIR_TILE = 8
 # The same for dense convolutions (x86 float), timed per kernel on the AVX-512 host: 7 x 2 was at
 # least as fast as 8 x 2 on ResNet-50 / MobileNetV2 / SqueezeNet shapes (rows of 13 and 27: 195-227
-# GFLOP/s against 113-148, a ragged 8-pixel tile), 12 x 2 no faster on rows of 7-28 and 1.7-2.7x
-# slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md).
+# GFLOP/s against 113-148, a ragged 8-pixel tile), 12 x 2 no faster on rows of 7-56 and 1.7-3.1x
+# slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md, benchmarks/conv_tiles.py).
 MAX_DENSE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
