@@ -51,8 +51,9 @@ def scheduled_kernels(model: onnx.ModelProto, isa: str):
     return mod, tvm_target(target)
 
 
-def kernel_times(mod, tgt) -> list[tuple[float, int, str]]:
-    """(ms per call, calls, kernel) for every kernel the model's main function calls."""
+def kernel_times(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[float, int, str]]:
+    """(ms per call, calls, kernel) for every kernel the model's main function calls: the best of
+    `repeat` means of `number` calls."""
     import tvm
     from tvm import relax
 
@@ -77,7 +78,7 @@ def kernel_times(mod, tgt) -> list[tuple[float, int, str]]:
             continue
         lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt).jit()
         args = [tvm.runtime.tensor(rng.random(s).astype(d), dev) for s, d in shapes[gv.name_hint]]
-        timer = lib.time_evaluator("main", dev, number=20, repeat=5, min_repeat_ms=20)
+        timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20 if number > 1 else 0)
         rows.append((min(timer(*args).results) * 1e3, calls[gv.name_hint], gv.name_hint))
     return rows
 

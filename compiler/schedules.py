@@ -33,6 +33,11 @@ from edgefleet.compiler.graph import grouped_output_blocks
 MAX_REG_TILE = 14
 # At most this many pixels per tile of two output-channel blocks: 16 accumulators (14 x 2 spilled).
 MAX_PAIR_TILE = 8
+# The same for dense convolutions (x86 float), timed per kernel on the AVX-512 host: 7 x 2 was at
+# least as fast as 8 x 2 on ResNet-50 / MobileNetV2 / SqueezeNet shapes (rows of 13 and 27: 195-227
+# GFLOP/s against 113-148, a ragged 8-pixel tile), 12 x 2 no faster on rows of 7-56 and 1.7-3.1x
+# slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md, benchmarks/conv_tiles.py).
+MAX_DENSE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
 _AVX512_CPUS = (
@@ -85,7 +90,9 @@ def register_tile(target: tvm.target.Target, block: int = 16) -> int:
     return max(1, min(MAX_REG_TILE, (regs - per_pixel - 1) // per_pixel))
 
 
-def output_tile(target: tvm.target.Target, width: int, block: int, pairable: bool) -> tuple[int, int]:
+def output_tile(
+    target: tvm.target.Target, width: int, block: int, pairable: bool, max_pair: int = MAX_PAIR_TILE
+) -> tuple[int, int]:
     """(output pixels, output-channel blocks) of a register tile over a row of `width` pixels.
 
     Two output-channel blocks (`pairable`: both read the same input channels) share each input
@@ -100,7 +107,7 @@ def output_tile(target: tvm.target.Target, width: int, block: int, pairable: boo
         return single, 1
     regs, lanes = _vector_registers(target)
     per_pixel = max(1, block // lanes)
-    pair = _pixel_tile(width, min(MAX_PAIR_TILE, (regs - 2 * per_pixel - 1) // (2 * per_pixel)))
+    pair = _pixel_tile(width, min(max_pair, (regs - 2 * per_pixel - 1) // (2 * per_pixel)))
     return (pair, 2) if pair >= min(width, MIN_PAIR_TILE) and 2 * pair >= single else (single, 1)
 
 
@@ -267,12 +274,10 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     ow_n, ocb_n = (_extent(sch, loop) for loop in sch.get_loops(conv)[3:5])
     if None in (ow_n, ocb_n):
         return None
+    is_float = str(sch.get(conv).writes[0].source.dtype) == "float32"
     # float32 only: the int8 kernels' int16 multiply-adds counted 0.8% more unrolled (MobileNetV2-0.35, rasp4b).
-    unrolled = _unroll_channels(target) and str(sch.get(conv).writes[0].source.dtype) == "float32"
-    if unrolled:
-        reg_n = _unrolled_tile(ow_n, ocb_n, _vector_registers(target)[0])
-    else:  # a block narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit
-        reg_n = _pixel_tile(ow_n, register_tile(target, ocb_n))
+    unrolled = _unroll_channels(target) and is_float
+    reg_n = _unrolled_tile(ow_n, ocb_n, _vector_registers(target)[0]) if unrolled else 1
     if unrolled and ow_n % reg_n:
         sch, blocks, conv = _int32_indices(sch)
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
@@ -285,9 +290,21 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
         return None
     if _lane_multiplies(sch, conv, target, ic_bn, ocb_n):
         return _lane(sch, conv, epi, pads, target)
+    oc_t = 1
+    if not unrolled:
+        # AVX-512 float (the only 16-lane registers): two output blocks share each input broadcast,
+        # 7 x 2 instead of 14 x 1 (`output_tile`). AVX2, ARM and int8 keep one block, and a block
+        # narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit.
+        pairable = _vector_registers(target)[1] == 16 and is_float and (_extent(sch, occ) or 1) % 2 == 0
+        reg_n, oc_t = output_tile(target, ow_n, ocb_n, pairable, MAX_DENSE_PAIR_TILE)
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
-    sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, ocb)
+    inner = [ic_i, ow_i, ocb]
+    if oc_t > 1:
+        occ, occ_i = sch.split(occ, [None, oc_t])
+        sch.unroll(occ_i)
+        inner.insert(1, occ_i)
+    sch.reorder(n, occ, oh, ow_o, ic_o, kh, kw, *inner)
     if unrolled:
         sch.unroll(ic_i)
         if ow_n % reg_n:

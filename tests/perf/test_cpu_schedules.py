@@ -728,3 +728,80 @@ def test_aarch64_int16_convolutions_multiply_by_lane():
     assert not by_lane("rasp4b", 28, stride=2)
     assert not by_lane("rasp3b", 28)
     assert not by_lane("x86_64", 28)
+
+
+def _dense_convs_model() -> onnx.ModelProto:
+    """1x1 and 3x3 convolutions with 64 output channels (4 blocks) on rows of 13 (a ragged tile),
+    a residual add, and a 48-channel conv (3 blocks: no pair); random weights and input."""
+    rng = np.random.default_rng(4)
+    nodes, inits = [], []
+    for spec in [("x", 32, 64, 1, 1, "c1"), ("r1", 64, 64, 3, 1, "c2"), ("s", 64, 48, 1, 1, "c3")]:
+        node, weights = _conv(rng, *spec[:5], name=spec[5])
+        nodes.append(node)
+        inits += weights
+        if spec[-1] == "c1":
+            nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+        if spec[-1] == "c2":
+            nodes.append(helper.make_node("Add", ["c2", "r1"], ["s"]))
+    g = helper.make_graph(
+        nodes,
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 13, 13])],
+        [helper.make_tensor_value_info("c3", TensorProto.FLOAT, [1, 48, 13, 13])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _conv_tiles(target_name: str) -> dict[str, tuple[int, int]]:
+    """(pixels, output blocks) of each dense conv kernel's register tile, from its schedule's trace."""
+    from edgefleet.compiler.schedules import schedule_func
+
+    target = resolve_target(target_name)
+    tgt = tvm_target(target)
+    passes = [
+        graph.cleanup(),
+        graph.nchwc_layout(),
+        graph.legalize(KernelFallbacks(print).layout_failed),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    with tgt:
+        fused = tvm.transform.Sequential(passes)(from_onnx(_dense_convs_model(), keep_params_in_input=False))
+        tiles = {}
+        for gv, func in fused.functions.items():
+            if isinstance(func, tirx.PrimFunc) and "conv2d_NCHWc" in gv.name_hint:
+                splits = re.findall(
+                    r"sch\.split\(loop=\w+, factors=\[None, (\d+)\]", str(schedule_func(func, tgt).trace)
+                )
+                # Pixel tile, input-channel lanes, then (paired only) the output-chunk pair.
+                tiles[gv.name_hint] = (int(splits[0]), int(splits[2]) if len(splits) > 2 else 1)
+    return tiles
+
+
+def test_x86_avx512_dense_convs_pair_two_output_blocks_and_match_onnxruntime():
+    """AVX-512 (ml_c6i): a dense conv with an even number of output blocks gets a tile of 2 blocks x
+    at most 7 pixels (both blocks share each input broadcast); 3 blocks, AVX2 (x86_64's portable
+    library) and ARM keep one block. The AVX-512 build matches ONNX Runtime on random data."""
+    from edgefleet.agent.variants import cpu_flags
+
+    avx512 = _conv_tiles("ml_c6i")
+    assert len(avx512) == 3, avx512
+    assert sorted(avx512.values()) == [(7, 2), (7, 2), (13, 1)], avx512
+    for other in ("x86_64", "rasp4b"):
+        assert all(blocks == 1 for _, blocks in _conv_tiles(other).values()), other
+    if "avx512f" not in cpu_flags():
+        pytest.skip("runs AVX-512 code: this CPU has no avx512f")
+    model, target = _dense_convs_model(), resolve_target("ml_c6i")
+    with tvm_target(target):
+        lowered = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(
+            from_onnx(model, keep_params_in_input=False)
+        )
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
+    x = np.random.default_rng(5).standard_normal((1, 32, 13, 13)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
