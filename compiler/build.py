@@ -50,7 +50,12 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     report = kernels.report
     passes = [
         graph.cleanup(),
-        _guarded(graph.nchwc_layout(), "the NCHWc layout step", "convolutions stay in NCHW (slower)", report),
+        _guarded(
+            graph.nchwc_layout(narrow_float_outputs=str(tgt.attrs.get("mtriple", "")).startswith("aarch64")),
+            "the NCHWc layout step",
+            "convolutions stay in NCHW (slower)",
+            report,
+        ),
         # int8 convolutions on raw int8 operands with SDOT, and their rescale on int32 lanes with
         # SQRDMULH, where the target has the dot product (rasp5's Cortex-A76). Every AArch64 core has
         # SQRDMULH, but on rasp4b it cost int8 MobileNetV2 1.0 0.4% more instructions (0.35: 1.8% fewer).
