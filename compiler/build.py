@@ -51,7 +51,10 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     passes = [
         graph.cleanup(),
         _guarded(
-            graph.nchwc_layout(x86_rewrites=target.arch == "x86_64"),
+            graph.nchwc_layout(
+                x86_rewrites=target.arch == "x86_64",
+                narrow_float_outputs=str(tgt.attrs.get("mtriple", "")).startswith("aarch64"),
+            ),
             "the NCHWc layout step",
             "convolutions stay in NCHW (slower)",
             report,

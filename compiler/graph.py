@@ -261,8 +261,11 @@ def _has_op(mod: tvm.IRModule, name: str) -> bool:
     return bool(found)
 
 
-def nchwc_layout(block: int = CHANNEL_BLOCK, x86_rewrites: bool = False) -> tvm.transform.Pass:
-    """Blocked layout for convolutions, then fold the weight repacking into constants.
+def nchwc_layout(
+    block: int = CHANNEL_BLOCK, x86_rewrites: bool = False, narrow_float_outputs: bool = False
+) -> tvm.transform.Pass:
+    """Blocked layout for convolutions, then fold the weight repacking into constants
+    (`narrow_float_outputs`: see `block_remaining_convs`).
 
     ConvertLayout leaves a convolution in NCHW when its channels do not divide by `block`
     (e.g. a first layer with 3 input channels); `schedules.py` has a schedule for those too.
@@ -282,7 +285,7 @@ def nchwc_layout(block: int = CHANNEL_BLOCK, x86_rewrites: bool = False) -> tvm.
             relax.transform.Normalize(),
             bool_layout_transforms_as_int8(),
             relax.transform.FoldConstant(),
-            block_remaining_convs(block),
+            block_remaining_convs(block, narrow_float_outputs),
             relax.transform.FoldConstant(),
             *([sink_channel_slices()] if x86_rewrites else []),
             sink_layout_transforms(block, reblock=x86_rewrites),
@@ -342,18 +345,27 @@ def _block_for(channels: int, block: int) -> int:
     return max(b for b in (block, 8, 4, 2, 1) if channels % b == 0) if channels % block else block
 
 
+def _pads_much(channels: int, block: int) -> bool:
+    """Padding `channels` up to `block` adds more than an eighth of zero filters, and 8 divides them."""
+    return channels % 8 == 0 and 8 * (-(-channels // block) * block - channels) > channels
+
+
 def _pack_oihw(weight: np.ndarray, ib: int, ob: int) -> np.ndarray:
     o, i, h, w = weight.shape
     return np.ascontiguousarray(weight.reshape(o // ob, ob, i // ib, ib, h, w).transpose(0, 2, 4, 5, 3, 1))
 
 
-def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
+def block_remaining_convs(block: int = CHANNEL_BLOCK, narrow_float_outputs: bool = False) -> tvm.transform.Pass:
     """Blocked layouts for the convolutions ConvertLayout kept in NCHW, with smaller blocks.
 
     ConvertLayout uses one block size; a first layer (3 input channels) or a classifier with
     1000 outputs stays in NCHW and would get the slow NCHW schedule. Here each such conv gets
     the largest block that divides its channels (NCHW3c in, NCHW16c out for a first layer),
     with its weights packed at compile time, between two layout transforms.
+
+    `narrow_float_outputs` (AArch64, 4-lane vectors: an 8-channel block is two whole vectors):
+    float32 outputs that padding would grow by more than an eighth (MobileNetV2's 24 and 56 ->
+    32 and 64) take an 8-channel block instead, without the padded filters and the slice.
     """
 
     @relax.expr_functor.mutator
@@ -396,7 +408,8 @@ def block_remaining_convs(block: int = CHANNEL_BLOCK) -> tvm.transform.Pass:
             # measured no faster). A first layer (fewer inputs than the block) takes a block that
             # divides its outputs too: a slice there kept what follows in NCHW (ShuffleNet v1's
             # 24-channel stem: batch norm, ReLU and a padded max pool, ~12% of its kernel time).
-            ob = _block_for(o, block) if o < block or i < block else block
+            narrow = narrow_float_outputs and _pads_much(o, block) and str(call.ty.dtype) == "float32"
+            ob = _block_for(o, block) if o < block or i < block or narrow else block
             o_pad = -(-o // ob) * ob
             if o_pad != o:
                 weight = np.concatenate([weight, np.zeros((o_pad - o, *weight.shape[1:]), weight.dtype)])

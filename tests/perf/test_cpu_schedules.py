@@ -276,6 +276,50 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
     assert sum("layout_transform" in c for c in calls) == 1, Counter(calls)
 
 
+def test_aarch64_float_convs_with_24_outputs_take_8_channel_blocks_without_padding_or_slice(monkeypatch):
+    """rasp4b: a 1x1 convolution 32 -> 24 (MobileNetV2's projections) writes NCHW8c, which the
+    next convolution reads, instead of 32 padded channels, a layout transform back to NCHW and a
+    slice; x86 keeps the padding (and 1000 -> 1008 classes pad too little to change anywhere).
+    The narrow graph, built for this host, matches ONNX Runtime."""
+    rng = np.random.default_rng(5)
+    nodes, inits = [], []
+    for spec in [("data", 32, 24, 1, 1, "c1"), ("r1", 24, 48, 1, 1, "c2")]:
+        n, i = _conv(rng, *spec[:5], name=spec[5])
+        nodes.append(n)
+        inits += i
+    nodes.insert(1, helper.make_node("Relu", ["c1"], ["r1"]))
+    g = helper.make_graph(
+        nodes,
+        "project",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 32, 6, 6])],
+        [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 48, 6, 6])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+
+    def kernels(target: str) -> list[str]:
+        tgt = resolve_target(target)
+        with tvm_target(tgt):
+            lowered = _optimize_pipeline(tgt, 0, KernelFallbacks(print))(from_onnx(model, keep_params_in_input=False))
+        return sorted(_kernels(lowered))
+
+    arm, x86 = kernels("rasp4b"), kernels("x86_64")
+    # In and out of NCHW at the graph's ends only; x86 unblocks the padded 32 and slices 24 off.
+    assert sum("conv2d_NCHWc" in k for k in arm) == 2 and sum("layout_transform" in k for k in arm) == 2, arm
+    assert not any("strided_slice" in k for k in arm), arm
+    assert any("strided_slice" in k for k in x86) and sum("layout_transform" in k for k in x86) > 2, x86
+    assert graph._pads_much(24, 16) and graph._pads_much(56, 16) and not graph._pads_much(1000, 16)
+
+    narrow = graph.nchwc_layout
+    monkeypatch.setattr(graph, "nchwc_layout", lambda **_: narrow(narrow_float_outputs=True))
+    lowered, actual, expected = _compile_and_compare(model)
+    assert re.search(
+        r"T\.Buffer\(\(T\.int64\(1\), T\.int64\(3\), T\.int64\(6\), T\.int64\(6\), T\.int64\(8\)\)", lowered.script()
+    )
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernels(tmp_path):
     """Full-integer int8 MobileNetV2: every convolution blocked (NCHWc kernels, scheduled, no layout
     fallback), the integer requantization carried into the blocked layout (as few transforms as the
