@@ -403,9 +403,9 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     """For an x86 target with AVX-512 VNNI (the x86_64 package's x86-64-v4-vnni library) every dense int8
     convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
-    library has no such kernel. MobileNetV2-0.35 at 96: a requantization after a channel slice (a 24-channel
-    tensor in blocks of 16) is one loop nest, not one parallel loop and buffer per operation. Numerics and the instruction in
-    the library: tests/compiler/test_compile_int8_vnni.py."""
+    library has no such kernel. A requantization after a channel slice (a 24-channel tensor in blocks of
+    16) is one loop nest, not one parallel loop and buffer per operation. Numerics and the instruction
+    in the library: tests/compiler/test_compile_int8_vnni.py."""
     import sys
     from pathlib import Path
 
@@ -417,7 +417,7 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     from tflite_models import mobilenetv2_tflite
 
     tflite = frontend_for("tflite")
-    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=96, width=0.35, int8=True))
+    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
     mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
     scripts = {}
     for level in ("x86-64-v4-vnni", "x86-64-v4"):
