@@ -15,6 +15,12 @@ the same rounds: how the generic x86-64-v4 library compares with one tuned for a
 `--without` compiles the model once more with those passes of compiler/graph.py replaced by the
 identity (or, as `factory.option`, with that keyword option off) and times that package's
 x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side.
+
+TFLite models (issue 22: the names of benchmarks/arm_instructions.py ending in `_tflite`, e.g.
+`mobilenetv2_int8_tflite`, `mobilenetv2_035_int8_tflite`) are timed against LiteRT (XNNPACK) instead
+of ORT, on the same input; the ratio column is then `/ LiteRT`:
+
+    python benchmarks/isa_variants.py --models mobilenetv2_int8_tflite,mobilenetv2_035_int8_tflite --also icelake-server
 """
 
 from __future__ import annotations
@@ -61,9 +67,17 @@ def _without(passes: list[str]):
             setattr(graph, n, factory)
 
 
+def source_model(name: str, work: Path) -> Path:
+    if name.endswith("_tflite"):
+        from arm_instructions import make_model
+
+        return make_model(name, work)
+    return model_path(name, work)
+
+
 def main() -> None:
     from edgefleet.agent.variants import cpu_flags
-    from edgefleet.compiler.bench import _ort_runner, _tvm_runner, onnx_gflop
+    from edgefleet.compiler.bench import _ort_runner, _tflite_runner, _tvm_runner, onnx_gflop
     from edgefleet.compiler.compile import compile_model
     from edgefleet.compiler.verify import sample_inputs
     from edgefleet.package import open_package
@@ -81,7 +95,9 @@ def main() -> None:
         work = Path(tmp)
         key = create_signing_key(work / "signing.key")
         for name in args.models.split(","):
-            source = model_path(name, work)
+            source = source_model(name, work)
+            tflite = source.suffix == ".tflite"
+            ref = "litert" if tflite else "onnxruntime"
             start = time.perf_counter()
             result = compile_model(str(source), "x86_64", output=work / f"{name}.tar.gz", key=key.path, quiet=True)
             total_s = time.perf_counter() - start
@@ -92,7 +108,7 @@ def main() -> None:
                 runnable = [v for v in listed.variants if set(v.cpu_features) <= flags]
                 feeds = sample_inputs(pkg.manifest.inputs)
                 inputs = [feeds[s.name] for s in pkg.manifest.inputs]
-                runners = {"onnxruntime": _ort_runner(source, args.threads)}
+                runners = {ref: (_tflite_runner if tflite else _ort_runner)(source, args.threads)}
                 runners.update({v.isa: _tvm_runner(pkg.path(v.library), args.threads) for v in runnable})
                 for mcpu in filter(None, args.also.split(",")):
                     raw = '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "%s"}' % mcpu
@@ -121,28 +137,28 @@ def main() -> None:
                     for n in order[i % len(order) :] + order[: i % len(order)]:
                         times[n].append(runners[n](inputs)[1])
                 load_after = os.getloadavg()[0]
-            ort_ms = statistics.median(times["onnxruntime"]) * 1e3
-            gflop = onnx_gflop(source)
+            ort_ms = statistics.median(times[ref]) * 1e3
+            gflop = None if tflite else onnx_gflop(source)
             print(
                 f"\n{name} ({gflop or 0:.2f} GFLOP): compile {total_s:.1f} s (x86-64-v4 library {extra_s:.1f} s of it); package "
                 f"{result.package.stat().st_size / 1e6:.1f} MB (about {solo / 1e6:.1f} MB with model.so alone); "
                 f"load average {load_before:.1f} -> {load_after:.1f}, {args.threads} thread(s), {args.runs} rounds"
             )
             print(
-                f"  {'runtime':<12} {'median ms':>9} {'/ ORT':>6} {'quartiles':>11} {'GFLOP/s':>7}"
+                f"  {'runtime':<12} {'median ms':>9} {'/ ' + ('LiteRT' if tflite else 'ORT'):>9} {'quartiles':>11} {'GFLOP/s':>7}"
                 f" {'library MB':>10} {'max abs diff':>12}"
             )
             for n, samples in times.items():
                 ms = statistics.median(samples) * 1e3
                 # Each round ran every runtime once: its ratio to ORT in that round is what the spread is of.
-                q1, _, q3 = statistics.quantiles([t / o for t, o in zip(samples, times["onnxruntime"])], n=4)
+                q1, _, q3 = statistics.quantiles([t / o for t, o in zip(samples, times[ref])], n=4)
                 rate = f"{gflop / ms * 1e3:7.0f}" if gflop else f"{'-':>7}"
                 diff = max(
                     float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                    for a, b in zip(outputs[n], outputs["onnxruntime"])
+                    for a, b in zip(outputs[n], outputs[ref])
                 )
                 size = f"{sizes[n] / 1e6:10.1f}" if n in sizes else f"{'-':>10}"
-                print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:6.2f} {q1:5.2f}-{q3:<5.2f} {rate} {size} {diff:12.2e}")
+                print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:9.2f} {q1:5.2f}-{q3:<5.2f} {rate} {size} {diff:12.2e}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ shares say where the time goes, the sum is below an end-to-end run.
 
     python benchmarks/kernel_profile.py [--models shufflenet,squeezenet,mobilenetv2,resnet50]
         [--isa x86-64-v4,x86-64-v3] [--top 3] [--ort]
+
+TFLite models (names of benchmarks/arm_instructions.py ending in `_tflite`, e.g.
+`mobilenetv2_int8_tflite`) go through the TFLite importer; `--isa` also takes an LLVM CPU
+(`icelake-server`, ml_c6i's: AVX-512 VNNI) besides the ISA levels.
 """
 
 from __future__ import annotations
@@ -29,23 +33,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import model_path  # noqa: E402  (benchmarks/ is not a package)
 
 
-def scheduled_kernels(model: onnx.ModelProto, isa: str):
+def _relax(path: Path):
+    """The model at `path` (.onnx or .tflite) imported as a Relax module."""
+    if path.suffix == ".tflite":
+        from edgefleet.compiler.frontends import tflite
+
+        model = tflite.load(path)
+        return tflite.to_relax(model, tflite.input_specs(model, {}))
+    from edgefleet.compiler.frontends.onnx import input_specs, to_relax
+
+    model = onnx.load(str(path))
+    return to_relax(model, input_specs(model, {}))
+
+
+def scheduled_kernels(path: Path, isa: str):
     """The model's Relax module after the default schedules (before lowering) and its target."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
-    from edgefleet.compiler.frontends.onnx import input_specs, to_relax
     from edgefleet.compiler.targets import ISA_LEVELS, resolve_target
 
-    target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[isa].tvm_target}))
+    raw = ISA_LEVELS[isa].tvm_target if isa in ISA_LEVELS else {"mtriple": "x86_64-linux-gnu", "mcpu": isa}
+    target = resolve_target(json.dumps({"kind": "llvm", **raw}))
     lowering = cpu.dataflow_lower_passes, cpu.finalize_passes
     # Stop before lowering: the kernels keep their buffer shapes and the calls stay call_tir.
     cpu.dataflow_lower_passes = cpu.finalize_passes = lambda _t: []
     try:
         with tvm_target(target):
-            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
-                to_relax(model, input_specs(model, {}))
-            )
+            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(_relax(path))
     finally:
         cpu.dataflow_lower_passes, cpu.finalize_passes = lowering
     return mod, tvm_target(target)
@@ -101,6 +116,14 @@ def ort_node_times(path: Path, name: str, x: np.ndarray, runs: int = 50) -> list
     return sorted(((float(np.median(v)), k) for k, v in nodes.items()), reverse=True)
 
 
+def _model(name: str, work: Path) -> Path:
+    if name.endswith("_tflite"):
+        from arm_instructions import make_model
+
+        return make_model(name, work)
+    return model_path(name, work)
+
+
 def main() -> None:
     import tvm
 
@@ -113,11 +136,10 @@ def main() -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
     with tempfile.TemporaryDirectory(prefix="edgefleet-profile-") as tmp:
         for name in args.models.split(","):
-            path = model_path(name, Path(tmp))
-            model = onnx.load(str(path))
+            path = _model(name, Path(tmp))
             for isa in args.isa.split(","):
                 load = os.getloadavg()[0]
-                rows = sorted(kernel_times(*scheduled_kernels(model, isa)), key=lambda r: -r[0] * r[1])
+                rows = sorted(kernel_times(*scheduled_kernels(path, isa)), key=lambda r: -r[0] * r[1])
                 total = sum(ms * n for ms, n, _ in rows)
                 print(
                     f"\n{name} {isa}: {len(rows)} kernels, {total:.3f} ms in all; load {load:.1f} -> {os.getloadavg()[0]:.1f}"
@@ -125,6 +147,7 @@ def main() -> None:
                 for ms, n, kernel in rows[: args.top]:
                     print(f"  {ms * n / total:6.1%} {ms * n:8.3f} ms  {n} x {ms:.3f} ms  {kernel}")
             if args.ort:
+                model = onnx.load(str(path))
                 inits = {i.name for i in model.graph.initializer}
                 spec = next(i for i in model.graph.input if i.name not in inits)  # old models list weights too
                 dims = [d.dim_value for d in spec.type.tensor_type.shape.dim]

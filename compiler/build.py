@@ -63,6 +63,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # SQRDMULH, where the target has the dot product (rasp5's Cortex-A76). Every AArch64 core has
         # SQRDMULH, but on rasp4b it cost int8 MobileNetV2 1.0 0.4% more instructions (0.35: 1.8% fewer).
         *([graph.dot_product_convs(), graph.sqrdmulh_rescales()] if graph.has_dot_product(tgt) else []),
+        # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
+        *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(kernels.layout_failed, vector_exp=vector_math.applies(tgt)),

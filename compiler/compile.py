@@ -339,6 +339,23 @@ def _listed(level: IsaLevel, library: str, verification: Verification) -> Librar
     )
 
 
+def _has_int8(mod) -> bool:
+    """Whether any tensor of the imported model is int8 or uint8 (a quantized model)."""
+    from tvm import relax
+
+    found = []
+
+    def visit(expr) -> None:
+        ty = getattr(expr, "ty", None)
+        if isinstance(ty, relax.TensorType) and str(ty.dtype) in ("int8", "uint8"):
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and not found:
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
+
+
 def _build_variants(
     mod, target: Target, work: Path, verification: Verification, tune_trials: int, rpc, stages: Stages, check
 ) -> dict[str, Path]:
@@ -353,6 +370,8 @@ def _build_variants(
     files: dict[str, Path] = {}
     flags = cpu_flags()
     for level in levels[1:]:
+        if level.int8_only and not _has_int8(mod):
+            continue
         variant = replace(target, tvm_target=level.tvm_target)
         library = work / f"model.{level.name}.so"
         with stages.stage(

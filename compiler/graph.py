@@ -1362,6 +1362,14 @@ def has_dot_product(target: tvm.target.Target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
 
 
+def has_vnni(target: tvm.target.Target) -> bool:
+    """Whether `target` is x86 with AVX-512 VNNI (`vpdpbusd`, unsigned x signed bytes), e.g. ml_c6i's
+    Ice Lake or Zen 4; the generic x86-64-v3 / v4 levels have it not."""
+    if not str(target.attrs.get("mtriple", "")).startswith("x86_64"):
+        return False
+    return "avx512vnni" in tvm.target.codegen.llvm_get_cpu_features(target)
+
+
 # SDOT multiplies 4 int8 pairs per int32 lane: the input-channel block splits into groups of 4.
 DOT_GROUP = 4
 _INT8 = np.iinfo(np.int8)
@@ -1370,9 +1378,13 @@ _INT8 = np.iinfo(np.int8)
 # rasp5 with its 8-channel convolutions on SDOT, 8.33 M without); with arm_intrin's SDOT, which
 # allocates nothing, they gain: 6.16 M with, 6.92 M without.
 DOT_MIN_CHANNELS = 4
+# x86 VNNI (`dot_product_convs(unsigned=True)`): vpdpbusd's unsigned operand is the input + 128; an
+# output-channel block is a multiple of its 8 (256-bit) or 16 (512-bit) int32 lanes.
+VNNI_SHIFT = 128
+VNNI_LANES = 8
 
 
-def dot_product_convs() -> tvm.transform.Pass:
+def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
     """Blocked int8 convolutions on raw int8 operands for SDOT (run after `nchwc_layout`, dot-product targets only).
 
     The TFLite importer (tflite_quant.py) gives dense convolutions zero-point-corrected int16
@@ -1384,14 +1396,20 @@ def dot_product_convs() -> tvm.transform.Pass:
     block that is not a multiple of 4 (an RGB input's 3) is padded with zero weights. Only with at
     least DOT_MIN_CHANNELS input channels (after that padding); depthwise convolutions keep the
     int16 form: their reduction is over the window, not over channels.
+
+    `unsigned` (x86 VNNI targets, `has_vnni`): `vpdpbusd` multiplies unsigned by signed bytes, so
+    the convolution reads x + 128 as uint8 (shifted, and padded with zx + 128, inside its kernel)
+    and the correction is (zx + 128) * sum(w): exact. Output-channel blocks that are not a multiple
+    of VNNI_LANES keep the int16 form.
     """
+    shift = VNNI_SHIFT if unsigned else 0
 
     @relax.expr_functor.mutator
     class _Dot(relax.PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
             found = self._raw_operands(call)
-            if found is None:
+            if found is None or (unsigned and found[2].shape[5] % VNNI_LANES):
                 return call
             x, zero, weight = found
             ragged = -weight.shape[4] % DOT_GROUP
@@ -1407,11 +1425,12 @@ def dot_product_convs() -> tvm.transform.Pass:
                 [int(s) for s in a.strides],
                 [int(p) for p in a.padding],
                 [int(d) for d in a.dilation],
+                shift,
                 primfunc_name_hint="conv2d_NCHWc_int8",
             )
             # zx * sum(w) over input channels and window, per output channel, in the output's blocks.
             ob = weight.shape[5]
-            correction = zero * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
+            correction = (zero + shift) * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
             return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
 
         def _bound(self, expr: relax.Expr, name: str) -> relax.Call | None:
@@ -1472,16 +1491,36 @@ def _pack_dot(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(grouped.transpose(0, 1, 2, 3, 4, 6, 5))
 
 
-def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation):
+def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation, shift: int = 0):
     """TOPI's int8 NCHWc convolution (int32 sums of 4-channel int8 products) on `data` padded with
-    its zero point `zero` (a zero-point-corrected 0, as TFLite's kernels skip the border)."""
+    its zero point `zero` (a zero-point-corrected 0, as TFLite's kernels skip the border). With a
+    `shift` (VNNI_SHIFT) it reads data + shift as uint8, padded with zero + shift."""
     top, left, bottom, right = padding
+    if shift:
+        return topi.nn.conv2d_NCHWc_int8(
+            _shifted_pad(data, shift, zero, padding), kernel, strides, 0, dilation, "NCHWc", "NCHWc", "int32", DOT_GROUP
+        )
     padded = (
         topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=zero, name="data_pad")
         if any(padding)
         else data
     )
     return topi.nn.conv2d_NCHWc_int8(padded, kernel, strides, 0, dilation, "NCHWc", "NCHWc", "int32", DOT_GROUP)
+
+
+def _shifted_pad(data, shift: int, zero: int, padding):
+    """uint8(data + shift), padded with uint8(zero + shift): one block the schedules treat as a pad."""
+    from tvm import te, tirx
+
+    top, left, bottom, right = padding
+    n, c, h, w, b = data.shape
+
+    def value(i, ci, y, x, k):
+        inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
+        read = data[i, ci, y - top, x - left, k].astype("int32")
+        return tirx.if_then_else(inside, read + shift, tirx.const(zero + shift, "int32")).astype("uint8")
+
+    return te.compute((n, c, h + top + bottom, w + left + right, b), value, name="data_pad")
 
 
 _NUDGE = 1 << 30

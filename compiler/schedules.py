@@ -330,30 +330,32 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """int8 NCHWc on raw operands (graph.dot_product_convs; reductions kh, kw, ic chunk, ic/4, 4):
     the fp32 tiling with each 4 output channels x 4 input channels one SDOT (TVM's
     ARM_DOT_4x4_i8_SDOT intrinsic, as arm_intrin.SDOT_4x4_I8: the pixel's 4 inputs broadcast, a
-    16-byte weight vector)."""
-    from edgefleet.compiler.arm_intrin import SDOT_4x4_I8
-
+    16-byte weight vector); on x86 VNNI (uint8 input) each 16 (or 8) output channels x 4 input
+    channels one vpdpbusd (x86_intrin.VNNI_U8I8)."""
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
     if found is None:
         return None
     pads, epi = found
     n, occ, oh, ow, ocb, kh, kw, ic, ic_f, ic_s = sch.get_loops(conv)
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
-    if None in (ow_n, ocb_n) or ocb_n % 4 or _extent(sch, ic_s) != 4:
+    if None in (ow_n, ocb_n) or _extent(sch, ic_s) != 4:
+        return None
+    lanes, intrin = _dot_intrinsic(sch, conv, ocb_n)
+    if ocb_n % lanes:
         return None
     # The tile must divide the row (a ragged tile's predicate does not tensorize). Where no divisor
     # fills the registers (rows of 7 or 14), half the channels per pass hold twice the pixels.
     limit = register_tile(target, ocb_n)
     tile, passes = _largest_divisor(ow_n, limit), 1
-    if 2 * tile <= min(ow_n, limit) and ocb_n % 8 == 0:
+    if 2 * tile <= min(ow_n, limit) and ocb_n % (2 * lanes) == 0:
         tile, passes = _largest_divisor(ow_n, register_tile(target, ocb_n // 2)), 2
     ow_o, ow_i = sch.split(ow, [None, tile])
-    oc_p, oc_o, oc_i = sch.split(ocb, [passes, None, 4])
+    oc_p, oc_o, oc_i = sch.split(ocb, [passes, None, lanes])
     sch.reorder(n, occ, oh, ow_o, oc_p, ic, kh, kw, ic_f, ow_i, oc_o, oc_i, ic_s)
     sch.reverse_compute_at(epi, ow_o)
     sch.parallel(sch.fuse(n, occ, oh))
     sch.decompose_reduction(conv, ic)
-    sch.tensorize(oc_i, SDOT_4x4_I8)
+    sch.tensorize(oc_i, intrin)
     sch.unroll(ow_i)
     sch.unroll(oc_o)
     _vectorize_epilogue(sch, epi)
@@ -426,6 +428,19 @@ def _lane_tile(target: tvm.target.Target, block: int) -> int:
     stay for weights (16 channels: 5 pixels, 8: 9)."""
     regs, lanes = _vector_registers(target)
     return max(1, min(MAX_REG_TILE, (regs - 4) // (block // lanes + 1)))
+
+
+def _dot_intrinsic(sch: s_tir.Schedule, conv, ocb_n: int) -> tuple[int, str]:
+    """(output channels per instruction, tensor intrinsic) for a dot-product convolution: uint8
+    input (graph.dot_product_convs(unsigned=True), x86 VNNI) -> vpdpbusd on 16 lanes where the block
+    has 16, else 8; int8 -> SDOT on 4."""
+    from edgefleet.compiler.arm_intrin import SDOT_4x4_I8
+    from edgefleet.compiler.x86_intrin import VNNI_U8I8
+
+    if str(sch.get(conv).reads[0].source.dtype) == "uint8":
+        lanes = 16 if ocb_n % 16 == 0 else 8
+        return lanes, VNNI_U8I8[lanes]
+    return 4, SDOT_4x4_I8
 
 
 def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
@@ -539,9 +554,35 @@ class Generic(_SafeRule):
     """Any loop nest: outer spatial loops in parallel, the innermost spatial loop vectorized."""
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        if _is_x86(self.target) and _writes_int8(sch) and "R" not in "".join(_iter_kinds(sch, b) for b in _blocks(sch)):
+            _inline_element_wise(sch)
         for block in _blocks(sch):
             _schedule_any(sch, block)
         return sch
+
+
+def _is_x86(target: tvm.target.Target) -> bool:
+    return str(target.attrs.get("mtriple", "")).startswith("x86_64")
+
+
+def _writes_int8(sch: s_tir.Schedule) -> bool:
+    outputs = list(sch.get_output_blocks(sch.get_sblock("root")))
+    return len(outputs) == 1 and str(sch.get(outputs[0]).writes[0].source.dtype) in ("int8", "uint8")
+
+
+def _inline_element_wise(sch: s_tir.Schedule) -> None:
+    """One loop nest for a kernel of element-wise blocks only (an int8 requantization after a channel
+    slice, about 15 blocks): each block its own parallel loop and int32/int64 buffer cost more than
+    the arithmetic (x86 int8 MobileNetV2s). Not in kernels with a reduction: a convolution left to this
+    rule would read its inlined padding per multiply-add. Blocks that do not inline stay as they are."""
+    out = sch.get_output_blocks(sch.get_sblock("root"))[0]
+    for block in _blocks(sch):
+        if _same(sch, block, out):
+            continue
+        try:
+            sch.compute_inline(block)
+        except (s_tir.ScheduleError, RuntimeError):
+            continue
 
 
 def _schedule_any(sch: s_tir.Schedule, block) -> None:

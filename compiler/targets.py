@@ -58,6 +58,8 @@ class IsaLevel:
     name: str
     tvm_target: dict[str, Any]
     cpu_features: tuple[str, ...]
+    # Built only for models with int8 tensors: for float models its code would be the level below's.
+    int8_only: bool = False
 
 
 _V2 = ("cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3")
@@ -67,6 +69,13 @@ ISA_LEVELS = {
     "x86-64-v3": IsaLevel("x86-64-v3", _x86("x86-64-v3"), _V3),
     # +avx512f names the level's widest registers to the schedules' register tiling (schedules.py).
     "x86-64-v4": IsaLevel("x86-64-v4", {**_x86("x86-64-v4"), "mattr": ["+avx512f"]}, _V4),
+    # x86-64-v4 with AVX-512 VNNI (Ice Lake, Zen 4 onward): int8 convolutions with vpdpbusd (graph.has_vnni).
+    "x86-64-v4-vnni": IsaLevel(
+        "x86-64-v4-vnni",
+        {**_x86("x86-64-v4"), "mattr": ["+avx512f", "+avx512vnni"]},
+        (*_V4, "avx512_vnni"),
+        int8_only=True,
+    ),
 }
 
 
@@ -222,7 +231,7 @@ _ENTRIES: list[Target] = [
         None,
         "native",
         aliases=("amd64", "x86-64"),
-        isa_levels=("x86-64-v3", "x86-64-v4"),
+        isa_levels=("x86-64-v3", "x86-64-v4", "x86-64-v4-vnni"),
     ),
     Target(
         "aarch64",

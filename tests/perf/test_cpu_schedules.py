@@ -3,6 +3,7 @@ and that the fast paths are really taken (blocked layout, scheduled kernels, few
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 
@@ -440,6 +441,48 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     # arm_intrin's SDOT allocates nothing (TVM's named "local" vectors became a heap workspace per tile row).
     assert not [n for n in dot if "alloc_local" in scripts[n]]
     assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30
+
+
+def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_are_one_loop(tmp_path):
+    """For an x86 target with AVX-512 VNNI (the x86_64 package's x86-64-v4-vnni library) every dense int8
+    convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
+    instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
+    library has no such kernel. A requantization after a channel slice (a 24-channel tensor in blocks of
+    16) is one loop nest, not one parallel loop and buffer per operation. Numerics and the instruction
+    in the library: tests/compiler/test_compile_int8_vnni.py."""
+    import sys
+    from pathlib import Path
+
+    from edgefleet.compiler.frontends import frontend_for
+    from edgefleet.compiler.targets import ISA_LEVELS
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from tflite_models import mobilenetv2_tflite
+
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    scripts = {}
+    for level in ("x86-64-v4-vnni", "x86-64-v4"):
+        target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
+        notes: list[str] = []
+        with tvm_target(target):
+            lowered = _optimize_pipeline(target, 0, KernelFallbacks(notes.append))(mod)
+        assert not notes, notes
+        scripts[level] = {
+            gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)
+        }
+    vnni = scripts["x86-64-v4-vnni"]
+    dot = [n for n in vnni if n.startswith("fused_conv2d_NCHWc_int8")]
+    assert len(dot) >= 15, sorted(vnni)
+    assert all("llvm.x86.avx512.vpdpbusd" in vnni[n] for n in dot), [n for n in dot if "vpdpbusd" not in vnni[n]]
+    int16 = [n for n in vnni if n.startswith(("fused_conv2d_NCHWc", "conv2d_NCHWc")) and "int8" not in n]
+    assert not int16, int16
+    assert not any("vpdpbusd" in s or "uint8" in s for s in scripts["x86-64-v4"].values())
+    sliced = [n for n in vnni if n.startswith("fused_strided_slice")]
+    blocks = {n: sum(line.lstrip().startswith("with T.sblock(") for line in vnni[n].splitlines()) for n in sliced}
+    assert blocks and set(blocks.values()) == {1}, blocks
 
 
 def _silu_softmax_model() -> onnx.ModelProto:
