@@ -476,3 +476,15 @@ def detection_tflite(
     outputs = ["detection_boxes", "detection_classes", "detection_scores", "num_detections"]
     ops = [("TFLite_Detection_PostProcess", ["boxes", "scores", "anchors"], outputs, bytes(options))]
     return write_tflite(path, tensors, ops, ["boxes", "scores"], outputs)
+
+
+def litert_reference(model: Path, x: np.ndarray) -> np.ndarray:
+    """The first output of a TFLite model on `x` by LiteRT's reference kernels (the ones a quantized
+    package must equal; its default XNNPACK kernels round some requantizations differently)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(str(model), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])

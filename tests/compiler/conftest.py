@@ -59,3 +59,15 @@ def package_for(tmp_path_factory: pytest.TempPathFactory, built_models: dict[str
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def no_forced_library(monkeypatch):
+    """No library forced by environment or by an earlier test: the agent's own choice by CPU flags."""
+    from edgefleet.agent.variants import FLAGS_ENV, FORCE_ENV, force_library
+
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    monkeypatch.delenv(FLAGS_ENV, raising=False)
+    force_library(None)
+    yield
+    force_library(None)

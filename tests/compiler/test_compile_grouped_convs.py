@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from support import torch_models  # noqa: E402
+from support.pipeline import fused_kernels  # noqa: E402
 
 from edgefleet.package import open_package  # noqa: E402
 
@@ -103,7 +104,6 @@ def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime
     from tvm.relax.frontend.onnx import from_onnx
 
     from edgefleet.agent.variants import cpu_flags
-    from edgefleet.compiler import graph
     from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
     from edgefleet.compiler.schedules import schedule_func
     from edgefleet.compiler.targets import resolve_target
@@ -112,17 +112,7 @@ def test_grouped_kernels_get_the_register_blocked_schedule_and_match_onnxruntime
     if target_name == "ml_c6i" and "avx512f" not in cpu_flags():
         pytest.skip("runs AVX-512 code: this CPU has no avx512f")
     tgt = tvm_target(target)
-    passes = [
-        graph.cleanup(),
-        graph.nchwc_layout(),
-        graph.legalize(KernelFallbacks(print).layout_failed),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-    with tgt:
-        fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
+    fused = fused_kernels(model, tgt)
     kernels = [
         f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc) and "group_conv2d_NCHWc" in gv.name_hint
     ]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.runtime_worker import open_tvm_model
-from edgefleet.agent.variants import FLAGS_ENV, FORCE_ENV, cpu_flags, force_library, select_library
+from edgefleet.agent.variants import cpu_flags, select_library
 from edgefleet.package import open_package
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "qemu_insn"))
+from compiler_testlib import litert_reference  # noqa: E402  (tests/compiler is on sys.path)
 from tflite_models import mobilenetv2_tflite  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
 
 VNNI = "model.x86-64-v4-vnni.so"
@@ -29,23 +30,7 @@ def _dot_instructions(library: Path) -> int:
     return sum("vpdpbusd" in line for line in listing.splitlines())
 
 
-def _reference(model: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(str(model), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    return interp.get_tensor(interp.get_output_details()[0]["index"])
-
-
-@pytest.fixture(autouse=True)
-def _no_forcing(monkeypatch):
-    monkeypatch.delenv(FORCE_ENV, raising=False)
-    monkeypatch.delenv(FLAGS_ENV, raising=False)
-    force_library(None)
-    yield
-    force_library(None)
+pytestmark = pytest.mark.usefixtures("no_forced_library")
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="binutils' objdump is not installed")
@@ -75,7 +60,7 @@ def test_int8_x86_64_package_has_a_vnni_library_with_vpdpbusd_exact_to_litert_re
         for seed in range(3):
             x = np.random.default_rng(300 + seed).integers(-128, 128, (1, 56, 56, 3)).astype(np.int8)
             actual = compiled.run([x])[0]
-            np.testing.assert_array_equal(actual, _reference(model, x))
+            np.testing.assert_array_equal(actual, litert_reference(model, x))
             outputs.append(actual.tobytes())
         assert len(set(outputs)) == 3  # input-dependent outputs were compared
 

@@ -26,13 +26,7 @@ def generic(package_for):
     return package_for("small_cnn", "x86_64")
 
 
-@pytest.fixture(autouse=True)
-def _no_forcing(monkeypatch):
-    monkeypatch.delenv(FORCE_ENV, raising=False)
-    monkeypatch.delenv(FLAGS_ENV, raising=False)
-    force_library(None)
-    yield
-    force_library(None)
+pytestmark = pytest.mark.usefixtures("no_forced_library")
 
 
 def test_x86_64_package_lists_each_library_with_its_isa_features_hash_and_verification(generic):

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.qemu
 
 _ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(_ROOT / "tests" / "compiler"), str(_ROOT / "benchmarks" / "qemu_insn")]
+from compiler_testlib import litert_reference  # noqa: E402  (tests/compiler, put on the path above)
 from tflite_models import mobilenetv2_tflite  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
 
 
@@ -53,16 +54,6 @@ def _calls_in_sdot_functions(library: Path) -> dict[str, int]:
         elif "\tsdot\t" in line:
             sdot.add(function)
     return {f: calls.get(f, 0) for f in sdot}
-
-
-def _reference(model: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(str(model), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interp.allocate_tensors()
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    return interp.get_tensor(interp.get_output_details()[0]["index"])
 
 
 def test_int8_packages_run_sdot_on_rasp5_lanes_on_rasp4b_and_equal_litert_reference_kernels(
@@ -110,6 +101,6 @@ def test_int8_packages_run_sdot_on_rasp5_lanes_on_rasp4b_and_equal_litert_refere
         outputs = [run_library_emulated(arm64_sysroot, rasp5.library, [x]).outputs[0] for x in feeds]
         lanes = [run_library_emulated(arm64_sysroot, rasp4b.library, [x]).outputs[0] for x in feeds]
     for x, actual, by_lane in zip(feeds, outputs, lanes, strict=True):
-        np.testing.assert_array_equal(actual, _reference(model, x))
-        np.testing.assert_array_equal(by_lane, _reference(model, x))
+        np.testing.assert_array_equal(actual, litert_reference(model, x))
+        np.testing.assert_array_equal(by_lane, litert_reference(model, x))
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support.pipeline import fused_kernels
 
 from edgefleet.compiler.targets import resolve_target
 
@@ -848,25 +849,12 @@ def _conv_tiles(target_name: str) -> dict[str, tuple[int, int]]:
 
     target = resolve_target(target_name)
     tgt = tvm_target(target)
-    passes = [
-        graph.cleanup(),
-        graph.nchwc_layout(),
-        graph.legalize(KernelFallbacks(print).layout_failed),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-    with tgt:
-        fused = tvm.transform.Sequential(passes)(from_onnx(_dense_convs_model(), keep_params_in_input=False))
-        tiles = {}
-        for gv, func in fused.functions.items():
-            if isinstance(func, tirx.PrimFunc) and "conv2d_NCHWc" in gv.name_hint:
-                splits = re.findall(
-                    r"sch\.split\(loop=\w+, factors=\[None, (\d+)\]", str(schedule_func(func, tgt).trace)
-                )
-                # Pixel tile, input-channel lanes, then (paired only) the output-chunk pair.
-                tiles[gv.name_hint] = (int(splits[0]), int(splits[2]) if len(splits) > 2 else 1)
+    tiles = {}
+    for gv, func in fused_kernels(_dense_convs_model(), tgt).functions.items():
+        if isinstance(func, tirx.PrimFunc) and "conv2d_NCHWc" in gv.name_hint:
+            splits = re.findall(r"sch\.split\(loop=\w+, factors=\[None, (\d+)\]", str(schedule_func(func, tgt).trace))
+            # Pixel tile, input-channel lanes, then (paired only) the output-chunk pair.
+            tiles[gv.name_hint] = (int(splits[0]), int(splits[2]) if len(splits) > 2 else 1)
     return tiles
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from support.pipeline import fused_kernels
 
 from edgefleet.compiler.targets import resolve_target
 
@@ -21,7 +22,7 @@ from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from edgefleet.compiler import graph, tuning  # noqa: E402
+from edgefleet.compiler import tuning  # noqa: E402
 from edgefleet.compiler.build import KernelFallbacks, _cpu_pipeline, tuning_dir, tvm_target  # noqa: E402
 from edgefleet.compiler.schedules import schedule_func  # noqa: E402
 
@@ -51,18 +52,7 @@ def _model():
 
 def _tasks(target, model):
     """The tasks tuning sees: the fused module of `_cpu_pipeline` before tuning."""
-    passes = [
-        graph.cleanup(),
-        graph.nchwc_layout(),
-        graph.legalize(KernelFallbacks(print).layout_failed),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ]
-    with tvm_target(target):
-        fused = tvm.transform.Sequential(passes)(from_onnx(model, keep_params_in_input=False))
+    fused = fused_kernels(model, tvm_target(target))
     return fused, ms.relax_integration.extract_tasks(fused, tvm.target.Target({**target.tvm_target, "num-cores": 1}))
 
 
