@@ -235,6 +235,10 @@ class WorkerModel:
 def _native_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONSTARTUP", None)
+    # TVM sizes the worker's pool once, when the first model runs: a verification at one thread
+    # first left a later `threads` op of 2 on that one thread (isa_variants --threads 2 after its
+    # compile ran every package on one core). Sized to the CPUs, `ef_set_threads` uses fewer of it.
+    env.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     return env
 
 

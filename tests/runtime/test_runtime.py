@@ -457,3 +457,30 @@ print(json.dumps({{"workers": seen["workers"], "same": bool(np.array_equal(here,
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report == {"workers": workers, "same": True}, report
+
+
+def test_the_host_worker_runs_two_threads_after_a_one_thread_run(tiny_package):
+    """The host's runtime worker (compile verification, `edgefleet bench`, the benchmarks) runs a
+    model at one thread, then at two: the second run has a pool worker. TVM sizes a process's pool
+    once, at its first run, so without TVM_NUM_THREADS a 2-CPU machine got a pool of one and every
+    later `threads` of 2 ran on one core. Compared with a worker whose pool is held at one."""
+    from edgefleet.agent.runtime_worker import RuntimeWorker, _native_env
+    from edgefleet.package import open_package
+    from edgefleet.signing import load_public_key
+
+    result, _, key = tiny_package
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    tasks = {}
+    with open_package(result.package, [load_public_key(public_path(key.path))]) as opened:
+        for case, env in (("native", _native_env()), ("one", {**_native_env(), "TVM_NUM_THREADS": "1"})):
+            worker = RuntimeWorker(env=env)
+            try:
+                os.sched_setaffinity(worker.proc.pid, sorted(os.sched_getaffinity(0))[:2])  # as on CI
+                model = worker.load(opened.library)
+                for count in (1, 2):
+                    worker.call({"op": "threads", "count": count})
+                    model.timed_run([x], 1)
+                tasks[case] = len(os.listdir(f"/proc/{worker.proc.pid}/task"))
+            finally:
+                worker.close()
+    assert tasks["native"] == tasks["one"] + 1, tasks
