@@ -40,6 +40,15 @@ MAX_PAIR_TILE = 8
 MAX_DENSE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
+# A kernel's outer loops run in parallel only where the block they carry has at least this much
+# work (`block_work`: multiply-adds for a convolution, elements for element-wise work); below it they
+# stay serial on the calling thread. TVM splits a parallel loop into one part per thread and, with
+# its pool not spinning (the camera runtime's default), wakes the worker and waits for it at every
+# kernel. Chosen on a busy machine (benchmarks/parallel_threshold.py: SqueezeNet, MobileNetV2 and
+# ShuffleNet v1 at 2 threads, load 4.6-5.6 on 2 cores; docs/performance.md, "Threads and spinning"):
+# serial / parallel had a median of 0.28 below 1 M, 0.73 at 1-4 M, 0.89 at 4-16 M and 1.00 (0.93-1.15)
+# from 16 M; 2^24 keeps ResNet-50's convolutions (25-115 M) parallel.
+PARALLEL_MIN_WORK = 1 << 24
 _AVX512_CPUS = (
     "skylake-avx512",
     "cascadelake",
@@ -156,13 +165,35 @@ def _blocks(sch: s_tir.Schedule) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def _schedule_pad(sch: s_tir.Schedule, block) -> None:
+def _schedule_pad(sch: s_tir.Schedule, block, target: tvm.target.Target) -> None:
     loops = sch.get_loops(block)
     if len(loops) >= 3:
-        sch.parallel(sch.fuse(*loops[: len(loops) - 2]))
+        _parallel(sch, block, loops[: len(loops) - 2], target)
     inner = _extent(sch, loops[-1])
     if inner is not None and 1 < inner <= 64:
         sch.vectorize(loops[-1])
+
+
+def block_work(sch: s_tir.Schedule, block) -> int | None:
+    """Iterations of `block`'s domain (output elements x reduction size); None when not constant."""
+    work = 1
+    for iv in sch.get(block).iter_vars:
+        if not isinstance(iv.dom.extent, tirx.IntImm):
+            return None
+        work *= int(iv.dom.extent)
+    return work
+
+
+def _parallel(sch: s_tir.Schedule, block, loops: list, target: tvm.target.Target) -> None:
+    """Fuse `loops`, the outer loops of `block`, into one parallel loop where the block's work
+    reaches PARALLEL_MIN_WORK (or is not known) on x86; below it they stay serial and unfused (a
+    fused serial loop only adds a div/mod per index). ARM keeps every kernel parallel: the threshold
+    was measured on x86 cores only, and serial kernels changed rasp4b's instruction counts (SqueezeNet
+    124.33 M -> 123.63 M at one thread, the launches)."""
+    work = block_work(sch, block)
+    if _is_x86(target) and work is not None and work < PARALLEL_MIN_WORK:
+        return
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
 def _same(sch: s_tir.Schedule, a, b) -> bool:
@@ -202,12 +233,14 @@ def _conv_with_epilogue(sch: s_tir.Schedule, conv, blocks: list, pad_names: tupl
     return None if epi is None else (pads, epi)
 
 
-def _finish_conv(sch: s_tir.Schedule, conv, epi, pads: list, reduction_loop) -> s_tir.Schedule:
+def _finish_conv(
+    sch: s_tir.Schedule, conv, epi, pads: list, reduction_loop, target: tvm.target.Target
+) -> s_tir.Schedule:
     """Split off the accumulator init, vectorize the epilogue's inner loop, schedule the pads."""
     sch.decompose_reduction(conv, reduction_loop)
     _vectorize_epilogue(sch, epi)
     for pad in pads:
-        _schedule_pad(sch, pad)
+        _schedule_pad(sch, pad, target)
     return sch
 
 
@@ -310,11 +343,11 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
         if ow_n % reg_n:
             sch.annotate(ow_o, "pragma_loop_partition_hint", 1)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ, oh))
+    _parallel(sch, conv, [n, occ, oh], target)
     # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
     sch.unroll(ow_i)
     sch.vectorize(ocb)
-    return _finish_conv(sch, conv, epi, pads, ic_o)
+    return _finish_conv(sch, conv, epi, pads, ic_o, target)
 
 
 def _int32_indices(sch: s_tir.Schedule):
@@ -353,14 +386,14 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     oc_p, oc_o, oc_i = sch.split(ocb, [passes, None, lanes])
     sch.reorder(n, occ, oh, ow_o, oc_p, ic, kh, kw, ic_f, ow_i, oc_o, oc_i, ic_s)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ, oh))
+    _parallel(sch, conv, [n, occ, oh], target)
     sch.decompose_reduction(conv, ic)
     sch.tensorize(oc_i, intrin)
     sch.unroll(ow_i)
     sch.unroll(oc_o)
     _vectorize_epilogue(sch, epi)
     for pad in pads:
-        _schedule_pad(sch, pad)
+        _schedule_pad(sch, pad, target)
     return sch
 
 
@@ -413,13 +446,13 @@ def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target)
     ic_o, ic_m, ic_i = sch.split(ic, [None, ic_bn // LANE_CHANNELS, LANE_CHANNELS])
     sch.reorder(n, occ, oh, ow_o, oc_p, ic_o, kh, kw, ic_m, ow_i, ic_i, oc_i)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ, oh))
+    _parallel(sch, conv, [n, occ, oh], target)
     init = sch.decompose_reduction(conv, ic_o)
     sch.tensorize(ow_i, smlal_lane_intrin(tile, ocb_n // passes))
     sch.vectorize(sch.get_loops(init)[-1])
     _vectorize_epilogue(sch, epi)
     for pad in pads:
-        _schedule_pad(sch, pad)
+        _schedule_pad(sch, pad, target)
     return sch
 
 
@@ -456,10 +489,10 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ, oh))
+    _parallel(sch, conv, [n, occ, oh], target)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
-    return _finish_conv(sch, conv, epi, pads, kh)
+    return _finish_conv(sch, conv, epi, pads, kh, target)
 
 
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
@@ -483,11 +516,11 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target)
     occ_o, occ_i = sch.split(occ, [None, oc_t])
     sch.reorder(n, occ_o, oh, ow_o, ic, kh, kw, ib, occ_i, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
-    sch.parallel(sch.fuse(n, occ_o, oh))
+    _parallel(sch, conv, [n, occ_o, oh], target)
     sch.unroll(occ_i)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
-    return _finish_conv(sch, conv, epi, pads, ic)
+    return _finish_conv(sch, conv, epi, pads, ic, target)
 
 
 class Conv2dNCHW(_SafeRule):
@@ -517,10 +550,10 @@ class Conv2dNCHW(_SafeRule):
         ow_o, ow_i = sch.split(ow, [None, vec])
         sch.reorder(n, oc_o, oh, ow_o, rc, rh, rw, oc_i, ow_i)
         sch.reverse_compute_at(epi, ow_o)
-        sch.parallel(sch.fuse(n, oc_o, oh))
+        _parallel(sch, conv, [n, oc_o, oh], self.target)
         sch.unroll(oc_i)
         sch.vectorize(ow_i)
-        return _finish_conv(sch, conv, epi, pads, rc)
+        return _finish_conv(sch, conv, epi, pads, rc, self.target)
 
 
 class ChannelPermute(_SafeRule):
@@ -545,7 +578,7 @@ class ChannelPermute(_SafeRule):
             if not _same(sch, block, outputs[0]):
                 sch.compute_inline(block)
         n, c, _, _, k = sch.get_loops(outputs[0])
-        sch.parallel(sch.fuse(n, c))
+        _parallel(sch, outputs[0], [n, c], self.target)
         _vectorize(sch, outputs[0], k)
         return sch
 
@@ -557,7 +590,7 @@ class Generic(_SafeRule):
         if _is_x86(self.target) and _writes_int8(sch) and "R" not in "".join(_iter_kinds(sch, b) for b in _blocks(sch)):
             _inline_element_wise(sch)
         for block in _blocks(sch):
-            _schedule_any(sch, block)
+            _schedule_any(sch, block, self.target)
         return sch
 
 
@@ -585,7 +618,7 @@ def _inline_element_wise(sch: s_tir.Schedule) -> None:
             continue
 
 
-def _schedule_any(sch: s_tir.Schedule, block) -> None:
+def _schedule_any(sch: s_tir.Schedule, block, target: tvm.target.Target) -> None:
     kinds = _iter_kinds(sch, block)
     loops = sch.get_loops(block)
     if len(loops) != len(kinds) or "O" in kinds or kinds != "S" * kinds.count("S") + "R" * kinds.count("R"):
@@ -609,7 +642,7 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
             # flattened, its 312k elements cost 2 ms of index math (the real ShuffleNet's max pool).
             last = None
         if outer:
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            _parallel(sch, block, outer, target)
         if last is not None:
             _vectorize(sch, block, last)
         return
@@ -622,10 +655,10 @@ def _schedule_any(sch: s_tir.Schedule, block) -> None:
         inner_o, inner = sch.split(inner, [None, width])
         outer, inner_n = [*outer, inner_o], width
     if inner_n is None or inner_n == 1 or inner_n > 64 or not outer:
-        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+        _parallel(sch, block, spatial, target)
         return
     sch.reorder(*outer, *reduce, inner)
-    sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    _parallel(sch, block, outer, target)
     sch.vectorize(inner)
     sch.decompose_reduction(block, reduce[0])
 

@@ -183,8 +183,9 @@ def test_pooling_after_a_first_layer_runs_blocked():
 
 def test_a_long_row_no_vector_width_divides_stays_a_row_loop():
     """The real ShuffleNet's max pool pads 24 x 112 x 112 to 114-pixel rows, which 16, 8 and 4 do
-    not divide: the pad runs row by row (parallel rows, a serial row loop), not as one flattened
-    loop whose index math (a div/mod per element) cost 2 ms. Its output matches a numpy max pool."""
+    not divide: the pad runs row by row (a serial row loop under the outer loops, parallel or not by
+    the work threshold), not as one flattened loop whose index math (a div/mod per element) cost 2 ms.
+    Its output matches a numpy max pool."""
     from tvm import te, topi
 
     from edgefleet.compiler.schedules import schedule_func
@@ -194,7 +195,8 @@ def test_a_long_row_no_vector_width_divides_stays_a_row_loop():
     tgt = tvm_target(resolve_target("x86_64"))
     sch = schedule_func(te.create_prim_func([x, y]), tgt)
     pad = sch.get_loops(sch.get_sblock("pad_temp"))
-    assert [int(sch.get(loop).extent) for loop in pad] == [24 * 114, 114]
+    extents = [int(sch.get(loop).extent) for loop in pad]
+    assert extents[-1] == 114 and np.prod(extents) == 24 * 114 * 114, extents
     data = np.random.default_rng(3).standard_normal((1, 24, 112, 112)).astype(np.float32)
     out = tvm.runtime.tensor(np.zeros((1, 24, 56, 56), np.float32))
     tvm.compile(sch.mod, target=tgt)["main"](tvm.runtime.tensor(data), out)
@@ -880,3 +882,48 @@ def test_x86_avx512_dense_convs_pair_two_output_blocks_and_match_onnxruntime():
     x = np.random.default_rng(5).standard_normal((1, 32, 13, 13)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def _large_and_small_convs_model() -> onnx.ModelProto:
+    """A 3x3 convolution of 64 channels on 28 x 28 (29 M multiply-adds), then a 1x1 of stride 4 to 16
+    channels on 7 x 7 (50 k)."""
+    rng = np.random.default_rng(6)
+    large, large_w = _conv(rng, "x", 64, 64, 3, 1, name="large")
+    small, small_w = _conv(rng, "large", 64, 16, 1, 4, name="small")
+    g = helper.make_graph(
+        [large, small],
+        "large_small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 28, 28])],
+        [helper.make_tensor_value_info("small", TensorProto.FLOAT, [1, 16, 7, 7])],
+        large_w + small_w,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "rasp4b"])
+def test_a_kernel_below_the_work_threshold_runs_serial_on_x86_and_a_large_one_in_parallel(target_name):
+    """On x86 a convolution's outer loops are parallel only from `PARALLEL_MIN_WORK` multiply-adds
+    up: the small one runs on the calling thread (no pool launch), the large one across the pool.
+    ARM keeps both parallel (the threshold was measured on x86 only). The x86 build matches ONNX
+    Runtime."""
+    from tvm import s_tir
+
+    from edgefleet.compiler.schedules import PARALLEL_MIN_WORK, block_work, schedule_func
+
+    model = _large_and_small_convs_model()
+    tgt = tvm_target(resolve_target(target_name))
+    parallel = {}
+    for gv, func in fused_kernels(model, tgt).functions.items():
+        if isinstance(func, tirx.PrimFunc) and "conv2d_NCHWc" in gv.name_hint:
+            sch = s_tir.Schedule(func)
+            work = max(block_work(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root")))
+            parallel[work] = "T.parallel(" in schedule_func(func, tgt).mod["main"].script()
+    small, large = 64 * 16 * 7 * 7, 64 * 64 * 9 * 28 * 28
+    assert sorted(parallel) == [small, large], parallel
+    assert small < PARALLEL_MIN_WORK <= large
+    assert parallel == {small: target_name != "x86_64", large: True}
+    if target_name == "x86_64":
+        _, actual, expected = _compile_and_compare(model)
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
