@@ -47,7 +47,7 @@ MIN_PAIR_TILE = 4
 # kernel. Chosen on a busy machine (benchmarks/parallel_threshold.py: SqueezeNet, MobileNetV2 and
 # ShuffleNet v1 at 2 threads, load 4.6-5.6 on 2 cores; docs/performance.md, "Threads and spinning"):
 # serial / parallel had a median of 0.28 below 1 M, 0.73 at 1-4 M, 0.89 at 4-16 M and 1.00 (0.93-1.15)
-# from 16 M; 2^24 keeps ResNet-50's convolutions (25-115 M) parallel.
+# from 16 M; 2^24 keeps ResNet-50's convolutions (51-118 M, but for one 12.8 M 1x1) parallel.
 PARALLEL_MIN_WORK = 1 << 24
 _AVX512_CPUS = (
     "skylake-avx512",
