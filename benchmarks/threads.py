@@ -8,7 +8,13 @@ interleaved at each thread count; ORT's spinning follows TVM's (two spinning poo
 slow each other down 3-27x: TOOLCHAIN.md). Ratios (x ORT, and 2 threads / 1 thread) are the
 numbers to read; the load average is printed before and after every block.
 
+`--all-parallel` also builds each model with every kernel's outer loops parallel
+(`schedules.PARALLEL_MIN_WORK` = 0, as before the work threshold) and runs it interleaved with the
+default build and ORT (columns "all-par"): the threshold's effect at the same load. `--spins 0`
+runs only TVM's spin count 0.
+
     python benchmarks/threads.py [--models grouped,mobilenetv2] [--blocks 2] [--runs 20]
+        [--all-parallel] [--spins default,0]
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ import numpy as np
 SPINS = {"default": None, "0": "0"}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None: unset, TVM's 300000)
 
 
-def child(libs: dict[str, tuple[str, str]], runs: int, spinning: bool) -> dict:
-    """Time each model's library and ORT at 1 and 2 threads, interleaved; median ms per (model, threads)."""
+def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool) -> dict:
+    """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved; median ms per
+    (model, threads) and runner."""
     import onnxruntime as ort
     import tvm
     from tvm import relax
 
     out = {}
-    for name, (lib, onnx_path) in libs.items():
-        vm = relax.VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu())
-        x = np.random.default_rng(0).random(tuple(json.loads(Path(lib + ".shape").read_text())), dtype=np.float32)
+    for name, (onnx_path, builds) in libs.items():
+        vms = {label: relax.VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu()) for label, lib in builds.items()}
+        shape = json.loads(Path(builds["tvm"] + ".shape").read_text())
+        x = np.random.default_rng(0).random(tuple(shape), dtype=np.float32)
         xt = tvm.runtime.tensor(x)
         for threads in (1, 2):
             tvm.get_global_func("runtime.config_threadpool")(1, threads)
@@ -46,10 +54,8 @@ def child(libs: dict[str, tuple[str, str]], runs: int, spinning: bool) -> dict:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x}
-            runners = {
-                "tvm": lambda vm=vm, xt=xt: vm["main"](xt),
-                "ort": lambda sess=sess, feed=feed: sess.run(None, feed),
-            }
+            runners = {label: lambda vm=vm, xt=xt: vm["main"](xt) for label, vm in vms.items()}
+            runners["ort"] = lambda sess=sess, feed=feed: sess.run(None, feed)
             times: dict[str, list[float]] = {k: [] for k in runners}
             for run in runners.values():
                 run()
@@ -62,32 +68,64 @@ def child(libs: dict[str, tuple[str, str]], runs: int, spinning: bool) -> dict:
     return out
 
 
-def build(names: list[str], tmp: Path) -> dict[str, tuple[str, str]]:
+def build(names: list[str], tmp: Path, all_parallel: bool) -> dict[str, tuple[str, dict[str, str]]]:
     import onnx
     import tvm
     from latency import model_path
-    from tvm.relax.frontend.onnx import from_onnx
 
+    from edgefleet.compiler import schedules
     from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_target
+    from edgefleet.compiler.frontends.onnx import input_specs, to_relax
     from edgefleet.compiler.targets import resolve_target
 
     target = resolve_target("ml_c6i")
     tgt = tvm_target(target)
     libs = {}
+    default = schedules.PARALLEL_MIN_WORK
     for name in names:
         path = model_path(name, tmp)
         model = onnx.load(str(path))
         inits = {i.name for i in model.graph.initializer}
         spec = next(i for i in model.graph.input if i.name not in inits)
-        with tgt:
-            mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
-                from_onnx(model, keep_params_in_input=False)
-            )
-        lib = str(tmp / f"{name}.so")
-        tvm.compile(mod, target=tgt, relax_pipeline=None).export_library(lib)
-        Path(lib + ".shape").write_text(json.dumps([d.dim_value for d in spec.type.tensor_type.shape.dim]))
-        libs[name] = (lib, str(path))
+        builds = {}
+        for label, threshold in [("tvm", default)] + ([("all-par", 0)] if all_parallel else []):
+            schedules.PARALLEL_MIN_WORK = threshold
+            with tgt:
+                mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
+                    to_relax(model, input_specs(model, {}))
+                )
+            lib = str(tmp / f"{name}-{label}.so")
+            tvm.compile(mod, target=tgt, relax_pipeline=None).export_library(lib)
+            Path(lib + ".shape").write_text(json.dumps([d.dim_value for d in spec.type.tensor_type.shape.dim]))
+            builds[label] = lib
+        libs[name] = (str(path), builds)
+    schedules.PARALLEL_MIN_WORK = default
     return libs
+
+
+def _median(blocks: list[dict], key: str, runner: str) -> float:
+    return statistics.median(r[key][runner] for r in blocks)
+
+
+def print_table(results: dict[str, list[dict]], spins: dict, all_parallel: bool) -> None:
+    """Medians of the blocks' medians per (model, threads): ms, x ORT, and 2 threads / 1 thread."""
+    runners = ["tvm", "ort"] + (["all-par"] if all_parallel else [])
+    extra = f" {'all-par ms':>10} {'all-par 2t/1t':>13}" if all_parallel else ""
+    print(
+        f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}{extra}"
+    )
+    for label in spins:
+        blocks = results[label]
+        for key in blocks[0]:
+            name, threads = key.split("/")
+            ms = {k: _median(blocks, key, k) for k in runners}
+            two = {k: f"{ms[k] / _median(blocks, f'{name}/1', k):.2f}" if threads == "2" else "" for k in runners}
+            ort_spin = "on" if SPINS[label] is None else "off"
+            row = f"{key:<16} {label:>9} {ort_spin:>9} {ms['tvm']:8.2f} {ms['ort']:8.2f} {ms['tvm'] / ms['ort']:6.2f}"
+            row += f" {two['tvm']:>10} {two['ort']:>10}"
+            if all_parallel:
+                row += f" {ms['all-par']:10.2f} {two['all-par']:>13}"
+            print(row)
 
 
 def main() -> None:
@@ -95,6 +133,8 @@ def main() -> None:
     ap.add_argument("--models", default="grouped,mobilenetv2")
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--all-parallel", action="store_true", help="also time every kernel parallel (no threshold)")
+    ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin settings to run: default,0")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -103,10 +143,11 @@ def main() -> None:
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     with tempfile.TemporaryDirectory() as tmp:
-        libs = build(args.models.split(","), Path(tmp))
-        results: dict[str, list[dict]] = {label: [] for label in SPINS}
+        libs = build(args.models.split(","), Path(tmp), args.all_parallel)
+        spins = {label: SPINS[label] for label in args.spins.split(",")}
+        results: dict[str, list[dict]] = {label: [] for label in spins}
         for block in range(args.blocks):
-            for label, count in SPINS.items():
+            for label, count in spins.items():
                 env = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
                 if count is not None:
                     env["TVM_THREAD_POOL_SPIN_COUNT"] = count
@@ -127,22 +168,7 @@ def main() -> None:
                     f"block {block + 1}/{args.blocks} spin {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
-    print(
-        f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}"
-    )
-    for label in SPINS:
-        for key in results[label][0]:
-            tvm_ms = statistics.median(r[key]["tvm"] for r in results[label])
-            ort_ms = statistics.median(r[key]["ort"] for r in results[label])
-            name, threads = key.split("/")
-            one = f"{name}/1"
-            speed = ""
-            if threads == "2":
-                t1 = statistics.median(r[one]["tvm"] for r in results[label])
-                o1 = statistics.median(r[one]["ort"] for r in results[label])
-                speed = f"{tvm_ms / t1:10.2f} {ort_ms / o1:10.2f}"
-            ort_spin = "on" if SPINS[label] is None else "off"
-            print(f"{key:<16} {label:>9} {ort_spin:>9} {tvm_ms:8.2f} {ort_ms:8.2f} {tvm_ms / ort_ms:6.2f} {speed}")
+    print_table(results, spins, args.all_parallel)
 
 
 if __name__ == "__main__":
