@@ -917,3 +917,43 @@ def test_an_nhwc_input_moved_into_its_only_block_is_a_reshape_not_a_copy(channel
         results.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy())
     assert results[0].shape == (1, channels // block, 5, 7, block)
     np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_aarch64_fully_connected_layer_accumulates_40_outputs_in_registers_and_stays_exact():
+    """rasp4b / rasp5: a float32 row vector times a 448 x 1000 matrix plus bias (MobileNetV2-0.35's
+    classifier) keeps 5 x 8 outputs in local accumulators over a reduction unrolled by 4; x86 and
+    ARMv7 keep the generic schedule (8 outputs, the reduction rolled). The AArch64 schedule, built
+    for this host, gives numpy's result."""
+    from tvm import te, topi
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    def dense_func():
+        x = te.placeholder([tirx.IntImm("int64", 1), tirx.IntImm("int64", 448)], "float32", name="x")
+        w = te.placeholder([tirx.IntImm("int64", 448), tirx.IntImm("int64", 1000)], "float32", name="w")
+        b = te.placeholder([tirx.IntImm("int64", 1000)], "float32", name="b")
+        return te.create_prim_func([x, w, b, topi.add(topi.matmul(x, w), b)])
+
+    def scheduled(target: str):
+        tgt = tvm_target(resolve_target(target))
+        with tgt:
+            sch = schedule_func(dense_func(), tgt)
+        assert sch is not None
+        return sch.mod
+
+    for target in ("rasp4b", "rasp5"):
+        script = scheduled(target)["main"].script()
+        assert 'scope="local"' in script and re.search(r"in T\.unroll\((T\.int64\()?4\)", script), script
+        assert re.search(r"in T\.unroll\((T\.int64\()?5\)", script) and re.search(
+            r"in T\.vectorized\((T\.int64\()?8\)", script
+        ), script
+    for target in ("rasp3b", "x86_64"):
+        script = scheduled(target)["main"].script()
+        assert 'scope="local"' not in script and not re.search(r"in T\.unroll\((T\.int64\()?4\)", script), script
+
+    rng = np.random.default_rng(0)
+    x, w, b = rng.random((1, 448), np.float32), rng.random((448, 1000), np.float32), rng.random(1000, np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, 1000), np.float32))
+    lib = tvm.compile(scheduled("rasp5"), target="llvm")
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), tvm.runtime.tensor(b), out)
+    np.testing.assert_allclose(out.numpy(), x @ w + b, rtol=1e-5)
