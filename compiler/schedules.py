@@ -565,7 +565,7 @@ class Generic(_SafeRule):
 def _row_times_matrix(sch: s_tir.Schedule, block) -> bool:
     """A float32 row vector times a matrix (a classifier's fully connected layer) on AArch64: up to
     5 x 8 outputs in local accumulators per pass, the reduction unrolled by 4. The generic schedule
-    (8 outputs through memory, the reduction rolled) counted 0.33 M instructions for MobileNetV2-0.35's
+    (8 outputs per pass, the reduction rolled) counted 0.33 M instructions for MobileNetV2-0.35's
     448 x 1000 layer on rasp5, this one 0.24 M. False (nothing done) for any other block."""
     loops = sch.get_loops(block)
     if _iter_kinds(sch, block) != "SSR" or len(loops) != 3 or str(sch.get(block).writes[0].source.dtype) != "float32":
