@@ -272,7 +272,9 @@ def nchwc_layout(
     A graph without convolutions is left alone: there is nothing to block, and ConvertLayout's
     layout inference fails on some reductions it would otherwise walk through. `x86_rewrites` adds
     `sink_channel_slices` and re-blocked binary operands in `sink_layout_transforms`, measured on x86
-    only so far (ARM's instruction counts were measured without them).
+    only so far (ARM's instruction counts were measured without them). Float layout moves that
+    leave every element in place (a TFLite NHWC image into its first convolution's single block)
+    become reshapes: `layout_moves_as_reshapes`.
     """
     passes = tvm.transform.Sequential(
         [
@@ -290,6 +292,7 @@ def nchwc_layout(
             *([sink_channel_slices()] if x86_rewrites else []),
             sink_layout_transforms(block, reblock=x86_rewrites),
             relax.transform.FoldConstant(),
+            layout_moves_as_reshapes(),
             # ConvertLayout unblocks a tensor once per consumer: a C2f block's split and concat
             # (YOLOv8) read the same conv output through two identical transforms.
             relax.transform.EliminateCommonSubexpr(call_only=True),
@@ -880,6 +883,72 @@ def sink_layout_transforms(block: int = CHANNEL_BLOCK, reblock: bool = False) ->
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSinkLayoutTransforms")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Sinker(mod)))
+
+    return _pass
+
+
+def _moves_in_order(shape_in: list[int], shape_out: list[int], index_of) -> bool:
+    """Whether the element at row-major position p of a `shape_in` tensor lands at position p of
+    the `shape_out` one, `index_of` mapping input indices to output indices: then the move is a reshape."""
+    analyzer = tvm.sym.Analyzer()
+    idx = [tvm.tirx.Var(f"i{k}", "int64") for k in range(len(shape_in))]
+    for var, extent in zip(idx, shape_in):
+        analyzer.bind(var, tvm.ir.Range(0, extent))
+
+    def flat(index, shape):
+        position = tvm.tirx.const(0, "int64")
+        for i, extent in zip(index, shape):
+            position = position * extent + i
+        return position
+
+    moved = flat([analyzer.simplify(e) for e in index_of(idx)], shape_out)
+    return analyzer.can_prove(analyzer.simplify(moved - flat(idx, shape_in)) == 0)
+
+
+def layout_moves_as_reshapes() -> tvm.transform.Pass:
+    """A float layout transform (or transpose of it) that keeps every element at its memory
+    position becomes a reshape, which the VM runs as a view of the same buffer.
+
+    A TFLite model's NHWC image goes through transpose(NHWC -> NCHW) and then the first
+    convolution's NCHW3c transform: two copies of the whole 224 x 224 x 3 input that compose to
+    the identity on memory (NHWC with all 3 channels in one block is NCHW3c). Float only: the int8
+    models' x86 and ARM figures were measured with the copies.
+    """
+
+    @relax.expr_functor.mutator
+    class _AsReshape(relax.PyExprMutator):
+        def _transpose_below(self, x: relax.Expr) -> tuple[relax.Expr, list[int]] | None:
+            """(source, axes) when `x` is bound to permute_dims(source, axes) with static shapes."""
+            bound = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+            if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)):
+                return None
+            if bound.op.name != "relax.permute_dims" or _static_shape(bound.args[0]) is None:
+                return None
+            ndim = len(_shape(bound.args[0]))
+            axes = bound.attrs.axes
+            return bound.args[0], [int(a) for a in axes] if axes is not None else list(range(ndim))[::-1]
+
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.layout_transform"):
+                return call
+            out = _static_shape(call)
+            if out is None or "float" not in str(call.ty.dtype) or call.attrs.pad_value is not None:
+                return call
+            source, axes = self._transpose_below(call.args[0]) or (call.args[0], None)
+            shape_in = _static_shape(source)
+            if shape_in is None or int(np.prod(shape_in)) != int(np.prod(out)):
+                return call
+            index_map = call.attrs.index_map
+
+            def index_of(idx):
+                return index_map.map_indices([idx[a] for a in axes] if axes is not None else idx)
+
+            return relax.op.reshape(source, out) if _moves_in_order(shape_in, out, index_of) else call
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetLayoutMovesAsReshapes")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _AsReshape(mod)))
 
     return _pass
 
