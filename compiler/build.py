@@ -65,6 +65,13 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         *([graph.dot_product_convs(), graph.sqrdmulh_rescales()] if graph.has_dot_product(tgt) else []),
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
+        # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
+        # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights.
+        *(
+            [graph.int8_depthwise_convs(), graph.fold_int8_corrections(), graph.int8_dense_weights()]
+            if target.arch == "x86_64"
+            else []
+        ),
         # Sort, scan (cumsum) and sampling ops have no LegalizeOps rule: they are dispatched first.
         *cpu.library_dispatch_passes(tgt),
         graph.legalize(kernels.layout_failed, vector_exp=vector_math.applies(tgt)),

@@ -1154,9 +1154,10 @@ def grouped_conv2d_nchwc(data, kernel, groups, strides, padding, dilation, out_d
     return te.compute((n, ochunks, oh, ow, bo), value, name="group_conv2d_NCHWc")
 
 
-def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, multiplier=1):
+def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, multiplier=1, pad_value=0):
     """Depthwise convolution on NCHW{b}c data with [C*M/b, 1, KH, KW, 1, b] weights; output block
     c reads input block c // M (M = `multiplier`, see `_multiplier_conv` for the channel order).
+    The border reads `pad_value` (int8_depthwise_convs: the input's zero point).
 
     TOPI 0.27 declares depthwise_conv2d_NCHWc but leaves it unimplemented (it raises).
     """
@@ -1170,7 +1171,9 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, 
     oh = (ih + top + bottom - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + left + right - (kw - 1) * dw - 1) // sw + 1
     padded = (
-        topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") if any(padding) else data
+        topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=pad_value, name="data_pad")
+        if any(padding)
+        else data
     )
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
     return te.compute(
@@ -1464,7 +1467,7 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
     channels) and one constant per channel is subtracted in its fused epilogue. An input-channel
     block that is not a multiple of 4 (an RGB input's 3) is padded with zero weights. Only with at
     least DOT_MIN_CHANNELS input channels (after that padding); depthwise convolutions keep the
-    int16 form: their reduction is over the window, not over channels.
+    int16 form: their reduction is over the window, not over channels (x86: `int8_depthwise_convs`).
 
     `unsigned` (x86 VNNI targets, `has_vnni`): `vpdpbusd` multiplies unsigned by signed bytes, so
     the convolution reads x + 128 as uint8 (shifted, and padded with zx + 128, inside its kernel)
@@ -1502,15 +1505,6 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
             correction = (zero + shift) * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
             return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
 
-        def _bound(self, expr: relax.Expr, name: str) -> relax.Call | None:
-            return self._bound_any(expr, (name,))
-
-        def _bound_any(self, expr: relax.Expr, names: tuple[str, ...]) -> relax.Call | None:
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in names
-            return expr if ok else None
-
         def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
             """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
             convolution `conv(astype(x, int16) - zx, w)` whose weights fit int8; else None."""
@@ -1519,38 +1513,221 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
             a = call.attrs
             if int(a.groups) != 1 or str(call.ty.dtype) != "int32" or len(str(a.data_layout)) == 4:
                 return None
-            # The correction is blocked with its producer, or (the NHWC input, a tensor also read by a
-            # residual add) computed before a transpose and the blocking: the int8 input gets those.
-            moves, operand = [], call.args[0]
-            while (move := self._bound_any(operand, ("relax.layout_transform", "relax.permute_dims"))) is not None:
-                moves.append(move)
-                operand = move.args[0]
-            shifted = self._bound(operand, "relax.subtract")
-            cast = None if shifted is None else self._bound(shifted.args[0], "relax.astype")
             weight = call.args[1]
-            if cast is None or not isinstance(weight, tvm.ir.expr.GenericConst) or str(cast.args[0].ty.dtype) != "int8":
-                return None
-            zero = shifted.args[1]
-            if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
+            if not isinstance(weight, tvm.ir.expr.GenericConst):
                 return None
             w = weight.value.numpy()
             if w.ndim != 6 or w.shape[1] * (w.shape[4] + -w.shape[4] % DOT_GROUP) < DOT_MIN_CHANNELS:
                 return None
             if w.min() < _INT8.min or w.max() > _INT8.max:
                 return None
-            x = cast.args[0]
-            for move in reversed(moves):
-                if move.op.name == "relax.permute_dims":
-                    x = self.builder_.emit(relax.op.permute_dims(x, move.attrs.axes))
-                else:
-                    x = self.builder_.emit(relax.op.layout_transform(x, move.attrs.index_map, move.attrs.pad_value))
-            return x, int(zero.value.numpy()), w
+            found = _raw_int8_input(self, call.args[0])
+            return None if found is None else (*found, w)
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod)))
 
     return _pass
+
+
+def _raw_int8_input(mutator: relax.PyExprMutator, operand: relax.Expr) -> tuple[relax.Expr, int] | None:
+    """(int8 x, zx) of a convolution operand `astype(x, int16) - zx` (zx a scalar constant), else None.
+
+    The subtract is blocked with its producer, or (the NHWC input, a tensor also read by a residual
+    add) computed before a transpose and the blocking: x gets those moves, emitted by `mutator`."""
+
+    moves = []
+    while (move := _bound_call(mutator, operand, ("relax.layout_transform", "relax.permute_dims"))) is not None:
+        moves.append(move)
+        operand = move.args[0]
+    shifted = _bound_call(mutator, operand, ("relax.subtract",))
+    cast = None if shifted is None else _bound_call(mutator, shifted.args[0], ("relax.astype",))
+    if cast is None or str(cast.args[0].ty.dtype) != "int8":
+        return None
+    zero = shifted.args[1]
+    if not isinstance(zero, tvm.ir.expr.GenericConst) or zero.value.numpy().ndim != 0:
+        return None
+    x = cast.args[0]
+    for move in reversed(moves):
+        if move.op.name == "relax.permute_dims":
+            x = mutator.builder_.emit(relax.op.permute_dims(x, move.attrs.axes))
+        else:
+            x = mutator.builder_.emit(relax.op.layout_transform(x, move.attrs.index_map, move.attrs.pad_value))
+    return x, int(zero.value.numpy())
+
+
+def _bound_call(mutator: relax.PyExprMutator, expr: relax.Expr, names: tuple[str, ...]) -> relax.Call | None:
+    """The call `expr` is (or is bound to) when it is one of the operators `names`, else None."""
+    if isinstance(expr, relax.Var):
+        expr = mutator.lookup_binding(expr)
+    ok = isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in names
+    return expr if ok else None
+
+
+def int8_depthwise_convs() -> tvm.transform.Pass:
+    """Blocked int8 depthwise convolutions on their raw int8 input (x86 targets; after `nchwc_layout`).
+
+    The TFLite importer gives them `conv(astype(x, int16) - zx, w)`: the producer then writes an
+    int16 tensor, the kernel pads a copy of it and widens int16 lanes to multiply in int32. As in
+    `dot_product_convs`, conv(x - zx, w) = conv(x, w) - zx * sum(w) with x padded by zx, exact in
+    int32: the kernel reads int8 (XNNPACK's AVX-512 depthwise: a sign-extending load, `vpmulld`),
+    the producer writes int8, and the per-channel constant goes into the rescale
+    (`fold_int8_corrections`). Depthwise convolutions with a channel multiplier keep the int16 form.
+    """
+
+    @relax.expr_functor.mutator
+    class _Depthwise(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            w = self._weights(call)
+            found = None if w is None else _raw_int8_input(self, call.args[0])
+            if found is None:
+                return call
+            x, zero = found
+            a = call.attrs
+            conv = self.builder_.call_te(
+                depthwise_conv2d_nchwc,
+                x,
+                relax.const(w.astype(np.int8), "int8"),
+                [int(s) for s in a.strides],
+                [int(p) for p in a.padding],
+                [int(d) for d in a.dilation],
+                "int32",
+                pad_value=zero,
+                primfunc_name_hint="depthwise_conv2d_NCHWc",
+            )
+            correction = zero * w.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, w.shape[0], 1, 1, w.shape[5])
+            return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+
+        def _weights(self, call: relax.Call) -> np.ndarray | None:
+            """The int16 weights [C/b, 1, KH, KW, 1, b] of a blocked int32 depthwise conv (no multiplier)
+            when they fit int8, else None."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return None
+            if str(call.ty.dtype) != "int32" or len(str(call.attrs.data_layout)) == 4:
+                return None
+            weight = call.args[1]
+            if not isinstance(weight, tvm.ir.expr.GenericConst):
+                return None
+            w = weight.value.numpy()
+            depthwise = (
+                w.ndim == 6 and w.shape[1] == w.shape[4] == 1 and w.shape[0] * w.shape[5] == int(call.attrs.groups)
+            )
+            if not depthwise or str(w.dtype) != "int16" or w.min() < _INT8.min or w.max() > _INT8.max:
+                return None
+            return w
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetInt8DepthwiseConvs")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Depthwise(mod)))
+
+    return _pass
+
+
+# The raw int8 convolutions whose correction `fold_int8_corrections` moves into the rescale.
+_RAW_INT8_CONVS = ("conv2d_NCHWc_int8", "depthwise_conv2d_NCHWc")
+
+
+def fold_int8_corrections() -> tvm.transform.Pass:
+    """The zero-point correction of a raw int8 convolution folded into its rescale's constant (x86;
+    after `dot_product_convs` / `int8_depthwise_convs`).
+
+    The rescale is `int64(acc - k) * q + c` (tflite_quant.py: c = bias q + the rounding nudge), with
+    k = (zx [+ 128]) * sum(w) per channel: LLVM then subtracts in 64-bit lanes and multiplies 64 x 64
+    bits (`vpsubq`, `vpmullq`). As `int64(acc) * q + (c - k q)`, the same integers while the raw
+    sum fits int32 (checked from the weights: 256 max|w| per product), the product is of two widened
+    int32 values (`vpmuldq`) and the subtract is gone.
+    """
+
+    @relax.expr_functor.mutator
+    class _Fold(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._rescale(call)
+            if found is None:
+                return call
+            acc, q, c = found
+            product = self.builder_.emit(relax.op.multiply(self.builder_.emit(relax.op.astype(acc, "int64")), q))
+            return relax.op.add(product, relax.const(c, "int64"))
+
+        def _rescale(self, call: relax.Call) -> tuple[relax.Expr, relax.Expr, np.ndarray] | None:
+            """(raw acc, q, c - k q) of `int64(acc - k) * q + c` on a raw int8 convolution, else None."""
+            add = _bound_call(self, call, ("relax.add",))
+            product = None if add is None else _bound_call(self, add.args[0], ("relax.multiply",))
+            widened = None if product is None else _bound_call(self, product.args[0], ("relax.astype",))
+            shifted = None if widened is None else _bound_call(self, widened.args[0], ("relax.subtract",))
+            consts = None if shifted is None else (shifted.args[1], product.args[1], add.args[1])
+            if consts is None or not all(isinstance(k, tvm.ir.expr.GenericConst) for k in consts):
+                return None
+            k, q, c = (v.value.numpy() for v in consts)
+            if str(widened.ty.dtype) != "int64" or str(k.dtype) != "int32" or not self._fits(shifted.args[0]):
+                return None
+            folded = c.astype(np.int64) - k.astype(np.int64) * q.astype(np.int64)
+            return shifted.args[0], product.args[1], folded
+
+        def _fits(self, acc: relax.Expr) -> bool:
+            """Whether `acc` is a raw int8 convolution whose sums fit int32 (|x| <= 256, |w| <= 128)."""
+            call = acc if not isinstance(acc, relax.Var) else self.lookup_binding(acc)
+            if not (isinstance(call, relax.Call) and call.op.same_as(_CALL_TIR)):
+                return False
+            if not call.args[0].name_hint.startswith(_RAW_INT8_CONVS):
+                return False
+            weight = call.args[1].fields[1]
+            if not isinstance(weight, tvm.ir.expr.GenericConst):
+                return False
+            out = _shape(acc)
+            per_output = weight.value.numpy().size // (out[1] * out[4])
+            return 256 * 128 * per_output <= _INT32.max
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetFoldInt8Corrections")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Fold(mod)))
+
+    return _pass
+
+
+def int8_dense_weights() -> tvm.transform.Pass:
+    """int8 fully connected layers with int8 weights, widened inside the kernel (x86 targets).
+
+    The TFLite importer multiplies the zero-point-corrected input by int32 weights (tflite_quant.py:
+    one product per weight, no reuse): MobileNetV2's 1280 x 1000 classifier read 5.1 MB per
+    inference, from L3. Weights that fit int8 (TFLite's are symmetric) are read as int8 and widened
+    per load: a quarter of the bytes, the same int32 products.
+    """
+
+    @relax.expr_functor.mutator
+    class _Dense(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+                return call
+            weight = call.args[1]
+            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
+                return call
+            w = weight.value.numpy()
+            if w.ndim != 2 or str(w.dtype) != "int32" or w.min() < _INT8.min or w.max() > _INT8.max:
+                return call
+            if str(call.args[0].ty.dtype) != "int32" or call.args[0].ty.ndim != 2:
+                return call
+            return self.builder_.call_te(
+                matmul_int8_weights, call.args[0], relax.const(w.astype(np.int8), "int8"), primfunc_name_hint="matmul"
+            )
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetInt8DenseWeights")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _mutate_functions(mod, _Dense(mod))
+
+    return _pass
+
+
+def matmul_int8_weights(x, w):
+    """x [rows, K] int32 times w [K, N] int8, widened per product, in int32."""
+    from tvm import te
+
+    k = te.reduce_axis((0, int(w.shape[0])), name="k")
+    shape = (int(x.shape[0]), int(w.shape[1]))
+    return te.compute(shape, lambda i, j: te.sum(x[i, k] * w[k, j].astype("int32"), axis=k), name="matmul")
 
 
 def _pack_dot(weight: np.ndarray) -> np.ndarray:

@@ -452,7 +452,8 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
     library has no such kernel. A requantization after a channel slice (a 24-channel tensor in blocks of
-    16) is one loop nest, not one parallel loop and buffer per operation. Numerics and the instruction
+    16) is one loop nest, not one parallel loop and buffer per operation. On both libraries depthwise
+    convolutions run on int8 and the rescales' products are 32 x 32-bit. Numerics and the instruction
     in the library: tests/compiler/test_compile_int8_vnni.py."""
     import sys
     from pathlib import Path
@@ -487,6 +488,23 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     sliced = [n for n in vnni if n.startswith("fused_strided_slice")]
     blocks = {n: sum(line.lstrip().startswith("with T.sblock(") for line in vnni[n].splitlines()) for n in sliced}
     assert blocks and set(blocks.values()) == {1}, blocks
+    # Both x86 libraries: depthwise convolutions read the raw int8 input (no int16 tensor between them
+    # and their producers), and every raw int8 convolution's rescale multiplies its
+    # widened accumulator itself, the zero-point correction folded into the rescale constant (before:
+    # `int64(acc - k) * q`, a 64 x 64-bit vpmullq).
+    widening = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[[^\]]*\]\) \* T\.Cast\("int64", \w+\[')
+    first_input = re.compile(r'def \w+\(\w+: T\.Buffer\(\(.*?\), "(\w+)"\)')
+    for level, kernels in scripts.items():
+        depthwise = [n for n in kernels if n.startswith("fused_depthwise_conv2d_NCHWc")]
+        inputs = {n: first_input.search(kernels[n]).group(1) for n in depthwise}
+        assert len(depthwise) >= 10 and set(inputs.values()) == {"int8"}, (level, inputs)
+        raw = [
+            n
+            for n in kernels
+            if n.startswith(("fused_depthwise_conv2d_NCHWc", "fused_conv2d_NCHWc_int8")) and "multiply" in n
+        ]
+        assert len(raw) >= 10, (level, sorted(kernels))
+        assert not [n for n in raw if not widening.search(kernels[n])], (level, raw)
 
 
 def _silu_softmax_model() -> onnx.ModelProto:
