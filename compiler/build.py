@@ -62,7 +62,13 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # int8 convolutions on raw int8 operands with SDOT, and their rescale on int32 lanes with
         # SQRDMULH, where the target has the dot product (rasp5's Cortex-A76). Every AArch64 core has
         # SQRDMULH, but on rasp4b it cost int8 MobileNetV2 1.0 0.4% more instructions (0.35: 1.8% fewer).
-        *([graph.dot_product_convs(), graph.sqrdmulh_rescales()] if graph.has_dot_product(tgt) else []),
+        # The rounding division after SQRDMULH as one SRSHL. On rasp4b (64-bit rescale, no SQRDMULH) its
+        # 4-lane pieces cost int8 MobileNetV2-0.35 6% more instructions (7.32 -> 7.75 M).
+        *(
+            [graph.dot_product_convs(), graph.sqrdmulh_rescales(), graph.rounding_shifts()]
+            if graph.has_dot_product(tgt)
+            else []
+        ),
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw

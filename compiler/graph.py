@@ -1773,6 +1773,19 @@ _NUDGE = 1 << 30
 _Q31 = np.iinfo(np.int32).max
 
 
+def _bound_arg(mutator: relax.PyExprMutator, expr: relax.Expr, name: str, index: int = 0) -> relax.Expr | None:
+    """Argument `index` of the call `expr` is bound to (in `mutator`'s bindings) when that is a `name` call, else None."""
+    if isinstance(expr, relax.Var):
+        expr = mutator.lookup_binding(expr)
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
+        return expr.args[index]
+    return None
+
+
+def _const_value(expr: relax.Expr | None) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
+
+
 def sqrdmulh_rescales() -> tvm.transform.Pass:
     """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
     `nchwc_layout`, dot-product targets: see build.py).
@@ -1800,17 +1813,6 @@ def sqrdmulh_rescales() -> tvm.transform.Pass:
                 sqrdmulh, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint="sqrdmulh"
             )
 
-        def _arg(self, expr: relax.Expr, name: str, index: int = 0) -> relax.Expr | None:
-            """Argument `index` of the call `expr` is bound to when that is a `name` call, else None."""
-            if isinstance(expr, relax.Var):
-                expr = self.lookup_binding(expr)
-            if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
-                return expr.args[index]
-            return None
-
-        def _const(self, expr: relax.Expr | None) -> np.ndarray | None:
-            return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
-
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
             """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
             if not (
@@ -1818,15 +1820,18 @@ def sqrdmulh_rescales() -> tvm.transform.Pass:
             ):
                 return None
             shift, by = (
-                self._arg(call.args[0], "relax.right_shift"),
-                self._const(self._arg(call.args[0], "relax.right_shift", 1)),
+                _bound_arg(self, call.args[0], "relax.right_shift"),
+                _const_value(_bound_arg(self, call.args[0], "relax.right_shift", 1)),
             )
             if shift is None or by is None or by.ndim or int(by) != 31:
                 return None
-            product, offset = self._arg(shift, "relax.add"), self._const(self._arg(shift, "relax.add", 1))
-            widened = None if product is None else self._arg(product, "relax.multiply")
-            q = None if product is None else self._const(self._arg(product, "relax.multiply", 1))
-            acc = None if widened is None else self._arg(widened, "relax.astype")
+            product, offset = (
+                _bound_arg(self, shift, "relax.add"),
+                _const_value(_bound_arg(self, shift, "relax.add", 1)),
+            )
+            widened = None if product is None else _bound_arg(self, product, "relax.multiply")
+            q = None if product is None else _const_value(_bound_arg(self, product, "relax.multiply", 1))
+            acc = None if widened is None else _bound_arg(self, widened, "relax.astype")
             if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
                 return None
             rank = acc.ty.ndim
@@ -1844,12 +1849,82 @@ def sqrdmulh_rescales() -> tvm.transform.Pass:
     return _pass
 
 
-def sqrdmulh(x, q):
-    """AArch64's SQRDMULH of int32 `x` by `q` (a scalar or one value per broadcast position of x)."""
+# SRSHL's shift count is one signed byte per lane; a rounding right shift by 32 or more is not TFLite's.
+_MAX_ROUNDING_SHIFT = 31
+
+
+def rounding_shifts() -> tvm.transform.Pass:
+    """The int8 rescale's rounding division by 2^e as AArch64's SRSHL (a rounding shift by a negative
+    count, 4 int32 lanes per instruction; run after `sqrdmulh_rescales`, dot-product targets: see build.py).
+
+    tflite_quant.py writes TFLite's RoundingDivideByPOT as `((w >> p) + r) >> r` with w = v - [v < 0],
+    p = e - 1 and r = 1 per channel (p = r = 0 where e = 0), which NEON runs as a shift, a halving add
+    and their constants. SRSHL by -(p + r) computes (w + 2^(p+r-1)) >> (p + r) without overflow, the
+    same nested floors: equal for every w. Only tensors whose channels are whole 4-lane vectors
+    (AArch64 has no 32-bit scalar SRSHL: schedules._vectorize runs it in 4-lane pieces).
+    """
+
+    @relax.expr_functor.mutator
+    class _Shift(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = self._rounding(call)
+            if found is None:
+                return call
+            w, count = found
+            return self.builder_.call_te(
+                srshl, w, relax.const(count.astype(np.int32), "int32"), primfunc_name_hint="srshl"
+            )
+
+        def _rounding(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray] | None:
+            """(w, -(p + r)) of `((w >> p) + r) >> r` on int32 with r in {0, 1} and p = 0 where r = 0; else None."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.right_shift"):
+                return None
+            last = call.ty.shape.values[-1] if call.ty.shape and call.ty.ndim > 0 else None
+            if str(call.ty.dtype) != "int32" or not isinstance(last, tvm.tirx.IntImm) or int(last) % 4:
+                return None
+            r = _const_value(call.args[1])
+            added = _bound_arg(self, call.args[0], "relax.add")
+            r2 = _const_value(_bound_arg(self, call.args[0], "relax.add", 1))
+            w = None if added is None else _bound_arg(self, added, "relax.right_shift")
+            p = None if added is None else _const_value(_bound_arg(self, added, "relax.right_shift", 1))
+            if w is None or r is None or r2 is None or p is None or str(w.ty.dtype) != "int32":
+                return None
+            if r.shape != r2.shape or np.any(r != r2) or not np.all((r == 0) | (r == 1)):
+                return None
+            p, r = np.broadcast_arrays(p, r)
+            if (
+                p.ndim not in (0, call.ty.ndim)
+                or np.any((r == 0) & (p != 0))
+                or p.min() < 0
+                or (p + r).max() > _MAX_ROUNDING_SHIFT
+            ):
+                return None
+            return w, -(p + r)
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetRoundingShifts")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Shift(mod)))
+
+    return _pass
+
+
+def _int32_lanes(intrinsic: str, x, y, name: str):
+    """The AArch64 int32 `intrinsic` of `x` and `y` (a scalar or one value per broadcast position of x)."""
     from tvm import te
 
     def value(*i):
-        index = tuple(0 if int(q.shape[k]) == 1 else i[k] for k in range(len(q.shape)))
-        return tvm.tirx.call_llvm_pure_intrin("int32", "llvm.aarch64.neon.sqrdmulh", x[i], q[index])
+        index = tuple(0 if int(y.shape[k]) == 1 else i[k] for k in range(len(y.shape)))
+        return tvm.tirx.call_llvm_pure_intrin("int32", intrinsic, x[i], y[index])
 
-    return te.compute(x.shape, value, name="sqrdmulh")
+    return te.compute(x.shape, value, name=name)
+
+
+def srshl(x, count):
+    """AArch64's SRSHL of int32 `x` by `count` (negative: a rounding right shift)."""
+    return _int32_lanes("llvm.aarch64.neon.srshl", x, count, "srshl")
+
+
+def sqrdmulh(x, q):
+    """AArch64's SQRDMULH of int32 `x` by `q`."""
+    return _int32_lanes("llvm.aarch64.neon.sqrdmulh", x, q, "sqrdmulh")

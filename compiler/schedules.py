@@ -245,8 +245,9 @@ def _finish_conv(
 
 
 # Target intrinsics LLVM cannot split into narrower vectors: an epilogue calling one is
-# vectorized in vectors of this many lanes (graph.sqrdmulh_rescales: SQRDMULH on 4 int32 lanes).
-_FIXED_WIDTH_INTRINSICS = {"llvm.aarch64.neon.sqrdmulh": 4}
+# vectorized in vectors of this many lanes (graph.sqrdmulh_rescales, graph.rounding_shifts: SQRDMULH
+# and SRSHL on 4 int32 lanes).
+_FIXED_WIDTH_INTRINSICS = {"llvm.aarch64.neon.sqrdmulh": 4, "llvm.aarch64.neon.srshl": 4}
 
 
 def _vectorize_epilogue(sch: s_tir.Schedule, epi) -> None:

@@ -417,7 +417,7 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
 def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     """For a dot-product target every dense int8 convolution runs on raw int8 operands and gets the SDOT
     schedule, rows of 28, 14 and 7 pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
-    silently to the generic schedule), and the rescales run on SQRDMULH. Numerics: tests/cross/test_cross_int8_dot.py."""
+    silently to the generic schedule), and the rescales run on SQRDMULH and SRSHL. Numerics: tests/cross/test_cross_int8_dot.py."""
     import sys
     from pathlib import Path
 
@@ -445,6 +445,10 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     # arm_intrin's SDOT allocates nothing (TVM's named "local" vectors became a heap workspace per tile row).
     assert not [n for n in dot if "alloc_local" in scripts[n]]
     assert sum("llvm.aarch64.neon.sqrdmulh" in s for s in scripts.values()) >= 30
+    # The rounding division after it as one SRSHL (graph.rounding_shifts) wherever the channels are whole
+    # 4-lane vectors: the kernels that still shift twice run on 3x3 NCHW tails.
+    shifts = [n for n, s in scripts.items() if "llvm.aarch64.neon.sqrdmulh" in s]
+    assert sum("llvm.aarch64.neon.srshl" in scripts[n] for n in shifts) >= 30
 
 
 def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_are_one_loop(tmp_path):
