@@ -499,7 +499,9 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     widening = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[[^\]]*\]\) \* T\.Cast\("int64", \w+\[')
     first_input = re.compile(r'def \w+\(\w+: T\.Buffer\(\(.*?\), "(\w+)"\)')
     for level, kernels in scripts.items():
-        depthwise = [n for n in kernels if n.startswith("fused_depthwise_conv2d_NCHWc")]
+        # The requantized depthwise convolutions (a rescale multiply); the head's MEAN, also a depthwise
+        # sum but of the int32 tensor its producer writes, divides instead and is not one of them.
+        depthwise = [n for n in kernels if n.startswith("fused_depthwise_conv2d_NCHWc") and "multiply" in n]
         inputs = {n: first_input.search(kernels[n]).group(1) for n in depthwise}
         assert len(depthwise) >= 10 and set(inputs.values()) == {"int8"}, (level, inputs)
         raw = [
