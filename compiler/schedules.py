@@ -44,11 +44,12 @@ MIN_PAIR_TILE = 4
 # work (`block_work`: multiply-adds for a convolution, elements for element-wise work); below it they
 # stay serial on the calling thread. TVM splits a parallel loop into one part per thread and, with
 # its pool not spinning (the camera runtime's default), wakes the worker and waits for it at every
-# kernel. Chosen on a busy machine (benchmarks/parallel_threshold.py: SqueezeNet, MobileNetV2 and
-# ShuffleNet v1 at 2 threads, load 4.6-5.6 on 2 cores; docs/performance.md, "Threads and spinning"):
-# serial / parallel had a median of 0.28 below 1 M, 0.73 at 1-4 M, 0.89 at 4-16 M and 1.00 (0.93-1.15)
-# from 16 M; 2^24 keeps ResNet-50's convolutions (51-118 M, but for one 12.8 M 1x1) parallel.
-PARALLEL_MIN_WORK = 1 << 24
+# kernel. benchmarks/parallel_threshold.py at 2 threads (docs/performance.md, "Threads and
+# spinning"), serial / parallel time per kernel, median: on a quiet machine 0.30 below 1 M, 1.0 at
+# 1-4 M, 1.27 at 4-16 M, 1.52 from 16 M; on a busy one (load 4.6-5.6) 0.28, 0.73, 0.89, 1.00. Two
+# threads are for cameras whose cores are free (the default is one), so the quiet break-even counts:
+# 2^22, where the quiet machine starts to gain and a busy one loses about a tenth.
+PARALLEL_MIN_WORK = 1 << 22
 _AVX512_CPUS = (
     "skylake-avx512",
     "cascadelake",
