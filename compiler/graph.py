@@ -1775,11 +1775,8 @@ _Q31 = np.iinfo(np.int32).max
 
 def _bound_arg(mutator: relax.PyExprMutator, expr: relax.Expr, name: str, index: int = 0) -> relax.Expr | None:
     """Argument `index` of the call `expr` is bound to (in `mutator`'s bindings) when that is a `name` call, else None."""
-    if isinstance(expr, relax.Var):
-        expr = mutator.lookup_binding(expr)
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name:
-        return expr.args[index]
-    return None
+    call = _bound_call(mutator, expr, (name,))
+    return None if call is None else call.args[index]
 
 
 def _const_value(expr: relax.Expr | None) -> np.ndarray | None:
