@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,18 @@ SHAPES = (
 )
 
 
-def conv_model(cin: int, cout: int, k: int, width: int, stride: int = 1) -> tuple[onnx.ModelProto, float]:
+def conv_model(
+    cin: int, cout: int, k: int, width: int, stride: int = 1, groups: int = 1
+) -> tuple[onnx.ModelProto, float]:
     """A square conv + bias + ReLU and its GFLOP (multiply-adds x 2)."""
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.1).astype(np.float32), "w")
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.1).astype(np.float32), "w")
     b = numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), "b")
     out = (width + 2 * (k // 2) - k) // stride + 1
     nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4),
+        helper.make_node(
+            "Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4, group=groups
+        ),
         helper.make_node("Relu", ["c"], ["y"]),
     ]
     graph = helper.make_graph(
@@ -52,11 +57,15 @@ def conv_model(cin: int, cout: int, k: int, width: int, stride: int = 1) -> tupl
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model, 2 * cin * cout * k * k * out * out / 1e9
+    return model, 2 * cin // groups * cout * k * k * out * out / 1e9
 
 
 def conv_ms(model: onnx.ModelProto, calls: int) -> float:
-    rows = kernel_times(*scheduled_kernels(model, "x86-64-v4"), number=1, repeat=calls)
+    # scheduled_kernels reads a model file (.onnx or .tflite).
+    with tempfile.TemporaryDirectory(prefix="edgefleet-conv-") as tmp:
+        path = Path(tmp) / "conv.onnx"
+        onnx.save(model, str(path))
+        rows = kernel_times(*scheduled_kernels(path, "x86-64-v4"), number=1, repeat=calls)
     return next(ms for ms, _, name in rows if "conv2d_NCHWc" in name)
 
 

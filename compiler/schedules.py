@@ -117,7 +117,13 @@ def output_tile(
         return single, 1
     regs, lanes = _vector_registers(target)
     per_pixel = max(1, block // lanes)
-    pair = _pixel_tile(width, min(max_pair, (regs - 2 * per_pixel - 1) // (2 * per_pixel)))
+    limit = min(max_pair, (regs - 2 * per_pixel - 1) // (2 * per_pixel))
+    pair = _pixel_tile(width, limit)
+    if 2 * pair < single:
+        # A divisor tile too short for the pair (rows of 55: 5 x 2 against 11 x 1): a full tile with
+        # a ragged last one. SqueezeNet's 16 -> 64 1x1 / 3x3 on rows of 55, per kernel on the AVX-512
+        # host: 7 x 2 1.08 / 1.09x faster than 11 x 1, 5 x 2 1.09 / 1.03x (benchmarks/conv_tiles.py).
+        pair = min(width, limit)
     return (pair, 2) if pair >= min(width, MIN_PAIR_TILE) and 2 * pair >= single else (single, 1)
 
 
@@ -491,10 +497,42 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     sch.reverse_compute_at(epi, ow_o)
+    if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
+        rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh))]
+        pads = [p for p in pads if p not in rows] + _pad_rows(sch, rows, oh)
     _parallel(sch, conv, [n, occ, oh], target)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, kh, target)
+
+
+# A depthwise input block's padded plane above this many bytes is padded per output row (`_pad_rows`).
+PAD_PLANE_BYTES = 32 << 10
+
+
+def _pads_per_row(sch: s_tir.Schedule, pad, rows: int | None, window: int | None) -> bool:
+    """Whether a depthwise convolution's `pad` goes under its row loop (`_pad_rows`): where the stride
+    is above one or the padded plane of one channel block exceeds PAD_PLANE_BYTES. Per kernel on the
+    AVX-512 host (benchmarks/depthwise_pads.py, MobileNetV2's layers): stride 2 1.76-2.98x faster,
+    stride 1 on rows of 28-112 1.01-1.09x, on rows of 14 and 7 (16 KiB planes, in L1 whole) 0.78-0.96x:
+    there each row copied kh times costs more than the single pass."""
+    shape = [int(d) for d in sch.get(pad).writes[0].source.shape]
+    if rows is None or window is None:
+        return False
+    strided = shape[2] - window + 1 > rows
+    return strided or shape[2] * shape[3] * shape[4] * 4 > PAD_PLANE_BYTES
+
+
+def _pad_rows(sch: s_tir.Schedule, pads: list, row) -> list:
+    """Pad a depthwise convolution's input per output row, inside its loop: the window's rows of one
+    channel block (3 x 114 x 16 floats at most in MobileNetV2) stay in L1 for the row's multiply-adds.
+    A pad of the whole input first wrote and re-read it through L2 or beyond (6 x 114 x 114 x 16 floats,
+    5 MB, for the 96-channel stride-2 layer); rows are copied kh / stride times, from L1.
+    Returns the pads left to schedule on their own (none)."""
+    for pad in pads:
+        sch.compute_at(pad, row)
+        sch.vectorize(sch.get_loops(pad)[-1])
+    return []
 
 
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):

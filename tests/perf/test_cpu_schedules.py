@@ -1028,3 +1028,70 @@ def test_aarch64_fully_connected_layer_accumulates_40_outputs_in_registers_and_s
     lib = tvm.compile(scheduled("rasp5"), target="llvm")
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), tvm.runtime.tensor(b), out)
     np.testing.assert_allclose(out.numpy(), x @ w + b, rtol=1e-5)
+
+
+def _depthwise_model() -> onnx.ModelProto:
+    """Depthwise 3x3 convolutions of 32 channels: stride 2 on 28 x 28, stride 1 on 14 x 14 (a 16 KiB
+    padded plane per block), stride 1 on 28 x 28 after a 1x1 back up (a 57.6 KiB plane)."""
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+    for spec in [("x", 32, 32, 3, 2, "d1"), ("d1", 32, 32, 3, 1, "d2"), ("x", 32, 32, 3, 1, "d3")]:
+        node, weights = _conv(rng, *spec[:5], groups=32, name=spec[5])
+        nodes.append(node)
+        inits += weights
+    g = helper.make_graph(
+        [*nodes, helper.make_node("MaxPool", ["d3"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
+        + [helper.make_node("Add", ["d2", "p"], ["y"])],
+        "depthwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 14, 14])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_x86_float_depthwise_pads_per_row_where_strided_or_beyond_l1_and_match_onnxruntime():
+    """x86 float: a depthwise convolution's input is padded under its row loop (the pad is computed
+    at the row, `_pad_rows`) for the stride-2 layer and the stride-1 one on 28 x 28, while the 14 x 14
+    stride-1 layer (a plane that stays in L1) keeps one pad pass; rasp4b keeps the pad pass everywhere.
+    The x86 build matches ONNX Runtime."""
+    from tvm import s_tir
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    model = _depthwise_model()
+    per_row = []
+    for name in ("x86_64", "rasp4b"):
+        tgt = tvm_target(resolve_target(name))
+        for gv, func in fused_kernels(model, tgt).functions.items():
+            if isinstance(func, tirx.PrimFunc) and "depthwise_conv2d_NCHWc" in gv.name_hint:
+                sch = s_tir.Schedule(func)
+                pad = sch.get(sch.get_sblock("data_pad"))
+                rows = (int(pad.writes[0].source.shape[2]), int(pad.reads[0].source.shape[2]))
+                per_row.append((name, rows, "sch.compute_at(" in str(schedule_func(func, tgt).trace)))
+    # (padded rows, input rows): stride 2 on 28, stride 1 on 14, stride 1 on 28.
+    assert sorted(per_row) == [
+        ("rasp4b", (16, 14), False),
+        ("rasp4b", (30, 28), False),
+        ("rasp4b", (30, 28), False),
+        ("x86_64", (16, 14), False),
+        ("x86_64", (30, 28), True),
+        ("x86_64", (30, 28), True),
+    ], per_row
+    _, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
+    """A row of 55 (SqueezeNet's first fire modules): 7 x 2 with a ragged last tile, where its 5-pixel
+    divisor tile (10 accumulators) lost to 11 x 1; AVX2 keeps one block, rows of 56 and 13 keep their tiles."""
+    from edgefleet.compiler.schedules import MAX_DENSE_PAIR_TILE, output_tile
+
+    avx512, avx2 = (tvm_target(resolve_target(name)) for name in ("ml_c6i", "x86_64"))
+    assert output_tile(avx512, 55, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
+    assert output_tile(avx512, 55, 16, False, MAX_DENSE_PAIR_TILE) == (11, 1)
+    assert output_tile(avx2, 55, 16, True, MAX_DENSE_PAIR_TILE) == (5, 1)
+    assert output_tile(avx512, 56, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
+    assert output_tile(avx512, 13, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
