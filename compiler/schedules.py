@@ -41,7 +41,8 @@ MAX_DENSE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
 # A kernel's outer loops run in parallel only where the block they carry has at least this much
-# work (`block_work`: multiply-adds for a convolution, elements for element-wise work); below it they
+# work (`parallel_work`: `block_work`'s multiply-adds for a convolution, elements for element-wise
+# work, plus the elements it moves, PARALLEL_ELEMENT_WEIGHT each); below it they
 # stay serial on the calling thread. TVM splits a parallel loop into one part per thread and, with
 # its pool not spinning (the camera runtime's default), wakes the worker and waits for it at every
 # kernel. benchmarks/parallel_threshold.py at 2 threads (docs/performance.md, "Threads and
@@ -53,7 +54,7 @@ PARALLEL_MIN_WORK = 1 << 22
 # On x86 each element of the buffers a block reads and writes counts as this many multiply-adds of
 # its work (`parallel_work`): depthwise convolutions, the classifier's matrix-vector product, pads
 # and layout transforms move memory, not multiply-adds. MobileNetV2's kernels timed alone on one
-# thread (benchmarks/parallel_threshold.py): a stride-2 depthwise of 1.0 M multiply-adds and 0.6 M
+# thread (benchmarks/parallel_threshold.py, load 5): a stride-2 depthwise of 1.0 M multiply-adds and 0.6 M
 # elements took 106 us, the 1280 x 1000 classifier (1.3 M, 1.3 M) 256 us, a dense 1x1 of 4.8 M
 # (0.11 M) 66 us. 8 puts those memory-bound kernels above the threshold and keeps the ones of
 # 30-45 us below it (a stride-1 depthwise of 1.0 M and 0.27 M elements; 5.3-8.7 separates them).
