@@ -10,11 +10,13 @@ numbers to read; the load average is printed before and after every block.
 
 `--all-parallel` also builds each model with every kernel's outer loops parallel
 (`schedules.PARALLEL_MIN_WORK` = 0, as before the work threshold) and runs it interleaved with the
-default build and ORT (columns "all-par"): the threshold's effect at the same load. `--spins 0`
-runs only TVM's spin count 0.
+default build and ORT (columns "all-par"): the threshold's effect at the same load. `--compare
+CONSTANT=VALUE` (repeatable) does the same for any integer constant of compiler/schedules.py, e.g.
+`--compare PARALLEL_ELEMENT_WEIGHT=0` for the work threshold on multiply-adds alone. `--spins 0`
+runs only TVM's spin count 0; any number is a spin count (ORT's spinning off with it).
 
     python benchmarks/threads.py [--models grouped,mobilenetv2] [--blocks 2] [--runs 20]
-        [--all-parallel] [--spins default,0]
+        [--all-parallel] [--compare CONSTANT=VALUE] [--spins default,0]
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool
     return out
 
 
-def build(names: list[str], tmp: Path, all_parallel: bool) -> dict[str, tuple[str, dict[str, str]]]:
+def build(names: list[str], tmp: Path, variants: dict[str, dict[str, int]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each model's default library ("tvm") and one per variant (label -> `schedules` constants to set)."""
     import onnx
     import tvm
     from latency import model_path
@@ -81,25 +84,27 @@ def build(names: list[str], tmp: Path, all_parallel: bool) -> dict[str, tuple[st
     target = resolve_target("ml_c6i")
     tgt = tvm_target(target)
     libs = {}
-    default = schedules.PARALLEL_MIN_WORK
+    defaults = {name: getattr(schedules, name) for overrides in variants.values() for name in overrides}
     for name in names:
         path = model_path(name, tmp)
         model = onnx.load(str(path))
         inits = {i.name for i in model.graph.initializer}
         spec = next(i for i in model.graph.input if i.name not in inits)
         builds = {}
-        for label, threshold in [("tvm", default)] + ([("all-par", 0)] if all_parallel else []):
-            schedules.PARALLEL_MIN_WORK = threshold
+        for label, overrides in {"tvm": {}, **variants}.items():
+            for constant, value in {**defaults, **overrides}.items():
+                setattr(schedules, constant, value)
             with tgt:
                 mod = _optimize_pipeline(target, 0, KernelFallbacks(lambda _m: None))(
                     to_relax(model, input_specs(model, {}))
                 )
-            lib = str(tmp / f"{name}-{label}.so")
+            lib = str(tmp / f"{name}-{len(builds)}.so")
             tvm.compile(mod, target=tgt, relax_pipeline=None).export_library(lib)
             Path(lib + ".shape").write_text(json.dumps([d.dim_value for d in spec.type.tensor_type.shape.dim]))
             builds[label] = lib
         libs[name] = (str(path), builds)
-    schedules.PARALLEL_MIN_WORK = default
+    for constant, value in defaults.items():
+        setattr(schedules, constant, value)
     return libs
 
 
@@ -107,10 +112,11 @@ def _median(blocks: list[dict], key: str, runner: str) -> float:
     return statistics.median(r[key][runner] for r in blocks)
 
 
-def print_table(results: dict[str, list[dict]], spins: dict, all_parallel: bool) -> None:
-    """Medians of the blocks' medians per (model, threads): ms, x ORT, and 2 threads / 1 thread."""
-    runners = ["tvm", "ort"] + (["all-par"] if all_parallel else [])
-    extra = f" {'all-par ms':>10} {'all-par 2t/1t':>13}" if all_parallel else ""
+def print_table(results: dict[str, list[dict]], spins: dict, variants: list[str]) -> None:
+    """Medians of the blocks' medians per (model, threads): ms, x ORT, and 2 threads / 1 thread;
+    for each variant its ms, 2t/1t and ms / the default build's."""
+    runners = ["tvm", "ort", *variants]
+    extra = "".join(f"  {v + ' ms':>10} {'2t/1t':>6} {'/ tvm':>6}" for v in variants)
     print(
         f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}{extra}"
     )
@@ -120,11 +126,11 @@ def print_table(results: dict[str, list[dict]], spins: dict, all_parallel: bool)
             name, threads = key.split("/")
             ms = {k: _median(blocks, key, k) for k in runners}
             two = {k: f"{ms[k] / _median(blocks, f'{name}/1', k):.2f}" if threads == "2" else "" for k in runners}
-            ort_spin = "on" if SPINS[label] is None else "off"
+            ort_spin = "on" if spins[label] is None else "off"
             row = f"{key:<16} {label:>9} {ort_spin:>9} {ms['tvm']:8.2f} {ms['ort']:8.2f} {ms['tvm'] / ms['ort']:6.2f}"
             row += f" {two['tvm']:>10} {two['ort']:>10}"
-            if all_parallel:
-                row += f" {ms['all-par']:10.2f} {two['all-par']:>13}"
+            for v in variants:
+                row += f"  {ms[v]:10.2f} {two[v]:>6} {ms[v] / ms['tvm']:6.2f}"
             print(row)
 
 
@@ -134,17 +140,32 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--all-parallel", action="store_true", help="also time every kernel parallel (no threshold)")
-    ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin settings to run: default,0")
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="CONSTANT=VALUE",
+        help="also time a build with this compiler.schedules constant set (repeatable, e.g. PARALLEL_ELEMENT_WEIGHT=0)",
+    )
+    ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin counts to run: default and/or numbers")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(child(spec["libs"], args.runs, spec["spinning"])))
         return
+    spins = {label: SPINS.get(label, label) for label in args.spins.split(",")}
+    if not all(label in SPINS or label.isdigit() for label in spins):
+        ap.error(f"--spins takes 'default' or spin counts, not {args.spins!r}")
+    variants = {"all-par": {"PARALLEL_MIN_WORK": 0}} if args.all_parallel else {}
+    for item in args.compare:
+        constant, _, value = item.partition("=")
+        if not constant.isupper() or not value.isdigit():
+            ap.error(f"--compare takes CONSTANT=INTEGER, not {item!r}")
+        variants[item] = {constant: int(value)}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     with tempfile.TemporaryDirectory() as tmp:
-        libs = build(args.models.split(","), Path(tmp), args.all_parallel)
-        spins = {label: SPINS[label] for label in args.spins.split(",")}
+        libs = build(args.models.split(","), Path(tmp), variants)
         results: dict[str, list[dict]] = {label: [] for label in spins}
         for block in range(args.blocks):
             for label, count in spins.items():
@@ -168,7 +189,7 @@ def main() -> None:
                     f"block {block + 1}/{args.blocks} spin {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
-    print_table(results, spins, args.all_parallel)
+    print_table(results, spins, list(variants))
 
 
 if __name__ == "__main__":
