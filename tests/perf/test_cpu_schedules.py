@@ -1118,8 +1118,9 @@ def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
 def test_a_memory_bound_kernel_below_the_multiply_add_threshold_runs_in_parallel_on_x86():
     """The work threshold counts the elements a block reads and writes (`PARALLEL_ELEMENT_WEIGHT`),
     not only its multiply-adds: of two depthwise convolutions with the same 1.0 M multiply-adds, the
-    stride-2 one reading a 56 x 56 input (0.6 M elements) runs its pad and convolution in parallel
-    on x86, the stride-1 one on 28 x 28 (0.25 M) stays serial. The build matches ONNX Runtime."""
+    stride-2 one reading a 56 x 56 input (0.6 M elements) runs in parallel on x86 (one parallel loop:
+    its pad is computed per output row inside it), the stride-1 one on 28 x 28 (0.25 M) stays serial.
+    The build matches ONNX Runtime."""
     from tvm import s_tir
 
     from edgefleet.compiler.schedules import PARALLEL_MIN_WORK, block_elements, block_work, schedule_func
@@ -1140,6 +1141,6 @@ def test_a_memory_bound_kernel_below_the_multiply_add_threshold_runs_in_parallel
     assert len(parallel_loops) == 2, parallel_loops
     wide, narrow = max(parallel_loops), min(parallel_loops)
     assert wide > 500_000 > 300_000 > narrow, parallel_loops
-    assert parallel_loops == {wide: 2, narrow: 0}
+    assert parallel_loops == {wide: 1, narrow: 0}
     _, actual, expected = _compile_and_compare(model)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
