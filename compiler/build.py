@@ -79,7 +79,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
                 graph.int8_depthwise_convs(),
                 graph.fold_int8_corrections(),
                 graph.int8_dense_weights(),
-                graph.sqrdmulh_rescales(x86=True),
+                graph.sqrdmulh_rescales(x86_lanes=schedules.vector_lanes(tgt)),
             ]
             if target.arch == "x86_64"
             else []

@@ -1783,10 +1783,12 @@ def _const_value(expr: relax.Expr | None) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
 
 
-def sqrdmulh_rescales(x86: bool = False) -> tvm.transform.Pass:
+def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
     """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
-    `nchwc_layout`, dot-product targets: see build.py), or with `x86` as
-    `x86_rounding_doubling_high_mul` (the same integers; every x86 target).
+    `nchwc_layout`, dot-product targets: see build.py), or, given `x86_lanes` (int32 lanes per
+    vector register), as `x86_rounding_doubling_high_mul` (the same integers) where the last axis
+    is whole registers: a narrower one (8 channels on AVX-512) keeps its 64-bit product, whose 8
+    int64 lanes fill one register (5 instructions, 8 on even and odd lanes).
 
     tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
     multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding
@@ -1805,9 +1807,12 @@ def sqrdmulh_rescales(x86: bool = False) -> tvm.transform.Pass:
             if found is None:
                 return call
             acc, bias, q = found
+            shape = _static_shape(acc)
+            if x86_lanes and (not shape or shape[-1] % x86_lanes):
+                return call
             if np.any(bias):
                 acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
-            high_mul = x86_rounding_doubling_high_mul if x86 else sqrdmulh
+            high_mul = x86_rounding_doubling_high_mul if x86_lanes else sqrdmulh
             return self.builder_.call_te(
                 high_mul, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint=high_mul.__name__
             )

@@ -78,6 +78,11 @@ def _vector_registers(target: tvm.target.Target) -> tuple[int, int]:
     return 16, 8
 
 
+def vector_lanes(target: tvm.target.Target) -> int:
+    """fp32 (int32) lanes per vector register of the target's ISA."""
+    return _vector_registers(target)[1]
+
+
 def _unroll_channels(target: tvm.target.Target) -> bool:
     """AArch64: the input-channel loop of a register tile unrolled (a 6 x 16 tile's 24 FMAs carried
     5 loop instructions per input channel), with tiles of `_unrolled_tile` pixels; a row's last,
