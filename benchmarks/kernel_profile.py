@@ -9,7 +9,11 @@ model's kernel time. `--ort` also prints ONNX Runtime's own per-node profile of 
 shares say where the time goes, the sum is below an end-to-end run.
 
     python benchmarks/kernel_profile.py [--models shufflenet,squeezenet,mobilenetv2,resnet50]
-        [--isa x86-64-v4,x86-64-v3] [--top 3] [--ort]
+        [--isa x86-64-v4,x86-64-v3] [--top 3] [--ort] [--without PASS,... [--rounds 6]]
+
+`--without` builds the kernels twice, the second time without those passes of compiler/graph.py
+(as benchmarks/isa_variants.py's `--without`), and times both sets in alternate rounds, the best
+round per kernel: a same-load A/B of a graph pass on a busy machine.
 
 TFLite models (names of benchmarks/arm_instructions.py ending in `_tflite`, e.g.
 `mobilenetv2_int8_tflite`) go through the TFLite importer; `--isa` also takes an LLVM CPU
@@ -69,6 +73,14 @@ def scheduled_kernels(path: Path, isa: str):
 def kernel_times(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[float, int, str]]:
     """(ms per call, calls, kernel) for every kernel the model's main function calls: the best of
     `repeat` means of `number` calls."""
+    return [
+        (min(timer(*args).results) * 1e3, n, name) for name, n, timer, args in timed_kernels(mod, tgt, number, repeat)
+    ]
+
+
+def timed_kernels(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[str, int, object, list]]:
+    """(kernel, calls, its time_evaluator, random arguments of its shapes) for every kernel the model's main
+    function calls, each built alone."""
     import tvm
     from tvm import relax
 
@@ -94,8 +106,33 @@ def kernel_times(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[floa
         lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt).jit()
         args = [tvm.runtime.tensor(rng.random(s).astype(d), dev) for s, d in shapes[gv.name_hint]]
         timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20 if number > 1 else 0)
-        rows.append((min(timer(*args).results) * 1e3, calls[gv.name_hint], gv.name_hint))
+        rows.append((gv.name_hint, calls[gv.name_hint], timer, args))
     return rows
+
+
+def without_ab(path: Path, isa: str, passes: list[str], rounds: int) -> None:
+    """The model's kernels with and without the graph.py `passes`, timed in alternate rounds (the best
+    of all rounds per kernel): the sums and their ratio, and the kernels that moved most."""
+    from isa_variants import _without
+
+    with_ = timed_kernels(*scheduled_kernels(path, isa), repeat=3)
+    with _without(passes):
+        without = timed_kernels(*scheduled_kernels(path, isa), repeat=3)
+    best: dict[str, dict[str, float]] = {"with": {}, "without": {}}
+    load = os.getloadavg()[0]
+    for r in range(rounds):
+        for tag, kernels in [("with", with_), ("without", without)][:: 1 if r % 2 == 0 else -1]:
+            for name, n, timer, args in kernels:
+                ms = min(timer(*args).results) * 1e3 * n
+                best[tag][name] = min(best[tag].get(name, ms), ms)
+    total = {tag: sum(times.values()) for tag, times in best.items()}
+    print(
+        f"\n{path.stem} {isa}: kernels {total['with']:.4f} ms, without {','.join(passes)} {total['without']:.4f} ms, "
+        f"ratio {total['with'] / total['without']:.3f}; best of {rounds} rounds; load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    for tag, times in best.items():
+        for name, ms in sorted(times.items(), key=lambda kv: -kv[1])[:6]:
+            print(f"  {tag:<8} {ms:8.4f} ms  {name[:90]}")
 
 
 def ort_node_times(path: Path, name: str, x: np.ndarray, runs: int = 50) -> list[tuple[float, str]]:
@@ -132,12 +169,17 @@ def main() -> None:
     ap.add_argument("--isa", default="x86-64-v4,x86-64-v3")
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--ort", action="store_true", help="also ONNX Runtime's per-node profile")
+    ap.add_argument("--without", default="", help="graph.py passes: time the kernels with and without them instead")
+    ap.add_argument("--rounds", type=int, default=6, help="alternate rounds of --without")
     args = ap.parse_args()
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
     with tempfile.TemporaryDirectory(prefix="edgefleet-profile-") as tmp:
         for name in args.models.split(","):
             path = _model(name, Path(tmp))
             for isa in args.isa.split(","):
+                if args.without:
+                    without_ab(path, isa, args.without.split(","), args.rounds)
+                    continue
                 load = os.getloadavg()[0]
                 rows = sorted(kernel_times(*scheduled_kernels(path, isa)), key=lambda r: -r[0] * r[1])
                 total = sum(ms * n for ms, n, _ in rows)

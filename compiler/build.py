@@ -72,9 +72,15 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
-        # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights.
+        # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
+        # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes).
         *(
-            [graph.int8_depthwise_convs(), graph.fold_int8_corrections(), graph.int8_dense_weights()]
+            [
+                graph.int8_depthwise_convs(),
+                graph.fold_int8_corrections(),
+                graph.int8_dense_weights(),
+                graph.sqrdmulh_rescales(x86_lanes=schedules.vector_lanes(tgt)),
+            ]
             if target.arch == "x86_64"
             else []
         ),

@@ -27,7 +27,7 @@ import tvm_ffi
 from tvm import relax, topi
 from tvm.relax.dpl import TupleGetItemPattern, is_op, rewrite_call, wildcard
 
-from edgefleet.compiler import vector_math
+from edgefleet.compiler import vector_math, x86_intrin
 from edgefleet.compiler.build import tvm_message
 
 # 16 fp32 lanes fill one AVX-512 register, two AVX2 registers or four NEON registers: one
@@ -1783,9 +1783,12 @@ def _const_value(expr: relax.Expr | None) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
 
 
-def sqrdmulh_rescales() -> tvm.transform.Pass:
+def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
     """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
-    `nchwc_layout`, dot-product targets: see build.py).
+    `nchwc_layout`, dot-product targets: see build.py), or, given `x86_lanes` (int32 lanes per
+    vector register), as `x86_rounding_doubling_high_mul` (the same integers) where the last axis
+    is whole registers: a narrower one (8 channels on AVX-512) keeps its 64-bit product, whose 8
+    int64 lanes fill one register (5 instructions, 8 on even and odd lanes).
 
     tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
     multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding
@@ -1804,10 +1807,14 @@ def sqrdmulh_rescales() -> tvm.transform.Pass:
             if found is None:
                 return call
             acc, bias, q = found
+            shape = _static_shape(acc)
+            if x86_lanes and (not shape or shape[-1] % x86_lanes):
+                return call
             if np.any(bias):
                 acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
+            high_mul = x86_rounding_doubling_high_mul if x86_lanes else sqrdmulh
             return self.builder_.call_te(
-                sqrdmulh, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint="sqrdmulh"
+                high_mul, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint=high_mul.__name__
             )
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
@@ -1908,11 +1915,16 @@ def rounding_shifts() -> tvm.transform.Pass:
 
 def _int32_lanes(intrinsic: str, x, y, name: str):
     """The AArch64 int32 `intrinsic` of `x` and `y` (a scalar or one value per broadcast position of x)."""
+    return _lanes(lambda a, b: tvm.tirx.call_llvm_pure_intrin("int32", intrinsic, a, b), x, y, name)
+
+
+def _lanes(value_of, x, y, name: str):
+    """`value_of(x, y)` per element of `x`, `y` a scalar or one value per broadcast position of x (same rank)."""
     from tvm import te
 
     def value(*i):
         index = tuple(0 if int(y.shape[k]) == 1 else i[k] for k in range(len(y.shape)))
-        return tvm.tirx.call_llvm_pure_intrin("int32", intrinsic, x[i], y[index])
+        return value_of(x[i], y[index])
 
     return te.compute(x.shape, value, name=name)
 
@@ -1925,3 +1937,11 @@ def srshl(x, count):
 def sqrdmulh(x, q):
     """AArch64's SQRDMULH of int32 `x` by `q`."""
     return _int32_lanes("llvm.aarch64.neon.sqrdmulh", x, q, "sqrdmulh")
+
+
+def x86_rounding_doubling_high_mul(x, q):
+    """(x q + 2^30) >> 31 of int32 `x` by a positive Q31 `q` (SQRDMULH's integers), as
+    x86_intrin.RDHM_OP: vpmuldq on even and odd lanes."""
+    return _lanes(
+        lambda a, b: tvm.tirx.call_intrin("int32", x86_intrin.RDHM_OP, a, b), x, q, "rounding_doubling_high_mul"
+    )

@@ -87,6 +87,11 @@ def _vector_registers(target: tvm.target.Target) -> tuple[int, int]:
     return 16, 8
 
 
+def vector_lanes(target: tvm.target.Target) -> int:
+    """fp32 (int32) lanes per vector register of the target's ISA."""
+    return _vector_registers(target)[1]
+
+
 def _unroll_channels(target: tvm.target.Target) -> bool:
     """AArch64: the input-channel loop of a register tile unrolled (a 6 x 16 tile's 24 FMAs carried
     5 loop instructions per input channel), with tiles of `_unrolled_tile` pixels; a row's last,
@@ -292,8 +297,20 @@ def _finish_conv(
 _FIXED_WIDTH_INTRINSICS = {"llvm.aarch64.neon.sqrdmulh": 4, "llvm.aarch64.neon.srshl": 4}
 
 
+# x86's rescale (x86_intrin.RDHM_OP) is written out after vectorization, some twenty LLVM IR
+# operations per vector: LLVM then stopped unrolling a convolution epilogue's pixel loop (up to
+# a register tile), and the accumulator tile went through the stack. Such loops are unrolled here.
+_EPILOGUE_UNROLL_MAX = 32
+
+
 def _vectorize_epilogue(sch: s_tir.Schedule, epi) -> None:
-    _vectorize(sch, epi, sch.get_loops(epi)[-1])
+    from edgefleet.compiler.x86_intrin import RDHM_OP
+
+    loops = sch.get_loops(epi)
+    _vectorize(sch, epi, loops[-1])
+    pixels = _extent(sch, loops[-2]) if len(loops) > 1 else None
+    if RDHM_OP.removeprefix("tirx.") in str(sch.get(epi)) and pixels is not None and pixels <= _EPILOGUE_UNROLL_MAX:
+        sch.unroll(loops[-2])
 
 
 def _vectorize(sch: s_tir.Schedule, block, loop) -> None:

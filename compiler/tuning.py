@@ -51,7 +51,13 @@ class DatabaseError(BuildError):
 def _builder():
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S)
+    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=BUILD_TIMEOUT_S, initializer=_register_operators)
+
+
+def _register_operators() -> None:
+    """In a build worker: the TIR operators edgefleet registers at import (x86_intrin.RDHM_OP, the
+    x86 int8 rescale), which a candidate's kernels call and its lowering needs."""
+    import edgefleet.compiler.x86_intrin  # noqa: F401  (registration on import)
 
 
 @dataclass(frozen=True)

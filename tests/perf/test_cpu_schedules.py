@@ -25,6 +25,9 @@ from edgefleet.compiler.build import KernelFallbacks, _optimize_pipeline, tvm_ta
 from edgefleet.models.mobilenetv2 import build as mobilenetv2  # noqa: E402
 
 TARGET = resolve_target("x86_64")
+# An int8 convolution's rescale on x86: the high multiply of its int32 accumulator, never a widened one.
+X86_HIGH_MUL = re.compile(r"edgefleet_x86_rounding_doubling_high_mul\(\w*conv2d_NCHWc\w*\[")
+WIDENED_ACC = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[')
 
 
 def _conv(rng, x, cin, cout, k, stride, groups=1, name="c"):
@@ -358,13 +361,13 @@ def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernel
     assert sum(n.startswith("fused_depthwise_conv2d_NCHWc") for n in kernels) >= 10, sorted(kernels)
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
     assert sum("layout_transform" in c for c in calls) <= 8, Counter(calls)
-    # The requantization's product is of two widened int32 values, the accumulator itself and an int32
-    # multiplier (AArch64's smlal into the rounding constant): no 64 x 64-bit product, which NEON lacks
-    # (it was one: an int64 multiplier constant, or the cast moved below the bias add).
-    requantizing = [n for n in kernels if "conv2d" in n and "multiply" in n]
-    widening = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[[^\]]*\]\) \* T\.Cast\("int64", \w+\[')
+    # The requantization's high multiply is of the int32 accumulator (plus the bias) by an int32
+    # multiplier on x86 (x86_intrin.RDHM_OP, vpmuldq on even and odd lanes): the accumulator is never
+    # widened to 64 bits (before: an int64 multiplier constant, or the cast moved below the bias add).
+    requantizing = [n for n in kernels if "conv2d" in n and "rounding_doubling_high_mul" in n]
     assert len(requantizing) >= 30, sorted(kernels)
-    assert all(widening.search(lowered[n].script()) for n in requantizing), lowered[requantizing[0]].script()
+    scripts = {n: lowered[n].script() for n in requantizing}
+    assert not [n for n, s in scripts.items() if not X86_HIGH_MUL.search(s) or WIDENED_ACC.search(s)], requantizing
 
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(TARGET), relax_pipeline=None), tvm.cpu())
     interp = Interpreter(str(path), num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -457,7 +460,7 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
     library has no such kernel. A requantization after a channel slice (a 24-channel tensor in blocks of
     16) is one loop nest, not one parallel loop and buffer per operation. On both libraries depthwise
-    convolutions run on int8 and the rescales' products are 32 x 32-bit. Numerics and the instruction
+    convolutions run on int8 and every rescale's high multiply is on int32 lanes. Numerics and the instruction
     in the library: tests/compiler/test_compile_int8_vnni.py."""
     import sys
     from pathlib import Path
@@ -493,24 +496,57 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     blocks = {n: sum(line.lstrip().startswith("with T.sblock(") for line in vnni[n].splitlines()) for n in sliced}
     assert blocks and set(blocks.values()) == {1}, blocks
     # Both x86 libraries: depthwise convolutions read the raw int8 input (no int16 tensor between them
-    # and their producers), and every raw int8 convolution's rescale multiplies its
-    # widened accumulator itself, the zero-point correction folded into the rescale constant (before:
-    # `int64(acc - k) * q`, a 64 x 64-bit vpmullq).
-    widening = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[[^\]]*\]\) \* T\.Cast\("int64", \w+\[')
+    # and their producers), and every raw int8 convolution's rescale is the int32 high multiply of its
+    # accumulator plus one constant, the zero-point correction folded into the bias (before:
+    # `int64(acc - k) * q`, a 64 x 64-bit vpmullq; then `int64(acc) * q + c`, 64-bit lanes).
     first_input = re.compile(r'def \w+\(\w+: T\.Buffer\(\(.*?\), "(\w+)"\)')
     for level, kernels in scripts.items():
-        # The requantized depthwise convolutions (a rescale multiply); the head's MEAN, also a depthwise
+        # The requantized depthwise convolutions (a rescale); the head's MEAN, also a depthwise
         # sum but of the int32 tensor its producer writes, divides instead and is not one of them.
-        depthwise = [n for n in kernels if n.startswith("fused_depthwise_conv2d_NCHWc") and "multiply" in n]
+        rescaled = {n for n in kernels if "rounding_doubling_high_mul" in n}
+        depthwise = [n for n in rescaled if n.startswith("fused_depthwise_conv2d_NCHWc")]
         inputs = {n: first_input.search(kernels[n]).group(1) for n in depthwise}
         assert len(depthwise) >= 10 and set(inputs.values()) == {"int8"}, (level, inputs)
-        raw = [
-            n
-            for n in kernels
-            if n.startswith(("fused_depthwise_conv2d_NCHWc", "fused_conv2d_NCHWc_int8")) and "multiply" in n
-        ]
+        raw = [n for n in rescaled if n.startswith(("fused_depthwise_conv2d_NCHWc", "fused_conv2d_NCHWc_int8"))]
         assert len(raw) >= 10, (level, sorted(kernels))
-        assert not [n for n in raw if not widening.search(kernels[n])], (level, raw)
+        assert not [n for n in raw if not X86_HIGH_MUL.search(kernels[n]) or WIDENED_ACC.search(kernels[n])], (
+            level,
+            raw,
+        )
+
+
+@pytest.mark.parametrize("level", ["x86-64-v4", "x86-64-v3"])
+def test_x86_rescale_high_multiply_is_exact_and_vpmuldq_on_even_and_odd_lanes(level):
+    """graph.x86_rounding_doubling_high_mul (x86_intrin.RDHM_OP) equals (a q + 2^30) >> 31 computed in int64 for every int32 a
+    and Q31 q tried (the extremes, ties at q = 2^30, random), in 16- and 8-lane vectors and in the scalar
+    form an odd width takes. On AVX-512 the 16-lane product is two vpmuldq on the registers as they
+    are, no widening to 64-bit lanes (vpmovsxdq / vpmovzxdq) or narrowing back (vpmovqd)."""
+    from tvm import te
+
+    from edgefleet.compiler.targets import ISA_LEVELS
+
+    rng = np.random.default_rng(5)
+    edges = np.array([-(2**31), 2**31 - 1, 0, 1, -1, 2, -2, 3, -3, 2**30, -(2**30), 12345, -12345], np.int64)
+    a = np.concatenate([edges, np.arange(-40, 40), rng.integers(-(2**31), 2**31, 4096)])
+    q_values = np.concatenate([[2**30, 2**31 - 1, 2**30 + 1], rng.integers(2**30, 2**31, 45)])
+    target = tvm_target(resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target})))
+    for lanes in (16, 8, 3):
+        rows = a.size * q_values.size // lanes
+        x = np.resize(a, (rows, lanes)).astype(np.int32)
+        q = np.resize(q_values, (1, lanes)).astype(np.int32)
+        xs, qs = te.placeholder((rows, lanes), "int32", "x"), te.placeholder((1, lanes), "int32", "q")
+        out = graph.x86_rounding_doubling_high_mul(xs, qs)
+        sch = tvm.s_tir.Schedule(te.create_prim_func([xs, qs, out]))
+        sch.vectorize(sch.get_loops(sch.get_sblock(out.op.name))[-1])
+        lib = tvm.compile(sch.mod, target=target)
+        result = tvm.runtime.tensor(np.zeros((rows, lanes), np.int32))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(q), result)
+        expected = ((x.astype(np.int64) * q + (1 << 30)) >> 31).astype(np.int32)
+        np.testing.assert_array_equal(result.numpy(), expected, err_msg=f"{level}, {lanes} lanes")
+        if lanes == 16 and level == "x86-64-v4":
+            asm = lib.mod.inspect_source("asm")
+            assert asm.count("vpmuldq") >= 2 and "zmm" in asm, asm
+            assert not re.search(r"vpmov(sx|zx)dq|vpmovqd", asm), asm
 
 
 def _silu_softmax_model() -> onnx.ModelProto:

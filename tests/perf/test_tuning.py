@@ -203,3 +203,20 @@ def test_decision_says_whether_it_was_measured_side_by_side():
     paired = tuning.Decision(0.000422, 0.000301).message()
     assert paired == "side by side default 0.422 ms, tuned 0.301 ms: tuned schedule kept"
     assert tuning.Decision(0.0003, 0.0004).message().endswith("default schedule kept")
+
+
+def test_tuning_build_workers_lower_the_x86_int8_rescale_operator():
+    """A tuning candidate of an x86 int8 kernel calls x86_intrin.RDHM_OP, which edgefleet registers at
+    import: the builder's worker processes register it too (without, LocalBuilder's build fails)."""
+    from tvm import te
+
+    from edgefleet.compiler import graph
+    from edgefleet.compiler.targets import ISA_LEVELS
+
+    target = tvm_target(resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4"].tvm_target})))
+    xs, qs = te.placeholder((4, 16), "int32", "x"), te.placeholder((1, 16), "int32", "q")
+    out = graph.x86_rounding_doubling_high_mul(xs, qs)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([xs, qs, out]))
+    sch.vectorize(sch.get_loops(sch.get_sblock(out.op.name))[-1])
+    built = tuning._builder().build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    assert built.error_msg is None and built.artifact_path, built.error_msg
