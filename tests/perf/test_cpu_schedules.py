@@ -439,7 +439,8 @@ def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
 def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product(tmp_path):
     """SQRDMULH and SRSHL are ARMv8.0 AdvSIMD: rasp4b (Cortex-A72, no dot product) rescales on int32
     lanes with them too (graph.sqrdmulh_rescales, graph.rounding_shifts; the 64-bit product before), in
-    its int16-by-lane convolutions and its depthwise ones alike, while no convolution goes to SDOT.
+    its int16-by-lane convolutions and its depthwise ones alike, while no convolution goes to SDOT; the
+    int8 narrowing after the rescale is kept out of its 4-lane pieces.
     armv7 (rasp3b) is not AArch64 and keeps the 64-bit form. Numerics: tests/cross/test_cross_int8_dot.py."""
     assert not graph.is_aarch64(tvm_target(resolve_target("rasp3b")))
     scripts = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
@@ -448,6 +449,10 @@ def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product(tmp_pat
     assert sum("llvm.aarch64.neon.srshl" in scripts[n] for n in rescaled) >= 30
     assert [n for n in rescaled if n.startswith("fused_depthwise")]
     assert [n for n in rescaled if "llvm.aarch64.neon.smull" in scripts[n]]  # the by-lane dense kernels
+    # The rescale (4-lane pieces) is a block of its own, each pixel's channels in a buffer, so that the
+    # narrowing after it runs on the whole channel block (schedules._narrow_apart), dense and depthwise.
+    apart = [n for n in rescaled if re.search(r"srshl_intermediate\w* = T.sblock_alloc_buffer", scripts[n])]
+    assert len(apart) >= 30 and [n for n in apart if n.startswith("fused_depthwise")], apart
 
 
 def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
