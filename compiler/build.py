@@ -59,16 +59,12 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
             "convolutions stay in NCHW (slower)",
             report,
         ),
-        # int8 convolutions on raw int8 operands with SDOT, and their rescale on int32 lanes with
-        # SQRDMULH, where the target has the dot product (rasp5's Cortex-A76). Every AArch64 core has
-        # SQRDMULH, but on rasp4b it cost int8 MobileNetV2 1.0 0.4% more instructions (0.35: 1.8% fewer).
-        # The rounding division after SQRDMULH as one SRSHL. On rasp4b (64-bit rescale, no SQRDMULH) its
-        # 4-lane pieces cost int8 MobileNetV2-0.35 6% more instructions (7.32 -> 7.75 M).
-        *(
-            [graph.dot_product_convs(), graph.sqrdmulh_rescales(), graph.rounding_shifts()]
-            if graph.has_dot_product(tgt)
-            else []
-        ),
+        # int8 convolutions on raw int8 operands with SDOT where the target has the dot product
+        # (rasp5's Cortex-A76). Their rescale on int32 lanes with SQRDMULH and the rounding division
+        # after it as one SRSHL on every AArch64 target (both ARMv8.0 AdvSIMD): on rasp4b, together,
+        # int8 MobileNetV2-0.35 7.31 -> 7.00 M instructions (either alone gained nothing or lost there).
+        *([graph.dot_product_convs()] if graph.has_dot_product(tgt) else []),
+        *([graph.sqrdmulh_rescales(), graph.rounding_shifts()] if graph.is_aarch64(tgt) else []),
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw

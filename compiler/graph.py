@@ -1428,6 +1428,11 @@ def _write_into(func: tvm.tirx.PrimFunc, shape: list[int], channel: int) -> tvm.
     return tvm.tirx.PrimFunc([*func.params[:-1], whole], body, func.ret_type, func.attrs)
 
 
+def is_aarch64(target: tvm.target.Target) -> bool:
+    """Whether `target` is AArch64 (rasp4b, rasp5, aarch64): AdvSIMD's SQRDMULH and SRSHL on int32 lanes."""
+    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
+
+
 def has_dot_product(target: tvm.target.Target) -> bool:
     """Whether `target` is AArch64 with the Armv8.2 dot product (SDOT/UDOT), e.g. rasp5's Cortex-A76."""
     mattr = [str(a) for a in target.attrs.get("mattr", [])]

@@ -251,14 +251,17 @@ def _epilogue(sch: s_tir.Schedule, conv, others: list):
     """Inline the injective blocks after `conv` into one output block; None if that is not possible.
 
     When the convolution itself writes the function's output, a cache-write gives it a tile
-    to accumulate in and a copy block that plays the epilogue.
+    to accumulate in and a copy block that plays the epilogue. On AArch64 the last block calling a
+    fixed-width intrinsic (`_FIXED_WIDTH_INTRINSICS`) stays a block of its own with the blocks
+    before it inlined (`_narrow_apart`).
     """
     outputs = list(sch.get_output_blocks(sch.get_sblock("root")))
     if len(outputs) != 1:
         return None
     out = outputs[0]
+    apart = _narrow_apart(sch, others, out)
     for block in others:
-        if not _same(sch, block, out):
+        if not _same(sch, block, out) and not (apart is not None and _same(sch, block, apart)):
             sch.compute_inline(block)
     if _same(sch, out, conv):
         return sch.cache_write(conv, 0, "global")
@@ -301,6 +304,34 @@ _FIXED_WIDTH_INTRINSICS = {"llvm.aarch64.neon.sqrdmulh": 4, "llvm.aarch64.neon.s
 # operations per vector: LLVM then stopped unrolling a convolution epilogue's pixel loop (up to
 # a register tile), and the accumulator tile went through the stack. Such loops are unrolled here.
 _EPILOGUE_UNROLL_MAX = 32
+
+
+def _narrow_apart(sch: s_tir.Schedule, others: list, out):
+    """The last of `others` calling a fixed-width intrinsic, unless it is the output block; None if none.
+
+    SQRDMULH and SRSHL run 4 int32 lanes per instruction, and an epilogue calling them is vectorized in
+    4-lane pieces: the int8 narrowing after them (zero point, clamp, casts) then ran per 4 outputs too
+    (smax, smin, xtn, eor, uzp1 and an insert per 4). Apart, the rescale writes a pixel's channels to a
+    buffer of that pixel (registers: compute_at in `_epilogue_at` compacts it; a "local" one became a
+    heap workspace per call) in 4-lane pieces and the rest of the epilogue runs on the whole channel block."""
+    calls = [b for b in others if _calls_fixed_width(sch, b)]
+    return None if not calls or _same(sch, calls[-1], out) else calls[-1]
+
+
+def _calls_fixed_width(sch: s_tir.Schedule, block) -> bool:
+    return any(name in str(sch.get(block)) for name in _FIXED_WIDTH_INTRINSICS)
+
+
+def _epilogue_at(sch: s_tir.Schedule, epi, loop) -> None:
+    """Move the epilogue under `loop`; a rescale kept apart by `_narrow_apart` computes each pixel's
+    channels right before the epilogue uses them, in 4-lane pieces (`_vectorize`)."""
+    apart = [b for b in sch.get_producers(epi) if _calls_fixed_width(sch, b)]
+    for block in apart:
+        sch.reverse_compute_at(block, loop)
+    sch.reverse_compute_at(epi, loop)
+    for block in apart:
+        sch.compute_at(block, sch.get_loops(epi)[-2])
+        _vectorize(sch, block, sch.get_loops(block)[-1])
 
 
 def _vectorize_epilogue(sch: s_tir.Schedule, epi) -> None:
@@ -402,7 +433,7 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
         sch.unroll(ic_i)
         if ow_n % reg_n:
             sch.annotate(ow_o, "pragma_loop_partition_hint", 1)
-    sch.reverse_compute_at(epi, ow_o)
+    _epilogue_at(sch, epi, ow_o)
     _parallel(sch, conv, [n, occ, oh], target)
     # Vectorize before splitting off the init: the schedule checks need a whole reduction block.
     sch.unroll(ow_i)
@@ -445,7 +476,7 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     ow_o, ow_i = sch.split(ow, [None, tile])
     oc_p, oc_o, oc_i = sch.split(ocb, [passes, None, lanes])
     sch.reorder(n, occ, oh, ow_o, oc_p, ic, kh, kw, ic_f, ow_i, oc_o, oc_i, ic_s)
-    sch.reverse_compute_at(epi, ow_o)
+    _epilogue_at(sch, epi, ow_o)
     _parallel(sch, conv, [n, occ, oh], target)
     sch.decompose_reduction(conv, ic)
     sch.tensorize(oc_i, intrin)
@@ -505,7 +536,7 @@ def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target)
     oc_p, oc_i = sch.split(ocb, [passes, None])
     ic_o, ic_m, ic_i = sch.split(ic, [None, ic_bn // LANE_CHANNELS, LANE_CHANNELS])
     sch.reorder(n, occ, oh, ow_o, oc_p, ic_o, kh, kw, ic_m, ow_i, ic_i, oc_i)
-    sch.reverse_compute_at(epi, ow_o)
+    _epilogue_at(sch, epi, ow_o)
     _parallel(sch, conv, [n, occ, oh], target)
     init = sch.decompose_reduction(conv, ic_o)
     sch.tensorize(ow_i, smlal_lane_intrin(tile, ocb_n // passes))
@@ -548,7 +579,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
         return None
     ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
-    sch.reverse_compute_at(epi, ow_o)
+    _epilogue_at(sch, epi, ow_o)
     if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
         rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh))]
         pads = [p for p in pads if p not in rows] + _pad_rows(sch, rows, oh)
@@ -607,7 +638,7 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target)
     ow_o, ow_i = sch.split(ow, [None, px])
     occ_o, occ_i = sch.split(occ, [None, oc_t])
     sch.reorder(n, occ_o, oh, ow_o, ic, kh, kw, ib, occ_i, ow_i, ocb)
-    sch.reverse_compute_at(epi, ow_o)
+    _epilogue_at(sch, epi, ow_o)
     _parallel(sch, conv, [n, occ_o, oh], target)
     sch.unroll(occ_i)
     sch.unroll(ow_i)
@@ -641,7 +672,7 @@ class Conv2dNCHW(_SafeRule):
         oc_o, oc_i = sch.split(oc, [None, oc_t])
         ow_o, ow_i = sch.split(ow, [None, vec])
         sch.reorder(n, oc_o, oh, ow_o, rc, rh, rw, oc_i, ow_i)
-        sch.reverse_compute_at(epi, ow_o)
+        _epilogue_at(sch, epi, ow_o)
         _parallel(sch, conv, [n, oc_o, oh], self.target)
         sch.unroll(oc_i)
         sch.vectorize(ow_i)

@@ -417,10 +417,8 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
     assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)
 
 
-def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
-    """For a dot-product target every dense int8 convolution runs on raw int8 operands and gets the SDOT
-    schedule, rows of 28, 14 and 7 pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
-    silently to the generic schedule), and the rescales run on SQRDMULH and SRSHL. Numerics: tests/cross/test_cross_int8_dot.py."""
+def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
+    """TVMScript of each kernel of a 56x56 full-integer MobileNetV2 compiled for `target` (no fallback)."""
     import sys
     from pathlib import Path
 
@@ -433,12 +431,38 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     tflite = frontend_for("tflite")
     parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
     mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
-    rasp5 = resolve_target("rasp5")
+    resolved = resolve_target(target)
     notes: list[str] = []
-    with tvm_target(rasp5):
-        lowered = _optimize_pipeline(rasp5, 0, KernelFallbacks(notes.append))(mod)
+    with tvm_target(resolved):
+        lowered = _optimize_pipeline(resolved, 0, KernelFallbacks(notes.append))(mod)
     assert not notes, notes
-    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    return {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product(tmp_path):
+    """SQRDMULH and SRSHL are ARMv8.0 AdvSIMD: rasp4b (Cortex-A72, no dot product) rescales on int32
+    lanes with them too (graph.sqrdmulh_rescales, graph.rounding_shifts; the 64-bit product before), in
+    its int16-by-lane convolutions and its depthwise ones alike, while no convolution goes to SDOT; the
+    int8 narrowing after the rescale is kept out of its 4-lane pieces.
+    armv7 (rasp3b) is not AArch64 and keeps the 64-bit form. Numerics: tests/cross/test_cross_int8_dot.py."""
+    assert not graph.is_aarch64(tvm_target(resolve_target("rasp3b")))
+    scripts = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
+    assert not [n for n in scripts if "conv2d_NCHWc_int8" in n or "llvm.aarch64.neon.sdot" in scripts[n]]
+    rescaled = [n for n, s in scripts.items() if "llvm.aarch64.neon.sqrdmulh" in s]
+    assert sum("llvm.aarch64.neon.srshl" in scripts[n] for n in rescaled) >= 30
+    assert [n for n in rescaled if n.startswith("fused_depthwise")]
+    assert [n for n in rescaled if "llvm.aarch64.neon.smull" in scripts[n]]  # the by-lane dense kernels
+    # The rescale (4-lane pieces) is a block of its own, each pixel's channels in a buffer, so that the
+    # narrowing after it runs on the whole channel block (schedules._narrow_apart), dense and depthwise.
+    apart = [n for n in rescaled if re.search(r"srshl_intermediate\w* = T.sblock_alloc_buffer", scripts[n])]
+    assert len(apart) >= 30 and [n for n in apart if n.startswith("fused_depthwise")], apart
+
+
+def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
+    """For a dot-product target every dense int8 convolution runs on raw int8 operands and gets the SDOT
+    schedule, rows of 28, 14 and 7 pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
+    silently to the generic schedule), and the rescales run on SQRDMULH and SRSHL. Numerics: tests/cross/test_cross_int8_dot.py."""
+    scripts = _int8_mobilenetv2_kernels(tmp_path, "rasp5")
     dot = [n for n in scripts if n.startswith("fused_conv2d_NCHWc_int8")]
     assert len(dot) >= 15, sorted(scripts)
     assert all("llvm.aarch64.neon.sdot" in scripts[n] for n in dot), [n for n in dot if "sdot" not in scripts[n]]
