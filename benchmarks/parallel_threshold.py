@@ -6,9 +6,8 @@ outer loops parallel (`schedules.PARALLEL_MIN_WORK` = 0, as before the threshold
 none; each kernel built alone both ways and timed on random inputs of its shapes at 2 threads with
 TVM's pool not spinning (TVM_THREAD_POOL_SPIN_COUNT=0 and TVM_NUM_THREADS=2, set before the pool
 starts, as the camera runtime does). The two builds of a kernel alternate in each of `--rounds`
-rounds; the medians are printed with the kernel's work (its largest block's iterations:
-multiply-adds for a convolution, elements for element-wise work; `schedules.block_work`), sorted
-by the work the threshold weighs (`schedules.parallel_work`: plus the elements it moves), with
+rounds; the medians are printed, sorted by the kernel's work (its largest block's iterations:
+multiply-adds for a convolution, elements for element-wise work; `schedules.block_work`), with
 serial / parallel: above 1 the second thread gains. Kernels whose two builds are the same (no
 loop the threshold governs) are left out. The threshold is the work above which the ratio stays
 above 1.
@@ -50,21 +49,16 @@ def kernel_args(mod) -> dict[str, list]:
     return shapes
 
 
-def kernel_work(func) -> tuple[int, int]:
-    """(multiply-adds or elements, `schedules.parallel_work`) of the kernel's block with the most work."""
+def kernel_work(func) -> int:
     from tvm import s_tir
 
     from edgefleet.compiler import schedules
 
     sch = s_tir.Schedule(func)
-    blocks = schedules._blocks(sch)
-    if not blocks:
-        return 0, 0
-    block = max(blocks, key=lambda b: schedules.block_work(sch, b) or 0)
-    return schedules.block_work(sch, block) or 0, schedules.parallel_work(sch, block) or 0
+    return max((schedules.block_work(sch, b) or 0 for b in schedules._blocks(sch)), default=0)
 
 
-def builds(path: Path, isa: str) -> list[tuple[tuple[int, int], str, dict]]:
+def builds(path: Path, isa: str) -> list[tuple[int, str, dict]]:
     """(work, kernel, {"parallel": (module, args), "serial": ...}) for each kernel the threshold governs."""
     import tvm
 
@@ -112,10 +106,10 @@ def main() -> None:
                         timer = lib.time_evaluator("main", dev, number=1, repeat=3, min_repeat_ms=5)
                         times.setdefault((kernel, label), []).append(statistics.median(timer(*kargs).results))
             print(f"\n{name} {args.isa}, 2 threads, spinning off; load {load:.1f} -> {os.getloadavg()[0]:.1f}")
-            print(f"  {'work':>12} {'with elements':>13} {'serial us':>10} {'parallel us':>12} {'ser/par':>8}  kernel")
-            for (work, weighted), kernel, _ in sorted(rows, key=lambda r: r[0][1]):
+            print(f"  {'work':>12} {'serial us':>10} {'parallel us':>12} {'ser/par':>8}  kernel")
+            for work, kernel, _ in sorted(rows):
                 ser, par = (statistics.median(times[(kernel, k)]) * 1e6 for k in ("serial", "parallel"))
-                print(f"  {work:12d} {weighted:13d} {ser:10.1f} {par:12.1f} {ser / par:8.2f}  {kernel}")
+                print(f"  {work:12d} {ser:10.1f} {par:12.1f} {ser / par:8.2f}  {kernel}")
 
 
 if __name__ == "__main__":

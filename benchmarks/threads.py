@@ -12,7 +12,7 @@ numbers to read; the load average is printed before and after every block.
 (`schedules.PARALLEL_MIN_WORK` = 0, as before the work threshold) and runs it interleaved with the
 default build and ORT (columns "all-par"): the threshold's effect at the same load. `--compare
 CONSTANT=VALUE` (repeatable) does the same for any integer constant of compiler/schedules.py, e.g.
-`--compare PARALLEL_ELEMENT_WEIGHT=0` for the work threshold on multiply-adds alone. `--spins 0`
+`--compare PARALLEL_MIN_WORK=16777216` for a work threshold of 2^24. `--spins 0`
 runs only TVM's spin count 0; any number is a spin count (ORT's spinning off with it).
 
     python benchmarks/threads.py [--models grouped,mobilenetv2] [--blocks 2] [--runs 20]
@@ -145,7 +145,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="CONSTANT=VALUE",
-        help="also time a build with this compiler.schedules constant set (repeatable, e.g. PARALLEL_ELEMENT_WEIGHT=0)",
+        help="also time a build with this compiler.schedules constant set (repeatable, e.g. PARALLEL_MIN_WORK=16777216)",
     )
     ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin counts to run: default and/or numbers")
     ap.add_argument("--child", help=argparse.SUPPRESS)

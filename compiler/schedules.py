@@ -41,8 +41,7 @@ MAX_DENSE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
 # A kernel's outer loops run in parallel only where the block they carry has at least this much
-# work (`parallel_work`: `block_work`'s multiply-adds for a convolution, elements for element-wise
-# work, plus the elements it moves, PARALLEL_ELEMENT_WEIGHT each); below it they
+# work (`block_work`: multiply-adds for a convolution, elements for element-wise work); below it they
 # stay serial on the calling thread. TVM splits a parallel loop into one part per thread and, with
 # its pool not spinning (the camera runtime's default), wakes the worker and waits for it at every
 # kernel. benchmarks/parallel_threshold.py at 2 threads (docs/performance.md, "Threads and
@@ -51,14 +50,6 @@ MIN_PAIR_TILE = 4
 # threads are for cameras whose cores are free (the default is one), so the quiet break-even counts:
 # 2^22, where the quiet machine starts to gain and a busy one loses about a tenth.
 PARALLEL_MIN_WORK = 1 << 22
-# On x86 each element of the buffers a block reads and writes counts as this many multiply-adds of
-# its work (`parallel_work`): depthwise convolutions, the classifier's matrix-vector product, pads
-# and layout transforms move memory, not multiply-adds. MobileNetV2's kernels timed alone on one
-# thread (benchmarks/parallel_threshold.py, load 5): a stride-2 depthwise of 1.0 M multiply-adds and 0.6 M
-# elements took 106 us, the 1280 x 1000 classifier (1.3 M, 1.3 M) 256 us, a dense 1x1 of 4.8 M
-# (0.11 M) 66 us. 8 puts those memory-bound kernels above the threshold and keeps the ones of
-# 30-45 us below it (a stride-1 depthwise of 1.0 M and 0.27 M elements; 5.3-8.7 separates them).
-PARALLEL_ELEMENT_WEIGHT = 8
 _AVX512_CPUS = (
     "skylake-avx512",
     "cascadelake",
@@ -205,39 +196,13 @@ def block_work(sch: s_tir.Schedule, block) -> int | None:
     return work
 
 
-def block_elements(sch: s_tir.Schedule, block) -> int | None:
-    """Elements of the buffers `block` reads and writes (each buffer once, whole); None when a shape
-    is not constant."""
-    stmt = sch.get(block)
-    buffers: list = []
-    for region in (*stmt.reads, *stmt.writes):
-        if not any(region.source.same_as(b) for b in buffers):
-            buffers.append(region.source)
-    total = 0
-    for buf in buffers:
-        size = 1
-        for dim in buf.shape:
-            if not isinstance(dim, tirx.IntImm):
-                return None
-            size *= int(dim)
-        total += size
-    return total
-
-
-def parallel_work(sch: s_tir.Schedule, block) -> int | None:
-    """The work `_parallel` weighs against PARALLEL_MIN_WORK: the block's iterations plus
-    PARALLEL_ELEMENT_WEIGHT per element of its buffers; None when either is not constant."""
-    work, elements = block_work(sch, block), block_elements(sch, block)
-    return None if work is None or elements is None else work + PARALLEL_ELEMENT_WEIGHT * elements
-
-
 def _parallel(sch: s_tir.Schedule, block, loops: list, target: tvm.target.Target) -> None:
     """Fuse `loops`, the outer loops of `block`, into one parallel loop where the block's work
-    (`parallel_work`) reaches PARALLEL_MIN_WORK (or is not known) on x86; below it they stay serial and unfused (a
+    reaches PARALLEL_MIN_WORK (or is not known) on x86; below it they stay serial and unfused (a
     fused serial loop only adds a div/mod per index). ARM keeps every kernel parallel: the threshold
     was measured on x86 cores only, and serial kernels changed rasp4b's instruction counts (SqueezeNet
     124.33 M -> 123.63 M at one thread, the launches)."""
-    work = parallel_work(sch, block)
+    work = block_work(sch, block)
     if _is_x86(target) and work is not None and work < PARALLEL_MIN_WORK:
         return
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])

@@ -361,7 +361,7 @@ def test_shufflenet_v1_groups_that_split_blocks_run_blocked_and_match_onnxruntim
 
     from edgefleet.compiler import graph
     from edgefleet.compiler.build import KernelFallbacks, tvm_target
-    from edgefleet.compiler.schedules import PARALLEL_MIN_WORK, parallel_work, schedule_func
+    from edgefleet.compiler.schedules import PARALLEL_MIN_WORK, block_work, schedule_func
     from edgefleet.compiler.targets import resolve_target
 
     model = _shufflenet_v1_onnx()
@@ -375,9 +375,8 @@ def test_shufflenet_v1_groups_that_split_blocks_run_blocked_and_match_onnxruntim
     trace = str(schedule_func(lowered["group_conv2d_NCHWc"], tgt).trace)
     assert "sch.unroll" in trace and "sch.vectorize" in trace, trace
     # Each padding drop, with the bias, ReLU, shuffle or concat fused to it, is one pass (the other
-    # blocks inlined), with the lanes in a vector, its outer loops parallel where its work (elements
-    # and the elements it moves) reaches the x86 threshold for parallel loops (below it they run on
-    # the calling thread).
+    # blocks inlined), with the lanes in a vector, its outer loops parallel where its work reaches the
+    # x86 threshold for parallel loops (below it they run on the calling thread).
     passes = [graph.cleanup(), graph.nchwc_layout(), graph.legalize(KernelFallbacks(print).layout_failed)]
     passes += [relax.transform.AnnotateTIROpPattern(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
     with tgt:
@@ -389,7 +388,7 @@ def test_shufflenet_v1_groups_that_split_blocks_run_blocked_and_match_onnxruntim
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         assert len(blocks) == 1, sch.mod
         assert "sch.vectorize" in str(sch.trace), sch.trace
-        assert ("sch.parallel" in str(sch.trace)) == (parallel_work(sch, blocks[0]) >= PARALLEL_MIN_WORK), sch.trace
+        assert ("sch.parallel" in str(sch.trace)) == (block_work(sch, blocks[0]) >= PARALLEL_MIN_WORK), sch.trace
 
 
 def test_groups_of_few_outputs_are_not_padded_to_whole_blocks():

@@ -1112,24 +1112,6 @@ def _depthwise_model() -> onnx.ModelProto:
     return model
 
 
-def _depthwise_pair_model() -> onnx.ModelProto:
-    """Two 3x3 depthwise convolutions of 144 channels with the same multiply-adds (1.0 M): stride 2
-    from 56 x 56 (MobileNetV2's), then stride 1 on 28 x 28."""
-    rng = np.random.default_rng(7)
-    wide, wide_w = _conv(rng, "x", 144, 144, 3, 2, groups=144, name="wide")
-    narrow, narrow_w = _conv(rng, "wide", 144, 144, 3, 1, groups=144, name="narrow")
-    g = helper.make_graph(
-        [wide, narrow],
-        "depthwise_pair",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 144, 56, 56])],
-        [helper.make_tensor_value_info("narrow", TensorProto.FLOAT, [1, 144, 28, 28])],
-        wide_w + narrow_w,
-    )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
-
-
 def test_x86_float_depthwise_pads_per_row_where_strided_or_beyond_l1_and_match_onnxruntime():
     """x86 float: a depthwise convolution's input is padded under its row loop (the pad is computed
     at the row, `_pad_rows`) for the stride-2 layer and the stride-1 one on 28 x 28, while the 14 x 14
@@ -1173,34 +1155,3 @@ def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
     assert output_tile(avx2, 55, 16, True, MAX_DENSE_PAIR_TILE) == (5, 1)
     assert output_tile(avx512, 56, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
     assert output_tile(avx512, 13, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
-
-
-def test_a_memory_bound_kernel_below_the_multiply_add_threshold_runs_in_parallel_on_x86():
-    """The work threshold counts the elements a block reads and writes (`PARALLEL_ELEMENT_WEIGHT`),
-    not only its multiply-adds: of two depthwise convolutions with the same 1.0 M multiply-adds, the
-    stride-2 one reading a 56 x 56 input (0.6 M elements) runs in parallel on x86 (one parallel loop:
-    its pad is computed per output row inside it), the stride-1 one on 28 x 28 (0.25 M) stays serial.
-    The build matches ONNX Runtime."""
-    from tvm import s_tir
-
-    from edgefleet.compiler.schedules import PARALLEL_MIN_WORK, block_elements, block_work, schedule_func
-
-    model = _depthwise_pair_model()
-    tgt = tvm_target(resolve_target("x86_64"))
-    parallel_loops = {}
-    for gv, func in fused_kernels(model, tgt).functions.items():
-        if isinstance(func, tirx.PrimFunc) and "depthwise_conv2d_NCHWc" in gv.name_hint:
-            sch = s_tir.Schedule(func)
-            conv = next(
-                b for b in sch.get_child_blocks(sch.get_sblock("root")) if block_work(sch, b) == 144 * 28 * 28 * 9
-            )
-            assert block_work(sch, conv) < PARALLEL_MIN_WORK
-            parallel_loops[block_elements(sch, conv)] = (
-                schedule_func(func, tgt).mod["main"].script().count("T.parallel(")
-            )
-    assert len(parallel_loops) == 2, parallel_loops
-    wide, narrow = max(parallel_loops), min(parallel_loops)
-    assert wide > 500_000 > 300_000 > narrow, parallel_loops
-    assert parallel_loops == {wide: 1, narrow: 0}
-    _, actual, expected = _compile_and_compare(model)
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
