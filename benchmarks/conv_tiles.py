@@ -69,17 +69,40 @@ def conv_ms(model: onnx.ModelProto, calls: int) -> float:
     return next(ms for ms, _, name in rows if "conv2d_NCHWc" in name)
 
 
-def main() -> None:
+def kernel_ab_args(shapes: str) -> argparse.Namespace:
+    """`--shapes`, `--calls`, `--rounds` of a per-kernel A/B benchmark; TVM's pool held to one thread."""
     import tvm
 
-    from edgefleet.compiler import schedules
-
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default=SHAPES)
+    ap.add_argument("--shapes", default=shapes)
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
+    return args
+
+
+def best_rates(model: onnx.ModelProto, gflop: float, rule: str, variants: dict, args: argparse.Namespace) -> dict:
+    """GFLOP/s of the model's conv kernel with `schedules.<rule>` set to each of `variants` in turn
+    (alternating for `args.rounds` rounds, best call of each); the rule is restored after."""
+    from edgefleet.compiler import schedules
+
+    default = getattr(schedules, rule)
+    best = dict.fromkeys(variants, float("inf"))
+    try:
+        for _ in range(args.rounds):
+            for label, variant in variants.items():
+                setattr(schedules, rule, variant)
+                best[label] = min(best[label], conv_ms(model, args.calls))
+    finally:
+        setattr(schedules, rule, default)
+    return {label: gflop / ms * 1e3 for label, ms in best.items()}
+
+
+def main() -> None:
+    from edgefleet.compiler import schedules
+
+    args = kernel_ab_args(SHAPES)
     paired = schedules.output_tile
 
     def one_block(target, width, block, _pairable, max_pair=schedules.MAX_PAIR_TILE):
@@ -89,13 +112,7 @@ def main() -> None:
     print(f"  {'shape':<14} {'1 block':>8} {'default':>8} {'ratio':>6}")
     for shape in args.shapes.split(","):
         model, gflop = conv_model(*(int(v) for v in shape.split("x")))
-        best = {"1 block": float("inf"), "default": float("inf")}
-        for _ in range(args.rounds):
-            for label, tile in (("1 block", one_block), ("default", paired)):
-                schedules.output_tile = tile
-                best[label] = min(best[label], conv_ms(model, args.calls))
-        schedules.output_tile = paired
-        rate = {k: gflop / ms * 1e3 for k, ms in best.items()}
+        rate = best_rates(model, gflop, "output_tile", {"1 block": one_block, "default": paired}, args)
         print(f"  {shape:<14} {rate['1 block']:8.0f} {rate['default']:8.0f} {rate['default'] / rate['1 block']:6.2f}")
     print(f"load average {os.getloadavg()[0]:.1f}")
 

@@ -13,29 +13,20 @@ single call out of `--calls` (see benchmarks/conv_tiles.py); the two schedules a
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv_tiles import conv_model, conv_ms  # noqa: E402  (benchmarks/ is not a package)
+from conv_tiles import best_rates, conv_model, kernel_ab_args  # noqa: E402  (benchmarks/ is not a package)
 
 SHAPES = "32x112x1,96x112x2,144x56x1,144x56x2,192x28x1,192x28x2,384x14x1,576x14x1,576x14x2,960x7x1"
 
 
 def main() -> None:
-    import tvm
-
     from edgefleet.compiler import schedules
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default=SHAPES)
-    ap.add_argument("--calls", type=int, default=400)
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    tvm.get_global_func("runtime.config_threadpool")(1, 1)
-    per_row = schedules._pad_rows
+    args = kernel_ab_args(SHAPES)
 
     def whole_input(_sch, pads, _row):
         return pads
@@ -45,13 +36,8 @@ def main() -> None:
     for shape in args.shapes.split(","):
         channels, width, stride = (int(v) for v in shape.split("x"))
         model, gflop = conv_model(channels, channels, 3, width, stride, groups=channels)
-        best = {"whole pad": float("inf"), "per row": float("inf")}
-        for _ in range(args.rounds):
-            for label, pad in (("whole pad", whole_input), ("per row", per_row)):
-                schedules._pad_rows = pad
-                best[label] = min(best[label], conv_ms(model, args.calls))
-        schedules._pad_rows = per_row
-        rate = {k: gflop / ms * 1e3 for k, ms in best.items()}
+        variants = {"whole pad": whole_input, "per row": schedules._pad_rows}
+        rate = best_rates(model, gflop, "_pad_rows", variants, args)
         print(
             f"  {shape:<12} {rate['whole pad']:9.1f} {rate['per row']:8.1f} {rate['per row'] / rate['whole pad']:6.2f}"
         )
