@@ -216,8 +216,10 @@ def _ffi_sdist(stages: Stages, log: Path) -> Path:
             "--isolated",
             "--disable-pip-version-check",
             "--no-deps",
+            # Only this package as its source: ":all:" would also build its build backend's
+            # dependencies (cmake among them) from source to prepare metadata, ~11 minutes.
             "--no-binary",
-            ":all:",
+            "apache-tvm-ffi",
             "--dest",
             str(dest),
             f"apache-tvm-ffi=={FFI_VERSION}",
