@@ -1743,8 +1743,8 @@ def vnni_dense() -> tvm.transform.Pass:
     `dot_product_convs(unsigned=True)`). The outputs are padded to whole blocks of 16 (zero weights,
     sliced off after) and the weights packed [passes, K/4, outputs per pass, 4]: each pass of up to
     VNNI_DENSE_PASS blocks reads its weights as one sequential stream (`matmul_vnni`,
-    schedules.VnniMatmul). The int8-weight form widened every weight and multiplied 16 lanes per
-    `vpmulld`, one vpdpbusd multiplies 64 pairs.
+    schedules.VnniMatmul). The int8-weight form widened every weight and multiplied 8 lanes per
+    `vpmulld` (1000 outputs: vectors of 8); one vpdpbusd multiplies 64 pairs.
     """
 
     @relax.expr_functor.mutator
