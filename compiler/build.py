@@ -65,8 +65,9 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # int8 MobileNetV2-0.35 7.31 -> 7.00 M instructions (either alone gained nothing or lost there).
         *([graph.dot_product_convs()] if graph.has_dot_product(tgt) else []),
         *([graph.sqrdmulh_rescales(), graph.rounding_shifts()] if graph.is_aarch64(tgt) else []),
-        # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions with vpdpbusd.
-        *([graph.dot_product_convs(unsigned=True)] if graph.has_vnni(tgt) else []),
+        # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions and
+        # fully connected layers with vpdpbusd.
+        *([graph.dot_product_convs(unsigned=True), graph.vnni_dense()] if graph.has_vnni(tgt) else []),
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
         # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
         # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes).

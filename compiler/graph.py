@@ -1735,6 +1735,86 @@ def matmul_int8_weights(x, w):
     return te.compute(shape, lambda i, j: te.sum(x[i, k] * w[k, j].astype("int32"), axis=k), name="matmul")
 
 
+def vnni_dense() -> tvm.transform.Pass:
+    """int8 fully connected layers on vpdpbusd (x86 VNNI targets, `has_vnni`; before `int8_dense_weights`).
+
+    A layer `reshape(int32(x) - zx) @ w` of an int8 x and weights that fit int8 reads uint8(x + 128)
+    and subtracts (zx + 128) * sum(w) per output after it (exact in int32, as
+    `dot_product_convs(unsigned=True)`). The outputs are padded to whole blocks of 16 (zero weights,
+    sliced off after) and the weights packed [passes, K/4, outputs per pass, 4]: each pass of up to
+    VNNI_DENSE_PASS blocks reads its weights as one sequential stream (`matmul_vnni`,
+    schedules.VnniMatmul). The int8-weight form widened every weight and multiplied 8 lanes per
+    `vpmulld` (1000 outputs: vectors of 8); one vpdpbusd multiplies 64 pairs.
+    """
+
+    @relax.expr_functor.mutator
+    class _Dense(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+                return call
+            weight = call.args[1]
+            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
+                return call
+            w = weight.value.numpy()
+            if w.ndim != 2 or w.shape[0] % DOT_GROUP or w.min() < _INT8.min or w.max() > _INT8.max:
+                return call
+            flat = _bound_call(self, call.args[0], ("relax.reshape",))
+            found = None if flat is None else _raw_int8_input(self, flat.args[0])
+            return call if found is None else _vnni_dense(self.builder_, *found, w, int(call.args[0].ty.shape[0]))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetVnniDense")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dense(mod)))
+
+    return _pass
+
+
+# Blocks of 16 outputs per pass of a VNNI fully connected layer, at most (`vnni_dense`): one
+# accumulator chain each, enough to hide vpdpbusd's latency behind the weight loads.
+VNNI_DENSE_PASS = 8
+
+
+def _vnni_dense(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, rows: int) -> relax.Expr:
+    """uint8(x + 128) [rows, K] @ w [K, N] on vpdpbusd, minus (zero + 128) * sum(w), N outputs (`vnni_dense`)."""
+    depth, outputs = w.shape
+    wide = relax.op.astype(relax.op.reshape(x, [rows, depth]), "int32")
+    shifted = builder.emit(relax.op.astype(relax.op.add(wide, relax.const(VNNI_SHIFT, "int32")), "uint8"))
+    blocks = -(-outputs // 16)
+    per_pass = max(n for n in range(1, VNNI_DENSE_PASS + 1) if blocks % n == 0)
+    padded = np.pad(w, [(0, 0), (0, 16 * blocks - outputs)])
+    packed = padded.reshape(depth // DOT_GROUP, DOT_GROUP, blocks // per_pass, 16 * per_pass).transpose(2, 0, 3, 1)
+    acc = builder.emit(
+        builder.call_te(
+            matmul_vnni,
+            shifted,
+            relax.const(np.ascontiguousarray(packed).astype(np.int8), "int8"),
+            primfunc_name_hint="matmul_vnni",
+        )
+    )
+    correction = (zero + VNNI_SHIFT) * padded.astype(np.int64).sum(axis=0)
+    acc = builder.emit(relax.op.subtract(acc, relax.const(correction.astype(np.int32), "int32")))
+    return relax.op.strided_slice(acc, axes=[1], begin=[0], end=[outputs]) if 16 * blocks > outputs else acc
+
+
+def matmul_vnni(x, w):
+    """x [rows, K] uint8 times w [passes, K/4, outputs per pass, 4] int8 (`_vnni_dense`), int32 sums."""
+    from tvm import te
+
+    per_pass = int(w.shape[2])
+    ko = te.reduce_axis((0, int(w.shape[1])), name="ko")
+    ki = te.reduce_axis((0, DOT_GROUP), name="ki")
+    shape = (int(x.shape[0]), int(w.shape[0]) * per_pass)
+    return te.compute(
+        shape,
+        lambda i, j: te.sum(
+            x[i, ko * DOT_GROUP + ki].astype("int32") * w[j // per_pass, ko, j % per_pass, ki].astype("int32"),
+            axis=[ko, ki],
+        ),
+        name="matmul_vnni",
+    )
+
+
 def _pack_dot(weight: np.ndarray) -> np.ndarray:
     """[O, I, KH, KW, ib, ob] -> [O, I, KH, KW, ib/4, ob, 4]: 4 consecutive input channels of one output channel adjacent."""
     o, i, kh, kw, ib, ob = weight.shape

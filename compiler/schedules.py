@@ -611,6 +611,37 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target)
     return _finish_conv(sch, conv, epi, pads, ic, target)
 
 
+class VnniMatmul(_SafeRule):
+    """An int8 fully connected layer on x86 VNNI (graph.matmul_vnni): per pass, one 16-lane int32
+    accumulator per block of 16 outputs stays in a register over the whole reduction; each step
+    broadcasts 4 input bytes once and runs one vpdpbusd per block (x86_intrin.VNNI_U8I8), on the
+    pass's weights as one stream. The blocks' independent chains hide vpdpbusd's latency; the
+    generic schedule widened every weight and multiplied 8 lanes per `vpmulld`."""
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        from edgefleet.compiler.x86_intrin import VNNI_U8I8
+
+        blocks = _blocks(sch)
+        found = [b for b in blocks if _name(sch, b) == "matmul_vnni"]
+        if len(found) != 1 or _iter_kinds(sch, found[0]) != "SSRR":
+            return None
+        matmul = found[0]
+        weights = next(r.source for r in sch.get(matmul).reads if len(r.source.shape) == 4)
+        epi = _epilogue(sch, matmul, [b for b in blocks if not _same(sch, b, matmul)])
+        if epi is None:
+            return None
+        i, j, ko, ki = sch.get_loops(matmul)
+        j_pass, j_block, j_lane = sch.split(j, [None, int(weights.shape[2]) // 16, 16])
+        sch.reorder(i, j_pass, ko, j_block, j_lane, ki)
+        sch.reverse_compute_at(epi, j_pass)
+        _parallel(sch, matmul, [i, j_pass], self.target)
+        sch.decompose_reduction(matmul, ko)
+        sch.tensorize(j_lane, VNNI_U8I8[16])
+        sch.unroll(j_block)
+        _vectorize(sch, epi, sch.get_loops(epi)[-1])
+        return sch
+
+
 class Conv2dNCHW(_SafeRule):
     """Plain NCHW convolution: output channels unrolled, output width vectorized."""
 
@@ -784,7 +815,7 @@ def _schedule_any(sch: s_tir.Schedule, block, target: tvm.target.Target) -> None
 
 def rules() -> list:
     """The rules in priority order (see `default_schedules`)."""
-    return [Conv2dNCHWc(), Conv2dNCHW(), dlight.cpu.GEMV(), ChannelPermute(), Generic()]
+    return [Conv2dNCHWc(), VnniMatmul(), Conv2dNCHW(), dlight.cpu.GEMV(), ChannelPermute(), Generic()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:

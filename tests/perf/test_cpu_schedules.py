@@ -1155,3 +1155,48 @@ def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
     assert output_tile(avx2, 55, 16, True, MAX_DENSE_PAIR_TILE) == (5, 1)
     assert output_tile(avx512, 56, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
     assert output_tile(avx512, 13, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
+
+
+def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equals_litert_reference_kernels(tmp_path):
+    """The int8 classifier (1280 x 1000 fully connected) of the VNNI library runs on vpdpbusd
+    (graph.vnni_dense, schedules.VnniMatmul): its outputs padded to 1008, 7 blocks of 16 per pass, each
+    block's accumulator kept over the whole reduction. Before, it multiplied widened int8 weights with
+    `vpmulld` in the generic schedule. Outputs bit for bit against LiteRT's reference kernels where the
+    CPU has VNNI."""
+    import sys
+    from pathlib import Path
+
+    from edgefleet.agent.variants import cpu_flags
+    from edgefleet.compiler.frontends import frontend_for
+    from edgefleet.compiler.targets import ISA_LEVELS
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from compiler_testlib import litert_reference
+    from tflite_models import mobilenetv2_tflite
+
+    path = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=32, int8=True)
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(path)
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target}))
+    notes: list[str] = []
+    with tvm_target(target):
+        lowered = _optimize_pipeline(target, 0, KernelFallbacks(notes.append))(mod)
+    assert not notes, notes
+    kernels = _kernels(lowered)
+    dense = [n for n in kernels if "matmul" in n]
+    assert len(dense) == 1 and dense[0].startswith("fused_matmul_vnni") and kernels[dense[0]], sorted(kernels)
+    script = lowered[dense[0]].script()
+    assert "llvm.x86.avx512.vpdpbusd.512" in script and "T.unroll(T.int64(7))" in script, script
+    if "avx512_vnni" not in cpu_flags():
+        return
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
+    outputs = []
+    for seed in range(2):
+        x = np.random.default_rng(40 + seed).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
+        out = vm["main"](tvm.runtime.tensor(x))
+        actual = (out if hasattr(out, "numpy") else out[0]).numpy()
+        np.testing.assert_array_equal(actual, litert_reference(path, x))
+        outputs.append(actual)
+    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
