@@ -1570,6 +1570,75 @@ def _bound_call(mutator: relax.PyExprMutator, expr: relax.Expr, names: tuple[str
     return expr if ok else None
 
 
+def dot_product_dense() -> tvm.transform.Pass:
+    """int8 fully connected layers on raw int8 operands for SDOT (dot-product targets, after `dot_product_convs`).
+
+    The TFLite importer multiplies `reshape(astype(x, int32) - zx)` by int32 weights (tflite_quant.py):
+    on rasp5 the classifier ran int32 multiply-adds on 5.1 MB of weights. As in `dot_product_convs`,
+    (x - zx) W = x W - zx * sum(W) per column, exact in int32: `matmul_dot` multiplies the raw int8 row
+    by int8 weights packed [N/4, K/4, 4, 4] (one SDOT's operand per 4 outputs x 4 inputs), and one
+    constant per output is subtracted in the fused epilogue. Only where K and N are multiples of 4.
+    """
+
+    @relax.expr_functor.mutator
+    class _Dense(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            w = self._weights(call)
+            rows = None if w is None else _bound_call(self, call.args[0], ("relax.reshape",))
+            found = None if rows is None else _raw_int8_input(self, rows.args[0])
+            if found is None:
+                return call
+            x, zero = found
+            dense = self.builder_.call_te(
+                matmul_dot,
+                self.builder_.emit(relax.op.reshape(x, rows.args[1])),
+                relax.const(_pack_dense_dot(w), "int8"),
+                primfunc_name_hint="matmul_dot",
+            )
+            correction = zero * w.astype(np.int64).sum(axis=0)
+            return relax.op.subtract(self.builder_.emit(dense), relax.const(correction.astype(np.int32), "int32"))
+
+        def _weights(self, call: relax.Call) -> np.ndarray | None:
+            """The int32 weights [K, N] of an int32 matmul when they fit int8 and K, N are multiples of 4, else None."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+                return None
+            weight = call.args[1]
+            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
+                return None
+            w = weight.value.numpy()
+            if w.ndim != 2 or w.shape[0] % DOT_GROUP or w.shape[1] % DOT_GROUP:
+                return None
+            return w if w.min() >= _INT8.min and w.max() <= _INT8.max else None
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductDense")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dense(mod)))
+
+    return _pass
+
+
+def _pack_dense_dot(weight: np.ndarray) -> np.ndarray:
+    """[K, N] -> int8 [N/4, K/4, 4, 4]: 4 consecutive inputs of 4 consecutive outputs in 16 bytes."""
+    depth, outputs = weight.shape
+    blocks = weight.T.reshape(outputs // DOT_GROUP, DOT_GROUP, depth // DOT_GROUP, DOT_GROUP)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3)).astype(np.int8)
+
+
+def matmul_dot(x, w):
+    """x [rows, K] int8 times the packed int8 weights w [N/4, K/4, 4, 4] of `_pack_dense_dot`, in int32."""
+    from tvm import te
+
+    rows, depth = (int(d) for d in x.shape)
+    k = te.reduce_axis((0, depth), name="k")
+    g = DOT_GROUP
+
+    def value(i, j):
+        return te.sum(x[i, k].astype("int32") * w[j // g, k // g, j % g, k % g].astype("int32"), axis=k)
+
+    return te.compute((rows, int(w.shape[0]) * g), value, name="matmul_dot")
+
+
 def int8_depthwise_convs() -> tvm.transform.Pass:
     """Blocked int8 depthwise convolutions on their raw int8 input (x86 targets; after `nchwc_layout`).
 

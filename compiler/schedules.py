@@ -453,6 +453,48 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     return sch
 
 
+# Groups of 4 outputs per pass of an SDOT fully connected layer (`DenseDot`): as many accumulators
+# and weight vectors, and the input's broadcast, fit the 32 vector registers.
+DENSE_DOT_GROUPS = 10
+
+
+class DenseDot(_SafeRule):
+    """graph.dot_product_dense's int8 fully connected layer (`matmul_dot`, raw int8 row times weights
+    packed [N/4, K/4, 4, 4]): per pass up to DENSE_DOT_GROUPS x 4 outputs accumulate in registers, each
+    4 outputs x 4 inputs one SDOT (arm_intrin.SDOT_4x4_I8), the row's 4 inputs broadcast once for all."""
+
+    def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        from edgefleet.compiler.arm_intrin import SDOT_4x4_I8
+
+        blocks = _blocks(sch)
+        dots = [b for b in blocks if _name(sch, b) == "matmul_dot"]
+        if len(dots) != 1:
+            return None
+        dot = dots[0]
+        # The epilogue: element-wise blocks (a per-output constant widened in one of its own).
+        others = [b for b in blocks if not _same(sch, b, dot) and "R" not in _iter_kinds(sch, b)]
+        epi = _epilogue(sch, dot, others) if len(others) + 1 == len(blocks) else None
+        if epi is None:
+            return None
+        i, j, k = sch.get_loops(dot)
+        groups = _extent(sch, j) // 4
+        j_o, j_t, j_i = sch.split(j, [None, _largest_divisor(groups, DENSE_DOT_GROUPS), 4])
+        k_o, k_i = sch.split(k, [None, 4])
+        sch.reorder(i, j_o, k_o, j_t, j_i, k_i)
+        _epilogue_at(sch, epi, j_o)
+        _parallel(sch, dot, [i, j_o], self.target)
+        init = sch.decompose_reduction(dot, k_o)
+        sch.tensorize(j_i, SDOT_4x4_I8)
+        sch.unroll(j_t)
+        # Every access to the accumulators 4 lanes wide, as the SDOTs': with the init and the epilogue
+        # on whole tiles, LLVM kept them as scalars and moved every lane in and out around each SDOT.
+        for block in (init, epi):
+            outer, lanes = sch.split(sch.get_loops(block)[-1], [None, 4])
+            sch.unroll(outer)
+            _vectorize(sch, block, lanes)
+        return sch
+
+
 def _lane_multiplies(sch: s_tir.Schedule, conv, target: tvm.target.Target, ic_bn: int, ocb_n: int) -> bool:
     """AArch64 int16 x int16 -> int32 convolutions (tflite_quant.py's dense int8 convolutions where
     no dot product runs them) with whole groups of LANE_CHANNELS input channels: `_lane`."""
@@ -815,7 +857,7 @@ def _schedule_any(sch: s_tir.Schedule, block, target: tvm.target.Target) -> None
 
 def rules() -> list:
     """The rules in priority order (see `default_schedules`)."""
-    return [Conv2dNCHWc(), VnniMatmul(), Conv2dNCHW(), dlight.cpu.GEMV(), ChannelPermute(), Generic()]
+    return [Conv2dNCHWc(), VnniMatmul(), Conv2dNCHW(), DenseDot(), dlight.cpu.GEMV(), ChannelPermute(), Generic()]
 
 
 def schedule_func(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:

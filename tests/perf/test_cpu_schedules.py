@@ -1200,3 +1200,17 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
         np.testing.assert_array_equal(actual, litert_reference(path, x))
         outputs.append(actual)
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
+
+
+def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights(tmp_path):
+    """For a dot-product target the int8 fully connected layer multiplies the raw int8 row by int8 weights
+    packed for SDOT (graph.dot_product_dense, schedules.DenseDot: `matmul_dot`, tensorized; before, int32
+    multiply-adds on int32 weights); rasp4b (no dot product) keeps the int32 matmul. Numerics:
+    tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
+    rasp5 = _int8_mobilenetv2_kernels(tmp_path, "rasp5")
+    dense = [n for n in rasp5 if "matmul" in n]
+    assert len(dense) == 1 and dense[0].startswith("fused_matmul_dot"), sorted(rasp5)
+    script = rasp5[dense[0]]
+    assert "llvm.aarch64.neon.sdot" in script and "T.Buffer((T.int64(250), T.int64(" in script, script
+    rasp4b = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
+    assert [n for n in rasp4b if "matmul" in n] and not [n for n in rasp4b if "matmul_dot" in n]
