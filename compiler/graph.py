@@ -1580,42 +1580,55 @@ def dot_product_dense() -> tvm.transform.Pass:
     constant per output is subtracted in the fused epilogue. Only where K and N are multiples of 4.
     """
 
+    def lower(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, shape) -> relax.Expr | None:
+        if w.shape[1] % DOT_GROUP:
+            return None
+        dense = builder.call_te(
+            matmul_dot,
+            builder.emit(relax.op.reshape(x, shape)),
+            relax.const(_pack_dense_dot(w), "int8"),
+            primfunc_name_hint="matmul_dot",
+        )
+        correction = zero * w.astype(np.int64).sum(axis=0)
+        return relax.op.subtract(builder.emit(dense), relax.const(correction.astype(np.int32), "int32"))
+
+    return _raw_int8_dense("EdgefleetDotProductDense", lower)
+
+
+def _raw_int8_dense(name: str, lower) -> tvm.transform.Pass:
+    """A pass lowering each fully connected layer `reshape(int32(x) - zx, shape) @ w` of an int8 x and
+    constant weights [K, N] that fit int8, K a multiple of DOT_GROUP, to `lower(builder, x, zx, w,
+    shape)` (None keeps the layer): the raw int8 row for a dot-product instruction."""
+
     @relax.expr_functor.mutator
     class _Dense(relax.PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
-            w = self._weights(call)
-            rows = None if w is None else _bound_call(self, call.args[0], ("relax.reshape",))
-            found = None if rows is None else _raw_int8_input(self, rows.args[0])
-            if found is None:
-                return call
-            x, zero = found
-            dense = self.builder_.call_te(
-                matmul_dot,
-                self.builder_.emit(relax.op.reshape(x, rows.args[1])),
-                relax.const(_pack_dense_dot(w), "int8"),
-                primfunc_name_hint="matmul_dot",
-            )
-            correction = zero * w.astype(np.int64).sum(axis=0)
-            return relax.op.subtract(self.builder_.emit(dense), relax.const(correction.astype(np.int32), "int32"))
+            w = _int8_matmul_weights(call)
+            ok = w is not None and w.shape[0] % DOT_GROUP == 0
+            flat = _bound_call(self, call.args[0], ("relax.reshape",)) if ok else None
+            found = None if flat is None else _raw_int8_input(self, flat.args[0])
+            lowered = None if found is None else lower(self.builder_, *found, w, flat.args[1])
+            return call if lowered is None else lowered
 
-        def _weights(self, call: relax.Call) -> np.ndarray | None:
-            """The int32 weights [K, N] of an int32 matmul when they fit int8 and K, N are multiples of 4, else None."""
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
-                return None
-            weight = call.args[1]
-            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
-                return None
-            w = weight.value.numpy()
-            if w.ndim != 2 or w.shape[0] % DOT_GROUP or w.shape[1] % DOT_GROUP:
-                return None
-            return w if w.min() >= _INT8.min and w.max() <= _INT8.max else None
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductDense")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dense(mod)))
 
     return _pass
+
+
+def _int8_matmul_weights(call: relax.Call) -> np.ndarray | None:
+    """The constant weights [K, N] of an int32 `relax.matmul` when they fit int8, else None."""
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+        return None
+    weight = call.args[1]
+    if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
+        return None
+    w = weight.value.numpy()
+    if w.ndim != 2 or str(w.dtype) != "int32":
+        return None
+    return w if w.min() >= _INT8.min and w.max() <= _INT8.max else None
 
 
 def _pack_dense_dot(weight: np.ndarray) -> np.ndarray:
@@ -1774,15 +1787,8 @@ def int8_dense_weights() -> tvm.transform.Pass:
     class _Dense(relax.PyExprMutator):
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
-                return call
-            weight = call.args[1]
-            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
-                return call
-            w = weight.value.numpy()
-            if w.ndim != 2 or str(w.dtype) != "int32" or w.min() < _INT8.min or w.max() > _INT8.max:
-                return call
-            if str(call.args[0].ty.dtype) != "int32" or call.args[0].ty.ndim != 2:
+            w = _int8_matmul_weights(call)
+            if w is None or str(call.args[0].ty.dtype) != "int32" or call.args[0].ty.ndim != 2:
                 return call
             return self.builder_.call_te(
                 matmul_int8_weights, call.args[0], relax.const(w.astype(np.int8), "int8"), primfunc_name_hint="matmul"
@@ -1815,28 +1821,7 @@ def vnni_dense() -> tvm.transform.Pass:
     schedules.VnniMatmul). The int8-weight form widened every weight and multiplied 8 lanes per
     `vpmulld` (1000 outputs: vectors of 8); one vpdpbusd multiplies 64 pairs.
     """
-
-    @relax.expr_functor.mutator
-    class _Dense(relax.PyExprMutator):
-        def visit_call_(self, call: relax.Call) -> relax.Expr:
-            call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
-                return call
-            weight = call.args[1]
-            if not isinstance(weight, tvm.ir.expr.GenericConst) or str(call.ty.dtype) != "int32":
-                return call
-            w = weight.value.numpy()
-            if w.ndim != 2 or w.shape[0] % DOT_GROUP or w.min() < _INT8.min or w.max() > _INT8.max:
-                return call
-            flat = _bound_call(self, call.args[0], ("relax.reshape",))
-            found = None if flat is None else _raw_int8_input(self, flat.args[0])
-            return call if found is None else _vnni_dense(self.builder_, *found, w, int(call.args[0].ty.shape[0]))
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgefleetVnniDense")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dense(mod)))
-
-    return _pass
+    return _raw_int8_dense("EdgefleetVnniDense", _vnni_dense)
 
 
 # Blocks of 16 outputs per pass of a VNNI fully connected layer, at most (`vnni_dense`): one
@@ -1844,10 +1829,10 @@ def vnni_dense() -> tvm.transform.Pass:
 VNNI_DENSE_PASS = 8
 
 
-def _vnni_dense(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, rows: int) -> relax.Expr:
+def _vnni_dense(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, shape) -> relax.Expr:
     """uint8(x + 128) [rows, K] @ w [K, N] on vpdpbusd, minus (zero + 128) * sum(w), N outputs (`vnni_dense`)."""
     depth, outputs = w.shape
-    wide = relax.op.astype(relax.op.reshape(x, [rows, depth]), "int32")
+    wide = relax.op.astype(relax.op.reshape(x, shape), "int32")
     shifted = builder.emit(relax.op.astype(relax.op.add(wide, relax.const(VNNI_SHIFT, "int32")), "uint8"))
     blocks = -(-outputs // 16)
     per_pass = max(n for n in range(1, VNNI_DENSE_PASS + 1) if blocks % n == 0)
