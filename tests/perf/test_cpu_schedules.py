@@ -1194,3 +1194,48 @@ def test_avx512_odd_output_blocks_pair_all_but_the_last_and_match_onnxruntime():
     if "avx512f" not in cpu_flags():
         pytest.skip("runs AVX-512 code: this CPU has no avx512f")
     _avx512_matches_onnxruntime(model, (1, 24, 14, 14))
+
+
+def _classifier_model() -> onnx.ModelProto:
+    """Global average pool of 64 channels, then a fully connected layer to 80 classes (more columns than
+    the generic schedule keeps in one vector accumulator); random weights."""
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array(rng.standard_normal((80, 64)).astype(np.float32), "fc_w")
+    b = numpy_helper.from_array(rng.standard_normal(80).astype(np.float32), "fc_b")
+    g = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 80])],
+        [w, b],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_x86_float_classifier_reads_weight_rows_in_order_and_matches_onnxruntime():
+    """x86: the fully connected layer's reduction is its outermost loop (each weight row read once, in
+    order, into the row of sums); rasp4b keeps its register-tiled schedule. The x86 build matches ONNX
+    Runtime."""
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    model = _classifier_model()
+    outer = {}
+    for name in ("x86_64", "rasp4b"):
+        tgt = tvm_target(resolve_target(name))
+        for gv, func in fused_kernels(model, tgt).functions.items():
+            if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
+                sch = schedule_func(func, tgt)
+                loops = sch.get_loops(sch.get_sblock("matmul_update"))
+                outer[name] = [str(sch.get(loop).loop_var) for loop in loops]
+    # x86: row, reduction, column vectors; rasp4b: the parallel column strips first.
+    assert outer["x86_64"] == ["i0", "k", "i1_0", "i1_1"], outer
+    assert outer["rasp4b"][0] == "i0_i1_0_fused", outer
+    _, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
