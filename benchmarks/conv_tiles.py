@@ -60,13 +60,14 @@ def conv_model(
     return model, 2 * cin // groups * cout * k * k * out * out / 1e9
 
 
-def conv_ms(model: onnx.ModelProto, calls: int) -> float:
+def conv_ms(model: onnx.ModelProto, calls: int, kernel: str = "conv2d_NCHWc") -> float:
+    """Best single call of the model's kernel whose name holds `kernel`, in ms."""
     # scheduled_kernels reads a model file (.onnx or .tflite).
     with tempfile.TemporaryDirectory(prefix="edgefleet-conv-") as tmp:
         path = Path(tmp) / "conv.onnx"
         onnx.save(model, str(path))
         rows = kernel_times(*scheduled_kernels(path, "x86-64-v4"), number=1, repeat=calls)
-    return next(ms for ms, _, name in rows if "conv2d_NCHWc" in name)
+    return next(ms for ms, _, name in rows if kernel in name)
 
 
 def kernel_ab_args(shapes: str) -> argparse.Namespace:
@@ -82,9 +83,17 @@ def kernel_ab_args(shapes: str) -> argparse.Namespace:
     return args
 
 
-def best_rates(model: onnx.ModelProto, gflop: float, rule: str, variants: dict, args: argparse.Namespace) -> dict:
-    """GFLOP/s of the model's conv kernel with `schedules.<rule>` set to each of `variants` in turn
-    (alternating for `args.rounds` rounds, best call of each); the rule is restored after."""
+def best_rates(
+    model: onnx.ModelProto,
+    gflop: float,
+    rule: str,
+    variants: dict,
+    args: argparse.Namespace,
+    kernel: str = "conv2d_NCHWc",
+) -> dict:
+    """GFLOP/s of the model's conv kernel (or the one named by `kernel`) with `schedules.<rule>` set to
+    each of `variants` in turn (alternating for `args.rounds` rounds, best call of each); the rule is
+    restored after."""
     from edgefleet.compiler import schedules
 
     default = getattr(schedules, rule)
@@ -93,7 +102,7 @@ def best_rates(model: onnx.ModelProto, gflop: float, rule: str, variants: dict, 
         for _ in range(args.rounds):
             for label, variant in variants.items():
                 setattr(schedules, rule, variant)
-                best[label] = min(best[label], conv_ms(model, args.calls))
+                best[label] = min(best[label], conv_ms(model, args.calls, kernel))
     finally:
         setattr(schedules, rule, default)
     return {label: gflop / ms * 1e3 for label, ms in best.items()}

@@ -1,14 +1,15 @@
 """A conv schedule rule against an earlier version of it, on whole models, in one process (issue 21).
 
-For each model: `edgefleet compile --target x86_64` twice, once with `Conv2dNCHWc` taken from an
-earlier `compiler/schedules.py` (`--before`, e.g. `git show HEAD~1:compiler/schedules.py`) and once
-with the current one; then ONNX Runtime and the two x86-64-v4 libraries timed interleaved (order
+For each model: `edgefleet compile --target x86_64` twice, once with the rules named by `--rules`
+(default `Conv2dNCHWc`) taken from an earlier `compiler/schedules.py` (`--before`, e.g. `git show
+HEAD~1:compiler/schedules.py`) and once with the current ones; then ONNX Runtime and the two x86-64-v4 libraries timed interleaved (order
 rotated each round, one thread, camera runtime). On shared cores the medians move with the load, so
 it prints both each runtime's best time (its least disturbed round) and the median of the per-round
 ratio after / before.
 
     git show HEAD~1:compiler/schedules.py > /tmp/before_schedules.py
     python benchmarks/schedule_ab.py --before /tmp/before_schedules.py [--models squeezenet,resnet50] [--runs 40]
+        [--rules Conv2dNCHWc,Generic]
 """
 
 from __future__ import annotations
@@ -41,26 +42,28 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="an earlier compiler/schedules.py")
     ap.add_argument("--models", default="squeezenet,resnet50,mobilenetv2,inception_v2")
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--rules", default="Conv2dNCHWc", help="rule classes of schedules.py taken from --before")
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("before_schedules", args.before)
     assert spec is not None and spec.loader is not None, args.before
     before = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(before)
-    rules = {"before": before.Conv2dNCHWc, "after": schedules.Conv2dNCHWc}
+    names = args.rules.split(",")
+    rules = {label: {n: getattr(m, n) for n in names} for label, m in (("before", before), ("after", schedules))}
     with tempfile.TemporaryDirectory(prefix="edgefleet-ab-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         key = create_signing_key(work / "signing.key")
         for name in args.models.split(","):
             source = model_path(name, work)
             runners = {"onnxruntime": _ort_runner(source, 1)}
-            for label, rule in rules.items():
-                schedules.Conv2dNCHWc = rule  # `rules()` reads the module's attribute at each compile
+            for label, classes in rules.items():
+                vars(schedules).update(classes)  # `rules()` reads the module's attributes at each compile
                 try:
                     result = compile_model(
                         str(source), "x86_64", output=work / f"{name}-{label}.tar.gz", key=key.path, quiet=True
                     )
                 finally:
-                    schedules.Conv2dNCHWc = rules["after"]
+                    vars(schedules).update(rules["after"])
                 pkg = stack.enter_context(open_package(result.package, [key.public]))
                 listed = pkg.variants()
                 assert listed is not None, "an x86_64 package lists its libraries"

@@ -384,8 +384,8 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
         # AVX-512 float (the only 16-lane registers): two output blocks share each input broadcast,
         # 7 x 2 instead of 14 x 1 (`output_tile`). AVX2, ARM and int8 keep one block, and a block
         # narrower than 16 (few output channels) holds fewer accumulators per pixel: more pixels fit.
-        pairable = _vector_registers(target)[1] == 16 and is_float and (_extent(sch, occ) or 1) % 2 == 0
-        reg_n, oc_t = output_tile(target, ow_n, ocb_n, pairable, MAX_DENSE_PAIR_TILE)
+        pairable = _vector_registers(target)[1] == 16 and is_float
+        reg_n, oc_t = _dense_tile(target, ow_n, ocb_n, _extent(sch, occ) if pairable else 1)
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     inner = [ic_i, ow_i, ocb]
@@ -404,6 +404,19 @@ def _dense(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, ic_o, target)
+
+
+def _dense_tile(target: tvm.target.Target, width: int, block: int, chunks: int | None) -> tuple[int, int]:
+    """`output_tile` of a dense float conv with `chunks` output blocks that may pair. An odd number
+    pairs all but its last block, which takes the pair's tile with its second half predicated off:
+    from 5 blocks up (that tail is at most a fifth of the work), or where the pair's tile is as long as
+    one block's (rows of 7). Per kernel on the AVX-512 host against one block (benchmarks/conv_tiles.py):
+    9, 13 and 63 blocks 1.04-1.08x; 3 blocks 1.14x on rows of 7, 1.00x on rows of 13, 0.93x on rows of 28."""
+    single = output_tile(target, width, block, False)
+    if chunks is None or chunks < 2:
+        return single
+    pair = output_tile(target, width, block, True, MAX_DENSE_PAIR_TILE)
+    return single if chunks % 2 and chunks < 5 and pair[0] < single[0] else pair
 
 
 def _int32_indices(sch: s_tir.Schedule):
@@ -751,8 +764,11 @@ class Generic(_SafeRule):
         if _is_x86(self.target) and _writes_int8(sch) and "R" not in "".join(_iter_kinds(sch, b) for b in _blocks(sch)):
             _inline_element_wise(sch)
         for block in _blocks(sch):
-            if not (_unroll_channels(self.target) and _row_times_matrix(sch, block)):
-                _schedule_any(sch, block, self.target)
+            if _unroll_channels(self.target) and _row_times_matrix(sch, block):
+                continue
+            if _is_x86(self.target) and _weight_rows_in_order(sch, block):
+                continue
+            _schedule_any(sch, block, self.target)
         return sch
 
 
@@ -783,6 +799,27 @@ def _row_times_matrix(sch: s_tir.Schedule, block) -> bool:
     copy_o, copy_i = sch.split(sch.get_loops(acc)[-1], [None, lanes])
     sch.unroll(copy_o)
     sch.vectorize(copy_i)
+    return True
+
+
+def _weight_rows_in_order(sch: s_tir.Schedule, block) -> bool:
+    """A float32 row vector times a (K, N) matrix (a classifier's fully connected layer) on x86, below
+    the parallel threshold: the reduction outermost, so each weight row is read once, in order, into the
+    row of N sums (4 KB for 1000 classes, in L1). The generic schedule ran one 8-lane strip of columns
+    down all K rows at a time: 32 bytes of each 4 KB row per pass, every cache line fetched twice from
+    beyond L2 (5 MB for MobileNetV2's 1280 x 1000). False (nothing done) for any other block."""
+    loops = sch.get_loops(block)
+    if _iter_kinds(sch, block) != "SSR" or len(loops) != 3 or str(sch.get(block).writes[0].source.dtype) != "float32":
+        return False
+    i, j, k = loops
+    rows, cols, work = _extent(sch, i), _extent(sch, j), block_work(sch, block)
+    lanes = next((w for w in (16, 8) if cols and cols % w == 0), None)
+    if rows != 1 or lanes is None or work is None or work >= PARALLEL_MIN_WORK:
+        return False
+    j_o, j_i = sch.split(j, [None, lanes])
+    sch.reorder(i, k, j_o, j_i)
+    sch.vectorize(j_i)
+    sch.decompose_reduction(block, k)
     return True
 
 

@@ -930,14 +930,15 @@ def _dense_convs_model() -> onnx.ModelProto:
     return model
 
 
-def _conv_tiles(target_name: str) -> dict[str, tuple[int, int]]:
-    """(pixels, output blocks) of each dense conv kernel's register tile, from its schedule's trace."""
+def _conv_tiles(target_name: str, model: onnx.ModelProto | None = None) -> dict[str, tuple[int, int]]:
+    """(pixels, output blocks) of each dense conv kernel's register tile, from its schedule's trace
+    (of `_dense_convs_model` unless `model` is given)."""
     from edgefleet.compiler.schedules import schedule_func
 
     target = resolve_target(target_name)
     tgt = tvm_target(target)
     tiles = {}
-    for gv, func in fused_kernels(_dense_convs_model(), tgt).functions.items():
+    for gv, func in fused_kernels(model or _dense_convs_model(), tgt).functions.items():
         if isinstance(func, tirx.PrimFunc) and "conv2d_NCHWc" in gv.name_hint:
             splits = re.findall(r"sch\.split\(loop=\w+, factors=\[None, (\d+)\]", str(schedule_func(func, tgt).trace))
             # Pixel tile, input-channel lanes, then (paired only) the output-chunk pair.
@@ -958,13 +959,18 @@ def test_x86_avx512_dense_convs_pair_two_output_blocks_and_match_onnxruntime():
         assert all(blocks == 1 for _, blocks in _conv_tiles(other).values()), other
     if "avx512f" not in cpu_flags():
         pytest.skip("runs AVX-512 code: this CPU has no avx512f")
-    model, target = _dense_convs_model(), resolve_target("ml_c6i")
+    _avx512_matches_onnxruntime(_dense_convs_model(), (1, 32, 13, 13))
+
+
+def _avx512_matches_onnxruntime(model: onnx.ModelProto, shape: tuple[int, ...]) -> None:
+    """The ml_c6i (AVX-512) build of `model` against ONNX Runtime on a random input `x` of `shape`."""
+    target = resolve_target("ml_c6i")
     with tvm_target(target):
         lowered = _optimize_pipeline(target, 0, KernelFallbacks(lambda m: pytest.fail(m)))(
             from_onnx(model, keep_params_in_input=False)
         )
     vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
-    x = np.random.default_rng(5).standard_normal((1, 32, 13, 13)).astype(np.float32)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), want, rtol=1e-4, atol=1e-4)
 
@@ -1214,3 +1220,81 @@ def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights(tmp_path):
     assert "llvm.aarch64.neon.sdot" in script and "T.Buffer((T.int64(250), T.int64(" in script, script
     rasp4b = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
     assert [n for n in rasp4b if "matmul" in n] and not [n for n in rasp4b if "matmul_dot" in n]
+
+
+def _odd_output_blocks_model() -> onnx.ModelProto:
+    """A 1x1 convolution to 144 channels (9 blocks) on rows of 14, ReLU, then a 3x3 of stride 2 to 48
+    channels (3 blocks) on rows of 7; random weights and input."""
+    rng = np.random.default_rng(8)
+    expand, expand_w = _conv(rng, "x", 24, 144, 1, 1, name="expand")
+    down, down_w = _conv(rng, "r", 144, 48, 3, 2, name="down")
+    g = helper.make_graph(
+        [expand, helper.make_node("Relu", ["expand"], ["r"]), down],
+        "odd_blocks",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 14, 14])],
+        [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, 48, 7, 7])],
+        expand_w + down_w,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_avx512_odd_output_blocks_pair_all_but_the_last_and_match_onnxruntime():
+    """AVX-512: 9 output blocks on rows of 14 and 3 on rows of 7 take 7 x 2 tiles, the last block's
+    tile with its second half predicated off (rows of 13 with 3 blocks keep one: `_dense_convs_model`);
+    AVX2 and ARM keep one block. The AVX-512 build matches ONNX Runtime, the predicated half included."""
+    from edgefleet.agent.variants import cpu_flags
+
+    model = _odd_output_blocks_model()
+    assert sorted(_conv_tiles("ml_c6i", model).values()) == [(7, 2), (7, 2)]
+    for other in ("x86_64", "rasp4b"):
+        assert all(blocks == 1 for _, blocks in _conv_tiles(other, model).values()), other
+    if "avx512f" not in cpu_flags():
+        pytest.skip("runs AVX-512 code: this CPU has no avx512f")
+    _avx512_matches_onnxruntime(model, (1, 24, 14, 14))
+
+
+def _classifier_model() -> onnx.ModelProto:
+    """Global average pool of 64 channels, then a fully connected layer to 80 classes (more columns than
+    the generic schedule keeps in one vector accumulator); random weights."""
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array(rng.standard_normal((80, 64)).astype(np.float32), "fc_w")
+    b = numpy_helper.from_array(rng.standard_normal(80).astype(np.float32), "fc_b")
+    g = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 80])],
+        [w, b],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_x86_float_classifier_reads_weight_rows_in_order_and_matches_onnxruntime():
+    """x86: the fully connected layer's reduction is its outermost loop (each weight row read once, in
+    order, into the row of sums); rasp4b keeps its register-tiled schedule. The x86 build matches ONNX
+    Runtime."""
+
+    from edgefleet.compiler.schedules import schedule_func
+
+    model = _classifier_model()
+    outer = {}
+    for name in ("x86_64", "rasp4b"):
+        tgt = tvm_target(resolve_target(name))
+        for gv, func in fused_kernels(model, tgt).functions.items():
+            if isinstance(func, tirx.PrimFunc) and "matmul" in gv.name_hint:
+                sch = schedule_func(func, tgt)
+                loops = sch.get_loops(sch.get_sblock("matmul_update"))
+                outer[name] = [str(sch.get(loop).loop_var) for loop in loops]
+    # x86: row, reduction, column vectors; rasp4b: the parallel column strips first.
+    assert outer["x86_64"] == ["i0", "k", "i1_0", "i1_1"], outer
+    assert outer["rasp4b"][0] == "i0_i1_0_fused", outer
+    _, actual, expected = _compile_and_compare(model)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
