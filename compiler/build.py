@@ -53,7 +53,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         _guarded(
             graph.nchwc_layout(
                 x86_rewrites=target.arch == "x86_64",
-                narrow_float_outputs=str(tgt.attrs.get("mtriple", "")).startswith("aarch64"),
+                narrow_float_outputs=graph.is_aarch64(tgt),
             ),
             "the NCHWc layout step",
             "convolutions stay in NCHW (slower)",

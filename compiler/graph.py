@@ -1436,7 +1436,7 @@ def is_aarch64(target: tvm.target.Target) -> bool:
 def has_dot_product(target: tvm.target.Target) -> bool:
     """Whether `target` is AArch64 with the Armv8.2 dot product (SDOT/UDOT), e.g. rasp5's Cortex-A76."""
     mattr = [str(a) for a in target.attrs.get("mattr", [])]
-    return str(target.attrs.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
+    return is_aarch64(target) and "+dotprod" in mattr
 
 
 def has_vnni(target: tvm.target.Target) -> bool:

@@ -27,7 +27,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-from edgefleet.compiler.graph import grouped_output_blocks
+from edgefleet.compiler.graph import grouped_output_blocks, is_aarch64
 
 # At most this many output pixels per register tile (more only lengthens the unrolled body).
 MAX_REG_TILE = 14
@@ -90,7 +90,7 @@ def _unroll_channels(target: tvm.target.Target) -> bool:
     shuffle accumulators between registers: 2.2x the instructions of a SqueezeNet 3x3). ARMv7 (16
     registers, tiles of 2) counted 12% more with it (SqueezeNet on rasp3b: 275.5 M instead of
     245.3 M); x86 keeps its schedule."""
-    return str(target.attrs.get("mtriple", "")).startswith("aarch64")
+    return is_aarch64(target)
 
 
 def register_tile(target: tvm.target.Target, block: int = 16) -> int:
@@ -517,7 +517,7 @@ def _lane_multiplies(sch: s_tir.Schedule, conv, target: tvm.target.Target, ic_bn
     out = block.writes[0].source
     operands = {str(r.source.dtype) for r in block.reads if not r.source.same_as(out)}
     return (
-        str(target.attrs.get("mtriple", "")).startswith("aarch64")
+        is_aarch64(target)
         and str(out.dtype) == "int32"
         and operands == {"int16"}
         and ic_bn % LANE_CHANNELS == 0
