@@ -334,26 +334,9 @@ def test_int8_tflite_mobilenetv2_runs_blocked_and_equals_litert_reference_kernel
     float graph), and the outputs equal to LiteRT's reference kernels. Before, the NCHWc step failed on
     these graphs (a boolean layout transform from the requantization's `where`) and every convolution
     ran unblocked."""
-    import sys
-    from pathlib import Path
-
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edgefleet.compiler.frontends import frontend_for
-
-    root = Path(__file__).resolve().parents[2]
-    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
-    from tflite_models import mobilenetv2_tflite
-
-    path = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=32, int8=True)
-    tflite = frontend_for("tflite")
-    parsed = tflite.load(path)
-    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
-    notes: list[str] = []
-    fallbacks = KernelFallbacks(notes.append)
-    with tvm_target(TARGET):
-        lowered = _optimize_pipeline(TARGET, 0, fallbacks)(mod)
-    assert not notes and not fallbacks.fallbacks, notes
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, "x86_64", 32)
     kernels = _kernels(lowered)
     convs = [n for n in kernels if "conv2d" in n]
     assert len(convs) >= 30 and all("NCHWc" in n for n in convs), sorted(kernels)
@@ -417,8 +400,9 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
     assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)
 
 
-def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
-    """TVMScript of each kernel of a 56x56 full-integer MobileNetV2 compiled for `target` (no fallback)."""
+def _lowered_int8_mobilenetv2(tmp_path, target: str, size: int):
+    """(the .tflite path, the lowered module) of a size x size full-integer MobileNetV2 compiled for
+    `target` (a name or a JSON target), no kernel fallen back."""
     import sys
     from pathlib import Path
 
@@ -428,14 +412,22 @@ def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
     sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
     from tflite_models import mobilenetv2_tflite
 
+    path = mobilenetv2_tflite(tmp_path / f"mnv2_int8_{size}.tflite", size=size, int8=True)
     tflite = frontend_for("tflite")
-    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
+    parsed = tflite.load(path)
     mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
     resolved = resolve_target(target)
     notes: list[str] = []
+    fallbacks = KernelFallbacks(notes.append)
     with tvm_target(resolved):
-        lowered = _optimize_pipeline(resolved, 0, KernelFallbacks(notes.append))(mod)
-    assert not notes, notes
+        lowered = _optimize_pipeline(resolved, 0, fallbacks)(mod)
+    assert not notes and not fallbacks.fallbacks, notes
+    return path, lowered
+
+
+def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
+    """TVMScript of each kernel of a 56x56 full-integer MobileNetV2 compiled for `target` (no fallback)."""
+    _, lowered = _lowered_int8_mobilenetv2(tmp_path, target, 56)
     return {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
@@ -486,29 +478,12 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     16) is one loop nest, not one parallel loop and buffer per operation. On both libraries depthwise
     convolutions run on int8 and every rescale's high multiply is on int32 lanes. Numerics and the instruction
     in the library: tests/compiler/test_compile_int8_vnni.py."""
-    import sys
-    from pathlib import Path
-
-    from edgefleet.compiler.frontends import frontend_for
     from edgefleet.compiler.targets import ISA_LEVELS
 
-    root = Path(__file__).resolve().parents[2]
-    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
-    from tflite_models import mobilenetv2_tflite
-
-    tflite = frontend_for("tflite")
-    parsed = tflite.load(mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True))
-    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
-    scripts = {}
-    for level in ("x86-64-v4-vnni", "x86-64-v4"):
-        target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
-        notes: list[str] = []
-        with tvm_target(target):
-            lowered = _optimize_pipeline(target, 0, KernelFallbacks(notes.append))(mod)
-        assert not notes, notes
-        scripts[level] = {
-            gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)
-        }
+    scripts = {
+        level: _int8_mobilenetv2_kernels(tmp_path, json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
+        for level in ("x86-64-v4-vnni", "x86-64-v4")
+    }
     vnni = scripts["x86-64-v4-vnni"]
     dot = [n for n in vnni if n.startswith("fused_conv2d_NCHWc_int8")]
     assert len(dot) >= 15, sorted(vnni)
@@ -1169,27 +1144,14 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
     block's accumulator kept over the whole reduction. Before, it multiplied widened int8 weights with
     `vpmulld` in the generic schedule. Outputs bit for bit against LiteRT's reference kernels where the
     CPU has VNNI."""
-    import sys
-    from pathlib import Path
-
     from edgefleet.agent.variants import cpu_flags
-    from edgefleet.compiler.frontends import frontend_for
     from edgefleet.compiler.targets import ISA_LEVELS
 
-    root = Path(__file__).resolve().parents[2]
-    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
-    from compiler_testlib import litert_reference
-    from tflite_models import mobilenetv2_tflite
+    vnni = json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target})
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, vnni, 32)
+    from compiler_testlib import litert_reference  # on sys.path from the helper
 
-    path = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=32, int8=True)
-    tflite = frontend_for("tflite")
-    parsed = tflite.load(path)
-    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
-    target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target}))
-    notes: list[str] = []
-    with tvm_target(target):
-        lowered = _optimize_pipeline(target, 0, KernelFallbacks(notes.append))(mod)
-    assert not notes, notes
+    target = resolve_target(vnni)
     kernels = _kernels(lowered)
     dense = [n for n in kernels if "matmul" in n]
     assert len(dense) == 1 and dense[0].startswith("fused_matmul_vnni") and kernels[dense[0]], sorted(kernels)
