@@ -1200,3 +1200,49 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
         np.testing.assert_array_equal(actual, litert_reference(path, x))
         outputs.append(actual)
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
+
+
+def test_x86_vnni_8_channel_block_rescales_two_pixels_per_register_and_equal_litert_reference_kernels(tmp_path):
+    """MobileNetV2-0.35's 8-channel-block convolutions (vpdpbusd on 8 lanes), the residual ones too,
+    requantize with the int32 high multiply (x86_intrin.RDHM_OP) on whole AVX-512 registers: the
+    epilogue's pixel and channel loops fused, two pixels per 16 lanes (schedules._vectorize_epilogue).
+    Before, the accumulator of an 8-channel block was widened to 64 bits for the rescale. Outputs bit
+    for bit against LiteRT's reference kernels where the CPU has VNNI."""
+    import sys
+    from pathlib import Path
+
+    from edgefleet.agent.variants import cpu_flags
+    from edgefleet.compiler.frontends import frontend_for
+    from edgefleet.compiler.targets import ISA_LEVELS
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
+    from compiler_testlib import litert_reference
+    from tflite_models import mobilenetv2_tflite
+
+    path = mobilenetv2_tflite(tmp_path / "mnv2_035_int8.tflite", size=32, width=0.35, int8=True)
+    tflite = frontend_for("tflite")
+    parsed = tflite.load(path)
+    mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
+    target = resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target}))
+    notes: list[str] = []
+    with tvm_target(target):
+        lowered = _optimize_pipeline(target, 0, KernelFallbacks(notes.append))(mod)
+    assert "conv2d" not in " ".join(notes), notes  # at 32x32 a slice and a layout transform stay generic
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    eight = {n: s for n, s in scripts.items() if "llvm.x86.avx512.vpdpbusd.256" in s}
+    residual = [n for n in eight if n.count("rounding_doubling_high_mul") >= 2]
+    assert len(eight) >= 3 and residual, sorted(scripts)
+    assert not [n for n, s in eight.items() if not X86_HIGH_MUL.search(s) or WIDENED_ACC.search(s)], sorted(eight)
+    assert all("T.vectorized(T.int64(16))" in s for s in eight.values()), sorted(eight)
+    if "avx512_vnni" not in cpu_flags():
+        return
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
+    outputs = []
+    for seed in range(2):
+        x = np.random.default_rng(50 + seed).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
+        out = vm["main"](tvm.runtime.tensor(x))
+        actual = (out if hasattr(out, "numpy") else out[0]).numpy()
+        np.testing.assert_array_equal(actual, litert_reference(path, x))
+        outputs.append(actual)
+    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
