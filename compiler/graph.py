@@ -1922,12 +1922,23 @@ def _const_value(expr: relax.Expr | None) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.expr.GenericConst) else None
 
 
+def _whole_registers(shape: list[int] | None, lanes: int) -> bool:
+    """Whether a tensor's last axis is whole registers of `lanes` int32, or half of one on rows of
+    pixel pairs (8 channels on AVX-512: schedules._vectorize_epilogue fills a register with two pixels)."""
+    if not shape:
+        return False
+    if shape[-1] % lanes == 0:
+        return True
+    return shape[-1] % (lanes // 2) == 0 and len(shape) > 1 and shape[-2] % 2 == 0
+
+
 def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
     """The int8 rescale's 64-bit high multiply as AArch64's SQRDMULH on int32 lanes (run after
     `nchwc_layout`, dot-product targets: see build.py), or, given `x86_lanes` (int32 lanes per
     vector register), as `x86_rounding_doubling_high_mul` (the same integers) where the last axis
-    is whole registers: a narrower one (8 channels on AVX-512) keeps its 64-bit product, whose 8
-    int64 lanes fill one register (5 instructions, 8 on even and odd lanes).
+    is whole registers, or half of one on rows of an even number of pixels (two pixels' 8 channels
+    per AVX-512 register in the convolution epilogues); another narrow one keeps its 64-bit product,
+    whose 8 int64 lanes fill one register (5 instructions, 8 on even and odd lanes of 8).
 
     tflite_quant.py writes TFLite's SaturatingRoundingDoublingHighMul of (acc + bias) by the Q31
     multiplier q as `(int64(acc) * q + (bias q + 2^30)) >> 31` (the bias folded into the rounding
@@ -1947,7 +1958,7 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
                 return call
             acc, bias, q = found
             shape = _static_shape(acc)
-            if x86_lanes and (not shape or shape[-1] % x86_lanes):
+            if x86_lanes and not _whole_registers(shape, x86_lanes):
                 return call
             if np.any(bias):
                 acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))

@@ -253,7 +253,7 @@ def _finish_conv(
 ) -> s_tir.Schedule:
     """Split off the accumulator init, vectorize the epilogue's inner loop, schedule the pads."""
     sch.decompose_reduction(conv, reduction_loop)
-    _vectorize_epilogue(sch, epi)
+    _vectorize_epilogue(sch, epi, target)
     for pad in pads:
         _schedule_pad(sch, pad, target)
     return sch
@@ -299,13 +299,23 @@ def _epilogue_at(sch: s_tir.Schedule, epi, loop) -> None:
         _vectorize(sch, block, sch.get_loops(block)[-1])
 
 
-def _vectorize_epilogue(sch: s_tir.Schedule, epi) -> None:
+def _vectorize_epilogue(sch: s_tir.Schedule, epi, target: tvm.target.Target) -> None:
     from edgefleet.compiler.x86_intrin import RDHM_OP
 
     loops = sch.get_loops(epi)
-    _vectorize(sch, epi, loops[-1])
     pixels = _extent(sch, loops[-2]) if len(loops) > 1 else None
-    if RDHM_OP.removeprefix("tirx.") in str(sch.get(epi)) and pixels is not None and pixels <= _EPILOGUE_UNROLL_MAX:
+    if RDHM_OP.removeprefix("tirx.") not in str(sch.get(epi)) or pixels is None:
+        _vectorize(sch, epi, loops[-1])
+        return
+    if 2 * _extent(sch, loops[-1]) == vector_lanes(target) and pixels % 2 == 0:
+        # Half-register channel blocks (8 on AVX-512): two pixels' channels, contiguous in NCHWc,
+        # fill one register, so the high multiply runs on whole registers (graph.sqrdmulh_rescales).
+        loops[-2], inner = sch.split(sch.fuse(loops[-2], loops[-1]), [pixels // 2, None])
+        pixels //= 2
+        sch.vectorize(inner)
+    else:
+        _vectorize(sch, epi, loops[-1])
+    if pixels <= _EPILOGUE_UNROLL_MAX:
         sch.unroll(loops[-2])
 
 
@@ -460,7 +470,7 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     sch.tensorize(oc_i, intrin)
     sch.unroll(ow_i)
     sch.unroll(oc_o)
-    _vectorize_epilogue(sch, epi)
+    _vectorize_epilogue(sch, epi, target)
     for pad in pads:
         _schedule_pad(sch, pad, target)
     return sch
@@ -561,7 +571,7 @@ def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target)
     init = sch.decompose_reduction(conv, ic_o)
     sch.tensorize(ow_i, smlal_lane_intrin(tile, ocb_n // passes))
     sch.vectorize(sch.get_loops(init)[-1])
-    _vectorize_epilogue(sch, epi)
+    _vectorize_epilogue(sch, epi, target)
     for pad in pads:
         _schedule_pad(sch, pad, target)
     return sch

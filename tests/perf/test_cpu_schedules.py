@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.pipeline import fused_kernels
 
-from edgefleet.compiler.targets import resolve_target
+from edgefleet.compiler.targets import ISA_LEVELS, resolve_target
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax, tirx  # noqa: E402
@@ -400,9 +400,9 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
     assert len(convs) == 2 and all("NCHWc" in n for n in convs), sorted(kernels)
 
 
-def _lowered_int8_mobilenetv2(tmp_path, target: str, size: int):
+def _lowered_int8_mobilenetv2(tmp_path, target: str, size: int, width: float = 1.0, convs_only: bool = False):
     """(the .tflite path, the lowered module) of a size x size full-integer MobileNetV2 compiled for
-    `target` (a name or a JSON target), no kernel fallen back."""
+    `target` (a name or a JSON target), no kernel fallen back (`convs_only`: no convolution)."""
     import sys
     from pathlib import Path
 
@@ -412,7 +412,7 @@ def _lowered_int8_mobilenetv2(tmp_path, target: str, size: int):
     sys.path[:0] = [str(root / "tests" / "compiler"), str(root / "benchmarks" / "qemu_insn")]
     from tflite_models import mobilenetv2_tflite
 
-    path = mobilenetv2_tflite(tmp_path / f"mnv2_int8_{size}.tflite", size=size, int8=True)
+    path = mobilenetv2_tflite(tmp_path / f"mnv2_{width}_int8_{size}.tflite", size=size, width=width, int8=True)
     tflite = frontend_for("tflite")
     parsed = tflite.load(path)
     mod = tflite.to_relax(parsed, tflite.input_specs(parsed, {}, []), [])
@@ -421,8 +421,35 @@ def _lowered_int8_mobilenetv2(tmp_path, target: str, size: int):
     fallbacks = KernelFallbacks(notes.append)
     with tvm_target(resolved):
         lowered = _optimize_pipeline(resolved, 0, fallbacks)(mod)
-    assert not notes and not fallbacks.fallbacks, notes
+    if convs_only:
+        assert "conv2d" not in " ".join(notes), notes
+    else:
+        assert not notes and not fallbacks.fallbacks, notes
     return path, lowered
+
+
+VNNI_TARGET = json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target})
+
+
+def _assert_vnni_equals_litert_reference_kernels(lowered, path, size: int, seed: int) -> None:
+    """Where the CPU has VNNI: the lowered int8 model's outputs on two inputs equal LiteRT's reference
+    kernels bit for bit and depend on the input."""
+    from compiler_testlib import litert_reference  # on sys.path from _lowered_int8_mobilenetv2
+
+    from edgefleet.agent.variants import cpu_flags
+
+    if "avx512_vnni" not in cpu_flags():
+        return
+    target = tvm_target(resolve_target(VNNI_TARGET))
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=target, relax_pipeline=None), tvm.cpu())
+    outputs = []
+    for offset in range(2):
+        x = np.random.default_rng(seed + offset).integers(-128, 128, (1, size, size, 3)).astype(np.int8)
+        out = vm["main"](tvm.runtime.tensor(x))
+        actual = (out if hasattr(out, "numpy") else out[0]).numpy()
+        np.testing.assert_array_equal(actual, litert_reference(path, x))
+        outputs.append(actual)
+    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5
 
 
 def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
@@ -478,7 +505,6 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     16) is one loop nest, not one parallel loop and buffer per operation. On both libraries depthwise
     convolutions run on int8 and every rescale's high multiply is on int32 lanes. Numerics and the instruction
     in the library: tests/compiler/test_compile_int8_vnni.py."""
-    from edgefleet.compiler.targets import ISA_LEVELS
 
     scripts = {
         level: _int8_mobilenetv2_kernels(tmp_path, json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
@@ -521,8 +547,6 @@ def test_x86_rescale_high_multiply_is_exact_and_vpmuldq_on_even_and_odd_lanes(le
     form an odd width takes. On AVX-512 the 16-lane product is two vpmuldq on the registers as they
     are, no widening to 64-bit lanes (vpmovsxdq / vpmovzxdq) or narrowing back (vpmovqd)."""
     from tvm import te
-
-    from edgefleet.compiler.targets import ISA_LEVELS
 
     rng = np.random.default_rng(5)
     edges = np.array([-(2**31), 2**31 - 1, 0, 1, -1, 2, -2, 3, -3, 2**30, -(2**30), 12345, -12345], np.int64)
@@ -1144,30 +1168,13 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
     block's accumulator kept over the whole reduction. Before, it multiplied widened int8 weights with
     `vpmulld` in the generic schedule. Outputs bit for bit against LiteRT's reference kernels where the
     CPU has VNNI."""
-    from edgefleet.agent.variants import cpu_flags
-    from edgefleet.compiler.targets import ISA_LEVELS
-
-    vnni = json.dumps({"kind": "llvm", **ISA_LEVELS["x86-64-v4-vnni"].tvm_target})
-    path, lowered = _lowered_int8_mobilenetv2(tmp_path, vnni, 32)
-    from compiler_testlib import litert_reference  # on sys.path from the helper
-
-    target = resolve_target(vnni)
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 32)
     kernels = _kernels(lowered)
     dense = [n for n in kernels if "matmul" in n]
     assert len(dense) == 1 and dense[0].startswith("fused_matmul_vnni") and kernels[dense[0]], sorted(kernels)
     script = lowered[dense[0]].script()
     assert "llvm.x86.avx512.vpdpbusd.512" in script and "T.unroll(T.int64(7))" in script, script
-    if "avx512_vnni" not in cpu_flags():
-        return
-    vm = relax.VirtualMachine(tvm.compile(lowered, target=tvm_target(target), relax_pipeline=None), tvm.cpu())
-    outputs = []
-    for seed in range(2):
-        x = np.random.default_rng(40 + seed).integers(-128, 128, (1, 32, 32, 3)).astype(np.int8)
-        out = vm["main"](tvm.runtime.tensor(x))
-        actual = (out if hasattr(out, "numpy") else out[0]).numpy()
-        np.testing.assert_array_equal(actual, litert_reference(path, x))
-        outputs.append(actual)
-    assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5  # input-dependent
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 32, seed=40)
 
 
 def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights(tmp_path):
@@ -1260,3 +1267,20 @@ def test_x86_float_classifier_reads_weight_rows_in_order_and_matches_onnxruntime
     assert outer["rasp4b"][0] == "i0_i1_0_fused", outer
     _, actual, expected = _compile_and_compare(model)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_x86_vnni_8_channel_block_rescales_two_pixels_per_register_and_equal_litert_reference_kernels(tmp_path):
+    """MobileNetV2-0.35's 8-channel-block convolutions (vpdpbusd on 8 lanes), the residual ones too,
+    requantize with the int32 high multiply (x86_intrin.RDHM_OP) on whole AVX-512 registers: the
+    epilogue's pixel and channel loops fused, two pixels per 16 lanes (schedules._vectorize_epilogue).
+    Before, the accumulator of an 8-channel block was widened to 64 bits for the rescale. Outputs bit
+    for bit against LiteRT's reference kernels where the CPU has VNNI."""
+    # At 32x32 a slice and a layout transform stay on the generic schedule.
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 32, width=0.35, convs_only=True)
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    eight = {n: s for n, s in scripts.items() if "llvm.x86.avx512.vpdpbusd.256" in s}
+    residual = [n for n in eight if n.count("rounding_doubling_high_mul") >= 2]
+    assert len(eight) >= 3 and residual, sorted(scripts)
+    assert not [n for n, s in eight.items() if not X86_HIGH_MUL.search(s) or WIDENED_ACC.search(s)], sorted(eight)
+    assert all("T.vectorized(T.int64(16))" in s for s in eight.values()), sorted(eight)
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 32, seed=50)
