@@ -3,8 +3,11 @@ and that the fast paths are really taken (blocked layout, scheduled kernels, few
 
 from __future__ import annotations
 
+import functools
 import json
+import pathlib
 import re
+import tempfile
 from collections import Counter
 
 import numpy as np
@@ -452,20 +455,23 @@ def _assert_vnni_equals_litert_reference_kernels(lowered, path, size: int, seed:
     assert outputs[0].tobytes() != outputs[1].tobytes() and len(np.unique(outputs[0])) > 5
 
 
-def _int8_mobilenetv2_kernels(tmp_path, target: str) -> dict[str, str]:
-    """TVMScript of each kernel of a 56x56 full-integer MobileNetV2 compiled for `target` (no fallback)."""
-    _, lowered = _lowered_int8_mobilenetv2(tmp_path, target, 56)
+@functools.cache
+def _int8_mobilenetv2_kernels(target: str) -> dict[str, str]:
+    """TVMScript of each kernel of a 56x56 full-integer MobileNetV2 compiled for `target` (no fallback),
+    once per target for all the tests that read it."""
+    with tempfile.TemporaryDirectory() as work:
+        _, lowered = _lowered_int8_mobilenetv2(pathlib.Path(work), target, 56)
     return {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 
-def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product(tmp_path):
+def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product():
     """SQRDMULH and SRSHL are ARMv8.0 AdvSIMD: rasp4b (Cortex-A72, no dot product) rescales on int32
     lanes with them too (graph.sqrdmulh_rescales, graph.rounding_shifts; the 64-bit product before), in
     its int16-by-lane convolutions and its depthwise ones alike, while no convolution goes to SDOT; the
     int8 narrowing after the rescale is kept out of its 4-lane pieces.
     armv7 (rasp3b) is not AArch64 and keeps the 64-bit form. Numerics: tests/cross/test_cross_int8_dot.py."""
     assert not graph.is_aarch64(tvm_target(resolve_target("rasp3b")))
-    scripts = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
+    scripts = _int8_mobilenetv2_kernels("rasp4b")
     assert not [n for n in scripts if "conv2d_NCHWc_int8" in n or "llvm.aarch64.neon.sdot" in scripts[n]]
     rescaled = [n for n, s in scripts.items() if "llvm.aarch64.neon.sqrdmulh" in s]
     assert sum("llvm.aarch64.neon.srshl" in scripts[n] for n in rescaled) >= 30
@@ -477,11 +483,11 @@ def test_rasp4b_int8_rescales_run_sqrdmulh_and_srshl_without_dot_product(tmp_pat
     assert len(apart) >= 30 and [n for n in apart if n.startswith("fused_depthwise")], apart
 
 
-def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
+def test_rasp5_int8_convolutions_all_tensorize_sdot():
     """For a dot-product target every dense int8 convolution runs on raw int8 operands and gets the SDOT
     schedule, rows of 28, 14 and 7 pixels included (a tile that did not divide the row failed to tensorize, and the kernel fell back
     silently to the generic schedule), and the rescales run on SQRDMULH and SRSHL. Numerics: tests/cross/test_cross_int8_dot.py."""
-    scripts = _int8_mobilenetv2_kernels(tmp_path, "rasp5")
+    scripts = _int8_mobilenetv2_kernels("rasp5")
     dot = [n for n in scripts if n.startswith("fused_conv2d_NCHWc_int8")]
     assert len(dot) >= 15, sorted(scripts)
     assert all("llvm.aarch64.neon.sdot" in scripts[n] for n in dot), [n for n in dot if "sdot" not in scripts[n]]
@@ -497,7 +503,7 @@ def test_rasp5_int8_convolutions_all_tensorize_sdot(tmp_path):
     assert sum("llvm.aarch64.neon.srshl" in scripts[n] for n in shifts) >= 30
 
 
-def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_are_one_loop(tmp_path):
+def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_are_one_loop():
     """For an x86 target with AVX-512 VNNI (the x86_64 package's x86-64-v4-vnni library) every dense int8
     convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
@@ -507,7 +513,7 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     in the library: tests/compiler/test_compile_int8_vnni.py."""
 
     scripts = {
-        level: _int8_mobilenetv2_kernels(tmp_path, json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
+        level: _int8_mobilenetv2_kernels(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
         for level in ("x86-64-v4-vnni", "x86-64-v4")
     }
     vnni = scripts["x86-64-v4-vnni"]
@@ -1177,17 +1183,17 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 32, seed=40)
 
 
-def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights(tmp_path):
+def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights():
     """For a dot-product target the int8 fully connected layer multiplies the raw int8 row by int8 weights
     packed for SDOT (graph.dot_product_dense, schedules.DenseDot: `matmul_dot`, tensorized; before, int32
     multiply-adds on int32 weights); rasp4b (no dot product) keeps the int32 matmul. Numerics:
     tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
-    rasp5 = _int8_mobilenetv2_kernels(tmp_path, "rasp5")
+    rasp5 = _int8_mobilenetv2_kernels("rasp5")
     dense = [n for n in rasp5 if "matmul" in n]
     assert len(dense) == 1 and dense[0].startswith("fused_matmul_dot"), sorted(rasp5)
     script = rasp5[dense[0]]
     assert "llvm.aarch64.neon.sdot" in script and "T.Buffer((T.int64(250), T.int64(" in script, script
-    rasp4b = _int8_mobilenetv2_kernels(tmp_path, "rasp4b")
+    rasp4b = _int8_mobilenetv2_kernels("rasp4b")
     assert [n for n in rasp4b if "matmul" in n] and not [n for n in rasp4b if "matmul_dot" in n]
 
 
