@@ -33,6 +33,13 @@ X86_HIGH_MUL = re.compile(r"edgefleet_x86_rounding_doubling_high_mul\(\w*conv2d_
 WIDENED_ACC = re.compile(r'T\.Cast\("int64", \w*conv2d_NCHWc\w*\[')
 
 
+def _onnx_model(*graph_args) -> onnx.ModelProto:
+    """An opset-13 ONNX model of `helper.make_graph(*graph_args)` (IR version 8, ORT's)."""
+    model = helper.make_model(helper.make_graph(*graph_args), opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
 def _conv(rng, x, cin, cout, k, stride, groups=1, name="c"):
     w = numpy_helper.from_array(
         (rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), f"{name}_w"
@@ -67,15 +74,13 @@ def _odd_channels_model() -> onnx.ModelProto:
     inits.append(numpy_helper.from_array((rng.standard_normal((10, 24 * 6 * 6)) * 0.05).astype(np.float32), "fc_w"))
     inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"))
     nodes.append(helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["out"], transB=1))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "odd",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 26, 26])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 10])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -132,15 +137,13 @@ def test_variadic_onnx_ops_become_element_wise_chains_and_dropout_disappears(op,
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32), "k")]
     nodes = [helper.make_node(op, ["x", "k", "x"], ["s"]), helper.make_node("Dropout", ["s"], ["y"])]
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     mod = graph.cleanup()(from_onnx(model, keep_params_in_input=False))
     ops = Counter(re.findall(r"R\.([a-z_.0-9]+)\(", mod["main"].script(show_meta=False)))
     assert ops[chain] == 2 and ops["stack"] == 0 and ops["nn.dropout"] == 0, ops
@@ -171,15 +174,13 @@ def test_pooling_after_a_first_layer_runs_blocked():
                 helper.make_node("Relu", ["c1"], ["r1"]),
                 helper.make_node("MaxPool", ["r1"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
             ]
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "pool",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])],
         [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 7, 7])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     lowered, actual, expected = _compile_and_compare(model)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
     # Into NCHW3c and out to NCHW only; a pool left in NCHW would add a transform on each side.
@@ -262,15 +263,13 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
         inits += i
         nodes.append(helper.make_node("Relu", [spec[6]], [{"c1": "r1", "dw": "r2", "c3": "r3"}[spec[6]]]))
     nodes.append(helper.make_node("ReduceMean", ["r3"], ["out"], axes=[2, 3], keepdims=0))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "narrow",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     lowered, actual, expected = _compile_and_compare(model)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
     assert len(np.unique(actual.round(4))) == 4 and np.abs(actual).max() > 1e-3  # input-dependent, not all zero
@@ -299,15 +298,13 @@ def test_aarch64_float_convs_with_24_outputs_take_8_channel_blocks_without_paddi
         nodes.append(n)
         inits += i
     nodes.insert(1, helper.make_node("Relu", ["c1"], ["r1"]))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "project",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 32, 6, 6])],
         [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 48, 6, 6])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
 
     def kernels(target: str) -> list[str]:
         tgt = resolve_target(target)
@@ -386,15 +383,13 @@ def test_a_where_between_blocked_convolutions_keeps_the_layout_step(capsys):
         c2,
     ]
     consts = [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(0.1), "slope")]
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "where",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
         [helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 16, 12, 12])],
         i1 + i2 + consts,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     lowered, actual, expected = _compile_and_compare(model)
     assert "layout step failed" not in capsys.readouterr().out
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
@@ -599,15 +594,13 @@ def _silu_softmax_model() -> onnx.ModelProto:
     ]
     bins = numpy_helper.from_array(np.array([1, 8, 4, 100], np.int64), "bins")
     dfl = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1), "dfl")
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "silu_softmax",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 20, 20])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 100])],
         [*w1, *w2, bins, dfl],
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -681,15 +674,13 @@ def _c2f_model() -> onnx.ModelProto:
             inits.append(numpy_helper.from_array(np.array([1], np.int64), "channels"))
         if name == "m":
             nodes.append(helper.make_node("Concat", ["a", "b", "m"], ["cat"], axis=1))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "c2f",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 16, 12, 12])],
         [helper.make_tensor_value_info("cv2", TensorProto.FLOAT, [1, 32, 12, 12])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -723,15 +714,13 @@ def _fire_model() -> onnx.ModelProto:
         nodes.append(helper.make_node("Concat", [f"{fire}_e1", f"{fire}_e3"], [fire], axis=1))
         if fire == "f1":
             nodes.append(helper.make_node("MaxPool", ["f1"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "fire",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 40, 40])],
         [helper.make_tensor_value_info("f2", TensorProto.FLOAT, [1, 64, 10, 10])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -771,15 +760,13 @@ def _padded_classifier_model() -> onnx.ModelProto:
         helper.make_node("GlobalAveragePool", ["head_relu"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["out"]),
     ]
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "head",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 13, 13])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 20])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -818,15 +805,13 @@ def _mixed_block_residual_model() -> onnx.ModelProto:
                 helper.make_node("Add", [name, residual], [f"{name}_sum"]),
                 helper.make_node("Relu", [f"{name}_sum"], [out]),
             ]
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "mixed_blocks",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 12, 12])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 48, 12, 12])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -923,15 +908,13 @@ def _dense_convs_model() -> onnx.ModelProto:
             nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
         if spec[-1] == "c2":
             nodes.append(helper.make_node("Add", ["c2", "r1"], ["s"]))
-    g = helper.make_graph(
+    model = _onnx_model(
         nodes,
         "dense",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 13, 13])],
         [helper.make_tensor_value_info("c3", TensorProto.FLOAT, [1, 48, 13, 13])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -986,15 +969,13 @@ def _large_and_small_convs_model() -> onnx.ModelProto:
     rng = np.random.default_rng(6)
     large, large_w = _conv(rng, "x", 64, 64, 3, 1, name="large")
     small, small_w = _conv(rng, "large", 64, 16, 1, 4, name="small")
-    g = helper.make_graph(
+    model = _onnx_model(
         [large, small],
         "large_small",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 28, 28])],
         [helper.make_tensor_value_info("small", TensorProto.FLOAT, [1, 16, 7, 7])],
         large_w + small_w,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -1110,7 +1091,7 @@ def _depthwise_model() -> onnx.ModelProto:
         node, weights = _conv(rng, *spec[:5], groups=32, name=spec[5])
         nodes.append(node)
         inits += weights
-    g = helper.make_graph(
+    model = _onnx_model(
         [*nodes, helper.make_node("MaxPool", ["d3"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
         + [helper.make_node("Add", ["d2", "p"], ["y"])],
         "depthwise",
@@ -1118,8 +1099,6 @@ def _depthwise_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 14, 14])],
         inits,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -1203,15 +1182,13 @@ def _odd_output_blocks_model() -> onnx.ModelProto:
     rng = np.random.default_rng(8)
     expand, expand_w = _conv(rng, "x", 24, 144, 1, 1, name="expand")
     down, down_w = _conv(rng, "r", 144, 48, 3, 2, name="down")
-    g = helper.make_graph(
+    model = _onnx_model(
         [expand, helper.make_node("Relu", ["expand"], ["r"]), down],
         "odd_blocks",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 14, 14])],
         [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, 48, 7, 7])],
         expand_w + down_w,
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
@@ -1236,7 +1213,7 @@ def _classifier_model() -> onnx.ModelProto:
     rng = np.random.default_rng(9)
     w = numpy_helper.from_array(rng.standard_normal((80, 64)).astype(np.float32), "fc_w")
     b = numpy_helper.from_array(rng.standard_normal(80).astype(np.float32), "fc_b")
-    g = helper.make_graph(
+    model = _onnx_model(
         [
             helper.make_node("GlobalAveragePool", ["x"], ["p"]),
             helper.make_node("Flatten", ["p"], ["f"]),
@@ -1247,8 +1224,6 @@ def _classifier_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 80])],
         [w, b],
     )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
     return model
 
 
