@@ -4,17 +4,33 @@ TVM 0.27's `ARM_DOT_4x4_i8_SDOT` implementation names its intermediate vectors, 
 TVMScript turns into "local" buffers; LowerTVMBuiltin keeps only "global" allocations on the
 stack, so each of the six became a TVMBackendAllocWorkspace / FreeWorkspace pair per tile row of
 the convolution (measured: 18% of MobileNetV2 1.0's instructions on rasp5, in the TVM runtime).
-This one computes the same SDOT as a single expression: nothing to allocate.
+This one computes the same SDOT as a single expression: nothing to allocate. Its description is
+written here too: importing TVM's `tvm.s_tir.tensor_intrin.arm_cpu` runs that package's
+`__init__`, which parses every target's intrinsics (CUDA's hundreds among them) at 12-24 s per
+process, the largest part of a small model's `edgefleet compile`.
 """
 
 from __future__ import annotations
 
 from tvm import tirx
 from tvm.s_tir import TensorIntrin
-from tvm.s_tir.tensor_intrin.arm_cpu import get_dotprod_intrin
 from tvm.script import tirx as T
 
 SDOT_4x4_I8 = "edgefleet_dot_4x4_i8i8s32_sdot"
+
+
+@T.prim_func(s_tir=True)
+def _sdot_4x4_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (4,), dtype="int8", offset_factor=1)
+    B = T.match_buffer(b, (4, 4), dtype="int8", offset_factor=1)
+    C = T.match_buffer(c, (4,), dtype="int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+        T.writes(C[0:4])
+        for i, k in T.grid(4, 4):
+            with T.sblock("update"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                C[vi] = C[vi] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vi, vk])
 
 
 @T.prim_func(s_tir=True)
@@ -35,8 +51,7 @@ def _sdot_4x4_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         )
 
 
-# The description (what the 4x4 block computes) is TVM's; only the implementation differs.
-TensorIntrin.register(SDOT_4x4_I8, get_dotprod_intrin("int8", "int32")[0], _sdot_4x4_impl)
+TensorIntrin.register(SDOT_4x4_I8, _sdot_4x4_desc, _sdot_4x4_impl)
 
 
 # Input channels per lane-indexed step: one 128-bit load of a pixel's int16 inputs feeds eight multiplies.
