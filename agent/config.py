@@ -226,7 +226,10 @@ class RuntimeConfig(Strict):
     on a camera whose cores run nothing else, after `edgefleet bench --threads N` shows a gain."""
 
     threads: int = Field(1, ge=1, le=256)
-    spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
+    spin: bool = False  # True: idle workers spin before they sleep (TVM's pool: 300000 yields)
+    # Which pool runs parallel kernels: edgefleet's (the caller takes a late worker's tasks;
+    # agent/native/edgefleet_pool.h) or TVM's (static split; kept for A/B and as a fallback).
+    pool: Literal["edgefleet", "tvm"] = "edgefleet"
     # A package's library to load instead of the best this CPU runs: an ISA level ("x86-64-v3") or a
     # member name (agent/variants.py; EDGEFLEET_LIBRARY overrides it).
     library: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
