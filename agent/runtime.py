@@ -204,10 +204,11 @@ def configure_pool(settings: RuntimeConfig) -> None:
     shim the pool when it loaded."""
     global _pool
     if _Runtime._loaded is not None and (settings.spin, settings.pool) != (_pool.spin, _pool.pool):
-        changed = "spinning" if settings.spin != _pool.spin else "pool"
+        what, setting = (
+            ("its workers' spinning", "spin") if settings.spin != _pool.spin else ("its thread pool", "pool")
+        )
         raise UsageError(
-            f"the runtime is already running: its workers' {changed} cannot change",
-            f"restart the agent to apply [runtime] {'spin' if changed == 'spinning' else 'pool'}",
+            f"the runtime is already running: {what} cannot change", f"restart the agent to apply [runtime] {setting}"
         )
     _pool = settings
     if _Runtime._loaded is not None:

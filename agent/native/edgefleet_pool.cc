@@ -29,9 +29,10 @@ namespace pool {
 namespace {
 
 // Measured (docs/performance.md, "A pool whose caller takes a late worker's share"); the
-// environment overrides them for measurements.
+// environment overrides them (EDGEFLEET_POOL_TASKS, EDGEFLEET_POOL_SPIN). kSpin is the spin of
+// `[runtime] spin = true`; the agent sets 0 for its default, false.
 constexpr int kTasksPerThread = 4;
-constexpr int kSpin = 0;
+constexpr int kSpin = 1000;
 constexpr uint32_t kClosed = UINT32_MAX;  // a task index past every job: nothing to claim
 
 int EnvInt(const char* name, int fallback, int least) {

@@ -394,11 +394,12 @@ with open_package({str(pkg)!r}, None) as opened:
     np.testing.assert_allclose(np.array(report["y"], np.float32), x @ weight.T, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "300000")])
+@pytest.mark.parametrize(("spin", "expected"), [(False, ["0", "0"]), (True, ["300000", "5000"])])
 def test_the_agents_runtime_settings_apply_before_the_workers_start(tiny_package, spin, expected):
     """[runtime] of the agent config reaches the camera runtime before its workers start: spinning
-    off sets TVM_THREAD_POOL_SPIN_COUNT=0 (over the environment's), on leaves TVM's; a pool of 2
-    runs the model; changing spinning once the runtime runs is refused with a reason."""
+    off sets TVM_THREAD_POOL_SPIN_COUNT=0 and EDGEFLEET_POOL_SPIN=0 (over the environment's), on
+    leaves them; a pool of 2 runs the model; changing spinning or the pool once the runtime runs
+    is refused with a reason."""
     result, _, key = tiny_package
     code = f"""
 import json, os, numpy as np
@@ -411,18 +412,22 @@ runtime.configure_pool(RuntimeConfig(threads=2, spin={spin}))
 with open_package({str(result.package)!r}, [load_public_key({str(public_path(key.path))!r})]) as opened:
     runtime.load_model(opened).run([np.zeros((1, 3, 32, 32), np.float32)])
 runtime.configure_pool(RuntimeConfig(threads=1, spin={spin}))
-try:
-    runtime.configure_pool(RuntimeConfig(threads=1, spin={not spin}))
-    refused = ""
-except UsageError as exc:
-    refused = str(exc)
-print(json.dumps({{"spin": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "refused": refused}}))
+refused = []
+for change in ({{"spin": {not spin}}}, {{"pool": "tvm"}}):
+    try:
+        runtime.configure_pool(RuntimeConfig(threads=1, spin={spin}).model_copy(update=change))
+        refused.append("")
+    except UsageError as exc:
+        refused.append(str(exc))
+spins = [os.environ.get(name) for name in ("TVM_THREAD_POOL_SPIN_COUNT", "EDGEFLEET_POOL_SPIN")]
+print(json.dumps({{"spin": spins, "refused": refused}}))
 """
-    proc = _python(code, {"TVM_THREAD_POOL_SPIN_COUNT": "300000"})
+    proc = _python(code, {"TVM_THREAD_POOL_SPIN_COUNT": "300000", "EDGEFLEET_POOL_SPIN": "5000"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["spin"] == expected
-    assert "spinning cannot change" in report["refused"]
+    assert "spinning cannot change" in report["refused"][0]
+    assert "pool cannot change" in report["refused"][1]
 
 
 @pytest.mark.parametrize(("threads", "workers"), [(1, 0), (2, 1)])
