@@ -221,9 +221,10 @@ class HealthConfig(Strict):
 
 class RuntimeConfig(Strict):
     """[runtime]: the camera runtime's thread pool. Defaults from measurements on two shared
-    cores (docs/performance.md, "Threads"): a second thread made small models 1.6-1.7x slower, and
-    workers that spin while idle (TVM's default) made two threads 7.6-9.3x slower than one. Set `threads` higher only
-    on a camera whose cores run nothing else, after `edgefleet bench --threads N` shows a gain."""
+    cores (docs/performance.md, "Threads"): on TVM's pool a second thread made small models up to
+    4.5x slower with one core busy, and spinning workers 7.6-9.3x; on edgefleet's pool two threads
+    were 0.67-0.98x one there, but 1.00-1.07x beside low-priority work, so one thread stays the
+    default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera."""
 
     threads: int = Field(1, ge=1, le=256)
     spin: bool = False  # True: idle workers spin before they sleep (TVM's pool: 300000 yields)
