@@ -222,9 +222,9 @@ class HealthConfig(Strict):
 class RuntimeConfig(Strict):
     """[runtime]: the camera runtime's thread pool. Defaults from measurements on two shared
     cores (docs/performance.md, "Threads"): on TVM's pool a second thread made small models up to
-    4.5x slower with one core busy, and spinning workers 7.6-9.3x; on edgefleet's pool two threads
-    were 0.67-0.98x one there, but 1.00-1.07x beside low-priority work, so one thread stays the
-    default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera."""
+    15.7x slower with one core busy, and spinning workers 7.6-9.3x; on edgefleet's pool two threads
+    were 0.63-0.98x one there (once 1.03), but up to 1.07x beside low-priority work, so one thread
+    stays the default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera."""
 
     threads: int = Field(1, ge=1, le=256)
     spin: bool = False  # True: idle workers spin before they sleep (TVM's pool: 300000 yields)

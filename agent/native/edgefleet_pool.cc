@@ -4,8 +4,8 @@
 // 64-bit word holding the job's epoch (high half) and the next task (low half): a worker that
 // wakes after its job has finished, or reads the next job's fields while they are being written,
 // fails its compare-and-swap on the changed epoch and claims nothing (a seqlock: the caller
-// closes the epoch before it rewrites the job's fields). Waiting threads spin `spin` pause
-// instructions, then sleep on a futex.
+// closes the epoch before it rewrites the job's fields). Idle workers spin `spin` pause
+// instructions, a waiting caller kCallerSpin, then they sleep on a futex.
 
 #include "edgefleet_pool.h"
 
@@ -33,6 +33,9 @@ namespace {
 // `[runtime] spin = true`; the agent sets 0 for its default, false.
 constexpr int kTasksPerThread = 4;
 constexpr int kSpin = 1000;
+// A caller waits only for tasks already running, so it spins before it sleeps whatever `spin`
+// says: asleep, it waits for its own wake-up too, behind other work on its core.
+constexpr int kCallerSpin = 2000;
 constexpr uint32_t kClosed = UINT32_MAX;  // a task index past every job: nothing to claim
 
 int EnvInt(const char* name, int fallback, int least) {
@@ -108,7 +111,7 @@ class Pool {
     caller_tasks_ += RunTasks(epoch);
     // Every task is taken by now: wait for those that workers are still running.
     for (uint32_t done; (done = done_.load(std::memory_order_acquire)) != tasks;) {
-      WaitWhileEqual(&done_, done, spin_, &caller_sleeping_);
+      WaitWhileEqual(&done_, done, kCallerSpin, &caller_sleeping_);
     }
     if (!error_.has_value()) return 0;
     tvm::ffi::details::SetSafeCallRaised(*error_);
