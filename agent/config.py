@@ -221,12 +221,16 @@ class HealthConfig(Strict):
 
 class RuntimeConfig(Strict):
     """[runtime]: the camera runtime's thread pool. Defaults from measurements on two shared
-    cores (docs/performance.md, "Threads"): a second thread made small models 1.6-1.7x slower, and
-    workers that spin while idle (TVM's default) made two threads 7.6-9.3x slower than one. Set `threads` higher only
-    on a camera whose cores run nothing else, after `edgefleet bench --threads N` shows a gain."""
+    cores (docs/performance.md, "Threads"): on TVM's pool a second thread made small models up to
+    15.7x slower with one core busy, and spinning workers 7.6-9.3x; on edgefleet's pool two threads
+    were 0.63-0.98x one there (once 1.03), but up to 1.07x beside low-priority work, so one thread
+    stays the default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera."""
 
     threads: int = Field(1, ge=1, le=256)
-    spin: bool = False  # True: TVM's default 300000-iteration spin before an idle worker sleeps
+    spin: bool = False  # True: idle workers spin before they sleep (TVM's pool: 300000 yields)
+    # Which pool runs parallel kernels: edgefleet's (the caller takes a late worker's tasks;
+    # agent/native/edgefleet_pool.h) or TVM's (static split; kept for A/B and as a fallback).
+    pool: Literal["edgefleet", "tvm"] = "edgefleet"
     # A package's library to load instead of the best this CPU runs: an ISA level ("x86-64-v3") or a
     # member name (agent/variants.py; EDGEFLEET_LIBRARY overrides it).
     library: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

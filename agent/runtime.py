@@ -36,9 +36,11 @@ class _Runtime:
                 "run the model with edgefleet.agent.runtime_worker",
             )
         self.bundle = bundle
+        # The shim reads the pool when it loads, TVM the spin count when its workers first start.
+        os.environ["EDGEFLEET_POOL"] = _pool.pool
         if not _pool.spin:
-            # TVM reads this once, when its pool's workers first start: before any model runs.
             os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+            os.environ["EDGEFLEET_POOL_SPIN"] = "0"
         # RTLD_GLOBAL: compiled models call TVM FFI symbols they do not link against.
         self.libs = [ctypes.CDLL(str(bundle.lib / name), mode=ctypes.RTLD_GLOBAL) for name in bundle.load_order()]
         self.api = _declare(self.libs[-1])
@@ -111,6 +113,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ef_model_output_copy": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]),
         "ef_model_free": (None, [ctypes.c_void_p]),
         "ef_set_threads": (ctypes.c_int, [ctypes.c_int]),
+        "ef_pool_tasks": (ctypes.c_int, [i64p, i64p]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -190,17 +193,22 @@ class TvmModel:
 
 
 # The pool the runtime starts with ([runtime] of the agent config; `configure_pool` changes it).
-_pool = RuntimeConfig()
+# EDGEFLEET_POOL chooses which pool where no agent config applies (the host's runtime worker:
+# verification, `edgefleet bench`, the benchmarks).
+_pool = RuntimeConfig(**({"pool": os.environ["EDGEFLEET_POOL"]} if os.environ.get("EDGEFLEET_POOL") else {}))
 
 
 def configure_pool(settings: RuntimeConfig) -> None:
-    """Thread count and spinning for the runtime, applied when it loads. Once loaded, only the
-    thread count can still change: TVM read the spin count when its workers started."""
+    """Thread count, spinning and pool for the runtime, applied when it loads. Once loaded, only
+    the thread count can still change: TVM read the spin count when its workers started, the
+    shim the pool when it loaded."""
     global _pool
-    if _Runtime._loaded is not None and settings.spin != _pool.spin:
+    if _Runtime._loaded is not None and (settings.spin, settings.pool) != (_pool.spin, _pool.pool):
+        what, setting = (
+            ("its workers' spinning", "spin") if settings.spin != _pool.spin else ("its thread pool", "pool")
+        )
         raise UsageError(
-            "the runtime is already running: its workers' spinning cannot change",
-            "restart the agent to apply [runtime] spin",
+            f"the runtime is already running: {what} cannot change", f"restart the agent to apply [runtime] {setting}"
         )
     _pool = settings
     if _Runtime._loaded is not None:

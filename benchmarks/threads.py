@@ -15,8 +15,16 @@ CONSTANT=VALUE` (repeatable) does the same for any integer constant of compiler/
 `--compare PARALLEL_MIN_WORK=16777216` for a work threshold of 2^24. `--spins 0`
 runs only TVM's spin count 0; any number is a spin count (ORT's spinning off with it).
 
+`--pools tvm,edgefleet` runs the libraries on the camera runtime (agent/runtime.py over the
+bundle's C ABI library, as a camera does: input and output copies included) instead of TVM's
+Python VM, one child per pool and spin count (`[runtime] pool`; the spin count goes to both pools:
+TVM_THREAD_POOL_SPIN_COUNT yields, EDGEFLEET_POOL_SPIN pause instructions); `--tasks 2,4,8` also
+varies edgefleet's tasks per thread (EDGEFLEET_POOL_TASKS). `--busy` runs every block a second
+time beside one `yes > /dev/null` (one core taken by other work) and prints both tables.
+
     python benchmarks/threads.py [--models grouped,mobilenetv2] [--blocks 2] [--runs 20]
         [--all-parallel] [--compare CONSTANT=VALUE] [--spins default,0]
+        [--pools tvm,edgefleet] [--tasks 4] [--busy]
 """
 
 from __future__ import annotations
@@ -36,27 +44,24 @@ import numpy as np
 SPINS = {"default": None, "0": "0"}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None: unset, TVM's 300000)
 
 
-def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool) -> dict:
+def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool, pool: str | None) -> dict:
     """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved; median ms per
-    (model, threads) and runner."""
+    (model, threads) and runner. `pool`: run on the camera runtime with that pool, else TVM's VM."""
     import onnxruntime as ort
-    import tvm
-    from tvm import relax
 
+    load, set_threads = _camera_runtime(pool) if pool else _tvm_vm()
     out = {}
     for name, (onnx_path, builds) in libs.items():
-        vms = {label: relax.VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu()) for label, lib in builds.items()}
         shape = json.loads(Path(builds["tvm"] + ".shape").read_text())
         x = np.random.default_rng(0).random(tuple(shape), dtype=np.float32)
-        xt = tvm.runtime.tensor(x)
+        runners = {label: load(lib, x) for label, lib in builds.items()}
         for threads in (1, 2):
-            tvm.get_global_func("runtime.config_threadpool")(1, threads)
+            set_threads(threads)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x}
-            runners = {label: lambda vm=vm, xt=xt: vm["main"](xt) for label, vm in vms.items()}
             runners["ort"] = lambda sess=sess, feed=feed: sess.run(None, feed)
             times: dict[str, list[float]] = {k: [] for k in runners}
             for run in runners.values():
@@ -68,6 +73,33 @@ def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool
                     times[k].append(time.perf_counter() - start)
             out[f"{name}/{threads}"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return out
+
+
+def _tvm_vm():
+    """(load(library, x) -> run(), set_threads) on TVM's Python VM."""
+    import tvm
+    from tvm import relax
+
+    def load(lib: str, x: np.ndarray):
+        vm, xt = relax.VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu()), tvm.runtime.tensor(x)
+        return lambda: vm["main"](xt)
+
+    return load, lambda threads: tvm.get_global_func("runtime.config_threadpool")(1, threads)
+
+
+def _camera_runtime(pool: str):
+    """(load(library, x) -> run(), set_threads) on the camera runtime with `pool`; spinning on, at
+    the count the parent put in the environment."""
+    from edgefleet.agent import runtime
+    from edgefleet.agent.config import RuntimeConfig
+
+    runtime.configure_pool(RuntimeConfig(pool=pool, spin=True))
+
+    def load(lib: str, x: np.ndarray):
+        model = runtime.TvmModel(Path(lib))
+        return lambda: model.run([x])
+
+    return load, runtime.set_threads
 
 
 def build(names: list[str], tmp: Path, variants: dict[str, dict[str, int]]) -> dict[str, tuple[str, dict[str, str]]]:
@@ -118,7 +150,7 @@ def print_table(results: dict[str, list[dict]], spins: dict, variants: list[str]
     runners = ["tvm", "ort", *variants]
     extra = "".join(f"  {v + ' ms':>10} {'2t/1t':>6} {'/ tvm':>6}" for v in variants)
     print(
-        f"{'model/threads':<16} {'TVM spin':>9} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}{extra}"
+        f"{'model/threads':<16} {'TVM spin':>20} {'ORT spin':>9} {'TVM ms':>8} {'ORT ms':>8} {'x ORT':>6} {'TVM 2t/1t':>10} {'ORT 2t/1t':>10}{extra}"
     )
     for label in spins:
         blocks = results[label]
@@ -126,8 +158,8 @@ def print_table(results: dict[str, list[dict]], spins: dict, variants: list[str]
             name, threads = key.split("/")
             ms = {k: _median(blocks, key, k) for k in runners}
             two = {k: f"{ms[k] / _median(blocks, f'{name}/1', k):.2f}" if threads == "2" else "" for k in runners}
-            ort_spin = "on" if spins[label] is None else "off"
-            row = f"{key:<16} {label:>9} {ort_spin:>9} {ms['tvm']:8.2f} {ms['ort']:8.2f} {ms['tvm'] / ms['ort']:6.2f}"
+            ort_spin = "on" if spins[label]["spin"] is None else "off"
+            row = f"{key:<16} {label:>20} {ort_spin:>9} {ms['tvm']:8.2f} {ms['ort']:8.2f} {ms['tvm'] / ms['ort']:6.2f}"
             row += f" {two['tvm']:>10} {two['ort']:>10}"
             for v in variants:
                 row += f"  {ms[v]:10.2f} {two[v]:>6} {ms[v] / ms['tvm']:6.2f}"
@@ -148,15 +180,18 @@ def main() -> None:
         help="also time a build with this compiler.schedules constant set (repeatable, e.g. PARALLEL_MIN_WORK=16777216)",
     )
     ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin counts to run: default and/or numbers")
+    ap.add_argument("--pools", help="run on the camera runtime with these pools: tvm and/or edgefleet")
+    ap.add_argument("--tasks", default="", help="edgefleet pool's tasks per thread to run (default: the pool's)")
+    ap.add_argument("--busy", action="store_true", help="run the blocks again beside one `yes > /dev/null`")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(child(spec["libs"], args.runs, spec["spinning"])))
+        print(json.dumps(child(spec["libs"], args.runs, spec["spinning"], spec["pool"])))
         return
-    spins = {label: SPINS.get(label, label) for label in args.spins.split(",")}
-    if not all(label in SPINS or label.isdigit() for label in spins):
+    if not all(label in SPINS or label.isdigit() for label in args.spins.split(",")):
         ap.error(f"--spins takes 'default' or spin counts, not {args.spins!r}")
+    settings = _settings(args.spins.split(","), args.pools.split(",") if args.pools else [None], args.tasks)
     variants = {"all-par": {"PARALLEL_MIN_WORK": 0}} if args.all_parallel else {}
     for item in args.compare:
         constant, _, value = item.partition("=")
@@ -166,30 +201,56 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     with tempfile.TemporaryDirectory() as tmp:
         libs = build(args.models.split(","), Path(tmp), variants)
-        results: dict[str, list[dict]] = {label: [] for label in spins}
-        for block in range(args.blocks):
-            for label, count in spins.items():
-                env = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
-                if count is not None:
-                    env["TVM_THREAD_POOL_SPIN_COUNT"] = count
-                # As the camera runtime does (agent/runtime.py `_size_pools`): without it TVM sizes its
-                # pool from half the CPUs on x86, one on this 2-core machine, and 2 threads ran as 1.
-                env["TVM_NUM_THREADS"] = "2"
-                load = os.getloadavg()[0]
-                spec = json.dumps({"libs": libs, "spinning": count is None})
-                done = subprocess.run(
-                    [sys.executable, __file__, "--child", spec, "--runs", str(args.runs)],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                results[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
-                print(
-                    f"block {block + 1}/{args.blocks} spin {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
-    print_table(results, spins, list(variants))
+        for busy in (False, True) if args.busy else (False,):
+            print("one core busy (`yes > /dev/null`)" if busy else "no other work started", flush=True)
+            hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) if busy else None
+            try:
+                results = _blocks(libs, settings, args.blocks, args.runs)
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+            print_table(results, settings, list(variants))
+
+
+def _settings(spins: list[str], pools: list[str | None], tasks: str) -> dict[str, dict]:
+    """One child per (pool, spin count[, tasks per thread]), by label."""
+    settings = {}
+    for pool in pools:
+        for spin in spins:
+            for per_thread in tasks.split(",") if tasks and pool == "edgefleet" else [""]:
+                label = ":".join(part for part in (pool, spin, per_thread and f"{per_thread}/t") if part)
+                settings[label] = {"pool": pool, "spin": SPINS.get(spin, spin), "tasks": per_thread}
+    return settings
+
+
+def _blocks(libs: dict, settings: dict[str, dict], blocks: int, runs: int) -> dict[str, list[dict]]:
+    """The children, alternating in blocks (A B A B ...); each block's medians by setting."""
+    results: dict[str, list[dict]] = {label: [] for label in settings}
+    for block in range(blocks):
+        for label, setting in settings.items():
+            env = {
+                k: v for k, v in os.environ.items() if k not in ("TVM_THREAD_POOL_SPIN_COUNT", "EDGEFLEET_POOL_SPIN")
+            }
+            if setting["spin"] is not None:
+                env["TVM_THREAD_POOL_SPIN_COUNT"] = env["EDGEFLEET_POOL_SPIN"] = setting["spin"]
+            if setting["tasks"]:
+                env["EDGEFLEET_POOL_TASKS"] = setting["tasks"]
+            # As the camera runtime does (agent/runtime.py `_size_pools`): without it TVM sizes its
+            # pool from half the CPUs on x86, one on this 2-core machine, and 2 threads ran as 1.
+            env["TVM_NUM_THREADS"] = "2"
+            load = os.getloadavg()[0]
+            spec = json.dumps({"libs": libs, "spinning": setting["spin"] is None, "pool": setting["pool"]})
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", spec, "--runs", str(runs)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            results[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"block {block + 1}/{blocks} {label}: load {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Sources (each pinned; see docs/runtime.md):
 - the TVM source release for what the wheel lacks (CMake files and 12 support headers):
   a path (`--tvm-source`, $EDGEFLEET_TVM_SOURCE, or the project's shared third_party folder);
 - apache-tvm-ffi's source distribution from PyPI (`pip download`);
-- edgefleet's C ABI over the VM, agent/native/edgefleet_runtime.cc.
+- edgefleet's C ABI over the VM, agent/native/edgefleet_runtime.cc, and its thread pool
+  (agent/native/edgefleet_pool.cc).
 
 Steps, each logged: sources, unpack, configure (CMake, a toolchain file for cross builds),
 build (tvm_runtime, tvm_runtime_extra), shim, strip, check (ELF machine, glibc floor). The
@@ -46,6 +47,7 @@ from edgefleet.runtime_bundle import (
     canonical_arch,
     host_arch,
     read_bundle,
+    shim_sha256,
 )
 from edgefleet.strict import Strict
 
@@ -57,6 +59,7 @@ FFI_VERSION = "0.1.14.post0"
 FFI_SDIST = f"apache_tvm_ffi-{FFI_VERSION}.tar.gz"
 FFI_SDIST_SHA256 = "53cb68ac05ca84fd32042211c13fcee372729dcbff537f8689289b7f2f7d765d"
 SHIM_SOURCE = Path(__file__).resolve().parents[1] / "agent" / "native" / "edgefleet_runtime.cc"
+POOL_SOURCE = SHIM_SOURCE.parent / "edgefleet_pool.cc"  # compiled into the shim: the thread pool
 MIN_CMAKE = (3, 26)
 # Runtime only: no compiler (LLVM), no GPU, no RPC server, TVM's own thread pool (no OpenMP),
 # and no backtrace machinery or segfault handler inside the agent's process.
@@ -322,6 +325,7 @@ def _shim_argv(toolchain: Toolchain, tvm_libs: Path, lib: Path) -> list[str]:
         "-fvisibility=hidden",
         *(f"-I{tvm_libs / sub}" for sub in ("include", "ffi-include", "dlpack-include")),
         str(SHIM_SOURCE),
+        str(POOL_SOURCE),
         f"-L{lib}",
         "-ltvm_runtime",
         "-ltvm_ffi",
@@ -391,7 +395,7 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[s
         tvm_ffi_version=FFI_VERSION,
         tvm_ffi_sdist_sha256=FFI_SDIST_SHA256,
         tvm_ffi_edits=[list(edit) for edit in FFI_EDITS],
-        shim_sha256=sha256_file(SHIM_SOURCE),
+        shim_sha256=shim_sha256(SHIM_SOURCE.parent),
         cmake_options=cuda_options(cuda_sms) if cuda_sms else list(CMAKE_OPTIONS),
         compiler=_compiler_version(toolchain),
     )

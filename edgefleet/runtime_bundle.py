@@ -14,6 +14,7 @@ one with `find_bundle` and refuses a package whose `RuntimeRequirement` the bund
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -150,6 +151,10 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
     return bundle
 
 
+# The C ABI library's sources (agent/native): the shim, and the thread pool compiled into it.
+SHIM_SOURCES = ("edgefleet_runtime.cc", "edgefleet_pool.cc", "edgefleet_pool.h")
+
+
 def _cached_bundles(arch: str) -> list[Path]:
     """Bundles in the build cache: those built from this checkout's C ABI source first, then the newest.
 
@@ -166,8 +171,13 @@ def _local_shim_sha256() -> str | None:
     agent = importlib.util.find_spec("edgefleet.agent")  # locates the package without importing it
     if agent is None or not agent.submodule_search_locations:
         return None
-    source = Path(agent.submodule_search_locations[0]) / "native" / "edgefleet_runtime.cc"
-    return sha256_file(source) if source.is_file() else None
+    native = Path(agent.submodule_search_locations[0]) / "native"
+    return shim_sha256(native) if (native / SHIM_SOURCES[0]).is_file() else None
+
+
+def shim_sha256(native: Path) -> str:
+    """The hash of the C ABI's sources in `native` (agent/native): a bundle's `shim_sha256`."""
+    return hashlib.sha256("".join(sha256_file(native / name) for name in SHIM_SOURCES).encode()).hexdigest()
 
 
 def _shim_of(bundle: Path) -> str | None:

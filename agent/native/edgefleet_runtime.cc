@@ -11,6 +11,9 @@
 //   ef_model_output_copy(handle, i, dst, nbytes)  -> 0, or -1
 //   ef_model_free(handle)
 //   ef_set_threads(n)                             -> 0, or -1
+//   ef_pool_tasks(&by_caller, &by_workers)        -> 0, or -1 (no edgefleet pool on this thread)
+// Parallel kernels run on edgefleet's pool (edgefleet_pool.h), or on TVM's when the environment
+// has EDGEFLEET_POOL=tvm when the library loads (agent config [runtime] pool).
 // Errors never cross the ABI as C++ exceptions: every entry point catches and records them.
 //
 // It also registers the VM helpers TVM implements in its Python package (relax.run.nonzero,
@@ -37,12 +40,15 @@
 #include <tvm/ffi/reflection/registry.h>
 #include <tvm/runtime/tensor.h>
 
+#include "edgefleet_pool.h"
+
 #include <dlfcn.h>
 #include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <exception>
@@ -60,6 +66,9 @@ thread_local std::string last_error;
 
 // The VM's pooled allocator reuses buffers between calls, like TVM's Python VirtualMachine.
 constexpr int kPooledAllocator = 2;
+
+using FTVMParallelLaunch = int (*)(FTVMParallelLambda, void*, int);
+using FTVMParallelBarrier = int (*)(int, TVMParallelGroupEnv*);
 
 struct Model {
   tvm::ffi::Module vm;
@@ -121,10 +130,33 @@ tvm::ffi::Module LoadLibrary(const char* path) {
 // after the first inference instead of +8.5).
 constexpr int kMallocThreshold = 128 * 1024;
 
+bool UsesTvmPool() {
+  static const bool tvm_pool = [] {
+    const char* pool = std::getenv("EDGEFLEET_POOL");
+    return pool != nullptr && std::strcmp(pool, "tvm") == 0;
+  }();
+  return tvm_pool;
+}
+
+// Point the loaded library's parallel launch (and barrier) at edgefleet's pool. TVM's loader set
+// these data symbols to its own pool's functions when it opened the library.
+void InstallPool(const char* path) {
+  void* handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) throw std::runtime_error(std::string("cannot reopen the loaded library: ") + dlerror());
+  if (auto* launch = static_cast<FTVMParallelLaunch*>(dlsym(handle, "__TVMBackendParallelLaunch"))) {
+    *launch = edgefleet::pool::Launch;
+  }
+  if (auto* barrier = static_cast<FTVMParallelBarrier*>(dlsym(handle, "__TVMBackendParallelBarrier"))) {
+    *barrier = edgefleet::pool::Barrier;
+  }
+  dlclose(handle);
+}
+
 tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
   mallopt(M_MMAP_THRESHOLD, kMallocThreshold);
   mallopt(M_TRIM_THRESHOLD, kMallocThreshold);
   tvm::ffi::Module library = LoadLibrary(path);
+  if (!UsesTvmPool()) InstallPool(path);
   malloc_trim(0);  // the loader's copy is freed by now; glibc keeps freed heap unless asked
   auto load = library->GetFunction("vm_load_executable", true);
   if (!load.has_value()) throw std::runtime_error("the library holds no Relax executable");
@@ -290,10 +322,21 @@ EF_API void ef_model_free(void* handle) { delete static_cast<Model*>(handle); }
 
 EF_API int ef_set_threads(int count) {
   return Guard([&]() {
+    if (count < 1) throw std::runtime_error("a pool needs at least one thread");
+    if (!UsesTvmPool()) {
+      edgefleet::pool::SetThreads(count);
+      return 0;
+    }
     auto configure = tvm::ffi::Function::GetGlobal("runtime.config_threadpool");
     if (!configure.has_value()) throw std::runtime_error("the runtime has no thread pool");
     // Affinity mode 1 (big cores first), as TVM's Python helpers use for benchmarks.
     (*configure)(1, count);
     return 0;
   });
+}
+
+EF_API int ef_pool_tasks(int64_t* by_caller, int64_t* by_workers) {
+  if (edgefleet::pool::TasksRun(by_caller, by_workers)) return 0;
+  last_error = "this thread has no edgefleet pool of more than one thread";
+  return -1;
 }

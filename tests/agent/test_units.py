@@ -40,6 +40,7 @@ class TestConfig:
         assert cfg.mqtt.port == 8883 and cfg.mqtt.transport == "paho" and cfg.outbox.max_messages == 10_000
         assert cfg.sources[0].type == "folder" and cfg.sources[0].delete_after
         assert cfg.runtime.threads == 1 and not cfg.runtime.spin  # measured on shared cores: docs/performance.md
+        assert cfg.runtime.pool == "edgefleet"
 
     @pytest.mark.parametrize(
         "change, where",
@@ -67,6 +68,7 @@ class TestConfig:
             ({"sources": [{"type": "webcam"}]}, "sources.0"),
             ({"runtime": {"threads": 0}}, "runtime.threads"),
             ({"runtime": {"spin_count": 0}}, "runtime.spin_count"),
+            ({"runtime": {"pool": "openmp"}}, "runtime.pool"),
             (
                 {
                     "mqtt": {

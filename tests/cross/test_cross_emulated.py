@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edgefleet.compiler.compile import compile_model
-from edgefleet.cross.emulate import run_package_emulated
+from edgefleet.cross.emulate import emulated_worker, run_package_emulated
 from edgefleet.cross.verify import run_library_emulated
 from edgefleet.errors import PackageIntegrityError
 from edgefleet.package import open_package
@@ -50,6 +50,10 @@ def test_arm_package_is_verified_on_its_runtime_and_matches_x86(
     with open_package(arm.package, None) as a, open_package(x86.package, None) as x:
         emulated = run_library_emulated(sysroot, a.library, feeds, repeat=2)
         native = open_tvm_model(x.library).run(feeds)
+        with emulated_worker(sysroot) as worker:  # ARM kernels run parallel at any size: on edgefleet's pool
+            worker.call({"op": "threads", "count": 2})
+            two_threads = worker.load(a.library).run(feeds)
+    np.testing.assert_array_equal(two_threads[0], emulated.outputs[0])
     assert emulated.machine == machine
     assert len(emulated.run_ms) == 2
     np.testing.assert_allclose(emulated.outputs[0], native[0], atol=1e-5, rtol=1e-4)

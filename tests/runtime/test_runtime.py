@@ -394,11 +394,12 @@ with open_package({str(pkg)!r}, None) as opened:
     np.testing.assert_allclose(np.array(report["y"], np.float32), x @ weight.T, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "300000")])
+@pytest.mark.parametrize(("spin", "expected"), [(False, ["0", "0"]), (True, ["300000", "5000"])])
 def test_the_agents_runtime_settings_apply_before_the_workers_start(tiny_package, spin, expected):
     """[runtime] of the agent config reaches the camera runtime before its workers start: spinning
-    off sets TVM_THREAD_POOL_SPIN_COUNT=0 (over the environment's), on leaves TVM's; a pool of 2
-    runs the model; changing spinning once the runtime runs is refused with a reason."""
+    off sets TVM_THREAD_POOL_SPIN_COUNT=0 and EDGEFLEET_POOL_SPIN=0 (over the environment's), on
+    leaves them; a pool of 2 runs the model; changing spinning or the pool once the runtime runs
+    is refused with a reason."""
     result, _, key = tiny_package
     code = f"""
 import json, os, numpy as np
@@ -411,18 +412,22 @@ runtime.configure_pool(RuntimeConfig(threads=2, spin={spin}))
 with open_package({str(result.package)!r}, [load_public_key({str(public_path(key.path))!r})]) as opened:
     runtime.load_model(opened).run([np.zeros((1, 3, 32, 32), np.float32)])
 runtime.configure_pool(RuntimeConfig(threads=1, spin={spin}))
-try:
-    runtime.configure_pool(RuntimeConfig(threads=1, spin={not spin}))
-    refused = ""
-except UsageError as exc:
-    refused = str(exc)
-print(json.dumps({{"spin": os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), "refused": refused}}))
+refused = []
+for change in ({{"spin": {not spin}}}, {{"pool": "tvm"}}):
+    try:
+        runtime.configure_pool(RuntimeConfig(threads=1, spin={spin}).model_copy(update=change))
+        refused.append("")
+    except UsageError as exc:
+        refused.append(str(exc))
+spins = [os.environ.get(name) for name in ("TVM_THREAD_POOL_SPIN_COUNT", "EDGEFLEET_POOL_SPIN")]
+print(json.dumps({{"spin": spins, "refused": refused}}))
 """
-    proc = _python(code, {"TVM_THREAD_POOL_SPIN_COUNT": "300000"})
+    proc = _python(code, {"TVM_THREAD_POOL_SPIN_COUNT": "300000", "EDGEFLEET_POOL_SPIN": "5000"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["spin"] == expected
-    assert "spinning cannot change" in report["refused"]
+    assert "spinning cannot change" in report["refused"][0]
+    assert "pool cannot change" in report["refused"][1]
 
 
 @pytest.mark.parametrize(("threads", "workers"), [(1, 0), (2, 1)])
@@ -463,7 +468,8 @@ def test_the_host_worker_runs_two_threads_after_a_one_thread_run(tiny_package):
     """The host's runtime worker (compile verification, `edgefleet bench`, the benchmarks) runs a
     model at one thread, then at two: the second run has a pool worker. TVM sizes a process's pool
     once, at its first run, so without TVM_NUM_THREADS a 2-CPU machine got a pool of one and every
-    later `threads` of 2 ran on one core. Compared with a worker whose pool is held at one."""
+    later `threads` of 2 ran on one core. Compared with a worker whose pool is held at one; both
+    on TVM's pool (`[runtime] pool = "tvm"`), which is what TVM_NUM_THREADS sizes."""
     from edgefleet.agent.runtime_worker import RuntimeWorker, _native_env
     from edgefleet.package import open_package
     from edgefleet.signing import load_public_key
@@ -472,7 +478,8 @@ def test_the_host_worker_runs_two_threads_after_a_one_thread_run(tiny_package):
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     tasks = {}
     with open_package(result.package, [load_public_key(public_path(key.path))]) as opened:
-        for case, env in (("native", _native_env()), ("one", {**_native_env(), "TVM_NUM_THREADS": "1"})):
+        tvm_pool = {**_native_env(), "EDGEFLEET_POOL": "tvm"}
+        for case, env in (("native", tvm_pool), ("one", {**tvm_pool, "TVM_NUM_THREADS": "1"})):
             worker = RuntimeWorker(env=env)
             try:
                 os.sched_setaffinity(worker.proc.pid, sorted(os.sched_getaffinity(0))[:2])  # as on CI
@@ -484,3 +491,147 @@ def test_the_host_worker_runs_two_threads_after_a_one_thread_run(tiny_package):
             finally:
                 worker.close()
     assert tasks["native"] == tasks["one"] + 1, tasks
+
+
+@pytest.fixture(scope="module")
+def parallel_double(tmp_path_factory):
+    """A library whose one kernel is a parallel loop of 64 (y = 2x) that asserts, inside the loop,
+    that every input is below 100: a task's failure is input-dependent."""
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+
+    @I.ir_module
+    class Double:
+        @T.prim_func
+        def double(x: T.Buffer((64,), "float32"), y: T.Buffer((64,), "float32")):
+            for i in T.parallel(64):
+                assert x[i] < T.float32(100), "an input of 100 or more"
+                y[i] = x[i] * T.float32(2)
+
+        @R.function
+        def main(x: R.Tensor((64,), "float32")):
+            return R.call_tir(Double.double, (x,), R.Tensor((64,), "float32"))
+
+    path = tmp_path_factory.mktemp("pool") / "double.so"
+    tvm.compile(Double, target="llvm").export_library(str(path))
+    return path
+
+
+def _pool_run(code: str, pool: str = "edgefleet", threads: int = 2) -> dict:
+    """Run `code` on the camera runtime with `pool` at `threads`; `tasks()` reads the pool's
+    counters on the calling thread (by the caller, by workers); the code prints `report`."""
+    prelude = f"""
+import ctypes, json, os, numpy as np
+from edgefleet.agent import runtime
+from edgefleet.agent.config import RuntimeConfig
+runtime.configure_pool(RuntimeConfig(threads={threads}, pool={pool!r}))
+def tasks():
+    caller, workers = ctypes.c_int64(), ctypes.c_int64()
+    ok = runtime._Runtime.get().api.ef_pool_tasks(ctypes.byref(caller), ctypes.byref(workers))
+    return [caller.value, workers.value] if ok == 0 else None
+report = {{}}
+"""
+    proc = _python(prelude + code + "\nprint(json.dumps(report))")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_edgefleets_pool_at_two_threads_computes_what_one_thread_and_tvms_pool_compute(tmp_path):
+    """Convolutions large enough to run parallel (over PARALLEL_MIN_WORK): edgefleet's pool at two
+    threads gives the outputs of one thread and of TVM's pool bit for bit, on inputs whose outputs
+    differ, and its workers ran some of the tasks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.signing import create_signing_key
+
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(0, 0.2, shape).astype(np.float32) for shape in ((16, 3, 3, 3), (32, 16, 3, 3))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 64, 64])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "convs.onnx")
+    key = create_signing_key(tmp_path / "k.key")
+    library = tmp_path / "convs.so"
+    pkg = compile_model(
+        str(tmp_path / "convs.onnx"), "x86_64", output=tmp_path / "convs.tar.gz", key=key.path, verify=False, quiet=True
+    ).package
+    from edgefleet.package import open_package
+
+    with open_package(pkg, None) as opened:
+        shutil.copy(opened.library, library)
+    code = f"""
+import hashlib
+model = runtime.TvmModel({str(library)!r})
+outputs = [model.run([np.random.default_rng(seed).random((1, 3, 64, 64), dtype=np.float32)])[0] for seed in range(3) for _ in range(10)]
+report["digests"] = [hashlib.sha256(y.tobytes()).hexdigest() for y in outputs]
+report["tasks"] = tasks()
+"""
+    runs = {
+        (pool, threads): _pool_run(code, pool, threads)
+        for pool, threads in (("edgefleet", 1), ("edgefleet", 2), ("tvm", 2))
+    }
+    digests = {case: run["digests"] for case, run in runs.items()}
+    assert len(set(digests[("edgefleet", 2)][::10])) == 3  # the inputs give different outputs
+    assert digests[("edgefleet", 2)] == digests[("edgefleet", 1)] == digests[("tvm", 2)]
+    assert runs[("edgefleet", 2)]["tasks"][1] > 0, runs[("edgefleet", 2)]
+    assert runs[("edgefleet", 1)]["tasks"] is None and runs[("tvm", 2)]["tasks"] is None
+
+
+def test_the_caller_runs_every_task_while_the_worker_is_held_back(parallel_double):
+    """One CPU, the calling thread at real-time priority: the pool's worker cannot run until the
+    caller sleeps. The launch completes with all 8 tasks (2 threads x 4) run by the caller; a pool
+    that gives each worker its share waits for the worker forever."""
+    code = f"""
+os.sched_setaffinity(0, {{sorted(os.sched_getaffinity(0))[0]}})  # before the pool starts: its worker inherits it
+model = runtime.TvmModel({str(parallel_double)!r})
+x = np.arange(64, dtype=np.float32)
+model.run([x])
+before = tasks()
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except PermissionError:
+    report["skip"] = "no permission for SCHED_FIFO"
+else:
+    y = model.run([x])[0]
+    after = tasks()
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    report.update(exact=bool(np.array_equal(y, 2 * x)), caller=after[0] - before[0], workers=after[1] - before[1])
+"""
+    report = _pool_run(code)
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert report == {"exact": True, "caller": 8, "workers": 0}, report
+
+
+def test_a_failing_parallel_task_fails_the_run_with_its_error(parallel_double):
+    """A task's error (on whichever thread ran it) is the run's error, and the pool runs on."""
+    code = f"""
+from edgefleet.errors import BadInputError
+model = runtime.TvmModel({str(parallel_double)!r})
+bad = np.arange(64, dtype=np.float32)
+bad[45] = 100
+try:
+    model.run([bad])
+    report["error"] = None
+except BadInputError as exc:
+    report["error"] = str(exc)
+report["after"] = model.run([np.ones(64, np.float32)])[0].tolist()
+"""
+    report = _pool_run(code)
+    assert "an input of 100 or more" in report["error"], report
+    assert report["after"] == [2.0] * 64
