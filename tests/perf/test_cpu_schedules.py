@@ -1281,3 +1281,18 @@ def test_rasp5_int8_convolutions_multiply_sdot_by_lane():
     assert len(lane) >= 20 and len(lane) + len(broadcast) == len(dot), (sorted(lane), sorted(broadcast))
     first_input = re.search(r"def \w+\(\w+: T\.Buffer\(\((.*?)\), \"int8\"\)", dot[broadcast[0]] if broadcast else "")
     assert len(broadcast) == 1 and first_input and first_input.group(1).endswith("T.int64(4)"), broadcast
+
+
+def test_aarch64_int8_requantizations_after_a_slice_are_one_loop_nest():
+    """On AArch64 too (rasp4b, rasp5), a requantization after a channel slice (the residual adds of
+    the 24-channel stage, in NCHW) is one loop nest of its element-wise blocks (schedules._inline_element_wise),
+    not one parallel loop and one int32 / int64 buffer per operation (about 40 of them), also where it
+    writes int16, the zero-point-corrected input of rasp4b's int16 convolutions. Numerics:
+    tests/cross/test_cross_int8_dot.py."""
+    for target in ("rasp4b", "rasp5"):
+        scripts = _int8_mobilenetv2_kernels(target)
+        sliced = [n for n in scripts if n.startswith("fused_strided_slice")]
+        blocks = {
+            n: sum(line.lstrip().startswith("with T.sblock(") for line in scripts[n].splitlines()) for n in sliced
+        }
+        assert blocks and set(blocks.values()) == {1}, (target, blocks)
