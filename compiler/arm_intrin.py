@@ -114,3 +114,63 @@ def smlal_lane_intrin(pixels: int, outputs: int) -> str:
     if TensorIntrin.get(name, allow_missing=True) is None:  # one per tile shape, registered on first use
         TensorIntrin.register(name, *_smlal_lane_intrin(pixels, LANE_CHANNELS, outputs))
     return name
+
+
+def _sdot_lane(A, B, pixel, f, group, channels: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """SDOT's operands: the weights of 4 outputs x input channels 4f..4f+3 (16 bytes), and those 4
+    bytes of the pixel's input vector, its 32-bit lane f splatted (LLVM: `sdot v.4s, b.16b, a.4b[f]`)."""
+    words = tirx.reinterpret(f"int32x{channels // 4}", A.vload([pixel, 0], dtype=f"int8x{channels}"))
+    # A Shuffle has no more lanes than its inputs: 8 channels (2 words) are given twice.
+    lane = tirx.Shuffle([words] * (16 // channels), [f] * 4)
+    return B.vload([f, group * 4, 0], dtype="int8x16"), tirx.reinterpret("int8x16", lane)
+
+
+def _sdot_lane_intrin(pixels: int, channels: int, outputs: int) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """C[p, o] += sum_k int32(A[p, k]) * int32(B[k / 4, o, k % 4]) for `pixels` consecutive pixels,
+    `channels` int8 inputs (8 or 16) and `outputs` output channels, the weights packed as SDOT reads
+    them (graph.dot_product_convs: 4 input channels innermost)."""
+    groups = channels // 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (pixels, channels), dtype="int8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (groups, outputs, 4), dtype="int8", offset_factor=1, strides=[sb, 4, 1])
+        C = T.match_buffer(c, (pixels, outputs), dtype="int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:pixels, 0:outputs], A[0:pixels, 0:channels], B[0:groups, 0:outputs, 0:4])
+            T.writes(C[0:pixels, 0:outputs])
+            for p, f, o, s in T.grid(pixels, groups, outputs, 4):
+                with T.sblock("update"):
+                    vp, vo, vf, vs = T.axis.remap("SSRR", [p, o, f, s])
+                    C[vp, vo] = C[vp, vo] + T.cast(A[vp, vf * 4 + vs], "int32") * T.cast(B[vf, vo, vs], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (pixels, channels), dtype="int8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (groups, outputs, 4), dtype="int8", offset_factor=1, strides=[sb, 4, 1])
+        C = T.match_buffer(c, (pixels, outputs), dtype="int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:pixels, 0:outputs], A[0:pixels, 0:channels], B[0:groups, 0:outputs, 0:4])
+            T.writes(C[0:pixels, 0:outputs])
+            # 4 input channels outermost, as in the smlal form: their weights serve every pixel of the tile.
+            for f in T.unroll(groups):
+                for p in T.unroll(pixels):
+                    for g in T.unroll(outputs // 4):
+                        C[p, T.ramp(g * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                            C.vload([p, g * 4], dtype="int32x4"),
+                            *_sdot_lane(A, B, p, f, g, channels),
+                            dtype="int32x4",
+                        )
+
+    return desc, impl
+
+
+def sdot_lane_intrin(pixels: int, channels: int, outputs: int) -> str:
+    """The name of the lane-indexed SDOT of `pixels` x `channels` int8 inputs x `outputs` channels."""
+    name = f"edgefleet_sdot_lane_{pixels}x{channels}x{outputs}_i8i8s32"
+    if TensorIntrin.get(name, allow_missing=True) is None:  # one per tile shape, registered on first use
+        TensorIntrin.register(name, *_sdot_lane_intrin(pixels, channels, outputs))
+    return name

@@ -442,8 +442,9 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """int8 NCHWc on raw operands (graph.dot_product_convs; reductions kh, kw, ic chunk, ic/4, 4):
     the fp32 tiling with each 4 output channels x 4 input channels one SDOT (TVM's
     ARM_DOT_4x4_i8_SDOT intrinsic, as arm_intrin.SDOT_4x4_I8: the pixel's 4 inputs broadcast, a
-    16-byte weight vector); on x86 VNNI (uint8 input) each 16 (or 8) output channels x 4 input
-    channels one vpdpbusd (x86_intrin.VNNI_U8I8)."""
+    16-byte weight vector; stride-one ones with 8- or 16-channel input blocks by lane instead, `_dot_lane`);
+    on x86 VNNI (uint8 input) each 16 (or 8) output channels x 4 input channels one vpdpbusd
+    (x86_intrin.VNNI_U8I8)."""
     found = _conv_with_epilogue(sch, conv, blocks, ("data_pad",), 5)
     if found is None:
         return None
@@ -452,9 +453,13 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
     if None in (ow_n, ocb_n) or _extent(sch, ic_s) != 4:
         return None
+    from edgefleet.compiler.arm_intrin import SDOT_4x4_I8
+
     lanes, intrin = _dot_intrinsic(sch, conv, ocb_n)
     if ocb_n % lanes:
         return None
+    if intrin == SDOT_4x4_I8 and _sdot_lanes(sch, conv):
+        return _dot_lane(sch, conv, epi, pads, target)
     # The tile must divide the row (a ragged tile's predicate does not tensorize). Where no divisor
     # fills the registers (rows of 7 or 14), half the channels per pass hold twice the pixels.
     limit = register_tile(target, ocb_n)
@@ -470,6 +475,38 @@ def _dot(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     sch.tensorize(oc_i, intrin)
     sch.unroll(ow_i)
     sch.unroll(oc_o)
+    _vectorize_epilogue(sch, epi, target)
+    for pad in pads:
+        _schedule_pad(sch, pad, target)
+    return sch
+
+
+def _sdot_lanes(sch: s_tir.Schedule, conv) -> bool:
+    """Whether an SDOT convolution reads whole 8- or 16-byte vectors of input channels per pixel, as
+    rows of one matrix (stride one): `_dot_lane`."""
+    ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
+    return ic_bn in (8, 16) and _stride_one(sch, conv, *(sch.get_loops(conv)[i] for i in (3, 6)))
+
+
+def _dot_lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target) -> s_tir.Schedule:
+    """int8 NCHWc on SDOT by lane (XNNPACK's dot-product kernels): per pixel one load of its 8 or 16
+    input channels, each 4 of them one lane of `sdot v.4s, w.16b, a.4b[k]` into the pixel's
+    accumulators (arm_intrin.sdot_lane_intrin). The broadcast form (`SDOT_4x4_I8`) loaded and
+    broadcast every 4 input channels of every pixel, `ld1r` and an address add per 4 SDOTs."""
+    from edgefleet.compiler.arm_intrin import sdot_lane_intrin
+
+    n, occ, oh, ow, ocb, kh, kw, ic, ic_f, ic_s = sch.get_loops(conv)
+    ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
+    ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
+    tile, passes = _lane_tile_passes(target, ow_n, ocb_n)
+    ow_o, ow_i = sch.split(ow, [None, tile])
+    oc_p, oc_i = sch.split(ocb, [passes, None])
+    sch.reorder(n, occ, oh, ow_o, oc_p, ic, kh, kw, ow_i, ic_f, oc_i, ic_s)
+    _epilogue_at(sch, epi, ow_o)
+    _parallel(sch, conv, [n, occ, oh], target)
+    init = sch.decompose_reduction(conv, ic)
+    sch.tensorize(ow_i, sdot_lane_intrin(tile, ic_bn, ocb_n // passes))
+    sch.vectorize(sch.get_loops(init)[-1])
     _vectorize_epilogue(sch, epi, target)
     for pad in pads:
         _schedule_pad(sch, pad, target)
@@ -532,14 +569,13 @@ def _lane_multiplies(sch: s_tir.Schedule, conv, target: tvm.target.Target, ic_bn
         and operands == {"int16"}
         and ic_bn % LANE_CHANNELS == 0
         and ocb_n % 4 == 0
-        and _stride_one(sch, conv)
+        and _stride_one(sch, conv, *(sch.get_loops(conv)[i] for i in (3, 7)))
     )
 
 
-def _stride_one(sch: s_tir.Schedule, conv) -> bool:
-    """Whether the convolution's neighbouring output pixels read neighbouring input pixels (no stride,
-    no dilation): `_lane` multiplies a tile's inputs as rows of one matrix."""
-    *_, ow, _, _, _, kw = sch.get_loops(conv)
+def _stride_one(sch: s_tir.Schedule, conv, ow, kw) -> bool:
+    """Whether the convolution's neighbouring output pixels (loop `ow`; `kw` the window's columns) read
+    neighbouring input pixels (no stride, no dilation): `_lane` multiplies a tile's inputs as rows of one matrix."""
     ow_n, kw_n = _extent(sch, ow), _extent(sch, kw)
     width = int(sch.get(conv).reads[0].source.shape[3])
     return ow_n is not None and kw_n is not None and width == ow_n + kw_n - 1
@@ -559,9 +595,7 @@ def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target)
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
     ic_bn = int(sch.get(conv).reads[0].source.shape[-1])
     assert ow_n is not None and ocb_n is not None
-    tile, passes = _largest_divisor(ow_n, _lane_tile(target, ocb_n)), 1
-    if 2 * tile <= min(ow_n, _lane_tile(target, ocb_n)) and ocb_n % 8 == 0:
-        tile, passes = _largest_divisor(ow_n, _lane_tile(target, ocb_n // 2)), 2
+    tile, passes = _lane_tile_passes(target, ow_n, ocb_n)
     ow_o, ow_i = sch.split(ow, [None, tile])
     oc_p, oc_i = sch.split(ocb, [passes, None])
     ic_o, ic_m, ic_i = sch.split(ic, [None, ic_bn // LANE_CHANNELS, LANE_CHANNELS])
@@ -578,10 +612,20 @@ def _lane(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target)
 
 
 def _lane_tile(target: tvm.target.Target, block: int) -> int:
-    """Pixels per `_lane` tile: each holds block/4 accumulators and its input vector; four registers
-    stay for weights (16 channels: 5 pixels, 8: 9)."""
+    """Pixels per by-lane tile (`_lane`, `_dot_lane`): each holds block/4 accumulators and its input
+    vector; four registers stay for weights (16 channels: 5 pixels, 8: 9)."""
     regs, lanes = _vector_registers(target)
     return max(1, min(MAX_REG_TILE, (regs - 4) // (block // lanes + 1)))
+
+
+def _lane_tile_passes(target: tvm.target.Target, width: int, block: int) -> tuple[int, int]:
+    """(pixels per tile, passes over the output block) of a by-lane kernel (`_lane`, `_dot_lane`): the
+    tile divides the row (a ragged tile's predicate does not tensorize); where none fills the
+    registers, half the output channels per pass hold twice the pixels."""
+    tile = _largest_divisor(width, _lane_tile(target, block))
+    if 2 * tile <= min(width, _lane_tile(target, block)) and block % 8 == 0:
+        return _largest_divisor(width, _lane_tile(target, block // 2)), 2
+    return tile, 1
 
 
 def _dot_intrinsic(sch: s_tir.Schedule, conv, ocb_n: int) -> tuple[int, str]:
@@ -771,7 +815,7 @@ class Generic(_SafeRule):
     """Any loop nest: outer spatial loops in parallel, the innermost spatial loop vectorized."""
 
     def schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
-        if _is_x86(self.target) and _writes_int8(sch) and "R" not in "".join(_iter_kinds(sch, b) for b in _blocks(sch)):
+        if _requantizes(sch, self.target) and "R" not in "".join(_iter_kinds(sch, b) for b in _blocks(sch)):
             _inline_element_wise(sch)
         for block in _blocks(sch):
             if _unroll_channels(self.target) and _row_times_matrix(sch, block):
@@ -837,16 +881,23 @@ def _is_x86(target: tvm.target.Target) -> bool:
     return str(target.attrs.get("mtriple", "")).startswith("x86_64")
 
 
-def _writes_int8(sch: s_tir.Schedule) -> bool:
+def _requantizes(sch: s_tir.Schedule, target: tvm.target.Target) -> bool:
+    """Whether the kernel writes one quantized tensor: int8 on x86, int8 or int16 (the zero-point-corrected
+    input of an int16 convolution) on AArch64. Measured there; ARMv7 keeps one loop per block."""
     outputs = list(sch.get_output_blocks(sch.get_sblock("root")))
-    return len(outputs) == 1 and str(sch.get(outputs[0]).writes[0].source.dtype) in ("int8", "uint8")
+    dtype = str(sch.get(outputs[0]).writes[0].source.dtype) if len(outputs) == 1 else None
+    if _is_x86(target):
+        return dtype in ("int8", "uint8")
+    return is_aarch64(target) and dtype in ("int8", "int16")
 
 
 def _inline_element_wise(sch: s_tir.Schedule) -> None:
     """One loop nest for a kernel of element-wise blocks only (an int8 requantization after a channel
     slice, about 15 blocks): each block its own parallel loop and int32/int64 buffer cost more than
-    the arithmetic (x86 int8 MobileNetV2s). Not in kernels with a reduction: a convolution left to this
-    rule would read its inlined padding per multiply-add. Blocks that do not inline stay as they are."""
+    the arithmetic (x86 int8 MobileNetV2s; on rasp5 0.424 M instructions of MobileNetV2-0.35's such
+    kernels, 0.144 M as one nest, and fewer parallel launches). Not in kernels with a reduction: a
+    convolution left to this rule would read its inlined padding per multiply-add. Blocks that do not
+    inline stay as they are."""
     out = sch.get_output_blocks(sch.get_sblock("root"))[0]
     for block in _blocks(sch):
         if _same(sch, block, out):

@@ -22,27 +22,31 @@ from compiler_testlib import litert_reference  # noqa: E402  (tests/compiler, pu
 from tflite_models import mobilenetv2_tflite  # noqa: E402  (benchmarks/qemu_insn, put on the path above)
 
 
-def _instructions(library: Path, *mnemonics: str) -> int:
-    """How many of these instructions an AArch64 shared library holds (binutils comes with the cross compiler)."""
-    listing = subprocess.run(
+def _disassembly(library: Path) -> str:
+    """An AArch64 shared library's disassembly (binutils comes with the cross compiler)."""
+    return subprocess.run(
         ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
     ).stdout
-    return sum(1 for line in listing.splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
+
+
+def _instructions(library: Path, *mnemonics: str) -> int:
+    """How many of these instructions an AArch64 shared library holds."""
+    return sum(1 for line in _disassembly(library).splitlines() if any(f"\t{m}\t" in line for m in mnemonics))
 
 
 def _lane_multiplies(library: Path) -> int:
     """Widening multiply-adds by one 16-bit lane (`smlal v.4s, w.4h, a.h[k]`) in an AArch64 shared library."""
-    listing = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
-    ).stdout
-    return len(re.findall(r"\tsmlal2?\tv\d+\.4s, v\d+\.[48]h, v\d+\.h\[[0-7]\]", listing))
+    return len(re.findall(r"\tsmlal2?\tv\d+\.4s, v\d+\.[48]h, v\d+\.h\[[0-7]\]", _disassembly(library)))
+
+
+def _sdot_lanes(library: Path) -> int:
+    """SDOTs by one 32-bit lane of the input vector (`sdot v.4s, w.16b, a.4b[k]`) in an AArch64 shared library."""
+    return len(re.findall(r"\tsdot\tv\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", _disassembly(library)))
 
 
 def _calls_in_sdot_functions(library: Path) -> dict[str, int]:
     """Indirect calls (`blr`: TVM's backend API, such as its workspace allocator) per function holding an SDOT."""
-    listing = subprocess.run(
-        ["aarch64-linux-gnu-objdump", "-d", str(library)], check=True, capture_output=True, text=True
-    ).stdout
+    listing = _disassembly(library)
     calls: dict[str, int] = {}
     sdot: set[str] = set()
     function = ""
@@ -63,9 +67,11 @@ def test_int8_packages_run_sdot_on_rasp5_lanes_on_rasp4b_and_equal_litert_refere
     tiles that split the channels): its dense convolutions run on raw int8 operands with SDOT, and its
     outputs still equal LiteRT's reference kernels bit for bit, in compile's own verification under
     QEMU and on further inputs; its rescale runs on SQRDMULH (graph.sqrdmulh_rescales), and its SDOT
-    kernels allocate no workspaces (compiler/arm_intrin.py). rasp4b (no dot product) multiplies its
-    int16 operands by lane instead (`smlal v.4s, w.4h, a.h[k]`, arm_intrin's smull-by-lane intrinsic)
-    and equals the reference kernels exactly too, in verification and on the same further inputs. On
+    kernels allocate no workspaces (compiler/arm_intrin.py) and, where a pixel's input channels are an
+    8- or 16-byte vector, multiply its 4-byte groups by lane (`sdot v.4s, w.16b, a.4b[k]`). rasp4b (no
+    dot product) multiplies its int16 operands by lane instead (`smlal v.4s, w.4h, a.h[k]`, arm_intrin's
+    smull-by-lane intrinsic) and equals the reference kernels exactly too, in verification and on the
+    same further inputs. On
     both the rescale runs on SQRDMULH and its rounding division by a power of two as SRSHL
     (graph.rounding_shifts)."""
     model = mobilenetv2_tflite(tmp_path / "mnv2_int8.tflite", size=56, int8=True)
@@ -100,6 +106,9 @@ def test_int8_packages_run_sdot_on_rasp5_lanes_on_rasp4b_and_equal_litert_refere
         # 8 lanes x 4 output-channel groups x the pixels of a tile, for each of ~20 dense convolutions.
         assert _lane_multiplies(rasp4b.library) >= 20 * 8 * 4 * 4
         assert _lane_multiplies(rasp5.library) < _lane_multiplies(rasp4b.library) / 4
+        # rasp5's stride-one SDOT convolutions take each 4 input bytes of a pixel as a lane of its
+        # loaded input vector (schedules._dot_lane): 4 output groups x the tile's pixels x 2-4 lanes each.
+        assert _sdot_lanes(rasp5.library) >= 20 * 4 * 4 * 2
         # No workspace allocated and freed around each SDOT tile row (13 calls per kernel before): one
         # call, the parallel launch; a padded convolution two launches and its padded input's workspace.
         calls = _calls_in_sdot_functions(rasp5.library)

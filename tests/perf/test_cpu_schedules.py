@@ -1265,3 +1265,34 @@ def test_x86_vnni_8_channel_block_rescales_two_pixels_per_register_and_equal_lit
     assert not [n for n, s in eight.items() if not X86_HIGH_MUL.search(s) or WIDENED_ACC.search(s)], sorted(eight)
     assert all("T.vectorized(T.int64(16))" in s for s in eight.values()), sorted(eight)
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 32, seed=50)
+
+
+def test_rasp5_int8_convolutions_multiply_sdot_by_lane():
+    """rasp5's SDOT convolutions whose input-channel blocks are 8 or 16 bytes (every stride-one one of
+    the 56x56 int8 MobileNetV2) load each pixel's block once and take its 4-byte groups as lanes of the
+    SDOT (`sdot v.4s, w.16b, a.4b[k]`, arm_intrin.sdot_lane_intrin): a Shuffle of the pixel's input
+    vector. Before, every 4 input channels of every pixel were loaded and broadcast on their own
+    (`ld1r`). Only the RGB convolution (3 channels padded to 4, stride 2) keeps the broadcast.
+    Numerics: tests/cross/test_cross_int8_dot.py."""
+    scripts = _int8_mobilenetv2_kernels("rasp5")
+    dot = {n: s for n, s in scripts.items() if n.startswith("fused_conv2d_NCHWc_int8")}
+    lane = [n for n, s in dot.items() if re.search(r"T\.Shuffle\(\[T\.reinterpret\(\"int32x[24]\"", s)]
+    broadcast = [n for n, s in dot.items() if 'T.Broadcast(T.reinterpret("int32"' in s]
+    assert len(lane) >= 20 and len(lane) + len(broadcast) == len(dot), (sorted(lane), sorted(broadcast))
+    first_input = re.search(r"def \w+\(\w+: T\.Buffer\(\((.*?)\), \"int8\"\)", dot[broadcast[0]] if broadcast else "")
+    assert len(broadcast) == 1 and first_input and first_input.group(1).endswith("T.int64(4)"), broadcast
+
+
+def test_aarch64_int8_requantizations_after_a_slice_are_one_loop_nest():
+    """On AArch64 too (rasp4b, rasp5), a requantization after a channel slice (the residual adds of
+    the 24-channel stage, in NCHW) is one loop nest of its element-wise blocks (schedules._inline_element_wise),
+    not one parallel loop and one int32 / int64 buffer per operation (about 40 of them), also where it
+    writes int16, the zero-point-corrected input of rasp4b's int16 convolutions. Numerics:
+    tests/cross/test_cross_int8_dot.py."""
+    for target in ("rasp4b", "rasp5"):
+        scripts = _int8_mobilenetv2_kernels(target)
+        sliced = [n for n in scripts if n.startswith("fused_strided_slice")]
+        blocks = {
+            n: sum(line.lstrip().startswith("with T.sblock(") for line in scripts[n].splitlines()) for n in sliced
+        }
+        assert blocks and set(blocks.values()) == {1}, (target, blocks)
