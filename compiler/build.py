@@ -63,8 +63,13 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # (rasp5's Cortex-A76). Their rescale on int32 lanes with SQRDMULH and the rounding division
         # after it as one SRSHL on every AArch64 target (both ARMv8.0 AdvSIMD): on rasp4b, together,
         # int8 MobileNetV2-0.35 7.31 -> 7.00 M instructions (either alone gained nothing or lost there).
+        # Then the narrowing to int8 as saturating narrowings (sqxtn, sqxtun) instead of int32 clamps.
         *([graph.dot_product_convs(), graph.dot_product_dense()] if graph.has_dot_product(tgt) else []),
-        *([graph.sqrdmulh_rescales(), graph.rounding_shifts()] if graph.is_aarch64(tgt) else []),
+        *(
+            [graph.sqrdmulh_rescales(), graph.rounding_shifts(), graph.saturating_narrowings()]
+            if graph.is_aarch64(tgt)
+            else []
+        ),
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions and
         # fully connected layers with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True), graph.vnni_dense()] if graph.has_vnni(tgt) else []),

@@ -1296,3 +1296,50 @@ def test_aarch64_int8_requantizations_after_a_slice_are_one_loop_nest():
             n: sum(line.lstrip().startswith("with T.sblock(") for line in scripts[n].splitlines()) for n in sliced
         }
         assert blocks and set(blocks.values()) == {1}, (target, blocks)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-128, 127), (-128, 90), (-100, 127)])
+def test_aarch64_int8_requantization_narrows_with_saturation_and_stays_exact(lo, hi):
+    """graph.saturating_narrowings: the int8 requantization's last step `int8(clip(x - 128, lo, hi))`
+    after a rounding shift by one or more bits, on whole 16-channel blocks, becomes the clamps of AArch64's
+    saturating narrowings (`sqxtn`, `sqxtun`) and an `eor`, without the int32 `smax` / `smin` where [lo,
+    hi] is all of int8; equal to the clip for every such shift's output (|x| <= 2^30, built for this host).
+    A shift by 0 bits somewhere (x might be near the int32 limits, where x - 128 wraps) or another zero
+    point keeps the clip."""
+    from tvm import te
+
+    shape = (1, 2, 3, 4, 16)
+
+    def requantization(counts: np.ndarray, zero: int = -128) -> str:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "int32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                shifted = bb.emit(bb.call_te(graph.srshl, x, relax.const(counts, "int32"), primfunc_name_hint="srshl"))
+                added = bb.emit(relax.op.add(shifted, relax.const(zero, "int32")))
+                low = bb.emit(relax.op.maximum(added, relax.const(lo, "int32")))
+                clipped = bb.emit(relax.op.minimum(low, relax.const(hi, "int32")))
+                out = bb.emit_output(relax.op.astype(clipped, "int8"))
+            bb.emit_func_output(out)
+        return graph.saturating_narrowings()(bb.get()).script(show_meta=False)
+
+    counts = -np.arange(1, 17, dtype=np.int32).reshape(1, 1, 1, 1, 16)
+    assert "saturating_int8" in requantization(counts)
+    for kept in (requantization(np.where(counts == -16, 0, counts).astype(np.int32)), requantization(counts, -3)):
+        assert "saturating_int8" not in kept and "R.minimum" in kept
+
+    x = te.placeholder(shape, "int32", name="x")
+    kernel = te.create_prim_func([x, graph.saturating_int8(x, lo, hi)])
+    edges = [-(2**30), 2**30, -32769, -32768, 32767, 32768, -1, 0, 1, 127, 128, 255, 256, 383, 384, 133]
+    data = np.random.default_rng(0).integers(-300, 600, shape).astype(np.int32)
+    data.reshape(-1)[: len(edges)] = edges
+    out = tvm.runtime.tensor(np.zeros(shape, np.int8))
+    tvm.compile(kernel, target="llvm")(tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), np.clip(data.astype(np.int64) - 128, lo, hi).astype(np.int8))
+
+    sch = tvm.s_tir.Schedule(kernel)
+    sch.vectorize(sch.get_loops(sch.get_sblock("saturating_int8"))[-1])
+    asm = tvm.compile(sch.mod, target=tvm_target(resolve_target("rasp5"))).mod.inspect_source("asm")
+    assert "sqxtun" in asm and "sqxtn" in asm, asm
+    if (lo, hi) == (-128, 127):
+        assert not re.search(r"\bsm(ax|in)\b", asm), asm
