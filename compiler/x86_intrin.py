@@ -92,15 +92,33 @@ def _lower_rdhm(call: tirx.Call) -> tirx.PrimExpr:
         wide = a.astype(int64) * q.astype(int64) + _int64(_NUDGE, lanes)
         return (wide >> _int64(31, lanes)).astype(dtype)
     half = lanes // 2
+    nudge = _int64(_NUDGE, half)
+    if not isinstance(a, tirx.Add):
+        even, odd = _even_odd_products(a, q, half)
+        return _merge_high_halves(dtype, half, even + nudge, odd + nudge)
+    # (x + b) q + 2^30 as x q + (b q + 2^30): the bias's products and the nudge are the same for every
+    # pixel of an unrolled epilogue (LLVM computes them once), so the int32 add of the bias (one vpaddd
+    # per 16 outputs) goes. Equal wherever x + b does not overflow int32.
+    even, odd = _even_odd_products(a.a, q, half)
+    even_b, odd_b = _even_odd_products(a.b, q, half)
+    return _merge_high_halves(dtype, half, even + (even_b + nudge), odd + (odd_b + nudge))
+
+
+def _even_odd_products(a: tirx.PrimExpr, q: tirx.PrimExpr, half: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """The int64 products of the even and of the odd int32 lanes of a and q. Sign-extended low halves
+    (the even lanes) and arithmetic-shifted high halves (the odd ones): LLVM sees 32 x 32-bit signed
+    products and emits vpmuldq for both."""
     pairs, qs = (tirx.call_intrin(f"int64x{half}", "tirx.reinterpret", v) for v in (a, q))
-    # Sign-extended low halves (the even lanes) and arithmetic-shifted high halves (the odd ones):
-    # LLVM sees 32 x 32-bit signed products and emits vpmuldq for both.
     even = ((pairs << _int64(32, half)) >> _int64(32, half)) * ((qs << _int64(32, half)) >> _int64(32, half))
     odd = (pairs >> _int64(32, half)) * (qs >> _int64(32, half))
-    # Bits 31..62 of each sum: the even lane's in the low half after >> 31, the odd one's in the high
-    # half after << 1.
-    low = ((even + _int64(_NUDGE, half)) >> _int64(31, half)) & _int64(_LOW, half)
-    high = ((odd + _int64(_NUDGE, half)) << _int64(1, half)) & _int64(~_LOW, half)
+    return even, odd
+
+
+def _merge_high_halves(dtype, half: int, even: tirx.PrimExpr, odd: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Bits 31..62 of each sum: the even lane's in the low half after >> 31, the odd one's in the high
+    half after << 1, merged into int32 lanes."""
+    low = (even >> _int64(31, half)) & _int64(_LOW, half)
+    high = (odd << _int64(1, half)) & _int64(~_LOW, half)
     return tirx.call_intrin(dtype, "tirx.reinterpret", low | high)
 
 

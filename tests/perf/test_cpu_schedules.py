@@ -1343,3 +1343,38 @@ def test_aarch64_int8_requantization_narrows_with_saturation_and_stays_exact(lo,
     assert "sqxtun" in asm and "sqxtn" in asm, asm
     if (lo, hi) == (-128, 127):
         assert not re.search(r"\bsm(ax|in)\b", asm), asm
+
+
+@pytest.mark.parametrize("level", ["x86-64-v4", "x86-64-v3"])
+def test_x86_rescale_high_multiply_of_a_biased_accumulator_folds_the_bias_into_its_nudge(level):
+    """x86_rounding_doubling_high_mul(x + b, q), the form of every requantized convolution's epilogue,
+    equals ((x + b) q + 2^30) >> 31 computed in int64 wherever x + b fits int32, on 16 and 8 lanes
+    (x86_intrin._lower_rdhm: x q + (b q + 2^30)). In an unrolled loop over pixels the bias's products
+    are computed once and no int32 add of the bias is left (before: one vpaddd per vector)."""
+    from tvm import te
+
+    rng = np.random.default_rng(7)
+    target = tvm_target(resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target})))
+    lanes = 16 if level == "x86-64-v4" else 8
+    pixels = 8
+    b = rng.integers(-(2**20), 2**20, (1, lanes)).astype(np.int32)
+    q = rng.integers(2**30, 2**31, (1, 1, lanes)).astype(np.int32)
+    x = rng.integers(-(2**31) + 2**20, 2**31 - 2**20, (512, pixels, lanes)).astype(np.int32)
+    x[0, :4] = [[2**31 - 1 - 2**20], [-(2**31) + 2**20], [0], [-1]]
+    xs = te.placeholder(x.shape, "int32", "x")
+    bs, qs = te.placeholder(b.shape, "int32", "b"), te.placeholder(q.shape, "int32", "q")
+    biased = te.compute(x.shape, lambda i, p, c: xs[i, p, c] + bs[0, c], name="biased")
+    out = graph.x86_rounding_doubling_high_mul(biased, qs)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([xs, bs, qs, out]))
+    sch.compute_inline(sch.get_sblock("biased"))
+    _, pixel, lane = sch.get_loops(sch.get_sblock(out.op.name))
+    sch.unroll(pixel)
+    sch.vectorize(lane)
+    lib = tvm.compile(sch.mod, target=target)
+    result = tvm.runtime.tensor(np.zeros(x.shape, np.int32))
+    lib["main"](*(tvm.runtime.tensor(v) for v in (x, b, q)), result)
+    expected = (((x.astype(np.int64) + b) * q + (1 << 30)) >> 31).astype(np.int32)
+    np.testing.assert_array_equal(result.numpy(), expected, err_msg=level)
+    asm = lib.mod.inspect_source("asm")
+    assert asm.count("vpmuldq") <= 2 * pixels + 2, asm
+    assert "vpaddd" not in asm, asm
