@@ -126,7 +126,10 @@ class Pool {
 
  private:
   void Work() {
-    uint32_t seen = posted_.load(std::memory_order_acquire);
+    // posted_ as the pool started, not as this thread first reads it: a worker that starts after
+    // the destructor's post (a pool of 2 made and dropped at once, on a busy core) would otherwise
+    // wait for a post that never comes, and the destructor's join with it.
+    uint32_t seen = 0;
     for (;;) {
       WaitWhileEqual(&posted_, seen, spin_, &workers_sleeping_);
       if (stop_.load(std::memory_order_relaxed)) return;

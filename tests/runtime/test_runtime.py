@@ -635,3 +635,19 @@ report["after"] = model.run([np.ones(64, np.float32)])[0].tolist()
     report = _pool_run(code)
     assert "an input of 100 or more" in report["error"], report
     assert report["after"] == [2.0] * 64
+
+
+def test_a_pool_made_and_dropped_at_once_stops_its_worker():
+    """A pool of 2 replaced before its worker thread first ran: the worker took the destructor's
+    post for the pool's start and waited for another, and the destructor's join with it (it hung
+    every time within 2000 switches on the shim before, and the agent's settings test under load)."""
+    code = """
+from edgefleet.agent import runtime
+api = runtime._Runtime.get().api
+for _ in range(2000):
+    assert api.ef_set_threads(2) == 0 and api.ef_set_threads(1) == 0
+print("stopped")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["stopped"]
