@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.abc
+import math
 import os
 import sys
 import threading
@@ -142,6 +143,8 @@ class TvmModel:
                 "the package was built for another machine or TVM version; check its target",
             )
         self._handle = ctypes.c_void_p(handle)
+        self._arguments: _RunArguments | None = None
+        self._out = _OutputFields()
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
@@ -151,18 +154,12 @@ class TvmModel:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         self._rt.use_threads()
         arrays = [np.require(x, requirements="C") for x in inputs]  # keeps 0-d inputs 0-d
-        raw = [_raw(x) for x in arrays]
-        n = len(arrays)
-        shapes = [(ctypes.c_int64 * max(1, x.ndim))(*x.shape) for x in arrays]
-        count = self._rt.api.ef_model_run(
-            self._handle,
-            n,
-            (ctypes.c_void_p * n)(*[r.ctypes.data for r in raw]),
-            (ctypes.c_int64 * n)(*[r.nbytes for r in raw]),
-            (ctypes.c_int * n)(*[x.ndim for x in arrays]),
-            (ctypes.POINTER(ctypes.c_int64) * n)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in shapes]),
-            (ctypes.c_char_p * n)(*[x.dtype.name.encode() for x in arrays]),
-        )
+        signature = [(x.shape, x.dtype) for x in arrays]
+        if self._arguments is None or self._arguments.signature != signature:
+            self._arguments = _RunArguments(signature)
+        # The bytes TVM expects: sub-byte element types packed, everything else as is.
+        raw = [x if bits is None else _pack(x, bits) for x, bits in zip(arrays, self._arguments.bits)]
+        count = self._rt.api.ef_model_run(self._handle, *self._arguments.pointing_at(raw))
         if count < 0:
             raise BadInputError(
                 f"the model failed to run: {self._rt.error()[:500]}",
@@ -171,25 +168,57 @@ class TvmModel:
         return [self._output(i) for i in range(count)]
 
     def _output(self, index: int) -> np.ndarray:
-        ndim, shape, dtype, nbytes = (
-            ctypes.c_int(),
-            (ctypes.c_int64 * 8)(),
-            ctypes.create_string_buffer(32),
-            ctypes.c_int64(),
-        )
-        if (
-            self._rt.api.ef_model_output(
-                self._handle, index, ctypes.byref(ndim), shape, dtype, 32, ctypes.byref(nbytes)
-            )
-            != 0
-        ):
+        out = self._out
+        if self._rt.api.ef_model_output(self._handle, index, out.ndim, out.shape, out.dtype, 32, out.nbytes) != 0:
             raise BadInputError(f"cannot read output {index}: {self._rt.error()}", "report the model")
-        dims, name = tuple(shape[: ndim.value]), dtype.value.decode()
-        buffer = np.empty(nbytes.value, np.uint8)
-        if self._rt.api.ef_model_output_copy(self._handle, index, buffer.ctypes.data, nbytes.value) != 0:
+        dims, name, nbytes = tuple(out.shape[: out.ndim.value]), out.dtype.value.decode(), out.nbytes.value
+        buffer = np.empty(nbytes, np.uint8)
+        if self._rt.api.ef_model_output_copy(self._handle, index, buffer.ctypes.data, nbytes) != 0:
             raise BadInputError(f"cannot copy output {index}: {self._rt.error()}", "report the model")
         bits = _SUBBYTE_BITS.get(name)
         return buffer.view(numpy_dtype(name)).reshape(dims) if bits is None else _unpack(buffer, dims, name, bits)
+
+
+class _RunArguments:
+    """ef_model_run's argument arrays for one signature of inputs (each one's shape and dtype),
+    kept by the model until the signature changes: only the data pointers change between runs.
+    Building them anew per run cost more than a small model's whole VM (docs/performance.md, the
+    cost outside the kernels)."""
+
+    def __init__(self, signature: list[tuple[tuple[int, ...], np.dtype]]) -> None:
+        n = len(signature)
+        self.signature = signature
+        self.bits = [_SUBBYTE_BITS.get(dtype.name) for _, dtype in signature]
+        self.count = n
+        self.data = (ctypes.c_void_p * n)()
+        self.nbytes = (ctypes.c_int64 * n)(
+            *[
+                _packed_size(shape, bits) if bits else math.prod(shape) * dtype.itemsize
+                for (shape, dtype), bits in zip(signature, self.bits)
+            ]
+        )
+        self.ndims = (ctypes.c_int * n)(*[len(shape) for shape, _ in signature])
+        self._shapes = [(ctypes.c_int64 * max(1, len(shape)))(*shape) for shape, _ in signature]
+        self.shapes = (ctypes.POINTER(ctypes.c_int64) * n)(
+            *[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in self._shapes]
+        )
+        self.dtypes = (ctypes.c_char_p * n)(*[dtype.name.encode() for _, dtype in signature])
+
+    def pointing_at(self, raw: list[np.ndarray]) -> tuple:
+        """The arguments after the handle, the data pointers at `raw` (which must outlive the call)."""
+        for i, r in enumerate(raw):
+            self.data[i] = r.ctypes.data
+        return self.count, self.data, self.nbytes, self.ndims, self.shapes, self.dtypes
+
+
+class _OutputFields:
+    """ef_model_output's out-parameters, allocated once per model."""
+
+    def __init__(self) -> None:
+        self.ndim = ctypes.c_int()
+        self.shape = (ctypes.c_int64 * 8)()
+        self.dtype = ctypes.create_string_buffer(32)
+        self.nbytes = ctypes.c_int64()
 
 
 # The pool the runtime starts with ([runtime] of the agent config; `configure_pool` changes it).
@@ -243,16 +272,15 @@ def numpy_dtype(name: str) -> np.dtype:
         return np.dtype(getattr(ml_dtypes, name))
 
 
-def _raw(x: np.ndarray) -> np.ndarray:
-    """The bytes TVM expects for `x`: sub-byte element types packed, everything else as is."""
-    bits = _SUBBYTE_BITS.get(x.dtype.name)
-    return x if bits is None else _pack(x, bits)
-
-
 # 4- and 2-bit element types (ml_dtypes names = TVM dtypes). TVM's runtime sizes their tensors
 # packed, the first element in the high bits of each byte; edgefleet's compiled models
 # (compiler/frontends/onnx/lowbit.py) read and write that layout. numpy (ml_dtypes) keeps one per byte.
 _SUBBYTE_BITS = {"float4_e2m1fn": 4, "int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
+
+
+def _packed_size(shape: tuple[int, ...], bits: int) -> int:
+    """The bytes of `_pack`'s result for an array of `shape`."""
+    return -(-math.prod(shape) * bits // 8)
 
 
 def _pack(x: np.ndarray, bits: int) -> np.ndarray:

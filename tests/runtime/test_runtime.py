@@ -651,3 +651,29 @@ print("stopped")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["stopped"]
+
+
+def test_a_model_keeps_its_run_arguments_until_the_inputs_change(parallel_double):
+    """The C arguments of ef_model_run are built once per signature of inputs (shapes, dtypes) and
+    kept: a run with other inputs builds them anew (here refused by the model), the next right one
+    again, and every run reads its own input's data."""
+    code = f"""
+from edgefleet.errors import BadInputError
+model = runtime.TvmModel({str(parallel_double)!r})
+x = np.arange(64, dtype=np.float32)
+first = model.run([x])[0]
+kept = model._arguments
+second = model.run([x + 1])[0]
+report["kept"] = model._arguments is kept
+try:
+    model.run([np.ones(32, np.float32)])
+except BadInputError as exc:
+    report["other"] = str(exc)[:200]
+report["rebuilt"] = model._arguments is not kept
+report["runs"] = [first.tolist(), second.tolist(), model.run([x])[0].tolist()]
+"""
+    report = _pool_run(code, threads=1)
+    x = np.arange(64, dtype=np.float32)
+    assert report["kept"] and report["rebuilt"], report
+    assert "the model failed to run" in report["other"], report
+    assert report["runs"] == [(2 * x).tolist(), (2 * x + 2).tolist(), (2 * x).tolist()]
