@@ -677,3 +677,37 @@ report["runs"] = [first.tolist(), second.tolist(), model.run([x])[0].tolist()]
     assert report["kept"] and report["rebuilt"], report
     assert "the model failed to run" in report["other"], report
     assert report["runs"] == [(2 * x).tolist(), (2 * x + 2).tolist(), (2 * x).tolist()]
+
+
+def _exported(library: Path) -> set[str]:
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
+    return {line.split()[-1] for line in nm.stdout.splitlines() if line.strip()}
+
+
+def test_cpu_libraries_hold_the_vm_compiled_and_bytecode_ones_still_run(tiny_package, tmp_path, monkeypatch):
+    """A CPU library holds the VM's `main` as machine code (TVM's exec_mode "compiled": the
+    function __vmtir__main) instead of bytecode; a library built as before (bytecode, as in the
+    packages in the field) runs on the same runtime with the same outputs."""
+    from edgefleet.compiler import build
+    from edgefleet.compiler.compile import compile_model
+    from edgefleet.package import open_package
+
+    result, model, key = tiny_package
+    monkeypatch.setattr(build, "_exec_mode", lambda target: "bytecode")
+    before = compile_model(
+        str(model), "x86_64", output=tmp_path / "before.tar.gz", name="tiny", version="1", key=key.path, quiet=True
+    )
+    with open_package(result.package, None) as now, open_package(before.package, None) as old:
+        assert "__tvm_ffi___vmtir__main" in _exported(now.library)
+        assert "__tvm_ffi___vmtir__main" not in _exported(old.library)
+        code = f"""
+import json, numpy as np
+from edgefleet.agent.runtime import TvmModel
+x = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+print(json.dumps([TvmModel(p).run([x])[0].tolist() for p in ({str(now.library)!r}, {str(old.library)!r})]))
+"""
+        proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    compiled, bytecode = json.loads(proc.stdout.splitlines()[-1])
+    assert compiled == bytecode
+    assert float(np.ptp(np.array(compiled))) > 0.01  # outputs that depend on the input, not a constant
