@@ -8,13 +8,15 @@ within each round), GFLOP/s (conv and dense multiply-adds x 2), the compile time
 the package size with and without the extra library, and the load average around the timing.
 
     python benchmarks/isa_variants.py [--models squeezenet,mobilenetv2,resnet50] [--runs 30] [--threads 1]
-        [--also znver4,icelake-server] [--without inplace_concats,sink_layout_transforms.reblock]
+        [--also znver4,icelake-server] [--without inplace_concats,sink_layout_transforms.reblock] [--bytecode]
 
 `--also` compiles the model for more LLVM CPUs (raw TVM targets, one package each) and times them in
 the same rounds: how the generic x86-64-v4 library compares with one tuned for a named CPU.
 `--without` compiles the model once more with those passes of compiler/graph.py replaced by the
 identity (or, as `factory.option`, with that keyword option off) and times that package's
 x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side.
+`--bytecode` likewise times the package built with the Relax VM as bytecode (as before the CPU
+libraries ran it compiled, compiler/build.py `_exec_mode`).
 
 TFLite models (issue 22: the names of benchmarks/arm_instructions.py ending in `_tflite`, e.g.
 `mobilenetv2_int8_tflite`, `mobilenetv2_035_int8_tflite`) are timed against LiteRT (XNNPACK) instead
@@ -67,6 +69,19 @@ def _without(passes: list[str]):
             setattr(graph, n, factory)
 
 
+@contextlib.contextmanager
+def _bytecode_vm():
+    """compiler/build.py building the Relax VM as bytecode, for one compile."""
+    from edgefleet.compiler import build
+
+    saved = build._exec_mode
+    build._exec_mode = lambda _target: "bytecode"
+    try:
+        yield
+    finally:
+        build._exec_mode = saved
+
+
 def source_model(name: str, work: Path) -> Path:
     if name.endswith("_tflite"):
         from arm_instructions import make_model
@@ -89,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--also", default="", help="more LLVM CPUs to compile for and time alongside")
     ap.add_argument("--without", default="", help="graph.py passes to leave out in one more package")
+    ap.add_argument("--bytecode", action="store_true", help="also time the package with the VM as bytecode")
     args = ap.parse_args()
     flags = cpu_flags()
     with tempfile.TemporaryDirectory(prefix="edgefleet-isa-") as tmp:
@@ -117,15 +133,20 @@ def main() -> None:
                     )
                     with open_package(other.package, [key.public]) as extra:
                         runners[mcpu] = _tvm_runner(extra.library, args.threads)  # the worker keeps it loaded
+                isa = runnable[0].isa  # the best this CPU runs (variants.json lists the best first)
+                changes = {}  # runner label -> (package file suffix, the change for its compile)
                 if args.without:
-                    with _without(args.without.split(",")):
+                    changes["w/o"] = ("without", _without(args.without.split(",")))
+                if args.bytecode:
+                    changes["bytecode"] = ("bytecode", _bytecode_vm())
+                for label, (suffix, change) in changes.items():
+                    with change:
                         other = compile_model(
-                            str(source), "x86_64", output=work / f"{name}-without.tar.gz", key=key.path, quiet=True
+                            str(source), "x86_64", output=work / f"{name}-{suffix}.tar.gz", key=key.path, quiet=True
                         )
                     with open_package(other.package, [key.public]) as extra:
-                        isa = runnable[0].isa  # the best this CPU runs (variants.json lists the best first)
                         library = next(v.library for v in extra.variants().variants if v.isa == isa)
-                        runners[f"{isa} w/o"] = _tvm_runner(extra.path(library), args.threads)
+                        runners[f"{isa} {label}"] = _tvm_runner(extra.path(library), args.threads)
                 sizes = {v.isa: pkg.path(v.library).stat().st_size for v in listed.variants}
                 # The package as it was before: the same members without the extra library and its list.
                 solo = len(gzip.compress(pkg.library.read_bytes(), compresslevel=6))
