@@ -47,6 +47,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -74,8 +75,30 @@ struct Model {
   tvm::ffi::Module vm;
   tvm::ffi::Function main;
   DLDevice device;
+  std::vector<tvm::runtime::Tensor> inputs;  // kept between runs on the CPU (InputTensor)
   std::vector<tvm::runtime::Tensor> outputs;
 };
+
+bool HasShape(const tvm::runtime::Tensor& tensor, const tvm::ffi::Shape& shape, DLDataType dtype) {
+  const DLTensor* t = tensor.operator->();
+  if (t->ndim != static_cast<int>(shape.size()) || t->dtype != dtype) return false;
+  return std::equal(shape.begin(), shape.end(), t->shape);
+}
+
+// The tensor input `i` is written into: on the CPU, the one from the last run when it has this
+// shape and dtype and nothing else holds it (an output may be the input itself), else a new one. A
+// new tensor per run cost a camera-size float input (602 KB, over malloc's mmap threshold) an mmap,
+// its page faults and an munmap every run (docs/performance.md, the cost outside the kernels). GPU
+// inputs stay one per run: the last run's kernels may still be reading theirs.
+tvm::runtime::Tensor InputTensor(Model* model, size_t i, const tvm::ffi::Shape& shape, DLDataType dtype) {
+  if (model->device.device_type != kDLCPU) return tvm::runtime::Tensor::Empty(shape, dtype, model->device);
+  if (model->inputs.size() <= i) model->inputs.resize(i + 1);
+  tvm::runtime::Tensor& kept = model->inputs[i];
+  if (!kept.defined() || kept.use_count() != 1 || !HasShape(kept, shape, dtype)) {
+    kept = tvm::runtime::Tensor::Empty(shape, dtype, model->device);
+  }
+  return kept;
+}
 
 void Flatten(const tvm::ffi::Any& value, std::vector<tvm::runtime::Tensor>* out) {
   if (auto tensor = value.try_cast<tvm::runtime::Tensor>()) {
@@ -276,7 +299,7 @@ EF_API int ef_model_run(void* handle, int count, const void* const* data, const 
     for (int i = 0; i < count; ++i) {
       tvm::ffi::Shape shape(shapes[i], shapes[i] + ndims[i]);
       DLDataType dtype = tvm::ffi::StringToDLDataType(dtypes[i]);
-      auto tensor = tvm::runtime::Tensor::Empty(shape, dtype, model->device);
+      tvm::runtime::Tensor tensor = InputTensor(model, i, shape, dtype);
       size_t expected = tvm::ffi::GetDataSize(*tensor.operator->());
       if (static_cast<size_t>(nbytes[i]) != expected) {
         throw std::runtime_error("input " + std::to_string(i) + " has " + std::to_string(nbytes[i]) +

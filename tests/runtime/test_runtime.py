@@ -711,3 +711,40 @@ print(json.dumps([TvmModel(p).run([x])[0].tolist() for p in ({str(now.library)!r
     compiled, bytecode = json.loads(proc.stdout.splitlines()[-1])
     assert compiled == bytecode
     assert float(np.ptp(np.array(compiled))) > 0.01  # outputs that depend on the input, not a constant
+
+
+def test_a_large_input_is_written_into_the_tensor_of_the_last_run(tmp_path):
+    """A 1 MiB input (over malloc's mmap threshold) is copied into the tensor the last run used: a
+    new tensor per run was mapped, faulted in page by page and unmapped every run (256 minor page
+    faults per run here). The output (16 values) depends on each run's input."""
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+
+    @I.ir_module
+    class Head:
+        @T.prim_func
+        def head(x: T.Buffer((262144,), "float32"), y: T.Buffer((16,), "float32")):
+            for i in range(16):
+                y[i] = x[i * 16384] * T.float32(2)
+
+        @R.function
+        def main(x: R.Tensor((262144,), "float32")):
+            return R.call_tir(Head.head, (x,), R.Tensor((16,), "float32"))
+
+    library = tmp_path / "head.so"
+    tvm.compile(Head, target="llvm").export_library(str(library))
+    code = f"""
+import resource
+from edgefleet.agent.runtime import TvmModel
+model = TvmModel({str(library)!r})
+xs = [np.full(262144, k, np.float32) for k in range(20)]
+model.run([xs[0]])
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+report["heads"] = [model.run([x])[0].tolist() for x in xs]
+report["faults_per_run"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(xs)
+"""
+    report = _pool_run(code, threads=1)
+    assert report["heads"] == [[2.0 * k] * 16 for k in range(20)]
+    assert report["faults_per_run"] < 32, report["faults_per_run"]  # 256 pages when mapped anew
