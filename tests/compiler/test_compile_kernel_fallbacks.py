@@ -77,7 +77,7 @@ def test_failure_outside_the_kernels_falls_back_to_tvm_default(grouped_model, tm
 
     monkeypatch.setattr(graph, "legalize", lambda _on_fallback, **_: relax.transform.LegalizeOps())
     result, said = _compile(cli, grouped_model, tmp_path)
-    assert "CodeGenVM cannot emit this Relax operator" in said and "building with TVM's default pipeline" in said
+    assert "CodeGenVMTIR cannot emit this Relax operator" in said and "building with TVM's default pipeline" in said
     assert "Metadata omitted" not in result.err
     with open_package(tmp_path / "p.tar.gz", [signing_key.public]) as pkg:
         runtime = pkg.manifest.runtime
