@@ -1378,3 +1378,19 @@ def test_x86_rescale_high_multiply_of_a_biased_accumulator_folds_the_bias_into_i
     asm = lib.mod.inspect_source("asm")
     assert asm.count("vpmuldq") <= 2 * pixels + 2, asm
     assert "vpaddd" not in asm, asm
+
+
+def test_aarch64_int8_depthwise_tiles_divide_the_row():
+    """AArch64 integer depthwise convolutions (rasp4b, rasp5) take register tiles of 4 or 2 pixels,
+    whichever divides the row, else the whole row (schedules._depthwise_tile): on the 56x56 int8
+    MobileNetV2 rows of 28 -> 4, 14 -> 2, 7 -> 7. `register_tile`'s 6 pixels left a ragged last tile
+    (a predicate in the unrolled body) on rows of 14 and 7, and 6 x 16 channels' accumulators do not fit
+    beside the taps' weights. Numerics: tests/cross/test_cross_int8_dot.py."""
+    tile = re.compile(r"v_x = T\.axis\.spatial\(T\.int64\((\d+)\), x_0 \* T\.int64\((\d+)\) \+ x_1\)")
+    for target in ("rasp4b", "rasp5"):
+        scripts = _int8_mobilenetv2_kernels(target)
+        depthwise = {n: s for n, s in scripts.items() if n.startswith("fused_depthwise")}
+        tiles = {tuple(map(int, m)) for s in depthwise.values() for m in tile.findall(s)}
+        assert {(28, 4), (14, 2), (7, 7)} <= tiles, (target, tiles)
+        assert all(t == next((d for d in (4, 2) if row % d == 0), row) for row, t in tiles), (target, tiles)
+        assert not [n for n, s in depthwise.items() if "T.where" in s], target
