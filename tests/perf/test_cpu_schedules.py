@@ -1394,3 +1394,16 @@ def test_aarch64_int8_depthwise_tiles_divide_the_row():
         assert {(28, 4), (14, 2), (7, 7)} <= tiles, (target, tiles)
         assert all(t == next((d for d in (4, 2) if row % d == 0), row) for row, t in tiles), (target, tiles)
         assert not [n for n, s in depthwise.items() if "T.where" in s], target
+
+
+def test_rasp5_sdot_convolutions_start_their_sums_at_the_bias_minus_the_zero_point_correction():
+    """rasp5's SDOT convolutions start each sum at one constant per output channel, the bias minus
+    zx sum(w) (graph.dot_product_convs, graph.sqrdmulh_rescales), where they started at 0 and the
+    epilogue subtracted the correction and added the bias before the rescale (an `add` per 4 outputs
+    after LLVM had folded the two). Numerics: tests/cross/test_cross_int8_dot.py."""
+    scripts = _int8_mobilenetv2_kernels("rasp5")
+    dot = {n: s for n, s in scripts.items() if n.startswith("fused_conv2d_NCHWc_int8")}
+    assert len(dot) >= 15, sorted(scripts)
+    assert all(re.match(r"fused_conv2d_NCHWc_int8\d*_sqrdmulh", n) for n in dot), sorted(dot)
+    started = [n for n, s in dot.items() if re.search(r"conv2d_NCHWc_int8\w*\[[^]]*\] = param_\d+\[", s)]
+    assert len(started) == len(dot), sorted(set(dot) - set(started))
