@@ -1878,13 +1878,19 @@ def _started_conv(builder: relax.BlockBuilder, args: list, start: relax.Expr) ->
     ([1, C/b, 1, 1, b] int32) instead of 0: the kernel's init writes it, and the epilogue has no add of
     it (XNNPACK's kernels start their accumulators at the bias the same way). TE drops a reduction's
     `init` (TVM 0.27's create_prim_func), so the block's init is set on the PrimFunc."""
+    return _started_call(builder, lambda data, kernel: conv2d_nchwc_dot(data, kernel, *args[2:]), args[:2], start)
+
+
+def _started_call(
+    builder: relax.BlockBuilder, compute, operands: list, start: relax.Expr, name: str = "conv2d_NCHWc_int8"
+):
+    """A call of the kernel `compute(*operands)` (one reduction into [N, C/b, H, W, b]) whose sums start
+    at `start[0, c, 0, 0, b]` instead of 0 (`_started_conv`)."""
     from tvm.relax.utils import gen_call_tir_inputs
 
-    func, operands, out = gen_call_tir_inputs(
-        lambda data, kernel, _start: conv2d_nchwc_dot(data, kernel, *args[2:]), args[0], args[1], start
-    )
-    gv = builder.add_func(func.with_body(_init_from(func.body, func.params[2])), "conv2d_NCHWc_int8")
-    return relax.call_tir(gv, operands, out)
+    func, args, out = gen_call_tir_inputs(lambda *tensors: compute(*tensors[:-1]), *operands, start)
+    gv = builder.add_func(func.with_body(_init_from(func.body, func.params[len(operands)])), name)
+    return relax.call_tir(gv, args, out)
 
 
 def _init_from(stmt, start):
@@ -2014,6 +2020,11 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
         def _started_at(self, acc: relax.Expr, bias: np.ndarray) -> relax.Expr | None:
             """An SDOT convolution whose sums start at a per-channel constant (`dot_product_convs`) with
             the bias added to that start instead of to its outputs; None for any other `acc`."""
+            if x86_lanes:
+                return None
+            conv = _bound_call(self, acc, ("relax.nn.conv2d",))
+            if conv is not None:
+                return self._started_conv2d(conv, bias)
             call = _bound_call(self, acc, ("relax.call_tir",))
             if call is None or not call.args[0].name_hint.startswith("conv2d_NCHWc_int8"):
                 return None
@@ -2026,6 +2037,28 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
                 return None
             started = relax.const(total.astype(np.int32), "int32")
             return self.builder_.emit(relax.call_tir(call.args[0], relax.Tuple([*operands, started]), call.ty_args[0]))
+
+        def _started_conv2d(self, conv: relax.Call, bias: np.ndarray) -> relax.Expr | None:
+            """A blocked dense or depthwise int32 convolution (rasp4b's int16 ones) lowered as
+            `legalize` would, its sums started at the bias; None for others."""
+            a = conv.attrs
+            shape, kshape = _static_shape(conv), _static_shape(conv.args[1])
+            if len(str(a.data_layout)) == 4 or str(conv.ty.dtype) != "int32" or shape is None or kshape is None:
+                return None
+            start = np.broadcast_to(bias, (1, shape[1], 1, 1, shape[4]))
+            geometry = [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation]]
+            if int(a.groups) == 1:
+                compute = lambda data, kernel: topi.nn.conv2d_NCHWc(  # noqa: E731
+                    data, kernel, *geometry, str(a.data_layout), str(a.out_layout), "int32"
+                )
+                name = "conv2d_NCHWc"
+            elif int(a.groups) == shape[1] * shape[4] and kshape[1] * kshape[4] == 1:
+                compute = lambda data, kernel: depthwise_conv2d_nchwc(data, kernel, *geometry, "int32")  # noqa: E731
+                name = "depthwise_conv2d_NCHWc"
+            else:
+                return None
+            started = relax.const(start.astype(np.int32), "int32")
+            return self.builder_.emit(_started_call(self.builder_, compute, list(conv.args), started, name))
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
             """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""

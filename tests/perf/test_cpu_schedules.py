@@ -1407,3 +1407,21 @@ def test_rasp5_sdot_convolutions_start_their_sums_at_the_bias_minus_the_zero_poi
     assert all(re.match(r"fused_conv2d_NCHWc_int8\d*_sqrdmulh", n) for n in dot), sorted(dot)
     started = [n for n, s in dot.items() if re.search(r"conv2d_NCHWc_int8\w*\[[^]]*\] = param_\d+\[", s)]
     assert len(started) == len(dot), sorted(set(dot) - set(started))
+
+
+def test_aarch64_int16_and_depthwise_convolutions_start_their_sums_at_the_bias():
+    """On AArch64 the rescaled int16 convolutions (rasp4b's by-lane dense ones) and the depthwise ones
+    (rasp4b and rasp5) start each sum at their channel's bias (graph.sqrdmulh_rescales), where they
+    started at 0 and the epilogue added the bias before SQRDMULH. Numerics: tests/cross/test_cross_int8_dot.py."""
+    started = re.compile(
+        r"_intermediate\[[^]]*\] = param_\d+\[T\.int64\(0\), v_\w+, T\.int64\(0\), T\.int64\(0\), v_\w+\]"
+    )
+    dense, depthwise = "fused_conv2d_NCHWc", "fused_depthwise_conv2d_NCHWc"
+    for target, prefixes in (("rasp4b", (dense, depthwise)), ("rasp5", (depthwise,))):
+        scripts = _int8_mobilenetv2_kernels(target)
+        for prefix in prefixes:
+            rescaled = [n for n in scripts if n.startswith(prefix) and "llvm.aarch64.neon.sqrdmulh" in scripts[n]]
+            assert len(rescaled) >= 8, (target, prefix, sorted(scripts))
+            # No add of the bias left before the rescale: the kernel's name goes from the convolution to it.
+            assert all(re.match(rf"{prefix}\d*_sqrdmulh", n) for n in rescaled), (target, sorted(rescaled))
+            assert all(started.search(scripts[n]) for n in rescaled), (target, prefix)
