@@ -1878,17 +1878,15 @@ def _started_conv(builder: relax.BlockBuilder, args: list, start: relax.Expr) ->
     ([1, C/b, 1, 1, b] int32) instead of 0: the kernel's init writes it, and the epilogue has no add of
     it (XNNPACK's kernels start their accumulators at the bias the same way). TE drops a reduction's
     `init` (TVM 0.27's create_prim_func), so the block's init is set on the PrimFunc."""
-    return _started_call(builder, lambda data, kernel: conv2d_nchwc_dot(data, kernel, *args[2:]), args[:2], start)
+    return _started_call(builder, "conv2d_NCHWc_int8", conv2d_nchwc_dot, args[:2], start, *args[2:])
 
 
-def _started_call(
-    builder: relax.BlockBuilder, compute, operands: list, start: relax.Expr, name: str = "conv2d_NCHWc_int8"
-):
-    """A call of the kernel `compute(*operands)` (one reduction into [N, C/b, H, W, b]) whose sums start
-    at `start[0, c, 0, 0, b]` instead of 0 (`_started_conv`)."""
+def _started_call(builder: relax.BlockBuilder, name: str, compute, operands: list, start: relax.Expr, *attrs):
+    """A call of the kernel `compute(*operands, *attrs)` (one reduction into [N, C/b, H, W, b]) whose sums
+    start at `start[0, c, 0, 0, b]` instead of 0 (`_started_conv`)."""
     from tvm.relax.utils import gen_call_tir_inputs
 
-    func, args, out = gen_call_tir_inputs(lambda *tensors: compute(*tensors[:-1]), *operands, start)
+    func, args, out = gen_call_tir_inputs(lambda *tensors: compute(*tensors[:-1], *attrs), *operands, start)
     gv = builder.add_func(func.with_body(_init_from(func.body, func.params[len(operands)])), name)
     return relax.call_tir(gv, args, out)
 
@@ -2018,8 +2016,9 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             )
 
         def _started_at(self, acc: relax.Expr, bias: np.ndarray) -> relax.Expr | None:
-            """An SDOT convolution whose sums start at a per-channel constant (`dot_product_convs`) with
-            the bias added to that start instead of to its outputs; None for any other `acc`."""
+            """The convolution `acc` is bound to with its sums started at `bias` (an SDOT one's start of
+            `dot_product_convs` plus `bias`; a blocked int32 `conv2d`, `_started_conv2d`) instead of an add
+            of it to its outputs; None for any other `acc`, and on x86."""
             if x86_lanes:
                 return None
             conv = _bound_call(self, acc, ("relax.nn.conv2d",))
@@ -2048,17 +2047,14 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             start = np.broadcast_to(bias, (1, shape[1], 1, 1, shape[4]))
             geometry = [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation]]
             if int(a.groups) == 1:
-                compute = lambda data, kernel: topi.nn.conv2d_NCHWc(  # noqa: E731
-                    data, kernel, *geometry, str(a.data_layout), str(a.out_layout), "int32"
-                )
-                name = "conv2d_NCHWc"
+                name, compute = "conv2d_NCHWc", topi.nn.conv2d_NCHWc
+                attrs = [*geometry, str(a.data_layout), str(a.out_layout), "int32"]
             elif int(a.groups) == shape[1] * shape[4] and kshape[1] * kshape[4] == 1:
-                compute = lambda data, kernel: depthwise_conv2d_nchwc(data, kernel, *geometry, "int32")  # noqa: E731
-                name = "depthwise_conv2d_NCHWc"
+                name, compute, attrs = "depthwise_conv2d_NCHWc", depthwise_conv2d_nchwc, [*geometry, "int32"]
             else:
                 return None
             started = relax.const(start.astype(np.int32), "int32")
-            return self.builder_.emit(_started_call(self.builder_, compute, list(conv.args), started, name))
+            return self.builder_.emit(_started_call(self.builder_, name, compute, list(conv.args), started, *attrs))
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
             """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
