@@ -1592,6 +1592,32 @@ def dot_product_dense() -> tvm.transform.Pass:
     return _raw_int8_dense("EdgefleetDotProductDense", lower)
 
 
+def int16_dense() -> tvm.transform.Pass:
+    """int8 fully connected layers on int16 operands (AArch64 without the dot product): the row
+    `int16(x) - zx` times int16 weights into int32, which LLVM multiplies as `smlal` on 8 lanes
+    (schedules._row_times_matrix) where int32 operands took an `mla` per 4 products."""
+
+    def lower(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, shape) -> relax.Expr:
+        row = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(zero, "int16"))
+        flat = builder.emit(relax.op.reshape(builder.emit(row), shape))
+        return builder.call_te(
+            matmul_widening, flat, relax.const(w.astype(np.int16), "int16"), primfunc_name_hint="matmul"
+        )
+
+    return _raw_int8_dense("EdgefleetInt16Dense", lower)
+
+
+def matmul_widening(x, w):
+    """x [rows, K] times w [K, N], both widened to int32 per product."""
+    from tvm import te
+
+    k = te.reduce_axis((0, int(w.shape[0])), name="k")
+    shape = (int(x.shape[0]), int(w.shape[1]))
+    return te.compute(
+        shape, lambda i, j: te.sum(x[i, k].astype("int32") * w[k, j].astype("int32"), axis=k), name="matmul"
+    )
+
+
 def _raw_int8_dense(name: str, lower) -> tvm.transform.Pass:
     """A pass lowering each fully connected layer `reshape(int32(x) - zx, shape) @ w` of an int8 x and
     constant weights [K, N] that fit int8, K a multiple of DOT_GROUP, to `lower(builder, x, zx, w,

@@ -1165,7 +1165,7 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
 def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights():
     """For a dot-product target the int8 fully connected layer multiplies the raw int8 row by int8 weights
     packed for SDOT (graph.dot_product_dense, schedules.DenseDot: `matmul_dot`, tensorized; before, int32
-    multiply-adds on int32 weights); rasp4b (no dot product) keeps the int32 matmul. Numerics:
+    multiply-adds on int32 weights); rasp4b (no dot product) has no `matmul_dot`. Numerics:
     tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
     rasp5 = _int8_mobilenetv2_kernels("rasp5")
     dense = [n for n in rasp5 if "matmul" in n]
@@ -1425,3 +1425,17 @@ def test_aarch64_int16_and_depthwise_convolutions_start_their_sums_at_the_bias()
             # No add of the bias left before the rescale: the kernel's name goes from the convolution to it.
             assert all(re.match(rf"{prefix}\d*_sqrdmulh", n) for n in rescaled), (target, sorted(rescaled))
             assert all(started.search(scripts[n]) for n in rescaled), (target, prefix)
+
+
+def test_rasp4b_int8_classifier_multiplies_int16_operands_in_registers():
+    """Without the dot product (rasp4b) the int8 fully connected layer multiplies the row `int16(x) - zx`
+    by int16 weights into int32 (graph.int16_dense; before, int32 multiply-adds on int32 weights), 5 x 8
+    outputs per pass in local accumulators (schedules._row_times_matrix): `smlal` on 8 lanes. Numerics:
+    tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
+    rasp4b = _int8_mobilenetv2_kernels("rasp4b")
+    dense = [n for n in rasp4b if "matmul" in n]
+    assert len(dense) == 1, sorted(rasp4b)
+    script = rasp4b[dense[0]]
+    assert re.search(r'T\.Buffer\(\(T\.int64\(1\), T\.int64\(1280\)\), "int16"\)', script), script[:600]
+    assert 'T.Buffer((T.int64(1280), T.int64(1000)), "int16")' in script, script[:600]
+    assert 'scope="local"' in script and "for j_1 in T.unroll(T.int64(5))" in script, script
