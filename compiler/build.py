@@ -65,6 +65,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # int8 MobileNetV2-0.35 7.31 -> 7.00 M instructions (either alone gained nothing or lost there).
         # Then the narrowing to int8 as saturating narrowings (sqxtn, sqxtun) instead of int32 clamps.
         *([graph.dot_product_convs(), graph.dot_product_dense()] if graph.has_dot_product(tgt) else []),
+        # Without it (rasp4b), the int8 classifier on int16 operands (`smlal`) instead of int32 ones.
+        *([graph.int16_dense()] if graph.is_aarch64(tgt) and not graph.has_dot_product(tgt) else []),
         *(
             [graph.sqrdmulh_rescales(), graph.rounding_shifts(), graph.saturating_narrowings()]
             if graph.is_aarch64(tgt)

@@ -1469,7 +1469,9 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
     conv(x - zx, w) = conv(x, w) - zx * sum(w) per output channel (exact in int32), so the
     convolution runs on x itself (`conv2d_nchwc_dot`, TOPI's NCHWc int8 compute with weights
     packed OIHW{ib/4}i{ob}o4i: 4 input channels innermost, one SDOT's operand per 4 output
-    channels) and one constant per channel is subtracted in its fused epilogue. An input-channel
+    channels) and one constant per channel corrects it: on SDOT its sums start at -zx * sum(w)
+    (`_started_conv`; `sqrdmulh_rescales` adds the bias there), on VNNI its fused epilogue subtracts
+    the constant (`fold_int8_corrections` moves it into the rescale). An input-channel
     block that is not a multiple of 4 (an RGB input's 3) is padded with zero weights. Only with at
     least DOT_MIN_CHANNELS input channels (after that padding); depthwise convolutions keep the
     int16 form: their reduction is over the window, not over channels (x86: `int8_depthwise_convs`).
@@ -1494,21 +1496,16 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
                 x = self.builder_.emit(relax.op.nn.pad(x, [0, 0] * 4 + [0, ragged], pad_value=zero))
                 weight = np.pad(weight, [(0, 0)] * 4 + [(0, ragged), (0, 0)])
             a = call.attrs
-            conv = self.builder_.call_te(
-                conv2d_nchwc_dot,
-                x,
-                relax.const(_pack_dot(weight).astype(np.int8), "int8"),
-                zero,
-                [int(s) for s in a.strides],
-                [int(p) for p in a.padding],
-                [int(d) for d in a.dilation],
-                shift,
-                primfunc_name_hint="conv2d_NCHWc_int8",
-            )
             # zx * sum(w) over input channels and window, per output channel, in the output's blocks.
             ob = weight.shape[5]
             correction = (zero + shift) * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
-            return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+            args = [x, relax.const(_pack_dot(weight).astype(np.int8), "int8"), zero]
+            args += [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation], shift]
+            if unsigned:
+                conv = self.builder_.call_te(conv2d_nchwc_dot, *args, primfunc_name_hint="conv2d_NCHWc_int8")
+                return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+            # SDOT: the sums start at -zx sum(w) (`sqrdmulh_rescales` adds the bias to that start).
+            return _started_conv(self.builder_, args, relax.const((-correction).astype(np.int32), "int32"))
 
         def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
             """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
@@ -1593,6 +1590,32 @@ def dot_product_dense() -> tvm.transform.Pass:
         return relax.op.subtract(builder.emit(dense), relax.const(correction.astype(np.int32), "int32"))
 
     return _raw_int8_dense("EdgefleetDotProductDense", lower)
+
+
+def int16_dense() -> tvm.transform.Pass:
+    """int8 fully connected layers on int16 operands (AArch64 without the dot product): the row
+    `int16(x) - zx` times int16 weights into int32, which LLVM multiplies as `smlal` on 8 lanes
+    (schedules._row_times_matrix) where int32 operands took an `mla` per 4 products."""
+
+    def lower(builder: relax.BlockBuilder, x: relax.Expr, zero: int, w: np.ndarray, shape) -> relax.Expr:
+        row = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(zero, "int16"))
+        flat = builder.emit(relax.op.reshape(builder.emit(row), shape))
+        return builder.call_te(
+            matmul_widening, flat, relax.const(w.astype(np.int16), "int16"), primfunc_name_hint="matmul"
+        )
+
+    return _raw_int8_dense("EdgefleetInt16Dense", lower)
+
+
+def matmul_widening(x, w):
+    """x [rows, K] times w [K, N], both widened to int32 per product."""
+    from tvm import te
+
+    k = te.reduce_axis((0, int(w.shape[0])), name="k")
+    shape = (int(x.shape[0]), int(w.shape[1]))
+    return te.compute(
+        shape, lambda i, j: te.sum(x[i, k].astype("int32") * w[k, j].astype("int32"), axis=k), name="matmul"
+    )
 
 
 def _raw_int8_dense(name: str, lower) -> tvm.transform.Pass:
@@ -1876,6 +1899,54 @@ def _pack_dot(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(grouped.transpose(0, 1, 2, 3, 4, 6, 5))
 
 
+def _started_conv(builder: relax.BlockBuilder, args: list, start: relax.Expr) -> relax.Expr:
+    """`conv2d_nchwc_dot(*args)` whose sums start at `start`'s value of their output channel
+    ([1, C/b, 1, 1, b] int32) instead of 0: the kernel's init writes it, and the epilogue has no add of
+    it (XNNPACK's kernels start their accumulators at the bias the same way). TE drops a reduction's
+    `init` (TVM 0.27's create_prim_func), so the block's init is set on the PrimFunc."""
+    return _started_call(builder, "conv2d_NCHWc_int8", conv2d_nchwc_dot, args[:2], start, *args[2:])
+
+
+def _started_call(builder: relax.BlockBuilder, name: str, compute, operands: list, start: relax.Expr, *attrs):
+    """A call of the kernel `compute(*operands, *attrs)` (one reduction into [N, C/b, H, W, b]) whose sums
+    start at `start[0, c, 0, 0, b]` instead of 0 (`_started_conv`)."""
+    from tvm.relax.utils import gen_call_tir_inputs
+
+    func, args, out = gen_call_tir_inputs(lambda *tensors: compute(*tensors[:-1], *attrs), *operands, start)
+    gv = builder.add_func(func.with_body(_init_from(func.body, func.params[len(operands)])), name)
+    return relax.call_tir(gv, args, out)
+
+
+def _init_from(stmt, start):
+    """`stmt` with each reduction block's init storing `start[0, c, 0, 0, b]` (c, b: the output's chunk
+    and lane) where it stored 0."""
+    from tvm import s_tir
+
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, _init_from(stmt.block, start))
+    if isinstance(stmt, tvm.tirx.For):
+        body = _init_from(stmt.body, start)
+        return tvm.tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, None, stmt.annotations)
+    if isinstance(stmt, tvm.tirx.SeqStmt):
+        return tvm.tirx.SeqStmt([_init_from(part, start) for part in stmt])
+    if not isinstance(stmt, s_tir.SBlock):
+        return stmt
+    if stmt.init is None:
+        body = _init_from(stmt.body, start)
+        return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, None, *_block_extras(stmt))
+    index = stmt.init.indices
+    zero = tvm.tirx.IntImm(index[1].ty.dtype, 0)
+    at = [zero, index[1], zero, zero, index[4]]
+    init = tvm.tirx.BufferStore(stmt.init.buffer, tvm.tirx.BufferLoad(start, at), index)
+    # The reads stay the update's (tensorize matches them): `start` is an input, read by the init alone.
+    return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, stmt.body, init, *_block_extras(stmt))
+
+
+def _block_extras(block) -> list:
+    """A block's allocations, match buffers and annotations, for a copy with another body or init."""
+    return [block.alloc_buffers, block.match_buffers, block.annotations]
+
+
 def conv2d_nchwc_dot(data, kernel, zero: int, strides, padding, dilation, shift: int = 0):
     """TOPI's int8 NCHWc convolution (int32 sums of 4-channel int8 products) on `data` padded with
     its zero point `zero` (a zero-point-corrected 0, as TFLite's kernels skip the border). With a
@@ -1961,11 +2032,55 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             if x86_lanes and not _whole_registers(shape, x86_lanes):
                 return call
             if np.any(bias):
-                acc = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
+                started = self._started_at(acc, bias)
+                if started is None:
+                    started = self.builder_.emit(relax.op.add(acc, relax.const(bias.astype(np.int32), "int32")))
+                acc = started
             high_mul = x86_rounding_doubling_high_mul if x86_lanes else sqrdmulh
             return self.builder_.call_te(
                 high_mul, acc, relax.const(q.astype(np.int32), "int32"), primfunc_name_hint=high_mul.__name__
             )
+
+        def _started_at(self, acc: relax.Expr, bias: np.ndarray) -> relax.Expr | None:
+            """The convolution `acc` is bound to with its sums started at `bias` (an SDOT one's start of
+            `dot_product_convs` plus `bias`; a blocked int32 `conv2d`, `_started_conv2d`) instead of an add
+            of it to its outputs; None for any other `acc`, and on x86."""
+            if x86_lanes:
+                return None
+            conv = _bound_call(self, acc, ("relax.nn.conv2d",))
+            if conv is not None:
+                return self._started_conv2d(conv, bias)
+            call = _bound_call(self, acc, ("relax.call_tir",))
+            if call is None or not call.args[0].name_hint.startswith("conv2d_NCHWc_int8"):
+                return None
+            *operands, start = call.args[1].fields
+            value = _const_value(start)
+            if value is None or value.ndim != 5:
+                return None
+            total = value.astype(np.int64) + bias
+            if total.shape != value.shape or total.min() < _INT32.min or total.max() > _INT32.max:
+                return None
+            started = relax.const(total.astype(np.int32), "int32")
+            return self.builder_.emit(relax.call_tir(call.args[0], relax.Tuple([*operands, started]), call.ty_args[0]))
+
+        def _started_conv2d(self, conv: relax.Call, bias: np.ndarray) -> relax.Expr | None:
+            """A blocked dense or depthwise int32 convolution (rasp4b's int16 ones) lowered as
+            `legalize` would, its sums started at the bias; None for others."""
+            a = conv.attrs
+            shape, kshape = _static_shape(conv), _static_shape(conv.args[1])
+            if len(str(a.data_layout)) == 4 or str(conv.ty.dtype) != "int32" or shape is None or kshape is None:
+                return None
+            start = np.broadcast_to(bias, (1, shape[1], 1, 1, shape[4]))
+            geometry = [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation]]
+            if int(a.groups) == 1:
+                name, compute = "conv2d_NCHWc", topi.nn.conv2d_NCHWc
+                attrs = [*geometry, str(a.data_layout), str(a.out_layout), "int32"]
+            elif int(a.groups) == shape[1] * shape[4] and kshape[1] * kshape[4] == 1:
+                name, compute, attrs = "depthwise_conv2d_NCHWc", depthwise_conv2d_nchwc, [*geometry, "int32"]
+            else:
+                return None
+            started = relax.const(start.astype(np.int32), "int32")
+            return self.builder_.emit(_started_call(self.builder_, name, compute, list(conv.args), started, *attrs))
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
             """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""

@@ -651,7 +651,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
     if None in (ow_n, ocb_n):
         return None
-    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(ow_n, register_tile(target, ocb_n))])
+    ow_o, ow_i = sch.split(ow, [None, _depthwise_tile(sch, conv, target, ow_n, ocb_n)])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     _epilogue_at(sch, epi, ow_o)
     if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
@@ -661,6 +661,28 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, kh, target)
+
+
+# Pixels per register tile of an AArch64 integer depthwise convolution: the first that divides the row.
+DEPTHWISE_INT_TILES = (4, 2)
+
+
+def _depthwise_tile(sch: s_tir.Schedule, conv, target: tvm.target.Target, width: int, block: int) -> int:
+    """Pixels per register tile of a depthwise convolution over a row of `width` pixels.
+
+    AArch64 integer ones (int16 x int16 -> int32, the int8 models'): 4 or 2 pixels, whichever divides
+    the row, else the whole row up to `register_tile` + 1 pixels (7). `register_tile`'s 6 pixels of 16
+    channels hold 24 accumulators beside the 9 taps' 18 weight vectors and the rescale's 12 constant
+    vectors: reloaded from the stack per tile, and on rows it does not divide (14, 7) a ragged last
+    tile; MobileNetV2 1.0 on rasp5 counted 0.80-0.96 instructions per multiply-add on those rows,
+    0.61-0.67 on rows of 112-28 (tiles of 4). Tiles of 3 counted more than of 2 or 6 on rows of 6."""
+    is_int = str(sch.get(conv).writes[0].source.dtype) == "int32"
+    if not (is_aarch64(target) and is_int):
+        return _pixel_tile(width, register_tile(target, block))
+    tile = next((t for t in DEPTHWISE_INT_TILES if width % t == 0), None)
+    if tile is None and width <= register_tile(target, block) + 1:
+        return width
+    return tile or _pixel_tile(width, register_tile(target, block))
 
 
 # A depthwise input block's padded plane above this many bytes is padded per output row (`_pad_rows`).
@@ -830,9 +852,11 @@ def _row_times_matrix(sch: s_tir.Schedule, block) -> bool:
     """A float32 row vector times a matrix (a classifier's fully connected layer) on AArch64: up to
     5 x 8 outputs in local accumulators per pass, the reduction unrolled by 4. The generic schedule
     (8 outputs per pass, the reduction rolled) counted 0.33 M instructions for MobileNetV2-0.35's
-    448 x 1000 layer on rasp5, this one 0.24 M. False (nothing done) for any other block."""
+    448 x 1000 layer on rasp5, this one 0.24 M. The same for int16 ones into int32 (rasp4b's int8
+    classifier, graph.int16_dense: 0.221 M for that layer, 0.406 M on int32 operands before).
+    False (nothing done) for any other block."""
     loops = sch.get_loops(block)
-    if _iter_kinds(sch, block) != "SSR" or len(loops) != 3 or str(sch.get(block).writes[0].source.dtype) != "float32":
+    if _iter_kinds(sch, block) != "SSR" or len(loops) != 3 or not _float_or_int16_products(sch, block):
         return False
     i, j, k = loops
     rows, cols, depth = (_extent(sch, loop) for loop in loops)
@@ -854,6 +878,14 @@ def _row_times_matrix(sch: s_tir.Schedule, block) -> bool:
     sch.unroll(copy_o)
     sch.vectorize(copy_i)
     return True
+
+
+def _float_or_int16_products(sch: s_tir.Schedule, block) -> bool:
+    """float32 products, or int16 ones summed in int32 (graph.int16_dense)."""
+    b = sch.get(block)
+    out = b.writes[0].source
+    operands = {str(r.source.dtype) for r in b.reads if not r.source.same_as(out)}
+    return str(out.dtype) == "float32" or (str(out.dtype) == "int32" and operands == {"int16"})
 
 
 def _weight_rows_in_order(sch: s_tir.Schedule, block) -> bool:

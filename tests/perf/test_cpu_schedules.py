@@ -1165,7 +1165,7 @@ def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equ
 def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights():
     """For a dot-product target the int8 fully connected layer multiplies the raw int8 row by int8 weights
     packed for SDOT (graph.dot_product_dense, schedules.DenseDot: `matmul_dot`, tensorized; before, int32
-    multiply-adds on int32 weights); rasp4b (no dot product) keeps the int32 matmul. Numerics:
+    multiply-adds on int32 weights); rasp4b (no dot product) has no `matmul_dot`. Numerics:
     tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
     rasp5 = _int8_mobilenetv2_kernels("rasp5")
     dense = [n for n in rasp5 if "matmul" in n]
@@ -1378,3 +1378,64 @@ def test_x86_rescale_high_multiply_of_a_biased_accumulator_folds_the_bias_into_i
     asm = lib.mod.inspect_source("asm")
     assert asm.count("vpmuldq") <= 2 * pixels + 2, asm
     assert "vpaddd" not in asm, asm
+
+
+def test_aarch64_int8_depthwise_tiles_divide_the_row():
+    """AArch64 integer depthwise convolutions (rasp4b, rasp5) take register tiles of 4 or 2 pixels,
+    whichever divides the row, else the whole row (schedules._depthwise_tile): on the 56x56 int8
+    MobileNetV2 rows of 28 -> 4, 14 -> 2, 7 -> 7. `register_tile`'s 6 pixels left a ragged last tile
+    (a predicate in the unrolled body) on rows of 14 and 7, and 6 x 16 channels' accumulators do not fit
+    beside the taps' weights. Numerics: tests/cross/test_cross_int8_dot.py."""
+    tile = re.compile(r"v_x = T\.axis\.spatial\(T\.int64\((\d+)\), x_0 \* T\.int64\((\d+)\) \+ x_1\)")
+    for target in ("rasp4b", "rasp5"):
+        scripts = _int8_mobilenetv2_kernels(target)
+        depthwise = {n: s for n, s in scripts.items() if n.startswith("fused_depthwise")}
+        tiles = {tuple(map(int, m)) for s in depthwise.values() for m in tile.findall(s)}
+        assert {(28, 4), (14, 2), (7, 7)} <= tiles, (target, tiles)
+        assert all(t == next((d for d in (4, 2) if row % d == 0), row) for row, t in tiles), (target, tiles)
+        assert not [n for n, s in depthwise.items() if "T.where" in s], target
+
+
+def test_rasp5_sdot_convolutions_start_their_sums_at_the_bias_minus_the_zero_point_correction():
+    """rasp5's SDOT convolutions start each sum at one constant per output channel, the bias minus
+    zx sum(w) (graph.dot_product_convs, graph.sqrdmulh_rescales), where they started at 0 and the
+    epilogue subtracted the correction and added the bias before the rescale (an `add` per 4 outputs
+    after LLVM had folded the two). Numerics: tests/cross/test_cross_int8_dot.py."""
+    scripts = _int8_mobilenetv2_kernels("rasp5")
+    dot = {n: s for n, s in scripts.items() if n.startswith("fused_conv2d_NCHWc_int8")}
+    assert len(dot) >= 15, sorted(scripts)
+    assert all(re.match(r"fused_conv2d_NCHWc_int8\d*_sqrdmulh", n) for n in dot), sorted(dot)
+    started = [n for n, s in dot.items() if re.search(r"conv2d_NCHWc_int8\w*\[[^]]*\] = param_\d+\[", s)]
+    assert len(started) == len(dot), sorted(set(dot) - set(started))
+
+
+def test_aarch64_int16_and_depthwise_convolutions_start_their_sums_at_the_bias():
+    """On AArch64 the rescaled int16 convolutions (rasp4b's by-lane dense ones) and the depthwise ones
+    (rasp4b and rasp5) start each sum at their channel's bias (graph.sqrdmulh_rescales), where they
+    started at 0 and the epilogue added the bias before SQRDMULH. Numerics: tests/cross/test_cross_int8_dot.py."""
+    started = re.compile(
+        r"_intermediate\[[^]]*\] = param_\d+\[T\.int64\(0\), v_\w+, T\.int64\(0\), T\.int64\(0\), v_\w+\]"
+    )
+    dense, depthwise = "fused_conv2d_NCHWc", "fused_depthwise_conv2d_NCHWc"
+    for target, prefixes in (("rasp4b", (dense, depthwise)), ("rasp5", (depthwise,))):
+        scripts = _int8_mobilenetv2_kernels(target)
+        for prefix in prefixes:
+            rescaled = [n for n in scripts if n.startswith(prefix) and "llvm.aarch64.neon.sqrdmulh" in scripts[n]]
+            assert len(rescaled) >= 8, (target, prefix, sorted(scripts))
+            # No add of the bias left before the rescale: the kernel's name goes from the convolution to it.
+            assert all(re.match(rf"{prefix}\d*_sqrdmulh", n) for n in rescaled), (target, sorted(rescaled))
+            assert all(started.search(scripts[n]) for n in rescaled), (target, prefix)
+
+
+def test_rasp4b_int8_classifier_multiplies_int16_operands_in_registers():
+    """Without the dot product (rasp4b) the int8 fully connected layer multiplies the row `int16(x) - zx`
+    by int16 weights into int32 (graph.int16_dense; before, int32 multiply-adds on int32 weights), 5 x 8
+    outputs per pass in local accumulators (schedules._row_times_matrix): `smlal` on 8 lanes. Numerics:
+    tests/cross/test_cross_int8_dot.py (the 56x56 model's classifier included)."""
+    rasp4b = _int8_mobilenetv2_kernels("rasp4b")
+    dense = [n for n in rasp4b if "matmul" in n]
+    assert len(dense) == 1, sorted(rasp4b)
+    script = rasp4b[dense[0]]
+    assert re.search(r'T\.Buffer\(\(T\.int64\(1\), T\.int64\(1280\)\), "int16"\)', script), script[:600]
+    assert 'T.Buffer((T.int64(1280), T.int64(1000)), "int16")' in script, script[:600]
+    assert 'scope="local"' in script and "for j_1 in T.unroll(T.int64(5))" in script, script
