@@ -2192,6 +2192,10 @@ def saturating_narrowings() -> tvm.transform.Pass:
     whole 16-channel blocks (with 8-channel ones too: MobileNetV2-0.35 on rasp5 3.51 M instead of 3.50 M).
     Other zero points are left alone: TVM's simplifier moves their add through the int16 clamp, and
     LLVM no longer sees the saturation.
+
+    The rounding division's sign fix-up before that SRSHL (w = v - [v < 0], an `ssra` per 4 outputs) is
+    dropped too: it moves only negative v, whose rounding right shift by e >= 1 bits is <= 0 with or
+    without it ((v + 2^(e-1)) >> e for v <= -1), and every x <= 0 narrows to lo (x - 128 <= -128 <= lo).
     """
 
     @relax.expr_functor.mutator
@@ -2202,6 +2206,7 @@ def saturating_narrowings() -> tvm.transform.Pass:
             if found is None:
                 return call
             x, lo, hi = found
+            x = self._without_sign_fixup(x)
             return self.builder_.call_te(saturating_int8, x, lo, hi, primfunc_name_hint="saturating_int8")
 
         def _clipped(self, call: relax.Call) -> tuple[relax.Expr, int, int] | None:
@@ -2229,6 +2234,18 @@ def saturating_narrowings() -> tvm.transform.Pass:
                 return False
             count = _const_value(call.args[1].fields[1]) if isinstance(call.args[1], relax.Tuple) else None
             return count is not None and count.max() <= -1
+
+        def _without_sign_fixup(self, x: relax.Expr) -> relax.Expr:
+            """SRSHL(v, count) for `x` = SRSHL(v + (v >> 31), count) (tflite_quant.py's w = v - [v < 0]), else `x`."""
+            w, count = _bound_call(self, x, ("relax.call_tir",)).args[1].fields
+            v = _bound_arg(self, w, "relax.add")
+            negative = _bound_arg(self, w, "relax.add", 1)
+            by = _const_value(_bound_arg(self, negative, "relax.right_shift", 1)) if negative is not None else None
+            if v is None or by is None or by.size != 1 or int(by.reshape(())) != 31:
+                return x
+            if not _bound_arg(self, negative, "relax.right_shift").same_as(v):
+                return x
+            return self.builder_.emit(self.builder_.call_te(srshl, v, count, primfunc_name_hint="srshl"))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSaturatingNarrowings")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:

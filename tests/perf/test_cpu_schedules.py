@@ -1439,3 +1439,40 @@ def test_rasp4b_int8_classifier_multiplies_int16_operands_in_registers():
     assert re.search(r'T\.Buffer\(\(T\.int64\(1\), T\.int64\(1280\)\), "int16"\)', script), script[:600]
     assert 'T.Buffer((T.int64(1280), T.int64(1000)), "int16")' in script, script[:600]
     assert 'scope="local"' in script and "for j_1 in T.unroll(T.int64(5))" in script, script
+
+
+def test_aarch64_int8_requantization_to_a_relu_output_drops_the_rounding_divisions_sign_fixup():
+    """graph.saturating_narrowings: before a narrowing `int8(clip(x - 128, lo, hi))` the rounding division
+    x = SRSHL(v - [v < 0], -e), e >= 1 (tflite_quant.py's RoundingDivideByPOT, ties away from zero), becomes
+    SRSHL(v, -e): the fix-up moves only negative v, whose shifts are <= 0 either way, and every x <= 0
+    narrows to lo. Kept for another zero point. The integers checked over v at and around every tie."""
+    shape = (1, 2, 3, 4, 16)
+    counts = -np.arange(1, 17, dtype=np.int32).reshape(1, 1, 1, 1, 16)
+
+    def requantization(zero: int, lo: int) -> str:
+        bb = relax.BlockBuilder()
+        v = relax.Var("v", relax.TensorType(shape, "int32"))
+        with bb.function("main", [v]):
+            with bb.dataflow():
+                negative = bb.emit(relax.op.right_shift(v, relax.const(31, "int32")))
+                w = bb.emit(relax.op.add(v, negative))
+                shifted = bb.emit(bb.call_te(graph.srshl, w, relax.const(counts, "int32"), primfunc_name_hint="srshl"))
+                added = bb.emit(relax.op.add(shifted, relax.const(zero, "int32")))
+                low = bb.emit(relax.op.maximum(added, relax.const(lo, "int32")))
+                clipped = bb.emit(relax.op.minimum(low, relax.const(127, "int32")))
+                out = bb.emit_output(relax.op.astype(clipped, "int8"))
+            bb.emit_func_output(out)
+        return graph.saturating_narrowings()(bb.get()).script(show_meta=False)
+
+    assert "R.right_shift" not in requantization(-128, -128) and "saturating_int8" in requantization(-128, -128)
+    assert "R.right_shift" in requantization(-3, -128)
+
+    e = np.arange(1, 32, dtype=np.int64)[:, None]
+    ties = -(np.arange(0, 4, dtype=np.int64)[None, :] * 2**e + 2 ** (e - 1))
+    v = np.concatenate([(ties + d).reshape(-1) for d in (-2, -1, 0, 1, 2)] + [np.arange(-600, 600)])
+    v = np.clip(v, -(2**31) + 1, 2**31 - 1)
+    for bits in range(1, 32):
+        fixed = (v - (v < 0) + 2 ** (bits - 1)) >> bits
+        plain = (v + 2 ** (bits - 1)) >> bits
+        for lo in (-128, -100, 0):
+            np.testing.assert_array_equal(np.clip(fixed - 128, lo, 127), np.clip(plain - 128, lo, 127))
