@@ -272,9 +272,9 @@ def nchwc_layout(
     A graph without convolutions is left alone: there is nothing to block, and ConvertLayout's
     layout inference fails on some reductions it would otherwise walk through. `x86_rewrites` adds
     `sink_channel_slices` and re-blocked binary operands in `sink_layout_transforms`, measured on x86
-    only so far (ARM's instruction counts were measured without them). Float layout moves that
-    leave every element in place (a TFLite NHWC image into its first convolution's single block)
-    become reshapes: `layout_moves_as_reshapes`.
+    only so far (ARM's instruction counts were measured without them). Layout moves that leave
+    every element in place (a TFLite NHWC image into its first convolution's single block) become
+    reshapes: `layout_moves_as_reshapes`.
     """
     passes = tvm.transform.Sequential(
         [
@@ -906,13 +906,16 @@ def _moves_in_order(shape_in: list[int], shape_out: list[int], index_of) -> bool
 
 
 def layout_moves_as_reshapes() -> tvm.transform.Pass:
-    """A float layout transform (or transpose of it) that keeps every element at its memory
-    position becomes a reshape, which the VM runs as a view of the same buffer.
+    """A layout transform (or transpose of it) that keeps every element at its memory position
+    becomes a reshape, which the VM runs as a view of the same buffer.
 
     A TFLite model's NHWC image goes through transpose(NHWC -> NCHW) and then the first
     convolution's NCHW3c transform: two copies of the whole 224 x 224 x 3 input that compose to
-    the identity on memory (NHWC with all 3 channels in one block is NCHW3c). Float only: the int8
-    models' x86 and ARM figures were measured with the copies.
+    the identity on memory (NHWC with all 3 channels in one block is NCHW3c). An int8 image's
+    first convolution then reads the view through one pass (the 3 channels padded to 4 for SDOT and
+    VNNI, or shifted by the zero point into int16). Integer transforms without a transpose stay: an
+    NCHWc -> NCHW move at 1 x 1 pixels in front of a channel slice would become a reshape inside
+    the requantization kernel, which then misses the schedule of `schedules.Generic`.
     """
 
     @relax.expr_functor.mutator
@@ -933,9 +936,11 @@ def layout_moves_as_reshapes() -> tvm.transform.Pass:
             if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.layout_transform"):
                 return call
             out = _static_shape(call)
-            if out is None or "float" not in str(call.ty.dtype) or call.attrs.pad_value is not None:
+            if out is None or call.attrs.pad_value is not None:
                 return call
             source, axes = self._transpose_below(call.args[0]) or (call.args[0], None)
+            if axes is None and "float" not in str(call.ty.dtype):
+                return call
             shape_in = _static_shape(source)
             if shape_in is None or int(np.prod(shape_in)) != int(np.prod(out)):
                 return call
@@ -1537,10 +1542,12 @@ def _raw_int8_input(mutator: relax.PyExprMutator, operand: relax.Expr) -> tuple[
     """(int8 x, zx) of a convolution operand `astype(x, int16) - zx` (zx a scalar constant), else None.
 
     The subtract is blocked with its producer, or (the NHWC input, a tensor also read by a residual
-    add) computed before a transpose and the blocking: x gets those moves, emitted by `mutator`."""
+    add) computed before a transpose and the blocking, or a reshape (`layout_moves_as_reshapes`):
+    x gets those moves, emitted by `mutator`."""
 
     moves = []
-    while (move := _bound_call(mutator, operand, ("relax.layout_transform", "relax.permute_dims"))) is not None:
+    names = ("relax.layout_transform", "relax.permute_dims", "relax.reshape")
+    while (move := _bound_call(mutator, operand, names)) is not None:
         moves.append(move)
         operand = move.args[0]
     shifted = _bound_call(mutator, operand, ("relax.subtract",))
@@ -1554,6 +1561,8 @@ def _raw_int8_input(mutator: relax.PyExprMutator, operand: relax.Expr) -> tuple[
     for move in reversed(moves):
         if move.op.name == "relax.permute_dims":
             x = mutator.builder_.emit(relax.op.permute_dims(x, move.attrs.axes))
+        elif move.op.name == "relax.reshape":
+            x = mutator.builder_.emit(relax.op.reshape(x, move.args[1]))
         else:
             x = mutator.builder_.emit(relax.op.layout_transform(x, move.attrs.index_map, move.attrs.pad_value))
     return x, int(zero.value.numpy())

@@ -1008,12 +1008,12 @@ def test_a_kernel_below_the_work_threshold_runs_serial_on_x86_and_a_large_one_in
 
 @pytest.mark.parametrize(
     ("channels", "block", "dtype", "copies"),
-    [(3, 3, "float32", False), (6, 3, "float32", True), (3, 3, "int8", True)],
+    [(3, 3, "float32", False), (6, 3, "float32", True), (3, 3, "int8", False), (6, 3, "int8", True)],
 )
 def test_an_nhwc_input_moved_into_its_only_block_is_a_reshape_not_a_copy(channels, block, dtype, copies):
     """transpose(NHWC -> NCHW) then NCHW -> NCHW{C}c with all C channels in one block (a TFLite
     image into its first convolution) leaves every element where it was: one reshape, a view. Two
-    blocks of 3 out of 6 channels do move elements; int8 keeps the copies (its figures were measured so)."""
+    blocks of 3 out of 6 channels do move elements."""
     shape = (1, 5, 7, channels)
 
     def index_map(n, c, h, w):
@@ -1476,3 +1476,19 @@ def test_aarch64_int8_requantization_to_a_relu_output_drops_the_rounding_divisio
         plain = (v + 2 ** (bits - 1)) >> bits
         for lo in (-128, -100, 0):
             np.testing.assert_array_equal(np.clip(fixed - 128, lo, 127), np.clip(plain - 128, lo, 127))
+
+
+@pytest.mark.parametrize("level", ["x86-64-v4-vnni", "x86-64-v4", "rasp5", "rasp4b"])
+def test_an_int8_nhwc_input_reaches_its_first_convolution_in_one_kernel(tmp_path, level):
+    """A full-integer TFLite image (NHWC int8) goes to the first convolution through one kernel: the
+    transpose and the NCHW3c transform are a view (graph.layout_moves_as_reshapes), so only the pass
+    that pads 3 channels to 4 (VNNI, SDOT) or shifts by the zero point into int16 is left (before:
+    transpose, layout transform, then that pass). The VNNI library equals LiteRT's reference kernels."""
+    target = json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}) if level in ISA_LEVELS else level
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, target, 64, width=0.35)
+    # The lowered main calls each kernel by name on its own line, in order.
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.MULTILINE)
+    first_conv = next(i for i, name in enumerate(calls) if "conv2d" in name)
+    assert first_conv == 1 and "transpose" not in calls[0] and "layout_transform" not in calls[0], calls[:3]
+    if level == "x86-64-v4-vnni":
+        _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=7)
