@@ -1492,3 +1492,13 @@ def test_an_int8_nhwc_input_reaches_its_first_convolution_in_one_kernel(tmp_path
     assert first_conv == 1 and "transpose" not in calls[0] and "layout_transform" not in calls[0], calls[:3]
     if level == "x86-64-v4-vnni":
         _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=7)
+
+
+def test_rasp4b_int16_shift_of_an_nhwc_input_is_vectorized_along_the_row(tmp_path):
+    """rasp4b's one kernel in front of the first convolution (the int8 image minus its zero point, in int16)
+    runs whole 16-lane vectors along a row of pixels x channels (schedules._short_last_axis_into_row),
+    not 3 lanes per pixel."""
+    _, lowered = _lowered_int8_mobilenetv2(tmp_path, "rasp4b", 64, width=0.35)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.MULTILINE)
+    shift = lowered[calls[0]].script()
+    assert "T.vectorized(T.int64(16))" in shift and "T.vectorized(T.int64(3))" not in shift, shift
