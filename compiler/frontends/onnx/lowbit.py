@@ -67,6 +67,8 @@ OPERATORS = {"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear"}
 # Operators that may hold these types (checked before import): OPERATORS, and Constant (whose
 # value is imported in carried form, like an initializer's).
 ACCEPTED = OPERATORS | {"Constant"}
+# TVM's OpPatternKind kOpaque: FuseOps fuses nothing into or out of a kernel annotated so.
+_OPAQUE = 8
 
 # Which standard types each direction handles. Encoding to a float8/float4 starts from float32
 # (exact from FLOAT16/BFLOAT16; from DOUBLE it would round twice); decoding is exact into any of these.
@@ -212,23 +214,23 @@ def encode_float(x, fmt: FloatFormat, saturate: bool):
     sign_bit, top = 1 << (n - 1), fmt.max_magnitude
 
     def element(*i):
-        u = tir.reinterpret("int32", x(*i))
+        # The input's bits, the finite magnitude and the result's magnitude are each read many times
+        # below: bound once (lets), the expression stays linear in size instead of copying each.
+        u, finite, mag = (tir.Var(name, "int32") for name in ("u", "finite", "mag"))
         a = u & 0x7FFFFFFF
-        finite = tir.min(a, _i32(0x7F800000))  # inf takes the overflow path; NaN is set below
         exp = finite >> 23
         # A normal result: round the float32 pattern to m mantissa bits, then rebias the exponent.
         normal = _round_shift(finite, _i32(23 - m)) - ((127 - b) << m)
         # A subnormal (or zero) result: the 24-bit significand in units of the smallest subnormal.
         significand = (finite & 0x7FFFFF) | tir.Select(exp > 0, _i32(0x800000), _i32(0))
         shift = tir.max(tir.min(_i32(151 - b - m) - exp, _i32(31)), _i32(1))
-        mag = tir.Select(exp >= 128 - b, normal, _round_shift(significand, shift))
+        rounded = tir.Select(exp >= 128 - b, normal, _round_shift(significand, shift))
         if saturate or fmt.kind == "finite":
             overflow = _i32(top)
         elif fmt.kind == "ieee":
             overflow = _i32(top + 1)  # inf
         else:
             overflow = _i32(-1)  # NaN, filled in below
-        mag = tir.Select(mag > top, overflow, mag)
         sign = tir.Select(u < 0, _i32(sign_bit), _i32(0))
         if fmt.kind == "fnuz":
             nan = _i32(sign_bit)
@@ -240,7 +242,15 @@ def encode_float(x, fmt: FloatFormat, saturate: bool):
             nan = {"ieee": sign | (top + 1) | (1 << (m - 1)), "fn": sign | (sign_bit - 1), "finite": sign ^ sign_bit}[
                 fmt.kind
             ]
-        return tir.Select(a > 0x7F800000, nan, bits).astype("uint8")
+        result = tir.Select(a > 0x7F800000, nan, bits).astype("uint8")
+        # `finite` clamps inf to the overflow path; NaN is picked by `result`'s outer Select.
+        return tir.Let(
+            u,
+            tir.reinterpret("int32", x(*i)),
+            tir.Let(
+                finite, tir.min(a, _i32(0x7F800000)), tir.Let(mag, tir.Select(rounded > top, overflow, rounded), result)
+            ),
+        )
 
     return te.compute(x.shape, element, name="encode_" + fmt.dtype)
 
@@ -387,6 +397,15 @@ class LowbitImport:
     def _te(self, name: str, func, *args, onnx_type: str | None = None):
         return self._emit(self.bb.call_te(func, *args, primfunc_name_hint=name), onnx_type)
 
+    def _unfused_te(self, name: str, func, *args, onnx_type: str | None = None):
+        """`_te` with a kernel that FuseOps leaves on its own (op pattern opaque). The float encode binds
+        its input in a let; a producer fused into it would land in the let's value, and TVM 0.27's bf16
+        legalization drops a bf16 -> float32 cast there (the let holds the raw 16 bits)."""
+        call = self.bb.call_te(func, *args, primfunc_name_hint=name)
+        kernel = call.args[0]
+        self.bb.update_func(kernel, self.bb.get()[kernel].with_attr("op_pattern", _OPAQUE))
+        return self._emit(call, onnx_type)
+
     def carried_form(self, expr):
         """`expr` as the model carries it inside: a value of a low-bit TVM dtype (a graph input)
         is converted, anything else is returned as it is."""
@@ -441,7 +460,7 @@ class LowbitImport:
         """float32 -> a carried float8/float4/e8m0 value."""
         if dst == E8M0:
             return self._te("encode", lambda t: encode_e8m0(t, saturate, round_mode), x32, onnx_type=dst)
-        return self._te("encode", lambda t: encode_float(t, FLOATS[dst], saturate), x32, onnx_type=dst)
+        return self._unfused_te("encode", lambda t: encode_float(t, FLOATS[dst], saturate), x32, onnx_type=dst)
 
     def wrap_int(self, x, dst: str):
         """Any numeric value -> INT4/UINT4/INT2/UINT2 (carried), the two's-complement low bits:
