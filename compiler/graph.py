@@ -2205,18 +2205,46 @@ def saturating_narrowings() -> tvm.transform.Pass:
     The rounding division's sign fix-up before that SRSHL (w = v - [v < 0], an `ssra` per 4 outputs) is
     dropped too: it moves only negative v, whose rounding right shift by e >= 1 bits is <= 0 with or
     without it ((v + 2^(e-1)) >> e for v <= -1), and every x <= 0 narrows to lo (x - 128 <= -128 <= lo).
+
+    Where such an output is read back as an int16 convolution's input minus its zero point,
+    `int16(int8(...)) - (-128)` (tflite_quant.py; rasp4b's dense and every AArch64 depthwise
+    convolution), that is clip(x, lo + 128, hi + 128) on int16: `saturating_int16` (`sqxtun` per 4
+    outputs, a `umin` per 8) where the sign flip and the widening added back took an `eor` and a
+    `saddw` per 8.
     """
 
     @relax.expr_functor.mutator
     class _Narrow(relax.PyExprMutator):
+        def __init__(self, mod: tvm.IRModule):
+            super().__init__(mod)
+            self.narrowed: list[tuple[relax.Call, relax.Expr, int, int]] = []  # (call, x, lo, hi)
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
+            widened = self._widened(call)
+            if widened is not None:
+                return self.builder_.call_te(saturating_int16, *widened, primfunc_name_hint="saturating_int16")
             found = self._clipped(call)
             if found is None:
                 return call
             x, lo, hi = found
             x = self._without_sign_fixup(x)
-            return self.builder_.call_te(saturating_int8, x, lo, hi, primfunc_name_hint="saturating_int8")
+            narrowed = self.builder_.call_te(saturating_int8, x, lo, hi, primfunc_name_hint="saturating_int8")
+            self.narrowed.append((narrowed, x, lo, hi))
+            return narrowed
+
+        def _widened(self, call: relax.Call) -> tuple[relax.Expr, int, int] | None:
+            """(x, lo, hi) of `astype(n, int16) - (-128)` where n is a narrowing this pass wrote."""
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.subtract"):
+                return None
+            zero = _const_value(call.args[1])
+            narrowed = _bound_arg(self, call.args[0], "relax.astype")
+            if zero is None or zero.size != 1 or int(zero.reshape(())) != -128 or str(call.ty.dtype) != "int16":
+                return None
+            if narrowed is None or not isinstance(narrowed, relax.Var):
+                return None
+            bound = self.lookup_binding(narrowed)
+            return next(((x, lo, hi) for n, x, lo, hi in self.narrowed if n.same_as(bound)), None)
 
         def _clipped(self, call: relax.Call) -> tuple[relax.Expr, int, int] | None:
             """(x, lo, hi) of `astype(minimum(maximum(add(x, -128), lo), hi), int8)` on int32 with scalar constants."""
@@ -2277,6 +2305,21 @@ def saturating_int8(x, lo: int, hi: int):
         return tirx.min(out, tirx.const(hi, "int8")) if hi < 127 else out
 
     return te.compute(x.shape, value, name="saturating_int8")
+
+
+def saturating_int16(x, lo: int, hi: int):
+    """int16(saturating_int8(x, lo, hi)) + 128 = clip(x, lo + 128, hi + 128) of int32 `x`, as
+    `saturating_narrowings` writes an int16 convolution's input: the clamp to [0, 65535] (`sqxtun`),
+    then [lo + 128, hi + 128] on 8 uint16 lanes (hi + 128 <= 255 always: a `umin`)."""
+    from tvm import te, tirx
+
+    def value(*i):
+        out = tirx.min(tirx.max(tirx.min(x[i], 65535), 0).astype("uint16"), tirx.const(hi + 128, "uint16"))
+        if lo > -128:
+            out = tirx.max(out, tirx.const(lo + 128, "uint16"))
+        return out.astype("int16")
+
+    return te.compute(x.shape, value, name="saturating_int16")
 
 
 def _int32_lanes(intrinsic: str, x, y, name: str):

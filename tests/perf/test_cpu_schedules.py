@@ -1502,3 +1502,58 @@ def test_rasp4b_int16_shift_of_an_nhwc_input_is_vectorized_along_the_row(tmp_pat
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.MULTILINE)
     shift = lowered[calls[0]].script()
     assert "T.vectorized(T.int64(16))" in shift and "T.vectorized(T.int64(3))" not in shift, shift
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-128, 127), (-128, 90), (-100, 127)])
+def test_aarch64_relu_output_read_as_int16_input_is_one_unsigned_clamp(lo, hi):
+    """graph.saturating_narrowings: a ReLU output `int8(clip(x - 128, lo, hi))` read back as an int16
+    convolution's input minus its zero point, `int16(...) - (-128)`, becomes `saturating_int16`: clip(x,
+    lo + 128, hi + 128), `sqxtun` and `umin` on AArch64 where the sign flip and the widening that added
+    128 back took an `eor` and a `saddw` per 8 outputs. Equal to the int8 round trip for every int32 x
+    (built for this host); another zero point keeps the round trip. In the int8 MobileNetV2 for rasp4b
+    every expansion and depthwise convolution with a ReLU6 output writes it."""
+    from tvm import te
+
+    shape = (1, 2, 3, 4, 16)
+
+    def widened_input(zero: int) -> str:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(shape, "int32"))
+        counts = relax.const(np.full((1, 1, 1, 1, 16), -3, np.int32), "int32")
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                shifted = bb.emit(bb.call_te(graph.srshl, x, counts, primfunc_name_hint="srshl"))
+                added = bb.emit(relax.op.add(shifted, relax.const(-128, "int32")))
+                low = bb.emit(relax.op.maximum(added, relax.const(lo, "int32")))
+                clipped = bb.emit(relax.op.minimum(low, relax.const(hi, "int32")))
+                narrowed = bb.emit(relax.op.astype(clipped, "int8"))
+                widened = bb.emit(relax.op.astype(narrowed, "int16"))
+                out = bb.emit_output(relax.op.subtract(widened, relax.const(zero, "int16")))
+            bb.emit_func_output(out)
+        return graph.saturating_narrowings()(bb.get()).script(show_meta=False)
+
+    folded = widened_input(-128)
+    assert "saturating_int16" in folded and "saturating_int8" not in folded and "R.subtract" not in folded, folded
+    kept = widened_input(-3)
+    assert "saturating_int16" not in kept and "saturating_int8" in kept and "R.subtract" in kept, kept
+
+    x = te.placeholder(shape, "int32", name="x")
+    kernel = te.create_prim_func([x, graph.saturating_int16(x, lo, hi)])
+    edges = [-(2**31), 2**31 - 1, -65536, 65535, 65536, -32769, 32768, -1, 0, 1, 127, 128, 255, 256, 28, 218]
+    data = np.random.default_rng(0).integers(-300, 600, shape).astype(np.int32)
+    data.reshape(-1)[: len(edges)] = edges
+    out = tvm.runtime.tensor(np.zeros(shape, np.int16))
+    tvm.compile(kernel, target="llvm")(tvm.runtime.tensor(data), out)
+    round_trip = np.clip(data.astype(np.int64) - 128, lo, hi).astype(np.int8).astype(np.int16) + 128
+    np.testing.assert_array_equal(out.numpy(), round_trip)
+
+    sch = tvm.s_tir.Schedule(kernel)
+    sch.vectorize(sch.get_loops(sch.get_sblock("saturating_int16"))[-1])
+    asm = tvm.compile(sch.mod, target=tvm_target(resolve_target("rasp4b"))).mod.inspect_source("asm")
+    assert "sqxtun" in asm and "umin" in asm and not re.search(r"\b(eor|saddw)\s+v", asm), asm
+
+    if (lo, hi) == (-128, 127):
+        scripts = _int8_mobilenetv2_kernels("rasp4b")
+        widening = [n for n in scripts if n.endswith(tuple(f"saturating_int16{i}" for i in ("", *range(20))))]
+        assert [n for n in widening if n.startswith("fused_depthwise")], sorted(scripts)
+        assert [n for n in widening if n.startswith("fused_conv2d")], sorted(scripts)
