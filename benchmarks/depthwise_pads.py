@@ -3,7 +3,8 @@ a pad of the whole input first (issue 22).
 
 For each depthwise layer of MobileNetV2 (channels x row x stride, 3 x 3 window): a depthwise conv +
 bias + ReLU model through edgefleet's CPU pipeline for the x86-64-v4 library, once with the default
-schedule (`schedules._pad_rows`: the window's padded rows written under the row loop) and once with
+schedule (`schedules._pad_rows`: the window's padded rows written under the row loop, or one channel
+block's padded plane under the block loop where the plane fits L1, `_pads_per_block`) and once with
 the pad left as a pass of its own over the whole input. The conv kernel is timed alone as its best
 single call out of `--calls` (see benchmarks/conv_tiles.py); the two schedules alternate for
 `--rounds` rounds. Prints GFLOP/s of both and the ratio.
@@ -32,6 +33,7 @@ def main() -> None:
         return pads
 
     print(f"load average {os.getloadavg()[0]:.1f}; GFLOP/s of the depthwise kernel, best of {args.calls} calls")
+    # "per row": the default placement (per row, or per block where the plane fits L1).
     print(f"  {'shape':<12} {'whole pad':>9} {'per row':>8} {'ratio':>6}")
     for shape in args.shapes.split(","):
         channels, width, stride = (int(v) for v in shape.split("x"))

@@ -1103,16 +1103,16 @@ def _depthwise_model() -> onnx.ModelProto:
 
 
 def test_x86_float_depthwise_pads_per_row_where_strided_or_beyond_l1_and_match_onnxruntime():
-    """x86 float: a depthwise convolution's input is padded under its row loop (the pad is computed
-    at the row, `_pad_rows`) for the stride-2 layer and the stride-1 one on 28 x 28, while the 14 x 14
-    stride-1 layer (a plane that stays in L1) keeps one pad pass; rasp4b keeps the pad pass everywhere.
+    """x86 float: a depthwise convolution's input is padded under its row loop (`_pad_rows`) for the
+    stride-2 layer and the stride-1 one on 28 x 28, and under its channel-block loop for the 14 x 14
+    stride-1 layer (a plane that stays in L1, `_pads_per_block`); rasp4b keeps one pad pass everywhere.
     The x86 build matches ONNX Runtime."""
     from tvm import s_tir
 
     from edgefleet.compiler.schedules import schedule_func
 
     model = _depthwise_model()
-    per_row = []
+    pad_at = []
     for name in ("x86_64", "rasp4b"):
         tgt = tvm_target(resolve_target(name))
         for gv, func in fused_kernels(model, tgt).functions.items():
@@ -1120,16 +1120,20 @@ def test_x86_float_depthwise_pads_per_row_where_strided_or_beyond_l1_and_match_o
                 sch = s_tir.Schedule(func)
                 pad = sch.get(sch.get_sblock("data_pad"))
                 rows = (int(pad.writes[0].source.shape[2]), int(pad.reads[0].source.shape[2]))
-                per_row.append((name, rows, "sch.compute_at(" in str(schedule_func(func, tgt).trace)))
+                scheduled = schedule_func(func, tgt)
+                loops = scheduled.get_loops(scheduled.get_sblock("data_pad"))
+                # The conv's loops the pad sits under: (b, c), (b, c, y) or none of them (a pass of its own).
+                outer = tuple(str(scheduled.get(loop).loop_var) for loop in loops[:-3])
+                pad_at.append((name, rows, {("b", "c"): "block", ("b", "c", "y"): "row"}.get(outer, "input")))
     # (padded rows, input rows): stride 2 on 28, stride 1 on 14, stride 1 on 28.
-    assert sorted(per_row) == [
-        ("rasp4b", (16, 14), False),
-        ("rasp4b", (30, 28), False),
-        ("rasp4b", (30, 28), False),
-        ("x86_64", (16, 14), False),
-        ("x86_64", (30, 28), True),
-        ("x86_64", (30, 28), True),
-    ], per_row
+    assert sorted(pad_at) == [
+        ("rasp4b", (16, 14), "input"),
+        ("rasp4b", (30, 28), "input"),
+        ("rasp4b", (30, 28), "input"),
+        ("x86_64", (16, 14), "block"),
+        ("x86_64", (30, 28), "row"),
+        ("x86_64", (30, 28), "row"),
+    ], pad_at
     _, actual, expected = _compile_and_compare(model)
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
