@@ -1502,3 +1502,28 @@ def test_rasp4b_int16_shift_of_an_nhwc_input_is_vectorized_along_the_row(tmp_pat
     calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.MULTILINE)
     shift = lowered[calls[0]].script()
     assert "T.vectorized(T.int64(16))" in shift and "T.vectorized(T.int64(3))" not in shift, shift
+
+
+def test_x86_int8_requantization_to_a_relu_output_drops_the_rounding_divisions_sign_fixup(tmp_path):
+    """graph.relu_rounding_divisions: on x86 a requantization that narrows to a ReLU output (zero point
+    -128, clip floor at or above it: MobileNetV2's depthwise convolutions and expansions) rounds as
+    `((v >> p) + 1) >> 1`, without tflite_quant.py's sign fix-up `v + (v >> 31)`; the projections keep it.
+    The VNNI library equals LiteRT's reference kernels on two inputs, and both forms' integers narrow
+    alike at and around every negative tie for shifts of 1-31 bits."""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    scripts = [(gv.name_hint, f.script()) for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
+    rescaled = [(n, s) for n, s in scripts if "edgefleet_x86_rounding_doubling_high_mul" in s]
+    depthwise = [n for n, s in rescaled if n.startswith("fused_depthwise")]
+    assert len(depthwise) >= 10 and not [n for n, s in rescaled if n in depthwise and ">> 31" in s], depthwise
+    assert [n for n, s in rescaled if n.startswith("fused_conv2d") and ">> 31" in s]  # the projections
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=11)
+
+    e = np.arange(1, 32, dtype=np.int64)[:, None]
+    ties = -(np.arange(0, 4, dtype=np.int64)[None, :] * 2**e + 2 ** (e - 1))
+    v = np.concatenate([(ties + d).reshape(-1) for d in (-2, -1, 0, 1, 2)] + [np.arange(-600, 600)])
+    v = np.clip(v, -(2**31) + 1, 2**31 - 1)
+    for bits in range(1, 32):
+        fixed = (((v + (v >> 31)) >> (bits - 1)) + 1) >> 1
+        plain = ((v >> (bits - 1)) + 1) >> 1
+        for lo in (-128, -100, 0):
+            np.testing.assert_array_equal(np.clip(fixed - 128, lo, 127), np.clip(plain - 128, lo, 127))
