@@ -2279,7 +2279,7 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
 
     tflite_quant.py writes RoundingDivideByPOT as `((w >> p) + 1) >> 1` with w = v + (v >> 31)
     (v - [v < 0]: ties away from zero), 5 instructions per vector on x86 (`vpsrad`, `vpaddd`, `vpsravd`,
-    `vpaddd`, `vpsrad`). Before `int8(clip(x - 128, lo, hi))` with lo >= -128 it is `((v >> p) + 1) >> 1`
+    `vpsubd`, `vpsrad`). Before `int8(clip(x - 128, lo, hi))` with lo >= -128 it is `((v >> p) + 1) >> 1`
     (3): the fix-up moves only negative v, for which both forms are <= 0 (floor(w / 2^p) <= -1, plus
     one, halved), and every x <= 0 narrows to lo; v >= 0 is unchanged. Only where every channel rounds
     (no channel with e = 0: |x| <= 2^30 + 1, so x - 128 does not wrap in either form).
