@@ -2026,7 +2026,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
     narrowing shift). SQRDMULH computes (a b + 2^30) >> 31 on four int32 lanes in one instruction,
     saturating only for a = b = INT32_MIN, which a positive q excludes: so it is
     SQRDMULH(acc + bias, q), bias recovered exactly from the constant (rescales whose constant is
-    not bias q + 2^30 with an int32 bias, or with a left shift before the product, are left as they are).
+    not bias q + 2^30 with an int32 bias are left as they are; one with a left shift before the product, a
+    residual add's input side, on x86 only, with that product in int32).
     """
 
     @relax.expr_functor.mutator
@@ -2110,6 +2111,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             widened = None if product is None else _bound_arg(self, product, "relax.multiply")
             q = None if product is None else _const_value(_bound_arg(self, product, "relax.multiply", 1))
             acc = None if widened is None else _bound_arg(self, widened, "relax.astype")
+            if x86_lanes and acc is not None and str(acc.ty.dtype) == "int64":
+                acc = self._int32_shifted(acc)
             if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
                 return None
             rank = acc.ty.ndim
@@ -2119,6 +2122,26 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             if np.any(rest) or bias.min() < _INT32.min or bias.max() > _INT32.max:
                 return None
             return acc, bias, q
+
+        def _int32_shifted(self, acc: relax.Expr) -> relax.Expr | None:
+            """`(int32(t) - z) * 2^k` for `acc` = `(int64(t) - z) * 2^k` of int8 t with k <= 23 (a residual add's
+            input side: tflite_quant.py shifts it left by 20 before the product), exact in int32 since
+            |t - z| <= 255; else None."""
+            diff = _bound_arg(self, acc, "relax.multiply")
+            scale = _const_value(_bound_arg(self, acc, "relax.multiply", 1))
+            widened = None if diff is None else _bound_arg(self, diff, "relax.subtract")
+            zero = None if diff is None else _const_value(_bound_arg(self, diff, "relax.subtract", 1))
+            t = None if widened is None else _bound_arg(self, widened, "relax.astype")
+            if t is None or str(t.ty.dtype) != "int8" or scale is None or zero is None or scale.size != 1:
+                return None
+            if zero.size != 1 or not _INT8.min <= int(zero.reshape(())) <= _INT8.max:
+                return None
+            k = int(scale.reshape(()))
+            if k <= 0 or k & (k - 1) or k > 1 << 23:
+                return None
+            emit = self.builder_.emit
+            shifted = emit(relax.op.subtract(emit(relax.op.astype(t, "int32")), relax.const(zero.astype(np.int32))))
+            return emit(relax.op.multiply(shifted, relax.const(np.int32(k))))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSqrdmulhRescales")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
