@@ -2041,6 +2041,10 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             shape = _static_shape(acc)
             if x86_lanes and not _whole_registers(shape, x86_lanes):
                 return call
+            if str(acc.ty.dtype) == "int64":
+                acc = self._int32_shifted(acc)
+                if acc is None:
+                    return call
             if np.any(bias):
                 started = self._started_at(acc, bias)
                 if started is None:
@@ -2111,9 +2115,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             widened = None if product is None else _bound_arg(self, product, "relax.multiply")
             q = None if product is None else _const_value(_bound_arg(self, product, "relax.multiply", 1))
             acc = None if widened is None else _bound_arg(self, widened, "relax.astype")
-            if x86_lanes and acc is not None and str(acc.ty.dtype) == "int64":
-                acc = self._int32_shifted(acc)
-            if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
+            dtypes = ("int32", "int64") if x86_lanes else ("int32",)  # int64: see _int32_shifted
+            if acc is None or q is None or offset is None or str(acc.ty.dtype) not in dtypes:
                 return None
             rank = acc.ty.ndim
             if q.ndim not in (0, rank) or offset.ndim not in (0, rank) or q.min() <= 0 or q.max() > _Q31:

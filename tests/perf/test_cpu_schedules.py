@@ -1527,3 +1527,17 @@ def test_x86_int8_requantization_to_a_relu_output_drops_the_rounding_divisions_s
         plain = ((v >> (bits - 1)) + 1) >> 1
         for lo in (-128, -100, 0):
             np.testing.assert_array_equal(np.clip(fixed - 128, lo, 127), np.clip(plain - 128, lo, 127))
+
+
+def test_x86_residual_add_input_rescales_run_on_int32_lanes(tmp_path):
+    """graph.sqrdmulh_rescales on x86: a residual add's input rescale, `(int64(t) - z) << 20` times q in
+    64-bit lanes (tflite_quant.py, TFLite's reference Add), takes the difference shifted in int32 (|t - z|
+    <= 255: it fits) into `x86_rounding_doubling_high_mul`, the same integers; the VNNI library equals
+    LiteRT's reference kernels on two inputs. (The adds after a channel slice run in NCHW, whose last
+    axis is not whole registers: they keep the 64-bit product, as their other rescales.)"""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    residual = [n for n, s in scripts.items() if n.startswith("fused_conv2d") and ") * 1048576, " in s]
+    assert len(residual) >= 5 and all("edgefleet_x86_rounding_doubling_high_mul" in scripts[n] for n in residual)
+    assert not [n for n, s in scripts.items() if n.startswith("fused_conv2d") and "T.int64(1048576)" in s]
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=13)
