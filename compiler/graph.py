@@ -2097,7 +2097,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             return self.builder_.emit(_started_call(self.builder_, name, compute, list(conv.args), started, *attrs))
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
-            """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
+            """(acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30, acc int32 (or, on
+            x86, an int64 one for `_int32_shifted`); else None."""
             if not (
                 isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype" and str(call.ty.dtype) == "int32"
             ):
