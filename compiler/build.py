@@ -77,13 +77,15 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         *([graph.dot_product_convs(unsigned=True), graph.vnni_dense()] if graph.has_vnni(tgt) else []),
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
         # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
-        # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes).
+        # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes), and the
+        # rounding division's sign fix-up dropped before a ReLU output's narrowing.
         *(
             [
                 graph.int8_depthwise_convs(),
                 graph.fold_int8_corrections(),
                 graph.int8_dense_weights(),
                 graph.sqrdmulh_rescales(x86_lanes=schedules.vector_lanes(tgt)),
+                graph.relu_rounding_divisions(),
             ]
             if target.arch == "x86_64"
             else []

@@ -2026,7 +2026,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
     narrowing shift). SQRDMULH computes (a b + 2^30) >> 31 on four int32 lanes in one instruction,
     saturating only for a = b = INT32_MIN, which a positive q excludes: so it is
     SQRDMULH(acc + bias, q), bias recovered exactly from the constant (rescales whose constant is
-    not bias q + 2^30 with an int32 bias, or with a left shift before the product, are left as they are).
+    not bias q + 2^30 with an int32 bias are left as they are; one with a left shift before the product, a
+    residual add's input side, on x86 only, with that product in int32).
     """
 
     @relax.expr_functor.mutator
@@ -2040,6 +2041,10 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             shape = _static_shape(acc)
             if x86_lanes and not _whole_registers(shape, x86_lanes):
                 return call
+            if str(acc.ty.dtype) == "int64":
+                acc = self._int32_shifted(acc)
+                if acc is None:
+                    return call
             if np.any(bias):
                 started = self._started_at(acc, bias)
                 if started is None:
@@ -2092,7 +2097,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             return self.builder_.emit(_started_call(self.builder_, name, compute, list(conv.args), started, *attrs))
 
         def _rescale(self, call: relax.Call) -> tuple[relax.Expr, np.ndarray, np.ndarray] | None:
-            """(int32 acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30; else None."""
+            """(acc, int32 bias, q) of `int32((int64(acc) * q + c) >> 31)`, c = bias q + 2^30, acc int32 (or, on
+            x86, an int64 one for `_int32_shifted`); else None."""
             if not (
                 isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype" and str(call.ty.dtype) == "int32"
             ):
@@ -2110,7 +2116,8 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             widened = None if product is None else _bound_arg(self, product, "relax.multiply")
             q = None if product is None else _const_value(_bound_arg(self, product, "relax.multiply", 1))
             acc = None if widened is None else _bound_arg(self, widened, "relax.astype")
-            if acc is None or q is None or offset is None or str(acc.ty.dtype) != "int32":
+            dtypes = ("int32", "int64") if x86_lanes else ("int32",)  # int64: see _int32_shifted
+            if acc is None or q is None or offset is None or str(acc.ty.dtype) not in dtypes:
                 return None
             rank = acc.ty.ndim
             if q.ndim not in (0, rank) or offset.ndim not in (0, rank) or q.min() <= 0 or q.max() > _Q31:
@@ -2119,6 +2126,26 @@ def sqrdmulh_rescales(x86_lanes: int = 0) -> tvm.transform.Pass:
             if np.any(rest) or bias.min() < _INT32.min or bias.max() > _INT32.max:
                 return None
             return acc, bias, q
+
+        def _int32_shifted(self, acc: relax.Expr) -> relax.Expr | None:
+            """`(int32(t) - z) * 2^k` for `acc` = `(int64(t) - z) * 2^k` of int8 t with k <= 23 (a residual add's
+            input side: tflite_quant.py shifts it left by 20 before the product), exact in int32 since
+            |t - z| <= 255; else None."""
+            diff = _bound_arg(self, acc, "relax.multiply")
+            scale = _const_value(_bound_arg(self, acc, "relax.multiply", 1))
+            widened = None if diff is None else _bound_arg(self, diff, "relax.subtract")
+            zero = None if diff is None else _const_value(_bound_arg(self, diff, "relax.subtract", 1))
+            t = None if widened is None else _bound_arg(self, widened, "relax.astype")
+            if t is None or str(t.ty.dtype) != "int8" or scale is None or zero is None or scale.size != 1:
+                return None
+            if zero.size != 1 or not _INT8.min <= int(zero.reshape(())) <= _INT8.max:
+                return None
+            k = int(scale.reshape(()))
+            if k <= 0 or k & (k - 1) or k > 1 << 23:
+                return None
+            emit = self.builder_.emit
+            shifted = emit(relax.op.subtract(emit(relax.op.astype(t, "int32")), relax.const(zero.astype(np.int32))))
+            return emit(relax.op.multiply(shifted, relax.const(np.int32(k))))
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSqrdmulhRescales")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -2248,21 +2275,14 @@ def saturating_narrowings() -> tvm.transform.Pass:
 
         def _clipped(self, call: relax.Call) -> tuple[relax.Expr, int, int] | None:
             """(x, lo, hi) of `astype(minimum(maximum(add(x, -128), lo), hi), int8)` on int32 with scalar constants."""
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype") or str(call.ty.dtype) != "int8":
+            found = _relu_narrowing(self, call)
+            if found is None:
                 return None
-            low = _bound_arg(self, call.args[0], "relax.minimum")
-            high = _const_value(_bound_arg(self, call.args[0], "relax.minimum", 1))
-            added = None if low is None else _bound_arg(self, low, "relax.maximum")
-            lo = None if low is None else _const_value(_bound_arg(self, low, "relax.maximum", 1))
-            x = None if added is None else _bound_arg(self, added, "relax.add")
-            zero = None if added is None else _const_value(_bound_arg(self, added, "relax.add", 1))
-            if x is None or any(v is None or v.size != 1 for v in (high, lo, zero)) or str(x.ty.dtype) != "int32":
-                return None
+            x, lo, hi = found
             last = x.ty.shape.values[-1] if x.ty.shape and x.ty.ndim > 0 else None
             if not isinstance(last, tvm.tirx.IntImm) or int(last) % 16 or not self._halved(x):
                 return None
-            zero, lo, hi = (int(v.reshape(())) for v in (zero, lo, high))
-            return (x, lo, hi) if zero == -128 and -128 <= lo <= hi <= 127 else None
+            return x, lo, hi
 
         def _halved(self, x: relax.Expr) -> bool:
             """Whether `x` is an SRSHL (`rounding_shifts`) by -1 or less everywhere: |x| <= 2^30."""
@@ -2287,6 +2307,75 @@ def saturating_narrowings() -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetSaturatingNarrowings")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Narrow(mod)))
+
+    return _pass
+
+
+def _relu_narrowing(mutator: relax.PyExprMutator, call: relax.Expr) -> tuple[relax.Expr, int, int] | None:
+    """(x, lo, hi) of `astype(minimum(maximum(add(x, -128), lo), hi), int8)` on int32 with scalar constants
+    and -128 <= lo <= hi <= 127 (an output with zero point -128 whose clip floor is at or above it: ReLU's)."""
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype") or str(call.ty.dtype) != "int8":
+        return None
+    low = _bound_arg(mutator, call.args[0], "relax.minimum")
+    high = _const_value(_bound_arg(mutator, call.args[0], "relax.minimum", 1))
+    added = None if low is None else _bound_arg(mutator, low, "relax.maximum")
+    lo = None if low is None else _const_value(_bound_arg(mutator, low, "relax.maximum", 1))
+    x = None if added is None else _bound_arg(mutator, added, "relax.add")
+    zero = None if added is None else _const_value(_bound_arg(mutator, added, "relax.add", 1))
+    if x is None or any(v is None or v.size != 1 for v in (high, lo, zero)) or str(x.ty.dtype) != "int32":
+        return None
+    zero, lo, hi = (int(v.reshape(())) for v in (zero, lo, high))
+    return (x, lo, hi) if zero == -128 and -128 <= lo <= hi <= 127 else None
+
+
+def relu_rounding_divisions() -> tvm.transform.Pass:
+    """The rounding division's sign fix-up dropped before a narrowing to a ReLU output (x86: the
+    AArch64 targets drop it in `saturating_narrowings`, on their SRSHL).
+
+    tflite_quant.py writes RoundingDivideByPOT as `((w >> p) + 1) >> 1` with w = v + (v >> 31)
+    (v - [v < 0]: ties away from zero), 5 instructions per vector on x86 (`vpsrad`, `vpaddd`, `vpsravd`,
+    `vpsubd`, `vpsrad`). Before `int8(clip(x - 128, lo, hi))` with lo >= -128 it is `((v >> p) + 1) >> 1`
+    (3): the fix-up moves only negative v, for which both forms are <= 0 (floor(w / 2^p) <= -1, plus
+    one, halved), and every x <= 0 narrows to lo; v >= 0 is unchanged. Only where every channel rounds
+    (no channel with e = 0: |x| <= 2^30 + 1, so x - 128 does not wrap in either form).
+    """
+
+    @relax.expr_functor.mutator
+    class _Division(relax.PyExprMutator):
+        def visit_call_(self, call: relax.Call) -> relax.Expr:
+            call = self.visit_expr_post_order(call)
+            found = _relu_narrowing(self, call)
+            plain = None if found is None else self._without_sign_fixup(found[0])
+            if plain is None:
+                return call
+            _, lo, hi = found
+            emit = self.builder_.emit
+            shifted = emit(relax.op.add(plain, relax.const(-128, "int32")))
+            low = emit(relax.op.maximum(shifted, relax.const(lo, "int32")))
+            return relax.op.astype(emit(relax.op.minimum(low, relax.const(hi, "int32"))), "int8")
+
+        def _without_sign_fixup(self, x: relax.Expr) -> relax.Expr | None:
+            """`((v >> p) + 1) >> 1` for `x` = `(((v + (v >> 31)) >> p) + 1) >> 1` on every channel, else None."""
+            added, one = _bound_arg(self, x, "relax.right_shift"), _bound_arg(self, x, "relax.right_shift", 1)
+            shifted = None if added is None else _bound_arg(self, added, "relax.add")
+            ones = None if added is None else _const_value(_bound_arg(self, added, "relax.add", 1))
+            fixed = None if shifted is None else _bound_arg(self, shifted, "relax.right_shift")
+            v = None if fixed is None else _bound_arg(self, fixed, "relax.add")
+            negative = None if fixed is None else _bound_arg(self, fixed, "relax.add", 1)
+            by = None if negative is None else _const_value(_bound_arg(self, negative, "relax.right_shift", 1))
+            if v is None or by is None or by.size != 1 or int(by.reshape(())) != 31:
+                return None
+            if not _bound_arg(self, negative, "relax.right_shift").same_as(v):
+                return None
+            if ones is None or np.any(ones != 1) or np.any(_const_value(one) != 1):
+                return None
+            p = _bound_arg(self, shifted, "relax.right_shift", 1)
+            rounded = self.builder_.emit(relax.op.add(self.builder_.emit(relax.op.right_shift(v, p)), one))
+            return self.builder_.emit(relax.op.right_shift(rounded, one))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgefleetReluRoundingDivisions")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Division(mod)))
 
     return _pass
 

@@ -1561,3 +1561,42 @@ def test_aarch64_relu_output_read_as_int16_input_is_one_unsigned_clamp(lo, hi):
         widening = [n for n in scripts if n.endswith(tuple(f"saturating_int16{i}" for i in ("", *range(20))))]
         assert [n for n in widening if n.startswith("fused_depthwise")], sorted(scripts)
         assert [n for n in widening if n.startswith("fused_conv2d")], sorted(scripts)
+
+
+def test_x86_int8_requantization_to_a_relu_output_drops_the_rounding_divisions_sign_fixup(tmp_path):
+    """graph.relu_rounding_divisions: on x86 a requantization that narrows to a ReLU output (zero point
+    -128, clip floor at or above it: MobileNetV2's depthwise convolutions and expansions) rounds as
+    `((v >> p) + 1) >> 1`, without tflite_quant.py's sign fix-up `v + (v >> 31)`; the projections keep it.
+    The VNNI library equals LiteRT's reference kernels on two inputs, and both forms' integers narrow
+    alike at and around every negative tie for shifts of 1-31 bits."""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    scripts = [(gv.name_hint, f.script()) for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
+    rescaled = [(n, s) for n, s in scripts if "edgefleet_x86_rounding_doubling_high_mul" in s]
+    depthwise = [n for n, s in rescaled if n.startswith("fused_depthwise")]
+    assert len(depthwise) >= 10 and not [n for n, s in rescaled if n in depthwise and ">> 31" in s], depthwise
+    assert [n for n, s in rescaled if n.startswith("fused_conv2d") and ">> 31" in s]  # the projections
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=11)
+
+    e = np.arange(1, 32, dtype=np.int64)[:, None]
+    ties = -(np.arange(0, 4, dtype=np.int64)[None, :] * 2**e + 2 ** (e - 1))
+    v = np.concatenate([(ties + d).reshape(-1) for d in (-2, -1, 0, 1, 2)] + [np.arange(-600, 600)])
+    v = np.clip(v, -(2**31) + 1, 2**31 - 1)
+    for bits in range(1, 32):
+        fixed = (((v + (v >> 31)) >> (bits - 1)) + 1) >> 1
+        plain = ((v >> (bits - 1)) + 1) >> 1
+        for lo in (-128, -100, 0):
+            np.testing.assert_array_equal(np.clip(fixed - 128, lo, 127), np.clip(plain - 128, lo, 127))
+
+
+def test_x86_residual_add_input_rescales_run_on_int32_lanes(tmp_path):
+    """graph.sqrdmulh_rescales on x86: a residual add's input rescale, `(int64(t) - z) << 20` times q in
+    64-bit lanes (tflite_quant.py, TFLite's reference Add), takes the difference shifted in int32 (|t - z|
+    <= 255: it fits) into `x86_rounding_doubling_high_mul`, the same integers; the VNNI library equals
+    LiteRT's reference kernels on two inputs. (The adds after a channel slice run in NCHW, whose last
+    axis is not whole registers: they keep the 64-bit product, as their other rescales.)"""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    residual = [n for n, s in scripts.items() if n.startswith("fused_conv2d") and ") * 1048576, " in s]
+    assert len(residual) >= 5 and all("edgefleet_x86_rounding_doubling_high_mul" in scripts[n] for n in residual)
+    assert not [n for n, s in scripts.items() if n.startswith("fused_conv2d") and "T.int64(1048576)" in s]
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=13)
