@@ -124,4 +124,7 @@ def _merge_high_halves(dtype, half: int, even: tirx.PrimExpr, odd: tirx.PrimExpr
 
 ir_op.register_op_attr(RDHM_OP, "TCallEffectKind", _PURE)
 ir_op.register_op_attr(RDHM_OP, "TVectorizable", True)
+# The name TVMScript prints it by: without one, every print of a kernel that calls it (the compiler
+# prints kernels, e.g. to key them) logged a warning per call site.
+ir_op.register_op_attr(RDHM_OP, "TScriptPrinterName", RDHM_OP.removeprefix("tirx."))
 tirx.register_intrin_lowering(RDHM_OP, target="llvm", f=_lower_rdhm, level=99)
