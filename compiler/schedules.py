@@ -202,10 +202,15 @@ def _parallel(sch: s_tir.Schedule, block, loops: list, target: tvm.target.Target
     fused serial loop only adds a div/mod per index). ARM keeps every kernel parallel: the threshold
     was measured on x86 cores only, and serial kernels changed rasp4b's instruction counts (SqueezeNet
     124.33 M -> 123.63 M at one thread, the launches)."""
-    work = block_work(sch, block)
-    if _is_x86(target) and work is not None and work < PARALLEL_MIN_WORK:
+    if _runs_serial(sch, block, target):
         return
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def _runs_serial(sch: s_tir.Schedule, block, target: tvm.target.Target) -> bool:
+    """Whether `_parallel` leaves `block`'s loops serial: x86, its work known and below PARALLEL_MIN_WORK."""
+    work = block_work(sch, block)
+    return _is_x86(target) and work is not None and work < PARALLEL_MIN_WORK
 
 
 def _same(sch: s_tir.Schedule, a, b) -> bool:
@@ -656,7 +661,7 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     _epilogue_at(sch, epi, ow_o)
     if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
         rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh))]
-        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ) + _pad_rows(sch, rows, oh)
+        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ, target) + _pad_rows(sch, rows, oh)
     _parallel(sch, conv, [n, occ, oh], target)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
@@ -714,17 +719,14 @@ def _pad_rows(sch: s_tir.Schedule, pads: list, row) -> list:
     return []
 
 
-def _pads_per_block(sch: s_tir.Schedule, conv, pads: list, block) -> list:
+def _pads_per_block(sch: s_tir.Schedule, conv, pads: list, block, target: tvm.target.Target) -> list:
     """Pad a depthwise convolution's input per channel block where it is not padded per row
     (`_pads_per_row`: a plane of one block in L1): each block's padded plane is written and read back
     in L1 instead of the whole padded input through L2 (576 channels at 14 x 14: 590 KB). Per kernel
     on the AVX-512 host (benchmarks/depthwise_pads.py): 384x14, 576x14 and 960x7 1.21-1.49x faster.
     Serial kernels only: a parallel kernel fuses the block and row loops. Returns the pads left to
     schedule on their own."""
-    work = block_work(sch, conv)
-    if work is None or work >= PARALLEL_MIN_WORK:
-        return pads
-    return _pad_rows(sch, pads, block)
+    return _pad_rows(sch, pads, block) if _runs_serial(sch, conv, target) else pads
 
 
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
