@@ -78,9 +78,9 @@ def kernel_times(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[floa
     ]
 
 
-def timed_kernels(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[str, int, object, list]]:
+def timed_kernels(mod, tgt, number: int = 20, repeat: int = 5, load=None) -> list[tuple[str, int, object, list]]:
     """(kernel, calls, its time_evaluator, random arguments of its shapes) for every kernel the model's main
-    function calls, each built alone."""
+    function calls, each built alone; `load(executable, kernel)` makes the runnable module (default: jit)."""
     import tvm
     from tvm import relax
 
@@ -103,7 +103,8 @@ def timed_kernels(mod, tgt, number: int = 20, repeat: int = 5) -> list[tuple[str
     for gv, func in mod.functions.items():
         if gv.name_hint not in calls:
             continue
-        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt).jit()
+        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tgt)
+        lib = load(lib, gv.name_hint) if load else lib.jit()
         args = [tvm.runtime.tensor(rng.random(s).astype(d), dev) for s, d in shapes[gv.name_hint]]
         timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20 if number > 1 else 0)
         rows.append((gv.name_hint, calls[gv.name_hint], timer, args))
