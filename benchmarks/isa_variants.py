@@ -14,7 +14,8 @@ the package size with and without the extra library, and the load average around
 the same rounds: how the generic x86-64-v4 library compares with one tuned for a named CPU.
 `--without` compiles the model once more with those passes of compiler/graph.py replaced by the
 identity (or, as `factory.option`, with that keyword option off) and times that package's
-x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side.
+x86-64-v4 library in the same rounds: a graph rewrite's gain, before and after side by side, with
+the median of their per-round ratio.
 `--bytecode` likewise times the package built with the Relax VM as bytecode (as before the CPU
 libraries ran it compiled, compiler/build.py `_exec_mode`).
 
@@ -180,6 +181,10 @@ def main() -> None:
                 )
                 size = f"{sizes[n] / 1e6:10.1f}" if n in sizes else f"{'-':>10}"
                 print(f"  {n:<12} {ms:9.2f} {ms / ort_ms:9.2f} {q1:5.2f}-{q3:<5.2f} {rate} {size} {diff:12.2e}")
+            for label in changes:
+                # The same library built with and without a change, in the same rounds: the change's own ratio.
+                per_round = statistics.median(t / o for t, o in zip(times[isa], times[f"{isa} {label}"]))
+                print(f"  {isa} / {isa} {label}: {per_round:.3f} (median of the per-round ratios)")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def test_few_output_channels_take_a_narrow_block_and_a_mean_head_reduces_it_bloc
 def test_aarch64_float_convs_with_24_outputs_take_8_channel_blocks_without_padding_or_slice(monkeypatch):
     """rasp4b: a 1x1 convolution 32 -> 24 (MobileNetV2's projections) writes NCHW8c, which the
     next convolution reads, instead of 32 padded channels, a layout transform back to NCHW and a
-    slice; x86 keeps the padding (and 1000 -> 1008 classes pad too little to change anywhere).
+    slice; x86 keeps the padded filters (and 1000 -> 1008 classes pad too little to change anywhere).
     The narrow graph, built for this host, matches ONNX Runtime."""
     rng = np.random.default_rng(5)
     nodes, inits = [], []
@@ -313,10 +313,10 @@ def test_aarch64_float_convs_with_24_outputs_take_8_channel_blocks_without_paddi
         return sorted(_kernels(lowered))
 
     arm, x86 = kernels("rasp4b"), kernels("x86_64")
-    # In and out of NCHW at the graph's ends only; x86 unblocks the padded 32 and slices 24 off.
+    # In and out of NCHW at the graph's ends only; x86 compacts the padded 32 into NCHW8c in one pass.
     assert sum("conv2d_NCHWc" in k for k in arm) == 2 and sum("layout_transform" in k for k in arm) == 2, arm
     assert not any("strided_slice" in k for k in arm), arm
-    assert any("strided_slice" in k for k in x86) and sum("layout_transform" in k for k in x86) > 2, x86
+    assert any("channel_permute" in k for k in x86) and not any("channel_permute" in k for k in arm), x86
     assert graph._pads_much(24, 16) and graph._pads_much(56, 16) and not graph._pads_much(1000, 16)
 
     narrow = graph.nchwc_layout
@@ -1612,3 +1612,46 @@ def test_the_x86_rescale_operator_prints_by_its_name_without_a_warning(capfd):
     script = tirx.PrimFunc([a], tirx.Evaluate(tirx.call_intrin("int32", x86_intrin.RDHM_OP, a, a))).script()
     assert "T.edgefleet_x86_rounding_doubling_high_mul(a, a)" in script, script
     assert "TScriptPrinterName" not in capfd.readouterr().err
+
+
+def _padded_projections_model() -> onnx.ModelProto:
+    """MobileNetV2's 24-channel stage: a 1x1 projection 32 -> 24, a residual unit (expansion 24 -> 48,
+    ReLU, projection 48 -> 24, add) and the next expansion 24 -> 48."""
+    rng = np.random.default_rng(11)
+    nodes, inits = [], []
+    for x, cin, cout, name in (
+        ("data", 32, 24, "p1"),
+        ("p1", 24, 48, "e1"),
+        ("e1_relu", 48, 24, "p2"),
+        ("sum", 24, 48, "e2"),
+    ):
+        conv, weights = _conv(rng, x, cin, cout, 1, 1, name=name)
+        nodes.append(conv)
+        inits += weights
+        if name == "e1":
+            nodes.append(helper.make_node("Relu", ["e1"], ["e1_relu"]))
+        if name == "p2":
+            nodes.append(helper.make_node("Add", ["p2", "p1"], ["sum"]))
+    return _onnx_model(
+        nodes,
+        "padded_projections",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 32, 10, 10])],
+        [helper.make_tensor_value_info("e2", TensorProto.FLOAT, [1, 48, 10, 10])],
+        inits,
+    )
+
+
+def test_x86_float_padded_projections_compact_into_8_channel_blocks_in_one_pass_and_match_onnxruntime():
+    """x86: each 24-channel projection keeps its 32 padded filters (two 16-lane blocks) and leaves through
+    one channel permutation into NCHW8c, with its bias and the residual add fused there: no transform to
+    NCHW, slice and transform back between the stage's convolutions (six kernel calls in MobileNetV2)."""
+    model = _padded_projections_model()
+    lowered, actual, expected = _compile_and_compare(model)
+    calls = re.findall(r"^\s+(\w+)\(", lowered["main"].script(show_meta=False), re.M)
+    permutes = [c for c in calls if "channel_permute" in c]
+    assert len(permutes) == 2 and any(c.count("_add") == 2 for c in permutes), Counter(calls)
+    assert not any("strided_slice" in c for c in calls), Counter(calls)
+    # Into the first convolution's blocks and out of the last one's only.
+    assert sum("layout_transform" in c for c in calls) == 2, Counter(calls)
+    assert expected.std() > 0.1
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
