@@ -78,7 +78,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
         # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
         # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes), and the
-        # rounding division's sign fix-up dropped before a ReLU output's narrowing.
+        # rounding division before a ReLU output's narrowing as one shift (its sign fix-up dropped, its
+        # 2^p in the high multiply's nudge where the convolution's bound allows).
         *(
             [
                 graph.int8_depthwise_convs(),

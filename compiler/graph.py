@@ -18,6 +18,7 @@ unscheduled loop nest. These passes prepare the graph for the default schedules 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -2362,6 +2363,13 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
     (3): the fix-up moves only negative v, for which both forms are <= 0 (floor(w / 2^p) <= -1, plus
     one, halved), and every x <= 0 narrows to lo; v >= 0 is unchanged. Only where every channel rounds
     (no channel with e = 0: |x| <= 2^30 + 1, so x - 128 does not wrap in either form).
+
+    Where v is `x86_rounding_doubling_high_mul(a, q)` of a convolution's sums (plus its bias), the division
+    is one shift: ((v >> p) + 1) >> 1 = (v + 2^p) >> (p + 1) (v = k 2^p + r, 0 <= r < 2^p: both are
+    floor((k + 1) / 2)), and v + 2^p = ((a q + 2^30 + 2^(p+31)) >> 31) (a multiple of 2^31 added before the
+    shift is its quotient after it), the 2^p in the 64-bit nudge (the operator's third operand, a constant
+    per channel). Exact while v + 2^p fits int32: v <= |a| for q < 2^31, so where the convolution's bound
+    |a| <= terms x 255 x max|w| + max|b| (int8 or uint8 inputs) stays below 2^31 - 2^p.
     """
 
     @relax.expr_functor.mutator
@@ -2394,8 +2402,44 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
             if ones is None or np.any(ones != 1) or np.any(_const_value(one) != 1):
                 return None
             p = _bound_arg(self, shifted, "relax.right_shift", 1)
+            nudged = self._nudged(v, _const_value(p))
+            if nudged is not None:
+                return nudged
             rounded = self.builder_.emit(relax.op.add(self.builder_.emit(relax.op.right_shift(v, p)), one))
             return self.builder_.emit(relax.op.right_shift(rounded, one))
+
+        def _nudged(self, v: relax.Expr, p: np.ndarray | None) -> relax.Expr | None:
+            """`x86_rounding_doubling_high_mul(a, q, 2^p) >> (p + 1)` for `v` = `x86_rounding_doubling_high_mul(a, q)`
+            where a's bound keeps v + 2^p in int32; else None."""
+            call = _bound_call(self, v, ("relax.call_tir",))
+            if call is None or not call.args[0].name_hint.startswith(x86_rounding_doubling_high_mul.__name__):
+                return None
+            a, q = call.args[1].fields
+            bound = self._sums_bound(a)
+            if p is None or p.min() < 0 or p.max() > 30 or bound is None or bound >= _INT32.max - (1 << int(p.max())):
+                return None
+            offset = relax.const((np.int64(1) << p).astype(np.int32), "int32")
+            name = x86_rounding_doubling_high_mul.__name__
+            high_mul = self.builder_.emit(
+                self.builder_.call_te(x86_rounding_doubling_high_mul, a, q, offset, primfunc_name_hint=name)
+            )
+            return self.builder_.emit(relax.op.right_shift(high_mul, relax.const((p + 1).astype(np.int32), "int32")))
+
+        def _sums_bound(self, a: relax.Expr) -> int | None:
+            """A bound on |a| for `a` = a convolution of int8 or uint8 data by constant weights (the x86 int8
+            `conv2d_NCHWc_int8` and `depthwise_conv2d_NCHWc` kernels), plus a constant bias; else None."""
+            conv, bias = _bound_arg(self, a, "relax.add"), _const_value(_bound_arg(self, a, "relax.add", 1))
+            conv, bias = (conv, np.abs(bias.astype(np.int64)).max()) if bias is not None else (a, 0)
+            call = _bound_call(self, conv, ("relax.call_tir",))
+            kernels = ("conv2d_NCHWc_int8", "depthwise_conv2d_NCHWc")
+            if call is None or not call.args[0].name_hint.startswith(kernels) or len(call.args[1].fields) != 2:
+                return None
+            data, weights = call.args[1].fields[0], _const_value(call.args[1].fields[1])
+            shape = _static_shape(conv)
+            if weights is None or shape is None or len(shape) != 5 or str(data.ty.dtype) not in ("int8", "uint8"):
+                return None
+            terms = weights.size // (shape[1] * shape[4])  # products per output: padded channels only add
+            return terms * 255 * int(np.abs(weights.astype(np.int64)).max()) + int(bias)
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetReluRoundingDivisions")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -2437,16 +2481,15 @@ def saturating_int16(x, lo: int, hi: int):
 
 def _int32_lanes(intrinsic: str, x, y, name: str):
     """The AArch64 int32 `intrinsic` of `x` and `y` (a scalar or one value per broadcast position of x)."""
-    return _lanes(lambda a, b: tvm.tirx.call_llvm_pure_intrin("int32", intrinsic, a, b), x, y, name)
+    return _lanes(lambda a, b: tvm.tirx.call_llvm_pure_intrin("int32", intrinsic, a, b), name, x, y)
 
 
-def _lanes(value_of, x, y, name: str):
-    """`value_of(x, y)` per element of `x`, `y` a scalar or one value per broadcast position of x (same rank)."""
+def _lanes(value_of, name: str, x, *ys):
+    """`value_of(x, *ys)` per element of `x`, each y a scalar or one value per broadcast position of x (same rank)."""
     from tvm import te
 
     def value(*i):
-        index = tuple(0 if int(y.shape[k]) == 1 else i[k] for k in range(len(y.shape)))
-        return value_of(x[i], y[index])
+        return value_of(x[i], *(y[tuple(0 if int(y.shape[k]) == 1 else i[k] for k in range(len(y.shape)))] for y in ys))
 
     return te.compute(x.shape, value, name=name)
 
@@ -2461,9 +2504,8 @@ def sqrdmulh(x, q):
     return _int32_lanes("llvm.aarch64.neon.sqrdmulh", x, q, "sqrdmulh")
 
 
-def x86_rounding_doubling_high_mul(x, q):
-    """(x q + 2^30) >> 31 of int32 `x` by a positive Q31 `q` (SQRDMULH's integers), as
-    x86_intrin.RDHM_OP: vpmuldq on even and odd lanes."""
-    return _lanes(
-        lambda a, b: tvm.tirx.call_intrin("int32", x86_intrin.RDHM_OP, a, b), x, q, "rounding_doubling_high_mul"
-    )
+def x86_rounding_doubling_high_mul(x, q, *offset):
+    """(x q + 2^30) >> 31 of int32 `x` by a positive Q31 `q` (SQRDMULH's integers), plus an int32 `offset`
+    where given (added as offset 2^31 to the 64-bit sum), as x86_intrin.RDHM_OP: vpmuldq on even and odd lanes."""
+    rdhm = functools.partial(tvm.tirx.call_intrin, "int32", x86_intrin.RDHM_OP)
+    return _lanes(rdhm, "rounding_doubling_high_mul", x, q, *offset)

@@ -83,35 +83,46 @@ def _int64(value: int, lanes: int) -> tirx.PrimExpr:
 
 
 def _lower_rdhm(call: tirx.Call) -> tirx.PrimExpr:
-    """(a q + 2^30) >> 31 of int32 lanes a, q: on even and odd lanes where the vector has pairs of lanes."""
-    a, q = call.args
+    """(a q + 2^30) >> 31 of int32 lanes a, q: on even and odd lanes where the vector has pairs of lanes.
+    A third operand c adds c 2^31 to the 64-bit sum, so c after the shift (the rounding division's
+    2^p in graph.relu_rounding_divisions): one per-channel constant in the nudge instead of a vpaddd."""
+    a, q, *offset = call.args
     dtype = call.ty.dtype
     lanes = dtype.lanes
     if lanes % 2:  # a scalar (or an odd vector): the 64-bit product as written
         int64 = f"int64x{lanes}" if lanes > 1 else "int64"
         wide = a.astype(int64) * q.astype(int64) + _int64(_NUDGE, lanes)
+        if offset:
+            wide = wide + (offset[0].astype(int64) << _int64(31, lanes))
         return (wide >> _int64(31, lanes)).astype(dtype)
     half = lanes // 2
-    nudge = _int64(_NUDGE, half)
+    nudge_even = nudge_odd = _int64(_NUDGE, half)
+    if offset:
+        even_c, odd_c = _even_odd(offset[0], half)
+        nudge_even, nudge_odd = (nudge_even + (even_c << _int64(31, half)), nudge_odd + (odd_c << _int64(31, half)))
     if not isinstance(a, tirx.Add):
         even, odd = _even_odd_products(a, q, half)
-        return _merge_high_halves(dtype, half, even + nudge, odd + nudge)
+        return _merge_high_halves(dtype, half, even + nudge_even, odd + nudge_odd)
     # (x + b) q + 2^30 as x q + (b q + 2^30): the bias's products and the nudge are the same for every
     # pixel of an unrolled epilogue (LLVM computes them once), so the int32 add of the bias (one vpaddd
     # per 16 outputs) goes. Equal wherever x + b does not overflow int32.
     even, odd = _even_odd_products(a.a, q, half)
     even_b, odd_b = _even_odd_products(a.b, q, half)
-    return _merge_high_halves(dtype, half, even + (even_b + nudge), odd + (odd_b + nudge))
+    return _merge_high_halves(dtype, half, even + (even_b + nudge_even), odd + (odd_b + nudge_odd))
+
+
+def _even_odd(v: tirx.PrimExpr, half: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+    """The even and the odd int32 lanes of v as int64 lanes: sign-extended low halves and
+    arithmetic-shifted high halves of v seen as int64 pairs."""
+    pairs = tirx.call_intrin(f"int64x{half}", "tirx.reinterpret", v)
+    return (pairs << _int64(32, half)) >> _int64(32, half), pairs >> _int64(32, half)
 
 
 def _even_odd_products(a: tirx.PrimExpr, q: tirx.PrimExpr, half: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
-    """The int64 products of the even and of the odd int32 lanes of a and q. Sign-extended low halves
-    (the even lanes) and arithmetic-shifted high halves (the odd ones): LLVM sees 32 x 32-bit signed
-    products and emits vpmuldq for both."""
-    pairs, qs = (tirx.call_intrin(f"int64x{half}", "tirx.reinterpret", v) for v in (a, q))
-    even = ((pairs << _int64(32, half)) >> _int64(32, half)) * ((qs << _int64(32, half)) >> _int64(32, half))
-    odd = (pairs >> _int64(32, half)) * (qs >> _int64(32, half))
-    return even, odd
+    """The int64 products of the even and of the odd int32 lanes of a and q: LLVM sees 32 x 32-bit
+    signed products and emits vpmuldq for both."""
+    (even_a, odd_a), (even_q, odd_q) = _even_odd(a, half), _even_odd(q, half)
+    return even_a * even_q, odd_a * odd_q
 
 
 def _merge_high_halves(dtype, half: int, even: tirx.PrimExpr, odd: tirx.PrimExpr) -> tirx.PrimExpr:

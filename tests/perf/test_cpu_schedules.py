@@ -1655,3 +1655,60 @@ def test_x86_float_padded_projections_compact_into_8_channel_blocks_in_one_pass_
     assert sum("layout_transform" in c for c in calls) == 2, Counter(calls)
     assert expected.std() > 0.1
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _operand_counts(script: str, op: str) -> list[int]:
+    """The number of operands of every call of `op` in a TVMScript `script`."""
+    counts = []
+    for call in re.finditer(re.escape(op) + r"\(", script):
+        depth, commas = 1, 0
+        for ch in script[call.end() :]:
+            depth += (ch in "([") - (ch in ")]")
+            if depth == 0:
+                break
+            commas += ch == "," and depth == 1
+        counts.append(commas + 1)
+    return counts
+
+
+def test_x86_int8_relu_output_rounding_division_is_one_shift_after_a_nudged_high_multiply(tmp_path):
+    """graph.relu_rounding_divisions on x86: before a ReLU output's narrowing the rounding division
+    `((v >> p) + 1) >> 1` of v = x86_rounding_doubling_high_mul(a, q) is `(v + 2^p) >> (p + 1)`, the 2^p
+    added as 2^(p+31) in the high multiply's 64-bit nudge (a third operand), where the convolution's bound
+    keeps v + 2^p in int32: one shift where there were three. The identity holds at and around ties,
+    negatives and the int32 ends; the operator with an offset equals the int64 sum on 16, 8 and 3 lanes;
+    the VNNI library of MobileNetV2-0.35 has no `+ 1 >> 1` in a ReLU output's kernel (the projections keep
+    it) and equals LiteRT's reference kernels on two inputs."""
+    from tvm import te
+
+    for p in range(31):
+        ties = np.arange(-4, 4, dtype=np.int64) * 2**p + (2**p // 2 if p else 0)
+        v = np.concatenate([ties + d for d in (-2, -1, 0, 1, 2)] + [np.arange(-600, 600), [-(2**31), 2**31 - 1 - 2**p]])
+        v = np.clip(v, -(2**31), 2**31 - 1 - 2**p)
+        np.testing.assert_array_equal(((v >> p) + 1) >> 1, (v + 2**p) >> (p + 1), err_msg=str(p))
+
+    rng = np.random.default_rng(5)
+    for level, lanes in (("x86-64-v4", 16), ("x86-64-v3", 8), ("x86-64-v4", 3)):
+        target = tvm_target(resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target})))
+        q = rng.integers(2**30, 2**31, (1, lanes)).astype(np.int32)
+        c = (1 << rng.integers(0, 21, (1, lanes))).astype(np.int32)
+        x = rng.integers(-(2**31) + 2**21, 2**31 - 2**21, (256, lanes)).astype(np.int32)
+        x[0, :2], x[1, :2] = 2**31 - 1 - 2**21, -(2**31) + 2**21
+        xs, qs, cs = (te.placeholder(v.shape, "int32", n) for v, n in ((x, "x"), (q, "q"), (c, "c")))
+        out = graph.x86_rounding_doubling_high_mul(xs, qs, cs)
+        sch = tvm.s_tir.Schedule(te.create_prim_func([xs, qs, cs, out]))
+        sch.vectorize(sch.get_loops(sch.get_sblock(out.op.name))[-1])
+        lib = tvm.compile(sch.mod, target=target)
+        result = tvm.runtime.tensor(np.zeros(x.shape, np.int32))
+        lib["main"](*(tvm.runtime.tensor(v) for v in (x, q, c)), result)
+        expected = (x.astype(np.int64) * q + (1 << 30) + (c.astype(np.int64) << 31)) >> 31
+        np.testing.assert_array_equal(result.numpy(), expected.astype(np.int32), err_msg=f"{level} {lanes}")
+
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    op = "edgefleet_x86_rounding_doubling_high_mul"
+    relu = [n for n, s in scripts.items() if op in s and re.search(r"\) - 128, -?\d+\), \d+\)\)", s)]
+    assert len(relu) >= 20 and not [n for n in relu if "+ 1 >> 1" in scripts[n]], relu
+    assert all(set(_operand_counts(scripts[n], op)) == {3} for n in relu), relu
+    assert [n for n, s in scripts.items() if n.startswith("fused_conv2d") and "+ 1 >> 1" in s]  # the projections
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=17)
