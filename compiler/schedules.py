@@ -50,6 +50,10 @@ MIN_PAIR_TILE = 4
 # threads are for cameras whose cores are free (the default is one), so the quiet break-even counts:
 # 2^22, where the quiet machine starts to gain and a busy one loses about a tenth.
 PARALLEL_MIN_WORK = 1 << 22
+# An x86 float depthwise convolution's multiply-adds count this many times against PARALLEL_MIN_WORK:
+# its time is memory, not multiply-adds (MobileNetV2's 2.7-4.1 M ones take 61-79 µs, a dense 1x1 of
+# 4.8 M 66 µs), so its second thread pays from half the work (benchmarks/pool_kernels.py).
+DEPTHWISE_WORK_WEIGHT = 2
 _AVX512_CPUS = (
     "skylake-avx512",
     "cascadelake",
@@ -196,21 +200,22 @@ def block_work(sch: s_tir.Schedule, block) -> int | None:
     return work
 
 
-def _parallel(sch: s_tir.Schedule, block, loops: list, target: tvm.target.Target) -> None:
+def _parallel(sch: s_tir.Schedule, block, loops: list, target: tvm.target.Target, weight: int = 1) -> None:
     """Fuse `loops`, the outer loops of `block`, into one parallel loop where the block's work
     reaches PARALLEL_MIN_WORK (or is not known) on x86; below it they stay serial and unfused (a
     fused serial loop only adds a div/mod per index). ARM keeps every kernel parallel: the threshold
     was measured on x86 cores only, and serial kernels changed rasp4b's instruction counts (SqueezeNet
     124.33 M -> 123.63 M at one thread, the launches)."""
-    if _runs_serial(sch, block, target):
+    if _runs_serial(sch, block, target, weight):
         return
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
-def _runs_serial(sch: s_tir.Schedule, block, target: tvm.target.Target) -> bool:
-    """Whether `_parallel` leaves `block`'s loops serial: x86, its work known and below PARALLEL_MIN_WORK."""
+def _runs_serial(sch: s_tir.Schedule, block, target: tvm.target.Target, weight: int = 1) -> bool:
+    """Whether `_parallel` leaves `block`'s loops serial: x86, its work (times `weight`) known and below
+    PARALLEL_MIN_WORK."""
     work = block_work(sch, block)
-    return _is_x86(target) and work is not None and work < PARALLEL_MIN_WORK
+    return _is_x86(target) and work is not None and work * weight < PARALLEL_MIN_WORK
 
 
 def _same(sch: s_tir.Schedule, a, b) -> bool:
@@ -659,10 +664,18 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     ow_o, ow_i = sch.split(ow, [None, _depthwise_tile(sch, conv, target, ow_n, ocb_n)])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     _epilogue_at(sch, epi, ow_o)
+    weight = 1
     if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
+        weight = DEPTHWISE_WORK_WEIGHT
         rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh))]
-        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ, target) + _pad_rows(sch, rows, oh)
-    _parallel(sch, conv, [n, occ, oh], target)
+        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ, target, weight)
+        pads += _pad_rows(sch, rows, oh)
+        # Parallel over two halves of the rows, each an inner loop: with every row in the fused parallel
+        # loop, MobileNetV2's 112 x 112 and 56 x 56 ones were 1.10-1.18x slower at one thread and
+        # 0.71-0.73 of that at two (benchmarks/pool_kernels.py), at half rows 0.54-0.58 of the serial time.
+        if not _runs_serial(sch, conv, target, weight) and _extent(sch, oh) % 2 == 0:
+            oh = sch.split(oh, [2, None])[0]
+    _parallel(sch, conv, [n, occ, oh], target, weight)
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, kh, target)
@@ -719,14 +732,14 @@ def _pad_rows(sch: s_tir.Schedule, pads: list, row) -> list:
     return []
 
 
-def _pads_per_block(sch: s_tir.Schedule, conv, pads: list, block, target: tvm.target.Target) -> list:
+def _pads_per_block(sch: s_tir.Schedule, conv, pads: list, block, target: tvm.target.Target, weight: int) -> list:
     """Pad a depthwise convolution's input per channel block where it is not padded per row
     (`_pads_per_row`: a plane of one block in L1): each block's padded plane is written and read back
     in L1 instead of the whole padded input through L2 (576 channels at 14 x 14: 590 KB). Per kernel
     on the AVX-512 host (benchmarks/depthwise_pads.py): 384x14, 576x14 and 960x7 1.21-1.49x faster.
     Serial kernels only: a parallel kernel fuses the block and row loops. Returns the pads left to
     schedule on their own."""
-    return _pad_rows(sch, pads, block) if _runs_serial(sch, conv, target) else pads
+    return _pad_rows(sch, pads, block) if _runs_serial(sch, conv, target, weight) else pads
 
 
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):

@@ -1712,3 +1712,51 @@ def test_x86_int8_relu_output_rounding_division_is_one_shift_after_a_nudged_high
     assert all(set(_operand_counts(scripts[n], op)) == {3} for n in relu), relu
     assert [n for n, s in scripts.items() if n.startswith("fused_conv2d") and "+ 1 >> 1" in s]  # the projections
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=17)
+
+
+def _large_and_small_depthwise_model() -> onnx.ModelProto:
+    """Depthwise 3x3 convolutions of 32 channels: stride 1 on 112 x 112 (3.6 M multiply-adds, between
+    PARALLEL_MIN_WORK / DEPTHWISE_WORK_WEIGHT and PARALLEL_MIN_WORK), then stride 8 to 14 x 14 (56 k)."""
+    rng = np.random.default_rng(8)
+    large, large_w = _conv(rng, "x", 32, 32, 3, 1, groups=32, name="large")
+    small, small_w = _conv(rng, "large", 32, 32, 3, 8, groups=32, name="small")
+    return _onnx_model(
+        [large, small],
+        "depthwise_large_small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 112, 112])],
+        [helper.make_tensor_value_info("small", TensorProto.FLOAT, [1, 32, 14, 14])],
+        large_w + small_w,
+    )
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "rasp4b"])
+def test_an_x86_float_depthwise_runs_parallel_from_its_weighted_threshold_in_halves_of_its_rows(target_name):
+    """x86 float depthwise convolutions weigh their multiply-adds DEPTHWISE_WORK_WEIGHT times against
+    PARALLEL_MIN_WORK (their time is memory): the 3.6 M one runs in parallel over its channel blocks and
+    two halves of its rows (the rows stay an inner loop: fused into the parallel loop they cost a tenth
+    at one thread), the 56 k one serial. rasp4b keeps both parallel. The x86 build matches ONNX Runtime."""
+    from tvm import s_tir
+
+    from edgefleet.compiler.schedules import DEPTHWISE_WORK_WEIGHT, PARALLEL_MIN_WORK, block_work, schedule_func
+
+    model = _large_and_small_depthwise_model()
+    tgt = tvm_target(resolve_target(target_name))
+    parallel = {}
+    for gv, func in fused_kernels(model, tgt).functions.items():
+        if isinstance(func, tirx.PrimFunc) and "depthwise_conv2d_NCHWc" in gv.name_hint:
+            sch = s_tir.Schedule(func)
+            conv = next(b for b in sch.get_child_blocks(sch.get_sblock("root")) if "depthwise" in sch.get(b).name_hint)
+            chunks, rows = (int(d) for d in sch.get(conv).writes[0].source.shape[1:3])
+            extent = re.search(r"T\.parallel\((?:T\.int64\()?(\d+)", schedule_func(func, tgt).mod["main"].script())
+            parallel[block_work(sch, conv)] = (int(extent.group(1)) if extent else None, chunks, rows)
+    small, large = 32 * 9 * 14 * 14, 32 * 9 * 112 * 112
+    assert sorted(parallel) == [small, large], parallel
+    assert small * DEPTHWISE_WORK_WEIGHT < PARALLEL_MIN_WORK <= large * DEPTHWISE_WORK_WEIGHT
+    assert large < PARALLEL_MIN_WORK
+    (large_extent, chunks, _), (small_extent, _, _) = parallel[large], parallel[small]
+    if target_name == "x86_64":
+        assert (large_extent, small_extent) == (2 * chunks, None), parallel
+        _, actual, expected = _compile_and_compare(model)
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    else:  # the first parallel loop there is the pad's, over every padded row
+        assert large_extent and small_extent, parallel
