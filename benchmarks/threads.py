@@ -45,8 +45,9 @@ SPINS = {"default": None, "0": "0"}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None
 
 
 def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool, pool: str | None) -> dict:
-    """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved; median ms per
-    (model, threads) and runner. `pool`: run on the camera runtime with that pool, else TVM's VM."""
+    """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved in an order rotated
+    each round; median ms per (model, threads) and runner. `pool`: run on the camera runtime with that
+    pool, else TVM's VM."""
     import onnxruntime as ort
 
     load, set_threads = _camera_runtime(pool) if pool else _tvm_vm()
@@ -66,10 +67,13 @@ def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool
             times: dict[str, list[float]] = {k: [] for k in runners}
             for run in runners.values():
                 run()
-            for _ in range(runs):
-                for k, run in runners.items():
+            order = list(runners)
+            for i in range(runs):
+                # Rotated each round: whoever always ran right after ORT (whose run evicts the caches)
+                # read 1-5% slower than the same library in another place of the round.
+                for k in order[i % len(order) :] + order[: i % len(order)]:
                     start = time.perf_counter()
-                    run()
+                    runners[k]()
                     times[k].append(time.perf_counter() - start)
             out[f"{name}/{threads}"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return out
