@@ -79,7 +79,8 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
         # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes), and the
         # rounding division before a ReLU output's narrowing as one shift (its sign fix-up dropped, its
-        # 2^p in the high multiply's nudge where the convolution's bound allows).
+        # 2^p in the high multiply's nudge where the convolution's bound allows); a padded int8 output's
+        # unblock, slice and block into a smaller block as one channel permutation.
         *(
             [
                 graph.int8_depthwise_convs(),
@@ -87,6 +88,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
                 graph.int8_dense_weights(),
                 graph.sqrdmulh_rescales(x86_lanes=schedules.vector_lanes(tgt)),
                 graph.relu_rounding_divisions(),
+                graph.compact_channel_slices(),
             ]
             if target.arch == "x86_64"
             else []

@@ -502,8 +502,8 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     """For an x86 target with AVX-512 VNNI (the x86_64 package's x86-64-v4-vnni library) every dense int8
     convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
-    library has no such kernel. A requantization after a channel slice (a 24-channel tensor in blocks of
-    16) is one loop nest, not one parallel loop and buffer per operation. On both libraries depthwise
+    library has no such kernel. No requantization runs after a channel slice (a 24-channel tensor in blocks
+    of 16: it runs in the convolution's kernel). On both libraries depthwise
     convolutions run on int8 and every rescale's high multiply is on int32 lanes. Numerics and the instruction
     in the library: tests/compiler/test_compile_int8_vnni.py."""
 
@@ -518,9 +518,8 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     int16 = [n for n in vnni if n.startswith(("fused_conv2d_NCHWc", "conv2d_NCHWc")) and "int8" not in n]
     assert not int16, int16
     assert not any("vpdpbusd" in s or "uint8" in s for s in scripts["x86-64-v4"].values())
-    sliced = [n for n in vnni if n.startswith("fused_strided_slice")]
-    blocks = {n: sum(line.lstrip().startswith("with T.sblock(") for line in vnni[n].splitlines()) for n in sliced}
-    assert blocks and set(blocks.values()) == {1}, blocks
+    # A padded output's requantization runs in its convolution (graph.sink_channel_slices): no sliced kernel.
+    assert not [n for n in vnni if n.startswith("fused_strided_slice")], sorted(vnni)
     # Both x86 libraries: depthwise convolutions read the raw int8 input (no int16 tensor between them
     # and their producers), and every raw int8 convolution's rescale is the int32 high multiply of its
     # accumulator plus one constant, the zero-point correction folded into the bias (before:
@@ -1760,3 +1759,19 @@ def test_an_x86_float_depthwise_runs_parallel_from_its_weighted_threshold_in_hal
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
     else:  # the first parallel loop there is the pad's, over every padded row
         assert large_extent and small_extent, parallel
+
+
+def test_x86_int8_padded_projections_requantize_in_their_kernel_and_compact_in_one_permutation(tmp_path):
+    """graph.sink_channel_slices and graph.compact_channel_slices on x86: an int8 projection whose output
+    is padded to whole blocks (MobileNetV2-0.35's 24 and 56 channels, computed as 32 and 64) requantizes
+    in its convolution's kernel (int32 lanes, the residual add with it) and writes int8; one channel
+    permutation takes its leading channels into the expansions' blocks. No kernel of its own slices, every convolution
+    rescales on int32 lanes (none writes a 64-bit product); the VNNI library equals LiteRT's reference kernels on two inputs."""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
+    funcs = {gv.name_hint: f for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    assert not [n for n in funcs if n.startswith(("strided_slice", "fused_strided_slice"))], sorted(funcs)
+    convs = [n for n in funcs if n.startswith("fused_conv2d")]
+    assert all("x86_rounding_doubling_high_mul" in n for n in convs), sorted(funcs)
+    permutes = [n for n in funcs if n.startswith("channel_permute_NCHWc")]
+    assert permutes and all("int8" in funcs[n].script() for n in permutes), sorted(funcs)
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=29)
