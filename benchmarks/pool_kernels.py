@@ -10,20 +10,30 @@ alternating in `--rounds` rounds, best of all rounds. Printed per kernel: calls,
 extent (none: serial, below PARALLEL_MIN_WORK), µs per call, 2t/1t; the sums: the parallel
 kernels, the serial ones, all; and how far from even the tasks split the parallel loops (`imbalance`).
 
+`--in-run` also runs the whole model (its library as benchmarks/threads.py builds it, on the same pool)
+once per round and setting, timing each kernel call inside the inference (the Relax VM's instrument
+hook), and prints per kernel its time in the run against its time alone (warm caches), sorted by the
+difference at the last setting: where a whole run loses beyond the kernels' own speed.
+
     python benchmarks/pool_kernels.py [--models resnet50,inception_v2] [--isa icelake-server]
-        [--tasks 4,8] [--rounds 5] [--top 20]
+        [--tasks 4,8] [--rounds 5] [--top 20] [--in-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernel_profile import _model, scheduled_kernels, timed_kernels  # noqa: E402  (benchmarks/ is not a package)
@@ -83,6 +93,39 @@ def on_pool(mod, tgt, tmp: Path, launch: int) -> list[tuple[str, int, int | None
     return rows
 
 
+def whole_run(name: str, tmp: Path, launch: int):
+    """run() -> {kernel: µs inside one inference, all its calls} for the model's whole library on the pool."""
+    import tvm
+    from threads import build
+    from tvm import relax
+
+    lib_path = build([name], tmp, {})[name][1]["tvm"]
+    lib = tvm.runtime.load_module(lib_path)
+    ctypes.c_void_p.in_dll(ctypes.CDLL(lib_path), "__TVMBackendParallelLaunch").value = launch
+    vm = relax.VirtualMachine(lib, tvm.cpu())
+    shape = json.loads(Path(lib_path + ".shape").read_text())
+    x = tvm.runtime.tensor(np.random.default_rng(0).random(shape, dtype=np.float32))
+    spent: collections.Counter[str] = collections.Counter()
+    start = [0.0]
+
+    def instrument(_func, symbol, before_run, _ret, *_args) -> int:
+        if before_run:
+            start[0] = time.perf_counter()
+        else:
+            spent[str(symbol)] += (time.perf_counter() - start[0]) * 1e6
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+
+    def run() -> dict[str, float]:
+        vm["main"](x)  # the timed inference follows another, as in a stream of frames, not the kernels alone
+        spent.clear()
+        vm["main"](x)
+        return dict(spent)
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="resnet50,inception_v2")
@@ -90,6 +133,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="4,8", help="tasks per thread to time at 2 threads")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--in-run", action="store_true", help="also time each kernel inside a whole run")
     args = ap.parse_args()
     os.environ["EDGEFLEET_POOL_SPIN"] = "0"  # the camera runtime's default, spin = false
     settings = ["1t"] + [f"2t:{t}" for t in args.tasks.split(",")]
@@ -97,6 +141,7 @@ def main() -> None:
         pool = pool_library(Path(tmp))
         for name in args.models.split(","):
             rows = on_pool(*scheduled_kernels(_model(name, Path(tmp)), args.isa), Path(tmp), pool.bench_pool_launch())
+            run = whole_run(name, Path(tmp), pool.bench_pool_launch()) if args.in_run else None
             load = os.getloadavg()[0]
             best: dict[tuple[str, str], float] = {}
             for r in range(args.rounds):
@@ -108,8 +153,12 @@ def main() -> None:
                     for kernel, _calls, _extent, timer, kargs in rows:
                         us = min(timer(*kargs).results) * 1e6
                         best[(kernel, setting)] = min(best.get((kernel, setting), us), us)
+                    for kernel, us in (run() if run else {}).items():
+                        best[(kernel, setting, "run")] = min(best.get((kernel, setting, "run"), us), us)
             pool.bench_pool_threads(1)
             report(name, rows, best, settings, load, args.top)
+            if run:
+                report_in_run(rows, best, settings, args.top)
 
 
 def imbalance(extent: int, tasks: int, threads: int = 2) -> float:
@@ -143,6 +192,22 @@ def report(name: str, rows: list, best: dict, settings: list[str], load: float, 
         print(
             f"  {setting}: {tasks} tasks split the parallel loops {loss:.1%} above even (1t-weighted, from the extents)"
         )
+
+
+def report_in_run(rows: list, best: dict, settings: list[str], top: int) -> None:
+    """Per kernel, µs of all its calls in the whole run and alone, at each setting; sorted by the
+    difference at the last one."""
+    lost = {
+        kernel: [(best[(kernel, s, "run")], best[(kernel, s)] * calls) for s in settings]
+        for kernel, calls, _, _, _ in rows
+        if all((kernel, s, "run") in best for s in settings)
+    }
+    print("  in the whole run - alone, µs per inference (in run / alone): " + ", ".join(settings))
+    for kernel, pairs in sorted(lost.items(), key=lambda kv: kv[1][-1][1] - kv[1][-1][0])[:top]:
+        cells = " ".join(f"{r - a:7.1f} ({r:7.1f} / {a:7.1f})" for r, a in pairs)
+        print(f"  {cells}  {kernel[:60]}")
+    sums = [sum(pairs[i][0] - pairs[i][1] for pairs in lost.values()) / 1e3 for i in range(len(settings))]
+    print("  in the whole run - alone, all kernels, ms: " + " ".join(f"{v:.2f}" for v in sums))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,7 @@ SPINS = {"default": None, "0": "0"}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None
 
 
 def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool, pool: str | None) -> dict:
-    """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved in an order rotated
+    """Time each model's libraries (by label) and ORT at 1 and 2 threads, interleaved in an order shuffled
     each round; median ms per (model, threads) and runner. `pool`: run on the camera runtime with that
     pool, else TVM's VM."""
     import onnxruntime as ort
@@ -67,11 +68,12 @@ def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool
             times: dict[str, list[float]] = {k: [] for k in runners}
             for run in runners.values():
                 run()
-            order = list(runners)
-            for i in range(runs):
-                # Rotated each round: whoever always ran right after ORT (whose run evicts the caches)
-                # read 1-5% slower than the same library in another place of the round.
-                for k in order[i % len(order) :] + order[: i % len(order)]:
+            order, shuffle = list(runners), random.Random(0)
+            for _ in range(runs):
+                # A new order each round: whoever always ran right after ORT (whose run evicts the caches)
+                # read 1-5% slower than the same library in another place, and a rotated cycle still
+                # put the default build after ORT in every round (0.98-0.99x an identical compared build).
+                for k in shuffle.sample(order, len(order)):
                     start = time.perf_counter()
                     runners[k]()
                     times[k].append(time.perf_counter() - start)
