@@ -799,3 +799,30 @@ report["shared"] = any(np.shares_memory(a[0], b[0]) for i, a in enumerate(outs) 
     assert report["counts"] == [0, 0, 2, 0], report["counts"]  # the shape change: one output, read in two calls
     assert report["outs"] == [(2 * (np.arange(n) + k)).tolist() for k, n in enumerate((64, 64, 64, 32, 32))]
     assert not report["shared"]
+
+
+def test_x86_kernels_are_built_without_argument_checks_and_main_still_checks_the_inputs(tiny_package):
+    """x86 CPU libraries hold no kernel argument checks (their messages, e.g. "Mismatched type on
+    argument", are gone); the VM's `main` still refuses an input of the wrong shape or dtype. ARM
+    builds keep the checks."""
+    from edgefleet.compiler.build import _tir_config
+    from edgefleet.compiler.targets import resolve_target
+    from edgefleet.package import open_package
+
+    result, _, _ = tiny_package
+    with open_package(result.package, None) as pkg:
+        assert b"on argument #" not in pkg.library.read_bytes()
+        code = f"""
+from edgefleet.agent.runtime import TvmModel
+from edgefleet.errors import BadInputError
+model = TvmModel({str(pkg.library)!r})
+report["refused"] = []
+for x in (np.zeros((1, 3, 32, 31), np.float32), np.zeros((1, 3, 32, 32), np.float64)):
+    try:
+        model.run([x])
+    except BadInputError as exc:
+        report["refused"].append("param=" in str(exc))
+"""
+        report = _pool_run(code, threads=1)
+    assert report["refused"] == [True, True], report
+    assert _tir_config(resolve_target("rasp4b")) == {} and _tir_config(resolve_target("armv7")) == {}
