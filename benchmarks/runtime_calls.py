@@ -3,8 +3,8 @@
 For each model: an `x86_64` package as compiled now (the Relax VM compiled, compiler/build.py
 `_exec_mode`) and one with the VM as bytecode; then, in one process on the camera runtime (no TVM
 Python, as on a camera), the best library this CPU runs of each through `TvmModel.run` and through
-the `ef_model_run` call alone (with the ctypes arguments `run` keeps: the difference is Python's
-marshalling and the output's copy), and ONNX Runtime / LiteRT on the same input, one thread,
+the `ef_model_run` call alone (with the ctypes arguments `run` keeps, the outputs copied into kept
+arrays: the difference is Python's marshalling and the output arrays' allocation), and ONNX Runtime / LiteRT on the same input, one thread,
 interleaved, the order rotating every round. Prints medians, each one's ratio to the reference
 (median and quartiles of the per-round ratios) and the load average around the timing.
 
@@ -69,7 +69,8 @@ def time_calls(work: Path, source: Path, runs: int) -> None:
     for vm in ("compiled", "bytecode"):
         model = TvmModel(work / f"{vm}.so")
         model.run(x)
-        arguments = model._arguments.pointing_at(x)
+        # The outputs copied into arrays kept here, as `run` copies them into fresh ones.
+        arguments = model._arguments.pointing_at(x) + model._outputs.pointing_at(model._outputs.fresh())
         timed[f"{vm} run"] = _clocked(lambda m=model: m.run(x))
         timed[f"{vm} ef_model_run"] = _clocked(lambda m=model, a=arguments: m._rt.api.ef_model_run(m._handle, *a))
     times: dict[str, list[float]] = {n: [] for n in timed}

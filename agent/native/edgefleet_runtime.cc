@@ -6,7 +6,9 @@
 //
 // Contract (EF_ABI_VERSION; bump it when a signature or meaning changes):
 //   ef_model_load(path, device_type, device_id)   -> handle, or NULL (ef_last_error says why)
-//   ef_model_run(handle, n, data, nbytes, ndim, shapes, dtypes) -> number of outputs, or -1
+//   ef_model_run(handle, n, data, nbytes, ndim, shapes, dtypes, n_out, out_data, out_nbytes, &copied)
+//                                                 -> number of outputs, or -1; copied = 1 when the
+//                                                    outputs were copied to out_data (RunOutputsCopied)
 //   ef_model_output(handle, i, &ndim, shape[8], dtype[32], &nbytes) -> 0, or -1
 //   ef_model_output_copy(handle, i, dst, nbytes)  -> 0, or -1
 //   ef_model_free(handle)
@@ -55,9 +57,10 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
-#define EF_ABI_VERSION 1
+#define EF_ABI_VERSION 2
 #define EF_MAX_NDIM 8
 #define EF_API extern "C" __attribute__((visibility("default")))
 
@@ -98,6 +101,27 @@ tvm::runtime::Tensor InputTensor(Model* model, size_t i, const tvm::ffi::Shape& 
     kept = tvm::runtime::Tensor::Empty(shape, dtype, model->device);
   }
   return kept;
+}
+
+bool SameLayout(const tvm::runtime::Tensor& a, const tvm::runtime::Tensor& b) {
+  const DLTensor* x = a.operator->();
+  const DLTensor* y = b.operator->();
+  return x->ndim == y->ndim && x->dtype == y->dtype && std::equal(x->shape, x->shape + x->ndim, y->shape);
+}
+
+// Copy this run's outputs to the caller's buffers when each has the shape and dtype of the last
+// run's output (which the caller read with ef_model_output and sized its buffers by) and fills its
+// buffer exactly; else copy nothing: the caller reads them one by one. One C call per run instead
+// of two more per output (docs/performance.md, the cost outside the kernels).
+bool RunOutputsCopied(const std::vector<tvm::runtime::Tensor>& outputs, const std::vector<tvm::runtime::Tensor>& last,
+                      int count, void* const* data, const int64_t* nbytes) {
+  if (count != static_cast<int>(outputs.size()) || outputs.size() != last.size()) return false;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (!SameLayout(outputs[i], last[i])) return false;
+    if (tvm::ffi::GetDataSize(*outputs[i].operator->()) != static_cast<size_t>(nbytes[i])) return false;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) outputs[i].CopyToBytes(data[i], static_cast<size_t>(nbytes[i]));
+  return true;
 }
 
 void Flatten(const tvm::ffi::Any& value, std::vector<tvm::runtime::Tensor>* out) {
@@ -290,8 +314,8 @@ EF_API void* ef_model_load(const char* path, int device_type, int device_id) {
 }
 
 EF_API int ef_model_run(void* handle, int count, const void* const* data, const int64_t* nbytes,
-                        const int* ndims, const int64_t* const* shapes,
-                        const char* const* dtypes) {
+                        const int* ndims, const int64_t* const* shapes, const char* const* dtypes,
+                        int out_count, void* const* out_data, const int64_t* out_nbytes, int* copied) {
   return Guard([&]() {
     Model* model = static_cast<Model*>(handle);
     std::vector<tvm::ffi::Any> args;
@@ -311,8 +335,10 @@ EF_API int ef_model_run(void* handle, int count, const void* const* data, const 
     std::vector<tvm::ffi::AnyView> views(args.begin(), args.end());
     tvm::ffi::Any result;
     model->main.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
-    model->outputs.clear();
-    Flatten(result, &model->outputs);
+    std::vector<tvm::runtime::Tensor> outputs;
+    Flatten(result, &outputs);
+    *copied = RunOutputsCopied(outputs, model->outputs, out_count, out_data, out_nbytes);
+    model->outputs = std::move(outputs);
     return static_cast<int>(model->outputs.size());
   });
 }

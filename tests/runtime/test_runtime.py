@@ -748,3 +748,81 @@ report["faults_per_run"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
     report = _pool_run(code, threads=1)
     assert report["heads"] == [[2.0 * k] * 16 for k in range(20)]
     assert report["faults_per_run"] < 32, report["faults_per_run"]  # 256 pages when mapped anew
+
+
+def test_a_run_copies_its_outputs_in_its_one_c_call_while_their_shapes_stay(tmp_path):
+    """After the first run, ef_model_run copies the outputs into fresh arrays it is handed (of the
+    last run's shapes): no per-output calls. An output of another shape than the last run's is read
+    one by one again, and every run returns its own arrays."""
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+    from tvm.script import tirx as T
+
+    @I.ir_module
+    class Double:
+        @T.prim_func
+        def double(var_x: T.handle, var_y: T.handle):
+            n = T.int64()
+            x = T.match_buffer(var_x, (n,), "float32")
+            y = T.match_buffer(var_y, (n,), "float32")
+            for i in range(n):
+                y[i] = x[i] * T.float32(2)
+
+        @R.function
+        def main(x: R.Tensor(("n",), "float32")):
+            n = T.int64()
+            return R.call_tir(Double.double, (x,), R.Tensor((n,), "float32"))
+
+    library = tmp_path / "double.so"
+    tvm.compile(Double, target="llvm").export_library(str(library))
+    code = f"""
+from edgefleet.agent.runtime import TvmModel
+api = runtime._Runtime.get().api
+model = TvmModel({str(library)!r})
+calls = []
+def counted(name):
+    original = getattr(api, name)
+    return lambda *args: calls.append(name) or original(*args)
+outs, counts = [], []
+for n in (64, 64, 64, 32, 32):
+    before = len(calls)
+    outs.append(model.run([np.arange(n, dtype=np.float32) + len(outs)]))
+    counts.append(len(calls) - before)
+    if len(outs) == 1:
+        api.ef_model_output, api.ef_model_output_copy = counted("ef_model_output"), counted("ef_model_output_copy")
+report["counts"] = counts[1:]
+report["outs"] = [o[0].tolist() for o in outs]
+report["shared"] = any(np.shares_memory(a[0], b[0]) for i, a in enumerate(outs) for b in outs[i + 1 :])
+"""
+    report = _pool_run(code, threads=1)
+    assert report["counts"] == [0, 0, 2, 0], report["counts"]  # the shape change: one output, read in two calls
+    assert report["outs"] == [(2 * (np.arange(n) + k)).tolist() for k, n in enumerate((64, 64, 64, 32, 32))]
+    assert not report["shared"]
+
+
+def test_x86_kernels_are_built_without_argument_checks_and_main_still_checks_the_inputs(tiny_package):
+    """x86 CPU libraries hold no kernel argument checks (their messages, e.g. "Mismatched type on
+    argument", are gone); the VM's `main` still refuses an input of the wrong shape or dtype. ARM
+    builds keep the checks."""
+    from edgefleet.compiler.build import _tir_config
+    from edgefleet.compiler.targets import resolve_target
+    from edgefleet.package import open_package
+
+    result, _, _ = tiny_package
+    with open_package(result.package, None) as pkg:
+        assert b"on argument #" not in pkg.library.read_bytes()
+        code = f"""
+from edgefleet.agent.runtime import TvmModel
+from edgefleet.errors import BadInputError
+model = TvmModel({str(pkg.library)!r})
+report["refused"] = []
+for x in (np.zeros((1, 3, 32, 31), np.float32), np.zeros((1, 3, 32, 32), np.float64)):
+    try:
+        model.run([x])
+    except BadInputError as exc:
+        report["refused"].append("param=" in str(exc))
+"""
+        report = _pool_run(code, threads=1)
+    assert report["refused"] == [True, True], report
+    assert _tir_config(resolve_target("rasp4b")) == {} and _tir_config(resolve_target("armv7")) == {}
