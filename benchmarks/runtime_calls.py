@@ -1,11 +1,13 @@
 """A small model's time outside its kernels on the camera runtime (issues 21 and 22).
 
 For each model: an `x86_64` package as compiled now (the Relax VM compiled, compiler/build.py
-`_exec_mode`) and one with the VM as bytecode; then, in one process on the camera runtime (no TVM
-Python, as on a camera), the best library this CPU runs of each through `TvmModel.run` and through
-the `ef_model_run` call alone (with the ctypes arguments `run` keeps, the outputs copied into kept
-arrays: the difference is Python's marshalling and the output arrays' allocation), and ONNX Runtime / LiteRT on the same input, one thread,
-interleaved, the order rotating every round. Prints medians, each one's ratio to the reference
+`_exec_mode`, and a static run plan where the model allows one, compiler/static_plan.py) and one
+with the VM as bytecode; then, in one process on the camera runtime (no TVM Python, as on a camera),
+the best library this CPU runs of each: the compiled one on its plan ("plan") and on its VM
+("compiled"), the bytecode one on its VM, each through `TvmModel.run` and through the `ef_model_run`
+call alone (with the ctypes arguments `run` keeps, the outputs copied into kept arrays: the
+difference is Python's marshalling and the output arrays' allocation), and ONNX Runtime / LiteRT on
+the same input, one thread, interleaved, the order rotating every round. Prints medians, each one's ratio to the reference
 (median and quartiles of the per-round ratios) and the load average around the timing.
 
     python benchmarks/runtime_calls.py [--models mobilenetv2_035_int8_tflite,shufflenet] [--runs 3000]
@@ -66,13 +68,16 @@ def time_calls(work: Path, source: Path, runs: int) -> None:
     x = [np.load(work / "input.npy")]
     reference = "litert" if source.suffix == ".tflite" else "onnxruntime"
     timed = {reference: (_tflite_runner if reference == "litert" else _ort_runner)(source, 1)}
-    for vm in ("compiled", "bytecode"):
+    for vm, plan in (("compiled", True), ("compiled", False), ("bytecode", False)):
         model = TvmModel(work / f"{vm}.so")
+        runs_on = "plan" if model.use_plan(plan) else vm
+        if f"{runs_on} run" in timed:  # a model without a plan: its compiled VM is timed once
+            continue
         model.run(x)
         # The outputs copied into arrays kept here, as `run` copies them into fresh ones.
         arguments = model._arguments.pointing_at(x) + model._outputs.pointing_at(model._outputs.fresh())
-        timed[f"{vm} run"] = _clocked(lambda m=model: m.run(x))
-        timed[f"{vm} ef_model_run"] = _clocked(lambda m=model, a=arguments: m._rt.api.ef_model_run(m._handle, *a))
+        timed[f"{runs_on} run"] = _clocked(lambda m=model: m.run(x))
+        timed[f"{runs_on} ef_model_run"] = _clocked(lambda m=model, a=arguments: m._rt.api.ef_model_run(m._handle, *a))
     times: dict[str, list[float]] = {n: [] for n in timed}
     order = list(timed)
     for n in order * 50:  # warm-up

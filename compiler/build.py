@@ -43,7 +43,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from edgefleet.compiler import graph, schedules, vector_math
+    from edgefleet.compiler import graph, schedules, static_plan, vector_math
 
     tgt = tvm_target(target)
     work = tuning_dir(target)
@@ -122,6 +122,7 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         *([graph.inplace_concats(kernels.unscheduled)] if target.arch == "x86_64" else []),
         *cpu.dataflow_lower_passes(tgt),
         *cpu.finalize_passes(tgt),
+        static_plan.static_plan(report),
     ]
     return tvm.transform.Sequential(passes, name="EdgefleetCPU")
 

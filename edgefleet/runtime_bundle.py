@@ -31,7 +31,7 @@ from edgefleet.strict import Strict, first_error
 
 FORMAT_VERSION: Final = 1
 # The C ABI of libedgefleet_runtime.so (EF_ABI_VERSION in agent/native/edgefleet_runtime.cc).
-RUNTIME_ABI = 2
+RUNTIME_ABI = 3
 BUNDLE_ENV = "EDGEFLEET_RUNTIME"
 CACHE_ENV = "EDGEFLEET_RUNTIME_CACHE"
 INFO_FILE = "runtime.json"

@@ -12,11 +12,17 @@
 //   ef_model_output(handle, i, &ndim, shape[8], dtype[32], &nbytes) -> 0, or -1
 //   ef_model_output_copy(handle, i, dst, nbytes)  -> 0, or -1
 //   ef_model_free(handle)
+//   ef_model_plan(handle, enable)                 -> 1 when runs follow the library's static plan, 0
+//                                                    when they run on the VM (enable = 0, or no plan)
 //   ef_set_threads(n)                             -> 0, or -1
 //   ef_pool_tasks(&by_caller, &by_workers)        -> 0, or -1 (no edgefleet pool on this thread)
 // Parallel kernels run on edgefleet's pool (edgefleet_pool.h), or on TVM's when the environment
 // has EDGEFLEET_POOL=tvm when the library loads (agent config [runtime] pool).
 // Errors never cross the ABI as C++ exceptions: every entry point catches and records them.
+//
+// A library with a static run plan (compiler/static_plan.py: every shape static) runs without the
+// VM: its storages and tensors are made once at load, and a run copies the inputs in and calls the
+// kernels; inputs the plan does not fit go to the VM's `main`, whose checks say what is wrong.
 //
 // It also registers the VM helpers TVM implements in its Python package (relax.run.nonzero,
 // relax.run.shape_to_tensor): models call them by name, and a camera has no TVM Python.
@@ -37,6 +43,7 @@
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
 #include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/reflection/registry.h>
@@ -55,12 +62,13 @@
 #include <cstring>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
-#define EF_ABI_VERSION 2
+#define EF_ABI_VERSION 3
 #define EF_MAX_NDIM 8
 #define EF_API extern "C" __attribute__((visibility("default")))
 
@@ -74,13 +82,118 @@ constexpr int kPooledAllocator = 2;
 using FTVMParallelLaunch = int (*)(FTVMParallelLambda, void*, int);
 using FTVMParallelBarrier = int (*)(int, TVMParallelGroupEnv*);
 
+// A static model's run, made once at load from the library's `edgefleet_plan`
+// (compiler/static_plan.py, PLAN_VERSION): the VM repeats its allocations, Tensor objects and
+// register clears every run (int8 MobileNetV2-0.35 on x86: ~25 us of ~0.12 ms, docs/performance.md).
+struct Plan {
+  std::vector<tvm::runtime::Tensor> inputs;  // written by every run
+  std::vector<std::string> input_dtypes;     // as the caller names them
+  std::vector<tvm::runtime::Tensor> values;  // every tensor a call takes, kept alive for `args`
+  std::vector<tvm::runtime::Tensor> outputs;
+  std::vector<tvm::ffi::Function> kernels;
+  std::vector<std::vector<tvm::ffi::AnyView>> args;  // per call, views of `values`
+};
+
 struct Model {
   tvm::ffi::Module vm;
   tvm::ffi::Function main;
   DLDevice device;
+  std::unique_ptr<Plan> plan;  // null: every run on the VM
+  bool use_plan = true;
   std::vector<tvm::runtime::Tensor> inputs;  // kept between runs on the CPU (InputTensor)
   std::vector<tvm::runtime::Tensor> outputs;
 };
+
+constexpr const char* kPlanFunction = "edgefleet_plan";
+constexpr int64_t kPlanVersion = 1;
+
+namespace json = tvm::ffi::json;
+
+tvm::ffi::Shape PlanShape(const json::Object& entry) {
+  std::vector<int64_t> dims;
+  for (const tvm::ffi::Any& d : entry.at("shape").cast<json::Array>()) dims.push_back(d.cast<int64_t>());
+  return tvm::ffi::Shape(dims);
+}
+
+DLDataType PlanDtype(const json::Object& entry) {
+  return tvm::ffi::StringToDLDataType(entry.at("dtype").cast<tvm::ffi::String>());
+}
+
+// One numbered value of the plan: an input, a view of a storage or of an earlier value, a constant.
+tvm::runtime::Tensor PlanValue(const json::Object& entry, const Plan& plan, const std::vector<tvm::runtime::Tensor>& storages,
+                               const tvm::ffi::Array<tvm::ffi::Any>& constants) {
+  auto number = [&](const char* key) { return static_cast<size_t>(entry.at(key).cast<int64_t>()); };
+  if (entry.count("input")) return plan.inputs.at(number("input"));
+  if (entry.count("storage")) return storages.at(number("storage")).CreateView(PlanShape(entry), PlanDtype(entry));
+  if (entry.count("view")) return plan.values.at(number("view")).CreateView(PlanShape(entry), PlanDtype(entry));
+  if (entry.count("constant")) return constants[number("constant")].cast<tvm::runtime::Tensor>();
+  throw std::runtime_error("the library's run plan has a value of no known kind");
+}
+
+// The library's plan, or null when it has none (or one of another version: its VM still runs it).
+std::unique_ptr<Plan> LoadPlan(const tvm::ffi::Module& library, const tvm::ffi::Module& vm, DLDevice device) {
+  if (device.device_type != kDLCPU) return nullptr;
+  auto function = vm->GetFunction(kPlanFunction, true);
+  if (!function.has_value()) return nullptr;
+  auto made = (*function)().cast<tvm::ffi::Array<tvm::ffi::Any>>();
+  auto text = made[0].cast<tvm::ffi::String>();
+  auto constants = made[1].cast<tvm::ffi::Array<tvm::ffi::Any>>();
+  tvm::ffi::String error;
+  json::Value parsed = json::Parse(text, &error);
+  if (!error.empty()) throw std::runtime_error("the library's run plan is not JSON: " + std::string(error));
+  auto spec = parsed.cast<json::Object>();
+  if (spec.at("version").cast<int64_t>() != kPlanVersion) return nullptr;
+  auto plan = std::make_unique<Plan>();
+  for (const tvm::ffi::Any& input : spec.at("inputs").cast<json::Array>()) {
+    auto entry = input.cast<json::Object>();
+    plan->inputs.push_back(tvm::runtime::Tensor::Empty(PlanShape(entry), PlanDtype(entry), device));
+    plan->input_dtypes.push_back(entry.at("dtype").cast<tvm::ffi::String>());
+  }
+  std::vector<tvm::runtime::Tensor> storages;
+  for (const tvm::ffi::Any& size : spec.at("storages").cast<json::Array>()) {
+    storages.push_back(tvm::runtime::Tensor::Empty({size.cast<int64_t>()}, DLDataType{kDLUInt, 8, 1}, device));
+  }
+  for (const tvm::ffi::Any& value : spec.at("values").cast<json::Array>()) {
+    plan->values.push_back(PlanValue(value.cast<json::Object>(), *plan, storages, constants));
+  }
+  for (const tvm::ffi::Any& call : spec.at("calls").cast<json::Array>()) {
+    auto entry = call.cast<json::Object>();
+    auto name = entry.at("kernel").cast<tvm::ffi::String>();
+    auto kernel = library->GetFunction(name, /*query_imports=*/true);
+    if (!kernel.has_value()) throw std::runtime_error("the library's run plan calls " + std::string(name) + ", which it lacks");
+    std::vector<tvm::ffi::AnyView> args;
+    for (const tvm::ffi::Any& arg : entry.at("args").cast<json::Array>()) {
+      args.emplace_back(plan->values.at(static_cast<size_t>(arg.cast<int64_t>())));
+    }
+    plan->kernels.push_back(*kernel);
+    plan->args.push_back(std::move(args));
+  }
+  for (const tvm::ffi::Any& output : spec.at("outputs").cast<json::Array>()) {
+    plan->outputs.push_back(plan->values.at(static_cast<size_t>(output.cast<int64_t>())));
+  }
+  return plan;
+}
+
+// Whether this run's inputs are exactly the plan's (count, shape, dtype, size).
+bool PlanFits(const Plan& plan, int count, const int64_t* nbytes, const int* ndims, const int64_t* const* shapes,
+              const char* const* dtypes) {
+  if (count != static_cast<int>(plan.inputs.size())) return false;
+  for (int i = 0; i < count; ++i) {
+    const DLTensor* t = plan.inputs[i].operator->();
+    if (ndims[i] != t->ndim || !std::equal(t->shape, t->shape + t->ndim, shapes[i])) return false;
+    if (plan.input_dtypes[i] != dtypes[i]) return false;
+    if (static_cast<size_t>(nbytes[i]) != tvm::ffi::GetDataSize(*t)) return false;
+  }
+  return true;
+}
+
+void RunPlan(Plan& plan, const void* const* data, const int64_t* nbytes) {
+  for (size_t i = 0; i < plan.inputs.size(); ++i) plan.inputs[i].CopyFromBytes(data[i], static_cast<size_t>(nbytes[i]));
+  tvm::ffi::Any ignored;
+  for (size_t c = 0; c < plan.kernels.size(); ++c) {
+    plan.kernels[c].CallPacked(plan.args[c].data(), static_cast<int32_t>(plan.args[c].size()), &ignored);
+  }
+}
 
 bool HasShape(const tvm::runtime::Tensor& tensor, const tvm::ffi::Shape& shape, DLDataType dtype) {
   const DLTensor* t = tensor.operator->();
@@ -199,7 +312,12 @@ void InstallPool(const char* path) {
   dlclose(handle);
 }
 
-tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
+struct Loaded {
+  tvm::ffi::Module library;  // the file, whose imports hold the kernels
+  tvm::ffi::Module vm;
+};
+
+Loaded LoadVm(const char* path, DLDevice device) {
   mallopt(M_MMAP_THRESHOLD, kMallocThreshold);
   mallopt(M_TRIM_THRESHOLD, kMallocThreshold);
   tvm::ffi::Module library = LoadLibrary(path);
@@ -217,7 +335,7 @@ tvm::ffi::Module LoadVm(const char* path, DLDevice device) {
     (*init)(static_cast<int>(device.device_type), device.device_id, kPooledAllocator,
             static_cast<int>(kDLCPU), 0, kPooledAllocator);
   }
-  return vm;
+  return {library, vm};
 }
 
 // numpy's truth of one element: floats ignore the sign bit (-0.0 is zero, NaN is not).
@@ -304,10 +422,10 @@ EF_API void* ef_model_load(const char* path, int device_type, int device_id) {
   Model* model = nullptr;
   int ok = Guard([&]() {
     DLDevice device{static_cast<DLDeviceType>(device_type), device_id};
-    tvm::ffi::Module vm = LoadVm(path, device);
-    auto main = vm->GetFunction("main", true);
+    Loaded loaded = LoadVm(path, device);
+    auto main = loaded.vm->GetFunction("main", true);
     if (!main.has_value()) throw std::runtime_error("the executable has no `main` function");
-    model = new Model{vm, *main, device, {}};
+    model = new Model{loaded.vm, *main, device, LoadPlan(loaded.library, loaded.vm, device)};
     return 0;
   });
   return ok == 0 ? model : nullptr;
@@ -318,6 +436,12 @@ EF_API int ef_model_run(void* handle, int count, const void* const* data, const 
                         int out_count, void* const* out_data, const int64_t* out_nbytes, int* copied) {
   return Guard([&]() {
     Model* model = static_cast<Model*>(handle);
+    if (model->use_plan && model->plan && PlanFits(*model->plan, count, nbytes, ndims, shapes, dtypes)) {
+      RunPlan(*model->plan, data, nbytes);
+      *copied = RunOutputsCopied(model->plan->outputs, model->outputs, out_count, out_data, out_nbytes);
+      model->outputs = model->plan->outputs;
+      return static_cast<int>(model->outputs.size());
+    }
     std::vector<tvm::ffi::Any> args;
     args.reserve(count);
     for (int i = 0; i < count; ++i) {
@@ -368,6 +492,12 @@ EF_API int ef_model_output_copy(void* handle, int index, void* dst, int64_t nbyt
 }
 
 EF_API void ef_model_free(void* handle) { delete static_cast<Model*>(handle); }
+
+EF_API int ef_model_plan(void* handle, int enable) {
+  Model* model = static_cast<Model*>(handle);
+  model->use_plan = enable != 0;
+  return model->use_plan && model->plan ? 1 : 0;
+}
 
 EF_API int ef_set_threads(int count) {
   return Guard([&]() {

@@ -826,3 +826,32 @@ for x in (np.zeros((1, 3, 32, 31), np.float32), np.zeros((1, 3, 32, 32), np.floa
         report = _pool_run(code, threads=1)
     assert report["refused"] == [True, True], report
     assert _tir_config(resolve_target("rasp4b")) == {} and _tir_config(resolve_target("armv7")) == {}
+
+
+def test_a_static_model_runs_on_its_plan_bit_for_bit_what_the_vm_computes(tiny_package):
+    """compile_model gives a static model a run plan (compiler/static_plan.py): the camera runtime
+    runs it without the VM and computes exactly what the VM computes with the same library, input
+    after input; an input the plan does not fit goes to the VM, whose checks refuse it, and the
+    plan runs on after it."""
+    from edgefleet.package import open_package
+
+    result, _, _ = tiny_package
+    with open_package(result.package, None) as pkg:
+        code = f"""
+from edgefleet.agent.runtime import TvmModel
+from edgefleet.errors import BadInputError
+planned, vm = TvmModel({str(pkg.library)!r}), TvmModel({str(pkg.library)!r})
+report["executors"] = [planned.use_plan(True), vm.use_plan(False)]
+rng = np.random.default_rng(3)
+xs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+report["same"] = [all(np.array_equal(p, q) for p, q in zip(planned.run([x]), vm.run([x]))) for x in xs]
+report["differ"] = not np.array_equal(planned.run([xs[0]])[0], planned.run([xs[1]])[0])
+try:
+    planned.run([np.zeros((1, 3, 32, 31), np.float32)])
+    report["refused"] = False
+except BadInputError as exc:
+    report["refused"] = "param=" in str(exc)
+report["after"] = np.array_equal(planned.run([xs[2]])[0], vm.run([xs[2]])[0])
+"""
+        report = _pool_run(code, threads=1)
+    assert report == {"executors": [True, False], "same": [True] * 4, "differ": True, "refused": True, "after": True}
