@@ -224,7 +224,9 @@ class RuntimeConfig(Strict):
     cores (docs/performance.md, "Threads"): on TVM's pool a second thread made small models up to
     15.7x slower with one core busy, and spinning workers 7.6-9.3x; on edgefleet's pool two threads
     were 0.63-1.04x one there and 0.56-0.99x on free cores, but up to 1.07x beside low-priority
-    work, so one thread stays the default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera."""
+    work, so one thread stays the default. Set `threads` higher after `edgefleet bench --threads N` shows a gain on the camera.
+    With more than one, each model chooses by its runs' times whether idle workers spin through a
+    run (docs/runtime.md, "Thread pool"); `spin` is about the time between runs."""
 
     threads: int = Field(1, ge=1, le=256)
     spin: bool = False  # True: idle workers spin before they sleep (TVM's pool: 300000 yields)

@@ -15,7 +15,9 @@ CONSTANT=VALUE` (repeatable) does the same for any integer constant of compiler/
 `--compare PARALLEL_MIN_WORK=16777216` for a work threshold of 2^24. `--spins 0`
 runs only TVM's spin count 0; any number is a spin count (ORT's spinning off with it).
 
-`--pools tvm,edgefleet` runs the libraries on the camera runtime (agent/runtime.py over the
+`--spins run` is spin 0 with edgefleet's idle workers spinning for as long as a run lasts
+(EDGEFLEET_POOL_RUN_SPIN=1, ORT's spinning off), `--spins auto` the same where each model's runs
+choose it by their times (the camera runtime's default); every other label runs without it. `--pools tvm,edgefleet` runs the libraries on the camera runtime (agent/runtime.py over the
 bundle's C ABI library, as a camera does: input and output copies included) instead of TVM's
 Python VM, one child per pool and spin count (`[runtime] pool`; the spin count goes to both pools:
 TVM_THREAD_POOL_SPIN_COUNT yields, EDGEFLEET_POOL_SPIN pause instructions); `--tasks 2,4,8` also
@@ -42,7 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
-SPINS = {"default": None, "0": "0"}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None: unset, TVM's 300000)
+SPINS = {
+    "default": None,
+    "0": "0",
+    "run": "0",
+    "auto": "0",
+}  # label -> TVM_THREAD_POOL_SPIN_COUNT (None: unset, TVM's 300000)
+# EDGEFLEET_POOL_RUN_SPIN by label: "run" always spins edgefleet's idle workers through a run, "auto"
+# leaves it to each model's choice (the camera runtime's default), every other label never.
+RUN_SPINS = {"run": "1", "auto": None}
 
 
 def child(libs: dict[str, tuple[str, dict[str, str]]], runs: int, spinning: bool, pool: str | None) -> dict:
@@ -185,7 +195,7 @@ def main() -> None:
         metavar="CONSTANT=VALUE",
         help="also time a build with this compiler.schedules constant set (repeatable, e.g. PARALLEL_MIN_WORK=16777216)",
     )
-    ap.add_argument("--spins", default=",".join(SPINS), help="TVM spin counts to run: default and/or numbers")
+    ap.add_argument("--spins", default="default,0", help="TVM spin counts to run: default, run, auto and/or numbers")
     ap.add_argument("--pools", help="run on the camera runtime with these pools: tvm and/or edgefleet")
     ap.add_argument("--tasks", default="", help="edgefleet pool's tasks per thread to run (default: the pool's)")
     ap.add_argument("--busy", action="store_true", help="run the blocks again beside one `yes > /dev/null`")
@@ -196,7 +206,7 @@ def main() -> None:
         print(json.dumps(child(spec["libs"], args.runs, spec["spinning"], spec["pool"])))
         return
     if not all(label in SPINS or label.isdigit() for label in args.spins.split(",")):
-        ap.error(f"--spins takes 'default' or spin counts, not {args.spins!r}")
+        ap.error(f"--spins takes 'default', 'run', 'auto' or spin counts, not {args.spins!r}")
     settings = _settings(args.spins.split(","), args.pools.split(",") if args.pools else [None], args.tasks)
     variants = {"all-par": {"PARALLEL_MIN_WORK": 0}} if args.all_parallel else {}
     for item in args.compare:
@@ -226,7 +236,12 @@ def _settings(spins: list[str], pools: list[str | None], tasks: str) -> dict[str
         for spin in spins:
             for per_thread in tasks.split(",") if tasks and pool == "edgefleet" else [""]:
                 label = ":".join(part for part in (pool, spin, per_thread and f"{per_thread}/t") if part)
-                settings[label] = {"pool": pool, "spin": SPINS.get(spin, spin), "tasks": per_thread}
+                settings[label] = {
+                    "pool": pool,
+                    "spin": SPINS.get(spin, spin),
+                    "tasks": per_thread,
+                    "run_spin": RUN_SPINS.get(spin, "0"),
+                }
     return settings
 
 
@@ -236,8 +251,12 @@ def _blocks(libs: dict, settings: dict[str, dict], blocks: int, runs: int) -> di
     for block in range(blocks):
         for label, setting in settings.items():
             env = {
-                k: v for k, v in os.environ.items() if k not in ("TVM_THREAD_POOL_SPIN_COUNT", "EDGEFLEET_POOL_SPIN")
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("TVM_THREAD_POOL_SPIN_COUNT", "EDGEFLEET_POOL_SPIN", "EDGEFLEET_POOL_RUN_SPIN")
             }
+            if setting["run_spin"] is not None:
+                env["EDGEFLEET_POOL_RUN_SPIN"] = setting["run_spin"]
             if setting["spin"] is not None:
                 env["TVM_THREAD_POOL_SPIN_COUNT"] = env["EDGEFLEET_POOL_SPIN"] = setting["spin"]
             if setting["tasks"]:

@@ -36,6 +36,10 @@ constexpr int kSpin = 1000;
 // A caller waits only for tasks already running, so it spins before it sleeps whatever `spin`
 // says: asleep, it waits for its own wake-up too, behind other work on its core.
 constexpr int kCallerSpin = 2000;
+// Inside a run (RunBegins), an idle worker's spin before it sleeps: ~2-5 ms of pause
+// instructions, longer than the serial stretches between a model's parallel kernels.
+constexpr int kRunSpin = 100000;
+
 constexpr uint32_t kClosed = UINT32_MAX;  // a task index past every job: nothing to claim
 
 int EnvInt(const char* name, int fallback, int least) {
@@ -61,16 +65,21 @@ void FutexWake(std::atomic<uint32_t>* word, int count) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr, 0);
 }
 
-// Spin up to `spin` pauses, then sleep, until `word` differs from `value`. `sleeping` counts the
-// threads asleep on it, so that whoever changes it calls into the kernel only when one is.
+// Sleep until `word` differs from `value`. `sleeping` counts the threads asleep on it, so that
+// whoever changes it calls into the kernel only when one is.
+void SleepWhileEqual(std::atomic<uint32_t>* word, uint32_t value, std::atomic<int>* sleeping) {
+  sleeping->fetch_add(1, std::memory_order_seq_cst);
+  while (word->load(std::memory_order_seq_cst) == value) FutexWait(word, value);
+  sleeping->fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Spin up to `spin` pauses, then sleep, until `word` differs from `value`.
 void WaitWhileEqual(std::atomic<uint32_t>* word, uint32_t value, int spin, std::atomic<int>* sleeping) {
   for (int i = 0; i < spin; ++i) {
     if (word->load(std::memory_order_acquire) != value) return;
     Pause();
   }
-  sleeping->fetch_add(1, std::memory_order_seq_cst);
-  while (word->load(std::memory_order_seq_cst) == value) FutexWait(word, value);
-  sleeping->fetch_sub(1, std::memory_order_relaxed);
+  SleepWhileEqual(word, value, sleeping);
 }
 
 void WakeAll(std::atomic<uint32_t>* word, std::atomic<int>* sleeping) {
@@ -94,6 +103,9 @@ class Pool {
   }
 
   int threads() const { return threads_; }
+
+  // The caller's: whether idle workers spin until the run ends.
+  void SetInRun(bool in_run) { in_run_.store(in_run, std::memory_order_relaxed); }
 
   int Launch(FTVMParallelLambda lambda, void* cdata, int num_task) {
     const uint32_t tasks = num_task > 0 ? num_task : threads_ * tasks_per_thread_;
@@ -131,11 +143,26 @@ class Pool {
     // wait for a post that never comes, and the destructor's join with it.
     uint32_t seen = 0;
     for (;;) {
-      WaitWhileEqual(&posted_, seen, spin_, &workers_sleeping_);
+      WaitForJob(seen);
       if (stop_.load(std::memory_order_relaxed)) return;
       seen = posted_.load(std::memory_order_acquire);
       worker_tasks_.fetch_add(RunTasks(seen), std::memory_order_relaxed);
     }
+  }
+
+  // A worker's wait for the job after `seen`: `spin_` pauses, then, while a run is under way, up
+  // to kRunSpin in all, then asleep.
+  void WaitForJob(uint32_t seen) {
+    int i = 0;
+    for (; i < spin_; ++i) {
+      if (posted_.load(std::memory_order_acquire) != seen) return;
+      Pause();
+    }
+    for (; i < kRunSpin && in_run_.load(std::memory_order_relaxed); ++i) {
+      if (posted_.load(std::memory_order_acquire) != seen) return;
+      Pause();
+    }
+    SleepWhileEqual(&posted_, seen, &workers_sleeping_);
   }
 
   // Run tasks of job `epoch` until none is left to claim; how many this thread ran.
@@ -168,6 +195,7 @@ class Pool {
   const int threads_;
   const int tasks_per_thread_;
   const int spin_;
+  std::atomic<bool> in_run_{false};  // idle workers spin on: a run that wants it is under way
   uint32_t epoch_ = 0;  // the caller's alone
   std::atomic<uint64_t> claim_{0};
   std::atomic<FTVMParallelLambda> lambda_{nullptr};
@@ -212,6 +240,16 @@ void SetThreads(int threads) {
     current.reset();  // its workers stop before the new pool's start
     current = std::make_unique<Pool>(threads);
   }
+}
+
+bool HasWorkers() { return current != nullptr; }
+
+void RunBegins(bool spin) {
+  if (current != nullptr) current->SetInRun(spin);
+}
+
+void RunEnds() {
+  if (current != nullptr) current->SetInRun(false);
 }
 
 bool TasksRun(int64_t* by_caller, int64_t* by_workers) {

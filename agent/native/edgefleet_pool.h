@@ -25,6 +25,15 @@ int Barrier(int task_id, TVMParallelGroupEnv* penv);
 // Size the calling thread's pool: `threads` - 1 workers beside the caller (1: kernels run serially).
 void SetThreads(int threads);
 
+// Whether the calling thread has a pool of more than one thread.
+bool HasWorkers();
+
+// A model run on the calling thread begins / ends: with `spin`, idle workers of its pool keep
+// spinning for the next kernel's tasks until it ends (up to ~2-5 ms at a time) instead of sleeping
+// after EDGEFLEET_POOL_SPIN pauses (docs/performance.md, "Workers awake for a whole run").
+void RunBegins(bool spin);
+void RunEnds();
+
 // Tasks run so far by the calling thread's pool: by the caller and by its workers. False when the
 // calling thread has no pool of more than one thread.
 bool TasksRun(int64_t* by_caller, int64_t* by_workers);

@@ -57,6 +57,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -94,12 +95,71 @@ struct Plan {
   std::vector<std::vector<tvm::ffi::AnyView>> args;  // per call, views of `values`
 };
 
+// Whether a model's runs keep their pool's idle workers spinning until the run ends
+// (edgefleet_pool.h RunBegins), chosen by the runs' own times. On free cores it saves a futex
+// wake-up per parallel kernel; where other work shares the cores a worker spinning through the run
+// holds the core the caller needs and runs took 1.9-2.4x as long (docs/performance.md, "Workers
+// awake for a whole run"). So a model with workers runs both ways by turns at first, then keeps the
+// faster and tries the other every kFirstGap runs, twice as rarely each time it loses again (up to
+// kLastGap), and switches when it wins. EDGEFLEET_POOL_RUN_SPIN=0 / 1: never / always spin.
+class SpinChoice {
+ public:
+  SpinChoice() {
+    const char* fixed = std::getenv("EDGEFLEET_POOL_RUN_SPIN");
+    mode_ = fixed == nullptr || *fixed == '\0' ? kChosen : (std::strcmp(fixed, "0") == 0 ? kNever : kAlways);
+  }
+
+  // Whether this run spins.
+  bool Next() {
+    if (mode_ != kChosen) return mode_ == kAlways;
+    ++runs_;
+    if (runs_ <= 2 * kFirstRuns) return runs_ % 2 == 0;
+    trying_ = runs_ >= next_try_;
+    return trying_ != spin_;
+  }
+
+  // This run, which did (not) spin, took `took`.
+  void Took(bool spun, std::chrono::nanoseconds took) {
+    if (mode_ != kChosen) return;
+    const double ns = static_cast<double>(took.count());
+    if (runs_ <= 2 * kFirstRuns) {
+      average_[spun] = average_[spun] == 0 ? ns : 0.75 * average_[spun] + 0.25 * ns;
+      spin_ = average_[1] < average_[0];
+      next_try_ = runs_ + kFirstGap;
+    } else if (trying_) {  // one run the other way against the kept way's average
+      const bool wins = ns < average_[spin_];
+      gap_ = wins ? kFirstGap : std::min(gap_ * 2, kLastGap);
+      if (wins) {
+        average_[spun] = ns;
+        spin_ = spun;
+      }
+      next_try_ = runs_ + gap_;
+    } else {
+      average_[spun] = 0.75 * average_[spun] + 0.25 * ns;
+    }
+  }
+
+ private:
+  enum Mode { kChosen, kNever, kAlways };
+  static constexpr int64_t kFirstRuns = 4;  // each way, by turns
+  static constexpr int64_t kFirstGap = 8;
+  static constexpr int64_t kLastGap = 512;
+  Mode mode_;
+  bool spin_ = false;    // the faster way so far
+  bool trying_ = false;  // this run goes the other way
+  int64_t runs_ = 0;
+  int64_t next_try_ = 0;
+  int64_t gap_ = kFirstGap;
+  double average_[2] = {0, 0};  // ns per run without / with the spin
+};
+
 struct Model {
   tvm::ffi::Module vm;
   tvm::ffi::Function main;
   DLDevice device;
   std::unique_ptr<Plan> plan;  // null: every run on the VM
   bool use_plan = true;
+  SpinChoice spin;
   std::vector<tvm::runtime::Tensor> inputs;  // kept between runs on the CPU (InputTensor)
   std::vector<tvm::runtime::Tensor> outputs;
 };
@@ -431,11 +491,34 @@ EF_API void* ef_model_load(const char* path, int device_type, int device_id) {
   return ok == 0 ? model : nullptr;
 }
 
+// A run on the calling thread's pool (one with workers): whether its workers spin through it,
+// chosen by the model, told to the pool, and the run's time told back, however the run ends.
+class PoolRun {
+ public:
+  explicit PoolRun(SpinChoice* choice) : choice_(edgefleet::pool::HasWorkers() ? choice : nullptr) {
+    if (choice_ == nullptr) return;
+    spin_ = choice_->Next();
+    edgefleet::pool::RunBegins(spin_);
+    start_ = std::chrono::steady_clock::now();
+  }
+  ~PoolRun() {
+    if (choice_ == nullptr) return;
+    edgefleet::pool::RunEnds();
+    choice_->Took(spin_, std::chrono::steady_clock::now() - start_);
+  }
+
+ private:
+  SpinChoice* choice_;
+  bool spin_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
 EF_API int ef_model_run(void* handle, int count, const void* const* data, const int64_t* nbytes,
                         const int* ndims, const int64_t* const* shapes, const char* const* dtypes,
                         int out_count, void* const* out_data, const int64_t* out_nbytes, int* copied) {
   return Guard([&]() {
     Model* model = static_cast<Model*>(handle);
+    PoolRun run(&model->spin);
     if (model->use_plan && model->plan && PlanFits(*model->plan, count, nbytes, ndims, shapes, dtypes)) {
       RunPlan(*model->plan, data, nbytes);
       *copied = RunOutputsCopied(model->plan->outputs, model->outputs, out_count, out_data, out_nbytes);

@@ -519,21 +519,24 @@ def parallel_double(tmp_path_factory):
     return path
 
 
-def _pool_run(code: str, pool: str = "edgefleet", threads: int = 2) -> dict:
-    """Run `code` on the camera runtime with `pool` at `threads`; `tasks()` reads the pool's
-    counters on the calling thread (by the caller, by workers); the code prints `report`."""
+def _pool_run(
+    code: str, pool: str = "edgefleet", threads: int = 2, env: dict[str, str] | None = None, spin: bool = False
+) -> dict:
+    """Run `code` on the camera runtime with `pool` at `threads` (and `spin`, in `env`); `tasks()`
+    reads the pool's counters on the calling thread (by the caller, by workers); the code prints
+    `report`."""
     prelude = f"""
 import ctypes, json, os, numpy as np
 from edgefleet.agent import runtime
 from edgefleet.agent.config import RuntimeConfig
-runtime.configure_pool(RuntimeConfig(threads={threads}, pool={pool!r}))
+runtime.configure_pool(RuntimeConfig(threads={threads}, pool={pool!r}, spin={spin!r}))
 def tasks():
     caller, workers = ctypes.c_int64(), ctypes.c_int64()
     ok = runtime._Runtime.get().api.ef_pool_tasks(ctypes.byref(caller), ctypes.byref(workers))
     return [caller.value, workers.value] if ok == 0 else None
 report = {{}}
 """
-    proc = _python(prelude + code + "\nprint(json.dumps(report))")
+    proc = _python(prelude + code + "\nprint(json.dumps(report))", env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 
@@ -581,15 +584,43 @@ outputs = [model.run([np.random.default_rng(seed).random((1, 3, 64, 64), dtype=n
 report["digests"] = [hashlib.sha256(y.tobytes()).hexdigest() for y in outputs]
 report["tasks"] = tasks()
 """
+    # Edgefleet's workers spinning through every run, never, or as each model's runs choose (the default).
+    run_spins = {"always": {"EDGEFLEET_POOL_RUN_SPIN": "1"}, "never": {"EDGEFLEET_POOL_RUN_SPIN": "0"}, "chosen": {}}
     runs = {
-        (pool, threads): _pool_run(code, pool, threads)
-        for pool, threads in (("edgefleet", 1), ("edgefleet", 2), ("tvm", 2))
+        (pool, threads, spin): _pool_run(code, pool, threads, run_spins[spin])
+        for pool, threads, spin in (
+            ("edgefleet", 1, "chosen"),
+            ("edgefleet", 2, "chosen"),
+            ("edgefleet", 2, "always"),
+            ("edgefleet", 2, "never"),
+            ("tvm", 2, "chosen"),
+        )
     }
     digests = {case: run["digests"] for case, run in runs.items()}
-    assert len(set(digests[("edgefleet", 2)][::10])) == 3  # the inputs give different outputs
-    assert digests[("edgefleet", 2)] == digests[("edgefleet", 1)] == digests[("tvm", 2)]
-    assert runs[("edgefleet", 2)]["tasks"][1] > 0, runs[("edgefleet", 2)]
-    assert runs[("edgefleet", 1)]["tasks"] is None and runs[("tvm", 2)]["tasks"] is None
+    two = ("edgefleet", 2, "chosen")
+    assert len(set(digests[two][::10])) == 3  # the inputs give different outputs
+    assert all(d == digests[("edgefleet", 1, "chosen")] for d in digests.values())
+    assert all(runs[("edgefleet", 2, spin)]["tasks"][1] > 0 for spin in run_spins), runs
+    assert runs[("edgefleet", 1, "chosen")]["tasks"] is None and runs[("tvm", 2, "chosen")]["tasks"] is None
+
+
+@pytest.mark.parametrize("between_runs", [False, True], ids=["through runs only", "control: between runs too"])
+def test_workers_spinning_through_a_run_sleep_once_it_ends(parallel_double, between_runs):
+    """EDGEFLEET_POOL_RUN_SPIN=1 keeps the idle workers spinning through every run, and the spin
+    ends with the run: between runs the process uses no CPU. The control also spins between runs
+    (`[runtime] spin` with a spin count of seconds) and is seen using it."""
+    code = f"""
+import time
+model = runtime.TvmModel({str(parallel_double)!r})
+for _ in range(20):
+    model.run([np.arange(64, dtype=np.float32)])
+start = time.process_time()
+time.sleep(0.5)
+report["cpu"] = time.process_time() - start
+"""
+    env = {"EDGEFLEET_POOL_RUN_SPIN": "1", **({"EDGEFLEET_POOL_SPIN": "200000000"} if between_runs else {})}
+    report = _pool_run(code, env=env, spin=between_runs)
+    assert (report["cpu"] > 0.2) if between_runs else (report["cpu"] < 0.05), report
 
 
 def test_the_caller_runs_every_task_while_the_worker_is_held_back(parallel_double):
