@@ -2,10 +2,9 @@
 fast path, agent/native/edgefleet_runtime.cc).
 
 After TVM's memory planning, a static model's `main` is a straight line: allocate storages, view
-tensors in them, call kernels, free. The Relax VM repeats all of it every run: int8
-MobileNetV2-0.35 on x86 spends ~25 us of its ~0.12 ms per inference in the VM (79 Tensor objects
-made and 91 registers cleared) against 0.087 ms in its kernels (docs/performance.md, a static run
-plan). This pass reads that line once, at compile time, and adds a Relax function `edgefleet_plan`
+tensors in them, call kernels, free. The Relax VM repeats all of it every run (a Tensor object per
+intermediate, a register clear per free): int8 MobileNetV2-0.35 on x86 ran 0.122 ms per inference
+on its VM and 0.114 ms on its plan (docs/performance.md, "A static run plan"). This pass reads that line once, at compile time, and adds a Relax function `edgefleet_plan`
 to the library: it returns the plan (PLAN_VERSION, JSON) and the constants the kernels take (the
 VM's own constants, not a copy). The runtime allocates the storages and views once at load and then
 runs only the kernel calls. `main` stays: the runtime falls back to it for inputs the plan does not

@@ -85,7 +85,8 @@ using FTVMParallelBarrier = int (*)(int, TVMParallelGroupEnv*);
 
 // A static model's run, made once at load from the library's `edgefleet_plan`
 // (compiler/static_plan.py, PLAN_VERSION): the VM repeats its allocations, Tensor objects and
-// register clears every run (int8 MobileNetV2-0.35 on x86: ~25 us of ~0.12 ms, docs/performance.md).
+// register clears every run (int8 MobileNetV2-0.35 on x86: 0.122 ms per run on the VM, 0.114 on the
+// plan; docs/performance.md, "A static run plan").
 struct Plan {
   std::vector<tvm::runtime::Tensor> inputs;  // written by every run
   std::vector<std::string> input_dtypes;     // as the caller names them
