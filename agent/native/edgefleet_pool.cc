@@ -150,15 +150,10 @@ class Pool {
     }
   }
 
-  // A worker's wait for the job after `seen`: `spin_` pauses, then, while a run is under way, up
-  // to kRunSpin in all, then asleep.
+  // A worker's wait for the job after `seen`: `spin_` pauses, or up to kRunSpin while a run that
+  // wants it is under way, then asleep.
   void WaitForJob(uint32_t seen) {
-    int i = 0;
-    for (; i < spin_; ++i) {
-      if (posted_.load(std::memory_order_acquire) != seen) return;
-      Pause();
-    }
-    for (; i < kRunSpin && in_run_.load(std::memory_order_relaxed); ++i) {
+    for (int i = 0; i < spin_ || (i < kRunSpin && in_run_.load(std::memory_order_relaxed)); ++i) {
       if (posted_.load(std::memory_order_acquire) != seen) return;
       Pause();
     }
