@@ -38,6 +38,9 @@ MAX_PAIR_TILE = 8
 # GFLOP/s against 113-148, a ragged 8-pixel tile), 12 x 2 no faster on rows of 7-56 and 1.7-3.1x
 # slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md, benchmarks/conv_tiles.py).
 MAX_DENSE_PAIR_TILE = 7
+# The same for grouped 1x1 convolutions, in balanced tiles (`_pointwise_pair_tile`): a tile of 8 x 2
+# (1 KB of accumulators) is a heap buffer in TVM, zeroed by a call per tile.
+MAX_POINTWISE_PAIR_TILE = 7
 # Fewer pixels than this per tile of two blocks hide too little of the FMA latency (AVX2: 2 x 2).
 MIN_PAIR_TILE = 4
 # A kernel's outer loops run in parallel only where the block they carry has at least this much
@@ -742,6 +745,23 @@ def _pads_per_block(sch: s_tir.Schedule, conv, pads: list, block, target: tvm.ta
     return _pad_rows(sch, pads, block) if _runs_serial(sch, conv, target, weight) else pads
 
 
+def _pointwise_pair_tile(target: tvm.target.Target, width: int, block: int) -> tuple[int, int]:
+    """`output_tile` of a grouped 1x1 conv whose groups span pairs of output blocks: at most
+    `MAX_POINTWISE_PAIR_TILE` pixels, the row in balanced tiles (16 -> 6, 6, 4; 32 -> 7, 7, 7, 7, 4).
+
+    A tile's accumulators live in a buffer that TVM puts on the stack below 1 KB and on the heap from
+    there, zeroed by a memset call and written back per tile: with 8 x 2 (1 KB) on the 16-64 input
+    channels of a group's 1x1 that cost a fifth of the kernel. Per kernel on the AVX-512 host
+    (ShuffleNet-like groups of 16-128 input channels, rows of 16 and 32): 6 x 2 and 7 x 2 1.03-1.30x
+    8 x 2, 4 x 2 0.96-1.25x. The stride-2 grouped 3x3 (576 multiply-adds per output) keeps 8 x 2: its
+    long reduction hides that cost, and 6 x 2 / 7 x 2 were 0.97 / 0.91x there."""
+    px, oc_t = output_tile(target, width, block, True, MAX_POINTWISE_PAIR_TILE)
+    if oc_t == 1:
+        return px, oc_t
+    tiles = -(-width // min(width, MAX_POINTWISE_PAIR_TILE))
+    return -(-width // tiles), oc_t
+
+
 def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target):
     """Grouped NCHWc (graph.grouped_conv2d_nchwc, reductions ic, ib, rh, rw): the tiling of the
     plain blocked conv, with its ic chunk / lane split already in the compute; where a group spans
@@ -758,7 +778,13 @@ def _grouped(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Target)
     inputs = [r.source for r in block.reads if not r.source.same_as(block.writes[0].source)]
     data, kernel = (next([int(d) for d in b.shape] for b in inputs if len(b.shape) == rank) for rank in (5, 6))
     per_group = grouped_output_blocks(data, kernel)
-    px, oc_t = output_tile(target, ow_n, ocb_n, per_group is not None and per_group % 2 == 0)
+    pairable = per_group is not None and per_group % 2 == 0
+    pointwise = (_extent(sch, kh), _extent(sch, kw)) == (1, 1)
+    px, oc_t = (
+        _pointwise_pair_tile(target, ow_n, ocb_n)
+        if pairable and pointwise
+        else output_tile(target, ow_n, ocb_n, pairable)
+    )
     ow_o, ow_i = sch.split(ow, [None, px])
     occ_o, occ_i = sch.split(occ, [None, oc_t])
     sch.reorder(n, occ_o, oh, ow_o, ic, kh, kw, ib, occ_i, ow_i, ocb)

@@ -1150,6 +1150,44 @@ def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
     assert output_tile(avx512, 13, 16, True, MAX_DENSE_PAIR_TILE) == (7, 2)
 
 
+def test_avx512_grouped_1x1_pairs_keep_their_accumulators_on_the_stack_and_match_onnxruntime():
+    """ShuffleNet's grouped 1x1s (4 groups of 16 -> 64 channels, rows of 32 and 16): two output blocks
+    per tile in balanced tiles of at most 7 pixels (16 -> 6, 6, 4), so the tile's accumulators stay
+    below TVM's 1 KB stack limit; 8 x 2 made them a heap workspace zeroed by a call per tile, and the
+    kernel 1.1-1.3x slower. The stride-2 grouped 3x3 keeps 8 x 2. Outputs as ONNX Runtime's."""
+    from edgefleet.compiler.schedules import _pointwise_pair_tile, output_tile
+
+    avx512 = tvm_target(resolve_target("ml_c6i"))
+    assert _pointwise_pair_tile(avx512, 16, 16) == (6, 2)
+    assert _pointwise_pair_tile(avx512, 32, 16) == (7, 2)
+    assert output_tile(avx512, 16, 16, True) == (8, 2)
+    rng = np.random.default_rng(4)
+    expand, inits = _conv(rng, "data", 64, 256, 1, 1, groups=4, name="expand")
+    down, down_inits = _conv(rng, "r", 256, 512, 3, 2, groups=4, name="down")
+    model = _onnx_model(
+        [expand, helper.make_node("Relu", ["expand"], ["r"]), down],
+        "grouped_pairs",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 64, 32, 32])],
+        [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, 512, 16, 16])],
+        inits + down_inits,
+    )
+    target = resolve_target("ml_c6i")
+    with tvm_target(target):
+        lowered = _optimize_pipeline(target, 0, KernelFallbacks(print))(from_onnx(model, keep_params_in_input=False))
+    workspaces = {}
+    for gv, func in lowered.functions.items():
+        if isinstance(func, tirx.PrimFunc) and "group_conv2d" in gv.name_hint:
+            lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=avx512)
+            workspaces[gv.name_hint] = "TVMBackendAllocWorkspace" in lib.mod.inspect_source("asm")
+    assert sorted(workspaces.values()) == [False, True], workspaces  # the 1x1 on the stack, the 3x3 not
+    x = rng.random((1, 64, 32, 32), dtype=np.float32)
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=avx512, relax_pipeline=None), tvm.cpu())
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"data": x}
+    )[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_x86_vnni_int8_classifier_runs_vpdpbusd_on_seven_blocks_per_pass_and_equals_litert_reference_kernels(tmp_path):
     """The int8 classifier (1280 x 1000 fully connected) of the VNNI library runs on vpdpbusd
     (graph.vnni_dense, schedules.VnniMatmul): its outputs padded to 1008, 7 blocks of 16 per pass, each
