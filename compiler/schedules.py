@@ -668,15 +668,16 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     _epilogue_at(sch, epi, ow_o)
     weight = 1
-    if _is_x86(target) and str(sch.get(conv).writes[0].source.dtype) == "float32":
-        weight = DEPTHWISE_WORK_WEIGHT
-        rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh))]
-        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ, target, weight)
+    if _is_x86(target):
+        is_float = str(sch.get(conv).writes[0].source.dtype) == "float32"
+        weight = DEPTHWISE_WORK_WEIGHT if is_float else 1
+        rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh), is_float)]
+        pads = _pads_per_block(sch, conv, [p for p in pads if p not in rows], occ, target, weight) if is_float else pads
         pads += _pad_rows(sch, rows, oh)
         # Parallel over two halves of the rows, each an inner loop: with every row in the fused parallel
         # loop, MobileNetV2's 112 x 112 and 56 x 56 ones were 1.10-1.18x slower at one thread and
         # 0.71-0.73 of that at two (benchmarks/pool_kernels.py), at half rows 0.54-0.58 of the serial time.
-        if not _runs_serial(sch, conv, target, weight) and _extent(sch, oh) % 2 == 0:
+        if is_float and not _runs_serial(sch, conv, target, weight) and _extent(sch, oh) % 2 == 0:
             oh = sch.split(oh, [2, None])[0]
     _parallel(sch, conv, [n, occ, oh], target, weight)
     sch.unroll(ow_i)
@@ -710,17 +711,19 @@ def _depthwise_tile(sch: s_tir.Schedule, conv, target: tvm.target.Target, width:
 PAD_PLANE_BYTES = 32 << 10
 
 
-def _pads_per_row(sch: s_tir.Schedule, pad, rows: int | None, window: int | None) -> bool:
+def _pads_per_row(sch: s_tir.Schedule, pad, rows: int | None, window: int | None, by_plane: bool) -> bool:
     """Whether a depthwise convolution's `pad` goes under its row loop (`_pad_rows`): where the stride
-    is above one or the padded plane of one channel block exceeds PAD_PLANE_BYTES. Per kernel on the
-    AVX-512 host (benchmarks/depthwise_pads.py, MobileNetV2's layers): stride 2 1.76-2.98x faster,
-    stride 1 on rows of 28-112 1.01-1.09x, on rows of 14 and 7 (16 KiB planes, in L1 whole) 0.78-0.96x:
-    there each row copied kh times costs more than the single pass."""
+    is above one or (`by_plane`, float) the padded plane of one channel block exceeds PAD_PLANE_BYTES.
+    Per kernel on the AVX-512 host (benchmarks/depthwise_pads.py, MobileNetV2's layers): stride 2
+    1.76-2.98x faster, stride 1 on rows of 28-112 1.01-1.09x, on rows of 14 and 7 (16 KiB planes, in L1
+    whole) 0.78-0.96x: there each row copied kh times costs more than the single pass. int8 (x86 VNNI
+    MobileNetV2 1.0, benchmarks/kernel_profile.py): stride 2 on rows of 112 0.081 -> 0.072 ms, but stride
+    1 per row slower on rows of 112 and 56 (0.068 -> 0.073, 0.079 -> 0.091 ms), so strided ones only."""
     shape = [int(d) for d in sch.get(pad).writes[0].source.shape]
     if rows is None or window is None:
         return False
     strided = shape[2] - window + 1 > rows
-    return strided or shape[2] * shape[3] * shape[4] * 4 > PAD_PLANE_BYTES
+    return strided or (by_plane and shape[2] * shape[3] * shape[4] * 4 > PAD_PLANE_BYTES)
 
 
 def _pad_rows(sch: s_tir.Schedule, pads: list, row) -> list:

@@ -1137,6 +1137,28 @@ def test_x86_float_depthwise_pads_per_row_where_strided_or_beyond_l1_and_match_o
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_x86_int8_depthwise_pads_per_row_where_strided_and_equals_litert_reference_kernels(tmp_path):
+    """x86 int8 (the VNNI library of a full-integer MobileNetV2): each stride-2 depthwise convolution pads its
+    input under its row loop, where the whole padded input went through L2 first (96 channels at 112 x 112:
+    1.2 MB); stride-1 ones keep their one pass (per row, rows copied three times, they were slower).
+    Outputs bit for bit LiteRT's reference kernels where the CPU has VNNI."""
+    from tvm import s_tir
+
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64)
+    pad_at = []
+    for gv, func in lowered.functions.items():
+        if isinstance(func, tirx.PrimFunc) and "depthwise_conv2d_NCHWc" in gv.name_hint and "data_pad" in func.script():
+            sch = s_tir.Schedule(func)
+            padded = int(sch.get(sch.get_sblock("data_pad")).writes[0].source.shape[2])
+            rows = int(sch.get(sch.get_sblock("depthwise_conv2d_NCHWc_update")).writes[0].source.shape[2])
+            loops = sch.get_loops(sch.get_sblock("data_pad"))
+            outer = tuple(str(sch.get(loop).loop_var) for loop in loops[:-3])
+            pad_at.append((padded - 2 > rows, "row" if outer == ("b", "c", "y") else "input"))
+    assert {at for strided, at in pad_at if strided} == {"row"}, pad_at
+    assert {at for strided, at in pad_at if not strided} == {"input"}, pad_at
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=11)
+
+
 def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
     """A row of 55 (SqueezeNet's first fire modules): 7 x 2 with a ragged last tile, where its 5-pixel
     divisor tile (10 accumulators) lost to 11 x 1; AVX2 keeps one block, rows of 56 and 13 keep their tiles."""
