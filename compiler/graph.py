@@ -1523,7 +1523,7 @@ VNNI_SHIFT = 128
 VNNI_LANES = 8
 
 
-def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
+def dot_product_convs(unsigned: bool = False, shift_in_producer: bool = True) -> tvm.transform.Pass:
     """Blocked int8 convolutions on raw int8 operands for SDOT (run after `nchwc_layout`, dot-product targets only).
 
     The TFLite importer (tflite_quant.py) gives dense convolutions zero-point-corrected int16
@@ -1541,12 +1541,20 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
     `unsigned` (x86 VNNI targets, `has_vnni`): `vpdpbusd` multiplies unsigned by signed bytes, so
     the convolution reads x + 128 as uint8 (shifted, and padded with zx + 128, inside its kernel)
     and the correction is (zx + 128) * sum(w): exact. Output-channel blocks that are not a multiple
-    of VNNI_LANES keep the int16 form.
+    of VNNI_LANES keep the int16 form. `shift_in_producer`: where x is a kernel's output that only this
+    convolution reads (MobileNetV2's depthwise outputs, and the projections no residual add reads), that
+    kernel writes x + 128 as uint8 and the convolution reads it as it is: int8 MobileNetV2 1.0's kernels
+    on the VNNI host 1.630 -> 1.514 ms (docs/performance.md, "int8 on x86: the shift to uint8 in the
+    producer").
     """
     shift = VNNI_SHIFT if unsigned else 0
 
     @relax.expr_functor.mutator
     class _Dot(relax.PyExprMutator):
+        def __init__(self, mod: tvm.IRModule, single_use: set) -> None:
+            super().__init__(mod)
+            self.single_use = single_use  # vars read by one binding only
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
             found = self._raw_operands(call)
@@ -1561,13 +1569,29 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
             # zx * sum(w) over input channels and window, per output channel, in the output's blocks.
             ob = weight.shape[5]
             correction = (zero + shift) * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
+            in_kernel = shift
+            if shift and shift_in_producer and self._handed_over(x):
+                x, zero, in_kernel = self._shifted_by_producer(x), zero + shift, 0
             args = [x, relax.const(_pack_dot(weight).astype(np.int8), "int8"), zero]
-            args += [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation], shift]
+            args += [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation], in_kernel]
             if unsigned:
                 conv = self.builder_.call_te(conv2d_nchwc_dot, *args, primfunc_name_hint="conv2d_NCHWc_int8")
                 return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
             # SDOT: the sums start at -zx sum(w) (`sqrdmulh_rescales` adds the bias to that start).
             return _started_conv(self.builder_, args, relax.const((-correction).astype(np.int32), "int32"))
+
+        def _handed_over(self, x: relax.Expr) -> bool:
+            """Whether `x` (int8) is computed by a kernel of its own and read by this convolution only: its
+            producer can then write it as uint8 x + 128 (`_shifted_by_producer`)."""
+            return isinstance(x, relax.Var) and x in self.single_use and self.lookup_binding(x) is not None
+
+        def _shifted_by_producer(self, x: relax.Expr) -> relax.Expr:
+            """uint8(x + 128), which FuseOps puts in the epilogue of the kernel that computes x (a depthwise
+            convolution's, in MobileNetV2): the convolution then reads it as it is, where its own kernel read
+            the whole int8 input and wrote it shifted before its first multiply-add."""
+            wide = self.builder_.emit(relax.op.astype(x, "int16"))
+            moved = self.builder_.emit(relax.op.add(wide, relax.const(shift, "int16")))
+            return self.builder_.emit(relax.op.astype(moved, "uint8"))
 
         def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
             """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
@@ -1590,9 +1614,21 @@ def dot_product_convs(unsigned: bool = False) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetDotProductConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod)))
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod, _single_use(mod))))
 
     return _pass
+
+
+def _single_use(mod: tvm.IRModule) -> set:
+    """The dataflow variables of `mod`'s Relax functions that one binding reads and nothing else."""
+    single = set()
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
+            for block in func.body.blocks:
+                if isinstance(block, relax.DataflowBlock):
+                    chain = relax.analysis.udchain(block)
+                    single |= {v for v, users in chain.items() if len(users) == 1 and isinstance(v, relax.DataflowVar)}
+    return single
 
 
 def _raw_int8_input(mutator: relax.PyExprMutator, operand: relax.Expr) -> tuple[relax.Expr, int] | None:

@@ -1159,6 +1159,29 @@ def test_x86_int8_depthwise_pads_per_row_where_strided_and_equals_litert_referen
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=11)
 
 
+def test_x86_vnni_depthwise_outputs_are_written_shifted_to_uint8_for_their_convolution(tmp_path):
+    """The VNNI library of a full-integer MobileNetV2: each depthwise convolution's output, read by its
+    projection only, is written as uint8 x + 128 by the depthwise kernel (graph.dot_product_convs,
+    `shift_in_producer`), so the projection's kernel reads it as it is, without a pass over its whole
+    input first; the stem (the model input) and the expansions whose input a residual add reads too
+    keep their shifted pad. Outputs bit for bit LiteRT's reference kernels where the CPU has VNNI."""
+    path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64)
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
+    # A kernel's output is its last parameter: the dtype closing its `def` line.
+    written = {
+        n: re.findall(r'"(\w+)"\)', next(ln for ln in s.splitlines() if ln.startswith("def ")))[-1]
+        for n, s in scripts.items()
+    }
+    depthwise = {n: d for n, d in written.items() if "depthwise_conv2d_NCHWc" in n}
+    # The one int8 "depthwise" is the global average pool (a division), read by the classifier.
+    assert sum(d == "uint8" for d in depthwise.values()) >= 10, depthwise
+    assert all("floor_divide" in n for n, d in depthwise.items() if d != "uint8"), depthwise
+    dense = {n: "data_pad" in s for n, s in scripts.items() if "conv2d_NCHWc_int8" in n}
+    assert sum(not padded for padded in dense.values()) >= 17, dense  # the projections, the expansions after them
+    assert sum(dense.values()) >= 2, dense  # the stem and the expansions a residual add also reads
+    _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=21)
+
+
 def test_avx512_rows_of_55_pair_two_output_blocks_in_ragged_tiles_of_7():
     """A row of 55 (SqueezeNet's first fire modules): 7 x 2 with a ragged last tile, where its 5-pixel
     divisor tile (10 accumulators) lost to 11 x 1; AVX2 keeps one block, rows of 56 and 13 keep their tiles."""
