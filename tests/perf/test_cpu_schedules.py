@@ -1206,16 +1206,7 @@ def test_avx512_grouped_1x1_pairs_keep_their_accumulators_on_the_stack_and_match
     assert _pointwise_pair_tile(avx512, 16, 16) == (6, 2)
     assert _pointwise_pair_tile(avx512, 32, 16) == (7, 2)
     assert output_tile(avx512, 16, 16, True) == (8, 2)
-    rng = np.random.default_rng(4)
-    expand, inits = _conv(rng, "data", 64, 256, 1, 1, groups=4, name="expand")
-    down, down_inits = _conv(rng, "r", 256, 512, 3, 2, groups=4, name="down")
-    model = _onnx_model(
-        [expand, helper.make_node("Relu", ["expand"], ["r"]), down],
-        "grouped_pairs",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 64, 32, 32])],
-        [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, 512, 16, 16])],
-        inits + down_inits,
-    )
+    model = _expand_down_model(4, (64, 256, 512), 32, groups=4)
     target = resolve_target("ml_c6i")
     with tvm_target(target):
         lowered = _optimize_pipeline(target, 0, KernelFallbacks(print))(from_onnx(model, keep_params_in_input=False))
@@ -1225,11 +1216,11 @@ def test_avx512_grouped_1x1_pairs_keep_their_accumulators_on_the_stack_and_match
             lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=avx512)
             workspaces[gv.name_hint] = "TVMBackendAllocWorkspace" in lib.mod.inspect_source("asm")
     assert sorted(workspaces.values()) == [False, True], workspaces  # the 1x1 on the stack, the 3x3 not
-    x = rng.random((1, 64, 32, 32), dtype=np.float32)
+    x = np.random.default_rng(4).random((1, 64, 32, 32), dtype=np.float32)
     vm = relax.VirtualMachine(tvm.compile(lowered, target=avx512, relax_pipeline=None), tvm.cpu())
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"data": x}
-    )[0]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -1262,20 +1253,26 @@ def test_rasp5_int8_classifier_runs_sdot_on_raw_int8_weights():
     assert [n for n in rasp4b if "matmul" in n] and not [n for n in rasp4b if "matmul_dot" in n]
 
 
-def _odd_output_blocks_model() -> onnx.ModelProto:
-    """A 1x1 convolution to 144 channels (9 blocks) on rows of 14, ReLU, then a 3x3 of stride 2 to 48
-    channels (3 blocks) on rows of 7; random weights and input."""
-    rng = np.random.default_rng(8)
-    expand, expand_w = _conv(rng, "x", 24, 144, 1, 1, name="expand")
-    down, down_w = _conv(rng, "r", 144, 48, 3, 2, name="down")
-    model = _onnx_model(
+def _expand_down_model(seed: int, channels: tuple[int, int, int], width: int, groups: int = 1) -> onnx.ModelProto:
+    """A 1x1 convolution (input "x", `channels` in -> mid) on rows of `width`, ReLU, then a 3x3 of stride 2
+    (mid -> out, output "down"), both with `groups`; random weights."""
+    rng = np.random.default_rng(seed)
+    cin, mid, cout = channels
+    expand, expand_w = _conv(rng, "x", cin, mid, 1, 1, groups=groups, name="expand")
+    down, down_w = _conv(rng, "r", mid, cout, 3, 2, groups=groups, name="down")
+    return _onnx_model(
         [expand, helper.make_node("Relu", ["expand"], ["r"]), down],
-        "odd_blocks",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 24, 14, 14])],
-        [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, 48, 7, 7])],
+        "expand_down",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, width, width])],
+        [helper.make_tensor_value_info("down", TensorProto.FLOAT, [1, cout, width // 2, width // 2])],
         expand_w + down_w,
     )
-    return model
+
+
+def _odd_output_blocks_model() -> onnx.ModelProto:
+    """A 1x1 convolution to 144 channels (9 blocks) on rows of 14, ReLU, then a 3x3 of stride 2 to 48
+    channels (3 blocks) on rows of 7."""
+    return _expand_down_model(8, (24, 144, 48), 14)
 
 
 def test_avx512_odd_output_blocks_pair_all_but_the_last_and_match_onnxruntime():
