@@ -36,7 +36,8 @@ MAX_PAIR_TILE = 8
 # The same for dense convolutions (x86 float), timed per kernel on the AVX-512 host: 7 x 2 was at
 # least as fast as 8 x 2 on ResNet-50 / MobileNetV2 / SqueezeNet shapes (rows of 13 and 27: 195-227
 # GFLOP/s against 113-148, a ragged 8-pixel tile), 12 x 2 no faster on rows of 7-56 and 1.7-3.1x
-# slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md, benchmarks/conv_tiles.py).
+# slower on rows of 13 and 55, 14 x 2 spilled (docs/performance.md, benchmarks/conv_tiles.py). Found
+# later why 8 x 2 lost: its 1 KB of accumulators is where TVM stops putting a buffer on the stack.
 MAX_DENSE_PAIR_TILE = 7
 # The same for grouped 1x1 convolutions, in balanced tiles (`_pointwise_pair_tile`): a tile of 8 x 2
 # (1 KB of accumulators) is a heap buffer in TVM, zeroed by a call per tile.
