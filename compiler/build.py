@@ -75,19 +75,20 @@ def _cpu_pipeline(target: Target, tune_trials: int, kernels: KernelFallbacks, rp
         # x86 with AVX-512 VNNI (ml_c6i, the x86_64 package's VNNI library): int8 convolutions and
         # fully connected layers with vpdpbusd.
         *([graph.dot_product_convs(unsigned=True), graph.vnni_dense()] if graph.has_vnni(tgt) else []),
-        # x86: int8 depthwise convolutions on raw int8 input, the zero-point corrections of the raw
-        # int8 convolutions inside the rescale constant (a 32 x 32-bit product), int8 classifier weights,
-        # then every rescale's high multiply on int32 lanes (vpmuldq on even and odd lanes), and the
-        # rounding division before a ReLU output's narrowing as one shift (its sign fix-up dropped, its
-        # 2^p in the high multiply's nudge where the convolution's bound allows); a padded int8 output's
+        # x86: int8 depthwise convolutions on raw int8 input (VNNI: uint8, a window row of 4 taps per
+        # vpdpbusd), the zero-point corrections of the raw int8 convolutions inside the rescale constant
+        # (a 32 x 32-bit product), int8 classifier weights, then every rescale's high multiply on int32
+        # lanes (vpmuldq on even and odd lanes), and the rounding division before a ReLU output's
+        # narrowing as one shift (its sign fix-up dropped, its 2^p in the high multiply's nudge; on
+        # AVX-512 the shift and the output's zero point too, on the 64-bit sum); a padded int8 output's
         # unblock, slice and block into a smaller block as one channel permutation.
         *(
             [
-                graph.int8_depthwise_convs(),
+                graph.int8_depthwise_convs(unsigned=graph.has_vnni(tgt)),
                 graph.fold_int8_corrections(),
                 graph.int8_dense_weights(),
                 graph.sqrdmulh_rescales(x86_lanes=schedules.vector_lanes(tgt)),
-                graph.relu_rounding_divisions(),
+                graph.relu_rounding_divisions(wide_shifts=schedules.vector_lanes(tgt) == 16),
                 graph.compact_channel_slices(),
             ]
             if target.arch == "x86_64"

@@ -1249,6 +1249,35 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype, 
     )
 
 
+def depthwise_conv2d_nchwc_dot(data, taps, zero: int, strides, padding, width: int, shift: int):
+    """A depthwise convolution of uint8 NCHW16c `data` (or of int8 data read + `shift` as uint8) by
+    `taps` [C/16, KH, 16, 4] (int8_depthwise_convs: a window row's taps per channel, zero past the
+    window's `width`): per output pixel, window row and 16 channels the 4 input pixels from the row's first,
+    one vpdpbusd (schedules._depthwise_dot). The input is padded with `zero` (+ `shift`) and with
+    columns on the right where the last window's 4 pixels run past the row (their taps are zero)."""
+    from tvm import te
+
+    n, chunks, ih, iw, cb = (int(d) for d in data.shape)
+    kh = int(taps.shape[1])
+    (sh, sw), (top, left, bottom, right) = strides, padding
+    oh = (ih + top + bottom - kh) // sh + 1
+    ow = (iw + left + right - width) // sw + 1
+    right += max(0, (ow - 1) * sw + DOT_GROUP - (iw + left + right))
+    if shift:
+        padded = _shifted_pad(data, shift, zero, (top, left, bottom, right))
+    else:
+        padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], pad_value=zero, name="data_pad")
+    rh, rk = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, DOT_GROUP), name="rk")
+    return te.compute(
+        (n, chunks, oh, ow, cb),
+        lambda b, c, y, x, k: te.sum(
+            padded[b, c, y * sh + rh, x * sw + rk, k].astype("int32") * taps[c, rh, k, rk].astype("int32"),
+            axis=[rh, rk],
+        ),
+        name="depthwise_conv2d_NCHWc",
+    )
+
+
 _DEFAULT_CONV2D = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
 
@@ -1570,8 +1599,8 @@ def dot_product_convs(unsigned: bool = False, shift_in_producer: bool = True) ->
             ob = weight.shape[5]
             correction = (zero + shift) * weight.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, -1, 1, 1, ob)
             in_kernel = shift
-            if shift and shift_in_producer and self._handed_over(x):
-                x, zero, in_kernel = self._shifted_by_producer(x), zero + shift, 0
+            if shift and shift_in_producer and _handed_over(self, self.single_use, x):
+                x, zero, in_kernel = _shifted_by_producer(self.builder_, x), zero + shift, 0
             args = [x, relax.const(_pack_dot(weight).astype(np.int8), "int8"), zero]
             args += [[int(s) for s in a.strides], [int(p) for p in a.padding], [int(d) for d in a.dilation], in_kernel]
             if unsigned:
@@ -1579,19 +1608,6 @@ def dot_product_convs(unsigned: bool = False, shift_in_producer: bool = True) ->
                 return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
             # SDOT: the sums start at -zx sum(w) (`sqrdmulh_rescales` adds the bias to that start).
             return _started_conv(self.builder_, args, relax.const((-correction).astype(np.int32), "int32"))
-
-        def _handed_over(self, x: relax.Expr) -> bool:
-            """Whether `x` (int8) is computed by a kernel of its own and read by this convolution only: its
-            producer can then write it as uint8 x + 128 (`_shifted_by_producer`)."""
-            return isinstance(x, relax.Var) and x in self.single_use and self.lookup_binding(x) is not None
-
-        def _shifted_by_producer(self, x: relax.Expr) -> relax.Expr:
-            """uint8(x + 128), which FuseOps puts in the epilogue of the kernel that computes x (a depthwise
-            convolution's, in MobileNetV2): the convolution then reads it as it is, where its own kernel read
-            the whole int8 input and wrote it shifted before its first multiply-add."""
-            wide = self.builder_.emit(relax.op.astype(x, "int16"))
-            moved = self.builder_.emit(relax.op.add(wide, relax.const(shift, "int16")))
-            return self.builder_.emit(relax.op.astype(moved, "uint8"))
 
         def _raw_operands(self, call: relax.Call) -> tuple[relax.Expr, int, np.ndarray] | None:
             """(int8 input, its zero point, int16 weights [O, I, KH, KW, ib, ob]) of a blocked dense
@@ -1617,6 +1633,21 @@ def dot_product_convs(unsigned: bool = False, shift_in_producer: bool = True) ->
         return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Dot(mod, _single_use(mod))))
 
     return _pass
+
+
+def _handed_over(mutator: relax.PyExprMutator, single_use: set, x: relax.Expr) -> bool:
+    """Whether `x` (int8) is computed by a kernel of its own and read by one convolution only (`single_use`:
+    `_single_use`): its producer can then write it as uint8 x + 128 (`_shifted_by_producer`)."""
+    return isinstance(x, relax.Var) and x in single_use and mutator.lookup_binding(x) is not None
+
+
+def _shifted_by_producer(builder: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+    """uint8(x + 128), which FuseOps puts in the epilogue of the kernel that computes x (a depthwise
+    convolution's, in MobileNetV2): the convolution then reads it as it is, where its own kernel read
+    the whole int8 input and wrote it shifted before its first multiply-add."""
+    wide = builder.emit(relax.op.astype(x, "int16"))
+    moved = builder.emit(relax.op.add(wide, relax.const(VNNI_SHIFT, "int16")))
+    return builder.emit(relax.op.astype(moved, "uint8"))
 
 
 def _single_use(mod: tvm.IRModule) -> set:
@@ -1777,7 +1808,7 @@ def matmul_dot(x, w):
     return te.compute((rows, int(w.shape[0]) * g), value, name="matmul_dot")
 
 
-def int8_depthwise_convs() -> tvm.transform.Pass:
+def int8_depthwise_convs(unsigned: bool = False) -> tvm.transform.Pass:
     """Blocked int8 depthwise convolutions on their raw int8 input (x86 targets; after `nchwc_layout`).
 
     The TFLite importer gives them `conv(astype(x, int16) - zx, w)`: the producer then writes an
@@ -1786,10 +1817,20 @@ def int8_depthwise_convs() -> tvm.transform.Pass:
     int32: the kernel reads int8 (XNNPACK's AVX-512 depthwise: a sign-extending load, `vpmulld`),
     the producer writes int8, and the per-channel constant goes into the rescale
     (`fold_int8_corrections`). Depthwise convolutions with a channel multiplier keep the int16 form.
+
+    `unsigned` (x86 VNNI, `has_vnni`): those on 16-channel blocks with windows at most 4 wide and no
+    dilation read x + 128 as uint8 (`depthwise_conv2d_nchwc_dot`: each window row of 16 channels one
+    `vpdpbusd` of 4 taps, x86_intrin.VNNI_WINDOW_U8I8, where `vpmulld` took two micro-ops per tap), the
+    correction (zx + 128) * sum(w); written so by their producer where they are its only reader (as in
+    `dot_product_convs`: MobileNetV2's expansions), else shifted in their own pad.
     """
 
     @relax.expr_functor.mutator
     class _Depthwise(relax.PyExprMutator):
+        def __init__(self, mod: tvm.IRModule, single_use: set) -> None:
+            super().__init__(mod)
+            self.single_use = single_use
+
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
             w = self._weights(call)
@@ -1798,19 +1839,44 @@ def int8_depthwise_convs() -> tvm.transform.Pass:
                 return call
             x, zero = found
             a = call.attrs
-            conv = self.builder_.call_te(
-                depthwise_conv2d_nchwc,
-                x,
-                relax.const(w.astype(np.int8), "int8"),
-                [int(s) for s in a.strides],
-                [int(p) for p in a.padding],
-                [int(d) for d in a.dilation],
-                "int32",
-                pad_value=zero,
-                primfunc_name_hint="depthwise_conv2d_NCHWc",
-            )
+            strides, padding, dilation = ([int(v) for v in values] for values in (a.strides, a.padding, a.dilation))
+            if unsigned and w.shape[5] == 16 and w.shape[3] <= DOT_GROUP and dilation == [1, 1]:
+                conv = self._on_windows(x, zero, w, strides, padding)
+                zero += VNNI_SHIFT
+            else:
+                conv = self.builder_.call_te(
+                    depthwise_conv2d_nchwc,
+                    x,
+                    relax.const(w.astype(np.int8), "int8"),
+                    strides,
+                    padding,
+                    dilation,
+                    "int32",
+                    pad_value=zero,
+                    primfunc_name_hint="depthwise_conv2d_NCHWc",
+                )
             correction = zero * w.astype(np.int64).sum(axis=(1, 2, 3, 4)).reshape(1, w.shape[0], 1, 1, w.shape[5])
             return relax.op.subtract(self.builder_.emit(conv), relax.const(correction.astype(np.int32), "int32"))
+
+        def _on_windows(self, x: relax.Expr, zero: int, w: np.ndarray, strides: list, padding: list) -> relax.Expr:
+            """`depthwise_conv2d_nchwc_dot` of x (shifted by its producer where it hands x over) by w's taps
+            as [C/16, KH, 16, 4] (a window row of 4 taps per channel, zeros past its width)."""
+            taps = np.pad(w[:, 0, :, :, 0, :], [(0, 0), (0, 0), (0, DOT_GROUP - w.shape[3]), (0, 0)])
+            weights = relax.const(taps.transpose(0, 1, 3, 2).astype(np.int8), "int8")
+            shift = VNNI_SHIFT
+            if _handed_over(self, self.single_use, x):
+                x, zero, shift = _shifted_by_producer(self.builder_, x), zero + VNNI_SHIFT, 0
+            return self.builder_.call_te(
+                depthwise_conv2d_nchwc_dot,
+                x,
+                weights,
+                zero,
+                strides,
+                padding,
+                w.shape[3],
+                shift,
+                primfunc_name_hint="depthwise_conv2d_NCHWc",
+            )
 
         def _weights(self, call: relax.Call) -> np.ndarray | None:
             """The int16 weights [C/b, 1, KH, KW, 1, b] of a blocked int32 depthwise conv (no multiplier)
@@ -1832,7 +1898,7 @@ def int8_depthwise_convs() -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="EdgefleetInt8DepthwiseConvs")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Depthwise(mod)))
+        return relax.transform.DeadCodeElimination()(_mutate_functions(mod, _Depthwise(mod, _single_use(mod))))
 
     return _pass
 
@@ -2421,7 +2487,7 @@ def _relu_narrowing(mutator: relax.PyExprMutator, call: relax.Expr) -> tuple[rel
     return (x, lo, hi) if zero == -128 and -128 <= lo <= hi <= 127 else None
 
 
-def relu_rounding_divisions() -> tvm.transform.Pass:
+def relu_rounding_divisions(wide_shifts: bool = False) -> tvm.transform.Pass:
     """The rounding division's sign fix-up dropped before a narrowing to a ReLU output (x86: the
     AArch64 targets drop it in `saturating_narrowings`, on their SRSHL).
 
@@ -2436,8 +2502,12 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
     is one shift: ((v >> p) + 1) >> 1 = (v + 2^p) >> (p + 1) (v = k 2^p + r, 0 <= r < 2^p: both are
     floor((k + 1) / 2)), and v + 2^p = ((a q + 2^30 + 2^(p+31)) >> 31) (a multiple of 2^31 added before the
     shift is its quotient after it), the 2^p in the 64-bit nudge (the operator's third operand, a constant
-    per channel). Exact while v + 2^p fits int32: v <= |a| for q < 2^31, so where the convolution's bound
-    |a| <= terms x 255 x max|w| + max|b| (int8 or uint8 inputs) stays below 2^31 - 2^p.
+    per channel). With `wide_shifts` (AVX-512: 64-bit shifts by a count per lane) the shift by p + 1 is
+    the operator's fourth operand, done on the 64-bit sum (floor(floor(S / 2^31) / 2^(p+1)) = floor(S /
+    2^(p+32))), and the - 128 goes into the nudge too (- 128 2^(p+1) before the shift, - 128 after it), so
+    `int8(clip(x, lo, hi))` is left: a `vpmovsdb` where [lo, hi] is int8's. Nothing to overflow then;
+    AVX2 instead shifts the int32 result, exact while v + 2^p fits int32: v <= |a| for q < 2^31, so where
+    the convolution's bound |a| <= terms x 255 x max|w| + max|b| (int8 or uint8 inputs) stays below 2^31 - 2^p.
     """
 
     @relax.expr_functor.mutator
@@ -2445,17 +2515,20 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
         def visit_call_(self, call: relax.Call) -> relax.Expr:
             call = self.visit_expr_post_order(call)
             found = _relu_narrowing(self, call)
-            plain = None if found is None else self._without_sign_fixup(found[0])
-            if plain is None:
+            division = None if found is None else self._division(found[0])
+            if division is None:
                 return call
-            _, lo, hi = found
+            (v, p, one), (_, lo, hi) = division, found
             emit = self.builder_.emit
-            shifted = emit(relax.op.add(plain, relax.const(-128, "int32")))
+            shifted = self._nudged(v, _const_value(p))
+            if shifted is None:
+                rounded = emit(relax.op.right_shift(emit(relax.op.add(emit(relax.op.right_shift(v, p)), one)), one))
+                shifted = emit(relax.op.add(rounded, relax.const(-128, "int32")))
             low = emit(relax.op.maximum(shifted, relax.const(lo, "int32")))
             return relax.op.astype(emit(relax.op.minimum(low, relax.const(hi, "int32"))), "int8")
 
-        def _without_sign_fixup(self, x: relax.Expr) -> relax.Expr | None:
-            """`((v >> p) + 1) >> 1` for `x` = `(((v + (v >> 31)) >> p) + 1) >> 1` on every channel, else None."""
+        def _division(self, x: relax.Expr) -> tuple[relax.Expr, relax.Expr, relax.Expr] | None:
+            """(v, p, 1) for `x` = `(((v + (v >> 31)) >> p) + 1) >> 1` on every channel, else None."""
             added, one = _bound_arg(self, x, "relax.right_shift"), _bound_arg(self, x, "relax.right_shift", 1)
             shifted = None if added is None else _bound_arg(self, added, "relax.add")
             ones = None if added is None else _const_value(_bound_arg(self, added, "relax.add", 1))
@@ -2469,29 +2542,34 @@ def relu_rounding_divisions() -> tvm.transform.Pass:
                 return None
             if ones is None or np.any(ones != 1) or np.any(_const_value(one) != 1):
                 return None
-            p = _bound_arg(self, shifted, "relax.right_shift", 1)
-            nudged = self._nudged(v, _const_value(p))
-            if nudged is not None:
-                return nudged
-            rounded = self.builder_.emit(relax.op.add(self.builder_.emit(relax.op.right_shift(v, p)), one))
-            return self.builder_.emit(relax.op.right_shift(rounded, one))
+            return v, _bound_arg(self, shifted, "relax.right_shift", 1), one
 
         def _nudged(self, v: relax.Expr, p: np.ndarray | None) -> relax.Expr | None:
-            """`x86_rounding_doubling_high_mul(a, q, 2^p) >> (p + 1)` for `v` = `x86_rounding_doubling_high_mul(a, q)`
-            where a's bound keeps v + 2^p in int32; else None."""
+            """`((v >> p) + 1) >> 1` - 128 with the 2^p (and with `wide_shifts` the shift and the - 128) in
+            `x86_rounding_doubling_high_mul(a, q)` = `v`, where exact; else None."""
             call = _bound_call(self, v, ("relax.call_tir",))
-            if call is None or not call.args[0].name_hint.startswith(x86_rounding_doubling_high_mul.__name__):
+            name = x86_rounding_doubling_high_mul.__name__
+            if call is None or p is None or p.min() < 0 or not call.args[0].name_hint.startswith(name):
                 return None
             a, q = call.args[1].fields
+            p = p.astype(np.int64)
+            if wide_shifts and p.max() <= 22:  # the offset 2^p - 2^(p+8) an int32
+                offset, shift = (
+                    relax.const(((1 << p) - (1 << (p + 8))).astype(np.int32)),
+                    relax.const((p + 1).astype(np.int32)),
+                )
+                return self.builder_.emit(
+                    self.builder_.call_te(x86_rounding_doubling_high_mul, a, q, offset, shift, primfunc_name_hint=name)
+                )
             bound = self._sums_bound(a)
-            if p is None or p.min() < 0 or p.max() > 30 or bound is None or bound >= _INT32.max - (1 << int(p.max())):
+            if p.max() > 30 or bound is None or bound >= _INT32.max - (1 << int(p.max())):
                 return None
-            offset = relax.const((np.int64(1) << p).astype(np.int32), "int32")
-            name = x86_rounding_doubling_high_mul.__name__
+            offset = relax.const((1 << p).astype(np.int32), "int32")
             high_mul = self.builder_.emit(
                 self.builder_.call_te(x86_rounding_doubling_high_mul, a, q, offset, primfunc_name_hint=name)
             )
-            return self.builder_.emit(relax.op.right_shift(high_mul, relax.const((p + 1).astype(np.int32), "int32")))
+            shifted = self.builder_.emit(relax.op.right_shift(high_mul, relax.const((p + 1).astype(np.int32), "int32")))
+            return self.builder_.emit(relax.op.add(shifted, relax.const(-128, "int32")))
 
         def _sums_bound(self, a: relax.Expr) -> int | None:
             """A bound on |a| for `a` = a convolution of int8 or uint8 data by constant weights (the x86 int8
@@ -2615,8 +2693,9 @@ def sqrdmulh(x, q):
     return _int32_lanes("llvm.aarch64.neon.sqrdmulh", x, q, "sqrdmulh")
 
 
-def x86_rounding_doubling_high_mul(x, q, *offset):
+def x86_rounding_doubling_high_mul(x, q, *offset_shift):
     """(x q + 2^30) >> 31 of int32 `x` by a positive Q31 `q` (SQRDMULH's integers), plus an int32 `offset`
-    where given (added as offset 2^31 to the 64-bit sum), as x86_intrin.RDHM_OP: vpmuldq on even and odd lanes."""
+    where given (added as offset 2^31 to the 64-bit sum) and shifted right by a further `shift` >= 1 bits
+    on the 64-bit sum where given, as x86_intrin.RDHM_OP: vpmuldq on even and odd lanes."""
     rdhm = functools.partial(tvm.tirx.call_intrin, "int32", x86_intrin.RDHM_OP)
-    return _lanes(rdhm, "rounding_doubling_high_mul", x, q, *offset)
+    return _lanes(rdhm, "rounding_doubling_high_mul", x, q, *offset_shift)

@@ -665,6 +665,8 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     ow_n, ocb_n = _extent(sch, ow), _extent(sch, ocb)
     if None in (ow_n, ocb_n):
         return None
+    if str(sch.get(conv).reads[0].source.dtype) == "uint8":
+        return _depthwise_dot(sch, conv, epi, pads, target)
     ow_o, ow_i = sch.split(ow, [None, _depthwise_tile(sch, conv, target, ow_n, ocb_n)])
     sch.reorder(n, occ, oh, ow_o, kh, kw, ow_i, ocb)
     _epilogue_at(sch, epi, ow_o)
@@ -684,6 +686,29 @@ def _depthwise(sch: s_tir.Schedule, conv, blocks: list, target: tvm.target.Targe
     sch.unroll(ow_i)
     sch.vectorize(ocb)
     return _finish_conv(sch, conv, epi, pads, kh, target)
+
+
+def _depthwise_dot(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.target.Target) -> s_tir.Schedule:
+    """graph.depthwise_conv2d_nchwc_dot on x86 VNNI: per (chunk, row) a tile of pixels x 16 channels
+    accumulates over the window's rows, each pixel's row of 4 taps one vpdpbusd on its 4 input pixels
+    transposed (x86_intrin.VNNI_WINDOW_U8I8); pads as the int8 depthwise ones (`_pads_per_row`)."""
+    from edgefleet.compiler.x86_intrin import VNNI_WINDOW_U8I8
+
+    n, occ, oh, ow, ocb, kh, kw = sch.get_loops(conv)
+    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(_extent(sch, ow), register_tile(target))])
+    sch.reorder(n, occ, oh, ow_o, kh, ow_i, ocb, kw)
+    _epilogue_at(sch, epi, ow_o)
+    rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh), False)]
+    pads = [p for p in pads if p not in rows] + _pad_rows(sch, rows, oh)
+    _parallel(sch, conv, [n, occ, oh], target)
+    init = sch.decompose_reduction(conv, kh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ocb, VNNI_WINDOW_U8I8)
+    sch.unroll(ow_i)
+    _vectorize_epilogue(sch, epi, target)
+    for pad in pads:
+        _schedule_pad(sch, pad, target)
+    return sch
 
 
 # Pixels per register tile of an AArch64 integer depthwise convolution: the first that divides the row.

@@ -503,9 +503,10 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
     convolution reads the input + 128 as uint8 and gets the vpdpbusd schedule (16 or 8 output channels per
     instruction; a schedule that fails falls back silently), none stays on int16; the generic x86-64-v4
     library has no such kernel. No requantization runs after a channel slice (a 24-channel tensor in blocks
-    of 16: it runs in the convolution's kernel). On both libraries depthwise
-    convolutions run on int8 and every rescale's high multiply is on int32 lanes. Numerics and the instruction
-    in the library: tests/compiler/test_compile_int8_vnni.py."""
+    of 16: it runs in the convolution's kernel). Depthwise convolutions run on the raw input: on VNNI as
+    uint8 with vpdpbusd on window rows (graph.depthwise_conv2d_nchwc_dot), on x86-64-v4 as int8; every
+    rescale's high multiply is on int32 lanes. Numerics and the instruction in the library:
+    tests/compiler/test_compile_int8_vnni.py."""
 
     scripts = {
         level: _int8_mobilenetv2_kernels(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target}))
@@ -531,7 +532,10 @@ def test_x86_vnni_int8_convolutions_all_tensorize_vpdpbusd_and_requantizations_a
         rescaled = {n for n in kernels if "rounding_doubling_high_mul" in n}
         depthwise = [n for n in rescaled if n.startswith("fused_depthwise_conv2d_NCHWc")]
         inputs = {n: first_input.search(kernels[n]).group(1) for n in depthwise}
-        assert len(depthwise) >= 10 and set(inputs.values()) == {"int8"}, (level, inputs)
+        raw_input = "uint8" if level == "x86-64-v4-vnni" else "int8"
+        assert len(depthwise) >= 10 and set(inputs.values()) == {raw_input}, (level, inputs)
+        on_windows = [n for n in depthwise if "llvm.x86.avx512.vpdpbusd" in kernels[n]]
+        assert len(on_windows) == (len(depthwise) if raw_input == "uint8" else 0), (level, on_windows)
         raw = [n for n in rescaled if n.startswith(("fused_depthwise_conv2d_NCHWc", "fused_conv2d_NCHWc_int8"))]
         assert len(raw) >= 10, (level, sorted(kernels))
         assert not [n for n in raw if not X86_HIGH_MUL.search(kernels[n]) or WIDENED_ACC.search(kernels[n])], (
@@ -1150,7 +1154,8 @@ def test_x86_int8_depthwise_pads_per_row_where_strided_and_equals_litert_referen
         if isinstance(func, tirx.PrimFunc) and "depthwise_conv2d_NCHWc" in gv.name_hint and "data_pad" in func.script():
             sch = s_tir.Schedule(func)
             padded = int(sch.get(sch.get_sblock("data_pad")).writes[0].source.shape[2])
-            rows = int(sch.get(sch.get_sblock("depthwise_conv2d_NCHWc_update")).writes[0].source.shape[2])
+            # The VNNI window form's update, tensorized (graph.depthwise_conv2d_nchwc_dot).
+            rows = int(sch.get(sch.get_sblock("depthwise_conv2d_NCHWc_update_o")).writes[0].source.shape[2])
             loops = sch.get_loops(sch.get_sblock("data_pad"))
             outer = tuple(str(sch.get(loop).loop_var) for loop in loops[:-3])
             pad_at.append((padded - 2 > rows, "row" if outer == ("b", "c", "y") else "input"))
@@ -1750,14 +1755,16 @@ def _operand_counts(script: str, op: str) -> list[int]:
     return counts
 
 
-def test_x86_int8_relu_output_rounding_division_is_one_shift_after_a_nudged_high_multiply(tmp_path):
+def test_x86_int8_relu_output_requantization_is_one_high_multiply_shifted_on_its_64_bit_sum(tmp_path):
     """graph.relu_rounding_divisions on x86: before a ReLU output's narrowing the rounding division
     `((v >> p) + 1) >> 1` of v = x86_rounding_doubling_high_mul(a, q) is `(v + 2^p) >> (p + 1)`, the 2^p
-    added as 2^(p+31) in the high multiply's 64-bit nudge (a third operand), where the convolution's bound
-    keeps v + 2^p in int32: one shift where there were three. The identity holds at and around ties,
-    negatives and the int32 ends; the operator with an offset equals the int64 sum on 16, 8 and 3 lanes;
-    the VNNI library of MobileNetV2-0.35 has no `+ 1 >> 1` in a ReLU output's kernel (the projections keep
-    it) and equals LiteRT's reference kernels on two inputs."""
+    added as 2^(p+31) in the high multiply's 64-bit nudge (a third operand). On AVX-512 the shift by p + 1
+    is done on the 64-bit sum (a fourth operand, vpsravq) and the output's - 128 is in the nudge too, so
+    the requantization of 16 outputs is vpmuldq and vpsravq on even and odd lanes, one masked move and a
+    vpmovsdb (before: a vpsravd, a vpmaxsd, a vpmovusdb and a vpxor more). The identities hold at and
+    around ties, negatives and the int32 ends; the operator equals the int64 sum on 16, 8 and 3 lanes with
+    and without the shift; the VNNI library of MobileNetV2-0.35 has the 4-operand form in every ReLU
+    output's kernel (the projections keep `+ 1 >> 1`) and equals LiteRT's reference kernels on two inputs."""
     from tvm import te
 
     for p in range(31):
@@ -1765,31 +1772,52 @@ def test_x86_int8_relu_output_rounding_division_is_one_shift_after_a_nudged_high
         v = np.concatenate([ties + d for d in (-2, -1, 0, 1, 2)] + [np.arange(-600, 600), [-(2**31), 2**31 - 1 - 2**p]])
         v = np.clip(v, -(2**31), 2**31 - 1 - 2**p)
         np.testing.assert_array_equal(((v >> p) + 1) >> 1, (v + 2**p) >> (p + 1), err_msg=str(p))
+        # v = S >> 31 for every S = a q + 2^30 in [v 2^31, (v + 1) 2^31): the division, - 128, from S at once
+        for low_bits in (0, 1, 2**30, 2**31 - 1):
+            sums = v * 2**31 + low_bits
+            offset = 2**p - 2 ** (p + 8)
+            expected = (((v >> p) + 1) >> 1) - 128
+            if p <= 22:
+                np.testing.assert_array_equal((sums + offset * 2**31) >> (p + 32), expected, err_msg=str(p))
 
     rng = np.random.default_rng(5)
     for level, lanes in (("x86-64-v4", 16), ("x86-64-v3", 8), ("x86-64-v4", 3)):
         target = tvm_target(resolve_target(json.dumps({"kind": "llvm", **ISA_LEVELS[level].tvm_target})))
         q = rng.integers(2**30, 2**31, (1, lanes)).astype(np.int32)
         c = (1 << rng.integers(0, 21, (1, lanes))).astype(np.int32)
+        shift = rng.integers(1, 24, (1, lanes)).astype(np.int32)
         x = rng.integers(-(2**31) + 2**21, 2**31 - 2**21, (256, lanes)).astype(np.int32)
         x[0, :2], x[1, :2] = 2**31 - 1 - 2**21, -(2**31) + 2**21
-        xs, qs, cs = (te.placeholder(v.shape, "int32", n) for v, n in ((x, "x"), (q, "q"), (c, "c")))
-        out = graph.x86_rounding_doubling_high_mul(xs, qs, cs)
-        sch = tvm.s_tir.Schedule(te.create_prim_func([xs, qs, cs, out]))
-        sch.vectorize(sch.get_loops(sch.get_sblock(out.op.name))[-1])
-        lib = tvm.compile(sch.mod, target=target)
-        result = tvm.runtime.tensor(np.zeros(x.shape, np.int32))
-        lib["main"](*(tvm.runtime.tensor(v) for v in (x, q, c)), result)
-        expected = (x.astype(np.int64) * q + (1 << 30) + (c.astype(np.int64) << 31)) >> 31
-        np.testing.assert_array_equal(result.numpy(), expected.astype(np.int32), err_msg=f"{level} {lanes}")
+        wide = x.astype(np.int64) * q + (1 << 30) + (c.astype(np.int64) << 31)
+        for operands, expected in (((c,), wide >> 31), ((c, shift), wide >> (31 + shift.astype(np.int64)))):
+            xs, qs, *others = (te.placeholder(v.shape, "int32", f"v{i}") for i, v in enumerate((x, q, *operands)))
+            out = graph.x86_rounding_doubling_high_mul(xs, qs, *others)
+            sch = tvm.s_tir.Schedule(te.create_prim_func([xs, qs, *others, out]))
+            sch.vectorize(sch.get_loops(sch.get_sblock(out.op.name))[-1])
+            lib = tvm.compile(sch.mod, target=target)
+            result = tvm.runtime.tensor(np.zeros(x.shape, np.int32))
+            lib["main"](*(tvm.runtime.tensor(v) for v in (x, q, *operands)), result)
+            message = f"{level} {lanes} lanes, {len(operands) + 2} operands"
+            np.testing.assert_array_equal(result.numpy(), expected.astype(np.int32), err_msg=message)
 
     path, lowered = _lowered_int8_mobilenetv2(tmp_path, VNNI_TARGET, 64, width=0.35)
     scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)}
     op = "edgefleet_x86_rounding_doubling_high_mul"
-    relu = [n for n, s in scripts.items() if op in s and re.search(r"\) - 128, -?\d+\), \d+\)\)", s)]
+    relu = [n for n, s in scripts.items() if re.search(r'T.Cast\("int8", T.min\(T.max\(T.' + op, s)]
     assert len(relu) >= 20 and not [n for n in relu if "+ 1 >> 1" in scripts[n]], relu
-    assert all(set(_operand_counts(scripts[n], op)) == {3} for n in relu), relu
+    assert all(set(_operand_counts(scripts[n], op)) == {4} for n in relu), relu
     assert [n for n, s in scripts.items() if n.startswith("fused_conv2d") and "+ 1 >> 1" in s]  # the projections
+    target = tvm_target(resolve_target(VNNI_TARGET))
+    # A kernel's output is its last parameter: the dtype closing its `def` line (an expansion's: int8).
+    written = {
+        n: re.findall(r'"(\w+)"\)', next(ln for ln in scripts[n].splitlines() if ln.startswith("def ")))[-1]
+        for n in relu
+    }
+    expansion = next(n for n in relu if n.startswith("fused_conv2d_NCHWc_int8") and written[n] == "int8")
+    module = tvm.IRModule({"main": lowered[expansion].with_attr("global_symbol", "main")})
+    asm = tvm.compile(module, target=target).mod.inspect_source("asm")
+    assert "vpsravq" in asm and "vpmovsdb" in asm, asm
+    assert not re.search(r"vpsravd|vpmaxsd|vpmovusdb", asm), asm
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=17)
 
 
