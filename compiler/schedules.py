@@ -695,7 +695,8 @@ def _depthwise_dot(sch: s_tir.Schedule, conv, epi, pads: list, target: tvm.targe
     from edgefleet.compiler.x86_intrin import VNNI_WINDOW_U8I8
 
     n, occ, oh, ow, ocb, kh, kw = sch.get_loops(conv)
-    ow_o, ow_i = sch.split(ow, [None, _pixel_tile(_extent(sch, ow), register_tile(target))])
+    # A divisor of the row (a ragged tile's predicate does not tensorize): 1 on a prime row.
+    ow_o, ow_i = sch.split(ow, [None, _largest_divisor(_extent(sch, ow), register_tile(target))])
     sch.reorder(n, occ, oh, ow_o, kh, ow_i, ocb, kw)
     _epilogue_at(sch, epi, ow_o)
     rows = [p for p in pads if _pads_per_row(sch, p, _extent(sch, oh), _extent(sch, kh), False)]

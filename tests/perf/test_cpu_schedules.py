@@ -1883,3 +1883,53 @@ def test_x86_int8_padded_projections_requantize_in_their_kernel_and_compact_in_o
     permutes = [n for n in funcs if n.startswith("channel_permute_NCHWc")]
     assert permutes and all("int8" in funcs[n].script() for n in permutes), sorted(funcs)
     _assert_vnni_equals_litert_reference_kernels(lowered, path, 64, seed=29)
+
+
+@pytest.mark.parametrize(
+    "window, strides, padding, size",
+    [
+        ((3, 3), (1, 1), (1, 1, 1, 1), (20, 29)),  # MobileNetV2's on a prime row: tiles of 1 pixel
+        ((3, 3), (2, 2), (0, 0, 1, 1), (20, 28)),  # TFLite's SAME at stride 2
+        ((3, 3), (1, 1), (0, 0, 0, 0), (9, 9)),  # VALID: the pad is the extra column alone
+        ((1, 4), (1, 2), (0, 1, 0, 2), (5, 17)),  # the widest window, asymmetric padding
+        ((5, 2), (2, 1), (2, 0, 2, 1), (11, 6)),
+    ],
+)
+def test_x86_vnni_depthwise_windows_equal_the_direct_sum(window, strides, padding, size):
+    """graph.depthwise_conv2d_nchwc_dot with its VNNI schedule (a window row of 4 taps per vpdpbusd on
+    the 4 input pixels transposed by vpermb, x86_intrin.VNNI_WINDOW_U8I8): windows 1-4 wide, strides 1
+    and 2, padding on every side, a prime row; on uint8 input (padded with `zero`) and
+    on int8 input shifted in its pad, both equal to the direct sum in int64 where the CPU has VNNI."""
+    from tvm import te
+
+    from edgefleet.agent.variants import cpu_flags
+    from edgefleet.compiler.schedules import schedule_func
+
+    rng = np.random.default_rng(sum(size))
+    (kh, kw), (sh, sw), (top, left, bottom, right) = window, strides, padding
+    taps = rng.integers(-128, 128, (2, kh, 16, 4)).astype(np.int8)
+    taps[..., kw:] = 0  # past the window (int8_depthwise_convs packs them so)
+    target = tvm_target(resolve_target(VNNI_TARGET))
+    for dtype, zero, shift in (("uint8", 7, 0), ("int8", -128, 128)):
+        x = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, (1, 2, *size, 16)).astype(dtype)
+        data, weights = te.placeholder(x.shape, dtype, "data"), te.placeholder(taps.shape, "int8", "taps")
+        out = graph.depthwise_conv2d_nchwc_dot(data, weights, zero, strides, padding, kw, shift)
+        sch = schedule_func(te.create_prim_func([data, weights, out]), target)
+        assert sch is not None
+        lib = tvm.compile(sch.mod, target=target)
+        assert "vpdpbusd" in lib.mod.inspect_source("asm") and "vpmulld" not in lib.mod.inspect_source("asm")
+        # The direct sum: the input + shift padded with zero + shift, each window's KH x KW taps.
+        padded = np.pad(x.astype(np.int64) + shift, [(0, 0), (0, 0), (top, bottom), (left, right), (0, 0)])
+        padded[:, :, :top], padded[:, :, padded.shape[2] - bottom :] = zero + shift, zero + shift
+        padded[:, :, :, :left], padded[:, :, :, padded.shape[3] - right :] = zero + shift, zero + shift
+        oh, ow = (padded.shape[2] - kh) // sh + 1, (padded.shape[3] - kw) // sw + 1
+        expected = np.zeros((1, 2, oh, ow, 16), np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                rows = padded[:, :, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw]
+                expected += rows * taps[:, i, :, j].astype(np.int64)[None, :, None, None, :]
+        assert tuple(int(d) for d in out.shape) == expected.shape
+        if "avx512_vnni" in cpu_flags():
+            result = tvm.runtime.tensor(np.zeros(expected.shape, np.int32))
+            lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(taps), result)
+            np.testing.assert_array_equal(result.numpy(), expected, err_msg=f"{dtype} {window} {strides} {padding}")
