@@ -8,7 +8,8 @@ operands are `<64 x i8>` now: "Call parameter type does not match function signa
 has no 8-lane form. These compute the same as its description, one expression each.
 `VNNI_WINDOW_U8I8` turns the roles around for a depthwise convolution (schedules._depthwise_dot): per
 output pixel and window row, the 4 input pixels' 16 channels (64 contiguous bytes of NCHW16c) are
-transposed to 4 taps per channel with one byte shuffle (`vpermb` with AVX-512 VBMI) and multiplied by
+transposed to 4 taps per channel by one shuffle (LLVM: `vpermd` of the load and an in-lane `vpshufb`; the
+library targets every AVX-512 VNNI CPU, so VBMI's single `vpermb` is not assumed) and multiplied by
 the 4 taps of each channel, where the int8 kernel spent a sign-extending load, a `vpmulld` (two
 micro-ops) and a `vpaddd` per tap.
 
@@ -104,7 +105,7 @@ def _window_intrin():
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
             T.writes(C[0:16])
-            # 4 pixels' 16 channels (64 contiguous bytes) transposed to 4 taps per channel (vpermb).
+            # 4 pixels' 16 channels (64 contiguous bytes) transposed to 4 taps per channel.
             C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 C.vload([0], dtype="int32x16"),

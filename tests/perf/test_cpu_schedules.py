@@ -1897,7 +1897,7 @@ def test_x86_int8_padded_projections_requantize_in_their_kernel_and_compact_in_o
 )
 def test_x86_vnni_depthwise_windows_equal_the_direct_sum(window, strides, padding, size):
     """graph.depthwise_conv2d_nchwc_dot with its VNNI schedule (a window row of 4 taps per vpdpbusd on
-    the 4 input pixels transposed by vpermb, x86_intrin.VNNI_WINDOW_U8I8): windows 1-4 wide, strides 1
+    the 4 input pixels transposed by a shuffle, x86_intrin.VNNI_WINDOW_U8I8): windows 1-4 wide, strides 1
     and 2, padding on every side, a prime row; on uint8 input (padded with `zero`) and
     on int8 input shifted in its pad, both equal to the direct sum in int64 where the CPU has VNNI."""
     from tvm import te
