@@ -40,6 +40,7 @@ from edgefleet.runtime_bundle import (
     LIBRARIES,
     RUNTIME_ABI,
     SHIM,
+    SHIM_SOURCES,
     Bundle,
     CudaInfo,
     RuntimeBundleInfo,
@@ -47,6 +48,7 @@ from edgefleet.runtime_bundle import (
     canonical_arch,
     host_arch,
     read_bundle,
+    shim_abi,
     shim_sha256,
 )
 from edgefleet.strict import Strict
@@ -58,8 +60,8 @@ TVM_SOURCE_ENV = "EDGEFLEET_TVM_SOURCE"
 FFI_VERSION = "0.1.14.post0"
 FFI_SDIST = f"apache_tvm_ffi-{FFI_VERSION}.tar.gz"
 FFI_SDIST_SHA256 = "53cb68ac05ca84fd32042211c13fcee372729dcbff537f8689289b7f2f7d765d"
-SHIM_SOURCE = Path(__file__).resolve().parents[1] / "agent" / "native" / "edgefleet_runtime.cc"
-POOL_SOURCE = SHIM_SOURCE.parent / "edgefleet_pool.cc"  # compiled into the shim: the thread pool
+# This agent's C ABI: the shim and its thread pool (the .cc files of SHIM_SOURCES).
+NATIVE_SOURCES = Path(__file__).resolve().parents[1] / "agent" / "native"
 MIN_CMAKE = (3, 26)
 # Runtime only: no compiler (LLVM), no GPU, no RPC server, TVM's own thread pool (no OpenMP),
 # and no backtrace machinery or segfault handler inside the agent's process.
@@ -135,7 +137,7 @@ class BuildSpec(Strict):
 
     def tvm_key(self) -> str:
         """The key of TVM's libraries alone: every input but edgefleet's C ABI."""
-        return _digest(self.model_dump(exclude_none=True, exclude={"shim_sha256"}))
+        return _digest(self.model_dump(exclude_none=True, exclude={"shim_sha256", "abi"}))
 
 
 def _digest(data: dict) -> str:
@@ -315,7 +317,7 @@ def _toolchain_file(toolchain: Toolchain, path: Path) -> Path:
     return path
 
 
-def _shim_argv(toolchain: Toolchain, tvm_libs: Path, lib: Path) -> list[str]:
+def _shim_argv(toolchain: Toolchain, tvm_libs: Path, native: Path, lib: Path) -> list[str]:
     return [
         toolchain.tool("g++"),
         "-O2",
@@ -324,8 +326,7 @@ def _shim_argv(toolchain: Toolchain, tvm_libs: Path, lib: Path) -> list[str]:
         "-std=c++17",
         "-fvisibility=hidden",
         *(f"-I{tvm_libs / sub}" for sub in ("include", "ffi-include", "dlpack-include")),
-        str(SHIM_SOURCE),
-        str(POOL_SOURCE),
+        *(str(native / name) for name in SHIM_SOURCES if name.endswith(".cc") and (native / name).is_file()),
         f"-L{lib}",
         "-ltvm_runtime",
         "-ltvm_ffi",
@@ -384,8 +385,11 @@ def cuda_version() -> str:
     return found.group(1)
 
 
-def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[str] | None = None) -> BuildSpec:
+def spec_for(
+    arch: str, sources: Sources, toolchain: Toolchain, native: Path, cuda_sms: list[str] | None = None
+) -> BuildSpec:
     return BuildSpec(
+        abi=shim_abi(native),
         cuda_version=cuda_version() if cuda_sms else None,
         cuda_sms=list(cuda_sms) if cuda_sms else None,
         arch=arch,
@@ -395,7 +399,7 @@ def spec_for(arch: str, sources: Sources, toolchain: Toolchain, cuda_sms: list[s
         tvm_ffi_version=FFI_VERSION,
         tvm_ffi_sdist_sha256=FFI_SDIST_SHA256,
         tvm_ffi_edits=[list(edit) for edit in FFI_EDITS],
-        shim_sha256=shim_sha256(SHIM_SOURCE.parent),
+        shim_sha256=shim_sha256(native),
         cmake_options=cuda_options(cuda_sms) if cuda_sms else list(CMAKE_OPTIONS),
         compiler=_compiler_version(toolchain),
     )
@@ -409,19 +413,23 @@ def build_runtime(
     quiet: bool = False,
     jobs: int | None = None,
     cuda_sms: list[str] | None = None,
+    abi_source: Path | None = None,
 ) -> Bundle:
     """Build (or return the cached) runtime bundle for `arch` (x86_64, aarch64 or armv7/armhf).
 
     TVM's libraries are cached on their own (`<cache>/tvm/<arch>-<key>`), so a change to
     edgefleet's C ABI alone recompiles one file, not TVM. `cuda_sms` (e.g. ["sm_87"]) builds with
     CUDA against this machine's toolkit: on the board itself (a Jetson), never cross, since the
-    CUDA libraries linked are the board's.
+    CUDA libraries linked are the board's. `abi_source` is another agent's agent/native folder:
+    the bundle then speaks that agent's C ABI (an older agent's, for cameras that still run it).
 
     Raises MissingToolError naming the Debian or pip package of a missing tool or source, and
     BuildError naming the failed step and its kept log.
     """
     arch = canonical_arch(arch)
     toolchain = TOOLCHAINS[arch]
+    native = abi_source or NATIVE_SOURCES
+    shim_abi(native)  # refuse a folder without a C ABI before anything starts
     if cuda_sms:
         if arch != host_arch():
             raise UsageError(
@@ -441,14 +449,14 @@ def build_runtime(
     logs.mkdir(parents=True)
     try:
         sources = Sources(_wheel_tvm_dir(), _tvm_source(tvm_source), _ffi_sdist(stages, logs / "download.log"))
-        spec = spec_for(arch, sources, toolchain, cuda_sms)
+        spec = spec_for(arch, sources, toolchain, native, cuda_sms)
         final = cache / f"{arch}-{spec.key()}"
         if not force and (final / INFO_FILE).is_file():
             return read_bundle(final)
         tvm_libs = cache / "tvm" / f"{arch}-{spec.tvm_key()}"
         if force or not (tvm_libs / "spec.json").is_file():
             _publish(_build_tvm(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2), tvm_libs)
-        info = _assemble(spec, toolchain, tvm_libs, work, stages)
+        info = _assemble(spec, toolchain, tvm_libs, native, work, stages)
         _publish(work, final, keep=("lib", "logs", INFO_FILE, "spec.json"))
         shutil.rmtree(cache / f"{arch}.failed", ignore_errors=True)
         return Bundle(final, info)
@@ -524,7 +532,9 @@ def _tvm_libraries(spec: BuildSpec) -> list[str]:
     return [*LIBRARIES[:-1], *([CUDA_LIBRARY] if spec.cuda_sms else [])]
 
 
-def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path, stages: Stages) -> RuntimeBundleInfo:
+def _assemble(
+    spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, native: Path, work: Path, stages: Stages
+) -> RuntimeBundleInfo:
     """The bundle in `work`: TVM's libraries, edgefleet's C ABI compiled against them, stripped and checked."""
     logs, lib = work / "logs", work / "lib"
     lib.mkdir()
@@ -534,7 +544,7 @@ def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path,
         stages,
         "shim",
         "libedgefleet_runtime.so (the agent's C ABI)",
-        _shim_argv(toolchain, tvm_libs, lib),
+        _shim_argv(toolchain, tvm_libs, native, lib),
         logs / "shim.log",
     )
     libs = [lib / name for name in [*_tvm_libraries(spec), SHIM]]
@@ -551,7 +561,7 @@ def _assemble(spec: BuildSpec, toolchain: Toolchain, tvm_libs: Path, work: Path,
             raise _StepFailed("check", f"produced libraries for the wrong machine: {', '.join(wrong)}")
         glibc = _glibc_floor(libs)
     info = RuntimeBundleInfo(
-        abi=RUNTIME_ABI,
+        abi=spec.abi,
         arch=spec.arch,
         tvm_version=spec.tvm_wheel_version,
         tvm_ffi_version=spec.tvm_ffi_version,

@@ -36,6 +36,11 @@ def runtime() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundle's runtime.json.")
 @click.option("--cuda", "cuda_sms", multiple=True, help="On a Jetson: build with CUDA for this GPU (sm_87, sm_72).")
+@click.option(
+    "--abi-source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An older agent's agent/native folder: build the runtime its C ABI speaks, for cameras still on it.",
+)
 def build_command(
     arch: str,
     tvm_source: Path | None,
@@ -44,6 +49,7 @@ def build_command(
     quiet: bool,
     as_json: bool,
     cuda_sms: tuple[str, ...],
+    abi_source: Path | None,
 ) -> None:
     """Build (or reuse) the runtime for --arch, cached by a hash of every input.
 
@@ -51,11 +57,18 @@ def build_command(
     Examples:
       edgefleet runtime build --arch armv7
       edgefleet runtime build --arch aarch64 --cuda sm_87 -j 4
+      edgefleet runtime build --arch armv7 --abi-source old-agent/edgefleet/agent/native
     """
     from edgefleet.cross.runtime_build import build_runtime
 
     bundle = build_runtime(
-        arch, tvm_source=tvm_source, force=force, quiet=quiet or as_json, jobs=jobs, cuda_sms=list(cuda_sms)
+        arch,
+        tvm_source=tvm_source,
+        force=force,
+        quiet=quiet or as_json,
+        jobs=jobs,
+        cuda_sms=list(cuda_sms),
+        abi_source=abi_source,
     )
     _report(bundle, as_json)
 

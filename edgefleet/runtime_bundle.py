@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Final, Literal
 
 from pydantic import ValidationError
 
-from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError
+from edgefleet.errors import MissingToolError, PackageIntegrityError, TargetNotRunnableError, UsageError
 from edgefleet.package import RuntimeRequirement, minor_version, sha256_file
 from edgefleet.strict import Strict, first_error
 
@@ -151,7 +152,8 @@ def read_bundle(path: Path, *, check_hashes: bool = True) -> Bundle:
     return bundle
 
 
-# The C ABI library's sources (agent/native): the shim, and the thread pool compiled into it.
+# The C ABI library's sources (agent/native): the shim, and the thread pool compiled into it
+# (agents before C ABI 2 have the shim alone).
 SHIM_SOURCES = ("edgefleet_runtime.cc", "edgefleet_pool.cc", "edgefleet_pool.h")
 
 
@@ -177,7 +179,20 @@ def _local_shim_sha256() -> str | None:
 
 def shim_sha256(native: Path) -> str:
     """The hash of the C ABI's sources in `native` (agent/native): a bundle's `shim_sha256`."""
-    return hashlib.sha256("".join(sha256_file(native / name) for name in SHIM_SOURCES).encode()).hexdigest()
+    present = [native / name for name in SHIM_SOURCES if (native / name).is_file()]
+    return hashlib.sha256("".join(map(sha256_file, present)).encode()).hexdigest()
+
+
+def shim_abi(native: Path) -> int:
+    """The C ABI that the shim in `native` speaks: its `#define EF_ABI_VERSION`."""
+    source = native / SHIM_SOURCES[0]
+    found = re.search(r"^#define EF_ABI_VERSION (\d+)$", source.read_text(), re.MULTILINE) if source.is_file() else None
+    if found is None:
+        raise UsageError(
+            f"{native} holds no edgefleet C ABI: no `#define EF_ABI_VERSION` in {source.name}",
+            "point at an agent's agent/native folder",
+        )
+    return int(found.group(1))
 
 
 def _shim_of(bundle: Path) -> str | None:

@@ -19,6 +19,7 @@ from ota_support import NAN_MODEL, Supervisor, release_code  # noqa: E402
 
 from edgefleet import __version__  # noqa: E402
 from edgefleet.agent_release import build_release  # noqa: E402
+from edgefleet.cross.runtime_build import build_runtime  # noqa: E402
 from edgefleet.signing import load_signing_key  # noqa: E402
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
@@ -30,7 +31,11 @@ class OtaWorld(World):
 
     def __init__(self, root, broker, packages, home) -> None:
         super().__init__(root, broker, packages, home)
-        self.old_env = dict(self.env, PYTHONPATH=str(old_agent_site(root)), PYTHONSAFEPATH="1")
+        site = old_agent_site(root)
+        # Its runtime speaks its own C ABI (1), built from its own agent/native as for a camera still on it.
+        runtime = build_runtime("x86_64", quiet=True, abi_source=site / "edgefleet" / "agent" / "native")
+        assert runtime.info.abi == 1, runtime.info
+        self.old_env = dict(self.env, PYTHONPATH=str(site), PYTHONSAFEPATH="1", EDGEFLEET_RUNTIME=str(runtime.path))
         self.supervisors: dict[str, Supervisor] = {}
 
     def install_agent(self, device: str) -> Path:

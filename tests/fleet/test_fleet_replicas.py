@@ -168,8 +168,9 @@ def test_a_rollout_completes_across_a_sigkill_of_its_scheduler_and_sends_each_jo
         httpx.Client(base_url=f"{r.url}/api/v1", headers={"Authorization": f"Bearer {world['token']}"}, timeout=30)
         for r in replicas
     ]
-    # Each wave bakes 4 s: long enough to catch wave 1 baking between two polls on a loaded machine.
-    plan = {"canary": 1, "waves": [10, 50, 100], "bake_time_s": 4, "wave_timeout_s": 600, "health": {"enabled": False}}
+    # Each wave bakes 8 s: long enough to catch wave 1 baking between two polls on a loaded machine
+    # (4 s was missed once on a CI machine).
+    plan = {"canary": 1, "waves": [10, 50, 100], "bake_time_s": 8, "wave_timeout_s": 600, "health": {"enabled": False}}
     created = api[1].post(
         "/rollouts", json={"group": "tiny", "version": "2", "selection": {"group": "sim"}, "plan": plan}
     )
@@ -177,13 +178,18 @@ def test_a_rollout_completes_across_a_sigkill_of_its_scheduler_and_sends_each_jo
     rid = created.json()["id"]
 
     # The scheduler is whichever replica took the lease; SIGKILL it while wave 1 bakes, its jobs all sent.
-    deadline = time.time() + 120
+    start = time.time()
+    seen: list[str] = []  # each change of (state, wave, unsent) with its time: what a miss looked like
     while True:
         sim.pump(0.2)
         state = api[0].get(f"/rollouts/{rid}").json()
-        if state["state"] == "baking" and state["wave"] == 1 and _unsent(world["engine"], rid) == 0:
+        unsent = _unsent(world["engine"], rid)
+        now = f"{state['state']} wave {state['wave']} unsent {unsent}"
+        if not seen or not seen[-1].endswith(now):
+            seen.append(f"{time.time() - start:.1f} s: {now}")
+        if state["state"] == "baking" and state["wave"] == 1 and unsent == 0:
             break
-        assert time.time() < deadline, f"wave 1 never baked: {state['state']} wave {state['wave']}"
+        assert time.time() - start < 120, f"wave 1 never baked with its jobs sent; polls saw {seen}"
     leaders = [r for r in replicas if r.leads()]
     assert len(leaders) == 1, [r.name for r in leaders]
     leader = leaders[0]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.cli import assert_cli_error
+from support.old_agent import old_agent_site
 
 from edgefleet.cross import runtime_build
 from edgefleet.cross.runtime_build import TOOLCHAINS, build_runtime
@@ -305,6 +306,25 @@ def test_a_second_build_is_a_cache_hit():
     first = build_runtime("x86_64", quiet=True)
     again = build_runtime("x86_64", quiet=True)
     assert again.path == first.path and again.info.built_at == first.info.built_at
+
+
+def test_a_runtime_for_an_older_agent_speaks_its_c_abi_and_this_agent_passes_it_by(tmp_path, monkeypatch, cli):
+    """Agent 0.1.0's shim (C ABI 1) built against the same TVM libraries, as for cameras still on it."""
+    old = old_agent_site(tmp_path) / "edgefleet" / "agent" / "native"
+    own = find_bundle()
+    bundle = build_runtime("x86_64", quiet=True, abi_source=old)
+    assert bundle.info.abi == 1 and bundle.path != own.path
+    # In a process of its own: this one has the TVM wheel's libraries loaded.
+    ask = "import ctypes, sys; print(ctypes.CDLL(sys.argv[1]).ef_abi_version())"
+    said = subprocess.run([sys.executable, "-c", ask, bundle.lib / "libedgefleet_runtime.so"], capture_output=True)
+    assert said.stdout == b"1\n", said
+    assert find_bundle().path == own.path  # the cache holds both; this agent takes its own ABI's
+    monkeypatch.setenv(BUNDLE_ENV, str(bundle.path))
+    with pytest.raises(TargetNotRunnableError, match=r"\(ABI 1\); this agent needs x86_64 \(ABI 3\)"):
+        find_bundle()
+    (tmp_path / "empty").mkdir()
+    result = cli("runtime", "build", "--arch", "x86_64", "--abi-source", tmp_path / "empty", "-q")
+    assert_cli_error(result, UsageError, "holds no edgefleet C ABI: no `#define EF_ABI_VERSION`")
 
 
 def test_vm_helpers_that_tvm_implements_in_python_run_on_the_camera_runtime(tmp_path):
