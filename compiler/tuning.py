@@ -18,7 +18,6 @@ records land on another kernel. So writers hold an exclusive lock on the folder,
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 import tvm
 
 from edgefleet.errors import BuildError, UsageError
+from edgefleet.locks import exclusive
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -152,13 +152,7 @@ def open_database(work: Path):
 @contextmanager
 def writing(work: Path, report: Callable[[str], None]) -> Iterator[None]:
     """Hold the folder's lock: the only writer, so record indices stay right."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / LOCK_FILE, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            report(f"waiting for another tuning run on {work}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(work / LOCK_FILE, lambda: report(f"waiting for another tuning run on {work}")):
         yield
 
 

@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgefleet.errors import BuildError, MissingToolError, UsageError
+from edgefleet.locks import exclusive
 from edgefleet.package import now_utc, sha256_file
 from edgefleet.progress import Stages
 from edgefleet.runtime_bundle import (
@@ -60,6 +61,7 @@ TVM_SOURCE_ENV = "EDGEFLEET_TVM_SOURCE"
 FFI_VERSION = "0.1.14.post0"
 FFI_SDIST = f"apache_tvm_ffi-{FFI_VERSION}.tar.gz"
 FFI_SDIST_SHA256 = "53cb68ac05ca84fd32042211c13fcee372729dcbff537f8689289b7f2f7d765d"
+BUILD_LOCK = ".build.lock"  # in the cache: held by the build under way
 # This agent's C ABI: the shim and its thread pool (the .cc files of SHIM_SOURCES).
 NATIVE_SOURCES = Path(__file__).resolve().parents[1] / "agent" / "native"
 MIN_CMAKE = (3, 26)
@@ -443,34 +445,39 @@ def build_runtime(
     cmake = _cmake()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    work = cache / f".{arch}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    logs = work / "logs"
-    logs.mkdir(parents=True)
-    try:
-        sources = Sources(_wheel_tvm_dir(), _tvm_source(tvm_source), _ffi_sdist(stages, logs / "download.log"))
-        spec = spec_for(arch, sources, toolchain, native, cuda_sms)
-        final = cache / f"{arch}-{spec.key()}"
-        if not force and (final / INFO_FILE).is_file():
-            return read_bundle(final)
-        tvm_libs = cache / "tvm" / f"{arch}-{spec.tvm_key()}"
-        if force or not (tvm_libs / "spec.json").is_file():
-            _publish(_build_tvm(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2), tvm_libs)
-        info = _assemble(spec, toolchain, tvm_libs, native, work, stages)
-        _publish(work, final, keep=("lib", "logs", INFO_FILE, "spec.json"))
-        shutil.rmtree(cache / f"{arch}.failed", ignore_errors=True)
-        return Bundle(final, info)
-    except _StepFailed as failed:
-        kept = cache / f"{arch}.failed"
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(logs, kept / "logs")
-        log = kept / "logs" / f"{failed.step}.log"
-        raise BuildError(
-            f"runtime build step `{failed.step}` for {arch} {failed.why}; last line: {_last_line(log)}",
-            f"read the log {log}",
-        ) from None
-    finally:
+    # One build at a time per cache: another process building the same bundle (or downloading the
+    # shared sources) would be replaced under it; the one that waited then finds the bundle built.
+    with exclusive(cache / BUILD_LOCK, lambda: stages.note(f"waiting for another runtime build in {cache}")):
+        work = cache / f".{arch}.partial-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
+        logs = work / "logs"
+        logs.mkdir(parents=True)
+        try:
+            sources = Sources(_wheel_tvm_dir(), _tvm_source(tvm_source), _ffi_sdist(stages, logs / "download.log"))
+            spec = spec_for(arch, sources, toolchain, native, cuda_sms)
+            final = cache / f"{arch}-{spec.key()}"
+            if not force and (final / INFO_FILE).is_file():
+                return read_bundle(final)
+            tvm_libs = cache / "tvm" / f"{arch}-{spec.tvm_key()}"
+            if force or not (tvm_libs / "spec.json").is_file():
+                _publish(
+                    _build_tvm(spec, sources, toolchain, cmake, work, stages, jobs or os.cpu_count() or 2), tvm_libs
+                )
+            info = _assemble(spec, toolchain, tvm_libs, native, work, stages)
+            _publish(work, final, keep=("lib", "logs", INFO_FILE, "spec.json"))
+            shutil.rmtree(cache / f"{arch}.failed", ignore_errors=True)
+            return Bundle(final, info)
+        except _StepFailed as failed:
+            kept = cache / f"{arch}.failed"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(logs, kept / "logs")
+            log = kept / "logs" / f"{failed.step}.log"
+            raise BuildError(
+                f"runtime build step `{failed.step}` for {arch} {failed.why}; last line: {_last_line(log)}",
+                f"read the log {log}",
+            ) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _publish(built: Path, final: Path, keep: tuple[str, ...] | None = None) -> None:

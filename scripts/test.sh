@@ -11,4 +11,7 @@ if command -v dockerd >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
   for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
 fi
 
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): alone the suite keeps one of two cores busy (its QEMU runs, agents, brokers
+# and fleets wait on each other). A file's tests stay together in one worker (tests/conftest.py);
+# EDGEFLEET_TEST_WORKERS=0 runs them in this process.
+exec .venv/bin/python -m pytest -n "${EDGEFLEET_TEST_WORKERS:-2}" --dist loadgroup "$@"

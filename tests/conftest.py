@@ -19,6 +19,16 @@ except ImportError:  # an install without the compiler: agent code loads the run
     pass
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`--dist loadgroup`, scripts/test.sh): a file's tests run in one worker, in
+    order, so its module fixtures are made once; tests/cross runs in one worker, so one process builds
+    the sysroots and ARM runtimes its session fixtures share."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = Path(item.path).relative_to(Path(__file__).parent)
+            item.add_marker(pytest.mark.xdist_group("cross" if path.parts[0] == "cross" else str(path)))
+
+
 @pytest.fixture
 def edgefleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "edgefleet-home"

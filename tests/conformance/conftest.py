@@ -1,20 +1,30 @@
-"""Prints the vision subset's per-operator table at the end of the run (when it ran)."""
+"""Prints the vision subset's per-operator table at the end of the run (when it ran). The table
+travels in the test reports' user properties, so it is printed when a pytest-xdist worker ran it too."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-_SUMMARY: list[str] = []
+TABLE_PROPERTY = "onnx_conformance_table"
 
 
-@pytest.fixture(scope="session")
-def conformance_summary() -> list[str]:
-    """Tables appended here are printed in pytest's terminal summary."""
-    return _SUMMARY
+@pytest.fixture
+def report_conformance_table(record_property) -> Callable[[str], None]:
+    """Call it with a table: the terminal summary prints it."""
+    return lambda table: record_property(TABLE_PROPERTY, table)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if _SUMMARY:
+    tables = dict.fromkeys(
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == TABLE_PROPERTY
+    )
+    if tables:
         terminalreporter.section("ONNX conformance, vision subset (passed / wrong / unsupported / error per operator)")
-        for block in _SUMMARY:
-            terminalreporter.write_line(block)
+        for table in tables:
+            terminalreporter.write_line(table)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def vision_results(tmp_path_factory, conformance_summary) -> dict[str, c.CaseResult]:
+def vision_run(tmp_path_factory) -> dict[str, c.CaseResult]:
     home = tmp_path_factory.mktemp("edgefleet-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGEFLEET_HOME", str(home))  # inherited by the worker processes
@@ -30,8 +30,14 @@ def vision_results(tmp_path_factory, conformance_summary) -> dict[str, c.CaseRes
         results = c.run_suite(names, workers=2)
     finally:
         mp.undo()
-    conformance_summary.append(c.format_table(c.summarize(results)))
     return {r.name: r for r in results}
+
+
+@pytest.fixture
+def vision_results(vision_run, report_conformance_table) -> dict[str, c.CaseResult]:
+    """The run's results; each test reports the per-operator table for the terminal summary (conftest.py)."""
+    report_conformance_table(c.format_table(c.summarize(list(vision_run.values()))))
+    return vision_run
 
 
 def test_pass_list_is_well_formed():
