@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.get_closest_marker("xdist_group") is None:
             path = Path(item.path).relative_to(Path(__file__).parent)
             item.add_marker(pytest.mark.xdist_group("cross" if path.parts[0] == "cross" else str(path)))
+
+
+# Tables a test reports (`report_table`) travel in its report's user properties, so pytest's terminal
+# summary prints them also when a pytest-xdist worker ran the test. This hook lives in the root
+# conftest: with xdist the main process loads no other.
+TABLE_PROPERTY = "edgefleet_table"
+
+
+@pytest.fixture
+def report_table(record_property) -> Callable[[str, str], None]:
+    """`report_table(title, table)`: the terminal summary prints the table under the title."""
+    return lambda title, table: record_property(TABLE_PROPERTY, (title, table))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    tables = dict.fromkeys(
+        tuple(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == TABLE_PROPERTY
+    )
+    for title, table in tables:
+        terminalreporter.section(title)
+        terminalreporter.write_line(table)
 
 
 @pytest.fixture

@@ -34,9 +34,10 @@ def vision_run(tmp_path_factory) -> dict[str, c.CaseResult]:
 
 
 @pytest.fixture
-def vision_results(vision_run, report_conformance_table) -> dict[str, c.CaseResult]:
-    """The run's results; each test reports the per-operator table for the terminal summary (conftest.py)."""
-    report_conformance_table(c.format_table(c.summarize(list(vision_run.values()))))
+def vision_results(vision_run, report_table) -> dict[str, c.CaseResult]:
+    """The run's results; each test reports the per-operator table for the terminal summary (tests/conftest.py)."""
+    table = c.format_table(c.summarize(list(vision_run.values())))
+    report_table("ONNX conformance, vision subset (passed / wrong / unsupported / error per operator)", table)
     return vision_run
 
 
