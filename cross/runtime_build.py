@@ -41,7 +41,6 @@ from edgefleet.runtime_bundle import (
     LIBRARIES,
     RUNTIME_ABI,
     SHIM,
-    SHIM_SOURCES,
     Bundle,
     CudaInfo,
     RuntimeBundleInfo,
@@ -50,6 +49,7 @@ from edgefleet.runtime_bundle import (
     host_arch,
     read_bundle,
     shim_abi,
+    shim_files,
     shim_sha256,
 )
 from edgefleet.strict import Strict
@@ -62,7 +62,7 @@ FFI_VERSION = "0.1.14.post0"
 FFI_SDIST = f"apache_tvm_ffi-{FFI_VERSION}.tar.gz"
 FFI_SDIST_SHA256 = "53cb68ac05ca84fd32042211c13fcee372729dcbff537f8689289b7f2f7d765d"
 BUILD_LOCK = ".build.lock"  # in the cache: held by the build under way
-# This agent's C ABI: the shim and its thread pool (the .cc files of SHIM_SOURCES).
+# This agent's C ABI: the shim and its thread pool (runtime_bundle.SHIM_SOURCES).
 NATIVE_SOURCES = Path(__file__).resolve().parents[1] / "agent" / "native"
 MIN_CMAKE = (3, 26)
 # Runtime only: no compiler (LLVM), no GPU, no RPC server, TVM's own thread pool (no OpenMP),
@@ -328,7 +328,7 @@ def _shim_argv(toolchain: Toolchain, tvm_libs: Path, native: Path, lib: Path) ->
         "-std=c++17",
         "-fvisibility=hidden",
         *(f"-I{tvm_libs / sub}" for sub in ("include", "ffi-include", "dlpack-include")),
-        *(str(native / name) for name in SHIM_SOURCES if name.endswith(".cc") and (native / name).is_file()),
+        *(str(source) for source in shim_files(native) if source.suffix == ".cc"),
         f"-L{lib}",
         "-ltvm_runtime",
         "-ltvm_ffi",

@@ -179,8 +179,12 @@ def _local_shim_sha256() -> str | None:
 
 def shim_sha256(native: Path) -> str:
     """The hash of the C ABI's sources in `native` (agent/native): a bundle's `shim_sha256`."""
-    present = [native / name for name in SHIM_SOURCES if (native / name).is_file()]
-    return hashlib.sha256("".join(map(sha256_file, present)).encode()).hexdigest()
+    return hashlib.sha256("".join(map(sha256_file, shim_files(native))).encode()).hexdigest()
+
+
+def shim_files(native: Path) -> list[Path]:
+    """The C ABI's sources that `native` has, in SHIM_SOURCES order."""
+    return [native / name for name in SHIM_SOURCES if (native / name).is_file()]
 
 
 def shim_abi(native: Path) -> int:
